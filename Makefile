@@ -1,0 +1,37 @@
+# `make demo` and `make test` work on a fresh machine: they create .venv with plain pip first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PLUGINS := $(wildcard plugins/*/pyproject.toml)
+
+.PHONY: demo test lint format venv clean bench
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml $(PLUGINS)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	for p in $(dir $(PLUGINS)); do $(BIN)/python -m pip install --quiet --no-deps -e $$p || exit 1; done
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/repackctl demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_cache.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,359 @@
+"""The Zarr v3 cache: one group per dataset split, features and packed latents inside it.
+
+Layout (DESIGN.md §4)::
+
+    <root>/<dataset>--<split>--<res>px/
+        images uint8 (N, R, R, 3)   labels int32 (N,)   keys str (N,)   done uint8 (N,)
+        features/<encoder-entry>/tokens float16 (N, F, T, C)   cls float16 (N, F, C)   done uint8 (N,)
+        latents/<pack-id>/mean, std float16 (N, F, d, h, w)    done uint8 (N,)   stats in attrs
+
+``done`` arrays sit beside the arrays they describe (Zarr arrays cannot hold children):
+0 = pending, 1 = written, ≥ 2 = skipped, with the reason code in ``SKIP_REASONS``.
+
+Measured on zarr 3.1.6 (environment.md): two processes writing different chunks of one shard lose
+data, so writers own whole shard-aligned index ranges (``owned_ranges``) and ``done`` arrays are
+chunked by shard (one file per writer range). Random single-sample reads are slow, so readers take
+chunk-aligned blocks. float16 features barely compress, so they are stored uncompressed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+from repackctl import __version__
+from repackctl.errors import CacheError
+from repackctl.paths import cache_root, entry_name, is_url, local_path
+
+PENDING, WRITTEN = 0, 1
+SKIP_REASONS = {2: "empty file", 3: "corrupt or truncated", 4: "not an image", 5: "too large"}
+
+
+def reason_code(reason: str) -> int:
+    """Map a BadImage reason text to a ``done`` code."""
+    text = reason.lower()
+    if "empty" in text:
+        return 2
+    if "not an image" in text:
+        return 4
+    if "too large" in text:
+        return 5
+    return 3
+
+
+def open_root(root: str, mode: str = "a") -> zarr.Group:
+    """Open (or create, with mode 'a') the cache root group at a path or fsspec URL."""
+    if not is_url(root):
+        path = local_path(root)
+        if mode == "r" and not (path / "zarr.json").exists():
+            raise CacheError(f"no cache at {path}", "run `repackctl extract` first")
+        if mode != "r":
+            path.mkdir(parents=True, exist_ok=True)
+        root = str(path)
+    try:
+        return zarr.open_group(root, mode=mode, zarr_format=3)
+    except FileNotFoundError:
+        raise CacheError(f"no cache at {root}", "run `repackctl extract` first") from None
+
+
+def list_entries(root: str) -> list[str]:
+    """Names of the dataset entries in the cache (empty when there is no cache yet)."""
+    try:
+        g = open_root(root, mode="r")
+    except CacheError:
+        return []
+    return sorted(name for name, _ in g.groups())
+
+
+def owned_ranges(n: int, shard: int, rank: int = 0, world: int = 1) -> list[range]:
+    """Shard-aligned sample ranges owned by ``rank`` of ``world`` writers (round-robin)."""
+    count = (n + shard - 1) // shard
+    return [range(s * shard, min((s + 1) * shard, n)) for s in range(rank, count, world)]
+
+
+def _diff(a: dict, b: dict) -> str:
+    keys = sorted(set(a) | set(b))
+    parts = [f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
+    return "; ".join(parts[:4])
+
+
+def _jsonable(d: dict) -> dict:
+    return json.loads(json.dumps(d, default=str))
+
+
+@dataclass
+class ArrayGroup:
+    """A set of sample-indexed arrays with their ``done`` array (features or latents)."""
+
+    group: zarr.Group
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return dict(self.group.attrs)
+
+    @property
+    def done(self) -> zarr.Array:
+        return self.group["done"]
+
+    def __getitem__(self, name: str) -> zarr.Array:
+        return self.group[name]
+
+    def done_mask(self) -> np.ndarray:
+        return self.done[:]
+
+    def complete(self) -> bool:
+        return bool((self.done_mask() != PENDING).all())
+
+
+class DatasetEntry:
+    """One dataset split at one resolution in the cache."""
+
+    def __init__(self, root: str, group: zarr.Group) -> None:
+        self.root = root
+        self.group = group
+        self.name = group.basename
+
+    # ---- creation / opening ------------------------------------------------------------------
+    @classmethod
+    def open(cls, root: str, name: str) -> DatasetEntry:
+        g = open_root(root, mode="r")
+        if name not in {n for n, _ in g.groups()}:
+            have = ", ".join(list_entries(root)) or "none"
+            raise CacheError(
+                f"cache entry {name!r} not found in {cache_root(root)} (have: {have})",
+                "run `repackctl extract` for it, or check --cache",
+            )
+        return cls(root, open_root(root, mode="a")[name])
+
+    @classmethod
+    def create_or_open(
+        cls,
+        root: str,
+        dataset: str,
+        split: str,
+        resolution: int,
+        n: int,
+        source_attrs: dict,
+        class_names: list[str] | None,
+        chunk: int,
+        shard: int,
+    ) -> DatasetEntry:
+        """Create the entry and its image arrays, or open it if its source attributes agree."""
+        name = entry_name(dataset, split, resolution)
+        g = open_root(root, mode="a")
+        source_attrs = _jsonable(source_attrs)
+        if name in {n for n, _ in g.groups()}:
+            entry = cls(root, g[name])
+            old = entry.attrs.get("source", {})
+            if old != source_attrs or entry.n != n:
+                raise CacheError(
+                    f"cache entry {name} was made from another source ({_diff(old, source_attrs)})",
+                    f"remove it with `repackctl cache rm {name}` or use another --cache",
+                )
+            return entry
+        if shard % chunk:
+            raise CacheError(
+                f"shard size {shard} is not a multiple of chunk size {chunk}",
+                "pass --shard as a multiple of --chunk (e.g. --chunk 32 --shard 1024)",
+            )
+        sub = g.create_group(name)
+        sub.attrs.update(
+            {
+                "dataset": dataset,
+                "split": split,
+                "resolution": resolution,
+                "n": n,
+                "chunk": chunk,
+                "shard": shard,
+                "source": source_attrs,
+                "class_names": class_names,
+                "num_classes": len(class_names) if class_names else 0,
+                "layout_version": 1,
+                "repackctl_version": __version__,
+            }
+        )
+        r = resolution
+        sub.create_array(
+            "images",
+            shape=(n, r, r, 3),
+            chunks=(chunk, r, r, 3),
+            shards=(shard, r, r, 3),
+            dtype="uint8",
+            compressors=BloscCodec(cname="zstd", clevel=3),
+        )
+        sub.create_array("labels", shape=(n,), chunks=(shard,), dtype="int32", fill_value=-1)
+        sub.create_array("keys", shape=(n,), chunks=(shard,), dtype=str)
+        sub.create_array("done", shape=(n,), chunks=(shard,), dtype="uint8", fill_value=0)
+        return cls(root, sub)
+
+    # ---- properties --------------------------------------------------------------------------
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return dict(self.group.attrs)
+
+    @property
+    def n(self) -> int:
+        return int(self.group.attrs["n"])
+
+    @property
+    def resolution(self) -> int:
+        return int(self.group.attrs["resolution"])
+
+    @property
+    def chunk(self) -> int:
+        return int(self.group.attrs["chunk"])
+
+    @property
+    def shard(self) -> int:
+        return int(self.group.attrs["shard"])
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return self.group.attrs.get("class_names")
+
+    @property
+    def images(self) -> zarr.Array:
+        return self.group["images"]
+
+    @property
+    def labels(self) -> zarr.Array:
+        return self.group["labels"]
+
+    @property
+    def keys(self) -> zarr.Array:
+        return self.group["keys"]
+
+    @property
+    def done(self) -> zarr.Array:
+        return self.group["done"]
+
+    def valid_indices(self) -> np.ndarray:
+        """Indices of samples written successfully (skipped and pending ones excluded)."""
+        return np.flatnonzero(self.done[:] == WRITTEN)
+
+    # ---- features ----------------------------------------------------------------------------
+    def feature_ids(self) -> list[str]:
+        if "features" not in self.group:
+            return []
+        return sorted(name for name, _ in self.group["features"].groups())
+
+    def features(self, encoder_entry: str) -> ArrayGroup:
+        if encoder_entry not in self.feature_ids():
+            have = ", ".join(self.feature_ids()) or "none"
+            raise CacheError(
+                f"no features {encoder_entry!r} in {self.name} (have: {have})",
+                "run `repackctl extract --encoder …` with the same encoder, weights and layer",
+            )
+        return ArrayGroup(self.group["features"][encoder_entry])
+
+    def create_or_open_features(
+        self, encoder_entry: str, spec_attrs: dict, flips: int, tokens: int, dim: int
+    ) -> ArrayGroup:
+        """Feature arrays of one encoder; an existing entry must have the same spec."""
+        attrs = _jsonable({"encoder": spec_attrs, "flips": flips, "tokens": tokens, "dim": dim})
+        feats = self.group.require_group("features")
+        if encoder_entry in {n for n, _ in feats.groups()}:
+            grp = ArrayGroup(feats[encoder_entry])
+            old = {k: grp.attrs.get(k) for k in attrs}
+            if old != attrs:
+                old_enc, new_enc = old.get("encoder") or {}, attrs["encoder"]
+                what = _diff(old_enc, new_enc) or _diff(old, attrs)
+                raise CacheError(
+                    f"features {encoder_entry} in {self.name} were made with another spec ({what})",
+                    f"remove them with `repackctl cache rm {self.name} --features {encoder_entry}`",
+                )
+            return grp
+        sub = feats.create_group(encoder_entry)
+        sub.attrs.update(attrs | {"repackctl_version": __version__})
+        c, s, n = self.chunk, self.shard, self.n
+        sub.create_array(
+            "tokens",
+            shape=(n, flips, tokens, dim),
+            chunks=(c, flips, tokens, dim),
+            shards=(s, flips, tokens, dim),
+            dtype="float16",
+            compressors=None,
+        )
+        sub.create_array(
+            "cls",
+            shape=(n, flips, dim),
+            chunks=(c, flips, dim),
+            shards=(s, flips, dim),
+            dtype="float16",
+            compressors=None,
+        )
+        sub.create_array("done", shape=(n,), chunks=(s,), dtype="uint8", fill_value=0)
+        return ArrayGroup(sub)
+
+    # ---- latents -----------------------------------------------------------------------------
+    def latent_ids(self) -> list[str]:
+        if "latents" not in self.group:
+            return []
+        return sorted(name for name, _ in self.group["latents"].groups())
+
+    def latents(self, pack_id: str) -> ArrayGroup:
+        if pack_id not in self.latent_ids():
+            have = ", ".join(self.latent_ids()) or "none"
+            raise CacheError(
+                f"no packed latents {pack_id!r} in {self.name} (have: {have})",
+                "run `repackctl pack encode --run RUN` first",
+            )
+        return ArrayGroup(self.group["latents"][pack_id])
+
+    def create_or_open_group(self, kind: str, entry: str, attrs: dict) -> tuple[ArrayGroup, bool]:
+        """A generic sample-indexed group under ``kind`` (``latents``, ``triplets``…).
+
+        Returns (group, created). An existing group must have the same attributes.
+        """
+        attrs = _jsonable(attrs)
+        parent = self.group.require_group(kind)
+        if entry in {n for n, _ in parent.groups()}:
+            grp = ArrayGroup(parent[entry])
+            old = {k: grp.attrs.get(k) for k in attrs}
+            if old != attrs:
+                raise CacheError(
+                    f"{kind}/{entry} in {self.name} was made with other settings "
+                    f"({_diff(old, attrs)})",
+                    f"remove it with `repackctl cache rm {self.name} --{kind} {entry}`",
+                )
+            return grp, False
+        sub = parent.create_group(entry)
+        sub.attrs.update(attrs | {"repackctl_version": __version__})
+        sub.create_array("done", shape=(self.n,), chunks=(self.shard,), dtype="uint8", fill_value=0)
+        return ArrayGroup(sub), True
+
+    def add_sample_array(
+        self, grp: ArrayGroup, name: str, sample_shape: tuple[int, ...], dtype: str
+    ) -> zarr.Array:
+        """Create a sample-indexed array in ``grp`` with this entry's chunk/shard layout."""
+        c, s = self.chunk, self.shard
+        return grp.group.create_array(
+            name,
+            shape=(self.n, *sample_shape),
+            chunks=(c, *sample_shape),
+            shards=(s, *sample_shape),
+            dtype=dtype,
+            compressors=None,
+        )
+
+
+def read_blocks(
+    array: zarr.Array, indices: np.ndarray, block: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield (indices, data) reading contiguous runs of ``indices`` as slices, ≤ ``block`` long."""
+    if len(indices) == 0:
+        return
+    indices = np.asarray(indices)
+    start = 0
+    for i in range(1, len(indices) + 1):
+        end_run = i == len(indices) or indices[i] != indices[i - 1] + 1 or i - start >= block
+        if end_run:
+            lo, hi = int(indices[start]), int(indices[i - 1]) + 1
+            yield indices[start:i], array[lo:hi]
+            start = i

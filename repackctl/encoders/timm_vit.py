@@ -1,0 +1,179 @@
+"""timm DINOv2 / DINOv3 encoders under the EncoderSpec contract.
+
+Token rule (RePack then Refine, `stage1` of guanfangdong/RePack-then-Refine; REPA's `utils.py`):
+final-layer patch tokens **after** the model's final norm, prefix tokens (CLS + registers) dropped
+from the tokens, CLS kept separately. DINOv3 runs at the crop size itself (256² → 16×16 tokens of
+patch 16); DINOv2 runs at 224 for 256² crops (16×16 tokens of patch 14), as REPA does. An
+intermediate block can be chosen with ``layer`` (normed by the final norm, like timm's
+``forward_intermediates(norm=True)``).
+
+Weights: a local ``.safetensors`` / ``.pth`` file (``.pth`` is first read with
+``torch.load(weights_only=True)``, so nothing pickled is executed), the hub when reachable, or an
+explicit ``"random"`` seeded initialisation for tests and dry runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from repackctl.encoders.base import EncoderSpec, FrozenEncoder, sha256_file
+from repackctl.errors import WeightsError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _patch_of(name: str) -> int:
+    for p in (8, 14, 16, 32):
+        if f"patch{p}" in name:
+            return p
+    raise WeightsError(f"cannot tell the patch size of timm model {name!r}", "use a ViT name")
+
+
+def _short_id(name: str) -> str:
+    """vit_base_patch16_dinov3 → dinov3-vitb16 (readable folder names)."""
+    size = {"tiny": "t", "small": "s", "small_plus": "sp", "base": "b", "large": "l"}
+    size |= {"huge_plus": "hp", "giant": "g", "7b": "7b"}
+    for family in ("dinov3", "dinov2"):
+        if name.endswith(family) or name.endswith(f"{family}_qkvb"):
+            body = name.removeprefix("vit_").split("_patch")[0]
+            rest = name.split("_patch")[1]
+            patch = rest.split("_")[0]
+            tag = "-reg4" if "_reg4_" in name else ""
+            tag += "-qkvb" if name.endswith("_qkvb") else ""
+            return f"{family}-vit{size.get(body, body)}{patch}{tag}"
+    return name.replace("_", "-")
+
+
+def _check_weights_file(path: Path) -> None:
+    if not path.is_file():
+        raise WeightsError(
+            f"weights file not found: {path}",
+            "pass --weights with an existing .safetensors or .pth file",
+        )
+    if path.suffix == ".safetensors":
+        return
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise WeightsError(
+            f"refusing to load {path.name}: it is not a plain tensor file ({type(e).__name__})",
+            "convert it to .safetensors, or save only the state dict (tensors) to a .pth",
+        ) from None
+
+
+class TimmViTEncoder(FrozenEncoder):
+    """A frozen timm ViT returning post-norm patch tokens (prefix dropped) and the CLS token."""
+
+    def __init__(self, spec: EncoderSpec, model: torch.nn.Module) -> None:
+        super().__init__(spec)
+        self.model = model.eval().requires_grad_(False)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        prefix = self.spec.prefix_tokens
+        if self.spec.layer is None:
+            feats = self.model.forward_features(x)  # (B, prefix + T, C), after the final norm
+            return feats[:, prefix:], feats[:, 0]
+        (tokens, pre), *_ = self.model.forward_intermediates(
+            x,
+            indices=[self.spec.layer],
+            norm=True,
+            output_fmt="NLC",
+            intermediates_only=True,
+            return_prefix_tokens=True,
+        )
+        return tokens, pre[:, 0]  # (B, T, C), (B, C)
+
+
+def timm_encoder(
+    *,
+    weights: str | None = None,
+    layer: int | None = None,
+    resolution: int = 256,
+    seed: int = 0,
+    variant: str | None = None,
+) -> TimmViTEncoder:
+    """Any timm DINO-style ViT by name (``--encoder timm:vit_small_patch16_dinov3``)."""
+    import timm
+
+    if not variant:
+        raise WeightsError(
+            "the timm encoder needs a model name", "use --encoder timm:vit_base_patch16_dinov3"
+        )
+    if variant not in timm.list_models():
+        close = [n for n in timm.list_models("*dino*") if variant.split("_")[0] in n][:6]
+        raise WeightsError(
+            f"unknown timm model {variant!r}", f"try one of: {', '.join(close) or 'timm.list_models()'}"
+        )
+    patch = _patch_of(variant)
+    # DINOv2 (patch 14) sees 224 for 256 crops so that the grid stays resolution // 16 (REPA).
+    grid = resolution // 16 if patch == 14 else resolution // patch
+    input_size = grid * patch
+    kwargs = {"img_size": input_size} if "dinov3" not in variant else {}
+    if weights is None:
+        try:
+            model = timm.create_model(variant, pretrained=True, **kwargs)
+        except Exception as e:
+            raise WeightsError(
+                f"cannot load pretrained weights of {variant} ({type(e).__name__}: no hub access?)",
+                "download the weights elsewhere and pass --weights FILE (.safetensors or .pth), "
+                "or --weights random for a dry run",
+            ) from None
+        tag, digest = f"hub:{variant}", ""
+    elif weights == "random":
+        torch.manual_seed(seed)
+        model = timm.create_model(variant, pretrained=False, **kwargs)
+        tag, digest = f"random:{seed}", ""
+    else:
+        path = Path(weights).expanduser().resolve()
+        _check_weights_file(path)
+        try:
+            model = timm.create_model(
+                variant, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs
+            )
+        except Exception as e:
+            raise WeightsError(
+                f"{path.name} does not fit {variant}: {str(e).splitlines()[0][:200]}",
+                "check that the file holds weights of this exact architecture",
+            ) from None
+        tag, digest = f"file:{path.name}", sha256_file(path)
+    if not digest:
+        import hashlib
+
+        h = hashlib.sha256()
+        for k, v in sorted(model.state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().float().cpu().numpy().tobytes())
+        digest = h.hexdigest()
+    depth = len(getattr(model, "blocks", []))
+    if layer is not None and not (-depth <= layer < depth):
+        raise WeightsError(f"layer {layer} out of range for {depth} blocks", f"use 0..{depth - 1}")
+    cfg = model.pretrained_cfg or {}
+    spec = EncoderSpec(
+        id=_short_id(variant),
+        arch=variant,
+        patch_size=patch,
+        input_size=input_size,
+        dim=model.embed_dim,
+        grid=grid,
+        layer=None if layer is None else layer % depth,
+        prefix_tokens=model.num_prefix_tokens,
+        mean=tuple(cfg.get("mean", IMAGENET_MEAN)),
+        std=tuple(cfg.get("std", IMAGENET_STD)),
+        weights=tag,
+        weights_sha256=digest,
+        extra={"token_rule": "post-norm patch tokens, prefix dropped; cls = token 0"},
+    )
+    return TimmViTEncoder(spec, model)
+
+
+def dinov3_vitb16(**kwargs) -> TimmViTEncoder:
+    """The paper's encoder: DINOv3 ViT-B/16 (``--encoder dinov3``)."""
+    return timm_encoder(variant=kwargs.pop("variant", None) or "vit_base_patch16_dinov3", **kwargs)
+
+
+def dinov2_vitb14(**kwargs) -> TimmViTEncoder:
+    """REPA's encoder: DINOv2 ViT-B/14 at 224 (``--encoder dinov2``)."""
+    return timm_encoder(variant=kwargs.pop("variant", None) or "vit_base_patch14_dinov2", **kwargs)

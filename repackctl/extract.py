@@ -1,0 +1,361 @@
+"""`repackctl extract`: images → cache entry with frozen-encoder tokens of both flips.
+
+Work is split into shard-aligned sample ranges (``cache.store.owned_ranges``); each process owns
+whole shards, so several processes (``torchrun``/``accelerate launch``) never write into the same
+shard (zarr 3 loses data otherwise, environment.md). A shard is encoded in batches that never cross
+its boundary (so the numbers do not depend on the number of processes), buffered, written, and only
+then marked done: a process killed at any moment loses at most the shard it was on, and a rerun
+continues with the first shard that is not done. Images are decoded in DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from repackctl.cache.store import (
+    PENDING,
+    SKIP_REASONS,
+    WRITTEN,
+    DatasetEntry,
+    owned_ranges,
+    reason_code,
+)
+from repackctl.data.base import BadImage, ImageSource
+from repackctl.encoders.base import FrozenEncoder
+from repackctl.errors import ConfigError, DataError
+from repackctl.progress import ProgressFactory, null_progress
+from repackctl.registry import registry
+from repackctl.settings import Settings
+
+
+@dataclass
+class DistInfo:
+    """Rank and world size from torchrun / accelerate environment variables."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls) -> DistInfo:
+        return cls(
+            rank=int(os.environ.get("RANK", 0)),
+            world=int(os.environ.get("WORLD_SIZE", 1)),
+            local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+        )
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            if not dist.is_initialized():
+                backend = "nccl" if torch.cuda.is_available() else "gloo"
+                dist.init_process_group(backend)
+            dist.barrier()
+
+    def all_sum(self, value: int) -> int:
+        if self.world == 1:
+            return value
+        import torch.distributed as dist
+
+        self.barrier()
+        t = torch.tensor([value], dtype=torch.int64)
+        dist.all_reduce(t)
+        return int(t.item())
+
+
+@dataclass
+class ExtractResult:
+    """What an extraction did, for the CLI to render."""
+
+    entry: str
+    features: str
+    n: int
+    written: int
+    already_done: int
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    resolution: int = 0
+    tokens_shape: tuple[int, ...] = ()
+
+    @property
+    def images_per_s(self) -> float:
+        return self.written / self.seconds if self.seconds > 0 else 0.0
+
+
+def default_resolution(data: str) -> int:
+    """64 px for the built-in dataset, 256 px (the papers' setting) for real images."""
+    return 64 if data.split(":")[0] == "builtin" else 256
+
+
+def resolve_device(device: str, local_rank: int = 0) -> torch.device:
+    """``auto`` → the local rank's GPU when there is one, else the CPU."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank % torch.cuda.device_count())
+        return torch.device("cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {device!r}", "use auto, cpu, cuda or cuda:N") from None
+
+
+def make_source(
+    data: str, split: str, num: int | None, seed: int, imagenet_root: str | None
+) -> ImageSource:
+    """Build the image source named by ``data`` (``builtin``, ``imagefolder:PATH``, …)."""
+    reg = registry("datasets")
+    name, arg = reg.split_id(data)
+    factory = reg.get(name)
+    kwargs: dict = {"path": arg, "split": split, "num": num, "seed": seed}
+    if "root" in inspect.signature(factory).parameters:
+        kwargs["root"] = imagenet_root
+    return factory(**kwargs)
+
+
+def dataset_label(source: ImageSource, num: int | None) -> str:
+    """The dataset part of the entry name: the source name, plus ``-nN`` for a chosen size."""
+    if num is None or source.name.endswith(f"-n{len(source)}"):
+        return source.name
+    return f"{source.name}-n{len(source)}"
+
+
+def make_encoder(
+    encoder: str, weights: str | None, layer: int | None, resolution: int, seed: int
+) -> FrozenEncoder:
+    """Build the encoder named by ``encoder`` (``builtin``, ``dinov3``, ``timm:NAME``)."""
+    reg = registry("encoders")
+    name, arg = reg.split_id(encoder)
+    factory = reg.get(name)
+    kwargs: dict = {"weights": weights, "layer": layer, "resolution": resolution, "seed": seed}
+    if arg:
+        kwargs["variant"] = arg
+    return factory(**kwargs)
+
+
+class _Items(Dataset):
+    """Decodes source items in DataLoader workers; a bad item comes back with its skip code."""
+
+    def __init__(self, source: ImageSource, resolution: int) -> None:
+        self.source = source
+        self.resolution = resolution
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int) -> tuple[int, np.ndarray, int, int, str]:
+        r = self.resolution
+        try:
+            img = self.source.load(i, r)
+            if img.shape != (r, r, 3) or img.dtype != np.uint8:
+                raise BadImage(f"source returned {img.shape} {img.dtype}")
+            code = WRITTEN
+        except BadImage as e:
+            img, code = np.zeros((r, r, 3), np.uint8), reason_code(str(e))
+        return i, img, code, self.source.label(i), self.source.key(i)
+
+
+def _collate(items: list) -> tuple:
+    idx, imgs, codes, labels, keys = zip(*items, strict=True)
+    return np.array(idx), np.stack(imgs), np.array(codes), np.array(labels), list(keys)
+
+
+def _loader(source: ImageSource, resolution: int, batches: list[list[int]], workers: int):
+    return DataLoader(
+        _Items(source, resolution),
+        batch_sampler=batches,
+        num_workers=workers,
+        collate_fn=_collate,
+        persistent_workers=False,
+    )
+
+
+def _batches(ranges: list[range], batch: int) -> list[list[int]]:
+    """Batches that never cross a shard boundary (same numbers for any process count)."""
+    out = []
+    for r in ranges:
+        idx = list(r)
+        out += [idx[i : i + batch] for i in range(0, len(idx), batch)]
+    return out
+
+
+def _strict_scan(
+    source: ImageSource, resolution: int, ranges: list[range], workers: int, dist: DistInfo
+) -> None:
+    bad = []
+    for idx, _, codes, _, keys in _loader(source, resolution, _batches(ranges, 64), workers):
+        for _i, c, k in zip(idx, codes, keys, strict=True):
+            if c != WRITTEN:
+                bad.append(f"{k} ({SKIP_REASONS[int(c)]})")
+    if dist.all_sum(len(bad)):
+        listed = ", ".join(bad[:5]) + (" …" if len(bad) > 5 else "")
+        raise DataError(
+            f"--strict: {len(bad)} unreadable input(s), nothing written: {listed}",
+            "remove or fix those files, or run without --strict to skip and record them",
+        )
+
+
+def run_extract(
+    settings: Settings,
+    progress: ProgressFactory = null_progress,
+    dist: DistInfo | None = None,
+    config_record: dict | None = None,
+) -> ExtractResult:
+    """Extract (or resume extracting) one encoder's features of one dataset split."""
+    cfg = settings.extract
+    dist = dist or DistInfo.from_env()
+    resolution = cfg.resolution or default_resolution(cfg.data)
+    if resolution % 8 or resolution < 16:
+        raise ConfigError(
+            f"resolution {resolution} is not supported", "use a multiple of 8 such as 64 or 256"
+        )
+    source = make_source(cfg.data, cfg.split, cfg.num, settings.seed, settings.imagenet_root)
+    n = len(source)
+    encoder = make_encoder(cfg.encoder, cfg.weights, cfg.layer, resolution, settings.seed)
+    spec = encoder.spec
+    if resolution % spec.patch_size and spec.patch_size != 14:
+        raise ConfigError(
+            f"resolution {resolution} is not a multiple of the patch size {spec.patch_size}",
+            f"use a multiple of {spec.patch_size}",
+        )
+    device = resolve_device(settings.device, dist.local_rank)
+    encoder = encoder.to(device)
+    flips = 2 if cfg.flips else 1
+    ranges = owned_ranges(n, cfg.shard, dist.rank, dist.world)
+
+    from repackctl.cache.store import list_entries
+    from repackctl.paths import entry_name
+
+    dataset = dataset_label(source, cfg.num)
+    name = entry_name(dataset, cfg.split, resolution)
+    if cfg.strict and name not in list_entries(settings.cache):
+        _strict_scan(source, resolution, ranges, settings.num_workers, dist)
+
+    make = lambda: DatasetEntry.create_or_open(  # noqa: E731
+        settings.cache,
+        dataset,
+        cfg.split,
+        resolution,
+        n,
+        source.describe(),
+        source.class_names,
+        cfg.chunk,
+        cfg.shard,
+    )
+    feat_args = (spec.entry_id(), spec.attrs(), flips, spec.num_tokens, spec.dim)
+    if dist.rank == 0:
+        entry = make()
+        feats = entry.create_or_open_features(*feat_args)
+        if config_record is not None:
+            feats.group.attrs["config"] = config_record
+    dist.barrier()
+    if dist.rank != 0:
+        entry = make()
+        feats = entry.create_or_open_features(*feat_args)
+    if entry.shard != cfg.shard:  # the entry's own layout wins over the setting
+        ranges = owned_ranges(n, entry.shard, dist.rank, dist.world)
+
+    img_done = entry.done[:]
+    feat_done = feats.done[:]
+    pending = [r for r in ranges if (feat_done[r.start : r.stop] == PENDING).any()]
+    already = sum(len(r) for r in ranges) - sum(len(r) for r in pending)
+    todo = sum(len(r) for r in pending)
+    written = 0
+    t0 = time.perf_counter()
+    autocast = settings.precision != "fp32" and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if settings.precision == "bf16" else torch.float16
+    with progress(f"extract {spec.id}", total=todo, unit="img") as bar:
+        if already:
+            bar.log(f"resuming: {already} samples of this process were already done")
+        by_start = {r.start: r for r in pending}
+        buf: dict | None = None
+        loader = _loader(source, resolution, _batches(pending, cfg.batch_size), settings.num_workers)
+        for idx, imgs, codes, labels, keys in loader:
+            start = int(idx[0]) - int(idx[0]) % entry.shard
+            rng = by_start[start]
+            if buf is None:
+                m = len(rng)
+                buf = {
+                    "images": np.zeros((m, resolution, resolution, 3), np.uint8),
+                    "labels": np.full(m, -1, np.int32),
+                    "keys": np.empty(m, dtype=object),
+                    "codes": np.zeros(m, np.uint8),
+                    "tokens": np.zeros((m, flips, spec.num_tokens, spec.dim), np.float16),
+                    "cls": np.zeros((m, flips, spec.dim), np.float16),
+                }
+            local = idx - rng.start
+            cached = img_done[idx] == WRITTEN
+            if cached.any():  # images written by an earlier extraction: use the cached pixels
+                imgs[cached] = entry.images[int(idx[0]) : int(idx[-1]) + 1][cached]
+            ok = codes == WRITTEN
+            if ok.any():
+                x = torch.from_numpy(imgs[ok]).to(device).permute(0, 3, 1, 2)  # (B, 3, R, R)
+                x = x.float() / 127.5 - 1.0
+                outs = []
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=autocast):
+                    for f in range(flips):
+                        tok, cls = encoder(x.flip(-1) if f else x)  # (B, T, C), (B, C)
+                        outs.append((tok.float().cpu().numpy(), cls.float().cpu().numpy()))
+                buf["tokens"][local[ok]] = np.stack([o[0] for o in outs], 1)  # (B, F, T, C)
+                buf["cls"][local[ok]] = np.stack([o[1] for o in outs], 1)  # (B, F, C)
+            buf["images"][local] = imgs
+            buf["labels"][local] = labels
+            buf["keys"][local] = keys
+            buf["codes"][local] = codes
+            bar.advance(len(idx))
+            if int(idx[-1]) + 1 == rng.stop:  # shard complete: write data, then mark it done
+                sl = slice(rng.start, rng.stop)
+                if (img_done[sl] == PENDING).any():
+                    entry.images[sl] = buf["images"]
+                    entry.labels[sl] = buf["labels"]
+                    entry.keys[sl] = buf["keys"].astype(str)
+                if not np.isfinite(buf["tokens"]).all():
+                    bar.log(f"warning: non-finite features in samples {rng.start}..{rng.stop - 1}")
+                feats["tokens"][sl] = buf["tokens"]
+                feats["cls"][sl] = buf["cls"]
+                entry.done[sl] = buf["codes"]
+                feats.done[sl] = buf["codes"]
+                written += int((buf["codes"] == WRITTEN).sum())
+                buf = None
+    seconds = time.perf_counter() - t0
+    dist.barrier()
+    skipped = _finalize(entry, feats, dist.rank == 0)
+    return ExtractResult(
+        entry=entry.name,
+        features=spec.entry_id(),
+        n=n,
+        written=written,
+        already_done=already,
+        skipped=skipped,
+        seconds=seconds,
+        resolution=resolution,
+        tokens_shape=tuple(feats["tokens"].shape),
+    )
+
+
+def _finalize(entry: DatasetEntry, feats, write: bool) -> list[tuple[str, str]]:
+    """Record counts and the skipped inputs in the attributes (rank 0 only writes)."""
+    codes = entry.done[:]
+    bad = np.flatnonzero(codes >= 2)
+    keys = entry.keys[bad] if len(bad) else []
+    skipped = [(str(k), SKIP_REASONS[int(codes[i])]) for k, i in zip(keys, bad, strict=True)]
+    if write:
+        summary = {
+            "written": int((codes == WRITTEN).sum()),
+            "skipped": [{"key": k, "reason": r} for k, r in skipped],
+            "num_skipped": len(skipped),
+            "complete": bool((codes != PENDING).all()),
+        }
+        entry.group.attrs.update(summary)
+        fcodes = feats.done[:]
+        feats.group.attrs.update(
+            {"written": int((fcodes == WRITTEN).sum()), "complete": bool((fcodes != PENDING).all())}
+        )
+    return skipped

@@ -1,0 +1,13 @@
+"""Diffusion Transformers (DiT / SiT / LightningDiT) and the REPA projector.
+
+Pure network code: no files, caches or data. ``variants`` holds the registered sizes
+(``MODEL_FACTORIES``), ``dit`` the one configurable network, ``layers`` its building blocks and
+``repa`` the alignment projector and loss.
+
+Shape legend used in every comment of this package (einops style):
+
+    B  batch                  C  latent channels (input / output of the DiT)
+    T  tokens = (h/p)·(w/p)   h, w  latent height / width, p patch size
+    D  width (hidden size)    H  attention heads, Dh = D / H per head
+    F  MLP hidden width       E  encoder token width (REPA target)
+"""

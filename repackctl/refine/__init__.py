@@ -1,0 +1,1 @@
+"""Stage 3: the Latent-Guided Refiner (network in ``repackctl.refine.network``)."""

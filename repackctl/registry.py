@@ -1,0 +1,169 @@
+"""Lazy entry-point registry for encoders, models and datasets.
+
+The entry name is the id users type; the value is a factory. Built-ins are declared through the
+same entry points in our own ``pyproject.toml``. Names are read once per process; only the id
+asked for is imported (like zarr's ``registry.py`` and timm's ``_registry.py``). A miss lists the
+available ids; an id declared by two distributions is an error naming both.
+``REPACKCTL_DISABLE_PLUGIN_AUTOLOAD=1`` keeps the built-ins (distribution ``repackctl``) only.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass
+from functools import cache
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any
+
+from repackctl.errors import RegistryError
+
+GROUPS = {
+    "encoders": "repackctl.encoders",
+    "models": "repackctl.models",
+    "datasets": "repackctl.datasets",
+}
+BUILTIN_DIST = "repackctl"
+_KIND_HINT = {
+    "encoders": "pass --encoder with one of them, or install a plugin that registers it",
+    "models": "pick --arch/--size/--patch from them, or install a plugin that registers it",
+    "datasets": "pass --data with one of them (e.g. builtin, imagefolder:PATH, imagenet)",
+}
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """One registered id, for `repackctl plugins`."""
+
+    id: str
+    group: str
+    distribution: str
+    version: str
+    value: str
+    status: str  # "not loaded", "loaded", "error: …", "duplicate of …", "disabled"
+
+
+def autoload_disabled() -> bool:
+    return os.environ.get("REPACKCTL_DISABLE_PLUGIN_AUTOLOAD", "").lower() in {"1", "true", "yes"}
+
+
+def _dist(ep: EntryPoint) -> tuple[str, str]:
+    dist = getattr(ep, "dist", None)
+    if dist is None:
+        return "?", "?"
+    return dist.metadata["Name"] or "?", dist.version or "?"
+
+
+@cache
+def _scan(group: str) -> dict[str, list[EntryPoint]]:
+    found: dict[str, list[EntryPoint]] = {}
+    seen: set[tuple[str, str, str]] = set()
+    for ep in entry_points(group=group):
+        dist_name, _ = _dist(ep)
+        sig = (ep.name, ep.value, dist_name)
+        if sig in seen:  # the same distribution visible twice on sys.path
+            continue
+        seen.add(sig)
+        found.setdefault(ep.name, []).append(ep)
+    return found
+
+
+class Registry:
+    """The ids of one entry-point group."""
+
+    def __init__(self, kind: str) -> None:
+        if kind not in GROUPS:
+            raise ValueError(f"unknown registry kind {kind!r}")
+        self.kind = kind
+        self.group = GROUPS[kind]
+        self._loaded: dict[str, Any] = {}
+        self._errors: dict[str, str] = {}
+
+    def _entries(self) -> dict[str, list[EntryPoint]]:
+        entries = _scan(self.group)
+        if autoload_disabled():
+            entries = {
+                name: [ep for ep in eps if _dist(ep)[0] == BUILTIN_DIST]
+                for name, eps in entries.items()
+            }
+            entries = {name: eps for name, eps in entries.items() if eps}
+        return entries
+
+    def ids(self) -> list[str]:
+        return sorted(self._entries())
+
+    def split_id(self, ref: str) -> tuple[str, str | None]:
+        """``imagefolder:/data`` → ("imagefolder", "/data"); a bare id has no argument."""
+        name, sep, arg = ref.partition(":")
+        return name, (arg if sep else None)
+
+    def get(self, ref: str) -> Any:
+        """Import and return the factory registered under ``ref`` (argument part ignored)."""
+        name, _ = self.split_id(ref)
+        if name in self._loaded:
+            return self._loaded[name]
+        entries = self._entries()
+        if name not in entries:
+            close = difflib.get_close_matches(name, entries, n=1)
+            guess = f"; did you mean {close[0]!r}?" if close else ""
+            raise RegistryError(
+                f"unknown {self.kind[:-1]} {name!r}{guess} available: {', '.join(sorted(entries))}",
+                _KIND_HINT[self.kind],
+            )
+        eps = entries[name]
+        if len(eps) > 1:
+            dists = " and ".join(f"{_dist(ep)[0]} ({ep.value})" for ep in eps)
+            raise RegistryError(
+                f"{self.kind[:-1]} id {name!r} is registered twice: by {dists}",
+                "uninstall one of the two distributions, or set REPACKCTL_DISABLE_PLUGIN_AUTOLOAD=1",
+            )
+        try:
+            factory = eps[0].load()
+        except Exception as e:  # a broken plugin must not look like a missing one
+            self._errors[name] = f"{type(e).__name__}: {e}"
+            raise RegistryError(
+                f"{self.kind[:-1]} {name!r} from {_dist(eps[0])[0]} failed to load: {e}",
+                "reinstall the plugin; REPACKCTL_DEBUG=1 shows the traceback",
+            ) from e
+        self._loaded[name] = factory
+        return factory
+
+    def info(self) -> list[PluginInfo]:
+        disabled = autoload_disabled()
+        rows = []
+        for name, eps in sorted(_scan(self.group).items()):
+            for ep in eps:
+                dist, version = _dist(ep)
+                if disabled and dist != BUILTIN_DIST:
+                    status = "disabled"
+                elif len(eps) > 1:
+                    others = ", ".join(_dist(o)[0] for o in eps if o is not ep)
+                    status = f"duplicate (also in {others})"
+                elif name in self._loaded:
+                    status = "loaded"
+                elif name in self._errors:
+                    status = f"error: {self._errors[name]}"
+                else:
+                    status = "not loaded"
+                rows.append(PluginInfo(name, self.group, dist, version, ep.value, status))
+        return rows
+
+    def check(self, name: str) -> str:
+        """Try to import ``name``; return its status (for `repackctl plugins --check`)."""
+        try:
+            self.get(name)
+        except RegistryError as e:
+            return f"error: {e.message}"
+        return "loaded"
+
+
+@cache
+def registry(kind: str) -> Registry:
+    """The process-wide registry of ``kind`` (encoders, models, datasets)."""
+    return Registry(kind)
+
+
+def clear_cache() -> None:
+    """Forget scanned entry points (tests that install or disable plugins)."""
+    _scan.cache_clear()
+    registry.cache_clear()

@@ -1,0 +1,219 @@
+"""Settings: defaults < ``--config FILE.toml`` < ``REPACKCTL_*`` environment < flags actually given.
+
+One pydantic-settings model holds the settings shared by all commands (cache, runs, seed, device,
+precision, num_workers, data roots) and one nested section per command (``[extract]`` in TOML,
+``REPACKCTL_EXTRACT__BATCH_SIZE`` in the environment, ``--batch-size`` on the command line).
+
+Each layer is read separately (pydantic-settings' own TOML and environment sources) so that every
+resolved value knows where it came from; ``--show-config`` prints that provenance, and each command
+that writes a cache entry or a run stores the resolved config beside it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from repackctl.errors import ConfigError
+
+ENV_PREFIX = "REPACKCTL_"
+Precision = Literal["fp32", "bf16", "fp16"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ExtractSettings(_Section):
+    """`repackctl extract`: images → cache entry with frozen-encoder tokens."""
+
+    encoder: str = Field("builtin", description="encoder id (`repackctl plugins` lists them)")
+    weights: str | None = Field(
+        None, description="weights file (.safetensors/.pth), 'random', or none for the default"
+    )
+    layer: int | None = Field(None, description="intermediate block index; none = final layer")
+    data: str = Field("builtin", description="data source: builtin, imagefolder:PATH, imagenet")
+    split: str = Field("train", description="split of the data source")
+    resolution: int | None = Field(
+        None, description="crop size in pixels; none = 64 for builtin, 256 otherwise"
+    )
+    num: int | None = Field(None, description="number of images; none = the whole source")
+    batch_size: int = Field(32, ge=1, description="images per encoder forward")
+    flips: bool = Field(True, description="also encode the mirrored image (F = 2)")
+    strict: bool = Field(False, description="fail on unreadable images instead of skipping them")
+    chunk: int = Field(32, ge=1, description="samples per Zarr chunk")
+    shard: int = Field(1024, ge=1, description="samples per Zarr shard (a multiple of chunk)")
+
+
+class Settings(BaseSettings):
+    """All settings of repackctl."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", validate_assignment=True
+    )
+
+    cache: str = Field(
+        str(Path("~/.cache/repackctl").expanduser()),
+        description="cache root: a local folder or an fsspec URL",
+    )
+    runs: str = Field("runs", description="folder that holds training runs")
+    seed: int = Field(0, description="global seed")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N, mps")
+    precision: Precision = Field("fp32", description="fp32, bf16 or fp16")
+    num_workers: int = Field(2, ge=0, description="DataLoader workers that decode images")
+    imagenet_root: str | None = Field(
+        None, description="ImageNet folder with train/ and val/ class sub-folders"
+    )
+    extract: ExtractSettings = ExtractSettings()
+
+
+# --------------------------------------------------------------------------------------------
+# Layered resolution with provenance
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _set_dotted(d: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    for p in parts[:-1]:
+        d = d.setdefault(p, {})
+    d[parts[-1]] = value
+
+
+def _first_error(e: ValidationError) -> str:
+    err = e.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    return f"{loc}: {err['msg']}"
+
+
+class ResolvedSettings:
+    """The validated settings plus where each value came from."""
+
+    def __init__(self, settings: Settings, sources: dict[str, str]) -> None:
+        self.settings = settings
+        self.sources = sources
+
+    def rows(self, sections: tuple[str, ...] | None = None) -> list[tuple[str, Any, str]]:
+        """(dotted key, value, source) for every setting, optionally limited to some sections."""
+        flat = _flatten(self.settings.model_dump(mode="json"))
+        rows = []
+        for key, value in flat.items():
+            top = key.split(".")[0]
+            if sections is not None and "." in key and top not in sections:
+                continue
+            rows.append((key, value, self.sources.get(key, "default")))
+        return rows
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "values": self.settings.model_dump(mode="json"),
+            "sources": {k: s for k, _, s in self.rows()},
+        }
+
+
+def resolve_settings(
+    config_file: str | Path | None = None,
+    flags: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> ResolvedSettings:
+    """Merge the four layers. ``flags`` maps dotted keys (``extract.batch_size``) to given values.
+
+    Unknown keys in the TOML file or environment are errors (never silently ignored).
+    """
+    layers: list[tuple[str, dict[str, Any]]] = []
+    if config_file is not None:
+        path = Path(config_file).expanduser()
+        if not path.is_file():
+            raise ConfigError(
+                f"config file not found: {path}", "pass an existing TOML file to --config"
+            )
+        try:
+            data = TomlConfigSettingsSource(Settings, toml_file=path)()
+        except Exception as e:  # tomllib.TOMLDecodeError and friends
+            raise ConfigError(
+                f"cannot parse {path}: {e}", "check the TOML syntax of the file"
+            ) from None
+        layers.append((f"file {path.name}", data))
+
+    env = dict(os.environ if environ is None else environ)
+    unknown = _unknown_env(env)
+    if unknown:
+        raise ConfigError(
+            f"unknown setting in environment: {unknown}",
+            "run `repackctl extract --show-config` to list valid settings (REPACKCTL_SECTION__KEY)",
+        )
+    env_source = EnvSettingsSource(
+        Settings, env_prefix=ENV_PREFIX, env_nested_delimiter="__", case_sensitive=False
+    )
+    saved = os.environ.copy()
+    try:
+        os.environ.clear()
+        os.environ.update(env)
+        env_data = env_source()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    layers.append(("env", env_data))
+    flag_data: dict[str, Any] = {}
+    for key, value in (flags or {}).items():
+        _set_dotted(flag_data, key, value)
+    layers.append(("flag", flag_data))
+
+    merged: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for name, data in layers:
+        for key, value in _flatten(data).items():
+            _set_dotted(merged, key, value)
+            sources[key] = f"env {ENV_PREFIX}{key.upper().replace('.', '__')}" if name == "env" else name
+    try:
+        settings = Settings.model_validate(merged)
+    except ValidationError as e:
+        key = ".".join(str(p) for p in e.errors()[0]["loc"])
+        where = sources.get(key, "a setting")
+        raise ConfigError(
+            f"invalid setting {_first_error(e)} (from {where})",
+            "fix the value; `--show-config` prints every setting and its source",
+        ) from None
+    return ResolvedSettings(settings, sources)
+
+
+# variables that are switches of the tool itself, not settings
+_SWITCHES = {"DEBUG", "DISABLE_PLUGIN_AUTOLOAD", "CONFIG"}
+
+
+def _unknown_env(env: dict[str, str]) -> str | None:
+    fields = Settings.model_fields
+    for name in env:
+        if not name.upper().startswith(ENV_PREFIX):
+            continue
+        rest = name[len(ENV_PREFIX) :].lower()
+        if rest.upper() in _SWITCHES:
+            continue
+        top, _, sub = rest.partition("__")
+        if top not in fields:
+            return name
+        if sub:
+            ann = fields[top].annotation
+            if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+                return name
+            if sub.split("__")[0] not in ann.model_fields:
+                return name
+    return None

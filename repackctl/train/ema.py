@@ -1,0 +1,53 @@
+"""Exponential moving average of the model weights (DiT / REPA / LightningDiT: decay 0.9999).
+
+``ema = decay * ema + (1 - decay) * param`` after every optimizer update. With ``warmup`` the decay
+is ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates (the TensorFlow / timm ModelEmaV2 ramp),
+so a short run is not dominated by the random init. The average is kept in fp32 whatever the
+training precision, and buffers are copied (not averaged). Every process keeps the same copy:
+gradients are all-reduced, so the updates are identical.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+class EMA:
+    """An fp32 shadow copy of a module, updated in place."""
+
+    def __init__(self, model: nn.Module, decay: float, warmup: bool = False) -> None:
+        self.decay = decay
+        self.warmup = warmup
+        self.updates = 0
+        self.module = copy.deepcopy(model).float().eval()
+        self.module.requires_grad_(False)
+
+    def current_decay(self) -> float:
+        """Decay used by the next update."""
+        if not self.warmup:
+            return self.decay
+        n = self.updates
+        return min(self.decay, (1.0 + n) / (10.0 + n))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """Move the average towards ``model``'s current weights."""
+        d = self.current_decay()
+        ema_params = list(self.module.parameters())
+        params = [p.detach().float() for p in model.parameters()]
+        # lerp_(p, w) = ema + w * (p - ema) = d * ema + (1 - d) * p
+        torch._foreach_lerp_(ema_params, params, 1.0 - d)
+        for eb, b in zip(self.module.buffers(), model.buffers(), strict=True):
+            eb.copy_(b)
+        self.updates += 1
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Same keys as the model's ``state_dict`` (an EMA file loads into a fresh model)."""
+        return self.module.state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor], updates: int) -> None:
+        self.module.load_state_dict(state)
+        self.updates = updates

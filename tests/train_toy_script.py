@@ -1,0 +1,145 @@
+"""A tiny task for the training loop: MLP regression plus a small discriminator (two optimizers).
+
+Imported by ``tests/test_train.py`` (in-process runs) and run as a script by the subprocess tests
+(kill/resume, ``torchrun --standalone --nproc_per_node 2``):
+
+    python tests/train_toy_script.py RUN_DIR --steps 40 --global-batch 8 [--gan] [--dump DIR]
+
+Prints one JSON line with the result; ``--dump`` writes each process's final weights to
+``DIR/rank<r>.safetensors`` so the test can compare processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from repackctl.train import OptimizerSpec, StepOutput, TrainConfig, train
+
+
+class ToyTask:
+    """y = sin(x @ w) regression on 64 fixed samples; optional hinge-GAN critic on (x, y) pairs."""
+
+    def __init__(
+        self,
+        gan: bool = False,
+        noise: float = 0.1,
+        nan_steps: frozenset[int] = frozenset(),
+        sleep: float = 0.0,
+        n: int = 64,
+    ) -> None:
+        rng = np.random.default_rng(1234)
+        self.x = rng.standard_normal((n, 8)).astype(np.float32)  # (N, 8)
+        w = rng.standard_normal((8, 1)).astype(np.float32)
+        self.y = np.sin(self.x @ w)  # (N, 1)
+        self.gan = gan
+        self.noise = noise
+        self.nan_steps = nan_steps
+        self.sleep = sleep
+        self.seen: list[int] = []
+
+    def build(self) -> dict[str, nn.Module]:
+        mods: dict[str, nn.Module] = {
+            "model": nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1))
+        }
+        if self.gan:
+            mods["disc"] = nn.Sequential(nn.Linear(9, 8), nn.LeakyReLU(0.2), nn.Linear(8, 1))
+        self.modules = mods  # kept so the script can dump what each process ended with
+        return mods
+
+    def optimizers(self) -> dict[str, OptimizerSpec]:
+        specs = {"gen": OptimizerSpec(("model",))}
+        if self.gan:
+            specs["disc"] = OptimizerSpec(("disc",), lr=5e-3, betas=(0.5, 0.9))
+        return specs
+
+    def num_samples(self) -> int:
+        return len(self.x)
+
+    def get_batch(self, indices: np.ndarray, step: int, generator: np.random.Generator):
+        if self.sleep:
+            time.sleep(self.sleep)  # paces the subprocess so the test can kill it mid-run
+        self.seen.extend(int(i) for i in indices)
+        # augmentation that uses the loop's per-step generator: a random scale of the target
+        scale = 1.0 + 0.01 * generator.standard_normal((len(indices), 1)).astype(np.float32)
+        return {"x": torch.from_numpy(self.x[indices]), "y": torch.from_numpy(self.y[indices] * scale)}
+
+    def training_step(self, modules, batch, step):
+        x, y = batch["x"], batch["y"]  # (b, 8), (b, 1)
+        if self.noise:
+            x = x + self.noise * torch.randn_like(x)  # global torch RNG: restored on resume
+        pred = modules["model"](x)  # (b, 1)
+        loss = torch.mean((pred - y) ** 2)
+        if step in self.nan_steps:
+            loss = loss * float("nan")
+        logs = {"mse": float(loss.detach())}
+        if not self.gan:
+            return StepOutput({"gen": loss}, logs)
+        disc = modules["disc"]
+        g_adv = -disc(torch.cat([x, pred], 1)).mean()  # grads leak into disc: dropped by the loop
+        real = disc(torch.cat([x, y], 1))  # (b, 1)
+        fake = disc(torch.cat([x, pred.detach()], 1))  # (b, 1)
+        d_loss = torch.relu(1 - real).mean() + torch.relu(1 + fake).mean()
+        return StepOutput({"gen": loss + 0.1 * g_adv, "disc": d_loss}, logs)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("run_dir")
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--global-batch", type=int, default=8)
+    ap.add_argument("--grad-accum", type=int, default=1)
+    ap.add_argument("--ckpt-every", type=int, default=10)
+    ap.add_argument("--keep-last", type=int, default=2)
+    ap.add_argument("--block", type=int, default=4)
+    ap.add_argument("--noise", type=float, default=0.1)
+    ap.add_argument("--sleep", type=float, default=0.0)
+    ap.add_argument("--gan", action="store_true")
+    ap.add_argument("--dump", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    config = TrainConfig(
+        run_dir=args.run_dir,
+        steps=args.steps,
+        global_batch=args.global_batch,
+        grad_accum=args.grad_accum,
+        lr=1e-2,
+        schedule="cosine",
+        warmup_steps=5,
+        ema_decay=0.9,
+        ckpt_every=args.ckpt_every,
+        keep_last=args.keep_last,
+        log_every=5,
+        block=args.block,
+        buffer_blocks=2,
+        clip_grad=1.0,
+        cpu=True,
+    )
+    task = ToyTask(gan=args.gan, noise=args.noise, sleep=args.sleep)
+    result = train(task, config)
+    import torch.distributed as dist
+
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if args.dump:
+        out = Path(args.dump)
+        out.mkdir(parents=True, exist_ok=True)
+        # the weights every process ended with (not only what rank 0 saved)
+        state = {
+            f"{name}.{k}": v.detach().clone()
+            for name, mod in task.modules.items()
+            for k, v in mod.state_dict().items()
+        }
+        save_file(state, str(out / f"rank{rank}.safetensors"))
+    if rank == 0:
+        print(json.dumps({"step": result.step, "resumed_from": result.resumed_from}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
