@@ -276,7 +276,9 @@ def run_extract(
             bar.log(f"resuming: {already} samples of this process were already done")
         by_start = {r.start: r for r in pending}
         buf: dict | None = None
-        loader = _loader(source, resolution, _batches(pending, cfg.batch_size), settings.num_workers)
+        loader = _loader(
+            source, resolution, _batches(pending, cfg.batch_size), settings.num_workers
+        )
         for idx, imgs, codes, labels, keys in loader:
             start = int(idx[0]) - int(idx[0]) % entry.shard
             rng = by_start[start]

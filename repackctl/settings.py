@@ -24,6 +24,12 @@ from pydantic_settings import (
 )
 
 from repackctl.errors import ConfigError
+from repackctl.sections.benchmark import BenchmarkSettings
+from repackctl.sections.evaluate import EvaluateSettings
+from repackctl.sections.pack import PackSettings
+from repackctl.sections.refine import RefineSettings
+from repackctl.sections.sample import SampleSettings
+from repackctl.sections.train import TrainSettings
 
 ENV_PREFIX = "REPACKCTL_"
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -66,6 +72,7 @@ class Settings(BaseSettings):
         description="cache root: a local folder or an fsspec URL",
     )
     runs: str = Field("runs", description="folder that holds training runs")
+    samples: str = Field("samples", description="folder that holds generated sample sets")
     seed: int = Field(0, description="global seed")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N, mps")
     precision: Precision = Field("fp32", description="fp32, bf16 or fp16")
@@ -74,6 +81,18 @@ class Settings(BaseSettings):
         None, description="ImageNet folder with train/ and val/ class sub-folders"
     )
     extract: ExtractSettings = ExtractSettings()
+    pack: PackSettings = PackSettings()
+    train: TrainSettings = TrainSettings()
+    refine: RefineSettings = RefineSettings()
+    sample: SampleSettings = SampleSettings()
+    evaluate: EvaluateSettings = EvaluateSettings()
+    benchmark: BenchmarkSettings = BenchmarkSettings()
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, *args, **kwargs):
+        # resolve_settings reads the file and environment layers itself (to know each value's
+        # source) and validates the merged result; the model must not read them a second time
+        return (init_settings,)
 
 
 # --------------------------------------------------------------------------------------------
@@ -160,14 +179,13 @@ def resolve_settings(
             f"unknown setting in environment: {unknown}",
             "run `repackctl extract --show-config` to list valid settings (REPACKCTL_SECTION__KEY)",
         )
-    env_source = EnvSettingsSource(
-        Settings, env_prefix=ENV_PREFIX, env_nested_delimiter="__", case_sensitive=False
-    )
     saved = os.environ.copy()
-    try:
+    try:  # the source reads os.environ when constructed: show it exactly the layer we resolve
         os.environ.clear()
         os.environ.update(env)
-        env_data = env_source()
+        env_data = EnvSettingsSource(
+            Settings, env_prefix=ENV_PREFIX, env_nested_delimiter="__", case_sensitive=False
+        )()
     finally:
         os.environ.clear()
         os.environ.update(saved)
@@ -182,7 +200,9 @@ def resolve_settings(
     for name, data in layers:
         for key, value in _flatten(data).items():
             _set_dotted(merged, key, value)
-            sources[key] = f"env {ENV_PREFIX}{key.upper().replace('.', '__')}" if name == "env" else name
+            sources[key] = (
+                f"env {ENV_PREFIX}{key.upper().replace('.', '__')}" if name == "env" else name
+            )
     try:
         settings = Settings.model_validate(merged)
     except ValidationError as e:

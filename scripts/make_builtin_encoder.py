@@ -183,7 +183,9 @@ def evaluate(weights: Path, n_train: int, n_val: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("repackctl/encoders/weights/builtin.safetensors"))
+    parser.add_argument(
+        "--out", type=Path, default=Path("repackctl/encoders/weights/builtin.safetensors")
+    )
     parser.add_argument("--steps", type=int, default=1200)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -192,7 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tok-weight", type=float, default=0.5)
     parser.add_argument("--pix-weight", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0, help="init and augmentation seed")
-    parser.add_argument("--data-seed", type=int, default=1, help="built-in dataset seed to train on")
+    parser.add_argument(
+        "--data-seed", type=int, default=1, help="built-in dataset seed to train on"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--probe-train", type=int, default=2000)
     parser.add_argument("--probe-val", type=int, default=500)
@@ -203,15 +207,21 @@ def main(argv: list[str] | None = None) -> int:
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     settings.pop("out")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    save_weights(net, args.out, metadata={"dataset_version": GENERATOR_VERSION})
+    save_weights(
+        net, args.out, metadata={"dataset_version": GENERATOR_VERSION}, dtype=torch.float16
+    )
     scores = evaluate(args.out, args.probe_train, args.probe_val)
     meta = {
         "arch": ARCH,
         "resolution": RESOLUTION,
         "mean": [0.5, 0.5, 0.5],
         "std": [0.5, 0.5, 0.5],
-        "dataset": {"id": "builtin", "version": GENERATOR_VERSION, "split": "train",
-                    "seed": args.data_seed},
+        "dataset": {
+            "id": "builtin",
+            "version": GENERATOR_VERSION,
+            "split": "train",
+            "seed": args.data_seed,
+        },
         "objective": "CE(cls) + tok_weight*CE(shared head on patch tokens) "
         "+ pix_weight*MSE(linear 8x8x3 patch reconstruction)",
         "augmentation": "random h/v flips, random translation <= 4 px (reflect pad)",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -68,8 +69,32 @@ class ToyTask:
             time.sleep(self.sleep)  # paces the subprocess so the test can kill it mid-run
         self.seen.extend(int(i) for i in indices)
         # augmentation that uses the loop's per-step generator: a random scale of the target
-        scale = 1.0 + 0.01 * generator.standard_normal((len(indices), 1)).astype(np.float32)
-        return {"x": torch.from_numpy(self.x[indices]), "y": torch.from_numpy(self.y[indices] * scale)}
+        jitter = generator.standard_normal((len(indices), 1)).astype(np.float32)  # (b, 1)
+        scale = 1.0 + (0.1 * self.noise) * jitter
+        return {
+            "x": torch.from_numpy(self.x[indices]),
+            "y": torch.from_numpy(self.y[indices] * scale),
+        }
+
+    def on_images(self, modules, ema, step: int, run_dir: Path) -> None:
+        """A 'grid' of EMA predictions on a fixed input grid, as a grey PNG."""
+        from PIL import Image
+
+        with torch.no_grad():
+            grid = torch.linspace(-2, 2, 16)
+            x = torch.zeros(16 * 16, 8)  # (256, 8)
+            x[:, 0] = grid.repeat(16)
+            x[:, 1] = grid.repeat_interleave(16)
+            img = ema(x).reshape(16, 16).clamp(-1, 1)  # (16, 16)
+        pixels = ((img + 1) * 127.5).round().to(torch.uint8).numpy()
+        (run_dir / "images").mkdir(exist_ok=True)
+        Image.fromarray(pixels).save(run_dir / "images" / f"step-{step:07d}.png")
+
+    def state_extra(self) -> dict:
+        return {"target_mean": float(self.y.mean()), "cache_id": "toy-v1"}
+
+    def load_state_extra(self, extra: dict) -> None:
+        self.loaded_extra = extra
 
     def training_step(self, modules, batch, step):
         x, y = batch["x"], batch["y"]  # (b, 8), (b, 1)
@@ -90,7 +115,7 @@ class ToyTask:
         return StepOutput({"gen": loss + 0.1 * g_adv, "disc": d_loss}, logs)
 
 
-def main() -> None:
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser()
     ap.add_argument("run_dir")
     ap.add_argument("--steps", type=int, default=40)
@@ -102,10 +127,13 @@ def main() -> None:
     ap.add_argument("--noise", type=float, default=0.1)
     ap.add_argument("--sleep", type=float, default=0.0)
     ap.add_argument("--gan", action="store_true")
+    ap.add_argument("--image-every", type=int, default=0)
     ap.add_argument("--dump", default=None)
-    args = ap.parse_args()
-    torch.set_num_threads(1)
-    config = TrainConfig(
+    return ap.parse_args(argv)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(
         run_dir=args.run_dir,
         steps=args.steps,
         global_batch=args.global_batch,
@@ -120,13 +148,21 @@ def main() -> None:
         block=args.block,
         buffer_blocks=2,
         clip_grad=1.0,
+        image_every=args.image_every,
         cpu=True,
     )
-    task = ToyTask(gan=args.gan, noise=args.noise, sleep=args.sleep)
-    result = train(task, config)
-    import torch.distributed as dist
 
-    rank = dist.get_rank() if dist.is_initialized() else 0
+
+def task_from_args(args: argparse.Namespace) -> ToyTask:
+    return ToyTask(gan=args.gan, noise=args.noise, sleep=args.sleep)
+
+
+def main() -> None:
+    args = parse()
+    torch.set_num_threads(1)
+    task = task_from_args(args)
+    result = train(task, config_from_args(args))
+    rank = int(os.environ.get("RANK", "0"))
     if args.dump:
         out = Path(args.dump)
         out.mkdir(parents=True, exist_ok=True)

@@ -102,7 +102,9 @@ def verify_entry(entry: DatasetEntry) -> list[str]:
     if "written" in attrs and attrs["written"] != c["written"]:
         problems.append(f"attributes count {attrs['written']} written, arrays have {c['written']}")
     if attrs.get("num_skipped", 0) != c["skipped"]:
-        problems.append(f"attributes list {attrs.get('num_skipped', 0)} skipped, done has {c['skipped']}")
+        problems.append(
+            f"attributes list {attrs.get('num_skipped', 0)} skipped, done has {c['skipped']}"
+        )
     labels = entry.labels[:]
     k = int(attrs.get("num_classes", 0))
     ok = done == WRITTEN
@@ -117,7 +119,9 @@ def verify_entry(entry: DatasetEntry) -> list[str]:
     return problems
 
 
-def _verify_group(g: ArrayGroup, entry: DatasetEntry, img_done: np.ndarray, main: str | None) -> list[str]:
+def _verify_group(
+    g: ArrayGroup, entry: DatasetEntry, img_done: np.ndarray, main: str | None
+) -> list[str]:
     problems: list[str] = []
     fdone = g.done_mask()
     c = _counts(fdone)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
+
 import typer
 
 from repackctl import __version__
-from repackctl.cli import cache_cmd, extract_cmd, plugins_cmd
 
 app = typer.Typer(
     name="repackctl",
@@ -36,9 +37,29 @@ def root(
     """repackctl: extract → pack → train → refine → sample → evaluate."""
 
 
-app.command("extract")(extract_cmd.extract)
-app.add_typer(cache_cmd.app, name="cache")
-app.command("plugins")(plugins_cmd.plugins)
+# Command modules in --help order; each has ``register(app)``. A module that is not part of this
+# build (yet) is simply absent: commands appear in --help only once they exist and work.
+COMMAND_MODULES = (
+    "extract_cmd",
+    "pack_cmd",
+    "train_cmd",
+    "refine_cmd",
+    "sample_cmd",
+    "evaluate_cmd",
+    "benchmark_cmd",
+    "demo_cmd",
+    "import_cmd",
+    "cache_cmd",
+    "plugins_cmd",
+)
+for _name in COMMAND_MODULES:
+    try:
+        _module = importlib.import_module(f"repackctl.cli.{_name}")
+    except ModuleNotFoundError as _e:
+        if _e.name != f"repackctl.cli.{_name}":
+            raise
+        continue
+    _module.register(app)
 
 
 def main() -> None:

@@ -156,3 +156,7 @@ def rm(
         raise typer.Exit(1)
     remove(root, entry, sub)
     console.print(f"removed {what}")
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="cache")

@@ -38,7 +38,9 @@ ConfigOpt = Annotated[
 ]
 ShowConfigOpt = Annotated[
     bool,
-    typer.Option("--show-config", help="Print every resolved setting and where it came from, then exit."),
+    typer.Option(
+        "--show-config", help="Print every resolved setting and where it came from, then exit."
+    ),
 ]
 CacheOpt = Annotated[
     str | None,
@@ -102,13 +104,10 @@ def resolve(config: str | None, flags: dict[str, Any]):
 
 def show_config(resolved, sections: tuple[str, ...]) -> None:
     """Print the resolved settings of the common keys and ``sections`` with their source."""
-    table = Table(title="resolved settings", show_lines=False)
-    table.add_column("setting")
-    table.add_column("value")
-    table.add_column("source")
-    for key, value, source in resolved.rows(sections):
-        table.add_row(key, repr(value), source)
-    console.print(table)
+    rows = resolved.rows(sections)
+    width = max(len(k) for k, _, _ in rows)
+    for key, value, source in rows:  # plain lines: easy to grep and to paste into a TOML file
+        console.print(f"{key:<{width}} = {value!r:<30} # {source}", highlight=False, soft_wrap=True)
 
 
 class _RichBar:

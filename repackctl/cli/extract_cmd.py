@@ -59,7 +59,10 @@ def extract(
     resolution: Annotated[
         int | None, typer.Option(help="Crop size in pixels (default 64 builtin, 256 otherwise).")
     ] = None,
-    num: Annotated[int | None, typer.Option(help="Use N images (a seeded subset).")] = None,
+    num: Annotated[
+        int | None,
+        typer.Option("--num", "-n", help="Use N images (a seeded subset). Under torchrun use -n."),
+    ] = None,
     batch_size: Annotated[int | None, typer.Option(help="Images per encoder forward.")] = None,
     flips: Annotated[
         bool | None, typer.Option("--flips/--no-flips", help="Also encode mirrored images.")
@@ -140,3 +143,7 @@ def _quiet(*args, **kwargs):
     from repackctl.progress import null_progress
 
     return null_progress(*args, **kwargs)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("extract")(extract)

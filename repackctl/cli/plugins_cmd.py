@@ -33,3 +33,7 @@ def plugins(
         for row in reg.info():
             table.add_row(row.id, row.group, row.distribution, row.version, row.status)
     console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("plugins")(plugins)

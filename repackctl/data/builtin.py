@@ -88,7 +88,9 @@ def _sample_scene(seed: int, split: str, index: int, label: int) -> dict:
     rng = _item_rng(seed, split, index)
     bright_object = bool(rng.random() < 0.5)
     # Object and background live in opposite luma bands: the shape stays visible on any texture.
-    obj_band, bg_band = ((0.62, 0.95), (0.05, 0.38)) if bright_object else ((0.05, 0.36), (0.6, 0.95))
+    obj_band, bg_band = (
+        ((0.62, 0.95), (0.05, 0.38)) if bright_object else ((0.05, 0.36), (0.6, 0.95))
+    )
     scene: dict = {
         "label": label,
         "bg_kind": _BACKGROUNDS[int(rng.integers(len(_BACKGROUNDS)))],

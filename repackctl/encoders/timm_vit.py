@@ -105,7 +105,8 @@ def timm_encoder(
     if variant not in timm.list_models():
         close = [n for n in timm.list_models("*dino*") if variant.split("_")[0] in n][:6]
         raise WeightsError(
-            f"unknown timm model {variant!r}", f"try one of: {', '.join(close) or 'timm.list_models()'}"
+            f"unknown timm model {variant!r}",
+            f"try one of: {', '.join(close) or 'timm.list_models()'}",
         )
     patch = _patch_of(variant)
     # DINOv2 (patch 14) sees 224 for 256 crops so that the grid stays resolution // 16 (REPA).

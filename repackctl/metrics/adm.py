@@ -15,8 +15,6 @@ and :func:`write_samples_npz` accepts an iterable of batches and writes them as 
 
 from __future__ import annotations
 
-import os
-import tempfile
 import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -26,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Union
 import numpy as np
 
 from repackctl.errors import DataError
-from repackctl.metrics.frechet import sha256_file
+from repackctl.metrics.frechet import atomic_path, sha256_file
 
 if TYPE_CHECKING:
     import torch
@@ -83,10 +81,7 @@ def write_samples_npz(
             raise DataError(
                 f"labels must be integers of shape ({num},), got {labels.dtype} {labels.shape}"
             )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
             with zf.open(IMAGES_KEY + ".npy", "w", force_zip64=True) as f:
                 header = {"descr": "|u1", "fortran_order": False, "shape": (num, *shape)}
@@ -105,10 +100,6 @@ def write_samples_npz(
             if labels is not None:
                 with zf.open(LABELS_KEYS[0] + ".npy", "w", force_zip64=True) as f:
                     np.lib.format.write_array(f, labels.astype(np.int64), allow_pickle=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

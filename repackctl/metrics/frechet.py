@@ -8,10 +8,11 @@ The Fréchet distance (Heusel et al. 2017, "GANs Trained by a Two Time-Scale Upd
 ``evaluations/evaluator.py``, ``FIDStatistics.frechet_distance``) and pytorch-fid step for step:
 ``scipy.linalg.sqrtm(S1 @ S2)``; if the result is not finite, retry with ``eps·I`` added to both
 covariances; if it is complex, its diagonal's imaginary part must be ≈ 0 (|imag| ≤ 1e-3) and only
-the real part is kept. ``method="eigh"`` computes the same trace as
-``Tr (A S2 A)^{1/2}`` with ``A = S1^{1/2}`` (two symmetric eigendecompositions): equal in exact
-arithmetic, several times faster, and without the non-symmetric Schur step, but not the code path
-that published numbers went through. torch-fidelity uses a third way (eigenvalues of ``S1 @ S2``);
+the real part is kept. ``method="cholesky"`` computes the same trace as
+``Tr (U S2 Uᵀ)^{1/2}`` with ``S1 = Uᵀ U`` (pivoted Cholesky, then one symmetric eigenvalue
+problem): equal in exact arithmetic, several times faster (much faster when there are fewer
+samples than dimensions), with no non-symmetric Schur step, but not the code path that published
+numbers went through. torch-fidelity uses a third way (eigenvalues of ``S1 @ S2``);
 all three agree to ~1e-6 relative on well-conditioned inputs (tests check this).
 
 Statistics are accumulated in float64 with Chan et al.'s pairwise update (mean and scatter matrix
@@ -25,18 +26,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
-from collections.abc import Mapping
+import secrets
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from scipy import linalg
+from scipy.linalg import lapack
 
 from repackctl.errors import DataError
 
-FDMethod = Literal["sqrtm", "eigh"]
+FDMethod = Literal["sqrtm", "cholesky"]
 
 #: ADM / pytorch-fid: epsilon added to the diagonals when sqrtm(S1 S2) is not finite
 SQRTM_EPS = 1e-6
@@ -73,22 +76,26 @@ def _sqrtm_trace(sigma1: np.ndarray, sigma2: np.ndarray, eps: float) -> float:
                 f"the matrix square root in the Fréchet distance has an imaginary component "
                 f"{worst:.3g} (> {IMAG_ATOL}): the covariances are too degenerate",
                 hint="use more samples than feature dimensions (FID needs thousands; the "
-                "reference evaluators use 50k generated images), or method='eigh'",
+                "reference evaluators use 50k generated images), or method='cholesky'",
             )
         covmean = covmean.real
     return float(np.trace(covmean))
 
 
-def _psd_sqrt(sigma: np.ndarray) -> np.ndarray:
-    """Symmetric square root of a PSD matrix (negative rounding eigenvalues clipped to 0)."""
-    w, v = np.linalg.eigh((sigma + sigma.T) / 2.0)
-    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+def _cholesky_trace(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+    """Tr (S1 S2)^{1/2} = Tr (U S2 U^T)^{1/2} with S1 = U^T U (pivoted Cholesky, rank r).
 
-
-def _eigh_trace(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
-    """Tr (S1 S2)^{1/2} = Tr (A S2 A)^{1/2}, A = S1^{1/2}; A S2 A is symmetric PSD."""
-    a = _psd_sqrt(sigma1)
-    m = a @ sigma2 @ a
+    The eigenvalues of S1 S2 equal those of U S2 U^T (r × r, symmetric PSD), so one symmetric
+    eigenvalue problem of size r replaces a non-symmetric D × D square root. LAPACK's pivoted
+    Cholesky (dpstrf) stops at the numerical rank, so with fewer samples than dimensions the
+    cost is O(D² r).
+    """
+    c, piv, rank, info = lapack.dpstrf(sigma1, lower=0, tol=-1)
+    if info < 0:
+        raise DataError("the first covariance is not a valid matrix (pivoted Cholesky failed)")
+    perm = piv - 1  # LAPACK pivots are 1-based
+    u = np.triu(c)[:rank]  # (r, D): S1[perm][:, perm] = u^T u
+    m = u @ sigma2[np.ix_(perm, perm)] @ u.T  # (r, r)
     w = np.linalg.eigvalsh((m + m.T) / 2.0)
     return float(np.sqrt(np.clip(w, 0.0, None)).sum())
 
@@ -112,10 +119,10 @@ def frechet_distance(
         )
     if method == "sqrtm":
         tr_covmean = _sqrtm_trace(sigma1, sigma2, eps)
-    elif method == "eigh":
-        tr_covmean = _eigh_trace(sigma1, sigma2)
+    elif method == "cholesky":
+        tr_covmean = _cholesky_trace(sigma1, sigma2)
     else:
-        raise DataError(f"unknown Fréchet method {method!r}", hint="use 'sqrtm' or 'eigh'")
+        raise DataError(f"unknown Fréchet method {method!r}", hint="use 'sqrtm' or 'cholesky'")
     diff = mu1 - mu2
     return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_covmean)
 
@@ -193,6 +200,24 @@ class FeatureStats:
 
 
 # --------------------------------------------------------------------------- stats files
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path``; on success rename it onto ``path``, else delete it.
+
+    A killed process never leaves a half-written file under the final name. The temporary file
+    is created by the caller with ordinary ``open``, so it gets the user's umask permissions.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
 @dataclass
 class StatsFile:
     """Gaussian statistics read from a ``.npz`` written by :func:`save_stats`."""
@@ -217,6 +242,7 @@ def save_stats(
     extra: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write mu, sigma, n and a JSON metadata string to ``path`` (.npz), atomically."""
+    path = Path(path)
     meta = {
         "extractor": extractor,
         "weights_sha256": weights_sha256,
@@ -224,22 +250,14 @@ def save_stats(
         "source_sha256": source_sha256,
         **dict(extra or {}),
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp.npz", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(
-            tmp,
+            f,
             mu=stats.mu,
             sigma=stats.sigma,
             n=np.int64(stats.n),
             metadata=np.array(json.dumps(meta, sort_keys=True)),  # 0-d unicode, no pickle
         )
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

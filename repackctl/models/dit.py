@@ -78,11 +78,15 @@ class DiTConfig:
         if self.patch_size not in (1, 2, 4, 8):
             problems.append(f"patch_size {self.patch_size} is not 1, 2, 4 or 8")
         elif self.input_size % self.patch_size:
-            problems.append(f"input_size {self.input_size} is not divisible by patch {self.patch_size}")
+            problems.append(
+                f"input_size {self.input_size} is not divisible by patch {self.patch_size}"
+            )
         if min(self.in_channels, self.input_size, self.depth, self.hidden_size, self.num_heads) < 1:
             problems.append("in_channels, input_size, depth, hidden_size and num_heads must be ≥ 1")
         elif self.hidden_size % self.num_heads:
-            problems.append(f"hidden_size {self.hidden_size} is not divisible by {self.num_heads} heads")
+            problems.append(
+                f"hidden_size {self.hidden_size} is not divisible by {self.num_heads} heads"
+            )
         elif self.rope and (self.hidden_size // self.num_heads) % 4:
             problems.append("2-D RoPE needs a head dimension divisible by 4")
         if self.hidden_size % 4:

@@ -133,7 +133,11 @@ class LabelEmbedder(nn.Module):
         return self.num_classes
 
     def drop_mask(
-        self, batch: int, *, generator: torch.Generator | None = None, device: torch.device | None = None
+        self,
+        batch: int,
+        *,
+        generator: torch.Generator | None = None,
+        device: torch.device | None = None,
     ) -> Tensor:
         """Bernoulli(dropout) mask of labels to replace by the null class; seedable."""
         u = torch.rand(batch, generator=generator, device=device)  # (B,)
@@ -158,7 +162,9 @@ def _sincos_1d(dim: int, pos: Tensor) -> Tensor:
     return torch.cat([torch.sin(out), torch.cos(out)], dim=1)  # (T, dim)
 
 
-def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int, device: torch.device | None = None) -> Tensor:
+def sincos_pos_embed_2d(
+    dim: int, grid_h: int, grid_w: int, device: torch.device | None = None
+) -> Tensor:
     """Fixed 2-D sin-cos position table for a row-major (grid_h, grid_w) token grid.
 
     As in DiT/MAE, the first half of the channels encodes the column (x) index and the second

@@ -53,6 +53,12 @@ class AutoencoderConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AutoencoderConfig:
         data = known_config_keys(cls, data, "autoencoder")
+        missing = [k for k in ("projection", "decoder") if k not in data]
+        if missing:
+            raise ConfigError(
+                f"autoencoder config lacks {', '.join(missing)}",
+                "the checkpoint's config.json is incomplete; rebuild it from the run config",
+            )
         return cls(
             projection=ProjectionConfig.from_dict(data["projection"]),
             decoder=DecoderConfig.from_dict(data["decoder"]),
@@ -94,9 +100,7 @@ class PackAutoencoder(nn.Module):
         """The decoder's final conv weight (for the adaptive GAN weight)."""
         return self.decoder.last_layer
 
-    def encode(
-        self, tokens: torch.Tensor, grid: tuple[int, int] | None = None
-    ) -> DiagonalGaussian:
+    def encode(self, tokens: torch.Tensor, grid: tuple[int, int] | None = None) -> DiagonalGaussian:
         """Tokens (B, T, C) or grid (B, C, h, w) → posterior with mean (B, d, h, w)."""
         return self.projection.encode(tokens, grid)
 

@@ -144,8 +144,11 @@ class AttnBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, hh, ww = x.shape
-        qkv = self.qkv(self.norm(x)).reshape(b, 3, 1, c, hh * ww)  # (B, 3, 1, C, hw)
-        q, k, v = qkv.transpose(-1, -2).unbind(1)  # (B, 1, hw, C) each
+        qkv = self.qkv(self.norm(x)).reshape(b, 3, c, hh * ww)  # (B, 3, C, hw)
+        # Contiguous (B, 1, hw, C) blocks: the fused CPU kernel is several times slower on
+        # strided inputs.
+        qkv = qkv.permute(1, 0, 3, 2).contiguous().unsqueeze(2)  # (3, B, 1, hw, C)
+        q, k, v = qkv.unbind(0)  # (B, 1, hw, C) each
         h = F.scaled_dot_product_attention(q, k, v)  # (B, 1, hw, C)
         h = h.squeeze(1).transpose(1, 2).reshape(b, c, hh, ww)  # (B, C, h, w)
         return x + self.proj_out(h)  # (B, C, h, w)

@@ -9,8 +9,10 @@ Why: the official RePack stage 1 (guanfangdong/RePack-then-Refine, ``stage1/repa
 perceptual.py``, ``weighted.py``) *sums* L1 + LPIPS over the ~196k pixel values of a 256² image
 and divides by B, but *means* the focal-frequency loss (weight 0.05) and the Watson-DFT distance
 (weight 0.005 / numel), so those two terms are about 2·10⁵ times weaker than their weights say,
-i.e. effectively off. Their KL weight 1e-6 on a per-sample *sum* over 16·16·32 latent elements
-is, in our reduction, 1e-6 · 8192 / 196608 ≈ 4·10⁻⁸ (``official_kl_weight``).
+i.e. effectively off. L1 and LPIPS were reduced alike (LPIPS, one value per sample, was broadcast
+over the pixels before the sum), so dividing both by the pixel count keeps their balance. Their
+KL weight 1e-6 on a per-sample *sum* over 16·16·32 latent elements is, in our reduction,
+1e-6 · 8192 / 196608 ≈ 4·10⁻⁸ (``OFFICIAL_KL_WEIGHT``). The Watson-DFT term is not included.
 
 Terms:
 - L1 (pixel): mean |x − x̂|.
@@ -38,7 +40,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from repackctl.errors import ConfigError, WeightsError
@@ -115,14 +116,16 @@ class PerceptualUnavailable(WeightsError):
 class LPIPS(nn.Module):
     """LPIPS-VGG distance between images in [−1, 1]: (B,) per-sample values (frozen)."""
 
-    def __init__(self) -> None:
+    def __init__(self, init_weights: bool = True) -> None:
         super().__init__()
         # torchvision's VGG16 feature stack ("D" config) without the 100 M-parameter classifier;
-        # heavy import kept local.
+        # heavy import kept local. ``init_weights=False`` builds the layers on the meta device
+        # (no random init, which costs seconds on a CPU) for ``load_lpips`` to fill in.
         from torchvision.models.vgg import cfgs, make_layers
 
-        self.features = make_layers(cfgs["D"], batch_norm=False)[: _VGG_SLICE_ENDS[-1]]
-        self.lins = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in _VGG_CHANNELS)
+        with torch.device("cpu" if init_weights else "meta"):
+            self.features = make_layers(cfgs["D"], batch_norm=False)[: _VGG_SLICE_ENDS[-1]]
+            self.lins = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in _VGG_CHANNELS)
         # LPIPS' ScalingLayer: maps [−1, 1] input to ImageNet-normalised input.
         self.register_buffer(
             "shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1), persistent=False
@@ -163,7 +166,7 @@ def _normalise_lpips_key(key: str) -> str | None:
 
     Accepted: our own (``features.N.*``, ``lins.K.weight``), torchvision VGG16 state dicts
     (``features.N.*``; the classifier is ignored), the ``lpips`` package / taming-transformers
-    layout (``net.sliceS.N.*``, ``linK.model.1.weight``), and a ``perceptual_loss.``/``net.``
+    layout (``net.sliceS.N.*``, ``linK.model.1.weight``), and a ``perceptual_loss.``/``module.``
     prefix in front of any of these.
     """
     for prefix in ("perceptual_loss.", "module."):
@@ -237,7 +240,7 @@ def load_lpips(weights: PathLike | Sequence[PathLike] | None) -> LPIPS:
             ours = _normalise_lpips_key(key)
             if ours is not None:
                 merged[ours] = value
-    model = LPIPS()
+    model = LPIPS(init_weights=False)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(merged))
     if missing:
@@ -254,19 +257,20 @@ def load_lpips(weights: PathLike | Sequence[PathLike] | None) -> LPIPS:
                 f"{tuple(expected[key].shape)}",
                 "the file is not an LPIPS-VGG16 checkpoint",
             )
-    model.load_state_dict(merged)
-    return model
+    model.load_state_dict({k: v.float() for k, v in merged.items()}, assign=True)
+    return model.requires_grad_(False)
 
 
 def write_random_lpips_weights(path: PathLike, seed: int = 0) -> Path:
     """Save a randomly initialised LPIPS-VGG to ``path`` (.safetensors), for offline tests."""
     from safetensors.torch import save_file
 
-    torch.manual_seed(seed)
-    model = LPIPS()
-    with torch.no_grad():
-        for lin in model.lins:
-            lin.weight.abs_()  # real LPIPS heads are non-negative, keep the distance ≥ 0
+    with torch.random.fork_rng(devices=[]):  # leave the caller's RNG stream alone
+        torch.manual_seed(seed)
+        model = LPIPS()
+        with torch.no_grad():
+            for lin in model.lins:
+                lin.weight.abs_()  # real LPIPS heads are non-negative: keep the distance ≥ 0
     path = Path(path)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     return path
@@ -281,15 +285,23 @@ def official_kl_weight(latent_numel: int, image_numel: int, kl_weight: float = 1
     return kl_weight * latent_numel / image_numel
 
 
+# The official KL weight (1e-6 on a per-sample sum over 16·16·32 latent elements, against L1
+# summed over 3·256² pixel values) expressed in our per-element reduction: ≈ 4.17e-8.
+OFFICIAL_KL_WEIGHT = official_kl_weight(16 * 16 * 32, 3 * 256 * 256)
+
+
 @dataclass(frozen=True)
 class LossConfig:
     """Weights of the reconstruction loss; every term is reduced the same way (module doc).
 
-    ``kl = 1e-4``: with per-element means, the official 1e-6 (sum) is ≈ 4e-8 here, which gives
-    the KL no measurable share of the gradient; 1e-4 keeps it a weak but real regulariser of the
-    posterior (it is what stops the log-variance from drifting to its −30 clamp).
-    ``ffl = 1.0`` is the weight of Jiang et al.; ``gan = 0.5`` multiplies the adaptive weight,
-    as in the official config, from ``gan_start`` on.
+    - ``l1 = perceptual = 1``: the official L1 + LPIPS, which were already reduced alike.
+    - ``ffl = 1``: the weight of Jiang et al.; in the official code its 0.05 was ≈ 2·10⁵ times
+      too weak to matter (sum vs mean), here it is a real term.
+    - ``kl = OFFICIAL_KL_WEIGHT``: the KL is a rate regulariser, not a reconstruction term, and
+      the paper keeps it deliberately tiny (it only stops the log-variance collapsing to its
+      −30 clamp). This is the official strength translated to our reduction, so its share of the
+      gradient is ≪ 1 % by design; raise it for a more Gaussian, lower-rate latent.
+    - ``gan = 0.5`` times the adaptive weight, from ``gan_start`` on (official: 0.5 from step 1).
     """
 
     l1: float = 1.0
@@ -297,7 +309,7 @@ class LossConfig:
     ffl: float = 1.0
     ffl_alpha: float = 1.0
     ffl_patch_factor: int = 1
-    kl: float = 1e-4
+    kl: float = OFFICIAL_KL_WEIGHT
     gan: float = 0.5
     gan_start: int = 0
     adaptive_gan_weight: bool = True

@@ -157,9 +157,7 @@ class PCAProjection(nn.Module):
         self.explained_variance_ratio.copy_(result.explained_variance_ratio)
         self.fitted.fill_(True)
 
-    def encode(
-        self, tokens: torch.Tensor, grid: tuple[int, int] | None = None
-    ) -> DiagonalGaussian:
+    def encode(self, tokens: torch.Tensor, grid: tuple[int, int] | None = None) -> DiagonalGaussian:
         if not bool(self.fitted):
             raise ConfigError(
                 "the PCA projection has not been fitted",

@@ -55,7 +55,8 @@ class DiagonalGaussian:
         return self.std.pow(2)  # (B, d, h, w)
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        """mean + std·ε with ε ~ N(0, I) drawn from ``generator`` (reproducible when seeded)."""
+        """mean + std·ε with ε ~ N(0, I) drawn from ``generator`` (reproducible when seeded; the
+        generator must live on the mean's device)."""
         if self.deterministic:
             return self.mean
         eps = torch.randn(
@@ -116,9 +117,7 @@ class RePackProjection(nn.Module):
         self.latent_channels = latent_channels
         self.proj = nn.Linear(in_channels, 2 * latent_channels)
 
-    def encode(
-        self, tokens: torch.Tensor, grid: tuple[int, int] | None = None
-    ) -> DiagonalGaussian:
+    def encode(self, tokens: torch.Tensor, grid: tuple[int, int] | None = None) -> DiagonalGaussian:
         x = tokens_to_grid(tokens, grid)  # (B, h, w, C)
         if x.shape[-1] != self.in_channels:
             raise ConfigError(

@@ -112,10 +112,6 @@ class ResBlock(nn.Module):
         return self.shortcut(x) + h  # (B, Cout, s, s)
 
 
-def _stage(blocks: list[nn.Module]) -> nn.Sequential:
-    return nn.Sequential(*blocks)
-
-
 class LatentGuidedRefiner(nn.Module):
     """U-Net on [decoded image ⊕ upsampled latent] → refined image."""
 
@@ -139,7 +135,7 @@ class LatentGuidedRefiner(nn.Module):
             blocks += [ResBlock(w, w, g) for _ in range(cfg.num_res_blocks - 1)]
             if size in cfg.attn_resolutions:
                 blocks.append(AttnBlock(w, g))
-            self.down.append(_stage(blocks))
+            self.down.append(nn.Sequential(*blocks))
             self.downsample.append(nn.Conv2d(w, w, 3, stride=2, padding=1))
             size, cin = size // 2, w
 
@@ -148,7 +144,7 @@ class LatentGuidedRefiner(nn.Module):
         if size in cfg.attn_resolutions:
             mid_blocks.append(AttnBlock(mid, g))
         mid_blocks.append(ResBlock(mid, cin, g))
-        self.mid = _stage(mid_blocks)
+        self.mid = nn.Sequential(*mid_blocks)
 
         # Decoder path, deep → shallow: bilinear ×2, concatenate the skip, ResBlocks. As in the
         # official network, the deepest decoder level has one ResBlock fewer (its input is the
@@ -161,7 +157,7 @@ class LatentGuidedRefiner(nn.Module):
             blocks += [ResBlock(w, w, g) for _ in range(max(n_blocks, 1) - 1)]
             if size in cfg.attn_resolutions:
                 blocks.append(AttnBlock(w, g))
-            self.up.append(_stage(blocks))
+            self.up.append(nn.Sequential(*blocks))
             cin = w
 
         self.final_res = ResBlock(cin + b, b, g)
@@ -216,4 +212,3 @@ class LatentGuidedRefiner(nn.Module):
 def count_parameters(module: nn.Module) -> int:
     """Number of parameters (works on the meta device)."""
     return sum(p.numel() for p in module.parameters())
-

@@ -103,7 +103,8 @@ class TrainTask(Protocol):
         """Read the samples ``indices`` (tensors, or dicts/lists of them).
 
         Runs in a background thread when ``config.prefetch``: take randomness (flips, crops) only
-        from ``generator``, which is derived from (seed, step, rank, micro-batch).
+        from ``generator``, derived from (seed, step, position of the micro-batch in the global
+        batch).
         """
         ...
 
@@ -155,8 +156,13 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _batch_generator(seed: int, step: int, rank: int, micro: int) -> np.random.Generator:
-    return np.random.default_rng([seed, step, rank, micro, 0x5EED])
+def _batch_generator(seed: int, step: int, start: int) -> np.random.Generator:
+    """Generator of the micro-batch that starts ``start`` samples into the global batch.
+
+    Keyed by position, not by process: W processes x A micro-batches and 1 process x W*A
+    micro-batches hand the same slices with the same generators to ``get_batch``.
+    """
+    return np.random.default_rng([seed, step, start, 0x5EED])
 
 
 def _to_device(obj: Any, device: torch.device) -> Any:
@@ -201,6 +207,27 @@ def _all_reduce_mean(tensors: list[torch.Tensor], world: int, bucket: int = 2**2
                 t.copy_(flat[offset : offset + t.numel()].view_as(t))
                 offset += t.numel()
             start = end
+
+
+def _apply_hparams(
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LambdaLR,
+    hp: tuple[float, tuple[float, float], float],
+) -> bool:
+    """Put the configured lr / betas / weight decay on a resumed optimizer; True if changed.
+
+    With unchanged settings every number is recomputed exactly as the scheduler would, so an
+    uninterrupted and a resumed run stay bit-identical.
+    """
+    lr, betas, wd = hp
+    changed = False
+    for i, g in enumerate(opt.param_groups):
+        changed |= sched.base_lrs[i] != lr or tuple(g["betas"]) != betas or g["weight_decay"] != wd
+        g["initial_lr"], g["betas"], g["weight_decay"] = lr, betas, wd
+        g["lr"] = lr * sched.lr_lambdas[i](sched.last_epoch)
+    sched.base_lrs = [lr] * len(opt.param_groups)
+    sched._last_lr = [g["lr"] for g in opt.param_groups]
+    return changed
 
 
 def _state_dict_cpu(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -279,6 +306,7 @@ def train(
         raise ConfigError("the task declares no optimizer", "return at least one OptimizerSpec")
     owner: dict[int, str] = {}
     params: dict[str, list[nn.Parameter]] = {}
+    hparams: dict[str, tuple[float, tuple[float, float], float]] = {}
     optimizers: dict[str, torch.optim.Optimizer] = {}
     for oname, spec in specs.items():
         plist = []
@@ -299,14 +327,13 @@ def train(
                     owner[id(p)] = oname
                     plist.append(p)
         params[oname] = plist
-        optimizers[oname] = torch.optim.AdamW(
-            plist,
-            lr=spec.lr if spec.lr is not None else config.lr,
-            betas=spec.betas if spec.betas is not None else config.betas,
-            weight_decay=spec.weight_decay
-            if spec.weight_decay is not None
-            else config.weight_decay,
+        hparams[oname] = (
+            spec.lr if spec.lr is not None else config.lr,
+            tuple(spec.betas if spec.betas is not None else config.betas),
+            spec.weight_decay if spec.weight_decay is not None else config.weight_decay,
         )
+        lr, betas, wd = hparams[oname]
+        optimizers[oname] = torch.optim.AdamW(plist, lr=lr, betas=betas, weight_decay=wd)
     all_params = [p for m in modules.values() for p in m.parameters()]
     schedulers = {n: make_scheduler(o, config) for n, o in optimizers.items()}
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
@@ -339,9 +366,18 @@ def train(
                 "resume with the same model settings or use a new run directory",
             ) from e
         optim_state = ckpt_io.load_optim(latest)
+        missing = [n for n in optimizers if n not in optim_state.get("optimizers", {})]
+        if missing:
+            raise CheckpointError(
+                f"{latest} has no state for optimizers {missing}",
+                "resume with the same task settings or use a new run directory",
+            )
         for name, opt in optimizers.items():
             opt.load_state_dict(optim_state["optimizers"][name])
             schedulers[name].load_state_dict(optim_state["schedulers"][name])
+            # the checkpoint's hyper-parameters would silently win; the current settings do
+            if _apply_hparams(opt, schedulers[name], hparams[name]):
+                messages.append(f"optimizer {name!r}: new lr / betas / weight decay applied")
         if optim_state.get("scaler"):
             scaler.load_state_dict(optim_state["scaler"])
         step = int(state["step"])
@@ -379,8 +415,9 @@ def train(
     pending: tuple[int, concurrent.futures.Future] | None = None
 
     def load(s: int, micro: list[np.ndarray]) -> list[Any]:
+        size = config.global_batch // (world * A)
         return [
-            task.get_batch(idx, s, _batch_generator(config.seed, s, rank, i))
+            task.get_batch(idx, s, _batch_generator(config.seed, s, (rank * A + i) * size))
             for i, idx in enumerate(micro)
         ]
 
@@ -423,6 +460,83 @@ def train(
         acc.wait_for_everyone()
         return path
 
+    def update(batches: list[Any], s: int) -> bool:
+        """Forward/backward every micro-batch, then step the optimizers; False if skipped."""
+        stash: dict[str, list[torch.Tensor | None] | None] = {n: None for n in optimizers}
+        order: list[str] | None = None
+        nonfinite = torch.zeros((), device=device)  # a tensor: no host sync per micro-batch
+        for batch in batches:
+            batch = _to_device(batch, device)
+            with acc.autocast():
+                losses, logs = _unpack(task.training_step(modules, batch, s))
+            if order is None:
+                order = list(losses)
+            if list(losses) != order:
+                raise TrainingError(
+                    f"training_step returned losses {list(losses)} after {order}",
+                    "return the same optimizers in the same order for every micro-batch",
+                )
+            for oname, loss in losses.items():
+                if oname not in optimizers:
+                    raise TrainingError(
+                        f"training_step returned a loss for unknown optimizer {oname!r}",
+                        f"optimizers are: {', '.join(optimizers)}",
+                    )
+                if loss.ndim != 0:
+                    raise TrainingError(
+                        f"loss {oname!r} has shape {tuple(loss.shape)}",
+                        "reduce each loss to a scalar (mean over the micro-batch)",
+                    )
+                window.add(f"loss/{oname}", loss)
+                nonfinite += (~torch.isfinite(loss.detach())).float()
+                # this optimizer's accumulator back on its params; grads leaked by earlier
+                # losses into any module are dropped here, before this loss's backward
+                for p in all_params:
+                    p.grad = None
+                if stash[oname] is not None:
+                    for p, g in zip(params[oname], stash[oname], strict=True):
+                        p.grad = g
+                scaler.scale(loss / A).backward()
+                stash[oname] = [p.grad for p in params[oname]]
+            for k, v in logs.items():
+                window.add(k, v)
+        for p in all_params:
+            p.grad = None
+
+        # all processes must agree: a NaN on one would otherwise desynchronise the updates
+        if world > 1:
+            dist.all_reduce(nonfinite)
+        stepped = [n for n in order or [] if stash[n] is not None]
+        if bool(nonfinite.item()) or not stepped:
+            return not bool(nonfinite.item())
+        norms = []
+        for oname in stepped:
+            grads = []
+            for p, g in zip(params[oname], stash[oname], strict=True):
+                # a parameter unused by this micro-batch still joins the reduction
+                p.grad = g if g is not None else torch.zeros_like(p)
+                grads.append(p.grad)
+            if world > 1:
+                _all_reduce_mean(grads, world)
+            scaler.unscale_(optimizers[oname])
+            if config.clip_grad is not None:
+                norms.append(torch.nn.utils.clip_grad_norm_(params[oname], config.clip_grad))
+            else:
+                norms.append(torch.nn.utils.get_total_norm(grads))
+        norm_values = torch.stack(norms).tolist()  # one host sync for all optimizers
+        for oname, v in zip(stepped, norm_values, strict=True):
+            window.add(f"grad_norm/{oname}", v)
+        # grads are identical on every process after the reduction: the same decision everywhere
+        ok = all(math.isfinite(v) for v in norm_values)
+        if ok:
+            for oname in stepped:
+                scaler.step(optimizers[oname])
+            ema.update(model)
+        scaler.update()  # fp16: backs the scale off after an overflow
+        for p in all_params:
+            p.grad = None
+        return ok
+
     bar_factory = progress if main else null_progress
     try:
         with bar_factory("train", total=config.steps, completed=step, unit="step") as bar:
@@ -443,81 +557,7 @@ def train(
                         pool.submit(load, step + 1, local_micro_batches(nxt, rank, world, A)),
                     )
 
-                # ---- forward/backward over the micro-batches, one grad accumulator per optimizer
-                stash: dict[str, list[torch.Tensor | None] | None] = {n: None for n in optimizers}
-                order: list[str] | None = None
-                nonfinite = 0
-                for batch in batches:
-                    batch = _to_device(batch, device)
-                    with acc.autocast():
-                        losses, logs = _unpack(task.training_step(modules, batch, step))
-                    if order is None:
-                        order = list(losses)
-                    if list(losses) != order:
-                        raise TrainingError(
-                            f"training_step returned losses {list(losses)} after {order}",
-                            "return the same optimizers in the same order for every micro-batch",
-                        )
-                    for oname, loss in losses.items():
-                        if oname not in optimizers:
-                            raise TrainingError(
-                                f"training_step returned a loss for unknown optimizer {oname!r}",
-                                f"optimizers are: {', '.join(optimizers)}",
-                            )
-                        if loss.ndim != 0:
-                            raise TrainingError(
-                                f"loss {oname!r} has shape {tuple(loss.shape)}",
-                                "reduce each loss to a scalar (mean over the micro-batch)",
-                            )
-                        window.add(f"loss/{oname}", loss)
-                        if not bool(torch.isfinite(loss.detach())):
-                            nonfinite += 1
-                            continue
-                        # this optimizer's accumulator back on its params; leaked grads dropped
-                        for p in all_params:
-                            p.grad = None
-                        if stash[oname] is not None:
-                            for p, g in zip(params[oname], stash[oname], strict=True):
-                                p.grad = g
-                        scaler.scale(loss / A).backward()
-                        stash[oname] = [p.grad for p in params[oname]]
-                    for k, v in logs.items():
-                        window.add(k, v)
-                for p in all_params:
-                    p.grad = None
-                order = order or []
-
-                # ---- agree across processes on whether the step is good, then update
-                flag = torch.tensor([float(nonfinite)], device=device)
-                if world > 1:
-                    dist.all_reduce(flag)
-                good = bool(flag.item() == 0)
-                stepped = [n for n in order if stash[n] is not None]
-                if good and stepped:
-                    norms = {}
-                    for oname in stepped:
-                        grads = []
-                        for p, g in zip(params[oname], stash[oname], strict=True):
-                            # a parameter unused on this process still joins the reduction
-                            p.grad = g if g is not None else torch.zeros_like(p)
-                            grads.append(p.grad)
-                        if world > 1:
-                            _all_reduce_mean(grads, world)
-                        scaler.unscale_(optimizers[oname])
-                        if config.clip_grad is not None:
-                            norm = torch.nn.utils.clip_grad_norm_(params[oname], config.clip_grad)
-                        else:
-                            norm = torch.nn.utils.get_total_norm(grads)
-                        norms[oname] = float(norm)
-                        window.add(f"grad_norm/{oname}", norms[oname])
-                    good = all(math.isfinite(v) for v in norms.values())
-                    if good:
-                        for oname in stepped:
-                            scaler.step(optimizers[oname])
-                        ema.update(model)
-                    scaler.update()  # fp16: backs the scale off after an overflow
-                    for p in all_params:
-                        p.grad = None
+                good = update(batches, step)
                 if good:
                     consecutive_bad = 0
                 else:

@@ -55,10 +55,15 @@ class BlockSampler:
         # (n_blocks, block) index table; the last block may be short, masked below
         table = starts[:, None] + np.arange(self.block)[None, :]
         order = table[table < self.n]
-        group = self.block * self.buffer_blocks
         if self.block > 1:
-            for lo in range(0, self.n, group):
-                rng.shuffle(order[lo : lo + group])  # in-place on a view
+            # buffer boundaries after every buffer_blocks blocks (the short last block may sit
+            # anywhere in the permuted order, so count blocks, not positions)
+            lengths = np.minimum(self.n - starts, self.block)
+            ends = np.cumsum(lengths)[self.buffer_blocks - 1 :: self.buffer_blocks]
+            lo = 0
+            for hi in [*ends.tolist(), self.n]:
+                rng.shuffle(order[lo:hi])  # in place on a view
+                lo = hi
         order = order.astype(np.int64, copy=False)
         if len(self._cache) >= 2:
             self._cache.pop(min(self._cache))

@@ -198,9 +198,7 @@ class SamplerSpec:
 
     def __post_init__(self) -> None:
         if self.kind not in ("euler", "heun", "sde"):
-            raise ConfigError(
-                f"unknown sampler {self.kind!r}", hint="use 'euler', 'heun' or 'sde'"
-            )
+            raise ConfigError(f"unknown sampler {self.kind!r}", hint="use 'euler', 'heun' or 'sde'")
         _check_steps(self.steps)
         if self.shift <= 0:
             raise ConfigError(f"shift {self.shift} must be > 0", hint="1 means no shift")

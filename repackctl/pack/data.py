@@ -1,0 +1,355 @@
+"""Stage-1 data: cached frozen-encoder tokens and the matching cached images, no encoder in the loop.
+
+RePack stage 1 (guanfangdong/RePack-then-Refine, ``stage1/``) runs DINOv3 on every training step
+with a random horizontal flip. Here ``repackctl extract`` already stored the tokens of the image
+and of its mirror (``features/<id>/tokens``, F = 2), so a sample is: pick one of the F flips with
+the training loop's generator, take those tokens, and flip the cached image the same way.
+
+Only samples written by extract (``done == 1`` for the image and the features) are used; skipped
+inputs and unfinished shards are left out. Random single-sample Zarr reads are slow
+(``reference/environment.md``), so tokens and images are either loaded whole into memory
+(small caches, ``pack.in_memory``) or read as whole Zarr chunks through a small LRU buffer: the
+loop's ``BlockSampler`` draws each micro-batch from a window of ``buffer_blocks`` chunk-aligned
+blocks, so a buffer slightly larger than that window reads every chunk about once per epoch.
+
+This module also finds the cache entry and feature set a pack command works on, with errors whose
+hint is the exact ``repackctl extract …`` command that creates what is missing.
+
+Legend: N samples, F flips, T tokens, C token channels, R image side.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from repackctl.cache.store import PENDING, WRITTEN, ArrayGroup, DatasetEntry, list_entries
+from repackctl.errors import CacheError, ConfigError
+from repackctl.paths import cache_root, entry_name
+from repackctl.settings import Settings
+
+# ---------------------------------------------------------------------------- locating features
+
+
+def extract_command(
+    encoder: str = "builtin",
+    data: str = "builtin",
+    split: str = "train",
+    resolution: int | None = None,
+    num: int | None = None,
+    weights: str | None = None,
+    layer: int | None = None,
+) -> str:
+    """The ``repackctl extract`` command line that writes these features (defaults left out)."""
+    parts = ["repackctl extract", f"--encoder {encoder}", f"--data {data}"]
+    if split != "train":
+        parts.append(f"--split {split}")
+    if resolution is not None:
+        parts.append(f"--resolution {resolution}")
+    if num is not None:
+        parts.append(f"--num {num}")
+    if weights is not None:
+        parts.append(f"--weights {weights}")
+    if layer is not None:
+        parts.append(f"--layer {layer}")
+    return " ".join(parts)
+
+
+@dataclass
+class FeatureRef:
+    """One feature set in one cache entry, plus how to recreate it."""
+
+    entry: DatasetEntry
+    features_id: str
+    feats: ArrayGroup
+    encoder_attrs: dict[str, Any]
+    # the user-level settings that made it (for hints and for sibling splits)
+    source: dict[str, Any]
+
+    @property
+    def cache(self) -> dict[str, str]:
+        """``{"root", "entry", "features"}`` as stored in checkpoints (DESIGN.md §6)."""
+        return {
+            "root": cache_root(self.entry.root),
+            "entry": self.entry.name,
+            "features": self.features_id,
+        }
+
+    @property
+    def grid(self) -> int:
+        return int(self.encoder_attrs["grid"])
+
+    @property
+    def tokens_shape(self) -> tuple[int, ...]:
+        return tuple(self.feats["tokens"].shape)  # (N, F, T, C)
+
+
+def _source_settings(settings: Settings) -> dict[str, Any]:
+    cfg = settings.pack
+    from repackctl.extract import default_resolution
+
+    return {
+        "encoder": cfg.encoder,
+        "weights": cfg.weights,
+        "layer": cfg.layer,
+        "data": cfg.data,
+        "split": cfg.split,
+        "resolution": cfg.resolution or default_resolution(cfg.data),
+        "resolution_given": cfg.resolution,
+        "num": cfg.num,
+    }
+
+
+def _hint(source: dict[str, Any], split: str | None = None) -> str:
+    cmd = extract_command(
+        source["encoder"],
+        source["data"],
+        split or source["split"],
+        source.get("resolution_given"),
+        source["num"],
+        source["weights"],
+        source["layer"],
+    )
+    return f"run `{cmd}` first"
+
+
+def features_id_for(source: dict[str, Any], seed: int) -> tuple[str, dict[str, Any]]:
+    """Features id and encoder attrs that ``repackctl extract`` gives these settings."""
+    from repackctl.extract import make_encoder
+
+    enc = make_encoder(
+        source["encoder"], source["weights"], source["layer"], source["resolution"], seed
+    )
+    return enc.spec.entry_id(), enc.spec.attrs()
+
+
+def entry_name_for(source: dict[str, Any], seed: int, imagenet_root: str | None) -> str:
+    """Cache entry name that ``repackctl extract`` gives these settings."""
+    from repackctl.extract import dataset_label, make_source
+
+    src = make_source(source["data"], source["split"], source["num"], seed, imagenet_root)
+    return entry_name(dataset_label(src, source["num"]), source["split"], source["resolution"])
+
+
+def open_features(
+    root: str, entry_name_: str, features_id: str | None, hint: str, seed_source: dict | None = None
+) -> tuple[DatasetEntry, ArrayGroup, str]:
+    """Open ``entry``/``features``; missing or unfinished ones raise CacheError with ``hint``."""
+    if entry_name_ not in list_entries(root):
+        have = ", ".join(list_entries(root)) or "none"
+        raise CacheError(f"cache entry {entry_name_!r} not found in {root} (have: {have})", hint)
+    entry = DatasetEntry.open(root, entry_name_)
+    if features_id is None:
+        ids = entry.feature_ids()
+        if len(ids) != 1:
+            raise CacheError(
+                f"{entry_name_} holds {len(ids)} feature sets ({', '.join(ids) or 'none'})",
+                "name one with --features, or " + hint,
+            )
+        features_id = ids[0]
+    if features_id not in entry.feature_ids():
+        have = ", ".join(entry.feature_ids()) or "none"
+        raise CacheError(f"no features {features_id!r} in {entry_name_} (have: {have})", hint)
+    feats = entry.features(features_id)
+    if (feats.done_mask() == PENDING).any():
+        pending = int((feats.done_mask() == PENDING).sum())
+        raise CacheError(
+            f"features {features_id} in {entry_name_} are unfinished ({pending} samples pending)",
+            hint.replace("first", "again to finish it"),
+        )
+    return entry, feats, features_id
+
+
+def locate_features(settings: Settings) -> FeatureRef:
+    """The cache entry and feature set named by ``settings.pack`` (the training split)."""
+    cfg = settings.pack
+    source = _source_settings(settings)
+    hint = _hint(source)
+    features_id, attrs = (
+        (cfg.features, None) if cfg.features else features_id_for(source, settings.seed)
+    )
+    name = cfg.entry or entry_name_for(source, settings.seed, settings.imagenet_root)
+    entry, feats, features_id = open_features(settings.cache, name, features_id, hint)
+    attrs = attrs or feats.attrs["encoder"]
+    return FeatureRef(entry, features_id, feats, feats.attrs["encoder"], source)
+
+
+def sibling_entry(
+    root: str, ref_cache: dict[str, str], source: dict[str, Any], split: str
+) -> tuple[DatasetEntry, ArrayGroup]:
+    """The entry of another ``split`` with the same features as a pack run's training entry.
+
+    Prefers the entry with the same dataset name; otherwise any entry of that split and
+    resolution holding these features (e.g. ``builtin-n40`` train with a full ``builtin`` val).
+    """
+    train = DatasetEntry.open(root, ref_cache["entry"])
+    res, dataset = train.resolution, train.attrs.get("dataset", "")
+    base = dataset.rsplit("-n", 1)[0] if "-n" in dataset else dataset
+    features_id = ref_cache["features"]
+    hint = _hint(source, split)
+    candidates = []
+    for name in list_entries(root):
+        e = DatasetEntry.open(root, name)
+        a = e.attrs
+        if a.get("split") != split or a.get("resolution") != res:
+            continue
+        d = a.get("dataset", "")
+        if d != dataset and d.rsplit("-n", 1)[0] != base and d != base:
+            continue
+        candidates.append((d != dataset, name, e))
+    for _, name, e in sorted(candidates, key=lambda c: (c[0], c[1])):
+        if features_id in e.feature_ids():
+            _, feats, _ = open_features(root, name, features_id, hint)
+            return e, feats
+    raise CacheError(
+        f"no {split!r} cache entry at {res}px with features {features_id} "
+        f"(looked for {entry_name(base, split, res)})",
+        hint,
+    )
+
+
+# ---------------------------------------------------------------------------- reading samples
+
+
+def valid_indices(entry: DatasetEntry, feats: ArrayGroup) -> np.ndarray:
+    """Cache indices whose image and features were both written (int64, ascending)."""
+    ok = (entry.done[:] == WRITTEN) & (feats.done_mask() == WRITTEN)
+    return np.flatnonzero(ok).astype(np.int64)
+
+
+class _ChunkReader:
+    """Whole-chunk reads of one sample-indexed Zarr array through a thread-safe LRU buffer."""
+
+    def __init__(self, array: Any, chunk: int, capacity: int) -> None:
+        self.array = array
+        self.chunk = chunk
+        self.capacity = max(1, capacity)
+        self._buf: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+        self.reads = 0
+
+    def _chunk(self, c: int) -> np.ndarray:
+        with self._lock:
+            if c in self._buf:
+                self._buf.move_to_end(c)
+                return self._buf[c]
+        lo = c * self.chunk
+        data = self.array[lo : min(lo + self.chunk, self.array.shape[0])]  # chunk-aligned read
+        with self._lock:
+            self.reads += 1
+            self._buf[c] = data
+            while len(self._buf) > self.capacity:
+                self._buf.popitem(last=False)
+        return data
+
+    def take(self, indices: np.ndarray) -> np.ndarray:
+        out = None
+        for j, i in enumerate(indices.tolist()):
+            block = self._chunk(i // self.chunk)
+            row = block[i % self.chunk]
+            if out is None:
+                out = np.empty((len(indices), *row.shape), row.dtype)
+            out[j] = row
+        return out
+
+
+class PackData:
+    """Training samples for stage 1: ``(tokens (B, T, C), images (B, 3, R, R))`` by position.
+
+    Position ``k`` in ``range(len(self))`` is the ``k``-th valid cache index, so consecutive
+    positions are (almost always) consecutive cache indices and the sampler's blocks stay
+    chunk-aligned.
+    """
+
+    def __init__(
+        self,
+        entry: DatasetEntry,
+        feats: ArrayGroup,
+        in_memory: bool | None = None,
+        memory_gb: float = 4.0,
+        buffer_chunks: int = 32,
+    ) -> None:
+        self.entry = entry
+        self.index = valid_indices(entry, feats)
+        if len(self.index) == 0:
+            raise CacheError(
+                f"no usable samples in {entry.name} (nothing written or everything skipped)",
+                "run `repackctl cache info` to see what the entry holds",
+            )
+        tokens, images = feats["tokens"], entry.images
+        self.flips = int(tokens.shape[1])
+        self.tokens_shape = tuple(tokens.shape[2:])  # (T, C)
+        self.resolution = int(images.shape[1])
+        per_sample = np.prod(tokens.shape[1:]) * 2 + np.prod(images.shape[1:])
+        if in_memory is None:
+            in_memory = per_sample * len(self.index) <= memory_gb * 2**30
+        self.in_memory = bool(in_memory)
+        if self.in_memory:
+            # whole arrays in index order, then only the valid rows: one sequential read each
+            self._tokens = tokens[:][self.index]  # (N, F, T, C) float16
+            self._images = images[:][self.index]  # (N, R, R, 3) uint8
+        else:
+            chunk = entry.chunk
+            self._token_reader = _ChunkReader(tokens, chunk, buffer_chunks)
+            self._image_reader = _ChunkReader(images, chunk, buffer_chunks)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def raw(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Tokens (B, F, T, C) float16 and images (B, R, R, 3) uint8 at ``positions``."""
+        positions = np.asarray(positions, dtype=np.int64)
+        if self.in_memory:
+            return self._tokens[positions], self._images[positions]
+        idx = self.index[positions]
+        return self._token_reader.take(idx), self._image_reader.take(idx)
+
+    def get(
+        self, positions: np.ndarray, generator: np.random.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
+        """A batch with one flip per sample drawn from ``generator`` (flip 0 when None)."""
+        tokens, images = self.raw(positions)
+        b = len(positions)
+        if generator is None:
+            flip = np.zeros(b, dtype=np.int64)
+        else:
+            flip = generator.integers(0, self.flips, size=b)  # (B,)
+        tok = tokens[np.arange(b), flip].astype(np.float32)  # (B, T, C)
+        img = images.copy()  # (B, R, R, 3)
+        mirrored = flip == 1
+        if mirrored.any():  # flip index 1 holds the tokens of the mirrored image
+            img[mirrored] = img[mirrored][:, :, ::-1]
+        x = torch.from_numpy(img).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # (B, 3, R, R)
+        return {"tokens": torch.from_numpy(tok), "images": x, "flip": torch.from_numpy(flip)}
+
+    def token_blocks(self, max_samples: int | None = None, block: int = 256):
+        """Yield token arrays (b, F, T, C) float16 of up to ``max_samples`` valid samples, spread
+        evenly over the entry in chunk-aligned runs, always in the same order (for the PCA)."""
+        n = len(self.index)
+        take = np.arange(n)
+        if max_samples is not None and max_samples < n:
+            chunk = max(1, self.entry.chunk)
+            starts = np.arange(0, n, chunk)
+            keep = max(1, -(-max_samples // chunk))
+            pick = starts[np.linspace(0, len(starts) - 1, keep).round().astype(int)]
+            take = np.unique(np.concatenate([np.arange(s, min(s + chunk, n)) for s in pick]))
+            take = take[:max_samples]
+        for lo in range(0, len(take), block):
+            tokens, _ = self.raw(take[lo : lo + block])
+            yield tokens
+
+
+def check_square_grid(tokens: int) -> int:
+    """Side of a square token grid, or ConfigError."""
+    side = int(round(tokens**0.5))
+    if side * side != tokens:
+        raise ConfigError(
+            f"{tokens} tokens do not form a square grid",
+            "the packing autoencoder needs encoders with square token grids",
+        )
+    return side

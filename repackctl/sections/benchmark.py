@@ -1,0 +1,32 @@
+"""Settings of `repackctl benchmark` (nested as `[benchmark]` / `REPACKCTL_BENCHMARK__*`)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class BenchmarkSettings(BaseModel):
+    """`repackctl benchmark` settings."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    size: Literal["tiny", "small", "paper"] = Field(
+        "small", description="problem size: tiny (seconds, CPU), small, paper (GPU node)"
+    )
+    warmup: int = Field(1, ge=0, description="untimed runs before measuring")
+    repeats: int = Field(5, ge=1, description="timed runs; the median is reported")
+    compile: bool = Field(True, description="also measure torch.compile versions (kernels)")
+    out: str | None = Field(
+        None, description="JSON result file; none = benchmarks/results/<name>-<timestamp>.json"
+    )
+    encoder: str | None = Field(
+        None, description="encoder for the extract benchmark; none = the size's default"
+    )
+    encoder_weights: str | None = Field(
+        None, description="its weights (file or 'random'); none = 'random' (speed only)"
+    )
+    workdir: str | None = Field(
+        None, description="scratch folder for benchmark data; none = a temporary folder"
+    )

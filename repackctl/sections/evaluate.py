@@ -1,0 +1,54 @@
+"""Settings of `repackctl evaluate` (nested as `[evaluate]` / `REPACKCTL_EVALUATE__*`)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class EvaluateSettings(BaseModel):
+    """`repackctl evaluate fid` / `evaluate stats` settings."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    source: str | None = Field(
+        None,
+        description="generated images: a samples folder, a samples .npz, or a DiT run/checkpoint "
+        "(sampled first); none = the newest samples folder under the samples root",
+    )
+    reference: str | None = Field(
+        None,
+        description="reference: an ADM reference batch .npz, a stats file from `evaluate stats`, "
+        "an image folder, an images .npz, or 'builtin'; none = the generator's training data",
+    )
+    ref_cache: str | None = Field(
+        None, description="reference = the images of this cache dataset entry"
+    )
+    num_samples: int | None = Field(
+        None, ge=2, description="use exactly N generated samples (sampled first for a checkpoint)"
+    )
+    metrics: str = Field(
+        "auto",
+        description="comma list of fid, sfid, is, kid, prc, fd; auto = fd for the built-in "
+        "dataset, fid,sfid,is,kid,prc (those the reference allows) otherwise",
+    )
+    inception_weights: str | None = Field(
+        None, description="torch-fidelity Inception weights file; none = the torch hub cache"
+    )
+    fd_encoder: str = Field(
+        "builtin", description="encoder whose pooled patch tokens define the 'fd' metric"
+    )
+    fd_weights: str | None = Field(
+        None, description="weights of the fd encoder (file, 'random', none = its default)"
+    )
+    fd_method: Literal["sqrtm", "eigh"] = Field(
+        "sqrtm", description="Fréchet distance algorithm: sqrtm (ADM's) or eigh (faster)"
+    )
+    batch_size: int = Field(64, ge=1, description="images per feature-extractor forward")
+    out: str | None = Field(
+        None, description="where metrics.json goes; none = beside the samples"
+    )
+    stats_dir: str | None = Field(
+        None, description="folder of cached reference statistics; none = <cache>/reference-stats"
+    )

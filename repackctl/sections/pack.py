@@ -1,0 +1,126 @@
+"""Settings of `repackctl pack` (nested as `[pack]` / `REPACKCTL_PACK__*`).
+
+One section serves ``pack train``, ``pack encode`` and the pack evaluations (``evaluate recon``,
+``evaluate probe``): they all name the same run and the same cache entry.
+
+Sizes left at ``None`` follow a *preset* chosen from the encoder's token width
+(``repackctl.pack.trainer.resolve_plan``):
+
+* ``paper`` (token width ≥ 384, the DINO family): the official RePack stage 1 — d = 32, decoder
+  ch 128 with the official multipliers, 2 ResBlocks per level, attention at 16², PatchGAN with
+  64 base channels, Adam 1e-5 betas (0.5, 0.9), batch 32, EMA 0.9999, GAN from step 0.
+* ``small`` (narrower tokens: the built-in encoder, ``patchpix``): d = 8, ch 32, one ResBlock per
+  level, no attention, a 32-channel discriminator, batch 32, lr 1e-3 (1e-5 does not get anywhere
+  in the ~1000 CPU steps this preset is for), EMA 0.995, GAN from step 600.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class PackSettings(BaseModel):
+    """`repackctl pack` settings."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # ---- which features (same meaning as in `repackctl extract`) ------------------------------
+    encoder: str = Field("builtin", description="encoder id whose cached tokens are packed")
+    weights: str | None = Field(None, description="encoder weights, as given to extract")
+    layer: int | None = Field(None, description="encoder block, as given to extract")
+    data: str = Field("builtin", description="data source, as given to extract")
+    split: str = Field("train", description="split the packing autoencoder trains on")
+    resolution: int | None = Field(
+        None, description="image size of the cache entry; none = 64 for builtin, 256 otherwise"
+    )
+    num: int | None = Field(None, description="number of images, as given to extract")
+    entry: str | None = Field(
+        None, description="cache entry name (overrides data/split/resolution/num)"
+    )
+    features: str | None = Field(
+        None, description="features id inside the entry (overrides encoder/weights/layer)"
+    )
+
+    # ---- the run -------------------------------------------------------------------------------
+    run: str | None = Field(
+        None,
+        description="run name under `runs` (train writes it; encode/evaluate read it, or a "
+        "checkpoint folder path); none = pack-<encoder>-<method>",
+    )
+    method: Literal["repack", "pca"] = Field(
+        "repack", description="repack: learned KL projection; pca: frozen PCA (the baseline)"
+    )
+    preset: Literal["auto", "paper", "small"] = Field(
+        "auto", description="defaults for unset sizes: auto picks paper for token width >= 384"
+    )
+
+    # ---- model sizes (none = from the preset) -------------------------------------------------
+    latent_channels: int | None = Field(None, ge=1, description="packed channels d")
+    ch: int | None = Field(None, ge=1, description="decoder base width")
+    ch_mult: list[int] | None = Field(None, description="decoder width multipliers per level")
+    num_res_blocks: int | None = Field(None, ge=1, description="ResBlocks per decoder level")
+    attn_resolutions: list[int] | None = Field(None, description="feature sides with attention")
+    disc_channels: int | None = Field(None, ge=1, description="PatchGAN base channels")
+    disc_layers: int = Field(3, ge=1, description="PatchGAN stride-2 layers")
+    disc_norm: Literal["group", "batch"] = Field(
+        "group", description="discriminator norm: group (ours) or batch (official)"
+    )
+
+    # ---- optimisation --------------------------------------------------------------------------
+    steps: int | None = Field(None, ge=0, description="training steps; none = preset")
+    batch_size: int | None = Field(
+        None, ge=1, description="global batch (all processes); none = 32"
+    )
+    lr: float | None = Field(None, gt=0, description="Adam lr; none = preset (paper 1e-5)")
+    disc_lr: float | None = Field(None, gt=0, description="discriminator lr; none = lr")
+    betas: tuple[float, float] = Field((0.5, 0.9), description="Adam betas (official)")
+    ema_decay: float | None = Field(None, ge=0, le=1, description="EMA decay; none = preset")
+    clip_grad: float | None = Field(None, gt=0, description="max grad norm; none = no clipping")
+
+    # ---- losses (pack.losses: every term a per-sample mean, averaged over the batch) ------------
+    l1_weight: float = Field(1.0, ge=0, description="L1 pixel loss weight")
+    perceptual_weight: float = Field(
+        1.0, ge=0, description="LPIPS weight (used only when lpips_weights is set)"
+    )
+    lpips_weights: str | None = Field(
+        None,
+        description="local LPIPS-VGG weights (.safetensors/.pth; two files comma-separated); "
+        "none = perceptual loss off, with a warning",
+    )
+    ffl_weight: float = Field(1.0, ge=0, description="focal-frequency loss weight")
+    kl_weight: float = Field(
+        1e-6,
+        ge=0,
+        description="KL weight in the paper's convention (per-sample sums); converted to the "
+        "per-element reduction",
+    )
+    gan_weight: float = Field(0.5, ge=0, description="hinge GAN weight (times the adaptive one)")
+    gan_start: int | None = Field(None, ge=0, description="first GAN step; none = preset")
+
+    # ---- loop ----------------------------------------------------------------------------------
+    ckpt_every: int = Field(500, ge=1, description="steps between checkpoints")
+    keep_last: int = Field(3, ge=0, description="checkpoints kept (0 = all)")
+    log_every: int = Field(50, ge=1, description="steps between metric lines")
+    image_every: int = Field(500, ge=0, description="steps between recon grids (0 = never)")
+    in_memory: bool | None = Field(
+        None, description="load tokens + images into memory; none = when under memory_gb"
+    )
+    memory_gb: float = Field(4.0, gt=0, description="size limit of the automatic in-memory load")
+    pca_samples: int = Field(
+        20000, ge=1, description="samples (both flips) the PCA is fitted on, evenly spread"
+    )
+
+    # ---- encode --------------------------------------------------------------------------------
+    encode_batch_size: int = Field(64, ge=1, description="samples per projection forward")
+
+    # ---- evaluate recon / probe ----------------------------------------------------------------
+    eval_split: str = Field("val", description="held-out split for recon and probe scores")
+    eval_entry: str | None = Field(None, description="held-out cache entry name (overrides)")
+    eval_num: int | None = Field(None, ge=1, description="score at most this many samples")
+    grid_images: int = Field(8, ge=1, description="images in the side-by-side grid")
+    inception_weights: str | None = Field(
+        None, description="Inception weights file for rFID; none = rFID skipped"
+    )
+    probe_epochs: int = Field(100, ge=1, description="epochs of each linear probe")

@@ -1,0 +1,113 @@
+"""Settings of `repackctl train` (nested as `[train]` / `REPACKCTL_TRAIN__*`).
+
+`repackctl train dit` trains a DiT on packed latents (RePack stage 2) with optional REPA. The
+defaults are a small model that trains on the built-in dataset in a couple of minutes on a CPU;
+``preset = "paper"`` switches the defaults to the official RePack-DiT-XL/1 recipe
+(``reference/methods.md``); any value set in a file, the environment or a flag still wins.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class TrainSettings(BaseModel):
+    """`repackctl train dit` settings."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # ---- run and preset
+    name: str | None = Field(
+        None, description="run name under the runs folder; none = dit-<model id>; same name resumes"
+    )
+    preset: Literal["small", "paper"] = Field(
+        "small", description="defaults: small (CPU minutes) or paper (official XL/1 recipe)"
+    )
+
+    # ---- data
+    latents: str | None = Field(
+        None, description="packed-latent id in the cache; none = the newest one (or of --pack-run)"
+    )
+    pack_run: str | None = Field(
+        None, description="use the newest latents encoded by this pack run (name under runs/)"
+    )
+    entry: str | None = Field(
+        None, description="cache entry (dataset--split--res) to search; none = every entry"
+    )
+    features: str | None = Field(
+        None, description="encoder features used as REPA targets; none = the ones of the pack"
+    )
+    latent_sampling: Literal["mean", "sample"] = Field(
+        "mean", description="train on the posterior mean, or on a fresh posterior sample per step"
+    )
+    in_memory: bool | None = Field(
+        None,
+        description="load the arrays into memory instead of chunk-block reads; none = when < 2 GiB",
+    )
+    flip: bool = Field(True, description="random horizontal flip per sample (cached flips)")
+
+    # ---- model
+    arch: Literal["lightningdit", "dit", "sit"] = Field(
+        "lightningdit", description="model family: lightningdit (official), dit or sit"
+    )
+    size: Literal["tiny", "s", "b", "l", "xl"] = Field(
+        "tiny", description="model size: tiny (tests/CPU), s, b, l, xl (paper: xl)"
+    )
+    patch: int | None = Field(
+        None, description="patch size 1, 2, 4 or 8; none = the smallest of the family"
+    )
+    model: str | None = Field(
+        None, description="a registered model id (e.g. a plugin's); overrides arch/size/patch"
+    )
+    qk_norm: bool = Field(False, description="RMS-normalise queries and keys (NaN fix, long runs)")
+    no_shift: bool = Field(False, description="adaLN without shift (LightningDiT wo_shift)")
+    class_dropout: float = Field(0.1, ge=0.0, lt=1.0, description="label dropout for CFG")
+    grad_checkpointing: bool = Field(False, description="recompute activations (saves memory)")
+
+    # ---- transport (our time: t = 0 data, t = 1 noise)
+    time_dist: Literal["uniform", "logit_normal"] = Field(
+        "logit_normal", description="training-time distribution (official: logit_normal)"
+    )
+    time_mu: float = Field(0.0, description="logit-normal location")
+    time_sigma: float = Field(1.0, gt=0.0, description="logit-normal scale")
+    time_shift: float = Field(1.0, gt=0.0, description="timestep shift (> 1: more noise)")
+    cos_weight: float = Field(1.0, ge=0.0, description="weight of the 1 − cos velocity term")
+
+    # ---- REPA
+    repa_weight: float = Field(0.5, ge=0.0, description="λ of the REPA alignment loss; 0 = off")
+    repa_depth: int | None = Field(
+        None, ge=1, description="align the hidden state after this block; none = 8/28 of depth"
+    )
+    repa_stop_step: int | None = Field(
+        None, ge=0, description="switch the alignment off from this step on (HASTE)"
+    )
+    repa_hidden: int = Field(2048, ge=1, description="hidden width of the REPA projector MLP")
+
+    # ---- optimisation (TrainConfig)
+    steps: int = Field(2000, ge=0, description="optimizer steps")
+    global_batch: int = Field(64, ge=1, description="samples per step over all processes")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per process and step")
+    lr: float = Field(2e-4, gt=0.0, description="AdamW learning rate")
+    beta1: float = Field(0.9, ge=0.0, lt=1.0, description="AdamW beta1")
+    beta2: float = Field(0.95, ge=0.0, lt=1.0, description="AdamW beta2")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay")
+    schedule: Literal["constant", "warmup", "step", "cosine"] = Field(
+        "constant", description="lr schedule (official: step, 1e-4 from 240k)"
+    )
+    warmup_steps: int = Field(0, ge=0, description="linear warmup for warmup/cosine")
+    drop_step: int = Field(240_000, ge=0, description="step schedule: lr drops here")
+    drop_lr: float = Field(1e-4, gt=0.0, description="step schedule: lr after the drop")
+    min_lr: float = Field(0.0, ge=0.0, description="cosine schedule: final lr")
+    ema_decay: float = Field(0.9999, ge=0.0, le=1.0, description="EMA decay")
+    ema_warmup: bool = Field(True, description="ramp the EMA decay up (short runs)")
+    clip_grad: float | None = Field(None, gt=0.0, description="max grad norm; none = no clip")
+    compile: bool = Field(False, description="torch.compile the model")
+    ckpt_every: int = Field(500, ge=1, description="checkpoint every N steps")
+    keep_last: int = Field(3, ge=0, description="complete checkpoints kept; 0 = all")
+    log_every: int = Field(25, ge=1, description="metrics line every N steps")
+    image_every: int = Field(500, ge=0, description="sample grid PNG every N steps; 0 = never")
+    image_steps: int = Field(16, ge=1, description="Euler steps of the sample grid")
+    buffer_blocks: int = Field(16, ge=1, description="shuffle samples within this many chunks")
+    prefetch: bool = Field(True, description="read the next batch in a background thread")

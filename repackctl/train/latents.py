@@ -1,0 +1,373 @@
+"""Training data of the DiT: packed latents (and REPA target tokens) read from the cache.
+
+RePack stage 2 (guanfangdong/RePack-then-Refine ``stage2``) trains on cached packed latents of
+each image and of its mirror, normalised per channel. Here the latents come from
+``latents/<pack-id>/{mean,std}`` (N, F, d, h, w) of a cache entry (DESIGN.md §4), normalised with
+the *exact* stats that ``pack encode`` stored in the group attributes (never re-estimated), and
+the REPA targets from ``features/<encoder>/tokens`` (N, F, T, C) of the same images: a sample's
+random flip picks the same ``F`` slot of both, so latent and target always show the same image.
+
+Random single-sample Zarr reads are slow (~1k samples/s, ``reference/environment.md``), so reads
+are chunk-aligned blocks (the loop's block sampler uses ``block = chunk``), or the whole arrays are
+loaded once (``in_memory``; automatic below ``AUTO_IN_MEMORY_BYTES``).
+
+Shapes: B batch, F flips, d latent channels, h×w latent grid, T encoder tokens, C token width.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from repackctl.cache.store import PENDING, WRITTEN, ArrayGroup, DatasetEntry, list_entries
+from repackctl.errors import CacheError, ConfigError
+
+AUTO_IN_MEMORY_BYTES = 2 * 1024**3
+_PACK_ID_RE = r"--{run}-(\d{{7}})-[0-9a-f]{{8}}$"
+
+
+# --------------------------------------------------------------------------- finding latents
+
+
+@dataclass(frozen=True)
+class LatentRef:
+    """Where one packed-latent group lives: cache root, entry name and pack id."""
+
+    root: str
+    entry: str
+    pack_id: str
+
+
+def _group_time(grp: ArrayGroup) -> float:
+    """Creation order of a group: its ``created`` attribute, else its metadata file's mtime."""
+    created = grp.attrs.get("created")
+    if isinstance(created, int | float):
+        return float(created)
+    store = grp.group.store
+    root = getattr(store, "root", None)
+    if root is not None:
+        path = Path(str(root)) / grp.group.path / "zarr.json"
+        if path.exists():
+            return path.stat().st_mtime
+    return 0.0
+
+
+def pack_run_of(pack_id: str) -> str | None:
+    """The pack run name inside ``<encoder-entry>--<run>-<step:07d>-<sha8>``, if it parses."""
+    m = re.search(r"--([^-].*?)-(\d{7})-[0-9a-f]{8}$", pack_id)
+    return m.group(1).split("--")[-1] if m else None
+
+
+def find_latents(
+    root: str,
+    entry: str | None = None,
+    latents: str | None = None,
+    pack_run: str | None = None,
+) -> LatentRef:
+    """Pick the packed latents to train on: ``latents`` by id, the newest of ``pack_run``, or the
+    newest in the cache (optionally within ``entry``)."""
+    entries = [e for e in list_entries(root) if entry is None or e == entry]
+    if entry is not None and not entries:
+        raise CacheError(
+            f"cache entry {entry!r} not found (have: {', '.join(list_entries(root)) or 'none'})",
+            "run `repackctl extract` for it, or check --entry / --cache",
+        )
+    candidates: list[tuple[float, str, str]] = []
+    seen: list[str] = []
+    for name in entries:
+        ds = DatasetEntry.open(root, name)
+        for pid in ds.latent_ids():
+            seen.append(pid)
+            if latents is not None and pid != latents:
+                continue
+            grp = ds.latents(pid)
+            if pack_run is not None:
+                run_attr = (grp.attrs.get("pack") or {}).get("run")
+                by_name = re.search(_PACK_ID_RE.format(run=re.escape(pack_run)), pid)
+                if run_attr is None or Path(str(run_attr)).name != pack_run:
+                    if not by_name:
+                        continue
+            candidates.append((_group_time(grp), name, pid))
+    if not candidates:
+        if latents is not None:
+            what = f"packed latents {latents!r}"
+        elif pack_run is not None:
+            what = f"packed latents of pack run {pack_run!r}"
+        else:
+            what = "packed latents"
+        where = f" in entry {entry}" if entry else ""
+        have = ", ".join(seen) or "none"
+        run = pack_run or "RUN"
+        raise CacheError(
+            f"no {what}{where} in the cache {root} (have: {have})",
+            f"encode them first: `repackctl pack encode --run {run}` (after `repackctl pack train`)",
+        )
+    if latents is not None and len(candidates) > 1:
+        names = ", ".join(c[1] for c in candidates)
+        raise ConfigError(
+            f"packed latents {latents!r} exist in several entries ({names})",
+            "choose one with --entry",
+        )
+    _, name, pid = max(candidates)
+    return LatentRef(root=root, entry=name, pack_id=pid)
+
+
+# --------------------------------------------------------------------------- REPA targets
+
+
+def extract_command(ds: DatasetEntry, encoder_id: str, layer: str | None = None) -> str:
+    """The `repackctl extract` command that writes features of ``encoder_id`` for this entry."""
+    dataset = str(ds.attrs.get("dataset", "builtin"))
+    source = ds.attrs.get("source") or {}
+    parts = ["repackctl extract", f"--encoder {encoder_id}"]
+    m = re.match(r"^(.*)-n(\d+)$", dataset)
+    base, num = (m.group(1), m.group(2)) if m else (dataset, None)
+    if source.get("source") == "imagefolder" and source.get("root"):
+        parts.append(f"--data imagefolder:{source['root']}")
+    else:
+        parts.append(f"--data {base}")
+    split = ds.attrs.get("split")
+    if split and split != "train":
+        parts.append(f"--split {split}")
+    parts.append(f"--resolution {ds.resolution}")
+    if num is not None:
+        parts.append(f"-n {num}")
+    if layer and layer.startswith("l") and layer[1:].isdigit():
+        parts.append(f"--layer {layer[1:]}")
+    return " ".join(parts)
+
+
+def find_features(ds: DatasetEntry, pack_id: str, lat_attrs: dict, features: str | None) -> str:
+    """The features group that holds the REPA targets of these latents (see the error hint)."""
+    have = ds.feature_ids()
+    wanted = features
+    if wanted is None:
+        cache = lat_attrs.get("cache") or {}
+        wanted = lat_attrs.get("features") or cache.get("features")
+    if wanted is None:
+        wanted = next((f for f in sorted(have, key=len, reverse=True) if pack_id.startswith(f)), None)
+    if wanted is None and len(have) == 1:
+        wanted = have[0]
+    if wanted is not None and wanted in have:
+        return wanted
+    encoder = (lat_attrs.get("encoder") or {}).get("id")
+    layer = None
+    if wanted:
+        bits = wanted.split("--")
+        encoder = encoder or bits[0]
+        layer = bits[1] if len(bits) > 1 else None
+    encoder = encoder or "ENCODER"
+    raise CacheError(
+        f"REPA needs the encoder features {wanted or '(unknown encoder)'} of entry {ds.name}, "
+        f"which are not in the cache (have: {', '.join(have) or 'none'})",
+        f"run `{extract_command(ds, encoder, layer)}`, or train without REPA: --repa-weight 0",
+    )
+
+
+# --------------------------------------------------------------------------- the data
+
+
+def _stats(attrs: dict, ref: LatentRef, d: int) -> tuple[np.ndarray, np.ndarray]:
+    stats = attrs.get("stats")
+    run = pack_run_of(ref.pack_id) or "RUN"
+    if not isinstance(stats, dict) or "mean" not in stats or "std" not in stats:
+        raise CacheError(
+            f"packed latents {ref.pack_id} in {ref.entry} have no channel stats in their attributes",
+            f"run `repackctl pack encode --run {run}` to finish them (it writes the exact stats)",
+        )
+    mean = np.asarray(stats["mean"], dtype=np.float64)
+    std = np.asarray(stats["std"], dtype=np.float64)
+    if mean.shape != (d,) or std.shape != (d,) or not (std > 0).all():
+        raise CacheError(
+            f"channel stats of {ref.pack_id} do not fit its {d} channels (or a std is ≤ 0)",
+            f"re-encode with `repackctl pack encode --run {run}`",
+        )
+    return mean, std
+
+
+class LatentData:
+    """Packed latents of one cache group (+ labels, + REPA tokens), normalised, flip-consistent.
+
+    Sample ``i`` of the training set is cache index ``indices[i]``: images written, latents
+    (and, with REPA, features) written; skipped inputs are left out.
+    """
+
+    def __init__(
+        self,
+        ref: LatentRef,
+        *,
+        features: str | None = None,
+        repa: bool = False,
+        sampling: str = "mean",
+        in_memory: bool | None = None,
+        flip: bool = True,
+    ) -> None:
+        if sampling not in ("mean", "sample"):
+            raise ConfigError(f"unknown latent_sampling {sampling!r}", "use mean or sample")
+        self.ref = ref
+        self.entry = DatasetEntry.open(ref.root, ref.entry)
+        self.group = self.entry.latents(ref.pack_id)
+        attrs = self.group.attrs
+        self.attrs = attrs
+        if "mean" not in self.group.group:
+            raise CacheError(
+                f"packed latents {ref.pack_id} have no 'mean' array",
+                f"run `repackctl pack encode --run {pack_run_of(ref.pack_id) or 'RUN'}`",
+            )
+        mean_arr = self.group["mean"]
+        n, f, d, h, w = mean_arr.shape
+        self.flips, self.shape = int(f), (int(d), int(h), int(w))
+        self.stats_mean, self.stats_std = _stats(attrs, ref, d)
+        self.sampling = sampling
+        if sampling == "sample" and "std" not in self.group.group:
+            raise CacheError(
+                f"packed latents {ref.pack_id} store no posterior std (a PCA pack is deterministic)",
+                "train on the mean: --latent-sampling mean",
+            )
+        self.flip = flip and self.flips > 1
+        self.chunk = self.entry.chunk
+
+        done = self.group.done_mask()
+        if (done == PENDING).any():
+            missing = int((done == PENDING).sum())
+            raise CacheError(
+                f"packed latents {ref.pack_id} are incomplete ({missing} of {n} samples pending)",
+                f"run `repackctl pack encode --run {pack_run_of(ref.pack_id) or 'RUN'}` again "
+                "to finish them",
+            )
+        ok = (self.entry.done[:] == WRITTEN) & (done == WRITTEN)
+        self.features_id: str | None = None
+        arrays = {"mean": mean_arr}
+        if sampling == "sample":
+            arrays["std"] = self.group["std"]
+        if repa:
+            self.features_id = find_features(self.entry, ref.pack_id, attrs, features)
+            feats = self.entry.features(self.features_id)
+            fdone = feats.done_mask()
+            if (fdone == PENDING).any():
+                enc = self.features_id.split("--")[0]
+                raise CacheError(
+                    f"features {self.features_id} of {ref.entry} are incomplete",
+                    f"run `{extract_command(self.entry, enc, self.features_id.split('--')[1])}` "
+                    "again to finish them",
+                )
+            ok &= fdone == WRITTEN
+            tokens = feats["tokens"]
+            if tokens.shape[1] < self.flips:
+                self.flip = False  # features without the mirrored copy: no flip augmentation
+            arrays["tokens"] = tokens
+        self.indices = np.flatnonzero(ok).astype(np.int64)  # (N_valid,) cache indices
+        if len(self.indices) == 0:
+            raise CacheError(
+                f"no usable samples in {ref.entry} for latents {ref.pack_id}",
+                "check `repackctl cache info`; every sample was skipped or is pending",
+            )
+        self.labels = np.asarray(self.entry.labels[:], dtype=np.int64)[self.indices]  # (N,)
+        self.class_names = self.entry.class_names
+        k = int(self.entry.attrs.get("num_classes") or 0)
+        self.num_classes = max(k, int(self.labels.max()) + 1 if len(self.labels) else 1, 1)
+        self.token_shape = tuple(arrays["tokens"].shape[2:]) if repa else None
+
+        nbytes = sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in arrays.values())
+        self.in_memory = nbytes < AUTO_IN_MEMORY_BYTES if in_memory is None else bool(in_memory)
+        self._arrays = arrays
+        self._memory: dict[str, np.ndarray] = {}
+        if self.in_memory:
+            # whole arrays in one read each (~350 MB/s), then only the usable samples kept
+            self._memory = {k: np.asarray(a[:])[self.indices] for k, a in arrays.items()}
+
+    # ---- sizes ---------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @property
+    def norm_mean(self) -> torch.Tensor:
+        return torch.from_numpy(self.stats_mean).float().view(1, -1, 1, 1)  # (1, d, 1, 1)
+
+    @property
+    def norm_std(self) -> torch.Tensor:
+        return torch.from_numpy(self.stats_std).float().view(1, -1, 1, 1)  # (1, d, 1, 1)
+
+    def normalise(self, z: torch.Tensor) -> torch.Tensor:
+        """Raw packed latents → zero-mean unit-std channels (the DiT's space)."""
+        return (z - self.norm_mean.to(z)) / self.norm_std.to(z)  # (B, d, h, w)
+
+    def denormalise(self, x: torch.Tensor) -> torch.Tensor:
+        """Inverse of ``normalise`` (what the decoder and the refiner take)."""
+        return x * self.norm_std.to(x) + self.norm_mean.to(x)  # (B, d, h, w)
+
+    # ---- reading -------------------------------------------------------------------------------
+    def _read(self, name: str, rows: np.ndarray, flips: np.ndarray) -> np.ndarray:
+        """Rows ``rows`` (training-set positions) of array ``name`` at flip slot ``flips``."""
+        if self.in_memory:
+            return self._memory[name][rows, flips]  # (B, ...)
+        arr = self._arrays[name]
+        cache_idx = self.indices[rows]  # (B,)
+        order = np.argsort(cache_idx, kind="stable")
+        sorted_idx = cache_idx[order]
+        out = np.empty((len(rows), *arr.shape[2:]), dtype=arr.dtype)
+        pos = 0
+        start = 0
+        # contiguous runs of cache indices, never longer than a chunk: one chunk-aligned read each
+        while start < len(sorted_idx):
+            end = start + 1
+            while (
+                end < len(sorted_idx)
+                and sorted_idx[end] - sorted_idx[start] < self.chunk
+                and sorted_idx[end] // self.chunk == sorted_idx[start] // self.chunk
+            ):
+                end += 1
+            lo, hi = int(sorted_idx[start]), int(sorted_idx[end - 1]) + 1
+            block = arr[lo:hi]  # (run, F, ...)
+            sel = order[start:end]
+            out[sel] = block[sorted_idx[start:end] - lo, flips[sel]]
+            pos += end - start
+            start = end
+        return out
+
+    def read(
+        self, rows: np.ndarray, rngs: list[np.random.Generator], with_tokens: bool
+    ) -> dict[str, torch.Tensor]:
+        """A batch: normalised latents ``x`` (B, d, h, w), labels ``y`` (B,), ``flip`` (B,), and
+        ``tokens`` (B, T, C) of the same flip when asked. Each sample's flip (and posterior noise)
+        is drawn from its own generator in ``rngs``, in this order."""
+        rows = np.asarray(rows, dtype=np.int64)
+        flips = np.array(
+            [int(r.random() < 0.5) if self.flip else 0 for r in rngs], dtype=np.int64
+        )  # (B,)
+        z = torch.from_numpy(self._read("mean", rows, flips).astype(np.float32))  # (B, d, h, w)
+        if self.sampling == "sample":
+            std = torch.from_numpy(self._read("std", rows, flips).astype(np.float32))
+            eps = np.stack([r.standard_normal(self.shape, dtype=np.float32) for r in rngs])
+            z = z + std * torch.from_numpy(eps)  # (B, d, h, w) posterior sample
+        out = {
+            "x": self.normalise(z),  # (B, d, h, w)
+            "y": torch.from_numpy(self.labels[rows]),  # (B,)
+            "flip": torch.from_numpy(flips),  # (B,)
+        }
+        if with_tokens:
+            tok = self._read("tokens", rows, flips)  # (B, T, C) float16
+            out["tokens"] = torch.from_numpy(tok.astype(np.float32))
+        return out
+
+    def describe(self) -> dict:
+        """JSON-safe ids of what is read (stored in checkpoints)."""
+        return {
+            "root": self.ref.root,
+            "entry": self.ref.entry,
+            "latents": self.ref.pack_id,
+            "features": self.features_id,
+        }
+
+    def stats_dict(self) -> dict:
+        return {"mean": self.stats_mean.tolist(), "std": self.stats_std.tolist()}
+
+
+def read_json(path: Path) -> dict:
+    """A small JSON file, as a dict."""
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,43 @@
+"""Shared fixtures: an isolated cache/runs root per test, no settings leaking from the caller."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path, monkeypatch):
+    for name in list(os.environ):
+        if name.startswith("REPACKCTL_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("REPACKCTL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("REPACKCTL_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("REPACKCTL_NUM_WORKERS", "0")
+    from repackctl import registry
+
+    registry.clear_cache()
+    yield
+    registry.clear_cache()
+
+
+@pytest.fixture
+def cache_root(tmp_path):
+    return str(tmp_path / "cache")
+
+
+def subprocess_env(tmp_path, **extra: str) -> dict[str, str]:
+    """Environment for a real `repackctl` subprocess in the test's sandbox."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REPACKCTL_")}
+    env.update(
+        REPACKCTL_CACHE=str(tmp_path / "cache"),
+        REPACKCTL_RUNS=str(tmp_path / "runs"),
+        REPACKCTL_NUM_WORKERS="0",
+        OMP_NUM_THREADS="1",
+    )
+    env.update(extra)
+    return env
