@@ -112,20 +112,16 @@ def test_source_pickles() -> None:
     assert np.array_equal(clone.load(2, 48), src.load(2, 48))
 
 
-def test_images_have_high_frequency_content_that_blurring_removes() -> None:
+def test_images_have_high_frequency_content_that_a_reconstruction_loses() -> None:
     src = BuiltinSource(split="val")
-    ratios, energies = [], []
-    for i in range(40):
-        g = src.load(i, 64).astype(np.float64).mean(-1)  # (64, 64)
-        blurred = np.kron(g.reshape(32, 2, 32, 2).mean((1, 3)), np.ones((2, 2)))
-        lap = [
-            4 * a[1:-1, 1:-1] - a[:-2, 1:-1] - a[2:, 1:-1] - a[1:-1, :-2] - a[1:-1, 2:]
-            for a in (g, blurred)
-        ]
-        energies.append((lap[0] ** 2).mean())
-        ratios.append((lap[1] ** 2).mean() / (lap[0] ** 2).mean())
-    assert np.median(energies) > 200.0  # sharp edges and textures (a flat image gives 0)
-    assert np.median(ratios) < 0.7  # a 2x down/up reconstruction loses a measurable part
+    x = _as_batch([src.load(i, 64) for i in range(40)]) * 127.5  # (B, 3, 64, 64), 255 range
+    g = x.mean(1)  # (B, 64, 64)
+    lap = 4 * g[:, 1:-1, 1:-1] - g[:, :-2, 1:-1] - g[:, 2:, 1:-1] - g[:, 1:-1, :-2] - g[:, 1:-1, 2:]
+    assert lap.pow(2).mean((1, 2)).median() > 200.0  # sharp edges and textures; flat gives 0
+    # A 2x down/up-sampling keeps shape and colour but loses the fine detail: PSNR stays low.
+    rec = F.interpolate(F.avg_pool2d(x, 2), scale_factor=2, mode="bilinear", align_corners=False)
+    psnr = 10 * torch.log10(255.0**2 / (rec - x).pow(2).mean((1, 2, 3)))  # (B,)
+    assert psnr.median() < 32.0
 
 
 # ----------------------------------------------------------------------------------- encoder
@@ -268,7 +264,7 @@ def test_linear_probe_on_shipped_tokens_beats_chance_by_far(probe_features: dict
         xtr.T @ xtr + 1.0 * torch.eye(xtr.shape[1], dtype=torch.float64), xtr.T @ y
     )
     acc = ((xva @ w).argmax(1) == probe_features["val_y"]).double().mean().item()
-    assert acc > 0.7  # chance is 0.1
+    assert acc > 0.8  # chance is 0.1; the shipped encoder gets ~0.93 here
 
 
 def test_classes_are_distinguishable_by_nearest_centroid(probe_features: dict) -> None:
@@ -276,4 +272,4 @@ def test_classes_are_distinguishable_by_nearest_centroid(probe_features: dict) -
     centroids = torch.stack([tr[probe_features["train_y"] == k].mean(0) for k in range(10)])
     pred = torch.cdist(va, centroids).argmin(1)
     acc = (pred == probe_features["val_y"]).double().mean().item()
-    assert acc > 0.5
+    assert acc > 0.7  # chance is 0.1; ~0.93 with the shipped encoder

@@ -104,7 +104,7 @@ def _sample_scene(seed: int, split: str, index: int, label: int) -> dict:
         "obj_b": _colour_with_luma(rng, *obj_band),
         "fill_kind": _FILLS[int(rng.choice(3, p=[0.4, 0.35, 0.25]))],
         "fill_angle": rng.uniform(0.0, np.pi),
-        "fill_freq": rng.uniform(2.5, 6.0),  # cycles per object radius
+        "fill_freq": rng.uniform(2.5, 6.0),  # stripe cycles across the object diameter
         "cx": rng.uniform(-0.22, 0.22),
         "cy": rng.uniform(-0.22, 0.22),
         "scale": rng.uniform(0.42, 0.66),  # object radius in image half-widths

@@ -1,11 +1,12 @@
 """The built-in frozen encoder: a small ViT whose weights ship inside the package.
 
 It stands in for DINOv3 when nothing can be downloaded, so that ``repackctl extract`` works
-offline. The network is a plain pre-norm ViT (Dosovitskiy et al., 2021, "An Image is Worth 16x16
-Words") with patch 8, a CLS token, a final LayerNorm and fixed 2-D sin-cos positions (the MAE
-recipe, He et al., 2022) evaluated at *normalised* patch-centre coordinates, so any resolution
-that is a multiple of 8 works without interpolating a table: the encoder runs at the dataset
-resolution, with no resize (``spec.input_size = resolution``, ``grid = resolution // 8``).
+offline. The network is a pre-norm ViT (Dosovitskiy et al., 2021, "An Image is Worth 16x16
+Words") with patch 8 (embedded by a small stride-8 convolutional stem, Xiao et al., 2021), a CLS
+token, a final LayerNorm and fixed 2-D sin-cos positions (the MAE recipe, He et al., 2022)
+evaluated at *normalised* patch-centre coordinates, so any resolution that is a multiple of 8
+works without interpolating a table: the encoder runs at the dataset resolution, with no resize
+(``spec.input_size = resolution``, ``grid = resolution // 8``).
 
 Like the paper's DINOv3 tokens, the output is the final-norm patch tokens with CLS dropped,
 (B, T, C), plus the normed CLS vector (B, C); ``layer=k`` returns block ``k``'s output (0-based)
@@ -109,7 +110,7 @@ class Block(nn.Module):
 
 
 class BuiltinViT(nn.Module):
-    """Patch-8 ViT with a CLS token, sin-cos positions for any grid and a final LayerNorm."""
+    """Patch-8 ViT (conv stem) with a CLS token, sin-cos positions for any grid and a final LayerNorm."""
 
     def __init__(
         self,
@@ -117,12 +118,9 @@ class BuiltinViT(nn.Module):
         depth: int = DEPTH,
         heads: int = HEADS,
         mlp_ratio: int = MLP_RATIO,
-        patch: int = PATCH,
     ) -> None:
         super().__init__()
-        self.dim, self.depth, self.patch = dim, depth, patch
-        if patch != 8:
-            raise ValueError("the convolutional stem has a stride of 8")
+        self.dim, self.depth, self.patch = dim, depth, PATCH
         # A small convolutional stem of total stride 8 instead of one 8x8 patchify convolution:
         # it makes the ViT train much faster on little compute (Xiao et al., 2021, "Early
         # Convolutions Help Transformers See Better"); token i still describes its 8x8 patch.
@@ -210,6 +208,7 @@ def save_weights(
     }
     tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp), metadata={"arch": ARCH, **(metadata or {})})
+    tmp.chmod(0o644)  # safetensors creates the file owner-only; a shipped file must be readable
     tmp.replace(path)
     return path
 
