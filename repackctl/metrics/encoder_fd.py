@@ -5,9 +5,9 @@ distance on DINOv2 features instead of Inception's. We accept any
 :class:`repackctl.encoders.base.FrozenEncoder` and use the **mean of its patch tokens** (B, C) as
 the per-image feature, not the CLS token: a randomly initialised DINOv3's CLS barely depends on its
 input (std ~6e-6 across a batch), so a CLS-based FD would call any two image sets equal, while
-pooled patch tokens carry the content for trained and random weights alike. With trained DINOv2
-weights the published FD_DINOv2 uses the CLS token, so our numbers are not interchangeable with
-those; the result says which feature was used.
+pooled patch tokens carry the content for trained and random weights alike. Published FD_DINOv2
+numbers (dgm-eval) use the network's pooled CLS output, so ours are not interchangeable with
+them; the result says which feature was used.
 
 The encoder does its own resize and normalisation (``FrozenEncoder.preprocess``); images enter as
 uint8 (N, H, W, 3) and are mapped to [-1, 1] NCHW here.
@@ -49,7 +49,11 @@ def encoder_feature_stats(
     description: str = "encoder features",
 ) -> FeatureStats:
     """Streaming float64 statistics of mean-pooled patch tokens (C-dim) over a set of images."""
-    device = torch.device(device) if device is not None else next(encoder.parameters()).device
+    device = (
+        torch.device(device)
+        if device is not None
+        else next(encoder.parameters(), torch.empty(0)).device
+    )
     encoder.eval()
     stats = FeatureStats(dim=encoder.spec.dim)
     with progress(description, total=count_images(images), unit="img") as bar:

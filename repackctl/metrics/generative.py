@@ -110,7 +110,8 @@ def _resolve_reference(reference: ReferenceLike) -> ReferenceLike:
     with np.load(path, allow_pickle=False) as z:
         files = set(z.files)
     if {"mu", "sigma", "metadata"} <= files:
-        return {"fid": load_stats(path)}
+        stats = load_stats(path)  # a repackctl stats file: metadata "metric" says fid or sfid
+        return {stats.metadata.get("metric", "fid"): stats}
     if {"mu", "sigma"} <= files:
         from repackctl.metrics.adm import read_reference_batch
 
@@ -134,7 +135,8 @@ def compute_generative_metrics(
 
     ``generated``: uint8 (N, H, W, 3) array/tensor, an iterable of such batches, or a samples
     ``.npz`` path. ``reference``: the same kinds of images, an :class:`AdmReference` (or its
-    path), or a mapping ``{'fid': stats, 'sfid': stats}`` of :class:`FeatureStats`/:class:`StatsFile`
+    path), a stats file from :func:`save_stats` (its metadata ``metric`` is ``fid`` or ``sfid``),
+    or a mapping ``{'fid': stats, 'sfid': stats}`` of :class:`FeatureStats`/:class:`StatsFile`
     (then only FID/sFID). Keys of the result: ``fid``, ``sfid``, ``is_mean``, ``is_std``,
     ``kid_mean``, ``kid_std``, ``precision``, ``recall`` (those requested) plus ``n_generated``,
     ``n_reference``, ``extractor``, ``reference_stats``, settings, and ``notes``.
@@ -161,6 +163,15 @@ def compute_generative_metrics(
         for m in wanted & {"fid", "sfid"}:
             if m not in reference:
                 raise ConfigError(f"no reference statistics for {m!r} were given")
+    if isinstance(reference, AdmReference):  # fail before the long extraction, not after
+        if wanted & {"kid", "prc"} and not reference.num_images:
+            raise DataError(
+                f"{reference.path} holds statistics only, no arr_0 images",
+                hint="KID and precision/recall need reference images; drop them or use a "
+                "reference batch that includes arr_0",
+            )
+        if "sfid" in wanted and reference.mu_s is None:
+            raise DataError(f"{reference.path} has no mu_s/sigma_s for sFID", hint="drop sfid")
     if extractor is None:
         extractor = InceptionExtractor(inception_weights, device=device, batch_size=batch_size)
     info = extractor.info()
@@ -202,15 +213,13 @@ def compute_generative_metrics(
         source = f"ADM reference batch {reference.path.name} (TensorFlow Inception mu/sigma)"
         ref_stats["pool"] = StatsFile(reference.mu, reference.sigma, reference.num_images)
         if "sfid" in wanted:
-            if reference.mu_s is None:
-                raise DataError(f"{reference.path} has no mu_s/sigma_s for sFID", hint="drop sfid")
             ref_stats["spatial"] = StatsFile(
                 reference.mu_s, reference.sigma_s, reference.num_images
             )
         notes.append(
             "FID/sFID compare torch-fidelity Inception features with ADM's TensorFlow statistics "
-            "(as ADM's evaluator reads mu/sigma from the reference batch); expect differences "
-            "of ~1e-2 from the TF evaluator"
+            "(as ADM's evaluator reads mu/sigma from the reference batch): close to, but not "
+            "bit-identical with, what the TF evaluator reports"
         )
         n_ref = reference.num_images
         if wanted & {"kid", "prc"}:
@@ -226,12 +235,11 @@ def compute_generative_metrics(
             ref_pool = feats["pool"]
     else:
         source = "computed from reference images with the same extractor"
-        need_ref_stats = [k for k in stats_kinds]
         acc, feats, n_ref = extract_inception_features(
             reference,
             extractor,
             keep=("pool",) if wanted & {"kid", "prc"} else (),
-            stats=need_ref_stats,
+            stats=stats_kinds,
             batch_size=batch_size,
             progress=progress,
             description="inception: reference",

@@ -25,8 +25,9 @@ of our own features, but it matters against ADM's stored statistics).
 
 What differs from ADM's TF graph: the arithmetic (PyTorch convolutions vs TF kernels; float32
 either way) and TF1's bilinear resize reimplemented in PyTorch (torch-fidelity reports it bit-exact
-on CPU). Expect FIDs that agree with the TF evaluator to about the second decimal, not bit for bit;
-the result records which extractor and weights (sha256) produced every number.
+on CPU). Expect FIDs close to the TF evaluator's, not bit-identical (we have not measured the gap:
+no TF and no official weights on the build machines); the result records which extractor and
+weights (sha256) produced every number.
 
 Weights: torch-fidelity unpickles its weights file (``torch.load(weights_only=False)``). We never
 hand it a file we have not read safely first: the file (a user's ``--inception-weights FILE``,
@@ -47,7 +48,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from repackctl.errors import WeightsError
+from repackctl.errors import DataError, WeightsError
 from repackctl.metrics.frechet import sha256_file
 
 #: torch-fidelity's registry id of the TF-compatible Inception-V3
@@ -197,8 +198,6 @@ class InceptionExtractor:
         """uint8 (N, H, W, 3) images → {'pool': (N, 2048), 'logits': (N, 1008), 'spatial': (N, 2023)}."""
         x = torch.as_tensor(images)
         if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] != 3:
-            from repackctl.errors import DataError
-
             raise DataError(
                 f"Inception features need uint8 (N, H, W, 3) images, got {x.dtype} {tuple(x.shape)}",
                 hint="convert model outputs in [-1, 1] with ((x + 1) * 127.5).round().clamp(0, 255)",

@@ -3,9 +3,9 @@
 Layouts follow DESIGN.md §2: uint8 images are (N, H, W, 3) (data range 255); float images are
 model tensors in [-1, 1], (N, 3, H, W) (data range 2.0). A single image (3 dims) counts as N = 1.
 
-PSNR = 10·log10(L² / MSE) per image, then the **mean over images of per-image PSNR** (what
-LDM/VQGAN-style reconstruction tables report; the PSNR of the pooled MSE would be lower, since
-log is concave). Identical images have MSE 0 and PSNR = inf: they are counted in
+PSNR = 10·log10(L² / MSE) per image, then the **mean over images of per-image PSNR** (the usual
+convention of reconstruction tables; the PSNR of the pooled MSE is never higher, by Jensen's
+inequality). Identical images have MSE 0 and PSNR = inf: they are counted in
 ``n_identical`` and left out of the mean, which is inf only when every image is identical.
 
 SSIM follows Wang et al. 2004 ("Image quality assessment: from error visibility to structural

@@ -17,6 +17,12 @@ class BenchmarkSettings(BaseModel):
     )
     warmup: int = Field(1, ge=0, description="untimed runs before measuring")
     repeats: int = Field(5, ge=1, description="timed runs; the median is reported")
+    min_time: float = Field(
+        0.05, ge=0, description="seconds per timed sample: shorter calls are looped (0 = no loop)"
+    )
+    threads: int | None = Field(
+        None, ge=1, description="torch CPU threads; none = torch's default (recorded in the JSON)"
+    )
     compile: bool = Field(True, description="also measure torch.compile versions (kernels)")
     out: str | None = Field(
         None, description="JSON result file; none = benchmarks/results/<name>-<timestamp>.json"

@@ -42,13 +42,11 @@ class EvaluateSettings(BaseModel):
     fd_weights: str | None = Field(
         None, description="weights of the fd encoder (file, 'random', none = its default)"
     )
-    fd_method: Literal["sqrtm", "eigh"] = Field(
-        "sqrtm", description="Fréchet distance algorithm: sqrtm (ADM's) or eigh (faster)"
+    fd_method: Literal["sqrtm", "cholesky"] = Field(
+        "sqrtm", description="Fréchet distance algorithm: sqrtm (ADM's) or cholesky (faster)"
     )
     batch_size: int = Field(64, ge=1, description="images per feature-extractor forward")
-    out: str | None = Field(
-        None, description="where metrics.json goes; none = beside the samples"
-    )
+    out: str | None = Field(None, description="where metrics.json goes; none = beside the samples")
     stats_dir: str | None = Field(
         None, description="folder of cached reference statistics; none = <cache>/reference-stats"
     )

@@ -28,10 +28,14 @@ class RefineSettings(BaseModel):
     l1_weight: float = Field(1.0, ge=0, description="weight of the L1 term")
     perceptual_weight: float = Field(1.0, ge=0, description="LPIPS weight (off without weights)")
     lpips_weights: str | None = Field(None, description="local LPIPS-VGG weights file")
-    gan_weight: float = Field(0.5, ge=0, description="hinge PatchGAN generator weight (official 0.5)")
+    gan_weight: float = Field(
+        0.5, ge=0, description="hinge PatchGAN generator weight (official 0.5)"
+    )
     disc_channels: int = Field(64, ge=1, description="PatchGAN base channels (official 128)")
     ema_decay: float = Field(0.999, ge=0, le=1, description="EMA decay of the refiner weights")
     ckpt_every: int = Field(1000, ge=1, description="steps between checkpoints")
     log_every: int = Field(50, ge=1, description="steps between log lines")
-    triplet_batch: int = Field(32, ge=1, description="samples per decode batch when building triplets")
+    triplet_batch: int = Field(
+        32, ge=1, description="samples per decode batch when building triplets"
+    )
     refiner: str | None = Field(None, description="refine apply: refiner run to use")

@@ -19,20 +19,32 @@ class SampleSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     run: str | None = Field(None, description="DiT run name (under runs) or checkpoint folder")
-    checkpoint: str | None = Field(None, description="checkpoint of the run (step-NNNNNNN); none = latest")
+    checkpoint: str | None = Field(
+        None, description="checkpoint of the run (step-NNNNNNN); none = latest"
+    )
     weights: Literal["ema", "model"] = Field("ema", description="EMA or raw model weights")
     num: int = Field(50, ge=1, description="number of samples N")
-    batch_size: int = Field(16, ge=1, description="samples per forward batch (does not change images)")
+    batch_size: int = Field(
+        16, ge=1, description="samples per forward batch (does not change images)"
+    )
     labels: str = Field(
         "balanced",
         description="balanced (N/classes each, in class order), random (seeded), or classes '3,7'",
     )
     sampler: Literal["euler", "heun", "sde"] | None = Field(None, description="default euler")
-    steps: int | None = Field(None, ge=1, description="updates (= NFE without guidance); default 50")
-    shift: float | None = Field(None, gt=0, description="timestep shift in our convention; default 1")
+    steps: int | None = Field(
+        None, ge=1, description="updates (= NFE without guidance); default 50"
+    )
+    shift: float | None = Field(
+        None, gt=0, description="timestep shift in our convention; default 1"
+    )
     cfg: float | None = Field(None, description="guidance scale; 1 = no guidance (default)")
-    cfg_t_lo: float | None = Field(None, ge=0, le=1, description="guidance active for t ≥ this; default 0")
-    cfg_t_hi: float | None = Field(None, ge=0, le=1, description="guidance active for t ≤ this; default 1")
+    cfg_t_lo: float | None = Field(
+        None, ge=0, le=1, description="guidance active for t ≥ this; default 0"
+    )
+    cfg_t_hi: float | None = Field(
+        None, ge=0, le=1, description="guidance active for t ≤ this; default 1"
+    )
     cfg_channels: int | None = Field(
         None, ge=0, description="legacy: guide only the first k channels (0 = all, the default)"
     )

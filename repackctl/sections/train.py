@@ -83,7 +83,9 @@ class TrainSettings(BaseModel):
     repa_stop_step: int | None = Field(
         None, ge=0, description="switch the alignment off from this step on (HASTE)"
     )
-    repa_hidden: int = Field(2048, ge=1, description="hidden width of the REPA projector MLP")
+    repa_hidden: int | None = Field(
+        None, ge=1, description="REPA projector MLP width; none = 2048 (4·D for tiny widths)"
+    )
 
     # ---- optimisation (TrainConfig)
     steps: int = Field(2000, ge=0, description="optimizer steps")

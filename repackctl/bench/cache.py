@@ -1,0 +1,177 @@
+"""Cache read benchmark: random training batches from our Zarr cache vs the usual layouts.
+
+The same float16 samples (packed latents of both flips, (N, 2, d, h, w)) are stored four ways:
+
+- ``zarr chunk buffer (ours)``: a real cache entry (``cache.store``: chunks of ``chunk`` samples
+  inside shards, uncompressed) read as the training stages read it: ``train.sampler.BlockSampler``
+  with ``block = chunk`` orders the indices (chunk-aligned blocks shuffled within a window of
+  ``buffer_blocks`` blocks) and the stage's LRU chunk reader (``pack.data._ChunkReader``) reads
+  each chunk whole, once per window;
+- ``zarr runs, no buffer``: the same order, each batch read as its contiguous runs of indices
+  (``cache.store.read_blocks``; the out-of-memory path of ``train.latents.LatentData``) with no
+  buffer across batches;
+- ``zarr in memory (ours)``: the same array loaded whole once (the ``in-memory`` option), then
+  indexed; its one-off load time is reported separately;
+- ``zarr random samples``: the same cache read one sample at a time in a plain permutation (what a
+  map-style Dataset over Zarr does);
+- ``npy memmap``: one ``.npy`` opened with ``mmap_mode="r"``, fancy-indexed by a random batch;
+- ``safetensors shards``: LightningDiT's latent layout (hustvl/LightningDiT
+  ``datasets/img_latent_dataset.py``): shards holding ``latents``, ``latents_flip``, ``labels``,
+  each sample read with ``safe_open(...).get_slice(...)[j:j+1]`` as its ``__getitem__`` does.
+
+Every layout is written first, so all reads are warm (page cache): the figures compare the read
+paths, not the disk. Throughput is samples/s over ``batches`` random batches; ratios are relative
+to the ``.npy`` memmap.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from repackctl.bench.common import BenchContext, Row, fill_ratios, timed_row
+
+#: N, sample shape (F, d, h, w), batch, chunk, shard, safetensors shard, batches per measurement
+SHAPES: dict[str, dict[str, Any]] = {
+    "tiny": dict(n=512, shape=(2, 4, 8, 8), batch=32, chunk=16, shard=128, st_shard=128, batches=4),
+    "small": dict(n=8192, shape=(2, 32, 16, 16), batch=256, chunk=32, shard=1024, st_shard=2048,
+                  batches=8),
+    "paper": dict(n=50000, shape=(2, 32, 16, 16), batch=256, chunk=32, shard=1024,
+                  st_shard=10000, batches=32),
+}  # fmt: skip
+
+
+def _write_layouts(root: Path, data: np.ndarray, p: dict[str, Any]) -> dict[str, Any]:
+    """Write the same samples as a cache entry, an .npy and safetensors shards."""
+    from safetensors.numpy import save_file
+
+    from repackctl.cache.store import DatasetEntry
+
+    n = data.shape[0]
+    entry = DatasetEntry.create_or_open(
+        str(root / "cache"),
+        "bench",
+        "train",
+        8,
+        n,
+        {"bench": "cache"},
+        None,
+        p["chunk"],
+        p["shard"],
+    )
+    grp, _ = entry.create_or_open_group("latents", "bench", {"shape": list(data.shape[1:])})
+    arr = entry.add_sample_array(grp, "mean", data.shape[1:], "float16")
+    for s in range(0, n, p["shard"]):  # shard-aligned writes, as the cache writers do
+        arr[s : s + p["shard"]] = data[s : s + p["shard"]]
+    np.save(root / "latents.npy", data)
+    shards = []
+    for i, s in enumerate(range(0, n, p["st_shard"])):
+        part = data[s : s + p["st_shard"]]
+        path = root / f"latents_rank00_shard{i:03d}.safetensors"
+        save_file(
+            {
+                "latents": np.ascontiguousarray(part[:, 0]),
+                "latents_flip": np.ascontiguousarray(part[:, 1]),
+                "labels": np.zeros(len(part), np.int64),
+            },
+            str(path),
+        )
+        shards.append(path)
+    return {"zarr": arr, "npy": root / "latents.npy", "shards": shards}
+
+
+def run(ctx: BenchContext) -> tuple[list[Row], dict[str, Any], list[str]]:
+    """Measure random-batch read throughput of each layout; returns (rows, params, notes)."""
+    from safetensors import safe_open
+
+    from repackctl.cache.store import read_blocks
+    from repackctl.pack.data import _ChunkReader
+    from repackctl.train.sampler import BlockSampler, Position
+
+    p = SHAPES[ctx.size]
+    n, batch, nb = p["n"], p["batch"], p["batches"]
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal((n, *p["shape"]), dtype=np.float32).astype(np.float16)
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory(dir=ctx.workdir, prefix="repackctl-bench-cache-") as tmp:
+        t0 = time.perf_counter()
+        stores = _write_layouts(Path(tmp), data, p)
+        notes.append(f"wrote {data.nbytes / 2**20:.1f} MiB per layout in "
+                     f"{time.perf_counter() - t0:.1f} s (all reads below are warm)")  # fmt: skip
+        zarr_arr = stores["zarr"]
+        mm = np.load(stores["npy"], mmap_mode="r")
+        per = p["st_shard"]
+        sampler = BlockSampler(n, seed=0, block=p["chunk"], buffer_blocks=16)
+        state = {"pos": Position()}
+        items = batch * nb
+        kw = {"items": items, "unit": "sample"}
+
+        reader = _ChunkReader(zarr_arr, p["chunk"], capacity=32)
+
+        def ours_buffer() -> None:
+            for _ in range(nb):
+                idx, state["pos"] = sampler.take(state["pos"], batch)
+                _ = reader.take(idx)
+
+        def ours_runs() -> None:
+            for _ in range(nb):
+                idx, state["pos"] = sampler.take(state["pos"], batch)
+                order = np.argsort(idx, kind="stable")
+                srt = idx[order]
+                parts = [blk for _, blk in read_blocks(zarr_arr, srt, p["chunk"])]
+                out = np.empty((batch, *p["shape"]), np.float16)
+                out[order] = np.concatenate(parts)  # back into the sampler's order
+
+        t0 = time.perf_counter()
+        in_mem = zarr_arr[:]
+        load_s = time.perf_counter() - t0
+
+        def ours_memory() -> None:
+            for _ in range(nb):
+                idx, state["pos"] = sampler.take(state["pos"], batch)
+                _ = in_mem[idx]
+
+        def random_batches() -> list[np.ndarray]:
+            return [rng.choice(n, batch, replace=False) for _ in range(nb)]
+
+        def zarr_random() -> None:
+            for idx in random_batches():
+                _ = np.stack([zarr_arr[int(i)] for i in idx])
+
+        def npy_memmap() -> None:
+            for idx in random_batches():
+                _ = np.asarray(mm[np.sort(idx)])
+
+        def safetensors_shards() -> None:
+            for idx in random_batches():
+                rows = []
+                for i in idx:
+                    s, j = divmod(int(i), per)
+                    key = "latents_flip" if rng.random() < 0.5 else "latents"
+                    with safe_open(str(stores["shards"][s]), framework="np") as f:
+                        rows.append(f.get_slice(key)[j : j + 1])
+                _ = np.concatenate(rows)
+
+        rows = [
+            timed_row("read", "npy memmap", npy_memmap, ctx, baseline=True, **kw),
+            timed_row("read", "zarr chunk buffer (ours, training path)", ours_buffer, ctx, **kw),
+            timed_row("read", "zarr runs, no buffer (train.latents path)", ours_runs, ctx, **kw),
+            timed_row(
+                "read",
+                "zarr in memory (ours)",
+                ours_memory,
+                ctx,
+                note=f"one-off load {load_s:.2f} s",
+                **kw,
+            ),  # fmt: skip
+            timed_row("read", "zarr random samples", zarr_random, ctx, **kw),
+            timed_row("read", "safetensors shards (LightningDiT)", safetensors_shards, ctx, **kw),
+        ]
+        rows[3].extra["load_s"] = load_s
+    params = {**{k: v for k, v in p.items() if k != "shape"}, "sample_shape": list(p["shape"]),
+              "dtype": "float16", "sample_bytes": int(np.prod(p["shape"])) * 2}  # fmt: skip
+    return fill_ratios(rows), params, notes

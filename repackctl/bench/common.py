@@ -1,0 +1,237 @@
+"""Timing, environment capture and the result format shared by every benchmark.
+
+Method (the usual one for GPU kernels, e.g. ``torch.utils.benchmark`` / triton ``do_bench``):
+``warmup`` untimed calls (compilation, allocator and cache warm-up), then ``repeats`` timed calls,
+each synchronised with the device; the **median** is reported. Within one result every figure is
+also given as a ratio to a baseline of its group measured in the same run, because absolute times
+on shared machines move by 2-3× between runs (``reference/environment.md``) while ratios do not.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from repackctl.errors import ConfigError
+from repackctl.progress import ProgressFactory, null_progress
+
+SIZES = ("tiny", "small", "paper")
+
+
+@dataclass
+class BenchContext:
+    """What every sub-benchmark receives: size, timing policy, device, scratch space."""
+
+    size: str = "tiny"
+    warmup: int = 1
+    repeats: int = 5
+    compile: bool = True
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    workdir: Path | None = None  # scratch folder (a temporary one when None)
+    encoder: str | None = None
+    encoder_weights: str | None = None
+    progress: ProgressFactory = null_progress
+    min_sample_s: float = 0.05  # shorter calls are looped within one timed sample
+
+    def __post_init__(self) -> None:
+        if self.size not in SIZES:
+            raise ConfigError(f"unknown size {self.size!r}", hint=f"use {', '.join(SIZES)}")
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
+
+@dataclass
+class Row:
+    """One measured case. ``ratio`` = throughput relative to the group's baseline (>1 faster)."""
+
+    group: str
+    case: str
+    median_s: float | None  # per call; None when the case was skipped
+    per_s: float | None = None  # items per second (``unit`` per second)
+    unit: str = "call"
+    ratio: float | None = None
+    baseline: bool = False
+    note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BenchResult:
+    """A whole sub-benchmark: rows, parameters, environment."""
+
+    name: str
+    size: str
+    rows: list[Row]
+    params: dict[str, Any]
+    env: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+    started_at: str = ""
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def measure(
+    fn: Callable[[], Any],
+    ctx: BenchContext,
+    *,
+    warmup: int | None = None,
+    repeats: int | None = None,
+) -> dict[str, Any]:
+    """Median per-call wall time of ``fn()`` (device-synchronised) after warm-up calls.
+
+    Like ``timeit``, short calls are looped: each timed sample runs ``fn`` enough times to last
+    about ``ctx.min_sample_s``, so a sample is not dominated by timer resolution or one scheduler
+    preemption; the per-call time of a sample is its duration divided by the loop count.
+    """
+    warmup = ctx.warmup if warmup is None else warmup
+    repeats = ctx.repeats if repeats is None else repeats
+    for _ in range(warmup):
+        fn()
+    ctx.sync()
+    # calibrate on the fastest of a few calls: one call stalled by a busy machine must not make
+    # every later sample a single (equally stallable) call
+    fastest, spent = math.inf, 0.0
+    while spent < ctx.min_sample_s:
+        t0 = time.perf_counter()
+        fn()
+        ctx.sync()
+        took = time.perf_counter() - t0
+        fastest, spent = min(fastest, took), spent + took
+        if took >= ctx.min_sample_s:
+            break
+    fastest = max(fastest, 1e-9)
+    inner = 1 if fastest >= ctx.min_sample_s else min(1000, math.ceil(ctx.min_sample_s / fastest))
+    times = []
+    for _ in range(max(repeats, 1)):
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        ctx.sync()
+        times.append((time.perf_counter() - t0) / inner)
+    return {"median_s": statistics.median(times), "min_s": min(times), "times_s": times,
+            "loops": inner}  # fmt: skip
+
+
+def timed_row(
+    group: str,
+    case: str,
+    fn: Callable[[], Any],
+    ctx: BenchContext,
+    *,
+    items: float = 1.0,
+    unit: str = "call",
+    baseline: bool = False,
+    warmup: int | None = None,
+    repeats: int | None = None,
+    note: str = "",
+) -> Row:
+    """Measure ``fn`` and make a row; ``items`` units are processed per call."""
+    m = measure(fn, ctx, warmup=warmup, repeats=repeats)
+    return Row(
+        group,
+        case,
+        m["median_s"],
+        per_s=items / m["median_s"] if m["median_s"] > 0 else None,
+        unit=unit,
+        baseline=baseline,
+        note=note,
+        extra={"min_s": m["min_s"], "repeats": len(m["times_s"]), "loops": m["loops"]},
+    )
+
+
+def skipped(group: str, case: str, why: str) -> Row:
+    return Row(group, case, None, note=f"skipped: {why}")
+
+
+def fill_ratios(rows: list[Row]) -> list[Row]:
+    """Per group: ratio = baseline median time / case median time (throughput ratio)."""
+    base = {r.group: r for r in rows if r.baseline and r.median_s}
+    for r in rows:
+        b = base.get(r.group)
+        if b is not None and r.median_s:
+            r.ratio = b.median_s / r.median_s
+    return rows
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def env_info(device: torch.device) -> dict[str, Any]:
+    """Everything that changes the figures: versions, device, CPU/GPU, threads, git revision."""
+    from repackctl import __version__
+    from repackctl.metrics.protocol import git_revision
+
+    info: dict[str, Any] = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "repackctl": __version__,
+        "git_revision": git_revision(),
+        "device": str(device),
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "hostname": platform.node(),
+        "cuda": torch.version.cuda,
+        "gpu": None,
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info["gpu"] = props.name
+        info["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
+        info["cudnn"] = torch.backends.cudnn.version()
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = None
+    return info
+
+
+def default_out(name: str) -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("benchmarks") / "results" / f"{name}-{stamp}.json"
+
+
+def write_result(result: BenchResult | list[BenchResult], out: str | Path | None) -> Path:
+    """Write one result (or the list of ``all``) as JSON, atomically; returns the path."""
+    from repackctl.metrics.frechet import atomic_path
+
+    name = result.name if isinstance(result, BenchResult) else "all"
+    path = Path(out) if out else default_out(name)
+    doc = result.to_dict() if isinstance(result, BenchResult) else {
+        "name": "all", "results": [r.to_dict() for r in result]
+    }  # fmt: skip
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n")
+    return path
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,179 @@
+"""`repackctl benchmark kernels | cache | extract | train | sample | all`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from repackctl.cli.common import (
+    ConfigOpt,
+    DeviceOpt,
+    ShowConfigOpt,
+    console,
+    err_console,
+    handle_errors,
+    resolve,
+    rich_progress,
+    show_config,
+)
+
+NAMES = ("kernels", "cache", "extract", "train", "sample", "all")
+HELP = {
+    "kernels": "Attention (SDPA backends), RMSNorm, RoPE, adaLN modulate: eager vs torch.compile "
+    "(and fused Triton/CUDA on a GPU).",
+    "cache": "Random training batches from our Zarr cache vs .npy memmap and LightningDiT-style "
+    "safetensors shards (samples/s and ratios).",
+    "extract": "run_extract wall time vs the bare encoder forward on the same images.",
+    "train": "DiT training-step throughput and model FLOP utilisation vs a measured matmul peak.",
+    "sample": "Sampler time vs bare model calls; CFG batched vs two forwards.",
+    "all": "Every benchmark above, one JSON file.",
+}
+
+
+def _table(result) -> object:
+    from rich.table import Table
+
+    table = Table(title=f"benchmark {result.name} ({result.size})")
+    for col in ("group", "case", "median", "throughput", "ratio", "note"):
+        table.add_column(
+            col, justify="right" if col in ("median", "throughput", "ratio") else "left"
+        )
+    for r in result.rows:
+        median = "—" if r.median_s is None else _seconds(r.median_s)
+        per = "—" if r.per_s is None else f"{r.per_s:,.4g} {r.unit}/s"
+        ratio = "—" if r.ratio is None else f"{r.ratio:.3g}×"
+        if r.baseline:
+            ratio = "1× (baseline)"
+        table.add_row(r.group, r.case, median, per, ratio, r.note)
+    return table
+
+
+def _seconds(s: float) -> str:
+    if s >= 1:
+        return f"{s:.3f} s"
+    if s >= 1e-3:
+        return f"{s * 1e3:.3f} ms"
+    return f"{s * 1e6:.1f} µs"
+
+
+def _make(name: str):
+    @handle_errors
+    def command(
+        size: Annotated[
+            str | None,
+            typer.Option(help="tiny (seconds on a CPU), small, or paper (a GPU node)."),
+        ] = None,
+        warmup: Annotated[int | None, typer.Option(help="Untimed calls before timing.")] = None,
+        repeats: Annotated[int | None, typer.Option(help="Timed calls (median reported).")] = None,
+        min_time: Annotated[
+            float | None,
+            typer.Option(help="Seconds per timed sample; shorter calls are looped (timeit-style)."),
+        ] = None,
+        threads: Annotated[
+            int | None,
+            typer.Option(
+                help="torch CPU threads (1 gives steadier CPU figures on a busy machine)."
+            ),
+        ] = None,
+        compile: Annotated[
+            bool | None,
+            typer.Option("--compile/--no-compile", help="Also time torch.compile versions."),
+        ] = None,
+        out: Annotated[
+            str | None,
+            typer.Option(help="JSON file (default benchmarks/results/<name>-<timestamp>.json)."),
+        ] = None,
+        encoder: Annotated[
+            str | None, typer.Option(help="Encoder of the extract benchmark.")
+        ] = None,
+        encoder_weights: Annotated[
+            str | None, typer.Option(help="Its weights (default 'random': speed only).")
+        ] = None,
+        workdir: Annotated[
+            str | None, typer.Option(help="Scratch folder for benchmark data (default: /tmp).")
+        ] = None,
+        device: DeviceOpt = None,
+        config: ConfigOpt = None,
+        show: ShowConfigOpt = False,
+    ) -> None:
+        resolved = resolve(
+            config,
+            {
+                "device": device,
+                "benchmark.size": size,
+                "benchmark.warmup": warmup,
+                "benchmark.repeats": repeats,
+                "benchmark.min_time": min_time,
+                "benchmark.threads": threads,
+                "benchmark.compile": compile,
+                "benchmark.out": out,
+                "benchmark.encoder": encoder,
+                "benchmark.encoder_weights": encoder_weights,
+                "benchmark.workdir": workdir,
+            },
+        )
+        if show:
+            show_config(resolved, ("benchmark",))
+            return
+        from pathlib import Path
+
+        from repackctl.bench import BENCHMARKS, BenchContext, run_benchmark, write_result
+        from repackctl.extract import resolve_device
+
+        s = resolved.settings
+        b = s.benchmark
+        if b.threads is not None:
+            import torch
+
+            torch.set_num_threads(b.threads)
+        ctx = BenchContext(
+            size=b.size,
+            warmup=b.warmup,
+            repeats=b.repeats,
+            compile=b.compile,
+            min_sample_s=b.min_time,
+            device=resolve_device(s.device),
+            workdir=Path(b.workdir) if b.workdir else None,
+            encoder=b.encoder,
+            encoder_weights=b.encoder_weights,
+            progress=rich_progress,
+        )
+        names = BENCHMARKS if name == "all" else (name,)
+        results = []
+        for n in names:
+            result = run_benchmark(n, ctx)
+            results.append(result)
+            console.print(_table(result))
+            for note in result.notes:
+                err_console.print(f"[cyan]note:[/] {note}", highlight=False, soft_wrap=True)
+        path = write_result(results[0] if name != "all" else results, b.out)
+        env = results[0].env
+        where = env["gpu"] or env["cpu"]
+        console.print(
+            f"device {env['device']} ({where}), torch {env['torch']}, {env['torch_threads']} "
+            f"threads, git {env['git_revision'] or 'n/a'}. Results: {path}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        console.print(
+            "Compare ratios within this run; absolute times move between runs on shared machines.",
+            style="dim",
+        )
+
+    command.__doc__ = HELP[name]
+    return command
+
+
+benchmark_app = typer.Typer(
+    name="benchmark",
+    help="Throughput and kernel benchmarks (median of repeats after warm-up; JSON + table).",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
+for _name in NAMES:
+    benchmark_app.command(_name, help=HELP[_name])(_make(_name))
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(benchmark_app, name="benchmark")

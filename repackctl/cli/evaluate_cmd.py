@@ -1,0 +1,305 @@
+"""`repackctl evaluate fid | stats` (and `recon | probe` from the pack stage when present)."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Annotated
+
+import typer
+
+from repackctl.cli.common import (
+    CacheOpt,
+    ConfigOpt,
+    DeviceOpt,
+    PrecisionOpt,
+    RunsOpt,
+    SeedOpt,
+    ShowConfigOpt,
+    console,
+    err_console,
+    handle_errors,
+    kv_table,
+    resolve,
+    rich_progress,
+    show_config,
+)
+
+evaluate_app = typer.Typer(
+    name="evaluate",
+    help="Score samples (FID, sFID, IS, KID, precision/recall, FD in an encoder's space) with a "
+    "protocol card, and make reference statistics.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
+
+RefOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ref",
+        help="Reference: an ADM reference batch .npz (VIRTUAL_imagenet256_labeled.npz), a stats "
+        "file from `evaluate stats`, an image folder, an images .npz, or 'builtin'. Default: the "
+        "data the generator was trained on (recorded in the samples' protocol.json).",
+    ),
+]
+RefCacheOpt = Annotated[
+    str | None,
+    typer.Option("--ref-cache", help="Reference = the images of this cache entry (`cache ls`)."),
+]
+InceptionOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--inception-weights",
+        help="torch-fidelity Inception weights (.pth/.safetensors); default: the torch hub cache "
+        "file weights-inception-2015-12-05-6726825d.pth.",
+    ),
+]
+FdEncoderOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--fd-encoder",
+        help="Encoder of the 'fd' metric: builtin (default), dinov2, dinov3, or any registered "
+        "encoder id.",
+    ),
+]
+FdWeightsOpt = Annotated[
+    str | None, typer.Option("--fd-weights", help="Weights of the fd encoder (file or 'random').")
+]
+BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Images per forward.")]
+StatsDirOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--stats-dir", help="Cached reference statistics (default <cache>/reference-stats)."
+    ),
+]
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) >= 1e-3 or value == 0 else f"{value:.3e}"
+    return str(value)
+
+
+@evaluate_app.command("fid")
+@handle_errors
+def fid(
+    source: Annotated[
+        str | None,
+        typer.Argument(
+            help="Generated images: a samples folder, a samples .npz, or a DiT run/checkpoint "
+            "(sampled first). Default: the newest folder under the samples root.",
+            show_default=False,
+        ),
+    ] = None,
+    ref: RefOpt = None,
+    ref_cache: RefCacheOpt = None,
+    samples: Annotated[
+        int | None,
+        typer.Option(
+            "--samples",
+            "-n",
+            help="Use exactly N samples (error if fewer exist; a checkpoint is sampled to N).",
+        ),
+    ] = None,
+    metrics: Annotated[
+        str | None,
+        typer.Option(
+            "--metrics",
+            help="Comma list of fid, sfid, is, kid, prc, fd. auto: fd for the built-in dataset, "
+            "otherwise the Inception metrics the reference allows.",
+        ),
+    ] = None,
+    inception_weights: InceptionOpt = None,
+    fd_encoder: FdEncoderOpt = None,
+    fd_weights: FdWeightsOpt = None,
+    fd_method: Annotated[
+        str | None,
+        typer.Option(
+            "--fd-method", help="sqrtm (ADM's algorithm, default) or cholesky (faster, same value)."
+        ),
+    ] = None,
+    batch_size: BatchOpt = None,
+    out: Annotated[
+        str | None,
+        typer.Option("--out", help="metrics.json path or folder (default: beside the samples)."),
+    ] = None,
+    stats_dir: StatsDirOpt = None,
+    samples_root: Annotated[
+        str | None, typer.Option("--samples-root", help="Folder holding sample sets.")
+    ] = None,
+    cache: CacheOpt = None,
+    runs: RunsOpt = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    precision: PrecisionOpt = None,
+    config: ConfigOpt = None,
+    show: ShowConfigOpt = False,
+) -> None:
+    """Score generated samples against a reference; writes metrics.json with a protocol card.
+
+    With no SOURCE it takes the newest samples folder under the samples root (`--samples-root`,
+    REPACKCTL_SAMPLES), so after `repackctl sample --num 50000` the headline command is just
+    `repackctl evaluate fid --samples 50000`. Samples from the built-in dataset are scored by
+    default with FD in the built-in encoder's feature space, which needs no Inception weights.
+
+    Example: `repackctl evaluate fid samples/RUN--... --ref VIRTUAL_imagenet256_labeled.npz`
+    """
+    resolved = resolve(
+        config,
+        {
+            "cache": cache,
+            "runs": runs,
+            "seed": seed,
+            "device": device,
+            "precision": precision,
+            "samples": samples_root,
+            "evaluate.source": source,
+            "evaluate.reference": ref,
+            "evaluate.ref_cache": ref_cache,
+            "evaluate.num_samples": samples,
+            "evaluate.metrics": metrics,
+            "evaluate.inception_weights": inception_weights,
+            "evaluate.fd_encoder": fd_encoder,
+            "evaluate.fd_weights": fd_weights,
+            "evaluate.fd_method": fd_method,
+            "evaluate.batch_size": batch_size,
+            "evaluate.out": out,
+            "evaluate.stats_dir": stats_dir,
+        },
+    )
+    if show:
+        show_config(resolved, ("evaluate", "sample"))
+        return
+    from repackctl.evaluate import run_evaluate_fid
+
+    result = run_evaluate_fid(resolved.settings, rich_progress)
+    for message in result.messages:
+        err_console.print(f"[cyan]note:[/] {message}", highlight=False, soft_wrap=True)
+    for note in result.metrics.get("notes", []):
+        err_console.print(f"[yellow]caveat:[/] {note}", highlight=False, soft_wrap=True)
+    m = result.metrics
+    rows = []
+    names = {
+        "fid": "FID",
+        "sfid": "sFID",
+        "is_mean": "IS",
+        "kid_mean": "KID",
+        "precision": "precision",
+        "recall": "recall",
+        "fd": f"FD ({m.get('fd_detail', {}).get('encoder', {}).get('id', 'encoder')})",
+    }
+    for key, label in names.items():
+        if key in m:
+            value = _fmt(m[key])
+            std = {"is_mean": "is_std", "kid_mean": "kid_std"}.get(key)
+            if std and std in m:
+                value += f" ± {_fmt(m[std])}"
+            rows.append((label, value))
+    card = result.card
+    rows += [
+        ("samples", f"{result.n_generated} from {m['generated']['path']}"),
+        ("reference", f"{card['reference_file']} (sha256 {card['reference_sha256'][:12]}…)"),
+        ("sampler", f"{card['sampler']} steps={card['steps']} nfe={card['nfe']}"),
+        ("guidance", f"cfg={card['cfg_scale']} interval={card['cfg_interval']}"),
+        ("extractor", card["feature_extractor"]),
+        ("written", str(result.path)),
+    ]
+    console.print(kv_table("evaluate fid", rows))
+
+
+@evaluate_app.command("stats")
+@handle_errors
+def stats(
+    source: Annotated[
+        str | None,
+        typer.Argument(
+            help="Images: an image folder, an images .npz, or 'builtin' (or use --ref-cache).",
+            show_default=False,
+        ),
+    ] = None,
+    ref_cache: RefCacheOpt = None,
+    extractor: Annotated[
+        str,
+        typer.Option(
+            "--extractor",
+            help="inception (FID/sFID statistics) or fd (statistics in --fd-encoder's space).",
+        ),
+    ] = "inception",
+    resolution: Annotated[
+        int | None,
+        typer.Option(help="Center-crop size for folders (256) / built-in data (64)."),
+    ] = None,
+    num: Annotated[int | None, typer.Option("--num", help="Use the first/seeded N images.")] = None,
+    inception_weights: InceptionOpt = None,
+    fd_encoder: FdEncoderOpt = None,
+    fd_weights: FdWeightsOpt = None,
+    batch_size: BatchOpt = None,
+    stats_dir: StatsDirOpt = None,
+    cache: CacheOpt = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    config: ConfigOpt = None,
+    show: ShowConfigOpt = False,
+) -> None:
+    """Write reference statistics (mu, sigma, metadata) of a set of images, cached by content.
+
+    The file goes under `--stats-dir`; pass it to `evaluate fid --ref FILE`. Running it again
+    on the same images with the same extractor reuses the file and says so.
+    """
+    resolved = resolve(
+        config,
+        {
+            "cache": cache,
+            "seed": seed,
+            "device": device,
+            "evaluate.ref_cache": ref_cache,
+            "evaluate.inception_weights": inception_weights,
+            "evaluate.fd_encoder": fd_encoder,
+            "evaluate.fd_weights": fd_weights,
+            "evaluate.batch_size": batch_size,
+            "evaluate.stats_dir": stats_dir,
+        },
+    )
+    if show:
+        show_config(resolved, ("evaluate",))
+        return
+    from repackctl.evaluate import run_evaluate_stats
+
+    result = run_evaluate_stats(
+        resolved.settings,
+        source,
+        extractor=extractor,
+        resolution=resolution,
+        num=num,
+        progress=rich_progress,
+    )
+    meta = result.metadata
+    state = "reused (same content hash)" if result.reused else "computed"
+    err_console.print(f"[cyan]note:[/] reference statistics {state}: {result.path}")
+    rows = [
+        ("file", str(result.path)),
+        ("status", state),
+        ("source", meta.get("source")),
+        ("images", meta.get("n")),
+        ("resolution", meta.get("resolution")),
+        ("extractor", meta.get("extractor")),
+        ("content sha256", str(meta.get("source_sha256", ""))[:16] + "…"),
+    ]
+    console.print(kv_table("evaluate stats", rows))
+
+
+def _add_pack_commands() -> None:
+    """`evaluate recon` / `evaluate probe` live with the pack stage; add them when present."""
+    try:
+        module = importlib.import_module("repackctl.cli.evaluate_pack_cmd")
+    except ModuleNotFoundError as e:
+        if e.name != "repackctl.cli.evaluate_pack_cmd":
+            raise
+        return
+    module.register_into(evaluate_app)
+
+
+_add_pack_commands()
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(evaluate_app, name="evaluate")

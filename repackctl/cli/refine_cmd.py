@@ -1,0 +1,158 @@
+"""`repackctl refine train|apply`: the Latent-Guided Refiner (RePack then Refine, stage 3)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from repackctl.cli.common import (
+    CacheOpt,
+    ConfigOpt,
+    DeviceOpt,
+    PrecisionOpt,
+    RunsOpt,
+    SeedOpt,
+    ShowConfigOpt,
+    console,
+    handle_errors,
+    is_main_process,
+    kv_table,
+    resolve,
+    rich_progress,
+    show_config,
+)
+
+refine_app = typer.Typer(
+    help="Latent-Guided Refiner: train it on cached triplets, apply it to samples.",
+    no_args_is_help=True,
+)
+
+
+@refine_app.command("train")
+@handle_errors
+def train(
+    pack_run: Annotated[
+        str | None, typer.Option(help="Pack run whose reconstructions the refiner restores.")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Refiner run name (default refine-<pack>).")
+    ] = None,
+    entry: Annotated[
+        str | None, typer.Option(help="Cache entry (default: the pack run's).")
+    ] = None,
+    noise: Annotated[
+        float | None, typer.Option(help="Decode latent + σ·ε for the triplets (0: posterior mean).")
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help="Training steps.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Global batch.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Adam learning rate.")] = None,
+    base_channels: Annotated[int | None, typer.Option(help="Refiner width (official 128).")] = None,
+    output: Annotated[
+        str | None, typer.Option(help="image (tanh, official) or residual (decoded + correction).")
+    ] = None,
+    lpips_weights: Annotated[
+        str | None, typer.Option(help="Local LPIPS-VGG weights; without them no perceptual term.")
+    ] = None,
+    gan_weight: Annotated[float | None, typer.Option(help="Hinge PatchGAN weight (0.5).")] = None,
+    disc_channels: Annotated[int | None, typer.Option(help="PatchGAN base channels.")] = None,
+    ckpt_every: Annotated[int | None, typer.Option(help="Steps between checkpoints.")] = None,
+    cache: CacheOpt = None,
+    runs: RunsOpt = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    precision: PrecisionOpt = None,
+    config: ConfigOpt = None,
+    show: ShowConfigOpt = False,
+) -> None:
+    """Build (image, reconstruction, raw latent) triplets in the cache, then train the refiner.
+
+    Both steps resume after an interruption. Example:
+    `repackctl refine train --pack-run pack-builtin --name refine-builtin`
+    """
+    resolved = resolve(
+        config,
+        {
+            "cache": cache,
+            "runs": runs,
+            "seed": seed,
+            "device": device,
+            "precision": precision,
+            "refine.pack_run": pack_run,
+            "refine.name": name,
+            "refine.entry": entry,
+            "refine.noise": noise,
+            "refine.steps": steps,
+            "refine.batch_size": batch_size,
+            "refine.lr": lr,
+            "refine.base_channels": base_channels,
+            "refine.output": output,
+            "refine.lpips_weights": lpips_weights,
+            "refine.gan_weight": gan_weight,
+            "refine.disc_channels": disc_channels,
+            "refine.ckpt_every": ckpt_every,
+        },
+    )
+    if show:
+        show_config(resolved, ("refine",))
+        return
+    from repackctl.progress import null_progress
+    from repackctl.refine.trainer import run_refine_train
+    from repackctl.train.checkpoint import latest_checkpoint
+
+    main = is_main_process()
+    run_dir = run_refine_train(resolved.settings, rich_progress if main else null_progress)
+    if main:
+        rows = [("run", run_dir), ("checkpoint", latest_checkpoint(run_dir))]
+        console.print(kv_table("refine train", rows))
+
+
+@refine_app.command("apply")
+@handle_errors
+def apply(
+    samples_dir: Annotated[str, typer.Argument(help="A folder written by `repackctl sample`.")],
+    refiner: Annotated[
+        str | None, typer.Option("--refiner", help="Refiner run (or checkpoint folder).")
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per batch.")] = None,
+    runs: RunsOpt = None,
+    device: DeviceOpt = None,
+    config: ConfigOpt = None,
+    show: ShowConfigOpt = False,
+) -> None:
+    """Refine an existing samples folder into `<folder>--refine-<run>/` (PNGs, npz, card).
+
+    Uses the raw latents stored in its latents.npy (or regenerates them from the DiT).
+    Example: `repackctl refine apply samples/dit--step-0001000--euler-50--cfg4--seed0 --refiner refine-builtin`
+    """
+    resolved = resolve(
+        config,
+        {
+            "runs": runs,
+            "device": device,
+            "refine.refiner": refiner,
+            "sample.batch_size": batch_size,
+        },
+    )
+    if show:
+        show_config(resolved, ("refine", "sample"))
+        return
+    from repackctl.progress import null_progress
+    from repackctl.refine.apply import run_refine_apply
+
+    main = is_main_process()
+    result = run_refine_apply(
+        resolved.settings, samples_dir, rich_progress if main else null_progress
+    )
+    if main:
+        rows = [
+            ("folder", result.out_dir),
+            ("samples", f"{result.num} ({result.written} now, {result.already_done} already done)"),
+            ("latents", result.latents_source),
+            ("time", f"{result.seconds:.1f} s"),
+        ]
+        console.print(kv_table("refine apply", rows))
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(refine_app, name="refine")

@@ -1,0 +1,1015 @@
+"""`repackctl evaluate fid` / `evaluate stats`: score generated images against a reference.
+
+Glue over :mod:`repackctl.metrics` (DESIGN.md §7): it finds the generated images (a samples folder
+made by ``repackctl sample``, its ``samples.npz``, any ADM-layout ``.npz`` or folder of PNGs, or a
+DiT run/checkpoint that is sampled first through :func:`repackctl.sample.run_sample`), finds the
+reference (an ADM reference batch as in openai/guided-diffusion ``evaluations/evaluator.py``, a
+statistics file, an image folder center-cropped like ADM, a cache entry or the built-in dataset),
+computes the metrics, and writes ``metrics.json`` with a complete protocol card.
+
+Two families of metrics:
+
+- Inception (FID, sFID, IS, KID, precision/recall) through torch-fidelity's TF-compatible
+  Inception (:mod:`repackctl.metrics.generative`); needs its weights file.
+- ``fd``: the Fréchet distance of pooled patch tokens of any registered frozen encoder
+  (:mod:`repackctl.metrics.encoder_fd`, Stein et al. 2023); needs no Inception weights and is the
+  default for the built-in dataset (scored with the built-in encoder, whose weights ship).
+
+Reference statistics are cached by content hash (``<cache>/reference-stats``): the hash covers
+the reference's content (file bytes; for a folder, every image file; for a cache entry, its source
+attributes and done bitmap; for the built-in dataset, its generator description), the number of
+images, the resolution and the feature extractor's weights. A second call with the same inputs
+reads the file instead of recomputing it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from repackctl.errors import CacheError, CheckpointError, ConfigError, DataError
+from repackctl.metrics.adm import AdmReference, iter_npz_images, npz_images_shape
+from repackctl.metrics.frechet import (
+    FeatureStats,
+    StatsFile,
+    atomic_path,
+    load_stats,
+    sha256_file,
+)
+from repackctl.progress import ProgressFactory, null_progress
+from repackctl.settings import Settings
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+INCEPTION_METRICS = ("fid", "sfid", "is", "kid", "prc")
+ALL_METRICS = (*INCEPTION_METRICS, "fd")
+SAMPLES_NPZ = "samples.npz"
+PROTOCOL_JSON = "protocol.json"
+METRICS_JSON = "metrics.json"
+#: card fields that describe how the samples were generated (copied from protocol.json)
+GENERATION_FIELDS = (
+    "sampler",
+    "steps",
+    "nfe",
+    "cfg_scale",
+    "cfg_interval",
+    "cfg_legacy_channels",
+    "shift",
+    "label_scheme",
+    "seed",
+    "precision",
+    "checkpoint",
+    "checkpoint_sha256",
+)
+STATS_FORMAT = 1
+
+
+# --------------------------------------------------------------------------- image sets
+@dataclass
+class ImageSet:
+    """A re-iterable set of ``n`` uint8 (H, W, 3) images, streamed in batches.
+
+    Iterating yields uint8 (b, H, W, 3) arrays (what every metric function accepts); it can be
+    iterated several times (Inception and encoder features read the same set).
+    """
+
+    kind: str  # "npz", "image-folder", "cache", "builtin"
+    label: str  # path or name shown to the user and written on the card
+    n: int
+    resolution: int
+    batches: Callable[[int], Iterator[np.ndarray]]  # batch_size -> uint8 (b, H, W, 3) batches
+    hasher: Callable[[], str]  # content hash (see module docstring)
+    batch_size: int = 64
+    meta: dict = field(default_factory=dict)
+    _sha256: str | None = None
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return self.batches(self.batch_size)
+
+    @property
+    def sha256(self) -> str:
+        if self._sha256 is None:
+            self._sha256 = self.hasher()
+        return self._sha256
+
+
+def _take(batches: Iterator[np.ndarray], n: int) -> Iterator[np.ndarray]:
+    """The first ``n`` images of a batch stream."""
+    left = n
+    for b in batches:
+        if left <= 0:
+            return
+        yield b[:left]
+        left -= len(b[:left])
+
+
+def _list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def folder_sha256(files: list[Path], root: Path) -> str:
+    """sha256 over ``<relative path>\\t<sha256 of file>\\n`` lines of ``files`` (in the given order)."""
+    h = hashlib.sha256()
+    for p in files:
+        h.update(f"{p.relative_to(root).as_posix()}\t{sha256_file(p)}\n".encode())
+    return h.hexdigest()
+
+
+def npz_image_set(path: Path, num: int | None = None) -> ImageSet:
+    """The ``arr_0`` images of an ADM-layout ``.npz`` (streamed, first ``num``)."""
+    try:
+        shape = npz_images_shape(path)
+    except Exception as e:  # BadZipFile, missing arr_0 (DataError), bad header
+        if isinstance(e, DataError):
+            raise
+        raise DataError(f"{path} is not a readable .npz file: {e}") from e
+    n = shape[0] if num is None else min(num, shape[0])
+    return ImageSet(
+        kind="npz",
+        label=str(path),
+        n=n,
+        resolution=int(shape[1]),
+        # writable copies: torch warns on (and must not write into) read-only buffers
+        batches=lambda bs: (b.copy() for b in _take(iter_npz_images(path, bs), n)),
+        hasher=lambda: sha256_file(path),
+        meta={"available": int(shape[0])},
+    )
+
+
+def _png_batches(files: list[Path], bs: int) -> Iterator[np.ndarray]:
+    from PIL import Image
+
+    first_shape = None
+    for start in range(0, len(files), bs):
+        imgs = []
+        for p in files[start : start + bs]:
+            try:
+                with Image.open(p) as im:
+                    a = np.asarray(im.convert("RGB"), dtype=np.uint8)  # (H, W, 3)
+            except (OSError, ValueError) as e:  # truncated / not an image
+                raise DataError(
+                    f"sample {p} is unreadable: {e}", hint="regenerate it (`repackctl sample`)"
+                ) from e
+            if first_shape is None:
+                first_shape = a.shape
+            elif a.shape != first_shape:
+                raise DataError(
+                    f"{p} is {a.shape[1]}x{a.shape[0]} but the first sample is "
+                    f"{first_shape[1]}x{first_shape[0]}",
+                    hint="generated samples must all have one size",
+                )
+            imgs.append(a)
+        yield np.stack(imgs)  # (b, H, W, 3)
+
+
+def png_folder_set(folder: Path, num: int | None = None) -> ImageSet:
+    """Generated images stored as files in ``folder`` (sorted by name, first ``num``)."""
+    from PIL import Image
+
+    files = _list_images(folder)
+    if not files:
+        raise DataError(f"no images in {folder}", hint="pass a samples folder or a samples .npz")
+    available = len(files)
+    files = files[: num or available]
+    try:
+        with Image.open(files[0]) as im:
+            resolution = im.size[1]
+    except (OSError, ValueError) as e:
+        raise DataError(f"sample {files[0]} is unreadable: {e}") from e
+    return ImageSet(
+        kind="image-folder",
+        label=str(folder),
+        n=len(files),
+        resolution=resolution,
+        batches=lambda bs: _png_batches(files, bs),
+        hasher=lambda: folder_sha256(files, folder),
+        meta={"available": available},
+    )
+
+
+def reference_folder_set(folder: Path, resolution: int, num: int | None, seed: int) -> ImageSet:
+    """Real images under ``folder`` (sub-folders included), ADM center crop to ``resolution``.
+
+    Only files with an image suffix count (a samples folder's JSON files are not images); with
+    ``num`` a seeded subset is taken (the same rule as ``imagefolder`` data sources).
+    """
+    from repackctl.data.base import BadImage
+    from repackctl.data.crop import center_crop, open_image
+
+    root = folder.resolve()
+    files = sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in IMAGE_SUFFIXES
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
+    if not files:
+        raise DataError(f"no images under {root}", hint="pass a folder of .png/.jpg images")
+    if num is not None and num < len(files):
+        keep = np.sort(np.random.default_rng(seed).permutation(len(files))[:num])
+        files = [files[i] for i in keep]
+
+    def batches(bs: int) -> Iterator[np.ndarray]:
+        for start in range(0, len(files), bs):
+            imgs = []
+            for p in files[start : start + bs]:
+                try:
+                    imgs.append(center_crop(open_image(p, resolution), resolution))  # (R, R, 3)
+                except BadImage as e:
+                    raise DataError(
+                        f"reference image {p} is unreadable: {e}",
+                        hint="remove it from the reference folder",
+                    ) from e
+            yield np.stack(imgs)  # (b, R, R, 3)
+
+    return ImageSet(
+        kind="image-folder",
+        label=str(root),
+        n=len(files),
+        resolution=resolution,
+        batches=batches,
+        hasher=lambda: folder_sha256(files, root),
+        meta={"crop": "adm-center"},
+    )
+
+
+def cache_image_set(cache: str, entry_name: str, num: int | None) -> ImageSet:
+    """The written images of a cache entry (first ``num`` valid ones), read in chunk blocks."""
+    from repackctl.cache.store import DatasetEntry, read_blocks
+
+    entry = DatasetEntry.open(cache, entry_name)
+    valid = entry.valid_indices()
+    if len(valid) < 2:
+        raise CacheError(
+            f"cache entry {entry_name} has {len(valid)} written images",
+            hint="finish `repackctl extract` for it first",
+        )
+    idx = valid[: num or len(valid)]
+    done = entry.done[:]
+
+    def batches(bs: int) -> Iterator[np.ndarray]:
+        for _, block in read_blocks(entry.images, idx, bs):
+            yield np.asarray(block)  # (b, R, R, 3)
+
+    def hasher() -> str:
+        h = hashlib.sha256()
+        attrs = {k: entry.attrs.get(k) for k in ("source", "n", "resolution", "dataset", "split")}
+        h.update(json.dumps(attrs, sort_keys=True, default=str).encode())
+        h.update(done.tobytes())
+        h.update(f"|{len(idx)}".encode())
+        return h.hexdigest()
+
+    return ImageSet(
+        kind="cache",
+        label=f"cache:{entry_name}",
+        n=len(idx),
+        resolution=entry.resolution,
+        batches=batches,
+        hasher=hasher,
+        meta={"dataset": entry.attrs.get("dataset"), "entry": entry_name},
+    )
+
+
+def builtin_image_set(resolution: int, num: int, seed: int, split: str = "val") -> ImageSet:
+    """``num`` images of the built-in dataset at ``resolution`` (a split the generator never saw)."""
+    from repackctl.data.builtin import BuiltinSource
+
+    source = BuiltinSource(split=split, num=num, seed=seed)
+
+    def batches(bs: int) -> Iterator[np.ndarray]:
+        for start in range(0, num, bs):
+            yield np.stack([source.load(i, resolution) for i in range(start, min(start + bs, num))])
+
+    def hasher() -> str:
+        desc = json.dumps({**source.describe(), "resolution": resolution}, sort_keys=True)
+        return hashlib.sha256(desc.encode()).hexdigest()
+
+    return ImageSet(
+        kind="builtin",
+        label=f"builtin:{split}",
+        n=num,
+        resolution=resolution,
+        batches=batches,
+        hasher=hasher,
+        meta={"dataset": "builtin", "split": split, "seed": seed},
+    )
+
+
+# --------------------------------------------------------------------------- generated side
+def is_samples_folder(path: Path) -> bool:
+    return path.is_dir() and ((path / SAMPLES_NPZ).is_file() or bool(_list_images(path)))
+
+
+def is_checkpoint_or_run(path: Path) -> bool:
+    return path.is_dir() and ((path / "state.json").is_file() or (path / "checkpoints").is_dir())
+
+
+def newest_samples_folder(root: str | Path) -> Path:
+    """The most recently written samples folder under the samples root."""
+    from repackctl.paths import local_path
+
+    base = local_path(str(root))
+    found = [p for p in base.iterdir() if is_samples_folder(p)] if base.is_dir() else []
+    if not found:
+        raise DataError(
+            f"no samples folder under {base}",
+            hint="run `repackctl sample --num 50000` first, or pass a samples folder, a samples "
+            ".npz or a DiT checkpoint as the argument",
+        )
+
+    def written(p: Path) -> float:
+        marks = [p / PROTOCOL_JSON, p / SAMPLES_NPZ]
+        return max([m.stat().st_mtime for m in marks if m.exists()] + [p.stat().st_mtime])
+
+    return max(found, key=written)
+
+
+def read_protocol(folder: Path) -> dict:
+    """The samples' ``protocol.json`` (written by ``repackctl sample``), or {} when absent."""
+    path = folder / PROTOCOL_JSON
+    if not path.is_file():
+        return {}
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise DataError(f"cannot read {path}: {e}", hint="the samples folder is damaged") from e
+    return doc.get("protocol", doc) if isinstance(doc, dict) else {}
+
+
+@dataclass
+class Generated:
+    """The generated side: its images, where they came from, and their generation protocol."""
+
+    images: ImageSet
+    folder: Path  # where metrics.json goes by default
+    protocol: dict  # generation fields from protocol.json ({} for external samples)
+    sampled_now: bool = False
+    messages: list[str] = field(default_factory=list)
+
+
+def _check_count(images: ImageSet, num: int | None, where: str) -> list[str]:
+    available = images.meta.get("available", images.n)
+    if num is not None and available < num:
+        raise DataError(
+            f"--samples {num} asked for, but {where} holds only {available} samples",
+            hint=f"generate more (`repackctl sample --num {num}`), or pass --samples {available}",
+        )
+    if num is None:
+        return [f"using all {images.n} samples of {where}"]
+    return [f"using exactly {num} of the {available} samples of {where}"]
+
+
+def open_generated(settings: Settings, progress: ProgressFactory = null_progress) -> Generated:
+    """Resolve ``evaluate.source`` (or the newest samples folder) into a :class:`Generated`."""
+    cfg = settings.evaluate
+    num = cfg.num_samples
+    messages: list[str] = []
+    sampled_now = False
+    if cfg.source is None:
+        path = newest_samples_folder(settings.samples)
+        messages.append(f"no source given: the newest samples folder is {path}")
+    else:
+        path = Path(cfg.source).expanduser().resolve()
+        if not path.exists():
+            raise DataError(
+                f"generated samples {path} do not exist",
+                hint="pass a samples folder, a samples .npz, or a DiT run/checkpoint",
+            )
+    if path.is_dir() and is_checkpoint_or_run(path) and not is_samples_folder(path):
+        path = sample_checkpoint(settings, path, num, progress)
+        messages.append(f"sampled {num} images into {path}")
+        sampled_now = True
+    if path.is_file():
+        if path.suffix != ".npz":
+            raise DataError(
+                f"{path} is not an .npz file", hint="pass a samples folder or a samples .npz"
+            )
+        images = npz_image_set(path, num)
+        folder = path.parent
+        protocol = read_protocol(folder) if path.name == SAMPLES_NPZ else {}
+    elif path.is_dir():
+        folder = path
+        if (path / SAMPLES_NPZ).is_file():
+            images = npz_image_set(path / SAMPLES_NPZ, num)
+        elif _list_images(path):
+            images = png_folder_set(path, num)
+        else:
+            raise DataError(
+                f"{path} holds neither samples.npz nor images",
+                hint="pass a samples folder made by `repackctl sample`, or a DiT checkpoint",
+            )
+        protocol = read_protocol(path)
+    else:
+        raise DataError(f"{path} is neither a file nor a folder")
+    messages += _check_count(images, num, images.label)
+    images.batch_size = cfg.batch_size
+    return Generated(images, folder, protocol, sampled_now, messages)
+
+
+def sample_checkpoint(
+    settings: Settings, checkpoint: Path, num: int | None, progress: ProgressFactory
+) -> Path:
+    """Sample ``num`` images from a DiT run/checkpoint with the ``[sample]`` settings."""
+    if num is None:
+        raise ConfigError(
+            f"{checkpoint} is a checkpoint: say how many samples to generate",
+            hint="pass --samples N (50000 for the published protocol)",
+        )
+    try:
+        from repackctl.sample import run_sample
+    except ModuleNotFoundError as e:
+        if e.name != "repackctl.sample":
+            raise
+        raise CheckpointError(
+            "sampling is not part of this build", hint="pass a samples folder or .npz instead"
+        ) from None
+    s = settings.model_copy(deep=True)
+    s.sample.run = str(checkpoint)  # a run folder or a checkpoint folder; [sample] gives the rest
+    s.sample.num = int(num)
+    return Path(run_sample(s, progress).out_dir)
+
+
+# --------------------------------------------------------------------------- reference side
+@dataclass
+class Reference:
+    """The reference side: images, an ADM reference batch, or precomputed statistics."""
+
+    kind: str  # "images", "adm", "stats"
+    label: str  # shown and written as the card's reference_file
+    sha256: str
+    images: ImageSet | None = None
+    adm: AdmReference | None = None
+    stats: dict[str, StatsFile] = field(default_factory=dict)  # "fid"/"sfid"/"fd" -> stats
+    builtin_data: bool = False  # the built-in dataset: FD in encoder space is the default
+    messages: list[str] = field(default_factory=list)
+
+
+def _is_builtin_dataset(name: str | None) -> bool:
+    return bool(name) and str(name).split("-")[0].split(":")[0] == "builtin"
+
+
+def _training_data(protocol: dict) -> dict:
+    """The cache ids a DiT checkpoint was trained on (its state.json), or {} when unknown."""
+    ckpt = protocol.get("checkpoint")
+    state = Path(ckpt) / "state.json" if ckpt else None
+    if state is None or not state.is_file():
+        return {}
+    try:
+        extra = json.loads(state.read_text()).get("extra") or {}
+    except (OSError, json.JSONDecodeError):
+        return {}
+    cache = extra.get("cache")
+    return cache if isinstance(cache, dict) else {}
+
+
+def _default_reference(settings: Settings, gen: Generated) -> tuple[str | None, str | None]:
+    """(reference, ref_cache) implied by the generator's training data, when recorded.
+
+    The samples' protocol.json names the DiT checkpoint, whose state.json names the cache entry
+    it was trained on: its images are the reference (the training set, as ADM's ImageNet
+    reference batch is). Samples that only say ``dataset: builtin`` get the built-in dataset.
+    """
+    from repackctl.cache.store import list_entries
+
+    p = gen.protocol
+    data = _training_data(p)
+    entry = data.get("entry")
+    if entry and entry in list_entries(settings.cache):
+        return None, entry
+    if _is_builtin_dataset(p.get("dataset") or entry):
+        return "builtin", None
+    return None, None
+
+
+def open_reference(settings: Settings, gen: Generated) -> Reference:
+    """Resolve ``evaluate.reference`` / ``evaluate.ref_cache`` (or the default) to a Reference."""
+    cfg = settings.evaluate
+    spec, entry = cfg.reference, cfg.ref_cache
+    messages = []
+    if spec and entry:
+        raise ConfigError("give either --ref or --ref-cache, not both")
+    if spec is None and entry is None:
+        spec, entry = _default_reference(settings, gen)
+        if spec is None and entry is None:
+            raise DataError(
+                "no reference given and the samples do not record their training data",
+                hint="pass --ref VIRTUAL_imagenet256_labeled.npz (ADM reference batch), "
+                "--ref FOLDER (real images), --ref STATS.npz (`repackctl evaluate stats`), "
+                "--ref-cache ENTRY (`repackctl cache ls`) or --ref builtin",
+            )
+        messages.append(f"no reference given: using {spec or 'cache entry ' + entry}")
+    res, n = gen.images.resolution, gen.images.n
+    if entry:
+        images = cache_image_set(settings.cache, entry, None)
+        ref = Reference("images", images.label, "", images=images)
+        ref.builtin_data = _is_builtin_dataset(images.meta.get("dataset"))
+    elif spec == "builtin":
+        images = builtin_image_set(res, n, settings.seed)
+        ref = Reference("images", images.label, "", images=images, builtin_data=True)
+    else:
+        ref = _reference_from_path(Path(spec).expanduser().resolve(), res, settings.seed)
+    if ref.images is not None:
+        ref.images.batch_size = cfg.batch_size
+        ref.sha256 = ref.images.sha256
+        if ref.images.resolution != res:
+            messages.append(
+                f"reference images are {ref.images.resolution}px, samples {res}px: both are "
+                "resized by the feature extractor, but the score mixes resolutions"
+            )
+    ref.messages = messages + ref.messages
+    return ref
+
+
+def _reference_from_path(path: Path, resolution: int, seed: int) -> Reference:
+    if not path.exists():
+        raise DataError(
+            f"reference {path} does not exist",
+            hint="pass an ADM reference batch (.npz, e.g. VIRTUAL_imagenet256_labeled.npz from "
+            "openai/guided-diffusion), an image folder, a stats file, or --ref-cache ENTRY",
+        )
+    if path.is_dir():
+        images = reference_folder_set(path, resolution, None, seed)
+        return Reference("images", str(path), "", images=images)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            keys = set(z.files)
+    except (ValueError, OSError) as e:
+        raise DataError(
+            f"reference {path} is not a readable .npz file ({e})",
+            hint="pass an ADM reference batch, a stats file, or an image folder",
+        ) from e
+    if {"mu", "sigma", "metadata"} <= keys:
+        stats = read_stats_bundle(path)
+        return Reference("stats", str(path), sha256_file(path), stats=stats)
+    if {"mu", "sigma"} <= keys:
+        from repackctl.metrics.adm import read_reference_batch
+
+        adm = read_reference_batch(path)
+        ref = Reference("adm", str(path), adm.sha256, adm=adm)
+        if adm.num_images:
+            ref.images = npz_image_set(path)
+        return ref
+    if "arr_0" in keys:
+        images = npz_image_set(path)
+        return Reference("images", str(path), "", images=images)
+    raise DataError(
+        f"{path} has neither mu/sigma nor arr_0",
+        hint="pass an ADM reference batch, a stats file from `repackctl evaluate stats`, or "
+        "an images .npz",
+    )
+
+
+# --------------------------------------------------------------------------- stats files
+def read_stats_bundle(path: str | Path) -> dict[str, StatsFile]:
+    """A stats file as {"fid", "sfid"} (Inception) or {"fd"} (encoder) statistics."""
+    main = load_stats(path)
+    kind = main.metadata.get("kind", "inception")
+    if kind == "encoder":
+        return {"fd": main}
+    out = {"fid": main}
+    with np.load(path, allow_pickle=False) as z:
+        if "mu_s" in z.files and "sigma_s" in z.files:
+            out["sfid"] = StatsFile(
+                z["mu_s"].astype(np.float64), z["sigma_s"].astype(np.float64), main.n, main.metadata
+            )
+    return out
+
+
+def write_stats_bundle(
+    path: Path, main: FeatureStats, metadata: dict, spatial: FeatureStats | None = None
+) -> Path:
+    """mu/sigma/n/metadata (readable by ``metrics.frechet.load_stats``) plus mu_s/sigma_s."""
+    arrays: dict[str, Any] = {
+        "mu": main.mu,
+        "sigma": main.sigma,
+        "n": np.int64(main.n),
+        "metadata": np.array(json.dumps(metadata, sort_keys=True)),  # 0-d unicode, no pickle
+    }
+    if spatial is not None:
+        arrays["mu_s"], arrays["sigma_s"] = spatial.mu, spatial.sigma
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    return path
+
+
+def stats_dir(settings: Settings) -> Path:
+    from repackctl.paths import is_url, local_path
+
+    if settings.evaluate.stats_dir:
+        return local_path(settings.evaluate.stats_dir)
+    if is_url(settings.cache):
+        raise ConfigError(
+            f"the cache {settings.cache} is remote; reference statistics are kept locally",
+            hint="set --stats-dir (or REPACKCTL_EVALUATE__STATS_DIR) to a local folder",
+        )
+    return local_path(settings.cache) / "reference-stats"
+
+
+@dataclass
+class StatsResult:
+    """A reference statistics file and whether it was reused from the cache."""
+
+    path: Path
+    reused: bool
+    stats: dict[str, StatsFile]
+    metadata: dict
+
+
+def _slug(text: str) -> str:
+    name = Path(text.split(":")[-1]).name or text
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)[:40] or "ref"
+
+
+def cached_reference_stats(
+    images: ImageSet,
+    *,
+    folder: Path,
+    extractor: str,
+    inception: Any = None,
+    encoder: Any = None,
+    device: Any = None,
+    progress: ProgressFactory = null_progress,
+) -> StatsResult:
+    """Statistics of ``images`` for ``extractor`` ("inception" or "encoder"), cached by content."""
+    if extractor == "inception":
+        info = inception.info()
+        name, weights = "inception-v3-compat", info["weights_sha256"]
+    else:
+        name, weights = f"encoder:{encoder.spec.entry_id()}", encoder.spec.weights_sha256
+    key_doc = {
+        "format": STATS_FORMAT,
+        "source_sha256": images.sha256,
+        "n": images.n,
+        "resolution": images.resolution,
+        "extractor": name,
+        "weights_sha256": weights,
+    }
+    key = hashlib.sha256(json.dumps(key_doc, sort_keys=True).encode()).hexdigest()[:16]
+    path = folder / f"{_slug(images.label)}-{extractor}-{key}.npz"
+    if path.is_file():
+        stats = read_stats_bundle(path)
+        meta = next(iter(stats.values())).metadata
+        if all(meta.get(k) == v for k, v in key_doc.items()):
+            return StatsResult(path, True, stats, meta)
+    metadata = {
+        **key_doc,
+        "kind": extractor,
+        "source": images.label,
+        "source_kind": images.kind,
+    }
+    if extractor == "inception":
+        from repackctl.metrics.generative import compute_inception_stats
+
+        acc = compute_inception_stats(
+            images, inception, batch_size=images.batch_size, progress=progress
+        )
+        metadata["extractor_info"] = inception.info()
+        write_stats_bundle(path, acc["fid"], metadata, acc["sfid"])
+    else:
+        from repackctl.metrics.encoder_fd import FEATURE_RULE, encoder_feature_stats
+
+        acc = encoder_feature_stats(
+            encoder,
+            images,
+            batch_size=images.batch_size,
+            device=device,
+            progress=progress,
+            description="encoder: reference",
+        )
+        metadata.update(feature=FEATURE_RULE, encoder=encoder.spec.attrs())
+        write_stats_bundle(path, acc, metadata)
+    return StatsResult(path, False, read_stats_bundle(path), metadata)
+
+
+# --------------------------------------------------------------------------- metrics selection
+def choose_metrics(requested: str, ref: Reference) -> list[str]:
+    """Parse ``--metrics``; ``auto`` = fd for the built-in dataset, else what the reference allows."""
+    if requested.strip().lower() == "auto":
+        if ref.builtin_data:
+            return ["fd"]
+        if ref.kind == "stats":
+            if "fd" in ref.stats:
+                return ["fd"]
+            return [m for m in ("fid", "sfid", "is") if m in ref.stats or m == "is"]
+        wanted = ["fid", "sfid", "is"]
+        if ref.kind == "adm" and ref.adm.mu_s is None:
+            wanted.remove("sfid")
+        if ref.images is not None:
+            wanted += ["kid", "prc"]
+        return wanted
+    wanted = [m.strip().lower() for m in requested.split(",") if m.strip()]
+    unknown = [m for m in wanted if m not in ALL_METRICS]
+    if unknown or not wanted:
+        raise ConfigError(
+            f"unknown metric(s) {', '.join(unknown) or '(none)'}",
+            hint=f"choose from {', '.join(ALL_METRICS)} (comma separated), or auto",
+        )
+    if ref.images is None:
+        need_images = [m for m in wanted if m in ("kid", "prc")]
+        if ref.kind == "stats":
+            need_images += [m for m in wanted if m not in ref.stats and m != "is"]
+        elif "fd" in wanted:  # an ADM batch without arr_0: Inception statistics only
+            need_images.append("fd")
+        if need_images:
+            raise ConfigError(
+                f"{', '.join(need_images)} need reference images (or statistics of that "
+                f"kind), but {ref.label} holds only statistics",
+                hint="pass reference images (an image folder, --ref-cache ENTRY) or drop them",
+            )
+    return list(dict.fromkeys(wanted))
+
+
+# --------------------------------------------------------------------------- evaluate fid
+@dataclass
+class EvaluateResult:
+    """What `evaluate fid` computed and where it wrote it."""
+
+    metrics: dict[str, Any]
+    card: dict
+    path: Path
+    messages: list[str]
+    n_generated: int
+    n_reference: int | None
+
+
+def _metrics_path(settings: Settings, gen: Generated) -> Path:
+    out = settings.evaluate.out
+    if out:
+        p = Path(out).expanduser().resolve()
+        return p if p.suffix == ".json" else p / METRICS_JSON
+    if gen.images.kind == "npz" and Path(gen.images.label).name != SAMPLES_NPZ:
+        return gen.folder / f"{Path(gen.images.label).stem}-{METRICS_JSON}"
+    return gen.folder / METRICS_JSON
+
+
+def _card(
+    gen: Generated, ref: Reference, *, evaluator: str, extractor: str, extractor_sha: str,
+    precision: str, n: int,
+) -> dict:  # fmt: skip
+    from repackctl.metrics.protocol import EXTERNAL_SAMPLER, git_revision, package_versions
+
+    p = gen.protocol
+    card: dict[str, Any] = {k: p.get(k) for k in GENERATION_FIELDS}
+    if not card["sampler"]:  # samples not made by repackctl: what is unknown stays null
+        external = {
+            "sampler": EXTERNAL_SAMPLER,
+            "label_scheme": "unknown",
+            "precision": "unknown",
+            "checkpoint": f"external samples {gen.images.label}",
+            "checkpoint_sha256": gen.images.sha256,
+        }
+        card.update({k: v for k, v in external.items() if card.get(k) in (None, "")})
+    card["precision"] = card["precision"] or precision
+    card.update(
+        evaluator=evaluator,
+        feature_extractor=extractor,
+        feature_extractor_sha256=extractor_sha,
+        reference_file=ref.label,
+        reference_sha256=ref.sha256,
+        num_samples=n,
+        versions=package_versions(),
+        git_revision=git_revision(),
+    )
+    return card
+
+
+def run_evaluate_fid(
+    settings: Settings, progress: ProgressFactory = null_progress
+) -> EvaluateResult:
+    """Score generated images against the reference and write ``metrics.json``."""
+    from repackctl.extract import resolve_device
+    from repackctl.metrics.protocol import validate_card, write_metrics_json
+
+    cfg = settings.evaluate
+    gen = open_generated(settings, progress)
+    ref = open_reference(settings, gen)
+    wanted = choose_metrics(cfg.metrics, ref)
+    device = resolve_device(settings.device)
+    messages = gen.messages + ref.messages
+    sdir = stats_dir(settings)
+    metrics: dict[str, Any] = {}
+    notes: list[str] = []
+    extractors: list[tuple[str, str]] = []  # (description, weights sha256)
+    evaluators: list[str] = []
+    n_ref: int | None = None
+
+    inception_wanted = [m for m in wanted if m in INCEPTION_METRICS]
+    if inception_wanted:
+        from repackctl.metrics.generative import compute_generative_metrics
+        from repackctl.metrics.inception import InceptionExtractor
+
+        extractor = InceptionExtractor(
+            cfg.inception_weights, device=device, batch_size=cfg.batch_size
+        )
+        if ref.kind == "adm":
+            reference: Any = ref.adm
+        elif ref.kind == "stats":
+            reference = {k: v for k, v in ref.stats.items() if k in ("fid", "sfid")}
+        elif set(inception_wanted) & {"kid", "prc"}:
+            reference = ref.images  # features are needed, not only statistics
+        elif set(inception_wanted) & {"fid", "sfid"}:
+            st = cached_reference_stats(
+                ref.images, folder=sdir, extractor="inception", inception=extractor,
+                progress=progress,
+            )  # fmt: skip
+            messages.append(_stats_message(st))
+            reference = st.stats
+        else:
+            reference = None  # IS alone needs no reference
+        if reference is None:
+            res = _is_only(gen, extractor, cfg, progress)
+        else:
+            res = compute_generative_metrics(
+                gen.images,
+                reference,
+                inception_wanted,
+                extractor=extractor,
+                device=str(device),
+                batch_size=cfg.batch_size,
+                fd_method=cfg.fd_method,
+                progress=progress,
+            )
+        notes += res.pop("notes", [])
+        info = res.pop("extractor")
+        n_ref = res.get("n_reference")
+        metrics.update(res)
+        metrics["inception"] = info
+        extractors.append((info["name"], info["weights_sha256"]))
+        evaluators.append(
+            f"repackctl.metrics.generative (torch-fidelity {info['name'].split()[1]} "
+            f"IS/KID/PRC functions, {cfg.fd_method} Fréchet distance)"
+        )
+
+    if "fd" in wanted:
+        res = _encoder_fd(settings, gen, ref, sdir, device, progress, messages)
+        notes += res.pop("notes", [])
+        spec = res["encoder"]
+        metrics["fd"] = res.pop("fd")
+        metrics["fd_detail"] = {
+            "encoder": spec,
+            "feature": res["feature"],
+            "fd_method": res["fd_method"],
+            "n_generated": res["n_generated"],
+            "n_reference": res["n_reference"],
+        }
+        n_ref = n_ref if n_ref is not None else res["n_reference"]
+        described = f"encoder {spec['id']} ({spec['arch']}, weights {spec['weights']})"
+        extractors.append((described, spec["weights_sha256"] or spec["weights"]))
+        evaluators.append("repackctl.metrics.encoder_fd (pooled patch tokens, Fréchet distance)")
+
+    metrics["metrics"] = wanted
+    metrics["generated"] = {
+        "path": gen.images.label,
+        "sha256": gen.images.sha256,
+        "n": gen.images.n,
+        "resolution": gen.images.resolution,
+    }
+    metrics["reference"] = {"path": ref.label, "sha256": ref.sha256, "kind": ref.kind}
+    metrics["notes"] = notes
+    card = _card(
+        gen,
+        ref,
+        evaluator="; ".join(evaluators),
+        extractor="; ".join(e for e, _ in extractors),
+        extractor_sha=extractors[0][1],
+        precision=settings.precision,
+        n=gen.images.n,
+    )
+    validate_card(card)
+    path = write_metrics_json(_metrics_path(settings, gen), metrics, card)
+    return EvaluateResult(metrics, card, path, messages, gen.images.n, n_ref)
+
+
+def _is_only(gen: Generated, extractor: Any, cfg: Any, progress: ProgressFactory) -> dict:
+    """Inception Score alone: needs no reference at all."""
+    from torch_fidelity.metric_isc import isc_features_to_metric
+
+    from repackctl.metrics.generative import IS_SPLITS, TF_RNG_SEED, extract_inception_features
+
+    _, feats, n = extract_inception_features(
+        gen.images, extractor, keep=("logits",), stats=(), batch_size=cfg.batch_size,
+        progress=progress, description="inception: generated",
+    )  # fmt: skip
+    if n < IS_SPLITS:
+        raise DataError(f"IS with {IS_SPLITS} splits needs ≥ {IS_SPLITS} images, got {n}")
+    r = isc_features_to_metric(feats["logits"], IS_SPLITS, True, TF_RNG_SEED)
+    return {
+        "is_mean": r["inception_score_mean"],
+        "is_std": r["inception_score_std"],
+        "is_splits": IS_SPLITS,
+        "n_generated": n,
+        "n_reference": None,
+        "extractor": extractor.info(),
+        "notes": [],
+    }
+
+
+def _stats_message(st: StatsResult) -> str:
+    if st.reused:
+        return f"reference statistics reused from {st.path} (same content hash)"
+    return f"reference statistics computed and cached in {st.path}"
+
+
+def make_fd_encoder(settings: Settings, resolution: int, device: Any) -> Any:
+    from repackctl.extract import make_encoder
+
+    cfg = settings.evaluate
+    enc = make_encoder(cfg.fd_encoder, cfg.fd_weights, None, resolution, settings.seed)
+    return enc.to(device).eval()
+
+
+def _encoder_fd(
+    settings: Settings,
+    gen: Generated,
+    ref: Reference,
+    sdir: Path,
+    device: Any,
+    progress: ProgressFactory,
+    messages: list[str],
+) -> dict:
+    from repackctl.metrics.encoder_fd import compute_encoder_fd
+
+    encoder = make_fd_encoder(settings, gen.images.resolution, device)
+    if ref.kind == "stats":
+        if "fd" not in ref.stats:
+            raise ConfigError(
+                f"{ref.label} holds Inception statistics; fd needs encoder statistics",
+                hint=f"make them with `repackctl evaluate stats SOURCE --extractor fd "
+                f"--fd-encoder {settings.evaluate.fd_encoder}`",
+            )
+        reference: Any = ref.stats["fd"]
+    else:
+        st = cached_reference_stats(
+            ref.images, folder=sdir, extractor="encoder", encoder=encoder, device=device,
+            progress=progress,
+        )  # fmt: skip
+        messages.append(_stats_message(st))
+        reference = st.stats["fd"]
+    return compute_encoder_fd(
+        encoder,
+        gen.images,
+        reference,
+        batch_size=settings.evaluate.batch_size,
+        device=device,
+        fd_method=settings.evaluate.fd_method,
+        progress=progress,
+    )
+
+
+# --------------------------------------------------------------------------- evaluate stats
+def run_evaluate_stats(
+    settings: Settings,
+    source: str | None,
+    *,
+    extractor: str = "inception",
+    resolution: int | None = None,
+    num: int | None = None,
+    progress: ProgressFactory = null_progress,
+) -> StatsResult:
+    """Write (or reuse) the reference statistics file of a set of images."""
+    from repackctl.extract import resolve_device
+
+    if extractor not in ("inception", "fd"):
+        raise ConfigError(f"unknown extractor {extractor!r}", hint="use inception or fd")
+    device = resolve_device(settings.device)
+    cfg = settings.evaluate
+    if cfg.ref_cache:
+        images = cache_image_set(settings.cache, cfg.ref_cache, num)
+    elif source is None:
+        raise ConfigError(
+            "say which images to summarise",
+            hint="pass an image folder, an images .npz, 'builtin', or --ref-cache ENTRY",
+        )
+    elif source == "builtin":
+        images = builtin_image_set(resolution or 64, num or 1000, settings.seed)
+    else:
+        path = Path(source).expanduser().resolve()
+        if not path.exists():
+            raise DataError(
+                f"{path} does not exist",
+                hint="pass an image folder, an images .npz, 'builtin', or --ref-cache ENTRY",
+            )
+        if path.is_dir():
+            images = reference_folder_set(path, resolution or 256, num, settings.seed)
+        else:
+            images = npz_image_set(path, num)
+    images.batch_size = cfg.batch_size
+    folder = stats_dir(settings)
+    if extractor == "inception":
+        from repackctl.metrics.inception import InceptionExtractor
+
+        inc = InceptionExtractor(cfg.inception_weights, device=device, batch_size=cfg.batch_size)
+        return cached_reference_stats(
+            images, folder=folder, extractor="inception", inception=inc, progress=progress
+        )
+    encoder = make_fd_encoder(settings, images.resolution, device)
+    return cached_reference_stats(
+        images, folder=folder, extractor="encoder", encoder=encoder, device=device,
+        progress=progress,
+    )  # fmt: skip

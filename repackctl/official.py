@@ -1,0 +1,639 @@
+"""`repackctl import official`: the released RePack-then-Refine checkpoints → our run folders.
+
+Key structures read from guanfangdong/RePack-then-Refine (names and shapes only):
+
+- Stage 1, Lightning ``.ckpt`` (``stage1/repack/models/autoencoder.py`` ``RePackAutoencoder``):
+  ``state_dict`` with ``encoder.dino.*`` (the frozen DINOv3, HF names), ``encoder.conv_out.weight``
+  (2d, C, 1, 1) without bias, ``quant_conv`` (2d, 2d, 1, 1) + bias, ``post_quant_conv`` (d, d, 1, 1)
+  + bias, ``decoder.*`` (taming ``Decoder``: ``conv_in``, ``mid.block_1|attn_1|block_2``,
+  ``up.<level>.block.<i>`` ResnetBlocks with ``nin_shortcut``, ``up.<level>.attn.<i>`` with separate
+  ``q``/``k``/``v``/``proj_out``, ``up.<level>.upsample.conv``, ``norm_out``, ``conv_out``; level 0
+  is the full resolution) and ``loss.*`` (LPIPS, discriminator, Watson).
+- Stage 2, ``.pt`` (``stage2/train.py``): ``{"model", "ema", "opt", "config", "global_step"}``; the
+  LightningDiT state dict (``stage2/models/lightningdit.py``) has our DiT's key names.
+- Stage 3, Lightning ``.ckpt`` (``stage3/train_refiner.py``): ``state_dict`` with ``unet.*``
+  (``stage3/networks.py`` ``RefineUNet``: ResBlocks ``in_layers.0|2``, ``out_layers.0|2``,
+  ``skip``; attention ``norm``, ``qkv``, ``proj``; ``down.<i>.block|downsample``, ``mid``,
+  ``up.<i>.block``, ``final_res``, ``norm_out``, ``conv_out``), ``discriminator.*`` and
+  ``perceptual_loss.*``.
+
+Every key is either mapped onto our model or dropped by a named rule (the frozen encoder, the
+training losses, the discriminators); anything else, and any tensor of ours left unfilled, is an
+error that lists the keys. Two maps are not one-to-one, both exact up to rounding except where
+said: the two stacked 1×1 convs of the projection become one affine map (``W = W_q·W_e``,
+``b = b_q``), and ``post_quant_conv`` (a 1×1 affine before the decoder, absent from our decoder)
+is folded into ``decoder.conv_in`` — exact inside the latent grid, but at its one-pixel border
+the official model zero-pads *after* the 1×1 conv, so there the fold adds the missing
+``b_post`` taps (reported in the import summary; exact only when that bias is zero).
+
+Conventions: the official DiT runs in the opposite time (τ = 1 data) and predicts ``x − ε``; the
+imported DiT checkpoint says ``velocity_convention: "official"`` and ``repackctl.sample`` calls it
+as ``v(x, t) = −model(x, 1 − t)``. Their sampling settings are translated into the DiT run's
+``sampling.json``: shift 0.3 → ours 1/0.3, ``cfg_interval_start`` 0.11 → ``cfg_t_hi`` 0.89, CFG
+on channels 0–2 → ``cfg_channels`` 3, scale 15, Euler with a 250-point grid → 249 steps.
+Latent statistics are not in their checkpoints (they were recomputed from the training latents);
+``--latent-stats`` gives their ``latents_stats.pt`` (or a JSON with mean/std).
+
+Loading: ``torch.load(weights_only=True)`` first. Lightning checkpoints may hold pickled objects
+beyond tensors (hyper-parameter containers, callback states); such a file is refused unless
+``trust_pickle=True`` (``--trust-pickle``), since unpickling runs code stored in the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from repackctl.errors import CheckpointError, ConfigError, WeightsError
+from repackctl.progress import ProgressFactory, null_progress
+
+# official sampling settings (stage2/configs/lightningdit_xl_repack_f16d32_dinov3.yaml)
+OFFICIAL_SAMPLING = {
+    "timestep_shift": 0.3,
+    "cfg_interval_start": 0.11,
+    "cfg_scale": 15.0,
+    "cfg_channels": 3,
+    "num_sampling_steps": 250,  # grid points: 249 Euler updates
+    "sampling_method": "euler",
+}
+STAGE1_DROP = {
+    "encoder.dino.": "frozen DINOv3 backbone (the encoder; give its weights to `repackctl extract`)",
+    "loss.": "stage-1 training losses (LPIPS network, PatchGAN discriminator, Watson)",
+}
+STAGE3_DROP = {
+    "discriminator.": "refiner PatchGAN discriminator (training only)",
+    "perceptual_loss.": "LPIPS network of the refiner loss (training only)",
+}
+DINOV3_ARCH = "vit_base_patch16_dinov3"
+
+
+@dataclass
+class MappingReport:
+    """How one official state dict landed: mapped tensors and the dropped groups."""
+
+    stage: str
+    mapped: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+def safe_load(path: str | Path, trust_pickle: bool = False) -> dict[str, Any]:
+    """``torch.load(weights_only=True)``; a file needing full unpickling only with trust."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise WeightsError(f"{path} does not exist", "pass the downloaded official checkpoint")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - the unpickler's refusal takes many forms
+        if not trust_pickle:
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise WeightsError(
+                f"{path} holds pickled objects beyond tensors and cannot be loaded safely "
+                f"({first})",
+                "if you trust where the file comes from, pass --trust-pickle (unpickling can run "
+                "code stored in the file)",
+            ) from None
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(obj, dict):
+        raise WeightsError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict", None)
+    return obj
+
+
+def _state_dict(obj: dict[str, Any], path: Path | str) -> dict[str, torch.Tensor]:
+    sd = obj.get("state_dict", obj)
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise WeightsError(f"{path} has no Lightning state_dict of tensors", None)
+    return sd
+
+
+def _check_complete(
+    stage: str, source_keys: set[str], used: set[str], ours: dict[str, torch.Tensor], got: dict
+) -> None:
+    """No official key unused, no tensor of ours unfilled, every shape right."""
+    leftover = sorted(source_keys - used)
+    missing = sorted(set(ours) - set(got))
+    extra = sorted(set(got) - set(ours))
+    bad = [
+        f"{k} {tuple(got[k].shape)} vs ours {tuple(ours[k].shape)}"
+        for k in sorted(set(ours) & set(got))
+        if tuple(got[k].shape) != tuple(ours[k].shape)
+    ]
+    if leftover or missing or extra or bad:
+        parts = []
+        for label, keys in (
+            ("unmapped official keys", leftover),
+            ("our tensors left unfilled", missing),
+            ("mapped to unknown keys", extra),
+            ("shape mismatches", bad),
+        ):
+            if keys:
+                parts.append(
+                    f"{label} ({len(keys)}): {', '.join(keys[:8])}{' …' if len(keys) > 8 else ''}"
+                )
+        raise WeightsError(
+            f"the official {stage} checkpoint does not map onto our model: " + "; ".join(parts),
+            "is it a RePack-then-Refine release of that stage? Other structures are not supported",
+        )
+
+
+def _drop(sd: dict[str, torch.Tensor], rules: dict[str, str], report: MappingReport) -> set[str]:
+    dropped = set()
+    for prefix, reason in rules.items():
+        keys = {k for k in sd if k.startswith(prefix)}
+        if keys:
+            report.dropped[reason] = len(keys)
+        dropped |= keys
+    return dropped
+
+
+def tensors_sha256(sd: dict[str, torch.Tensor], keys: list[str]) -> str:
+    """sha256 over names, shapes and bytes of the chosen tensors (identifies excluded weights)."""
+    h = hashlib.sha256()
+    for k in sorted(keys):
+        t = sd[k].detach().cpu().contiguous()
+        h.update(f"{k}{tuple(t.shape)}{t.dtype}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# Stage 1: packing autoencoder
+
+
+def map_stage1(
+    sd: dict[str, torch.Tensor], image_size: int = 256
+) -> tuple[dict[str, torch.Tensor], Any, MappingReport]:
+    """Official stage-1 state dict → (our PackAutoencoder state dict, its config, report)."""
+    from repackctl.pack.autoencoder import AutoencoderConfig, PackAutoencoder
+    from repackctl.pack.decoder import DecoderConfig
+    from repackctl.pack.projection import ProjectionConfig
+
+    report = MappingReport("stage 1")
+    used = _drop(sd, STAGE1_DROP, report)
+    need = ["encoder.conv_out.weight", "quant_conv.weight", "quant_conv.bias"]
+    need += ["post_quant_conv.weight", "post_quant_conv.bias", "decoder.conv_in.weight"]
+    absent = [k for k in need if k not in sd]
+    if absent:
+        raise WeightsError(f"not an official stage-1 checkpoint: no {', '.join(absent)}", None)
+    w_enc = sd["encoder.conv_out.weight"].double().flatten(1)  # (2d, C)
+    w_q = sd["quant_conv.weight"].double().flatten(1)  # (2d, 2d)
+    d = w_q.shape[0] // 2
+    c = w_enc.shape[1]
+    levels = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"decoder\.up\.(\d+)\.", k)))
+    blocks = 1 + max(
+        int(m.group(1)) for k in sd if (m := re.match(r"decoder\.up\.0\.block\.(\d+)\.", k))
+    )
+    widths = [sd[f"decoder.up.{lv}.block.0.conv2.weight"].shape[0] for lv in range(levels)]
+    ch = widths[0]
+    latent_size = image_size // 2 ** (levels - 1)
+    attn = tuple(
+        latent_size * 2 ** (levels - 1 - lv)
+        for lv in range(levels)
+        if f"decoder.up.{lv}.attn.0.q.weight" in sd
+    )
+    config = AutoencoderConfig(
+        projection=ProjectionConfig("repack", in_channels=c, latent_channels=d),
+        decoder=DecoderConfig(
+            latent_channels=d,
+            latent_size=latent_size,
+            resolution=image_size,
+            ch=ch,
+            ch_mult=tuple(w // ch for w in widths),
+            num_res_blocks=blocks - 1,
+            attn_resolutions=attn,
+        ),
+    )
+    ours = PackAutoencoder.from_config(config).state_dict()
+    got: dict[str, torch.Tensor] = {}
+
+    # the two stacked 1×1 convs are one affine map: mean/logvar = W_q (W_e x) + b_q
+    got["projection.proj.weight"] = (w_q @ w_enc).float()  # (2d, C)
+    got["projection.proj.bias"] = sd["quant_conv.bias"].clone()
+    # post_quant_conv (1×1, W_p, b_p) folded into conv_in (3×3, W_i, b_i)
+    w_p = sd["post_quant_conv.weight"].double().flatten(1)  # (d', d)
+    b_p = sd["post_quant_conv.bias"].double()  # (d',)
+    w_i = sd["decoder.conv_in.weight"].double()  # (C0, d', 3, 3)
+    got["decoder.conv_in.weight"] = torch.einsum("ojhw,jc->ochw", w_i, w_p).float()
+    got["decoder.conv_in.bias"] = (
+        sd["decoder.conv_in.bias"].double() + torch.einsum("ojhw,j->o", w_i, b_p)
+    ).float()
+    used |= set(need) | {"decoder.conv_in.bias"}
+    if float(b_p.abs().max()) > 0:
+        report.notes.append(
+            "post_quant_conv folded into decoder.conv_in: exact inside the latent grid, the "
+            "one-pixel border differs by the zero-padded bias taps (max |b| "
+            f"{float(b_p.abs().max()):.3g})"
+        )
+
+    def res_block(src: str, dst: str) -> None:
+        for a, b in (
+            ("norm1", "norm1"),
+            ("conv1", "conv1"),
+            ("norm2", "norm2"),
+            ("conv2", "conv2"),
+        ):
+            for p in ("weight", "bias"):
+                got[f"{dst}.{b}.{p}"] = sd[f"{src}.{a}.{p}"]
+                used.add(f"{src}.{a}.{p}")
+        for p in ("weight", "bias"):
+            if f"{src}.nin_shortcut.{p}" in sd:
+                got[f"{dst}.shortcut.{p}"] = sd[f"{src}.nin_shortcut.{p}"]
+                used.add(f"{src}.nin_shortcut.{p}")
+
+    def attn_block(src: str, dst: str) -> None:
+        for p in ("weight", "bias"):
+            got[f"{dst}.norm.{p}"] = sd[f"{src}.norm.{p}"]
+            got[f"{dst}.proj_out.{p}"] = sd[f"{src}.proj_out.{p}"]
+            # separate q, k, v 1×1 convs → one qkv conv, in that order
+            got[f"{dst}.qkv.{p}"] = torch.cat([sd[f"{src}.{n}.{p}"] for n in ("q", "k", "v")])
+            used.update(f"{src}.{n}.{p}" for n in ("norm", "proj_out", "q", "k", "v"))
+
+    res_block("decoder.mid.block_1", "decoder.mid_block_1")
+    attn_block("decoder.mid.attn_1", "decoder.mid_attn")
+    res_block("decoder.mid.block_2", "decoder.mid_block_2")
+    for j in range(levels):  # ours: levels[0] deepest; theirs: up[0] full resolution
+        lv = levels - 1 - j
+        for i in range(blocks):
+            res_block(f"decoder.up.{lv}.block.{i}", f"decoder.levels.{j}.blocks.{i}")
+            if f"decoder.up.{lv}.attn.{i}.q.weight" in sd:
+                attn_block(f"decoder.up.{lv}.attn.{i}", f"decoder.levels.{j}.attns.{i}")
+        for p in ("weight", "bias"):
+            if f"decoder.up.{lv}.upsample.conv.{p}" in sd:
+                got[f"decoder.levels.{j}.upsample.conv.{p}"] = sd[
+                    f"decoder.up.{lv}.upsample.conv.{p}"
+                ]
+                used.add(f"decoder.up.{lv}.upsample.conv.{p}")
+    for name in ("norm_out", "conv_out"):
+        for p in ("weight", "bias"):
+            got[f"decoder.{name}.{p}"] = sd[f"decoder.{name}.{p}"]
+            used.add(f"decoder.{name}.{p}")
+    _check_complete("stage-1", set(sd), used, ours, got)
+    report.mapped = len(got)
+    return got, config, report
+
+
+# --------------------------------------------------------------------------------------------
+# Stage 2: LightningDiT
+
+
+def dit_config_from_state(sd: dict[str, torch.Tensor], num_heads: int | None = None) -> Any:
+    """Our DiTConfig of an official LightningDiT state dict (heads from the RoPE table)."""
+    from repackctl.models.dit import DiTConfig
+
+    w = sd["x_embedder.proj.weight"]  # (D, C, p, p)
+    hidden, channels, patch = w.shape[0], w.shape[1], w.shape[2]
+    depth = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k)))
+    tokens = sd["pos_embed"].shape[1]
+    rope = "feat_rope.freqs_cos" in sd
+    if rope:
+        num_heads = hidden // sd["feat_rope.freqs_cos"].shape[1]
+    if num_heads is None:
+        raise ConfigError(
+            "the official DiT has no RoPE table to read the head count from",
+            "pass the number of attention heads (e.g. 16 for XL)",
+        )
+    mod = sd["blocks.0.adaLN_modulation.1.weight"].shape[0] // hidden
+    return DiTConfig(
+        family="lightningdit",
+        in_channels=channels,
+        input_size=math.isqrt(tokens) * patch,
+        patch_size=patch,
+        depth=depth,
+        hidden_size=hidden,
+        num_heads=num_heads,
+        num_classes=sd["y_embedder.embedding_table.weight"].shape[0] - 1,
+        norm="rmsnorm" if "blocks.0.norm1.weight" in sd else "layernorm",
+        mlp="swiglu" if "blocks.0.mlp.w12.weight" in sd else "gelu",
+        rope=rope,
+        qkv_bias="blocks.0.attn.qkv.bias" in sd,
+        qk_norm="blocks.0.attn.q_norm.weight" in sd,
+        no_shift=mod == 4,
+        name="lightningdit (official import)",
+    )
+
+
+def registered_model_id(config: Any) -> str:
+    """The registered variant with this depth/width/heads/patch (``lightningdit-xl-1``)."""
+    from repackctl.models.variants import MODEL_FACTORIES, SIZES, TINY
+
+    for size, preset in [*SIZES.items(), ("tiny", TINY)]:
+        if (preset.depth, preset.hidden_size, preset.num_heads) == (
+            config.depth,
+            config.hidden_size,
+            config.num_heads,
+        ):
+            ident = "tiny" if size == "tiny" else f"lightningdit-{size}-{config.patch_size}"
+            if ident in MODEL_FACTORIES and (size != "tiny" or config.patch_size == 1):
+                return ident
+    raise WeightsError(
+        f"no registered LightningDiT with depth {config.depth}, width {config.hidden_size}, "
+        f"{config.num_heads} heads, patch {config.patch_size}",
+        "the official releases are LightningDiT-XL/1; register other sizes as a model plugin",
+    )
+
+
+def map_stage2(
+    sd: dict[str, torch.Tensor], num_heads: int | None = None
+) -> tuple[dict[str, torch.Tensor], Any, MappingReport]:
+    """Official LightningDiT state dict → (ours, DiTConfig, report): the same names, checked."""
+    from repackctl.models.dit import DiT
+
+    sd = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in sd.items()}
+    config = dit_config_from_state(sd, num_heads)
+    with torch.device("meta"):
+        ours = DiT(config).state_dict()
+    report = MappingReport("stage 2")
+    got = dict(sd)
+    _check_complete("stage-2", set(sd), set(sd), ours, got)
+    report.mapped = len(got)
+    return got, config, report
+
+
+# --------------------------------------------------------------------------------------------
+# Stage 3: refiner
+
+_REFINER_RENAMES = [
+    (r"^down\.(\d+)\.block\.", r"down.\1."),
+    (r"^down\.(\d+)\.downsample\.", r"downsample.\1."),
+    (r"^up\.(\d+)\.block\.", r"up.\1."),
+    (r"\.in_layers\.0\.", ".norm1."),
+    (r"\.in_layers\.2\.", ".conv1."),
+    (r"\.out_layers\.0\.", ".norm2."),
+    (r"\.out_layers\.2\.", ".conv2."),
+    (r"\.skip\.", ".shortcut."),
+    (r"\.proj\.", ".proj_out."),  # attention output conv (ResBlocks have no .proj)
+]
+
+
+def refiner_key(key: str) -> str:
+    """``unet.down.2.block.2.proj.weight`` → ``down.2.2.proj_out.weight`` (our refiner)."""
+    k = key.removeprefix("unet.")
+    for pattern, repl in _REFINER_RENAMES:
+        k = re.sub(pattern, repl, k)
+    return k
+
+
+def map_stage3(
+    sd: dict[str, torch.Tensor], image_size: int = 256
+) -> tuple[dict[str, torch.Tensor], Any, MappingReport]:
+    """Official stage-3 state dict → (our LatentGuidedRefiner state dict, config, report)."""
+    from repackctl.refine.network import LatentGuidedRefiner, RefinerConfig
+
+    report = MappingReport("stage 3")
+    used = _drop(sd, STAGE3_DROP, report)
+    if "unet.conv_in.weight" not in sd:
+        raise WeightsError("not an official stage-3 checkpoint: no unet.conv_in.weight", None)
+    w = sd["unet.conv_in.weight"]  # (b, 3 + d, 3, 3)
+    config = RefinerConfig(
+        latent_channels=w.shape[1] - 3,
+        resolution=image_size,
+        base_channels=w.shape[0],
+        attn_resolutions=(image_size // 4, image_size // 8),
+        output="image",
+    )
+    with torch.device("meta"):
+        ours = LatentGuidedRefiner(config).state_dict()
+    got = {}
+    for k, v in sd.items():
+        if k.startswith("unet."):
+            got[refiner_key(k)] = v
+            used.add(k)
+    _check_complete("stage-3", set(sd), used, ours, got)
+    report.mapped = len(got)
+    report.notes.append(
+        "GroupNorm eps: the official refiner uses PyTorch's 1e-5, ours 1e-6 (tiny differences)"
+    )
+    return got, config, report
+
+
+# --------------------------------------------------------------------------------------------
+# Writing our runs
+
+
+def _load_stats(path: str | Path, channels: int) -> dict[str, list[float]]:
+    """Their ``latents_stats.pt`` ({mean, std} of shape (1, d, 1, 1)) or a JSON with mean/std."""
+    path = Path(path).expanduser()
+    if path.suffix == ".json":
+        data = json.loads(path.read_text())
+    else:
+        data = safe_load(path)
+    try:
+        mean = torch.as_tensor(data["mean"], dtype=torch.float64).flatten().tolist()
+        std = torch.as_tensor(data["std"], dtype=torch.float64).flatten().tolist()
+    except KeyError as e:
+        raise WeightsError(
+            f"{path} has no {e}", "give their latents_stats.pt (mean, std)"
+        ) from None
+    if len(mean) != channels or len(std) != channels:
+        raise WeightsError(
+            f"{path} has stats of {len(mean)} channels, the DiT has {channels}", None
+        )
+    return {"mean": mean, "std": std}
+
+
+def official_sampling_defaults(sample_cfg: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Their sampling section translated into our settings (see the module docstring)."""
+    from repackctl.transport.interpolant import (
+        their_interval_start_to_our_t_hi,
+        their_shift_to_ours,
+    )
+
+    s = dict(OFFICIAL_SAMPLING)
+    for key in ("timestep_shift", "cfg_interval_start", "cfg_scale", "num_sampling_steps"):
+        if sample_cfg and key in sample_cfg:
+            s[key] = sample_cfg[key]
+    if (sample_cfg or {}).get("sampling_method", "euler") != "euler":
+        raise ConfigError(f"unsupported official sampler {sample_cfg['sampling_method']!r}", None)
+    return {
+        "sampler": "euler",
+        "steps": int(s["num_sampling_steps"]) - 1,  # their N-point grid = N − 1 updates
+        "shift": their_shift_to_ours(float(s["timestep_shift"])),
+        "cfg": float(s["cfg_scale"]),
+        "cfg_t_lo": 0.0,
+        "cfg_t_hi": their_interval_start_to_our_t_hi(float(s["cfg_interval_start"])),
+        "cfg_channels": int(s["cfg_channels"]),
+    }
+
+
+def _save_run(
+    runs: str, name: str, step: int, weights: dict[str, dict], extra: dict[str, Any]
+) -> Path:
+    from repackctl.paths import run_dir
+    from repackctl.train.checkpoint import latest_checkpoint, save_checkpoint
+
+    folder = run_dir(runs, name)
+    if latest_checkpoint(folder) is not None:
+        raise CheckpointError(f"run {folder} already exists", "pick another --out or delete it")
+    return save_checkpoint(
+        folder,
+        step,
+        weights,
+        {"optimizers": {}, "schedulers": {}},
+        {
+            "extra": extra,
+            "imported": True,
+            "epoch": 0,
+            "offset": 0,
+            "rng": [],
+            "config": {},
+            "ema_updates": 0,
+        },
+    )
+
+
+@dataclass
+class ImportResult:
+    """Where each stage landed."""
+
+    pack: Path | None = None
+    dit: Path | None = None
+    refiner: Path | None = None
+    reports: list[MappingReport] = field(default_factory=list)
+    sampling: dict[str, Any] | None = None
+
+
+def import_official(
+    *,
+    runs: str,
+    out: str,
+    stage1: str | Path | None = None,
+    dit: str | Path | None = None,
+    refiner: str | Path | None = None,
+    latent_stats: str | Path | None = None,
+    image_size: int = 256,
+    num_heads: int | None = None,
+    trust_pickle: bool = False,
+    progress: ProgressFactory = null_progress,
+) -> ImportResult:
+    """Convert the given official checkpoints into runs ``<out>-pack``, ``-dit``, ``-refine``."""
+    from repackctl.encoders.base import EncoderSpec
+    from repackctl.pack.io import load_pack
+
+    if dit is not None and (stage1 is None or latent_stats is None):
+        raise ConfigError(
+            "importing the DiT needs its stage-1 model (--stage1) and latent stats (--latent-stats)",
+            "the DiT's latents are decoded by stage 1 and de-normalised with their stats",
+        )
+    if refiner is not None and stage1 is None:
+        raise ConfigError("importing the refiner needs --stage1", "it refines stage-1 decodings")
+    result = ImportResult()
+    pack = None
+    with progress("import official", total=3) as bar:
+        if stage1 is not None:
+            obj = safe_load(stage1, trust_pickle)
+            sd = _state_dict(obj, stage1)
+            weights, config, report = map_stage1(sd, image_size)
+            dino = [k for k in sd if k.startswith("encoder.dino.")]
+            spec = EncoderSpec(
+                id="dinov3-vitb16",
+                arch=DINOV3_ARCH,
+                patch_size=16,
+                input_size=image_size,
+                dim=config.projection.in_channels,
+                grid=config.decoder.latent_size,
+                prefix_tokens=5,
+                weights="official:stage1",
+                weights_sha256=tensors_sha256(sd, dino) if dino else "",
+                extra={"token_rule": "post-norm patch tokens, CLS + 4 registers dropped"},
+            )
+            step = int(obj.get("global_step", 0) or 0)
+            extra = {
+                "stage": "pack",
+                "autoencoder_config": config.to_dict(),
+                "method": "repack",
+                "encoder": spec.attrs(),
+                "cache": {"root": None, "entry": None, "features": spec.entry_id()},
+                "latent_shape": [config.projection.latent_channels]
+                + [config.decoder.latent_size] * 2,
+                "imported_from": {"file": str(stage1), "notes": report.notes},
+            }
+            result.pack = _save_run(
+                runs, f"{out}-pack", step, {"model": weights, "ema": weights}, extra
+            )
+            pack = load_pack(result.pack)
+            result.reports.append(report)
+        bar.advance()
+        if dit is not None:
+            obj = safe_load(dit, trust_pickle)
+            missing = [k for k in ("model", "ema") if k not in obj]
+            if missing:
+                raise WeightsError(f"{dit} has no {missing} state dicts", "pass the stage-2 .pt")
+            model_sd, config, report = map_stage2(obj["model"], num_heads)
+            ema_sd, _, _ = map_stage2(obj["ema"], num_heads)
+            stats = _load_stats(latent_stats, config.in_channels)
+            train_cfg = obj.get("config") if isinstance(obj.get("config"), dict) else {}
+            sampling = official_sampling_defaults(train_cfg.get("sample"))
+            extra = {
+                "stage": "dit",
+                "model_id": registered_model_id(config),
+                "model_config": config.to_dict(),
+                "latent_stats": stats,
+                "latent_shape": [config.in_channels, config.input_size, config.input_size],
+                "pack": {
+                    "run": f"{out}-pack",
+                    "checkpoint": str(pack.checkpoint),
+                    "pack_id": pack.pack_id,
+                },
+                "cache": {"root": None, "entry": None, "latents": None, "features": None},
+                "num_classes": config.num_classes,
+                "class_names": None,
+                # their τ = 1 − t and prediction x − ε: repackctl.sample wraps the model
+                "velocity_convention": "official",
+                "transport": {
+                    "time_convention": "official: t=1 data, t=0 noise",
+                    "prediction": "x - eps",
+                },
+                "repa": {},
+                "imported_from": {"file": str(dit), "sampling": train_cfg.get("sample")},
+            }
+            step = int(obj.get("global_step", 0) or 0)
+            ckpt = _save_run(runs, f"{out}-dit", step, {"model": model_sd, "ema": ema_sd}, extra)
+            result.dit = ckpt
+            doc = {
+                "defaults": sampling,
+                "source": "official RePack-then-Refine sampling settings, in our conventions",
+                "official": train_cfg.get("sample") or OFFICIAL_SAMPLING,
+            }
+            (ckpt.parent.parent / "sampling.json").write_text(json.dumps(doc, indent=1) + "\n")
+            result.sampling = sampling
+            result.reports.append(report)
+        bar.advance()
+        if refiner is not None:
+            obj = safe_load(refiner, trust_pickle)
+            weights, config, report = map_stage3(_state_dict(obj, refiner), image_size)
+            if config.latent_channels != pack.latent_channels:
+                raise WeightsError(
+                    f"the refiner takes {config.latent_channels} latent channels, stage 1 makes "
+                    f"{pack.latent_channels}",
+                    "import the refiner of the same release",
+                )
+            extra = {
+                "stage": "refine",
+                # the official refiner was trained on raw stage-1 latents (prepare_offline_data)
+                "latent_convention": "raw",
+                "refiner_config": config.to_dict(),
+                "pack": {
+                    "run": f"{out}-pack",
+                    "checkpoint": str(pack.checkpoint),
+                    "pack_id": pack.pack_id,
+                },
+                "imported_from": {"file": str(refiner), "notes": report.notes},
+            }
+            step = int(obj.get("global_step", 0) or 0)
+            result.refiner = _save_run(
+                runs, f"{out}-refine", step, {"model": weights, "ema": weights}, extra
+            )
+            result.reports.append(report)
+        bar.advance()
+    return result

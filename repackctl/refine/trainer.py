@@ -1,0 +1,299 @@
+"""Training the Latent-Guided Refiner (RePack then Refine, stage 3) with the one training loop.
+
+Follows guanfangdong/RePack-then-Refine ``stage3/train_refiner.py`` (``RePackRefinerTask``): the
+refiner maps (decoded reconstruction, raw latent) to the real image under
+L1 + LPIPS + 0.5 × hinge PatchGAN from step 0, with Adam (β = 0.5, 0.9) for both networks; the
+discriminator's hinge loss is ½·(relu(1 − D(real)) + relu(1 + D(fake))).
+
+Differences, each a named setting: the perceptual term is on only when local LPIPS weights are
+given (``refine.lpips_weights``; no downloads), the discriminator uses GroupNorm by default
+(``pack.discriminator``: batch statistics make a GAN depend on the batch split), and an EMA of the
+refiner is kept and used for sampling. Resume, checkpoints, curves and progress come from
+``repackctl.train.train``.
+
+The checkpoint's task extra records ``latent_convention: "raw"``, the refiner config and the
+pack id: ``refine.apply.load_refiner`` refuses a refiner trained on anything but raw packed
+latents, or on another pack model than the samples' (reference/methods.md, "refiner pitfall").
+
+Legend: B batch, F flips, d latent channels, h×w latent grid, R image side.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from repackctl.cache.store import WRITTEN, DatasetEntry
+from repackctl.errors import CheckpointError, ConfigError
+from repackctl.pack.discriminator import (
+    DiscriminatorConfig,
+    PatchDiscriminator,
+    hinge_d_loss,
+    hinge_g_loss,
+)
+from repackctl.progress import ProgressFactory, null_progress
+from repackctl.refine.network import LatentGuidedRefiner, RefinerConfig
+from repackctl.refine.triplets import build_triplets, open_triplets
+from repackctl.settings import Settings
+from repackctl.train import OptimizerSpec, StepOutput, TrainConfig, train
+
+# Adam betas of the official refiner (and of stage 1)
+BETAS = (0.5, 0.9)
+# load the triplets into memory when they are smaller than this (bytes)
+IN_MEMORY_BYTES = 2 * 2**30
+
+
+@dataclass(frozen=True)
+class RefineLossWeights:
+    """Weights of the generator loss terms (0 switches a term off)."""
+
+    l1: float = 1.0
+    perceptual: float = 1.0
+    gan: float = 0.5
+
+
+class _Rows:
+    """Row access to a sample-indexed Zarr array, whole in memory when it is small."""
+
+    def __init__(self, array: Any, in_memory: bool) -> None:
+        self.array = array[:] if in_memory else array
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        if isinstance(self.array, np.ndarray):
+            return self.array[rows]
+        order = np.argsort(rows)
+        out = self.array.oindex[rows[order]]  # zarr reads sorted rows chunk by chunk
+        return out[np.argsort(order)]
+
+
+class RefineTask:
+    """``TrainTask``: modules ``model`` (refiner) and ``disc`` (PatchGAN, when the GAN is on)."""
+
+    def __init__(
+        self,
+        entry: DatasetEntry,
+        triplets,
+        refiner_config: RefinerConfig,
+        disc_config: DiscriminatorConfig,
+        weights: RefineLossWeights,
+        lpips: nn.Module | None,
+        pack_info: dict[str, Any],
+        in_memory: bool | None = None,
+    ) -> None:
+        self.entry = entry
+        self.triplets = triplets
+        self.refiner_config = refiner_config
+        self.disc_config = disc_config
+        self.weights = weights
+        self.lpips = lpips
+        self.pack_info = pack_info
+        self.positions = np.flatnonzero(triplets.done_mask() == WRITTEN)
+        if len(self.positions) == 0:
+            raise ConfigError(f"no usable triplets in {entry.name}", "extract more images")
+        self.flips = int(triplets["latent"].shape[1])
+        size = triplets["recon"].nbytes + triplets["latent"].nbytes + entry.images.nbytes
+        mem = size < IN_MEMORY_BYTES if in_memory is None else in_memory
+        self.images = _Rows(entry.images, mem)
+        self.recon = _Rows(triplets["recon"], mem)
+        self.latent = _Rows(triplets["latent"], mem)
+
+    # ---- TrainTask -----------------------------------------------------------------------------
+    def build(self) -> dict[str, nn.Module]:
+        modules: dict[str, nn.Module] = {"model": LatentGuidedRefiner(self.refiner_config)}
+        if self.weights.gan > 0:
+            modules["disc"] = PatchDiscriminator(self.disc_config)
+        if self.lpips is not None:
+            self.lpips.eval()
+        return modules
+
+    def optimizers(self) -> dict[str, OptimizerSpec]:
+        specs = {"model": OptimizerSpec(("model",), betas=BETAS)}
+        if self.weights.gan > 0:
+            specs["disc"] = OptimizerSpec(("disc",), betas=BETAS)
+        return specs
+
+    def num_samples(self) -> int:
+        return len(self.positions)
+
+    def get_batch(
+        self, indices: np.ndarray, step: int, generator: np.random.Generator
+    ) -> dict[str, torch.Tensor]:
+        rows = self.positions[np.asarray(indices)]
+        flip = generator.integers(0, self.flips, len(rows))  # (B,) which stored flip
+        real = self.images.take(rows)  # (B, R, R, 3) uint8, unflipped
+        real = np.where(flip[:, None, None, None] == 1, real[:, :, ::-1], real)
+        take = np.arange(len(rows))
+        rec = self.recon.take(rows)[take, flip]  # (B, R, R, 3)
+        lat = self.latent.take(rows)[take, flip]  # (B, d, h, w)
+
+        def to_float(x: np.ndarray) -> torch.Tensor:
+            t = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2)  # (B, 3, R, R)
+            return t.float() / 127.5 - 1.0
+
+        return {"gt": to_float(real), "rec": to_float(rec), "z": torch.from_numpy(lat).float()}
+
+    def training_step(self, modules: dict[str, nn.Module], batch: dict, step: int) -> StepOutput:
+        model = modules["model"]
+        out = model(batch["rec"], batch["z"])  # (B, 3, R, R)
+        l1 = F.l1_loss(out, batch["gt"])
+        loss = self.weights.l1 * l1
+        logs = {"l1": float(l1.detach())}
+        if self.lpips is not None and self.weights.perceptual > 0:
+            self.lpips.to(out.device)
+            perc = self.lpips(out, batch["gt"]).mean()
+            loss = loss + self.weights.perceptual * perc
+            logs["lpips"] = float(perc.detach())
+        losses = {"model": loss}
+        if "disc" in modules:
+            disc = modules["disc"]
+            g_gan = hinge_g_loss(disc(out))
+            losses["model"] = loss + self.weights.gan * g_gan
+            logs["g_gan"] = float(g_gan.detach())
+            # the detached output: the discriminator update must not reach the refiner
+            losses["disc"] = hinge_d_loss(disc(batch["gt"]), disc(out.detach()))
+        return StepOutput(losses, logs)
+
+    def state_extra(self) -> dict[str, Any]:
+        return {
+            "stage": "refine",
+            "latent_convention": "raw",
+            "refiner_config": self.refiner_config.to_dict(),
+            "disc_config": self.disc_config.to_dict(),
+            "loss_weights": {
+                "l1": self.weights.l1,
+                "perceptual": self.weights.perceptual if self.lpips is not None else 0.0,
+                "gan": self.weights.gan,
+            },
+            "pack": self.pack_info,
+            "cache": {
+                "root": self.entry.root,
+                "entry": self.entry.name,
+                "triplets": self.triplets.group.basename,
+            },
+        }
+
+    def load_state_extra(self, extra: dict[str, Any]) -> None:
+        old = extra.get("pack", {}).get("pack_id")
+        if old is not None and old != self.pack_info["pack_id"]:
+            raise CheckpointError(
+                f"this refiner run was trained on pack model {old}, not {self.pack_info['pack_id']}",
+                "use a new --name for a refiner of another pack run",
+            )
+        if extra.get("refiner_config") not in (None, self.refiner_config.to_dict()):
+            raise CheckpointError(
+                "this refiner run was trained with another network config",
+                "use the same refiner settings or a new --name",
+            )
+
+    def on_images(self, modules, ema_module: nn.Module, step: int, run_dir: Path) -> None:
+        """Rows of real / reconstruction / refined (EMA) images of the first samples."""
+        from repackctl.metrics.recon import save_grid
+        from repackctl.sample import to_uint8
+
+        batch = self.get_batch(np.arange(min(8, len(self.positions))), 0, np.random.default_rng(0))
+        device = next(ema_module.parameters()).device
+        with torch.no_grad():
+            ref = ema_module(batch["rec"].to(device), batch["z"].to(device))  # (B, 3, R, R)
+        rows = [to_uint8(batch["gt"]), to_uint8(batch["rec"]), to_uint8(ref)]
+        save_grid(
+            rows, Path(run_dir) / "images" / f"step-{step:07d}.png", ["real", "recon", "refined"]
+        )
+
+
+def refiner_config_for(latent_channels: int, resolution: int, settings: Settings) -> RefinerConfig:
+    """The official U-Net layout scaled to the resolution: attention at R/4 and R/8 (64², 32²)."""
+    if resolution % 8:
+        raise ConfigError(
+            f"the refiner needs an image side divisible by 8, got {resolution}", "use 32, 64, 256 …"
+        )
+    return RefinerConfig(
+        latent_channels=latent_channels,
+        resolution=resolution,
+        base_channels=settings.refine.base_channels,
+        attn_resolutions=(resolution // 4, resolution // 8),
+        output=settings.refine.output,
+    )
+
+
+def _lpips(settings: Settings, messages: list[str]) -> nn.Module | None:
+    from repackctl.pack.losses import load_lpips, perceptual_available
+
+    cfg = settings.refine
+    if cfg.perceptual_weight == 0:
+        return None
+    if not perceptual_available(cfg.lpips_weights):
+        messages.append(
+            "warning: no LPIPS weights (refine.lpips_weights); training without the perceptual term"
+        )
+        return None
+    return load_lpips(cfg.lpips_weights)
+
+
+def run_refine_train(settings: Settings, progress: ProgressFactory = null_progress) -> Path:
+    """Build the triplets of the pack run (resumable), then train (or resume) the refiner."""
+    from repackctl.extract import resolve_device
+    from repackctl.pack.io import load_pack
+    from repackctl.paths import run_dir
+
+    cfg = settings.refine
+    if not cfg.pack_run:
+        raise ConfigError(
+            "no pack run given", "pass --pack-run NAME (made by `repackctl pack train`)"
+        )
+    pack = load_pack(cfg.pack_run, runs=settings.runs)
+    cache = pack.extra.get("cache", {})
+    entry = DatasetEntry.open(settings.cache, cfg.entry or cache["entry"])
+    features = cache["features"]
+    device = resolve_device(settings.device)
+    with progress("triplets", total=None) as bar:
+        bar.log(f"building refiner triplets of {pack.pack_id} in {entry.name}")
+    build_triplets(
+        entry,
+        features,
+        pack,
+        noise=cfg.noise,
+        seed=settings.seed,
+        batch_size=cfg.triplet_batch,
+        device=device,
+        progress=progress,
+    )
+    triplets = open_triplets(entry, pack.pack_id, cfg.noise)
+    messages: list[str] = []
+    lpips = _lpips(settings, messages)
+    rcfg = refiner_config_for(pack.latent_channels, entry.resolution, settings)
+    task = RefineTask(
+        entry,
+        triplets,
+        rcfg,
+        DiscriminatorConfig(base_channels=cfg.disc_channels),
+        RefineLossWeights(cfg.l1_weight, cfg.perceptual_weight, cfg.gan_weight),
+        lpips,
+        {"run": pack.run_name, "checkpoint": str(pack.checkpoint), "pack_id": pack.pack_id},
+    )
+    name = cfg.name or f"refine-{pack.run_name}"
+    config = TrainConfig(
+        run_dir=str(run_dir(settings.runs, name)),
+        steps=cfg.steps,
+        global_batch=cfg.batch_size,
+        lr=cfg.lr,
+        betas=BETAS,
+        ema_decay=cfg.ema_decay,
+        ckpt_every=cfg.ckpt_every,
+        log_every=cfg.log_every,
+        precision=settings.precision,
+        seed=settings.seed,
+        cpu=device.type == "cpu",
+        keep_last=3,
+        extra={"stage": "refine", "refine": cfg.model_dump(mode="json")},
+    )
+    with progress("refine", total=None) as bar:
+        for m in messages:
+            bar.log(m)
+    train(task, config, progress)
+    return Path(config.run_dir)

@@ -1,0 +1,178 @@
+"""Refiner training triplets in the cache: (real image, reconstruction, raw packed latent).
+
+The official refiner (guanfangdong/RePack-then-Refine ``stage3/prepare_offline_data.py``) wrote
+three files per ImageNet image (a ground-truth PNG, the stage-1 reconstruction PNG from the
+posterior mean, and the raw latent as a ``.pt``): millions of small files, one process per
+GPU. Here they are one Zarr group of the cache entry that already holds the real images::
+
+    <entry>/triplets/<pack-id>[--noise<σ>]/
+        latent  float32 (N, F, d, h, w)   the raw latent that was decoded
+        recon   uint8   (N, F, R, R, 3)   its decoding, quantised like a sampled PNG
+        done    uint8   (N,)              1 written, ≥ 2 skipped input (copied from the entry)
+
+F is the number of flips the features hold: flip f pairs with the mirrored real image. The real
+image is not copied (``<entry>/images``).
+
+The latent is the posterior mean of the cached tokens, computed from the tokens through the pack
+model's projection (no packed-latent group needed), and stays *raw* (never normalised): the
+refiner sees raw latents at training and at sampling time (``refine.apply``). With
+``noise = σ > 0`` the latent becomes ``mean + σ·ε`` before decoding (ε from a generator seeded
+by (seed, index, flip)), which makes the reconstructions look more like decodings of generated
+latents than of clean posterior means.
+
+Writers own whole shards (``cache.store.owned_ranges``; zarr loses data when two processes write
+one shard) and mark a shard done only after its arrays are written, so a killed build resumes
+with the first unfinished shard (the same scheme as ``repackctl.extract``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from repackctl.cache.store import PENDING, WRITTEN, ArrayGroup, DatasetEntry, owned_ranges
+from repackctl.errors import CacheError
+from repackctl.extract import DistInfo
+from repackctl.progress import ProgressFactory, null_progress
+
+KIND = "triplets"
+
+
+@dataclass
+class TripletResult:
+    """Where the triplets are and how many were written now."""
+
+    entry: str
+    group: str
+    n: int
+    written: int
+    already_done: int
+    seconds: float
+
+
+def triplet_group_name(pack_id: str, noise: float) -> str:
+    """``<pack-id>`` or ``<pack-id>--noise<σ>``: different σ never share a group."""
+    return pack_id if noise == 0 else f"{pack_id}--noise{noise:g}"
+
+
+def _noise(seed: int, index: int, flip: int, shape: tuple[int, ...]) -> torch.Tensor:
+    g = torch.Generator("cpu").manual_seed(
+        int(np.random.SeedSequence([seed & 0xFFFFFFFF, index, flip, 0x7217]).generate_state(1)[0])
+    )
+    return torch.randn(shape, generator=g)  # (d, h, w)
+
+
+def open_triplets(entry: DatasetEntry, pack_id: str, noise: float) -> ArrayGroup:
+    """The finished triplet group of ``pack_id`` (raises with the command that builds it)."""
+    name = triplet_group_name(pack_id, noise)
+    if KIND not in entry.group or name not in {n for n, _ in entry.group[KIND].groups()}:
+        raise CacheError(
+            f"no refiner triplets {name!r} in {entry.name}",
+            "`repackctl refine train --pack-run RUN` builds them first",
+        )
+    grp = ArrayGroup(entry.group[KIND][name])
+    if (grp.done_mask() == PENDING).any():
+        raise CacheError(
+            f"refiner triplets {name} in {entry.name} are unfinished",
+            "run `repackctl refine train` again to finish them",
+        )
+    return grp
+
+
+def build_triplets(
+    entry: DatasetEntry,
+    features_id: str,
+    pack,
+    *,
+    noise: float = 0.0,
+    seed: int = 0,
+    batch_size: int = 32,
+    device: torch.device | str = "cpu",
+    progress: ProgressFactory = null_progress,
+    dist: DistInfo | None = None,
+) -> TripletResult:
+    """Build (or finish building) the triplets of ``pack`` (a ``pack.io.PackHandle``)."""
+    from repackctl.sample import to_uint8
+
+    dist = dist or DistInfo.from_env()
+    feats = entry.features(features_id)
+    n, flips, tokens, dim = feats["tokens"].shape
+    model = pack.model.to(device).eval()
+    grid = int(round(tokens**0.5))
+    d = model.latent_channels
+    res = entry.resolution
+    name = triplet_group_name(pack.pack_id, noise)
+    attrs = {
+        "pack_id": pack.pack_id,
+        "pack_checkpoint": str(pack.checkpoint),
+        "features": features_id,
+        "noise": noise,
+        "seed": seed if noise > 0 else None,
+        "latent": "posterior mean" + (" + noise·ε" if noise > 0 else ""),
+        "latent_convention": "raw",
+        "flips": int(flips),
+    }
+    if dist.rank == 0:
+        grp, created = entry.create_or_open_group(KIND, name, attrs)
+        if created:
+            entry.add_sample_array(grp, "latent", (flips, d, grid, grid), "float32")
+            entry.add_sample_array(grp, "recon", (flips, res, res, 3), "uint8")
+    dist.barrier()
+    if dist.rank != 0:
+        grp, _ = entry.create_or_open_group(KIND, name, attrs)
+    img_done, feat_done = entry.done[:], feats.done[:]
+    if (feat_done == PENDING).any() or (img_done == PENDING).any():
+        raise CacheError(
+            f"features {features_id} in {entry.name} are unfinished",
+            "run the same `repackctl extract` again to finish them",
+        )
+    both = (img_done == WRITTEN) & (feat_done == WRITTEN)
+    # a skipped input keeps its skip reason; it gets no triplet
+    source_done = np.where(both, WRITTEN, np.maximum(np.maximum(img_done, feat_done), 2))
+    source_done = source_done.astype(np.uint8)
+    mine = owned_ranges(n, entry.shard, dist.rank, dist.world)
+    done = grp.done_mask()
+    pending = [r for r in mine if (done[r.start : r.stop] == PENDING).any()]
+    already = sum(len(r) for r in mine) - sum(len(r) for r in pending)
+    written = 0
+    t0 = time.perf_counter()
+    with progress(f"triplets {name}", total=sum(len(r) for r in pending), unit="img") as bar:
+        for rng in pending:
+            m = len(rng)
+            lat = np.zeros((m, flips, d, grid, grid), np.float32)
+            rec = np.zeros((m, flips, res, res, 3), np.uint8)
+            codes = source_done[rng.start : rng.stop]
+            for start in range(0, m, batch_size):
+                lo, hi = rng.start + start, min(rng.start + start + batch_size, rng.stop)
+                ok = codes[lo - rng.start : hi - rng.start] == WRITTEN
+                if ok.any():
+                    tok = torch.from_numpy(np.asarray(feats["tokens"][lo:hi], np.float32))
+                    for f in range(flips):
+                        with torch.no_grad():
+                            t = tok[ok, f].to(device)  # (b, T, C)
+                            z = model.encode(t, (grid, grid)).mode()  # (b, d, h, w)
+                            if noise > 0:
+                                shape = tuple(z.shape[1:])
+                                eps = torch.stack(
+                                    [
+                                        _noise(seed, lo + int(k), f, shape)
+                                        for k in np.flatnonzero(ok)
+                                    ]
+                                ).to(z.device)  # (b, d, h, w)
+                                z = z + noise * eps  # (b, d, h, w)
+                            images = to_uint8(model.decode(z))  # (b, R, R, 3)
+                        rows = np.flatnonzero(ok) + (lo - rng.start)
+                        lat[rows, f] = z.float().cpu().numpy()
+                        rec[rows, f] = images
+                bar.advance(hi - lo)
+            sl = slice(rng.start, rng.stop)
+            grp["latent"][sl] = lat
+            grp["recon"][sl] = rec
+            grp.done[sl] = codes  # after the data: a done shard is complete
+            written += int((codes == WRITTEN).sum())
+    seconds = time.perf_counter() - t0
+    dist.barrier()
+    return TripletResult(entry.name, name, n, written, already, seconds)

@@ -1,0 +1,308 @@
+"""`repackctl sample`: per-index seeds (batch size, processes), resume after a kill, ADM npz,
+labels, guidance at scale 1, the official-convention wrapper and CLI errors.
+
+The fixture stack is built through the real stages where they exist (extract → pack train) and a
+DiT checkpoint in the contract format of ``repackctl.train.dit`` (random tiny weights; sampling
+does not care whether the DiT was trained).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from repackctl.cli.app import app
+from repackctl.errors import ConfigError
+from repackctl.sample import make_labels, model_velocity, run_sample
+from repackctl.settings import resolve_settings
+
+REPO = Path(__file__).resolve().parents[1]
+LATENT = (4, 4, 4)  # d, h, w of the fixture pack model (patchpix at 32 px: 4×4 tokens)
+
+
+def build_stack(root: Path) -> dict[str, str]:
+    """extract (patchpix, 32 px, 16 images) → pack train (2 steps) → a DiT run; returns paths."""
+    from repackctl.extract import run_extract
+    from repackctl.pack.trainer import run_pack_train
+
+    cache, runs = str(root / "cache"), str(root / "runs")
+    common = {"cache": cache, "runs": runs, "device": "cpu", "num_workers": 0}
+    ext = {"encoder": "patchpix", "resolution": 32, "num": 16, "chunk": 8, "shard": 8}
+    run_extract(
+        resolve_settings(None, common | {f"extract.{k}": v for k, v in ext.items()}).settings
+    )
+    pack = {"encoder": "patchpix", "resolution": 32, "num": 16, "steps": 2, "batch_size": 4}
+    pack |= {"latent_channels": 4, "ch": 8, "disc_channels": 8, "run": "pack-tiny", "ckpt_every": 2}
+    run_pack_train(
+        resolve_settings(None, common | {f"pack.{k}": v for k, v in pack.items()}).settings
+    )
+    make_dit_run(runs, "dit-tiny", seed=0)
+    return {"cache": cache, "runs": runs, "samples": str(root / "samples")}
+
+
+def make_dit_run(runs: str, name: str, seed: int, scale: float = 0.05, **extra_fields) -> Path:
+    """A DiT checkpoint in the `train dit` contract, with perturbed (non-zero output) weights."""
+    from repackctl.models.variants import tiny
+    from repackctl.pack.io import load_pack
+    from repackctl.train.checkpoint import save_checkpoint
+
+    pack = load_pack("pack-tiny", runs=runs)
+    torch.manual_seed(seed)
+    model = tiny(in_channels=LATENT[0], input_size=LATENT[1], num_classes=10)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn_like(p))
+    sd = model.state_dict()
+    extra = {
+        "stage": "dit",
+        "model_id": "tiny",
+        "model_config": model.config.to_dict(),
+        "latent_stats": {"mean": [0.1, -0.2, 0.0, 0.3], "std": [1.0, 0.5, 2.0, 1.5]},
+        "latent_shape": list(LATENT),
+        "pack": {"run": "pack-tiny", "checkpoint": str(pack.checkpoint), "pack_id": pack.pack_id},
+        "cache": pack.extra["cache"],
+        "num_classes": 10,
+        "class_names": None,
+        "transport": {},
+        "repa": {},
+    } | extra_fields
+    return save_checkpoint(Path(runs) / name, 5, {"model": sd, "ema": sd}, {}, {"extra": extra})
+
+
+def shared_stack(tmp_path_factory) -> dict[str, str]:
+    """One stack per test session (this module and test_refine_stage.py share it)."""
+    root = tmp_path_factory.getbasetemp() / "stage3-stack"
+    marker = root / "ready.json"
+    if not marker.is_file():
+        paths = build_stack(root)
+        marker.write_text(json.dumps(paths))
+    return json.loads(marker.read_text())
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory) -> dict[str, str]:
+    return shared_stack(tmp_path_factory)
+
+
+def _settings(stack: dict[str, str], **sample):
+    flags = {"cache": stack["cache"], "runs": stack["runs"], "samples": stack["samples"]}
+    flags |= {"device": "cpu", "seed": 3}
+    flags |= {f"sample.{k}": v for k, v in sample.items()}
+    return resolve_settings(None, flags).settings
+
+
+def _images(folder: Path) -> np.ndarray:
+    with np.load(folder / "samples.npz", allow_pickle=False) as z:
+        return z["arr_0"]
+
+
+def assert_same_images(a: np.ndarray, b: np.ndarray) -> None:
+    """Equal up to float rounding: CPU kernels give ~1e-7 batch-shape differences in the latent,
+    which can move a pixel across a rounding boundary (one level, very rarely)."""
+    assert a.shape == b.shape and a.dtype == b.dtype == np.uint8
+    diff = np.abs(a.astype(int) - b.astype(int))
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
+
+
+def test_labels_balanced_random_and_given() -> None:
+    labels = make_labels(100, 10, "balanced", seed=0)
+    assert np.array_equal(np.bincount(labels), np.full(10, 10))
+    assert np.all(np.diff(labels) >= 0)  # class order
+    assert np.bincount(make_labels(7, 3, "balanced", 0)).tolist() == [3, 2, 2]
+    r1, r2 = make_labels(50, 10, "random", 1), make_labels(50, 10, "random", 1)
+    assert np.array_equal(r1, r2) and not np.array_equal(r1, make_labels(50, 10, "random", 2))
+    assert make_labels(5, 10, "3,7", 0).tolist() == [3, 7, 3, 7, 3]
+    with pytest.raises(ConfigError, match="outside"):
+        make_labels(5, 10, "3,12", 0)
+
+
+def test_batch_size_does_not_change_images_and_npz_layout(stack, tmp_path) -> None:
+    a = run_sample(
+        _settings(
+            stack,
+            run="dit-tiny",
+            num=6,
+            steps=4,
+            sampler="sde",
+            cfg=2.0,
+            batch_size=3,
+            out=str(tmp_path / "b3"),
+        )
+    )
+    b = run_sample(
+        _settings(
+            stack,
+            run="dit-tiny",
+            num=6,
+            steps=4,
+            sampler="sde",
+            cfg=2.0,
+            batch_size=8,
+            out=str(tmp_path / "b8"),
+        )
+    )
+    ia, ib = _images(a.out_dir), _images(b.out_dir)
+    assert ia.dtype == np.uint8 and ia.shape == (6, 32, 32, 3)
+    assert_same_images(ia, ib)
+    assert ia.std() > 5  # real images, not a constant
+    la, lb = np.load(a.out_dir / "latents.npy"), np.load(b.out_dir / "latents.npy")
+    assert la.shape == (6, *LATENT)
+    np.testing.assert_allclose(la, lb, atol=1e-5)
+    with np.load(a.out_dir / "samples.npz", allow_pickle=False) as z:
+        assert sorted(z.files) == ["arr_0", "arr_1"]
+        assert z["arr_1"].tolist() == make_labels(6, 10, "balanced", 3).tolist()
+    assert sorted(p.name for p in a.out_dir.glob("*.png"))[:2] == ["000000.png", "000001.png"]
+    assert (a.out_dir / "grid.png").is_file() and not (a.out_dir / "latents").exists()
+    card = json.loads((a.out_dir / "protocol.json").read_text())
+    assert card["sampler"] == "euler-maruyama-sde" and card["steps"] == 4
+    assert card["nfe"] == 8  # CFG doubles every call in the default interval [0, 1]
+    assert card["label_scheme"] == "balanced" and card["num_samples"] == 6
+    assert card["checkpoint_sha256"] and card["latent_convention"] == "raw"
+    # a different seed gives different images
+    c = run_sample(
+        _settings(
+            stack, run="dit-tiny", num=2, steps=4, sampler="sde", cfg=2.0, out=str(tmp_path / "s4")
+        ).model_copy(update={"seed": 4})
+    )
+    assert not np.array_equal(_images(c.out_dir), ia[:2])
+
+
+def test_guidance_scale_one_equals_no_guidance(stack, tmp_path) -> None:
+    plain = run_sample(_settings(stack, run="dit-tiny", num=4, steps=4, out=str(tmp_path / "p")))
+    one = run_sample(
+        _settings(
+            stack,
+            run="dit-tiny",
+            num=4,
+            steps=4,
+            cfg=1.0,
+            cfg_t_hi=0.7,
+            cfg_channels=3,
+            out=str(tmp_path / "one"),
+        )
+    )
+    four = run_sample(
+        _settings(stack, run="dit-tiny", num=4, steps=4, cfg=4.0, out=str(tmp_path / "four"))
+    )
+    assert np.array_equal(_images(plain.out_dir), _images(one.out_dir))
+    assert plain.nfe == one.nfe == 4 and four.nfe == 8
+    assert not np.array_equal(
+        np.load(plain.out_dir / "latents.npy"), np.load(four.out_dir / "latents.npy")
+    )
+
+
+def test_official_convention_is_wrapped() -> None:
+    from repackctl.models.variants import tiny
+
+    torch.manual_seed(0)
+    model = tiny(in_channels=4, input_size=4).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x, t, y = torch.randn(3, 4, 4, 4), torch.tensor([0.1, 0.5, 0.9]), torch.tensor([0, 1, 2])
+    ours = model_velocity(model, {}, autocast=False)
+    theirs = model_velocity(model, {"velocity_convention": "official"}, autocast=False)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x, t, y), model(x, t, y))
+        torch.testing.assert_close(theirs(x, t, y), -model(x, 1 - t, y))
+
+
+def _cli_args(stack: dict[str, str], out: Path, num: int, extra: tuple[str, ...] = ()) -> list[str]:
+    return [
+        "sample",
+        "-r",
+        "dit-tiny",
+        "-n",
+        str(num),
+        "--steps",
+        "3",
+        "--cfg",
+        "2",
+        "--batch-size",
+        "2",
+        "--device",
+        "cpu",
+        "--seed",
+        "3",
+        "--runs",
+        stack["runs"],
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
+def _env(stack: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REPACKCTL_")}
+    env |= {
+        "REPACKCTL_CACHE": stack["cache"],
+        "REPACKCTL_RUNS": stack["runs"],
+        "OMP_NUM_THREADS": "1",
+        "REPACKCTL_NUM_WORKERS": "0",
+    }
+    return env
+
+
+def test_two_processes_and_resume_after_kill(stack, tmp_path) -> None:
+    ref = CliRunner().invoke(app, _cli_args(stack, tmp_path / "ref", 8))
+    assert ref.exit_code == 0, ref.output
+    reference = _images(tmp_path / "ref")
+
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(REPO / "repackctl" / "__main__.py"),
+            *_cli_args(stack, tmp_path / "two", 8),
+        ],
+        env=_env(stack),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert_same_images(_images(tmp_path / "two"), reference)
+
+    # a real kill (SIGKILL) in the middle of sampling, then the same command again
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "repackctl", *_cli_args(stack, out, 8)],
+        env=_env(stack),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 90
+    while time.time() < deadline and len(list(out.glob("0*.png"))) < 2 and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("0*.png")}
+    assert 0 < len(before) < 8 and not (out / "samples.npz").exists()
+    again = CliRunner().invoke(app, _cli_args(stack, out, 8))
+    assert again.exit_code == 0, again.output
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("0*.png") if p.name in before} == before
+    assert_same_images(_images(out), reference)
+    # other settings into the same folder are refused
+    clash = CliRunner().invoke(app, _cli_args(stack, out, 8, ("--labels", "random")))
+    assert clash.exit_code != 0 and "other settings" in clash.output
+
+
+def test_cli_errors_are_one_line(stack, tmp_path) -> None:
+    r = CliRunner().invoke(app, ["sample", "-r", "nope", "--runs", stack["runs"]])
+    assert r.exit_code != 0 and "Error:" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(app, ["sample", "--runs", stack["runs"], "--show-config"])
+    assert r.exit_code == 0 and "sample.num" in r.output
