@@ -351,3 +351,16 @@ def test_guided_sampling_counts_one_nfe_per_step():
     # Grid 1, .75, .5, .25: the first two steps are unguided (3 rows), the last two guided (6).
     assert f.batches == [3, 3, 6, 6]
     assert math.isfinite(res.x.abs().sum().item())
+
+
+def test_cosine_term_gradient_is_bounded_at_zero_prediction():
+    # adaLN-Zero models start by predicting exactly 0; the cosine term must not explode there
+    from repackctl.transport.loss import velocity_loss as vl
+
+    target = torch.randn(4, 32, 8, 8)
+    pred = torch.zeros_like(target, requires_grad=True)
+    vl(pred, target, cos_weight=1.0).mean.backward()
+    assert torch.isfinite(pred.grad).all() and pred.grad.norm() < 10.0
+    other = torch.randn_like(target)
+    plain = 1 - torch.nn.functional.cosine_similarity(other, target, dim=1)
+    torch.testing.assert_close(vl(other, target, 1.0).cos, plain.flatten(1).mean(1))

@@ -16,7 +16,6 @@ Shapes: B batch, F flips, d latent channels, h×w latent grid, T encoder tokens,
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,7 +149,9 @@ def find_features(ds: DatasetEntry, pack_id: str, lat_attrs: dict, features: str
         cache = lat_attrs.get("cache") or {}
         wanted = lat_attrs.get("features") or cache.get("features")
     if wanted is None:
-        wanted = next((f for f in sorted(have, key=len, reverse=True) if pack_id.startswith(f)), None)
+        wanted = next(
+            (f for f in sorted(have, key=len, reverse=True) if pack_id.startswith(f)), None
+        )
     if wanted is None and len(have) == 1:
         wanted = have[0]
     if wanted is not None and wanted in have:
@@ -311,7 +312,6 @@ class LatentData:
         order = np.argsort(cache_idx, kind="stable")
         sorted_idx = cache_idx[order]
         out = np.empty((len(rows), *arr.shape[2:]), dtype=arr.dtype)
-        pos = 0
         start = 0
         # contiguous runs of cache indices, never longer than a chunk: one chunk-aligned read each
         while start < len(sorted_idx):
@@ -326,7 +326,6 @@ class LatentData:
             block = arr[lo:hi]  # (run, F, ...)
             sel = order[start:end]
             out[sel] = block[sorted_idx[start:end] - lo, flips[sel]]
-            pos += end - start
             start = end
         return out
 
@@ -366,8 +365,3 @@ class LatentData:
 
     def stats_dict(self) -> dict:
         return {"mean": self.stats_mean.tolist(), "std": self.stats_std.tolist()}
-
-
-def read_json(path: Path) -> dict:
-    """A small JSON file, as a dict."""
-    return json.loads(Path(path).read_text())

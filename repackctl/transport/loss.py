@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch.nn.functional as F
 from torch import Tensor
 
 from repackctl.errors import ConfigError
@@ -23,6 +22,10 @@ class VelocityLoss:
     mean: Tensor
     mse: Tensor
     cos: Tensor
+
+
+#: the cosine term floors |v̂| at this fraction of |v| (see velocity_loss)
+COS_NORM_FLOOR = 0.01
 
 
 def velocity_loss(pred: Tensor, target: Tensor, cos_weight: float = 0.0) -> VelocityLoss:
@@ -39,7 +42,14 @@ def velocity_loss(pred: Tensor, target: Tensor, cos_weight: float = 0.0) -> Velo
     pred, target = pred.float(), target.float()
     mse = (pred - target).pow(2).flatten(1).mean(dim=1)  # (B,)
     # Computed even at weight 0: it is cheap and worth logging.
-    cos = 1 - F.cosine_similarity(pred, target, dim=1)  # (B, h, w)
+    # The norm of the prediction is floored at COS_NORM_FLOOR·|v|: with adaLN-Zero the model
+    # starts by predicting exactly 0, where the plain cosine's gradient is ~|v|/1e-8 (first-step
+    # grad norms ~1e8 that stall AdamW for hundreds of steps). Equal to the plain cosine whenever
+    # |v̂| ≥ 0.01·|v|, i.e. after the first few steps.
+    t_norm = target.norm(dim=1)  # (B, h, w)
+    p_norm = pred.norm(dim=1).clamp_min(COS_NORM_FLOOR * t_norm.detach())  # (B, h, w)
+    dot = (pred * target).sum(dim=1)  # (B, h, w)
+    cos = 1 - dot / (p_norm * t_norm).clamp_min(1e-12)  # (B, h, w)
     cos = cos.reshape(cos.shape[0], -1).mean(dim=1)  # (B,)
     per_sample = mse + cos_weight * cos  # (B,)
     return VelocityLoss(per_sample=per_sample, mean=per_sample.mean(), mse=mse, cos=cos)

@@ -1,0 +1,592 @@
+"""`repackctl train dit`: a DiT on packed latents with flow matching and REPA (RePack stage 2).
+
+Follows the official RePack-then-Refine stage 2 (LightningDiT recipe: linear path, velocity
+prediction, logit-normal t, MSE + (1 − cos) loss, AdamW 2e-4 (0.9, 0.95), EMA 0.9999; see
+``reference/methods.md``) in our time convention (t = 0 data, t = 1 noise, DESIGN.md §2), plus
+REPA (Yu et al. 2025, sihyun-yu/REPA ``train.py`` / ``loss.py``): an MLP projector on the hidden
+state after block k, negative cosine against the frozen encoder's tokens of the same images and
+the same flip, read from the cache (the encoder never runs here), weight λ = 0.5, optionally
+switched off at a step (HASTE).
+
+Randomness: every sample's flip, posterior noise, t, noise and label-drop come from a generator
+keyed by (seed, step, sample index), never from the global RNG or the batch split. So a run gives
+the same numbers with any number of processes or micro-batches, and resumes bit-identically.
+
+``run_dit_train`` is the library entry of the CLI; ``load_dit`` rebuilds a trained model from
+a run or checkpoint (the contract used by sampling). Shapes: B batch, d latent channels,
+h×w latent grid, T tokens, D width, C encoder width.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from repackctl.errors import CheckpointError, ConfigError, RepackError
+from repackctl.models.repa import REPAProjector, default_repa_depth, repa_loss
+from repackctl.paths import run_dir as make_run_dir
+from repackctl.progress import ProgressFactory, null_progress
+from repackctl.registry import registry
+from repackctl.train import checkpoint as ckpt_io
+from repackctl.train.config import TrainConfig
+from repackctl.train.latents import LatentData, find_latents, pack_run_of
+from repackctl.train.loop import OptimizerSpec, StepOutput, TrainResult, train
+from repackctl.transport.interpolant import interpolate, velocity_target
+from repackctl.transport.loss import velocity_loss
+from repackctl.transport.timesteps import TimeSampler
+
+_SAMPLE_KEY = 0xD17  # tags the per-sample generators of this stage
+
+# `--preset paper`: the official RePack-DiT-XL/1 recipe (reference/methods.md). The official
+# stage 2 has no REPA, so λ = 0 here; `--repa-weight 0.5` adds it.
+PRESETS: dict[str, dict[str, Any]] = {
+    "small": {},
+    "paper": {
+        "arch": "lightningdit",
+        "size": "xl",
+        "patch": 1,
+        "steps": 320_000,
+        "global_batch": 256,
+        "lr": 2e-4,
+        "beta1": 0.9,
+        "beta2": 0.95,
+        "weight_decay": 0.0,
+        "schedule": "step",
+        "drop_step": 240_000,
+        "drop_lr": 1e-4,
+        "ema_decay": 0.9999,
+        "ema_warmup": False,
+        "time_dist": "logit_normal",
+        "time_mu": 0.0,
+        "time_sigma": 1.0,
+        "time_shift": 1.0,
+        "cos_weight": 1.0,
+        "class_dropout": 0.1,
+        "repa_weight": 0.0,
+        "ckpt_every": 10_000,
+        "log_every": 100,
+        "image_every": 10_000,
+    },
+}
+
+
+def preset_values(name: str) -> dict[str, Any]:
+    """Defaults of ``[train]`` keys that preset ``name`` changes."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}", f"choose one of {', '.join(PRESETS)}")
+    return dict(PRESETS[name])
+
+
+# --------------------------------------------------------------------------- model selection
+
+
+def resolve_model_id(arch: str, size: str, patch: int | None, model: str | None) -> str:
+    """``--model ID`` wins; else ``<arch>-<size>-<patch>`` (``tiny`` is its own id)."""
+    from repackctl.models.variants import PATCHES, model_id
+
+    if model:
+        return model
+    if size == "tiny":
+        return "tiny"
+    if arch not in PATCHES:
+        raise ConfigError(f"unknown arch {arch!r}", f"choose one of {', '.join(PATCHES)}")
+    return model_id(arch, size, patch if patch is not None else PATCHES[arch][0])
+
+
+def build_model(model_id: str, **kwargs: Any) -> nn.Module:
+    """Build a registered model, passing only the options its factory accepts."""
+    factory = registry("models").get(model_id)
+    params = inspect.signature(factory).parameters
+    takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    given = {k: v for k, v in kwargs.items() if takes_all or k in params}
+    for required in ("in_channels", "input_size", "num_classes"):
+        if required not in given:
+            raise ConfigError(
+                f"model {model_id!r} does not take {required}=",
+                "a repackctl.models factory takes in_channels, input_size and num_classes",
+            )
+    return factory(**given)
+
+
+def _width(model: nn.Module) -> tuple[int, int]:
+    cfg = getattr(model, "config", None)
+    if cfg is None or not hasattr(cfg, "hidden_size") or not hasattr(cfg, "depth"):
+        raise ConfigError(
+            f"model {type(model).__name__} has no config.hidden_size / config.depth",
+            "REPA needs them; train it with --repa-weight 0",
+        )
+    return int(cfg.hidden_size), int(cfg.depth)
+
+
+def repa_hidden_default(width: int) -> int:
+    """REPA's projector width 2048 for every published size; 4·D for tiny test widths."""
+    return 2048 if width >= 256 else 4 * width
+
+
+# --------------------------------------------------------------------------- the task
+
+
+@dataclass
+class DiTSpec:
+    """Everything of the DiT task besides the data (JSON-safe; stored in state.json)."""
+
+    model_id: str
+    model_kwargs: dict[str, Any]
+    seed: int
+    class_dropout: float
+    time: TimeSampler
+    cos_weight: float
+    repa_weight: float
+    repa_depth: int | None
+    repa_stop_step: int | None
+    repa_hidden: int | None
+    image_steps: int = 16
+    image_classes: int = 8
+    image_per_class: int = 4
+
+    def transport_dict(self) -> dict[str, Any]:
+        return {
+            "path": "linear",
+            "time_convention": "t=0 data, t=1 noise",
+            "prediction": "velocity",
+            "time_dist": self.time.kind,
+            "mu": self.time.mu,
+            "sigma": self.time.sigma,
+            "shift": self.time.shift,
+            "cos_weight": self.cos_weight,
+        }
+
+
+class DiTTask:
+    """TrainTask of a class-conditional DiT on packed latents, with optional REPA."""
+
+    def __init__(self, data: LatentData, spec: DiTSpec) -> None:
+        self.data = data
+        self.spec = spec
+        d, h, w = data.shape
+        if h != w:
+            raise ConfigError(
+                f"packed latents of {h}×{w} are not square; the DiT variants take h = w",
+                "pack square crops (the cache's images are square: check the pack encoder)",
+            )
+        self.model_kwargs = dict(
+            spec.model_kwargs, in_channels=d, input_size=h, num_classes=data.num_classes
+        )
+        self.repa_on = spec.repa_weight > 0
+        self.repa_depth: int | None = None
+        self._pack_handle: Any = None
+        self._grid_note: str | None = None
+        self.model_config: dict[str, Any] = {}
+        self.num_params = 0
+
+    # ---- TrainTask -----------------------------------------------------------------------------
+    def build(self) -> dict[str, nn.Module]:
+        model = build_model(self.spec.model_id, **self.model_kwargs)
+        self.model_config = model.config.to_dict() if hasattr(model, "config") else {}
+        self.num_params = sum(p.numel() for p in model.parameters())
+        modules: dict[str, nn.Module] = {"model": model}
+        if self.repa_on:
+            width, depth = _width(model)
+            self.repa_depth = self.spec.repa_depth or default_repa_depth(depth)
+            if not 1 <= self.repa_depth <= depth:
+                raise ConfigError(
+                    f"repa_depth {self.repa_depth} is outside the model's 1..{depth} blocks",
+                    f"use --repa-depth between 1 and {depth} (default {default_repa_depth(depth)})",
+                )
+            hidden = self.spec.repa_hidden or repa_hidden_default(width)
+            token_dim = (self.data.token_shape or (0,))[-1]  # set by LatentData(repa=True)
+            modules["projector"] = REPAProjector(width, token_dim, hidden)
+        self.modules = modules  # what this process trains (kept for inspection after train())
+        return modules
+
+    def optimizers(self) -> dict[str, OptimizerSpec]:
+        mods = ("model", "projector") if self.repa_on else ("model",)
+        return {"model": OptimizerSpec(mods)}
+
+    def num_samples(self) -> int:
+        return len(self.data)
+
+    def repa_active(self, step: int) -> bool:
+        stop = self.spec.repa_stop_step
+        return self.repa_on and (stop is None or step < stop)
+
+    def get_batch(
+        self, indices: np.ndarray, step: int, generator: np.random.Generator
+    ) -> dict[str, torch.Tensor]:
+        # one generator per sample, keyed by its index (and its repeat count, for a batch that
+        # straddles two epochs): the same draws whatever the processes or micro-batches
+        seen: dict[int, int] = {}
+        rngs = []
+        for i in indices.tolist():
+            occ = seen.get(i, 0)
+            seen[i] = occ + 1
+            rngs.append(np.random.default_rng([self.spec.seed % 2**64, step, i, occ, _SAMPLE_KEY]))
+        batch = self.data.read(indices, rngs, with_tokens=self.repa_active(step))
+        ts, noises, drops = [], [], []
+        for r in rngs:
+            g = torch.Generator().manual_seed(int(r.integers(2**63 - 1)))
+            ts.append(self.spec.time.sample(1, generator=g))  # (1,)
+            noises.append(torch.randn(self.data.shape, generator=g))  # (d, h, w)
+            drops.append(bool(r.random() < self.spec.class_dropout))
+        batch["t"] = torch.cat(ts)  # (B,)
+        batch["noise"] = torch.stack(noises)  # (B, d, h, w)
+        batch["drop"] = torch.tensor(drops, dtype=torch.bool)  # (B,)
+        return batch
+
+    def training_step(
+        self, modules: dict[str, nn.Module], batch: dict[str, torch.Tensor], step: int
+    ) -> StepOutput:
+        model = modules["model"]
+        x, noise, t = batch["x"], batch["noise"], batch["t"]  # (B, d, h, w), same, (B,)
+        x_t = interpolate(x, noise, t)  # (B, d, h, w)
+        target = velocity_target(x, noise)  # (B, d, h, w)
+        use_repa = self.repa_active(step) and "tokens" in batch
+        if use_repa:
+            v, hidden = model(
+                x_t, t, batch["y"], return_hidden_at=self.repa_depth, drop_mask=batch["drop"]
+            )  # (B, d, h, w), (B, T, D)
+        else:
+            v = model(x_t, t, batch["y"], drop_mask=batch["drop"])  # (B, d, h, w)
+        vl = velocity_loss(v, target, self.spec.cos_weight)
+        loss = vl.mean
+        logs: dict[str, Any] = {
+            "loss/mse": vl.mse.mean().detach(),
+            "loss/cos": vl.cos.mean().detach(),
+        }
+        if use_repa:
+            projected = modules["projector"](hidden)  # (B, T, C)
+            align = repa_loss(projected, batch["tokens"])  # scalar, −1 = aligned
+            loss = loss + self.spec.repa_weight * align
+            logs["loss/repa"] = align.detach()
+        return StepOutput({"model": loss}, logs)
+
+    # ---- checkpoint extras ---------------------------------------------------------------------
+    def _pack_info(self) -> dict[str, Any]:
+        pack = dict(self.data.attrs.get("pack") or {})
+        return {
+            "run": pack.get("run") or pack_run_of(self.data.ref.pack_id),
+            "checkpoint": pack.get("checkpoint"),
+            "pack_id": self.data.ref.pack_id,
+        }
+
+    def state_extra(self) -> dict[str, Any]:
+        return {
+            "stage": "dit",
+            "model_id": self.spec.model_id,
+            "model_config": self.model_config,
+            "model_kwargs": self.model_kwargs,
+            "latent_stats": self.data.stats_dict(),
+            "latent_shape": list(self.data.shape),
+            "pack": self._pack_info(),
+            "cache": self.data.describe(),
+            "num_classes": self.data.num_classes,
+            "class_names": self.data.class_names,
+            "transport": self.spec.transport_dict(),
+            "repa": {
+                "weight": self.spec.repa_weight,
+                "depth": self.repa_depth,
+                "stop_step": self.spec.repa_stop_step,
+                "features": self.data.features_id,
+                "token_shape": list(self.data.token_shape or ()),
+            },
+            "latent_sampling": self.data.sampling,
+        }
+
+    def load_state_extra(self, extra: dict[str, Any]) -> None:
+        """A run resumes only on the latents (and stats) it was trained on."""
+        if not extra:
+            return
+        old_id = (extra.get("cache") or {}).get("latents")
+        if old_id and old_id != self.data.ref.pack_id:
+            raise CheckpointError(
+                f"this run was trained on latents {old_id}, not {self.data.ref.pack_id}",
+                f"pass --latents {old_id}, or start a new run with --name",
+            )
+        if extra.get("latent_stats") and extra["latent_stats"] != self.data.stats_dict():
+            raise CheckpointError(
+                f"the channel stats of {self.data.ref.pack_id} changed since this run started",
+                "start a new run with --name (the latents were re-encoded)",
+            )
+
+    # ---- sample grid ---------------------------------------------------------------------------
+    def _decoder(self):
+        """The pack autoencoder that decodes latents to pixels, or None (latent-space grid)."""
+        if self._pack_handle is not None or self._grid_note is not None:
+            return self._pack_handle
+        ckpt = self._pack_info().get("checkpoint")
+        which = (self.data.attrs.get("pack") or {}).get("which") or "ema"
+        try:
+            from repackctl.pack.io import load_pack
+        except ImportError:
+            self._grid_note = "repackctl.pack.io is not available: latent-space grid"
+            return None
+        if not ckpt or not Path(str(ckpt)).exists():
+            self._grid_note = "pack checkpoint not found: latent-space grid"
+            return None
+        try:
+            self._pack_handle = load_pack(ckpt, which=which)
+        except RepackError as e:
+            self._grid_note = f"cannot load the pack ({e.message}): latent-space grid"
+        return self._pack_handle
+
+    @torch.no_grad()
+    def sample_grid(self, model: nn.Module, step: int, run_dir: Path) -> Path:
+        """Class-conditional samples of ``model`` (Euler ODE, few steps, fixed noise) as a PNG."""
+        from repackctl.metrics.recon import save_grid
+        from repackctl.transport.samplers import sample_ode
+
+        k = min(self.data.num_classes, self.spec.image_classes)
+        m = self.spec.image_per_class
+        device = next(model.parameters()).device
+        g = torch.Generator().manual_seed(self.spec.seed + 12345)  # same noise at every grid
+        noise = torch.randn((k * m, *self.data.shape), generator=g).to(device)  # (k·m, d, h, w)
+        y = torch.arange(k).repeat_interleave(m).to(device)  # (k·m,)
+        was_training = model.training
+        model.eval()
+        try:
+            x = sample_ode(lambda x, t, y: model(x, t, y), noise, y, steps=self.spec.image_steps).x
+        finally:
+            model.train(was_training)
+        z = self.data.denormalise(x.float().cpu())  # (k·m, d, h, w) raw packed latents
+        handle = self._decoder()
+        if handle is not None:
+            dec = handle.model.to(device)
+            img = dec.decode(z.to(device)).float().cpu()  # (k·m, 3, H, W) in [-1, 1]
+        else:
+            # first three normalised channels, each mapped to [-1, 1] over the grid, upscaled
+            img = x.float().cpu()[:, :3]  # (k·m, ≤3, h, w)
+            if img.shape[1] < 3:
+                img = torch.cat([img, img[:, :1].expand(-1, 3 - img.shape[1], -1, -1)], 1)
+            lo = img.amin(dim=(0, 2, 3), keepdim=True)
+            hi = img.amax(dim=(0, 2, 3), keepdim=True)
+            img = (img - lo) / (hi - lo).clamp_min(1e-6) * 2 - 1  # (k·m, 3, h, w)
+            scale = max(1, 64 // img.shape[-1])
+            img = torch.nn.functional.interpolate(img, scale_factor=scale, mode="nearest")
+        pixels = ((img + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        pixels = pixels.permute(0, 2, 3, 1).numpy()  # (k·m, H, W, 3)
+        rows = [pixels[i * m : (i + 1) * m] for i in range(k)]
+        names = self.data.class_names or [str(i) for i in range(k)]
+        path = run_dir / "images" / f"step-{step:07d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return save_grid(rows, path, labels=[str(n) for n in names[:k]])
+
+    def on_images(self, modules, ema_module, step: int, run_dir: Path) -> None:
+        self.sample_grid(ema_module, step, Path(run_dir))
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass
+class DiTTrainResult:
+    """What ``train_dit`` did, for the CLI to render."""
+
+    run_dir: Path
+    result: TrainResult
+    model_id: str
+    num_params: int
+    latents: str
+    entry: str
+    features: str | None
+    num_samples: int
+    latent_shape: tuple[int, int, int]
+    in_memory: bool
+    grid_note: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _uses_cpu(device: str) -> bool:
+    if device == "cpu":
+        return True
+    if device == "auto":
+        return not torch.cuda.is_available()
+    return False
+
+
+def build_task(settings) -> tuple[DiTTask, TrainConfig]:
+    """The task and loop config of the resolved settings (no training yet)."""
+    s = settings.train
+    model_id = resolve_model_id(s.arch, s.size, s.patch, s.model)
+    ref = find_latents(settings.cache, s.entry, s.latents, s.pack_run)
+    data = LatentData(
+        ref,
+        features=s.features,
+        repa=s.repa_weight > 0,
+        sampling=s.latent_sampling,
+        in_memory=s.in_memory,
+        flip=s.flip,
+    )
+    spec = DiTSpec(
+        model_id=model_id,
+        model_kwargs={
+            "qk_norm": s.qk_norm,
+            "no_shift": s.no_shift,
+            "class_dropout": s.class_dropout,
+            "grad_checkpointing": s.grad_checkpointing,
+        },
+        seed=settings.seed,
+        class_dropout=s.class_dropout,
+        time=TimeSampler(s.time_dist, s.time_mu, s.time_sigma, s.time_shift),
+        cos_weight=s.cos_weight,
+        repa_weight=s.repa_weight,
+        repa_depth=s.repa_depth,
+        repa_stop_step=s.repa_stop_step,
+        repa_hidden=s.repa_hidden,
+        image_steps=s.image_steps,
+    )
+    name = s.name or f"dit-{model_id}"
+    config = TrainConfig(
+        run_dir=str(make_run_dir(settings.runs, name)),
+        steps=s.steps,
+        global_batch=s.global_batch,
+        grad_accum=s.grad_accum,
+        lr=s.lr,
+        betas=(s.beta1, s.beta2),
+        weight_decay=s.weight_decay,
+        schedule=s.schedule,
+        warmup_steps=s.warmup_steps,
+        drop_step=s.drop_step,
+        drop_lr=s.drop_lr,
+        min_lr=s.min_lr,
+        ema_decay=s.ema_decay,
+        ema_warmup=s.ema_warmup,
+        clip_grad=s.clip_grad,
+        precision=settings.precision,
+        compile=s.compile,
+        ckpt_every=s.ckpt_every,
+        keep_last=s.keep_last,
+        log_every=s.log_every,
+        image_every=s.image_every,
+        seed=settings.seed,
+        cpu=_uses_cpu(settings.device),
+        # in-memory data is shuffled sample by sample; Zarr data by chunk-aligned blocks
+        block=1 if data.in_memory else data.chunk,
+        buffer_blocks=s.buffer_blocks,
+        prefetch=s.prefetch,
+        extra={"stage": "dit", "train": s.model_dump(mode="json")},
+    )
+    return DiTTask(data, spec), config
+
+
+def train_dit(
+    settings, progress: ProgressFactory = null_progress, config_record: dict | None = None
+) -> DiTTrainResult:
+    """Train (or resume) a DiT on the packed latents the settings select."""
+    task, config = build_task(settings)
+    if config_record is not None:
+        config.extra["settings"] = config_record
+    result = train(task, config, progress)
+    return DiTTrainResult(
+        run_dir=result.run_dir,
+        result=result,
+        model_id=task.spec.model_id,
+        num_params=task.num_params,
+        latents=task.data.ref.pack_id,
+        entry=task.data.ref.entry,
+        features=task.data.features_id,
+        num_samples=len(task.data),
+        latent_shape=task.data.shape,
+        in_memory=task.data.in_memory,
+        grid_note=task._grid_note,
+    )
+
+
+def run_dit_train(
+    settings, progress: ProgressFactory = null_progress, config_record: dict | None = None
+) -> Path:
+    """Train (or resume) ``settings.train``'s DiT; returns the run folder."""
+    return train_dit(settings, progress, config_record).run_dir
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@dataclass
+class DiTHandle:
+    """A trained DiT ready for sampling: model in eval mode plus what its checkpoint recorded."""
+
+    model: nn.Module
+    checkpoint: Path
+    extra: dict[str, Any]
+    sha256: str
+    which: str = "ema"
+
+    @property
+    def latent_stats(self) -> dict[str, list[float]]:
+        return self.extra["latent_stats"]
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return tuple(self.extra["latent_shape"])  # type: ignore[return-value]
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.extra["num_classes"])
+
+
+def _checkpoint_of(run_or_checkpoint: str | Path) -> Path:
+    path = Path(run_or_checkpoint).expanduser()
+    if (path / "state.json").is_file():
+        return path
+    latest = ckpt_io.latest_checkpoint(path)
+    if latest is None:
+        raise CheckpointError(
+            f"no complete checkpoint in {path}",
+            "pass a run folder (runs/<name>) or a checkpoint (runs/<name>/checkpoints/step-…); "
+            "train one with `repackctl train dit`",
+        )
+    return latest
+
+
+def load_dit(run_or_checkpoint: str | Path, which: str = "ema") -> DiTHandle:
+    """Rebuild the DiT of a run's newest checkpoint (or of a given checkpoint), in eval mode."""
+    ckpt = _checkpoint_of(run_or_checkpoint)
+    extra = ckpt_io.read_state(ckpt).get("extra", {})
+    if extra.get("stage") != "dit":
+        raise CheckpointError(
+            f"{ckpt} is not a DiT checkpoint (stage {extra.get('stage')!r})",
+            "pass a run trained with `repackctl train dit`",
+        )
+    from repackctl.models.dit import DiT
+    from repackctl.models.variants import MODEL_FACTORIES, build_from_config
+
+    model_id = extra["model_id"]
+    if model_id in MODEL_FACTORIES and extra.get("model_config"):
+        model = build_from_config(extra["model_config"])
+    else:
+        model = build_model(model_id, **extra.get("model_kwargs", {}))
+        if type(model) is DiT and extra.get("model_config"):
+            model = build_from_config(extra["model_config"])
+    weights = ckpt_io.load_model_weights(ckpt, which)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        raise CheckpointError(
+            f"{ckpt}/{which}.safetensors does not fit model {model_id}: {e}",
+            "the checkpoint is damaged or the model plugin changed",
+        ) from e
+    digest = hashlib.sha256((ckpt / f"{which}.safetensors").read_bytes()).hexdigest()
+    return DiTHandle(model=model.eval(), checkpoint=ckpt, extra=extra, sha256=digest, which=which)
+
+
+__all__ = [
+    "DiTHandle",
+    "DiTSpec",
+    "DiTTask",
+    "DiTTrainResult",
+    "PRESETS",
+    "build_model",
+    "build_task",
+    "load_dit",
+    "preset_values",
+    "resolve_model_id",
+    "run_dit_train",
+    "train_dit",
+]

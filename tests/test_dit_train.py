@@ -1,0 +1,307 @@
+"""`repackctl train dit`: DiT + REPA on packed latents from a real cache entry.
+
+The cache entry comes from the real pipeline at toy size: `repackctl extract` (the fast `patchpix`
+plugin encoder, 32 px, 4×4 tokens of width 64) → `repackctl pack train` (4 steps, d = 4) →
+`repackctl pack encode` (latents + exact channel stats).
+Model math (variants, adaLN-Zero, RoPE, transport, REPA loss) is tested in test_models.py /
+test_transport.py; here: the command, its files, REPA in the logs, errors, kill/resume,
+two processes, accumulation and the plugin model.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import subprocess_env
+from typer.testing import CliRunner
+
+from repackctl.cache.store import DatasetEntry, list_entries
+from repackctl.cli.app import app
+from repackctl.train import latest_checkpoint, load_weights, read_state
+
+REPO = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+N = 32
+TINY = ["--steps", "24", "-b", "8", "--log-every", "4", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def base_cache(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("dit") / "cache"
+    args = ["extract", "--encoder", "patchpix", "--resolution", "32", "-n", str(N)]
+    args += ["--chunk", "8", "--shard", "16", "--cache", str(root), "--num-workers", "0"]
+    common = ["--cache", str(root), "--runs", str(root.parent / "runs"), "--device", "cpu"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    # Stage 1 at toy size: 4 packed channels, a narrow decoder, a few steps
+    pack = ["pack", "train", "--encoder", "patchpix", "--resolution", "32", "-n", str(N)]
+    pack += ["--steps", "4", "--batch-size", "8", "--ch", "16", "-c", "4", "--name", "pk"]
+    res = runner.invoke(app, [*pack, "--image-every", "0", *common])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["pack", "encode", "--run", "pk", *common])
+    assert res.exit_code == 0, res.output
+    return root
+
+
+@pytest.fixture
+def cache(base_cache, tmp_path, monkeypatch) -> Path:
+    """A private copy of the cache (tests may damage it), set as REPACKCTL_CACHE."""
+    root = tmp_path / "cache"
+    shutil.copytree(base_cache, root)
+    monkeypatch.setenv("REPACKCTL_CACHE", str(root))
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # tiny matrices: one thread is much faster than two on a loaded 2-core machine
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    env = subprocess_env(tmp_path)
+    env["REPACKCTL_CACHE"] = str(tmp_path / "cache")
+    return env
+
+
+def test_train_dit_writes_every_file_and_repa_aligns(cache, tmp_path):
+    args = ["train", "dit", "--size", "tiny", *TINY, "--name", "dit-tiny"]
+    res = runner.invoke(app, [*args, "--image-every", "12", "--ckpt-every", "12", "--lr", "1e-3"])
+    assert res.exit_code == 0, res.output
+    run = tmp_path / "runs" / "dit-tiny"
+    for f in ("config.json", "metrics.jsonl", "curves.png", "tb", "images/step-0000012.png"):
+        assert (run / f).exists(), f
+    assert (run / "images" / "step-0000024.png").stat().st_size > 0
+    ckpt = latest_checkpoint(run)
+    assert ckpt.name == "step-0000024"
+    assert (ckpt / "projector.safetensors").is_file()  # the REPA projector trains and resumes
+    extra = read_state(ckpt)["extra"]
+    assert extra["stage"] == "dit" and extra["model_id"] == "tiny"
+    assert extra["latent_shape"] == [4, 4, 4] and extra["num_classes"] == 10
+    assert extra["repa"]["depth"] == 1 and extra["repa"]["weight"] == 0.5
+    assert extra["cache"]["features"].startswith("patchpix--")
+    assert extra["pack"]["pack_id"] == extra["cache"]["latents"]
+    stats = DatasetEntry.open(str(cache), extra["cache"]["entry"]).latents(
+        extra["cache"]["latents"]
+    )
+    assert extra["latent_stats"]["mean"] == stats.attrs["stats"]["mean"]  # the exact stats
+
+    rows = _metrics(run)
+    assert [r["step"] for r in rows] == list(range(4, 25, 4))
+    repa = [r["loss/repa"] for r in rows]
+    assert all(-1.0 <= v <= 1.0 for v in repa)
+    assert repa[-1] < repa[0] - 0.1  # the projected hidden state aligns with the tokens
+
+    from repackctl.train.dit import load_dit
+
+    handle = load_dit(run)
+    assert not handle.model.training and handle.checkpoint == ckpt
+    ema = load_weights(ckpt, "ema")
+    assert all(torch.equal(handle.model.state_dict()[k], v) for k, v in ema.items())
+    x = torch.zeros(2, 4, 4, 4)
+    v = handle.model(x, torch.full((2,), 0.5), torch.tensor([0, 10]))  # 10 = null class
+    assert v.shape == x.shape and torch.isfinite(v).all()
+
+    # --show-config names the preset's origin; the paper preset sets the official recipe
+    shown = runner.invoke(app, ["train", "dit", "--preset", "paper", "--show-config"])
+    assert shown.exit_code == 0, shown.output
+    assert "train.size" in shown.output and "'xl'" in shown.output
+    assert "preset paper" in shown.output
+    lr_line = [ln for ln in shown.output.splitlines() if ln.startswith("train.lr ")]
+    assert "0.0002" in lr_line[0]
+
+
+def test_missing_inputs_name_the_command_to_run(cache, tmp_path):
+    entry = list_entries(str(cache))[0]
+    feats = cache / entry / "features"
+    shutil.rmtree(feats)
+    res = runner.invoke(app, ["train", "dit", *TINY])
+    assert res.exit_code != 0
+    assert "Traceback" not in res.output
+    assert "repackctl extract --encoder patchpix --data builtin --resolution 32" in res.output
+    assert f"-n {N}" in res.output
+    # without REPA the same latents train fine
+    ok = runner.invoke(app, ["train", "dit", *TINY, "--steps", "2", "--repa-weight", "0"])
+    assert ok.exit_code == 0, ok.output
+
+    shutil.rmtree(cache / entry / "latents")
+    res = runner.invoke(app, ["train", "dit", *TINY])
+    assert res.exit_code != 0 and "Traceback" not in res.output
+    assert "repackctl pack encode" in res.output
+
+
+def test_chunk_blocks_and_in_memory_read_the_same_batch(cache):
+    from repackctl.settings import resolve_settings
+    from repackctl.train.dit import build_task
+
+    batches = []
+    for mode in (True, False):
+        flags = {"train.in_memory": mode, "train.latent_sampling": "sample"}
+        task, config = build_task(resolve_settings(flags=flags).settings)
+        assert task.data.in_memory is mode
+        assert config.block == (1 if mode else 8)  # chunk-aligned blocks from the Zarr chunks
+        batches.append(task.get_batch(np.array([3, 17, 4, 30, 3]), 5, None))
+    a, b = batches
+    assert a.keys() == b.keys() == {"x", "y", "flip", "tokens", "t", "noise", "drop"}
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert not torch.equal(a["noise"][0], a["noise"][4])  # a repeated index gets fresh draws
+    assert a["tokens"].shape == (5, 16, 64)
+
+
+def test_gradient_accumulation_equals_the_larger_batch(cache, tmp_path):
+    def run(name: str, accum: int) -> dict[str, torch.Tensor]:
+        args = ["train", "dit", *TINY, "--steps", "4", "--name", name, "--grad-accum", str(accum)]
+        res = runner.invoke(app, [*args, "--lr", "1e-3"])
+        assert res.exit_code == 0, res.output
+        return load_weights(latest_checkpoint(tmp_path / "runs" / name), "model")
+
+    one, two = run("b8", 1), run("b4x2", 2)
+    assert not torch.equal(
+        one["final_layer.linear.weight"], torch.zeros_like(one["final_layer.linear.weight"])
+    )
+    for k in one:
+        torch.testing.assert_close(one[k], two[k], rtol=0, atol=1e-6)
+
+
+def test_plugin_model_trains_a_step(cache, tmp_path):
+    res = runner.invoke(app, ["train", "dit", *TINY, "--model", "uvit-tiny", "--steps", "2"])
+    assert res.exit_code == 0, res.output
+    run = tmp_path / "runs" / "dit-uvit-tiny"
+    extra = read_state(latest_checkpoint(run))["extra"]
+    assert extra["model_id"] == "uvit-tiny" and extra["repa"]["depth"] == 1
+
+    from repackctl.train.dit import load_dit
+
+    handle = load_dit(run)
+    assert type(handle.model).__name__ == "UViTDiT"
+    assert any(k.startswith("skip_linears.") for k in handle.model.state_dict())
+
+
+# --------------------------------------------------------------------------- real processes
+
+
+def _kill_after_first_checkpoint(proc: subprocess.Popen, run: Path, report: dict) -> None:
+    deadline = time.monotonic() + 120
+    while latest_checkpoint(run) is None and proc.poll() is None:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.005)
+    report["running"] = proc.poll() is None
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_resume_after_kill_is_bit_identical(cache, tmp_path):
+    args = ["train", "dit", "--steps", "40", "-b", "8", "--ckpt-every", "20", "--log-every", "10"]
+    args += ["--device", "cpu", "--image-every", "0"]
+    cmd = [sys.executable, "-m", "repackctl", *args, "--name", "killed"]
+    env = _env(tmp_path)
+    run = tmp_path / "runs" / "killed"
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    report: dict = {}
+    killer = threading.Thread(target=_kill_after_first_checkpoint, args=(proc, run, report))
+    killer.start()
+    try:
+        # meanwhile, the uninterrupted reference run in this process (one thread, CPU fp32)
+        ref = runner.invoke(app, [*args, "--name", "straight"])
+        assert ref.exit_code == 0, ref.output
+    finally:
+        killer.join(timeout=150)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert report.get("running"), proc.stderr.read().decode()[-2000:]
+    killed_at = read_state(latest_checkpoint(run))["step"]
+    assert killed_at < 40
+
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"resumed at {killed_at}" in done.stdout
+    a = latest_checkpoint(run)
+    b = latest_checkpoint(tmp_path / "runs" / "straight")
+    assert a.name == b.name == "step-0000040"
+    for name in ("model", "ema", "projector"):
+        wa, wb = load_weights(a, name), load_weights(b, name)
+        assert wa.keys() == wb.keys()
+        assert all(torch.equal(wa[k], wb[k]) for k in wa), name
+    steps = [r["step"] for r in _metrics(run)]
+    assert steps == sorted(set(steps)) and steps[-1] == 40
+
+
+DUMP_SCRIPT = """
+import os, sys
+import torch
+from safetensors.torch import save_file
+from repackctl.settings import resolve_settings
+from repackctl.train import train
+from repackctl.train.dit import build_task
+
+
+def main(out, name):
+    torch.set_num_threads(1)
+    flags = {"device": "cpu", "train.steps": 6, "train.global_batch": 8, "train.log_every": 3,
+             "train.lr": 1e-3, "train.name": name, "train.image_every": 0}
+    task, config = build_task(resolve_settings(flags=flags).settings)
+    train(task, config)
+    state = {f"{m}.{k}": v.detach().clone() for m, mod in task.modules.items()
+             for k, v in mod.state_dict().items()}
+    rank = os.environ.get("RANK", "0")
+    save_file(state, os.path.join(str(out), f"{name}-rank{rank}.safetensors"))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(cache, tmp_path):
+    script = tmp_path / "dump_dit.py"
+    script.write_text(DUMP_SCRIPT)
+    env = _env(tmp_path)
+    two = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    ddp = subprocess.Popen(
+        [*two, str(script), str(tmp_path), "ddp"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:  # meanwhile, the 1-process reference with the same global batch, in this process
+        namespace: dict = {"__name__": "dump_dit"}
+        exec(compile(DUMP_SCRIPT, "dump_dit.py", "exec"), namespace)
+        namespace["main"](tmp_path, "one")
+    finally:
+        _, err = ddp.communicate(timeout=180)
+    assert ddp.returncode == 0, err[-3000:]
+    r0 = load_weights(tmp_path, "ddp-rank0")
+    r1 = load_weights(tmp_path, "ddp-rank1")
+    single = load_weights(tmp_path, "one-rank0")
+    assert r0.keys() == single.keys() and any(k.startswith("projector.") for k in r0)
+    for k in r0:
+        assert torch.equal(r0[k], r1[k]), k  # the processes stay in sync
+        # same samples and draws; only the order of float sums differs (gloo all-reduce)
+        torch.testing.assert_close(r0[k], single[k], rtol=1e-4, atol=1e-5)
+    state = read_state(latest_checkpoint(tmp_path / "runs" / "ddp"))
+    assert state["world_size"] == 2
+    saved = load_weights(latest_checkpoint(tmp_path / "runs" / "ddp"), "model")
+    assert all(torch.equal(saved[k], r0[f"model.{k}"]) for k in saved)
