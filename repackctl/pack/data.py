@@ -128,16 +128,16 @@ def features_id_for(source: dict[str, Any], seed: int) -> tuple[str, dict[str, A
     return enc.spec.entry_id(), enc.spec.attrs()
 
 
-def entry_name_for(source: dict[str, Any], seed: int, imagenet_root: str | None) -> str:
-    """Cache entry name that ``repackctl extract`` gives these settings."""
+def dataset_name_for(source: dict[str, Any], seed: int, imagenet_root: str | None) -> str:
+    """The dataset part of the entry name that ``repackctl extract`` gives these settings."""
     from repackctl.extract import dataset_label, make_source
 
     src = make_source(source["data"], source["split"], source["num"], seed, imagenet_root)
-    return entry_name(dataset_label(src, source["num"]), source["split"], source["resolution"])
+    return dataset_label(src, source["num"])
 
 
 def open_features(
-    root: str, entry_name_: str, features_id: str | None, hint: str, seed_source: dict | None = None
+    root: str, entry_name_: str, features_id: str | None, hint: str
 ) -> tuple[DatasetEntry, ArrayGroup, str]:
     """Open ``entry``/``features``; missing or unfinished ones raise CacheError with ``hint``."""
     if entry_name_ not in list_entries(root):
@@ -165,52 +165,72 @@ def open_features(
     return entry, feats, features_id
 
 
+def _base(dataset: str) -> str:
+    """Dataset name without the ``-nN`` subset suffix that extract adds for ``--num``."""
+    head, sep, tail = dataset.rpartition("-n")
+    return head if sep and tail.isdigit() else dataset
+
+
+def find_entry(
+    root: str, dataset: str, split: str, resolution: int, features_id: str | None, hint: str
+) -> str:
+    """Name of the entry of ``split`` at ``resolution`` holding ``features_id``.
+
+    The exact name ``extract`` would give wins; otherwise a unique entry of the same dataset with
+    any subset size (``builtin-n48`` when ``--num`` was not repeated). Several: an error asking
+    for ``--entry``.
+    """
+    exact = entry_name(dataset, split, resolution)
+    names = list_entries(root)
+    if exact in names:
+        return exact
+    found = []
+    for name in names:
+        a = DatasetEntry.open(root, name).attrs
+        if a.get("split") != split or a.get("resolution") != resolution:
+            continue
+        if _base(str(a.get("dataset", ""))) != _base(dataset):
+            continue
+        if features_id is None or features_id in DatasetEntry.open(root, name).feature_ids():
+            found.append(name)
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise CacheError(f"several cache entries fit ({', '.join(found)})", "name one with --entry")
+    have = ", ".join(names) or "none"
+    raise CacheError(
+        f"no cache entry {exact!r} with features {features_id} in {root} (have: {have})", hint
+    )
+
+
 def locate_features(settings: Settings) -> FeatureRef:
     """The cache entry and feature set named by ``settings.pack`` (the training split)."""
     cfg = settings.pack
     source = _source_settings(settings)
     hint = _hint(source)
-    features_id, attrs = (
-        (cfg.features, None) if cfg.features else features_id_for(source, settings.seed)
-    )
-    name = cfg.entry or entry_name_for(source, settings.seed, settings.imagenet_root)
+    features_id = cfg.features or features_id_for(source, settings.seed)[0]
+    if cfg.entry:
+        name = cfg.entry
+    else:
+        dataset = dataset_name_for(source, settings.seed, settings.imagenet_root)
+        name = find_entry(
+            settings.cache, dataset, cfg.split, source["resolution"], features_id, hint
+        )
     entry, feats, features_id = open_features(settings.cache, name, features_id, hint)
-    attrs = attrs or feats.attrs["encoder"]
     return FeatureRef(entry, features_id, feats, feats.attrs["encoder"], source)
 
 
 def sibling_entry(
     root: str, ref_cache: dict[str, str], source: dict[str, Any], split: str
 ) -> tuple[DatasetEntry, ArrayGroup]:
-    """The entry of another ``split`` with the same features as a pack run's training entry.
-
-    Prefers the entry with the same dataset name; otherwise any entry of that split and
-    resolution holding these features (e.g. ``builtin-n40`` train with a full ``builtin`` val).
-    """
+    """The entry of another ``split`` with the same features as a pack run's training entry
+    (e.g. ``builtin-n24--val`` beside ``builtin-n48--train``)."""
     train = DatasetEntry.open(root, ref_cache["entry"])
-    res, dataset = train.resolution, train.attrs.get("dataset", "")
-    base = dataset.rsplit("-n", 1)[0] if "-n" in dataset else dataset
-    features_id = ref_cache["features"]
     hint = _hint(source, split)
-    candidates = []
-    for name in list_entries(root):
-        e = DatasetEntry.open(root, name)
-        a = e.attrs
-        if a.get("split") != split or a.get("resolution") != res:
-            continue
-        d = a.get("dataset", "")
-        if d != dataset and d.rsplit("-n", 1)[0] != base and d != base:
-            continue
-        candidates.append((d != dataset, name, e))
-    for _, name, e in sorted(candidates, key=lambda c: (c[0], c[1])):
-        if features_id in e.feature_ids():
-            _, feats, _ = open_features(root, name, features_id, hint)
-            return e, feats
-    raise CacheError(
-        f"no {split!r} cache entry at {res}px with features {features_id} "
-        f"(looked for {entry_name(base, split, res)})",
-        hint,
-    )
+    dataset = str(train.attrs.get("dataset", ""))
+    name = find_entry(root, dataset, split, train.resolution, ref_cache["features"], hint)
+    entry, feats, _ = open_features(root, name, ref_cache["features"], hint)
+    return entry, feats
 
 
 # ---------------------------------------------------------------------------- reading samples

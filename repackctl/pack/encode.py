@@ -1,0 +1,316 @@
+"""`repackctl pack encode`: cached tokens → packed latents (posterior mean and std) + exact stats.
+
+The official RePack code caches posterior *samples* and estimates the normalisation from 10k
+unseeded random samples, not stored with the model (``reference/methods.md``). Here:
+
+* ``latents/<pack-id>/mean`` and ``std``: float16 (N, F, d, h, w) for both flips, chunked and
+  sharded like the features; the DiT draws its own samples from them (or uses the mean).
+* Work is split like ``repackctl.extract``: each process owns whole shard-aligned sample ranges
+  (two zarr writers in one shard lose data), a shard is projected in batches that never cross its
+  boundary (so numbers do not depend on the process count), written, and only then marked done.
+  A killed process loses at most its current shard; a rerun continues where it stopped.
+* Channel statistics of the posterior mean are exact: each shard's per-channel sum and sum of
+  squares (float64, over its valid samples, both flips and all positions, from the stored float16
+  values) go into a small per-shard array; after all shards are done, rank 0 adds them up in shard
+  order. The result is deterministic and bit-identical for any number of processes and
+  any resume pattern. std is the population std (ddof 0): sqrt(E[z²] − E[z]²).
+* The stats go to the group attributes (``stats``: mean, std, count) and, for the split the pack
+  model was trained on, to ``<checkpoint>/latent_stats.json`` (atomic write), so every consumer
+  normalises with the same numbers.
+
+Legend: N samples, F flips, T tokens, C token channels, d latent channels, h×w grid.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from repackctl.cache.store import PENDING, WRITTEN, ArrayGroup, DatasetEntry, owned_ranges
+from repackctl.errors import CacheError
+from repackctl.extract import DistInfo, resolve_device
+from repackctl.pack.data import (
+    dataset_name_for,
+    features_id_for,
+    find_entry,
+    open_features,
+    sibling_entry,
+)
+from repackctl.pack.io import LATENT_STATS, PackHandle, load_pack
+from repackctl.paths import cache_root
+from repackctl.progress import ProgressFactory, null_progress
+from repackctl.settings import Settings
+
+ENCODER_KEYS = ("encoder", "weights", "layer")
+SOURCE_KEYS = ("data", "resolution", "num")
+
+
+@dataclass
+class EncodeResult:
+    """What an encoding did, for the CLI to render."""
+
+    entry: str
+    pack_id: str
+    n: int
+    written: int
+    already_done: int
+    seconds: float
+    latent_shape: tuple[int, ...]
+    stats: dict[str, Any] | None
+    stats_file: Path | None
+    checkpoint: Path
+
+
+def _extract_hint(handle: PackHandle, split: str | None = None) -> str:
+    from repackctl.pack.data import _hint
+
+    source = dict(handle.extra.get("source") or {})
+    if not source:
+        enc = handle.extra.get("encoder", {})
+        source = {"encoder": enc.get("id", "ENCODER"), "data": "DATA", "split": "train"}
+    source.setdefault("weights", None)
+    source.setdefault("layer", None)
+    source.setdefault("num", None)
+    return _hint(source, split)
+
+
+def target_features(settings: Settings, handle: PackHandle) -> tuple[DatasetEntry, ArrayGroup]:
+    """The entry and features to encode: the run's own unless settings name others explicitly.
+
+    Explicit encoder settings (``--encoder``/``--weights``/``--layer``/``--features``) that name
+    other features than the pack model was trained on are an error naming both.
+    """
+    cfg = settings.pack
+    given = cfg.model_fields_set
+    run_cache = handle.extra["cache"]
+    trained_on = run_cache["features"]
+    source = dict(handle.extra.get("source") or {})
+    if given & {"features", *ENCODER_KEYS}:
+        if "features" in given and cfg.features:
+            wanted = cfg.features
+        else:
+            merged = source | {k: getattr(cfg, k) for k in ENCODER_KEYS if k in given}
+            merged.setdefault("resolution", handle.extra.get("resolution"))
+            wanted, _ = features_id_for(merged, settings.seed)
+        if wanted != trained_on:
+            raise CacheError(
+                f"pack run {handle.run_name} was trained on encoder features {trained_on}, "
+                f"but features {wanted} were asked for",
+                "encode with the encoder the pack model was made for (drop --encoder/--features), "
+                f"or train a pack model on {wanted}: `repackctl pack train --encoder "
+                f"{cfg.encoder} --name NEW-RUN`",
+            )
+    root = settings.cache
+    split = cfg.split if "split" in given else source.get("split", "train")
+    hint = _extract_hint(handle, split)
+    if "entry" in given and cfg.entry:
+        name = cfg.entry
+    elif given & set(SOURCE_KEYS):
+        merged = source | {k: getattr(cfg, k) for k in (*SOURCE_KEYS, "split") if k in given}
+        if "resolution" not in given:
+            merged["resolution"] = handle.extra.get("resolution")
+        merged["split"] = split
+        dataset = dataset_name_for(merged, settings.seed, settings.imagenet_root)
+        name = find_entry(root, dataset, split, merged["resolution"], trained_on, hint)
+    elif split != source.get("split", "train"):
+        entry, feats = sibling_entry(root, run_cache, source, split)
+        return entry, feats
+    else:
+        name = run_cache["entry"]
+    entry, feats, _ = open_features(root, name, trained_on, hint)
+    return entry, feats
+
+
+def _create_group(
+    entry: DatasetEntry, handle: PackHandle, feats: ArrayGroup
+) -> tuple[ArrayGroup, tuple[int, ...]]:
+    """The latents group of this pack id, with its arrays (created once, by rank 0)."""
+    n, flips, tokens, _ = feats["tokens"].shape
+    side = int(round(tokens**0.5))
+    d = handle.latent_channels
+    sample_shape = (flips, d, side, side)
+    attrs = {
+        "pack": {
+            "run": handle.run_name,
+            "checkpoint": str(handle.checkpoint),
+            "pack_id": handle.pack_id,
+            "step": handle.step,
+            "which": handle.which,
+            "method": handle.extra.get("method"),
+        },
+        "features": handle.features_id,
+        "encoder": handle.extra.get("encoder"),
+        "latent_channels": d,
+        "grid": [side, side],
+        "flips": flips,
+        "arrays": "mean, std: float16 (N, F, d, h, w) posterior mean and std",
+    }
+    grp, created = entry.create_or_open_group("latents", handle.pack_id, attrs)
+    if created:
+        entry.add_sample_array(grp, "mean", sample_shape, "float16")
+        entry.add_sample_array(grp, "std", sample_shape, "float16")
+        shards = -(-entry.n // entry.shard)
+        # one chunk per shard row: each writer touches only its own files
+        for name in ("partial_sum", "partial_sumsq"):
+            grp.group.create_array(
+                name, shape=(shards, d), chunks=(1, d), dtype="float64", fill_value=0.0
+            )
+        grp.group.create_array(
+            "partial_count", shape=(shards,), chunks=(1,), dtype="int64", fill_value=0
+        )
+        grp.group.attrs["created"] = time.time()
+    return grp, sample_shape
+
+
+@torch.no_grad()
+def _encode_shard(
+    model: torch.nn.Module,
+    feats: ArrayGroup,
+    codes: np.ndarray,
+    rng: range,
+    sample_shape: tuple[int, ...],
+    batch: int,
+    device: torch.device,
+    bar: Any,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Posterior mean and std (m, F, d, h, w) float16 of one shard; invalid rows stay zero."""
+    m = len(rng)
+    means = np.zeros((m, *sample_shape), np.float16)
+    stds = np.zeros((m, *sample_shape), np.float16)
+    flips = sample_shape[0]
+    for lo in range(rng.start, rng.stop, batch):
+        hi = min(lo + batch, rng.stop)
+        local = np.arange(lo - rng.start, hi - rng.start)
+        ok = codes[local] == WRITTEN
+        if ok.any():
+            tok = feats["tokens"][lo:hi][ok]  # (b, F, T, C) float16
+            b = tok.shape[0]
+            x = torch.from_numpy(tok).to(device).float().flatten(0, 1)  # (b·F, T, C)
+            post = model.encode(x)
+            mean = post.mean.to(torch.float16).reshape(b, flips, *sample_shape[1:])
+            std = post.std.to(torch.float16).reshape(b, flips, *sample_shape[1:])
+            means[local[ok]] = mean.cpu().numpy()  # (b, F, d, h, w)
+            stds[local[ok]] = std.cpu().numpy()
+        bar.advance(hi - lo)
+    return means, stds
+
+
+def channel_sums(means: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per-channel float64 sum and sum of squares of (m, F, d, h, w) means over valid rows."""
+    z = means[valid].astype(np.float64)  # (v, F, d, h, w)
+    axes = (0, 1, 3, 4)
+    count = int(z.shape[0] * z.shape[1] * z.shape[3] * z.shape[4]) if z.size else 0
+    return z.sum(axis=axes), (z * z).sum(axis=axes), count
+
+
+def combine_partials(grp: ArrayGroup) -> dict[str, Any]:
+    """Exact channel stats from the per-shard partial sums, added in shard order."""
+    psum = grp["partial_sum"][:]  # (S, d) float64
+    psq = grp["partial_sumsq"][:]
+    pcount = grp["partial_count"][:]
+    total = np.zeros(psum.shape[1], np.float64)
+    total_sq = np.zeros(psum.shape[1], np.float64)
+    count = 0
+    for k in range(psum.shape[0]):  # a fixed order: the same float64 result for any world size
+        total += psum[k]
+        total_sq += psq[k]
+        count += int(pcount[k])
+    if count == 0:
+        raise CacheError("no valid samples to compute latent stats from", "check the cache entry")
+    mean = total / count
+    var = np.maximum(total_sq / count - mean * mean, 0.0)
+    return {
+        "mean": mean.tolist(),
+        "std": np.sqrt(var).tolist(),
+        "count": count,
+        "reduction": "float64 per-shard sums over valid samples, both flips, all positions, "
+        "combined in shard order; population std (ddof 0)",
+    }
+
+
+def write_stats_file(path: Path, stats: dict[str, Any]) -> None:
+    """``latent_stats.json`` through a temporary file and a rename."""
+    from repackctl.train.checkpoint import write_json_atomic
+
+    write_json_atomic(path, stats)
+
+
+def run_pack_encode(
+    settings: Settings, progress: ProgressFactory = null_progress, dist: DistInfo | None = None
+) -> EncodeResult:
+    """Encode (or resume encoding) a cache entry with the pack run named by ``settings.pack.run``."""
+    from repackctl.pack.trainer import default_run_name
+
+    cfg = settings.pack
+    dist = dist or DistInfo.from_env()
+    handle = load_pack(cfg.run or default_run_name(settings), runs=settings.runs)
+    entry, feats = target_features(settings, handle)
+    device = resolve_device(settings.device, dist.local_rank)
+    model = handle.model.to(device)
+
+    if dist.rank == 0:
+        grp, sample_shape = _create_group(entry, handle, feats)
+    dist.barrier()
+    if dist.rank != 0:
+        entry = DatasetEntry.open(settings.cache, entry.name)
+        grp, sample_shape = _create_group(entry, handle, feats)
+
+    ranges = owned_ranges(entry.n, entry.shard, dist.rank, dist.world)
+    lat_done = grp.done_mask()
+    feat_codes = feats.done_mask()
+    pending = [r for r in ranges if (lat_done[r.start : r.stop] == PENDING).any()]
+    already = sum(len(r) for r in ranges) - sum(len(r) for r in pending)
+    todo = sum(len(r) for r in pending)
+    written = 0
+    t0 = time.perf_counter()
+    with progress(f"pack encode {handle.run_name}", total=todo, unit="img") as bar:
+        if already:
+            bar.log(f"resuming: {already} samples of this process were already done")
+        for rng in pending:
+            codes = feat_codes[rng.start : rng.stop]
+            means, stds = _encode_shard(
+                model, feats, codes, rng, sample_shape, cfg.encode_batch_size, device, bar
+            )
+            valid = codes == WRITTEN
+            s, sq, count = channel_sums(means, valid)
+            k = rng.start // entry.shard
+            sl = slice(rng.start, rng.stop)
+            grp["mean"][sl] = means
+            grp["std"][sl] = stds
+            grp["partial_sum"][k] = s
+            grp["partial_sumsq"][k] = sq
+            grp["partial_count"][k] = count
+            grp.done[sl] = codes  # last: the shard counts as done only once all of it is there
+            written += int(valid.sum())
+    seconds = time.perf_counter() - t0
+    dist.barrier()
+
+    stats, stats_file = None, None
+    if dist.rank == 0 and not (grp.done_mask() == PENDING).any():
+        stats = combine_partials(grp)
+        stats |= {"pack_id": handle.pack_id, "entry": entry.name, "cache": cache_root(entry.root)}
+        grp.group.attrs["stats"] = stats
+        grp.group.attrs["complete"] = True
+        if entry.name == handle.extra["cache"]["entry"]:  # the training split: the model's stats
+            stats_file = handle.checkpoint / LATENT_STATS
+            write_stats_file(stats_file, stats)
+    dist.barrier()
+    if stats is None:
+        stats = grp.attrs.get("stats")
+    return EncodeResult(
+        entry=entry.name,
+        pack_id=handle.pack_id,
+        n=entry.n,
+        written=written,
+        already_done=already,
+        seconds=seconds,
+        latent_shape=tuple(grp["mean"].shape),
+        stats=stats,
+        stats_file=stats_file,
+        checkpoint=handle.checkpoint,
+    )

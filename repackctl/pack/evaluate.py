@@ -1,0 +1,329 @@
+"""Scores of a pack model: reconstruction quality and how much class information the latent keeps.
+
+* ``evaluate_recon``: the decoder's reconstructions from the posterior **mean** (what the refiner
+  and sampling decode) of a held-out cache entry (split ``val`` by default), scored against the
+  cached originals as uint8 images: PSNR (mean of per-image PSNR) and SSIM (Wang et al. 2004) from
+  ``metrics.recon``, and rFID (``metrics.frechet`` on torch-fidelity Inception pool features) when
+  an Inception weights file is given. Writes a side-by-side grid (originals over
+  reconstructions) and ``recon-<entry>.json`` in the checkpoint folder.
+* ``evaluate_probe``: the RePack paper's linear-probe table (DINOv3 raw 768-d 82.56 %, PCA-32
+  56.13 %, RePack-32 42.48 %): a linear classifier (``metrics.probe``) on mean-pooled features
+  of the un-mirrored images, trained on the run's training split and scored on the held-out
+  split, for the raw encoder tokens, a float64 PCA of the training tokens to the same d, and the
+  pack model's posterior means.
+
+Legend: N samples, T tokens, C token channels, d latent channels, h×w grid, R image side.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from repackctl.cache.store import ArrayGroup, DatasetEntry, read_blocks
+from repackctl.errors import CacheError
+from repackctl.pack.data import open_features, sibling_entry, valid_indices
+from repackctl.pack.io import PackHandle, load_pack
+from repackctl.progress import ProgressFactory, null_progress
+from repackctl.settings import Settings
+
+BLOCK = 64
+
+
+def _handle(settings: Settings) -> PackHandle:
+    from repackctl.pack.trainer import default_run_name
+
+    return load_pack(settings.pack.run or default_run_name(settings), runs=settings.runs)
+
+
+def eval_features(
+    settings: Settings, handle: PackHandle, log: list[str]
+) -> tuple[DatasetEntry, ArrayGroup]:
+    """The held-out entry (``pack.eval_entry`` or the ``pack.eval_split`` sibling of the run's)."""
+    from repackctl.pack.encode import _extract_hint
+
+    cfg = settings.pack
+    run_cache = handle.extra["cache"]
+    source = dict(handle.extra.get("source") or {})
+    split = cfg.eval_split
+    hint = _extract_hint(handle, split)
+    if cfg.eval_entry:
+        entry, feats, _ = open_features(settings.cache, cfg.eval_entry, run_cache["features"], hint)
+    elif split == source.get("split", "train"):
+        log.append(f"warning: scoring on the training split {split!r}: not held out")
+        entry, feats, _ = open_features(
+            settings.cache, run_cache["entry"], run_cache["features"], hint
+        )
+    else:
+        entry, feats = sibling_entry(settings.cache, run_cache, source, split)
+    return entry, feats
+
+
+def _indices(entry: DatasetEntry, feats: ArrayGroup, num: int | None) -> np.ndarray:
+    idx = valid_indices(entry, feats)
+    if len(idx) == 0:
+        raise CacheError(f"no usable samples in {entry.name}", "check `repackctl cache info`")
+    return idx[:num] if num else idx
+
+
+def _blocks(entry: DatasetEntry, feats: ArrayGroup, idx: np.ndarray, images: bool = True):
+    """(indices, tokens of flip 0 (b, T, C) float32, images (b, R, R, 3) uint8 or None)."""
+    tok_it = read_blocks(feats["tokens"], idx, BLOCK)
+    img_it = read_blocks(entry.images, idx, BLOCK) if images else None
+    for i, tok in tok_it:
+        img = next(img_it)[1] if img_it is not None else None
+        yield i, tok[:, 0].astype(np.float32), img
+
+
+def _to_uint8(x: torch.Tensor) -> np.ndarray:
+    from repackctl.pack.trainer import to_uint8
+
+    return to_uint8(x)
+
+
+# ---------------------------------------------------------------------------- recon
+
+
+@dataclass
+class ReconResult:
+    """Reconstruction scores of one pack checkpoint on one cache entry."""
+
+    run: str
+    checkpoint: str
+    pack_id: str
+    entry: str
+    n: int
+    psnr: float | None  # dB, mean of per-image PSNR (None if every image is identical)
+    ssim: float
+    rfid: float | None
+    grid: str
+    method: str
+    latent_shape: list[int]
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@torch.no_grad()
+def evaluate_recon(settings: Settings, progress: ProgressFactory = null_progress) -> ReconResult:
+    """PSNR / SSIM (/ rFID) of posterior-mean reconstructions on the held-out split."""
+    from repackctl.extract import resolve_device
+    from repackctl.metrics.recon import psnr, save_grid, ssim_per_image
+
+    cfg = settings.pack
+    notes: list[str] = []
+    handle = _handle(settings)
+    entry, feats = eval_features(settings, handle, notes)
+    idx = _indices(entry, feats, cfg.eval_num)
+    device = resolve_device(settings.device)
+    model = handle.model.to(device)
+
+    extractor = None
+    if cfg.inception_weights:
+        from repackctl.metrics.frechet import FeatureStats
+        from repackctl.metrics.inception import InceptionExtractor
+
+        extractor = InceptionExtractor(cfg.inception_weights, device=device)
+        real_stats, fake_stats = FeatureStats(), FeatureStats()
+    else:
+        notes.append("rFID skipped: no Inception weights (pack.inception_weights)")
+
+    per_psnr, per_ssim = [], []
+    grid_orig, grid_rec = [], []
+    with progress("evaluate recon", total=len(idx), unit="img") as bar:
+        for note in notes:
+            bar.log(note)
+        for _, tok, img in _blocks(entry, feats, idx):
+            z = model.encode(torch.from_numpy(tok).to(device)).mode()  # (b, d, h, w)
+            rec = _to_uint8(model.decode(z))  # (b, R, R, 3)
+            per_psnr.append(psnr(img, rec).per_image)
+            per_ssim.append(ssim_per_image(img, rec))
+            if sum(len(g) for g in grid_orig) < cfg.grid_images:
+                grid_orig.append(img)
+                grid_rec.append(rec)
+            if extractor is not None:
+                real_stats.update(extractor.features(img)["pool"])
+                fake_stats.update(extractor.features(rec)["pool"])
+            bar.advance(len(img))
+    p = np.concatenate(per_psnr)
+    finite = np.isfinite(p)
+    mean_psnr = float(p[finite].mean()) if finite.any() else None
+    rfid = None
+    if extractor is not None:
+        from repackctl.metrics.frechet import frechet_distance
+
+        rfid = frechet_distance(real_stats.mu, real_stats.sigma, fake_stats.mu, fake_stats.sigma)
+        if len(idx) < 2048:
+            notes.append(
+                f"rFID from {len(idx)} images: biased upwards, compare only like with like"
+            )
+    k = cfg.grid_images
+    grid = handle.checkpoint / f"recon-{entry.name}.png"
+    save_grid(
+        [np.concatenate(grid_orig)[:k], np.concatenate(grid_rec)[:k]],
+        grid,
+        ["original", "recon"],
+    )
+    result = ReconResult(
+        run=handle.run_name,
+        checkpoint=str(handle.checkpoint),
+        pack_id=handle.pack_id,
+        entry=entry.name,
+        n=len(idx),
+        psnr=mean_psnr,
+        ssim=float(np.concatenate(per_ssim).mean()),
+        rfid=rfid,
+        grid=str(grid),
+        method=str(handle.extra.get("method")),
+        latent_shape=list(handle.extra.get("latent_shape") or []),
+        notes=notes,
+    )
+    from repackctl.train.checkpoint import write_json_atomic
+
+    write_json_atomic(handle.checkpoint / f"recon-{entry.name}.json", result.to_dict())
+    return result
+
+
+# ---------------------------------------------------------------------------- probe
+
+
+@dataclass
+class ProbeRow:
+    """One line of the probe table."""
+
+    name: str
+    dims: int
+    num_params: int
+    top1: float  # fraction
+    weight_decay: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ProbeReport:
+    """The linear-probe table of one pack run."""
+
+    run: str
+    train_entry: str
+    eval_entry: str
+    n_train: int
+    n_eval: int
+    num_classes: int
+    rows: list[ProbeRow]
+    pca_explained: float
+    notes: list[str] = field(default_factory=list)
+
+    def table(self) -> str:
+        """Markdown table in the paper's shape (representation, dims, #params, top-1 %)."""
+        from repackctl.metrics.probe import format_probe_table
+
+        return format_probe_table([r.to_dict() for r in self.rows])
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["table"] = self.table()
+        return d
+
+
+@torch.no_grad()
+def pooled_features(
+    entry: DatasetEntry,
+    feats: ArrayGroup,
+    idx: np.ndarray,
+    model: torch.nn.Module,
+    device: torch.device,
+    bar: Any,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean-pooled raw tokens (N, C) float64 and pack latents (N, d) float64 (flip 0)."""
+    raw, packed = [], []
+    for _, tok, _ in _blocks(entry, feats, idx, images=False):
+        raw.append(tok.astype(np.float64).mean(axis=1))  # (b, C)
+        z = model.encode(torch.from_numpy(tok).to(device)).mode()  # (b, d, h, w)
+        packed.append(z.double().mean(dim=(2, 3)).cpu().numpy())  # (b, d)
+        bar.advance(len(tok))
+    return np.concatenate(raw), np.concatenate(packed)
+
+
+def evaluate_probe(settings: Settings, progress: ProgressFactory = null_progress) -> ProbeReport:
+    """Linear-probe top-1 of raw tokens, PCA-d and the pack run's d-dim latents."""
+    from repackctl.extract import resolve_device
+    from repackctl.metrics.probe import linear_probe
+    from repackctl.pack.data import PackData
+    from repackctl.pack.trainer import fit_token_pca
+
+    cfg = settings.pack
+    notes: list[str] = []
+    handle = _handle(settings)
+    run_cache = handle.extra["cache"]
+    from repackctl.pack.encode import _extract_hint
+
+    train_entry, train_feats, _ = open_features(
+        settings.cache, run_cache["entry"], run_cache["features"], _extract_hint(handle)
+    )
+    eval_entry, eval_feats = eval_features(settings, handle, notes)
+    tr_idx = _indices(train_entry, train_feats, cfg.eval_num and 4 * cfg.eval_num)
+    ev_idx = _indices(eval_entry, eval_feats, cfg.eval_num)
+    device = resolve_device(settings.device)
+    model = handle.model.to(device)
+    d = handle.latent_channels
+
+    with progress("evaluate probe", total=len(tr_idx) + len(ev_idx), unit="img") as bar:
+        for note in notes:
+            bar.log(note)
+        raw_tr, pack_tr = pooled_features(train_entry, train_feats, tr_idx, model, device, bar)
+        raw_ev, pack_ev = pooled_features(eval_entry, eval_feats, ev_idx, model, device, bar)
+    y_tr = train_entry.labels[:][tr_idx]
+    y_ev = eval_entry.labels[:][ev_idx]
+    classes = int(train_entry.attrs.get("num_classes") or 0) or int(max(y_tr.max(), y_ev.max()) + 1)
+
+    # PCA of the training tokens to d (the same fit `pack train --method pca` makes); linear, so
+    # projecting the mean-pooled tokens equals mean-pooling the projected tokens
+    pca = fit_token_pca(
+        PackData(train_entry, train_feats, cfg.in_memory, cfg.memory_gb), d, cfg.pca_samples
+    )
+    mu, comps = pca.mean.numpy(), pca.components.numpy()  # (C,), (d, C)
+    pca_tr, pca_ev = (raw_tr - mu) @ comps.T, (raw_ev - mu) @ comps.T  # (N, d)
+
+    method = str(handle.extra.get("method", "repack"))
+    label = "RePack" if method == "repack" else "PCA (pack run)"
+    width = raw_tr.shape[1]
+    reps = [
+        (f"encoder tokens ({handle.extra.get('encoder', {}).get('id', '?')})", raw_tr, raw_ev),
+        (f"PCA-{d}", pca_tr, pca_ev),
+        (f"{label}-{d} ({handle.run_name})", pack_tr, pack_ev),
+    ]
+    rows = []
+    for name, xtr, xev in reps:
+        res = linear_probe(
+            xtr,
+            y_tr,
+            xev,
+            y_ev,
+            num_classes=classes,
+            epochs=cfg.probe_epochs,
+            seed=settings.seed,
+            device=device,
+        )
+        rows.append(ProbeRow(name, int(xtr.shape[1]), res.num_params, res.top1, res.weight_decay))
+    notes.append(f"chance level: {100 / classes:.2f}%; raw width {width}")
+    report = ProbeReport(
+        run=handle.run_name,
+        train_entry=train_entry.name,
+        eval_entry=eval_entry.name,
+        n_train=len(tr_idx),
+        n_eval=len(ev_idx),
+        num_classes=classes,
+        rows=rows,
+        pca_explained=pca.cumulative_ratio,
+        notes=notes,
+    )
+    from repackctl.train.checkpoint import write_json_atomic
+
+    write_json_atomic(handle.checkpoint / f"probe-{eval_entry.name}.json", report.to_dict())
+    return report

@@ -1,0 +1,144 @@
+"""Loading a trained packing autoencoder from its run or checkpoint folder (no unpickling).
+
+A pack checkpoint (``runs/<name>/checkpoints/step-NNNNNNN/``, DESIGN.md §6) rebuilds its own
+model: ``state.json`` → ``extra.autoencoder_config`` gives the architecture
+(``PackAutoencoder.from_dict``) and ``ema.safetensors`` / ``model.safetensors`` the numbers.
+``pack encode`` adds ``latent_stats.json`` (exact channel stats of the training split).
+
+The pack id names packed latents in the cache: ``<encoder entry>--<run>-<step:07d>-<sha8>``
+where sha8 starts the sha256 of the weights file used, so latents made from other weights (or
+EMA vs raw weights) never share a group.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from repackctl.errors import CheckpointError
+from repackctl.pack.autoencoder import PackAutoencoder
+
+LATENT_STATS = "latent_stats.json"
+
+
+@dataclass
+class PackHandle:
+    """A loaded pack model and what it was trained on."""
+
+    model: PackAutoencoder  # eval mode, on the CPU
+    checkpoint: Path
+    pack_id: str
+    extra: dict[str, Any] = field(default_factory=dict)
+    latent_stats: dict[str, Any] | None = None  # {"mean": [d], "std": [d], ...}
+    which: str = "ema"
+    step: int = 0
+
+    @property
+    def run_name(self) -> str:
+        return self.checkpoint.parent.parent.name
+
+    @property
+    def features_id(self) -> str:
+        return str(self.extra["cache"]["features"])
+
+    @property
+    def latent_channels(self) -> int:
+        return self.model.latent_channels
+
+
+def _runs_root() -> str:
+    return os.environ.get("REPACKCTL_RUNS", "runs")
+
+
+def resolve_checkpoint(run_or_checkpoint: str | Path, runs: str | None = None) -> Path:
+    """A checkpoint folder from a checkpoint path, a run folder, or a run name under ``runs``."""
+    from repackctl.paths import local_path
+    from repackctl.train.checkpoint import is_complete, latest_checkpoint
+
+    text = str(run_or_checkpoint)
+    candidates = [Path(text).expanduser()]
+    if os.sep not in text and "/" not in text:
+        candidates.append(local_path(runs or _runs_root()) / text)
+    for path in candidates:
+        if (path / "state.json").is_file():
+            if not is_complete(path):
+                raise CheckpointError(
+                    f"{path} is not a complete checkpoint",
+                    "pass a run name or a complete runs/<name>/checkpoints/step-NNNNNNN folder",
+                )
+            return path.resolve()
+        if path.is_dir():
+            latest = latest_checkpoint(path)
+            if latest is None:
+                raise CheckpointError(
+                    f"run {path} has no complete checkpoint yet",
+                    f"train it first: `repackctl pack train --name {path.name}`",
+                )
+            return latest.resolve()
+    raise CheckpointError(
+        f"no pack run or checkpoint {text!r} (looked in {local_path(runs or _runs_root())})",
+        f"train one: `repackctl pack train --name {text}`, or check --runs",
+    )
+
+
+def pack_id_for(features_id: str, run_name: str, step: int, weights_sha256: str) -> str:
+    """``<encoder entry>--<run>-<step:07d>-<sha256[:8]>`` (the contract of DESIGN.md §6)."""
+    return f"{features_id}--{run_name}-{step:07d}-{weights_sha256[:8]}"
+
+
+def read_latent_stats(checkpoint: Path) -> dict[str, Any] | None:
+    """``latent_stats.json`` of a checkpoint, or None when ``pack encode`` has not run."""
+    path = Path(checkpoint) / LATENT_STATS
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise CheckpointError(
+            f"{path} is not valid JSON: {e}", "rerun `repackctl pack encode`"
+        ) from e
+
+
+def load_pack(
+    run_or_checkpoint: str | Path, which: str = "ema", runs: str | None = None
+) -> PackHandle:
+    """Load a pack model (``which`` = "ema" or "model" weights) in eval mode on the CPU."""
+    from repackctl.metrics.frechet import sha256_file
+    from repackctl.train.checkpoint import load_model_weights, read_state
+
+    ckpt = resolve_checkpoint(run_or_checkpoint, runs)
+    state = read_state(ckpt)
+    extra = state.get("extra") or {}
+    if extra.get("stage") != "pack":
+        raise CheckpointError(
+            f"{ckpt} is not a pack checkpoint (stage {extra.get('stage')!r})",
+            "pass a run made by `repackctl pack train`",
+        )
+    try:
+        model = PackAutoencoder.from_dict(extra["autoencoder_config"])
+    except KeyError as e:
+        raise CheckpointError(f"{ckpt}/state.json lacks {e}", "use another checkpoint") from None
+    weights = load_model_weights(ckpt, which)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        raise CheckpointError(
+            f"{ckpt}/{which}.safetensors does not fit its config: {str(e).splitlines()[0]}",
+            "the checkpoint is damaged; use another one",
+        ) from None
+    model.eval().requires_grad_(False)
+    sha = sha256_file(ckpt / f"{which}.safetensors")
+    step = int(state["step"])
+    pack_id = pack_id_for(extra["cache"]["features"], ckpt.parent.parent.name, step, sha)
+    return PackHandle(
+        model=model,
+        checkpoint=ckpt,
+        pack_id=pack_id,
+        extra=extra,
+        latent_stats=read_latent_stats(ckpt),
+        which=which,
+        step=step,
+    )
