@@ -35,6 +35,7 @@ from __future__ import annotations
 import concurrent.futures
 import math
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -571,8 +572,14 @@ def train(
                             NAN_HINT,
                         )
                 lrs = {n: o.param_groups[0]["lr"] for n, o in optimizers.items()}  # this update's
-                for sched in schedulers.values():
-                    sched.step()
+                with warnings.catch_warnings():
+                    # schedules follow the global step even when an optimizer did not step
+                    # (a skipped non-finite step, a discriminator before its start step)
+                    warnings.filterwarnings(
+                        "ignore", "Detected call of `lr_scheduler.step", UserWarning
+                    )
+                    for sched in schedulers.values():
+                        sched.step()
                 step += 1
                 position = next_position
                 window.steps += 1

@@ -1,0 +1,44 @@
+"""`repackctl demo --quick`: every stage, every file, reuse on a second run, --fresh."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from PIL import Image
+from typer.testing import CliRunner
+
+from repackctl.cli.app import app
+
+runner = CliRunner()
+
+
+def test_demo_end_to_end_reuse_and_fresh(tmp_path):
+    out = tmp_path / "demo"
+    res = runner.invoke(app, ["demo", "--quick", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    for name in ("report.md", "samples.png", "recon.png", "curves.png", "metrics.json"):
+        assert (out / name).is_file(), name
+    for folder in ("cache", "pack", "dit", "refine", "samples"):
+        assert (out / folder).is_dir(), folder
+    report = (out / "report.md").read_text()
+    assert "FD (built-in encoder space)" in report and "| total |" not in report  # bold total row
+    assert "**total**" in report and "top-1" in report
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("fd_plain", "fd_refined", "class_accuracy", "recon_ssim", "refined_ssim"):
+        assert math.isfinite(metrics[key]), key
+    assert 0.0 <= metrics["class_accuracy"] <= 1.0
+    assert metrics["n_samples"] == 20
+    w, h = Image.open(out / "samples.png").size
+    assert w >= 32 * 4 and h >= 32
+    assert Image.open(out / "recon.png").size[1] >= 3 * 32  # original / recon / refined rows
+    assert Image.open(out / "curves.png").size[0] > 400
+
+    again = runner.invoke(app, ["demo", "--quick", "--out", str(out)])
+    assert again.exit_code == 0, again.output
+    for stage in ("extract train", "pack train", "train dit", "refine train", "sample"):
+        assert f"[{stage}] reused" in again.output, stage
+
+    fresh = runner.invoke(app, ["demo", "--quick", "--out", str(out), "--fresh"])
+    assert fresh.exit_code == 0, fresh.output
+    assert "removing" in fresh.output and "[pack train] done" in fresh.output
