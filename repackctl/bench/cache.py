@@ -5,7 +5,7 @@ The same float16 samples (packed latents of both flips, (N, 2, d, h, w)) are sto
 - ``zarr chunk buffer (ours)``: a real cache entry (``cache.store``: chunks of ``chunk`` samples
   inside shards, uncompressed) read as the training stages read it: ``train.sampler.BlockSampler``
   with ``block = chunk`` orders the indices (chunk-aligned blocks shuffled within a window of
-  ``buffer_blocks`` blocks) and the stage's LRU chunk reader (``pack.data._ChunkReader``) reads
+  ``buffer_blocks`` blocks) and the stage's LRU chunk reader (``cache.store.ChunkReader``) reads
   each chunk whole, once per window;
 - ``zarr runs, no buffer``: the same order, each batch read as its contiguous runs of indices
   (``cache.store.read_blocks``; the out-of-memory path of ``train.latents.LatentData``) with no
@@ -88,8 +88,7 @@ def run(ctx: BenchContext) -> tuple[list[Row], dict[str, Any], list[str]]:
     """Measure random-batch read throughput of each layout; returns (rows, params, notes)."""
     from safetensors import safe_open
 
-    from repackctl.cache.store import read_blocks
-    from repackctl.pack.data import _ChunkReader
+    from repackctl.cache.store import ChunkReader, read_blocks
     from repackctl.train.sampler import BlockSampler, Position
 
     p = SHAPES[ctx.size]
@@ -110,7 +109,7 @@ def run(ctx: BenchContext) -> tuple[list[Row], dict[str, Any], list[str]]:
         items = batch * nb
         kw = {"items": items, "unit": "sample"}
 
-        reader = _ChunkReader(zarr_arr, p["chunk"], capacity=32)
+        reader = ChunkReader(zarr_arr, p["chunk"], capacity=32)
 
         def ours_buffer() -> None:
             for _ in range(nb):

