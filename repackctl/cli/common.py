@@ -165,5 +165,14 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", 0)) == 0
 
 
+def rank_progress(main: bool):
+    """The Rich bar on the main process; nothing on the others (one bar per job, not per rank)."""
+    if main:
+        return rich_progress
+    from repackctl.progress import null_progress
+
+    return null_progress
+
+
 def write_stdout(text: str) -> None:
     sys.stdout.write(text)

@@ -19,8 +19,8 @@ from repackctl.cli.common import (
     handle_errors,
     is_main_process,
     kv_table,
+    rank_progress,
     resolve,
-    rich_progress,
     show_config,
 )
 
@@ -119,7 +119,7 @@ def extract(
 
     s = resolved.settings
     main = is_main_process()
-    result = run_extract(s, rich_progress if main else _quiet, config_record=resolved.to_dict())
+    result = run_extract(s, rank_progress(main), config_record=resolved.to_dict())
     if not main:
         return
     for key, reason in result.skipped[:20]:
@@ -137,12 +137,6 @@ def extract(
         ("time", f"{result.seconds:.1f} s ({result.images_per_s:.1f} img/s)"),
     ]
     console.print(kv_table("extract", rows))
-
-
-def _quiet(*args, **kwargs):
-    from repackctl.progress import null_progress
-
-    return null_progress(*args, **kwargs)
 
 
 def register(app: typer.Typer) -> None:

@@ -18,8 +18,8 @@ from repackctl.cli.common import (
     handle_errors,
     is_main_process,
     kv_table,
+    rank_progress,
     resolve,
-    rich_progress,
     show_config,
 )
 
@@ -51,12 +51,6 @@ EntryOpt = Annotated[
 FeaturesOpt = Annotated[
     str | None, typer.Option(help="Features id inside the entry (instead of encoder flags).")
 ]
-
-
-def _quiet(*args, **kwargs):
-    from repackctl.progress import null_progress
-
-    return null_progress(*args, **kwargs)
 
 
 def _source_flags(encoder, data, split, weights, layer, resolution, num, entry, features) -> dict:
@@ -175,7 +169,7 @@ def train(
 
     main = is_main_process()
     run_dir = run_pack_train(
-        resolved.settings, rich_progress if main else _quiet, config_record=resolved.to_dict()
+        resolved.settings, rank_progress(main), config_record=resolved.to_dict()
     )
     if not main:
         return
@@ -252,7 +246,7 @@ def encode(
     from repackctl.pack.encode import run_pack_encode
 
     main = is_main_process()
-    result = run_pack_encode(resolved.settings, rich_progress if main else _quiet)
+    result = run_pack_encode(resolved.settings, rank_progress(main))
     if not main:
         return
     stats = result.stats or {}

@@ -18,8 +18,8 @@ from repackctl.cli.common import (
     handle_errors,
     is_main_process,
     kv_table,
+    rank_progress,
     resolve,
-    rich_progress,
     show_config,
 )
 
@@ -96,12 +96,11 @@ def train(
     if show:
         show_config(resolved, ("refine",))
         return
-    from repackctl.progress import null_progress
     from repackctl.refine.trainer import run_refine_train
     from repackctl.train.checkpoint import latest_checkpoint
 
     main = is_main_process()
-    run_dir = run_refine_train(resolved.settings, rich_progress if main else null_progress)
+    run_dir = run_refine_train(resolved.settings, rank_progress(main))
     if main:
         rows = [("run", run_dir), ("checkpoint", latest_checkpoint(run_dir))]
         console.print(kv_table("refine train", rows))
@@ -137,13 +136,10 @@ def apply(
     if show:
         show_config(resolved, ("refine", "sample"))
         return
-    from repackctl.progress import null_progress
     from repackctl.refine.apply import run_refine_apply
 
     main = is_main_process()
-    result = run_refine_apply(
-        resolved.settings, samples_dir, rich_progress if main else null_progress
-    )
+    result = run_refine_apply(resolved.settings, samples_dir, rank_progress(main))
     if main:
         rows = [
             ("folder", result.out_dir),

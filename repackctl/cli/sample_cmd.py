@@ -17,8 +17,8 @@ from repackctl.cli.common import (
     handle_errors,
     is_main_process,
     kv_table,
+    rank_progress,
     resolve,
-    rich_progress,
     show_config,
 )
 
@@ -115,11 +115,10 @@ def sample(
     if show:
         show_config(resolved, ("sample",))
         return
-    from repackctl.progress import null_progress
     from repackctl.sample import run_sample
 
     main = is_main_process()
-    result = run_sample(resolved.settings, rich_progress if main else null_progress)
+    result = run_sample(resolved.settings, rank_progress(main))
     if not main:
         return
     p = result.protocol

@@ -19,8 +19,8 @@ from repackctl.cli.common import (
     handle_errors,
     is_main_process,
     kv_table,
+    rank_progress,
     resolve,
-    rich_progress,
     show_config,
 )
 
@@ -232,9 +232,7 @@ def dit(
     from repackctl.train.dit import train_dit
 
     main = is_main_process()
-    out = train_dit(
-        resolved.settings, rich_progress if main else _quiet, config_record=resolved.to_dict()
-    )
+    out = train_dit(resolved.settings, rank_progress(main), config_record=resolved.to_dict())
     if not main:
         return
     r = out.result
@@ -258,12 +256,6 @@ def dit(
     if r.bad_steps:
         rows.append(("skipped steps", r.bad_steps))
     console.print(kv_table("train dit", rows))
-
-
-def _quiet(*args, **kwargs):
-    from repackctl.progress import null_progress
-
-    return null_progress(*args, **kwargs)
 
 
 def register(app: typer.Typer) -> None:
