@@ -15,7 +15,7 @@ Two families of metrics:
   (:mod:`repackctl.metrics.encoder_fd`, Stein et al. 2023); needs no Inception weights and is the
   default for the built-in dataset (scored with the built-in encoder, whose weights ship).
 
-Reference statistics are cached by content hash (``<cache>/reference-stats``): the hash covers
+Reference statistics are cached by content hash (``<cache>-reference-stats`` beside the cache): the hash covers
 the reference's content (file bytes; for a folder, every image file; for a cache entry, its source
 attributes and done bitmap; for the built-in dataset, its generator description), the number of
 images, the resolution and the feature extractor's weights. A second call with the same inputs
@@ -608,7 +608,9 @@ def stats_dir(settings: Settings) -> Path:
             f"the cache {settings.cache} is remote; reference statistics are kept locally",
             hint="set --stats-dir (or REPACKCTL_EVALUATE__STATS_DIR) to a local folder",
         )
-    return local_path(settings.cache) / "reference-stats"
+    # beside the Zarr root, not inside it: a plain folder in the hierarchy makes zarr warn
+    root = local_path(settings.cache)
+    return root.parent / f"{root.name}-reference-stats"
 
 
 @dataclass

@@ -36,7 +36,13 @@ def test_demo_end_to_end_reuse_and_fresh(tmp_path):
 
     again = runner.invoke(app, ["demo", "--quick", "--out", str(out)])
     assert again.exit_code == 0, again.output
-    for stage in ("extract train", "pack train", "train dit", "refine train", "sample"):
+    for stage in (
+        "extract train",
+        "pack train",
+        "train dit",
+        "refine train (waited for)",
+        "sample",
+    ):
         assert f"[{stage}] reused" in again.output, stage
 
     fresh = runner.invoke(app, ["demo", "--quick", "--out", str(out), "--fresh"])

@@ -139,7 +139,7 @@ def _save_random_dinov3(path: Path) -> torch.nn.Module:
     from safetensors.torch import save_file
 
     torch.manual_seed(123)
-    model = timm.create_model("vit_small_patch16_dinov3", pretrained=False)
+    model = timm.create_model("vit_tiny_patch16_dinov3_qkvb", pretrained=False)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     return model
 
@@ -149,28 +149,30 @@ def test_timm_encoder_loads_user_weights(tmp_path, cache_root, monkeypatch):
 
     model = _save_random_dinov3(tmp_path / "w.safetensors")
     enc = timm_encoder(
-        variant="vit_small_patch16_dinov3", weights=str(tmp_path / "w.safetensors"), resolution=32
+        variant="vit_tiny_patch16_dinov3_qkvb",
+        weights=str(tmp_path / "w.safetensors"),
+        resolution=32,
     )
-    assert enc.spec.grid == 2 and enc.spec.prefix_tokens == 5 and enc.spec.dim == 384
+    assert enc.spec.grid == 2 and enc.spec.prefix_tokens == 5 and enc.spec.dim == 192
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     tok, cls = enc(x)
     ref = model.eval().forward_features(enc.preprocess(x))
     torch.testing.assert_close(tok, ref[:, 5:])
     torch.testing.assert_close(cls, ref[:, 0])
     mid = timm_encoder(
-        variant="vit_small_patch16_dinov3",
+        variant="vit_tiny_patch16_dinov3_qkvb",
         weights=str(tmp_path / "w.safetensors"),
         resolution=32,
         layer=3,
     )
-    assert mid(x)[0].shape == (2, 4, 384) and not torch.allclose(mid(x)[0], tok)
+    assert mid(x)[0].shape == (2, 4, 192) and not torch.allclose(mid(x)[0], tok)
     # through the CLI, the same file, recorded by hash
     res = runner.invoke(
         app,
         [
             "extract",
             "--encoder",
-            "timm:vit_small_patch16_dinov3",
+            "timm:vit_tiny_patch16_dinov3_qkvb",
             "--weights",
             str(tmp_path / "w.safetensors"),
             "--num",
@@ -194,10 +196,10 @@ def test_timm_encoder_loads_user_weights(tmp_path, cache_root, monkeypatch):
 
     torch.save({"x": Evil()}, tmp_path / "evil.pth")
     with pytest.raises(WeightsError, match="refusing"):
-        timm_encoder(variant="vit_small_patch16_dinov3", weights=str(tmp_path / "evil.pth"))
+        timm_encoder(variant="vit_tiny_patch16_dinov3_qkvb", weights=str(tmp_path / "evil.pth"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(WeightsError) as e:
-        timm_encoder(variant="vit_small_patch16_dinov3", weights=None, resolution=32)
+        timm_encoder(variant="vit_tiny_patch16_dinov3_qkvb", weights=None, resolution=32)
     assert "--weights" in e.value.hint
 
 

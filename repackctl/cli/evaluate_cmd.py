@@ -68,7 +68,7 @@ BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Images per f
 StatsDirOpt = Annotated[
     str | None,
     typer.Option(
-        "--stats-dir", help="Cached reference statistics (default <cache>/reference-stats)."
+        "--stats-dir", help="Cached reference statistics (default <cache>-reference-stats)."
     ),
 ]
 

@@ -14,6 +14,9 @@ explicit ``"random"`` seeded initialisation for tests and dry runs.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -62,6 +65,29 @@ def _check_weights_file(path: Path) -> None:
             f"refusing to load {path.name}: it is not a plain tensor file ({type(e).__name__})",
             "convert it to .safetensors, or save only the state dict (tensors) to a .pth",
         ) from None
+
+
+@contextmanager
+def _hub_mode() -> Iterator[None]:
+    """Use only the local hub cache when offline (``HF_HUB_OFFLINE``, read now rather than at
+    import, or no DNS for the hub): otherwise a machine without network retries for ~50 s before
+    the clear error below."""
+    import socket
+
+    from huggingface_hub import constants
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
+    if not offline:
+        try:
+            socket.getaddrinfo("huggingface.co", 443)
+        except OSError:
+            offline = True
+    saved = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = saved or offline
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
 
 
 class TimmViTEncoder(FrozenEncoder):
@@ -115,7 +141,8 @@ def timm_encoder(
     kwargs = {"img_size": input_size} if "dinov3" not in variant else {}
     if weights is None:
         try:
-            model = timm.create_model(variant, pretrained=True, **kwargs)
+            with _hub_mode():
+                model = timm.create_model(variant, pretrained=True, **kwargs)
         except Exception as e:
             raise WeightsError(
                 f"cannot load pretrained weights of {variant} ({type(e).__name__}: no hub access?)",

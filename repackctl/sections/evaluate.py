@@ -48,5 +48,5 @@ class EvaluateSettings(BaseModel):
     batch_size: int = Field(64, ge=1, description="images per feature-extractor forward")
     out: str | None = Field(None, description="where metrics.json goes; none = beside the samples")
     stats_dir: str | None = Field(
-        None, description="folder of cached reference statistics; none = <cache>/reference-stats"
+        None, description="folder of cached reference statistics; none = <cache>-reference-stats"
     )

@@ -1,0 +1,187 @@
+"""Raw pixels as a "latent": space-to-depth of the image onto the encoder's token grid.
+
+The pixel baseline of the RePack paper's comparison (a DiT on raw pixels patchified to the same
+token grid as the packed latents, so that the DiT, its sequence length and its compute are the
+same and only the representation differs). A 64 px image with patch 8 becomes an 8×8 grid of
+3·8·8 = 192 channels (``F.pixel_unshuffle``), decoded back exactly by depth-to-space
+(``F.pixel_shuffle``): the "decoder" of this arm is lossless.
+
+``write_pixel_latents`` stores it in the cache exactly like ``pack encode`` stores packed latents
+(``latents/<id>/mean`` float16 (N, F, 3p², h, w) for both flips, ``done``, and exact float64
+channel stats over the stored values in the group attributes), so ``train dit --latents
+pixels-p8`` trains on it with the same trainer. There is no posterior ``std`` array: pixels are
+deterministic (train with ``latent_sampling = "mean"``).
+
+Legend: N samples, F flips, R image side, p patch, h×w = (R/p)×(R/p) grid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from repackctl.cache.store import PENDING, WRITTEN, DatasetEntry, owned_ranges
+from repackctl.errors import CacheError, ConfigError
+from repackctl.progress import ProgressFactory, null_progress
+
+METHOD = "pixels"
+
+
+def pixel_latent_id(patch: int) -> str:
+    """Cache id of the pixel latents with this patch size (``pixels-p8``)."""
+    return f"{METHOD}-p{int(patch)}"
+
+
+def _check_patch(resolution: int, patch: int) -> None:
+    if patch < 1 or resolution % patch:
+        raise ConfigError(
+            f"patch {patch} does not tile {resolution} px images",
+            "use the encoder's patch size (8 for the built-in encoder) or any divisor of the side",
+        )
+
+
+def images_to_model(images: np.ndarray) -> torch.Tensor:
+    """uint8 (B, R, R, 3) → float32 (B, 3, R, R) in [−1, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(images))  # (B, R, R, 3)
+    return x.permute(0, 3, 1, 2).float() / 127.5 - 1.0  # (B, 3, R, R)
+
+
+def space_to_depth(images: torch.Tensor, patch: int) -> torch.Tensor:
+    """(B, 3, R, R) → (B, 3·p², R/p, R/p): each p×p patch becomes one grid cell's channels."""
+    _check_patch(images.shape[-1], patch)
+    return F.pixel_unshuffle(images, patch)  # (B, 3p², h, w)
+
+
+def depth_to_space(latents: torch.Tensor, patch: int) -> torch.Tensor:
+    """Inverse of ``space_to_depth``: (B, 3·p², h, w) → (B, 3, h·p, w·p)."""
+    if latents.shape[1] % (patch * patch):
+        raise ConfigError(
+            f"{latents.shape[1]} channels are not 3·{patch}² pixel channels",
+            "decode pixel latents with the patch they were made with",
+        )
+    return F.pixel_shuffle(latents, patch)  # (B, 3, R, R)
+
+
+def decode_pixels(latents: torch.Tensor, patch: int) -> np.ndarray:
+    """Raw (de-normalised) pixel latents (B, 3p², h, w) → uint8 images (B, R, R, 3)."""
+    x = depth_to_space(latents.float(), patch).clamp(-1, 1)  # (B, 3, R, R)
+    x = ((x + 1.0) * 127.5).round().to(torch.uint8)  # (B, 3, R, R)
+    return x.permute(0, 2, 3, 1).cpu().numpy()  # (B, R, R, 3)
+
+
+@dataclass
+class PixelLatentsResult:
+    """What ``write_pixel_latents`` did."""
+
+    entry: str
+    latent_id: str
+    n: int
+    written: int
+    already_done: int
+    latent_shape: tuple[int, ...]
+    stats: dict[str, Any]
+
+
+def _shard_values(images: np.ndarray, patch: int) -> np.ndarray:
+    """uint8 (m, R, R, 3) → float16 (m, 2, 3p², h, w): the image and its mirror."""
+    x = images_to_model(images)  # (m, 3, R, R)
+    both = torch.stack([x, x.flip(-1)], dim=1)  # (m, 2, 3, R, R); flip 1 = mirrored, as extract
+    z = space_to_depth(both.flatten(0, 1), patch)  # (m·2, 3p², h, w)
+    return z.reshape(x.shape[0], 2, *z.shape[1:]).to(torch.float16).numpy()
+
+
+def write_pixel_latents(
+    entry: DatasetEntry, patch: int, progress: ProgressFactory = null_progress
+) -> PixelLatentsResult:
+    """Write (or finish writing) ``latents/pixels-p<patch>`` of ``entry`` with exact stats.
+
+    Single process; resumable by shard (a shard is marked done only after its values and its
+    float64 partial sums are written). The channel stats are computed from the stored float16
+    values of every valid sample, both flips and all positions (population std), as
+    ``pack encode`` does, and combined in shard order, so they are deterministic.
+    """
+    from repackctl.pack.encode import channel_sums, combine_partials
+
+    res = entry.resolution
+    _check_patch(res, patch)
+    side = res // patch
+    channels = 3 * patch * patch
+    sample_shape = (2, channels, side, side)
+    latent_id = pixel_latent_id(patch)
+    attrs = {
+        # the same keys `pack encode` writes, so the DiT trainer and checkpoints describe it
+        "pack": {"run": None, "checkpoint": None, "pack_id": latent_id, "method": METHOD},
+        "method": METHOD,
+        "patch": patch,
+        "latent_channels": channels,
+        "grid": [side, side],
+        "flips": 2,
+        "arrays": "mean: float16 (N, F, 3p², h, w) space-to-depth of [-1, 1] pixels; no std",
+    }
+    grp, created = entry.create_or_open_group("latents", latent_id, attrs)
+    if created:
+        entry.add_sample_array(grp, "mean", sample_shape, "float16")
+        shards = -(-entry.n // entry.shard)
+        for name in ("partial_sum", "partial_sumsq"):
+            grp.group.create_array(
+                name, shape=(shards, channels), chunks=(1, channels), dtype="float64",
+                fill_value=0.0,
+            )  # fmt: skip
+        grp.group.create_array(
+            "partial_count", shape=(shards,), chunks=(1,), dtype="int64", fill_value=0
+        )
+    done = grp.done_mask()
+    codes_all = entry.done[:]
+    ranges = owned_ranges(entry.n, entry.shard)
+    pending = [r for r in ranges if (done[r.start : r.stop] == PENDING).any()]
+    already = entry.n - sum(len(r) for r in pending)
+    written = 0
+    with progress(f"pixel latents p{patch}", total=sum(len(r) for r in pending), unit="img") as bar:
+        for rng in pending:
+            codes = codes_all[rng.start : rng.stop]
+            valid = codes == WRITTEN
+            values = np.zeros((len(rng), *sample_shape), np.float16)  # (m, F, 3p², h, w)
+            if valid.any():
+                values[valid] = _shard_values(entry.images[rng.start : rng.stop][valid], patch)
+            s, sq, count = channel_sums(values, valid)
+            k = rng.start // entry.shard
+            grp["mean"][rng.start : rng.stop] = values
+            grp["partial_sum"][k] = s
+            grp["partial_sumsq"][k] = sq
+            grp["partial_count"][k] = count
+            grp.done[rng.start : rng.stop] = codes  # last: the shard is complete
+            written += int(valid.sum())
+            bar.advance(len(rng))
+    if (grp.done_mask() == PENDING).any():
+        raise CacheError(
+            f"pixel latents of {entry.name} are incomplete",
+            "run the same call again: it finishes the missing shards",
+        )
+    stats = combine_partials(grp) | {"pack_id": latent_id, "entry": entry.name}
+    grp.group.attrs["stats"] = stats
+    grp.group.attrs["complete"] = True
+    return PixelLatentsResult(
+        entry=entry.name,
+        latent_id=latent_id,
+        n=entry.n,
+        written=written,
+        already_done=already,
+        latent_shape=tuple(grp["mean"].shape),
+        stats=stats,
+    )
+
+
+__all__ = [
+    "METHOD",
+    "PixelLatentsResult",
+    "decode_pixels",
+    "depth_to_space",
+    "images_to_model",
+    "pixel_latent_id",
+    "space_to_depth",
+    "write_pixel_latents",
+]
