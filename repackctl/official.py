@@ -19,12 +19,10 @@ Key structures read from guanfangdong/RePack-then-Refine (names and shapes only)
 
 Every key is either mapped onto our model or dropped by a named rule (the frozen encoder, the
 training losses, the discriminators); anything else, and any tensor of ours left unfilled, is an
-error that lists the keys. Two maps are not one-to-one, both exact up to rounding except where
-said: the two stacked 1×1 convs of the projection become one affine map (``W = W_q·W_e``,
-``b = b_q``), and ``post_quant_conv`` (a 1×1 affine before the decoder, absent from our decoder)
-is folded into ``decoder.conv_in`` — exact inside the latent grid, but at its one-pixel border
-the official model zero-pads *after* the 1×1 conv, so there the fold adds the missing
-``b_post`` taps (reported in the import summary; exact only when that bias is zero).
+error that lists the keys. One map is not one-to-one, exact up to rounding: the two stacked 1×1
+convs of the projection become one affine map (``W = W_q·W_e``, ``b = b_q``). The official
+``post_quant_conv`` (a 1×1 conv before the decoder) is kept as such
+(``DecoderConfig(post_quant_conv=True)``), so the decoder is exact at the latent's border too.
 
 Conventions: the official DiT runs in the opposite time (τ = 1 data) and predicts ``x − ε``; the
 imported DiT checkpoint says ``velocity_convention: "official"`` and ``repackctl.sample`` calls it
@@ -212,6 +210,7 @@ def map_stage1(
             ch_mult=tuple(w // ch for w in widths),
             num_res_blocks=blocks - 1,
             attn_resolutions=attn,
+            post_quant_conv=True,
         ),
     )
     ours = PackAutoencoder.from_config(config).state_dict()
@@ -220,21 +219,11 @@ def map_stage1(
     # the two stacked 1×1 convs are one affine map: mean/logvar = W_q (W_e x) + b_q
     got["projection.proj.weight"] = (w_q @ w_enc).float()  # (2d, C)
     got["projection.proj.bias"] = sd["quant_conv.bias"].clone()
-    # post_quant_conv (1×1, W_p, b_p) folded into conv_in (3×3, W_i, b_i)
-    w_p = sd["post_quant_conv.weight"].double().flatten(1)  # (d', d)
-    b_p = sd["post_quant_conv.bias"].double()  # (d',)
-    w_i = sd["decoder.conv_in.weight"].double()  # (C0, d', 3, 3)
-    got["decoder.conv_in.weight"] = torch.einsum("ojhw,jc->ochw", w_i, w_p).float()
-    got["decoder.conv_in.bias"] = (
-        sd["decoder.conv_in.bias"].double() + torch.einsum("ojhw,j->o", w_i, b_p)
-    ).float()
+    for name in ("post_quant_conv.weight", "post_quant_conv.bias"):
+        got[f"decoder.{name}"] = sd[name].clone()
+    for name in ("conv_in.weight", "conv_in.bias"):
+        got[f"decoder.{name}"] = sd[f"decoder.{name}"].clone()
     used |= set(need) | {"decoder.conv_in.bias"}
-    if float(b_p.abs().max()) > 0:
-        report.notes.append(
-            "post_quant_conv folded into decoder.conv_in: exact inside the latent grid, the "
-            "one-pixel border differs by the zero-padded bias taps (max |b| "
-            f"{float(b_p.abs().max()):.3g})"
-        )
 
     def res_block(src: str, dst: str) -> None:
         for a, b in (

@@ -63,6 +63,9 @@ class DecoderConfig:
     attn_resolutions: tuple[int, ...] = (16,)  # feature-map sides with self-attention
     dropout: float = 0.0
     max_groups: int = 32
+    # a 1×1 conv on the latent before conv_in, as in LDM/VQGAN decoders (the official RePack
+    # stage 1 has it; importing it keeps the decoder exact, also at the latent's border)
+    post_quant_conv: bool = False
 
     def __post_init__(self) -> None:
         if self.latent_size < 1 or self.resolution % self.latent_size != 0:
@@ -185,7 +188,9 @@ class Decoder(nn.Module):
         block_in = cfg.ch * cfg.ch_mult[-1]
         size = cfg.latent_size
 
-        self.conv_in = nn.Conv2d(cfg.latent_channels, block_in, 3, padding=1)
+        d = cfg.latent_channels
+        self.post_quant_conv = nn.Conv2d(d, d, 1) if cfg.post_quant_conv else None
+        self.conv_in = nn.Conv2d(d, block_in, 3, padding=1)
         self.mid_block_1 = ResnetBlock(block_in, block_in, cfg.dropout, g)
         self.mid_attn = AttnBlock(block_in, g)
         self.mid_block_2 = ResnetBlock(block_in, block_in, cfg.dropout, g)
@@ -214,6 +219,8 @@ class Decoder(nn.Module):
         return self.conv_out.weight
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if self.post_quant_conv is not None:
+            z = self.post_quant_conv(z)  # (B, d, h, w)
         h = self.conv_in(z)  # (B, C, h, w)
         h = self.mid_block_2(self.mid_attn(self.mid_block_1(h)))  # (B, C, h, w)
         for level in self.levels:
