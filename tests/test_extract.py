@@ -299,3 +299,16 @@ def test_two_processes_equal_one(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     _assert_same(_arrays(str(tmp_path / "one" / "cache")), _arrays(str(tmp_path / "two" / "cache")))
+
+
+def test_cache_root_can_be_an_fsspec_url():
+    from repackctl.extract import run_extract
+    from repackctl.settings import resolve_settings
+
+    root = "memory://repackctl-test-cache"
+    flags = {"cache": root, "extract.encoder": "patchpix", "extract.num": 16}
+    flags |= {"extract.shard": 8, "extract.chunk": 8, "num_workers": 0}
+    result = run_extract(resolve_settings(flags=flags, environ={}).settings)
+    assert result.written == 16 and list_entries(root) == [result.entry]
+    entry = DatasetEntry.open(root, result.entry)
+    assert verify_entry(entry) == [] and entry.images.shape == (16, 64, 64, 3)
