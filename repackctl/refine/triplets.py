@@ -107,7 +107,6 @@ def build_triplets(
     name = triplet_group_name(pack.pack_id, noise)
     attrs = {
         "pack_id": pack.pack_id,
-        "pack_checkpoint": str(pack.checkpoint),
         "features": features_id,
         "noise": noise,
         "seed": seed if noise > 0 else None,
@@ -120,6 +119,9 @@ def build_triplets(
         if created:
             entry.add_sample_array(grp, "latent", (flips, d, grid, grid), "float32")
             entry.add_sample_array(grp, "recon", (flips, res, res, 3), "uint8")
+            # informational only: pack_id (run, step, weights hash) is what identifies the
+            # model, so a moved runs folder still reuses these triplets
+            grp.group.attrs["pack_checkpoint"] = str(pack.checkpoint)
     dist.barrier()
     if dist.rank != 0:
         grp, _ = entry.create_or_open_group(KIND, name, attrs)
