@@ -217,7 +217,14 @@ def test_official_convention_is_wrapped() -> None:
         torch.testing.assert_close(theirs(x, t, y), -model(x, 1 - t, y))
 
 
-def _cli_args(stack: dict[str, str], out: Path, num: int, extra: tuple[str, ...] = ()) -> list[str]:
+def _cli_args(
+    stack: dict[str, str],
+    out: Path,
+    num: int,
+    extra: tuple[str, ...] = (),
+    steps: int = 3,
+    batch: int = 2,
+) -> list[str]:
     return [
         "sample",
         "-r",
@@ -225,11 +232,11 @@ def _cli_args(stack: dict[str, str], out: Path, num: int, extra: tuple[str, ...]
         "-n",
         str(num),
         "--steps",
-        "3",
+        str(steps),
         "--cfg",
         "2",
         "--batch-size",
-        "2",
+        str(batch),
         "--device",
         "cpu",
         "--seed",
@@ -277,10 +284,15 @@ def test_two_processes_and_resume_after_kill(stack, tmp_path) -> None:
     assert two.returncode == 0, two.stderr[-2000:]
     assert_same_images(_images(tmp_path / "two"), reference)
 
-    # a real kill (SIGKILL) in the middle of sampling, then the same command again
+    # a real kill (SIGKILL) in the middle of sampling, then the same command again; one image
+    # per batch and more steps, so that the kill lands mid-run even on a quiet machine
+    slow = {"steps": 60, "batch": 1}
+    ref_slow = CliRunner().invoke(app, _cli_args(stack, tmp_path / "ref-slow", 8, **slow))
+    assert ref_slow.exit_code == 0, ref_slow.output
+    reference = _images(tmp_path / "ref-slow")
     out = tmp_path / "killed"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "repackctl", *_cli_args(stack, out, 8)],
+        [sys.executable, "-m", "repackctl", *_cli_args(stack, out, 8, **slow)],
         env=_env(stack),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -292,12 +304,12 @@ def test_two_processes_and_resume_after_kill(stack, tmp_path) -> None:
     proc.wait()
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("0*.png")}
     assert 0 < len(before) < 8 and not (out / "samples.npz").exists()
-    again = CliRunner().invoke(app, _cli_args(stack, out, 8))
+    again = CliRunner().invoke(app, _cli_args(stack, out, 8, **slow))
     assert again.exit_code == 0, again.output
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("0*.png") if p.name in before} == before
     assert_same_images(_images(out), reference)
     # other settings into the same folder are refused
-    clash = CliRunner().invoke(app, _cli_args(stack, out, 8, ("--labels", "random")))
+    clash = CliRunner().invoke(app, _cli_args(stack, out, 8, ("--labels", "random"), **slow))
     assert clash.exit_code != 0 and "other settings" in clash.output
 
 
