@@ -295,9 +295,13 @@ class _Demo:
 
     # ---- evaluation -----------------------------------------------------------------------------
     def _encoder(self):
-        from repackctl.extract import make_encoder
+        """The built-in encoder, built once (FD and the class-accuracy judge both use it)."""
+        if getattr(self, "_enc", None) is None:
+            from repackctl.extract import make_encoder
 
-        return make_encoder("builtin", None, None, self.plan.resolution, self.plan.seed).eval()
+            p = self.plan
+            self._enc = make_encoder("builtin", None, None, p.resolution, p.seed).eval()
+        return self._enc
 
     def _pooled(self, images: np.ndarray) -> np.ndarray:
         enc = self._encoder()
@@ -320,7 +324,7 @@ class _Demo:
         from repackctl.metrics.encoder_fd import compute_encoder_fd
         from repackctl.metrics.probe import linear_probe
 
-        val_images, _ = self._real(self.val_entry, self.plan.n_val)
+        val_images, val_labels = self._real(self.val_entry, self.plan.n_val)
         scores: dict[str, Any] = {}
         gen = {}
         for kind, folder in self.sample_dirs.items():
@@ -330,18 +334,10 @@ class _Demo:
             scores[f"fd_{kind}"] = float(fd["fd"])
         # a linear classifier on real training images judges whether samples show their class
         train_images, train_labels = self._real(self.train_entry, self.plan.n_train)
+        train_x = self._pooled(train_images)
         images, labels = gen["refined"]
-        probe = linear_probe(
-            self._pooled(train_images), train_labels, self._pooled(images), labels, epochs=50
-        )
-        _, val_labels = self._real(self.val_entry, self.plan.n_val)
-        real = linear_probe(
-            self._pooled(train_images),
-            train_labels,
-            self._pooled(val_images),
-            val_labels,
-            epochs=50,
-        )
+        probe = linear_probe(train_x, train_labels, self._pooled(images), labels, epochs=50)
+        real = linear_probe(train_x, train_labels, self._pooled(val_images), val_labels, epochs=50)
         scores["class_accuracy"] = float(probe.top1)
         scores["class_accuracy_real_val"] = float(real.top1)
         scores["n_samples"] = int(len(images))

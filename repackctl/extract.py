@@ -24,12 +24,14 @@ from repackctl.cache.store import (
     SKIP_REASONS,
     WRITTEN,
     DatasetEntry,
+    list_entries,
     owned_ranges,
     reason_code,
 )
 from repackctl.data.base import BadImage, ImageSource
 from repackctl.encoders.base import FrozenEncoder
 from repackctl.errors import ConfigError, DataError
+from repackctl.paths import entry_name
 from repackctl.progress import ProgressFactory, null_progress
 from repackctl.registry import registry
 from repackctl.settings import Settings
@@ -229,9 +231,6 @@ def run_extract(
     encoder = encoder.to(device)
     flips = 2 if cfg.flips else 1
     ranges = owned_ranges(n, cfg.shard, dist.rank, dist.world)
-
-    from repackctl.cache.store import list_entries
-    from repackctl.paths import entry_name
 
     dataset = dataset_label(source, cfg.num)
     name = entry_name(dataset, cfg.split, resolution)
