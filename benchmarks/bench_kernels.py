@@ -15,7 +15,7 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     from repackctl.bench import BenchContext, run_benchmark, write_result
-    from repackctl.extract import resolve_device
+    from repackctl.runtime import resolve_device
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="small", choices=["tiny", "small", "paper"])

@@ -22,9 +22,9 @@ from rich.console import Console
 from rich.table import Table
 from torch.utils.flop_counter import FlopCounterMode
 
+from repackctl.dit.task import repa_hidden_default
 from repackctl.models.repa import REPAProjector, default_repa_depth, repa_loss
 from repackctl.registry import registry
-from repackctl.train.dit import repa_hidden_default
 from repackctl.transport.interpolant import interpolate, velocity_target
 from repackctl.transport.loss import velocity_loss
 from repackctl.transport.timesteps import TimeSampler

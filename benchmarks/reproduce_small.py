@@ -17,7 +17,7 @@ sampler, same seeds), every stage through the library functions the CLI calls:
 3. **Refiner** (RePack then Refine, stage 3): PSNR / SSIM of held-out reconstructions decoded vs
    refined, and FD of the REPA DiT's final samples without vs with the refiner (same latents).
 4. **Linear probe** (the paper's table: DINOv3 raw 82.56 % > PCA-32 56.13 % > RePack-32 42.48 %):
-   raw tokens vs PCA-d vs RePack-d (``repackctl.pack.evaluate.evaluate_probe``).
+   raw tokens vs PCA-d vs RePack-d (``repackctl.evaluate.pack.evaluate_probe``).
 
 The score is the Fréchet distance in the built-in encoder's feature space
 (``repackctl.metrics.encoder_fd``; no Inception weights exist offline) between generated images
@@ -253,7 +253,7 @@ class Reproduction:
         from repackctl.cache.store import DatasetEntry
         from repackctl.pack.encode import run_pack_encode
         from repackctl.pack.pixels import write_pixel_latents
-        from repackctl.pack.trainer import run_pack_train
+        from repackctl.pack.task import run_pack_train
 
         for method in ("repack", "pca"):
             s = self.settings(self.pack_flags(method))
@@ -274,20 +274,21 @@ class Reproduction:
 
     def sample_labels(self) -> np.ndarray:
         """The labels ``run_sample`` gives sample i (class-balanced, in class order)."""
-        from repackctl.sample import make_labels
+        from repackctl.sample.plan import make_labels
 
         return make_labels(self.plan.samples, self.num_classes, "balanced", self.seed)
 
     def pack_handle(self, method: str):
-        from repackctl.pack.io import load_pack
+        from repackctl.pack.load import load_pack
 
         return load_pack(f"pack-{method}-{self.plan.pack_steps}", runs=str(self.out / "runs"))
 
     # -- FD ------------------------------------------------------------------------------------------
     def fd_setup(self) -> None:
         """The FD encoder, the reference statistics (val) and the floors of each arm."""
-        from repackctl.extract import make_encoder, resolve_device
+        from repackctl.encoders.load import make_encoder
         from repackctl.metrics.encoder_fd import encoder_feature_stats
+        from repackctl.runtime import resolve_device
 
         p = self.plan
         dev = resolve_device(self.device)
@@ -315,7 +316,7 @@ class Reproduction:
 
     @staticmethod
     def decode_pack(model: torch.nn.Module, z: torch.Tensor) -> np.ndarray:
-        from repackctl.sample import to_uint8
+        from repackctl.files import to_uint8
 
         return to_uint8(model.decode(z))  # (B, R, R, 3)
 
@@ -332,7 +333,7 @@ class Reproduction:
         return f"dit-{kind}{'-repa' if lam > 0 else ''}-{self.plan.dit_steps}"
 
     def train_dits(self) -> None:
-        from repackctl.train.dit import train_dit
+        from repackctl.dit.run import train_dit
 
         p = self.plan
         every = math.gcd(*p.checkpoints)
@@ -385,7 +386,7 @@ class Reproduction:
 
     def sample_pack(self, run: str, ckpt: str, refiner: str | None = None) -> np.ndarray:
         """``repackctl sample`` of one checkpoint (decoded, optionally refined) → uint8 images."""
-        from repackctl.sample import run_sample
+        from repackctl.sample.run import run_sample
 
         res = run_sample(self.sample_settings(run, ckpt, refiner), self.progress)
         with np.load(res.out_dir / "samples.npz", allow_pickle=False) as z:
@@ -394,17 +395,12 @@ class Reproduction:
     @torch.no_grad()
     def sample_pixels(self, run: str, ckpt: str) -> np.ndarray:
         """The same sampler, labels and per-index noise as ``run_sample``, decoded depth-to-space."""
-        from repackctl.extract import resolve_device
+        from repackctl.dit.load import load_dit_for_sampling
         from repackctl.metrics.recon import save_grid
         from repackctl.pack.pixels import decode_pixels
-        from repackctl.sample import (
-            generate_raw_latents,
-            guided_velocity,
-            load_dit_for_sampling,
-            make_labels,
-            model_velocity,
-            resolve_plan,
-        )
+        from repackctl.runtime import resolve_device
+        from repackctl.sample.generate import generate_raw_latents, guided_velocity, model_velocity
+        from repackctl.sample.plan import make_labels, resolve_plan
 
         s = self.sample_settings(run, ckpt)
         dev = resolve_device(s.device)
@@ -450,8 +446,8 @@ class Reproduction:
     # -- stage 4: refiner ----------------------------------------------------------------------------
     def refiner(self) -> None:
         from repackctl.metrics.recon import psnr, ssim_per_image
-        from repackctl.refine.apply import load_refiner
-        from repackctl.refine.trainer import run_refine_train
+        from repackctl.refine.load import load_refiner
+        from repackctl.refine.task import run_refine_train
 
         p = self.plan
         pack_run = f"pack-repack-{p.pack_steps}"
@@ -509,7 +505,7 @@ class Reproduction:
 
     # -- stage 5: probe ------------------------------------------------------------------------------
     def probe(self) -> None:
-        from repackctl.pack.evaluate import evaluate_probe
+        from repackctl.evaluate.pack import evaluate_probe
 
         report = evaluate_probe(self.settings(self.pack_flags("repack")), self.progress)
         self.results["probe"] = {

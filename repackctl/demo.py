@@ -155,7 +155,7 @@ class _Demo:
         return r.written == 0, f"{r.entry}: {r.n} images, features {r.tokens_shape}"
 
     def pack_train(self) -> tuple[bool, str]:
-        from repackctl.pack.trainer import run_pack_train
+        from repackctl.pack.task import run_pack_train
 
         run = self.out / "pack"
         reused = self._finished(run, self.plan.pack_steps)
@@ -180,7 +180,7 @@ class _Demo:
         return r.written == 0, f"latents {r.latent_shape} in {r.entry}/latents/{r.pack_id}"
 
     def dit(self) -> tuple[bool, str]:
-        from repackctl.train.dit import run_dit_train
+        from repackctl.dit.run import run_dit_train
 
         p = self.plan
         reused = self._finished(self.out / "dit", p.dit_steps)
@@ -266,7 +266,7 @@ class _Demo:
         )
 
     def sample(self) -> tuple[bool, str]:
-        from repackctl.sample import run_sample
+        from repackctl.sample.run import run_sample
 
         p = self.plan
         common = {
@@ -297,7 +297,7 @@ class _Demo:
     def _encoder(self):
         """The built-in encoder, built once (FD and the class-accuracy judge both use it)."""
         if getattr(self, "_enc", None) is None:
-            from repackctl.extract import make_encoder
+            from repackctl.encoders.load import make_encoder
 
             p = self.plan
             self._enc = make_encoder("builtin", None, None, p.resolution, p.seed).eval()
@@ -348,8 +348,8 @@ class _Demo:
     def _recon_scores(self) -> dict[str, Any]:
         from repackctl.cache.store import DatasetEntry
         from repackctl.metrics.recon import psnr, save_grid, ssim
-        from repackctl.pack.io import load_pack
-        from repackctl.refine.apply import load_refiner
+        from repackctl.pack.load import load_pack
+        from repackctl.refine.load import load_refiner
 
         pack = load_pack(self.out / "pack")
         refiner = load_refiner(str(self.out), "refine", pack_id=None).model
@@ -381,7 +381,7 @@ class _Demo:
         }
 
     def _probe(self) -> dict[str, Any]:
-        from repackctl.pack.evaluate import evaluate_probe
+        from repackctl.evaluate.pack import evaluate_probe
 
         s = self.settings(**{"pack.run": "pack", "pack.eval_entry": self.val_entry})
         report = evaluate_probe(s, self.progress)

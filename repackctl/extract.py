@@ -10,8 +10,6 @@ continues with the first shard that is not done. Images are decoded in DataLoade
 
 from __future__ import annotations
 
-import inspect
-import os
 import time
 from dataclasses import dataclass, field
 
@@ -29,48 +27,13 @@ from repackctl.cache.store import (
     reason_code,
 )
 from repackctl.data.base import BadImage, ImageSource
-from repackctl.encoders.base import FrozenEncoder
+from repackctl.data.sources import dataset_label, default_resolution, make_source
+from repackctl.encoders.load import make_encoder
 from repackctl.errors import ConfigError, DataError
 from repackctl.paths import entry_name
 from repackctl.progress import ProgressFactory, null_progress
-from repackctl.registry import registry
+from repackctl.runtime import DistInfo, resolve_device
 from repackctl.settings import Settings
-
-
-@dataclass
-class DistInfo:
-    """Rank and world size from torchrun / accelerate environment variables."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @classmethod
-    def from_env(cls) -> DistInfo:
-        return cls(
-            rank=int(os.environ.get("RANK", 0)),
-            world=int(os.environ.get("WORLD_SIZE", 1)),
-            local_rank=int(os.environ.get("LOCAL_RANK", 0)),
-        )
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            import torch.distributed as dist
-
-            if not dist.is_initialized():
-                backend = "nccl" if torch.cuda.is_available() else "gloo"
-                dist.init_process_group(backend)
-            dist.barrier()
-
-    def all_sum(self, value: int) -> int:
-        if self.world == 1:
-            return value
-        import torch.distributed as dist
-
-        self.barrier()
-        t = torch.tensor([value], dtype=torch.int64)
-        dist.all_reduce(t)
-        return int(t.item())
 
 
 @dataclass
@@ -90,56 +53,6 @@ class ExtractResult:
     @property
     def images_per_s(self) -> float:
         return self.written / self.seconds if self.seconds > 0 else 0.0
-
-
-def default_resolution(data: str) -> int:
-    """64 px for the built-in dataset, 256 px (the papers' setting) for real images."""
-    return 64 if data.split(":")[0] == "builtin" else 256
-
-
-def resolve_device(device: str, local_rank: int = 0) -> torch.device:
-    """``auto`` → the local rank's GPU when there is one, else the CPU."""
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank % torch.cuda.device_count())
-        return torch.device("cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {device!r}", "use auto, cpu, cuda or cuda:N") from None
-
-
-def make_source(
-    data: str, split: str, num: int | None, seed: int, imagenet_root: str | None
-) -> ImageSource:
-    """Build the image source named by ``data`` (``builtin``, ``imagefolder:PATH``, …)."""
-    reg = registry("datasets")
-    name, arg = reg.split_id(data)
-    factory = reg.get(name)
-    kwargs: dict = {"path": arg, "split": split, "num": num, "seed": seed}
-    if "root" in inspect.signature(factory).parameters:
-        kwargs["root"] = imagenet_root
-    return factory(**kwargs)
-
-
-def dataset_label(source: ImageSource, num: int | None) -> str:
-    """The dataset part of the entry name: the source name, plus ``-nN`` for a chosen size."""
-    if num is None or source.name.endswith(f"-n{len(source)}"):
-        return source.name
-    return f"{source.name}-n{len(source)}"
-
-
-def make_encoder(
-    encoder: str, weights: str | None, layer: int | None, resolution: int, seed: int
-) -> FrozenEncoder:
-    """Build the encoder named by ``encoder`` (``builtin``, ``dinov3``, ``timm:NAME``)."""
-    reg = registry("encoders")
-    name, arg = reg.split_id(encoder)
-    factory = reg.get(name)
-    kwargs: dict = {"weights": weights, "layer": layer, "resolution": resolution, "seed": seed}
-    if arg:
-        kwargs["variant"] = arg
-    return factory(**kwargs)
 
 
 class _Items(Dataset):

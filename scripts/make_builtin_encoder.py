@@ -46,8 +46,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from repackctl.data.builtin import GENERATOR_VERSION, BuiltinSource
-from repackctl.encoders.base import sha256_file
 from repackctl.encoders.builtin import ARCH, PATCH, BuiltinViT, builtin_encoder, save_weights
+from repackctl.files import sha256_file
 
 RESOLUTION = 64
 NUM_CLASSES = 10

@@ -14,7 +14,7 @@ from torch.nn import functional as F
 
 from repackctl.data.base import ImageSource
 from repackctl.data.builtin import CLASS_NAMES, GENERATOR_VERSION, BuiltinSource
-from repackctl.encoders.base import FrozenEncoder, sha256_file
+from repackctl.encoders.base import FrozenEncoder
 from repackctl.encoders.builtin import (
     SHIPPED_WEIGHTS,
     WIDTH,
@@ -22,6 +22,7 @@ from repackctl.encoders.builtin import (
     save_weights,
 )
 from repackctl.errors import ConfigError, RepackError, WeightsError
+from repackctl.files import sha256_file
 
 # ----------------------------------------------------------------------------------- dataset
 

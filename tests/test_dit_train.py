@@ -109,7 +109,7 @@ def test_train_dit_writes_every_file_and_repa_aligns(cache, tmp_path):
     assert all(-1.0 <= v <= 1.0 for v in repa)
     assert repa[-1] < repa[0] - 0.1  # the projected hidden state aligns with the tokens
 
-    from repackctl.train.dit import load_dit
+    from repackctl.dit.load import load_dit
 
     handle = load_dit(run)
     assert not handle.model.training and handle.checkpoint == ckpt
@@ -148,8 +148,8 @@ def test_missing_inputs_name_the_command_to_run(cache, tmp_path):
 
 
 def test_chunk_blocks_and_in_memory_read_the_same_batch(cache):
+    from repackctl.dit.task import build_task
     from repackctl.settings import resolve_settings
-    from repackctl.train.dit import build_task
 
     batches = []
     for mode in (True, False):
@@ -188,7 +188,7 @@ def test_plugin_model_trains_a_step(cache, tmp_path):
     extra = read_state(latest_checkpoint(run))["extra"]
     assert extra["model_id"] == "uvit-tiny" and extra["repa"]["depth"] == 1
 
-    from repackctl.train.dit import load_dit
+    from repackctl.dit.load import load_dit
 
     handle = load_dit(run)
     assert type(handle.model).__name__ == "UViTDiT"
@@ -253,7 +253,7 @@ import torch
 from safetensors.torch import save_file
 from repackctl.settings import resolve_settings
 from repackctl.train import train
-from repackctl.train.dit import build_task
+from repackctl.dit.run import build_task
 
 
 def main(out, name):

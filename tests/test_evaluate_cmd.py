@@ -21,7 +21,8 @@ from typer.testing import CliRunner
 from repackctl.cli.app import app
 from repackctl.encoders.builtin import SHIPPED_WEIGHTS
 from repackctl.errors import DataError, WeightsError
-from repackctl.metrics.frechet import sha256_file, sha256_path
+from repackctl.files import sha256_file
+from repackctl.metrics.frechet import sha256_path
 
 runner = CliRunner()
 # the built-in encoder's shipped weights are made by scripts/make_builtin_encoder.py; until they
@@ -82,7 +83,7 @@ def _samples_with_protocol(tmp_path: Path, n: int = 12) -> tuple[Path, Path]:
 
 
 def test_fid_end_to_end_on_a_random_inception_file(tmp_path, inception_file):
-    from repackctl.evaluate import folder_sha256
+    from repackctl.evaluate.generative import folder_sha256
     from repackctl.metrics.protocol import ProtocolCard, verify_card_files
 
     samples, ckpt = _samples_with_protocol(tmp_path, n=5)
@@ -162,7 +163,7 @@ def test_encoder_fd_is_the_default_for_builtin_data_without_inception(tmp_path, 
 
 
 def test_stats_are_cached_by_content_hash(tmp_path):
-    from repackctl.evaluate import read_stats_bundle
+    from repackctl.evaluate.generative import read_stats_bundle
 
     folder = _builtin_pngs(tmp_path / "ref", 8, "val")
     args = ["evaluate", "stats", str(folder), "--extractor", "fd", "--resolution", "32",

@@ -45,7 +45,7 @@ def test_extract_round_trip(cache_root):
     feats = entry.features(fid)
     tokens = feats["tokens"][:]
     assert tokens.shape == (40, 2, 64, 64) and tokens.dtype == np.float16
-    from repackctl.extract import make_encoder
+    from repackctl.encoders.load import make_encoder
 
     enc = make_encoder("patchpix", None, None, 64, 0)
     x = torch.from_numpy(entry.images[0:2]).permute(0, 3, 1, 2).float() / 127.5 - 1

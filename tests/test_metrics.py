@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from repackctl.errors import ConfigError, DataError, WeightsError
+from repackctl.files import sha256_file
 from repackctl.metrics.adm import (
     count_images,
     iter_npz_images,
@@ -34,7 +35,6 @@ from repackctl.metrics.frechet import (
     load_stats,
     save_stats,
     sha256_array,
-    sha256_file,
     sha256_path,
 )
 

@@ -15,8 +15,8 @@ import torch
 from typer.testing import CliRunner
 
 from repackctl.cli.app import app
+from repackctl.convert.official import map_stage1, map_stage3, refiner_key, safe_load
 from repackctl.errors import WeightsError
-from repackctl.official import map_stage1, map_stage3, refiner_key, safe_load
 from repackctl.train.checkpoint import load_weights
 
 G = torch.Generator().manual_seed(0)

@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 
 from repackctl.cache.store import WRITTEN, DatasetEntry, list_entries
 from repackctl.cli.app import app
-from repackctl.cli.evaluate_pack_cmd import register_into
+from repackctl.cli.evaluate_pack import register_into
 from repackctl.settings import resolve_settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,7 +105,7 @@ def _ckpt(tmp_path: Path, name: str) -> Path:
 
 def test_task_batches_posterior_and_losses(cache):
     from repackctl.pack.data import PackData, locate_features
-    from repackctl.pack.trainer import PackTask, resolve_plan
+    from repackctl.pack.task import PackTask, resolve_plan
 
     s = _settings(encoder="patchpix", resolution=32, latent_channels=4, ch=8, gan_start=0, run="t")
     ref = locate_features(s)
@@ -156,7 +156,7 @@ def test_task_batches_posterior_and_losses(cache):
 
 def test_pca_fit_is_deterministic_and_exact(cache, tmp_path):
     from repackctl.pack.data import PackData, locate_features
-    from repackctl.pack.trainer import fit_token_pca
+    from repackctl.pack.task import fit_token_pca
 
     ref = locate_features(_settings(encoder="patchpix", resolution=32))
     data = PackData(ref.entry, ref.feats)
@@ -250,7 +250,7 @@ app(sys.argv[1:])
 
 
 def test_encode_stats_exact_resumable_and_process_independent(cache, tmp_path):
-    from repackctl.pack.io import load_pack
+    from repackctl.pack.load import load_pack
 
     _train("enc", "--steps", "2", "--gan-start", "100")
     env = subprocess_env(tmp_path)
@@ -344,9 +344,9 @@ def test_encode_errors_name_both_encoders_and_the_extract_command(cache, tmp_pat
 
 
 def test_evaluate_recon_through_the_command(cache, tmp_path):
+    from repackctl.files import to_uint8
     from repackctl.metrics.recon import psnr, ssim
-    from repackctl.pack.io import load_pack
-    from repackctl.pack.trainer import to_uint8
+    from repackctl.pack.load import load_pack
 
     _train("rec", "--steps", "2", "--gan-start", "100")
     res = runner.invoke(_eval_app(), ["evaluate", "recon", "--run", "rec", "--split", "val"])

@@ -14,10 +14,10 @@ from typer.testing import CliRunner
 from repackctl.cache.store import PENDING, WRITTEN, DatasetEntry
 from repackctl.cli.app import app
 from repackctl.errors import CheckpointError
-from repackctl.pack.io import load_pack
-from repackctl.refine.apply import load_refiner
+from repackctl.pack.load import load_pack
+from repackctl.refine.load import load_refiner
 from repackctl.refine.triplets import build_triplets, open_triplets
-from repackctl.sample import run_sample
+from repackctl.sample.run import run_sample
 from repackctl.settings import resolve_settings
 
 
@@ -59,7 +59,7 @@ def test_triplets_resume_and_noise(stack) -> None:
 def test_refiner_forward_backward(stack) -> None:
     from repackctl.pack.discriminator import DiscriminatorConfig
     from repackctl.refine.network import RefinerConfig
-    from repackctl.refine.trainer import RefineLossWeights, RefineTask
+    from repackctl.refine.task import RefineLossWeights, RefineTask
 
     entry, pack = _entry(stack)
     build_triplets(entry, pack.extra["cache"]["features"], pack)

@@ -2,7 +2,7 @@
 labels, guidance at scale 1, the official-convention wrapper and CLI errors.
 
 The fixture stack is built through the real stages where they exist (extract → pack train) and a
-DiT checkpoint in the contract format of ``repackctl.train.dit`` (random tiny weights; sampling
+DiT checkpoint in the contract format of ``repackctl.dit.run`` (random tiny weights; sampling
 does not care whether the DiT was trained).
 """
 
@@ -23,7 +23,9 @@ from typer.testing import CliRunner
 
 from repackctl.cli.app import app
 from repackctl.errors import ConfigError
-from repackctl.sample import make_labels, model_velocity, run_sample
+from repackctl.sample.generate import model_velocity
+from repackctl.sample.plan import make_labels
+from repackctl.sample.run import run_sample
 from repackctl.settings import resolve_settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,7 +35,7 @@ LATENT = (4, 4, 4)  # d, h, w of the fixture pack model (patchpix at 32 px: 4×4
 def build_stack(root: Path) -> dict[str, str]:
     """extract (patchpix, 32 px, 16 images) → pack train (2 steps) → a DiT run; returns paths."""
     from repackctl.extract import run_extract
-    from repackctl.pack.trainer import run_pack_train
+    from repackctl.pack.task import run_pack_train
 
     cache, runs = str(root / "cache"), str(root / "runs")
     common = {"cache": cache, "runs": runs, "device": "cpu", "num_workers": 0}
@@ -53,7 +55,7 @@ def build_stack(root: Path) -> dict[str, str]:
 def make_dit_run(runs: str, name: str, seed: int, scale: float = 0.05, **extra_fields) -> Path:
     """A DiT checkpoint in the `train dit` contract, with perturbed (non-zero output) weights."""
     from repackctl.models.variants import tiny
-    from repackctl.pack.io import load_pack
+    from repackctl.pack.load import load_pack
     from repackctl.train.checkpoint import save_checkpoint
 
     pack = load_pack("pack-tiny", runs=runs)

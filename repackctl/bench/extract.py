@@ -28,7 +28,8 @@ SHAPES: dict[str, dict[str, Any]] = {
 def run(ctx: BenchContext) -> tuple[list[Row], dict[str, Any], list[str]]:
     """Measure extraction and the bare forward; returns (rows, params, notes)."""
     from repackctl.data.builtin import BuiltinSource
-    from repackctl.extract import make_encoder, run_extract
+    from repackctl.encoders.load import make_encoder
+    from repackctl.extract import run_extract
     from repackctl.settings import ExtractSettings, Settings
 
     p = dict(SHAPES[ctx.size])

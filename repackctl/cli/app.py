@@ -40,17 +40,17 @@ def root(
 # Command modules in --help order; each has ``register(app)``. A module that is not part of this
 # build (yet) is simply absent: commands appear in --help only once they exist and work.
 COMMAND_MODULES = (
-    "extract_cmd",
-    "pack_cmd",
-    "train_cmd",
-    "refine_cmd",
-    "sample_cmd",
-    "evaluate_cmd",
-    "benchmark_cmd",
-    "demo_cmd",
-    "import_cmd",
-    "cache_cmd",
-    "plugins_cmd",
+    "extract",
+    "pack",
+    "train",
+    "refine",
+    "sample",
+    "evaluate",
+    "benchmark",
+    "demo",
+    "convert",
+    "cache",
+    "plugins",
 )
 for _name in COMMAND_MODULES:
     try:

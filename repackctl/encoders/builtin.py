@@ -35,8 +35,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from repackctl.encoders.base import EncoderSpec, FrozenEncoder, sha256_file
+from repackctl.encoders.base import EncoderSpec, FrozenEncoder
 from repackctl.errors import ConfigError, WeightsError
+from repackctl.files import sha256_file
 
 __all__ = [
     "ARCH",

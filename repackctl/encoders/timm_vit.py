@@ -21,8 +21,9 @@ from pathlib import Path
 
 import torch
 
-from repackctl.encoders.base import EncoderSpec, FrozenEncoder, sha256_file
+from repackctl.encoders.base import EncoderSpec, FrozenEncoder
 from repackctl.errors import WeightsError
+from repackctl.files import sha256_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

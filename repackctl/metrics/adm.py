@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any, Union
 import numpy as np
 
 from repackctl.errors import DataError
-from repackctl.metrics.frechet import atomic_path, sha256_file
+from repackctl.files import sha256_file
+from repackctl.metrics.frechet import atomic_path
 
 if TYPE_CHECKING:
     import torch

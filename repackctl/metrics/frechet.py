@@ -38,6 +38,7 @@ from scipy import linalg
 from scipy.linalg import lapack
 
 from repackctl.errors import DataError
+from repackctl.files import sha256_file
 
 FDMethod = Literal["sqrtm", "cholesky"]
 
@@ -283,16 +284,6 @@ def load_stats(path: str | Path) -> StatsFile:
         raise DataError(f"cannot read stats file {path}: {e}") from e
     _check_gaussian(mu, sigma, str(path))
     return StatsFile(mu=mu, sigma=sigma, n=n, metadata=meta)
-
-
-# --------------------------------------------------------------------------- content hashes
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes, streamed."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def sha256_array(array: Any) -> str:

@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 from repackctl.errors import DataError, WeightsError
-from repackctl.metrics.frechet import sha256_file
+from repackctl.files import sha256_file
 
 #: torch-fidelity's registry id of the TF-compatible Inception-V3
 EXTRACTOR_NAME = "inception-v3-compat"

@@ -96,7 +96,7 @@ class FeatureRef:
 
 def _source_settings(settings: Settings) -> dict[str, Any]:
     cfg = settings.pack
-    from repackctl.extract import default_resolution
+    from repackctl.data.sources import default_resolution
 
     return {
         "encoder": cfg.encoder,
@@ -125,7 +125,7 @@ def _hint(source: dict[str, Any], split: str | None = None) -> str:
 
 def features_id_for(source: dict[str, Any], seed: int) -> tuple[str, dict[str, Any]]:
     """Features id and encoder attrs that ``repackctl extract`` gives these settings."""
-    from repackctl.extract import make_encoder
+    from repackctl.encoders.load import make_encoder
 
     enc = make_encoder(
         source["encoder"], source["weights"], source["layer"], source["resolution"], seed
@@ -135,7 +135,7 @@ def features_id_for(source: dict[str, Any], seed: int) -> tuple[str, dict[str, A
 
 def dataset_name_for(source: dict[str, Any], seed: int, imagenet_root: str | None) -> str:
     """The dataset part of the entry name that ``repackctl extract`` gives these settings."""
-    from repackctl.extract import dataset_label, make_source
+    from repackctl.data.sources import dataset_label, make_source
 
     src = make_source(source["data"], source["split"], source["num"], seed, imagenet_root)
     return dataset_label(src, source["num"])

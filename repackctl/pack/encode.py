@@ -33,7 +33,6 @@ import torch
 
 from repackctl.cache.store import PENDING, WRITTEN, ArrayGroup, DatasetEntry, owned_ranges
 from repackctl.errors import CacheError
-from repackctl.extract import DistInfo, resolve_device
 from repackctl.pack.data import (
     dataset_name_for,
     features_id_for,
@@ -41,9 +40,10 @@ from repackctl.pack.data import (
     open_features,
     sibling_entry,
 )
-from repackctl.pack.io import LATENT_STATS, PackHandle, load_pack
+from repackctl.pack.load import LATENT_STATS, PackHandle, load_pack
 from repackctl.paths import cache_root
 from repackctl.progress import ProgressFactory, null_progress
+from repackctl.runtime import DistInfo, resolve_device
 from repackctl.settings import Settings
 
 ENCODER_KEYS = ("encoder", "weights", "layer")
@@ -235,7 +235,7 @@ def combine_partials(grp: ArrayGroup) -> dict[str, Any]:
 
 def write_stats_file(path: Path, stats: dict[str, Any]) -> None:
     """``latent_stats.json`` through a temporary file and a rename."""
-    from repackctl.train.checkpoint import write_json_atomic
+    from repackctl.files import write_json_atomic
 
     write_json_atomic(path, stats)
 
@@ -244,7 +244,7 @@ def run_pack_encode(
     settings: Settings, progress: ProgressFactory = null_progress, dist: DistInfo | None = None
 ) -> EncodeResult:
     """Encode (or resume encoding) a cache entry with the pack run named by ``settings.pack.run``."""
-    from repackctl.pack.trainer import default_run_name
+    from repackctl.pack.task import default_run_name
 
     cfg = settings.pack
     dist = dist or DistInfo.from_env()

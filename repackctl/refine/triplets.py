@@ -35,8 +35,8 @@ import torch
 
 from repackctl.cache.store import PENDING, WRITTEN, ArrayGroup, DatasetEntry, owned_ranges
 from repackctl.errors import CacheError
-from repackctl.extract import DistInfo
 from repackctl.progress import ProgressFactory, null_progress
+from repackctl.runtime import DistInfo
 
 KIND = "triplets"
 
@@ -95,7 +95,7 @@ def build_triplets(
     dist: DistInfo | None = None,
 ) -> TripletResult:
     """Build (or finish building) the triplets of ``pack`` (a ``pack.io.PackHandle``)."""
-    from repackctl.sample import to_uint8
+    from repackctl.files import to_uint8
 
     dist = dist or DistInfo.from_env()
     feats = entry.features(features_id)

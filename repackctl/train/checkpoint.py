@@ -30,10 +30,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from repackctl.errors import CheckpointError
+from repackctl.files import TMP_PREFIX, _fsync_dir
 
 CKPT_DIR = "checkpoints"
 STEP_RE = re.compile(r"^step-(\d{7})$")
-TMP_PREFIX = ".tmp-"
 REQUIRED = ("model.safetensors", "ema.safetensors", "optim.pt", "state.json")
 RESERVED = {"ema", "optim", "state", "config"}
 
@@ -75,29 +75,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 # --------------------------------------------------------------------------- writing
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # some filesystems do not open folders
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON through a temporary file and a rename."""
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _safe_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

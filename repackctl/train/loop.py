@@ -47,6 +47,7 @@ import torch.distributed as dist
 from torch import nn
 
 from repackctl.errors import CheckpointError, ConfigError, TrainingError
+from repackctl.files import write_json_atomic
 from repackctl.progress import ProgressFactory, null_progress
 from repackctl.train import checkpoint as ckpt_io
 from repackctl.train.config import TrainConfig
@@ -402,7 +403,7 @@ def train(
 
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        ckpt_io.write_json_atomic(run_dir / "config.json", config.to_dict())
+        write_json_atomic(run_dir / "config.json", config.to_dict())
     if config.compile:
         model.compile()  # in place: state_dict keys stay those of the plain module
 

@@ -163,7 +163,7 @@ def train(
     if show:
         show_config(resolved, ("pack",))
         return
-    from repackctl.pack.trainer import run_pack_train
+    from repackctl.pack.task import run_pack_train
     from repackctl.train.checkpoint import latest_checkpoint, read_state
     from repackctl.train.logging import read_metrics
 

@@ -34,23 +34,16 @@ from typing import Any
 import numpy as np
 
 from repackctl.errors import CacheError, CheckpointError, ConfigError, DataError
+from repackctl.files import sha256_file
 from repackctl.metrics.adm import AdmReference, iter_npz_images, npz_images_shape
-from repackctl.metrics.frechet import (
-    FeatureStats,
-    StatsFile,
-    atomic_path,
-    load_stats,
-    sha256_file,
-)
+from repackctl.metrics.frechet import FeatureStats, StatsFile, atomic_path, load_stats
+from repackctl.paths import METRICS_JSON, PROTOCOL_JSON, SAMPLES_NPZ
 from repackctl.progress import ProgressFactory, null_progress
 from repackctl.settings import Settings
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 INCEPTION_METRICS = ("fid", "sfid", "is", "kid", "prc")
 ALL_METRICS = (*INCEPTION_METRICS, "fd")
-SAMPLES_NPZ = "samples.npz"
-PROTOCOL_JSON = "protocol.json"
-METRICS_JSON = "metrics.json"
 #: card fields that describe how the samples were generated (copied from protocol.json)
 GENERATION_FIELDS = (
     "sampler",
@@ -422,9 +415,9 @@ def sample_checkpoint(
             hint="pass --samples N (50000 for the published protocol)",
         )
     try:
-        from repackctl.sample import run_sample
+        from repackctl.sample.run import run_sample
     except ModuleNotFoundError as e:
-        if e.name != "repackctl.sample":
+        if e.name != "repackctl.sample.run":
             raise
         raise CheckpointError(
             "sampling is not part of this build", hint="pass a samples folder or .npz instead"
@@ -785,8 +778,8 @@ def run_evaluate_fid(
     settings: Settings, progress: ProgressFactory = null_progress
 ) -> EvaluateResult:
     """Score generated images against the reference and write ``metrics.json``."""
-    from repackctl.extract import resolve_device
     from repackctl.metrics.protocol import validate_card, write_metrics_json
+    from repackctl.runtime import resolve_device
 
     cfg = settings.evaluate
     gen = open_generated(settings, progress)
@@ -919,7 +912,7 @@ def _stats_message(st: StatsResult) -> str:
 
 
 def make_fd_encoder(settings: Settings, resolution: int, device: Any) -> Any:
-    from repackctl.extract import make_encoder
+    from repackctl.encoders.load import make_encoder
 
     cfg = settings.evaluate
     enc = make_encoder(cfg.fd_encoder, cfg.fd_weights, None, resolution, settings.seed)
@@ -975,7 +968,7 @@ def run_evaluate_stats(
     progress: ProgressFactory = null_progress,
 ) -> StatsResult:
     """Write (or reuse) the reference statistics file of a set of images."""
-    from repackctl.extract import resolve_device
+    from repackctl.runtime import resolve_device
 
     if extractor not in ("inception", "fd"):
         raise ConfigError(f"unknown extractor {extractor!r}", hint="use inception or fd")

@@ -63,7 +63,7 @@ def official(
     --latent-stats latents_stats.pt --out repack-official`
     """
     resolved = resolve(config, {"runs": runs})
-    from repackctl.official import import_official
+    from repackctl.convert.official import import_official
 
     result = import_official(
         runs=resolved.settings.runs,

@@ -4,7 +4,7 @@ One section serves ``pack train``, ``pack encode`` and the pack evaluations (``e
 ``evaluate probe``): they all name the same run and the same cache entry.
 
 Sizes left at ``None`` follow a *preset* chosen from the encoder's token width
-(``repackctl.pack.trainer.resolve_plan``):
+(``repackctl.pack.task.resolve_plan``):
 
 * ``paper`` (token width ≥ 384, the DINO family): the official RePack stage 1 — d = 32, decoder
   ch 128 with the official multipliers, 2 ResBlocks per level, attention at 16², PatchGAN with

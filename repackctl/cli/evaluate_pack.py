@@ -1,6 +1,6 @@
 """`repackctl evaluate recon` / `evaluate probe`: scores of a pack run (stage 1).
 
-The ``evaluate`` group lives in ``cli/evaluate_cmd.py``; it adds these two commands with
+The ``evaluate`` group lives in ``cli/evaluate.py``; it adds these two commands with
 ``register_into(evaluate_app)``.
 """
 
@@ -84,7 +84,7 @@ def recon(
     if show:
         show_config(resolved, ("pack",))
         return
-    from repackctl.pack.evaluate import evaluate_recon
+    from repackctl.evaluate.pack import evaluate_recon
 
     r = evaluate_recon(resolved.settings, rich_progress)
     rows = [
@@ -127,7 +127,7 @@ def probe(
     if show:
         show_config(resolved, ("pack",))
         return
-    from repackctl.pack.evaluate import evaluate_probe
+    from repackctl.evaluate.pack import evaluate_probe
 
     report = evaluate_probe(resolved.settings, rich_progress)
     console.print(

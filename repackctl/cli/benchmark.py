@@ -119,7 +119,7 @@ def _make(name: str):
         from pathlib import Path
 
         from repackctl.bench import BENCHMARKS, BenchContext, run_benchmark, write_result
-        from repackctl.extract import resolve_device
+        from repackctl.runtime import resolve_device
 
         s = resolved.settings
         b = s.benchmark

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from repackctl.errors import CheckpointError, ConfigError
+from repackctl.files import to_uint8
 from repackctl.pack.autoencoder import AutoencoderConfig, PackAutoencoder
 from repackctl.pack.data import FeatureRef, PackData, check_square_grid, locate_features
 from repackctl.pack.decoder import DecoderConfig
@@ -227,12 +228,6 @@ def fit_token_pca(data: PackData, components: int, max_samples: int | None) -> P
 # ---------------------------------------------------------------------------- the task
 
 
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """[-1, 1] images (B, 3, H, W) → uint8 (B, H, W, 3)."""
-    x = ((x.detach().float().clamp(-1, 1) + 1.0) * 127.5).round()  # (B, 3, H, W)
-    return x.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()  # (B, H, W, 3)
-
-
 class PackTask:
     """``TrainTask`` of stage 1: modules ``model`` (PackAutoencoder) and ``disc`` (PatchGAN)."""
 
@@ -375,8 +370,8 @@ def run_pack_train(
     config_record: dict[str, Any] | None = None,
 ) -> Path:
     """Train (or resume) the packing autoencoder named by ``settings.pack``; returns the run dir."""
-    from repackctl.extract import resolve_device
     from repackctl.paths import run_dir as run_dir_of
+    from repackctl.runtime import resolve_device
     from repackctl.train import TrainConfig, train
     from repackctl.train.checkpoint import load_weights
 

@@ -25,8 +25,9 @@ import torch
 
 from repackctl.cache.store import ArrayGroup, DatasetEntry, read_blocks
 from repackctl.errors import CacheError
+from repackctl.files import to_uint8
 from repackctl.pack.data import open_features, sibling_entry, valid_indices
-from repackctl.pack.io import PackHandle, load_pack
+from repackctl.pack.load import PackHandle, load_pack
 from repackctl.progress import ProgressFactory, null_progress
 from repackctl.settings import Settings
 
@@ -34,7 +35,7 @@ BLOCK = 64
 
 
 def _handle(settings: Settings) -> PackHandle:
-    from repackctl.pack.trainer import default_run_name
+    from repackctl.pack.task import default_run_name
 
     return load_pack(settings.pack.run or default_run_name(settings), runs=settings.runs)
 
@@ -78,12 +79,6 @@ def _blocks(entry: DatasetEntry, feats: ArrayGroup, idx: np.ndarray, images: boo
         yield i, tok[:, 0].astype(np.float32), img
 
 
-def _to_uint8(x: torch.Tensor) -> np.ndarray:
-    from repackctl.pack.trainer import to_uint8
-
-    return to_uint8(x)
-
-
 # ---------------------------------------------------------------------------- recon
 
 
@@ -111,8 +106,8 @@ class ReconResult:
 @torch.no_grad()
 def evaluate_recon(settings: Settings, progress: ProgressFactory = null_progress) -> ReconResult:
     """PSNR / SSIM (/ rFID) of posterior-mean reconstructions on the held-out split."""
-    from repackctl.extract import resolve_device
     from repackctl.metrics.recon import psnr, save_grid, ssim_per_image
+    from repackctl.runtime import resolve_device
 
     cfg = settings.pack
     notes: list[str] = []
@@ -139,7 +134,7 @@ def evaluate_recon(settings: Settings, progress: ProgressFactory = null_progress
             bar.log(note)
         for _, tok, img in _blocks(entry, feats, idx):
             z = model.encode(torch.from_numpy(tok).to(device)).mode()  # (b, d, h, w)
-            rec = _to_uint8(model.decode(z))  # (b, R, R, 3)
+            rec = to_uint8(model.decode(z))  # (b, R, R, 3)
             per_psnr.append(psnr(img, rec).per_image)
             per_ssim.append(ssim_per_image(img, rec))
             if sum(len(g) for g in grid_orig) < cfg.grid_images:
@@ -182,7 +177,7 @@ def evaluate_recon(settings: Settings, progress: ProgressFactory = null_progress
         latent_shape=list(handle.extra.get("latent_shape") or []),
         notes=notes,
     )
-    from repackctl.train.checkpoint import write_json_atomic
+    from repackctl.files import write_json_atomic
 
     write_json_atomic(handle.checkpoint / f"recon-{entry.name}.json", result.to_dict())
     return result
@@ -252,10 +247,10 @@ def pooled_features(
 
 def evaluate_probe(settings: Settings, progress: ProgressFactory = null_progress) -> ProbeReport:
     """Linear-probe top-1 of raw tokens, PCA-d and the pack run's d-dim latents."""
-    from repackctl.extract import resolve_device
     from repackctl.metrics.probe import linear_probe
     from repackctl.pack.data import PackData
-    from repackctl.pack.trainer import fit_token_pca
+    from repackctl.pack.task import fit_token_pca
+    from repackctl.runtime import resolve_device
 
     cfg = settings.pack
     notes: list[str] = []
@@ -323,7 +318,7 @@ def evaluate_probe(settings: Settings, progress: ProgressFactory = null_progress
         pca_explained=pca.cumulative_ratio,
         notes=notes,
     )
-    from repackctl.train.checkpoint import write_json_atomic
+    from repackctl.files import write_json_atomic
 
     write_json_atomic(handle.checkpoint / f"probe-{eval_entry.name}.json", report.to_dict())
     return report

@@ -8,9 +8,11 @@ defaults are a small model that trains on the built-in dataset in a couple of mi
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from repackctl.errors import ConfigError
 
 
 class TrainSettings(BaseModel):
@@ -113,3 +115,43 @@ class TrainSettings(BaseModel):
     image_steps: int = Field(16, ge=1, description="Euler steps of the sample grid")
     buffer_blocks: int = Field(16, ge=1, description="shuffle samples within this many chunks")
     prefetch: bool = Field(True, description="read the next batch in a background thread")
+
+
+# `--preset paper`: the official RePack-DiT-XL/1 recipe (reference/methods.md). The official
+# stage 2 has no REPA, so λ = 0 here; `--repa-weight 0.5` adds it.
+PRESETS: dict[str, dict[str, Any]] = {
+    "small": {},
+    "paper": {
+        "arch": "lightningdit",
+        "size": "xl",
+        "patch": 1,
+        "steps": 320_000,
+        "global_batch": 256,
+        "lr": 2e-4,
+        "beta1": 0.9,
+        "beta2": 0.95,
+        "weight_decay": 0.0,
+        "schedule": "step",
+        "drop_step": 240_000,
+        "drop_lr": 1e-4,
+        "ema_decay": 0.9999,
+        "ema_warmup": False,
+        "time_dist": "logit_normal",
+        "time_mu": 0.0,
+        "time_sigma": 1.0,
+        "time_shift": 1.0,
+        "cos_weight": 1.0,
+        "class_dropout": 0.1,
+        "repa_weight": 0.0,
+        "ckpt_every": 10_000,
+        "log_every": 100,
+        "image_every": 10_000,
+    },
+}
+
+
+def preset_values(name: str) -> dict[str, Any]:
+    """Defaults of ``[train]`` keys that preset ``name`` changes."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}", f"choose one of {', '.join(PRESETS)}")
+    return dict(PRESETS[name])

@@ -1,27 +1,9 @@
-"""`repackctl train dit`: a DiT on packed latents with flow matching and REPA (RePack stage 2).
-
-Follows the official RePack-then-Refine stage 2 (LightningDiT recipe: linear path, velocity
-prediction, logit-normal t, MSE + (1 − cos) loss, AdamW 2e-4 (0.9, 0.95), EMA 0.9999; see
-``reference/methods.md``) in our time convention (t = 0 data, t = 1 noise, DESIGN.md §2), plus
-REPA (Yu et al. 2025, sihyun-yu/REPA ``train.py`` / ``loss.py``): an MLP projector on the hidden
-state after block k, negative cosine against the frozen encoder's tokens of the same images and
-the same flip, read from the cache (the encoder never runs here), weight λ = 0.5, optionally
-switched off at a step (HASTE).
-
-Randomness: every sample's flip, posterior noise, t, noise and label-drop come from a generator
-keyed by (seed, step, sample index), never from the global RNG or the batch split. So a run gives
-the same numbers with any number of processes or micro-batches, and resumes bit-identically.
-
-``run_dit_train`` is the library entry of the CLI; ``load_dit`` rebuilds a trained model from
-a run or checkpoint (the contract used by sampling). Shapes: B batch, d latent channels,
-h×w latent grid, T tokens, D width, C encoder width.
-"""
+"""The DiT training task handed to the engine: model, REPA projector, loss, data."""
 
 from __future__ import annotations
 
-import hashlib
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,108 +11,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from repackctl.dit.latents import LatentData, find_latents, pack_run_of
 from repackctl.errors import CheckpointError, ConfigError, RepackError
 from repackctl.models.repa import REPAProjector, default_repa_depth, repa_loss
 from repackctl.paths import run_dir as make_run_dir
-from repackctl.progress import ProgressFactory, null_progress
 from repackctl.registry import registry
-from repackctl.train import checkpoint as ckpt_io
 from repackctl.train.config import TrainConfig
-from repackctl.train.latents import LatentData, find_latents, pack_run_of
-from repackctl.train.loop import OptimizerSpec, StepOutput, TrainResult, train
+from repackctl.train.loop import OptimizerSpec, StepOutput
 from repackctl.transport.interpolant import interpolate, velocity_target
 from repackctl.transport.loss import velocity_loss
 from repackctl.transport.timesteps import TimeSampler
-
-_SAMPLE_KEY = 0xD17  # tags the per-sample generators of this stage
-
-# `--preset paper`: the official RePack-DiT-XL/1 recipe (reference/methods.md). The official
-# stage 2 has no REPA, so λ = 0 here; `--repa-weight 0.5` adds it.
-PRESETS: dict[str, dict[str, Any]] = {
-    "small": {},
-    "paper": {
-        "arch": "lightningdit",
-        "size": "xl",
-        "patch": 1,
-        "steps": 320_000,
-        "global_batch": 256,
-        "lr": 2e-4,
-        "beta1": 0.9,
-        "beta2": 0.95,
-        "weight_decay": 0.0,
-        "schedule": "step",
-        "drop_step": 240_000,
-        "drop_lr": 1e-4,
-        "ema_decay": 0.9999,
-        "ema_warmup": False,
-        "time_dist": "logit_normal",
-        "time_mu": 0.0,
-        "time_sigma": 1.0,
-        "time_shift": 1.0,
-        "cos_weight": 1.0,
-        "class_dropout": 0.1,
-        "repa_weight": 0.0,
-        "ckpt_every": 10_000,
-        "log_every": 100,
-        "image_every": 10_000,
-    },
-}
-
-
-def preset_values(name: str) -> dict[str, Any]:
-    """Defaults of ``[train]`` keys that preset ``name`` changes."""
-    if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}", f"choose one of {', '.join(PRESETS)}")
-    return dict(PRESETS[name])
-
-
-# --------------------------------------------------------------------------- model selection
-
-
-def resolve_model_id(arch: str, size: str, patch: int | None, model: str | None) -> str:
-    """``--model ID`` wins; else ``<arch>-<size>-<patch>`` (``tiny`` is its own id)."""
-    from repackctl.models.variants import PATCHES, model_id
-
-    if model:
-        return model
-    if size == "tiny":
-        return "tiny"
-    if arch not in PATCHES:
-        raise ConfigError(f"unknown arch {arch!r}", f"choose one of {', '.join(PATCHES)}")
-    return model_id(arch, size, patch if patch is not None else PATCHES[arch][0])
-
-
-def build_model(model_id: str, **kwargs: Any) -> nn.Module:
-    """Build a registered model, passing only the options its factory accepts."""
-    factory = registry("models").get(model_id)
-    params = inspect.signature(factory).parameters
-    takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    given = {k: v for k, v in kwargs.items() if takes_all or k in params}
-    for required in ("in_channels", "input_size", "num_classes"):
-        if required not in given:
-            raise ConfigError(
-                f"model {model_id!r} does not take {required}=",
-                "a repackctl.models factory takes in_channels, input_size and num_classes",
-            )
-    return factory(**given)
-
-
-def _width(model: nn.Module) -> tuple[int, int]:
-    cfg = getattr(model, "config", None)
-    if cfg is None or not hasattr(cfg, "hidden_size") or not hasattr(cfg, "depth"):
-        raise ConfigError(
-            f"model {type(model).__name__} has no config.hidden_size / config.depth",
-            "REPA needs them; train it with --repa-weight 0",
-        )
-    return int(cfg.hidden_size), int(cfg.depth)
-
-
-def repa_hidden_default(width: int) -> int:
-    """REPA's projector width 2048 for every published size; 4·D for tiny test widths."""
-    return 2048 if width >= 256 else 4 * width
-
-
-# --------------------------------------------------------------------------- the task
 
 
 @dataclass
@@ -323,9 +213,9 @@ class DiTTask:
         ckpt = self._pack_info().get("checkpoint")
         which = (self.data.attrs.get("pack") or {}).get("which") or "ema"
         try:
-            from repackctl.pack.io import load_pack
+            from repackctl.pack.load import load_pack
         except ImportError:
-            self._grid_note = "repackctl.pack.io is not available: latent-space grid"
+            self._grid_note = "repackctl.pack.load is not available: latent-space grid"
             return None
         if not ckpt or not Path(str(ckpt)).exists():
             self._grid_note = "pack checkpoint not found: latent-space grid"
@@ -381,33 +271,47 @@ class DiTTask:
         self.sample_grid(ema_module, step, Path(run_dir))
 
 
-# --------------------------------------------------------------------------- the run
+def build_model(model_id: str, **kwargs: Any) -> nn.Module:
+    """Build a registered model, passing only the options its factory accepts."""
+    factory = registry("models").get(model_id)
+    params = inspect.signature(factory).parameters
+    takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    given = {k: v for k, v in kwargs.items() if takes_all or k in params}
+    for required in ("in_channels", "input_size", "num_classes"):
+        if required not in given:
+            raise ConfigError(
+                f"model {model_id!r} does not take {required}=",
+                "a repackctl.models factory takes in_channels, input_size and num_classes",
+            )
+    return factory(**given)
 
 
-@dataclass
-class DiTTrainResult:
-    """What ``train_dit`` did, for the CLI to render."""
+def resolve_model_id(arch: str, size: str, patch: int | None, model: str | None) -> str:
+    """``--model ID`` wins; else ``<arch>-<size>-<patch>`` (``tiny`` is its own id)."""
+    from repackctl.models.variants import PATCHES, model_id
 
-    run_dir: Path
-    result: TrainResult
-    model_id: str
-    num_params: int
-    latents: str
-    entry: str
-    features: str | None
-    num_samples: int
-    latent_shape: tuple[int, int, int]
-    in_memory: bool
-    grid_note: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    if model:
+        return model
+    if size == "tiny":
+        return "tiny"
+    if arch not in PATCHES:
+        raise ConfigError(f"unknown arch {arch!r}", f"choose one of {', '.join(PATCHES)}")
+    return model_id(arch, size, patch if patch is not None else PATCHES[arch][0])
 
 
-def _uses_cpu(device: str) -> bool:
-    if device == "cpu":
-        return True
-    if device == "auto":
-        return not torch.cuda.is_available()
-    return False
+def _width(model: nn.Module) -> tuple[int, int]:
+    cfg = getattr(model, "config", None)
+    if cfg is None or not hasattr(cfg, "hidden_size") or not hasattr(cfg, "depth"):
+        raise ConfigError(
+            f"model {type(model).__name__} has no config.hidden_size / config.depth",
+            "REPA needs them; train it with --repa-weight 0",
+        )
+    return int(cfg.hidden_size), int(cfg.depth)
+
+
+def repa_hidden_default(width: int) -> int:
+    """REPA's projector width 2048 for every published size; 4·D for tiny test widths."""
+    return 2048 if width >= 256 else 4 * width
 
 
 def build_task(settings) -> tuple[DiTTask, TrainConfig]:
@@ -476,118 +380,12 @@ def build_task(settings) -> tuple[DiTTask, TrainConfig]:
     return DiTTask(data, spec), config
 
 
-def train_dit(
-    settings, progress: ProgressFactory = null_progress, config_record: dict | None = None
-) -> DiTTrainResult:
-    """Train (or resume) a DiT on the packed latents the settings select."""
-    task, config = build_task(settings)
-    if config_record is not None:
-        config.extra["settings"] = config_record
-    result = train(task, config, progress)
-    return DiTTrainResult(
-        run_dir=result.run_dir,
-        result=result,
-        model_id=task.spec.model_id,
-        num_params=task.num_params,
-        latents=task.data.ref.pack_id,
-        entry=task.data.ref.entry,
-        features=task.data.features_id,
-        num_samples=len(task.data),
-        latent_shape=task.data.shape,
-        in_memory=task.data.in_memory,
-        grid_note=task._grid_note,
-    )
+_SAMPLE_KEY = 0xD17  # tags the per-sample generators of this stage
 
 
-def run_dit_train(
-    settings, progress: ProgressFactory = null_progress, config_record: dict | None = None
-) -> Path:
-    """Train (or resume) ``settings.train``'s DiT; returns the run folder."""
-    return train_dit(settings, progress, config_record).run_dir
-
-
-# --------------------------------------------------------------------------- loading
-
-
-@dataclass
-class DiTHandle:
-    """A trained DiT ready for sampling: model in eval mode plus what its checkpoint recorded."""
-
-    model: nn.Module
-    checkpoint: Path
-    extra: dict[str, Any]
-    sha256: str
-    which: str = "ema"
-
-    @property
-    def latent_stats(self) -> dict[str, list[float]]:
-        return self.extra["latent_stats"]
-
-    @property
-    def latent_shape(self) -> tuple[int, int, int]:
-        return tuple(self.extra["latent_shape"])  # type: ignore[return-value]
-
-    @property
-    def num_classes(self) -> int:
-        return int(self.extra["num_classes"])
-
-
-def _checkpoint_of(run_or_checkpoint: str | Path) -> Path:
-    path = Path(run_or_checkpoint).expanduser()
-    if (path / "state.json").is_file():
-        return path
-    latest = ckpt_io.latest_checkpoint(path)
-    if latest is None:
-        raise CheckpointError(
-            f"no complete checkpoint in {path}",
-            "pass a run folder (runs/<name>) or a checkpoint (runs/<name>/checkpoints/step-…); "
-            "train one with `repackctl train dit`",
-        )
-    return latest
-
-
-def load_dit(run_or_checkpoint: str | Path, which: str = "ema") -> DiTHandle:
-    """Rebuild the DiT of a run's newest checkpoint (or of a given checkpoint), in eval mode."""
-    ckpt = _checkpoint_of(run_or_checkpoint)
-    extra = ckpt_io.read_state(ckpt).get("extra", {})
-    if extra.get("stage") != "dit":
-        raise CheckpointError(
-            f"{ckpt} is not a DiT checkpoint (stage {extra.get('stage')!r})",
-            "pass a run trained with `repackctl train dit`",
-        )
-    from repackctl.models.dit import DiT
-    from repackctl.models.variants import MODEL_FACTORIES, build_from_config
-
-    model_id = extra["model_id"]
-    if model_id in MODEL_FACTORIES and extra.get("model_config"):
-        model = build_from_config(extra["model_config"])
-    else:
-        model = build_model(model_id, **extra.get("model_kwargs", {}))
-        if type(model) is DiT and extra.get("model_config"):
-            model = build_from_config(extra["model_config"])
-    weights = ckpt_io.load_model_weights(ckpt, which)
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as e:
-        raise CheckpointError(
-            f"{ckpt}/{which}.safetensors does not fit model {model_id}: {e}",
-            "the checkpoint is damaged or the model plugin changed",
-        ) from e
-    digest = hashlib.sha256((ckpt / f"{which}.safetensors").read_bytes()).hexdigest()
-    return DiTHandle(model=model.eval(), checkpoint=ckpt, extra=extra, sha256=digest, which=which)
-
-
-__all__ = [
-    "DiTHandle",
-    "DiTSpec",
-    "DiTTask",
-    "DiTTrainResult",
-    "PRESETS",
-    "build_model",
-    "build_task",
-    "load_dit",
-    "preset_values",
-    "resolve_model_id",
-    "run_dit_train",
-    "train_dit",
-]
+def _uses_cpu(device: str) -> bool:
+    if device == "cpu":
+        return True
+    if device == "auto":
+        return not torch.cuda.is_available()
+    return False

@@ -24,12 +24,12 @@ from pydantic_settings import (
 )
 
 from repackctl.errors import ConfigError
-from repackctl.sections.benchmark import BenchmarkSettings
-from repackctl.sections.evaluate import EvaluateSettings
-from repackctl.sections.pack import PackSettings
-from repackctl.sections.refine import RefineSettings
-from repackctl.sections.sample import SampleSettings
-from repackctl.sections.train import TrainSettings
+from repackctl.settings.benchmark import BenchmarkSettings
+from repackctl.settings.dit import TrainSettings
+from repackctl.settings.evaluate import EvaluateSettings
+from repackctl.settings.pack import PackSettings
+from repackctl.settings.refine import RefineSettings
+from repackctl.settings.sample import SampleSettings
 
 ENV_PREFIX = "REPACKCTL_"
 Precision = Literal["fp32", "bf16", "fp16"]

@@ -96,7 +96,7 @@ def train(
     if show:
         show_config(resolved, ("refine",))
         return
-    from repackctl.refine.trainer import run_refine_train
+    from repackctl.refine.task import run_refine_train
     from repackctl.train.checkpoint import latest_checkpoint
 
     main = is_main_process()
@@ -136,7 +136,7 @@ def apply(
     if show:
         show_config(resolved, ("refine", "sample"))
         return
-    from repackctl.refine.apply import run_refine_apply
+    from repackctl.sample.refine import run_refine_apply
 
     main = is_main_process()
     result = run_refine_apply(resolved.settings, samples_dir, rank_progress(main))

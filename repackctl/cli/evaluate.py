@@ -169,7 +169,7 @@ def fid(
     if show:
         show_config(resolved, ("evaluate", "sample"))
         return
-    from repackctl.evaluate import run_evaluate_fid
+    from repackctl.evaluate.generative import run_evaluate_fid
 
     result = run_evaluate_fid(resolved.settings, rich_progress)
     for message in result.messages:
@@ -262,7 +262,7 @@ def stats(
     if show:
         show_config(resolved, ("evaluate",))
         return
-    from repackctl.evaluate import run_evaluate_stats
+    from repackctl.evaluate.generative import run_evaluate_stats
 
     result = run_evaluate_stats(
         resolved.settings,
@@ -290,9 +290,9 @@ def stats(
 def _add_pack_commands() -> None:
     """`evaluate recon` / `evaluate probe` live with the pack stage; add them when present."""
     try:
-        module = importlib.import_module("repackctl.cli.evaluate_pack_cmd")
+        module = importlib.import_module("repackctl.cli.evaluate_pack")
     except ModuleNotFoundError as e:
-        if e.name != "repackctl.cli.evaluate_pack_cmd":
+        if e.name != "repackctl.cli.evaluate_pack":
             raise
         return
     module.register_into(evaluate_app)

@@ -115,7 +115,7 @@ def sample(
     if show:
         show_config(resolved, ("sample",))
         return
-    from repackctl.sample import run_sample
+    from repackctl.sample.run import run_sample
 
     main = is_main_process()
     result = run_sample(resolved.settings, rank_progress(main))

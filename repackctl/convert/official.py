@@ -25,7 +25,7 @@ convs of the projection become one affine map (``W = W_q·W_e``, ``b = b_q``). T
 (``DecoderConfig(post_quant_conv=True)``), so the decoder is exact at the latent's border too.
 
 Conventions: the official DiT runs in the opposite time (τ = 1 data) and predicts ``x − ε``; the
-imported DiT checkpoint says ``velocity_convention: "official"`` and ``repackctl.sample`` calls it
+imported DiT checkpoint says ``velocity_convention: "official"`` and ``repackctl.sample.run`` calls it
 as ``v(x, t) = −model(x, 1 − t)``. Their sampling settings are translated into the DiT run's
 ``sampling.json``: shift 0.3 → ours 1/0.3, ``cfg_interval_start`` 0.11 → ``cfg_t_hi`` 0.89, CFG
 on channels 0–2 → ``cfg_channels`` 3, scale 15, Euler with a 250-point grid → 249 steps.
@@ -507,7 +507,7 @@ def import_official(
 ) -> ImportResult:
     """Convert the given official checkpoints into runs ``<out>-pack``, ``-dit``, ``-refine``."""
     from repackctl.encoders.base import EncoderSpec
-    from repackctl.pack.io import load_pack
+    from repackctl.pack.load import load_pack
 
     if dit is not None and (stage1 is None or latent_stats is None):
         raise ConfigError(
@@ -577,7 +577,7 @@ def import_official(
                 "cache": {"root": None, "entry": None, "latents": None, "features": None},
                 "num_classes": config.num_classes,
                 "class_names": None,
-                # their τ = 1 − t and prediction x − ε: repackctl.sample wraps the model
+                # their τ = 1 − t and prediction x − ε: repackctl.sample.run wraps the model
                 "velocity_convention": "official",
                 "transport": {
                     "time_convention": "official: t=1 data, t=0 noise",

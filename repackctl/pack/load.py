@@ -18,8 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import Tensor
+
 from repackctl.errors import CheckpointError
 from repackctl.pack.autoencoder import PackAutoencoder
+from repackctl.paths import resolve_checkpoint_arg
 
 LATENT_STATS = "latent_stats.json"
 
@@ -106,7 +110,7 @@ def load_pack(
     run_or_checkpoint: str | Path, which: str = "ema", runs: str | None = None
 ) -> PackHandle:
     """Load a pack model (``which`` = "ema" or "model" weights) in eval mode on the CPU."""
-    from repackctl.metrics.frechet import sha256_file
+    from repackctl.files import sha256_file
     from repackctl.train.checkpoint import load_model_weights, read_state
 
     ckpt = resolve_checkpoint(run_or_checkpoint, runs)
@@ -142,3 +146,34 @@ def load_pack(
         which=which,
         step=step,
     )
+
+
+def denormalise(x: Tensor, stats: dict[str, Any]) -> Tensor:
+    """Normalised DiT latent (B, d, h, w) → raw packed latent: x·std + mean per channel."""
+    mean = torch.as_tensor(stats["mean"], dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    std = torch.as_tensor(stats["std"], dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    if mean.shape[1] != x.shape[1]:
+        raise CheckpointError(
+            f"latent stats have {mean.shape[1]} channels, the DiT makes {x.shape[1]}",
+            "the checkpoint's latent_stats are damaged",
+        )
+    return x * std + mean  # (B, d, h, w)
+
+
+def load_decoder(runs: str, extra: dict[str, Any]):
+    """The pack model the DiT was trained on (from the checkpoint recorded in its extra)."""
+    from repackctl.pack.load import load_pack
+
+    pack = extra["pack"]
+    where = Path(pack.get("checkpoint") or "")
+    if not where.is_dir():  # the runs folder moved: look the run up under the current root
+        where = resolve_checkpoint_arg(
+            runs, pack["run"], Path(pack.get("checkpoint", "")).name or None
+        )
+    handle = load_pack(where)
+    if pack.get("pack_id") and handle.pack_id != pack["pack_id"]:
+        raise CheckpointError(
+            f"pack model {handle.pack_id} is not the one the DiT was trained on ({pack['pack_id']})",
+            "restore the pack run the DiT was trained with",
+        )
+    return handle

@@ -193,8 +193,8 @@ class RefineTask:
 
     def on_images(self, modules, ema_module: nn.Module, step: int, run_dir: Path) -> None:
         """Rows of real / reconstruction / refined (EMA) images of the first samples."""
+        from repackctl.files import to_uint8
         from repackctl.metrics.recon import save_grid
-        from repackctl.sample import to_uint8
 
         batch = self.get_batch(np.arange(min(8, len(self.positions))), 0, np.random.default_rng(0))
         device = next(ema_module.parameters()).device
@@ -237,9 +237,9 @@ def _lpips(settings: Settings, messages: list[str]) -> nn.Module | None:
 
 def run_refine_train(settings: Settings, progress: ProgressFactory = null_progress) -> Path:
     """Build the triplets of the pack run (resumable), then train (or resume) the refiner."""
-    from repackctl.extract import resolve_device
-    from repackctl.pack.io import load_pack
+    from repackctl.pack.load import load_pack
     from repackctl.paths import run_dir
+    from repackctl.runtime import resolve_device
 
     cfg = settings.refine
     if not cfg.pack_run:

@@ -37,7 +37,7 @@ def _opt(help_text: str, *names: str):
 
 def _resolve_with_preset(config: str | None, flags: dict):
     """Resolve settings; a preset replaces defaults only (file, env and flags still win)."""
-    from repackctl.train.dit import preset_values
+    from repackctl.settings.dit import preset_values
 
     resolved = resolve(config, flags)
     preset = resolved.settings.train.preset
@@ -229,7 +229,7 @@ def dit(
     if show:
         show_config(resolved, ("train",))
         return
-    from repackctl.train.dit import train_dit
+    from repackctl.dit.run import train_dit
 
     main = is_main_process()
     out = train_dit(resolved.settings, rank_progress(main), config_record=resolved.to_dict())

@@ -1,0 +1,1 @@
+"""Import of official checkpoints (RePack then Refine) into repackctl runs."""

@@ -1,0 +1,1 @@
+"""Stage 2: a DiT (+ REPA) trained on packed latents; its task, run and loader."""

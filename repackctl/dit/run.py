@@ -1,0 +1,87 @@
+"""`repackctl train dit`: a DiT on packed latents with flow matching and REPA (RePack stage 2).
+
+Follows the official RePack-then-Refine stage 2 (LightningDiT recipe: linear path, velocity
+prediction, logit-normal t, MSE + (1 − cos) loss, AdamW 2e-4 (0.9, 0.95), EMA 0.9999; see
+``reference/methods.md``) in our time convention (t = 0 data, t = 1 noise, DESIGN.md §2), plus
+REPA (Yu et al. 2025, sihyun-yu/REPA ``train.py`` / ``loss.py``): an MLP projector on the hidden
+state after block k, negative cosine against the frozen encoder's tokens of the same images and
+the same flip, read from the cache (the encoder never runs here), weight λ = 0.5, optionally
+switched off at a step (HASTE).
+
+Randomness: every sample's flip, posterior noise, t, noise and label-drop come from a generator
+keyed by (seed, step, sample index), never from the global RNG or the batch split. So a run gives
+the same numbers with any number of processes or micro-batches, and resumes bit-identically.
+
+``run_dit_train`` is the library entry of the CLI; ``load_dit`` rebuilds a trained model from
+a run or checkpoint (the contract used by sampling). Shapes: B batch, d latent channels,
+h×w latent grid, T tokens, D width, C encoder width.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from repackctl.dit.task import build_task
+from repackctl.progress import ProgressFactory, null_progress
+from repackctl.train.loop import TrainResult, train
+
+# --------------------------------------------------------------------------- model selection
+
+
+# --------------------------------------------------------------------------- the task
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass
+class DiTTrainResult:
+    """What ``train_dit`` did, for the CLI to render."""
+
+    run_dir: Path
+    result: TrainResult
+    model_id: str
+    num_params: int
+    latents: str
+    entry: str
+    features: str | None
+    num_samples: int
+    latent_shape: tuple[int, int, int]
+    in_memory: bool
+    grid_note: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def train_dit(
+    settings, progress: ProgressFactory = null_progress, config_record: dict | None = None
+) -> DiTTrainResult:
+    """Train (or resume) a DiT on the packed latents the settings select."""
+    task, config = build_task(settings)
+    if config_record is not None:
+        config.extra["settings"] = config_record
+    result = train(task, config, progress)
+    return DiTTrainResult(
+        run_dir=result.run_dir,
+        result=result,
+        model_id=task.spec.model_id,
+        num_params=task.num_params,
+        latents=task.data.ref.pack_id,
+        entry=task.data.ref.entry,
+        features=task.data.features_id,
+        num_samples=len(task.data),
+        latent_shape=task.data.shape,
+        in_memory=task.data.in_memory,
+        grid_note=task._grid_note,
+    )
+
+
+def run_dit_train(
+    settings, progress: ProgressFactory = null_progress, config_record: dict | None = None
+) -> Path:
+    """Train (or resume) ``settings.train``'s DiT; returns the run folder."""
+    return train_dit(settings, progress, config_record).run_dir
+
+
+# --------------------------------------------------------------------------- loading

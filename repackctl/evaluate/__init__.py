@@ -1,0 +1,1 @@
+"""Evaluation: image sets, references and their statistics, generative scores, recon and probe."""

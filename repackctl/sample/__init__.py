@@ -1,0 +1,1 @@
+"""Generation: plans, per-index seeds, guided sampling, and the samples-folder format."""

@@ -1,0 +1,141 @@
+"""The samples-folder format: PNG names, ownership, claim, assembly to .npz, the card."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from repackctl.errors import ConfigError
+from repackctl.files import read_png, write_json_atomic
+from repackctl.paths import LATENTS_DIR, LATENTS_FILE, SETTINGS_JSON
+from repackctl.sample.plan import GenerationPlan
+
+
+def png_path(folder: Path, index: int) -> Path:
+    return folder / f"{index:06d}.png"
+
+
+def iter_pngs(folder: Path, num: int, batch: int = 256) -> Iterator[np.ndarray]:
+    """uint8 (b, H, W, 3) batches of ``000000.png …`` in index order."""
+    for start in range(0, num, batch):
+        idx = range(start, min(start + batch, num))
+        yield np.stack([read_png(png_path(folder, i)) for i in idx])
+
+
+def missing_indices(folder: Path, indices: range) -> list[int]:
+    return [i for i in indices if not png_path(folder, i).is_file()]
+
+
+def owned_range(num: int, rank: int, world: int) -> range:
+    """Contiguous share ``[N·r/W, N·(r+1)/W)`` of process r."""
+    return range(num * rank // world, num * (rank + 1) // world)
+
+
+def claim_folder(folder: Path, fingerprint: dict[str, Any]) -> None:
+    """Record the settings that fix the images; a folder made with other settings is refused."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / SETTINGS_JSON
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old != fingerprint:
+            diff = sorted(
+                k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k)
+            )
+            raise ConfigError(
+                f"{folder} holds samples made with other settings ({', '.join(diff)})",
+                "pass --out to write elsewhere, or delete the folder",
+            )
+        return
+    write_json_atomic(path, fingerprint)
+
+
+def assemble(
+    folder: Path, labels: np.ndarray, grid: int, latent_shape: tuple[int, ...] | None
+) -> tuple[int, ...]:
+    """samples.npz (ADM), latents.npy and grid.png from the per-index files; returns H, W, 3."""
+    from repackctl.metrics.adm import write_samples_npz
+    from repackctl.metrics.recon import save_grid
+
+    num = len(labels)
+    write_samples_npz(folder / "samples.npz", iter_pngs(folder, num), labels, num=num)
+    lat_dir = folder / LATENTS_DIR
+    if latent_shape is not None and lat_dir.is_dir():
+        complete = all((lat_dir / f"{i:06d}.npy").is_file() for i in range(num))
+        if not complete and (folder / LATENTS_FILE).is_file():
+            shutil.rmtree(lat_dir)  # a finished folder reopened: latents.npy is already there
+        else:
+            out = np.lib.format.open_memmap(
+                folder / f".{LATENTS_FILE}.tmp",
+                mode="w+",
+                dtype=np.float32,
+                shape=(num, *latent_shape),
+            )
+            for i in range(num):
+                out[i] = np.load(lat_dir / f"{i:06d}.npy", allow_pickle=False)
+            out.flush()
+            del out
+            os.replace(folder / f".{LATENTS_FILE}.tmp", folder / LATENTS_FILE)
+            shutil.rmtree(lat_dir)
+    first = read_png(png_path(folder, 0))
+    if grid > 0:
+        images = next(iter_pngs(folder, min(grid, num), batch=grid))
+        cols = max(1, math.ceil(math.sqrt(len(images))))
+        save_grid([images[i : i + cols] for i in range(0, len(images), cols)], folder / "grid.png")
+    return tuple(first.shape)
+
+
+def sample_folder_name(
+    run: str, ckpt: str, plan: GenerationPlan, seed: int, weights: str, refiner: str | None
+) -> str:
+    """``<run>--<ckpt>--<sampler>-<steps>--cfg<s>--seed<k>`` (+ ``-raw`` / ``--refine-<name>``)."""
+    name = f"{run}--{ckpt}{'' if weights == 'ema' else '-raw'}--{plan.spec.kind}-{plan.spec.steps}"
+    name += f"--cfg{plan.cfg:g}--seed{seed}"
+    if refiner:
+        name += f"--refine-{Path(refiner).name}"
+    return name
+
+
+def generation_card(
+    *,
+    plan: GenerationPlan,
+    nfe: int,
+    label_scheme: str,
+    seed: int,
+    precision: str,
+    checkpoint: Path,
+    checkpoint_sha256: str,
+    num: int,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """The generation fields of ``metrics.protocol.ProtocolCard`` plus what produced them."""
+    from repackctl.metrics.protocol import git_revision, package_versions
+
+    return {
+        "sampler": {"euler": "euler-ode", "heun": "heun-ode", "sde": "euler-maruyama-sde"}[
+            plan.spec.kind
+        ],
+        "steps": plan.spec.steps,
+        "nfe": nfe,
+        "cfg_scale": plan.cfg,
+        "cfg_interval": [plan.t_lo, plan.t_hi],
+        "cfg_legacy_channels": plan.legacy_channels,
+        "shift": plan.spec.shift,
+        "label_scheme": label_scheme,
+        "seed": seed,
+        "precision": precision,
+        "checkpoint": str(checkpoint),
+        "checkpoint_sha256": checkpoint_sha256,
+        "num_samples": num,
+        "versions": package_versions(),
+        "git_revision": git_revision(),
+        "sampler_spec": plan.spec.to_dict(),
+        "setting_sources": plan.sources,
+        **extra,
+    }

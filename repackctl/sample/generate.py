@@ -1,0 +1,60 @@
+"""Guided sampling of raw DiT latents: velocity of a model, CFG, the ODE/SDE loop."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from repackctl.pack.load import denormalise
+from repackctl.sample.plan import OFFICIAL_VELOCITY, GenerationPlan, index_generators, initial_noise
+from repackctl.transport.guidance import AutoGuidance, ClassifierFreeGuidance
+from repackctl.transport.samplers import VelocityFn, sample
+
+
+def model_velocity(model: torch.nn.Module, extra: dict[str, Any], autocast: bool) -> VelocityFn:
+    """The DiT as a ``VelocityFn`` in our convention (wrapping official-convention models)."""
+    official = extra.get("velocity_convention") == OFFICIAL_VELOCITY
+    device_type = next(model.parameters()).device.type
+
+    def f(x: Tensor, t: Tensor, y: Tensor | None) -> Tensor:
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast):
+            if official:
+                # theirs: τ = 1 − t (τ = 1 data) and v_theirs = x − ε = −v_ours
+                return -model(x, 1.0 - t, y).float()  # (B, d, h, w)
+            return model(x, t, y).float()  # (B, d, h, w)
+
+    return f
+
+
+def guided_velocity(
+    main: VelocityFn, plan: GenerationPlan, null_label: int, guide: VelocityFn | None
+) -> VelocityFn:
+    """CFG (or autoguidance with ``guide``) per ``plan``; the plain model at scale 1."""
+    if guide is not None:
+        return AutoGuidance(main, guide, plan.cfg, plan.t_lo, plan.t_hi)
+    if not plan.guided:
+        return main
+    return ClassifierFreeGuidance(
+        main, plan.cfg, null_label, plan.t_lo, plan.t_hi, plan.legacy_channels or None
+    )
+
+
+def generate_raw_latents(
+    velocity: VelocityFn,
+    plan: GenerationPlan,
+    extra: dict[str, Any],
+    labels: np.ndarray,
+    seed: int,
+    indices: list[int],
+    device: torch.device,
+) -> Tensor:
+    """Raw packed latents (B, d, h, w) of samples ``indices``, each from its own generator."""
+    shape = tuple(int(s) for s in extra["latent_shape"])
+    gens = index_generators(seed, indices)
+    noise = initial_noise(gens, shape).to(device)  # (B, d, h, w)
+    y = torch.from_numpy(labels[indices]).to(device)  # (B,)
+    out = sample(plan.spec, velocity, noise, y, generator=gens)
+    return denormalise(out.x.float(), extra["latent_stats"])  # (B, d, h, w)

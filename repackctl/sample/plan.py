@@ -1,0 +1,183 @@
+"""What to generate: the plan (N, labels, steps, CFG), per-index seeds and labels, time grids."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from repackctl.errors import CheckpointError, ConfigError
+from repackctl.paths import SAMPLING_JSON, run_root_of
+from repackctl.transport.samplers import SamplerSpec, time_grid
+from repackctl.transport.timesteps import shift_time
+
+
+@dataclass
+class GenerationPlan:
+    """Resolved sampler and guidance settings (explicit setting > sampling.json > default)."""
+
+    spec: SamplerSpec
+    cfg: float
+    t_lo: float
+    t_hi: float
+    legacy_channels: int  # 0 = all channels
+    sources: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def guided(self) -> bool:
+        return self.cfg != 1.0
+
+
+def index_seed(seed: int, index: int) -> int:
+    """A 63-bit seed for sample ``index``, derived from (seed, index) by NumPy's SeedSequence."""
+    words = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(index), 0x5A3D1E]).generate_state(2)
+    return (int(words[0]) << 31 | int(words[1]) >> 1) & (2**63 - 1)
+
+
+def index_generators(seed: int, indices: np.ndarray | list[int]) -> list[torch.Generator]:
+    """One CPU generator per sample index (noise is drawn on the CPU: device-independent)."""
+    return [torch.Generator("cpu").manual_seed(index_seed(seed, int(i))) for i in indices]
+
+
+def initial_noise(generators: list[torch.Generator], shape: tuple[int, ...]) -> Tensor:
+    """(B, d, h, w) standard normal, row b from ``generators[b]``."""
+    return torch.stack([torch.randn(shape, generator=g) for g in generators])  # (B, d, h, w)
+
+
+def make_labels(num: int, num_classes: int, scheme: str, seed: int) -> np.ndarray:
+    """Labels of all N samples: ``balanced``, ``random`` or a comma list of class ids."""
+    if num_classes < 1:
+        raise ConfigError("the DiT has no classes", "sample a class-conditional run")
+    if scheme == "balanced":
+        # class c gets indices [N·c/K, N·(c+1)/K): N/K each (± 1), classes in order
+        return (np.arange(num, dtype=np.int64) * num_classes) // num
+    if scheme == "random":
+        return np.random.default_rng([seed, 0x1AB]).integers(0, num_classes, num, dtype=np.int64)
+    try:
+        given = [int(c) for c in scheme.split(",") if c.strip()]
+    except ValueError:
+        given = []
+    if not given:
+        raise ConfigError(
+            f"unknown label scheme {scheme!r}",
+            "use --labels balanced, --labels random or class ids such as --labels 3,7",
+        )
+    bad = [c for c in given if not 0 <= c < num_classes]
+    if bad:
+        raise ConfigError(
+            f"class ids {bad} are outside 0..{num_classes - 1}", "pick classes the DiT knows"
+        )
+    return np.asarray([given[i % len(given)] for i in range(num)], dtype=np.int64)
+
+
+def label_scheme_name(scheme: str) -> str:
+    if scheme in ("balanced", "random"):
+        return "balanced" if scheme == "balanced" else "uniform-random"
+    return f"classes:{scheme}"
+
+
+def evaluation_times(spec: SamplerSpec) -> list[float]:
+    """The times at which each sampler calls the velocity function (one entry per call)."""
+    if spec.kind == "sde":
+        grid = shift_time(
+            torch.linspace(1.0, spec.t_last, spec.steps, dtype=torch.float64), spec.shift
+        )
+        return [float(t) for t in grid]
+    times = [float(t) for t in time_grid(spec.steps, spec.shift)]
+    if spec.kind == "euler":
+        return times[:-1]
+    calls = []
+    for i in range(spec.steps):
+        calls.append(times[i])
+        if not (spec.heun_final_euler and i == spec.steps - 1):
+            calls.append(times[i + 1])
+    return calls
+
+
+def network_evaluations(spec: SamplerSpec, plan: GenerationPlan, autoguide: bool) -> int:
+    """Network forwards per sample: guided calls cost two (cond + uncond, or main + guide)."""
+    two = plan.guided or autoguide
+    return sum(2 if two and plan.t_lo <= t <= plan.t_hi else 1 for t in evaluation_times(spec))
+
+
+def resolve_plan(cfg: Any, defaults: dict[str, Any]) -> GenerationPlan:
+    """Explicit setting > the run's sampling.json > built-in default, with each value's source."""
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for key, builtin in DEFAULTS.items():
+        given = getattr(cfg, key)
+        if given is not None:
+            values[key], sources[key] = given, "setting"
+        elif key in defaults:
+            values[key], sources[key] = defaults[key], SAMPLING_JSON
+        else:
+            values[key], sources[key] = builtin, "default"
+    spec = SamplerSpec(
+        kind=values["sampler"], steps=int(values["steps"]), shift=float(values["shift"])
+    )
+    if not 0.0 <= values["cfg_t_lo"] <= values["cfg_t_hi"] <= 1.0:
+        raise ConfigError(
+            f"guidance interval [{values['cfg_t_lo']}, {values['cfg_t_hi']}] is not ordered",
+            "our time: 0 data, 1 noise; --cfg-t-hi 0.89 is the official interval start 0.11",
+        )
+    return GenerationPlan(
+        spec=spec,
+        cfg=float(values["cfg"]),
+        t_lo=float(values["cfg_t_lo"]),
+        t_hi=float(values["cfg_t_hi"]),
+        legacy_channels=int(values["cfg_channels"]),
+        sources=sources,
+    )
+
+
+def plan_from_protocol(protocol: dict[str, Any]) -> GenerationPlan:
+    """The plan a samples folder was made with (its protocol.json), to regenerate latents."""
+    spec = SamplerSpec(**protocol["sampler_spec"])
+    lo, hi = protocol["cfg_interval"]
+    return GenerationPlan(
+        spec,
+        float(protocol["cfg_scale"]),
+        float(lo),
+        float(hi),
+        int(protocol["cfg_legacy_channels"]),
+    )
+
+
+# built-in defaults of the sampler settings left at None (see sections/sample.py)
+DEFAULTS: dict[str, Any] = {
+    "sampler": "euler",
+    "steps": 50,
+    "shift": 1.0,
+    "cfg": 1.0,
+    "cfg_t_lo": 0.0,
+    "cfg_t_hi": 1.0,
+    "cfg_channels": 0,
+}
+
+
+# the DiT checkpoint flag of models trained in the official convention (t = 1 data, v = x − ε)
+OFFICIAL_VELOCITY = "official"
+
+
+def read_sampling_defaults(checkpoint: Path) -> dict[str, Any]:
+    """The run's ``sampling.json`` (written by `import official`), or {}."""
+    for folder in (checkpoint, run_root_of(checkpoint)):
+        path = folder / SAMPLING_JSON
+        if path.is_file():
+            try:
+                data = json.loads(path.read_text())
+            except ValueError as e:
+                raise CheckpointError(f"{path} is not valid JSON: {e}", "fix or delete it") from e
+            unknown = sorted(set(data.get("defaults", {})) - set(DEFAULTS))
+            if unknown:
+                raise CheckpointError(
+                    f"{path} names unknown sampling settings {unknown}",
+                    f"valid keys: {', '.join(DEFAULTS)}",
+                )
+            return dict(data.get("defaults", {}))
+    return {}
