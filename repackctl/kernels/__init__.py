@@ -5,14 +5,14 @@ left are chains of small element-wise and row-wise ops that eager PyTorch runs a
 each, every one reading and writing the whole activation (memory-bound). Fused here, each chain
 reads its inputs once and writes its outputs once, forward and backward:
 
-* :func:`rmsnorm_modulate` — ``modulate(RMSNorm(x), shift, scale)`` (``repackctl/models/layers.py``;
-  LightningDiT, Yao et al. 2025, adaLN of DiT, Peebles & Xie 2023): ~7 eager kernels → 1.
+* :func:`rmsnorm_modulate` — ``modulate(RMSNorm(x), shift, scale)``
+  (``repackctl/models/layers.py``; LightningDiT, Yao et al. 2025, adaLN of DiT, Peebles & Xie 2023): ~7 eager kernels → 1.
 * :func:`rope_2d` — EVA-02 2-D rotary embedding on q or k (``Rope2d``; Fang et al. 2023):
   the float cast, pair rotation, two products, sum and cast back → 1.
 * :func:`swiglu_gate` — ``silu(a) * b`` on the ``w12`` output (``SwiGLU``; Shazeer 2020):
   chunk + silu + product → 1, no copies of the halves.
-* :func:`cosine_loss` — ``1 − cos`` per token over channels for REPA (``repackctl/models/repa.py``,
-  Yu et al. 2025) and the velocity direction term (``repackctl/transport/loss.py``).
+* :func:`cosine_loss` — ``1 − cos`` per token over channels for REPA
+  (``repackctl/models/repa.py``, Yu et al. 2025) and the velocity direction term (``repackctl/transport/loss.py``).
 
 Each op takes ``backend="auto" | "triton" | "eager"``; the eager path is
 ``repackctl.kernels.reference`` (the model's own code, operation for operation). ``"auto"``
@@ -87,7 +87,10 @@ def rmsnorm_modulate(
     eps: float = reference.RMS_EPS,
     backend: str = "auto",
 ) -> Tensor:
-    """``RMSNorm(x)·weight·(1 + scale) + shift``; x (B, T, D), weight (D,)|None, shift/scale (B, D)."""
+    """``RMSNorm(x)·weight·(1 + scale) + shift``.
+
+    x (B, T, D); weight (D,) or None; shift (B, D) or None (no-shift adaLN); scale (B, D).
+    """
     if resolve_backend(backend, x.device) == "eager":
         return reference.rmsnorm_modulate(x, weight, shift, scale, eps)
     from repackctl.kernels.norm_modulate import rmsnorm_modulate_triton

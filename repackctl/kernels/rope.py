@@ -40,7 +40,7 @@ def _rope_kernel(
     c1 = tl.load(cos_ptr + tab + 1, mask=mask, other=0.0).to(tl.float32)
     s0 = tl.load(sin_ptr + tab, mask=mask, other=0.0).to(tl.float32)
     s1 = tl.load(sin_ptr + tab + 1, mask=mask, other=0.0).to(tl.float32)
-    if BACKWARD:  # transpose of y = x·cos + R(x)·sin, with R(x) = (−x1, x0): dx = g·cos − R(g·sin)
+    if BACKWARD:  # transpose of y = x·cos + R(x)·sin, R(x) = (−x1, x0): dx = g·cos − R(g·sin)
         y0 = x0 * c0 + x1 * s1  # (BT, BP)
         y1 = x1 * c1 - x0 * s0  # (BT, BP)
     else:
@@ -79,7 +79,7 @@ class _Rope2d(torch.autograd.Function):
 
 
 def rope_2d_triton(x: Tensor, freqs_cos: Tensor, freqs_sin: Tensor) -> Tensor:
-    """Fused 2-D RoPE: x (B, H, T, Dh), tables (T, Dh) (constants: no gradient) → (B, H, T, Dh)."""
+    """Fused 2-D RoPE: x (B, H, T, Dh), tables (T, Dh) (constants, no gradient) → (B, H, T, Dh)."""
     b, h, t, dh = x.shape
     if dh % 2 or freqs_cos.shape != (t, dh) or freqs_sin.shape != (t, dh):
         raise ConfigError(
