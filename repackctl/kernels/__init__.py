@@ -6,13 +6,15 @@ each, every one reading and writing the whole activation (memory-bound). Fused h
 reads its inputs once and writes its outputs once, forward and backward:
 
 * :func:`rmsnorm_modulate` — ``modulate(RMSNorm(x), shift, scale)``
-  (``repackctl/models/layers.py``; LightningDiT, Yao et al. 2025, adaLN of DiT, Peebles & Xie 2023): ~7 eager kernels → 1.
+  (``repackctl/models/layers.py``; LightningDiT, Yao et al. 2025; adaLN of DiT, Peebles & Xie
+  2023): ~7 eager kernels → 1.
 * :func:`rope_2d` — EVA-02 2-D rotary embedding on q or k (``Rope2d``; Fang et al. 2023):
   the float cast, pair rotation, two products, sum and cast back → 1.
 * :func:`swiglu_gate` — ``silu(a) * b`` on the ``w12`` output (``SwiGLU``; Shazeer 2020):
   chunk + silu + product → 1, no copies of the halves.
 * :func:`cosine_loss` — ``1 − cos`` per token over channels for REPA
-  (``repackctl/models/repa.py``, Yu et al. 2025) and the velocity direction term (``repackctl/transport/loss.py``).
+  (``repackctl/models/repa.py``, Yu et al. 2025) and the velocity direction term
+  (``repackctl/transport/loss.py``).
 
 Each op takes ``backend="auto" | "triton" | "eager"``; the eager path is
 ``repackctl.kernels.reference`` (the model's own code, operation for operation). ``"auto"``
