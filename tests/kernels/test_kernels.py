@@ -34,7 +34,7 @@ from repackctl.transport.loss import COS_NORM_FLOOR, velocity_loss
 needs_triton = pytest.mark.skipif(not K.available(), reason="triton is not installed")
 REPO = Path(__file__).resolve().parents[2]
 TRITON_TESTS = "matches_reference or run_in_the_interpreter"  # -k selection of the child run
-N_TRITON_TESTS = 14
+N_TRITON_TESTS = 15
 
 
 def _interpreter_ready() -> bool:
@@ -171,6 +171,23 @@ def test_cosine_loss_triton_matches_reference(interp, case):
         rtol=1e-4,
         atol=1e-5,
     )
+
+
+@in_interpreter
+def test_bf16_triton_matches_reference_within_rounding(interp):
+    """bf16 in, bf16 out, bf16 gradients; the kernels round once where eager rounds per op."""
+    from repackctl.bench.common import BenchContext
+    from repackctl.kernels.bench import _cases
+
+    for op, (fn, inputs) in _cases(BenchContext(size="tiny")).items():
+        assert all(x.dtype == torch.bfloat16 for x in inputs), op
+        _compare(
+            lambda *a, fn=fn: fn(*a, backend="triton"),
+            lambda *a, fn=fn: fn(*a, backend="eager"),
+            inputs,
+            rtol=3e-2,
+            atol=3e-2,
+        )
 
 
 @in_interpreter
@@ -337,3 +354,12 @@ def test_import_and_eager_work_without_triton(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
+
+
+def test_fused_bench_skips_cleanly_on_cpu():
+    from repackctl.bench.common import BenchContext
+    from repackctl.kernels.bench import fused_rows
+
+    rows = fused_rows(BenchContext(size="tiny", device=torch.device("cpu")))
+    assert len(rows) == 1 and rows[0].median_s is None
+    assert "needs CUDA" in rows[0].note
