@@ -31,7 +31,8 @@ except Exception:  # noqa: BLE001
 def _cos_kernel(
     p_ptr, t_ptr, g_ptr, out_ptr, dp_ptr, dt_ptr, T, C, floor, eps,
     spb, spt, spc, stb, stt, stc, sdpb, sdpt, sdpc, sdtb, sdtt, sdtc,
-    FLOORED: tl.constexpr, BACKWARD: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+    FLOORED: tl.constexpr, BACKWARD: tl.constexpr, NEED_DT: tl.constexpr, BT: tl.constexpr,
+    BC: tl.constexpr,
 ):  # fmt: skip
     b = tl.program_id(0)
     rows = tl.program_id(1) * BT + tl.arange(0, BT)  # (BT,) token index
@@ -68,18 +69,19 @@ def _cos_kernel(
         cp = k * gd * qn * gp * inv_n  # (BT,) coefficient of p in d den/d p
         ct = k * gq * inv_m  # (BT,) coefficient of t in d den/d t
         dp = -g[:, None] * (t / den[:, None] - cp[:, None] * p)  # (BT, BC)
-        dt = -g[:, None] * (p / den[:, None] - ct[:, None] * t)  # (BT, BC)
         dp_off = b * sdpb + rows[:, None] * sdpt + cols[None, :] * sdpc  # (BT, BC)
-        dt_off = b * sdtb + rows[:, None] * sdtt + cols[None, :] * sdtc  # (BT, BC)
         tl.store(dp_ptr + dp_off, dp.to(dp_ptr.dtype.element_ty), mask=mask)
-        tl.store(dt_ptr + dt_off, dt.to(dt_ptr.dtype.element_ty), mask=mask)
+        if NEED_DT:  # frozen targets (REPA encoder tokens, the velocity target) skip this write
+            dt = -g[:, None] * (p / den[:, None] - ct[:, None] * t)  # (BT, BC)
+            dt_off = b * sdtb + rows[:, None] * sdtt + cols[None, :] * sdtc  # (BT, BC)
+            tl.store(dt_ptr + dt_off, dt.to(dt_ptr.dtype.element_ty), mask=mask)
     else:
         tl.store(out_ptr + b * T + rows, 1.0 - dot / den, mask=rmask)
 
 
 def _launch(
     p: Tensor, t: Tensor, g: Tensor, out: Tensor, dp: Tensor, dt: Tensor,
-    floor: float | None, eps: float, backward: bool,
+    floor: float | None, eps: float, backward: bool, need_dt: bool = True,
 ) -> None:  # fmt: skip
     """Run the kernel on (B, T, C) views; forward fills ``out`` (B, T), backward ``dp``/``dt``."""
     b, n_tok, c = p.shape
@@ -88,7 +90,7 @@ def _launch(
     jit(_cos_kernel)[(b, -(-n_tok // bt))](
         p, t, g, out, dp, dt, n_tok, c, 0.0 if floor is None else floor, eps,
         *p.stride(), *t.stride(), *dp.stride(), *dt.stride(),
-        FLOORED=floor is not None, BACKWARD=backward, BT=bt, BC=bc,
+        FLOORED=floor is not None, BACKWARD=backward, NEED_DT=need_dt, BT=bt, BC=bc,
         num_warps=4 if bc <= 1024 else 8,
     )  # fmt: skip
 
@@ -107,9 +109,10 @@ class _CosineLoss(torch.autograd.Function):
     def backward(ctx, g):  # type: ignore[override]
         p, t = ctx.saved_tensors
         dp = torch.empty_like(p)  # (B, T, C), p's strides when p is dense
-        dt = torch.empty_like(t)  # (B, T, C)
-        _launch(p, t, g.contiguous(), g, dp, dt, ctx.floor, ctx.eps, backward=True)
-        return dp, dt, None, None
+        need_dt = ctx.needs_input_grad[1]
+        dt = torch.empty_like(t) if need_dt else dp  # (B, T, C); dp is a dummy, never written
+        _launch(p, t, g.contiguous(), g, dp, dt, ctx.floor, ctx.eps, True, need_dt)
+        return dp, dt if need_dt else None, None, None
 
 
 def cosine_loss_triton(

@@ -34,7 +34,7 @@ from repackctl.transport.loss import COS_NORM_FLOOR, velocity_loss
 needs_triton = pytest.mark.skipif(not K.available(), reason="triton is not installed")
 REPO = Path(__file__).resolve().parents[2]
 TRITON_TESTS = "matches_reference or run_in_the_interpreter"  # -k selection of the child run
-N_TRITON_TESTS = 15
+N_TRITON_TESTS = 16
 
 
 def _interpreter_ready() -> bool:
@@ -153,6 +153,7 @@ COSINE_CASES = {
     "velocity": ((2, 4, 3, 5), 1, COS_NORM_FLOOR, "per_sample", 1.0),
     "velocity-small-pred": ((2, 4, 3, 5), 1, COS_NORM_FLOOR, "none", 1e-3),  # floor active
     "velocity-zero-pred": ((2, 4, 3, 5), 1, COS_NORM_FLOOR, "mean", 0.0),  # adaLN-Zero start
+    "frozen-target": ((2, 7, 10), -1, None, "mean", 1.0),  # target without grad (as in REPA)
 }
 
 
@@ -162,12 +163,15 @@ def test_cosine_loss_triton_matches_reference(interp, case):
     shape, dim, floor, reduction, scale = COSINE_CASES[case]
     g = _gen(4)
     pred, target = _leaf(*shape, g=g, scale=scale), _leaf(*shape, g=g)
+    if case == "frozen-target":
+        target = target.detach()
+    leaves = [pred] if case == "frozen-target" else [pred, target]
     kw = {"dim": dim, "norm_floor": floor, "reduction": reduction}
     # Gradients reach ~1/eps when a norm is clamped: compare relatively.
     _compare(
-        lambda p, t: K.cosine_loss(p, t, backend="triton", **kw),
-        lambda p, t: K.cosine_loss(p, t, backend="eager", **kw),
-        [pred, target],
+        lambda p, t=target: K.cosine_loss(p, t, backend="triton", **kw),
+        lambda p, t=target: K.cosine_loss(p, t, backend="eager", **kw),
+        leaves,
         rtol=1e-4,
         atol=1e-5,
     )
