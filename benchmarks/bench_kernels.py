@@ -5,6 +5,7 @@ Thin script over ``repackctl.bench.kernels`` (the same code as ``repackctl bench
 
     python benchmarks/bench_kernels.py --size paper          # on a GPU node
     python benchmarks/bench_kernels.py --size small --no-compile
+    python benchmarks/bench_kernels.py --size paper --fused  # + repackctl.kernels (Triton) rows
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--fused", action="store_true", help="also time repackctl.kernels ops")
     parser.add_argument("--out", default=None, help="JSON file (default benchmarks/results/)")
     args = parser.parse_args(argv)
     ctx = BenchContext(
@@ -33,6 +35,10 @@ def main(argv: list[str] | None = None) -> int:
         device=resolve_device(args.device),
     )
     result = run_benchmark("kernels", ctx)
+    if args.fused:
+        from repackctl.kernels.bench import fused_rows
+
+        result.rows.extend(fused_rows(ctx))
     print(f"kernels on {result.env['gpu'] or result.env['cpu']}, {result.params}")
     print(f"{'group':<14} {'case':<36} {'median':>12} {'vs eager':>10}")
     for row in result.rows:
