@@ -586,22 +586,45 @@ def mmdit_config(
     )
 
 
+def _build(
+    preset: SizePreset, patch: int, name: str, in_channels: int, input_size: int, **options: Any
+) -> MMDiT:
+    return MMDiT(
+        mmdit_config(
+            preset, patch, name=name, in_channels=in_channels, input_size=input_size, **options
+        )
+    )
+
+
 def _factory(size: str, patch: int) -> Callable[..., MMDiT]:
     preset = MMDIT_SIZES[size]
 
+    # Explicit keywords (no **kwargs): the class-conditional training path, which passes
+    # num_classes, then fails with a clear "does not take num_classes" (train.dit.build_model).
     def factory(
-        *, in_channels: int = 32, input_size: int = 16, text_dim: int = 384, **options: Any
+        *,
+        in_channels: int = 32,
+        input_size: int = 16,
+        text_dim: int = 384,
+        qk_norm: bool = False,
+        rope: bool = False,
+        pooled_condition: bool = True,
+        null_caption: NullCaption = "learned",
+        null_length: int = 1,
+        caption_dropout: float = 0.1,
+        grad_checkpointing: bool = False,
     ) -> MMDiT:
-        cfg = mmdit_config(
-            preset,
-            patch,
-            name=f"mmdit-{size}-{patch}",
-            in_channels=in_channels,
-            input_size=input_size,
+        options = dict(
             text_dim=text_dim,
-            **options,
+            qk_norm=qk_norm,
+            rope=rope,
+            pooled_condition=pooled_condition,
+            null_caption=null_caption,
+            null_length=null_length,
+            caption_dropout=caption_dropout,
+            grad_checkpointing=grad_checkpointing,
         )
-        return MMDiT(cfg)
+        return _build(preset, patch, f"mmdit-{size}-{patch}", in_channels, input_size, **options)
 
     factory.__name__ = factory.__qualname__ = f"mmdit_{size}_{patch}"
     factory.__doc__ = (
@@ -623,19 +646,30 @@ mmdit_xl_2 = _factory("xl", 2)
 
 
 def mmdit_tiny(
-    *, in_channels: int = 4, input_size: int = 8, text_dim: int = 32, **options: Any
+    *,
+    in_channels: int = 4,
+    input_size: int = 8,
+    text_dim: int = 32,
+    qk_norm: bool = False,
+    rope: bool = False,
+    pooled_condition: bool = True,
+    null_caption: NullCaption = "learned",
+    null_length: int = 1,
+    caption_dropout: float = 0.1,
+    grad_checkpointing: bool = False,
 ) -> MMDiT:
     """Test model: 2 joint blocks, width 64, 2 heads, patch 1 (a CPU second)."""
-    cfg = mmdit_config(
-        MMDIT_TINY,
-        1,
-        name="mmdit-tiny",
-        in_channels=in_channels,
-        input_size=input_size,
+    options = dict(
         text_dim=text_dim,
-        **options,
+        qk_norm=qk_norm,
+        rope=rope,
+        pooled_condition=pooled_condition,
+        null_caption=null_caption,
+        null_length=null_length,
+        caption_dropout=caption_dropout,
+        grad_checkpointing=grad_checkpointing,
     )
-    return MMDiT(cfg)
+    return _build(MMDIT_TINY, 1, "mmdit-tiny", in_channels, input_size, **options)
 
 
 MMDIT_FACTORIES: dict[str, Callable[..., MMDiT]] = {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 
@@ -12,6 +14,7 @@ from repackctl.models.mmdit import (
     MMDiT,
     MMDiTConfig,
     build_mmdit_from_config,
+    mmdit_config,
     mmdit_repa_depth,
     mmdit_tiny,
 )
@@ -187,8 +190,12 @@ def test_config_round_trip_and_bad_inputs():
     assert again.state_dict().keys() == model.state_dict().keys()
     with pytest.raises(ConfigError, match="unknown MMDiT config keys"):
         MMDiTConfig.from_dict({**model.config.to_dict(), "bogus": 1})
-    with pytest.raises(ConfigError, match="unknown MMDiT options"):
-        mmdit_tiny(num_classes=10)
+    with pytest.raises(ConfigError, match="unknown MMDiT options: num_classes"):
+        mmdit_config(MMDIT_SIZES["s"], 2, name="x", num_classes=10)
+    # Factories name their options, so the class-conditional path can tell it does not fit.
+    for factory in MMDIT_FACTORIES.values():
+        assert "num_classes" not in inspect.signature(factory).parameters
+        assert "text_dim" in inspect.signature(factory).parameters
     with pytest.raises(ConfigError, match="not divisible"):
         MMDiTConfig(in_channels=4, input_size=8, patch_size=1, depth=1, hidden_size=60, num_heads=7)
     x, t, tokens, mask, pooled = _batch()
