@@ -264,6 +264,7 @@ class FolderCaptions(_FileCaptions):
             else:
                 rows.append((row, path, caption))
         self._group(rows)
+        self.skipped.sort(key=lambda r: int(r[0].rpartition(":")[2]))  # in file order
 
     def _find_index(self, index: str | Path | None) -> Path:
         if index is None:

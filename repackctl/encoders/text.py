@@ -188,6 +188,8 @@ class HFTextEncoder(nn.Module):
                 "text encoders take a list of caption strings",
                 hint="wrap a single caption in a list: encode([caption])",
             )
+        if not captions:
+            raise ConfigError("no captions to encode", hint="pass at least one caption")
         batch = self.tokenizer(
             list(captions),
             padding="max_length",

@@ -8,6 +8,9 @@ whose checkpoint also holds the vision tower, ignored here) or a diffusers pipel
 ``text_encoder/`` and ``tokenizer/``. Only ``model.safetensors`` is read: nothing is unpickled and
 no hub is contacted. Pooled feature: the model's ``pooler_output`` (the end-of-text token after
 the final norm).
+
+REPA / U-ViT feed all 77 token features, padding included, to the MMDiT; here the mask marks the
+padding (False), and the MMDiT ignores it. To reproduce REPA exactly, pass an all-True mask.
 """
 
 from __future__ import annotations

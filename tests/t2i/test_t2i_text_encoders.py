@@ -77,6 +77,10 @@ def test_minilm_weights_are_real(mini):
 def test_minilm_rejects_a_bare_string(mini):
     with pytest.raises(ConfigError, match="list of caption strings"):
         mini.encode("a red disc")
+    with pytest.raises(ConfigError, match="no captions"):
+        mini.encode([])
+    empty = mini.encode([""])  # the null caption of REPA-style guidance: [CLS] [SEP]
+    assert empty.mask.sum().item() == 2 and torch.isfinite(empty.pooled).all()
 
 
 def test_minilm_extraction_is_reused_and_repaired(minilm_cache, tmp_path):
