@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from repackctl.encoders.base import sha256_file
 from repackctl.encoders.text import HFTextEncoder, load_local
 from repackctl.errors import WeightsError
+from repackctl.files import sha256_file
 
 DEFAULT_MAX_LENGTH = 77  # CLIP's context length (REPA / U-ViT use all 77 token features)
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json")  # either a fast tokenizer or BPE vocab+merges

