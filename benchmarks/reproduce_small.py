@@ -341,18 +341,18 @@ class Reproduction:
         for arm, (kind, lam) in ARMS.items():
             s = self.settings(
                 {
-                    "train.name": self.dit_name(arm),
-                    "train.entry": self.entries["train"],
-                    "train.latents": self.pack_ids[kind],
-                    "train.size": p.dit_size,
-                    "train.repa_weight": lam,
-                    "train.steps": p.dit_steps,
-                    "train.global_batch": p.dit_batch,
-                    "train.lr": p.dit_lr,
-                    "train.ckpt_every": every,
-                    "train.keep_last": 0,
-                    "train.image_every": 0,
-                    "train.log_every": max(1, min(50, p.dit_steps // 4)),
+                    "dit.name": self.dit_name(arm),
+                    "dit.entry": self.entries["train"],
+                    "dit.latents": self.pack_ids[kind],
+                    "dit.size": p.dit_size,
+                    "dit.repa_weight": lam,
+                    "dit.steps": p.dit_steps,
+                    "dit.global_batch": p.dit_batch,
+                    "dit.lr": p.dit_lr,
+                    "dit.ckpt_every": every,
+                    "dit.keep_last": 0,
+                    "dit.image_every": 0,
+                    "dit.log_every": max(1, min(50, p.dit_steps // 4)),
                 }
             )
             t0 = time.perf_counter()

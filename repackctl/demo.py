@@ -186,15 +186,15 @@ class _Demo:
         reused = self._finished(self.out / "dit", p.dit_steps)
         s = self.settings(
             **{
-                "train.name": "dit",
-                "train.pack_run": "pack",
-                "train.size": "tiny",
-                "train.steps": p.dit_steps,
-                "train.lr": p.dit_lr,
-                "train.global_batch": p.dit_batch,
-                "train.repa_weight": p.repa_weight,
-                "train.ckpt_every": max(p.dit_steps // 2, 1),
-                "train.image_every": max(p.dit_steps // 2, 1),
+                "dit.name": "dit",
+                "dit.pack_run": "pack",
+                "dit.size": "tiny",
+                "dit.steps": p.dit_steps,
+                "dit.lr": p.dit_lr,
+                "dit.global_batch": p.dit_batch,
+                "dit.repa_weight": p.repa_weight,
+                "dit.ckpt_every": max(p.dit_steps // 2, 1),
+                "dit.image_every": max(p.dit_steps // 2, 1),
             }
         )
         run_dit_train(s, self.progress)

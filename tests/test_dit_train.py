@@ -122,9 +122,9 @@ def test_train_dit_writes_every_file_and_repa_aligns(cache, tmp_path):
     # --show-config names the preset's origin; the paper preset sets the official recipe
     shown = runner.invoke(app, ["train", "dit", "--preset", "paper", "--show-config"])
     assert shown.exit_code == 0, shown.output
-    assert "train.size" in shown.output and "'xl'" in shown.output
+    assert "dit.size" in shown.output and "'xl'" in shown.output
     assert "preset paper" in shown.output
-    lr_line = [ln for ln in shown.output.splitlines() if ln.startswith("train.lr ")]
+    lr_line = [ln for ln in shown.output.splitlines() if ln.startswith("dit.lr ")]
     assert "0.0002" in lr_line[0]
 
 
@@ -153,7 +153,7 @@ def test_chunk_blocks_and_in_memory_read_the_same_batch(cache):
 
     batches = []
     for mode in (True, False):
-        flags = {"train.in_memory": mode, "train.latent_sampling": "sample"}
+        flags = {"dit.in_memory": mode, "dit.latent_sampling": "sample"}
         task, config = build_task(resolve_settings(flags=flags).settings)
         assert task.data.in_memory is mode
         assert config.block == (1 if mode else 8)  # chunk-aligned blocks from the Zarr chunks
@@ -258,8 +258,8 @@ from repackctl.dit.run import build_task
 
 def main(out, name):
     torch.set_num_threads(1)
-    flags = {"device": "cpu", "train.steps": 6, "train.global_batch": 8, "train.log_every": 3,
-             "train.lr": 1e-3, "train.name": name, "train.image_every": 0}
+    flags = {"device": "cpu", "dit.steps": 6, "dit.global_batch": 8, "dit.log_every": 3,
+             "dit.lr": 1e-3, "dit.name": name, "dit.image_every": 0}
     task, config = build_task(resolve_settings(flags=flags).settings)
     train(task, config)
     state = {f"{m}.{k}": v.detach().clone() for m, mod in task.modules.items()

@@ -80,7 +80,7 @@ def train_dit(
 def run_dit_train(
     settings, progress: ProgressFactory = null_progress, config_record: dict | None = None
 ) -> Path:
-    """Train (or resume) ``settings.train``'s DiT; returns the run folder."""
+    """Train (or resume) ``settings.dit``'s DiT; returns the run folder."""
     return train_dit(settings, progress, config_record).run_dir
 
 

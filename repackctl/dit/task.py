@@ -316,7 +316,7 @@ def repa_hidden_default(width: int) -> int:
 
 def build_task(settings) -> tuple[DiTTask, TrainConfig]:
     """The task and loop config of the resolved settings (no training yet)."""
-    s = settings.train
+    s = settings.dit
     model_id = resolve_model_id(s.arch, s.size, s.patch, s.model)
     ref = find_latents(settings.cache, s.entry, s.latents, s.pack_run)
     data = LatentData(

@@ -49,41 +49,11 @@ from repackctl.pack.pca import PCAAccumulator, PCAResult
 from repackctl.pack.projection import ProjectionConfig
 from repackctl.progress import ProgressFactory, null_progress
 from repackctl.settings import Settings
+from repackctl.settings.pack import PRESETS
 
 # Token width from which an encoder counts as a DINO-class encoder (ViT-S has 384 channels).
-PAPER_MIN_WIDTH = 384
 GRID_SAMPLES = 8  # images in the recon grid written every image_every steps
 
-PRESETS: dict[str, dict[str, Any]] = {
-    # official RePack stage 1 (reference/methods.md); steps is our choice (not published)
-    "paper": {
-        "latent_channels": 32,
-        "ch": 128,
-        "ch_mult": None,  # derived: the official (1, 1, 2, 2, 4) for a ×16 decoder
-        "num_res_blocks": 2,
-        "attn_resolutions": [16],
-        "disc_channels": 64,
-        "steps": 100_000,
-        "batch_size": 32,
-        "lr": 1e-5,
-        "ema_decay": 0.9999,
-        "gan_start": 0,
-    },
-    # built-in encoder / patchpix at 64 px: about a minute on 2 CPU cores
-    "small": {
-        "latent_channels": 8,
-        "ch": 16,
-        "ch_mult": None,  # derived: (1, 2, 2, 4) for a ×8 decoder
-        "num_res_blocks": 1,
-        "attn_resolutions": [],
-        "disc_channels": 16,
-        "steps": 600,
-        "batch_size": 16,
-        "lr": 2e-3,
-        "ema_decay": 0.99,
-        "gan_start": 400,
-    },
-}
 
 
 @dataclass
@@ -130,20 +100,13 @@ def default_run_name(settings: Settings) -> str:
     return f"pack-{enc}-{settings.pack.method}"
 
 
-def pick_preset(settings: Settings, token_width: int) -> str:
-    """``paper`` for DINO-class token widths, ``small`` otherwise (unless set explicitly)."""
-    if settings.pack.preset != "auto":
-        return settings.pack.preset
-    return "paper" if token_width >= PAPER_MIN_WIDTH else "small"
-
-
 def resolve_plan(settings: Settings, ref: FeatureRef) -> PackPlan:
     """Turn ``settings.pack`` (None = preset) and the features' shape into a ``PackPlan``."""
     cfg = settings.pack
     _, flips, tokens, width = ref.tokens_shape
     grid = check_square_grid(tokens)
     resolution = ref.entry.resolution
-    preset = pick_preset(settings, width)
+    preset = settings.pack.preset  # made concrete by the settings (auto → small/paper)
     p = PRESETS[preset]
 
     def pick(name: str) -> Any:

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -25,7 +25,7 @@ from pydantic_settings import (
 
 from repackctl.errors import ConfigError
 from repackctl.settings.benchmark import BenchmarkSettings
-from repackctl.settings.dit import TrainSettings
+from repackctl.settings.dit import DitSettings
 from repackctl.settings.evaluate import EvaluateSettings
 from repackctl.settings.pack import PackSettings
 from repackctl.settings.refine import RefineSettings
@@ -82,17 +82,84 @@ class Settings(BaseSettings):
     )
     extract: ExtractSettings = ExtractSettings()
     pack: PackSettings = PackSettings()
-    train: TrainSettings = TrainSettings()
+    dit: DitSettings = DitSettings()
     refine: RefineSettings = RefineSettings()
     sample: SampleSettings = SampleSettings()
     evaluate: EvaluateSettings = EvaluateSettings()
     benchmark: BenchmarkSettings = BenchmarkSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_presets(cls, data: Any) -> Any:
+        """Fill each section's preset values into the keys no layer gave (see ``apply_presets``)."""
+        return apply_presets(data) if isinstance(data, dict) else data
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, *args, **kwargs):
         # resolve_settings reads the file and environment layers itself (to know each value's
         # source) and validates the merged result; the model must not read them a second time
         return (init_settings,)
+
+
+# --------------------------------------------------------------------------------------------
+# Presets: resolved here, once, whoever builds the settings (CLI, TOML, environment, Python)
+
+PRESET_SECTIONS = ("pack", "dit", "refine")
+
+
+def concrete_preset(section: str, name: str, data: dict[str, Any]) -> str:
+    """``auto`` → ``small`` on a CPU (and for the built-in encoder's pack), ``paper`` on a GPU."""
+    if name != "auto":
+        return name
+    device = str(data.get("device", "auto"))
+    if device == "auto":
+        import torch  # only when a preset is auto: plain settings never import torch
+
+        gpu = torch.cuda.is_available()
+    else:
+        gpu = device.startswith("cuda")
+    if section == "pack" and (data.get("pack") or {}).get("encoder", "builtin") == "builtin":
+        return "small"
+    return "paper" if gpu else "small"
+
+
+def apply_presets(data: dict[str, Any]) -> dict[str, Any]:
+    """Copy of ``data`` whose preset sections hold their preset's values where no layer set one.
+
+    A section given as a model keeps the fields that were set on it (``model_fields_set``).
+    """
+    data = dict(data)
+    for section in PRESET_SECTIONS:
+        model = Settings.model_fields[section].annotation
+        given = data.get(section, {})
+        if isinstance(given, BaseModel):
+            given = given.model_dump(include=given.model_fields_set)
+        given = dict(given)
+        name = given.get("preset", model.model_fields["preset"].default)
+        concrete = concrete_preset(section, name, {**data, section: given})
+        if concrete not in model.PRESETS and concrete != "small":
+            raise ConfigError(
+                f"unknown {section} preset {name!r}", f"choose one of {', '.join(model.PRESETS)}"
+            )
+        values = model.PRESETS.get(concrete, {})
+        data[section] = {**values, **given, "preset": concrete}
+    return data
+
+
+def preset_sources(data: dict[str, Any], sources: dict[str, str]) -> dict[str, str]:
+    """``key → "preset NAME"`` for every key a preset filled (no layer gave it)."""
+    out = {}
+    for section in PRESET_SECTIONS:
+        model = Settings.model_fields[section].annotation
+        given = data.get(section, {})
+        name = given.get("preset", model.model_fields["preset"].default)
+        concrete = concrete_preset(section, name, data)
+        if name != concrete:
+            out[f"{section}.preset"] = f"preset {name} → {concrete}"
+        for key in model.PRESETS.get(concrete, {}):
+            if f"{section}.{key}" not in sources:
+                out[f"{section}.{key}"] = f"preset {concrete}"
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -204,6 +271,7 @@ def resolve_settings(
                 f"env {ENV_PREFIX}{key.upper().replace('.', '__')}" if name == "env" else name
             )
     try:
+        sources.update(preset_sources(merged, sources))
         settings = Settings.model_validate(merged)
     except ValidationError as e:
         key = ".".join(str(p) for p in e.errors()[0]["loc"])

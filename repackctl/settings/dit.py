@@ -1,4 +1,4 @@
-"""Settings of `repackctl train` (nested as `[train]` / `REPACKCTL_TRAIN__*`).
+"""Settings of `repackctl train dit` (nested as `[dit]` / `REPACKCTL_DIT__*`).
 
 `repackctl train dit` trains a DiT on packed latents (RePack stage 2) with optional REPA. The
 defaults are a small model that trains on the built-in dataset in a couple of minutes on a CPU;
@@ -8,24 +8,39 @@ defaults are a small model that trains on the built-in dataset in a couple of mi
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from repackctl.errors import ConfigError
 
 
-class TrainSettings(BaseModel):
+class DitSettings(BaseModel):
     """`repackctl train dit` settings."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # --help panels and short flags of the generated options (repackctl/cli/options.py)
+    PANELS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "Run": ("name", "preset"),
+        "Data": ("latents", "pack_run", "entry", "features", "latent_sampling", "in_memory", "flip", "buffer_blocks", "prefetch"),
+        "Model": ("arch", "size", "patch", "model", "qk_norm", "no_shift", "class_dropout", "grad_checkpointing", "compile"),
+        "Transport": ("time_dist", "time_mu", "time_sigma", "time_shift", "cos_weight"),
+        "REPA": ("repa_weight", "repa_depth", "repa_stop_step", "repa_hidden"),
+        "Optimisation": ("steps", "global_batch", "grad_accum", "lr", "beta1", "beta2", "weight_decay", "schedule", "warmup_steps", "drop_step", "drop_lr", "min_lr", "ema_decay", "ema_warmup", "clip_grad"),
+        "Output": ("ckpt_every", "keep_last", "log_every", "image_every", "image_steps"),
+    }  # fmt: skip
+    SHORT: ClassVar[dict[str, str]] = {"global_batch": "-b"}
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}  # filled below the class
 
     # ---- run and preset
     name: str | None = Field(
         None, description="run name under the runs folder; none = dit-<model id>; same name resumes"
     )
-    preset: Literal["small", "paper"] = Field(
-        "small", description="defaults: small (CPU minutes) or paper (official XL/1 recipe)"
+    preset: Literal["small", "paper", "repa"] = Field(
+        "small",
+        description="defaults: small (CPU minutes), paper (official RePack XL/1) or repa (REPA's "
+        "SiT-XL/2 recipe)",
     )
 
     # ---- data
@@ -143,6 +158,37 @@ PRESETS: dict[str, dict[str, Any]] = {
         "cos_weight": 1.0,
         "class_dropout": 0.1,
         "repa_weight": 0.0,
+        "latent_sampling": "sample",  # the official latent cache holds posterior samples
+        "clip_grad": None,
+        "ckpt_every": 10_000,
+        "log_every": 100,
+        "image_every": 10_000,
+    },
+    # REPA (sihyun-yu/REPA train.py): SiT-XL/2, uniform t, plain velocity MSE, AdamW 1e-4
+    # (0.9, 0.999), clip 1.0, EMA 0.9999, label dropout 0.1, a 3-layer 2048-wide projector after
+    # block 8 of 28 with λ 0.5, constant lr, global batch 256, posterior samples of the latent.
+    "repa": {
+        "arch": "sit",
+        "size": "xl",
+        "patch": 2,
+        "steps": 400_000,
+        "global_batch": 256,
+        "lr": 1e-4,
+        "beta1": 0.9,
+        "beta2": 0.999,
+        "weight_decay": 0.0,
+        "schedule": "constant",
+        "ema_decay": 0.9999,
+        "ema_warmup": False,
+        "time_dist": "uniform",
+        "time_shift": 1.0,
+        "cos_weight": 0.0,
+        "class_dropout": 0.1,
+        "clip_grad": 1.0,
+        "repa_weight": 0.5,
+        "repa_depth": 8,
+        "repa_hidden": 2048,
+        "latent_sampling": "sample",
         "ckpt_every": 10_000,
         "log_every": 100,
         "image_every": 10_000,
@@ -151,7 +197,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def preset_values(name: str) -> dict[str, Any]:
-    """Defaults of ``[train]`` keys that preset ``name`` changes."""
+    """Defaults of ``[dit]`` keys that preset ``name`` changes."""
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}", f"choose one of {', '.join(PRESETS)}")
     return dict(PRESETS[name])
+
+
+DitSettings.PRESETS.update(PRESETS)

@@ -3,12 +3,14 @@
 One section serves ``pack train``, ``pack encode`` and the pack evaluations (``evaluate recon``,
 ``evaluate probe``): they all name the same run and the same cache entry.
 
-Sizes left at ``None`` follow a *preset* chosen from the encoder's token width
-(``repackctl.pack.task.resolve_plan``):
+Sizes left at ``None`` follow a *preset*, applied by the settings layer (so a flag, a TOML file, an
+environment variable and a Python caller get the same values). ``auto`` picks ``small`` on a CPU
+or with the built-in encoder, ``paper`` otherwise:
 
-* ``paper`` (token width ≥ 384, the DINO family): the official RePack stage 1 — d = 32, decoder
-  ch 128 with the official multipliers, 2 ResBlocks per level, attention at 16², PatchGAN with
-  64 base channels, Adam 1e-5 betas (0.5, 0.9), batch 32, EMA 0.9999, GAN from step 0.
+* ``paper``: the official RePack stage 1 — d = 32, decoder ch 128 with the official multipliers,
+  2 ResBlocks per level, attention at 16², PatchGAN with 64 base channels, Adam 1e-5 betas
+  (0.5, 0.9), batch 32 (8 × 4 GPUs), no EMA (decay 0: the EMA copy is the weights), GAN from
+  step 0.
 * ``small`` (narrower tokens: the built-in encoder, ``patchpix``): d = 8, ch 32, one ResBlock per
   level, no attention, a 32-channel discriminator, batch 32, lr 1e-3 (1e-5 does not get anywhere
   in the ~1000 CPU steps this preset is for), EMA 0.995, GAN from step 600.
@@ -16,7 +18,7 @@ Sizes left at ``None`` follow a *preset* chosen from the encoder's token width
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -25,6 +27,25 @@ class PackSettings(BaseModel):
     """`repackctl pack` settings."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    SHORT: ClassVar[dict[str, str]] = {
+        "encoder": "-e",
+        "data": "-d",
+        "num": "-n",
+        "latent_channels": "-c",
+        "run": "-r",
+    }
+    PANELS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "Features": ("encoder", "weights", "layer", "data", "split", "resolution", "num", "entry", "features"),
+        "Run": ("run", "method", "preset"),
+        "Model": ("latent_channels", "ch", "ch_mult", "num_res_blocks", "attn_resolutions", "disc_channels", "disc_layers", "disc_norm"),
+        "Optimisation": ("steps", "batch_size", "lr", "disc_lr", "betas", "ema_decay", "clip_grad"),
+        "Losses": ("l1_weight", "perceptual_weight", "lpips_weights", "ffl_weight", "kl_weight", "gan_weight", "gan_start"),
+        "Output": ("ckpt_every", "keep_last", "log_every", "image_every", "grid_images"),
+        "Data loading": ("in_memory", "memory_gb", "pca_samples", "encode_batch_size"),
+        "Evaluation": ("eval_split", "eval_entry", "eval_num", "inception_weights"),
+    }  # fmt: skip
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}  # filled below the class
 
     # ---- which features (same meaning as in `repackctl extract`) ------------------------------
     encoder: str = Field("builtin", description="encoder id whose cached tokens are packed")
@@ -124,3 +145,37 @@ class PackSettings(BaseModel):
         None, description="Inception weights file for rFID; none = rFID skipped"
     )
     probe_epochs: int = Field(100, ge=1, description="epochs of each linear probe")
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # official RePack stage 1 (reference/methods.md); steps is our choice (not published)
+    "paper": {
+        "latent_channels": 32,
+        "ch": 128,
+        "ch_mult": None,  # derived: the official (1, 1, 2, 2, 4) for a ×16 decoder
+        "num_res_blocks": 2,
+        "attn_resolutions": [16],
+        "disc_channels": 64,
+        "steps": 100_000,
+        "batch_size": 32,
+        "lr": 1e-5,
+        "ema_decay": 0.0,  # the official stage 1 keeps no EMA: the EMA copy equals the weights
+        "gan_start": 0,
+    },
+    # built-in encoder / patchpix at 64 px: about a minute on 2 CPU cores
+    "small": {
+        "latent_channels": 8,
+        "ch": 16,
+        "ch_mult": None,  # derived: (1, 2, 2, 4) for a ×8 decoder
+        "num_res_blocks": 1,
+        "attn_resolutions": [],
+        "disc_channels": 16,
+        "steps": 600,
+        "batch_size": 16,
+        "lr": 2e-3,
+        "ema_decay": 0.99,
+        "gan_start": 400,
+    },
+}
+
+PackSettings.PRESETS.update(PRESETS)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -11,6 +11,21 @@ class RefineSettings(BaseModel):
     """`repackctl refine train|apply` settings."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}  # filled below the class
+    PANELS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "Run": ("pack_run", "name", "entry", "preset", "refiner"),
+        "Model": ("base_channels", "output", "disc_channels"),
+        "Optimisation": ("steps", "batch_size", "lr", "ema_decay"),
+        "Losses": ("l1_weight", "perceptual_weight", "lpips_weights", "gan_weight"),
+        "Data": ("noise", "triplet_batch"),
+        "Output": ("ckpt_every", "log_every"),
+    }  # fmt: skip
+
+    preset: Literal["auto", "small", "paper"] = Field(
+        "auto",
+        description="defaults: small (CPU minutes), paper (official recipe); auto = small on a CPU",
+    )
 
     pack_run: str | None = Field(None, description="pack run whose reconstructions are refined")
     name: str | None = Field(None, description="refiner run name; none = refine-<pack run>")
@@ -39,3 +54,28 @@ class RefineSettings(BaseModel):
         32, ge=1, description="samples per decode batch when building triplets"
     )
     refiner: str | None = Field(None, description="refine apply: refiner run to use")
+
+
+# The official refiner (reference/methods.md): base 128, PatchGAN 128, Adam 1e-4, global batch 64
+# (8 per GPU × 8 GPUs), L1 + LPIPS + 0.5 hinge GAN. `small` fits a CPU in minutes.
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {
+        "steps": 100_000,
+        "batch_size": 64,
+        "lr": 1e-4,
+        "base_channels": 128,
+        "disc_channels": 128,
+        "output": "image",
+        "gan_weight": 0.5,
+        "ckpt_every": 5000,
+    },
+    "small": {
+        "steps": 300,
+        "batch_size": 8,
+        "lr": 1e-4,
+        "base_channels": 32,
+        "disc_channels": 16,
+        "ckpt_every": 100,
+    },
+}
+RefineSettings.PRESETS.update(PRESETS)

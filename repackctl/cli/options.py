@@ -1,0 +1,211 @@
+"""CLI options generated from the settings declarations: each setting is declared once.
+
+A settings section (``repackctl/settings/<section>.py``) declares every field with its type,
+default, bounds and help; its ``PANELS`` table groups fields for ``--help`` and ``SHORT`` gives
+short flags. :func:`settings_command` turns a plain function ``fn(resolved, **extra)`` into a Typer
+command whose options are those fields (flag = field name with dashes), plus the options shared
+by every command. An option left out on the command line is not passed on, so the layers below
+it (preset, file, environment) keep their values; ``--help`` still shows the declared default.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+import types
+import typing
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
+
+import typer
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+
+from repackctl.cli.common import handle_errors, show_config
+
+COMMON_PANEL = "Common"
+
+# (field of the top-level settings, flag, help) shared by every command that resolves settings
+COMMON: dict[str, tuple[str, str]] = {
+    "cache": ("--cache", "Cache root: a folder or an fsspec URL. Env: REPACKCTL_CACHE."),
+    "runs": ("--runs", "Folder holding training runs. Env: REPACKCTL_RUNS."),
+    "samples": ("--samples-root", "Folder holding sample sets. Env: REPACKCTL_SAMPLES."),
+    "seed": ("--seed", "Global seed."),
+    "device": ("--device", "auto, cpu, cuda or cuda:N (auto picks the GPU)."),
+    "precision": ("--precision", "fp32, bf16 or fp16 (flag > config/env > launcher > fp32)."),
+    "num_workers": ("--num-workers", "DataLoader workers that decode images."),
+}
+
+
+def _strip_optional(ann: Any) -> Any:
+    if typing.get_origin(ann) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(ann) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return ann
+
+
+def _cli_type(ann: Any) -> tuple[Any, str]:
+    """The Typer type for a settings annotation, and a choices suffix for the help text."""
+    ann = _strip_optional(ann)
+    if typing.get_origin(ann) is Literal:
+        return str, "One of: " + ", ".join(str(a) for a in typing.get_args(ann)) + "."
+    origin = typing.get_origin(ann)
+    if origin is list:
+        return list[typing.get_args(ann)[0]], "(repeat the flag)"
+    if origin is tuple:
+        return ann, ""
+    return ann, ""
+
+
+def _shown_default(info: FieldInfo) -> str:
+    value = info.get_default(call_default_factory=True)
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (list, tuple)):
+        return " ".join(str(v) for v in value) or "none"
+    return str(value)
+
+
+def _help(info: FieldInfo, suffix: str, preset_note: str | None) -> str:
+    text = (info.description or "").rstrip(".")
+    text = text[:1].upper() + text[1:] + "." if text else ""
+    if suffix:
+        text += f" {suffix}"
+    if preset_note:
+        text += f" {preset_note}"
+    return text
+
+
+def _field_parameter(
+    name: str, info: FieldInfo, model: type[BaseModel], flag: str | None
+) -> inspect.Parameter:
+    ann, suffix = _cli_type(info.annotation)
+    short = getattr(model, "SHORT", {}).get(name)
+    flag = flag or "--" + name.replace("_", "-")
+    names = [flag] if short is None else [flag, short]
+    if ann is bool:
+        names = [f"{flag}/--no-{flag[2:]}"] + ([short] if short else [])
+    presets = getattr(model, "PRESETS", {})
+    noted = [p for p, values in presets.items() if name in values]
+    note = f"(set by the preset: {', '.join(noted)})" if noted else None
+    option = typer.Option(
+        *names,
+        help=_help(info, suffix, note),
+        show_default=_shown_default(info),
+        rich_help_panel=_panel_of(model, name),
+    )
+    param = f"o_{name}"  # no clash with Python keywords (compile, …)
+    return inspect.Parameter(
+        param,
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[ann | None, option],
+    )
+
+
+def _panel_of(model: type[BaseModel], name: str) -> str:
+    for panel, names in getattr(model, "PANELS", {}).items():
+        if name in names:
+            return panel
+    return "Options"
+
+
+def _common_parameters(keys: tuple[str, ...]) -> list[inspect.Parameter]:
+    from repackctl.settings import Settings
+
+    out = []
+    for key in keys:
+        flag, text = COMMON[key]
+        info = Settings.model_fields[key]
+        ann, _ = _cli_type(info.annotation)
+        option = typer.Option(
+            flag, help=text, show_default=_shown_default(info), rich_help_panel=COMMON_PANEL
+        )
+        out.append(
+            inspect.Parameter(
+                f"c_{key}",
+                inspect.Parameter.KEYWORD_ONLY,
+                default=None,
+                annotation=Annotated[ann | None, option],
+            )
+        )
+    for pname, option, ann in (
+        ("config", typer.Option("--config", help="TOML file with settings (env: REPACKCTL_CONFIG).", rich_help_panel=COMMON_PANEL), str | None),
+        ("show_config", typer.Option("--show-config", help="Print every resolved setting and where it came from, then exit.", rich_help_panel=COMMON_PANEL), bool),
+    ):  # fmt: skip
+        default = False if ann is bool else None
+        out.append(
+            inspect.Parameter(
+                pname,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=default,
+                annotation=Annotated[ann, option],
+            )
+        )
+    return out
+
+
+def settings_command(
+    section: str,
+    *,
+    include: tuple[str, ...] | None = None,
+    exclude: tuple[str, ...] = (),
+    flags: dict[str, str] | None = None,
+    common: tuple[str, ...] = ("cache", "runs", "seed", "device", "precision", "num_workers"),
+    show: tuple[str, ...] | None = None,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Make ``fn(resolved, **extra)`` a Typer command with the section's fields as options.
+
+    ``include``/``exclude`` choose the fields; ``flags`` renames a field's flag (e.g. pack encode's
+    ``encode_batch_size`` → ``--batch-size``). ``fn``'s own parameters after ``resolved`` (positional
+    arguments, command-only switches) keep their Typer declarations.
+    """
+    from repackctl.settings import Settings
+
+    model = Settings.model_fields[section].annotation
+    names = [
+        n for n in model.model_fields if (include is None or n in include) and n not in exclude
+    ]
+    renames = flags or {}
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        own = list(inspect.signature(fn).parameters.values())[1:]
+        params = [_field_parameter(n, model.model_fields[n], model, renames.get(n)) for n in names]
+        params = [*own, *params, *_common_parameters(common)]
+        params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params]
+
+        @functools.wraps(fn)
+        def command(**kwargs: Any) -> Any:
+            config = kwargs.pop("config", None)
+            show_only = kwargs.pop("show_config", False)
+            given: dict[str, Any] = {}
+            for key in list(kwargs):
+                if key.startswith(("o_", "c_")):
+                    value = kwargs.pop(key)
+                    if value is None or value == []:
+                        continue
+                    field = key[2:]
+                    given[f"{section}.{field}" if key[0] == "o" else field] = value
+            resolved = resolve(config, given)
+            if show_only:
+                show_config(resolved, show or (section,))
+                return None
+            return fn(resolved, **kwargs)
+
+        command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        del command.__wrapped__  # Typer must read the generated signature, not fn's
+        return handle_errors(command)
+
+    return decorate
+
+
+def resolve(config: str | None, given: dict[str, Any]):
+    """Resolve the settings layers; ``given`` holds dotted keys of the flags actually given."""
+    from repackctl.settings import resolve_settings
+
+    return resolve_settings(config or os.environ.get("REPACKCTL_CONFIG"), given)
