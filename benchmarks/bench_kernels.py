@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     result = run_benchmark("kernels", ctx)
     if args.fused:
-        from repackctl.kernels.bench import fused_rows
+        from repackctl.bench.fused import fused_rows
 
         result.rows.extend(fused_rows(ctx))
     print(f"kernels on {result.env['gpu'] or result.env['cpu']}, {result.params}")

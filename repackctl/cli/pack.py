@@ -2,130 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import typer
 
-from repackctl.cli.common import (
-    CacheOpt,
-    ConfigOpt,
-    DeviceOpt,
-    PrecisionOpt,
-    RunsOpt,
-    SeedOpt,
-    ShowConfigOpt,
-    console,
-    handle_errors,
-    is_main_process,
-    kv_table,
-    rank_progress,
-    resolve,
-    show_config,
-)
+from repackctl.cli.common import console, is_main_process, kv_table, rank_progress
+from repackctl.cli.options import settings_command
+from repackctl.settings import ResolvedSettings
 
 pack_app = typer.Typer(
     help="Stage 1: train the packing autoencoder (RePack or PCA) and write packed latents.",
     no_args_is_help=True,
 )
 
-# ---- options shared by train and encode (all default to None: only given flags override) ------
-EncoderOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--encoder", "-e", help="Encoder whose cached tokens are packed (as given to extract)."
-    ),
-]
-DataOpt = Annotated[
-    str | None, typer.Option("--data", "-d", help="Data source, as given to extract.")
-]
-SplitOpt = Annotated[str | None, typer.Option(help="Split of the cache entry (train, val).")]
-WeightsOpt = Annotated[str | None, typer.Option(help="Encoder weights, as given to extract.")]
-LayerOpt = Annotated[int | None, typer.Option(help="Encoder block, as given to extract.")]
-ResolutionOpt = Annotated[int | None, typer.Option(help="Image size of the cache entry.")]
-NumOpt = Annotated[
-    int | None, typer.Option("--num", "-n", help="Number of images, as given to extract.")
-]
-EntryOpt = Annotated[
-    str | None, typer.Option(help="Cache entry name (instead of data/split/resolution/num).")
-]
-FeaturesOpt = Annotated[
-    str | None, typer.Option(help="Features id inside the entry (instead of encoder flags).")
-]
-
-
-def _source_flags(encoder, data, split, weights, layer, resolution, num, entry, features) -> dict:
-    return {
-        "pack.encoder": encoder,
-        "pack.data": data,
-        "pack.split": split,
-        "pack.weights": weights,
-        "pack.layer": layer,
-        "pack.resolution": resolution,
-        "pack.num": num,
-        "pack.entry": entry,
-        "pack.features": features,
-    }
+ENCODE_FIELDS = ("encoder", "weights", "layer", "data", "split", "resolution", "num", "entry", "features", "run", "encode_batch_size")  # fmt: skip
+EVAL_FIELDS = ("eval_split", "eval_entry", "eval_num", "inception_weights", "encode_batch_size")
 
 
 @pack_app.command("train")
-@handle_errors
-def train(
-    name: Annotated[
-        str | None,
-        typer.Option("--name", help="Run name under --runs (default pack-<encoder>-<method>)."),
-    ] = None,
-    method: Annotated[
-        str | None,
-        typer.Option(help="repack (learned KL projection, default) or pca (the baseline)."),
-    ] = None,
-    steps: Annotated[int | None, typer.Option(help="Training steps (default from preset).")] = None,
-    batch_size: Annotated[
-        int | None, typer.Option(help="Global batch over all processes (default 32 / 16).")
-    ] = None,
-    lr: Annotated[
-        float | None, typer.Option(help="Adam lr (paper 1e-5; small preset 2e-3).")
-    ] = None,
-    latent_channels: Annotated[
-        int | None, typer.Option("--latent-channels", "-c", help="Packed channels d.")
-    ] = None,
-    ch: Annotated[int | None, typer.Option(help="Decoder base width.")] = None,
-    preset: Annotated[
-        str | None,
-        typer.Option(help="auto (paper for DINO-width tokens, else small), paper or small."),
-    ] = None,
-    gan_start: Annotated[int | None, typer.Option(help="First step of the GAN loss.")] = None,
-    lpips_weights: Annotated[
-        str | None,
-        typer.Option(help="Local LPIPS-VGG weights file; without it the perceptual loss is off."),
-    ] = None,
-    ckpt_every: Annotated[int | None, typer.Option(help="Steps between checkpoints.")] = None,
-    image_every: Annotated[
-        int | None, typer.Option(help="Steps between recon grid PNGs (0 = never).")
-    ] = None,
-    log_every: Annotated[int | None, typer.Option(help="Steps between metric lines.")] = None,
-    in_memory: Annotated[
-        bool | None,
-        typer.Option(
-            "--in-memory/--blocks", help="Load the cache into memory, or read chunk blocks."
-        ),
-    ] = None,
-    encoder: EncoderOpt = None,
-    data: DataOpt = None,
-    split: SplitOpt = None,
-    weights: WeightsOpt = None,
-    layer: LayerOpt = None,
-    resolution: ResolutionOpt = None,
-    num: NumOpt = None,
-    entry: EntryOpt = None,
-    features: FeaturesOpt = None,
-    cache: CacheOpt = None,
-    runs: RunsOpt = None,
-    seed: SeedOpt = None,
-    device: DeviceOpt = None,
-    precision: PrecisionOpt = None,
-    config: ConfigOpt = None,
-    show: ShowConfigOpt = False,
-) -> None:
+@settings_command("pack", exclude=EVAL_FIELDS, flags={"run": "--name"})
+def train(resolved: ResolvedSettings) -> None:
     """Train the packing autoencoder on cached encoder tokens (resumes an existing run).
 
     Sizes not given follow a preset picked from the encoder: the paper's (d=32, ch 128, Adam
@@ -135,34 +29,6 @@ def train(
 
     Example: `repackctl pack train --encoder builtin --steps 2000 --name pack-builtin`
     """
-    resolved = resolve(
-        config,
-        {
-            "cache": cache,
-            "runs": runs,
-            "seed": seed,
-            "device": device,
-            "precision": precision,
-            **_source_flags(encoder, data, split, weights, layer, resolution, num, entry, features),
-            "pack.run": name,
-            "pack.method": method,
-            "pack.steps": steps,
-            "pack.batch_size": batch_size,
-            "pack.lr": lr,
-            "pack.latent_channels": latent_channels,
-            "pack.ch": ch,
-            "pack.preset": preset,
-            "pack.gan_start": gan_start,
-            "pack.lpips_weights": lpips_weights,
-            "pack.ckpt_every": ckpt_every,
-            "pack.image_every": image_every,
-            "pack.log_every": log_every,
-            "pack.in_memory": in_memory,
-        },
-    )
-    if show:
-        show_config(resolved, ("pack",))
-        return
     from repackctl.pack.task import run_pack_train
     from repackctl.train.checkpoint import latest_checkpoint, read_state
     from repackctl.train.logging import read_metrics
@@ -196,31 +62,8 @@ def train(
 
 
 @pack_app.command("encode")
-@handle_errors
-def encode(
-    run: Annotated[
-        str | None,
-        typer.Option(
-            "--run", "-r", help="Pack run name (or checkpoint folder); -r under torchrun."
-        ),
-    ] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Samples per projection forward.")] = None,
-    encoder: EncoderOpt = None,
-    data: DataOpt = None,
-    split: SplitOpt = None,
-    weights: WeightsOpt = None,
-    layer: LayerOpt = None,
-    resolution: ResolutionOpt = None,
-    num: NumOpt = None,
-    entry: EntryOpt = None,
-    features: FeaturesOpt = None,
-    cache: CacheOpt = None,
-    runs: RunsOpt = None,
-    seed: SeedOpt = None,
-    device: DeviceOpt = None,
-    config: ConfigOpt = None,
-    show: ShowConfigOpt = False,
-) -> None:
+@settings_command("pack", include=ENCODE_FIELDS, flags={"encode_batch_size": "--batch-size"})
+def encode(resolved: ResolvedSettings) -> None:
     """Write packed latents (posterior mean and std, both flips) and their exact channel stats.
 
     Encodes the run's training entry unless --split/--entry name another one. Resumable; several
@@ -228,21 +71,6 @@ def encode(
 
     Example: `repackctl pack encode --run pack-builtin`
     """
-    resolved = resolve(
-        config,
-        {
-            "cache": cache,
-            "runs": runs,
-            "seed": seed,
-            "device": device,
-            **_source_flags(encoder, data, split, weights, layer, resolution, num, entry, features),
-            "pack.run": run,
-            "pack.encode_batch_size": batch_size,
-        },
-    )
-    if show:
-        show_config(resolved, ("pack",))
-        return
     from repackctl.pack.encode import run_pack_encode
 
     main = is_main_process()

@@ -7,12 +7,9 @@ from typing import Annotated
 import typer
 
 from repackctl.cli.common import (
-    CacheOpt,
     ConfigOpt,
     DeviceOpt,
-    PrecisionOpt,
     RunsOpt,
-    SeedOpt,
     ShowConfigOpt,
     console,
     handle_errors,
@@ -22,6 +19,8 @@ from repackctl.cli.common import (
     resolve,
     show_config,
 )
+from repackctl.cli.options import settings_command
+from repackctl.settings import ResolvedSettings
 
 refine_app = typer.Typer(
     help="Latent-Guided Refiner: train it on cached triplets, apply it to samples.",
@@ -30,72 +29,13 @@ refine_app = typer.Typer(
 
 
 @refine_app.command("train")
-@handle_errors
-def train(
-    pack_run: Annotated[
-        str | None, typer.Option(help="Pack run whose reconstructions the refiner restores.")
-    ] = None,
-    name: Annotated[
-        str | None, typer.Option(help="Refiner run name (default refine-<pack>).")
-    ] = None,
-    entry: Annotated[
-        str | None, typer.Option(help="Cache entry (default: the pack run's).")
-    ] = None,
-    noise: Annotated[
-        float | None, typer.Option(help="Decode latent + σ·ε for the triplets (0: posterior mean).")
-    ] = None,
-    steps: Annotated[int | None, typer.Option(help="Training steps.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Global batch.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Adam learning rate.")] = None,
-    base_channels: Annotated[int | None, typer.Option(help="Refiner width (official 128).")] = None,
-    output: Annotated[
-        str | None, typer.Option(help="image (tanh, official) or residual (decoded + correction).")
-    ] = None,
-    lpips_weights: Annotated[
-        str | None, typer.Option(help="Local LPIPS-VGG weights; without them no perceptual term.")
-    ] = None,
-    gan_weight: Annotated[float | None, typer.Option(help="Hinge PatchGAN weight (0.5).")] = None,
-    disc_channels: Annotated[int | None, typer.Option(help="PatchGAN base channels.")] = None,
-    ckpt_every: Annotated[int | None, typer.Option(help="Steps between checkpoints.")] = None,
-    cache: CacheOpt = None,
-    runs: RunsOpt = None,
-    seed: SeedOpt = None,
-    device: DeviceOpt = None,
-    precision: PrecisionOpt = None,
-    config: ConfigOpt = None,
-    show: ShowConfigOpt = False,
-) -> None:
+@settings_command("refine", exclude=("refiner",))
+def train(resolved: ResolvedSettings) -> None:
     """Build (image, reconstruction, raw latent) triplets in the cache, then train the refiner.
 
     Both steps resume after an interruption. Example:
     `repackctl refine train --pack-run pack-builtin --name refine-builtin`
     """
-    resolved = resolve(
-        config,
-        {
-            "cache": cache,
-            "runs": runs,
-            "seed": seed,
-            "device": device,
-            "precision": precision,
-            "refine.pack_run": pack_run,
-            "refine.name": name,
-            "refine.entry": entry,
-            "refine.noise": noise,
-            "refine.steps": steps,
-            "refine.batch_size": batch_size,
-            "refine.lr": lr,
-            "refine.base_channels": base_channels,
-            "refine.output": output,
-            "refine.lpips_weights": lpips_weights,
-            "refine.gan_weight": gan_weight,
-            "refine.disc_channels": disc_channels,
-            "refine.ckpt_every": ckpt_every,
-        },
-    )
-    if show:
-        show_config(resolved, ("refine",))
-        return
     from repackctl.refine.task import run_refine_train
     from repackctl.train.checkpoint import latest_checkpoint
 

@@ -55,7 +55,6 @@ from repackctl.settings.pack import PRESETS
 GRID_SAMPLES = 8  # images in the recon grid written every image_every steps
 
 
-
 @dataclass
 class PackPlan:
     """Every resolved choice of one pack training run (stored in the run's config)."""

@@ -36,7 +36,7 @@ Precision = Literal["fp32", "bf16", "fp16"]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ExtractSettings(_Section):
@@ -50,7 +50,7 @@ class ExtractSettings(_Section):
     data: str = Field("builtin", description="data source: builtin, imagefolder:PATH, imagenet")
     split: str = Field("train", description="split of the data source")
     resolution: int | None = Field(
-        None, description="crop size in pixels; none = 64 for builtin, 256 otherwise"
+        None, ge=1, description="crop size in pixels; none = 64 for builtin, 256 otherwise"
     )
     num: int | None = Field(None, description="number of images; none = the whole source")
     batch_size: int = Field(32, ge=1, description="images per encoder forward")
@@ -64,15 +64,22 @@ class Settings(BaseSettings):
     """All settings of repackctl."""
 
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", validate_assignment=True
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_assignment=True,
+        allow_inf_nan=False,
     )
 
     cache: str = Field(
         str(Path("~/.cache/repackctl").expanduser()),
+        min_length=1,
         description="cache root: a local folder or an fsspec URL",
     )
-    runs: str = Field("runs", description="folder that holds training runs")
-    samples: str = Field("samples", description="folder that holds generated sample sets")
+    runs: str = Field("runs", min_length=1, description="folder that holds training runs")
+    samples: str = Field(
+        "samples", min_length=1, description="folder that holds generated sample sets"
+    )
     seed: int = Field(0, description="global seed")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N, mps")
     precision: Precision = Field("fp32", description="fp32, bf16 or fp16")

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 class BenchmarkSettings(BaseModel):
     """`repackctl benchmark` settings."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     size: Literal["tiny", "small", "paper"] = Field(
         "small", description="problem size: tiny (seconds, CPU), small, paper (GPU node)"

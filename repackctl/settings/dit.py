@@ -18,7 +18,7 @@ from repackctl.errors import ConfigError
 class DitSettings(BaseModel):
     """`repackctl train dit` settings."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     # --help panels and short flags of the generated options (repackctl/cli/options.py)
     PANELS: ClassVar[dict[str, tuple[str, ...]]] = {

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 class EvaluateSettings(BaseModel):
     """`repackctl evaluate fid` / `evaluate stats` settings."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     source: str | None = Field(
         None,

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 class PackSettings(BaseModel):
     """`repackctl pack` settings."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     SHORT: ClassVar[dict[str, str]] = {
         "encoder": "-e",
@@ -54,7 +54,9 @@ class PackSettings(BaseModel):
     data: str = Field("builtin", description="data source, as given to extract")
     split: str = Field("train", description="split the packing autoencoder trains on")
     resolution: int | None = Field(
-        None, description="image size of the cache entry; none = 64 for builtin, 256 otherwise"
+        None,
+        ge=1,
+        description="image size of the cache entry; none = 64 for builtin, 256 otherwise",
     )
     num: int | None = Field(None, description="number of images, as given to extract")
     entry: str | None = Field(

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 class RefineSettings(BaseModel):
     """`repackctl refine train|apply` settings."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}  # filled below the class
     PANELS: ClassVar[dict[str, tuple[str, ...]]] = {

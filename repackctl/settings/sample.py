@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 class SampleSettings(BaseModel):
     """`repackctl sample` settings."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     run: str | None = Field(None, description="DiT run name (under runs) or checkpoint folder")
     checkpoint: str | None = Field(

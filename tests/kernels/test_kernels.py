@@ -181,7 +181,7 @@ def test_cosine_loss_triton_matches_reference(interp, case):
 def test_bf16_triton_matches_reference_within_rounding(interp):
     """bf16 in, bf16 out, bf16 gradients; the kernels round once where eager rounds per op."""
     from repackctl.bench.common import BenchContext
-    from repackctl.kernels.bench import _cases
+    from repackctl.bench.fused import _cases
 
     for op, (fn, inputs) in _cases(BenchContext(size="tiny")).items():
         assert all(x.dtype == torch.bfloat16 for x in inputs), op
@@ -362,7 +362,7 @@ def test_import_and_eager_work_without_triton(tmp_path):
 
 def test_fused_bench_skips_cleanly_on_cpu():
     from repackctl.bench.common import BenchContext
-    from repackctl.kernels.bench import fused_rows
+    from repackctl.bench.fused import fused_rows
 
     rows = fused_rows(BenchContext(size="tiny", device=torch.device("cpu")))
     assert len(rows) == 1 and rows[0].median_s is None
