@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PLUGINS := $(wildcard plugins/*/pyproject.toml)
 
-.PHONY: demo test lint format venv clean bench
+.PHONY: demo test test-fast lint format venv clean bench
 
 venv: $(STAMP)
 
@@ -26,6 +26,10 @@ lint: $(STAMP)
 
 test: lint
 	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q
+
+# the edit loop: no `slow` tests (subprocess kills, end-to-end runs); under 90 s on 2 cores
+test-fast: lint
+	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q -m "not slow"
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .

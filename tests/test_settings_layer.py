@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from typer.testing import CliRunner
 
@@ -90,3 +92,26 @@ def test_out_of_range_values_are_refused(argv, env, setting, monkeypatch):
     assert r.exit_code == 2, r.output
     assert f"invalid setting {setting}" in r.output and "Hint:" in r.output
     assert "Traceback" not in r.output
+
+
+def _readme_preset_rows() -> list[tuple[str, str, list[str], list[str]]]:
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    rows = []
+    for line in readme.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0].split(" ")[0] in {"dit", "pack", "refine"}:
+            section, preset = cells[0].split(" ")
+            keys = [k.strip("`") for k in cells[1].split()]
+            rows.append((section, preset, keys, cells[2].split()))
+    return rows
+
+
+def test_readme_preset_table_equals_the_presets():
+    tables = {"dit": DIT_PRESETS, "pack": PACK_PRESETS, "refine": REFINE_PRESETS}
+    rows = _readme_preset_rows()
+    assert len(rows) >= 15
+    for section, preset, keys, values in rows:
+        assert len(keys) == len(values), (keys, values)
+        for key, text in zip(keys, values, strict=True):
+            value = tables[section][preset][key]
+            assert str(value) == text, f"{section} {preset} {key}: README {text}, preset {value}"
