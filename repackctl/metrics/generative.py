@@ -165,6 +165,11 @@ def _weights_notes(info: dict[str, Any]) -> list[str]:
     ]
 
 
+def _stats_kinds(wanted: set[str]) -> list[str]:
+    """Feature kinds whose streaming statistics the wanted metrics need (pool3 FID, spatial sFID)."""
+    return [k for k, m in (("pool", "fid"), ("spatial", "sfid")) if m in wanted]
+
+
 @dataclass
 class _ReferenceSide:
     """What the reference contributes: FID/sFID statistics by kind, pool3 features, count, source.
@@ -238,7 +243,6 @@ def _reference_from_adm(
 def _reference_from_images(
     reference: ImagesLike,
     wanted: set[str],
-    stats_kinds: list[str],
     extractor: InceptionExtractor,
     batch_size: int,
     progress: ProgressFactory,
@@ -248,7 +252,7 @@ def _reference_from_images(
         reference,
         extractor,
         keep=("pool",) if wanted & {"kid", "prc"} else (),
-        stats=stats_kinds,
+        stats=_stats_kinds(wanted),
         batch_size=batch_size,
         progress=progress,
         description="inception: reference",
@@ -259,6 +263,22 @@ def _reference_from_images(
         n_ref,
         "computed from reference images with the same extractor",
     )
+
+
+def _reference_side(
+    reference: ReferenceLike,
+    wanted: set[str],
+    extractor: InceptionExtractor,
+    info: dict[str, Any],
+    batch_size: int,
+    progress: ProgressFactory,
+) -> _ReferenceSide:
+    """The reference's contribution, by kind: statistics only, ADM batch, or images."""
+    if isinstance(reference, Mapping):
+        return _reference_from_stats(reference, info)
+    if isinstance(reference, AdmReference):
+        return _reference_from_adm(reference, wanted, extractor, batch_size, progress)
+    return _reference_from_images(reference, wanted, extractor, batch_size, progress)
 
 
 def _frechet_scores(
@@ -368,25 +388,16 @@ def compute_generative_metrics(
 
     # Generated side: streaming stats for FID/sFID, kept features for IS/KID/PRC.
     keep = [k for k, m in (("logits", "is"), ("pool", "kid"), ("pool", "prc")) if m in wanted]
-    stats_kinds = [k for k, m in (("pool", "fid"), ("spatial", "sfid")) if m in wanted]
     gen_stats, gen_feats, n_gen = extract_inception_features(
         generated,
         extractor,
         keep=dict.fromkeys(keep),
-        stats=stats_kinds,
+        stats=_stats_kinds(wanted),
         batch_size=batch_size,
         progress=progress,
         description="inception: generated",
     )
-
-    if isinstance(reference, Mapping):
-        ref = _reference_from_stats(reference, info)
-    elif isinstance(reference, AdmReference):
-        ref = _reference_from_adm(reference, wanted, extractor, batch_size, progress)
-    else:
-        ref = _reference_from_images(
-            reference, wanted, stats_kinds, extractor, batch_size, progress
-        )
+    ref = _reference_side(reference, wanted, extractor, info, batch_size, progress)
     notes += ref.notes
 
     out: dict[str, Any] = _frechet_scores(wanted, gen_stats, ref.stats, fd_method, notes)
@@ -396,7 +407,7 @@ def compute_generative_metrics(
         out.update(_kid_scores(gen_feats["pool"], ref.pool, n_gen, notes))
     if "prc" in wanted:
         out.update(_precision_recall(gen_feats["pool"], ref.pool, n_gen))
-    if "is" in wanted:
+    if "is" in wanted:  # after the prc keys: the order of the JSON result is kept
         out["is_splits"] = IS_SPLITS
     out.update(
         n_generated=n_gen,
