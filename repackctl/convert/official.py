@@ -169,25 +169,25 @@ def tensors_sha256(sd: dict[str, torch.Tensor], keys: list[str]) -> str:
 # Stage 1: packing autoencoder
 
 
-def map_stage1(
-    sd: dict[str, torch.Tensor], image_size: int = 256
-) -> tuple[dict[str, torch.Tensor], Any, MappingReport]:
-    """Official stage-1 state dict → (our PackAutoencoder state dict, its config, report)."""
-    from repackctl.pack.autoencoder import AutoencoderConfig, PackAutoencoder
+#: keys every official stage-1 checkpoint has; the projection and the decoder input read them
+_STAGE1_REQUIRED = (
+    "encoder.conv_out.weight",
+    "quant_conv.weight",
+    "quant_conv.bias",
+    "post_quant_conv.weight",
+    "post_quant_conv.bias",
+    "decoder.conv_in.weight",
+)
+
+
+def _stage1_config(sd: dict[str, torch.Tensor], image_size: int) -> Any:
+    """Our AutoencoderConfig of an official stage-1 state dict (sizes read from the tensors)."""
+    from repackctl.pack.autoencoder import AutoencoderConfig
     from repackctl.pack.decoder import DecoderConfig
     from repackctl.pack.projection import ProjectionConfig
 
-    report = MappingReport("stage 1")
-    used = _drop(sd, STAGE1_DROP, report)
-    need = ["encoder.conv_out.weight", "quant_conv.weight", "quant_conv.bias"]
-    need += ["post_quant_conv.weight", "post_quant_conv.bias", "decoder.conv_in.weight"]
-    absent = [k for k in need if k not in sd]
-    if absent:
-        raise WeightsError(f"not an official stage-1 checkpoint: no {', '.join(absent)}", None)
-    w_enc = sd["encoder.conv_out.weight"].double().flatten(1)  # (2d, C)
-    w_q = sd["quant_conv.weight"].double().flatten(1)  # (2d, 2d)
-    d = w_q.shape[0] // 2
-    c = w_enc.shape[1]
+    d = sd["quant_conv.weight"].shape[0] // 2
+    c = sd["encoder.conv_out.weight"].flatten(1).shape[1]
     levels = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"decoder\.up\.(\d+)\.", k)))
     blocks = 1 + max(
         int(m.group(1)) for k in sd if (m := re.match(r"decoder\.up\.0\.block\.(\d+)\.", k))
@@ -200,7 +200,7 @@ def map_stage1(
         for lv in range(levels)
         if f"decoder.up.{lv}.attn.0.q.weight" in sd
     )
-    config = AutoencoderConfig(
+    return AutoencoderConfig(
         projection=ProjectionConfig("repack", in_channels=c, latent_channels=d),
         decoder=DecoderConfig(
             latent_channels=d,
@@ -213,63 +213,94 @@ def map_stage1(
             post_quant_conv=True,
         ),
     )
-    ours = PackAutoencoder.from_config(config).state_dict()
-    got: dict[str, torch.Tensor] = {}
 
-    # the two stacked 1×1 convs are one affine map: mean/logvar = W_q (W_e x) + b_q
-    got["projection.proj.weight"] = (w_q @ w_enc).float()  # (2d, C)
-    got["projection.proj.bias"] = sd["quant_conv.bias"].clone()
-    for name in ("post_quant_conv.weight", "post_quant_conv.bias"):
-        got[f"decoder.{name}"] = sd[name].clone()
-    for name in ("conv_in.weight", "conv_in.bias"):
-        got[f"decoder.{name}"] = sd[f"decoder.{name}"].clone()
-    used |= set(need) | {"decoder.conv_in.bias"}
 
-    def res_block(src: str, dst: str) -> None:
-        for a, b in (
-            ("norm1", "norm1"),
-            ("conv1", "conv1"),
-            ("norm2", "norm2"),
-            ("conv2", "conv2"),
-        ):
+class _Stage1Mapper:
+    """Copies official stage-1 tensors into our key names, remembering which ones it read."""
+
+    def __init__(self, sd: dict[str, torch.Tensor], used: set[str]) -> None:
+        self.sd = sd
+        self.used = used
+        self.got: dict[str, torch.Tensor] = {}
+
+    def take(self, src: str, dst: str) -> None:
+        """Our ``dst`` is their ``src`` as is."""
+        self.got[dst] = self.sd[src]
+        self.used.add(src)
+
+    def projection_and_input(self) -> None:
+        """Encoder conv_out and quant_conv folded into our projection; decoder input convs."""
+        sd, got = self.sd, self.got
+        w_enc = sd["encoder.conv_out.weight"].double().flatten(1)  # (2d, C)
+        w_q = sd["quant_conv.weight"].double().flatten(1)  # (2d, 2d)
+        # the two stacked 1×1 convs are one affine map: mean/logvar = W_q (W_e x) + b_q
+        got["projection.proj.weight"] = (w_q @ w_enc).float()  # (2d, C)
+        got["projection.proj.bias"] = sd["quant_conv.bias"].clone()
+        for name in ("post_quant_conv.weight", "post_quant_conv.bias"):
+            got[f"decoder.{name}"] = sd[name].clone()
+        for name in ("conv_in.weight", "conv_in.bias"):
+            got[f"decoder.{name}"] = sd[f"decoder.{name}"].clone()
+        self.used |= set(_STAGE1_REQUIRED) | {"decoder.conv_in.bias"}
+
+    def res_block(self, src: str, dst: str) -> None:
+        """A taming ResnetBlock; ``nin_shortcut`` becomes our ``shortcut``."""
+        for layer in ("norm1", "conv1", "norm2", "conv2"):
             for p in ("weight", "bias"):
-                got[f"{dst}.{b}.{p}"] = sd[f"{src}.{a}.{p}"]
-                used.add(f"{src}.{a}.{p}")
+                self.take(f"{src}.{layer}.{p}", f"{dst}.{layer}.{p}")
         for p in ("weight", "bias"):
-            if f"{src}.nin_shortcut.{p}" in sd:
-                got[f"{dst}.shortcut.{p}"] = sd[f"{src}.nin_shortcut.{p}"]
-                used.add(f"{src}.nin_shortcut.{p}")
+            if f"{src}.nin_shortcut.{p}" in self.sd:
+                self.take(f"{src}.nin_shortcut.{p}", f"{dst}.shortcut.{p}")
 
-    def attn_block(src: str, dst: str) -> None:
+    def attn_block(self, src: str, dst: str) -> None:
+        """A taming AttnBlock; separate q, k, v 1×1 convs → one qkv conv, in that order."""
+        sd = self.sd
         for p in ("weight", "bias"):
-            got[f"{dst}.norm.{p}"] = sd[f"{src}.norm.{p}"]
-            got[f"{dst}.proj_out.{p}"] = sd[f"{src}.proj_out.{p}"]
-            # separate q, k, v 1×1 convs → one qkv conv, in that order
-            got[f"{dst}.qkv.{p}"] = torch.cat([sd[f"{src}.{n}.{p}"] for n in ("q", "k", "v")])
-            used.update(f"{src}.{n}.{p}" for n in ("norm", "proj_out", "q", "k", "v"))
+            self.got[f"{dst}.norm.{p}"] = sd[f"{src}.norm.{p}"]
+            self.got[f"{dst}.proj_out.{p}"] = sd[f"{src}.proj_out.{p}"]
+            self.got[f"{dst}.qkv.{p}"] = torch.cat([sd[f"{src}.{n}.{p}"] for n in ("q", "k", "v")])
+            self.used.update(f"{src}.{n}.{p}" for n in ("norm", "proj_out", "q", "k", "v"))
 
-    res_block("decoder.mid.block_1", "decoder.mid_block_1")
-    attn_block("decoder.mid.attn_1", "decoder.mid_attn")
-    res_block("decoder.mid.block_2", "decoder.mid_block_2")
-    for j in range(levels):  # ours: levels[0] deepest; theirs: up[0] full resolution
-        lv = levels - 1 - j
-        for i in range(blocks):
-            res_block(f"decoder.up.{lv}.block.{i}", f"decoder.levels.{j}.blocks.{i}")
-            if f"decoder.up.{lv}.attn.{i}.q.weight" in sd:
-                attn_block(f"decoder.up.{lv}.attn.{i}", f"decoder.levels.{j}.attns.{i}")
-        for p in ("weight", "bias"):
-            if f"decoder.up.{lv}.upsample.conv.{p}" in sd:
-                got[f"decoder.levels.{j}.upsample.conv.{p}"] = sd[
-                    f"decoder.up.{lv}.upsample.conv.{p}"
-                ]
-                used.add(f"decoder.up.{lv}.upsample.conv.{p}")
-    for name in ("norm_out", "conv_out"):
-        for p in ("weight", "bias"):
-            got[f"decoder.{name}.{p}"] = sd[f"decoder.{name}.{p}"]
-            used.add(f"decoder.{name}.{p}")
-    _check_complete("stage-1", set(sd), used, ours, got)
-    report.mapped = len(got)
-    return got, config, report
+    def decoder_body(self, levels: int, blocks: int) -> None:
+        """Middle blocks, the up levels (their order reversed) and the output head."""
+        self.res_block("decoder.mid.block_1", "decoder.mid_block_1")
+        self.attn_block("decoder.mid.attn_1", "decoder.mid_attn")
+        self.res_block("decoder.mid.block_2", "decoder.mid_block_2")
+        for j in range(levels):  # ours: levels[0] deepest; theirs: up[0] full resolution
+            lv = levels - 1 - j
+            for i in range(blocks):
+                self.res_block(f"decoder.up.{lv}.block.{i}", f"decoder.levels.{j}.blocks.{i}")
+                if f"decoder.up.{lv}.attn.{i}.q.weight" in self.sd:
+                    self.attn_block(f"decoder.up.{lv}.attn.{i}", f"decoder.levels.{j}.attns.{i}")
+            for p in ("weight", "bias"):
+                if f"decoder.up.{lv}.upsample.conv.{p}" in self.sd:
+                    self.take(
+                        f"decoder.up.{lv}.upsample.conv.{p}",
+                        f"decoder.levels.{j}.upsample.conv.{p}",
+                    )
+        for name in ("norm_out", "conv_out"):
+            for p in ("weight", "bias"):
+                self.take(f"decoder.{name}.{p}", f"decoder.{name}.{p}")
+
+
+def map_stage1(
+    sd: dict[str, torch.Tensor], image_size: int = 256
+) -> tuple[dict[str, torch.Tensor], Any, MappingReport]:
+    """Official stage-1 state dict → (our PackAutoencoder state dict, its config, report)."""
+    from repackctl.pack.autoencoder import PackAutoencoder
+
+    report = MappingReport("stage 1")
+    used = _drop(sd, STAGE1_DROP, report)
+    absent = [k for k in _STAGE1_REQUIRED if k not in sd]
+    if absent:
+        raise WeightsError(f"not an official stage-1 checkpoint: no {', '.join(absent)}", None)
+    config = _stage1_config(sd, image_size)
+    ours = PackAutoencoder.from_config(config).state_dict()
+    mapper = _Stage1Mapper(sd, used)
+    mapper.projection_and_input()
+    mapper.decoder_body(len(config.decoder.ch_mult), config.decoder.num_res_blocks + 1)
+    _check_complete("stage-1", set(sd), used, ours, mapper.got)
+    report.mapped = len(mapper.got)
+    return mapper.got, config, report
 
 
 # --------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ activations too). The result says which, and lists every caveat in ``notes``.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +120,242 @@ def _resolve_reference(reference: ReferenceLike) -> ReferenceLike:
     return path
 
 
+def _check_metrics(metrics: Iterable[str]) -> set[str]:
+    """The requested metric names, lower-cased; an empty or unknown choice is a ConfigError."""
+    wanted = {m.lower() for m in metrics}
+    unknown = wanted - set(METRICS)
+    if unknown or not wanted:
+        raise ConfigError(
+            f"unknown metric(s) {sorted(unknown) or '(none given)'}",
+            hint=f"choose from {', '.join(METRICS)}",
+        )
+    return wanted
+
+
+def _check_reference(reference: ReferenceLike, wanted: set[str]) -> None:
+    """Refuse a reference that cannot give the wanted metrics, before the long extraction."""
+    if isinstance(reference, Mapping):
+        if wanted & {"kid", "prc"}:
+            raise ConfigError(
+                "KID and precision/recall need reference images, but only statistics were given",
+                hint="pass reference images (or an ADM reference batch with arr_0), or drop "
+                "kid/prc",
+            )
+        for m in wanted & {"fid", "sfid"}:
+            if m not in reference:
+                raise ConfigError(f"no reference statistics for {m!r} were given")
+    if isinstance(reference, AdmReference):
+        if wanted & {"kid", "prc"} and not reference.num_images:
+            raise DataError(
+                f"{reference.path} holds statistics only, no arr_0 images",
+                hint="KID and precision/recall need reference images; drop them or use a "
+                "reference batch that includes arr_0",
+            )
+        if "sfid" in wanted and reference.mu_s is None:
+            raise DataError(f"{reference.path} has no mu_s/sigma_s for sFID", hint="drop sfid")
+
+
+def _weights_notes(info: dict[str, Any]) -> list[str]:
+    """The caveat to record when the Inception weights are not torch-fidelity's official file."""
+    if info["weights_official"]:
+        return []
+    return [
+        f"Inception weights {info['weights_file']} (sha256 {info['weights_sha256'][:12]}…) are "
+        "not torch-fidelity's official file: scores are not comparable to published ones"
+    ]
+
+
+def _stats_kinds(wanted: set[str]) -> list[str]:
+    """Feature kinds whose streaming statistics the wanted metrics need (pool3 FID, spatial sFID)."""
+    return [k for k, m in (("pool", "fid"), ("spatial", "sfid")) if m in wanted]
+
+
+@dataclass
+class _ReferenceSide:
+    """What the reference contributes: FID/sFID statistics by kind, pool3 features, count, source.
+
+    ``notes`` are the caveats this kind of reference brings.
+    """
+
+    stats: dict[str, FeatureStats | StatsFile]
+    pool: torch.Tensor | None
+    n: int | None
+    source: str
+    notes: list[str] = field(default_factory=list)
+
+
+def _reference_from_stats(
+    reference: Mapping[str, FeatureStats | StatsFile], info: dict[str, Any]
+) -> _ReferenceSide:
+    """Reference given as statistics only ({'fid': …, 'sfid': …}): FID/sFID, nothing else."""
+    stats: dict[str, FeatureStats | StatsFile] = (
+        {"pool": reference["fid"]} if "fid" in reference else {}
+    )
+    if "sfid" in reference:
+        stats["spatial"] = reference["sfid"]
+    side = _ReferenceSide(stats, None, None, "statistics given")
+    for s in stats.values():
+        side.n = s.n
+        meta = getattr(s, "metadata", {}) or {}
+        if meta.get("weights_sha256") and meta["weights_sha256"] != info["weights_sha256"]:
+            side.notes.append("reference statistics were computed with other Inception weights")
+    return side
+
+
+def _reference_from_adm(
+    reference: AdmReference,
+    wanted: set[str],
+    extractor: InceptionExtractor,
+    batch_size: int,
+    progress: ProgressFactory,
+) -> _ReferenceSide:
+    """ADM reference batch: its TF mu/sigma for FID/sFID; its arr_0 images for KID/PRC."""
+    stats: dict[str, FeatureStats | StatsFile] = {
+        "pool": StatsFile(reference.mu, reference.sigma, reference.num_images)
+    }
+    if "sfid" in wanted:
+        stats["spatial"] = StatsFile(reference.mu_s, reference.sigma_s, reference.num_images)
+    side = _ReferenceSide(
+        stats,
+        None,
+        reference.num_images,
+        f"ADM reference batch {reference.path.name} (TensorFlow Inception mu/sigma)",
+        [
+            "FID/sFID compare torch-fidelity Inception features with ADM's TensorFlow statistics "
+            "(as ADM's evaluator reads mu/sigma from the reference batch): close to, but not "
+            "bit-identical with, what the TF evaluator reports"
+        ],
+    )
+    if wanted & {"kid", "prc"}:
+        _, feats, side.n = extract_inception_features(
+            reference.iter_images(batch_size),
+            extractor,
+            keep=("pool",),
+            stats=(),
+            batch_size=batch_size,
+            progress=progress,
+            description="inception: reference",
+        )
+        side.pool = feats["pool"]
+    return side
+
+
+def _reference_from_images(
+    reference: ImagesLike,
+    wanted: set[str],
+    extractor: InceptionExtractor,
+    batch_size: int,
+    progress: ProgressFactory,
+) -> _ReferenceSide:
+    """Reference images: statistics and pool3 features through the same extractor."""
+    acc, feats, n_ref = extract_inception_features(
+        reference,
+        extractor,
+        keep=("pool",) if wanted & {"kid", "prc"} else (),
+        stats=_stats_kinds(wanted),
+        batch_size=batch_size,
+        progress=progress,
+        description="inception: reference",
+    )
+    return _ReferenceSide(
+        dict(acc),
+        feats.get("pool"),
+        n_ref,
+        "computed from reference images with the same extractor",
+    )
+
+
+def _reference_side(
+    reference: ReferenceLike,
+    wanted: set[str],
+    extractor: InceptionExtractor,
+    info: dict[str, Any],
+    batch_size: int,
+    progress: ProgressFactory,
+) -> _ReferenceSide:
+    """The reference's contribution, by kind: statistics only, ADM batch, or images."""
+    if isinstance(reference, Mapping):
+        return _reference_from_stats(reference, info)
+    if isinstance(reference, AdmReference):
+        return _reference_from_adm(reference, wanted, extractor, batch_size, progress)
+    return _reference_from_images(reference, wanted, extractor, batch_size, progress)
+
+
+def _frechet_scores(
+    wanted: set[str],
+    gen_stats: dict[str, FeatureStats],
+    ref_stats: dict[str, FeatureStats | StatsFile],
+    fd_method: FDMethod,
+    notes: list[str],
+) -> dict[str, float]:
+    """FID (pool3) and sFID (spatial) as requested; a singular covariance is noted."""
+    out: dict[str, float] = {}
+    for metric, kind in (("fid", "pool"), ("sfid", "spatial")):
+        if metric not in wanted:
+            continue
+        g, r = gen_stats[kind], ref_stats[kind]
+        dim = g.mu.shape[0]
+        if min(g.n, r.n or dim) < dim:
+            notes.append(
+                f"{metric}: {min(g.n, r.n or dim)} samples for {dim} feature dimensions make the "
+                "covariance singular: the score is biased upward and not comparable to 50k-sample "
+                "numbers"
+            )
+        out[metric] = frechet_distance(g.mu, g.sigma, r.mu, r.sigma, method=fd_method)
+    return out
+
+
+def _inception_score(logits: torch.Tensor, n_gen: int) -> dict[str, Any]:
+    """torch-fidelity's IS over ``IS_SPLITS`` shuffled splits of the generated logits."""
+    from torch_fidelity.metric_isc import isc_features_to_metric
+
+    if n_gen < IS_SPLITS:
+        raise DataError(f"IS with {IS_SPLITS} splits needs ≥ {IS_SPLITS} images, got {n_gen}")
+    r = isc_features_to_metric(logits, IS_SPLITS, True, TF_RNG_SEED)
+    return {"is_mean": r["inception_score_mean"], "is_std": r["inception_score_std"]}
+
+
+def _kid_scores(
+    gen_pool: torch.Tensor, ref_pool: torch.Tensor, n_gen: int, notes: list[str]
+) -> dict[str, Any]:
+    """torch-fidelity's KID; subsets shrink to the smaller set (noted)."""
+    from torch_fidelity.metric_kid import kid_features_to_metric
+
+    subset = min(KID_SUBSET_SIZE, n_gen, ref_pool.shape[0])
+    r = kid_features_to_metric(
+        gen_pool,
+        ref_pool,
+        kid_subsets=KID_SUBSETS,
+        kid_subset_size=subset,
+        rng_seed=TF_RNG_SEED,
+        verbose=False,
+    )
+    if subset < KID_SUBSET_SIZE:
+        notes.append(f"kid: subsets of {subset} samples (torch-fidelity default 1000)")
+    return {
+        "kid_mean": r["kernel_inception_distance_mean"],
+        "kid_std": r["kernel_inception_distance_std"],
+        "kid_subsets": KID_SUBSETS,
+        "kid_subset_size": subset,
+    }
+
+
+def _precision_recall(gen_pool: torch.Tensor, ref_pool: torch.Tensor, n_gen: int) -> dict[str, Any]:
+    """torch-fidelity's k-NN precision/recall in pool3 space."""
+    from torch_fidelity.metric_prc import prc_features_to_metric
+
+    big = max(n_gen, ref_pool.shape[0]) > PRC_BATCH
+    r = prc_features_to_metric(
+        gen_pool,  # torch-fidelity's convention: features_1 = generated
+        ref_pool,
+        prc_neighborhood=PRC_K,
+        prc_batch_size=PRC_BATCH,
+        save_cpu_ram=big,  # the full N×N distance matrix would not fit at 50k
+        verbose=False,
+    )
+    return {"precision": r["precision"], "recall": r["recall"], "prc_k": PRC_K}
+
+
 def compute_generative_metrics(
     generated: ImagesLike,
     reference: ReferenceLike,
@@ -141,165 +378,43 @@ def compute_generative_metrics(
     ``kid_mean``, ``kid_std``, ``precision``, ``recall`` (those requested) plus ``n_generated``,
     ``n_reference``, ``extractor``, ``reference_stats``, settings, and ``notes``.
     """
-    from torch_fidelity.metric_isc import isc_features_to_metric
-    from torch_fidelity.metric_kid import kid_features_to_metric
-    from torch_fidelity.metric_prc import prc_features_to_metric
-
-    wanted = {m.lower() for m in metrics}
-    unknown = wanted - set(METRICS)
-    if unknown or not wanted:
-        raise ConfigError(
-            f"unknown metric(s) {sorted(unknown) or '(none given)'}",
-            hint=f"choose from {', '.join(METRICS)}",
-        )
+    wanted = _check_metrics(metrics)
     reference = _resolve_reference(reference)
-    stats_only = isinstance(reference, Mapping)
-    if stats_only and wanted & {"kid", "prc"}:
-        raise ConfigError(
-            "KID and precision/recall need reference images, but only statistics were given",
-            hint="pass reference images (or an ADM reference batch with arr_0), or drop kid/prc",
-        )
-    if stats_only:
-        for m in wanted & {"fid", "sfid"}:
-            if m not in reference:
-                raise ConfigError(f"no reference statistics for {m!r} were given")
-    if isinstance(reference, AdmReference):  # fail before the long extraction, not after
-        if wanted & {"kid", "prc"} and not reference.num_images:
-            raise DataError(
-                f"{reference.path} holds statistics only, no arr_0 images",
-                hint="KID and precision/recall need reference images; drop them or use a "
-                "reference batch that includes arr_0",
-            )
-        if "sfid" in wanted and reference.mu_s is None:
-            raise DataError(f"{reference.path} has no mu_s/sigma_s for sFID", hint="drop sfid")
+    _check_reference(reference, wanted)
     if extractor is None:
         extractor = InceptionExtractor(inception_weights, device=device, batch_size=batch_size)
     info = extractor.info()
-    notes: list[str] = []
-    if not info["weights_official"]:
-        notes.append(
-            f"Inception weights {info['weights_file']} (sha256 {info['weights_sha256'][:12]}…) are "
-            "not torch-fidelity's official file: scores are not comparable to published ones"
-        )
+    notes = _weights_notes(info)
 
     # Generated side: streaming stats for FID/sFID, kept features for IS/KID/PRC.
     keep = [k for k, m in (("logits", "is"), ("pool", "kid"), ("pool", "prc")) if m in wanted]
-    stats_kinds = [k for k, m in (("pool", "fid"), ("spatial", "sfid")) if m in wanted]
     gen_stats, gen_feats, n_gen = extract_inception_features(
         generated,
         extractor,
         keep=dict.fromkeys(keep),
-        stats=stats_kinds,
+        stats=_stats_kinds(wanted),
         batch_size=batch_size,
         progress=progress,
         description="inception: generated",
     )
+    ref = _reference_side(reference, wanted, extractor, info, batch_size, progress)
+    notes += ref.notes
 
-    # Reference side.
-    ref_stats: dict[str, FeatureStats | StatsFile] = {}
-    ref_pool: torch.Tensor | None = None
-    n_ref: int | None = None
-    if stats_only:
-        ref_stats = {"pool": reference["fid"]} if "fid" in reference else {}
-        if "sfid" in reference:
-            ref_stats["spatial"] = reference["sfid"]
-        source = "statistics given"
-        for s in ref_stats.values():
-            n_ref = s.n
-            meta = getattr(s, "metadata", {}) or {}
-            if meta.get("weights_sha256") and meta["weights_sha256"] != info["weights_sha256"]:
-                notes.append("reference statistics were computed with other Inception weights")
-    elif isinstance(reference, AdmReference):
-        source = f"ADM reference batch {reference.path.name} (TensorFlow Inception mu/sigma)"
-        ref_stats["pool"] = StatsFile(reference.mu, reference.sigma, reference.num_images)
-        if "sfid" in wanted:
-            ref_stats["spatial"] = StatsFile(
-                reference.mu_s, reference.sigma_s, reference.num_images
-            )
-        notes.append(
-            "FID/sFID compare torch-fidelity Inception features with ADM's TensorFlow statistics "
-            "(as ADM's evaluator reads mu/sigma from the reference batch): close to, but not "
-            "bit-identical with, what the TF evaluator reports"
-        )
-        n_ref = reference.num_images
-        if wanted & {"kid", "prc"}:
-            _, feats, n_ref = extract_inception_features(
-                reference.iter_images(batch_size),
-                extractor,
-                keep=("pool",),
-                stats=(),
-                batch_size=batch_size,
-                progress=progress,
-                description="inception: reference",
-            )
-            ref_pool = feats["pool"]
-    else:
-        source = "computed from reference images with the same extractor"
-        acc, feats, n_ref = extract_inception_features(
-            reference,
-            extractor,
-            keep=("pool",) if wanted & {"kid", "prc"} else (),
-            stats=stats_kinds,
-            batch_size=batch_size,
-            progress=progress,
-            description="inception: reference",
-        )
-        ref_stats.update(acc)
-        ref_pool = feats.get("pool")
-
-    out: dict[str, Any] = {}
-    for metric, kind in (("fid", "pool"), ("sfid", "spatial")):
-        if metric not in wanted:
-            continue
-        g, r = gen_stats[kind], ref_stats[kind]
-        dim = g.mu.shape[0]
-        if min(g.n, r.n or dim) < dim:
-            notes.append(
-                f"{metric}: {min(g.n, r.n or dim)} samples for {dim} feature dimensions make the "
-                "covariance singular: the score is biased upward and not comparable to 50k-sample "
-                "numbers"
-            )
-        out[metric] = frechet_distance(g.mu, g.sigma, r.mu, r.sigma, method=fd_method)
+    out: dict[str, Any] = _frechet_scores(wanted, gen_stats, ref.stats, fd_method, notes)
     if "is" in wanted:
-        if n_gen < IS_SPLITS:
-            raise DataError(f"IS with {IS_SPLITS} splits needs ≥ {IS_SPLITS} images, got {n_gen}")
-        r = isc_features_to_metric(gen_feats["logits"], IS_SPLITS, True, TF_RNG_SEED)
-        out["is_mean"], out["is_std"] = r["inception_score_mean"], r["inception_score_std"]
+        out.update(_inception_score(gen_feats["logits"], n_gen))
     if "kid" in wanted:
-        subset = min(KID_SUBSET_SIZE, n_gen, ref_pool.shape[0])
-        r = kid_features_to_metric(
-            gen_feats["pool"],
-            ref_pool,
-            kid_subsets=KID_SUBSETS,
-            kid_subset_size=subset,
-            rng_seed=TF_RNG_SEED,
-            verbose=False,
-        )
-        out["kid_mean"] = r["kernel_inception_distance_mean"]
-        out["kid_std"] = r["kernel_inception_distance_std"]
-        out["kid_subsets"], out["kid_subset_size"] = KID_SUBSETS, subset
-        if subset < KID_SUBSET_SIZE:
-            notes.append(f"kid: subsets of {subset} samples (torch-fidelity default 1000)")
+        out.update(_kid_scores(gen_feats["pool"], ref.pool, n_gen, notes))
     if "prc" in wanted:
-        big = max(n_gen, ref_pool.shape[0]) > PRC_BATCH
-        r = prc_features_to_metric(
-            gen_feats["pool"],  # torch-fidelity's convention: features_1 = generated
-            ref_pool,
-            prc_neighborhood=PRC_K,
-            prc_batch_size=PRC_BATCH,
-            save_cpu_ram=big,  # the full N×N distance matrix would not fit at 50k
-            verbose=False,
-        )
-        out["precision"], out["recall"] = r["precision"], r["recall"]
-        out["prc_k"] = PRC_K
-    if "is" in wanted:
+        out.update(_precision_recall(gen_feats["pool"], ref.pool, n_gen))
+    if "is" in wanted:  # after the prc keys: the order of the JSON result is kept
         out["is_splits"] = IS_SPLITS
     out.update(
         n_generated=n_gen,
-        n_reference=n_ref,
+        n_reference=ref.n,
         extractor=info,
         fd_method=fd_method,
-        reference_stats=source,
+        reference_stats=ref.source,
         notes=notes,
     )
     return out
