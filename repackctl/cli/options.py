@@ -30,7 +30,7 @@ COMMON_PANEL = "Common"
 COMMON: dict[str, tuple[str, str]] = {
     "cache": ("--cache", "Cache root: a folder or an fsspec URL. Env: REPACKCTL_CACHE."),
     "runs": ("--runs", "Folder holding training runs. Env: REPACKCTL_RUNS."),
-    "samples": ("--samples-root", "Folder holding sample sets. Env: REPACKCTL_SAMPLES."),
+    "samples": ("--samples", "Folder holding sample sets. Env: REPACKCTL_SAMPLES."),
     "seed": ("--seed", "Global seed."),
     "device": ("--device", "auto, cpu, cuda or cuda:N (auto picks the GPU)."),
     "precision": ("--precision", "fp32, bf16 or fp16 (flag > config/env > launcher > fp32)."),

@@ -8,7 +8,7 @@ flag, environment variable or TOML key says otherwise.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -17,6 +17,14 @@ class SampleSettings(BaseModel):
     """`repackctl sample` settings."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    SHORT: ClassVar[dict[str, str]] = {"run": "-r", "num": "-n"}
+    PANELS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "Model": ("run", "checkpoint", "weights", "refiner", "guide", "guide_checkpoint"),
+        "Sampling": ("num", "batch_size", "labels", "sampler", "steps", "shift"),
+        "Guidance": ("cfg", "cfg_t_lo", "cfg_t_hi", "cfg_channels"),
+        "Output": ("out", "grid"),
+    }
 
     run: str | None = Field(None, description="DiT run name (under runs) or checkpoint folder")
     checkpoint: str | None = Field(
