@@ -21,6 +21,9 @@ LATENTS_FILE = "latents.npy"  # all raw latents of a finished samples folder
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
+_EXAMPLES = {"run name": "my-run_1", "split": "val", "dataset id": "my-data"}
+
+
 def safe_name(value: str, what: str) -> str:
     """``value`` if it is one safe path component (run names, splits, dataset ids), else an error.
 
@@ -31,7 +34,7 @@ def safe_name(value: str, what: str) -> str:
         raise ConfigError(
             f"{what} {value!r} is not a safe name: it becomes a folder name, so it must be one "
             "path component of letters, digits, '.', '_' or '-', starting with a letter or digit",
-            f"pick a {what} such as 'my-run_1' or 'val'",
+            f"pick another {what}, e.g. {_EXAMPLES.get(what, 'my-name_1')!r}",
         )
     return value
 

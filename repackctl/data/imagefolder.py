@@ -214,8 +214,10 @@ class ImageFolderSource:
         if split_layout is None:
             split_layout = any(d in SPLIT_NAMES for d in top)
         if split_layout:
+            self.layout = "split-folders"
             self._list_split_folder(lister, top)
         else:
+            self.layout = "class-folders" if top else "flat"
             self._list_class_folders(lister, top)
         self.skipped: Skipped = lister.skipped
         self.duplicates = lister.duplicates
@@ -368,6 +370,7 @@ class ImageFolderSource:
         out = {
             "source": "imagefolder",
             "root": escape_name(str(self.root)),
+            "layout": self.layout,
             "split": self.split,
             "num": self.num,
             "total": self.total,
