@@ -65,8 +65,12 @@ def escape_name(text: str) -> str:
     Undecodable bytes arrive as lone surrogates U+DC80..U+DCFF (``surrogateescape``); any other
     lone surrogate becomes ``\\uXXXX``. Names without either and without ``\\`` are unchanged.
     """
-    if "\\" not in text and not any(0xD800 <= ord(c) <= 0xDFFF for c in text):
-        return text
+    if "\\" not in text:
+        try:
+            text.encode("utf-8")  # fails exactly on lone surrogates
+            return text
+        except UnicodeEncodeError:
+            pass
     out = []
     for c in text:
         o = ord(c)
@@ -233,6 +237,7 @@ class ImageFolderSource:
             self._files = [self._files[i] for i in keep]
             self._labels = [self._labels[i] for i in keep]
         self.num = len(self._files)
+        self._prefix = len(str(self.base).rstrip(os.sep)) + 1
         digest = hashlib.sha256(os.fsencode(root)).hexdigest()[:8]
         self.name = name or f"folder-{_safe_part(root.name)}-{digest}"
         if num is not None and num < self.total:
@@ -354,7 +359,8 @@ class ImageFolderSource:
 
     def key(self, index: int) -> str:
         """Path relative to the split folder, escaped to valid Unicode (``escape_name``)."""
-        return escape_name(os.path.relpath(self._files[index], self.base))
+        path = str(self._files[index])  # always under the base: walks keep the logical path
+        return escape_name(path[self._prefix :])
 
     def path(self, index: int) -> Path:
         """The file of item ``index`` (may hold undecodable bytes as surrogates)."""
