@@ -244,6 +244,9 @@ def test_symlink_loop_and_duplicate_links(tmp_path):
     src = ImageFolderSource(str(root))
     assert len(src) == 4 and src.duplicates == 1  # the link to a/0.png counted once
     assert src.describe()["duplicate_links_dropped"] == 1
+    (root / "a" / "0link.png").symlink_to(root / "b" / "new.png")  # the link comes first
+    src = ImageFolderSource(str(root))
+    assert len(src) == 4 and src.duplicates == 2
 
 
 def test_unreadable_sub_folder_is_skipped_and_listed(folder, monkeypatch):

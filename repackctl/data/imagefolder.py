@@ -161,12 +161,14 @@ class _Lister:
             return []  # a symlink loop, a second link to a listed folder, or another class
         self._dirs.add(ident)
         found = self.entries(folder)
+        real_dir = os.path.realpath(folder)  # once per folder, not per file
         files: list[Path] = []
         for e in found or []:
             if _is_dir(e):
                 files += self.walk(Path(e.path))
             elif e.name.lower() not in IGNORED:
-                real = os.path.realpath(e.path)
+                link = e.is_symlink()  # free: from the directory entry's type
+                real = os.path.realpath(e.path) if link else os.path.join(real_dir, e.name)
                 if real in self._files:
                     self.duplicates += 1
                 else:
