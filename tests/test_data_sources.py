@@ -247,6 +247,11 @@ def test_symlink_loop_and_duplicate_links(tmp_path):
     (root / "a" / "0link.png").symlink_to(root / "b" / "new.png")  # the link comes first
     src = ImageFolderSource(str(root))
     assert len(src) == 4 and src.duplicates == 2
+    assert src.key(src.num - 1) == "b/new.png" and src.label(src.num - 1) == 1  # file beats link
+    (root / "c").mkdir()
+    (root / "c" / "l.png").symlink_to(root / "a" / "1.png")
+    with pytest.raises(DataError, match="only links"):
+        ImageFolderSource(str(root))
 
 
 def test_unreadable_sub_folder_is_skipped_and_listed(folder, monkeypatch):
@@ -270,3 +275,17 @@ def test_stray_file_beside_class_folders_is_listed(folder):
     (folder / "README.txt").write_text("hello")
     src = ImageFolderSource(str(folder))
     assert ("README.txt", "not in a class folder") in src.skipped and len(src) == 6
+
+
+def test_unreadable_class_folder_is_listed_not_an_error(folder, monkeypatch):
+    real = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path).endswith("dog"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    src = ImageFolderSource(str(folder))
+    assert len(src) == 3 and src.class_names == ["cat", "dog"]  # ids stay those of the folders
+    assert src.skipped == [("dog/", "unreadable folder: Permission denied")]

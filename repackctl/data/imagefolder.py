@@ -114,10 +114,8 @@ class _Lister:
     def __init__(self, base: Path) -> None:
         self.base = base  # keys are relative to this folder
         self.skipped: Skipped = []
-        self.duplicates = 0
         self._dirs: set[tuple[int, int]] = set()  # folders already walked
         self._tops: set[tuple[int, int]] = set()  # the split and class folders themselves
-        self._files: set[str] = set()
 
     def reserve(self, folders: list[Path]) -> None:
         """Folders that only their own ``walk(top=True)`` enters (no class inside another)."""
@@ -149,8 +147,8 @@ class _Lister:
         found = self.entries(folder) or []
         return [Path(e.path) for e in found if not _is_dir(e) and e.name.lower() not in IGNORED]
 
-    def walk(self, folder: Path, top: bool = False) -> list[Path]:
-        """Files under ``folder`` in sorted order, each real file once."""
+    def walk(self, folder: Path, top: bool = False) -> list[tuple[Path, str, bool]]:
+        """``(path, real path, is a link)`` of the files under ``folder``, in sorted order."""
         try:
             st = folder.stat()
         except OSError as e:
@@ -162,19 +160,26 @@ class _Lister:
         self._dirs.add(ident)
         found = self.entries(folder)
         real_dir = os.path.realpath(folder)  # once per folder, not per file
-        files: list[Path] = []
+        files: list[tuple[Path, str, bool]] = []
         for e in found or []:
             if _is_dir(e):
                 files += self.walk(Path(e.path))
             elif e.name.lower() not in IGNORED:
                 link = e.is_symlink()  # free: from the directory entry's type
                 real = os.path.realpath(e.path) if link else os.path.join(real_dir, e.name)
-                if real in self._files:
-                    self.duplicates += 1
-                else:
-                    self._files.add(real)
-                    files.append(Path(e.path))
+                files.append((Path(e.path), real, link))
         return files
+
+
+def _dedup(found: list[tuple[Path, str, bool]], labels: list[int]) -> tuple[list, list, int]:
+    """Each real file once: the file itself wins over links to it, else the first link."""
+    owner: dict[str, int] = {}
+    for i, (_, real, link) in enumerate(found):
+        j = owner.get(real)
+        if j is None or (found[j][2] and not link):
+            owner[real] = i
+    keep = sorted(owner.values())
+    return [found[i][0] for i in keep], [labels[i] for i in keep], len(found) - len(keep)
 
 
 def _is_dir(entry: os.DirEntry) -> bool:
@@ -226,7 +231,6 @@ class ImageFolderSource:
             self.layout = "class-folders" if top else "flat"
             self._list_class_folders(lister, top)
         self.skipped: Skipped = lister.skipped
-        self.duplicates = lister.duplicates
         if not self._files:
             raise DataError(
                 f"no files in split {split!r} under {root}",
@@ -310,8 +314,8 @@ class ImageFolderSource:
     def _unlabelled(self, lister: _Lister, folder: Path) -> None:
         self.class_names: list[str] | None = None
         lister.reserve([self.root, folder])
-        self._files = lister.walk(folder, top=True)
-        self._labels = [-1] * len(self._files)
+        found = lister.walk(folder, top=True)
+        self._files, self._labels, self.duplicates = _dedup(found, [-1] * len(found))
 
     def _labelled(
         self, lister: _Lister, folder: Path, classes: list[str], present: list[str]
@@ -319,7 +323,7 @@ class ImageFolderSource:
         self.class_names = list(classes)
         for f in lister.loose_files(folder):
             lister.skipped.append((lister.key(f), "not in a class folder"))
-        self._files, self._labels = [], []
+        found, labels, listed = [], [], []
         lister.reserve([self.root, folder] + [folder / c for c in present])
         for cls in present:
             before = len(lister.skipped)
@@ -330,8 +334,17 @@ class ImageFolderSource:
                     "class with 0 images",
                     "put images in it or remove it (class ids follow the sorted class folders)",
                 )
-            self._files += files
-            self._labels += [classes.index(cls)] * len(files)
+            found += files
+            labels += [classes.index(cls)] * len(files)
+            listed += [cls] if files else []
+        self._files, self._labels, self.duplicates = _dedup(found, labels)
+        emptied = sorted(set(listed) - {classes[i] for i in self._labels})
+        if emptied:
+            raise DataError(
+                f"class folder(s) {', '.join(emptied)} hold only links to files of other classes: "
+                "they would be classes with 0 images",
+                "replace the links by the files, or remove those folders",
+            )
 
     def _hold_out(self, frac: float) -> None:
         """Keep split ``train`` or ``val`` of a seeded per-class permutation (module docstring)."""
