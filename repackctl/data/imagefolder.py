@@ -24,8 +24,9 @@ Hostile folders:
   counted class skews ``num_classes``). A class folder that exists but cannot be read is not
   empty: it is skipped and listed in :attr:`ImageFolderSource.skipped` like unreadable files;
 - directory symlinks are followed, but a folder already visited (a loop such as ``a/up -> ..``)
-  is not entered again, and files are deduplicated by their real path (the count of dropped
-  duplicates is recorded);
+  is not entered again, and files are deduplicated by their real path: the file itself wins over
+  links to it, otherwise the first link in folder order (the count of dropped duplicates is
+  recorded; a class folder that holds only links to other classes' files is an error);
 - file names that are not valid UTF-8 are kept losslessly: paths are ``os.fsdecode`` strings
   (undecodable bytes as lone surrogates) and keys are :func:`escape_name` of them (valid Unicode
   for the Zarr ``keys`` array; :func:`unescape_name` gives the exact name back);
