@@ -156,6 +156,9 @@ def test_val_class_ids_come_from_train(tmp_path):
     _tree(root, {"val/zebra": 1})
     with pytest.raises(DataError, match="zebra"):
         ImageFolderSource(str(root), split="val")
+    with pytest.raises(DataError, match="itself the 'val' split folder") as e:
+        ImageFolderSource(str(root / "val"), split="val")
+    assert f"imagefolder:{root}" in e.value.hint
 
 
 def test_flat_folder_other_split_needs_val_fraction(folder):

@@ -293,6 +293,16 @@ class ImageFolderSource:
         root, split, frac = self.root, self.split, self.val_fraction
         self.class_from = "train"
         self.base = root
+        if (
+            frac is None
+            and split != "train"
+            and root.name == split
+            and (root.parent / "train").is_dir()
+        ):
+            raise DataError(
+                f"{root} is itself the {split!r} split folder: class ids must come from train/",
+                f"pass the folder above it: --data imagefolder:{root.parent} --split {split}",
+            )
         if frac is None and split != "train":
             raise DataError(
                 f"{root} has no split folders (train/, val/), so split {split!r} would read the "
