@@ -11,6 +11,7 @@ continues with the first shard that is not done. Images are decoded in DataLoade
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -46,6 +47,8 @@ class ExtractResult:
     written: int
     already_done: int
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    #: (key, message) of warnings raised while decoding (e.g. PIL's decompression-bomb warning)
+    warnings: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
     resolution: int = 0
     tokens_shape: tuple[int, ...] = ()
@@ -65,21 +68,27 @@ class _Items(Dataset):
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, i: int) -> tuple[int, np.ndarray, int, int, str]:
+    def __getitem__(self, i: int) -> tuple[int, np.ndarray, int, int, str, str]:
         r = self.resolution
-        try:
-            img = self.source.load(i, r)
-            if img.shape != (r, r, 3) or img.dtype != np.uint8:
-                raise BadImage(f"source returned {img.shape} {img.dtype}")
-            code = WRITTEN
-        except BadImage as e:
-            img, code = np.zeros((r, r, 3), np.uint8), reason_code(str(e))
-        return i, img, code, self.source.label(i), self.source.key(i)
+        # warnings (PIL's DecompressionBombWarning, bad EXIF…) come back with the item and are
+        # printed as the tool's own warning lines, not raw from a worker process
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                img = self.source.load(i, r)
+                if img.shape != (r, r, 3) or img.dtype != np.uint8:
+                    raise BadImage(f"source returned {img.shape} {img.dtype}")
+                code = WRITTEN
+            except BadImage as e:
+                img, code = np.zeros((r, r, 3), np.uint8), reason_code(str(e))
+        note = "; ".join(dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught))
+        return i, img, code, self.source.label(i), self.source.key(i), note
 
 
 def _collate(items: list) -> tuple:
-    idx, imgs, codes, labels, keys = zip(*items, strict=True)
-    return np.array(idx), np.stack(imgs), np.array(codes), np.array(labels), list(keys)
+    idx, imgs, codes, labels, keys, notes = zip(*items, strict=True)
+    arrays = np.array(idx), np.stack(imgs), np.array(codes), np.array(labels)
+    return (*arrays, list(keys), list(notes))
 
 
 def _loader(source: ImageSource, resolution: int, batches: list[list[int]], workers: int):
@@ -101,11 +110,49 @@ def _batches(ranges: list[range], batch: int) -> list[list[int]]:
     return out
 
 
-def _strict_scan(
-    source: ImageSource, resolution: int, ranges: list[range], workers: int, dist: DistInfo
+def _check_keys(source: ImageSource) -> None:
+    """Every key must be storable (valid Unicode) — checked before anything is encoded."""
+    for i in range(len(source)):
+        key = source.key(i)
+        try:
+            key.encode("utf-8")
+        except (UnicodeEncodeError, AttributeError):
+            raise DataError(
+                f"item {i} of {source.name} has the key {key!r}, which is not valid Unicode "
+                "and cannot be stored in the cache",
+                "the source must escape undecodable file names "
+                "(repackctl.data.imagefolder.escape_name does it losslessly)",
+            ) from None
+
+
+def _strict_check(
+    cache: str,
+    name: str,
+    source: ImageSource,
+    resolution: int,
+    ranges: list[range],
+    workers: int,
+    dist: DistInfo,
 ) -> None:
-    bad = []
-    for idx, _, codes, _, keys in _loader(source, resolution, _batches(ranges, 64), workers):
+    """``--strict``, the same for a new and an existing entry, before anything is written.
+
+    Fails on inputs the source could not list, on skips an existing entry already recorded, and
+    on any input of a shard still to do that does not decode.
+    """
+    bad = [f"{k} ({r})" for k, r in getattr(source, "skipped", [])]
+    todo = ranges
+    if name in list_entries(cache):
+        entry = DatasetEntry.open(cache, name)
+        if entry.n == len(source):  # otherwise opening it fails later with both specs
+            codes = entry.done[:]
+            recorded = [i for r in ranges for i in r if codes[i] not in (PENDING, WRITTEN)]
+            keys = entry.keys[np.array(recorded)] if recorded else []
+            bad += [
+                f"{k} ({SKIP_REASONS[int(codes[i])]})" for k, i in zip(keys, recorded, strict=True)
+            ]
+            todo = [r for r in ranges if (codes[r.start : r.stop] == PENDING).any()]
+    batches = _batches(todo, 64)
+    for idx, _, codes, _, keys, _ in _loader(source, resolution, batches, workers):
         for _i, c, k in zip(idx, codes, keys, strict=True):
             if c != WRITTEN:
                 bad.append(f"{k} ({SKIP_REASONS[int(c)]})")
@@ -131,7 +178,10 @@ def run_extract(
         raise ConfigError(
             f"resolution {resolution} is not supported", "use a multiple of 8 such as 64 or 256"
         )
-    source = make_source(cfg.data, cfg.split, cfg.num, settings.seed, settings.imagenet_root)
+    source = make_source(
+        cfg.data, cfg.split, cfg.num, settings.seed, settings.imagenet_root, cfg.val_fraction
+    )
+    _check_keys(source)
     n = len(source)
     encoder = make_encoder(cfg.encoder, cfg.weights, cfg.layer, resolution, settings.seed)
     spec = encoder.spec
@@ -147,8 +197,8 @@ def run_extract(
 
     dataset = dataset_label(source, cfg.num)
     name = entry_name(dataset, cfg.split, resolution)
-    if cfg.strict and name not in list_entries(settings.cache):
-        _strict_scan(source, resolution, ranges, settings.num_workers, dist)
+    if cfg.strict:
+        _strict_check(settings.cache, name, source, resolution, ranges, settings.num_workers, dist)
 
     make = lambda: DatasetEntry.create_or_open(  # noqa: E731
         settings.cache,
@@ -180,6 +230,7 @@ def run_extract(
     already = sum(len(r) for r in ranges) - sum(len(r) for r in pending)
     todo = sum(len(r) for r in pending)
     written = 0
+    found: list[tuple[str, str]] = []  # warnings raised while decoding
     t0 = time.perf_counter()
     autocast = settings.precision != "fp32" and device.type == "cuda"
     amp_dtype = torch.bfloat16 if settings.precision == "bf16" else torch.float16
@@ -191,7 +242,8 @@ def run_extract(
         loader = _loader(
             source, resolution, _batches(pending, cfg.batch_size), settings.num_workers
         )
-        for idx, imgs, codes, labels, keys in loader:
+        for idx, imgs, codes, labels, keys, notes in loader:
+            found += [(k, note) for k, note in zip(keys, notes, strict=True) if note]
             start = int(idx[0]) - int(idx[0]) % entry.shard
             rng = by_start[start]
             if buf is None:
@@ -240,7 +292,7 @@ def run_extract(
                 buf = None
     seconds = time.perf_counter() - t0
     dist.barrier()
-    skipped = _finalize(entry, feats, dist.rank == 0)
+    skipped = list(getattr(source, "skipped", [])) + _finalize(entry, feats, dist.rank == 0)
     return ExtractResult(
         entry=entry.name,
         features=spec.entry_id(),
@@ -248,6 +300,7 @@ def run_extract(
         written=written,
         already_done=already,
         skipped=skipped,
+        warnings=found,
         seconds=seconds,
         resolution=resolution,
         tokens_shape=tuple(feats["tokens"].shape),

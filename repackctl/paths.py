@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-from repackctl.errors import CheckpointError
+from repackctl.errors import CheckpointError, ConfigError
 
 # file names inside runs and samples folders
 SAMPLING_JSON = "sampling.json"  # a run's sampling defaults (written by `import official`)
@@ -14,6 +15,28 @@ SAMPLES_NPZ = "samples.npz"  # ADM-layout images of a samples folder
 METRICS_JSON = "metrics.json"  # scores with their card
 LATENTS_DIR = "latents"  # per-index raw latents of a samples folder (while it is being made)
 LATENTS_FILE = "latents.npy"  # all raw latents of a finished samples folder
+
+
+#: one safe path component: starts with a letter or digit, then letters, digits, ``.``, ``_``, ``-``
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+_EXAMPLES = {"run name": "my-run_1", "split": "val", "dataset id": "my-data"}
+
+
+def safe_name(value: str, what: str) -> str:
+    """``value`` if it is one safe path component (run names, splits, dataset ids), else an error.
+
+    Safe: ``[A-Za-z0-9][A-Za-z0-9._-]*`` and not ``.``/``..`` (excluded by the first character):
+    no separators, no absolute paths, nothing that climbs out of the folder it is joined to.
+    """
+    if not isinstance(value, str) or not SAFE_NAME.fullmatch(value):
+        raise ConfigError(
+            f"{what} {value!r} is not a safe name: it becomes a folder name, so it must be one "
+            "path component of letters, digits, '.', '_' or '-', starting with a letter or digit",
+            f"pick another {what}, e.g. {_EXAMPLES.get(what, 'my-name_1')!r}",
+        )
+    return value
 
 
 def is_url(root: str) -> bool:
@@ -34,20 +57,19 @@ def cache_root(root: str) -> str:
 
 
 def entry_name(dataset: str, split: str, resolution: int) -> str:
-    """Name of a dataset-split entry in the cache (DESIGN.md §4)."""
-    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in dataset)
-    return f"{safe}--{split}--{resolution}px"
+    """Name of a dataset-split entry in the cache (DESIGN.md §4); both parts must be safe names."""
+    return f"{safe_name(dataset, 'dataset id')}--{safe_name(split, 'split')}--{resolution}px"
 
 
 def run_dir(runs: str, name: str) -> Path:
-    """Folder of the run ``name`` under the runs root."""
-    return local_path(runs) / name
+    """Folder of the run ``name`` (a safe name, checked here) under the runs root."""
+    return local_path(runs) / safe_name(name, "run name")
 
 
 def resolve_checkpoint_arg(runs: str, run: str, checkpoint: str | None = None) -> Path:
     """A run name (under ``runs``), run folder or checkpoint folder → the folder to load."""
     path = Path(run).expanduser()
-    base = path if path.exists() else run_dir(runs, run)
+    base = path if path.exists() else local_path(runs) / run
     if not base.exists():
         raise CheckpointError(
             f"no run {run!r} (looked in {base})", "train one first, or check --runs / the name"

@@ -53,6 +53,31 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
             return torch.device("cuda", local_rank % torch.cuda.device_count())
         return torch.device("cpu")
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except RuntimeError:
         raise ConfigError(f"unknown device {device!r}", "use auto, cpu, cuda or cuda:N") from None
+    _check_available(dev)
+    return dev
+
+
+def _check_available(dev: torch.device) -> None:
+    """A device that this machine does not have is a clean error, not a later RuntimeError."""
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(
+                f"device {str(dev)!r} asked for, but no CUDA GPU is available here",
+                "use --device cpu (or auto), or check the NVIDIA driver and CUDA_VISIBLE_DEVICES",
+            )
+        if dev.index is not None and dev.index >= count:
+            raise ConfigError(
+                f"device {str(dev)!r} asked for, but only {count} CUDA GPU(s) are visible",
+                f"use cuda:0 .. cuda:{count - 1}, or --device auto",
+            )
+    elif dev.type == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise ConfigError(
+            "device 'mps' asked for, but Apple's MPS backend is not available here",
+            "use --device cpu (or auto)",
+        )

@@ -29,7 +29,12 @@ RunOpt = Annotated[
     str | None, typer.Option("--run", "-r", help="Pack run name (or checkpoint folder) to score.")
 ]
 EvalSplitOpt = Annotated[
-    str | None, typer.Option("--split", help="Held-out split to score on (default val).")
+    str | None,
+    typer.Option(
+        "--split",
+        help="Held-out split to score on (default val; a folder without split folders gets one "
+        "from `repackctl extract --split val --val-fraction F`).",
+    ),
 ]
 EvalEntryOpt = Annotated[
     str | None, typer.Option("--entry", help="Held-out cache entry name (instead of --split).")

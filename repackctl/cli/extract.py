@@ -45,7 +45,17 @@ def extract(
             "or imagenet:PATH.",
         ),
     ] = None,
-    split: Annotated[str | None, typer.Option(help="Split of the data (train, val).")] = None,
+    split: Annotated[
+        str | None,
+        typer.Option(help="Split of the data (train, val): a split folder of the data path."),
+    ] = None,
+    val_fraction: Annotated[
+        float | None,
+        typer.Option(
+            help="For a folder without train/ and val/: hold out this seeded fraction of each "
+            "class as split val (give it for --split train too, which then holds the rest)."
+        ),
+    ] = None,
     weights: Annotated[
         str | None,
         typer.Option(
@@ -101,6 +111,7 @@ def extract(
             "extract.encoder": encoder,
             "extract.data": data,
             "extract.split": split,
+            "extract.val_fraction": val_fraction,
             "extract.weights": weights,
             "extract.layer": layer,
             "extract.resolution": resolution,
@@ -126,6 +137,10 @@ def extract(
         err_console.print(f"[yellow]warning:[/] skipped {key}: {reason}", highlight=False)
     if len(result.skipped) > 20:
         err_console.print(f"[yellow]warning:[/] … and {len(result.skipped) - 20} more skipped")
+    for key, message in result.warnings[:20]:
+        err_console.print(f"[yellow]warning:[/] {key}: {message}", highlight=False)
+    if len(result.warnings) > 20:
+        err_console.print(f"[yellow]warning:[/] … and {len(result.warnings) - 20} more warnings")
     rows = [
         ("cache", s.cache),
         ("entry", result.entry),

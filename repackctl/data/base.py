@@ -3,7 +3,9 @@
 A source is an indexable list of images. ``load(i, resolution)`` returns the final uint8 HWC RGB
 crop at ``resolution`` (sources that read files apply the ADM center crop themselves). A source
 that cannot decode item ``i`` raises :class:`BadImage`; the extractor skips and records it.
-Sources are registered under the ``repackctl.datasets`` entry-point group; the factory is called
+A source may also have ``skipped``: a list of ``(key, reason)`` for inputs it could not even
+list (an unreadable sub-folder, a stray file); the extractor reports them with the undecodable
+items, and ``--strict`` fails on them. Sources are registered under the ``repackctl.datasets`` entry-point group; the factory is called
 as ``factory(path=..., split=..., num=..., seed=...)`` and returns an ``ImageSource``.
 """
 
@@ -32,7 +34,12 @@ class ImageSource(Protocol):
     def __len__(self) -> int: ...
 
     def key(self, index: int) -> str:
-        """A stable source id of item ``index`` (file path relative to the root, or ``seed:i``)."""
+        """A stable source id of item ``index`` (file path relative to the root, or ``seed:i``).
+
+        Must be valid Unicode (it is stored in the Zarr ``keys`` array; the extractor checks every
+        key before encoding). File names that are not UTF-8 are escaped losslessly, see
+        ``repackctl.data.imagefolder.escape_name``.
+        """
         ...
 
     def label(self, index: int) -> int:

@@ -1,40 +1,200 @@
 """Image folders and ImageNet as image sources.
 
-``imagefolder:PATH``: class sub-folders give labels (sorted class names stored); a flat folder
-has no labels (-1). ``imagenet``: an ImageFolder-layout root (``train/`` and ``val/`` with synset
-sub-folders) from the ``imagenet_root`` setting or ``imagenet:PATH``.
+Layouts of ``imagefolder:PATH``:
+
+- **split folders**: ``PATH/train/<class>/…``, ``PATH/val/<class>/…`` (any sub-folder named
+  ``train``, ``val``, ``valid``, ``validation`` or ``test`` makes ``PATH`` a split root). ``--split
+  X`` reads ``PATH/X``; any split folder present can be named. Class ids come from the sorted
+  class folders of ``train/`` (of the split itself only when there is no ``train/``); a class
+  folder of another split that ``train/`` lacks is an error naming it.
+- **class folders** (``PATH/<class>/…``) or a **flat folder** of images (unlabelled, label -1):
+  there is only one split. ``--split train`` reads everything. Any other split is an error, unless
+  ``val_fraction`` asks for a held-out split: each class's files are permuted by a generator
+  seeded with ``(seed, class name)``; the first ``round(F·n)`` files of the permutation are split
+  ``val``, the rest split ``train`` (give the same ``--val-fraction`` for both), so the two are
+  disjoint by construction, their union is every file, and the same seed gives the same split.
+  The fraction, seed and both counts are recorded in :meth:`ImageFolderSource.describe`.
+
+``imagenet`` is the split layout under the ``imagenet_root`` setting or ``imagenet:PATH``.
+
+Hostile folders:
+
+- an **empty class folder** (no files at all) is an *error with a hint*, never a silent class with
+  zero images (label ids must not depend on folders that contribute nothing, and a silently
+  counted class skews ``num_classes``). A class folder that exists but cannot be read is not
+  empty: it is skipped and listed in :attr:`ImageFolderSource.skipped` like unreadable files;
+- directory symlinks are followed, but a folder already visited (a loop such as ``a/up -> ..``)
+  is not entered again, and files are deduplicated by their real path: the file itself wins over
+  links to it, otherwise the first link in folder order (the count of dropped duplicates is
+  recorded; a class folder that holds only links to other classes' files is an error);
+- file names that are not valid UTF-8 are kept losslessly: paths are ``os.fsdecode`` strings
+  (undecodable bytes as lone surrogates) and keys are :func:`escape_name` of them (valid Unicode
+  for the Zarr ``keys`` array; :func:`unescape_name` gives the exact name back);
+- files directly inside a folder of class folders are skipped and listed ("not in a class
+  folder"); hidden files and ``Thumbs.db``-like clutter are ignored.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 
 from repackctl.data.crop import center_crop, open_image
-from repackctl.errors import DataError
+from repackctl.errors import ConfigError, DataError
 
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".jfif"}
-#: files that are listed and then skipped as "not an image" — anything not hidden counts, so that
-#: a stray file is reported instead of silently ignored
+#: files that are never listed; anything else not hidden is an input (a stray file is reported)
 IGNORED = {".ds_store", "thumbs.db", "desktop.ini"}
+#: sub-folder names that make a folder a split root
+SPLIT_NAMES = ("train", "val", "valid", "validation", "test")
+#: name of the held-out split that ``val_fraction`` makes from a folder without split folders
+HELD_OUT = "val"
+
+Skipped = list[tuple[str, str]]  # (key, reason)
 
 
-def _list_files(root: Path) -> list[Path]:
-    files = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for f in sorted(filenames):
-            if f.startswith(".") or f.lower() in IGNORED:
+# ---------------------------------------------------------------------------- lossless names
+
+
+def escape_name(text: str) -> str:
+    """A valid-Unicode form of a (``os.fsdecode``) name: ``\\`` → ``\\\\``, byte ``b`` → ``\\xbb``.
+
+    Undecodable bytes arrive as lone surrogates U+DC80..U+DCFF (``surrogateescape``); any other
+    lone surrogate becomes ``\\uXXXX``. Names without either and without ``\\`` are unchanged.
+    """
+    if "\\" not in text:
+        try:
+            text.encode("utf-8")  # fails exactly on lone surrogates
+            return text
+        except UnicodeEncodeError:
+            pass
+    out = []
+    for c in text:
+        o = ord(c)
+        if c == "\\":
+            out.append("\\\\")
+        elif 0xDC80 <= o <= 0xDCFF:
+            out.append(f"\\x{o - 0xDC00:02x}")
+        elif 0xD800 <= o <= 0xDFFF:
+            out.append(f"\\u{o:04x}")
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+_ESCAPE = re.compile(r"\\(\\|x[0-9a-f]{2}|u[0-9a-f]{4})")
+
+
+def unescape_name(text: str) -> str:
+    """Inverse of :func:`escape_name` (``os.fsencode`` of the result gives the original bytes)."""
+
+    def repl(m: re.Match) -> str:
+        tok = m.group(1)
+        if tok == "\\":
+            return "\\"
+        return chr(0xDC00 + int(tok[1:], 16)) if tok[0] == "x" else chr(int(tok[1:], 16))
+
+    return _ESCAPE.sub(repl, text)
+
+
+def _safe_part(text: str) -> str:
+    """A folder name reduced to ``[A-Za-z0-9._-]`` for the dataset id."""
+    return re.sub(r"[^A-Za-z0-9._-]", "-", text).strip("-.") or "x"
+
+
+# ---------------------------------------------------------------------------- listing
+
+
+class _Lister:
+    """Walks folders: follows directory symlinks, never enters a folder twice, dedups files."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base  # keys are relative to this folder
+        self.skipped: Skipped = []
+        self._dirs: set[tuple[int, int]] = set()  # folders already walked
+        self._tops: set[tuple[int, int]] = set()  # the split and class folders themselves
+
+    def reserve(self, folders: list[Path]) -> None:
+        """Folders that only their own ``walk(top=True)`` enters (no class inside another)."""
+        for f in folders:
+            try:
+                st = f.stat()
+            except OSError:
                 continue
-            files.append(Path(dirpath) / f)
-    return files
+            self._tops.add((st.st_dev, st.st_ino))
+
+    def key(self, path: Path) -> str:
+        return escape_name(os.path.relpath(path, self.base))
+
+    def entries(self, folder: Path) -> list[os.DirEntry] | None:
+        """Visible entries of ``folder`` sorted by name; ``None`` (listed) when unreadable."""
+        try:
+            with os.scandir(folder) as it:
+                found = [e for e in it if not e.name.startswith(".")]
+        except OSError as e:
+            self.skipped.append((self.key(folder) + "/", f"unreadable folder: {e.strerror or e}"))
+            return None
+        return sorted(found, key=lambda e: e.name)
+
+    def subdirs(self, folder: Path) -> list[str] | None:
+        found = self.entries(folder)
+        return None if found is None else [e.name for e in found if _is_dir(e)]
+
+    def loose_files(self, folder: Path) -> list[Path]:
+        found = self.entries(folder) or []
+        return [Path(e.path) for e in found if not _is_dir(e) and e.name.lower() not in IGNORED]
+
+    def walk(self, folder: Path, top: bool = False) -> list[tuple[Path, str, bool]]:
+        """``(path, real path, is a link)`` of the files under ``folder``, in sorted order."""
+        try:
+            st = folder.stat()
+        except OSError as e:
+            self.skipped.append((self.key(folder) + "/", f"unreadable folder: {e.strerror or e}"))
+            return []
+        ident = (st.st_dev, st.st_ino)
+        if ident in self._dirs or (not top and ident in self._tops):
+            return []  # a symlink loop, a second link to a listed folder, or another class
+        self._dirs.add(ident)
+        found = self.entries(folder)
+        real_dir = os.path.realpath(folder)  # once per folder, not per file
+        files: list[tuple[Path, str, bool]] = []
+        for e in found or []:
+            if _is_dir(e):
+                files += self.walk(Path(e.path))
+            elif e.name.lower() not in IGNORED:
+                link = e.is_symlink()  # free: from the directory entry's type
+                real = os.path.realpath(e.path) if link else os.path.join(real_dir, e.name)
+                files.append((Path(e.path), real, link))
+        return files
+
+
+def _dedup(found: list[tuple[Path, str, bool]], labels: list[int]) -> tuple[list, list, int]:
+    """Each real file once: the file itself wins over links to it, else the first link."""
+    owner: dict[str, int] = {}
+    for i, (_, real, link) in enumerate(found):
+        j = owner.get(real)
+        if j is None or (found[j][2] and not link):
+            owner[real] = i
+    keep = sorted(owner.values())
+    return [found[i][0] for i in keep], [labels[i] for i in keep], len(found) - len(keep)
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()  # follows symlinks
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------------------- the source
 
 
 class ImageFolderSource:
-    """Images under ``path``: class sub-folders → labels, a flat folder → unlabelled."""
+    """Images under ``path`` in one of the layouts of the module docstring."""
 
     def __init__(
         self,
@@ -43,31 +203,40 @@ class ImageFolderSource:
         num: int | None = None,
         seed: int = 0,
         name: str | None = None,
+        val_fraction: float | None = None,
+        split_layout: bool | None = None,
     ) -> None:
         if not path:
             raise DataError("imagefolder needs a folder", "use --data imagefolder:/path/to/images")
         root = Path(path).expanduser().resolve()
         if not root.is_dir():
             raise DataError(f"image folder not found: {root}", "check the path after imagefolder:")
-        self.root = root
-        self.split = split
-        classes = sorted(
-            d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
-        )
-        if classes:
-            self.class_names: list[str] | None = classes
-            self._files = []
-            self._labels = []
-            for label, cls in enumerate(classes):
-                for f in _list_files(root / cls):
-                    self._files.append(f)
-                    self._labels.append(label)
+        if val_fraction is not None and not 0.0 < val_fraction < 1.0:
+            raise ConfigError(
+                f"val_fraction must lie strictly between 0 and 1, got {val_fraction}",
+                "pass e.g. --val-fraction 0.1",
+            )
+        self.root, self.split, self.seed = root, split, int(seed)
+        self.val_fraction = val_fraction
+        self.held_out: dict | None = None
+        lister = _Lister(root)
+        top = lister.subdirs(root)
+        if top is None:
+            raise DataError(f"cannot read the image folder {root}", "check its permissions")
+        if split_layout is None:
+            split_layout = any(d in SPLIT_NAMES for d in top)
+        if split_layout:
+            self.layout = "split-folders"
+            self._list_split_folder(lister, top)
         else:
-            self.class_names = None
-            self._files = _list_files(root)
-            self._labels = [-1] * len(self._files)
+            self.layout = "class-folders" if top else "flat"
+            self._list_class_folders(lister, top)
+        self.skipped: Skipped = lister.skipped
         if not self._files:
-            raise DataError(f"no files under {root}", "put images (or class sub-folders) there")
+            raise DataError(
+                f"no files in split {split!r} under {root}",
+                "put images (or class sub-folders) there",
+            )
         self.total = len(self._files)
         if num is not None and num < self.total:
             # a seeded subset spread over all classes, kept in folder order
@@ -75,16 +244,153 @@ class ImageFolderSource:
             self._files = [self._files[i] for i in keep]
             self._labels = [self._labels[i] for i in keep]
         self.num = len(self._files)
-        digest = hashlib.sha256(str(root).encode()).hexdigest()[:8]
-        self.name = name or f"folder-{root.name}-{digest}"
+        self._prefix = len(str(self.base).rstrip(os.sep)) + 1
+        digest = hashlib.sha256(os.fsencode(root)).hexdigest()[:8]
+        self.name = name or f"folder-{_safe_part(root.name)}-{digest}"
         if num is not None and num < self.total:
             self.name += f"-n{num}"
+
+    # ---- layouts
+
+    def _list_split_folder(self, lister: _Lister, top: list[str]) -> None:
+        root, split = self.root, self.split
+        if self.val_fraction is not None:
+            raise ConfigError(
+                f"{root} already has split folders ({', '.join(top)}): --val-fraction is only "
+                "for folders without them",
+                f"drop --val-fraction and pass --split {split}",
+            )
+        if split not in top:
+            raise DataError(
+                f"no split folder {split!r} in {root} (it holds: {', '.join(top) or 'nothing'})",
+                "pass --split with one of those folders",
+            )
+        folder = root / split
+        lister.base = self.base = folder
+        class_from = "train" if "train" in top and split != "train" else split
+        classes = lister.subdirs(root / class_from) or []
+        self.class_from = class_from
+        if not classes:
+            self._unlabelled(lister, folder)
+            return
+        have = lister.subdirs(folder) or []
+        missing = [c for c in have if c not in classes]
+        if missing:
+            raise DataError(
+                f"split {split!r} of {root} has class folder(s) that train/ lacks: "
+                f"{', '.join(missing[:10])}",
+                f"class ids come from train/: add those classes there or remove them from {split}/",
+            )
+        if not have and lister.loose_files(folder):
+            raise DataError(
+                f"{folder} holds images directly, but train/ has class folders",
+                f"sort {split}/ into the class folders of train/ (ImageNet: the usual "
+                "valprep.sh), or pass the folder alone as --data imagefolder:PATH",
+            )
+        self._labelled(lister, folder, classes, present=have)
+
+    def _list_class_folders(self, lister: _Lister, top: list[str]) -> None:
+        root, split, frac = self.root, self.split, self.val_fraction
+        self.class_from = "train"
+        self.base = root
+        if (
+            frac is None
+            and split != "train"
+            and root.name == split
+            and (root.parent / "train").is_dir()
+        ):
+            raise DataError(
+                f"{root} is itself the {split!r} split folder: class ids must come from train/",
+                f"pass the folder above it: --data imagefolder:{root.parent} --split {split}",
+            )
+        if frac is None and split != "train":
+            raise DataError(
+                f"{root} has no split folders (train/, val/), so split {split!r} would read the "
+                "training images again",
+                f"hold out a seeded part of each class with --val-fraction 0.1 (give it for "
+                f"--split train too), or arrange {root}/train/<class>/ and {root}/{split}/<class>/",
+            )
+        if frac is not None and split not in ("train", HELD_OUT):
+            raise ConfigError(
+                f"with --val-fraction the splits are 'train' and '{HELD_OUT}', got {split!r}",
+                f"pass --split {HELD_OUT}",
+            )
+        if top:
+            self._labelled(lister, root, top, present=top)
+        else:
+            self._unlabelled(lister, root)
+        if frac is not None:
+            self._hold_out(frac)
+
+    def _unlabelled(self, lister: _Lister, folder: Path) -> None:
+        self.class_names: list[str] | None = None
+        lister.reserve([self.root, folder])
+        found = lister.walk(folder, top=True)
+        self._files, self._labels, self.duplicates = _dedup(found, [-1] * len(found))
+
+    def _labelled(
+        self, lister: _Lister, folder: Path, classes: list[str], present: list[str]
+    ) -> None:
+        self.class_names = list(classes)
+        for f in lister.loose_files(folder):
+            lister.skipped.append((lister.key(f), "not in a class folder"))
+        found, labels, listed = [], [], []
+        lister.reserve([self.root, folder] + [folder / c for c in present])
+        for cls in present:
+            before = len(lister.skipped)
+            files = lister.walk(folder / cls, top=True)
+            if not files and len(lister.skipped) == before:
+                raise DataError(
+                    f"class folder {escape_name(str(folder / cls))} has no files: it would be a "
+                    "class with 0 images",
+                    "put images in it or remove it (class ids follow the sorted class folders)",
+                )
+            found += files
+            labels += [classes.index(cls)] * len(files)
+            listed += [cls] if files else []
+        self._files, self._labels, self.duplicates = _dedup(found, labels)
+        emptied = sorted(set(listed) - {classes[i] for i in self._labels})
+        if emptied:
+            raise DataError(
+                f"class folder(s) {', '.join(emptied)} hold only links to files of other classes: "
+                "they would be classes with 0 images",
+                "replace the links by the files, or remove those folders",
+            )
+
+    def _hold_out(self, frac: float) -> None:
+        """Keep split ``train`` or ``val`` of a seeded per-class permutation (module docstring)."""
+        labels = np.asarray(self._labels)
+        names = self.class_names or [""]
+        keep, counts = [], {"train": 0, HELD_OUT: 0}
+        for label in np.unique(labels):
+            idx = np.flatnonzero(labels == label)
+            cls = names[label] if label >= 0 else ""
+            code = int.from_bytes(hashlib.sha256(os.fsencode(cls)).digest()[:8], "little")
+            perm = np.random.default_rng(np.random.SeedSequence([self.seed, code])).permutation(
+                len(idx)
+            )
+            k = int(np.floor(frac * len(idx) + 0.5))
+            counts[HELD_OUT] += k
+            counts["train"] += len(idx) - k
+            keep += list(idx[perm[:k]] if self.split == HELD_OUT else idx[perm[k:]])
+        keep = sorted(int(i) for i in keep)
+        self._files = [self._files[i] for i in keep]
+        self._labels = [self._labels[i] for i in keep]
+        self.held_out = {"fraction": frac, "seed": self.seed, "counts": counts}
+
+    # ---- the ImageSource protocol
 
     def __len__(self) -> int:
         return self.num
 
     def key(self, index: int) -> str:
-        return str(self._files[index].relative_to(self.root))
+        """Path relative to the split folder, escaped to valid Unicode (``escape_name``)."""
+        path = str(self._files[index])  # always under the base: walks keep the logical path
+        return escape_name(path[self._prefix :])
+
+    def path(self, index: int) -> Path:
+        """The file of item ``index`` (may hold undecodable bytes as surrogates)."""
+        return self._files[index]
 
     def label(self, index: int) -> int:
         return self._labels[index]
@@ -93,15 +399,24 @@ class ImageFolderSource:
         return center_crop(open_image(self._files[index], resolution), resolution)
 
     def describe(self) -> dict:
-        return {
+        out = {
             "source": "imagefolder",
-            "root": str(self.root),
+            "root": escape_name(str(self.root)),
+            "layout": self.layout,
             "split": self.split,
             "num": self.num,
             "total": self.total,
             "classes": len(self.class_names or []),
+            "class_ids_from": self.class_from,
             "crop": "adm-center",
         }
+        if self.held_out is not None:
+            out["held_out"] = self.held_out
+        if self.skipped:
+            out["skipped_in_listing"] = [{"key": k, "reason": r} for k, r in self.skipped]
+        if self.duplicates:
+            out["duplicate_links_dropped"] = self.duplicates
+        return out
 
 
 def imagenet_source(
@@ -125,5 +440,6 @@ def imagenet_source(
             f"ImageNet split folder not found: {folder}",
             "the root must hold train/ and val/ with one sub-folder per class",
         )
-    src = ImageFolderSource(str(folder), split=split, num=num, seed=seed, name="imagenet")
-    return src
+    return ImageFolderSource(
+        str(base), split=split, num=num, seed=seed, name="imagenet", split_layout=True
+    )

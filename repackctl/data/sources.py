@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 
 from repackctl.data.base import ImageSource
+from repackctl.errors import ConfigError
 from repackctl.registry import registry
 
 
@@ -14,15 +15,33 @@ def default_resolution(data: str) -> int:
 
 
 def make_source(
-    data: str, split: str, num: int | None, seed: int, imagenet_root: str | None
+    data: str,
+    split: str,
+    num: int | None,
+    seed: int,
+    imagenet_root: str | None,
+    val_fraction: float | None = None,
 ) -> ImageSource:
-    """Build the image source named by ``data`` (``builtin``, ``imagefolder:PATH``, …)."""
+    """Build the image source named by ``data`` (``builtin``, ``imagefolder:PATH``, …).
+
+    ``val_fraction`` (a held-out split of a folder without split folders) goes to sources that
+    take it; for any other source it is an error rather than silently ignored.
+    """
     reg = registry("datasets")
     name, arg = reg.split_id(data)
     factory = reg.get(name)
+    params = inspect.signature(factory).parameters
     kwargs: dict = {"path": arg, "split": split, "num": num, "seed": seed}
-    if "root" in inspect.signature(factory).parameters:
+    if "root" in params:
         kwargs["root"] = imagenet_root
+    if val_fraction is not None:
+        if "val_fraction" not in params:
+            raise ConfigError(
+                f"--val-fraction only applies to image folders without split folders, not to "
+                f"--data {data}",
+                "drop --val-fraction (this source has its own splits: pass --split val)",
+            )
+        kwargs["val_fraction"] = val_fraction
     return factory(**kwargs)
 
 

@@ -348,6 +348,13 @@ class Generated:
 
 def _check_count(images: ImageSet, num: int | None, where: str) -> list[str]:
     available = images.meta.get("available", images.n)
+    if available < 2:
+        raise DataError(
+            f"{where} holds {available} image(s); FID and the other scores compare distributions "
+            "and need at least 2 (thousands to mean anything)",
+            hint="generate more (`repackctl sample --num 1000`) or point at a folder with more "
+            "images",
+        )
     if num is not None and available < num:
         raise DataError(
             f"--samples {num} asked for, but {where} holds only {available} samples",

@@ -59,8 +59,40 @@ def eval_features(
             settings.cache, run_cache["entry"], run_cache["features"], hint
         )
     else:
-        entry, feats = sibling_entry(settings.cache, run_cache, source, split)
+        try:
+            entry, feats = sibling_entry(settings.cache, run_cache, source, split)
+        except CacheError as e:
+            if not e.message.startswith("no cache entry"):
+                raise
+            hint = held_out_hint(settings.cache, run_cache, split, e.hint)
+            raise CacheError(e.message, hint) from None
     return entry, feats
+
+
+def held_out_hint(cache: str, run_cache: dict, split: str, hint: str | None) -> str | None:
+    """The hint for a missing held-out entry, right for the layout of the training images.
+
+    A folder without split folders has no ``val`` to re-extract: ``--split val`` alone is an
+    error there. The held-out split comes from ``--val-fraction``, and the training entry must be
+    extracted with the same fraction so that the two are disjoint.
+    """
+    try:
+        attrs = DatasetEntry.open(cache, run_cache["entry"]).attrs.get("source") or {}
+    except CacheError:
+        return hint
+    if attrs.get("source") != "imagefolder" or attrs.get("layout") == "split-folders":
+        return hint
+    held = attrs.get("held_out")
+    if held:
+        cmd = (hint or "").strip("`").removeprefix("run `").removesuffix("` first")
+        flag = f"--val-fraction {held['fraction']}"
+        return f"run `{cmd} {flag}` first (the training entry held out that fraction)"
+    return (
+        f"the training images ({attrs.get('root')}) have no {split}/ folder: extract the training "
+        f"split again with `--val-fraction 0.1` and the held-out one with `--split {split} "
+        f"--val-fraction 0.1` (same seed), then train the pack run on the new training entry; "
+        f"or arrange train/ and {split}/ folders. Until then pass --split train (not held out)."
+    )
 
 
 def _indices(entry: DatasetEntry, feats: ArrayGroup, num: int | None) -> np.ndarray:

@@ -64,7 +64,10 @@ def encoder_feature_stats(
             stats.update(pooled.double().cpu())
             bar.advance(x.shape[0])
     if stats.n < 2:
-        raise DataError(f"{description}: FD needs at least 2 images, got {stats.n}")
+        raise DataError(
+            f"{description}: FD needs at least 2 images, got {stats.n}",
+            hint="pass more images (the score is only meaningful with thousands)",
+        )
     return stats
 
 

@@ -15,11 +15,12 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -27,37 +28,13 @@ from repackctl.errors import ConfigError
 from repackctl.settings.benchmark import BenchmarkSettings
 from repackctl.settings.dit import DitSettings
 from repackctl.settings.evaluate import EvaluateSettings
+from repackctl.settings.extract import ExtractSettings
 from repackctl.settings.pack import PackSettings
 from repackctl.settings.refine import RefineSettings
 from repackctl.settings.sample import SampleSettings
 
 ENV_PREFIX = "REPACKCTL_"
 Precision = Literal["fp32", "bf16", "fp16"]
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
-
-
-class ExtractSettings(_Section):
-    """`repackctl extract`: images → cache entry with frozen-encoder tokens."""
-
-    encoder: str = Field("builtin", description="encoder id (`repackctl plugins` lists them)")
-    weights: str | None = Field(
-        None, description="weights file (.safetensors/.pth), 'random', or none for the default"
-    )
-    layer: int | None = Field(None, description="intermediate block index; none = final layer")
-    data: str = Field("builtin", description="data source: builtin, imagefolder:PATH, imagenet")
-    split: str = Field("train", description="split of the data source")
-    resolution: int | None = Field(
-        None, ge=1, description="crop size in pixels; none = 64 for builtin, 256 otherwise"
-    )
-    num: int | None = Field(None, description="number of images; none = the whole source")
-    batch_size: int = Field(32, ge=1, description="images per encoder forward")
-    flips: bool = Field(True, description="also encode the mirrored image (F = 2)")
-    strict: bool = Field(False, description="fail on unreadable images instead of skipping them")
-    chunk: int = Field(32, ge=1, description="samples per Zarr chunk")
-    shard: int = Field(1024, ge=1, description="samples per Zarr shard (a multiple of chunk)")
 
 
 class Settings(BaseSettings):
@@ -260,6 +237,16 @@ def resolve_settings(
         env_data = EnvSettingsSource(
             Settings, env_prefix=ENV_PREFIX, env_nested_delimiter="__", case_sensitive=False
         )()
+    except SettingsError as e:  # e.g. REPACKCTL_EXTRACT=foo: a section given a plain value
+        field = str(e).split('"')[1] if str(e).count('"') >= 2 else ""
+        names = [n for n in env if n.upper() == f"{ENV_PREFIX}{field}".upper()] or [
+            n for n in env if n.upper().startswith(ENV_PREFIX)
+        ]
+        raise ConfigError(
+            f"cannot read the environment variable {' / '.join(names) or ENV_PREFIX + '*'}: {e}",
+            f"a section takes its keys one by one, e.g. {ENV_PREFIX}EXTRACT__BATCH_SIZE=64; "
+            "unset the variable or fix its value",
+        ) from None
     finally:
         os.environ.clear()
         os.environ.update(saved)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from repackctl.errors import ConfigError
+from repackctl.paths import safe_name
 
 
 class DitSettings(BaseModel):
@@ -130,6 +131,11 @@ class DitSettings(BaseModel):
     image_steps: int = Field(16, ge=1, description="Euler steps of the sample grid")
     buffer_blocks: int = Field(16, ge=1, description="shuffle samples within this many chunks")
     prefetch: bool = Field(True, description="read the next batch in a background thread")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_run_name(cls, value: str | None) -> str | None:
+        return value if value is None else safe_name(value, "run name")
 
 
 # `--preset paper`: the official RePack-DiT-XL/1 recipe (reference/methods.md). The official

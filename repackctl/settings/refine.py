@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from repackctl.paths import safe_name
 
 
 class RefineSettings(BaseModel):
@@ -54,6 +56,11 @@ class RefineSettings(BaseModel):
         32, ge=1, description="samples per decode batch when building triplets"
     )
     refiner: str | None = Field(None, description="refine apply: refiner run to use")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_run_name(cls, value: str | None) -> str | None:
+        return value if value is None else safe_name(value, "run name")
 
 
 # The official refiner (reference/methods.md): base 128, PatchGAN 128, Adam 1e-4, global batch 64
