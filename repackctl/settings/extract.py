@@ -27,7 +27,7 @@ class ExtractSettings(BaseModel):
         "class as split 'val' (train then holds the rest); give it for both splits",
     )
     resolution: int | None = Field(
-        None, description="crop size in pixels; none = 64 for builtin, 256 otherwise"
+        None, ge=1, description="crop size in pixels; none = 64 for builtin, 256 otherwise"
     )
     num: int | None = Field(None, description="number of images; none = the whole source")
     batch_size: int = Field(32, ge=1, description="images per encoder forward")
