@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from repackctl.paths import safe_name
@@ -11,6 +13,13 @@ class ExtractSettings(BaseModel):
     """`repackctl extract`: images → cache entry with frozen-encoder tokens."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    SHORT: ClassVar[dict[str, str]] = {"encoder": "-e", "data": "-d", "num": "-n"}
+    PANELS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "Encoder": ("encoder", "weights", "layer"),
+        "Data": ("data", "split", "val_fraction", "resolution", "num", "flips", "strict"),
+        "Storage": ("batch_size", "chunk", "shard"),
+    }
 
     encoder: str = Field("builtin", description="encoder id (`repackctl plugins` lists them)")
     weights: str | None = Field(
