@@ -105,6 +105,15 @@ _TMP_PATTERNS = (
 )
 
 
+def temp_writer_pid(name: str) -> int | None:
+    """The writer's pid when ``name`` is one of our temporary names, else None."""
+    for pattern in _TMP_PATTERNS:
+        m = pattern.match(name)
+        if m:
+            return int(m.group(1))
+    return None
+
+
 def _pid_alive(pid: int) -> bool:
     if pid == os.getpid():
         return True
@@ -124,12 +133,10 @@ def remove_stale_temp_files(folder: str | Path) -> list[Path]:
     if not folder.is_dir():
         return removed
     for p in folder.iterdir():
-        for pattern in _TMP_PATTERNS:
-            m = pattern.match(p.name)
-            if m and p.is_file() and not p.is_symlink() and not _pid_alive(int(m.group(1))):
-                p.unlink(missing_ok=True)
-                removed.append(p)
-                break
+        pid = temp_writer_pid(p.name)
+        if pid is not None and p.is_file() and not p.is_symlink() and not _pid_alive(pid):
+            p.unlink(missing_ok=True)
+            removed.append(p)
     return removed
 
 

@@ -368,6 +368,20 @@ def latest_checkpoint(
     return None
 
 
+def checkpoint_for_loading(path: str | os.PathLike) -> Path | None:
+    """For sampling, refining and import: a checkpoint folder, or a run's newest complete one
+    not marked bad, verified. A bad file is an error naming it (no fallback); None when the run
+    has no checkpoint."""
+    path = Path(path)
+    if not (path / "state.json").exists():
+        found = [p for p in list_checkpoints(path) if _marked_good(p)]
+        if not found:
+            return None
+        path = found[-1]
+    verify_checkpoint(path)
+    return path
+
+
 def _require(ckpt_dir: Path, name: str) -> Path:
     path = Path(ckpt_dir) / name
     if not path.is_file():
