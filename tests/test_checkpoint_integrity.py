@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -38,11 +39,19 @@ def _toy(run: Path, steps: int, every: int = 10, keep: int = 0):
     return task, train(task, toy.config_from_args(args))
 
 
-@pytest.fixture
-def toy_run(tmp_path) -> Path:
-    run = tmp_path / "run"
+@pytest.fixture(scope="module")
+def toy_template(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("toy") / "run"
     _toy(run, 20)
     assert [p.name for p in ckpt_io.list_checkpoints(run)] == ["step-0000010", "step-0000020"]
+    return run
+
+
+@pytest.fixture
+def toy_run(toy_template, tmp_path) -> Path:
+    """A trained toy run with checkpoints at steps 10 and 20 (a fresh copy per test)."""
+    run = tmp_path / "run"
+    shutil.copytree(toy_template, run)
     return run
 
 
