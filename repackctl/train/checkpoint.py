@@ -187,7 +187,7 @@ def save_checkpoint(
         need = _nbytes(weights) + _nbytes(optim)
         if is_no_space(e):
             raise CheckpointError(
-                f"no space left on the device while writing {tmp} (the checkpoint needs about "
+                f"no space left on the device while writing checkpoint {final} (it needs about "
                 f"{need / 2**20:.1f} MiB); earlier checkpoints are intact",
                 "free disk space (or lower --keep-last) and run the same command again to resume",
             ) from None
