@@ -343,5 +343,16 @@ def test_sample_with_another_sizes_weights_is_one_line(stack, tmp_path) -> None:
     assert len(r.output.splitlines()) <= 6
 
 
+def test_pack_latent_stats_file_is_validated(tmp_path) -> None:
+    from repackctl.pack.load import LATENT_STATS, read_latent_stats
+
+    (tmp_path / LATENT_STATS).write_text(json.dumps({"mean": "x", "std": [1.0]}))
+    with pytest.raises(CheckpointError) as e:
+        read_latent_stats(tmp_path)
+    assert str(tmp_path / LATENT_STATS) in _one_line(e) and "mean" in e.value.message
+    (tmp_path / LATENT_STATS).write_text(json.dumps({"mean": [0.5], "std": [2.0], "n": 3}))
+    assert read_latent_stats(tmp_path)["std"] == [2.0]
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
