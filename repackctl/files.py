@@ -1,10 +1,18 @@
-"""Atomic file writes (JSON, .npy, PNG), file hashes, and uint8 ↔ [−1, 1] image conversion."""
+"""Atomic file writes (JSON, .npy, PNG), file hashes, writable roots, stale temporaries, and
+uint8 ↔ [−1, 1] image conversion.
+
+Temporary names (all ours, so that a later run can recognise and remove them):
+``.tmp-<name>.<pid>`` (JSON), ``.<name>.<pid>.tmp`` (PNG, .npy), ``.<name>.<pid>.<hex>.tmp``
+(``metrics.frechet.atomic_path``), ``.tmp-step-…`` folders (checkpoints).
+"""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +53,91 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def sha256_file_cached(path: str | Path) -> str:
+    """``sha256_file`` computed once per process for a given path, size and mtime."""
+    st = os.stat(path)
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _HASHES:
+        _HASHES[key] = sha256_file(path)
+    return _HASHES[key]
+
+
+def ensure_writable_dir(path: str | Path, what: str = "folder") -> Path:
+    """Check that ``path`` is (or can be created as) a writable folder; a clean error otherwise.
+
+    Catches a root that is a file, a root under a file, and a read-only root before anything is
+    written, so the user sees ``Error:`` naming the path instead of a traceback.
+    """
+    from repackctl.errors import ConfigError
+
+    path = Path(path).expanduser()
+    probe = path
+    while not probe.exists() and not probe.is_symlink() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        cause = "is a file" if probe == path else f"sits under {probe}, which is a file"
+        raise ConfigError(f"the {what} {path} {cause}", "point the setting at a folder")
+    if not probe.exists():
+        raise ConfigError(f"the {what} {path} cannot be created ({probe} is a broken link)", None)
+    if not os.access(probe, os.W_OK | os.X_OK):
+        cause = "is read-only" if probe == path else f"cannot be created: {probe} is read-only"
+        raise ConfigError(
+            f"the {what} {path} {cause}", "point the setting at a folder you can write to"
+        )
+    return path
+
+
+def is_no_space(e: OSError) -> bool:
+    """True for a full disk or an exceeded quota."""
+    return e.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+# our temporary names, with the writer's pid: (pattern, group holding the pid)
+_TMP_PATTERNS = (
+    re.compile(r"^\..+\.(\d+)\.tmp$"),  # .000033.png.<pid>.tmp, .x.npy.<pid>.tmp
+    re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}\.tmp$"),  # .samples.npz.<pid>.<hex>.tmp
+    re.compile(r"^\.tmp-.+\.(\d+)$"),  # .tmp-<name>.json.<pid>
+)
+
+
+def temp_writer_pid(name: str) -> int | None:
+    """The writer's pid when ``name`` is one of our temporary names, else None."""
+    for pattern in _TMP_PATTERNS:
+        m = pattern.match(name)
+        if m:
+            return int(m.group(1))
+    return None
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def remove_stale_temp_files(folder: str | Path) -> list[Path]:
+    """Delete our temporary files in ``folder`` whose writer is gone; nothing else is touched."""
+    folder = Path(folder)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for p in folder.iterdir():
+        pid = temp_writer_pid(p.name)
+        if pid is not None and p.is_file() and not p.is_symlink() and not _pid_alive(pid):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def to_uint8(images: Tensor) -> np.ndarray:

@@ -35,6 +35,11 @@ Latent statistics are not in their checkpoints (they were recomputed from the tr
 Loading: ``torch.load(weights_only=True)`` first. Lightning checkpoints may hold pickled objects
 beyond tensors (hyper-parameter containers, callback states); such a file is refused unless
 ``trust_pickle=True`` (``--trust-pickle``), since unpickling runs code stored in the file.
+
+Writing: every run is written under a temporary folder of the runs root
+(``.tmp-import-<out>.<pid>/<out>-pack`` …) and renamed into place only once every given stage has
+converted, so a failure midway leaves no half-written run that blocks a retry; the temporary
+folder of a killed import is removed by the next one.
 """
 
 from __future__ import annotations
@@ -42,7 +47,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,16 +109,33 @@ def safe_load(path: str | Path, trust_pickle: bool = False) -> dict[str, Any]:
                 "if you trust where the file comes from, pass --trust-pickle (unpickling can run "
                 "code stored in the file)",
             ) from None
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:  # noqa: BLE001 - a damaged or foreign file
+            raise WeightsError(
+                f"{path} cannot be read even with --trust-pickle: {_first_line(e)}",
+                "is it the downloaded official checkpoint, complete? Download it again",
+            ) from None
     if not isinstance(obj, dict):
-        raise WeightsError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict", None)
+        raise WeightsError(
+            f"{path} holds a {type(obj).__name__}, not a checkpoint dict",
+            "pass the official checkpoint file of that stage",
+        )
     return obj
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
 
 
 def _state_dict(obj: dict[str, Any], path: Path | str) -> dict[str, torch.Tensor]:
     sd = obj.get("state_dict", obj)
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise WeightsError(f"{path} has no Lightning state_dict of tensors", None)
+        raise WeightsError(
+            f"{path} has no Lightning state_dict of tensors",
+            "pass the official Lightning .ckpt of that stage",
+        )
     return sd
 
 
@@ -292,7 +316,10 @@ def map_stage1(
     used = _drop(sd, STAGE1_DROP, report)
     absent = [k for k in _STAGE1_REQUIRED if k not in sd]
     if absent:
-        raise WeightsError(f"not an official stage-1 checkpoint: no {', '.join(absent)}", None)
+        raise WeightsError(
+            f"not an official stage-1 checkpoint: no {', '.join(absent)}",
+            "pass the stage-1 Lightning .ckpt of the RePack-then-Refine release to --stage1",
+        )
     config = _stage1_config(sd, image_size)
     ours = PackAutoencoder.from_config(config).state_dict()
     mapper = _Stage1Mapper(sd, used)
@@ -413,7 +440,10 @@ def map_stage3(
     report = MappingReport("stage 3")
     used = _drop(sd, STAGE3_DROP, report)
     if "unet.conv_in.weight" not in sd:
-        raise WeightsError("not an official stage-3 checkpoint: no unet.conv_in.weight", None)
+        raise WeightsError(
+            "not an official stage-3 checkpoint: no unet.conv_in.weight",
+            "pass the stage-3 Lightning .ckpt of the RePack-then-Refine release to --refiner",
+        )
     w = sd["unet.conv_in.weight"]  # (b, 3 + d, 3, 3)
     config = RefinerConfig(
         latent_channels=w.shape[1] - 3,
@@ -441,24 +471,35 @@ def map_stage3(
 # Writing our runs
 
 
-def _load_stats(path: str | Path, channels: int) -> dict[str, list[float]]:
+def _load_stats(
+    path: str | Path, channels: int, trust_pickle: bool = False
+) -> dict[str, list[float]]:
     """Their ``latents_stats.pt`` ({mean, std} of shape (1, d, 1, 1)) or a JSON with mean/std."""
     path = Path(path).expanduser()
+    hint = 'give their latents_stats.pt (mean, std) or a JSON {"mean": [...], "std": [...]}'
     if path.suffix == ".json":
-        data = json.loads(path.read_text())
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise WeightsError(f"{path} is not readable JSON: {_first_line(e)}", hint) from None
     else:
-        data = safe_load(path)
+        data = safe_load(path, trust_pickle)
+    if not isinstance(data, dict):
+        raise WeightsError(f"{path} holds no mean/std mapping", hint)
     try:
         mean = torch.as_tensor(data["mean"], dtype=torch.float64).flatten().tolist()
         std = torch.as_tensor(data["std"], dtype=torch.float64).flatten().tolist()
     except KeyError as e:
-        raise WeightsError(
-            f"{path} has no {e}", "give their latents_stats.pt (mean, std)"
-        ) from None
+        raise WeightsError(f"{path} has no {e}", hint) from None
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise WeightsError(f"{path}: mean/std are not numbers ({_first_line(e)})", hint) from None
     if len(mean) != channels or len(std) != channels:
         raise WeightsError(
-            f"{path} has stats of {len(mean)} channels, the DiT has {channels}", None
+            f"{path} has stats of {len(mean)} channels, the DiT has {channels}",
+            "give the latent stats of the same release as the DiT",
         )
+    if not all(math.isfinite(v) for v in mean + std):
+        raise WeightsError(f"{path} holds non-finite mean/std values", hint)
     return {"mean": mean, "std": std}
 
 
@@ -474,7 +515,10 @@ def official_sampling_defaults(sample_cfg: dict[str, Any] | None = None) -> dict
         if sample_cfg and key in sample_cfg:
             s[key] = sample_cfg[key]
     if (sample_cfg or {}).get("sampling_method", "euler") != "euler":
-        raise ConfigError(f"unsupported official sampler {sample_cfg['sampling_method']!r}", None)
+        raise ConfigError(
+            f"unsupported official sampler {sample_cfg['sampling_method']!r}",
+            "only the released Euler sampling settings are supported",
+        )
     return {
         "sampler": "euler",
         "steps": int(s["num_sampling_steps"]) - 1,  # their N-point grid = N − 1 updates
@@ -487,16 +531,13 @@ def official_sampling_defaults(sample_cfg: dict[str, Any] | None = None) -> dict
 
 
 def _save_run(
-    runs: str, name: str, step: int, weights: dict[str, dict], extra: dict[str, Any]
+    staging: Path, name: str, step: int, weights: dict[str, dict], extra: dict[str, Any]
 ) -> Path:
-    from repackctl.paths import run_dir
-    from repackctl.train.checkpoint import latest_checkpoint, save_checkpoint
+    """One imported run, written under the staging folder (renamed into place at the end)."""
+    from repackctl.train.checkpoint import save_checkpoint
 
-    folder = run_dir(runs, name)
-    if latest_checkpoint(folder) is not None:
-        raise CheckpointError(f"run {folder} already exists", "pick another --out or delete it")
     return save_checkpoint(
-        folder,
+        staging / name,
         step,
         weights,
         {"optimizers": {}, "schedulers": {}},
@@ -523,6 +564,22 @@ class ImportResult:
     sampling: dict[str, Any] | None = None
 
 
+def _stale_staging(root: Path) -> None:
+    """Remove staging folders of imports whose process is gone (ours only: ``.tmp-import-…``)."""
+    from repackctl.files import temp_writer_pid
+
+    for p in root.glob(".tmp-import-*"):
+        pid = temp_writer_pid(p.name)
+        if pid is None or not p.is_dir() or p.is_symlink():
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(p, ignore_errors=True)
+        except OSError:
+            pass
+
+
 def import_official(
     *,
     runs: str,
@@ -536,9 +593,13 @@ def import_official(
     trust_pickle: bool = False,
     progress: ProgressFactory = null_progress,
 ) -> ImportResult:
-    """Convert the given official checkpoints into runs ``<out>-pack``, ``-dit``, ``-refine``."""
-    from repackctl.encoders.base import EncoderSpec
-    from repackctl.pack.load import load_pack
+    """Convert the given official checkpoints into runs ``<out>-pack``, ``-dit``, ``-refine``.
+
+    All runs are written into a staging folder and renamed into place only when every given
+    stage converted: a failure leaves nothing behind, so the same command can simply be rerun.
+    """
+    from repackctl.files import ensure_writable_dir
+    from repackctl.paths import local_path, run_dir
 
     if dit is not None and (stage1 is None or latent_stats is None):
         raise ConfigError(
@@ -547,6 +608,57 @@ def import_official(
         )
     if refiner is not None and stage1 is None:
         raise ConfigError("importing the refiner needs --stage1", "it refines stage-1 decodings")
+    root = local_path(runs)
+    ensure_writable_dir(root, "runs folder")
+    given = {"pack": stage1, "dit": dit, "refine": refiner}
+    names = [f"{out}-{stage}" for stage, path in given.items() if path is not None]
+    for name in names:
+        target = run_dir(runs, name)
+        if target.exists() and (not target.is_dir() or any(target.iterdir())):
+            raise CheckpointError(
+                f"run {target} already exists", "pick another --out, or move that run away"
+            )
+    root.mkdir(parents=True, exist_ok=True)
+    _stale_staging(root)
+    staging = root / f".tmp-import-{out}.{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        result = _convert_all(
+            staging, root, out, stage1, dit, refiner, latent_stats, image_size, num_heads,
+            trust_pickle, progress,
+        )  # fmt: skip
+        for name in names:
+            target = run_dir(runs, name)
+            if target.is_dir():
+                target.rmdir()  # an empty folder (checked above)
+            os.replace(staging / name, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    for attr in ("pack", "dit", "refiner"):
+        path = getattr(result, attr)
+        if path is not None:
+            setattr(result, attr, root / path.relative_to(staging))
+    return result
+
+
+def _convert_all(
+    staging: Path,
+    root: Path,
+    out: str,
+    stage1: str | Path | None,
+    dit: str | Path | None,
+    refiner: str | Path | None,
+    latent_stats: str | Path | None,
+    image_size: int,
+    num_heads: int | None,
+    trust_pickle: bool,
+    progress: ProgressFactory,
+) -> ImportResult:
+    """Map and write each given stage under ``staging`` (paths inside point at ``root``)."""
+    from repackctl.encoders.base import EncoderSpec
+    from repackctl.pack.load import load_pack
+
     result = ImportResult()
     pack = None
     with progress("import official", total=3) as bar:
@@ -579,7 +691,7 @@ def import_official(
                 "imported_from": {"file": str(stage1), "notes": report.notes},
             }
             result.pack = _save_run(
-                runs, f"{out}-pack", step, {"model": weights, "ema": weights}, extra
+                staging, f"{out}-pack", step, {"model": weights, "ema": weights}, extra
             )
             pack = load_pack(result.pack)
             result.reports.append(report)
@@ -591,7 +703,7 @@ def import_official(
                 raise WeightsError(f"{dit} has no {missing} state dicts", "pass the stage-2 .pt")
             model_sd, config, report = map_stage2(obj["model"], num_heads)
             ema_sd, _, _ = map_stage2(obj["ema"], num_heads)
-            stats = _load_stats(latent_stats, config.in_channels)
+            stats = _load_stats(latent_stats, config.in_channels, trust_pickle)
             train_cfg = obj.get("config") if isinstance(obj.get("config"), dict) else {}
             sampling = official_sampling_defaults(train_cfg.get("sample"))
             extra = {
@@ -602,7 +714,7 @@ def import_official(
                 "latent_shape": [config.in_channels, config.input_size, config.input_size],
                 "pack": {
                     "run": f"{out}-pack",
-                    "checkpoint": str(pack.checkpoint),
+                    "checkpoint": str(root / pack.checkpoint.relative_to(staging)),
                     "pack_id": pack.pack_id,
                 },
                 "cache": {"root": None, "entry": None, "latents": None, "features": None},
@@ -618,7 +730,7 @@ def import_official(
                 "imported_from": {"file": str(dit), "sampling": train_cfg.get("sample")},
             }
             step = int(obj.get("global_step", 0) or 0)
-            ckpt = _save_run(runs, f"{out}-dit", step, {"model": model_sd, "ema": ema_sd}, extra)
+            ckpt = _save_run(staging, f"{out}-dit", step, {"model": model_sd, "ema": ema_sd}, extra)
             result.dit = ckpt
             doc = {
                 "defaults": sampling,
@@ -645,14 +757,14 @@ def import_official(
                 "refiner_config": config.to_dict(),
                 "pack": {
                     "run": f"{out}-pack",
-                    "checkpoint": str(pack.checkpoint),
+                    "checkpoint": str(root / pack.checkpoint.relative_to(staging)),
                     "pack_id": pack.pack_id,
                 },
                 "imported_from": {"file": str(refiner), "notes": report.notes},
             }
             step = int(obj.get("global_step", 0) or 0)
             result.refiner = _save_run(
-                runs, f"{out}-refine", step, {"model": weights, "ema": weights}, extra
+                staging, f"{out}-refine", step, {"model": weights, "ema": weights}, extra
             )
             result.reports.append(report)
         bar.advance()

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from repackctl.dit.task import build_model
 from repackctl.errors import CheckpointError
+from repackctl.files import sha256_file_cached
 from repackctl.paths import resolve_checkpoint_arg
 from repackctl.train import checkpoint as ckpt_io
 
@@ -53,17 +55,56 @@ class DiTHandle:
 
 
 def _checkpoint_of(run_or_checkpoint: str | Path) -> Path:
+    """A checkpoint folder, or a run's newest one, verified (an error naming a bad file)."""
     path = Path(run_or_checkpoint).expanduser()
-    if (path / "state.json").is_file():
-        return path
-    latest = ckpt_io.latest_checkpoint(path)
-    if latest is None:
+    ckpt = ckpt_io.checkpoint_for_loading(path)
+    if ckpt is None:
         raise CheckpointError(
             f"no complete checkpoint in {path}",
             "pass a run folder (runs/<name>) or a checkpoint (runs/<name>/checkpoints/step-…); "
             "train one with `repackctl train dit`",
         )
-    return latest
+    return ckpt
+
+
+def describe_weights(sd: dict[str, torch.Tensor]) -> str:
+    """``lightningdit-s-2 (D=384)``: the registered variant a DiT state dict looks like."""
+    from repackctl.models.variants import MODEL_FACTORIES, SIZES, TINY
+
+    w = sd.get("x_embedder.proj.weight")
+    if w is None or w.dim() != 4:
+        return "not a DiT state dict"
+    width, patch = int(w.shape[0]), int(w.shape[2])
+    depth = 1 + max(
+        (int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))), default=-1
+    )
+    family = "lightningdit" if any(".mlp.w12." in k for k in sd) else "dit"
+    for size, preset in [*SIZES.items(), ("tiny", TINY)]:
+        ident = "tiny" if size == "tiny" else f"{family}-{size}-{patch}"
+        if (preset.depth, preset.hidden_size) == (depth, width) and ident in MODEL_FACTORIES:
+            return f"{ident} (D={width})"
+    return f"a {family} of depth {depth}, patch {patch} (D={width})"
+
+
+def _misfit(model: nn.Module, model_id: str, sd: dict[str, torch.Tensor], path: Path) -> str:
+    ours = model.state_dict()
+    mine = describe_weights(ours)
+    theirs = describe_weights(sd)
+    if theirs != mine:
+        return f"{path}: checkpoint is {theirs}, run expects {model_id} ({mine.split(' (')[-1]}"
+    missing = sorted(set(ours) - set(sd))
+    unexpected = sorted(set(sd) - set(ours))
+    shapes = [k for k in ours if k in sd and tuple(ours[k].shape) != tuple(sd[k].shape)]
+    detail = (
+        f"missing {missing[0]}"
+        if missing
+        else f"unexpected {unexpected[0]}"
+        if unexpected
+        else f"{shapes[0]} is {tuple(sd[shapes[0]].shape)}, expected {tuple(ours[shapes[0]].shape)}"
+        if shapes
+        else "tensors do not fit"
+    )
+    return f"{path} does not fit model {model_id}: {detail}"
 
 
 def load_dit(run_or_checkpoint: str | Path, which: str = "ema") -> DiTHandle:
@@ -88,10 +129,10 @@ def load_dit(run_or_checkpoint: str | Path, which: str = "ema") -> DiTHandle:
     weights = ckpt_io.load_model_weights(ckpt, which)
     try:
         model.load_state_dict(weights)
-    except RuntimeError as e:
+    except RuntimeError:
         raise CheckpointError(
-            f"{ckpt}/{which}.safetensors does not fit model {model_id}: {e}",
-            "the checkpoint is damaged or the model plugin changed",
-        ) from e
-    digest = hashlib.sha256((ckpt / f"{which}.safetensors").read_bytes()).hexdigest()
+            _misfit(model, model_id, weights, ckpt / f"{which}.safetensors"),
+            "the checkpoint's weights belong to another model size, or the model plugin changed",
+        ) from None
+    digest = sha256_file_cached(ckpt / f"{which}.safetensors")
     return DiTHandle(model=model.eval(), checkpoint=ckpt, extra=extra, sha256=digest, which=which)

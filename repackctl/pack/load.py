@@ -60,28 +60,21 @@ def _runs_root() -> str:
 def resolve_checkpoint(run_or_checkpoint: str | Path, runs: str | None = None) -> Path:
     """A checkpoint folder from a checkpoint path, a run folder, or a run name under ``runs``."""
     from repackctl.paths import local_path
-    from repackctl.train.checkpoint import is_complete, latest_checkpoint
+    from repackctl.train.checkpoint import checkpoint_for_loading
 
     text = str(run_or_checkpoint)
     candidates = [Path(text).expanduser()]
     if os.sep not in text and "/" not in text:
         candidates.append(local_path(runs or _runs_root()) / text)
     for path in candidates:
-        if (path / "state.json").is_file():
-            if not is_complete(path):
-                raise CheckpointError(
-                    f"{path} is not a complete checkpoint",
-                    "pass a run name or a complete runs/<name>/checkpoints/step-NNNNNNN folder",
-                )
-            return path.resolve()
-        if path.is_dir():
-            latest = latest_checkpoint(path)
-            if latest is None:
+        if (path / "state.json").is_file() or path.is_dir():
+            found = checkpoint_for_loading(path)  # verified: a bad file is an error naming it
+            if found is None:
                 raise CheckpointError(
                     f"run {path} has no complete checkpoint yet",
                     f"train it first: `repackctl pack train --name {path.name}`",
                 )
-            return latest.resolve()
+            return found.resolve()
     raise CheckpointError(
         f"no pack run or checkpoint {text!r} (looked in {local_path(runs or _runs_root())})",
         f"train one: `repackctl pack train --name {text}`, or check --runs",
@@ -98,19 +91,22 @@ def read_latent_stats(checkpoint: Path) -> dict[str, Any] | None:
     path = Path(checkpoint) / LATENT_STATS
     if not path.is_file():
         return None
+    from repackctl.train.checkpoint_state import validate_latent_stats
+
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except ValueError as e:
         raise CheckpointError(
             f"{path} is not valid JSON: {e}", "rerun `repackctl pack encode`"
-        ) from e
+        ) from None
+    return validate_latent_stats(data, path)
 
 
 def load_pack(
     run_or_checkpoint: str | Path, which: str = "ema", runs: str | None = None
 ) -> PackHandle:
     """Load a pack model (``which`` = "ema" or "model" weights) in eval mode on the CPU."""
-    from repackctl.files import sha256_file
+    from repackctl.files import sha256_file_cached
     from repackctl.train.checkpoint import load_model_weights, read_state
 
     ckpt = resolve_checkpoint(run_or_checkpoint, runs)
@@ -134,7 +130,7 @@ def load_pack(
             "the checkpoint is damaged; use another one",
         ) from None
     model.eval().requires_grad_(False)
-    sha = sha256_file(ckpt / f"{which}.safetensors")
+    sha = sha256_file_cached(ckpt / f"{which}.safetensors")
     step = int(state["step"])
     pack_id = pack_id_for(extra["cache"]["features"], ckpt.parent.parent.name, step, sha)
     return PackHandle(

@@ -64,23 +64,17 @@ def load_refiner(
     runs: str, run_or_checkpoint: str, pack_id: str | None = None, which: str = "ema"
 ) -> RefinerHandle:
     """Load a refiner run (latest checkpoint) or checkpoint folder; check convention and pack."""
-    from repackctl.files import sha256_file
+    from repackctl.files import sha256_file_cached
     from repackctl.paths import resolve_checkpoint_arg
-    from repackctl.train.checkpoint import (
-        is_complete,
-        latest_checkpoint,
-        load_model_weights,
-        read_state,
-    )
+    from repackctl.train.checkpoint import checkpoint_for_loading, load_model_weights, read_state
 
-    folder = resolve_checkpoint_arg(runs, run_or_checkpoint)
-    if not is_complete(folder):
-        latest = latest_checkpoint(folder)
-        if latest is None:
-            raise CheckpointError(
-                f"{folder} holds no complete checkpoint", "train it with `repackctl refine train`"
-            )
-        folder = latest
+    found = checkpoint_for_loading(resolve_checkpoint_arg(runs, run_or_checkpoint))
+    if found is None:
+        raise CheckpointError(
+            f"{run_or_checkpoint} holds no complete checkpoint",
+            "train it with `repackctl refine train`",
+        )
+    folder = found
     extra = read_state(folder).get("extra", {})
     config = check_refiner_extra(extra, folder)
     got = extra.get("pack", {}).get("pack_id")
@@ -93,8 +87,13 @@ def load_refiner(
     try:
         model.load_state_dict(load_model_weights(folder, which))
     except RuntimeError as e:
-        raise CheckpointError(f"{folder} does not fit its refiner config: {e}", None) from e
-    return RefinerHandle(model.eval(), folder, sha256_file(folder / f"{which}.safetensors"), extra)
+        first = str(e).strip().splitlines()[0]
+        raise CheckpointError(
+            f"{folder} does not fit its refiner config: {first}", "use another checkpoint"
+        ) from None
+    return RefinerHandle(
+        model.eval(), folder, sha256_file_cached(folder / f"{which}.safetensors"), extra
+    )
 
 
 LATENT_CONVENTION = "raw"

@@ -13,7 +13,13 @@ from typing import Any
 import numpy as np
 
 from repackctl.errors import ConfigError
-from repackctl.files import read_png, write_json_atomic
+from repackctl.files import (
+    ensure_writable_dir,
+    read_png,
+    remove_stale_temp_files,
+    temp_writer_pid,
+    write_json_atomic,
+)
 from repackctl.paths import LATENTS_DIR, LATENTS_FILE, SETTINGS_JSON
 from repackctl.sample.plan import GenerationPlan
 
@@ -39,11 +45,31 @@ def owned_range(num: int, rank: int, world: int) -> range:
 
 
 def claim_folder(folder: Path, fingerprint: dict[str, Any]) -> None:
-    """Record the settings that fix the images; a folder made with other settings is refused."""
+    """Record the settings that fix the images; a folder made with other settings is refused.
+
+    The settings file is the folder's marker: a folder that exists without it must be empty (or
+    hold only our temporary files), since later steps delete ``latents/`` and overwrite
+    ``samples.npz``; a folder with foreign content is refused, never emptied. Temporary files of
+    killed writers (``.000033.png.<pid>.tmp`` …) are removed.
+    """
+    ensure_writable_dir(folder, "samples folder")
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / SETTINGS_JSON
+    if not path.is_file():
+        foreign = sorted(p.name for p in folder.iterdir() if temp_writer_pid(p.name) is None)
+        if foreign:
+            raise ConfigError(
+                f"{folder} already holds files that `repackctl` did not write there "
+                f"({', '.join(foreign[:3])}{' …' if len(foreign) > 3 else ''})",
+                "pass --out a new or empty folder; nothing in this one was changed",
+            )
+    remove_stale_temp_files(folder)
+    remove_stale_temp_files(folder / LATENTS_DIR)
     if path.is_file():
-        old = json.loads(path.read_text())
+        try:
+            old = json.loads(path.read_text())
+        except ValueError:
+            old = {"unreadable": str(path)}
         if old != fingerprint:
             diff = sorted(
                 k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k)

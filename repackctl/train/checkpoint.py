@@ -13,6 +13,12 @@ runs/<name>/checkpoints/step-0000020/  model.safetensors  ema.safetensors  <othe
   most a temporary folder, which ``latest_checkpoint`` ignores.
 * The step is read from the folder name ``step-%07d`` only, and must agree with ``state.json``
   (the official code parsed it from arbitrary file names, ``reference/methods.md``).
+* ``state.json`` lists every other file's sha256 (``files``) and is validated
+  (``checkpoint_state``); loading a file checks its hash first (once per process), so corrupt or
+  swapped weights are never used. Resume takes the newest checkpoint that verifies and says which
+  newer ones it skipped and why; sampling and import name the bad file instead.
+* A checkpoint can be marked bad (``good: false``, e.g. saved after non-finite steps); rotation
+  (``keep_last``) always keeps the newest good one, and resume skips bad ones.
 """
 
 from __future__ import annotations
@@ -22,15 +28,25 @@ import os
 import random
 import re
 import shutil
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from repackctl.errors import CheckpointError
-from repackctl.files import TMP_PREFIX, _fsync_dir
+from repackctl.errors import CheckpointError, RepackError
+from repackctl.files import (
+    TMP_PREFIX,
+    _fsync_dir,
+    ensure_writable_dir,
+    is_no_space,
+    sha256_file_cached,
+)
+from repackctl.train.checkpoint_state import CheckpointState, validate_state
 
 CKPT_DIR = "checkpoints"
 STEP_RE = re.compile(r"^step-(\d{7})$")
@@ -95,6 +111,46 @@ def all_finite(state: dict[str, torch.Tensor]) -> bool:
     return all(bool(torch.isfinite(v).all()) for v in state.values() if torch.is_floating_point(v))
 
 
+def _nbytes(obj: Any) -> int:
+    """Bytes of every tensor inside ``obj`` (nested dicts/lists): the size a checkpoint needs."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_nbytes(v) for v in obj)
+    return 0
+
+
+def _write_files(
+    tmp: Path,
+    weights: dict[str, dict[str, torch.Tensor]],
+    optim: dict[str, Any],
+    state: dict[str, Any],
+) -> None:
+    """All files of one checkpoint into ``tmp``; ``state.json`` last, with the others' sha256."""
+    meta = {"format": "pt", "step": str(state["step"])}
+    for name, sd in weights.items():
+        save_file(_safe_tensors(sd), str(tmp / f"{name}.safetensors"), metadata=meta)
+    torch.save(optim, tmp / "optim.pt")
+    for p in tmp.iterdir():
+        with open(p, "rb") as f:
+            os.fsync(f.fileno())
+    state["files"] = {p.name: sha256_file_cached(p) for p in sorted(tmp.iterdir())}
+    with open(tmp / "state.json", "w") as f:
+        json.dump(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    _fsync_dir(tmp)
+
+
+def _full_state(step: int, weights: dict, state: dict[str, Any], good: bool) -> dict[str, Any]:
+    full = {"epoch": 0, "offset": 0, "rng": [], "extra": {}, "config": {}}
+    full.update(state)
+    full.update(step=step, modules=sorted(k for k in weights if k != "ema"), good=bool(good))
+    return full
+
+
 def save_checkpoint(
     run_dir: str | os.PathLike,
     step: int,
@@ -102,33 +158,40 @@ def save_checkpoint(
     optim: dict[str, Any],
     state: dict[str, Any],
     keep_last: int = 0,
+    *,
+    good: bool = True,
 ) -> Path:
     """Write ``checkpoints/step-%07d`` atomically and prune to the newest ``keep_last``.
 
     ``weights`` maps a file stem ("model", "ema", "disc", …) to a state dict; ``optim`` is saved to
     ``optim.pt`` and must hold only tensors, numbers, strings and containers of them.
+    ``good=False`` marks the checkpoint bad (resume skips it; rotation never keeps it in place of
+    the newest good one). A full disk is a ``CheckpointError`` naming the path and the space the
+    checkpoint needs; earlier checkpoints are untouched.
     """
     for name in ("model", "ema"):
         if name not in weights:
             raise CheckpointError(f"checkpoint needs {name!r} weights", "pass them to save")
     root = checkpoints_dir(run_dir)
-    root.mkdir(parents=True, exist_ok=True)
+    ensure_writable_dir(root, "checkpoint folder")
     final = root / step_dir_name(step)
     tmp = root / f"{TMP_PREFIX}{step_dir_name(step)}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    meta = {"format": "pt", "step": str(step)}
-    for name, sd in weights.items():
-        save_file(_safe_tensors(sd), str(tmp / f"{name}.safetensors"), metadata=meta)
-    torch.save(optim, tmp / "optim.pt")
-    state = dict(state, step=step, modules=sorted(k for k in weights if k != "ema"))
-    with open(tmp / "state.json", "w") as f:
-        json.dump(state, f)
-    for p in tmp.iterdir():
-        with open(p, "rb") as f:
-            os.fsync(f.fileno())
-    _fsync_dir(tmp)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        _write_files(tmp, weights, optim, _full_state(step, weights, state, good))
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        need = _nbytes(weights) + _nbytes(optim)
+        if is_no_space(e):
+            raise CheckpointError(
+                f"no space left on the device while writing checkpoint {final} (it needs about "
+                f"{need / 2**20:.1f} MiB); earlier checkpoints are intact",
+                "free disk space (or lower --keep-last) and run the same command again to resume",
+            ) from None
+        raise CheckpointError(f"cannot write checkpoint {tmp}: {e.strerror or e}", None) from None
     if final.exists():  # re-saving a step (e.g. the final step of an extended run): swap
         trash = root / f"{TMP_PREFIX}old-{step_dir_name(step)}-{os.getpid()}"
         os.replace(final, trash)
@@ -138,13 +201,26 @@ def save_checkpoint(
         os.replace(tmp, final)
     _fsync_dir(root)
     if keep_last > 0:
-        for old in list_checkpoints(run_dir)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+        rotate(run_dir, keep_last)
     return final
 
 
+def rotate(run_dir: str | os.PathLike, keep_last: int) -> list[Path]:
+    """Delete all but the newest ``keep_last`` checkpoints, never the newest good one."""
+    found = list_checkpoints(run_dir)
+    keep = set(found[-keep_last:])
+    good = [p for p in found if _marked_good(p)]
+    if good:
+        keep.add(good[-1])
+    removed = [p for p in found if p not in keep]
+    for old in removed:
+        shutil.rmtree(old, ignore_errors=True)
+    return removed
+
+
 def remove_stale_temporaries(run_dir: str | os.PathLike) -> list[Path]:
-    """Delete temporary folders left by killed writers; returns what was removed."""
+    """Check the run folder can be written, then delete temporary folders of killed writers."""
+    ensure_writable_dir(run_dir, "run folder")
     root = checkpoints_dir(run_dir)
     removed = []
     if root.is_dir():
@@ -163,25 +239,98 @@ def _step_of(folder: Path) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def is_complete(folder: Path) -> bool:
-    """All files present and ``state.json`` readable with the step of the folder name."""
+def _check_structure(folder: Path) -> CheckpointState:
+    """State valid, step agrees with the folder name, every file present (no hashing)."""
+    folder = Path(folder)
+    path = _require(folder, "state.json")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not valid JSON: {e}", "use another checkpoint") from None
+    state = validate_state(data, path)
     step = _step_of(folder)
-    if step is None or not folder.is_dir():
+    if step is not None and state.step != step:
+        raise CheckpointError(
+            f"{path}: field step is {state.step}, the folder says {step}", "use another checkpoint"
+        )
+    for name in (*REQUIRED, *(f"{m}.safetensors" for m in state.modules), *state.files):
+        _require(folder, name)
+    unlisted = [n for n in REQUIRED if n != "state.json" and n not in state.files]
+    if unlisted:
+        raise CheckpointError(f"{path}: field files lacks {unlisted[0]}", "use another checkpoint")
+    return state
+
+
+def _marked_good(folder: Path) -> bool:
+    try:
+        return _check_structure(folder).good
+    except RepackError:
         return False
-    if not all((folder / f).is_file() for f in REQUIRED):
+
+
+def is_complete(folder: Path) -> bool:
+    """All files present and ``state.json`` valid with the step of the folder name."""
+    if _step_of(folder) is None or not folder.is_dir():
         return False
     try:
-        state = json.loads((folder / "state.json").read_text())
-    except (OSError, ValueError):
+        _check_structure(folder)
+    except RepackError:
         return False
-    if not isinstance(state, dict) or state.get("step") != step:
-        return False
-    modules = state.get("modules", [])
-    return all((folder / f"{m}.safetensors").is_file() for m in modules)
+    return True
+
+
+def _verify_file(folder: Path, name: str, state: CheckpointState) -> Path:
+    path = _require(folder, name)
+    want = state.files.get(name)
+    if want is None:
+        raise CheckpointError(
+            f"{folder / 'state.json'}: field files has no checksum of {name}",
+            "use another checkpoint",
+        )
+    got = sha256_file_cached(path)
+    if got != want:
+        raise CheckpointError(
+            f"{path} is corrupt: its sha256 {got[:12]}… differs from the one in state.json "
+            f"({want[:12]}…)",
+            "use another checkpoint of the run (a damaged copy, or a file replaced by hand)",
+        )
+    return path
+
+
+def _check_finite_file(path: Path) -> None:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 - safe_open has no __iter__
+                t = f.get_tensor(key)
+                if torch.is_floating_point(t) and not bool(torch.isfinite(t).all()):
+                    raise CheckpointError(
+                        f"{path} holds non-finite values (tensor {key})",
+                        "use an earlier checkpoint of the run",
+                    )
+    except SafetensorError as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file: {e}", None) from None
+
+
+def verify_checkpoint(folder: str | os.PathLike, check_finite: bool = False) -> CheckpointState:
+    """Validate ``state.json``, check every file's sha256, refuse one marked bad.
+
+    ``check_finite`` also reads every weight file and refuses non-finite values (resume).
+    """
+    folder = Path(folder)
+    state = _check_structure(folder)
+    if not state.good:
+        raise CheckpointError(
+            f"{folder} is marked bad (state.json good: false)", "use an earlier checkpoint"
+        )
+    for name in state.files:
+        path = _verify_file(folder, name, state)
+        if check_finite and name.endswith(".safetensors"):
+            _check_finite_file(path)
+    return state
 
 
 def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
-    """Complete checkpoints of a run, oldest first."""
+    """Complete checkpoints of a run, oldest first (structure only; see ``verify_checkpoint``)."""
     root = checkpoints_dir(run_dir)
     if not root.is_dir():
         return []
@@ -189,10 +338,48 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
     return sorted(found, key=lambda p: _step_of(p) or 0)
 
 
-def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
-    """The newest complete checkpoint folder, or None."""
-    found = list_checkpoints(run_dir)
-    return found[-1] if found else None
+def _warn(message: str) -> None:
+    """A warning line on stderr, from the main process only."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"Warning: {message}", file=sys.stderr, flush=True)
+
+
+def latest_checkpoint(
+    run_dir: str | os.PathLike,
+    *,
+    warn: Callable[[str], None] | None = _warn,
+    check_finite: bool = True,
+) -> Path | None:
+    """The newest checkpoint that verifies, or None; each newer one skipped is reported to ``warn``."""
+    root = checkpoints_dir(run_dir)
+    if not root.is_dir():
+        return None
+    found = sorted(
+        (p for p in root.iterdir() if _step_of(p) is not None and p.is_dir()), key=_step_of
+    )
+    for folder in reversed(found):
+        try:
+            verify_checkpoint(folder, check_finite=check_finite)
+        except RepackError as e:
+            if warn is not None:
+                warn(f"skipping checkpoint {folder.name}: {e.message}")
+            continue
+        return folder
+    return None
+
+
+def checkpoint_for_loading(path: str | os.PathLike) -> Path | None:
+    """For sampling, refining and import: a checkpoint folder, or a run's newest complete one
+    not marked bad, verified. A bad file is an error naming it (no fallback); None when the run
+    has no checkpoint."""
+    path = Path(path)
+    if not (path / "state.json").exists():
+        found = [p for p in list_checkpoints(path) if _marked_good(p)]
+        if not found:
+            return None
+        path = found[-1]
+    verify_checkpoint(path)
+    return path
 
 
 def _require(ckpt_dir: Path, name: str) -> Path:
@@ -206,17 +393,36 @@ def _require(ckpt_dir: Path, name: str) -> Path:
 
 
 def read_state(ckpt_dir: str | os.PathLike) -> dict[str, Any]:
-    """``state.json`` of a checkpoint (step, data position, resolved config, task extra, …)."""
-    path = _require(Path(ckpt_dir), "state.json")
-    try:
-        return json.loads(path.read_text())
-    except ValueError as e:
-        raise CheckpointError(f"{path} is not valid JSON: {e}", "use another checkpoint") from e
+    """``state.json`` of a checkpoint (step, data position, resolved config, task extra, …),
+    validated; a malformed field is a ``CheckpointError`` naming it."""
+    folder = Path(ckpt_dir)
+    _check_structure(folder)
+    return json.loads((folder / "state.json").read_text())
+
+
+def _verified(ckpt_dir: str | os.PathLike, name: str) -> Path:
+    """The file, its sha256 checked against ``state.json`` (a bare folder of weights files with
+    no ``state.json`` is no checkpoint: nothing resumes or samples from it, so it is read as is)."""
+    folder = Path(ckpt_dir)
+    path = _require(folder, name)
+    if not (folder / "state.json").exists():
+        return path
+    return _verify_file(folder, name, _check_structure(folder))
 
 
 def load_weights(ckpt_dir: str | os.PathLike, name: str) -> dict[str, torch.Tensor]:
-    """The state dict stored as ``<name>.safetensors`` (on the CPU)."""
-    return load_file(str(_require(Path(ckpt_dir), f"{name}.safetensors")))
+    """The state dict stored as ``<name>.safetensors`` (on the CPU), checksum-verified and finite."""
+    path = _verified(ckpt_dir, f"{name}.safetensors")
+    try:
+        sd = load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file: {e}", None) from None
+    bad = [k for k, v in sd.items() if torch.is_floating_point(v) and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(
+            f"{path} holds non-finite values (tensor {bad[0]})", "use an earlier checkpoint"
+        )
+    return sd
 
 
 def load_model_weights(ckpt_dir: str | os.PathLike, which: str = "ema") -> dict[str, torch.Tensor]:
@@ -227,9 +433,12 @@ def load_model_weights(ckpt_dir: str | os.PathLike, which: str = "ema") -> dict[
 
 
 def load_optim(ckpt_dir: str | os.PathLike) -> dict[str, Any]:
-    """``optim.pt`` without unpickling code (``weights_only=True``)."""
-    path = _require(Path(ckpt_dir), "optim.pt")
+    """``optim.pt`` without unpickling code (``weights_only=True``), checksum-verified."""
+    path = _verified(ckpt_dir, "optim.pt")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling refusal means an unsafe/corrupt file
-        raise CheckpointError(f"cannot load {path} safely: {e}", "use another checkpoint") from e
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise CheckpointError(
+            f"cannot load {path} safely: {first}", "use another checkpoint"
+        ) from e
