@@ -23,6 +23,11 @@ class EntryInfo:
     bytes: int
     features: dict[str, dict] = field(default_factory=dict)
     latents: dict[str, dict] = field(default_factory=dict)
+    incomplete: list[str] = field(default_factory=list)
+
+    def incomplete_of(self, kind: str) -> list[str]:
+        """``<name> (incomplete)`` for the interrupted groups of ``kind``."""
+        return [f"{g.split('/', 1)[1]} (incomplete)" for g in self.incomplete if g.startswith(kind)]
 
 
 def _nbytes(group) -> int:
@@ -50,6 +55,7 @@ def describe_entry(entry: DatasetEntry) -> EntryInfo:
         resolution=entry.resolution,
         classes=int(entry.attrs.get("num_classes", 0)),
         bytes=_nbytes(entry.group),
+        incomplete=entry.incomplete_groups(),
         **_counts(done),
     )
     for fid in entry.feature_ids():
@@ -116,6 +122,8 @@ def verify_entry(entry: DatasetEntry) -> list[str]:
     for lid in entry.latent_ids():
         g = entry.latents(lid)
         problems += [f"latents/{lid}: {p}" for p in _verify_group(g, entry, done, None)]
+    for name in entry.incomplete_groups():
+        problems.append(f"{name}: incomplete (its creation was interrupted; rerun the command)")
     return problems
 
 

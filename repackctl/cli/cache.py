@@ -41,7 +41,8 @@ def ls(cache: CacheOpt = None, config: ConfigOpt = None) -> None:
 
     root = _root(cache, config)
     names = list_entries(root)
-    if not names:
+    unfinished = list_entries(root, "incomplete")
+    if not names and not unfinished:
         console.print(f"no cache entries in {root} (run `repackctl extract`)")
         return
     table = Table(title=f"cache {root}")
@@ -53,10 +54,12 @@ def ls(cache: CacheOpt = None, config: ConfigOpt = None) -> None:
             name,
             f"{info.written}/{info.n}",
             str(info.skipped),
-            "\n".join(info.features) or "-",
-            "\n".join(info.latents) or "-",
+            "\n".join([*info.features, *info.incomplete_of("features")]) or "-",
+            "\n".join([*info.latents, *info.incomplete_of("latents")]) or "-",
             _mb(info.bytes),
         )
+    for name in unfinished:
+        table.add_row(name, "incomplete", "-", "-", "-", "-")
     console.print(table)
 
 
@@ -105,10 +108,13 @@ def verify(
     from repackctl.errors import CacheError
 
     root = _root(cache, config)
-    names = [entry] if entry else list_entries(root)
+    names = [entry] if entry else list_entries(root, "all")
     bad = 0
     for name in names:
-        problems = verify_entry(DatasetEntry.open(root, name))
+        if name in list_entries(root, "incomplete"):
+            problems = ["incomplete: its creation was interrupted (rerun the same extract)"]
+        else:
+            problems = verify_entry(DatasetEntry.open(root, name))
         if problems:
             bad += 1
             for p in problems:
@@ -130,6 +136,9 @@ def rm(
         str | None, typer.Option(help="Remove only these features (encoder entry id).")
     ] = None,
     latents: Annotated[str | None, typer.Option(help="Remove only these packed latents.")] = None,
+    triplets: Annotated[
+        str | None, typer.Option(help="Remove only these refiner triplets (group name).")
+    ] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     cache: CacheOpt = None,
     config: ConfigOpt = None,
@@ -138,18 +147,34 @@ def rm(
 
     Example: `repackctl cache rm builtin--train--64px --yes`
     """
-    from repackctl.cache.store import DatasetEntry
+    from repackctl.cache.store import DatasetEntry, list_entries
     from repackctl.cache.verify import remove
+    from repackctl.errors import CacheError
 
     root = _root(cache, config)
-    e = DatasetEntry.open(root, entry)
     sub = None
-    if features:
+    if entry in list_entries(root, "incomplete") and not (features or latents or triplets):
+        e = None  # an interrupted creation: removable as a whole
+    else:
+        e = DatasetEntry.open(root, entry)
+    if e is None:
+        pass
+    elif features:
         e.features(features)
         sub = f"features/{features}"
     elif latents:
         e.latents(latents)
         sub = f"latents/{latents}"
+    elif triplets:
+        if triplets not in e.complete_groups("triplets") and (
+            f"triplets/{triplets}" not in e.incomplete_groups()
+        ):
+            have = ", ".join(e.complete_groups("triplets")) or "none"
+            raise CacheError(
+                f"no refiner triplets {triplets!r} in {entry} (have: {have})",
+                f"see `repackctl cache info {entry}`",
+            )
+        sub = f"triplets/{triplets}"
     what = f"{entry}/{sub}" if sub else entry
     if not yes and not typer.confirm(f"Remove {what} from {root}?", default=False):
         console.print("nothing removed")
