@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from conftest import subprocess_env
 from typer.testing import CliRunner
 
 from repackctl.cache.store import DatasetEntry, list_entries
+from repackctl.cli.app import app
 
 runner = CliRunner()
 EXTRACT = ["extract", "--encoder", "patchpix", "--num", "24", "--resolution", "32"]
@@ -97,6 +99,7 @@ def test_kill_while_encode_creates_then_rerun(tmp_path, reference, step):
 _TRIPLETS = """
 import sys
 from repackctl.cache.store import DatasetEntry, list_entries
+from repackctl.cli.app import app
 from repackctl.pack.load import load_pack
 from repackctl.refine.triplets import build_triplets
 cache, runs = sys.argv[1:3]
@@ -125,3 +128,104 @@ def test_kill_while_triplets_are_created_then_rerun(tmp_path, reference):
     assert subprocess.run(cmd, env=env).returncode == 0
     _assert_same(_arrays(tmp_path / "a"), _arrays(tmp_path / "b"))
     assert any(k.startswith("triplets/") for k in _arrays(tmp_path / "a"))
+
+
+# --------------------------------------------------------------------------- checksums, verify
+
+
+def _copy_reference(reference: Path, tmp_path: Path) -> tuple[Path, str]:
+    for sub in ("cache", "runs"):
+        shutil.copytree(reference / sub, tmp_path / sub)
+    (name,) = list_entries(str(tmp_path / "cache"))
+    return tmp_path / "cache" / name, name
+
+
+def _shard(folder: Path, k: int) -> Path:
+    """The shard file ``k`` of a sample-indexed array folder (c/k/0/0/…)."""
+    (path,) = [p for p in (folder / "c" / str(k)).rglob("*") if p.is_file()]
+    return path
+
+
+def _flat(res) -> str:
+    """CLI output with Rich's line wrapping undone."""
+    return " ".join(res.output.split())
+
+
+def _damage_three_ways(a: Path, b: Path, c: Path) -> None:
+    a.unlink()  # missing
+    data = b.read_bytes()
+    b.write_bytes(data[: len(data) // 2])  # truncated
+    data = bytearray(c.read_bytes())
+    data[10] ^= 0xFF  # one flipped byte inside the first chunk
+    c.write_bytes(bytes(data))
+
+
+def test_new_arrays_carry_crc32c(reference):
+    (name,) = list_entries(str(reference / "cache"))
+    e = DatasetEntry.open(str(reference / "cache"), name)
+    (lid,) = e.latent_ids()
+    for arr in (e.images, e.features(e.feature_ids()[0])["tokens"], e.latents(lid)["mean"]):
+        (sharding,) = arr.metadata.codecs
+        assert "Crc32cCodec" in repr(sharding.codecs) and "Crc32cCodec" in repr(
+            sharding.index_codecs
+        )
+
+
+@pytest.mark.slow
+def test_verify_reports_and_repair_rewrites_latents(tmp_path, reference):
+    folder, name = _copy_reference(reference, tmp_path)
+    (lat,) = [p for p in (folder / "latents").iterdir() if p.is_dir()]
+    _damage_three_ways(_shard(lat / "mean", 0), _shard(lat / "mean", 1), _shard(lat / "std", 2))
+    res = runner.invoke(app, ["cache", "verify"])
+    out = _flat(res)
+    assert res.exit_code != 0 and "Traceback" not in out
+    assert re.search(r"mean: missing chunk c/0\S* \(rows 0–7\)", out), out
+    assert re.search(r"mean: truncated chunk c/1\S* \(rows 8–15\)", out), out
+    assert re.search(r"std: corrupt chunk c/2\S* \(rows 16–23\)", out), out
+    res = runner.invoke(app, ["cache", "verify", name, "--repair"])
+    assert res.exit_code == 0 and "24 rows marked pending" in _flat(res), res.output
+    assert "repackctl pack encode --run enc" in _flat(res)
+    res = runner.invoke(app, ["pack", "encode", "--run", "enc"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["cache", "verify"])
+    assert res.exit_code == 0 and "ok" in res.output, res.output
+    _assert_same(_arrays(tmp_path / "cache"), _arrays(reference / "cache"))
+
+
+@pytest.mark.slow
+def test_verify_repair_then_extract_rewrites_images_and_tokens(tmp_path, reference):
+    folder, name = _copy_reference(reference, tmp_path)
+    (feat,) = [p for p in (folder / "features").iterdir() if p.is_dir()]
+    _damage_three_ways(
+        _shard(folder / "images", 1), _shard(feat / "tokens", 0), _shard(feat / "cls", 2)
+    )
+    res = runner.invoke(app, ["cache", "verify"])
+    assert res.exit_code != 0 and "Traceback" not in res.output
+    for kind in ("images: missing", "tokens: truncated", "cls: corrupt"):
+        assert kind in _flat(res), res.output
+    assert runner.invoke(app, ["cache", "verify", "--repair"]).exit_code == 0
+    res = _cli(tmp_path, *EXTRACT)  # a subprocess like the reference (same thread count)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert runner.invoke(app, ["cache", "verify"]).exit_code == 0
+    _assert_same(_arrays(tmp_path / "cache"), _arrays(reference / "cache"))
+
+
+TRAIN = ["train", "dit", "--size", "tiny", "--steps", "2", "-b", "8", "--device", "cpu"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("what", ["latents", "tokens"])
+def test_training_on_a_lost_shard_is_an_error_not_zeros(tmp_path, reference, what):
+    folder, name = _copy_reference(reference, tmp_path)
+    if what == "latents":
+        (lat,) = [p for p in (folder / "latents").iterdir() if p.is_dir()]
+        _shard(lat / "mean", 1).unlink()
+    else:
+        (feat,) = [p for p in (folder / "features").iterdir() if p.is_dir()]
+        _shard(feat / "tokens", 1).unlink()
+    for mem in ("--in-memory", "--no-in-memory"):
+        res = runner.invoke(app, [*TRAIN, mem, "--name", f"r-{what}{mem}"])
+        out = _flat(res)
+        assert res.exit_code != 0 and "Traceback" not in out, out
+        assert "is missing" in out and "rows 8–15" in out
+        assert f"repackctl cache verify {name} --repair" in out

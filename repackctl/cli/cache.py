@@ -96,35 +96,53 @@ def info(entry: EntryArg, cache: CacheOpt = None, config: ConfigOpt = None) -> N
 @handle_errors
 def verify(
     entry: Annotated[str | None, typer.Argument(help="Entry to check (default: all).")] = None,
+    repair: Annotated[
+        bool,
+        typer.Option(
+            "--repair",
+            help="Mark the rows of missing, truncated or corrupt chunks pending, so that "
+            "rerunning the command that wrote them rewrites them.",
+        ),
+    ] = False,
     cache: CacheOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Check shapes, done counts, NaN/inf and that attributes match the arrays.
+    """Read every chunk of every done row; check shapes, done counts, NaN/inf and attributes.
 
-    Example: `repackctl cache verify builtin--train--64px`
+    Example: `repackctl cache verify builtin--train--64px --repair`
     """
     from repackctl.cache.store import DatasetEntry, list_entries
-    from repackctl.cache.verify import verify_entry
+    from repackctl.cache.verify import producers, repair_rows, scan_chunks, verify_entry
     from repackctl.errors import CacheError
 
     root = _root(cache, config)
     names = [entry] if entry else list_entries(root, "all")
-    bad = 0
+    bad = repaired = 0
     for name in names:
+        found = []
         if name in list_entries(root, "incomplete"):
             problems = ["incomplete: its creation was interrupted (rerun the same extract)"]
         else:
-            problems = verify_entry(DatasetEntry.open(root, name))
-        if problems:
-            bad += 1
-            for p in problems:
-                err_console.print(f"[red]✗[/] {name}: {p}", highlight=False)
-        else:
+            e = DatasetEntry.open(root, name)
+            found = scan_chunks(e)
+            problems = verify_entry(e, found)
+        for p in problems:
+            err_console.print(f"[red]✗[/] {name}: {p}", highlight=False)
+        if not problems:
             console.print(f"[green]✓[/] {name}: ok", highlight=False)
+        elif repair and found:
+            rows = repair_rows(e, found)
+            console.print(f"repaired {name}: {rows} rows marked pending; now run", highlight=False)
+            for cmd in producers(e, found):
+                console.print(f"  {cmd}", highlight=False)
+            repaired += 1
+        else:
+            bad += 1
     if bad:
         raise CacheError(
             f"{bad} of {len(names)} entries have problems",
-            "rerun the extract/encode that wrote them (it resumes), or `repackctl cache rm` them",
+            "`repackctl cache verify --repair` marks damaged rows pending; then rerun the "
+            "extract/encode that wrote them (it resumes), or `repackctl cache rm` them",
         )
 
 

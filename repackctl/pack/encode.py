@@ -145,7 +145,6 @@ def _create_group(
     attrs = {
         "pack": {
             "run": handle.run_name,
-            "checkpoint": str(handle.checkpoint),
             "pack_id": handle.pack_id,
             "step": handle.step,
             "which": handle.which,
@@ -181,6 +180,9 @@ def _create_group(
             fill_value=0,
             compressors=checksummed(),
         )
+        # informational only: pack_id (run, step, weights hash) identifies the model, so a
+        # moved runs folder still reuses (and resumes) these latents
+        group.attrs["pack_checkpoint"] = str(handle.checkpoint)
         group.attrs["created"] = time.time()
 
     grp, _ = entry.create_or_open_group(
