@@ -229,3 +229,27 @@ def test_training_on_a_lost_shard_is_an_error_not_zeros(tmp_path, reference, wha
         assert res.exit_code != 0 and "Traceback" not in out, out
         assert "is missing" in out and "rows 8–15" in out
         assert f"repackctl cache verify {name} --repair" in out
+
+
+# --------------------------------------------------------------------------- concurrency
+
+
+@pytest.mark.slow
+def test_two_concurrent_extracts_share_the_shards(tmp_path, reference):
+    env = subprocess_env(tmp_path, REPACKCTL_TEST_SHARD_DELAY="0.4")
+    cmd = [sys.executable, "-m", "repackctl", *EXTRACT]
+    procs = [
+        subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    counts = []
+    for out in outs:
+        m = re.search(r"this process encoded (\d+) shard", out)
+        assert m, out
+        counts.append(int(m.group(1)))
+    assert sum(counts) == 3, counts  # 24 samples in shards of 8: each shard encoded once
+    ref = {k: v for k, v in _arrays(reference / "cache").items() if "latents/" not in k}
+    _assert_same(_arrays(tmp_path / "cache"), ref)
+    assert runner.invoke(app, ["cache", "verify"]).exit_code == 0

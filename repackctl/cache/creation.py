@@ -20,13 +20,16 @@ writers of one group duplicate work (the result is the same, the data identical)
 
 ``REPACKCTL_TEST_CRASH_AFTER=<step>`` makes the process exit with status 137 right after the
 creation step ``<step>`` (a group kind such as ``entry``/``features``/``latents``/``triplets``,
-or an array name such as ``images``/``tokens``/``std``). It exists for the crash tests.
+or an array name such as ``images``/``tokens``/``std``). It exists for the crash tests, like
+``REPACKCTL_TEST_SHARD_DELAY=<seconds>`` (a pause per shard an extract takes, to make two
+processes overlap).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,12 +40,20 @@ from repackctl.paths import is_url, local_path
 
 CREATING = "creating"
 CRASH_ENV = "REPACKCTL_TEST_CRASH_AFTER"
+DELAY_ENV = "REPACKCTL_TEST_SHARD_DELAY"
 
 
 def crash_point(step: str) -> None:
     """Exit at once (status 137, like a kill) when the crash test asks for ``step``."""
     if os.environ.get(CRASH_ENV) == step:
         os._exit(137)
+
+
+def test_delay() -> None:
+    """Sleep ``REPACKCTL_TEST_SHARD_DELAY`` seconds per shard taken (concurrency tests only)."""
+    delay = float(os.environ.get(DELAY_ENV) or 0)
+    if delay > 0:
+        time.sleep(delay)
 
 
 def is_complete(group: zarr.Group, required: tuple[str, ...] = ("done",)) -> bool:

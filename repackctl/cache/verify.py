@@ -59,7 +59,7 @@ def _counts(done: np.ndarray) -> dict[str, int]:
 
 
 def describe_entry(entry: DatasetEntry) -> EntryInfo:
-    done = entry.done[:]
+    done, _ = read_done(entry.done, "done")  # a damaged done chunk reads as pending
     info = EntryInfo(
         name=entry.name,
         n=entry.n,
@@ -75,12 +75,12 @@ def describe_entry(entry: DatasetEntry) -> EntryInfo:
         info.features[fid] = {
             "shape": list(g["tokens"].shape),
             "weights": enc.get("weights"),
-            **_counts(g.done_mask()),
+            **_counts(read_done(g.done, "done")[0]),
         }
     for lid in entry.latent_ids():
         g = entry.latents(lid)
         arrays = {name: list(a.shape) for name, a in g.group.arrays() if name != "done"}
-        info.latents[lid] = {"arrays": arrays, **_counts(g.done_mask())}
+        info.latents[lid] = {"arrays": arrays, **_counts(read_done(g.done, "done")[0])}
     return info
 
 
