@@ -160,6 +160,7 @@ def _damage_three_ways(a: Path, b: Path, c: Path) -> None:
     c.write_bytes(bytes(data))
 
 
+@pytest.mark.slow
 def test_new_arrays_carry_crc32c(reference):
     (name,) = list_entries(str(reference / "cache"))
     e = DatasetEntry.open(str(reference / "cache"), name)
@@ -253,3 +254,45 @@ def test_two_concurrent_extracts_share_the_shards(tmp_path, reference):
     ref = {k: v for k, v in _arrays(reference / "cache").items() if "latents/" not in k}
     _assert_same(_arrays(tmp_path / "cache"), ref)
     assert runner.invoke(app, ["cache", "verify"]).exit_code == 0
+
+
+# --------------------------------------------------------------------------- fast, in process
+
+
+@pytest.mark.parametrize("url", [False, True])
+def test_incomplete_groups_are_recreated_and_lost_shards_refused(tmp_path, url):
+    from zarr.core.sync import sync
+
+    from repackctl.cache.creation import CREATING
+    from repackctl.cache.integrity import GuardedArray, scan_array, store_key
+    from repackctl.cache.store import open_root
+    from repackctl.errors import CacheError
+
+    root = f"memory://integrity-{tmp_path.name}" if url else str(tmp_path / "c")
+    args = ("ds", "train", 16, 24, {"kind": "test"}, None, 4, 8)
+    half = open_root(root).create_group("ds--train--16px", attributes={CREATING: True})
+    half.create_array("images", shape=(24, 16, 16, 3), dtype="uint8")
+    assert list_entries(root) == [] and list_entries(root, "incomplete") == ["ds--train--16px"]
+    with pytest.raises(CacheError, match="incomplete"):
+        DatasetEntry.open(root, "ds--train--16px")
+    e = DatasetEntry.create_or_open(root, *args)
+    assert list_entries(root) == ["ds--train--16px"] and CREATING not in e.attrs
+    feats = e.create_or_open_features("enc", {"id": "enc"}, 1, 4, 2)
+    feats["tokens"][:] = np.ones((24, 1, 4, 2), np.float16)
+    feats.done[:] = np.ones(24, np.uint8)
+    # a half-made latents group (marker still set) is listed, then recreated
+    e.group.require_group("latents").create_group("lat", attributes={CREATING: True})
+    assert e.latent_ids() == [] and e.incomplete_groups() == ["latents/lat"]
+    grp, created = e.create_or_open_group("latents", "lat", {"a": 1})
+    assert created and e.latent_ids() == ["lat"]
+    # a lost shard of done rows: refused by readers, reported by the scan
+    tokens = feats["tokens"]
+    sync(tokens.store_path.store.delete(store_key(tokens, 1)))
+    guarded = GuardedArray(tokens, feats.done[:] == 1, "entry tokens", "repair it")
+    np.testing.assert_array_equal(guarded[0:8], 1)
+    with pytest.raises(CacheError, match="rows 8–15 is missing"):
+        guarded[4:12]
+    with pytest.raises(CacheError, match="missing"):
+        guarded[:]
+    (d,) = scan_array(tokens, feats.done[:] == 1, "tokens")
+    assert (d.kind, d.lo, d.hi) == ("missing", 8, 16)

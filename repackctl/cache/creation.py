@@ -36,6 +36,7 @@ from typing import Any
 
 import zarr
 
+from repackctl.errors import CacheError
 from repackctl.paths import is_url, local_path
 
 CREATING = "creating"
@@ -85,8 +86,29 @@ def child_groups(parent: zarr.Group) -> list[str]:
         return []
 
 
+def holds_samples(group: zarr.Group) -> bool:
+    """Whether any sample of ``group`` is marked done (then it is not a half-made group)."""
+    try:
+        if "done" not in set(group.array_keys()):
+            return False
+        return bool((group["done"][:] != 0).any())
+    except Exception:
+        return True  # unreadable: never remove it automatically
+
+
 def discard_incomplete(parent: zarr.Group, name: str) -> None:
-    """Remove the child ``name`` left by an interrupted creation (it holds no samples)."""
+    """Remove the child ``name`` left by an interrupted creation.
+
+    Only a group that holds no done sample is removed (an interrupted creation writes none);
+    anything else is an error naming the command that removes it.
+    """
+    if holds_samples(parent[name]):
+        raise CacheError(
+            f"{parent.path}/{name} lacks some of its arrays but holds written samples "
+            "(made by another version?)",
+            "check it with `repackctl cache info`; remove it with `repackctl cache rm` "
+            "to recreate it",
+        )
     del parent[name]
 
 
