@@ -10,14 +10,18 @@ continues with the first shard that is not done. Images are decoded in DataLoade
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from repackctl.cache.creation import ShardLocks, test_delay
 from repackctl.cache.store import (
     PENDING,
     SKIP_REASONS,
@@ -108,6 +112,49 @@ def _batches(ranges: list[range], batch: int) -> list[list[int]]:
         idx = list(r)
         out += [idx[i : i + batch] for i in range(0, len(idx), batch)]
     return out
+
+
+class _ShardBatches:
+    """Batches of the pending shards this process takes, each under its shard lock.
+
+    A shard is taken only if its lock is free and it is still pending once locked; a shard that
+    another process holds is deferred, waited for at the end, and done here only if it is still
+    pending then (that process died). So two ``extract`` processes on one entry share the
+    shards, and the entry is complete when either finishes. The lock of a shard is released by
+    the writer once the shard is marked done (``release``).
+    """
+
+    def __init__(
+        self, pending: list[range], shard: int, batch: int, locks: ShardLocks, done: Any
+    ) -> None:
+        self.pending, self.shard, self.batch = pending, shard, batch
+        self.locks, self.done = locks, done
+        self.taken: list[range] = []
+        self.by_others = 0
+
+    def _key(self, r: range) -> int:
+        return r.start // self.shard
+
+    def _take(self, r: range) -> bool:
+        if (np.asarray(self.done[r.start : r.stop]) == PENDING).any():  # a fresh read
+            self.taken.append(r)
+            test_delay()
+            return True
+        self.locks.release(self._key(r))
+        self.by_others += 1
+        return False
+
+    def __iter__(self):
+        deferred = []
+        for r in self.pending:
+            if not self.locks.try_acquire(self._key(r)):
+                deferred.append(r)
+            elif self._take(r):
+                yield from _batches([r], self.batch)
+        for r in deferred:  # held by another process: wait, then finish what it left
+            self.locks.acquire(self._key(r))
+            if self._take(r):
+                yield from _batches([r], self.batch)
 
 
 def _check_keys(source: ImageSource) -> None:
@@ -234,14 +281,14 @@ def run_extract(
     t0 = time.perf_counter()
     autocast = settings.precision != "fp32" and device.type == "cuda"
     amp_dtype = torch.bfloat16 if settings.precision == "bf16" else torch.float16
-    with progress(f"extract {spec.id}", total=todo, unit="img") as bar:
+    locks = ShardLocks(settings.cache, feats.done)
+    shards = _ShardBatches(pending, entry.shard, cfg.batch_size, locks, feats.done)
+    with progress(f"extract {spec.id}", total=todo, unit="img") as bar, _releasing(locks):
         if already:
             bar.log(f"resuming: {already} samples of this process were already done")
         by_start = {r.start: r for r in pending}
         buf: dict | None = None
-        loader = _loader(
-            source, resolution, _batches(pending, cfg.batch_size), settings.num_workers
-        )
+        loader = _loader(source, resolution, shards, settings.num_workers)
         for idx, imgs, codes, labels, keys, notes in loader:
             found += [(k, note) for k, note in zip(keys, notes, strict=True) if note]
             start = int(idx[0]) - int(idx[0]) % entry.shard
@@ -288,8 +335,13 @@ def run_extract(
                 feats["cls"][sl] = buf["cls"]
                 entry.done[sl] = buf["codes"]
                 feats.done[sl] = buf["codes"]
+                locks.release(rng.start // entry.shard)
                 written += int((buf["codes"] == WRITTEN).sum())
                 buf = None
+        bar.log(
+            f"this process encoded {len(shards.taken)} shard(s); "
+            f"{shards.by_others} pending shard(s) were done by another process"
+        )
     seconds = time.perf_counter() - t0
     dist.barrier()
     skipped = list(getattr(source, "skipped", [])) + _finalize(entry, feats, dist.rank == 0)
@@ -305,6 +357,14 @@ def run_extract(
         resolution=resolution,
         tokens_shape=tuple(feats["tokens"].shape),
     )
+
+
+@contextlib.contextmanager
+def _releasing(locks: ShardLocks) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        locks.release_all()
 
 
 def _finalize(entry: DatasetEntry, feats, write: bool) -> list[tuple[str, str]]:

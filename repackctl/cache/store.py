@@ -21,19 +21,40 @@ from __future__ import annotations
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec
 
 from repackctl import __version__
+from repackctl.cache.creation import (
+    CREATING,
+    child_groups,
+    child_state,
+    crash_point,
+    creation_lock,
+    discard_incomplete,
+)
 from repackctl.errors import CacheError
 from repackctl.paths import cache_root, entry_name, is_url, local_path
 
 PENDING, WRITTEN = 0, 1
+ENTRY_ARRAYS = ("images", "labels", "keys", "done")
+FEATURE_ARRAYS = ("tokens", "cls", "done")
+
+# A chunk equal to the fill value is still written: a missing chunk or shard then always means
+# damage (``cache verify``), never "all zeros", and readers can refuse to read it as zeros.
+zarr.config.set({"array.write_empty_chunks": True})
+
+
+def checksummed(*codecs: Any) -> list[Any]:
+    """Bytes codecs of a new array: ``codecs`` then a crc32c checksum of each (inner) chunk."""
+    return [*codecs, Crc32cCodec()]
+
+
 SKIP_REASONS = {2: "empty file", 3: "corrupt or truncated", 4: "not an image", 5: "too large"}
 
 
@@ -64,13 +85,19 @@ def open_root(root: str, mode: str = "a") -> zarr.Group:
         raise CacheError(f"no cache at {root}", "run `repackctl extract` first") from None
 
 
-def list_entries(root: str) -> list[str]:
-    """Names of the dataset entries in the cache (empty when there is no cache yet)."""
+def list_entries(root: str, state: str = "complete") -> list[str]:
+    """Names of the dataset entries in the cache (empty when there is no cache yet).
+
+    ``state``: ``complete`` (usable entries), ``incomplete`` (creation interrupted) or ``all``.
+    """
     try:
         g = open_root(root, mode="r")
     except CacheError:
         return []
-    return sorted(name for name, _ in g.groups())
+    names = child_groups(g)
+    if state == "all":
+        return names
+    return [n for n in names if child_state(g, n, ENTRY_ARRAYS) == state]
 
 
 def owned_ranges(n: int, shard: int, rank: int = 0, world: int = 1) -> list[range]:
@@ -125,11 +152,19 @@ class DatasetEntry:
     @classmethod
     def open(cls, root: str, name: str) -> DatasetEntry:
         g = open_root(root, mode="r")
-        if name not in {n for n, _ in g.groups()}:
+        state = child_state(g, name, ENTRY_ARRAYS)
+        if state == "absent":
             have = ", ".join(list_entries(root)) or "none"
             raise CacheError(
                 f"cache entry {name!r} not found in {cache_root(root)} (have: {have})",
                 "run `repackctl extract` for it, or check --cache",
+            )
+        if state == "incomplete":
+            raise CacheError(
+                f"cache entry {name!r} in {cache_root(root)} is incomplete (its creation was "
+                "interrupted)",
+                "run the same `repackctl extract` again: it removes the unfinished entry and "
+                "creates it",
             )
         return cls(root, open_root(root, mode="a")[name])
 
@@ -148,25 +183,28 @@ class DatasetEntry:
     ) -> DatasetEntry:
         """Create the entry and its image arrays, or open it if its source attributes agree."""
         name = entry_name(dataset, split, resolution)
-        g = open_root(root, mode="a")
         source_attrs = _jsonable(source_attrs)
-        if name in {n for n, _ in g.groups()}:
-            entry = cls(root, g[name])
-            old = entry.attrs.get("source", {})
-            if old != source_attrs or entry.n != n:
-                raise CacheError(
-                    f"cache entry {name} was made from another source ({_diff(old, source_attrs)})",
-                    f"remove it with `repackctl cache rm {name}` or use another --cache",
-                )
-            return entry
         if shard % chunk:
             raise CacheError(
                 f"shard size {shard} is not a multiple of chunk size {chunk}",
                 "pass --shard as a multiple of --chunk (e.g. --chunk 32 --shard 1024)",
             )
-        sub = g.create_group(name)
-        sub.attrs.update(
-            {
+        with creation_lock(root):
+            g = open_root(root, mode="a")
+            state = child_state(g, name, ENTRY_ARRAYS)
+            if state == "complete":
+                entry = cls(root, g[name])
+                old = entry.attrs.get("source", {})
+                if old != source_attrs or entry.n != n:
+                    raise CacheError(
+                        f"cache entry {name} was made from another source "
+                        f"({_diff(old, source_attrs)})",
+                        f"remove it with `repackctl cache rm {name}` or use another --cache",
+                    )
+                return entry
+            if state == "incomplete":
+                discard_incomplete(g, name)
+            attrs = {
                 "dataset": dataset,
                 "split": split,
                 "resolution": resolution,
@@ -179,20 +217,11 @@ class DatasetEntry:
                 "layout_version": 1,
                 "repackctl_version": __version__,
             }
-        )
-        r = resolution
-        sub.create_array(
-            "images",
-            shape=(n, r, r, 3),
-            chunks=(chunk, r, r, 3),
-            shards=(shard, r, r, 3),
-            dtype="uint8",
-            compressors=BloscCodec(cname="zstd", clevel=3),
-        )
-        sub.create_array("labels", shape=(n,), chunks=(shard,), dtype="int32", fill_value=-1)
-        sub.create_array("keys", shape=(n,), chunks=(shard,), dtype=str)
-        sub.create_array("done", shape=(n,), chunks=(shard,), dtype="uint8", fill_value=0)
-        return cls(root, sub)
+            sub = g.create_group(name, attributes=attrs | {CREATING: True})
+            crash_point("entry")
+            _create_entry_arrays(sub, n, resolution, chunk, shard)
+            del sub.attrs[CREATING]
+            return cls(root, sub)
 
     # ---- properties --------------------------------------------------------------------------
     @property
@@ -240,10 +269,28 @@ class DatasetEntry:
         return np.flatnonzero(self.done[:] == WRITTEN)
 
     # ---- features ----------------------------------------------------------------------------
-    def feature_ids(self) -> list[str]:
-        if "features" not in self.group:
+    def complete_groups(self, kind: str, required: tuple[str, ...] = ("done",)) -> list[str]:
+        if kind not in self.group:
             return []
-        return sorted(name for name, _ in self.group["features"].groups())
+        parent = self.group[kind]
+        return [n for n in child_groups(parent) if child_state(parent, n, required) == "complete"]
+
+    def incomplete_groups(self) -> list[str]:
+        """``kind/name`` of the groups whose creation was interrupted (listed, never read)."""
+        out = []
+        for kind in ("features", "latents", "triplets"):
+            if kind in self.group:
+                parent = self.group[kind]
+                req = FEATURE_ARRAYS if kind == "features" else ("done",)
+                out += [
+                    f"{kind}/{n}"
+                    for n in child_groups(parent)
+                    if child_state(parent, n, req) == "incomplete"
+                ]
+        return out
+
+    def feature_ids(self) -> list[str]:
+        return self.complete_groups("features", FEATURE_ARRAYS)
 
     def features(self, encoder_entry: str) -> ArrayGroup:
         if encoder_entry not in self.feature_ids():
@@ -259,45 +306,69 @@ class DatasetEntry:
     ) -> ArrayGroup:
         """Feature arrays of one encoder; an existing entry must have the same spec."""
         attrs = _jsonable({"encoder": spec_attrs, "flips": flips, "tokens": tokens, "dim": dim})
-        feats = self.group.require_group("features")
-        if encoder_entry in {n for n, _ in feats.groups()}:
-            grp = ArrayGroup(feats[encoder_entry])
-            old = {k: grp.attrs.get(k) for k in attrs}
-            if old != attrs:
-                old_enc, new_enc = old.get("encoder") or {}, attrs["encoder"]
-                what = _diff(old_enc, new_enc) or _diff(old, attrs)
-                raise CacheError(
-                    f"features {encoder_entry} in {self.name} were made with another spec ({what})",
-                    f"remove them with `repackctl cache rm {self.name} --features {encoder_entry}`",
-                )
-            return grp
-        sub = feats.create_group(encoder_entry)
-        sub.attrs.update(attrs | {"repackctl_version": __version__})
         c, s, n = self.chunk, self.shard, self.n
-        sub.create_array(
-            "tokens",
-            shape=(n, flips, tokens, dim),
-            chunks=(c, flips, tokens, dim),
-            shards=(s, flips, tokens, dim),
-            dtype="float16",
-            compressors=None,
+
+        def build(sub: zarr.Group) -> None:
+            for name, shape in (("tokens", (flips, tokens, dim)), ("cls", (flips, dim))):
+                sub.create_array(
+                    name,
+                    shape=(n, *shape),
+                    chunks=(c, *shape),
+                    shards=(s, *shape),
+                    dtype="float16",
+                    compressors=checksummed(),
+                )
+                crash_point(name)
+            _done_array(sub, n, s)
+
+        grp, _ = self._create_or_open(
+            "features", encoder_entry, attrs, build, FEATURE_ARRAYS, self._features_mismatch
         )
-        sub.create_array(
-            "cls",
-            shape=(n, flips, dim),
-            chunks=(c, flips, dim),
-            shards=(s, flips, dim),
-            dtype="float16",
-            compressors=None,
+        return grp
+
+    def _features_mismatch(self, kind: str, name: str, old: dict, attrs: dict) -> CacheError:
+        old_enc, new_enc = old.get("encoder") or {}, attrs["encoder"]
+        what = _diff(old_enc, new_enc) or _diff(old, attrs)
+        return CacheError(
+            f"features {name} in {self.name} were made with another spec ({what})",
+            f"remove them with `repackctl cache rm {self.name} --features {name}`",
         )
-        sub.create_array("done", shape=(n,), chunks=(s,), dtype="uint8", fill_value=0)
-        return ArrayGroup(sub)
+
+    def _create_or_open(
+        self,
+        kind: str,
+        name: str,
+        attrs: dict,
+        build: Callable[[zarr.Group], None] | None,
+        required: tuple[str, ...],
+        mismatch: Callable[[str, str, dict, dict], CacheError],
+    ) -> tuple[ArrayGroup, bool]:
+        """Open ``kind/name`` if complete and alike, else (re)create it atomically."""
+        with creation_lock(self.root):
+            parent = self.group.require_group(kind)
+            state = child_state(parent, name, required)
+            if state == "complete":
+                grp = ArrayGroup(parent[name])
+                old = {k: grp.attrs.get(k) for k in attrs}
+                if old != attrs:
+                    raise mismatch(kind, name, old, attrs)
+                return grp, False
+            if state == "incomplete":
+                discard_incomplete(parent, name)
+            sub = parent.create_group(
+                name, attributes=attrs | {"repackctl_version": __version__, CREATING: True}
+            )
+            crash_point(kind)
+            if build is not None:
+                build(sub)
+            if "done" not in set(sub.array_keys()):
+                _done_array(sub, self.n, self.shard)
+            del sub.attrs[CREATING]
+            return ArrayGroup(sub), True
 
     # ---- latents -----------------------------------------------------------------------------
     def latent_ids(self) -> list[str]:
-        if "latents" not in self.group:
-            return []
-        return sorted(name for name, _ in self.group["latents"].groups())
+        return self.complete_groups("latents")
 
     def latents(self, pack_id: str) -> ArrayGroup:
         if pack_id not in self.latent_ids():
@@ -308,41 +379,78 @@ class DatasetEntry:
             )
         return ArrayGroup(self.group["latents"][pack_id])
 
-    def create_or_open_group(self, kind: str, entry: str, attrs: dict) -> tuple[ArrayGroup, bool]:
+    def create_or_open_group(
+        self,
+        kind: str,
+        entry: str,
+        attrs: dict,
+        build: Callable[[zarr.Group], None] | None = None,
+        required: tuple[str, ...] = ("done",),
+    ) -> tuple[ArrayGroup, bool]:
         """A generic sample-indexed group under ``kind`` (``latents``, ``triplets``…).
 
+        ``build(group)`` adds its arrays before the group counts as created (``required``
+        names them, so a group an older version left half made is recognised too).
         Returns (group, created). An existing group must have the same attributes.
         """
-        attrs = _jsonable(attrs)
-        parent = self.group.require_group(kind)
-        if entry in {n for n, _ in parent.groups()}:
-            grp = ArrayGroup(parent[entry])
-            old = {k: grp.attrs.get(k) for k in attrs}
-            if old != attrs:
-                raise CacheError(
-                    f"{kind}/{entry} in {self.name} was made with other settings "
-                    f"({_diff(old, attrs)})",
-                    f"remove it with `repackctl cache rm {self.name} --{kind} {entry}`",
-                )
-            return grp, False
-        sub = parent.create_group(entry)
-        sub.attrs.update(attrs | {"repackctl_version": __version__})
-        sub.create_array("done", shape=(self.n,), chunks=(self.shard,), dtype="uint8", fill_value=0)
-        return ArrayGroup(sub), True
+
+        def mismatch(kind: str, name: str, old: dict, new: dict) -> CacheError:
+            return CacheError(
+                f"{kind}/{name} in {self.name} was made with other settings ({_diff(old, new)})",
+                f"remove it with `repackctl cache rm {self.name} --{kind} {name}`",
+            )
+
+        return self._create_or_open(kind, entry, _jsonable(attrs), build, required, mismatch)
 
     def add_sample_array(
-        self, grp: ArrayGroup, name: str, sample_shape: tuple[int, ...], dtype: str
+        self, group: zarr.Group | ArrayGroup, name: str, sample_shape: tuple[int, ...], dtype: str
     ) -> zarr.Array:
-        """Create a sample-indexed array in ``grp`` with this entry's chunk/shard layout."""
+        """Create a sample-indexed array (this entry's chunk/shard layout, crc32c per chunk)."""
         c, s = self.chunk, self.shard
-        return grp.group.create_array(
+        if isinstance(group, ArrayGroup):
+            group = group.group
+        arr = group.create_array(
             name,
             shape=(self.n, *sample_shape),
             chunks=(c, *sample_shape),
             shards=(s, *sample_shape),
             dtype=dtype,
-            compressors=None,
+            compressors=checksummed(),
         )
+        crash_point(name)
+        return arr
+
+
+def _done_array(group: zarr.Group, n: int, shard: int) -> zarr.Array:
+    arr = group.create_array(
+        "done", shape=(n,), chunks=(shard,), dtype="uint8", fill_value=0, compressors=checksummed()
+    )
+    crash_point("done")
+    return arr
+
+
+def _create_entry_arrays(sub: zarr.Group, n: int, r: int, chunk: int, shard: int) -> None:
+    sub.create_array(
+        "images",
+        shape=(n, r, r, 3),
+        chunks=(chunk, r, r, 3),
+        shards=(shard, r, r, 3),
+        dtype="uint8",
+        compressors=checksummed(BloscCodec(cname="zstd", clevel=3)),
+    )
+    crash_point("images")
+    sub.create_array(
+        "labels",
+        shape=(n,),
+        chunks=(shard,),
+        dtype="int32",
+        fill_value=-1,
+        compressors=checksummed(),
+    )
+    crash_point("labels")
+    sub.create_array("keys", shape=(n,), chunks=(shard,), dtype=str, compressors=checksummed())
+    crash_point("keys")
+    _done_array(sub, n, shard)
 
 
 def read_blocks(

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
+import zarr
+from zarr.core.sync import sync
 
-from repackctl.cache.store import PENDING, WRITTEN, ArrayGroup, DatasetEntry, open_root
+from repackctl.cache.integrity import Damage, read_done, scan_array
+from repackctl.cache.store import (
+    FEATURE_ARRAYS,
+    PENDING,
+    WRITTEN,
+    ArrayGroup,
+    DatasetEntry,
+    open_root,
+)
 
 
 @dataclass
@@ -23,6 +34,11 @@ class EntryInfo:
     bytes: int
     features: dict[str, dict] = field(default_factory=dict)
     latents: dict[str, dict] = field(default_factory=dict)
+    incomplete: list[str] = field(default_factory=list)
+
+    def incomplete_of(self, kind: str) -> list[str]:
+        """``<name> (incomplete)`` for the interrupted groups of ``kind``."""
+        return [f"{g.split('/', 1)[1]} (incomplete)" for g in self.incomplete if g.startswith(kind)]
 
 
 def _nbytes(group) -> int:
@@ -43,13 +59,14 @@ def _counts(done: np.ndarray) -> dict[str, int]:
 
 
 def describe_entry(entry: DatasetEntry) -> EntryInfo:
-    done = entry.done[:]
+    done, _ = read_done(entry.done, "done")  # a damaged done chunk reads as pending
     info = EntryInfo(
         name=entry.name,
         n=entry.n,
         resolution=entry.resolution,
         classes=int(entry.attrs.get("num_classes", 0)),
         bytes=_nbytes(entry.group),
+        incomplete=entry.incomplete_groups(),
         **_counts(done),
     )
     for fid in entry.feature_ids():
@@ -58,12 +75,12 @@ def describe_entry(entry: DatasetEntry) -> EntryInfo:
         info.features[fid] = {
             "shape": list(g["tokens"].shape),
             "weights": enc.get("weights"),
-            **_counts(g.done_mask()),
+            **_counts(read_done(g.done, "done")[0]),
         }
     for lid in entry.latent_ids():
         g = entry.latents(lid)
         arrays = {name: list(a.shape) for name, a in g.group.arrays() if name != "done"}
-        info.latents[lid] = {"arrays": arrays, **_counts(g.done_mask())}
+        info.latents[lid] = {"arrays": arrays, **_counts(read_done(g.done, "done")[0])}
     return info
 
 
@@ -75,13 +92,28 @@ def _scan_finite(arr, done: np.ndarray, block: int) -> int:
         ok = done[lo:hi] == WRITTEN
         if not ok.any():
             continue
-        data = np.asarray(arr[lo:hi])[ok].astype(np.float32)
+        try:
+            data = np.asarray(arr[lo:hi])[ok].astype(np.float32)
+        except Exception:  # a damaged chunk: reported by scan_chunks
+            continue
         bad += int((~np.isfinite(data.reshape(len(data), -1))).any(1).sum())
     return bad
 
 
-def verify_entry(entry: DatasetEntry) -> list[str]:
-    """Problems found in ``entry`` (empty list = healthy)."""
+def verify_entry(entry: DatasetEntry, found: list | None = None) -> list[str]:
+    """Problems found in ``entry`` (empty list = healthy).
+
+    ``found`` (the result of ``scan_chunks``) is computed here when not given.
+    """
+    found = scan_chunks(entry) if found is None else found
+    problems = [str(d) for _, d in found]
+    try:
+        return problems + _verify_arrays(entry)
+    except Exception as e:  # an unreadable array not caught above: report, never a traceback
+        return [*problems, f"unreadable: {type(e).__name__}: {e}"]
+
+
+def _verify_arrays(entry: DatasetEntry) -> list[str]:
     problems: list[str] = []
     n, r = entry.n, entry.resolution
     expect = {"images": (n, r, r, 3), "labels": (n,), "keys": (n,), "done": (n,)}
@@ -92,7 +124,7 @@ def verify_entry(entry: DatasetEntry) -> list[str]:
             problems.append(f"{name}: shape {entry.group[name].shape} != {shape}")
     if problems:
         return problems
-    done = entry.done[:]
+    done, _ = read_done(entry.done, "done")
     c = _counts(done)
     if c["pending"]:
         problems.append(f"{c['pending']} of {n} samples not written (resume with the same extract)")
@@ -116,6 +148,8 @@ def verify_entry(entry: DatasetEntry) -> list[str]:
     for lid in entry.latent_ids():
         g = entry.latents(lid)
         problems += [f"latents/{lid}: {p}" for p in _verify_group(g, entry, done, None)]
+    for name in entry.incomplete_groups():
+        problems.append(f"{name}: incomplete (its creation was interrupted; rerun the command)")
     return problems
 
 
@@ -123,7 +157,7 @@ def _verify_group(
     g: ArrayGroup, entry: DatasetEntry, img_done: np.ndarray, main: str | None
 ) -> list[str]:
     problems: list[str] = []
-    fdone = g.done_mask()
+    fdone, _ = read_done(g.done, "done")
     c = _counts(fdone)
     if c["pending"]:
         problems.append(f"{c['pending']} samples pending")
@@ -154,3 +188,100 @@ def remove(root: str, name: str, sub: str | None = None) -> None:
     parent, _, leaf = target.rpartition("/")
     grp = g[parent] if parent else g
     del grp[leaf]
+
+
+# ---- chunk integrity (missing / truncated / corrupt) and repair ---------------------------------
+def _groups(entry: DatasetEntry) -> Iterator[tuple[str, zarr.Group]]:
+    """(path inside the entry, group) of the entry itself and its complete sub-groups."""
+    yield "", entry.group
+    for kind in ("features", "latents", "triplets"):
+        req = FEATURE_ARRAYS if kind == "features" else ("done",)
+        for name in entry.complete_groups(kind, req):
+            yield f"{kind}/{name}", entry.group[kind][name]
+
+
+def scan_chunks(entry: DatasetEntry) -> list[tuple[str, Damage]]:
+    """Every missing, truncated or corrupt chunk holding done rows, with its group's path.
+
+    Rows are sample rows; a shard-indexed array (``partial_*``) reports the rows of its shard.
+    """
+    n, shard = entry.n, entry.shard
+    found: list[tuple[str, Damage]] = []
+    for path, group in _groups(entry):
+        prefix = f"{path}/" if path else ""
+        done, bad = read_done(group["done"], f"{prefix}done")
+        found += [(path, d) for d in bad]
+        written = done == WRITTEN
+        per_shard = np.array([written[s : s + shard].any() for s in range(0, n, shard)])
+        for name, arr in group.arrays():
+            if name == "done":
+                continue
+            if arr.shape[0] == n:
+                found += [(path, d) for d in scan_array(arr, written, prefix + name)]
+            elif arr.shape[0] == len(per_shard):  # one row per shard (partial stats)
+                for d in scan_array(arr, per_shard, prefix + name):
+                    lo, hi = d.lo * shard, min(d.hi * shard, n)
+                    found.append((path, Damage(d.array, d.key, d.kind, lo, hi)))
+    return found
+
+
+def repair_rows(entry: DatasetEntry, found: list[tuple[str, Damage]]) -> int:
+    """Mark the shards holding damaged rows pending (``done = 0``); returns the rows marked.
+
+    A truncated or corrupt chunk file is removed first (it cannot be read, and zarr reads a
+    shard before rewriting it); a corrupt ``done`` chunk is overwritten with pending.
+
+    Damage in the entry's own arrays (images, labels, keys) also marks every features group's
+    rows pending, because ``extract`` recomputes a shard only where its features are pending.
+    """
+    shard, n = entry.shard, entry.n
+    marked = 0
+    store, base = entry.group.store_path.store, entry.group.store_path.path
+    for path, d in found:
+        if d.kind != "missing" and not d.array.endswith("done"):
+            # unreadable bytes: zarr reads a shard before rewriting part of it, so they go
+            sync(store.delete(f"{base}/{d.array}/{d.key}"))
+        lo = d.lo // shard * shard
+        hi = min(-(-d.hi // shard) * shard, n)
+        targets = [entry.group["done"]] if not path else [entry.group[path]["done"]]
+        if not path:
+            targets += [entry.features(f).done for f in entry.feature_ids()]
+        for done in targets:
+            done[lo:hi] = np.zeros(hi - lo, np.uint8)
+        marked += hi - lo
+    for path in {p for p, _ in found} - {""}:
+        entry.group[path].attrs["complete"] = False
+    if any(not p for p, _ in found):
+        entry.group.attrs["complete"] = False
+    return marked
+
+
+def producer(entry: DatasetEntry, path: str) -> str:
+    """The command that (re)writes the group at ``path`` of ``entry``."""
+    if path.startswith("latents/"):
+        run = (entry.group[path].attrs.get("pack") or {}).get("run") or "RUN"
+        return f"`repackctl pack encode --run {run}`"
+    if path.startswith("triplets/"):
+        return "the same `repackctl refine train`"
+    if path.startswith("features/"):
+        enc = (entry.group[path].attrs.get("encoder") or {}).get("id") or "ENCODER"
+        return f"the same `repackctl extract --encoder {enc} …`"
+    return "the same `repackctl extract`"
+
+
+def producers(entry: DatasetEntry, found: list[tuple[str, Damage]]) -> list[str]:
+    """The commands to rerun after ``repair_rows``, in pipeline order, each once."""
+    paths = sorted(
+        {p for p, _ in found},
+        key=lambda p: (
+            ("", "features", "latents").index(p.split("/")[0])
+            if p.split("/")[0] in ("", "features", "latents")
+            else 3
+        ),
+    )
+    out: list[str] = []
+    for p in paths:
+        cmd = producer(entry, p)
+        if cmd not in out:
+            out.append(cmd)
+    return out

@@ -41,7 +41,8 @@ def ls(cache: CacheOpt = None, config: ConfigOpt = None) -> None:
 
     root = _root(cache, config)
     names = list_entries(root)
-    if not names:
+    unfinished = list_entries(root, "incomplete")
+    if not names and not unfinished:
         console.print(f"no cache entries in {root} (run `repackctl extract`)")
         return
     table = Table(title=f"cache {root}")
@@ -53,10 +54,12 @@ def ls(cache: CacheOpt = None, config: ConfigOpt = None) -> None:
             name,
             f"{info.written}/{info.n}",
             str(info.skipped),
-            "\n".join(info.features) or "-",
-            "\n".join(info.latents) or "-",
+            "\n".join([*info.features, *info.incomplete_of("features")]) or "-",
+            "\n".join([*info.latents, *info.incomplete_of("latents")]) or "-",
             _mb(info.bytes),
         )
+    for name in unfinished:
+        table.add_row(name, "incomplete", "-", "-", "-", "-")
     console.print(table)
 
 
@@ -93,32 +96,53 @@ def info(entry: EntryArg, cache: CacheOpt = None, config: ConfigOpt = None) -> N
 @handle_errors
 def verify(
     entry: Annotated[str | None, typer.Argument(help="Entry to check (default: all).")] = None,
+    repair: Annotated[
+        bool,
+        typer.Option(
+            "--repair",
+            help="Mark the rows of missing, truncated or corrupt chunks pending, so that "
+            "rerunning the command that wrote them rewrites them.",
+        ),
+    ] = False,
     cache: CacheOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Check shapes, done counts, NaN/inf and that attributes match the arrays.
+    """Read every chunk of every done row; check shapes, done counts, NaN/inf and attributes.
 
-    Example: `repackctl cache verify builtin--train--64px`
+    Example: `repackctl cache verify builtin--train--64px --repair`
     """
     from repackctl.cache.store import DatasetEntry, list_entries
-    from repackctl.cache.verify import verify_entry
+    from repackctl.cache.verify import producers, repair_rows, scan_chunks, verify_entry
     from repackctl.errors import CacheError
 
     root = _root(cache, config)
-    names = [entry] if entry else list_entries(root)
-    bad = 0
+    names = [entry] if entry else list_entries(root, "all")
+    bad = repaired = 0
     for name in names:
-        problems = verify_entry(DatasetEntry.open(root, name))
-        if problems:
-            bad += 1
-            for p in problems:
-                err_console.print(f"[red]✗[/] {name}: {p}", highlight=False)
+        found = []
+        if name in list_entries(root, "incomplete"):
+            problems = ["incomplete: its creation was interrupted (rerun the same extract)"]
         else:
+            e = DatasetEntry.open(root, name)
+            found = scan_chunks(e)
+            problems = verify_entry(e, found)
+        for p in problems:
+            err_console.print(f"[red]✗[/] {name}: {p}", highlight=False)
+        if not problems:
             console.print(f"[green]✓[/] {name}: ok", highlight=False)
+        elif repair and found:
+            rows = repair_rows(e, found)
+            console.print(f"repaired {name}: {rows} rows marked pending; now run", highlight=False)
+            for cmd in producers(e, found):
+                console.print(f"  {cmd}", highlight=False)
+            repaired += 1
+        else:
+            bad += 1
     if bad:
         raise CacheError(
             f"{bad} of {len(names)} entries have problems",
-            "rerun the extract/encode that wrote them (it resumes), or `repackctl cache rm` them",
+            "`repackctl cache verify --repair` marks damaged rows pending; then rerun the "
+            "extract/encode that wrote them (it resumes), or `repackctl cache rm` them",
         )
 
 
@@ -130,6 +154,9 @@ def rm(
         str | None, typer.Option(help="Remove only these features (encoder entry id).")
     ] = None,
     latents: Annotated[str | None, typer.Option(help="Remove only these packed latents.")] = None,
+    triplets: Annotated[
+        str | None, typer.Option(help="Remove only these refiner triplets (group name).")
+    ] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     cache: CacheOpt = None,
     config: ConfigOpt = None,
@@ -138,18 +165,34 @@ def rm(
 
     Example: `repackctl cache rm builtin--train--64px --yes`
     """
-    from repackctl.cache.store import DatasetEntry
+    from repackctl.cache.store import DatasetEntry, list_entries
     from repackctl.cache.verify import remove
+    from repackctl.errors import CacheError
 
     root = _root(cache, config)
-    e = DatasetEntry.open(root, entry)
     sub = None
-    if features:
+    if entry in list_entries(root, "incomplete") and not (features or latents or triplets):
+        e = None  # an interrupted creation: removable as a whole
+    else:
+        e = DatasetEntry.open(root, entry)
+    if e is None:
+        pass
+    elif features:
         e.features(features)
         sub = f"features/{features}"
     elif latents:
         e.latents(latents)
         sub = f"latents/{latents}"
+    elif triplets:
+        if triplets not in e.complete_groups("triplets") and (
+            f"triplets/{triplets}" not in e.incomplete_groups()
+        ):
+            have = ", ".join(e.complete_groups("triplets")) or "none"
+            raise CacheError(
+                f"no refiner triplets {triplets!r} in {entry} (have: {have})",
+                f"see `repackctl cache info {entry}`",
+            )
+        sub = f"triplets/{triplets}"
     what = f"{entry}/{sub}" if sub else entry
     if not yes and not typer.confirm(f"Remove {what} from {root}?", default=False):
         console.print("nothing removed")

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from repackctl.cache.integrity import GuardedArray, repair_hint
 from repackctl.cache.store import (
     PENDING,
     WRITTEN,
@@ -282,6 +283,7 @@ class LatentData:
         self.num_classes = max(k, int(self.labels.max()) + 1 if len(self.labels) else 1, 1)
         self.token_shape = tuple(arrays["tokens"].shape[2:]) if repa else None
 
+        arrays = self._guard(arrays, ok)
         nbytes = sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in arrays.values())
         self.in_memory = nbytes < AUTO_IN_MEMORY_BYTES if in_memory is None else bool(in_memory)
         self._arrays = arrays
@@ -293,6 +295,20 @@ class LatentData:
         if self.in_memory:
             # whole arrays in one read each (~350 MB/s), then only the usable samples kept
             self._memory = {k: np.asarray(a[:])[self.indices] for k, a in arrays.items()}
+
+    def _guard(self, arrays: dict, ok: np.ndarray) -> dict[str, GuardedArray]:
+        """Reads that refuse a lost or corrupt chunk of a used row (never zeros)."""
+        out = {}
+        for k, a in arrays.items():
+            if k == "tokens":
+                where = f"features/{self.features_id}"
+                redo = f"the `{extract_command(self.entry, self.features_id.split('--')[0])}`"
+            else:
+                where = f"latents/{self.ref.pack_id}"
+                redo = f"`repackctl pack encode --run {pack_run_of(self.ref.pack_id) or 'RUN'}`"
+            label = f"cache entry {self.entry.name} {where}/{k}"
+            out[k] = GuardedArray(a, ok, label, repair_hint(self.entry.name, redo))
+        return out
 
     # ---- sizes ---------------------------------------------------------------------------------
     def __len__(self) -> int:

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from repackctl.cache.integrity import GuardedArray, repair_hint
 from repackctl.cache.store import (
     PENDING,
     WRITTEN,
@@ -270,7 +271,12 @@ class PackData:
                 f"no usable samples in {entry.name} (nothing written or everything skipped)",
                 "run `repackctl cache info` to see what the entry holds",
             )
-        tokens, images = feats["tokens"], entry.images
+        used = np.zeros(entry.n, bool)
+        used[self.index] = True
+        fid = feats.group.basename
+        redo = repair_hint(entry.name, "the same `repackctl extract`")
+        tokens = GuardedArray(feats["tokens"], used, f"{entry.name} features/{fid}/tokens", redo)
+        images = GuardedArray(entry.images, used, f"{entry.name} images", redo)
         self.flips = int(tokens.shape[1])
         self.tokens_shape = tuple(tokens.shape[2:])  # (T, C)
         self.resolution = int(images.shape[1])

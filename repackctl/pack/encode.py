@@ -31,7 +31,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from repackctl.cache.store import PENDING, WRITTEN, ArrayGroup, DatasetEntry, owned_ranges
+from repackctl.cache.store import (
+    PENDING,
+    WRITTEN,
+    ArrayGroup,
+    DatasetEntry,
+    checksummed,
+    owned_ranges,
+)
 from repackctl.errors import CacheError
 from repackctl.pack.data import (
     dataset_name_for,
@@ -48,6 +55,7 @@ from repackctl.settings import Settings
 
 ENCODER_KEYS = ("encoder", "weights", "layer")
 SOURCE_KEYS = ("data", "resolution", "num")
+LATENT_ARRAYS = ("mean", "std", "partial_sum", "partial_sumsq", "partial_count", "done")
 
 
 @dataclass
@@ -137,7 +145,6 @@ def _create_group(
     attrs = {
         "pack": {
             "run": handle.run_name,
-            "checkpoint": str(handle.checkpoint),
             "pack_id": handle.pack_id,
             "step": handle.step,
             "which": handle.which,
@@ -150,20 +157,37 @@ def _create_group(
         "flips": flips,
         "arrays": "mean, std: float16 (N, F, d, h, w) posterior mean and std",
     }
-    grp, created = entry.create_or_open_group("latents", handle.pack_id, attrs)
-    if created:
-        entry.add_sample_array(grp, "mean", sample_shape, "float16")
-        entry.add_sample_array(grp, "std", sample_shape, "float16")
-        shards = -(-entry.n // entry.shard)
+    shards = -(-entry.n // entry.shard)
+
+    def build(group) -> None:  # every array exists before the group counts as created
+        entry.add_sample_array(group, "mean", sample_shape, "float16")
+        entry.add_sample_array(group, "std", sample_shape, "float16")
         # one chunk per shard row: each writer touches only its own files
         for name in ("partial_sum", "partial_sumsq"):
-            grp.group.create_array(
-                name, shape=(shards, d), chunks=(1, d), dtype="float64", fill_value=0.0
+            group.create_array(
+                name,
+                shape=(shards, d),
+                chunks=(1, d),
+                dtype="float64",
+                fill_value=0.0,
+                compressors=checksummed(),
             )
-        grp.group.create_array(
-            "partial_count", shape=(shards,), chunks=(1,), dtype="int64", fill_value=0
+        group.create_array(
+            "partial_count",
+            shape=(shards,),
+            chunks=(1,),
+            dtype="int64",
+            fill_value=0,
+            compressors=checksummed(),
         )
-        grp.group.attrs["created"] = time.time()
+        # informational only: pack_id (run, step, weights hash) identifies the model, so a
+        # moved runs folder still reuses (and resumes) these latents
+        group.attrs["pack_checkpoint"] = str(handle.checkpoint)
+        group.attrs["created"] = time.time()
+
+    grp, _ = entry.create_or_open_group(
+        "latents", handle.pack_id, attrs, build, required=LATENT_ARRAYS
+    )
     return grp, sample_shape
 
 

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from repackctl.cache.integrity import GuardedArray, repair_hint
 from repackctl.cache.store import WRITTEN, DatasetEntry
 from repackctl.errors import CheckpointError, ConfigError
 from repackctl.pack.discriminator import (
@@ -62,7 +63,7 @@ class _Rows:
     """Row access to a sample-indexed Zarr array, whole in memory when it is small."""
 
     def __init__(self, array: Any, in_memory: bool) -> None:
-        self.array = array[:] if in_memory else array
+        self.array = array[:] if in_memory else array  # a GuardedArray: lost chunks raise
 
     def take(self, rows: np.ndarray) -> np.ndarray:
         if isinstance(self.array, np.ndarray):
@@ -99,9 +100,18 @@ class RefineTask:
         self.flips = int(triplets["latent"].shape[1])
         size = triplets["recon"].nbytes + triplets["latent"].nbytes + entry.images.nbytes
         mem = size < IN_MEMORY_BYTES if in_memory is None else in_memory
-        self.images = _Rows(entry.images, mem)
-        self.recon = _Rows(triplets["recon"], mem)
-        self.latent = _Rows(triplets["latent"], mem)
+        used = triplets.done_mask() == WRITTEN
+        tname = triplets.group.basename
+        redo = repair_hint(entry.name, "the same `repackctl refine train`")
+        redo_img = repair_hint(entry.name, "the same `repackctl extract`")
+        self.images = _Rows(GuardedArray(entry.images, used, f"{entry.name} images", redo_img), mem)
+        self.recon = _Rows(
+            GuardedArray(triplets["recon"], used, f"{entry.name} triplets/{tname}/recon", redo), mem
+        )
+        self.latent = _Rows(
+            GuardedArray(triplets["latent"], used, f"{entry.name} triplets/{tname}/latent", redo),
+            mem,
+        )
 
     # ---- TrainTask -----------------------------------------------------------------------------
     def build(self) -> dict[str, nn.Module]:

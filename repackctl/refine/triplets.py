@@ -39,6 +39,7 @@ from repackctl.progress import ProgressFactory, null_progress
 from repackctl.runtime import DistInfo
 
 KIND = "triplets"
+TRIPLET_ARRAYS = ("latent", "recon", "done")
 
 
 @dataclass
@@ -68,7 +69,7 @@ def _noise(seed: int, index: int, flip: int, shape: tuple[int, ...]) -> torch.Te
 def open_triplets(entry: DatasetEntry, pack_id: str, noise: float) -> ArrayGroup:
     """The finished triplet group of ``pack_id`` (raises with the command that builds it)."""
     name = triplet_group_name(pack_id, noise)
-    if KIND not in entry.group or name not in {n for n, _ in entry.group[KIND].groups()}:
+    if name not in entry.complete_groups(KIND, TRIPLET_ARRAYS):
         raise CacheError(
             f"no refiner triplets {name!r} in {entry.name}",
             "`repackctl refine train --pack-run RUN` builds them first",
@@ -114,17 +115,19 @@ def build_triplets(
         "latent_convention": "raw",
         "flips": int(flips),
     }
+
+    def build(group) -> None:  # every array exists before the group counts as created
+        entry.add_sample_array(group, "latent", (flips, d, grid, grid), "float32")
+        entry.add_sample_array(group, "recon", (flips, res, res, 3), "uint8")
+        # informational only: pack_id (run, step, weights hash) is what identifies the
+        # model, so a moved runs folder still reuses these triplets
+        group.attrs["pack_checkpoint"] = str(pack.checkpoint)
+
     if dist.rank == 0:
-        grp, created = entry.create_or_open_group(KIND, name, attrs)
-        if created:
-            entry.add_sample_array(grp, "latent", (flips, d, grid, grid), "float32")
-            entry.add_sample_array(grp, "recon", (flips, res, res, 3), "uint8")
-            # informational only: pack_id (run, step, weights hash) is what identifies the
-            # model, so a moved runs folder still reuses these triplets
-            grp.group.attrs["pack_checkpoint"] = str(pack.checkpoint)
+        grp, _ = entry.create_or_open_group(KIND, name, attrs, build, TRIPLET_ARRAYS)
     dist.barrier()
     if dist.rank != 0:
-        grp, _ = entry.create_or_open_group(KIND, name, attrs)
+        grp, _ = entry.create_or_open_group(KIND, name, attrs, build, TRIPLET_ARRAYS)
     img_done, feat_done = entry.done[:], feats.done[:]
     if (feat_done == PENDING).any() or (img_done == PENDING).any():
         raise CacheError(

@@ -278,7 +278,7 @@ def resolve_settings(
 
 
 # variables that are switches of the tool itself, not settings
-_SWITCHES = {"DEBUG", "DISABLE_PLUGIN_AUTOLOAD", "CONFIG"}
+_SWITCHES = {"DEBUG", "DISABLE_PLUGIN_AUTOLOAD", "CONFIG", "TEST_CRASH_AFTER", "TEST_SHARD_DELAY"}
 
 
 def _unknown_env(env: dict[str, str]) -> str | None:

@@ -1,0 +1,185 @@
+"""Atomic creation of cache groups and arrays, as readers see it, and the locks writers take.
+
+A group (an entry, a features, latents or triplets group) is created with the attribute
+``creating: true`` in its very first metadata write; its arrays follow; the marker is removed
+last. A group that still carries the marker (or, written by an older version, lacks one of its
+arrays) is *incomplete*: readers treat it as absent, ``cache ls``/``cache verify`` list it as
+incomplete, and the next command that creates it removes it and starts over. That removal loses
+nothing: writers only write samples into a complete group, so an incomplete group holds nothing
+but the metadata the interrupted creation made.
+
+Locks (local roots only, ``fcntl.flock``; released by the kernel when a process dies):
+
+* creation: an exclusive lock on the root directory while a group is checked, removed or
+  created, so two processes never race on the same creation;
+* shards: ``<group>/done/locks/shard-<k>.lock``, one per shard a writer is filling, so a second
+  writer of the same group skips it (``extract``).
+
+On fsspec URL roots there are no locks: creation and writing work the same, but two concurrent
+writers of one group duplicate work (the result is the same, the data identical) — run one.
+
+``REPACKCTL_TEST_CRASH_AFTER=<step>`` makes the process exit with status 137 right after the
+creation step ``<step>`` (a group kind such as ``entry``/``features``/``latents``/``triplets``,
+or an array name such as ``images``/``tokens``/``std``). It exists for the crash tests, like
+``REPACKCTL_TEST_SHARD_DELAY=<seconds>`` (a pause per shard an extract takes, to make two
+processes overlap).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import zarr
+
+from repackctl.errors import CacheError
+from repackctl.paths import is_url, local_path
+
+CREATING = "creating"
+CRASH_ENV = "REPACKCTL_TEST_CRASH_AFTER"
+DELAY_ENV = "REPACKCTL_TEST_SHARD_DELAY"
+
+
+def crash_point(step: str) -> None:
+    """Exit at once (status 137, like a kill) when the crash test asks for ``step``."""
+    if os.environ.get(CRASH_ENV) == step:
+        os._exit(137)
+
+
+def test_delay() -> None:
+    """Sleep ``REPACKCTL_TEST_SHARD_DELAY`` seconds per shard taken (concurrency tests only)."""
+    delay = float(os.environ.get(DELAY_ENV) or 0)
+    if delay > 0:
+        time.sleep(delay)
+
+
+def is_complete(group: zarr.Group, required: tuple[str, ...] = ("done",)) -> bool:
+    """Whether ``group`` finished its creation (marker gone and its arrays all there)."""
+    try:
+        if group.attrs.get(CREATING):
+            return False
+        names = set(group.array_keys())
+    except Exception:  # unreadable metadata below it: not a usable group
+        return False
+    return all(r in names for r in required)
+
+
+def child_state(parent: zarr.Group, name: str, required: tuple[str, ...] = ("done",)) -> str:
+    """``complete``, ``incomplete`` or ``absent`` for the child group ``name`` of ``parent``."""
+    try:
+        if name not in parent:
+            return "absent"
+        return "complete" if is_complete(parent[name], required) else "incomplete"
+    except Exception:
+        return "incomplete"
+
+
+def child_groups(parent: zarr.Group) -> list[str]:
+    """Names of the child groups of ``parent``, complete or not."""
+    try:
+        return sorted(name for name, _ in parent.groups())
+    except Exception:
+        return []
+
+
+def holds_samples(group: zarr.Group) -> bool:
+    """Whether any sample of ``group`` is marked done (then it is not a half-made group)."""
+    try:
+        if "done" not in set(group.array_keys()):
+            return False
+        return bool((group["done"][:] != 0).any())
+    except Exception:
+        return True  # unreadable: never remove it automatically
+
+
+def discard_incomplete(parent: zarr.Group, name: str) -> None:
+    """Remove the child ``name`` left by an interrupted creation.
+
+    Only a group that holds no done sample is removed (an interrupted creation writes none);
+    anything else is an error naming the command that removes it.
+    """
+    if holds_samples(parent[name]):
+        raise CacheError(
+            f"{parent.path}/{name} lacks some of its arrays but holds written samples "
+            "(made by another version?)",
+            "check it with `repackctl cache info`; remove it with `repackctl cache rm` "
+            "to recreate it",
+        )
+    del parent[name]
+
+
+def _lock_fd(path: Path, exclusive: bool, blocking: bool) -> int | None:
+    import fcntl
+
+    fd = os.open(path, os.O_RDONLY if path.is_dir() else os.O_RDWR | os.O_CREAT, 0o644)
+    flags = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+    try:
+        fcntl.flock(fd, flags | (0 if blocking else fcntl.LOCK_NB))
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except OSError:  # a file system without flock: proceed unlocked (same result, see above)
+        return fd
+    return fd
+
+
+def _unlock(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)  # closing the descriptor releases the flock
+
+
+@contextlib.contextmanager
+def creation_lock(root: str) -> Iterator[None]:
+    """Exclusive lock on a local cache root while groups are created (no-op on URLs)."""
+    if is_url(root):
+        yield
+        return
+    path = local_path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    fd = _lock_fd(path, exclusive=True, blocking=True)
+    try:
+        yield
+    finally:
+        _unlock(fd)
+
+
+class ShardLocks:
+    """Per-shard exclusive locks of one group's writer (``<group>/done/locks``); local roots only.
+
+    ``try_acquire(k)`` returns False when another process holds shard ``k``; ``acquire(k)``
+    waits for it. On URL roots every call succeeds at once (no locking).
+    """
+
+    def __init__(self, root: str, done: Any) -> None:
+        self.dir: Path | None = None
+        if not is_url(root):
+            self.dir = local_path(root) / done.store_path.path / "locks"
+            self.dir.mkdir(parents=True, exist_ok=True)
+        self._held: dict[int, int | None] = {}
+
+    def _take(self, k: int, blocking: bool) -> bool:
+        if self.dir is None or k in self._held:
+            self._held.setdefault(k, None)
+            return True
+        fd = _lock_fd(self.dir / f"shard-{k:06d}.lock", exclusive=True, blocking=blocking)
+        if fd is None:
+            return False
+        self._held[k] = fd
+        return True
+
+    def try_acquire(self, k: int) -> bool:
+        return self._take(k, blocking=False)
+
+    def acquire(self, k: int) -> None:
+        self._take(k, blocking=True)
+
+    def release(self, k: int) -> None:
+        _unlock(self._held.pop(k, None))
+
+    def release_all(self) -> None:
+        for k in list(self._held):
+            self.release(k)

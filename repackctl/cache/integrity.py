@@ -1,0 +1,210 @@
+"""Chunk-level integrity of cache arrays: missing, truncated and corrupt shards/chunks.
+
+New arrays carry zarr v3's ``crc32c`` codec after their other bytes codecs, on each inner chunk
+of a shard (the shard index has its own crc32c by default), and every chunk is stored even when
+it equals the fill value (``cache.store``). So:
+
+* a shard or chunk file that is absent while rows in it are done is *missing* (zarr would
+  silently return the fill value: readers here refuse instead, ``GuardedArray``);
+* a shard whose index (at its end) fails its checksum or lies past the file end is *truncated*;
+* a chunk whose bytes fail their checksum (or fail to decode) is *corrupt*.
+
+``scan_array`` reads every stored key holding done rows and reports each problem with the rows
+it holds; ``repair`` marks those rows pending (``done = 0``, whole shards: writers rewrite whole
+shards) so rerunning the producing command rewrites them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import google_crc32c
+import numpy as np
+import zarr
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
+
+from repackctl.errors import CacheError
+
+EMPTY = 2**64 - 1  # shard index entry of an absent inner chunk
+
+
+@dataclass(frozen=True)
+class Damage:
+    """One bad stored key of ``array`` (a path inside the entry) and the rows it holds."""
+
+    array: str
+    key: str
+    kind: str  # missing | truncated | corrupt
+    lo: int
+    hi: int
+
+    def __str__(self) -> str:
+        return f"{self.array}: {self.kind} chunk {self.key} (rows {self.lo}–{self.hi - 1})"
+
+
+def rows_per_key(arr: zarr.Array) -> int:
+    """Rows (first axis) held by one stored object: a shard, or a chunk when unsharded."""
+    return int((arr.shards or arr.chunks)[0])
+
+
+def store_key(arr: zarr.Array, k: int) -> str:
+    """The store key of the ``k``-th shard (or chunk) along the first axis."""
+    coords = (k,) + (0,) * (arr.ndim - 1)
+    key = arr.metadata.encode_chunk_key(coords)
+    prefix = arr.store_path.path
+    return f"{prefix}/{key}" if prefix else key
+
+
+def key_exists(arr: zarr.Array, k: int) -> bool:
+    return bool(sync(arr.store_path.store.exists(store_key(arr, k))))
+
+
+def _get(arr: zarr.Array, k: int) -> bytes | None:
+    buf = sync(arr.store_path.store.get(store_key(arr, k), prototype=default_buffer_prototype()))
+    return None if buf is None else buf.to_bytes()
+
+
+def _needed_keys(arr: zarr.Array, required: np.ndarray) -> Iterator[tuple[int, int, int]]:
+    """(k, lo, hi) of the stored objects holding at least one required row."""
+    step = rows_per_key(arr)
+    for k, lo in enumerate(range(0, arr.shape[0], step)):
+        hi = min(lo + step, arr.shape[0])
+        if required[lo:hi].any():
+            yield k, lo, hi
+
+
+def _shard_problem(arr: zarr.Array, data: bytes, lo: int, required: np.ndarray) -> str | None:
+    """``truncated`` / ``missing`` (an inner chunk) from the shard index, else None."""
+    inner = int(arr.chunks[0])
+    count = -(-int(arr.shards[0]) // inner)
+    size = count * 16 + 4
+    if len(data) < size:
+        return "truncated"
+    index = data[-size:]
+    if google_crc32c.value(index[:-4]) != int.from_bytes(index[-4:], "little"):
+        return "truncated"
+    table = np.frombuffer(index[:-4], dtype="<u8").reshape(count, 2)
+    for j, (offset, nbytes) in enumerate(table.tolist()):
+        rows = required[lo + j * inner : lo + (j + 1) * inner]
+        if offset == EMPTY:
+            if rows.any():
+                return "missing"
+        elif offset + nbytes > len(data) - size:
+            return "truncated"
+    return None
+
+
+def scan_array(arr: zarr.Array, required: np.ndarray, name: str) -> list[Damage]:
+    """Read every stored object of ``arr`` holding a ``required`` row; report the bad ones."""
+    damage = []
+    for k, lo, hi in _needed_keys(arr, required):
+        key = store_key(arr, k).rsplit("/c/", 1)[-1]
+        data = _get(arr, k)
+        kind = "missing" if data is None else None
+        if kind is None and arr.shards is not None:
+            kind = _shard_problem(arr, data, lo, required)
+        if kind is None:
+            try:
+                arr[lo:hi]
+            except Exception:  # checksum mismatch or undecodable bytes
+                kind = "corrupt"
+        if kind:
+            damage.append(Damage(name, f"c/{key}", kind, lo, hi))
+    return damage
+
+
+def read_done(done: zarr.Array, name: str) -> tuple[np.ndarray, list[Damage]]:
+    """A ``done`` array, chunk by chunk; an unreadable chunk counts as pending (and is reported)."""
+    out = np.zeros(done.shape, np.uint8)
+    damage = []
+    step = rows_per_key(done)
+    for k, lo in enumerate(range(0, done.shape[0], step)):
+        hi = min(lo + step, done.shape[0])
+        try:
+            out[lo:hi] = done[lo:hi]
+        except Exception:
+            key = store_key(done, k).rsplit("/c/", 1)[-1]
+            damage.append(Damage(name, f"c/{key}", "corrupt", lo, hi))
+    return out, damage
+
+
+class GuardedArray:
+    """A read-only view of a sample-indexed array that never turns a lost chunk into zeros.
+
+    Before a read it checks, once per stored object, that every shard/chunk holding a
+    ``required`` row exists; a read that fails its checksum becomes a ``CacheError``. Both
+    errors name ``label`` and the repair command ``hint``.
+    """
+
+    def __init__(self, array: zarr.Array, required: np.ndarray, label: str, hint: str) -> None:
+        self.array = array
+        self.required = np.asarray(required, bool)
+        self.label = label
+        self.hint = hint
+        self._step = rows_per_key(array)
+        self._checked: set[int] = set()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.array, name)
+
+    def _keys(self, first: Any) -> list[int]:
+        n = self.array.shape[0]
+        if first is Ellipsis:
+            first = slice(None)
+        if isinstance(first, slice):
+            r = range(n)[first]
+            if len(r) == 0:
+                return []
+            lo, hi = min(r[0], r[-1]), max(r[0], r[-1])
+            return list(range(lo // self._step, hi // self._step + 1))
+        if isinstance(first, (int, np.integer)):
+            return [int(range(n)[int(first)]) // self._step]
+        rows = np.asarray(first)
+        if rows.dtype == bool:
+            rows = np.flatnonzero(rows)
+        return np.unique((rows % n) // self._step).tolist()
+
+    def _check(self, first: Any) -> None:
+        for k in self._keys(first):
+            if k in self._checked:
+                continue
+            lo = k * self._step
+            hi = min(lo + self._step, self.array.shape[0])
+            if self.required[lo:hi].any() and not key_exists(self.array, k):
+                raise CacheError(
+                    f"{self.label}: chunk {store_key(self.array, k)} holding done rows "
+                    f"{lo}–{hi - 1} is missing",
+                    self.hint,
+                )
+            self._checked.add(k)
+
+    def _read(self, fn: Any, key: Any) -> np.ndarray:
+        try:
+            return fn(key)
+        except CacheError:
+            raise
+        except Exception as e:
+            raise CacheError(f"{self.label}: corrupt or truncated chunk ({e})", self.hint) from e
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        self._check(key[0] if isinstance(key, tuple) else key)
+        return self._read(self.array.__getitem__, key)
+
+    @property
+    def oindex(self) -> Any:
+        guard = self
+
+        class _O:
+            def __getitem__(self, key: Any) -> np.ndarray:
+                guard._check(key[0] if isinstance(key, tuple) else key)
+                return guard._read(guard.array.oindex.__getitem__, key)
+
+        return _O()
+
+
+def repair_hint(entry: str, producer: str) -> str:
+    """The two commands that rewrite damaged rows."""
+    return f"run `repackctl cache verify {entry} --repair`, then {producer} again"
