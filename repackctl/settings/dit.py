@@ -23,7 +23,7 @@ class DitSettings(BaseModel):
 
     # --help panels and short flags of the generated options (repackctl/cli/options.py)
     PANELS: ClassVar[dict[str, tuple[str, ...]]] = {
-        "Run": ("name", "preset"),
+        "Run": ("allow_change", "name", "preset"),
         "Data": ("latents", "pack_run", "entry", "features", "latent_sampling", "in_memory", "flip", "buffer_blocks", "prefetch"),
         "Model": ("arch", "size", "patch", "model", "qk_norm", "no_shift", "class_dropout", "grad_checkpointing", "compile"),
         "Transport": ("time_dist", "time_mu", "time_sigma", "time_shift", "cos_weight"),
@@ -37,6 +37,11 @@ class DitSettings(BaseModel):
     # ---- run and preset
     name: str | None = Field(
         None, description="run name under the runs folder; none = dit-<model id>; same name resumes"
+    )
+    allow_change: list[str] = Field(
+        default_factory=list,
+        description="on resume, settings allowed to change although that breaks exact "
+        "continuation (setting names, or all); every allowed change goes to config_history.jsonl",
     )
     preset: Literal["small", "paper", "repa"] = Field(
         "small",

@@ -37,7 +37,7 @@ class PackSettings(BaseModel):
     }
     PANELS: ClassVar[dict[str, tuple[str, ...]]] = {
         "Features": ("encoder", "weights", "layer", "data", "split", "resolution", "num", "entry", "features"),
-        "Run": ("run", "method", "preset"),
+        "Run": ("allow_change", "run", "method", "preset"),
         "Model": ("latent_channels", "ch", "ch_mult", "num_res_blocks", "attn_resolutions", "disc_channels", "disc_layers", "disc_norm"),
         "Optimisation": ("steps", "batch_size", "lr", "disc_lr", "betas", "ema_decay", "clip_grad"),
         "Losses": ("l1_weight", "perceptual_weight", "lpips_weights", "ffl_weight", "kl_weight", "gan_weight", "gan_start"),
@@ -74,6 +74,11 @@ class PackSettings(BaseModel):
     )
     method: Literal["repack", "pca"] = Field(
         "repack", description="repack: learned KL projection; pca: frozen PCA (the baseline)"
+    )
+    allow_change: list[str] = Field(
+        default_factory=list,
+        description="on resume, settings allowed to change although that breaks exact "
+        "continuation (setting names, or all); every allowed change goes to config_history.jsonl",
     )
     preset: Literal["auto", "paper", "small"] = Field(
         "auto", description="defaults for unset sizes: auto picks paper for token width >= 384"

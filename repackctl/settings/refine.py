@@ -16,7 +16,7 @@ class RefineSettings(BaseModel):
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}  # filled below the class
     PANELS: ClassVar[dict[str, tuple[str, ...]]] = {
-        "Run": ("pack_run", "name", "entry", "preset", "refiner"),
+        "Run": ("allow_change", "pack_run", "name", "entry", "preset", "refiner"),
         "Model": ("base_channels", "output", "disc_channels"),
         "Optimisation": ("steps", "batch_size", "lr", "ema_decay"),
         "Losses": ("l1_weight", "perceptual_weight", "lpips_weights", "gan_weight"),
@@ -24,6 +24,11 @@ class RefineSettings(BaseModel):
         "Output": ("ckpt_every", "log_every"),
     }  # fmt: skip
 
+    allow_change: list[str] = Field(
+        default_factory=list,
+        description="on resume, settings allowed to change although that breaks exact "
+        "continuation (setting names, or all); every allowed change goes to config_history.jsonl",
+    )
     preset: Literal["auto", "small", "paper"] = Field(
         "auto",
         description="defaults: small (CPU minutes), paper (official recipe); auto = small on a CPU",

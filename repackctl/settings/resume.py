@@ -1,0 +1,190 @@
+"""Resuming a run: its stored settings are the base, and every change is shown or refused.
+
+A run stores the settings it was started with (``config.json`` → ``extra.settings``: values and
+sources). When the same run is started again, :func:`reconcile` takes those values as the base
+and applies only what the user gave this time (a flag, the environment or a config file). A
+change that keeps the run meaningful (more steps, another checkpoint interval, …) is printed as
+``setting: old → new``; a change that breaks exact continuation (batch, learning rate, schedule,
+model, latents, REPA, seed, …) is an error naming the setting, unless the user allows it with
+``--allow-change SETTING`` (or ``all``). Allowed changes are appended to ``config_history.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from repackctl.errors import ConfigError
+
+HISTORY = "config_history.jsonl"
+
+# settings whose change keeps a resumed run an exact continuation of the same experiment
+CONTINUABLE: dict[str, set[str]] = {
+    "": {"cache", "runs", "samples", "device", "num_workers", "imagenet_root"},
+    "dit": {
+        "steps",
+        "ckpt_every",
+        "keep_last",
+        "log_every",
+        "image_every",
+        "image_steps",
+        "prefetch",
+        "buffer_blocks",
+        "in_memory",
+        "max_nonfinite_steps",
+        "name",
+        "allow_change",
+    },  # fmt: skip
+    "pack": {
+        "steps",
+        "ckpt_every",
+        "keep_last",
+        "log_every",
+        "image_every",
+        "grid_images",
+        "in_memory",
+        "memory_gb",
+        "max_nonfinite_steps",
+        "run",
+        "allow_change",
+        "eval_split",
+        "eval_entry",
+        "eval_num",
+        "inception_weights",
+        "encode_batch_size",
+    },  # fmt: skip
+    "refine": {
+        "steps",
+        "ckpt_every",
+        "log_every",
+        "max_nonfinite_steps",
+        "name",
+        "allow_change",
+        "triplet_batch",
+        "refiner",
+    },  # fmt: skip
+}
+# layers that mean "the user gave this now" (a default or a preset value does not change a run)
+GIVEN = ("flag", "env", "file")
+
+
+@dataclass
+class Reconciled:
+    """The settings to resume with, and what changed against the stored ones."""
+
+    values: dict[str, Any]
+    sources: dict[str, str]
+    changes: list[tuple[str, Any, Any]] = field(default_factory=list)
+    allowed: list[tuple[str, Any, Any]] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        """``setting: old → new`` for every change (allowed ones marked)."""
+        out = [f"{k}: {a!r} → {b!r}" for k, a, b in self.changes]
+        return out + [f"{k}: {a!r} → {b!r} (allowed by --allow-change)" for k, a, b in self.allowed]
+
+
+def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in values.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _section_of(key: str) -> tuple[str, str]:
+    head, _, tail = key.partition(".")
+    return (head, tail) if tail else ("", head)
+
+
+def reconcile(
+    stored: dict[str, Any], current: dict[str, Any], section: str, allow: list[str]
+) -> Reconciled:
+    """Stored settings record + this invocation's record → the settings to resume with.
+
+    Both records are ``ResolvedSettings.to_dict()`` (``values`` nested, ``sources`` flat). Only
+    the common keys and ``section`` are compared; other sections are taken from ``current``.
+    """
+    old, new = _flat(stored.get("values", {})), _flat(current.get("values", {}))
+    sources = dict(current.get("sources", {}))
+    merged = dict(new)
+    out = Reconciled(values={}, sources=sources)
+    breaking = []
+    for key, value in new.items():
+        sec, name = _section_of(key)
+        if sec not in ("", section) or key not in old:
+            continue
+        given = sources.get(key, "default").split(" ")[0] in GIVEN
+        if not given:
+            merged[key], sources[key] = old[key], "stored run config"
+            continue
+        if value == old[key]:
+            continue
+        if name in CONTINUABLE.get(sec, set()):
+            out.changes.append((key, old[key], value))
+        elif "all" in allow or key in allow or name in allow:
+            out.allowed.append((key, old[key], value))
+        else:
+            breaking.append((key, old[key], value))
+    if breaking:
+        key, a, b = breaking[0]
+        more = f" (and {len(breaking) - 1} more)" if len(breaking) > 1 else ""
+        raise ConfigError(
+            f"resuming would change {key}: {a!r} → {b!r}{more}, which breaks exact continuation",
+            f"drop the flag to continue as started, start a new run with another --name, or "
+            f"pass --allow-change {key.split('.')[-1]} to change it anyway",
+        )
+    out.values = _nest(merged)
+    return out
+
+
+def _nest(flat: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        d = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            d = d.setdefault(p, {})
+        d[parts[-1]] = value
+    return out
+
+
+def stored_record(run_dir: Path) -> dict[str, Any] | None:
+    """The settings record a run was started with (``config.json`` → extra.settings), or None."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as e:
+        raise ConfigError(f"{path} is not valid JSON: {e}", "restore it, or start a new run") from e
+    record = (data.get("extra") or {}).get("settings")
+    return record if isinstance(record, dict) and "values" in record else None
+
+
+def resume_settings(
+    run_dir: Path, settings: Any, record: dict[str, Any] | None, section: str
+) -> tuple[Any, dict[str, Any] | None, Reconciled | None]:
+    """(settings, record) to resume ``run_dir`` with; unchanged for a new run or no record."""
+    stored = stored_record(run_dir)
+    if stored is None or record is None:
+        return settings, record, None
+    allow = list(getattr(getattr(settings, section), "allow_change", None) or [])
+    rec = reconcile(stored, record, section, allow)
+    try:
+        resumed = type(settings).model_validate(rec.values)
+    except ValidationError as e:
+        raise ConfigError(
+            f"the stored settings of {run_dir} are no longer valid: {e.errors()[0]['msg']}",
+            "start a new run with another --name",
+        ) from None
+    if rec.allowed:
+        with open(run_dir / HISTORY, "a") as f:
+            f.write(json.dumps({"time": time.time(), "changes": rec.allowed}, default=str) + "\n")
+    return resumed, {"values": rec.values, "sources": rec.sources}, rec
