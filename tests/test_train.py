@@ -145,14 +145,12 @@ def test_ema_math_and_warmup():
 
 
 def test_schedules():
-    step = TrainConfig(
-        run_dir="r", steps=400, lr=2e-4, schedule="step", drop_step=240, drop_lr=1e-4
-    )
+    step = toy.make_config("r", steps=400, lr=2e-4, schedule="step", drop_step=240, drop_lr=1e-4)
     assert lr_at(step, 239) == 2e-4 and lr_at(step, 240) == 1e-4 and lr_at(step, 399) == 1e-4
-    warm = TrainConfig(run_dir="r", steps=100, lr=1e-3, schedule="warmup", warmup_steps=10)
+    warm = toy.make_config("r", steps=100, lr=1e-3, schedule="warmup", warmup_steps=10)
     assert lr_at(warm, 0) == pytest.approx(1e-4) and lr_at(warm, 9) == pytest.approx(1e-3)
     assert lr_at(warm, 50) == 1e-3
-    cos = TrainConfig(run_dir="r", steps=101, lr=1e-3, schedule="cosine", min_lr=1e-5)
+    cos = toy.make_config("r", steps=101, lr=1e-3, schedule="cosine", min_lr=1e-5)
     assert lr_at(cos, 0) == pytest.approx(1e-3) and lr_at(cos, 100) == pytest.approx(1e-5)
     assert lr_at(cos, 50) == pytest.approx((1e-3 + 1e-5) / 2)
     # the real scheduler follows the same function, scaled to another base lr (a discriminator)
@@ -168,16 +166,16 @@ def test_schedules():
 
 
 def test_config_round_trip_and_errors(tmp_path):
-    c = TrainConfig(run_dir=str(tmp_path), steps=5, betas=(0.5, 0.9), clip_grad=1.0)
+    c = toy.make_config(str(tmp_path), steps=5, betas=(0.5, 0.9), clip_grad=1.0)
     again = TrainConfig.from_dict(json.loads(json.dumps(c.to_dict())))
     assert again == c
     with pytest.raises(ConfigError, match="unknown training settings"):
         TrainConfig.from_dict({**c.to_dict(), "lrr": 1})
     with pytest.raises(ConfigError) as e:
-        TrainConfig(run_dir="r", schedule="linear")
+        toy.make_config("r", schedule="linear")
     assert "cosine" in e.value.hint
     with pytest.raises(ConfigError):
-        TrainConfig(run_dir="r", global_batch=8, grad_accum=3)
+        toy.make_config("r", global_batch=8, grad_accum=3)
 
 
 # --------------------------------------------------------------------------- the loop in-process
@@ -198,8 +196,8 @@ def test_gradient_accumulation_equals_the_larger_batch(tmp_path):
 def test_each_optimizer_sees_only_its_own_loss(tmp_path):
     """Three GAN steps match a hand-written loop where each loss reaches only its own params."""
     steps = 3
-    cfg = TrainConfig(
-        run_dir=str(tmp_path / "run"),
+    cfg = toy.make_config(
+        str(tmp_path / "run"),
         steps=steps,
         global_batch=8,
         lr=1e-2,
@@ -233,30 +231,34 @@ def test_each_optimizer_sees_only_its_own_loss(tmp_path):
 
 
 def test_nan_guard_skips_and_counts_then_raises(tmp_path):
-    cfg = TrainConfig(
-        run_dir=str(tmp_path / "skip"), steps=8, global_batch=8, lr=1e-2, ckpt_every=4, cpu=True
+    cfg = toy.make_config(
+        str(tmp_path / "skip"), steps=12, global_batch=8, lr=1e-2, ckpt_every=4, cpu=True
     )
     result = train(toy.ToyTask(nan_steps=frozenset({2, 3, 6})), cfg)
-    assert result.step == 8 and result.bad_steps == 3
+    assert result.step == 12 and result.bad_steps == 3
+    # save policy: the checkpoints at 4 and 8 follow non-finite steps and are skipped
+    saved = sorted(p.name for p in (tmp_path / "skip" / "checkpoints").iterdir())
+    assert saved == ["step-0000012"]
     w = _weights(result.checkpoint, ("model", "ema"))
     assert all(torch.isfinite(v).all() for v in w.values())
     assert read_state(result.checkpoint)["bad_steps_total"] == 3
-    assert read_state(result.checkpoint)["ema_updates"] == 5  # only good steps move the EMA
+    assert read_state(result.checkpoint)["ema_updates"] == 9  # only good steps move the EMA
 
-    cfg = TrainConfig(
-        run_dir=str(tmp_path / "dies"),
+    cfg = toy.make_config(
+        str(tmp_path / "dies"),
         steps=20,
         global_batch=8,
         ckpt_every=2,
-        max_bad_steps=3,
+        max_nonfinite_steps=3,
         cpu=True,
     )
     with pytest.raises(TrainingError) as e:
         train(toy.ToyTask(nan_steps=frozenset(range(5, 20))), cfg)
     assert "learning rate" in e.value.hint
     last = latest_checkpoint(cfg.run_dir)
-    # steps 5, 6, 7 failed; the checkpoint at 6 holds the (finite) weights of step 5
-    assert read_state(last)["step"] == 6
+    # steps 5, 6, 7 failed; the save at 6 follows the bad step 5 and is skipped: 4 is the last
+    assert read_state(last)["step"] == 4
+    assert str(last) in e.value.message
     assert all(torch.isfinite(v).all() for v in _weights(last, ("model", "ema")).values())
 
 
@@ -305,8 +307,8 @@ def test_checkpoints_are_atomic_pruned_and_safe_to_load(tmp_path):
 
 
 def test_resume_applies_a_new_lr_but_refuses_another_sample_order(tmp_path):
-    cfg = TrainConfig(
-        run_dir=str(tmp_path / "run"),
+    cfg = toy.make_config(
+        str(tmp_path / "run"),
         steps=2,
         global_batch=8,
         lr=1e-2,
@@ -353,8 +355,8 @@ class _RecordingProgress:
 
 
 def test_bf16_run_reports_progress(tmp_path):
-    cfg = TrainConfig(
-        run_dir=str(tmp_path / "bf16"),
+    cfg = toy.make_config(
+        str(tmp_path / "bf16"),
         steps=4,
         global_batch=8,
         log_every=2,

@@ -103,6 +103,9 @@ def train(
         int | None, typer.Option(help="Steps between recon grid PNGs (0 = never).")
     ] = None,
     log_every: Annotated[int | None, typer.Option(help="Steps between metric lines.")] = None,
+    max_nonfinite_steps: Annotated[
+        int | None, typer.Option(help="Stop after N non-finite steps in a row.")
+    ] = None,
     in_memory: Annotated[
         bool | None,
         typer.Option(
@@ -157,6 +160,7 @@ def train(
             "pack.ckpt_every": ckpt_every,
             "pack.image_every": image_every,
             "pack.log_every": log_every,
+            "pack.max_nonfinite_steps": max_nonfinite_steps,
             "pack.in_memory": in_memory,
         },
     )

@@ -57,6 +57,9 @@ def train(
     gan_weight: Annotated[float | None, typer.Option(help="Hinge PatchGAN weight (0.5).")] = None,
     disc_channels: Annotated[int | None, typer.Option(help="PatchGAN base channels.")] = None,
     ckpt_every: Annotated[int | None, typer.Option(help="Steps between checkpoints.")] = None,
+    max_nonfinite_steps: Annotated[
+        int | None, typer.Option(help="Stop after N non-finite steps in a row.")
+    ] = None,
     cache: CacheOpt = None,
     runs: RunsOpt = None,
     seed: SeedOpt = None,
@@ -91,6 +94,7 @@ def train(
             "refine.gan_weight": gan_weight,
             "refine.disc_channels": disc_channels,
             "refine.ckpt_every": ckpt_every,
+            "refine.max_nonfinite_steps": max_nonfinite_steps,
         },
     )
     if show:
@@ -100,7 +104,9 @@ def train(
     from repackctl.train.checkpoint import latest_checkpoint
 
     main = is_main_process()
-    run_dir = run_refine_train(resolved.settings, rank_progress(main))
+    run_dir = run_refine_train(
+        resolved.settings, rank_progress(main), sources=resolved.to_dict()["sources"]
+    )
     if main:
         rows = [("run", run_dir), ("checkpoint", latest_checkpoint(run_dir))]
         console.print(kv_table("refine train", rows))

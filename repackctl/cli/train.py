@@ -156,6 +156,10 @@ def dit(
     ckpt_every: Annotated[int | None, _opt("Checkpoint every N steps.", "--ckpt-every")] = None,
     keep_last: Annotated[int | None, _opt("Checkpoints kept (0 = all).", "--keep-last")] = None,
     log_every: Annotated[int | None, _opt("Metrics every N steps.", "--log-every")] = None,
+    max_nonfinite_steps: Annotated[
+        int | None,
+        _opt("Stop after N non-finite steps in a row.", "--max-nonfinite-steps"),
+    ] = None,
     image_every: Annotated[
         int | None, _opt("Sample grid every N steps (0 = never).", "--image-every")
     ] = None,
@@ -223,6 +227,7 @@ def dit(
         "train.ckpt_every": ckpt_every,
         "train.keep_last": keep_last,
         "train.log_every": log_every,
+        "train.max_nonfinite_steps": max_nonfinite_steps,
         "train.image_every": image_every,
     }
     resolved = _resolve_with_preset(config, flags)
