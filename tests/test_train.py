@@ -444,3 +444,79 @@ def test_two_processes_match_one(tmp_path):
     for k in one:
         torch.testing.assert_close(two[k], one[k], rtol=0, atol=1e-6)
         assert torch.equal(two[k], r0[k])  # rank 0 saved what it trained
+
+
+# --------------------------------------------------------------------------- engine policies
+
+
+@pytest.mark.slow
+def test_exploding_lr_stops_keeps_good_checkpoints_and_resumes(tmp_path):
+    """Save policy: a diverging run stops with an error and leaves only finite checkpoints."""
+    run = tmp_path / "boom"
+    base = [sys.executable, str(SCRIPT), str(run), "--ckpt-every", "2", "--noise", "0"]
+    first = subprocess.run([*base, "--steps", "4"], env=_env(), capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-2000:]
+
+    boom = subprocess.run(
+        [*base, "--steps", "20", "--lr", "1e30", "--max-nonfinite-steps", "3"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert boom.returncode != 0
+    assert "non-finite" in boom.stderr
+    left = sorted((run / "checkpoints").iterdir())
+    assert [p.name for p in left] == ["step-0000002", "step-0000004"]  # the skipped 6 is absent
+    for ckpt in left:
+        assert all(torch.isfinite(v).all() for v in _weights(ckpt, ("model", "ema")).values())
+        assert _weights(ckpt, ("model",))["model.0.weight"].abs().max() < 100  # not the 1e30 ones
+
+    again = subprocess.run(
+        [*base, "--steps", "8"], env=_env(), capture_output=True, text=True, timeout=120
+    )
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads(again.stdout.strip().splitlines()[-1]) == {"step": 8, "resumed_from": 4}
+
+
+def test_precision_precedence_and_run_header(tmp_path, monkeypatch):
+    """flag > repackctl config/env > launcher (ACCELERATE_MIXED_PRECISION) > default."""
+    from repackctl.runtime import resolve_precision
+    from repackctl.settings import resolve_settings
+
+    launcher = {"ACCELERATE_MIXED_PRECISION": "bf16"}
+    assert resolve_precision("fp32", "default", launcher) == ("bf16", "launcher")
+    assert resolve_precision("fp32", "flag", launcher) == ("fp32", "flag")
+    assert resolve_precision("fp16", "env", launcher) == ("fp16", "env")
+    assert resolve_precision("fp32", "default", {}) == ("fp32", "default")
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    for flag, want, source in ((None, "bf16", "launcher"), ("fp32", "fp32", "flag")):
+        flags = {"device": "cpu"} | ({"precision": flag} if flag else {})
+        resolved = resolve_settings(flags=flags)
+        s = resolved.settings
+        built = toy.TrainConfig.from_settings(
+            s, s.train, tmp_path / want, sources=resolved.to_dict()["sources"]
+        )
+        assert (built.precision, built.precision_source, built.cpu) == (want, source, True)
+        cfg = toy.config_from_args(toy.parse([str(tmp_path / want), "--steps", "2"]))
+        cfg = dataclasses.replace(cfg, precision=want, precision_source=source)
+        result = train(toy.ToyTask(), cfg)  # bf16 autocast runs on the CPU
+        header = json.loads((result.run_dir / "header.json").read_text())
+        assert header["precision"] == want and header["precision_source"] == source
+        assert header["world_size"] == 1 and header["device"] == "cpu" and header["seed"] == 0
+        assert header["repackctl"]
+
+
+def test_train_config_from_settings_maps_same_named_fields(tmp_path):
+    """One mapping per stage: every same-named setting reaches the engine unchanged."""
+    from repackctl.settings import resolve_settings
+
+    flags = {"train.lr": 3e-4, "train.max_nonfinite_steps": 4, "train.keep_last": 7, "seed": 5}
+    s = resolve_settings(flags=flags).settings
+    cfg = toy.TrainConfig.from_settings(s, s.train, tmp_path / "r", sources={})
+    assert (cfg.lr, cfg.max_nonfinite_steps, cfg.keep_last, cfg.seed) == (3e-4, 4, 7, 5)
+    assert cfg.betas == (s.train.beta1, s.train.beta2)
+    assert cfg.ema_warmup is s.train.ema_warmup and cfg.image_every == s.train.image_every
+    with pytest.raises(TypeError):
+        toy.TrainConfig(run_dir="r", steps=1)  # no hidden defaults for settings' fields

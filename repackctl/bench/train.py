@@ -74,20 +74,32 @@ class SyntheticLatents:
         return out
 
 
-def build_trainer(ctx: BenchContext, workdir: Path, compile_: bool):
-    """The ``train dit`` task and Trainer of the default settings at the benchmark's size."""
+def build_trainer(
+    p: dict[str, Any],
+    device: torch.device,
+    workdir: Path,
+    *,
+    compile_: bool = False,
+    precision: str | None = None,
+    repa: bool = True,
+):
+    """The ``train dit`` task and Trainer of the default settings for the shape ``p``.
+
+    ``p`` holds ``model`` (a registered id), ``channels``, ``side``, ``batch`` and
+    ``token_dim``; ``precision`` None means bf16 on CUDA, fp32 elsewhere.
+    """
     from repackctl.dit.task import DiTTask, build_spec
     from repackctl.settings import Settings
     from repackctl.train import TrainConfig, Trainer
 
-    p = SHAPES[ctx.size]
+    cuda = device.type == "cuda"
     settings = Settings(
-        runs=str(workdir),
-        device=str(ctx.device),
-        precision="bf16" if ctx.cuda else "fp32",
+        runs=str(workdir), device=str(device), precision=precision or ("bf16" if cuda else "fp32")
     )
     settings.train.compile = compile_
     settings.train.global_batch = p["batch"]
+    if not repa:
+        settings.train.repa_weight = 0.0
     spec = build_spec(settings, p["model"])
     probe = build_model(p, torch.device("cpu"))
     data = SyntheticLatents(p, tokens=probe.config.num_tokens)
@@ -95,17 +107,17 @@ def build_trainer(ctx: BenchContext, workdir: Path, compile_: bool):
     config = TrainConfig.from_settings(
         settings,
         settings.train,
-        workdir / "bench-train",
+        workdir / f"bench-{p['model']}",
         sources={"precision": "benchmark"},
         steps=10**9,  # never reached: the benchmark calls step() itself
         ckpt_every=10**9,
         image_every=0,
-        cpu=not ctx.cuda,
+        cpu=not cuda,
         # the read-ahead thread overlaps data reads with GPU work; on a CPU it competes with
         # the step for the same cores (about +10 % at the tiny size on one thread)
-        prefetch=ctx.cuda,
+        prefetch=cuda,
     )
-    return Trainer(task, config), task, p
+    return Trainer(task, config), task
 
 
 def run(ctx: BenchContext) -> tuple[list[Row], dict[str, Any], list[str]]:
@@ -115,7 +127,8 @@ def run(ctx: BenchContext) -> tuple[list[Row], dict[str, Any], list[str]]:
     from repackctl.progress import null_progress
 
     with tempfile.TemporaryDirectory() as tmp:
-        trainer, task, p = build_trainer(ctx, Path(tmp), ctx.compile and ctx.cuda)
+        p = SHAPES[ctx.size]
+        trainer, task = build_trainer(p, ctx.device, Path(tmp), compile_=ctx.compile and ctx.cuda)
         b = p["batch"]
         bar = null_progress("train", total=None).__enter__()
 

@@ -194,17 +194,24 @@ class Optimizers:
             lr, betas, wd = self.hparams[oname]
             self.optimizers[oname] = torch.optim.AdamW(plist, lr=lr, betas=betas, weight_decay=wd)
         self.schedulers = {n: make_scheduler(o, config) for n, o in self.optimizers.items()}
+        self.quiet_schedules = False
 
     def lrs(self) -> dict[str, float]:
         return {n: o.param_groups[0]["lr"] for n, o in self.optimizers.items()}
 
     def step_schedules(self) -> None:
+        if self.quiet_schedules:
+            for sched in self.schedulers.values():
+                sched.step()
+            return
         with warnings.catch_warnings():
-            # schedules follow the global step even when an optimizer did not step
-            # (a skipped non-finite step, a discriminator before its start step)
+            # schedules follow the global step even when an optimizer did not step (a skipped
+            # non-finite step, a discriminator before its start step); torch warns about that
+            # on a scheduler's first step only, so later steps skip this (costly) guard
             warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
             for sched in self.schedulers.values():
                 sched.step()
+        self.quiet_schedules = True
 
     def state_dict(self, scaler: torch.amp.GradScaler) -> dict[str, Any]:
         return {
@@ -471,13 +478,8 @@ class Trainer:
                 for oname, loss in losses.items():
                     self.window.add(f"loss/{oname}", loss)
                     nonfinite += (~torch.isfinite(loss.detach())).float()
-                    # this optimizer's accumulator back on its params; grads leaked by earlier
-                    # losses into any module are dropped here, before this loss's backward
-                    for p in self.all_params:
-                        p.grad = None
-                    if stash[oname] is not None:
-                        for p, g in zip(self.opt.params[oname], stash[oname], strict=True):
-                            p.grad = g
+                    if len(losses) > 1:
+                        self._swap_in(oname, stash[oname])
                     self.scaler.scale(loss / self.A).backward()
                     stash[oname] = [p.grad for p in self.opt.params[oname]]
             for k, v in logs.items():
@@ -485,6 +487,16 @@ class Trainer:
         for p in self.all_params:
             p.grad = None
         return stash, order or [], nonfinite
+
+    def _swap_in(self, oname: str, grads: list[torch.Tensor | None] | None) -> None:
+        """Put this optimizer's accumulator back on its params and clear every other grad, so
+        grads leaked by earlier losses into any module are dropped before this loss's backward.
+        (With a single loss per step the grads simply accumulate: nothing to swap.)"""
+        for p in self.all_params:
+            p.grad = None
+        if grads is not None:
+            for p, g in zip(self.opt.params[oname], grads, strict=True):
+                p.grad = g
 
     def _check_losses(self, losses: dict[str, torch.Tensor], order: list[str] | None) -> list[str]:
         if order is not None and list(losses) != order:
