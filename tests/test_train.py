@@ -520,3 +520,24 @@ def test_train_config_from_settings_maps_same_named_fields(tmp_path):
     assert cfg.ema_warmup is s.train.ema_warmup and cfg.image_every == s.train.image_every
     with pytest.raises(TypeError):
         toy.TrainConfig(run_dir="r", steps=1)  # no hidden defaults for settings' fields
+
+
+@pytest.mark.slow
+def test_two_processes_with_accumulation_match_one(tmp_path):
+    """DDP with ``no_sync`` on all but the last micro-batch: 2 x 2 micro-batches = 1 x 4."""
+    argv = ["--steps", "4", "--ckpt-every", "4", "--noise", "0", "--gan", "--grad-accum"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += [str(SCRIPT), str(tmp_path / "ddp"), *argv, "2"]
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    header = json.loads((tmp_path / "ddp" / "header.json").read_text())
+    assert header["world_size"] == 2 and header["ddp_modules"] == ["model"]
+
+    _, single = _run_toy([str(tmp_path / "one"), *argv, "4"])
+    two = _weights(latest_checkpoint(tmp_path / "ddp"), ("model", "disc"))
+    one = _weights(single.checkpoint, ("model", "disc"))
+    torch.manual_seed(0)  # the trainer builds right after seeding with config.seed
+    start = toy.ToyTask(gan=True).build()["model"].state_dict()
+    assert not torch.allclose(two["model.0.weight"], start["0.weight"])  # it did train
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], rtol=0, atol=1e-6)
