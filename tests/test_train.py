@@ -541,3 +541,21 @@ def test_two_processes_with_accumulation_match_one(tmp_path):
     assert not torch.allclose(two["model.0.weight"], start["0.weight"])  # it did train
     for k in one:
         torch.testing.assert_close(two[k], one[k], rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_benchmark_times_the_trainers_own_step(tmp_path):
+    """`benchmark train` builds the `train dit` task + Trainer and reports what was really on."""
+    from repackctl.bench import run_benchmark
+    from repackctl.bench.common import BenchContext
+
+    ctx = BenchContext(size="tiny", warmup=0, repeats=1, compile=True, min_sample_s=0.0)
+    result = run_benchmark("train", ctx).to_dict()
+    p = result["params"]
+    assert p["repa"] is True and p["repa_weight"] > 0 and p["time_dist"] == "logit_normal"
+    assert p["compile"] is False and p["compiled_blocks"] == 0  # asked for, but not on a CPU
+    assert p["precision"] == "fp32"
+    rows = {r["case"]: r for r in result["rows"]}
+    step = next(r for c, r in rows.items() if "Trainer.step" in c)
+    assert step["extra"]["step_tflop"] > 0 and "overhead" in step["extra"]
+    assert any(c.startswith("bare step") for c in rows)
