@@ -12,6 +12,9 @@ non-finite guard, AdamW, EMA, lr schedule. FLOPs of a step are counted by
 backward), so "achieved GFLOP/s" = counted FLOPs / measured time. The peak is the best rate of a
 square matmul in the same dtype, measured in the same run: compare the ratio, not absolute times
 across machines (reference/environment.md: these machines are shared).
+
+"engine %" = the engine's own work per step (grad norm and its host sync, EMA, non-finite guard,
+bookkeeping), timed piece by piece, over the step time: the loop's overhead over a bare step.
 """
 
 from __future__ import annotations
@@ -79,6 +82,7 @@ def bench_variant(
             trainer.step()
         _sync(device)
         dt = (time.perf_counter() - t0) / steps
+        costs = engine_costs(trainer)
         trainer.close()
     return {
         "variant": model_id,
@@ -90,7 +94,51 @@ def bench_variant(
         "gflop": flops / 1e9,
         "gflops": flops / dt / 1e9,
         "compiled_blocks": trainer.compiled,
+        "engine_pct": 100 * sum(costs.values()) / dt,
+        "engine_costs_ms": {k: v * 1e3 for k, v in costs.items()},
     }
+
+
+def engine_costs(trainer, repeats: int = 200) -> dict[str, float]:
+    """Seconds per step of each piece of engine work that a bare step does not do.
+
+    Timed one by one on the trainer's own tensors: on a shared machine the difference of two
+    whole-step timings is noisier (±15 %) than the few per cent it would measure.
+    """
+    device = trainer.device
+    grads = [torch.randn_like(p) for p in trainer.opt.params["model"]]
+    loss, flag = torch.ones((), device=device), torch.zeros((), device=device)
+
+    def norm() -> None:  # finite check + logged grad norm, one per optimizer
+        torch.stack([flag, torch.nn.utils.get_total_norm(grads)]).tolist()
+
+    def guard() -> None:  # per-loss non-finite flag and window entry
+        flag.add_((~torch.isfinite(loss)).float())
+        trainer.window.add("loss/x", loss)
+
+    def bookkeeping() -> None:  # grads cleared, lr read, schedules stepped
+        for q in trainer.all_params:
+            q.grad = None
+        trainer.opt.lrs()
+        trainer.opt.step_schedules()
+
+    pieces = {
+        "grad norm + host sync": norm,
+        "EMA update": lambda: trainer.ema.update(trainer.model),
+        "non-finite guard": guard,
+        "bookkeeping": bookkeeping,
+    }
+    out = {}
+    for name, fn in pieces.items():
+        fn()
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        _sync(device)
+        out[name] = (time.perf_counter() - t0) / repeats
+    trainer.window.pending.clear()
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -143,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     for col in ("variant", "params (M)", "tokens", "batch", "ms/step", "img/s"):
         table.add_column(col, justify="right")
-    for col in ("GFLOP/step", "GFLOP/s", "% of peak"):
+    for col in ("GFLOP/step", "GFLOP/s", "% of peak", "engine %"):
         table.add_column(col, justify="right")
     for r in rows:
         table.add_row(
@@ -156,8 +204,12 @@ def main(argv: list[str] | None = None) -> None:
             f"{r['gflop']:.2f}",
             f"{r['gflops']:.1f}",
             f"{100 * r['gflops'] / peak:.0f}%",
+            f"{r['engine_pct']:.1f}%",
         )
     console.print(table)
+    for r in rows:
+        parts = ", ".join(f"{k} {v:.3f} ms" for k, v in r["engine_costs_ms"].items())
+        console.print(f"{r['variant']}: engine work per step beyond the bare step: {parts}")
 
 
 if __name__ == "__main__":
