@@ -3,31 +3,33 @@
     python benchmarks/bench_train_step.py                       # tiny, S/1, B/1 on this device
     python benchmarks/bench_train_step.py --variants lightningdit-xl-1 --latent 32x16x16 -b 32
 
-One step = the `repackctl train dit` step: linear interpolant at logit-normal t, DiT forward with
-the hidden state of the REPA block, MSE + cosine velocity loss, REPA projector + negative-cosine
-loss against random "encoder tokens", backward, AdamW update. FLOPs of a step are counted by
+One step = ``Trainer.step()`` of the task and engine that `repackctl train dit` builds (the same
+code as `repackctl benchmark train`, ``repackctl/bench/train.py``): logit-normal t, linear
+interpolant, DiT forward with the hidden state of the REPA block, MSE + cosine velocity loss,
+REPA projector + negative-cosine loss against random "encoder tokens", backward, grad norm,
+non-finite guard, AdamW, EMA, lr schedule. FLOPs of a step are counted by
 ``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions, attention: forward and
 backward), so "achieved GFLOP/s" = counted FLOPs / measured time. The peak is the best rate of a
 square matmul in the same dtype, measured in the same run: compare the ratio, not absolute times
 across machines (reference/environment.md: these machines are shared).
+
+"engine %" = the engine's own work per step (grad norm and its host sync, EMA, non-finite guard,
+bookkeeping), timed piece by piece, over the step time: the loop's overhead over a bare step.
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 from rich.console import Console
 from rich.table import Table
 from torch.utils.flop_counter import FlopCounterMode
 
-from repackctl.dit.task import repa_hidden_default
-from repackctl.models.repa import REPAProjector, default_repa_depth, repa_loss
-from repackctl.registry import registry
-from repackctl.transport.interpolant import interpolate, velocity_target
-from repackctl.transport.loss import velocity_loss
-from repackctl.transport.timesteps import TimeSampler
+from repackctl.bench.train import build_trainer
 
 
 def _sync(device: torch.device) -> None:
@@ -57,67 +59,86 @@ def bench_variant(
     steps: int,
     warmup: int,
     device: torch.device,
-    dtype: torch.dtype,
+    precision: str,
     token_dim: int,
     repa: bool,
+    compile_: bool,
 ) -> dict:
     d, h, _ = shape
-    torch.manual_seed(0)
-    model = registry("models").get(model_id)(in_channels=d, input_size=h, num_classes=1000)
-    model.to(device).train()
-    width, depth = model.config.hidden_size, model.config.depth
-    modules = [model]
-    projector = None
-    if repa:
-        projector = REPAProjector(width, token_dim, repa_hidden_default(width)).to(device)
-        modules.append(projector)
-    params = [p for m in modules for p in m.parameters()]
-    opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.0)
-    k = default_repa_depth(depth)
-    sampler = TimeSampler("logit_normal")
-    x = torch.randn(batch, *shape, device=device)  # (B, d, h, w)
-    y = torch.randint(0, 1000, (batch,), device=device)  # (B,)
-    tokens = torch.randn(batch, model.config.num_tokens, token_dim, device=device)  # (B, T, C)
-    autocast = dtype != torch.float32
-
-    def step() -> None:
-        noise = torch.randn_like(x)  # (B, d, h, w)
-        t = sampler.sample(batch, device=device)  # (B,)
-        x_t = interpolate(x, noise, t)  # (B, d, h, w)
-        with torch.autocast(device.type, dtype=dtype, enabled=autocast):
-            if projector is not None:
-                v, hidden = model(x_t, t, y, return_hidden_at=k)  # (B, d, h, w), (B, T, D)
-                loss = velocity_loss(v, velocity_target(x, noise), 1.0).mean
-                loss = loss + 0.5 * repa_loss(projector(hidden), tokens)
-            else:
-                v = model(x_t, t, y)  # (B, d, h, w)
-                loss = velocity_loss(v, velocity_target(x, noise), 1.0).mean
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    for _ in range(warmup):
-        step()
-    counter = FlopCounterMode(display=False)
-    with counter:
-        step()
-    flops = counter.get_total_flops()
-    _sync(device)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    _sync(device)
-    dt = (time.perf_counter() - t0) / steps
+    p = dict(model=model_id, channels=d, side=h, batch=batch, token_dim=token_dim)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer, task = build_trainer(
+            p, device, Path(tmp), compile_=compile_, precision=precision, repa=repa
+        )
+        for _ in range(warmup):
+            trainer.step()
+        counter = FlopCounterMode(display=False)
+        with counter:
+            trainer.step()
+        flops = counter.get_total_flops()
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            trainer.step()
+        _sync(device)
+        dt = (time.perf_counter() - t0) / steps
+        costs = engine_costs(trainer)
+        trainer.close()
     return {
         "variant": model_id,
-        "params": sum(p.numel() for p in model.parameters()) / 1e6,
-        "tokens": model.config.num_tokens,
+        "params": task.num_params / 1e6,
+        "tokens": task.data.token_shape[0],
         "batch": batch,
         "ms": dt * 1e3,
         "img_s": batch / dt,
         "gflop": flops / 1e9,
         "gflops": flops / dt / 1e9,
+        "compiled_blocks": trainer.compiled,
+        "engine_pct": 100 * sum(costs.values()) / dt,
+        "engine_costs_ms": {k: v * 1e3 for k, v in costs.items()},
     }
+
+
+def engine_costs(trainer, repeats: int = 200) -> dict[str, float]:
+    """Seconds per step of each piece of engine work that a bare step does not do.
+
+    Timed one by one on the trainer's own tensors: on a shared machine the difference of two
+    whole-step timings is noisier (±15 %) than the few per cent it would measure.
+    """
+    device = trainer.device
+    grads = [torch.randn_like(p) for p in trainer.opt.params["model"]]
+    loss, flag = torch.ones((), device=device), torch.zeros((), device=device)
+
+    def norm() -> None:  # finite check + logged grad norm, one per optimizer
+        torch.stack([flag, torch.nn.utils.get_total_norm(grads)]).tolist()
+
+    def guard() -> None:  # per-loss non-finite flag and window entry
+        flag.add_((~torch.isfinite(loss)).float())
+        trainer.window.add("loss/x", loss)
+
+    def bookkeeping() -> None:  # grads cleared, lr read, schedules stepped
+        for q in trainer.all_params:
+            q.grad = None
+        trainer.opt.lrs()
+        trainer.opt.step_schedules()
+
+    pieces = {
+        "grad norm + host sync": norm,
+        "EMA update": lambda: trainer.ema.update(trainer.model),
+        "non-finite guard": guard,
+        "bookkeeping": bookkeeping,
+    }
+    out = {}
+    for name, fn in pieces.items():
+        fn()
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        _sync(device)
+        out[name] = (time.perf_counter() - t0) / repeats
+    trainer.window.pending.clear()
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -132,6 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-repa", action="store_true")
     ap.add_argument("--peak-size", type=int, default=None, help="matmul side (default 4096/2048)")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--compile", action="store_true", help="regional torch.compile of the blocks")
     args = ap.parse_args(argv)
 
     cuda = torch.cuda.is_available() and args.device in ("auto", "cuda")
@@ -140,9 +162,6 @@ def main(argv: list[str] | None = None) -> None:
     latent = args.latent or ("32x16x16" if device.type == "cuda" else "32x8x8")
     shape = tuple(int(v) for v in latent.split("x"))
     batch = args.batch or (64 if device.type == "cuda" else 4)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
     peak_n = args.peak_size or (8192 if device.type == "cuda" else 2048)
     peak = matmul_peak(device, dtype, peak_n)
 
@@ -157,21 +176,22 @@ def main(argv: list[str] | None = None) -> None:
                 args.steps,
                 args.warmup,
                 device,
-                dtype,
+                args.precision,
                 args.token_dim,
                 not args.no_repa,
+                args.compile,
             )
         )
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     table = Table(
         title=f"DiT training step on {name} ({args.precision}, latent {latent}, "
-        f"REPA {'off' if args.no_repa else 'on'})",
+        f"REPA {'off' if args.no_repa else 'on'}, compile {'on' if args.compile else 'off'})",
         caption=f"matmul peak {peak:.0f} GFLOP/s ({peak_n}² {args.precision}, same run); "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads",
     )
     for col in ("variant", "params (M)", "tokens", "batch", "ms/step", "img/s"):
         table.add_column(col, justify="right")
-    for col in ("GFLOP/step", "GFLOP/s", "% of peak"):
+    for col in ("GFLOP/step", "GFLOP/s", "% of peak", "engine %"):
         table.add_column(col, justify="right")
     for r in rows:
         table.add_row(
@@ -184,8 +204,12 @@ def main(argv: list[str] | None = None) -> None:
             f"{r['gflop']:.2f}",
             f"{r['gflops']:.1f}",
             f"{100 * r['gflops'] / peak:.0f}%",
+            f"{r['engine_pct']:.1f}%",
         )
     console.print(table)
+    for r in rows:
+        parts = ", ".join(f"{k} {v:.3f} ms" for k, v in r["engine_costs_ms"].items())
+        console.print(f"{r['variant']}: engine work per step beyond the bare step: {parts}")
 
 
 if __name__ == "__main__":

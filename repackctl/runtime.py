@@ -81,3 +81,26 @@ def _check_available(dev: torch.device) -> None:
             "device 'mps' asked for, but Apple's MPS backend is not available here",
             "use --device cpu (or auto)",
         )
+
+
+# accelerate's names of the launcher's precision (`accelerate launch --mixed_precision bf16`)
+_LAUNCHER_PRECISION = {"no": "fp32", "fp32": "fp32", "bf16": "bf16", "fp16": "fp16"}
+
+
+def resolve_precision(
+    settings_value: str, source: str, environ: dict[str, str] | None = None
+) -> tuple[str, str]:
+    """The training precision and where it came from: flag > config/env > launcher > default.
+
+    ``source`` is the settings layer of ``settings_value`` ("flag", "env", "file …" or "default").
+    A value set through repackctl (flag, its config file or ``REPACKCTL_PRECISION``) wins over
+    ``ACCELERATE_MIXED_PRECISION`` (set by ``accelerate launch --mixed_precision``), which wins
+    over repackctl's default.
+    """
+    if source != "default":
+        return settings_value, source
+    env = os.environ if environ is None else environ
+    launcher = env.get("ACCELERATE_MIXED_PRECISION", "").strip().lower()
+    if launcher in _LAUNCHER_PRECISION:
+        return _LAUNCHER_PRECISION[launcher], "launcher"
+    return settings_value, "default"

@@ -145,14 +145,12 @@ def test_ema_math_and_warmup():
 
 
 def test_schedules():
-    step = TrainConfig(
-        run_dir="r", steps=400, lr=2e-4, schedule="step", drop_step=240, drop_lr=1e-4
-    )
+    step = toy.make_config("r", steps=400, lr=2e-4, schedule="step", drop_step=240, drop_lr=1e-4)
     assert lr_at(step, 239) == 2e-4 and lr_at(step, 240) == 1e-4 and lr_at(step, 399) == 1e-4
-    warm = TrainConfig(run_dir="r", steps=100, lr=1e-3, schedule="warmup", warmup_steps=10)
+    warm = toy.make_config("r", steps=100, lr=1e-3, schedule="warmup", warmup_steps=10)
     assert lr_at(warm, 0) == pytest.approx(1e-4) and lr_at(warm, 9) == pytest.approx(1e-3)
     assert lr_at(warm, 50) == 1e-3
-    cos = TrainConfig(run_dir="r", steps=101, lr=1e-3, schedule="cosine", min_lr=1e-5)
+    cos = toy.make_config("r", steps=101, lr=1e-3, schedule="cosine", min_lr=1e-5)
     assert lr_at(cos, 0) == pytest.approx(1e-3) and lr_at(cos, 100) == pytest.approx(1e-5)
     assert lr_at(cos, 50) == pytest.approx((1e-3 + 1e-5) / 2)
     # the real scheduler follows the same function, scaled to another base lr (a discriminator)
@@ -168,16 +166,16 @@ def test_schedules():
 
 
 def test_config_round_trip_and_errors(tmp_path):
-    c = TrainConfig(run_dir=str(tmp_path), steps=5, betas=(0.5, 0.9), clip_grad=1.0)
+    c = toy.make_config(str(tmp_path), steps=5, betas=(0.5, 0.9), clip_grad=1.0)
     again = TrainConfig.from_dict(json.loads(json.dumps(c.to_dict())))
     assert again == c
     with pytest.raises(ConfigError, match="unknown training settings"):
         TrainConfig.from_dict({**c.to_dict(), "lrr": 1})
     with pytest.raises(ConfigError) as e:
-        TrainConfig(run_dir="r", schedule="linear")
+        toy.make_config("r", schedule="linear")
     assert "cosine" in e.value.hint
     with pytest.raises(ConfigError):
-        TrainConfig(run_dir="r", global_batch=8, grad_accum=3)
+        toy.make_config("r", global_batch=8, grad_accum=3)
 
 
 # --------------------------------------------------------------------------- the loop in-process
@@ -198,8 +196,8 @@ def test_gradient_accumulation_equals_the_larger_batch(tmp_path):
 def test_each_optimizer_sees_only_its_own_loss(tmp_path):
     """Three GAN steps match a hand-written loop where each loss reaches only its own params."""
     steps = 3
-    cfg = TrainConfig(
-        run_dir=str(tmp_path / "run"),
+    cfg = toy.make_config(
+        str(tmp_path / "run"),
         steps=steps,
         global_batch=8,
         lr=1e-2,
@@ -233,30 +231,34 @@ def test_each_optimizer_sees_only_its_own_loss(tmp_path):
 
 
 def test_nan_guard_skips_and_counts_then_raises(tmp_path):
-    cfg = TrainConfig(
-        run_dir=str(tmp_path / "skip"), steps=8, global_batch=8, lr=1e-2, ckpt_every=4, cpu=True
+    cfg = toy.make_config(
+        str(tmp_path / "skip"), steps=12, global_batch=8, lr=1e-2, ckpt_every=4, cpu=True
     )
     result = train(toy.ToyTask(nan_steps=frozenset({2, 3, 6})), cfg)
-    assert result.step == 8 and result.bad_steps == 3
+    assert result.step == 12 and result.bad_steps == 3
+    # save policy: the checkpoints at 4 and 8 follow non-finite steps and are skipped
+    saved = sorted(p.name for p in (tmp_path / "skip" / "checkpoints").iterdir())
+    assert saved == ["step-0000012"]
     w = _weights(result.checkpoint, ("model", "ema"))
     assert all(torch.isfinite(v).all() for v in w.values())
     assert read_state(result.checkpoint)["bad_steps_total"] == 3
-    assert read_state(result.checkpoint)["ema_updates"] == 5  # only good steps move the EMA
+    assert read_state(result.checkpoint)["ema_updates"] == 9  # only good steps move the EMA
 
-    cfg = TrainConfig(
-        run_dir=str(tmp_path / "dies"),
+    cfg = toy.make_config(
+        str(tmp_path / "dies"),
         steps=20,
         global_batch=8,
         ckpt_every=2,
-        max_bad_steps=3,
+        max_nonfinite_steps=3,
         cpu=True,
     )
     with pytest.raises(TrainingError) as e:
         train(toy.ToyTask(nan_steps=frozenset(range(5, 20))), cfg)
     assert "learning rate" in e.value.hint
     last = latest_checkpoint(cfg.run_dir)
-    # steps 5, 6, 7 failed; the checkpoint at 6 holds the (finite) weights of step 5
-    assert read_state(last)["step"] == 6
+    # steps 5, 6, 7 failed; the save at 6 follows the bad step 5 and is skipped: 4 is the last
+    assert read_state(last)["step"] == 4
+    assert str(last) in e.value.message
     assert all(torch.isfinite(v).all() for v in _weights(last, ("model", "ema")).values())
 
 
@@ -305,8 +307,8 @@ def test_checkpoints_are_atomic_pruned_and_safe_to_load(tmp_path):
 
 
 def test_resume_applies_a_new_lr_but_refuses_another_sample_order(tmp_path):
-    cfg = TrainConfig(
-        run_dir=str(tmp_path / "run"),
+    cfg = toy.make_config(
+        str(tmp_path / "run"),
         steps=2,
         global_batch=8,
         lr=1e-2,
@@ -353,8 +355,8 @@ class _RecordingProgress:
 
 
 def test_bf16_run_reports_progress(tmp_path):
-    cfg = TrainConfig(
-        run_dir=str(tmp_path / "bf16"),
+    cfg = toy.make_config(
+        str(tmp_path / "bf16"),
         steps=4,
         global_batch=8,
         log_every=2,
@@ -442,3 +444,118 @@ def test_two_processes_match_one(tmp_path):
     for k in one:
         torch.testing.assert_close(two[k], one[k], rtol=0, atol=1e-6)
         assert torch.equal(two[k], r0[k])  # rank 0 saved what it trained
+
+
+# --------------------------------------------------------------------------- engine policies
+
+
+@pytest.mark.slow
+def test_exploding_lr_stops_keeps_good_checkpoints_and_resumes(tmp_path):
+    """Save policy: a diverging run stops with an error and leaves only finite checkpoints."""
+    run = tmp_path / "boom"
+    base = [sys.executable, str(SCRIPT), str(run), "--ckpt-every", "2", "--noise", "0"]
+    first = subprocess.run([*base, "--steps", "4"], env=_env(), capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-2000:]
+
+    boom = subprocess.run(
+        [*base, "--steps", "20", "--lr", "1e30", "--max-nonfinite-steps", "3"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert boom.returncode != 0
+    assert "non-finite" in boom.stderr
+    left = sorted((run / "checkpoints").iterdir())
+    assert [p.name for p in left] == ["step-0000002", "step-0000004"]  # the skipped 6 is absent
+    for ckpt in left:
+        assert all(torch.isfinite(v).all() for v in _weights(ckpt, ("model", "ema")).values())
+        assert _weights(ckpt, ("model",))["model.0.weight"].abs().max() < 100  # not the 1e30 ones
+
+    again = subprocess.run(
+        [*base, "--steps", "8"], env=_env(), capture_output=True, text=True, timeout=120
+    )
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads(again.stdout.strip().splitlines()[-1]) == {"step": 8, "resumed_from": 4}
+
+
+def test_precision_precedence_and_run_header(tmp_path, monkeypatch):
+    """flag > repackctl config/env > launcher (ACCELERATE_MIXED_PRECISION) > default."""
+    from repackctl.runtime import resolve_precision
+    from repackctl.settings import resolve_settings
+
+    launcher = {"ACCELERATE_MIXED_PRECISION": "bf16"}
+    assert resolve_precision("fp32", "default", launcher) == ("bf16", "launcher")
+    assert resolve_precision("fp32", "flag", launcher) == ("fp32", "flag")
+    assert resolve_precision("fp16", "env", launcher) == ("fp16", "env")
+    assert resolve_precision("fp32", "default", {}) == ("fp32", "default")
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    for flag, want, source in ((None, "bf16", "launcher"), ("fp32", "fp32", "flag")):
+        flags = {"device": "cpu"} | ({"precision": flag} if flag else {})
+        resolved = resolve_settings(flags=flags)
+        s = resolved.settings
+        built = toy.TrainConfig.from_settings(
+            s, s.dit, tmp_path / want, sources=resolved.to_dict()["sources"]
+        )
+        assert (built.precision, built.precision_source, built.cpu) == (want, source, True)
+        cfg = toy.config_from_args(toy.parse([str(tmp_path / want), "--steps", "2"]))
+        cfg = dataclasses.replace(cfg, precision=want, precision_source=source)
+        result = train(toy.ToyTask(), cfg)  # bf16 autocast runs on the CPU
+        header = json.loads((result.run_dir / "header.json").read_text())
+        assert header["precision"] == want and header["precision_source"] == source
+        assert header["world_size"] == 1 and header["device"] == "cpu" and header["seed"] == 0
+        assert header["repackctl"]
+
+
+def test_train_config_from_settings_maps_same_named_fields(tmp_path):
+    """One mapping per stage: every same-named setting reaches the engine unchanged."""
+    from repackctl.settings import resolve_settings
+
+    flags = {"dit.lr": 3e-4, "dit.max_nonfinite_steps": 4, "dit.keep_last": 7, "seed": 5}
+    s = resolve_settings(flags=flags).settings
+    cfg = toy.TrainConfig.from_settings(s, s.dit, tmp_path / "r", sources={})
+    assert (cfg.lr, cfg.max_nonfinite_steps, cfg.keep_last, cfg.seed) == (3e-4, 4, 7, 5)
+    assert cfg.betas == (s.dit.beta1, s.dit.beta2)
+    assert cfg.ema_warmup is s.dit.ema_warmup and cfg.image_every == s.dit.image_every
+    with pytest.raises(TypeError):
+        toy.TrainConfig(run_dir="r", steps=1)  # no hidden defaults for settings' fields
+
+
+@pytest.mark.slow
+def test_two_processes_with_accumulation_match_one(tmp_path):
+    """DDP with ``no_sync`` on all but the last micro-batch: 2 x 2 micro-batches = 1 x 4."""
+    argv = ["--steps", "4", "--ckpt-every", "4", "--noise", "0", "--gan", "--grad-accum"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += [str(SCRIPT), str(tmp_path / "ddp"), *argv, "2"]
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    header = json.loads((tmp_path / "ddp" / "header.json").read_text())
+    assert header["world_size"] == 2 and header["ddp_modules"] == ["model"]
+
+    _, single = _run_toy([str(tmp_path / "one"), *argv, "4"])
+    two = _weights(latest_checkpoint(tmp_path / "ddp"), ("model", "disc"))
+    one = _weights(single.checkpoint, ("model", "disc"))
+    torch.manual_seed(0)  # the trainer builds right after seeding with config.seed
+    start = toy.ToyTask(gan=True).build()["model"].state_dict()
+    assert not torch.allclose(two["model.0.weight"], start["0.weight"])  # it did train
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_benchmark_times_the_trainers_own_step(tmp_path):
+    """`benchmark train` builds the `train dit` task + Trainer and reports what was really on."""
+    from repackctl.bench import run_benchmark
+    from repackctl.bench.common import BenchContext
+
+    ctx = BenchContext(size="tiny", warmup=0, repeats=1, compile=True, min_sample_s=0.0)
+    result = run_benchmark("train", ctx).to_dict()
+    p = result["params"]
+    assert p["repa"] is True and p["repa_weight"] > 0 and p["time_dist"] == "logit_normal"
+    assert p["compile"] is False and p["compiled_blocks"] == 0  # asked for, but not on a CPU
+    assert p["precision"] == "fp32"
+    rows = {r["case"]: r for r in result["rows"]}
+    step = next(r for c, r in rows.items() if "Trainer.step" in c)
+    assert step["extra"]["step_tflop"] > 0 and "overhead" in step["extra"]
+    assert any(c.startswith("bare step") for c in rows)

@@ -58,7 +58,7 @@ class ToyTask:
     def optimizers(self) -> dict[str, OptimizerSpec]:
         specs = {"gen": OptimizerSpec(("model",))}
         if self.gan:
-            specs["disc"] = OptimizerSpec(("disc",), lr=5e-3, betas=(0.5, 0.9))
+            specs["disc"] = OptimizerSpec(("disc",), lr=5e-3, betas=(0.5, 0.9), overlap=False)
         return specs
 
     def num_samples(self) -> int:
@@ -129,16 +129,40 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--gan", action="store_true")
     ap.add_argument("--image-every", type=int, default=0)
     ap.add_argument("--dump", default=None)
+    ap.add_argument("--lr", type=float, default=1e-2)
+    ap.add_argument("--max-nonfinite-steps", type=int, default=10)
     return ap.parse_args(argv)
 
 
+# the values TrainConfig's required fields had as defaults before they became required
+BASE = dict(
+    steps=1000,
+    global_batch=256,
+    lr=2e-4,
+    betas=(0.9, 0.95),
+    ema_decay=0.9999,
+    ema_warmup=False,
+    precision="fp32",
+    seed=0,
+    ckpt_every=10_000,
+    log_every=100,
+    image_every=0,
+    cpu=False,
+)
+
+
+def make_config(run_dir: str, **kw) -> TrainConfig:
+    """A TrainConfig with test defaults for every required field."""
+    return TrainConfig(run_dir=run_dir, **{**BASE, **kw})
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(
-        run_dir=args.run_dir,
+    return make_config(
+        args.run_dir,
         steps=args.steps,
         global_batch=args.global_batch,
         grad_accum=args.grad_accum,
-        lr=1e-2,
+        lr=args.lr,
         schedule="cosine",
         warmup_steps=5,
         ema_decay=0.9,
@@ -149,6 +173,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         buffer_blocks=2,
         clip_grad=1.0,
         image_every=args.image_every,
+        max_nonfinite_steps=args.max_nonfinite_steps,
         cpu=True,
     )
 

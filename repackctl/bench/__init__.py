@@ -28,8 +28,9 @@ def run_benchmark(name: str, ctx: BenchContext) -> BenchResult:
     t0 = time.perf_counter()
     with ctx.progress(f"benchmark {name} ({ctx.size})", total=None, unit="run"):
         rows, params, notes = module.run(ctx)
-    params = {**params, "warmup": ctx.warmup, "repeats": ctx.repeats, "compile": ctx.compile,
-              "min_sample_s": ctx.min_sample_s}  # fmt: skip
+    # what a sub-benchmark reports it really used (e.g. compile off on a CPU) wins over the request
+    params = {"warmup": ctx.warmup, "repeats": ctx.repeats, "compile": ctx.compile,
+              "min_sample_s": ctx.min_sample_s, **params}  # fmt: skip
     return BenchResult(
         name=name,
         size=ctx.size,

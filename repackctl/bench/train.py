@@ -1,27 +1,41 @@
-"""Training-step benchmark: DiT step throughput and model FLOP utilisation (MFU).
+"""Training-step benchmark: the step of `repackctl train dit`, its MFU and the engine's overhead.
 
-One step = sample t and noise, interpolate (``transport.interpolant``), forward the DiT, velocity
-loss with the cosine term (the LightningDiT/RePack recipe), backward, AdamW step — the work of
-``train dit`` without data loading, EMA or logging. FLOPs of one step are counted by
-``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions and attention, forward and
-backward); MFU = achieved model FLOP/s ÷ the peak measured in the same run with a large matmul
-in the same dtype (not the vendor's datasheet figure, so it stays honest on a shared machine).
+What is timed is ``Trainer.step()`` of the same ``DiTTask`` + ``Trainer`` that ``train dit``
+builds from the ``train`` settings (logit-normal t, velocity + cosine loss, REPA projector and
+alignment loss, per-sample generators, gradient norm, non-finite guard, EMA, lr schedule); only
+the data source differs: fixed random latents and encoder tokens in memory (``SyntheticLatents``)
+instead of a cache entry. The reported parameters say what was really on: compile (regional, per
+block), precision, REPA.
+
+Rows:
+* ``train``: ``Trainer.step()`` plus the per-step bookkeeping of ``fit`` (log window, progress);
+  FLOPs of one step from ``torch.utils.flop_counter.FlopCounterMode``; MFU = achieved FLOP/s ÷
+  the peak of a large matmul measured in the same run and dtype.
+* ``bare step``: the same task, modules, batch source and AdamW without the engine (no grad
+  norm, EMA, guard, schedule or log). ``engine overhead`` = train time ÷ bare time − 1 is in the
+  JSON (``overhead``) and in the notes; reproduce it with
+  ``repackctl benchmark train --size tiny --repeats 20``.
 """
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from repackctl.bench.common import BenchContext, Row, measure, timed_row
 
-#: model id, latent channels, latent side, batch, peak-matmul side
+#: model id, latent channels, latent side, batch, peak-matmul side, REPA token count × width
 SHAPES: dict[str, dict[str, Any]] = {
-    "tiny": dict(model="tiny", channels=4, side=8, batch=4, matmul=256),
-    "small": dict(model="lightningdit-s-2", channels=32, side=16, batch=8, matmul=1024),
-    "paper": dict(model="lightningdit-xl-1", channels=32, side=16, batch=32, matmul=8192),
-}
+    "tiny": dict(model="tiny", channels=4, side=8, batch=4, matmul=256, token_dim=32),
+    "small": dict(model="lightningdit-s-2", channels=32, side=16, batch=8, matmul=1024,
+                  token_dim=768),
+    "paper": dict(model="lightningdit-xl-1", channels=32, side=16, batch=32, matmul=8192,
+                  token_dim=768),
+}  # fmt: skip
 
 
 def build_model(p: dict[str, Any], device: torch.device) -> torch.nn.Module:
@@ -32,6 +46,160 @@ def build_model(p: dict[str, Any], device: torch.device) -> torch.nn.Module:
                    if p["model"] != "tiny" else 10).to(device)  # fmt: skip
 
 
+class SyntheticLatents:
+    """The part of ``LatentData`` a ``DiTTask`` trains from, over fixed random arrays."""
+
+    def __init__(self, p: dict[str, Any], tokens: int, n: int = 256, num_classes: int = 10):
+        rng = np.random.default_rng(0)
+        self.shape = (p["channels"], p["side"], p["side"])
+        self.num_classes = num_classes
+        self.token_shape = (tokens, p["token_dim"])
+        self.in_memory, self.chunk, self.sampling = True, 1, "mean"
+        self.x = rng.standard_normal((n, *self.shape), dtype=np.float32)  # (N, d, h, w)
+        self.y = rng.integers(0, num_classes, n)  # (N,)
+        self.tokens = rng.standard_normal((n, *self.token_shape), dtype=np.float32)  # (N, T, C)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def read(self, rows: np.ndarray, rngs: list, with_tokens: bool) -> dict[str, torch.Tensor]:
+        flips = np.array([int(r.random() < 0.5) for r in rngs], dtype=np.int64)  # (B,)
+        out = {
+            "x": torch.from_numpy(self.x[rows]),  # (B, d, h, w)
+            "y": torch.from_numpy(self.y[rows]),  # (B,)
+            "flip": torch.from_numpy(flips),  # (B,)
+        }
+        if with_tokens:
+            out["tokens"] = torch.from_numpy(self.tokens[rows])  # (B, T, C)
+        return out
+
+
+def build_trainer(
+    p: dict[str, Any],
+    device: torch.device,
+    workdir: Path,
+    *,
+    compile_: bool = False,
+    precision: str | None = None,
+    repa: bool = True,
+):
+    """The ``train dit`` task and Trainer of the default settings for the shape ``p``.
+
+    ``p`` holds ``model`` (a registered id), ``channels``, ``side``, ``batch`` and
+    ``token_dim``; ``precision`` None means bf16 on CUDA, fp32 elsewhere.
+    """
+    from repackctl.dit.task import DiTTask, build_spec
+    from repackctl.settings import Settings
+    from repackctl.train import TrainConfig, Trainer
+
+    cuda = device.type == "cuda"
+    settings = Settings(
+        runs=str(workdir), device=str(device), precision=precision or ("bf16" if cuda else "fp32")
+    )
+    settings.dit.compile = compile_
+    settings.dit.global_batch = p["batch"]
+    if not repa:
+        settings.dit.repa_weight = 0.0
+    spec = build_spec(settings, p["model"])
+    probe = build_model(p, torch.device("cpu"))
+    data = SyntheticLatents(p, tokens=probe.config.num_tokens)
+    task = DiTTask(data, spec)  # type: ignore[arg-type]
+    config = TrainConfig.from_settings(
+        settings,
+        settings.dit,
+        workdir / f"bench-{p['model']}",
+        sources={"precision": "benchmark"},
+        steps=10**9,  # never reached: the benchmark calls step() itself
+        ckpt_every=10**9,
+        image_every=0,
+        cpu=not cuda,
+        # the read-ahead thread overlaps data reads with GPU work; on a CPU it competes with
+        # the step for the same cores (about +10 % at the tiny size on one thread)
+        prefetch=cuda,
+    )
+    return Trainer(task, config), task
+
+
+def run(ctx: BenchContext) -> tuple[list[Row], dict[str, Any], list[str]]:
+    """Measure steps/s, samples/s, MFU and the engine's overhead; returns (rows, params, notes)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from repackctl.progress import null_progress
+
+    with tempfile.TemporaryDirectory() as tmp:
+        p = SHAPES[ctx.size]
+        trainer, task = build_trainer(p, ctx.device, Path(tmp), compile_=ctx.compile and ctx.cuda)
+        b = p["batch"]
+        bar = null_progress("train", total=None).__enter__()
+
+        def step() -> None:
+            trainer.step()
+            trainer._after_step(bar)
+
+        step()  # warm-up outside the FLOP count (compilation, allocator)
+        with FlopCounterMode(display=False) as counter:
+            trainer.step()
+        step_flops = float(counter.get_total_flops())
+        row = timed_row("train", f"{p['model']} Trainer.step (batch {b})", step, ctx,
+                        items=b, unit="sample")  # fmt: skip
+        bare_fn = _bare_step(trainer, task)
+        bare = measure(bare_fn, ctx)
+        trainer.close()
+    amp = torch.bfloat16 if trainer.config.precision == "bf16" else torch.float32
+    peak, peak_row = matmul_peak(ctx, p["matmul"], amp)
+    peak_row.ratio = 1.0
+    achieved = step_flops / row.median_s
+    overhead = row.median_s / bare["median_s"] - 1.0
+    row.extra.update(
+        steps_per_s=1.0 / row.median_s,
+        step_tflop=step_flops / 1e12,
+        achieved_tflops=achieved / 1e12,
+        peak_tflops=peak / 1e12,
+        mfu=achieved / peak,
+        overhead=overhead,
+    )
+    row.ratio = achieved / peak
+    row.note = (
+        f"MFU {100 * achieved / peak:.1f}% ({achieved / 1e12:.3f} of {peak / 1e12:.3f} TFLOP/s)"
+    )
+    bare_row = Row("train", "bare step (task + AdamW, no engine)", bare["median_s"],
+                   per_s=b / bare["median_s"], unit="sample",
+                   note=f"engine overhead {100 * overhead:+.1f}%")  # fmt: skip
+    notes = [
+        "ratio column of the train row = MFU (achieved model FLOP/s ÷ measured matmul peak)",
+        f"engine overhead over the bare step: {100 * overhead:+.1f}% (train ÷ bare − 1)",
+    ]
+    params = {**p, "params_m": round(task.num_params / 1e6, 2),
+              "precision": trainer.config.precision, "compile": trainer.compiled > 0,
+              "compiled_blocks": trainer.compiled, "repa": task.repa_on,
+              "repa_weight": task.spec.repa_weight, "time_dist": task.spec.time.kind,
+              "tokens": task.data.token_shape[0],
+              "prefetch": trainer.config.prefetch}  # fmt: skip
+    return [peak_row, row, bare_row], params, notes
+
+
+def _bare_step(trainer: Any, task: Any):
+    """The task's loss, backward and AdamW on the trainer's modules, with nothing else."""
+    from repackctl.train.trainer import batch_generator, to_device
+
+    params = [p for m in trainer.modules.values() for p in m.parameters()]
+    opt = torch.optim.AdamW(params, lr=1e-6)
+    indices = np.arange(trainer.config.global_batch)
+    state = {"s": 0}
+
+    def step() -> None:
+        s = state["s"]
+        batch = task.get_batch(indices, s, batch_generator(0, s, 0))
+        with trainer.acc.autocast():
+            out = task.training_step(trainer.modules, to_device(batch, trainer.device), s)
+        out.losses["model"].backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        state["s"] = s + 1
+
+    return step
+
+
 def matmul_peak(ctx: BenchContext, n: int, dtype: torch.dtype) -> tuple[float, Row]:
     """Measured FLOP/s of an (n×n)·(n×n) matmul in ``dtype`` on the benchmark device."""
     a = torch.randn(n, n, device=ctx.device).to(dtype)
@@ -39,65 +207,3 @@ def matmul_peak(ctx: BenchContext, n: int, dtype: torch.dtype) -> tuple[float, R
     row = timed_row("peak", f"matmul {n}² {str(dtype).replace('torch.', '')}", lambda: a @ b,
                     ctx, items=2 * n**3 / 1e12, unit="TFLOP", baseline=True)  # fmt: skip
     return 2 * n**3 / row.median_s, row
-
-
-def run(ctx: BenchContext) -> tuple[list[Row], dict[str, Any], list[str]]:
-    """Measure steps/s, samples/s and MFU; returns (rows, params, notes)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from repackctl.transport.interpolant import interpolate, velocity_target
-    from repackctl.transport.loss import velocity_loss
-
-    p = SHAPES[ctx.size]
-    dev = ctx.device
-    amp = torch.bfloat16 if ctx.cuda else None
-    torch.manual_seed(0)
-    model = build_model(p, dev).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95))
-    b, c, s = p["batch"], p["channels"], p["side"]
-    x = torch.randn(b, c, s, s, device=dev)  # (B, C, h, w) a fixed "latent" batch
-    y = torch.randint(0, model.config.num_classes, (b,), device=dev)  # (B,)
-
-    def step() -> None:
-        t = torch.rand(b, device=dev)  # (B,)
-        noise = torch.randn_like(x)  # (B, C, h, w)
-        xt = interpolate(x, noise, t)  # (B, C, h, w)
-        with torch.autocast(dev.type, dtype=amp or torch.float32, enabled=amp is not None):
-            pred = model(xt, t, y)  # (B, C, h, w)
-        loss = velocity_loss(pred, velocity_target(x, noise), cos_weight=1.0).mean
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    with FlopCounterMode(display=False) as counter:
-        step()
-    step_flops = float(counter.get_total_flops())
-    row = timed_row("train", f"{p['model']} step (batch {b})", step, ctx, items=b, unit="sample")
-    achieved = step_flops / row.median_s
-    peak, peak_row = matmul_peak(ctx, p["matmul"], amp or torch.float32)
-    peak_row.ratio = 1.0
-    row.extra.update(
-        steps_per_s=1.0 / row.median_s,
-        step_tflop=step_flops / 1e12,
-        achieved_tflops=achieved / 1e12,
-        peak_tflops=peak / 1e12,
-        mfu=achieved / peak,
-    )
-    row.ratio = achieved / peak
-    row.note = (
-        f"MFU {100 * achieved / peak:.1f}% ({achieved / 1e12:.3f} of {peak / 1e12:.3f} TFLOP/s)"
-    )
-    fwd = measure(lambda: _forward(model, x, y, amp), ctx)
-    fwd_row = Row("train", "forward only (no grad)", fwd["median_s"], per_s=b / fwd["median_s"],
-                  unit="sample", note="for reference: a step is ≈ 3 forwards of work")  # fmt: skip
-    notes = ["ratio column of the train row = MFU (achieved model FLOP/s ÷ measured matmul peak)"]
-    params = {**p, "params_m": round(model.num_params / 1e6, 2),
-              "precision": "bf16 autocast" if amp else "fp32", "tokens": model.config.num_tokens}  # fmt: skip
-    return [peak_row, row, fwd_row], params, notes
-
-
-@torch.no_grad()
-def _forward(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, amp: Any) -> None:
-    t = torch.full((x.shape[0],), 0.5, device=x.device)  # (B,)
-    with torch.autocast(x.device.type, dtype=amp or torch.float32, enabled=amp is not None):
-        model(x, t, y)  # (B, C, h, w)

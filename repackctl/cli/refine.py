@@ -40,7 +40,9 @@ def train(resolved: ResolvedSettings) -> None:
     from repackctl.train.checkpoint import latest_checkpoint
 
     main = is_main_process()
-    run_dir = run_refine_train(resolved.settings, rank_progress(main))
+    run_dir = run_refine_train(
+        resolved.settings, rank_progress(main), sources=resolved.to_dict()["sources"]
+    )
     if main:
         rows = [("run", run_dir), ("checkpoint", latest_checkpoint(run_dir))]
         console.print(kv_table("refine train", rows))

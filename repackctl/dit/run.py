@@ -58,7 +58,8 @@ def train_dit(
     settings, progress: ProgressFactory = null_progress, config_record: dict | None = None
 ) -> DiTTrainResult:
     """Train (or resume) a DiT on the packed latents the settings select."""
-    task, config = build_task(settings)
+    sources = (config_record or {}).get("sources")
+    task, config = build_task(settings, sources=sources)
     if config_record is not None:
         config.extra["settings"] = config_record
     result = train(task, config, progress)

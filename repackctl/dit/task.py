@@ -314,21 +314,10 @@ def repa_hidden_default(width: int) -> int:
     return 2048 if width >= 256 else 4 * width
 
 
-def build_task(settings) -> tuple[DiTTask, TrainConfig]:
-    """The task and loop config of the resolved settings (no training yet)."""
+def build_spec(settings, model_id: str) -> DiTSpec:
+    """The model, transport and REPA recipe of the resolved ``train`` settings."""
     s = settings.dit
-    model_id = resolve_model_id(s.arch, s.size, s.patch, s.model)
-    ref = find_latents(settings.cache, s.entry, s.latents, s.pack_run)
-    data = LatentData(
-        ref,
-        features=s.features,
-        repa=s.repa_weight > 0,
-        sampling=s.latent_sampling,
-        in_memory=s.in_memory,
-        flip=s.flip,
-        buffer_blocks=s.buffer_blocks,
-    )
-    spec = DiTSpec(
+    return DiTSpec(
         model_id=model_id,
         model_kwargs={
             "qk_norm": s.qk_norm,
@@ -346,46 +335,37 @@ def build_task(settings) -> tuple[DiTTask, TrainConfig]:
         repa_hidden=s.repa_hidden,
         image_steps=s.image_steps,
     )
+
+
+def build_task(settings, sources: dict[str, str] | None = None) -> tuple[DiTTask, TrainConfig]:
+    """The task and engine config of the resolved settings (no training yet).
+
+    ``sources`` is the settings provenance; it ranks the precision against the launcher's.
+    """
+    s = settings.dit
+    model_id = resolve_model_id(s.arch, s.size, s.patch, s.model)
+    ref = find_latents(settings.cache, s.entry, s.latents, s.pack_run)
+    data = LatentData(
+        ref,
+        features=s.features,
+        repa=s.repa_weight > 0,
+        sampling=s.latent_sampling,
+        in_memory=s.in_memory,
+        flip=s.flip,
+        buffer_blocks=s.buffer_blocks,
+    )
+    spec = build_spec(settings, model_id)
     name = s.name or f"dit-{model_id}"
-    config = TrainConfig(
-        run_dir=str(make_run_dir(settings.runs, name)),
-        steps=s.steps,
-        global_batch=s.global_batch,
-        grad_accum=s.grad_accum,
-        lr=s.lr,
-        betas=(s.beta1, s.beta2),
-        weight_decay=s.weight_decay,
-        schedule=s.schedule,
-        warmup_steps=s.warmup_steps,
-        drop_step=s.drop_step,
-        drop_lr=s.drop_lr,
-        min_lr=s.min_lr,
-        ema_decay=s.ema_decay,
-        ema_warmup=s.ema_warmup,
-        clip_grad=s.clip_grad,
-        precision=settings.precision,
-        compile=s.compile,
-        ckpt_every=s.ckpt_every,
-        keep_last=s.keep_last,
-        log_every=s.log_every,
-        image_every=s.image_every,
-        seed=settings.seed,
-        cpu=_uses_cpu(settings.device),
+    config = TrainConfig.from_settings(
+        settings,
+        s,
+        make_run_dir(settings.runs, name),
+        sources=sources,
         # in-memory data is shuffled sample by sample; Zarr data by chunk-aligned blocks
         block=1 if data.in_memory else data.chunk,
-        buffer_blocks=s.buffer_blocks,
-        prefetch=s.prefetch,
         extra={"stage": "dit", "train": s.model_dump(mode="json")},
     )
     return DiTTask(data, spec), config
 
 
 _SAMPLE_KEY = 0xD17  # tags the per-sample generators of this stage
-
-
-def _uses_cpu(device: str) -> bool:
-    if device == "cpu":
-        return True
-    if device == "auto":
-        return not torch.cuda.is_available()
-    return False

@@ -229,7 +229,9 @@ class PackTask:
 
         specs = {"gen": OptimizerSpec(("model",), lr=self.plan.lr, betas=self.plan.betas)}
         if self.plan.discriminator is not None:
-            specs["disc"] = OptimizerSpec(("disc",), lr=self.plan.disc_lr, betas=self.plan.betas)
+            specs["disc"] = OptimizerSpec(
+                ("disc",), lr=self.plan.disc_lr, betas=self.plan.betas, overlap=False
+            )
         return specs
 
     def num_samples(self) -> int:
@@ -376,25 +378,20 @@ def run_pack_train(
                 )
             )
     task = PackTask(plan, data, ref, pca=pca, lpips=lpips)
-    device = resolve_device(settings.device)
-    config = TrainConfig(
-        run_dir=str(run_dir),
+    resolve_device(settings.device)  # an unknown device is a ConfigError before training
+    # same-named pack settings map onto the engine; the preset plan resolves the rest
+    config = TrainConfig.from_settings(
+        settings,
+        cfg,
+        run_dir,
+        sources=(config_record or {}).get("sources"),
         steps=plan.steps,
         global_batch=plan.batch_size,
         lr=plan.lr,
         betas=plan.betas,
         ema_decay=plan.ema_decay,
         ema_warmup=True,
-        clip_grad=cfg.clip_grad,
-        precision=settings.precision,
-        ckpt_every=cfg.ckpt_every,
-        keep_last=cfg.keep_last,
-        log_every=cfg.log_every,
-        image_every=cfg.image_every,
-        seed=settings.seed,
-        cpu=device.type == "cpu",
         block=ref.entry.chunk,
-        buffer_blocks=16,
         extra={"stage": "pack", "plan": plan.to_dict(), "settings": config_record},
     )
     if log:

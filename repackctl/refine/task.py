@@ -125,7 +125,7 @@ class RefineTask:
     def optimizers(self) -> dict[str, OptimizerSpec]:
         specs = {"model": OptimizerSpec(("model",), betas=BETAS)}
         if self.weights.gan > 0:
-            specs["disc"] = OptimizerSpec(("disc",), betas=BETAS)
+            specs["disc"] = OptimizerSpec(("disc",), betas=BETAS, overlap=False)
         return specs
 
     def num_samples(self) -> int:
@@ -245,7 +245,11 @@ def _lpips(settings: Settings, messages: list[str]) -> nn.Module | None:
     return load_lpips(cfg.lpips_weights)
 
 
-def run_refine_train(settings: Settings, progress: ProgressFactory = null_progress) -> Path:
+def run_refine_train(
+    settings: Settings,
+    progress: ProgressFactory = null_progress,
+    sources: dict[str, str] | None = None,
+) -> Path:
     """Build the triplets of the pack run (resumable), then train (or resume) the refiner."""
     from repackctl.pack.load import load_pack
     from repackctl.paths import run_dir
@@ -287,19 +291,14 @@ def run_refine_train(settings: Settings, progress: ProgressFactory = null_progre
         {"run": pack.run_name, "checkpoint": str(pack.checkpoint), "pack_id": pack.pack_id},
     )
     name = cfg.name or f"refine-{pack.run_name}"
-    config = TrainConfig(
-        run_dir=str(run_dir(settings.runs, name)),
-        steps=cfg.steps,
-        global_batch=cfg.batch_size,
-        lr=cfg.lr,
+    config = TrainConfig.from_settings(
+        settings,
+        cfg,
+        run_dir(settings.runs, name),
+        sources=sources,
         betas=BETAS,
-        ema_decay=cfg.ema_decay,
-        ckpt_every=cfg.ckpt_every,
-        log_every=cfg.log_every,
-        precision=settings.precision,
-        seed=settings.seed,
-        cpu=device.type == "cpu",
-        keep_last=3,
+        ema_warmup=False,
+        image_every=0,
         extra={"stage": "refine", "refine": cfg.model_dump(mode="json")},
     )
     with progress("refine", total=None) as bar:

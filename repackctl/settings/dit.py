@@ -132,6 +132,9 @@ class DitSettings(BaseModel):
     ckpt_every: int = Field(500, ge=1, description="checkpoint every N steps")
     keep_last: int = Field(3, ge=0, description="complete checkpoints kept; 0 = all")
     log_every: int = Field(25, ge=1, description="metrics line every N steps")
+    max_nonfinite_steps: int = Field(
+        10, ge=1, description="stop with an error after this many non-finite steps in a row"
+    )
     image_every: int = Field(500, ge=0, description="sample grid PNG every N steps; 0 = never")
     image_steps: int = Field(16, ge=1, description="Euler steps of the sample grid")
     buffer_blocks: int = Field(16, ge=1, description="shuffle samples within this many chunks")

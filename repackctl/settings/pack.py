@@ -131,6 +131,9 @@ class PackSettings(BaseModel):
     ckpt_every: int = Field(500, ge=1, description="steps between checkpoints")
     keep_last: int = Field(3, ge=0, description="checkpoints kept (0 = all)")
     log_every: int = Field(50, ge=1, description="steps between metric lines")
+    max_nonfinite_steps: int = Field(
+        10, ge=1, description="stop with an error after this many non-finite steps in a row"
+    )
     image_every: int = Field(500, ge=0, description="steps between recon grids (0 = never)")
     in_memory: bool | None = Field(
         None, description="load tokens + images into memory; none = when under memory_gb"

@@ -57,6 +57,9 @@ class RefineSettings(BaseModel):
     ema_decay: float = Field(0.999, ge=0, le=1, description="EMA decay of the refiner weights")
     ckpt_every: int = Field(1000, ge=1, description="steps between checkpoints")
     log_every: int = Field(50, ge=1, description="steps between log lines")
+    max_nonfinite_steps: int = Field(
+        10, ge=1, description="stop with an error after this many non-finite steps in a row"
+    )
     triplet_batch: int = Field(
         32, ge=1, description="samples per decode batch when building triplets"
     )

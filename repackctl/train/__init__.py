@@ -1,4 +1,4 @@
-"""One training loop for every stage (pack + GAN, DiT + REPA, refiner); see ``loop.py``."""
+"""The stage-agnostic training engine (pack + GAN, DiT + REPA, refiner); see ``trainer.py``."""
 
 from repackctl.train.checkpoint import (
     latest_checkpoint,
@@ -8,8 +8,9 @@ from repackctl.train.checkpoint import (
 )
 from repackctl.train.config import TrainConfig
 from repackctl.train.ema import EMA
-from repackctl.train.loop import OptimizerSpec, StepOutput, TrainResult, TrainTask, train
+from repackctl.train.protocol import OptimizerSpec, StepOutput, TrainResult, TrainTask
 from repackctl.train.sampler import BlockSampler, Position
+from repackctl.train.trainer import Trainer, train
 
 __all__ = [
     "EMA",
@@ -20,6 +21,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "TrainTask",
+    "Trainer",
     "latest_checkpoint",
     "load_model_weights",
     "load_weights",

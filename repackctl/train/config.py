@@ -1,8 +1,8 @@
 """Resolved settings of one training run (``TrainConfig``), shared by pack, DiT and refiner.
 
-The defaults follow the official RePack-then-Refine stage-2 recipe (AdamW 2e-4, betas (0.9, 0.95),
-no weight decay, EMA 0.9999, lr 1e-4 after 240k steps; ``reference/methods.md``). Every field is
-plain data so the whole config round-trips through ``config.json`` and ``state.json``.
+Built once per stage by ``TrainConfig.from_settings`` from that stage's settings section (the
+defaults live in ``repackctl/settings/``, not here). Every field is plain data so the whole config
+round-trips through ``config.json`` and ``state.json``.
 """
 
 from __future__ import annotations
@@ -21,38 +21,84 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 
 @dataclass
 class TrainConfig:
-    """Everything the loop needs to run, resume and reproduce a training run."""
+    """Everything the engine needs to run, resume and reproduce a training run.
+
+    Fields that a stage's settings declare are required: their defaults live once, in
+    ``repackctl/settings/<stage>.py``, and ``from_settings`` maps them here. Defaults remain only
+    for what some stage has no setting for (then the stage trains with that value).
+    """
 
     run_dir: str
-    steps: int = 1000
-    global_batch: int = 256  # samples per optimizer step, summed over processes and micro-batches
+    steps: int
+    global_batch: int  # samples per optimizer step, summed over processes and micro-batches
+    lr: float
+    betas: tuple[float, float]
+    ema_decay: float
+    ema_warmup: bool  # decay min(ema_decay, (1 + n) / (10 + n)) after n updates
+    precision: str
+    seed: int
+    ckpt_every: int
+    log_every: int
+    image_every: int  # 0: never call the task's on_images hook
+    cpu: bool  # force Accelerator(cpu=True) (tests, laptops, CPU-only torchrun)
+    precision_source: str = "default"  # flag, env, file …, launcher or default (run header)
     grad_accum: int = 1  # micro-batches per process and step
-    lr: float = 2e-4
-    betas: tuple[float, float] = (0.9, 0.95)
     weight_decay: float = 0.0
     schedule: str = "constant"
     warmup_steps: int = 0  # linear ramp for "warmup" and "cosine"
     drop_step: int = 240_000  # "step": lr becomes drop_lr from this step on
     drop_lr: float = 1e-4
     min_lr: float = 0.0  # "cosine": lr at the last step
-    ema_decay: float = 0.9999
-    ema_warmup: bool = False  # decay min(ema_decay, (1 + n) / (10 + n)) after n updates
     clip_grad: float | None = None  # max global grad norm per optimizer; None: no clipping
-    precision: str = "fp32"
-    compile: bool = False
-    ckpt_every: int = 10_000
+    compile: bool = False  # regional torch.compile of the model's blocks
     keep_last: int = 3  # complete checkpoints kept (older ones deleted); 0 keeps all
-    log_every: int = 100
-    image_every: int = 0  # 0: never call the task's on_images hook
-    seed: int = 0
-    max_bad_steps: int = 10  # non-finite steps in a row before TrainingError
-    cpu: bool = False  # force Accelerator(cpu=True) (tests, laptops, CPU-only torchrun)
-    block: int = (
-        1  # sampler: consecutive indices read together (Zarr chunk size); 1 = plain shuffle
-    )
+    max_nonfinite_steps: int = 10  # non-finite steps in a row before TrainingError
+    block: int = 1  # sampler: consecutive indices read together (Zarr chunk); 1 = plain shuffle
     buffer_blocks: int = 16  # sampler: shuffle samples within this many blocks
     prefetch: bool = True  # read the next step's batch in a background thread
     extra: dict[str, Any] = field(default_factory=dict)  # stage-specific settings, stored as-is
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Any,
+        section: Any,
+        run_dir: str | Path,
+        sources: dict[str, str] | None = None,
+        **overrides: Any,
+    ) -> TrainConfig:
+        """The config of one stage: same-named fields of ``section`` (a settings model), the
+        global seed / precision / device of ``settings``, then ``overrides`` (values a stage
+        resolves itself, e.g. from a preset plan). ``sources`` is the settings provenance
+        (``ResolvedSettings.to_dict()["sources"]``), used to rank precision against the launcher.
+        """
+        from repackctl.runtime import resolve_precision
+
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {
+            k: v
+            for k, v in section.model_dump().items()
+            if k in known and k not in ("extra", "run_dir") and v is not None
+        }
+        data = section.model_dump()
+        if "beta1" in data and "beta2" in data:
+            values["betas"] = (data["beta1"], data["beta2"])
+        if data.get("batch_size") is not None and "global_batch" not in values:
+            values["global_batch"] = data["batch_size"]
+        if sources is not None:
+            source = sources.get("precision", "default")
+        else:  # a library call: only the field's default counts as unset
+            default = type(settings).model_fields["precision"].default
+            source = "default" if settings.precision == default else "settings"
+        precision, source = resolve_precision(settings.precision, source)
+        values.update(
+            seed=settings.seed,
+            precision=precision,
+            precision_source=source,
+            cpu=uses_cpu(settings.device),
+        )
+        values.update(overrides)
+        return cls(run_dir=str(run_dir), **values)
 
     def __post_init__(self) -> None:
         self.run_dir = str(self.run_dir)
@@ -95,8 +141,8 @@ class TrainConfig:
             raise bad(f"clip_grad must be > 0 or None, got {self.clip_grad}", "e.g. 1.0")
         if self.schedule in ("warmup", "cosine") and self.warmup_steps < 0:
             raise bad("warmup_steps must be >= 0", "e.g. --warmup-steps 1000")
-        if self.max_bad_steps < 1:
-            raise bad("max_bad_steps must be >= 1", "e.g. 10")
+        if self.max_nonfinite_steps < 1:
+            raise bad("max_nonfinite_steps must be >= 1", "e.g. --max-nonfinite-steps 10")
         if self.keep_last < 0 or self.image_every < 0:
             raise bad("keep_last and image_every must be >= 0", "0 disables them")
 
@@ -113,7 +159,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """Inverse of ``to_dict``; unknown keys are an error (they would be silently ignored)."""
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = {f.name for f in dataclasses.fields(cls)} | {"max_bad_steps"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(
@@ -121,6 +167,20 @@ class TrainConfig:
                 f"valid settings: {', '.join(sorted(known))}",
             )
         data = dict(data)
+        if "max_bad_steps" in data:  # its name in runs written before 0.2
+            data["max_nonfinite_steps"] = data.pop("max_bad_steps")
+        data.setdefault("precision_source", "default")
         if "betas" in data:
             data["betas"] = tuple(data["betas"])
         return cls(**data)
+
+
+def uses_cpu(device: str) -> bool:
+    """Whether the ``device`` setting means training on the CPU."""
+    if device == "cpu":
+        return True
+    if device == "auto":
+        import torch
+
+        return not torch.cuda.is_available()
+    return False

@@ -36,13 +36,24 @@ class EMA:
     def update(self, model: nn.Module) -> None:
         """Move the average towards ``model``'s current weights."""
         d = self.current_decay()
-        ema_params = list(self.module.parameters())
-        params = [p.detach().float() for p in model.parameters()]
+        if getattr(self, "_source", None) is not model:
+            self._bind(model)
         # lerp_(p, w) = ema + w * (p - ema) = d * ema + (1 - d) * p
-        torch._foreach_lerp_(ema_params, params, 1.0 - d)
-        for eb, b in zip(self.module.buffers(), model.buffers(), strict=True):
-            eb.copy_(b)
+        params = [p.detach().float() for p in self._params] if self._cast else self._params
+        torch._foreach_lerp_(self._ema_params, params, 1.0 - d)
+        if self._buffers:
+            torch._foreach_copy_(self._ema_buffers, self._buffers)
         self.updates += 1
+
+    def _bind(self, model: nn.Module) -> None:
+        """Cache both parameter and buffer lists (walking the module tree costs per step)."""
+        self._source = model
+        self._ema_params = list(self.module.parameters())
+        self._params = [p.detach() for p in model.parameters()]
+        self._cast = any(p.dtype != torch.float32 for p in self._params)
+        pairs = list(zip(self.module.buffers(), model.buffers(), strict=True))
+        self._ema_buffers = [e for e, _ in pairs]
+        self._buffers = [b for _, b in pairs]
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Same keys as the model's ``state_dict`` (an EMA file loads into a fresh model)."""

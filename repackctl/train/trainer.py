@@ -1,0 +1,731 @@
+"""The one training engine of repackctl: ``Trainer`` (build → resume → step → log → save).
+
+A stage implements ``TrainTask`` (``protocol.py``: modules, optimizers, data access, one training
+step); the Trainer does everything else: processes and precision (accelerate), sample order
+(``sampler.py``), gradient accumulation, multi-optimizer updates, clipping, lr schedules, EMA, the
+non-finite guard, logging and atomic checkpoints with bit-identical resume (DESIGN.md §6).
+
+How one step works, for ``A = grad_accum`` micro-batches on each of ``W`` processes:
+
+1. Indices of the next ``global_batch`` samples come from the sampler; this process reads its
+   contiguous ``1/W`` share, split into ``A`` micro-batches, through ``task.get_batch``.
+2. For each micro-batch, ``task.training_step`` returns one scalar loss per optimizer, in the order
+   to apply them (e.g. ``{"gen": ..., "disc": ...}``). Each loss, divided by ``A``, is
+   back-propagated into that optimizer's **own** gradient accumulator: before each backward the
+   trainer puts the optimizer's accumulated grads back on its parameters and clears all others,
+   so grads that an earlier loss leaks into other modules (the generator loss flows through the
+   discriminator) never reach that module's update.
+3. Gradients are averaged over processes by DDP (one wrapper per module; bucketed all-reduce
+   overlapped with the backward of the last micro-batch, ``no_sync`` on the others). A module of
+   an optimizer declared ``overlap=False`` (a discriminator, called several times per backward,
+   which DDP's reducer cannot follow) is averaged once per step after the backward passes.
+4. Then for each optimizer: unscale (fp16), clip, check finite — one host sync per step for all
+   of them; step every optimizer, update the EMA of ``"model"``, step every scheduler.
+
+DDP averages gradients like the former hand-made all-reduce: each process back-propagates
+``loss / A`` and the reduction divides by ``W``, so W processes x A micro-batches equal one process
+x W·A micro-batches (bit for bit when W and A are powers of two).
+
+Save policy: a checkpoint is written only when every weight is finite and no step since the last
+save point (every ``ckpt_every`` steps) had a non-finite loss or gradient; otherwise the save is skipped with a warning, so a
+diverging run never pushes its last good checkpoints out of ``keep_last``. After
+``max_nonfinite_steps`` non-finite steps in a row the run stops with ``TrainingError``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import math
+import time
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from repackctl.errors import CheckpointError, ConfigError, TrainingError
+from repackctl.files import write_json_atomic
+from repackctl.progress import ProgressFactory, null_progress
+from repackctl.train import checkpoint as ckpt_io
+from repackctl.train.config import TrainConfig
+from repackctl.train.distributed import (
+    all_reduce_mean,
+    broadcast_modules,
+    gather_objects,
+    mean_over_processes,
+)
+from repackctl.train.ema import EMA
+from repackctl.train.logging import MetricsLogger, plot_curves
+from repackctl.train.precision import compile_blocks, enable_fast_math, make_accelerator
+from repackctl.train.protocol import OptimizerSpec, TrainResult, TrainTask, unpack_step_output
+from repackctl.train.sampler import BlockSampler, Position, local_micro_batches
+from repackctl.train.schedule import make_scheduler
+
+NAN_HINT = (
+    "lower the learning rate (--lr), set clip_grad (e.g. 1.0), enable qk-norm in the model "
+    "(the known fix for NaN losses in long DiT runs), or train in bf16 instead of fp16"
+)
+# settings that change the order of samples: a run cannot resume with other values
+ORDER_KEYS = ("seed", "block", "buffer_blocks")
+HEADER = "header.json"
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def batch_generator(seed: int, step: int, start: int) -> np.random.Generator:
+    """Generator of the micro-batch that starts ``start`` samples into the global batch.
+
+    Keyed by position, not by process: W processes x A micro-batches and 1 process x W*A
+    micro-batches hand the same slices with the same generators to ``get_batch``.
+    """
+    return np.random.default_rng([seed, step, start, 0x5EED])
+
+
+def to_device(obj: Any, device: torch.device) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=device.type == "cuda")
+    if isinstance(obj, Mapping):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, list | tuple) and not hasattr(obj, "_fields"):
+        return type(obj)(to_device(v, device) for v in obj)
+    return obj
+
+
+def apply_hparams(
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LambdaLR,
+    hp: tuple[float, tuple[float, float], float],
+) -> bool:
+    """Put the configured lr / betas / weight decay on a resumed optimizer; True if changed.
+
+    With unchanged settings every number is recomputed exactly as the scheduler would, so an
+    uninterrupted and a resumed run stay bit-identical.
+    """
+    lr, betas, wd = hp
+    changed = False
+    for i, g in enumerate(opt.param_groups):
+        changed |= sched.base_lrs[i] != lr or tuple(g["betas"]) != betas or g["weight_decay"] != wd
+        g["initial_lr"], g["betas"], g["weight_decay"] = lr, betas, wd
+        g["lr"] = lr * sched.lr_lambdas[i](sched.last_epoch)
+    sched.base_lrs = [lr] * len(opt.param_groups)
+    sched._last_lr = [g["lr"] for g in opt.param_groups]
+    return changed
+
+
+def state_dict_cpu(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in module.state_dict().items()}
+
+
+class Window:
+    """Running sums of losses and logs between two log steps (tensors kept: no host sync)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+        self.pending: list[tuple[str, torch.Tensor]] = []
+        self.steps = 0
+        self.t0 = time.perf_counter()
+
+    def add(self, key: str, value: float | torch.Tensor) -> None:
+        if isinstance(value, torch.Tensor):
+            self.pending.append((key, value.detach().float()))
+            return
+        self.sums[key] = self.sums.get(key, 0.0) + float(value)
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    def means(self) -> dict[str, float]:
+        if self.pending:  # one host sync for the whole window
+            values = torch.stack([v.reshape(()) for _, v in self.pending]).tolist()
+            for (key, _), value in zip(self.pending, values, strict=True):
+                self.add(key, value)
+        self.pending.clear()
+        return {k: self.sums[k] / self.counts[k] for k in self.sums}
+
+
+class Optimizers:
+    """One AdamW (+ lr schedule) per ``OptimizerSpec``; each parameter belongs to at most one."""
+
+    def __init__(
+        self, specs: dict[str, OptimizerSpec], modules: dict[str, nn.Module], config: TrainConfig
+    ) -> None:
+        if not specs:
+            raise ConfigError("the task declares no optimizer", "return at least one OptimizerSpec")
+        self.specs = specs
+        self.params: dict[str, list[nn.Parameter]] = {}
+        self.hparams: dict[str, tuple[float, tuple[float, float], float]] = {}
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        owner: dict[int, str] = {}
+        for oname, spec in specs.items():
+            plist = []
+            for mname in spec.modules:
+                if mname not in modules:
+                    raise ConfigError(
+                        f"optimizer {oname!r} names unknown module {mname!r}",
+                        f"modules are: {', '.join(modules)}",
+                    )
+                for p in modules[mname].parameters():
+                    if not p.requires_grad:
+                        continue
+                    if id(p) in owner:
+                        raise ConfigError(
+                            f"a parameter of {mname!r} is in optimizers {owner[id(p)]!r} "
+                            f"and {oname!r}",
+                            "give each module to exactly one optimizer",
+                        )
+                    owner[id(p)] = oname
+                    plist.append(p)
+            self.params[oname] = plist
+            self.hparams[oname] = (
+                spec.lr if spec.lr is not None else config.lr,
+                tuple(spec.betas if spec.betas is not None else config.betas),
+                spec.weight_decay if spec.weight_decay is not None else config.weight_decay,
+            )
+            lr, betas, wd = self.hparams[oname]
+            self.optimizers[oname] = torch.optim.AdamW(plist, lr=lr, betas=betas, weight_decay=wd)
+        self.schedulers = {n: make_scheduler(o, config) for n, o in self.optimizers.items()}
+        self.quiet_schedules = False
+
+    def lrs(self) -> dict[str, float]:
+        return {n: o.param_groups[0]["lr"] for n, o in self.optimizers.items()}
+
+    def step_schedules(self) -> None:
+        if self.quiet_schedules:
+            for sched in self.schedulers.values():
+                sched.step()
+            return
+        with warnings.catch_warnings():
+            # schedules follow the global step even when an optimizer did not step (a skipped
+            # non-finite step, a discriminator before its start step); torch warns about that
+            # on a scheduler's first step only, so later steps skip this (costly) guard
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+            for sched in self.schedulers.values():
+                sched.step()
+        self.quiet_schedules = True
+
+    def state_dict(self, scaler: torch.amp.GradScaler) -> dict[str, Any]:
+        return {
+            "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
+            "schedulers": {n: s.state_dict() for n, s in self.schedulers.items()},
+            "scaler": scaler.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any], where: Path) -> list[str]:
+        """Restore optimizers and schedules, then apply the current hyper-parameters."""
+        missing = [n for n in self.optimizers if n not in state.get("optimizers", {})]
+        if missing:
+            raise CheckpointError(
+                f"{where} has no state for optimizers {missing}",
+                "resume with the same task settings or use a new run directory",
+            )
+        messages = []
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][name])
+            self.schedulers[name].load_state_dict(state["schedulers"][name])
+            # the checkpoint's hyper-parameters would silently win; the current settings do
+            if apply_hparams(opt, self.schedulers[name], self.hparams[name]):
+                messages.append(f"optimizer {name!r}: new lr / betas / weight decay applied")
+        return messages
+
+
+class Trainer:
+    """Trains one ``TrainTask`` as a ``TrainConfig`` says; ``fit()`` runs to ``config.steps``."""
+
+    def __init__(
+        self, task: TrainTask, config: TrainConfig, progress: ProgressFactory = null_progress
+    ) -> None:
+        config.validate()
+        self.task, self.config, self.progress = task, config, progress
+        self.acc = make_accelerator(config.precision, config.cpu)
+        self.rank, self.world = self.acc.process_index, self.acc.num_processes
+        self.device, self.main = self.acc.device, self.acc.is_main_process
+        enable_fast_math(self.device)
+        self.run_dir = Path(config.run_dir).expanduser()
+        self.A = config.grad_accum
+        if config.global_batch % (self.world * self.A):
+            raise ConfigError(
+                f"global_batch {config.global_batch} is not divisible by "
+                f"{self.world} processes x {self.A} micro-batches",
+                "change global_batch, grad_accum or the number of processes",
+            )
+        self.modules = self._build_modules()
+        self.model = self.modules["model"]
+        self.ema = EMA(self.model, config.ema_decay, config.ema_warmup)
+        get_specs = getattr(task, "optimizers", None)
+        self.opt = Optimizers(
+            get_specs() if get_specs else {"model": OptimizerSpec()}, self.modules, config
+        )
+        self.all_params = [p for m in self.modules.values() for p in m.parameters()]
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
+        self.sampler = BlockSampler(
+            task.num_samples(), config.seed, config.block, config.buffer_blocks
+        )
+        self.step_count, self.position, self.bad_total = 0, Position(), 0
+        self.resumed_from: int | None = None
+        self.messages: list[str] = []
+        self.last_ckpt = self._resume()
+        self.consecutive_bad = 0
+        self.bad_since_save = 0
+        self.compiled = compile_blocks(self.model) if config.compile else 0
+        self.wrapped = self._wrap_modules()
+        self.header = self._write_header()
+        self.window = Window()
+        self.last_logs: dict[str, float] = {}
+        self.lrs: dict[str, float] = {}
+        self.logger: MetricsLogger | None = None
+        self.pool = concurrent.futures.ThreadPoolExecutor(1) if config.prefetch else None
+        self.pending: tuple[int, concurrent.futures.Future] | None = None
+
+    # ------------------------------------------------------------------ build and resume
+
+    def _build_modules(self) -> dict[str, nn.Module]:
+        """The task's modules, identical on every process, on the device, in train mode."""
+        seed_everything(self.config.seed)  # per-process streams start after the build
+        modules = self.task.build()
+        if "model" not in modules:
+            raise ConfigError("the task's build() must return a module named 'model'", "rename it")
+        for name in modules:
+            if not name.isidentifier() or name in ckpt_io.RESERVED:
+                raise ConfigError(
+                    f"module name {name!r} cannot be a checkpoint file name",
+                    f"use an identifier other than {sorted(ckpt_io.RESERVED)}",
+                )
+        for m in modules.values():
+            m.to(self.device).train()
+        if self.world > 1:
+            broadcast_modules(modules)
+        return modules
+
+    def _wrap_modules(self) -> dict[str, nn.Module]:
+        """What ``training_step`` calls: DDP wrappers for the overlapped modules (W > 1)."""
+        self.ddp: list[DistributedDataParallel] = []
+        self.calls = {}
+        self.manual: list[str] = []  # optimizers whose grads the trainer averages itself
+        if self.world == 1:
+            return dict(self.modules)
+        overlap = {m for spec in self.opt.specs.values() if spec.overlap for m in spec.modules}
+        wrapped: dict[str, nn.Module] = {}
+        for name, m in self.modules.items():
+            if name in overlap and any(p.requires_grad for p in m.parameters()):
+                ids = [self.device.index] if self.device.type == "cuda" else None
+                wrapped[name] = _DDP(
+                    m, device_ids=ids, broadcast_buffers=False, find_unused_parameters=True
+                )
+                self.ddp.append(wrapped[name])
+                m.register_forward_pre_hook(self._count_call(name))
+            else:
+                wrapped[name] = m
+        self.manual = [n for n, s in self.opt.specs.items() if not s.overlap or not self.ddp]
+        return wrapped
+
+    def _count_call(self, name: str):
+        """A pre-hook that refuses a second call of a DDP module within one backward."""
+        self.calls: dict[str, int] = {}
+
+        def hook(module: nn.Module, args: Any) -> None:
+            self.calls[name] = self.calls.get(name, 0) + 1
+            if self.calls[name] > 1 and torch.is_grad_enabled():
+                raise TrainingError(
+                    f"module {name!r} was called twice in one training step; DDP reduces a "
+                    "module's gradients once per forward",
+                    "declare its optimizer with OptimizerSpec(..., overlap=False)",
+                )
+
+        return hook
+
+    def _resume(self) -> Path | None:
+        """Load the newest complete checkpoint, if any; returns it."""
+        if self.main:
+            ckpt_io.remove_stale_temporaries(self.run_dir)
+        self.acc.wait_for_everyone()
+        latest = ckpt_io.latest_checkpoint(self.run_dir)
+        if latest is None:
+            seed_everything(self.config.seed * self.world + self.rank)
+            return None
+        state = ckpt_io.read_state(latest)
+        saved = state.get("config", {})
+        changed = [k for k in ORDER_KEYS if k in saved and saved[k] != getattr(self.config, k)]
+        if changed:
+            raise CheckpointError(
+                f"{self.run_dir} was trained with other {', '.join(changed)}; resuming would "
+                "change the order of samples",
+                "use the same settings or a new run directory",
+            )
+        try:
+            for name, m in self.modules.items():
+                m.load_state_dict(ckpt_io.load_weights(latest, name))
+            self.ema.load_state_dict(ckpt_io.load_weights(latest, "ema"), state["ema_updates"])
+        except (RuntimeError, KeyError) as e:
+            raise CheckpointError(
+                f"{latest} does not fit the task's modules: {e}",
+                "resume with the same model settings or use a new run directory",
+            ) from e
+        optim_state = ckpt_io.load_optim(latest)
+        self.messages += self.opt.load_state_dict(optim_state, latest)
+        if optim_state.get("scaler"):
+            self.scaler.load_state_dict(optim_state["scaler"])
+        self.step_count = int(state["step"])
+        self.position = Position(int(state["epoch"]), int(state["offset"]))
+        self.bad_total = int(state.get("bad_steps_total", 0))
+        rngs = state["rng"]
+        if self.rank < len(rngs):
+            ckpt_io.set_rng_state(rngs[self.rank])
+        else:
+            seed_everything(hash((self.config.seed, self.step_count, self.rank)) % 2**31)
+            self.messages.append(f"process {self.rank} has no saved RNG state; reseeded")
+        if state.get("world_size") != self.world:
+            self.messages.append(
+                f"resuming a {state.get('world_size')}-process run on {self.world}"
+            )
+        load_extra = getattr(self.task, "load_state_extra", None)
+        if load_extra is not None:
+            load_extra(state.get("extra", {}))
+        self.resumed_from = self.step_count
+        self.messages.append(f"resumed from {latest} (step {self.step_count})")
+        return latest
+
+    def _write_header(self) -> dict[str, Any]:
+        """The run header: world size, device, precision and its source, seed, version."""
+        from repackctl import __version__
+
+        header = {
+            "world_size": self.world,
+            "device": str(self.device),
+            "precision": self.config.precision,
+            "precision_source": self.config.precision_source,
+            "seed": self.config.seed,
+            "repackctl": __version__,
+            "torch": torch.__version__,
+            "compiled_blocks": self.compiled,
+            "ddp_modules": [n for n, m in self.wrapped.items() if m is not self.modules[n]],
+            "step": self.step_count,
+        }
+        if self.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.run_dir / "config.json", self.config.to_dict())
+            write_json_atomic(self.run_dir / HEADER, header)
+        self.messages.insert(0, header_line(header))
+        return header
+
+    # ------------------------------------------------------------------ one step
+
+    def step(self) -> bool:
+        """One optimizer step over ``global_batch`` samples; False if it was skipped."""
+        s = self.step_count
+        indices, next_position = self.sampler.take(self.position, self.config.global_batch)
+        batches = self._batches(s, indices, next_position)
+        stash, order, nonfinite = self._backward(batches, s)
+        good = self._update(stash, order, nonfinite)
+        self.consecutive_bad = 0 if good else self.consecutive_bad + 1
+        self.bad_total += not good
+        self.bad_since_save += not good
+        self.lrs = self.opt.lrs()  # the lr of this update, for the log line
+        self.opt.step_schedules()
+        self.step_count += 1
+        self.position = next_position
+        self.window.steps += 1
+        return good
+
+    def _batches(self, s: int, indices: np.ndarray, next_position: Position) -> list[Any]:
+        """This process's micro-batches of step ``s``; queues the next step's read."""
+        local = local_micro_batches(indices, self.rank, self.world, self.A)
+        if self.pending is not None and self.pending[0] == s:
+            batches = self.pending[1].result()
+        else:
+            batches = self._load(s, local)
+        self.pending = None
+        if self.pool is not None and s + 1 < self.config.steps:
+            nxt, _ = self.sampler.take(next_position, self.config.global_batch)
+            micro = local_micro_batches(nxt, self.rank, self.world, self.A)
+            self.pending = (s + 1, self.pool.submit(self._load, s + 1, micro))
+        return batches
+
+    def _load(self, s: int, micro: list[np.ndarray]) -> list[Any]:
+        size = self.config.global_batch // (self.world * self.A)
+        return [
+            self.task.get_batch(
+                idx, s, batch_generator(self.config.seed, s, (self.rank * self.A + i) * size)
+            )
+            for i, idx in enumerate(micro)
+        ]
+
+    def _backward(self, batches: list[Any], s: int):
+        """Forward/backward every micro-batch into per-optimizer gradient stashes."""
+        stash: dict[str, list[torch.Tensor | None] | None] = {n: None for n in self.opt.optimizers}
+        order: list[str] | None = None
+        nonfinite = torch.zeros((), device=self.device)  # a tensor: no host sync per micro-batch
+        for i, batch in enumerate(batches):
+            sync = i == len(batches) - 1
+            self.calls = {}
+            with contextlib.ExitStack() as stack:
+                if not sync:
+                    for d in self.ddp:
+                        stack.enter_context(d.no_sync())
+                with self.acc.autocast():
+                    out = self.task.training_step(self.wrapped, to_device(batch, self.device), s)
+                losses, logs = unpack_step_output(out)
+                order = self._check_losses(losses, order)
+                for oname, loss in losses.items():
+                    self.window.add(f"loss/{oname}", loss)
+                    nonfinite += (~torch.isfinite(loss.detach())).float()
+                    if len(losses) > 1:
+                        self._swap_in(oname, stash[oname])
+                    self.scaler.scale(loss / self.A).backward()
+                    stash[oname] = [p.grad for p in self.opt.params[oname]]
+            for k, v in logs.items():
+                self.window.add(k, v)
+        for p in self.all_params:
+            p.grad = None
+        return stash, order or [], nonfinite
+
+    def _swap_in(self, oname: str, grads: list[torch.Tensor | None] | None) -> None:
+        """Put this optimizer's accumulator back on its params and clear every other grad, so
+        grads leaked by earlier losses into any module are dropped before this loss's backward.
+        (With a single loss per step the grads simply accumulate: nothing to swap.)"""
+        for p in self.all_params:
+            p.grad = None
+        if grads is not None:
+            for p, g in zip(self.opt.params[oname], grads, strict=True):
+                p.grad = g
+
+    def _check_losses(self, losses: dict[str, torch.Tensor], order: list[str] | None) -> list[str]:
+        if order is not None and list(losses) != order:
+            raise TrainingError(
+                f"training_step returned losses {list(losses)} after {order}",
+                "return the same optimizers in the same order for every micro-batch",
+            )
+        for oname, loss in losses.items():
+            if oname not in self.opt.optimizers:
+                raise TrainingError(
+                    f"training_step returned a loss for unknown optimizer {oname!r}",
+                    f"optimizers are: {', '.join(self.opt.optimizers)}",
+                )
+            if loss.ndim != 0:
+                raise TrainingError(
+                    f"loss {oname!r} has shape {tuple(loss.shape)}",
+                    "reduce each loss to a scalar (mean over the micro-batch)",
+                )
+        return list(losses)
+
+    def _update(self, stash: dict, order: list[str], nonfinite: torch.Tensor) -> bool:
+        """Average, unscale, clip and check the grads; step the optimizers if all is finite."""
+        stepped = [n for n in order if stash[n] is not None]
+        if not stepped:
+            return self._agree_finite(nonfinite)
+        norms = []
+        for oname in stepped:
+            grads = []
+            for p, g in zip(self.opt.params[oname], stash[oname], strict=True):
+                # a parameter unused by this micro-batch still joins the reduction
+                p.grad = g if g is not None else torch.zeros_like(p)
+                grads.append(p.grad)
+            if self.world > 1 and oname in self.manual:
+                all_reduce_mean(grads, self.world)
+            self.scaler.unscale_(self.opt.optimizers[oname])
+            if self.config.clip_grad is not None:
+                norms.append(
+                    torch.nn.utils.clip_grad_norm_(self.opt.params[oname], self.config.clip_grad)
+                )
+            else:
+                norms.append(torch.nn.utils.get_total_norm(grads))
+        # one host sync per step: the (process-reduced) loss check and every grad norm
+        values = torch.stack([self._reduced(nonfinite), *norms]).tolist()
+        for oname, v in zip(stepped, values[1:], strict=True):
+            self.window.add(f"grad_norm/{oname}", v)
+        # grads are identical on every process after the reduction: the same decision everywhere
+        ok = values[0] == 0 and all(math.isfinite(v) for v in values[1:])
+        if ok:
+            for oname in stepped:
+                self.scaler.step(self.opt.optimizers[oname])
+            self.ema.update(self.model)
+        self.scaler.update()  # fp16: backs the scale off after an overflow
+        for p in self.all_params:
+            p.grad = None
+        return ok
+
+    def _reduced(self, nonfinite: torch.Tensor) -> torch.Tensor:
+        # all processes must agree: a NaN on one would otherwise desynchronise the updates
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(nonfinite)
+        return nonfinite
+
+    def _agree_finite(self, nonfinite: torch.Tensor) -> bool:
+        return not bool(self._reduced(nonfinite).item())
+
+    # ------------------------------------------------------------------ log, save, fit
+
+    def log(self) -> dict[str, float]:
+        """Write the metrics line of the window that ends now; returns the progress fields."""
+        means = mean_over_processes(self.window.means(), self.world)
+        sps = self.window.steps / max(time.perf_counter() - self.window.t0, 1e-9)
+        record: dict[str, Any] = {"step": self.step_count, "epoch": self.position.epoch}
+        record.update({f"lr/{n}": v for n, v in self.lrs.items()})
+        record.update(sorted(means.items()))
+        record.update(
+            {
+                "steps/s": sps,
+                "samples/s": sps * self.config.global_batch,
+                "bad_steps": self.bad_total,
+            }
+        )
+        if self.logger is not None:
+            self.logger.log(record)
+        self.last_logs = {k: float(v) for k, v in record.items()}
+        self.window = Window()
+        fields = {k: v for k, v in means.items() if k.startswith("loss/")}
+        fields["steps/s"] = sps
+        return fields
+
+    def save(self, bar: Any) -> Path | None:
+        """Write a checkpoint of the current step if the save policy allows; returns the newest."""
+        s = self.step_count
+        weights = {name: state_dict_cpu(m) for name, m in self.modules.items()}
+        weights["ema"] = state_dict_cpu(self.ema.module)
+        bad = [name for name, sd in weights.items() if not ckpt_io.all_finite(sd)]
+        recent_bad, self.bad_since_save = self.bad_since_save, 0  # the next window starts now
+        if bad or recent_bad:  # identical on every process: all skip or none
+            why = (
+                f"the {', '.join(bad)} weights hold non-finite values"
+                if bad
+                else f"{recent_bad} step(s) since the last save point were non-finite"
+            )
+            bar.log(f"step {s}: checkpoint skipped, {why}; the last good one is {self.last_ckpt}")
+            return self.last_ckpt
+        rngs = gather_objects(ckpt_io.rng_state(), self.world)
+        path = ckpt_io.checkpoints_dir(self.run_dir) / ckpt_io.step_dir_name(s)
+        if self.main:
+            extra_fn = getattr(self.task, "state_extra", None)
+            state = {
+                "epoch": self.position.epoch,
+                "offset": self.position.offset,
+                "rng": rngs,
+                "config": self.config.to_dict(),
+                "extra": extra_fn() if extra_fn else {},
+                "ema_updates": self.ema.updates,
+                "bad_steps_total": self.bad_total,
+                "world_size": self.world,
+                "optimizers": list(self.opt.optimizers),
+                "torch": torch.__version__,
+            }
+            optim = self.opt.state_dict(self.scaler)
+            path = ckpt_io.save_checkpoint(
+                self.run_dir, s, weights, optim, state, self.config.keep_last
+            )
+            plot_curves(self.run_dir)
+        self.acc.wait_for_everyone()
+        self.last_ckpt = path
+        return path
+
+    def _check_streak(self, bar: Any) -> None:
+        if self.consecutive_bad == 0:
+            return
+        bar.log(f"step {self.step_count - 1}: non-finite loss or gradient, update skipped")
+        if self.consecutive_bad >= self.config.max_nonfinite_steps:
+            raise TrainingError(
+                f"{self.consecutive_bad} training steps in a row had a non-finite loss or "
+                f"gradient (up to step {self.step_count - 1}); the last good checkpoint is "
+                f"{self.last_ckpt}",
+                NAN_HINT,
+            )
+
+    def _after_step(self, bar: Any) -> None:
+        """Streak check, log line, image grid and checkpoint of the step just taken."""
+        cfg, s = self.config, self.step_count
+        self._check_streak(bar)
+        fields = self.log() if s % cfg.log_every == 0 or s == cfg.steps else {}
+        bar.advance(1, **fields)
+        if self.main and cfg.image_every and s % cfg.image_every == 0:
+            hook = getattr(self.task, "on_images", None)
+            if hook is not None:
+                hook(self.modules, self.ema.module, s, self.run_dir)
+                for m in self.modules.values():
+                    m.train()
+        if s % cfg.ckpt_every == 0 or s == cfg.steps:
+            self.save(bar)
+
+    def fit(self) -> TrainResult:
+        """Train until ``config.steps``; returns the summary."""
+        self.logger = (
+            MetricsLogger(self.run_dir, resume_step=self.step_count) if self.main else None
+        )
+        t_start, step_start = time.perf_counter(), self.step_count
+        bar_factory = self.progress if self.main else null_progress
+        try:
+            with bar_factory(
+                "train", total=self.config.steps, completed=self.step_count, unit="step"
+            ) as bar:
+                for msg in self.messages:
+                    bar.log(msg)
+                while self.step_count < self.config.steps:
+                    self.step()
+                    self._after_step(bar)
+        finally:
+            self.close()
+        if self.main and self.resumed_from is not None and self.resumed_from >= self.config.steps:
+            plot_curves(self.run_dir)
+        elapsed = time.perf_counter() - t_start
+        return TrainResult(
+            run_dir=self.run_dir,
+            step=self.step_count,
+            checkpoint=Path(self.last_ckpt) if self.last_ckpt is not None else None,
+            resumed_from=self.resumed_from,
+            bad_steps=self.bad_total,
+            last_logs=self.last_logs,
+            steps_per_s=(self.step_count - step_start) / elapsed if elapsed > 0 else 0.0,
+        )
+
+    def close(self) -> None:
+        """Stop the prefetch thread and close the metrics files."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
+        logger = getattr(self, "logger", None)
+        if logger is not None:
+            logger.close()
+
+
+class _DDP(DistributedDataParallel):
+    """DDP that also shows the wrapped module's attributes (``model.config``, ``last_layer``).
+
+    Methods are not forwarded: a loss computed through ``model.method(...)`` would bypass DDP's
+    forward, and its gradients would silently stay unreduced.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            value = getattr(self.module, name)
+            if callable(value) and not isinstance(value, nn.Module | torch.Tensor):
+                raise AttributeError(
+                    f"{type(self.module).__name__}.{name} is a method; under DDP call the module "
+                    "itself (its forward), or use OptimizerSpec(overlap=False)"
+                ) from None
+            return value
+
+
+def header_line(header: dict[str, Any]) -> str:
+    """``world 2 · cpu · bf16 (launcher) · seed 0 · repackctl 0.1.0``"""
+    return (
+        f"world {header['world_size']} · {header['device']} · {header['precision']} "
+        f"({header['precision_source']}) · seed {header['seed']} · repackctl {header['repackctl']}"
+    )
+
+
+def train(
+    task: TrainTask, config: TrainConfig, progress: ProgressFactory = null_progress
+) -> TrainResult:
+    """Train ``task`` as ``config`` says, resuming from the run's newest complete checkpoint."""
+    return Trainer(task, config, progress).fit()
