@@ -104,3 +104,8 @@ def resolve_precision(
     if launcher in _LAUNCHER_PRECISION:
         return _LAUNCHER_PRECISION[launcher], "launcher"
     return settings_value, "default"
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a launcher (torchrun / accelerate), or a plain single process."""
+    return int(os.environ.get("RANK", 0)) == 0

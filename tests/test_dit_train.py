@@ -305,3 +305,30 @@ def test_two_processes_match_one(cache, tmp_path):
     assert state["world_size"] == 2
     saved = load_weights(latest_checkpoint(tmp_path / "runs" / "ddp"), "model")
     assert all(torch.equal(saved[k], r0[f"model.{k}"]) for k in saved)
+
+
+def test_resume_keeps_the_stored_settings_and_refuses_breaking_changes(cache, tmp_path):
+    """Resuming with only --steps continues at the run's batch and lr; a new lr is refused."""
+    name = ["--name", "keep", "--device", "cpu", "--log-every", "1", "--image-every", "0"]
+    first = runner.invoke(app, ["train", "dit", *name, "--steps", "2", "-b", "4", "--lr", "1e-3"])
+    assert first.exit_code == 0, first.output
+    more = runner.invoke(app, ["train", "dit", *name, "--steps", "3"])
+    assert more.exit_code == 0, more.output
+    assert "dit.steps: 2 → 3" in more.output
+    config = json.loads((tmp_path / "runs" / "keep" / "config.json").read_text())
+    values = config["extra"]["settings"]["values"]["dit"]
+    assert (values["global_batch"], values["lr"], values["steps"]) == (4, 1e-3, 3)
+    assert (config["global_batch"], config["lr"]) == (4, 1e-3)
+
+    refused = runner.invoke(app, ["train", "dit", *name, "--steps", "4", "--lr", "2e-4"])
+    assert (
+        refused.exit_code == 2 and "dit.lr" in refused.output and "--allow-change" in refused.output
+    )
+    assert "Traceback" not in refused.output
+    assert read_state(latest_checkpoint(tmp_path / "runs" / "keep"))["step"] == 3
+
+    allowed = ["--steps", "4", "--lr", "2e-4", "--allow-change", "lr"]
+    ok = runner.invoke(app, ["train", "dit", *name, *allowed])
+    assert ok.exit_code == 0, ok.output
+    history = (tmp_path / "runs" / "keep" / "config_history.jsonl").read_text()
+    assert "dit.lr" in history and "replaced" in history

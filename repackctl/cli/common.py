@@ -161,10 +161,6 @@ def kv_table(title: str, rows: list[tuple[str, Any]]) -> Table:
     return table
 
 
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", 0)) == 0
-
-
 def rank_progress(main: bool):
     """The Rich bar on the main process; nothing on the others (one bar per job, not per rank)."""
     if main:
@@ -176,3 +172,8 @@ def rank_progress(main: bool):
 
 def write_stdout(text: str) -> None:
     sys.stdout.write(text)
+
+
+def is_main_process() -> bool:
+    """Rank 0 (as ``repackctl.runtime.is_main_process``, without importing torch for --help)."""
+    return int(os.environ.get("RANK", 0)) == 0

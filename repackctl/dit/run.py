@@ -19,12 +19,15 @@ h×w latent grid, T tokens, D width, C encoder width.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from repackctl.dit.task import build_task
+from repackctl.dit.task import build_task, dit_run_dir
 from repackctl.progress import ProgressFactory, null_progress
+from repackctl.runtime import is_main_process
+from repackctl.settings.resume import resume_settings
 from repackctl.train.loop import TrainResult, train
 
 # --------------------------------------------------------------------------- model selection
@@ -57,7 +60,17 @@ class DiTTrainResult:
 def train_dit(
     settings, progress: ProgressFactory = null_progress, config_record: dict | None = None
 ) -> DiTTrainResult:
-    """Train (or resume) a DiT on the packed latents the settings select."""
+    """Train (or resume) a DiT on the packed latents the settings select.
+
+    Resuming an existing run starts from the settings it was started with; see
+    ``repackctl.settings.resume`` (changes are printed, breaking ones refused).
+    """
+    settings, config_record, rec = resume_settings(
+        dit_run_dir(settings), settings, config_record, "dit"
+    )
+    if rec is not None and is_main_process():
+        for line in rec.lines():
+            print(f"resume: {line}", file=sys.stderr)
     sources = (config_record or {}).get("sources")
     task, config = build_task(settings, sources=sources)
     if config_record is not None:

@@ -337,6 +337,12 @@ def build_spec(settings, model_id: str) -> DiTSpec:
     )
 
 
+def dit_run_dir(settings) -> Path:
+    """``runs/<name>``, the name defaulting to ``dit-<model id>``."""
+    s = settings.dit
+    return make_run_dir(settings.runs, s.name or f"dit-{resolve_model_id(s.arch, s.size, s.patch, s.model)}")  # fmt: skip
+
+
 def build_task(settings, sources: dict[str, str] | None = None) -> tuple[DiTTask, TrainConfig]:
     """The task and engine config of the resolved settings (no training yet).
 
@@ -355,11 +361,10 @@ def build_task(settings, sources: dict[str, str] | None = None) -> tuple[DiTTask
         buffer_blocks=s.buffer_blocks,
     )
     spec = build_spec(settings, model_id)
-    name = s.name or f"dit-{model_id}"
     config = TrainConfig.from_settings(
         settings,
         s,
-        make_run_dir(settings.runs, name),
+        dit_run_dir(settings),
         sources=sources,
         # in-memory data is shuffled sample by sample; Zarr data by chunk-aligned blocks
         block=1 if data.in_memory else data.chunk,

@@ -20,8 +20,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from repackctl.errors import ConfigError
+from repackctl.paths import CONFIG_HISTORY
 
-HISTORY = "config_history.jsonl"
+HISTORY = CONFIG_HISTORY
 
 # settings whose change keeps a resumed run an exact continuation of the same experiment
 CONTINUABLE: dict[str, set[str]] = {

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import json
 import math
 import time
 import warnings
@@ -50,6 +51,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from repackctl.errors import CheckpointError, ConfigError, TrainingError
 from repackctl.files import write_json_atomic
+from repackctl.paths import CONFIG_HISTORY
 from repackctl.progress import ProgressFactory, null_progress
 from repackctl.train import checkpoint as ckpt_io
 from repackctl.train.config import TrainConfig
@@ -412,7 +414,7 @@ class Trainer:
         }
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(self.run_dir / "config.json", self.config.to_dict())
+            _write_config(self.run_dir / "config.json", self.config.to_dict())
             write_json_atomic(self.run_dir / HEADER, header)
         self.messages.insert(0, header_line(header))
         return header
@@ -729,3 +731,14 @@ def train(
 ) -> TrainResult:
     """Train ``task`` as ``config`` says, resuming from the run's newest complete checkpoint."""
     return Trainer(task, config, progress).fit()
+
+
+def _write_config(path: Path, config: dict[str, Any]) -> None:
+    """Write ``config.json``; a different config already there goes to the run's history first."""
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old == json.loads(json.dumps(config)):
+            return
+        with open(path.parent / CONFIG_HISTORY, "a") as f:
+            f.write(json.dumps({"time": time.time(), "replaced": old}) + "\n")
+    write_json_atomic(path, config)
