@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from repackctl.dit.task import build_task
-from repackctl.progress import ProgressFactory, null_progress
+from repackctl.progress import LOG_FILE, ProgressFactory, null_progress, with_log_file
 from repackctl.train.loop import TrainResult, train
 
 # --------------------------------------------------------------------------- model selection
@@ -61,7 +61,7 @@ def train_dit(
     task, config = build_task(settings)
     if config_record is not None:
         config.extra["settings"] = config_record
-    result = train(task, config, progress)
+    result = train(task, config, with_log_file(progress, Path(config.run_dir) / LOG_FILE))
     return DiTTrainResult(
         run_dir=result.run_dir,
         result=result,
