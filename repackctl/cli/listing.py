@@ -36,9 +36,10 @@ def print_json(data: Any) -> None:
 SHORT = 16
 
 
-def table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
+def table(title: str, columns: list[str], rows: list[list[Any]], width: int) -> Table:
     """A Rich table whose short columns keep their width and whose long ones (ids, lists of
-    ids) wrap by folding: a cell is never cut with an ellipsis."""
+    ids) wrap by folding: a cell is never cut with an ellipsis. The first column (the id) keeps
+    up to a third of ``width`` before it folds."""
     cells = [[_cell(v, "\n") for v in r] for r in rows]
     t = Table(
         title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0)
@@ -48,7 +49,8 @@ def table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
         if longest <= SHORT:
             t.add_column(col, no_wrap=True, min_width=longest)
         else:
-            t.add_column(col, overflow="fold")
+            keep = min(longest, width // 3) if i == 0 else None
+            t.add_column(col, overflow="fold", min_width=keep)
     for r in cells:
         t.add_row(*r)
     return t
@@ -70,7 +72,7 @@ def print_listing(
     """A table on a terminal, plain full-width lines elsewhere (ids never cut)."""
     out = out or console
     if out.is_terminal:
-        out.print(table(title, columns, rows))
+        out.print(table(title, columns, rows, out.width))
         return
     out.print(title, highlight=False, soft_wrap=True, markup=False)
     for line in plain_lines(columns, rows):
