@@ -67,13 +67,20 @@ def run_dir(runs: str, name: str) -> Path:
     return local_path(runs) / safe_name(name, "run name")
 
 
-def resolve_checkpoint_arg(runs: str, run: str, checkpoint: str | None = None) -> Path:
-    """A run name (under ``runs``), run folder or checkpoint folder → the folder to load."""
+def resolve_checkpoint_arg(
+    runs: str, run: str, checkpoint: str | None = None, stage: str | None = None
+) -> Path:
+    """A run name (under ``runs``), run folder or checkpoint folder → the folder to load.
+
+    A missing run is an error whose hint lists the runs that exist (of ``stage`` when given).
+    """
+    from repackctl.runs import runs_hint
+
     path = Path(run).expanduser()
     base = path if path.exists() else local_path(runs) / run
     if not base.exists():
         raise CheckpointError(
-            f"no run {run!r} (looked in {base})", "train one first, or check --runs / the name"
+            f"no run {run!r} (looked in {base})", runs_hint(local_path(runs), stage)
         )
     if checkpoint is None:
         return base.resolve()

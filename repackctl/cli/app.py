@@ -50,6 +50,7 @@ COMMAND_MODULES = (
     "demo",
     "convert",
     "cache",
+    "runs",
     "plugins",
 )
 for _name in COMMAND_MODULES:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from repackctl.cli.common import (
     CacheOpt,
@@ -13,9 +12,9 @@ from repackctl.cli.common import (
     console,
     err_console,
     handle_errors,
-    kv_table,
     resolve,
 )
+from repackctl.cli.listing import print_json, print_listing, print_pairs
 
 app = typer.Typer(help="Inspect, verify and remove cache entries.", no_args_is_help=True)
 EntryArg = Annotated[str, typer.Argument(help="Entry name, e.g. builtin--train--64px.")]
@@ -29,53 +28,70 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print JSON (for scripts) instead of a table.")
+]
+
+
 @app.command("ls")
 @handle_errors
-def ls(cache: CacheOpt = None, config: ConfigOpt = None) -> None:
+def ls(cache: CacheOpt = None, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """List dataset entries with their sizes and what they hold.
 
-    Example: `repackctl cache ls`
+    Example: `repackctl cache ls` (or `repackctl cache ls --json`)
     """
+    from dataclasses import asdict
+
     from repackctl.cache.store import DatasetEntry, list_entries
     from repackctl.cache.verify import describe_entry
 
     root = _root(cache, config)
     names = list_entries(root)
     unfinished = list_entries(root, "incomplete")
-    if not names and not unfinished:
-        console.print(f"no cache entries in {root} (run `repackctl extract`)")
+    infos = [describe_entry(DatasetEntry.open(root, name)) for name in names]
+    if as_json:
+        print_json({"root": root, "entries": [asdict(i) for i in infos], "incomplete": unfinished})
         return
-    table = Table(title=f"cache {root}")
-    for col in ("entry", "images", "skipped", "features", "latents", "size"):
-        table.add_column(col)
-    for name in names:
-        info = describe_entry(DatasetEntry.open(root, name))
-        table.add_row(
-            name,
-            f"{info.written}/{info.n}",
-            str(info.skipped),
-            "\n".join([*info.features, *info.incomplete_of("features")]) or "-",
-            "\n".join([*info.latents, *info.incomplete_of("latents")]) or "-",
-            _mb(info.bytes),
-        )
-    for name in unfinished:
-        table.add_row(name, "incomplete", "-", "-", "-", "-")
-    console.print(table)
+    if not infos and not unfinished:
+        console.print(f"no cache entries in {root} (run `repackctl extract`)", highlight=False)
+        return
+    rows = [
+        [
+            i.name,
+            f"{i.written}/{i.n}",
+            i.skipped,
+            [*i.features, *i.incomplete_of("features")],
+            [*i.latents, *i.incomplete_of("latents")],
+            _mb(i.bytes),
+        ]
+        for i in infos
+    ]
+    rows += [[name, "incomplete", "-", [], [], "-"] for name in unfinished]
+    columns = ["entry", "images", "skipped", "features", "latents", "size"]
+    print_listing(f"cache {root}", columns, rows)
 
 
 @app.command("info")
 @handle_errors
-def info(entry: EntryArg, cache: CacheOpt = None, config: ConfigOpt = None) -> None:
+def info(
+    entry: EntryArg, cache: CacheOpt = None, config: ConfigOpt = None, as_json: JsonOpt = False
+) -> None:
     """Show one entry: counts, classes, features and latents with their specs.
 
     Example: `repackctl cache info builtin--train--64px`
     """
+    from dataclasses import asdict
+
     from repackctl.cache.store import DatasetEntry
     from repackctl.cache.verify import describe_entry
 
     root = _root(cache, config)
     e = DatasetEntry.open(root, entry)
     d = describe_entry(e)
+    if as_json:
+        extra = {"root": root, "source": e.attrs.get("source"), "chunk": e.chunk, "shard": e.shard}
+        print_json({**asdict(d), **extra})
+        return
     rows = [
         ("entry", d.name),
         ("source", e.attrs.get("source")),
@@ -89,7 +105,7 @@ def info(entry: EntryArg, cache: CacheOpt = None, config: ConfigOpt = None) -> N
         rows.append((f"features/{fid}", f"{f['shape']} {f['weights']}, {f['written']} written"))
     for lid, lat in d.latents.items():
         rows.append((f"latents/{lid}", f"{lat['arrays']}, {lat['written']} written"))
-    console.print(kv_table(f"cache entry ({root})", rows))
+    print_pairs(f"cache entry ({root})", rows)
 
 
 @app.command("verify")

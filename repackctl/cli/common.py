@@ -11,7 +11,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Annotated, Any
 
 import typer
@@ -20,14 +20,23 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
+    TaskID,
     TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from rich.table import Table
+from rich.table import Column, Table
 
 from repackctl.errors import RepackError
+from repackctl.progress import (
+    ProgressBar,
+    format_fields,
+    format_rate,
+    log_progress,
+    set_log_every_s,
+)
 
 console = Console()
 err_console = Console(stderr=True)
@@ -99,7 +108,9 @@ def resolve(config: str | None, flags: dict[str, Any]):
     from repackctl.settings import resolve_settings
 
     given = {k: v for k, v in flags.items() if v is not None}
-    return resolve_settings(config or os.environ.get("REPACKCTL_CONFIG"), given)
+    resolved = resolve_settings(config or os.environ.get("REPACKCTL_CONFIG"), given)
+    set_log_every_s(resolved.settings.log_every_s)
+    return resolved
 
 
 def show_config(resolved, sections: tuple[str, ...]) -> None:
@@ -111,51 +122,80 @@ def show_config(resolved, sections: tuple[str, ...]) -> None:
 
 
 class _RichBar:
-    def __init__(self, progress: Progress, task: int, unit: str) -> None:
+    """A Rich task that stays hidden until it first advances (no leftover ``0/?`` bars)."""
+
+    def __init__(self, progress: Progress, task: TaskID, unit: str, completed: int) -> None:
         self.progress = progress
         self.task = task
         self.unit = unit
         self.start = time.perf_counter()
-        self.done = 0
+        self.start_done = self.done = completed
+        self.fields: dict[str, Any] = {}
 
     def advance(self, n: int = 1, **fields: Any) -> None:
         self.done += n
-        rate = self.done / max(time.perf_counter() - self.start, 1e-9)
-        info = f"{rate:.1f} {self.unit}/s"
-        for k, v in fields.items():
-            info += f"  {k} {v:.4g}" if isinstance(v, float) else f"  {k} {v}"
-        self.progress.update(self.task, advance=n, info=info)
+        self.fields.update(fields)
+        rate = (self.done - self.start_done) / max(time.perf_counter() - self.start, 1e-9)
+        info = format_rate(rate, self.unit)
+        if self.fields:
+            info += "  " + format_fields(self.fields)
+        self.progress.update(self.task, advance=n, info=info, visible=True)
 
     def log(self, message: str) -> None:
-        self.progress.console.print(message, highlight=False)
+        self.progress.console.print(message, highlight=False, soft_wrap=True)
+
+
+def progress_columns(width: int, description: str, total: int | None) -> list[ProgressColumn]:
+    """Columns that fit ``width``: the description is never cut; the bar, percentage and elapsed
+    time go first as the terminal narrows; the fields (loss, rate) wrap instead of being cut."""
+    desc = TextColumn(
+        "[bold]{task.description}",
+        table_column=Column(no_wrap=True, min_width=len(description)),
+    )
+    count = MofNCompleteColumn() if total else TextColumn("{task.completed}")
+    info = TextColumn("{task.fields[info]}", table_column=Column(overflow="fold", ratio=1))
+    eta = [TextColumn("ETA"), TimeRemainingColumn()] if total else []
+    cols: list[ProgressColumn] = [desc]
+    if width >= 100 and total:
+        cols += [BarColumn(bar_width=max(10, min(40, width - 90))), count, TaskProgressColumn()]
+    elif width >= 70 and total:
+        cols += [BarColumn(bar_width=10), count, TaskProgressColumn()]
+    else:
+        cols.append(count)
+    if width >= 120:
+        cols.append(TimeElapsedColumn())
+    return [*cols, *eta, info]
 
 
 @contextmanager
-def rich_progress(
-    description: str = "", total: int | None = None, completed: int = 0, unit: str = "it"
-) -> Iterator[_RichBar]:
-    """A Rich progress bar with count, rate and ETA (the CLI's ProgressFactory)."""
+def _rich_bar(description: str, total: int | None, completed: int, unit: str) -> Iterator[_RichBar]:
     progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TaskProgressColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}"),
+        *progress_columns(err_console.width, description, total),
         console=err_console,
         transient=False,
+        expand=True,
     )
     with progress:
-        task = progress.add_task(description, total=total, completed=completed, info="")
-        yield _RichBar(progress, task, unit)
+        task = progress.add_task(
+            description, total=total, completed=completed, info="", visible=False
+        )
+        yield _RichBar(progress, task, unit, completed)
+
+
+def rich_progress(
+    description: str = "", total: int | None = None, completed: int = 0, unit: str = "it"
+) -> AbstractContextManager[ProgressBar]:
+    """The CLI's ProgressFactory: a Rich bar (count, rate, ETA) when stderr is a terminal, else
+    one plain line every ``REPACKCTL_LOG_EVERY_S`` seconds (SLURM, nohup, ``| tee``)."""
+    if err_console.is_terminal:
+        return _rich_bar(description, total, completed, unit)
+    return log_progress()(description, total=total, completed=completed, unit=unit)
 
 
 def kv_table(title: str, rows: list[tuple[str, Any]]) -> Table:
     table = Table(title=title, show_header=False)
     table.add_column("key", style="bold")
-    table.add_column("value")
+    table.add_column("value", overflow="fold")  # paths and ids wrap, never cut
     for k, v in rows:
         table.add_row(k, str(v))
     return table

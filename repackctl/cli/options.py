@@ -206,6 +206,9 @@ def settings_command(
 
 def resolve(config: str | None, given: dict[str, Any]):
     """Resolve the settings layers; ``given`` holds dotted keys of the flags actually given."""
+    from repackctl.progress import set_log_every_s
     from repackctl.settings import resolve_settings
 
-    return resolve_settings(config or os.environ.get("REPACKCTL_CONFIG"), given)
+    resolved = resolve_settings(config or os.environ.get("REPACKCTL_CONFIG"), given)
+    set_log_every_s(resolved.settings.log_every_s)  # period of plain progress lines
+    return resolved

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from repackctl.dit.task import build_task, dit_run_dir
-from repackctl.progress import ProgressFactory, null_progress
+from repackctl.progress import LOG_FILE, ProgressFactory, null_progress, with_log_file
 from repackctl.runtime import is_main_process
 from repackctl.settings.resume import resume_settings
 from repackctl.train.loop import TrainResult, train
@@ -75,7 +75,7 @@ def train_dit(
     task, config = build_task(settings, sources=sources)
     if config_record is not None:
         config.extra["settings"] = config_record
-    result = train(task, config, progress)
+    result = train(task, config, with_log_file(progress, Path(config.run_dir) / LOG_FILE))
     return DiTTrainResult(
         run_dir=result.run_dir,
         result=result,

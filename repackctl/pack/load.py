@@ -75,9 +75,12 @@ def resolve_checkpoint(run_or_checkpoint: str | Path, runs: str | None = None) -
                     f"train it first: `repackctl pack train --name {path.name}`",
                 )
             return found.resolve()
+    from repackctl.runs import runs_hint
+
+    root = local_path(runs or _runs_root())
     raise CheckpointError(
-        f"no pack run or checkpoint {text!r} (looked in {local_path(runs or _runs_root())})",
-        f"train one: `repackctl pack train --name {text}`, or check --runs",
+        f"no pack run or checkpoint {text!r} (looked in {root})",
+        f"{runs_hint(root, 'pack')}; to make one: `repackctl pack train --name {text}`",
     )
 
 

@@ -47,7 +47,7 @@ from repackctl.pack.losses import (
 )
 from repackctl.pack.pca import PCAAccumulator, PCAResult
 from repackctl.pack.projection import ProjectionConfig
-from repackctl.progress import ProgressFactory, null_progress
+from repackctl.progress import LOG_FILE, ProgressFactory, null_progress, with_log_file
 from repackctl.settings import Settings
 from repackctl.settings.pack import PRESETS
 
@@ -343,6 +343,7 @@ def run_pack_train(
     ref = locate_features(settings)
     plan = resolve_plan(settings, ref)
     run_dir = run_dir_of(settings.runs, plan.run_name)
+    progress = with_log_file(progress, run_dir / LOG_FILE)
     data = PackData(ref.entry, ref.feats, cfg.in_memory, cfg.memory_gb)
     log = list(plan.notes)
     lpips = _load_lpips(plan)

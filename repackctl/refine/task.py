@@ -38,7 +38,7 @@ from repackctl.pack.discriminator import (
     hinge_d_loss,
     hinge_g_loss,
 )
-from repackctl.progress import ProgressFactory, null_progress
+from repackctl.progress import LOG_FILE, ProgressFactory, null_progress, with_log_file
 from repackctl.refine.network import LatentGuidedRefiner, RefinerConfig
 from repackctl.refine.triplets import build_triplets, open_triplets
 from repackctl.settings import Settings
@@ -261,6 +261,8 @@ def run_refine_train(
             "no pack run given", "pass --pack-run NAME (made by `repackctl pack train`)"
         )
     pack = load_pack(cfg.pack_run, runs=settings.runs)
+    name = cfg.name or f"refine-{pack.run_name}"
+    progress = with_log_file(progress, run_dir(settings.runs, name) / LOG_FILE)
     cache = pack.extra.get("cache", {})
     entry = DatasetEntry.open(settings.cache, cfg.entry or cache["entry"])
     features = cache["features"]
@@ -290,7 +292,6 @@ def run_refine_train(
         lpips,
         {"run": pack.run_name, "checkpoint": str(pack.checkpoint), "pack_id": pack.pack_id},
     )
-    name = cfg.name or f"refine-{pack.run_name}"
     config = TrainConfig.from_settings(
         settings,
         cfg,

@@ -61,6 +61,12 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N, mps")
     precision: Precision = Field("fp32", description="fp32, bf16 or fp16")
     num_workers: int = Field(2, ge=0, description="DataLoader workers that decode images")
+    log_every_s: float = Field(
+        30.0,
+        gt=0,
+        description="seconds between two plain progress lines when stderr is not a terminal "
+        "(SLURM, nohup, | tee)",
+    )
     imagenet_root: str | None = Field(
         None, description="ImageNet folder with train/ and val/ class sub-folders"
     )

@@ -1,0 +1,145 @@
+"""`repackctl runs ls | info | rm`: the training runs under the runs root."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+import typer
+
+from repackctl.cli.common import ConfigOpt, RunsOpt, console, handle_errors, resolve
+from repackctl.cli.listing import print_json, print_listing, print_pairs
+
+app = typer.Typer(help="List, inspect and remove training runs.", no_args_is_help=True)
+RunArg = Annotated[str, typer.Argument(help="Run name (a folder under the runs root).")]
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print JSON (for scripts) instead of a table.")
+]
+SamplesOpt = Annotated[
+    str | None,
+    typer.Option("--samples", help="Folder holding sample sets. Env: REPACKCTL_SAMPLES."),
+]
+
+
+def _roots(runs: str | None, samples: str | None, config: str | None) -> tuple[str, str]:
+    s = resolve(config, {"runs": runs, "samples": samples}).settings
+    return s.runs, s.samples
+
+
+def _when(ts: float) -> str:
+    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M")
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def _stage(stage: str, imported: bool) -> str:
+    return f"{stage} (imported)" if imported else stage
+
+
+@app.command("ls")
+@handle_errors
+def ls(runs: RunsOpt = None, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """List runs: stage, newest step, checkpoints, size, last change.
+
+    Example: `repackctl runs ls` (or `repackctl runs ls --json`)
+    """
+    from repackctl.paths import local_path
+    from repackctl.runs import list_runs
+
+    root = local_path(_roots(runs, None, config)[0])
+    found = list_runs(root)
+    if as_json:
+        print_json({"root": str(root), "runs": [r.to_dict() for r in found]})
+        return
+    if not found:
+        console.print(f"no runs in {root} (train one: `repackctl pack train`)", highlight=False)
+        return
+    rows = [
+        [
+            r.name,
+            _stage(r.stage, r.imported),
+            "-" if r.step is None else r.step,
+            r.checkpoints,
+            _mb(r.bytes),
+            _when(r.modified),
+        ]
+        for r in found
+    ]
+    columns = ["run", "stage", "step", "ckpts", "size", "modified"]
+    print_listing(f"runs {root}", columns, rows)
+
+
+def _metric_line(rec: dict[str, Any]) -> str:
+    from repackctl.progress import format_fields
+
+    rest = {k: v for k, v in rec.items() if k != "step"}
+    return format_fields(rest)
+
+
+@app.command("info")
+@handle_errors
+def info(
+    name: RunArg,
+    runs: RunsOpt = None,
+    samples: SamplesOpt = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show one run: config summary, checkpoints, last metrics, sample folders made from it.
+
+    Example: `repackctl runs info dit-tiny`
+    """
+    from repackctl.paths import local_path, run_dir
+    from repackctl.runs import describe_run
+
+    runs_root, samples_root = _roots(runs, samples, config)
+    d = describe_run(run_dir(runs_root, name), local_path(samples_root))
+    if as_json:
+        print_json(d.to_dict())
+        return
+    r = d.run
+    pairs: list[tuple[str, Any]] = [
+        ("run", r.name),
+        ("path", r.path),
+        ("stage", _stage(r.stage, r.imported)),
+        ("size", _mb(r.bytes)),
+        ("modified", _when(r.modified)),
+    ]
+    pairs += [(f"config.{k}", v) for k, v in d.config.items()]
+    for c in d.checkpoints:
+        pairs.append((f"checkpoint {c.name}", "complete" if c.complete else c.problem))
+    for rec in d.metrics_tail:
+        pairs.append((f"metrics step {rec.get('step')}", _metric_line(rec)))
+    pairs += [("samples", s) for s in d.samples]
+    print_pairs(f"run {r.name}", pairs)
+
+
+@app.command("rm")
+@handle_errors
+def rm(
+    name: RunArg,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    runs: RunsOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Delete a run folder (only one that repackctl wrote). Asks first unless --yes.
+
+    Example: `repackctl runs rm dit-tiny --yes`
+    """
+    from repackctl.paths import run_dir
+    from repackctl.runs import describe_run, remove_run
+
+    folder = run_dir(_roots(runs, None, config)[0], name)
+    d = describe_run(folder)  # refuses anything that is not a run
+    what = f"run {name} ({d.run.stage}, {d.run.checkpoints} checkpoints, {_mb(d.run.bytes)})"
+    if not yes and not typer.confirm(f"Delete {what} at {folder}?", default=False):
+        console.print("nothing removed")
+        raise typer.Exit(1)
+    remove_run(folder)
+    console.print(f"removed {folder}", highlight=False)
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="runs")

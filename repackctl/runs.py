@@ -1,0 +1,255 @@
+"""Training runs on disk (DESIGN.md §6): list, describe and remove them; hint at the runs that exist.
+
+```
+runs/<name>/config.json  metrics.jsonl  log.txt  checkpoints/step-NNNNNNN/state.json …
+```
+
+A folder is a repackctl run when it holds ``config.json`` (written by the training engine) or a
+``checkpoints/`` folder with ``step-NNNNNNN`` folders (also what ``import official`` writes). The
+stage (pack / dit / refine) is ``extra.stage`` of the config or of the newest checkpoint's
+``state.json``; imported runs carry ``"imported": true`` there.
+
+Reads JSON and file sizes only (no torch), so listings and error hints stay fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from repackctl.errors import CheckpointError
+
+CONFIG_JSON = "config.json"
+METRICS_JSONL = "metrics.jsonl"
+CKPT_DIR = "checkpoints"
+STEP_RE = re.compile(r"^step-(\d{7})$")
+# the files every complete checkpoint has (repackctl.train.checkpoint.REQUIRED)
+CKPT_FILES = ("model.safetensors", "ema.safetensors", "optim.pt", "state.json")
+# shown by `runs info` from config.json (TrainConfig fields)
+CONFIG_KEYS = ("steps", "global_batch", "grad_accum", "lr", "schedule", "ema_decay", "precision",
+               "seed", "ckpt_every", "keep_last")  # fmt: skip
+
+
+@dataclass
+class CheckpointInfo:
+    """One ``step-NNNNNNN`` folder: complete (loadable) or the reason it is not."""
+
+    name: str
+    step: int
+    complete: bool
+    problem: str | None
+    bytes: int
+
+
+@dataclass
+class RunInfo:
+    """One line of ``runs ls``."""
+
+    name: str
+    path: str
+    stage: str  # pack, dit, refine or "?"
+    imported: bool
+    step: int | None  # newest complete checkpoint
+    checkpoints: int  # complete ones
+    bytes: int
+    modified: float  # newest file mtime (seconds since the epoch)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class RunDetail:
+    """What ``runs info`` shows."""
+
+    run: RunInfo
+    config: dict[str, Any]
+    checkpoints: list[CheckpointInfo]
+    metrics_tail: list[dict[str, Any]]
+    samples: list[str] = field(default_factory=list)  # sample folders made from this run
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.run.to_dict(),
+            "config": self.config,
+            "checkpoints": [asdict(c) for c in self.checkpoints],
+            "metrics_tail": self.metrics_tail,
+            "samples": self.samples,
+        }
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _step_folders(folder: Path) -> list[Path]:
+    root = folder / CKPT_DIR
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and STEP_RE.match(p.name))
+
+
+def is_run(folder: Path) -> bool:
+    """True for a folder written by repackctl training or import (see the module docstring)."""
+    if not folder.is_dir() or folder.is_symlink():
+        return False
+    return (folder / CONFIG_JSON).is_file() or bool(_step_folders(folder))
+
+
+def _tree(folder: Path) -> tuple[int, float]:
+    """(bytes, newest mtime) of the files under ``folder`` (symlinks not followed)."""
+    total, newest = 0, folder.stat().st_mtime
+    for dirpath, _, files in os.walk(folder):
+        for f in files:
+            try:
+                st = os.lstat(os.path.join(dirpath, f))
+            except OSError:
+                continue
+            total += st.st_size
+            newest = max(newest, st.st_mtime)
+    return total, newest
+
+
+def checkpoint_info(folder: Path) -> CheckpointInfo:
+    """Whether a checkpoint folder is complete, as ``train.checkpoint.is_complete`` decides."""
+    step = int(STEP_RE.match(folder.name).group(1))  # type: ignore[union-attr]
+    size = _tree(folder)[0]
+    missing = [f for f in CKPT_FILES if not (folder / f).is_file()]
+    if missing:
+        return CheckpointInfo(folder.name, step, False, f"missing {', '.join(missing)}", size)
+    state = _read_json(folder / "state.json")
+    if state is None:
+        return CheckpointInfo(folder.name, step, False, "state.json unreadable", size)
+    if state.get("step") != step:
+        problem = f"state.json says step {state.get('step')}"
+        return CheckpointInfo(folder.name, step, False, problem, size)
+    absent = [m for m in state.get("modules", []) if not (folder / f"{m}.safetensors").is_file()]
+    if absent:
+        return CheckpointInfo(folder.name, step, False, f"missing {absent} weights", size)
+    return CheckpointInfo(folder.name, step, True, None, size)
+
+
+def _stage(folder: Path, newest: Path | None) -> tuple[str, bool]:
+    """(stage, imported) from config.json, else from the newest checkpoint's state.json."""
+    sources = [_read_json(folder / CONFIG_JSON)]
+    if newest is not None:
+        sources.append(_read_json(newest / "state.json"))
+    stage, imported = "?", False
+    for data in sources:
+        if not data:
+            continue
+        imported = imported or bool(data.get("imported"))
+        extra = data.get("extra")
+        if stage == "?" and isinstance(extra, dict) and isinstance(extra.get("stage"), str):
+            stage = extra["stage"]
+    return stage, imported
+
+
+def _run_info(folder: Path, ckpts: list[CheckpointInfo]) -> RunInfo:
+    good = [c for c in ckpts if c.complete]
+    newest = folder / CKPT_DIR / good[-1].name if good else None
+    stage, imported = _stage(folder, newest)
+    size, modified = _tree(folder)
+    return RunInfo(
+        name=folder.name,
+        path=str(folder),
+        stage=stage,
+        imported=imported,
+        step=good[-1].step if good else None,
+        checkpoints=len(good),
+        bytes=size,
+        modified=modified,
+    )
+
+
+def list_runs(root: Path) -> list[RunInfo]:
+    """Every run directly under ``root`` (sorted by name); other folders are left out."""
+    if not root.is_dir():
+        return []
+    out = []
+    for folder in sorted(root.iterdir()):
+        if is_run(folder):
+            out.append(_run_info(folder, [checkpoint_info(p) for p in _step_folders(folder)]))
+    return out
+
+
+def _metrics_tail(folder: Path, n: int) -> list[dict[str, Any]]:
+    path = folder / METRICS_JSONL
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines()[-n:]:
+        try:
+            rec = json.loads(line)
+        except ValueError:  # a line cut by a kill
+            continue
+        if isinstance(rec, dict):
+            rows.append(rec)
+    return rows
+
+
+def sample_folders(samples_root: Path, run: str) -> list[str]:
+    """Sample folders ``<run>--<checkpoint>--…`` made from ``run`` under ``samples_root``."""
+    if not samples_root.is_dir():
+        return []
+    prefix = f"{run}--"
+    found = []
+    for p in sorted(samples_root.iterdir()):
+        rest = p.name[len(prefix) :] if p.name.startswith(prefix) else ""
+        if p.is_dir() and STEP_RE.match(rest.split("--")[0].removesuffix("-raw")):
+            found.append(p.name)
+    return found
+
+
+def _require_run(folder: Path) -> None:
+    if not is_run(folder):
+        what = "does not exist" if not folder.exists() else "is not a repackctl run"
+        raise CheckpointError(f"{folder} {what}", runs_hint(folder.parent))
+
+
+def describe_run(folder: Path, samples_root: Path | None = None, tail: int = 5) -> RunDetail:
+    """Config summary, checkpoints, the last ``tail`` metrics lines and the samples of a run."""
+    _require_run(folder)
+    ckpts = [checkpoint_info(p) for p in _step_folders(folder)]
+    config = _read_json(folder / CONFIG_JSON) or {}
+    summary = {k: config[k] for k in CONFIG_KEYS if k in config}
+    return RunDetail(
+        run=_run_info(folder, ckpts),
+        config=summary,
+        checkpoints=ckpts,
+        metrics_tail=_metrics_tail(folder, tail),
+        samples=sample_folders(samples_root, folder.name) if samples_root else [],
+    )
+
+
+def remove_run(folder: Path) -> None:
+    """Delete a run folder; anything that is not a repackctl run is refused."""
+    _require_run(folder)
+    shutil.rmtree(folder)
+
+
+def runs_hint(root: Path, stage: str | None = None, limit: int = 10) -> str:
+    """``runs in ROOT: a (dit, step 20), b (pack, step 4)`` — or how to make one."""
+    runs = [r for r in list_runs(root) if stage is None or r.stage == stage]
+    kind = f"{stage} runs" if stage else "runs"
+    if not runs:
+        return f"no {kind} in {root}; train one first, or pass --runs with the right folder"
+    names = [
+        f"{r.name} ({r.stage}{', imported' if r.imported else ''}"
+        f"{f', step {r.step}' if r.step is not None else ', no checkpoint'})"
+        for r in runs[:limit]
+    ]
+    more = f" and {len(runs) - limit} more (`repackctl runs ls`)" if len(runs) > limit else ""
+    return f"{kind} in {root}: {', '.join(names)}{more}"
