@@ -39,6 +39,20 @@ def missing_indices(folder: Path, indices: range) -> list[int]:
     return [i for i in indices if not png_path(folder, i).is_file()]
 
 
+def aligned_batches(owned: range, missing: set[int], batch: int) -> list[list[int]]:
+    """The batches ``owned[k·B:(k+1)·B]`` that still hold a missing index, whole.
+
+    A resumed run recomputes a half-written batch with exactly the samples it had, so its
+    latents equal an uninterrupted run's bit for bit (batched matmuls round by batch shape).
+    """
+    out = []
+    for start in range(0, len(owned), batch):
+        idx = list(owned[start : start + batch])
+        if missing.intersection(idx):
+            out.append(idx)
+    return out
+
+
 def owned_range(num: int, rank: int, world: int) -> range:
     """Contiguous share ``[N·r/W, N·(r+1)/W)`` of process r."""
     return range(num * rank // world, num * (rank + 1) // world)

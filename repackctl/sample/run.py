@@ -48,6 +48,7 @@ from repackctl.progress import ProgressFactory, null_progress
 from repackctl.runtime import DistInfo, resolve_device
 from repackctl.sample.folder import (
     LATENTS_DIR,
+    aligned_batches,
     assemble,
     claim_folder,
     generation_card,
@@ -177,6 +178,7 @@ def run_sample(
 
     mine = owned_range(cfg.num, dist.rank, dist.world)
     todo = missing_indices(folder, mine)
+    missing = set(todo)
     if todo:
         (folder / LATENTS_DIR).mkdir(exist_ok=True)
     already = len(mine) - len(todo)
@@ -185,8 +187,7 @@ def run_sample(
     with progress(f"sample {run_name}", total=len(todo), unit="img") as bar:
         if already:
             bar.log(f"resuming: {already} samples of this process were already written")
-        for start in range(0, len(todo), cfg.batch_size):
-            idx = todo[start : start + cfg.batch_size]
+        for idx in aligned_batches(mine, set(todo), cfg.batch_size):
             with torch.no_grad():
                 raw = generate_raw_latents(
                     velocity, plan, extra, labels, settings.seed, idx, device
@@ -196,12 +197,13 @@ def run_sample(
                 if refiner is not None:
                     images = refiner.refine(images, raw)  # (B, H, W, 3)
             raw_np = raw.cpu().numpy().astype(np.float32)
-            for j, i in enumerate(idx):
+            new = [(j, i) for j, i in enumerate(idx) if i in missing]
+            for j, i in new:
                 # the latent first: a PNG (the done marker) implies its latent is on disk
                 write_npy_atomic(folder / LATENTS_DIR / f"{i:06d}.npy", raw_np[j])
                 write_png_atomic(png_path(folder, i), images[j])
-            written += len(idx)
-            bar.advance(len(idx))
+            written += len(new)
+            bar.advance(len(new))
     seconds = time.perf_counter() - t0
 
     dist.barrier()
