@@ -19,10 +19,13 @@ def _isolated_env(tmp_path, monkeypatch):
     monkeypatch.setenv("REPACKCTL_RUNS", str(tmp_path / "runs"))
     monkeypatch.setenv("REPACKCTL_NUM_WORKERS", "0")
     from repackctl import registry
+    from repackctl.progress import set_log_every_s
 
     registry.clear_cache()
+    set_log_every_s(None)  # the CLI sets the resolved period process-wide
     yield
     registry.clear_cache()
+    set_log_every_s(None)
 
 
 @pytest.fixture
