@@ -11,7 +11,7 @@ ROOT = Path(repackctl.__file__).parent
 STAGES = {"pack", "dit", "refine"}
 # pack's network modules are pure networks (like models/): other stages may build them directly
 NETWORKS = {f"repackctl.pack.{m}" for m in ("decoder", "projection", "discriminator", "losses", "autoencoder")}  # fmt: skip
-PURE = {"models": {"errors", "models", "kernels"}, "kernels": {"errors", "kernels"}, "transport": {"errors", "transport"}}  # fmt: skip
+PURE = {"models": {"errors", "models", "kernels"}, "kernels": {"errors", "kernels"}, "transport": {"errors", "transport", "kernels"}}  # fmt: skip
 NOT_FROM = {
     "cache": {
         "encoders",

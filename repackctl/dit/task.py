@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from repackctl import kernels
 from repackctl.dit.latents import LatentData, find_latents, pack_run_of
 from repackctl.errors import CheckpointError, ConfigError, RepackError
 from repackctl.models.repa import REPAProjector, default_repa_depth, repa_loss
@@ -349,6 +350,7 @@ def build_task(settings, sources: dict[str, str] | None = None) -> tuple[DiTTask
     ``sources`` is the settings provenance; it ranks the precision against the launcher's.
     """
     s = settings.dit
+    kernels.select(s.kernels)  # the fused ops the model and the losses use in this process
     model_id = resolve_model_id(s.arch, s.size, s.patch, s.model)
     ref = find_latents(settings.cache, s.entry, s.latents, s.pack_run)
     data = LatentData(

@@ -36,6 +36,9 @@ from repackctl.kernels._triton import interpret_enabled, triton_module
 __all__ = [
     "BACKENDS",
     "available",
+    "fused",
+    "select",
+    "selected",
     "cosine_loss",
     "resolve_backend",
     "rmsnorm_modulate",
@@ -45,6 +48,29 @@ __all__ = [
 
 BACKENDS = ("auto", "triton", "eager")
 Backend = Literal["triton", "eager"]
+
+
+_selected = "eager"  # what the models use; `--kernels` sets it for a run (select)
+
+
+def select(name: str) -> None:
+    """Choose the backend the models use for every fused op: auto, triton or eager."""
+    global _selected
+    if name not in BACKENDS:
+        raise ConfigError(
+            f"unknown kernel backend {name!r}", hint=f"use one of {', '.join(BACKENDS)}"
+        )
+    _selected = name
+
+
+def selected() -> str:
+    """The backend chosen with :func:`select` (``eager`` unless a run chose another)."""
+    return _selected
+
+
+def fused(device: torch.device) -> bool:
+    """Whether the models should call the fused ops for tensors on ``device``."""
+    return _selected != "eager" and resolve_backend(_selected, device) == "triton"
 
 
 def available() -> bool:

@@ -31,7 +31,7 @@ from repackctl.models.layers import (
     SwiGLU,
     TimestepEmbedder,
     make_norm,
-    modulate,
+    norm_modulate,
     sincos_pos_embed_2d,
     swiglu_hidden,
 )
@@ -159,9 +159,9 @@ class DiTBlock(nn.Module):
             shift_a = shift_m = None
         else:
             shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = mod.chunk(6, dim=1)  # 6 × (B, D)
-        h = self.attn(modulate(self.norm1(x), shift_a, scale_a), rope)  # (B, T, D)
+        h = self.attn(norm_modulate(self.norm1, x, shift_a, scale_a), rope)  # (B, T, D)
         x = x + gate_a.unsqueeze(1) * h  # (B, T, D)
-        h = self.mlp(modulate(self.norm2(x), shift_m, scale_m))  # (B, T, D)
+        h = self.mlp(norm_modulate(self.norm2, x, shift_m, scale_m))  # (B, T, D)
         return x + gate_m.unsqueeze(1) * h  # (B, T, D)
 
 
@@ -177,7 +177,7 @@ class FinalLayer(nn.Module):
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)  # 2 × (B, D)
-        return self.linear(modulate(self.norm_final(x), shift, scale))  # (B, T, p·p·C)
+        return self.linear(norm_modulate(self.norm_final, x, shift, scale))  # (B, T, p·p·C)
 
 
 class PatchEmbed(nn.Module):

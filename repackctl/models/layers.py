@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from repackctl import kernels
+
 # --------------------------------------------------------------------------------------------
 # Normalisation and feed-forward
 # --------------------------------------------------------------------------------------------
@@ -62,7 +64,10 @@ class SwiGLU(nn.Module):
         self.w3 = nn.Linear(hidden, dim, bias=True)
 
     def forward(self, x: Tensor) -> Tensor:
-        x1, x2 = self.w12(x).chunk(2, dim=-1)  # 2 × (B, T, F)
+        x12 = self.w12(x)  # (B, T, 2F)
+        if kernels.fused(x.device):
+            return self.w3(kernels.swiglu_gate(x12, backend="triton"))  # (B, T, D)
+        x1, x2 = x12.chunk(2, dim=-1)  # 2 × (B, T, F)
         return self.w3(F.silu(x1) * x2)  # (B, T, D)
 
 
@@ -250,10 +255,24 @@ class Attention(nn.Module):
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 × (B, H, T, Dh)
         q, k = self.q_norm(q), self.k_norm(k)  # (B, H, T, Dh)
         if rope is not None:
-            q, k = rope(q), rope(k)  # (B, H, T, Dh)
+            if kernels.fused(q.device):
+                cos, sin = rope.freqs_cos, rope.freqs_sin  # (T, Dh)
+                q = kernels.rope_2d(q, cos, sin, backend="triton")  # (B, H, T, Dh)
+                k = kernels.rope_2d(k, cos, sin, backend="triton")  # (B, H, T, Dh)
+            else:
+                q, k = rope(q), rope(k)  # (B, H, T, Dh)
         out = F.scaled_dot_product_attention(q, k, v)  # (B, H, T, Dh)
         out = out.transpose(1, 2).reshape(b, n, d)  # (B, T, D)
         return self.proj(out)  # (B, T, D)
+
+
+def norm_modulate(norm: nn.Module, x: Tensor, shift: Tensor | None, scale: Tensor) -> Tensor:
+    """``modulate(norm(x), shift, scale)``; one fused kernel for RMSNorm when kernels are on."""
+    if isinstance(norm, RMSNorm) and kernels.fused(x.device):
+        return kernels.rmsnorm_modulate(
+            x, norm.weight, shift, scale, eps=norm.eps, backend="triton"
+        )  # (B, T, D)
+    return modulate(norm(x), shift, scale)  # (B, T, D)
 
 
 def modulate(x: Tensor, shift: Tensor | None, scale: Tensor) -> Tensor:

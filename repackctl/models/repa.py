@@ -14,6 +14,7 @@ import math
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from repackctl import kernels
 from repackctl.errors import ConfigError
 
 REPA_REFERENCE_DEPTH = 28  # XL depth of the REPA paper
@@ -84,5 +85,7 @@ def repa_loss(projected: Tensor, target: Tensor) -> Tensor:
             hint="build REPAProjector with out_dim equal to the encoder's token width",
         )
     target = resample_tokens(target, projected.shape[1])  # (B, T, E)
+    if kernels.fused(projected.device):  # mean of 1 − cos, fused: −cos = that − 1
+        return kernels.cosine_loss(projected, target, backend="triton") - 1
     cos = F.cosine_similarity(projected.float(), target.float(), dim=-1, eps=1e-8)  # (B, T)
     return -cos.mean()

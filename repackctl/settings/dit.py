@@ -25,7 +25,7 @@ class DitSettings(BaseModel):
     PANELS: ClassVar[dict[str, tuple[str, ...]]] = {
         "Run": ("allow_change", "name", "preset"),
         "Data": ("latents", "pack_run", "entry", "features", "latent_sampling", "in_memory", "flip", "buffer_blocks", "prefetch"),
-        "Model": ("arch", "size", "patch", "model", "qk_norm", "no_shift", "class_dropout", "grad_checkpointing", "compile"),
+        "Model": ("arch", "size", "patch", "model", "qk_norm", "no_shift", "class_dropout", "grad_checkpointing", "compile", "kernels"),
         "Transport": ("time_dist", "time_mu", "time_sigma", "time_shift", "cos_weight"),
         "REPA": ("repa_weight", "repa_depth", "repa_stop_step", "repa_hidden"),
         "Optimisation": ("steps", "global_batch", "grad_accum", "lr", "beta1", "beta2", "weight_decay", "schedule", "warmup_steps", "drop_step", "drop_lr", "min_lr", "ema_decay", "ema_warmup", "clip_grad"),
@@ -128,7 +128,14 @@ class DitSettings(BaseModel):
     ema_decay: float = Field(0.9999, ge=0.0, le=1.0, description="EMA decay")
     ema_warmup: bool = Field(True, description="ramp the EMA decay up (short runs)")
     clip_grad: float | None = Field(None, gt=0.0, description="max grad norm; none = no clip")
-    compile: bool = Field(False, description="torch.compile the model")
+    compile: bool = Field(
+        False, description="compile each block of the model (regional torch.compile)"
+    )
+    kernels: Literal["auto", "triton", "eager"] = Field(
+        "auto",
+        description="fused ops (RMSNorm+adaLN, RoPE, SwiGLU, cosine losses): triton, eager, or "
+        "auto = Triton on CUDA, eager elsewhere",
+    )
     ckpt_every: int = Field(500, ge=1, description="checkpoint every N steps")
     keep_last: int = Field(3, ge=0, description="complete checkpoints kept; 0 = all")
     log_every: int = Field(25, ge=1, description="metrics line every N steps")

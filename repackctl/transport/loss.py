@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from repackctl import kernels
 from repackctl.errors import ConfigError
 
 
@@ -46,10 +47,15 @@ def velocity_loss(pred: Tensor, target: Tensor, cos_weight: float = 0.0) -> Velo
     # starts by predicting exactly 0, where the plain cosine's gradient is ~|v|/1e-8 (first-step
     # grad norms ~1e8 that stall AdamW for hundreds of steps). Equal to the plain cosine whenever
     # |v̂| ≥ 0.01·|v|, i.e. after the first few steps.
-    t_norm = target.norm(dim=1)  # (B, h, w)
-    p_norm = pred.norm(dim=1).clamp_min(COS_NORM_FLOOR * t_norm.detach())  # (B, h, w)
-    dot = (pred * target).sum(dim=1)  # (B, h, w)
-    cos = 1 - dot / (p_norm * t_norm).clamp_min(1e-12)  # (B, h, w)
-    cos = cos.reshape(cos.shape[0], -1).mean(dim=1)  # (B,)
+    if kernels.fused(pred.device):
+        cos = kernels.cosine_loss(
+            pred, target, dim=1, norm_floor=COS_NORM_FLOOR, reduction="per_sample", backend="triton"
+        )  # (B,)
+    else:
+        t_norm = target.norm(dim=1)  # (B, h, w)
+        p_norm = pred.norm(dim=1).clamp_min(COS_NORM_FLOOR * t_norm.detach())  # (B, h, w)
+        dot = (pred * target).sum(dim=1)  # (B, h, w)
+        cos = 1 - dot / (p_norm * t_norm).clamp_min(1e-12)  # (B, h, w)
+        cos = cos.reshape(cos.shape[0], -1).mean(dim=1)  # (B,)
     per_sample = mse + cos_weight * cos  # (B,)
     return VelocityLoss(per_sample=per_sample, mean=per_sample.mean(), mse=mse, cos=cos)
