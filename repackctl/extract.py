@@ -211,54 +211,48 @@ def _strict_check(
         )
 
 
-def run_extract(
-    settings: Settings,
-    progress: ProgressFactory = null_progress,
-    dist: DistInfo | None = None,
-    config_record: dict | None = None,
-) -> ExtractResult:
-    """Extract (or resume extracting) one encoder's features of one dataset split."""
-    cfg = settings.extract
-    dist = dist or DistInfo.from_env()
-    resolution = cfg.resolution or default_resolution(cfg.data)
+def _check_resolution(resolution: int) -> None:
+    """Reject resolutions the pipeline cannot handle."""
     if resolution % 8 or resolution < 16:
         raise ConfigError(
             f"resolution {resolution} is not supported", "use a multiple of 8 such as 64 or 256"
         )
-    source = make_source(
-        cfg.data, cfg.split, cfg.num, settings.seed, settings.imagenet_root, cfg.val_fraction
-    )
-    _check_keys(source)
-    n = len(source)
-    encoder = make_encoder(cfg.encoder, cfg.weights, cfg.layer, resolution, settings.seed)
-    spec = encoder.spec
-    if resolution % spec.patch_size and spec.patch_size != 14:
+
+
+def _check_patch(resolution: int, patch_size: int) -> None:
+    """Reject a resolution that the encoder's patch size does not divide."""
+    if resolution % patch_size and patch_size != 14:
         raise ConfigError(
-            f"resolution {resolution} is not a multiple of the patch size {spec.patch_size}",
-            f"use a multiple of {spec.patch_size}",
+            f"resolution {resolution} is not a multiple of the patch size {patch_size}",
+            f"use a multiple of {patch_size}",
         )
-    device = resolve_device(settings.device, dist.local_rank)
-    encoder = encoder.to(device)
-    flips = 2 if cfg.flips else 1
-    ranges = owned_ranges(n, cfg.shard, dist.rank, dist.world)
 
-    dataset = dataset_label(source, cfg.num)
-    name = entry_name(dataset, cfg.split, resolution)
-    if cfg.strict:
-        _strict_check(settings.cache, name, source, resolution, ranges, settings.num_workers, dist)
 
-    make = lambda: DatasetEntry.create_or_open(  # noqa: E731
-        settings.cache,
-        dataset,
-        cfg.split,
-        resolution,
-        n,
-        source.describe(),
-        source.class_names,
-        cfg.chunk,
-        cfg.shard,
-    )
-    feat_args = (spec.entry_id(), spec.attrs(), flips, spec.num_tokens, spec.dim)
+def _open_entry(
+    settings: Settings,
+    source: ImageSource,
+    dataset: str,
+    resolution: int,
+    feat_args: tuple,
+    dist: DistInfo,
+    config_record: dict | None,
+) -> tuple[DatasetEntry, Any]:
+    """Create (rank 0, first) or open the entry and its feature group."""
+    cfg = settings.extract
+
+    def make() -> DatasetEntry:
+        return DatasetEntry.create_or_open(
+            settings.cache,
+            dataset,
+            cfg.split,
+            resolution,
+            len(source),
+            source.describe(),
+            source.class_names,
+            cfg.chunk,
+            cfg.shard,
+        )
+
     if dist.rank == 0:
         entry = make()
         feats = entry.create_or_open_features(*feat_args)
@@ -268,6 +262,149 @@ def run_extract(
     if dist.rank != 0:
         entry = make()
         feats = entry.create_or_open_features(*feat_args)
+    return entry, feats
+
+
+@dataclass
+class _ShardWriter:
+    """Encodes batches into a per-shard buffer and writes each shard once it is complete."""
+
+    entry: DatasetEntry
+    feats: Any
+    img_done: np.ndarray
+    locks: ShardLocks
+    encoder: Any
+    device: torch.device
+    precision: str
+    resolution: int
+    flips: int
+    written: int = 0
+    buf: dict | None = None
+
+    def _new_buffer(self, m: int) -> dict[str, np.ndarray]:
+        """Zeroed arrays for one shard of ``m`` samples."""
+        r, f = self.resolution, self.flips
+        t, c = self.encoder.spec.num_tokens, self.encoder.spec.dim
+        return {
+            "images": np.zeros((m, r, r, 3), np.uint8),
+            "labels": np.full(m, -1, np.int32),
+            "keys": np.empty(m, dtype=object),
+            "codes": np.zeros(m, np.uint8),
+            "tokens": np.zeros((m, f, t, c), np.float16),
+            "cls": np.zeros((m, f, c), np.float16),
+        }
+
+    def _encode(self, imgs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Tokens (B, F, T, C) and CLS (B, F, C) of uint8 images, for every flip."""
+        device = self.device
+        autocast = self.precision != "fp32" and device.type == "cuda"
+        amp_dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        x = torch.from_numpy(imgs).to(device).permute(0, 3, 1, 2)  # (B, 3, R, R)
+        x = x.float() / 127.5 - 1.0
+        outs = []
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=autocast):
+            for f in range(self.flips):
+                tok, cls = self.encoder(x.flip(-1) if f else x)  # (B, T, C), (B, C)
+                outs.append((tok.float().cpu().numpy(), cls.float().cpu().numpy()))
+        return np.stack([o[0] for o in outs], 1), np.stack([o[1] for o in outs], 1)
+
+    def add(self, rng: range, idx: np.ndarray, imgs, codes, labels, keys, bar) -> None:
+        """Encode one batch of shard ``rng`` into the buffer; write the shard when complete."""
+        if self.buf is None:
+            self.buf = self._new_buffer(len(rng))
+        buf = self.buf
+        local = idx - rng.start
+        cached = self.img_done[idx] == WRITTEN
+        if cached.any():  # images written by an earlier extraction: use the cached pixels
+            imgs[cached] = self.entry.images[int(idx[0]) : int(idx[-1]) + 1][cached]
+        ok = codes == WRITTEN
+        if ok.any():
+            buf["tokens"][local[ok]], buf["cls"][local[ok]] = self._encode(imgs[ok])
+        buf["images"][local] = imgs
+        buf["labels"][local] = labels
+        buf["keys"][local] = keys
+        buf["codes"][local] = codes
+        bar.advance(len(idx))
+        if int(idx[-1]) + 1 == rng.stop:
+            self._write(rng, bar)
+
+    def _write(self, rng: range, bar) -> None:
+        """Shard complete: write its data, then mark it done and release its lock."""
+        buf, entry, feats = self.buf, self.entry, self.feats
+        sl = slice(rng.start, rng.stop)
+        if (self.img_done[sl] == PENDING).any():
+            entry.images[sl] = buf["images"]
+            entry.labels[sl] = buf["labels"]
+            entry.keys[sl] = buf["keys"].astype(str)
+        if not np.isfinite(buf["tokens"]).all():
+            bar.log(f"warning: non-finite features in samples {rng.start}..{rng.stop - 1}")
+        feats["tokens"][sl] = buf["tokens"]
+        feats["cls"][sl] = buf["cls"]
+        entry.done[sl] = buf["codes"]
+        feats.done[sl] = buf["codes"]
+        self.locks.release(rng.start // entry.shard)
+        self.written += int((buf["codes"] == WRITTEN).sum())
+        self.buf = None
+
+
+def _encode_pending(
+    writer: _ShardWriter,
+    source: ImageSource,
+    pending: list[range],
+    shards: _ShardBatches,
+    workers: int,
+    bar,
+) -> list[tuple[str, str]]:
+    """Decode, encode and write this process's pending shards; return decode warnings."""
+    found: list[tuple[str, str]] = []
+    shard = writer.entry.shard
+    by_start = {r.start: r for r in pending}
+    loader = _loader(source, writer.resolution, shards, workers)
+    for idx, imgs, codes, labels, keys, notes in loader:
+        found += [(k, note) for k, note in zip(keys, notes, strict=True) if note]
+        rng = by_start[int(idx[0]) - int(idx[0]) % shard]
+        writer.add(rng, idx, imgs, codes, labels, keys, bar)
+    return found
+
+
+def _prepare(settings: Settings, dist: DistInfo) -> tuple[int, ImageSource, Any, torch.device]:
+    """Resolution, source and encoder (moved to its device), validated before anything is written."""
+    cfg = settings.extract
+    resolution = cfg.resolution or default_resolution(cfg.data)
+    _check_resolution(resolution)
+    source = make_source(
+        cfg.data, cfg.split, cfg.num, settings.seed, settings.imagenet_root, cfg.val_fraction
+    )
+    _check_keys(source)
+    encoder = make_encoder(cfg.encoder, cfg.weights, cfg.layer, resolution, settings.seed)
+    _check_patch(resolution, encoder.spec.patch_size)
+    device = resolve_device(settings.device, dist.local_rank)
+    return resolution, source, encoder.to(device), device
+
+
+def run_extract(
+    settings: Settings,
+    progress: ProgressFactory = null_progress,
+    dist: DistInfo | None = None,
+    config_record: dict | None = None,
+) -> ExtractResult:
+    """Extract (or resume extracting) one encoder's features of one dataset split."""
+    cfg = settings.extract
+    dist = dist or DistInfo.from_env()
+    resolution, source, encoder, device = _prepare(settings, dist)
+    n = len(source)
+    spec = encoder.spec
+    flips = 2 if cfg.flips else 1
+    ranges = owned_ranges(n, cfg.shard, dist.rank, dist.world)
+
+    dataset = dataset_label(source, cfg.num)
+    name = entry_name(dataset, cfg.split, resolution)
+    if cfg.strict:
+        _strict_check(settings.cache, name, source, resolution, ranges, settings.num_workers, dist)
+    feat_args = (spec.entry_id(), spec.attrs(), flips, spec.num_tokens, spec.dim)
+    entry, feats = _open_entry(
+        settings, source, dataset, resolution, feat_args, dist, config_record
+    )
     if entry.shard != cfg.shard:  # the entry's own layout wins over the setting
         ranges = owned_ranges(n, entry.shard, dist.rank, dist.world)
 
@@ -276,68 +413,16 @@ def run_extract(
     pending = [r for r in ranges if (feat_done[r.start : r.stop] == PENDING).any()]
     already = sum(len(r) for r in ranges) - sum(len(r) for r in pending)
     todo = sum(len(r) for r in pending)
-    written = 0
-    found: list[tuple[str, str]] = []  # warnings raised while decoding
     t0 = time.perf_counter()
-    autocast = settings.precision != "fp32" and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if settings.precision == "bf16" else torch.float16
     locks = ShardLocks(settings.cache, feats.done)
     shards = _ShardBatches(pending, entry.shard, cfg.batch_size, locks, feats.done)
+    writer = _ShardWriter(
+        entry, feats, img_done, locks, encoder, device, settings.precision, resolution, flips
+    )
     with progress(f"extract {spec.id}", total=todo, unit="img") as bar, _releasing(locks):
         if already:
             bar.log(f"resuming: {already} samples of this process were already done")
-        by_start = {r.start: r for r in pending}
-        buf: dict | None = None
-        loader = _loader(source, resolution, shards, settings.num_workers)
-        for idx, imgs, codes, labels, keys, notes in loader:
-            found += [(k, note) for k, note in zip(keys, notes, strict=True) if note]
-            start = int(idx[0]) - int(idx[0]) % entry.shard
-            rng = by_start[start]
-            if buf is None:
-                m = len(rng)
-                buf = {
-                    "images": np.zeros((m, resolution, resolution, 3), np.uint8),
-                    "labels": np.full(m, -1, np.int32),
-                    "keys": np.empty(m, dtype=object),
-                    "codes": np.zeros(m, np.uint8),
-                    "tokens": np.zeros((m, flips, spec.num_tokens, spec.dim), np.float16),
-                    "cls": np.zeros((m, flips, spec.dim), np.float16),
-                }
-            local = idx - rng.start
-            cached = img_done[idx] == WRITTEN
-            if cached.any():  # images written by an earlier extraction: use the cached pixels
-                imgs[cached] = entry.images[int(idx[0]) : int(idx[-1]) + 1][cached]
-            ok = codes == WRITTEN
-            if ok.any():
-                x = torch.from_numpy(imgs[ok]).to(device).permute(0, 3, 1, 2)  # (B, 3, R, R)
-                x = x.float() / 127.5 - 1.0
-                outs = []
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=autocast):
-                    for f in range(flips):
-                        tok, cls = encoder(x.flip(-1) if f else x)  # (B, T, C), (B, C)
-                        outs.append((tok.float().cpu().numpy(), cls.float().cpu().numpy()))
-                buf["tokens"][local[ok]] = np.stack([o[0] for o in outs], 1)  # (B, F, T, C)
-                buf["cls"][local[ok]] = np.stack([o[1] for o in outs], 1)  # (B, F, C)
-            buf["images"][local] = imgs
-            buf["labels"][local] = labels
-            buf["keys"][local] = keys
-            buf["codes"][local] = codes
-            bar.advance(len(idx))
-            if int(idx[-1]) + 1 == rng.stop:  # shard complete: write data, then mark it done
-                sl = slice(rng.start, rng.stop)
-                if (img_done[sl] == PENDING).any():
-                    entry.images[sl] = buf["images"]
-                    entry.labels[sl] = buf["labels"]
-                    entry.keys[sl] = buf["keys"].astype(str)
-                if not np.isfinite(buf["tokens"]).all():
-                    bar.log(f"warning: non-finite features in samples {rng.start}..{rng.stop - 1}")
-                feats["tokens"][sl] = buf["tokens"]
-                feats["cls"][sl] = buf["cls"]
-                entry.done[sl] = buf["codes"]
-                feats.done[sl] = buf["codes"]
-                locks.release(rng.start // entry.shard)
-                written += int((buf["codes"] == WRITTEN).sum())
-                buf = None
+        found = _encode_pending(writer, source, pending, shards, settings.num_workers, bar)
         bar.log(
             f"this process encoded {len(shards.taken)} shard(s); "
             f"{shards.by_others} pending shard(s) were done by another process"
@@ -349,7 +434,7 @@ def run_extract(
         entry=entry.name,
         features=spec.entry_id(),
         n=n,
-        written=written,
+        written=writer.written,
         already_done=already,
         skipped=skipped,
         warnings=found,

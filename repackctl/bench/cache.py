@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -84,92 +85,100 @@ def _write_layouts(root: Path, data: np.ndarray, p: dict[str, Any]) -> dict[str,
     return {"zarr": arr, "npy": root / "latents.npy", "shards": shards}
 
 
-def run(ctx: BenchContext) -> tuple[list[Row], dict[str, Any], list[str]]:
-    """Measure random-batch read throughput of each layout; returns (rows, params, notes)."""
-    from safetensors import safe_open
-
+def _training_reads(arr: Any, p: dict[str, Any]) -> tuple[dict[str, Callable[[], None]], float]:
+    """Our read paths (chunk buffer, runs, in memory) over one sampler; also the load time."""
     from repackctl.cache.store import ChunkReader, read_blocks
     from repackctl.train.sampler import BlockSampler, Position
 
-    p = SHAPES[ctx.size]
     n, batch, nb = p["n"], p["batch"], p["batches"]
+    sampler = BlockSampler(n, seed=0, block=p["chunk"], buffer_blocks=16)
+    state = {"pos": Position()}
+    reader = ChunkReader(arr, p["chunk"], capacity=32)
+
+    def ours_buffer() -> None:
+        for _ in range(nb):
+            idx, state["pos"] = sampler.take(state["pos"], batch)
+            _ = reader.take(idx)
+
+    def ours_runs() -> None:
+        for _ in range(nb):
+            idx, state["pos"] = sampler.take(state["pos"], batch)
+            order = np.argsort(idx, kind="stable")
+            srt = idx[order]
+            parts = [blk for _, blk in read_blocks(arr, srt, p["chunk"])]
+            out = np.empty((batch, *p["shape"]), np.float16)
+            out[order] = np.concatenate(parts)  # back into the sampler's order
+
+    t0 = time.perf_counter()
+    in_mem = arr[:]
+    load_s = time.perf_counter() - t0
+
+    def ours_memory() -> None:
+        for _ in range(nb):
+            idx, state["pos"] = sampler.take(state["pos"], batch)
+            _ = in_mem[idx]
+
+    return {"buffer": ours_buffer, "runs": ours_runs, "memory": ours_memory}, load_s
+
+
+def _random_reads(
+    stores: dict[str, Any], rng: np.random.Generator, p: dict[str, Any]
+) -> dict[str, Callable[[], None]]:
+    """The usual read paths in random batches: Zarr per sample, .npy memmap, safetensors."""
+    from safetensors import safe_open
+
+    n, batch, nb, per = p["n"], p["batch"], p["batches"], p["st_shard"]
+    arr = stores["zarr"]
+    mm = np.load(stores["npy"], mmap_mode="r")
+
+    def random_batches() -> list[np.ndarray]:
+        return [rng.choice(n, batch, replace=False) for _ in range(nb)]
+
+    def zarr_random() -> None:
+        for idx in random_batches():
+            _ = np.stack([arr[int(i)] for i in idx])
+
+    def npy_memmap() -> None:
+        for idx in random_batches():
+            _ = np.asarray(mm[np.sort(idx)])
+
+    def safetensors_shards() -> None:
+        for idx in random_batches():
+            rows = []
+            for i in idx:
+                s, j = divmod(int(i), per)
+                key = "latents_flip" if rng.random() < 0.5 else "latents"
+                with safe_open(str(stores["shards"][s]), framework="np") as f:
+                    rows.append(f.get_slice(key)[j : j + 1])
+            _ = np.concatenate(rows)
+
+    return {"zarr": zarr_random, "npy": npy_memmap, "safetensors": safetensors_shards}
+
+
+def run(ctx: BenchContext) -> tuple[list[Row], dict[str, Any], list[str]]:
+    """Measure random-batch read throughput of each layout; returns (rows, params, notes)."""
+    p = SHAPES[ctx.size]
     rng = np.random.default_rng(0)
-    data = rng.standard_normal((n, *p["shape"]), dtype=np.float32).astype(np.float16)
+    data = rng.standard_normal((p["n"], *p["shape"]), dtype=np.float32).astype(np.float16)
     notes: list[str] = []
     with tempfile.TemporaryDirectory(dir=ctx.workdir, prefix="repackctl-bench-cache-") as tmp:
         t0 = time.perf_counter()
         stores = _write_layouts(Path(tmp), data, p)
         notes.append(f"wrote {data.nbytes / 2**20:.1f} MiB per layout in "
                      f"{time.perf_counter() - t0:.1f} s (all reads below are warm)")  # fmt: skip
-        zarr_arr = stores["zarr"]
-        mm = np.load(stores["npy"], mmap_mode="r")
-        per = p["st_shard"]
-        sampler = BlockSampler(n, seed=0, block=p["chunk"], buffer_blocks=16)
-        state = {"pos": Position()}
-        items = batch * nb
-        kw = {"items": items, "unit": "sample"}
-
-        reader = ChunkReader(zarr_arr, p["chunk"], capacity=32)
-
-        def ours_buffer() -> None:
-            for _ in range(nb):
-                idx, state["pos"] = sampler.take(state["pos"], batch)
-                _ = reader.take(idx)
-
-        def ours_runs() -> None:
-            for _ in range(nb):
-                idx, state["pos"] = sampler.take(state["pos"], batch)
-                order = np.argsort(idx, kind="stable")
-                srt = idx[order]
-                parts = [blk for _, blk in read_blocks(zarr_arr, srt, p["chunk"])]
-                out = np.empty((batch, *p["shape"]), np.float16)
-                out[order] = np.concatenate(parts)  # back into the sampler's order
-
-        t0 = time.perf_counter()
-        in_mem = zarr_arr[:]
-        load_s = time.perf_counter() - t0
-
-        def ours_memory() -> None:
-            for _ in range(nb):
-                idx, state["pos"] = sampler.take(state["pos"], batch)
-                _ = in_mem[idx]
-
-        def random_batches() -> list[np.ndarray]:
-            return [rng.choice(n, batch, replace=False) for _ in range(nb)]
-
-        def zarr_random() -> None:
-            for idx in random_batches():
-                _ = np.stack([zarr_arr[int(i)] for i in idx])
-
-        def npy_memmap() -> None:
-            for idx in random_batches():
-                _ = np.asarray(mm[np.sort(idx)])
-
-        def safetensors_shards() -> None:
-            for idx in random_batches():
-                rows = []
-                for i in idx:
-                    s, j = divmod(int(i), per)
-                    key = "latents_flip" if rng.random() < 0.5 else "latents"
-                    with safe_open(str(stores["shards"][s]), framework="np") as f:
-                        rows.append(f.get_slice(key)[j : j + 1])
-                _ = np.concatenate(rows)
-
+        kw = {"items": p["batch"] * p["batches"], "unit": "sample"}
+        others = _random_reads(stores, rng, p)
+        ours, load_s = _training_reads(stores["zarr"], p)
         rows = [
-            timed_row("read", "npy memmap", npy_memmap, ctx, baseline=True, **kw),
-            timed_row("read", "zarr chunk buffer (ours, training path)", ours_buffer, ctx, **kw),
-            timed_row("read", "zarr runs, no buffer (train.latents path)", ours_runs, ctx, **kw),
-            timed_row(
-                "read",
-                "zarr in memory (ours)",
-                ours_memory,
-                ctx,
-                note=f"one-off load {load_s:.2f} s",
-                **kw,
-            ),  # fmt: skip
-            timed_row("read", "zarr random samples", zarr_random, ctx, **kw),
-            timed_row("read", "safetensors shards (LightningDiT)", safetensors_shards, ctx, **kw),
-        ]
+            timed_row("read", "npy memmap", others["npy"], ctx, baseline=True, **kw),
+            timed_row("read", "zarr chunk buffer (ours, training path)", ours["buffer"], ctx, **kw),
+            timed_row("read", "zarr runs, no buffer (train.latents path)", ours["runs"], ctx, **kw),
+            timed_row("read", "zarr in memory (ours)", ours["memory"], ctx,
+                      note=f"one-off load {load_s:.2f} s", **kw),
+            timed_row("read", "zarr random samples", others["zarr"], ctx, **kw),
+            timed_row("read", "safetensors shards (LightningDiT)", others["safetensors"], ctx,
+                      **kw),
+        ]  # fmt: skip
         rows[3].extra["load_s"] = load_s
     params = {**{k: v for k, v in p.items() if k != "shape"}, "sample_shape": list(p["shape"]),
               "dtype": "float16", "sample_bytes": int(np.prod(p["shape"])) * 2}  # fmt: skip

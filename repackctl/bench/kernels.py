@@ -64,35 +64,18 @@ def _compiled_row(group: str, fn: Callable, ctx: BenchContext, **kw: Any) -> Row
         return skipped(group, label, f"{type(e).__name__}: {str(e).splitlines()[0][:120]}")
 
 
-@torch.inference_mode()
-def run(ctx: BenchContext) -> tuple[list[Row], dict[str, Any], list[str]]:
-    """Measure every kernel at ``ctx.size``; returns (rows, parameters, notes)."""
+def _attention_rows(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: BenchContext, kw: dict[str, Any]
+) -> list[Row]:
+    """Manual attention (baseline), the SDPA dispatcher and each SDPA backend that runs."""
     from torch.nn.attention import sdpa_kernel
 
-    b, side, d, heads = SHAPES[ctx.size]
-    t, dh = side * side, d // heads
-    dtype = torch.bfloat16 if ctx.cuda else torch.float32
-    dev = ctx.device
-    g = torch.Generator(device="cpu").manual_seed(0)
-
-    def rand(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=g).to(dev, dtype)
-
-    rows: list[Row] = []
-    notes: list[str] = []
-    tokens = b * t
-
-    # ---- attention: (B, H, T, Dh)
-    q, k, v = rand(b, heads, t, dh), rand(b, heads, t, dh), rand(b, heads, t, dh)
-    kw = {"items": tokens, "unit": "token"}
-    rows.append(
+    rows = [
         timed_row("attention", "manual softmax(QKᵀ)V", lambda: manual_attention(q, k, v), ctx,
-                  baseline=True, **kw)
-    )  # fmt: skip
-    rows.append(
+                  baseline=True, **kw),
         timed_row("attention", "sdpa (dispatcher)", lambda: F.scaled_dot_product_attention(q, k, v),
-                  ctx, **kw)
-    )  # fmt: skip
+                  ctx, **kw),
+    ]  # fmt: skip
     for name, backend in _backends():
 
         def call(backend: Any = backend) -> torch.Tensor:
@@ -103,16 +86,30 @@ def run(ctx: BenchContext) -> tuple[list[Row], dict[str, Any], list[str]]:
             call()
         except RuntimeError as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            why = f"unavailable for {dev.type} {str(dtype).replace('torch.', '')} ({first[:80]})"
+            dtype = str(q.dtype).replace("torch.", "")
+            why = f"unavailable for {ctx.device.type} {dtype} ({first[:80]})"
             rows.append(skipped("attention", f"sdpa:{name}", why))
             continue
         rows.append(timed_row("attention", f"sdpa:{name}", call, ctx, **kw))
+    return rows
 
+
+def _layer_rows(
+    x: torch.Tensor,
+    q: torch.Tensor,
+    shift: torch.Tensor,
+    scale: torch.Tensor,
+    side: int,
+    ctx: BenchContext,
+    kw: dict[str, Any],
+) -> list[Row]:
+    """RMSNorm, RoPE, adaLN modulate and norm+modulate: eager (baseline) vs fused/compiled."""
+    dev, dtype = x.device, x.dtype
+    d, dh = x.shape[-1], q.shape[-1]
     # ---- RMSNorm: (B, T, D)
-    x = rand(b, t, d)
     norm = RMSNorm(d).to(dev, dtype)
-    rows.append(timed_row("rmsnorm", "eager (repackctl RMSNorm)", lambda: norm(x), ctx,
-                          baseline=True, **kw))  # fmt: skip
+    rows = [timed_row("rmsnorm", "eager (repackctl RMSNorm)", lambda: norm(x), ctx,
+                      baseline=True, **kw)]  # fmt: skip
     if hasattr(F, "rms_norm"):
         w = norm.weight
         rows.append(
@@ -128,7 +125,6 @@ def run(ctx: BenchContext) -> tuple[list[Row], dict[str, Any], list[str]]:
     rows.append(_compiled_row("rope", lambda: rope(q), ctx, **kw))
 
     # ---- adaLN modulate: x·(1 + scale) + shift, per-sample (B, D) vectors
-    shift, scale = rand(b, d), rand(b, d)
     rows.append(timed_row("modulate", "eager", lambda: modulate(x, shift, scale), ctx,
                           baseline=True, **kw))  # fmt: skip
     rows.append(_compiled_row("modulate", lambda: modulate(x, shift, scale), ctx, **kw))
@@ -139,7 +135,28 @@ def run(ctx: BenchContext) -> tuple[list[Row], dict[str, Any], list[str]]:
 
     rows.append(timed_row("norm+modulate", "eager (2 ops)", norm_mod, ctx, baseline=True, **kw))
     rows.append(_compiled_row("norm+modulate", norm_mod, ctx, **kw))
+    return rows
 
+
+@torch.inference_mode()
+def run(ctx: BenchContext) -> tuple[list[Row], dict[str, Any], list[str]]:
+    """Measure every kernel at ``ctx.size``; returns (rows, parameters, notes)."""
+    b, side, d, heads = SHAPES[ctx.size]
+    t, dh = side * side, d // heads
+    dtype = torch.bfloat16 if ctx.cuda else torch.float32
+    dev = ctx.device
+    g = torch.Generator(device="cpu").manual_seed(0)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g).to(dev, dtype)
+
+    notes: list[str] = []
+    kw = {"items": b * t, "unit": "token"}
+    q, k, v = rand(b, heads, t, dh), rand(b, heads, t, dh), rand(b, heads, t, dh)
+    rows = _attention_rows(q, k, v, ctx, kw)
+    x = rand(b, t, d)
+    shift, scale = rand(b, d), rand(b, d)
+    rows += _layer_rows(x, q, shift, scale, side, ctx, kw)
     if not ctx.cuda:
         rows.append(skipped("fused-gpu", "Triton / CUDA kernels", "needs CUDA (run on a GPU node)"))
         notes.append(

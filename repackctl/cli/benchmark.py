@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -57,42 +57,106 @@ def _seconds(s: float) -> str:
     return f"{s * 1e6:.1f} µs"
 
 
+SizeOpt = Annotated[
+    str | None,
+    typer.Option(help="tiny (seconds on a CPU), small, or paper (a GPU node)."),
+]
+WarmupOpt = Annotated[int | None, typer.Option(help="Untimed calls before timing.")]
+RepeatsOpt = Annotated[int | None, typer.Option(help="Timed calls (median reported).")]
+MinTimeOpt = Annotated[
+    float | None,
+    typer.Option(help="Seconds per timed sample; shorter calls are looped (timeit-style)."),
+]
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option(help="torch CPU threads (1 gives steadier CPU figures on a busy machine)."),
+]
+CompileOpt = Annotated[
+    bool | None,
+    typer.Option("--compile/--no-compile", help="Also time torch.compile versions."),
+]
+BenchOutOpt = Annotated[
+    str | None,
+    typer.Option(help="JSON file (default benchmarks/results/<name>-<timestamp>.json)."),
+]
+EncoderOpt = Annotated[str | None, typer.Option(help="Encoder of the extract benchmark.")]
+EncoderWeightsOpt = Annotated[
+    str | None, typer.Option(help="Its weights (default 'random': speed only).")
+]
+WorkdirOpt = Annotated[
+    str | None, typer.Option(help="Scratch folder for benchmark data (default: /tmp).")
+]
+
+
+def _context(settings: Any) -> Any:
+    """The benchmark context of resolved settings (sets torch's CPU threads if asked)."""
+    from pathlib import Path
+
+    from repackctl.bench import BenchContext
+    from repackctl.runtime import resolve_device
+
+    b = settings.benchmark
+    if b.threads is not None:
+        import torch
+
+        torch.set_num_threads(b.threads)
+    return BenchContext(
+        size=b.size,
+        warmup=b.warmup,
+        repeats=b.repeats,
+        compile=b.compile,
+        min_sample_s=b.min_time,
+        device=resolve_device(settings.device),
+        workdir=Path(b.workdir) if b.workdir else None,
+        encoder=b.encoder,
+        encoder_weights=b.encoder_weights,
+        progress=rich_progress,
+    )
+
+
+def _run_and_print(name: str, settings: Any) -> None:
+    """Run benchmark ``name`` (or all), print each table, write the JSON and say where."""
+    from repackctl.bench import BENCHMARKS, run_benchmark, write_result
+
+    ctx = _context(settings)
+    names = BENCHMARKS if name == "all" else (name,)
+    results = []
+    for n in names:
+        result = run_benchmark(n, ctx)
+        results.append(result)
+        console.print(_table(result))
+        for note in result.notes:
+            err_console.print(f"[cyan]note:[/] {note}", highlight=False, soft_wrap=True)
+    path = write_result(results[0] if name != "all" else results, settings.benchmark.out)
+    env = results[0].env
+    where = env["gpu"] or env["cpu"]
+    console.print(
+        f"device {env['device']} ({where}), torch {env['torch']}, {env['torch_threads']} "
+        f"threads, git {env['git_revision'] or 'n/a'}. Results: {path}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    console.print(
+        "Compare ratios within this run; absolute times move between runs on shared machines.",
+        style="dim",
+    )
+
+
 def _make(name: str):
+    """The Typer command of benchmark ``name`` (its help is ``HELP[name]``)."""
+
     @handle_errors
     def command(
-        size: Annotated[
-            str | None,
-            typer.Option(help="tiny (seconds on a CPU), small, or paper (a GPU node)."),
-        ] = None,
-        warmup: Annotated[int | None, typer.Option(help="Untimed calls before timing.")] = None,
-        repeats: Annotated[int | None, typer.Option(help="Timed calls (median reported).")] = None,
-        min_time: Annotated[
-            float | None,
-            typer.Option(help="Seconds per timed sample; shorter calls are looped (timeit-style)."),
-        ] = None,
-        threads: Annotated[
-            int | None,
-            typer.Option(
-                help="torch CPU threads (1 gives steadier CPU figures on a busy machine)."
-            ),
-        ] = None,
-        compile: Annotated[
-            bool | None,
-            typer.Option("--compile/--no-compile", help="Also time torch.compile versions."),
-        ] = None,
-        out: Annotated[
-            str | None,
-            typer.Option(help="JSON file (default benchmarks/results/<name>-<timestamp>.json)."),
-        ] = None,
-        encoder: Annotated[
-            str | None, typer.Option(help="Encoder of the extract benchmark.")
-        ] = None,
-        encoder_weights: Annotated[
-            str | None, typer.Option(help="Its weights (default 'random': speed only).")
-        ] = None,
-        workdir: Annotated[
-            str | None, typer.Option(help="Scratch folder for benchmark data (default: /tmp).")
-        ] = None,
+        size: SizeOpt = None,
+        warmup: WarmupOpt = None,
+        repeats: RepeatsOpt = None,
+        min_time: MinTimeOpt = None,
+        threads: ThreadsOpt = None,
+        compile: CompileOpt = None,
+        out: BenchOutOpt = None,
+        encoder: EncoderOpt = None,
+        encoder_weights: EncoderWeightsOpt = None,
+        workdir: WorkdirOpt = None,
         device: DeviceOpt = None,
         config: ConfigOpt = None,
         show: ShowConfigOpt = False,
@@ -116,50 +180,7 @@ def _make(name: str):
         if show:
             show_config(resolved, ("benchmark",))
             return
-        from pathlib import Path
-
-        from repackctl.bench import BENCHMARKS, BenchContext, run_benchmark, write_result
-        from repackctl.runtime import resolve_device
-
-        s = resolved.settings
-        b = s.benchmark
-        if b.threads is not None:
-            import torch
-
-            torch.set_num_threads(b.threads)
-        ctx = BenchContext(
-            size=b.size,
-            warmup=b.warmup,
-            repeats=b.repeats,
-            compile=b.compile,
-            min_sample_s=b.min_time,
-            device=resolve_device(s.device),
-            workdir=Path(b.workdir) if b.workdir else None,
-            encoder=b.encoder,
-            encoder_weights=b.encoder_weights,
-            progress=rich_progress,
-        )
-        names = BENCHMARKS if name == "all" else (name,)
-        results = []
-        for n in names:
-            result = run_benchmark(n, ctx)
-            results.append(result)
-            console.print(_table(result))
-            for note in result.notes:
-                err_console.print(f"[cyan]note:[/] {note}", highlight=False, soft_wrap=True)
-        path = write_result(results[0] if name != "all" else results, b.out)
-        env = results[0].env
-        where = env["gpu"] or env["cpu"]
-        console.print(
-            f"device {env['device']} ({where}), torch {env['torch']}, {env['torch_threads']} "
-            f"threads, git {env['git_revision'] or 'n/a'}. Results: {path}",
-            highlight=False,
-            soft_wrap=True,
-        )
-        console.print(
-            "Compare ratios within this run; absolute times move between runs on shared machines.",
-            style="dim",
-        )
+        _run_and_print(name, resolved.settings)
 
     command.__doc__ = HELP[name]
     return command

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -79,53 +79,103 @@ def _fmt(value: object) -> str:
     return str(value)
 
 
+GeneratedArg = Annotated[
+    str | None,
+    typer.Argument(
+        help="Generated images: a samples folder, a samples .npz, or a DiT run/checkpoint "
+        "(sampled first). Default: the newest folder under the samples root.",
+        show_default=False,
+    ),
+]
+SamplesOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--samples",
+        "-n",
+        help="Use exactly N samples (error if fewer exist; a checkpoint is sampled to N).",
+    ),
+]
+MetricsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--metrics",
+        help="Comma list of fid, sfid, is, kid, prc, fd. auto: fd for the built-in dataset, "
+        "otherwise the Inception metrics the reference allows.",
+    ),
+]
+FdMethodOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--fd-method", help="sqrtm (ADM's algorithm, default) or cholesky (faster, same value)."
+    ),
+]
+MetricsOutOpt = Annotated[
+    str | None,
+    typer.Option("--out", help="metrics.json path or folder (default: beside the samples)."),
+]
+SamplesRootOpt = Annotated[
+    str | None, typer.Option("--samples-root", help="Folder holding sample sets.")
+]
+
+
+def _score_rows(m: dict) -> list[tuple[str, str]]:
+    """(label, value) rows of the scores present in ``metrics.json``."""
+    rows = []
+    names = {
+        "fid": "FID",
+        "sfid": "sFID",
+        "is_mean": "IS",
+        "kid_mean": "KID",
+        "precision": "precision",
+        "recall": "recall",
+        "fd": f"FD ({m.get('fd_detail', {}).get('encoder', {}).get('id', 'encoder')})",
+    }
+    for key, label in names.items():
+        if key in m:
+            value = _fmt(m[key])
+            std = {"is_mean": "is_std", "kid_mean": "kid_std"}.get(key)
+            if std and std in m:
+                value += f" ± {_fmt(m[std])}"
+            rows.append((label, value))
+    return rows
+
+
+def _print_fid(result: Any) -> None:
+    """Notes and caveats on stderr, then the scores and the protocol summary as a table."""
+    for message in result.messages:
+        err_console.print(f"[cyan]note:[/] {message}", highlight=False, soft_wrap=True)
+    for note in result.metrics.get("notes", []):
+        err_console.print(f"[yellow]caveat:[/] {note}", highlight=False, soft_wrap=True)
+    m = result.metrics
+    rows = _score_rows(m)
+    card = result.card
+    rows += [
+        ("samples", f"{result.n_generated} from {m['generated']['path']}"),
+        ("reference", f"{card['reference_file']} (sha256 {card['reference_sha256'][:12]}…)"),
+        ("sampler", f"{card['sampler']} steps={card['steps']} nfe={card['nfe']}"),
+        ("guidance", f"cfg={card['cfg_scale']} interval={card['cfg_interval']}"),
+        ("extractor", card["feature_extractor"]),
+        ("written", str(result.path)),
+    ]
+    console.print(kv_table("evaluate fid", rows))
+
+
 @evaluate_app.command("fid")
 @handle_errors
 def fid(
-    source: Annotated[
-        str | None,
-        typer.Argument(
-            help="Generated images: a samples folder, a samples .npz, or a DiT run/checkpoint "
-            "(sampled first). Default: the newest folder under the samples root.",
-            show_default=False,
-        ),
-    ] = None,
+    source: GeneratedArg = None,
     ref: RefOpt = None,
     ref_cache: RefCacheOpt = None,
-    samples: Annotated[
-        int | None,
-        typer.Option(
-            "--samples",
-            "-n",
-            help="Use exactly N samples (error if fewer exist; a checkpoint is sampled to N).",
-        ),
-    ] = None,
-    metrics: Annotated[
-        str | None,
-        typer.Option(
-            "--metrics",
-            help="Comma list of fid, sfid, is, kid, prc, fd. auto: fd for the built-in dataset, "
-            "otherwise the Inception metrics the reference allows.",
-        ),
-    ] = None,
+    samples: SamplesOpt = None,
+    metrics: MetricsOpt = None,
     inception_weights: InceptionOpt = None,
     fd_encoder: FdEncoderOpt = None,
     fd_weights: FdWeightsOpt = None,
-    fd_method: Annotated[
-        str | None,
-        typer.Option(
-            "--fd-method", help="sqrtm (ADM's algorithm, default) or cholesky (faster, same value)."
-        ),
-    ] = None,
+    fd_method: FdMethodOpt = None,
     batch_size: BatchOpt = None,
-    out: Annotated[
-        str | None,
-        typer.Option("--out", help="metrics.json path or folder (default: beside the samples)."),
-    ] = None,
+    out: MetricsOutOpt = None,
     stats_dir: StatsDirOpt = None,
-    samples_root: Annotated[
-        str | None, typer.Option("--samples-root", help="Folder holding sample sets.")
-    ] = None,
+    samples_root: SamplesRootOpt = None,
     cache: CacheOpt = None,
     runs: RunsOpt = None,
     seed: SeedOpt = None,
@@ -172,38 +222,7 @@ def fid(
     from repackctl.evaluate.generative import run_evaluate_fid
 
     result = run_evaluate_fid(resolved.settings, rich_progress)
-    for message in result.messages:
-        err_console.print(f"[cyan]note:[/] {message}", highlight=False, soft_wrap=True)
-    for note in result.metrics.get("notes", []):
-        err_console.print(f"[yellow]caveat:[/] {note}", highlight=False, soft_wrap=True)
-    m = result.metrics
-    rows = []
-    names = {
-        "fid": "FID",
-        "sfid": "sFID",
-        "is_mean": "IS",
-        "kid_mean": "KID",
-        "precision": "precision",
-        "recall": "recall",
-        "fd": f"FD ({m.get('fd_detail', {}).get('encoder', {}).get('id', 'encoder')})",
-    }
-    for key, label in names.items():
-        if key in m:
-            value = _fmt(m[key])
-            std = {"is_mean": "is_std", "kid_mean": "kid_std"}.get(key)
-            if std and std in m:
-                value += f" ± {_fmt(m[std])}"
-            rows.append((label, value))
-    card = result.card
-    rows += [
-        ("samples", f"{result.n_generated} from {m['generated']['path']}"),
-        ("reference", f"{card['reference_file']} (sha256 {card['reference_sha256'][:12]}…)"),
-        ("sampler", f"{card['sampler']} steps={card['steps']} nfe={card['nfe']}"),
-        ("guidance", f"cfg={card['cfg_scale']} interval={card['cfg_interval']}"),
-        ("extractor", card["feature_extractor"]),
-        ("written", str(result.path)),
-    ]
-    console.print(kv_table("evaluate fid", rows))
+    _print_fid(result)
 
 
 @evaluate_app.command("stats")

@@ -656,116 +656,157 @@ def _convert_all(
     progress: ProgressFactory,
 ) -> ImportResult:
     """Map and write each given stage under ``staging`` (paths inside point at ``root``)."""
-    from repackctl.encoders.base import EncoderSpec
-    from repackctl.pack.load import load_pack
-
     result = ImportResult()
     pack = None
     with progress("import official", total=3) as bar:
         if stage1 is not None:
-            obj = safe_load(stage1, trust_pickle)
-            sd = _state_dict(obj, stage1)
-            weights, config, report = map_stage1(sd, image_size)
-            dino = [k for k in sd if k.startswith("encoder.dino.")]
-            spec = EncoderSpec(
-                id="dinov3-vitb16",
-                arch=DINOV3_ARCH,
-                patch_size=16,
-                input_size=image_size,
-                dim=config.projection.in_channels,
-                grid=config.decoder.latent_size,
-                prefix_tokens=5,
-                weights="official:stage1",
-                weights_sha256=tensors_sha256(sd, dino) if dino else "",
-                extra={"token_rule": "post-norm patch tokens, CLS + 4 registers dropped"},
-            )
-            step = int(obj.get("global_step", 0) or 0)
-            extra = {
-                "stage": "pack",
-                "autoencoder_config": config.to_dict(),
-                "method": "repack",
-                "encoder": spec.attrs(),
-                "cache": {"root": None, "entry": None, "features": spec.entry_id()},
-                "latent_shape": [config.projection.latent_channels]
-                + [config.decoder.latent_size] * 2,
-                "imported_from": {"file": str(stage1), "notes": report.notes},
-            }
-            result.pack = _save_run(
-                staging, f"{out}-pack", step, {"model": weights, "ema": weights}, extra
-            )
-            pack = load_pack(result.pack)
-            result.reports.append(report)
+            pack = _import_stage1(result, staging, out, stage1, image_size, trust_pickle)
         bar.advance()
         if dit is not None:
-            obj = safe_load(dit, trust_pickle)
-            missing = [k for k in ("model", "ema") if k not in obj]
-            if missing:
-                raise WeightsError(f"{dit} has no {missing} state dicts", "pass the stage-2 .pt")
-            model_sd, config, report = map_stage2(obj["model"], num_heads)
-            ema_sd, _, _ = map_stage2(obj["ema"], num_heads)
-            stats = _load_stats(latent_stats, config.in_channels, trust_pickle)
-            train_cfg = obj.get("config") if isinstance(obj.get("config"), dict) else {}
-            sampling = official_sampling_defaults(train_cfg.get("sample"))
-            extra = {
-                "stage": "dit",
-                "model_id": registered_model_id(config),
-                "model_config": config.to_dict(),
-                "latent_stats": stats,
-                "latent_shape": [config.in_channels, config.input_size, config.input_size],
-                "pack": {
-                    "run": f"{out}-pack",
-                    "checkpoint": str(root / pack.checkpoint.relative_to(staging)),
-                    "pack_id": pack.pack_id,
-                },
-                "cache": {"root": None, "entry": None, "latents": None, "features": None},
-                "num_classes": config.num_classes,
-                "class_names": None,
-                # their τ = 1 − t and prediction x − ε: repackctl.sample.run wraps the model
-                "velocity_convention": "official",
-                "transport": {
-                    "time_convention": "official: t=1 data, t=0 noise",
-                    "prediction": "x - eps",
-                },
-                "repa": {},
-                "imported_from": {"file": str(dit), "sampling": train_cfg.get("sample")},
-            }
-            step = int(obj.get("global_step", 0) or 0)
-            ckpt = _save_run(staging, f"{out}-dit", step, {"model": model_sd, "ema": ema_sd}, extra)
-            result.dit = ckpt
-            doc = {
-                "defaults": sampling,
-                "source": "official RePack-then-Refine sampling settings, in our conventions",
-                "official": train_cfg.get("sample") or OFFICIAL_SAMPLING,
-            }
-            (ckpt.parent.parent / "sampling.json").write_text(json.dumps(doc, indent=1) + "\n")
-            result.sampling = sampling
-            result.reports.append(report)
+            link = _pack_link(out, root, staging, pack)
+            _import_dit(result, staging, out, dit, latent_stats, num_heads, trust_pickle, link)
         bar.advance()
         if refiner is not None:
-            obj = safe_load(refiner, trust_pickle)
-            weights, config, report = map_stage3(_state_dict(obj, refiner), image_size)
-            if config.latent_channels != pack.latent_channels:
-                raise WeightsError(
-                    f"the refiner takes {config.latent_channels} latent channels, stage 1 makes "
-                    f"{pack.latent_channels}",
-                    "import the refiner of the same release",
-                )
-            extra = {
-                "stage": "refine",
-                # the official refiner was trained on raw stage-1 latents (prepare_offline_data)
-                "latent_convention": "raw",
-                "refiner_config": config.to_dict(),
-                "pack": {
-                    "run": f"{out}-pack",
-                    "checkpoint": str(root / pack.checkpoint.relative_to(staging)),
-                    "pack_id": pack.pack_id,
-                },
-                "imported_from": {"file": str(refiner), "notes": report.notes},
-            }
-            step = int(obj.get("global_step", 0) or 0)
-            result.refiner = _save_run(
-                staging, f"{out}-refine", step, {"model": weights, "ema": weights}, extra
-            )
-            result.reports.append(report)
+            link = _pack_link(out, root, staging, pack)
+            _import_refiner(result, staging, out, refiner, image_size, trust_pickle, pack, link)
         bar.advance()
     return result
+
+
+def _pack_link(out: str, root: Path, staging: Path, pack: Any) -> dict[str, Any]:
+    """How a DiT or refiner run names its imported stage-1 run (checkpoint under ``root``)."""
+    return {
+        "run": f"{out}-pack",
+        "checkpoint": str(root / pack.checkpoint.relative_to(staging)),
+        "pack_id": pack.pack_id,
+    }
+
+
+def _import_stage1(
+    result: ImportResult,
+    staging: Path,
+    out: str,
+    stage1: str | Path,
+    image_size: int,
+    trust_pickle: bool,
+) -> Any:
+    """Write the stage-1 (pack) run and return it loaded, for the later stages to reference."""
+    from repackctl.encoders.base import EncoderSpec
+    from repackctl.pack.load import load_pack
+
+    obj = safe_load(stage1, trust_pickle)
+    sd = _state_dict(obj, stage1)
+    weights, config, report = map_stage1(sd, image_size)
+    dino = [k for k in sd if k.startswith("encoder.dino.")]
+    spec = EncoderSpec(
+        id="dinov3-vitb16",
+        arch=DINOV3_ARCH,
+        patch_size=16,
+        input_size=image_size,
+        dim=config.projection.in_channels,
+        grid=config.decoder.latent_size,
+        prefix_tokens=5,
+        weights="official:stage1",
+        weights_sha256=tensors_sha256(sd, dino) if dino else "",
+        extra={"token_rule": "post-norm patch tokens, CLS + 4 registers dropped"},
+    )
+    step = int(obj.get("global_step", 0) or 0)
+    extra = {
+        "stage": "pack",
+        "autoencoder_config": config.to_dict(),
+        "method": "repack",
+        "encoder": spec.attrs(),
+        "cache": {"root": None, "entry": None, "features": spec.entry_id()},
+        "latent_shape": [config.projection.latent_channels] + [config.decoder.latent_size] * 2,
+        "imported_from": {"file": str(stage1), "notes": report.notes},
+    }
+    result.pack = _save_run(staging, f"{out}-pack", step, {"model": weights, "ema": weights}, extra)
+    pack = load_pack(result.pack)
+    result.reports.append(report)
+    return pack
+
+
+def _import_dit(
+    result: ImportResult,
+    staging: Path,
+    out: str,
+    dit: str | Path,
+    latent_stats: str | Path | None,
+    num_heads: int | None,
+    trust_pickle: bool,
+    pack_link: dict[str, Any],
+) -> None:
+    """Write the stage-2 (DiT) run with its latent stats and official sampling defaults."""
+    obj = safe_load(dit, trust_pickle)
+    missing = [k for k in ("model", "ema") if k not in obj]
+    if missing:
+        raise WeightsError(f"{dit} has no {missing} state dicts", "pass the stage-2 .pt")
+    model_sd, config, report = map_stage2(obj["model"], num_heads)
+    ema_sd, _, _ = map_stage2(obj["ema"], num_heads)
+    stats = _load_stats(latent_stats, config.in_channels, trust_pickle)
+    train_cfg = obj.get("config") if isinstance(obj.get("config"), dict) else {}
+    sampling = official_sampling_defaults(train_cfg.get("sample"))
+    extra = {
+        "stage": "dit",
+        "model_id": registered_model_id(config),
+        "model_config": config.to_dict(),
+        "latent_stats": stats,
+        "latent_shape": [config.in_channels, config.input_size, config.input_size],
+        "pack": pack_link,
+        "cache": {"root": None, "entry": None, "latents": None, "features": None},
+        "num_classes": config.num_classes,
+        "class_names": None,
+        # their τ = 1 − t and prediction x − ε: repackctl.sample.run wraps the model
+        "velocity_convention": "official",
+        "transport": {
+            "time_convention": "official: t=1 data, t=0 noise",
+            "prediction": "x - eps",
+        },
+        "repa": {},
+        "imported_from": {"file": str(dit), "sampling": train_cfg.get("sample")},
+    }
+    step = int(obj.get("global_step", 0) or 0)
+    ckpt = _save_run(staging, f"{out}-dit", step, {"model": model_sd, "ema": ema_sd}, extra)
+    result.dit = ckpt
+    doc = {
+        "defaults": sampling,
+        "source": "official RePack-then-Refine sampling settings, in our conventions",
+        "official": train_cfg.get("sample") or OFFICIAL_SAMPLING,
+    }
+    (ckpt.parent.parent / "sampling.json").write_text(json.dumps(doc, indent=1) + "\n")
+    result.sampling = sampling
+    result.reports.append(report)
+
+
+def _import_refiner(
+    result: ImportResult,
+    staging: Path,
+    out: str,
+    refiner: str | Path,
+    image_size: int,
+    trust_pickle: bool,
+    pack: Any,
+    pack_link: dict[str, Any],
+) -> None:
+    """Write the stage-3 (refiner) run, checking it matches stage 1's latent channels."""
+    obj = safe_load(refiner, trust_pickle)
+    weights, config, report = map_stage3(_state_dict(obj, refiner), image_size)
+    if config.latent_channels != pack.latent_channels:
+        raise WeightsError(
+            f"the refiner takes {config.latent_channels} latent channels, stage 1 makes "
+            f"{pack.latent_channels}",
+            "import the refiner of the same release",
+        )
+    extra = {
+        "stage": "refine",
+        # the official refiner was trained on raw stage-1 latents (prepare_offline_data)
+        "latent_convention": "raw",
+        "refiner_config": config.to_dict(),
+        "pack": pack_link,
+        "imported_from": {"file": str(refiner), "notes": report.notes},
+    }
+    step = int(obj.get("global_step", 0) or 0)
+    result.refiner = _save_run(
+        staging, f"{out}-refine", step, {"model": weights, "ema": weights}, extra
+    )
+    result.reports.append(report)

@@ -114,15 +114,8 @@ class TimmViTEncoder(FrozenEncoder):
         return tokens, pre[:, 0]  # (B, T, C), (B, C)
 
 
-def timm_encoder(
-    *,
-    weights: str | None = None,
-    layer: int | None = None,
-    resolution: int = 256,
-    seed: int = 0,
-    variant: str | None = None,
-) -> TimmViTEncoder:
-    """Any timm DINO-style ViT by name (``--encoder timm:vit_small_patch16_dinov3``)."""
+def _check_variant(variant: str | None) -> None:
+    """Reject a missing or unknown timm model name, suggesting close DINO names."""
     import timm
 
     if not variant:
@@ -135,11 +128,14 @@ def timm_encoder(
             f"unknown timm model {variant!r}",
             f"try one of: {', '.join(close) or 'timm.list_models()'}",
         )
-    patch = _patch_of(variant)
-    # DINOv2 (patch 14) sees 224 for 256 crops so that the grid stays resolution // 16 (REPA).
-    grid = resolution // 16 if patch == 14 else resolution // patch
-    input_size = grid * patch
-    kwargs = {"img_size": input_size} if "dinov3" not in variant else {}
+
+
+def _create_model(
+    variant: str, weights: str | None, seed: int, kwargs: dict
+) -> tuple[torch.nn.Module, str, str]:
+    """The timm model with hub, random or file weights; also (weights tag, file sha256 or "")."""
+    import timm
+
     if weights is None:
         try:
             with _hub_mode():
@@ -150,32 +146,53 @@ def timm_encoder(
                 "download the weights elsewhere and pass --weights FILE (.safetensors or .pth), "
                 "or --weights random for a dry run",
             ) from None
-        tag, digest = f"hub:{variant}", ""
-    elif weights == "random":
+        return model, f"hub:{variant}", ""
+    if weights == "random":
         torch.manual_seed(seed)
         model = timm.create_model(variant, pretrained=False, **kwargs)
-        tag, digest = f"random:{seed}", ""
-    else:
-        path = Path(weights).expanduser().resolve()
-        _check_weights_file(path)
-        try:
-            model = timm.create_model(
-                variant, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs
-            )
-        except Exception as e:
-            raise WeightsError(
-                f"{path.name} does not fit {variant}: {str(e).splitlines()[0][:200]}",
-                "check that the file holds weights of this exact architecture",
-            ) from None
-        tag, digest = f"file:{path.name}", sha256_file(path)
-    if not digest:
-        import hashlib
+        return model, f"random:{seed}", ""
+    path = Path(weights).expanduser().resolve()
+    _check_weights_file(path)
+    try:
+        model = timm.create_model(
+            variant, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs
+        )
+    except Exception as e:
+        raise WeightsError(
+            f"{path.name} does not fit {variant}: {str(e).splitlines()[0][:200]}",
+            "check that the file holds weights of this exact architecture",
+        ) from None
+    return model, f"file:{path.name}", sha256_file(path)
 
-        h = hashlib.sha256()
-        for k, v in sorted(model.state_dict().items()):
-            h.update(k.encode())
-            h.update(v.detach().float().cpu().numpy().tobytes())
-        digest = h.hexdigest()
+
+def _state_digest(model: torch.nn.Module) -> str:
+    """sha256 of a model's state dict (names and float32 values, sorted by name)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def timm_encoder(
+    *,
+    weights: str | None = None,
+    layer: int | None = None,
+    resolution: int = 256,
+    seed: int = 0,
+    variant: str | None = None,
+) -> TimmViTEncoder:
+    """Any timm DINO-style ViT by name (``--encoder timm:vit_small_patch16_dinov3``)."""
+    _check_variant(variant)
+    patch = _patch_of(variant)
+    # DINOv2 (patch 14) sees 224 for 256 crops so that the grid stays resolution // 16 (REPA).
+    grid = resolution // 16 if patch == 14 else resolution // patch
+    input_size = grid * patch
+    kwargs = {"img_size": input_size} if "dinov3" not in variant else {}
+    model, tag, digest = _create_model(variant, weights, seed, kwargs)
+    digest = digest or _state_digest(model)
     depth = len(getattr(model, "blocks", []))
     if layer is not None and not (-depth <= layer < depth):
         raise WeightsError(f"layer {layer} out of range for {depth} blocks", f"use 0..{depth - 1}")

@@ -781,6 +781,113 @@ def _card(
     return card
 
 
+@dataclass
+class _Scores:
+    """What the metric families computed, gathered for ``metrics.json`` and the card."""
+
+    metrics: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    extractors: list[tuple[str, str]] = field(default_factory=list)  # (description, sha256)
+    evaluators: list[str] = field(default_factory=list)
+    n_ref: int | None = None
+
+
+def _inception_reference(
+    ref: Reference,
+    wanted: list[str],
+    sdir: Path,
+    extractor: Any,
+    progress: ProgressFactory,
+    messages: list[str],
+) -> Any:
+    """What the Inception metrics compare against: ADM batch, stats, images or nothing (IS)."""
+    if ref.kind == "adm":
+        return ref.adm
+    if ref.kind == "stats":
+        return {k: v for k, v in ref.stats.items() if k in ("fid", "sfid")}
+    if set(wanted) & {"kid", "prc"}:
+        return ref.images  # features are needed, not only statistics
+    if set(wanted) & {"fid", "sfid"}:
+        st = cached_reference_stats(
+            ref.images, folder=sdir, extractor="inception", inception=extractor,
+            progress=progress,
+        )  # fmt: skip
+        messages.append(_stats_message(st))
+        return st.stats
+    return None  # IS alone needs no reference
+
+
+def _add_inception(
+    scores: _Scores,
+    settings: Settings,
+    gen: Generated,
+    ref: Reference,
+    wanted: list[str],
+    sdir: Path,
+    device: Any,
+    progress: ProgressFactory,
+    messages: list[str],
+) -> None:
+    """Inception-based metrics (FID, sFID, IS, KID, precision/recall) into ``scores``."""
+    from repackctl.metrics.generative import compute_generative_metrics
+    from repackctl.metrics.inception import InceptionExtractor
+
+    cfg = settings.evaluate
+    extractor = InceptionExtractor(cfg.inception_weights, device=device, batch_size=cfg.batch_size)
+    reference = _inception_reference(ref, wanted, sdir, extractor, progress, messages)
+    if reference is None:
+        res = _is_only(gen, extractor, cfg, progress)
+    else:
+        res = compute_generative_metrics(
+            gen.images,
+            reference,
+            wanted,
+            extractor=extractor,
+            device=str(device),
+            batch_size=cfg.batch_size,
+            fd_method=cfg.fd_method,
+            progress=progress,
+        )
+    scores.notes += res.pop("notes", [])
+    info = res.pop("extractor")
+    scores.n_ref = res.get("n_reference")
+    scores.metrics.update(res)
+    scores.metrics["inception"] = info
+    scores.extractors.append((info["name"], info["weights_sha256"]))
+    scores.evaluators.append(
+        f"repackctl.metrics.generative (torch-fidelity {info['name'].split()[1]} "
+        f"IS/KID/PRC functions, {cfg.fd_method} Fréchet distance)"
+    )
+
+
+def _add_encoder_fd(
+    scores: _Scores,
+    settings: Settings,
+    gen: Generated,
+    ref: Reference,
+    sdir: Path,
+    device: Any,
+    progress: ProgressFactory,
+    messages: list[str],
+) -> None:
+    """Fréchet distance in the frozen encoder's feature space into ``scores``."""
+    res = _encoder_fd(settings, gen, ref, sdir, device, progress, messages)
+    scores.notes += res.pop("notes", [])
+    spec = res["encoder"]
+    scores.metrics["fd"] = res.pop("fd")
+    scores.metrics["fd_detail"] = {
+        "encoder": spec,
+        "feature": res["feature"],
+        "fd_method": res["fd_method"],
+        "n_generated": res["n_generated"],
+        "n_reference": res["n_reference"],
+    }
+    scores.n_ref = scores.n_ref if scores.n_ref is not None else res["n_reference"]
+    described = f"encoder {spec['id']} ({spec['arch']}, weights {spec['weights']})"
+    scores.extractors.append((described, spec["weights_sha256"] or spec["weights"]))
+    scores.evaluators.append("repackctl.metrics.encoder_fd (pooled patch tokens, Fréchet distance)")
+
+
 def run_evaluate_fid(
     settings: Settings, progress: ProgressFactory = null_progress
 ) -> EvaluateResult:
@@ -788,83 +895,22 @@ def run_evaluate_fid(
     from repackctl.metrics.protocol import validate_card, write_metrics_json
     from repackctl.runtime import resolve_device
 
-    cfg = settings.evaluate
     gen = open_generated(settings, progress)
     ref = open_reference(settings, gen)
-    wanted = choose_metrics(cfg.metrics, ref)
+    wanted = choose_metrics(settings.evaluate.metrics, ref)
     device = resolve_device(settings.device)
     messages = gen.messages + ref.messages
     sdir = stats_dir(settings)
-    metrics: dict[str, Any] = {}
-    notes: list[str] = []
-    extractors: list[tuple[str, str]] = []  # (description, weights sha256)
-    evaluators: list[str] = []
-    n_ref: int | None = None
-
+    scores = _Scores()
     inception_wanted = [m for m in wanted if m in INCEPTION_METRICS]
     if inception_wanted:
-        from repackctl.metrics.generative import compute_generative_metrics
-        from repackctl.metrics.inception import InceptionExtractor
-
-        extractor = InceptionExtractor(
-            cfg.inception_weights, device=device, batch_size=cfg.batch_size
+        _add_inception(
+            scores, settings, gen, ref, inception_wanted, sdir, device, progress, messages
         )
-        if ref.kind == "adm":
-            reference: Any = ref.adm
-        elif ref.kind == "stats":
-            reference = {k: v for k, v in ref.stats.items() if k in ("fid", "sfid")}
-        elif set(inception_wanted) & {"kid", "prc"}:
-            reference = ref.images  # features are needed, not only statistics
-        elif set(inception_wanted) & {"fid", "sfid"}:
-            st = cached_reference_stats(
-                ref.images, folder=sdir, extractor="inception", inception=extractor,
-                progress=progress,
-            )  # fmt: skip
-            messages.append(_stats_message(st))
-            reference = st.stats
-        else:
-            reference = None  # IS alone needs no reference
-        if reference is None:
-            res = _is_only(gen, extractor, cfg, progress)
-        else:
-            res = compute_generative_metrics(
-                gen.images,
-                reference,
-                inception_wanted,
-                extractor=extractor,
-                device=str(device),
-                batch_size=cfg.batch_size,
-                fd_method=cfg.fd_method,
-                progress=progress,
-            )
-        notes += res.pop("notes", [])
-        info = res.pop("extractor")
-        n_ref = res.get("n_reference")
-        metrics.update(res)
-        metrics["inception"] = info
-        extractors.append((info["name"], info["weights_sha256"]))
-        evaluators.append(
-            f"repackctl.metrics.generative (torch-fidelity {info['name'].split()[1]} "
-            f"IS/KID/PRC functions, {cfg.fd_method} Fréchet distance)"
-        )
-
     if "fd" in wanted:
-        res = _encoder_fd(settings, gen, ref, sdir, device, progress, messages)
-        notes += res.pop("notes", [])
-        spec = res["encoder"]
-        metrics["fd"] = res.pop("fd")
-        metrics["fd_detail"] = {
-            "encoder": spec,
-            "feature": res["feature"],
-            "fd_method": res["fd_method"],
-            "n_generated": res["n_generated"],
-            "n_reference": res["n_reference"],
-        }
-        n_ref = n_ref if n_ref is not None else res["n_reference"]
-        described = f"encoder {spec['id']} ({spec['arch']}, weights {spec['weights']})"
-        extractors.append((described, spec["weights_sha256"] or spec["weights"]))
-        evaluators.append("repackctl.metrics.encoder_fd (pooled patch tokens, Fréchet distance)")
+        _add_encoder_fd(scores, settings, gen, ref, sdir, device, progress, messages)
 
+    metrics = scores.metrics
     metrics["metrics"] = wanted
     metrics["generated"] = {
         "path": gen.images.label,
@@ -873,19 +919,19 @@ def run_evaluate_fid(
         "resolution": gen.images.resolution,
     }
     metrics["reference"] = {"path": ref.label, "sha256": ref.sha256, "kind": ref.kind}
-    metrics["notes"] = notes
+    metrics["notes"] = scores.notes
     card = _card(
         gen,
         ref,
-        evaluator="; ".join(evaluators),
-        extractor="; ".join(e for e, _ in extractors),
-        extractor_sha=extractors[0][1],
+        evaluator="; ".join(scores.evaluators),
+        extractor="; ".join(e for e, _ in scores.extractors),
+        extractor_sha=scores.extractors[0][1],
         precision=settings.precision,
         n=gen.images.n,
     )
     validate_card(card)
     path = write_metrics_json(_metrics_path(settings, gen), metrics, card)
-    return EvaluateResult(metrics, card, path, messages, gen.images.n, n_ref)
+    return EvaluateResult(metrics, card, path, messages, gen.images.n, scores.n_ref)
 
 
 def _is_only(gen: Generated, extractor: Any, cfg: Any, progress: ProgressFactory) -> dict:

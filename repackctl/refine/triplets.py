@@ -83,29 +83,19 @@ def open_triplets(entry: DatasetEntry, pack_id: str, noise: float) -> ArrayGroup
     return grp
 
 
-def build_triplets(
+def _open_triplets(
     entry: DatasetEntry,
     features_id: str,
     pack,
-    *,
-    noise: float = 0.0,
-    seed: int = 0,
-    batch_size: int = 32,
-    device: torch.device | str = "cpu",
-    progress: ProgressFactory = null_progress,
-    dist: DistInfo | None = None,
-) -> TripletResult:
-    """Build (or finish building) the triplets of ``pack`` (a ``pack.io.PackHandle``)."""
-    from repackctl.files import to_uint8
-
-    dist = dist or DistInfo.from_env()
-    feats = entry.features(features_id)
-    n, flips, tokens, dim = feats["tokens"].shape
-    model = pack.model.to(device).eval()
-    grid = int(round(tokens**0.5))
-    d = model.latent_channels
+    name: str,
+    shapes: tuple[int, int, int],
+    noise: float,
+    seed: int,
+    dist: DistInfo,
+):
+    """Create (rank 0, first) or open the triplet group; ``shapes`` is (flips, d, grid)."""
+    flips, d, grid = shapes
     res = entry.resolution
-    name = triplet_group_name(pack.pack_id, noise)
     attrs = {
         "pack_id": pack.pack_id,
         "features": features_id,
@@ -128,6 +118,11 @@ def build_triplets(
     dist.barrier()
     if dist.rank != 0:
         grp, _ = entry.create_or_open_group(KIND, name, attrs, build, TRIPLET_ARRAYS)
+    return grp
+
+
+def _source_codes(entry: DatasetEntry, feats, features_id: str) -> np.ndarray:
+    """Per-sample codes: WRITTEN where image and features are, else the skip reason."""
     img_done, feat_done = entry.done[:], feats.done[:]
     if (feat_done == PENDING).any() or (img_done == PENDING).any():
         raise CacheError(
@@ -137,42 +132,93 @@ def build_triplets(
     both = (img_done == WRITTEN) & (feat_done == WRITTEN)
     # a skipped input keeps its skip reason; it gets no triplet
     source_done = np.where(both, WRITTEN, np.maximum(np.maximum(img_done, feat_done), 2))
-    source_done = source_done.astype(np.uint8)
+    return source_done.astype(np.uint8)
+
+
+@torch.no_grad()
+def _encode_decode(
+    model, t: torch.Tensor, grid: int, noise: float, seed: int, lo: int, ok: np.ndarray, f: int
+) -> tuple[torch.Tensor, np.ndarray]:
+    """Posterior-mean latent (+ seeded noise) of tokens ``t`` and its uint8 decoding."""
+    from repackctl.files import to_uint8
+
+    z = model.encode(t, (grid, grid)).mode()  # (b, d, h, w)
+    if noise > 0:
+        shape = tuple(z.shape[1:])
+        eps = torch.stack([_noise(seed, lo + int(k), f, shape) for k in np.flatnonzero(ok)]).to(
+            z.device
+        )  # (b, d, h, w)
+        z = z + noise * eps  # (b, d, h, w)
+    return z, to_uint8(model.decode(z))  # (b, d, h, w), (b, R, R, 3)
+
+
+def _shard_triplets(
+    rng: range,
+    codes: np.ndarray,
+    tokens,
+    model,
+    shapes: tuple[int, int, int, int],
+    noise: float,
+    seed: int,
+    batch_size: int,
+    device: torch.device | str,
+    bar,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Latents and reconstructions of one shard; ``shapes`` is (flips, d, grid, resolution)."""
+    flips, d, grid, res = shapes
+    m = len(rng)
+    lat = np.zeros((m, flips, d, grid, grid), np.float32)
+    rec = np.zeros((m, flips, res, res, 3), np.uint8)
+    for start in range(0, m, batch_size):
+        lo, hi = rng.start + start, min(rng.start + start + batch_size, rng.stop)
+        ok = codes[lo - rng.start : hi - rng.start] == WRITTEN
+        if ok.any():
+            tok = torch.from_numpy(np.asarray(tokens[lo:hi], np.float32))
+            for f in range(flips):
+                t = tok[ok, f].to(device)  # (b, T, C)
+                z, images = _encode_decode(model, t, grid, noise, seed, lo, ok, f)
+                rows = np.flatnonzero(ok) + (lo - rng.start)
+                lat[rows, f] = z.float().cpu().numpy()
+                rec[rows, f] = images
+        bar.advance(hi - lo)
+    return lat, rec
+
+
+def build_triplets(
+    entry: DatasetEntry,
+    features_id: str,
+    pack,
+    *,
+    noise: float = 0.0,
+    seed: int = 0,
+    batch_size: int = 32,
+    device: torch.device | str = "cpu",
+    progress: ProgressFactory = null_progress,
+    dist: DistInfo | None = None,
+) -> TripletResult:
+    """Build (or finish building) the triplets of ``pack`` (a ``pack.io.PackHandle``)."""
+    dist = dist or DistInfo.from_env()
+    feats = entry.features(features_id)
+    n, flips, tokens, dim = feats["tokens"].shape
+    model = pack.model.to(device).eval()
+    grid = int(round(tokens**0.5))
+    d = model.latent_channels
+    name = triplet_group_name(pack.pack_id, noise)
+    grp = _open_triplets(entry, features_id, pack, name, (flips, d, grid), noise, seed, dist)
+    source_done = _source_codes(entry, feats, features_id)
     mine = owned_ranges(n, entry.shard, dist.rank, dist.world)
     done = grp.done_mask()
     pending = [r for r in mine if (done[r.start : r.stop] == PENDING).any()]
     already = sum(len(r) for r in mine) - sum(len(r) for r in pending)
     written = 0
+    shapes = (flips, d, grid, entry.resolution)
     t0 = time.perf_counter()
     with progress(f"triplets {name}", total=sum(len(r) for r in pending), unit="img") as bar:
         for rng in pending:
-            m = len(rng)
-            lat = np.zeros((m, flips, d, grid, grid), np.float32)
-            rec = np.zeros((m, flips, res, res, 3), np.uint8)
             codes = source_done[rng.start : rng.stop]
-            for start in range(0, m, batch_size):
-                lo, hi = rng.start + start, min(rng.start + start + batch_size, rng.stop)
-                ok = codes[lo - rng.start : hi - rng.start] == WRITTEN
-                if ok.any():
-                    tok = torch.from_numpy(np.asarray(feats["tokens"][lo:hi], np.float32))
-                    for f in range(flips):
-                        with torch.no_grad():
-                            t = tok[ok, f].to(device)  # (b, T, C)
-                            z = model.encode(t, (grid, grid)).mode()  # (b, d, h, w)
-                            if noise > 0:
-                                shape = tuple(z.shape[1:])
-                                eps = torch.stack(
-                                    [
-                                        _noise(seed, lo + int(k), f, shape)
-                                        for k in np.flatnonzero(ok)
-                                    ]
-                                ).to(z.device)  # (b, d, h, w)
-                                z = z + noise * eps  # (b, d, h, w)
-                            images = to_uint8(model.decode(z))  # (b, R, R, 3)
-                        rows = np.flatnonzero(ok) + (lo - rng.start)
-                        lat[rows, f] = z.float().cpu().numpy()
-                        rec[rows, f] = images
-                bar.advance(hi - lo)
+            lat, rec = _shard_triplets(
+                rng, codes, feats["tokens"], model, shapes, noise, seed, batch_size, device, bar
+            )
             sl = slice(rng.start, rng.stop)
             grp["latent"][sl] = lat
             grp["recon"][sl] = rec
