@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -242,35 +243,7 @@ class LatentData:
         self.flip = flip and self.flips > 1
         self.chunk = self.entry.chunk
 
-        done = self.group.done_mask()
-        if (done == PENDING).any():
-            missing = int((done == PENDING).sum())
-            raise CacheError(
-                f"packed latents {ref.pack_id} are incomplete ({missing} of {n} samples pending)",
-                f"run `repackctl pack encode --run {pack_run_of(ref.pack_id) or 'RUN'}` again "
-                "to finish them",
-            )
-        ok = (self.entry.done[:] == WRITTEN) & (done == WRITTEN)
-        self.features_id: str | None = None
-        arrays = {"mean": mean_arr}
-        if sampling == "sample":
-            arrays["std"] = self.group["std"]
-        if repa:
-            self.features_id = find_features(self.entry, ref.pack_id, attrs, features)
-            feats = self.entry.features(self.features_id)
-            fdone = feats.done_mask()
-            if (fdone == PENDING).any():
-                enc = self.features_id.split("--")[0]
-                raise CacheError(
-                    f"features {self.features_id} of {ref.entry} are incomplete",
-                    f"run `{extract_command(self.entry, enc, self.features_id.split('--')[1])}` "
-                    "again to finish them",
-                )
-            ok &= fdone == WRITTEN
-            tokens = feats["tokens"]
-            if tokens.shape[1] < self.flips:
-                self.flip = False  # features without the mirrored copy: no flip augmentation
-            arrays["tokens"] = tokens
+        ok, arrays = self._usable(mean_arr, n, repa, features)
         self.indices = np.flatnonzero(ok).astype(np.int64)  # (N_valid,) cache indices
         if len(self.indices) == 0:
             raise CacheError(
@@ -295,6 +268,42 @@ class LatentData:
         if self.in_memory:
             # whole arrays in one read each (~350 MB/s), then only the usable samples kept
             self._memory = {k: np.asarray(a[:])[self.indices] for k, a in arrays.items()}
+
+    def _usable(
+        self, mean_arr: Any, n: int, repa: bool, features: str | None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Rows whose image, latents (and REPA tokens) are written, and the arrays to read."""
+        ref, attrs = self.ref, self.attrs
+        done = self.group.done_mask()
+        if (done == PENDING).any():
+            missing = int((done == PENDING).sum())
+            raise CacheError(
+                f"packed latents {ref.pack_id} are incomplete ({missing} of {n} samples pending)",
+                f"run `repackctl pack encode --run {pack_run_of(ref.pack_id) or 'RUN'}` again "
+                "to finish them",
+            )
+        ok = (self.entry.done[:] == WRITTEN) & (done == WRITTEN)
+        self.features_id: str | None = None
+        arrays = {"mean": mean_arr}
+        if self.sampling == "sample":
+            arrays["std"] = self.group["std"]
+        if repa:
+            self.features_id = find_features(self.entry, ref.pack_id, attrs, features)
+            feats = self.entry.features(self.features_id)
+            fdone = feats.done_mask()
+            if (fdone == PENDING).any():
+                enc = self.features_id.split("--")[0]
+                raise CacheError(
+                    f"features {self.features_id} of {ref.entry} are incomplete",
+                    f"run `{extract_command(self.entry, enc, self.features_id.split('--')[1])}` "
+                    "again to finish them",
+                )
+            ok &= fdone == WRITTEN
+            tokens = feats["tokens"]
+            if tokens.shape[1] < self.flips:
+                self.flip = False  # features without the mirrored copy: no flip augmentation
+            arrays["tokens"] = tokens
+        return ok, arrays
 
     def _guard(self, arrays: dict, ok: np.ndarray) -> dict[str, GuardedArray]:
         """Reads that refuse a lost or corrupt chunk of a used row (never zeros)."""
