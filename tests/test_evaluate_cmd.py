@@ -220,3 +220,53 @@ def test_a_dit_checkpoint_is_sampled_first_then_scored(tmp_path_factory, tmp_pat
     # the reference defaults to the cache entry the DiT was trained on: built-in data → FD
     assert card["reference_file"].startswith("cache:builtin")
     assert doc["metrics"]["metrics"] == ["fd"] and math.isfinite(doc["metrics"]["fd"])
+
+
+def test_a_reference_from_another_protocol_is_refused_unless_forced(tmp_path):
+    """Statistics made at 32 px do not score 64-px samples silently (issue: FD 148.44 vs 148.15)."""
+    ref32 = _builtin_pngs(tmp_path / "ref", 8, "val", res=32)
+    stats = ["evaluate", "stats", str(ref32), "--extractor", "fd", "--resolution", "32",
+             "--device", "cpu", "--stats-dir", str(tmp_path / "stats"), *FD_WEIGHTS]  # fmt: skip
+    assert runner.invoke(app, stats).exit_code == 0
+    (stats_file,) = (tmp_path / "stats").glob("*.npz")
+    samples64 = _builtin_pngs(tmp_path / "s64", 8, "train", res=64)
+    args = ["evaluate", "fid", str(samples64), "--ref", str(stats_file), "--metrics", "fd",
+            "--device", "cpu", "--fd-method", "cholesky", *FD_WEIGHTS]  # fmt: skip
+    refused = runner.invoke(app, args)
+    assert refused.exit_code != 0 and "another protocol" in refused.output
+    assert "resolution: reference 32, samples 64" in refused.output
+    assert "--force-reference" in refused.output and "Traceback" not in refused.output
+    forced = runner.invoke(app, [*args, "--force-reference"])
+    assert forced.exit_code == 0, forced.output
+    card = json.loads((samples64 / "metrics.json").read_text())["protocol"]
+    assert "resolution: reference 32, samples 64" in card["reference_protocol_differences"]
+
+
+def test_a_run_folder_resolves_to_its_newest_samples_folder(tmp_path):
+    run = tmp_path / "runs" / "dit"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "curves.png").write_bytes(b"not a sample")
+    root = tmp_path / "samples"
+    res = runner.invoke(app, ["evaluate", "fid", str(run), "--samples-root", str(root),
+                              "--metrics", "fd", "--device", "cpu", *FD_WEIGHTS])  # fmt: skip
+    assert (
+        res.exit_code != 0
+        and "no samples folder" in res.output
+        and "repackctl sample" in res.output
+    )
+    _builtin_pngs(root / "dit--step-0000010--euler-8--cfg1.5--seed0", 6, "train")
+    newest = _builtin_pngs(root / "dit--step-0000020--euler-8--cfg1.5--seed0", 6, "train")
+    (newest / "protocol.json").write_text(json.dumps({"dataset": "builtin"}))
+    res = runner.invoke(app, ["evaluate", "fid", str(run), "--samples-root", str(root),
+                              "--metrics", "fd", "--device", "cpu", "--fd-method", "cholesky",
+                              *FD_WEIGHTS])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "its newest samples folder" in res.output and (newest / "metrics.json").is_file()
+
+
+def test_missing_inception_hint_gives_the_command_without_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "none"))
+    samples = _builtin_pngs(tmp_path / "s", 4, "train")
+    res = runner.invoke(app, ["evaluate", "fid", str(samples), "--ref", str(samples),
+                              "--metrics", "fid", "--device", "cpu"])  # fmt: skip
+    assert res.exit_code != 0 and "--metrics fd" in res.output

@@ -41,6 +41,14 @@ RefOpt = Annotated[
         "data the generator was trained on (recorded in the samples' protocol.json).",
     ),
 ]
+ForceRefOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--force-reference/--no-force-reference",
+        help="Use a reference made with another protocol (resolution, extractor, weights); "
+        "the differences go into the card.",
+    ),
+]
 RefCacheOpt = Annotated[
     str | None,
     typer.Option("--ref-cache", help="Reference = the images of this cache entry (`cache ls`)."),
@@ -166,6 +174,7 @@ def fid(
     source: GeneratedArg = None,
     ref: RefOpt = None,
     ref_cache: RefCacheOpt = None,
+    force_reference: ForceRefOpt = None,
     samples: SamplesOpt = None,
     metrics: MetricsOpt = None,
     inception_weights: InceptionOpt = None,
@@ -205,6 +214,7 @@ def fid(
             "evaluate.source": source,
             "evaluate.reference": ref,
             "evaluate.ref_cache": ref_cache,
+            "evaluate.force_reference": force_reference,
             "evaluate.num_samples": samples,
             "evaluate.metrics": metrics,
             "evaluate.inception_weights": inception_weights,

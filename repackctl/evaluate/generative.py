@@ -37,7 +37,7 @@ from repackctl.errors import CacheError, CheckpointError, ConfigError, DataError
 from repackctl.files import sha256_file
 from repackctl.metrics.adm import AdmReference, iter_npz_images, npz_images_shape
 from repackctl.metrics.frechet import FeatureStats, StatsFile, atomic_path, load_stats
-from repackctl.paths import METRICS_JSON, PROTOCOL_JSON, SAMPLES_NPZ
+from repackctl.paths import METRICS_JSON, PROTOCOL_JSON, SAMPLES_NPZ, local_path, run_root_of
 from repackctl.progress import ProgressFactory, null_progress
 from repackctl.settings import Settings
 
@@ -303,6 +303,14 @@ def is_checkpoint_or_run(path: Path) -> bool:
     return path.is_dir() and ((path / "state.json").is_file() or (path / "checkpoints").is_dir())
 
 
+def samples_of_run(root: str | Path, run: Path) -> list[Path]:
+    """Samples folders made from ``run`` (a run or checkpoint folder), newest first."""
+
+    base, name = local_path(str(root)), run_root_of(run).name
+    found = [p for p in base.glob(f"{name}--*") if is_samples_folder(p)] if base.is_dir() else []
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
 def newest_samples_folder(root: str | Path) -> Path:
     """The most recently written samples folder under the samples root."""
     from repackctl.paths import local_path
@@ -381,10 +389,21 @@ def open_generated(settings: Settings, progress: ProgressFactory = null_progress
                 f"generated samples {path} do not exist",
                 hint="pass a samples folder, a samples .npz, or a DiT run/checkpoint",
             )
-    if path.is_dir() and is_checkpoint_or_run(path) and not is_samples_folder(path):
-        path = sample_checkpoint(settings, path, num, progress)
-        messages.append(f"sampled {num} images into {path}")
-        sampled_now = True
+    if path.is_dir() and is_checkpoint_or_run(path):
+        made = samples_of_run(settings.samples, path)
+        if made:
+            path = made[0]
+            messages.append(f"{cfg.source} is a run: its newest samples folder is {path}")
+        elif num is not None:
+            path = sample_checkpoint(settings, path, num, progress)
+            messages.append(f"sampled {num} images into {path}")
+            sampled_now = True
+        else:
+            raise DataError(
+                f"{path} is a run or checkpoint with no samples folder under {settings.samples}",
+                hint=f"sample it first (`repackctl sample --run {run_root_of(path).name} -n "
+                "50000`), or give --samples N to sample it now",
+            )
     if path.is_file():
         if path.suffix != ".npz":
             raise DataError(
@@ -448,6 +467,31 @@ class Reference:
     stats: dict[str, StatsFile] = field(default_factory=dict)  # "fid"/"sfid"/"fd" -> stats
     builtin_data: bool = False  # the built-in dataset: FD in encoder space is the default
     messages: list[str] = field(default_factory=list)
+    differences: list[str] = field(default_factory=list)  # protocol differences (forced)
+
+
+def check_protocol(ref: Reference, made: dict, want: dict, force: bool) -> None:
+    """Refuse a reference made with another protocol than the samples', unless forced.
+
+    ``made`` is what the reference was made with, ``want`` what this evaluation uses (the keys
+    ``resolution``, ``extractor``, ``weights_sha256``; a key missing from ``made`` is unknown and
+    not compared). Forced differences are kept in ``ref.differences`` and the card.
+    """
+    diff = [
+        f"{k}: reference {made[k]!r}, samples {v!r}"
+        for k, v in want.items()
+        if made.get(k) is not None and v is not None and made[k] != v
+    ]
+    if not diff:
+        return
+    if not force:
+        raise ConfigError(
+            f"reference {ref.label} was made with another protocol ({'; '.join(diff)})",
+            "make the reference with the samples' protocol (`repackctl evaluate stats …` at "
+            "their resolution and extractor), or pass --force-reference to use it anyway",
+        )
+    ref.differences += diff
+    ref.messages.append(f"warning: reference protocol differs ({'; '.join(diff)})")
 
 
 def _is_builtin_dataset(name: str | None) -> bool:
@@ -517,12 +561,10 @@ def open_reference(settings: Settings, gen: Generated) -> Reference:
     if ref.images is not None:
         ref.images.batch_size = cfg.batch_size
         ref.sha256 = ref.images.sha256
-        if ref.images.resolution != res:
-            messages.append(
-                f"reference images are {ref.images.resolution}px, samples {res}px: both are "
-                "resized by the feature extractor, but the score mixes resolutions"
-            )
     ref.messages = messages + ref.messages
+    if ref.images is not None:
+        made = {"resolution": ref.images.resolution}
+        check_protocol(ref, made, {"resolution": res}, cfg.force_reference)
     return ref
 
 
@@ -774,6 +816,7 @@ def _card(
         feature_extractor_sha256=extractor_sha,
         reference_file=ref.label,
         reference_sha256=ref.sha256,
+        reference_protocol_differences=list(ref.differences),
         num_samples=n,
         versions=package_versions(),
         git_revision=git_revision(),
@@ -799,12 +842,22 @@ def _inception_reference(
     extractor: Any,
     progress: ProgressFactory,
     messages: list[str],
+    resolution: int | None = None,
+    force: bool = False,
 ) -> Any:
     """What the Inception metrics compare against: ADM batch, stats, images or nothing (IS)."""
     if ref.kind == "adm":
         return ref.adm
     if ref.kind == "stats":
-        return {k: v for k, v in ref.stats.items() if k in ("fid", "sfid")}
+        stats = {k: v for k, v in ref.stats.items() if k in ("fid", "sfid")}
+        want = {
+            "resolution": resolution,
+            "extractor": "inception-v3-compat",
+            "weights_sha256": extractor.info()["weights_sha256"],
+        }
+        for st in stats.values():
+            check_protocol(ref, st.metadata, want, force)
+        return stats
     if set(wanted) & {"kid", "prc"}:
         return ref.images  # features are needed, not only statistics
     if set(wanted) & {"fid", "sfid"}:
@@ -834,7 +887,10 @@ def _add_inception(
 
     cfg = settings.evaluate
     extractor = InceptionExtractor(cfg.inception_weights, device=device, batch_size=cfg.batch_size)
-    reference = _inception_reference(ref, wanted, sdir, extractor, progress, messages)
+    reference = _inception_reference(
+        ref, wanted, sdir, extractor, progress, messages, gen.images.resolution,
+        cfg.force_reference,
+    )  # fmt: skip
     if reference is None:
         res = _is_only(gen, extractor, cfg, progress)
     else:
@@ -992,6 +1048,13 @@ def _encoder_fd(
                 f"--fd-encoder {settings.evaluate.fd_encoder}`",
             )
         reference: Any = ref.stats["fd"]
+        want = {
+            "resolution": gen.images.resolution,
+            "extractor": f"encoder:{encoder.spec.entry_id()}",
+            "weights_sha256": encoder.spec.weights_sha256,
+        }
+        check_protocol(ref, reference.metadata, want, settings.evaluate.force_reference)
+        messages += [m for m in ref.messages if m.startswith("warning: reference protocol")]
     else:
         st = cached_reference_stats(
             ref.images, folder=sdir, extractor="encoder", encoder=encoder, device=device,

@@ -83,8 +83,8 @@ def _missing_weights_error(searched: list[Path]) -> WeightsError:
         f"Inception-V3 weights for FID/IS/KID/precision-recall were not found (looked at {where})",
         hint=f"download {INCEPTION_URL} and save it as {hub_weights_path()} (the torch hub cache "
         f"that torch-fidelity reads; set TORCH_HOME to move it), or pass "
-        f"--inception-weights FILE (.pth or .safetensors). Without Inception weights, "
-        f"FD in an encoder's feature space still works.",
+        f"--inception-weights FILE (.pth or .safetensors). Without Inception weights, FD in an "
+        f"encoder's feature space works: `repackctl evaluate fid SAMPLES --metrics fd`.",
     )
 
 

@@ -45,6 +45,11 @@ class EvaluateSettings(BaseModel):
     fd_method: Literal["sqrtm", "cholesky"] = Field(
         "sqrtm", description="Fréchet distance algorithm: sqrtm (ADM's) or cholesky (faster)"
     )
+    force_reference: bool = Field(
+        False,
+        description="use a reference made with another protocol (resolution, feature extractor "
+        "or its weights); the differences are written into the card",
+    )
     batch_size: int = Field(64, ge=1, description="images per feature-extractor forward")
     out: str | None = Field(None, description="where metrics.json goes; none = beside the samples")
     stats_dir: str | None = Field(
