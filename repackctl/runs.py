@@ -18,11 +18,12 @@ import json
 import os
 import re
 import shutil
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from repackctl.errors import CheckpointError
+from repackctl.errors import CheckpointError, ConfigError
 
 CONFIG_JSON = "config.json"
 METRICS_JSONL = "metrics.jsonl"
@@ -253,3 +254,29 @@ def runs_hint(root: Path, stage: str | None = None, limit: int = 10) -> str:
     ]
     more = f" and {len(runs) - limit} more (`repackctl runs ls`)" if len(runs) > limit else ""
     return f"{kind} in {root}: {', '.join(names)}{more}"
+
+
+def newest_run(root: Path, stage: str) -> str | None:
+    """The most recently modified run of ``stage`` with a complete checkpoint (stages chain)."""
+    runs = [r for r in list_runs(root) if r.stage == stage and r.step is not None]
+    return max(runs, key=lambda r: r.modified).name if runs else None
+
+
+def chained_run(runs: str, stage: str, flag: str, messages: list[str] | None = None) -> str:
+    """The newest ``stage`` run, for a command whose ``flag`` was not given; says which it took.
+
+    None at all: a ``ConfigError`` listing the runs there are.
+    """
+    root = Path(runs).expanduser().resolve()
+    name = newest_run(root, stage)
+    if name is None:
+        raise ConfigError(
+            f"no {flag} given and no {stage} run with a checkpoint in {root}",
+            f"pass {flag} NAME; {runs_hint(root)}",
+        )
+    note = f"no {flag} given: using {name}, the newest {stage} run"
+    if messages is not None:
+        messages.append(note)
+    elif int(os.environ.get("RANK", 0)) == 0:
+        print(note, file=sys.stderr)
+    return name

@@ -394,3 +394,27 @@ def test_probe_beats_chance_on_builtin_features(tmp_path):
     assert rows["encoder"]["num_params"] == 96 * 10 + 10
     assert rows["PCA-4"]["num_params"] == 4 * 10 + 10
     assert "| Representation | dims | #params | top-1 % |" in res.output
+
+
+def test_stages_chain_to_the_newest_extracted_features(tmp_path):
+    """After `extract` at a non-default encoder and size, bare `pack train` / `pack encode` use it."""
+    from typer.testing import CliRunner
+
+    from repackctl.cli.app import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["extract", "--encoder", "patchpix", "--resolution", "32", "-n", "16",
+                              "--chunk", "8", "--shard", "16"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    small = ["--steps", "2", "--batch-size", "8", "--ch", "16", "-c", "4", "--image-every", "0"]
+    res = runner.invoke(app, ["pack", "train", *small, "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert "using cache entry builtin-n16--train--32px" in res.output and "patchpix" in res.output
+    res = runner.invoke(app, ["pack", "encode", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert "pack-patchpix-repack" in res.output
+    # the user named other data: no guessing, the error names what to run
+    res = runner.invoke(app, ["pack", "train", *small, "--resolution", "64"])
+    assert (
+        res.exit_code != 0 and "repackctl extract" in res.output and "Traceback" not in res.output
+    )

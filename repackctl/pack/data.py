@@ -35,7 +35,7 @@ from repackctl.cache.store import (
     DatasetEntry,
     list_entries,
 )
-from repackctl.errors import CacheError, ConfigError
+from repackctl.errors import CacheError, ConfigError, RepackError
 from repackctl.paths import cache_root, entry_name
 from repackctl.settings import Settings
 
@@ -76,6 +76,7 @@ class FeatureRef:
     encoder_attrs: dict[str, Any]
     # the user-level settings that made it (for hints and for sibling splits)
     source: dict[str, Any]
+    note: str | None = None  # how it was chosen, when the settings did not name it
 
     @property
     def cache(self) -> dict[str, str]:
@@ -215,15 +216,76 @@ def locate_features(settings: Settings) -> FeatureRef:
     source = _source_settings(settings)
     hint = _hint(source)
     features_id = cfg.features or features_id_for(source, settings.seed)[0]
+    note = None
     if cfg.entry:
         name = cfg.entry
     else:
-        dataset = dataset_name_for(source, settings.seed, settings.imagenet_root)
-        name = find_entry(
-            settings.cache, dataset, cfg.split, source["resolution"], features_id, hint
-        )
+        try:
+            dataset = dataset_name_for(source, settings.seed, settings.imagenet_root)
+            name = find_entry(
+                settings.cache, dataset, cfg.split, source["resolution"], features_id, hint
+            )
+        except RepackError:
+            if SOURCE_KEYS & cfg.model_fields_set:
+                raise  # the user named the data: no guessing
+            name, features_id = newest_features(settings.cache, cfg.split)
+            note = (
+                f"using cache entry {name} / {features_id}, the newest with complete features "
+                "(the defaults name no extracted data; pass --entry/--features to choose)"
+            )
     entry, feats, features_id = open_features(settings.cache, name, features_id, hint)
-    return FeatureRef(entry, features_id, feats, feats.attrs["encoder"], source)
+    source = {**source, **_source_of(entry, feats)} if note else source
+    return FeatureRef(entry, features_id, feats, feats.attrs["encoder"], source, note)
+
+
+# settings that name the data: when one is given, nothing is chosen for the user
+SOURCE_KEYS = {"entry", "features", "data", "encoder", "weights", "layer", "resolution", "num"}
+
+
+def newest_features(root: str, split: str) -> tuple[str, str]:
+    """(entry, features id) of the newest complete feature set of ``split`` in the cache.
+
+    This is how stages chain: after `extract --data imagefolder:… --resolution 64`, a bare
+    `pack train` packs those features. None at all: a CacheError listing what the cache holds.
+    """
+    found = []
+    for name in list_entries(root):
+        entry = DatasetEntry.open(root, name)
+        if entry.attrs.get("split") != split:
+            continue
+        for fid in entry.feature_ids():
+            feats = entry.features(fid)
+            if not (feats.done_mask() == PENDING).any():
+                found.append((_mtime(root, name, "features", fid), name, fid))
+    if not found:
+        have = ", ".join(list_entries(root)) or "none"
+        raise CacheError(
+            f"no complete {split} features in the cache {root} (entries: {have})",
+            "run `repackctl extract` first (with --split for another split)",
+        )
+    found.sort()
+    return found[-1][1], found[-1][2]
+
+
+def _mtime(root: str, *parts: str) -> float:
+    """Modification time of a group on a local root (0 on remote stores: then the last listed)."""
+    from repackctl.paths import is_url, local_path
+
+    path = local_path(root).joinpath(*parts)
+    return 0.0 if is_url(root) or not path.exists() else path.stat().st_mtime
+
+
+def _source_of(entry: DatasetEntry, feats: ArrayGroup) -> dict[str, Any]:
+    """The extract settings recorded in an entry, for hints and sibling splits."""
+    a, enc = entry.attrs, feats.attrs.get("encoder", {})
+    src = a.get("source") or {}
+    data = (
+        f"imagefolder:{src['root']}"
+        if src.get("source") == "imagefolder"
+        else _base(str(a.get("dataset", "builtin")))
+    )
+    return {"data": data, "resolution": entry.resolution, "resolution_given": entry.resolution,
+            "encoder": enc.get("id", "builtin")}  # fmt: skip
 
 
 def sibling_entry(

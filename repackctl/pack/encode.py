@@ -48,8 +48,9 @@ from repackctl.pack.data import (
     sibling_entry,
 )
 from repackctl.pack.load import LATENT_STATS, PackHandle, load_pack
-from repackctl.paths import cache_root
+from repackctl.paths import cache_root, run_dir
 from repackctl.progress import ProgressFactory, null_progress
+from repackctl.runs import chained_run
 from repackctl.runtime import DistInfo, resolve_device
 from repackctl.settings import Settings
 
@@ -272,7 +273,10 @@ def run_pack_encode(
 
     cfg = settings.pack
     dist = dist or DistInfo.from_env()
-    handle = load_pack(cfg.run or default_run_name(settings), runs=settings.runs)
+    run = cfg.run or default_run_name(settings)
+    if not cfg.run and not run_dir(settings.runs, run).is_dir():
+        run = chained_run(settings.runs, "pack", "--run")
+    handle = load_pack(run, runs=settings.runs)
     entry, feats = target_features(settings, handle)
     device = resolve_device(settings.device, dist.local_rank)
     model = handle.model.to(device)

@@ -93,9 +93,10 @@ class PackPlan:
         }
 
 
-def default_run_name(settings: Settings) -> str:
+def default_run_name(settings: Settings, encoder: str | None = None) -> str:
     """``pack-<encoder>-<method>`` (the encoder id made safe for a folder name)."""
-    enc = "".join(c if c.isalnum() or c in "-_." else "-" for c in settings.pack.encoder)
+    enc = encoder or settings.pack.encoder
+    enc = "".join(c if c.isalnum() or c in "-_." else "-" for c in enc)
     return f"pack-{enc}-{settings.pack.method}"
 
 
@@ -154,7 +155,7 @@ def resolve_plan(settings: Settings, ref: FeatureRef) -> PackPlan:
     lr = pick("lr")
     steps = pick("steps")
     return PackPlan(
-        run_name=cfg.run or default_run_name(settings),
+        run_name=cfg.run or default_run_name(settings, ref.source.get("encoder")),
         method=kind,
         preset=preset,
         steps=steps,
@@ -345,7 +346,7 @@ def run_pack_train(
     run_dir = run_dir_of(settings.runs, plan.run_name)
     progress = with_log_file(progress, run_dir / LOG_FILE)
     data = PackData(ref.entry, ref.feats, cfg.in_memory, cfg.memory_gb)
-    log = list(plan.notes)
+    log = ([ref.note] if ref.note else []) + list(plan.notes)
     lpips = _load_lpips(plan)
 
     # the contract part of state_extra, to compare with an existing run before anything starts

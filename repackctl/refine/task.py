@@ -41,6 +41,7 @@ from repackctl.pack.discriminator import (
 from repackctl.progress import LOG_FILE, ProgressFactory, null_progress, with_log_file
 from repackctl.refine.network import LatentGuidedRefiner, RefinerConfig
 from repackctl.refine.triplets import build_triplets, open_triplets
+from repackctl.runs import chained_run
 from repackctl.settings import Settings
 from repackctl.train import OptimizerSpec, StepOutput, TrainConfig, train
 
@@ -256,11 +257,8 @@ def run_refine_train(
     from repackctl.runtime import resolve_device
 
     cfg = settings.refine
-    if not cfg.pack_run:
-        raise ConfigError(
-            "no pack run given", "pass --pack-run NAME (made by `repackctl pack train`)"
-        )
-    pack = load_pack(cfg.pack_run, runs=settings.runs)
+    pack_run = cfg.pack_run or chained_run(settings.runs, "pack", "--pack-run", messages=None)
+    pack = load_pack(pack_run, runs=settings.runs)
     name = cfg.name or f"refine-{pack.run_name}"
     progress = with_log_file(progress, run_dir(settings.runs, name) / LOG_FILE)
     cache = pack.extra.get("cache", {})

@@ -45,6 +45,7 @@ from repackctl.files import to_uint8, write_json_atomic, write_npy_atomic, write
 from repackctl.pack.load import load_decoder
 from repackctl.paths import PROTOCOL_JSON, local_path, run_root_of
 from repackctl.progress import ProgressFactory, null_progress
+from repackctl.runs import chained_run
 from repackctl.runtime import DistInfo, resolve_device
 from repackctl.sample.folder import (
     LATENTS_DIR,
@@ -114,9 +115,7 @@ def run_sample(
     cfg = settings.sample
     dist = dist or DistInfo.from_env()
     if not cfg.run:
-        raise ConfigError(
-            "no DiT run given", "pass --run NAME (a run made by `repackctl train dit`)"
-        )
+        cfg = cfg.model_copy(update={"run": chained_run(settings.runs, "dit", "--run")})
     device = resolve_device(settings.device, dist.local_rank)
     autocast = settings.precision != "fp32" and device.type == "cuda"
 
