@@ -10,13 +10,16 @@ available ids; an id declared by two distributions is an error naming both.
 from __future__ import annotations
 
 import difflib
+import functools
+import importlib.util
 import os
 from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
 from typing import Any
 
-from repackctl.errors import RegistryError
+from repackctl.errors import RegistryError, RepackError
 
 GROUPS = {
     "encoders": "repackctl.encoders",
@@ -25,6 +28,7 @@ GROUPS = {
     "text_encoders": "repackctl.text_encoders",
 }
 BUILTIN_DIST = "repackctl"
+_PACKAGE_DIR = Path(__file__).resolve().parent  # our own modules live below it
 _KIND_HINT = {
     "encoders": "pass --encoder with one of them, or install a plugin that registers it",
     "models": "pick --arch/--size/--patch from them, or install a plugin that registers it",
@@ -57,6 +61,41 @@ def _dist(ep: EntryPoint) -> tuple[str, str]:
     return dist.metadata["Name"] or "?", dist.version or "?"
 
 
+def _is_builtin(ep: EntryPoint) -> bool:
+    """An entry of this very package: our distribution name AND a module inside our own tree.
+
+    A foreign package that calls itself ``repackctl`` does not get past the autoload switch.
+    """
+    if _dist(ep)[0] != BUILTIN_DIST or not ep.value.startswith("repackctl."):
+        return False
+    try:
+        spec = importlib.util.find_spec(ep.value.split(":")[0])
+    except (ImportError, ValueError):
+        return False
+    origin = Path(spec.origin).resolve() if spec and spec.origin else None
+    return origin is not None and _PACKAGE_DIR in origin.parents
+
+
+def _reporting(factory: Any, noun: str, name: str, dist: str) -> Any:
+    """``factory`` whose unexpected exceptions become an error naming the plugin."""
+    if not callable(factory):
+        return factory
+
+    @functools.wraps(factory)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return factory(*args, **kwargs)
+        except (RepackError, KeyboardInterrupt):
+            raise
+        except Exception as e:
+            raise RegistryError(
+                f"{noun} {name!r} (from the distribution {dist}) failed: {type(e).__name__}: {e}",
+                f"report it to the maintainers of {dist}; REPACKCTL_DEBUG=1 shows the traceback",
+            ) from e
+
+    return call
+
+
 @cache
 def _scan(group: str) -> dict[str, list[EntryPoint]]:
     found: dict[str, list[EntryPoint]] = {}
@@ -86,10 +125,7 @@ class Registry:
     def _entries(self) -> dict[str, list[EntryPoint]]:
         entries = _scan(self.group)
         if autoload_disabled():
-            entries = {
-                name: [ep for ep in eps if _dist(ep)[0] == BUILTIN_DIST]
-                for name, eps in entries.items()
-            }
+            entries = {name: [ep for ep in eps if _is_builtin(ep)] for name, eps in entries.items()}
             entries = {name: eps for name, eps in entries.items() if eps}
         return entries
 
@@ -129,6 +165,7 @@ class Registry:
                 f"{self.noun} {name!r} from {_dist(eps[0])[0]} failed to load: {e}",
                 "reinstall the plugin; REPACKCTL_DEBUG=1 shows the traceback",
             ) from e
+        factory = _reporting(factory, self.noun, name, _dist(eps[0])[0])
         self._loaded[name] = factory
         return factory
 
@@ -138,7 +175,7 @@ class Registry:
         for name, eps in sorted(_scan(self.group).items()):
             for ep in eps:
                 dist, version = _dist(ep)
-                if disabled and dist != BUILTIN_DIST:
+                if disabled and not _is_builtin(ep):
                     status = "disabled"
                 elif len(eps) > 1:
                     others = ", ".join(_dist(o)[0] for o in eps if o is not ep)

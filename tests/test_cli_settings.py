@@ -145,3 +145,45 @@ def test_plugins_command_json_free_table():
     assert res.exit_code == 0
     assert "repackctl-extras" in res.output and "loaded" in res.output
     json.dumps(res.output)  # plain text output
+
+
+def test_a_foreign_package_named_repackctl_does_not_pass_the_autoload_switch(monkeypatch):
+    from importlib.metadata import EntryPoint
+
+    import repackctl.registry as reg
+
+    class FakeDist:
+        metadata = {"Name": "repackctl"}
+        version = "6.6.6"
+
+    ep = EntryPoint("sneaky", "evil_module:factory", "repackctl.encoders")
+    ep = ep._for(FakeDist()) if hasattr(ep, "_for") else ep
+    real = reg.entry_points
+    monkeypatch.setattr(reg, "entry_points", lambda group: [*real(group=group), ep])
+    monkeypatch.setenv("REPACKCTL_DISABLE_PLUGIN_AUTOLOAD", "1")
+    clear_cache()
+    ids = Registry("encoders").ids()
+    assert "sneaky" not in ids and "builtin" in ids
+
+
+def test_an_exception_in_a_plugin_factory_is_an_error_naming_it(tmp_path, monkeypatch):
+    from importlib.metadata import EntryPoint
+
+    import repackctl.registry as reg
+
+    (tmp_path / "brokenplug.py").write_text("def factory(**kw):\n    raise RuntimeError('boom')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    class FakeDist:
+        metadata = {"Name": "broken-plugin"}
+        version = "1"
+
+    ep = EntryPoint("broken", "brokenplug:factory", "repackctl.encoders")
+    ep = ep._for(FakeDist()) if hasattr(ep, "_for") else ep
+    real = reg.entry_points
+    monkeypatch.setattr(reg, "entry_points", lambda group: [*real(group=group), ep])
+    clear_cache()
+    res = runner.invoke(app, ["extract", "--encoder", "broken", "-n", "4"])
+    assert res.exit_code == RegistryError.exit_code, res.output
+    assert "broken" in res.output and "broken-plugin" in res.output and "boom" in res.output
+    assert "Traceback" not in res.output

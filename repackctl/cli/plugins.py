@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from repackctl.cli.common import console, handle_errors
+from repackctl.cli.common import handle_errors
+from repackctl.cli.listing import print_listing
 
 
 @handle_errors
@@ -22,17 +22,15 @@ def plugins(
     """
     from repackctl.registry import GROUPS, registry
 
-    table = Table(title="repackctl plugins")
-    for col in ("id", "group", "distribution", "version", "status"):
-        table.add_column(col)
+    rows = []
     for kind in GROUPS:
         reg = registry(kind)
         if check:
             for name in reg.ids():
                 reg.check(name)
         for row in reg.info():
-            table.add_row(row.id, row.group, row.distribution, row.version, row.status)
-    console.print(table)
+            rows.append([row.id, row.group, row.distribution, row.version, row.status])
+    print_listing("repackctl plugins", ["id", "group", "distribution", "version", "status"], rows)
 
 
 def register(app: typer.Typer) -> None:
