@@ -332,3 +332,18 @@ def test_resume_keeps_the_stored_settings_and_refuses_breaking_changes(cache, tm
     assert ok.exit_code == 0, ok.output
     history = (tmp_path / "runs" / "keep" / "config_history.jsonl").read_text()
     assert "dit.lr" in history and "replaced" in history
+
+
+def test_a_short_run_ends_with_a_grid_and_tensorboard_gets_pictures_and_config(cache, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    args = ["train", "dit", "--name", "short", "--steps", "2", "-b", "4", "--device", "cpu"]
+    res = runner.invoke(app, [*args, "--image-every", "500", "--log-every", "1"])
+    assert res.exit_code == 0, res.output
+    run = tmp_path / "runs" / "short"
+    assert (run / "images" / "step-0000002.png").is_file()  # image_every 500 > 2 steps
+    acc = EventAccumulator(str(run / "tb"), size_guidance={"images": 0, "tensors": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    assert "images" in tags["images"]
+    assert any("config" in t for t in tags["tensors"])

@@ -268,8 +268,8 @@ class DiTTask:
         path.parent.mkdir(parents=True, exist_ok=True)
         return save_grid(rows, path, labels=[str(n) for n in names[:k]])
 
-    def on_images(self, modules, ema_module, step: int, run_dir: Path) -> None:
-        self.sample_grid(ema_module, step, Path(run_dir))
+    def on_images(self, modules, ema_module, step: int, run_dir: Path) -> Path:
+        return self.sample_grid(ema_module, step, Path(run_dir))
 
 
 def build_model(model_id: str, **kwargs: Any) -> nn.Module:

@@ -266,7 +266,7 @@ class PackTask:
             logs.update(d.logs)
         return StepOutput(losses, logs)
 
-    def on_images(self, modules: dict, ema: nn.Module, step: int, run_dir: Path) -> None:
+    def on_images(self, modules: dict, ema: nn.Module, step: int, run_dir: Path) -> Path:
         """Originals over EMA reconstructions (posterior mean) of fixed samples, as a PNG."""
         from repackctl.metrics.recon import save_grid
 
@@ -275,7 +275,9 @@ class PackTask:
         with torch.no_grad():
             recon, _ = ema(batch["tokens"].to(device), sample=False)  # (B, 3, R, R)
         rows = [to_uint8(batch["images"]), to_uint8(recon)]
-        save_grid(rows, run_dir / "images" / f"step-{step:07d}.png", ["original", "recon"])
+        path = Path(run_dir) / "images" / f"step-{step:07d}.png"
+        save_grid(rows, path, ["original", "recon"])
+        return path
 
     def state_extra(self) -> dict[str, Any]:
         """The pack-run contract read by ``pack.io.load_pack`` (and by ``train dit``)."""

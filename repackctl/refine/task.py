@@ -202,7 +202,7 @@ class RefineTask:
                 "use the same refiner settings or a new --name",
             )
 
-    def on_images(self, modules, ema_module: nn.Module, step: int, run_dir: Path) -> None:
+    def on_images(self, modules, ema_module: nn.Module, step: int, run_dir: Path) -> Path:
         """Rows of real / reconstruction / refined (EMA) images of the first samples."""
         from repackctl.files import to_uint8
         from repackctl.metrics.recon import save_grid
@@ -212,9 +212,9 @@ class RefineTask:
         with torch.no_grad():
             ref = ema_module(batch["rec"].to(device), batch["z"].to(device))  # (B, 3, R, R)
         rows = [to_uint8(batch["gt"]), to_uint8(batch["rec"]), to_uint8(ref)]
-        save_grid(
-            rows, Path(run_dir) / "images" / f"step-{step:07d}.png", ["real", "recon", "refined"]
-        )
+        path = Path(run_dir) / "images" / f"step-{step:07d}.png"
+        save_grid(rows, path, ["real", "recon", "refined"])
+        return path
 
 
 def refiner_config_for(latent_channels: int, resolution: int, settings: Settings) -> RefinerConfig:

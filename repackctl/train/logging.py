@@ -62,6 +62,27 @@ class MetricsLogger:
                     self._tb.add_scalar(k, v, step)
             self._tb.flush()
 
+    def image(self, tag: str, path: Path, step: int) -> None:
+        """Mirror a PNG the run wrote (a sample grid, reconstructions) to TensorBoard."""
+        if self._tb is None or not Path(path).is_file():
+            return
+        import numpy as np
+        from PIL import Image
+
+        with Image.open(path) as im:
+            self._tb.add_image(tag, np.asarray(im.convert("RGB")), step, dataformats="HWC")
+        self._tb.flush()
+
+    def config(self, config: dict[str, Any]) -> None:
+        """The resolved config as text, and its scalar values as hparams, in TensorBoard."""
+        if self._tb is None:
+            return
+        text = json.dumps(config, indent=1, default=str)
+        self._tb.add_text("config", "```\n" + text + "\n```", 0)
+        flat = {k: v for k, v in config.items() if isinstance(v, bool | int | float | str)}
+        self._tb.add_hparams(flat, {"hparam/placeholder": 0.0}, run_name="hparams")
+        self._tb.flush()
+
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
@@ -81,8 +102,42 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     return out
 
 
+def scale_groups(records: list[dict[str, Any]], keys: list[str]) -> list[list[str]]:
+    """Loss keys grouped by scale: keys whose median |value| is within 10× share a panel."""
+    medians = {}
+    for k in keys:
+        vals = sorted(abs(r[k]) for r in records if k in r and math.isfinite(r[k]))
+        if vals:
+            medians[k] = vals[len(vals) // 2]
+    groups: list[list[str]] = []
+    for k in sorted(medians, key=lambda k: medians[k], reverse=True):
+        for g in groups:
+            ref = medians[g[0]]
+            if ref == 0 or medians[k] == 0 or ref / max(medians[k], 1e-30) <= 10:
+                g.append(k)
+                break
+        else:
+            groups.append([k])
+    return groups
+
+
+def _panel(ax: Any, records: list[dict[str, Any]], keys: list[str], title: str) -> None:
+    values = []
+    for k in keys:
+        pts = [(r["step"], r[k]) for r in records if k in r and math.isfinite(r[k])]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), label=k, marker="." if len(pts) < 20 else None)
+            values += [v for _, v in pts]
+    if values and min(values) > 0 and max(values) / min(values) > 10:
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_title(title)
+    if keys:
+        ax.legend(fontsize=8)
+
+
 def plot_curves(run_dir: str | os.PathLike) -> Path | None:
-    """Draw loss terms (log scale when positive) and the lr against step into ``curves.png``."""
+    """Loss terms, one panel per scale (log where they span > 10×), and the lr, to ``curves.png``."""
     records = read_metrics(run_dir)
     if not records:
         return None
@@ -93,24 +148,11 @@ def plot_curves(run_dir: str | os.PathLike) -> Path | None:
 
     keys = sorted({k for r in records for k in r if k not in NON_LOSS and not k.startswith("lr")})
     lr_keys = sorted({k for r in records for k in r if k.startswith("lr")})
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), width_ratios=[3, 1])
-    for k in keys:
-        pts = [(r["step"], r[k]) for r in records if k in r and math.isfinite(r[k])]
-        if pts:
-            axes[0].plot(*zip(*pts, strict=True), label=k)
-    if keys and all(r[k] > 0 for r in records for k in keys if k in r and math.isfinite(r[k])):
-        axes[0].set_yscale("log")
-    axes[0].set_xlabel("step")
-    axes[0].set_title("losses")
-    if keys:
-        axes[0].legend(fontsize=8)
-    for k in lr_keys:
-        pts = [(r["step"], r[k]) for r in records if k in r]
-        axes[1].plot(*zip(*pts, strict=True), label=k)
-    axes[1].set_xlabel("step")
-    axes[1].set_title("learning rate")
-    if lr_keys:
-        axes[1].legend(fontsize=8)
+    groups = scale_groups(records, keys) or [[]]
+    fig, axes = plt.subplots(1, len(groups) + 1, figsize=(4 * (len(groups) + 1), 3.6))
+    for i, g in enumerate(groups):
+        _panel(axes[i], records, g, "losses" if len(groups) == 1 else f"losses ({i + 1})")
+    _panel(axes[-1], records, lr_keys, "learning rate")
     fig.tight_layout()
     out = Path(run_dir) / CURVES
     tmp = out.with_name(".tmp-" + CURVES)

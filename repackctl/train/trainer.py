@@ -648,20 +648,30 @@ class Trainer:
         self._check_streak(bar)
         fields = self.log() if s % cfg.log_every == 0 or s == cfg.steps else {}
         bar.advance(1, **fields)
-        if self.main and cfg.image_every and s % cfg.image_every == 0:
-            hook = getattr(self.task, "on_images", None)
-            if hook is not None:
-                hook(self.modules, self.ema.module, s, self.run_dir)
-                for m in self.modules.values():
-                    m.train()
+        # every run, however short, ends with at least one picture (unless image_every = 0)
+        if self.main and cfg.image_every and (s % cfg.image_every == 0 or s == cfg.steps):
+            self._images(s)
         if s % cfg.ckpt_every == 0 or s == cfg.steps:
             self.save(bar)
+
+    def _images(self, s: int) -> None:
+        """The task's picture of step ``s`` (grid, reconstructions), mirrored to TensorBoard."""
+        hook = getattr(self.task, "on_images", None)
+        if hook is None:
+            return
+        path = hook(self.modules, self.ema.module, s, self.run_dir)
+        for m in self.modules.values():
+            m.train()
+        if path is not None and self.logger is not None:
+            self.logger.image("images", Path(path), s)
 
     def fit(self) -> TrainResult:
         """Train until ``config.steps``; returns the summary."""
         self.logger = (
             MetricsLogger(self.run_dir, resume_step=self.step_count) if self.main else None
         )
+        if self.logger is not None and self.step_count == 0:
+            self.logger.config(self.config.to_dict())
         t_start, step_start = time.perf_counter(), self.step_count
         bar_factory = self.progress if self.main else null_progress
         try:
