@@ -42,6 +42,7 @@ def root(
 COMMAND_MODULES = (
     "extract",
     "pack",
+    "captions",
     "train",
     "refine",
     "sample",
