@@ -8,6 +8,7 @@ encoded once, here, into the group ``text/<text-id>/`` of the entry (DESIGN.md Â
     mask    bool    (N, K, L)      True = real token (padding and missing captions False)
     pooled  float16 (N, K, C)      pooled vector per caption
     count   uint8   (N,)           number of captions of the image (rows k < count are real)
+    captions str    (N,)           the image's captions, one per line (the text that was encoded)
     done    uint8   (N,)           0 pending, 1 written, â‰¥ 2 skipped (``SKIP_REASONS``)
     null_tokens, null_mask, null_pooled: the features of the empty caption "" (the null caption
     of classifier-free guidance), written with the group
@@ -53,7 +54,7 @@ from repackctl.registry import registry
 from repackctl.runtime import DistInfo, resolve_device
 
 TEXT_KIND = "text"
-TEXT_ARRAYS = ("tokens", "mask", "pooled", "count", "null_tokens", "done")
+TEXT_ARRAYS = ("tokens", "mask", "pooled", "count", "captions", "null_tokens", "done")
 NO_CAPTION = 6  # done code of an image without a usable caption (SKIP_REASONS[6])
 
 
@@ -185,6 +186,10 @@ def _build(encoder: TextEncoder, ds: DatasetEntry, k: int) -> Callable[[zarr.Gro
         ds.add_sample_array(sub, "mask", (k, length), "bool")
         ds.add_sample_array(sub, "pooled", (k, c), "float16")
         ds.add_sample_array(sub, "count", (), "uint8")
+        sub.create_array(
+            "captions", shape=(ds.n,), chunks=(ds.shard,), dtype=str, compressors=checksummed()
+        )
+        crash_point("captions")
         null = encoder.encode([""])
         for name, value, dtype in (
             ("null_mask", null.mask[0].cpu().numpy(), "bool"),
@@ -324,6 +329,7 @@ def run_captions(
                 for key, value in feats.items():
                     grp[key][sl] = value
                 grp["count"][sl] = counts
+                grp["captions"][sl] = np.array(["\n".join(c[:k]) for c in rows], dtype=str)
                 grp.done[sl] = codes  # last: the shard counts as done only now
                 locks.release(r.start // ds.shard)
                 written += int((codes == WRITTEN).sum())
