@@ -287,6 +287,7 @@ def run_captions(
     attrs = {
         "encoder": encoder.describe(),
         "encoder_ref": cfg.text_encoder,
+        "text_weights": cfg.text_weights,
         "max_captions": k,
         "max_length": encoder.max_length,
         "dim": encoder.dim,

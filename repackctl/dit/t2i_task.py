@@ -214,6 +214,7 @@ class T2ITask(DiTTask):
             "text": {
                 "features": self.data.text_id,
                 "encoder_ref": attrs.get("encoder_ref"),
+                "text_weights": attrs.get("text_weights"),
                 "encoder": attrs.get("encoder"),
                 "text_dim": int(self.data.text_dim),
                 "max_length": int(self.data.text_len),

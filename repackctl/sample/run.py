@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from repackctl.dit.load import load_dit_for_sampling
+from repackctl.dit.t2i_load import checkpoint_stage
 from repackctl.errors import ConfigError, DataError
 from repackctl.files import to_uint8, write_json_atomic, write_npy_atomic, write_png_atomic
 from repackctl.pack.load import load_decoder
@@ -115,6 +116,15 @@ def run_sample(
     if not cfg.run:
         raise ConfigError(
             "no DiT run given", "pass --run NAME (a run made by `repackctl train dit`)"
+        )
+    if checkpoint_stage(settings.runs, cfg.run, cfg.checkpoint) == "t2i":
+        from repackctl.sample.t2i import run_t2i_sample
+
+        return run_t2i_sample(settings, progress, dist)
+    if cfg.prompt or cfg.prompts:
+        raise ConfigError(
+            f"run {cfg.run} is class-conditional: prompts apply to text-to-image runs",
+            "drop --prompt/--prompts, or pass a run trained with `repackctl train t2i`",
         )
     device = resolve_device(settings.device, dist.local_rank)
     autocast = settings.precision != "fp32" and device.type == "cuda"
