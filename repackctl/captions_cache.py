@@ -258,6 +258,48 @@ def _encode_shard(
     return out
 
 
+def _all_captions(
+    ds: DatasetEntry, where: str | None, keys: list[str], img_done: np.ndarray, skipped: list
+) -> list[list[str]]:
+    """The cleaned captions of every image (none for images the entry skipped)."""
+    lookup = caption_lookup(ds, where, skipped)
+    out = [
+        _clean(lookup(i, keys[i]), keys[i], skipped) if img_done[i] == WRITTEN else []
+        for i in range(ds.n)
+    ]
+    if not any(out):
+        raise DataError(
+            f"no image of {ds.name} has a caption",
+            "pass --captions with an index of file + caption rows for this entry's images",
+        )
+    return out
+
+
+def _write_shard(
+    grp: ArrayGroup,
+    r: range,
+    rows: list[list[str]],
+    img_done: np.ndarray,
+    encoder: TextEncoder,
+    k: int,
+    cfg: Any,
+) -> np.ndarray:
+    """Encode and write one shard's captions, then mark it done; returns its done codes."""
+    with torch.no_grad():
+        feats = _encode_shard(encoder, rows, k, cfg.batch_size)
+    counts = np.array([min(len(c), k) for c in rows], np.uint8)
+    codes = np.where(counts > 0, WRITTEN, NO_CAPTION).astype(np.uint8)
+    image_codes = img_done[r.start : r.stop]
+    codes = np.where(image_codes == WRITTEN, codes, image_codes)  # skipped images stay skipped
+    sl = slice(r.start, r.stop)
+    for key, value in feats.items():
+        grp[key][sl] = value
+    grp["count"][sl] = counts
+    grp["captions"][sl] = np.array(["\n".join(c[:k]) for c in rows], dtype=str)
+    grp.done[sl] = codes  # last: the shard counts as done only now
+    return codes
+
+
 def run_captions(
     settings: Any, progress: ProgressFactory = null_progress, dist: DistInfo | None = None
 ) -> CaptionsResult:
@@ -267,19 +309,10 @@ def run_captions(
     name = cfg.entry or newest_entry(settings.cache)
     ds = DatasetEntry.open(settings.cache, name)
     skipped: list[tuple[str, str]] = []
-    lookup = caption_lookup(ds, cfg.captions, skipped)
     keys = [str(k) for k in ds.keys[:]]
     img_done = ds.done[:]
-    all_caps = [
-        _clean(lookup(i, keys[i]), keys[i], skipped) if img_done[i] == WRITTEN else []
-        for i in range(ds.n)
-    ]
-    k = max((len(c) for c in all_caps), default=0)
-    if k == 0:
-        raise DataError(
-            f"no image of {ds.name} has a caption",
-            "pass --captions with an index of file + caption rows for this entry's images",
-        )
+    all_caps = _all_captions(ds, cfg.captions, keys, img_done, skipped)
+    k = max(len(c) for c in all_caps)
     encoder = make_text_encoder(cfg.text_encoder, cfg.text_weights, cfg.max_length)
     device = resolve_device(settings.device, dist.local_rank)
     encoder = encoder.to(device) if hasattr(encoder, "to") else encoder
@@ -318,20 +351,7 @@ def run_captions(
                     locks.release(r.start // ds.shard)  # another process did it meanwhile
                     continue
                 test_delay()
-                rows = all_caps[r.start : r.stop]
-                with torch.no_grad():
-                    feats = _encode_shard(encoder, rows, k, cfg.batch_size)
-                counts = np.array([min(len(c), k) for c in rows], np.uint8)
-                codes = np.where(counts > 0, WRITTEN, NO_CAPTION).astype(np.uint8)
-                codes = np.where(
-                    img_done[r.start : r.stop] == WRITTEN, codes, img_done[r.start : r.stop]
-                )
-                sl = slice(r.start, r.stop)
-                for key, value in feats.items():
-                    grp[key][sl] = value
-                grp["count"][sl] = counts
-                grp["captions"][sl] = np.array(["\n".join(c[:k]) for c in rows], dtype=str)
-                grp.done[sl] = codes  # last: the shard counts as done only now
+                codes = _write_shard(grp, r, all_caps[r.start : r.stop], img_done, encoder, k, cfg)
                 locks.release(r.start // ds.shard)
                 written += int((codes == WRITTEN).sum())
                 bar.advance(len(r))

@@ -102,6 +102,18 @@ def cached_prompts(extra: dict[str, Any], num: int) -> tuple[list[str], str]:
     raise CacheError(f"no cached captions {text_id} for the run's entries in {root}", hint)
 
 
+def resolve_prompts(cfg: Any, extra: dict[str, Any]) -> tuple[list, list, np.ndarray, str]:
+    """(prompts, distinct prompts, prompt id of each sample (N,), where they came from)."""
+    prompts = given_prompts(cfg)
+    source = "given"
+    if not prompts:
+        prompts, entry = cached_prompts(extra, cfg.num)
+        source = f"first caption of each image of {entry}"
+    distinct = list(dict.fromkeys(prompts))
+    ids = np.array([distinct.index(prompts[i % len(prompts)]) for i in range(cfg.num)], np.int64)
+    return prompts, distinct, ids, source
+
+
 def encode_prompts(encoder: Any, prompts: list[str], device: torch.device) -> dict[str, Any]:
     """Text features of each distinct prompt: tokens (P, L, C), mask (P, L), pooled (P, C)."""
     parts = [encoder.encode(prompts[i : i + 64]) for i in range(0, len(prompts), 64)]
@@ -113,6 +125,29 @@ def encode_prompts(encoder: Any, prompts: list[str], device: torch.device) -> di
 
 
 # --------------------------------------------------------------------------- generation
+def _finish(
+    folder: Path,
+    cfg: Any,
+    ids: np.ndarray,
+    extra: dict[str, Any],
+    per_sample: list[str],
+    protocol: dict[str, Any],
+) -> tuple[int, ...]:
+    """samples.npz, latents.npy, grid.png, prompts.txt and protocol.json of a full folder."""
+    lost = missing_indices(folder, range(cfg.num))
+    if lost:
+        raise DataError(
+            f"{len(lost)} samples are missing after sampling (e.g. {lost[:3]})",
+            "run the same command again to finish them",
+        )
+    image_shape = assemble(folder, ids, cfg.grid, tuple(extra["latent_shape"]))
+    tmp = folder / ".prompts.txt.tmp"
+    tmp.write_text("\n".join(per_sample) + "\n", encoding="utf-8")
+    tmp.replace(folder / "prompts.txt")
+    write_json_atomic(folder / PROTOCOL_JSON, protocol)
+    return image_shape
+
+
 def generate_t2i_latents(
     model: torch.nn.Module,
     plan: Any,
@@ -146,6 +181,34 @@ def generate_t2i_latents(
     return denormalise(out.x.float(), extra["latent_stats"])  # (B, d, h, w)
 
 
+def _write_batch(
+    folder: Path,
+    idx: list[int],
+    model: torch.nn.Module,
+    plan: Any,
+    extra: dict[str, Any],
+    text: dict[str, torch.Tensor],
+    ids: np.ndarray,
+    settings: Any,
+    decoder: Any,
+    refiner: Any,
+) -> None:
+    """Generate, decode (and refine) samples ``idx``; write each latent, then its PNG."""
+    device = text["tokens"].device
+    autocast = settings.precision != "fp32" and device.type == "cuda"
+    with torch.no_grad():
+        raw = generate_t2i_latents(model, plan, extra, text, ids, settings.seed, idx, autocast)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            images = to_uint8(decoder.decode(raw))  # (B, H, W, 3)
+        if refiner is not None:
+            images = refiner.refine(images, raw)  # (B, H, W, 3)
+    raw_np = raw.cpu().numpy().astype(np.float32)  # (B, d, h, w)
+    for j, i in enumerate(idx):
+        # the latent first: a PNG (the done marker) implies its latent is on disk
+        write_npy_atomic(folder / LATENTS_DIR / f"{i:06d}.npy", raw_np[j])
+        write_png_atomic(png_path(folder, i), images[j])
+
+
 def _check_options(cfg: Any) -> None:
     if cfg.guide:
         raise ConfigError(
@@ -168,6 +231,43 @@ def _folder(settings: Any, cfg: Any, ckpt: Path, plan: Any, prompts: list[str], 
     return local_path(settings.samples) / name
 
 
+def _protocol(
+    plan: Any,
+    nfe: int,
+    settings: Any,
+    handle: Any,
+    distinct: list[str],
+    ids: np.ndarray,
+    source: str,
+    refiner: Any,
+) -> dict[str, Any]:
+    """The protocol card of a t2i samples folder (prompts included)."""
+    return generation_card(
+        plan=plan,
+        nfe=nfe,
+        label_scheme="prompts",
+        seed=settings.seed,
+        precision=settings.precision,
+        checkpoint=Path(handle.checkpoint),
+        checkpoint_sha256=handle.sha256,
+        num=len(ids),
+        extra={
+            "weights": handle.which,
+            "dit_run": run_root_of(Path(handle.checkpoint)).name,
+            "stage": "t2i",
+            "text": {k: handle.extra["text"].get(k) for k in ("features", "encoder", "max_length")},
+            "prompt_source": source,
+            "prompts": distinct,
+            "prompt_ids": ids.tolist(),
+            "guidance": "classifier-free, null caption = features of the empty caption",
+            "pack": handle.extra.get("pack"),
+            "latent_shape": list(handle.extra["latent_shape"]),
+            "latent_convention": "raw",
+            "refiner": None if refiner is None else str(refiner.checkpoint),
+        },
+    )
+
+
 def run_t2i_sample(
     settings: Any, progress: ProgressFactory = null_progress, dist: DistInfo | None = None
 ):
@@ -179,18 +279,11 @@ def run_t2i_sample(
     dist = dist or DistInfo.from_env()
     _check_options(cfg)
     device = resolve_device(settings.device, dist.local_rank)
-    autocast = settings.precision != "fp32" and device.type == "cuda"
     handle = load_t2i(settings.runs, cfg.run, cfg.checkpoint, cfg.weights)
     extra, ckpt = handle.extra, Path(handle.checkpoint)
     plan = resolve_plan(cfg, read_sampling_defaults(ckpt))
     model = handle.model.to(device).eval()
-    prompts = given_prompts(cfg)
-    source = "given"
-    if not prompts:
-        prompts, entry = cached_prompts(extra, cfg.num)
-        source = f"first caption of each image of {entry}"
-    distinct = list(dict.fromkeys(prompts))
-    ids = np.array([distinct.index(prompts[i % len(prompts)]) for i in range(cfg.num)], np.int64)
+    prompts, distinct, ids, source = resolve_prompts(cfg, extra)
     text = encode_prompts(load_text_encoder(extra).to(device), distinct, device)
     decoder = load_decoder(settings.runs, extra).model.to(device).eval()
     refiner = None
@@ -203,14 +296,11 @@ def run_t2i_sample(
     folder = _folder(settings, cfg, ckpt, plan, prompts, source == "given")
     fingerprint = {
         "checkpoint_sha256": handle.sha256,
-        "weights": cfg.weights,
-        "num": cfg.num,
         "prompts_sha256": hashlib.sha256("\n".join(distinct).encode()).hexdigest(),
-        "seed": settings.seed,
-        "sampler": plan.spec.to_dict(),
-        "cfg": [plan.cfg, plan.t_lo, plan.t_hi],
         "refiner": None if refiner is None else refiner.sha256,
-        "precision": settings.precision,
+        **{k: getattr(cfg, k) for k in ("weights", "num")},
+        **{"seed": settings.seed, "precision": settings.precision},
+        **{"sampler": plan.spec.to_dict(), "cfg": [plan.cfg, plan.t_lo, plan.t_hi]},
     }
     claim_folder(folder, fingerprint)
     todo = missing_indices(folder, owned_range(cfg.num, dist.rank, dist.world))
@@ -221,59 +311,15 @@ def run_t2i_sample(
     with progress(f"sample {run_root_of(ckpt).name}", total=len(todo), unit="img") as bar:
         for start in range(0, len(todo), cfg.batch_size):
             idx = todo[start : start + cfg.batch_size]
-            with torch.no_grad():
-                raw = generate_t2i_latents(
-                    model, plan, extra, text, ids, settings.seed, idx, autocast
-                )  # (B, d, h, w)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                    images = to_uint8(decoder.decode(raw))  # (B, H, W, 3)
-                if refiner is not None:
-                    images = refiner.refine(images, raw)
-            raw_np = raw.cpu().numpy().astype(np.float32)
-            for j, i in enumerate(idx):
-                write_npy_atomic(folder / LATENTS_DIR / f"{i:06d}.npy", raw_np[j])
-                write_png_atomic(png_path(folder, i), images[j])
+            _write_batch(folder, idx, model, plan, extra, text, ids, settings, decoder, refiner)
             bar.advance(len(idx))
     seconds = time.perf_counter() - t0
     dist.barrier()
     nfe = network_evaluations(plan.spec, plan, False)
-    per_sample = [distinct[int(k)] for k in ids]
-    protocol = generation_card(
-        plan=plan,
-        nfe=nfe,
-        label_scheme="prompts",
-        seed=settings.seed,
-        precision=settings.precision,
-        checkpoint=ckpt,
-        checkpoint_sha256=handle.sha256,
-        num=cfg.num,
-        extra={
-            "weights": cfg.weights,
-            "dit_run": run_root_of(ckpt).name,
-            "stage": "t2i",
-            "text": {k: extra["text"].get(k) for k in ("features", "encoder", "max_length")},
-            "prompt_source": source,
-            "prompts": distinct,
-            "prompt_ids": ids.tolist(),
-            "guidance": "classifier-free, null caption = features of the empty caption",
-            "pack": extra.get("pack"),
-            "latent_shape": list(extra["latent_shape"]),
-            "latent_convention": "raw",
-            "refiner": None if refiner is None else str(refiner.checkpoint),
-        },
-    )
+    protocol = _protocol(plan, nfe, settings, handle, distinct, ids, source, refiner)
     image_shape: tuple[int, ...] = ()
     if dist.rank == 0:
-        lost = missing_indices(folder, range(cfg.num))
-        if lost:
-            raise DataError(
-                f"{len(lost)} samples are missing after sampling (e.g. {lost[:3]})",
-                "run the same command again to finish them",
-            )
-        image_shape = assemble(folder, ids, cfg.grid, tuple(extra["latent_shape"]))
-        (folder / ".prompts.txt.tmp").write_text("\n".join(per_sample) + "\n", encoding="utf-8")
-        (folder / ".prompts.txt.tmp").replace(folder / "prompts.txt")
-        write_json_atomic(folder / PROTOCOL_JSON, protocol)
+        image_shape = _finish(folder, cfg, ids, extra, [distinct[int(k)] for k in ids], protocol)
     dist.barrier()
     return SampleResult(
         out_dir=folder,
