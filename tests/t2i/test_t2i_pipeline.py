@@ -27,7 +27,9 @@ from typer.testing import CliRunner
 from repackctl.cache.store import WRITTEN, DatasetEntry, list_entries
 from repackctl.captions_cache import NO_CAPTION, TEXT_KIND
 from repackctl.cli.app import app
-from repackctl.data.captions import builtin_captions
+from repackctl.data.builtin import BuiltinSource
+from repackctl.data.captions import builtin_captions, colour_name
+from repackctl.evaluate.adherence import coarse_colour, prompt_attributes
 from repackctl.train import latest_checkpoint, load_weights, read_state
 
 runner = CliRunner()
@@ -291,7 +293,36 @@ def test_train_t2i_resume_and_sample_prompts(captioned_cache, tmp_path, monkeypa
     assert card["prompt_source"].startswith("first caption of each image of builtin-n64--train")
     assert card["prompts"][0] == builtin_captions(0, split="train", seed=0)[0]
 
+    # prompt adherence: classifiers trained on the real cached images score the samples
+    prompted = folder
+    res = runner.invoke(app, ["evaluate", "adherence", str(prompted), "--steps", "10", *CPU])
+    assert res.exit_code == 0, res.output
+    scores = json.loads((prompted / "adherence.json").read_text())
+    assert scores["n_shape"] == 3 and scores["n_colour"] == 3  # star/disc, red/green
+    assert 0.0 <= scores["shape_accuracy"] <= 1.0 and scores["classifier"]["images"] == N
+
     empty = tmp_path / "empty.txt"
     empty.write_text("\n \n")
     res = runner.invoke(app, [*args, "--prompts", str(empty)])
     assert res.exit_code != 0 and "Traceback" not in res.output and "empty" in res.output
+
+
+# --------------------------------------------------------------------------- adherence
+
+
+def test_prompt_attributes_read_every_builtin_phrasing():
+    """The parser finds the shape and the object's colour (never the background's)."""
+    source = BuiltinSource(split="train", num=40, seed=0)
+    for i in range(40):
+        scene = source.scene(i)
+        want_colour = coarse_colour(colour_name(scene["obj_a"]))
+        caps = builtin_captions(i, split="train", seed=0)
+        for k, cap in enumerate(caps):
+            shape, colour = prompt_attributes(cap)
+            assert shape == scene["label"], cap
+            if k == 2:  # "a star over a striped background, small, solid fill": no colour
+                assert colour is None, cap
+            else:
+                assert colour == want_colour, cap
+    assert prompt_attributes("a red star on a blue striped background") == (4, "red")
+    assert prompt_attributes("a checkered background") == (None, None)
