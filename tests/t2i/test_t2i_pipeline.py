@@ -213,6 +213,12 @@ def test_folder_captions_skip_and_list_bad_rows(tmp_path, monkeypatch):
     assert count["a/0.png"] == 1 and count["a/1.png"] == 1
     assert done["a/2.png"] == NO_CAPTION and done["a/3.png"] == NO_CAPTION
     assert "no caption" in res.output
+    # the group is removable on its own (the hint of a spec mismatch names this command)
+    name = g.basename
+    res = runner.invoke(app, ["cache", "rm", ds.name, "--text", name, "--yes"])
+    assert res.exit_code == 0, res.output
+    assert DatasetEntry.open(str(tmp_path / "cache"), ds.name).complete_groups(TEXT_KIND) == []
+    assert ds.n == 4  # the entry itself is kept
 
 
 # --------------------------------------------------------------------------- training
