@@ -93,23 +93,24 @@ def text_id(encoder: TextEncoder) -> str:
 # --------------------------------------------------------------------------- captions of an entry
 
 
-def newest_entry(root: str, builtin_only: bool = True) -> str:
-    """The most recently created (built-in) entry of the cache."""
+def newest_entry(root: str) -> str:
+    """The newest built-in entry holding packed latents (what `train t2i` uses), else the
+    newest built-in entry."""
     names = list_entries(root)
     found = []
     for name in names:
         ds = DatasetEntry.open(root, name)
-        if builtin_only and (ds.attrs.get("source") or {}).get("dataset") != "builtin":
+        if (ds.attrs.get("source") or {}).get("dataset") != "builtin":
             continue
         path = Path(str(getattr(ds.group.store, "root", ""))) / ds.group.path / "zarr.json"
-        found.append((path.stat().st_mtime if path.exists() else 0.0, name))
+        mtime = path.stat().st_mtime if path.exists() else 0.0
+        found.append((bool(ds.latent_ids()), mtime, name))
     if not found:
         raise CacheError(
-            f"no {'built-in ' if builtin_only else ''}cache entry in {root} "
-            f"(have: {', '.join(names) or 'none'})",
+            f"no built-in cache entry in {root} (have: {', '.join(names) or 'none'})",
             "run `repackctl extract` first, or pass --entry NAME",
         )
-    return max(found)[1]
+    return max(found)[2]
 
 
 _BUILTIN_KEY = re.compile(r"^builtin:(\d+):([^:]+):(\d+)$")

@@ -34,7 +34,9 @@ class CaptionsSettings(BaseModel):
         None, ge=2, description="tokens per caption (padded/truncated); none = the encoder's (77)"
     )
     entry: str | None = Field(
-        None, description="cache entry (dataset--split--res); none = the newest built-in entry"
+        None,
+        description="cache entry (dataset--split--res); none = the newest built-in entry with "
+        "packed latents (else the newest built-in entry)",
     )
     captions: str | None = Field(
         None,

@@ -307,6 +307,20 @@ def test_train_t2i_resume_and_sample_prompts(captioned_cache, tmp_path, monkeypa
     assert scores["n_shape"] == 3 and scores["n_colour"] == 3  # star/disc, red/green
     assert 0.0 <= scores["shape_accuracy"] <= 1.0 and scores["classifier"]["images"] == N
 
+    # with a captioned val entry, the default prompts are the val captions
+    cache = str(work / "cache")
+    ext = ["extract", "--encoder", "patchpix", "--resolution", "32", "-n", "4", "--split", "val"]
+    assert runner.invoke(app, [*ext, *CPU]).exit_code == 0
+    val = next(e for e in list_entries(cache) if "--val--" in e)
+    res = runner.invoke(app, ["captions", "--entry", val, "--max-length", str(LEN), *CPU])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["sample", "-r", "a", "-n", "2", "--steps", "2", "--seed", "1", *CPU])
+    assert res.exit_code == 0, res.output
+    (seed1,) = (work / "samples").glob("*seed1")
+    card = json.loads((seed1 / "protocol.json").read_text())
+    assert card["prompt_source"].endswith(val)
+    assert card["prompts"][0] == builtin_captions(0, split="val", seed=0)[0]
+
     empty = tmp_path / "empty.txt"
     empty.write_text("\n \n")
     res = runner.invoke(app, [*args, "--prompts", str(empty)])
