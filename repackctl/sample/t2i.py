@@ -125,6 +125,22 @@ def encode_prompts(encoder: Any, prompts: list[str], device: torch.device) -> di
 
 
 # --------------------------------------------------------------------------- generation
+def prompt_grid(folder: Path, ids: np.ndarray, per_sample: list[str], limit: int) -> Path:
+    """``grid.png`` with one labelled row per prompt (≤ 8 rows of ≤ 8 samples, ≤ ``limit``)."""
+    from repackctl.files import read_png
+    from repackctl.metrics.recon import save_grid
+
+    rows, labels, used = [], [], 0
+    for k in list(dict.fromkeys(ids.tolist()))[:8]:
+        take = [i for i in np.flatnonzero(ids == k)[:8].tolist()][: max(0, limit - used)]
+        if not take:
+            break
+        rows.append(np.stack([read_png(png_path(folder, i)) for i in take]))
+        labels.append(per_sample[take[0]][:60])
+        used += len(take)
+    return save_grid(rows, folder / "grid.png", labels=labels)
+
+
 def _finish(
     folder: Path,
     cfg: Any,
@@ -141,6 +157,8 @@ def _finish(
             "run the same command again to finish them",
         )
     image_shape = assemble(folder, ids, cfg.grid, tuple(extra["latent_shape"]))
+    if cfg.grid > 0:
+        prompt_grid(folder, ids, per_sample, cfg.grid)
     tmp = folder / ".prompts.txt.tmp"
     tmp.write_text("\n".join(per_sample) + "\n", encoding="utf-8")
     tmp.replace(folder / "prompts.txt")

@@ -281,6 +281,8 @@ def test_train_t2i_resume_and_sample_prompts(captioned_cache, tmp_path, monkeypa
     card = json.loads((folder / "protocol.json").read_text())
     assert card["prompts"] == prompts and card["prompt_ids"] == [0, 1, 0]
     assert card["nfe"] == 8 and card["cfg_scale"] == 3
+    grid = np.asarray(Image.open(folder / "grid.png"))  # one labelled row per prompt
+    assert grid.shape[0] < 3 * 32 and grid.shape[1] > 2 * 32 + 100
     npz = np.load(folder / "samples.npz")
     assert npz["arr_0"].shape == (3, 32, 32, 3) and npz["arr_1"].tolist() == [0, 1, 0]
     # the same prompt gives the same image for the same index seed → 000000 ≠ 000001 here
