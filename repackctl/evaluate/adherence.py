@@ -94,15 +94,16 @@ class AttributeNet(nn.Module):
     def __init__(self, classes: int = 10, colours: int = len(HUES)) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(3, 32, 3, 1, 1), nn.GELU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, 1, 1), nn.GELU(), nn.MaxPool2d(2),
-            nn.Conv2d(64, 96, 3, 1, 1), nn.GELU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.Conv2d(3, 32, 3, 1, 1), nn.BatchNorm2d(32), nn.GELU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, 1, 1), nn.BatchNorm2d(64), nn.GELU(), nn.MaxPool2d(2),
+            nn.Conv2d(64, 96, 3, 1, 1), nn.BatchNorm2d(96), nn.GELU(),
         )  # fmt: skip
-        self.shape = nn.Linear(96, classes)
-        self.colour = nn.Linear(96, colours)
+        self.shape = nn.Linear(192, classes)
+        self.colour = nn.Linear(192, colours)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.body(images.float() / 127.5 - 1.0)  # (B, 96) from uint8-valued (B, 3, H, W)
+        f = self.body(images.float() / 127.5 - 1.0)  # (B, 96, H/4, W/4) from uint8 values
+        h = torch.cat([f.mean(dim=(2, 3)), f.amax(dim=(2, 3))], dim=1)  # (B, 192) avg + max
         return self.shape(h), self.colour(h)  # (B, 10), (B, len(HUES))
 
 
