@@ -55,7 +55,13 @@ def checksummed(*codecs: Any) -> list[Any]:
     return [*codecs, Crc32cCodec()]
 
 
-SKIP_REASONS = {2: "empty file", 3: "corrupt or truncated", 4: "not an image", 5: "too large"}
+SKIP_REASONS = {
+    2: "empty file",
+    3: "corrupt or truncated",
+    4: "not an image",
+    5: "too large",
+    6: "no caption",  # text features (repackctl captions): the image has no usable caption
+}
 
 
 def reason_code(reason: str) -> int:
@@ -278,7 +284,7 @@ class DatasetEntry:
     def incomplete_groups(self) -> list[str]:
         """``kind/name`` of the groups whose creation was interrupted (listed, never read)."""
         out = []
-        for kind in ("features", "latents", "triplets"):
+        for kind in ("features", "latents", "triplets", "text"):
             if kind in self.group:
                 parent = self.group[kind]
                 req = FEATURE_ARRAYS if kind == "features" else ("done",)

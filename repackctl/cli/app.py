@@ -5,10 +5,25 @@ from __future__ import annotations
 import importlib
 
 import typer
+from typer.core import TyperGroup
 
 from repackctl import __version__
 
+# --help lists the commands in pipeline order, then the tools
+ORDER = ("extract", "pack", "captions", "train", "refine", "sample", "evaluate", "benchmark",
+         "demo", "import", "cache", "runs", "plugins")  # fmt: skip
+
+
+class PipelineOrder(TyperGroup):
+    """Commands listed in :data:`ORDER` (Typer lists single commands before groups)."""
+
+    def list_commands(self, ctx) -> list[str]:  # noqa: ANN001 - Click's context
+        names = super().list_commands(ctx)
+        return sorted(names, key=lambda n: ORDER.index(n) if n in ORDER else len(ORDER))
+
+
 app = typer.Typer(
+    cls=PipelineOrder,
     name="repackctl",
     help=(
         "Train Diffusion Transformers on packed features of frozen vision foundation models "
@@ -42,6 +57,7 @@ def root(
 COMMAND_MODULES = (
     "extract",
     "pack",
+    "captions",
     "train",
     "refine",
     "sample",

@@ -173,6 +173,9 @@ def rm(
     triplets: Annotated[
         str | None, typer.Option(help="Remove only these refiner triplets (group name).")
     ] = None,
+    text: Annotated[
+        str | None, typer.Option(help="Remove only these caption features (text group name).")
+    ] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     cache: CacheOpt = None,
     config: ConfigOpt = None,
@@ -187,7 +190,7 @@ def rm(
 
     root = _root(cache, config)
     sub = None
-    if entry in list_entries(root, "incomplete") and not (features or latents or triplets):
+    if entry in list_entries(root, "incomplete") and not (features or latents or triplets or text):
         e = None  # an interrupted creation: removable as a whole
     else:
         e = DatasetEntry.open(root, entry)
@@ -199,6 +202,14 @@ def rm(
     elif latents:
         e.latents(latents)
         sub = f"latents/{latents}"
+    elif text:
+        if text not in e.complete_groups("text") and f"text/{text}" not in e.incomplete_groups():
+            have = ", ".join(e.complete_groups("text")) or "none"
+            raise CacheError(
+                f"no caption features {text!r} in {entry} (have: {have})",
+                f"see `repackctl cache info {entry}`",
+            )
+        sub = f"text/{text}"
     elif triplets:
         if triplets not in e.complete_groups("triplets") and (
             f"triplets/{triplets}" not in e.incomplete_groups()

@@ -330,5 +330,15 @@ def _add_pack_commands() -> None:
 _add_pack_commands()
 
 
+def _add_t2i_commands() -> None:
+    """`evaluate adherence` (text-to-image prompt adherence on the built-in data)."""
+    from repackctl.cli.evaluate_t2i import register_into
+
+    register_into(evaluate_app)
+
+
+_add_t2i_commands()
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(evaluate_app, name="evaluate")

@@ -7,10 +7,11 @@ import typer
 from repackctl.cli.common import console, err_console, is_main_process, kv_table, rank_progress
 from repackctl.cli.options import settings_command
 from repackctl.settings import ResolvedSettings
+from repackctl.settings.t2i import NOT_T2I
 
 train_app = typer.Typer(
     name="train",
-    help="Train generators on cached latents (Stage 2: `train dit`).",
+    help="Train generators on cached latents (Stage 2: `train dit`, text-to-image: `train t2i`).",
     no_args_is_help=True,
 )
 
@@ -56,6 +57,43 @@ def dit(resolved: ResolvedSettings) -> None:
     console.print(kv_table("train dit", rows))
 
 
+@settings_command("t2i", show=("t2i",), exclude=NOT_T2I)
+def t2i(resolved: ResolvedSettings) -> None:
+    """Train a text-to-image MMDiT on packed latents and cached caption features (+ REPA).
+
+    Needs `repackctl captions` for the latents' cache entry first. Each step draws one of an
+    image's captions at random; the null caption (features of "") replaces it with probability
+    --caption-dropout. Running the same command again resumes from the newest checkpoint.
+
+    Examples: `repackctl train t2i --steps 2000` ·
+    `repackctl train t2i --model mmdit-s-2 --text-encoder clip`
+    """
+    from repackctl.dit.t2i_run import train_t2i
+
+    main = is_main_process()
+    out = train_t2i(resolved.settings, rank_progress(main), config_record=resolved.to_dict())
+    if not main:
+        return
+    r = out.result
+    logs = r.last_logs
+    rows = [
+        ("run", out.run_dir),
+        ("model", f"{out.model_id} ({out.num_params / 1e6:.2f} M params)"),
+        ("latents", f"{out.entry} / {out.latents}"),
+        ("captions", out.text_id),
+        ("samples", out.num_samples),
+        ("REPA features", out.features or "off"),
+        ("step", r.step if r.resumed_from is None else f"{r.step} (resumed at {r.resumed_from})"),
+        ("checkpoint", r.checkpoint),
+    ]
+    for key in ("loss/model", "loss/mse", "loss/cos", "loss/repa"):
+        if key in logs:
+            rows.append((key, f"{logs[key]:.4f}"))
+    rows.append(("speed", f"{r.steps_per_s:.2f} steps/s"))
+    console.print(kv_table("train t2i", rows))
+
+
 def register(app: typer.Typer) -> None:
     train_app.command("dit")(dit)
+    train_app.command("t2i")(t2i)
     app.add_typer(train_app, name="train")

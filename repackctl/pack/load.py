@@ -164,11 +164,10 @@ def load_decoder(runs: str, extra: dict[str, Any]):
     from repackctl.pack.load import load_pack
 
     pack = extra["pack"]
-    where = Path(pack.get("checkpoint") or "")
-    if not where.is_dir():  # the runs folder moved: look the run up under the current root
-        where = resolve_checkpoint_arg(
-            runs, pack["run"], Path(pack.get("checkpoint", "")).name or None
-        )
+    recorded = pack.get("checkpoint")
+    where = Path(recorded) if recorded else None  # Path("") would be the working folder
+    if where is None or not where.is_dir():  # unrecorded, or the runs folder moved: look it up
+        where = resolve_checkpoint_arg(runs, pack["run"], where.name if where else None)
     handle = load_pack(where)
     if pack.get("pack_id") and handle.pack_id != pack["pack_id"]:
         raise CheckpointError(

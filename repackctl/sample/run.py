@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from repackctl.dit.load import load_dit_for_sampling
+from repackctl.dit.t2i_load import checkpoint_stage
 from repackctl.errors import ConfigError, DataError
 from repackctl.files import to_uint8, write_json_atomic, write_npy_atomic, write_png_atomic
 from repackctl.pack.load import load_decoder
@@ -115,7 +116,18 @@ def run_sample(
     cfg = settings.sample
     dist = dist or DistInfo.from_env()
     if not cfg.run:
-        cfg = cfg.model_copy(update={"run": chained_run(settings.runs, "dit", "--run")})
+        stage = "t2i" if cfg.prompt or cfg.prompts else "dit"
+        cfg = cfg.model_copy(update={"run": chained_run(settings.runs, stage, "--run")})
+        settings = settings.model_copy(update={"sample": cfg})
+    if checkpoint_stage(settings.runs, cfg.run, cfg.checkpoint) == "t2i":
+        from repackctl.sample.t2i import run_t2i_sample
+
+        return run_t2i_sample(settings, progress, dist)
+    if cfg.prompt or cfg.prompts:
+        raise ConfigError(
+            f"run {cfg.run} is class-conditional: prompts apply to text-to-image runs",
+            "drop --prompt/--prompts, or pass a run trained with `repackctl train t2i`",
+        )
     device = resolve_device(settings.device, dist.local_rank)
     autocast = settings.precision != "fp32" and device.type == "cuda"
 

@@ -26,12 +26,14 @@ from pydantic_settings import (
 
 from repackctl.errors import ConfigError
 from repackctl.settings.benchmark import BenchmarkSettings
+from repackctl.settings.captions import CaptionsSettings
 from repackctl.settings.dit import DitSettings
 from repackctl.settings.evaluate import EvaluateSettings
 from repackctl.settings.extract import ExtractSettings
 from repackctl.settings.pack import PackSettings
 from repackctl.settings.refine import RefineSettings
 from repackctl.settings.sample import SampleSettings
+from repackctl.settings.t2i import T2iSettings
 
 ENV_PREFIX = "REPACKCTL_"
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -73,6 +75,8 @@ class Settings(BaseSettings):
     extract: ExtractSettings = ExtractSettings()
     pack: PackSettings = PackSettings()
     dit: DitSettings = DitSettings()
+    captions: CaptionsSettings = CaptionsSettings()
+    t2i: T2iSettings = T2iSettings()
     refine: RefineSettings = RefineSettings()
     sample: SampleSettings = SampleSettings()
     evaluate: EvaluateSettings = EvaluateSettings()

@@ -22,6 +22,7 @@ class SampleSettings(BaseModel):
     PANELS: ClassVar[dict[str, tuple[str, ...]]] = {
         "Model": ("run", "checkpoint", "weights", "refiner", "guide", "guide_checkpoint"),
         "Sampling": ("num", "batch_size", "labels", "sampler", "steps", "shift"),
+        "Prompts (text-to-image runs)": ("prompt", "prompts"),
         "Guidance": ("cfg", "cfg_t_lo", "cfg_t_hi", "cfg_channels"),
         "Output": ("out", "grid"),
     }
@@ -38,6 +39,14 @@ class SampleSettings(BaseModel):
     labels: str = Field(
         "balanced",
         description="balanced (N/classes each, in class order), random (seeded), or classes '3,7'",
+    )
+    prompt: list[str] | None = Field(
+        None,
+        description="text-to-image runs: a prompt (repeat the flag for several; sample i gets "
+        "prompt i mod P); none = the val split's captions",
+    )
+    prompts: str | None = Field(
+        None, description="text-to-image runs: a UTF-8 file with one prompt per line"
     )
     sampler: Literal["euler", "heun", "sde"] | None = Field(None, description="default euler")
     steps: int | None = Field(

@@ -1,0 +1,64 @@
+"""`repackctl evaluate adherence`: prompt adherence of text-to-image samples (built-in data)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from repackctl.cli.common import (
+    CacheOpt,
+    ConfigOpt,
+    DeviceOpt,
+    SeedOpt,
+    console,
+    handle_errors,
+    kv_table,
+    resolve,
+)
+
+
+@handle_errors
+def adherence(
+    samples_dir: Annotated[
+        str, typer.Argument(help="A samples folder written by `repackctl sample` for a t2i run.")
+    ],
+    steps: Annotated[
+        int, typer.Option("--steps", min=1, help="Training steps of the attribute classifiers.")
+    ] = 400,
+    cache: CacheOpt = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Score prompt adherence: the shape and colour each prompt names vs. what the sample shows.
+
+    Attribute classifiers (shape, object colour) are trained on the real cached images of the
+    run's training entry (built-in data: exact attributes); their held-out accuracy on real
+    images is reported as the ceiling. Writes adherence.json into the samples folder.
+
+    Example: `repackctl evaluate adherence samples/t2i-mmdit-tiny--step-0002000--euler-50--cfg4--seed0`
+    """
+    from repackctl.evaluate.adherence import run_adherence
+    from repackctl.runtime import resolve_device
+
+    s = resolve(config, {"cache": cache, "seed": seed, "device": device}).settings
+    out = run_adherence(samples_dir, cache, steps, s.seed, resolve_device(s.device, 0))
+    sc = out.scores
+
+    def pct(v: float | None) -> str:
+        return "n/a" if v is None else f"{100 * v:.1f} %"
+
+    real = sc["classifier_real_accuracy"]
+    rows = [
+        ("shape", f"{pct(sc['shape_accuracy'])} of {sc['n_shape']} (chance 10 %)"),
+        ("colour", f"{pct(sc['colour_accuracy'])} of {sc['n_colour']}"),
+        ("classifier on real", f"shape {pct(real['shape'])}, colour {pct(real['colour'])}"),
+        ("written", out.path),
+    ]
+    console.print(kv_table("evaluate adherence", rows))
+
+
+def register_into(evaluate_app: typer.Typer) -> None:
+    """Add ``adherence`` to the ``evaluate`` command group."""
+    evaluate_app.command("adherence")(adherence)

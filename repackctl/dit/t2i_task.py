@@ -1,0 +1,348 @@
+"""The text-to-image task: an MMDiT on packed latents, conditioned on cached caption features.
+
+A subclass of ``DiTTask`` (so engine-facing behaviour — batching by per-sample generators,
+REPA, the grid's decoder, checkpoint extras — carries over); what differs is overridden:
+
+- the data: ``CaptionedLatentData`` adds, per sample, ONE of the image's captions drawn from the
+  sample's own generator (after its flip draw), read from ``text/<id>/`` of the cache entry
+  (``repackctl captions``): tokens (B, L, C), mask (B, L), pooled (B, C). The text encoder never
+  runs here;
+- the model: a registered MMDiT (``mmdit-tiny``, ``mmdit-s-2`` …) whose null caption is fixed to
+  the cached features of the empty caption (REPA's ``empty_context``);
+- the conditioning: ``batch["drop"]`` (drawn like the DiT's label dropout, with probability
+  ``caption_dropout``) replaces a caption by the null caption;
+- REPA on the image tokens after block k (default 8/24 of the depth, REPA's text-to-image rule);
+- the checkpoint extra (stage ``t2i``, text encoder, ``text_dim``, ``max_length``, null caption)
+  and the sample grid (rows = training captions).
+
+Shapes: B batch, K captions per image, L text tokens, C text width, d×h×w latent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from repackctl.cache.integrity import GuardedArray, repair_hint
+from repackctl.cache.store import PENDING, WRITTEN, ChunkReader
+from repackctl.captions_cache import find_text_group, open_text_group
+from repackctl.dit.latents import AUTO_IN_MEMORY_BYTES, LatentData, LatentRef
+from repackctl.dit.task import DiTTask, _width, build_task, repa_hidden_default
+from repackctl.errors import CacheError, CheckpointError, ConfigError
+from repackctl.models.mmdit import mmdit_repa_depth
+from repackctl.models.repa import REPAProjector, repa_loss
+from repackctl.paths import run_dir as make_run_dir
+from repackctl.registry import registry
+from repackctl.settings.dit import DitSettings
+from repackctl.settings.t2i import NOT_T2I
+from repackctl.train.config import TrainConfig
+from repackctl.train.loop import StepOutput
+from repackctl.transport.interpolant import interpolate, velocity_target
+from repackctl.transport.loss import velocity_loss
+
+TEXT_ARRAYS = ("tokens", "mask", "pooled", "count")
+
+
+class CaptionedLatentData(LatentData):
+    """``LatentData`` plus one random cached caption per sample (images without one left out)."""
+
+    def __init__(
+        self,
+        ref: LatentRef,
+        *,
+        text: str | None,
+        text_encoder: str,
+        in_memory: bool | None = None,
+        buffer_blocks: int = 16,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(ref, in_memory=False, buffer_blocks=buffer_blocks, **kwargs)
+        self.text_id = text or find_text_group(self.entry, text_encoder)
+        grp = open_text_group(self.entry, self.text_id)
+        self.text_attrs = grp.attrs
+        tdone = grp.done_mask()
+        redo = f"`repackctl captions --entry {self.entry.name}`"
+        if (tdone == PENDING).any():
+            raise CacheError(
+                f"caption features {self.text_id} of {self.entry.name} are incomplete "
+                f"({int((tdone == PENDING).sum())} images pending)",
+                f"run {redo} again to finish them",
+            )
+        keep = tdone[self.indices] == WRITTEN
+        self.indices, self.labels = self.indices[keep], self.labels[keep]
+        if len(self.indices) == 0:
+            raise CacheError(f"no image of {self.entry.name} has a caption", f"run {redo}")
+        ok = np.zeros(self.entry.n, bool)
+        ok[self.indices] = True
+        for k in TEXT_ARRAYS:  # stored as text_<name>: "tokens" are the REPA targets
+            label = f"cache entry {self.entry.name} text/{self.text_id}/{k}"
+            guarded = GuardedArray(grp[k], ok, label, repair_hint(self.entry.name, redo))
+            self._arrays[f"text_{k}"] = guarded
+            self._readers[f"text_{k}"] = ChunkReader(guarded, self.chunk, 2 * buffer_blocks)
+        _, self.max_captions, self.text_len, self.text_dim = grp["tokens"].shape
+        self.null = {k: np.asarray(grp[f"null_{k}"][...]) for k in ("tokens", "mask", "pooled")}
+        nbytes = sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in self._arrays.values())
+        self.in_memory = nbytes < AUTO_IN_MEMORY_BYTES if in_memory is None else bool(in_memory)
+        if self.in_memory:
+            self._memory = {k: np.asarray(a[:])[self.indices] for k, a in self._arrays.items()}
+        self._captions = grp["captions"]
+
+    def _rows(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """Rows ``rows`` (training-set positions) of text array ``name``, all captions."""
+        if self.in_memory:
+            return self._memory[f"text_{name}"][rows]  # (B, ...)
+        return self._readers[f"text_{name}"].take(self.indices[rows])  # (B, ...)
+
+    def read(
+        self, rows: np.ndarray, rngs: list[np.random.Generator], with_tokens: bool
+    ) -> dict[str, torch.Tensor]:
+        """``LatentData.read`` plus ``text_tokens`` (B, L, C), ``text_mask`` (B, L),
+        ``text_pooled`` (B, C) of one caption per sample, drawn from its generator."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = super().read(rows, rngs, with_tokens)
+        counts = self._rows("count", rows)  # (B,)
+        pick = np.array(
+            [int(r.integers(max(1, int(c)))) for r, c in zip(rngs, counts, strict=True)]
+        )
+        ar = np.arange(len(rows))
+        tok = self._rows("tokens", rows)[ar, pick]  # (B, L, C) float16
+        out["text_tokens"] = torch.from_numpy(tok.astype(np.float32))
+        out["text_mask"] = torch.from_numpy(
+            np.ascontiguousarray(self._rows("mask", rows)[ar, pick])
+        )
+        out["text_pooled"] = torch.from_numpy(
+            self._rows("pooled", rows)[ar, pick].astype(np.float32)
+        )
+        out["caption"] = torch.from_numpy(pick)  # (B,) which caption of the image
+        return out
+
+    def captions(self, rows: np.ndarray) -> list[list[str]]:
+        """The caption texts of training rows ``rows`` (as encoded)."""
+        return [str(self._captions[int(self.indices[r])]).split("\n") for r in rows]
+
+    def describe(self) -> dict:
+        return super().describe() | {"text": self.text_id}
+
+
+class T2ITask(DiTTask):
+    """TrainTask of a text-conditioned MMDiT (+ REPA) on packed latents and cached captions."""
+
+    data: CaptionedLatentData
+
+    def __init__(self, data: CaptionedLatentData, spec: Any, caption_dropout: float) -> None:
+        super().__init__(data, dataclasses.replace(spec, class_dropout=caption_dropout))
+        d, h, _ = data.shape
+        self.model_kwargs = dict(
+            spec.model_kwargs,
+            in_channels=d,
+            input_size=h,
+            text_dim=data.text_dim,
+            null_caption="fixed",
+            null_length=data.text_len,
+            caption_dropout=caption_dropout,
+        )
+
+    def build(self) -> dict[str, nn.Module]:
+        model = build_mmdit(self.spec.model_id, **self.model_kwargs)
+        null = self.data.null
+        model.set_null_caption(
+            torch.from_numpy(null["tokens"].astype(np.float32)),
+            torch.from_numpy(null["mask"]),
+            torch.from_numpy(null["pooled"].astype(np.float32)),
+        )
+        self.model_config = model.config.to_dict()
+        self.num_params = sum(p.numel() for p in model.parameters())
+        modules: dict[str, nn.Module] = {"model": model}
+        if self.repa_on:
+            width, depth = _width(model)
+            self.repa_depth = self.spec.repa_depth or mmdit_repa_depth(depth)
+            if not 1 <= self.repa_depth <= depth:
+                raise ConfigError(
+                    f"repa_depth {self.repa_depth} is outside the model's 1..{depth} blocks",
+                    f"use --repa-depth between 1 and {depth} (default {mmdit_repa_depth(depth)})",
+                )
+            hidden = self.spec.repa_hidden or repa_hidden_default(width)
+            token_dim = (self.data.token_shape or (0,))[-1]
+            modules["projector"] = REPAProjector(width, token_dim, hidden)
+        self.modules = modules
+        return modules
+
+    def training_step(
+        self, modules: dict[str, nn.Module], batch: dict[str, torch.Tensor], step: int
+    ) -> StepOutput:
+        model = modules["model"]
+        x, noise, t = batch["x"], batch["noise"], batch["t"]  # (B, d, h, w), same, (B,)
+        x_t = interpolate(x, noise, t)  # (B, d, h, w)
+        target = velocity_target(x, noise)  # (B, d, h, w)
+        text = (batch["text_tokens"], batch["text_mask"], batch["text_pooled"])
+        use_repa = self.repa_active(step) and "tokens" in batch
+        out = model(
+            x_t,
+            t,
+            *text,
+            return_hidden_at=self.repa_depth if use_repa else None,
+            drop_mask=batch["drop"],
+        )
+        v, hidden = out if use_repa else (out, None)  # (B, d, h, w), (B, T, D)
+        vl = velocity_loss(v, target, self.spec.cos_weight)
+        loss = vl.mean
+        logs: dict[str, Any] = {
+            "loss/mse": vl.mse.mean().detach(),
+            "loss/cos": vl.cos.mean().detach(),
+        }
+        if use_repa:
+            align = repa_loss(modules["projector"](hidden), batch["tokens"])  # −1 = aligned
+            loss = loss + self.spec.repa_weight * align
+            logs["loss/repa"] = align.detach()
+        return StepOutput({"model": loss}, logs)
+
+    # ---- checkpoint extras ---------------------------------------------------------------------
+    def state_extra(self) -> dict[str, Any]:
+        null = self.data.null
+        real = null["mask"].astype(bool)
+        attrs = self.data.text_attrs
+        return super().state_extra() | {
+            "stage": "t2i",
+            "num_classes": 0,
+            "class_names": None,
+            "text": {
+                "features": self.data.text_id,
+                "encoder_ref": attrs.get("encoder_ref"),
+                "text_weights": attrs.get("text_weights"),
+                "encoder": attrs.get("encoder"),
+                "text_dim": int(self.data.text_dim),
+                "max_length": int(self.data.text_len),
+                "caption_dropout": float(self.spec.class_dropout),
+            },
+            # the empty caption's real tokens (padding is zeroed by the model), mask and pooled
+            "null_caption": {
+                "caption": "",
+                "mask": real.tolist(),
+                "tokens": null["tokens"][real].astype(np.float32).tolist(),
+                "pooled": null["pooled"].astype(np.float32).tolist(),
+            },
+        }
+
+    def load_state_extra(self, extra: dict[str, Any]) -> None:
+        super().load_state_extra(extra)
+        old = (extra.get("text") or {}).get("features")
+        if old and old != self.data.text_id:
+            raise CheckpointError(
+                f"this run was trained on caption features {old}, not {self.data.text_id}",
+                f"pass --text-features {old}, or start a new run with --name",
+            )
+
+    # ---- sample grid ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample_grid(self, model: nn.Module, step: int, run_dir: Path) -> Path:
+        """Samples of the first training captions (one row per caption), Euler, fixed noise."""
+        from repackctl.metrics.recon import save_grid
+        from repackctl.transport.samplers import sample_ode
+
+        k, m = min(len(self.data), self.spec.image_classes), self.spec.image_per_class
+        rows = np.arange(k)
+        batch = self.data.read(rows, [_First() for _ in rows], with_tokens=False)  # caption 0
+        device = next(model.parameters()).device
+        rep = lambda a: a.repeat_interleave(m, dim=0).to(device)  # noqa: E731
+        g = torch.Generator().manual_seed(self.spec.seed + 12345)
+        noise = torch.randn((k * m, *self.data.shape), generator=g).to(device)
+        was_training = model.training
+        model.eval()
+        try:
+            f = model.velocity_fn(
+                rep(batch["text_tokens"]), rep(batch["text_mask"]), rep(batch["text_pooled"])
+            )
+            x = sample_ode(f, noise, None, steps=self.spec.image_steps).x
+        finally:
+            model.train(was_training)
+        pixels = self._pixels(x)  # (k·m, H, W, 3)
+        path = run_dir / "images" / f"step-{step:07d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        labels = [c[0][:48] for c in self.data.captions(rows)]
+        return save_grid([pixels[i * m : (i + 1) * m] for i in range(k)], path, labels=labels)
+
+    def _pixels(self, x: torch.Tensor) -> np.ndarray:
+        """Normalised latents → uint8 images through the pack decoder (or a latent preview)."""
+        z = self.data.denormalise(x.float().cpu())  # (B, d, h, w)
+        handle = self._decoder()
+        if handle is not None:
+            device = x.device
+            img = handle.model.to(device).decode(z.to(device)).float().cpu()  # (B, 3, H, W)
+        else:
+            img = x.float().cpu()[:, :1].expand(-1, 3, -1, -1)  # (B, 3, h, w)
+            img = (img - img.amin()) / (img.amax() - img.amin()).clamp_min(1e-6) * 2 - 1
+        pixels = ((img + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        return pixels.permute(0, 2, 3, 1).numpy()  # (B, H, W, 3)
+
+
+class _First:
+    """A stand-in generator for the grid: no flip, caption 0."""
+
+    def random(self) -> float:
+        return 1.0
+
+    def integers(self, high: int) -> int:
+        return 0
+
+    def standard_normal(self, shape: tuple[int, ...], dtype: Any = np.float32) -> np.ndarray:
+        return np.zeros(shape, dtype)  # the posterior mean
+
+
+def build_mmdit(model_id: str, **kwargs: Any) -> nn.Module:
+    """A registered MMDiT, passing only the options its factory accepts."""
+    factory = registry("models").get(model_id)
+    params = inspect.signature(factory).parameters
+    if "text_dim" not in params:
+        raise ConfigError(
+            f"model {model_id!r} is not a text-conditioned model (it takes no text_dim)",
+            "use an MMDiT: --model mmdit-tiny, mmdit-s-2, mmdit-b-2, mmdit-l-2 or mmdit-xl-2",
+        )
+    return factory(**{k: v for k, v in kwargs.items() if k in params})
+
+
+def _as_dit(settings: Any) -> Any:
+    """The same settings with ``[dit]`` taken from ``[t2i]`` (so ``build_task`` applies)."""
+    s = settings.t2i
+    fields = {
+        k: v
+        for k, v in s.model_dump().items()
+        if k in DitSettings.model_fields and k not in NOT_T2I
+    }
+    fields["in_memory"] = False  # the DiT data is only opened, never loaded
+    return settings.model_copy(update={"dit": DitSettings(**fields)})
+
+
+def build_t2i_task(settings: Any) -> tuple[T2ITask, TrainConfig]:
+    """The task and loop config of the resolved settings (no training yet).
+
+    The DiT's ``build_task`` resolves the latents, the spec and the loop config (so changes to
+    the DiT's engine config carry over); the text parts are replaced here.
+    """
+    s = settings.t2i
+    base, config = build_task(_as_dit(settings))
+    data = CaptionedLatentData(
+        base.data.ref,
+        text=s.text_features,
+        text_encoder=s.text_encoder,
+        features=s.features,
+        repa=s.repa_weight > 0,
+        sampling=s.latent_sampling,
+        in_memory=s.in_memory,
+        flip=s.flip,
+        buffer_blocks=s.buffer_blocks,
+    )
+    task = T2ITask(data, base.spec, s.caption_dropout)
+    name = s.name or f"t2i-{base.spec.model_id}"
+    config = dataclasses.replace(
+        config,
+        run_dir=str(make_run_dir(settings.runs, name)),
+        block=1 if data.in_memory else data.chunk,
+        extra={"stage": "t2i", "train": s.model_dump(mode="json")},
+    )
+    return task, config

@@ -1,0 +1,242 @@
+"""Prompt adherence on the built-in data: do samples show the shape and colour their prompt asks?
+
+Two attribute classifiers (one small CNN with a shape head and an object-colour head) are trained
+on the REAL cached images of the run's training entry, whose attributes are known exactly (the
+built-in scene parameters, ``repackctl.data.builtin``); a held-out tenth of those real images
+gives the classifiers' own accuracy, the ceiling to read the sample scores against. Each sample's
+prompt is parsed for the attributes it names (the shape noun, and the colour word attached to
+it — "a red star", "a circle in dark blue"); the score is the fraction of samples whose predicted
+attribute equals the prompted one, per attribute, over the samples whose prompt names it.
+
+Colours are compared coarsely (hue family: "light teal" → teal, "dark grey" → grey).
+Written to ``<samples>/adherence.json``. Shapes: N images, H×W×3 uint8.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from repackctl.data.captions import SHAPE_NOUNS, colour_name
+from repackctl.errors import DataError
+from repackctl.files import write_json_atomic
+from repackctl.paths import PROTOCOL_JSON
+
+HUES = (
+    "red",
+    "orange",
+    "yellow",
+    "green",
+    "teal",
+    "blue",
+    "purple",
+    "pink",
+    "grey",
+    "black",
+    "white",
+)
+ADHERENCE_JSON = "adherence.json"
+_ARTICLE = {"a", "an"}
+
+
+def coarse_colour(name: str) -> str:
+    """``light teal`` → ``teal``; ``dark grey`` / ``light grey`` → ``grey``."""
+    return name.split()[-1]
+
+
+def _shape_patterns() -> list[tuple[int, list[str]]]:
+    """(class id, words) of every shape noun and synonym, longest first (built-in class order)."""
+    from repackctl.data.builtin import CLASS_NAMES
+
+    out = []
+    for label, name in enumerate(CLASS_NAMES):
+        for phrase in SHAPE_NOUNS[name]:
+            out.append((label, phrase.split()))
+    return sorted(out, key=lambda p: -len(p[1]))
+
+
+def prompt_attributes(prompt: str) -> tuple[int | None, str | None]:
+    """(shape class id, coarse object colour) named by a prompt; None for what it does not name."""
+    words = re.findall(r"[a-z-]+", prompt.lower())
+    for label, noun in _shape_patterns():
+        n = len(noun)
+        at = next((i for i in range(len(words) - n + 1) if words[i : i + n] == noun), None)
+        if at is None:
+            continue
+        start = at
+        while start > 0 and words[start - 1] not in _ARTICLE:
+            start -= 1
+        before = [w for w in words[start:at] if w in HUES]
+        if before:
+            return label, before[0]
+        after = words[at + n : at + n + 4]
+        if after[:1] == ["in"]:
+            hue = next((w for w in after[1:] if w in HUES), None)
+            return label, hue
+        return label, None
+    hue = next((w for w in words if w in HUES), None)
+    return None, hue
+
+
+# --------------------------------------------------------------------------- classifiers
+
+
+class AttributeNet(nn.Module):
+    """A small CNN with a shape head (10) and an object-colour head (len(HUES))."""
+
+    def __init__(self, classes: int = 10, colours: int = len(HUES)) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 32, 3, 1, 1), nn.BatchNorm2d(32), nn.GELU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, 1, 1), nn.BatchNorm2d(64), nn.GELU(), nn.MaxPool2d(2),
+            nn.Conv2d(64, 96, 3, 1, 1), nn.BatchNorm2d(96), nn.GELU(),
+        )  # fmt: skip
+        self.shape = nn.Linear(192, classes)
+        self.colour = nn.Linear(192, colours)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.body(images.float() / 127.5 - 1.0)  # (B, 96, H/4, W/4) from uint8 values
+        h = torch.cat([f.mean(dim=(2, 3)), f.amax(dim=(2, 3))], dim=1)  # (B, 192) avg + max
+        return self.shape(h), self.colour(h)  # (B, 10), (B, len(HUES))
+
+
+def _batches(images: np.ndarray, size: int):
+    for s in range(0, len(images), size):
+        yield torch.from_numpy(images[s : s + size]).permute(0, 3, 1, 2)  # (B, 3, H, W)
+
+
+@torch.no_grad()
+def predict(net: AttributeNet, images: np.ndarray, device: torch.device) -> tuple:
+    """Predicted (shape ids, colour ids) of uint8 (N, H, W, 3) images."""
+    net.eval()
+    shapes, colours = [], []
+    for x in _batches(images, 256):
+        s, c = net(x.to(device))
+        shapes.append(s.argmax(1).cpu())
+        colours.append(c.argmax(1).cpu())
+    return torch.cat(shapes).numpy(), torch.cat(colours).numpy()
+
+
+def train_classifier(
+    images: np.ndarray, shapes: np.ndarray, colours: np.ndarray, steps: int, seed: int, device
+) -> tuple[AttributeNet, dict[str, float]]:
+    """Train on 90 % of the real images (random flips); accuracy on the held-out 10 %."""
+    g = np.random.default_rng(seed)
+    order = g.permutation(len(images))
+    cut = max(1, len(images) // 10)
+    held, train = order[:cut], order[cut:]
+    torch.manual_seed(seed)
+    net = AttributeNet().to(device)
+    opt = torch.optim.AdamW(net.parameters(), lr=2e-3)
+    loss_fn = nn.CrossEntropyLoss()
+    net.train()
+    for _ in range(steps):
+        idx = g.choice(train, size=min(64, len(train)), replace=False)
+        x = torch.from_numpy(images[idx]).permute(0, 3, 1, 2).to(device)  # (B, 3, H, W)
+        if g.random() < 0.5:
+            x = x.flip(-1)
+        s, c = net(x)
+        loss = loss_fn(s, torch.from_numpy(shapes[idx]).to(device)) + loss_fn(
+            c, torch.from_numpy(colours[idx]).to(device)
+        )
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    ps, pc = predict(net, images[held], device)
+    return net, {
+        "shape": float((ps == shapes[held]).mean()),
+        "colour": float((pc == colours[held]).mean()),
+        "held_out": int(len(held)),
+    }
+
+
+# --------------------------------------------------------------------------- the command
+
+
+@dataclass
+class AdherenceResult:
+    """Scores of one samples folder."""
+
+    path: Path
+    scores: dict[str, Any]
+
+
+def real_attributes(cache: str, entry: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Images (N, H, W, 3), shape ids and coarse colour ids of a built-in cache entry."""
+    from repackctl.cache.store import DatasetEntry
+    from repackctl.data.builtin import BuiltinSource
+
+    ds = DatasetEntry.open(cache, entry)
+    if (ds.attrs.get("source") or {}).get("dataset") != "builtin":
+        raise DataError(
+            f"prompt adherence needs the built-in dataset's attributes; {entry} is another source",
+            "score built-in runs only (other data has no ground-truth attributes)",
+        )
+    ok = ds.valid_indices()
+    keys = [str(k) for k in ds.keys[:]]
+    shapes, colours = [], []
+    for i in ok:
+        _, seed, split, index = keys[i].split(":")
+        scene = BuiltinSource(split=split, num=int(index) + 1, seed=int(seed)).scene(int(index))
+        shapes.append(scene["label"])
+        colours.append(HUES.index(coarse_colour(colour_name(scene["obj_a"]))))
+    images = np.asarray(ds.images[:])[ok]
+    return images, np.array(shapes, np.int64), np.array(colours, np.int64)
+
+
+def _protocol_of(folder: Path) -> dict[str, Any]:
+    path = folder / PROTOCOL_JSON
+    if not path.is_file():
+        raise DataError(
+            f"{folder} has no {PROTOCOL_JSON}", "pass a folder written by `repackctl sample`"
+        )
+    card = json.loads(path.read_text())
+    if card.get("stage") != "t2i" or "prompts" not in card:
+        raise DataError(
+            f"{folder} was not sampled from a text-to-image run (no prompts in its protocol)",
+            "sample a `train t2i` run first: `repackctl sample -r RUN --prompt ...`",
+        )
+    return card
+
+
+def run_adherence(
+    folder: str | Path, cache: str | None, steps: int, seed: int, device
+) -> AdherenceResult:
+    """Score a t2i samples folder; write ``adherence.json`` beside it."""
+    from repackctl.sample.folder import iter_pngs
+    from repackctl.train import checkpoint as ckpt_io
+
+    folder = Path(folder).expanduser().resolve()
+    card = _protocol_of(folder)
+    extra = ckpt_io.read_state(Path(card["checkpoint"])).get("extra", {})
+    where = extra.get("cache") or {}
+    root, entry = cache or where.get("root"), where.get("entry")
+    images, shapes, colours = real_attributes(root, entry)
+    net, real_acc = train_classifier(images, shapes, colours, steps, seed, device)
+    n = int(card["num_samples"])
+    samples = np.concatenate(list(iter_pngs(folder, n)))  # (N, H, W, 3)
+    pred_shape, pred_colour = predict(net, samples, device)
+    wanted = [prompt_attributes(card["prompts"][k]) for k in card["prompt_ids"]]
+    s_hit = [int(pred_shape[i] == s) for i, (s, _) in enumerate(wanted) if s is not None]
+    c_hit = [int(HUES[pred_colour[i]] == c) for i, (_, c) in enumerate(wanted) if c is not None]
+    scores = {
+        "shape_accuracy": float(np.mean(s_hit)) if s_hit else None,
+        "colour_accuracy": float(np.mean(c_hit)) if c_hit else None,
+        "n_shape": len(s_hit),
+        "n_colour": len(c_hit),
+        "num_samples": n,
+        "chance": {"shape": 1 / 10, "colour": 1 / len(HUES)},
+        "classifier_real_accuracy": real_acc,
+        "classifier": {"steps": steps, "seed": seed, "trained_on": entry, "images": len(images)},
+        "colours": list(HUES),
+        "protocol": str(folder / PROTOCOL_JSON),
+    }
+    write_json_atomic(folder / ADHERENCE_JSON, scores)
+    return AdherenceResult(path=folder / ADHERENCE_JSON, scores=scores)
