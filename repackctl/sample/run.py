@@ -113,12 +113,9 @@ def run_sample(
     settings: Settings, progress: ProgressFactory = null_progress, dist: DistInfo | None = None
 ) -> SampleResult:
     """Generate (or finish generating) ``settings.sample.num`` samples of a DiT run."""
-    cfg = settings.sample
     dist = dist or DistInfo.from_env()
-    if not cfg.run:
-        stage = "t2i" if cfg.prompt or cfg.prompts else "dit"
-        cfg = cfg.model_copy(update={"run": chained_run(settings.runs, stage, "--run")})
-        settings = settings.model_copy(update={"sample": cfg})
+    settings = _chain_run(settings)
+    cfg = settings.sample
     if checkpoint_stage(settings.runs, cfg.run, cfg.checkpoint) == "t2i":
         from repackctl.sample.t2i import run_t2i_sample
 
@@ -130,21 +127,59 @@ def run_sample(
         )
     device = resolve_device(settings.device, dist.local_rank)
     autocast = settings.precision != "fp32" and device.type == "cuda"
-
     dit = load_dit_for_sampling(settings.runs, cfg.run, cfg.checkpoint, cfg.weights)
-    extra = dit.extra
     plan = resolve_plan(cfg, read_sampling_defaults(Path(dit.checkpoint)))
+    velocity, guide_info, nfe = _velocity(settings, dit, plan, device, autocast)
+    pack = load_decoder(settings.runs, dit.extra)
+    refiner = None
+    if cfg.refiner:
+        from repackctl.refine.load import load_refiner
+
+        refiner = load_refiner(settings.runs, cfg.refiner, pack.pack_id)
+        refiner.model.to(device).eval()
+    ckpt = Path(dit.checkpoint)
+    labels = make_labels(cfg.num, int(dit.extra["num_classes"]), cfg.labels, settings.seed)
+    folder = _claim(settings, dit, plan, guide_info, refiner)
+    job = _Job(settings, plan, dit.extra, labels, velocity, pack.model.to(device).eval(), refiner,
+               folder, device, autocast)  # fmt: skip
+    written, already, seconds = _generate(job, dist, progress, run_root_of(ckpt).name)
+    dist.barrier()
+    protocol = _protocol(job, nfe, ckpt, dit.sha256, pack, guide_info)
+    image_shape = _finish(job, dist, protocol)
+    return SampleResult(
+        out_dir=folder,
+        num=cfg.num,
+        written=written,
+        already_done=already,
+        nfe=nfe,
+        image_shape=image_shape,
+        seconds=seconds,
+        protocol=protocol,
+        refined=refiner is not None,
+    )
+
+
+def _chain_run(settings: Settings) -> Settings:
+    """With no --run, the newest DiT run (t2i when prompts are given); says which it took."""
+    cfg = settings.sample
+    if cfg.run:
+        return settings
+    stage = "t2i" if cfg.prompt or cfg.prompts else "dit"
+    cfg = cfg.model_copy(update={"run": chained_run(settings.runs, stage, "--run")})
+    return settings.model_copy(update={"sample": cfg})
+
+
+def _velocity(settings: Settings, dit: Any, plan: Any, device: Any, autocast: bool):
+    """(guided velocity, guide card, network evaluations per sample) of the run (+ its guide)."""
+    cfg, extra = settings.sample, dit.extra
     if plan.legacy_channels and cfg.guide:
         raise ConfigError("legacy CFG channels do not apply to autoguidance", "drop --cfg-channels")
-    model = dit.model.to(device).eval()
-    main_fn = model_velocity(model, extra, autocast)
-    guide_fn = None
-    guide_info = None
+    main_fn = model_velocity(dit.model.to(device).eval(), extra, autocast)
+    guide_fn = guide_info = None
     if cfg.guide:
         guide = load_dit_for_sampling(settings.runs, cfg.guide, cfg.guide_checkpoint, cfg.weights)
-        if list(guide.extra["latent_shape"]) != list(extra["latent_shape"]) or guide.extra[
-            "pack"
-        ].get("pack_id") != extra["pack"].get("pack_id"):
+        same_shape = list(guide.extra["latent_shape"]) == list(extra["latent_shape"])
+        if not same_shape or guide.extra["pack"].get("pack_id") != extra["pack"].get("pack_id"):
             raise ConfigError(
                 "the guide model was trained on other latents than the main model",
                 "autoguidance needs a weaker DiT of the same pack model and latent shape",
@@ -152,26 +187,17 @@ def run_sample(
         guide_fn = model_velocity(guide.model.to(device).eval(), guide.extra, autocast)
         guide_info = {"checkpoint": str(guide.checkpoint), "sha256": guide.sha256}
     velocity = guided_velocity(main_fn, plan, int(extra["num_classes"]), guide_fn)
-    nfe = network_evaluations(plan.spec, plan, guide_fn is not None)
+    return velocity, guide_info, network_evaluations(plan.spec, plan, guide_fn is not None)
 
-    pack = load_decoder(settings.runs, extra)
-    decoder = pack.model.to(device).eval()
-    refiner = None
-    if cfg.refiner:
-        from repackctl.refine.load import load_refiner
 
-        refiner = load_refiner(settings.runs, cfg.refiner, pack.pack_id)
-        refiner.model.to(device).eval()
-
-    ckpt = Path(dit.checkpoint)
-    run_name = run_root_of(ckpt).name
-    latent_shape = tuple(int(s) for s in extra["latent_shape"])
-    labels = make_labels(cfg.num, int(extra["num_classes"]), cfg.labels, settings.seed)
+def _claim(settings: Settings, dit: Any, plan: Any, guide_info: Any, refiner: Any) -> Path:
+    """The samples folder of these settings, claimed (a folder of other settings is refused)."""
+    cfg, ckpt = settings.sample, Path(dit.checkpoint)
+    name = sample_folder_name(
+        run_root_of(ckpt).name, ckpt.name, plan, settings.seed, cfg.weights, cfg.refiner
+    )
     folder = (
-        Path(cfg.out).expanduser().resolve()
-        if cfg.out
-        else local_path(settings.samples)
-        / sample_folder_name(run_name, ckpt.name, plan, settings.seed, cfg.weights, cfg.refiner)
+        Path(cfg.out).expanduser().resolve() if cfg.out else local_path(settings.samples) / name
     )
     fingerprint = {
         "checkpoint_sha256": dit.sha256,
@@ -186,61 +212,93 @@ def run_sample(
         "precision": settings.precision,
     }
     claim_folder(folder, fingerprint)
+    return folder
 
+
+@dataclass
+class _Job:
+    """What the generation loop and the card share."""
+
+    settings: Settings
+    plan: Any
+    extra: dict[str, Any]
+    labels: np.ndarray
+    velocity: Any
+    decoder: Any
+    refiner: Any
+    folder: Path
+    device: Any
+    autocast: bool
+
+
+def _generate(job: _Job, dist: DistInfo, progress: ProgressFactory, run_name: str):
+    """Write this process's missing samples; (written, already done, seconds)."""
+    cfg, folder = job.settings.sample, job.folder
     mine = owned_range(cfg.num, dist.rank, dist.world)
     todo = missing_indices(folder, mine)
     missing = set(todo)
     if todo:
         (folder / LATENTS_DIR).mkdir(exist_ok=True)
-    already = len(mine) - len(todo)
-    t0 = time.perf_counter()
-    written = 0
+    already, written, t0 = len(mine) - len(todo), 0, time.perf_counter()
     with progress(f"sample {run_name}", total=len(todo), unit="img") as bar:
         if already:
             bar.log(f"resuming: {already} samples of this process were already written")
-        for idx in aligned_batches(mine, set(todo), cfg.batch_size):
-            with torch.no_grad():
-                raw = generate_raw_latents(
-                    velocity, plan, extra, labels, settings.seed, idx, device
-                )  # (B, d, h, w)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                    images = to_uint8(decoder.decode(raw))  # (B, H, W, 3)
-                if refiner is not None:
-                    images = refiner.refine(images, raw)  # (B, H, W, 3)
-            raw_np = raw.cpu().numpy().astype(np.float32)
+        for idx in aligned_batches(mine, missing, cfg.batch_size):
+            raw, images = _batch(job, idx)
             new = [(j, i) for j, i in enumerate(idx) if i in missing]
             for j, i in new:
                 # the latent first: a PNG (the done marker) implies its latent is on disk
-                write_npy_atomic(folder / LATENTS_DIR / f"{i:06d}.npy", raw_np[j])
+                write_npy_atomic(folder / LATENTS_DIR / f"{i:06d}.npy", raw[j])
                 write_png_atomic(png_path(folder, i), images[j])
             written += len(new)
             bar.advance(len(new))
-    seconds = time.perf_counter() - t0
+    return written, already, time.perf_counter() - t0
 
-    dist.barrier()
-    protocol = generation_card(
-        plan=plan,
+
+def _batch(job: _Job, idx: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Raw latents (B, d, h, w) and uint8 images (B, H, W, 3) of the samples ``idx``."""
+    with torch.no_grad():
+        raw = generate_raw_latents(
+            job.velocity, job.plan, job.extra, job.labels, job.settings.seed, idx, job.device
+        )  # (B, d, h, w)
+        with torch.autocast(job.device.type, dtype=torch.bfloat16, enabled=job.autocast):
+            images = to_uint8(job.decoder.decode(raw))  # (B, H, W, 3)
+        if job.refiner is not None:
+            images = job.refiner.refine(images, raw)  # (B, H, W, 3)
+    return raw.cpu().numpy().astype(np.float32), images
+
+
+def _protocol(job: _Job, nfe: int, ckpt: Path, sha: str, pack: Any, guide_info: Any) -> dict:
+    """The protocol card of the samples folder."""
+    cfg, refiner = job.settings.sample, job.refiner
+    return generation_card(
+        plan=job.plan,
         nfe=nfe,
         label_scheme=label_scheme_name(cfg.labels),
-        seed=settings.seed,
-        precision=settings.precision,
+        seed=job.settings.seed,
+        precision=job.settings.precision,
         checkpoint=ckpt,
-        checkpoint_sha256=dit.sha256,
+        checkpoint_sha256=sha,
         num=cfg.num,
         extra={
             "weights": cfg.weights,
-            "dit_run": run_name,
+            "dit_run": run_root_of(ckpt).name,
             "pack": {"checkpoint": str(pack.checkpoint), "pack_id": pack.pack_id},
-            "latent_shape": list(latent_shape),
+            "latent_shape": [int(s) for s in job.extra["latent_shape"]],
             "latent_convention": "raw",
-            "velocity_convention": extra.get("velocity_convention", "ours"),
+            "velocity_convention": job.extra.get("velocity_convention", "ours"),
             "guide": guide_info,
             "refiner": None
             if refiner is None
             else {"checkpoint": str(refiner.checkpoint), "sha256": refiner.sha256},
-            "labels": labels.tolist(),
+            "labels": job.labels.tolist(),
         },
     )
+
+
+def _finish(job: _Job, dist: DistInfo, protocol: dict) -> tuple[int, ...]:
+    """Rank 0: check every sample is there, assemble npz/latents/grid, write the card."""
+    cfg, folder = job.settings.sample, job.folder
     image_shape: tuple[int, ...] = ()
     if dist.rank == 0:
         lost = missing_indices(folder, range(cfg.num))
@@ -249,17 +307,8 @@ def run_sample(
                 f"{len(lost)} samples are missing after sampling (e.g. {lost[:3]})",
                 "run the same command again to finish them",
             )
-        image_shape = assemble(folder, labels, cfg.grid, latent_shape)
+        shape = tuple(int(s) for s in job.extra["latent_shape"])
+        image_shape = assemble(folder, job.labels, cfg.grid, shape)
         write_json_atomic(folder / PROTOCOL_JSON, protocol)
     dist.barrier()
-    return SampleResult(
-        out_dir=folder,
-        num=cfg.num,
-        written=written,
-        already_done=already,
-        nfe=nfe,
-        image_shape=image_shape,
-        seconds=seconds,
-        protocol=protocol,
-        refined=refiner is not None,
-    )
+    return image_shape
