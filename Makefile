@@ -24,12 +24,13 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# two workers of one thread each: many tests wait on real subprocesses (kills, torchrun)
 test: lint
-	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # the edit loop: no `slow` tests (subprocess kills, end-to-end runs); under 90 s on 2 cores
 test-fast: lint
-	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q -m "not slow"
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow"
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .

@@ -279,6 +279,7 @@ def test_checkpoints_are_atomic_pruned_and_safe_to_load(tmp_path):
     assert sorted(p.name for p in (run / "images").iterdir()) == [
         "step-0000004.png",
         "step-0000008.png",
+        "step-0000010.png",  # every run ends with a picture, whatever image_every
     ]
     assert state["extra"] == {"target_mean": float(task.y.mean()), "cache_id": "toy-v1"}
     records = read_metrics(run)
