@@ -7,6 +7,8 @@ import os
 import pytest
 import torch
 
+from repackctl import kernels
+
 # `make test` runs two workers of one thread each (OMP_NUM_THREADS=1); alone, two threads
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or max(1, min(2, os.cpu_count() or 1))))
 
@@ -27,6 +29,7 @@ def _isolated_env(tmp_path, monkeypatch):
     yield
     registry.clear_cache()
     set_log_every_s(None)
+    kernels.select("eager")  # a training run selects its kernels process-wide
 
 
 @pytest.fixture

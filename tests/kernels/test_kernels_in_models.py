@@ -56,6 +56,6 @@ def test_selecting_triton_changes_nothing_but_the_kernels() -> None:
 
 
 def test_eager_is_the_default_and_unknown_backends_are_refused() -> None:
-    assert kernels.selected() == "eager"
+    assert kernels.selected() == "eager"  # conftest restores the default after every test
     with pytest.raises(Exception, match="unknown kernel backend"):
         kernels.select("cuda-magic")
