@@ -139,10 +139,24 @@ def test_train_apply_and_latent_convention(stack, tmp_path) -> None:
         ],
     )
     assert r.exit_code == 0, r.output
-    applied = tmp_path / "p--refine-refine-tiny"
+    applied = tmp_path / "p--refine-tiny"  # not "--refine-refine-tiny"
     assert np.array_equal(_images(applied), _images(fused.out_dir))
     assert not np.array_equal(_images(applied), _images(plain.out_dir))
     assert json.loads((applied / "protocol.json").read_text())["refiner"]["sha256"] == handle.sha256
+    # refine apply on samples that `sample --refiner` already refined (same folder name): no
+    # false "other settings" error, nothing rewritten
+    root = tmp_path / "samples-root"
+    base = run_sample(_settings(stack, run="dit-tiny", num=4, steps=3).model_copy(
+        update={"samples": str(root)}))  # fmt: skip
+    done = run_sample(_settings(stack, run="dit-tiny", num=4, steps=3, refiner="refine-tiny")
+                      .model_copy(update={"samples": str(root)}))  # fmt: skip
+    assert done.out_dir.name == base.out_dir.name + "--refine-tiny"
+    before = {p.name: p.stat().st_mtime_ns for p in done.out_dir.glob("*.png")}
+    again = ["refine", "apply", str(base.out_dir), "--refiner", "refine-tiny", "--runs",
+             stack["runs"], "--device", "cpu"]  # fmt: skip
+    r = runner.invoke(app, again)
+    assert r.exit_code == 0, r.output
+    assert {p.name: p.stat().st_mtime_ns for p in done.out_dir.glob("*.png")} == before
 
     # a refiner checkpoint claiming another latent convention is refused, by name
     state_path = handle.checkpoint / "state.json"

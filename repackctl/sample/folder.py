@@ -58,7 +58,9 @@ def owned_range(num: int, rank: int, world: int) -> range:
     return range(num * rank // world, num * (rank + 1) // world)
 
 
-def claim_folder(folder: Path, fingerprint: dict[str, Any]) -> None:
+def claim_folder(
+    folder: Path, fingerprint: dict[str, Any], elsewhere: str = "pass --out to write elsewhere"
+) -> None:
     """Record the settings that fix the images; a folder made with other settings is refused.
 
     The settings file is the folder's marker: a folder that exists without it must be empty (or
@@ -75,7 +77,7 @@ def claim_folder(folder: Path, fingerprint: dict[str, Any]) -> None:
             raise ConfigError(
                 f"{folder} already holds files that `repackctl` did not write there "
                 f"({', '.join(foreign[:3])}{' …' if len(foreign) > 3 else ''})",
-                "pass --out a new or empty folder; nothing in this one was changed",
+                f"{elsewhere} (a new or empty folder); nothing in this one was changed",
             )
     remove_stale_temp_files(folder)
     remove_stale_temp_files(folder / LATENTS_DIR)
@@ -90,7 +92,7 @@ def claim_folder(folder: Path, fingerprint: dict[str, Any]) -> None:
             )
             raise ConfigError(
                 f"{folder} holds samples made with other settings ({', '.join(diff)})",
-                "pass --out to write elsewhere, or delete the folder",
+                f"{elsewhere}, or delete the folder",
             )
         return
     write_json_atomic(path, fingerprint)
@@ -138,8 +140,13 @@ def sample_folder_name(
     name = f"{run}--{ckpt}{'' if weights == 'ema' else '-raw'}--{plan.spec.kind}-{plan.spec.steps}"
     name += f"--cfg{plan.cfg:g}--seed{seed}"
     if refiner:
-        name += f"--refine-{Path(refiner).name}"
+        name += refined_suffix(Path(refiner).name)
     return name
+
+
+def refined_suffix(refiner_run: str) -> str:
+    """``--refine-<run>``, or ``--<run>`` when the run's name already says refine."""
+    return f"--{refiner_run}" if refiner_run.startswith("refine") else f"--refine-{refiner_run}"
 
 
 def generation_card(

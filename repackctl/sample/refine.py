@@ -70,6 +70,20 @@ def _regenerate(protocol: dict[str, Any], runs: str, indices: list[int], device)
         )
 
 
+def _refined_already(out: Path, protocol: dict, refiner_sha: str, num: int) -> bool:
+    """``out`` is a finished samples folder of the same DiT samples refined by the same refiner."""
+    card = out / "protocol.json"
+    if not card.is_file():
+        return False
+    done = json.loads(card.read_text())
+    same = ("checkpoint_sha256", "seed", "sampler", "steps", "cfg_scale", "label_scheme")
+    return (
+        (done.get("refiner") or {}).get("sha256") == refiner_sha
+        and done.get("num_samples") == num
+        and all(done.get(k) == protocol.get(k) for k in same)
+    )
+
+
 def run_refine_apply(
     settings: Settings,
     samples_dir: str | Path,
@@ -86,6 +100,7 @@ def run_refine_apply(
         missing_indices,
         owned_range,
         png_path,
+        refined_suffix,
     )
 
     dist = dist or DistInfo.from_env()
@@ -110,8 +125,14 @@ def run_refine_apply(
     refiner.model.to(device)
 
     num = int(protocol["num_samples"])
-    out = src.parent / f"{src.name}--refine-{refiner.checkpoint.parent.parent.name}"
-    claim_folder(out, {"source": str(src), "refiner": refiner.sha256, "num": num})
+    out = src.parent / f"{src.name}{refined_suffix(refiner.checkpoint.parent.parent.name)}"
+    if _refined_already(out, protocol, refiner.sha256, num):
+        return ApplyResult(out, num, 0, num, "already refined (by `sample --refiner`)", 0.0)
+    claim_folder(
+        out,
+        {"source": str(src), "refiner": refiner.sha256, "num": num},
+        elsewhere=f"use another refiner run, or move {out.name} away",
+    )
     latents = None
     source = "latents.npy"
     if (src / LATENTS_FILE).is_file():
