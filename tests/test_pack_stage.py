@@ -413,6 +413,12 @@ def test_stages_chain_to_the_newest_extracted_features(tmp_path):
     res = runner.invoke(app, ["pack", "encode", "--device", "cpu"])
     assert res.exit_code == 0, res.output
     assert "pack-patchpix-repack" in res.output
+    # resuming with only --steps keeps the run's sizes and lr; a new lr is refused by name
+    res = runner.invoke(app, ["pack", "train", "--steps", "3", "--image-every", "0"])
+    assert res.exit_code == 0, res.output
+    assert "pack.steps: 2 → 3" in res.output
+    res = runner.invoke(app, ["pack", "train", "--steps", "4", "--lr", "0.5"])
+    assert res.exit_code == 2 and "pack.lr" in res.output and "--allow-change" in res.output
     # the user named other data: no guessing, the error names what to run
     res = runner.invoke(app, ["pack", "train", *small, "--resolution", "64"])
     assert (

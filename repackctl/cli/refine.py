@@ -41,7 +41,10 @@ def train(resolved: ResolvedSettings) -> None:
 
     main = is_main_process()
     run_dir = run_refine_train(
-        resolved.settings, rank_progress(main), sources=resolved.to_dict()["sources"]
+        resolved.settings,
+        rank_progress(main),
+        sources=resolved.to_dict()["sources"],
+        config_record=resolved.to_dict(),
     )
     if main:
         rows = [("run", run_dir), ("checkpoint", latest_checkpoint(run_dir))]

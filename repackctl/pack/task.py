@@ -331,6 +331,20 @@ def _load_lpips(plan: PackPlan) -> nn.Module | None:
         raise ConfigError(e.message, e.hint) from None
 
 
+def _resume(settings: Settings, record: dict[str, Any] | None) -> tuple[Any, Any, list[str]]:
+    """An existing run resumes from its stored settings (``repackctl.settings.resume``)."""
+    from repackctl.paths import run_dir as run_dir_of
+    from repackctl.settings.resume import resume_settings
+
+    name = settings.pack.run or default_run_name(
+        settings, locate_features(settings).source.get("encoder")
+    )
+    settings, record, rec = resume_settings(
+        run_dir_of(settings.runs, name), settings, record, "pack"
+    )
+    return settings, record, [f"resume: {line}" for line in rec.lines()] if rec else []
+
+
 def run_pack_train(
     settings: Settings,
     progress: ProgressFactory = null_progress,
@@ -342,13 +356,14 @@ def run_pack_train(
     from repackctl.train import TrainConfig, train
     from repackctl.train.checkpoint import load_weights
 
+    settings, config_record, resumed = _resume(settings, config_record)
     cfg = settings.pack
     ref = locate_features(settings)
     plan = resolve_plan(settings, ref)
     run_dir = run_dir_of(settings.runs, plan.run_name)
     progress = with_log_file(progress, run_dir / LOG_FILE)
     data = PackData(ref.entry, ref.feats, cfg.in_memory, cfg.memory_gb)
-    log = ([ref.note] if ref.note else []) + list(plan.notes)
+    log = resumed + ([ref.note] if ref.note else []) + list(plan.notes)
     lpips = _load_lpips(plan)
 
     # the contract part of state_extra, to compare with an existing run before anything starts

@@ -43,6 +43,7 @@ from repackctl.refine.network import LatentGuidedRefiner, RefinerConfig
 from repackctl.refine.triplets import build_triplets, open_triplets
 from repackctl.runs import chained_run
 from repackctl.settings import Settings
+from repackctl.settings.resume import resume_settings
 from repackctl.train import OptimizerSpec, StepOutput, TrainConfig, train
 
 # Adam betas of the official refiner (and of stage 1)
@@ -250,22 +251,33 @@ def run_refine_train(
     settings: Settings,
     progress: ProgressFactory = null_progress,
     sources: dict[str, str] | None = None,
+    config_record: dict[str, Any] | None = None,
 ) -> Path:
-    """Build the triplets of the pack run (resumable), then train (or resume) the refiner."""
+    """Build the triplets of the pack run (resumable), then train (or resume) the refiner.
+
+    An existing run resumes from its stored settings (``repackctl.settings.resume``).
+    """
     from repackctl.pack.load import load_pack
     from repackctl.paths import run_dir
     from repackctl.runtime import resolve_device
 
     cfg = settings.refine
     pack_run = cfg.pack_run or chained_run(settings.runs, "pack", "--pack-run", messages=None)
-    pack = load_pack(pack_run, runs=settings.runs)
-    name = cfg.name or f"refine-{pack.run_name}"
+    name = cfg.name or f"refine-{load_pack(pack_run, runs=settings.runs).run_name}"
+    settings, config_record, rec = resume_settings(
+        run_dir(settings.runs, name), settings, config_record, "refine"
+    )
+    cfg = settings.refine
+    sources = (config_record or {}).get("sources", sources)
+    pack = load_pack(cfg.pack_run or pack_run, runs=settings.runs)
     progress = with_log_file(progress, run_dir(settings.runs, name) / LOG_FILE)
     cache = pack.extra.get("cache", {})
     entry = DatasetEntry.open(settings.cache, cfg.entry or cache["entry"])
     features = cache["features"]
     device = resolve_device(settings.device)
     with progress("triplets", total=None) as bar:
+        for line in rec.lines() if rec else []:
+            bar.log(f"resume: {line}")
         bar.log(f"building refiner triplets of {pack.pack_id} in {entry.name}")
     build_triplets(
         entry,
@@ -298,7 +310,7 @@ def run_refine_train(
         betas=BETAS,
         ema_warmup=False,
         image_every=0,
-        extra={"stage": "refine", "refine": cfg.model_dump(mode="json")},
+        extra={"stage": "refine", "refine": cfg.model_dump(mode="json"), "settings": config_record},
     )
     with progress("refine", total=None) as bar:
         for m in messages:

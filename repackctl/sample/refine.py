@@ -25,9 +25,20 @@ import torch
 from torch import Tensor
 
 from repackctl.errors import ConfigError, DataError
+from repackctl.files import read_png, write_json_atomic, write_png_atomic
+from repackctl.paths import PROTOCOL_JSON
 from repackctl.progress import ProgressFactory, null_progress
 from repackctl.refine.load import LATENT_CONVENTION, load_refiner
 from repackctl.runtime import DistInfo, resolve_device
+from repackctl.sample.folder import (
+    LATENTS_FILE,
+    assemble,
+    claim_folder,
+    missing_indices,
+    owned_range,
+    png_path,
+    refined_suffix,
+)
 from repackctl.settings import Settings
 
 
@@ -91,18 +102,6 @@ def run_refine_apply(
     dist: DistInfo | None = None,
 ) -> ApplyResult:
     """Refine every PNG of a samples folder into ``<folder>--refine-<refiner>/`` (resumable)."""
-    from repackctl.files import read_png, write_json_atomic, write_png_atomic
-    from repackctl.paths import PROTOCOL_JSON
-    from repackctl.sample.folder import (
-        LATENTS_FILE,
-        assemble,
-        claim_folder,
-        missing_indices,
-        owned_range,
-        png_path,
-        refined_suffix,
-    )
-
     dist = dist or DistInfo.from_env()
     src = Path(samples_dir).expanduser().resolve()
     name = settings.refine.refiner

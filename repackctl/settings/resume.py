@@ -71,7 +71,7 @@ CONTINUABLE: dict[str, set[str]] = {
     },  # fmt: skip
 }
 # layers that mean "the user gave this now" (a default or a preset value does not change a run)
-GIVEN = ("flag", "env", "file")
+GIVEN = ("flag", "env", "file", "stored")  # "stored run config": given when the run started
 
 
 @dataclass
@@ -114,16 +114,22 @@ def reconcile(
     """
     old, new = _flat(stored.get("values", {})), _flat(current.get("values", {}))
     sources = dict(current.get("sources", {}))
-    merged = dict(new)
+    old_sources = stored.get("sources", {})
+
+    def given(src: dict[str, str], key: str) -> bool:
+        return src.get(key, "default").split(" ")[0] in GIVEN
+
+    # only what some layer gave is kept: defaults and presets fill the rest as they did before
+    merged = {k: v for k, v in new.items() if given(sources, k)}
     out = Reconciled(values={}, sources=sources)
     breaking = []
     for key, value in new.items():
         sec, name = _section_of(key)
         if sec not in ("", section) or key not in old:
             continue
-        given = sources.get(key, "default").split(" ")[0] in GIVEN
-        if not given:
-            merged[key], sources[key] = old[key], "stored run config"
+        if not given(sources, key):
+            if given(old_sources, key):
+                merged[key], sources[key] = old[key], "stored run config"
             continue
         if value == old[key]:
             continue
@@ -188,4 +194,5 @@ def resume_settings(
     if rec.allowed:
         with open(run_dir / HISTORY, "a") as f:
             f.write(json.dumps({"time": time.time(), "changes": rec.allowed}, default=str) + "\n")
-    return resumed, {"values": rec.values, "sources": rec.sources}, rec
+    # the record keeps every value (as a first start does): the next resume compares them all
+    return resumed, {"values": resumed.model_dump(mode="json"), "sources": rec.sources}, rec
