@@ -347,3 +347,22 @@ def test_a_short_run_ends_with_a_grid_and_tensorboard_gets_pictures_and_config(c
     tags = acc.Tags()
     assert "images" in tags["images"]
     assert any("config" in t for t in tags["tensors"])
+
+
+def test_an_option_the_plugin_model_does_not_take_is_an_error(monkeypatch):
+    from repackctl.dit import task as dit_task
+    from repackctl.errors import ConfigError
+    from repackctl.models.variants import tiny
+
+    def plain(*, in_channels: int, input_size: int, num_classes: int):  # no switches at all
+        return tiny(in_channels=in_channels, input_size=input_size, num_classes=num_classes)
+
+    class Models:
+        def get(self, ref):
+            return plain
+
+    monkeypatch.setattr(dit_task, "registry", lambda kind: Models())
+    sizes = {"in_channels": 4, "input_size": 4, "num_classes": 3}
+    assert dit_task.build_model("plain", **sizes, qk_norm=False, class_dropout=0.1) is not None
+    with pytest.raises(ConfigError, match="qk_norm"):
+        dit_task.build_model("plain", **sizes, qk_norm=True)

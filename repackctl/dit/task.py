@@ -272,12 +272,32 @@ class DiTTask:
         return self.sample_grid(ema_module, step, Path(run_dir))
 
 
+# model options that may be dropped for a factory without them, at these values only
+NEUTRAL: dict[str, Any] = {
+    "qk_norm": False,
+    "no_shift": False,
+    "grad_checkpointing": False,
+    "class_dropout": 0.1,
+}
+
+
 def build_model(model_id: str, **kwargs: Any) -> nn.Module:
-    """Build a registered model, passing only the options its factory accepts."""
+    """Build a registered model; an option its factory does not take is an error.
+
+    An option left at its neutral value (e.g. ``qk_norm=False``) is simply not passed, so a
+    plugin factory need not declare switches it does not have.
+    """
     factory = registry("models").get(model_id)
     params = inspect.signature(factory).parameters
     takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     given = {k: v for k, v in kwargs.items() if takes_all or k in params}
+    refused = sorted(k for k in set(kwargs) - set(given) if NEUTRAL.get(k, object()) != kwargs[k])
+    if refused:
+        raise ConfigError(
+            f"model {model_id!r} does not take the option(s) {', '.join(refused)} "
+            f"({', '.join(f'{k}={kwargs[k]!r}' for k in refused)})",
+            "drop those settings for this model, or pick a model that has them",
+        )
     for required in ("in_channels", "input_size", "num_classes"):
         if required not in given:
             raise ConfigError(
