@@ -20,6 +20,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+# image files every reader of a folder accepts (image sources, samples and reference folders)
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".jfif"}
+)
 TMP_PREFIX = ".tmp-"  # temporary files and folders start with this; never read as results
 
 

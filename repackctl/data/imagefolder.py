@@ -45,8 +45,9 @@ import numpy as np
 
 from repackctl.data.crop import center_crop, open_image
 from repackctl.errors import ConfigError, DataError
+from repackctl.files import IMAGE_EXTENSIONS
 
-EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".jfif"}
+EXTENSIONS = IMAGE_EXTENSIONS
 #: files that are never listed; anything else not hidden is an input (a stray file is reported)
 IGNORED = {".ds_store", "thumbs.db", "desktop.ini"}
 #: sub-folder names that make a folder a split root

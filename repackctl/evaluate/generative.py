@@ -34,14 +34,13 @@ from typing import Any
 import numpy as np
 
 from repackctl.errors import CacheError, CheckpointError, ConfigError, DataError
-from repackctl.files import sha256_file
+from repackctl.files import IMAGE_EXTENSIONS, sha256_file
 from repackctl.metrics.adm import AdmReference, iter_npz_images, npz_images_shape
 from repackctl.metrics.frechet import FeatureStats, StatsFile, atomic_path, load_stats
 from repackctl.paths import METRICS_JSON, PROTOCOL_JSON, SAMPLES_NPZ, local_path, run_root_of
 from repackctl.progress import ProgressFactory, null_progress
 from repackctl.settings import Settings
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 INCEPTION_METRICS = ("fid", "sfid", "is", "kid", "prc")
 ALL_METRICS = (*INCEPTION_METRICS, "fd")
 #: card fields that describe how the samples were generated (copied from protocol.json)
@@ -102,7 +101,9 @@ def _take(batches: Iterator[np.ndarray], n: int) -> Iterator[np.ndarray]:
 
 
 def _list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(
+        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
 
 
 def folder_sha256(files: list[Path], root: Path) -> str:
@@ -199,7 +200,7 @@ def reference_folder_set(folder: Path, resolution: int, num: int | None, seed: i
         p
         for p in root.rglob("*")
         if p.is_file()
-        and p.suffix.lower() in IMAGE_SUFFIXES
+        and p.suffix.lower() in IMAGE_EXTENSIONS
         and not any(part.startswith(".") for part in p.relative_to(root).parts)
     )
     if not files:
