@@ -37,7 +37,7 @@ from repackctl.encoders.load import make_encoder
 from repackctl.errors import ConfigError, DataError
 from repackctl.paths import entry_name
 from repackctl.progress import ProgressFactory, null_progress
-from repackctl.runtime import DistInfo, resolve_device
+from repackctl.runtime import DistInfo, header_line, resolve_device, run_header
 from repackctl.settings import Settings
 
 
@@ -419,7 +419,11 @@ def run_extract(
     writer = _ShardWriter(
         entry, feats, img_done, locks, encoder, device, settings.precision, resolution, flips
     )
+    header = run_header(dist, device, settings.precision, "settings", settings.seed)
+    if dist.rank == 0:
+        feats.group.attrs["run_header"] = header
     with progress(f"extract {spec.id}", total=todo, unit="img") as bar, _releasing(locks):
+        bar.log(header_line(header))
         if already:
             bar.log(f"resuming: {already} samples of this process were already done")
         found = _encode_pending(writer, source, pending, shards, settings.num_workers, bar)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -109,3 +110,28 @@ def resolve_precision(
 def is_main_process() -> bool:
     """Rank 0 of a launcher (torchrun / accelerate), or a plain single process."""
     return int(os.environ.get("RANK", 0)) == 0
+
+
+def header_line(header: dict[str, Any]) -> str:
+    """``world 2 · cpu · bf16 (launcher) · seed 0 · repackctl 0.1.0``"""
+    return (
+        f"world {header['world_size']} · {header['device']} · {header['precision']} "
+        f"({header['precision_source']}) · seed {header['seed']} · repackctl {header['repackctl']}"
+    )
+
+
+def run_header(
+    dist: DistInfo, device: torch.device, precision: str, source: str, seed: int
+) -> dict:
+    """The one-line header every long command prints (and stores): who runs where, how."""
+    from repackctl import __version__
+
+    return {
+        "world_size": dist.world,
+        "device": str(device),
+        "precision": precision,
+        "precision_source": source,
+        "seed": seed,
+        "repackctl": __version__,
+        "torch": torch.__version__,
+    }

@@ -220,3 +220,25 @@ def test_unsafe_dataset_id_is_refused():
     with pytest.raises(ConfigError, match="dataset id"):
         entry_name("../evil", "train", 64)
     assert safe_name("folder-x_1.2", "run name") == "folder-x_1.2"
+
+
+def test_a_full_disk_during_extract_is_an_error_naming_the_path(monkeypatch):
+    """ENOSPC while a shard is written: one Error line with the path and a Hint, no traceback."""
+    import errno
+
+    from repackctl import extract as extract_mod
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", "/cache/x/images/c/0")
+
+    monkeypatch.setattr(extract_mod._ShardWriter, "_write", full)
+    res = runner.invoke(app, ["extract", "-n", "8", "--resolution", "32", "--device", "cpu"])
+    assert res.exit_code != 0, res.output
+    assert "No space left on device" in res.output and "/cache/x/images/c/0" in res.output
+    assert "Hint:" in res.output and "Traceback" not in res.output
+
+
+def test_long_commands_print_the_run_header():
+    res = runner.invoke(app, ["extract", "-n", "8", "--resolution", "32", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert "world 1 · cpu · fp32 (settings) · seed 0 · repackctl" in res.output

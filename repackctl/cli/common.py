@@ -6,6 +6,7 @@ import torch; command modules import the library inside their functions.
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import sys
@@ -82,6 +83,20 @@ def fail(err: RepackError) -> None:
     raise typer.Exit(err.exit_code)
 
 
+# errors of the machine, not of the code: a full disk, a read-only or forbidden path
+_DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def disk_error(e: OSError) -> RepackError:
+    """An ``Error:`` naming the path and the cause; what was written before stays valid."""
+    where = f" writing {e.filename}" if e.filename else ""
+    return RepackError(
+        f"{e.strerror or e}{where}",
+        "free space or fix the permissions, then run the same command again: it resumes from "
+        "what was completely written",
+    )
+
+
 def handle_errors(fn: Callable) -> Callable:
     """Turn RepackError into a one-line message (traceback only with REPACKCTL_DEBUG=1)."""
 
@@ -93,6 +108,10 @@ def handle_errors(fn: Callable) -> Callable:
             if debug():
                 raise
             fail(e)
+        except OSError as e:
+            if debug() or e.errno not in _DISK_ERRORS:
+                raise
+            fail(disk_error(e))
         except KeyboardInterrupt:
             err_console.print(
                 "[bold red]Error:[/] interrupted\n[bold]Hint:[/] run the same command again to "

@@ -47,7 +47,7 @@ from repackctl.pack.load import load_decoder
 from repackctl.paths import PROTOCOL_JSON, local_path, run_root_of
 from repackctl.progress import ProgressFactory, null_progress
 from repackctl.runs import chained_run
-from repackctl.runtime import DistInfo, resolve_device
+from repackctl.runtime import DistInfo, header_line, resolve_device, run_header
 from repackctl.sample.folder import (
     LATENTS_DIR,
     aligned_batches,
@@ -240,7 +240,9 @@ def _generate(job: _Job, dist: DistInfo, progress: ProgressFactory, run_name: st
     if todo:
         (folder / LATENTS_DIR).mkdir(exist_ok=True)
     already, written, t0 = len(mine) - len(todo), 0, time.perf_counter()
+    header = run_header(dist, job.device, job.settings.precision, "settings", job.settings.seed)
     with progress(f"sample {run_name}", total=len(todo), unit="img") as bar:
+        bar.log(header_line(header))
         if already:
             bar.log(f"resuming: {already} samples of this process were already written")
         for idx in aligned_batches(mine, missing, cfg.batch_size):

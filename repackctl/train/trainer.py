@@ -53,6 +53,7 @@ from repackctl.errors import CheckpointError, ConfigError, TrainingError
 from repackctl.files import write_json_atomic
 from repackctl.paths import CONFIG_HISTORY
 from repackctl.progress import ProgressFactory, null_progress
+from repackctl.runtime import header_line
 from repackctl.train import checkpoint as ckpt_io
 from repackctl.train.config import TrainConfig
 from repackctl.train.distributed import (
@@ -726,14 +727,6 @@ class _DDP(DistributedDataParallel):
                     "itself (its forward), or use OptimizerSpec(overlap=False)"
                 ) from None
             return value
-
-
-def header_line(header: dict[str, Any]) -> str:
-    """``world 2 · cpu · bf16 (launcher) · seed 0 · repackctl 0.1.0``"""
-    return (
-        f"world {header['world_size']} · {header['device']} · {header['precision']} "
-        f"({header['precision_source']}) · seed {header['seed']} · repackctl {header['repackctl']}"
-    )
 
 
 def train(
