@@ -140,8 +140,9 @@ def run_sample(
     ckpt = Path(dit.checkpoint)
     labels = make_labels(cfg.num, int(dit.extra["num_classes"]), cfg.labels, settings.seed)
     folder = _claim(settings, dit, plan, guide_info, refiner)
+    header = run_header(dist, device, settings.precision, "settings", settings.seed)
     job = _Job(settings, plan, dit.extra, labels, velocity, pack.model.to(device).eval(), refiner,
-               folder, device, autocast)  # fmt: skip
+               folder, device, autocast, header)  # fmt: skip
     written, already, seconds = _generate(job, dist, progress, run_root_of(ckpt).name)
     dist.barrier()
     protocol = _protocol(job, nfe, ckpt, dit.sha256, pack, guide_info)
@@ -229,6 +230,7 @@ class _Job:
     folder: Path
     device: Any
     autocast: bool
+    header: dict[str, Any]  # the run header (world size, device, precision, seed, version)
 
 
 def _generate(job: _Job, dist: DistInfo, progress: ProgressFactory, run_name: str):
@@ -240,9 +242,8 @@ def _generate(job: _Job, dist: DistInfo, progress: ProgressFactory, run_name: st
     if todo:
         (folder / LATENTS_DIR).mkdir(exist_ok=True)
     already, written, t0 = len(mine) - len(todo), 0, time.perf_counter()
-    header = run_header(dist, job.device, job.settings.precision, "settings", job.settings.seed)
     with progress(f"sample {run_name}", total=len(todo), unit="img") as bar:
-        bar.log(header_line(header))
+        bar.log(header_line(job.header))
         if already:
             bar.log(f"resuming: {already} samples of this process were already written")
         for idx in aligned_batches(mine, missing, cfg.batch_size):
@@ -294,6 +295,7 @@ def _protocol(job: _Job, nfe: int, ckpt: Path, sha: str, pack: Any, guide_info: 
             if refiner is None
             else {"checkpoint": str(refiner.checkpoint), "sha256": refiner.sha256},
             "labels": job.labels.tolist(),
+            "run_header": job.header,
         },
     )
 
