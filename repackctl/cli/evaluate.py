@@ -11,8 +11,6 @@ from repackctl.cli.common import (
     CacheOpt,
     ConfigOpt,
     DeviceOpt,
-    PrecisionOpt,
-    RunsOpt,
     SeedOpt,
     ShowConfigOpt,
     console,
@@ -23,6 +21,8 @@ from repackctl.cli.common import (
     rich_progress,
     show_config,
 )
+from repackctl.cli.options import settings_command
+from repackctl.settings import ResolvedSettings
 
 evaluate_app = typer.Typer(
     name="evaluate",
@@ -169,30 +169,14 @@ def _print_fid(result: Any) -> None:
 
 
 @evaluate_app.command("fid")
-@handle_errors
-def fid(
-    source: GeneratedArg = None,
-    ref: RefOpt = None,
-    ref_cache: RefCacheOpt = None,
-    force_reference: ForceRefOpt = None,
-    samples: SamplesOpt = None,
-    metrics: MetricsOpt = None,
-    inception_weights: InceptionOpt = None,
-    fd_encoder: FdEncoderOpt = None,
-    fd_weights: FdWeightsOpt = None,
-    fd_method: FdMethodOpt = None,
-    batch_size: BatchOpt = None,
-    out: MetricsOutOpt = None,
-    stats_dir: StatsDirOpt = None,
-    samples_root: SamplesRootOpt = None,
-    cache: CacheOpt = None,
-    runs: RunsOpt = None,
-    seed: SeedOpt = None,
-    device: DeviceOpt = None,
-    precision: PrecisionOpt = None,
-    config: ConfigOpt = None,
-    show: ShowConfigOpt = False,
-) -> None:
+@settings_command(
+    "evaluate",
+    flags={"reference": "--ref", "num_samples": "--samples", "samples": "--samples-root"},
+    common=("cache", "runs", "samples", "seed", "device", "precision"),
+    show=("evaluate", "sample"),
+    arguments={"source": "evaluate.source"},
+)
+def fid(resolved: ResolvedSettings, source: GeneratedArg = None) -> None:
     """Score generated samples against a reference; writes metrics.json with a protocol card.
 
     With no SOURCE it takes the newest samples folder under the samples root (`--samples-root`,
@@ -202,33 +186,6 @@ def fid(
 
     Example: `repackctl evaluate fid samples/RUN--... --ref VIRTUAL_imagenet256_labeled.npz`
     """
-    resolved = resolve(
-        config,
-        {
-            "cache": cache,
-            "runs": runs,
-            "seed": seed,
-            "device": device,
-            "precision": precision,
-            "samples": samples_root,
-            "evaluate.source": source,
-            "evaluate.reference": ref,
-            "evaluate.ref_cache": ref_cache,
-            "evaluate.force_reference": force_reference,
-            "evaluate.num_samples": samples,
-            "evaluate.metrics": metrics,
-            "evaluate.inception_weights": inception_weights,
-            "evaluate.fd_encoder": fd_encoder,
-            "evaluate.fd_weights": fd_weights,
-            "evaluate.fd_method": fd_method,
-            "evaluate.batch_size": batch_size,
-            "evaluate.out": out,
-            "evaluate.stats_dir": stats_dir,
-        },
-    )
-    if show:
-        show_config(resolved, ("evaluate", "sample"))
-        return
     from repackctl.evaluate.generative import run_evaluate_fid
 
     result = run_evaluate_fid(resolved.settings, rich_progress)

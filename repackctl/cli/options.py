@@ -114,12 +114,15 @@ def _panel_of(model: type[BaseModel], name: str) -> str:
     return "Options"
 
 
-def _common_parameters(keys: tuple[str, ...]) -> list[inspect.Parameter]:
+def _common_parameters(
+    keys: tuple[str, ...], renames: dict[str, str] | None = None
+) -> list[inspect.Parameter]:
     from repackctl.settings import Settings
 
     out = []
     for key in keys:
         flag, text = COMMON[key]
+        flag = (renames or {}).get(key, flag)
         info = Settings.model_fields[key]
         ann, _ = _cli_type(info.annotation)
         option = typer.Option(
@@ -157,25 +160,35 @@ def settings_command(
     flags: dict[str, str] | None = None,
     common: tuple[str, ...] = ("cache", "runs", "seed", "device", "precision", "num_workers"),
     show: tuple[str, ...] | None = None,
+    arguments: dict[str, str] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Make ``fn(resolved, **extra)`` a Typer command with the section's fields as options.
 
     ``include``/``exclude`` choose the fields; ``flags`` renames a field's flag (e.g. pack encode's
-    ``encode_batch_size`` → ``--batch-size``). ``fn``'s own parameters after ``resolved`` (positional
-    arguments, command-only switches) keep their Typer declarations.
+    ``encode_batch_size`` → ``--batch-size``; a common key renames its flag the same way, e.g.
+    ``{"samples": "--samples-root"}``). ``fn``'s own parameters after ``resolved`` (positional
+    arguments, command-only switches) keep their Typer declarations; ``arguments`` maps those of
+    them that are settings to their dotted key (``{"source": "evaluate.source"}``).
     """
     from repackctl.settings import Settings
 
     model = Settings.model_fields[section].annotation
+    renames, positional = flags or {}, arguments or {}
+    taken = {key.split(".")[-1] for key in positional.values()}
     names = [
-        n for n in model.model_fields if (include is None or n in include) and n not in exclude
+        n
+        for n in model.model_fields
+        if (include is None or n in include) and n not in exclude and n not in taken
     ]
-    renames = flags or {}
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-        own = list(inspect.signature(fn).parameters.values())[1:]
+        hints = typing.get_type_hints(fn, include_extras=True)  # fn's own module resolves them
+        own = [
+            p.replace(annotation=hints.get(p.name, p.annotation))
+            for p in list(inspect.signature(fn).parameters.values())[1:]
+        ]
         params = [_field_parameter(n, model.model_fields[n], model, renames.get(n)) for n in names]
-        params = [*own, *params, *_common_parameters(common)]
+        params = [*own, *params, *_common_parameters(common, renames)]
         params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params]
 
         @functools.wraps(fn)
@@ -183,6 +196,10 @@ def settings_command(
             config = kwargs.pop("config", None)
             show_only = kwargs.pop("show_config", False)
             given: dict[str, Any] = {}
+            for name, key in positional.items():
+                value = kwargs.pop(name, None)
+                if value is not None:
+                    given[key] = value
             for key in list(kwargs):
                 if key.startswith(("o_", "c_")):
                     value = kwargs.pop(key)

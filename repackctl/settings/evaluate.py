@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -11,6 +11,14 @@ class EvaluateSettings(BaseModel):
     """`repackctl evaluate fid` / `evaluate stats` settings."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    SHORT: ClassVar[dict[str, str]] = {"num_samples": "-n"}
+    PANELS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "Samples": ("num_samples",),
+        "Reference": ("reference", "ref_cache", "force_reference", "stats_dir"),
+        "Metrics": ("metrics", "inception_weights", "fd_encoder", "fd_weights", "fd_method", "batch_size"),
+        "Output": ("out",),
+    }  # fmt: skip
 
     source: str | None = Field(
         None,
