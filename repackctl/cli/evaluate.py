@@ -32,23 +32,6 @@ evaluate_app = typer.Typer(
     rich_markup_mode="rich",
 )
 
-RefOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--ref",
-        help="Reference: an ADM reference batch .npz (VIRTUAL_imagenet256_labeled.npz), a stats "
-        "file from `evaluate stats`, an image folder, an images .npz, or 'builtin'. Default: the "
-        "data the generator was trained on (recorded in the samples' protocol.json).",
-    ),
-]
-ForceRefOpt = Annotated[
-    bool | None,
-    typer.Option(
-        "--force-reference/--no-force-reference",
-        help="Use a reference made with another protocol (resolution, extractor, weights); "
-        "the differences go into the card.",
-    ),
-]
 RefCacheOpt = Annotated[
     str | None,
     typer.Option("--ref-cache", help="Reference = the images of this cache entry (`cache ls`)."),
@@ -94,35 +77,6 @@ GeneratedArg = Annotated[
         "(sampled first). Default: the newest folder under the samples root.",
         show_default=False,
     ),
-]
-SamplesOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--samples",
-        "-n",
-        help="Use exactly N samples (error if fewer exist; a checkpoint is sampled to N).",
-    ),
-]
-MetricsOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--metrics",
-        help="Comma list of fid, sfid, is, kid, prc, fd. auto: fd for the built-in dataset, "
-        "otherwise the Inception metrics the reference allows.",
-    ),
-]
-FdMethodOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--fd-method", help="sqrtm (ADM's algorithm, default) or cholesky (faster, same value)."
-    ),
-]
-MetricsOutOpt = Annotated[
-    str | None,
-    typer.Option("--out", help="metrics.json path or folder (default: beside the samples)."),
-]
-SamplesRootOpt = Annotated[
-    str | None, typer.Option("--samples-root", help="Folder holding sample sets.")
 ]
 
 
