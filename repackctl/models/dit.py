@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from repackctl.errors import ConfigError
+from repackctl.models.config import GridConfig
 from repackctl.models.layers import (
     Attention,
     GeluMlp,
@@ -41,12 +42,14 @@ FAMILIES: tuple[str, ...] = ("lightningdit", "dit", "sit")
 
 
 @dataclass(frozen=True)
-class DiTConfig:
+class DiTConfig(GridConfig):
     """Everything that fixes the network's shape and behaviour; JSON round-trips exactly.
 
     ``family`` records the training objective the variant was published with (DiT and SiT share
     the network); the architecture itself is given by the explicit fields below it.
     """
+
+    KIND: ClassVar[str] = "DiT"
 
     family: Family
     in_channels: int  # C latent channels in and out
@@ -100,35 +103,6 @@ class DiTConfig:
                 "invalid DiT config: " + "; ".join(problems),
                 hint="start from a registered variant (repackctl.models.variants.MODEL_FACTORIES)",
             )
-
-    @property
-    def grid_size(self) -> int:
-        """Tokens per side, h / p."""
-        return self.input_size // self.patch_size
-
-    @property
-    def num_tokens(self) -> int:
-        """T = (h / p)²."""
-        return self.grid_size**2
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DiTConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(
-                f"unknown DiT config keys: {', '.join(unknown)}",
-                hint=f"known keys: {', '.join(sorted(known))}",
-            )
-        try:
-            return cls(**data)
-        except TypeError as exc:  # a required field is missing
-            raise ConfigError(
-                f"incomplete DiT config: {exc}", hint="the checkpoint's model config is damaged"
-            ) from exc
 
 
 class DiTBlock(nn.Module):

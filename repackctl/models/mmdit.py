@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from repackctl.errors import ConfigError
+from repackctl.models.config import GridConfig
 from repackctl.models.dit import PatchEmbed
 from repackctl.models.layers import (
     GeluMlp,
@@ -53,8 +54,10 @@ NullCaption = Literal["learned", "fixed"]
 
 
 @dataclass(frozen=True)
-class MMDiTConfig:
+class MMDiTConfig(GridConfig):
     """Everything that fixes the network's shape and behaviour; JSON round-trips exactly."""
+
+    KIND: ClassVar[str] = "MMDiT"
 
     in_channels: int  # C latent channels in and out
     input_size: int  # latent side h = w
@@ -96,34 +99,6 @@ class MMDiTConfig:
                 "invalid MMDiT config: " + "; ".join(problems),
                 hint="start from a registered variant (repackctl.models.mmdit.MMDIT_FACTORIES)",
             )
-
-    @property
-    def grid_size(self) -> int:
-        """Image tokens per side, h / p."""
-        return self.input_size // self.patch_size
-
-    @property
-    def num_tokens(self) -> int:
-        """T = (h / p)² image tokens."""
-        return self.grid_size**2
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> MMDiTConfig:
-        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ConfigError(
-                f"unknown MMDiT config keys: {', '.join(unknown)}",
-                hint="the checkpoint was written by another version of repackctl",
-            )
-        try:
-            return cls(**data)
-        except TypeError as exc:  # a required field is missing
-            raise ConfigError(
-                f"incomplete MMDiT config: {exc}", hint="the config is damaged"
-            ) from exc
 
 
 # --------------------------------------------------------------------------------------------
