@@ -8,18 +8,10 @@ from typing import Annotated, Any
 import typer
 
 from repackctl.cli.common import (
-    CacheOpt,
-    ConfigOpt,
-    DeviceOpt,
-    SeedOpt,
-    ShowConfigOpt,
     console,
     err_console,
-    handle_errors,
     kv_table,
-    resolve,
     rich_progress,
-    show_config,
 )
 from repackctl.cli.options import settings_command
 from repackctl.settings import ResolvedSettings
@@ -31,37 +23,6 @@ evaluate_app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode="rich",
 )
-
-RefCacheOpt = Annotated[
-    str | None,
-    typer.Option("--ref-cache", help="Reference = the images of this cache entry (`cache ls`)."),
-]
-InceptionOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--inception-weights",
-        help="torch-fidelity Inception weights (.pth/.safetensors); default: the torch hub cache "
-        "file weights-inception-2015-12-05-6726825d.pth.",
-    ),
-]
-FdEncoderOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--fd-encoder",
-        help="Encoder of the 'fd' metric: builtin (default), dinov2, dinov3, or any registered "
-        "encoder id.",
-    ),
-]
-FdWeightsOpt = Annotated[
-    str | None, typer.Option("--fd-weights", help="Weights of the fd encoder (file or 'random').")
-]
-BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Images per forward.")]
-StatsDirOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--stats-dir", help="Cached reference statistics (default <cache>-reference-stats)."
-    ),
-]
 
 
 def _fmt(value: object) -> str:
@@ -147,8 +108,20 @@ def fid(resolved: ResolvedSettings, source: GeneratedArg = None) -> None:
 
 
 @evaluate_app.command("stats")
-@handle_errors
+@settings_command(
+    "evaluate",
+    include=(
+        "ref_cache",
+        "inception_weights",
+        "fd_encoder",
+        "fd_weights",
+        "batch_size",
+        "stats_dir",
+    ),
+    common=("cache", "seed", "device"),
+)
 def stats(
+    resolved: ResolvedSettings,
     source: Annotated[
         str | None,
         typer.Argument(
@@ -156,7 +129,6 @@ def stats(
             show_default=False,
         ),
     ] = None,
-    ref_cache: RefCacheOpt = None,
     extractor: Annotated[
         str,
         typer.Option(
@@ -169,39 +141,12 @@ def stats(
         typer.Option(help="Center-crop size for folders (256) / built-in data (64)."),
     ] = None,
     num: Annotated[int | None, typer.Option("--num", help="Use the first/seeded N images.")] = None,
-    inception_weights: InceptionOpt = None,
-    fd_encoder: FdEncoderOpt = None,
-    fd_weights: FdWeightsOpt = None,
-    batch_size: BatchOpt = None,
-    stats_dir: StatsDirOpt = None,
-    cache: CacheOpt = None,
-    seed: SeedOpt = None,
-    device: DeviceOpt = None,
-    config: ConfigOpt = None,
-    show: ShowConfigOpt = False,
 ) -> None:
     """Write reference statistics (mu, sigma, metadata) of a set of images, cached by content.
 
     The file goes under `--stats-dir`; pass it to `evaluate fid --ref FILE`. Running it again
     on the same images with the same extractor reuses the file and says so.
     """
-    resolved = resolve(
-        config,
-        {
-            "cache": cache,
-            "seed": seed,
-            "device": device,
-            "evaluate.ref_cache": ref_cache,
-            "evaluate.inception_weights": inception_weights,
-            "evaluate.fd_encoder": fd_encoder,
-            "evaluate.fd_weights": fd_weights,
-            "evaluate.batch_size": batch_size,
-            "evaluate.stats_dir": stats_dir,
-        },
-    )
-    if show:
-        show_config(resolved, ("evaluate",))
-        return
     from repackctl.evaluate.generative import run_evaluate_stats
 
     result = run_evaluate_stats(
