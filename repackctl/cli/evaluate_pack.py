@@ -6,89 +6,28 @@ The ``evaluate`` group lives in ``cli/evaluate.py``; it adds these two commands 
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import typer
 
-from repackctl.cli.common import (
-    CacheOpt,
-    ConfigOpt,
-    DeviceOpt,
-    RunsOpt,
-    SeedOpt,
-    ShowConfigOpt,
-    console,
-    handle_errors,
-    kv_table,
-    resolve,
-    rich_progress,
-    show_config,
+from repackctl.cli.common import console, kv_table, rich_progress
+from repackctl.cli.options import settings_command
+from repackctl.settings import ResolvedSettings
+
+# the held-out side of a pack run, as `evaluate recon|probe` name it
+EVAL = ("eval_split", "eval_entry", "eval_num")
+EVAL_FLAGS = {"eval_split": "--split", "eval_entry": "--entry", "eval_num": "--num"}
+
+
+@settings_command(
+    "pack",
+    include=("run", *EVAL, "inception_weights", "grid_images"),
+    flags=EVAL_FLAGS,
+    common=("cache", "runs", "seed", "device"),
 )
-
-RunOpt = Annotated[
-    str | None, typer.Option("--run", "-r", help="Pack run name (or checkpoint folder) to score.")
-]
-EvalSplitOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--split",
-        help="Held-out split to score on (default val; a folder without split folders gets one "
-        "from `repackctl extract --split val --val-fraction F`).",
-    ),
-]
-EvalEntryOpt = Annotated[
-    str | None, typer.Option("--entry", help="Held-out cache entry name (instead of --split).")
-]
-EvalNumOpt = Annotated[
-    int | None, typer.Option("--num", "-n", help="Score at most N held-out images.")
-]
-
-
-def _common(run, split, entry, num, cache, runs, seed, device) -> dict:
-    return {
-        "cache": cache,
-        "runs": runs,
-        "seed": seed,
-        "device": device,
-        "pack.run": run,
-        "pack.eval_split": split,
-        "pack.eval_entry": entry,
-        "pack.eval_num": num,
-    }
-
-
-@handle_errors
-def recon(
-    run: RunOpt = None,
-    split: EvalSplitOpt = None,
-    entry: EvalEntryOpt = None,
-    num: EvalNumOpt = None,
-    inception_weights: Annotated[
-        str | None,
-        typer.Option(help="Inception-V3 weights file (torch-fidelity's) to also compute rFID."),
-    ] = None,
-    grid_images: Annotated[
-        int | None, typer.Option(help="Images in the side-by-side grid PNG.")
-    ] = None,
-    cache: CacheOpt = None,
-    runs: RunsOpt = None,
-    seed: SeedOpt = None,
-    device: DeviceOpt = None,
-    config: ConfigOpt = None,
-    show: ShowConfigOpt = False,
-) -> None:
+def recon(resolved: ResolvedSettings) -> None:
     """PSNR, SSIM (and rFID) of a pack run's reconstructions on a held-out split, plus a grid PNG.
 
     Example: `repackctl evaluate recon --run pack-builtin --split val`
     """
-    resolved = resolve(
-        config,
-        _common(run, split, entry, num, cache, runs, seed, device)
-        | {"pack.inception_weights": inception_weights, "pack.grid_images": grid_images},
-    )
-    if show:
-        show_config(resolved, ("pack",))
-        return
     from repackctl.evaluate.pack import evaluate_recon
 
     r = evaluate_recon(resolved.settings, rich_progress)
@@ -105,33 +44,19 @@ def recon(
         console.print(f"note: {note}", highlight=False)
 
 
-@handle_errors
-def probe(
-    run: RunOpt = None,
-    split: EvalSplitOpt = None,
-    entry: EvalEntryOpt = None,
-    num: EvalNumOpt = None,
-    epochs: Annotated[int | None, typer.Option(help="Epochs of each linear probe.")] = None,
-    cache: CacheOpt = None,
-    runs: RunsOpt = None,
-    seed: SeedOpt = None,
-    device: DeviceOpt = None,
-    config: ConfigOpt = None,
-    show: ShowConfigOpt = False,
-) -> None:
+@settings_command(
+    "pack",
+    include=("run", *EVAL, "probe_epochs"),
+    flags={**EVAL_FLAGS, "probe_epochs": "--epochs"},
+    common=("cache", "runs", "seed", "device"),
+)
+def probe(resolved: ResolvedSettings) -> None:
     """Linear-probe top-1 of raw encoder tokens, PCA-d and the pack run's latents (paper table).
 
     Trained on the run's training split, scored on the held-out split (mean-pooled features).
 
     Example: `repackctl evaluate probe --run pack-builtin`
     """
-    resolved = resolve(
-        config,
-        _common(run, split, entry, num, cache, runs, seed, device) | {"pack.probe_epochs": epochs},
-    )
-    if show:
-        show_config(resolved, ("pack",))
-        return
     from repackctl.evaluate.pack import evaluate_probe
 
     report = evaluate_probe(resolved.settings, rich_progress)

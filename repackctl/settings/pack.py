@@ -32,6 +32,7 @@ class PackSettings(BaseModel):
         "encoder": "-e",
         "data": "-d",
         "num": "-n",
+        "eval_num": "-n",
         "latent_channels": "-c",
         "run": "-r",
     }
