@@ -6,11 +6,14 @@ The same engine, transport, REPA, EMA, checkpoints and bit-identical resume as `
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from repackctl.dit.t2i_task import build_t2i_task
-from repackctl.progress import ProgressFactory, null_progress
+from repackctl.dit.t2i_task import build_t2i_task, t2i_run_dir
+from repackctl.progress import LOG_FILE, ProgressFactory, null_progress, with_log_file
+from repackctl.runtime import is_main_process
+from repackctl.settings.resume import resume_settings
 from repackctl.train.loop import TrainResult, train
 
 
@@ -32,11 +35,20 @@ class T2ITrainResult:
 def train_t2i(
     settings, progress: ProgressFactory = null_progress, config_record: dict | None = None
 ) -> T2ITrainResult:
-    """Train (or resume) the text-to-image MMDiT that ``settings.t2i`` describes."""
+    """Train (or resume) the text-to-image MMDiT that ``settings.t2i`` describes.
+
+    Resuming an existing run starts from the settings it was started with (as ``train dit``).
+    """
+    settings, config_record, rec = resume_settings(
+        t2i_run_dir(settings), settings, config_record, "t2i"
+    )
+    if rec is not None and is_main_process():
+        for line in rec.lines():
+            print(f"resume: {line}", file=sys.stderr)
     task, config = build_t2i_task(settings)
     if config_record is not None:
         config.extra["settings"] = config_record
-    result = train(task, config, progress)
+    result = train(task, config, with_log_file(progress, Path(config.run_dir) / LOG_FILE))
     return T2ITrainResult(
         run_dir=result.run_dir,
         result=result,

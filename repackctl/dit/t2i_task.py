@@ -318,6 +318,12 @@ def _as_dit(settings: Any) -> Any:
     return settings.model_copy(update={"dit": DitSettings(**fields)})
 
 
+def t2i_run_dir(settings: Any) -> Path:
+    """``runs/<name>``, the name defaulting to ``t2i-<model id>``."""
+    s = settings.t2i
+    return make_run_dir(settings.runs, s.name or f"t2i-{s.model or 'mmdit-tiny'}")
+
+
 def build_t2i_task(settings: Any) -> tuple[T2ITask, TrainConfig]:
     """The task and loop config of the resolved settings (no training yet).
 
@@ -338,10 +344,9 @@ def build_t2i_task(settings: Any) -> tuple[T2ITask, TrainConfig]:
         buffer_blocks=s.buffer_blocks,
     )
     task = T2ITask(data, base.spec, s.caption_dropout)
-    name = s.name or f"t2i-{base.spec.model_id}"
     config = dataclasses.replace(
         config,
-        run_dir=str(make_run_dir(settings.runs, name)),
+        run_dir=str(t2i_run_dir(settings)),
         block=1 if data.in_memory else data.chunk,
         extra={"stage": "t2i", "train": s.model_dump(mode="json")},
     )

@@ -59,6 +59,20 @@ CONTINUABLE: dict[str, set[str]] = {
         "inception_weights",
         "encode_batch_size",
     },  # fmt: skip
+    "t2i": {
+        "steps",
+        "ckpt_every",
+        "keep_last",
+        "log_every",
+        "image_every",
+        "image_steps",
+        "prefetch",
+        "buffer_blocks",
+        "in_memory",
+        "max_nonfinite_steps",
+        "name",
+        "allow_change",
+    },  # fmt: skip
     "refine": {
         "steps",
         "ckpt_every",
