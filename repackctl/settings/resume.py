@@ -59,20 +59,6 @@ CONTINUABLE: dict[str, set[str]] = {
         "inception_weights",
         "encode_batch_size",
     },  # fmt: skip
-    "t2i": {
-        "steps",
-        "ckpt_every",
-        "keep_last",
-        "log_every",
-        "image_every",
-        "image_steps",
-        "prefetch",
-        "buffer_blocks",
-        "in_memory",
-        "max_nonfinite_steps",
-        "name",
-        "allow_change",
-    },  # fmt: skip
     "refine": {
         "steps",
         "ckpt_every",
@@ -84,6 +70,8 @@ CONTINUABLE: dict[str, set[str]] = {
         "refiner",
     },  # fmt: skip
 }
+CONTINUABLE["t2i"] = CONTINUABLE["dit"]  # the text-to-image run is a DiT run with captions
+
 # layers that mean "the user gave this now" (a default or a preset value does not change a run)
 GIVEN = ("flag", "env", "file", "stored")  # "stored run config": given when the run started
 
