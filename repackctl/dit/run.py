@@ -19,15 +19,13 @@ h×w latent grid, T tokens, D width, C encoder width.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from repackctl.dit.task import build_task, dit_run_dir
 from repackctl.progress import LOG_FILE, ProgressFactory, null_progress, with_log_file
-from repackctl.runtime import is_main_process
-from repackctl.settings.resume import resume_settings
+from repackctl.settings.resume import resume_and_report
 from repackctl.train.loop import TrainResult, train
 
 # --------------------------------------------------------------------------- model selection
@@ -65,12 +63,9 @@ def train_dit(
     Resuming an existing run starts from the settings it was started with; see
     ``repackctl.settings.resume`` (changes are printed, breaking ones refused).
     """
-    settings, config_record, rec = resume_settings(
+    settings, config_record = resume_and_report(
         dit_run_dir(settings), settings, config_record, "dit"
     )
-    if rec is not None and is_main_process():
-        for line in rec.lines():
-            print(f"resume: {line}", file=sys.stderr)
     sources = (config_record or {}).get("sources")
     task, config = build_task(settings, sources=sources)
     if config_record is not None:

@@ -6,14 +6,12 @@ The same engine, transport, REPA, EMA, checkpoints and bit-identical resume as `
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from repackctl.dit.t2i_task import build_t2i_task, t2i_run_dir
 from repackctl.progress import LOG_FILE, ProgressFactory, null_progress, with_log_file
-from repackctl.runtime import is_main_process
-from repackctl.settings.resume import resume_settings
+from repackctl.settings.resume import resume_and_report
 from repackctl.train.loop import TrainResult, train
 
 
@@ -39,12 +37,9 @@ def train_t2i(
 
     Resuming an existing run starts from the settings it was started with (as ``train dit``).
     """
-    settings, config_record, rec = resume_settings(
+    settings, config_record = resume_and_report(
         t2i_run_dir(settings), settings, config_record, "t2i"
     )
-    if rec is not None and is_main_process():
-        for line in rec.lines():
-            print(f"resume: {line}", file=sys.stderr)
     task, config = build_t2i_task(settings)
     if config_record is not None:
         config.extra["settings"] = config_record

@@ -12,6 +12,8 @@ model, latents, REPA, seed, …) is an error naming the setting, unless the user
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -198,3 +200,14 @@ def resume_settings(
             f.write(json.dumps({"time": time.time(), "changes": rec.allowed}, default=str) + "\n")
     # the record keeps every value (as a first start does): the next resume compares them all
     return resumed, {"values": resumed.model_dump(mode="json"), "sources": rec.sources}, rec
+
+
+def resume_and_report(
+    run_dir: Path, settings: Any, record: dict[str, Any] | None, section: str
+) -> tuple[Any, dict[str, Any] | None]:
+    """:func:`resume_settings`, with each change printed (``resume: setting: old → new``) once."""
+    settings, record, rec = resume_settings(run_dir, settings, record, section)
+    if rec is not None and int(os.environ.get("RANK", 0)) == 0:
+        for line in rec.lines():
+            print(f"resume: {line}", file=sys.stderr)
+    return settings, record
