@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -13,6 +14,7 @@ from repackctl.cli.app import app
 runner = CliRunner()
 
 
+@pytest.mark.slow
 def test_demo_end_to_end_reuse_and_fresh(tmp_path):
     out = tmp_path / "demo"
     res = runner.invoke(app, ["demo", "--quick", "--out", str(out)])

@@ -188,6 +188,7 @@ def _pack_cmd(tmp_path: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "repackctl", "pack", *args]
 
 
+@pytest.mark.slow
 def test_train_resume_after_kill9_is_bit_identical(cache, tmp_path):
     env = subprocess_env(tmp_path)
     args = ["train", *TINY, "--steps", "12", "--ckpt-every", "4", "--gan-start", "3"]
@@ -249,6 +250,7 @@ app(sys.argv[1:])
 """
 
 
+@pytest.mark.slow
 def test_encode_stats_exact_resumable_and_process_independent(cache, tmp_path):
     from repackctl.pack.load import load_pack
 

@@ -47,6 +47,7 @@ def smoke_run(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_smoke_run_scores_every_arm_and_claim(smoke_run: Path) -> None:
     res = json.loads((smoke_run / "results.json").read_text())
     steps = res["plan"]["checkpoints"]

@@ -271,6 +271,7 @@ def _env(stack: dict[str, str]) -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow
 def test_two_processes_and_resume_after_kill(stack, tmp_path) -> None:
     ref = CliRunner().invoke(app, _cli_args(stack, tmp_path / "ref", 8))
     assert ref.exit_code == 0, ref.output
