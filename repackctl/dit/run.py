@@ -19,6 +19,7 @@ h×w latent grid, T tokens, D width, C encoder width.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,22 @@ class DiTTrainResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def resume_and_train(
+    settings: Any,
+    record: dict | None,
+    progress: ProgressFactory,
+    section: str,
+    run_dir_of: Callable[[Any], Path],
+    build: Callable[..., tuple[Any, Any]],
+) -> tuple[Any, TrainResult]:
+    """Resume from the run's stored settings, build the task, train it with ``log.txt``."""
+    settings, record = resume_and_report(run_dir_of(settings), settings, record, section)
+    task, config = build(settings, sources=(record or {}).get("sources"))
+    if record is not None:
+        config.extra["settings"] = record
+    return task, train(task, config, with_log_file(progress, Path(config.run_dir) / LOG_FILE))
+
+
 def train_dit(
     settings, progress: ProgressFactory = null_progress, config_record: dict | None = None
 ) -> DiTTrainResult:
@@ -63,14 +80,9 @@ def train_dit(
     Resuming an existing run starts from the settings it was started with; see
     ``repackctl.settings.resume`` (changes are printed, breaking ones refused).
     """
-    settings, config_record = resume_and_report(
-        dit_run_dir(settings), settings, config_record, "dit"
+    task, result = resume_and_train(
+        settings, config_record, progress, "dit", dit_run_dir, build_task
     )
-    sources = (config_record or {}).get("sources")
-    task, config = build_task(settings, sources=sources)
-    if config_record is not None:
-        config.extra["settings"] = config_record
-    result = train(task, config, with_log_file(progress, Path(config.run_dir) / LOG_FILE))
     return DiTTrainResult(
         run_dir=result.run_dir,
         result=result,

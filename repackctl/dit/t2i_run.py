@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from repackctl.dit.run import resume_and_train
 from repackctl.dit.t2i_task import build_t2i_task, t2i_run_dir
-from repackctl.progress import LOG_FILE, ProgressFactory, null_progress, with_log_file
-from repackctl.settings.resume import resume_and_report
-from repackctl.train.loop import TrainResult, train
+from repackctl.progress import ProgressFactory, null_progress
+from repackctl.train.loop import TrainResult
 
 
 @dataclass
@@ -37,13 +37,9 @@ def train_t2i(
 
     Resuming an existing run starts from the settings it was started with (as ``train dit``).
     """
-    settings, config_record = resume_and_report(
-        t2i_run_dir(settings), settings, config_record, "t2i"
+    task, result = resume_and_train(
+        settings, config_record, progress, "t2i", t2i_run_dir, build_t2i_task
     )
-    task, config = build_t2i_task(settings)
-    if config_record is not None:
-        config.extra["settings"] = config_record
-    result = train(task, config, with_log_file(progress, Path(config.run_dir) / LOG_FILE))
     return T2ITrainResult(
         run_dir=result.run_dir,
         result=result,

@@ -324,14 +324,16 @@ def t2i_run_dir(settings: Any) -> Path:
     return make_run_dir(settings.runs, s.name or f"t2i-{s.model or 'mmdit-tiny'}")
 
 
-def build_t2i_task(settings: Any) -> tuple[T2ITask, TrainConfig]:
+def build_t2i_task(
+    settings: Any, sources: dict[str, str] | None = None
+) -> tuple[T2ITask, TrainConfig]:
     """The task and loop config of the resolved settings (no training yet).
 
     The DiT's ``build_task`` resolves the latents, the spec and the loop config (so changes to
     the DiT's engine config carry over); the text parts are replaced here.
     """
     s = settings.t2i
-    base, config = build_task(_as_dit(settings))
+    base, config = build_task(_as_dit(settings), sources=sources)
     data = CaptionedLatentData(
         base.data.ref,
         text=s.text_features,
