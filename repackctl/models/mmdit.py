@@ -571,16 +571,24 @@ def _build(
     )
 
 
-def _factory(size: str, patch: int) -> Callable[..., MMDiT]:
-    preset = MMDIT_SIZES[size]
+def _factory(
+    preset: SizePreset,
+    patch: int,
+    name: str,
+    *,
+    channels: int = 32,
+    side: int = 16,
+    text: int = 384,
+) -> Callable[..., MMDiT]:
+    """A registered factory; ``channels``/``side``/``text`` are its default latent and text width."""
 
     # Explicit keywords (no **kwargs): the class-conditional training path, which passes
     # num_classes, then fails with a clear "does not take num_classes" (train.dit.build_model).
     def factory(
         *,
-        in_channels: int = 32,
-        input_size: int = 16,
-        text_dim: int = 384,
+        in_channels: int = channels,
+        input_size: int = side,
+        text_dim: int = text,
         qk_norm: bool = False,
         rope: bool = False,
         pooled_condition: bool = True,
@@ -599,52 +607,27 @@ def _factory(size: str, patch: int) -> Callable[..., MMDiT]:
             caption_dropout=caption_dropout,
             grad_checkpointing=grad_checkpointing,
         )
-        return _build(preset, patch, f"mmdit-{size}-{patch}", in_channels, input_size, **options)
+        return _build(preset, patch, name, in_channels, input_size, **options)
 
-    factory.__name__ = factory.__qualname__ = f"mmdit_{size}_{patch}"
+    factory.__name__ = factory.__qualname__ = name.replace("-", "_")
     factory.__doc__ = (
-        f"MMDiT {size.upper()}/{patch}: {preset.depth} joint blocks, width {preset.hidden_size}, "
-        f"{preset.num_heads} heads, patch {patch}. Defaults: the paper's latent (32 channels, "
-        "16×16) and the built-in text encoder's width (384); options: MMDiTConfig fields."
+        f"MMDiT {name}: {preset.depth} joint blocks, width {preset.hidden_size}, "
+        f"{preset.num_heads} heads, patch {patch}. Defaults: a {channels}-channel {side}×{side} "
+        f"latent and {text}-wide text features; options: MMDiTConfig fields."
     )
     return factory
 
 
-mmdit_s_1 = _factory("s", 1)
-mmdit_s_2 = _factory("s", 2)
-mmdit_b_1 = _factory("b", 1)
-mmdit_b_2 = _factory("b", 2)
-mmdit_l_1 = _factory("l", 1)
-mmdit_l_2 = _factory("l", 2)
-mmdit_xl_1 = _factory("xl", 1)
-mmdit_xl_2 = _factory("xl", 2)
-
-
-def mmdit_tiny(
-    *,
-    in_channels: int = 4,
-    input_size: int = 8,
-    text_dim: int = 32,
-    qk_norm: bool = False,
-    rope: bool = False,
-    pooled_condition: bool = True,
-    null_caption: NullCaption = "learned",
-    null_length: int = 1,
-    caption_dropout: float = 0.1,
-    grad_checkpointing: bool = False,
-) -> MMDiT:
-    """Test model: 2 joint blocks, width 64, 2 heads, patch 1 (a CPU second)."""
-    options = dict(
-        text_dim=text_dim,
-        qk_norm=qk_norm,
-        rope=rope,
-        pooled_condition=pooled_condition,
-        null_caption=null_caption,
-        null_length=null_length,
-        caption_dropout=caption_dropout,
-        grad_checkpointing=grad_checkpointing,
-    )
-    return _build(MMDIT_TINY, 1, "mmdit-tiny", in_channels, input_size, **options)
+mmdit_s_1 = _factory(MMDIT_SIZES["s"], 1, "mmdit-s-1")
+mmdit_s_2 = _factory(MMDIT_SIZES["s"], 2, "mmdit-s-2")
+mmdit_b_1 = _factory(MMDIT_SIZES["b"], 1, "mmdit-b-1")
+mmdit_b_2 = _factory(MMDIT_SIZES["b"], 2, "mmdit-b-2")
+mmdit_l_1 = _factory(MMDIT_SIZES["l"], 1, "mmdit-l-1")
+mmdit_l_2 = _factory(MMDIT_SIZES["l"], 2, "mmdit-l-2")
+mmdit_xl_1 = _factory(MMDIT_SIZES["xl"], 1, "mmdit-xl-1")
+mmdit_xl_2 = _factory(MMDIT_SIZES["xl"], 2, "mmdit-xl-2")
+# the test model: 2 joint blocks, width 64, 2 heads, patch 1 (a CPU second)
+mmdit_tiny = _factory(MMDIT_TINY, 1, "mmdit-tiny", channels=4, side=8, text=32)
 
 
 MMDIT_FACTORIES: dict[str, Callable[..., MMDiT]] = {
