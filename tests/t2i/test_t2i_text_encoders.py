@@ -98,6 +98,8 @@ def test_minilm_extraction_is_reused_and_repaired(minilm_cache, tmp_path):
 
 
 def test_minilm_without_the_wheel(monkeypatch):
+    import transformers  # noqa: F401 - imported first: it reads package metadata we fake below
+
     def missing(name):
         raise metadata.PackageNotFoundError(name)
 
