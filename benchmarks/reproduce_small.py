@@ -54,8 +54,9 @@ from rich.console import Console
 from rich.table import Table
 
 from repackctl.errors import ConfigError, RepackError
+from repackctl.pipeline import Pipeline, one_per_class
 from repackctl.progress import ProgressFactory, null_progress
-from repackctl.settings import Settings, resolve_settings
+from repackctl.settings import Settings
 
 console = Console(stderr=True)
 
@@ -163,45 +164,30 @@ def load_average() -> str:
         return "n/a"
 
 
-def one_per_class(images: np.ndarray, labels: np.ndarray, classes: int) -> np.ndarray:
-    """The first image of each class, in class order (for the figure's sample strips)."""
-    picks = [int(np.flatnonzero(labels == c)[0]) for c in range(classes) if (labels == c).any()]
-    return images[picks]
-
-
 def fmt(x: float | None, digits: int = 2) -> str:
     return "n/a" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
 
 
-class Reproduction:
-    """The stages of one run, sharing the settings base, the FD encoder and the results."""
+class Reproduction(Pipeline):
+    """The stages of one run (the shared pipeline runner) with the FD encoder and the results."""
 
     def __init__(
         self, plan: Plan, out: Path, seed: int, device: str, progress: ProgressFactory
     ) -> None:
+        super().__init__(
+            out,
+            runs=out / "runs",
+            seed=seed,
+            device=device,
+            num_workers=plan.num_workers,
+            progress=progress,
+            log=console.print,
+        )
         self.plan = plan
-        self.out = out
-        self.seed = seed
-        self.device = device
-        self.progress = progress
         self.timings: dict[str, float] = {}
         self.results: dict[str, Any] = {"plan": asdict(plan), "seed": seed}
         self.samples: dict[str, np.ndarray] = {}  # figure strips: name → one image per class
-        self.entries: dict[str, str] = {}
         self.pack_ids: dict[str, str] = {}
-
-    # -- settings ----------------------------------------------------------------------------------
-    def settings(self, flags: dict[str, Any]) -> Settings:
-        """Settings with this run's folders, seed and device, plus dotted ``flags``."""
-        base = {
-            "cache": str(self.out / "cache"),
-            "runs": str(self.out / "runs"),
-            "samples": str(self.out / "samples"),
-            "seed": self.seed,
-            "device": self.device,
-            "num_workers": self.plan.num_workers,
-        }
-        return resolve_settings(flags=base | flags).settings
 
     def pack_flags(self, method: str) -> dict[str, Any]:
         p = self.plan
@@ -220,33 +206,11 @@ class Reproduction:
         }
 
     # -- stage 1: data -----------------------------------------------------------------------------
-    def extract(self) -> None:
-        from repackctl.extract import run_extract
-
+    def extract_splits(self) -> None:
         p = self.plan
         for split, num in (("train", p.train_images), ("val", p.val_images)):
-            s = self.settings(
-                {"extract.split": split, "extract.num": num, "extract.resolution": p.resolution}
-            )
-            res = run_extract(s, self.progress)
-            self.entries[split] = res.entry
-            self.features = res.features
+            self.extract(split, num, p.resolution)
         self.results["entries"] = dict(self.entries)
-
-    def images(self, split: str, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """The first ``n`` cached images (uint8 (n, R, R, 3)) and labels of a split."""
-        from repackctl.cache.store import DatasetEntry
-
-        entry = DatasetEntry.open(str(self.out / "cache"), self.entries[split])
-        n = min(n, entry.n)
-        return np.asarray(entry.images[:n]), np.asarray(entry.labels[:n], dtype=np.int64)
-
-    def tokens(self, split: str, n: int) -> np.ndarray:
-        """Encoder tokens (n, T, C) float32 of the un-mirrored images of a split."""
-        from repackctl.cache.store import DatasetEntry
-
-        entry = DatasetEntry.open(str(self.out / "cache"), self.entries[split])
-        return np.asarray(entry.features(self.features)["tokens"][:n, 0], dtype=np.float32)
 
     # -- stage 2: representations ------------------------------------------------------------------
     def packs(self) -> None:
@@ -265,23 +229,14 @@ class Reproduction:
         ).latent_id
         self.results["latents"] = dict(self.pack_ids)
 
-    @property
-    def num_classes(self) -> int:
-        from repackctl.cache.store import DatasetEntry
-
-        entry = DatasetEntry.open(str(self.out / "cache"), self.entries["train"])
-        return int(entry.attrs.get("num_classes") or 0) or 10
-
     def sample_labels(self) -> np.ndarray:
         """The labels ``run_sample`` gives sample i (class-balanced, in class order)."""
         from repackctl.sample.plan import make_labels
 
         return make_labels(self.plan.samples, self.num_classes, "balanced", self.seed)
 
-    def pack_handle(self, method: str):
-        from repackctl.pack.load import load_pack
-
-        return load_pack(f"pack-{method}-{self.plan.pack_steps}", runs=str(self.out / "runs"))
+    def pack_of(self, method: str):
+        return self.pack_handle(f"pack-{method}-{self.plan.pack_steps}")
 
     # -- FD ------------------------------------------------------------------------------------------
     def fd_setup(self) -> None:
@@ -301,7 +256,7 @@ class Reproduction:
         floors = {"real images": self.fd(real, "floor: real train images")}
         tokens = torch.from_numpy(self.tokens("train", len(real)))  # (n, T, C)
         for method, name in (("repack", "RePack"), ("pca", "PCA")):
-            model = self.pack_handle(method).model
+            model = self.pack_of(method).model
             with torch.no_grad():
                 recs = [
                     self.decode_pack(model, model.encode(tokens[i : i + 100]).mode())
@@ -465,7 +420,7 @@ class Reproduction:
             }
         )
         run_refine_train(s, self.progress)
-        pack = self.pack_handle("repack")
+        pack = self.pack_of("repack")
         ref = load_refiner(s.runs, name, pack.pack_id)
         # held-out reconstructions from the posterior mean (what the refiner was trained on)
         val, _ = self.images("val", p.val_images)
@@ -842,7 +797,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     load_start = load_average()
     t0 = time.perf_counter()
     with stage("extract (train + val)", rep.timings):
-        rep.extract()
+        rep.extract_splits()
     with stage("pack train + encode (RePack, PCA) + pixel latents", rep.timings):
         rep.packs()
     with stage("FD reference + floors", rep.timings):

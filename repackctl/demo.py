@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 from repackctl.errors import TrainingError
+from repackctl.pipeline import Pipeline, StageRecord
 from repackctl.progress import ProgressFactory, null_progress
-from repackctl.settings import Settings, resolve_settings
 
 
 @dataclass
@@ -77,16 +77,6 @@ class DemoPlan:
 
 
 @dataclass
-class StageRecord:
-    """One stage of the demo: how long it took and whether earlier work was reused."""
-
-    name: str
-    seconds: float
-    reused: bool
-    detail: str = ""
-
-
-@dataclass
 class DemoReport:
     """What the demo produced."""
 
@@ -100,104 +90,40 @@ class DemoReport:
         return sum(s.seconds for s in self.stages)
 
 
-class _Demo:
+class _Demo(Pipeline):
+    """The demo's stages: the shared pipeline runner with the demo's sizes, in ``plan.out``."""
+
     def __init__(self, plan: DemoPlan, progress: ProgressFactory, log: Callable[[str], None]):
+        super().__init__(plan.out, seed=plan.seed, progress=progress, log=log)
         self.plan = plan
-        self.progress = progress
-        self.log = log
-        self.out = plan.out
-        self.report = DemoReport(out=plan.out)
-
-    # ---- helpers --------------------------------------------------------------------------------
-    def settings(self, **flags: Any) -> Settings:
-        """Settings of one stage: the demo's folders plus the given dotted keys."""
-        base = {
-            "cache": str(self.out / "cache"),
-            "runs": str(self.out),
-            "samples": str(self.out / "samples"),
-            "seed": self.plan.seed,
-            "device": "cpu",
-            "num_workers": 0,
-        }
-        return resolve_settings(flags=base | flags, environ={}).settings
-
-    def stage(self, name: str, fn: Callable[[], tuple[bool, str]]) -> None:
-        t0 = time.perf_counter()
-        reused, detail = fn()
-        rec = StageRecord(name, time.perf_counter() - t0, reused, detail)
-        self.report.stages.append(rec)
-        state = "reused (already complete)" if reused else "done"
-        self.log(f"[{name}] {state} in {rec.seconds:.1f} s — {detail}")
-
-    @staticmethod
-    def _finished(run_dir: Path, steps: int) -> bool:
-        from repackctl.train.checkpoint import latest_checkpoint, read_state
-
-        ckpt = latest_checkpoint(run_dir) if run_dir.is_dir() else None
-        return ckpt is not None and int(read_state(ckpt).get("step", -1)) >= steps
+        self.report = DemoReport(out=plan.out, stages=self.stages)
 
     # ---- stages ---------------------------------------------------------------------------------
-    def extract(self, split: str, num: int) -> tuple[bool, str]:
-        from repackctl.extract import run_extract
+    def extract_split(self, split: str, num: int) -> tuple[bool, str]:
+        return self.extract(split, num, self.plan.resolution, shard=256, chunk=32)
 
-        s = self.settings(
-            **{
-                "extract.split": split,
-                "extract.num": num,
-                "extract.resolution": self.plan.resolution,
-                "extract.shard": 256,
-                "extract.chunk": 32,
-            }
-        )
-        r = run_extract(s, self.progress)
-        setattr(self, f"{split}_entry", r.entry)
-        self.features = r.features
-        return r.written == 0, f"{r.entry}: {r.n} images, features {r.tokens_shape}"
+    def pack_train_stage(self) -> tuple[bool, str]:
+        every = max(self.plan.pack_steps // 2, 1)
+        return self.pack_train("pack", self.plan.pack_steps, image_every=every, ckpt_every=every)
 
-    def pack_train(self) -> tuple[bool, str]:
-        from repackctl.pack.task import run_pack_train
-
-        run = self.out / "pack"
-        reused = self._finished(run, self.plan.pack_steps)
-        s = self.settings(
-            **{
-                "pack.run": "pack",
-                "pack.entry": self.train_entry,
-                "pack.features": self.features,
-                "pack.steps": self.plan.pack_steps,
-                "pack.image_every": max(self.plan.pack_steps // 2, 1),
-                "pack.ckpt_every": max(self.plan.pack_steps // 2, 1),
-            }
-        )
-        run_pack_train(s, self.progress)
-        return reused, f"RePack autoencoder, {self.plan.pack_steps} steps → {run}"
-
-    def pack_encode(self) -> tuple[bool, str]:
-        from repackctl.pack.encode import run_pack_encode
-
-        r = run_pack_encode(self.settings(**{"pack.run": "pack"}), self.progress)
-        self.pack_id = r.pack_id
-        return r.written == 0, f"latents {r.latent_shape} in {r.entry}/latents/{r.pack_id}"
+    def pack_encode_stage(self) -> tuple[bool, str]:
+        reused, detail, self.pack_id = self.pack_encode("pack")
+        return reused, detail
 
     def dit(self) -> tuple[bool, str]:
-        from repackctl.dit.run import run_dit_train
-
         p = self.plan
-        reused = self._finished(self.out / "dit", p.dit_steps)
-        s = self.settings(
-            **{
-                "dit.name": "dit",
-                "dit.pack_run": "pack",
-                "dit.size": "tiny",
-                "dit.steps": p.dit_steps,
-                "dit.lr": p.dit_lr,
-                "dit.global_batch": p.dit_batch,
-                "dit.repa_weight": p.repa_weight,
-                "dit.ckpt_every": max(p.dit_steps // 2, 1),
-                "dit.image_every": max(p.dit_steps // 2, 1),
-            }
+        reused = self.finished("dit", p.dit_steps)
+        self.dit_train(
+            "dit",
+            p.dit_steps,
+            pack_run="pack",
+            size="tiny",
+            lr=p.dit_lr,
+            global_batch=p.dit_batch,
+            repa_weight=p.repa_weight,
+            ckpt_every=max(p.dit_steps // 2, 1),
+            image_every=max(p.dit_steps // 2, 1),
         )
-        run_dit_train(s, self.progress)
         return reused, f"tiny LightningDiT + REPA (λ {p.repa_weight}), {p.dit_steps} steps"
 
     def refine_command(self) -> list[str]:
@@ -238,7 +164,7 @@ class _Demo:
     def start_refine(self) -> None:
         """Train the refiner in a second process while the DiT trains here: both need only the
         pack run, and on a 2-core machine each gets a core."""
-        self.refine_reused = self._finished(self.out / "refine", self.plan.refine_steps)
+        self.refine_reused = self.finished("refine", self.plan.refine_steps)
         self.refine_log = self.out / "refine.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("REPACKCTL_")}
         env |= {"OMP_NUM_THREADS": str(self.plan.threads), "REPACKCTL_NUM_WORKERS": "0"}
@@ -265,21 +191,13 @@ class _Demo:
             f"{seconds:.0f} s in a parallel process"
         )
 
-    def sample(self) -> tuple[bool, str]:
-        from repackctl.sample.run import run_sample
-
+    def sample_stage(self) -> tuple[bool, str]:
         p = self.plan
-        common = {
-            "sample.run": "dit",
-            "sample.num": p.samples,
-            "sample.steps": p.sample_steps,
-            "sample.cfg": p.cfg,
-            "sample.batch_size": 50,
-        }
-        plain = run_sample(self.settings(**common), self.progress)
-        refined = run_sample(self.settings(**common, **{"sample.refiner": "refine"}), self.progress)
-        self.sample_dirs = {"plain": plain.out_dir, "refined": refined.out_dir}
-        reused = plain.written == 0 and refined.written == 0
+        common = {"num": p.samples, "steps": p.sample_steps, "cfg": p.cfg, "batch_size": 50}
+        *_, plain_dir, plain_reused = self.sample("dit", **common)
+        *_, refined_dir, refined_reused = self.sample("dit", refiner="refine", **common)
+        self.sample_dirs = {"plain": plain_dir, "refined": refined_dir}
+        reused = plain_reused and refined_reused
         return reused, f"{p.samples} class-balanced samples, Euler {p.sample_steps}, CFG {p.cfg}"
 
     def evaluate(self) -> tuple[bool, str]:
@@ -312,19 +230,12 @@ class _Demo:
                 out.append(enc(x)[0].mean(1).numpy())  # (B, C) mean-pooled patch tokens
         return np.concatenate(out)
 
-    def _real(self, entry_name: str, num: int) -> tuple[np.ndarray, np.ndarray]:
-        from repackctl.cache.store import DatasetEntry
-
-        entry = DatasetEntry.open(str(self.out / "cache"), entry_name)
-        idx = entry.valid_indices()[:num]
-        return entry.images[int(idx[0]) : int(idx[-1]) + 1][idx - idx[0]], entry.labels[:][idx]
-
     def _sample_scores(self) -> dict[str, Any]:
         from repackctl.metrics.adm import read_samples_npz
         from repackctl.metrics.encoder_fd import compute_encoder_fd
         from repackctl.metrics.probe import linear_probe
 
-        val_images, val_labels = self._real(self.val_entry, self.plan.n_val)
+        val_images, val_labels = self.images("val", self.plan.n_val)
         scores: dict[str, Any] = {}
         gen = {}
         for kind, folder in self.sample_dirs.items():
@@ -333,7 +244,7 @@ class _Demo:
             fd = compute_encoder_fd(self._encoder(), images, val_images, fd_method="cholesky")
             scores[f"fd_{kind}"] = float(fd["fd"])
         # a linear classifier on real training images judges whether samples show their class
-        train_images, train_labels = self._real(self.train_entry, self.plan.n_train)
+        train_images, train_labels = self.images("train", self.plan.n_train)
         train_x = self._pooled(train_images)
         images, labels = gen["refined"]
         probe = linear_probe(train_x, train_labels, self._pooled(images), labels, epochs=50)
@@ -346,22 +257,12 @@ class _Demo:
 
     @torch.no_grad()
     def _recon_scores(self) -> dict[str, Any]:
-        from repackctl.cache.store import DatasetEntry
         from repackctl.metrics.recon import psnr, save_grid, ssim
-        from repackctl.pack.load import load_pack
         from repackctl.refine.load import load_refiner
 
-        pack = load_pack(self.out / "pack")
         refiner = load_refiner(str(self.out), "refine", pack_id=None).model
-        entry = DatasetEntry.open(str(self.out / "cache"), self.val_entry)
-        idx = entry.valid_indices()[: self.plan.eval_images]
-        lo, hi = int(idx[0]), int(idx[-1]) + 1
-        real = entry.images[lo:hi][idx - lo]
-        tokens = torch.from_numpy(
-            entry.features(self.features)["tokens"][lo:hi][idx - lo, 0].astype(np.float32)
-        )  # (N, T, C), unflipped
-        latent = pack.model.encode(tokens).mode()  # (N, d, h, w) raw packed latent
-        decoded = pack.model.decode(latent).clamp(-1, 1)  # (N, 3, H, W)
+        real, _ = self.images("val", self.plan.eval_images)
+        latent, decoded = self.reconstruct("pack", "val", self.plan.eval_images)
         refined = refiner(decoded, latent).clamp(-1, 1)  # (N, 3, H, W)
 
         def u8(x: torch.Tensor) -> np.ndarray:
@@ -383,7 +284,7 @@ class _Demo:
     def _probe(self) -> dict[str, Any]:
         from repackctl.evaluate.pack import evaluate_probe
 
-        s = self.settings(**{"pack.run": "pack", "pack.eval_entry": self.val_entry})
+        s = self.settings({"pack.run": "pack", "pack.eval_entry": self.entries["val"]})
         report = evaluate_probe(s, self.progress)
         return {"table": report.table(), "rows": [r.to_dict() for r in report.rows]}
 
@@ -509,10 +410,10 @@ def run_demo(
     torch.set_num_threads(plan.threads)
     try:
         demo = _Demo(plan, progress, log)
-        demo.stage("extract train", lambda: demo.extract("train", plan.n_train))
-        demo.stage("extract val", lambda: demo.extract("val", plan.n_val))
-        demo.stage("pack train", demo.pack_train)
-        demo.stage("pack encode", demo.pack_encode)
+        demo.stage("extract train", lambda: demo.extract_split("train", plan.n_train))
+        demo.stage("extract val", lambda: demo.extract_split("val", plan.n_val))
+        demo.stage("pack train", demo.pack_train_stage)
+        demo.stage("pack encode", demo.pack_encode_stage)
         demo.start_refine()
         try:
             demo.stage("train dit", demo.dit)
@@ -520,7 +421,7 @@ def run_demo(
             demo.refine_proc.kill()
             raise
         demo.stage("refine train (waited for)", demo.refine)
-        demo.stage("sample", demo.sample)
+        demo.stage("sample", demo.sample_stage)
         demo.stage("evaluate", demo.evaluate)
         demo.pictures()
         demo.write_report()

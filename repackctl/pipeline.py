@@ -1,0 +1,204 @@
+"""The pipeline runner shared by `repackctl demo` and the reproduction study.
+
+Both run the stages of the method (extract → pack → DiT → refine → sample → evaluate) into one
+folder that holds its own cache, runs and samples, through the same library functions the CLI
+commands call. :class:`Pipeline` is that common part: the settings base of the folder, timed and
+logged stages, the cache rows (images, tokens) of a split, and one call per stage. Every stage is
+resumable, so a second run reuses what is complete.
+
+The demo (``repackctl.demo``) and the study (``benchmarks/reproduce_small.py``) only choose sizes,
+arms and what to report.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from repackctl.progress import ProgressFactory, null_progress
+from repackctl.settings import Settings, resolve_settings
+
+__all__ = ["Pipeline", "StageRecord", "one_per_class"]
+
+
+@dataclass
+class StageRecord:
+    """One stage of a pipeline run: how long it took and whether earlier work was reused."""
+
+    name: str
+    seconds: float
+    reused: bool
+    detail: str = ""
+
+
+def one_per_class(images: np.ndarray, labels: np.ndarray, classes: int) -> np.ndarray:
+    """The first image of each class present, in class order (for sample strips)."""
+    picks = [int(np.flatnonzero(labels == c)[0]) for c in range(classes) if (labels == c).any()]
+    return images[picks]
+
+
+class Pipeline:
+    """The stages of one run in ``out``: its cache (``out/cache``), runs and samples folders."""
+
+    def __init__(
+        self,
+        out: Path,
+        *,
+        runs: Path | None = None,
+        seed: int = 0,
+        device: str = "cpu",
+        num_workers: int = 0,
+        progress: ProgressFactory = null_progress,
+        log: Callable[[str], None] = print,
+    ) -> None:
+        self.out = Path(out)
+        self.runs = Path(runs) if runs is not None else self.out
+        self.seed = seed
+        self.device = device
+        self.num_workers = num_workers
+        self.progress = progress
+        self.log = log
+        self.stages: list[StageRecord] = []
+        self.entries: dict[str, str] = {}  # split → cache entry name
+        self.features = ""  # the feature group of the extracted encoder
+
+    # ---- settings and stages --------------------------------------------------------------------
+    def settings(self, flags: dict[str, Any] | None = None, **more: Any) -> Settings:
+        """Settings of one stage: this run's folders, seed and device plus dotted ``flags``."""
+        base = {
+            "cache": str(self.out / "cache"),
+            "runs": str(self.runs),
+            "samples": str(self.out / "samples"),
+            "seed": self.seed,
+            "device": self.device,
+            "num_workers": self.num_workers,
+        }
+        return resolve_settings(flags=base | (flags or {}) | more, environ={}).settings
+
+    def stage(self, name: str, fn: Callable[[], tuple[bool, str] | None]) -> StageRecord:
+        """Run ``fn`` (which returns ``(reused, detail)`` or nothing) as a timed, logged stage."""
+        t0 = time.perf_counter()
+        reused, detail = fn() or (False, "")
+        rec = StageRecord(name, time.perf_counter() - t0, reused, detail)
+        self.stages.append(rec)
+        state = "reused (already complete)" if reused else "done"
+        self.log(f"[{name}] {state} in {rec.seconds:.1f} s" + (f" — {detail}" if detail else ""))
+        return rec
+
+    @property
+    def seconds(self) -> float:
+        return sum(s.seconds for s in self.stages)
+
+    def finished(self, run: str, steps: int) -> bool:
+        """Whether run ``run`` already holds a good checkpoint at ``steps`` or later."""
+        from repackctl.train.checkpoint import latest_checkpoint, read_state
+
+        run_dir = self.runs / run
+        ckpt = latest_checkpoint(run_dir) if run_dir.is_dir() else None
+        return ckpt is not None and int(read_state(ckpt).get("step", -1)) >= steps
+
+    # ---- data -----------------------------------------------------------------------------------
+    def extract(self, split: str, num: int, resolution: int, **flags: Any) -> tuple[bool, str]:
+        """``repackctl extract`` of the built-in ``split``; remembers its entry and features."""
+        from repackctl.extract import run_extract
+
+        keys = {"split": split, "num": num, "resolution": resolution} | flags
+        r = run_extract(self.settings({f"extract.{k}": v for k, v in keys.items()}), self.progress)
+        self.entries[split] = r.entry
+        self.features = r.features
+        return r.written == 0, f"{r.entry}: {r.n} images, features {r.tokens_shape}"
+
+    def entry(self, split: str):
+        """The cache entry of an extracted split."""
+        from repackctl.cache.store import DatasetEntry
+
+        return DatasetEntry.open(str(self.out / "cache"), self.entries[split])
+
+    def images(self, split: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The first ``n`` valid cached images (uint8 (n, R, R, 3)) of a split and their labels."""
+        entry = self.entry(split)
+        idx = entry.valid_indices()[:n]
+        lo, hi = int(idx[0]), int(idx[-1]) + 1
+        return np.asarray(entry.images[lo:hi])[idx - lo], np.asarray(
+            entry.labels[lo:hi], dtype=np.int64
+        )[idx - lo]
+
+    def tokens(self, split: str, n: int) -> np.ndarray:
+        """Encoder tokens (n, T, C) float32 of the first ``n`` valid, un-mirrored images."""
+        entry = self.entry(split)
+        idx = entry.valid_indices()[:n]
+        lo, hi = int(idx[0]), int(idx[-1]) + 1
+        tokens = entry.features(self.features)["tokens"][lo:hi]
+        return np.asarray(tokens[idx - lo, 0], dtype=np.float32)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.entry("train").attrs.get("num_classes") or 0) or 10
+
+    # ---- stages ---------------------------------------------------------------------------------
+    def pack_train(self, run: str, steps: int, **flags: Any) -> tuple[bool, str]:
+        """``repackctl pack train`` into ``run`` on the train split (``flags``: pack settings)."""
+        from repackctl.pack.task import run_pack_train
+
+        reused = self.finished(run, steps)
+        keys = {"run": run, "entry": self.entries["train"], "features": self.features}
+        keys |= {"steps": steps} | flags
+        run_pack_train(self.settings({f"pack.{k}": v for k, v in keys.items()}), self.progress)
+        return reused, f"{keys.get('method', 'repack')} autoencoder, {steps} steps → {run}"
+
+    def pack_encode(self, run: str) -> tuple[bool, str, str]:
+        """``repackctl pack encode`` of ``run``: ``(reused, detail, latent id)``."""
+        from repackctl.pack.encode import run_pack_encode
+
+        r = run_pack_encode(self.settings({"pack.run": run}), self.progress)
+        detail = f"latents {r.latent_shape} in {r.entry}/latents/{r.pack_id}"
+        return r.written == 0, detail, r.pack_id
+
+    def pack_handle(self, run: str):
+        """The loaded pack run ``run`` (model + metadata)."""
+        from repackctl.pack.load import load_pack
+
+        return load_pack(run, runs=str(self.runs))
+
+    @torch.no_grad()
+    def reconstruct(self, pack_run: str, split: str, n: int, batch: int = 100) -> tuple:
+        """Posterior-mean latents of the first ``n`` images of ``split`` and their decodings:
+        ``(latents (n, d, h, w), decoded float (n, 3, R, R) in [-1, 1])``."""
+        model = self.pack_handle(pack_run).model
+        tokens = torch.from_numpy(self.tokens(split, n))  # (n, T, C)
+        zs, decoded = [], []
+        for i in range(0, len(tokens), batch):
+            z = model.encode(tokens[i : i + batch]).mode()  # (b, d, h, w) raw packed latent
+            zs.append(z)
+            decoded.append(model.decode(z).clamp(-1, 1))  # (b, 3, R, R)
+        return torch.cat(zs), torch.cat(decoded)
+
+    def dit_train(self, name: str, steps: int, **flags: Any):
+        """``repackctl train dit`` as run ``name`` (``flags``: dit settings); its result."""
+        from repackctl.dit.run import train_dit
+
+        keys = {"name": name, "steps": steps} | flags
+        return train_dit(self.settings({f"dit.{k}": v for k, v in keys.items()}), self.progress)
+
+    def refine_train(self, name: str, pack_run: str, steps: int, **flags: Any) -> None:
+        """``repackctl refine train`` of ``pack_run`` as run ``name``."""
+        from repackctl.refine.task import run_refine_train
+
+        keys = {"name": name, "pack_run": pack_run, "steps": steps} | flags
+        run_refine_train(self.settings({f"refine.{k}": v for k, v in keys.items()}), self.progress)
+
+    def sample(self, run: str, **flags: Any) -> tuple[np.ndarray, np.ndarray, Path, bool]:
+        """``repackctl sample`` of DiT run ``run``: ``(images uint8, labels, folder, reused)``."""
+        from repackctl.metrics.adm import read_samples_npz
+        from repackctl.sample.run import run_sample
+
+        keys = {"run": run} | flags
+        res = run_sample(self.settings({f"sample.{k}": v for k, v in keys.items()}), self.progress)
+        images, labels = read_samples_npz(res.out_dir / "samples.npz")
+        return images, labels, res.out_dir, res.written == 0
