@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from repackctl.cache.integrity import GuardedArray, repair_hint
+from repackctl.cache.integrity import GuardedArray, repair_hint, scan_array
 from repackctl.cache.store import PENDING, WRITTEN, ChunkReader
 from repackctl.captions_cache import find_text_group, open_text_group
 from repackctl.dit.latents import AUTO_IN_MEMORY_BYTES, LatentData, LatentRef
@@ -86,7 +86,7 @@ class CaptionedLatentData(LatentData):
             self._arrays[f"text_{k}"] = guarded
             self._readers[f"text_{k}"] = ChunkReader(guarded, self.chunk, 2 * buffer_blocks)
         _, self.max_captions, self.text_len, self.text_dim = grp["tokens"].shape
-        self.null = {k: np.asarray(grp[f"null_{k}"][...]) for k in ("tokens", "mask", "pooled")}
+        self.null = _read_null(grp, f"cache entry {self.entry.name} text/{self.text_id}", redo)
         nbytes = sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in self._arrays.values())
         self.in_memory = nbytes < AUTO_IN_MEMORY_BYTES if in_memory is None else bool(in_memory)
         if self.in_memory:
@@ -128,6 +128,21 @@ class CaptionedLatentData(LatentData):
 
     def describe(self) -> dict:
         return super().describe() | {"text": self.text_id}
+
+
+def _read_null(grp: Any, label: str, redo: str) -> dict[str, np.ndarray]:
+    """The null caption's ``tokens`` (L, C), ``mask`` (L,), ``pooled`` (C,); a lost or corrupt
+    chunk is an error (never zeros)."""
+    out = {}
+    for k in ("tokens", "mask", "pooled"):
+        arr = grp[f"null_{k}"]
+        bad = scan_array(arr, np.ones(arr.shape[0], bool), f"null_{k}")
+        if bad:
+            raise CacheError(
+                f"{label}: {bad[0]}", f"run {redo} again (it rewrites the null caption)"
+            )
+        out[k] = np.asarray(arr[...])
+    return out
 
 
 class T2ITask(DiTTask):
