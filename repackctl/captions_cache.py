@@ -95,22 +95,25 @@ def text_id(encoder: TextEncoder) -> str:
 # --------------------------------------------------------------------------- captions of an entry
 
 
-def newest_entry(root: str) -> str:
+def newest_entry(root: str, folders: bool = False) -> str:
     """The newest built-in entry holding packed latents (what `train t2i` uses), else the
-    newest built-in entry."""
+    newest built-in entry; with ``folders``, the same among image-folder entries (for a caption
+    index or COCO given by ``--captions``)."""
     names = list_entries(root)
     found = []
     for name in names:
         ds = DatasetEntry.open(root, name)
-        if (ds.attrs.get("source") or {}).get("dataset") != "builtin":
+        source = ds.attrs.get("source") or {}
+        if (not source.get("root")) if folders else source.get("dataset") != "builtin":
             continue
         path = Path(str(getattr(ds.group.store, "root", ""))) / ds.group.path / "zarr.json"
         mtime = path.stat().st_mtime if path.exists() else 0.0
         found.append((bool(ds.latent_ids()), mtime, name))
     if not found:
+        kind, data = ("image-folder", " --data imagefolder:PATH") if folders else ("built-in", "")
         raise CacheError(
-            f"no built-in cache entry in {root} (have: {', '.join(names) or 'none'})",
-            "run `repackctl extract` first, or pass --entry NAME",
+            f"no {kind} cache entry in {root} (have: {', '.join(names) or 'none'})",
+            f"run `repackctl extract{data}` first, or pass --entry NAME",
         )
     return max(found)[2]
 
@@ -333,7 +336,7 @@ def run_captions(
     """Encode (or finish encoding) the captions of one cache entry."""
     cfg = settings.captions
     dist = dist or DistInfo.from_env()
-    name = cfg.entry or newest_entry(settings.cache)
+    name = cfg.entry or newest_entry(settings.cache, folders=bool(cfg.captions))
     ds = DatasetEntry.open(settings.cache, name)
     skipped: list[tuple[str, str]] = []
     keys = [str(k) for k in ds.keys[:]]
