@@ -144,7 +144,7 @@ def build_trainer(
     ``train t2i`` one, with its ``[t2i]`` settings); ``precision`` None means bf16 on CUDA,
     fp32 elsewhere.
     """
-    from repackctl.dit.t2i_task import T2ITask, _as_dit
+    from repackctl.dit.t2i_task import T2ITask, dit_settings_of
     from repackctl.dit.task import DiTTask, build_spec
     from repackctl.settings import Settings
     from repackctl.train import TrainConfig, Trainer
@@ -159,7 +159,7 @@ def build_trainer(
     section.global_batch = p["batch"]
     if not repa:
         section.repa_weight = 0.0
-    spec = build_spec(_as_dit(settings) if text else settings, p["model"])
+    spec = build_spec(dit_settings_of(settings) if text else settings, p["model"])
     probe = build_model(p, torch.device("cpu"))
     tokens = probe.config.num_tokens
     if text:
