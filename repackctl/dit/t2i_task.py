@@ -33,7 +33,7 @@ from repackctl.cache.integrity import GuardedArray, repair_hint, scan_array
 from repackctl.cache.store import PENDING, WRITTEN, ChunkReader
 from repackctl.captions_cache import find_text_group, open_text_group
 from repackctl.dit.latents import AUTO_IN_MEMORY_BYTES, LatentData, LatentRef
-from repackctl.dit.task import DiTTask, build_task
+from repackctl.dit.task import DiTTask, build_task, data_options
 from repackctl.errors import CacheError, CheckpointError, ConfigError
 from repackctl.models.mmdit import mmdit_repa_depth
 from repackctl.paths import run_dir as make_run_dir
@@ -300,12 +300,7 @@ def build_t2i_task(
         base.data.ref,
         text=s.text_features,
         text_encoder=s.text_encoder,
-        features=s.features,
-        repa=s.repa_weight > 0,
-        sampling=s.latent_sampling,
-        in_memory=s.in_memory,
-        flip=s.flip,
-        buffer_blocks=s.buffer_blocks,
+        **data_options(s),
     )
     task = T2ITask(data, base.spec, s.caption_dropout)
     config = dataclasses.replace(

@@ -382,6 +382,18 @@ def dit_run_dir(settings) -> Path:
     return make_run_dir(settings.runs, s.name or f"dit-{resolve_model_id(s.arch, s.size, s.patch, s.model)}")  # fmt: skip
 
 
+def data_options(s: Any) -> dict[str, Any]:
+    """The ``LatentData`` options of a ``[dit]`` (or ``[t2i]``) settings section."""
+    return dict(
+        features=s.features,
+        repa=s.repa_weight > 0,
+        sampling=s.latent_sampling,
+        in_memory=s.in_memory,
+        flip=s.flip,
+        buffer_blocks=s.buffer_blocks,
+    )
+
+
 def build_task(settings, sources: dict[str, str] | None = None) -> tuple[DiTTask, TrainConfig]:
     """The task and engine config of the resolved settings (no training yet).
 
@@ -391,15 +403,7 @@ def build_task(settings, sources: dict[str, str] | None = None) -> tuple[DiTTask
     kernels.select(s.kernels)  # the fused ops the model and the losses use in this process
     model_id = resolve_model_id(s.arch, s.size, s.patch, s.model)
     ref = find_latents(settings.cache, s.entry, s.latents, s.pack_run)
-    data = LatentData(
-        ref,
-        features=s.features,
-        repa=s.repa_weight > 0,
-        sampling=s.latent_sampling,
-        in_memory=s.in_memory,
-        flip=s.flip,
-        buffer_blocks=s.buffer_blocks,
-    )
+    data = LatentData(ref, **data_options(s))
     spec = build_spec(settings, model_id)
     config = TrainConfig.from_settings(
         settings,
