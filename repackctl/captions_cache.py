@@ -40,6 +40,8 @@ from repackctl.cache.creation import ShardLocks, crash_point, test_delay
 from repackctl.cache.store import (
     PENDING,
     SKIP_REASONS,
+    TEXT_ARRAYS,
+    TEXT_NULL_ARRAYS,
     WRITTEN,
     ArrayGroup,
     DatasetEntry,
@@ -54,7 +56,6 @@ from repackctl.registry import registry
 from repackctl.runtime import DistInfo, resolve_device
 
 TEXT_KIND = "text"
-TEXT_ARRAYS = ("tokens", "mask", "pooled", "count", "captions", "null_tokens", "done")
 NO_CAPTION = 6  # done code of an image without a usable caption (SKIP_REASONS[6])
 
 
@@ -71,6 +72,7 @@ class CaptionsResult:
     max_captions: int
     skipped: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    healed: list[str] = field(default_factory=list)  # null-caption arrays rewritten (damaged)
 
 
 # --------------------------------------------------------------------------- the text encoder
@@ -93,22 +95,25 @@ def text_id(encoder: TextEncoder) -> str:
 # --------------------------------------------------------------------------- captions of an entry
 
 
-def newest_entry(root: str) -> str:
+def newest_entry(root: str, folders: bool = False) -> str:
     """The newest built-in entry holding packed latents (what `train t2i` uses), else the
-    newest built-in entry."""
+    newest built-in entry; with ``folders``, the same among image-folder entries (for a caption
+    index or COCO given by ``--captions``)."""
     names = list_entries(root)
     found = []
     for name in names:
         ds = DatasetEntry.open(root, name)
-        if (ds.attrs.get("source") or {}).get("dataset") != "builtin":
+        source = ds.attrs.get("source") or {}
+        if (not source.get("root")) if folders else source.get("dataset") != "builtin":
             continue
         path = Path(str(getattr(ds.group.store, "root", ""))) / ds.group.path / "zarr.json"
         mtime = path.stat().st_mtime if path.exists() else 0.0
         found.append((bool(ds.latent_ids()), mtime, name))
     if not found:
+        kind, data = ("image-folder", " --data imagefolder:PATH") if folders else ("built-in", "")
         raise CacheError(
-            f"no built-in cache entry in {root} (have: {', '.join(names) or 'none'})",
-            "run `repackctl extract` first, or pass --entry NAME",
+            f"no {kind} cache entry in {root} (have: {', '.join(names) or 'none'})",
+            f"run `repackctl extract{data}` first, or pass --entry NAME",
         )
     return max(found)[2]
 
@@ -191,17 +196,41 @@ def _build(encoder: TextEncoder, ds: DatasetEntry, k: int) -> Callable[[zarr.Gro
             "captions", shape=(ds.n,), chunks=(ds.shard,), dtype=str, compressors=checksummed()
         )
         crash_point("captions")
-        null = encoder.encode([""])
-        for name, value, dtype in (
-            ("null_mask", null.mask[0].cpu().numpy(), "bool"),
-            ("null_pooled", null.pooled[0].float().cpu().numpy(), "float16"),
-            ("null_tokens", null.tokens[0].float().cpu().numpy(), "float16"),  # last: required
-        ):
-            arr = sub.create_array(name, shape=value.shape, dtype=dtype, compressors=checksummed())
-            arr[...] = value.astype(dtype)
+        for name, value in _null_features(encoder).items():  # null_tokens last: required
+            arr = sub.create_array(
+                name, shape=value.shape, dtype=value.dtype, compressors=checksummed()
+            )
+            arr[...] = value
             crash_point(name)
 
     return build
+
+
+def _null_features(encoder: TextEncoder) -> dict[str, np.ndarray]:
+    """The empty caption's ``null_mask`` (L,), ``null_pooled`` (C,), ``null_tokens`` (L, C)."""
+    with torch.no_grad():
+        null = encoder.encode([""])
+    return {
+        "null_mask": null.mask[0].cpu().numpy().astype(bool),
+        "null_pooled": null.pooled[0].float().cpu().numpy().astype(np.float16),
+        "null_tokens": null.tokens[0].float().cpu().numpy().astype(np.float16),
+    }
+
+
+def heal_null_caption(grp: ArrayGroup, encoder: TextEncoder) -> list[str]:
+    """Rewrite the null-caption arrays of an existing group if a chunk is missing or corrupt
+    (e.g. removed by `cache verify --repair`); returns the names rewritten."""
+    from repackctl.cache.integrity import scan_array
+
+    values: dict[str, np.ndarray] | None = None
+    healed = []
+    for name in TEXT_NULL_ARRAYS:
+        arr = grp[name]
+        if scan_array(arr, np.ones(arr.shape[0], bool), name):
+            values = values or _null_features(encoder)
+            arr[...] = values[name]
+            healed.append(name)
+    return healed
 
 
 def open_text_group(ds: DatasetEntry, text: str) -> ArrayGroup:
@@ -307,7 +336,7 @@ def run_captions(
     """Encode (or finish encoding) the captions of one cache entry."""
     cfg = settings.captions
     dist = dist or DistInfo.from_env()
-    name = cfg.entry or newest_entry(settings.cache)
+    name = cfg.entry or newest_entry(settings.cache, folders=bool(cfg.captions))
     ds = DatasetEntry.open(settings.cache, name)
     skipped: list[tuple[str, str]] = []
     keys = [str(k) for k in ds.keys[:]]
@@ -330,8 +359,10 @@ def run_captions(
     make = lambda: ds.create_or_open_group(  # noqa: E731
         TEXT_KIND, tid, attrs, build=_build(encoder, ds, k), required=TEXT_ARRAYS
     )
+    healed: list[str] = []
     if dist.rank == 0:
-        grp, _ = make()
+        grp, created = make()
+        healed = [] if created else heal_null_caption(grp, encoder)
     dist.barrier()
     if dist.rank != 0:
         grp, _ = make()
@@ -374,4 +405,5 @@ def run_captions(
         max_captions=k,
         skipped=skipped,
         seconds=time.perf_counter() - t0,
+        healed=healed,
     )

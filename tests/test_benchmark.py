@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from repackctl.cli.app import app
@@ -73,3 +75,33 @@ def test_single_benchmark_cli_and_library_errors(tmp_path, monkeypatch):
         BenchContext(size="huge")
     res = runner.invoke(app, ["benchmark", "cache", "--size", "huge"])
     assert res.exit_code != 0 and "Traceback" not in res.output
+
+
+def test_benchmark_train_times_the_mmdit_step_on_cached_text_features(tmp_path):
+    out = tmp_path / "t2i.json"
+    res = runner.invoke(app, ["benchmark", "train", *FAST, "--model", "mmdit-tiny",
+                              "--out", str(out), "--workdir", str(tmp_path)])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    doc = json.loads(out.read_text())
+    params = doc["params"]
+    # the step of `train t2i` (T2ITask + Trainer), fed precomputed caption features
+    assert params["model"] == "mmdit-tiny" and params["cond"] == "text"
+    assert params["task"] == "T2ITask" and params["repa"] is True
+    assert (params["text_len"], params["text_dim"]) == (8, 32)
+    rows = {row["case"]: row for row in doc["rows"]}
+    train = rows["mmdit-tiny Trainer.step (batch 4)"]
+    assert train["extra"]["step_tflop"] > 0 and 0 < train["extra"]["mfu"]
+    assert train["per_s"] > 0 and train["unit"] == "sample"
+    assert rows["bare step (task + AdamW, no engine)"]["median_s"] > 0
+
+    from repackctl.bench.train import SHAPES, SyntheticCaptionedLatents
+
+    data = SyntheticCaptionedLatents(SHAPES["tiny"], tokens=64, n=4)
+    rngs = [np.random.default_rng(i) for i in range(4)]
+    batch = data.read(np.arange(4), rngs, with_tokens=True)
+    assert batch["text_tokens"].shape == (4, 8, 32) and batch["text_mask"].dtype == torch.bool
+    assert batch["text_mask"][:, 0].all()  # every caption has at least one real token
+
+    res = runner.invoke(app, ["benchmark", "train", *FAST, "--model", "mmdit-nope"])
+    assert res.exit_code != 0 and "Traceback" not in res.output
+    assert "mmdit-nope" in res.output

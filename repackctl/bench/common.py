@@ -41,6 +41,7 @@ class BenchContext:
     workdir: Path | None = None  # scratch folder (a temporary one when None)
     encoder: str | None = None
     encoder_weights: str | None = None
+    model: str | None = None  # the train benchmark's model id; None = the size's DiT
     progress: ProgressFactory = null_progress
     min_sample_s: float = 0.05  # shorter calls are looped within one timed sample
 

@@ -7,6 +7,11 @@ the data source differs: fixed random latents and encoder tokens in memory (``Sy
 instead of a cache entry. The reported parameters say what was really on: compile (regional, per
 block), precision, REPA.
 
+With ``--model`` a text-conditioned id (``mmdit-tiny``, ``mmdit-s-2`` …) the step is that of
+``repackctl train t2i`` instead: the same ``T2ITask`` (``[t2i]`` settings: caption dropout, REPA
+depth 8/24), fed by ``SyntheticCaptionedLatents``, i.e. pre-computed text tokens, mask and
+pooled vectors as ``repackctl captions`` caches them. The text encoder never runs in the step.
+
 Rows:
 * ``train``: ``Trainer.step()`` plus the per-step bookkeeping of ``fit`` (log window, progress);
   FLOPs of one step from ``torch.utils.flop_counter.FlopCounterMode``; MFU = achieved FLOP/s ÷
@@ -19,6 +24,7 @@ Rows:
 
 from __future__ import annotations
 
+import inspect
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -28,35 +34,52 @@ import torch
 
 from repackctl.bench.common import BenchContext, Row, measure, timed_row
 
-#: model id, latent channels, latent side, batch, peak-matmul side, REPA token count × width
+#: model id, latent channels, latent side, batch, peak-matmul side, REPA token width, and the
+#: cached caption features of a text-conditioned model: tokens per caption × width (tiny: the
+#: mmdit-tiny default; small: MiniLM, 384; paper: CLIP-L's 77 × 768)
 SHAPES: dict[str, dict[str, Any]] = {
-    "tiny": dict(model="tiny", channels=4, side=8, batch=4, matmul=256, token_dim=32),
+    "tiny": dict(model="tiny", channels=4, side=8, batch=4, matmul=256, token_dim=32,
+                 text_len=8, text_dim=32),
     "small": dict(model="lightningdit-s-2", channels=32, side=16, batch=8, matmul=1024,
-                  token_dim=768),
+                  token_dim=768, text_len=32, text_dim=384),
     "paper": dict(model="lightningdit-xl-1", channels=32, side=16, batch=32, matmul=8192,
-                  token_dim=768),
+                  token_dim=768, text_len=77, text_dim=768),
 }  # fmt: skip
+NUM_CLASSES = 10  # labels of the synthetic class-conditional data
+
+
+def is_text_model(model_id: str) -> bool:
+    """Whether the registered ``model_id`` is text-conditioned (its factory takes text_dim)."""
+    from repackctl.registry import registry
+
+    factory = registry("models").get(model_id)
+    return "text_dim" in inspect.signature(factory).parameters
 
 
 def build_model(p: dict[str, Any], device: torch.device) -> torch.nn.Module:
-    from repackctl.models.variants import MODEL_FACTORIES
+    """The model of shape ``p`` (any registered id, DiT or MMDiT) with its default options."""
+    from repackctl.dit.t2i_task import build_mmdit
+    from repackctl.dit.task import build_model as build_dit
 
-    factory = MODEL_FACTORIES[p["model"]]
-    return factory(in_channels=p["channels"], input_size=p["side"], num_classes=1000
-                   if p["model"] != "tiny" else 10).to(device)  # fmt: skip
+    size = dict(in_channels=p["channels"], input_size=p["side"])
+    if is_text_model(p["model"]):
+        return build_mmdit(p["model"], text_dim=p["text_dim"], **size).to(device)
+    return build_dit(p["model"], num_classes=NUM_CLASSES, **size).to(device)
 
 
 class SyntheticLatents:
     """The part of ``LatentData`` a ``DiTTask`` trains from, over fixed random arrays."""
 
-    def __init__(self, p: dict[str, Any], tokens: int, n: int = 256, num_classes: int = 10):
+    def __init__(
+        self, p: dict[str, Any], tokens: int, n: int = 256, num_classes: int = NUM_CLASSES
+    ) -> None:
         rng = np.random.default_rng(0)
         self.shape = (p["channels"], p["side"], p["side"])
         self.num_classes = num_classes
         self.token_shape = (tokens, p["token_dim"])
         self.in_memory, self.chunk, self.sampling = True, 1, "mean"
         self.x = rng.standard_normal((n, *self.shape), dtype=np.float32)  # (N, d, h, w)
-        self.y = rng.integers(0, num_classes, n)  # (N,)
+        self.y = rng.integers(0, max(1, num_classes), n)  # (N,) (all 0 without classes)
         self.tokens = rng.standard_normal((n, *self.token_shape), dtype=np.float32)  # (N, T, C)
 
     def __len__(self) -> int:
@@ -74,6 +97,37 @@ class SyntheticLatents:
         return out
 
 
+class SyntheticCaptionedLatents(SyntheticLatents):
+    """The part of ``CaptionedLatentData`` a ``T2ITask`` trains from: K cached captions per
+    image (tokens, padding mask, pooled vector, float16 as in the cache) over fixed arrays."""
+
+    def __init__(self, p: dict[str, Any], tokens: int, n: int = 256, captions: int = 2) -> None:
+        super().__init__(p, tokens, n, num_classes=0)
+        rng = np.random.default_rng(1)
+        k, length, width = captions, p["text_len"], p["text_dim"]
+        self.max_captions, self.text_len, self.text_dim = k, length, width
+        self.text_tokens = rng.standard_normal((n, k, length, width)).astype(np.float16)
+        real = rng.integers(1, length + 1, (n, k))  # (N, K) real tokens of each caption
+        self.text_mask = np.arange(length) < real[..., None]  # (N, K, L)
+        self.text_pooled = rng.standard_normal((n, k, width)).astype(np.float16)  # (N, K, C)
+        self.null = {
+            "tokens": rng.standard_normal((length, width)).astype(np.float16),
+            "mask": np.arange(length) < 2,  # an empty caption: two special tokens
+            "pooled": rng.standard_normal(width).astype(np.float16),
+        }
+
+    def read(self, rows: np.ndarray, rngs: list, with_tokens: bool) -> dict[str, torch.Tensor]:
+        """``SyntheticLatents.read`` plus one caption per sample, drawn from its generator."""
+        out = super().read(rows, rngs, with_tokens)
+        pick = np.array([int(r.integers(self.max_captions)) for r in rngs])  # (B,)
+        at = (np.asarray(rows), pick)
+        out["text_tokens"] = torch.from_numpy(self.text_tokens[at].astype(np.float32))
+        out["text_mask"] = torch.from_numpy(self.text_mask[at])  # (B, L)
+        out["text_pooled"] = torch.from_numpy(self.text_pooled[at].astype(np.float32))
+        out["caption"] = torch.from_numpy(pick)
+        return out
+
+
 def build_trainer(
     p: dict[str, Any],
     device: torch.device,
@@ -85,28 +139,38 @@ def build_trainer(
 ):
     """The ``train dit`` task and Trainer of the default settings for the shape ``p``.
 
-    ``p`` holds ``model`` (a registered id), ``channels``, ``side``, ``batch`` and
-    ``token_dim``; ``precision`` None means bf16 on CUDA, fp32 elsewhere.
+    ``p`` holds ``model`` (a registered id), ``channels``, ``side``, ``batch``, ``token_dim``
+    (and ``text_len``/``text_dim`` for a text-conditioned model, whose task is then the
+    ``train t2i`` one, with its ``[t2i]`` settings); ``precision`` None means bf16 on CUDA,
+    fp32 elsewhere.
     """
+    from repackctl.dit.t2i_task import T2ITask, dit_settings_of
     from repackctl.dit.task import DiTTask, build_spec
     from repackctl.settings import Settings
     from repackctl.train import TrainConfig, Trainer
 
     cuda = device.type == "cuda"
+    text = is_text_model(p["model"])
     settings = Settings(
         runs=str(workdir), device=str(device), precision=precision or ("bf16" if cuda else "fp32")
     )
-    settings.dit.compile = compile_
-    settings.dit.global_batch = p["batch"]
+    section = settings.t2i if text else settings.dit
+    section.compile = compile_
+    section.global_batch = p["batch"]
     if not repa:
-        settings.dit.repa_weight = 0.0
-    spec = build_spec(settings, p["model"])
+        section.repa_weight = 0.0
+    spec = build_spec(dit_settings_of(settings) if text else settings, p["model"])
     probe = build_model(p, torch.device("cpu"))
-    data = SyntheticLatents(p, tokens=probe.config.num_tokens)
-    task = DiTTask(data, spec)  # type: ignore[arg-type]
+    tokens = probe.config.num_tokens
+    if text:
+        data: SyntheticLatents = SyntheticCaptionedLatents(p, tokens=tokens)
+        task = T2ITask(data, spec, section.caption_dropout)  # type: ignore[arg-type]
+    else:
+        data = SyntheticLatents(p, tokens=tokens)
+        task = DiTTask(data, spec)  # type: ignore[arg-type]
     config = TrainConfig.from_settings(
         settings,
-        settings.dit,
+        section,
         workdir / f"bench-{p['model']}",
         sources={"precision": "benchmark"},
         steps=10**9,  # never reached: the benchmark calls step() itself
@@ -124,12 +188,13 @@ def run(ctx: BenchContext) -> tuple[list[Row], dict[str, Any], list[str]]:
     """Measure steps/s, samples/s, MFU and the engine's overhead; returns (rows, params, notes)."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    from repackctl.dit.t2i_task import T2ITask
     from repackctl.progress import null_progress
 
     with tempfile.TemporaryDirectory() as tmp:
-        p = SHAPES[ctx.size]
+        p = SHAPES[ctx.size] | ({"model": ctx.model} if ctx.model else {})
         trainer, task = build_trainer(p, ctx.device, Path(tmp), compile_=ctx.compile and ctx.cuda)
-        b = p["batch"]
+        b, text = p["batch"], isinstance(task, T2ITask)
         bar = null_progress("train", total=None).__enter__()
 
         def step() -> None:
@@ -174,7 +239,10 @@ def run(ctx: BenchContext) -> tuple[list[Row], dict[str, Any], list[str]]:
               "compiled_blocks": trainer.compiled, "repa": task.repa_on,
               "repa_weight": task.spec.repa_weight, "time_dist": task.spec.time.kind,
               "tokens": task.data.token_shape[0],
-              "prefetch": trainer.config.prefetch}  # fmt: skip
+              "prefetch": trainer.config.prefetch, "cond": "text" if text else "class",
+              "task": type(task).__name__}  # fmt: skip
+    if not text:
+        params = {k: v for k, v in params.items() if k not in ("text_len", "text_dim")}
     return [peak_row, row, bare_row], params, notes
 
 

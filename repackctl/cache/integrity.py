@@ -42,7 +42,8 @@ class Damage:
     hi: int
 
     def __str__(self) -> str:
-        return f"{self.array}: {self.kind} chunk {self.key} (rows {self.lo}–{self.hi - 1})"
+        rows = f"rows {self.lo}–{self.hi - 1}" if self.hi > self.lo else "not sample-indexed"
+        return f"{self.array}: {self.kind} chunk {self.key} ({rows})"
 
 
 def rows_per_key(arr: zarr.Array) -> int:

@@ -44,6 +44,12 @@ from repackctl.paths import cache_root, entry_name, is_url, local_path
 PENDING, WRITTEN = 0, 1
 ENTRY_ARRAYS = ("images", "labels", "keys", "done")
 FEATURE_ARRAYS = ("tokens", "cls", "done")
+# text/<id>/ (`repackctl captions`): sample-indexed arrays, plus the null caption's features,
+# which describe the whole group (not sample-indexed; null_tokens is written last)
+TEXT_NULL_ARRAYS = ("null_mask", "null_pooled", "null_tokens")
+TEXT_ARRAYS = ("tokens", "mask", "pooled", "count", "captions", "null_tokens", "done")
+#: per kind of sub-group, the arrays whose presence makes it complete (default: ``done``)
+REQUIRED: dict[str, tuple[str, ...]] = {"features": FEATURE_ARRAYS, "text": TEXT_ARRAYS}
 
 # A chunk equal to the fill value is still written: a missing chunk or shard then always means
 # damage (``cache verify``), never "all zeros", and readers can refuse to read it as zeros.
@@ -287,13 +293,17 @@ class DatasetEntry:
         for kind in ("features", "latents", "triplets", "text"):
             if kind in self.group:
                 parent = self.group[kind]
-                req = FEATURE_ARRAYS if kind == "features" else ("done",)
+                req = REQUIRED.get(kind, ("done",))
                 out += [
                     f"{kind}/{n}"
                     for n in child_groups(parent)
                     if child_state(parent, n, req) == "incomplete"
                 ]
         return out
+
+    def text_ids(self) -> list[str]:
+        """The complete caption-feature groups (``text/<id>``, written by `repackctl captions`)."""
+        return self.complete_groups("text", TEXT_ARRAYS)
 
     def feature_ids(self) -> list[str]:
         return self.complete_groups("features", FEATURE_ARRAYS)

@@ -11,8 +11,9 @@ from zarr.core.sync import sync
 
 from repackctl.cache.integrity import Damage, read_done, scan_array
 from repackctl.cache.store import (
-    FEATURE_ARRAYS,
     PENDING,
+    REQUIRED,
+    TEXT_NULL_ARRAYS,
     WRITTEN,
     ArrayGroup,
     DatasetEntry,
@@ -148,6 +149,9 @@ def _verify_arrays(entry: DatasetEntry) -> list[str]:
     for lid in entry.latent_ids():
         g = entry.latents(lid)
         problems += [f"latents/{lid}: {p}" for p in _verify_group(g, entry, done, None)]
+    for tid in entry.text_ids():
+        g = ArrayGroup(entry.group["text"][tid])
+        problems += [f"text/{tid}: {p}" for p in _verify_group(g, entry, done, None)]
     for name in entry.incomplete_groups():
         problems.append(f"{name}: incomplete (its creation was interrupted; rerun the command)")
     return problems
@@ -175,6 +179,11 @@ def _verify_group(
     for name, arr in g.group.arrays():
         if name == "done" or arr.dtype.kind != "f":
             continue
+        if name in TEXT_NULL_ARRAYS:  # one value for the whole group, not sample-indexed
+            bad = _scan_finite(arr, np.ones(arr.shape[0], np.uint8), arr.shape[0])
+            if bad:
+                problems.append(f"{name}: NaN/inf")
+            continue
         bad = _scan_finite(arr, fdone, entry.shard)
         if bad:
             problems.append(f"{name}: {bad} samples with NaN/inf")
@@ -194,16 +203,17 @@ def remove(root: str, name: str, sub: str | None = None) -> None:
 def _groups(entry: DatasetEntry) -> Iterator[tuple[str, zarr.Group]]:
     """(path inside the entry, group) of the entry itself and its complete sub-groups."""
     yield "", entry.group
-    for kind in ("features", "latents", "triplets"):
-        req = FEATURE_ARRAYS if kind == "features" else ("done",)
-        for name in entry.complete_groups(kind, req):
+    for kind in ("features", "latents", "triplets", "text"):
+        for name in entry.complete_groups(kind, REQUIRED.get(kind, ("done",))):
             yield f"{kind}/{name}", entry.group[kind][name]
 
 
 def scan_chunks(entry: DatasetEntry) -> list[tuple[str, Damage]]:
     """Every missing, truncated or corrupt chunk holding done rows, with its group's path.
 
-    Rows are sample rows; a shard-indexed array (``partial_*``) reports the rows of its shard.
+    Rows are sample rows; a shard-indexed array (``partial_*``) reports the rows of its shard;
+    a text group's null caption (``null_*``, not sample-indexed) reports no rows: ``repair_rows``
+    removes its damaged chunk and `repackctl captions` rewrites it.
     """
     n, shard = entry.n, entry.shard
     found: list[tuple[str, Damage]] = []
@@ -216,7 +226,10 @@ def scan_chunks(entry: DatasetEntry) -> list[tuple[str, Damage]]:
         for name, arr in group.arrays():
             if name == "done":
                 continue
-            if arr.shape[0] == n:
+            if name in TEXT_NULL_ARRAYS:  # the group's null caption: every chunk is needed
+                whole = scan_array(arr, np.ones(arr.shape[0], bool), prefix + name)
+                found += [(path, Damage(d.array, d.key, d.kind, 0, 0)) for d in whole]
+            elif arr.shape[0] == n:
                 found += [(path, d) for d in scan_array(arr, written, prefix + name)]
             elif arr.shape[0] == len(per_shard):  # one row per shard (partial stats)
                 for d in scan_array(arr, per_shard, prefix + name):
@@ -263,6 +276,15 @@ def producer(entry: DatasetEntry, path: str) -> str:
         return f"`repackctl pack encode --run {run}`"
     if path.startswith("triplets/"):
         return "the same `repackctl refine train`"
+    if path.startswith("text/"):
+        attrs = entry.group[path].attrs
+        ref = attrs.get("encoder_ref") or "minilm"
+        src = attrs.get("captions")
+        more = f" --captions {src}" if src and src != "builtin" else ""
+        weights = attrs.get("text_weights")
+        more += f" --text-weights {weights}" if weights else ""
+        more += f" --max-length {attrs['max_length']}" if attrs.get("max_length") else ""
+        return f"`repackctl captions --entry {entry.name} --text-encoder {ref}{more}`"
     if path.startswith("features/"):
         enc = (entry.group[path].attrs.get("encoder") or {}).get("id") or "ENCODER"
         return f"the same `repackctl extract --encoder {enc} …`"

@@ -25,7 +25,8 @@ HELP = {
     "cache": "Random training batches from our Zarr cache vs .npy memmap and LightningDiT-style "
     "safetensors shards (samples/s and ratios).",
     "extract": "run_extract wall time vs the bare encoder forward on the same images.",
-    "train": "DiT training-step throughput and model FLOP utilisation vs a measured matmul peak.",
+    "train": "DiT training-step throughput and model FLOP utilisation vs a measured matmul peak "
+    "(--model mmdit-tiny …: the text-to-image MMDiT step).",
     "sample": "Sampler time vs bare model calls; CFG batched vs two forwards.",
     "all": "Every benchmark above, one JSON file.",
 }
@@ -83,6 +84,13 @@ EncoderOpt = Annotated[str | None, typer.Option(help="Encoder of the extract ben
 EncoderWeightsOpt = Annotated[
     str | None, typer.Option(help="Its weights (default 'random': speed only).")
 ]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Model of the train benchmark (e.g. mmdit-tiny: the text-to-image step on cached "
+        "text features); default: the size's DiT."
+    ),
+]
 WorkdirOpt = Annotated[
     str | None, typer.Option(help="Scratch folder for benchmark data (default: /tmp).")
 ]
@@ -110,6 +118,7 @@ def _context(settings: Any) -> Any:
         workdir=Path(b.workdir) if b.workdir else None,
         encoder=b.encoder,
         encoder_weights=b.encoder_weights,
+        model=b.model,
         progress=rich_progress,
     )
 
@@ -156,6 +165,7 @@ def _make(name: str):
         out: BenchOutOpt = None,
         encoder: EncoderOpt = None,
         encoder_weights: EncoderWeightsOpt = None,
+        model: ModelOpt = None,
         workdir: WorkdirOpt = None,
         device: DeviceOpt = None,
         config: ConfigOpt = None,
@@ -174,6 +184,7 @@ def _make(name: str):
                 "benchmark.out": out,
                 "benchmark.encoder": encoder,
                 "benchmark.encoder_weights": encoder_weights,
+                "benchmark.model": model,
                 "benchmark.workdir": workdir,
             },
         )

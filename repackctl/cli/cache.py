@@ -158,7 +158,8 @@ def verify(
         raise CacheError(
             f"{bad} of {len(names)} entries have problems",
             "`repackctl cache verify --repair` marks damaged rows pending; then rerun the "
-            "extract/encode that wrote them (it resumes), or `repackctl cache rm` them",
+            "extract / pack encode / captions that wrote them (it resumes), or `repackctl cache "
+            "rm` them",
         )
 
 

@@ -25,6 +25,11 @@ def captions(resolved: ResolvedSettings) -> None:
     result = run_captions(resolved.settings, rank_progress(main))
     if not main:
         return
+    for name in result.healed:
+        err_console.print(
+            f"[yellow]warning:[/] rewrote text/{result.text_id}/{name} (it was damaged)",
+            highlight=False,
+        )
     for key, reason in result.skipped[:20]:
         err_console.print(f"[yellow]warning:[/] skipped {key}: {reason}", highlight=False)
     if len(result.skipped) > 20:

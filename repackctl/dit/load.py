@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,17 +19,8 @@ from repackctl.train import checkpoint as ckpt_io
 
 
 def load_dit_for_sampling(runs: str, run: str, checkpoint: str | None, which: str):
-    """``repackctl.dit.run.load_dit`` on the resolved folder, with the stage checked."""
-    handle = load_dit(resolve_checkpoint_arg(runs, run, checkpoint), which=which)
-    extra = handle.extra
-    missing = [k for k in ("latent_stats", "latent_shape", "pack", "num_classes") if k not in extra]
-    if extra.get("stage") != "dit" or missing:
-        raise CheckpointError(
-            f"{handle.checkpoint} is not a DiT checkpoint (stage {extra.get('stage')!r}, "
-            f"missing {missing})",
-            "pass a run trained with `repackctl train dit` or imported with `import official`",
-        )
-    return handle
+    """``load_dit`` on the folder that ``run`` (+ ``checkpoint``) resolves to, for sampling."""
+    return load_dit(resolve_checkpoint_arg(runs, run, checkpoint), which=which)
 
 
 @dataclass
@@ -107,15 +99,44 @@ def _misfit(model: nn.Module, model_id: str, sd: dict[str, torch.Tensor], path: 
     return f"{path} does not fit model {model_id}: {detail}"
 
 
+DIT_NEEDS = ("latent_stats", "latent_shape", "pack", "num_classes")
+
+
+def checked_extra(ckpt: Path, stage: str, needs: tuple[str, ...], what: str, cmd: str) -> dict:
+    """The ``extra`` of checkpoint ``ckpt``'s state, which must come from ``stage`` and hold
+    ``needs``; else an error naming what the checkpoint is (``what``: "a DiT") and ``cmd``."""
+    extra = ckpt_io.read_state(ckpt).get("extra", {})
+    missing = [k for k in needs if k not in extra]
+    if extra.get("stage") != stage or missing:
+        raise CheckpointError(
+            f"{ckpt} is not {what} checkpoint (stage {extra.get('stage')!r}, missing {missing})",
+            f"pass a run trained with {cmd}",
+        )
+    return extra
+
+
+def loaded_handle(
+    model: nn.Module, ckpt: Path, extra: dict, which: str, misfit: Callable[[dict], str]
+) -> DiTHandle:
+    """``model`` with the ``which`` weights of ``ckpt`` (``misfit(weights)`` words a mismatch),
+    in eval mode, as a handle with its checkpoint's ``extra`` and weights digest."""
+    weights = ckpt_io.load_model_weights(ckpt, which)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError:
+        raise CheckpointError(
+            misfit(weights),
+            "the checkpoint's weights belong to another model size, or the model plugin changed",
+        ) from None
+    digest = sha256_file_cached(ckpt / f"{which}.safetensors")
+    return DiTHandle(model=model.eval(), checkpoint=ckpt, extra=extra, sha256=digest, which=which)
+
+
 def load_dit(run_or_checkpoint: str | Path, which: str = "ema") -> DiTHandle:
     """Rebuild the DiT of a run's newest checkpoint (or of a given checkpoint), in eval mode."""
     ckpt = _checkpoint_of(run_or_checkpoint)
-    extra = ckpt_io.read_state(ckpt).get("extra", {})
-    if extra.get("stage") != "dit":
-        raise CheckpointError(
-            f"{ckpt} is not a DiT checkpoint (stage {extra.get('stage')!r})",
-            "pass a run trained with `repackctl train dit`",
-        )
+    cmd = "`repackctl train dit` or imported with `import official`"
+    extra = checked_extra(ckpt, "dit", DIT_NEEDS, "a DiT", cmd)
     from repackctl.models.dit import DiT
     from repackctl.models.variants import MODEL_FACTORIES, build_from_config
 
@@ -126,13 +147,5 @@ def load_dit(run_or_checkpoint: str | Path, which: str = "ema") -> DiTHandle:
         model = build_model(model_id, **extra.get("model_kwargs", {}))
         if type(model) is DiT and extra.get("model_config"):
             model = build_from_config(extra["model_config"])
-    weights = ckpt_io.load_model_weights(ckpt, which)
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError:
-        raise CheckpointError(
-            _misfit(model, model_id, weights, ckpt / f"{which}.safetensors"),
-            "the checkpoint's weights belong to another model size, or the model plugin changed",
-        ) from None
-    digest = sha256_file_cached(ckpt / f"{which}.safetensors")
-    return DiTHandle(model=model.eval(), checkpoint=ckpt, extra=extra, sha256=digest, which=which)
+    path = ckpt / f"{which}.safetensors"
+    return loaded_handle(model, ckpt, extra, which, lambda w: _misfit(model, model_id, w, path))

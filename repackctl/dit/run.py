@@ -55,6 +55,24 @@ class DiTTrainResult:
     grid_note: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def of(cls, task: Any, result: TrainResult, **more: Any) -> Any:
+        """What the trained ``task`` and its ``result`` say (``more``: a subclass's fields)."""
+        return cls(
+            run_dir=result.run_dir,
+            result=result,
+            model_id=task.spec.model_id,
+            num_params=task.num_params,
+            latents=task.data.ref.pack_id,
+            entry=task.data.ref.entry,
+            features=task.data.features_id,
+            num_samples=len(task.data),
+            latent_shape=task.data.shape,
+            in_memory=task.data.in_memory,
+            grid_note=task._grid_note,
+            **more,
+        )
+
 
 def resume_and_train(
     settings: Any,
@@ -83,19 +101,7 @@ def train_dit(
     task, result = resume_and_train(
         settings, config_record, progress, "dit", dit_run_dir, build_task
     )
-    return DiTTrainResult(
-        run_dir=result.run_dir,
-        result=result,
-        model_id=task.spec.model_id,
-        num_params=task.num_params,
-        latents=task.data.ref.pack_id,
-        entry=task.data.ref.entry,
-        features=task.data.features_id,
-        num_samples=len(task.data),
-        latent_shape=task.data.shape,
-        in_memory=task.data.in_memory,
-        grid_note=task._grid_note,
-    )
+    return DiTTrainResult.of(task, result)
 
 
 def run_dit_train(

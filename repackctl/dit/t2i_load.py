@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from repackctl.dit.load import DiTHandle, _checkpoint_of
-from repackctl.errors import CheckpointError, WeightsError
-from repackctl.files import sha256_file_cached
+from repackctl.dit.load import DiTHandle, _checkpoint_of, checked_extra, loaded_handle
+from repackctl.errors import WeightsError
 from repackctl.paths import resolve_checkpoint_arg
 from repackctl.train import checkpoint as ckpt_io
 
@@ -22,25 +21,13 @@ def load_t2i(runs: str, run: str, checkpoint: str | None, which: str = "ema") ->
     from repackctl.models.mmdit import build_mmdit_from_config
 
     ckpt = _checkpoint_of(resolve_checkpoint_arg(runs, run, checkpoint))
-    extra = ckpt_io.read_state(ckpt).get("extra", {})
-    missing = [k for k in ("model_config", "text", "latent_stats", "pack") if k not in extra]
-    if extra.get("stage") != "t2i" or missing:
-        raise CheckpointError(
-            f"{ckpt} is not a text-to-image checkpoint (stage {extra.get('stage')!r}, "
-            f"missing {missing})",
-            "pass a run trained with `repackctl train t2i`",
-        )
+    needs = ("model_config", "text", "latent_stats", "pack")
+    extra = checked_extra(ckpt, "t2i", needs, "a text-to-image", "`repackctl train t2i`")
     model = build_mmdit_from_config(extra["model_config"])
-    weights = ckpt_io.load_model_weights(ckpt, which)
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as e:
-        raise CheckpointError(
-            f"{ckpt / f'{which}.safetensors'} does not fit its MMDiT config: {str(e)[:200]}",
-            "the checkpoint is damaged or was written by another version",
-        ) from None
-    digest = sha256_file_cached(ckpt / f"{which}.safetensors")
-    return DiTHandle(model=model.eval(), checkpoint=ckpt, extra=extra, sha256=digest, which=which)
+    path = ckpt / f"{which}.safetensors"
+    return loaded_handle(
+        model, ckpt, extra, which, lambda _: f"{path} does not fit its MMDiT config"
+    )
 
 
 def load_text_encoder(extra: dict[str, Any]) -> Any:

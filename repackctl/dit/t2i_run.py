@@ -7,27 +7,17 @@ The same engine, transport, REPA, EMA, checkpoints and bit-identical resume as `
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
-from repackctl.dit.run import resume_and_train
+from repackctl.dit.run import DiTTrainResult, resume_and_train
 from repackctl.dit.t2i_task import build_t2i_task, t2i_run_dir
 from repackctl.progress import ProgressFactory, null_progress
-from repackctl.train.loop import TrainResult
 
 
 @dataclass
-class T2ITrainResult:
-    """What ``train_t2i`` did, for the CLI to render."""
+class T2ITrainResult(DiTTrainResult):
+    """What ``train_t2i`` did, for the CLI to render: ``train dit``'s fields + the captions."""
 
-    run_dir: Path
-    result: TrainResult
-    model_id: str
-    num_params: int
-    latents: str
-    entry: str
-    text_id: str
-    features: str | None
-    num_samples: int
+    text_id: str = ""
 
 
 def train_t2i(
@@ -40,14 +30,4 @@ def train_t2i(
     task, result = resume_and_train(
         settings, config_record, progress, "t2i", t2i_run_dir, build_t2i_task
     )
-    return T2ITrainResult(
-        run_dir=result.run_dir,
-        result=result,
-        model_id=task.spec.model_id,
-        num_params=task.num_params,
-        latents=task.data.ref.pack_id,
-        entry=task.data.ref.entry,
-        text_id=task.data.text_id,
-        features=task.data.features_id,
-        num_samples=len(task.data),
-    )
+    return T2ITrainResult.of(task, result, text_id=task.data.text_id)

@@ -29,22 +29,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from repackctl.cache.integrity import GuardedArray, repair_hint
+from repackctl.cache.integrity import GuardedArray, repair_hint, scan_array
 from repackctl.cache.store import PENDING, WRITTEN, ChunkReader
 from repackctl.captions_cache import find_text_group, open_text_group
 from repackctl.dit.latents import AUTO_IN_MEMORY_BYTES, LatentData, LatentRef
-from repackctl.dit.task import DiTTask, _width, build_task, repa_hidden_default
+from repackctl.dit.task import DiTTask, build_task, data_options
 from repackctl.errors import CacheError, CheckpointError, ConfigError
 from repackctl.models.mmdit import mmdit_repa_depth
-from repackctl.models.repa import REPAProjector, repa_loss
 from repackctl.paths import run_dir as make_run_dir
 from repackctl.registry import registry
 from repackctl.settings.dit import DitSettings
 from repackctl.settings.t2i import NOT_T2I
 from repackctl.train.config import TrainConfig
-from repackctl.train.loop import StepOutput
-from repackctl.transport.interpolant import interpolate, velocity_target
-from repackctl.transport.loss import velocity_loss
 
 TEXT_ARRAYS = ("tokens", "mask", "pooled", "count")
 
@@ -86,7 +82,7 @@ class CaptionedLatentData(LatentData):
             self._arrays[f"text_{k}"] = guarded
             self._readers[f"text_{k}"] = ChunkReader(guarded, self.chunk, 2 * buffer_blocks)
         _, self.max_captions, self.text_len, self.text_dim = grp["tokens"].shape
-        self.null = {k: np.asarray(grp[f"null_{k}"][...]) for k in ("tokens", "mask", "pooled")}
+        self.null = _read_null(grp, f"cache entry {self.entry.name} text/{self.text_id}", redo)
         nbytes = sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in self._arrays.values())
         self.in_memory = nbytes < AUTO_IN_MEMORY_BYTES if in_memory is None else bool(in_memory)
         if self.in_memory:
@@ -130,6 +126,21 @@ class CaptionedLatentData(LatentData):
         return super().describe() | {"text": self.text_id}
 
 
+def _read_null(grp: Any, label: str, redo: str) -> dict[str, np.ndarray]:
+    """The null caption's ``tokens`` (L, C), ``mask`` (L,), ``pooled`` (C,); a lost or corrupt
+    chunk is an error (never zeros)."""
+    out = {}
+    for k in ("tokens", "mask", "pooled"):
+        arr = grp[f"null_{k}"]
+        bad = scan_array(arr, np.ones(arr.shape[0], bool), f"null_{k}")
+        if bad:
+            raise CacheError(
+                f"{label}: {bad[0]}", f"run {redo} again (it rewrites the null caption)"
+            )
+        out[k] = np.asarray(arr[...])
+    return out
+
+
 class T2ITask(DiTTask):
     """TrainTask of a text-conditioned MMDiT (+ REPA) on packed latents and cached captions."""
 
@@ -148,7 +159,8 @@ class T2ITask(DiTTask):
             caption_dropout=caption_dropout,
         )
 
-    def build(self) -> dict[str, nn.Module]:
+    def make_model(self) -> nn.Module:
+        """The registered MMDiT, its null caption fixed to the cached empty caption's features."""
         model = build_mmdit(self.spec.model_id, **self.model_kwargs)
         null = self.data.null
         model.set_null_caption(
@@ -156,51 +168,14 @@ class T2ITask(DiTTask):
             torch.from_numpy(null["mask"]),
             torch.from_numpy(null["pooled"].astype(np.float32)),
         )
-        self.model_config = model.config.to_dict()
-        self.num_params = sum(p.numel() for p in model.parameters())
-        modules: dict[str, nn.Module] = {"model": model}
-        if self.repa_on:
-            width, depth = _width(model)
-            self.repa_depth = self.spec.repa_depth or mmdit_repa_depth(depth)
-            if not 1 <= self.repa_depth <= depth:
-                raise ConfigError(
-                    f"repa_depth {self.repa_depth} is outside the model's 1..{depth} blocks",
-                    f"use --repa-depth between 1 and {depth} (default {mmdit_repa_depth(depth)})",
-                )
-            hidden = self.spec.repa_hidden or repa_hidden_default(width)
-            token_dim = (self.data.token_shape or (0,))[-1]
-            modules["projector"] = REPAProjector(width, token_dim, hidden)
-        self.modules = modules
-        return modules
+        return model
 
-    def training_step(
-        self, modules: dict[str, nn.Module], batch: dict[str, torch.Tensor], step: int
-    ) -> StepOutput:
-        model = modules["model"]
-        x, noise, t = batch["x"], batch["noise"], batch["t"]  # (B, d, h, w), same, (B,)
-        x_t = interpolate(x, noise, t)  # (B, d, h, w)
-        target = velocity_target(x, noise)  # (B, d, h, w)
-        text = (batch["text_tokens"], batch["text_mask"], batch["text_pooled"])
-        use_repa = self.repa_active(step) and "tokens" in batch
-        out = model(
-            x_t,
-            t,
-            *text,
-            return_hidden_at=self.repa_depth if use_repa else None,
-            drop_mask=batch["drop"],
-        )
-        v, hidden = out if use_repa else (out, None)  # (B, d, h, w), (B, T, D)
-        vl = velocity_loss(v, target, self.spec.cos_weight)
-        loss = vl.mean
-        logs: dict[str, Any] = {
-            "loss/mse": vl.mse.mean().detach(),
-            "loss/cos": vl.cos.mean().detach(),
-        }
-        if use_repa:
-            align = repa_loss(modules["projector"](hidden), batch["tokens"])  # −1 = aligned
-            loss = loss + self.spec.repa_weight * align
-            logs["loss/repa"] = align.detach()
-        return StepOutput({"model": loss}, logs)
+    def default_repa_depth(self, depth: int) -> int:
+        return mmdit_repa_depth(depth)  # REPA's text-to-image rule: 8 of 24 blocks
+
+    def condition(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """The caption: tokens (B, L, C), mask (B, L), pooled (B, C)."""
+        return batch["text_tokens"], batch["text_mask"], batch["text_pooled"]
 
     # ---- checkpoint extras ---------------------------------------------------------------------
     def state_extra(self) -> dict[str, Any]:
@@ -267,19 +242,6 @@ class T2ITask(DiTTask):
         labels = [c[0][:48] for c in self.data.captions(rows)]
         return save_grid([pixels[i * m : (i + 1) * m] for i in range(k)], path, labels=labels)
 
-    def _pixels(self, x: torch.Tensor) -> np.ndarray:
-        """Normalised latents → uint8 images through the pack decoder (or a latent preview)."""
-        z = self.data.denormalise(x.float().cpu())  # (B, d, h, w)
-        handle = self._decoder()
-        if handle is not None:
-            device = x.device
-            img = handle.model.to(device).decode(z.to(device)).float().cpu()  # (B, 3, H, W)
-        else:
-            img = x.float().cpu()[:, :1].expand(-1, 3, -1, -1)  # (B, 3, h, w)
-            img = (img - img.amin()) / (img.amax() - img.amin()).clamp_min(1e-6) * 2 - 1
-        pixels = ((img + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-        return pixels.permute(0, 2, 3, 1).numpy()  # (B, H, W, 3)
-
 
 class _First:
     """A stand-in generator for the grid: no flip, caption 0."""
@@ -306,7 +268,7 @@ def build_mmdit(model_id: str, **kwargs: Any) -> nn.Module:
     return factory(**{k: v for k, v in kwargs.items() if k in params})
 
 
-def _as_dit(settings: Any) -> Any:
+def dit_settings_of(settings: Any) -> Any:
     """The same settings with ``[dit]`` taken from ``[t2i]`` (so ``build_task`` applies)."""
     s = settings.t2i
     fields = {
@@ -333,17 +295,12 @@ def build_t2i_task(
     the DiT's engine config carry over); the text parts are replaced here.
     """
     s = settings.t2i
-    base, config = build_task(_as_dit(settings), sources=sources)
+    base, config = build_task(dit_settings_of(settings), sources=sources)
     data = CaptionedLatentData(
         base.data.ref,
         text=s.text_features,
         text_encoder=s.text_encoder,
-        features=s.features,
-        repa=s.repa_weight > 0,
-        sampling=s.latent_sampling,
-        in_memory=s.in_memory,
-        flip=s.flip,
-        buffer_blocks=s.buffer_blocks,
+        **data_options(s),
     )
     task = T2ITask(data, base.spec, s.caption_dropout)
     config = dataclasses.replace(

@@ -78,18 +78,27 @@ class DiTTask:
         self.num_params = 0
 
     # ---- TrainTask -----------------------------------------------------------------------------
+    def make_model(self) -> nn.Module:
+        """The network this task trains (the text-to-image task builds an MMDiT instead)."""
+        return build_model(self.spec.model_id, **self.model_kwargs)
+
+    def default_repa_depth(self, depth: int) -> int:
+        """The block after which REPA aligns by default, for a model of ``depth`` blocks."""
+        return default_repa_depth(depth)
+
     def build(self) -> dict[str, nn.Module]:
-        model = build_model(self.spec.model_id, **self.model_kwargs)
+        model = self.make_model()
         self.model_config = model.config.to_dict() if hasattr(model, "config") else {}
         self.num_params = sum(p.numel() for p in model.parameters())
         modules: dict[str, nn.Module] = {"model": model}
         if self.repa_on:
             width, depth = _width(model)
-            self.repa_depth = self.spec.repa_depth or default_repa_depth(depth)
+            default = self.default_repa_depth(depth)
+            self.repa_depth = self.spec.repa_depth or default
             if not 1 <= self.repa_depth <= depth:
                 raise ConfigError(
                     f"repa_depth {self.repa_depth} is outside the model's 1..{depth} blocks",
-                    f"use --repa-depth between 1 and {depth} (default {default_repa_depth(depth)})",
+                    f"use --repa-depth between 1 and {depth} (default {default})",
                 )
             hidden = self.spec.repa_hidden or repa_hidden_default(width)
             token_dim = (self.data.token_shape or (0,))[-1]  # set by LatentData(repa=True)
@@ -131,6 +140,10 @@ class DiTTask:
         batch["drop"] = torch.tensor(drops, dtype=torch.bool)  # (B,)
         return batch
 
+    def condition(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """The model's conditioning inputs after (x_t, t): the class labels (B,)."""
+        return (batch["y"],)
+
     def training_step(
         self, modules: dict[str, nn.Module], batch: dict[str, torch.Tensor], step: int
     ) -> StepOutput:
@@ -139,12 +152,13 @@ class DiTTask:
         x_t = interpolate(x, noise, t)  # (B, d, h, w)
         target = velocity_target(x, noise)  # (B, d, h, w)
         use_repa = self.repa_active(step) and "tokens" in batch
+        cond = self.condition(batch)
         if use_repa:
             v, hidden = model(
-                x_t, t, batch["y"], return_hidden_at=self.repa_depth, drop_mask=batch["drop"]
+                x_t, t, *cond, return_hidden_at=self.repa_depth, drop_mask=batch["drop"]
             )  # (B, d, h, w), (B, T, D)
         else:
-            v = model(x_t, t, batch["y"], drop_mask=batch["drop"])  # (B, d, h, w)
+            v = model(x_t, t, *cond, drop_mask=batch["drop"])  # (B, d, h, w)
         vl = velocity_loss(v, target, self.spec.cos_weight)
         loss = vl.mean
         logs: dict[str, Any] = {
@@ -245,28 +259,32 @@ class DiTTask:
             x = sample_ode(lambda x, t, y: model(x, t, y), noise, y, steps=self.spec.image_steps).x
         finally:
             model.train(was_training)
-        z = self.data.denormalise(x.float().cpu())  # (k·m, d, h, w) raw packed latents
-        handle = self._decoder()
-        if handle is not None:
-            dec = handle.model.to(device)
-            img = dec.decode(z.to(device)).float().cpu()  # (k·m, 3, H, W) in [-1, 1]
-        else:
-            # first three normalised channels, each mapped to [-1, 1] over the grid, upscaled
-            img = x.float().cpu()[:, :3]  # (k·m, ≤3, h, w)
-            if img.shape[1] < 3:
-                img = torch.cat([img, img[:, :1].expand(-1, 3 - img.shape[1], -1, -1)], 1)
-            lo = img.amin(dim=(0, 2, 3), keepdim=True)
-            hi = img.amax(dim=(0, 2, 3), keepdim=True)
-            img = (img - lo) / (hi - lo).clamp_min(1e-6) * 2 - 1  # (k·m, 3, h, w)
-            scale = max(1, 64 // img.shape[-1])
-            img = torch.nn.functional.interpolate(img, scale_factor=scale, mode="nearest")
-        pixels = ((img + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-        pixels = pixels.permute(0, 2, 3, 1).numpy()  # (k·m, H, W, 3)
+        pixels = self._pixels(x)  # (k·m, H, W, 3)
         rows = [pixels[i * m : (i + 1) * m] for i in range(k)]
         names = self.data.class_names or [str(i) for i in range(k)]
         path = run_dir / "images" / f"step-{step:07d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         return save_grid(rows, path, labels=[str(n) for n in names[:k]])
+
+    def _pixels(self, x: torch.Tensor) -> np.ndarray:
+        """Normalised latents (B, d, h, w) → uint8 images (B, H, W, 3) through the pack decoder,
+        or a latent preview: the first three channels, each mapped to [-1, 1], upscaled."""
+        z = self.data.denormalise(x.float().cpu())  # (B, d, h, w) raw packed latents
+        handle = self._decoder()
+        if handle is not None:
+            dec = handle.model.to(x.device)
+            img = dec.decode(z.to(x.device)).float().cpu()  # (B, 3, H, W) in [-1, 1]
+        else:
+            img = x.float().cpu()[:, :3]  # (B, ≤3, h, w)
+            if img.shape[1] < 3:
+                img = torch.cat([img, img[:, :1].expand(-1, 3 - img.shape[1], -1, -1)], 1)
+            lo = img.amin(dim=(0, 2, 3), keepdim=True)
+            hi = img.amax(dim=(0, 2, 3), keepdim=True)
+            img = (img - lo) / (hi - lo).clamp_min(1e-6) * 2 - 1  # (B, 3, h, w)
+            scale = max(1, 64 // img.shape[-1])
+            img = torch.nn.functional.interpolate(img, scale_factor=scale, mode="nearest")
+        pixels = ((img + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        return pixels.permute(0, 2, 3, 1).numpy()  # (B, H, W, 3)
 
     def on_images(self, modules, ema_module, step: int, run_dir: Path) -> Path:
         return self.sample_grid(ema_module, step, Path(run_dir))
@@ -364,6 +382,18 @@ def dit_run_dir(settings) -> Path:
     return make_run_dir(settings.runs, s.name or f"dit-{resolve_model_id(s.arch, s.size, s.patch, s.model)}")  # fmt: skip
 
 
+def data_options(s: Any) -> dict[str, Any]:
+    """The ``LatentData`` options of a ``[dit]`` (or ``[t2i]``) settings section."""
+    return dict(
+        features=s.features,
+        repa=s.repa_weight > 0,
+        sampling=s.latent_sampling,
+        in_memory=s.in_memory,
+        flip=s.flip,
+        buffer_blocks=s.buffer_blocks,
+    )
+
+
 def build_task(settings, sources: dict[str, str] | None = None) -> tuple[DiTTask, TrainConfig]:
     """The task and engine config of the resolved settings (no training yet).
 
@@ -373,15 +403,7 @@ def build_task(settings, sources: dict[str, str] | None = None) -> tuple[DiTTask
     kernels.select(s.kernels)  # the fused ops the model and the losses use in this process
     model_id = resolve_model_id(s.arch, s.size, s.patch, s.model)
     ref = find_latents(settings.cache, s.entry, s.latents, s.pack_run)
-    data = LatentData(
-        ref,
-        features=s.features,
-        repa=s.repa_weight > 0,
-        sampling=s.latent_sampling,
-        in_memory=s.in_memory,
-        flip=s.flip,
-        buffer_blocks=s.buffer_blocks,
-    )
+    data = LatentData(ref, **data_options(s))
     spec = build_spec(settings, model_id)
     config = TrainConfig.from_settings(
         settings,

@@ -30,6 +30,28 @@ class GridConfig:
         """T = (h / p)² image tokens."""
         return self.grid_size**2
 
+    def grid_problems(self, *widths: int) -> list[str]:
+        """What is wrong with the transformer's shape: patch and latent side, depth, width and
+        heads (and ``widths``, any other sizes that must be ≥ 1), RoPE and sin-cos positions.
+
+        Needs the fields ``in_channels``, ``depth``, ``hidden_size``, ``num_heads``, ``rope``.
+        """
+        c: Any = self
+        problems = []
+        if c.patch_size not in (1, 2, 4, 8):
+            problems.append(f"patch_size {c.patch_size} is not 1, 2, 4 or 8")
+        elif c.input_size % c.patch_size:
+            problems.append(f"input_size {c.input_size} is not divisible by patch {c.patch_size}")
+        if min(c.in_channels, c.input_size, c.depth, c.hidden_size, c.num_heads, *widths) < 1:
+            problems.append("in_channels, input_size, depth, hidden_size and num_heads must be ≥ 1")
+        elif c.hidden_size % c.num_heads:
+            problems.append(f"hidden_size {c.hidden_size} is not divisible by {c.num_heads} heads")
+        elif c.rope and (c.hidden_size // c.num_heads) % 4:
+            problems.append("2-D RoPE needs a head dimension divisible by 4")
+        if c.hidden_size % 4:
+            problems.append("the 2-D sin-cos position needs hidden_size divisible by 4")
+        return problems
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
 

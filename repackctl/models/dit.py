@@ -78,22 +78,7 @@ class DiTConfig(GridConfig):
             problems.append(f"norm {self.norm!r} is not 'rmsnorm' or 'layernorm'")
         if self.mlp not in ("swiglu", "gelu"):
             problems.append(f"mlp {self.mlp!r} is not 'swiglu' or 'gelu'")
-        if self.patch_size not in (1, 2, 4, 8):
-            problems.append(f"patch_size {self.patch_size} is not 1, 2, 4 or 8")
-        elif self.input_size % self.patch_size:
-            problems.append(
-                f"input_size {self.input_size} is not divisible by patch {self.patch_size}"
-            )
-        if min(self.in_channels, self.input_size, self.depth, self.hidden_size, self.num_heads) < 1:
-            problems.append("in_channels, input_size, depth, hidden_size and num_heads must be ≥ 1")
-        elif self.hidden_size % self.num_heads:
-            problems.append(
-                f"hidden_size {self.hidden_size} is not divisible by {self.num_heads} heads"
-            )
-        elif self.rope and (self.hidden_size // self.num_heads) % 4:
-            problems.append("2-D RoPE needs a head dimension divisible by 4")
-        if self.hidden_size % 4:
-            problems.append("the 2-D sin-cos position needs hidden_size divisible by 4")
+        problems += self.grid_problems()
         if self.num_classes < 1:
             problems.append("num_classes must be ≥ 1")
         if not 0.0 <= self.class_dropout < 1.0:
@@ -166,6 +151,39 @@ class PatchEmbed(nn.Module):
         return x.flatten(2).transpose(1, 2)  # (B, T, D)
 
 
+def init_linears_and_embedders(model: nn.Module, *embeddings: nn.Parameter) -> None:
+    """DiT's recipe shared by every DiT-like network (``x_embedder``, ``t_embedder``): xavier
+    linears with zero biases, the patch embedding as the linear map it is, then small
+    ``embeddings`` (e.g. the class table) and time embedding, so that the conditioning starts near
+    zero (in this order: the random draws of DiT's recipe). adaLN-Zero is each model's own."""
+
+    def _xavier(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+    model.apply(_xavier)
+    w = model.x_embedder.proj.weight  # (D, C, p, p)
+    nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+    nn.init.zeros_(model.x_embedder.proj.bias)
+    for weight in embeddings:
+        nn.init.normal_(weight, std=0.02)
+    nn.init.normal_(model.t_embedder.mlp[0].weight, std=0.02)
+    nn.init.normal_(model.t_embedder.mlp[2].weight, std=0.02)
+
+
+def zero_adaln(final_layer: nn.Module, *blocks: nn.Module) -> None:
+    """adaLN-Zero: zero modulation ⇒ every gate is 0 ⇒ every block starts as the identity, which
+    is what makes deep DiTs train stably from scratch (DiT paper, §3.2); a zero final layer ⇒ the
+    model outputs exactly 0 at init: no random velocity to unlearn."""
+    for m in (*blocks, final_layer):
+        nn.init.zeros_(m.adaLN_modulation[-1].weight)
+        nn.init.zeros_(m.adaLN_modulation[-1].bias)
+    nn.init.zeros_(final_layer.linear.weight)
+    nn.init.zeros_(final_layer.linear.bias)
+
+
 class DiT(nn.Module):
     """Class-conditional velocity-prediction Transformer over a (B, C, h, w) latent."""
 
@@ -191,32 +209,9 @@ class DiT(nn.Module):
     # ----------------------------------------------------------------------------------------
     def initialize_weights(self) -> None:
         """The one initialisation (DiT's recipe, also LightningDiT's and REPA's)."""
-
-        def _xavier(module: nn.Module) -> None:
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-
-        self.apply(_xavier)
-        # The patch embedding is a linear map on flattened patches: initialise it like one.
-        w = self.x_embedder.proj.weight  # (D, C, p, p)
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.zeros_(self.x_embedder.proj.bias)
-        # Small embeddings so that c starts near zero and no class dominates early training.
-        nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
-        # adaLN-Zero: zero modulation ⇒ every gate is 0 ⇒ every block starts as the identity,
-        # which is what makes deep DiTs train stably from scratch (DiT paper, §3.2).
-        for block in self.blocks:
-            nn.init.zeros_(block.adaLN_modulation[-1].weight)
-            nn.init.zeros_(block.adaLN_modulation[-1].bias)
-        # Zero final layer ⇒ the model outputs exactly 0 at init: no random velocity to unlearn.
-        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].weight)
-        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
-        nn.init.zeros_(self.final_layer.linear.weight)
-        nn.init.zeros_(self.final_layer.linear.bias)
+        # small class embeddings: c starts near zero and no class dominates early training
+        init_linears_and_embedders(self, self.y_embedder.embedding_table.weight)
+        zero_adaln(self.final_layer, *self.blocks)
 
     # ----------------------------------------------------------------------------------------
     @property

@@ -38,7 +38,7 @@ from torch.utils.checkpoint import checkpoint
 
 from repackctl.errors import ConfigError
 from repackctl.models.config import GridConfig
-from repackctl.models.dit import PatchEmbed
+from repackctl.models.dit import PatchEmbed, init_linears_and_embedders, zero_adaln
 from repackctl.models.layers import (
     GeluMlp,
     RMSNorm,
@@ -78,18 +78,9 @@ class MMDiTConfig(GridConfig):
     name: str = ""  # registered id this config came from (informational)
 
     def __post_init__(self) -> None:
-        problems = []
-        sizes = (self.in_channels, self.input_size, self.depth, self.hidden_size, self.num_heads)
-        if min(sizes + (self.text_dim, self.null_length)) < 1:
-            problems.append("channels, sizes, depth, heads, text_dim and null_length must be ≥ 1")
-        elif self.hidden_size % self.num_heads:
-            problems.append(f"hidden_size {self.hidden_size} is not divisible by {self.num_heads}")
-        elif self.rope and (self.hidden_size // self.num_heads) % 4:
-            problems.append("2-D RoPE needs a head dimension divisible by 4")
-        if self.hidden_size % 4:
-            problems.append("the 2-D sin-cos position needs hidden_size divisible by 4")
-        if self.patch_size not in (1, 2, 4, 8) or self.input_size % self.patch_size:
-            problems.append(f"patch {self.patch_size} must be 1/2/4/8 and divide the input size")
+        problems = self.grid_problems()
+        if min(self.text_dim, self.null_length) < 1:
+            problems.append("text_dim and null_length must be ≥ 1")
         if self.null_caption not in ("learned", "fixed"):
             problems.append(f"null_caption {self.null_caption!r} is not 'learned' or 'fixed'")
         if not 0.0 <= self.caption_dropout < 1.0:
@@ -255,36 +246,15 @@ class MMDiT(nn.Module):
     # ----------------------------------------------------------------------------------------
     def initialize_weights(self) -> None:
         """DiT's recipe (also REPA's MMDiT): xavier linears, zero biases, adaLN-Zero."""
-
-        def _xavier(module: nn.Module) -> None:
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-
-        self.apply(_xavier)
-        # The patch embedding is a linear map on flattened patches: initialise it like one.
-        w = self.x_embedder.proj.weight  # (D, C, p, p)
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.zeros_(self.x_embedder.proj.bias)
-        # Small time embedding so that c starts near zero (DiT).
-        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        init_linears_and_embedders(self)
         # A learned null caption starts small, like DiT's null-class embedding row.
         if self.config.null_caption == "learned":
             nn.init.normal_(self.null_tokens, std=0.02)
             nn.init.normal_(self.null_pooled, std=0.02)
         # adaLN-Zero in both streams: zero modulation ⇒ every gate is 0 ⇒ each block starts as the
         # identity (DiT §3.2), the reason deep DiTs train stably from scratch.
-        for block in self.joint_blocks:
-            for stream in (block.context_block, block.x_block):
-                nn.init.zeros_(stream.adaLN_modulation[-1].weight)
-                nn.init.zeros_(stream.adaLN_modulation[-1].bias)
-        # Zero final layer ⇒ the model outputs exactly 0 at init: no random velocity to unlearn.
-        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].weight)
-        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
-        nn.init.zeros_(self.final_layer.linear.weight)
-        nn.init.zeros_(self.final_layer.linear.bias)
+        streams = [s for b in self.joint_blocks for s in (b.context_block, b.x_block)]
+        zero_adaln(self.final_layer, *streams)
 
     # ----------------------------------------------------------------------------------------
     @property
@@ -551,10 +521,7 @@ def mmdit_config(
     return MMDiTConfig(
         in_channels=in_channels,
         input_size=input_size,
-        patch_size=patch,
-        depth=size.depth,
-        hidden_size=size.hidden_size,
-        num_heads=size.num_heads,
+        **size.fields(patch),
         text_dim=text_dim,
         name=name,
         **options,

@@ -27,6 +27,15 @@ class SizePreset:
     hidden_size: int
     num_heads: int
 
+    def fields(self, patch: int) -> dict[str, int]:
+        """The model-config fields of this size at ``patch`` (DiT and MMDiT alike)."""
+        return dict(
+            patch_size=patch,
+            depth=self.depth,
+            hidden_size=self.hidden_size,
+            num_heads=self.num_heads,
+        )
+
 
 SIZES: dict[str, SizePreset] = {
     "s": SizePreset(12, 384, 6),
@@ -63,10 +72,7 @@ def variant_config(
         family=family,  # type: ignore[arg-type]
         in_channels=in_channels,
         input_size=input_size,
-        patch_size=patch,
-        depth=size.depth,
-        hidden_size=size.hidden_size,
-        num_heads=size.num_heads,
+        **size.fields(patch),
         num_classes=num_classes,
         class_dropout=class_dropout,
         qk_norm=qk_norm,

@@ -33,6 +33,12 @@ class BenchmarkSettings(BaseModel):
     encoder_weights: str | None = Field(
         None, description="its weights (file or 'random'); none = 'random' (speed only)"
     )
+    model: str | None = Field(
+        None,
+        description="model of the train benchmark (a registered id); a text-conditioned one "
+        "(mmdit-tiny, mmdit-s-2 …) times the train t2i step on cached-style text features; "
+        "none = the size's DiT",
+    )
     workdir: str | None = Field(
         None, description="scratch folder for benchmark data; none = a temporary folder"
     )
