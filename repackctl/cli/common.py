@@ -220,6 +220,18 @@ def kv_table(title: str, rows: list[tuple[str, Any]]) -> Table:
     return table
 
 
+def warn_listed(
+    pairs: list[tuple[str, str]], what: str, label: bool = True, limit: int = 20
+) -> None:
+    """One ``warning:`` line per ``(key, reason)`` (``skipped KEY: …`` with ``label``), at most
+    ``limit`` of them, then how many more ``what`` were left out."""
+    for key, reason in pairs[:limit]:
+        head = f"skipped {key}" if label else key
+        err_console.print(f"[yellow]warning:[/] {head}: {reason}", highlight=False)
+    if len(pairs) > limit:
+        err_console.print(f"[yellow]warning:[/] … and {len(pairs) - limit} more {what}")
+
+
 def rank_progress(main: bool):
     """The Rich bar on the main process; nothing on the others (one bar per job, not per rank)."""
     if main:
