@@ -22,20 +22,9 @@ import typer
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from repackctl.cli.common import handle_errors, show_config
+from repackctl.cli.common import COMMON, handle_errors, show_config
 
 COMMON_PANEL = "Common"
-
-# (field of the top-level settings, flag, help) shared by every command that resolves settings
-COMMON: dict[str, tuple[str, str]] = {
-    "cache": ("--cache", "Cache root: a folder or an fsspec URL. Env: REPACKCTL_CACHE."),
-    "runs": ("--runs", "Folder holding training runs. Env: REPACKCTL_RUNS."),
-    "samples": ("--samples", "Folder holding sample sets. Env: REPACKCTL_SAMPLES."),
-    "seed": ("--seed", "Global seed."),
-    "device": ("--device", "auto, cpu, cuda or cuda:N (auto picks the GPU)."),
-    "precision": ("--precision", "fp32, bf16 or fp16 (flag > config/env > launcher > fp32)."),
-    "num_workers": ("--num-workers", "DataLoader workers that decode images."),
-}
 
 
 def _strip_optional(ann: Any) -> Any:
