@@ -67,7 +67,7 @@ class DitSettings(BaseModel):
     )
     in_memory: bool | None = Field(
         None,
-        description="load the arrays into memory instead of chunk-block reads; none = when < 2 GiB",
+        description="load the arrays into memory instead of chunk-block reads; none = when ≤ 4 GiB",
     )
     flip: bool = Field(True, description="random horizontal flip per sample (cached flips)")
 
