@@ -29,6 +29,7 @@ from repackctl.cache.integrity import GuardedArray, repair_hint
 from repackctl.cache.store import PENDING, WRITTEN, ArrayGroup, DatasetEntry, list_entries
 from repackctl.data.cached import MEMORY_GB, CachedRows
 from repackctl.errors import CacheError, ConfigError
+from repackctl.pack.load import denormalise
 
 # the shared automatic in-memory limit in bytes (``data.cached.MEMORY_GB``), for the text data
 AUTO_IN_MEMORY_BYTES = int(MEMORY_GB * 2**30)
@@ -305,7 +306,7 @@ class LatentData(CachedRows):
 
     def denormalise(self, x: torch.Tensor) -> torch.Tensor:
         """Inverse of ``normalise`` (what the decoder and the refiner take)."""
-        return x * self.norm_std.to(x) + self.norm_mean.to(x)  # (B, d, h, w)
+        return denormalise(x, self.stats_dict())  # (B, d, h, w)
 
     # ---- reading -------------------------------------------------------------------------------
     def read(
