@@ -57,6 +57,24 @@ def test_the_one_threshold_decides_when_none_is_given(tmp_path):
     assert fits_in_memory(int(MEMORY_GB * 2**30)) and not fits_in_memory(int(MEMORY_GB * 2**30) + 1)
 
 
+def test_one_memory_setting_serves_every_training_command():
+    from typer.testing import CliRunner
+
+    from repackctl.cli.app import app
+    from repackctl.settings import PackSettings, Settings, resolve_settings
+
+    assert Settings().memory_gb == MEMORY_GB and "memory_gb" not in PackSettings.model_fields
+    env = {"REPACKCTL_MEMORY_GB": "0.5"}
+    assert resolve_settings(environ=env).settings.memory_gb == 0.5
+    assert resolve_settings(flags={"memory_gb": 8}).settings.memory_gb == 8
+    for command in (["pack", "train"], ["train", "dit"], ["refine", "train"]):
+        res = CliRunner().invoke(app, [*command, "--memory-gb", "2", "--show-config"])
+        assert res.exit_code == 0, res.output
+        assert any(
+            line.startswith("memory_gb") and "2.0" in line for line in res.output.splitlines()
+        ), (command, res.output)
+
+
 def test_a_lost_chunk_of_a_used_row_is_an_error_not_zeros(tmp_path):
     arrays = _arrays(tmp_path)
     used = np.zeros(40, bool)

@@ -62,6 +62,10 @@ COMMON: dict[str, tuple[str, str]] = {
     "device": ("--device", "auto, cpu, cuda or cuda:N (auto picks the GPU)."),
     "precision": ("--precision", "fp32, bf16 or fp16 (flag > config/env > launcher > fp32)."),
     "num_workers": ("--num-workers", "DataLoader workers that decode images."),
+    "memory_gb": (
+        "--memory-gb",
+        "Size limit (GiB) of the automatic in-memory load of cached training data.",
+    ),
 }
 
 

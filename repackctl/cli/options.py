@@ -25,6 +25,10 @@ from pydantic.fields import FieldInfo
 from repackctl.cli.common import COMMON, handle_errors, show_config
 
 COMMON_PANEL = "Common"
+#: the common settings a command shows unless it names others
+COMMON_KEYS = ("cache", "runs", "seed", "device", "precision", "num_workers")
+#: … and those of the training commands that read cached arrays
+TRAIN_COMMON = (*COMMON_KEYS, "memory_gb")
 
 
 def _strip_optional(ann: Any) -> Any:
@@ -147,7 +151,7 @@ def settings_command(
     include: tuple[str, ...] | None = None,
     exclude: tuple[str, ...] = (),
     flags: dict[str, str] | None = None,
-    common: tuple[str, ...] = ("cache", "runs", "seed", "device", "precision", "num_workers"),
+    common: tuple[str, ...] = COMMON_KEYS,
     show: tuple[str, ...] | None = None,
     arguments: dict[str, str] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

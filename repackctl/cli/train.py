@@ -7,7 +7,7 @@ from typing import Any
 import typer
 
 from repackctl.cli.common import console, err_console, is_main_process, kv_table, rank_progress
-from repackctl.cli.options import settings_command
+from repackctl.cli.options import TRAIN_COMMON, settings_command
 from repackctl.settings import ResolvedSettings
 from repackctl.settings.t2i import NOT_T2I
 
@@ -18,7 +18,7 @@ train_app = typer.Typer(
 )
 
 
-@settings_command("dit", show=("dit",))
+@settings_command("dit", show=("dit",), common=TRAIN_COMMON)
 def dit(resolved: ResolvedSettings) -> None:
     """Train a DiT on packed latents, with REPA against the cached encoder tokens.
 

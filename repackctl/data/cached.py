@@ -10,7 +10,7 @@ Every stage that trains from the cache reads it the same way, through :class:`Ca
   row is a ``CacheError`` naming the array and the repair command, never zeros;
 - the arrays are either loaded whole into memory (one sequential read each, then only the valid
   rows kept) or read as whole Zarr chunks through an LRU buffer (``ChunkReader``): random
-  single-sample Zarr reads are ~100x slower (``reference/environment.md``). ``in_memory=None``
+  single-sample Zarr reads are 20–200x slower (DESIGN.md §4). ``in_memory=None``
   decides by size, with the ONE threshold rule of the package, :func:`fits_in_memory`.
 
 Both paths return the same bytes, so a batch does not depend on how it was read. Flips: the
@@ -33,9 +33,11 @@ import numpy as np
 import torch
 
 from repackctl.cache.store import WRITTEN, ChunkReader
+from repackctl.settings import Settings
 
-#: the automatic in-memory load's size limit (GiB) of every cache-backed dataset
-MEMORY_GB = 4.0
+#: the automatic in-memory load's size limit (GiB) of every cache-backed dataset: the default
+#: of the one setting ``memory_gb`` (``--memory-gb``, ``REPACKCTL_MEMORY_GB``)
+MEMORY_GB: float = Settings.model_fields["memory_gb"].default
 
 
 def fits_in_memory(nbytes: int, memory_gb: float = MEMORY_GB) -> bool:

@@ -192,6 +192,7 @@ class LatentData(CachedRows):
         repa: bool = False,
         sampling: str = "mean",
         in_memory: bool | None = None,
+        memory_gb: float = MEMORY_GB,
         flip: bool = True,
         buffer_blocks: int = 16,
     ) -> None:
@@ -237,6 +238,7 @@ class LatentData(CachedRows):
             indices,
             self.entry.chunk,
             in_memory=in_memory,
+            memory_gb=memory_gb,
             buffer_chunks=2 * buffer_blocks,
         )
 

@@ -379,6 +379,7 @@ def build_task(settings, sources: dict[str, str] | None = None) -> tuple[DiTTask
         repa=s.repa_weight > 0,
         sampling=s.latent_sampling,
         in_memory=s.in_memory,
+        memory_gb=settings.memory_gb,
         flip=s.flip,
         buffer_blocks=s.buffer_blocks,
     )

@@ -8,7 +8,7 @@ the training loop's generator, take those tokens, and flip the cached image the 
 Only samples written by extract (``done == 1`` for the image and the features) are used; skipped
 inputs and unfinished shards are left out. The reads are those of the one cache-backed dataset,
 ``data.cached.CachedRows``: whole arrays in memory (small caches, ``pack.in_memory`` /
-``pack.memory_gb``) or whole Zarr chunks through an LRU buffer.
+``memory_gb``) or whole Zarr chunks through an LRU buffer.
 
 This module also finds the cache entry and feature set a pack command works on, with errors whose
 hint is the exact ``repackctl extract …`` command that creates what is missing.

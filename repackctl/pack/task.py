@@ -355,7 +355,7 @@ def run_pack_train(
     plan = resolve_plan(settings, ref)
     run_dir = run_dir_of(settings.runs, plan.run_name)
     progress = with_log_file(progress, run_dir / LOG_FILE)
-    data = PackData(ref.entry, ref.feats, cfg.in_memory, cfg.memory_gb)
+    data = PackData(ref.entry, ref.feats, cfg.in_memory, settings.memory_gb)
     log = resumed + ([ref.note] if ref.note else []) + list(plan.notes)
     lpips = _load_lpips(plan)
 

@@ -31,7 +31,7 @@ from torch import nn
 
 from repackctl.cache.integrity import GuardedArray, repair_hint
 from repackctl.cache.store import WRITTEN, DatasetEntry
-from repackctl.data.cached import CachedRows, draw_flips, images_to_float, mirror
+from repackctl.data.cached import MEMORY_GB, CachedRows, draw_flips, images_to_float, mirror
 from repackctl.errors import CheckpointError, ConfigError
 from repackctl.pack.discriminator import (
     DiscriminatorConfig,
@@ -73,6 +73,7 @@ class RefineTask:
         lpips: nn.Module | None,
         pack_info: dict[str, Any],
         in_memory: bool | None = None,
+        memory_gb: float = MEMORY_GB,
     ) -> None:
         self.entry = entry
         self.triplets = triplets
@@ -99,7 +100,9 @@ class RefineTask:
             ),
         }
         # the cache-backed dataset over the rows with a triplet (position k = row positions[k])
-        self.rows = CachedRows(arrays, self.positions, entry.chunk, in_memory=in_memory)
+        self.rows = CachedRows(
+            arrays, self.positions, entry.chunk, in_memory=in_memory, memory_gb=memory_gb
+        )
 
     # ---- TrainTask -----------------------------------------------------------------------------
     def build(self) -> dict[str, nn.Module]:
@@ -283,6 +286,7 @@ def run_refine_train(
         RefineLossWeights(cfg.l1_weight, cfg.perceptual_weight, cfg.gan_weight),
         lpips,
         {"run": pack.run_name, "checkpoint": str(pack.checkpoint), "pack_id": pack.pack_id},
+        memory_gb=settings.memory_gb,
     )
     config = TrainConfig.from_settings(
         settings,
