@@ -67,21 +67,36 @@ def run_dir(runs: str, name: str) -> Path:
     return local_path(runs) / safe_name(name, "run name")
 
 
+#: the command that makes a run of each stage (for "no such run" hints)
+TRAIN_COMMANDS = {
+    "pack": "repackctl pack train",
+    "dit": "repackctl train dit",
+    "refine": "repackctl refine train",
+}
+
+
 def resolve_checkpoint_arg(
     runs: str, run: str, checkpoint: str | None = None, stage: str | None = None
 ) -> Path:
     """A run name (under ``runs``), run folder or checkpoint folder → the folder to load.
 
-    A missing run is an error whose hint lists the runs that exist (of ``stage`` when given).
+    The one resolver of a run or checkpoint argument: a path that exists is taken as it is,
+    anything else is a run name under ``runs``; ``checkpoint`` (a folder, or ``step-NNNNNNN`` of
+    the run) picks one checkpoint, otherwise the run or checkpoint folder itself is returned
+    (``train.checkpoint.checkpoint_for_loading`` then picks the newest complete one). A missing
+    run is an error whose hint lists the runs that exist (of ``stage`` when given, with the
+    command that makes one).
     """
     from repackctl.runs import runs_hint
 
     path = Path(run).expanduser()
     base = path if path.exists() else local_path(runs) / run
     if not base.exists():
-        raise CheckpointError(
-            f"no run {run!r} (looked in {base})", runs_hint(local_path(runs), stage)
-        )
+        hint = runs_hint(local_path(runs), stage)
+        if stage in TRAIN_COMMANDS:
+            hint += f"; to make one: `{TRAIN_COMMANDS[stage]} --name {run}`"
+        what = f"{stage} run or checkpoint" if stage else "run"
+        raise CheckpointError(f"no {what} {run!r} (looked in {base})", hint)
     if checkpoint is None:
         return base.resolve()
     ck = Path(checkpoint).expanduser()

@@ -48,3 +48,21 @@ def subprocess_env(tmp_path, **extra: str) -> dict[str, str]:
     )
     env.update(extra)
     return env
+
+
+def random_inception_state() -> dict[str, torch.Tensor]:
+    """torch-fidelity's Inception with weight loading bypassed, He-initialised (seeded)."""
+    from unittest import mock
+
+    import torch_fidelity.feature_extractor_inceptionv3 as fe
+
+    with (
+        mock.patch.object(fe, "load_state_dict_from_url", lambda *a, **k: {}),
+        mock.patch.object(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda *a, **k: None),
+    ):
+        torch.manual_seed(0)
+        net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    for m in net.modules():
+        if isinstance(m, torch.nn.Conv2d):  # keep activations O(1) through 90+ layers
+            torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+    return net.state_dict()

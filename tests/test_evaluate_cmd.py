@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import random_inception_state
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -30,28 +31,10 @@ runner = CliRunner()
 FD_WEIGHTS = [] if SHIPPED_WEIGHTS.is_file() else ["--fd-weights", "random"]
 
 
-def _random_inception_state() -> dict[str, torch.Tensor]:
-    """torch-fidelity's Inception with weight loading bypassed, He-initialised (seeded)."""
-    from unittest import mock
-
-    import torch_fidelity.feature_extractor_inceptionv3 as fe
-
-    with (
-        mock.patch.object(fe, "load_state_dict_from_url", lambda *a, **k: {}),
-        mock.patch.object(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda *a, **k: None),
-    ):
-        torch.manual_seed(0)
-        net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
-    for m in net.modules():
-        if isinstance(m, torch.nn.Conv2d):
-            torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-    return net.state_dict()
-
-
 @pytest.fixture(scope="module")
 def inception_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("inception") / "inception.pth"
-    torch.save(_random_inception_state(), path)
+    torch.save(random_inception_state(), path)
     return path
 
 

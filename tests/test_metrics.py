@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import random_inception_state
 
 from repackctl.errors import ConfigError, DataError, WeightsError
 from repackctl.files import sha256_file
@@ -129,22 +130,6 @@ def test_stats_file_round_trip_and_hashes(tmp_path):
 
 
 # --------------------------------------------------------------------------- Inception (offline)
-def _random_inception_state() -> dict[str, torch.Tensor]:
-    """torch-fidelity's Inception with weight loading bypassed, He-initialised (seeded)."""
-    from unittest import mock
-
-    import torch_fidelity.feature_extractor_inceptionv3 as fe
-
-    with (
-        mock.patch.object(fe, "load_state_dict_from_url", lambda *a, **k: {}),
-        mock.patch.object(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda *a, **k: None),
-    ):
-        torch.manual_seed(0)
-        net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
-    for m in net.modules():
-        if isinstance(m, torch.nn.Conv2d):  # keep activations O(1) through 90+ layers
-            torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-    return net.state_dict()
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +137,7 @@ def inception_files(tmp_path_factory):
     from safetensors.torch import save_file
 
     root = tmp_path_factory.mktemp("inception")
-    state = _random_inception_state()
+    state = random_inception_state()
     torch.save(state, root / "inception.pth")
     save_file({k: v.contiguous() for k, v in state.items()}, root / "inception.safetensors")
     return root

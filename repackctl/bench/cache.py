@@ -3,13 +3,12 @@
 The same float16 samples (packed latents of both flips, (N, 2, d, h, w)) are stored four ways:
 
 - ``zarr chunk buffer (ours)``: a real cache entry (``cache.store``: chunks of ``chunk`` samples
-  inside shards, uncompressed) read as the training stages read it: ``train.sampler.BlockSampler``
-  with ``block = chunk`` orders the indices (chunk-aligned blocks shuffled within a window of
-  ``buffer_blocks`` blocks) and the stage's LRU chunk reader (``cache.store.ChunkReader``) reads
-  each chunk whole, once per window;
+  inside shards, uncompressed) read as the training stages read it, through their dataset
+  ``data.cached.CachedRows``: ``train.sampler.BlockSampler`` with ``block = chunk`` orders the
+  indices (chunk-aligned blocks shuffled within a window of ``buffer_blocks`` blocks) and its LRU
+  chunk reader (``cache.store.ChunkReader``) reads each chunk whole, once per window;
 - ``zarr runs, no buffer``: the same order, each batch read as its contiguous runs of indices
-  (``cache.store.read_blocks``; the out-of-memory path of ``train.latents.LatentData``) with no
-  buffer across batches;
+  (``cache.store.read_blocks``) with no buffer across batches;
 - ``zarr in memory (ours)``: the same array loaded whole once (the ``in-memory`` option), then
   indexed; its one-off load time is reported separately;
 - ``zarr random samples``: the same cache read one sample at a time in a plain permutation (what a
@@ -86,19 +85,24 @@ def _write_layouts(root: Path, data: np.ndarray, p: dict[str, Any]) -> dict[str,
 
 
 def _training_reads(arr: Any, p: dict[str, Any]) -> tuple[dict[str, Callable[[], None]], float]:
-    """Our read paths (chunk buffer, runs, in memory) over one sampler; also the load time."""
-    from repackctl.cache.store import ChunkReader, read_blocks
+    """Our read paths (chunk buffer, runs, in memory) over one sampler; also the load time.
+
+    The buffered and in-memory paths are the training stages' own dataset, ``CachedRows``.
+    """
+    from repackctl.cache.store import read_blocks
+    from repackctl.data.cached import CachedRows
     from repackctl.train.sampler import BlockSampler, Position
 
     n, batch, nb = p["n"], p["batch"], p["batches"]
     sampler = BlockSampler(n, seed=0, block=p["chunk"], buffer_blocks=16)
     state = {"pos": Position()}
-    reader = ChunkReader(arr, p["chunk"], capacity=32)
+    every = np.arange(n)
+    reader = CachedRows({"mean": arr}, every, p["chunk"], in_memory=False, buffer_chunks=32)
 
     def ours_buffer() -> None:
         for _ in range(nb):
             idx, state["pos"] = sampler.take(state["pos"], batch)
-            _ = reader.take(idx)
+            _ = reader.take("mean", idx)
 
     def ours_runs() -> None:
         for _ in range(nb):
@@ -110,13 +114,13 @@ def _training_reads(arr: Any, p: dict[str, Any]) -> tuple[dict[str, Callable[[],
             out[order] = np.concatenate(parts)  # back into the sampler's order
 
     t0 = time.perf_counter()
-    in_mem = arr[:]
+    in_mem = CachedRows({"mean": arr}, every, p["chunk"], in_memory=True)
     load_s = time.perf_counter() - t0
 
     def ours_memory() -> None:
         for _ in range(nb):
             idx, state["pos"] = sampler.take(state["pos"], batch)
-            _ = in_mem[idx]
+            _ = in_mem.take("mean", idx)
 
     return {"buffer": ours_buffer, "runs": ours_runs, "memory": ours_memory}, load_s
 

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from repackctl.bench.common import BenchContext, Row, measure, timed_row
+from repackctl.data.cached import CachedRows
 
 #: model id, latent channels, latent side, batch, peak-matmul side, REPA token width, and the
 #: cached caption features of a text-conditioned model: tokens per caption × width (tiny: the
@@ -67,8 +68,12 @@ def build_model(p: dict[str, Any], device: torch.device) -> torch.nn.Module:
     return build_dit(p["model"], num_classes=NUM_CLASSES, **size).to(device)
 
 
-class SyntheticLatents:
-    """The part of ``LatentData`` a ``DiTTask`` trains from, over fixed random arrays."""
+class SyntheticLatents(CachedRows):
+    """The part of ``LatentData`` a ``DiTTask`` trains from, over fixed random arrays.
+
+    The same dataset class as the cache's (``data.cached.CachedRows``, in memory), over one
+    stored flip slot: the per-sample flips are drawn as in training, the rows do not change.
+    """
 
     def __init__(
         self, p: dict[str, Any], tokens: int, n: int = 256, num_classes: int = NUM_CLASSES
@@ -77,23 +82,22 @@ class SyntheticLatents:
         self.shape = (p["channels"], p["side"], p["side"])
         self.num_classes = num_classes
         self.token_shape = (tokens, p["token_dim"])
-        self.in_memory, self.chunk, self.sampling = True, 1, "mean"
-        self.x = rng.standard_normal((n, *self.shape), dtype=np.float32)  # (N, d, h, w)
+        self.sampling = "mean"
+        x = rng.standard_normal((n, 1, *self.shape), dtype=np.float32)  # (N, 1, d, h, w)
         self.y = rng.integers(0, max(1, num_classes), n)  # (N,) (all 0 without classes)
-        self.tokens = rng.standard_normal((n, *self.token_shape), dtype=np.float32)  # (N, T, C)
-
-    def __len__(self) -> int:
-        return len(self.x)
+        tok = rng.standard_normal((n, 1, *self.token_shape), dtype=np.float32)  # (N, 1, T, C)
+        super().__init__({"x": x, "tokens": tok}, np.arange(n), chunk=1, in_memory=True)
 
     def read(self, rows: np.ndarray, rngs: list, with_tokens: bool) -> dict[str, torch.Tensor]:
         flips = np.array([int(r.random() < 0.5) for r in rngs], dtype=np.int64)  # (B,)
+        slot = np.zeros(len(rows), dtype=np.int64)  # the one stored slot
         out = {
-            "x": torch.from_numpy(self.x[rows]),  # (B, d, h, w)
+            "x": torch.from_numpy(self.take_flip("x", rows, slot)),  # (B, d, h, w)
             "y": torch.from_numpy(self.y[rows]),  # (B,)
             "flip": torch.from_numpy(flips),  # (B,)
         }
         if with_tokens:
-            out["tokens"] = torch.from_numpy(self.tokens[rows])  # (B, T, C)
+            out["tokens"] = torch.from_numpy(self.take_flip("tokens", rows, slot))  # (B, T, C)
         return out
 
 

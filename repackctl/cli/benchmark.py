@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 import typer
 
-from repackctl.cli.common import (
-    ConfigOpt,
-    DeviceOpt,
-    ShowConfigOpt,
-    console,
-    err_console,
-    handle_errors,
-    resolve,
-    rich_progress,
-    show_config,
-)
+from repackctl.cli.common import console, err_console, rich_progress
+from repackctl.cli.options import settings_command
+from repackctl.settings import ResolvedSettings
 
 NAMES = ("kernels", "cache", "extract", "train", "sample", "all")
 HELP = {
@@ -56,44 +48,6 @@ def _seconds(s: float) -> str:
     if s >= 1e-3:
         return f"{s * 1e3:.3f} ms"
     return f"{s * 1e6:.1f} µs"
-
-
-SizeOpt = Annotated[
-    str | None,
-    typer.Option(help="tiny (seconds on a CPU), small, or paper (a GPU node)."),
-]
-WarmupOpt = Annotated[int | None, typer.Option(help="Untimed calls before timing.")]
-RepeatsOpt = Annotated[int | None, typer.Option(help="Timed calls (median reported).")]
-MinTimeOpt = Annotated[
-    float | None,
-    typer.Option(help="Seconds per timed sample; shorter calls are looped (timeit-style)."),
-]
-ThreadsOpt = Annotated[
-    int | None,
-    typer.Option(help="torch CPU threads (1 gives steadier CPU figures on a busy machine)."),
-]
-CompileOpt = Annotated[
-    bool | None,
-    typer.Option("--compile/--no-compile", help="Also time torch.compile versions."),
-]
-BenchOutOpt = Annotated[
-    str | None,
-    typer.Option(help="JSON file (default benchmarks/results/<name>-<timestamp>.json)."),
-]
-EncoderOpt = Annotated[str | None, typer.Option(help="Encoder of the extract benchmark.")]
-EncoderWeightsOpt = Annotated[
-    str | None, typer.Option(help="Its weights (default 'random': speed only).")
-]
-ModelOpt = Annotated[
-    str | None,
-    typer.Option(
-        help="Model of the train benchmark (e.g. mmdit-tiny: the text-to-image step on cached "
-        "text features); default: the size's DiT."
-    ),
-]
-WorkdirOpt = Annotated[
-    str | None, typer.Option(help="Scratch folder for benchmark data (default: /tmp).")
-]
 
 
 def _context(settings: Any) -> Any:
@@ -152,49 +106,14 @@ def _run_and_print(name: str, settings: Any) -> None:
 
 
 def _make(name: str):
-    """The Typer command of benchmark ``name`` (its help is ``HELP[name]``)."""
+    """The Typer command of benchmark ``name`` (its help is ``HELP[name]``); its options are
+    generated from the ``[benchmark]`` settings (plus ``--device``)."""
 
-    @handle_errors
-    def command(
-        size: SizeOpt = None,
-        warmup: WarmupOpt = None,
-        repeats: RepeatsOpt = None,
-        min_time: MinTimeOpt = None,
-        threads: ThreadsOpt = None,
-        compile: CompileOpt = None,
-        out: BenchOutOpt = None,
-        encoder: EncoderOpt = None,
-        encoder_weights: EncoderWeightsOpt = None,
-        model: ModelOpt = None,
-        workdir: WorkdirOpt = None,
-        device: DeviceOpt = None,
-        config: ConfigOpt = None,
-        show: ShowConfigOpt = False,
-    ) -> None:
-        resolved = resolve(
-            config,
-            {
-                "device": device,
-                "benchmark.size": size,
-                "benchmark.warmup": warmup,
-                "benchmark.repeats": repeats,
-                "benchmark.min_time": min_time,
-                "benchmark.threads": threads,
-                "benchmark.compile": compile,
-                "benchmark.out": out,
-                "benchmark.encoder": encoder,
-                "benchmark.encoder_weights": encoder_weights,
-                "benchmark.model": model,
-                "benchmark.workdir": workdir,
-            },
-        )
-        if show:
-            show_config(resolved, ("benchmark",))
-            return
+    def command(resolved: ResolvedSettings) -> None:
         _run_and_print(name, resolved.settings)
 
     command.__doc__ = HELP[name]
-    return command
+    return settings_command("benchmark", common=("device",))(command)
 
 
 benchmark_app = typer.Typer(

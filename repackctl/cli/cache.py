@@ -14,7 +14,8 @@ from repackctl.cli.common import (
     handle_errors,
     resolve,
 )
-from repackctl.cli.listing import print_json, print_listing, print_pairs
+from repackctl.cli.listing import JsonOpt, print_json, print_listing, print_pairs
+from repackctl.cli.listing import megabytes as _mb
 
 app = typer.Typer(help="Inspect, verify and remove cache entries.", no_args_is_help=True)
 EntryArg = Annotated[str, typer.Argument(help="Entry name, e.g. builtin--train--64px.")]
@@ -22,15 +23,6 @@ EntryArg = Annotated[str, typer.Argument(help="Entry name, e.g. builtin--train--
 
 def _root(cache: str | None, config: str | None) -> str:
     return resolve(config, {"cache": cache}).settings.cache
-
-
-def _mb(n: int) -> str:
-    return f"{n / 1e6:.1f} MB"
-
-
-JsonOpt = Annotated[
-    bool, typer.Option("--json", help="Print JSON (for scripts) instead of a table.")
-]
 
 
 @app.command("ls")

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import typer
 
-from repackctl.cli.common import console, err_console, is_main_process, kv_table, rank_progress
+from repackctl.cli.common import (
+    console,
+    err_console,
+    is_main_process,
+    kv_table,
+    rank_progress,
+    warn_listed,
+)
 from repackctl.cli.options import settings_command
 from repackctl.settings import ResolvedSettings
 
@@ -30,10 +37,7 @@ def captions(resolved: ResolvedSettings) -> None:
             f"[yellow]warning:[/] rewrote text/{result.text_id}/{name} (it was damaged)",
             highlight=False,
         )
-    for key, reason in result.skipped[:20]:
-        err_console.print(f"[yellow]warning:[/] skipped {key}: {reason}", highlight=False)
-    if len(result.skipped) > 20:
-        err_console.print(f"[yellow]warning:[/] … and {len(result.skipped) - 20} more skipped")
+    warn_listed(result.skipped, "skipped")
     rows = [
         ("entry", result.entry),
         ("text features", f"text/{result.text_id}"),

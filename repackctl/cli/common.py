@@ -52,23 +52,35 @@ ShowConfigOpt = Annotated[
         "--show-config", help="Print every resolved setting and where it came from, then exit."
     ),
 ]
-CacheOpt = Annotated[
-    str | None,
-    typer.Option("--cache", help="Cache root (path or fsspec URL). Env: REPACKCTL_CACHE."),
-]
-RunsOpt = Annotated[
-    str | None, typer.Option("--runs", help="Folder holding training runs. Env: REPACKCTL_RUNS.")
-]
-SeedOpt = Annotated[int | None, typer.Option("--seed", help="Global seed.")]
-DeviceOpt = Annotated[
-    str | None, typer.Option("--device", help="auto, cpu, cuda or cuda:N (auto picks the GPU).")
-]
-PrecisionOpt = Annotated[
-    str | None, typer.Option("--precision", help="fp32, bf16 or fp16 (mixed precision on GPU).")
-]
-WorkersOpt = Annotated[
-    int | None, typer.Option("--num-workers", help="DataLoader workers that decode images.")
-]
+# (flag, help) of the top-level settings shared by the commands; the generated options of
+# ``cli.options.settings_command`` and the hand-declared ones below both read them here
+COMMON: dict[str, tuple[str, str]] = {
+    "cache": ("--cache", "Cache root: a folder or an fsspec URL. Env: REPACKCTL_CACHE."),
+    "runs": ("--runs", "Folder holding training runs. Env: REPACKCTL_RUNS."),
+    "samples": ("--samples", "Folder holding sample sets. Env: REPACKCTL_SAMPLES."),
+    "seed": ("--seed", "Global seed."),
+    "device": ("--device", "auto, cpu, cuda or cuda:N (auto picks the GPU)."),
+    "precision": ("--precision", "fp32, bf16 or fp16 (flag > config/env > launcher > fp32)."),
+    "num_workers": ("--num-workers", "DataLoader workers that decode images."),
+    "memory_gb": (
+        "--memory-gb",
+        "Size limit (GiB) of the automatic in-memory load of cached training data.",
+    ),
+}
+
+
+def _common(key: str) -> Any:
+    flag, text = COMMON[key]
+    return typer.Option(flag, help=text)
+
+
+CacheOpt = Annotated[str | None, _common("cache")]
+RunsOpt = Annotated[str | None, _common("runs")]
+SamplesOpt = Annotated[str | None, _common("samples")]
+SeedOpt = Annotated[int | None, _common("seed")]
+DeviceOpt = Annotated[str | None, _common("device")]
+PrecisionOpt = Annotated[str | None, _common("precision")]
+WorkersOpt = Annotated[int | None, _common("num_workers")]
 
 
 def debug() -> bool:
@@ -218,6 +230,18 @@ def kv_table(title: str, rows: list[tuple[str, Any]]) -> Table:
     for k, v in rows:
         table.add_row(k, str(v))
     return table
+
+
+def warn_listed(
+    pairs: list[tuple[str, str]], what: str, label: bool = True, limit: int = 20
+) -> None:
+    """One ``warning:`` line per ``(key, reason)`` (``skipped KEY: …`` with ``label``), at most
+    ``limit`` of them, then how many more ``what`` were left out."""
+    for key, reason in pairs[:limit]:
+        head = f"skipped {key}" if label else key
+        err_console.print(f"[yellow]warning:[/] {head}: {reason}", highlight=False)
+    if len(pairs) > limit:
+        err_console.print(f"[yellow]warning:[/] … and {len(pairs) - limit} more {what}")
 
 
 def rank_progress(main: bool):

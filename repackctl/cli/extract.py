@@ -4,13 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from repackctl.cli.common import (
-    console,
-    err_console,
-    is_main_process,
-    kv_table,
-    rank_progress,
-)
+from repackctl.cli.common import console, is_main_process, kv_table, rank_progress, warn_listed
 from repackctl.cli.options import settings_command
 from repackctl.settings import ResolvedSettings
 
@@ -31,14 +25,8 @@ def extract(resolved: ResolvedSettings) -> None:
     result = run_extract(s, rank_progress(main), config_record=resolved.to_dict())
     if not main:
         return
-    for key, reason in result.skipped[:20]:
-        err_console.print(f"[yellow]warning:[/] skipped {key}: {reason}", highlight=False)
-    if len(result.skipped) > 20:
-        err_console.print(f"[yellow]warning:[/] … and {len(result.skipped) - 20} more skipped")
-    for key, message in result.warnings[:20]:
-        err_console.print(f"[yellow]warning:[/] {key}: {message}", highlight=False)
-    if len(result.warnings) > 20:
-        err_console.print(f"[yellow]warning:[/] … and {len(result.warnings) - 20} more warnings")
+    warn_listed(result.skipped, "skipped")
+    warn_listed(result.warnings, "warnings", label=False)
     rows = [
         ("cache", s.cache),
         ("entry", result.entry),

@@ -9,13 +9,23 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import Annotated, Any
 
+import typer
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from repackctl.cli.common import console
+
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print JSON (for scripts) instead of a table.")
+]
+
+
+def megabytes(n: int) -> str:
+    """A size in bytes as ``12.3 MB``."""
+    return f"{n / 1e6:.1f} MB"
 
 
 def _cell(value: Any, sep: str = ", ") -> str:

@@ -22,20 +22,13 @@ import typer
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from repackctl.cli.common import handle_errors, show_config
+from repackctl.cli.common import COMMON, handle_errors, show_config
 
 COMMON_PANEL = "Common"
-
-# (field of the top-level settings, flag, help) shared by every command that resolves settings
-COMMON: dict[str, tuple[str, str]] = {
-    "cache": ("--cache", "Cache root: a folder or an fsspec URL. Env: REPACKCTL_CACHE."),
-    "runs": ("--runs", "Folder holding training runs. Env: REPACKCTL_RUNS."),
-    "samples": ("--samples", "Folder holding sample sets. Env: REPACKCTL_SAMPLES."),
-    "seed": ("--seed", "Global seed."),
-    "device": ("--device", "auto, cpu, cuda or cuda:N (auto picks the GPU)."),
-    "precision": ("--precision", "fp32, bf16 or fp16 (flag > config/env > launcher > fp32)."),
-    "num_workers": ("--num-workers", "DataLoader workers that decode images."),
-}
+#: the common settings a command shows unless it names others
+COMMON_KEYS = ("cache", "runs", "seed", "device", "precision", "num_workers")
+#: … and those of the training commands that read cached arrays
+TRAIN_COMMON = (*COMMON_KEYS, "memory_gb")
 
 
 def _strip_optional(ann: Any) -> Any:
@@ -158,7 +151,7 @@ def settings_command(
     include: tuple[str, ...] | None = None,
     exclude: tuple[str, ...] = (),
     flags: dict[str, str] | None = None,
-    common: tuple[str, ...] = ("cache", "runs", "seed", "device", "precision", "num_workers"),
+    common: tuple[str, ...] = COMMON_KEYS,
     show: tuple[str, ...] | None = None,
     arguments: dict[str, str] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

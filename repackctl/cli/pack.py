@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from repackctl.cli.common import console, is_main_process, kv_table, rank_progress
-from repackctl.cli.options import settings_command
+from repackctl.cli.options import TRAIN_COMMON, settings_command
 from repackctl.settings import ResolvedSettings
 
 pack_app = typer.Typer(
@@ -18,7 +18,7 @@ EVAL_FIELDS = ("eval_split", "eval_entry", "eval_num", "inception_weights", "enc
 
 
 @pack_app.command("train")
-@settings_command("pack", exclude=EVAL_FIELDS, flags={"run": "--name"})
+@settings_command("pack", exclude=EVAL_FIELDS, flags={"run": "--name"}, common=TRAIN_COMMON)
 def train(resolved: ResolvedSettings) -> None:
     """Train the packing autoencoder on cached encoder tokens (resumes an existing run).
 

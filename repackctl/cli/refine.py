@@ -19,7 +19,7 @@ from repackctl.cli.common import (
     resolve,
     show_config,
 )
-from repackctl.cli.options import settings_command
+from repackctl.cli.options import TRAIN_COMMON, settings_command
 from repackctl.settings import ResolvedSettings
 
 refine_app = typer.Typer(
@@ -29,7 +29,7 @@ refine_app = typer.Typer(
 
 
 @refine_app.command("train")
-@settings_command("refine", exclude=("refiner",))
+@settings_command("refine", exclude=("refiner",), common=TRAIN_COMMON)
 def train(resolved: ResolvedSettings) -> None:
     """Build (image, reconstruction, raw latent) triplets in the cache, then train the refiner.
 

@@ -7,18 +7,12 @@ from typing import Annotated, Any
 
 import typer
 
-from repackctl.cli.common import ConfigOpt, RunsOpt, console, handle_errors, resolve
-from repackctl.cli.listing import print_json, print_listing, print_pairs
+from repackctl.cli.common import ConfigOpt, RunsOpt, SamplesOpt, console, handle_errors, resolve
+from repackctl.cli.listing import JsonOpt, print_json, print_listing, print_pairs
+from repackctl.cli.listing import megabytes as _mb
 
 app = typer.Typer(help="List, inspect and remove training runs.", no_args_is_help=True)
 RunArg = Annotated[str, typer.Argument(help="Run name (a folder under the runs root).")]
-JsonOpt = Annotated[
-    bool, typer.Option("--json", help="Print JSON (for scripts) instead of a table.")
-]
-SamplesOpt = Annotated[
-    str | None,
-    typer.Option("--samples", help="Folder holding sample sets. Env: REPACKCTL_SAMPLES."),
-]
 
 
 def _roots(runs: str | None, samples: str | None, config: str | None) -> tuple[str, str]:
@@ -28,10 +22,6 @@ def _roots(runs: str | None, samples: str | None, config: str | None) -> tuple[s
 
 def _when(ts: float) -> str:
     return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M")
-
-
-def _mb(n: int) -> str:
-    return f"{n / 1e6:.1f} MB"
 
 
 def _stage(stage: str, imported: bool) -> str:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
 from repackctl.cli.common import console, err_console, is_main_process, kv_table, rank_progress
-from repackctl.cli.options import settings_command
+from repackctl.cli.options import TRAIN_COMMON, settings_command
 from repackctl.settings import ResolvedSettings
 from repackctl.settings.t2i import NOT_T2I
 
@@ -16,7 +18,7 @@ train_app = typer.Typer(
 )
 
 
-@settings_command("dit", show=("dit",))
+@settings_command("dit", show=("dit",), common=TRAIN_COMMON)
 def dit(resolved: ResolvedSettings) -> None:
     """Train a DiT on packed latents, with REPA against the cached encoder tokens.
 
@@ -34,16 +36,25 @@ def dit(resolved: ResolvedSettings) -> None:
     out = train_dit(resolved.settings, rank_progress(main), config_record=resolved.to_dict())
     if not main:
         return
-    r = out.result
     if out.grid_note:
         err_console.print(f"[yellow]note:[/] {out.grid_note}", highlight=False)
+    memory = "in memory" if out.in_memory else "chunk blocks"
+    middle = [
+        ("latent shape", "×".join(str(v) for v in out.latent_shape)),
+        ("samples", f"{out.num_samples} ({memory})"),
+    ]
+    console.print(kv_table("train dit", _result_rows(out, middle)))
+
+
+def _result_rows(out: Any, middle: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """The summary of a finished DiT or MMDiT run: run, model, latents, ``middle``, step, losses."""
+    r = out.result
     logs = r.last_logs
     rows = [
         ("run", out.run_dir),
         ("model", f"{out.model_id} ({out.num_params / 1e6:.2f} M params)"),
         ("latents", f"{out.entry} / {out.latents}"),
-        ("latent shape", "×".join(str(v) for v in out.latent_shape)),
-        ("samples", f"{out.num_samples} ({'in memory' if out.in_memory else 'chunk blocks'})"),
+        *middle,
         ("REPA features", out.features or "off"),
         ("step", r.step if r.resumed_from is None else f"{r.step} (resumed at {r.resumed_from})"),
         ("checkpoint", r.checkpoint),
@@ -54,7 +65,7 @@ def dit(resolved: ResolvedSettings) -> None:
     rows.append(("speed", f"{r.steps_per_s:.2f} steps/s"))
     if r.bad_steps:
         rows.append(("skipped steps", r.bad_steps))
-    console.print(kv_table("train dit", rows))
+    return rows
 
 
 @settings_command("t2i", show=("t2i",), exclude=NOT_T2I)
@@ -74,23 +85,8 @@ def t2i(resolved: ResolvedSettings) -> None:
     out = train_t2i(resolved.settings, rank_progress(main), config_record=resolved.to_dict())
     if not main:
         return
-    r = out.result
-    logs = r.last_logs
-    rows = [
-        ("run", out.run_dir),
-        ("model", f"{out.model_id} ({out.num_params / 1e6:.2f} M params)"),
-        ("latents", f"{out.entry} / {out.latents}"),
-        ("captions", out.text_id),
-        ("samples", out.num_samples),
-        ("REPA features", out.features or "off"),
-        ("step", r.step if r.resumed_from is None else f"{r.step} (resumed at {r.resumed_from})"),
-        ("checkpoint", r.checkpoint),
-    ]
-    for key in ("loss/model", "loss/mse", "loss/cos", "loss/repa"):
-        if key in logs:
-            rows.append((key, f"{logs[key]:.4f}"))
-    rows.append(("speed", f"{r.steps_per_s:.2f} steps/s"))
-    console.print(kv_table("train t2i", rows))
+    middle = [("captions", out.text_id), ("samples", out.num_samples)]
+    console.print(kv_table("train t2i", _result_rows(out, middle)))
 
 
 def register(app: typer.Typer) -> None:

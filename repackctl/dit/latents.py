@@ -7,9 +7,9 @@ the *exact* stats that ``pack encode`` stored in the group attributes (never re-
 the REPA targets from ``features/<encoder>/tokens`` (N, F, T, C) of the same images: a sample's
 random flip picks the same ``F`` slot of both, so latent and target always show the same image.
 
-Random single-sample Zarr reads are slow (~1k samples/s, ``reference/environment.md``), so reads
-are chunk-aligned blocks (the loop's block sampler uses ``block = chunk``), or the whole arrays are
-loaded once (``in_memory``; automatic below ``AUTO_IN_MEMORY_BYTES``).
+The reads are those of the one cache-backed dataset, ``data.cached.CachedRows``: chunk-aligned
+blocks (the loop's block sampler uses ``block = chunk``), or the whole arrays loaded once
+(``in_memory``; automatic up to ``data.cached.MEMORY_GB``).
 
 Shapes: B batch, F flips, d latent channels, h×w latent grid, T encoder tokens, C token width.
 """
@@ -24,18 +24,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from repackctl.cache.commands import entry_extract_command
 from repackctl.cache.integrity import GuardedArray, repair_hint
-from repackctl.cache.store import (
-    PENDING,
-    WRITTEN,
-    ArrayGroup,
-    ChunkReader,
-    DatasetEntry,
-    list_entries,
-)
+from repackctl.cache.store import PENDING, WRITTEN, ArrayGroup, DatasetEntry, list_entries
+from repackctl.data.cached import MEMORY_GB, CachedRows
 from repackctl.errors import CacheError, ConfigError
+from repackctl.pack.load import denormalise
 
-AUTO_IN_MEMORY_BYTES = 2 * 1024**3
 _PACK_ID_RE = r"--{run}-(\d{{7}})-[0-9a-f]{{8}}$"
 
 
@@ -128,28 +123,6 @@ def find_latents(
 # --------------------------------------------------------------------------- REPA targets
 
 
-def extract_command(ds: DatasetEntry, encoder_id: str, layer: str | None = None) -> str:
-    """The `repackctl extract` command that writes features of ``encoder_id`` for this entry."""
-    dataset = str(ds.attrs.get("dataset", "builtin"))
-    source = ds.attrs.get("source") or {}
-    parts = ["repackctl extract", f"--encoder {encoder_id}"]
-    m = re.match(r"^(.*)-n(\d+)$", dataset)
-    base, num = (m.group(1), m.group(2)) if m else (dataset, None)
-    if source.get("source") == "imagefolder" and source.get("root"):
-        parts.append(f"--data imagefolder:{source['root']}")
-    else:
-        parts.append(f"--data {base}")
-    split = ds.attrs.get("split")
-    if split and split != "train":
-        parts.append(f"--split {split}")
-    parts.append(f"--resolution {ds.resolution}")
-    if num is not None:
-        parts.append(f"-n {num}")
-    if layer and layer.startswith("l") and layer[1:].isdigit():
-        parts.append(f"--layer {layer[1:]}")
-    return " ".join(parts)
-
-
 def find_features(ds: DatasetEntry, pack_id: str, lat_attrs: dict, features: str | None) -> str:
     """The features group that holds the REPA targets of these latents (see the error hint)."""
     have = ds.feature_ids()
@@ -171,11 +144,11 @@ def find_features(ds: DatasetEntry, pack_id: str, lat_attrs: dict, features: str
         bits = wanted.split("--")
         encoder = encoder or bits[0]
         layer = bits[1] if len(bits) > 1 else None
-    encoder = encoder or "ENCODER"
+    cmd = entry_extract_command(ds, encoder or "ENCODER", layer)
     raise CacheError(
         f"REPA needs the encoder features {wanted or '(unknown encoder)'} of entry {ds.name}, "
         f"which are not in the cache (have: {', '.join(have) or 'none'})",
-        f"run `{extract_command(ds, encoder, layer)}`, or train without REPA: --repa-weight 0",
+        f"run `{cmd}`, or train without REPA: --repa-weight 0",
     )
 
 
@@ -200,11 +173,13 @@ def _stats(attrs: dict, ref: LatentRef, d: int) -> tuple[np.ndarray, np.ndarray]
     return mean, std
 
 
-class LatentData:
+class LatentData(CachedRows):
     """Packed latents of one cache group (+ labels, + REPA tokens), normalised, flip-consistent.
 
-    Sample ``i`` of the training set is cache index ``indices[i]``: images written, latents
-    (and, with REPA, features) written; skipped inputs are left out.
+    The cache-backed dataset (``data.cached.CachedRows``) over ``mean`` (+ ``std`` when sampling
+    the posterior, + REPA ``tokens``): sample ``i`` of the training set is cache index
+    ``indices[i]``: images written, latents (and, with REPA, features) written; skipped inputs
+    are left out.
     """
 
     def __init__(
@@ -215,6 +190,7 @@ class LatentData:
         repa: bool = False,
         sampling: str = "mean",
         in_memory: bool | None = None,
+        memory_gb: float = MEMORY_GB,
         flip: bool = True,
         buffer_blocks: int = 16,
     ) -> None:
@@ -241,33 +217,28 @@ class LatentData:
                 "train on the mean: --latent-sampling mean",
             )
         self.flip = flip and self.flips > 1
-        self.chunk = self.entry.chunk
 
         ok, arrays = self._usable(mean_arr, n, repa, features)
-        self.indices = np.flatnonzero(ok).astype(np.int64)  # (N_valid,) cache indices
-        if len(self.indices) == 0:
+        indices = np.flatnonzero(ok).astype(np.int64)  # (N_valid,) cache indices
+        if len(indices) == 0:
             raise CacheError(
                 f"no usable samples in {ref.entry} for latents {ref.pack_id}",
                 "check `repackctl cache info`; every sample was skipped or is pending",
             )
-        self.labels = np.asarray(self.entry.labels[:], dtype=np.int64)[self.indices]  # (N,)
+        self.labels = np.asarray(self.entry.labels[:], dtype=np.int64)[indices]  # (N,)
         self.class_names = self.entry.class_names
         k = int(self.entry.attrs.get("num_classes") or 0)
         self.num_classes = max(k, int(self.labels.max()) + 1 if len(self.labels) else 1, 1)
         self.token_shape = tuple(arrays["tokens"].shape[2:]) if repa else None
-
-        arrays = self._guard(arrays, ok)
-        nbytes = sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in arrays.values())
-        self.in_memory = nbytes < AUTO_IN_MEMORY_BYTES if in_memory is None else bool(in_memory)
-        self._arrays = arrays
         # LRU chunk buffers: twice the sampler's shuffle buffer of chunk-sized blocks
-        self._readers = {
-            k: ChunkReader(a, self.chunk, capacity=2 * buffer_blocks) for k, a in arrays.items()
-        }
-        self._memory: dict[str, np.ndarray] = {}
-        if self.in_memory:
-            # whole arrays in one read each (~350 MB/s), then only the usable samples kept
-            self._memory = {k: np.asarray(a[:])[self.indices] for k, a in arrays.items()}
+        super().__init__(
+            self._guard(arrays, ok),
+            indices,
+            self.entry.chunk,
+            in_memory=in_memory,
+            memory_gb=memory_gb,
+            buffer_chunks=2 * buffer_blocks,
+        )
 
     def _usable(
         self, mean_arr: Any, n: int, repa: bool, features: str | None
@@ -292,11 +263,11 @@ class LatentData:
             feats = self.entry.features(self.features_id)
             fdone = feats.done_mask()
             if (fdone == PENDING).any():
-                enc = self.features_id.split("--")[0]
+                enc, layer = self.features_id.split("--")[:2]
+                cmd = entry_extract_command(self.entry, enc, layer)
                 raise CacheError(
                     f"features {self.features_id} of {ref.entry} are incomplete",
-                    f"run `{extract_command(self.entry, enc, self.features_id.split('--')[1])}` "
-                    "again to finish them",
+                    f"run `{cmd}` again to finish them",
                 )
             ok &= fdone == WRITTEN
             tokens = feats["tokens"]
@@ -311,7 +282,8 @@ class LatentData:
         for k, a in arrays.items():
             if k == "tokens":
                 where = f"features/{self.features_id}"
-                redo = f"the `{extract_command(self.entry, self.features_id.split('--')[0])}`"
+                enc = self.features_id.split("--")[0]
+                redo = f"the `{entry_extract_command(self.entry, enc)}`"
             else:
                 where = f"latents/{self.ref.pack_id}"
                 redo = f"`repackctl pack encode --run {pack_run_of(self.ref.pack_id) or 'RUN'}`"
@@ -320,9 +292,6 @@ class LatentData:
         return out
 
     # ---- sizes ---------------------------------------------------------------------------------
-    def __len__(self) -> int:
-        return len(self.indices)
-
     @property
     def norm_mean(self) -> torch.Tensor:
         return torch.from_numpy(self.stats_mean).float().view(1, -1, 1, 1)  # (1, d, 1, 1)
@@ -337,16 +306,9 @@ class LatentData:
 
     def denormalise(self, x: torch.Tensor) -> torch.Tensor:
         """Inverse of ``normalise`` (what the decoder and the refiner take)."""
-        return x * self.norm_std.to(x) + self.norm_mean.to(x)  # (B, d, h, w)
+        return denormalise(x, self.stats_dict())  # (B, d, h, w)
 
     # ---- reading -------------------------------------------------------------------------------
-    def _read(self, name: str, rows: np.ndarray, flips: np.ndarray) -> np.ndarray:
-        """Rows ``rows`` (training-set positions) of array ``name`` at flip slot ``flips``."""
-        if self.in_memory:
-            return self._memory[name][rows, flips]  # (B, ...)
-        block = self._readers[name].take(self.indices[rows])  # (B, F, ...)
-        return block[np.arange(len(rows)), flips]  # (B, ...)
-
     def read(
         self, rows: np.ndarray, rngs: list[np.random.Generator], with_tokens: bool
     ) -> dict[str, torch.Tensor]:
@@ -357,9 +319,10 @@ class LatentData:
         flips = np.array(
             [int(r.random() < 0.5) if self.flip else 0 for r in rngs], dtype=np.int64
         )  # (B,)
-        z = torch.from_numpy(self._read("mean", rows, flips).astype(np.float32))  # (B, d, h, w)
+        mean = self.take_flip("mean", rows, flips)  # (B, d, h, w) float16
+        z = torch.from_numpy(mean.astype(np.float32))  # (B, d, h, w)
         if self.sampling == "sample":
-            std = torch.from_numpy(self._read("std", rows, flips).astype(np.float32))
+            std = torch.from_numpy(self.take_flip("std", rows, flips).astype(np.float32))
             eps = np.stack([r.standard_normal(self.shape, dtype=np.float32) for r in rngs])
             z = z + std * torch.from_numpy(eps)  # (B, d, h, w) posterior sample
         out = {
@@ -368,7 +331,7 @@ class LatentData:
             "flip": torch.from_numpy(flips),  # (B,)
         }
         if with_tokens:
-            tok = self._read("tokens", rows, flips)  # (B, T, C) float16
+            tok = self.take_flip("tokens", rows, flips)  # (B, T, C) float16
             out["tokens"] = torch.from_numpy(tok.astype(np.float32))
         return out
 

@@ -30,9 +30,10 @@ import torch
 from torch import nn
 
 from repackctl.cache.integrity import GuardedArray, repair_hint, scan_array
-from repackctl.cache.store import PENDING, WRITTEN, ChunkReader
+from repackctl.cache.store import PENDING, WRITTEN
 from repackctl.captions_cache import find_text_group, open_text_group
-from repackctl.dit.latents import AUTO_IN_MEMORY_BYTES, LatentData, LatentRef
+from repackctl.data.cached import MEMORY_GB, fits_in_memory
+from repackctl.dit.latents import LatentData, LatentRef
 from repackctl.dit.task import DiTTask, build_task, data_options
 from repackctl.errors import CacheError, CheckpointError, ConfigError
 from repackctl.models.mmdit import mmdit_repa_depth
@@ -55,6 +56,7 @@ class CaptionedLatentData(LatentData):
         text: str | None,
         text_encoder: str,
         in_memory: bool | None = None,
+        memory_gb: float = MEMORY_GB,
         buffer_blocks: int = 16,
         **kwargs: Any,
     ) -> None:
@@ -79,21 +81,16 @@ class CaptionedLatentData(LatentData):
         for k in TEXT_ARRAYS:  # stored as text_<name>: "tokens" are the REPA targets
             label = f"cache entry {self.entry.name} text/{self.text_id}/{k}"
             guarded = GuardedArray(grp[k], ok, label, repair_hint(self.entry.name, redo))
-            self._arrays[f"text_{k}"] = guarded
-            self._readers[f"text_{k}"] = ChunkReader(guarded, self.chunk, 2 * buffer_blocks)
+            self.add(f"text_{k}", guarded)
         _, self.max_captions, self.text_len, self.text_dim = grp["tokens"].shape
         self.null = _read_null(grp, f"cache entry {self.entry.name} text/{self.text_id}", redo)
-        nbytes = sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in self._arrays.values())
-        self.in_memory = nbytes < AUTO_IN_MEMORY_BYTES if in_memory is None else bool(in_memory)
-        if self.in_memory:
-            self._memory = {k: np.asarray(a[:])[self.indices] for k, a in self._arrays.items()}
+        if fits_in_memory(self.nbytes(), memory_gb) if in_memory is None else in_memory:
+            self.load()
         self._captions = grp["captions"]
 
     def _rows(self, name: str, rows: np.ndarray) -> np.ndarray:
         """Rows ``rows`` (training-set positions) of text array ``name``, all captions."""
-        if self.in_memory:
-            return self._memory[f"text_{name}"][rows]  # (B, ...)
-        return self._readers[f"text_{name}"].take(self.indices[rows])  # (B, ...)
+        return self.take(f"text_{name}", rows)  # (B, ...)
 
     def read(
         self, rows: np.ndarray, rngs: list[np.random.Generator], with_tokens: bool
@@ -300,7 +297,7 @@ def build_t2i_task(
         base.data.ref,
         text=s.text_features,
         text_encoder=s.text_encoder,
-        **data_options(s),
+        **data_options(s, settings.memory_gb),
     )
     task = T2ITask(data, base.spec, s.caption_dropout)
     config = dataclasses.replace(

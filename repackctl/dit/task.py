@@ -382,13 +382,14 @@ def dit_run_dir(settings) -> Path:
     return make_run_dir(settings.runs, s.name or f"dit-{resolve_model_id(s.arch, s.size, s.patch, s.model)}")  # fmt: skip
 
 
-def data_options(s: Any) -> dict[str, Any]:
+def data_options(s: Any, memory_gb: float) -> dict[str, Any]:
     """The ``LatentData`` options of a ``[dit]`` (or ``[t2i]``) settings section."""
     return dict(
         features=s.features,
         repa=s.repa_weight > 0,
         sampling=s.latent_sampling,
         in_memory=s.in_memory,
+        memory_gb=memory_gb,
         flip=s.flip,
         buffer_blocks=s.buffer_blocks,
     )
@@ -403,7 +404,7 @@ def build_task(settings, sources: dict[str, str] | None = None) -> tuple[DiTTask
     kernels.select(s.kernels)  # the fused ops the model and the losses use in this process
     model_id = resolve_model_id(s.arch, s.size, s.patch, s.model)
     ref = find_latents(settings.cache, s.entry, s.latents, s.pack_run)
-    data = LatentData(ref, **data_options(s))
+    data = LatentData(ref, **data_options(s, settings.memory_gb))
     spec = build_spec(settings, model_id)
     config = TrainConfig.from_settings(
         settings,

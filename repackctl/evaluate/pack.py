@@ -312,7 +312,7 @@ def evaluate_probe(settings: Settings, progress: ProgressFactory = null_progress
     # PCA of the training tokens to d (the same fit `pack train --method pca` makes); linear, so
     # projecting the mean-pooled tokens equals mean-pooling the projected tokens
     pca = fit_token_pca(
-        PackData(train_entry, train_feats, cfg.in_memory, cfg.memory_gb), d, cfg.pca_samples
+        PackData(train_entry, train_feats, cfg.in_memory, settings.memory_gb), d, cfg.pca_samples
     )
     mu, comps = pca.mean.numpy(), pca.components.numpy()  # (C,), (d, C)
     pca_tr, pca_ev = (raw_tr - mu) @ comps.T, (raw_ev - mu) @ comps.T  # (N, d)

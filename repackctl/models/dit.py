@@ -258,6 +258,35 @@ class DiT(nn.Module):
                 hint="pass one time and one label per sample",
             )
 
+    def embed(
+        self,
+        x: Tensor,
+        t: Tensor,
+        y: Tensor,
+        return_hidden_at: int | None = None,
+        drop_mask: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Checked inputs → patch tokens ``h`` (B, T, D) and conditioning ``c`` (B, D).
+
+        The first lines of every forward of this family (subclasses with other block wiring
+        call it too): scalar ``t`` broadcast, shapes and ``return_hidden_at`` checked, labels
+        dropped in training mode when no ``drop_mask`` is given.
+        """
+        if t.ndim == 0:
+            t = t.expand(x.shape[0])  # (B,)
+        self._check_inputs(x, t, y)
+        cfg = self.config
+        if return_hidden_at is not None and not 1 <= return_hidden_at <= cfg.depth:
+            raise ConfigError(
+                f"return_hidden_at={return_hidden_at} is outside the model's 1..{cfg.depth} blocks",
+                hint="use repackctl.models.repa.default_repa_depth(depth)",
+            )
+        if drop_mask is None and self.training and cfg.class_dropout > 0:
+            drop_mask = self.label_drop_mask(x.shape[0]).to(x.device)  # (B,)
+        h = self.x_embedder(x) + self.pos_embed.to(x.dtype)  # (B, T, D)
+        c = self.t_embedder(t) + self.y_embedder(y, drop_mask)  # (B, D)
+        return h, c
+
     def forward(
         self,
         x: Tensor,
@@ -274,20 +303,8 @@ class DiT(nn.Module):
         ``class_dropout`` from the global RNG (pass ``label_drop_mask(B, generator)`` to seed it).
         ``return_hidden_at=k`` also returns the tokens after block k (1-based) for REPA.
         """
-        if t.ndim == 0:
-            t = t.expand(x.shape[0])  # (B,)
-        self._check_inputs(x, t, y)
+        h, c = self.embed(x, t, y, return_hidden_at, drop_mask)  # (B, T, D), (B, D)
         cfg = self.config
-        if return_hidden_at is not None and not 1 <= return_hidden_at <= cfg.depth:
-            raise ConfigError(
-                f"return_hidden_at={return_hidden_at} is outside the model's 1..{cfg.depth} blocks",
-                hint="use repackctl.models.repa.default_repa_depth(depth)",
-            )
-        if drop_mask is None and self.training and cfg.class_dropout > 0:
-            drop_mask = self.label_drop_mask(x.shape[0]).to(x.device)  # (B,)
-
-        h = self.x_embedder(x) + self.pos_embed.to(x.dtype)  # (B, T, D)
-        c = self.t_embedder(t) + self.y_embedder(y, drop_mask)  # (B, D)
         hidden = None
         use_ckpt = cfg.grad_checkpointing and self.training and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks, start=1):

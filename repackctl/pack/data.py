@@ -6,11 +6,9 @@ and of its mirror (``features/<id>/tokens``, F = 2), so a sample is: pick one of
 the training loop's generator, take those tokens, and flip the cached image the same way.
 
 Only samples written by extract (``done == 1`` for the image and the features) are used; skipped
-inputs and unfinished shards are left out. Random single-sample Zarr reads are slow
-(``reference/environment.md``), so tokens and images are either loaded whole into memory
-(small caches, ``pack.in_memory``) or read as whole Zarr chunks through a small LRU buffer: the
-loop's ``BlockSampler`` draws each micro-batch from a window of ``buffer_blocks`` chunk-aligned
-blocks, so a buffer slightly larger than that window reads every chunk about once per epoch.
+inputs and unfinished shards are left out. The reads are those of the one cache-backed dataset,
+``data.cached.CachedRows``: whole arrays in memory (small caches, ``pack.in_memory`` /
+``memory_gb``) or whole Zarr chunks through an LRU buffer.
 
 This module also finds the cache entry and feature set a pack command works on, with errors whose
 hint is the exact ``repackctl extract …`` command that creates what is missing.
@@ -26,44 +24,22 @@ from typing import Any
 import numpy as np
 import torch
 
+from repackctl.cache.commands import dataset_base, entry_source, extract_command
 from repackctl.cache.integrity import GuardedArray, repair_hint
-from repackctl.cache.store import (
-    PENDING,
-    WRITTEN,
-    ArrayGroup,
-    ChunkReader,
-    DatasetEntry,
-    list_entries,
+from repackctl.cache.store import PENDING, ArrayGroup, DatasetEntry, list_entries
+from repackctl.data.cached import (
+    MEMORY_GB,
+    CachedRows,
+    draw_flips,
+    images_to_float,
+    mirror,
+    written_rows,
 )
 from repackctl.errors import CacheError, ConfigError, RepackError
 from repackctl.paths import cache_root, entry_name
 from repackctl.settings import Settings
 
 # ---------------------------------------------------------------------------- locating features
-
-
-def extract_command(
-    encoder: str = "builtin",
-    data: str = "builtin",
-    split: str = "train",
-    resolution: int | None = None,
-    num: int | None = None,
-    weights: str | None = None,
-    layer: int | None = None,
-) -> str:
-    """The ``repackctl extract`` command line that writes these features (defaults left out)."""
-    parts = ["repackctl extract", f"--encoder {encoder}", f"--data {data}"]
-    if split != "train":
-        parts.append(f"--split {split}")
-    if resolution is not None:
-        parts.append(f"--resolution {resolution}")
-    if num is not None:
-        parts.append(f"--num {num}")
-    if weights is not None:
-        parts.append(f"--weights {weights}")
-    if layer is not None:
-        parts.append(f"--layer {layer}")
-    return " ".join(parts)
 
 
 @dataclass
@@ -172,12 +148,6 @@ def open_features(
     return entry, feats, features_id
 
 
-def _base(dataset: str) -> str:
-    """Dataset name without the ``-nN`` subset suffix that extract adds for ``--num``."""
-    head, sep, tail = dataset.rpartition("-n")
-    return head if sep and tail.isdigit() else dataset
-
-
 def find_entry(
     root: str, dataset: str, split: str, resolution: int, features_id: str | None, hint: str
 ) -> str:
@@ -196,7 +166,7 @@ def find_entry(
         a = DatasetEntry.open(root, name).attrs
         if a.get("split") != split or a.get("resolution") != resolution:
             continue
-        if _base(str(a.get("dataset", ""))) != _base(dataset):
+        if dataset_base(str(a.get("dataset", ""))) != dataset_base(dataset):
             continue
         if features_id is None or features_id in DatasetEntry.open(root, name).feature_ids():
             found.append(name)
@@ -277,15 +247,10 @@ def _mtime(root: str, *parts: str) -> float:
 
 def _source_of(entry: DatasetEntry, feats: ArrayGroup) -> dict[str, Any]:
     """The extract settings recorded in an entry, for hints and sibling splits."""
-    a, enc = entry.attrs, feats.attrs.get("encoder", {})
-    src = a.get("source") or {}
-    data = (
-        f"imagefolder:{src['root']}"
-        if src.get("source") == "imagefolder"
-        else _base(str(a.get("dataset", "builtin")))
-    )
-    return {"data": data, "resolution": entry.resolution, "resolution_given": entry.resolution,
-            "encoder": enc.get("id", "builtin")}  # fmt: skip
+    src = entry_source(entry)
+    enc = feats.attrs.get("encoder", {})
+    return {"data": src["data"], "resolution": entry.resolution,
+            "resolution_given": entry.resolution, "encoder": enc.get("id", "builtin")}  # fmt: skip
 
 
 def sibling_entry(
@@ -306,16 +271,14 @@ def sibling_entry(
 
 def valid_indices(entry: DatasetEntry, feats: ArrayGroup) -> np.ndarray:
     """Cache indices whose image and features were both written (int64, ascending)."""
-    ok = (entry.done[:] == WRITTEN) & (feats.done_mask() == WRITTEN)
-    return np.flatnonzero(ok).astype(np.int64)
+    return written_rows(entry.done[:], feats.done_mask())
 
 
-class PackData:
+class PackData(CachedRows):
     """Training samples for stage 1: ``(tokens (B, T, C), images (B, 3, R, R))`` by position.
 
-    Position ``k`` in ``range(len(self))`` is the ``k``-th valid cache index, so consecutive
-    positions are (almost always) consecutive cache indices and the sampler's blocks stay
-    chunk-aligned.
+    The cache-backed dataset (``data.cached.CachedRows``) over ``tokens`` and ``images`` at the
+    rows where both were written; ``index`` is the list of those cache rows.
     """
 
     def __init__(
@@ -323,18 +286,18 @@ class PackData:
         entry: DatasetEntry,
         feats: ArrayGroup,
         in_memory: bool | None = None,
-        memory_gb: float = 4.0,
+        memory_gb: float = MEMORY_GB,
         buffer_chunks: int = 32,
     ) -> None:
         self.entry = entry
-        self.index = valid_indices(entry, feats)
-        if len(self.index) == 0:
+        index = valid_indices(entry, feats)
+        if len(index) == 0:
             raise CacheError(
                 f"no usable samples in {entry.name} (nothing written or everything skipped)",
                 "run `repackctl cache info` to see what the entry holds",
             )
         used = np.zeros(entry.n, bool)
-        used[self.index] = True
+        used[index] = True
         fid = feats.group.basename
         redo = repair_hint(entry.name, "the same `repackctl extract`")
         tokens = GuardedArray(feats["tokens"], used, f"{entry.name} features/{fid}/tokens", redo)
@@ -342,52 +305,40 @@ class PackData:
         self.flips = int(tokens.shape[1])
         self.tokens_shape = tuple(tokens.shape[2:])  # (T, C)
         self.resolution = int(images.shape[1])
-        per_sample = np.prod(tokens.shape[1:]) * 2 + np.prod(images.shape[1:])
-        if in_memory is None:
-            in_memory = per_sample * len(self.index) <= memory_gb * 2**30
-        self.in_memory = bool(in_memory)
-        if self.in_memory:
-            # whole arrays in index order, then only the valid rows: one sequential read each
-            self._tokens = tokens[:][self.index]  # (N, F, T, C) float16
-            self._images = images[:][self.index]  # (N, R, R, 3) uint8
-        else:
-            chunk = entry.chunk
-            self._token_reader = ChunkReader(tokens, chunk, buffer_chunks)
-            self._image_reader = ChunkReader(images, chunk, buffer_chunks)
+        super().__init__(
+            {"tokens": tokens, "images": images},
+            index,
+            entry.chunk,
+            in_memory=in_memory,
+            memory_gb=memory_gb,
+            buffer_chunks=buffer_chunks,
+        )
 
-    def __len__(self) -> int:
-        return len(self.index)
+    @property
+    def index(self) -> np.ndarray:
+        return self.indices
 
     def raw(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Tokens (B, F, T, C) float16 and images (B, R, R, 3) uint8 at ``positions``."""
-        positions = np.asarray(positions, dtype=np.int64)
-        if self.in_memory:
-            return self._tokens[positions], self._images[positions]
-        idx = self.index[positions]
-        return self._token_reader.take(idx), self._image_reader.take(idx)
+        return self.take("tokens", positions), self.take("images", positions)
 
     def get(
         self, positions: np.ndarray, generator: np.random.Generator | None = None
     ) -> dict[str, torch.Tensor]:
         """A batch with one flip per sample drawn from ``generator`` (flip 0 when None)."""
-        tokens, images = self.raw(positions)
-        b = len(positions)
-        if generator is None:
-            flip = np.zeros(b, dtype=np.int64)
-        else:
-            flip = generator.integers(0, self.flips, size=b)  # (B,)
-        tok = tokens[np.arange(b), flip].astype(np.float32)  # (B, T, C)
-        img = images.copy()  # (B, R, R, 3)
-        mirrored = flip == 1
-        if mirrored.any():  # flip index 1 holds the tokens of the mirrored image
-            img[mirrored] = img[mirrored][:, :, ::-1]
-        x = torch.from_numpy(img).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # (B, 3, R, R)
-        return {"tokens": torch.from_numpy(tok), "images": x, "flip": torch.from_numpy(flip)}
+        flip = draw_flips(generator, len(positions), self.flips)  # (B,)
+        tok = self.take_flip("tokens", positions, flip).astype(np.float32)  # (B, T, C)
+        img = mirror(self.take("images", positions), flip)  # (B, R, R, 3)
+        return {
+            "tokens": torch.from_numpy(tok),
+            "images": images_to_float(img),  # (B, 3, R, R)
+            "flip": torch.from_numpy(flip),
+        }
 
     def token_blocks(self, max_samples: int | None = None, block: int = 256):
         """Yield token arrays (b, F, T, C) float16 of up to ``max_samples`` valid samples, spread
         evenly over the entry in chunk-aligned runs, always in the same order (for the PCA)."""
-        n = len(self.index)
+        n = len(self.indices)
         take = np.arange(n)
         if max_samples is not None and max_samples < n:
             chunk = max(1, self.entry.chunk)
@@ -397,8 +348,7 @@ class PackData:
             take = np.unique(np.concatenate([np.arange(s, min(s + chunk, n)) for s in pick]))
             take = take[:max_samples]
         for lo in range(0, len(take), block):
-            tokens, _ = self.raw(take[lo : lo + block])
-            yield tokens
+            yield self.take("tokens", take[lo : lo + block])
 
 
 def check_square_grid(tokens: int) -> int:

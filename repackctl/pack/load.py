@@ -58,30 +58,18 @@ def _runs_root() -> str:
 
 
 def resolve_checkpoint(run_or_checkpoint: str | Path, runs: str | None = None) -> Path:
-    """A checkpoint folder from a checkpoint path, a run folder, or a run name under ``runs``."""
-    from repackctl.paths import local_path
+    """A checkpoint folder from a checkpoint path, a run folder, or a run name under ``runs``
+    (``paths.resolve_checkpoint_arg``), verified: a bad file is an error naming it."""
     from repackctl.train.checkpoint import checkpoint_for_loading
 
-    text = str(run_or_checkpoint)
-    candidates = [Path(text).expanduser()]
-    if os.sep not in text and "/" not in text:
-        candidates.append(local_path(runs or _runs_root()) / text)
-    for path in candidates:
-        if (path / "state.json").is_file() or path.is_dir():
-            found = checkpoint_for_loading(path)  # verified: a bad file is an error naming it
-            if found is None:
-                raise CheckpointError(
-                    f"run {path} has no complete checkpoint yet",
-                    f"train it first: `repackctl pack train --name {path.name}`",
-                )
-            return found.resolve()
-    from repackctl.runs import runs_hint
-
-    root = local_path(runs or _runs_root())
-    raise CheckpointError(
-        f"no pack run or checkpoint {text!r} (looked in {root})",
-        f"{runs_hint(root, 'pack')}; to make one: `repackctl pack train --name {text}`",
-    )
+    folder = resolve_checkpoint_arg(runs or _runs_root(), str(run_or_checkpoint), stage="pack")
+    found = checkpoint_for_loading(folder)
+    if found is None:
+        raise CheckpointError(
+            f"run {folder} has no complete checkpoint yet",
+            f"train it first: `repackctl pack train --name {folder.name}`",
+        )
+    return found.resolve()
 
 
 def pack_id_for(features_id: str, run_name: str, step: int, weights_sha256: str) -> str:

@@ -45,7 +45,7 @@ from repackctl.pack.losses import (
     load_lpips,
     official_kl_weight,
 )
-from repackctl.pack.pca import PCAAccumulator, PCAResult
+from repackctl.pack.pca import PCAResult, fit_pca
 from repackctl.pack.projection import ProjectionConfig
 from repackctl.progress import LOG_FILE, ProgressFactory, null_progress, with_log_file
 from repackctl.settings import Settings
@@ -177,15 +177,8 @@ def resolve_plan(settings: Settings, ref: FeatureRef) -> PackPlan:
 
 def fit_token_pca(data: PackData, components: int, max_samples: int | None) -> PCAResult:
     """Float64 PCA of the tokens of both flips of up to ``max_samples`` samples (fixed order)."""
-    acc: PCAAccumulator | None = None
-    for tokens in data.token_blocks(max_samples):  # (b, F, T, C) float16
-        t = torch.from_numpy(tokens)
-        if acc is None:
-            acc = PCAAccumulator(t.shape[-1])
-        acc.update(t)
-    if acc is None:
-        raise ConfigError("no tokens to fit the PCA on", "check the cache entry")
-    return acc.fit(components)
+    blocks = data.token_blocks(max_samples)  # (b, F, T, C) float16 each
+    return fit_pca((torch.from_numpy(tokens) for tokens in blocks), components)
 
 
 # ---------------------------------------------------------------------------- the task
@@ -362,7 +355,7 @@ def run_pack_train(
     plan = resolve_plan(settings, ref)
     run_dir = run_dir_of(settings.runs, plan.run_name)
     progress = with_log_file(progress, run_dir / LOG_FILE)
-    data = PackData(ref.entry, ref.feats, cfg.in_memory, cfg.memory_gb)
+    data = PackData(ref.entry, ref.feats, cfg.in_memory, settings.memory_gb)
     log = resumed + ([ref.note] if ref.note else []) + list(plan.notes)
     lpips = _load_lpips(plan)
 

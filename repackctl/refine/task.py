@@ -31,6 +31,7 @@ from torch import nn
 
 from repackctl.cache.integrity import GuardedArray, repair_hint
 from repackctl.cache.store import WRITTEN, DatasetEntry
+from repackctl.data.cached import MEMORY_GB, CachedRows, draw_flips, images_to_float, mirror
 from repackctl.errors import CheckpointError, ConfigError
 from repackctl.pack.discriminator import (
     DiscriminatorConfig,
@@ -48,8 +49,6 @@ from repackctl.train import OptimizerSpec, StepOutput, TrainConfig, train
 
 # Adam betas of the official refiner (and of stage 1)
 BETAS = (0.5, 0.9)
-# load the triplets into memory when they are smaller than this (bytes)
-IN_MEMORY_BYTES = 2 * 2**30
 
 
 @dataclass(frozen=True)
@@ -59,20 +58,6 @@ class RefineLossWeights:
     l1: float = 1.0
     perceptual: float = 1.0
     gan: float = 0.5
-
-
-class _Rows:
-    """Row access to a sample-indexed Zarr array, whole in memory when it is small."""
-
-    def __init__(self, array: Any, in_memory: bool) -> None:
-        self.array = array[:] if in_memory else array  # a GuardedArray: lost chunks raise
-
-    def take(self, rows: np.ndarray) -> np.ndarray:
-        if isinstance(self.array, np.ndarray):
-            return self.array[rows]
-        order = np.argsort(rows)
-        out = self.array.oindex[rows[order]]  # zarr reads sorted rows chunk by chunk
-        return out[np.argsort(order)]
 
 
 class RefineTask:
@@ -88,6 +73,7 @@ class RefineTask:
         lpips: nn.Module | None,
         pack_info: dict[str, Any],
         in_memory: bool | None = None,
+        memory_gb: float = MEMORY_GB,
     ) -> None:
         self.entry = entry
         self.triplets = triplets
@@ -100,19 +86,22 @@ class RefineTask:
         if len(self.positions) == 0:
             raise ConfigError(f"no usable triplets in {entry.name}", "extract more images")
         self.flips = int(triplets["latent"].shape[1])
-        size = triplets["recon"].nbytes + triplets["latent"].nbytes + entry.images.nbytes
-        mem = size < IN_MEMORY_BYTES if in_memory is None else in_memory
         used = triplets.done_mask() == WRITTEN
         tname = triplets.group.basename
         redo = repair_hint(entry.name, "the same `repackctl refine train`")
         redo_img = repair_hint(entry.name, "the same `repackctl extract`")
-        self.images = _Rows(GuardedArray(entry.images, used, f"{entry.name} images", redo_img), mem)
-        self.recon = _Rows(
-            GuardedArray(triplets["recon"], used, f"{entry.name} triplets/{tname}/recon", redo), mem
-        )
-        self.latent = _Rows(
-            GuardedArray(triplets["latent"], used, f"{entry.name} triplets/{tname}/latent", redo),
-            mem,
+        arrays = {
+            "images": GuardedArray(entry.images, used, f"{entry.name} images", redo_img),
+            "recon": GuardedArray(
+                triplets["recon"], used, f"{entry.name} triplets/{tname}/recon", redo
+            ),
+            "latent": GuardedArray(
+                triplets["latent"], used, f"{entry.name} triplets/{tname}/latent", redo
+            ),
+        }
+        # the cache-backed dataset over the rows with a triplet (position k = row positions[k])
+        self.rows = CachedRows(
+            arrays, self.positions, entry.chunk, in_memory=in_memory, memory_gb=memory_gb
         )
 
     # ---- TrainTask -----------------------------------------------------------------------------
@@ -136,19 +125,15 @@ class RefineTask:
     def get_batch(
         self, indices: np.ndarray, step: int, generator: np.random.Generator
     ) -> dict[str, torch.Tensor]:
-        rows = self.positions[np.asarray(indices)]
-        flip = generator.integers(0, self.flips, len(rows))  # (B,) which stored flip
-        real = self.images.take(rows)  # (B, R, R, 3) uint8, unflipped
-        real = np.where(flip[:, None, None, None] == 1, real[:, :, ::-1], real)
-        take = np.arange(len(rows))
-        rec = self.recon.take(rows)[take, flip]  # (B, R, R, 3)
-        lat = self.latent.take(rows)[take, flip]  # (B, d, h, w)
-
-        def to_float(x: np.ndarray) -> torch.Tensor:
-            t = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2)  # (B, 3, R, R)
-            return t.float() / 127.5 - 1.0
-
-        return {"gt": to_float(real), "rec": to_float(rec), "z": torch.from_numpy(lat).float()}
+        flip = draw_flips(generator, len(indices), self.flips)  # (B,) which stored flip
+        real = mirror(self.rows.take("images", indices), flip)  # (B, R, R, 3) uint8
+        rec = self.rows.take_flip("recon", indices, flip)  # (B, R, R, 3)
+        lat = self.rows.take_flip("latent", indices, flip)  # (B, d, h, w)
+        return {
+            "gt": images_to_float(real),
+            "rec": images_to_float(rec),
+            "z": torch.from_numpy(lat).float(),
+        }
 
     def training_step(self, modules: dict[str, nn.Module], batch: dict, step: int) -> StepOutput:
         model = modules["model"]
@@ -301,6 +286,7 @@ def run_refine_train(
         RefineLossWeights(cfg.l1_weight, cfg.perceptual_weight, cfg.gan_weight),
         lpips,
         {"run": pack.run_name, "checkpoint": str(pack.checkpoint), "pack_id": pack.pack_id},
+        memory_gb=settings.memory_gb,
     )
     config = TrainConfig.from_settings(
         settings,

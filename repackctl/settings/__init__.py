@@ -63,6 +63,12 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N, mps")
     precision: Precision = Field("fp32", description="fp32, bf16 or fp16")
     num_workers: int = Field(2, ge=0, description="DataLoader workers that decode images")
+    memory_gb: float = Field(
+        4.0,
+        gt=0,
+        description="size limit (GiB) under which pack, dit and refine load their cached "
+        "training arrays into memory when their in_memory is none",
+    )
     log_every_s: float = Field(
         30.0,
         gt=0,

@@ -67,7 +67,8 @@ class DitSettings(BaseModel):
     )
     in_memory: bool | None = Field(
         None,
-        description="load the arrays into memory instead of chunk-block reads; none = when < 2 GiB",
+        description="load the arrays into memory instead of chunk-block reads; "
+        "none = when under memory_gb",
     )
     flip: bool = Field(True, description="random horizontal flip per sample (cached flips)")
 

@@ -43,7 +43,7 @@ class PackSettings(BaseModel):
         "Optimisation": ("steps", "batch_size", "lr", "disc_lr", "betas", "ema_decay", "clip_grad"),
         "Losses": ("l1_weight", "perceptual_weight", "lpips_weights", "ffl_weight", "kl_weight", "gan_weight", "gan_start"),
         "Output": ("ckpt_every", "keep_last", "log_every", "image_every", "grid_images"),
-        "Data loading": ("in_memory", "memory_gb", "pca_samples", "encode_batch_size"),
+        "Data loading": ("in_memory", "pca_samples", "encode_batch_size"),
         "Evaluation": ("eval_split", "eval_entry", "eval_num", "inception_weights"),
     }  # fmt: skip
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}  # filled below the class
@@ -139,7 +139,6 @@ class PackSettings(BaseModel):
     in_memory: bool | None = Field(
         None, description="load tokens + images into memory; none = when under memory_gb"
     )
-    memory_gb: float = Field(4.0, gt=0, description="size limit of the automatic in-memory load")
     pca_samples: int = Field(
         20000, ge=1, description="samples (both flips) the PCA is fitted on, evenly spread"
     )

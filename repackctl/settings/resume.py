@@ -28,7 +28,7 @@ HISTORY = CONFIG_HISTORY
 
 # settings whose change keeps a resumed run an exact continuation of the same experiment
 CONTINUABLE: dict[str, set[str]] = {
-    "": {"cache", "runs", "samples", "device", "num_workers", "imagenet_root"},
+    "": {"cache", "runs", "samples", "device", "num_workers", "imagenet_root", "memory_gb"},
     "dit": {
         "steps",
         "ckpt_every",
@@ -51,7 +51,6 @@ CONTINUABLE: dict[str, set[str]] = {
         "image_every",
         "grid_images",
         "in_memory",
-        "memory_gb",
         "max_nonfinite_steps",
         "run",
         "allow_change",

@@ -54,19 +54,8 @@ class UViTDiT(DiT):
         drop_mask: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Velocity at (x, t) for labels y; same contract as ``DiT.forward``."""
-        if t.ndim == 0:
-            t = t.expand(x.shape[0])  # (B,)
-        self._check_inputs(x, t, y)
+        h, c = self.embed(x, t, y, return_hidden_at, drop_mask)  # (B, T, D), (B, D)
         cfg = self.config
-        if return_hidden_at is not None and not 1 <= return_hidden_at <= cfg.depth:
-            raise ConfigError(
-                f"return_hidden_at={return_hidden_at} is outside 1..{cfg.depth}",
-                "use repackctl.models.repa.default_repa_depth(depth)",
-            )
-        if drop_mask is None and self.training and cfg.class_dropout > 0:
-            drop_mask = self.label_drop_mask(x.shape[0]).to(x.device)  # (B,)
-        h = self.x_embedder(x) + self.pos_embed.to(x.dtype)  # (B, T, D)
-        c = self.t_embedder(t) + self.y_embedder(y, drop_mask)  # (B, D)
         half = cfg.depth // 2
         skips: list[Tensor] = []
         hidden = None

@@ -1,0 +1,142 @@
+"""One cache-backed dataset: the rows of a cache entry's sample-indexed arrays (DESIGN.md §4).
+
+Every stage that trains from the cache reads it the same way, through :class:`CachedRows`:
+
+- the training set is a list of *valid* cache indices (``indices``): rows whose every array was
+  written (``done == WRITTEN``); position ``k`` of the training set is cache row ``indices[k]``,
+  so consecutive positions are (almost always) consecutive rows and the loop's ``BlockSampler``
+  blocks stay chunk-aligned;
+- each array is wrapped in a ``GuardedArray`` by its stage, so a lost or corrupt chunk of a used
+  row is a ``CacheError`` naming the array and the repair command, never zeros;
+- the arrays are either loaded whole into memory (one sequential read each, then only the valid
+  rows kept) or read as whole Zarr chunks through an LRU buffer (``ChunkReader``): random
+  single-sample Zarr reads are 20–200x slower (DESIGN.md §4). ``in_memory=None``
+  decides by size, with the ONE threshold rule of the package, :func:`fits_in_memory`.
+
+Both paths return the same bytes, so a batch does not depend on how it was read. Flips: the
+cache stores every sample and its mirror (axis 1, ``F``); :meth:`CachedRows.take_flip` picks one
+slot per sample, :func:`mirror` flips the matching cached images, :func:`draw_flips` draws the
+slots of a batch from the loop's generator (pack and refine; the DiT draws per sample).
+
+The stage views (``pack.data.PackData``, ``dit.latents.LatentData``, the refiner's task) are
+subclasses or users of this class that only add what their batches mean.
+
+Legend: N cache rows, B batch, F flips.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from repackctl.cache.store import WRITTEN, ChunkReader
+from repackctl.settings import Settings
+
+#: the automatic in-memory load's size limit (GiB) of every cache-backed dataset: the default
+#: of the one setting ``memory_gb`` (``--memory-gb``, ``REPACKCTL_MEMORY_GB``)
+MEMORY_GB: float = Settings.model_fields["memory_gb"].default
+
+
+def fits_in_memory(nbytes: int, memory_gb: float = MEMORY_GB) -> bool:
+    """Whether ``nbytes`` of rows are loaded into memory when the user did not choose."""
+    return nbytes <= memory_gb * 2**30
+
+
+def written_rows(*done: np.ndarray) -> np.ndarray:
+    """Cache indices where every ``done`` mask says WRITTEN (int64, ascending)."""
+    ok = np.ones(np.shape(done[0]), bool)
+    for mask in done:
+        ok &= np.asarray(mask) == WRITTEN
+    return np.flatnonzero(ok).astype(np.int64)
+
+
+def draw_flips(generator: np.random.Generator | None, n: int, flips: int) -> np.ndarray:
+    """One stored flip slot per sample from ``generator`` (slot 0 for all when None)."""
+    if generator is None:
+        return np.zeros(n, dtype=np.int64)
+    return generator.integers(0, flips, size=n)  # (B,)
+
+
+def mirror(images: np.ndarray, flips: np.ndarray) -> np.ndarray:
+    """A copy of uint8 images (B, R, R, 3) with those of flip slot 1 mirrored left-right."""
+    out = images.copy()
+    mirrored = np.asarray(flips) == 1
+    if mirrored.any():  # flip slot 1 holds the data of the mirrored image
+        out[mirrored] = out[mirrored][:, :, ::-1]
+    return out
+
+
+def images_to_float(images: np.ndarray) -> torch.Tensor:
+    """uint8 (B, R, R, 3) HWC → float NCHW in [-1, 1] (DESIGN.md §2)."""
+    t = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)  # (B, 3, R, R)
+    return t.float() / 127.5 - 1.0
+
+
+class CachedRows:
+    """Named sample-indexed arrays of one cache entry, read at the training set's positions.
+
+    ``arrays`` maps a name to a (guarded) array whose first axis is the cache row; ``indices``
+    are the valid rows; ``chunk`` is the entry's chunk size (the unit of the buffered reads);
+    ``buffer_chunks`` the LRU capacity of each array's chunk reader.
+    """
+
+    def __init__(
+        self,
+        arrays: Mapping[str, Any],
+        indices: np.ndarray,
+        chunk: int,
+        *,
+        in_memory: bool | None = None,
+        memory_gb: float = MEMORY_GB,
+        buffer_chunks: int = 32,
+    ) -> None:
+        self.indices = np.asarray(indices, dtype=np.int64)  # (N_valid,) cache rows
+        self.chunk = int(chunk)
+        self.buffer_chunks = int(buffer_chunks)
+        self._arrays: dict[str, Any] = {}
+        self._readers: dict[str, ChunkReader] = {}
+        self._memory: dict[str, np.ndarray] = {}
+        for name, array in arrays.items():
+            self.add(name, array)
+        if in_memory is None:
+            in_memory = fits_in_memory(self.nbytes(), memory_gb)
+        self.in_memory = bool(in_memory)
+        if self.in_memory:
+            self.load()
+
+    def add(self, name: str, array: Any) -> None:
+        """One more array (read in memory only after the next :meth:`load`)."""
+        self._arrays[name] = array
+        self._readers[name] = ChunkReader(array, self.chunk, self.buffer_chunks)
+
+    def nbytes(self) -> int:
+        """Bytes the valid rows of all arrays take in memory."""
+        per_row = sum(int(np.prod(a.shape[1:])) * a.dtype.itemsize for a in self._arrays.values())
+        return per_row * len(self.indices)
+
+    def load(self) -> None:
+        """Read every array whole (one sequential read each) and keep its valid rows."""
+        self._memory = {k: np.asarray(a[:])[self.indices] for k, a in self._arrays.items()}
+        self.in_memory = True
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def row_shape(self, name: str) -> tuple[int, ...]:
+        """Shape of one row of array ``name``."""
+        return tuple(int(s) for s in self._arrays[name].shape[1:])
+
+    def take(self, name: str, positions: np.ndarray) -> np.ndarray:
+        """Rows of array ``name`` at training-set ``positions`` (any order, repeats allowed)."""
+        positions = np.asarray(positions, dtype=np.int64)
+        if self.in_memory:
+            return self._memory[name][positions]  # (B, ...)
+        return self._readers[name].take(self.indices[positions])  # (B, ...)
+
+    def take_flip(self, name: str, positions: np.ndarray, flips: np.ndarray) -> np.ndarray:
+        """Rows of array ``name`` (N, F, ...) at ``positions``, each at its flip slot (B, ...)."""
+        rows = self.take(name, positions)  # (B, F, ...)
+        return rows[np.arange(len(rows)), np.asarray(flips, dtype=np.int64)]
