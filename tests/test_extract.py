@@ -312,3 +312,32 @@ def test_cache_root_can_be_an_fsspec_url():
     assert result.written == 16 and list_entries(root) == [result.entry]
     entry = DatasetEntry.open(root, result.entry)
     assert verify_entry(entry) == [] and entry.images.shape == (16, 64, 64, 3)
+
+
+def test_prefetch_thread_hands_on_errors_and_stops_when_the_loop_ends():
+    """The background loader of ``extract``: items in order, its error raised in the caller,
+    and an early exit stops the thread (no thread left reading)."""
+    import threading
+
+    from repackctl.extract import _prefetched
+
+    def failing():
+        yield from (1, 2)
+        raise ValueError("unreadable batch")
+
+    seen = []
+    with pytest.raises(ValueError, match="unreadable batch"):
+        for item in _prefetched(failing()):
+            seen.append(item)
+    assert seen == [1, 2]
+
+    def endless():
+        i = 0
+        while True:
+            yield i
+            i += 1
+
+    it = _prefetched(endless())
+    assert [next(it) for _ in range(3)] == [0, 1, 2]
+    it.close()
+    assert not any(t.name == "extract-prefetch" for t in threading.enumerate())

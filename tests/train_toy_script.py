@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from repackctl.train import OptimizerSpec, StepOutput, TrainConfig, train
+from repackctl.train.sharding import full
 
 
 class ToyTask:
@@ -131,6 +132,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--dump", default=None)
     ap.add_argument("--lr", type=float, default=1e-2)
     ap.add_argument("--max-nonfinite-steps", type=int, default=10)
+    ap.add_argument("--parallel", default="ddp", choices=["ddp", "fsdp"])
     return ap.parse_args(argv)
 
 
@@ -174,6 +176,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         clip_grad=1.0,
         image_every=args.image_every,
         max_nonfinite_steps=args.max_nonfinite_steps,
+        parallel=getattr(args, "parallel", "ddp"),
         cpu=True,
     )
 
@@ -193,7 +196,7 @@ def main() -> None:
         out.mkdir(parents=True, exist_ok=True)
         # the weights every process ended with (not only what rank 0 saved)
         state = {
-            f"{name}.{k}": v.detach().clone()
+            f"{name}.{k}": full(v).detach().clone()  # gathered from the shards under FSDP
             for name, mod in task.modules.items()
             for k, v in mod.state_dict().items()
         }

@@ -28,7 +28,7 @@ class DitSettings(BaseModel):
         "Model": ("arch", "size", "patch", "model", "qk_norm", "no_shift", "class_dropout", "grad_checkpointing", "compile", "kernels"),
         "Transport": ("time_dist", "time_mu", "time_sigma", "time_shift", "cos_weight"),
         "REPA": ("repa_weight", "repa_depth", "repa_stop_step", "repa_hidden"),
-        "Optimisation": ("steps", "global_batch", "grad_accum", "lr", "beta1", "beta2", "weight_decay", "schedule", "warmup_steps", "drop_step", "drop_lr", "min_lr", "ema_decay", "ema_warmup", "clip_grad"),
+        "Optimisation": ("steps", "global_batch", "grad_accum", "lr", "beta1", "beta2", "weight_decay", "schedule", "warmup_steps", "drop_step", "drop_lr", "min_lr", "ema_decay", "ema_warmup", "clip_grad", "parallel"),
         "Output": ("ckpt_every", "keep_last", "log_every", "image_every", "image_steps"),
     }  # fmt: skip
     SHORT: ClassVar[dict[str, str]] = {"global_batch": "-b"}
@@ -131,6 +131,11 @@ class DitSettings(BaseModel):
     clip_grad: float | None = Field(None, gt=0.0, description="max grad norm; none = no clip")
     compile: bool = Field(
         False, description="compile each block of the model (regional torch.compile)"
+    )
+    parallel: Literal["ddp", "fsdp"] = Field(
+        "ddp",
+        description="several processes: ddp (replicated weights) or fsdp (FSDP2 fully_shard of "
+        "each block, for XL and larger); checkpoints are the same files either way",
     )
     kernels: Literal["auto", "triton", "eager"] = Field(
         "auto",

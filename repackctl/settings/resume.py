@@ -37,6 +37,7 @@ CONTINUABLE: dict[str, set[str]] = {
         "image_every",
         "image_steps",
         "prefetch",
+        "parallel",
         "buffer_blocks",
         "in_memory",
         "max_nonfinite_steps",

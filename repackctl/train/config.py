@@ -16,6 +16,7 @@ from typing import Any
 from repackctl.errors import ConfigError
 
 SCHEDULES = ("constant", "warmup", "step", "cosine")
+PARALLEL = ("ddp", "fsdp")
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
@@ -51,6 +52,7 @@ class TrainConfig:
     min_lr: float = 0.0  # "cosine": lr at the last step
     clip_grad: float | None = None  # max global grad norm per optimizer; None: no clipping
     compile: bool = False  # regional torch.compile of the model's blocks
+    parallel: str = "ddp"  # several processes: "ddp" (replicated) or "fsdp" (FSDP2 shards)
     keep_last: int = 3  # complete checkpoints kept (older ones deleted); 0 keeps all
     max_nonfinite_steps: int = 10  # non-finite steps in a row before TrainingError
     block: int = 1  # sampler: consecutive indices read together (Zarr chunk); 1 = plain shuffle
@@ -126,6 +128,10 @@ class TrainConfig:
         if self.schedule not in SCHEDULES:
             raise bad(
                 f"unknown schedule {self.schedule!r}", f"choose one of {', '.join(SCHEDULES)}"
+            )
+        if self.parallel not in PARALLEL:
+            raise bad(
+                f"unknown parallel mode {self.parallel!r}", f"choose one of {', '.join(PARALLEL)}"
             )
         if self.precision not in PRECISIONS:
             raise bad(

@@ -14,6 +14,8 @@ import copy
 import torch
 from torch import nn
 
+from repackctl.train.sharding import local
+
 
 class EMA:
     """An fp32 shadow copy of a module, updated in place."""
@@ -48,8 +50,9 @@ class EMA:
     def _bind(self, model: nn.Module) -> None:
         """Cache both parameter and buffer lists (walking the module tree costs per step)."""
         self._source = model
-        self._ema_params = list(self.module.parameters())
-        self._params = [p.detach() for p in model.parameters()]
+        # under FSDP both the model and this copy are sharded alike: average the local shards
+        self._ema_params = [local(p) for p in self.module.parameters()]
+        self._params = [local(p.detach()) for p in model.parameters()]
         self._cast = any(p.dtype != torch.float32 for p in self._params)
         pairs = list(zip(self.module.buffers(), model.buffers(), strict=True))
         self._ema_buffers = [e for e, _ in pairs]

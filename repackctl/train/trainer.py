@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import copy
 import json
 import math
 import time
@@ -68,6 +69,15 @@ from repackctl.train.precision import compile_blocks, enable_fast_math, make_acc
 from repackctl.train.protocol import OptimizerSpec, TrainResult, TrainTask, unpack_step_output
 from repackctl.train.sampler import BlockSampler, Position, local_micro_batches
 from repackctl.train.schedule import make_scheduler
+from repackctl.train.sharding import (
+    full,
+    full_optim_state,
+    full_state_dict,
+    is_sharded,
+    set_gradient_sync,
+    shard_module,
+    shard_optim_state,
+)
 
 NAN_HINT = (
     "lower the learning rate (--lr), set clip_grad (e.g. 1.0), enable qk-norm in the model "
@@ -127,7 +137,8 @@ def apply_hparams(
 
 
 def state_dict_cpu(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu() for k, v in module.state_dict().items()}
+    """Full weights on the CPU (gathered from the shards under FSDP: call on every process)."""
+    return full_state_dict(module)
 
 
 class Window:
@@ -264,11 +275,6 @@ class Trainer:
         self.modules = self._build_modules()
         self.model = self.modules["model"]
         self.ema = EMA(self.model, config.ema_decay, config.ema_warmup)
-        get_specs = getattr(task, "optimizers", None)
-        self.opt = Optimizers(
-            get_specs() if get_specs else {"model": OptimizerSpec()}, self.modules, config
-        )
-        self.all_params = [p for m in self.modules.values() for p in m.parameters()]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
         self.sampler = BlockSampler(
             task.num_samples(), config.seed, config.block, config.buffer_blocks
@@ -280,6 +286,18 @@ class Trainer:
         self.consecutive_bad = 0
         self.bad_since_save = 0
         self.compiled = compile_blocks(self.model) if config.compile else 0
+        # FSDP replaces the parameters: the optimizers are built over the sharded ones
+        self.fsdp = self._shard_modules()
+        get_specs = getattr(task, "optimizers", None)
+        self.opt = Optimizers(
+            get_specs() if get_specs else {"model": OptimizerSpec()}, self.modules, config
+        )
+        # a single loss per step may keep unsharded grads until the last micro-batch (FSDP's
+        # no_sync); several losses swap grads between backward passes, so each one is reduced
+        self.fsdp_accumulate = bool(self.fsdp) and len(self.opt.optimizers) == 1
+        self.all_params = [p for m in self.modules.values() for p in m.parameters()]
+        if self.last_ckpt is not None:
+            self._resume_optimizers(self.last_ckpt)
         self.wrapped = self._wrap_modules()
         self.header = self._write_header()
         self.window = Window()
@@ -314,7 +332,7 @@ class Trainer:
         self.ddp: list[DistributedDataParallel] = []
         self.calls = {}
         self.manual: list[str] = []  # optimizers whose grads the trainer averages itself
-        if self.world == 1:
+        if self.world == 1 or self.fsdp:  # sharded modules reduce their own grads
             return dict(self.modules)
         overlap = {m for spec in self.opt.specs.values() if spec.overlap for m in spec.modules}
         wrapped: dict[str, nn.Module] = {}
@@ -373,10 +391,6 @@ class Trainer:
                 f"{latest} does not fit the task's modules: {e}",
                 "resume with the same model settings or use a new run directory",
             ) from e
-        optim_state = ckpt_io.load_optim(latest)
-        self.messages += self.opt.load_state_dict(optim_state, latest)
-        if optim_state.get("scaler"):
-            self.scaler.load_state_dict(optim_state["scaler"])
         self.step_count = int(state["step"])
         self.position = Position(int(state["epoch"]), int(state["offset"]))
         self.bad_total = int(state.get("bad_steps_total", 0))
@@ -397,6 +411,42 @@ class Trainer:
         self.messages.append(f"resumed from {latest} (step {self.step_count})")
         return latest
 
+    def _shard_modules(self) -> list[nn.Module]:
+        """With ``parallel = "fsdp"`` on several processes: shard every trainable module and the
+        EMA copy (FSDP2); returns the sharded modules. Plain CPU copies are kept for the
+        images hook, which runs on the main process only (a sharded forward is a collective)."""
+        if self.config.parallel != "fsdp" or self.world == 1:
+            return []
+        if self.config.precision == "fp16":
+            raise ConfigError(
+                "fp16 with a GradScaler is not supported with parallel = fsdp",
+                "train in bf16 (--precision bf16) or use --parallel ddp",
+            )
+        trainable = [
+            n for n, m in self.modules.items() if any(p.requires_grad for p in m.parameters())
+        ]
+        self.shells: dict[str, nn.Module] = {}
+        if self.config.image_every and getattr(self.task, "on_images", None) is not None:
+            self.shells = {n: copy.deepcopy(m).cpu() for n, m in self.modules.items()}
+            self.shells["ema"] = copy.deepcopy(self.ema.module).cpu()
+        for name in trainable:
+            shard_module(self.modules[name])
+        shard_module(self.ema.module)
+        return [self.modules[n] for n in trainable]
+
+    def _resume_optimizers(self, latest: Path) -> None:
+        """Optimizer, schedule and scaler state of the checkpoint (cut into shards under FSDP)."""
+        optim_state = ckpt_io.load_optim(latest)
+        if self.fsdp:
+            optim_state = dict(optim_state)
+            optim_state["optimizers"] = {
+                n: shard_optim_state(s, self.opt.params[n]) if n in self.opt.params else s
+                for n, s in optim_state.get("optimizers", {}).items()
+            }
+        self.messages[-1:-1] = self.opt.load_state_dict(optim_state, latest)
+        if optim_state.get("scaler"):
+            self.scaler.load_state_dict(optim_state["scaler"])
+
     def _write_header(self) -> dict[str, Any]:
         """The run header: world size, device, precision and its source, seed, version."""
         from repackctl import __version__
@@ -411,6 +461,8 @@ class Trainer:
             "torch": torch.__version__,
             "compiled_blocks": self.compiled,
             "ddp_modules": [n for n, m in self.wrapped.items() if m is not self.modules[n]],
+            "parallel": self.config.parallel,
+            "fsdp_modules": [n for n, m in self.modules.items() if any(m is f for f in self.fsdp)],
             "step": self.step_count,
         }
         if self.main:
@@ -474,6 +526,8 @@ class Trainer:
                 if not sync:
                     for d in self.ddp:
                         stack.enter_context(d.no_sync())
+                if self.fsdp_accumulate:
+                    set_gradient_sync(self.fsdp, sync)
                 with self.acc.autocast():
                     out = self.task.training_step(self.wrapped, to_device(batch, self.device), s)
                 losses, logs = unpack_step_output(out)
@@ -542,7 +596,7 @@ class Trainer:
             else:
                 norms.append(torch.nn.utils.get_total_norm(grads))
         # one host sync per step: the (process-reduced) loss check and every grad norm
-        values = torch.stack([self._reduced(nonfinite), *norms]).tolist()
+        values = torch.stack([self._reduced(nonfinite), *map(full, norms)]).tolist()
         for oname, v in zip(stepped, values[1:], strict=True):
             self.window.add(f"grad_norm/{oname}", v)
         # grads are identical on every process after the reduction: the same decision everywhere
@@ -607,6 +661,9 @@ class Trainer:
             bar.log(f"step {s}: checkpoint skipped, {why}; the last good one is {self.last_ckpt}")
             return self.last_ckpt
         rngs = gather_objects(ckpt_io.rng_state(), self.world)
+        optim = self.opt.state_dict(self.scaler)
+        if self.fsdp:  # gathered on every process; only the main one writes
+            optim["optimizers"] = {n: full_optim_state(o) for n, o in optim["optimizers"].items()}
         path = ckpt_io.checkpoints_dir(self.run_dir) / ckpt_io.step_dir_name(s)
         if self.main:
             extra_fn = getattr(self.task, "state_extra", None)
@@ -622,7 +679,6 @@ class Trainer:
                 "optimizers": list(self.opt.optimizers),
                 "torch": torch.__version__,
             }
-            optim = self.opt.state_dict(self.scaler)
             path = ckpt_io.save_checkpoint(
                 self.run_dir, s, weights, optim, state, self.config.keep_last
             )
@@ -650,21 +706,43 @@ class Trainer:
         fields = self.log() if s % cfg.log_every == 0 or s == cfg.steps else {}
         bar.advance(1, **fields)
         # every run, however short, ends with at least one picture (unless image_every = 0)
-        if self.main and cfg.image_every and (s % cfg.image_every == 0 or s == cfg.steps):
-            self._images(s)
+        if cfg.image_every and (s % cfg.image_every == 0 or s == cfg.steps):
+            self._images(s)  # every process: the FSDP weights are gathered for it
         if s % cfg.ckpt_every == 0 or s == cfg.steps:
             self.save(bar)
 
     def _images(self, s: int) -> None:
         """The task's picture of step ``s`` (grid, reconstructions), mirrored to TensorBoard."""
         hook = getattr(self.task, "on_images", None)
-        if hook is None:
+        if hook is None or not (self.main or self.fsdp):
             return
-        path = hook(self.modules, self.ema.module, s, self.run_dir)
+        modules, ema = self._plain_modules()
+        if not self.main:
+            return
+        path = hook(modules, ema, s, self.run_dir)
         for m in self.modules.values():
             m.train()
+        if self.fsdp:
+            for shell in self.shells.values():
+                shell.cpu()
         if path is not None and self.logger is not None:
             self.logger.image("images", Path(path), s)
+
+    def _plain_modules(self) -> tuple[dict[str, nn.Module], nn.Module]:
+        """The modules and the EMA as plain modules; under FSDP the CPU copies, loaded with the
+        gathered weights on the main process (the gather is a collective)."""
+        if not self.fsdp:
+            return self.modules, self.ema.module
+        sources = {**self.modules, "ema": self.ema.module}
+        for name, m in sources.items():
+            weights = full_state_dict(m) if is_sharded(m) else None
+            if self.main:
+                shell = self.shells[name]
+                if weights is not None:
+                    shell.load_state_dict(weights)
+                shell.to(self.device).train(m.training)
+        ema = self.shells["ema"]
+        return {n: s for n, s in self.shells.items() if n != "ema"}, ema
 
     def fit(self) -> TrainResult:
         """Train until ``config.steps``; returns the summary."""
