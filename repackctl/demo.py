@@ -384,7 +384,12 @@ class _Demo(Pipeline):
 
         m = self.report.metrics
         p = self.plan
-        dit_s = next((s.seconds for s in self.report.stages if s.name == "train dit"), 0.0)
+        dit = next((s for s in self.report.stages if s.name == "train dit"), None)
+        dit_cost = (
+            f"about {dit.seconds:.0f} s"
+            if dit is not None and not dit.reused
+            else "as long as the DiT stage (reused here, so not timed)"
+        )
         lines = [
             "# repackctl demo — the built-in dataset through every stage",
             "",
@@ -399,7 +404,7 @@ class _Demo(Pipeline):
             meaning(m, p.n_train, p.resolution, link_to_study(self.out)),
             "",
             "*PCA arm* (the same DiT on PCA latents of the same size): not run inside the demo, "
-            f"whose budget is 10 minutes; it would add about {dit_s:.0f} s (one more DiT stage "
+            f"whose budget is 10 minutes; it would add {dit_cost} (one more DiT stage "
             "of the same size and steps; the PCA fit itself takes seconds) plus sampling. The "
             "reproduction study runs it.",
             "",
