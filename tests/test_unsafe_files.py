@@ -11,30 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_official_import import official_lightningdit, official_refiner, official_stage1
+from support.evil import write_evil_pickle
+from support.official import official_lightningdit, official_refiner, official_stage1
 from typer.testing import CliRunner
 
 from repackctl.cli.app import app
 from repackctl.errors import RepackError
 
 runner = CliRunner()
-
-
-class _Evil:
-    """Unpickling this calls ``open(marker, "w")``: it creates the marker file."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
-def write_evil_pickle(path: Path, marker: Path) -> Path:
-    """A torch file whose full unpickling would create ``marker``."""
-    torch.save({"state_dict": {"w": torch.ones(1)}, "payload": _Evil(marker)}, path)
-    assert not marker.exists()
-    return path
 
 
 def _clean_failure(r, *must: str) -> None:

@@ -1,7 +1,7 @@
 """`repackctl evaluate fid | stats` end to end, offline.
 
 The Inception path runs on a randomly initialised torch-fidelity Inception saved to a file and
-passed with ``--inception-weights`` (the real loading path; see tests/test_metrics.py). FDs use
+passed with ``--inception-weights`` (the real loading path; see tests/metrics/test_metrics.py). FDs use
 ``--fd-method cholesky``: ADM's sqrtm on 2048-d features takes ~13 s per call on this machine.
 """
 
@@ -82,7 +82,13 @@ def test_fid_end_to_end_on_a_random_inception_file(tmp_path, inception_file):
     assert "using all 5 samples" in res.output and "FID" in res.output
     doc = json.loads((samples / "metrics.json").read_text())
     m, card = doc["metrics"], doc["protocol"]
-    for key in ("fid", "sfid", "kid_mean", "precision", "recall"):  # IS: tests/test_metrics.py
+    for key in (
+        "fid",
+        "sfid",
+        "kid_mean",
+        "precision",
+        "recall",
+    ):  # IS: tests/metrics/test_metrics.py
         assert math.isfinite(m[key]), key
     assert m["n_generated"] == 5 and m["n_reference"] == 4
     assert {f.name for f in dataclasses.fields(ProtocolCard)} <= set(card)
@@ -185,7 +191,7 @@ def test_bad_reference_path_is_an_error_with_a_hint(tmp_path):
 
 
 def test_a_dit_checkpoint_is_sampled_first_then_scored(tmp_path_factory, tmp_path):
-    from test_sample import shared_stack  # extract → pack train → a tiny DiT run (shared)
+    from support.stack import shared_stack  # extract → pack train → a tiny DiT run (shared)
 
     stack = shared_stack(tmp_path_factory)
     run = Path(stack["runs"]) / "dit-tiny"

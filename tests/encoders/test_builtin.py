@@ -164,7 +164,7 @@ def test_shipped_weights_load_and_are_recorded() -> None:
 
 
 def _ssl_script():  # noqa: ANN202
-    path = Path(__file__).resolve().parents[1] / "scripts" / "ssl_builtin_encoder.py"
+    path = Path(__file__).resolve().parents[2] / "scripts" / "ssl_builtin_encoder.py"
     spec = importlib.util.spec_from_file_location("ssl_builtin_encoder", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

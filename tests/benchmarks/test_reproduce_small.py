@@ -16,7 +16,7 @@ from conftest import subprocess_env
 from repackctl.cache.store import DatasetEntry
 from repackctl.pack.pixels import decode_pixels, depth_to_space, images_to_model, space_to_depth
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "reproduce_small.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "reproduce_small.py"
 ARMS = ("RePack", "PCA", "pixels", "RePack + REPA")
 VERDICTS = {"holds", "partly holds", "does not hold"}
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import train_toy_script as toy
+from support import train_toy_script as toy
 from torch import nn
 
 from repackctl.errors import CheckpointError, ConfigError, TrainingError
@@ -35,8 +35,8 @@ from repackctl.train.logging import read_metrics
 from repackctl.train.sampler import local_micro_batches
 from repackctl.train.schedule import lr_at, make_scheduler
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = Path(__file__).with_name("train_toy_script.py")
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = Path(__file__).resolve().parents[1] / "support" / "train_toy_script.py"
 
 
 @pytest.fixture(autouse=True)

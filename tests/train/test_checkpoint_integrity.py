@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import train_toy_script as toy
-from test_sample import LATENT, _settings, make_dit_run, shared_stack
+from support import train_toy_script as toy
+from support.stack import LATENT, _settings, make_dit_run, shared_stack
 from typer.testing import CliRunner
 
 from repackctl.cli.app import app
@@ -137,7 +137,7 @@ def test_malformed_state_is_one_line_naming_file_and_field(toy_run, edit, field)
 
 
 def test_replaced_optim_pickle_is_refused_without_running_it(toy_run, tmp_path) -> None:
-    from test_unsafe_files import write_evil_pickle
+    from support.evil import write_evil_pickle
 
     ckpt = toy_run / "checkpoints" / "step-0000020"
     marker = tmp_path / "pwned"

@@ -29,7 +29,7 @@ from repackctl.cli.app import app
 from repackctl.cli.evaluate_pack import register_into
 from repackctl.settings import resolve_settings
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 runner = CliRunner()
 SRC = ["--encoder", "patchpix", "--resolution", "32"]
 # a tiny decoder: 4×4 grid → 32 px, 8 channels, d = 4

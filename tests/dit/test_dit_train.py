@@ -29,7 +29,7 @@ from repackctl.cache.store import DatasetEntry, list_entries
 from repackctl.cli.app import app
 from repackctl.train import latest_checkpoint, load_weights, read_state
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 runner = CliRunner()
 N = 32
 TINY = ["--steps", "24", "-b", "8", "--log-every", "4", "--device", "cpu"]

@@ -95,7 +95,7 @@ def test_out_of_range_values_are_refused(argv, env, setting, monkeypatch):
 
 
 def _readme_preset_rows() -> list[tuple[str, str, list[str], list[str]]]:
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     rows = []
     for line in readme.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]

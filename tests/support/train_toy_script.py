@@ -1,9 +1,9 @@
 """A tiny task for the training loop: MLP regression plus a small discriminator (two optimizers).
 
-Imported by ``tests/test_train.py`` (in-process runs) and run as a script by the subprocess tests
+Imported by ``tests/train/test_train.py`` (in-process runs) and run as a script by the subprocess tests
 (kill/resume, ``torchrun --standalone --nproc_per_node 2``):
 
-    python tests/train_toy_script.py RUN_DIR --steps 40 --global-batch 8 [--gan] [--dump DIR]
+    python tests/support/train_toy_script.py RUN_DIR --steps 40 --global-batch 8 [--gan] [--dump DIR]
 
 Prints one JSON line with the result; ``--dump`` writes each process's final weights to
 ``DIR/rank<r>.safetensors`` so the test can compare processes.

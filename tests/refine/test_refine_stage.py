@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_sample import _images, _settings, shared_stack
+from support.stack import _images, _settings, shared_stack
 from typer.testing import CliRunner
 
 from repackctl.cache.store import PENDING, WRITTEN, DatasetEntry

@@ -1,0 +1,86 @@
+"""The shared stage stack of the sampling, refine, evaluate and checkpoint tests: extract
+(patchpix, 32 px) → pack train (2 steps) → a DiT checkpoint in the `train dit` contract (random
+tiny weights; sampling does not care whether the DiT was trained)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from repackctl.settings import resolve_settings
+
+LATENT = (4, 4, 4)  # d, h, w of the fixture pack model (patchpix at 32 px: 4×4 tokens)
+
+
+def build_stack(root: Path) -> dict[str, str]:
+    """extract (patchpix, 32 px, 16 images) → pack train (2 steps) → a DiT run; returns paths."""
+    from repackctl.extract import run_extract
+    from repackctl.pack.task import run_pack_train
+
+    cache, runs = str(root / "cache"), str(root / "runs")
+    common = {"cache": cache, "runs": runs, "device": "cpu", "num_workers": 0}
+    ext = {"encoder": "patchpix", "resolution": 32, "num": 16, "chunk": 8, "shard": 8}
+    run_extract(
+        resolve_settings(None, common | {f"extract.{k}": v for k, v in ext.items()}).settings
+    )
+    pack = {"encoder": "patchpix", "resolution": 32, "num": 16, "steps": 2, "batch_size": 4}
+    pack |= {"latent_channels": 4, "ch": 8, "disc_channels": 8, "run": "pack-tiny", "ckpt_every": 2}
+    run_pack_train(
+        resolve_settings(None, common | {f"pack.{k}": v for k, v in pack.items()}).settings
+    )
+    make_dit_run(runs, "dit-tiny", seed=0)
+    return {"cache": cache, "runs": runs, "samples": str(root / "samples")}
+
+
+def make_dit_run(runs: str, name: str, seed: int, scale: float = 0.05, **extra_fields) -> Path:
+    """A DiT checkpoint in the `train dit` contract, with perturbed (non-zero output) weights."""
+    from repackctl.models.variants import tiny
+    from repackctl.pack.load import load_pack
+    from repackctl.train.checkpoint import save_checkpoint
+
+    pack = load_pack("pack-tiny", runs=runs)
+    torch.manual_seed(seed)
+    model = tiny(in_channels=LATENT[0], input_size=LATENT[1], num_classes=10)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn_like(p))
+    sd = model.state_dict()
+    extra = {
+        "stage": "dit",
+        "model_id": "tiny",
+        "model_config": model.config.to_dict(),
+        "latent_stats": {"mean": [0.1, -0.2, 0.0, 0.3], "std": [1.0, 0.5, 2.0, 1.5]},
+        "latent_shape": list(LATENT),
+        "pack": {"run": "pack-tiny", "checkpoint": str(pack.checkpoint), "pack_id": pack.pack_id},
+        "cache": pack.extra["cache"],
+        "num_classes": 10,
+        "class_names": None,
+        "transport": {},
+        "repa": {},
+    } | extra_fields
+    return save_checkpoint(Path(runs) / name, 5, {"model": sd, "ema": sd}, {}, {"extra": extra})
+
+
+def shared_stack(tmp_path_factory) -> dict[str, str]:
+    """One stack per test session (this module and test_refine_stage.py share it)."""
+    root = tmp_path_factory.getbasetemp() / "stage3-stack"
+    marker = root / "ready.json"
+    if not marker.is_file():
+        paths = build_stack(root)
+        marker.write_text(json.dumps(paths))
+    return json.loads(marker.read_text())
+
+
+def _settings(stack: dict[str, str], **sample):
+    flags = {"cache": stack["cache"], "runs": stack["runs"], "samples": stack["samples"]}
+    flags |= {"device": "cpu", "seed": 3}
+    flags |= {f"sample.{k}": v for k, v in sample.items()}
+    return resolve_settings(None, flags).settings
+
+
+def _images(folder: Path) -> np.ndarray:
+    with np.load(folder / "samples.npz", allow_pickle=False) as z:
+        return z["arr_0"]
