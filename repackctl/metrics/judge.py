@@ -56,7 +56,7 @@ class JudgeConfig:
 
     num_classes: int
     resolution: int
-    width: int = 32  # channels of the first stage; doubled at each of the three downsamplings
+    width: int = 32  # channels of the first stage (×2 and ×4 in the later stages)
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,7 @@ class JudgeRecipe:
     batch_size: int = 64
     lr: float = 2e-3
     seed: int = 0
+    width: int = 32  # JudgeConfig.width
 
 
 def _stage(cin: int, cout: int, stride: int) -> nn.Sequential:
@@ -81,14 +82,14 @@ def _stage(cin: int, cout: int, stride: int) -> nn.Sequential:
 
 
 class Judge(nn.Module):
-    """Four conv stages (width ×1, ×2, ×4, ×4; stride 1, 2, 2, 2), global pool, linear head."""
+    """Four conv stages (width ×1, ×2, ×4, ×4; stride 2, 2, 2, 1), global pool, linear head."""
 
     def __init__(self, config: JudgeConfig) -> None:
         super().__init__()
         self.config = config
         w = config.width
         self.stages = nn.Sequential(
-            _stage(3, w, 1), _stage(w, 2 * w, 2), _stage(2 * w, 4 * w, 2), _stage(4 * w, 4 * w, 2)
+            _stage(3, w, 2), _stage(w, 2 * w, 2), _stage(2 * w, 4 * w, 2), _stage(4 * w, 4 * w, 1)
         )
         self.head = nn.Linear(4 * w, config.num_classes)
 
@@ -126,7 +127,6 @@ def train_judge(
     num_classes: int,
     recipe: JudgeRecipe = JudgeRecipe(),
     *,
-    width: int = 32,
     progress: ProgressFactory = null_progress,
 ) -> Judge:
     """Train a judge on uint8 images (N, R, R, 3) and int labels (N,), deterministically on CPU."""
@@ -137,7 +137,7 @@ def train_judge(
         raise DataError(f"labels must lie in 0..{num_classes - 1}")
     gen = torch.Generator().manual_seed(recipe.seed)
     torch.manual_seed(recipe.seed)
-    judge = Judge(JudgeConfig(num_classes, int(images.shape[1]), width))
+    judge = Judge(JudgeConfig(num_classes, int(images.shape[1]), recipe.width))
     opt = torch.optim.AdamW(judge.parameters(), lr=recipe.lr, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, recipe.lr, total_steps=max(recipe.steps, 1))
     x_all, y_all = _to_model(images), torch.from_numpy(labels)
