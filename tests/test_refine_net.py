@@ -76,19 +76,3 @@ def test_refiner_enforces_raw_latents_and_channels() -> None:
         net(torch.zeros(1, 3, 32, 32), torch.zeros(1, 5, 4, 4))
     with pytest.raises(ConfigError, match="output mode"):
         RefinerConfig(output="delta")
-
-
-def test_encoder_perceptual_is_a_distance_with_gradients() -> None:
-    from repackctl.encoders.load import make_encoder
-    from repackctl.refine.perceptual import EncoderPerceptual
-
-    perc = EncoderPerceptual(make_encoder("builtin", None, None, 32, 0))
-    g = torch.Generator().manual_seed(0)
-    y = torch.rand(2, 3, 32, 32, generator=g) * 2 - 1
-    x = (y + 0.3 * torch.randn(2, 3, 32, 32, generator=g)).clamp(-1, 1).requires_grad_(True)
-    assert torch.allclose(perc(y, y), torch.zeros(2), atol=1e-6)
-    d = perc(x, y)
-    assert d.shape == (2,) and (d > 1e-4).all()
-    d.sum().backward()
-    assert x.grad is not None and x.grad.abs().sum() > 0
-    assert not any(p.requires_grad for p in perc.encoder.parameters())  # frozen

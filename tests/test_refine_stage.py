@@ -117,14 +117,6 @@ def test_train_apply_and_latent_convention(stack, tmp_path) -> None:
     handle = load_refiner(stack["runs"], "refine-tiny")
     assert handle.extra["latent_convention"] == "raw" and handle.extra["stage"] == "refine"
 
-    # the weights-free perceptual term (refine.perceptual encoder) is on and logged
-    enc = [*args[:5], "refine-enc", *args[6:], "--perceptual", "encoder", "--log-every", "1"]
-    r = runner.invoke(app, enc)
-    assert r.exit_code == 0, r.output
-    rows = [json.loads(x) for x in open(f"{stack['runs']}/refine-enc/metrics.jsonl")]
-    perc = [v for row in rows for k, v in row.items() if k.endswith("lpips")]
-    assert perc and all(v > 0 for v in perc), rows
-
     # sample → refine apply equals sample --refiner
     plain = run_sample(_settings(stack, run="dit-tiny", num=4, steps=3, out=str(tmp_path / "p")))
     fused = run_sample(

@@ -6,9 +6,7 @@ L1 + LPIPS + 0.5 × hinge PatchGAN from step 0, with Adam (β = 0.5, 0.9) for bo
 discriminator's hinge loss is ½·(relu(1 − D(real)) + relu(1 + D(fake))).
 
 Differences, each a named setting: the perceptual term is on only when local LPIPS weights are
-given (``refine.lpips_weights``; no downloads) or with the weights-free substitute
-``refine.perceptual = "encoder"`` (``refine.perceptual``: a multi-layer feature distance in the
-frozen built-in encoder), the discriminator uses GroupNorm by default
+given (``refine.lpips_weights``; no downloads), the discriminator uses GroupNorm by default
 (``pack.discriminator``: batch statistics make a GAN depend on the batch split), and an EMA of the
 refiner is kept and used for sampling. Resume, checkpoints, curves and progress come from
 ``repackctl.train.train``.
@@ -235,17 +233,12 @@ def refiner_config_for(latent_channels: int, resolution: int, settings: Settings
     )
 
 
-def _lpips(settings: Settings, messages: list[str], resolution: int) -> nn.Module | None:
+def _lpips(settings: Settings, messages: list[str]) -> nn.Module | None:
     from repackctl.pack.losses import load_lpips, perceptual_available
 
     cfg = settings.refine
     if cfg.perceptual_weight == 0:
         return None
-    if cfg.perceptual == "encoder":
-        from repackctl.encoders.load import make_encoder
-        from repackctl.refine.perceptual import EncoderPerceptual
-
-        return EncoderPerceptual(make_encoder("builtin", None, None, resolution, settings.seed))
     if not perceptual_available(cfg.lpips_weights):
         messages.append(
             "warning: no LPIPS weights (refine.lpips_weights); training without the perceptual term"
@@ -298,7 +291,7 @@ def run_refine_train(
     )
     triplets = open_triplets(entry, pack.pack_id, cfg.noise)
     messages: list[str] = []
-    lpips = _lpips(settings, messages, entry.resolution)
+    lpips = _lpips(settings, messages)
     rcfg = refiner_config_for(pack.latent_channels, entry.resolution, settings)
     task = RefineTask(
         entry,

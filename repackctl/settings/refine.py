@@ -19,7 +19,7 @@ class RefineSettings(BaseModel):
         "Run": ("allow_change", "pack_run", "name", "entry", "preset", "refiner"),
         "Model": ("base_channels", "output", "disc_channels"),
         "Optimisation": ("steps", "batch_size", "lr", "ema_decay"),
-        "Losses": ("l1_weight", "perceptual", "perceptual_weight", "lpips_weights", "gan_weight"),
+        "Losses": ("l1_weight", "perceptual_weight", "lpips_weights", "gan_weight"),
         "Data": ("noise", "triplet_batch"),
         "Output": ("ckpt_every", "log_every"),
     }  # fmt: skip
@@ -48,14 +48,7 @@ class RefineSettings(BaseModel):
         "image", description="image: tanh full image (official); residual: decoded + correction"
     )
     l1_weight: float = Field(1.0, ge=0, description="weight of the L1 term")
-    perceptual: Literal["lpips", "encoder"] = Field(
-        "lpips",
-        description="perceptual term: lpips (official; needs lpips_weights) or encoder "
-        "(weights-free: multi-layer feature distance in the frozen built-in encoder)",
-    )
-    perceptual_weight: float = Field(
-        1.0, ge=0, description="perceptual weight (lpips: off without weights)"
-    )
+    perceptual_weight: float = Field(1.0, ge=0, description="LPIPS weight (off without weights)")
     lpips_weights: str | None = Field(None, description="local LPIPS-VGG weights file")
     gan_weight: float = Field(
         0.5, ge=0, description="hinge PatchGAN generator weight (official 0.5)"
