@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,13 +41,20 @@ class DemoPlan:
     n_train: int = 2000
     n_val: int = 500
     resolution: int = 64
-    pack_steps: int = 600
+    pack_steps: int = 800
+    # demo-specific pack sizes on top of the `small` preset (None = the preset's value)
+    pack_channels: int | None = None
+    pack_latent_channels: int | None = None
+    # the preset's GAN (from step 400) costs PSNR at this scale; None = the preset's schedule
+    pack_gan_weight: float | None = 0.0
     dit_steps: int = 2000
     dit_lr: float = 1e-3
     dit_batch: int = 64
     repa_weight: float = 0.5
-    refine_steps: int = 400
-    refine_channels: int = 16
+    refine_steps: int = 500
+    refine_channels: int = 32
+    # the weights-free perceptual term (refine.feature_weight: built-in encoder feature distance)
+    refine_feature_weight: float = 0.1
     # The paper's 0.5 × hinge GAN needs LPIPS (no weights offline) and far more steps: at this
     # scale it lowered val PSNR (16.87 → 16.71 dB) where L1 alone kept it (→ 16.90 dB).
     refine_gan_weight: float = 0.0
@@ -97,14 +104,21 @@ class _Demo(Pipeline):
         super().__init__(plan.out, seed=plan.seed, progress=progress, log=log)
         self.plan = plan
         self.report = DemoReport(out=plan.out, stages=self.stages)
+        self.load_start = _load()
 
     # ---- stages ---------------------------------------------------------------------------------
     def extract_split(self, split: str, num: int) -> tuple[bool, str]:
         return self.extract(split, num, self.plan.resolution, shard=256, chunk=32)
 
     def pack_train_stage(self) -> tuple[bool, str]:
-        every = max(self.plan.pack_steps // 2, 1)
-        return self.pack_train("pack", self.plan.pack_steps, image_every=every, ckpt_every=every)
+        p = self.plan
+        every = max(p.pack_steps // 2, 1)
+        extra = {"ch": p.pack_channels, "latent_channels": p.pack_latent_channels}
+        extra["gan_weight"] = p.pack_gan_weight
+        flags = {k: v for k, v in extra.items() if v is not None}
+        return self.pack_train(
+            "pack", p.pack_steps, image_every=every, ckpt_every=every, preset="small", **flags
+        )
 
     def pack_encode_stage(self) -> tuple[bool, str]:
         reused, detail, self.pack_id = self.pack_encode("pack")
@@ -151,6 +165,8 @@ class _Demo(Pipeline):
             "residual",
             "--gan-weight",
             str(p.refine_gan_weight),
+            "--feature-weight",
+            str(p.refine_feature_weight),
             "--cache",
             str(self.out / "cache"),
             "--runs",
@@ -186,7 +202,8 @@ class _Demo(Pipeline):
             )
         seconds = time.perf_counter() - self.refine_t0
         return self.refine_reused, (
-            f"Latent-Guided Refiner (residual, GAN weight {self.plan.refine_gan_weight}), "
+            f"Latent-Guided Refiner (residual, width {self.plan.refine_channels}, GAN weight "
+            f"{self.plan.refine_gan_weight}, feature weight {self.plan.refine_feature_weight}), "
             f"{self.plan.refine_steps} steps, "
             f"{seconds:.0f} s in a parallel process"
         )
@@ -231,53 +248,72 @@ class _Demo(Pipeline):
         return np.concatenate(out)
 
     def _sample_scores(self) -> dict[str, Any]:
+        """FD, colour distance and class accuracy of the samples, next to their floors."""
+        from repackctl.files import to_uint8
         from repackctl.metrics.adm import read_samples_npz
-        from repackctl.metrics.encoder_fd import compute_encoder_fd
+        from repackctl.metrics.colour import class_colour_distance
         from repackctl.metrics.probe import linear_probe
 
-        val_images, val_labels = self.images("val", self.plan.n_val)
+        p = self.plan
+        val_images, val_labels = self.images("val", p.n_val)
+        train_images, train_labels = self.images("train", p.n_train)
+        val_x, train_x = self._pooled(val_images), self._pooled(train_images)
         scores: dict[str, Any] = {}
-        gen = {}
         for kind, folder in self.sample_dirs.items():
             images, labels = read_samples_npz(folder / "samples.npz")
-            gen[kind] = (images, labels)
-            fd = compute_encoder_fd(self._encoder(), images, val_images, fd_method="cholesky")
-            scores[f"fd_{kind}"] = float(fd["fd"])
-        # a linear classifier on real training images judges whether samples show their class
-        train_images, train_labels = self.images("train", self.plan.n_train)
-        train_x = self._pooled(train_images)
-        images, labels = gen["refined"]
-        probe = linear_probe(train_x, train_labels, self._pooled(images), labels, epochs=50)
-        real = linear_probe(train_x, train_labels, self._pooled(val_images), val_labels, epochs=50)
-        scores["class_accuracy"] = float(probe.top1)
+            scores[f"fd_{kind}"] = _fd(self._pooled(images), val_x)
+            colour = class_colour_distance(images, labels, val_images, val_labels)
+            scores[f"colour_{kind}"] = colour.mean
+            probe = linear_probe(train_x, train_labels, self._pooled(images), labels, epochs=50)
+            scores[f"class_accuracy_{kind}"] = float(probe.top1)
+        # floors: as many training images as samples, with the samples' label counts
+        pick = _matching(train_labels, labels)
+        _, decoded = self.reconstruct("pack", "train", int(pick.max()) + 1)
+        recon = to_uint8(decoded)[pick]
+        sub_images, sub_labels = train_images[pick], train_labels[pick]
+        scores["fd_real"] = _fd(train_x[pick], val_x)
+        scores["fd_decoder"] = _fd(self._pooled(recon), val_x)
+        scores["colour_real"] = class_colour_distance(
+            sub_images, sub_labels, val_images, val_labels
+        ).mean
+        scores["colour_decoder"] = class_colour_distance(
+            recon, sub_labels, val_images, val_labels
+        ).mean
+        real = linear_probe(train_x, train_labels, val_x, val_labels, epochs=50)
+        scores["class_accuracy"] = scores["class_accuracy_refined"]
         scores["class_accuracy_real_val"] = float(real.top1)
-        scores["n_samples"] = int(len(images))
+        scores["n_samples"] = int(len(labels))
         scores["n_reference"] = int(len(val_images))
         return scores
 
     @torch.no_grad()
     def _recon_scores(self) -> dict[str, Any]:
-        from repackctl.metrics.recon import psnr, save_grid, ssim
+        from repackctl.demo_report import recon_grid
+        from repackctl.files import to_uint8
+        from repackctl.metrics.detail import hf_error
+        from repackctl.metrics.recon import psnr, ssim
         from repackctl.refine.load import load_refiner
 
         refiner = load_refiner(str(self.out), "refine", pack_id=None).model
         real, _ = self.images("val", self.plan.eval_images)
         latent, decoded = self.reconstruct("pack", "val", self.plan.eval_images)
         refined = refiner(decoded, latent).clamp(-1, 1)  # (N, 3, H, W)
-
-        def u8(x: torch.Tensor) -> np.ndarray:
-            return ((x + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
-
-        rec, ref = u8(decoded), u8(refined)
-        k = min(8, len(real))
-        path = self.out / "recon.png"
-        save_grid([real[:k], rec[:k], ref[:k]], path, labels=["original", "recon", "refined"])
+        rec, ref = to_uint8(decoded), to_uint8(refined)
+        path = recon_grid(real, rec, ref, self.out / "recon.png")
         self.report.files["recon.png"] = str(path)
+        hf_rec, hf_ref = hf_error(rec, real), hf_error(ref, real)
         return {
             "recon_psnr": psnr(real, rec).to_dict()["psnr"],
             "recon_ssim": float(ssim(real, rec)),
             "refined_psnr": psnr(real, ref).to_dict()["psnr"],
             "refined_ssim": float(ssim(real, ref)),
+            "recon_hf_error": hf_rec.error,
+            "refined_hf_error": hf_ref.error,
+            "hf_energy": {
+                "real": hf_rec.reference_energy,
+                "recon": hf_rec.energy,
+                "refined": hf_ref.energy,
+            },
             "n_recon": int(len(real)),
         }
 
@@ -292,8 +328,12 @@ class _Demo(Pipeline):
     def pictures(self) -> None:
         from PIL import Image
 
-        grid = self.sample_dirs["refined"] / "grid.png"
-        shutil.copyfile(grid, self.out / "samples.png")
+        from repackctl.data.builtin import CLASS_NAMES
+        from repackctl.demo_report import class_rows_grid
+        from repackctl.metrics.adm import read_samples_npz
+
+        images, labels = read_samples_npz(self.sample_dirs["refined"] / "samples.npz")
+        class_rows_grid(images, labels, CLASS_NAMES, self.out / "samples.png")
         self.report.files["samples.png"] = str(self.out / "samples.png")
         self._curves()
         Image.open(self.out / "samples.png").verify()
@@ -334,27 +374,28 @@ class _Demo(Pipeline):
         self.report.files["curves.png"] = str(self.out / "curves.png")
 
     def write_report(self) -> None:
+        from repackctl.demo_report import link_to_study, meaning, results_table, settings_block
+
         m = self.report.metrics
         p = self.plan
+        dit_s = next((s.seconds for s in self.report.stages if s.name == "train dit"), 0.0)
         lines = [
             "# repackctl demo — the built-in dataset through every stage",
             "",
             f"{p.n_train} training and {p.n_val} validation images at {p.resolution} px, "
-            "built-in encoder (patch 8).",
+            "built-in encoder (patch 8). Load average at the start "
+            f"{self.load_start}, at the end {_load()} (the CPU may be shared).",
             "",
             "## Results",
             "",
-            "| measure | value |",
-            "|---|---|",
-            f"| FD (built-in encoder space), samples without refiner | {m['fd_plain']:.3f} |",
-            f"| FD (built-in encoder space), samples with refiner | {m['fd_refined']:.3f} |",
-            f"| class accuracy of the samples (linear classifier on real images) | "
-            f"{100 * m['class_accuracy']:.1f} % (chance 10 %, real val images "
-            f"{100 * m['class_accuracy_real_val']:.1f} %) |",
-            f"| recon PSNR / SSIM (val, decoder only) | {_f(m['recon_psnr'])} dB / "
-            f"{m['recon_ssim']:.3f} |",
-            f"| recon PSNR / SSIM (val, with refiner) | {_f(m['refined_psnr'])} dB / "
-            f"{m['refined_ssim']:.3f} |",
+            *results_table(m),
+            "",
+            meaning(m, p.n_train, p.resolution, link_to_study(self.out)),
+            "",
+            "*PCA arm* (the same DiT on PCA latents of the same size): not run inside the demo, "
+            f"whose budget is 10 minutes; it would add about {dit_s:.0f} s (one more DiT stage "
+            "of the same size and steps; the PCA fit itself takes seconds) plus sampling. The "
+            "reproduction study runs it.",
             "",
             "Linear probe (train → val, top-1):",
             "",
@@ -372,17 +413,14 @@ class _Demo(Pipeline):
             "",
             "## Settings",
             "",
-            "```json",
-            json.dumps(
-                {k: str(v) if isinstance(v, Path) else v for k, v in asdict(p).items()}, indent=1
-            ),
-            "```",
+            *settings_block(p),
             "",
             "## Files",
             "",
-            "`samples.png` (class-conditional samples, refined), `recon.png` (original / "
-            "reconstruction / refined), `curves.png` (training losses), and each stage's own "
-            "outputs: `cache/`, `pack/`, `dit/`, `refine/`, `samples/`.",
+            "`samples.png` (class-conditional samples after the refiner, one labelled row per "
+            "class), `recon.png` (original / reconstruction / refined; the last columns enlarge "
+            "the centre of the first images), `curves.png` (training losses), and each stage's "
+            "own outputs: `cache/`, `pack/`, `dit/`, `refine/`, `samples/`.",
             "",
         ]
         (self.out / "report.md").write_text("\n".join(lines))
@@ -390,8 +428,29 @@ class _Demo(Pipeline):
         (self.out / "metrics.json").write_text(json.dumps(m, indent=1, default=str))
 
 
-def _f(x: float | None) -> str:
-    return "∞" if x is None else f"{x:.2f}"
+def _load() -> str:
+    """The 1/5/15-minute load averages, as text."""
+    try:
+        return " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
+def _fd(a: np.ndarray, b: np.ndarray) -> float:
+    """Fréchet distance between the Gaussians of two feature sets (N, C)."""
+    from repackctl.metrics.frechet import frechet_distance
+
+    def gauss(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = x.astype(np.float64)
+        return x.mean(0), np.cov(x, rowvar=False)
+
+    return float(frechet_distance(*gauss(a), *gauss(b), method="cholesky"))
+
+
+def _matching(labels: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Indices of the first images of each class in ``labels``, as many as ``wanted`` has."""
+    picks = [np.flatnonzero(labels == c)[: int((wanted == c).sum())] for c in np.unique(wanted)]
+    return np.sort(np.concatenate(picks))
 
 
 def run_demo(

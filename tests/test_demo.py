@@ -29,10 +29,19 @@ def test_demo_end_to_end_reuse_and_fresh(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("fd_plain", "fd_refined", "class_accuracy", "recon_ssim", "refined_ssim"):
         assert math.isfinite(metrics[key]), key
+    for key in ("fd_real", "fd_decoder", "colour_plain", "colour_refined", "colour_real"):
+        assert math.isfinite(metrics[key]) and metrics[key] >= 0, key
+    assert 0 < metrics["colour_real"] < 2  # L1 of two normalised histograms, not identical sets
+    assert metrics["recon_hf_error"] > 0 and metrics["refined_hf_error"] > 0
+    assert metrics["hf_energy"]["real"] > 0
     assert 0.0 <= metrics["class_accuracy"] <= 1.0
+    assert metrics["class_accuracy"] == metrics["class_accuracy_refined"]
     assert metrics["n_samples"] == 20
+    assert "decoder floor" in report and "real vs real" in report
+    assert "reproduce_small.md" in report and "What the numbers mean" in report
     w, h = Image.open(out / "samples.png").size
-    assert w >= 32 * 4 and h >= 32
+    assert w >= 32 * 2 and h >= 10 * 32  # one row per class (2 samples each)
+    assert Image.open(out / "recon.png").size[0] >= 32 * 9  # 6 images + 3 enlarged crops
     assert Image.open(out / "recon.png").size[1] >= 3 * 32  # original / recon / refined rows
     assert Image.open(out / "curves.png").size[0] > 400
 

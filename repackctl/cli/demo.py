@@ -58,8 +58,22 @@ def demo(
     results.add_column("value", justify="right")
     results.add_row("FD (encoder space), samples", f"{m['fd_plain']:.3f}")
     results.add_row("FD (encoder space), refined samples", f"{m['fd_refined']:.3f}")
-    results.add_row("class accuracy of samples", f"{100 * m['class_accuracy']:.1f} %")
+    results.add_row(
+        "FD decoder floor / real vs real", f"{m['fd_decoder']:.3f} / {m['fd_real']:.3f}"
+    )
+    results.add_row(
+        "class accuracy of samples (real val)",
+        f"{100 * m['class_accuracy']:.1f} % ({100 * m['class_accuracy_real_val']:.1f} %)",
+    )
+    results.add_row(
+        "colour distance, samples (real vs real)",
+        f"{m['colour_refined']:.3f} ({m['colour_real']:.3f})",
+    )
     results.add_row("recon PSNR → refined", f"{m['recon_psnr']:.2f} → {m['refined_psnr']:.2f} dB")
+    results.add_row(
+        "high-frequency error, recon → refined",
+        f"{m['recon_hf_error']:.4f} → {m['refined_hf_error']:.4f}",
+    )
     console.print(results)
     console.print(m["probe"]["table"])
     for name, path in report.files.items():

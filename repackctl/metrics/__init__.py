@@ -4,7 +4,8 @@ reconstruction (PSNR, SSIM), linear probes, ADM sample files, and the protocol c
 Modules (one concern each): ``frechet`` (Fréchet distance, streaming stats, stats files, hashes),
 ``inception`` (torch-fidelity Inception features), ``generative`` (FID, sFID, IS, KID, PR),
 ``encoder_fd`` (FD on a frozen encoder's pooled patch tokens), ``recon`` (PSNR, SSIM, grids),
-``probe`` (linear probe and its table), ``adm`` (ADM ``samples.npz`` / reference batches),
+``detail`` (high-frequency error: Laplacian differences), ``colour`` (per-class colour-histogram
+distance), ``probe`` (linear probe and its table), ``adm`` (ADM ``samples.npz`` / reference batches),
 ``protocol`` (the protocol card and ``metrics.json``).
 
 Names are imported lazily, so ``import repackctl.metrics`` stays cheap (no torch, no scipy).
@@ -34,6 +35,10 @@ _EXPORTS = {
     "psnr": "recon",
     "ssim": "recon",
     "save_grid": "recon",
+    "hf_error": "detail",
+    "laplacian": "detail",
+    "class_colour_distance": "colour",
+    "colour_histogram": "colour",
     "linear_probe": "probe",
     "format_probe_table": "probe",
     "write_samples_npz": "adm",

@@ -59,6 +59,7 @@ class RefineLossWeights:
     l1: float = 1.0
     perceptual: float = 1.0
     gan: float = 0.5
+    features: float = 0.0  # weights-free perceptual term (refine.features)
 
 
 class _Rows:
@@ -88,8 +89,10 @@ class RefineTask:
         lpips: nn.Module | None,
         pack_info: dict[str, Any],
         in_memory: bool | None = None,
+        feature_loss: nn.Module | None = None,
     ) -> None:
         self.entry = entry
+        self.feature_loss = feature_loss
         self.triplets = triplets
         self.refiner_config = refiner_config
         self.disc_config = disc_config
@@ -161,6 +164,11 @@ class RefineTask:
             perc = self.lpips(out, batch["gt"]).mean()
             loss = loss + self.weights.perceptual * perc
             logs["lpips"] = float(perc.detach())
+        if self.feature_loss is not None and self.weights.features > 0:
+            self.feature_loss.to(out.device)
+            feat = self.feature_loss(out, batch["gt"]).mean()
+            loss = loss + self.weights.features * feat
+            logs["features"] = float(feat.detach())
         losses = {"model": loss}
         if "disc" in modules:
             disc = modules["disc"]
@@ -181,6 +189,7 @@ class RefineTask:
                 "l1": self.weights.l1,
                 "perceptual": self.weights.perceptual if self.lpips is not None else 0.0,
                 "gan": self.weights.gan,
+                "features": self.weights.features if self.feature_loss is not None else 0.0,
             },
             "pack": self.pack_info,
             "cache": {
@@ -292,15 +301,21 @@ def run_refine_train(
     triplets = open_triplets(entry, pack.pack_id, cfg.noise)
     messages: list[str] = []
     lpips = _lpips(settings, messages)
+    feature_loss = None
+    if cfg.feature_weight > 0:
+        from repackctl.refine.features import builtin_feature_loss
+
+        feature_loss = builtin_feature_loss(entry.resolution, settings.seed)
     rcfg = refiner_config_for(pack.latent_channels, entry.resolution, settings)
     task = RefineTask(
         entry,
         triplets,
         rcfg,
         DiscriminatorConfig(base_channels=cfg.disc_channels),
-        RefineLossWeights(cfg.l1_weight, cfg.perceptual_weight, cfg.gan_weight),
+        RefineLossWeights(cfg.l1_weight, cfg.perceptual_weight, cfg.gan_weight, cfg.feature_weight),
         lpips,
         {"run": pack.run_name, "checkpoint": str(pack.checkpoint), "pack_id": pack.pack_id},
+        feature_loss=feature_loss,
     )
     config = TrainConfig.from_settings(
         settings,

@@ -19,7 +19,7 @@ class RefineSettings(BaseModel):
         "Run": ("allow_change", "pack_run", "name", "entry", "preset", "refiner"),
         "Model": ("base_channels", "output", "disc_channels"),
         "Optimisation": ("steps", "batch_size", "lr", "ema_decay"),
-        "Losses": ("l1_weight", "perceptual_weight", "lpips_weights", "gan_weight"),
+        "Losses": ("l1_weight", "perceptual_weight", "lpips_weights", "gan_weight", "feature_weight"),
         "Data": ("noise", "triplet_batch"),
         "Output": ("ckpt_every", "log_every"),
     }  # fmt: skip
@@ -52,6 +52,12 @@ class RefineSettings(BaseModel):
     lpips_weights: str | None = Field(None, description="local LPIPS-VGG weights file")
     gan_weight: float = Field(
         0.5, ge=0, description="hinge PatchGAN generator weight (official 0.5)"
+    )
+    feature_weight: float = Field(
+        0.0,
+        ge=0,
+        description="weight of the weights-free perceptual term: multi-layer feature distance "
+        "in the built-in encoder (stem + every block, LPIPS-style; refine.features); 0 = off",
     )
     disc_channels: int = Field(64, ge=1, description="PatchGAN base channels (official 128)")
     ema_decay: float = Field(0.999, ge=0, le=1, description="EMA decay of the refiner weights")
