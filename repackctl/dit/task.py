@@ -296,6 +296,9 @@ NEUTRAL: dict[str, Any] = {
     "no_shift": False,
     "grad_checkpointing": False,
     "class_dropout": 0.1,
+    "depth": None,
+    "width": None,
+    "heads": None,
 }
 
 
@@ -363,6 +366,9 @@ def build_spec(settings, model_id: str) -> DiTSpec:
             "no_shift": s.no_shift,
             "class_dropout": s.class_dropout,
             "grad_checkpointing": s.grad_checkpointing,
+            "depth": s.depth,
+            "width": s.width,
+            "heads": s.heads,
         },
         seed=settings.seed,
         class_dropout=s.class_dropout,

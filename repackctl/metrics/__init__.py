@@ -5,7 +5,8 @@ Modules (one concern each): ``frechet`` (Fréchet distance, streaming stats, sta
 ``inception`` (torch-fidelity Inception features), ``generative`` (FID, sFID, IS, KID, PR),
 ``encoder_fd`` (FD on a frozen encoder's pooled patch tokens), ``recon`` (PSNR, SSIM, grids),
 ``detail`` (high-frequency error: Laplacian differences), ``colour`` (per-class colour-histogram
-distance), ``probe`` (linear probe and its table), ``adm`` (ADM ``samples.npz`` / reference batches),
+distance), ``judge`` (an independent CNN classifier trained on real images: FD in its features and
+class accuracy of samples), ``probe`` (linear probe and its table), ``adm`` (ADM ``samples.npz`` / reference batches),
 ``protocol`` (the protocol card and ``metrics.json``).
 
 Names are imported lazily, so ``import repackctl.metrics`` stays cheap (no torch, no scipy).
@@ -39,6 +40,9 @@ _EXPORTS = {
     "laplacian": "detail",
     "class_colour_distance": "colour",
     "colour_histogram": "colour",
+    "cached_judge": "judge",
+    "judge_fd": "judge",
+    "judge_accuracy": "judge",
     "linear_probe": "probe",
     "format_probe_table": "probe",
     "write_samples_npz": "adm",

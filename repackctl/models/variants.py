@@ -13,7 +13,7 @@ points; each value is a factory ``f(*, in_channels, input_size, num_classes, **o
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from repackctl.errors import ConfigError
 from repackctl.models.dit import DiT, DiTConfig
@@ -43,6 +43,22 @@ SIZES: dict[str, SizePreset] = {
     "l": SizePreset(24, 1024, 16),
     "xl": SizePreset(28, 1152, 16),
 }
+
+
+def shaped(
+    preset: SizePreset, depth: int | None, width: int | None, heads: int | None
+) -> tuple[SizePreset, str]:
+    """``preset`` with any of depth / width / heads overridden, and the id suffix naming them."""
+    over = {"depth": depth, "hidden_size": width, "num_heads": heads}
+    over = {k: int(v) for k, v in over.items() if v is not None}
+    for key, value in over.items():
+        if value < 1:
+            raise ConfigError(f"model {key} must be ≥ 1, got {value}", "e.g. --depth 8 --width 96")
+    if not over:
+        return preset, ""
+    new = replace(preset, **over)
+    return new, f"-d{new.depth}w{new.hidden_size}h{new.num_heads}"
+
 
 # What each family's network looks like; the size and patch come from the id.
 _ARCH: dict[str, dict[str, object]] = {
@@ -95,12 +111,16 @@ def _build(
     no_shift: bool,
     grad_checkpointing: bool,
     class_dropout: float,
+    depth: int | None = None,
+    width: int | None = None,
+    heads: int | None = None,
 ) -> DiT:
+    preset, suffix = shaped(SIZES[size], depth, width, heads)
     cfg = variant_config(
         family,
-        SIZES[size],
+        preset,
         patch,
-        name=f"{family}-{size}-{patch}",
+        name=f"{family}-{size}-{patch}{suffix}",
         in_channels=in_channels,
         input_size=input_size,
         num_classes=num_classes,
@@ -122,6 +142,9 @@ def _factory(family: str, size: str, patch: int) -> Callable[..., DiT]:
         no_shift: bool = False,
         grad_checkpointing: bool = False,
         class_dropout: float = 0.1,
+        depth: int | None = None,
+        width: int | None = None,
+        heads: int | None = None,
     ) -> DiT:
         return _build(
             family,
@@ -134,13 +157,17 @@ def _factory(family: str, size: str, patch: int) -> Callable[..., DiT]:
             no_shift=no_shift,
             grad_checkpointing=grad_checkpointing,
             class_dropout=class_dropout,
+            depth=depth,
+            width=width,
+            heads=heads,
         )
 
     factory.__name__ = factory.__qualname__ = f"{family}_{size}_{patch}"
     factory.__doc__ = (
         f"{family} {size.upper()}/{patch}: {SIZES[size].depth} blocks, width "
         f"{SIZES[size].hidden_size}, {SIZES[size].num_heads} heads, patch {patch}. Defaults are "
-        "the paper's latent (32 channels, 16×16) and ImageNet's 1000 classes."
+        "the paper's latent (32 channels, 16×16) and ImageNet's 1000 classes; depth / width / "
+        "heads override the size's (custom small models)."
     )
     return factory
 
@@ -195,13 +222,20 @@ def tiny(
     no_shift: bool = False,
     grad_checkpointing: bool = False,
     class_dropout: float = 0.1,
+    depth: int | None = None,
+    width: int | None = None,
+    heads: int | None = None,
 ) -> DiT:
-    """LightningDiT-style test model: 2 blocks, width 64, 2 heads, patch 1 (a CPU second)."""
+    """LightningDiT-style test model: 2 blocks, width 64, 2 heads, patch 1 (a CPU second).
+
+    ``depth`` / ``width`` / ``heads`` make a custom small model on the same recipe (e.g. the
+    8-block DiT of the reproduction study)."""
+    preset, suffix = shaped(TINY, depth, width, heads)
     cfg = variant_config(
         "lightningdit",
-        TINY,
+        preset,
         1,
-        name="tiny",
+        name=f"tiny{suffix}",
         in_channels=in_channels,
         input_size=input_size,
         num_classes=num_classes,

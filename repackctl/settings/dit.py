@@ -25,7 +25,7 @@ class DitSettings(BaseModel):
     PANELS: ClassVar[dict[str, tuple[str, ...]]] = {
         "Run": ("allow_change", "name", "preset"),
         "Data": ("latents", "pack_run", "entry", "features", "latent_sampling", "in_memory", "flip", "buffer_blocks", "prefetch"),
-        "Model": ("arch", "size", "patch", "model", "qk_norm", "no_shift", "class_dropout", "grad_checkpointing", "compile", "kernels"),
+        "Model": ("arch", "size", "patch", "depth", "width", "heads", "model", "qk_norm", "no_shift", "class_dropout", "grad_checkpointing", "compile", "kernels"),
         "Transport": ("time_dist", "time_mu", "time_sigma", "time_shift", "cos_weight"),
         "REPA": ("repa_weight", "repa_depth", "repa_stop_step", "repa_hidden"),
         "Optimisation": ("steps", "global_batch", "grad_accum", "lr", "beta1", "beta2", "weight_decay", "schedule", "warmup_steps", "drop_step", "drop_lr", "min_lr", "ema_decay", "ema_warmup", "clip_grad", "parallel"),
@@ -82,6 +82,13 @@ class DitSettings(BaseModel):
     patch: int | None = Field(
         None, description="patch size 1, 2, 4 or 8; none = the smallest of the family"
     )
+    depth: int | None = Field(
+        None, ge=1, description="number of blocks; none = the size's (custom small models)"
+    )
+    width: int | None = Field(
+        None, ge=1, description="hidden size; none = the size's (a multiple of --heads)"
+    )
+    heads: int | None = Field(None, ge=1, description="attention heads; none = the size's")
     model: str | None = Field(
         None, description="a registered model id (e.g. a plugin's); overrides arch/size/patch"
     )

@@ -119,6 +119,19 @@ def test_train_dit_writes_every_file_and_repa_aligns(cache, tmp_path):
     v = handle.model(x, torch.full((2,), 0.5), torch.tensor([0, 10]))  # 10 = null class
     assert v.shape == x.shape and torch.isfinite(v).all()
 
+    # --depth / --width / --heads: a custom small model, rebuilt as such for sampling
+    res = runner.invoke(
+        app,
+        [*args[:-1], "dit-deep", "--depth", "4", "--width", "32", "--heads", "2", "--repa-depth",
+         "2", "--steps", "4", "--ckpt-every", "4", "--image-every", "0"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    deep = load_dit(tmp_path / "runs" / "dit-deep")
+    assert len(deep.model.blocks) == 4 and deep.model.config.hidden_size == 32
+    assert (
+        read_state(latest_checkpoint(tmp_path / "runs" / "dit-deep"))["extra"]["repa"]["depth"] == 2
+    )
+
     # --show-config names the preset's origin; the paper preset sets the official recipe
     shown = runner.invoke(app, ["train", "dit", "--preset", "paper", "--show-config"])
     assert shown.exit_code == 0, shown.output

@@ -121,6 +121,23 @@ def test_factory_options_reach_the_network():
     assert _randomise(model)(x, t, y).abs().sum() > 0
 
 
+def test_depth_width_heads_override_the_size():
+    model = MODEL_FACTORIES["tiny"](
+        in_channels=C, input_size=SIDE, num_classes=NCLS, depth=8, width=48, heads=3
+    )
+    cfg = model.config
+    assert (cfg.depth, cfg.hidden_size, cfg.num_heads) == (8, 48, 3) and len(model.blocks) == 8
+    assert cfg.name == "tiny-d8w48h3"
+    assert build_from_config(json.loads(json.dumps(cfg.to_dict()))).config == cfg
+    s2 = _meta_model("sit-s-2", depth=9)  # only the depth changes; width and heads stay S's
+    assert (s2.config.depth, s2.config.hidden_size, s2.config.num_heads) == (9, 384, 6)
+    assert MODEL_FACTORIES["tiny"](in_channels=C, input_size=SIDE).config.name == "tiny"
+    with pytest.raises(ConfigError):
+        MODEL_FACTORIES["tiny"](in_channels=C, input_size=SIDE, width=50, heads=3)
+    with pytest.raises(ConfigError):
+        MODEL_FACTORIES["tiny"](in_channels=C, input_size=SIDE, depth=0)
+
+
 # ---------------------------------------------------------------------------------------------
 # Initialisation
 # ---------------------------------------------------------------------------------------------
