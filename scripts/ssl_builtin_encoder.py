@@ -87,7 +87,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -105,19 +104,21 @@ from repackctl.encoders.builtin import (
 from repackctl.files import sha256_file
 from repackctl.metrics.probe import linear_probe
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling script below
+from make_builtin_encoder import (  # noqa: E402  (shared with the shipped encoder's script)
+    lr_at,
+    patchify,
+    render_batch,
+    ridge_fit,
+    ridge_predict,
+)
+
 RESOLUTION = 64
 NUM_CLASSES = 10  # used by the evaluation only: training never reads a label
 
 # ---------------------------------------------------------------------------------------------
 # Data and geometric augmentation (no colour change: the tokens must keep appearance)
 # ---------------------------------------------------------------------------------------------
-
-
-def render_batch(source: BuiltinSource, indices: range, resolution: int) -> torch.Tensor:
-    """Images ``indices`` of ``source`` as float (B, 3, R, R) in [-1, 1]."""
-    arr = np.stack([source.load(i, resolution) for i in indices])  # (B, R, R, 3) uint8
-    x = torch.from_numpy(arr).permute(0, 3, 1, 2).float()  # (B, 3, R, R)
-    return x / 127.5 - 1.0
 
 
 def geometric_view(x: torch.Tensor, gen: torch.Generator, min_scale: float) -> torch.Tensor:
@@ -155,14 +156,6 @@ def colour_view(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     shift = 0.6 * torch.rand(b, 1, 1, 1, generator=gen) - 0.3
     mean = x.mean((1, 2, 3), keepdim=True)
     return ((x - mean) * contrast + mean + shift).clamp(-1.0, 1.0)
-
-
-def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
-    """(B, 3, R, R) → (B, T, p·p·3) with tokens in row-major grid order, like the encoder."""
-    b, c, r, _ = x.shape
-    g = r // p
-    x = x.view(b, c, g, p, g, p).permute(0, 2, 4, 3, 5, 1)  # (B, g, g, p, p, 3)
-    return x.reshape(b, g * g, p * p * c)
 
 
 def random_keep(b: int, t: int, keep: int, gen: torch.Generator) -> torch.Tensor:
@@ -255,13 +248,6 @@ def dino_loss(
 # ---------------------------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------------------------
-
-
-def lr_at(step: int, steps: int, base: float, warmup: int) -> float:
-    """Linear warm-up, then cosine decay to zero."""
-    if step < warmup:
-        return base * (step + 1) / warmup
-    return base * 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
 
 def build(args: argparse.Namespace, gen: torch.Generator) -> dict:
@@ -377,17 +363,6 @@ def features(
         pix.append(patchify(x, PATCH))  # (b, T, 192) in [-1, 1]
     labels = torch.tensor([source.label(i) for i in range(len(source))])
     return torch.cat(toks), labels, torch.cat(pix)
-
-
-def ridge_fit(x: torch.Tensor, y: torch.Tensor, lam: float = 1e-2) -> torch.Tensor:
-    """Closed-form ridge regression with a bias column, in float64: weights (D+1, K)."""
-    x = torch.cat([x.double(), torch.ones(len(x), 1, dtype=torch.float64)], 1)  # (N, D+1)
-    gram = x.T @ x + lam * len(x) * torch.eye(x.shape[1], dtype=torch.float64)
-    return torch.linalg.solve(gram, x.T @ y.double())
-
-
-def ridge_predict(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return torch.cat([x.double(), torch.ones(len(x), 1, dtype=torch.float64)], 1) @ w
 
 
 def psnr_db(pred: torch.Tensor, target: torch.Tensor) -> float:
