@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -29,8 +28,24 @@ import numpy as np
 import torch
 
 from repackctl.errors import TrainingError
-from repackctl.pipeline import Pipeline, StageRecord
+from repackctl.pipeline import Pipeline, StageRecord, claim_folder
 from repackctl.progress import ProgressFactory, null_progress
+
+#: What the demo writes in its folder (all that ``--fresh`` removes): its cache, the stage runs
+#: (the runs folder is the demo folder), the samples and the report files.
+DEMO_FILES = (
+    "cache",
+    "pack",
+    "dit",
+    "refine",
+    "samples",
+    "refine.log",
+    "report.md",
+    "metrics.json",
+    "samples.png",
+    "recon.png",
+    "curves.png",
+)
 
 
 @dataclass
@@ -470,12 +485,9 @@ def run_demo(
     log: Callable[[str], None] = print,
     fresh: bool = False,
 ) -> DemoReport:
-    """Run (or finish) the demo in ``plan.out``; ``fresh`` deletes earlier results first."""
-    out = plan.out
-    if fresh and out.exists():
-        log(f"--fresh: removing {out}")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    """Run (or finish) the demo in ``plan.out``; ``fresh`` deletes the demo's earlier results
+    first (only what the demo writes, in a folder the demo made: :func:`claim_folder`)."""
+    claim_folder(plan.out, "demo", DEMO_FILES, fresh, log)
     threads = torch.get_num_threads()
     torch.set_num_threads(plan.threads)
     try:

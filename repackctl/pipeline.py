@@ -12,8 +12,10 @@ arms and what to report.
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,10 +23,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from repackctl.errors import ConfigError
 from repackctl.progress import ProgressFactory, null_progress
 from repackctl.settings import Settings, resolve_settings
 
-__all__ = ["Pipeline", "StageRecord", "one_per_class"]
+__all__ = ["MARKER", "Pipeline", "StageRecord", "claim_folder", "one_per_class"]
+
+#: The file that marks a folder as made by a pipeline run (``{"made_by": kind}``).
+MARKER = ".repackctl-pipeline.json"
 
 
 @dataclass
@@ -41,6 +47,43 @@ def one_per_class(images: np.ndarray, labels: np.ndarray, classes: int) -> np.nd
     """The first image of each class present, in class order (for sample strips)."""
     picks = [int(np.flatnonzero(labels == c)[0]) for c in range(classes) if (labels == c).any()]
     return images[picks]
+
+
+def claim_folder(
+    out: Path, kind: str, owned: Iterable[str], fresh: bool, log: Callable[[str], None] = print
+) -> None:
+    """Make ``out`` the folder of pipeline ``kind`` (e.g. ``"demo"``), refusing one it did not make.
+
+    A missing or empty folder is claimed: the marker file :data:`MARKER` records it. A folder
+    holding ``kind``'s marker is reused; ``fresh`` then removes only the entries named in
+    ``owned`` (what the pipeline writes there) and keeps anything else. A non-empty folder
+    without that marker is refused, so a pipeline never writes into, or deletes from, a folder it
+    did not make.
+    """
+    marker = out / MARKER
+    made_by = None
+    if marker.is_file():
+        try:
+            made_by = json.loads(marker.read_text()).get("made_by")
+        except (OSError, ValueError, AttributeError):
+            made_by = None
+    if out.exists() and made_by != kind and any(out.iterdir()):
+        raise ConfigError(
+            f"{out} is not empty and was not made by `repackctl {kind}`",
+            "choose a new or empty folder with --out (nothing in this one was touched)",
+        )
+    if fresh and made_by == kind:
+        for name in owned:
+            path = out / name
+            if path.is_dir() and not path.is_symlink():
+                log(f"--fresh: removing {path}")
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                log(f"--fresh: removing {path}")
+                path.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    if made_by != kind:
+        marker.write_text(json.dumps({"made_by": kind}) + "\n")
 
 
 class Pipeline:

@@ -1,0 +1,56 @@
+"""The shared pipeline runner's folder rule: a demo never writes into, or deletes from, a folder
+it did not make; ``--fresh`` removes only what the demo writes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from repackctl.cli.app import app
+from repackctl.errors import ConfigError
+from repackctl.pipeline import MARKER, claim_folder
+
+runner = CliRunner()
+
+
+def test_a_folder_the_pipeline_did_not_make_is_refused_and_left_alone(tmp_path):
+    out = tmp_path / "photos"
+    out.mkdir()
+    (out / "holiday.jpg").write_bytes(b"precious")
+    with pytest.raises(ConfigError, match="was not made by `repackctl demo`"):
+        claim_folder(out, "demo", ("cache",), fresh=True)
+    assert (out / "holiday.jpg").read_bytes() == b"precious"
+    assert sorted(p.name for p in out.iterdir()) == ["holiday.jpg"]  # no marker written either
+
+    r = runner.invoke(app, ["demo", "--quick", "--fresh", "--out", str(out)])
+    assert r.exit_code != 0 and "Traceback" not in r.output
+    assert "Error:" in r.output and "Hint:" in r.output
+    assert sorted(p.name for p in out.iterdir()) == ["holiday.jpg"]
+
+
+def test_fresh_removes_only_what_the_pipeline_writes(tmp_path):
+    out = tmp_path / "demo"
+    claim_folder(out, "demo", ("cache", "report.md"), fresh=False)  # a new folder is claimed
+    assert json.loads((out / MARKER).read_text()) == {"made_by": "demo"}
+    (out / "cache").mkdir()
+    (out / "cache" / "x.bin").write_bytes(b"1")
+    (out / "report.md").write_text("old")
+    (out / "notes.txt").write_text("mine")  # the user's own file
+    claim_folder(out, "demo", ("cache", "report.md"), fresh=False)  # reuse: nothing removed
+    assert (out / "cache" / "x.bin").is_file() and (out / "report.md").is_file()
+    removed: list[str] = []
+    claim_folder(out, "demo", ("cache", "report.md"), fresh=True, log=removed.append)
+    assert not (out / "cache").exists() and not (out / "report.md").exists()
+    assert (out / "notes.txt").read_text() == "mine" and (out / MARKER).is_file()
+    assert len(removed) == 2
+
+
+def test_another_pipelines_folder_is_refused(tmp_path):
+    out = tmp_path / "run"
+    claim_folder(out, "demo", ("cache",), fresh=False)
+    (out / "cache").mkdir()
+    with pytest.raises(ConfigError, match="demo-t2i"):
+        claim_folder(out, "demo-t2i", ("cache",), fresh=True)
+    assert (out / "cache").is_dir()
