@@ -117,7 +117,7 @@ class Study(Pipeline):
         self.stage(f"sample {name}", sample)
         folder = got["folder"]
         self.stage(f"adherence {name}",
-                   lambda: got.update(adh=self.adherence(folder, p.adherence_steps)))  # fmt: skip
+                   lambda: got.update(adh=self.adherence(folder, p.adherence_steps).scores))  # fmt: skip
         self.stage(f"fd {name}",
                    lambda: got.update(fd=self.encoder_fd(got["images"], "val", p.resolution)))  # fmt: skip
         adh = got["adh"]

@@ -243,17 +243,16 @@ class Pipeline:
         asked = [card["prompts"][k] for k in card["prompt_ids"]]
         return images, asked, res.out_dir, res.written == 0
 
-    def adherence(self, folder: Path, steps: int, val: str | None = None) -> dict[str, Any]:
-        """``repackctl evaluate adherence`` of a t2i samples folder: its scores (also written
-        to ``adherence.json`` there); ``val``: a split whose real images the same classifiers
-        are also scored on."""
+    def adherence(self, folder: Path, steps: int, val: str | None = None):
+        """``repackctl evaluate adherence`` of a t2i samples folder: its ``AdherenceResult``
+        (scores also written to ``adherence.json`` there, and the classifiers); ``val``: a
+        split whose real images the same classifiers are also scored on."""
         from repackctl.evaluate.adherence import run_adherence
         from repackctl.runtime import resolve_device
 
         device = resolve_device(self.device, 0)
         real_val = self.entries[val] if val else None
-        out = run_adherence(folder, str(self.out / "cache"), steps, self.seed, device, real_val)
-        return out.scores
+        return run_adherence(folder, str(self.out / "cache"), steps, self.seed, device, real_val)
 
     def encoder_fd(self, images: np.ndarray, split: str, resolution: int) -> float:
         """FD in the built-in encoder's space between uint8 ``images`` and the real images of

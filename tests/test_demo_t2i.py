@@ -11,7 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from repackctl.cli.app import app
-from repackctl.demo_t2i import T2IDemoPlan, short_prompts
+from repackctl.demo_t2i import T2IDemoPlan, grid_scale, short_prompts
 
 runner = CliRunner()
 
@@ -39,6 +39,7 @@ def test_demo_t2i_end_to_end_and_reuse(tmp_path):
         assert math.isfinite(m[key]) and m[key] >= 0, key
     for key in ("shape", "colour"):
         assert 0 <= m["classifier_real_val_accuracy"][key] <= 1
+        assert 0 <= m["classifier_recon_val_accuracy"][key] <= 1
     assert m["chance"]["shape"] == pytest.approx(0.1)
     assert m["n_samples"] == len(m["prompts"]) * plan.seeds_per_prompt
     report = (out / "report.md").read_text()
@@ -47,7 +48,7 @@ def test_demo_t2i_end_to_end_and_reuse(tmp_path):
     # one row per prompt, each labelled with its prompt in a left margin (dark text pixels)
     grid = np.asarray(Image.open(out / "prompts.png").convert("L"))
     rows = min(plan.grid_rows, len(m["prompts"]))
-    cell, pad = plan.resolution, 2
+    cell, pad = plan.resolution * grid_scale(plan.resolution), 2
     assert grid.shape[0] == rows * (cell + pad) + pad
     margin = grid.shape[1] - (plan.seeds_per_prompt * (cell + pad) + pad)
     assert margin > 40
@@ -57,6 +58,13 @@ def test_demo_t2i_end_to_end_and_reuse(tmp_path):
 
     again = runner.invoke(app, ["demo", "--t2i", "--quick", "--out", str(out)])
     assert again.exit_code == 0, again.output
-    for stage in ("extract train", "pack train", "captions (waited for)", "train t2i", "sample", "evaluate"):
+    for stage in (
+        "extract train",
+        "pack train",
+        "captions (waited for)",
+        "train t2i",
+        "sample",
+        "evaluate",
+    ):
         assert f"[{stage}] reused" in again.output, stage
     assert json.loads((out / "metrics.json").read_text())["shape_accuracy"] == m["shape_accuracy"]

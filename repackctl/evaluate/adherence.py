@@ -166,6 +166,7 @@ class AdherenceResult:
 
     path: Path
     scores: dict[str, Any]
+    classifier: AttributeNet | None = None  # the trained attribute classifiers (not saved)
 
 
 def real_attributes(cache: str, entry: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -257,4 +258,4 @@ def run_adherence(
             "images": int(len(v_images)),
         }
     write_json_atomic(folder / ADHERENCE_JSON, scores)
-    return AdherenceResult(path=folder / ADHERENCE_JSON, scores=scores)
+    return AdherenceResult(path=folder / ADHERENCE_JSON, scores=scores, classifier=net)
