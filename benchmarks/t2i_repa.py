@@ -3,9 +3,9 @@
     python benchmarks/t2i_repa.py                    # the reference run (≤ 15 min on 2 CPUs)
     python benchmarks/t2i_repa.py --quick --out /tmp/t2i-repa   # every stage at a toy size
 
-Every stage is the command a user types (`repackctl extract`, `pack train`, `pack encode`,
-`captions`, `train t2i`, `sample`, `evaluate adherence`), run in this process (one interpreter
-start-up instead of twenty) on one work folder:
+Every stage is the library call behind the command a user types (`repackctl extract`, `pack
+train`, `pack encode`, `captions`, `train t2i`, `sample`, `evaluate adherence`), through the
+shared runner ``repackctl.pipeline.Pipeline`` (as `repackctl demo --t2i`), on one work folder:
 
 1. the built-in images (train + val) through the built-in encoder, a RePack autoencoder and its
    latents; the built-in captions (several phrasings per image) encoded once by MiniLM;
@@ -13,7 +13,7 @@ start-up instead of twenty) on one work folder:
    (0.5 vs 0): same steps, batch, learning rate, data order and noise (the seed);
 3. each run's EMA sampled on the val captions (same prompts, sampler, steps, CFG and seed);
 4. scores: FD in the built-in encoder's feature space between the samples and the real val images
-   (``repackctl.metrics.encoder_fd``; no Inception weights exist offline), and prompt adherence
+   (``Pipeline.encoder_fd``; no Inception weights exist offline), and prompt adherence
    (`repackctl evaluate adherence`: shape / colour classifiers trained on the real images).
 
 Writes ``results.json`` in ``--out`` and the table ``benchmarks/results/t2i_repa.md`` (or
@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from repackctl.pipeline import Pipeline
 
 
 @dataclass
@@ -62,97 +64,71 @@ class Plan:
                    sample_steps=2, adherence_steps=5)  # fmt: skip
 
 
-class Study:
-    """Runs the commands in one work folder and keeps the time of each stage."""
+class Study(Pipeline):
+    """The study's stages in one work folder (the shared runner ``repackctl.pipeline``)."""
 
     def __init__(self, out: Path, plan: Plan) -> None:
-        self.out, self.plan = out, plan
-        self.times: dict[str, float] = {}
-        for key in [k for k in os.environ if k.startswith("REPACKCTL_")]:
-            del os.environ[key]  # this process only: no settings leak in from the caller
-        os.environ.update(
-            REPACKCTL_CACHE=str(out / "cache"),
-            REPACKCTL_RUNS=str(out / "runs"),
-            REPACKCTL_SAMPLES=str(out / "samples"),
-            REPACKCTL_NUM_WORKERS="0",
-            REPACKCTL_DEVICE="cpu",
-        )
+        super().__init__(out, log=lambda msg: print(msg, flush=True))
+        self.plan = plan
 
-    def cli(self, stage: str, *args: Any) -> None:
-        """Run `repackctl ARGS` (in this process: no interpreter start-up per command)."""
-        from typer.main import get_command
-
-        from repackctl.cli.app import app
-
-        t0 = time.perf_counter()
-        code: Any = 0
-        try:
-            rc = get_command(app).main([str(a) for a in args], "repackctl", standalone_mode=False)
-            code = rc if isinstance(rc, int) else 0  # click returns an Exit's code here
-        except SystemExit as e:
-            code = e.code
-        self.times[stage] = self.times.get(stage, 0.0) + time.perf_counter() - t0
-        if code:
-            sys.exit(f"repackctl {' '.join(map(str, args))} failed (exit {code})")
-        print(f"[{sum(self.times.values()):6.0f} s] {' '.join(map(str, args))}", flush=True)
+    @property
+    def times(self) -> dict[str, float]:
+        """Seconds per kind of stage (extract, pack, captions, train, sample, adherence, fd)."""
+        out: dict[str, float] = {}
+        for s in self.stages:
+            kind = s.name.split()[0]
+            out[kind] = out.get(kind, 0.0) + s.seconds
+        return out
 
     def prepare(self) -> None:
         """Cache entries (train + val), RePack latents, caption features."""
         p = self.plan
         for split, n in (("train", p.n_train), ("val", p.n_val)):
-            self.cli("extract", "extract", "--split", split, "-n", n, "--resolution",
-                     p.resolution, "--chunk", 32, "--shard", 256)  # fmt: skip
-        self.cli("pack", "pack", "train", "--name", "pack", "-n", p.n_train, "--resolution",
-                 p.resolution, "--steps", p.pack_steps, "--image-every", 0)  # fmt: skip
-        self.cli("pack", "pack", "encode", "--run", "pack")
-        for entry in self.entries():
-            self.cli("captions", "captions", "--entry", entry, "--max-length", p.max_length)
-
-    def entries(self) -> list[str]:
-        from repackctl.cache.store import list_entries
-
-        return list_entries(str(self.out / "cache"))
+            self.stage(f"extract {split}",
+                       lambda s=split, n=n: self.extract(s, n, p.resolution, chunk=32, shard=256))  # fmt: skip
+        self.stage("pack train", lambda: self.pack_train("pack", p.pack_steps, image_every=0))
+        self.stage("pack encode", lambda: self.pack_encode("pack")[:2])
+        for split in ("train", "val"):  # val: the default evaluation prompts
+            self.stage(f"captions {split}",
+                       lambda s=split: self.captions(s, max_length=p.max_length))  # fmt: skip
 
     def arm(self, seed: int, repa: bool) -> dict[str, Any]:
-        """Train one run, sample it on the val captions, score it."""
+        """Train one run (seed ``seed``), sample it on the val captions (seed 0), score it."""
         p = self.plan
         name = f"t2i-{'repa' if repa else 'plain'}-s{seed}"
         weight = p.repa_weight if repa else 0.0
-        self.cli("train", "train", "t2i", "--name", name, "--pack-run", "pack", "--steps",
-                 p.steps, "-b", p.batch, "--lr", p.lr, "--repa-weight", weight, "--seed", seed,
-                 "--ckpt-every", p.steps, "--image-every", 0, "--log-every", 50)  # fmt: skip
-        self.cli("sample", "sample", "-r", name, "-n", p.samples, "--steps",
-                       p.sample_steps, "--cfg", p.cfg, "--seed", 0)  # fmt: skip
-        folder = next(d for d in (self.out / "samples").iterdir() if d.name.startswith(name))
-        self.cli("adherence", "evaluate", "adherence", str(folder), "--steps", p.adherence_steps)
-        adh = json.loads((folder / "adherence.json").read_text())
-        t0 = time.perf_counter()
-        fd = self.fd(folder)
-        self.times["fd"] = self.times.get("fd", 0.0) + time.perf_counter() - t0
+        self.seed = seed  # the run's seed: data order and noise
+
+        def train() -> tuple[bool, str]:
+            reused = self.finished(name, p.steps)
+            self.t2i_train(name, p.steps, pack_run="pack", global_batch=p.batch, lr=p.lr,
+                           repa_weight=weight, ckpt_every=p.steps, image_every=0, log_every=50)  # fmt: skip
+            return reused, f"REPA weight {weight}, seed {seed}"
+
+        self.stage(f"train {name}", train)
+        self.seed = 0  # same prompts, noise and classifiers for every run
+        got: dict[str, Any] = {}
+
+        def sample() -> tuple[bool, str]:
+            got["images"], _, got["folder"], reused = self.sample_prompts(
+                name, None, num=p.samples, steps=p.sample_steps, cfg=p.cfg)  # fmt: skip
+            return reused, str(got["folder"])
+
+        self.stage(f"sample {name}", sample)
+        folder = got["folder"]
+        self.stage(f"adherence {name}",
+                   lambda: got.update(adh=self.adherence(folder, p.adherence_steps).scores))  # fmt: skip
+        self.stage(f"fd {name}",
+                   lambda: got.update(fd=self.encoder_fd(got["images"], "val", p.resolution)))  # fmt: skip
+        adh = got["adh"]
         card = json.loads((folder / "protocol.json").read_text())
-        assert card.get("prompt_source", "").endswith(self.val_entry()), card.get("prompt_source")
-        return {"run": name, "seed": seed, "repa_weight": weight, "fd": fd,
+        assert card.get("prompt_source", "").endswith(self.entries["val"]), card.get(
+            "prompt_source"
+        )
+        return {"run": name, "seed": seed, "repa_weight": weight, "fd": got["fd"],
                 "shape_accuracy": adh["shape_accuracy"], "colour_accuracy": adh["colour_accuracy"],
                 "classifier_real_accuracy": adh.get("classifier_real_accuracy"),
                 "samples": str(folder)}  # fmt: skip
-
-    def val_entry(self) -> str:
-        return next(e for e in self.entries() if "--val--" in e)
-
-    def fd(self, folder: Path) -> float:
-        """FD in the built-in encoder's space: the samples vs the real val images."""
-        from repackctl.cache.store import DatasetEntry
-        from repackctl.encoders.load import make_encoder
-        from repackctl.metrics.adm import read_samples_npz
-        from repackctl.metrics.encoder_fd import compute_encoder_fd
-
-        if not hasattr(self, "_ref"):
-            entry = DatasetEntry.open(str(self.out / "cache"), self.val_entry())
-            idx = entry.valid_indices()
-            self._ref = entry.images[int(idx[0]) : int(idx[-1]) + 1][idx - idx[0]]
-            self._enc = make_encoder("builtin", None, None, self.plan.resolution, 0).eval()
-        images, _ = read_samples_npz(folder / "samples.npz")
-        return float(compute_encoder_fd(self._enc, images, self._ref, fd_method="cholesky")["fd"])
 
 
 def _mean_sd(values: list[float]) -> tuple[float, float]:

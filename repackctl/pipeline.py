@@ -6,8 +6,10 @@ commands call. :class:`Pipeline` is that common part: the settings base of the f
 logged stages, the cache rows (images, tokens) of a split, and one call per stage. Every stage is
 resumable, so a second run reuses what is complete.
 
-The demo (``repackctl.demo``) and the study (``benchmarks/reproduce_small.py``) only choose sizes,
-arms and what to report.
+The demos (``repackctl.demo``, ``repackctl.demo_t2i``) and the studies
+(``benchmarks/reproduce_small.py``, ``benchmarks/t2i_repa.py``) only choose sizes, arms and what
+to report. The text-to-image stages (captions → train t2i → sample from prompts → adherence) are
+here too, so that the t2i demo and the t2i study share them.
 """
 
 from __future__ import annotations
@@ -245,3 +247,65 @@ class Pipeline:
         res = run_sample(self.settings({f"sample.{k}": v for k, v in keys.items()}), self.progress)
         images, labels = read_samples_npz(res.out_dir / "samples.npz")
         return images, labels, res.out_dir, res.written == 0
+
+    # ---- text-to-image --------------------------------------------------------------------------
+    def captions(self, split: str, **flags: Any) -> tuple[bool, str]:
+        """``repackctl captions`` of an extracted split (``flags``: captions settings)."""
+        from repackctl.captions_cache import run_captions
+
+        keys = {"entry": self.entries[split]} | flags
+        r = run_captions(
+            self.settings({f"captions.{k}": v for k, v in keys.items()}), self.progress
+        )
+        detail = f"{r.captions} captions of {r.n} images → text/{r.text_id}"
+        return r.written == 0, detail
+
+    def t2i_train(self, name: str, steps: int, **flags: Any):
+        """``repackctl train t2i`` as run ``name`` (``flags``: t2i settings); its result."""
+        from repackctl.dit.t2i_run import train_t2i
+
+        keys = {"name": name, "steps": steps} | flags
+        return train_t2i(self.settings({f"t2i.{k}": v for k, v in keys.items()}), self.progress)
+
+    def sample_prompts(
+        self, run: str, prompts: list[str] | None = None, **flags: Any
+    ) -> tuple[np.ndarray, list[str], Path, bool]:
+        """``repackctl sample`` of t2i run ``run`` on ``prompts`` (sample i gets prompt i mod P;
+        none = the val captions): ``(images uint8 (N, H, W, 3), prompt of each, folder, reused)``.
+        """
+        import json
+
+        from repackctl.metrics.adm import read_samples_npz
+        from repackctl.paths import PROTOCOL_JSON
+        from repackctl.sample.run import run_sample
+
+        keys = {"run": run} | flags | ({"prompt": list(prompts)} if prompts else {})
+        res = run_sample(self.settings({f"sample.{k}": v for k, v in keys.items()}), self.progress)
+        images, _ = read_samples_npz(res.out_dir / "samples.npz")
+        card = json.loads((res.out_dir / PROTOCOL_JSON).read_text())
+        asked = [card["prompts"][k] for k in card["prompt_ids"]]
+        return images, asked, res.out_dir, res.written == 0
+
+    def adherence(self, folder: Path, steps: int, val: str | None = None):
+        """``repackctl evaluate adherence`` of a t2i samples folder: its ``AdherenceResult``
+        (scores also written to ``adherence.json`` there, and the classifiers); ``val``: a
+        split whose real images the same classifiers are also scored on."""
+        from repackctl.evaluate.adherence import run_adherence
+        from repackctl.runtime import resolve_device
+
+        device = resolve_device(self.device, 0)
+        real_val = self.entries[val] if val else None
+        return run_adherence(folder, str(self.out / "cache"), steps, self.seed, device, real_val)
+
+    def encoder_fd(self, images: np.ndarray, split: str, resolution: int) -> float:
+        """FD in the built-in encoder's space between uint8 ``images`` and the real images of
+        ``split`` (no Inception weights exist offline)."""
+        from repackctl.encoders.load import make_encoder
+        from repackctl.metrics.encoder_fd import compute_encoder_fd
+
+        if getattr(self, "_fd_encoder", None) is None:
+            self._fd_encoder = make_encoder("builtin", None, None, resolution, 0).eval()
+        entry = self.entry(split)
+        real, _ = self.images(split, len(entry.valid_indices()))
+        fd = compute_encoder_fd(self._fd_encoder, images, real, fd_method="cholesky")
+        return float(fd["fd"])

@@ -24,6 +24,14 @@ def demo(
         typer.Option("--quick", help="A reduced run (fewer images and steps) in about a minute."),
     ] = False,
     seed: Annotated[int, typer.Option(help="Seed of every stage.")] = 0,
+    t2i: Annotated[
+        bool,
+        typer.Option(
+            "--t2i",
+            help="The text-to-image demo instead: captions → MMDiT + REPA → prompts.png and "
+            "prompt adherence (default --out runs/demo-t2i).",
+        ),
+    ] = False,
 ) -> None:
     """Run extract → pack → train dit (+REPA) → refine → sample → evaluate on the built-in data.
 
@@ -32,6 +40,9 @@ def demo(
 
     Example: `repackctl demo` (about 10 minutes on 2 CPU cores), `repackctl demo --quick`.
     """
+    if t2i:
+        _demo_t2i(Path("runs/demo-t2i") if out == Path("runs/demo") else out, fresh, quick, seed)
+        return
     from repackctl.demo import DemoPlan, run_demo
 
     out = out.expanduser().resolve()
@@ -76,6 +87,29 @@ def demo(
     )
     console.print(results)
     console.print(m["probe"]["table"])
+    for name, path in report.files.items():
+        console.print(f"{name}: {path}", highlight=False)
+
+
+def _demo_t2i(out: Path, fresh: bool, quick: bool, seed: int) -> None:
+    """`repackctl demo --t2i`: run ``repackctl.demo_t2i`` and print its summary."""
+    from repackctl.demo_t2i import T2IDemoPlan, run_t2i_demo
+
+    out = out.expanduser().resolve()
+    plan = T2IDemoPlan.quick(out) if quick else T2IDemoPlan(out=out)
+    plan.seed = seed
+    console.print(f"[bold]repackctl demo --t2i[/] → {out}")
+    log = lambda msg: console.print(msg, highlight=False, markup=False, soft_wrap=True)  # noqa: E731
+    report = run_t2i_demo(plan, rich_progress, log, fresh)
+    m = report.metrics
+    table = Table(title="demo --t2i summary")
+    for col in ("measure", "samples", "chance", "real val images"):
+        table.add_column(col)
+    for key in ("shape", "colour"):
+        row = [m[f"{key}_accuracy"], m["chance"][key], m["classifier_real_val_accuracy"][key]]
+        table.add_row(f"{key} adherence", *(f"{100 * v:.1f} %" for v in row))
+    console.print(table)
+    console.print(f"FD (encoder space): {m['fd']:.3f}; total {report.seconds:.1f} s")
     for name, path in report.files.items():
         console.print(f"{name}: {path}", highlight=False)
 

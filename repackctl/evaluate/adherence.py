@@ -166,6 +166,7 @@ class AdherenceResult:
 
     path: Path
     scores: dict[str, Any]
+    classifier: AttributeNet | None = None  # the trained attribute classifiers (not saved)
 
 
 def real_attributes(cache: str, entry: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -207,9 +208,18 @@ def _protocol_of(folder: Path) -> dict[str, Any]:
 
 
 def run_adherence(
-    folder: str | Path, cache: str | None, steps: int, seed: int, device
+    folder: str | Path,
+    cache: str | None,
+    steps: int,
+    seed: int,
+    device,
+    real_val: str | None = None,
 ) -> AdherenceResult:
-    """Score a t2i samples folder; write ``adherence.json`` beside it."""
+    """Score a t2i samples folder; write ``adherence.json`` beside it.
+
+    ``real_val``: a built-in cache entry (e.g. the val split) whose real images the same
+    classifiers are also scored on (``classifier_real_val_accuracy``), the level to read the
+    sample scores against."""
     from repackctl.sample.folder import iter_pngs
     from repackctl.train import checkpoint as ckpt_io
 
@@ -238,5 +248,14 @@ def run_adherence(
         "colours": list(HUES),
         "protocol": str(folder / PROTOCOL_JSON),
     }
+    if real_val is not None:
+        v_images, v_shapes, v_colours = real_attributes(root, real_val)
+        ps, pc = predict(net, v_images, device)
+        scores["classifier_real_val_accuracy"] = {
+            "shape": float((ps == v_shapes).mean()),
+            "colour": float((pc == v_colours).mean()),
+            "entry": real_val,
+            "images": int(len(v_images)),
+        }
     write_json_atomic(folder / ADHERENCE_JSON, scores)
-    return AdherenceResult(path=folder / ADHERENCE_JSON, scores=scores)
+    return AdherenceResult(path=folder / ADHERENCE_JSON, scores=scores, classifier=net)
