@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -32,10 +31,23 @@ from typing import Any
 import torch
 
 from repackctl.errors import DataError
-from repackctl.pipeline import Pipeline, StageRecord
+from repackctl.pipeline import Pipeline, StageRecord, claim_folder
 from repackctl.progress import ProgressFactory, null_progress
 
 __all__ = ["T2IDemoPlan", "T2IDemoReport", "grid_scale", "run_t2i_demo", "short_prompts"]
+
+
+#: What the text-to-image demo writes in its folder (all that ``--fresh`` removes).
+T2I_DEMO_FILES = (
+    "cache",
+    "pack",
+    "t2i",
+    "samples",
+    "captions.log",
+    "prompts.png",
+    "report.md",
+    "metrics.json",
+)
 
 
 @dataclass
@@ -331,12 +343,9 @@ def run_t2i_demo(
     log: Callable[[str], None] = print,
     fresh: bool = False,
 ) -> T2IDemoReport:
-    """Run (or finish) the text-to-image demo in ``plan.out``; ``fresh`` deletes it first."""
-    out = plan.out
-    if fresh and out.exists():
-        log(f"--fresh: removing {out}")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    """Run (or finish) the text-to-image demo in ``plan.out``; ``fresh`` deletes the demo's earlier
+    results first (only what it writes, in a folder it made: :func:`claim_folder`)."""
+    claim_folder(plan.out, "demo --t2i", T2I_DEMO_FILES, fresh, log)
     threads = torch.get_num_threads()
     torch.set_num_threads(plan.threads)
     try:
