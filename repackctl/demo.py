@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,12 +157,9 @@ class _Demo(Pipeline):
         return reused, f"tiny LightningDiT + REPA (λ {p.repa_weight}), {p.dit_steps} steps"
 
     def refine_command(self) -> list[str]:
-        """`repackctl refine train` for the demo's pack run (run beside the DiT, see start)."""
+        """The arguments of `repackctl refine train` for the demo's pack run (run beside the DiT)."""
         p = self.plan
         return [
-            sys.executable,
-            "-m",
-            "repackctl",
             "refine",
             "train",
             "--pack-run",
@@ -200,28 +194,12 @@ class _Demo(Pipeline):
 
     def start_refine(self) -> None:
         """Train the refiner in a second process while the DiT trains here: both need only the
-        pack run, and on a 2-core machine each gets a core."""
+        pack run."""
         self.refine_reused = self.finished("refine", self.plan.refine_steps)
-        self.refine_log = self.out / "refine.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("REPACKCTL_")}
-        env |= {"OMP_NUM_THREADS": str(self.plan.threads), "REPACKCTL_NUM_WORKERS": "0"}
-        env["COLUMNS"] = "100"
-        self.refine_t0 = time.perf_counter()
-        with open(self.refine_log, "w") as log:
-            self.refine_proc = subprocess.Popen(
-                self.refine_command(), stdout=log, stderr=subprocess.STDOUT, env=env
-            )
-        self.log(f"[refine train] started in a second process (log: {self.refine_log})")
+        self.start_side("refine", self.refine_command(), self.plan.threads)
 
     def refine(self) -> tuple[bool, str]:
-        code = self.refine_proc.wait()
-        if code != 0:
-            tail = self.refine_log.read_text().strip().splitlines()[-5:]
-            raise TrainingError(
-                "refiner training failed: " + " | ".join(tail),
-                f"see {self.refine_log}; rerun `repackctl demo` to resume",
-            )
-        seconds = time.perf_counter() - self.refine_t0
+        seconds = self.wait_side("refine", TrainingError, "`repackctl demo` to resume")
         return self.refine_reused, (
             f"Latent-Guided Refiner (residual, width {self.plan.refine_channels}, GAN weight "
             f"{self.plan.refine_gan_weight}, feature weight {self.plan.refine_feature_weight}), "
@@ -500,7 +478,7 @@ def run_demo(
         try:
             demo.stage("train dit", demo.dit)
         except BaseException:
-            demo.refine_proc.kill()
+            demo.kill_sides()
             raise
         demo.stage("refine train (waited for)", demo.refine)
         demo.stage("sample", demo.sample_stage)

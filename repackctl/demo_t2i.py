@@ -20,9 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -145,7 +142,7 @@ class _T2IDemo(Pipeline):
         try:
             self.stage("pack train", lambda: self.pack_train("pack", p.pack_steps, image_every=0))
         except BaseException:
-            self.captions_proc.kill()
+            self.kill_sides()
             raise
         self.stage("captions (waited for)", self.wait_captions)
         self.stage("pack encode", lambda: self.pack_encode("pack")[:2])
@@ -164,29 +161,13 @@ class _T2IDemo(Pipeline):
     def start_captions(self) -> None:
         """`repackctl captions` of the train entry, in a second process."""
         self.captions_reused = self.captions_done()
-        cmd = [sys.executable, "-m", "repackctl", "captions", "--entry", self.entries["train"],
+        cmd = ["captions", "--entry", self.entries["train"],
                "--max-length", str(self.plan.max_length), "--cache", str(self.out / "cache"),
                "--device", "cpu", "--seed", str(self.plan.seed)]  # fmt: skip
-        env = {k: v for k, v in os.environ.items() if not k.startswith("REPACKCTL_")}
-        env |= {"OMP_NUM_THREADS": str(self.plan.threads), "REPACKCTL_NUM_WORKERS": "0"}
-        env["COLUMNS"] = "100"
-        self.captions_log = self.out / "captions.log"
-        self.captions_t0 = time.perf_counter()
-        with open(self.captions_log, "w") as log:
-            self.captions_proc = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, env=env
-            )
-        self.log(f"[captions] started in a second process (log: {self.captions_log})")
+        self.start_side("captions", cmd, self.plan.threads)
 
     def wait_captions(self) -> tuple[bool, str]:
-        code = self.captions_proc.wait()
-        if code != 0:
-            tail = self.captions_log.read_text().strip().splitlines()[-5:]
-            raise DataError(
-                "caption encoding failed: " + " | ".join(tail),
-                f"see {self.captions_log}; rerun `repackctl demo --t2i` to resume",
-            )
-        seconds = time.perf_counter() - self.captions_t0
+        seconds = self.wait_side("captions", DataError, "`repackctl demo --t2i` to resume")
         return self.captions_reused, (
             f"train captions → MiniLM features (length {self.plan.max_length}), "
             f"{seconds:.0f} s in a parallel process"

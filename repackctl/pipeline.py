@@ -15,7 +15,10 @@ here too, so that the t2i demo and the t2i study share them.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -25,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from repackctl.errors import ConfigError
+from repackctl.errors import ConfigError, RepackError
 from repackctl.progress import ProgressFactory, null_progress
 from repackctl.settings import Settings, resolve_settings
 
@@ -112,6 +115,7 @@ class Pipeline:
         self.stages: list[StageRecord] = []
         self.entries: dict[str, str] = {}  # split → cache entry name
         self.features = ""  # the feature group of the extracted encoder
+        self.side: dict[str, tuple[subprocess.Popen, Path, float]] = {}  # name → (proc, log, t0)
 
     # ---- settings and stages --------------------------------------------------------------------
     def settings(self, flags: dict[str, Any] | None = None, **more: Any) -> Settings:
@@ -147,6 +151,32 @@ class Pipeline:
         run_dir = self.runs / run
         ckpt = latest_checkpoint(run_dir) if run_dir.is_dir() else None
         return ckpt is not None and int(read_state(ckpt).get("step", -1)) >= steps
+
+    # ---- a stage in a second process ------------------------------------------------------------
+    def start_side(self, name: str, args: list[str], threads: int = 1) -> None:
+        """``repackctl ARGS`` in a second process (log ``out/<name>.log``) while this one works:
+        on a 2-core machine each process gets a core."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("REPACKCTL_")}
+        env |= {"OMP_NUM_THREADS": str(threads), "REPACKCTL_NUM_WORKERS": "0", "COLUMNS": "100"}
+        log_path = self.out / f"{name}.log"
+        with open(log_path, "w") as log:
+            cmd = [sys.executable, "-m", "repackctl", *args]
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        self.side[name] = (proc, log_path, time.perf_counter())
+        self.log(f"[{name}] started in a second process (log: {log_path})")
+
+    def wait_side(self, name: str, error: type[RepackError], rerun: str) -> float:
+        """Wait for side process ``name``; its seconds, or ``error`` with its log's last lines."""
+        proc, log_path, t0 = self.side[name]
+        if proc.wait() != 0:
+            tail = log_path.read_text().strip().splitlines()[-5:]
+            raise error(f"{name} failed: " + " | ".join(tail), f"see {log_path}; rerun {rerun}")
+        return time.perf_counter() - t0
+
+    def kill_sides(self) -> None:
+        """Stop every side process (this process is failing or was interrupted)."""
+        for proc, _, _ in self.side.values():
+            proc.kill()
 
     # ---- data -----------------------------------------------------------------------------------
     def extract(self, split: str, num: int, resolution: int, **flags: Any) -> tuple[bool, str]:
