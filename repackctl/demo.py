@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from repackctl.errors import TrainingError
-from repackctl.pipeline import Pipeline, StageRecord, claim_folder
+from repackctl.pipeline import Pipeline, RunReport, claim_folder
 from repackctl.progress import ProgressFactory, null_progress
 
 #: What the demo writes in its folder (all that ``--fresh`` removes): its cache, the stage runs
@@ -99,27 +99,13 @@ class DemoPlan:
         )
 
 
-@dataclass
-class DemoReport:
-    """What the demo produced."""
-
-    out: Path
-    stages: list[StageRecord] = field(default_factory=list)
-    metrics: dict[str, Any] = field(default_factory=dict)
-    files: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def seconds(self) -> float:
-        return sum(s.seconds for s in self.stages)
-
-
 class _Demo(Pipeline):
     """The demo's stages: the shared pipeline runner with the demo's sizes, in ``plan.out``."""
 
     def __init__(self, plan: DemoPlan, progress: ProgressFactory, log: Callable[[str], None]):
         super().__init__(plan.out, seed=plan.seed, progress=progress, log=log)
         self.plan = plan
-        self.report = DemoReport(out=plan.out, stages=self.stages)
+        self.report = RunReport(out=plan.out, stages=self.stages)
         self.load_start = _load()
 
     # ---- stages ---------------------------------------------------------------------------------
@@ -462,7 +448,7 @@ def run_demo(
     progress: ProgressFactory = null_progress,
     log: Callable[[str], None] = print,
     fresh: bool = False,
-) -> DemoReport:
+) -> RunReport:
     """Run (or finish) the demo in ``plan.out``; ``fresh`` deletes the demo's earlier results
     first (only what the demo writes, in a folder the demo made: :func:`claim_folder`)."""
     claim_folder(plan.out, "demo", DEMO_FILES, fresh, log)

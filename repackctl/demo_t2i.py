@@ -21,17 +21,17 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from repackctl.errors import DataError
-from repackctl.pipeline import Pipeline, StageRecord, claim_folder
+from repackctl.pipeline import Pipeline, RunReport, claim_folder
 from repackctl.progress import ProgressFactory, null_progress
 
-__all__ = ["T2IDemoPlan", "T2IDemoReport", "grid_scale", "run_t2i_demo", "short_prompts"]
+__all__ = ["T2IDemoPlan", "grid_scale", "run_t2i_demo", "short_prompts"]
 
 
 #: What the text-to-image demo writes in its folder (all that ``--fresh`` removes).
@@ -84,20 +84,6 @@ class T2IDemoPlan:
                    seeds_per_prompt=2, grid_rows=3, sample_steps=2, adherence_steps=5)  # fmt: skip
 
 
-@dataclass
-class T2IDemoReport:
-    """What the demo produced."""
-
-    out: Path
-    stages: list[StageRecord] = field(default_factory=list)
-    metrics: dict[str, Any] = field(default_factory=dict)
-    files: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def seconds(self) -> float:
-        return sum(s.seconds for s in self.stages)
-
-
 def short_prompts(keys: list[str], count: int) -> list[str]:
     """The short caption ("a red star") of built-in images ``builtin:<seed>:<split>:<index>``,
     first occurrences only, at most ``count``."""
@@ -125,7 +111,7 @@ class _T2IDemo(Pipeline):
     def __init__(self, plan: T2IDemoPlan, progress: ProgressFactory, log: Callable[[str], None]):
         super().__init__(plan.out, seed=plan.seed, progress=progress, log=log)
         self.plan = plan
-        self.report = T2IDemoReport(out=plan.out, stages=self.stages)
+        self.report = RunReport(out=plan.out, stages=self.stages)
 
     def prepare(self) -> None:
         """Images, latents and caption features (train split; prompts are encoded at sampling).
@@ -261,7 +247,7 @@ def _pct(v: float | None) -> str:
     return "n/a" if v is None else f"{100 * v:.1f} %"
 
 
-def _report_text(p: T2IDemoPlan, m: dict[str, Any], report: T2IDemoReport, folder: Path) -> str:
+def _report_text(p: T2IDemoPlan, m: dict[str, Any], report: RunReport, folder: Path) -> str:
     real, val = m["classifier_real_accuracy"], m["classifier_real_val_accuracy"]
     rec = m["classifier_recon_val_accuracy"]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -323,7 +309,7 @@ def run_t2i_demo(
     progress: ProgressFactory = null_progress,
     log: Callable[[str], None] = print,
     fresh: bool = False,
-) -> T2IDemoReport:
+) -> RunReport:
     """Run (or finish) the text-to-image demo in ``plan.out``; ``fresh`` deletes the demo's earlier
     results first (only what it writes, in a folder it made: :func:`claim_folder`)."""
     claim_folder(plan.out, "demo --t2i", T2I_DEMO_FILES, fresh, log)

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from repackctl.errors import ConfigError, RepackError
 from repackctl.progress import ProgressFactory, null_progress
 from repackctl.settings import Settings, resolve_settings
 
-__all__ = ["MARKER", "Pipeline", "StageRecord", "claim_folder", "one_per_class"]
+__all__ = ["MARKER", "Pipeline", "RunReport", "StageRecord", "claim_folder", "one_per_class"]
 
 #: The file that marks a folder as made by a pipeline run (``{"made_by": kind}``).
 MARKER = ".repackctl-pipeline.json"
@@ -46,6 +46,20 @@ class StageRecord:
     seconds: float
     reused: bool
     detail: str = ""
+
+
+@dataclass
+class RunReport:
+    """What a pipeline run (the demo, the text-to-image demo) produced."""
+
+    out: Path
+    stages: list[StageRecord] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def seconds(self) -> float:
+        return sum(s.seconds for s in self.stages)
 
 
 def one_per_class(images: np.ndarray, labels: np.ndarray, classes: int) -> np.ndarray:
