@@ -218,6 +218,27 @@ class DinoHead(nn.Module):
         return z @ F.normalize(self.prototypes, dim=-1).T  # (B, K) cosines in [-1, 1]
 
 
+class NceHead(nn.Module):
+    """SimCLR's projection head (Chen et al., 2020): MLP → l2-normalised embedding."""
+
+    def __init__(self, dim: int, hidden: int = 256, out: int = 64) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, out))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.mlp(z), dim=-1)
+
+
+def nt_xent(a: torch.Tensor, b: torch.Tensor, temp: float) -> torch.Tensor:
+    """In-batch InfoNCE (SimCLR's NT-Xent): view a_i must pick b_i among 2B - 1 candidates."""
+    z = torch.cat([a, b])  # (2B, d), unit norm
+    sim = z @ z.T / temp
+    sim = sim.masked_fill(torch.eye(len(z), dtype=torch.bool), float("-inf"))
+    n = len(a)
+    target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)])
+    return F.cross_entropy(sim, target)
+
+
 def global_views(tokens: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
     """The two image descriptors distilled: CLS and the mean patch token, stacked (2, B, D)."""
     return torch.stack([cls, tokens.mean(1)])
@@ -256,12 +277,13 @@ def build(args: argparse.Namespace, gen: torch.Generator) -> dict:
     net.init_weights(gen)
     dec = MaskedDecoder(net.dim, args.dec_dim, args.dec_depth)
     head = DinoHead(net.dim, 256, 64, args.prototypes)
-    for m in (dec, head):
+    nce = NceHead(net.dim)
+    for m in (dec, head, nce):
         for mod in m.modules():
             if isinstance(mod, nn.Linear):
                 nn.init.trunc_normal_(mod.weight, std=0.02, a=-0.04, b=0.04, generator=gen)
                 nn.init.zeros_(mod.bias)
-    params = [*net.parameters(), *dec.parameters(), *head.parameters()]
+    params = [*net.parameters(), *dec.parameters(), *head.parameters(), *nce.parameters()]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]  # biases, norms: no weight decay (ViT habit)
     opt = torch.optim.AdamW(
@@ -271,7 +293,7 @@ def build(args: argparse.Namespace, gen: torch.Generator) -> dict:
     )
     teacher = copy.deepcopy(nn.ModuleDict({"net": net, "head": head})).requires_grad_(False)
     center = torch.zeros(args.prototypes)
-    return {"net": net, "dec": dec, "head": head, "teacher": teacher, "opt": opt,
+    return {"net": net, "dec": dec, "head": head, "nce": nce, "teacher": teacher, "opt": opt,
             "params": params, "center": center}  # fmt: skip
 
 
@@ -293,6 +315,9 @@ def step_losses(m: dict, x: torch.Tensor, gen: torch.Generator, args) -> dict:
         mae.append((err * masked).sum() / masked.sum())
         students.append(global_views(tok, cls))  # (2, B, D)
     out = {"mae": torch.stack(mae).mean()}
+    if args.nce_weight > 0:  # the mean patch token of each masked view (the probed descriptor)
+        za, zb = (m["nce"](s[1]) for s in students)
+        out["nce"] = nt_xent(za, zb, args.nce_temp)
     if args.dino_weight > 0:
         with torch.no_grad():
             teach = [m["teacher"]["head"](global_views(*m["teacher"]["net"](v))) for v in views]
@@ -329,6 +354,7 @@ def train(args: argparse.Namespace) -> tuple[BuiltinViT, dict]:
         x = render_batch(source, range(step * args.batch_size, (step + 1) * args.batch_size), 64)
         losses = step_losses(m, x, gen, args)
         loss = losses["mae"] + args.dino_weight * losses.get("dino", 0.0)
+        loss = loss + args.nce_weight * losses.get("nce", 0.0)
         m["opt"].zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(m["params"], 1.0)
@@ -420,6 +446,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dec-dim", type=int, default=64)
     parser.add_argument("--dec-depth", type=int, default=1)
     parser.add_argument("--dino-weight", type=float, default=0.0)
+    parser.add_argument("--nce-weight", type=float, default=0.0,
+                        help="weight of the in-batch InfoNCE on the mean patch tokens")  # fmt: skip
+    parser.add_argument("--nce-temp", type=float, default=0.2)
     parser.add_argument("--colour-views", action="store_true",
                         help="randomise the colours of each view (see colour_view)")  # fmt: skip
     parser.add_argument("--compare", type=Path, default=None,

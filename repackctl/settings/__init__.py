@@ -12,6 +12,7 @@ that writes a cache entry or a run stores the resolved config beside it.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -107,15 +108,30 @@ class Settings(BaseSettings):
 PRESET_SECTIONS = ("pack", "dit", "refine")
 
 
+# device nodes of the NVIDIA driver, ROCm and WSL2's GPU bridge: without one, CUDA cannot work
+_GPU_NODES = ("/dev/nvidiactl", "/dev/kfd", "/dev/dxg")
+
+
+def gpu_available() -> bool:
+    """``torch.cuda.is_available()``, without importing torch on a machine with no GPU driver.
+
+    Importing torch takes seconds; light commands (``cache ls``, ``runs ls``) resolve presets
+    too, so the negative answer comes from the missing device nodes instead.
+    """
+    if "torch" not in sys.modules and not any(os.path.exists(n) for n in _GPU_NODES):
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def concrete_preset(section: str, name: str, data: dict[str, Any]) -> str:
     """``auto`` → ``small`` on a CPU (and for the built-in encoder's pack), ``paper`` on a GPU."""
     if name != "auto":
         return name
     device = str(data.get("device", "auto"))
     if device == "auto":
-        import torch  # only when a preset is auto: plain settings never import torch
-
-        gpu = torch.cuda.is_available()
+        gpu = gpu_available()
     else:
         gpu = device.startswith("cuda")
     if section == "pack" and (data.get("pack") or {}).get("encoder", "builtin") == "builtin":

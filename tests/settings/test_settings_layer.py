@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -57,6 +59,21 @@ def test_auto_never_picks_paper_on_a_cpu():
     assert s.pack.preset == "small" and s.refine.preset == "small"
     r = resolve_settings(None, {"device": "cpu", "pack.encoder": "dinov3"})
     assert r.sources["pack.preset"] == "preset auto → small"
+
+
+@pytest.mark.skipif(
+    any(Path(n).exists() for n in ("/dev/nvidiactl", "/dev/kfd", "/dev/dxg")),
+    reason="a GPU driver is present: auto presets must ask torch",
+)
+def test_auto_preset_on_a_machine_without_gpu_driver_does_not_import_torch():
+    code = (
+        "import sys; from repackctl.settings import resolve_settings;"
+        "r = resolve_settings(None, {'pack.encoder': 'dinov3'});"
+        "assert r.settings.pack.preset == 'small', r.settings.pack.preset;"
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
 
 
 def test_show_config_prints_no_none_for_a_preset_value():
