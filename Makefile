@@ -26,11 +26,11 @@ lint: $(STAMP)
 
 # two workers of one thread each: many tests wait on real subprocesses (kills, torchrun)
 test: lint
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 # the edit loop: no `slow` tests (subprocess kills, end-to-end runs); under 90 s on 2 cores
 test-fast: lint
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow"
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder -m "not slow"
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
