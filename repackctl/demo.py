@@ -8,8 +8,10 @@ Everything goes under one folder (default ``runs/demo``): its own cache, the sta
 samples, and ``report.md``, ``samples.png``, ``recon.png``, ``curves.png``. Every stage is
 resumable, so a second run reuses what is complete and says so; ``fresh=True`` starts over.
 
-The models are tiny and overhead-bound, so the demo runs torch on one thread: on a 2-core machine
-two OpenMP threads contending with anything else ran the tiny DiT ten times slower.
+Threads: the stages that run alone (extract, pack, sample, evaluate) use two torch threads
+(``solo_threads``, at most the CPU count); the DiT and the refiner, which train side by side in
+two processes, get one each, because on a 2-core machine two OpenMP threads contending with
+another process ran the tiny DiT ten times slower.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,18 +55,18 @@ class DemoPlan:
     n_train: int = 2000
     n_val: int = 500
     resolution: int = 64
-    pack_steps: int = 800
+    pack_steps: int = 720
     # demo-specific pack sizes on top of the `small` preset (None = the preset's value)
     pack_channels: int | None = None
     pack_latent_channels: int | None = None
     # the preset's GAN (from step 400) costs PSNR at this scale; None = the preset's schedule
     pack_gan_weight: float | None = 0.0
-    dit_steps: int = 2000
+    dit_steps: int = 1800
     dit_lr: float = 1e-3
     dit_batch: int = 64
     repa_weight: float = 0.5
     # width 32 ran at 7 s/step on a loaded 2-core machine (56 min for 500 steps): width 16 fits
-    refine_steps: int = 300
+    refine_steps: int = 270
     refine_channels: int = 16
     # the weights-free perceptual term (refine.feature_weight: built-in encoder feature distance)
     refine_feature_weight: float = 0.1
@@ -79,7 +81,8 @@ class DemoPlan:
     cfg: float = 4.0
     eval_images: int = 200
     seed: int = 0
-    threads: int = 1
+    solo_threads: int = field(default_factory=lambda: min(2, os.cpu_count() or 1))
+    side_threads: int = 1  # the DiT here and the refiner in its process, at the same time
 
     @classmethod
     def quick(cls, out: Path) -> DemoPlan:
@@ -182,7 +185,7 @@ class _Demo(Pipeline):
         """Train the refiner in a second process while the DiT trains here: both need only the
         pack run."""
         self.refine_reused = self.finished("refine", self.plan.refine_steps)
-        self.start_side("refine", self.refine_command(), self.plan.threads)
+        self.start_side("refine", self.refine_command(), self.plan.side_threads)
 
     def refine(self) -> tuple[bool, str]:
         seconds = self.wait_side("refine", TrainingError, "`repackctl demo` to resume")
@@ -452,25 +455,21 @@ def run_demo(
     """Run (or finish) the demo in ``plan.out``; ``fresh`` deletes the demo's earlier results
     first (only what the demo writes, in a folder the demo made: :func:`claim_folder`)."""
     claim_folder(plan.out, "demo", DEMO_FILES, fresh, log)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(plan.threads)
+    solo = plan.solo_threads
+    demo = _Demo(plan, progress, log)
+    demo.stage("extract train", lambda: demo.extract_split("train", plan.n_train), solo)
+    demo.stage("extract val", lambda: demo.extract_split("val", plan.n_val), solo)
+    demo.stage("pack train", demo.pack_train_stage, solo)
+    demo.stage("pack encode", demo.pack_encode_stage, solo)
+    demo.start_refine()
     try:
-        demo = _Demo(plan, progress, log)
-        demo.stage("extract train", lambda: demo.extract_split("train", plan.n_train))
-        demo.stage("extract val", lambda: demo.extract_split("val", plan.n_val))
-        demo.stage("pack train", demo.pack_train_stage)
-        demo.stage("pack encode", demo.pack_encode_stage)
-        demo.start_refine()
-        try:
-            demo.stage("train dit", demo.dit)
-        except BaseException:
-            demo.kill_sides()
-            raise
-        demo.stage("refine train (waited for)", demo.refine)
-        demo.stage("sample", demo.sample_stage)
-        demo.stage("evaluate", demo.evaluate)
-        demo.pictures()
-        demo.write_report()
-    finally:
-        torch.set_num_threads(threads)
+        demo.stage("train dit", demo.dit, plan.side_threads)
+    except BaseException:
+        demo.kill_sides()
+        raise
+    demo.stage("refine train (waited for)", demo.refine)
+    demo.stage("sample", demo.sample_stage, solo)
+    demo.stage("evaluate", demo.evaluate, solo)
+    demo.pictures()
+    demo.write_report()
     return demo.report

@@ -290,42 +290,9 @@ if __name__ == "__main__":
 
 
 @pytest.mark.slow
-def test_two_processes_match_one(cache, tmp_path):
-    script = tmp_path / "dump_dit.py"
-    script.write_text(DUMP_SCRIPT)
-    env = _env(tmp_path)
-    two = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    ddp = subprocess.Popen(
-        [*two, str(script), str(tmp_path), "ddp"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:  # meanwhile, the 1-process reference with the same global batch, in this process
-        namespace: dict = {"__name__": "dump_dit"}
-        exec(compile(DUMP_SCRIPT, "dump_dit.py", "exec"), namespace)
-        namespace["main"](tmp_path, "one")
-    finally:
-        _, err = ddp.communicate(timeout=180)
-    assert ddp.returncode == 0, err[-3000:]
-    r0 = load_weights(tmp_path, "ddp-rank0")
-    r1 = load_weights(tmp_path, "ddp-rank1")
-    single = load_weights(tmp_path, "one-rank0")
-    assert r0.keys() == single.keys() and any(k.startswith("projector.") for k in r0)
-    for k in r0:
-        assert torch.equal(r0[k], r1[k]), k  # the processes stay in sync
-        # same samples and draws; only the order of float sums differs (gloo all-reduce)
-        torch.testing.assert_close(r0[k], single[k], rtol=1e-4, atol=1e-5)
-    state = read_state(latest_checkpoint(tmp_path / "runs" / "ddp"))
-    assert state["world_size"] == 2
-    saved = load_weights(latest_checkpoint(tmp_path / "runs" / "ddp"), "model")
-    assert all(torch.equal(saved[k], r0[f"model.{k}"]) for k in saved)
-
-
-@pytest.mark.slow
 def test_fsdp_matches_ddp_and_its_checkpoint_resumes_on_one_process(cache, tmp_path):
-    """2 processes x 2 micro-batches with FSDP2 (each block sharded) against the same with DDP.
+    """2 processes x 2 micro-batches with FSDP2 (each block sharded) against the same with DDP,
+    and DDP against one process x 4 micro-batches of the same global batch.
 
     Not bit-identical: FSDP reduce-scatters flat shards where DDP all-reduces buckets, and AdamW
     runs on shards (same elementwise math, but the fp32 sums are grouped differently), so the
@@ -345,9 +312,25 @@ def test_fsdp_matches_ddp_and_its_checkpoint_resumes_on_one_process(cache, tmp_p
         )
         for i, mode in enumerate(("ddp", "fsdp"))
     }
-    for proc in procs.values():
-        _, err = proc.communicate(timeout=240)
-        assert proc.returncode == 0, err[-3000:]
+    try:  # meanwhile, the 1-process reference with the same global batch, in this process
+        namespace: dict = {"__name__": "dump_dit"}
+        exec(compile(DUMP_SCRIPT, "dump_dit.py", "exec"), namespace)
+        namespace["main"](tmp_path, "one", "ddp", "4")
+    finally:
+        for proc in procs.values():
+            _, err = proc.communicate(timeout=240)
+            assert proc.returncode == 0, err[-3000:]
+
+    # DDP against one process: same samples and draws, only the order of float sums differs
+    r0, r1 = load_weights(tmp_path, "ddp-rank0"), load_weights(tmp_path, "ddp-rank1")
+    single = load_weights(tmp_path, "one-rank0")
+    assert r0.keys() == single.keys() and any(k.startswith("projector.") for k in r0)
+    for k in r0:
+        assert torch.equal(r0[k], r1[k]), k  # the processes stay in sync
+        torch.testing.assert_close(r0[k], single[k], rtol=1e-4, atol=1e-5)
+    assert read_state(latest_checkpoint(tmp_path / "runs" / "ddp"))["world_size"] == 2
+    saved = load_weights(latest_checkpoint(tmp_path / "runs" / "ddp"), "model")
+    assert all(torch.equal(saved[k], r0[f"model.{k}"]) for k in saved)
     header = json.loads((tmp_path / "runs" / "fsdp" / "header.json").read_text())
     assert header["parallel"] == "fsdp" and header["fsdp_modules"] == ["model", "projector"]
     a = latest_checkpoint(tmp_path / "runs" / "ddp")
