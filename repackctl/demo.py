@@ -55,18 +55,18 @@ class DemoPlan:
     n_train: int = 2000
     n_val: int = 500
     resolution: int = 64
-    pack_steps: int = 720
+    pack_steps: int = 600
     # demo-specific pack sizes on top of the `small` preset (None = the preset's value)
     pack_channels: int | None = None
     pack_latent_channels: int | None = None
     # the preset's GAN (from step 400) costs PSNR at this scale; None = the preset's schedule
     pack_gan_weight: float | None = 0.0
-    dit_steps: int = 1800
+    dit_steps: int = 1700
     dit_lr: float = 1e-3
     dit_batch: int = 64
     repa_weight: float = 0.5
     # width 32 ran at 7 s/step on a loaded 2-core machine (56 min for 500 steps): width 16 fits
-    refine_steps: int = 270
+    refine_steps: int = 255
     refine_channels: int = 16
     # the weights-free perceptual term (refine.feature_weight: built-in encoder feature distance)
     refine_feature_weight: float = 0.1

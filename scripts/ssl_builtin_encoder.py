@@ -95,11 +95,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from repackctl.data.builtin import GENERATOR_VERSION, BuiltinSource
+from repackctl.data.builtin import GENERATOR_VERSION, BuiltinSource, render_scene
 from repackctl.encoders.builtin import (
     ARCH,
     PATCH,
@@ -164,6 +165,29 @@ def colour_view(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     shift = 0.6 * torch.rand(b, 1, 1, 1, generator=gen) - 0.3
     mean = x.mean((1, 2, 3), keepdim=True)
     return ((x - mean) * contrast + mean + shift).clamp(-1.0, 1.0)
+
+
+#: scene fields of the object's geometry (class shape, its variation, pose); the rest is appearance
+GEOMETRY = ("label", "shape_p", "cx", "cy", "scale", "angle")
+
+
+def appearance_swapped(
+    source: BuiltinSource, indices: range, gen: torch.Generator, resolution: int
+) -> torch.Tensor:
+    """Second views: each image's object geometry, drawn with another batch image's appearance.
+
+    Background kind, colours and pattern, object colours, fill and outline come from image
+    ``perm[i]`` (a random derangement of the batch), the object's shape and pose from image ``i``.
+    The generator renders the pair; the script copies the geometry fields without reading them,
+    so it never sees a class label. This is an appearance augmentation only a renderer can do
+    (the analogue of domain randomisation); positives then share geometry and nothing else.
+    """
+    scenes = [source.scene(i) for i in indices]
+    n = len(scenes)
+    perm = (torch.arange(n) + 1 + torch.randint(n - 1, (n,), generator=gen)) % n  # never i
+    mixed = [{**scenes[int(p)], **{k: scenes[i][k] for k in GEOMETRY}} for i, p in enumerate(perm)]
+    arr = np.stack([render_scene(sc, resolution) for sc in mixed])  # (B, R, R, 3) uint8
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
 def random_keep(b: int, t: int, keep: int, gen: torch.Generator) -> torch.Tensor:
@@ -305,9 +329,12 @@ def build(args: argparse.Namespace, gen: torch.Generator) -> dict:
             "params": params, "center": center}  # fmt: skip
 
 
-def step_losses(m: dict, x: torch.Tensor, gen: torch.Generator, args) -> dict:
-    """MAE loss on two geometric views (+ DINO between them when ``dino_weight > 0``)."""
-    views = [geometric_view(x, gen, args.min_scale) for _ in range(2)]  # 2 x (B, 3, R, R)
+def step_losses(
+    m: dict, x: torch.Tensor, gen: torch.Generator, args, x2: torch.Tensor | None = None
+) -> dict:
+    """MAE loss on two geometric views (+ DINO / InfoNCE between them); the second view is
+    made from ``x2`` (the appearance-swapped batch) when given."""
+    views = [geometric_view(v, gen, args.min_scale) for v in (x, x if x2 is None else x2)]
     if args.colour_views:
         views = [colour_view(v, gen) for v in views]
     grid, b = RESOLUTION // PATCH, x.shape[0]
@@ -359,8 +386,10 @@ def train(args: argparse.Namespace) -> tuple[BuiltinViT, dict]:
     for step in range(args.steps):
         for group in m["opt"].param_groups:
             group["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
-        x = render_batch(source, range(step * args.batch_size, (step + 1) * args.batch_size), 64)
-        losses = step_losses(m, x, gen, args)
+        batch = range(step * args.batch_size, (step + 1) * args.batch_size)
+        x = render_batch(source, batch, RESOLUTION)
+        x2 = appearance_swapped(source, batch, gen, RESOLUTION) if args.swap_views else None
+        losses = step_losses(m, x, gen, args, x2)
         loss = losses["mae"] + args.dino_weight * losses.get("dino", 0.0)
         loss = loss + args.nce_weight * losses.get("nce", 0.0)
         m["opt"].zero_grad(set_to_none=True)
@@ -457,6 +486,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--nce-weight", type=float, default=0.0,
                         help="weight of the in-batch InfoNCE on the mean patch tokens")  # fmt: skip
     parser.add_argument("--nce-temp", type=float, default=0.2)
+    parser.add_argument("--swap-views", action="store_true",
+                        help="second view: same object, another image's appearance")  # fmt: skip
     parser.add_argument("--colour-views", action="store_true",
                         help="randomise the colours of each view (see colour_view)")  # fmt: skip
     parser.add_argument("--compare", type=Path, default=None,

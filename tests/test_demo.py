@@ -63,4 +63,5 @@ def test_demo_end_to_end_reuse_and_fresh(tmp_path):
     assert {p.name for p in out.iterdir()} - {MARKER} <= set(DEMO_FILES)
     removed: list[str] = []
     claim_folder(out, "demo", DEMO_FILES, fresh=True, log=removed.append)
-    assert [p.name for p in out.iterdir()] == [MARKER] and removed
+    assert [p.name for p in out.iterdir()] == [MARKER]  # nothing left to reuse: all reruns
+    assert removed and all(m.startswith("--fresh: removing ") for m in removed)

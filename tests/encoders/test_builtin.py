@@ -185,7 +185,7 @@ def test_self_supervised_trainer_reads_no_label(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(BuiltinSource, "label", label_for_rendering_only)
     args = script.parse_args(
         ["--steps", "2", "--batch-size", "4", "--warmup", "1", "--dino-weight", "1"]
-        + ["--colour-views", "--nce-weight", "1"]
+        + ["--colour-views", "--nce-weight", "1", "--swap-views"]
     )
     net, last = script.train(args)  # MAE + DINO + InfoNCE, two tiny steps, no label read
     assert {"mae", "dino", "nce"} <= set(last) and all(math.isfinite(v) for v in last.values())
