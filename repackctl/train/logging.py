@@ -141,22 +141,26 @@ def plot_curves(run_dir: str | os.PathLike) -> Path | None:
     records = read_metrics(run_dir)
     if not records:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on training nodes
-    import matplotlib.pyplot as plt
+    # a bare Figure on the Agg canvas: no pyplot state, no display (training nodes have none)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     keys = sorted({k for r in records for k in r if k not in NON_LOSS and not k.startswith("lr")})
     lr_keys = sorted({k for r in records for k in r if k.startswith("lr")})
     groups = scale_groups(records, keys) or [[]]
-    fig, axes = plt.subplots(1, len(groups) + 1, figsize=(4 * (len(groups) + 1), 3.6))
+    width, height = 4.0 * (len(groups) + 1), 3.6
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    # fixed margins in inches (tick labels, titles) instead of tight_layout, which draws the
+    # figure once more only to measure it (a third of the plotting time)
+    fig.subplots_adjust(left=0.7 / width, right=1 - 0.15 / width, bottom=0.5 / height,
+                        top=1 - 0.35 / height, wspace=0.35)  # fmt: skip
+    axes = fig.subplots(1, len(groups) + 1)
     for i, g in enumerate(groups):
         _panel(axes[i], records, g, "losses" if len(groups) == 1 else f"losses ({i + 1})")
     _panel(axes[-1], records, lr_keys, "learning rate")
-    fig.tight_layout()
     out = Path(run_dir) / CURVES
     tmp = out.with_name(".tmp-" + CURVES)
     fig.savefig(tmp, dpi=80, format="png")
-    plt.close(fig)
     os.replace(tmp, out)
     return out
