@@ -8,10 +8,13 @@ Everything goes under one folder (default ``runs/demo``): its own cache, the sta
 samples, and ``report.md``, ``samples.png``, ``recon.png``, ``curves.png``. Every stage is
 resumable, so a second run reuses what is complete and says so; ``fresh=True`` starts over.
 
-The models are tiny and overhead-bound, so the demo runs torch on one thread: on a 2-core machine
-two OpenMP threads contending with anything else ran the tiny DiT ten times slower, and two
-threads made the pack stage only 7 % faster on an idle machine. The DiT and the refiner train
-side by side, one process each.
+Threads: the stages that run alone (extract, pack, sample, evaluate) use two torch threads
+(``solo_threads``: ``OMP_NUM_THREADS`` when set, else at most the CPU count); the DiT and the
+refiner, which train side by side in two processes, get one each. Two threads took pack
+training from 245 s to 184 s on an idle 2-core machine (demo 10 min 23 s → 8 min 40 s), but
+threads that contend with another job run many times slower (a two-thread demo beside a second
+job: 309 s instead of about 25 s for ``--quick``), so on a busy machine set
+``OMP_NUM_THREADS=1`` (the test suite does).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +48,12 @@ DEMO_FILES = (
     "recon.png",
     "curves.png",
 )
+
+
+def solo_threads() -> int:
+    """Torch threads for a stage that runs alone: ``OMP_NUM_THREADS`` if set, else ≤ 2."""
+    given = os.environ.get("OMP_NUM_THREADS", "")
+    return int(given) if given.isdigit() and int(given) > 0 else min(2, os.cpu_count() or 1)
 
 
 @dataclass
@@ -81,7 +90,8 @@ class DemoPlan:
     cfg: float = 4.0
     eval_images: int = 200
     seed: int = 0
-    threads: int = 1
+    solo_threads: int = field(default_factory=lambda: solo_threads())
+    side_threads: int = 1  # the DiT here and the refiner in its process, at the same time
 
     @classmethod
     def quick(cls, out: Path) -> DemoPlan:
@@ -184,7 +194,7 @@ class _Demo(Pipeline):
         """Train the refiner in a second process while the DiT trains here: both need only the
         pack run."""
         self.refine_reused = self.finished("refine", self.plan.refine_steps)
-        self.start_side("refine", self.refine_command(), self.plan.threads)
+        self.start_side("refine", self.refine_command(), self.plan.side_threads)
 
     def refine(self) -> tuple[bool, str]:
         seconds = self.wait_side("refine", TrainingError, "`repackctl demo` to resume")
@@ -454,25 +464,21 @@ def run_demo(
     """Run (or finish) the demo in ``plan.out``; ``fresh`` deletes the demo's earlier results
     first (only what the demo writes, in a folder the demo made: :func:`claim_folder`)."""
     claim_folder(plan.out, "demo", DEMO_FILES, fresh, log)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(plan.threads)
+    solo = plan.solo_threads
+    demo = _Demo(plan, progress, log)
+    demo.stage("extract train", lambda: demo.extract_split("train", plan.n_train), solo)
+    demo.stage("extract val", lambda: demo.extract_split("val", plan.n_val), solo)
+    demo.stage("pack train", demo.pack_train_stage, solo)
+    demo.stage("pack encode", demo.pack_encode_stage, solo)
+    demo.start_refine()
     try:
-        demo = _Demo(plan, progress, log)
-        demo.stage("extract train", lambda: demo.extract_split("train", plan.n_train))
-        demo.stage("extract val", lambda: demo.extract_split("val", plan.n_val))
-        demo.stage("pack train", demo.pack_train_stage)
-        demo.stage("pack encode", demo.pack_encode_stage)
-        demo.start_refine()
-        try:
-            demo.stage("train dit", demo.dit)
-        except BaseException:
-            demo.kill_sides()
-            raise
-        demo.stage("refine train (waited for)", demo.refine)
-        demo.stage("sample", demo.sample_stage)
-        demo.stage("evaluate", demo.evaluate)
-        demo.pictures()
-        demo.write_report()
-    finally:
-        torch.set_num_threads(threads)
+        demo.stage("train dit", demo.dit, plan.side_threads)
+    except BaseException:
+        demo.kill_sides()
+        raise
+    demo.stage("refine train (waited for)", demo.refine)
+    demo.stage("sample", demo.sample_stage, solo)
+    demo.stage("evaluate", demo.evaluate, solo)
+    demo.pictures()
+    demo.write_report()
     return demo.report

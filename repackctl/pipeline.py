@@ -144,10 +144,21 @@ class Pipeline:
         }
         return resolve_settings(flags=base | (flags or {}) | more, environ={}).settings
 
-    def stage(self, name: str, fn: Callable[[], tuple[bool, str] | None]) -> StageRecord:
-        """Run ``fn`` (which returns ``(reused, detail)`` or nothing) as a timed, logged stage."""
+    def stage(
+        self, name: str, fn: Callable[[], tuple[bool, str] | None], threads: int | None = None
+    ) -> StageRecord:
+        """Run ``fn`` (which returns ``(reused, detail)`` or nothing) as a timed, logged stage,
+        on ``threads`` torch CPU threads when given (the caller's count is restored after)."""
+        import torch
+
+        before = torch.get_num_threads()
         t0 = time.perf_counter()
-        reused, detail = fn() or (False, "")
+        try:
+            if threads is not None:
+                torch.set_num_threads(threads)
+            reused, detail = fn() or (False, "")
+        finally:
+            torch.set_num_threads(before)
         rec = StageRecord(name, time.perf_counter() - t0, reused, detail)
         self.stages.append(rec)
         state = "reused (already complete)" if reused else "done"

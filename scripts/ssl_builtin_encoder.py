@@ -37,6 +37,10 @@ Pilots (300 steps x 64 images each; scores from ``evaluate`` below)::
     G  MAE 0.6 + InfoNCE (w 1, temp 0.2) on the
        mean patch tokens, crops >= 0.35, colour,
        1200 steps (quiet machine, 601 s)            17.6%  23.4%  0.967       19.47 dB
+    H  MAE 0.6 + InfoNCE (w 1, temp 0.2) between
+       an image and its appearance-swapped view
+       (--swap-views), crops >= 0.35, 1200 steps
+       (quiet machine, 738 s)                       46.8%  46.8%  0.962       19.33 dB
     (predicting every patch by the mean patch: 9.75 dB; chance: 10 %)
 
 Findings. Every variant beats the supervised encoder on appearance (colour R^2 0.970-0.982,
@@ -56,9 +60,12 @@ collapse, and its loss did fall (4.87 → 3.57 of ln 127 = 4.84 at chance), but 
 still left the class out of the mean token (probe 17.6 %). A likely cause, not measured: each
 image's background pattern and fill texture are drawn independently of its class and survive
 crops and colour changes, so they identify an instance more cheaply than its shape does, and
-the mean token keeps them. Next to try: a masked *object* objective (hide whole shape-sized
-blocks, as I-JEPA does, so that the context must predict the shape), or many more steps;
-neither fits one session on two cores.
+the mean token keeps them. H removes that cue: its two views share the object's geometry and
+nothing else (``appearance_swapped``). The InfoNCE loss then sat at chance (ln 127) for about
+800 steps before it started to fall (4.42 at step 900), and the probe rose to 46.8 % while
+colour and patch decoding stayed as good as before. This is the most promising variant so
+far. Next: run H for >= 4000 steps (about 45 min on one quiet core), and try a shorter
+warm-up to chance, or a higher InfoNCE weight.
 
 Augmentation: per view a random square crop (area ``min_scale``..1, resized back to 64 px,
 reflect border), random h/v flips (the classes are rotation-invariant) and, with

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from pathlib import Path
 
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
 from repackctl.cli.app import app
-from repackctl.demo import DEMO_FILES
+from repackctl.demo import DEMO_FILES, DemoPlan, solo_threads
 from repackctl.pipeline import MARKER, claim_folder
 
 runner = CliRunner()
@@ -65,3 +67,12 @@ def test_demo_end_to_end_reuse_and_fresh(tmp_path):
     claim_folder(out, "demo", DEMO_FILES, fresh=True, log=removed.append)
     assert [p.name for p in out.iterdir()] == [MARKER]  # nothing left to reuse: all reruns
     assert removed and all(m.startswith("--fresh: removing ") for m in removed)
+
+
+def test_stages_that_run_alone_take_omp_num_threads_when_set(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert solo_threads() == 1 and DemoPlan(out=Path("x")).solo_threads == 1
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert solo_threads() == min(2, os.cpu_count() or 1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "")  # empty or invalid: the default
+    assert solo_threads() == min(2, os.cpu_count() or 1)
