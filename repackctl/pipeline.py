@@ -149,13 +149,11 @@ class Pipeline:
     ) -> StageRecord:
         """Run ``fn`` (which returns ``(reused, detail)`` or nothing) as a timed, logged stage,
         on ``threads`` torch CPU threads when given (the caller's count is restored after)."""
-        import torch
-
         before = torch.get_num_threads()
+        if threads is not None:
+            torch.set_num_threads(threads)
         t0 = time.perf_counter()
         try:
-            if threads is not None:
-                torch.set_num_threads(threads)
             reused, detail = fn() or (False, "")
         finally:
             torch.set_num_threads(before)
@@ -187,16 +185,20 @@ class Pipeline:
         with open(log_path, "w") as log:
             cmd = [sys.executable, "-m", "repackctl", *args]
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        self.side[name] = (proc, log_path, time.perf_counter())
+        self.side[name] = (proc, log_path, time.time())  # wall clock: compared with the log's mtime
         self.log(f"[{name}] started in a second process (log: {log_path})")
 
     def wait_side(self, name: str, error: type[RepackError], rerun: str) -> float:
-        """Wait for side process ``name``; its seconds, or ``error`` with its log's last lines."""
+        """Wait for side process ``name``; its own run time, or ``error`` with its log's last lines.
+
+        The run time ends at the log's last write (the command's closing summary), not when it
+        was waited for: a side process that finished early must not be reported as slow.
+        """
         proc, log_path, t0 = self.side[name]
         if proc.wait() != 0:
             tail = log_path.read_text().strip().splitlines()[-5:]
             raise error(f"{name} failed: " + " | ".join(tail), f"see {log_path}; rerun {rerun}")
-        return time.perf_counter() - t0
+        return max(log_path.stat().st_mtime - t0, 0.0)
 
     def kill_sides(self) -> None:
         """Stop every side process (this process is failing or was interrupted)."""

@@ -4,13 +4,14 @@ it did not make; ``--fresh`` removes only what the demo writes."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from typer.testing import CliRunner
 
 from repackctl.cli.app import app
-from repackctl.errors import ConfigError
-from repackctl.pipeline import MARKER, claim_folder
+from repackctl.errors import ConfigError, RepackError
+from repackctl.pipeline import MARKER, Pipeline, claim_folder
 
 runner = CliRunner()
 
@@ -54,3 +55,16 @@ def test_another_pipelines_folder_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="demo-t2i"):
         claim_folder(out, "demo-t2i", ("cache",), fresh=True)
     assert (out / "cache").is_dir()
+
+
+def test_a_side_process_reports_its_own_run_time_not_the_wait(tmp_path):
+    pipe = Pipeline(tmp_path, log=lambda _: None)
+    pipe.start_side("help", ["--help"])
+    pipe.side["help"][0].wait()
+    time.sleep(2.0)  # the caller was busy long after the side process ended
+    seconds = pipe.wait_side("help", RepackError, "it")
+    assert 0.0 <= seconds < 2.0 and "Usage" in (tmp_path / "help.log").read_text()
+
+    pipe.start_side("bad", ["no-such-command"])
+    with pytest.raises(RepackError, match="bad failed"):
+        pipe.wait_side("bad", RepackError, "it")
