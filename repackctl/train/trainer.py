@@ -86,6 +86,7 @@ NAN_HINT = (
 # settings that change the order of samples: a run cannot resume with other values
 ORDER_KEYS = ("seed", "block", "buffer_blocks")
 HEADER = "header.json"
+CURVES_EVERY_S = 60.0  # curves.png refresh at checkpoints; always drawn at the end of a run
 
 
 def seed_everything(seed: int) -> None:
@@ -285,6 +286,7 @@ class Trainer:
         self.last_ckpt = self._resume()
         self.consecutive_bad = 0
         self.bad_since_save = 0
+        self.last_plot = time.monotonic()
         self.compiled = compile_blocks(self.model) if config.compile else 0
         # FSDP replaces the parameters: the optimizers are built over the sharded ones
         self.fsdp = self._shard_modules()
@@ -682,10 +684,18 @@ class Trainer:
             path = ckpt_io.save_checkpoint(
                 self.run_dir, s, weights, optim, state, self.config.keep_last
             )
-            plot_curves(self.run_dir)
+            self._plot(final=s == self.config.steps)
         self.acc.wait_for_everyone()
         self.last_ckpt = path
         return path
+
+    def _plot(self, final: bool) -> None:
+        """``curves.png`` at the end of the run, and at a checkpoint when the last one is older than
+        ``CURVES_EVERY_S``: a plot costs about 0.3 s, more than a small run's checkpoint."""
+        now = time.monotonic()
+        if final or now - self.last_plot >= CURVES_EVERY_S:
+            plot_curves(self.run_dir)
+            self.last_plot = now
 
     def _check_streak(self, bar: Any) -> None:
         if self.consecutive_bad == 0:
@@ -752,6 +762,7 @@ class Trainer:
         if self.logger is not None and self.step_count == 0:
             self.logger.config(self.config.to_dict())
         t_start, step_start = time.perf_counter(), self.step_count
+        self.last_plot = time.monotonic()  # the first refresh a minute in, or at the end
         bar_factory = self.progress if self.main else null_progress
         try:
             with bar_factory(
