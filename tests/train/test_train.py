@@ -414,39 +414,6 @@ def test_resume_after_kill_is_bit_identical(tmp_path):
     assert steps == sorted(set(steps)) and steps[-1] == 30  # no step logged twice
 
 
-@pytest.mark.slow
-def test_two_processes_match_one(tmp_path):
-    argv = ["--steps", "8", "--ckpt-every", "4", "--noise", "0", "--gan"]
-    dump = tmp_path / "dump"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        str(SCRIPT),
-        str(tmp_path / "ddp"),
-        *argv,
-        "--dump",
-        str(dump),
-    ]
-    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-3000:]
-    r0 = load_weights(dump, "rank0")
-    r1 = load_weights(dump, "rank1")
-    assert all(torch.equal(r0[k], r1[k]) for k in r0)
-    state = read_state(latest_checkpoint(tmp_path / "ddp"))
-    assert state["world_size"] == 2 and len(state["rng"]) == 2
-
-    task, single = _run_toy([str(tmp_path / "one"), *argv])
-    two = _weights(latest_checkpoint(tmp_path / "ddp"), ("model", "disc"))
-    one = _weights(single.checkpoint, ("model", "disc"))
-    for k in one:
-        torch.testing.assert_close(two[k], one[k], rtol=0, atol=1e-6)
-        assert torch.equal(two[k], r0[k])  # rank 0 saved what it trained
-
-
 def _torchrun(port: int, argv: list[str]) -> subprocess.Popen:
     two = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     return subprocess.Popen(
@@ -483,13 +450,14 @@ def _close(a: Path, b: Path) -> None:
 def test_fsdp_gan_matches_ddp_and_checkpoints_resume_across_modes(tmp_path):
     """FSDP2 (every module sharded, the EMA too) against DDP, both 2 processes x 2 micro-batches,
     with the GAN's two optimizers, clipping and the images hook, and DDP against one process x 4
-    micro-batches; then each run resumes in the other mode. Not bit-identical (FSDP reduce-scatters each micro-batch of a two-loss step and
+    micro-batches (equal replicas, one RNG state per process, rank 0 saves what it trained); then
+    each run resumes in the other mode. Not bit-identical (FSDP reduce-scatters each micro-batch of a two-loss step and
     clips with a norm summed over shards): equal to float rounding (observed <= 3e-8)."""
     argv = ["--steps", "8", "--ckpt-every", "4", "--noise", "0", "--gan", "--grad-accum", "2"]
     argv += ["--image-every", "4"]
-    ddp, fsdp = tmp_path / "ddp", tmp_path / "fsdp"
+    ddp, fsdp, ddp_dump = tmp_path / "ddp", tmp_path / "fsdp", tmp_path / "ddp-dump"
     _finish(
-        _torchrun(29631, [str(ddp), *argv]),
+        _torchrun(29631, [str(ddp), *argv, "--dump", str(ddp_dump)]),
         _torchrun(29632, [str(fsdp), *argv, "--parallel", "fsdp", "--dump", str(tmp_path)]),
     )
     header = json.loads((fsdp / "header.json").read_text())
@@ -500,6 +468,10 @@ def test_fsdp_gan_matches_ddp_and_checkpoints_resume_across_modes(tmp_path):
     # DDP with ``no_sync`` on all but the last micro-batch: 2 x 2 micro-batches = 1 x 4
     header = json.loads((ddp / "header.json").read_text())
     assert header["world_size"] == 2 and header["ddp_modules"] == ["model"]
+    state = read_state(latest_checkpoint(ddp))
+    assert state["world_size"] == 2 and len(state["rng"]) == 2  # one RNG state per process
+    d0, d1 = load_weights(ddp_dump, "rank0"), load_weights(ddp_dump, "rank1")
+    assert all(torch.equal(d0[k], d1[k]) for k in d0)  # DDP keeps the replicas equal
     _, single = _run_toy([str(tmp_path / "one"), *argv[:-3], "4", *argv[-2:]])
     two = _weights(latest_checkpoint(ddp), ("model", "disc"))
     one = _weights(single.checkpoint, ("model", "disc"))
@@ -508,6 +480,7 @@ def test_fsdp_gan_matches_ddp_and_checkpoints_resume_across_modes(tmp_path):
     assert not torch.allclose(two["model.0.weight"], start["0.weight"])  # it did train
     for k in one:
         torch.testing.assert_close(two[k], one[k], rtol=0, atol=1e-6)
+        assert torch.equal(two[k], d0[k])  # rank 0 saved what it trained
     r0, r1 = load_weights(tmp_path, "rank0"), load_weights(tmp_path, "rank1")
     assert all(torch.equal(r0[k], r1[k]) for k in r0)  # gathered shards: the same everywhere
 
