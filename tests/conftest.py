@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -35,6 +37,18 @@ def _isolated_env(tmp_path, monkeypatch):
 @pytest.fixture
 def cache_root(tmp_path):
     return str(tmp_path / "cache")
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """An in-process run with the thread count of a test subprocess (``OMP_NUM_THREADS=1``):
+    CPU reductions round by thread count, so this is what makes the two bit-identical."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def subprocess_env(tmp_path, **extra: str) -> dict[str, str]:

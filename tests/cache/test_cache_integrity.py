@@ -11,8 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from conftest import subprocess_env
+from conftest import one_torch_thread, subprocess_env
 from typer.testing import CliRunner
 
 from repackctl.cache.store import DatasetEntry, list_entries
@@ -131,15 +130,11 @@ def test_kill_while_triplets_are_created_then_rerun(tmp_path, reference):
         + (DatasetEntry.open(str(tmp_path / "a"), name).group["triplets"].groups().__next__()[0])
     ]
     assert subprocess.run(cmd, env=env).returncode == 0
-    threads = torch.get_num_threads()  # an uninterrupted run, in-process, one thread like `cmd`
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():  # an uninterrupted run, in-process, one thread like `cmd`
         pack = load_pack("enc", runs=str(tmp_path / "runs"))
         b = str(tmp_path / "b")
         entry = DatasetEntry.open(b, list_entries(b)[0])
         build_triplets(entry, pack.features_id, pack, batch_size=4)
-    finally:
-        torch.set_num_threads(threads)
     _assert_same(_arrays(tmp_path / "a"), _arrays(tmp_path / "b"))
     assert any(k.startswith("triplets/") for k in _arrays(tmp_path / "a"))
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import subprocess_env
+from conftest import one_torch_thread, subprocess_env
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -31,10 +31,8 @@ TEXT = ("tokens", "mask", "pooled", "count", "done", "null_tokens", "null_mask",
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import one_torch_thread
 
 from repackctl.errors import CheckpointError, ConfigError
 from repackctl.metrics.judge import (
@@ -33,10 +34,10 @@ def _data(n: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_training_is_deterministic_and_learns() -> None:
-    torch.set_num_threads(1)
     x, y = _data()
-    a = train_judge(x, y, 2, RECIPE)
-    b = train_judge(x, y, 2, RECIPE)
+    with one_torch_thread():
+        a = train_judge(x, y, 2, RECIPE)
+        b = train_judge(x, y, 2, RECIPE)
     assert all(torch.equal(a.state_dict()[k], v) for k, v in b.state_dict().items())
     xv, yv = _data(32, seed=5)
     assert judge_accuracy(a, xv, yv) >= 0.9

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import random_inception_state
+from conftest import one_torch_thread, random_inception_state
 
 from repackctl.errors import ConfigError, DataError, WeightsError
 from repackctl.files import sha256_file
@@ -44,10 +44,8 @@ from repackctl.metrics.frechet import (
 def one_thread():
     """One torch thread: on the shared 2-core machine two contended threads ran the Inception
     forward 2.5-4x and the tiny probe 20x slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with one_torch_thread():
+        yield
 
 
 # --------------------------------------------------------------------------- Fréchet distance

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import one_torch_thread
 from support.stack import LATENT, _images, _settings, shared_stack
 from typer.testing import CliRunner
 
@@ -230,9 +231,9 @@ def test_two_processes_and_resume_after_kill(stack, tmp_path) -> None:
     # the reference and both halves of the killed run in the same environment (1 thread):
     # CPU reductions round by thread count, so bit-identity is promised for equal settings
     cmd = [sys.executable, "-m", "repackctl"]
-    ref_slow = subprocess.run([*cmd, *_cli_args(stack, tmp_path / "ref-slow", 8, **slow)],
-                              env=_env(stack), capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert ref_slow.returncode == 0, ref_slow.stderr[-2000:]
+    with one_torch_thread():  # in-process, as the subprocesses run
+        ref_slow = CliRunner().invoke(app, _cli_args(stack, tmp_path / "ref-slow", 8, **slow))
+    assert ref_slow.exit_code == 0, ref_slow.output
     reference = _images(tmp_path / "ref-slow")
     out = tmp_path / "killed"
     proc = subprocess.Popen(

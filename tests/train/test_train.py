@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import one_torch_thread
 from support import train_toy_script as toy
 from torch import nn
 
@@ -42,10 +43,8 @@ SCRIPT = Path(__file__).resolve().parents[1] / "support" / "train_toy_script.py"
 @pytest.fixture(autouse=True)
 def one_thread():
     """Same thread count as the subprocesses, so in-process runs reproduce them bit for bit."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with one_torch_thread():
+        yield
 
 
 def _env() -> dict[str, str]:
