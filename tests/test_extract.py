@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import subprocess_env
+from conftest import one_torch_thread, subprocess_env
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -238,11 +238,11 @@ def _assert_same(a: dict, b: dict) -> None:
 
 
 @pytest.mark.slow
-def test_kill_and_resume_gives_identical_arrays(tmp_path):
-    ref_env = subprocess_env(tmp_path / "ref")
-    subprocess.run(
-        [sys.executable, "-m", "repackctl", *BIG], env=ref_env, check=True, capture_output=True
-    )
+def test_kill_and_resume_gives_identical_arrays(tmp_path, monkeypatch):
+    monkeypatch.setenv("REPACKCTL_CACHE", str(tmp_path / "ref" / "cache"))
+    with one_torch_thread():  # the uninterrupted reference in-process, one thread like the others
+        ref = runner.invoke(app, BIG)
+    assert ref.exit_code == 0, ref.output
     env = subprocess_env(tmp_path / "run")
     proc = subprocess.Popen(
         [sys.executable, "-m", "repackctl", *BIG],
@@ -276,14 +276,12 @@ def test_kill_and_resume_gives_identical_arrays(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_processes_equal_one(tmp_path):
+def test_two_processes_equal_one(tmp_path, monkeypatch):
     args = [a if a != "1200" else "200" for a in BIG]
-    subprocess.run(
-        [sys.executable, "-m", "repackctl", *args],
-        env=subprocess_env(tmp_path / "one"),
-        check=True,
-        capture_output=True,
-    )
+    monkeypatch.setenv("REPACKCTL_CACHE", str(tmp_path / "one" / "cache"))
+    with one_torch_thread():  # the single process in-process, one thread like the two
+        one = runner.invoke(app, args)
+    assert one.exit_code == 0, one.output
     cmd = [
         sys.executable,
         "-m",
