@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import subprocess_env
+from support.launch import start_two
 from typer.testing import CliRunner
 
 from repackctl.cache.store import DatasetEntry, list_entries
@@ -301,25 +302,18 @@ def test_fsdp_matches_ddp_and_its_checkpoint_resumes_on_one_process(cache, tmp_p
     script = tmp_path / "dump_dit.py"
     script.write_text(DUMP_SCRIPT)
     env = _env(tmp_path)
-    two = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    procs = {
-        mode: subprocess.Popen(
-            [*two, "--master-port", str(29611 + i), str(script), str(tmp_path), mode, mode, "2"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i, mode in enumerate(("ddp", "fsdp"))
+    jobs = {
+        mode: start_two([str(script), str(tmp_path), mode, mode, "2"], env)
+        for mode in ("ddp", "fsdp")
     }
     try:  # meanwhile, the 1-process reference with the same global batch, in this process
         namespace: dict = {"__name__": "dump_dit"}
         exec(compile(DUMP_SCRIPT, "dump_dit.py", "exec"), namespace)
         namespace["main"](tmp_path, "one", "ddp", "4")
     finally:
-        for proc in procs.values():
-            _, err = proc.communicate(timeout=240)
-            assert proc.returncode == 0, err[-3000:]
+        for job in jobs.values():
+            code, _, err = job.wait(timeout=240)
+            assert code == 0, err[-3000:]
 
     # DDP against one process: same samples and draws, only the order of float sums differs
     r0, r1 = load_weights(tmp_path, "ddp-rank0"), load_weights(tmp_path, "ddp-rank1")

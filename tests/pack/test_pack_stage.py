@@ -2,7 +2,7 @@
 
 Real Zarr caches written by `repackctl extract` (patchpix encoder at 32 px, a 4×4 token grid;
 the built-in encoder for the probe), real training runs, real subprocesses for kill -9 / resume
-and for two processes under torchrun.
+and for two processes with torchrun's environment.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import torch
 import typer
 from conftest import one_torch_thread, subprocess_env
 from safetensors.torch import load_file
+from support.launch import start_two
 from typer.testing import CliRunner
 
 from repackctl.cache.store import WRITTEN, DatasetEntry, list_entries
@@ -290,32 +291,19 @@ def test_encode_stats_exact_resumable_and_process_independent(cache, tmp_path):
     assert saved["mean"] == stats["mean"] and saved["std"] == stats["std"]
     assert load_pack("enc").latent_stats["pack_id"] == handle.pack_id
 
-    # 3) two processes (torchrun) into a fresh copy give identical bytes and identical stats
+    # 3) two processes (torchrun's environment) into a fresh copy give identical bytes and identical stats
     other = tmp_path / "cache2"
     shutil.rmtree(other, ignore_errors=True)
     shutil.copytree(cache, other)
     e2 = DatasetEntry.open(str(other), entry.name)
     shutil.rmtree(other / entry.name / "latents")
     del e2
-    two = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            str(REPO / "repackctl" / "__main__.py"),
-            "pack",
-            "encode",
-            "-r",
-            "enc",
-        ],
-        env=subprocess_env(tmp_path, REPACKCTL_CACHE=str(other)),
-        capture_output=True,
-        text=True,
+    two = start_two(
+        [str(REPO / "repackctl" / "__main__.py"), "pack", "encode", "-r", "enc"],
+        subprocess_env(tmp_path, REPACKCTL_CACHE=str(other)),
     )
-    assert two.returncode == 0, two.stderr[-2000:]
+    code, _, err = two.wait()
+    assert code == 0, err[-2000:]
     _, grp2 = _latents(other)
     assert grp2.attrs["stats"]["mean"] == stats["mean"]  # bit-identical floats
     assert grp2.attrs["stats"]["std"] == stats["std"]

@@ -1,5 +1,5 @@
 """Tests of the training loop: sampler, EMA, schedules, accumulation, NaN guard, checkpoints,
-resume after a real ``kill -9``, and two real processes under torchrun (CPU, gloo)."""
+resume after a real ``kill -9``, and two real processes with torchrun's environment (CPU, gloo; ``support/launch.py``)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import pytest
 import torch
 from conftest import one_torch_thread
 from support import train_toy_script as toy
+from support.launch import Job, start_two
 from torch import nn
 
 from repackctl.errors import CheckpointError, ConfigError, TrainingError
@@ -413,21 +414,14 @@ def test_resume_after_kill_is_bit_identical(tmp_path):
     assert steps == sorted(set(steps)) and steps[-1] == 30  # no step logged twice
 
 
-def _torchrun(port: int, argv: list[str]) -> subprocess.Popen:
-    two = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    return subprocess.Popen(
-        [*two, "--master-port", str(port), str(SCRIPT), *argv],
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+def _two(argv: list[str]) -> Job:
+    return start_two([str(SCRIPT), *argv], _env())
 
 
-def _finish(*procs: subprocess.Popen) -> None:
-    for proc in procs:
-        _, err = proc.communicate(timeout=180)
-        assert proc.returncode == 0, err[-3000:]
+def _finish(*jobs: Job) -> None:
+    for job in jobs:
+        code, _, err = job.wait(timeout=180)
+        assert code == 0, err[-3000:]
 
 
 def _close(a: Path, b: Path) -> None:
@@ -456,8 +450,8 @@ def test_fsdp_gan_matches_ddp_and_checkpoints_resume_across_modes(tmp_path):
     argv += ["--image-every", "4"]
     ddp, fsdp, ddp_dump = tmp_path / "ddp", tmp_path / "fsdp", tmp_path / "ddp-dump"
     _finish(
-        _torchrun(29631, [str(ddp), *argv, "--dump", str(ddp_dump)]),
-        _torchrun(29632, [str(fsdp), *argv, "--parallel", "fsdp", "--dump", str(tmp_path)]),
+        _two([str(ddp), *argv, "--dump", str(ddp_dump)]),
+        _two([str(fsdp), *argv, "--parallel", "fsdp", "--dump", str(tmp_path)]),
     )
     header = json.loads((fsdp / "header.json").read_text())
     assert header["fsdp_modules"] == ["model", "disc"] and header["ddp_modules"] == []
@@ -486,8 +480,8 @@ def test_fsdp_gan_matches_ddp_and_checkpoints_resume_across_modes(tmp_path):
     # crossed resume: the DDP checkpoint goes on sharded, the FSDP one replicated
     argv[1] = "12"
     _finish(
-        _torchrun(29633, [str(ddp), *argv, "--parallel", "fsdp"]),
-        _torchrun(29634, [str(fsdp), *argv]),
+        _two([str(ddp), *argv, "--parallel", "fsdp"]),
+        _two([str(fsdp), *argv]),
     )
     a, b = latest_checkpoint(ddp), latest_checkpoint(fsdp)
     assert a.name == b.name == "step-0000012"
