@@ -1,5 +1,6 @@
 """Tests of the training loop: sampler, EMA, schedules, accumulation, NaN guard, checkpoints,
-resume after a real ``kill -9``, and two real processes with torchrun's environment (CPU, gloo; ``support/launch.py``)."""
+resume after a real ``kill -9``, and two real processes with torchrun's environment (CPU, gloo;
+``support/launch.py``)."""
 
 from __future__ import annotations
 
