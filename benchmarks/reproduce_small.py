@@ -594,7 +594,7 @@ def run_pool(study: Study, jobs: int) -> dict[str, dict[str, Any]]:
         log = open(out / "logs" / f"worker{k}.log", "w")  # noqa: SIM115 (closed with the process)
         procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env))
     while any(p.poll() is None for p in procs):
-        time.sleep(1.0)
+        time.sleep(0.2)
         failed = [k for k, p in enumerate(procs) if p.returncode not in (None, 0)]
         if failed:
             for p in procs:
