@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -60,11 +61,20 @@ def _assert_same(a: dict, b: dict) -> None:
 def reference(tmp_path_factory) -> Path:
     """An uninterrupted extract + pack train + pack encode (the arrays every rerun must equal)."""
     tmp = tmp_path_factory.mktemp("ref")
-    for args in (EXTRACT, PACK, ["pack", "encode", "--run", "enc"]):
-        res = _cli(tmp, *args)
-        assert res.returncode == 0, res.stdout + res.stderr
-        if args is EXTRACT:  # the cache as extract leaves it, for the encode tests to start from
-            shutil.copytree(tmp / "cache", tmp / "extracted")
+    # in-process, one thread and the environment of `_cli`: the arrays of a subprocess, bit for bit
+    with pytest.MonkeyPatch.context() as mp, one_torch_thread():
+        env = subprocess_env(tmp)
+        for name in os.environ:
+            if name.startswith("REPACKCTL_") and name not in env:
+                mp.delenv(name)
+        for name, value in env.items():
+            if name.startswith("REPACKCTL_"):
+                mp.setenv(name, value)
+        for args in (EXTRACT, PACK, ["pack", "encode", "--run", "enc"]):
+            res = runner.invoke(app, args)
+            assert res.exit_code == 0, res.output
+            if args is EXTRACT:  # the cache as extract leaves it, for the encode tests
+                shutil.copytree(tmp / "cache", tmp / "extracted")
     return tmp
 
 
