@@ -118,15 +118,13 @@ def test_pixel_latents_in_cache_have_exact_stats(smoke_run: Path) -> None:
     np.testing.assert_allclose(stats["std"], z.std(axis=(0, 1, 3, 4)), rtol=1e-8)
 
 
-def test_bad_checkpoints_flag_is_a_user_error(tmp_path) -> None:
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--smoke", "--steps", "10", "--checkpoints", "5,20"],
-        env=subprocess_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 2
-    assert "Error:" in proc.stderr and "Hint:" in proc.stderr and "Traceback" not in proc.stderr
+def test_bad_checkpoints_flag_is_a_user_error(tmp_path, monkeypatch, capsys) -> None:
+    sys.path.insert(0, str(SCRIPT.parent))
+    from reproduce_small import main
+
+    monkeypatch.chdir(tmp_path)  # in-process: the script's exit code and stderr, no traceback
+    code = main(["--smoke", "--steps", "10", "--checkpoints", "5,20"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "Error:" in err and "Hint:" in err and "Traceback" not in err
     assert not (tmp_path / "runs").exists()  # nothing was started
