@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import subprocess_env
+from conftest import one_torch_thread, subprocess_env
 from support.launch import start_two
 from typer.testing import CliRunner
 
@@ -66,10 +66,8 @@ def cache(base_cache, tmp_path, monkeypatch) -> Path:
 @pytest.fixture(autouse=True)
 def _one_thread():
     # tiny matrices: one thread is much faster than two on a loaded 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with one_torch_thread():
+        yield
 
 
 def _metrics(run: Path) -> list[dict]:

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from conftest import subprocess_env
+from conftest import one_torch_thread, subprocess_env
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -83,10 +83,8 @@ def _text_group(cache: Path) -> zarr.Group:
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with one_torch_thread():
+        yield
 
 
 # --------------------------------------------------------------------------- captions
