@@ -1,4 +1,9 @@
-"""Train the built-in encoder shipped in ``repackctl/encoders/weights/builtin.safetensors``.
+"""Train the *previous*, supervised built-in encoder (kept for comparison and for its helpers).
+
+Since issue #13 the shipped ``repackctl/encoders/weights/builtin.safetensors`` is the
+self-supervised encoder of ``scripts/ssl_builtin_encoder.py`` (no label used). This script makes
+the supervised one that was shipped before (sha256 70b5e3ef…; its scores are kept in
+``builtin.json`` under ``previous_encoder``); pass its output to ``--weights`` to compare.
 
 The built-in encoder (``repackctl.encoders.builtin``) stands in for DINOv3 on a laptop, so its
 patch tokens must carry what DINO tokens carry in the paper: the image's semantics in every
@@ -16,16 +21,16 @@ random translation of up to 4 px (reflect padding, then a 64 px crop). Images ar
 the fly from ``BuiltinSource(split="train", seed=1)``: the encoder never sees the default dataset
 (seed 0), so the probes below, fitted on seed-0 train and scored on seed-0 val, are held out.
 
-Reproduce the shipped file (fixed seeds, one CPU thread; the defaults are the shipped settings)::
+Reproduce the previous file (fixed seeds, one CPU thread; the defaults are its settings)::
 
-    python scripts/make_builtin_encoder.py --out repackctl/encoders/weights/builtin.safetensors
+    python scripts/make_builtin_encoder.py --out builtin-supervised.safetensors
 
 Settings: 1600 steps x batch 64 (102,400 freshly generated images), AdamW lr 2e-3 (100 warm-up
 steps, cosine to 0), weight decay 0.05 on matrices, betas (0.9, 0.999), gradient clip 1.0,
 loss = CE(cls) + 0.5 CE(tokens) + 1.0 MSE(pixels); weights stored as float16 (0.99 MB).
-Shipped run (torch 2.14.1, 2-core CPU shared with other jobs, load ~7): 1231 s of training at
+Its run (torch 2.14.1, 2-core CPU shared with other jobs, load ~7): 1231 s of training at
 ~83 img/s (about 190 img/s, i.e. ~9 minutes, on a quiet core). Held-out scores, also in
-``builtin.json``: linear probe on mean-pooled patch tokens 95.6 % top-1 on 500 val images
+``builtin.json`` (``previous_encoder``): linear probe on mean-pooled patch tokens 95.6 % top-1 on 500 val images
 (chance 10 %; fitted on 2000 train images), per-token linear regression of the patch's mean
 colour R^2 = 0.974.
 """
@@ -185,9 +190,7 @@ def evaluate(weights: Path, n_train: int, n_val: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--out", type=Path, default=Path("repackctl/encoders/weights/builtin.safetensors")
-    )
+    parser.add_argument("--out", type=Path, default=Path("builtin-supervised.safetensors"))
     parser.add_argument("--steps", type=int, default=1600)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)

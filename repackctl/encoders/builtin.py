@@ -13,9 +13,9 @@ Like the paper's DINOv3 tokens, the output is the final-norm patch tokens with C
 through the same final norm instead.
 
 Weights:
-- ``weights=None`` (or ``"builtin"``): the shipped ``weights/builtin.safetensors``, trained by
-  ``scripts/make_builtin_encoder.py`` on the built-in dataset (training settings and probe
-  accuracy in ``weights/builtin.json``);
+- ``weights=None`` (or ``"builtin"``): the shipped ``weights/builtin.safetensors``, trained
+  self-supervised (MAE + InfoNCE, no label) by ``scripts/ssl_builtin_encoder.py`` on the
+  built-in dataset (command, settings and held-out scores in ``weights/builtin.json``);
 - ``weights="random"``: seeded random init (``spec.weights = "random:<seed>"``);
 - a path: ``.safetensors``, or ``.pth``/``.pt``/``.bin`` read with
   ``torch.load(weights_only=True)``; nothing is ever unpickled.
@@ -277,7 +277,7 @@ def _load_into(network: BuiltinViT, state: dict[str, torch.Tensor], source: str)
         raise WeightsError(
             f"{source} does not fit the built-in encoder ({ARCH}): " + "; ".join(details),
             hint="this file was saved from another network; the built-in encoder takes the "
-            "output of scripts/make_builtin_encoder.py or builtin.save_weights()",
+            "output of scripts/ssl_builtin_encoder.py or builtin.save_weights()",
         )
     with torch.no_grad():
         for k, t in own.items():
@@ -341,7 +341,7 @@ def builtin_encoder(
                 raise WeightsError(
                     f"the shipped built-in encoder weights are missing: {path}",
                     hint="reinstall repackctl, or rebuild them with "
-                    "python scripts/make_builtin_encoder.py",
+                    "the command in weights/builtin.json (scripts/ssl_builtin_encoder.py)",
                 )
         else:
             path = Path(weights).expanduser()

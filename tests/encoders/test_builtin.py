@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import one_torch_thread
 from torch.nn import functional as F
 
 from repackctl.data.base import ImageSource
@@ -159,7 +160,7 @@ def test_shipped_weights_load_and_are_recorded() -> None:
     assert SHIPPED_WEIGHTS.stat().st_size < 2_000_000
     meta = json.loads(SHIPPED_WEIGHTS.with_suffix(".json").read_text())
     assert meta["sha256"] == enc.spec.weights_sha256  # the json describes this very file
-    assert meta["scores"]["probe_mean_tokens_val_top1"] > 0.8
+    assert meta["scores"]["probe_mean_tokens_val_top1"] >= 0.9  # issue #13: a probe >= 90 %
     assert enc.spec.entry_id() != builtin_encoder(weights="random").spec.entry_id()
 
 
@@ -190,6 +191,27 @@ def test_self_supervised_trainer_reads_no_label(monkeypatch: pytest.MonkeyPatch)
     net, last = script.train(args)  # MAE + DINO + InfoNCE, two tiny steps, no label read
     assert {"mae", "dino", "nce"} <= set(last) and all(math.isfinite(v) for v in last.values())
     assert set(net.state_dict()) == set(builtin_encoder(weights="random").network.state_dict())
+
+
+def test_self_supervised_trainer_is_deterministic_and_describes_its_recipe() -> None:
+    """Same arguments, same weights bit for bit (the shipped file can be remade); the json's
+    recipe text follows the arguments of the command it records."""
+    script = _ssl_script()
+    argv = ["--steps", "2", "--batch-size", "4", "--warmup", "1", "--nce-weight", "1"]
+    with one_torch_thread():
+        a, _ = script.train(script.parse_args([*argv, "--swap-views"]))
+        b, _ = script.train(script.parse_args([*argv, "--swap-views"]))
+        c, _ = script.train(script.parse_args([*argv, "--swap-views", "--seed", "1"]))
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)  # the seed does reach the weights
+    meta = json.loads(SHIPPED_WEIGHTS.with_suffix(".json").read_text())
+    shipped = script.parse_args(meta["command"].split()[2:])
+    assert (
+        meta["objective"] == script.describe_objective(shipped) and "InfoNCE" in meta["objective"]
+    )
+    assert meta["augmentation"] == script.describe_views(shipped)
+    assert meta["labels_used"] is False
 
 
 def test_random_weights_are_seeded() -> None:
@@ -297,7 +319,7 @@ def test_linear_probe_on_shipped_tokens_beats_chance_by_far(probe_features: dict
         xtr.T @ xtr + 1.0 * torch.eye(xtr.shape[1], dtype=torch.float64), xtr.T @ y
     )
     acc = ((xva @ w).argmax(1) == probe_features["val_y"]).double().mean().item()
-    assert acc > 0.8  # chance is 0.1; the shipped encoder gets ~0.93 here
+    assert acc > 0.8  # chance is 0.1; the shipped encoder gets 0.91 here
 
 
 def test_classes_are_distinguishable_by_nearest_centroid(probe_features: dict) -> None:
@@ -305,4 +327,4 @@ def test_classes_are_distinguishable_by_nearest_centroid(probe_features: dict) -
     centroids = torch.stack([tr[probe_features["train_y"] == k].mean(0) for k in range(10)])
     pred = torch.cdist(va, centroids).argmin(1)
     acc = (pred == probe_features["val_y"]).double().mean().item()
-    assert acc > 0.7  # chance is 0.1; ~0.93 with the shipped encoder
+    assert acc > 0.7  # chance is 0.1; 0.935 with the shipped encoder
