@@ -56,10 +56,12 @@ class Job:
                         p.kill()
             time.sleep(0.05)
         texts = []
-        for out, err in self.files:
-            out.seek(0), err.seek(0)
-            texts.append((out.read(), err.read()))
-            out.close(), err.close()
+        for files in self.files:
+            for f in files:
+                f.seek(0)
+            texts.append((files[0].read(), files[1].read()))
+            for f in files:
+                f.close()
         code = next((p.returncode for p in self.procs if p.returncode != 0), 0)
         return code, texts[0][0], "\n".join(f"[rank {r}] {t[1]}" for r, t in enumerate(texts))
 
