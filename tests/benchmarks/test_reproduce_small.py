@@ -128,3 +128,19 @@ def test_bad_checkpoints_flag_is_a_user_error(tmp_path, monkeypatch, capsys) -> 
     assert code == 2
     assert "Error:" in err and "Hint:" in err and "Traceback" not in err
     assert not (tmp_path / "runs").exists()  # nothing was started
+
+
+def test_refiner_verdict_says_higher_when_the_error_rises() -> None:
+    sys.path.insert(0, str(SCRIPT.parent))
+    from reproduce_small import refiner_verdict
+
+    def results(hf_refined: float) -> dict:
+        rec = {"decoded": {"hf_error": 0.1, "fd": 1.0, "psnr": 15.0}}
+        rec["refined"] = {"hf_error": hf_refined, "fd": 1.0, "psnr": 15.0}
+        samples = {"decoded": {"fd": 5.0}, "refined": {"fd": 5.0}}
+        return {"refiner": {"recon_val": rec, "samples": samples}}
+
+    _, word, ev = refiner_verdict(results(0.105))
+    assert word == "does not hold" and "error 5.0% higher" in ev
+    _, word, ev = refiner_verdict(results(0.07))
+    assert "error 30.0% lower" in ev and word != "does not hold"
