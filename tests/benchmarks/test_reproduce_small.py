@@ -103,6 +103,7 @@ def test_paired_seed_comparison() -> None:
     assert compare([1.0, 1.0, 1.0], [1.01, 3.0, 1.02]) == "tie"  # agree, but the gap is noise
 
 
+@pytest.mark.slow  # it needs the smoke run (about 25 s): not for the edit loop
 def test_pixel_latents_in_cache_have_exact_stats(smoke_run: Path) -> None:
     res = json.loads((smoke_run / "results.json").read_text())
     cache = str(smoke_run / "cache")
