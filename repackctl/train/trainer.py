@@ -86,7 +86,7 @@ NAN_HINT = (
 # settings that change the order of samples: a run cannot resume with other values
 ORDER_KEYS = ("seed", "block", "buffer_blocks")
 HEADER = "header.json"
-CURVES_EVERY_S = 60.0  # curves.png refresh at checkpoints; always drawn at the end of a run
+CURVES_EVERY_S = 60.0  # a drawing of curves.png costs ~0.3 s: at checkpoints, once a minute at most
 
 
 def seed_everything(seed: int) -> None:
@@ -286,7 +286,6 @@ class Trainer:
         self.last_ckpt = self._resume()
         self.consecutive_bad = 0
         self.bad_since_save = 0
-        self.last_plot = time.monotonic()
         self.compiled = compile_blocks(self.model) if config.compile else 0
         # FSDP replaces the parameters: the optimizers are built over the sharded ones
         self.fsdp = self._shard_modules()
@@ -684,18 +683,12 @@ class Trainer:
             path = ckpt_io.save_checkpoint(
                 self.run_dir, s, weights, optim, state, self.config.keep_last
             )
-            self._plot(final=s == self.config.steps)
+            if s < self.config.steps and time.monotonic() - self.last_plot >= CURVES_EVERY_S:
+                plot_curves(self.run_dir)  # fit draws the last one
+                self.last_plot = time.monotonic()
         self.acc.wait_for_everyone()
         self.last_ckpt = path
         return path
-
-    def _plot(self, final: bool) -> None:
-        """``curves.png`` at the end of the run, and at a checkpoint when the last one is older than
-        ``CURVES_EVERY_S``: a plot costs about 0.3 s, more than a small run's checkpoint."""
-        now = time.monotonic()
-        if final or now - self.last_plot >= CURVES_EVERY_S:
-            plot_curves(self.run_dir)
-            self.last_plot = now
 
     def _check_streak(self, bar: Any) -> None:
         if self.consecutive_bad == 0:
@@ -762,7 +755,7 @@ class Trainer:
         if self.logger is not None and self.step_count == 0:
             self.logger.config(self.config.to_dict())
         t_start, step_start = time.perf_counter(), self.step_count
-        self.last_plot = time.monotonic()  # the first refresh a minute in, or at the end
+        self.last_plot = time.monotonic()  # checkpoints redraw the curves once a minute at most
         bar_factory = self.progress if self.main else null_progress
         try:
             with bar_factory(
@@ -775,8 +768,8 @@ class Trainer:
                     self._after_step(bar)
         finally:
             self.close()
-        if self.main and self.resumed_from is not None and self.resumed_from >= self.config.steps:
-            plot_curves(self.run_dir)
+            if self.main:  # every run ends with its curves, a failed one too
+                plot_curves(self.run_dir)
         elapsed = time.perf_counter() - t_start
         return TrainResult(
             run_dir=self.run_dir,

@@ -499,6 +499,7 @@ def test_exploding_lr_stops_keeps_good_checkpoints_and_resumes(tmp_path):
     argv = [str(run), "--ckpt-every", "2", "--noise", "0"]
     base = [sys.executable, str(SCRIPT), *argv]
     _run_toy([*argv, "--steps", "4"])  # good checkpoints at 2 and 4 (in-process)
+    drawn = (run / "curves.png").stat().st_mtime_ns
 
     boom = subprocess.run(
         [*base, "--steps", "20", "--lr", "1e30", "--max-nonfinite-steps", "3"],
@@ -509,6 +510,7 @@ def test_exploding_lr_stops_keeps_good_checkpoints_and_resumes(tmp_path):
     )
     assert boom.returncode != 0
     assert "non-finite" in boom.stderr
+    assert (run / "curves.png").stat().st_mtime_ns > drawn  # a failed run ends with its curves
     left = sorted((run / "checkpoints").iterdir())
     assert [p.name for p in left] == ["step-0000002", "step-0000004"]  # the skipped 6 is absent
     for ckpt in left:
