@@ -16,10 +16,16 @@ A high token R^2 with a low latent R^2 says the pack, not the encoder, drops the
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import numpy as np
+import torch
 
 from repackctl.cache.store import DatasetEntry, list_entries
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling script below
+from make_builtin_encoder import ridge_fit, ridge_predict  # noqa: E402 (the encoders' own read-out)
 
 GRID, CELL = 8, 8  # 64 px images, patch 8
 
@@ -27,10 +33,8 @@ GRID, CELL = 8, 8  # 64 px images, patch 8
 def ridge_r2(x: np.ndarray, y: np.ndarray, n_fit: int, lam: float = 1e-3) -> float:
     """R^2 on rows ``n_fit:`` of a ridge fit (standardised inputs, bias) on rows ``:n_fit``."""
     mu, sd = x[:n_fit].mean(0), x[:n_fit].std(0) + 1e-6
-    x = np.concatenate([(x - mu) / sd, np.ones((len(x), 1))], 1)
-    a = x[:n_fit]
-    w = np.linalg.solve(a.T @ a + lam * len(a) * np.eye(a.shape[1]), a.T @ y[:n_fit])
-    err = x[n_fit:] @ w - y[n_fit:]
+    x, y = torch.from_numpy((x - mu) / sd), torch.from_numpy(y)
+    err = ridge_predict(ridge_fit(x[:n_fit], y[:n_fit], lam=lam), x[n_fit:]) - y[n_fit:]
     return float(1 - (err**2).sum() / ((y[n_fit:] - y[n_fit:].mean(0)) ** 2).sum())
 
 
