@@ -90,7 +90,7 @@ class DemoPlan:
     cfg: float = 4.0
     eval_images: int = 200
     seed: int = 0
-    solo_threads: int = field(default_factory=lambda: solo_threads())
+    solo_threads: int = field(default_factory=solo_threads)
     side_threads: int = 1  # the DiT here and the refiner in its process, at the same time
 
     @classmethod
