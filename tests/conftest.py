@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,14 +16,20 @@ from repackctl import kernels
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or max(1, min(2, os.cpu_count() or 1))))
 
 
-@pytest.fixture(autouse=True)
-def _isolated_env(tmp_path, monkeypatch):
+def use_sandbox(mp: pytest.MonkeyPatch, root: Path) -> None:
+    """This process's ``REPACKCTL_*`` variables as ``subprocess_env(root)`` gives them to a
+    subprocess: none from the caller, cache and runs under ``root``, no loader workers."""
     for name in list(os.environ):
         if name.startswith("REPACKCTL_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("REPACKCTL_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("REPACKCTL_RUNS", str(tmp_path / "runs"))
-    monkeypatch.setenv("REPACKCTL_NUM_WORKERS", "0")
+            mp.delenv(name)
+    for name, value in subprocess_env(root).items():
+        if name.startswith("REPACKCTL_"):
+            mp.setenv(name, value)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path, monkeypatch):
+    use_sandbox(monkeypatch, tmp_path)
     from repackctl import registry
     from repackctl.progress import set_log_every_s
 

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import one_torch_thread, subprocess_env
+from conftest import one_torch_thread, subprocess_env, use_sandbox
 from typer.testing import CliRunner
 
 from repackctl.cache.store import DatasetEntry, list_entries
@@ -63,13 +62,7 @@ def reference(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("ref")
     # in-process, one thread and the environment of `_cli`: the arrays of a subprocess, bit for bit
     with pytest.MonkeyPatch.context() as mp, one_torch_thread():
-        env = subprocess_env(tmp)
-        for name in os.environ:
-            if name.startswith("REPACKCTL_") and name not in env:
-                mp.delenv(name)
-        for name, value in env.items():
-            if name.startswith("REPACKCTL_"):
-                mp.setenv(name, value)
+        use_sandbox(mp, tmp)
         for args in (EXTRACT, PACK, ["pack", "encode", "--run", "enc"]):
             res = runner.invoke(app, args)
             assert res.exit_code == 0, res.output
