@@ -23,6 +23,10 @@ from repackctl.errors import ConfigError
 from repackctl.pack.projection import DiagonalGaussian, tokens_to_grid
 
 
+# Whitening floor relative to the largest token variance (``token_whitening``).
+WHITEN_REL_EPS = 1e-3
+
+
 @dataclass(frozen=True)
 class PCAResult:
     """A fitted PCA: mean, components and the variance each component explains."""
@@ -119,6 +123,28 @@ def fit_pca(batches: Iterable[torch.Tensor], components: int) -> PCAResult:
     if acc is None:
         raise ConfigError("PCA got no token batches", "check that the cache entry is not empty")
     return acc.fit(components)
+
+
+def token_whitening(
+    result: PCAResult, rel_eps: float = WHITEN_REL_EPS
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """ZCA whitening from a full-rank PCA: ``(mean (C,), W (C, C))`` float32 with
+    ``W = V diag((λ + ε)^−½) Vᵀ``, ``ε = rel_eps · λ_max``.
+
+    ``ε`` keeps directions with (nearly) no variance from being blown up to noise; ZCA (rather
+    than PCA whitening) keeps the whitened tokens closest to the originals.
+    """
+    d, c = result.components.shape
+    if d != c:
+        raise ConfigError(
+            f"whitening needs all {c} principal components, the fit kept {d}",
+            "fit the PCA with components equal to the token width",
+        )
+    lam = result.explained_variance.clamp_min(0.0)  # (C,)
+    eps = rel_eps * float(lam.max()) if float(lam.max()) > 0 else rel_eps
+    v = result.components.T  # (C, C) columns are components
+    matrix = v @ torch.diag((lam + eps).rsqrt()) @ v.T  # (C, C)
+    return result.mean.float(), matrix.float()
 
 
 class PCAProjection(nn.Module):

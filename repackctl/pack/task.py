@@ -45,7 +45,7 @@ from repackctl.pack.losses import (
     load_lpips,
     official_kl_weight,
 )
-from repackctl.pack.pca import PCAResult, fit_pca
+from repackctl.pack.pca import PCAResult, fit_pca, token_whitening
 from repackctl.pack.projection import ProjectionConfig
 from repackctl.progress import LOG_FILE, ProgressFactory, null_progress, with_log_file
 from repackctl.settings import Settings
@@ -124,8 +124,10 @@ def resolve_plan(settings: Settings, ref: FeatureRef) -> PackPlan:
         ch_mult=tuple(cfg.ch_mult) if cfg.ch_mult is not None else None,
         num_res_blocks=pick("num_res_blocks"),
         attn_resolutions=tuple(pick("attn_resolutions")),
+        max_groups=pick("norm_groups"),
     )
-    ae = AutoencoderConfig(ProjectionConfig(kind, width, d), decoder)
+    whiten = kind == "repack" and bool(pick("whiten"))
+    ae = AutoencoderConfig(ProjectionConfig(kind, width, d, whiten=whiten), decoder)
     gan = cfg.gan_weight
     disc = (
         DiscriminatorConfig(
@@ -181,6 +183,14 @@ def fit_token_pca(data: PackData, components: int, max_samples: int | None) -> P
     return fit_pca((torch.from_numpy(tokens) for tokens in blocks), components)
 
 
+def fit_whitening(
+    data: PackData, width: int, max_samples: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The repack projection's token whitening ``(mean, matrix)``, from the same sample of
+    tokens as the PCA (deterministic: every process of a run fits the same numbers)."""
+    return token_whitening(fit_token_pca(data, width, max_samples))
+
+
 # ---------------------------------------------------------------------------- the task
 
 
@@ -194,11 +204,13 @@ class PackTask:
         ref: FeatureRef,
         pca: PCAResult | None = None,
         lpips: nn.Module | None = None,
+        whitening: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
         self.plan = plan
         self.data = data
         self.ref = ref
         self.pca = pca
+        self.whitening = whitening
         self.lpips = lpips
         self.loss = ReconstructionLoss(LossConfig(gan=0.0, perceptual=0.0))  # set by build()
         self.grid_positions = np.arange(min(GRID_SAMPLES, len(data)))
@@ -210,6 +222,11 @@ class PackTask:
             if self.pca is None:
                 raise ConfigError("the PCA method needs a fitted PCA", "fit it with fit_token_pca")
             model.projection.set_fit(self.pca)  # frozen buffers: nothing of it is trained
+        projection = self.plan.autoencoder.projection
+        if projection.whiten:
+            if self.whitening is None:  # not given (run_pack_train passes it): all the tokens
+                self.whitening = fit_whitening(self.data, projection.in_channels, None)
+            model.projection.set_whitening(*self.whitening)  # fixed buffers, never trained
         modules: dict[str, nn.Module] = {"model": model}
         disc = None
         if self.plan.discriminator is not None:
@@ -347,7 +364,6 @@ def run_pack_train(
     from repackctl.paths import run_dir as run_dir_of
     from repackctl.runtime import resolve_device
     from repackctl.train import TrainConfig, train
-    from repackctl.train.checkpoint import load_weights
 
     settings, config_record, resumed = _resume(settings, config_record)
     cfg = settings.pack
@@ -361,35 +377,9 @@ def run_pack_train(
 
     # the contract part of state_extra, to compare with an existing run before anything starts
     latest = _check_resume(run_dir, PackTask(plan, data, ref).state_extra())
-    pca = None
-    if plan.method == "pca":
-        if latest is not None:  # the fit is part of the checkpoint: reuse it, do not refit
-            sd = load_weights(latest, "model")
-            pca = PCAResult(
-                mean=sd["projection.mean"].double(),
-                components=sd["projection.components"].double(),
-                explained_variance=torch.zeros(plan.autoencoder.projection.latent_channels),
-                explained_variance_ratio=sd["projection.explained_variance_ratio"].double(),
-                count=0,
-            )
-        else:
-            pca = fit_token_pca(data, plan.autoencoder.projection.latent_channels, cfg.pca_samples)
-            log.append(
-                f"PCA to {len(pca.explained_variance)} dims explains "
-                f"{100 * pca.cumulative_ratio:.1f}% of the token variance ({pca.count} tokens)"
-            )
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "pca.json").write_text(
-                json.dumps(
-                    {
-                        "count": pca.count,
-                        "explained_variance_ratio": pca.explained_variance_ratio.tolist(),
-                        "cumulative": pca.cumulative_ratio,
-                    },
-                    indent=1,
-                )
-            )
-    task = PackTask(plan, data, ref, pca=pca, lpips=lpips)
+    pca = _pca_fit(plan, data, cfg.pca_samples, latest, run_dir, log)
+    whitening = _whitening_fit(plan, data, cfg.pca_samples, latest, log)
+    task = PackTask(plan, data, ref, pca=pca, lpips=lpips, whitening=whitening)
     resolve_device(settings.device)  # an unknown device is a ConfigError before training
     # same-named pack settings map onto the engine; the preset plan resolves the rest
     config = TrainConfig.from_settings(
@@ -412,3 +402,62 @@ def run_pack_train(
                 bar.log(line)
     train(task, config, progress)
     return run_dir
+
+
+def _pca_fit(
+    plan: PackPlan,
+    data: PackData,
+    max_samples: int | None,
+    latest: Path | None,
+    run_dir: Path,
+    log: list[str],
+) -> PCAResult | None:
+    """The PCA method's fit: from the checkpoint on a resume (never refitted), else fitted now
+    (its explained variance to ``pca.json`` and ``log``)."""
+    from repackctl.train.checkpoint import load_weights
+
+    if plan.method != "pca":
+        return None
+    if latest is not None:  # the fit is part of the checkpoint: reuse it, do not refit
+        sd = load_weights(latest, "model")
+        return PCAResult(
+            mean=sd["projection.mean"].double(),
+            components=sd["projection.components"].double(),
+            explained_variance=torch.zeros(plan.autoencoder.projection.latent_channels),
+            explained_variance_ratio=sd["projection.explained_variance_ratio"].double(),
+            count=0,
+        )
+    pca = fit_token_pca(data, plan.autoencoder.projection.latent_channels, max_samples)
+    log.append(
+        f"PCA to {len(pca.explained_variance)} dims explains "
+        f"{100 * pca.cumulative_ratio:.1f}% of the token variance ({pca.count} tokens)"
+    )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "pca.json").write_text(
+        json.dumps(
+            {
+                "count": pca.count,
+                "explained_variance_ratio": pca.explained_variance_ratio.tolist(),
+                "cumulative": pca.cumulative_ratio,
+            },
+            indent=1,
+        )
+    )
+    return pca
+
+
+def _whitening_fit(
+    plan: PackPlan, data: PackData, max_samples: int | None, latest: Path | None, log: list[str]
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The whitened projection's ``(mean, matrix)``: from the checkpoint on a resume (never
+    refitted), else fitted now."""
+    from repackctl.train.checkpoint import load_weights
+
+    projection = plan.autoencoder.projection
+    if not projection.whiten:
+        return None
+    if latest is not None:
+        sd = load_weights(latest, "model")
+        return sd["projection.token_mean"], sd["projection.token_whitening"]
+    log.append(f"whitening fitted on the tokens of up to {max_samples} samples (ZCA)")
+    return fit_whitening(data, projection.in_channels, max_samples)

@@ -224,6 +224,7 @@ def refiner_config_for(latent_channels: int, resolution: int, settings: Settings
         base_channels=settings.refine.base_channels,
         attn_resolutions=(resolution // 4, resolution // 8),
         output=settings.refine.output,
+        max_groups=settings.refine.norm_groups,
     )
 
 

@@ -17,7 +17,7 @@ class RefineSettings(BaseModel):
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}  # filled below the class
     PANELS: ClassVar[dict[str, tuple[str, ...]]] = {
         "Run": ("allow_change", "pack_run", "name", "entry", "preset", "refiner"),
-        "Model": ("base_channels", "output", "disc_channels"),
+        "Model": ("base_channels", "norm_groups", "output", "disc_channels"),
         "Optimisation": ("steps", "batch_size", "lr", "ema_decay"),
         "Losses": ("l1_weight", "perceptual_weight", "lpips_weights", "gan_weight", "feature_weight"),
         "Data": ("noise", "triplet_batch"),
@@ -59,6 +59,12 @@ class RefineSettings(BaseModel):
         description="weight of the weights-free perceptual term: multi-layer feature distance "
         "in the built-in encoder (stem + every block, LPIPS-style; refine.features); 0 = off",
     )
+    norm_groups: int = Field(
+        32,
+        ge=1,
+        description="GroupNorm groups (at most; official 32); small preset 4: at width 32, 32 "
+        "groups normalise each channel on its own and strip every image's mean colour",
+    )
     disc_channels: int = Field(64, ge=1, description="PatchGAN base channels (official 128)")
     ema_decay: float = Field(0.999, ge=0, le=1, description="EMA decay of the refiner weights")
     ckpt_every: int = Field(1000, ge=1, description="steps between checkpoints")
@@ -85,6 +91,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "batch_size": 64,
         "lr": 1e-4,
         "base_channels": 128,
+        "norm_groups": 32,
         "disc_channels": 128,
         "output": "image",
         "gan_weight": 0.5,
@@ -95,6 +102,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "batch_size": 8,
         "lr": 1e-4,
         "base_channels": 32,
+        "norm_groups": 4,
         "disc_channels": 16,
         "ckpt_every": 100,
     },

@@ -30,7 +30,7 @@ from repackctl.pack.losses import (
     perceptual_available,
     write_random_lpips_weights,
 )
-from repackctl.pack.pca import PCAAccumulator, PCAProjection, fit_pca
+from repackctl.pack.pca import PCAAccumulator, PCAProjection, fit_pca, token_whitening
 from repackctl.pack.projection import (
     LOGVAR_MAX,
     LOGVAR_MIN,
@@ -39,6 +39,7 @@ from repackctl.pack.projection import (
     ProjectionConfig,
     RePackProjection,
     build_projection,
+    projection_config,
 )
 
 
@@ -224,6 +225,50 @@ def test_pca_projection_is_deterministic_and_round_trips() -> None:
         unfitted.encode(tokens)
     unfitted.load_state_dict(proj.state_dict())
     torch.testing.assert_close(unfitted.encode(tokens).mean, post.mean)
+
+
+def test_token_whitening_decorrelates_and_equalises_the_directions() -> None:
+    x = _correlated_tokens(n=4000, c=10)
+    mean, matrix = token_whitening(fit_pca([x], 10), rel_eps=0.0)
+    white = (x - mean) @ matrix  # (N, C)
+    torch.testing.assert_close(
+        torch.cov(white.T.double()), torch.eye(10, dtype=torch.float64), atol=2e-3, rtol=0
+    )
+    torch.testing.assert_close(matrix, matrix.T)  # ZCA: symmetric, closest to the identity map
+    # the floor keeps a direction without variance from being blown up
+    flat = torch.cat([x[:, :9], torch.zeros(len(x), 1)], 1)  # (N, C), last channel constant
+    _, m = token_whitening(fit_pca([flat], 10))
+    assert torch.isfinite(m).all() and m.abs().max() < 1e3
+    with pytest.raises(ConfigError, match="all 10 principal components"):
+        token_whitening(fit_pca([x], 4))
+
+
+def test_whitened_repack_projection_is_one_affine_map_and_round_trips() -> None:
+    x = _correlated_tokens(n=2 * 16, c=10)
+    mean, matrix = token_whitening(fit_pca([x], 10))
+    torch.manual_seed(0)
+    proj = build_projection(ProjectionConfig("repack", 10, 3, whiten=True))
+    tokens = x.reshape(2, 16, 10).float()  # (B, T, C) on a 4×4 grid
+    with pytest.raises(ConfigError, match="whitening has not been fitted"):
+        proj.encode(tokens)
+    proj.set_whitening(mean, matrix)
+    post = proj.encode(tokens)
+    # the same affine map written out: W (x − μ) M + b
+    expected = proj.proj((tokens - mean) @ matrix)[..., :3]  # (B, T, d)
+    torch.testing.assert_close(post.mean.flatten(2).transpose(1, 2), expected)
+    assert projection_config(proj).whiten
+    again = build_projection(projection_config(proj))
+    again.load_state_dict(proj.state_dict())  # the whitening travels in the state dict
+    torch.testing.assert_close(again.encode(tokens).mean, post.mean)
+    with pytest.raises(ConfigError, match="cannot set a whitening"):
+        proj.set_whitening(mean[:4], matrix[:4, :4])
+    with pytest.raises(ConfigError, match="option of the repack projection"):
+        ProjectionConfig("pca", 10, 3, whiten=True)
+    # without the option the state dict keeps the official keys only
+    assert set(build_projection(ProjectionConfig("repack", 10, 3)).state_dict()) == {
+        "proj.weight",
+        "proj.bias",
+    }
 
 
 # ------------------------------------------------------------------------------ autoencoder

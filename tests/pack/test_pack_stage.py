@@ -112,6 +112,14 @@ def test_task_batches_posterior_and_losses(cache):
     ref = locate_features(s)
     plan = resolve_plan(s, ref)
     assert plan.preset == "small" and plan.autoencoder.decoder.latent_size == 4
+    # the small preset's named deviations: whitened tokens, 4 GroupNorm groups; paper: neither
+    assert plan.autoencoder.projection.whiten and plan.autoencoder.decoder.max_groups == 4
+    paper = resolve_plan(_settings(encoder="patchpix", resolution=32, preset="paper"), ref)
+    assert not paper.autoencoder.projection.whiten and paper.autoencoder.decoder.max_groups == 32
+    off = resolve_plan(_settings(encoder="patchpix", resolution=32, whiten=False), ref)
+    assert not off.autoencoder.projection.whiten
+    pca = resolve_plan(_settings(encoder="patchpix", resolution=32, method="pca"), ref)
+    assert not pca.autoencoder.projection.whiten  # whitening is the repack projection's option
     assert plan.notes and "perceptual loss is off" in plan.notes[0]  # no LPIPS file given
     data = PackData(ref.entry, ref.feats, in_memory=False, buffer_chunks=2)
     mem = PackData(ref.entry, ref.feats, in_memory=True)
@@ -135,6 +143,11 @@ def test_task_batches_posterior_and_losses(cache):
     torch.manual_seed(0)
     modules = task.build()
     model = modules["model"]
+    # the whitening is fitted on the entry's tokens and fixed: it decorrelates them
+    white = (batch["tokens"] - model.projection.token_mean) @ model.projection.token_whitening
+    assert bool(model.projection.whitening_fitted)
+    assert not any(b.requires_grad for b in model.projection.buffers())
+    assert white.reshape(-1, 64).std(0).mean() == pytest.approx(1.0, rel=0.3)
     post = model.encode(batch["tokens"])
     assert post.mean.shape == (12, 4, 4, 4) and (post.std > 0).all()
     assert float(post.kl().detach()) > 0
