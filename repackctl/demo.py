@@ -279,6 +279,13 @@ class _Demo(Pipeline):
         real = linear_probe(train_x, train_labels, val_x, val_labels, epochs=50)
         scores["class_accuracy"] = scores["class_accuracy_refined"]
         scores["class_accuracy_real_val"] = float(real.top1)
+        # the decoder's ceiling: held-out val images through the packing autoencoder
+        _, decoded_val = self.reconstruct("pack", "val", p.eval_images)
+        n_dec = len(decoded_val)
+        dec = linear_probe(
+            train_x, train_labels, self._pooled(to_uint8(decoded_val)), val_labels[:n_dec], epochs=50
+        )
+        scores["class_accuracy_decoded_val"] = float(dec.top1)
         scores["n_samples"] = int(len(labels))
         scores["n_reference"] = int(len(val_images))
         return scores

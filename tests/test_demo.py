@@ -40,6 +40,8 @@ def test_demo_end_to_end_reuse_and_fresh(tmp_path):
     assert metrics["hf_energy"]["real"] > 0
     assert 0.0 <= metrics["class_accuracy"] <= 1.0
     assert metrics["class_accuracy"] == metrics["class_accuracy_refined"]
+    assert 0.0 <= metrics["class_accuracy_decoded_val"] <= 1.0
+    assert "decoded val images" in report  # the ceiling a perfect DiT could reach
     assert metrics["n_samples"] == 20
     assert "decoder floor" in report and "real vs real" in report
     assert "reproduce_small.md" in report and "What the numbers mean" in report
