@@ -8,7 +8,10 @@ first 75 % of the images and scored (R^2) on the rest:
 - their PCA to 8 channels (the PCA arm's latent size);
 - the packed latent (posterior mean, 8 channels), which the decoder and the DiT see.
 
-A high token R^2 with a low latent R^2 says the pack, not the encoder, drops the colour.
+A high token R^2 with a low latent R^2 says the pack, not the encoder, drops the colour. The
+last figure, the *chroma* (colour minus its grey level) read from the tokens' top 8 principal
+directions, says how far colour hides in low-variance token directions (what ``pack.whiten``
+is for).
 
     .venv/bin/python scripts/colour_readout.py runs/demo/cache
 """
@@ -52,12 +55,15 @@ def readout(cache: str) -> dict[str, float]:
     latent = np.asarray(entry.latents(pid)["mean"][:, 0], np.float64)  # (N, C, 8, 8)
     latent = latent.transpose(0, 2, 3, 1).reshape(n * GRID**2, -1)
     n_fit = int(0.75 * n) * GRID**2
+    chroma = colour - colour.mean(1, keepdims=True)  # (N·64, 3) colour minus its grey level
     centred = tokens - tokens[:n_fit].mean(0)
     _, _, vt = np.linalg.svd(centred[:n_fit], full_matrices=False)
     return {
         "tokens": ridge_r2(tokens, colour, n_fit),
         "tokens PCA-8": ridge_r2(centred @ vt[:8].T, colour, n_fit),
         "packed latent": ridge_r2(latent, colour, n_fit),
+        "chroma from tokens": ridge_r2(tokens, chroma, n_fit),
+        "chroma from tokens PCA-8": ridge_r2(centred @ vt[:8].T, chroma, n_fit),
     }
 
 
