@@ -283,7 +283,11 @@ class _Demo(Pipeline):
         _, decoded_val = self.reconstruct("pack", "val", p.eval_images)
         n_dec = len(decoded_val)
         dec = linear_probe(
-            train_x, train_labels, self._pooled(to_uint8(decoded_val)), val_labels[:n_dec], epochs=50
+            train_x,
+            train_labels,
+            self._pooled(to_uint8(decoded_val)),
+            val_labels[:n_dec],
+            epochs=50,
         )
         scores["class_accuracy_decoded_val"] = float(dec.top1)
         scores["n_samples"] = int(len(labels))

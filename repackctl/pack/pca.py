@@ -22,7 +22,6 @@ from torch import nn
 from repackctl.errors import ConfigError
 from repackctl.pack.projection import DiagonalGaussian, tokens_to_grid
 
-
 # Whitening floor relative to the largest token variance (``token_whitening``).
 WHITEN_REL_EPS = 1e-3
 
