@@ -23,6 +23,7 @@ import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -244,6 +245,12 @@ class _Demo(Pipeline):
                 out.append(enc(x)[0].mean(1).numpy())  # (B, C) mean-pooled patch tokens
         return np.concatenate(out)
 
+    @cached_property
+    def _val_recon(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``eval_images`` val images through the pack, once for both evaluations:
+        ``(latents, decoded in [-1, 1])``."""
+        return self.reconstruct("pack", "val", self.plan.eval_images)
+
     def _sample_scores(self) -> dict[str, Any]:
         """FD, colour distance and class accuracy of the samples, next to their floors."""
         from repackctl.files import to_uint8
@@ -280,7 +287,7 @@ class _Demo(Pipeline):
         scores["class_accuracy"] = scores["class_accuracy_refined"]
         scores["class_accuracy_real_val"] = float(real.top1)
         # the decoder's ceiling: held-out val images through the packing autoencoder
-        _, decoded_val = self.reconstruct("pack", "val", p.eval_images)
+        _, decoded_val = self._val_recon
         n_dec = len(decoded_val)
         dec = linear_probe(
             train_x,
@@ -304,7 +311,7 @@ class _Demo(Pipeline):
 
         refiner = load_refiner(str(self.out), "refine", pack_id=None).model
         real, _ = self.images("val", self.plan.eval_images)
-        latent, decoded = self.reconstruct("pack", "val", self.plan.eval_images)
+        latent, decoded = self._val_recon
         refined = refiner(decoded, latent).clamp(-1, 1)  # (N, 3, H, W)
         rec, ref = to_uint8(decoded), to_uint8(refined)
         path = recon_grid(real, rec, ref, self.out / "recon.png")
