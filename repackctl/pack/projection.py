@@ -13,8 +13,9 @@ ZCA whitening fitted on the training tokens (``repackctl.pack.pca.token_whitenin
 composition is still one affine map of the tokens, so the model class is unchanged; what changes
 is the conditioning of its training. Small encoders keep appearance (chroma) in low-variance
 token directions: with the built-in encoder the top 8 principal directions carry 85 % of the
-variance but explain 2 % of the per-patch chroma. A randomly initialised map learns such
-directions slowly; after whitening every direction starts with the same scale.
+variance, yet a patch's chroma reads from them at held-out R² −0.01, against 0.795 from all 96
+channels (``scripts/colour_readout.py``). A randomly initialised map learns such directions
+slowly; after whitening every direction starts with the same scale.
 
 Legend: B batch, T tokens (= h·w), C token channels, d latent channels, h×w token grid.
 
