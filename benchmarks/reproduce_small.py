@@ -19,7 +19,7 @@ scale is reported as such.
    latents, which carry no semantics; RePack latents are a projection of the alignment target).
 3. **Refiner** (RePack then Refine, stage 3): L1 + perceptual + 0.5·hinge GAN. LPIPS has no weights
    offline, so the perceptual term is the weights-free ``refine.feature_weight`` (a multi-layer
-   feature distance in the frozen built-in encoder, ``repackctl.refine.features``). Judged first on held-out reconstructions
+   feature distance in the frozen built-in encoder, ``repackctl.pack.features``). Judged first on held-out reconstructions
    (FD, high-frequency error, PSNR), then on samples of the RePack + REPA DiT.
 4. **Linear probe** (the paper's table: DINOv3 raw > PCA-32 > RePack-32): raw tokens vs PCA-d vs
    RePack-d (``repackctl.evaluate.pack.evaluate_probe``).

@@ -10,7 +10,7 @@ import repackctl
 ROOT = Path(repackctl.__file__).parent
 STAGES = {"pack", "dit", "refine"}
 # pack's network modules are pure networks (like models/): other stages may build them directly
-NETWORKS = {f"repackctl.pack.{m}" for m in ("decoder", "projection", "discriminator", "losses", "autoencoder")}  # fmt: skip
+NETWORKS = {f"repackctl.pack.{m}" for m in ("decoder", "projection", "discriminator", "losses", "autoencoder", "features")}  # fmt: skip
 PURE = {"models": {"errors", "models", "kernels"}, "kernels": {"errors", "kernels"}, "transport": {"errors", "transport", "kernels"}}  # fmt: skip
 NOT_FROM = {
     "cache": {

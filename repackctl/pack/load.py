@@ -8,6 +8,9 @@ model: ``state.json`` → ``extra.autoencoder_config`` gives the architecture
 The pack id names packed latents in the cache: ``<encoder entry>--<run>-<step:07d>-<sha8>``
 where sha8 starts the sha256 of the weights file used, so latents made from other weights (or
 EMA vs raw weights) never share a group.
+
+``builtin_feature_loss`` loads the other frozen network the pack and the refiner train with: the
+built-in encoder (shipped weights) as the feature distance of ``repackctl.pack.features``.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from torch import Tensor
 
 from repackctl.errors import CheckpointError
 from repackctl.pack.autoencoder import PackAutoencoder
+from repackctl.pack.features import EncoderFeatureLoss
 from repackctl.paths import resolve_checkpoint_arg
 
 LATENT_STATS = "latent_stats.json"
@@ -163,3 +167,10 @@ def load_decoder(runs: str, extra: dict[str, Any]):
             "restore the pack run the DiT was trained with",
         )
     return handle
+
+
+def builtin_feature_loss(resolution: int, seed: int = 0) -> EncoderFeatureLoss:
+    """The feature distance of the built-in encoder with its shipped weights, at ``resolution``."""
+    from repackctl.encoders.load import make_encoder
+
+    return EncoderFeatureLoss(make_encoder("builtin", None, None, resolution, seed))

@@ -24,6 +24,9 @@ Terms:
 - Focal frequency loss (Jiang et al. 2021, "Focal Frequency Loss for Image Reconstruction and
   Synthesis"): orthonormal 2-D FFT of image patches, squared spectrum distance weighted by the
   detached, per-spectrum max-normalised |ΔF|^α.
+- Feature distance (ours, ``feature``; off in the official recipe): the weights-free perceptual
+  term of ``repackctl.pack.features``, a multi-layer distance in the frozen built-in encoder,
+  one value per sample. It stands in for LPIPS where no LPIPS weights exist (offline, toy data).
 - KL of the posterior to N(0, I), per latent element.
 - GAN (generator side): hinge −mean(D(x̂)), scaled by the adaptive weight and ``gan`` from
   ``gan_start`` on.
@@ -302,6 +305,8 @@ class LossConfig:
       −30 clamp). This is the official strength translated to our reduction, so its share of the
       gradient is ≪ 1 % by design; raise it for a more Gaussian, lower-rate latent.
     - ``gan = 0.5`` times the adaptive weight, from ``gan_start`` on (official: 0.5 from step 1).
+    - ``feature = 0``: the built-in encoder's feature distance, our weights-free stand-in for
+      LPIPS (not in the official recipe).
     """
 
     l1: float = 1.0
@@ -313,9 +318,10 @@ class LossConfig:
     gan: float = 0.5
     gan_start: int = 0
     adaptive_gan_weight: bool = True
+    feature: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("l1", "perceptual", "ffl", "kl", "gan"):
+        for name in ("l1", "perceptual", "ffl", "kl", "gan", "feature"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"loss weight {name} must be ≥ 0", f"set {name} = 0 to disable")
         if self.ffl_patch_factor < 1 or self.gan_start < 0:
@@ -344,11 +350,12 @@ class LossOutput:
 
 
 class ReconstructionLoss(nn.Module):
-    """L1 + LPIPS + FFL + KL + adaptive-weighted hinge GAN; one reduction for all terms.
+    """L1 + LPIPS + FFL + feature distance + KL + adaptive-weighted hinge GAN; one reduction.
 
     ``generator_loss`` is minimised by the autoencoder (or refiner), ``discriminator_loss`` by the
     discriminator. The adaptive GAN weight compares the GAN gradient with the gradient of the
-    weighted *reconstruction* terms (L1 + perceptual + FFL) at ``last_layer``.
+    weighted *reconstruction* terms (L1 + perceptual + FFL + feature) at ``last_layer``.
+    ``features`` is the per-sample feature distance (``repackctl.pack.features``).
     """
 
     def __init__(
@@ -356,6 +363,7 @@ class ReconstructionLoss(nn.Module):
         config: LossConfig | None = None,
         perceptual: LPIPS | None = None,
         discriminator: nn.Module | None = None,
+        features: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.config = config = config or LossConfig()
@@ -369,7 +377,13 @@ class ReconstructionLoss(nn.Module):
                 "the GAN weight is > 0 but no discriminator was given",
                 "pass a PatchDiscriminator, or set gan = 0",
             )
+        if config.feature > 0 and features is None:
+            raise ConfigError(
+                "the feature-distance weight is > 0 but no feature distance was given",
+                "pass repackctl.pack.features.builtin_feature_loss(resolution), or set feature = 0",
+            )
         self.perceptual = perceptual
+        self.features = features
         self.discriminator = discriminator
 
     def gan_active(self, step: int) -> bool:
@@ -398,6 +412,9 @@ class ReconstructionLoss(nn.Module):
         if cfg.ffl > 0:
             terms["ffl"] = focal_frequency_loss(recon, target, cfg.ffl_alpha, cfg.ffl_patch_factor)
             weighted["ffl"] = cfg.ffl * terms["ffl"]
+        if cfg.feature > 0:
+            terms["feature"] = self.features(recon, target).mean()
+            weighted["feature"] = cfg.feature * terms["feature"]
         rec = sum(weighted.values()) if weighted else recon.new_zeros(())
 
         if cfg.kl > 0 and posterior is not None and not posterior.deterministic:

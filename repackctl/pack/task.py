@@ -38,6 +38,7 @@ from repackctl.pack.autoencoder import AutoencoderConfig, PackAutoencoder
 from repackctl.pack.data import FeatureRef, PackData, check_square_grid, locate_features
 from repackctl.pack.decoder import DecoderConfig
 from repackctl.pack.discriminator import DiscriminatorConfig, PatchDiscriminator
+from repackctl.pack.load import builtin_feature_loss
 from repackctl.pack.losses import (
     LossConfig,
     PerceptualUnavailable,
@@ -153,6 +154,7 @@ def resolve_plan(settings: Settings, ref: FeatureRef) -> PackPlan:
         kl=0.0 if kind == "pca" else official_kl_weight(latent_numel, image_numel, cfg.kl_weight),
         gan=gan,
         gan_start=pick("gan_start"),
+        feature=pick("feature_weight"),
     )
     lr = pick("lr")
     steps = pick("steps")
@@ -232,7 +234,12 @@ class PackTask:
         if self.plan.discriminator is not None:
             disc = PatchDiscriminator(self.plan.discriminator)
             modules["disc"] = disc
-        self.loss = ReconstructionLoss(self.plan.loss, perceptual=self.lpips, discriminator=disc)
+        features = None
+        if self.plan.loss.feature > 0:  # the frozen built-in encoder, at the images' size
+            features = builtin_feature_loss(self.ref.entry.resolution)
+        self.loss = ReconstructionLoss(
+            self.plan.loss, perceptual=self.lpips, discriminator=disc, features=features
+        )
         return modules
 
     def optimizers(self) -> dict[str, Any]:
@@ -260,6 +267,8 @@ class PackTask:
         tokens, target = batch["tokens"], batch["images"]  # (B, T, C), (B, 3, R, R)
         if self.lpips is not None and self.lpips.shift.device != target.device:
             self.lpips.to(target.device)
+        if self.loss.features is not None:
+            self.loss.features.to(target.device)  # a no-op once there
         # posterior sample from the global torch RNG (saved and restored by the loop on resume)
         recon, posterior = model(tokens, sample=True)  # (B, 3, R, R)
         gen = self.loss.generator_loss(

@@ -58,7 +58,7 @@ class RefineLossWeights:
     l1: float = 1.0
     perceptual: float = 1.0
     gan: float = 0.5
-    features: float = 0.0  # weights-free perceptual term (refine.features)
+    features: float = 0.0  # weights-free perceptual term (pack.features)
 
 
 class RefineTask:
@@ -289,7 +289,7 @@ def run_refine_train(
     lpips = _lpips(settings, messages)
     feature_loss = None
     if cfg.feature_weight > 0:
-        from repackctl.refine.features import builtin_feature_loss
+        from repackctl.pack.load import builtin_feature_loss
 
         feature_loss = builtin_feature_loss(entry.resolution, settings.seed)
     rcfg = refiner_config_for(pack.latent_channels, entry.resolution, settings)

@@ -13,12 +13,16 @@ or with the built-in encoder, ``paper`` otherwise:
   step 0.
 * ``small`` (narrower tokens: the built-in encoder, ``patchpix``): d = 8, whitened tokens
   (``whiten``, see ``repackctl.pack.projection``), ch 16, one ResBlock per level, no attention,
-  GroupNorm with 4 groups (``norm_groups``), a 16-channel discriminator, batch 16, lr 2e-3 (1e-5
-  does not get anywhere in the ~1000 CPU steps this preset is for), EMA 0.99, GAN from step 400.
+  GroupNorm with 4 groups (``norm_groups``), the built-in encoder's feature distance as the
+  perceptual term (``feature_weight`` 1; the official LPIPS-VGG needs a download), a 16-channel
+  discriminator, batch 16, lr 2e-3 (1e-5 does not get anywhere in the ~1000 CPU steps this
+  preset is for), EMA 0.99, GAN from step 400.
   Whitening and 4 groups took the demo's held-out recon from 15.1 dB (grey images) to 19 dB at
   600 steps: 32 groups of a 16-channel level are a per-channel (instance) norm, which removes
   each image's mean colour, and the built-in encoder keeps chroma in low-variance token
-  directions that an unwhitened projection learns slowly.
+  directions that an unwhitened projection learns slowly. The feature distance took the class
+  accuracy of the demo's decoded val images from 67 % to 92 % (an independent CNN judge: 88 % →
+  99 %): with L1 alone the decoder draws blurred shapes.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ class PackSettings(BaseModel):
         "Run": ("allow_change", "run", "method", "preset"),
         "Model": ("latent_channels", "whiten", "ch", "ch_mult", "num_res_blocks", "attn_resolutions", "norm_groups", "disc_channels", "disc_layers", "disc_norm"),
         "Optimisation": ("steps", "batch_size", "lr", "disc_lr", "betas", "ema_decay", "clip_grad"),
-        "Losses": ("l1_weight", "perceptual_weight", "lpips_weights", "ffl_weight", "kl_weight", "gan_weight", "gan_start"),
+        "Losses": ("l1_weight", "perceptual_weight", "lpips_weights", "ffl_weight", "feature_weight", "kl_weight", "gan_weight", "gan_start"),
         "Output": ("ckpt_every", "keep_last", "log_every", "image_every", "grid_images"),
         "Data loading": ("in_memory", "pca_samples", "encode_batch_size"),
         "Evaluation": ("eval_split", "eval_entry", "eval_num", "inception_weights"),
@@ -137,6 +141,13 @@ class PackSettings(BaseModel):
         "none = perceptual loss off, with a warning",
     )
     ffl_weight: float = Field(1.0, ge=0, description="focal-frequency loss weight")
+    feature_weight: float | None = Field(
+        None,
+        ge=0,
+        description="weights-free perceptual term: multi-layer feature distance in the built-in "
+        "encoder (pack.features; our stand-in for LPIPS, which needs a download); none = preset "
+        "(paper 0, small 1)",
+    )
     kl_weight: float = Field(
         1e-6,
         ge=0,
@@ -191,6 +202,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "lr": 1e-5,
         "ema_decay": 0.0,  # the official stage 1 keeps no EMA: the EMA copy equals the weights
         "gan_start": 0,
+        "feature_weight": 0.0,  # the official recipe has LPIPS-VGG (pack.lpips_weights) instead
     },
     # built-in encoder / patchpix at 64 px: about a minute on 2 CPU cores
     "small": {
@@ -207,6 +219,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "lr": 2e-3,
         "ema_decay": 0.99,
         "gan_start": 400,
+        "feature_weight": 1.0,
     },
 }
 

@@ -57,7 +57,7 @@ class RefineSettings(BaseModel):
         0.0,
         ge=0,
         description="weight of the weights-free perceptual term: multi-layer feature distance "
-        "in the built-in encoder (stem + every block, LPIPS-style; refine.features); 0 = off",
+        "in the built-in encoder (stem + every block, LPIPS-style; pack.features); 0 = off",
     )
     norm_groups: int = Field(
         32,

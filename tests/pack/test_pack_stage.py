@@ -112,12 +112,17 @@ def test_task_batches_posterior_and_losses(cache):
     ref = locate_features(s)
     plan = resolve_plan(s, ref)
     assert plan.preset == "small" and plan.autoencoder.decoder.latent_size == 4
-    # the small preset's named deviations: whitened tokens, 4 GroupNorm groups; paper: neither
+    # the small preset's named deviations: whitened tokens, 4 GroupNorm groups, the built-in
+    # encoder's feature distance; paper: none of them
     assert plan.autoencoder.projection.whiten and plan.autoencoder.decoder.max_groups == 4
+    assert plan.loss.feature == 1.0
     paper = resolve_plan(_settings(encoder="patchpix", resolution=32, preset="paper"), ref)
     assert not paper.autoencoder.projection.whiten and paper.autoencoder.decoder.max_groups == 32
-    off = resolve_plan(_settings(encoder="patchpix", resolution=32, whiten=False), ref)
-    assert not off.autoencoder.projection.whiten
+    assert paper.loss.feature == 0.0
+    off = resolve_plan(
+        _settings(encoder="patchpix", resolution=32, whiten=False, feature_weight=0.0), ref
+    )
+    assert not off.autoencoder.projection.whiten and off.loss.feature == 0.0
     pca = resolve_plan(_settings(encoder="patchpix", resolution=32, method="pca"), ref)
     assert not pca.autoencoder.projection.whiten  # whitening is the repack projection's option
     assert plan.notes and "perceptual loss is off" in plan.notes[0]  # no LPIPS file given
@@ -158,8 +163,9 @@ def test_task_batches_posterior_and_losses(cache):
     assert torch.equal(r1, r2) and r1.shape == (12, 3, 32, 32)  # … the mode for evaluation
     out = task.training_step(modules, batch, step=0)
     assert set(out.losses) == {"gen", "disc"}
-    for key in ("loss/l1", "loss/ffl", "loss/kl", "loss/gan", "loss/disc"):
+    for key in ("loss/l1", "loss/ffl", "loss/feature", "loss/kl", "loss/gan", "loss/disc"):
         assert key in out.logs and np.isfinite(float(out.logs[key])), key
+    assert float(out.logs["loss/feature"]) > 0  # the decoder's images are not the originals yet
     # the KL is weighted in the paper's convention: 1e-6 · latent_numel / image_numel
     assert plan.loss.kl == pytest.approx(1e-6 * 4 * 16 / (3 * 32 * 32))
     # before gan_start only the generator trains

@@ -1,15 +1,16 @@
-"""A weights-free perceptual term for the refiner: multi-layer feature distance in the built-in
-encoder (``refine.feature_weight``).
+"""A weights-free perceptual term: multi-layer feature distance in the built-in encoder
+(``pack.feature_weight`` for the packing autoencoder, ``refine.feature_weight`` for the refiner).
 
-The official refiner trains with LPIPS-VGG, whose weights are a download; offline we use the
-built-in encoder that ships with the package. Like LPIPS without its learned channel weights:
+The official stage 1 and refiner train with LPIPS-VGG, whose weights are a download; offline we
+use the built-in encoder that ships with the package. Like LPIPS without its learned channel weights:
 
     d(x, y) = mean over layers l of  mean over positions of  ‖ f̂_l(x) − f̂_l(y) ‖²
 
 where ``f̂_l`` are the activations of layer ``l`` unit-normalised over channels at each position.
 Layers: the activations after each GELU of the convolutional stem (strides 2 and 4: edges and
 texture) and the patch tokens after every transformer block (shape and appearance). The encoder
-is frozen and in eval mode; gradients flow to the images only.
+is frozen and in eval mode; gradients flow to the images only. A pure network module: the
+built-in encoder with its shipped weights comes from ``repackctl.pack.load.builtin_feature_loss``.
 
 Legend: B batch, C channels, T tokens.
 """
@@ -21,7 +22,7 @@ from torch import nn
 
 from repackctl.errors import ConfigError
 
-__all__ = ["EncoderFeatureLoss", "builtin_feature_loss"]
+__all__ = ["EncoderFeatureLoss"]
 
 EPS = 1e-10
 
@@ -39,7 +40,7 @@ class EncoderFeatureLoss(nn.Module):
         if network is None or not hasattr(network, "blocks") or not hasattr(network, "patch_embed"):
             raise ConfigError(
                 "the feature distance needs the built-in encoder (a conv stem and blocks)",
-                hint="set refine.feature_weight to 0 for other encoders",
+                hint="set pack.feature_weight / refine.feature_weight to 0, or use the built-in encoder",
             )
         self.encoder = encoder.eval().requires_grad_(False)
         stem = [m for m in network.patch_embed if isinstance(m, nn.GELU)]
@@ -68,10 +69,3 @@ class EncoderFeatureLoss(nn.Module):
             dist = (a - b).pow(2).sum(dim=1 if i < self.n_stem else 2)  # (B, h, w) or (B, T)
             per_layer.append(dist.flatten(1).mean(dim=1))  # (B,)
         return torch.stack(per_layer).mean(dim=0)  # (B,)
-
-
-def builtin_feature_loss(resolution: int, seed: int = 0) -> EncoderFeatureLoss:
-    """The feature distance of the built-in encoder with its shipped weights."""
-    from repackctl.encoders.load import make_encoder
-
-    return EncoderFeatureLoss(make_encoder("builtin", None, None, resolution, seed))
