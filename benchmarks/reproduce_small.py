@@ -17,10 +17,13 @@ scale is reported as such.
    (``--depth/--width/--heads``; 8 blocks, aligned after block 3 ≈ 1/3 of the depth). Pixels
    are the positive control, where REPA should help most (REPA's gains were shown on SD-VAE
    latents, which carry no semantics; RePack latents are a projection of the alignment target).
+   The RePack and PCA packs train with the ``small`` pack preset, whose perceptual term is the
+   same feature distance as the refiner's (``pack.feature_weight``, below).
 3. **Refiner** (RePack then Refine, stage 3): L1 + perceptual + 0.5·hinge GAN. LPIPS has no weights
    offline, so the perceptual term is the weights-free ``refine.feature_weight`` (a multi-layer
-   feature distance in the frozen built-in encoder, ``repackctl.pack.features``). Judged first on held-out reconstructions
-   (FD, high-frequency error, PSNR), then on samples of the RePack + REPA DiT.
+   feature distance in the frozen built-in encoder, ``repackctl.pack.features``). Judged first on
+   held-out reconstructions (FD, high-frequency error, PSNR), then on samples of the RePack + REPA
+   DiT.
 4. **Linear probe** (the paper's table: DINOv3 raw > PCA-32 > RePack-32): raw tokens vs PCA-d vs
    RePack-d (``repackctl.evaluate.pack.evaluate_probe``).
 

@@ -91,10 +91,15 @@ def results_table(m: dict[str, Any]) -> list[str]:
         f"decoder floor {m['fd_decoder']:.2f}, real vs real {m['fd_real']:.2f} | ≤ 2 × decoder "
         f"floor ({fd_ratio:.2f} ×) | {_target(fd_ratio, 2, False)} |",
         f"| high-frequency error, val recon → refined | {m['recon_hf_error']:.4f} → "
-        f"{m['refined_hf_error']:.4f} ({hf_drop:+.1f} % lower) | PSNR "
+        f"{m['refined_hf_error']:.4f} ({_change(-hf_drop)}) | PSNR "
         f"{psnr:.2f} → {m['refined_psnr'] or float('inf'):.2f} dB | ≥ 20 % lower, PSNR not "
         f"lower | {_target(hf_drop, 20, True) if m['refined_psnr'] >= psnr else 'not met'} |",
     ]
+
+
+def _change(percent: float) -> str:
+    """``-12.3`` → ``"12.3 % lower"``, ``0.2`` → ``"0.2 % higher"``."""
+    return f"{abs(percent):.1f} % {'lower' if percent < 0 else 'higher'}"
 
 
 def meaning(m: dict[str, Any], n_train: int, resolution: int, link: str) -> str:

@@ -38,6 +38,10 @@ def test_demo_end_to_end_reuse_and_fresh(tmp_path):
     assert 0 < metrics["colour_real"] < 2  # L1 of two normalised histograms, not identical sets
     assert metrics["recon_hf_error"] > 0 and metrics["refined_hf_error"] > 0
     assert metrics["hf_energy"]["real"] > 0
+    # the row says which way the refiner moved the error (a rise once read "-0.2 % lower")
+    rise = metrics["refined_hf_error"] > metrics["recon_hf_error"]
+    row = next(r for r in report.splitlines() if r.startswith("| high-frequency error"))
+    assert ("% higher)" if rise else "% lower)") in row and "(-" not in row
     assert 0.0 <= metrics["class_accuracy"] <= 1.0
     assert metrics["class_accuracy"] == metrics["class_accuracy_refined"]
     assert 0.0 <= metrics["class_accuracy_decoded_val"] <= 1.0
