@@ -322,8 +322,24 @@ class PackTask:
 # ---------------------------------------------------------------------------- run
 
 
-def _check_resume(run_dir: Path, task_extra: dict[str, Any]) -> Path | None:
-    """Refuse to resume a run that was trained on other features or with another model."""
+# LossConfig field → the pack setting that sets it (for the hint of a refused resume)
+LOSS_SETTINGS = {
+    "l1": "l1_weight",
+    "perceptual": "perceptual_weight",
+    "ffl": "ffl_weight",
+    "kl": "kl_weight",
+    "gan": "gan_weight",
+    "gan_start": "gan_start",
+    "feature": "feature_weight",
+}
+
+
+def _check_resume(
+    run_dir: Path, task_extra: dict[str, Any], allow: list[str] | None = None
+) -> Path | None:
+    """Refuse to resume a run that was trained on other features, with another model, or with
+    other loss weights (a preset that changed between versions is invisible to the settings
+    layer, which refills preset values: ``pack.feature_weight`` came to ``small`` later)."""
     from repackctl.train.checkpoint import latest_checkpoint, read_state
 
     latest = latest_checkpoint(run_dir)
@@ -337,7 +353,27 @@ def _check_resume(run_dir: Path, task_extra: dict[str, Any]) -> Path | None:
                 f"({old.get(key)!r} vs now {task_extra.get(key)!r})",
                 "use the same settings to resume it, or pick a new run name with --name",
             )
+    _check_resume_loss(run_dir.name, old.get("plan"), task_extra["plan"], allow or [])
     return latest
+
+
+def _check_resume_loss(
+    run: str, old_plan: dict[str, Any] | None, plan: dict[str, Any], allow: list[str]
+) -> None:
+    """Refuse changed loss weights unless ``--allow-change`` names them (older checkpoints
+    without a stored plan are not compared; missing weights read as their old defaults)."""
+    if not isinstance(old_plan, dict) or "loss" not in old_plan:
+        return
+    before = LossConfig.from_dict(old_plan["loss"]).to_dict()
+    for key, value in plan["loss"].items():
+        setting = LOSS_SETTINGS.get(key, key)
+        if before.get(key) == value or "all" in allow or setting in allow:
+            continue
+        raise CheckpointError(
+            f"run {run} was trained with loss weight {key} = {before.get(key)!r}, now {value!r}",
+            f"resume it with --{setting.replace('_', '-')} as it was started (a preset may have "
+            f"changed), pass --allow-change {setting}, or pick a new run name with --name",
+        )
 
 
 def _load_lpips(plan: PackPlan) -> nn.Module | None:
@@ -385,7 +421,7 @@ def run_pack_train(
     lpips = _load_lpips(plan)
 
     # the contract part of state_extra, to compare with an existing run before anything starts
-    latest = _check_resume(run_dir, PackTask(plan, data, ref).state_extra())
+    latest = _check_resume(run_dir, PackTask(plan, data, ref).state_extra(), cfg.allow_change)
     pca = _pca_fit(plan, data, cfg.pca_samples, latest, run_dir, log)
     whitening = _whitening_fit(plan, data, cfg.pca_samples, latest, log)
     task = PackTask(plan, data, ref, pca=pca, lpips=lpips, whitening=whitening)

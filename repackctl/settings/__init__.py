@@ -157,9 +157,24 @@ def apply_presets(data: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(
                 f"unknown {section} preset {name!r}", f"choose one of {', '.join(model.PRESETS)}"
             )
-        values = model.PRESETS.get(concrete, {})
+        values = dict(model.PRESETS.get(concrete, {}))
+        if section == "pack":
+            values = _pack_method_values(given, values)
         data[section] = {**values, **given, "preset": concrete}
     return data
+
+
+def _pack_method_values(given: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """Token whitening is an option of the repack projection: a preset leaves it off for PCA,
+    and an explicit ``whiten`` with ``method pca`` is refused (it used to be ignored)."""
+    if given.get("method") != "pca":
+        return values
+    if given.get("whiten"):
+        raise ConfigError(
+            "pack.whiten is an option of the repack projection; the PCA baseline is not whitened",
+            "drop --whiten, or use --method repack",
+        )
+    return {**values, "whiten": False} if "whiten" in values else values
 
 
 def preset_sources(data: dict[str, Any], sources: dict[str, str]) -> dict[str, str]:

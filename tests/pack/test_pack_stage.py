@@ -245,6 +245,37 @@ def test_train_resume_after_kill9_is_bit_identical(cache, tmp_path):
     assert cfg["extra"]["settings"]["values"]["pack"]["encoder"] == "patchpix"
 
 
+def test_resume_refuses_loss_weights_that_a_preset_changed(cache, tmp_path, monkeypatch):
+    from repackctl.settings.pack import PackSettings
+
+    # a run started under an older `small` preset, which had no feature term
+    with monkeypatch.context() as m:
+        m.setitem(PackSettings.PRESETS["small"], "feature_weight", 0.0)
+        _train("lw", "--steps", "2", "--ckpt-every", "2")
+    step2 = _ckpt(tmp_path, "lw")
+    before = load_file(str(step2 / "model.safetensors"))
+    args = ["pack", "train", *TINY, "--name", "lw", "--steps", "4", "--ckpt-every", "2"]
+    res = runner.invoke(app, args)
+    assert res.exit_code != 0 and "Traceback" not in res.output, res.output
+    assert "loss weight feature = 0.0, now 1.0" in res.output and "--feature-weight" in res.output
+    assert _ckpt(tmp_path, "lw") == step2  # nothing written, nothing lost
+    assert all(
+        torch.equal(v, load_file(str(step2 / "model.safetensors"))[k]) for k, v in before.items()
+    )
+    # resumed with the weight it was started with, it continues
+    _train("lw", "--steps", "4", "--ckpt-every", "2", "--feature-weight", "0")
+    assert _ckpt(tmp_path, "lw").name == "step-0000004"
+
+
+def test_whiten_is_refused_with_the_pca_method_and_off_by_preset():
+    from repackctl.errors import ConfigError
+
+    assert _settings(method="pca").pack.whiten is False  # the small preset whitens repack only
+    assert _settings(method="repack").pack.whiten is True
+    with pytest.raises(ConfigError, match="pack.whiten"):
+        _settings(method="pca", whiten=True)  # it used to be ignored
+
+
 # --------------------------------------------------------------------------- encode
 
 
@@ -332,7 +363,7 @@ def test_encode_stats_exact_resumable_and_process_independent(cache, tmp_path):
 def test_encode_errors_name_both_encoders_and_the_extract_command(cache, tmp_path):
     _train("mis", "--steps", "1")
     res = runner.invoke(app, ["pack", "encode", "--run", "mis", "--features", "dinov3-x--final"])
-    assert res.exit_code != 0 and "Traceback" not in res.output
+    assert res.exit_code != 0 and "Traceback" not in res.output, res.output
     assert "patchpix--final--32px" in res.output and "dinov3-x--final" in res.output
     # a split that was never extracted: the hint is the exact extract command
     res = runner.invoke(app, ["pack", "encode", "--run", "mis", "--split", "test"])
