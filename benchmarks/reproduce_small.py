@@ -43,7 +43,7 @@ with the same sizes reuses what is complete. Outputs in ``--out``: ``cache/``, `
 ``samples/``, ``judge/``, ``jobs/`` (one JSON per DiT run), ``logs/``, ``results.json``,
 ``reproduce_small.md`` (tables, verdicts, sizes, time per stage) and ``reproduce_small.png``.
 The reference figures are in ``benchmarks/results/reproduce_small.{md,png}``: a full run took
-53.6 min on 2 quiet cores.
+57.4 min on 2 quiet cores.
 """
 
 from __future__ import annotations
