@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from repackctl.errors import TrainingError
+from repackctl.errors import CheckpointError, TrainingError
 from repackctl.pipeline import Pipeline, RunReport, claim_folder
 from repackctl.progress import ProgressFactory, null_progress
 
@@ -122,6 +122,17 @@ class _Demo(Pipeline):
         super().__init__(plan.out, seed=plan.seed, progress=progress, log=log)
         self.plan = plan
         self.report = RunReport(out=plan.out, stages=self.stages)
+
+    def stage(self, name: str, fn: Callable[[], Any], threads: int | None = None) -> Any:
+        """A stage whose earlier run cannot be resumed (made by an older version with other
+        presets, or damaged) points to ``--fresh``: the demo has no flags to match it with."""
+        try:
+            return super().stage(name, fn, threads)
+        except CheckpointError as e:
+            raise CheckpointError(
+                f"{self.out} holds a {name} run that this version cannot resume: {e.message}",
+                "run `repackctl demo --fresh` to start over (it removes only what the demo wrote)",
+            ) from None
         self.load_start = _load()
 
     # ---- stages ---------------------------------------------------------------------------------

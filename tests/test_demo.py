@@ -82,3 +82,18 @@ def test_stages_that_run_alone_take_omp_num_threads_when_set(monkeypatch):
     assert solo_threads() == min(2, os.cpu_count() or 1)
     monkeypatch.setenv("OMP_NUM_THREADS", "")  # empty or invalid: the default
     assert solo_threads() == min(2, os.cpu_count() or 1)
+
+
+def test_a_stage_the_demo_cannot_resume_points_to_fresh(tmp_path):
+    from repackctl.demo import _Demo
+    from repackctl.errors import CheckpointError
+    from repackctl.progress import null_progress
+
+    def old_run() -> None:  # what `pack train` raises on a run made under an older preset
+        raise CheckpointError("run pack was trained with loss weight feature = 0.0, now 1.0", "x")
+
+    demo = _Demo(DemoPlan(out=tmp_path / "demo"), null_progress, lambda _: None)
+    with pytest.raises(CheckpointError) as e:
+        demo.stage("pack train", old_run)
+    assert "pack train run" in e.value.message and "feature = 0.0" in e.value.message
+    assert "repackctl demo --fresh" in e.value.hint
