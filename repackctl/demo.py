@@ -122,6 +122,7 @@ class _Demo(Pipeline):
         super().__init__(plan.out, seed=plan.seed, progress=progress, log=log)
         self.plan = plan
         self.report = RunReport(out=plan.out, stages=self.stages)
+        self.load_start = _load()
 
     def stage(self, name: str, fn: Callable[[], Any], threads: int | None = None) -> Any:
         """A stage whose earlier run cannot be resumed (made by an older version with other
@@ -133,7 +134,6 @@ class _Demo(Pipeline):
                 f"{self.out} holds a {name} run that this version cannot resume: {e.message}",
                 "run `repackctl demo --fresh` to start over (it removes only what the demo wrote)",
             ) from None
-        self.load_start = _load()
 
     # ---- stages ---------------------------------------------------------------------------------
     def extract_split(self, split: str, num: int) -> tuple[bool, str]:
