@@ -50,6 +50,10 @@ class EncoderFeatureLoss(nn.Module):
         for layer in self.layers:
             layer.register_forward_hook(lambda _m, _i, out: self._acts.append(out))
 
+    def encoder_device(self) -> torch.device:
+        """Where the encoder's weights are (the loss follows its inputs there once)."""
+        return next(self.encoder.parameters()).device
+
     def train(self, mode: bool = True) -> EncoderFeatureLoss:
         return super().train(False)  # the encoder stays in eval mode
 

@@ -380,7 +380,7 @@ class ReconstructionLoss(nn.Module):
         if config.feature > 0 and features is None:
             raise ConfigError(
                 "the feature-distance weight is > 0 but no feature distance was given",
-                "pass repackctl.pack.features.builtin_feature_loss(resolution), or set feature = 0",
+                "pass repackctl.pack.load.builtin_feature_loss(resolution), or set feature = 0",
             )
         self.perceptual = perceptual
         self.features = features

@@ -267,8 +267,9 @@ class PackTask:
         tokens, target = batch["tokens"], batch["images"]  # (B, T, C), (B, 3, R, R)
         if self.lpips is not None and self.lpips.shift.device != target.device:
             self.lpips.to(target.device)
-        if self.loss.features is not None:
-            self.loss.features.to(target.device)  # a no-op once there
+        features = self.loss.features
+        if features is not None and features.encoder_device() != target.device:
+            features.to(target.device)
         # posterior sample from the global torch RNG (saved and restored by the loop on resume)
         recon, posterior = model(tokens, sample=True)  # (B, 3, R, R)
         gen = self.loss.generator_loss(
@@ -367,7 +368,8 @@ def _check_resume_loss(
     before = LossConfig.from_dict(old_plan["loss"]).to_dict()
     for key, value in plan["loss"].items():
         setting = LOSS_SETTINGS.get(key, key)
-        if before.get(key) == value or "all" in allow or setting in allow:
+        # the names --allow-change takes (as repackctl.settings.resume.reconcile reads them)
+        if before.get(key) == value or {"all", setting, f"pack.{setting}"} & set(allow):
             continue
         raise CheckpointError(
             f"run {run} was trained with loss weight {key} = {before.get(key)!r}, now {value!r}",

@@ -28,6 +28,7 @@ from typer.testing import CliRunner
 from repackctl.cache.store import WRITTEN, DatasetEntry, list_entries
 from repackctl.cli.app import app
 from repackctl.cli.evaluate_pack import register_into
+from repackctl.errors import CheckpointError
 from repackctl.settings import resolve_settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -265,6 +266,15 @@ def test_resume_refuses_loss_weights_that_a_preset_changed(cache, tmp_path, monk
     # resumed with the weight it was started with, it continues
     _train("lw", "--steps", "4", "--ckpt-every", "2", "--feature-weight", "0")
     assert _ckpt(tmp_path, "lw").name == "step-0000004"
+    # --allow-change takes the names the settings layer takes: the setting, dotted, or all
+    from repackctl.pack.losses import LossConfig
+    from repackctl.pack.task import _check_resume_loss
+
+    now = {"loss": LossConfig(feature=1.0).to_dict()}
+    for allow in (["feature_weight"], ["pack.feature_weight"], ["all"]):
+        _check_resume_loss("lw", {"loss": LossConfig().to_dict()}, now, allow)
+    with pytest.raises(CheckpointError, match="feature"):
+        _check_resume_loss("lw", {"loss": LossConfig().to_dict()}, now, ["gan_weight"])
 
 
 def test_whiten_is_refused_with_the_pca_method_and_off_by_preset():
