@@ -71,10 +71,18 @@ class DemoPlan:
     pack_latent_channels: int | None = None
     # the preset's GAN (from step 400) costs PSNR at this scale; None = the preset's schedule
     pack_gan_weight: float | None = 0.0
-    dit_steps: int = 1700
-    dit_lr: float = 1e-3
-    dit_batch: int = 64
+    # The DiT is update-bound at this size: at the same cost, batch 32 × 3400 steps beat batch
+    # 64 × 1700 (class accuracy of 500 samples 65 % vs 57 % at lr 4e-3; batch 16 × 6800: 66 %,
+    # slower), and lr 4e-3 / 6e-3 after a 100-step warm-up beat 1e-3 (57 / 55 vs 49 %); a cosine
+    # decay lost (60 %). Sampler, steps and guidance interval moved nothing (49 ± 1 %).
+    dit_steps: int = 4400
+    dit_lr: float = 6e-3
+    dit_warmup: int = 100
+    dit_batch: int = 32
     repa_weight: float = 0.5
+    # REPA's projector (D → 4·D → 4·D → E for tiny widths) costs as much as the 2-block DiT
+    # itself; 2·D trains 15 % faster at the same accuracy (67 vs 65 %).
+    repa_hidden: int = 128
     # width 32 ran at 7 s/step on a loaded 2-core machine (56 min for 500 steps): width 16 fits.
     # It trains beside the DiT on the second core: 255 steps took 130-140 s of the DiT's
     # 250-290 s, so 440 steps use that core without making the DiT wait (500 steps on the same
@@ -89,7 +97,7 @@ class DemoPlan:
     # The paper's 0.5 × hinge GAN needs LPIPS (no weights offline) and far more steps: at this
     # scale it lowered val PSNR (16.87 → 16.71 dB) where L1 alone kept it (→ 16.90 dB).
     refine_gan_weight: float = 0.0
-    samples: int = 100
+    samples: int = 200
     sample_steps: int = 50
     cfg: float = 4.0
     eval_images: int = 200
@@ -107,6 +115,7 @@ class DemoPlan:
             resolution=32,
             pack_steps=30,
             dit_steps=30,
+            dit_warmup=5,
             refine_steps=10,
             refine_channels=8,
             samples=20,
@@ -162,12 +171,18 @@ class _Demo(Pipeline):
             pack_run="pack",
             size="tiny",
             lr=p.dit_lr,
+            schedule="warmup",
+            warmup_steps=p.dit_warmup,
             global_batch=p.dit_batch,
             repa_weight=p.repa_weight,
+            repa_hidden=p.repa_hidden,
             ckpt_every=max(p.dit_steps // 2, 1),
             image_every=max(p.dit_steps // 2, 1),
         )
-        return reused, f"tiny LightningDiT + REPA (λ {p.repa_weight}), {p.dit_steps} steps"
+        return reused, (
+            f"tiny LightningDiT + REPA (λ {p.repa_weight}, projector width {p.repa_hidden}), "
+            f"{p.dit_steps} steps of batch {p.dit_batch}, lr {p.dit_lr:g}"
+        )
 
     def refine_command(self) -> list[str]:
         """The arguments of `repackctl refine train` for the demo's pack run (run beside the DiT)."""

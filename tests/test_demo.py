@@ -47,6 +47,12 @@ def test_demo_end_to_end_reuse_and_fresh(tmp_path):
     assert 0.0 <= metrics["class_accuracy_decoded_val"] <= 1.0
     assert "decoded val images" in report  # the ceiling a perfect DiT could reach
     assert metrics["n_samples"] == 20
+    # the DiT ran the plan's recipe (warm-up to the plan's lr, its batch, REPA's projector width)
+    train = json.loads((out / "dit" / "config.json").read_text())["extra"]["train"]
+    plan = DemoPlan.quick(out)
+    assert (train["schedule"], train["warmup_steps"]) == ("warmup", plan.dit_warmup)
+    assert (train["lr"], train["global_batch"]) == (plan.dit_lr, plan.dit_batch)
+    assert (train["repa_weight"], train["repa_hidden"]) == (plan.repa_weight, plan.repa_hidden)
     assert "decoder floor" in report and "real vs real" in report
     assert "reproduce_small.md" in report and "What the numbers mean" in report
     w, h = Image.open(out / "samples.png").size
