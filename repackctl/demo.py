@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from repackctl.errors import CheckpointError, TrainingError
+from repackctl.errors import CheckpointError, ResumeConflict, TrainingError
 from repackctl.pipeline import Pipeline, RunReport, claim_folder
 from repackctl.progress import ProgressFactory, null_progress
 
@@ -141,10 +141,11 @@ class _Demo(Pipeline):
 
     def stage(self, name: str, fn: Callable[[], Any], threads: int | None = None) -> Any:
         """A stage whose earlier run cannot be resumed (made by an older version with other
-        presets, or damaged) points to ``--fresh``: the demo has no flags to match it with."""
+        presets or another recipe, or damaged) points to ``--fresh``: the demo has no flags to
+        match it with."""
         try:
             return super().stage(name, fn, threads)
-        except CheckpointError as e:
+        except (CheckpointError, ResumeConflict) as e:
             raise CheckpointError(
                 f"{self.out} holds a {name} run that this version cannot resume: {e.message}",
                 "run `repackctl demo --fresh` to start over (it removes only what the demo wrote)",

@@ -27,6 +27,10 @@ class ConfigError(RepackError):
     exit_code = 2
 
 
+class ResumeConflict(ConfigError):
+    """Resuming a run would change a setting that breaks exact continuation."""
+
+
 class RegistryError(RepackError):
     """A plugin id is unknown, duplicated or fails to load."""
 

@@ -30,7 +30,7 @@ import torch
 
 from repackctl.errors import ConfigError, RepackError
 from repackctl.progress import ProgressFactory, null_progress
-from repackctl.settings import Settings, resolve_settings
+from repackctl.settings import ResolvedSettings, Settings, resolve_settings
 
 __all__ = ["MARKER", "Pipeline", "RunReport", "StageRecord", "claim_folder", "one_per_class"]
 
@@ -134,6 +134,10 @@ class Pipeline:
     # ---- settings and stages --------------------------------------------------------------------
     def settings(self, flags: dict[str, Any] | None = None, **more: Any) -> Settings:
         """Settings of one stage: this run's folders, seed and device plus dotted ``flags``."""
+        return self.resolved(flags, **more).settings
+
+    def resolved(self, flags: dict[str, Any] | None = None, **more: Any) -> ResolvedSettings:
+        """:meth:`settings` with their sources (the record a run stores for its resumes)."""
         base = {
             "cache": str(self.out / "cache"),
             "runs": str(self.runs),
@@ -142,7 +146,7 @@ class Pipeline:
             "device": self.device,
             "num_workers": self.num_workers,
         }
-        return resolve_settings(flags=base | (flags or {}) | more, environ={}).settings
+        return resolve_settings(flags=base | (flags or {}) | more, environ={})
 
     def stage(
         self, name: str, fn: Callable[[], tuple[bool, str] | None], threads: int | None = None
@@ -286,7 +290,9 @@ class Pipeline:
         from repackctl.dit.run import train_dit
 
         keys = {"name": name, "steps": steps} | flags
-        return train_dit(self.settings({f"dit.{k}": v for k, v in keys.items()}), self.progress)
+        resolved = self.resolved({f"dit.{k}": v for k, v in keys.items()})
+        # with its settings record, a resume compares the given values as the CLI's does
+        return train_dit(resolved.settings, self.progress, config_record=resolved.to_dict())
 
     def refine_train(self, name: str, pack_run: str, steps: int, **flags: Any) -> None:
         """``repackctl refine train`` of ``pack_run`` as run ``name``."""

@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from repackctl.errors import ConfigError
+from repackctl.errors import ConfigError, ResumeConflict
 from repackctl.paths import CONFIG_HISTORY
 
 HISTORY = CONFIG_HISTORY
@@ -146,7 +146,7 @@ def reconcile(
     if breaking:
         key, a, b = breaking[0]
         more = f" (and {len(breaking) - 1} more)" if len(breaking) > 1 else ""
-        raise ConfigError(
+        raise ResumeConflict(
             f"resuming would change {key}: {a!r} → {b!r}{more}, which breaks exact continuation",
             f"drop the flag to continue as started, start a new run with another --name, or "
             f"pass --allow-change {key.split('.')[-1]} to change it anyway",
@@ -166,8 +166,12 @@ def _nest(flat: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def stored_record(run_dir: Path) -> dict[str, Any] | None:
-    """The settings record a run was started with (``config.json`` → extra.settings), or None."""
+def stored_record(run_dir: Path, section: str = "") -> dict[str, Any] | None:
+    """The settings record a run was started with (``config.json`` → extra.settings), or None.
+
+    A run without one (started through the library by an older version) still keeps its task's
+    settings (extra.train, with extra.stage naming the section): they stand in as the values,
+    with no sources, so what this invocation gives is compared with them."""
     path = run_dir / "config.json"
     if not path.is_file():
         return None
@@ -175,15 +179,21 @@ def stored_record(run_dir: Path) -> dict[str, Any] | None:
         data = json.loads(path.read_text())
     except ValueError as e:
         raise ConfigError(f"{path} is not valid JSON: {e}", "restore it, or start a new run") from e
-    record = (data.get("extra") or {}).get("settings")
-    return record if isinstance(record, dict) and "values" in record else None
+    extra = data.get("extra") or {}
+    record = extra.get("settings")
+    if isinstance(record, dict) and "values" in record:
+        return record
+    train = extra.get("train")
+    if section and extra.get("stage") == section and isinstance(train, dict):
+        return {"values": {section: train}, "sources": {}}
+    return None
 
 
 def resume_settings(
     run_dir: Path, settings: Any, record: dict[str, Any] | None, section: str
 ) -> tuple[Any, dict[str, Any] | None, Reconciled | None]:
     """(settings, record) to resume ``run_dir`` with; unchanged for a new run or no record."""
-    stored = stored_record(run_dir)
+    stored = stored_record(run_dir, section)
     if stored is None or record is None:
         return settings, record, None
     allow = list(getattr(getattr(settings, section), "allow_change", None) or [])

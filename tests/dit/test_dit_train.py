@@ -406,3 +406,32 @@ def test_an_option_the_plugin_model_does_not_take_is_an_error(monkeypatch):
     assert dit_task.build_model("plain", **sizes, qk_norm=False, class_dropout=0.1) is not None
     with pytest.raises(ConfigError, match="qk_norm"):
         dit_task.build_model("plain", **sizes, qk_norm=True)
+
+
+def test_a_library_run_resumes_through_the_settings_gate(cache, tmp_path):
+    """The demo's path (``Pipeline.dit_train``) stores its settings record, so resuming with
+    another lr is refused as on the command line; a run an older version made without a record
+    is compared with the train settings its config.json keeps. A refused resume writes nothing."""
+    from repackctl.errors import ResumeConflict
+    from repackctl.pipeline import Pipeline
+
+    out = tmp_path / "pipe"
+    out.mkdir()
+    shutil.copytree(cache, out / "cache")
+    pipe = Pipeline(out, seed=0, log=lambda s: None)
+    flags = {"size": "tiny", "global_batch": 4, "lr": 1e-3, "image_every": 0, "log_every": 1}
+    pipe.dit_train("run", 2, **flags)
+    config_path = out / "run" / "config.json"
+    assert config_path.is_file() and "settings" in json.loads(config_path.read_text())["extra"]
+    with pytest.raises(ResumeConflict, match="dit.lr"):
+        pipe.dit_train("run", 3, **(flags | {"lr": 2e-4}))
+    assert read_state(latest_checkpoint(out / "run"))["step"] == 2
+
+    config = json.loads(config_path.read_text())
+    del config["extra"]["settings"]  # as an older version wrote it
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ResumeConflict, match="dit.global_batch"):
+        pipe.dit_train("run", 3, **(flags | {"global_batch": 8}))
+    assert read_state(latest_checkpoint(out / "run"))["step"] == 2
+    pipe.dit_train("run", 3, **flags)  # the same recipe resumes
+    assert read_state(latest_checkpoint(out / "run"))["step"] == 3
