@@ -299,7 +299,8 @@ class Pipeline:
         from repackctl.refine.task import run_refine_train
 
         keys = {"name": name, "pack_run": pack_run, "steps": steps} | flags
-        run_refine_train(self.settings({f"refine.{k}": v for k, v in keys.items()}), self.progress)
+        resolved = self.resolved({f"refine.{k}": v for k, v in keys.items()})
+        run_refine_train(resolved.settings, self.progress, config_record=resolved.to_dict())
 
     def sample(self, run: str, **flags: Any) -> tuple[np.ndarray, np.ndarray, Path, bool]:
         """``repackctl sample`` of DiT run ``run``: ``(images uint8, labels, folder, reused)``."""
@@ -328,7 +329,8 @@ class Pipeline:
         from repackctl.dit.t2i_run import train_t2i
 
         keys = {"name": name, "steps": steps} | flags
-        return train_t2i(self.settings({f"t2i.{k}": v for k, v in keys.items()}), self.progress)
+        resolved = self.resolved({f"t2i.{k}": v for k, v in keys.items()})
+        return train_t2i(resolved.settings, self.progress, config_record=resolved.to_dict())
 
     def sample_prompts(
         self, run: str, prompts: list[str] | None = None, **flags: Any

@@ -170,8 +170,8 @@ def stored_record(run_dir: Path, section: str = "") -> dict[str, Any] | None:
     """The settings record a run was started with (``config.json`` → extra.settings), or None.
 
     A run without one (started through the library by an older version) still keeps its task's
-    settings (extra.train, with extra.stage naming the section): they stand in as the values,
-    with no sources, so what this invocation gives is compared with them."""
+    settings (extra.train, or extra.<section>, with extra.stage naming the section): they stand
+    in as the values, with no sources, so what this invocation gives is compared with them."""
     path = run_dir / "config.json"
     if not path.is_file():
         return None
@@ -183,9 +183,9 @@ def stored_record(run_dir: Path, section: str = "") -> dict[str, Any] | None:
     record = extra.get("settings")
     if isinstance(record, dict) and "values" in record:
         return record
-    train = extra.get("train")
-    if section and extra.get("stage") == section and isinstance(train, dict):
-        return {"values": {section: train}, "sources": {}}
+    kept = extra.get(section, extra.get("train"))  # refine keeps its own; dit and t2i "train"
+    if section and extra.get("stage") == section and isinstance(kept, dict):
+        return {"values": {section: kept}, "sources": {}}
     return None
 
 
