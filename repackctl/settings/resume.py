@@ -171,7 +171,8 @@ def stored_record(run_dir: Path, section: str = "") -> dict[str, Any] | None:
 
     A run without one (started through the library by an older version) still keeps its task's
     settings (extra.train, or extra.<section>, with extra.stage naming the section): they stand
-    in as the values, with no sources, so what this invocation gives is compared with them."""
+    in as the stored values, so what this invocation gives is compared with them, and what it
+    does not give stays as the run had it."""
     path = run_dir / "config.json"
     if not path.is_file():
         return None
@@ -185,7 +186,8 @@ def stored_record(run_dir: Path, section: str = "") -> dict[str, Any] | None:
         return record
     kept = extra.get(section, extra.get("train"))  # refine keeps its own; dit and t2i "train"
     if section and extra.get("stage") == section and isinstance(kept, dict):
-        return {"values": {section: kept}, "sources": {}}
+        # every kept value counts as given, so one not given now stays as the run had it
+        return {"values": {section: kept}, "sources": {f"{section}.{k}": "stored" for k in kept}}
     return None
 
 

@@ -433,5 +433,8 @@ def test_a_library_run_resumes_through_the_settings_gate(cache, tmp_path):
     with pytest.raises(ResumeConflict, match="dit.global_batch"):
         pipe.dit_train("run", 3, **(flags | {"global_batch": 8}))
     assert read_state(latest_checkpoint(out / "run"))["step"] == 2
-    pipe.dit_train("run", 3, **flags)  # the same recipe resumes
+    # the same recipe resumes, and an lr not given again stays as the run had it
+    pipe.dit_train("run", 3, **{k: v for k, v in flags.items() if k != "lr"})
     assert read_state(latest_checkpoint(out / "run"))["step"] == 3
+    values = json.loads(config_path.read_text())["extra"]["settings"]["values"]["dit"]
+    assert (values["lr"], values["global_batch"]) == (1e-3, 4)
