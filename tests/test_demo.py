@@ -93,7 +93,7 @@ def test_stages_that_run_alone_take_omp_num_threads_when_set(monkeypatch):
 
 def test_a_stage_the_demo_cannot_resume_points_to_fresh(tmp_path):
     from repackctl.demo import _Demo
-    from repackctl.errors import CheckpointError
+    from repackctl.errors import CheckpointError, ResumeConflict
     from repackctl.progress import null_progress
 
     def old_run() -> None:  # what `pack train` raises on a run made under an older preset
@@ -104,3 +104,11 @@ def test_a_stage_the_demo_cannot_resume_points_to_fresh(tmp_path):
         demo.stage("pack train", old_run)
     assert "pack train run" in e.value.message and "feature = 0.0" in e.value.message
     assert "repackctl demo --fresh" in e.value.hint
+
+    def other_recipe() -> None:  # what the settings check raises on a DiT run of another recipe
+        raise ResumeConflict("resuming would change dit.lr: 0.001 → 0.006", "--allow-change lr")
+
+    with pytest.raises(CheckpointError) as e:
+        demo.stage("train dit", other_recipe)
+    assert "train dit run" in e.value.message and "dit.lr" in e.value.message
+    assert "repackctl demo --fresh" in e.value.hint and "--allow-change" not in e.value.hint
