@@ -158,7 +158,11 @@ class DitSettings(BaseModel):
     image_every: int = Field(500, ge=0, description="sample grid PNG every N steps; 0 = never")
     image_steps: int = Field(16, ge=1, description="Euler steps of the sample grid")
     buffer_blocks: int = Field(16, ge=1, description="shuffle samples within this many chunks")
-    prefetch: bool = Field(True, description="read the next batch in a background thread")
+    prefetch: bool | None = Field(
+        None,
+        description="read the next batch in a background thread; none = on a GPU only (on a "
+        "CPU it competes with the step's own threads)",
+    )
 
     @field_validator("name")
     @classmethod

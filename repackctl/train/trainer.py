@@ -305,7 +305,8 @@ class Trainer:
         self.last_logs: dict[str, float] = {}
         self.lrs: dict[str, float] = {}
         self.logger: MetricsLogger | None = None
-        self.pool = concurrent.futures.ThreadPoolExecutor(1) if config.prefetch else None
+        prefetch = self.device.type != "cpu" if config.prefetch is None else config.prefetch
+        self.pool = concurrent.futures.ThreadPoolExecutor(1) if prefetch else None
         self.pending: tuple[int, concurrent.futures.Future] | None = None
 
     # ------------------------------------------------------------------ build and resume

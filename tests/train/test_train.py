@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -192,6 +193,25 @@ def test_gradient_accumulation_equals_the_larger_batch(tmp_path):
     assert not torch.allclose(a["model.0.weight"], start["0.weight"])  # it did train
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+
+
+def test_prefetch_thread_reads_the_same_batches_and_is_off_by_default_on_a_cpu(tmp_path):
+    runs = {}
+    for name, prefetch in (("auto", None), ("thread", True), ("inline", False)):
+        args = toy.parse([str(tmp_path / name), "--steps", "6", "--ckpt-every", "100", "--gan"])
+        task = toy.task_from_args(args)
+        config = dataclasses.replace(toy.config_from_args(args), prefetch=prefetch)
+        threads = []
+        get_batch = task.get_batch
+        task.get_batch = lambda *a, _g=get_batch, _t=threads: (
+            _t.append(threading.get_ident()) or _g(*a)
+        )
+        runs[name] = (_weights(train(task, config).checkpoint), set(threads))
+    main = threading.get_ident()
+    assert runs["auto"][1] == {main} and runs["inline"][1] == {main}  # CPU: no thread
+    assert runs["thread"][1] - {main}  # the forced prefetch read in its own thread
+    for k, v in runs["inline"][0].items():
+        assert torch.equal(v, runs["thread"][0][k]), k  # same batches, same weights
 
 
 def test_each_optimizer_sees_only_its_own_loss(tmp_path):
