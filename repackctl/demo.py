@@ -59,13 +59,19 @@ def solo_threads() -> int:
 
 @dataclass
 class DemoPlan:
-    """Sizes of every stage (the defaults take about 9 minutes on 2 idle CPU cores)."""
+    """Sizes of every stage (the defaults take 8 to 9 minutes on 2 idle CPU cores)."""
 
     out: Path
     n_train: int = 2000
     n_val: int = 500
     resolution: int = 64
-    pack_steps: int = 600
+    # The pack is training-bound: held-out PSNR 16.7 dB at 600 steps, 19.3 at 1200, 22.0 at 2400
+    # (+2.6 dB per doubling). At 600 steps these moved it by less than the spread of one run
+    # (±0.4 dB): Adam betas (0.9, 0.99) 17.0, lr 1.5e-3 / 3e-3 16.3 / 15.6, focal-frequency
+    # weight 0 / 2 15.8 / 16.4, a start at posterior std 0.05 (log-variance bias −6) 16.7,
+    # batch 8 for the same time 16.6, 16 latent channels 16.8; a decoder twice as wide at the
+    # low-resolution levels lost (14.8 dB, 2× slower).
+    pack_steps: int = 1100
     # demo-specific pack sizes on top of the `small` preset (None = the preset's value)
     pack_channels: int | None = None
     pack_latent_channels: int | None = None
@@ -80,20 +86,26 @@ class DemoPlan:
     # 96, 1900 steps, 74 %; width 128, 1800 steps, 68 %. Three blocks put REPA's alignment
     # (after block 1) at a third of the depth, as in REPA. Sampler, steps and guidance interval
     # moved nothing (49 ± 1 % on the first DiT).
-    dit_steps: int = 3000
+    dit_steps: int = 4000
     dit_depth: int = 3
     dit_lr: float = 6e-3
     dit_warmup: int = 100
     dit_batch: int = 32
+    # SD3's timestep shift in training (t ↦ s·t / (1 + (s − 1)·t), more time at high noise) for
+    # this 8 × 8 × 8 latent: 200 samples at CFG 4 (pack 1100 steps, DiT 3400 steps), shift 1:
+    # 73.5 %, FD 3.23; 1.5: 72 %, 2.65; 2: 79 %, 2.31; 3: 74.5 %, 2.90; 0.5: 54.5 %, 5.86. At
+    # shift 2: without REPA 73 %, 2.87; REPA weight 1: 76.5 %, 2.73; posterior samples instead of
+    # means 78 %, 2.91; 4200 steps 83 %, 2.13 (the pack's spare seconds went to 4000 steps).
+    dit_time_shift: float = 2.0
     repa_weight: float = 0.5
     # REPA's projector (D → 4·D → 4·D → E for tiny widths) costs about as much as a 2-block DiT;
     # 2·D trained 13 % faster to the same accuracy (67 vs 65 %).
     repa_hidden: int = 128
     # width 32 ran at 7 s/step on a loaded 2-core machine (56 min for 500 steps): width 16 fits.
-    # It trains beside the DiT on the second core: 255 steps took 130-140 s of the DiT's
-    # 250-290 s, so 440 steps use that core without making the DiT wait (500 steps on the same
-    # pack: +0.57 dB where 255 gave +0.27; the high-frequency error did not move either way)
-    refine_steps: int = 440
+    # It trains beside the DiT on the second core, at about 0.3 s a step: 750 steps use that
+    # core for the DiT's 4000 steps without making it wait (on the 600-step pack, 500 steps gave
+    # +0.57 dB where 255 gave +0.27; the high-frequency error did not move either way)
+    refine_steps: int = 750
     refine_channels: int = 16
     # the weights-free perceptual term (refine.feature_weight: built-in encoder feature distance)
     refine_feature_weight: float = 0.1
@@ -182,6 +194,7 @@ class _Demo(Pipeline):
             schedule="warmup",
             warmup_steps=p.dit_warmup,
             global_batch=p.dit_batch,
+            time_shift=p.dit_time_shift,
             repa_weight=p.repa_weight,
             repa_hidden=p.repa_hidden,
             ckpt_every=max(p.dit_steps // 2, 1),
@@ -190,7 +203,8 @@ class _Demo(Pipeline):
         return reused, (
             f"tiny LightningDiT, {p.dit_depth} blocks, + REPA (λ {p.repa_weight}, projector "
             f"width {p.repa_hidden}), "
-            f"{p.dit_steps} steps of batch {p.dit_batch}, lr {p.dit_lr:g}"
+            f"{p.dit_steps} steps of batch {p.dit_batch}, lr {p.dit_lr:g}, time shift "
+            f"{p.dit_time_shift:g}"
         )
 
     def refine_command(self) -> list[str]:

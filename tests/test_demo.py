@@ -52,7 +52,7 @@ def test_demo_end_to_end_reuse_and_fresh(tmp_path):
     plan = DemoPlan.quick(out)
     assert (train["schedule"], train["warmup_steps"]) == ("warmup", plan.dit_warmup)
     assert (train["lr"], train["global_batch"]) == (plan.dit_lr, plan.dit_batch)
-    assert train["depth"] == plan.dit_depth
+    assert (train["depth"], train["time_shift"]) == (plan.dit_depth, plan.dit_time_shift)
     assert (train["repa_weight"], train["repa_hidden"]) == (plan.repa_weight, plan.repa_hidden)
     assert "decoder floor" in report and "real vs real" in report
     assert "reproduce_small.md" in report and "What the numbers mean" in report
