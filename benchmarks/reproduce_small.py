@@ -364,8 +364,7 @@ class Study(Pipeline):
         from repackctl.dit.run import train_dit
 
         t0 = time.perf_counter()
-        resolved = self.resolved(self.dit_flags(latent, repa, seed))
-        res = train_dit(resolved.settings, self.progress, config_record=resolved.to_dict())
+        res = self.train_recorded(train_dit, self.dit_flags(latent, repa, seed))
         train_s = time.perf_counter() - t0
         run, labels, scores = str(res.run_dir), self.sample_labels(), {}
         for step in self.plan.checkpoints:

@@ -285,22 +285,25 @@ class Pipeline:
             decoded.append(model.decode(z).clamp(-1, 1))  # (b, 3, R, R)
         return torch.cat(zs), torch.cat(decoded)
 
+    def train_recorded(self, train_fn: Callable[..., Any], flags: dict[str, Any]) -> Any:
+        """``train_fn(settings, progress, config_record=...)`` with ``flags`` resolved: with its
+        settings record, a resume compares the given values as the CLI's does."""
+        resolved = self.resolved(flags)
+        return train_fn(resolved.settings, self.progress, config_record=resolved.to_dict())
+
     def dit_train(self, name: str, steps: int, **flags: Any):
         """``repackctl train dit`` as run ``name`` (``flags``: dit settings); its result."""
         from repackctl.dit.run import train_dit
 
         keys = {"name": name, "steps": steps} | flags
-        resolved = self.resolved({f"dit.{k}": v for k, v in keys.items()})
-        # with its settings record, a resume compares the given values as the CLI's does
-        return train_dit(resolved.settings, self.progress, config_record=resolved.to_dict())
+        return self.train_recorded(train_dit, {f"dit.{k}": v for k, v in keys.items()})
 
     def refine_train(self, name: str, pack_run: str, steps: int, **flags: Any) -> None:
         """``repackctl refine train`` of ``pack_run`` as run ``name``."""
         from repackctl.refine.task import run_refine_train
 
         keys = {"name": name, "pack_run": pack_run, "steps": steps} | flags
-        resolved = self.resolved({f"refine.{k}": v for k, v in keys.items()})
-        run_refine_train(resolved.settings, self.progress, config_record=resolved.to_dict())
+        self.train_recorded(run_refine_train, {f"refine.{k}": v for k, v in keys.items()})
 
     def sample(self, run: str, **flags: Any) -> tuple[np.ndarray, np.ndarray, Path, bool]:
         """``repackctl sample`` of DiT run ``run``: ``(images uint8, labels, folder, reused)``."""
@@ -329,8 +332,7 @@ class Pipeline:
         from repackctl.dit.t2i_run import train_t2i
 
         keys = {"name": name, "steps": steps} | flags
-        resolved = self.resolved({f"t2i.{k}": v for k, v in keys.items()})
-        return train_t2i(resolved.settings, self.progress, config_record=resolved.to_dict())
+        return self.train_recorded(train_t2i, {f"t2i.{k}": v for k, v in keys.items()})
 
     def sample_prompts(
         self, run: str, prompts: list[str] | None = None, **flags: Any
