@@ -150,6 +150,7 @@ class _Demo(Pipeline):
         self.plan = plan
         self.report = RunReport(out=plan.out, stages=self.stages)
         self.load_start = _load()
+        self.machine = _machine(plan)
 
     def stage(self, name: str, fn: Callable[[], Any], threads: int | None = None) -> Any:
         """A stage whose earlier run cannot be resumed (made by an older version with other
@@ -458,6 +459,8 @@ class _Demo(Pipeline):
             "built-in encoder (patch 8). Load average at the start "
             f"{self.load_start}, at the end {_load()} (the CPU may be shared).",
             "",
+            _machine_line(self.machine),
+            "",
             "## Results",
             "",
             *results_table(m),
@@ -497,7 +500,8 @@ class _Demo(Pipeline):
         ]
         (self.out / "report.md").write_text("\n".join(lines))
         self.report.files["report.md"] = str(self.out / "report.md")
-        (self.out / "metrics.json").write_text(json.dumps(m, indent=1, default=str))
+        record = {**m, "machine": self.machine}
+        (self.out / "metrics.json").write_text(json.dumps(record, indent=1, default=str))
 
 
 def _load() -> str:
@@ -506,6 +510,30 @@ def _load() -> str:
         return " / ".join(f"{x:.2f}" for x in os.getloadavg())
     except OSError:
         return "unknown"
+
+
+def _machine(plan: DemoPlan) -> dict[str, Any]:
+    """What the run times depend on: CPU, its speed index, threads, torch."""
+    from repackctl.runtime import cpu_name, matmul_gflops
+
+    return {
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "matmul_gflops_1_thread": round(matmul_gflops(), 1),
+        "solo_threads": plan.solo_threads,
+        "side_threads": plan.side_threads,
+        "torch": torch.__version__,
+    }
+
+
+def _machine_line(machine: dict[str, Any]) -> str:
+    return (
+        f"Machine: {machine['cpu']}, {machine['cpu_count']} CPUs, torch {machine['torch']}; "
+        f"speed index {machine['matmul_gflops_1_thread']:.0f} GFLOP/s (a 256 × 256 float32 "
+        "matmul on one thread, measured at the start: compare run times of two machines only "
+        f"together with it). Threads: {machine['solo_threads']} for the stages that run alone, "
+        f"{machine['side_threads']} each for the DiT and the refiner side by side."
+    )
 
 
 def _fd(a: np.ndarray, b: np.ndarray) -> float:

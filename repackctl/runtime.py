@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import platform
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -135,3 +138,31 @@ def run_header(
         "repackctl": __version__,
         "torch": torch.__version__,
     }
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def matmul_gflops(n: int = 256, repeats: int = 20) -> float:
+    """A speed index of this CPU: GFLOP/s of an ``n``×``n`` float32 matmul on one torch thread
+    (the best of ``repeats``), so that run times from two machines can be compared."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            torch.mm(a, b)
+            best = min(best, time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(threads)
+    return 2 * n**3 / max(best, 1e-9) / 1e9

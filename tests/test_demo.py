@@ -47,6 +47,10 @@ def test_demo_end_to_end_reuse_and_fresh(tmp_path):
     assert 0.0 <= metrics["class_accuracy_decoded_val"] <= 1.0
     assert "decoded val images" in report  # the ceiling a perfect DiT could reach
     assert metrics["n_samples"] == 20
+    # the run times come with the machine they were measured on
+    machine = metrics["machine"]
+    assert machine["cpu"] and machine["matmul_gflops_1_thread"] > 0
+    assert machine["cpu"] in report and "speed index" in report
     # the DiT ran the plan's recipe (warm-up to the plan's lr, its batch, REPA's projector width)
     train = json.loads((out / "dit" / "config.json").read_text())["extra"]["train"]
     plan = DemoPlan.quick(out)

@@ -25,6 +25,7 @@ import torch
 
 from repackctl.errors import ConfigError
 from repackctl.progress import ProgressFactory, null_progress
+from repackctl.runtime import cpu_name
 
 SIZES = ("tiny", "small", "paper")
 
@@ -171,16 +172,6 @@ def fill_ratios(rows: list[Row]) -> list[Row]:
         if b is not None and r.median_s:
             r.ratio = b.median_s / r.median_s
     return rows
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def env_info(device: torch.device) -> dict[str, Any]:
