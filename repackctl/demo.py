@@ -59,7 +59,9 @@ def solo_threads() -> int:
 
 @dataclass
 class DemoPlan:
-    """Sizes of every stage (the defaults take 8 to 9 minutes on 2 idle CPU cores)."""
+    """Sizes of every stage. The defaults took 8 min on one idle 2-core machine and 16 min on a
+    slower one (a 2-GHz Xeon; ``benchmarks/results/demo/report.md``): the report gives the
+    machine's speed index beside the times."""
 
     out: Path
     n_train: int = 2000
