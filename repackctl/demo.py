@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -30,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from repackctl.errors import CheckpointError, ResumeConflict, TrainingError
+from repackctl.errors import CheckpointError, ConfigError, ResumeConflict, TrainingError
 from repackctl.pipeline import Pipeline, RunReport, claim_folder
 from repackctl.progress import ProgressFactory, null_progress
 
@@ -147,8 +148,17 @@ class DemoPlan:
 class _Demo(Pipeline):
     """The demo's stages: the shared pipeline runner with the demo's sizes, in ``plan.out``."""
 
-    def __init__(self, plan: DemoPlan, progress: ProgressFactory, log: Callable[[str], None]):
-        super().__init__(plan.out, seed=plan.seed, progress=progress, log=log)
+    def __init__(
+        self,
+        plan: DemoPlan,
+        progress: ProgressFactory,
+        log: Callable[[str], None],
+        runs: Path | None = None,
+    ):
+        samples = None if runs is None else runs / "samples"
+        super().__init__(
+            plan.out, runs=runs, samples=samples, seed=plan.seed, progress=progress, log=log
+        )
         self.plan = plan
         self.report = RunReport(out=plan.out, stages=self.stages)
         self.load_start = _load()
@@ -369,7 +379,7 @@ class _Demo(Pipeline):
         latent, decoded = self._val_recon
         refined = refiner(decoded, latent).clamp(-1, 1)  # (N, 3, H, W)
         rec, ref = to_uint8(decoded), to_uint8(refined)
-        path = recon_grid(real, rec, ref, self.out / "recon.png")
+        path = recon_grid(real, rec, ref, self.runs / "recon.png")  # runs = out but in a seed run
         self.report.files["recon.png"] = str(path)
         hf_rec, hf_ref = hf_error(rec, real), hf_error(ref, real)
         return {
@@ -504,6 +514,72 @@ class _Demo(Pipeline):
         self.report.files["report.md"] = str(self.out / "report.md")
         record = {**m, "machine": self.machine}
         (self.out / "metrics.json").write_text(json.dumps(record, indent=1, default=str))
+
+
+#: What :func:`run_dit_seed` reports of each seed (keys of the demo's metrics).
+SEED_METRICS = (
+    "class_accuracy_refined",
+    "class_accuracy_plain",
+    "fd_refined",
+    "fd_plain",
+    "fd_decoder",
+    "colour_refined",
+    "colour_real",
+)
+
+
+def check_finished(plan: DemoPlan) -> None:
+    """Refuse a demo folder without the pack and refiner runs of ``plan`` (at its exact steps:
+    a full plan does not match a ``--quick`` demo, nor the other way round)."""
+    from repackctl.train.checkpoint import latest_checkpoint, read_state
+
+    for run, steps in (("pack", plan.pack_steps), ("refine", plan.refine_steps)):
+        ckpt = latest_checkpoint(plan.out / run) if (plan.out / run).is_dir() else None
+        if ckpt is None or int(read_state(ckpt).get("step", -1)) != steps:
+            raise ConfigError(
+                f"{plan.out} holds no {run} run of this demo plan ({steps} steps)",
+                "run `repackctl demo` (with the same --out and --quick) first",
+            )
+
+
+def run_dit_seed(
+    plan: DemoPlan,
+    seed: int,
+    runs: Path,
+    log: Callable[[str], None] = print,
+) -> dict[str, float]:
+    """The demo's DiT trained, sampled and scored again with another ``seed`` (its init, data
+    order, time draws and sampling noise), on the cache, pack and refiner of the finished demo
+    in ``plan.out``, which it only reads. The DiT run and the samples go to ``runs``, beside
+    copies of the pack and refiner runs; a second call resumes or reuses them.
+
+    It measures how far one demo figure moves with the DiT's seed alone
+    (``benchmarks/demo_seeds.py`` runs several seeds side by side).
+    """
+    check_finished(plan)
+    runs.mkdir(parents=True, exist_ok=True)
+    for run in ("pack", "refine"):
+        if not (runs / run).is_dir():  # copied whole, then renamed: a kill leaves no half copy
+            partial = runs / f".{run}.partial"
+            shutil.rmtree(partial, ignore_errors=True)
+            shutil.copytree(plan.out / run, partial)
+            partial.rename(runs / run)
+    demo = _Demo(plan, null_progress, log, runs=runs)
+    solo = plan.solo_threads
+    demo.stage("extract train", lambda: demo.extract_split("train", plan.n_train), solo)
+    demo.stage("extract val", lambda: demo.extract_split("val", plan.n_val), solo)
+    demo.stage("pack train", demo.pack_train_stage, solo)
+    demo.stage("pack encode", demo.pack_encode_stage, solo)
+    if not all(s.reused for s in demo.stages):  # the demo's own cache and pack, never new ones
+        raise TrainingError(
+            f"the demo in {plan.out} was not reused whole (a stage ran again)",
+            "give the same plan as the demo's (--quick if it was quick)",
+        )
+    demo.seed = seed
+    demo.stage("train dit", demo.dit, plan.side_threads)
+    demo.stage("sample", demo.sample_stage, solo)
+    demo.stage("evaluate", demo.evaluate, solo)
+    return {k: float(demo.report.metrics[k]) for k in SEED_METRICS}
 
 
 def _load() -> str:

@@ -40,6 +40,7 @@ from repackctl.cache.store import (
     list_entries,
     owned_ranges,
     reason_code,
+    update_changed,
 )
 from repackctl.data.base import BadImage, ImageSource
 from repackctl.data.sources import dataset_label, default_resolution, make_source
@@ -310,8 +311,8 @@ def _open_entry(
     if dist.rank == 0:
         entry = make()
         feats = entry.create_or_open_features(*feat_args)
-        if config_record is not None:
-            feats.group.attrs["config"] = config_record
+        if config_record is not None and not feats.group.attrs.get("complete", False):
+            feats.group.attrs["config"] = config_record  # the settings of the run that writes
     dist.barrier()
     if dist.rank != 0:
         entry = make()
@@ -513,8 +514,8 @@ def run_extract(
         entry, feats, img_done, locks, encoder, device, settings.precision, resolution, flips
     )
     header = run_header(dist, device, settings.precision, "settings", settings.seed)
-    if dist.rank == 0:
-        feats.group.attrs["run_header"] = header
+    if dist.rank == 0 and not feats.group.attrs.get("complete", False):
+        feats.group.attrs["run_header"] = header  # a rerun that writes nothing keeps the record
     with progress(f"extract {spec.id}", total=todo, unit="img") as bar, _releasing(locks):
         bar.log(header_line(header))
         if already:
@@ -562,9 +563,13 @@ def _finalize(entry: DatasetEntry, feats, write: bool) -> list[tuple[str, str]]:
             "num_skipped": len(skipped),
             "complete": bool((codes != PENDING).all()),
         }
-        entry.group.attrs.update(summary)
+        update_changed(entry.group.attrs, summary)
         fcodes = feats.done[:]
-        feats.group.attrs.update(
-            {"written": int((fcodes == WRITTEN).sum()), "complete": bool((fcodes != PENDING).all())}
+        update_changed(
+            feats.group.attrs,
+            {
+                "written": int((fcodes == WRITTEN).sum()),
+                "complete": bool((fcodes != PENDING).all()),
+            },
         )
     return skipped

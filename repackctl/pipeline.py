@@ -113,6 +113,7 @@ class Pipeline:
         out: Path,
         *,
         runs: Path | None = None,
+        samples: Path | None = None,
         seed: int = 0,
         device: str = "cpu",
         num_workers: int = 0,
@@ -121,6 +122,7 @@ class Pipeline:
     ) -> None:
         self.out = Path(out)
         self.runs = Path(runs) if runs is not None else self.out
+        self.samples = Path(samples) if samples is not None else self.out / "samples"
         self.seed = seed
         self.device = device
         self.num_workers = num_workers
@@ -141,7 +143,7 @@ class Pipeline:
         base = {
             "cache": str(self.out / "cache"),
             "runs": str(self.runs),
-            "samples": str(self.out / "samples"),
+            "samples": str(self.samples),
             "seed": self.seed,
             "device": self.device,
             "num_workers": self.num_workers,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -16,6 +17,7 @@ from repackctl.demo import DEMO_FILES, DemoPlan, solo_threads
 from repackctl.pipeline import MARKER, claim_folder
 
 runner = CliRunner()
+SEEDS = Path(__file__).resolve().parents[1] / "benchmarks" / "demo_seeds.py"
 
 
 @pytest.mark.slow
@@ -77,6 +79,8 @@ def test_demo_end_to_end_reuse_and_fresh(tmp_path):
     ):
         assert f"[{stage}] reused" in again.output, stage
 
+    _seed_spread(out, tmp_path)
+
     # --fresh starts over: it removes every entry the demo wrote (and only those: the folder
     # rule itself is tested in test_pipeline.py), so the next run recomputes every stage
     assert {p.name for p in out.iterdir()} - {MARKER} <= set(DEMO_FILES)
@@ -84,6 +88,30 @@ def test_demo_end_to_end_reuse_and_fresh(tmp_path):
     claim_folder(out, "demo", DEMO_FILES, fresh=True, log=removed.append)
     assert [p.name for p in out.iterdir()] == [MARKER]  # nothing left to reuse: all reruns
     assert removed and all(m.startswith("--fresh: removing ") for m in removed)
+
+
+def _seed_spread(out: Path, tmp_path: Path) -> None:
+    """`benchmarks/demo_seeds.py` on the finished quick demo: the DiT again with seed 1 on the
+    demo's pack, in its own folder and a real worker process; the demo itself is only read."""
+    spec = importlib.util.spec_from_file_location("demo_seeds", SEEDS)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    seeds = tmp_path / "seeds"
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    args = ["--demo", str(out), "--out", str(seeds)]
+    assert script.main([*args, "--quick", "--seeds", "1"]) == 0
+    rows = json.loads((seeds / "seeds.json").read_text())
+    assert [r["seed"] for r in rows] == [0, 1]
+    demo = json.loads((out / "metrics.json").read_text())
+    assert rows[0]["fd_refined"] == demo["fd_refined"]  # seed 0 is the demo's own run
+    assert rows[1]["fd_decoder"] == pytest.approx(demo["fd_decoder"])  # the same pack
+    assert rows[1]["fd_plain"] != demo["fd_plain"]  # another DiT and other noise
+    assert "mean ± std" in (seeds / "seeds.md").read_text()
+    after = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    assert after == before  # nothing in the demo's folder written, added or removed
+    # a full-size plan does not match the quick demo: refused before anything is trained
+    assert script.main([*args, "--seeds", "2"]) == 2
+    assert not (seeds / "seed-2").exists()
 
 
 def test_stages_that_run_alone_take_omp_num_threads_when_set(monkeypatch):

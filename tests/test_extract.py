@@ -56,8 +56,10 @@ def test_extract_round_trip(cache_root):
     assert feats.attrs["encoder"]["id"] == "patchpix"
     assert feats.attrs["config"]["values"]["extract"]["encoder"] == "patchpix"
     assert verify_entry(entry) == []
-    # a second run finds everything done and writes nothing
+    # a second run finds everything done and writes nothing, not even the attributes
+    before = {p: p.stat().st_mtime_ns for p in Path(cache_root).rglob("*") if p.is_file()}
     res = runner.invoke(app, ["extract", *SMALL])
+    assert {p: p.stat().st_mtime_ns for p in Path(cache_root).rglob("*") if p.is_file()} == before
     assert res.exit_code == 0 and "already done" in res.output
     assert re.search(r"already done\s+│\s+40\b", res.output)
     assert re.search(r"written now\s+│\s+0\b", res.output)

@@ -524,3 +524,11 @@ class ChunkReader:
                 out = np.empty((len(indices), *row.shape), row.dtype)
             out[j] = row
         return out
+
+
+def update_changed(attrs: Any, values: dict[str, Any]) -> None:
+    """Write only the attributes whose value changes: a rerun that finds everything done leaves
+    the cache's files untouched (and the record of the run that wrote them)."""
+    changed = {k: v for k, v in values.items() if k not in attrs or attrs[k] != v}
+    if changed:
+        attrs.update(changed)

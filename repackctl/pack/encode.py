@@ -23,6 +23,7 @@ Legend: N samples, F flips, T tokens, C token channels, d latent channels, h×w 
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,7 @@ from repackctl.cache.store import (
     DatasetEntry,
     checksummed,
     owned_ranges,
+    update_changed,
 )
 from repackctl.errors import CacheError
 from repackctl.pack.data import (
@@ -259,9 +261,15 @@ def combine_partials(grp: ArrayGroup) -> dict[str, Any]:
 
 
 def write_stats_file(path: Path, stats: dict[str, Any]) -> None:
-    """``latent_stats.json`` through a temporary file and a rename."""
+    """``latent_stats.json`` through a temporary file and a rename (not again when the file
+    already holds these stats: a rerun that finds everything done writes nothing)."""
     from repackctl.files import write_json_atomic
 
+    try:
+        if json.loads(path.read_text()) == stats:
+            return
+    except (OSError, ValueError):
+        pass  # missing or unreadable: write it
     write_json_atomic(path, stats)
 
 
@@ -322,8 +330,7 @@ def run_pack_encode(
     if dist.rank == 0 and not (grp.done_mask() == PENDING).any():
         stats = combine_partials(grp)
         stats |= {"pack_id": handle.pack_id, "entry": entry.name, "cache": cache_root(entry.root)}
-        grp.group.attrs["stats"] = stats
-        grp.group.attrs["complete"] = True
+        update_changed(grp.group.attrs, {"stats": stats, "complete": True})
         if entry.name == handle.extra["cache"]["entry"]:  # the training split: the model's stats
             stats_file = handle.checkpoint / LATENT_STATS
             write_stats_file(stats_file, stats)

@@ -1,0 +1,113 @@
+"""How far the demo's sample figures move with the DiT's seed alone.
+
+    .venv/bin/python benchmarks/demo_seeds.py                    # seeds 1 and 2 beside runs/demo
+    .venv/bin/python benchmarks/demo_seeds.py --demo runs/demo --seeds 1 2 3 --out runs/demo-seeds
+
+It needs a finished ``repackctl demo`` (``--quick`` here if that one was quick) and only reads
+it: each seed trains the demo's DiT again (its init, data order, time draws and sampling noise
+change; cache, pack and refiner stay the demo's), samples and scores as the demo does
+(:func:`repackctl.demo.run_dit_seed`), in ``<out>/seed-<N>``, one process and one thread per
+seed, all at once. It writes ``<out>/seeds.md`` and ``seeds.json``: each seed's class accuracy,
+FD and colour distance, the demo's own run as seed 0, and the mean ± std. A second call reuses
+what is finished. On 2 cores, two seeds of the full demo take about 11 minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from repackctl.demo import SEED_METRICS, DemoPlan, check_finished, run_dit_seed
+from repackctl.errors import ConfigError, RepackError, TrainingError
+from repackctl.files import write_json_atomic
+from repackctl.pipeline import claim_folder
+
+
+def plan_of(demo: Path, quick: bool) -> DemoPlan:
+    return DemoPlan.quick(demo) if quick else DemoPlan(out=demo)
+
+
+def one_seed(args: argparse.Namespace) -> int:
+    """A worker: one seed, its scores in ``<out>/seed-<N>/seed.json``."""
+    runs = args.out / f"seed-{args.one}"
+    scores = run_dit_seed(plan_of(args.demo, args.quick), args.one, runs, log=_log(args.one))
+    write_json_atomic(runs / "seed.json", {"seed": args.one, **scores})
+    return 0
+
+
+def _log(seed: int):
+    return lambda msg: print(f"[seed {seed}] {msg}", flush=True)
+
+
+def run_seeds(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every seed in its own process at once; the rows in seed order (a failure is an error)."""
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    base = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--demo",
+        str(args.demo),
+        "--out",
+        str(args.out),
+    ]
+    procs = {
+        s: subprocess.Popen([*base, *(["--quick"] if args.quick else []), "--one", str(s)], env=env)
+        for s in args.seeds
+    }
+    failed = [s for s, p in procs.items() if p.wait() != 0]
+    if failed:
+        raise TrainingError(f"seed(s) {failed} failed", "their output is above; rerun to resume")
+    return [json.loads((args.out / f"seed-{s}" / "seed.json").read_text()) for s in args.seeds]
+
+
+def table(rows: list[dict[str, Any]]) -> list[str]:
+    """Markdown: one row per seed, then mean ± std of every column."""
+    lines = ["| seed | " + " | ".join(SEED_METRICS) + " |", "|---" * (len(SEED_METRICS) + 1) + "|"]
+    for r in rows:
+        lines.append(f"| {r['seed']} | " + " | ".join(f"{r[k]:.4g}" for k in SEED_METRICS) + " |")
+    stats = [
+        f"{statistics.mean(r[k] for r in rows):.4g} ± {statistics.stdev(r[k] for r in rows):.2g}"
+        for k in SEED_METRICS
+    ]
+    lines.append("| mean ± std | " + " | ".join(stats) + " |")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--demo", type=Path, default=Path("runs/demo"), help="the finished demo")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2], help="DiT seeds (not 0)")
+    ap.add_argument("--out", type=Path, default=Path("runs/demo-seeds"))
+    ap.add_argument("--quick", action="store_true", help="the demo was `repackctl demo --quick`")
+    ap.add_argument("--one", type=int, help=argparse.SUPPRESS)  # a worker process
+    args = ap.parse_args(argv)
+    try:
+        if args.one is not None:
+            return one_seed(args)
+        if 0 in args.seeds or len(set(args.seeds)) != len(args.seeds):
+            raise ConfigError(f"--seeds {args.seeds}", "give distinct seeds, not 0 (the demo's)")
+        metrics = args.demo / "metrics.json"  # the demo's own run is seed 0
+        if not metrics.is_file():
+            raise ConfigError(f"{args.demo} holds no finished demo", "run `repackctl demo` first")
+        demo = json.loads(metrics.read_text())
+        check_finished(plan_of(args.demo, args.quick))
+        claim_folder(args.out, "demo-seeds", (), fresh=False)
+        rows = [{"seed": 0, **{k: demo[k] for k in SEED_METRICS}}, *run_seeds(args)]
+    except RepackError as e:
+        print(f"Error: {e.message}\nHint: {e.hint}", file=sys.stderr)
+        return e.exit_code
+    write_json_atomic(args.out / "seeds.json", rows)
+    text = "\n".join([f"# DiT seed spread of {args.demo}", "", *table(rows), ""])
+    (args.out / "seeds.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
