@@ -547,6 +547,7 @@ def run_dit_seed(
     seed: int,
     runs: Path,
     log: Callable[[str], None] = print,
+    progress: ProgressFactory = null_progress,
 ) -> dict[str, float]:
     """The demo's DiT trained, sampled and scored again with another ``seed`` (its init, data
     order, time draws and sampling noise), on the cache, pack and refiner of the finished demo
@@ -564,7 +565,7 @@ def run_dit_seed(
             shutil.rmtree(partial, ignore_errors=True)
             shutil.copytree(plan.out / run, partial)
             partial.rename(runs / run)
-    demo = _Demo(plan, null_progress, log, runs=runs)
+    demo = _Demo(plan, progress, log, runs=runs)
     solo = plan.solo_threads
     demo.stage("extract train", lambda: demo.extract_split("train", plan.n_train), solo)
     demo.stage("extract val", lambda: demo.extract_split("val", plan.n_val), solo)
