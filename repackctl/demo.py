@@ -531,11 +531,9 @@ SEED_METRICS = (
 def check_finished(plan: DemoPlan) -> None:
     """Refuse a demo folder without the pack and refiner runs of ``plan`` (at its exact steps:
     a full plan does not match a ``--quick`` demo, nor the other way round)."""
-    from repackctl.train.checkpoint import latest_checkpoint, read_state
-
+    demo = Pipeline(plan.out)
     for run, steps in (("pack", plan.pack_steps), ("refine", plan.refine_steps)):
-        ckpt = latest_checkpoint(plan.out / run) if (plan.out / run).is_dir() else None
-        if ckpt is None or int(read_state(ckpt).get("step", -1)) != steps:
+        if demo.last_step(run) != steps:
             raise ConfigError(
                 f"{plan.out} holds no {run} run of this demo plan ({steps} steps)",
                 "run `repackctl demo` (with the same --out and --quick) first",

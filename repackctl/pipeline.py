@@ -173,13 +173,17 @@ class Pipeline:
     def seconds(self) -> float:
         return sum(s.seconds for s in self.stages)
 
-    def finished(self, run: str, steps: int) -> bool:
-        """Whether run ``run`` already holds a good checkpoint at ``steps`` or later."""
+    def last_step(self, run: str) -> int:
+        """The step of run ``run``'s newest good checkpoint; -1 when it has none."""
         from repackctl.train.checkpoint import latest_checkpoint, read_state
 
         run_dir = self.runs / run
         ckpt = latest_checkpoint(run_dir) if run_dir.is_dir() else None
-        return ckpt is not None and int(read_state(ckpt).get("step", -1)) >= steps
+        return -1 if ckpt is None else int(read_state(ckpt).get("step", -1))
+
+    def finished(self, run: str, steps: int) -> bool:
+        """Whether run ``run`` already holds a good checkpoint at ``steps`` or later."""
+        return self.last_step(run) >= steps
 
     # ---- a stage in a second process ------------------------------------------------------------
     def start_side(self, name: str, args: list[str], threads: int = 1) -> None:
