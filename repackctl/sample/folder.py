@@ -134,14 +134,34 @@ def assemble(
 
 
 def sample_folder_name(
-    run: str, ckpt: str, plan: GenerationPlan, seed: int, weights: str, refiner: str | None
+    run: str,
+    ckpt: str,
+    plan: GenerationPlan,
+    seed: int,
+    weights: str,
+    refiner: str | None,
+    guide: str | None = None,
 ) -> str:
-    """``<run>--<ckpt>--<sampler>-<steps>--cfg<s>--seed<k>`` (+ ``-raw`` / ``--refine-<name>``)."""
+    """``<run>--<ckpt>--<sampler>-<steps>--cfg<s>--seed<k>`` (+ ``-raw`` / ``--refine-<name>``).
+
+    Guidance that is not plain CFG on all steps and channels is named after the scale, so that
+    two such settings get two folders: ``-t<lo>-<hi>`` (an interval), ``-ch<k>`` (legacy
+    channels) and ``--guide-<run>[-<checkpoint>]`` (autoguidance)."""
     name = f"{run}--{ckpt}{'' if weights == 'ema' else '-raw'}--{plan.spec.kind}-{plan.spec.steps}"
-    name += f"--cfg{plan.cfg:g}--seed{seed}"
+    name += f"--cfg{plan.cfg:g}{_guidance_suffix(plan)}--seed{seed}"
+    if guide:
+        name += f"--guide-{guide}"
     if refiner:
         name += refined_suffix(Path(refiner).name)
     return name
+
+
+def _guidance_suffix(plan: GenerationPlan) -> str:
+    """``-t<lo>-<hi>`` for a guidance interval other than [0, 1], ``-ch<k>`` for legacy channels."""
+    if not plan.guided:
+        return ""
+    out = "" if (plan.t_lo, plan.t_hi) == (0.0, 1.0) else f"-t{plan.t_lo:g}-{plan.t_hi:g}"
+    return out + (f"-ch{plan.legacy_channels}" if plan.legacy_channels else "")
 
 
 def refined_suffix(refiner_run: str) -> str:

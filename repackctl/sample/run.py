@@ -194,8 +194,9 @@ def _velocity(settings: Settings, dit: Any, plan: Any, device: Any, autocast: bo
 def _claim(settings: Settings, dit: Any, plan: Any, guide_info: Any, refiner: Any) -> Path:
     """The samples folder of these settings, claimed (a folder of other settings is refused)."""
     cfg, ckpt = settings.sample, Path(dit.checkpoint)
+    guide = cfg.guide and "-".join(filter(None, (Path(cfg.guide).name, cfg.guide_checkpoint)))
     name = sample_folder_name(
-        run_root_of(ckpt).name, ckpt.name, plan, settings.seed, cfg.weights, cfg.refiner
+        run_root_of(ckpt).name, ckpt.name, plan, settings.seed, cfg.weights, cfg.refiner, guide
     )
     folder = (
         Path(cfg.out).expanduser().resolve() if cfg.out else local_path(settings.samples) / name

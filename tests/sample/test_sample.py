@@ -141,6 +141,22 @@ def test_guidance_scale_one_equals_no_guidance(stack, tmp_path) -> None:
     )
 
 
+def test_guidance_variants_get_their_own_default_folders(stack) -> None:
+    """CFG on all steps, in an interval and autoguidance at the same scale are three folders:
+    before, the second one was refused ("holds samples made with other settings")."""
+
+    def run(**flags):
+        settings = _settings(stack, run="dit-tiny", num=2, steps=2, cfg=4.0, **flags)
+        return run_sample(settings.model_copy(update={"seed": 11})).out_dir.name
+
+    names = [run(), run(cfg_t_hi=0.8), run(guide="dit-tiny", guide_checkpoint="step-0000005")]
+    assert names == [
+        "dit-tiny--step-0000005--euler-2--cfg4--seed11",
+        "dit-tiny--step-0000005--euler-2--cfg4-t0-0.8--seed11",
+        "dit-tiny--step-0000005--euler-2--cfg4--seed11--guide-dit-tiny-step-0000005",
+    ]
+
+
 def test_official_convention_is_wrapped() -> None:
     from repackctl.models.variants import tiny
 
