@@ -38,7 +38,7 @@ def demo(
     Writes report.md, samples.png, recon.png and curves.png (plus each stage's own outputs) into
     --out. Running it again reuses every complete stage; --fresh starts over.
 
-    Example: `repackctl demo` (8 to 16 minutes on 2 idle CPU cores, by the CPU), `repackctl demo --quick`.
+    Example: `repackctl demo` (8 to 18 minutes on 2 idle CPU cores, by the CPU), `repackctl demo --quick`.
     """
     if t2i:
         _demo_t2i(Path("runs/demo-t2i") if out == Path("runs/demo") else out, fresh, quick, seed)
