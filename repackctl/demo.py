@@ -553,8 +553,18 @@ SEED_METRICS = (
 
 
 def check_finished(plan: DemoPlan) -> None:
-    """Refuse a demo folder without the pack and refiner runs of ``plan`` (at its exact steps:
-    a full plan does not match a ``--quick`` demo, nor the other way round)."""
+    """Refuse a demo folder without the cache entries (image counts, resolution) and the pack
+    and refiner runs (exact steps) of ``plan``: a full plan does not match a ``--quick`` demo,
+    nor the other way round. Checked before anything runs, so a mismatch writes nothing."""
+    from repackctl.paths import entry_name
+
+    for split, n in (("train", plan.n_train), ("val", plan.n_val)):
+        name = entry_name(f"builtin-n{n}", split, plan.resolution)  # what extract_split makes
+        if not (plan.out / "cache" / name).is_dir():
+            raise ConfigError(
+                f"{plan.out} holds no cache entry {name} of this demo plan",
+                "run `repackctl demo` (with the same --out and --quick) first",
+            )
     demo = Pipeline(plan.out)
     for run, steps in (("pack", plan.pack_steps), ("refine", plan.refine_steps)):
         if demo.last_step(run) != steps:

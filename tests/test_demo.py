@@ -6,6 +6,7 @@ import importlib.util
 import json
 import math
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from repackctl.cli.app import app
-from repackctl.demo import DEMO_FILES, DemoPlan, solo_threads
+from repackctl.demo import DEMO_FILES, DemoPlan, run_dit_seed, solo_threads
+from repackctl.errors import ConfigError
 from repackctl.pipeline import MARKER, claim_folder
 
 runner = CliRunner()
@@ -112,6 +114,11 @@ def _seed_spread(out: Path, tmp_path: Path) -> None:
     # a full-size plan does not match the quick demo: refused before anything is trained
     assert script.main([*args, "--seeds", "2"]) == 2
     assert not (seeds / "seed-2").exists()
+    # nor one that differs only in its image count (its extract would write a new cache entry)
+    with pytest.raises(ConfigError, match="no cache entry builtin-n119--train"):
+        run_dit_seed(replace(DemoPlan.quick(out), n_train=119), 3, tmp_path / "other")
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+    assert not (tmp_path / "other").exists()
 
 
 def test_stages_that_run_alone_take_omp_num_threads_when_set(monkeypatch):
