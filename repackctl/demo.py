@@ -556,10 +556,12 @@ def check_finished(plan: DemoPlan) -> None:
     """Refuse a demo folder without the cache entries (image counts, resolution) and the pack
     and refiner runs (exact steps) of ``plan``: a full plan does not match a ``--quick`` demo,
     nor the other way round. Checked before anything runs, so a mismatch writes nothing."""
+    from repackctl.data.sources import dataset_label, make_source
     from repackctl.paths import entry_name
 
     for split, n in (("train", plan.n_train), ("val", plan.n_val)):
-        name = entry_name(f"builtin-n{n}", split, plan.resolution)  # what extract_split makes
+        source = make_source("builtin", split, n, plan.seed, None)  # as extract_split names it
+        name = entry_name(dataset_label(source, n), split, plan.resolution)
         if not (plan.out / "cache" / name).is_dir():
             raise ConfigError(
                 f"{plan.out} holds no cache entry {name} of this demo plan",
