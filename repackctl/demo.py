@@ -2,7 +2,8 @@
 
 extract (train + val) → pack train → pack encode → train dit (with REPA) → refine train →
 sample (with and without the refiner) → evaluate (FD in the built-in encoder's space, recon
-PSNR/SSIM with and without the refiner, linear probe, class accuracy of the samples).
+PSNR/SSIM with and without the refiner, linear probe, class accuracy of the samples); with
+``pca_arm`` then the paper's PCA baseline with the same recipe (``repackctl.demo_arm``).
 
 Everything goes under one folder (default ``runs/demo``): its own cache, the stage runs, the
 samples, and ``report.md``, ``samples.png``, ``recon.png``, ``curves.png``. Every stage is
@@ -31,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from repackctl.demo_arm import ARM_FILES, PCAArm
 from repackctl.errors import CheckpointError, ConfigError, ResumeConflict, TrainingError
 from repackctl.pipeline import Pipeline, RunReport, claim_folder
 from repackctl.progress import ProgressFactory, null_progress
@@ -49,6 +51,7 @@ DEMO_FILES = (
     "samples.png",
     "recon.png",
     "curves.png",
+    *ARM_FILES,
 )
 
 
@@ -137,6 +140,9 @@ class DemoPlan:
     # warm-up is γ ≈ 9): 74.0 / 2.92, 72.5 / 2.68.
     cfg_t_hi: float = 0.8
     eval_images: int = 200
+    # the PCA arm (``repackctl.demo_arm``): the paper's baseline with the same recipe, after the
+    # demo's own stages; about doubles the run time
+    pca_arm: bool = False
     seed: int = 0
     solo_threads: int = field(default_factory=solo_threads)
     side_threads: int = 1  # the DiT here and the refiner in its process, at the same time
@@ -160,7 +166,19 @@ class DemoPlan:
         )
 
 
-class _Demo(Pipeline):
+@dataclass
+class _RealSets:
+    """Real images of the demo's splits, labels, and mean-pooled encoder features (N, C)."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    train_x: np.ndarray
+    val_images: np.ndarray
+    val_labels: np.ndarray
+    val_x: np.ndarray
+
+
+class _Demo(PCAArm, Pipeline):
     """The demo's stages: the shared pipeline runner with the demo's sizes, in ``plan.out``."""
 
     def __init__(
@@ -195,27 +213,31 @@ class _Demo(Pipeline):
     def extract_split(self, split: str, num: int) -> tuple[bool, str]:
         return self.extract(split, num, self.plan.resolution, shard=256, chunk=32)
 
-    def pack_train_stage(self) -> tuple[bool, str]:
+    def pack_train_stage(self, run: str = "pack", method: str = "repack") -> tuple[bool, str]:
+        """The pack run ``run``: the packing autoencoder, or (``method="pca"``, the PCA arm) the
+        same decoder recipe on a frozen PCA projection."""
         p = self.plan
         every = max(p.pack_steps // 2, 1)
         extra = {"ch": p.pack_channels, "latent_channels": p.pack_latent_channels}
         extra["gan_weight"] = p.pack_gan_weight
         flags = {k: v for k, v in extra.items() if v is not None}
+        if method != "repack":
+            flags["method"] = method
         return self.pack_train(
-            "pack", p.pack_steps, image_every=every, ckpt_every=every, preset="small", **flags
+            run, p.pack_steps, image_every=every, ckpt_every=every, preset="small", **flags
         )
 
-    def pack_encode_stage(self) -> tuple[bool, str]:
-        reused, detail, self.pack_id = self.pack_encode("pack")
+    def pack_encode_stage(self, run: str = "pack") -> tuple[bool, str]:
+        reused, detail, _ = self.pack_encode(run)
         return reused, detail
 
-    def dit(self) -> tuple[bool, str]:
+    def dit(self, run: str = "dit", pack_run: str = "pack") -> tuple[bool, str]:
         p = self.plan
-        reused = self.finished("dit", p.dit_steps)
+        reused = self.finished(run, p.dit_steps)
         self.dit_train(
-            "dit",
+            run,
             p.dit_steps,
-            pack_run="pack",
+            pack_run=pack_run,
             size="tiny",
             depth=p.dit_depth,
             lr=p.dit_lr,
@@ -286,15 +308,20 @@ class _Demo(Pipeline):
             f"{seconds:.0f} s in a parallel process"
         )
 
-    def sample_stage(self) -> tuple[bool, str]:
+    def sample_flags(self) -> dict[str, Any]:
+        """The sampling settings of the demo (the PCA arm samples with the same)."""
         p = self.plan
-        common = {
+        return {
             "num": p.samples,
             "steps": p.sample_steps,
             "cfg": p.cfg,
             "cfg_t_hi": p.cfg_t_hi,
             "batch_size": 50,
         }
+
+    def sample_stage(self) -> tuple[bool, str]:
+        p = self.plan
+        common = self.sample_flags()
         *_, plain_dir, plain_reused = self.sample("dit", **common)
         *_, refined_dir, refined_reused = self.sample("dit", refiner="refine", **common)
         self.sample_dirs = {"plain": plain_dir, "refined": refined_dir}
@@ -340,54 +367,87 @@ class _Demo(Pipeline):
         ``(latents, decoded in [-1, 1])``."""
         return self.reconstruct("pack", "val", self.plan.eval_images)
 
-    def _sample_scores(self) -> dict[str, Any]:
-        """FD, colour distance and class accuracy of the samples, next to their floors."""
-        from repackctl.files import to_uint8
+    @cached_property
+    def _real(self) -> _RealSets:
+        """The real train and val images of the plan with their pooled features (read once)."""
+        p = self.plan
+        val_images, val_labels = self.images("val", p.n_val)
+        train_images, train_labels = self.images("train", p.n_train)
+        return _RealSets(
+            train_images,
+            train_labels,
+            self._pooled(train_images),
+            val_images,
+            val_labels,
+            self._pooled(val_images),
+        )
+
+    def set_scores(self, folder: Path, kind: str) -> tuple[dict[str, float], np.ndarray]:
+        """FD, colour distance and class accuracy of the samples in ``folder`` (keys
+        ``fd_<kind>``, ``colour_<kind>``, ``class_accuracy_<kind>``) and their labels."""
         from repackctl.metrics.adm import read_samples_npz
         from repackctl.metrics.colour import class_colour_distance
         from repackctl.metrics.probe import linear_probe
 
-        p = self.plan
-        val_images, val_labels = self.images("val", p.n_val)
-        train_images, train_labels = self.images("train", p.n_train)
-        val_x, train_x = self._pooled(val_images), self._pooled(train_images)
+        r = self._real
+        images, labels = read_samples_npz(folder / "samples.npz")
+        pooled = self._pooled(images)
+        colour = class_colour_distance(images, labels, r.val_images, r.val_labels)
+        probe = linear_probe(r.train_x, r.train_labels, pooled, labels, epochs=50)
+        scores = {
+            f"fd_{kind}": _fd(pooled, r.val_x),
+            f"colour_{kind}": colour.mean,
+            f"class_accuracy_{kind}": float(probe.top1),
+        }
+        return scores, labels
+
+    def decoder_floor(self, pack_run: str, labels: np.ndarray) -> tuple[float, float]:
+        """FD and colour distance of as many training images as ``labels`` has (with its class
+        counts) through ``pack_run``'s autoencoder: the best a perfect DiT could reach."""
+        from repackctl.files import to_uint8
+        from repackctl.metrics.colour import class_colour_distance
+
+        r = self._real
+        pick = _matching(r.train_labels, labels)
+        _, decoded = self.reconstruct(pack_run, "train", int(pick.max()) + 1)
+        recon = to_uint8(decoded)[pick]
+        colour = class_colour_distance(recon, r.train_labels[pick], r.val_images, r.val_labels)
+        return _fd(self._pooled(recon), r.val_x), colour.mean
+
+    def _sample_scores(self) -> dict[str, Any]:
+        """FD, colour distance and class accuracy of the samples, next to their floors."""
+        from repackctl.files import to_uint8
+        from repackctl.metrics.colour import class_colour_distance
+        from repackctl.metrics.probe import linear_probe
+
+        r = self._real
         scores: dict[str, Any] = {}
         for kind, folder in self.sample_dirs.items():
-            images, labels = read_samples_npz(folder / "samples.npz")
-            scores[f"fd_{kind}"] = _fd(self._pooled(images), val_x)
-            colour = class_colour_distance(images, labels, val_images, val_labels)
-            scores[f"colour_{kind}"] = colour.mean
-            probe = linear_probe(train_x, train_labels, self._pooled(images), labels, epochs=50)
-            scores[f"class_accuracy_{kind}"] = float(probe.top1)
+            more, labels = self.set_scores(folder, kind)
+            scores |= more
         # floors: as many training images as samples, with the samples' label counts
-        pick = _matching(train_labels, labels)
-        _, decoded = self.reconstruct("pack", "train", int(pick.max()) + 1)
-        recon = to_uint8(decoded)[pick]
-        sub_images, sub_labels = train_images[pick], train_labels[pick]
-        scores["fd_real"] = _fd(train_x[pick], val_x)
-        scores["fd_decoder"] = _fd(self._pooled(recon), val_x)
+        pick = _matching(r.train_labels, labels)
+        scores["fd_real"] = _fd(r.train_x[pick], r.val_x)
         scores["colour_real"] = class_colour_distance(
-            sub_images, sub_labels, val_images, val_labels
+            r.train_images[pick], r.train_labels[pick], r.val_images, r.val_labels
         ).mean
-        scores["colour_decoder"] = class_colour_distance(
-            recon, sub_labels, val_images, val_labels
-        ).mean
-        real = linear_probe(train_x, train_labels, val_x, val_labels, epochs=50)
+        scores["fd_decoder"], scores["colour_decoder"] = self.decoder_floor("pack", labels)
+        real = linear_probe(r.train_x, r.train_labels, r.val_x, r.val_labels, epochs=50)
         scores["class_accuracy"] = scores["class_accuracy_refined"]
         scores["class_accuracy_real_val"] = float(real.top1)
         # the decoder's ceiling: held-out val images through the packing autoencoder
         _, decoded_val = self._val_recon
         n_dec = len(decoded_val)
         dec = linear_probe(
-            train_x,
-            train_labels,
+            r.train_x,
+            r.train_labels,
             self._pooled(to_uint8(decoded_val)),
-            val_labels[:n_dec],
+            r.val_labels[:n_dec],
             epochs=50,
         )
         scores["class_accuracy_decoded_val"] = float(dec.top1)
         scores["n_samples"] = int(len(labels))
-        scores["n_reference"] = int(len(val_images))
+        scores["n_reference"] = int(len(r.val_images))
         return scores
 
     @torch.no_grad()
@@ -439,6 +499,8 @@ class _Demo(Pipeline):
         images, labels = read_samples_npz(self.sample_dirs["refined"] / "samples.npz")
         class_rows_grid(images, labels, CLASS_NAMES, self.out / "samples.png")
         self.report.files["samples.png"] = str(self.out / "samples.png")
+        if getattr(self, "arm_dir", None) is not None:
+            self.arm_picture()
         self._curves()
         Image.open(self.out / "samples.png").verify()
 
@@ -478,15 +540,22 @@ class _Demo(Pipeline):
         self.report.files["curves.png"] = str(self.out / "curves.png")
 
     def write_report(self) -> None:
-        from repackctl.demo_report import link_to_study, meaning, results_table, settings_block
+        from repackctl.demo_report import (
+            link_to_study,
+            meaning,
+            pca_arm_lines,
+            probe_note,
+            results_table,
+            settings_block,
+        )
 
         m = self.report.metrics
         p = self.plan
-        dit = next((s for s in self.report.stages if s.name == "train dit"), None)
-        dit_cost = (
-            f"about {dit.seconds:.0f} s"
-            if dit is not None and not dit.reused
-            else "as long as the DiT stage (reused here, so not timed)"
+        timed = {s.name: s.seconds for s in self.report.stages if not s.reused}
+        cost = (
+            f"about {timed['pack train'] + timed['train dit']:.0f} s"
+            if "pack train" in timed and "train dit" in timed
+            else "as long as the pack and DiT stages (reused here, so not timed)"
         )
         lines = [
             "# repackctl demo — the built-in dataset through every stage",
@@ -503,14 +572,13 @@ class _Demo(Pipeline):
             "",
             meaning(m, p.n_train, p.resolution, link_to_study(self.out)),
             "",
-            "*PCA arm* (the same DiT on PCA latents of the same size): not run inside the demo, "
-            f"whose budget is 10 minutes; it would add {dit_cost} (one more DiT stage "
-            "of the same size and steps; the PCA fit itself takes seconds) plus sampling. The "
-            "reproduction study runs it.",
+            *pca_arm_lines(m, cost),
             "",
             "Linear probe (train → val, top-1):",
             "",
             m["probe"]["table"],
+            "",
+            probe_note(m),
             "",
             "## Time per stage",
             "",
@@ -531,7 +599,13 @@ class _Demo(Pipeline):
             "`samples.png` (class-conditional samples after the refiner, one labelled row per "
             "class), `recon.png` (original / reconstruction / refined; the last columns enlarge "
             "the centre of the first images), `curves.png` (training losses), and each stage's "
-            "own outputs: `cache/`, `pack/`, `dit/`, `refine/`, `samples/`.",
+            "own outputs: `cache/`, `pack/`, `dit/`, `refine/`, `samples/`"
+            + (
+                "; the PCA arm's `samples-pca.png` (its samples, as in `samples.png`), "
+                "`pack-pca/` and `dit-pca/`."
+                if "fd_pca" in m
+                else "."
+            ),
             "",
         ]
         (self.out / "report.md").write_text("\n".join(lines))
@@ -690,6 +764,8 @@ def run_demo(
     demo.stage("refine train (waited for)", demo.refine)
     demo.stage("sample", demo.sample_stage, solo)
     demo.stage("evaluate", demo.evaluate, solo)
+    if plan.pca_arm:
+        demo.run_pca_arm(solo)
     demo.pictures()
     demo.write_report()
     return demo.report

@@ -82,6 +82,7 @@ def test_demo_end_to_end_reuse_and_fresh(tmp_path):
         assert f"[{stage}] reused" in again.output, stage
 
     _seed_spread(out, tmp_path)
+    _pca_arm(out)
 
     # --fresh starts over: it removes every entry the demo wrote (and only those: the folder
     # rule itself is tested in test_pipeline.py), so the next run recomputes every stage
@@ -90,6 +91,43 @@ def test_demo_end_to_end_reuse_and_fresh(tmp_path):
     claim_folder(out, "demo", DEMO_FILES, fresh=True, log=removed.append)
     assert [p.name for p in out.iterdir()] == [MARKER]  # nothing left to reuse: all reruns
     assert removed and all(m.startswith("--fresh: removing ") for m in removed)
+
+
+def _pca_arm(out: Path) -> None:
+    """`repackctl demo --pca-arm` on the finished quick demo: only the arm's stages run, with
+    the demo's recipe on PCA latents, and the demo's own figures stay what they were."""
+    before = json.loads((out / "metrics.json").read_text())
+    res = runner.invoke(app, ["demo", "--quick", "--pca-arm", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    for stage in ("pack train", "train dit", "sample"):
+        assert f"[{stage}] reused" in res.output, stage
+        assert f"[{stage} (PCA arm)] done" in res.output, stage
+    after = json.loads((out / "metrics.json").read_text())
+    assert {k: after[k] for k in before if k != "machine"} == {
+        k: v for k, v in before.items() if k != "machine"
+    }
+    arm = ("fd_pca", "fd_decoder_pca", "colour_pca", "colour_decoder_pca", "recon_psnr_pca")
+    for key in arm:
+        assert math.isfinite(after[key]) and after[key] >= 0, key
+    assert 0.0 <= after["class_accuracy_pca"] <= 1.0
+    assert after["fd_decoder_pca"] != after["fd_decoder"]  # its own decoder, not the demo's
+    pack = json.loads((out / "pack-pca" / "config.json").read_text())
+    assert pack["extra"]["plan"]["method"] == "pca"
+
+    def recipe(run: str) -> dict:
+        train = json.loads((out / run / "config.json").read_text())["extra"]["train"]
+        return {k: v for k, v in train.items() if k not in ("name", "pack_run", "latents")}
+
+    assert recipe("dit-pca") == recipe("dit")  # the same DiT recipe, only the latents differ
+    report = (out / "report.md").read_text()
+    assert "| measure | RePack (the demo) | PCA arm |" in report
+    assert f"PCA arm (plain) {after['fd_pca']:.2f}" in report  # beside the floors
+    assert "`pack-pca/`" in report and "RePack-32 42.48 %" in report  # the paper's probe table
+    assert Image.open(out / "samples-pca.png").size[1] >= 10 * 32  # one row per class
+    # the arm belongs to the class-conditional demo: with --t2i it is refused, not ignored
+    t2i = runner.invoke(app, ["demo", "--t2i", "--pca-arm", "--out", str(out / "t2i")])
+    assert t2i.exit_code != 0 and "Error:" in t2i.output and "--pca-arm" in t2i.output
+    assert not (out / "t2i").exists()
 
 
 def _seed_spread(out: Path, tmp_path: Path) -> None:

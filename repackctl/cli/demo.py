@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from repackctl.cli.common import console, handle_errors, rich_progress
+from repackctl.errors import ConfigError
+
+if TYPE_CHECKING:
+    from repackctl.pipeline import RunReport
 
 
 @handle_errors
@@ -24,6 +28,14 @@ def demo(
         typer.Option("--quick", help="A reduced run (fewer images and steps) in about a minute."),
     ] = False,
     seed: Annotated[int, typer.Option(help="Seed of every stage.")] = 0,
+    pca_arm: Annotated[
+        bool,
+        typer.Option(
+            "--pca-arm",
+            help="Also train the paper's PCA baseline with the same recipe (its own pack and "
+            "DiT stages, after the demo's) and add it to the report: about twice the time.",
+        ),
+    ] = False,
     t2i: Annotated[
         bool,
         typer.Option(
@@ -38,16 +50,22 @@ def demo(
     Writes report.md, samples.png, recon.png and curves.png (plus each stage's own outputs) into
     --out. Running it again reuses every complete stage; --fresh starts over.
 
-    Example: `repackctl demo` (8 to 18 minutes on 2 idle CPU cores, by the CPU), `repackctl demo --quick`.
+    Example: `repackctl demo` (8 to 18 minutes on 2 idle CPU cores, by the CPU), `repackctl demo --quick`,
+    `repackctl demo --pca-arm` (adds the PCA baseline to a finished demo).
     """
     if t2i:
+        if pca_arm:
+            raise ConfigError(
+                "--pca-arm is an arm of the class-conditional demo, not of --t2i",
+                "run `repackctl demo --pca-arm` without --t2i",
+            )
         _demo_t2i(Path("runs/demo-t2i") if out == Path("runs/demo") else out, fresh, quick, seed)
         return
     from repackctl.demo import DemoPlan, run_demo
 
     out = out.expanduser().resolve()
     plan = DemoPlan.quick(out) if quick else DemoPlan(out=out)
-    plan.seed = seed
+    plan.seed, plan.pca_arm = seed, pca_arm
     console.print(f"[bold]repackctl demo[/] → {out}")
     report = run_demo(
         plan,
@@ -55,6 +73,11 @@ def demo(
         lambda msg: console.print(msg, highlight=False, markup=False, soft_wrap=True),
         fresh,
     )
+    _print_summary(report)
+
+
+def _print_summary(report: RunReport) -> None:
+    """The demo's stage times, results, probe table and files on the console."""
     m = report.metrics
     table = Table(title="demo summary")
     table.add_column("stage")
@@ -85,6 +108,11 @@ def demo(
         "high-frequency error, recon → refined",
         f"{m['recon_hf_error']:.4f} → {m['refined_hf_error']:.4f}",
     )
+    if "fd_pca" in m:
+        results.add_row(
+            "PCA arm: FD (decoder floor), class accuracy",
+            f"{m['fd_pca']:.3f} ({m['fd_decoder_pca']:.3f}), {100 * m['class_accuracy_pca']:.1f} %",
+        )
     console.print(results)
     console.print(m["probe"]["table"])
     for name, path in report.files.items():
