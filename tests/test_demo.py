@@ -34,7 +34,7 @@ def test_demo_end_to_end_reuse_and_fresh(tmp_path):
     report = (out / "report.md").read_text()
     assert "FD (built-in encoder space)" in report and "| total |" not in report  # bold total row
     assert "**total**" in report and "top-1" in report
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = first = json.loads((out / "metrics.json").read_text())
     for key in ("fd_plain", "fd_refined", "class_accuracy", "recon_ssim", "refined_ssim"):
         assert math.isfinite(metrics[key]), key
     for key in ("fd_real", "fd_decoder", "colour_plain", "colour_refined", "colour_real"):
@@ -91,6 +91,14 @@ def test_demo_end_to_end_reuse_and_fresh(tmp_path):
     claim_folder(out, "demo", DEMO_FILES, fresh=True, log=removed.append)
     assert [p.name for p in out.iterdir()] == [MARKER]  # nothing left to reuse: all reruns
     assert removed and all(m.startswith("--fresh: removing ") for m in removed)
+    # the README's promise: a rerun on one machine gives the same numbers, key for key
+    rerun = runner.invoke(app, ["demo", "--quick", "--out", str(out)])
+    assert rerun.exit_code == 0, rerun.output
+    assert "] reused" not in rerun.output  # every stage ran again
+    again = json.loads((out / "metrics.json").read_text())
+    assert {k: v for k, v in again.items() if k != "machine"} == {
+        k: v for k, v in first.items() if k != "machine"
+    }
 
 
 def _pca_arm(out: Path) -> None:
