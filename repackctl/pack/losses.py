@@ -27,6 +27,13 @@ Terms:
 - Feature distance (ours, ``feature``; off in the official recipe): the weights-free perceptual
   term of ``repackctl.pack.features``, a multi-layer distance in the frozen built-in encoder,
   one value per sample. It stands in for LPIPS where no LPIPS weights exist (offline, toy data).
+- Scale equivariance (``scale_equivariance``; off in the official recipe): Skorokhodov et al.
+  2025, "Improving the Diffusability of Autoencoders" (ICML; arXiv 2502.14831). The decoder must
+  also map the latent, average-pooled ×2, to the image average-pooled ×2 (L1). A decoder that
+  does so cannot rely on latent detail finer than the image's own, so the latent loses the
+  high-frequency content that makes it hard to model by diffusion. The paper fine-tunes with a
+  random ×2 or ×4 bilinear downsampling; here it is one ×2 box filter (``SE_FACTOR``), from
+  step 0, which the small grids of the built-in encoder (8 × 8) can always take.
 - KL of the posterior to N(0, I), per latent element.
 - GAN (generator side): hinge −mean(D(x̂)), scaled by the adaptive weight and ``gan`` from
   ``gan_start`` on.
@@ -43,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from repackctl.errors import ConfigError, WeightsError
@@ -68,6 +76,18 @@ PathLike = str | os.PathLike
 def l1_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean absolute error per sample, averaged over the batch (= the global mean)."""
     return (x - y).abs().flatten(1).mean(1).mean()
+
+
+#: The downsampling factor of the scale-equivariance term (latent and image alike).
+SE_FACTOR = 2
+
+
+def downscaled_pair(
+    decode: Any, z: torch.Tensor, target: torch.Tensor, factor: int = SE_FACTOR
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The scale-equivariance pair: ``decode`` of the latent ``z`` (B, d, h, w) average-pooled
+    ``factor``× and the image ``target`` (B, 3, H, W) pooled alike, both (B, 3, H/f, W/f)."""
+    return decode(F.avg_pool2d(z, factor)), F.avg_pool2d(target, factor)
 
 
 def _patch_spectrum(x: torch.Tensor, patch_factor: int) -> torch.Tensor:
@@ -307,6 +327,8 @@ class LossConfig:
     - ``gan = 0.5`` times the adaptive weight, from ``gan_start`` on (official: 0.5 from step 1).
     - ``feature = 0``: the built-in encoder's feature distance, our weights-free stand-in for
       LPIPS (not in the official recipe).
+    - ``scale_equivariance = 0``: L1 of the decoded ×2-pooled latent against the ×2-pooled
+      image (not in the official recipe; module doc).
     """
 
     l1: float = 1.0
@@ -319,9 +341,10 @@ class LossConfig:
     gan_start: int = 0
     adaptive_gan_weight: bool = True
     feature: float = 0.0
+    scale_equivariance: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("l1", "perceptual", "ffl", "kl", "gan", "feature"):
+        for name in ("l1", "perceptual", "ffl", "kl", "gan", "feature", "scale_equivariance"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"loss weight {name} must be ≥ 0", f"set {name} = 0 to disable")
         if self.ffl_patch_factor < 1 or self.gan_start < 0:
@@ -396,8 +419,10 @@ class ReconstructionLoss(nn.Module):
         posterior: DiagonalGaussian | None = None,
         step: int = 0,
         last_layer: torch.Tensor | None = None,
+        downscaled: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> LossOutput:
-        """Loss of the generator side for images (B, 3, H, W) in [−1, 1]."""
+        """Loss of the generator side for images (B, 3, H, W) in [−1, 1]; ``downscaled`` is the
+        scale-equivariance pair of :func:`downscaled_pair` (needed when that weight is > 0)."""
         cfg = self.config
         terms: dict[str, torch.Tensor] = {}
         weighted: dict[str, torch.Tensor] = {}
@@ -415,6 +440,14 @@ class ReconstructionLoss(nn.Module):
         if cfg.feature > 0:
             terms["feature"] = self.features(recon, target).mean()
             weighted["feature"] = cfg.feature * terms["feature"]
+        if cfg.scale_equivariance > 0:
+            if downscaled is None:
+                raise ConfigError(
+                    "the scale-equivariance weight is > 0 but no downscaled pair was given",
+                    "pass downscaled=downscaled_pair(model.decode, z, target), or set it to 0",
+                )
+            terms["scale_equivariance"] = l1_loss(*downscaled)
+            weighted["scale_equivariance"] = cfg.scale_equivariance * terms["scale_equivariance"]
         rec = sum(weighted.values()) if weighted else recon.new_zeros(())
 
         if cfg.kl > 0 and posterior is not None and not posterior.deterministic:

@@ -40,9 +40,11 @@ from repackctl.pack.decoder import DecoderConfig
 from repackctl.pack.discriminator import DiscriminatorConfig, PatchDiscriminator
 from repackctl.pack.load import builtin_feature_loss
 from repackctl.pack.losses import (
+    SE_FACTOR,
     LossConfig,
     PerceptualUnavailable,
     ReconstructionLoss,
+    downscaled_pair,
     load_lpips,
     official_kl_weight,
 )
@@ -101,6 +103,17 @@ def default_run_name(settings: Settings, encoder: str | None = None) -> str:
     return f"pack-{enc}-{settings.pack.method}"
 
 
+def _scale_equivariance(weight: float, grid: int) -> float:
+    """The scale-equivariance weight, refused where the latent grid cannot be halved."""
+    if weight > 0 and grid % SE_FACTOR:
+        raise ConfigError(
+            f"pack.scale_equivariance_weight is {weight:g}, but the latent grid {grid}×{grid} "
+            f"cannot be pooled ×{SE_FACTOR}",
+            "set --scale-equivariance-weight 0 for an odd grid",
+        )
+    return weight
+
+
 def resolve_plan(settings: Settings, ref: FeatureRef) -> PackPlan:
     """Turn ``settings.pack`` (None = preset) and the features' shape into a ``PackPlan``."""
     cfg = settings.pack
@@ -155,6 +168,7 @@ def resolve_plan(settings: Settings, ref: FeatureRef) -> PackPlan:
         gan=gan,
         gan_start=pick("gan_start"),
         feature=pick("feature_weight"),
+        scale_equivariance=_scale_equivariance(pick("scale_equivariance_weight"), grid),
     )
     lr = pick("lr")
     steps = pick("steps")
@@ -271,9 +285,14 @@ class PackTask:
         if features is not None and features.encoder_device() != target.device:
             features.to(target.device)
         # posterior sample from the global torch RNG (saved and restored by the loop on resume)
-        recon, posterior = model(tokens, sample=True)  # (B, 3, R, R)
+        posterior = model.encode(tokens)
+        z = posterior.sample()  # (B, d, h, w)
+        recon = model.decode(z)  # (B, 3, R, R)
+        pair = None
+        if self.plan.loss.scale_equivariance > 0:
+            pair = downscaled_pair(model.decode, z, target)  # (B, 3, R/2, R/2) each
         gen = self.loss.generator_loss(
-            target, recon, posterior, step=step, last_layer=model.last_layer
+            target, recon, posterior, step=step, last_layer=model.last_layer, downscaled=pair
         )
         logs = dict(gen.logs)
         if not posterior.deterministic:
@@ -332,6 +351,7 @@ LOSS_SETTINGS = {
     "gan": "gan_weight",
     "gan_start": "gan_start",
     "feature": "feature_weight",
+    "scale_equivariance": "scale_equivariance_weight",
 }
 
 

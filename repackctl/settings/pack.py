@@ -50,7 +50,7 @@ class PackSettings(BaseModel):
         "Run": ("allow_change", "run", "method", "preset"),
         "Model": ("latent_channels", "whiten", "ch", "ch_mult", "num_res_blocks", "attn_resolutions", "norm_groups", "disc_channels", "disc_layers", "disc_norm"),
         "Optimisation": ("steps", "batch_size", "lr", "disc_lr", "betas", "ema_decay", "clip_grad"),
-        "Losses": ("l1_weight", "perceptual_weight", "lpips_weights", "ffl_weight", "feature_weight", "kl_weight", "gan_weight", "gan_start"),
+        "Losses": ("l1_weight", "perceptual_weight", "lpips_weights", "ffl_weight", "feature_weight", "scale_equivariance_weight", "kl_weight", "gan_weight", "gan_start"),
         "Output": ("ckpt_every", "keep_last", "log_every", "image_every", "grid_images"),
         "Data loading": ("in_memory", "pca_samples", "encode_batch_size"),
         "Evaluation": ("eval_split", "eval_entry", "eval_num", "inception_weights"),
@@ -148,6 +148,14 @@ class PackSettings(BaseModel):
         "encoder (pack.features; our stand-in for LPIPS, which needs a download); none = preset "
         "(paper 0, small 1)",
     )
+    scale_equivariance_weight: float | None = Field(
+        None,
+        ge=0,
+        description="L1 of the decoder's image of the x2-pooled latent against the x2-pooled "
+        "image (Skorokhodov et al. 2025, 'Improving the Diffusability of Autoencoders'): a "
+        "latent with less high-frequency content, easier for the DiT; none = preset (paper 0, "
+        "small 1)",
+    )
     kl_weight: float = Field(
         1e-6,
         ge=0,
@@ -203,6 +211,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "ema_decay": 0.0,  # the official stage 1 keeps no EMA: the EMA copy equals the weights
         "gan_start": 0,
         "feature_weight": 0.0,  # the official recipe has LPIPS-VGG (pack.lpips_weights) instead
+        "scale_equivariance_weight": 0.0,  # not in the official recipe
     },
     # built-in encoder / patchpix at 64 px: about a minute on 2 CPU cores
     "small": {
@@ -220,6 +229,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "ema_decay": 0.99,
         "gan_start": 400,
         "feature_weight": 1.0,
+        "scale_equivariance_weight": 1.0,
     },
 }
 

@@ -25,6 +25,7 @@ from repackctl.pack.losses import (
     LossConfig,
     PerceptualUnavailable,
     ReconstructionLoss,
+    downscaled_pair,
     focal_frequency_loss,
     load_lpips,
     perceptual_available,
@@ -446,6 +447,36 @@ def test_every_term_gets_a_real_share_of_the_gradient(lpips_file) -> None:
     for name in ("l1", "perceptual", "ffl", "gan"):
         assert shares[name] > 0.01, shares
     assert 0.0 < shares["kl"] < 0.01, shares  # wired in, but a regulariser by design
+
+
+def test_scale_equivariance_term_compares_pooled_decodings() -> None:
+    """Skorokhodov et al. 2025: decode(pool(z)) against pool(x), both ×2 average-pooled; the
+    weight needs the pair, and a grid that cannot be halved is refused by name."""
+    from repackctl.pack.task import _scale_equivariance
+
+    torch.manual_seed(0)
+    model = PackAutoencoder.from_config(
+        AutoencoderConfig(ProjectionConfig("repack", 16, 4), _tiny_decoder(4, 4, 32))
+    )
+    z, target = torch.randn(2, 4, 4, 4), torch.rand(2, 3, 32, 32) * 2 - 1
+    small, pooled = downscaled_pair(model.decode, z, target)
+    assert small.shape == pooled.shape == (2, 3, 16, 16)
+    torch.testing.assert_close(pooled[0, :, 0, 0], target[0, :, :2, :2].mean((1, 2)))
+    loss = ReconstructionLoss(LossConfig(perceptual=0.0, gan=0.0, scale_equivariance=0.5))
+    recon = model.decode(z)
+    out = loss.generator_loss(target, recon, downscaled=(small, pooled))
+    torch.testing.assert_close(
+        out.weighted["scale_equivariance"], 0.5 * (small - pooled).abs().mean()
+    )
+    grads = torch.autograd.grad(
+        out.weighted["scale_equivariance"], list(model.decoder.parameters())
+    )
+    assert sum(float(g.abs().sum()) for g in grads) > 0  # it trains the decoder
+    with pytest.raises(ConfigError, match="downscaled"):
+        loss.generator_loss(target, recon)
+    assert _scale_equivariance(1.0, 8) == 1.0 and _scale_equivariance(0.0, 5) == 0.0
+    with pytest.raises(ConfigError, match="scale_equivariance_weight"):
+        _scale_equivariance(1.0, 5)
 
 
 def test_attention_block_is_softmax_attention() -> None:

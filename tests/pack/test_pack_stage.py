@@ -116,10 +116,10 @@ def test_task_batches_posterior_and_losses(cache):
     # the small preset's named deviations: whitened tokens, 4 GroupNorm groups, the built-in
     # encoder's feature distance; paper: none of them
     assert plan.autoencoder.projection.whiten and plan.autoencoder.decoder.max_groups == 4
-    assert plan.loss.feature == 1.0
+    assert plan.loss.feature == 1.0 and plan.loss.scale_equivariance == 1.0
     paper = resolve_plan(_settings(encoder="patchpix", resolution=32, preset="paper"), ref)
     assert not paper.autoencoder.projection.whiten and paper.autoencoder.decoder.max_groups == 32
-    assert paper.loss.feature == 0.0
+    assert paper.loss.feature == 0.0 and paper.loss.scale_equivariance == 0.0
     off = resolve_plan(
         _settings(encoder="patchpix", resolution=32, whiten=False, feature_weight=0.0), ref
     )
@@ -164,7 +164,8 @@ def test_task_batches_posterior_and_losses(cache):
     assert torch.equal(r1, r2) and r1.shape == (12, 3, 32, 32)  # … the mode for evaluation
     out = task.training_step(modules, batch, step=0)
     assert set(out.losses) == {"gen", "disc"}
-    for key in ("loss/l1", "loss/ffl", "loss/feature", "loss/kl", "loss/gan", "loss/disc"):
+    keys = ("loss/l1", "loss/ffl", "loss/feature", "loss/scale_equivariance", "loss/kl")
+    for key in (*keys, "loss/gan", "loss/disc"):
         assert key in out.logs and np.isfinite(float(out.logs[key])), key
     assert float(out.logs["loss/feature"]) > 0  # the decoder's images are not the originals yet
     # the KL is weighted in the paper's convention: 1e-6 · latent_numel / image_numel
