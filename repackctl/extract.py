@@ -32,6 +32,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from repackctl.cache.creation import ShardLocks, test_delay
+from repackctl.cache.integrity import GuardedArray, repair_hint
 from repackctl.cache.store import (
     PENDING,
     SKIP_REASONS,
@@ -43,6 +44,8 @@ from repackctl.cache.store import (
     update_changed,
 )
 from repackctl.data.base import BadImage, ImageSource
+from repackctl.data.builtin import BuiltinSource
+from repackctl.data.builtin import check_resolution as check_builtin_resolution
 from repackctl.data.sources import dataset_label, default_resolution, make_source
 from repackctl.encoders.load import make_encoder
 from repackctl.errors import ConfigError, DataError
@@ -274,6 +277,17 @@ def _check_resolution(resolution: int) -> None:
         )
 
 
+def _check_source_resolution(source: ImageSource, resolution: int) -> None:
+    """The source's own resolution limits (the built-in renderer draws 32–256 px), checked before
+    any entry exists: a source that refuses the size in a decoding worker would leave an empty
+    entry and a worker traceback behind. A source states its limits with ``check_resolution``."""
+    check = getattr(source, "check_resolution", None)
+    if check is None and isinstance(source, BuiltinSource):
+        check = check_builtin_resolution
+    if callable(check):
+        check(resolution)
+
+
 def _check_patch(resolution: int, patch_size: int) -> None:
     """Reject a resolution that the encoder's patch size does not divide."""
     if resolution % patch_size and patch_size != 14:
@@ -338,6 +352,14 @@ class _ShardWriter:
     pool: concurrent.futures.ThreadPoolExecutor | None = None
     inflight: concurrent.futures.Future | None = None
     bar: Any = None
+    images: GuardedArray = field(init=False)
+
+    def __post_init__(self) -> None:
+        # pixels an earlier extraction wrote are read back, never re-decoded: a lost or corrupt
+        # chunk of them must stop the run, not be encoded as black images
+        redo = repair_hint(self.entry.name, "this `repackctl extract`")
+        written = self.img_done == WRITTEN
+        self.images = GuardedArray(self.entry.images, written, f"{self.entry.name} images", redo)
 
     def _new_buffer(self, m: int) -> dict[str, np.ndarray]:
         """Zeroed arrays for one shard of ``m`` samples."""
@@ -376,7 +398,7 @@ class _ShardWriter:
         local = idx - rng.start
         cached = self.img_done[idx] == WRITTEN
         if cached.any():  # images written by an earlier extraction: use the cached pixels
-            imgs[cached] = self.entry.images[int(idx[0]) : int(idx[-1]) + 1][cached]
+            imgs[cached] = self.images[int(idx[0]) : int(idx[-1]) + 1][cached]
         ok = codes == WRITTEN
         if ok.any():
             buf["tokens"][local[ok]], buf["cls"][local[ok]] = self._encode(imgs[ok])
@@ -469,6 +491,7 @@ def _prepare(settings: Settings, dist: DistInfo) -> tuple[int, ImageSource, Any,
     source = make_source(
         cfg.data, cfg.split, cfg.num, settings.seed, settings.imagenet_root, cfg.val_fraction
     )
+    _check_source_resolution(source, resolution)
     _check_keys(source)
     encoder = make_encoder(cfg.encoder, cfg.weights, cfg.layer, resolution, settings.seed)
     _check_patch(resolution, encoder.spec.patch_size)

@@ -36,6 +36,7 @@ from typing import Any
 
 import zarr
 
+from repackctl.cache.ownership import group_dir, refuse_foreign
 from repackctl.errors import CacheError
 from repackctl.paths import is_url, local_path
 
@@ -99,9 +100,12 @@ def holds_samples(group: zarr.Group) -> bool:
 def discard_incomplete(parent: zarr.Group, name: str) -> None:
     """Remove the child ``name`` left by an interrupted creation.
 
-    Only a group that holds no done sample is removed (an interrupted creation writes none);
-    anything else is an error naming the command that removes it.
+    Only a group that holds no done sample and no file the cache did not write is removed (an
+    interrupted creation writes neither); anything else is an error naming what to do.
     """
+    folder = group_dir(parent)
+    if folder is not None:
+        refuse_foreign(folder / name, "the unfinished group")
     if holds_samples(parent[name]):
         raise CacheError(
             f"{parent.path}/{name} lacks some of its arrays but holds written samples "
@@ -110,6 +114,22 @@ def discard_incomplete(parent: zarr.Group, name: str) -> None:
             "to recreate it",
         )
     del parent[name]
+
+
+def local_root(root: str) -> Path:
+    """A local cache root as an absolute path; an error when it, or a folder above it, is a file
+    (checked before anything reads or creates it)."""
+    path = local_path(root)
+    probe = path
+    while not probe.exists() and not probe.is_symlink() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        where = "is a file" if probe == path else f"sits under {probe}, which is a file"
+        raise CacheError(
+            f"the cache {path} {where}",
+            "point --cache (or the cache setting) at a folder, or at a path that does not exist yet",
+        )
+    return path
 
 
 def _lock_fd(path: Path, exclusive: bool, blocking: bool) -> int | None:
@@ -138,7 +158,7 @@ def creation_lock(root: str) -> Iterator[None]:
     if is_url(root):
         yield
         return
-    path = local_path(root)
+    path = local_root(root)
     path.mkdir(parents=True, exist_ok=True)
     fd = _lock_fd(path, exclusive=True, blocking=True)
     try:

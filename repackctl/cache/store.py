@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -37,9 +38,11 @@ from repackctl.cache.creation import (
     crash_point,
     creation_lock,
     discard_incomplete,
+    local_root,
 )
+from repackctl.cache.ownership import claim_dir, group_dir
 from repackctl.errors import CacheError
-from repackctl.paths import cache_root, entry_name, is_url, local_path
+from repackctl.paths import SAFE_NAME, cache_root, entry_name, is_url
 
 PENDING, WRITTEN = 0, 1
 ENTRY_ARRAYS = ("images", "labels", "keys", "done")
@@ -54,6 +57,11 @@ REQUIRED: dict[str, tuple[str, ...]] = {"features": FEATURE_ARRAYS, "text": TEXT
 # A chunk equal to the fill value is still written: a missing chunk or shard then always means
 # damage (``cache verify``), never "all zeros", and readers can refuse to read it as zeros.
 zarr.config.set({"array.write_empty_chunks": True})
+# A file the cache did not write is no zarr node: listings skip it and `cache rm` refuses to
+# delete it, naming it (cache.ownership); zarr's own warning about it is noise on the console.
+warnings.filterwarnings(
+    "ignore", message=r"Object at .* is not recognized as a component of a Zarr hierarchy"
+)
 
 
 def checksummed(*codecs: Any) -> list[Any]:
@@ -85,7 +93,7 @@ def reason_code(reason: str) -> int:
 def open_root(root: str, mode: str = "a") -> zarr.Group:
     """Open (or create, with mode 'a') the cache root group at a path or fsspec URL."""
     if not is_url(root):
-        path = local_path(root)
+        path = local_root(root)
         if mode == "r" and not (path / "zarr.json").exists():
             raise CacheError(f"no cache at {path}", "run `repackctl extract` first")
         if mode != "r":
@@ -101,7 +109,10 @@ def list_entries(root: str, state: str = "complete") -> list[str]:
     """Names of the dataset entries in the cache (empty when there is no cache yet).
 
     ``state``: ``complete`` (usable entries), ``incomplete`` (creation interrupted) or ``all``.
+    A local root that is a file is an error, not an empty cache.
     """
+    if not is_url(root):
+        local_root(root)
     try:
         g = open_root(root, mode="r")
     except CacheError:
@@ -126,6 +137,46 @@ def _diff(a: dict, b: dict) -> str:
 
 def _jsonable(d: dict) -> dict:
     return json.loads(json.dumps(d, default=str))
+
+
+def _held_out_words(held: dict | None) -> str:
+    if not held:
+        return "without --val-fraction (every image of the folder)"
+    return f"with --val-fraction {held.get('fraction')} --seed {held.get('seed')}"
+
+
+def _fraction_seed(held: dict | None) -> tuple[Any, Any]:
+    return (held or {}).get("fraction"), (held or {}).get("seed")
+
+
+def check_held_out(g: zarr.Group, name: str, split: str, source_attrs: dict) -> None:
+    """Refuse an entry whose held-out split would overlap an entry of another split of the same
+    folder: both must come from the same ``--val-fraction`` and ``--seed`` (``held_out`` in the
+    source attributes), or the train and val images are no longer disjoint."""
+    folder, held = source_attrs.get("root"), source_attrs.get("held_out")
+    if not folder:
+        return
+    for other in child_groups(g):
+        if other == name or child_state(g, other, ENTRY_ARRAYS) != "complete":
+            continue
+        attrs = dict(g[other].attrs)
+        src = attrs.get("source") or {}
+        if src.get("root") != folder or attrs.get("split") == split:
+            continue
+        theirs = src.get("held_out")
+        if not (held or theirs) or _fraction_seed(held) == _fraction_seed(theirs):
+            continue
+        rm = f"`repackctl cache rm {other}`"
+        raise CacheError(
+            f"cache entry {other} (split {attrs.get('split')!r} of {folder}) was made "
+            f"{_held_out_words(theirs)}, but split {split!r} is asked {_held_out_words(held)}: "
+            "the two splits would overlap",
+            f"pass --val-fraction {theirs.get('fraction')} --seed {theirs.get('seed')} as {other} "
+            f"was made, or remove it with {rm}"
+            if theirs
+            else f"remove it with {rm}, then extract split {attrs.get('split')!r} "
+            f"{_held_out_words(held)} too",
+        )
 
 
 @dataclass
@@ -163,6 +214,12 @@ class DatasetEntry:
     # ---- creation / opening ------------------------------------------------------------------
     @classmethod
     def open(cls, root: str, name: str) -> DatasetEntry:
+        if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
+            raise CacheError(
+                f"no entry named {name!r} in {cache_root(root)} (an entry name is one path "
+                "component, like builtin--train--64px)",
+                "list the entries with `repackctl cache ls`",
+            )
         g = open_root(root, mode="r")
         state = child_state(g, name, ENTRY_ARRAYS)
         if state == "absent":
@@ -203,6 +260,8 @@ class DatasetEntry:
             )
         with creation_lock(root):
             g = open_root(root, mode="a")
+            _claim(g, name)
+            check_held_out(g, name, split, source_attrs)
             state = child_state(g, name, ENTRY_ARRAYS)
             if state == "complete":
                 entry = cls(root, g[name])
@@ -361,7 +420,9 @@ class DatasetEntry:
     ) -> tuple[ArrayGroup, bool]:
         """Open ``kind/name`` if complete and alike, else (re)create it atomically."""
         with creation_lock(self.root):
+            _claim(self.group, kind)
             parent = self.group.require_group(kind)
+            _claim(parent, name)
             state = child_state(parent, name, required)
             if state == "complete":
                 grp = ArrayGroup(parent[name])
@@ -435,6 +496,13 @@ class DatasetEntry:
         )
         crash_point(name)
         return arr
+
+
+def _claim(parent: zarr.Group, name: str) -> None:
+    """Refuse to create the child ``name`` of ``parent`` over a local folder that is not ours."""
+    folder = group_dir(parent)
+    if folder is not None:
+        claim_dir(folder / name)
 
 
 def _done_array(group: zarr.Group, n: int, shard: int) -> zarr.Array:

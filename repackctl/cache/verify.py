@@ -10,6 +10,7 @@ import zarr
 from zarr.core.sync import sync
 
 from repackctl.cache.integrity import Damage, read_done, scan_array
+from repackctl.cache.ownership import group_dir, refuse_foreign
 from repackctl.cache.store import (
     PENDING,
     REQUIRED,
@@ -190,12 +191,27 @@ def _verify_group(
     return problems
 
 
-def remove(root: str, name: str, sub: str | None = None) -> None:
-    """Delete an entry, or one of its feature/latent groups (``features/<id>``)."""
+def _target(root: str, name: str, sub: str | None) -> tuple[zarr.Group, str]:
     g = open_root(root, mode="a")
     target = name if sub is None else f"{name}/{sub}"
     parent, _, leaf = target.rpartition("/")
-    grp = g[parent] if parent else g
+    return (g[parent] if parent else g), leaf
+
+
+def check_removable(root: str, name: str, sub: str | None = None) -> None:
+    """Refuse (``CacheError``, naming it) when the group to remove holds a file the cache did not
+    write: ``remove`` deletes only the cache's own files, so it deletes nothing then."""
+    grp, leaf = _target(root, name, sub)
+    folder = group_dir(grp)
+    if folder is not None:
+        refuse_foreign(folder / leaf, "the cache group")
+
+
+def remove(root: str, name: str, sub: str | None = None) -> None:
+    """Delete an entry, or one of its feature/latent groups (``features/<id>``), after checking
+    that it holds nothing but the cache's own files (``check_removable``)."""
+    check_removable(root, name, sub)
+    grp, leaf = _target(root, name, sub)
     del grp[leaf]
 
 

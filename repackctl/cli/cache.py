@@ -178,7 +178,7 @@ def rm(
     Example: `repackctl cache rm builtin--train--64px --yes`
     """
     from repackctl.cache.store import DatasetEntry, list_entries
-    from repackctl.cache.verify import remove
+    from repackctl.cache.verify import check_removable, remove
     from repackctl.errors import CacheError
 
     root = _root(cache, config)
@@ -214,6 +214,7 @@ def rm(
             )
         sub = f"triplets/{triplets}"
     what = f"{entry}/{sub}" if sub else entry
+    check_removable(root, entry, sub)  # a file the cache did not write: refused before asking
     if not yes and not typer.confirm(f"Remove {what} from {root}?", default=False):
         console.print("nothing removed")
         raise typer.Exit(1)

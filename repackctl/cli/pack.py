@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from repackctl.cli.common import console, is_main_process, kv_table, rank_progress
-from repackctl.cli.options import TRAIN_COMMON, settings_command
+from repackctl.cli.options import COMMON_KEYS, TRAIN_COMMON, settings_command
 from repackctl.settings import ResolvedSettings
 
 pack_app = typer.Typer(
@@ -14,17 +14,19 @@ pack_app = typer.Typer(
 )
 
 ENCODE_FIELDS = ("encoder", "weights", "layer", "data", "split", "resolution", "num", "entry", "features", "run", "encode_batch_size")  # fmt: skip
+# the pack reads its cached arrays itself (no DataLoader workers), and encoding runs in fp32
+TRAIN_KEYS = tuple(k for k in TRAIN_COMMON if k != "num_workers")
+ENCODE_KEYS = tuple(k for k in COMMON_KEYS if k not in ("num_workers", "precision"))
 EVAL_FIELDS = ("eval_split", "eval_entry", "eval_num", "inception_weights", "encode_batch_size")
 
 
 @pack_app.command("train")
-@settings_command("pack", exclude=EVAL_FIELDS, flags={"run": "--name"}, common=TRAIN_COMMON)
+@settings_command("pack", exclude=EVAL_FIELDS, flags={"run": "--name"}, common=TRAIN_KEYS)
 def train(resolved: ResolvedSettings) -> None:
     """Train the packing autoencoder on cached encoder tokens (resumes an existing run).
 
-    Sizes not given follow a preset picked from the encoder: the paper's (d=32, ch 128, Adam
-    1e-5) for DINO encoders, a small one (d=8) for the built-in encoder that trains in about a
-    minute on a laptop CPU. Several processes: `torchrun --nproc_per_node 8 -m repackctl pack
+    Sizes not given follow a preset: `--preset auto` picks `small` (d=8, a few CPU minutes) on a
+    CPU and for the built-in encoder, `paper` (d=32, ch 128, Adam 1e-5) on a GPU. Several processes: `torchrun --nproc_per_node 8 -m repackctl pack
     train ...`.
 
     Example: `repackctl pack train --encoder builtin --steps 2000 --name pack-builtin`
@@ -62,7 +64,9 @@ def train(resolved: ResolvedSettings) -> None:
 
 
 @pack_app.command("encode")
-@settings_command("pack", include=ENCODE_FIELDS, flags={"encode_batch_size": "--batch-size"})
+@settings_command(
+    "pack", include=ENCODE_FIELDS, flags={"encode_batch_size": "--batch-size"}, common=ENCODE_KEYS
+)
 def encode(resolved: ResolvedSettings) -> None:
     """Write packed latents (posterior mean and std, both flips) and their exact channel stats.
 

@@ -212,6 +212,11 @@ class ImageFolderSource:
         root = Path(path).expanduser().resolve()
         if not root.is_dir():
             raise DataError(f"image folder not found: {root}", "check the path after imagefolder:")
+        if num is not None and num < 1:
+            raise ConfigError(
+                f"an image folder needs a positive number of images, got num={num}",
+                "pass e.g. -n 100, or leave -n out for the whole folder",
+            )
         if val_fraction is not None and not 0.0 < val_fraction < 1.0:
             raise ConfigError(
                 f"val_fraction must lie strictly between 0 and 1, got {val_fraction}",
@@ -239,7 +244,8 @@ class ImageFolderSource:
                 "put images (or class sub-folders) there",
             )
         self.total = len(self._files)
-        if num is not None and num < self.total:
+        self.subset = num is not None and num < self.total
+        if self.subset:
             # a seeded subset spread over all classes, kept in folder order
             keep = np.sort(np.random.default_rng(seed).permutation(self.total)[:num])
             self._files = [self._files[i] for i in keep]
@@ -248,7 +254,7 @@ class ImageFolderSource:
         self._prefix = len(str(self.base).rstrip(os.sep)) + 1
         digest = hashlib.sha256(os.fsencode(root)).hexdigest()[:8]
         self.name = name or f"folder-{_safe_part(root.name)}-{digest}"
-        if num is not None and num < self.total:
+        if self.subset:
             self.name += f"-n{num}"
 
     # ---- layouts
@@ -411,7 +417,9 @@ class ImageFolderSource:
             "class_ids_from": self.class_from,
             "crop": "adm-center",
         }
-        if self.held_out is not None:
+        if self.subset:  # the seed picks the files: another seed is another entry
+            out["subset_seed"] = self.seed
+        if self.held_out is not None:  # fraction and seed: both splits must agree on them
             out["held_out"] = self.held_out
         if self.skipped:
             out["skipped_in_listing"] = [{"key": k, "reason": r} for k, r in self.skipped]

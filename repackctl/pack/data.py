@@ -149,18 +149,54 @@ def open_features(
 
 
 def find_entry(
-    root: str, dataset: str, split: str, resolution: int, features_id: str | None, hint: str
+    root: str,
+    dataset: str,
+    split: str,
+    resolution: int,
+    features_id: str | None,
+    hint: str,
+    exact_size: bool | None = None,
 ) -> str:
     """Name of the entry of ``split`` at ``resolution`` holding ``features_id``.
 
     The exact name ``extract`` would give wins; otherwise a unique entry of the same dataset with
     any subset size (``builtin-n48`` when ``--num`` was not repeated). Several: an error asking
-    for ``--entry``.
+    for ``--entry``. ``exact_size`` (default: when ``dataset`` names a size, ``-nN``, as it does
+    when ``--num`` was given) allows no other size: one is an error naming the entries there are.
     """
     exact = entry_name(dataset, split, resolution)
     names = list_entries(root)
     if exact in names:
         return exact
+    found = _same_dataset(root, names, dataset, split, resolution, features_id)
+    if exact_size is None:
+        exact_size = dataset_base(dataset) != dataset
+    if exact_size and found:
+        raise CacheError(
+            f"no cache entry {exact!r} of exactly that size in {root}; other sizes there: "
+            f"{', '.join(found)}",
+            f"{hint}, or drop -n to use {found[0]}" if len(found) == 1 else hint,
+        )
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise CacheError(f"several cache entries fit ({', '.join(found)})", "name one with --entry")
+    have = ", ".join(names) or "none"
+    raise CacheError(
+        f"no cache entry {exact!r} with features {features_id} in {root} (have: {have})", hint
+    )
+
+
+def _same_dataset(
+    root: str,
+    names: list[str],
+    dataset: str,
+    split: str,
+    resolution: int,
+    features_id: str | None,
+) -> list[str]:
+    """Entries of ``split`` at ``resolution`` of ``dataset`` with any subset size (holding
+    ``features_id`` when one is named)."""
     found = []
     for name in names:
         a = DatasetEntry.open(root, name).attrs
@@ -170,14 +206,7 @@ def find_entry(
             continue
         if features_id is None or features_id in DatasetEntry.open(root, name).feature_ids():
             found.append(name)
-    if len(found) == 1:
-        return found[0]
-    if found:
-        raise CacheError(f"several cache entries fit ({', '.join(found)})", "name one with --entry")
-    have = ", ".join(names) or "none"
-    raise CacheError(
-        f"no cache entry {exact!r} with features {features_id} in {root} (have: {have})", hint
-    )
+    return found
 
 
 def locate_features(settings: Settings) -> FeatureRef:
@@ -193,7 +222,13 @@ def locate_features(settings: Settings) -> FeatureRef:
         try:
             dataset = dataset_name_for(source, settings.seed, settings.imagenet_root)
             name = find_entry(
-                settings.cache, dataset, cfg.split, source["resolution"], features_id, hint
+                settings.cache,
+                dataset,
+                cfg.split,
+                source["resolution"],
+                features_id,
+                hint,
+                exact_size=cfg.num is not None,  # -n given: that size or nothing
             )
         except RepackError:
             if SOURCE_KEYS & cfg.model_fields_set:
@@ -261,7 +296,9 @@ def sibling_entry(
     train = DatasetEntry.open(root, ref_cache["entry"])
     hint = _hint(source, split)
     dataset = str(train.attrs.get("dataset", ""))
-    name = find_entry(root, dataset, split, train.resolution, ref_cache["features"], hint)
+    name = find_entry(
+        root, dataset, split, train.resolution, ref_cache["features"], hint, exact_size=False
+    )
     entry, feats, _ = open_features(root, name, ref_cache["features"], hint)
     return entry, feats
 

@@ -17,6 +17,10 @@ unseeded random samples, not stored with the model (``reference/methods.md``). H
 * The stats go to the group attributes (``stats``: mean, std, count) and, for the split the pack
   model was trained on, to ``<checkpoint>/latent_stats.json`` (atomic write), so every consumer
   normalises with the same numbers.
+* Tokens are read through ``GuardedArray``: a lost or corrupt chunk holding written rows stops the
+  run with the repair command instead of encoding zeros. The stats record the entry's source
+  description, and an entry of the training entry's name holding other data (another seed, found
+  in another ``--cache``) is refused before anything is written (``check_trained_data``).
 
 Legend: N samples, F flips, T tokens, C token channels, d latent channels, h×w grid.
 """
@@ -32,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from repackctl.cache.integrity import GuardedArray, repair_hint
 from repackctl.cache.store import (
     PENDING,
     WRITTEN,
@@ -41,7 +46,7 @@ from repackctl.cache.store import (
     owned_ranges,
     update_changed,
 )
-from repackctl.errors import CacheError
+from repackctl.errors import CacheError, RepackError
 from repackctl.pack.data import (
     dataset_name_for,
     features_id_for,
@@ -50,7 +55,7 @@ from repackctl.pack.data import (
     sibling_entry,
 )
 from repackctl.pack.load import LATENT_STATS, PackHandle, load_pack
-from repackctl.paths import cache_root, run_dir
+from repackctl.paths import cache_root, is_url, run_dir
 from repackctl.progress import ProgressFactory, null_progress
 from repackctl.runs import chained_run
 from repackctl.runtime import DistInfo, resolve_device
@@ -137,6 +142,56 @@ def target_features(settings: Settings, handle: PackHandle) -> tuple[DatasetEntr
     return entry, feats
 
 
+def _trained_source(handle: PackHandle, entry: DatasetEntry) -> tuple[Any, str] | None:
+    """The source description of the entry the pack model was trained on, and where it was read.
+
+    From the checkpoint's ``latent_stats.json`` (an earlier encode of the training entry records
+    it), else from the entry at the cache root the run recorded, when that root is another one
+    than ``entry``'s and still holds it. None when neither is available (a moved cache).
+    """
+    stats = handle.latent_stats or {}
+    if isinstance(stats.get("source"), dict):
+        return stats["source"], str(handle.checkpoint / LATENT_STATS)
+    cache = handle.extra["cache"]
+    root = str(cache.get("root") or "")
+    if not root or root == cache_root(entry.root):
+        return None
+    if not is_url(root) and not (Path(root) / "zarr.json").is_file():
+        return None
+    try:
+        trained = DatasetEntry.open(root, cache["entry"])
+    except (RepackError, OSError, ValueError):
+        return None
+    return trained.attrs.get("source"), f"{root}/{trained.name}"
+
+
+def check_trained_data(handle: PackHandle, entry: DatasetEntry) -> None:
+    """Refuse to encode (and write the model's stats from) an entry of the training entry's name
+    whose data differ from the data the pack model was trained on (another seed, another
+    folder). The content attributes are compared, not the cache path: a moved or copied cache
+    is accepted."""
+    if entry.name != handle.extra["cache"]["entry"]:
+        return
+    found = _trained_source(handle, entry)
+    if found is None:
+        return
+    recorded, where = found
+    here = entry.attrs.get("source")
+    if here == recorded:
+        return
+    if isinstance(here, dict) and isinstance(recorded, dict):
+        keys = sorted(k for k in here.keys() | recorded.keys() if here.get(k) != recorded.get(k))
+        diff = ", ".join(f"{k} {here.get(k)!r} here, {recorded.get(k)!r} there" for k in keys)
+    else:
+        diff = f"{here!r} here, {recorded!r} there"
+    raise CacheError(
+        f"cache entry {entry.name} in {cache_root(entry.root)} holds other data than pack run "
+        f"{handle.run_name} was trained on (recorded in {where}): {diff}",
+        f"pass the --cache the run was trained on, or train a pack model on this data: "
+        f"`repackctl pack train --cache {cache_root(entry.root)} --name NEW-RUN`",
+    )
+
+
 def _create_group(
     entry: DatasetEntry, handle: PackHandle, feats: ArrayGroup
 ) -> tuple[ArrayGroup, tuple[int, ...]]:
@@ -194,10 +249,18 @@ def _create_group(
     return grp, sample_shape
 
 
+def guarded_tokens(entry: DatasetEntry, feats: ArrayGroup, codes: np.ndarray) -> GuardedArray:
+    """``tokens`` of ``feats`` read so that a missing or corrupt chunk holding written rows
+    (``codes == WRITTEN``) is a ``CacheError`` naming the entry, the array and the repair."""
+    label = f"{entry.name} features/{feats.group.basename}/tokens"
+    redo = repair_hint(entry.name, "the same `repackctl extract`")
+    return GuardedArray(feats["tokens"], codes == WRITTEN, label, redo)
+
+
 @torch.no_grad()
 def _encode_shard(
     model: torch.nn.Module,
-    feats: ArrayGroup,
+    tokens: GuardedArray,
     codes: np.ndarray,
     rng: range,
     sample_shape: tuple[int, ...],
@@ -215,7 +278,7 @@ def _encode_shard(
         local = np.arange(lo - rng.start, hi - rng.start)
         ok = codes[local] == WRITTEN
         if ok.any():
-            tok = feats["tokens"][lo:hi][ok]  # (b, F, T, C) float16
+            tok = tokens[lo:hi][ok]  # (b, F, T, C) float16
             b = tok.shape[0]
             x = torch.from_numpy(tok).to(device).float().flatten(0, 1)  # (b·F, T, C)
             post = model.encode(x)
@@ -286,6 +349,7 @@ def run_pack_encode(
         run = chained_run(settings.runs, "pack", "--run")
     handle = load_pack(run, runs=settings.runs)
     entry, feats = target_features(settings, handle)
+    check_trained_data(handle, entry)
     device = resolve_device(settings.device, dist.local_rank)
     model = handle.model.to(device)
 
@@ -299,6 +363,7 @@ def run_pack_encode(
     ranges = owned_ranges(entry.n, entry.shard, dist.rank, dist.world)
     lat_done = grp.done_mask()
     feat_codes = feats.done_mask()
+    tokens = guarded_tokens(entry, feats, feat_codes)
     pending = [r for r in ranges if (lat_done[r.start : r.stop] == PENDING).any()]
     already = sum(len(r) for r in ranges) - sum(len(r) for r in pending)
     todo = sum(len(r) for r in pending)
@@ -310,7 +375,7 @@ def run_pack_encode(
         for rng in pending:
             codes = feat_codes[rng.start : rng.stop]
             means, stds = _encode_shard(
-                model, feats, codes, rng, sample_shape, cfg.encode_batch_size, device, bar
+                model, tokens, codes, rng, sample_shape, cfg.encode_batch_size, device, bar
             )
             valid = codes == WRITTEN
             s, sq, count = channel_sums(means, valid)
@@ -330,6 +395,7 @@ def run_pack_encode(
     if dist.rank == 0 and not (grp.done_mask() == PENDING).any():
         stats = combine_partials(grp)
         stats |= {"pack_id": handle.pack_id, "entry": entry.name, "cache": cache_root(entry.root)}
+        stats["source"] = entry.attrs.get("source")  # what the data was (check_trained_data)
         update_changed(grp.group.attrs, {"stats": stats, "complete": True})
         if entry.name == handle.extra["cache"]["entry"]:  # the training split: the model's stats
             stats_file = handle.checkpoint / LATENT_STATS

@@ -419,7 +419,36 @@ def _resume(settings: Settings, record: dict[str, Any] | None) -> tuple[Any, Any
     settings, record, rec = resume_settings(
         run_dir_of(settings.runs, name), settings, record, "pack"
     )
-    return settings, record, [f"resume: {line}" for line in rec.lines()] if rec else []
+    lines = [f"resume: {line}" for line in rec.lines()] if rec else []
+    settings, pinned = _recorded_data(settings, run_dir_of(settings.runs, name))
+    return settings, record, lines + pinned
+
+
+def _recorded_data(settings: Settings, run_dir: Path) -> tuple[Settings, list[str]]:
+    """A resume that names no data (no --entry/--features/--data/…, now or at the start) takes
+    the cache entry and features its checkpoint records, with the source it recorded, instead of
+    guessing the newest features again (an unrelated extract since then would change them)."""
+    from repackctl.pack.data import SOURCE_KEYS
+    from repackctl.train.checkpoint import latest_checkpoint, read_state
+
+    cfg = settings.pack
+    if SOURCE_KEYS & cfg.model_fields_set:
+        return settings, []
+    latest = latest_checkpoint(run_dir, warn=None, check_finite=False)
+    extra = read_state(latest).get("extra", {}) if latest is not None else {}
+    cache, source = extra.get("cache") or {}, extra.get("source") or {}
+    same_split = source.get("split", cfg.split) == cfg.split
+    if not (cache.get("entry") and cache.get("features") and same_split):
+        return settings, []
+    pack = cfg.model_copy(deep=True)
+    pack.entry, pack.features = cache["entry"], cache["features"]
+    for key in ("encoder", "weights", "layer", "data", "num"):
+        if key in source and source[key] != getattr(pack, key):
+            setattr(pack, key, source[key])  # as the run recorded them (hints, encode)
+    if source.get("resolution_given") is not None:
+        pack.resolution = source["resolution_given"]
+    note = f"resume: using the run's cache entry {pack.entry} / {pack.features}"
+    return settings.model_copy(update={"pack": pack}), [note]
 
 
 def run_pack_train(

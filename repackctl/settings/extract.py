@@ -38,7 +38,7 @@ class ExtractSettings(BaseModel):
     resolution: int | None = Field(
         None, ge=1, description="crop size in pixels; none = 64 for builtin, 256 otherwise"
     )
-    num: int | None = Field(None, description="number of images; none = the whole source")
+    num: int | None = Field(None, ge=1, description="number of images; none = the whole source")
     batch_size: int = Field(32, ge=1, description="images per encoder forward")
     flips: bool = Field(True, description="also encode the mirrored image (F = 2)")
     strict: bool = Field(False, description="fail on unreadable images instead of skipping them")

@@ -68,7 +68,7 @@ class PackSettings(BaseModel):
         ge=1,
         description="image size of the cache entry; none = 64 for builtin, 256 otherwise",
     )
-    num: int | None = Field(None, description="number of images, as given to extract")
+    num: int | None = Field(None, ge=1, description="number of images, as given to extract")
     entry: str | None = Field(
         None, description="cache entry name (overrides data/split/resolution/num)"
     )
@@ -91,7 +91,9 @@ class PackSettings(BaseModel):
         "continuation (setting names, or all); every allowed change goes to config_history.jsonl",
     )
     preset: Literal["auto", "paper", "small"] = Field(
-        "auto", description="defaults for unset sizes: auto picks paper for token width >= 384"
+        "auto",
+        description="defaults for unset sizes: auto picks small on a CPU and for the built-in "
+        "encoder, paper on a GPU",
     )
 
     # ---- model sizes (none = from the preset) -------------------------------------------------
@@ -122,7 +124,7 @@ class PackSettings(BaseModel):
     # ---- optimisation --------------------------------------------------------------------------
     steps: int | None = Field(None, ge=0, description="training steps; none = preset")
     batch_size: int | None = Field(
-        None, ge=1, description="global batch (all processes); none = 32"
+        None, ge=1, description="global batch (all processes); none = preset (paper 32, small 16)"
     )
     lr: float | None = Field(None, gt=0, description="Adam lr; none = preset (paper 1e-5)")
     disc_lr: float | None = Field(None, gt=0, description="discriminator lr; none = lr")

@@ -1,0 +1,137 @@
+"""What inside a local cache folder the cache itself wrote, so that nothing else is ever deleted.
+
+The cache writes, below a group folder, only (README "Cache layout"):
+
+* ``zarr.json`` of every group and array (zarr's ``LocalStore`` writes it through a temporary
+  ``zarr.<hex>.partial`` that a killed writer can leave behind);
+* the chunk or shard files of an array under its ``c/`` folder (digit names, same temporaries);
+* the shard locks of a writer, ``<array>/locks/shard-<k>.lock`` (``creation.ShardLocks``).
+
+Anything else (a note, a symlink, a folder without ``zarr.json`` holding files) is *foreign*:
+``cache rm`` and the removal of an unfinished group refuse to run when a group holds one, and a
+new group is never created in a folder of its name that is not a zarr node already. Only local
+roots are checked; an fsspec URL store holds nothing but the keys zarr writes there.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import zarr
+from zarr.storage import LocalStore
+
+from repackctl.errors import CacheError
+
+META = "zarr.json"
+_PARTIAL = re.compile(r"^(zarr|c|\d+)\.[0-9a-f]{32}\.partial$")  # LocalStore's temporaries
+_CHUNK = re.compile(r"^\d+$")
+_LOCK = re.compile(r"^shard-\d+\.lock$")
+
+
+def group_dir(group: zarr.Group) -> Path | None:
+    """The local folder of ``group``, or None when its store is not a local folder."""
+    store = group.store_path.store
+    if not isinstance(store, LocalStore):
+        return None
+    path = group.store_path.path
+    return Path(store.root) / path if path else Path(store.root)
+
+
+def _node_type(path: Path) -> str | None:
+    """``group``/``array`` for a folder with a ``zarr.json``, ``unknown`` if it is unreadable,
+    None without one."""
+    meta = path / META
+    if meta.is_symlink() or not meta.is_file():
+        return None
+    try:
+        kind = json.loads(meta.read_text()).get("node_type")
+    except (OSError, ValueError, AttributeError):
+        return "unknown"
+    return kind if kind in ("group", "array") else "unknown"
+
+
+def _entries(path: Path) -> list[Path]:
+    try:
+        return sorted(path.iterdir())
+    except OSError as e:
+        raise CacheError(
+            f"cannot read {path} ({e.strerror})", "check the permissions of the cache folder"
+        ) from None
+
+
+def _foreign_in(path: Path, file_ok: re.Pattern, dirs_ok: bool) -> Path | None:
+    """First entry of a chunk (``c/``) or lock folder whose name is not one the cache writes."""
+    for p in _entries(path):
+        if p.is_symlink():
+            return p
+        if p.is_dir() and dirs_ok and _CHUNK.match(p.name):
+            bad = _foreign_in(p, file_ok, dirs_ok)
+            if bad is not None:
+                return bad
+        elif not (p.is_file() and (file_ok.match(p.name) or _PARTIAL.match(p.name))):
+            return p
+    return None
+
+
+def _leftover(path: Path) -> bool:
+    """A folder without ``zarr.json`` holding nothing but zarr's temporaries (or nothing): what a
+    writer killed between making the folder and renaming its first file leaves."""
+    return all(
+        p.is_file() and not p.is_symlink() and _PARTIAL.match(p.name) for p in _entries(path)
+    )
+
+
+def foreign_path(path: Path) -> Path | None:
+    """The first path (sorted walk) below the zarr node folder ``path`` that the cache did not
+    write, or None when all of it is the cache's own."""
+    kind = _node_type(path)
+    for p in _entries(path):
+        name = p.name
+        if p.is_symlink():
+            return p
+        if p.is_file():
+            ok = name == META or _PARTIAL.match(name) or (kind != "group" and name == "c")
+            if not ok:
+                return p
+            continue
+        if not p.is_dir():  # a socket, a fifo, a device
+            return p
+        if kind != "group" and name == "c":
+            bad = _foreign_in(p, _CHUNK, dirs_ok=True)
+        elif kind != "group" and name == "locks":
+            bad = _foreign_in(p, _LOCK, dirs_ok=False)
+        elif kind != "array" and _node_type(p) is not None:
+            bad = foreign_path(p)
+        else:
+            bad = None if _leftover(p) else p
+        if bad is not None:
+            return bad
+    return None
+
+
+def refuse_foreign(path: Path, what: str) -> None:
+    """A ``CacheError`` naming the first foreign path below ``path`` (about to be removed)."""
+    bad = foreign_path(path)
+    if bad is not None:
+        raise CacheError(
+            f"{what} {path} holds {bad}, which the cache did not write; nothing was removed",
+            f"move {bad} out of the cache folder first, then run the command again",
+        )
+
+
+def claim_dir(path: Path) -> None:
+    """Refuse to create a group at ``path`` when something that is no zarr node is there."""
+    if not path.exists() and not path.is_symlink():
+        return
+    if path.is_symlink() or not path.is_dir():
+        cause = "is a link" if path.is_symlink() else "is a file"
+    elif _node_type(path) is not None or _leftover(path):
+        return
+    else:
+        cause = f"is a folder that is not part of the cache (no {META} in it)"
+    raise CacheError(
+        f"{path} {cause}; the cache would create its entry there",
+        f"move {path} elsewhere, or use another --cache",
+    )
