@@ -4,12 +4,17 @@
 runs/<name>/config.json  metrics.jsonl  log.txt  checkpoints/step-NNNNNNN/state.json …
 ```
 
-A folder is a repackctl run when it holds ``config.json`` (written by the training engine) or a
-``checkpoints/`` folder with ``step-NNNNNNN`` folders (also what ``import official`` writes). The
-stage (pack / dit / refine) is ``extra.stage`` of the config or of the newest checkpoint's
-``state.json``; imported runs carry ``"imported": true`` there.
+A folder is a repackctl run when it carries repackctl's own metadata: a ``config.json`` that the
+training engine wrote (``TrainConfig.to_dict()``: its keys and ``extra.stage``), or a
+``checkpoints/step-NNNNNNN/state.json`` with a step, file checksums and ``extra.stage`` (also what
+``import official`` writes). Any other folder (say, a downloaded model with its own
+``config.json``) is neither listed nor removed. The stage (pack / dit / refine / t2i) is
+``extra.stage`` of the config or of the newest checkpoint's ``state.json``; imported runs carry
+``"imported": true`` there.
 
-Reads JSON and file sizes only (no torch), so listings and error hints stay fast.
+Hints read JSON and file sizes only (no torch), so error messages stay fast; ``runs ls`` and
+``runs info`` also check every checkpoint file's sha256 with the loader's own check
+(``repackctl.train.checkpoint``), so a damaged checkpoint is reported as such, not as complete.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ CKPT_DIR = "checkpoints"
 STEP_RE = re.compile(r"^step-(\d{7})$")
 # the files every complete checkpoint has (repackctl.train.checkpoint.REQUIRED)
 CKPT_FILES = ("model.safetensors", "ema.safetensors", "optim.pt", "state.json")
+# keys every config.json of the training engine has (repackctl.train.config.TrainConfig fields)
+ENGINE_KEYS = frozenset({"run_dir", "steps", "global_batch", "lr", "seed", "ckpt_every", "extra"})
 # shown by `runs info` from config.json (TrainConfig fields)
 CONFIG_KEYS = ("steps", "global_batch", "grad_accum", "lr", "schedule", "ema_decay", "precision",
                "seed", "ckpt_every", "keep_last")  # fmt: skip
@@ -38,7 +45,8 @@ CONFIG_KEYS = ("steps", "global_batch", "grad_accum", "lr", "schedule", "ema_dec
 
 @dataclass
 class CheckpointInfo:
-    """One ``step-NNNNNNN`` folder: complete (loadable) or the reason it is not."""
+    """One ``step-NNNNNNN`` folder: complete (loadable) or the reason it is not (e.g.
+    ``missing optim.pt``, ``marked bad (good: false)…``, ``corrupt (ema.safetensors)``)."""
 
     name: str
     step: int
@@ -102,11 +110,38 @@ def _step_folders(folder: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and STEP_RE.match(p.name))
 
 
+def _stage_of(data: dict[str, Any] | None) -> str | None:
+    """``extra.stage`` of a config.json or state.json, when it is a string."""
+    extra = data.get("extra") if data else None
+    stage = extra.get("stage") if isinstance(extra, dict) else None
+    return stage if isinstance(stage, str) else None
+
+
+def _engine_config(data: dict[str, Any] | None) -> bool:
+    """True for a ``config.json`` the training engine wrote: its keys, and ``extra.stage``."""
+    return data is not None and ENGINE_KEYS <= data.keys() and _stage_of(data) is not None
+
+
+def _engine_state(data: dict[str, Any] | None) -> bool:
+    """True for a checkpoint ``state.json`` that repackctl wrote: step, checksums, stage."""
+    return (
+        data is not None
+        and isinstance(data.get("step"), int)
+        and isinstance(data.get("files"), dict)
+        and _stage_of(data) is not None
+    )
+
+
 def is_run(folder: Path) -> bool:
-    """True for a folder written by repackctl training or import (see the module docstring)."""
+    """True for a folder written by repackctl training or import (see the module docstring).
+
+    A ``config.json`` alone (a downloaded model, another tool's output) is not enough: it must
+    be the engine's, or a checkpoint's ``state.json`` must be repackctl's."""
     if not folder.is_dir() or folder.is_symlink():
         return False
-    return (folder / CONFIG_JSON).is_file() or bool(_step_folders(folder))
+    if _engine_config(_read_json(folder / CONFIG_JSON)):
+        return True
+    return any(_engine_state(_read_json(p / "state.json")) for p in reversed(_step_folders(folder)))
 
 
 def _tree(folder: Path) -> tuple[int, float]:
@@ -123,23 +158,53 @@ def _tree(folder: Path) -> tuple[int, float]:
     return total, newest
 
 
-def checkpoint_info(folder: Path) -> CheckpointInfo:
-    """Whether a checkpoint folder is complete, as ``train.checkpoint.is_complete`` decides."""
-    step = int(STEP_RE.match(folder.name).group(1))  # type: ignore[union-attr]
-    size = _tree(folder)[0]
+def _structure_problem(folder: Path, step: int) -> str | None:
+    """Why a checkpoint folder cannot load, from its file names and ``state.json`` (no hashing)."""
     missing = [f for f in CKPT_FILES if not (folder / f).is_file()]
     if missing:
-        return CheckpointInfo(folder.name, step, False, f"missing {', '.join(missing)}", size)
+        return f"missing {', '.join(missing)}"
     state = _read_json(folder / "state.json")
     if state is None:
-        return CheckpointInfo(folder.name, step, False, "state.json unreadable", size)
+        return "state.json unreadable"
     if state.get("step") != step:
-        problem = f"state.json says step {state.get('step')}"
-        return CheckpointInfo(folder.name, step, False, problem, size)
+        return f"state.json says step {state.get('step')}"
     absent = [m for m in state.get("modules", []) if not (folder / f"{m}.safetensors").is_file()]
     if absent:
-        return CheckpointInfo(folder.name, step, False, f"missing {absent} weights", size)
-    return CheckpointInfo(folder.name, step, True, None, size)
+        return f"missing {absent} weights"
+    if state.get("good", True) is False:
+        return "marked bad (good: false): saved after non-finite steps"
+    return None
+
+
+def _checksum_problem(folder: Path) -> str | None:
+    """The loader's own checks (``repackctl.train.checkpoint``): ``state.json`` validated, then
+    every file's sha256 against the one it records; ``corrupt (<file>)`` for the first that
+    differs."""
+    from repackctl.train.checkpoint import _check_structure, _verify_file
+
+    try:
+        state = _check_structure(folder)
+    except CheckpointError as e:
+        return e.message.replace(f"{folder}{os.sep}", "")
+    for name in sorted(state.files):
+        try:
+            _verify_file(folder, name, state)
+        except CheckpointError:
+            return f"corrupt ({name})"
+    return None
+
+
+def checkpoint_info(folder: Path, verify: bool = True) -> CheckpointInfo:
+    """Whether a checkpoint folder is complete and loadable, as the loader decides.
+
+    ``verify`` also checks every file's sha256 against ``state.json`` (it reads every byte);
+    without it only file names and ``state.json`` are read (fast hints)."""
+    step = int(STEP_RE.match(folder.name).group(1))  # type: ignore[union-attr]
+    size = _tree(folder)[0]
+    problem = _structure_problem(folder, step)
+    if problem is None and verify:
+        problem = _checksum_problem(folder)
+    return CheckpointInfo(folder.name, step, problem is None, problem, size)
 
 
 def _stage(folder: Path, newest: Path | None) -> tuple[str, bool]:
@@ -175,14 +240,18 @@ def _run_info(folder: Path, ckpts: list[CheckpointInfo]) -> RunInfo:
     )
 
 
-def list_runs(root: Path) -> list[RunInfo]:
-    """Every run directly under ``root`` (sorted by name); other folders are left out."""
+def list_runs(root: Path, verify: bool = True) -> list[RunInfo]:
+    """Every run directly under ``root`` (sorted by name); other folders are left out.
+
+    ``verify``: a checkpoint counts as complete only when its files' sha256 match
+    (``checkpoint_info``); hints pass False to stay fast."""
     if not root.is_dir():
         return []
     out = []
     for folder in sorted(root.iterdir()):
         if is_run(folder):
-            out.append(_run_info(folder, [checkpoint_info(p) for p in _step_folders(folder)]))
+            ckpts = [checkpoint_info(p, verify) for p in _step_folders(folder)]
+            out.append(_run_info(folder, ckpts))
     return out
 
 
@@ -215,9 +284,16 @@ def sample_folders(samples_root: Path, run: str) -> list[str]:
 
 
 def _require_run(folder: Path) -> None:
-    if not is_run(folder):
-        what = "does not exist" if not folder.exists() else "is not a repackctl run"
-        raise CheckpointError(f"{folder} {what}", runs_hint(folder.parent))
+    """A ``CheckpointError`` (its hint lists the runs there are) unless ``folder`` is a run."""
+    if is_run(folder):
+        return
+    if not folder.exists():
+        raise CheckpointError(f"{folder} does not exist", runs_hint(folder.parent))
+    raise CheckpointError(
+        f"{folder} is not a repackctl run: it holds no config.json or checkpoint state.json "
+        "written by repackctl training, so repackctl neither lists nor removes it",
+        f"{runs_hint(folder.parent)}; a folder repackctl did not write is yours to delete",
+    )
 
 
 def describe_run(folder: Path, samples_root: Path | None = None, tail: int = 5) -> RunDetail:
@@ -243,7 +319,7 @@ def remove_run(folder: Path) -> None:
 
 def runs_hint(root: Path, stage: str | None = None, limit: int = 10) -> str:
     """``runs in ROOT: a (dit, step 20), b (pack, step 4)`` — or how to make one."""
-    runs = [r for r in list_runs(root) if stage is None or r.stage == stage]
+    runs = [r for r in list_runs(root, verify=False) if stage is None or r.stage == stage]
     kind = f"{stage} runs" if stage else "runs"
     if not runs:
         return f"no {kind} in {root}; train one first, or pass --runs with the right folder"
@@ -258,7 +334,7 @@ def runs_hint(root: Path, stage: str | None = None, limit: int = 10) -> str:
 
 def newest_run(root: Path, stage: str) -> str | None:
     """The most recently modified run of ``stage`` with a complete checkpoint (stages chain)."""
-    runs = [r for r in list_runs(root) if r.stage == stage and r.step is not None]
+    runs = [r for r in list_runs(root, verify=False) if r.stage == stage and r.step is not None]
     return max(runs, key=lambda r: r.modified).name if runs else None
 
 

@@ -212,7 +212,9 @@ class DiTTask:
         if old_id and old_id != self.data.ref.pack_id:
             raise CheckpointError(
                 f"this run was trained on latents {old_id}, not {self.data.ref.pack_id}",
-                f"pass --latents {old_id}, or start a new run with --name",
+                f"resume on the run's own latents with `--latents {old_id} --allow-change "
+                "latents` (naming the latents is a settings change that resuming must be "
+                "allowed to make), or start a new run with --name",
             )
         if extra.get("latent_stats") and extra["latent_stats"] != self.data.stats_dict():
             raise CheckpointError(
@@ -328,17 +330,68 @@ def build_model(model_id: str, **kwargs: Any) -> nn.Module:
     return factory(**given)
 
 
-def resolve_model_id(arch: str, size: str, patch: int | None, model: str | None) -> str:
-    """``--model ID`` wins; else ``<arch>-<size>-<patch>`` (``tiny`` is its own id)."""
+# what the ``tiny`` test model is (repackctl.models.variants.tiny): a LightningDiT of patch 1
+TINY_ARCH, TINY_PATCH = "lightningdit", 1
+
+
+def explicit_keys(section: Any, keys: tuple[str, ...]) -> set[str]:
+    """Those of ``keys`` that a layer (flag, environment, file, library call) set on ``section``
+    to a value other than its preset's or its default; a preset's own value does not count."""
+    fields = type(section).model_fields
+    presets = getattr(type(section), "PRESETS", {}) or {}
+    preset = presets.get(getattr(section, "preset", None), {})
+    return {
+        k
+        for k in keys
+        if k in section.model_fields_set and getattr(section, k) != preset.get(k, fields[k].default)
+    }
+
+
+def _tiny_id(arch: str, patch: int | None, explicit: set[str]) -> str:
+    """``tiny``; an explicit ``--arch`` / ``--patch`` the tiny model does not have is an error."""
+    if arch != TINY_ARCH and "arch" in explicit:
+        raise ConfigError(
+            f"--arch {arch} does not exist at --size tiny: the tiny test model is a {TINY_ARCH} "
+            f"of patch {TINY_PATCH}",
+            f"drop --arch, or pick a real size: --arch {arch} --size s (or b, l, xl)",
+        )
+    if patch not in (None, TINY_PATCH) and "patch" in explicit:
+        raise ConfigError(
+            f"--patch {patch} does not exist at --size tiny: the tiny test model has patch "
+            f"{TINY_PATCH} only",
+            f"drop --patch (or pass --patch {TINY_PATCH}), or pick a real size: --size s "
+            f"--patch {patch}",
+        )
+    return "tiny"
+
+
+def resolve_model_id(
+    arch: str,
+    size: str,
+    patch: int | None,
+    model: str | None,
+    explicit: set[str] | frozenset[str] = frozenset(),
+) -> str:
+    """``--model ID`` wins; else ``<arch>-<size>-<patch>`` (``tiny`` is its own id).
+
+    ``explicit`` names the settings given on purpose (``explicit_keys``): at ``size`` tiny, an
+    ``arch`` or ``patch`` among them that the tiny model does not have is refused instead of
+    being ignored."""
     from repackctl.models.variants import PATCHES, model_id
 
     if model:
         return model
     if size == "tiny":
-        return "tiny"
+        return _tiny_id(arch, patch, set(explicit))
     if arch not in PATCHES:
         raise ConfigError(f"unknown arch {arch!r}", f"choose one of {', '.join(PATCHES)}")
     return model_id(arch, size, patch if patch is not None else PATCHES[arch][0])
+
+
+def model_id_of(s: Any) -> str:
+    """The model id a ``[dit]`` settings section asks for (see ``resolve_model_id``)."""
+    explicit = explicit_keys(s, ("arch", "patch"))
+    return resolve_model_id(s.arch, s.size, s.patch, s.model, explicit)
 
 
 def _width(model: nn.Module) -> tuple[int, int]:
@@ -385,7 +438,7 @@ def build_spec(settings, model_id: str) -> DiTSpec:
 def dit_run_dir(settings) -> Path:
     """``runs/<name>``, the name defaulting to ``dit-<model id>``."""
     s = settings.dit
-    return make_run_dir(settings.runs, s.name or f"dit-{resolve_model_id(s.arch, s.size, s.patch, s.model)}")  # fmt: skip
+    return make_run_dir(settings.runs, s.name or f"dit-{model_id_of(s)}")
 
 
 def data_options(s: Any, memory_gb: float) -> dict[str, Any]:
@@ -408,7 +461,7 @@ def build_task(settings, sources: dict[str, str] | None = None) -> tuple[DiTTask
     """
     s = settings.dit
     kernels.select(s.kernels)  # the fused ops the model and the losses use in this process
-    model_id = resolve_model_id(s.arch, s.size, s.patch, s.model)
+    model_id = model_id_of(s)
     ref = find_latents(settings.cache, s.entry, s.latents, s.pack_run)
     data = LatentData(ref, **data_options(s, settings.memory_gb))
     spec = build_spec(settings, model_id)

@@ -27,6 +27,8 @@ from repackctl.files import sha256_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# the setting that names an encoder's weights, by command (hints name the flag of each)
+WEIGHTS_FLAGS = "--weights FILE (extract, pack) or --fd-weights FILE (evaluate, the fd encoder)"
 
 
 def _patch_of(name: str) -> int:
@@ -55,7 +57,7 @@ def _check_weights_file(path: Path) -> None:
     if not path.is_file():
         raise WeightsError(
             f"weights file not found: {path}",
-            "pass --weights with an existing .safetensors or .pth file",
+            f"pass an existing .safetensors or .pth file: {WEIGHTS_FLAGS}",
         )
     if path.suffix == ".safetensors":
         return
@@ -143,8 +145,8 @@ def _create_model(
         except Exception as e:
             raise WeightsError(
                 f"cannot load pretrained weights of {variant} ({type(e).__name__}: no hub access?)",
-                "download the weights elsewhere and pass --weights FILE (.safetensors or .pth), "
-                "or --weights random for a dry run",
+                "download the weights elsewhere (.safetensors or .pth) and pass them with "
+                f"{WEIGHTS_FLAGS}; or give the value random there for a dry run",
             ) from None
         return model, f"hub:{variant}", ""
     if weights == "random":

@@ -17,9 +17,14 @@ Two families of metrics:
 
 Reference statistics are cached by content hash (``<cache>-reference-stats`` beside the cache): the hash covers
 the reference's content (file bytes; for a folder, every image file; for a cache entry, its source
-attributes and done bitmap; for the built-in dataset, its generator description), the number of
-images, the resolution and the feature extractor's weights. A second call with the same inputs
-reads the file instead of recomputing it.
+attributes, done bitmap and the pixels of the images used; for the built-in dataset, its generator
+description), the number of images, the resolution and the feature extractor's weights. A second
+call with the same inputs reads the file instead of recomputing it.
+
+Which generated images are scored (:mod:`repackctl.evaluate.selection`): never an unfinished
+sample run; for a checkpoint, only samples of that checkpoint; with ``--samples N`` below what is
+available, a class-stratified subset (the first N/classes of each class), written on the card as
+``sample_subset``.
 """
 
 from __future__ import annotations
@@ -34,10 +39,24 @@ from typing import Any
 import numpy as np
 
 from repackctl.errors import CacheError, CheckpointError, ConfigError, DataError
+from repackctl.evaluate.selection import (
+    checked_labels,
+    choose_subset,
+    made_from_checkpoint,
+    npz_labels,
+    refuse_unfinished,
+)
 from repackctl.files import IMAGE_EXTENSIONS, sha256_file
 from repackctl.metrics.adm import AdmReference, iter_npz_images, npz_images_shape
 from repackctl.metrics.frechet import FeatureStats, StatsFile, atomic_path, load_stats
-from repackctl.paths import METRICS_JSON, PROTOCOL_JSON, SAMPLES_NPZ, local_path, run_root_of
+from repackctl.paths import (
+    METRICS_JSON,
+    PROTOCOL_JSON,
+    SAMPLES_NPZ,
+    SETTINGS_JSON,
+    local_path,
+    run_root_of,
+)
 from repackctl.progress import ProgressFactory, null_progress
 from repackctl.settings import Settings
 
@@ -100,6 +119,19 @@ def _take(batches: Iterator[np.ndarray], n: int) -> Iterator[np.ndarray]:
         left -= len(b[:left])
 
 
+def _select(batches: Iterator[np.ndarray], indices: np.ndarray) -> Iterator[np.ndarray]:
+    """The images at the sorted ``indices`` of a batch stream, in order (copies)."""
+    start = pos = 0
+    for b in batches:
+        if pos >= len(indices):
+            return
+        end = start + len(b)
+        stop = int(np.searchsorted(indices, end))  # indices[pos:stop] fall in this batch
+        if stop > pos:
+            yield b[indices[pos:stop] - start]  # (k, H, W, 3)
+        start, pos = end, stop
+
+
 def _list_images(folder: Path) -> list[Path]:
     return sorted(
         p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
@@ -114,22 +146,37 @@ def folder_sha256(files: list[Path], root: Path) -> str:
     return h.hexdigest()
 
 
-def npz_image_set(path: Path, num: int | None = None) -> ImageSet:
-    """The ``arr_0`` images of an ADM-layout ``.npz`` (streamed, first ``num``)."""
+def npz_image_set(
+    path: Path, num: int | None = None, indices: np.ndarray | None = None
+) -> ImageSet:
+    """The ``arr_0`` images of an ADM-layout ``.npz`` (streamed; first ``num``, or the sorted
+    ``indices``). ``sha256`` is the file's: a subset is recorded beside it, in ``meta``."""
     try:
         shape = npz_images_shape(path)
     except Exception as e:  # BadZipFile, missing arr_0 (DataError), bad header
         if isinstance(e, DataError):
             raise
         raise DataError(f"{path} is not a readable .npz file: {e}") from e
-    n = shape[0] if num is None else min(num, shape[0])
+
+    if indices is not None:
+        n = len(indices)
+
+        def batches(bs: int) -> Iterator[np.ndarray]:
+            return _select(iter_npz_images(path, bs), indices)  # fancy indexing copies
+
+    else:
+        n = shape[0] if num is None else min(num, shape[0])
+
+        def batches(bs: int) -> Iterator[np.ndarray]:
+            # writable copies: torch warns on (and must not write into) read-only buffers
+            return (b.copy() for b in _take(iter_npz_images(path, bs), n))
+
     return ImageSet(
         kind="npz",
         label=str(path),
         n=n,
         resolution=int(shape[1]),
-        # writable copies: torch warns on (and must not write into) read-only buffers
-        batches=lambda bs: (b.copy() for b in _take(iter_npz_images(path, bs), n)),
+        batches=batches,
         hasher=lambda: sha256_file(path),
         meta={"available": int(shape[0])},
     )
@@ -161,15 +208,18 @@ def _png_batches(files: list[Path], bs: int) -> Iterator[np.ndarray]:
         yield np.stack(imgs)  # (b, H, W, 3)
 
 
-def png_folder_set(folder: Path, num: int | None = None) -> ImageSet:
-    """Generated images stored as files in ``folder`` (sorted by name, first ``num``)."""
+def png_folder_set(
+    folder: Path, num: int | None = None, indices: np.ndarray | None = None
+) -> ImageSet:
+    """Generated images stored as files in ``folder`` (sorted by name; first ``num``, or the
+    sorted ``indices`` of that order)."""
     from PIL import Image
 
     files = _list_images(folder)
     if not files:
         raise DataError(f"no images in {folder}", hint="pass a samples folder or a samples .npz")
     available = len(files)
-    files = files[: num or available]
+    files = [files[int(i)] for i in indices] if indices is not None else files[: num or available]
     try:
         with Image.open(files[0]) as im:
             resolution = im.size[1]
@@ -234,21 +284,30 @@ def reference_folder_set(folder: Path, resolution: int, num: int | None, seed: i
 
 
 def cache_image_set(cache: str, entry_name: str, num: int | None) -> ImageSet:
-    """The written images of a cache entry (first ``num`` valid ones), read in chunk blocks."""
-    from repackctl.cache.store import DatasetEntry, read_blocks
+    """The written images of a cache entry (first ``num`` valid ones), read in chunk blocks.
+
+    Its content hash covers the pixels of those images (read block by block), not only the
+    entry's attributes: an entry removed and extracted again from changed files has the same
+    attributes and done flags but other images, and must not reuse cached statistics. Reads go
+    through a guarded view: a lost or corrupt chunk is an error, never black images.
+    """
+    from repackctl.cache.integrity import GuardedArray, repair_hint
+    from repackctl.cache.store import WRITTEN, DatasetEntry, read_blocks
 
     entry = DatasetEntry.open(cache, entry_name)
-    valid = entry.valid_indices()
+    done = entry.done[:]
+    valid = np.flatnonzero(done == WRITTEN)
     if len(valid) < 2:
         raise CacheError(
             f"cache entry {entry_name} has {len(valid)} written images",
             hint="finish `repackctl extract` for it first",
         )
     idx = valid[: num or len(valid)]
-    done = entry.done[:]
+    redo = repair_hint(entry_name, "the same `repackctl extract`")
+    images = GuardedArray(entry.images, done == WRITTEN, f"{entry_name} images", redo)
 
     def batches(bs: int) -> Iterator[np.ndarray]:
-        for _, block in read_blocks(entry.images, idx, bs):
+        for _, block in read_blocks(images, idx, bs):
             yield np.asarray(block)  # (b, R, R, 3)
 
     def hasher() -> str:
@@ -256,7 +315,10 @@ def cache_image_set(cache: str, entry_name: str, num: int | None) -> ImageSet:
         attrs = {k: entry.attrs.get(k) for k in ("source", "n", "resolution", "dataset", "split")}
         h.update(json.dumps(attrs, sort_keys=True, default=str).encode())
         h.update(done.tobytes())
-        h.update(f"|{len(idx)}".encode())
+        h.update(f"|{len(idx)}|".encode())
+        h.update(np.asarray(idx, dtype=np.int64).tobytes())
+        for _, block in read_blocks(images, idx, 256):
+            h.update(np.ascontiguousarray(block).tobytes())  # (b, R, R, 3) uint8 pixels
         return h.hexdigest()
 
     return ImageSet(
@@ -297,25 +359,44 @@ def builtin_image_set(resolution: int, num: int, seed: int, split: str = "val") 
 
 # --------------------------------------------------------------------------- generated side
 def is_samples_folder(path: Path) -> bool:
-    return path.is_dir() and ((path / SAMPLES_NPZ).is_file() or bool(_list_images(path)))
+    """A folder of generated images, or one `repackctl sample` started (finished or not)."""
+    return path.is_dir() and (
+        (path / SAMPLES_NPZ).is_file()
+        or (path / SETTINGS_JSON).is_file()
+        or bool(_list_images(path))
+    )
 
 
 def is_checkpoint_or_run(path: Path) -> bool:
     return path.is_dir() and ((path / "state.json").is_file() or (path / "checkpoints").is_dir())
 
 
-def samples_of_run(root: str | Path, run: Path) -> list[Path]:
-    """Samples folders made from ``run`` (a run or checkpoint folder), newest first."""
+def is_checkpoint(path: Path) -> bool:
+    """A checkpoint folder (``runs/<name>/checkpoints/step-…``), not a run folder."""
+    return path.is_dir() and (path / "state.json").is_file()
 
+
+def samples_of_run(root: str | Path, run: Path) -> list[Path]:
+    """Samples folders made from ``run``, newest first.
+
+    For a run folder: every samples folder named after the run. For a checkpoint folder: only
+    those made from that checkpoint's weights (the sha256 their ``protocol.json`` records, or
+    the settings file of an unfinished run), so another checkpoint's samples are never scored
+    under its name.
+    """
     base, name = local_path(str(root)), run_root_of(run).name
     found = [p for p in base.glob(f"{name}--*") if is_samples_folder(p)] if base.is_dir() else []
+    if is_checkpoint(run):
+        found = [p for p in found if made_from_checkpoint(p, read_protocol(p), run)]
     return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
 def newest_samples_folder(root: str | Path) -> Path:
-    """The most recently written samples folder under the samples root."""
-    from repackctl.paths import local_path
+    """The most recently written samples folder under the samples root.
 
+    An unfinished sample run that is the newest folder is refused (not skipped: the user most
+    likely means it), with the hint to finish it.
+    """
     base = local_path(str(root))
     found = [p for p in base.iterdir() if is_samples_folder(p)] if base.is_dir() else []
     if not found:
@@ -329,7 +410,9 @@ def newest_samples_folder(root: str | Path) -> Path:
         marks = [p / PROTOCOL_JSON, p / SAMPLES_NPZ]
         return max([m.stat().st_mtime for m in marks if m.exists()] + [p.stat().st_mtime])
 
-    return max(found, key=written)
+    newest = max(found, key=written)
+    refuse_unfinished(newest, "the newest samples folder ")
+    return newest
 
 
 def read_protocol(folder: Path) -> dict:
@@ -375,61 +458,101 @@ def _check_count(images: ImageSet, num: int | None, where: str) -> list[str]:
 
 
 def open_generated(settings: Settings, progress: ProgressFactory = null_progress) -> Generated:
-    """Resolve ``evaluate.source`` (or the newest samples folder) into a :class:`Generated`."""
+    """Resolve ``evaluate.source`` (or the newest samples folder) into a :class:`Generated`.
+
+    Unfinished sample runs are refused; with ``--samples N`` below what is available, the
+    scored images are a class-stratified subset when the labels are known
+    (:func:`repackctl.evaluate.selection.choose_subset`), recorded in ``images.meta["subset"]``.
+    """
     cfg = settings.evaluate
     num = cfg.num_samples
-    messages: list[str] = []
-    sampled_now = False
+    path, messages, sampled_now = _resolve_source(settings, progress)
+    npz, folder, protocol = _locate_images(path)
+    images = npz_image_set(npz) if npz is not None else png_folder_set(folder)
+    messages += _check_count(images, num, images.label)
+    available = images.meta["available"]
+    labels = None
+    if num is not None and num < available:
+        labels = _labels_of(npz, protocol, available, images.label)
+    indices, subset = choose_subset(protocol, labels, num, available, images.label)
+    if indices is not None:
+        images = (
+            npz_image_set(npz, indices=indices)
+            if npz is not None
+            else png_folder_set(folder, indices=indices)
+        )
+    if subset["rule"] != "all":
+        messages.append(f"the {images.n} samples scored are {subset['description']}")
+    images.meta["subset"] = subset
+    images.batch_size = cfg.batch_size
+    return Generated(images, folder, protocol, sampled_now, messages)
+
+
+def _resolve_source(settings: Settings, progress: ProgressFactory) -> tuple[Path, list[str], bool]:
+    """(samples folder or .npz to score, how it was found, whether it was sampled just now)."""
+    cfg = settings.evaluate
+    num = cfg.num_samples
     if cfg.source is None:
         path = newest_samples_folder(settings.samples)
-        messages.append(f"no source given: the newest samples folder is {path}")
-    else:
-        path = Path(cfg.source).expanduser().resolve()
-        if not path.exists():
-            raise DataError(
-                f"generated samples {path} do not exist",
-                hint="pass a samples folder, a samples .npz, or a DiT run/checkpoint",
-            )
-    if path.is_dir() and is_checkpoint_or_run(path):
-        made = samples_of_run(settings.samples, path)
-        if made:
-            path = made[0]
-            messages.append(f"{cfg.source} is a run: its newest samples folder is {path}")
-        elif num is not None:
-            path = sample_checkpoint(settings, path, num, progress)
-            messages.append(f"sampled {num} images into {path}")
-            sampled_now = True
-        else:
-            raise DataError(
-                f"{path} is a run or checkpoint with no samples folder under {settings.samples}",
-                hint=f"sample it first (`repackctl sample --run {run_root_of(path).name} -n "
-                "50000`), or give --samples N to sample it now",
-            )
+        return path, [f"no source given: the newest samples folder is {path}"], False
+    path = Path(cfg.source).expanduser().resolve()
+    if not path.exists():
+        raise DataError(
+            f"generated samples {path} do not exist",
+            hint="pass a samples folder, a samples .npz, or a DiT run/checkpoint",
+        )
+    if not (path.is_dir() and is_checkpoint_or_run(path)):
+        return path, [], False
+    what = "checkpoint" if is_checkpoint(path) else "run"
+    made = samples_of_run(settings.samples, path)
+    if made:
+        return made[0], [f"{cfg.source} is a {what}: its newest samples folder is {made[0]}"], False
+    if num is not None:
+        out = sample_checkpoint(settings, path, num, progress)
+        return out, [f"sampled {num} images of {what} {path} into {out}"], True
+    pick = f" --checkpoint {path.name}" if what == "checkpoint" else ""
+    raise DataError(
+        f"{path} is a {what} with no samples folder made from it under {settings.samples}",
+        hint=f"sample it first (`repackctl sample --run {run_root_of(path).name}{pick} -n "
+        "50000`), or give --samples N to sample it now",
+    )
+
+
+def _locate_images(path: Path) -> tuple[Path | None, Path, dict]:
+    """(the .npz to read or None for a PNG folder, the samples folder, its protocol card).
+
+    A folder `repackctl sample` started but did not finish is refused, named or not.
+    """
     if path.is_file():
         if path.suffix != ".npz":
             raise DataError(
                 f"{path} is not an .npz file", hint="pass a samples folder or a samples .npz"
             )
-        images = npz_image_set(path, num)
-        folder = path.parent
-        protocol = read_protocol(folder) if path.name == SAMPLES_NPZ else {}
-    elif path.is_dir():
-        folder = path
-        if (path / SAMPLES_NPZ).is_file():
-            images = npz_image_set(path / SAMPLES_NPZ, num)
-        elif _list_images(path):
-            images = png_folder_set(path, num)
-        else:
-            raise DataError(
-                f"{path} holds neither samples.npz nor images",
-                hint="pass a samples folder made by `repackctl sample`, or a DiT checkpoint",
-            )
-        protocol = read_protocol(path)
-    else:
+        if path.name != SAMPLES_NPZ:
+            return path, path.parent, {}
+        refuse_unfinished(path.parent)
+        return path, path.parent, read_protocol(path.parent)
+    if not path.is_dir():
         raise DataError(f"{path} is neither a file nor a folder")
-    messages += _check_count(images, num, images.label)
-    images.batch_size = cfg.batch_size
-    return Generated(images, folder, protocol, sampled_now, messages)
+    refuse_unfinished(path)
+    if (path / SAMPLES_NPZ).is_file():
+        return path / SAMPLES_NPZ, path, read_protocol(path)
+    if not _list_images(path):
+        raise DataError(
+            f"{path} holds neither samples.npz nor images",
+            hint="pass a samples folder made by `repackctl sample`, or a DiT checkpoint",
+        )
+    return None, path, read_protocol(path)
+
+
+def _labels_of(npz: Path | None, protocol: dict, available: int, where: str) -> np.ndarray | None:
+    """The per-sample labels: the .npz's ``arr_1``, else the card's ``labels``; None if unknown."""
+    if npz is not None:
+        labels = npz_labels(npz, available)
+        if labels is not None:
+            return labels
+    recorded = protocol.get("labels")
+    return None if recorded is None else checked_labels(recorded, available, where)
 
 
 def sample_checkpoint(
@@ -819,6 +942,7 @@ def _card(
         reference_sha256=ref.sha256,
         reference_protocol_differences=list(ref.differences),
         num_samples=n,
+        sample_subset=gen.images.meta.get("subset"),
         versions=package_versions(),
         git_revision=git_revision(),
     )
@@ -974,6 +1098,7 @@ def run_evaluate_fid(
         "sha256": gen.images.sha256,
         "n": gen.images.n,
         "resolution": gen.images.resolution,
+        "subset": gen.images.meta.get("subset"),
     }
     metrics["reference"] = {"path": ref.label, "sha256": ref.sha256, "kind": ref.kind}
     metrics["notes"] = scores.notes

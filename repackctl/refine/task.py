@@ -185,17 +185,7 @@ class RefineTask:
         }
 
     def load_state_extra(self, extra: dict[str, Any]) -> None:
-        old = extra.get("pack", {}).get("pack_id")
-        if old is not None and old != self.pack_info["pack_id"]:
-            raise CheckpointError(
-                f"this refiner run was trained on pack model {old}, not {self.pack_info['pack_id']}",
-                "use a new --name for a refiner of another pack run",
-            )
-        if extra.get("refiner_config") not in (None, self.refiner_config.to_dict()):
-            raise CheckpointError(
-                "this refiner run was trained with another network config",
-                "use the same refiner settings or a new --name",
-            )
+        check_resume_extra(extra, self.pack_info["pack_id"], self.refiner_config)
 
     def on_images(self, modules, ema_module: nn.Module, step: int, run_dir: Path) -> Path:
         """Rows of real / reconstruction / refined (EMA) images of the first samples."""
@@ -226,6 +216,32 @@ def refiner_config_for(latent_channels: int, resolution: int, settings: Settings
         output=settings.refine.output,
         max_groups=settings.refine.norm_groups,
     )
+
+
+def check_resume_extra(extra: dict[str, Any], pack_id: str, refiner_config: RefinerConfig) -> None:
+    """Refuse to resume a refiner checkpoint (its task ``extra``) of another pack model or
+    network config."""
+    old = extra.get("pack", {}).get("pack_id")
+    if old is not None and old != pack_id:
+        raise CheckpointError(
+            f"this refiner run was trained on pack model {old}, not {pack_id}",
+            "use a new --name for a refiner of another pack run",
+        )
+    if extra.get("refiner_config") not in (None, refiner_config.to_dict()):
+        raise CheckpointError(
+            "this refiner run was trained with another network config",
+            "use the same refiner settings or a new --name",
+        )
+
+
+def check_resumable(run: Path, pack_id: str, refiner_config: RefinerConfig) -> None:
+    """Before anything is built or written: the checkpoint ``train`` would resume from (the
+    run's newest complete one, if any) fits this pack model and network config."""
+    from repackctl.train.checkpoint import latest_checkpoint, read_state
+
+    latest = latest_checkpoint(run, warn=None)
+    if latest is not None:
+        check_resume_extra(read_state(latest).get("extra", {}), pack_id, refiner_config)
 
 
 def _lpips(settings: Settings, messages: list[str]) -> nn.Module | None:
@@ -268,7 +284,9 @@ def run_refine_train(
     progress = with_log_file(progress, run_dir(settings.runs, name) / LOG_FILE)
     cache = pack.extra.get("cache", {})
     entry = DatasetEntry.open(settings.cache, cfg.entry or cache["entry"])
-    features = cache["features"]
+    rcfg = refiner_config_for(pack.latent_channels, entry.resolution, settings)
+    # a run of another pack model or network is refused before its triplets land in the cache
+    check_resumable(run_dir(settings.runs, name), pack.pack_id, rcfg)
     device = resolve_device(settings.device)
     with progress("triplets", total=None) as bar:
         for line in rec.lines() if rec else []:
@@ -276,7 +294,7 @@ def run_refine_train(
         bar.log(f"building refiner triplets of {pack.pack_id} in {entry.name}")
     build_triplets(
         entry,
-        features,
+        cache["features"],
         pack,
         noise=cfg.noise,
         seed=settings.seed,
@@ -292,7 +310,6 @@ def run_refine_train(
         from repackctl.pack.load import builtin_feature_loss
 
         feature_loss = builtin_feature_loss(entry.resolution, settings.seed)
-    rcfg = refiner_config_for(pack.latent_channels, entry.resolution, settings)
     task = RefineTask(
         entry,
         triplets,

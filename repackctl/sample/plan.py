@@ -33,9 +33,21 @@ class GenerationPlan:
         return self.cfg != 1.0
 
 
+SEED_MAX = 2**32 - 1  # the settings refuse other seeds too (repackctl.settings.Settings.seed)
+
+
 def index_seed(seed: int, index: int) -> int:
-    """A 63-bit seed for sample ``index``, derived from (seed, index) by NumPy's SeedSequence."""
-    words = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(index), 0x5A3D1E]).generate_state(2)
+    """A 63-bit seed for sample ``index``, derived from (seed, index) by NumPy's SeedSequence.
+
+    ``seed`` must lie in 0 … 2**32 − 1: it is used as one 32-bit word, never folded (a larger
+    or negative seed would silently give another seed's images)."""
+    if not 0 <= int(seed) <= SEED_MAX:
+        raise ConfigError(
+            f"seed {seed} is outside 0 … {SEED_MAX} (2**32 − 1): it would repeat the samples of "
+            "another seed",
+            f"pass --seed between 0 and {SEED_MAX}",
+        )
+    words = np.random.SeedSequence([int(seed), int(index), 0x5A3D1E]).generate_state(2)
     return (int(words[0]) << 31 | int(words[1]) >> 1) & (2**63 - 1)
 
 

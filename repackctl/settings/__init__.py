@@ -14,9 +14,10 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -38,6 +39,22 @@ from repackctl.settings.t2i import T2iSettings
 
 ENV_PREFIX = "REPACKCTL_"
 Precision = Literal["fp32", "bf16", "fp16"]
+SEED_MAX = 2**32 - 1  # seeds are 32-bit words (sampling: repackctl.sample.plan.index_seed)
+
+
+def _seed_in_range(seed: int) -> int:
+    """Refuse a seed outside 0 … 2**32 − 1 (it would be folded onto another seed's results)."""
+    if not 0 <= seed <= SEED_MAX:
+        raise PydanticCustomError(
+            "seed_range",
+            "must lie in 0 … {max} (2**32 − 1), got {seed}: seeds are 32-bit words, so a "
+            "larger or negative one would repeat the results of another seed",
+            {"max": SEED_MAX, "seed": seed},
+        )
+    return seed
+
+
+Seed = Annotated[int, AfterValidator(_seed_in_range)]
 
 
 class Settings(BaseSettings):
@@ -60,7 +77,7 @@ class Settings(BaseSettings):
     samples: str = Field(
         "samples", min_length=1, description="folder that holds generated sample sets"
     )
-    seed: int = Field(0, description="global seed")
+    seed: Seed = Field(0, description="global seed, 0 … 2**32 − 1")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N, mps")
     precision: Precision = Field("fp32", description="fp32, bf16 or fp16")
     num_workers: int = Field(2, ge=0, description="DataLoader workers that decode images")

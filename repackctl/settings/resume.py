@@ -3,7 +3,8 @@
 A run stores the settings it was started with (``config.json`` → ``extra.settings``: values and
 sources). When the same run is started again, :func:`reconcile` takes those values as the base
 and applies only what the user gave this time (a flag, the environment or a config file). A
-change that keeps the run meaningful (more steps, another checkpoint interval, …) is printed as
+change that keeps the run meaningful (more steps, unless a cosine lr schedule spans them; another
+checkpoint interval, …) is printed as
 ``setting: old → new``; a change that breaks exact continuation (batch, learning rate, schedule,
 model, latents, REPA, seed, …) is an error naming the setting, unless the user allows it with
 ``--allow-change SETTING`` (or ``all``). Allowed changes are appended to ``config_history.jsonl``.
@@ -73,6 +74,31 @@ CONTINUABLE: dict[str, set[str]] = {
     },  # fmt: skip
 }
 CONTINUABLE["t2i"] = CONTINUABLE["dit"]  # the text-to-image run is a DiT run with captions
+# lr schedules whose lr at a step depends on the total ``steps`` (repackctl.train.schedule.lr_at:
+# cosine decays over them); with one of these, more steps would change the lr of steps already
+# done, so a change of steps breaks exact continuation. constant / warmup / step do not use steps.
+# pack and refine have no schedule setting (the engine's constant lr): their steps stay free.
+STEPS_SCHEDULES = frozenset({"cosine"})
+
+
+def _continuable(key: str, schedules: set[Any]) -> bool:
+    """Whether changing ``key`` (dotted) keeps the resumed run an exact continuation;
+    ``schedules``: the lr schedule the run recorded and the one given now, if any."""
+    sec, name = _section_of(key)
+    if name not in CONTINUABLE.get(sec, set()):
+        return False
+    if name == "steps":  # a schedule over the total steps ties the lr of done steps to them
+        return not (schedules & STEPS_SCHEDULES)
+    return True
+
+
+def _why(key: str, schedules: set[Any]) -> str:
+    """What a breaking change of ``key`` breaks (for steps: the lr of the steps already done)."""
+    tied = sorted(str(s) for s in schedules & STEPS_SCHEDULES)
+    if _section_of(key)[1] == "steps" and tied:
+        return f"which changes the lr of the steps already done ({tied[0]} spans all steps)"
+    return "which breaks exact continuation"
+
 
 # layers that mean "the user gave this now" (a default or a preset value does not change a run)
 GIVEN = ("flag", "env", "file", "stored")  # "stored run config": given when the run started
@@ -125,6 +151,8 @@ def reconcile(
 
     # only what some layer gave is kept: defaults and presets fill the rest as they did before
     merged = {k: v for k, v in new.items() if given(sources, k)}
+    sched = f"{section}.schedule" if section else "schedule"
+    schedules = {old.get(sched), new.get(sched) if given(sources, sched) else None}
     out = Reconciled(values={}, sources=sources)
     breaking = []
     for key, value in new.items():
@@ -137,7 +165,7 @@ def reconcile(
             continue
         if value == old[key]:
             continue
-        if name in CONTINUABLE.get(sec, set()):
+        if _continuable(key, schedules):
             out.changes.append((key, old[key], value))
         elif "all" in allow or key in allow or name in allow:
             out.allowed.append((key, old[key], value))
@@ -147,7 +175,7 @@ def reconcile(
         key, a, b = breaking[0]
         more = f" (and {len(breaking) - 1} more)" if len(breaking) > 1 else ""
         raise ResumeConflict(
-            f"resuming would change {key}: {a!r} → {b!r}{more}, which breaks exact continuation",
+            f"resuming would change {key}: {a!r} → {b!r}{more}, {_why(key, schedules)}",
             f"drop the flag to continue as started, start a new run with another --name, or "
             f"pass --allow-change {key.split('.')[-1]} to change it anyway",
         )

@@ -1,0 +1,184 @@
+"""Which generated samples `evaluate fid` may score, and which of them it takes.
+
+- An *unfinished* sample run (``repackctl sample`` wrote its settings file but not yet its
+  ``protocol.json``) is refused: part of a run is neither the protocol its card would claim nor
+  external samples.
+- A *checkpoint* folder is scored on samples made from that checkpoint only: the samples' card
+  (or, for an unfinished run, its settings file) records the sha256 of the weights file it
+  sampled, which is compared with the checkpoint's.
+- ``--samples N`` below the number available takes a *class-stratified* subset when the labels
+  are known (the first ``N / classes`` of each class, in index order), so that a card saying
+  ``label_scheme: balanced`` describes the scored images; the subset is written on the card.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from repackctl.errors import DataError
+from repackctl.files import sha256_file_cached
+from repackctl.paths import PROTOCOL_JSON, SETTINGS_JSON
+
+#: label schemes whose first N samples are a fair subset (labels drawn independently per index)
+FIRST_N_SCHEMES = ("uniform-random",)
+#: label schemes that say nothing about the labels (external samples)
+UNKNOWN_SCHEMES = (None, "", "unknown")
+
+
+# --------------------------------------------------------------------------- unfinished runs
+def read_sample_settings(folder: Path) -> dict[str, Any]:
+    """The settings file ``repackctl sample`` starts a folder with, or {} (absent or unreadable)."""
+    path = folder / SETTINGS_JSON
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def is_unfinished_sample_run(folder: Path) -> bool:
+    """``repackctl sample`` started ``folder`` (its settings file) but did not finish it."""
+    return (
+        folder.is_dir()
+        and (folder / SETTINGS_JSON).is_file()
+        and not (folder / PROTOCOL_JSON).is_file()
+    )
+
+
+def refuse_unfinished(folder: Path, how: str = "") -> None:
+    """A ``DataError`` when ``folder`` is an unfinished sample run (``how``: how it was found)."""
+    if not is_unfinished_sample_run(folder):
+        return
+    started = read_sample_settings(folder).get("num")
+    have = sum(1 for p in folder.glob("[0-9]*.png") if p.is_file())
+    of = f" of the {started}" if isinstance(started, int) else ""
+    raise DataError(
+        f"{how}{folder} was not finished by `repackctl sample` ({have}{of} images written, no "
+        f"{PROTOCOL_JSON}); part of a sample run is not scored",
+        hint="rerun the same `repackctl sample` command to finish it (it resumes where it "
+        "stopped), then evaluate again",
+    )
+
+
+# --------------------------------------------------------------------------- checkpoints
+def recorded_weights(folder: Path, protocol: dict[str, Any]) -> tuple[str | None, str]:
+    """(sha256 of the weights file the samples were made from, which weights: ema/model)."""
+    settings = {} if protocol else read_sample_settings(folder)
+    sha = protocol.get("checkpoint_sha256") or settings.get("checkpoint_sha256")
+    which = protocol.get("weights") or settings.get("weights") or "ema"
+    which = which if which in ("ema", "model") else "ema"  # the weights files `sample` loads
+    return (sha if isinstance(sha, str) and sha else None), which
+
+
+def made_from_checkpoint(folder: Path, protocol: dict[str, Any], checkpoint: Path) -> bool:
+    """Whether the samples in ``folder`` were made from the weights of ``checkpoint``.
+
+    The card (or an unfinished run's settings file) records the sha256 of the weights file
+    sampled (``<which>.safetensors``, as ``repackctl sample`` hashes it), compared with that
+    file of ``checkpoint``. A card that names this checkpoint folder also counts when its
+    sha256 is the folder's (``ProtocolCard.build``) or absent (nothing to compare).
+    """
+    sha, which = recorded_weights(folder, protocol)
+    weights = checkpoint / f"{which}.safetensors"
+    if sha is not None and weights.is_file() and sha256_file_cached(weights) == sha:
+        return True
+    named = protocol.get("checkpoint")
+    if not named or Path(str(named)).expanduser().resolve() != checkpoint.resolve():
+        return False
+    if sha is None:
+        return True
+    from repackctl.metrics.frechet import sha256_path
+
+    return sha256_path(checkpoint) == sha
+
+
+# --------------------------------------------------------------------------- labels and subsets
+def npz_labels(path: Path, available: int) -> np.ndarray | None:
+    """The labels (``arr_1`` or ``labels``) of a samples ``.npz``, or None when it has none."""
+    from repackctl.metrics.adm import LABELS_KEYS
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            key = next((k for k in LABELS_KEYS if k in z.files), None)
+            labels = None if key is None else np.asarray(z[key])
+    except (ValueError, OSError, zipfile.BadZipFile) as e:
+        raise DataError(f"cannot read the labels of {path}: {e}") from e
+    return None if labels is None else checked_labels(labels, available, str(path))
+
+
+def checked_labels(labels: Any, available: int, where: str) -> np.ndarray:
+    """``labels`` as an int64 vector of one label per sample, or a ``DataError``."""
+    arr = np.asarray(labels)
+    if arr.shape != (available,) or arr.dtype.kind not in "iu":
+        raise DataError(
+            f"the labels of {where} are {arr.dtype} {arr.shape}, not one integer per sample "
+            f"({available})",
+            hint="the samples are damaged: regenerate them (`repackctl sample`)",
+        )
+    return arr.astype(np.int64)
+
+
+def stratified_indices(labels: np.ndarray, num: int, where: str) -> tuple[np.ndarray, dict]:
+    """The first ``num / classes`` samples of each class (index order), and their card record."""
+    classes, counts = np.unique(labels, return_counts=True)
+    k_classes, fewest = len(classes), int(counts.min())
+    most = k_classes * fewest
+    if num % k_classes or num > most:
+        below, above = num // k_classes * k_classes, (num // k_classes + 1) * k_classes
+        valid = [str(m) for m in (below, above) if 0 < m <= most]
+        raise DataError(
+            f"--samples {num} cannot take the same number of samples from each of the "
+            f"{k_classes} classes of {where} (each class holds at least {fewest})",
+            hint=f"pass a multiple of {k_classes} up to {most} (e.g. --samples "
+            f"{' or --samples '.join(valid)}), or leave --samples out to score all "
+            f"{len(labels)}",
+        )
+    per_class = num // k_classes
+    idx = np.sort(np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in classes]))
+    record = {
+        "rule": "first-per-class",
+        "per_class": per_class,
+        "num_classes": k_classes,
+        "num": num,
+        "of": len(labels),
+        "description": f"the first {per_class} samples (index order) of each of the "
+        f"{k_classes} classes",
+    }
+    return idx, record
+
+
+def choose_subset(
+    protocol: dict[str, Any], labels: np.ndarray | None, num: int | None, available: int, where: str
+) -> tuple[np.ndarray | None, dict]:
+    """(sorted indices to score, or None for all; the card's record of the subset).
+
+    All samples when ``num`` is None or covers them; with known labels a class-stratified subset
+    (:func:`stratified_indices`); the first ``num`` when labels were drawn independently per
+    index (``uniform-random``) or are unknown (external samples). Samples whose card promises a
+    label scheme but whose labels are lost are refused rather than cut arbitrarily.
+    """
+    if num is None or num >= available:
+        return None, {"rule": "all", "num": available, "of": available}
+    scheme = protocol.get("label_scheme")
+    if labels is not None and scheme not in FIRST_N_SCHEMES:
+        return stratified_indices(labels, num, where)
+    if scheme not in FIRST_N_SCHEMES + UNKNOWN_SCHEMES:
+        raise DataError(
+            f"--samples {num} needs a subset with the label scheme {scheme!r} of {where}, but "
+            "its labels are not recorded (no samples.npz labels, no labels in protocol.json)",
+            hint=f"leave --samples out to score all {available}, or regenerate the samples "
+            "(`repackctl sample`)",
+        )
+    why = "labels drawn per index" if scheme in FIRST_N_SCHEMES else "labels unknown"
+    record = {
+        "rule": "first",
+        "num": num,
+        "of": available,
+        "description": f"the first {num} samples in index order ({why})",
+    }
+    return np.arange(num, dtype=np.int64), record
