@@ -13,7 +13,6 @@ SETTINGS_JSON = ".sample-settings.json"  # the settings a samples folder was sta
 PROTOCOL_JSON = "protocol.json"  # the protocol card of a samples folder
 SAMPLES_NPZ = "samples.npz"  # ADM-layout images of a samples folder
 METRICS_JSON = "metrics.json"  # scores with their card
-CONFIG_HISTORY = "config_history.jsonl"  # a run's replaced configs and allowed changes
 LATENTS_DIR = "latents"  # per-index raw latents of a samples folder (while it is being made)
 LATENTS_FILE = "latents.npy"  # all raw latents of a finished samples folder
 

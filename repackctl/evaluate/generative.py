@@ -907,13 +907,19 @@ class EvaluateResult:
 
 
 def _metrics_path(settings: Settings, gen: Generated) -> Path:
+    """``--out``, else ``metrics.json`` beside the samples; the scores of a subset (``--samples
+    N`` below the count) go to ``metrics-nN.json``, so they never replace the whole set's."""
     out = settings.evaluate.out
     if out:
         p = Path(out).expanduser().resolve()
         return p if p.suffix == ".json" else p / METRICS_JSON
+    name = METRICS_JSON
+    if gen.images.n < gen.images.meta.get("available", gen.images.n):
+        stem, suffix = Path(METRICS_JSON).stem, Path(METRICS_JSON).suffix
+        name = f"{stem}-n{gen.images.n}{suffix}"
     if gen.images.kind == "npz" and Path(gen.images.label).name != SAMPLES_NPZ:
-        return gen.folder / f"{Path(gen.images.label).stem}-{METRICS_JSON}"
-    return gen.folder / METRICS_JSON
+        return gen.folder / f"{Path(gen.images.label).stem}-{name}"
+    return gen.folder / name
 
 
 def _card(

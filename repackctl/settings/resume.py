@@ -23,7 +23,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from repackctl.errors import ConfigError, ResumeConflict
-from repackctl.paths import CONFIG_HISTORY
+from repackctl.run_files import CONFIG_HISTORY
 
 HISTORY = CONFIG_HISTORY
 

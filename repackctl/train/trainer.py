@@ -52,8 +52,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from repackctl.errors import CheckpointError, ConfigError, TrainingError
 from repackctl.files import write_json_atomic
-from repackctl.paths import CONFIG_HISTORY
 from repackctl.progress import ProgressFactory, null_progress
+from repackctl.run_files import CONFIG_HISTORY
 from repackctl.runtime import header_line
 from repackctl.train import checkpoint as ckpt_io
 from repackctl.train.config import TrainConfig

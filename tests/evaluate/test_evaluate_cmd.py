@@ -123,8 +123,16 @@ def test_samples_count_is_checked_and_exactly_n_are_used(tmp_path):
                               "--device", "cpu", "--fd-method", "cholesky", *FD_WEIGHTS])  # fmt: skip
     assert res.exit_code == 0, res.output
     assert "using exactly 8 of the 10 samples" in res.output
-    doc = json.loads((samples / "metrics.json").read_text())
+    subset = samples / "metrics-n8.json"  # a subset's scores never take the whole set's file
+    doc = json.loads(subset.read_text())
     assert doc["protocol"]["num_samples"] == 8 and doc["metrics"]["fd_detail"]["n_generated"] == 8
+    assert not (samples / "metrics.json").exists()
+    before = subset.read_bytes()
+    res = runner.invoke(app, ["evaluate", "fid", str(samples), "--ref", "builtin", "--device",
+                              "cpu", "--fd-method", "cholesky", *FD_WEIGHTS])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    doc = json.loads((samples / "metrics.json").read_text())
+    assert doc["metrics"]["fd_detail"]["n_generated"] == 10 and subset.read_bytes() == before
 
 
 def test_encoder_fd_is_the_default_for_builtin_data_without_inception(tmp_path, monkeypatch):
