@@ -12,9 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,6 +19,7 @@ import numpy as np
 import pytest
 from conftest import one_torch_thread, subprocess_env, use_sandbox
 from PIL import Image
+from support.kill import kill_after_pngs
 from typer.testing import CliRunner
 
 from repackctl.cache.store import list_entries
@@ -136,17 +134,11 @@ def test_a_subset_that_cannot_be_balanced_is_refused(env, tmp_path):
 # --------------------------------------------------------------------------- defect 2
 def _killed_sample_run(env: dict[str, str], out: Path, cmd: list[str]) -> None:
     """`repackctl sample` killed (SIGKILL) once two of its PNGs are written."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "repackctl", *cmd],
-        env=subprocess_env(out.parent, REPACKCTL_CACHE=env["cache"], REPACKCTL_RUNS=env["runs"]),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    kill_after_pngs(
+        cmd,
+        subprocess_env(out.parent, REPACKCTL_CACHE=env["cache"], REPACKCTL_RUNS=env["runs"]),
+        out,
     )
-    deadline = time.time() + 90
-    while time.time() < deadline and len(list(out.glob("0*.png"))) < 2 and proc.poll() is None:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
     assert len(list(out.glob("0*.png"))) >= 2, "the sample run wrote nothing before the kill"
     assert not (out / "protocol.json").exists(), "the sample run finished before the kill"
 

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from conftest import one_torch_thread
+from support.kill import kill_after_pngs
 from support.stack import LATENT, _images, _settings, shared_stack
 from typer.testing import CliRunner
 
@@ -252,17 +251,7 @@ def test_two_processes_and_resume_after_kill(stack, tmp_path) -> None:
     assert ref_slow.exit_code == 0, ref_slow.output
     reference = _images(tmp_path / "ref-slow")
     out = tmp_path / "killed"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "repackctl", *_cli_args(stack, out, 8, **slow)],
-        env=_env(stack),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 90
-    while time.time() < deadline and len(list(out.glob("0*.png"))) < 2 and proc.poll() is None:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after_pngs(_cli_args(stack, out, 8, **slow), _env(stack), out, poll=0.05)
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("0*.png")}
     assert 0 < len(before) < 8 and not (out / "samples.npz").exists()
     again = subprocess.run([*cmd, *_cli_args(stack, out, 8, **slow)], env=_env(stack),
