@@ -12,10 +12,15 @@ it equals the fill value (``cache.store``). So:
 ``scan_array`` reads every stored key holding done rows and reports each problem with the rows
 it holds; ``repair`` marks those rows pending (``done = 0``, whole shards: writers rewrite whole
 shards) so rerunning the producing command rewrites them.
+
+``stored_checksums`` reads the stored crc32c of chunks without decoding them (the shard index,
+then the four checksum bytes that end each chunk): a content identity of an array that costs no
+pass over its data (``evaluate`` keys reference statistics of a cache entry with it).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -23,12 +28,16 @@ from typing import Any
 import google_crc32c
 import numpy as np
 import zarr
+from zarr.abc.store import RangeByteRequest, SuffixByteRequest
+from zarr.codecs import Crc32cCodec
+from zarr.codecs.sharding import ShardingCodec, ShardingCodecIndexLocation
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from repackctl.errors import CacheError
 
 EMPTY = 2**64 - 1  # shard index entry of an absent inner chunk
+_KEYS_AT_ONCE = 64  # stored objects whose checksums are read concurrently
 
 
 @dataclass(frozen=True)
@@ -209,3 +218,110 @@ class GuardedArray:
 def repair_hint(entry: str, producer: str) -> str:
     """The two commands that rewrite damaged rows."""
     return f"run `repackctl cache verify {entry} --repair`, then {producer} again"
+
+
+# --------------------------------------------------------------------------- stored checksums
+def _checksummed_layout(arr: zarr.Array) -> bool:
+    """Whether every stored chunk of ``arr`` ends with its crc32c, chunks span whole rows, and
+    (sharded) the shard index sits at the end under its own crc32c."""
+    whole_rows = all(
+        tuple(s[1:]) == tuple(arr.shape[1:]) for s in (arr.chunks, arr.shards or arr.chunks)
+    )
+    codecs = arr.metadata.codecs
+    if len(codecs) == 1 and isinstance(codecs[0], ShardingCodec):
+        sharding = codecs[0]
+        return (
+            whole_rows
+            and isinstance(sharding.codecs[-1], Crc32cCodec)
+            and isinstance(sharding.index_codecs[-1], Crc32cCodec)
+            and sharding.index_location == ShardingCodecIndexLocation.end
+        )
+    return whole_rows and bool(codecs) and isinstance(codecs[-1], Crc32cCodec)
+
+
+async def _read(store: Any, key: str, byte_range: Any) -> bytes | None:
+    buf = await store.get(key, prototype=default_buffer_prototype(), byte_range=byte_range)
+    return None if buf is None else buf.to_bytes()
+
+
+async def _shard_checksums(
+    arr: zarr.Array, k: int, lo: int, needed: np.ndarray
+) -> list[tuple[int, int, int]] | None:
+    """(first row, stored bytes, crc32c) of the needed inner chunks of shard ``k``, or None."""
+    store, key = arr.store_path.store, store_key(arr, k)
+    inner = int(arr.chunks[0])
+    count = -(-int(arr.shards[0]) // inner)
+    size = count * 16 + 4
+    try:
+        total = await store.getsize(key)
+    except FileNotFoundError:
+        return None
+    index = await _read(store, key, SuffixByteRequest(size))
+    if index is None or len(index) != size or total < size:
+        return None
+    if google_crc32c.value(index[:-4]) != int.from_bytes(index[-4:], "little"):
+        return None
+    table = np.frombuffer(index[:-4], dtype="<u8").reshape(count, 2).tolist()
+    wanted = [
+        (lo + j * inner, offset, nbytes)
+        for j, (offset, nbytes) in enumerate(table)
+        if needed[lo + j * inner : lo + (j + 1) * inner].any()
+    ]
+    if any(off == EMPTY or nb < 4 or off + nb > total - size for _, off, nb in wanted):
+        return None  # a chunk without a stored checksum (absent), or an index past the file
+    tails = await asyncio.gather(
+        *(_read(store, key, RangeByteRequest(off + nb - 4, off + nb)) for _, off, nb in wanted)
+    )
+    if any(t is None or len(t) != 4 for t in tails):
+        return None
+    return [
+        (row, nb, int.from_bytes(t, "little"))
+        for (row, _, nb), t in zip(wanted, tails, strict=True)
+    ]
+
+
+async def _chunk_checksum(arr: zarr.Array, k: int, lo: int) -> list[tuple[int, int, int]] | None:
+    """(first row, stored bytes, crc32c) of the unsharded chunk ``k``, or None when absent."""
+    store, key = arr.store_path.store, store_key(arr, k)
+    try:
+        total = await store.getsize(key)
+    except FileNotFoundError:
+        return None
+    tail = await _read(store, key, SuffixByteRequest(4))
+    if tail is None or len(tail) != 4 or total < 4:
+        return None
+    return [(lo, total, int.from_bytes(tail, "little"))]
+
+
+def stored_checksums(arr: zarr.Array, rows: np.ndarray) -> list[tuple[int, int, int]] | None:
+    """(first row, stored bytes, crc32c) of every stored chunk holding one of ``rows``, in row
+    order, read without decoding a chunk: the shard index (checked against its own crc32c),
+    then the four checksum bytes that end each chunk.
+
+    None when some chunk holding a row has no stored checksum to read: an array without the
+    crc32c codec (made before it, ``store.checksummed``), a shard or chunk that is absent, or
+    a shard index that fails its checksum or points past the file. Callers then read the data.
+
+    A chunk's data change only when zarr rewrites it, which stores the crc32c of its new
+    bytes; a damaged chunk keeps its old checksum but fails it on every read, so its data is
+    never used. The checksums therefore change with the data (a 32-bit checksum: a rewrite
+    that keeps it has a chance of 2^-32, and must also keep the chunk's stored size).
+    """
+    if not _checksummed_layout(arr):
+        return None
+    needed = np.zeros(arr.shape[0], bool)
+    needed[np.asarray(rows, dtype=np.int64)] = True
+    keys = [(k, lo) for k, lo, _ in _needed_keys(arr, needed)]
+
+    async def gather(batch: list[tuple[int, int]]) -> list[list[tuple[int, int, int]] | None]:
+        if arr.shards is not None:
+            return await asyncio.gather(*(_shard_checksums(arr, k, lo, needed) for k, lo in batch))
+        return await asyncio.gather(*(_chunk_checksum(arr, k, lo) for k, lo in batch))
+
+    out: list[tuple[int, int, int]] = []
+    for start in range(0, len(keys), _KEYS_AT_ONCE):
+        for part in sync(gather(keys[start : start + _KEYS_AT_ONCE])):
+            if part is None:
+                return None
+            out += part
+    return out

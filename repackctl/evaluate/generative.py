@@ -17,14 +17,15 @@ Two families of metrics:
 
 Reference statistics are cached by content hash (``<cache>-reference-stats`` beside the cache): the hash covers
 the reference's content (file bytes; for a folder, every image file; for a cache entry, its source
-attributes, done bitmap and the pixels of the images used; for the built-in dataset, its generator
-description), the number of images, the resolution and the feature extractor's weights. A second
+attributes, done bitmap and the crc32c the cache stores for each chunk of the images used, or
+their pixels where a chunk has none; for the built-in dataset, its generator description), the number of images, the resolution and the feature extractor's weights. A second
 call with the same inputs reads the file instead of recomputing it.
 
 Which generated images are scored (:mod:`repackctl.evaluate.selection`): never an unfinished
-sample run; for a checkpoint, only samples of that checkpoint; with ``--samples N`` below what is
-available, a class-stratified subset (the first N/classes of each class), written on the card as
-``sample_subset``.
+sample run; for a checkpoint, only samples of that checkpoint; from a folder without
+``samples.npz``, only its sample files (a finished run's ``000000.png …``, all that its card
+counts; never ``grid.png``); with ``--samples N`` below what is available, a class-stratified
+subset (the first N/classes of each class), written on the card as ``sample_subset``.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from repackctl.evaluate.selection import (
     made_from_checkpoint,
     npz_labels,
     refuse_unfinished,
+    sample_files,
 )
 from repackctl.files import IMAGE_EXTENSIONS, sha256_file
 from repackctl.metrics.adm import AdmReference, iter_npz_images, npz_images_shape
@@ -209,13 +211,19 @@ def _png_batches(files: list[Path], bs: int) -> Iterator[np.ndarray]:
 
 
 def png_folder_set(
-    folder: Path, num: int | None = None, indices: np.ndarray | None = None
+    folder: Path,
+    num: int | None = None,
+    indices: np.ndarray | None = None,
+    protocol: dict | None = None,
 ) -> ImageSet:
-    """Generated images stored as files in ``folder`` (sorted by name; first ``num``, or the
-    sorted ``indices`` of that order)."""
+    """Generated images stored as files in ``folder``: its sample files in index order
+    (:func:`repackctl.evaluate.selection.sample_files` with the folder's card ``protocol``:
+    a finished sample run's numbered PNGs, all of them, else every image but ``grid.png``);
+    the first ``num``, or the sorted ``indices`` of that order. What was left out is in
+    ``meta["note"]``."""
     from PIL import Image
 
-    files = _list_images(folder)
+    files, note = sample_files(folder, protocol or {})
     if not files:
         raise DataError(f"no images in {folder}", hint="pass a samples folder or a samples .npz")
     available = len(files)
@@ -232,7 +240,7 @@ def png_folder_set(
         resolution=resolution,
         batches=lambda bs: _png_batches(files, bs),
         hasher=lambda: folder_sha256(files, folder),
-        meta={"available": available},
+        meta={"available": available, "note": note},
     )
 
 
@@ -286,8 +294,8 @@ def reference_folder_set(folder: Path, resolution: int, num: int | None, seed: i
 def cache_image_set(cache: str, entry_name: str, num: int | None) -> ImageSet:
     """The written images of a cache entry (first ``num`` valid ones), read in chunk blocks.
 
-    Its content hash covers the pixels of those images (read block by block), not only the
-    entry's attributes: an entry removed and extracted again from changed files has the same
+    Its content hash (:func:`cache_images_sha256`) follows the pixels of those images, not only
+    the entry's attributes: an entry removed and extracted again from changed files has the same
     attributes and done flags but other images, and must not reuse cached statistics. Reads go
     through a guarded view: a lost or corrupt chunk is an error, never black images.
     """
@@ -310,26 +318,46 @@ def cache_image_set(cache: str, entry_name: str, num: int | None) -> ImageSet:
         for _, block in read_blocks(images, idx, bs):
             yield np.asarray(block)  # (b, R, R, 3)
 
-    def hasher() -> str:
-        h = hashlib.sha256()
-        attrs = {k: entry.attrs.get(k) for k in ("source", "n", "resolution", "dataset", "split")}
-        h.update(json.dumps(attrs, sort_keys=True, default=str).encode())
-        h.update(done.tobytes())
-        h.update(f"|{len(idx)}|".encode())
-        h.update(np.asarray(idx, dtype=np.int64).tobytes())
-        for _, block in read_blocks(images, idx, 256):
-            h.update(np.ascontiguousarray(block).tobytes())  # (b, R, R, 3) uint8 pixels
-        return h.hexdigest()
-
     return ImageSet(
         kind="cache",
         label=f"cache:{entry_name}",
         n=len(idx),
         resolution=entry.resolution,
         batches=batches,
-        hasher=hasher,
+        hasher=lambda: cache_images_sha256(entry, images, done, idx),
         meta={"dataset": entry.attrs.get("dataset"), "entry": entry_name},
     )
+
+
+def cache_images_sha256(entry: Any, images: Any, done: np.ndarray, idx: np.ndarray) -> str:
+    """Content hash of the images ``idx`` of a cache entry, without a pass over their pixels.
+
+    It covers the entry's source attributes, its done flags and ``idx``, then, as the identity
+    of the pixels, the array's layout and codecs and the crc32c that the cache stores for each
+    chunk holding one of ``idx`` (:func:`repackctl.cache.integrity.stored_checksums`; a chunk
+    rewritten with other pixels stores another checksum). When a chunk has no stored checksum
+    (an entry made before checksums, or a lost chunk) the pixels themselves are hashed, read
+    through the guarded view ``images`` (a lost chunk is then an error).
+    """
+    from repackctl.cache.integrity import stored_checksums
+    from repackctl.cache.store import read_blocks
+
+    h = hashlib.sha256()
+    attrs = {k: entry.attrs.get(k) for k in ("source", "n", "resolution", "dataset", "split")}
+    h.update(json.dumps(attrs, sort_keys=True, default=str).encode())
+    h.update(done.tobytes())
+    h.update(f"|{len(idx)}|".encode())
+    h.update(np.asarray(idx, dtype=np.int64).tobytes())
+    sums = stored_checksums(entry.images, idx)
+    if sums is None:
+        for _, block in read_blocks(images, idx, 256):
+            h.update(np.ascontiguousarray(block).tobytes())  # (b, R, R, 3) uint8 pixels
+        return h.hexdigest()
+    layout = {"identity": "chunk-crc32c", "entry": entry.name}
+    layout["array"] = entry.images.metadata.to_dict() | {"attributes": None}
+    h.update(json.dumps(layout, sort_keys=True, default=str).encode())
+    h.update(np.asarray(sums, dtype=np.int64).tobytes())  # (chunks, 3): first row, bytes, crc32c
+    return h.hexdigest()
 
 
 def builtin_image_set(resolution: int, num: int, seed: int, split: str = "val") -> ImageSet:
@@ -468,7 +496,8 @@ def open_generated(settings: Settings, progress: ProgressFactory = null_progress
     num = cfg.num_samples
     path, messages, sampled_now = _resolve_source(settings, progress)
     npz, folder, protocol = _locate_images(path)
-    images = npz_image_set(npz) if npz is not None else png_folder_set(folder)
+    images = npz_image_set(npz) if npz is not None else png_folder_set(folder, protocol=protocol)
+    messages += [images.meta["note"]] if images.meta.get("note") else []
     messages += _check_count(images, num, images.label)
     available = images.meta["available"]
     labels = None
@@ -479,7 +508,7 @@ def open_generated(settings: Settings, progress: ProgressFactory = null_progress
         images = (
             npz_image_set(npz, indices=indices)
             if npz is not None
-            else png_folder_set(folder, indices=indices)
+            else png_folder_set(folder, indices=indices, protocol=protocol)
         )
     if subset["rule"] != "all":
         messages.append(f"the {images.n} samples scored are {subset['description']}")

@@ -9,6 +9,9 @@
 - ``--samples N`` below the number available takes a *class-stratified* subset when the labels
   are known (the first ``N / classes`` of each class, in index order), so that a card saying
   ``label_scheme: balanced`` describes the scored images; the subset is written on the card.
+- A folder of PNGs (no ``samples.npz``) is scored on its *sample files* only
+  (:func:`sample_files`): for a finished sample run, exactly the numbered PNGs its card counts;
+  elsewhere every image file but the preview ``grid.png``.
 """
 
 from __future__ import annotations
@@ -21,13 +24,16 @@ from typing import Any
 import numpy as np
 
 from repackctl.errors import DataError
-from repackctl.files import sha256_file_cached
+from repackctl.files import IMAGE_EXTENSIONS, sha256_file_cached
 from repackctl.paths import PROTOCOL_JSON, SETTINGS_JSON
 
 #: label schemes whose first N samples are a fair subset (labels drawn independently per index)
 FIRST_N_SCHEMES = ("uniform-random",)
 #: label schemes that say nothing about the labels (external samples)
 UNKNOWN_SCHEMES = (None, "", "unknown")
+#: the preview ``repackctl sample`` writes beside its samples (several samples, padded): never a
+#: sample, in any folder
+GRID_PNG = "grid.png"
 
 
 # --------------------------------------------------------------------------- unfinished runs
@@ -63,6 +69,56 @@ def refuse_unfinished(folder: Path, how: str = "") -> None:
         hint="rerun the same `repackctl sample` command to finish it (it resumes where it "
         "stopped), then evaluate again",
     )
+
+
+# --------------------------------------------------------------------------- sample files
+def sample_files(folder: Path, protocol: dict[str, Any]) -> tuple[list[Path], str | None]:
+    """(the image files of ``folder`` that are samples, in index order; a note on what was left
+    out, or None).
+
+    - A sample run's card (``protocol.json`` recording ``num_samples``, as ``repackctl sample``
+      and ``refine apply`` write it): exactly ``000000.png …`` up to that count, the names
+      ``repackctl sample`` writes (``sample.folder.png_path``). Other files (``grid.png``, an
+      image a user dropped in, an index past the count) are not samples of the run. A missing
+      one is a ``DataError``: the rest is not the sample set the card describes.
+    - Any other folder (external samples; a card without a count is not one ``sample`` wrote):
+      every image file, sorted by name, except ``grid.png`` (:data:`GRID_PNG`), the name of the
+      preview grid, which is never a sample.
+    """
+    if "num_samples" in protocol:
+        return _run_files(folder, protocol), None
+    files = sorted(
+        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
+    kept = [p for p in files if p.name != GRID_PNG]
+    note = None
+    if len(kept) < len(files):
+        note = f"{GRID_PNG} in {folder} is the preview grid of `repackctl sample`: not scored"
+    return kept, note
+
+
+def _run_files(folder: Path, protocol: dict[str, Any]) -> list[Path]:
+    """``000000.png …`` of a finished sample run, all ``num_samples`` of them, or a DataError."""
+    from repackctl.sample.folder import png_path
+
+    num = protocol["num_samples"]
+    if isinstance(num, bool) or not isinstance(num, int) or num < 0:
+        raise DataError(
+            f"the {PROTOCOL_JSON} of {folder} records num_samples {num!r}, not a count",
+            hint="the samples folder is damaged: regenerate it (`repackctl sample`)",
+        )
+    files = [png_path(folder, i) for i in range(num)]
+    lost = [p.name for p in files if not p.is_file()]
+    if lost:
+        again = "`repackctl refine apply`" if protocol.get("refined_from") else "`repackctl sample`"
+        raise DataError(
+            f"{folder} lacks {len(lost)} of the {num} sample images its {PROTOCOL_JSON} "
+            f"records ({', '.join(lost[:3])}{' …' if len(lost) > 3 else ''}): the others are "
+            "not the sample set its card describes",
+            hint=f"rerun the same {again} command that wrote it (it regenerates the missing "
+            "samples and samples.npz), then evaluate again",
+        )
+    return files
 
 
 # --------------------------------------------------------------------------- checkpoints
