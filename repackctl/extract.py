@@ -19,7 +19,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import ctypes
+import functools
+import os
 import queue
+import signal
+import sys
 import threading
 import time
 import warnings
@@ -70,6 +75,7 @@ class ExtractResult:
     seconds: float = 0.0
     resolution: int = 0
     tokens_shape: tuple[int, ...] = ()
+    precision: str = "fp32"
 
     @property
     def images_per_s(self) -> float:
@@ -109,6 +115,41 @@ def _collate(items: list) -> tuple:
     return (*arrays, list(keys), list(notes))
 
 
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _die_with_parent(parent: int, worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: the worker is killed when the process that started it dies.
+
+    Without it, a SIGKILLed ``extract`` leaves its workers behind for good: they stop taking
+    work, but each then waits forever to flush its result queue into a pipe nobody reads.
+    Linux only (``prctl``), for workers this process forks itself (not those of a forkserver,
+    Python 3.14's default); elsewhere nothing changes. The signal is tied to the thread that
+    forked the worker, so loaders are iterated from a thread that outlives them (``_prefetched``
+    creates the iterator in its caller's thread).
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    if os.getppid() != parent:  # gone already, or a forkserver started it (its death would count)
+        if not _alive(parent):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died just before prctl: no signal will come
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
 def _loader(source: ImageSource, resolution: int, batches: list[list[int]], workers: int):
     return DataLoader(
         _Items(source, resolution),
@@ -116,14 +157,18 @@ def _loader(source: ImageSource, resolution: int, batches: list[list[int]], work
         num_workers=workers,
         collate_fn=_collate,
         persistent_workers=False,
+        worker_init_fn=functools.partial(_die_with_parent, os.getpid()) if workers else None,
     )
 
 
 def _prefetched(loader: Any, depth: int = 2) -> Iterator[Any]:
     """Iterate ``loader`` in a background thread, ``depth`` items ahead.
 
-    Exceptions of the loader are raised here; leaving the loop early stops the thread.
+    Exceptions of the loader are raised here; leaving the loop early stops the thread. The
+    iterator (and so the loader's worker processes) is made in the caller's thread: workers die
+    with the thread that started them (``_die_with_parent``), and this thread may end first.
     """
+    source = iter(loader)
     items: queue.Queue = queue.Queue(depth)
     stop = threading.Event()
     end = object()
@@ -139,7 +184,7 @@ def _prefetched(loader: Any, depth: int = 2) -> Iterator[Any]:
 
     def work() -> None:
         try:
-            for item in loader:
+            for item in source:
                 if not put((None, item)):
                     return
             put((None, end))
@@ -306,8 +351,14 @@ def _open_entry(
     dist: DistInfo,
     config_record: dict | None,
 ) -> tuple[DatasetEntry, Any]:
-    """Create (rank 0, first) or open the entry and its feature group."""
+    """Create (rank 0, first) or open the entry and its feature group.
+
+    The feature group must have been computed in ``settings.precision`` (the cache refuses it
+    otherwise); one older than that attribute gets it recorded before its run header, from which
+    the cache infers it, is overwritten with this run's.
+    """
     cfg = settings.extract
+    feat_args = (*feat_args, settings.precision)
 
     def make() -> DatasetEntry:
         return DatasetEntry.create_or_open(
@@ -325,8 +376,10 @@ def _open_entry(
     if dist.rank == 0:
         entry = make()
         feats = entry.create_or_open_features(*feat_args)
-        if config_record is not None and not feats.group.attrs.get("complete", False):
-            feats.group.attrs["config"] = config_record  # the settings of the run that writes
+        if not feats.group.attrs.get("complete", False):
+            update_changed(feats.group.attrs, {"precision": settings.precision})
+            if config_record is not None:
+                feats.group.attrs["config"] = config_record  # the settings of the run that writes
     dist.barrier()
     if dist.rank != 0:
         entry = make()
@@ -377,12 +430,10 @@ class _ShardWriter:
     def _encode(self, imgs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Tokens (B, F, T, C) and CLS (B, F, C) of uint8 images, for every flip."""
         device = self.device
-        autocast = self.precision != "fp32" and device.type == "cuda"
-        amp_dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         x = torch.from_numpy(imgs).to(device).permute(0, 3, 1, 2)  # (B, 3, R, R)
         x = x.float() / 127.5 - 1.0
         toks, clss = [], []
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=autocast):
+        with _autocast(self.precision, device):
             for f in range(self.flips):
                 tok, cls = self.encoder(x.flip(-1) if f else x)  # (B, T, C), (B, C)
                 # float16 on the device (the same rounding as numpy's, half the copy)
@@ -483,6 +534,36 @@ def _encode_pending(
     return found
 
 
+_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast to ``precision`` on any device (none for fp32), checked by ``_check_precision``."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=_AMP_DTYPES[precision])
+
+
+def _check_precision(precision: str, device: torch.device) -> None:
+    """A precision this torch cannot autocast to on ``device`` is refused before anything is
+    written: the features would be computed in fp32 while the entry records ``precision``."""
+    if precision == "fp32":
+        return
+    ok = torch.amp.is_autocast_available(device.type)
+    if ok:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns, then runs with autocast off
+            with torch.autocast(device.type, dtype=_AMP_DTYPES[precision]):
+                ok = torch.is_autocast_enabled(device.type)
+    if not ok:
+        others = " or ".join(p for p in ("bf16", "fp32") if p != precision)
+        raise ConfigError(
+            f"--precision {precision} is not supported on {device.type} by torch "
+            f"{torch.__version__} (the features would be computed in fp32)",
+            f"use --precision {others}, or another --device",
+        )
+
+
 def _prepare(settings: Settings, dist: DistInfo) -> tuple[int, ImageSource, Any, torch.device]:
     """Resolution, source and encoder (moved to its device), validated before anything is written."""
     cfg = settings.extract
@@ -496,6 +577,7 @@ def _prepare(settings: Settings, dist: DistInfo) -> tuple[int, ImageSource, Any,
     encoder = make_encoder(cfg.encoder, cfg.weights, cfg.layer, resolution, settings.seed)
     _check_patch(resolution, encoder.spec.patch_size)
     device = resolve_device(settings.device, dist.local_rank)
+    _check_precision(settings.precision, device)
     return resolution, source, encoder.to(device), device
 
 
@@ -562,6 +644,7 @@ def run_extract(
         seconds=seconds,
         resolution=resolution,
         tokens_shape=tuple(feats["tokens"].shape),
+        precision=settings.precision,
     )
 
 

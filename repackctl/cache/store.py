@@ -135,6 +135,20 @@ def _diff(a: dict, b: dict) -> str:
     return "; ".join(parts[:4])
 
 
+def features_precision(attrs: dict) -> str:
+    """The precision a features group was computed in (``fp32``, ``bf16``, ``fp16``).
+
+    Groups written before it was recorded: what that code computed, which was autocast on CUDA
+    only (their run header names the device and the precision asked for), fp32 elsewhere.
+    """
+    if "precision" in attrs:
+        return str(attrs["precision"])
+    header = attrs.get("run_header") or {}
+    if str(header.get("device", "")).startswith("cuda"):
+        return str(header.get("precision") or "fp32")
+    return "fp32"
+
+
 def _jsonable(d: dict) -> dict:
     return json.loads(json.dumps(d, default=str))
 
@@ -377,10 +391,18 @@ class DatasetEntry:
         return ArrayGroup(self.group["features"][encoder_entry])
 
     def create_or_open_features(
-        self, encoder_entry: str, spec_attrs: dict, flips: int, tokens: int, dim: int
+        self,
+        encoder_entry: str,
+        spec_attrs: dict,
+        flips: int,
+        tokens: int,
+        dim: int,
+        precision: str = "fp32",
     ) -> ArrayGroup:
-        """Feature arrays of one encoder; an existing entry must have the same spec."""
-        attrs = _jsonable({"encoder": spec_attrs, "flips": flips, "tokens": tokens, "dim": dim})
+        """Feature arrays of one encoder; an existing entry must have the same spec and the same
+        compute precision (features are computed in one precision, never a mix)."""
+        attrs = {"encoder": spec_attrs, "flips": flips, "tokens": tokens, "dim": dim}
+        attrs = _jsonable(attrs | {"precision": precision})
         c, s, n = self.chunk, self.shard, self.n
 
         def build(sub: zarr.Group) -> None:
@@ -397,16 +419,24 @@ class DatasetEntry:
             _done_array(sub, n, s)
 
         grp, _ = self._create_or_open(
-            "features", encoder_entry, attrs, build, FEATURE_ARRAYS, self._features_mismatch
+            "features",
+            encoder_entry,
+            attrs,
+            build,
+            FEATURE_ARRAYS,
+            self._features_mismatch,
+            lambda a: {"precision": features_precision(a)},
         )
         return grp
 
     def _features_mismatch(self, kind: str, name: str, old: dict, attrs: dict) -> CacheError:
         old_enc, new_enc = old.get("encoder") or {}, attrs["encoder"]
         what = _diff(old_enc, new_enc) or _diff(old, attrs)
+        hint = f"remove them with `repackctl cache rm {self.name} --features {name}`"
+        if old_enc == new_enc and old.get("precision") != attrs.get("precision"):
+            hint = f"use --precision {old.get('precision')} to continue or reuse them, or {hint}"
         return CacheError(
-            f"features {name} in {self.name} were made with another spec ({what})",
-            f"remove them with `repackctl cache rm {self.name} --features {name}`",
+            f"features {name} in {self.name} were made with another spec ({what})", hint
         )
 
     def _create_or_open(
@@ -417,8 +447,13 @@ class DatasetEntry:
         build: Callable[[zarr.Group], None] | None,
         required: tuple[str, ...],
         mismatch: Callable[[str, str, dict, dict], CacheError],
+        implied: Callable[[dict], dict] | None = None,
     ) -> tuple[ArrayGroup, bool]:
-        """Open ``kind/name`` if complete and alike, else (re)create it atomically."""
+        """Open ``kind/name`` if complete and alike, else (re)create it atomically.
+
+        ``implied(stored)`` gives the values of attributes that a group written before they were
+        recorded holds implicitly; a recorded value always wins.
+        """
         with creation_lock(self.root):
             _claim(self.group, kind)
             parent = self.group.require_group(kind)
@@ -426,7 +461,9 @@ class DatasetEntry:
             state = child_state(parent, name, required)
             if state == "complete":
                 grp = ArrayGroup(parent[name])
-                old = {k: grp.attrs.get(k) for k in attrs}
+                stored = dict(grp.attrs)
+                stored = (implied(stored) if implied else {}) | stored
+                old = {k: stored.get(k) for k in attrs}
                 if old != attrs:
                     raise mismatch(kind, name, old, attrs)
                 return grp, False

@@ -31,6 +31,7 @@ def extract(resolved: ResolvedSettings) -> None:
         ("cache", s.cache),
         ("entry", result.entry),
         ("features", result.features),
+        ("precision", result.precision),
         ("tokens", f"{result.tokens_shape} float16 (N, flips, T, C)"),
         ("written now", result.written),
         ("already done", result.already_done),
