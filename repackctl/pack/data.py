@@ -18,6 +18,9 @@ Legend: N samples, F flips, T tokens, C token channels, R image side.
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +44,27 @@ from repackctl.settings import Settings
 
 # ---------------------------------------------------------------------------- locating features
 
+# The attributes `repackctl extract` records that say which data an entry and a feature set hold
+# (not where they lie or how they were written): a copied or moved cache keeps them verbatim,
+# another extract under the same names (another seed, folder, subset or encoder) changes them.
+ENTRY_CONTENT_KEYS = ("dataset", "split", "resolution", "n", "source")
+FEATURES_CONTENT_KEYS = ("encoder", "flips", "tokens", "dim")
+CONTENT_ROWS = 8  # samples whose bytes ``PackData.rows_digest`` spot-checks
+
+
+def content_digest(attrs: dict[str, Any], keys: tuple[str, ...]) -> str:
+    """sha256 (16 hex digits) of ``keys`` of ``attrs`` in canonical JSON."""
+    blob = json.dumps({k: attrs.get(k) for k in keys}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def entry_content(entry: DatasetEntry, feats: ArrayGroup) -> dict[str, str]:
+    """Location-independent identity of an entry's data and of one feature set in it."""
+    return {
+        "entry": content_digest(dict(entry.attrs), ENTRY_CONTENT_KEYS),
+        "features": content_digest(dict(feats.attrs), FEATURES_CONTENT_KEYS),
+    }
+
 
 @dataclass
 class FeatureRef:
@@ -62,6 +86,12 @@ class FeatureRef:
             "entry": self.entry.name,
             "features": self.features_id,
         }
+
+    @property
+    def content(self) -> dict[str, str]:
+        """Digests of the entry's and the features' content attributes (``entry_content``):
+        what a resume compares, wherever the cache lies now."""
+        return entry_content(self.entry, self.feats)
 
     @property
     def grid(self) -> int:
@@ -354,6 +384,16 @@ class PackData(CachedRows):
     @property
     def index(self) -> np.ndarray:
         return self.indices
+
+    @functools.cached_property
+    def rows_digest(self) -> str:
+        """sha256 (16 hex digits) of which rows are used and of the bytes (tokens, images) of
+        the first ``CONTENT_ROWS``: a spot check of the data themselves, wherever they lie."""
+        tokens, images = self.raw(np.arange(min(CONTENT_ROWS, len(self.indices))))
+        digest = hashlib.sha256(np.ascontiguousarray(self.indices, dtype="<i8").tobytes())
+        for rows in (tokens, images):  # (b, F, T, C) float16, (b, R, R, 3) uint8
+            digest.update(np.ascontiguousarray(rows).tobytes())
+        return digest.hexdigest()[:16]
 
     def raw(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Tokens (B, F, T, C) float16 and images (B, R, R, 3) uint8 at ``positions``."""

@@ -103,6 +103,12 @@ class DecoderConfig:
     def factor(self) -> int:
         return self.resolution // self.latent_size
 
+    @property
+    def sides(self) -> tuple[int, ...]:
+        """Feature-map side of each level, deepest (the latent grid) to shallowest (the image):
+        the only values of ``attn_resolutions`` that place an attention block."""
+        return tuple(self.latent_size * 2**k for k in range(len(self.ch_mult)))
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["ch_mult"] = list(self.ch_mult)

@@ -32,10 +32,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from repackctl.errors import CheckpointError, ConfigError
+from repackctl.cache.store import DatasetEntry, list_entries
+from repackctl.errors import CheckpointError, ConfigError, RepackError
 from repackctl.files import to_uint8
 from repackctl.pack.autoencoder import AutoencoderConfig, PackAutoencoder
-from repackctl.pack.data import FeatureRef, PackData, check_square_grid, locate_features
+from repackctl.pack.data import (
+    FeatureRef,
+    PackData,
+    check_square_grid,
+    entry_content,
+    locate_features,
+)
 from repackctl.pack.decoder import DecoderConfig
 from repackctl.pack.discriminator import DiscriminatorConfig, PatchDiscriminator
 from repackctl.pack.load import builtin_feature_loss
@@ -129,7 +136,7 @@ def resolve_plan(settings: Settings, ref: FeatureRef) -> PackPlan:
 
     d = pick("latent_channels")
     kind = cfg.method
-    # attention only at sides the decoder actually has (the paper's 16² is the latent grid there)
+    # attention at decoder sides (the paper's 16² is its latent grid); others: _check_new_run
     decoder = DecoderConfig(
         latent_channels=d,
         latent_size=grid,
@@ -326,6 +333,8 @@ class PackTask:
             "method": self.plan.method,
             "encoder": self.ref.encoder_attrs,
             "cache": self.ref.cache,
+            # which data, wherever the cache lies: a resume compares this, not the cache root
+            "content": {**self.ref.content, "rows": self.data.rows_digest},
             "source": {k: v for k, v in self.ref.source.items() if k != "resolution_given"}
             | {"resolution_given": self.ref.source.get("resolution_given")},
             "resolution": self.ref.entry.resolution,
@@ -357,25 +366,79 @@ LOSS_SETTINGS = {
 
 def _check_resume(
     run_dir: Path, task_extra: dict[str, Any], allow: list[str] | None = None
-) -> Path | None:
+) -> tuple[Path | None, list[str]]:
     """Refuse to resume a run that was trained on other features, with another model, or with
     other loss weights (a preset that changed between versions is invisible to the settings
-    layer, which refills preset values: ``pack.feature_weight`` came to ``small`` later)."""
+    layer, which refills preset values: ``pack.feature_weight`` came to ``small`` later).
+    Returns the checkpoint to resume (None: a new run) and notes for the log."""
     from repackctl.train.checkpoint import latest_checkpoint, read_state
 
     latest = latest_checkpoint(run_dir)
     if latest is None:
-        return None
+        return None, []
     old = read_state(latest).get("extra", {})
-    for key in ("stage", "method", "cache", "autoencoder_config"):
+    for key in ("stage", "method", "autoencoder_config"):
         if old.get(key) != task_extra.get(key):
             raise CheckpointError(
                 f"run {run_dir.name} was trained with another {key} "
                 f"({old.get(key)!r} vs now {task_extra.get(key)!r})",
                 "use the same settings to resume it, or pick a new run name with --name",
             )
+    notes = _check_resume_data(run_dir.name, old, task_extra)
     _check_resume_loss(run_dir.name, old.get("plan"), task_extra["plan"], allow or [])
-    return latest
+    return latest, notes
+
+
+# the parts of ``state_extra()["content"]``, as an error names them
+CONTENT_WORDS = {"entry": "images", "features": "features", "rows": "sample data"}
+
+
+def _check_resume_data(run: str, old: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """The same cache entry and features as the run was trained on, told apart by name and
+    content (``pack.data.entry_content``), not by the cache root: a copied or moved cache
+    resumes, another entry under the same name is refused."""
+    was, cache = old.get("cache") or {}, now["cache"]
+    for key in ("entry", "features"):
+        if was.get(key) != cache[key]:
+            raise CheckpointError(
+                f"run {run} was trained on cache {key} {was.get(key)!r}, not {cache[key]!r}",
+                f"resume it with --{key} {was.get(key)} (the data it was trained on), or pick a "
+                "new run name with --name",
+            )
+    root, old_root = cache["root"], was.get("root")
+    recorded = old.get("content") or _content_at(old_root, was)
+    if recorded is None:  # a checkpoint older than content digests, its cache gone or moved
+        return [
+            f"resume: the run's cache root {old_root} no longer holds {cache['entry']}; its entry "
+            f"and features in {root} are taken by name (the checkpoint records no content digest)"
+        ]
+    differ = [k for k in CONTENT_WORDS if k in recorded and recorded[k] != now["content"][k]]
+    if differ:
+        what = " and ".join(CONTENT_WORDS[k] for k in differ)
+        where = "" if old_root == root else f" (in {old_root})"
+        back = "" if old_root == root else f"pass --cache {old_root} (where it was trained), or "
+        raise CheckpointError(
+            f"cache entry {cache['entry']} in {root} holds other {what} than run {run} was "
+            f"trained on{where} (the content digests the run recorded differ)",
+            f"{back}train a new run on this data with --name NEW-RUN",
+        )
+    if old_root != root:
+        return [f"resume: cache {old_root} → {root} (same entry and features, same content)"]
+    return []
+
+
+def _content_at(root: str | None, cache: dict[str, Any]) -> dict[str, str] | None:
+    """``entry_content`` of the run's entry where an older checkpoint recorded it (such a
+    checkpoint has no digest of its own), or None when that cache is gone or unreadable."""
+    if not root or "entry" not in cache or "features" not in cache:
+        return None
+    try:
+        if cache["entry"] not in list_entries(root):
+            return None
+        entry = DatasetEntry.open(root, cache["entry"])
+        return entry_content(entry, entry.features(cache["features"]))
+    except (RepackError, OSError, ValueError, KeyError):
+        return None
 
 
 def _check_resume_loss(
@@ -460,19 +523,27 @@ def run_pack_train(
     from repackctl.paths import run_dir as run_dir_of
     from repackctl.runtime import resolve_device
     from repackctl.train import TrainConfig, train
+    from repackctl.train.checkpoint import latest_checkpoint
 
     settings, config_record, resumed = _resume(settings, config_record)
     cfg = settings.pack
     ref = locate_features(settings)
     plan = resolve_plan(settings, ref)
     run_dir = run_dir_of(settings.runs, plan.run_name)
+    sources = (config_record or {}).get("sources") or {}
+    if latest_checkpoint(run_dir, warn=None, check_finite=False) is None:
+        _check_new_run(plan, sources)  # before anything is read in bulk or written
     progress = with_log_file(progress, run_dir / LOG_FILE)
     data = PackData(ref.entry, ref.feats, cfg.in_memory, settings.memory_gb)
     log = resumed + ([ref.note] if ref.note else []) + list(plan.notes)
     lpips = _load_lpips(plan)
 
     # the contract part of state_extra, to compare with an existing run before anything starts
-    latest = _check_resume(run_dir, PackTask(plan, data, ref).state_extra(), cfg.allow_change)
+    task_extra = PackTask(plan, data, ref).state_extra()
+    latest, notes = _check_resume(run_dir, task_extra, cfg.allow_change)
+    if latest is None:
+        _check_new_run(plan, sources)  # its newest checkpoint failed to verify: a new run
+    log += notes + _resume_notes(plan, latest)
     pca = _pca_fit(plan, data, cfg.pca_samples, latest, run_dir, log)
     whitening = _whitening_fit(plan, data, cfg.pca_samples, latest, log)
     task = PackTask(plan, data, ref, pca=pca, lpips=lpips, whitening=whitening)
@@ -498,6 +569,64 @@ def run_pack_train(
                 bar.log(line)
     train(task, config, progress)
     return run_dir
+
+
+def _unplaced_attention(decoder: DecoderConfig) -> list[int]:
+    """The values of ``attn_resolutions`` that are the side of no decoder level."""
+    return [r for r in decoder.attn_resolutions if r not in decoder.sides]
+
+
+def _check_new_run(plan: PackPlan, sources: dict[str, str] | None = None) -> None:
+    """A new run trains at least one step and places every attention block it asks for (an
+    unknown side used to be accepted and silently built no attention at all). ``sources``:
+    where each setting came from (``ResolvedSettings.to_dict()["sources"]``), for the message."""
+    if plan.steps < 1:
+        raise ConfigError(
+            f"pack.steps is {plan.steps}: run {plan.run_name} has no checkpoint yet, so it would "
+            "train nothing and write no checkpoint",
+            f"pass --steps N with N >= 1 (or leave it unset: the {plan.preset} preset trains "
+            f"{PRESETS[plan.preset]['steps']}); --steps 0 only shows a run that has a checkpoint",
+        )
+    decoder = plan.autoencoder.decoder
+    unplaced = _unplaced_attention(decoder)
+    if unplaced:
+        sides = ", ".join(str(s) for s in decoder.sides)
+        origin = (sources or {}).get("pack.attn_resolutions")
+        raise ConfigError(
+            f"pack.attn_resolutions {list(decoder.attn_resolutions)}"
+            + (f" (from {origin})" if origin else "")
+            + ": no decoder level has "
+            f"feature side {', '.join(str(r) for r in unplaced)} (a {decoder.latent_size}×"
+            f"{decoder.latent_size} latent grid decoded to {decoder.resolution} px), so that "
+            "attention would go nowhere",
+            f"valid sides: {sides}; pass --attn-resolutions once per side that gets attention "
+            f"(e.g. --attn-resolutions {decoder.latent_size}, the latent grid)",
+        )
+
+
+def _resume_notes(plan: PackPlan, latest: Path | None) -> list[str]:
+    """Log lines of a resumed run: attention its model never placed (it was started before
+    that was refused; its model cannot change now), and a run with nothing left to train."""
+    from repackctl.train.checkpoint import read_state
+
+    if latest is None:
+        return []
+    notes = []
+    decoder = plan.autoencoder.decoder
+    unplaced = _unplaced_attention(decoder)
+    if unplaced:
+        notes.append(
+            f"warning: this run's attn_resolutions {list(decoder.attn_resolutions)} name no "
+            f"decoder level (sides {', '.join(str(s) for s in decoder.sides)}): its decoder has "
+            "no attention there"
+        )
+    done = int(read_state(latest).get("step", 0))
+    if plan.steps <= done:
+        notes.append(
+            f"run {plan.run_name} is at step {done}, --steps is {plan.steps}: nothing to train "
+            f"(pass --steps N with N > {done} to train on)"
+        )
+    return notes
 
 
 def _pca_fit(
