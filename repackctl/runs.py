@@ -12,9 +12,12 @@ training engine wrote (``TrainConfig.to_dict()``: its keys and ``extra.stage``),
 ``extra.stage`` of the config or of the newest checkpoint's ``state.json``; imported runs carry
 ``"imported": true`` there.
 
-Hints read JSON and file sizes only (no torch), so error messages stay fast; ``runs ls`` and
-``runs info`` also check every checkpoint file's sha256 with the loader's own check
-(``repackctl.train.checkpoint``), so a damaged checkpoint is reported as such, not as complete.
+A checkpoint counts as complete when the loader's own check passes
+(``repackctl.train.checkpoint.verify_checkpoint``). ``runs ls`` and the hints in error messages
+run it without checksums (file names, sizes and ``state.json`` only), so they stay fast on runs
+of many gigabytes; ``runs info`` (and ``runs rm``, which describes the run first) also checks
+every file's sha256, as loading does, so a damaged checkpoint is reported as such, not as
+complete.
 """
 
 from __future__ import annotations
@@ -34,8 +37,6 @@ CONFIG_JSON = "config.json"
 METRICS_JSONL = "metrics.jsonl"
 CKPT_DIR = "checkpoints"
 STEP_RE = re.compile(r"^step-(\d{7})$")
-# the files every complete checkpoint has (repackctl.train.checkpoint.REQUIRED)
-CKPT_FILES = ("model.safetensors", "ema.safetensors", "optim.pt", "state.json")
 # keys every config.json of the training engine has (repackctl.train.config.TrainConfig fields)
 ENGINE_KEYS = frozenset({"run_dir", "steps", "global_batch", "lr", "seed", "ckpt_every", "extra"})
 # shown by `runs info` from config.json (TrainConfig fields)
@@ -46,7 +47,7 @@ CONFIG_KEYS = ("steps", "global_batch", "grad_accum", "lr", "schedule", "ema_dec
 @dataclass
 class CheckpointInfo:
     """One ``step-NNNNNNN`` folder: complete (loadable) or the reason it is not (e.g.
-    ``missing optim.pt``, ``marked bad (good: false)…``, ``corrupt (ema.safetensors)``)."""
+    ``optim.pt is missing``, ``marked bad (good: false)``, ``corrupt (ema.safetensors)``)."""
 
     name: str
     step: int
@@ -67,6 +68,7 @@ class RunInfo:
     checkpoints: int  # complete ones
     bytes: int
     modified: float  # newest file mtime (seconds since the epoch)
+    checksums_verified: bool  # complete includes every file's sha256 (else names and sizes only)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -158,53 +160,16 @@ def _tree(folder: Path) -> tuple[int, float]:
     return total, newest
 
 
-def _structure_problem(folder: Path, step: int) -> str | None:
-    """Why a checkpoint folder cannot load, from its file names and ``state.json`` (no hashing)."""
-    missing = [f for f in CKPT_FILES if not (folder / f).is_file()]
-    if missing:
-        return f"missing {', '.join(missing)}"
-    state = _read_json(folder / "state.json")
-    if state is None:
-        return "state.json unreadable"
-    if state.get("step") != step:
-        return f"state.json says step {state.get('step')}"
-    absent = [m for m in state.get("modules", []) if not (folder / f"{m}.safetensors").is_file()]
-    if absent:
-        return f"missing {absent} weights"
-    if state.get("good", True) is False:
-        return "marked bad (good: false): saved after non-finite steps"
-    return None
-
-
-def _checksum_problem(folder: Path) -> str | None:
-    """The loader's own checks (``repackctl.train.checkpoint``): ``state.json`` validated, then
-    every file's sha256 against the one it records; ``corrupt (<file>)`` for the first that
-    differs."""
-    from repackctl.train.checkpoint import _check_structure, _verify_file
-
-    try:
-        state = _check_structure(folder)
-    except CheckpointError as e:
-        return e.message.replace(f"{folder}{os.sep}", "")
-    for name in sorted(state.files):
-        try:
-            _verify_file(folder, name, state)
-        except CheckpointError:
-            return f"corrupt ({name})"
-    return None
-
-
-def checkpoint_info(folder: Path, verify: bool = True) -> CheckpointInfo:
+def checkpoint_info(folder: Path, checksums: bool = True) -> CheckpointInfo:
     """Whether a checkpoint folder is complete and loadable, as the loader decides.
 
-    ``verify`` also checks every file's sha256 against ``state.json`` (it reads every byte);
-    without it only file names and ``state.json`` are read (fast hints)."""
+    ``checksums`` also checks every file's sha256 against ``state.json`` (it reads every byte);
+    without it, file names, sizes and ``state.json`` only (``runs ls``, hints)."""
+    from repackctl.train.checkpoint import checkpoint_problem
+
     step = int(STEP_RE.match(folder.name).group(1))  # type: ignore[union-attr]
-    size = _tree(folder)[0]
-    problem = _structure_problem(folder, step)
-    if problem is None and verify:
-        problem = _checksum_problem(folder)
-    return CheckpointInfo(folder.name, step, problem is None, problem, size)
+    problem = checkpoint_problem(folder, checksums=checksums)
+    return CheckpointInfo(folder.name, step, problem is None, problem, _tree(folder)[0])
 
 
 def _stage(folder: Path, newest: Path | None) -> tuple[str, bool]:
@@ -223,7 +188,7 @@ def _stage(folder: Path, newest: Path | None) -> tuple[str, bool]:
     return stage, imported
 
 
-def _run_info(folder: Path, ckpts: list[CheckpointInfo]) -> RunInfo:
+def _run_info(folder: Path, ckpts: list[CheckpointInfo], checksums: bool) -> RunInfo:
     good = [c for c in ckpts if c.complete]
     newest = folder / CKPT_DIR / good[-1].name if good else None
     stage, imported = _stage(folder, newest)
@@ -237,21 +202,22 @@ def _run_info(folder: Path, ckpts: list[CheckpointInfo]) -> RunInfo:
         checkpoints=len(good),
         bytes=size,
         modified=modified,
+        checksums_verified=checksums,
     )
 
 
-def list_runs(root: Path, verify: bool = True) -> list[RunInfo]:
+def list_runs(root: Path) -> list[RunInfo]:
     """Every run directly under ``root`` (sorted by name); other folders are left out.
 
-    ``verify``: a checkpoint counts as complete only when its files' sha256 match
-    (``checkpoint_info``); hints pass False to stay fast."""
+    Fast: a checkpoint counts as complete when its files are present at the sizes ``state.json``
+    records, without hashing them (``describe_run`` and loading check the sha256 too)."""
     if not root.is_dir():
         return []
     out = []
     for folder in sorted(root.iterdir()):
         if is_run(folder):
-            ckpts = [checkpoint_info(p, verify) for p in _step_folders(folder)]
-            out.append(_run_info(folder, ckpts))
+            ckpts = [checkpoint_info(p, checksums=False) for p in _step_folders(folder)]
+            out.append(_run_info(folder, ckpts, checksums=False))
     return out
 
 
@@ -297,13 +263,14 @@ def _require_run(folder: Path) -> None:
 
 
 def describe_run(folder: Path, samples_root: Path | None = None, tail: int = 5) -> RunDetail:
-    """Config summary, checkpoints, the last ``tail`` metrics lines and the samples of a run."""
+    """Config summary, checkpoints (every file's sha256 checked), the last ``tail`` metrics lines
+    and the samples of a run."""
     _require_run(folder)
-    ckpts = [checkpoint_info(p) for p in _step_folders(folder)]
+    ckpts = [checkpoint_info(p, checksums=True) for p in _step_folders(folder)]
     config = _read_json(folder / CONFIG_JSON) or {}
     summary = {k: config[k] for k in CONFIG_KEYS if k in config}
     return RunDetail(
-        run=_run_info(folder, ckpts),
+        run=_run_info(folder, ckpts, checksums=True),
         config=summary,
         checkpoints=ckpts,
         metrics_tail=_metrics_tail(folder, tail),
@@ -319,7 +286,7 @@ def remove_run(folder: Path) -> None:
 
 def runs_hint(root: Path, stage: str | None = None, limit: int = 10) -> str:
     """``runs in ROOT: a (dit, step 20), b (pack, step 4)`` — or how to make one."""
-    runs = [r for r in list_runs(root, verify=False) if stage is None or r.stage == stage]
+    runs = [r for r in list_runs(root) if stage is None or r.stage == stage]
     kind = f"{stage} runs" if stage else "runs"
     if not runs:
         return f"no {kind} in {root}; train one first, or pass --runs with the right folder"
@@ -334,7 +301,7 @@ def runs_hint(root: Path, stage: str | None = None, limit: int = 10) -> str:
 
 def newest_run(root: Path, stage: str) -> str | None:
     """The most recently modified run of ``stage`` with a complete checkpoint (stages chain)."""
-    runs = [r for r in list_runs(root, verify=False) if r.stage == stage and r.step is not None]
+    runs = [r for r in list_runs(root) if r.stage == stage and r.step is not None]
     return max(runs, key=lambda r: r.modified).name if runs else None
 
 

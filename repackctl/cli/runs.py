@@ -13,6 +13,10 @@ from repackctl.cli.listing import megabytes as _mb
 
 app = typer.Typer(help="List, inspect and remove training runs.", no_args_is_help=True)
 RunArg = Annotated[str, typer.Argument(help="Run name (a folder under the runs root).")]
+LS_NOTE = (
+    "ckpts: checkpoints with every file present at its recorded size; "
+    "`repackctl runs info RUN` also verifies their sha256 checksums"
+)
 
 
 def _roots(runs: str | None, samples: str | None, config: str | None) -> tuple[str, str]:
@@ -32,6 +36,10 @@ def _stage(stage: str, imported: bool) -> str:
 @handle_errors
 def ls(runs: RunsOpt = None, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """List runs: stage, newest step, checkpoints, size, last change.
+
+    Fast on large runs: a checkpoint counts when its files are present at the sizes state.json
+    records; their sha256 checksums are not read here but by `repackctl runs info RUN` (and by
+    every command that loads a checkpoint).
 
     Example: `repackctl runs ls` (or `repackctl runs ls --json`)
     """
@@ -59,6 +67,7 @@ def ls(runs: RunsOpt = None, config: ConfigOpt = None, as_json: JsonOpt = False)
     ]
     columns = ["run", "stage", "step", "ckpts", "size", "modified"]
     print_listing(f"runs {root}", columns, rows)
+    console.print(LS_NOTE, highlight=False, soft_wrap=True, markup=False)
 
 
 def _metric_line(rec: dict[str, Any]) -> str:
@@ -78,6 +87,9 @@ def info(
     as_json: JsonOpt = False,
 ) -> None:
     """Show one run: config summary, checkpoints, last metrics, sample folders made from it.
+
+    Every checkpoint file's sha256 is checked against its state.json (this reads every byte), so
+    a damaged checkpoint is reported as corrupt, naming the file.
 
     Example: `repackctl runs info dit-tiny`
     """

@@ -13,10 +13,13 @@ runs/<name>/checkpoints/step-0000020/  model.safetensors  ema.safetensors  <othe
   most a temporary folder, which ``latest_checkpoint`` ignores.
 * The step is read from the folder name ``step-%07d`` only, and must agree with ``state.json``
   (the official code parsed it from arbitrary file names, ``reference/methods.md``).
-* ``state.json`` lists every other file's sha256 (``files``) and is validated
-  (``checkpoint_state``); loading a file checks its hash first (once per process), so corrupt or
-  swapped weights are never used. Resume takes the newest checkpoint that verifies and says which
-  newer ones it skipped and why; sampling and import name the bad file instead.
+* ``state.json`` lists every other file's sha256 (``files``) and size (``sizes``) and is
+  validated (``checkpoint_state``); loading a file checks its size and hash first (the hash once
+  per process), so corrupt or swapped weights are never used. ``verify_checkpoint`` is the one
+  check of a folder (``checkpoint_problem`` says its verdict in a few words for ``repackctl
+  runs``); without ``checksums`` it reads names, sizes and ``state.json`` only. Resume takes
+  the newest checkpoint that verifies and says which newer ones it skipped and why; sampling and
+  import name the bad file instead.
 * A checkpoint can be marked bad (``good: false``, e.g. saved after non-finite steps); rotation
   (``keep_last``) always keeps the newest good one, and resume skips bad ones.
 """
@@ -136,7 +139,9 @@ def _write_files(
     for p in tmp.iterdir():
         with open(p, "rb") as f:
             os.fsync(f.fileno())
-    state["files"] = {p.name: sha256_file_cached(p) for p in sorted(tmp.iterdir())}
+    written = sorted(tmp.iterdir())
+    state["files"] = {p.name: sha256_file_cached(p) for p in written}
+    state["sizes"] = {p.name: p.stat().st_size for p in written}  # checked without hashing
     with open(tmp / "state.json", "w") as f:
         json.dump(state, f)
         f.flush()
@@ -240,9 +245,11 @@ def _step_of(folder: Path) -> int | None:
 
 
 def _check_structure(folder: Path) -> CheckpointState:
-    """State valid, step agrees with the folder name, every file present (no hashing)."""
+    """Every file present, state valid, step agrees with the folder name (no hashing)."""
     folder = Path(folder)
-    path = _require(folder, "state.json")
+    for name in REQUIRED:  # a missing file first: it is what a half-copied folder lacks
+        _require(folder, name)
+    path = folder / "state.json"
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as e:
@@ -253,7 +260,7 @@ def _check_structure(folder: Path) -> CheckpointState:
         raise CheckpointError(
             f"{path}: field step is {state.step}, the folder says {step}", "use another checkpoint"
         )
-    for name in (*REQUIRED, *(f"{m}.safetensors" for m in state.modules), *state.files):
+    for name in (*(f"{m}.safetensors" for m in state.modules), *state.files):
         _require(folder, name)
     unlisted = [n for n in REQUIRED if n != "state.json" and n not in state.files]
     if unlisted:
@@ -279,7 +286,20 @@ def is_complete(folder: Path) -> bool:
     return True
 
 
-def _verify_file(folder: Path, name: str, state: CheckpointState) -> Path:
+class _Refused(CheckpointError):
+    """A ``CheckpointError`` that also says in a few words why (``runs`` listings show it)."""
+
+    def __init__(self, message: str, hint: str, reason: str) -> None:
+        super().__init__(message, hint)
+        self.reason = reason
+
+
+DAMAGED = "use another checkpoint of the run (a damaged copy, or a file replaced by hand)"
+
+
+def _verify_file(folder: Path, name: str, state: CheckpointState, checksum: bool = True) -> Path:
+    """The file, present and listed in ``state.json``, of the size it records (when it records
+    sizes) and, with ``checksum``, of the sha256 it records."""
     path = _require(folder, name)
     want = state.files.get(name)
     if want is None:
@@ -287,12 +307,19 @@ def _verify_file(folder: Path, name: str, state: CheckpointState) -> Path:
             f"{folder / 'state.json'}: field files has no checksum of {name}",
             "use another checkpoint",
         )
-    got = sha256_file_cached(path)
-    if got != want:
-        raise CheckpointError(
+    size, recorded = path.stat().st_size, state.sizes.get(name)
+    if recorded is not None and size != recorded:
+        raise _Refused(
+            f"{path} is corrupt: it has {size} bytes, state.json records {recorded}",
+            DAMAGED,
+            f"corrupt ({name}: {size} bytes, state.json records {recorded})",
+        )
+    if checksum and (got := sha256_file_cached(path)) != want:
+        raise _Refused(
             f"{path} is corrupt: its sha256 {got[:12]}… differs from the one in state.json "
             f"({want[:12]}…)",
-            "use another checkpoint of the run (a damaged copy, or a file replaced by hand)",
+            DAMAGED,
+            f"corrupt ({name})",
         )
     return path
 
@@ -311,22 +338,45 @@ def _check_finite_file(path: Path) -> None:
         raise CheckpointError(f"{path} is not a readable safetensors file: {e}", None) from None
 
 
-def verify_checkpoint(folder: str | os.PathLike, check_finite: bool = False) -> CheckpointState:
-    """Validate ``state.json``, check every file's sha256, refuse one marked bad.
+def verify_checkpoint(
+    folder: str | os.PathLike, check_finite: bool = False, *, checksums: bool = True
+) -> CheckpointState:
+    """The one check of a checkpoint folder before it is used or listed as complete (resume,
+    sampling, import, ``repackctl runs``); a failure is a ``CheckpointError`` naming the file.
 
-    ``check_finite`` also reads every weight file and refuses non-finite values (resume).
+    Always (names, sizes and ``state.json`` only): ``state.json`` valid with the step of the
+    folder name, every file present, the checkpoint not marked bad, and every file of the size
+    ``state.json`` records (checkpoints written before sizes were recorded skip this).
+    ``checksums`` (what loading does): every file's sha256 as well, which reads every byte.
+    ``check_finite`` (resume): every weight file is read and holds only finite values.
     """
     folder = Path(folder)
     state = _check_structure(folder)
     if not state.good:
-        raise CheckpointError(
-            f"{folder} is marked bad (state.json good: false)", "use an earlier checkpoint"
+        raise _Refused(
+            f"{folder} is marked bad (state.json good: false)",
+            "use an earlier checkpoint",
+            "marked bad (good: false)",
         )
-    for name in state.files:
-        path = _verify_file(folder, name, state)
+    for name in sorted(state.files):
+        path = _verify_file(folder, name, state, checksums)
         if check_finite and name.endswith(".safetensors"):
             _check_finite_file(path)
     return state
+
+
+def checkpoint_problem(folder: str | os.PathLike, *, checksums: bool = True) -> str | None:
+    """``verify_checkpoint``'s verdict in a few words, for listings: None when the folder passes,
+    else e.g. ``optim.pt is missing``, ``marked bad (good: false)``, ``corrupt (ema.safetensors)``
+    (sha256), ``corrupt (optim.pt: 10 bytes, state.json records 20)`` (size)."""
+    folder = Path(folder)
+    try:
+        verify_checkpoint(folder, checksums=checksums)
+    except _Refused as e:
+        return e.reason
+    except CheckpointError as e:
+        return e.message.replace(f"{folder}{os.sep}", "")
+    return None
 
 
 def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:

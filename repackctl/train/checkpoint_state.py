@@ -82,6 +82,7 @@ class CheckpointState(BaseModel):
     offset: NonNegInt
     rng: list[RngState]
     files: dict[str, Sha256] = Field(min_length=1)
+    sizes: dict[str, NonNegInt] = Field(default_factory=dict)  # bytes; absent in older ones
     modules: list[str]
     extra: dict[str, Any] = Field(default_factory=dict)
     config: dict[str, Any] = Field(default_factory=dict)

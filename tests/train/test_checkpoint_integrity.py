@@ -147,6 +147,7 @@ def test_replaced_optim_pickle_is_refused_without_running_it(toy_run, tmp_path) 
     from repackctl.files import sha256_file
 
     state["files"]["optim.pt"] = sha256_file(ckpt / "optim.pt")
+    state["sizes"]["optim.pt"] = (ckpt / "optim.pt").stat().st_size
     (ckpt / "state.json").write_text(json.dumps(state))
     with pytest.raises(CheckpointError, match="cannot load .*optim.pt safely"):
         ckpt_io.load_optim(ckpt)
