@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -21,7 +22,7 @@ from repackctl.files import (
     write_json_atomic,
 )
 from repackctl.paths import LATENTS_DIR, LATENTS_FILE, SETTINGS_JSON
-from repackctl.sample.plan import GenerationPlan
+from repackctl.sample.plan import GenerationPlan, label_classes
 
 
 def png_path(folder: Path, index: int) -> Path:
@@ -90,9 +91,14 @@ def claim_folder(
             diff = sorted(
                 k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k)
             )
+            hint = f"{elsewhere}, or delete the folder"
+            if diff == ["num"] and isinstance(old.get("num"), int):
+                hint = (
+                    f"pass --num {old['num']} to use its samples, or {elsewhere}: a samples folder "
+                    "is never extended or cut to another --num (balanced labels depend on N)"
+                )
             raise ConfigError(
-                f"{folder} holds samples made with other settings ({', '.join(diff)})",
-                f"{elsewhere}, or delete the folder",
+                f"{folder} holds samples made with other settings ({', '.join(diff)})", hint
             )
         return
     write_json_atomic(path, fingerprint)
@@ -141,19 +147,78 @@ def sample_folder_name(
     weights: str,
     refiner: str | None,
     guide: str | None = None,
+    *,
+    labels: str = "balanced",
+    precision: str = "fp32",
 ) -> str:
     """``<run>--<ckpt>--<sampler>-<steps>--cfg<s>--seed<k>`` (+ ``-raw`` / ``--refine-<name>``).
 
-    Guidance that is not plain CFG on all steps and channels is named after the scale, so that
-    two such settings get two folders: ``-t<lo>-<hi>`` (an interval), ``-ch<k>`` (legacy
-    channels) and ``--guide-<run>[-<checkpoint>]`` (autoguidance)."""
+    Every recorded setting that changes the images and differs from its default adds a suffix,
+    so that changing only it gives another folder (a default setting adds nothing, so default
+    names stay as they were): ``-shift<s>`` after the steps; guidance that is not plain CFG on
+    all steps and channels ``-t<lo>-<hi>`` (an interval) and ``-ch<k>`` (legacy channels) after
+    the scale; ``--labels-random`` / ``--labels-3-7`` and ``--bf16`` / ``--fp16`` after the
+    seed; then ``--guide-<run>[-<checkpoint>]`` (autoguidance) and the refiner."""
+    extra = _labels_suffix(labels) + ("" if precision == "fp32" else f"--{precision}")
+    return _name(run, ckpt, plan, seed, weights, refiner, guide, _shift_suffix(plan), extra)
+
+
+def legacy_sample_folder_name(
+    run: str,
+    ckpt: str,
+    plan: GenerationPlan,
+    seed: int,
+    weights: str,
+    refiner: str | None,
+    guide: str | None = None,
+) -> str:
+    """The name before shift, labels and precision were in it (see ``resume_folder``)."""
+    return _name(run, ckpt, plan, seed, weights, refiner, guide, "", "")
+
+
+def _name(
+    run: str,
+    ckpt: str,
+    plan: GenerationPlan,
+    seed: int,
+    weights: str,
+    refiner: str | None,
+    guide: str | None,
+    sampler_suffix: str,
+    seed_suffix: str,
+) -> str:
     name = f"{run}--{ckpt}{'' if weights == 'ema' else '-raw'}--{plan.spec.kind}-{plan.spec.steps}"
-    name += f"--cfg{plan.cfg:g}{_guidance_suffix(plan)}--seed{seed}"
+    name += f"{sampler_suffix}--cfg{plan.cfg:g}{_guidance_suffix(plan)}--seed{seed}{seed_suffix}"
     if guide:
         name += f"--guide-{guide}"
     if refiner:
         name += refined_suffix(Path(refiner).name)
     return name
+
+
+def _shift_suffix(plan: GenerationPlan) -> str:
+    """``-shift<s>`` for a time shift other than 1 (no shift)."""
+    return "" if plan.spec.shift == 1.0 else f"-shift{plan.spec.shift:g}"
+
+
+# a class list longer than this many characters is named by its length and hash instead
+_LABELS_NAME_MAX = 32
+
+
+def _labels_suffix(scheme: str) -> str:
+    """``--labels-random``, ``--labels-3-7`` (given classes) or nothing (balanced, the default).
+
+    A long class list is named ``--labels-<n>cls-<hash>`` to keep the name one short path
+    component (the settings file records the list itself)."""
+    if scheme == "balanced":
+        return ""
+    if scheme == "random":
+        return "--labels-random"
+    ids = "-".join(str(c) for c in label_classes(scheme))
+    if len(ids) <= _LABELS_NAME_MAX:
+        return f"--labels-{ids}"
+    digest = hashlib.sha256(ids.encode()).hexdigest()[:8]
+    return f"--labels-{len(label_classes(scheme))}cls-{digest}"
 
 
 def _guidance_suffix(plan: GenerationPlan) -> str:
@@ -162,6 +227,22 @@ def _guidance_suffix(plan: GenerationPlan) -> str:
         return ""
     out = "" if (plan.t_lo, plan.t_hi) == (0.0, 1.0) else f"-t{plan.t_lo:g}-{plan.t_hi:g}"
     return out + (f"-ch{plan.legacy_channels}" if plan.legacy_channels else "")
+
+
+def resume_folder(base: Path, name: str, legacy: str, fingerprint: dict[str, Any]) -> Path:
+    """``base/name``, or ``base/legacy`` when only that one exists and holds these very settings.
+
+    Folders made before a setting was in the name (e.g. a shift from an imported run's
+    ``sampling.json``, or ``--precision bf16``) have the shorter legacy name; they are resumed
+    where they are rather than started again under the new name."""
+    new, old = base / name, base / legacy
+    if name == legacy or new.exists() or not (old / SETTINGS_JSON).is_file():
+        return new
+    try:
+        recorded = json.loads((old / SETTINGS_JSON).read_text())
+    except ValueError:
+        return new
+    return old if recorded == fingerprint else new
 
 
 def refined_suffix(refiner_run: str) -> str:

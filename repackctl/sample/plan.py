@@ -70,6 +70,17 @@ def make_labels(num: int, num_classes: int, scheme: str, seed: int) -> np.ndarra
         return (np.arange(num, dtype=np.int64) * num_classes) // num
     if scheme == "random":
         return np.random.default_rng([seed, 0x1AB]).integers(0, num_classes, num, dtype=np.int64)
+    given = label_classes(scheme)
+    bad = [c for c in given if not 0 <= c < num_classes]
+    if bad:
+        raise ConfigError(
+            f"class ids {bad} are outside 0..{num_classes - 1}", "pick classes the DiT knows"
+        )
+    return np.asarray([given[i % len(given)] for i in range(num)], dtype=np.int64)
+
+
+def label_classes(scheme: str) -> list[int]:
+    """The class ids of a ``--labels 3,7`` list (sample i gets class ``ids[i mod len]``)."""
     try:
         given = [int(c) for c in scheme.split(",") if c.strip()]
     except ValueError:
@@ -79,12 +90,7 @@ def make_labels(num: int, num_classes: int, scheme: str, seed: int) -> np.ndarra
             f"unknown label scheme {scheme!r}",
             "use --labels balanced, --labels random or class ids such as --labels 3,7",
         )
-    bad = [c for c in given if not 0 <= c < num_classes]
-    if bad:
-        raise ConfigError(
-            f"class ids {bad} are outside 0..{num_classes - 1}", "pick classes the DiT knows"
-        )
-    return np.asarray([given[i % len(given)] for i in range(num)], dtype=np.int64)
+    return given
 
 
 def label_scheme_name(scheme: str) -> str:

@@ -24,8 +24,9 @@ users could not reproduce (``reference/methods.md``):
   ``v_ours(x, t) = −v_theirs(x, 1 − t)``. Their sampling settings arrive as defaults through the
   run's ``sampling.json``.
 
-Output (DESIGN.md §7): ``samples/<run>--<ckpt>--<sampler>-<steps>--cfg<s>--seed<k>/`` with
-``000000.png …``, ``samples.npz``, ``latents.npy``, ``grid.png`` and ``protocol.json`` (the
+Output (DESIGN.md §7): ``samples/<run>--<ckpt>--<sampler>-<steps>--cfg<s>--seed<k>/`` (each
+setting that changes the images and is not at its default adds a suffix: ``sample_folder_name``)
+with ``000000.png …``, ``samples.npz``, ``latents.npy``, ``grid.png`` and ``protocol.json`` (the
 generation half of ``metrics.protocol.ProtocolCard``; ``evaluate`` adds the scoring half).
 """
 
@@ -54,9 +55,11 @@ from repackctl.sample.folder import (
     assemble,
     claim_folder,
     generation_card,
+    legacy_sample_folder_name,
     missing_indices,
     owned_range,
     png_path,
+    resume_folder,
     sample_folder_name,
 )
 from repackctl.sample.generate import generate_raw_latents, guided_velocity, model_velocity
@@ -195,12 +198,6 @@ def _claim(settings: Settings, dit: Any, plan: Any, guide_info: Any, refiner: An
     """The samples folder of these settings, claimed (a folder of other settings is refused)."""
     cfg, ckpt = settings.sample, Path(dit.checkpoint)
     guide = cfg.guide and "-".join(filter(None, (Path(cfg.guide).name, cfg.guide_checkpoint)))
-    name = sample_folder_name(
-        run_root_of(ckpt).name, ckpt.name, plan, settings.seed, cfg.weights, cfg.refiner, guide
-    )
-    folder = (
-        Path(cfg.out).expanduser().resolve() if cfg.out else local_path(settings.samples) / name
-    )
     fingerprint = {
         "checkpoint_sha256": dit.sha256,
         "weights": cfg.weights,
@@ -213,6 +210,13 @@ def _claim(settings: Settings, dit: Any, plan: Any, guide_info: Any, refiner: An
         "refiner": None if refiner is None else refiner.sha256,
         "precision": settings.precision,
     }
+    if cfg.out:
+        folder = Path(cfg.out).expanduser().resolve()
+    else:
+        which = (run_root_of(ckpt).name, ckpt.name, plan, settings.seed, cfg.weights, cfg.refiner)
+        name = sample_folder_name(*which, guide, labels=cfg.labels, precision=settings.precision)
+        legacy = legacy_sample_folder_name(*which, guide)
+        folder = resume_folder(local_path(settings.samples), name, legacy, fingerprint)
     claim_folder(folder, fingerprint)
     return folder
 

@@ -121,11 +121,12 @@ def test_apply_to_samples_made_again_with_other_labels_never_answers_the_old_one
 
 def test_apply_next_to_a_sample_refiner_folder_of_other_settings_is_refused(work):
     samples = work / "samples"
-    # `--shift` is not part of the folder name: both runs below name the same refined folder
-    _ok(work, *SAMPLE, "--shift", "3", "--refiner", "refine")
     _ok(work, *SAMPLE)
-    (plain,) = [p for p in samples.iterdir() if not p.name.endswith("--refine")]
+    (plain,) = list(samples.iterdir())
     refined = samples / f"{plain.name}--refine"
+    # a `sample --refiner` folder of other settings where `refine apply` writes (`--shift` has
+    # its own folder name, so it is put there with --out)
+    _ok(work, *SAMPLE, "--shift", "3", "--refiner", "refine", "--out", str(refined))
     kept = _mtimes(refined)
     code, text = _cli(work, "refine", "apply", str(plain), "--refiner", "refine")
     _refused(code, text, str(refined), "shift", "move")
