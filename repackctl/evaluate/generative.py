@@ -41,6 +41,7 @@ import numpy as np
 
 from repackctl.errors import CacheError, CheckpointError, ConfigError, DataError
 from repackctl.evaluate.selection import (
+    check_recorded_count,
     checked_labels,
     choose_subset,
     made_from_checkpoint,
@@ -500,6 +501,8 @@ def open_generated(settings: Settings, progress: ProgressFactory = null_progress
     messages += [images.meta["note"]] if images.meta.get("note") else []
     messages += _check_count(images, num, images.label)
     available = images.meta["available"]
+    if npz is not None and npz.name == SAMPLES_NPZ:
+        check_recorded_count(protocol, available, images.label)
     labels = None
     if num is not None and num < available:
         labels = _labels_of(npz, protocol, available, images.label)

@@ -121,6 +121,24 @@ def _run_files(folder: Path, protocol: dict[str, Any]) -> list[Path]:
     return files
 
 
+def check_recorded_count(protocol: dict[str, Any], available: int, where: str) -> None:
+    """A ``DataError`` when a card records ``num_samples`` and the samples file holds another count.
+
+    ``repackctl sample`` assembles ``samples.npz`` from exactly the card's count of samples; a file
+    with more or fewer was replaced or cut after the card was written, so the card (sampler,
+    labels, checkpoint) no longer describes it.
+    """
+    num = protocol.get("num_samples")
+    if isinstance(num, bool) or not isinstance(num, int) or num == available:
+        return
+    raise DataError(
+        f"{where} holds {available} samples but its {PROTOCOL_JSON} records {num}: the file is "
+        "not the sample set its card describes",
+        hint="regenerate the samples into a new folder (`repackctl sample ... --out NEW`), or "
+        "copy the .npz out of the folder under another name to score it as external samples",
+    )
+
+
 # --------------------------------------------------------------------------- checkpoints
 def recorded_weights(folder: Path, protocol: dict[str, Any]) -> tuple[str | None, str]:
     """(sha256 of the weights file the samples were made from, which weights: ema/model)."""

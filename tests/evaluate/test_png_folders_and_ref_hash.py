@@ -125,6 +125,24 @@ def test_an_external_folder_never_scores_grid_png(env, tmp_path):
     assert doc["protocol"]["sampler"] == "external"
 
 
+def test_a_samples_npz_of_another_count_than_its_card_is_refused(env, tmp_path):
+    folder = tmp_path / "run"
+    assert runner.invoke(app, _sample_cmd(folder)).exit_code == 0
+    npz = folder / "samples.npz"
+    with np.load(npz) as z:
+        images, labels = z["arr_0"], z["arr_1"]
+    np.savez(npz, images[:-2], labels[:-2])  # cut after the card was written
+    code, out = _evaluate(str(folder), *SCORE)
+    flat = " ".join(out.split())
+    assert code == DataError.exit_code and "Traceback" not in out, out
+    assert f"holds {NUM - 2} samples but its protocol.json records {NUM}" in flat
+    assert "Hint:" in out and not (folder / "metrics.json").exists()
+    outside = tmp_path / "mine.npz"  # the same file outside the folder: external samples
+    shutil.copy(npz, outside)
+    code, out = _evaluate(str(outside), *SCORE)
+    assert code == 0, out
+
+
 # --------------------------------------------------------------------------- 2. --ref-cache key
 def _entry(tmp_path: Path, seed: int = 0, n: int = 12) -> tuple[str, str, Path]:
     """(cache, entry, photos): ``n`` random 32-px images extracted with 4-image chunks in
