@@ -36,8 +36,7 @@ def dit(resolved: ResolvedSettings) -> None:
     out = train_dit(resolved.settings, rank_progress(main), config_record=resolved.to_dict())
     if not main:
         return
-    if out.grid_note:
-        err_console.print(f"[yellow]note:[/] {out.grid_note}", highlight=False)
+    _notes(out)
     memory = "in memory" if out.in_memory else "chunk blocks"
     middle = [
         ("latent shape", "×".join(str(v) for v in out.latent_shape)),
@@ -46,23 +45,42 @@ def dit(resolved: ResolvedSettings) -> None:
     console.print(kv_table("train dit", _result_rows(out, middle)))
 
 
+def _notes(out: Any) -> None:
+    """The run's notes on stderr: a latent-space sample grid, nothing left to train."""
+    for note in (out.grid_note, out.idle_note):
+        if note:
+            err_console.print(f"[yellow]note:[/] {note}", highlight=False)
+
+
+# a run whose every save point was skipped (non-finite weights or steps) has no checkpoint
+NO_CHECKPOINT = "none saved (each save point had non-finite values: see log.txt)"
+
+
 def _result_rows(out: Any, middle: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
-    """The summary of a finished DiT or MMDiT run: run, model, latents, ``middle``, step, losses."""
+    """The summary of a DiT or MMDiT run: run, model, latents, ``middle``, step, losses; for a
+    run with nothing left to train, its checkpoint's step and last logged losses."""
     r = out.result
     logs = r.last_logs
+    if r.resumed_from is None:
+        step = r.step
+    elif out.trained:
+        step = f"{r.step} (resumed at {r.resumed_from})"
+    else:
+        step = f"{r.step} (nothing trained)"
     rows = [
         ("run", out.run_dir),
         ("model", f"{out.model_id} ({out.num_params / 1e6:.2f} M params)"),
         ("latents", f"{out.entry} / {out.latents}"),
         *middle,
         ("REPA features", out.features or "off"),
-        ("step", r.step if r.resumed_from is None else f"{r.step} (resumed at {r.resumed_from})"),
-        ("checkpoint", r.checkpoint),
+        ("step", step),
+        ("checkpoint", r.checkpoint or NO_CHECKPOINT),
     ]
     for key in ("loss/model", "loss/mse", "loss/cos", "loss/repa"):
         if key in logs:
             rows.append((key, f"{logs[key]:.4f}"))
-    rows.append(("speed", f"{r.steps_per_s:.2f} steps/s"))
+    if out.trained:
+        rows.append(("speed", f"{r.steps_per_s:.2f} steps/s"))
     if r.bad_steps:
         rows.append(("skipped steps", r.bad_steps))
     return rows
@@ -85,6 +103,7 @@ def t2i(resolved: ResolvedSettings) -> None:
     out = train_t2i(resolved.settings, rank_progress(main), config_record=resolved.to_dict())
     if not main:
         return
+    _notes(out)
     middle = [("captions", out.text_id), ("samples", out.num_samples)]
     console.print(kv_table("train t2i", _result_rows(out, middle)))
 

@@ -245,6 +245,24 @@ def resume_folder(base: Path, name: str, legacy: str, fingerprint: dict[str, Any
     return old if recorded == fingerprint else new
 
 
+def named_folder(
+    base: Path,
+    which: tuple[str, str, GenerationPlan, int, str, str | None],
+    fingerprint: dict[str, Any],
+    *,
+    guide: str | None = None,
+    labels: str = "balanced",
+    precision: str = "fp32",
+    suffix: str = "",
+) -> Path:
+    """The samples folder of these settings under ``base``: ``sample_folder_name`` of ``which``
+    (run, checkpoint, plan, seed, weights, refiner) + ``suffix``, or its legacy name + ``suffix``
+    when only that one exists and holds ``fingerprint`` (``resume_folder``)."""
+    name = sample_folder_name(*which, guide, labels=labels, precision=precision) + suffix
+    legacy = legacy_sample_folder_name(*which, guide) + suffix
+    return resume_folder(base, name, legacy, fingerprint)
+
+
 def refined_suffix(refiner_run: str) -> str:
     """``--refine-<run>``, or ``--<run>`` when the run's name already says refine."""
     return f"--{refiner_run}" if refiner_run.startswith("refine") else f"--refine-{refiner_run}"

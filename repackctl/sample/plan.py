@@ -93,7 +93,19 @@ def label_classes(scheme: str) -> list[int]:
     return given
 
 
+def canonical_labels(scheme: str) -> str:
+    """One spelling per label scheme, as it is recorded and named: ``balanced``, ``random`` or
+    the class ids joined by commas (``"3, 7"``, ``" 3,7,"`` and ``"03,7"`` all give ``"3,7"``:
+    the same images must find the same samples folder and settings)."""
+    word = scheme.strip().lower()
+    if word in ("balanced", "random"):
+        return word
+    return ",".join(str(c) for c in label_classes(scheme))
+
+
 def label_scheme_name(scheme: str) -> str:
+    """The card's name of a label scheme: ``balanced``, ``uniform-random`` or ``classes:3,7``."""
+    scheme = canonical_labels(scheme)
     if scheme in ("balanced", "random"):
         return "balanced" if scheme == "balanced" else "uniform-random"
     return f"classes:{scheme}"

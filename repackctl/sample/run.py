@@ -32,6 +32,7 @@ generation half of ``metrics.protocol.ProtocolCard``; ``evaluate`` adds the scor
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +46,7 @@ from repackctl.dit.t2i_load import checkpoint_stage
 from repackctl.errors import ConfigError, DataError
 from repackctl.files import to_uint8, write_json_atomic, write_npy_atomic, write_png_atomic
 from repackctl.pack.load import load_decoder
-from repackctl.paths import PROTOCOL_JSON, local_path, run_root_of
+from repackctl.paths import PROTOCOL_JSON, SETTINGS_JSON, local_path, run_root_of
 from repackctl.progress import ProgressFactory, null_progress
 from repackctl.runs import chained_run
 from repackctl.runtime import DistInfo, header_line, resolve_device, run_header
@@ -55,15 +56,14 @@ from repackctl.sample.folder import (
     assemble,
     claim_folder,
     generation_card,
-    legacy_sample_folder_name,
     missing_indices,
+    named_folder,
     owned_range,
     png_path,
-    resume_folder,
-    sample_folder_name,
 )
 from repackctl.sample.generate import generate_raw_latents, guided_velocity, model_velocity
 from repackctl.sample.plan import (
+    canonical_labels,
     label_scheme_name,
     make_labels,
     network_evaluations,
@@ -117,7 +117,7 @@ def run_sample(
 ) -> SampleResult:
     """Generate (or finish generating) ``settings.sample.num`` samples of a DiT run."""
     dist = dist or DistInfo.from_env()
-    settings = _chain_run(settings)
+    settings = _canonical_labels(_chain_run(settings))
     cfg = settings.sample
     if checkpoint_stage(settings.runs, cfg.run, cfg.checkpoint) == "t2i":
         from repackctl.sample.t2i import run_t2i_sample
@@ -173,6 +173,16 @@ def _chain_run(settings: Settings) -> Settings:
     return settings.model_copy(update={"sample": cfg})
 
 
+def _canonical_labels(settings: Settings) -> Settings:
+    """The label scheme in its one spelling (``--labels "3, 7"`` → ``3,7``), before anything
+    records it, names a folder after it or draws labels from it."""
+    cfg = settings.sample
+    labels = canonical_labels(cfg.labels)
+    if labels == cfg.labels:
+        return settings
+    return settings.model_copy(update={"sample": cfg.model_copy(update={"labels": labels})})
+
+
 def _velocity(settings: Settings, dit: Any, plan: Any, device: Any, autocast: bool):
     """(guided velocity, guide card, network evaluations per sample) of the run (+ its guide)."""
     cfg, extra = settings.sample, dit.extra
@@ -214,11 +224,24 @@ def _claim(settings: Settings, dit: Any, plan: Any, guide_info: Any, refiner: An
         folder = Path(cfg.out).expanduser().resolve()
     else:
         which = (run_root_of(ckpt).name, ckpt.name, plan, settings.seed, cfg.weights, cfg.refiner)
-        name = sample_folder_name(*which, guide, labels=cfg.labels, precision=settings.precision)
-        legacy = legacy_sample_folder_name(*which, guide)
-        folder = resume_folder(local_path(settings.samples), name, legacy, fingerprint)
-    claim_folder(folder, fingerprint)
+        base = local_path(settings.samples)
+        folder = named_folder(
+            base, which, fingerprint, guide=guide, labels=cfg.labels, precision=settings.precision
+        )
+    claim_folder(folder, _as_recorded(folder, fingerprint))
     return folder
+
+
+def _as_recorded(folder: Path, fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """``fingerprint`` with the label scheme spelled as ``folder`` recorded it, when that is
+    another spelling of the same scheme (``"3, 7"``: recorded before schemes were normalised),
+    so such a folder is resumed rather than refused."""
+    try:
+        recorded = json.loads((folder / SETTINGS_JSON).read_text()).get("labels")
+        same = canonical_labels(recorded) == fingerprint["labels"]
+    except (OSError, ValueError, AttributeError, ConfigError):
+        return fingerprint  # no folder yet, or not a scheme: claim_folder decides
+    return dict(fingerprint, labels=recorded) if same else fingerprint
 
 
 @dataclass

@@ -37,9 +37,9 @@ from repackctl.sample.folder import (
     claim_folder,
     generation_card,
     missing_indices,
+    named_folder,
     owned_range,
     png_path,
-    sample_folder_name,
 )
 from repackctl.sample.plan import (
     index_generators,
@@ -238,15 +238,25 @@ def _check_options(cfg: Any) -> None:
         raise ConfigError("--labels does not apply to text-to-image runs", "use --prompt")
 
 
-def _folder(settings: Any, cfg: Any, ckpt: Path, plan: Any, prompts: list[str], given: bool):
+def _folder(
+    settings: Any,
+    cfg: Any,
+    ckpt: Path,
+    plan: Any,
+    prompts: list[str] | None,
+    fingerprint: dict[str, Any],
+) -> Path:
+    """``--out``, else the folder named as class-conditional sampling names it (precision
+    included, a folder of the legacy name resumed in place) + ``--p<hash>`` of given
+    ``prompts`` (other prompts → another folder, never mixed with the default prompts)."""
     if cfg.out:
         return Path(cfg.out).expanduser().resolve()
-    name = sample_folder_name(
-        run_root_of(ckpt).name, ckpt.name, plan, settings.seed, cfg.weights, cfg.refiner
-    )
-    if given:  # other prompts → another folder (never mixed with the default prompts)
-        name += "--p" + hashlib.sha256("\n".join(prompts).encode()).hexdigest()[:8]
-    return local_path(settings.samples) / name
+    suffix = ""
+    if prompts is not None:
+        suffix = "--p" + hashlib.sha256("\n".join(prompts).encode()).hexdigest()[:8]
+    which = (run_root_of(ckpt).name, ckpt.name, plan, settings.seed, cfg.weights, cfg.refiner)
+    base = local_path(settings.samples)
+    return named_folder(base, which, fingerprint, precision=settings.precision, suffix=suffix)
 
 
 def _protocol(
@@ -311,7 +321,6 @@ def run_t2i_sample(
         refiner = load_refiner(settings.runs, cfg.refiner, extra["pack"].get("pack_id"))
         refiner.model.to(device).eval()
 
-    folder = _folder(settings, cfg, ckpt, plan, prompts, source == "given")
     fingerprint = {
         "checkpoint_sha256": handle.sha256,
         "prompts_sha256": hashlib.sha256("\n".join(distinct).encode()).hexdigest(),
@@ -320,6 +329,7 @@ def run_t2i_sample(
         **{"seed": settings.seed, "precision": settings.precision},
         **{"sampler": plan.spec.to_dict(), "cfg": [plan.cfg, plan.t_lo, plan.t_hi]},
     }
+    folder = _folder(settings, cfg, ckpt, plan, prompts if source == "given" else None, fingerprint)
     claim_folder(folder, fingerprint)
     todo = missing_indices(folder, owned_range(cfg.num, dist.rank, dist.world))
     if todo:

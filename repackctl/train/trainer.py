@@ -660,7 +660,9 @@ class Trainer:
                 if bad
                 else f"{recent_bad} step(s) since the last save point were non-finite"
             )
-            bar.log(f"step {s}: checkpoint skipped, {why}; the last good one is {self.last_ckpt}")
+            bar.log(
+                f"step {s}: checkpoint skipped, {why}; the last good one is {self.last_ckpt or 'none yet'}"
+            )
             return self.last_ckpt
         rngs = gather_objects(ckpt_io.rng_state(), self.world)
         optim = self.opt.state_dict(self.scaler)

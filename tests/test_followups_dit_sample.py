@@ -1,0 +1,207 @@
+"""Follow-ups of `train dit` / `train t2i` and `sample`:
+
+* `--steps 0` is refused for a run without a checkpoint (before anything is written) and, on a
+  run that has one, shows that run as it is: its checkpoint, step and last losses, nothing
+  trained, nothing written; no summary says "None";
+* text-to-image sample folders are named like class-conditional ones (precision included) and a
+  folder of the legacy name is resumed where it is;
+* a class list is recorded and named in one spelling: `--labels "3, 7"` and `--labels 3,7` share
+  their folder.
+
+Real components: the shared stage stack (extract → pack train → a DiT checkpoint), `pack encode`
+and `captions` on a copy of its cache, real (tiny) training runs through the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import one_torch_thread
+from support.stack import shared_stack
+from typer.testing import CliRunner
+
+from repackctl.cli.app import app
+from repackctl.errors import ConfigError
+from repackctl.paths import PROTOCOL_JSON, SETTINGS_JSON
+from repackctl.sample.plan import canonical_labels, label_scheme_name
+from repackctl.train.checkpoint import latest_checkpoint, list_checkpoints
+
+runner = CliRunner()
+CPU = ["--device", "cpu"]
+TRAIN_FLAGS = ["-b", "8", "--log-every", "1", "--image-every", "0", "--ckpt-every", "2", *CPU]
+TRAIN = {
+    "dit": ["train", "dit", "--size", "tiny", *TRAIN_FLAGS],
+    "t2i": ["train", "t2i", *TRAIN_FLAGS],
+}
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    """A copy of the shared stack's cache and runs with packed latents and cached captions."""
+    stack = shared_stack(tmp_path_factory)
+    root = tmp_path_factory.mktemp("followups")
+    shutil.copytree(stack["cache"], root / "cache")
+    shutil.copytree(stack["runs"], root / "runs")
+    common = ["--cache", str(root / "cache"), *CPU]
+    with one_torch_thread():
+        _ok("pack", "encode", "--run", "pack-tiny", "--runs", str(root / "runs"), *common)
+        _ok("captions", "--max-length", "16", *common)
+    return root
+
+
+@pytest.fixture
+def env(work, tmp_path, monkeypatch) -> Path:
+    """A private copy of ``work`` as this test's cache, runs and samples roots."""
+    root = tmp_path / "w"
+    shutil.copytree(work, root)
+    for name in ("cache", "runs", "samples"):
+        monkeypatch.setenv(f"REPACKCTL_{name.upper()}", str(root / name))
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with one_torch_thread():
+        yield
+
+
+def _ok(*args: str) -> str:
+    res = runner.invoke(app, list(args))
+    assert res.exit_code == 0, res.output
+    assert "Traceback" not in res.output
+    return " ".join(res.output.split())  # rich wraps long lines
+
+
+def _error(code: int, *args: str) -> str:
+    res = runner.invoke(app, list(args))
+    assert res.exit_code == code, res.output
+    assert "Error:" in res.output and "Hint:" in res.output and "Traceback" not in res.output
+    return " ".join(res.output.split())
+
+
+def _files(run: Path) -> dict[str, bytes]:
+    """Every file of a run folder and its bytes."""
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+# --------------------------------------------------------------------------- train --steps 0
+
+
+@pytest.mark.parametrize("stage", ["dit", "t2i"])
+def test_steps_0_is_refused_for_a_new_run_and_shows_a_trained_one(stage, env):
+    train, run = TRAIN[stage], env / "runs" / "s"
+    out = _error(ConfigError.exit_code, *train, "--steps", "0", "--name", "s")
+    assert f"{stage}.steps is 0" in out and "has no checkpoint yet" in out
+    assert "--steps N with N >= 1" in out
+    assert not run.exists()  # nothing written: no config.json, header.json, log.txt, tb/
+
+    _ok(*train, "--steps", "2", "--name", "s")
+    ckpt = latest_checkpoint(run)
+    assert ckpt.name == "step-0000002"
+    before = _files(run)
+    for steps in ("0", "1"):  # at or below the checkpoint's step: shown, nothing trained
+        out = _ok(*train, "--steps", steps, "--name", "s")
+        assert "None" not in out
+        assert "step-0000002" in out and "│ 2 (nothing trained)" in out
+        assert "nothing to train: run s is at step 2" in out and "N > 2" in out
+        assert "loss/mse" in out and "speed" not in out  # the run's last losses, no rate
+        assert _files(run) == before  # no checkpoint, config, header, log or metrics changed
+    assert [p.name for p in list_checkpoints(run)] == ["step-0000002"]
+
+    out = _ok(*train, "--steps", "4", "--name", "s")  # the run's recorded steps were not cut
+    assert "resumed at 2" in out and "speed" in out
+    assert latest_checkpoint(run).name == "step-0000004"
+
+
+def test_steps_0_on_a_run_whose_checkpoint_does_not_verify_is_refused(env):
+    train, run = TRAIN["dit"], env / "runs" / "bad"
+    _ok(*train, "--steps", "2", "--name", "bad")
+    weights = latest_checkpoint(run) / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8])  # a damaged checkpoint: the engine skips it
+    before = _files(run)
+    out = _error(ConfigError.exit_code, *train, "--steps", "0", "--name", "bad")
+    assert "dit.steps is 0" in out and "run bad has no checkpoint yet" in out
+    assert _files(run) == before  # nothing written, nothing deleted
+
+
+def test_a_run_without_any_saved_checkpoint_says_so(env):
+    """A learning rate of 1e30 makes step 2's loss non-finite: its save point is skipped and
+    the run ends without a checkpoint; the summary says why instead of "None"."""
+    out = _ok(*TRAIN["dit"], "--steps", "2", "--lr", "1e30", "--name", "nan")
+    assert latest_checkpoint(env / "runs" / "nan") is None
+    summary = out.rsplit("train dit", 1)[1]  # the table after the engine's log lines
+    assert "None" not in summary and "none saved (each save point had non-finite" in summary
+
+
+# --------------------------------------------------------------------------- t2i folder names
+
+
+def _t2i_sample(*extra: str) -> str:
+    args = ["sample", "-r", "t", "-n", "2", "--steps", "2", "--batch-size", "2", "--grid", "0"]
+    return _ok(*args, *CPU, "--prompt", "a red star", *extra)
+
+
+def test_t2i_sample_folders_carry_the_precision_and_resume_a_legacy_one(env):
+    _ok(*TRAIN["t2i"], "--steps", "2", "--name", "t")
+    samples = env / "samples"
+    _t2i_sample()
+    (fp32,) = samples.iterdir()
+    _t2i_sample("--precision", "bf16")  # before: refused as "other settings (precision)"
+    (bf16,) = set(samples.iterdir()) - {fp32}
+    assert fp32.name.startswith("t--step-0000002--euler-2--cfg1--seed0--p")
+    assert bf16.name == fp32.name.replace("--seed0--p", "--seed0--bf16--p")
+    assert json.loads((bf16 / SETTINGS_JSON).read_text())["precision"] == "bf16"
+    for flags in ((), ("--precision", "bf16")):  # each resumes its own folder
+        assert "0 now, 2 already done" in _t2i_sample(*flags)
+
+    # a bf16 folder made before the name carried the precision (here: --out at the old name)
+    shutil.rmtree(bf16)
+    shutil.move(str(fp32), str(env / "fp32"))
+    legacy = fp32
+    _t2i_sample("--precision", "bf16", "--out", str(legacy))
+    (legacy / "000001.png").unlink()  # as if killed before the last image
+    assert "1 now, 1 already done" in _t2i_sample("--precision", "bf16")
+    assert [p.name for p in samples.iterdir()] == [legacy.name]
+    assert json.loads((legacy / PROTOCOL_JSON).read_text())["precision"] == "bf16"
+
+
+# --------------------------------------------------------------------------- label spelling
+
+
+def test_canonical_labels_gives_one_spelling_per_scheme():
+    for given in ("3, 7", " 3,7,", "03,7", "3 ,7"):
+        assert canonical_labels(given) == "3,7"
+        assert label_scheme_name(given) == "classes:3,7"
+    assert canonical_labels(" Random ") == "random" and canonical_labels("balanced") == "balanced"
+    with pytest.raises(ConfigError, match="unknown label scheme"):
+        canonical_labels("cats")
+
+
+def _sample(stack: dict[str, str], samples: Path, *extra: str) -> str:
+    args = ["sample", "-r", "dit-tiny", "-n", "2", "--steps", "2", "--batch-size", "2"]
+    args += ["--grid", "0", *CPU, "--seed", "5", "--runs", stack["runs"]]
+    return _ok(*args, "--samples", str(samples), *extra)
+
+
+def test_label_lists_in_any_spelling_share_their_folder(tmp_path_factory, tmp_path):
+    stack = shared_stack(tmp_path_factory)
+    samples = tmp_path / "samples"
+    _sample(stack, samples, "--labels", "3, 7")
+    (folder,) = samples.iterdir()
+    assert folder.name.endswith("--seed5--labels-3-7")
+    assert json.loads((folder / SETTINGS_JSON).read_text())["labels"] == "3,7"
+    card = json.loads((folder / PROTOCOL_JSON).read_text())
+    assert card["label_scheme"] == "classes:3,7" and card["labels"] == [3, 7]
+    for spelling in ("3,7", " 3,7,", "03, 7"):  # before: refused as "other settings (labels)"
+        assert "0 now, 2 already done" in _sample(stack, samples, "--labels", spelling)
+    assert [p.name for p in samples.iterdir()] == [folder.name]
+
+    # a folder that recorded "3, 7" (before schemes were normalised) is resumed, not refused
+    settings = json.loads((folder / SETTINGS_JSON).read_text())
+    (folder / SETTINGS_JSON).write_text(json.dumps(settings | {"labels": "3, 7"}))
+    (folder / "000001.png").unlink()
+    assert "1 now, 1 already done" in _sample(stack, samples, "--labels", "3,7")
+    assert [p.name for p in samples.iterdir()] == [folder.name]
