@@ -41,7 +41,11 @@ def official(
     ] = None,
     image_size: Annotated[int, typer.Option(help="Image side the release was trained at.")] = 256,
     num_heads: Annotated[
-        int | None, typer.Option(help="DiT heads, only for models without a RoPE table.")
+        int | None,
+        typer.Option(
+            help="DiT attention heads, needed for models without a RoPE table (with one, the "
+            "count is read from it and a different value is an error)."
+        ),
     ] = None,
     trust_pickle: Annotated[
         bool,

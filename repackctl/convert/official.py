@@ -19,9 +19,12 @@ Key structures read from guanfangdong/RePack-then-Refine (names and shapes only)
 
 Every key is either mapped onto our model or dropped by a named rule (the frozen encoder, the
 training losses, the discriminators); anything else, and any tensor of ours left unfilled, is an
-error that lists the keys. One map is not one-to-one, exact up to rounding: the two stacked 1×1
-convs of the projection become one affine map (``W = W_q·W_e``, ``b = b_q``). The official
-``post_quant_conv`` (a 1×1 conv before the decoder) is kept as such
+error that lists the keys, and so is a tensor the structure needs that the file lacks. The
+imported DiT must make the latents stage 1 decodes (channels, and side at ``--image-size``), its
+``ema`` must be the same network as its ``model``, and every latent std must be positive; a
+``--num-heads`` that contradicts the RoPE table is refused. One map is not one-to-one, exact up
+to rounding: the two stacked 1×1 convs of the projection become one affine map (``W = W_q·W_e``,
+``b = b_q``). The official ``post_quant_conv`` (a 1×1 conv before the decoder) is kept as such
 (``DecoderConfig(post_quant_conv=True)``), so the decoder is exact at the latent's border too.
 
 Conventions: the official DiT runs in the opposite time (τ = 1 data) and predicts ``x − ε``; the
@@ -139,8 +142,30 @@ def _state_dict(obj: dict[str, Any], path: Path | str) -> dict[str, torch.Tensor
     return sd
 
 
+def _key_list(keys: list[str]) -> str:
+    """``(n): a, b, …`` with at most eight names."""
+    return f"({len(keys)}): {', '.join(keys[:8])}{' …' if len(keys) > 8 else ''}"
+
+
+def _absent(stage: str, keys: list[str] | set[str]) -> WeightsError:
+    """One error naming every official tensor the mapping needed and did not find."""
+    return WeightsError(
+        f"the official {stage} checkpoint lacks tensors its structure needs "
+        + _key_list(sorted(keys)),
+        "the file is incomplete or not a RePack-then-Refine release of that stage; download "
+        "it again",
+    )
+
+
 def _check_complete(
-    stage: str, source_keys: set[str], used: set[str], ours: dict[str, torch.Tensor], got: dict
+    stage: str,
+    source_keys: set[str],
+    used: set[str],
+    ours: dict[str, torch.Tensor],
+    got: dict,
+    target: str = "our model",
+    hint: str = "is it a RePack-then-Refine release of that stage? Other structures are not "
+    "supported",
 ) -> None:
     """No official key unused, no tensor of ours unfilled, every shape right."""
     leftover = sorted(source_keys - used)
@@ -160,12 +185,10 @@ def _check_complete(
             ("shape mismatches", bad),
         ):
             if keys:
-                parts.append(
-                    f"{label} ({len(keys)}): {', '.join(keys[:8])}{' …' if len(keys) > 8 else ''}"
-                )
+                parts.append(f"{label} {_key_list(keys)}")
         raise WeightsError(
-            f"the official {stage} checkpoint does not map onto our model: " + "; ".join(parts),
-            "is it a RePack-then-Refine release of that stage? Other structures are not supported",
+            f"the official {stage} checkpoint does not map onto {target}: " + "; ".join(parts),
+            hint,
         )
 
 
@@ -212,11 +235,15 @@ def _stage1_config(sd: dict[str, torch.Tensor], image_size: int) -> Any:
 
     d = sd["quant_conv.weight"].shape[0] // 2
     c = sd["encoder.conv_out.weight"].flatten(1).shape[1]
-    levels = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"decoder\.up\.(\d+)\.", k)))
-    blocks = 1 + max(
-        int(m.group(1)) for k in sd if (m := re.match(r"decoder\.up\.0\.block\.(\d+)\.", k))
-    )
-    widths = [sd[f"decoder.up.{lv}.block.0.conv2.weight"].shape[0] for lv in range(levels)]
+    ups = [int(m.group(1)) for k in sd if (m := re.match(r"decoder\.up\.(\d+)\.", k))]
+    blks = [int(m.group(1)) for k in sd if (m := re.match(r"decoder\.up\.0\.block\.(\d+)\.", k))]
+    # the level widths are read from each level's first block: without them, no structure
+    needed = [f"decoder.up.{lv}.block.0.conv2.weight" for lv in range(1 + max(ups, default=0))]
+    absent = [k for k in needed if k not in sd] + ([] if blks else ["decoder.up.0.block.0.*"])
+    if absent:
+        raise _absent("stage-1", absent)
+    levels, blocks = len(needed), 1 + max(blks)
+    widths = [sd[k].shape[0] for k in needed]
     ch = widths[0]
     latent_size = image_size // 2 ** (levels - 1)
     attn = tuple(
@@ -246,25 +273,40 @@ class _Stage1Mapper:
         self.sd = sd
         self.used = used
         self.got: dict[str, torch.Tensor] = {}
+        self.absent: list[str] = []  # official keys the structure needs and the file lacks
+
+    def read(self, src: str) -> torch.Tensor | None:
+        """Their ``src``, marked used; ``None`` (and remembered as absent) if the file lacks it."""
+        if src not in self.sd:
+            self.absent.append(src)
+            return None
+        self.used.add(src)
+        return self.sd[src]
 
     def take(self, src: str, dst: str) -> None:
         """Our ``dst`` is their ``src`` as is."""
-        self.got[dst] = self.sd[src]
-        self.used.add(src)
+        if (t := self.read(src)) is not None:
+            self.got[dst] = t
 
     def projection_and_input(self) -> None:
         """Encoder conv_out and quant_conv folded into our projection; decoder input convs."""
         sd, got = self.sd, self.got
         w_enc = sd["encoder.conv_out.weight"].double().flatten(1)  # (2d, C)
         w_q = sd["quant_conv.weight"].double().flatten(1)  # (2d, 2d)
+        if w_q.shape[1] != w_enc.shape[0]:
+            raise WeightsError(
+                f"the official stage-1 quant_conv takes {w_q.shape[1]} channels, encoder.conv_out "
+                f"makes {w_enc.shape[0]}",
+                "the file is damaged or not a RePack-then-Refine stage-1 release",
+            )
         # the two stacked 1×1 convs are one affine map: mean/logvar = W_q (W_e x) + b_q
         got["projection.proj.weight"] = (w_q @ w_enc).float()  # (2d, C)
         got["projection.proj.bias"] = sd["quant_conv.bias"].clone()
+        self.used |= {"encoder.conv_out.weight", "quant_conv.weight", "quant_conv.bias"}
         for name in ("post_quant_conv.weight", "post_quant_conv.bias"):
-            got[f"decoder.{name}"] = sd[name].clone()
+            self.take(name, f"decoder.{name}")
         for name in ("conv_in.weight", "conv_in.bias"):
-            got[f"decoder.{name}"] = sd[f"decoder.{name}"].clone()
-        self.used |= set(_STAGE1_REQUIRED) | {"decoder.conv_in.bias"}
+            self.take(f"decoder.{name}", f"decoder.{name}")
 
     def res_block(self, src: str, dst: str) -> None:
         """A taming ResnetBlock; ``nin_shortcut`` becomes our ``shortcut``."""
@@ -277,12 +319,19 @@ class _Stage1Mapper:
 
     def attn_block(self, src: str, dst: str) -> None:
         """A taming AttnBlock; separate q, k, v 1×1 convs → one qkv conv, in that order."""
-        sd = self.sd
         for p in ("weight", "bias"):
-            self.got[f"{dst}.norm.{p}"] = sd[f"{src}.norm.{p}"]
-            self.got[f"{dst}.proj_out.{p}"] = sd[f"{src}.proj_out.{p}"]
-            self.got[f"{dst}.qkv.{p}"] = torch.cat([sd[f"{src}.{n}.{p}"] for n in ("q", "k", "v")])
-            self.used.update(f"{src}.{n}.{p}" for n in ("norm", "proj_out", "q", "k", "v"))
+            self.take(f"{src}.norm.{p}", f"{dst}.norm.{p}")
+            self.take(f"{src}.proj_out.{p}", f"{dst}.proj_out.{p}")
+            qkv = [self.read(f"{src}.{n}.{p}") for n in ("q", "k", "v")]
+            if any(t is None for t in qkv):
+                continue  # named among the absent keys
+            if len({t.shape[1:] for t in qkv}) > 1:
+                raise WeightsError(
+                    f"the official stage-1 {src}.q/k/v.{p} differ in shape: "
+                    + ", ".join(str(tuple(t.shape)) for t in qkv),
+                    "the file is damaged or not a RePack-then-Refine stage-1 release",
+                )
+            self.got[f"{dst}.qkv.{p}"] = torch.cat(qkv)
 
     def decoder_body(self, levels: int, blocks: int) -> None:
         """Middle blocks, the up levels (their order reversed) and the output head."""
@@ -325,6 +374,8 @@ def map_stage1(
     mapper = _Stage1Mapper(sd, used)
     mapper.projection_and_input()
     mapper.decoder_body(len(config.decoder.ch_mult), config.decoder.num_res_blocks + 1)
+    if mapper.absent:
+        raise _absent("stage-1", mapper.absent)
     _check_complete("stage-1", set(sd), used, ours, mapper.got)
     report.mapped = len(mapper.got)
     return mapper.got, config, report
@@ -334,17 +385,42 @@ def map_stage1(
 # Stage 2: LightningDiT
 
 
+#: keys the DiT's sizes are read from (every other tensor is checked against the built model)
+_STAGE2_REQUIRED = (
+    "x_embedder.proj.weight",
+    "pos_embed",
+    "y_embedder.embedding_table.weight",
+    "blocks.0.adaLN_modulation.1.weight",
+)
+
+
+def _heads(sd: dict[str, torch.Tensor], hidden: int, num_heads: int | None) -> int | None:
+    """Heads from the RoPE table (per-head width); a given ``num_heads`` must agree with it."""
+    if "feat_rope.freqs_cos" not in sd:
+        return num_heads
+    from_rope = hidden // max(1, sd["feat_rope.freqs_cos"].shape[1])
+    if num_heads is not None and num_heads != from_rope:
+        raise ConfigError(
+            f"--num-heads {num_heads} contradicts the official DiT's RoPE table, which gives "
+            f"{from_rope} heads",
+            "leave --num-heads out: the head count is read from the RoPE table",
+        )
+    return from_rope
+
+
 def dit_config_from_state(sd: dict[str, torch.Tensor], num_heads: int | None = None) -> Any:
     """Our DiTConfig of an official LightningDiT state dict (heads from the RoPE table)."""
     from repackctl.models.dit import DiTConfig
 
+    absent = [k for k in _STAGE2_REQUIRED if k not in sd]
+    if absent:
+        raise _absent("stage-2", absent)
     w = sd["x_embedder.proj.weight"]  # (D, C, p, p)
     hidden, channels, patch = w.shape[0], w.shape[1], w.shape[2]
     depth = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k)))
     tokens = sd["pos_embed"].shape[1]
     rope = "feat_rope.freqs_cos" in sd
-    if rope:
-        num_heads = hidden // sd["feat_rope.freqs_cos"].shape[1]
+    num_heads = _heads(sd, hidden, num_heads)
     if num_heads is None:
         raise ConfigError(
             "the official DiT has no RoPE table to read the head count from",
@@ -391,18 +467,35 @@ def registered_model_id(config: Any) -> str:
 
 
 def map_stage2(
-    sd: dict[str, torch.Tensor], num_heads: int | None = None
+    sd: dict[str, torch.Tensor], num_heads: int | None = None, config: Any = None
 ) -> tuple[dict[str, torch.Tensor], Any, MappingReport]:
-    """Official LightningDiT state dict → (ours, DiTConfig, report): the same names, checked."""
+    """Official LightningDiT state dict → (ours, DiTConfig, report): the same names, checked.
+
+    With ``config`` (the one read from the ``model`` weights) the state dict is the EMA and must
+    fit that architecture exactly, not one of its own.
+    """
     from repackctl.models.dit import DiT
 
     sd = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in sd.items()}
-    config = dit_config_from_state(sd, num_heads)
+    is_ema = config is not None
+    config = config if is_ema else dit_config_from_state(sd, num_heads)
     with torch.device("meta"):
         ours = DiT(config).state_dict()
     report = MappingReport("stage 2")
     got = dict(sd)
-    _check_complete("stage-2", set(sd), set(sd), ours, got)
+    if is_ema:
+        _check_complete(
+            "stage-2 'ema'",
+            set(sd),
+            set(sd),
+            ours,
+            got,
+            target="the DiT of its 'model' weights",
+            hint="'model' and 'ema' of one stage-2 .pt are the same network; is the file an "
+            "unmodified RePack-then-Refine stage-2 checkpoint?",
+        )
+    else:
+        _check_complete("stage-2", set(sd), set(sd), ours, got)
     report.mapped = len(got)
     return got, config, report
 
@@ -500,6 +593,14 @@ def _load_stats(
         )
     if not all(math.isfinite(v) for v in mean + std):
         raise WeightsError(f"{path} holds non-finite mean/std values", hint)
+    bad = [i for i, v in enumerate(std) if v <= 0]
+    if bad:
+        raise WeightsError(
+            f"{path} has a std <= 0 in channel{'s' if len(bad) > 1 else ''} "
+            f"{', '.join(map(str, bad))} ({', '.join(f'{std[i]:g}' for i in bad)}): de-normalised "
+            "latents would lose those channels",
+            "give the latents_stats.pt of the same release (every std is positive)",
+        )
     return {"mean": mean, "std": std}
 
 
@@ -664,7 +765,9 @@ def _convert_all(
         bar.advance()
         if dit is not None:
             link = _pack_link(out, root, staging, pack)
-            _import_dit(result, staging, out, dit, latent_stats, num_heads, trust_pickle, link)
+            _import_dit(
+                result, staging, out, dit, latent_stats, num_heads, trust_pickle, pack, link
+            )
         bar.advance()
         if refiner is not None:
             link = _pack_link(out, root, staging, pack)
@@ -734,6 +837,7 @@ def _import_dit(
     latent_stats: str | Path | None,
     num_heads: int | None,
     trust_pickle: bool,
+    pack: Any,
     pack_link: dict[str, Any],
 ) -> None:
     """Write the stage-2 (DiT) run with its latent stats and official sampling defaults."""
@@ -742,7 +846,8 @@ def _import_dit(
     if missing:
         raise WeightsError(f"{dit} has no {missing} state dicts", "pass the stage-2 .pt")
     model_sd, config, report = map_stage2(obj["model"], num_heads)
-    ema_sd, _, _ = map_stage2(obj["ema"], num_heads)
+    _check_dit_fits_pack(config, pack)
+    ema_sd, _, _ = map_stage2(obj["ema"], config=config)
     stats = _load_stats(latent_stats, config.in_channels, trust_pickle)
     train_cfg = obj.get("config") if isinstance(obj.get("config"), dict) else {}
     sampling = official_sampling_defaults(train_cfg.get("sample"))
@@ -776,6 +881,26 @@ def _import_dit(
     (ckpt.parent.parent / "sampling.json").write_text(json.dumps(doc, indent=1) + "\n")
     result.sampling = sampling
     result.reports.append(report)
+
+
+def _check_dit_fits_pack(config: Any, pack: Any) -> None:
+    """The DiT must make the latents stage 1 decodes: same channels, same side."""
+    d, side = pack.latent_channels, pack.model.config.decoder.latent_size
+    if (config.in_channels, config.input_size) == (d, side):
+        return
+    dit_shape = f"{config.in_channels}×{config.input_size}×{config.input_size}"
+    image = pack.model.config.decoder.resolution
+    hint = "import the DiT and stage 1 of the same release"
+    if config.in_channels == d:  # only the side differs: maybe another image size
+        hint += (
+            f"; if the release makes {config.input_size * (image // side)}-px images, pass "
+            f"--image-size {config.input_size * (image // side)}"
+        )
+    raise WeightsError(
+        f"the DiT makes {dit_shape} latents, the stage-1 model decodes {d}×{side}×{side} "
+        f"(at --image-size {image}): its images would be the wrong size or sampling would fail",
+        hint,
+    )
 
 
 def _import_refiner(
