@@ -6,6 +6,9 @@
 - ``CFG batched``: ``transport.guidance.ClassifierFreeGuidance``, conditional and unconditional
   rows in ONE forward of 2B (what we ship) vs ``CFG two forwards``: the same guidance computed
   with two forwards of B, as some reference code does.
+
+The model runs eager in every case (``--compile`` does not apply here), so the result reports
+``compile: false``, as ``train`` reports what it really compiled.
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ def run(ctx: BenchContext) -> tuple[list[Row], dict[str, Any], list[str]]:
         timed_row("cfg", "CFG two forwards (B + B)", cfg_two, ctx, baseline=True, **kw),
         timed_row("cfg", "CFG batched (one forward of 2B)", cfg_batched, ctx, **kw),
     ]
-    params = {**p, "steps": steps, "cfg_scale": CFG_SCALE,
+    # the sampler cases time the eager model: nothing here is compiled, whatever --compile asks
+    params = {**p, "steps": steps, "cfg_scale": CFG_SCALE, "compile": False,
               "precision": "bf16 autocast" if amp else "fp32"}  # fmt: skip
     return fill_ratios(rows), params, []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,68 @@ class RefinerHandle:
         with torch.no_grad():
             out = self.model(x, raw_latent.to(device).float())  # (B, 3, H, W)
         return to_uint8(out)  # (B, H, W, 3)
+
+    def check_fits(
+        self,
+        image_shape: Sequence[int],
+        latent_shape: Sequence[int],
+        pack: dict[str, Any],
+        where: str,
+    ) -> None:
+        """Refuse images or latents of another size than the refiner was trained for.
+
+        The network is convolutional and resizes the latent to the image, so a refiner of 32 px
+        runs on 64 px samples without an error and returns images nobody trained it to make.
+        ``image_shape`` is (H, W, …) of the samples, ``latent_shape`` their (d, h, w), ``pack``
+        the samples' pack model (``checkpoint``, ``pack_id``). The trained latent grid is the
+        ``latent_shape`` of the refiner's pack checkpoint (or of the samples' one when it is the
+        same pack model); when neither can be read, the image side stands for it: one pack model
+        decodes one latent grid to one image side."""
+        cfg = self.model.config
+        side, (h, w) = cfg.resolution, tuple(int(s) for s in image_shape[:2])
+        wrong = []
+        if (h, w) != (side, side):
+            wrong.append(f"images of {h}x{w} px (it was trained on {side}x{side})")
+        if int(latent_shape[0]) != cfg.latent_channels:
+            wrong.append(
+                f"latents of {latent_shape[0]} channels (trained on {cfg.latent_channels})"
+            )
+        same_pack = self.pack_id is not None and self.pack_id == pack.get("pack_id")
+        trained = pack_latent_shape(
+            [
+                self.extra.get("pack", {}).get("checkpoint"),
+                pack.get("checkpoint") if same_pack else None,
+            ]
+        )
+        grid = [int(s) for s in latent_shape[1:]]
+        if trained is not None and grid != trained[1:]:
+            wrong.append(
+                f"a latent grid of {'x'.join(map(str, grid))} "
+                f"(trained on {'x'.join(map(str, trained[1:]))})"
+            )
+        if wrong:
+            raise ConfigError(
+                f"the refiner {self.checkpoint} cannot refine {where}: " + ", ".join(wrong),
+                f"refine samples made at {side} px with this refiner, or train one on the pack "
+                f"model of these samples at {h} px: `repackctl refine train --pack-run RUN`",
+            )
+
+
+def pack_latent_shape(checkpoints: Sequence[str | None]) -> list[int] | None:
+    """``latent_shape`` (d, h, w) recorded by the first readable pack checkpoint of
+    ``checkpoints`` (None when none can be read: moved, deleted, or made before it was kept)."""
+    from repackctl.train.checkpoint import read_state
+
+    for ckpt in checkpoints:
+        if not ckpt:
+            continue
+        try:
+            shape = (read_state(ckpt).get("extra") or {}).get("latent_shape")
+        except (CheckpointError, OSError, ValueError):
+            continue
+        if isinstance(shape, list) and len(shape) == 3:
+            return [int(s) for s in shape]
+    return None
 
 
 def check_refiner_extra(extra: dict[str, Any], where: Path) -> RefinerConfig:

@@ -11,29 +11,37 @@ The decoded image enters the refiner the way the triplets stored it: quantised t
 mapped back to [−1, 1]. So ``sample --refiner R`` and ``sample`` followed by
 ``refine apply --refiner R`` give the same PNGs.
 
-A refined folder is tied to the *content* of the samples it refines (``source_digest``: the arrays
-of samples.npz and the raw latents), never to the source's path or to a few settings: samples
-made again with other labels, shift, guidance … in the same folder are never answered with the
-old refined images. A refined folder of other samples is refused by name, and nothing in it is
-changed.
+A refined folder is tied to the *content* of the samples it refines (``SamplesSource.digest``:
+the arrays of samples.npz and the raw latents), never to the source's path or to a few settings:
+samples made again with other labels, shift, guidance … in the same folder are never answered
+with the old refined images. A refined folder of other samples is refused by name, and nothing in
+it is changed. The images refined are read from that same samples.npz (held open from the digest
+to the last batch), never from the source's PNGs: an edited PNG is not refined under the digest
+of the original.
+
+A refiner refines only what it was trained for: samples of another image side or latent grid
+are refused before anything is written (``RefinerHandle.check_fits``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from repackctl.errors import ConfigError, DataError
-from repackctl.files import read_png, sha256_file, write_json_atomic, write_png_atomic
+from repackctl.files import sha256_file, write_json_atomic, write_png_atomic
+from repackctl.metrics.adm import IMAGES_KEY
 from repackctl.paths import PROTOCOL_JSON, SETTINGS_JSON
 from repackctl.progress import ProgressFactory, null_progress
 from repackctl.refine.load import LATENT_CONVENTION, RefinerHandle, load_refiner
@@ -107,20 +115,23 @@ def _regenerate(protocol: dict[str, Any], runs: str, indices: list[int], device)
         )
 
 
-def _hash_npz_members(path: Path, h: Any) -> None:
-    """Feed the names, sizes and bytes of the arrays in ``path`` (a zip) to the hash ``h``."""
+def _unreadable(path: Path, why: object) -> DataError:
+    return DataError(
+        f"{path} is not a readable samples file ({why})",
+        "finish the folder with the same `repackctl sample` command",
+    )
+
+
+def _hash_npz_members(zf: zipfile.ZipFile, where: Path, h: Any) -> None:
+    """Feed the names, sizes and bytes of the arrays of the samples zip ``zf`` to the hash ``h``."""
     try:
-        with zipfile.ZipFile(path) as zf:
-            for info in sorted(zf.infolist(), key=lambda i: i.filename):
-                h.update(f"{info.filename}\0{info.file_size}\0".encode())
-                with zf.open(info) as f:
-                    while block := f.read(1 << 24):
-                        h.update(block)
-    except (zipfile.BadZipFile, OSError) as e:
-        raise DataError(
-            f"{path} is not a readable samples file ({e})",
-            "finish the folder with the same `repackctl sample` command",
-        ) from None
+        for info in sorted(zf.infolist(), key=lambda i: i.filename):
+            h.update(f"{info.filename}\0{info.file_size}\0".encode())
+            with zf.open(info) as f:
+                while block := f.read(1 << 24):
+                    h.update(block)
+    except (zipfile.BadZipFile, OSError, zlib.error) as e:
+        raise _unreadable(where, e) from None
 
 
 def _latents_sha(folder: Path) -> str | None:
@@ -129,21 +140,130 @@ def _latents_sha(folder: Path) -> str | None:
     return sha256_file(path) if path.is_file() else None
 
 
-def source_digest(src: Path) -> str:
-    """sha256 of what a samples folder holds: the arrays of its samples.npz (images, labels) and
-    its raw latents (latents.npy, or ``none`` when they are regenerated from the DiT).
+def _digest(zf: zipfile.ZipFile, where: Path, latents_sha: str | None) -> str:
+    h = hashlib.sha256(b"samples.npz\0")
+    _hash_npz_members(zf, where, h)
+    h.update(f"\0latents.npy\0{latents_sha or 'none'}".encode())
+    return h.hexdigest()
 
-    The npz members are hashed, not the file: what a zip records beside them (write times,
-    layout) says nothing about the samples."""
+
+def _read_npy_header(f: BinaryIO) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran order, dtype) of the ``.npy`` stream ``f``, left at its first data byte."""
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(f)
+    return np.lib.format.read_array_header_2_0(f)
+
+
+class SamplesSource:
+    """samples.npz and latents.npy of a samples folder, each opened once, read-only.
+
+    The digest, the images and the latents handed to the refiner are all read from the same open
+    files: what is refined is exactly what :meth:`digest` covers. PNGs edited after `sample`
+    wrote samples.npz are never read, nor is a file replaced meanwhile (an atomic rename leaves
+    the open one as it was)."""
+
+    def __init__(self, src: Path, protocol: dict[str, Any]) -> None:
+        self.src, self.num = src, int(protocol["num_samples"])
+        self.latent_shape = [int(s) for s in protocol.get("latent_shape") or ()]
+        if len(self.latent_shape) != 3:
+            raise DataError(f"{src / PROTOCOL_JSON} records no latent_shape", "sample again")
+        self._files = contextlib.ExitStack()
+        self._latents_file: BinaryIO | None = None
+        try:
+            self._zip = self._open_npz(src / "samples.npz")
+            self.latents = self._open_latents(src / LATENTS_FILE)
+        except BaseException:
+            self._files.close()
+            raise
+
+    def __enter__(self) -> SamplesSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._files.close()
+
+    def _open_npz(self, path: Path) -> zipfile.ZipFile:
+        """Open the zip, check ``arr_0`` is uint8 (num, H, W, 3) and keep a reader on it."""
+        if not path.is_file():
+            raise DataError(
+                f"{self.src} has no samples.npz",
+                "finish it with the same `repackctl sample` command",
+            )
+        try:
+            zf = self._files.enter_context(
+                zipfile.ZipFile(self._files.enter_context(path.open("rb")))
+            )
+            self._images = self._files.enter_context(zf.open(f"{IMAGES_KEY}.npy"))
+            shape, fortran, dtype = _read_npy_header(self._images)
+        except (zipfile.BadZipFile, KeyError, ValueError, OSError, zlib.error) as e:
+            raise _unreadable(path, e) from None
+        if dtype != np.uint8 or fortran or len(shape) != 4 or shape[0] != self.num or shape[3] != 3:
+            raise _unreadable(
+                path, f"{IMAGES_KEY} is {dtype} {shape}, not uint8 ({self.num}, H, W, 3)"
+            )
+        self.image_shape: tuple[int, ...] = tuple(shape[1:])  # (H, W, 3)
+        self._data_start = self._images.tell()
+        return zf
+
+    def _open_latents(self, path: Path) -> np.ndarray | None:
+        """The stored raw latents (memory-mapped), or None when they must be regenerated."""
+        if not path.is_file():
+            return None
+        self._latents_file = self._files.enter_context(path.open("rb"))
+        try:
+            shape, fortran, dtype = _read_npy_header(self._latents_file)
+        except ValueError as e:
+            raise DataError(f"{path} is not a readable .npy file ({e})", "sample again") from None
+        if shape != (self.num, *self.latent_shape) or dtype.hasobject:
+            raise DataError(f"{path} has shape {shape}", "sample again")
+        offset, order = self._latents_file.tell(), "F" if fortran else "C"
+        return np.memmap(self._latents_file, dtype, "r", offset, shape, order)  # (N, d, h, w)
+
+    def digest(self) -> str:
+        """sha256 of what the folder holds: the arrays of its samples.npz (images, labels) and its
+        raw latents (latents.npy, or ``none`` when they are regenerated from the DiT).
+
+        The npz members are hashed, not the file: what a zip records beside them (write times,
+        layout) says nothing about the samples."""
+        latents_sha = None
+        if self._latents_file is not None:
+            h = hashlib.sha256()
+            self._latents_file.seek(0)
+            while block := self._latents_file.read(1 << 24):
+                h.update(block)
+            latents_sha = h.hexdigest()
+        return _digest(self._zip, self.src / "samples.npz", latents_sha)
+
+    def images(self, indices: list[int]) -> np.ndarray:
+        """uint8 (B, H, W, 3): the images ``indices`` of samples.npz (ascending indices read the
+        file once, front to back)."""
+        npz, per = self.src / "samples.npz", int(np.prod(self.image_shape))
+        out = np.empty((len(indices), *self.image_shape), np.uint8)  # (B, H, W, 3)
+        try:
+            for j, i in enumerate(indices):
+                self._images.seek(self._data_start + i * per)
+                buf = self._images.read(per)
+                if len(buf) != per:
+                    raise _unreadable(npz, f"{IMAGES_KEY} ends before image {i}")
+                out[j] = np.frombuffer(buf, np.uint8).reshape(self.image_shape)
+        except (zipfile.BadZipFile, OSError, zlib.error) as e:
+            raise _unreadable(npz, e) from None
+        return out
+
+
+def source_digest(src: Path) -> str:
+    """:meth:`SamplesSource.digest` of the samples folder ``src``, read from its paths."""
     npz = src / "samples.npz"
     if not npz.is_file():
         raise DataError(
             f"{src} has no samples.npz", "finish it with the same `repackctl sample` command"
         )
-    h = hashlib.sha256(b"samples.npz\0")
-    _hash_npz_members(npz, h)
-    h.update(f"\0latents.npy\0{_latents_sha(src) or 'none'}".encode())
-    return h.hexdigest()
+    try:
+        with zipfile.ZipFile(npz) as zf:
+            return _digest(zf, npz, _latents_sha(src))
+    except (zipfile.BadZipFile, OSError) as e:
+        raise _unreadable(npz, e) from None
 
 
 def _move_away_hint(out: Path) -> str:
@@ -226,19 +346,9 @@ def _source_protocol(src: Path) -> dict[str, Any]:
     return protocol
 
 
-def _open_latents(src: Path, protocol: dict[str, Any], num: int) -> np.ndarray | None:
-    """The stored raw latents (memory-mapped), or None when they must be regenerated."""
-    if not (src / LATENTS_FILE).is_file():
-        return None
-    latents = np.load(src / LATENTS_FILE, mmap_mode="r", allow_pickle=False)
-    if latents.shape[0] != num or list(latents.shape[1:]) != protocol["latent_shape"]:
-        raise DataError(f"{src / LATENTS_FILE} has shape {latents.shape}", "sample again")
-    return latents
-
-
 def _refine_missing(
     settings: Settings,
-    src: Path,
+    source: SamplesSource,
     out: Path,
     protocol: dict[str, Any],
     refiner: RefinerHandle,
@@ -246,15 +356,14 @@ def _refine_missing(
     progress: ProgressFactory,
     device: torch.device,
 ) -> None:
-    """Refine the samples ``todo`` of ``src`` into ``out``, batch by batch."""
-    latents = _open_latents(src, protocol, int(protocol["num_samples"]))
+    """Refine the samples ``todo`` of ``source`` into ``out``, batch by batch."""
     batch = settings.sample.batch_size
-    with progress(f"refine {src.name}", total=len(todo), unit="img") as bar:
+    with progress(f"refine {source.src.name}", total=len(todo), unit="img") as bar:
         for start in range(0, len(todo), batch):
             idx = todo[start : start + batch]
-            images = np.stack([read_png(png_path(src, i)) for i in idx])  # (B, H, W, 3)
-            if latents is not None:
-                raw = torch.from_numpy(np.asarray(latents[idx], dtype=np.float32))
+            images = source.images(idx)  # (B, H, W, 3), from samples.npz: what the digest covers
+            if source.latents is not None:
+                raw = torch.from_numpy(np.asarray(source.latents[idx], dtype=np.float32))
             else:
                 raw = _regenerate(protocol, settings.runs, idx, device)  # (B, d, h, w)
             refined = refiner.refine(images, raw)  # (B, H, W, 3)
@@ -263,46 +372,65 @@ def _refine_missing(
             bar.advance(len(idx))
 
 
+def _fitting_refiner(settings: Settings, source: SamplesSource, protocol: dict) -> RefinerHandle:
+    """The refiner named in the settings, checked against the samples before anything is
+    written: its latent convention, its pack model, the image side and the latent grid."""
+    pack = protocol.get("pack") or {}
+    refiner = load_refiner(settings.runs, str(settings.refine.refiner), pack.get("pack_id"))
+    refiner.check_fits(
+        source.image_shape, source.latent_shape, pack, f"the samples in {source.src}"
+    )
+    return refiner
+
+
+def _write_card(
+    out: Path, src: Path, protocol: dict, refiner: RefinerHandle, digest: str, grid: int
+) -> None:
+    """samples.npz, grid and protocol card of the finished refined folder (rank 0)."""
+    labels = np.asarray(protocol["labels"], dtype=np.int64)
+    assemble(out, labels, grid, None)
+    card = dict(protocol)
+    card["refiner"] = {"checkpoint": str(refiner.checkpoint), "sha256": refiner.sha256}
+    card["refined_from"] = str(src)
+    card["refined_from_sha256"] = digest
+    write_json_atomic(out / PROTOCOL_JSON, card)
+
+
 def run_refine_apply(
     settings: Settings,
     samples_dir: str | Path,
     progress: ProgressFactory = null_progress,
     dist: DistInfo | None = None,
 ) -> ApplyResult:
-    """Refine every PNG of a samples folder into ``<folder>--refine-<refiner>/`` (resumable)."""
+    """Refine the images of a samples folder's samples.npz into ``<folder>--refine-<refiner>/``
+    (resumable: PNGs already written there are kept)."""
     dist = dist or DistInfo.from_env()
     src = Path(samples_dir).expanduser().resolve()
-    name = settings.refine.refiner
-    if not name:
+    if not settings.refine.refiner:
         raise ConfigError(
             "no refiner given", "pass --refiner RUN (made by `repackctl refine train`)"
         )
     protocol = _source_protocol(src)
-    device = resolve_device(settings.device, dist.local_rank)
-    refiner = load_refiner(settings.runs, name, protocol.get("pack", {}).get("pack_id"))
-    refiner.model.to(device)
-
-    num = int(protocol["num_samples"])
-    out = src.parent / f"{src.name}{refined_suffix(refiner.checkpoint.parent.parent.name)}"
-    fingerprint = {"source_sha256": source_digest(src), "refiner": refiner.sha256, "num": num}
-    if _already_refined(out, src, protocol, fingerprint):
-        return ApplyResult(out, num, 0, num, "already refined (by `sample --refiner`)", 0.0)
-    claim_folder(out, fingerprint, elsewhere=f"move {out} away")
-    has_latents = (src / LATENTS_FILE).is_file()
-    mine = len(owned_range(num, dist.rank, dist.world))
-    todo = missing_indices(out, owned_range(num, dist.rank, dist.world))
-    t0 = time.perf_counter()
-    _refine_missing(settings, src, out, protocol, refiner, todo, progress, device)
-    seconds = time.perf_counter() - t0
+    with SamplesSource(src, protocol) as source:
+        refiner = _fitting_refiner(settings, source, protocol)
+        device = resolve_device(settings.device, dist.local_rank)
+        refiner.model.to(device)
+        num = source.num
+        out = src.parent / f"{src.name}{refined_suffix(refiner.checkpoint.parent.parent.name)}"
+        fingerprint = {"source_sha256": source.digest(), "refiner": refiner.sha256, "num": num}
+        if _already_refined(out, src, protocol, fingerprint):
+            return ApplyResult(out, num, 0, num, "already refined (by `sample --refiner`)", 0.0)
+        claim_folder(out, fingerprint, elsewhere=f"move {out} away")
+        mine = len(owned_range(num, dist.rank, dist.world))
+        todo = missing_indices(out, owned_range(num, dist.rank, dist.world))
+        t0 = time.perf_counter()
+        _refine_missing(settings, source, out, protocol, refiner, todo, progress, device)
+        seconds = time.perf_counter() - t0
+        has_latents = source.latents is not None
     dist.barrier()
     if dist.rank == 0:
-        labels = np.asarray(protocol["labels"], dtype=np.int64)
-        assemble(out, labels, settings.sample.grid, None)
-        card = dict(protocol)
-        card["refiner"] = {"checkpoint": str(refiner.checkpoint), "sha256": refiner.sha256}
-        card["refined_from"] = str(src)
-        card["refined_from_sha256"] = fingerprint["source_sha256"]
-        write_json_atomic(out / PROTOCOL_JSON, card)
+        digest = fingerprint["source_sha256"]
+        _write_card(out, src, protocol, refiner, digest, settings.sample.grid)
     dist.barrier()
-    source = "latents.npy" if has_latents else "regenerated from the DiT"
-    return ApplyResult(out, num, len(todo), mine - len(todo), source, seconds)
+    latents_source = "latents.npy" if has_latents else "regenerated from the DiT"
+    return ApplyResult(out, num, len(todo), mine - len(todo), latents_source, seconds)
