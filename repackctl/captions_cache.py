@@ -14,7 +14,11 @@ encoded once, here, into the group ``text/<text-id>/`` of the entry (DESIGN.md �
     of classifier-free guidance), written with the group
 
 The group is created atomically (``DatasetEntry.create_or_open_group``), its attributes record the
-encoder's ``describe()`` (id, weights sha256, length, pooling) and the caption source. Work is
+encoder's ``describe()`` (id, weights sha256, length, pooling), the caption source, the sha256 of
+every cleaned caption in row order (``captions_sha256``) and how many captions were longer than
+``max_length`` tokens and so cut (``truncated_captions``; also a warning line). A rerun first
+checks that every finished row was encoded from the captions the source gives now (an edited
+caption file is refused, naming `repackctl cache rm ENTRY --text ID`). Work is
 split like ``extract``: each process owns whole shards (``owned_ranges``), a shard is encoded,
 written, and only then marked done under its shard lock, so a killed run redoes at most one shard
 and a rerun skips done rows. Images the entry skipped, and images without any usable caption, are
@@ -25,6 +29,8 @@ Shapes: N images, K captions per image, L tokens, C text width.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import time
 from collections.abc import Callable
@@ -73,6 +79,8 @@ class CaptionsResult:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
     healed: list[str] = field(default_factory=list)  # null-caption arrays rewritten (damaged)
+    truncated: int | None = 0  # captions cut to max_length tokens (None: cannot be counted)
+    longest_tokens: int = 0  # tokens of the longest caption
 
 
 # --------------------------------------------------------------------------- the text encoder
@@ -95,27 +103,45 @@ def text_id(encoder: TextEncoder) -> str:
 # --------------------------------------------------------------------------- captions of an entry
 
 
-def newest_entry(root: str, folders: bool = False) -> str:
-    """The newest built-in entry holding packed latents (what `train t2i` uses), else the
-    newest built-in entry; with ``folders``, the same among image-folder entries (for a caption
-    index or COCO given by ``--captions``)."""
+def default_entries(root: str, folders: bool = False) -> list[str]:
+    """The entries `repackctl captions` encodes when no ``--entry`` is given.
+
+    First the training entry: the one train-split built-in entry (with ``folders``: image-folder
+    entry, for a caption index or COCO given by ``--captions``); among several, the one holding
+    packed latents (what `train t2i` trains on). Several left: refused, the user names one. Then,
+    for built-in data, the val-split built-in entries of the same resolution: `sample` takes its
+    default prompts from their captions.
+    """
     names = list_entries(root)
-    found = []
+    train: list[tuple[bool, str, Any]] = []
+    val: list[tuple[str, Any]] = []
     for name in names:
         ds = DatasetEntry.open(root, name)
         source = ds.attrs.get("source") or {}
-        if (not source.get("root")) if folders else source.get("dataset") != "builtin":
+        builtin = source.get("dataset") == "builtin"
+        if (not source.get("root")) if folders else not builtin:
             continue
-        path = Path(str(getattr(ds.group.store, "root", ""))) / ds.group.path / "zarr.json"
-        mtime = path.stat().st_mtime if path.exists() else 0.0
-        found.append((bool(ds.latent_ids()), mtime, name))
-    if not found:
+        split, res = str(ds.attrs.get("split")), ds.attrs.get("resolution")
+        if split == "train":
+            train.append((bool(ds.latent_ids()), name, res))
+        elif split == "val" and builtin:
+            val.append((name, res))
+    if not train:
         kind, data = ("image-folder", " --data imagefolder:PATH") if folders else ("built-in", "")
         raise CacheError(
-            f"no {kind} cache entry in {root} (have: {', '.join(names) or 'none'})",
+            f"no train-split {kind} cache entry in {root} (have: {', '.join(names) or 'none'})",
             f"run `repackctl extract{data}` first, or pass --entry NAME",
         )
-    return max(found)[2]
+    packed = [t for t in train if t[0]] or train
+    if len(packed) > 1:
+        listed = ", ".join(t[1] for t in packed)
+        raise ConfigError(
+            f"several train-split entries could be captioned ({listed}); which one a run "
+            "trains on would be a guess",
+            f"choose one with --entry (e.g. --entry {packed[0][1]})",
+        )
+    _, name, res = packed[0]
+    return [name, *sorted(v for v, r in val if r == res)]
 
 
 _BUILTIN_KEY = re.compile(r"^builtin:(\d+):([^:]+):(\d+)$")
@@ -180,14 +206,106 @@ def _clean(captions: list[str], key: str, skipped: list) -> list[str]:
     return out
 
 
+# --------------------------------------------------------------------------- source checks
+
+
+def captions_sha256(rows: list[list[str]]) -> str:
+    """sha256 of every image's cleaned captions in row order (one JSON list per row)."""
+    h = hashlib.sha256()
+    for caps in rows:
+        h.update(json.dumps(caps, ensure_ascii=False).encode() + b"\n")
+    return h.hexdigest()
+
+
+@dataclass
+class Truncation:
+    """Captions longer than the text encoder's ``max_length`` tokens (cut when encoded)."""
+
+    count: int | None  # None: the encoder has no tokenizer to count them with
+    total: int
+    longest: int = 0  # tokens of the longest caption
+    examples: list[tuple[str, int]] = field(default_factory=list)  # (caption, tokens)
+
+
+def count_truncated(
+    encoder: TextEncoder, rows: list[list[str]], show: int = 3, batch: int = 8192
+) -> Truncation:
+    """How many captions of ``rows`` the encoder cuts to its ``max_length`` tokens."""
+    flat = [c for caps in rows for c in caps]
+    tokenizer = getattr(encoder, "tokenizer", None)
+    if not callable(tokenizer):
+        return Truncation(None, len(flat))
+    lengths = np.zeros(len(flat), np.int64)
+    for s in range(0, len(flat), batch):  # batches: a COCO-sized list of token ids is large
+        try:
+            ids = tokenizer(flat[s : s + batch], truncation=False, padding=False, verbose=False)
+        except (TypeError, KeyError):  # not a Hugging Face tokenizer: cannot count
+            return Truncation(None, len(flat))
+        lengths[s : s + batch] = [len(i) for i in ids["input_ids"]]
+    cut = np.flatnonzero(lengths > encoder.max_length)
+    examples = [(flat[i], int(lengths[i])) for i in cut[:show]]
+    return Truncation(len(cut), len(flat), int(lengths.max(initial=0)), examples)
+
+
+def truncation_warning(t: Truncation, encoder_id: str, length: int) -> str | None:
+    """The ``warning:`` line about cut captions, or None when none was cut."""
+    if t.count is None:
+        return (
+            f"warning: text encoder {encoder_id} has no tokenizer, so the captions longer than "
+            f"{length} tokens (cut when encoded) cannot be counted"
+        )
+    if not t.count:
+        return None
+    eg = "; ".join(f"{c!r} ({n} tokens)" for c, n in t.examples)
+    return (
+        f"warning: {t.count} of {t.total} captions are longer than {length} tokens and were cut "
+        f"to {length} when encoded (the longest has {t.longest}), e.g. {eg}; pass "
+        f"--max-length {t.longest} to keep them whole"
+    )
+
+
+def check_source(
+    grp: ArrayGroup, ds: DatasetEntry, tid: str, rows: list[list[str]], keys: list[str]
+) -> None:
+    """Refuse features encoded from other captions than ``rows`` (the source as it is now).
+
+    Every finished row's stored caption text is compared with the fresh one, so an edited
+    caption file is found in groups written before ``captions_sha256`` was recorded too; a change
+    in rows still pending is no conflict: they are encoded from the source as it is now.
+    """
+    done = np.asarray(grp.done[:])  # before the texts: a row is marked done after its text
+    finished = np.flatnonzero(done != PENDING)
+    if not len(finished):
+        return
+    stored = np.asarray(grp["captions"][:])
+    changed = [int(i) for i in finished if str(stored[i]) != "\n".join(rows[i])]
+    if not changed:
+        return
+    i = changed[0]
+    old, new = str(stored[i]).split("\n"), rows[i]
+    j = next((j for j, (a, b) in enumerate(zip(old, new, strict=False)) if a != b), len(new))
+    was, now = (old[j] if j < len(old) else None), (new[j] if j < len(new) else None)
+    raise CacheError(
+        f"the captions of {len(changed)} images of {ds.name} are not those text/{tid} was "
+        f"encoded from (e.g. {keys[i]} caption {j}: was {was!r}, now {now!r})",
+        f"remove the old features with `repackctl cache rm {ds.name} --text {tid}`, then run "
+        "`repackctl captions` again",
+    )
+
+
 # --------------------------------------------------------------------------- the group
 
 
-def _build(encoder: TextEncoder, ds: DatasetEntry, k: int) -> Callable[[zarr.Group], None]:
-    """The arrays of a new text group, including the null caption's features."""
+def _build(
+    encoder: TextEncoder, ds: DatasetEntry, k: int, source: dict[str, Any]
+) -> Callable[[zarr.Group], None]:
+    """The arrays of a new text group, including the null caption's features; ``source``
+    (captions sha256, truncated count) is recorded in its attributes but not compared on open:
+    ``check_source`` compares the captions themselves."""
     length, c = encoder.max_length, encoder.dim
 
     def build(sub: zarr.Group) -> None:
+        sub.attrs.update(source)
         ds.add_sample_array(sub, "tokens", (k, length, c), "float16")
         ds.add_sample_array(sub, "mask", (k, length), "bool")
         ds.add_sample_array(sub, "pooled", (k, c), "float16")
@@ -245,14 +363,17 @@ def open_text_group(ds: DatasetEntry, text: str) -> ArrayGroup:
 
 
 def find_text_group(ds: DatasetEntry, encoder_ref: str) -> str:
-    """The newest complete text group of ``encoder_ref`` (``minilm`` → ``minilm-l6--…``)."""
+    """The complete text group named ``encoder_ref``, else the one group of that text encoder
+    (``minilm`` → ``minilm-l6--len77--…``); several are refused (picking one would be a guess:
+    they differ in caption length or weights)."""
     have = ds.complete_groups(TEXT_KIND, TEXT_ARRAYS)
+    if encoder_ref in have:
+        return encoder_ref
     name = encoder_ref.split(":")[0]
     hits = [
         t
         for t in have
-        if t == encoder_ref
-        or (ArrayGroup(ds.group[TEXT_KIND][t]).attrs.get("encoder_ref") or "").split(":")[0] == name
+        if (ArrayGroup(ds.group[TEXT_KIND][t]).attrs.get("encoder_ref") or "").split(":")[0] == name
     ]
     if not hits:
         raise CacheError(
@@ -260,7 +381,13 @@ def find_text_group(ds: DatasetEntry, encoder_ref: str) -> str:
             f"(have: {', '.join(have) or 'none'})",
             f"run `repackctl captions --entry {ds.name} --text-encoder {encoder_ref}` first",
         )
-    return sorted(hits)[-1]
+    if len(hits) > 1:
+        raise ConfigError(
+            f"{len(hits)} caption-feature groups of text encoder {encoder_ref!r} in {ds.name}: "
+            f"{', '.join(sorted(hits))}",
+            f"choose one with --text-features ID (e.g. --text-features {sorted(hits)[-1]})",
+        )
+    return hits[0]
 
 
 # --------------------------------------------------------------------------- the command
@@ -330,23 +457,34 @@ def _write_shard(
     return codes
 
 
-def run_captions(
-    settings: Any, progress: ProgressFactory = null_progress, dist: DistInfo | None = None
-) -> CaptionsResult:
-    """Encode (or finish encoding) the captions of one cache entry."""
+def load_text_encoder(settings: Any, dist: DistInfo) -> TextEncoder:
+    """The text encoder of the ``captions`` settings, on this process's device."""
     cfg = settings.captions
-    dist = dist or DistInfo.from_env()
-    name = cfg.entry or newest_entry(settings.cache, folders=bool(cfg.captions))
-    ds = DatasetEntry.open(settings.cache, name)
-    skipped: list[tuple[str, str]] = []
-    keys = [str(k) for k in ds.keys[:]]
-    img_done = ds.done[:]
-    all_caps = _all_captions(ds, cfg.captions, keys, img_done, skipped)
-    k = max(len(c) for c in all_caps)
     encoder = make_text_encoder(cfg.text_encoder, cfg.text_weights, cfg.max_length)
     device = resolve_device(settings.device, dist.local_rank)
-    encoder = encoder.to(device) if hasattr(encoder, "to") else encoder
-    tid = text_id(encoder)
+    return encoder.to(device) if hasattr(encoder, "to") else encoder
+
+
+def caption_entries(settings: Any) -> list[str]:
+    """The entries a `repackctl captions` run encodes: ``--entry``, else ``default_entries``."""
+    cfg = settings.captions
+    if cfg.entry:
+        return [cfg.entry]
+    return default_entries(settings.cache, folders=bool(cfg.captions))
+
+
+def _open_group(
+    ds: DatasetEntry,
+    encoder: TextEncoder,
+    settings: Any,
+    rows: list[list[str]],
+    keys: list[str],
+    truncated: int | None,
+    dist: DistInfo,
+) -> tuple[ArrayGroup, str, list[str]]:
+    """Create the entry's text group, or open it after checking it was encoded from ``rows``;
+    returns (group, text id, null-caption arrays rewritten)."""
+    cfg, k, tid = settings.captions, max(len(c) for c in rows), text_id(encoder)
     attrs = {
         "encoder": encoder.describe(),
         "encoder_ref": cfg.text_encoder,
@@ -356,24 +494,47 @@ def run_captions(
         "dim": encoder.dim,
         "captions": cfg.captions or "builtin",
     }
+    source = {"captions_sha256": captions_sha256(rows), "truncated_captions": truncated}
     make = lambda: ds.create_or_open_group(  # noqa: E731
-        TEXT_KIND, tid, attrs, build=_build(encoder, ds, k), required=TEXT_ARRAYS
+        TEXT_KIND, tid, attrs, build=_build(encoder, ds, k, source), required=TEXT_ARRAYS
     )
     healed: list[str] = []
     if dist.rank == 0:
         grp, created = make()
-        healed = [] if created else heal_null_caption(grp, encoder)
+        if not created:
+            check_source(grp, ds, tid, rows, keys)
+            if any(grp.attrs.get(key) != value for key, value in source.items()):
+                grp.group.attrs.update(source)  # older group, or a change in pending rows only
+            healed = heal_null_caption(grp, encoder)
     dist.barrier()
     if dist.rank != 0:
         grp, _ = make()
+    return grp, tid, healed
+
+
+def _encode_pending(
+    settings: Any,
+    grp: ArrayGroup,
+    ds: DatasetEntry,
+    rows: list[list[str]],
+    img_done: np.ndarray,
+    encoder: TextEncoder,
+    progress: ProgressFactory,
+    dist: DistInfo,
+    notes: list[str],
+) -> tuple[int, int]:
+    """Encode this process's pending shards; returns (images written, images already done)."""
+    k = max(len(c) for c in rows)
     ranges = owned_ranges(ds.n, ds.shard, dist.rank, dist.world)
     done = grp.done[:]
     pending = [r for r in ranges if (done[r.start : r.stop] == PENDING).any()]
     already = sum(len(r) for r in ranges) - sum(len(r) for r in pending)
-    written, t0 = 0, time.perf_counter()
+    written = 0
     locks = ShardLocks(settings.cache, grp.done)
     todo = sum(len(r) for r in pending)
     with progress(f"captions {encoder.id}", total=todo, unit="img") as bar:
+        for note in notes:
+            bar.log(note)
         if already:
             bar.log(f"resuming: {already} images of this process were already done")
         try:
@@ -383,12 +544,41 @@ def run_captions(
                     locks.release(r.start // ds.shard)  # another process did it meanwhile
                     continue
                 test_delay()
-                codes = _write_shard(grp, r, all_caps[r.start : r.stop], img_done, encoder, k, cfg)
+                codes = _write_shard(
+                    grp, r, rows[r.start : r.stop], img_done, encoder, k, settings.captions
+                )
                 locks.release(r.start // ds.shard)
                 written += int((codes == WRITTEN).sum())
                 bar.advance(len(r))
         finally:
             locks.release_all()
+    return written, already
+
+
+def run_captions(
+    settings: Any,
+    progress: ProgressFactory = null_progress,
+    dist: DistInfo | None = None,
+    entry: str | None = None,
+    encoder: TextEncoder | None = None,
+) -> CaptionsResult:
+    """Encode (or finish encoding) the captions of one cache entry: ``entry``, else
+    ``captions.entry``, else the training entry of ``default_entries``."""
+    cfg = settings.captions
+    dist = dist or DistInfo.from_env()
+    ds = DatasetEntry.open(settings.cache, entry or caption_entries(settings)[0])
+    skipped: list[tuple[str, str]] = []
+    keys = [str(k) for k in ds.keys[:]]
+    img_done = ds.done[:]
+    all_caps = _all_captions(ds, cfg.captions, keys, img_done, skipped)
+    encoder = encoder or load_text_encoder(settings, dist)
+    cut = count_truncated(encoder, all_caps)
+    grp, tid, healed = _open_group(ds, encoder, settings, all_caps, keys, cut.count, dist)
+    warning = truncation_warning(cut, encoder.id, encoder.max_length)
+    t0 = time.perf_counter()
+    written, already = _encode_pending(
+        settings, grp, ds, all_caps, img_done, encoder, progress, dist, [warning] if warning else []
+    )
     dist.barrier()
     final = grp.done[:]
     skipped += [
@@ -402,8 +592,20 @@ def run_captions(
         captions=sum(len(c) for c in all_caps),
         written=written,
         already_done=already,
-        max_captions=k,
+        max_captions=max(len(c) for c in all_caps),
         skipped=skipped,
         seconds=time.perf_counter() - t0,
         healed=healed,
+        truncated=cut.count,
+        longest_tokens=cut.longest,
     )
+
+
+def run_all_captions(
+    settings: Any, progress: ProgressFactory = null_progress, dist: DistInfo | None = None
+) -> list[CaptionsResult]:
+    """`repackctl captions`: every entry of ``caption_entries``, with one text encoder."""
+    dist = dist or DistInfo.from_env()
+    names = caption_entries(settings)
+    encoder = load_text_encoder(settings, dist)
+    return [run_captions(settings, progress, dist, name, encoder) for name in names]

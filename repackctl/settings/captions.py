@@ -35,8 +35,9 @@ class CaptionsSettings(BaseModel):
     )
     entry: str | None = Field(
         None,
-        description="cache entry (dataset--split--res); none = the newest built-in entry with "
-        "packed latents (else the newest built-in entry)",
+        description="cache entry (dataset--split--res); none = the train-split built-in entry "
+        "(image-folder with --captions; among several, the one with packed latents) and then its "
+        "val-split built-in entries of the same resolution",
     )
     captions: str | None = Field(
         None,

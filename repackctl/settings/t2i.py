@@ -44,7 +44,7 @@ class T2iSettings(DitSettings):
         "minilm", description="text encoder whose cached caption features are used"
     )
     text_features: str | None = Field(
-        None, description="text group id in the cache entry; none = the newest of --text-encoder"
+        None, description="text group id in the entry; none = the only one of --text-encoder"
     )
     caption_dropout: float = Field(
         0.1, ge=0.0, lt=1.0, description="probability of the null caption (for CFG)"
