@@ -56,7 +56,14 @@ from repackctl.encoders.load import make_encoder
 from repackctl.errors import ConfigError, DataError
 from repackctl.paths import entry_name
 from repackctl.progress import ProgressFactory, null_progress
-from repackctl.runtime import DistInfo, header_line, resolve_device, run_header
+from repackctl.runtime import (
+    DistInfo,
+    amp_autocast,
+    check_precision,
+    header_line,
+    resolve_device,
+    run_header,
+)
 from repackctl.settings import Settings
 
 
@@ -433,7 +440,7 @@ class _ShardWriter:
         x = torch.from_numpy(imgs).to(device).permute(0, 3, 1, 2)  # (B, 3, R, R)
         x = x.float() / 127.5 - 1.0
         toks, clss = [], []
-        with _autocast(self.precision, device):
+        with amp_autocast(self.precision, device):
             for f in range(self.flips):
                 tok, cls = self.encoder(x.flip(-1) if f else x)  # (B, T, C), (B, C)
                 # float16 on the device (the same rounding as numpy's, half the copy)
@@ -534,36 +541,6 @@ def _encode_pending(
     return found
 
 
-_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """Autocast to ``precision`` on any device (none for fp32), checked by ``_check_precision``."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=_AMP_DTYPES[precision])
-
-
-def _check_precision(precision: str, device: torch.device) -> None:
-    """A precision this torch cannot autocast to on ``device`` is refused before anything is
-    written: the features would be computed in fp32 while the entry records ``precision``."""
-    if precision == "fp32":
-        return
-    ok = torch.amp.is_autocast_available(device.type)
-    if ok:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch warns, then runs with autocast off
-            with torch.autocast(device.type, dtype=_AMP_DTYPES[precision]):
-                ok = torch.is_autocast_enabled(device.type)
-    if not ok:
-        others = " or ".join(p for p in ("bf16", "fp32") if p != precision)
-        raise ConfigError(
-            f"--precision {precision} is not supported on {device.type} by torch "
-            f"{torch.__version__} (the features would be computed in fp32)",
-            f"use --precision {others}, or another --device",
-        )
-
-
 def _prepare(settings: Settings, dist: DistInfo) -> tuple[int, ImageSource, Any, torch.device]:
     """Resolution, source and encoder (moved to its device), validated before anything is written."""
     cfg = settings.extract
@@ -577,7 +554,7 @@ def _prepare(settings: Settings, dist: DistInfo) -> tuple[int, ImageSource, Any,
     encoder = make_encoder(cfg.encoder, cfg.weights, cfg.layer, resolution, settings.seed)
     _check_patch(resolution, encoder.spec.patch_size)
     device = resolve_device(settings.device, dist.local_rank)
-    _check_precision(settings.precision, device)
+    check_precision(settings.precision, device)
     return resolution, source, encoder.to(device), device
 
 

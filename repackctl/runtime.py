@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,6 +110,39 @@ def resolve_precision(
     if launcher in _LAUNCHER_PRECISION:
         return _LAUNCHER_PRECISION[launcher], "launcher"
     return settings_value, "default"
+
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def amp_autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast to ``precision`` on any device (none for fp32), checked by ``check_precision``."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=AMP_DTYPES[precision])
+
+
+def check_precision(precision: str, device: torch.device, what: str = "the features") -> None:
+    """A precision this torch cannot autocast to on ``device`` is refused before anything is
+    written: ``what`` would be computed in fp32 while ``precision`` is recorded."""
+    if precision == "fp32" or _autocasts(precision, device):
+        return
+    others = " or ".join(p for p in ("bf16", "fp16") if p != precision and _autocasts(p, device))
+    raise ConfigError(
+        f"--precision {precision} is not supported on {device.type} by torch "
+        f"{torch.__version__} ({what} would be computed in fp32)",
+        f"use --precision {others + ' or ' if others else ''}fp32, or another --device",
+    )
+
+
+def _autocasts(precision: str, device: torch.device) -> bool:
+    """Whether torch really autocasts to ``precision`` on ``device`` (it may warn and not)."""
+    if not torch.amp.is_autocast_available(device.type):
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch warns, then runs with autocast off
+        with torch.autocast(device.type, dtype=AMP_DTYPES[precision]):
+            return torch.is_autocast_enabled(device.type)
 
 
 def is_main_process() -> bool:

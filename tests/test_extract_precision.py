@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from repackctl.cache.store import DatasetEntry, features_precision, list_entries
 from repackctl.cli.app import app
 from repackctl.errors import CacheError, ConfigError
-from repackctl.extract import _check_precision
+from repackctl.runtime import check_precision as _check_precision
 
 runner = CliRunner()
 TINY = ["extract", "-n", "8", "--shard", "8", "--chunk", "8", "--device", "cpu"]

@@ -35,7 +35,10 @@ def adherence(
 
     Attribute classifiers (shape, object colour) are trained on the real cached images of the
     run's training entry (built-in data: exact attributes); their held-out accuracy on real
-    images is reported as the ceiling. Writes adherence.json into the samples folder.
+    images is reported as the ceiling. The training entry is read from the cache setting
+    (--cache, REPACKCTL_CACHE or the config file), else from the cache the run recorded.
+    Writes adherence.json (with the sha256 of the samples and of the checkpoint) into the
+    samples folder.
 
     Example: `repackctl evaluate adherence samples/t2i-mmdit-tiny--step-0002000--euler-50--cfg4--seed0`
     """
@@ -43,7 +46,8 @@ def adherence(
     from repackctl.runtime import resolve_device
 
     s = resolve(config, {"cache": cache, "seed": seed, "device": device}).settings
-    out = run_adherence(samples_dir, cache, steps, s.seed, resolve_device(s.device, 0))
+    # the resolved cache (flag, REPACKCTL_CACHE or config file); the run's recorded root next
+    out = run_adherence(samples_dir, s.cache, steps, s.seed, resolve_device(s.device, 0))
     sc = out.scores
 
     def pct(v: float | None) -> str:

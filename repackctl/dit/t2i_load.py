@@ -1,11 +1,16 @@
-"""Load a trained text-to-image MMDiT (``train t2i``) and its text encoder for sampling."""
+"""Load a trained text-to-image MMDiT (``train t2i``), its text encoder and what it was trained on
+for sampling and scoring: the cache that holds its training entry, and cached caption texts read
+so that a lost chunk is an error, never empty prompts."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
+from repackctl.cache.integrity import GuardedArray
 from repackctl.dit.load import DiTHandle, _checkpoint_of, checked_extra, loaded_handle
-from repackctl.errors import WeightsError
+from repackctl.errors import CacheError, WeightsError
 from repackctl.paths import resolve_checkpoint_arg
 from repackctl.train import checkpoint as ckpt_io
 
@@ -48,3 +53,79 @@ def load_text_encoder(extra: dict[str, Any]) -> Any:
             "install the same text-encoder weights the captions were encoded with",
         )
     return enc
+
+
+# --------------------------------------------------------------------------- the training cache
+def training_cache_root(cache: str | None, extra: dict[str, Any], hint: str) -> str:
+    """The cache root holding the run's training entry: ``cache`` (the resolved settings'
+    cache: flag, ``REPACKCTL_CACHE`` or config file) when it has that entry, else the root the
+    checkpoint recorded. The entry must be the one the run was trained on — the run's packed
+    latents with the run's channel stats — or it is an error naming both roots (``hint``: what
+    to do instead)."""
+    from repackctl.cache.store import DatasetEntry, list_entries
+
+    recorded = extra.get("cache") or {}
+    entry = recorded.get("entry")
+    problems = []
+    for root in dict.fromkeys(r for r in (cache, recorded.get("root")) if r):
+        try:
+            names = list_entries(root)
+        except Exception:  # noqa: BLE001 - an unreachable root only means: not this one
+            names = []
+        if entry not in names:
+            problems.append(f"{root} has no entry {entry}")
+            continue
+        why = _other_entry(DatasetEntry.open(root, entry), recorded.get("latents"), extra)
+        if why is None:
+            return str(root)
+        problems.append(f"{entry} in {root} {why}")
+    raise CacheError(
+        f"the run's training entry is not in the cache: {'; '.join(problems) or 'no cache given'}",
+        f"pass --cache (or set REPACKCTL_CACHE to) the cache the run was trained on, or {hint}",
+    )
+
+
+def _other_entry(ds: Any, pack_id: str | None, extra: dict[str, Any]) -> str | None:
+    """Why ``ds`` is not the entry the run was trained on (None: it is)."""
+    if pack_id is None:
+        return None
+    if pack_id not in ds.latent_ids():
+        return f"holds no latents {pack_id} (another entry of the same name)"
+    stats, want = ds.latents(pack_id).attrs.get("stats") or {}, extra.get("latent_stats") or {}
+    for k in ("mean", "std") if want else ():
+        a = np.asarray(stats.get(k, []), np.float64)
+        b = np.asarray(want[k], np.float64)
+        if a.shape != b.shape or not np.array_equal(a, b):
+            return f"has other channel stats for {pack_id} than the run (re-encoded latents)"
+    return None
+
+
+# --------------------------------------------------------------------------- caption texts
+class CaptionTexts:
+    """The ``captions`` array of a cached text group (each image's captions, ``\\n``-joined),
+    read through ``GuardedArray``: a lost or corrupt chunk holding a ``written`` row is an
+    error, and so is an empty text for a row marked written (a lost chunk reads as "")."""
+
+    def __init__(self, grp: Any, written: np.ndarray, label: str, hint: str) -> None:
+        self.written = np.asarray(written, bool)
+        self.label, self.hint = f"{label}/captions", hint
+        self.array = GuardedArray(grp["captions"], self.written, self.label, hint)
+
+    def __getitem__(self, rows: Any) -> list[list[str]]:
+        """The captions of entry rows ``rows`` (one list of texts per row)."""
+        rows = np.asarray(rows, np.int64).reshape(-1)
+        if len(rows) == 0:
+            return []
+        lo, hi = int(rows.min()), int(rows.max()) + 1
+        block = np.asarray(self.array[lo:hi])  # (hi - lo,) str
+        out = []
+        for i in rows.tolist():
+            text = str(block[i - lo])
+            if self.written[i] and not text.strip():
+                raise CacheError(
+                    f"{self.label}: image {i} is marked as captioned but its caption text is "
+                    "empty (a lost or damaged chunk)",
+                    self.hint,
+                )
+            out.append(text.split("\n"))
+        return out

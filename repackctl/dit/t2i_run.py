@@ -27,7 +27,32 @@ def train_t2i(
 
     Resuming an existing run starts from the settings it was started with (as ``train dit``).
     """
-    task, result = resume_and_train(
-        settings, config_record, progress, "t2i", t2i_run_dir, build_t2i_task
-    )
+
+    def build(resolved, sources=None):
+        task, config = build_t2i_task(resolved, sources)
+        record_text_group(config_record, task.data.text_id)
+        return task, config
+
+    task, result = resume_and_train(settings, config_record, progress, "t2i", t2i_run_dir, build)
     return T2ITrainResult.of(task, result, text_id=task.data.text_id)
+
+
+# the source of a caption group that no layer gave, resolved when the run started: a "stored"
+# value, so that resuming reuses it (``settings.resume.GIVEN``) whatever groups the entry has then
+RESOLVED_AT_START = "stored run config (resolved when the run started)"
+
+
+def record_text_group(record: dict | None, text_id: str) -> None:
+    """Put the caption group the run trains on into the settings record a new run stores
+    (``config.json`` → extra.settings) when no layer named it (``--text-features`` not given).
+
+    Without it the record says None, and a resume after another group was added to the entry
+    would pick that one. (A resumed run's record is the reconciled one, which already carries
+    the stored value; runs from before this was recorded fall back on their checkpoint's group,
+    ``t2i_task.run_text_group``.)"""
+    if record is None:
+        return
+    values = record.setdefault("values", {}).setdefault("t2i", {})
+    if values.get("text_features") is None:
+        values["text_features"] = text_id
+        record.setdefault("sources", {})["t2i.text_features"] = RESOLVED_AT_START

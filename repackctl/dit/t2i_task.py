@@ -34,6 +34,7 @@ from repackctl.cache.store import PENDING, WRITTEN
 from repackctl.captions_cache import find_text_group, open_text_group
 from repackctl.data.cached import MEMORY_GB, fits_in_memory
 from repackctl.dit.latents import LatentData, LatentRef
+from repackctl.dit.t2i_load import CaptionTexts
 from repackctl.dit.task import DiTTask, build_task, data_options
 from repackctl.errors import CacheError, CheckpointError, ConfigError
 from repackctl.models.mmdit import mmdit_repa_depth
@@ -86,7 +87,8 @@ class CaptionedLatentData(LatentData):
         self.null = _read_null(grp, f"cache entry {self.entry.name} text/{self.text_id}", redo)
         if fits_in_memory(self.nbytes(), memory_gb) if in_memory is None else in_memory:
             self.load()
-        self._captions = grp["captions"]
+        label = f"cache entry {self.entry.name} text/{self.text_id}"
+        self._captions = CaptionTexts(grp, ok, label, repair_hint(self.entry.name, redo))
 
     def _rows(self, name: str, rows: np.ndarray) -> np.ndarray:
         """Rows ``rows`` (training-set positions) of text array ``name``, all captions."""
@@ -116,8 +118,9 @@ class CaptionedLatentData(LatentData):
         return out
 
     def captions(self, rows: np.ndarray) -> list[list[str]]:
-        """The caption texts of training rows ``rows`` (as encoded)."""
-        return [str(self._captions[int(self.indices[r])]).split("\n") for r in rows]
+        """The caption texts of training rows ``rows`` (as encoded); a lost chunk or an empty
+        text is an error, never an empty caption."""
+        return self._captions[self.indices[np.asarray(rows, np.int64)]]
 
     def describe(self) -> dict:
         return super().describe() | {"text": self.text_id}
@@ -292,18 +295,40 @@ def build_t2i_task(
     the DiT's engine config carry over); the text parts are replaced here.
     """
     s = settings.t2i
+    run_dir = t2i_run_dir(settings)
+    text = run_text_group(run_dir, s.text_features)
     base, config = build_task(dit_settings_of(settings), sources=sources)
     data = CaptionedLatentData(
         base.data.ref,
-        text=s.text_features,
+        text=text,
         text_encoder=s.text_encoder,
         **data_options(s, settings.memory_gb),
     )
     task = T2ITask(data, base.spec, s.caption_dropout)
+    train = s.model_dump(mode="json") | {"text_features": data.text_id}  # resolved, kept
     config = dataclasses.replace(
         config,
-        run_dir=str(t2i_run_dir(settings)),
+        run_dir=str(run_dir),
         block=1 if data.in_memory else data.chunk,
-        extra={"stage": "t2i", "train": s.model_dump(mode="json")},
+        extra={"stage": "t2i", "train": train},
     )
     return task, config
+
+
+def run_text_group(run_dir: Path, given: str | None) -> str | None:
+    """The caption-feature group to train on: the one the run's newest checkpoint was trained
+    on when it has one (checked here, before any weights are read: another group's width
+    would only fail as a state_dict size mismatch), else ``given`` (None: the newest group of
+    the text encoder, resolved by ``CaptionedLatentData``)."""
+    from repackctl.train.checkpoint import latest_checkpoint, read_state
+
+    latest = latest_checkpoint(run_dir, warn=None)
+    state = read_state(latest) if latest is not None else {}
+    trained = ((state.get("extra") or {}).get("text") or {}).get("features")
+    if trained and given and given != trained:
+        raise CheckpointError(
+            f"run {run_dir.name} was trained on caption features {trained}, not {given}",
+            f"resume with --text-features {trained} (or without --text-features), or start a "
+            "new run with --name",
+        )
+    return given or trained

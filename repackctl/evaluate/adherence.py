@@ -207,6 +207,21 @@ def _protocol_of(folder: Path) -> dict[str, Any]:
     return card
 
 
+def _hashes(folder: Path, n: int, card: dict[str, Any]) -> dict[str, Any]:
+    """``samples_sha256`` (over the N PNGs scored, ``evaluate.generative.folder_sha256``),
+    ``checkpoint_sha256`` (from the samples' protocol card) and ``protocol_sha256``."""
+    from repackctl.evaluate.generative import folder_sha256
+    from repackctl.files import sha256_file
+    from repackctl.sample.folder import png_path
+
+    return {
+        "samples_sha256": folder_sha256([png_path(folder, i) for i in range(n)], folder),
+        "samples_sha256_of": f"000000.png … {n - 1:06d}.png (path and sha256 of each)",
+        "checkpoint_sha256": card.get("checkpoint_sha256"),
+        "protocol_sha256": sha256_file(folder / PROTOCOL_JSON),
+    }
+
+
 def run_adherence(
     folder: str | Path,
     cache: str | None,
@@ -215,23 +230,29 @@ def run_adherence(
     device,
     real_val: str | None = None,
 ) -> AdherenceResult:
-    """Score a t2i samples folder; write ``adherence.json`` beside it.
+    """Score a t2i samples folder; write ``adherence.json`` beside it (atomically, with the
+    sha256 of the samples scored and of the checkpoint that made them).
+
+    ``cache``: the resolved cache setting; the run's training entry is read there, else from
+    the root its checkpoint recorded (``dit.t2i_load.training_cache_root``: the same entry).
 
     ``real_val``: a built-in cache entry (e.g. the val split) whose real images the same
     classifiers are also scored on (``classifier_real_val_accuracy``), the level to read the
     sample scores against."""
+    from repackctl.dit.t2i_load import training_cache_root
     from repackctl.sample.folder import iter_pngs
     from repackctl.train import checkpoint as ckpt_io
 
     folder = Path(folder).expanduser().resolve()
     card = _protocol_of(folder)
     extra = ckpt_io.read_state(Path(card["checkpoint"])).get("extra", {})
-    where = extra.get("cache") or {}
-    root, entry = cache or where.get("root"), where.get("entry")
+    entry = (extra.get("cache") or {}).get("entry")
+    root = training_cache_root(cache, extra, "score built-in runs whose cache is still there")
     images, shapes, colours = real_attributes(root, entry)
     net, real_acc = train_classifier(images, shapes, colours, steps, seed, device)
     n = int(card["num_samples"])
     samples = np.concatenate(list(iter_pngs(folder, n)))  # (N, H, W, 3)
+    hashes = _hashes(folder, n, card)  # of what is scored, before scoring it
     pred_shape, pred_colour = predict(net, samples, device)
     wanted = [prompt_attributes(card["prompts"][k]) for k in card["prompt_ids"]]
     s_hit = [int(pred_shape[i] == s) for i, (s, _) in enumerate(wanted) if s is not None]
@@ -247,6 +268,8 @@ def run_adherence(
         "classifier": {"steps": steps, "seed": seed, "trained_on": entry, "images": len(images)},
         "colours": list(HUES),
         "protocol": str(folder / PROTOCOL_JSON),
+        **hashes,
+        "cache": {"root": root, "entry": entry},
     }
     if real_val is not None:
         v_images, v_shapes, v_colours = real_attributes(root, real_val)

@@ -14,13 +14,19 @@ from repackctl.transport.guidance import AutoGuidance, ClassifierFreeGuidance
 from repackctl.transport.samplers import VelocityFn, sample
 
 
-def model_velocity(model: torch.nn.Module, extra: dict[str, Any], autocast: bool) -> VelocityFn:
-    """The DiT as a ``VelocityFn`` in our convention (wrapping official-convention models)."""
+def model_velocity(
+    model: torch.nn.Module,
+    extra: dict[str, Any],
+    autocast: bool,
+    dtype: torch.dtype = torch.bfloat16,
+) -> VelocityFn:
+    """The DiT as a ``VelocityFn`` in our convention (wrapping official-convention models),
+    autocast to ``dtype`` when ``autocast``."""
     official = extra.get("velocity_convention") == OFFICIAL_VELOCITY
     device_type = next(model.parameters()).device.type
 
     def f(x: Tensor, t: Tensor, y: Tensor | None) -> Tensor:
-        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast(device_type, dtype=dtype, enabled=autocast):
             if official:
                 # theirs: τ = 1 − t (τ = 1 data) and v_theirs = x − ε = −v_ours
                 return -model(x, 1.0 - t, y).float()  # (B, d, h, w)

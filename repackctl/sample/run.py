@@ -49,7 +49,15 @@ from repackctl.pack.load import load_decoder
 from repackctl.paths import PROTOCOL_JSON, SETTINGS_JSON, local_path, run_root_of
 from repackctl.progress import ProgressFactory, null_progress
 from repackctl.runs import chained_run
-from repackctl.runtime import DistInfo, header_line, resolve_device, run_header
+from repackctl.runtime import (
+    AMP_DTYPES,
+    DistInfo,
+    amp_autocast,
+    check_precision,
+    header_line,
+    resolve_device,
+    run_header,
+)
 from repackctl.sample.folder import (
     LATENTS_DIR,
     aligned_batches,
@@ -129,7 +137,8 @@ def run_sample(
             "drop --prompt/--prompts, or pass a run trained with `repackctl train t2i`",
         )
     device = resolve_device(settings.device, dist.local_rank)
-    autocast = settings.precision != "fp32" and device.type == "cuda"
+    check_precision(settings.precision, device, "the samples")  # before anything is written
+    autocast = settings.precision != "fp32"  # on any device that supports it
     dit = load_dit_for_sampling(settings.runs, cfg.run, cfg.checkpoint, cfg.weights)
     plan = resolve_plan(cfg, read_sampling_defaults(Path(dit.checkpoint)))
     velocity, guide_info, nfe = _velocity(settings, dit, plan, device, autocast)
@@ -188,7 +197,8 @@ def _velocity(settings: Settings, dit: Any, plan: Any, device: Any, autocast: bo
     cfg, extra = settings.sample, dit.extra
     if plan.legacy_channels and cfg.guide:
         raise ConfigError("legacy CFG channels do not apply to autoguidance", "drop --cfg-channels")
-    main_fn = model_velocity(dit.model.to(device).eval(), extra, autocast)
+    dtype = AMP_DTYPES.get(settings.precision, torch.bfloat16)
+    main_fn = model_velocity(dit.model.to(device).eval(), extra, autocast, dtype)
     guide_fn = guide_info = None
     if cfg.guide:
         guide = load_dit_for_sampling(settings.runs, cfg.guide, cfg.guide_checkpoint, cfg.weights)
@@ -198,7 +208,7 @@ def _velocity(settings: Settings, dit: Any, plan: Any, device: Any, autocast: bo
                 "the guide model was trained on other latents than the main model",
                 "autoguidance needs a weaker DiT of the same pack model and latent shape",
             )
-        guide_fn = model_velocity(guide.model.to(device).eval(), guide.extra, autocast)
+        guide_fn = model_velocity(guide.model.to(device).eval(), guide.extra, autocast, dtype)
         guide_info = {"checkpoint": str(guide.checkpoint), "sha256": guide.sha256}
     velocity = guided_velocity(main_fn, plan, int(extra["num_classes"]), guide_fn)
     return velocity, guide_info, network_evaluations(plan.spec, plan, guide_fn is not None)
@@ -292,7 +302,7 @@ def _batch(job: _Job, idx: list[int]) -> tuple[np.ndarray, np.ndarray]:
         raw = generate_raw_latents(
             job.velocity, job.plan, job.extra, job.labels, job.settings.seed, idx, job.device
         )  # (B, d, h, w)
-        with torch.autocast(job.device.type, dtype=torch.bfloat16, enabled=job.autocast):
+        with amp_autocast(job.settings.precision, job.device):
             images = to_uint8(job.decoder.decode(raw))  # (B, H, W, 3)
         if job.refiner is not None:
             images = job.refiner.refine(images, raw)  # (B, H, W, 3)

@@ -6,19 +6,33 @@ The same samplers, timestep shift, guidance interval, per-index seeds, resumable
 - **Prompts** instead of labels: ``--prompt`` (repeatable) and/or ``--prompts FILE`` (one per
   line); sample i gets prompt ``i mod P``. With neither, the evaluation prompts are the first
   caption of each image of the val entry (same dataset and resolution), or of the training entry
-  when there is no val entry, read from the cache (``text/<id>/captions``).
+  when there is no val entry, read from the cache (``text/<id>/captions``) through the guarded
+  reader (a lost chunk or an empty caption of a captioned image is an error). The cache is the
+  resolved ``cache`` setting when it holds the run's training entry, else the root the
+  checkpoint recorded; either way the entry must hold the run's latents and channel stats.
 - Prompts are encoded once by the run's own text encoder (checked against the weights the
   training captions were encoded with); the model never sees a caption it could not have.
 - Guidance: classifier-free guidance against the model's null caption, conditional and null rows
   in ONE batched forward of 2B (``MMDiT.forward_with_cfg``), active for t_lo ≤ t ≤ t_hi.
 - ``prompts.txt`` (one line per sample index) and the prompts in ``protocol.json``; ``arr_1`` of
   ``samples.npz`` holds each sample's prompt id (its line in the list of distinct prompts).
+  The folder's fingerprint hashes the full per-sample list, so resuming a folder (``--out``)
+  with the same prompts in another order or count is refused, never relabelled.
+- Prompts longer than the text encoder's ``max_length`` tokens are cut by it (the rest is
+  ignored): a ``Warning:`` line says how many, and ``protocol.json`` records the text each cut
+  prompt was encoded as (``prompt_truncation``).
+- ``--precision bf16`` / ``fp16`` autocast the model and decoder to that dtype on any device
+  where torch supports it (CPU included); elsewhere it is refused before anything is written.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +44,7 @@ from repackctl.files import to_uint8, write_json_atomic, write_npy_atomic, write
 from repackctl.pack.load import denormalise, load_decoder
 from repackctl.paths import PROTOCOL_JSON, local_path, run_root_of
 from repackctl.progress import ProgressFactory, null_progress
-from repackctl.runtime import DistInfo, resolve_device
+from repackctl.runtime import DistInfo, amp_autocast, check_precision, resolve_device
 from repackctl.sample.folder import (
     LATENTS_DIR,
     assemble,
@@ -70,20 +84,17 @@ def given_prompts(cfg: Any) -> list[str]:
     return prompts
 
 
-def cached_prompts(extra: dict[str, Any], num: int) -> tuple[list[str], str]:
-    """The first caption of each image of the val entry (else the training entry)."""
-    from repackctl.cache.store import WRITTEN, DatasetEntry, list_entries
-    from repackctl.captions_cache import open_text_group
+def cached_prompts(extra: dict[str, Any], num: int, cache: str | None) -> tuple[list[str], str]:
+    """The first caption of each image of the val entry (else the training entry), from the
+    cache that holds the run's training entry (``training_cache_root``: the resolved
+    ``cache`` setting, else the root the checkpoint recorded)."""
+    from repackctl.cache.store import DatasetEntry, list_entries
+    from repackctl.dit.t2i_load import training_cache_root
 
-    cache = extra.get("cache") or {}
-    root, train_entry, text_id = cache.get("root"), cache.get("entry"), extra["text"]["features"]
+    train_entry, text_id = (extra.get("cache") or {}).get("entry"), extra["text"]["features"]
     hint = "pass prompts: --prompt 'a red star on a blue striped background' or --prompts FILE"
-    try:
-        names = list_entries(root) if root else []
-    except Exception:  # noqa: BLE001 - an unreachable cache only means: no default prompts
-        names = []
-    if train_entry not in names:
-        raise CacheError(f"the run's cache entry {train_entry} is not in {root}", hint)
+    root = training_cache_root(cache, extra, hint)
+    names = list_entries(root)
     dataset, _, res = train_entry.split("--")
     base = dataset.rsplit("-n", 1)[0]
     vals = [
@@ -95,19 +106,44 @@ def cached_prompts(extra: dict[str, Any], num: int) -> tuple[list[str], str]:
         ds = DatasetEntry.open(root, name)
         if text_id not in ds.complete_groups("text", ("captions", "done")):
             continue
-        grp = open_text_group(ds, text_id)
-        ok = np.flatnonzero(grp.done_mask() == WRITTEN)[:num]
-        caps = grp["captions"]
-        return [str(caps[int(i)]).split("\n")[0] for i in ok], name
+        return first_captions(ds, text_id, num), name
     raise CacheError(f"no cached captions {text_id} for the run's entries in {root}", hint)
 
 
-def resolve_prompts(cfg: Any, extra: dict[str, Any]) -> tuple[list, list, np.ndarray, str]:
-    """(prompts, distinct prompts, prompt id of each sample (N,), where they came from)."""
+def first_captions(ds: Any, text_id: str, num: int) -> list[str]:
+    """The first caption of each of the first ``num`` captioned images of entry ``ds``: read
+    through the guarded reader (a lost chunk, a damaged ``done`` or an empty caption of a row
+    marked written is an error, never an empty prompt recorded as a caption)."""
+    from repackctl.cache.integrity import read_done, repair_hint
+    from repackctl.cache.store import PENDING, WRITTEN
+    from repackctl.captions_cache import open_text_group
+    from repackctl.dit.t2i_load import CaptionTexts
+
+    grp = open_text_group(ds, text_id)
+    label = f"cache entry {ds.name} text/{text_id}"
+    redo = f"`repackctl captions --entry {ds.name}`"
+    done, damage = read_done(grp.done, "done")
+    if damage:
+        raise CacheError(f"{label}: {damage[0]}", repair_hint(ds.name, redo))
+    if (done == PENDING).any():
+        raise CacheError(
+            f"{label} is incomplete ({int((done == PENDING).sum())} images pending)",
+            f"run {redo} again to finish them",
+        )
+    written = done == WRITTEN
+    texts = CaptionTexts(grp, written, label, repair_hint(ds.name, redo))
+    return [caps[0] for caps in texts[np.flatnonzero(written)[:num]]]
+
+
+def resolve_prompts(
+    cfg: Any, extra: dict[str, Any], cache: str | None = None
+) -> tuple[list, list, np.ndarray, str]:
+    """(prompts, distinct prompts, prompt id of each sample (N,), where they came from);
+    ``cache``: the resolved cache setting (default prompts come from the run's entry there)."""
     prompts = given_prompts(cfg)
     source = "given"
     if not prompts:
-        prompts, entry = cached_prompts(extra, cfg.num)
+        prompts, entry = cached_prompts(extra, cfg.num, cache)
         source = f"first caption of each image of {entry}"
     distinct = list(dict.fromkeys(prompts))
     ids = np.array([distinct.index(prompts[i % len(prompts)]) for i in range(cfg.num)], np.int64)
@@ -122,6 +158,43 @@ def encode_prompts(encoder: Any, prompts: list[str], device: torch.device) -> di
         "mask": torch.cat([p.mask for p in parts]).to(device),
         "pooled": torch.cat([p.pooled.float() for p in parts]).to(device),
     }
+
+
+def prompt_truncation(encoder: Any, prompts: list[str]) -> dict[str, Any]:
+    """Which prompts the text encoder cuts at its ``max_length`` (tokens past it are ignored:
+    two prompts that differ only there give the same samples), and the text each is encoded
+    as. ``cut`` is None when the encoder does not expose a tokenizer to count with."""
+    length = int(encoder.max_length)
+    tok = getattr(encoder, "tokenizer", None)
+    if tok is None:
+        return {"max_length": length, "cut": None, "as_encoded": None}
+    from repackctl.encoders.text import quiet_transformers
+
+    with quiet_transformers():  # no "sequence longer than the maximum" log line per prompt
+        full = tok(list(prompts), truncation=False)["input_ids"]
+        kept = tok(list(prompts), truncation=True, max_length=length)["input_ids"]
+    as_encoded = [
+        tok.decode(k, skip_special_tokens=True) if len(f) > length else None
+        for f, k in zip(full, kept, strict=True)
+    ]
+    return {
+        "max_length": length,
+        "cut": sum(t is not None for t in as_encoded),
+        "as_encoded": as_encoded,
+    }
+
+
+def warn_truncation(truncation: dict[str, Any], total: int) -> None:
+    """A ``Warning:`` line on stderr (main process) when some prompts were cut."""
+    cut = truncation.get("cut")
+    if cut and int(os.environ.get("RANK", 0)) == 0:
+        print(
+            f"Warning: {cut} of {total} prompts were cut at the text encoder's max_length "
+            f"{truncation['max_length']} tokens (the rest of each is ignored); protocol.json "
+            "lists the text each was encoded as (prompt_truncation.as_encoded)",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 # --------------------------------------------------------------------------- generation
@@ -174,9 +247,10 @@ def generate_t2i_latents(
     ids: np.ndarray,
     seed: int,
     indices: list[int],
-    autocast: bool,
+    precision: str,
 ) -> torch.Tensor:
-    """Raw packed latents (B, d, h, w) of samples ``indices``, each from its own generator."""
+    """Raw packed latents (B, d, h, w) of samples ``indices``, each from its own generator,
+    the model autocast to ``precision`` (fp32: none)."""
     device = text["tokens"].device
     shape = tuple(int(s) for s in extra["latent_shape"])
     gens = index_generators(seed, indices)
@@ -192,7 +266,7 @@ def generate_t2i_latents(
     )
 
     def velocity(x: torch.Tensor, t: torch.Tensor, y: Any = None) -> torch.Tensor:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+        with amp_autocast(precision, device):
             return f(x, t).float()  # (B, d, h, w)
 
     out = sample(plan.spec, velocity, noise, None, generator=gens)
@@ -212,11 +286,10 @@ def _write_batch(
     refiner: Any,
 ) -> None:
     """Generate, decode (and refine) samples ``idx``; write each latent, then its PNG."""
-    device = text["tokens"].device
-    autocast = settings.precision != "fp32" and device.type == "cuda"
+    device, precision = text["tokens"].device, settings.precision
     with torch.no_grad():
-        raw = generate_t2i_latents(model, plan, extra, text, ids, settings.seed, idx, autocast)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+        raw = generate_t2i_latents(model, plan, extra, text, ids, settings.seed, idx, precision)
+        with amp_autocast(precision, device):
             images = to_uint8(decoder.decode(raw))  # (B, H, W, 3)
         if refiner is not None:
             images = refiner.refine(images, raw)  # (B, H, W, 3)
@@ -264,12 +337,10 @@ def _protocol(
     nfe: int,
     settings: Any,
     handle: Any,
-    distinct: list[str],
-    ids: np.ndarray,
-    source: str,
+    prompts: Any,
     refiner: Any,
 ) -> dict[str, Any]:
-    """The protocol card of a t2i samples folder (prompts included)."""
+    """The protocol card of a t2i samples folder (prompts and their truncation included)."""
     return generation_card(
         plan=plan,
         nfe=nfe,
@@ -278,15 +349,16 @@ def _protocol(
         precision=settings.precision,
         checkpoint=Path(handle.checkpoint),
         checkpoint_sha256=handle.sha256,
-        num=len(ids),
+        num=len(prompts.ids),
         extra={
             "weights": handle.which,
             "dit_run": run_root_of(Path(handle.checkpoint)).name,
             "stage": "t2i",
             "text": {k: handle.extra["text"].get(k) for k in ("features", "encoder", "max_length")},
-            "prompt_source": source,
-            "prompts": distinct,
-            "prompt_ids": ids.tolist(),
+            "prompt_source": prompts.source,
+            "prompts": prompts.distinct,
+            "prompt_ids": prompts.ids.tolist(),
+            "prompt_truncation": prompts.truncation,
             "guidance": "classifier-free, null caption = features of the empty caption",
             "pack": handle.extra.get("pack"),
             "latent_shape": list(handle.extra["latent_shape"]),
@@ -294,6 +366,36 @@ def _protocol(
             "refiner": None if refiner is None else str(refiner.checkpoint),
         },
     )
+
+
+@dataclass
+class _Prompts:
+    """The prompts of a samples folder: as given (or read), distinct, per sample."""
+
+    given: list[str]
+    distinct: list[str]
+    ids: np.ndarray  # (N,) index into ``distinct`` of each sample
+    source: str
+    truncation: dict[str, Any]
+
+    @property
+    def per_sample(self) -> list[str]:
+        return [self.distinct[int(k)] for k in self.ids]
+
+
+def _fingerprint(settings: Any, handle: Any, plan: Any, prompts: _Prompts, refiner: Any) -> dict:
+    """The settings that fix a t2i folder's images; the prompts as the full per-sample list
+    (another order or count of the same prompts relabels images: it is another folder)."""
+    cfg = settings.sample
+    per_sample = json.dumps(prompts.per_sample, ensure_ascii=False)
+    return {
+        "checkpoint_sha256": handle.sha256,
+        "prompts_sha256": hashlib.sha256(per_sample.encode()).hexdigest(),
+        "refiner": None if refiner is None else refiner.sha256,
+        **{k: getattr(cfg, k) for k in ("weights", "num")},
+        **{"seed": settings.seed, "precision": settings.precision},
+        **{"sampler": plan.spec.to_dict(), "cfg": [plan.cfg, plan.t_lo, plan.t_hi]},
+    }
 
 
 def run_t2i_sample(
@@ -307,12 +409,16 @@ def run_t2i_sample(
     dist = dist or DistInfo.from_env()
     _check_options(cfg)
     device = resolve_device(settings.device, dist.local_rank)
+    check_precision(settings.precision, device, "the samples")  # before anything is written
     handle = load_t2i(settings.runs, cfg.run, cfg.checkpoint, cfg.weights)
     extra, ckpt = handle.extra, Path(handle.checkpoint)
     plan = resolve_plan(cfg, read_sampling_defaults(ckpt))
     model = handle.model.to(device).eval()
-    prompts, distinct, ids, source = resolve_prompts(cfg, extra)
-    text = encode_prompts(load_text_encoder(extra).to(device), distinct, device)
+    given, distinct, ids, source = resolve_prompts(cfg, extra, settings.cache)
+    encoder = load_text_encoder(extra).to(device)
+    prompts = _Prompts(given, distinct, ids, source, prompt_truncation(encoder, distinct))
+    warn_truncation(prompts.truncation, len(distinct))
+    text = encode_prompts(encoder, distinct, device)
     decoder = load_decoder(settings.runs, extra).model.to(device).eval()
     refiner = None
     if cfg.refiner:
@@ -321,15 +427,8 @@ def run_t2i_sample(
         refiner = load_refiner(settings.runs, cfg.refiner, extra["pack"].get("pack_id"))
         refiner.model.to(device).eval()
 
-    fingerprint = {
-        "checkpoint_sha256": handle.sha256,
-        "prompts_sha256": hashlib.sha256("\n".join(distinct).encode()).hexdigest(),
-        "refiner": None if refiner is None else refiner.sha256,
-        **{k: getattr(cfg, k) for k in ("weights", "num")},
-        **{"seed": settings.seed, "precision": settings.precision},
-        **{"sampler": plan.spec.to_dict(), "cfg": [plan.cfg, plan.t_lo, plan.t_hi]},
-    }
-    folder = _folder(settings, cfg, ckpt, plan, prompts if source == "given" else None, fingerprint)
+    fingerprint = _fingerprint(settings, handle, plan, prompts, refiner)
+    folder = _folder(settings, cfg, ckpt, plan, given if source == "given" else None, fingerprint)
     claim_folder(folder, fingerprint)
     todo = missing_indices(folder, owned_range(cfg.num, dist.rank, dist.world))
     if todo:
@@ -344,10 +443,10 @@ def run_t2i_sample(
     seconds = time.perf_counter() - t0
     dist.barrier()
     nfe = network_evaluations(plan.spec, plan, False)
-    protocol = _protocol(plan, nfe, settings, handle, distinct, ids, source, refiner)
+    protocol = _protocol(plan, nfe, settings, handle, prompts, refiner)
     image_shape: tuple[int, ...] = ()
     if dist.rank == 0:
-        image_shape = _finish(folder, cfg, ids, extra, [distinct[int(k)] for k in ids], protocol)
+        image_shape = _finish(folder, cfg, ids, extra, prompts.per_sample, protocol)
     dist.barrier()
     return SampleResult(
         out_dir=folder,
