@@ -148,6 +148,11 @@ def run_sample(
         from repackctl.refine.load import load_refiner
 
         refiner = load_refiner(settings.runs, cfg.refiner, pack.pack_id)
+        dec = pack.model.config.decoder  # the decoder upsamples the DiT's grid by this factor
+        side = int(dit.extra["latent_shape"][1]) * (dec.resolution // dec.latent_size)
+        where = f"the samples of {cfg.run} ({side}x{side} px)"
+        pack_ref = {"checkpoint": str(pack.checkpoint), "pack_id": pack.pack_id}
+        refiner.check_fits((side, side), dit.extra["latent_shape"], pack_ref, where)
         refiner.model.to(device).eval()
     ckpt = Path(dit.checkpoint)
     labels = make_labels(cfg.num, int(dit.extra["num_classes"]), cfg.labels, settings.seed)

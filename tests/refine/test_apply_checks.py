@@ -127,6 +127,19 @@ def test_samples_of_another_side_or_grid_are_refused_before_anything_is_written(
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no refined folder claimed
 
 
+def test_sample_with_a_refiner_of_another_side_is_refused_before_anything_is_written(
+    stack, tmp_path
+):
+    with one_torch_thread():
+        res = runner.invoke(
+            app,
+            ["sample", "-r", "chk-dit64", "-n", "2", "--steps", "2", "--device", "cpu", "--runs",
+             stack["runs"], "--refiner", "chk-refine32", "--out", str(tmp_path / "fused64")],
+        )  # fmt: skip
+    _refused(res.exit_code, res.output, "images of 64x64 px", "trained on 32x32")
+    assert not (tmp_path / "fused64").exists()
+
+
 def test_latents_of_other_channels_are_refused(stack, tmp_path):
     samples = _sample(stack, tmp_path / "s32")
     code, out = _apply(stack, samples, "chk-refine32c8")
