@@ -28,7 +28,7 @@ from repackctl.cache.commands import entry_extract_command
 from repackctl.cache.integrity import GuardedArray, repair_hint
 from repackctl.cache.store import PENDING, WRITTEN, ArrayGroup, DatasetEntry, list_entries
 from repackctl.data.cached import MEMORY_GB, CachedRows
-from repackctl.errors import CacheError, ConfigError
+from repackctl.errors import CacheError, ConfigError, DataError
 from repackctl.pack.load import denormalise
 
 _PACK_ID_RE = r"--{run}-(\d{{7}})-[0-9a-f]{{8}}$"
@@ -116,8 +116,26 @@ def find_latents(
             f"packed latents {latents!r} exist in several entries ({names})",
             "choose one with --entry",
         )
-    _, name, pid = max(candidates)
+    _, name, pid = max(_training_split(root, candidates) if entry is None else candidates)
     return LatentRef(root=root, entry=name, pack_id=pid)
+
+
+def _training_split(
+    root: str, candidates: list[tuple[float, str, str]]
+) -> list[tuple[float, str, str]]:
+    """The candidates in ``train``-split entries: without ``--entry`` a DiT never trains on the
+    val split's latents (``pack encode`` writes them for evaluation, often after the train
+    split's), or a ``DataError`` naming the entries that hold latents."""
+    split = {name: DatasetEntry.open(root, name).attrs.get("split") for _, name, _ in candidates}
+    train = [c for c in candidates if split[c[1]] == "train"]
+    if train:
+        return train
+    found = ", ".join(sorted({f"{n} (split {split[n]!r})" for _, n, _ in candidates}))
+    raise DataError(
+        f"no train-split entry of the cache {root} holds these packed latents; only {found}",
+        "pass --entry to train on one of them on purpose, or encode the train split: "
+        "`repackctl pack encode --run RUN`",
+    )
 
 
 # --------------------------------------------------------------------------- REPA targets
