@@ -20,7 +20,6 @@ job: 309 s instead of about 25 s for ``--quick``), so on a busy machine set
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections.abc import Callable
@@ -34,7 +33,7 @@ import torch
 
 from repackctl.demo_arm import ARM_FILES, PCAArm
 from repackctl.errors import CheckpointError, ConfigError, ResumeConflict, TrainingError
-from repackctl.pipeline import Pipeline, RunReport, claim_folder
+from repackctl.pipeline import Pipeline, RunReport, claim_folder, scored_samples
 from repackctl.progress import ProgressFactory, null_progress
 
 #: What the demo writes in its folder (all that ``--fresh`` removes): its cache, the stage runs
@@ -610,8 +609,22 @@ class _Demo(PCAArm, Pipeline):
         ]
         (self.out / "report.md").write_text("\n".join(lines))
         self.report.files["report.md"] = str(self.out / "report.md")
-        record = {**m, "machine": self.machine}
-        (self.out / "metrics.json").write_text(json.dumps(record, indent=1, default=str))
+        self.write_metrics()
+
+    def write_metrics(self) -> None:
+        """``metrics.json`` (through a temporary file): the scores, the machine, and what each
+        sample set was scored from (``scored_plain``, ``scored_refined``, with the PCA arm
+        ``scored_pca``: its ``samples.npz``, the checkpoint and refiner that made it, with
+        their sha256)."""
+        from repackctl.files import write_json_atomic
+
+        sets = dict(self.sample_dirs)
+        if getattr(self, "arm_dir", None) is not None:
+            sets["pca"] = self.arm_dir
+        scored = {f"scored_{kind}": scored_samples(folder) for kind, folder in sets.items()}
+        write_json_atomic(
+            self.out / "metrics.json", {**self.report.metrics, "machine": self.machine, **scored}
+        )
 
 
 #: What :func:`run_dit_seed` reports of each seed (keys of the demo's metrics).

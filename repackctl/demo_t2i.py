@@ -28,13 +28,14 @@ from typing import Any
 import torch
 
 from repackctl.errors import DataError
-from repackctl.pipeline import Pipeline, RunReport, claim_folder
+from repackctl.pipeline import Pipeline, RunReport, claim_folder, scored_samples
 from repackctl.progress import ProgressFactory, null_progress
 
 __all__ = ["T2IDemoPlan", "grid_scale", "run_t2i_demo", "short_prompts"]
 
 
-#: What the text-to-image demo writes in its folder (all that ``--fresh`` removes).
+#: What the text-to-image demo writes in its folder: all that ``--fresh`` removes, and only when
+#: nothing else is inside (:func:`repackctl.pipeline.unknown_paths`).
 T2I_DEMO_FILES = (
     "cache",
     "pack",
@@ -236,9 +237,14 @@ class _T2IDemo(Pipeline):
         self.report.files["prompts.png"] = str(path)
 
     def write_report(self) -> None:
+        """``report.md``, and ``metrics.json``: the scores with what they were computed from
+        (``scored``: the samples' ``samples.npz`` and the checkpoint that made them, with their
+        sha256), written through a temporary file."""
+        from repackctl.files import write_json_atomic
+
         m, p, report = self.report.metrics, self.plan, self.report
         (self.out / "report.md").write_text(_report_text(p, m, report, self.folder))
-        (self.out / "metrics.json").write_text(json.dumps(m, indent=1, default=str))
+        write_json_atomic(self.out / "metrics.json", {**m, "scored": scored_samples(self.folder)})
         report.files["report.md"] = str(self.out / "report.md")
         report.files["metrics.json"] = str(self.out / "metrics.json")
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -29,13 +30,45 @@ import numpy as np
 import torch
 
 from repackctl.errors import ConfigError, RepackError
+from repackctl.paths import PROTOCOL_JSON, SAMPLES_NPZ, SETTINGS_JSON
 from repackctl.progress import ProgressFactory, null_progress
+from repackctl.runs import is_run
 from repackctl.settings import ResolvedSettings, Settings, resolve_settings
 
-__all__ = ["MARKER", "Pipeline", "RunReport", "StageRecord", "claim_folder", "one_per_class"]
+__all__ = [
+    "CACHE_DIR",
+    "MARKER",
+    "SAMPLES_DIR",
+    "Pipeline",
+    "RunReport",
+    "StageRecord",
+    "claim_folder",
+    "one_per_class",
+    "scored_samples",
+    "unknown_paths",
+]
 
 #: The file that marks a folder as made by a pipeline run (``{"made_by": kind}``).
 MARKER = ".repackctl-pipeline.json"
+#: The pipeline's cache and samples folders inside its folder; every other folder it owns is a
+#: training run (the runs root is the folder itself).
+CACHE_DIR, SAMPLES_DIR = "cache", "samples"
+
+# What the stages write below a run folder (the training engine, and the pack task's ``pca.json``
+# of a PCA run) and below the samples folder (one folder per sample set, marked by its settings
+# file), as paths relative to that folder.
+_RUN_FILE = re.compile(
+    r"config\.json|config_history\.jsonl|header\.json|metrics\.jsonl(\.tmp)?|log\.txt"
+    r"|pca\.json|curves\.png|images/step-\d{7}\.png|tb/(hparams/)?events\.out\.tfevents\.[^/]+"
+    r"|checkpoints/step-\d{7}/[\w.-]+\.(safetensors|pt|json)"
+)
+_SAMPLE_FILE = re.compile(
+    r"[^/]+/(\.sample-settings\.json|protocol\.json|samples\.npz|latents\.npy|grid\.png"
+    r"|prompts\.txt|adherence\.json|\d{6}\.png|latents/\d{6}\.npy)"
+)
+# repackctl's temporary names (``repackctl.files``: ``.tmp-<name>…``, ``.<name>….tmp``), which
+# a killed writer leaves; everything below such a name is a temporary too
+_TEMP = re.compile(r"\.tmp-.+|\..+\.tmp")
 
 
 @dataclass
@@ -74,10 +107,11 @@ def claim_folder(
     """Make ``out`` the folder of pipeline ``kind`` (e.g. ``"demo"``), refusing one it did not make.
 
     A missing or empty folder is claimed: the marker file :data:`MARKER` records it. A folder
-    holding ``kind``'s marker is reused; ``fresh`` then removes only the entries named in
-    ``owned`` (what the pipeline writes there) and keeps anything else. A non-empty folder
-    without that marker is refused, so a pipeline never writes into, or deletes from, a folder it
-    did not make.
+    holding ``kind``'s marker is reused; ``fresh`` then removes the entries named in ``owned``
+    (what the pipeline writes there) and keeps anything else, but only when every path below
+    them is one the pipeline writes (:func:`unknown_paths`): otherwise it is refused, listing
+    the others, and nothing is removed. A non-empty folder without that marker is refused, so a
+    pipeline never writes into, or deletes from, a folder it did not make.
     """
     marker = out / MARKER
     made_by = None
@@ -92,17 +126,102 @@ def claim_folder(
             "choose a new or empty folder with --out (nothing in this one was touched)",
         )
     if fresh and made_by == kind:
-        for name in owned:
-            path = out / name
-            if path.is_dir() and not path.is_symlink():
-                log(f"--fresh: removing {path}")
-                shutil.rmtree(path)
-            elif path.exists() or path.is_symlink():
-                log(f"--fresh: removing {path}")
-                path.unlink()
+        _remove_owned(out, kind, list(owned), log)
     out.mkdir(parents=True, exist_ok=True)
     if made_by != kind:
         marker.write_text(json.dumps({"made_by": kind}) + "\n")
+
+
+def _remove_owned(out: Path, kind: str, owned: list[str], log: Callable[[str], None]) -> None:
+    """``--fresh``: remove the ``owned`` entries of ``out``, or none when any holds a path the
+    pipeline did not write."""
+    unknown = [p for name in owned for p in unknown_paths(out, name)]
+    if unknown:
+        shown = ", ".join(str(p) for p in unknown[:5])
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        raise ConfigError(
+            f"--fresh would delete {len(unknown)} path(s) that `repackctl {kind}` did not write: "
+            f"{shown}{more}; nothing was removed",
+            f"move them out of {out} (or choose a new folder with --out), then run it again",
+        )
+    for name in owned:
+        path = out / name
+        if path.is_dir():
+            log(f"--fresh: removing {path}")
+            shutil.rmtree(path)
+        elif path.exists():
+            log(f"--fresh: removing {path}")
+            path.unlink()
+
+
+def unknown_paths(out: Path, name: str) -> list[Path]:
+    """The paths at or below ``out/name``, an entry the pipeline writes, that it did not write.
+
+    The rule, by what the entry is: a plain file is one of the pipeline's own outputs
+    (``report.md``, ``metrics.json``, a log); the cache folder :data:`CACHE_DIR` holds only what
+    the cache writes (``repackctl.cache.ownership``); in the samples folder :data:`SAMPLES_DIR`
+    every file is one a sample set writes (``000000.png``, ``samples.npz``, ``protocol.json`` …)
+    inside a folder marked by its settings file; any other folder is a run of the training
+    engine (``repackctl.runs.is_run``) holding only the engine's files (config, logs, curves,
+    TensorBoard events, image grids, checkpoints). repackctl's temporary names count as its own
+    anywhere. A link or any other path is unknown; so is a non-empty folder that is not a run.
+    """
+    path = out / name
+    if path.is_symlink() or (path.exists() and not (path.is_file() or path.is_dir())):
+        return [path]
+    if not path.is_dir():
+        return []
+    if name == CACHE_DIR:
+        from repackctl.cache.ownership import foreign_path
+
+        bad = foreign_path(path)
+        return [] if bad is None else [bad]
+    if name == SAMPLES_DIR:
+        return _unknown_below(path, _SAMPLE_FILE, marker=SETTINGS_JSON)
+    if not is_run(path) and any(path.iterdir()):
+        return [path]
+    return _unknown_below(path, _RUN_FILE)
+
+
+def _unknown_below(root: Path, known: re.Pattern, marker: str | None = None) -> list[Path]:
+    """Paths below ``root`` whose relative path ``known`` does not match (links, special files,
+    folders that cannot be read, and, with ``marker``, files of a first-level folder that does
+    not hold that file)."""
+    unknown: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(
+        root, onerror=lambda e: unknown.append(Path(e.filename or root))
+    ):
+        for name in sorted([*dirnames, *filenames]):
+            p = Path(dirpath) / name
+            rel = p.relative_to(root)
+            if p.is_symlink() or not (p.is_dir() or p.is_file()):
+                unknown.append(p)
+            elif p.is_dir() or any(_TEMP.fullmatch(part) for part in rel.parts):
+                continue
+            elif marker is not None and not (root / rel.parts[0] / marker).is_file():
+                unknown.append(p)
+            elif not known.fullmatch(rel.as_posix()):
+                unknown.append(p)
+    return unknown
+
+
+def scored_samples(folder: Path) -> dict[str, Any]:
+    """What the scores of the sample set in ``folder`` were computed from: its ``samples.npz``
+    and the checkpoint (and refiner) that made it, each with its sha256. The checkpoint's and
+    refiner's are those the set's protocol card recorded when it was sampled (of the weights
+    file used); a reused set matches them, since sampling refuses a folder made from others."""
+    from repackctl.files import sha256_file_cached
+
+    card = json.loads((folder / PROTOCOL_JSON).read_text())
+    npz = folder / SAMPLES_NPZ
+    return {
+        "samples": str(npz),
+        "samples_sha256": sha256_file_cached(npz),
+        "checkpoint": card["checkpoint"],
+        "checkpoint_sha256": card["checkpoint_sha256"],
+        "weights": card.get("weights"),
+        "refiner": card.get("refiner"),
+    }
 
 
 class Pipeline:
@@ -122,7 +241,7 @@ class Pipeline:
     ) -> None:
         self.out = Path(out)
         self.runs = Path(runs) if runs is not None else self.out
-        self.samples = Path(samples) if samples is not None else self.out / "samples"
+        self.samples = Path(samples) if samples is not None else self.out / SAMPLES_DIR
         self.seed = seed
         self.device = device
         self.num_workers = num_workers
@@ -141,7 +260,7 @@ class Pipeline:
     def resolved(self, flags: dict[str, Any] | None = None, **more: Any) -> ResolvedSettings:
         """:meth:`settings` with their sources (the record a run stores for its resumes)."""
         base = {
-            "cache": str(self.out / "cache"),
+            "cache": str(self.out / CACHE_DIR),
             "runs": str(self.runs),
             "samples": str(self.samples),
             "seed": self.seed,
@@ -230,7 +349,7 @@ class Pipeline:
         """The cache entry of an extracted split."""
         from repackctl.cache.store import DatasetEntry
 
-        return DatasetEntry.open(str(self.out / "cache"), self.entries[split])
+        return DatasetEntry.open(str(self.out / CACHE_DIR), self.entries[split])
 
     def images(self, split: str, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The first ``n`` valid cached images (uint8 (n, R, R, 3)) of a split and their labels."""
@@ -368,7 +487,7 @@ class Pipeline:
 
         device = resolve_device(self.device, 0)
         real_val = self.entries[val] if val else None
-        return run_adherence(folder, str(self.out / "cache"), steps, self.seed, device, real_val)
+        return run_adherence(folder, str(self.out / CACHE_DIR), steps, self.seed, device, real_val)
 
     def encoder_fd(self, images: np.ndarray, split: str, resolution: int) -> float:
         """FD in the built-in encoder's space between uint8 ``images`` and the real images of

@@ -7,6 +7,7 @@ import json
 import time
 
 import pytest
+import zarr
 from typer.testing import CliRunner
 
 from repackctl.cli.app import app
@@ -35,12 +36,11 @@ def test_fresh_removes_only_what_the_pipeline_writes(tmp_path):
     out = tmp_path / "demo"
     claim_folder(out, "demo", ("cache", "report.md"), fresh=False)  # a new folder is claimed
     assert json.loads((out / MARKER).read_text()) == {"made_by": "demo"}
-    (out / "cache").mkdir()
-    (out / "cache" / "x.bin").write_bytes(b"1")
+    zarr.open_group(str(out / "cache"), mode="w")  # a cache root: only what the cache writes
     (out / "report.md").write_text("old")
     (out / "notes.txt").write_text("mine")  # the user's own file
     claim_folder(out, "demo", ("cache", "report.md"), fresh=False)  # reuse: nothing removed
-    assert (out / "cache" / "x.bin").is_file() and (out / "report.md").is_file()
+    assert (out / "cache" / "zarr.json").is_file() and (out / "report.md").is_file()
     removed: list[str] = []
     claim_folder(out, "demo", ("cache", "report.md"), fresh=True, log=removed.append)
     assert not (out / "cache").exists() and not (out / "report.md").exists()

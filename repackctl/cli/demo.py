@@ -21,7 +21,12 @@ def demo(
         Path, typer.Option(help="Folder for everything the demo writes (its own cache too).")
     ] = Path("runs/demo"),
     fresh: Annotated[
-        bool, typer.Option("--fresh", help="Delete earlier demo results and start over.")
+        bool,
+        typer.Option(
+            "--fresh",
+            help="Delete the demo's earlier results (only what it wrote; refused if its folders hold "
+            "anything else) and start over.",
+        ),
     ] = False,
     quick: Annotated[
         bool,
