@@ -20,10 +20,11 @@ from pathlib import Path
 
 import pytest
 from conftest import one_torch_thread
+from support.cli import cli_ok as _ok
+from support.cli import cli_refused as _error
 from support.stack import shared_stack
 from typer.testing import CliRunner
 
-from repackctl.cli.app import app
 from repackctl.errors import ConfigError
 from repackctl.paths import PROTOCOL_JSON, SETTINGS_JSON
 from repackctl.sample.plan import canonical_labels, label_scheme_name
@@ -66,20 +67,6 @@ def env(work, tmp_path, monkeypatch) -> Path:
 def _one_thread():
     with one_torch_thread():
         yield
-
-
-def _ok(*args: str) -> str:
-    res = runner.invoke(app, list(args))
-    assert res.exit_code == 0, res.output
-    assert "Traceback" not in res.output
-    return " ".join(res.output.split())  # rich wraps long lines
-
-
-def _error(code: int, *args: str) -> str:
-    res = runner.invoke(app, list(args))
-    assert res.exit_code == code, res.output
-    assert "Error:" in res.output and "Hint:" in res.output and "Traceback" not in res.output
-    return " ".join(res.output.split())
 
 
 def _files(run: Path) -> dict[str, bytes]:

@@ -19,6 +19,8 @@ import pytest
 import torch
 from conftest import one_torch_thread
 from PIL import Image
+from support.cli import cli_ok as _ok
+from support.cli import cli_refused as _refused
 from support.stack import shared_stack
 from typer.testing import CliRunner
 
@@ -44,21 +46,6 @@ EXTRACT = ["extract", "--encoder", "patchpix", "--resolution", "32", "--num-work
 def _one_thread():
     with one_torch_thread():
         yield
-
-
-def _ok(*args: str) -> str:
-    res = runner.invoke(app, list(args))
-    assert res.exit_code == 0, res.output
-    assert "Traceback" not in res.output
-    return " ".join(res.output.split())  # rich wraps long lines
-
-
-def _refused(code: int, *args: str) -> str:
-    res = runner.invoke(app, list(args))
-    out = " ".join(res.output.split())
-    assert res.exit_code == code, res.output
-    assert "Traceback" not in out and "Error:" in out and "Hint:" in out, out
-    return out
 
 
 def _group(cache: Path, entry: str, tid: str):

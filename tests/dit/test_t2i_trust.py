@@ -23,6 +23,8 @@ import numpy as np
 import pytest
 import zarr
 from conftest import one_torch_thread
+from support.cli import cli_ok as _ok
+from support.cli import cli_refused as _error
 from typer.testing import CliRunner
 
 from repackctl.cache.store import DatasetEntry, list_entries
@@ -50,19 +52,6 @@ LONG = [  # the same first six words (8 MiniLM tokens with [CLS] and [SEP]), the
 def _one_thread():
     with one_torch_thread():
         yield
-
-
-def _ok(*args: str) -> str:
-    res = runner.invoke(app, list(args))
-    assert res.exit_code == 0, res.output
-    return res.output
-
-
-def _error(code: int, *args: str) -> str:
-    res = runner.invoke(app, list(args))
-    assert res.exit_code == code, res.output
-    assert "Error:" in res.output and "Hint:" in res.output and "Traceback" not in res.output
-    return " ".join(res.output.split())  # rich wraps long lines
 
 
 @pytest.fixture(scope="module")

@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from support.cli import cli_ok as _ok
+from support.cli import cli_refused as _error
 from typer.testing import CliRunner
 
-from repackctl.cli.app import app
 from repackctl.errors import CheckpointError, ConfigError
 from repackctl.train.checkpoint import latest_checkpoint, list_checkpoints, read_state
 
@@ -32,20 +33,6 @@ TINY = [
     *("--encoder", "patchpix", "--resolution", "32", "-c", "4", "--ch", "8"),
     *("--batch-size", "8", "--log-every", "2", "--image-every", "0", "--ckpt-every", "2"),
 ]
-
-
-def _ok(*args: str) -> str:
-    res = runner.invoke(app, list(args))
-    assert res.exit_code == 0, res.output
-    assert "Traceback" not in res.output
-    return " ".join(res.output.split())  # rich wraps long lines
-
-
-def _error(code: int, *args: str) -> str:
-    res = runner.invoke(app, list(args))
-    assert res.exit_code == code, res.output
-    assert "Error:" in res.output and "Hint:" in res.output and "Traceback" not in res.output
-    return " ".join(res.output.split())
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,28 @@
+"""Run `repackctl` in-process (Typer's runner) and check the outcome the way users see it."""
+
+from __future__ import annotations
+
+from typer.testing import CliRunner
+
+from repackctl.cli.app import app
+
+runner = CliRunner()
+
+
+def cli_ok(*args: str) -> str:
+    """Run ``repackctl ARGS``; it must succeed without a traceback. Its output, rewrapped to
+    single spaces (Rich wraps long lines)."""
+    res = runner.invoke(app, list(args))
+    assert res.exit_code == 0, res.output
+    assert "Traceback" not in res.output, res.output
+    return " ".join(res.output.split())
+
+
+def cli_refused(code: int, *args: str) -> str:
+    """Run ``repackctl ARGS``; it must exit with ``code`` and one ``Error:`` with a ``Hint:``, no
+    traceback. Its output, rewrapped to single spaces."""
+    res = runner.invoke(app, list(args))
+    out = " ".join(res.output.split())
+    assert res.exit_code == code, res.output
+    assert "Traceback" not in out and "Error:" in out and "Hint:" in out, out
+    return out
