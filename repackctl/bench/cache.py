@@ -16,8 +16,12 @@ The same float16 samples (packed latents of both flips, (N, 2, d, h, w)) are sto
 - ``npy memmap``: one ``.npy`` opened with ``mmap_mode="r"``, fancy-indexed by a random batch;
 - ``safetensors shards``: LightningDiT's latent layout (hustvl/LightningDiT
   ``datasets/img_latent_dataset.py``): shards holding ``latents``, ``latents_flip``, ``labels``,
-  each sample read with ``safe_open(...).get_slice(...)[j:j+1]`` as its ``__getitem__`` does.
+  each sample read with ``safe_open(...).get_slice(...)[j:j+1]`` as its ``__getitem__`` does, but
+  both flips (two slices in one ``safe_open``) where its ``__getitem__`` reads one at random.
 
+Every row reads the same bytes per sample, both flips (``extra.bytes_per_call`` in the JSON):
+the other layouts hold both in one row and the training reads both (``CachedRows.take_flip``),
+so a safetensors row reading one flip would read half the bytes for the same samples/s.
 Every layout is written first, so all reads are warm (page cache): the figures compare the read
 paths, not the disk. Throughput is samples/s over ``batches`` random batches; ratios are relative
 to the ``.npy`` memmap.
@@ -84,10 +88,11 @@ def _write_layouts(root: Path, data: np.ndarray, p: dict[str, Any]) -> dict[str,
     return {"zarr": arr, "npy": root / "latents.npy", "shards": shards}
 
 
-def _training_reads(arr: Any, p: dict[str, Any]) -> tuple[dict[str, Callable[[], None]], float]:
+def _training_reads(arr: Any, p: dict[str, Any]) -> tuple[dict[str, Callable[[], int]], float]:
     """Our read paths (chunk buffer, runs, in memory) over one sampler; also the load time.
 
     The buffered and in-memory paths are the training stages' own dataset, ``CachedRows``.
+    Each path returns the bytes of the samples it read.
     """
     from repackctl.cache.store import read_blocks
     from repackctl.data.cached import CachedRows
@@ -99,12 +104,15 @@ def _training_reads(arr: Any, p: dict[str, Any]) -> tuple[dict[str, Callable[[],
     every = np.arange(n)
     reader = CachedRows({"mean": arr}, every, p["chunk"], in_memory=False, buffer_chunks=32)
 
-    def ours_buffer() -> None:
+    def ours_buffer() -> int:
+        read = 0
         for _ in range(nb):
             idx, state["pos"] = sampler.take(state["pos"], batch)
-            _ = reader.take("mean", idx)
+            read += reader.take("mean", idx).nbytes  # (B, F, d, h, w)
+        return read
 
-    def ours_runs() -> None:
+    def ours_runs() -> int:
+        read = 0
         for _ in range(nb):
             idx, state["pos"] = sampler.take(state["pos"], batch)
             order = np.argsort(idx, kind="stable")
@@ -112,23 +120,30 @@ def _training_reads(arr: Any, p: dict[str, Any]) -> tuple[dict[str, Callable[[],
             parts = [blk for _, blk in read_blocks(arr, srt, p["chunk"])]
             out = np.empty((batch, *p["shape"]), np.float16)
             out[order] = np.concatenate(parts)  # back into the sampler's order
+            read += out.nbytes
+        return read
 
     t0 = time.perf_counter()
     in_mem = CachedRows({"mean": arr}, every, p["chunk"], in_memory=True)
     load_s = time.perf_counter() - t0
 
-    def ours_memory() -> None:
+    def ours_memory() -> int:
+        read = 0
         for _ in range(nb):
             idx, state["pos"] = sampler.take(state["pos"], batch)
-            _ = in_mem.take("mean", idx)
+            read += in_mem.take("mean", idx).nbytes
+        return read
 
     return {"buffer": ours_buffer, "runs": ours_runs, "memory": ours_memory}, load_s
 
 
 def _random_reads(
     stores: dict[str, Any], rng: np.random.Generator, p: dict[str, Any]
-) -> dict[str, Callable[[], None]]:
-    """The usual read paths in random batches: Zarr per sample, .npy memmap, safetensors."""
+) -> dict[str, Callable[[], int]]:
+    """The usual read paths in random batches: Zarr per sample, .npy memmap, safetensors.
+
+    Each path returns the bytes of the samples it read.
+    """
     from safetensors import safe_open
 
     n, batch, nb, per = p["n"], p["batch"], p["batches"], p["st_shard"]
@@ -138,25 +153,37 @@ def _random_reads(
     def random_batches() -> list[np.ndarray]:
         return [rng.choice(n, batch, replace=False) for _ in range(nb)]
 
-    def zarr_random() -> None:
-        for idx in random_batches():
-            _ = np.stack([arr[int(i)] for i in idx])
+    def zarr_random() -> int:
+        return sum(np.stack([arr[int(i)] for i in idx]).nbytes for idx in random_batches())
 
-    def npy_memmap() -> None:
-        for idx in random_batches():
-            _ = np.asarray(mm[np.sort(idx)])
+    def npy_memmap() -> int:
+        return sum(np.asarray(mm[np.sort(idx)]).nbytes for idx in random_batches())
 
-    def safetensors_shards() -> None:
+    def safetensors_shards() -> int:
+        read = 0
         for idx in random_batches():
             rows = []
             for i in idx:
                 s, j = divmod(int(i), per)
-                key = "latents_flip" if rng.random() < 0.5 else "latents"
                 with safe_open(str(stores["shards"][s]), framework="np") as f:
-                    rows.append(f.get_slice(key)[j : j + 1])
-            _ = np.concatenate(rows)
+                    flips = [f.get_slice(k)[j : j + 1] for k in ("latents", "latents_flip")]
+                rows.append(np.stack(flips, axis=1))  # (1, F, d, h, w), as the other layouts
+            read += np.concatenate(rows).nbytes
+        return read
 
     return {"zarr": zarr_random, "npy": npy_memmap, "safetensors": safetensors_shards}
+
+
+def _read_row(case: str, fn: Callable[[], int], ctx: BenchContext, **kw: Any) -> Row:
+    """A timed ``read`` row that also records the bytes one call read (``bytes_per_call``)."""
+    read = {"bytes": 0}
+
+    def call() -> None:
+        read["bytes"] = fn()
+
+    row = timed_row("read", case, call, ctx, **kw)
+    row.extra["bytes_per_call"] = int(read["bytes"])
+    return row
 
 
 def run(ctx: BenchContext) -> tuple[list[Row], dict[str, Any], list[str]]:
@@ -174,13 +201,13 @@ def run(ctx: BenchContext) -> tuple[list[Row], dict[str, Any], list[str]]:
         others = _random_reads(stores, rng, p)
         ours, load_s = _training_reads(stores["zarr"], p)
         rows = [
-            timed_row("read", "npy memmap", others["npy"], ctx, baseline=True, **kw),
-            timed_row("read", "zarr chunk buffer (ours, training path)", ours["buffer"], ctx, **kw),
-            timed_row("read", "zarr runs, no buffer (train.latents path)", ours["runs"], ctx, **kw),
-            timed_row("read", "zarr in memory (ours)", ours["memory"], ctx,
+            _read_row("npy memmap", others["npy"], ctx, baseline=True, **kw),
+            _read_row("zarr chunk buffer (ours, training path)", ours["buffer"], ctx, **kw),
+            _read_row("zarr runs, no buffer (train.latents path)", ours["runs"], ctx, **kw),
+            _read_row("zarr in memory (ours)", ours["memory"], ctx,
                       note=f"one-off load {load_s:.2f} s", **kw),
-            timed_row("read", "zarr random samples", others["zarr"], ctx, **kw),
-            timed_row("read", "safetensors shards (LightningDiT)", others["safetensors"], ctx,
+            _read_row("zarr random samples", others["zarr"], ctx, **kw),
+            _read_row("safetensors shards (LightningDiT)", others["safetensors"], ctx,
                       **kw),
         ]  # fmt: skip
         rows[3].extra["load_s"] = load_s

@@ -18,8 +18,28 @@ from repackctl.cache.store import (
     WRITTEN,
     ArrayGroup,
     DatasetEntry,
+    features_precision,
     open_root,
 )
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with an entry, as `cache verify` prints it.
+
+    ``fix`` is set for a *lasting* problem, one that `verify --repair` and a rerun of the command
+    that wrote the rows leave as it is (NaN/inf rows, wrong shapes): it names what does fix it.
+    """
+
+    text: str
+    fix: str | None = None
+
+    @property
+    def lasting(self) -> bool:
+        return self.fix is not None
+
+    def __str__(self) -> str:
+        return self.text
 
 
 @dataclass
@@ -102,92 +122,130 @@ def _scan_finite(arr, done: np.ndarray, block: int) -> int:
     return bad
 
 
-def verify_entry(entry: DatasetEntry, found: list | None = None) -> list[str]:
+def verify_entry(entry: DatasetEntry, found: list | None = None) -> list[Problem]:
     """Problems found in ``entry`` (empty list = healthy).
 
-    ``found`` (the result of ``scan_chunks``) is computed here when not given.
+    ``found`` (the result of ``scan_chunks``) is computed here when not given. Damaged chunks
+    come first; `verify --repair` fixes them, not the lasting problems (``Problem.fix``).
     """
     found = scan_chunks(entry) if found is None else found
-    problems = [str(d) for _, d in found]
+    problems = [Problem(str(d)) for _, d in found]
     try:
         return problems + _verify_arrays(entry)
     except Exception as e:  # an unreadable array not caught above: report, never a traceback
-        return [*problems, f"unreadable: {type(e).__name__}: {e}"]
+        return [*problems, Problem(f"unreadable: {type(e).__name__}: {e}", rewrite(entry, ""))]
 
 
-def _verify_arrays(entry: DatasetEntry) -> list[str]:
-    problems: list[str] = []
+def left_after_repair(entry: DatasetEntry, problems: list[Problem]) -> list[Problem]:
+    """The lasting problems still there after ``repair_rows``.
+
+    Re-checked only when there were some: rows that the repair marked pending are no longer
+    read, so NaN rows inside a repaired shard are rewritten by the rerun and no longer count.
+    """
+    if not any(p.lasting for p in problems):
+        return []
+    return [p for p in verify_entry(entry) if p.lasting]
+
+
+def rewrite(entry: DatasetEntry, path: str) -> str:
+    """The commands that write the group at ``path`` (the entry itself when empty) anew."""
+    kind, _, name = path.partition("/")
+    only = f" --{kind} {name}" if path else ""
+    return f"`repackctl cache rm {entry.name}{only} --yes`, then {producer(entry, path)}"
+
+
+def _nonfinite_fix(entry: DatasetEntry, path: str) -> str:
+    """What rewrites NaN/inf rows: `--repair` does not (their chunks read fine)."""
+    fix = f"`--repair` leaves NaN/inf rows as they are: {rewrite(entry, path)}"
+    if path.startswith("features/"):
+        precision = features_precision(entry.group[path].attrs)
+        if precision != "fp32":
+            fix += f" with `--precision fp32` (they were computed in {precision})"
+    return fix
+
+
+def _verify_arrays(entry: DatasetEntry) -> list[Problem]:
+    problems: list[Problem] = []
     n, r = entry.n, entry.resolution
     expect = {"images": (n, r, r, 3), "labels": (n,), "keys": (n,), "done": (n,)}
+    anew = rewrite(entry, "")
     for name, shape in expect.items():
         if name not in entry.group:
-            problems.append(f"{name}: missing")
+            problems.append(Problem(f"{name}: missing", anew))
         elif tuple(entry.group[name].shape) != shape:
-            problems.append(f"{name}: shape {entry.group[name].shape} != {shape}")
+            problems.append(Problem(f"{name}: shape {entry.group[name].shape} != {shape}", anew))
     if problems:
         return problems
     done, _ = read_done(entry.done, "done")
     c = _counts(done)
+    texts: list[str] = []  # problems that resuming the extract fixes
     if c["pending"]:
-        problems.append(f"{c['pending']} of {n} samples not written (resume with the same extract)")
+        texts.append(f"{c['pending']} of {n} samples not written (resume with the same extract)")
     attrs = entry.attrs
     if attrs.get("complete") and c["pending"]:
-        problems.append("attributes say complete but samples are pending")
+        texts.append("attributes say complete but samples are pending")
     if "written" in attrs and attrs["written"] != c["written"]:
-        problems.append(f"attributes count {attrs['written']} written, arrays have {c['written']}")
+        texts.append(f"attributes count {attrs['written']} written, arrays have {c['written']}")
     if attrs.get("num_skipped", 0) != c["skipped"]:
-        problems.append(
+        texts.append(
             f"attributes list {attrs.get('num_skipped', 0)} skipped, done has {c['skipped']}"
         )
+    problems += [Problem(t) for t in texts]
     labels = entry.labels[:]
     k = int(attrs.get("num_classes", 0))
     ok = done == WRITTEN
     if k and ((labels[ok] < 0) | (labels[ok] >= k)).any():
-        problems.append(f"labels outside [0, {k})")
+        problems.append(Problem(f"labels outside [0, {k})", anew))
     for fid in entry.feature_ids():
         g = entry.features(fid)
-        problems += [f"features/{fid}: {p}" for p in _verify_group(g, entry, done, "tokens")]
+        problems += _verify_group(g, entry, done, "tokens", f"features/{fid}")
     for lid in entry.latent_ids():
         g = entry.latents(lid)
-        problems += [f"latents/{lid}: {p}" for p in _verify_group(g, entry, done, None)]
+        problems += _verify_group(g, entry, done, None, f"latents/{lid}")
     for tid in entry.text_ids():
         g = ArrayGroup(entry.group["text"][tid])
-        problems += [f"text/{tid}: {p}" for p in _verify_group(g, entry, done, None)]
+        problems += _verify_group(g, entry, done, None, f"text/{tid}")
     for name in entry.incomplete_groups():
-        problems.append(f"{name}: incomplete (its creation was interrupted; rerun the command)")
+        problems.append(
+            Problem(f"{name}: incomplete (its creation was interrupted; rerun the command)")
+        )
     return problems
 
 
 def _verify_group(
-    g: ArrayGroup, entry: DatasetEntry, img_done: np.ndarray, main: str | None
-) -> list[str]:
-    problems: list[str] = []
+    g: ArrayGroup, entry: DatasetEntry, img_done: np.ndarray, main: str | None, path: str
+) -> list[Problem]:
+    """Problems of the group at ``path``, each prefixed with that path."""
+    problems: list[Problem] = []
     fdone, _ = read_done(g.done, "done")
     c = _counts(fdone)
     if c["pending"]:
-        problems.append(f"{c['pending']} samples pending")
+        problems.append(Problem(f"{path}: {c['pending']} samples pending"))
     if ((fdone == WRITTEN) & (img_done != WRITTEN)).any():
-        problems.append("samples written here whose images are not written")
+        problems.append(Problem(f"{path}: samples written here whose images are not written"))
     attrs = g.attrs
     if main == "tokens":
         t = g["tokens"]
         want = (entry.n, attrs.get("flips"), attrs.get("tokens"), attrs.get("dim"))
         if tuple(t.shape) != want:
-            problems.append(f"tokens shape {tuple(t.shape)} != attributes {want}")
+            text = f"{path}: tokens shape {tuple(t.shape)} != attributes {want}"
+            problems.append(Problem(text, rewrite(entry, path)))
         enc = attrs.get("encoder", {})
         if enc and (enc.get("grid", 0) ** 2 != t.shape[2] or enc.get("dim") != t.shape[3]):
-            problems.append("tokens do not match the encoder spec (grid/dim)")
+            text = f"{path}: tokens do not match the encoder spec (grid/dim)"
+            problems.append(Problem(text, rewrite(entry, path)))
     for name, arr in g.group.arrays():
         if name == "done" or arr.dtype.kind != "f":
             continue
         if name in TEXT_NULL_ARRAYS:  # one value for the whole group, not sample-indexed
             bad = _scan_finite(arr, np.ones(arr.shape[0], np.uint8), arr.shape[0])
             if bad:
-                problems.append(f"{name}: NaN/inf")
+                problems.append(Problem(f"{path}: {name}: NaN/inf", _nonfinite_fix(entry, path)))
             continue
         bad = _scan_finite(arr, fdone, entry.shard)
         if bad:
-            problems.append(f"{name}: {bad} samples with NaN/inf")
+            text = f"{path}: {name}: {bad} samples with NaN/inf"
+            problems.append(Problem(text, _nonfinite_fix(entry, path)))
     return problems
 
 

@@ -109,7 +109,8 @@ def verify(
         typer.Option(
             "--repair",
             help="Mark the rows of missing, truncated or corrupt chunks pending, so that "
-            "rerunning the command that wrote them rewrites them.",
+            "rerunning the command that wrote them rewrites them. NaN/inf rows are not "
+            "rewritten: the error names the commands that are.",
         ),
     ] = False,
     cache: CacheOpt = None,
@@ -117,19 +118,30 @@ def verify(
 ) -> None:
     """Read every chunk of every done row; check shapes, done counts, NaN/inf and attributes.
 
+    Exits non-zero while any entry has a problem that `--repair` does not fix (NaN/inf rows,
+    wrong shapes); the hint names what does.
+
     Example: `repackctl cache verify builtin--train--64px --repair`
     """
     from repackctl.cache.store import DatasetEntry, list_entries
-    from repackctl.cache.verify import producers, repair_rows, scan_chunks, verify_entry
-    from repackctl.errors import CacheError
+    from repackctl.cache.verify import (
+        Problem,
+        left_after_repair,
+        producers,
+        repair_rows,
+        scan_chunks,
+        verify_entry,
+    )
 
     root = _root(cache, config)
     names = [entry] if entry else list_entries(root, "all")
-    bad = repaired = 0
+    bad, fixes, repairable = 0, [], False
     for name in names:
         found = []
         if name in list_entries(root, "incomplete"):
-            problems = ["incomplete: its creation was interrupted (rerun the same extract)"]
+            problems = [
+                Problem("incomplete: its creation was interrupted (rerun the same extract)")
+            ]
         else:
             e = DatasetEntry.open(root, name)
             found = scan_chunks(e)
@@ -138,21 +150,36 @@ def verify(
             err_console.print(f"[red]✗[/] {name}: {p}", highlight=False)
         if not problems:
             console.print(f"[green]✓[/] {name}: ok", highlight=False)
-        elif repair and found:
+            continue
+        if repair and found:
             rows = repair_rows(e, found)
             console.print(f"repaired {name}: {rows} rows marked pending; now run", highlight=False)
             for cmd in producers(e, found):
                 console.print(f"  {cmd}", highlight=False)
-            repaired += 1
-        else:
-            bad += 1
+            problems = left_after_repair(e, problems)
+            for p in problems:
+                err_console.print(f"[red]✗[/] {name}: not repaired: {p}", highlight=False)
+            if not problems:
+                continue
+        bad += 1
+        fixes += [p.fix for p in problems if p.fix and p.fix not in fixes]
+        repairable = repairable or any(not p.lasting for p in problems)
     if bad:
-        raise CacheError(
-            f"{bad} of {len(names)} entries have problems",
+        _refuse(bad, len(names), fixes, repairable)
+
+
+def _refuse(bad: int, total: int, fixes: list[str], repairable: bool) -> None:
+    """The error of `cache verify`: what fixes each kind of problem that is left."""
+    from repackctl.errors import CacheError
+
+    hints = list(fixes)
+    if repairable:
+        hints.append(
             "`repackctl cache verify --repair` marks damaged rows pending; then rerun the "
             "extract / pack encode / captions that wrote them (it resumes), or `repackctl cache "
-            "rm` them",
+            "rm` them"
         )
+    raise CacheError(f"{bad} of {total} entries have problems", "; ".join(hints))
 
 
 @app.command("rm")

@@ -1,0 +1,101 @@
+"""`cache verify --repair` exits non-zero while a problem it does not fix is left (NaN/inf rows
+outside the repaired shards), and its hint names the commands that do fix it."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import one_torch_thread, use_sandbox
+from typer.testing import CliRunner
+
+from repackctl.cache.store import DatasetEntry, list_entries
+from repackctl.cli.app import app
+
+runner = CliRunner()
+EXTRACT = ["extract", "--encoder", "patchpix", "--num", "24", "--resolution", "32"]
+EXTRACT += ["--shard", "8", "--chunk", "4", "--batch-size", "4"]
+
+
+@pytest.fixture(scope="module")
+def extracted(tmp_path_factory) -> Path:
+    """A healthy 24-sample cache of three 8-row shards."""
+    tmp = tmp_path_factory.mktemp("extracted")
+    with pytest.MonkeyPatch.context() as mp, one_torch_thread():
+        use_sandbox(mp, tmp)
+        res = runner.invoke(app, EXTRACT)
+        assert res.exit_code == 0, res.output
+    return tmp / "cache"
+
+
+def _damaged(extracted: Path, tmp_path: Path, nan_rows: slice) -> tuple[DatasetEntry, str]:
+    """A copy with image shard 0 lost and ``nan_rows`` of the tokens set to NaN (readable chunks
+    with valid checksums: only the NaN scan sees them). Returns the entry and its features id."""
+    shutil.copytree(extracted, tmp_path / "cache")
+    root = str(tmp_path / "cache")
+    (name,) = list_entries(root)
+    entry = DatasetEntry.open(root, name)
+    (fid,) = entry.feature_ids()
+    tokens = entry.features(fid)["tokens"]
+    rows = tokens[nan_rows]
+    rows[:] = np.nan
+    tokens[nan_rows] = rows
+    (shard0,) = [
+        p for p in (tmp_path / "cache" / name / "images" / "c" / "0").rglob("*") if p.is_file()
+    ]
+    shard0.unlink()
+    return entry, fid
+
+
+def _flat(res) -> str:
+    """CLI output with Rich's line wrapping undone."""
+    return " ".join(res.output.split())
+
+
+def _extract_again() -> None:
+    with one_torch_thread():
+        res = runner.invoke(app, EXTRACT)
+    assert res.exit_code == 0, res.output
+
+
+def test_nan_rows_outside_the_repaired_shard_keep_the_exit_non_zero(tmp_path, extracted):
+    entry, fid = _damaged(extracted, tmp_path, slice(16, 18))
+    res = runner.invoke(app, ["cache", "verify", entry.name, "--repair"])
+    out = _flat(res)
+    assert res.exit_code == 6 and "Traceback" not in out, res.output
+    assert "repaired" in out and "8 rows marked pending" in out, out
+    assert "not repaired: features/" in out and "2 samples with NaN/inf" in out, out
+    rm = f"repackctl cache rm {entry.name} --features {fid} --yes"
+    assert f"Hint: `--repair` leaves NaN/inf rows as they are: `{rm}`" in out, out
+    assert "repackctl extract --encoder patchpix" in out, out
+    assert "`repackctl cache verify --repair` marks" not in out, out  # it does not fix NaN rows
+    # the hint's commands do fix it
+    res = runner.invoke(app, ["cache", "rm", entry.name, "--features", fid, "--yes"])
+    assert res.exit_code == 0, res.output
+    _extract_again()
+    res = runner.invoke(app, ["cache", "verify"])
+    assert res.exit_code == 0 and "ok" in res.output, res.output
+    assert np.isfinite(entry.features(fid)["tokens"][:].astype(np.float32)).all()
+
+
+def test_nan_rows_inside_the_repaired_shard_are_rewritten_by_the_rerun(tmp_path, extracted):
+    entry, fid = _damaged(extracted, tmp_path, slice(2, 4))
+    res = runner.invoke(app, ["cache", "verify", entry.name, "--repair"])
+    assert res.exit_code == 0 and "8 rows marked pending" in _flat(res), res.output
+    assert "not repaired" not in res.output, res.output
+    _extract_again()
+    res = runner.invoke(app, ["cache", "verify"])
+    assert res.exit_code == 0 and "ok" in res.output, res.output
+    assert np.isfinite(entry.features(fid)["tokens"][:].astype(np.float32)).all()
+
+
+def test_without_repair_the_hint_names_both_fixes(tmp_path, extracted):
+    entry, fid = _damaged(extracted, tmp_path, slice(16, 18))
+    res = runner.invoke(app, ["cache", "verify"])
+    out = _flat(res)
+    assert res.exit_code == 6 and "Traceback" not in out, res.output
+    assert "images: missing chunk" in out and "2 samples with NaN/inf" in out, out
+    assert f"repackctl cache rm {entry.name} --features {fid} --yes" in out, out
+    assert "`repackctl cache verify --repair` marks damaged rows pending" in out, out
