@@ -9,24 +9,22 @@ import torch
 from torch import Tensor
 
 from repackctl.pack.load import denormalise
+from repackctl.runtime import amp_autocast
 from repackctl.sample.plan import OFFICIAL_VELOCITY, GenerationPlan, index_generators, initial_noise
 from repackctl.transport.guidance import AutoGuidance, ClassifierFreeGuidance
 from repackctl.transport.samplers import VelocityFn, sample
 
 
 def model_velocity(
-    model: torch.nn.Module,
-    extra: dict[str, Any],
-    autocast: bool,
-    dtype: torch.dtype = torch.bfloat16,
+    model: torch.nn.Module, extra: dict[str, Any], precision: str = "fp32"
 ) -> VelocityFn:
     """The DiT as a ``VelocityFn`` in our convention (wrapping official-convention models),
-    autocast to ``dtype`` when ``autocast``."""
+    autocast to ``precision`` (``runtime.amp_autocast``; fp32: none)."""
     official = extra.get("velocity_convention") == OFFICIAL_VELOCITY
-    device_type = next(model.parameters()).device.type
+    device = next(model.parameters()).device
 
     def f(x: Tensor, t: Tensor, y: Tensor | None) -> Tensor:
-        with torch.autocast(device_type, dtype=dtype, enabled=autocast):
+        with amp_autocast(precision, device):
             if official:
                 # theirs: τ = 1 − t (τ = 1 data) and v_theirs = x − ε = −v_ours
                 return -model(x, 1.0 - t, y).float()  # (B, d, h, w)

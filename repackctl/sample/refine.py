@@ -91,6 +91,7 @@ class ApplyResult:
 def _regenerate(protocol: dict[str, Any], runs: str, indices: list[int], device) -> Tensor:
     """Raw latents of ``indices`` recomputed from the DiT named in the folder's protocol."""
     from repackctl.dit.load import load_dit_for_sampling
+    from repackctl.runtime import check_precision
     from repackctl.sample.generate import generate_raw_latents, guided_velocity, model_velocity
     from repackctl.sample.plan import plan_from_protocol
 
@@ -106,7 +107,10 @@ def _regenerate(protocol: dict[str, Any], runs: str, indices: list[int], device)
             "sample again, or keep latents.npy beside the samples",
         )
     plan = plan_from_protocol(protocol)
-    fn = model_velocity(dit.model.to(device).eval(), dit.extra, autocast=False)
+    # the precision the samples were made in, so the latents are those that made the images
+    precision = protocol.get("precision", "fp32")
+    check_precision(precision, device, "the regenerated latents")
+    fn = model_velocity(dit.model.to(device).eval(), dit.extra, precision)
     velocity = guided_velocity(fn, plan, int(dit.extra["num_classes"]), None)
     labels = np.asarray(protocol["labels"], dtype=np.int64)
     with torch.no_grad():

@@ -50,7 +50,6 @@ from repackctl.paths import PROTOCOL_JSON, SETTINGS_JSON, local_path, run_root_o
 from repackctl.progress import ProgressFactory, null_progress
 from repackctl.runs import chained_run
 from repackctl.runtime import (
-    AMP_DTYPES,
     DistInfo,
     amp_autocast,
     check_precision,
@@ -138,10 +137,9 @@ def run_sample(
         )
     device = resolve_device(settings.device, dist.local_rank)
     check_precision(settings.precision, device, "the samples")  # before anything is written
-    autocast = settings.precision != "fp32"  # on any device that supports it
     dit = load_dit_for_sampling(settings.runs, cfg.run, cfg.checkpoint, cfg.weights)
     plan = resolve_plan(cfg, read_sampling_defaults(Path(dit.checkpoint)))
-    velocity, guide_info, nfe = _velocity(settings, dit, plan, device, autocast)
+    velocity, guide_info, nfe = _velocity(settings, dit, plan, device)
     pack = load_decoder(settings.runs, dit.extra)
     refiner = None
     if cfg.refiner:
@@ -159,7 +157,7 @@ def run_sample(
     folder = _claim(settings, dit, plan, guide_info, refiner)
     header = run_header(dist, device, settings.precision, "settings", settings.seed)
     job = _Job(settings, plan, dit.extra, labels, velocity, pack.model.to(device).eval(), refiner,
-               folder, device, autocast, header)  # fmt: skip
+               folder, device, header)  # fmt: skip
     written, already, seconds = _generate(job, dist, progress, run_root_of(ckpt).name)
     dist.barrier()
     protocol = _protocol(job, nfe, ckpt, dit.sha256, pack, guide_info)
@@ -197,13 +195,12 @@ def _canonical_labels(settings: Settings) -> Settings:
     return settings.model_copy(update={"sample": cfg.model_copy(update={"labels": labels})})
 
 
-def _velocity(settings: Settings, dit: Any, plan: Any, device: Any, autocast: bool):
+def _velocity(settings: Settings, dit: Any, plan: Any, device: Any):
     """(guided velocity, guide card, network evaluations per sample) of the run (+ its guide)."""
     cfg, extra = settings.sample, dit.extra
     if plan.legacy_channels and cfg.guide:
         raise ConfigError("legacy CFG channels do not apply to autoguidance", "drop --cfg-channels")
-    dtype = AMP_DTYPES.get(settings.precision, torch.bfloat16)
-    main_fn = model_velocity(dit.model.to(device).eval(), extra, autocast, dtype)
+    main_fn = model_velocity(dit.model.to(device).eval(), extra, settings.precision)
     guide_fn = guide_info = None
     if cfg.guide:
         guide = load_dit_for_sampling(settings.runs, cfg.guide, cfg.guide_checkpoint, cfg.weights)
@@ -213,7 +210,7 @@ def _velocity(settings: Settings, dit: Any, plan: Any, device: Any, autocast: bo
                 "the guide model was trained on other latents than the main model",
                 "autoguidance needs a weaker DiT of the same pack model and latent shape",
             )
-        guide_fn = model_velocity(guide.model.to(device).eval(), guide.extra, autocast, dtype)
+        guide_fn = model_velocity(guide.model.to(device).eval(), guide.extra, settings.precision)
         guide_info = {"checkpoint": str(guide.checkpoint), "sha256": guide.sha256}
     velocity = guided_velocity(main_fn, plan, int(extra["num_classes"]), guide_fn)
     return velocity, guide_info, network_evaluations(plan.spec, plan, guide_fn is not None)
@@ -272,7 +269,6 @@ class _Job:
     refiner: Any
     folder: Path
     device: Any
-    autocast: bool
     header: dict[str, Any]  # the run header (world size, device, precision, seed, version)
 
 

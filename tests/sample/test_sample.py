@@ -165,8 +165,8 @@ def test_official_convention_is_wrapped() -> None:
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
     x, t, y = torch.randn(3, 4, 4, 4), torch.tensor([0.1, 0.5, 0.9]), torch.tensor([0, 1, 2])
-    ours = model_velocity(model, {}, autocast=False)
-    theirs = model_velocity(model, {"velocity_convention": "official"}, autocast=False)
+    ours = model_velocity(model, {})
+    theirs = model_velocity(model, {"velocity_convention": "official"})
     with torch.no_grad():
         torch.testing.assert_close(ours(x, t, y), model(x, t, y))
         torch.testing.assert_close(theirs(x, t, y), -model(x, 1 - t, y))
