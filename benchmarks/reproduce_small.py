@@ -428,7 +428,7 @@ class Study(Pipeline):
         plan = resolve_plan(s.sample, {})
         classes = int(dit.extra["num_classes"])
         velocity = guided_velocity(
-            model_velocity(dit.model.to(dev), dit.extra, False), plan, classes, None
+            model_velocity(dit.model.to(dev), dit.extra), plan, classes, None
         )
         labels = make_labels(s.sample.num, classes, s.sample.labels, s.seed)
         out = []
