@@ -11,11 +11,13 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from support.snapshot import assert_scored, snapshot
 from typer.testing import CliRunner
 
 from repackctl.cli.app import app
 from repackctl.demo import DEMO_FILES, DemoPlan, run_dit_seed, solo_threads
 from repackctl.errors import ConfigError
+from repackctl.files import sha256_file
 from repackctl.pipeline import MARKER, claim_folder
 
 runner = CliRunner()
@@ -35,6 +37,13 @@ def test_demo_end_to_end_reuse_and_fresh(tmp_path):
     assert "FD (built-in encoder space)" in report and "| total |" not in report  # bold total row
     assert "**total**" in report and "top-1" in report
     metrics = first = json.loads((out / "metrics.json").read_text())
+    # metrics.json names what was scored, with the sha256 of the files as they are
+    assert_scored(metrics["scored_plain"], "dit--")
+    assert_scored(metrics["scored_refined"], "dit--")
+    assert metrics["scored_plain"]["refiner"] is None
+    refiner = metrics["scored_refined"]["refiner"]
+    assert refiner["sha256"] == sha256_file(Path(refiner["checkpoint"]) / "ema.safetensors")
+    assert "scored_pca" not in metrics  # no PCA arm was run
     for key in ("fd_plain", "fd_refined", "class_accuracy", "recon_ssim", "refined_ssim"):
         assert math.isfinite(metrics[key]), key
     for key in ("fd_real", "fd_decoder", "colour_plain", "colour_refined", "colour_real"):
@@ -83,6 +92,15 @@ def test_demo_end_to_end_reuse_and_fresh(tmp_path):
 
     _seed_spread(out, tmp_path)
     _pca_arm(out)
+
+    # a file of the user's in one of the demo's folders: `--fresh` refuses, removing nothing
+    (out / "dit" / "notes.txt").write_text("mine")
+    before = snapshot(out)
+    res = runner.invoke(app, ["demo", "--quick", "--out", str(out), "--fresh"])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "Error:" in res.output and "notes.txt" in res.output
+    assert snapshot(out) == before
+    (out / "dit" / "notes.txt").unlink()
 
     # --fresh starts over: it removes every entry the demo wrote (and only those: the folder
     # rule itself is tested in test_pipeline.py), so the next run recomputes every stage

@@ -1,40 +1,22 @@
 """`repackctl demo --fresh` deletes only what the demo wrote: a file of the user's anywhere in the
-demo's folders makes it refuse, naming the file and removing nothing. And the demos' metrics.json
-names what was scored (samples.npz, checkpoint) with its sha256."""
+demo's folders makes it refuse, naming the file and removing nothing. (Through the command, on a
+finished demo, with metrics.json naming what was scored: tests/test_demo.py, test_demo_t2i.py.)"""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from support.snapshot import snapshot
 
-from repackctl.cli.app import app
 from repackctl.errors import ConfigError
-from repackctl.files import sha256_file
 from repackctl.pipeline import MARKER, claim_folder, unknown_paths
 from repackctl.settings import resolve_settings
 
-runner = CliRunner()
 PACK, DIT = "pack-tiny", "dit-tiny"  # the run names of support.stack.make_dit_run
 OWNED = ("cache", PACK, DIT, "samples", "report.md", "metrics.json")
-
-
-def _snapshot(root: Path) -> dict[str, bytes | str]:
-    """Every path below ``root``: file contents, link targets, folders."""
-    snap: dict[str, bytes | str] = {}
-    for p in sorted(root.rglob("*")):
-        rel = str(p.relative_to(root))
-        if p.is_symlink():
-            snap[rel] = "link → " + os.readlink(p)
-        elif p.is_file():
-            snap[rel] = p.read_bytes()
-        else:
-            snap[rel] = "folder"
-    return snap
 
 
 @pytest.fixture(scope="module")
@@ -110,13 +92,13 @@ def test_a_user_file_in_an_owned_folder_refuses_fresh_and_nothing_is_removed(dem
     mine = PLACES[place](demo)
     mine.parent.mkdir(parents=True, exist_ok=True)
     mine.write_text("mine")
-    before = _snapshot(demo)
+    before = snapshot(demo)
     removed: list[str] = []
     with pytest.raises(ConfigError) as e:
         claim_folder(demo, "demo", OWNED, fresh=True, log=removed.append)
     assert str(mine) in e.value.message and "nothing was removed" in e.value.message
     assert "move them out of" in e.value.hint
-    assert removed == [] and _snapshot(demo) == before
+    assert removed == [] and snapshot(demo) == before
 
 
 def test_links_and_foreign_folders_at_owned_names_refuse_fresh(demo, tmp_path):
@@ -127,13 +109,13 @@ def test_links_and_foreign_folders_at_owned_names_refuse_fresh(demo, tmp_path):
     (demo / "report.md").unlink()
     (demo / "report.md").mkdir()  # a folder where the demo writes a file
     (demo / "report.md" / "draft.txt").write_text("mine")
-    before = _snapshot(demo)
+    before = snapshot(demo)
     with pytest.raises(ConfigError) as e:
         claim_folder(demo, "demo", OWNED, fresh=True, log=lambda _: None)
     assert "2 path(s)" in e.value.message
     assert str(demo / "samples" / "link") in e.value.message
     assert str(demo / "report.md") in e.value.message
-    assert _snapshot(demo) == before and (elsewhere / "keep.txt").read_text() == "mine"
+    assert snapshot(demo) == before and (elsewhere / "keep.txt").read_text() == "mine"
 
 
 def test_temporaries_a_killed_writer_leaves_are_the_pipelines_own(demo):
@@ -145,70 +127,3 @@ def test_temporaries_a_killed_writer_leaves_are_the_pipelines_own(demo):
     assert [p for name in OWNED for p in unknown_paths(demo, name)] == []
     claim_folder(demo, "demo", OWNED, fresh=True, log=lambda _: None)
     assert [p.name for p in demo.iterdir()] == [MARKER]
-
-
-def _assert_scored(record: dict, folder_prefix: str) -> None:
-    """``record`` names a samples.npz and the checkpoint that made it, with their true sha256."""
-    npz = Path(record["samples"])
-    assert npz.name == "samples.npz" and npz.parent.name.startswith(folder_prefix)
-    assert record["samples_sha256"] == sha256_file(npz)
-    weights = Path(record["checkpoint"]) / f"{record['weights']}.safetensors"
-    assert record["checkpoint_sha256"] == sha256_file(weights)
-
-
-@pytest.mark.slow
-def test_t2i_demo_fresh_keeps_a_users_file_and_metrics_name_what_was_scored(tmp_path):
-    out = tmp_path / "demo-t2i"
-    args = ["demo", "--t2i", "--quick", "--out", str(out)]
-    res = runner.invoke(app, args)
-    assert res.exit_code == 0, res.output
-    m = json.loads((out / "metrics.json").read_text())
-    _assert_scored(m["scored"], "t2i--")
-    assert m["scored"]["refiner"] is None
-    assert not [p for p in out.iterdir() if p.name.startswith(".tmp-")]  # renamed into place
-
-    # the audit's case: a note in the demo's samples folder
-    (out / "samples" / "my_notes.txt").write_text("mine")
-    before = _snapshot(out)
-    res = runner.invoke(app, [*args, "--fresh"])
-    assert res.exit_code == 2 and "Traceback" not in res.output
-    assert "Error:" in res.output and "Hint:" in res.output and "my_notes.txt" in res.output
-    assert "--fresh: removing" not in res.output
-    assert _snapshot(out) == before
-
-    # moved away, --fresh starts over and every stage runs again
-    (out / "samples" / "my_notes.txt").rename(tmp_path / "my_notes.txt")
-    res = runner.invoke(app, [*args, "--fresh"])
-    assert res.exit_code == 0, res.output
-    assert "--fresh: removing" in res.output and "] reused" not in res.output
-    again = json.loads((out / "metrics.json").read_text())["scored"]
-    _assert_scored(again, "t2i--")
-    assert again["samples"] == m["scored"]["samples"]
-
-
-@pytest.mark.slow
-def test_class_demo_fresh_keeps_a_users_file_and_metrics_name_what_was_scored(tmp_path):
-    from repackctl.demo import DEMO_FILES
-
-    out = tmp_path / "demo"
-    args = ["demo", "--quick", "--out", str(out)]
-    res = runner.invoke(app, args)
-    assert res.exit_code == 0, res.output
-    m = json.loads((out / "metrics.json").read_text())
-    _assert_scored(m["scored_plain"], "dit--")
-    _assert_scored(m["scored_refined"], "dit--")
-    assert m["scored_plain"]["refiner"] is None
-    refiner = m["scored_refined"]["refiner"]
-    assert refiner["sha256"] == sha256_file(Path(refiner["checkpoint"]) / "ema.safetensors")
-    assert "scored_pca" not in m  # no PCA arm was run
-
-    (out / "dit" / "notes.txt").write_text("mine")
-    before = _snapshot(out)
-    res = runner.invoke(app, [*args, "--fresh"])
-    assert res.exit_code == 2 and "Traceback" not in res.output
-    assert "Error:" in res.output and "notes.txt" in res.output
-    assert _snapshot(out) == before
-
-    (out / "dit" / "notes.txt").unlink()
-    claim_folder(out, "demo", DEMO_FILES, fresh=True, log=lambda _: None)
-    assert [p.name for p in out.iterdir()] == [MARKER]

@@ -1,13 +1,16 @@
-"""`repackctl demo --t2i --quick`: every stage, the labelled prompt grid, finite scores, reuse."""
+"""`repackctl demo --t2i --quick`: every stage, the labelled prompt grid, finite scores, reuse,
+`--fresh` (refused over a file of the user's, then a clean start)."""
 
 from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from support.snapshot import assert_scored, snapshot
 from typer.testing import CliRunner
 
 from repackctl.cli.app import app
@@ -68,3 +71,27 @@ def test_demo_t2i_end_to_end_and_reuse(tmp_path):
     ):
         assert f"[{stage}] reused" in again.output, stage
     assert json.loads((out / "metrics.json").read_text())["shape_accuracy"] == m["shape_accuracy"]
+    _fresh(out, m)
+
+
+def _fresh(out: Path, m: dict) -> None:
+    """metrics.json names what was scored; `--fresh` refuses over a file of the user's in the
+    demo's samples folder, removing nothing, and once it is moved out starts over."""
+    args = ["demo", "--t2i", "--quick", "--out", str(out)]
+    assert_scored(m["scored"], "t2i--")
+    assert m["scored"]["refiner"] is None
+    assert not [p for p in out.iterdir() if p.name.startswith(".tmp-")]  # renamed into place
+    (out / "samples" / "my_notes.txt").write_text("mine")
+    before = snapshot(out)
+    res = runner.invoke(app, [*args, "--fresh"])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "Error:" in res.output and "Hint:" in res.output and "my_notes.txt" in res.output
+    assert "--fresh: removing" not in res.output
+    assert snapshot(out) == before
+    (out / "samples" / "my_notes.txt").rename(out.parent / "my_notes.txt")
+    res = runner.invoke(app, [*args, "--fresh"])
+    assert res.exit_code == 0, res.output
+    assert "--fresh: removing" in res.output and "] reused" not in res.output
+    again = json.loads((out / "metrics.json").read_text())["scored"]
+    assert_scored(again, "t2i--")
+    assert again["samples"] == m["scored"]["samples"]
