@@ -8,6 +8,7 @@ import math
 import os
 import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -86,11 +87,11 @@ def claim_folder(
         try:
             old = json.loads(path.read_text())
         except ValueError:
+            old = None
+        if not isinstance(old, dict):
             old = {"unreadable": str(path)}
-        if old != fingerprint:
-            diff = sorted(
-                k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k)
-            )
+        diff = settings_diff(old, fingerprint)
+        if diff:
             hint = f"{elsewhere}, or delete the folder"
             if diff == ["num"] and isinstance(old.get("num"), int):
                 hint = (
@@ -139,61 +140,60 @@ def assemble(
     return tuple(first.shape)
 
 
-def sample_folder_name(
-    run: str,
-    ckpt: str,
-    plan: GenerationPlan,
-    seed: int,
-    weights: str,
-    refiner: str | None,
-    guide: str | None = None,
-    *,
-    labels: str = "balanced",
-    precision: str = "fp32",
-) -> str:
-    """``<run>--<ckpt>--<sampler>-<steps>--cfg<s>--seed<k>`` (+ ``-raw`` / ``--refine-<name>``).
+@dataclass(frozen=True)
+class FolderKey:
+    """The settings a default samples folder is named after: run, checkpoint, plan, seed,
+    weights (``ema``/``raw``), refiner run, autoguidance guide, label scheme and precision."""
 
-    Every recorded setting that changes the images and differs from its default adds a suffix,
-    so that changing only it gives another folder (a default setting adds nothing, so default
-    names stay as they were): ``-shift<s>`` after the steps; guidance that is not plain CFG on
-    all steps and channels ``-t<lo>-<hi>`` (an interval) and ``-ch<k>`` (legacy channels) after
-    the scale; ``--labels-random`` / ``--labels-3-7`` and ``--bf16`` / ``--fp16`` after the
-    seed; then ``--guide-<run>[-<checkpoint>]`` (autoguidance) and the refiner."""
-    extra = _labels_suffix(labels) + ("" if precision == "fp32" else f"--{precision}")
-    return _name(run, ckpt, plan, seed, weights, refiner, guide, _shift_suffix(plan), extra)
+    run: str
+    ckpt: str
+    plan: GenerationPlan
+    seed: int
+    weights: str
+    refiner: str | None
+    guide: str | None = None
+    labels: str = field(default="balanced", kw_only=True)
+    precision: str = field(default="fp32", kw_only=True)
+
+    def name(self) -> str:
+        """``<run>--<ckpt>--<sampler>-<steps>--cfg<s>--seed<k>`` (+ ``-raw`` / ``--refine-<name>``).
+
+        Every recorded setting that changes the images and differs from its default adds a
+        suffix, so that changing only it gives another folder (a default setting adds nothing,
+        so default names stay as they were): ``-shift<s>`` after the steps; guidance that is not
+        plain CFG on all steps and channels ``-t<lo>-<hi>`` (an interval) and ``-ch<k>`` (legacy
+        channels) after the scale (never at scale 1: they change nothing there);
+        ``--labels-random`` / ``--labels-3-7`` and ``--bf16`` / ``--fp16`` after the seed; then
+        ``--guide-<run>[-<checkpoint>]`` (autoguidance) and the refiner."""
+        plan = self.plan
+        name = f"{self.run}--{self.ckpt}{'' if self.weights == 'ema' else '-raw'}"
+        name += f"--{plan.spec.kind}-{plan.spec.steps}{_shift_suffix(plan)}"
+        name += f"--cfg{plan.cfg:g}{_guidance_suffix(plan)}--seed{self.seed}"
+        name += _labels_suffix(self.labels) + (
+            "" if self.precision == "fp32" else f"--{self.precision}"
+        )
+        if self.guide:
+            name += f"--guide-{self.guide}"
+        if self.refiner:
+            name += refined_suffix(Path(self.refiner).name)
+        return name
+
+    def legacy_name(self) -> str:
+        """The name before shift, labels and precision were in it (see ``resume_folder``): the
+        name of the same settings with those three at their defaults."""
+        unshifted = replace(self.plan, spec=replace(self.plan.spec, shift=1.0))
+        return replace(self, plan=unshifted, labels="balanced", precision="fp32").name()
 
 
-def legacy_sample_folder_name(
-    run: str,
-    ckpt: str,
-    plan: GenerationPlan,
-    seed: int,
-    weights: str,
-    refiner: str | None,
-    guide: str | None = None,
-) -> str:
-    """The name before shift, labels and precision were in it (see ``resume_folder``)."""
-    return _name(run, ckpt, plan, seed, weights, refiner, guide, "", "")
+def sample_folder_name(*key: Any, **options: Any) -> str:
+    """``FolderKey(*key, **options).name()``: the default samples folder of these settings."""
+    return FolderKey(*key, **options).name()
 
 
-def _name(
-    run: str,
-    ckpt: str,
-    plan: GenerationPlan,
-    seed: int,
-    weights: str,
-    refiner: str | None,
-    guide: str | None,
-    sampler_suffix: str,
-    seed_suffix: str,
-) -> str:
-    name = f"{run}--{ckpt}{'' if weights == 'ema' else '-raw'}--{plan.spec.kind}-{plan.spec.steps}"
-    name += f"{sampler_suffix}--cfg{plan.cfg:g}{_guidance_suffix(plan)}--seed{seed}{seed_suffix}"
-    if guide:
-        name += f"--guide-{guide}"
-    if refiner:
-        name += refined_suffix(Path(refiner).name)
-    return name
+def legacy_sample_folder_name(*key: Any, **options: Any) -> str:
+    """``FolderKey(*key, **options).legacy_name()``: its name before shift, labels and
+    precision were in it."""
+    return FolderKey(*key, **options).legacy_name()
 
 
 def _shift_suffix(plan: GenerationPlan) -> str:
@@ -242,7 +242,25 @@ def resume_folder(base: Path, name: str, legacy: str, fingerprint: dict[str, Any
         recorded = json.loads((old / SETTINGS_JSON).read_text())
     except ValueError:
         return new
-    return old if recorded == fingerprint else new
+    return old if isinstance(recorded, dict) and not settings_diff(recorded, fingerprint) else new
+
+
+def settings_diff(recorded: dict[str, Any], fingerprint: dict[str, Any]) -> list[str]:
+    """The keys whose recorded settings differ from ``fingerprint``, sorted.
+
+    Guidance at scale 1 is no guidance: ``cfg`` entries ``[1, lo, hi, …]`` are equal whatever
+    their interval and channels (folders written before those were reset at scale 1 recorded
+    them; they hold the very same images and are resumed, never refused)."""
+    keys = set(recorded) | set(fingerprint)
+    diff = {k for k in keys if recorded.get(k) != fingerprint.get(k)}
+    if "cfg" in diff and _unguided(recorded.get("cfg")) and _unguided(fingerprint.get("cfg")):
+        diff.discard("cfg")
+    return sorted(diff)
+
+
+def _unguided(entry: Any) -> bool:
+    """Whether a recorded ``cfg`` entry ``[scale, lo, hi, …]`` has scale 1."""
+    return isinstance(entry, list) and bool(entry) and entry[0] == 1.0
 
 
 def named_folder(
@@ -255,12 +273,11 @@ def named_folder(
     precision: str = "fp32",
     suffix: str = "",
 ) -> Path:
-    """The samples folder of these settings under ``base``: ``sample_folder_name`` of ``which``
+    """The samples folder of these settings under ``base``: the ``FolderKey`` name of ``which``
     (run, checkpoint, plan, seed, weights, refiner) + ``suffix``, or its legacy name + ``suffix``
     when only that one exists and holds ``fingerprint`` (``resume_folder``)."""
-    name = sample_folder_name(*which, guide, labels=labels, precision=precision) + suffix
-    legacy = legacy_sample_folder_name(*which, guide) + suffix
-    return resume_folder(base, name, legacy, fingerprint)
+    key = FolderKey(*which, guide, labels=labels, precision=precision)
+    return resume_folder(base, key.name() + suffix, key.legacy_name() + suffix, fingerprint)
 
 
 def refined_suffix(refiner_run: str) -> str:

@@ -155,6 +155,8 @@ def resolve_plan(cfg: Any, defaults: dict[str, Any]) -> GenerationPlan:
             f"guidance interval [{values['cfg_t_lo']}, {values['cfg_t_hi']}] is not ordered",
             "our time: 0 data, 1 noise; --cfg-t-hi 0.89 is the official interval start 0.11",
         )
+    if float(values["cfg"]) == 1.0:
+        _without_guidance(values, sources)
     return GenerationPlan(
         spec=spec,
         cfg=float(values["cfg"]),
@@ -163,6 +165,21 @@ def resolve_plan(cfg: Any, defaults: dict[str, Any]) -> GenerationPlan:
         legacy_channels=int(values["cfg_channels"]),
         sources=sources,
     )
+
+
+# the settings that only shape guidance: at scale 1 they change nothing
+GUIDANCE_ONLY = ("cfg_t_lo", "cfg_t_hi", "cfg_channels")
+
+
+def _without_guidance(values: dict[str, Any], sources: dict[str, str]) -> None:
+    """At scale 1 every step is the plain conditional model, whatever the guidance interval and
+    channels: they take their defaults, so the same images get one folder name, fingerprint and
+    card; their sources say they do not apply (and which value was ignored)."""
+    for key in GUIDANCE_ONLY:
+        note = "not applicable at cfg 1"
+        if values[key] != DEFAULTS[key]:
+            note += f" ({sources[key]} {values[key]:g} ignored)"
+        values[key], sources[key] = DEFAULTS[key], note
 
 
 def plan_from_protocol(protocol: dict[str, Any]) -> GenerationPlan:

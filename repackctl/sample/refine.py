@@ -277,6 +277,16 @@ def _move_away_hint(out: Path) -> str:
     )
 
 
+def _generation_diff(done: dict, protocol: dict) -> list[str]:
+    """The generation fields in which two cards differ; at CFG scale 1 (no guidance) the
+    interval and channels change nothing (cards written before they were reset there keep
+    the given ones) and are not compared."""
+    keys = _GENERATION_KEYS
+    if done.get("cfg_scale") == protocol.get("cfg_scale") == 1.0:
+        keys = tuple(k for k in keys if k not in ("cfg_interval", "cfg_legacy_channels"))
+    return [k for k in keys if done.get(k) != protocol.get(k)]
+
+
 def _refined_by_sample(out: Path, src: Path, protocol: dict, refiner_sha: str) -> bool:
     """True when ``out`` (a `sample --refiner` folder) holds the samples of ``src``, refined by
     this refiner: the same raw latents (byte for byte), labels and generation settings; else a
@@ -291,7 +301,7 @@ def _refined_by_sample(out: Path, src: Path, protocol: dict, refiner_sha: str) -
         done = json.loads(card.read_text())
     except ValueError:
         done = {}  # unreadable: it proves nothing
-    diff = [k for k in _GENERATION_KEYS if done.get(k) != protocol.get(k)]
+    diff = _generation_diff(done, protocol)
     if (done.get("pack") or {}).get("pack_id") != (protocol.get("pack") or {}).get("pack_id"):
         diff.append("pack model")
     if (done.get("refiner") or {}).get("sha256") != refiner_sha:
