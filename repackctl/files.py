@@ -1,4 +1,4 @@
-"""Atomic file writes (JSON, .npy, PNG), file hashes, writable roots, stale temporaries, and
+"""Atomic file writes (JSON, .npy, PNG), safetensors with a canonical header, file hashes, writable roots, stale temporaries, and
 uint8 ↔ [−1, 1] image conversion.
 
 Temporary names (all ours, so that a later run can recognise and remove them):
@@ -48,6 +48,34 @@ def write_json_atomic(path: Path, obj: Any) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def save_safetensors(
+    tensors: dict[str, Tensor], path: str | Path, metadata: dict[str, str] | None = None
+) -> None:
+    """``safetensors.torch.save_file`` with a canonical header: the same tensors and metadata
+    always give the same bytes (and so the same sha256).
+
+    safetensors writes ``__metadata__`` in the iteration order of a Rust ``HashMap``, which is
+    random per save, in one process as in another (safetensors/safetensors#584, open in 0.8):
+    two saves of the same weights differed in their header, and so in their sha256 and in
+    every name made from it (a pack's id, the cache folder of its latents). The header is
+    rewritten in place with its metadata keys sorted, padded to its length with spaces as
+    safetensors pads it; the tensors, their offsets and the header's length stay as written.
+    """
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path), metadata=metadata)
+    with open(path, "r+b") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        if "__metadata__" in header:
+            header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > size:  # not seen (safetensors writes this compact JSON): keep as written
+            return
+        f.seek(8)
+        f.write(text.ljust(size, b" "))
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

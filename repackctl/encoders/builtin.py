@@ -200,7 +200,7 @@ def save_weights(
 
     ``dtype=torch.float16`` halves the file (the shipped weights); loading computes in float32.
     """
-    from safetensors.torch import save_file
+    from repackctl.files import save_safetensors
 
     path = Path(path)
     state = {
@@ -208,7 +208,7 @@ def save_weights(
         for k, v in network.state_dict().items()
     }
     tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata={"arch": ARCH, **(metadata or {})})
+    save_safetensors(state, tmp, {"arch": ARCH, **(metadata or {})})
     tmp.chmod(0o644)  # safetensors creates the file owner-only; a shipped file must be readable
     tmp.replace(path)
     return path

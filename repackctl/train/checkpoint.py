@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from repackctl.errors import CheckpointError, RepackError
 from repackctl.files import (
@@ -47,6 +47,7 @@ from repackctl.files import (
     _fsync_dir,
     ensure_writable_dir,
     is_no_space,
+    save_safetensors,
     sha256_file_cached,
 )
 from repackctl.train.checkpoint_state import CheckpointState, validate_state
@@ -134,7 +135,7 @@ def _write_files(
     """All files of one checkpoint into ``tmp``; ``state.json`` last, with the others' sha256."""
     meta = {"format": "pt", "step": str(state["step"])}
     for name, sd in weights.items():
-        save_file(_safe_tensors(sd), str(tmp / f"{name}.safetensors"), metadata=meta)
+        save_safetensors(_safe_tensors(sd), tmp / f"{name}.safetensors", meta)
     torch.save(optim, tmp / "optim.pt")
     for p in tmp.iterdir():
         with open(p, "rb") as f:

@@ -201,12 +201,12 @@ def test_full_disk_is_a_checkpoint_error_and_keeps_earlier_ones(tmp_path, monkey
     run = tmp_path / "run"
     first = _save(run, 1, 1.0)
 
-    def no_space(tensors, filename, metadata=None):
+    def no_space(tensors, filename, metadata=None):  # save_safetensors's signature
         with open(filename, "wb") as f:
             f.write(b"\0" * 100)  # a partial write, then the device is full
         raise OSError(errno.ENOSPC, "No space left on device", filename)
 
-    monkeypatch.setattr(ckpt_io, "save_file", no_space)
+    monkeypatch.setattr(ckpt_io, "save_safetensors", no_space)
     sd = {"w": torch.zeros(1024, 256)}  # 1 MiB
     with pytest.raises(CheckpointError) as e:
         ckpt_io.save_checkpoint(run, 2, {"model": sd, "ema": sd}, {}, {})
