@@ -51,9 +51,10 @@ class RefinerHandle:
         runs on 64 px samples without an error and returns images nobody trained it to make.
         ``image_shape`` is (H, W, …) of the samples, ``latent_shape`` their (d, h, w), ``pack``
         the samples' pack model (``checkpoint``, ``pack_id``). The trained latent grid is the
-        ``latent_shape`` of the refiner's pack checkpoint (or of the samples' one when it is the
-        same pack model); when neither can be read, the image side stands for it: one pack model
-        decodes one latent grid to one image side."""
+        ``latent_shape`` the refiner recorded (refiners trained before it was recorded: that of
+        its pack checkpoint, or of the samples' one when it is the same pack model); when none
+        can be read, the image side stands for it: one pack model decodes one latent grid to
+        one image side."""
         cfg = self.model.config
         side, (h, w) = cfg.resolution, tuple(int(s) for s in image_shape[:2])
         wrong = []
@@ -64,7 +65,7 @@ class RefinerHandle:
                 f"latents of {latent_shape[0]} channels (trained on {cfg.latent_channels})"
             )
         same_pack = self.pack_id is not None and self.pack_id == pack.get("pack_id")
-        trained = pack_latent_shape(
+        trained = self.extra.get("latent_shape") or pack_latent_shape(
             [
                 self.extra.get("pack", {}).get("checkpoint"),
                 pack.get("checkpoint") if same_pack else None,

@@ -177,6 +177,8 @@ class RefineTask:
                 "features": self.weights.features if self.feature_loss is not None else 0.0,
             },
             "pack": self.pack_info,
+            # the latent (d, h, w) it was trained on, read by ``RefinerHandle.check_fits``
+            "latent_shape": [int(s) for s in self.triplets["latent"].shape[2:]],
             "cache": {
                 "root": self.entry.root,
                 "entry": self.entry.name,

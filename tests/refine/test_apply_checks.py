@@ -35,8 +35,11 @@ from repackctl.train.checkpoint import read_state
 runner = CliRunner()
 
 
-def _save_refiner(runs: str, name: str, resolution: int, channels: int = LATENT[0]) -> Path:
-    """A refiner checkpoint in the `refine train` contract, trained on the stack's pack model."""
+def _save_refiner(
+    runs: str, name: str, resolution: int, channels: int = LATENT[0], **recorded
+) -> Path:
+    """A refiner checkpoint in the `refine train` contract, trained on the stack's pack model
+    (``recorded``: more of its metadata, e.g. the ``latent_shape`` `refine train` records)."""
     from repackctl.pack.load import load_pack
     from repackctl.refine.network import LatentGuidedRefiner, RefinerConfig
     from repackctl.train.checkpoint import save_checkpoint
@@ -55,7 +58,7 @@ def _save_refiner(runs: str, name: str, resolution: int, channels: int = LATENT[
         "latent_convention": "raw",
         "refiner_config": config.to_dict(),
         "pack": {"run": "pack-tiny", "checkpoint": str(pack.checkpoint), "pack_id": pack.pack_id},
-    }
+    } | recorded
     sd = model.state_dict()
     return save_checkpoint(Path(runs) / name, 2, {"model": sd, "ema": sd}, {}, {"extra": extra})
 
@@ -138,6 +141,22 @@ def test_sample_with_a_refiner_of_another_side_is_refused_before_anything_is_wri
         )  # fmt: skip
     _refused(res.exit_code, res.output, "images of 64x64 px", "trained on 32x32")
     assert not (tmp_path / "fused64").exists()
+
+
+def test_the_grid_the_refiner_recorded_is_checked_when_its_pack_checkpoint_is_gone(stack, tmp_path):
+    """A refiner records the latent (d, h, w) it trained on: the check no longer depends on
+    finding its pack checkpoint (moved, deleted), where it fell back to the samples' own pack
+    checkpoint (the same pack id) and so accepted any grid that pack makes."""
+    from repackctl.pack.load import load_pack
+
+    runs = stack["runs"]
+    gone = {"run": "pack-tiny", "checkpoint": str(tmp_path / "moved-away")}
+    gone["pack_id"] = load_pack("pack-tiny", runs=runs).pack_id  # the samples' pack model
+    grid = [LATENT[0], 8, 8]
+    _save_refiner(runs, "chk-refine-g8", resolution=32, latent_shape=grid, pack=gone)
+    samples = _sample(stack, tmp_path / "s32")
+    code, out = _apply(stack, samples, "chk-refine-g8")
+    _refused(code, out, "a latent grid of 4x4 (trained on 8x8)")
 
 
 def test_latents_of_other_channels_are_refused(stack, tmp_path):

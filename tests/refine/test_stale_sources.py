@@ -90,6 +90,13 @@ def _npz(folder: Path) -> tuple[np.ndarray, np.ndarray]:
         return z["arr_0"], z["arr_1"]
 
 
+def test_refine_train_records_the_latent_it_trained_on(base):
+    from repackctl.train.checkpoint import read_state
+
+    latest = list_checkpoints(base / "runs" / "refine")[-1]
+    assert read_state(latest)["extra"]["latent_shape"] == [4, 4, 4]  # -c 4, 32 px / patch 8
+
+
 def test_apply_to_samples_made_again_with_other_labels_never_answers_the_old_ones(work):
     x, out = work / "x", work / "x--refine"
     apply = ("refine", "apply", str(x), "--refiner", "refine")
