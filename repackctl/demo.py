@@ -33,6 +33,7 @@ import torch
 
 from repackctl.demo_arm import ARM_FILES, PCAArm
 from repackctl.errors import CheckpointError, ConfigError, ResumeConflict, TrainingError
+from repackctl.files import TMP_PREFIX, write_text_atomic
 from repackctl.pipeline import Pipeline, RunReport, claim_folder, scored_samples
 from repackctl.progress import ProgressFactory, null_progress
 
@@ -535,8 +536,10 @@ class _Demo(PCAArm, Pipeline):
             ax.set_xlabel("step")
             ax.legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(self.out / "curves.png", dpi=90)
+        tmp = self.out / f"{TMP_PREFIX}curves.png"  # the demo's own temporary (a kill leaves it)
+        fig.savefig(tmp, dpi=90, format="png")
         plt.close(fig)
+        tmp.replace(self.out / "curves.png")
         self.report.files["curves.png"] = str(self.out / "curves.png")
 
     def write_report(self) -> None:
@@ -608,7 +611,7 @@ class _Demo(PCAArm, Pipeline):
             ),
             "",
         ]
-        (self.out / "report.md").write_text("\n".join(lines))
+        write_text_atomic(self.out / "report.md", "\n".join(lines))
         self.report.files["report.md"] = str(self.out / "report.md")
         self.write_metrics()
 

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from repackctl.errors import DataError
+from repackctl.files import write_text_atomic
 from repackctl.pipeline import Pipeline, RunReport, claim_folder, scored_samples
 from repackctl.progress import ProgressFactory, null_progress
 
@@ -243,7 +244,7 @@ class _T2IDemo(Pipeline):
         from repackctl.files import write_json_atomic
 
         m, p, report = self.report.metrics, self.plan, self.report
-        (self.out / "report.md").write_text(_report_text(p, m, report, self.folder))
+        write_text_atomic(self.out / "report.md", _report_text(p, m, report, self.folder))
         write_json_atomic(self.out / "metrics.json", {**m, "scored": scored_samples(self.folder)})
         report.files["report.md"] = str(self.out / "report.md")
         report.files["metrics.json"] = str(self.out / "metrics.json")

@@ -42,9 +42,15 @@ def _fsync_dir(path: Path) -> None:
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write JSON through a temporary file and a rename."""
+    write_text_atomic(path, json.dumps(obj, indent=1))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write text (UTF-8) through a temporary file and a rename: a kill leaves the old file or
+    the new one, never half of one."""
     tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
