@@ -129,9 +129,10 @@ def evaluation_times(spec: SamplerSpec) -> list[float]:
     return calls
 
 
-def network_evaluations(spec: SamplerSpec, plan: GenerationPlan, autoguide: bool) -> int:
-    """Network forwards per sample: guided calls cost two (cond + uncond, or main + guide)."""
-    two = plan.guided or autoguide
+def network_evaluations(spec: SamplerSpec, plan: GenerationPlan) -> int:
+    """Network forwards per sample: guided calls cost two (cond + uncond, or main + guide). At
+    scale 1 neither CFG nor autoguidance runs its second model (``transport.guidance``)."""
+    two = plan.guided
     return sum(2 if two and plan.t_lo <= t <= plan.t_hi else 1 for t in evaluation_times(spec))
 
 

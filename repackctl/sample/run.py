@@ -213,7 +213,7 @@ def _velocity(settings: Settings, dit: Any, plan: Any, device: Any):
         guide_fn = model_velocity(guide.model.to(device).eval(), guide.extra, settings.precision)
         guide_info = {"checkpoint": str(guide.checkpoint), "sha256": guide.sha256}
     velocity = guided_velocity(main_fn, plan, int(extra["num_classes"]), guide_fn)
-    return velocity, guide_info, network_evaluations(plan.spec, plan, guide_fn is not None)
+    return velocity, guide_info, network_evaluations(plan.spec, plan)
 
 
 def _claim(settings: Settings, dit: Any, plan: Any, guide_info: Any, refiner: Any) -> Path:

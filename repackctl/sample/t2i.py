@@ -442,7 +442,7 @@ def run_t2i_sample(
             bar.advance(len(idx))
     seconds = time.perf_counter() - t0
     dist.barrier()
-    nfe = network_evaluations(plan.spec, plan, False)
+    nfe = network_evaluations(plan.spec, plan)
     protocol = _protocol(plan, nfe, settings, handle, prompts, refiner)
     image_shape: tuple[int, ...] = ()
     if dist.rank == 0:

@@ -174,3 +174,17 @@ def test_one_key_names_both_folders(options: dict, shift: float) -> None:
     assert (key.name() == key.legacy_name()) == defaults
     with pytest.raises(dataclasses.FrozenInstanceError):
         key.seed = 1  # type: ignore[misc]
+
+
+def test_the_card_counts_the_network_calls_autoguidance_makes(stack) -> None:
+    """Autoguidance at scale 1 returns the main model's velocity without calling its guide
+    (``AutoGuidance``): the card counted two calls a step there (4 for 2 steps)."""
+    from repackctl.sample.run import run_sample
+
+    nfe = {}
+    for cfg in (1.0, 4.0):
+        flags = {"guide": "dit-tiny", "guide_checkpoint": "step-0000005"}
+        settings = _settings(stack, run="dit-tiny", num=2, steps=2, cfg=cfg, **flags)
+        out = run_sample(settings.model_copy(update={"seed": 13})).out_dir
+        nfe[cfg] = _json(out / PROTOCOL_JSON)["nfe"]
+    assert nfe == {1.0: 2, 4.0: 4}
