@@ -55,6 +55,7 @@ from repackctl.cache.store import (
     list_entries,
     owned_ranges,
 )
+from repackctl.data.captions import CAPTIONS_VERSION
 from repackctl.encoders.text import TextEncoder
 from repackctl.errors import CacheError, ConfigError, DataError
 from repackctl.progress import ProgressFactory, null_progress
@@ -95,9 +96,12 @@ def make_text_encoder(
     return factory(weights=arg or weights, max_length=max_length)
 
 
-def text_id(encoder: TextEncoder) -> str:
-    """The group name of an encoder's features: ``<id>--len<L>--<sha8>`` (safe in paths)."""
-    return f"{encoder.id}--len{encoder.max_length}--{encoder.weights_sha256[:8]}"
+def text_id(encoder: TextEncoder, generated: int | None = None) -> str:
+    """The group name of an encoder's features: ``<id>--len<L>--<sha8>`` (safe in paths), plus
+    ``--captions-v<N>`` for built-in captions of generator version N ≥ 2 (``generated``; version
+    1 keeps the name it had before versions were recorded, so those groups are still found)."""
+    base = f"{encoder.id}--len{encoder.max_length}--{encoder.weights_sha256[:8]}"
+    return base if generated is None or generated <= 1 else f"{base}--captions-v{generated}"
 
 
 # --------------------------------------------------------------------------- captions of an entry
@@ -144,6 +148,45 @@ def default_entries(root: str, folders: bool = False) -> list[str]:
     return [name, *sorted(v for v, r in val if r == res)]
 
 
+# source attributes that differ between the splits (and subsets) of one data source
+_PER_SPLIT = (
+    "split",
+    "num",
+    "total",
+    "subset_seed",
+    "class_ids_from",
+    "skipped_in_listing",
+    "duplicate_links_dropped",
+)
+
+
+def data_identity(attrs: dict[str, Any]) -> dict[str, Any] | None:
+    """What an entry records about its data apart from split and size: its source attributes
+    (built-in seed and generator version, image-folder root and layout…) without the per-split
+    ones; None when it records no source."""
+    source = attrs.get("source") or {}
+    return {k: v for k, v in source.items() if k not in _PER_SPLIT} or None
+
+
+def paired_val_entries(root: str, train: DatasetEntry) -> list[str]:
+    """The val-split entries of ``root`` holding the same data as ``train`` at its resolution,
+    paired by what the entries record (source attributes, resolution), never by name: two
+    datasets whose names share a prefix are not paired."""
+    want = data_identity(train.attrs)
+    if want is None:
+        return []
+    out = []
+    for name in list_entries(root):
+        attrs = DatasetEntry.open(root, name).attrs
+        if (
+            attrs.get("split") == "val"
+            and attrs.get("resolution") == train.attrs.get("resolution")
+            and data_identity(attrs) == want
+        ):
+            out.append(name)
+    return sorted(out)
+
+
 _BUILTIN_KEY = re.compile(r"^builtin:(\d+):([^:]+):(\d+)$")
 
 
@@ -188,9 +231,14 @@ def _file_captions(ds: DatasetEntry, where: str | None, skipped: list) -> Callab
     return lambda i, key: by_path.get(key, [])
 
 
+def generated_captions(ds: DatasetEntry, where: str | None) -> bool:
+    """Whether the entry's captions come from the built-in caption generator (not a file)."""
+    return (ds.attrs.get("source") or {}).get("dataset") == "builtin" and not where
+
+
 def caption_lookup(ds: DatasetEntry, where: str | None, skipped: list) -> Callable:
     """``captions(i, key) -> list[str]`` for the entry's images (built-in or from files)."""
-    if (ds.attrs.get("source") or {}).get("dataset") == "builtin" and not where:
+    if generated_captions(ds, where):
         return _builtin_captions(ds)
     return _file_captions(ds, where, skipped)
 
@@ -293,6 +341,30 @@ def check_source(
     )
 
 
+def generator_version(ds: DatasetEntry, attrs: dict[str, Any]) -> int | None:
+    """The built-in caption generator version a text group of ``ds`` (its ``attrs``) was
+    encoded from: recorded, else 1 (groups from before it was recorded); None for captions
+    from a file."""
+    if not generated_captions(ds, None) or attrs.get("captions") != "builtin":
+        return None
+    return int(attrs.get("builtin_captions_version", 1))
+
+
+def check_generator(grp: ArrayGroup, ds: DatasetEntry, tid: str) -> None:
+    """Refuse a group of built-in captions made by another caption generator version than
+    this repackctl's (``CAPTIONS_VERSION``): its captions are not this version's."""
+    made = generator_version(ds, grp.attrs)
+    if made is None or made == CAPTIONS_VERSION:
+        return
+    raise CacheError(
+        f"text/{tid} of {ds.name} holds built-in captions of caption generator version {made}, "
+        f"but this repackctl's is version {CAPTIONS_VERSION}: its captions are not this "
+        "version's",
+        f"encode them again into a new group: remove it with `repackctl cache rm {ds.name} "
+        f"--text {tid}`, then run `repackctl captions --entry {ds.name}`",
+    )
+
+
 # --------------------------------------------------------------------------- the group
 
 
@@ -365,16 +437,24 @@ def open_text_group(ds: DatasetEntry, text: str) -> ArrayGroup:
 def find_text_group(ds: DatasetEntry, encoder_ref: str) -> str:
     """The complete text group named ``encoder_ref``, else the one group of that text encoder
     (``minilm`` → ``minilm-l6--len77--…``); several are refused (picking one would be a guess:
-    they differ in caption length or weights)."""
+    they differ in caption length or weights). Groups of built-in captions made by another
+    caption generator version are never picked this way (only named)."""
     have = ds.complete_groups(TEXT_KIND, TEXT_ARRAYS)
     if encoder_ref in have:
         return encoder_ref
     name = encoder_ref.split(":")[0]
-    hits = [
-        t
-        for t in have
-        if (ArrayGroup(ds.group[TEXT_KIND][t]).attrs.get("encoder_ref") or "").split(":")[0] == name
-    ]
+    attrs = {t: ArrayGroup(ds.group[TEXT_KIND][t]).attrs for t in have}
+    hits = [t for t in have if (attrs[t].get("encoder_ref") or "").split(":")[0] == name]
+    other = [t for t in hits if generator_version(ds, attrs[t]) not in (None, CAPTIONS_VERSION)]
+    hits = [t for t in hits if t not in other]
+    if other and not hits:
+        raise CacheError(
+            f"the caption features of text encoder {encoder_ref!r} in {ds.name} "
+            f"({', '.join(sorted(other))}) hold built-in captions of another caption generator "
+            f"version than this repackctl's (version {CAPTIONS_VERSION})",
+            f"run `repackctl captions --entry {ds.name} --text-encoder {encoder_ref}` to encode "
+            f"this version's captions, or pass --text-features {sorted(other)[-1]} to use those",
+        )
     if not hits:
         raise CacheError(
             f"no caption features of text encoder {encoder_ref!r} in {ds.name} "
@@ -484,7 +564,9 @@ def _open_group(
 ) -> tuple[ArrayGroup, str, list[str]]:
     """Create the entry's text group, or open it after checking it was encoded from ``rows``;
     returns (group, text id, null-caption arrays rewritten)."""
-    cfg, k, tid = settings.captions, max(len(c) for c in rows), text_id(encoder)
+    cfg, k = settings.captions, max(len(c) for c in rows)
+    generated = CAPTIONS_VERSION if generated_captions(ds, cfg.captions) else None
+    tid = text_id(encoder, generated)
     attrs = {
         "encoder": encoder.describe(),
         "encoder_ref": cfg.text_encoder,
@@ -495,6 +577,8 @@ def _open_group(
         "captions": cfg.captions or "builtin",
     }
     source = {"captions_sha256": captions_sha256(rows), "truncated_captions": truncated}
+    if generated is not None:  # recorded (and checked), not compared by create_or_open_group:
+        source["builtin_captions_version"] = generated  # older groups have no such attribute
     make = lambda: ds.create_or_open_group(  # noqa: E731
         TEXT_KIND, tid, attrs, build=_build(encoder, ds, k, source), required=TEXT_ARRAYS
     )
@@ -502,6 +586,7 @@ def _open_group(
     if dist.rank == 0:
         grp, created = make()
         if not created:
+            check_generator(grp, ds, tid)
             check_source(grp, ds, tid, rows, keys)
             if any(grp.attrs.get(key) != value for key, value in source.items()):
                 grp.group.attrs.update(source)  # older group, or a change in pending rows only

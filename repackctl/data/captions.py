@@ -6,7 +6,7 @@ REPA's text-to-image setup (sihyun-yu/REPA ``dataset.py``, ``train_t2i.py``) tra
 - ``builtin_captions(index)`` describes an image of the built-in procedural dataset
   (``repackctl.data.builtin``) from the attributes it was drawn with — shape, colours, fill,
   background texture, position, size, outline — in several phrasings; a pure function of
-  (seed, split, index) like the image itself.
+  (seed, split, index) like the image itself, and of ``CAPTIONS_VERSION`` (the phrasing).
 - ``CocoCaptions``: ``annotations/captions_{train,val}2017.json`` + ``{train,val}2017/`` images.
 - ``FolderCaptions``: any folder of images + a JSONL or CSV index with ``file, caption`` rows
   (several rows for one file give it several captions).
@@ -31,6 +31,12 @@ import numpy as np
 
 from repackctl.data.builtin import BuiltinSource
 from repackctl.errors import DataError
+
+#: Version of the built-in captions (``scene_captions``): bump it whenever the caption of some
+#: scene changes, so that caption features encoded from another version's captions are never
+#: taken as this version's (``repackctl.captions_cache``: recorded with the features, and part of
+#: their group id from version 2 on; features from before it was recorded are version 1).
+CAPTIONS_VERSION = 1
 
 
 class CaptionedImage(NamedTuple):
@@ -141,6 +147,7 @@ class BuiltinCaptions:
     """The built-in dataset with captions: items are ``(index, captions)``."""
 
     name = "builtin"
+    version = CAPTIONS_VERSION
 
     def __init__(self, *, split: str = "train", num: int | None = None, seed: int = 0) -> None:
         self.source = BuiltinSource(split=split, num=num, seed=seed)

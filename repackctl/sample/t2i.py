@@ -5,8 +5,9 @@ The same samplers, timestep shift, guidance interval, per-index seeds, resumable
 
 - **Prompts** instead of labels: ``--prompt`` (repeatable) and/or ``--prompts FILE`` (one per
   line); sample i gets prompt ``i mod P``. With neither, the evaluation prompts are the first
-  caption of each image of the val entry (same dataset and resolution), or of the training entry
-  when there is no val entry, read from the cache (``text/<id>/captions``) through the guarded
+  caption of each image of the val entry (the same data and resolution, as the entries record
+  them: source attributes, never the name; several that disagree are refused), or of the
+  training entry when there is no val entry, read from the cache (``text/<id>/captions``) through the guarded
   reader (a lost chunk or an empty caption of a captioned image is an error). The cache is the
   resolved ``cache`` setting when it holds the run's training entry, else the root the
   checkpoint recorded; either way the entry must hold the run's latents and channel stats.
@@ -14,8 +15,10 @@ The same samplers, timestep shift, guidance interval, per-index seeds, resumable
   training captions were encoded with); the model never sees a caption it could not have.
 - Guidance: classifier-free guidance against the model's null caption, conditional and null rows
   in ONE batched forward of 2B (``MMDiT.forward_with_cfg``), active for t_lo ≤ t ≤ t_hi.
-- ``prompts.txt`` (one line per sample index) and the prompts in ``protocol.json``; ``arr_1`` of
-  ``samples.npz`` holds each sample's prompt id (its line in the list of distinct prompts).
+- ``prompts.txt`` (one line per sample index) and the prompts in ``protocol.json``: the distinct
+  prompts some sample got, in order of first use (with ``-n`` below the number of prompts given,
+  the unused ones are left out); ``arr_1`` of ``samples.npz`` and ``prompt_ids`` hold each
+  sample's prompt id (its place in that list).
   The folder's fingerprint hashes the full per-sample list, so resuming a folder (``--out``)
   with the same prompts in another order or count is refused, never relabelled.
 - Prompts longer than the text encoder's ``max_length`` tokens are cut by it (the rest is
@@ -85,29 +88,45 @@ def given_prompts(cfg: Any) -> list[str]:
 
 
 def cached_prompts(extra: dict[str, Any], num: int, cache: str | None) -> tuple[list[str], str]:
-    """The first caption of each image of the val entry (else the training entry), from the
-    cache that holds the run's training entry (``training_cache_root``: the resolved
-    ``cache`` setting, else the root the checkpoint recorded)."""
-    from repackctl.cache.store import DatasetEntry, list_entries
+    """The first caption of each image of the val entry of the run's data (else the training
+    entry), from the cache that holds the run's training entry (``training_cache_root``: the
+    resolved ``cache`` setting, else the root the checkpoint recorded). The val entry is paired
+    with the training entry by their recorded source attributes and resolution
+    (``paired_val_entries``), never by name."""
+    from repackctl.cache.store import DatasetEntry
+    from repackctl.captions_cache import paired_val_entries
     from repackctl.dit.t2i_load import training_cache_root
 
     train_entry, text_id = (extra.get("cache") or {}).get("entry"), extra["text"]["features"]
     hint = "pass prompts: --prompt 'a red star on a blue striped background' or --prompts FILE"
     root = training_cache_root(cache, extra, hint)
-    names = list_entries(root)
-    dataset, _, res = train_entry.split("--")
-    base = dataset.rsplit("-n", 1)[0]
-    vals = [
-        n
-        for n in names
-        if n.split("--")[1:] == ["val", res] and n.split("--")[0].rsplit("-n", 1)[0] == base
-    ]
-    for name in [*sorted(vals), train_entry]:
+    train = DatasetEntry.open(root, train_entry)
+    found = {}
+    for name in paired_val_entries(root, train):
         ds = DatasetEntry.open(root, name)
-        if text_id not in ds.complete_groups("text", ("captions", "done")):
-            continue
-        return first_captions(ds, text_id, num), name
+        if text_id in ds.complete_groups("text", ("captions", "done")):
+            found[name] = first_captions(ds, text_id, num)
+    if found:
+        return one_prompt_list(found, hint)
+    if text_id in train.complete_groups("text", ("captions", "done")):
+        return first_captions(train, text_id, num), train_entry
     raise CacheError(f"no cached captions {text_id} for the run's entries in {root}", hint)
+
+
+def one_prompt_list(found: dict[str, list[str]], hint: str) -> tuple[list[str], str]:
+    """The prompts of several val entries of the same data (e.g. ``-n 8`` and ``-n 16`` of the
+    built-in val split): the longest list when every other one is its beginning (the same
+    images, fewer of them), else refused (which entry's captions to use would be a guess)."""
+    name = max(sorted(found), key=lambda n: len(found[n]))  # the first of the longest
+    longest = found[name]
+    if all(longest[: len(p)] == p for p in found.values()):
+        return longest, name
+    raise ConfigError(
+        f"{len(found)} val entries of the run's data hold its cached captions with other "
+        f"first captions ({', '.join(sorted(found))}); which are the evaluation prompts "
+        "would be a guess",
+        hint,
+    )
 
 
 def first_captions(ds: Any, text_id: str, num: int) -> list[str]:
@@ -138,15 +157,19 @@ def first_captions(ds: Any, text_id: str, num: int) -> list[str]:
 def resolve_prompts(
     cfg: Any, extra: dict[str, Any], cache: str | None = None
 ) -> tuple[list, list, np.ndarray, str]:
-    """(prompts, distinct prompts, prompt id of each sample (N,), where they came from);
+    """(prompts, distinct prompts used, prompt id of each sample (N,), where they came from);
     ``cache``: the resolved cache setting (default prompts come from the run's entry there)."""
     prompts = given_prompts(cfg)
     source = "given"
     if not prompts:
         prompts, entry = cached_prompts(extra, cfg.num, cache)
         source = f"first caption of each image of {entry}"
-    distinct = list(dict.fromkeys(prompts))
-    ids = np.array([distinct.index(prompts[i % len(prompts)]) for i in range(cfg.num)], np.int64)
+    per_sample = [prompts[i % len(prompts)] for i in range(cfg.num)]
+    # only the prompts some sample gets (with -n below the number given, the rest are unused);
+    # in order of first use, so each used prompt keeps the id it had in the full given list
+    distinct = list(dict.fromkeys(per_sample))
+    place = {p: k for k, p in enumerate(distinct)}
+    ids = np.array([place[p] for p in per_sample], np.int64)
     return prompts, distinct, ids, source
 
 
