@@ -2,7 +2,9 @@
 
 A run stores the settings it was started with (``config.json`` → ``extra.settings``: values and
 sources). When the same run is started again, :func:`reconcile` takes those values as the base
-and applies only what the user gave this time (a flag, the environment or a config file). A
+(what was given and what the run's preset filled in: ``--preset auto`` is not resolved again on
+another machine) and applies only what the user gave this time (a flag, the environment or a
+config file). A
 change that keeps the run meaningful (more steps, unless a cosine lr schedule spans them; another
 checkpoint interval, …) is printed as
 ``setting: old → new``; a change that breaks exact continuation (batch, learning rate, schedule,
@@ -47,6 +49,7 @@ CONTINUABLE: dict[str, set[str]] = {
     },  # fmt: skip
     "pack": {
         "steps",
+        "epochs",  # only a training length, as steps
         "ckpt_every",
         "keep_last",
         "log_every",
@@ -64,6 +67,7 @@ CONTINUABLE: dict[str, set[str]] = {
     },  # fmt: skip
     "refine": {
         "steps",
+        "epochs",  # only a training length, as steps
         "ckpt_every",
         "log_every",
         "max_nonfinite_steps",
@@ -102,6 +106,10 @@ def _why(key: str, schedules: set[Any]) -> str:
 
 # layers that mean "the user gave this now" (a default or a preset value does not change a run)
 GIVEN = ("flag", "env", "file", "stored")  # "stored run config": given when the run started
+# what a run keeps when nothing is given now: what was given, and what its preset filled in (the
+# preset ``auto`` resolves by the machine: a run started on a CPU (small) and resumed where a
+# GPU is visible switched to paper's lr, batch and EMA without a word)
+KEPT = (*GIVEN, "preset")
 
 
 @dataclass
@@ -146,8 +154,8 @@ def reconcile(
     sources = dict(current.get("sources", {}))
     old_sources = stored.get("sources", {})
 
-    def given(src: dict[str, str], key: str) -> bool:
-        return src.get(key, "default").split(" ")[0] in GIVEN
+    def given(src: dict[str, str], key: str, layers: tuple[str, ...] = GIVEN) -> bool:
+        return src.get(key, "default").split(" ")[0] in layers
 
     # only what some layer gave is kept: defaults and presets fill the rest as they did before
     merged = {k: v for k, v in new.items() if given(sources, k)}
@@ -160,7 +168,7 @@ def reconcile(
         if sec not in ("", section) or key not in old:
             continue
         if not given(sources, key):
-            if given(old_sources, key):
+            if given(old_sources, key, KEPT):
                 merged[key], sources[key] = old[key], "stored run config"
             continue
         if value == old[key]:

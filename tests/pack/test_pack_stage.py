@@ -247,26 +247,40 @@ def test_train_resume_after_kill9_is_bit_identical(cache, tmp_path):
     assert cfg["extra"]["settings"]["values"]["pack"]["encoder"] == "patchpix"
 
 
-def test_resume_refuses_loss_weights_that_a_preset_changed(cache, tmp_path, monkeypatch):
+def test_resume_keeps_the_preset_values_a_run_started_with(cache, tmp_path, monkeypatch):
     from repackctl.settings.pack import PackSettings
 
     # a run started under an older `small` preset, which had no feature term
     with monkeypatch.context() as m:
         m.setitem(PackSettings.PRESETS["small"], "feature_weight", 0.0)
         _train("lw", "--steps", "2", "--ckpt-every", "2")
-    step2 = _ckpt(tmp_path, "lw")
-    before = load_file(str(step2 / "model.safetensors"))
-    args = ["pack", "train", *TINY, "--name", "lw", "--steps", "4", "--ckpt-every", "2"]
+    # resumed under today's preset (feature weight 1), it keeps the weight it started with, as
+    # it keeps every value its preset filled in (``--preset auto`` is not resolved again)
+    _train("lw", "--steps", "4", "--ckpt-every", "2")
+    state = json.loads((_ckpt(tmp_path, "lw") / "state.json").read_text())
+    assert state["step"] == 4 and state["extra"]["plan"]["loss"]["feature"] == 0.0
+    config = tmp_path / "runs" / "lw" / "config.json"
+    record = json.loads(config.read_text())["extra"]["settings"]
+    assert record["sources"]["pack.feature_weight"] == "stored run config"
+    # a run whose record predates the setting (an older version wrote none): the preset's new
+    # value is refused by the loss check, nothing is written
+    data = json.loads(config.read_text())
+    del data["extra"]["settings"]["values"]["pack"]["feature_weight"]
+    del data["extra"]["settings"]["sources"]["pack.feature_weight"]
+    config.write_text(json.dumps(data))
+    step4 = _ckpt(tmp_path, "lw")
+    before = load_file(str(step4 / "model.safetensors"))
+    args = ["pack", "train", *TINY, "--name", "lw", "--steps", "6", "--ckpt-every", "2"]
     res = runner.invoke(app, args)
     assert res.exit_code != 0 and "Traceback" not in res.output, res.output
     assert "loss weight feature = 0.0, now 1.0" in res.output and "--feature-weight" in res.output
-    assert _ckpt(tmp_path, "lw") == step2  # nothing written, nothing lost
+    assert _ckpt(tmp_path, "lw") == step4  # nothing written, nothing lost
     assert all(
-        torch.equal(v, load_file(str(step2 / "model.safetensors"))[k]) for k, v in before.items()
+        torch.equal(v, load_file(str(step4 / "model.safetensors"))[k]) for k, v in before.items()
     )
     # resumed with the weight it was started with, it continues
-    _train("lw", "--steps", "4", "--ckpt-every", "2", "--feature-weight", "0")
-    assert _ckpt(tmp_path, "lw").name == "step-0000004"
+    _train("lw", "--steps", "6", "--ckpt-every", "2", "--feature-weight", "0")
+    assert _ckpt(tmp_path, "lw").name == "step-0000006"
     # --allow-change takes the names the settings layer takes: the setting, dotted, or all
     from repackctl.pack.losses import LossConfig
     from repackctl.pack.task import _check_resume_loss
