@@ -180,15 +180,33 @@ def reconcile(
         else:
             breaking.append((key, old[key], value))
     if breaking:
-        key, a, b = breaking[0]
-        more = f" (and {len(breaking) - 1} more)" if len(breaking) > 1 else ""
-        raise ResumeConflict(
-            f"resuming would change {key}: {a!r} → {b!r}{more}, {_why(key, schedules)}",
-            f"drop the flag to continue as started, start a new run with another --name, or "
-            f"pass --allow-change {key.split('.')[-1]} to change it anyway",
-        )
+        _refuse(breaking, sources, schedules)
     out.values = _nest(merged)
     return out
+
+
+def _where_given(source: str) -> str:
+    """What to undo for a value of layer ``source`` (a flag, a variable, a config file)."""
+    if source.startswith("env "):
+        return f"unset {source.split(' ', 1)[1]}"
+    if source.startswith("file "):
+        return f"remove it from {source.split(' ', 1)[1]}"
+    return "drop the flag"
+
+
+def _refuse(breaking: list[tuple[str, Any, Any]], sources: dict[str, str], schedules: set) -> None:
+    """A ResumeConflict naming every breaking change, each with where it was given."""
+    key = breaking[0][0]
+    changes = "; ".join(f"{k}: {x!r} → {y!r}" for k, x, y in breaking)
+    undo = sorted({_where_given(sources.get(k, "flag")) for k, _, _ in breaking})
+    allow = " ".join(
+        f"--allow-change {n}" for n in sorted({k.split(".")[-1] for k, *_ in breaking})
+    )
+    raise ResumeConflict(
+        f"resuming would change {changes}, {_why(key, schedules)}",
+        f"{' and '.join(undo)} to continue as started, start a new run with another --name, "
+        f"or pass {allow} to change {'them' if len(breaking) > 1 else 'it'} anyway",
+    )
 
 
 def _nest(flat: dict[str, Any]) -> dict[str, Any]:
