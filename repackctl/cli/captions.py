@@ -16,14 +16,14 @@ from repackctl.cli.options import settings_command
 from repackctl.settings import ResolvedSettings
 
 
-@settings_command("captions", common=("cache", "seed", "device", "precision", "num_workers"))
+@settings_command("captions", common=("cache", "seed", "device", "num_workers"))
 def captions(resolved: ResolvedSettings) -> None:
     """Encode every caption of every image of a cache entry with a frozen text encoder.
 
     Built-in entries describe their images themselves; folder entries take a JSONL/CSV index
     (--captions FILE) or MS-COCO 2017 (--captions coco:ROOT). Resumable: run it again after an
     interruption; an edited caption source is refused (remove the old features first). Needed
-    before `repackctl train t2i`.
+    before `repackctl train t2i`. The text encoder runs in fp32 (there is no --precision).
 
     Without --entry: the train-split built-in entry (image-folder entry with --captions); among
     several, the one with packed latents, and if that still leaves several, pass --entry. For

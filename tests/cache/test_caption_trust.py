@@ -267,3 +267,14 @@ def test_several_caption_groups_are_refused_unless_named(packed, tmp_path, monke
     out = _ok(*train, "--name", "a", "--text-features", len12, *CPU)
     extra = read_state(latest_checkpoint(root / "runs" / "a"))["extra"]
     assert extra["text"]["features"] == len12
+
+
+def test_captions_has_no_precision_option_to_ignore():
+    """The text encoder runs in fp32: `captions` offered --precision and ignored it (a bf16
+    rerun resumed the fp32 group without a word)."""
+    from typer.testing import CliRunner
+
+    from repackctl.cli.app import app
+
+    res = CliRunner().invoke(app, ["captions", "--precision", "bf16"])
+    assert res.exit_code == 2 and "No such option: --precision" in res.output
