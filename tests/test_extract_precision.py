@@ -76,6 +76,21 @@ def test_another_precision_is_refused_for_the_same_features(tmp_path):
     np.testing.assert_array_equal(_features(str(root))["tokens"][:], before)
 
 
+def test_the_hint_names_every_flag_that_continues_the_features(tmp_path):
+    """An interrupted `--precision bf16 --no-flips` extraction: the hint gave only --precision,
+    then (with it) only `cache rm`, which deletes the finished half; it now names both flags."""
+    root = tmp_path / "cache"
+    assert _extract(root, "--precision", "bf16", "--no-flips").exit_code == 0
+    _mark_pending(feats := _features(str(root)))
+    res = _extract(root)
+    assert res.exit_code == CacheError.exit_code, res.output
+    assert "Hint: use --precision bf16 --no-flips to continue" in res.output
+    res = _extract(root, "--precision", "bf16")
+    assert "Hint: use --no-flips to continue" in res.output
+    assert (feats.done[:] == 0).all()  # nothing written by the refused runs
+    assert _extract(root, "--precision", "bf16", "--no-flips").exit_code == 0
+
+
 def test_features_from_before_precision_was_recorded_keep_their_id(tmp_path):
     root = tmp_path / "cache"
     assert _extract(root).exit_code == 0

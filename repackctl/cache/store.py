@@ -135,6 +135,18 @@ def _diff(a: dict, b: dict) -> str:
     return "; ".join(parts[:4])
 
 
+def _restoring_flags(old: dict, now: dict) -> list[str] | None:
+    """The extract flags that give features of the same encoder the attributes ``old`` has,
+    where only the precision and the flips differ (None when anything else does)."""
+    differ = {k for k in set(old) | set(now) if old.get(k) != now.get(k)}
+    if not differ or not differ <= {"precision", "flips"}:
+        return None
+    flags = [f"--precision {old.get('precision')}"] if "precision" in differ else []
+    if "flips" in differ:
+        flags.append("--no-flips" if int(old.get("flips") or 1) == 1 else "--flips")
+    return flags
+
+
 def features_precision(attrs: dict) -> str:
     """The precision a features group was computed in (``fp32``, ``bf16``, ``fp16``).
 
@@ -433,8 +445,9 @@ class DatasetEntry:
         old_enc, new_enc = old.get("encoder") or {}, attrs["encoder"]
         what = _diff(old_enc, new_enc) or _diff(old, attrs)
         hint = f"remove them with `repackctl cache rm {self.name} --features {name}`"
-        if old_enc == new_enc and old.get("precision") != attrs.get("precision"):
-            hint = f"use --precision {old.get('precision')} to continue or reuse them, or {hint}"
+        restore = _restoring_flags(old, attrs) if old_enc == new_enc else None
+        if restore:
+            hint = f"use {' '.join(restore)} to continue or reuse them, or {hint}"
         return CacheError(
             f"features {name} in {self.name} were made with another spec ({what})", hint
         )
