@@ -59,18 +59,10 @@ from typing import Any
 
 import torch
 
+from repackctl.dit.run import official_sampling_defaults, write_sampling_json
 from repackctl.errors import CheckpointError, ConfigError, WeightsError
 from repackctl.progress import ProgressFactory, null_progress
 
-# official sampling settings (stage2/configs/lightningdit_xl_repack_f16d32_dinov3.yaml)
-OFFICIAL_SAMPLING = {
-    "timestep_shift": 0.3,
-    "cfg_interval_start": 0.11,
-    "cfg_scale": 15.0,
-    "cfg_channels": 3,
-    "num_sampling_steps": 250,  # grid points: 249 Euler updates
-    "sampling_method": "euler",
-}
 STAGE1_DROP = {
     "encoder.dino.": "frozen DINOv3 backbone (the encoder; give its weights to `repackctl extract`)",
     "loss.": "stage-1 training losses (LPIPS network, PatchGAN discriminator, Watson)",
@@ -604,33 +596,6 @@ def _load_stats(
     return {"mean": mean, "std": std}
 
 
-def official_sampling_defaults(sample_cfg: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Their sampling section translated into our settings (see the module docstring)."""
-    from repackctl.transport.interpolant import (
-        their_interval_start_to_our_t_hi,
-        their_shift_to_ours,
-    )
-
-    s = dict(OFFICIAL_SAMPLING)
-    for key in ("timestep_shift", "cfg_interval_start", "cfg_scale", "num_sampling_steps"):
-        if sample_cfg and key in sample_cfg:
-            s[key] = sample_cfg[key]
-    if (sample_cfg or {}).get("sampling_method", "euler") != "euler":
-        raise ConfigError(
-            f"unsupported official sampler {sample_cfg['sampling_method']!r}",
-            "only the released Euler sampling settings are supported",
-        )
-    return {
-        "sampler": "euler",
-        "steps": int(s["num_sampling_steps"]) - 1,  # their N-point grid = N − 1 updates
-        "shift": their_shift_to_ours(float(s["timestep_shift"])),
-        "cfg": float(s["cfg_scale"]),
-        "cfg_t_lo": 0.0,
-        "cfg_t_hi": their_interval_start_to_our_t_hi(float(s["cfg_interval_start"])),
-        "cfg_channels": int(s["cfg_channels"]),
-    }
-
-
 def _save_run(
     staging: Path, name: str, step: int, weights: dict[str, dict], extra: dict[str, Any]
 ) -> Path:
@@ -850,7 +815,7 @@ def _import_dit(
     ema_sd, _, _ = map_stage2(obj["ema"], config=config)
     stats = _load_stats(latent_stats, config.in_channels, trust_pickle)
     train_cfg = obj.get("config") if isinstance(obj.get("config"), dict) else {}
-    sampling = official_sampling_defaults(train_cfg.get("sample"))
+    official_sampling_defaults(train_cfg.get("sample"))  # a non-Euler sampler: refused first
     extra = {
         "stage": "dit",
         "model_id": registered_model_id(config),
@@ -873,13 +838,7 @@ def _import_dit(
     step = int(obj.get("global_step", 0) or 0)
     ckpt = _save_run(staging, f"{out}-dit", step, {"model": model_sd, "ema": ema_sd}, extra)
     result.dit = ckpt
-    doc = {
-        "defaults": sampling,
-        "source": "official RePack-then-Refine sampling settings, in our conventions",
-        "official": train_cfg.get("sample") or OFFICIAL_SAMPLING,
-    }
-    (ckpt.parent.parent / "sampling.json").write_text(json.dumps(doc, indent=1) + "\n")
-    result.sampling = sampling
+    result.sampling = write_sampling_json(ckpt.parent.parent, train_cfg.get("sample"))
     result.reports.append(report)
 
 

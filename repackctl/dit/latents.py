@@ -7,6 +7,13 @@ the *exact* stats that ``pack encode`` stored in the group attributes (never re-
 the REPA targets from ``features/<encoder>/tokens`` (N, F, T, C) of the same images: a sample's
 random flip picks the same ``F`` slot of both, so latent and target always show the same image.
 
+Posterior sampling (``latent_sampling``): ``mean`` trains on the posterior mean, ``sample`` on a
+fresh sample ``mean + std·ε`` at every step, ``fixed`` on ONE sample per image and flip, as the
+official latent cache stores (``stage2/extract_features.py`` encodes each image and its mirror
+once with ``sample_posterior=True``; every epoch reads the same sample). Our ``fixed`` draws that
+ε from a generator keyed by (run seed, cache row, flip) alone, so it is the same in every epoch,
+with any number of processes and after a resume, without storing a second copy of the latents.
+
 The reads are those of the one cache-backed dataset, ``data.cached.CachedRows``: chunk-aligned
 blocks (the loop's block sampler uses ``block = chunk``), or the whole arrays loaded once
 (``in_memory``; automatic up to ``data.cached.MEMORY_GB``).
@@ -191,6 +198,17 @@ def _stats(attrs: dict, ref: LatentRef, d: int) -> tuple[np.ndarray, np.ndarray]
     return mean, std
 
 
+SAMPLINGS = ("mean", "sample", "fixed")
+_FIXED_KEY = 0xF1CED  # tags the generators of the fixed posterior samples
+
+
+def fixed_posterior_noise(seed: int, row: int, flip: int, shape: tuple[int, ...]) -> np.ndarray:
+    """The ε of cache row ``row``'s fixed posterior sample in flip slot ``flip`` (``shape``,
+    float32): a function of the run seed, the row and the flip only."""
+    rng = np.random.default_rng([seed % 2**64, row, flip, _FIXED_KEY])
+    return rng.standard_normal(shape, dtype=np.float32)
+
+
 class LatentData(CachedRows):
     """Packed latents of one cache group (+ labels, + REPA tokens), normalised, flip-consistent.
 
@@ -211,9 +229,13 @@ class LatentData(CachedRows):
         memory_gb: float = MEMORY_GB,
         flip: bool = True,
         buffer_blocks: int = 16,
+        seed: int = 0,
     ) -> None:
-        if sampling not in ("mean", "sample"):
-            raise ConfigError(f"unknown latent_sampling {sampling!r}", "use mean or sample")
+        if sampling not in SAMPLINGS:
+            raise ConfigError(
+                f"unknown latent_sampling {sampling!r}", f"use one of {', '.join(SAMPLINGS)}"
+            )
+        self.seed = int(seed)  # keys the per-image posterior samples of ``fixed``
         self.ref = ref
         self.entry = DatasetEntry.open(ref.root, ref.entry)
         self.group = self.entry.latents(ref.pack_id)
@@ -229,9 +251,10 @@ class LatentData(CachedRows):
         self.flips, self.shape = int(f), (int(d), int(h), int(w))
         self.stats_mean, self.stats_std = _stats(attrs, ref, d)
         self.sampling = sampling
-        if sampling == "sample" and "std" not in self.group.group:
+        if sampling != "mean" and "std" not in self.group.group:
             raise CacheError(
-                f"packed latents {ref.pack_id} store no posterior std (a PCA pack is deterministic)",
+                f"packed latents {ref.pack_id} store no posterior std (a PCA pack is "
+                f"deterministic), so latent_sampling {sampling} has nothing to sample",
                 "train on the mean: --latent-sampling mean",
             )
         self.flip = flip and self.flips > 1
@@ -274,7 +297,7 @@ class LatentData(CachedRows):
         ok = (self.entry.done[:] == WRITTEN) & (done == WRITTEN)
         self.features_id: str | None = None
         arrays = {"mean": mean_arr}
-        if self.sampling == "sample":
+        if self.sampling != "mean":
             arrays["std"] = self.group["std"]
         if repa:
             self.features_id = find_features(self.entry, ref.pack_id, attrs, features)
@@ -339,10 +362,9 @@ class LatentData(CachedRows):
         )  # (B,)
         mean = self.take_flip("mean", rows, flips)  # (B, d, h, w) float16
         z = torch.from_numpy(mean.astype(np.float32))  # (B, d, h, w)
-        if self.sampling == "sample":
+        if self.sampling != "mean":
             std = torch.from_numpy(self.take_flip("std", rows, flips).astype(np.float32))
-            eps = np.stack([r.standard_normal(self.shape, dtype=np.float32) for r in rngs])
-            z = z + std * torch.from_numpy(eps)  # (B, d, h, w) posterior sample
+            z = z + std * torch.from_numpy(self._posterior_noise(rows, flips, rngs))  # (B, d, h, w)
         out = {
             "x": self.normalise(z),  # (B, d, h, w)
             "y": torch.from_numpy(self.labels[rows]),  # (B,)
@@ -352,6 +374,18 @@ class LatentData(CachedRows):
             tok = self.take_flip("tokens", rows, flips)  # (B, T, C) float16
             out["tokens"] = torch.from_numpy(tok.astype(np.float32))
         return out
+
+    def _posterior_noise(
+        self, rows: np.ndarray, flips: np.ndarray, rngs: list[np.random.Generator]
+    ) -> np.ndarray:
+        """ε (B, d, h, w) of the posterior samples: drawn from each sample's step generator
+        (``sample``), or from a generator of (seed, cache row, flip) only (``fixed``)."""
+        if self.sampling == "sample":
+            return np.stack([r.standard_normal(self.shape, dtype=np.float32) for r in rngs])
+        return np.stack(
+            [fixed_posterior_noise(self.seed, int(self.indices[row]), int(f), self.shape)
+             for row, f in zip(rows.tolist(), flips.tolist(), strict=True)]
+        )  # fmt: skip
 
     def describe(self) -> dict:
         """JSON-safe ids of what is read (stored in checkpoints)."""

@@ -13,30 +13,85 @@ keyed by (seed, step, sample index), never from the global RNG or the batch spli
 the same numbers with any number of processes or micro-batches, and resumes bit-identically.
 
 ``run_dit_train`` is the library entry of the CLI; ``load_dit`` rebuilds a trained model from
-a run or checkpoint (the contract used by sampling). Shapes: B batch, d latent channels,
+a run or checkpoint (the contract used by sampling). A ``--preset paper`` run also gets the
+official sampling settings as its ``sampling.json`` (``write_sampling_json``, shared with
+``repackctl import official``), which ``repackctl sample`` uses where no flag overrides them. Shapes: B batch, d latent channels,
 h×w latent grid, T tokens, D width, C encoder width.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from repackctl.dit.task import build_task, dit_run_dir
-from repackctl.errors import ConfigError
-from repackctl.paths import run_root_of
+from repackctl.errors import ConfigError, ResumeConflict
+from repackctl.files import write_json_atomic
+from repackctl.paths import SAMPLING_JSON, run_root_of
 from repackctl.progress import LOG_FILE, ProgressFactory, null_progress, with_log_file
-from repackctl.settings.resume import resume_and_report
+from repackctl.settings.resume import GIVEN, resume_and_report, stored_record
 from repackctl.train.checkpoint import latest_checkpoint, read_state
 from repackctl.train.logging import read_metrics
 from repackctl.train.loop import TrainResult, train
 
-# --------------------------------------------------------------------------- model selection
+# --------------------------------------------------------------------------- official sampling
+
+# official sampling settings (stage2/configs/lightningdit_xl_repack_f16d32_dinov3.yaml)
+OFFICIAL_SAMPLING = {
+    "timestep_shift": 0.3,
+    "cfg_interval_start": 0.11,
+    "cfg_scale": 15.0,
+    "cfg_channels": 3,
+    "num_sampling_steps": 250,  # grid points: 249 Euler updates
+    "sampling_method": "euler",
+}
+OFFICIAL_SOURCE = "official RePack-then-Refine sampling settings, in our conventions"
 
 
-# --------------------------------------------------------------------------- the task
+def official_sampling_defaults(sample_cfg: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Their sampling section (``OFFICIAL_SAMPLING`` updated by ``sample_cfg``) translated into
+    our sample settings: shift 0.3 → ours 1/0.3, ``cfg_interval_start`` 0.11 → ``cfg_t_hi``
+    0.89, CFG on channels 0–2 → ``cfg_channels`` 3, an N-point Euler grid → N − 1 steps."""
+    from repackctl.transport.interpolant import (
+        their_interval_start_to_our_t_hi,
+        their_shift_to_ours,
+    )
+
+    s = dict(OFFICIAL_SAMPLING)
+    for key in ("timestep_shift", "cfg_interval_start", "cfg_scale", "num_sampling_steps"):
+        if sample_cfg and key in sample_cfg:
+            s[key] = sample_cfg[key]
+    if (sample_cfg or {}).get("sampling_method", "euler") != "euler":
+        raise ConfigError(
+            f"unsupported official sampler {sample_cfg['sampling_method']!r}",
+            "only the released Euler sampling settings are supported",
+        )
+    return {
+        "sampler": "euler",
+        "steps": int(s["num_sampling_steps"]) - 1,  # their N-point grid = N − 1 updates
+        "shift": their_shift_to_ours(float(s["timestep_shift"])),
+        "cfg": float(s["cfg_scale"]),
+        "cfg_t_lo": 0.0,
+        "cfg_t_hi": their_interval_start_to_our_t_hi(float(s["cfg_interval_start"])),
+        "cfg_channels": int(s["cfg_channels"]),
+    }
+
+
+def write_sampling_json(
+    run_dir: Path, sample_cfg: dict[str, Any] | None = None, source: str = OFFICIAL_SOURCE
+) -> dict[str, Any]:
+    """Write ``run_dir/sampling.json``: the official sampling settings (``sample_cfg``: a
+    released config's sampling section, if any) as the run's defaults for ``repackctl sample``.
+    Returns those defaults. The official labels are ``torch.randint`` draws: ``--labels random``."""
+    defaults = official_sampling_defaults(sample_cfg)
+    doc = {"defaults": defaults, "source": source, "official": sample_cfg or OFFICIAL_SAMPLING}
+    write_json_atomic(Path(run_dir) / SAMPLING_JSON, doc)
+    return defaults
 
 
 # --------------------------------------------------------------------------- the run
@@ -108,6 +163,7 @@ def resume_and_train(
     bulk or written); a run whose checkpoint is at or past ``steps`` is shown as it is, with
     nothing trained and nothing written."""
     settings, record = resume_and_report(run_dir_of(settings), settings, record, section)
+    settings, record = keep_started_values(run_dir_of(settings), settings, record, section)
     run_dir = run_dir_of(settings)
     steps = int(getattr(settings, section).steps)
     # the checkpoint the engine would resume from (the same verification, warnings left to it)
@@ -119,7 +175,93 @@ def resume_and_train(
         return task, shown_run(task, latest)
     if record is not None:
         config.extra["settings"] = record
-    return task, train(task, config, with_log_file(progress, Path(config.run_dir) / LOG_FILE))
+    paper = getattr(getattr(settings, section), "preset", None) == "paper"
+    with official_sampling_file(Path(config.run_dir), paper):
+        return task, train(task, config, with_log_file(progress, Path(config.run_dir) / LOG_FILE))
+
+
+# settings that a run's stored record may lack (it started before they existed), with the value
+# such a run trained with: TF32 matmuls were always on on CUDA
+STARTED_WITHOUT: dict[str, Any] = {"tf32": True}
+
+
+def _given(sources: dict[str, str], key: str) -> bool:
+    return sources.get(key, "default").split(" ")[0] in GIVEN
+
+
+def keep_started_values(
+    run_dir: Path, settings: Any, record: dict | None, section: str
+) -> tuple[Any, dict | None]:
+    """A resumed run keeps the ``section`` values it started with that no layer gives now.
+
+    ``resume_and_report`` keeps the stored values a flag, the environment or a file gave; one a
+    preset or a default gave takes this version's preset or default. Where those changed since
+    the run started (the paper preset's ``latent_sampling``, ``kernels`` and ``tf32`` did), the
+    run would silently go on with another recipe: such a value stays as stored (printed), unless
+    ``--allow-change`` names it or the preset itself was changed. A value given now that differs
+    from what a run started before its setting existed trained with is refused like any
+    breaking change."""
+    stored = stored_record(run_dir, section)
+    if stored is None or record is None:
+        return settings, record
+    old = (stored.get("values") or {}).get(section) or {}
+    values, sources = dict(record["values"]), dict(record["sources"])
+    new = dict(values[section])
+    allow = set(new.get("allow_change") or [])
+    if "all" in allow or old.get("preset", new.get("preset")) != new.get("preset"):
+        return settings, record  # an allowed preset change brings its own values
+    lines = []
+    for name, value in new.items():
+        key = f"{section}.{name}"
+        before = old.get(name, STARTED_WITHOUT.get(name, value))
+        if value == before or name in allow or key in allow:
+            continue
+        if _given(sources, key):
+            if name in old:
+                continue  # compared with the stored value by resume_and_report already
+            raise ResumeConflict(
+                f"resuming would change {key}: {before!r} → {value!r} (the run started before "
+                f"{name} was a setting, and trained with {before!r}), which breaks exact "
+                "continuation",
+                f"drop the flag to continue as started, start a new run with another --name, or "
+                f"pass --allow-change {name} to change it anyway",
+            )
+        origin = sources.get(key, "the default")
+        lines.append(
+            f"{key}: kept {before!r} as the run started ({origin} now gives {value!r}; "
+            f"--allow-change {name} takes that)"
+        )
+        new[name], sources[key] = before, "stored run config"
+    if not lines:
+        return settings, record
+    values[section] = new
+    settings = type(settings).model_validate(values)
+    if int(os.environ.get("RANK", 0)) == 0:
+        for line in lines:
+            print(f"resume: {line}", file=sys.stderr)
+    return settings, {"values": settings.model_dump(mode="json"), "sources": sources}
+
+
+@contextmanager
+def official_sampling_file(run_dir: Path, wanted: bool) -> Iterator[None]:
+    """The official ``sampling.json`` of a ``--preset paper`` run, written before it trains (so
+    a killed run has it too) when the run has none; a file already there is left as it is.
+    Training that fails before the run has a checkpoint removes the file this call wrote."""
+    path = run_dir / SAMPLING_JSON
+    wrote = new_dir = False
+    if wanted and int(os.environ.get("RANK", 0)) == 0 and not path.exists():
+        new_dir = not run_dir.exists()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_sampling_json(run_dir, source=f"{OFFICIAL_SOURCE} (train dit --preset paper)")
+        wrote = True
+    try:
+        yield
+    except BaseException:
+        if wrote and latest_checkpoint(run_dir, warn=None) is None:
+            path.unlink(missing_ok=True)
+            if new_dir and not any(run_dir.iterdir()):
+                run_dir.rmdir()
+        raise
 
 
 def check_new_run(

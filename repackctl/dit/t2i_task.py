@@ -302,7 +302,7 @@ def build_t2i_task(
         base.data.ref,
         text=text,
         text_encoder=s.text_encoder,
-        **data_options(s, settings.memory_gb),
+        **data_options(s, settings.memory_gb, settings.seed),
     )
     task = T2ITask(data, base.spec, s.caption_dropout)
     train = s.model_dump(mode="json") | {"text_features": data.text_id}  # resolved, kept

@@ -441,9 +441,11 @@ def dit_run_dir(settings) -> Path:
     return make_run_dir(settings.runs, s.name or f"dit-{model_id_of(s)}")
 
 
-def data_options(s: Any, memory_gb: float) -> dict[str, Any]:
-    """The ``LatentData`` options of a ``[dit]`` (or ``[t2i]``) settings section."""
+def data_options(s: Any, memory_gb: float, seed: int = 0) -> dict[str, Any]:
+    """The ``LatentData`` options of a ``[dit]`` (or ``[t2i]``) settings section; ``seed`` (the
+    run's) keys the posterior samples of ``latent_sampling`` fixed."""
     return dict(
+        seed=seed,
         features=s.features,
         repa=s.repa_weight > 0,
         sampling=s.latent_sampling,
@@ -463,7 +465,7 @@ def build_task(settings, sources: dict[str, str] | None = None) -> tuple[DiTTask
     kernels.select(s.kernels)  # the fused ops the model and the losses use in this process
     model_id = model_id_of(s)
     ref = find_latents(settings.cache, s.entry, s.latents, s.pack_run)
-    data = LatentData(ref, **data_options(s, settings.memory_gb))
+    data = LatentData(ref, **data_options(s, settings.memory_gb, settings.seed))
     spec = build_spec(settings, model_id)
     config = TrainConfig.from_settings(
         settings,

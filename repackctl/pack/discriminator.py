@@ -10,8 +10,12 @@ each process normalises with the statistics of its own few samples (8 per GPU), 
 batches are normalised separately (so the discriminator can tell them apart from batch
 statistics alone), DDP overwrites the running statistics with rank 0's, and the result changes
 with the number of processes. GroupNorm normalises each sample on its own: the same function for
-any batch size or process count, no buffers to synchronise. ``norm="group"`` is our default;
-``norm="batch"`` reproduces the official discriminator.
+any batch size or process count, no buffers to synchronise. ``norm="batch"`` reproduces the
+official discriminators and is what the ``paper`` presets pick (``pack.disc_norm``,
+``refine.disc_norm``); ``norm="group"`` is the library default and the ``small`` presets' choice.
+With BatchNorm the discriminator sees real and fake images in separate forwards, as the official
+code does (``pack.losses.ReconstructionLoss.discriminator_loss``), so each batch is normalised
+with its own statistics.
 
 The adaptive weight (Esser et al. 2021, VQGAN eq. 7) balances the generator's GAN term against
 the reconstruction term by the ratio of their gradient norms at the decoder's last layer.

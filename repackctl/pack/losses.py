@@ -485,10 +485,15 @@ class ReconstructionLoss(nn.Module):
         if not self.gan_active(step):
             zero = target.new_zeros(())
             return LossOutput(total=zero, weighted={}, logs={"loss/disc": zero})
-        # One forward over real and fake together: with GroupNorm this equals two forwards; with
-        # the legacy BatchNorm it at least normalises real and fake with shared statistics.
-        logits = self.discriminator(torch.cat([target, recon.detach()], dim=0))  # (2B, 1, h, w)
-        real, fake = logits.chunk(2, dim=0)
+        disc = self.discriminator
+        if getattr(getattr(disc, "config", None), "norm", None) == "batch":
+            # BatchNorm (the official discriminator): real and fake in separate forwards, as the
+            # official code does, so each is normalised with its own batch statistics
+            real, fake = disc(target), disc(recon.detach())  # (B, 1, h, w) each
+        else:
+            # GroupNorm normalises each sample on its own: one forward equals two
+            logits = disc(torch.cat([target, recon.detach()], dim=0))  # (2B, 1, h, w)
+            real, fake = logits.chunk(2, dim=0)
         loss = hinge_d_loss(real, fake)
         return LossOutput(
             total=loss,

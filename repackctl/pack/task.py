@@ -13,7 +13,9 @@ KL + PatchGAN hinge (adaptive weight), Adam betas (0.5, 0.9). Our differences, e
   decoder is trained on top, with no KL: the paper's baseline;
 * sizes left unset follow a preset picked from the encoder's token width (``resolve_plan``):
   the paper's for DINO encoders, a small one for the built-in encoder that trains in about a
-  minute on two CPU cores (with lr 1e-3: the official 1e-5 barely moves in so few steps).
+  minute on two CPU cores (with lr 1e-3: the official 1e-5 barely moves in so few steps);
+* the training length is ``steps``, or ``epochs`` passes over the training images when no
+  steps are given (the paper preset: the official 99 epochs), resolved once into the plan.
 
 The loop (accelerate, EMA, atomic checkpoints, bit-identical resume, NaN guard, metrics.jsonl,
 TensorBoard) is ``repackctl.train.loop``; this module is the ``TrainTask`` plus the plumbing.
@@ -24,6 +26,7 @@ Legend: B batch, T tokens, C token channels, d latent channels, h×w grid, R ima
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,6 +76,8 @@ class PackPlan:
     method: str
     preset: str
     steps: int
+    epochs: int | None  # the epochs ``steps`` was derived from; None: steps given or preset
+    images: int | None  # training images the epochs were counted over
     batch_size: int
     lr: float
     disc_lr: float
@@ -82,6 +87,7 @@ class PackPlan:
     discriminator: DiscriminatorConfig | None
     loss: LossConfig
     lpips_weights: str | None
+    tf32: bool = True  # TF32 matmuls/convolutions on CUDA (False: PyTorch's strict fp32)
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -90,6 +96,8 @@ class PackPlan:
             "method": self.method,
             "preset": self.preset,
             "steps": self.steps,
+            "epochs": self.epochs,
+            "images": self.images,
             "batch_size": self.batch_size,
             "lr": self.lr,
             "disc_lr": self.disc_lr,
@@ -99,6 +107,7 @@ class PackPlan:
             "discriminator": self.discriminator.to_dict() if self.discriminator else None,
             "loss": self.loss.to_dict(),
             "lpips_weights": self.lpips_weights,
+            "tf32": self.tf32,
             "notes": list(self.notes),
         }
 
@@ -152,7 +161,7 @@ def resolve_plan(settings: Settings, ref: FeatureRef) -> PackPlan:
     gan = cfg.gan_weight
     disc = (
         DiscriminatorConfig(
-            base_channels=pick("disc_channels"), n_layers=cfg.disc_layers, norm=cfg.disc_norm
+            base_channels=pick("disc_channels"), n_layers=cfg.disc_layers, norm=pick("disc_norm")
         )
         if gan > 0
         else None
@@ -178,13 +187,18 @@ def resolve_plan(settings: Settings, ref: FeatureRef) -> PackPlan:
         scale_equivariance=_scale_equivariance(pick("scale_equivariance_weight"), grid),
     )
     lr = pick("lr")
-    steps = pick("steps")
+    batch = pick("batch_size")
+    steps, epochs, images = training_length(settings, ref, batch)
+    if epochs is not None:
+        notes.append(f"training length: {steps_line(steps, epochs, images, batch)}")
     return PackPlan(
         run_name=cfg.run or default_run_name(settings, ref.source.get("encoder")),
         method=kind,
         preset=preset,
         steps=steps,
-        batch_size=pick("batch_size"),
+        epochs=epochs,
+        images=images,
+        batch_size=batch,
         lr=lr,
         disc_lr=cfg.disc_lr or lr,
         betas=(float(cfg.betas[0]), float(cfg.betas[1])),
@@ -193,8 +207,43 @@ def resolve_plan(settings: Settings, ref: FeatureRef) -> PackPlan:
         discriminator=disc,
         loss=loss,
         lpips_weights=lpips,
+        tf32=preset != "paper",  # the official stage 1 ran PyTorch's default strict fp32
         notes=notes,
     )
+
+
+def steps_for_epochs(epochs: int, samples: int, batch_size: int) -> int:
+    """Updates of ``epochs`` passes over ``samples`` at ``batch_size``: ceil(epochs × N / B)."""
+    return math.ceil(epochs * samples / batch_size)
+
+
+def steps_line(steps: int, epochs: int, samples: int, batch_size: int, what: str = "images") -> str:
+    """``99 epochs × 1281167 images / batch 32 = 3963736 steps`` (printed and logged)."""
+    return f"{epochs} epochs × {samples} {what} / batch {batch_size} = {steps} steps"
+
+
+def training_length(
+    settings: Settings, ref: FeatureRef, batch_size: int
+) -> tuple[int, int | None, int | None]:
+    """``(steps, epochs, images)`` of a pack run: a given ``steps`` wins; else ``epochs`` passes
+    over the entry's usable training images (``pack.data.valid_indices``); else the preset's
+    steps. ``epochs`` and ``images`` are None when the steps were not derived from epochs."""
+    from repackctl.pack.data import valid_indices
+
+    cfg = settings.pack
+    preset = PRESETS[cfg.preset]
+    if cfg.steps is not None:
+        return cfg.steps, None, None
+    epochs = cfg.epochs if cfg.epochs is not None else preset.get("epochs")
+    if epochs is None:
+        if preset.get("steps") is None:
+            raise ConfigError(
+                "pack.steps and pack.epochs are both unset: the training length is unknown",
+                "pass --steps N or --epochs N",
+            )
+        return preset["steps"], None, None
+    images = len(valid_indices(ref.entry, ref.feats))
+    return steps_for_epochs(epochs, images, batch_size), epochs, images
 
 
 # ---------------------------------------------------------------------------- PCA
@@ -386,7 +435,54 @@ def _check_resume(
             )
     notes = _check_resume_data(run_dir.name, old, task_extra)
     _check_resume_loss(run_dir.name, old.get("plan"), task_extra["plan"], allow or [])
+    _check_resume_discriminator(run_dir.name, old.get("plan"), task_extra["plan"])
+    _check_resume_tf32(run_dir.name, old.get("plan"), task_extra["plan"], allow or [])
     return latest, notes
+
+
+# DiscriminatorConfig field → the pack setting that sets it (for the hint of a refused resume)
+DISC_SETTINGS = {"norm": "disc_norm", "base_channels": "disc_channels", "n_layers": "disc_layers"}
+
+
+def _check_resume_discriminator(
+    run: str, old_plan: dict[str, Any] | None, plan: dict[str, Any]
+) -> None:
+    """Refuse another discriminator than the run was trained with (its weights and BatchNorm
+    buffers would not fit; a preset may have changed: paper picks BatchNorm since 0.3). Older
+    checkpoints without a stored plan are not compared; missing fields read as their defaults."""
+    if not isinstance(old_plan, dict) or not old_plan.get("discriminator"):
+        return
+    if not plan.get("discriminator"):
+        return  # the GAN is off now: the loss check names gan_weight
+    before = DiscriminatorConfig.from_dict(old_plan["discriminator"]).to_dict()
+    for key, value in plan["discriminator"].items():
+        if before.get(key) == value:
+            continue
+        setting = DISC_SETTINGS.get(key, key)
+        raise CheckpointError(
+            f"run {run} was trained with discriminator {key} = {before.get(key)!r}, now {value!r}",
+            f"resume it with --{setting.replace('_', '-')} {before.get(key)} as it was started "
+            "(a preset may have changed), or pick a new run name with --name",
+        )
+
+
+def _check_resume_tf32(
+    run: str, old_plan: dict[str, Any] | None, plan: dict[str, Any], allow: list[str]
+) -> None:
+    """Refuse to switch TF32 within a run (a run recorded before the plan had ``tf32`` ran
+    with it on): the paper preset now trains in PyTorch's strict fp32, as the official code."""
+    if not isinstance(old_plan, dict) or "steps" not in old_plan:
+        return
+    before = bool(old_plan.get("tf32", True))
+    if before == plan["tf32"] or {"all", "tf32", "pack.tf32"} & set(allow):
+        return
+    state = {True: "on", False: "off"}
+    raise CheckpointError(
+        f"run {run} was trained with TF32 matmuls {state[before]} on CUDA, now "
+        f"{state[plan['tf32']]} (the {plan['preset']} preset changed)",
+        "pass --allow-change tf32 to continue it with the new precision, or pick a new run "
+        "name with --name",
+    )
 
 
 # the parts of ``state_extra()["content"]``, as an error names them
@@ -560,6 +656,7 @@ def run_pack_train(
         betas=plan.betas,
         ema_decay=plan.ema_decay,
         ema_warmup=True,
+        tf32=plan.tf32,  # paper: off, PyTorch's strict fp32 matmuls as the official stage 1
         block=ref.entry.chunk,
         extra={"stage": "pack", "plan": plan.to_dict(), "settings": config_record},
     )
@@ -585,7 +682,7 @@ def _check_new_run(plan: PackPlan, sources: dict[str, str] | None = None) -> Non
             f"pack.steps is {plan.steps}: run {plan.run_name} has no checkpoint yet, so it would "
             "train nothing and write no checkpoint",
             f"pass --steps N with N >= 1 (or leave it unset: the {plan.preset} preset trains "
-            f"{PRESETS[plan.preset]['steps']}); --steps 0 only shows a run that has a checkpoint",
+            f"{_preset_length(plan.preset)}); --steps 0 only shows a run that has a checkpoint",
         )
     decoder = plan.autoencoder.decoder
     unplaced = _unplaced_attention(decoder)
@@ -602,6 +699,14 @@ def _check_new_run(plan: PackPlan, sources: dict[str, str] | None = None) -> Non
             f"valid sides: {sides}; pass --attn-resolutions once per side that gets attention "
             f"(e.g. --attn-resolutions {decoder.latent_size}, the latent grid)",
         )
+
+
+def _preset_length(preset: str) -> str:
+    """The training length a preset gives (``600 steps``, ``99 epochs``)."""
+    values = PRESETS[preset]
+    if values.get("epochs") is not None:
+        return f"{values['epochs']} epochs"
+    return f"{values.get('steps')} steps"
 
 
 def _resume_notes(plan: PackPlan, latest: Path | None) -> list[str]:

@@ -5,11 +5,14 @@ refiner maps (decoded reconstruction, raw latent) to the real image under
 L1 + LPIPS + 0.5 × hinge PatchGAN from step 0, with Adam (β = 0.5, 0.9) for both networks; the
 discriminator's hinge loss is ½·(relu(1 − D(real)) + relu(1 + D(fake))).
 
-Differences, each a named setting: the perceptual term is on only when local LPIPS weights are
-given (``refine.lpips_weights``; no downloads), the discriminator uses GroupNorm by default
-(``pack.discriminator``: batch statistics make a GAN depend on the batch split), and an EMA of the
-refiner is kept and used for sampling. Resume, checkpoints, curves and progress come from
-``repackctl.train.train``.
+Differences, each a named setting whose ``paper`` preset value is the official one: the
+perceptual term is on only when local LPIPS weights are given (``refine.lpips_weights``; no
+downloads); the discriminator's norm (``refine.disc_norm``: paper ``batch``, the official
+BatchNorm2d; ``small`` ``group``, as batch statistics make a GAN depend on the batch split,
+``pack.discriminator``); an EMA of the refiner used for sampling (``refine.ema_decay``: paper 0,
+no EMA, as the official refiner keeps none). The training length is ``refine.steps``, or
+``refine.epochs`` passes over the usable triplets when no steps are given (paper: the official
+100 epochs). Resume, checkpoints, curves and progress come from ``repackctl.train.train``.
 
 The checkpoint's task extra records ``latent_convention: "raw"``, the refiner config and the
 pack id: ``refine.apply.load_refiner`` refuses a refiner trained on anything but raw packed
@@ -20,6 +23,7 @@ Legend: B batch, F flips, d latent channels, h×w latent grid, R image side.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -187,7 +191,8 @@ class RefineTask:
         }
 
     def load_state_extra(self, extra: dict[str, Any]) -> None:
-        check_resume_extra(extra, self.pack_info["pack_id"], self.refiner_config)
+        disc = self.disc_config if self.weights.gan > 0 else None
+        check_resume_extra(extra, self.pack_info["pack_id"], self.refiner_config, disc)
 
     def on_images(self, modules, ema_module: nn.Module, step: int, run_dir: Path) -> Path:
         """Rows of real / reconstruction / refined (EMA) images of the first samples."""
@@ -220,9 +225,18 @@ def refiner_config_for(latent_channels: int, resolution: int, settings: Settings
     )
 
 
-def check_resume_extra(extra: dict[str, Any], pack_id: str, refiner_config: RefinerConfig) -> None:
-    """Refuse to resume a refiner checkpoint (its task ``extra``) of another pack model or
-    network config."""
+# DiscriminatorConfig field → the refine setting that sets it (for the hint of a refused resume)
+DISC_SETTINGS = {"norm": "disc_norm", "base_channels": "disc_channels"}
+
+
+def check_resume_extra(
+    extra: dict[str, Any],
+    pack_id: str,
+    refiner_config: RefinerConfig,
+    disc_config: DiscriminatorConfig | None = None,
+) -> None:
+    """Refuse to resume a refiner checkpoint (its task ``extra``) of another pack model, network
+    config or discriminator (``disc_config``; None: not compared, the GAN is off)."""
     old = extra.get("pack", {}).get("pack_id")
     if old is not None and old != pack_id:
         raise CheckpointError(
@@ -234,16 +248,87 @@ def check_resume_extra(extra: dict[str, Any], pack_id: str, refiner_config: Refi
             "this refiner run was trained with another network config",
             "use the same refiner settings or a new --name",
         )
+    if disc_config is not None and extra.get("disc_config"):
+        _check_resume_disc(extra["disc_config"], disc_config)
 
 
-def check_resumable(run: Path, pack_id: str, refiner_config: RefinerConfig) -> None:
+def _check_resume_disc(recorded: dict[str, Any], disc_config: DiscriminatorConfig) -> None:
+    """The same discriminator as recorded (a preset may have changed: paper picks BatchNorm)."""
+    before = DiscriminatorConfig.from_dict(recorded).to_dict()
+    for key, value in disc_config.to_dict().items():
+        if before.get(key) == value:
+            continue
+        setting = DISC_SETTINGS.get(key)
+        how = (
+            f"resume it with --{setting.replace('_', '-')} {before.get(key)}"
+            if setting
+            else ("resume it with the settings it was started with")
+        )
+        raise CheckpointError(
+            f"this refiner run was trained with discriminator {key} = {before.get(key)!r}, "
+            f"now {value!r}",
+            f"{how} (a preset may have changed), or pick a new run name with --name",
+        )
+
+
+def _check_resume_ema(state_config: dict[str, Any], ema_decay: float, allow: list[str]) -> None:
+    """Refuse another EMA decay than the run was trained with (the paper preset keeps no EMA
+    since refine.ema_decay became a preset value; runs before it used 0.999), unless allowed."""
+    before = state_config.get("ema_decay")
+    if before is None or float(before) == ema_decay:
+        return
+    if {"all", "ema_decay", "refine.ema_decay"} & set(allow):
+        return
+    raise CheckpointError(
+        f"this refiner run was trained with refine.ema_decay = {before!r}, now {ema_decay!r}",
+        f"resume it with --ema-decay {before} as it was started (a preset may have changed), "
+        "pass --allow-change ema_decay, or pick a new run name with --name",
+    )
+
+
+def check_resumable(
+    run: Path,
+    pack_id: str,
+    refiner_config: RefinerConfig,
+    disc_config: DiscriminatorConfig | None = None,
+    ema_decay: float | None = None,
+    allow: list[str] | None = None,
+) -> None:
     """Before anything is built or written: the checkpoint ``train`` would resume from (the
-    run's newest complete one, if any) fits this pack model and network config."""
+    run's newest complete one, if any) fits this pack model, network config, discriminator
+    (None: not compared) and EMA decay (None: not compared)."""
     from repackctl.train.checkpoint import latest_checkpoint, read_state
 
     latest = latest_checkpoint(run, warn=None)
-    if latest is not None:
-        check_resume_extra(read_state(latest).get("extra", {}), pack_id, refiner_config)
+    if latest is None:
+        return
+    state = read_state(latest)
+    check_resume_extra(state.get("extra", {}), pack_id, refiner_config, disc_config)
+    if ema_decay is not None:
+        _check_resume_ema(state.get("config") or {}, ema_decay, allow or [])
+
+
+def refine_length(
+    settings: Settings, triplets: int, messages: list[str] | None = None
+) -> tuple[int, dict[str, Any]]:
+    """``(steps, record)``: a given ``refine.steps`` wins; else ``refine.epochs`` passes over the
+    ``triplets`` usable triplets at the global batch, ceil(epochs × triplets / batch), told in
+    ``messages``."""
+    cfg = settings.refine
+    if cfg.steps is not None:
+        return cfg.steps, {"steps": cfg.steps, "epochs": None, "triplets": triplets}
+    if cfg.epochs is None:
+        raise ConfigError(
+            "refine.steps and refine.epochs are both unset: the training length is unknown",
+            "pass --steps N or --epochs N",
+        )
+    steps = math.ceil(cfg.epochs * triplets / cfg.batch_size)
+    if messages is not None:
+        messages.append(
+            f"training length: {cfg.epochs} epochs × {triplets} triplets / batch "
+            f"{cfg.batch_size} = {steps} steps"
+        )
+    return steps, {"steps": steps, "epochs": cfg.epochs, "triplets": triplets}
 
 
 def _lpips(settings: Settings, messages: list[str]) -> nn.Module | None:
@@ -272,7 +357,6 @@ def run_refine_train(
     """
     from repackctl.pack.load import load_pack
     from repackctl.paths import run_dir
-    from repackctl.runtime import resolve_device
 
     cfg = settings.refine
     pack_run = cfg.pack_run or chained_run(settings.runs, "pack", "--pack-run", messages=None)
@@ -287,54 +371,99 @@ def run_refine_train(
     cache = pack.extra.get("cache", {})
     entry = DatasetEntry.open(settings.cache, cfg.entry or cache["entry"])
     rcfg = refiner_config_for(pack.latent_channels, entry.resolution, settings)
-    # a run of another pack model or network is refused before its triplets land in the cache
-    check_resumable(run_dir(settings.runs, name), pack.pack_id, rcfg)
-    device = resolve_device(settings.device)
-    with progress("triplets", total=None) as bar:
-        for line in rec.lines() if rec else []:
-            bar.log(f"resume: {line}")
-        bar.log(f"building refiner triplets of {pack.pack_id} in {entry.name}")
-    build_triplets(
-        entry,
-        cache["features"],
-        pack,
-        noise=cfg.noise,
-        seed=settings.seed,
-        batch_size=cfg.triplet_batch,
-        device=device,
-        progress=progress,
-    )
-    triplets = open_triplets(entry, pack.pack_id, cfg.noise)
-    messages: list[str] = []
-    lpips = _lpips(settings, messages)
-    feature_loss = None
-    if cfg.feature_weight > 0:
-        from repackctl.pack.load import builtin_feature_loss
-
-        feature_loss = builtin_feature_loss(entry.resolution, settings.seed)
-    task = RefineTask(
-        entry,
-        triplets,
+    disc = DiscriminatorConfig(base_channels=cfg.disc_channels, norm=cfg.disc_norm)
+    # a run of another pack model, network, discriminator or EMA is refused before its
+    # triplets land in the cache
+    check_resumable(
+        run_dir(settings.runs, name),
+        pack.pack_id,
         rcfg,
-        DiscriminatorConfig(base_channels=cfg.disc_channels),
-        RefineLossWeights(cfg.l1_weight, cfg.perceptual_weight, cfg.gan_weight, cfg.feature_weight),
-        lpips,
-        {"run": pack.run_name, "checkpoint": str(pack.checkpoint), "pack_id": pack.pack_id},
-        memory_gb=settings.memory_gb,
-        feature_loss=feature_loss,
+        disc if cfg.gan_weight > 0 else None,
+        cfg.ema_decay,
+        cfg.allow_change,
     )
+    _build_triplets(settings, entry, cache["features"], pack, progress, rec.lines() if rec else [])
+    messages: list[str] = []
+    task = _refine_task(
+        settings, entry, open_triplets(entry, pack.pack_id, cfg.noise), rcfg, disc, pack, messages
+    )
+    steps, length = refine_length(settings, task.num_samples(), messages)
     config = TrainConfig.from_settings(
         settings,
         cfg,
         run_dir(settings.runs, name),
         sources=sources,
+        steps=steps,
         betas=BETAS,
         ema_warmup=False,
         image_every=0,
-        extra={"stage": "refine", "refine": cfg.model_dump(mode="json"), "settings": config_record},
+        extra={
+            "stage": "refine",
+            "refine": cfg.model_dump(mode="json"),
+            "length": length,
+            "settings": config_record,
+        },
     )
     with progress("refine", total=None) as bar:
         for m in messages:
             bar.log(m)
     train(task, config, progress)
     return Path(config.run_dir)
+
+
+def _build_triplets(
+    settings: Settings,
+    entry: DatasetEntry,
+    features: str,
+    pack: Any,
+    progress: ProgressFactory,
+    resumed: list[str],
+) -> None:
+    """The pack run's triplets in ``entry`` (resumable), after the resume lines."""
+    from repackctl.runtime import resolve_device
+
+    cfg = settings.refine
+    with progress("triplets", total=None) as bar:
+        for line in resumed:
+            bar.log(f"resume: {line}")
+        bar.log(f"building refiner triplets of {pack.pack_id} in {entry.name}")
+    build_triplets(
+        entry,
+        features,
+        pack,
+        noise=cfg.noise,
+        seed=settings.seed,
+        batch_size=cfg.triplet_batch,
+        device=resolve_device(settings.device),
+        progress=progress,
+    )
+
+
+def _refine_task(
+    settings: Settings,
+    entry: DatasetEntry,
+    triplets: Any,
+    rcfg: RefinerConfig,
+    disc: DiscriminatorConfig,
+    pack: Any,
+    messages: list[str],
+) -> RefineTask:
+    """The ``RefineTask`` of ``settings.refine`` over the pack run's triplets (LPIPS and the
+    feature distance loaded as the weights ask; warnings go to ``messages``)."""
+    cfg = settings.refine
+    feature_loss = None
+    if cfg.feature_weight > 0:
+        from repackctl.pack.load import builtin_feature_loss
+
+        feature_loss = builtin_feature_loss(entry.resolution, settings.seed)
+    return RefineTask(
+        entry,
+        triplets,
+        rcfg,
+        disc,
+        RefineLossWeights(cfg.l1_weight, cfg.perceptual_weight, cfg.gan_weight, cfg.feature_weight),
+        _lpips(settings, messages),
+        {"run": pack.run_name, "checkpoint": str(pack.checkpoint), "pack_id": pack.pack_id},
+        memory_gb=settings.memory_gb,
+        feature_loss=feature_loss,
+    )

@@ -174,11 +174,22 @@ def apply_presets(data: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(
                 f"unknown {section} preset {name!r}", f"choose one of {', '.join(model.PRESETS)}"
             )
-        values = dict(model.PRESETS.get(concrete, {}))
+        values = preset_values(model, concrete, given)
         if section == "pack":
             values = _pack_method_values(given, values)
         data[section] = {**values, **given, "preset": concrete}
     return data
+
+
+def preset_values(model: Any, preset: str, given: dict[str, Any]) -> dict[str, Any]:
+    """The values ``preset`` fills into a section of which ``given`` was set by some layer.
+
+    A training length given in ``epochs`` (and no ``steps``) takes no step count from the
+    preset: otherwise the preset's ``steps`` would win over the epochs the user asked for."""
+    values = dict(model.PRESETS.get(preset, {}))
+    if given.get("epochs") is not None and "steps" not in given:
+        values.pop("steps", None)
+    return values
 
 
 def _pack_method_values(given: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
@@ -204,7 +215,7 @@ def preset_sources(data: dict[str, Any], sources: dict[str, str]) -> dict[str, s
         concrete = concrete_preset(section, name, data)
         if name != concrete:
             out[f"{section}.preset"] = f"preset {name} → {concrete}"
-        for key in model.PRESETS.get(concrete, {}):
+        for key in preset_values(model, concrete, given):
             if f"{section}.{key}" not in sources:
                 out[f"{section}.{key}"] = f"preset {concrete}"
     return out

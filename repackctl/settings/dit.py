@@ -25,7 +25,7 @@ class DitSettings(BaseModel):
     PANELS: ClassVar[dict[str, tuple[str, ...]]] = {
         "Run": ("allow_change", "name", "preset"),
         "Data": ("latents", "pack_run", "entry", "features", "latent_sampling", "in_memory", "flip", "buffer_blocks", "prefetch"),
-        "Model": ("arch", "size", "patch", "depth", "width", "heads", "model", "qk_norm", "no_shift", "class_dropout", "grad_checkpointing", "compile", "kernels"),
+        "Model": ("arch", "size", "patch", "depth", "width", "heads", "model", "qk_norm", "no_shift", "class_dropout", "grad_checkpointing", "compile", "kernels", "tf32"),
         "Transport": ("time_dist", "time_mu", "time_sigma", "time_shift", "cos_weight"),
         "REPA": ("repa_weight", "repa_depth", "repa_stop_step", "repa_hidden"),
         "Optimisation": ("steps", "global_batch", "grad_accum", "lr", "beta1", "beta2", "weight_decay", "schedule", "warmup_steps", "drop_step", "drop_lr", "min_lr", "ema_decay", "ema_warmup", "clip_grad", "parallel"),
@@ -62,8 +62,11 @@ class DitSettings(BaseModel):
     features: str | None = Field(
         None, description="encoder features used as REPA targets; none = the ones of the pack"
     )
-    latent_sampling: Literal["mean", "sample"] = Field(
-        "mean", description="train on the posterior mean, or on a fresh posterior sample per step"
+    latent_sampling: Literal["mean", "sample", "fixed"] = Field(
+        "mean",
+        description="train on the posterior mean (mean), a fresh posterior sample per step "
+        "(sample), or one posterior sample per image and flip, drawn once from the seed and "
+        "reused every epoch (fixed: the official latent cache)",
     )
     in_memory: bool | None = Field(
         None,
@@ -149,6 +152,12 @@ class DitSettings(BaseModel):
         description="fused ops (RMSNorm+adaLN, RoPE, SwiGLU, cosine losses): triton, eager, or "
         "auto = Triton on CUDA, eager elsewhere",
     )
+    tf32: bool = Field(
+        True,
+        description="on CUDA, TF32 matmuls and convolutions (faster, ~1e-3 relative rounding); "
+        "--no-tf32 keeps PyTorch's defaults (strict fp32 matmuls, TF32 cuDNN convolutions), "
+        "as the official stage 2 ran",
+    )
     ckpt_every: int = Field(500, ge=1, description="checkpoint every N steps")
     keep_last: int = Field(3, ge=0, description="complete checkpoints kept; 0 = all")
     log_every: int = Field(25, ge=1, description="metrics line every N steps")
@@ -196,15 +205,22 @@ PRESETS: dict[str, dict[str, Any]] = {
         "cos_weight": 1.0,
         "class_dropout": 0.1,
         "repa_weight": 0.0,
-        "latent_sampling": "sample",  # the official latent cache holds posterior samples
+        # the official latent cache holds ONE posterior sample per image and flip
+        # (stage2/extract_features.py), drawn once and reused every epoch
+        "latent_sampling": "fixed",
         "clip_grad": None,
+        # fp32 eager PyTorch: stage2/train.py sets no TF32 flag (PyTorch's defaults: strict fp32
+        # matmuls) and runs no fused kernels
+        "kernels": "eager",
+        "tf32": False,
         "ckpt_every": 10_000,
         "log_every": 100,
         "image_every": 10_000,
     },
     # REPA (sihyun-yu/REPA train.py): SiT-XL/2, uniform t, plain velocity MSE, AdamW 1e-4
     # (0.9, 0.999), clip 1.0, EMA 0.9999, label dropout 0.1, a 3-layer 2048-wide projector after
-    # block 8 of 28 with λ 0.5, constant lr, global batch 256, posterior samples of the latent.
+    # block 8 of 28 with λ 0.5, constant lr, global batch 256, posterior samples of the latent,
+    # no flip augmentation (REPA's dataset.py reads each image as stored).
     "repa": {
         "arch": "sit",
         "size": "xl",
@@ -227,6 +243,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "repa_depth": 8,
         "repa_hidden": 2048,
         "latent_sampling": "sample",
+        "flip": False,
         "ckpt_every": 10_000,
         "log_every": 100,
         "image_every": 10_000,

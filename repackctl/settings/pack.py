@@ -8,9 +8,10 @@ environment variable and a Python caller get the same values). ``auto`` picks ``
 or with the built-in encoder, ``paper`` otherwise:
 
 * ``paper``: the official RePack stage 1 — d = 32, decoder ch 128 with the official multipliers,
-  2 ResBlocks per level, attention at 16², PatchGAN with 64 base channels, Adam 1e-5 betas
-  (0.5, 0.9), batch 32 (8 × 4 GPUs), no EMA (decay 0: the EMA copy is the weights), GAN from
-  step 0.
+  2 ResBlocks per level, attention at 16², PatchGAN with 64 base channels and BatchNorm, Adam
+  1e-5 betas (0.5, 0.9), batch 32 (8 × 4 GPUs), no EMA (decay 0: the EMA copy is the weights),
+  GAN off for the first update only (``gan_start`` 1 = the official ``disc_start`` 1), 99 epochs
+  (the official ``max_epochs``; ``epochs``), fp32 without TF32 (as the official script ran).
 * ``small`` (narrower tokens: the built-in encoder, ``patchpix``): d = 8, whitened tokens
   (``whiten``, see ``repackctl.pack.projection``), ch 16, one ResBlock per level, no attention,
   GroupNorm with 4 groups (``norm_groups``), the built-in encoder's feature distance as the
@@ -49,7 +50,7 @@ class PackSettings(BaseModel):
         "Features": ("encoder", "weights", "layer", "data", "split", "resolution", "num", "entry", "features"),
         "Run": ("allow_change", "run", "method", "preset"),
         "Model": ("latent_channels", "whiten", "ch", "ch_mult", "num_res_blocks", "attn_resolutions", "norm_groups", "disc_channels", "disc_layers", "disc_norm"),
-        "Optimisation": ("steps", "batch_size", "lr", "disc_lr", "betas", "ema_decay", "clip_grad"),
+        "Optimisation": ("steps", "epochs", "batch_size", "lr", "disc_lr", "betas", "ema_decay", "clip_grad"),
         "Losses": ("l1_weight", "perceptual_weight", "lpips_weights", "ffl_weight", "feature_weight", "scale_equivariance_weight", "kl_weight", "gan_weight", "gan_start"),
         "Output": ("ckpt_every", "keep_last", "log_every", "image_every", "grid_images"),
         "Data loading": ("in_memory", "pca_samples", "encode_batch_size"),
@@ -117,12 +118,26 @@ class PackSettings(BaseModel):
     )
     disc_channels: int | None = Field(None, ge=1, description="PatchGAN base channels")
     disc_layers: int = Field(3, ge=1, description="PatchGAN stride-2 layers")
-    disc_norm: Literal["group", "batch"] = Field(
-        "group", description="discriminator norm: group (ours) or batch (official)"
+    disc_norm: Literal["group", "batch"] | None = Field(
+        None,
+        description="discriminator norm: group (per sample: the same for any batch split) or "
+        "batch (the official NLayerDiscriminator); none = preset (paper batch, small group)",
     )
 
     # ---- optimisation --------------------------------------------------------------------------
-    steps: int | None = Field(None, ge=0, description="training steps; none = preset")
+    steps: int | None = Field(
+        None,
+        ge=0,
+        description="training steps; none = from epochs, else the preset (small 600); a given "
+        "steps wins over epochs",
+    )
+    epochs: int | None = Field(
+        None,
+        ge=1,
+        description="training length in passes over the training images, used when steps is "
+        "not given: steps = ceil(epochs × images / batch_size); none = preset (paper 99, the "
+        "official max_epochs; small none)",
+    )
     batch_size: int | None = Field(
         None, ge=1, description="global batch (all processes); none = preset (paper 32, small 16)"
     )
@@ -165,7 +180,12 @@ class PackSettings(BaseModel):
         "per-element reduction",
     )
     gan_weight: float = Field(0.5, ge=0, description="hinge GAN weight (times the adaptive one)")
-    gan_start: int | None = Field(None, ge=0, description="first GAN step; none = preset")
+    gan_start: int | None = Field(
+        None,
+        ge=0,
+        description="first update (0-based) with the GAN terms: 1 = off for the first update "
+        "only (the official disc_start 1); none = preset (paper 1, small 400)",
+    )
 
     # ---- loop ----------------------------------------------------------------------------------
     ckpt_every: int = Field(500, ge=1, description="steps between checkpoints")
@@ -197,7 +217,8 @@ class PackSettings(BaseModel):
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # official RePack stage 1 (reference/methods.md); steps is our choice (not published)
+    # official RePack stage 1 (reference/methods.md; stage1/configs/
+    # stage1_repack_dinov3b_f16d32_ffl_watson.yaml, stage1/repack/losses/perceptual.py)
     "paper": {
         "latent_channels": 32,
         "whiten": False,
@@ -207,11 +228,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         "attn_resolutions": [16],
         "norm_groups": 32,
         "disc_channels": 64,
-        "steps": 100_000,
+        "disc_norm": "batch",  # the official NLayerDiscriminator (use_actnorm=False)
+        "epochs": 99,  # official max_epochs 99: steps = ceil(99 × images / 32)
         "batch_size": 32,
         "lr": 1e-5,
         "ema_decay": 0.0,  # the official stage 1 keeps no EMA: the EMA copy equals the weights
-        "gan_start": 0,
+        # official disc_start 1 with adopt_weight(global_step >= 1): off for the first update
+        # only (our step counter is 0-based too: pack.losses.gan_factor is step >= gan_start)
+        "gan_start": 1,
         "feature_weight": 0.0,  # the official recipe has LPIPS-VGG (pack.lpips_weights) instead
         "scale_equivariance_weight": 0.0,  # not in the official recipe
     },
@@ -225,7 +249,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "attn_resolutions": [],
         "norm_groups": 4,
         "disc_channels": 16,
+        "disc_norm": "group",
         "steps": 600,
+        "epochs": None,  # the step count above
         "batch_size": 16,
         "lr": 2e-3,
         "ema_decay": 0.99,

@@ -17,8 +17,8 @@ class RefineSettings(BaseModel):
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}  # filled below the class
     PANELS: ClassVar[dict[str, tuple[str, ...]]] = {
         "Run": ("allow_change", "pack_run", "name", "entry", "preset", "refiner"),
-        "Model": ("base_channels", "norm_groups", "output", "disc_channels"),
-        "Optimisation": ("steps", "batch_size", "lr", "ema_decay"),
+        "Model": ("base_channels", "norm_groups", "output", "disc_channels", "disc_norm"),
+        "Optimisation": ("steps", "epochs", "batch_size", "lr", "ema_decay"),
         "Losses": ("l1_weight", "perceptual_weight", "lpips_weights", "gan_weight", "feature_weight"),
         "Data": ("noise", "triplet_batch"),
         "Output": ("ckpt_every", "log_every"),
@@ -40,7 +40,19 @@ class RefineSettings(BaseModel):
     noise: float = Field(
         0.0, ge=0, description="σ of noise added to the raw latent before decoding (triplets)"
     )
-    steps: int = Field(2000, ge=0, description="training steps")
+    steps: int | None = Field(
+        None,
+        ge=0,
+        description="training steps; none = from epochs, else the preset (small 300); a given "
+        "steps wins over epochs",
+    )
+    epochs: int | None = Field(
+        None,
+        ge=1,
+        description="training length in passes over the usable triplets, used when steps is not "
+        "given: steps = ceil(epochs × triplets / batch_size); none = preset (paper 100, the "
+        "official max_epochs; small none)",
+    )
     batch_size: int = Field(8, ge=1, description="global batch")
     lr: float = Field(1e-4, gt=0, description="Adam learning rate (official 1e-4)")
     base_channels: int = Field(128, ge=1, description="refiner width (official 128)")
@@ -66,7 +78,18 @@ class RefineSettings(BaseModel):
         "groups normalise each channel on its own and strip every image's mean colour",
     )
     disc_channels: int = Field(64, ge=1, description="PatchGAN base channels (official 128)")
-    ema_decay: float = Field(0.999, ge=0, le=1, description="EMA decay of the refiner weights")
+    disc_norm: Literal["group", "batch"] = Field(
+        "group",
+        description="discriminator norm: group (per sample: the same for any batch split) or "
+        "batch (the official stage3 PatchDiscriminator); paper preset batch",
+    )
+    ema_decay: float = Field(
+        0.999,
+        ge=0,
+        le=1,
+        description="EMA decay of the refiner weights (sampling uses the EMA); 0 = no EMA (the "
+        "EMA copy is the weights), the paper preset, as the official refiner keeps none",
+    )
     ckpt_every: int = Field(1000, ge=1, description="steps between checkpoints")
     log_every: int = Field(50, ge=1, description="steps between log lines")
     max_nonfinite_steps: int = Field(
@@ -83,16 +106,20 @@ class RefineSettings(BaseModel):
         return value if value is None else safe_name(value, "run name")
 
 
-# The official refiner (reference/methods.md): base 128, PatchGAN 128, Adam 1e-4, global batch 64
-# (8 per GPU × 8 GPUs), L1 + LPIPS + 0.5 hinge GAN. `small` fits a CPU in minutes.
+# The official refiner (reference/methods.md; stage3/configs/refiner_offline.yaml, stage3/
+# networks.py, stage3/train_refiner.py): base 128, PatchGAN 128 with BatchNorm, Adam 1e-4, global
+# batch 64 (8 per GPU × 8 GPUs), L1 + LPIPS + 0.5 hinge GAN, 100 epochs, no EMA. `small` fits a
+# CPU in minutes.
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {
-        "steps": 100_000,
+        "epochs": 100,  # official max_epochs 100: steps = ceil(100 × triplets / 64)
         "batch_size": 64,
         "lr": 1e-4,
         "base_channels": 128,
         "norm_groups": 32,
         "disc_channels": 128,
+        "disc_norm": "batch",  # official nn.BatchNorm2d
+        "ema_decay": 0.0,  # the official refiner keeps no EMA: the EMA copy is the weights
         "output": "image",
         "gan_weight": 0.5,
         "ckpt_every": 5000,
@@ -104,6 +131,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "base_channels": 32,
         "norm_groups": 4,
         "disc_channels": 16,
+        "disc_norm": "group",
+        "ema_decay": 0.999,
+        "epochs": None,  # the step count above
         "ckpt_every": 100,
     },
 }

@@ -52,6 +52,10 @@ class TrainConfig:
     min_lr: float = 0.0  # "cosine": lr at the last step
     clip_grad: float | None = None  # max global grad norm per optimizer; None: no clipping
     compile: bool = False  # regional torch.compile of the model's blocks
+    # on CUDA: TF32 matmuls and convolutions (True), or PyTorch's defaults (False: strict fp32
+    # matmuls, TF32 cuDNN convolutions; what the official RePack stage 2 ran). Runs stored
+    # before this field existed trained with TF32 on, so it defaults to True.
+    tf32: bool = True
     parallel: str = "ddp"  # several processes: "ddp" (replicated) or "fsdp" (FSDP2 shards)
     keep_last: int = 3  # complete checkpoints kept (older ones deleted); 0 keeps all
     max_nonfinite_steps: int = 10  # non-finite steps in a row before TrainingError

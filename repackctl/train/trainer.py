@@ -264,7 +264,7 @@ class Trainer:
         self.acc = make_accelerator(config.precision, config.cpu)
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         self.device, self.main = self.acc.device, self.acc.is_main_process
-        enable_fast_math(self.device)
+        enable_fast_math(self.device, config.tf32)
         self.run_dir = Path(config.run_dir).expanduser()
         self.A = config.grad_accum
         if config.global_batch % (self.world * self.A):
@@ -462,6 +462,7 @@ class Trainer:
             "repackctl": __version__,
             "torch": torch.__version__,
             "compiled_blocks": self.compiled,
+            "tf32": self.config.tf32 and self.device.type == "cuda",  # in effect, not just asked
             "ddp_modules": [n for n, m in self.wrapped.items() if m is not self.modules[n]],
             "parallel": self.config.parallel,
             "fsdp_modules": [n for n, m in self.modules.items() if any(m is f for f in self.fsdp)],

@@ -1,0 +1,317 @@
+"""`train dit --preset paper` / `--preset repa` equal the official recipes value for value.
+
+Official sources (guanfangdong/RePack-then-Refine stage 2, sihyun-yu/REPA): stage2/train.py sets
+no TF32 flag and runs eager fp32 PyTorch; stage2/extract_features.py caches ONE posterior sample
+per image and per flip, reused every epoch; the stage-2 config's sampling section is the run's
+sampling.json; REPA's dataset reads each image as stored (no flip). The cache comes from the real
+pipeline at toy size, as in test_dit_train.py.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import one_torch_thread
+from typer.testing import CliRunner
+
+from repackctl.cli.app import app
+from repackctl.settings import resolve_settings
+from repackctl.train import latest_checkpoint, load_weights, read_state
+
+runner = CliRunner()
+N = 32  # images: 4 steps of 8 per epoch
+TINY = ["--size", "tiny", "-b", "8", "--log-every", "1", "--image-every", "0", "--device", "cpu"]
+
+# the official RePack-DiT-XL/1 recipe as our settings (reference/methods.md)
+PAPER = {
+    "arch": "lightningdit",
+    "size": "xl",
+    "patch": 1,
+    "steps": 320_000,
+    "global_batch": 256,
+    "lr": 2e-4,
+    "beta1": 0.9,
+    "beta2": 0.95,
+    "weight_decay": 0.0,
+    "schedule": "step",
+    "drop_step": 240_000,
+    "drop_lr": 1e-4,
+    "ema_decay": 0.9999,
+    "ema_warmup": False,
+    "time_dist": "logit_normal",
+    "time_mu": 0.0,
+    "time_sigma": 1.0,
+    "time_shift": 1.0,
+    "cos_weight": 1.0,
+    "class_dropout": 0.1,
+    "repa_weight": 0.0,
+    "clip_grad": None,
+    "flip": True,
+    "latent_sampling": "fixed",
+    "kernels": "eager",
+    "tf32": False,
+}
+# REPA's SiT-XL/2 recipe (sihyun-yu/REPA train.py; TF32 on: its README passes --allow-tf32)
+REPA = {
+    "arch": "sit",
+    "size": "xl",
+    "patch": 2,
+    "steps": 400_000,
+    "global_batch": 256,
+    "lr": 1e-4,
+    "beta1": 0.9,
+    "beta2": 0.999,
+    "schedule": "constant",
+    "time_dist": "uniform",
+    "cos_weight": 0.0,
+    "clip_grad": 1.0,
+    "repa_weight": 0.5,
+    "repa_depth": 8,
+    "repa_hidden": 2048,
+    "latent_sampling": "sample",
+    "flip": False,
+    "kernels": "auto",
+    "tf32": True,
+}
+
+
+@pytest.fixture(scope="module")
+def base_cache(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("paper") / "cache"
+    common = ["--cache", str(root), "--runs", str(root.parent / "runs"), "--device", "cpu"]
+    args = ["extract", "--encoder", "patchpix", "--resolution", "32", "-n", str(N)]
+    res = runner.invoke(app, [*args, "--chunk", "8", "--shard", "16", *common[:2], "--num-workers", "0"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    pack = ["pack", "train", "--encoder", "patchpix", "--resolution", "32", "-n", str(N)]
+    pack += ["--steps", "4", "--batch-size", "8", "--ch", "16", "-c", "4", "--name", "pk"]
+    res = runner.invoke(app, [*pack, "--image-every", "0", *common])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["pack", "encode", "--run", "pk", *common])
+    assert res.exit_code == 0, res.output
+    return root
+
+
+@pytest.fixture
+def cache(base_cache, tmp_path, monkeypatch) -> Path:
+    root = tmp_path / "cache"
+    shutil.copytree(base_cache, root)
+    shutil.copytree(base_cache.parent / "runs", tmp_path / "runs")  # the pack run, for `sample`
+    monkeypatch.setenv("REPACKCTL_CACHE", str(root))
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with one_torch_thread():
+        yield
+
+
+# --------------------------------------------------------------------------- the presets
+
+
+@pytest.mark.parametrize(("preset", "expected"), [("paper", PAPER), ("repa", REPA)])
+def test_the_preset_resolves_to_the_official_recipe(preset, expected):
+    from repackctl.train.config import TrainConfig
+
+    resolved = resolve_settings(flags={"dit.preset": preset}, environ={})
+    dit = resolved.settings.dit
+    got = {k: getattr(dit, k) for k in expected}
+    assert got == expected
+    for key in ("latent_sampling", "kernels", "tf32", "flip"):
+        origin = resolved.sources.get(f"dit.{key}", "default")
+        assert origin == (f"preset {preset}" if key in dit.PRESETS[preset] else "default"), key
+    config = TrainConfig.from_settings(resolved.settings, dit, "unused", resolved.sources)
+    assert config.tf32 is expected["tf32"] and config.to_dict()["tf32"] is expected["tf32"]
+
+
+def test_the_small_preset_keeps_tf32_and_fused_kernels_and_a_flag_wins():
+    small = resolve_settings(flags={}, environ={}).settings.dit
+    assert (small.tf32, small.kernels, small.latent_sampling, small.flip) == (
+        True,
+        "auto",
+        "mean",
+        True,
+    )
+    flags = {"dit.preset": "paper", "dit.tf32": True, "dit.latent_sampling": "sample"}
+    paper = resolve_settings(flags=flags, environ={}).settings.dit
+    assert (paper.tf32, paper.latent_sampling, paper.kernels) == (True, "sample", "eager")
+
+
+def test_tf32_off_restores_pytorch_defaults_after_a_run_that_had_it_on():
+    from repackctl.train.precision import set_tf32
+
+    before = (
+        torch.get_float32_matmul_precision(),
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+    )
+    try:
+        set_tf32(True)
+        assert torch.get_float32_matmul_precision() == "high"
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        set_tf32(False)  # the same process, a paper run next: strict fp32 matmuls again
+        assert torch.get_float32_matmul_precision() == "highest"
+        assert not torch.backends.cuda.matmul.allow_tf32
+        assert torch.backends.cudnn.allow_tf32  # PyTorch's default, as the official run had it
+    finally:
+        torch.set_float32_matmul_precision(before[0])
+        torch.backends.cuda.matmul.allow_tf32 = before[1]
+        torch.backends.cudnn.allow_tf32 = before[2]
+
+
+# --------------------------------------------------------------------------- fixed posterior samples
+
+
+def _task(sampling: str, seed: int = 0):
+    from repackctl.dit.task import build_task
+
+    flags = {"dit.latent_sampling": sampling, "dit.repa_weight": 0.0, "seed": seed}
+    return build_task(resolve_settings(flags=flags).settings)[0]
+
+
+def test_fixed_samples_are_drawn_once_per_image_and_flip(cache):
+    """The same row and flip give the same latent in every epoch (steps 1 and 5 of 4-step
+    epochs) and in any batch split; another flip or another seed gives another sample, and the
+    sample is not the mean. ``sample`` draws anew at every step."""
+    rows = np.arange(N)
+    task = _task("fixed")
+    a, b = task.get_batch(rows, 1, None), task.get_batch(rows, 5, None)
+    same = (a["flip"] == b["flip"]).numpy()
+    assert same.any() and (~same).any()  # both cases occur at this seed
+    assert torch.equal(a["x"][same], b["x"][same])
+    assert not torch.equal(a["x"][~same], b["x"][~same])
+    halves = [task.get_batch(rows[:13], 5, None), task.get_batch(rows[13:], 5, None)]
+    assert torch.equal(torch.cat([h["x"] for h in halves]), b["x"])  # any processes / split
+
+    mean = _task("mean").get_batch(rows, 1, None)
+    assert torch.equal(mean["flip"], a["flip"])  # flips are drawn the same way in every mode
+    assert (a["x"] - mean["x"]).abs().amax() > 1e-3  # a posterior sample, not the mean
+    other_seed = _task("fixed", seed=1).get_batch(rows, 1, None)
+    assert not torch.equal(other_seed["x"], a["x"])
+    fresh = _task("sample")
+    fa, fb = fresh.get_batch(rows, 1, None), fresh.get_batch(rows, 5, None)
+    assert not torch.equal(fa["x"][same], fb["x"][same])
+
+
+def test_a_fixed_sampling_run_resumes_bit_identically(cache, tmp_path):
+    """Two epochs straight, or one epoch, a resume (a fresh task, a fresh dataset object) and the
+    second epoch: the same weights, so each step read the same fixed samples."""
+
+    def run(name: str, *steps: str) -> dict[str, torch.Tensor]:
+        for n in steps:
+            args = ["train", "dit", *TINY, "--name", name, "--steps", n, "--ckpt-every", "4"]
+            res = runner.invoke(app, [*args, "--latent-sampling", "fixed", "--lr", "1e-3"])
+            assert res.exit_code == 0, res.output
+        return load_weights(latest_checkpoint(tmp_path / "runs" / name), "model")
+
+    straight, resumed = run("straight", "8"), run("resumed", "4", "8")
+    for k, v in straight.items():
+        assert torch.equal(v, resumed[k]), k
+    run_dir = tmp_path / "runs" / "resumed"
+    assert read_state(latest_checkpoint(run_dir))["extra"]["latent_sampling"] == "fixed"
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["tf32"] is True  # the small preset's, recorded in the run's config
+    assert not (run_dir / "sampling.json").exists()  # only paper runs get the official one
+
+
+# --------------------------------------------------------------------------- paper runs
+
+
+def _paper(name: str, steps: int, *more: str):
+    args = ["train", "dit", "--preset", "paper", *TINY, "--name", name, "--steps", str(steps)]
+    return runner.invoke(app, [*args, "--ckpt-every", "2", *more])
+
+
+def test_a_paper_run_writes_the_official_sampling_json_and_sample_uses_it(cache, tmp_path):
+    from repackctl.dit.run import official_sampling_defaults
+
+    res = _paper("paper", 2)
+    assert res.exit_code == 0, res.output
+    run = tmp_path / "runs" / "paper"
+    config = json.loads((run / "config.json").read_text())
+    assert config["tf32"] is False and config["extra"]["train"]["kernels"] == "eager"
+    assert read_state(latest_checkpoint(run))["extra"]["latent_sampling"] == "fixed"
+    defaults = json.loads((run / "sampling.json").read_text())["defaults"]
+    assert defaults == official_sampling_defaults()
+    assert defaults["steps"] == 249 and defaults["cfg"] == 15.0 and defaults["cfg_channels"] == 3
+    assert defaults["shift"] == pytest.approx(1 / 0.3)
+    assert defaults["cfg_t_hi"] == pytest.approx(0.89)
+
+    out = tmp_path / "samples"
+    args = ["sample", "-r", "paper", "-n", "2", "--steps", "3", "--device", "cpu"]
+    res = runner.invoke(app, [*args, "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    card = json.loads((out / "protocol.json").read_text())
+    assert card["cfg_scale"] == 15.0 and card["cfg_legacy_channels"] == 3
+    assert card["shift"] == pytest.approx(1 / 0.3)
+    assert card["cfg_interval"][1] == pytest.approx(0.89)
+    assert card["setting_sources"]["steps"] == "setting"  # a flag still wins
+    assert card["setting_sources"]["cfg"] == "sampling.json"
+
+
+def test_a_failed_paper_start_leaves_no_sampling_json_and_a_users_file_stays(tmp_path):
+    from repackctl.dit.run import official_sampling_file
+
+    run = tmp_path / "runs" / "new"
+    with pytest.raises(RuntimeError), official_sampling_file(run, True):
+        assert (run / "sampling.json").is_file()
+        raise RuntimeError("training failed before any checkpoint")
+    assert not run.exists()  # the folder this call made, and its file, are gone
+
+    mine = tmp_path / "runs" / "mine"
+    mine.mkdir(parents=True)
+    (mine / "sampling.json").write_text('{"defaults": {"steps": 7}}')
+    with pytest.raises(RuntimeError), official_sampling_file(mine, True):
+        raise RuntimeError("failed")
+    assert json.loads((mine / "sampling.json").read_text()) == {"defaults": {"steps": 7}}
+
+
+def _as_started_by_an_older_version(run: Path) -> None:
+    """The run's stored settings as the paper preset gave them before this version: a fresh
+    posterior sample per step, fused kernels by default, and no tf32 setting (TF32 always on)."""
+    path = run / "config.json"
+    config = json.loads(path.read_text())
+    record = config["extra"]["settings"]
+    record["values"]["dit"].update(latent_sampling="sample", kernels="auto")
+    del record["values"]["dit"]["tf32"]
+    record["sources"].pop("dit.tf32")
+    record["sources"].pop("dit.kernels")
+    path.write_text(json.dumps(config))
+
+
+def test_resuming_an_older_paper_run_keeps_its_recipe_or_refuses_a_change(cache, tmp_path):
+    res = _paper("old", 2)
+    assert res.exit_code == 0, res.output
+    run = tmp_path / "runs" / "old"
+    _as_started_by_an_older_version(run)
+
+    # a flag that changes a setting the run started without: refused, named, no traceback
+    refused = _paper("old", 3, "--no-tf32")
+    assert refused.exit_code == 2 and "dit.tf32" in refused.output
+    assert "--allow-change tf32" in refused.output and "Traceback" not in refused.output
+    refused = _paper("old", 3, "--latent-sampling", "fixed")
+    assert refused.exit_code == 2 and "dit.latent_sampling" in refused.output
+    assert "Traceback" not in refused.output
+    assert read_state(latest_checkpoint(run))["step"] == 2
+
+    # nothing given: the run goes on with the values it started with, and says so; a setting
+    # that --allow-change names takes the preset's current value
+    more = _paper("old", 3, "--allow-change", "kernels")
+    assert more.exit_code == 0, more.output
+    # (latent_sampling, which the preset filled in, is kept by the settings layer's resume rule;
+    # tf32, which the run never recorded, by train dit's own, which says so)
+    assert "dit.tf32: kept True" in more.output and "dit.kernels: kept" not in more.output
+    record = json.loads((run / "config.json").read_text())
+    values = record["extra"]["settings"]["values"]["dit"]
+    assert (values["latent_sampling"], values["kernels"], values["tf32"]) == (
+        "sample",
+        "eager",
+        True,
+    )
+    assert record["tf32"] is True
+    assert read_state(latest_checkpoint(run))["extra"]["latent_sampling"] == "sample"

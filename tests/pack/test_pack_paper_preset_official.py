@@ -1,0 +1,185 @@
+"""`pack train --preset paper` equals the official RePack stage 1 (guanfangdong/RePack-then-Refine
+``stage1/``): BatchNorm PatchGAN, GAN off for the first update only (``disc_start`` 1), 99 epochs,
+no EMA, no TF32; a run started under the older preset values is refused on resume, never silently
+changed. Real components: a patchpix cache at 32 px, the CLI, real checkpoints."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+from support.cli import cli_ok, cli_refused
+
+from repackctl.errors import CheckpointError
+from repackctl.settings import resolve_settings
+from repackctl.settings.pack import PackSettings
+
+# a tiny decoder under the paper preset: 4×4 grid → 32 px, d = 4, 8 channels, attention at 16
+TINY = [
+    *("--preset", "paper", "--encoder", "patchpix", "--resolution", "32"),
+    *("-c", "4", "--ch", "8", "--disc-channels", "8", "--batch-size", "8"),
+    *("--log-every", "1", "--image-every", "0", "--ckpt-every", "2"),
+]
+IMAGES = 16
+
+
+@pytest.fixture(scope="module")
+def base_cache(tmp_path_factory) -> Path:
+    """A patchpix cache of 16 built-in train images at 32 px."""
+    from repackctl.extract import run_extract
+
+    cache = tmp_path_factory.mktemp("paper-cache") / "cache"
+    flags = {"cache": str(cache), "num_workers": 0, "extract.encoder": "patchpix"}
+    flags |= {"extract.num": IMAGES, "extract.resolution": 32}
+    flags |= {"extract.chunk": 8, "extract.shard": 8}
+    run_extract(resolve_settings(None, flags, environ={}).settings)
+    return cache
+
+
+@pytest.fixture
+def cache(base_cache, tmp_path) -> Path:
+    """A private copy of the module's cache at the test's cache root."""
+    dst = tmp_path / "cache"
+    shutil.copytree(base_cache, dst)
+    return dst
+
+
+def _state(tmp_path: Path, run: str) -> tuple[Path, dict]:
+    from repackctl.train.checkpoint import latest_checkpoint, read_state
+
+    ckpt = latest_checkpoint(tmp_path / "runs" / run)
+    return ckpt, read_state(ckpt)
+
+
+def test_paper_preset_resolves_to_the_official_values():
+    r = resolve_settings(None, {"pack.preset": "paper", "pack.encoder": "dinov3"}, environ={})
+    pack = r.settings.pack
+    official = {"disc_norm": "batch", "gan_start": 1, "epochs": 99, "ema_decay": 0.0}
+    official |= {"batch_size": 32, "lr": 1e-5, "disc_channels": 64}
+    for key, value in official.items():
+        assert getattr(pack, key) == value, key
+        assert r.sources[f"pack.{key}"] == "preset paper", key
+    assert pack.steps is None  # the length is the epochs: no step count of our own
+    small = resolve_settings(None, {"pack.preset": "small"}, environ={}).settings.pack
+    assert (small.disc_norm, small.steps, small.epochs, small.gan_start) == (
+        "group",
+        600,
+        None,
+        400,
+    )
+    # the command shows the same values and where they came from
+    shown = cli_ok("pack", "train", "--preset", "paper", "--encoder", "dinov3", "--show-config")
+    assert "pack.disc_norm = 'batch' # preset paper" in shown
+    assert "pack.epochs = 99 # preset paper" in shown
+    assert "pack.gan_start = 1 # preset paper" in shown
+
+
+def test_epochs_and_steps_pick_the_training_length():
+    # epochs given with the small preset: the preset's 600 steps must not win over them
+    r = resolve_settings(None, {"pack.preset": "small", "pack.epochs": 3}, environ={})
+    assert (r.settings.pack.steps, r.settings.pack.epochs) == (None, 3)
+    assert "pack.steps" not in r.sources
+    # an explicit steps wins over the paper preset's epochs
+    r = resolve_settings(None, {"pack.preset": "paper", "pack.steps": 7}, environ={})
+    assert (r.settings.pack.steps, r.sources["pack.steps"]) == (7, "flag")
+
+
+def test_paper_plan_counts_99_epochs_of_the_training_images(cache):
+    from repackctl.pack.data import locate_features
+    from repackctl.pack.task import resolve_plan
+
+    flags = {"pack.preset": "paper", "pack.encoder": "patchpix", "pack.resolution": 32}
+    settings = resolve_settings(None, flags).settings
+    plan = resolve_plan(settings, locate_features(settings))
+    assert (plan.epochs, plan.images, plan.batch_size) == (99, IMAGES, 32)
+    assert plan.steps == 50  # ceil(99 × 16 / 32)
+    assert plan.tf32 is False and plan.to_dict()["tf32"] is False
+    assert plan.discriminator.norm == "batch" and plan.loss.gan_start == 1
+    assert any("99 epochs × 16 images / batch 32 = 50 steps" in n for n in plan.notes)
+    steps_given = resolve_settings(None, flags | {"pack.steps": 3}).settings
+    plan = resolve_plan(steps_given, locate_features(steps_given))
+    assert (plan.steps, plan.epochs) == (3, None)
+
+
+def test_tiny_paper_run_trains_a_batchnorm_disc_for_the_epochs_given(cache, tmp_path):
+    from repackctl.pack.discriminator import DiscriminatorConfig, PatchDiscriminator
+
+    out = cli_ok("pack", "train", *TINY, "--epochs", "1", "--name", "p1")
+    assert "1 epochs × 16 images / batch 8 = 2 steps" in out
+    ckpt, state = _state(tmp_path, "p1")
+    assert ckpt.name == "step-0000002" and state["step"] == 2
+    plan = state["extra"]["plan"]
+    assert (plan["steps"], plan["epochs"], plan["images"]) == (2, 1, IMAGES)
+    assert plan["discriminator"]["norm"] == "batch" and plan["loss"]["gan_start"] == 1
+    assert state["config"]["tf32"] is False and state["config"]["ema_decay"] == 0.0
+    disc = load_file(str(ckpt / "disc.safetensors"))
+    assert any(k.endswith("running_mean") for k in disc)  # BatchNorm buffers
+    rebuilt = PatchDiscriminator(DiscriminatorConfig.from_dict(plan["discriminator"]))
+    assert rebuilt.main[3].__class__.__name__ == "BatchNorm2d"
+    rebuilt.load_state_dict(disc)  # the stored weights are those of that network
+    # official disc_start 1: no generator GAN term on update 0, from update 1 on
+    lines = (tmp_path / "runs" / "p1" / "metrics.jsonl").read_text().splitlines()
+    records = {r["step"]: r for r in map(json.loads, lines) if "step" in r}
+    gan_keys = [k for k in records[2] if "gan" in k and k.startswith("loss/")]
+    assert gan_keys, records[2]
+    assert not [k for k in records[1] if k in gan_keys], records[1]
+
+
+def _as_recorded_by_the_old_version(run_dir: Path) -> None:
+    """The run's stored settings record as the version before this preset wrote it: there,
+    ``pack.disc_norm`` was a plain default (``group``), not a preset value."""
+    path = run_dir / "config.json"
+    config = json.loads(path.read_text())
+    config["extra"]["settings"]["sources"]["pack.disc_norm"] = "default"
+    path.write_text(json.dumps(config))
+
+
+def test_resume_of_a_run_under_the_old_paper_preset_is_refused(cache, tmp_path, monkeypatch):
+    old = {"disc_norm": "group", "gan_start": 0, "epochs": None, "steps": 2}
+    with monkeypatch.context() as m:
+        for key, value in old.items():
+            m.setitem(PackSettings.PRESETS["paper"], key, value)
+        cli_ok("pack", "train", *TINY, "--name", "old")
+    _as_recorded_by_the_old_version(tmp_path / "runs" / "old")
+    ckpt, _ = _state(tmp_path, "old")
+    before = {p.name: p.read_bytes() for p in ckpt.iterdir() if p.is_file()}
+    args = ("pack", "train", *TINY, "--name", "old", "--steps", "4")
+    out = cli_refused(CheckpointError.exit_code, *args)
+    assert "discriminator norm = 'group', now 'batch'" in out and "--disc-norm group" in out
+    # nothing written, nothing lost
+    assert _state(tmp_path, "old")[0] == ckpt
+    assert before == {p.name: p.read_bytes() for p in ckpt.iterdir() if p.is_file()}
+    # with the norm it was started with, it continues, keeping the preset values it recorded
+    cli_ok(*args, "--disc-norm", "group")
+    ckpt, state = _state(tmp_path, "old")
+    assert ckpt.name == "step-0000004"
+    assert state["extra"]["plan"]["loss"]["gan_start"] == 0  # as started, not the new 1
+
+
+def test_a_changed_gan_start_is_refused_on_resume():
+    from repackctl.pack.losses import LossConfig
+    from repackctl.pack.task import _check_resume_loss
+
+    # a run whose plan recorded gan_start 0 (the old paper preset), resumed with 1
+    old, now = (
+        {"loss": LossConfig(gan_start=0).to_dict()},
+        {"loss": LossConfig(gan_start=1).to_dict()},
+    )
+    with pytest.raises(CheckpointError, match="gan_start = 0, now 1") as e:
+        _check_resume_loss("r", old, now, [])
+    assert "--gan-start" in e.value.hint
+
+
+def test_a_run_recorded_before_tf32_was_planned_is_refused_with_tf32_off():
+    from repackctl.pack.task import _check_resume_tf32
+
+    old_plan = {"steps": 2, "preset": "paper"}  # before `tf32` was recorded: TF32 was on
+    now = {"steps": 4, "preset": "paper", "tf32": False}
+    with pytest.raises(CheckpointError, match="TF32 matmuls on") as e:
+        _check_resume_tf32("r", old_plan, now, [])
+    assert "--allow-change tf32" in e.value.hint
+    _check_resume_tf32("r", old_plan, now, ["tf32"])  # allowed
+    _check_resume_tf32("r", old_plan | {"tf32": False}, now, [])  # same precision

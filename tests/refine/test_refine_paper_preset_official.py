@@ -1,0 +1,131 @@
+"""`refine train --preset paper` equals the official refiner (guanfangdong/RePack-then-Refine
+``stage3/``): a BatchNorm PatchGAN, no EMA, 100 epochs over the triplets; a run started under the
+older preset values is refused on resume, never silently changed. Real components: the shared
+patchpix stack (32 px, 16 images), the CLI, real checkpoints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+from support.cli import cli_ok, cli_refused
+from support.stack import shared_stack
+
+from repackctl.errors import CheckpointError
+from repackctl.settings import resolve_settings
+from repackctl.settings.refine import RefineSettings
+
+TRIPLETS = 16  # the stack's training images, each with a triplet
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    return shared_stack(tmp_path_factory)
+
+
+def _args(stack: dict[str, str], name: str) -> tuple[str, ...]:
+    """`refine train --preset paper` with a tiny network (the official layout, narrower)."""
+    return (
+        *("refine", "train", "--preset", "paper", "--pack-run", "pack-tiny", "--name", name),
+        *("--base-channels", "8", "--disc-channels", "8", "--batch-size", "4"),
+        *("--ckpt-every", "2", "--cache", stack["cache"], "--runs", stack["runs"]),
+        *("--device", "cpu"),
+    )
+
+
+def _state(stack: dict[str, str], name: str) -> tuple[Path, dict]:
+    from repackctl.train.checkpoint import latest_checkpoint, read_state
+
+    ckpt = latest_checkpoint(Path(stack["runs"]) / name)
+    return ckpt, read_state(ckpt)
+
+
+def _config(stack: dict[str, str], name: str) -> dict:
+    """The stage settings the run recorded (config.json → extra)."""
+    return json.loads((Path(stack["runs"]) / name / "config.json").read_text())["extra"]
+
+
+def test_paper_preset_resolves_to_the_official_values():
+    r = resolve_settings(None, {"refine.preset": "paper"}, environ={})
+    cfg = r.settings.refine
+    official = {"disc_norm": "batch", "ema_decay": 0.0, "epochs": 100, "batch_size": 64}
+    official |= {"lr": 1e-4, "base_channels": 128, "disc_channels": 128, "gan_weight": 0.5}
+    for key, value in official.items():
+        assert getattr(cfg, key) == value, key
+        assert r.sources[f"refine.{key}"] == "preset paper", key
+    assert cfg.steps is None
+    small = resolve_settings(None, {"refine.preset": "small"}, environ={}).settings.refine
+    assert (small.disc_norm, small.ema_decay, small.steps, small.epochs) == (
+        "group",
+        0.999,
+        300,
+        None,
+    )
+    shown = cli_ok("refine", "train", "--preset", "paper", "--show-config")
+    assert "refine.disc_norm = 'batch' # preset paper" in shown
+    assert "refine.ema_decay = 0.0 # preset paper" in shown
+    assert "refine.epochs = 100 # preset paper" in shown
+    # epochs given with the small preset: its 300 steps do not win over them
+    r = resolve_settings(None, {"refine.preset": "small", "refine.epochs": 2}, environ={})
+    assert (r.settings.refine.steps, r.settings.refine.epochs) == (None, 2)
+
+
+def test_tiny_paper_run_has_a_batchnorm_disc_no_ema_and_epochs_steps(stack):
+    out = cli_ok(*_args(stack, "rp1"), "--epochs", "1")
+    assert "1 epochs × 16 triplets / batch 4 = 4 steps" in out
+    ckpt, state = _state(stack, "rp1")
+    assert state["step"] == 4 and ckpt.name == "step-0000004"
+    assert _config(stack, "rp1")["length"] == {"steps": 4, "epochs": 1, "triplets": TRIPLETS}
+    assert state["extra"]["disc_config"]["norm"] == "batch"
+    assert state["config"]["ema_decay"] == 0.0 and state["config"]["tf32"] is True
+    disc = load_file(str(ckpt / "disc.safetensors"))
+    assert any(k.endswith("running_mean") for k in disc)  # BatchNorm buffers
+    # no EMA: the EMA copy is the trained weights
+    model, ema = (
+        load_file(str(ckpt / "model.safetensors")),
+        load_file(str(ckpt / "ema.safetensors")),
+    )
+    assert model.keys() == ema.keys() and all((model[k] == ema[k]).all() for k in model)
+    # an explicit --steps wins over the epochs
+    cli_ok(*_args(stack, "rp2"), "--steps", "2")
+    assert _config(stack, "rp2")["length"] == {
+        "steps": 2,
+        "epochs": None,
+        "triplets": TRIPLETS,
+    }
+
+
+def _as_recorded_by_the_old_version(run_dir: Path) -> None:
+    """The run's stored settings record as the version before this preset wrote it: it had no
+    ``refine.disc_norm``, and ``refine.ema_decay`` was a plain default (0.999)."""
+    path = run_dir / "config.json"
+    config = json.loads(path.read_text())
+    record = config["extra"]["settings"]
+    del record["values"]["refine"]["disc_norm"]
+    del record["sources"]["refine.disc_norm"]
+    record["sources"]["refine.ema_decay"] = "default"
+    path.write_text(json.dumps(config))
+
+
+def test_resume_of_a_run_under_the_old_paper_preset_is_refused(stack, monkeypatch):
+    # the paper preset before: GroupNorm discriminator, EMA 0.999, a step count
+    old = {"disc_norm": "group", "ema_decay": 0.999, "epochs": None, "steps": 2}
+    with monkeypatch.context() as m:
+        for key, value in old.items():
+            m.setitem(RefineSettings.PRESETS["paper"], key, value)
+        cli_ok(*_args(stack, "rold"))
+    _as_recorded_by_the_old_version(Path(stack["runs"]) / "rold")
+    ckpt, _ = _state(stack, "rold")
+    before = {p.name: p.read_bytes() for p in ckpt.iterdir() if p.is_file()}
+    args = (*_args(stack, "rold"), "--steps", "4")
+    out = cli_refused(CheckpointError.exit_code, *args)
+    assert "discriminator norm = 'group', now 'batch'" in out and "--disc-norm group" in out
+    out = cli_refused(CheckpointError.exit_code, *args, "--disc-norm", "group")
+    assert "refine.ema_decay = 0.999, now 0.0" in out and "--ema-decay 0.999" in out
+    assert _state(stack, "rold")[0] == ckpt  # nothing written, nothing lost
+    assert before == {p.name: p.read_bytes() for p in ckpt.iterdir() if p.is_file()}
+    cli_ok(*args, "--disc-norm", "group", "--ema-decay", "0.999")
+    ckpt, state = _state(stack, "rold")
+    assert ckpt.name == "step-0000004" and state["config"]["ema_decay"] == 0.999
