@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,9 +24,6 @@ from typing import Any
 from pydantic import ValidationError
 
 from repackctl.errors import ConfigError, ResumeConflict
-from repackctl.run_files import CONFIG_HISTORY
-
-HISTORY = CONFIG_HISTORY
 
 # settings whose change keeps a resumed run an exact continuation of the same experiment
 CONTINUABLE: dict[str, set[str]] = {
@@ -109,7 +105,7 @@ GIVEN = ("flag", "env", "file", "stored")  # "stored run config": given when the
 # what a run keeps when nothing is given now: what was given, and what its preset filled in (the
 # preset ``auto`` resolves by the machine: a run started on a CPU (small) and resumed where a
 # GPU is visible switched to paper's lr, batch and EMA without a word)
-KEPT = (*GIVEN, "preset")
+KEPT = (*GIVEN, "preset", "launcher")  # launcher: the precision of accelerate launch
 
 
 @dataclass
@@ -261,11 +257,13 @@ def resume_settings(
             f"the stored settings of {run_dir} are no longer valid: {e.errors()[0]['msg']}",
             "start a new run with another --name",
         ) from None
+    # the record keeps every value (as a first start does): the next resume compares them all;
+    # the allowed changes go to config_history.jsonl when the engine writes the record, i.e. when
+    # the run really goes on (``train.trainer._write_config``)
+    out = {"values": resumed.model_dump(mode="json"), "sources": rec.sources}
     if rec.allowed:
-        with open(run_dir / HISTORY, "a") as f:
-            f.write(json.dumps({"time": time.time(), "changes": rec.allowed}, default=str) + "\n")
-    # the record keeps every value (as a first start does): the next resume compares them all
-    return resumed, {"values": resumed.model_dump(mode="json"), "sources": rec.sources}, rec
+        out["allowed"] = rec.allowed
+    return resumed, out, rec
 
 
 def resume_and_report(

@@ -384,6 +384,7 @@ class Trainer:
                 "change the order of samples",
                 "use the same settings or a new run directory",
             )
+        self._check_precision(saved)
         try:
             for name, m in self.modules.items():
                 m.load_state_dict(ckpt_io.load_weights(latest, name))
@@ -412,6 +413,22 @@ class Trainer:
         self.resumed_from = self.step_count
         self.messages.append(f"resumed from {latest} (step {self.step_count})")
         return latest
+
+    def _check_precision(self, saved: dict[str, Any]) -> None:
+        """Refuse to go on in another precision than the run trained in when it comes from the
+        launcher (``accelerate launch --mixed_precision``) or the default: the settings layer
+        compares what repackctl's own settings give (and ``--allow-change precision`` passes it),
+        not what the launcher gives."""
+        was, now = saved.get("precision"), self.config.precision
+        if was is None or was == now or self.config.precision_source not in ("launcher", "default"):
+            return
+        by = "the launcher" if self.config.precision_source == "launcher" else "default"
+        raise CheckpointError(
+            f"{self.run_dir} trained in {was} ({saved.get('precision_source', 'default')}); "
+            f"this process would go on in {now} ({by})",
+            f"resume it under the same launcher setting, or pass --precision {was} (add "
+            "--allow-change precision where the run's settings record another one)",
+        )
 
     def _shard_modules(self) -> list[nn.Module]:
         """With ``parallel = "fsdp"`` on several processes: shard every trainable module and the
@@ -470,10 +487,23 @@ class Trainer:
         }
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            _write_config(self.run_dir / "config.json", self.config.to_dict())
+            _write_config(self.run_dir / "config.json", *self._config_record())
             write_json_atomic(self.run_dir / HEADER, header)
         self.messages.insert(0, header_line(header))
         return header
+
+    def _config_record(self) -> tuple[dict[str, Any], list | None]:
+        """``config.json``: the config, with the precision the launcher chose written into the
+        settings record (a resume keeps it, with or without the launcher); and the changes this
+        resume allowed (``settings.resume``), taken out of the record."""
+        record = self.config.extra.get("settings")
+        allowed = record.pop("allowed", None) if isinstance(record, dict) else None
+        config = self.config.to_dict()
+        record = config["extra"].get("settings")
+        if self.config.precision_source == "launcher" and isinstance(record, dict):
+            record.setdefault("values", {})["precision"] = self.config.precision
+            record.setdefault("sources", {})["precision"] = "launcher"
+        return config, allowed
 
     # ------------------------------------------------------------------ one step
 
@@ -822,8 +852,13 @@ def train(
     return Trainer(task, config, progress).fit()
 
 
-def _write_config(path: Path, config: dict[str, Any]) -> None:
-    """Write ``config.json``; a different config already there goes to the run's history first."""
+def _write_config(path: Path, config: dict[str, Any], allowed: list | None = None) -> None:
+    """Write ``config.json``; a different config already there goes to the run's history first,
+    with the setting changes a resume allowed (``--allow-change``): written here, when the run
+    goes on, not when they were asked for (a resume refused later left them in the history)."""
+    if allowed:
+        with open(path.parent / CONFIG_HISTORY, "a") as f:
+            f.write(json.dumps({"time": time.time(), "changes": allowed}, default=str) + "\n")
     if path.is_file():
         old = json.loads(path.read_text())
         if old == json.loads(json.dumps(config)):

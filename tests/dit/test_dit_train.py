@@ -438,3 +438,57 @@ def test_a_library_run_resumes_through_the_settings_gate(cache, tmp_path):
     assert read_state(latest_checkpoint(out / "run"))["step"] == 3
     values = json.loads(config_path.read_text())["extra"]["settings"]["values"]["dit"]
     assert (values["lr"], values["global_batch"]) == (1e-3, 4)
+
+
+def test_the_launchers_precision_is_kept_on_resume_or_refused(cache, tmp_path, monkeypatch):
+    """`accelerate launch --mixed_precision bf16` chooses the precision outside repackctl's
+    settings: a resume without it went on in fp32 (and one with it turned an fp32 run into
+    bf16) with only ``steps: 2 → 4`` printed. The run records it; a run that did not is
+    refused, naming the precisions, and nothing is written."""
+    name = ["--name", "amp", "--device", "cpu", "--log-every", "1", "--image-every", "0", "-b", "4"]
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    assert runner.invoke(app, ["train", "dit", *name, "--steps", "2"]).exit_code == 0
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION")
+    more = runner.invoke(app, ["train", "dit", *name, "--steps", "3"])
+    assert more.exit_code == 0, more.output
+    run = tmp_path / "runs" / "amp"
+    assert read_state(latest_checkpoint(run))["config"]["precision"] == "bf16"
+    # a run whose record does not hold the launcher's choice (as before): refused
+    config = json.loads((run / "config.json").read_text())
+    config["extra"]["settings"]["values"]["precision"] = "fp32"
+    config["extra"]["settings"]["sources"]["precision"] = "default"
+    (run / "config.json").write_text(json.dumps(config))
+    refused = runner.invoke(app, ["train", "dit", *name, "--steps", "4"])
+    assert refused.exit_code != 0 and "Traceback" not in refused.output
+    assert "trained in bf16" in refused.output and "go on in fp32" in refused.output
+    assert "--precision bf16" in refused.output
+    assert read_state(latest_checkpoint(run))["step"] == 3
+
+
+def test_an_allowed_change_enters_the_history_only_when_the_run_goes_on(cache, tmp_path):
+    name = [
+        "--name",
+        "hist",
+        "--device",
+        "cpu",
+        "--log-every",
+        "1",
+        "--image-every",
+        "0",
+        "-b",
+        "4",
+    ]
+    assert runner.invoke(app, ["train", "dit", *name, "--steps", "2"]).exit_code == 0
+    history = tmp_path / "runs" / "hist" / "config_history.jsonl"
+    # nothing to train (already at step 2): the allowed lr never took effect, so no record of it
+    shown = runner.invoke(app, ["train", "dit", *name, "--steps", "2", "--lr", "7e-4",
+                                "--allow-change", "lr"])  # fmt: skip
+    assert shown.exit_code == 0, shown.output
+    assert not history.exists() or "dit.lr" not in history.read_text()
+    ok = runner.invoke(app, ["train", "dit", *name, "--steps", "3", "--lr", "7e-4",
+                             "--allow-change", "lr"])  # fmt: skip
+    assert ok.exit_code == 0, ok.output
+    lines = [json.loads(line) for line in history.read_text().splitlines()]
+    assert [c for line in lines for c in line.get("changes", [])] == [["dit.lr", 2e-4, 7e-4]]
+    record = json.loads((tmp_path / "runs" / "hist" / "config.json").read_text())
+    assert "allowed" not in record["extra"]["settings"]
