@@ -162,6 +162,11 @@ def resume_and_train(
     A run without a checkpoint must train at least one step (refused before anything is read in
     bulk or written); a run whose checkpoint is at or past ``steps`` is shown as it is, with
     nothing trained and nothing written."""
+    from repackctl.runtime import resolve_device
+
+    # a device this machine lacks is an error before anything is read (the engine fell back to
+    # the CPU: `--device cuda` trained there with only "cpu" in the banner)
+    resolve_device(settings.device)
     settings, record = resume_and_report(run_dir_of(settings), settings, record, section)
     settings, record = keep_started_values(run_dir_of(settings), settings, record, section)
     run_dir = run_dir_of(settings)

@@ -492,3 +492,14 @@ def test_an_allowed_change_enters_the_history_only_when_the_run_goes_on(cache, t
     assert [c for line in lines for c in line.get("changes", [])] == [["dit.lr", 2e-4, 7e-4]]
     record = json.loads((tmp_path / "runs" / "hist" / "config.json").read_text())
     assert "allowed" not in record["extra"]["settings"]
+
+
+@pytest.mark.parametrize("command", [["train", "dit"], ["train", "t2i"]])
+def test_a_device_this_machine_lacks_is_refused_before_anything_is_written(
+    cache, tmp_path, command
+):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    res = runner.invoke(app, [*command, "--name", "nogpu", "--device", "cuda", "--steps", "2"])
+    assert res.exit_code == 2 and "no CUDA GPU is available" in res.output, res.output
+    assert "Traceback" not in res.output and not (tmp_path / "runs" / "nogpu").exists()
