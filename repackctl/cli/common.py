@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -144,8 +145,57 @@ def resolve(config: str | None, flags: dict[str, Any]):
     return resolved
 
 
-def show_config(resolved, sections: tuple[str, ...]) -> None:
-    """Print the resolved settings of the common keys and ``sections`` with their source."""
+def _run_dir_of(settings: Any, section: str) -> Path | None:
+    """The run folder a training command of ``section`` would resume (None: not known
+    without loading data, e.g. a refine run named after its pack run)."""
+    runs = Path(settings.runs).expanduser()
+    if section == "dit":
+        from repackctl.dit.task import dit_run_dir
+
+        return dit_run_dir(settings)
+    if section == "t2i":
+        from repackctl.dit.t2i_task import t2i_run_dir
+
+        return t2i_run_dir(settings)
+    if section == "pack":
+        from repackctl.pack.task import default_run_name
+
+        return runs / (settings.pack.run or default_run_name(settings))
+    if section == "refine" and settings.refine.name:
+        return runs / settings.refine.name
+    return None
+
+
+def resumed_settings(resolved: Any, section: str) -> tuple[Any, Path | None]:
+    """The settings a run that already exists would resume with (its stored values, what is
+    given now on top, a breaking change refused as the command would), and that run's folder;
+    ``resolved`` itself and None for a new run."""
+    from repackctl.settings import ResolvedSettings
+    from repackctl.settings.resume import reconcile, stored_record
+
+    run_dir = _run_dir_of(resolved.settings, section) if section in RESUMABLE else None
+    stored = stored_record(run_dir, section) if run_dir is not None else None
+    if stored is None:
+        return resolved, None
+    allow = list(getattr(getattr(resolved.settings, section), "allow_change", None) or [])
+    rec = reconcile(stored, resolved.to_dict(), section, allow)
+    settings = type(resolved.settings).model_validate(rec.values)
+    return ResolvedSettings(settings, rec.sources), run_dir
+
+
+RESUMABLE = ("dit", "t2i", "pack", "refine")
+
+
+def show_config(resolved, sections: tuple[str, ...], resumable: bool = False) -> None:
+    """Print the resolved settings of the common keys and ``sections`` with their source; for a
+    training command (``resumable``) whose run exists, the values its resume would use."""
+    run_dir = None
+    if resumable:
+        resolved, run_dir = resumed_settings(resolved, sections[0])
+    if run_dir is not None:
+        console.print(
+            f"# run {run_dir} exists: the values it resumes with", highlight=False, soft_wrap=True
+        )
     rows = resolved.rows(sections)
     width = max(len(k) for k, _, _ in rows)
     for key, value, source in rows:  # plain lines: easy to grep and to paste into a TOML file

@@ -202,7 +202,9 @@ def settings_command(
                     given[f"{section}.{field}" if key[0] == "o" else field] = value
             resolved = resolve(config, given)
             if show_only:
-                show_config(resolved, show or (section,))
+                # a training command shows what an existing run of that name resumes with
+                training = fn.__name__ in ("train", "dit", "t2i")
+                show_config(resolved, show or (section,), resumable=training)
                 return None
             return fn(resolved, **kwargs)
 
