@@ -99,7 +99,8 @@ def claim_folder(
                     "is never extended or cut to another --num (balanced labels depend on N)"
                 )
             raise ConfigError(
-                f"{folder} holds samples made with other settings ({', '.join(diff)})", hint
+                f"{folder} holds samples made with other settings ({_differences(diff, old, fingerprint)})",
+                hint,
             )
         return
     write_json_atomic(path, fingerprint)
@@ -256,6 +257,16 @@ def settings_diff(recorded: dict[str, Any], fingerprint: dict[str, Any]) -> list
     if "cfg" in diff and _unguided(recorded.get("cfg")) and _unguided(fingerprint.get("cfg")):
         diff.discard("cfg")
     return sorted(diff)
+
+
+def _differences(keys: list[str], there: dict[str, Any], now: dict[str, Any]) -> str:
+    """``key: <recorded> there, <now> now`` for each differing setting (long values cut)."""
+
+    def short(value: Any) -> str:
+        text = json.dumps(value, sort_keys=True, default=str)
+        return text if len(text) <= 60 else text[:57] + "…"
+
+    return "; ".join(f"{k}: {short(there.get(k))} there, {short(now.get(k))} now" for k in keys)
 
 
 def _unguided(entry: Any) -> bool:

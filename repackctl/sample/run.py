@@ -240,7 +240,8 @@ def _claim(settings: Settings, dit: Any, plan: Any, guide_info: Any, refiner: An
         folder = named_folder(
             base, which, fingerprint, guide=guide, labels=cfg.labels, precision=settings.precision
         )
-    claim_folder(folder, _as_recorded(folder, fingerprint))
+    elsewhere = "pass another --out" if cfg.out else "pass --out to write elsewhere"
+    claim_folder(folder, _as_recorded(folder, fingerprint), elsewhere)
     return folder
 
 

@@ -95,7 +95,12 @@ def test_a_guided_interval_still_gets_its_own_folder(stack, tmp_path) -> None:
     assert _json(samples / names[1] / PROTOCOL_JSON)["cfg_interval"] == [0.0, 0.7]
     # a guided folder of another interval is still refused (--out bypasses the name)
     r = _sample(stack, samples, "--cfg", "4", "--out", str(samples / names[1]), num=2)
-    assert r.exit_code != 0 and "Error:" in r.output and "other settings (cfg)" in r.output
+    assert (
+        r.exit_code != 0
+        and "Error:" in r.output
+        and "other settings (cfg: [4.0, 0.0, 0.7, 0] there, [4.0, 0.0, 1.0, 0] now)" in r.output
+    )
+    assert "pass another --out" in r.output  # the hint fits a command that passed --out already
 
 
 def test_a_folder_that_recorded_the_interval_at_cfg_one_still_resumes(stack, tmp_path) -> None:

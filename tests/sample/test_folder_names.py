@@ -124,7 +124,7 @@ def test_another_num_is_refused_with_the_num_to_pass(stack, tmp_path) -> None:
     assert _sample(stack, samples).exit_code == 0
     r = _sample(stack, samples, "-n", "3")
     assert r.exit_code != 0 and "Traceback" not in r.output
-    assert "Error:" in r.output and "other settings (num)" in r.output
+    assert "Error:" in r.output and "other settings (num: " in r.output
     assert "pass --num 2" in " ".join(r.output.split())
     assert sorted(p.name for p in (samples / DEFAULT).glob("0*.png")) == [
         "000000.png",
