@@ -200,6 +200,12 @@ def _velocity(settings: Settings, dit: Any, plan: Any, device: Any):
     cfg, extra = settings.sample, dit.extra
     if plan.legacy_channels and cfg.guide:
         raise ConfigError("legacy CFG channels do not apply to autoguidance", "drop --cfg-channels")
+    if cfg.guide and not plan.guided:  # v_guide + 1·(v_main − v_guide) is the main model alone
+        raise ConfigError(
+            f"--guide {cfg.guide} at --cfg 1 would sample the main model alone (autoguidance at "
+            "scale 1 never calls its guide), under a folder named after the guide",
+            "pass a guidance scale above 1 (e.g. --cfg 2), or drop --guide",
+        )
     main_fn = model_velocity(dit.model.to(device).eval(), extra, settings.precision)
     guide_fn = guide_info = None
     if cfg.guide:

@@ -181,15 +181,18 @@ def test_one_key_names_both_folders(options: dict, shift: float) -> None:
         key.seed = 1  # type: ignore[misc]
 
 
-def test_the_card_counts_the_network_calls_autoguidance_makes(stack) -> None:
+def test_autoguidance_at_scale_one_is_refused(stack, tmp_path) -> None:
     """Autoguidance at scale 1 returns the main model's velocity without calling its guide
-    (``AutoGuidance``): the card counted two calls a step there (4 for 2 steps)."""
+    (``AutoGuidance``): `--guide` at `--cfg 1` sampled the plain model under a `--guide-…`
+    folder, its card counting two calls a step. Now refused; at scale 4 the card counts both."""
+    from repackctl.errors import ConfigError
     from repackctl.sample.run import run_sample
 
-    nfe = {}
-    for cfg in (1.0, 4.0):
-        flags = {"guide": "dit-tiny", "guide_checkpoint": "step-0000005"}
-        settings = _settings(stack, run="dit-tiny", num=2, steps=2, cfg=cfg, **flags)
-        out = run_sample(settings.model_copy(update={"seed": 13})).out_dir
-        nfe[cfg] = _json(out / PROTOCOL_JSON)["nfe"]
-    assert nfe == {1.0: 2, 4.0: 4}
+    flags = {"guide": "dit-tiny", "guide_checkpoint": "step-0000005", "out": str(tmp_path / "g")}
+    settings = _settings(stack, run="dit-tiny", num=2, steps=2, cfg=1.0, **flags)
+    with pytest.raises(ConfigError, match="--cfg 1") as e:
+        run_sample(settings.model_copy(update={"seed": 13}))
+    assert "--cfg 2" in e.value.hint and not (tmp_path / "g").exists()
+    settings = _settings(stack, run="dit-tiny", num=2, steps=2, cfg=4.0, **flags)
+    out = run_sample(settings.model_copy(update={"seed": 13})).out_dir
+    assert _json(out / PROTOCOL_JSON)["nfe"] == 4  # main + guide on both steps
