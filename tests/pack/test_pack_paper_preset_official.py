@@ -6,11 +6,11 @@ changed. Real components: a patchpix cache at 32 px, the CLI, real checkpoints."
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
+from support.caches import patchpix_cache, private_copy
 from support.cli import cli_ok, cli_refused
 
 from repackctl.errors import CheckpointError
@@ -29,22 +29,13 @@ IMAGES = 16
 @pytest.fixture(scope="module")
 def base_cache(tmp_path_factory) -> Path:
     """A patchpix cache of 16 built-in train images at 32 px."""
-    from repackctl.extract import run_extract
-
-    cache = tmp_path_factory.mktemp("paper-cache") / "cache"
-    flags = {"cache": str(cache), "num_workers": 0, "extract.encoder": "patchpix"}
-    flags |= {"extract.num": IMAGES, "extract.resolution": 32}
-    flags |= {"extract.chunk": 8, "extract.shard": 8}
-    run_extract(resolve_settings(None, flags, environ={}).settings)
-    return cache
+    return patchpix_cache(tmp_path_factory.mktemp("paper-cache") / "cache", IMAGES)
 
 
 @pytest.fixture
 def cache(base_cache, tmp_path) -> Path:
     """A private copy of the module's cache at the test's cache root."""
-    dst = tmp_path / "cache"
-    shutil.copytree(base_cache, dst)
-    return dst
+    return private_copy(base_cache, tmp_path)
 
 
 def _state(tmp_path: Path, run: str) -> tuple[Path, dict]:

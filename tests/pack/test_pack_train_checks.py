@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from support.caches import patchpix_cache, private_copy
 from support.cli import cli_ok as _ok
 from support.cli import cli_refused as _error
 from typer.testing import CliRunner
@@ -38,22 +39,13 @@ TINY = [
 @pytest.fixture(scope="module")
 def base_cache(tmp_path_factory) -> Path:
     """A patchpix cache of 16 built-in train images at 32 px."""
-    from repackctl.extract import run_extract
-    from repackctl.settings import resolve_settings
-
-    cache = tmp_path_factory.mktemp("checks-cache") / "cache"
-    flags = {"cache": str(cache), "num_workers": 0, "extract.encoder": "patchpix"}
-    flags |= {"extract.num": 16, "extract.resolution": 32, "extract.chunk": 8, "extract.shard": 8}
-    run_extract(resolve_settings(None, flags, environ={}).settings)
-    return cache
+    return patchpix_cache(tmp_path_factory.mktemp("checks-cache") / "cache", 16)
 
 
 @pytest.fixture
 def cache(base_cache, tmp_path) -> Path:
     """A private copy of the module's cache at the test's cache root."""
-    dst = tmp_path / "cache"
-    shutil.copytree(base_cache, dst)
-    return dst
+    return private_copy(base_cache, tmp_path)
 
 
 # --------------------------------------------------------------------------- attention
