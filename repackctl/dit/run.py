@@ -244,7 +244,10 @@ def keep_started_values(
     if int(os.environ.get("RANK", 0)) == 0:
         for line in lines:
             print(f"resume: {line}", file=sys.stderr)
-    return settings, {"values": settings.model_dump(mode="json"), "sources": sources}
+    kept = {"values": settings.model_dump(mode="json"), "sources": sources}
+    if record.get("allowed"):  # the changes --allow-change let through, for config_history
+        kept["allowed"] = record["allowed"]
+    return settings, kept
 
 
 @contextmanager

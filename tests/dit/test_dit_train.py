@@ -485,11 +485,18 @@ def test_an_allowed_change_enters_the_history_only_when_the_run_goes_on(cache, t
                                 "--allow-change", "lr"])  # fmt: skip
     assert shown.exit_code == 0, shown.output
     assert not history.exists() or "dit.lr" not in history.read_text()
+    # a run started when a default was another (EMA 0.99): kept as it trained (train dit's own
+    # rule), which must not lose the allowed lr change on the way
+    config_path = tmp_path / "runs" / "hist" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["extra"]["settings"]["values"]["dit"]["ema_decay"] = 0.99
+    config_path.write_text(json.dumps(config))
     ok = runner.invoke(app, ["train", "dit", *name, "--steps", "3", "--lr", "7e-4",
                              "--allow-change", "lr"])  # fmt: skip
     assert ok.exit_code == 0, ok.output
     lines = [json.loads(line) for line in history.read_text().splitlines()]
     assert [c for line in lines for c in line.get("changes", [])] == [["dit.lr", 2e-4, 7e-4]]
+    assert "dit.ema_decay: kept 0.99" in ok.output
     record = json.loads((tmp_path / "runs" / "hist" / "config.json").read_text())
     assert "allowed" not in record["extra"]["settings"]
 
