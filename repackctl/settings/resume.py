@@ -177,8 +177,27 @@ def reconcile(
             breaking.append((key, old[key], value))
     if breaking:
         _refuse(breaking, sources, schedules)
+    _length_in_epochs(section, merged, sources, current.get("sources", {}), out)
     out.values = _nest(merged)
     return out
+
+
+def _length_in_epochs(
+    section: str,
+    merged: dict[str, Any],
+    sources: dict[str, str],
+    now: dict[str, str],
+    out: Reconciled,
+) -> None:
+    """``--epochs`` given now (and no ``--steps``) sets the length of a run that was started with
+    ``--steps``: its stored step count would win over the epochs (pack and refine take a given
+    step count first), and the run stopped at once with "nothing to train"."""
+    steps, epochs = f"{section}.steps", f"{section}.epochs"
+    given_now = now.get(epochs, "default").split(" ")[0] in GIVEN
+    if not given_now or now.get(steps, "default").split(" ")[0] in GIVEN or steps not in merged:
+        return
+    out.changes.append((steps, merged.pop(steps), "from epochs"))
+    sources[steps] = "from epochs"
 
 
 def _where_given(source: str) -> str:

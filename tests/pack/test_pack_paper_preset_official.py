@@ -119,6 +119,19 @@ def test_tiny_paper_run_trains_a_batchnorm_disc_for_the_epochs_given(cache, tmp_
     assert not [k for k in records[1] if k in gan_keys], records[1]
 
 
+def test_epochs_given_on_resume_set_the_length_of_a_run_started_with_steps(cache, tmp_path):
+    """The stored --steps won over --epochs given later (pack takes a given step count first):
+    the run stopped at once with "nothing to train" and an exit of 0."""
+    cli_ok("pack", "train", *TINY, "--steps", "2", "--name", "len")
+    out = cli_ok("pack", "train", *TINY, "--epochs", "2", "--name", "len")
+    assert "pack.steps: 2 → 'from epochs'" in out
+    assert "2 epochs × 16 images / batch 8 = 4 steps" in out
+    assert _state(tmp_path, "len")[1]["step"] == 4
+    # a later resume without a length keeps the epochs it was given
+    out = cli_ok("pack", "train", *TINY, "--name", "len")
+    assert "nothing to train" in out and _state(tmp_path, "len")[1]["step"] == 4
+
+
 def _as_recorded_by_the_old_version(run_dir: Path) -> None:
     """The run's stored settings record as the version before this preset wrote it: there,
     ``pack.disc_norm`` was a plain default (``group``), not a preset value."""
