@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import one_torch_thread, subprocess_env
+from support.caches import packed_cache
 from support.launch import start_two
 from typer.testing import CliRunner
 
@@ -38,20 +39,7 @@ TINY = ["--steps", "24", "-b", "8", "--log-every", "4", "--device", "cpu"]
 
 @pytest.fixture(scope="module")
 def base_cache(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("dit") / "cache"
-    args = ["extract", "--encoder", "patchpix", "--resolution", "32", "-n", str(N)]
-    args += ["--chunk", "8", "--shard", "16", "--cache", str(root), "--num-workers", "0"]
-    common = ["--cache", str(root), "--runs", str(root.parent / "runs"), "--device", "cpu"]
-    res = runner.invoke(app, args)
-    assert res.exit_code == 0, res.output
-    # Stage 1 at toy size: 4 packed channels, a narrow decoder, a few steps
-    pack = ["pack", "train", "--encoder", "patchpix", "--resolution", "32", "-n", str(N)]
-    pack += ["--steps", "4", "--batch-size", "8", "--ch", "16", "-c", "4", "--name", "pk"]
-    res = runner.invoke(app, [*pack, "--image-every", "0", *common])
-    assert res.exit_code == 0, res.output
-    res = runner.invoke(app, ["pack", "encode", "--run", "pk", *common])
-    assert res.exit_code == 0, res.output
-    return root
+    return packed_cache(tmp_path_factory.mktemp("dit") / "cache", N)
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import one_torch_thread
+from support.caches import packed_cache
 from typer.testing import CliRunner
 
 from repackctl.cli.app import app
@@ -82,18 +83,7 @@ REPA = {
 
 @pytest.fixture(scope="module")
 def base_cache(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("paper") / "cache"
-    common = ["--cache", str(root), "--runs", str(root.parent / "runs"), "--device", "cpu"]
-    args = ["extract", "--encoder", "patchpix", "--resolution", "32", "-n", str(N)]
-    res = runner.invoke(app, [*args, "--chunk", "8", "--shard", "16", *common[:2], "--num-workers", "0"])  # fmt: skip
-    assert res.exit_code == 0, res.output
-    pack = ["pack", "train", "--encoder", "patchpix", "--resolution", "32", "-n", str(N)]
-    pack += ["--steps", "4", "--batch-size", "8", "--ch", "16", "-c", "4", "--name", "pk"]
-    res = runner.invoke(app, [*pack, "--image-every", "0", *common])
-    assert res.exit_code == 0, res.output
-    res = runner.invoke(app, ["pack", "encode", "--run", "pk", *common])
-    assert res.exit_code == 0, res.output
-    return root
+    return packed_cache(tmp_path_factory.mktemp("paper") / "cache", N)
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ import torch
 import zarr
 from conftest import one_torch_thread, subprocess_env
 from PIL import Image
+from support.caches import packed_cache
 from typer.testing import CliRunner
 
 from repackctl.cache.store import WRITTEN, DatasetEntry, list_entries
@@ -41,20 +42,7 @@ TRAIN = ["train", "t2i", "--steps", "4", "-b", "8", "--ckpt-every", "2", "--log-
 @pytest.fixture(scope="module")
 def latent_cache(tmp_path_factory) -> Path:
     """extract → pack train → pack encode (no captions yet)."""
-    root = tmp_path_factory.mktemp("t2i") / "cache"
-    common = ["--cache", str(root), "--runs", str(root.parent / "runs"), *CPU]
-    args = ["extract", "--encoder", "patchpix", "--resolution", "32", "-n", str(N)]
-    res = runner.invoke(
-        app, [*args, "--chunk", "8", "--shard", "16", "--num-workers", "0", "--cache", str(root)]
-    )
-    assert res.exit_code == 0, res.output
-    pack = ["pack", "train", "--encoder", "patchpix", "--resolution", "32", "-n", str(N)]
-    pack += ["--steps", "4", "--batch-size", "8", "--ch", "16", "-c", "4", "--name", "pk"]
-    res = runner.invoke(app, [*pack, "--image-every", "0", *common])
-    assert res.exit_code == 0, res.output
-    res = runner.invoke(app, ["pack", "encode", "--run", "pk", *common])
-    assert res.exit_code == 0, res.output
-    return root
+    return packed_cache(tmp_path_factory.mktemp("t2i") / "cache", N)
 
 
 @pytest.fixture(scope="module")
