@@ -113,12 +113,11 @@ def default_entries(root: str, folders: bool = False) -> list[str]:
     First the training entry: the one train-split built-in entry (with ``folders``: image-folder
     entry, for a caption index or COCO given by ``--captions``); among several, the one holding
     packed latents (what `train t2i` trains on). Several left: refused, the user names one. Then,
-    for built-in data, the val-split built-in entries of the same resolution: `sample` takes its
-    default prompts from their captions.
+    for built-in data, the val-split entries of the same data and resolution (``paired_val_entries``,
+    as `sample` pairs them: it takes its default prompts from their captions).
     """
     names = list_entries(root)
     train: list[tuple[bool, str, Any]] = []
-    val: list[tuple[str, Any]] = []
     for name in names:
         ds = DatasetEntry.open(root, name)
         source = ds.attrs.get("source") or {}
@@ -128,8 +127,6 @@ def default_entries(root: str, folders: bool = False) -> list[str]:
         split, res = str(ds.attrs.get("split")), ds.attrs.get("resolution")
         if split == "train":
             train.append((bool(ds.latent_ids()), name, res))
-        elif split == "val" and builtin:
-            val.append((name, res))
     if not train:
         kind, data = ("image-folder", " --data imagefolder:PATH") if folders else ("built-in", "")
         raise CacheError(
@@ -144,8 +141,11 @@ def default_entries(root: str, folders: bool = False) -> list[str]:
             "trains on would be a guess",
             f"choose one with --entry (e.g. --entry {packed[0][1]})",
         )
-    _, name, res = packed[0]
-    return [name, *sorted(v for v, r in val if r == res)]
+    name = packed[0][1]
+    if folders:
+        return [name]
+    # the val entries `sample` pairs with it (same data and resolution, by what they record)
+    return [name, *paired_val_entries(root, DatasetEntry.open(root, name))]
 
 
 # source attributes that differ between the splits (and subsets) of one data source

@@ -197,6 +197,16 @@ def test_captions_without_entry_encodes_the_train_entry_then_val(builtin_cache, 
         default_entries(str(cache))
 
 
+def test_captions_without_entry_encodes_only_the_val_entries_sample_pairs(builtin_cache, tmp_path):
+    """A built-in val entry of another data seed was encoded (same split and resolution) though
+    `sample` never takes prompts from it: the val entries are those of the same data."""
+    cache = tmp_path / "cache"
+    shutil.copytree(builtin_cache, cache)
+    _ok(*EXTRACT, "-n", "4", "--split", "val", "--seed", "1", "--cache", str(cache))
+    assert "builtin-n4--val--32px" in [p.name for p in cache.iterdir()]
+    assert default_entries(str(cache)) == ["builtin-n16--train--32px", "builtin-n8--val--32px"]
+
+
 def test_captions_without_any_train_entry_names_the_fix(tmp_path):
     cache = tmp_path / "cache"
     _ok(*EXTRACT, "-n", "8", "--split", "val", "--cache", str(cache))
