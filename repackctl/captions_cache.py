@@ -117,16 +117,15 @@ def default_entries(root: str, folders: bool = False) -> list[str]:
     as `sample` pairs them: it takes its default prompts from their captions).
     """
     names = list_entries(root)
-    train: list[tuple[bool, str, Any]] = []
+    train: list[tuple[bool, str]] = []  # (holds packed latents, name)
     for name in names:
         ds = DatasetEntry.open(root, name)
         source = ds.attrs.get("source") or {}
         builtin = source.get("dataset") == "builtin"
         if (not source.get("root")) if folders else not builtin:
             continue
-        split, res = str(ds.attrs.get("split")), ds.attrs.get("resolution")
-        if split == "train":
-            train.append((bool(ds.latent_ids()), name, res))
+        if str(ds.attrs.get("split")) == "train":
+            train.append((bool(ds.latent_ids()), name))
     if not train:
         kind, data = ("image-folder", " --data imagefolder:PATH") if folders else ("built-in", "")
         raise CacheError(

@@ -148,7 +148,8 @@ def resolve(config: str | None, flags: dict[str, Any]):
 def _run_dir_of(settings: Any, section: str) -> Path | None:
     """The run folder a training command of ``section`` would resume (None: not known
     without loading data, e.g. a refine run named after its pack run)."""
-    runs = Path(settings.runs).expanduser()
+    from repackctl.paths import run_dir
+
     if section == "dit":
         from repackctl.dit.task import dit_run_dir
 
@@ -160,9 +161,9 @@ def _run_dir_of(settings: Any, section: str) -> Path | None:
     if section == "pack":
         from repackctl.pack.task import default_run_name
 
-        return runs / (settings.pack.run or default_run_name(settings))
+        return run_dir(settings.runs, settings.pack.run or default_run_name(settings))
     if section == "refine" and settings.refine.name:
-        return runs / settings.refine.name
+        return run_dir(settings.runs, settings.refine.name)
     return None
 
 

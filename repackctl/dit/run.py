@@ -34,7 +34,7 @@ from repackctl.errors import ConfigError, ResumeConflict
 from repackctl.files import write_json_atomic
 from repackctl.paths import SAMPLING_JSON, run_root_of
 from repackctl.progress import LOG_FILE, ProgressFactory, null_progress, with_log_file
-from repackctl.settings.resume import GIVEN, resume_and_report, stored_record
+from repackctl.settings.resume import given, resume_and_report, stored_record
 from repackctl.train.checkpoint import latest_checkpoint, read_state
 from repackctl.train.logging import read_metrics
 from repackctl.train.loop import TrainResult, train
@@ -190,10 +190,6 @@ def resume_and_train(
 STARTED_WITHOUT: dict[str, Any] = {"tf32": True}
 
 
-def _given(sources: dict[str, str], key: str) -> bool:
-    return sources.get(key, "default").split(" ")[0] in GIVEN
-
-
 def keep_started_values(
     run_dir: Path, settings: Any, record: dict | None, section: str
 ) -> tuple[Any, dict | None]:
@@ -221,7 +217,7 @@ def keep_started_values(
         before = old.get(name, STARTED_WITHOUT.get(name, value))
         if value == before or name in allow or key in allow:
             continue
-        if _given(sources, key):
+        if given(sources, key):
             if name in old:
                 continue  # compared with the stored value by resume_and_report already
             raise ResumeConflict(

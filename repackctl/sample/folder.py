@@ -60,8 +60,14 @@ def owned_range(num: int, rank: int, world: int) -> range:
     return range(num * rank // world, num * (rank + 1) // world)
 
 
+def out_hint(out_given: bool) -> str:
+    """Where else a refused samples folder's images can go, for a command that did (not) pass
+    ``--out``."""
+    return "pass another --out" if out_given else "pass --out to write elsewhere"
+
+
 def claim_folder(
-    folder: Path, fingerprint: dict[str, Any], elsewhere: str = "pass --out to write elsewhere"
+    folder: Path, fingerprint: dict[str, Any], elsewhere: str = out_hint(False)
 ) -> None:
     """Record the settings that fix the images; a folder made with other settings is refused.
 

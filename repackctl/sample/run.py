@@ -65,6 +65,7 @@ from repackctl.sample.folder import (
     generation_card,
     missing_indices,
     named_folder,
+    out_hint,
     owned_range,
     png_path,
 )
@@ -246,8 +247,7 @@ def _claim(settings: Settings, dit: Any, plan: Any, guide_info: Any, refiner: An
         folder = named_folder(
             base, which, fingerprint, guide=guide, labels=cfg.labels, precision=settings.precision
         )
-    elsewhere = "pass another --out" if cfg.out else "pass --out to write elsewhere"
-    claim_folder(folder, _as_recorded(folder, fingerprint), elsewhere)
+    claim_folder(folder, _as_recorded(folder, fingerprint), out_hint(bool(cfg.out)))
     return folder
 
 

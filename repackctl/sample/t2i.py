@@ -55,6 +55,7 @@ from repackctl.sample.folder import (
     generation_card,
     missing_indices,
     named_folder,
+    out_hint,
     owned_range,
     png_path,
 )
@@ -452,9 +453,7 @@ def run_t2i_sample(
 
     fingerprint = _fingerprint(settings, handle, plan, prompts, refiner)
     folder = _folder(settings, cfg, ckpt, plan, given if source == "given" else None, fingerprint)
-    claim_folder(
-        folder, fingerprint, "pass another --out" if cfg.out else "pass --out to write elsewhere"
-    )
+    claim_folder(folder, fingerprint, out_hint(bool(cfg.out)))
     todo = missing_indices(folder, owned_range(cfg.num, dist.rank, dist.world))
     if todo:
         (folder / LATENTS_DIR).mkdir(exist_ok=True)

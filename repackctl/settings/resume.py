@@ -108,6 +108,11 @@ GIVEN = ("flag", "env", "file", "stored")  # "stored run config": given when the
 KEPT = (*GIVEN, "preset", "launcher")  # launcher: the precision of accelerate launch
 
 
+def given(sources: dict[str, str], key: str, layers: tuple[str, ...] = GIVEN) -> bool:
+    """Whether the source of ``key`` (``flag``, ``env …``, ``preset …``) is one of ``layers``."""
+    return sources.get(key, "default").split(" ")[0] in layers
+
+
 @dataclass
 class Reconciled:
     """The settings to resume with, and what changed against the stored ones."""
@@ -150,9 +155,6 @@ def reconcile(
     sources = dict(current.get("sources", {}))
     old_sources = stored.get("sources", {})
 
-    def given(src: dict[str, str], key: str, layers: tuple[str, ...] = GIVEN) -> bool:
-        return src.get(key, "default").split(" ")[0] in layers
-
     # only what some layer gave is kept: defaults and presets fill the rest as they did before
     merged = {k: v for k, v in new.items() if given(sources, k)}
     sched = f"{section}.schedule" if section else "schedule"
@@ -193,8 +195,7 @@ def _length_in_epochs(
     ``--steps``: its stored step count would win over the epochs (pack and refine take a given
     step count first), and the run stopped at once with "nothing to train"."""
     steps, epochs = f"{section}.steps", f"{section}.epochs"
-    given_now = now.get(epochs, "default").split(" ")[0] in GIVEN
-    if not given_now or now.get(steps, "default").split(" ")[0] in GIVEN or steps not in merged:
+    if not given(now, epochs) or given(now, steps) or steps not in merged:
         return
     out.changes.append((steps, merged.pop(steps), "from epochs"))
     sources[steps] = "from epochs"
