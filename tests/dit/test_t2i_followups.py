@@ -27,6 +27,7 @@ import pytest
 import zarr
 from conftest import one_torch_thread
 from PIL import Image
+from support.caches import t2i_stack, use_stack
 from support.cli import cli_ok as _ok
 from support.cli import cli_refused as _refused
 
@@ -54,32 +55,11 @@ def _one_thread():
 def stack(tmp_path_factory) -> Path:
     """extract (train 32 + val 8) → pack train → pack encode → captions of both → a 2-step
     t2i run ``tA``; returns the folder holding cache/ and runs/."""
-    work = tmp_path_factory.mktemp("t2i-followups") / "w"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("REPACKCTL_CACHE", str(work / "cache"))
-        mp.setenv("REPACKCTL_RUNS", str(work / "runs"))
-        mp.setenv("REPACKCTL_NUM_WORKERS", "0")
-        _ok(*EXTRACT, "--shard", "16", "-n", str(N))
-        _ok(*EXTRACT, "--shard", "16", "-n", "8", "--split", "val")
-        pack = ["pack", "train", "--encoder", "patchpix", "--resolution", "32", "-n", str(N)]
-        pack += ["--steps", "2", "--batch-size", "8", "--ch", "8", "-c", "4"]
-        _ok(*pack, "--name", "pack-tiny", "--image-every", "0", *CPU)
-        _ok("pack", "encode", "--run", "pack-tiny", *CPU)
-        for entry in list_entries(str(work / "cache")):
-            _ok("captions", "--entry", entry, "--max-length", str(LEN), *CPU)
-        train = ["train", "t2i", "-b", "8", "--steps", "2", "--ckpt-every", "2"]
-        _ok(*train, "--log-every", "2", "--image-every", "0", "--name", "tA", *CPU)
-    return work
+    return t2i_stack(tmp_path_factory.mktemp("t2i-followups") / "w", N, LEN)
 
 
 def _use(stack: Path, tmp_path: Path, monkeypatch) -> Path:
-    """A private copy of the stack, set as REPACKCTL_CACHE / _RUNS / _SAMPLES."""
-    work = tmp_path / "w"
-    shutil.copytree(stack, work)
-    monkeypatch.setenv("REPACKCTL_CACHE", str(work / "cache"))
-    monkeypatch.setenv("REPACKCTL_RUNS", str(work / "runs"))
-    monkeypatch.setenv("REPACKCTL_SAMPLES", str(work / "samples"))
-    return work
+    return use_stack(stack, tmp_path, monkeypatch)
 
 
 TRAIN = "builtin-n32--train--32px"

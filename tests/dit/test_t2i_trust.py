@@ -16,13 +16,13 @@ train` → `pack encode` → `captions` (MiniLM, length 8) → `train t2i` (2 st
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import zarr
 from conftest import one_torch_thread
+from support.caches import t2i_stack, use_stack
 from support.cli import cli_ok as _ok
 from support.cli import cli_refused as _error
 from typer.testing import CliRunner
@@ -58,32 +58,11 @@ def _one_thread():
 def stack(tmp_path_factory) -> Path:
     """extract (train 32 + val 8) → pack train (pack-tiny) → pack encode → captions of both →
     a 2-step t2i run ``tA``; returns the folder holding cache/ and runs/."""
-    work = tmp_path_factory.mktemp("t2i-trust") / "w"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("REPACKCTL_CACHE", str(work / "cache"))
-        mp.setenv("REPACKCTL_RUNS", str(work / "runs"))
-        mp.setenv("REPACKCTL_NUM_WORKERS", "0")
-        ext = ["extract", "--encoder", "patchpix", "--resolution", "32", "--chunk", "8"]
-        _ok(*ext, "--shard", "16", "-n", str(N), *CPU)
-        _ok(*ext, "--shard", "16", "-n", "8", "--split", "val", *CPU)
-        pack = ["pack", "train", "--encoder", "patchpix", "--resolution", "32", "-n", str(N)]
-        pack += ["--steps", "2", "--batch-size", "8", "--ch", "8", "-c", "4"]
-        _ok(*pack, "--name", "pack-tiny", "--image-every", "0", *CPU)
-        _ok("pack", "encode", "--run", "pack-tiny", *CPU)
-        for entry in list_entries(str(work / "cache")):
-            _ok("captions", "--entry", entry, "--max-length", str(LEN), *CPU)
-        _ok(*TRAIN, "--steps", "2", "--name", "tA", *CPU)
-    return work
+    return t2i_stack(tmp_path_factory.mktemp("t2i-trust") / "w", N, LEN)
 
 
 def _use(stack: Path, tmp_path: Path, monkeypatch) -> Path:
-    """A private copy of the stack, set as REPACKCTL_CACHE / _RUNS / _SAMPLES."""
-    work = tmp_path / "w"
-    shutil.copytree(stack, work)
-    monkeypatch.setenv("REPACKCTL_CACHE", str(work / "cache"))
-    monkeypatch.setenv("REPACKCTL_RUNS", str(work / "runs"))
-    monkeypatch.setenv("REPACKCTL_SAMPLES", str(work / "samples"))
-    return work
+    return use_stack(stack, tmp_path, monkeypatch)
 
 
 def _entry(work: Path, split: str) -> DatasetEntry:

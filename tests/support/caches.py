@@ -46,3 +46,41 @@ def packed_cache(root: Path, num: int) -> Path:
         res = CliRunner().invoke(app, args)
         assert res.exit_code == 0, res.output
     return root
+
+
+def t2i_stack(work: Path, num: int = 32, max_length: int = 8) -> Path:
+    """``work`` holding cache/ and runs/ of the text-to-image path at toy size: extract (train
+    ``num`` + val 8, patchpix, 32 px) → pack train ``pack-tiny`` → pack encode → captions of
+    both entries → a 2-step t2i run ``tA``, through the command line."""
+    import pytest
+
+    from repackctl.cache.store import list_entries
+    from support.cli import cli_ok
+
+    cpu = ["--device", "cpu"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("REPACKCTL_CACHE", str(work / "cache"))
+        mp.setenv("REPACKCTL_RUNS", str(work / "runs"))
+        mp.setenv("REPACKCTL_NUM_WORKERS", "0")
+        ext = ["extract", "--encoder", "patchpix", "--resolution", "32", "--chunk", "8"]
+        cli_ok(*ext, "--shard", "16", "-n", str(num), *cpu)
+        cli_ok(*ext, "--shard", "16", "-n", "8", "--split", "val", *cpu)
+        pack = ["pack", "train", "--encoder", "patchpix", "--resolution", "32", "-n", str(num)]
+        pack += ["--steps", "2", "--batch-size", "8", "--ch", "8", "-c", "4"]
+        cli_ok(*pack, "--name", "pack-tiny", "--image-every", "0", *cpu)
+        cli_ok("pack", "encode", "--run", "pack-tiny", *cpu)
+        for entry in list_entries(str(work / "cache")):
+            cli_ok("captions", "--entry", entry, "--max-length", str(max_length), *cpu)
+        train = ["train", "t2i", "-b", "8", "--steps", "2", "--ckpt-every", "2"]
+        cli_ok(*train, "--log-every", "2", "--image-every", "0", "--name", "tA", *cpu)
+    return work
+
+
+def use_stack(stack: Path, tmp_path: Path, monkeypatch) -> Path:
+    """A private copy of a stack, set as REPACKCTL_CACHE / _RUNS / _SAMPLES."""
+    work = tmp_path / "w"
+    shutil.copytree(stack, work)
+    monkeypatch.setenv("REPACKCTL_CACHE", str(work / "cache"))
+    monkeypatch.setenv("REPACKCTL_RUNS", str(work / "runs"))
+    monkeypatch.setenv("REPACKCTL_SAMPLES", str(work / "samples"))
+    return work
