@@ -335,6 +335,31 @@ def test_ssim_identity_constant_images_and_monotone_in_noise():
     assert ssim_per_image(ca, cb)[0] == pytest.approx((2 * a * b + c1) / (a * a + b * b + c1))
 
 
+def test_ssim_equals_the_full_2d_gaussian_window():
+    """The separable blur gives the SSIM of Wang et al.'s 11 × 11 window (σ 1.5), computed here
+    the direct way: one 2-D depthwise convolution of the outer-product window."""
+    import torch.nn.functional as F
+
+    from repackctl.metrics.recon import SSIM_K1, SSIM_K2, ssim_per_image
+
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 256, (3, 24, 20, 3), dtype=np.uint8)
+    b = np.clip(a + rng.normal(0, 25, a.shape), 0, 255).astype(np.uint8)
+    x = torch.from_numpy(a).permute(0, 3, 1, 2).double()
+    y = torch.from_numpy(b).permute(0, 3, 1, 2).double()
+    g = torch.exp(-((torch.arange(11, dtype=torch.float64) - 5) ** 2) / (2 * 1.5**2))
+    win = torch.outer(g, g) / torch.outer(g, g).sum()
+    blur = lambda t: F.conv2d(t, win.expand(3, 1, 11, 11), groups=3)  # noqa: E731
+    mx, my = blur(x), blur(y)
+    vx, vy, cov = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
+    c1, c2 = (SSIM_K1 * 255) ** 2, (SSIM_K2 * 255) ** 2
+    m = ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
+    want = m.flatten(1).mean(1).numpy()
+    got = ssim_per_image(a, b)
+    assert 0.2 < want.min() < want.max() < 0.95
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
 def test_save_grid_writes_rows_with_labels(tmp_path):
     from PIL import Image
 
