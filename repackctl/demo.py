@@ -77,7 +77,7 @@ class DemoPlan:
     # weight 0 / 2 15.8 / 16.4, a start at posterior std 0.05 (log-variance bias −6) 16.7,
     # batch 8 for the same time 16.6, 16 latent channels 16.8; a decoder twice as wide at the
     # low-resolution levels lost (14.8 dB, 2× slower).
-    pack_steps: int = 700
+    pack_steps: int = 600
     # demo-specific pack sizes on top of the `small` preset (None = the preset's value)
     pack_channels: int | None = None
     pack_latent_channels: int | None = None
@@ -92,7 +92,7 @@ class DemoPlan:
     # 96, 1900 steps, 74 %; width 128, 1800 steps, 68 %. Three blocks put REPA's alignment
     # (after block 1) at a third of the depth, as in REPA. Sampler, steps and guidance interval
     # moved nothing (49 ± 1 % on the first DiT).
-    dit_steps: int = 2400
+    dit_steps: int = 2250
     dit_depth: int = 3
     dit_lr: float = 6e-3
     dit_warmup: int = 100
@@ -111,7 +111,7 @@ class DemoPlan:
     # It trains beside the DiT on the second core, at about 0.3 s a step: 750 steps use that
     # core for the DiT's 4000 steps without making it wait (on the 600-step pack, 500 steps gave
     # +0.57 dB where 255 gave +0.27; the high-frequency error did not move either way)
-    refine_steps: int = 380
+    refine_steps: int = 350
     refine_channels: int = 16
     # the weights-free perceptual term (refine.feature_weight: built-in encoder feature distance)
     refine_feature_weight: float = 0.1
