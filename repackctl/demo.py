@@ -63,9 +63,11 @@ def solo_threads() -> int:
 
 @dataclass
 class DemoPlan:
-    """Sizes of every stage. The defaults took 8 min on one idle 2-core machine and 16 to 18 min
-    on a slower one (a 2-GHz Xeon; ``benchmarks/results/demo/report.md``): the report gives the
-    machine's speed index beside the times."""
+    """Sizes of every stage, chosen for `make demo`'s budget of 10 minutes on 2 CPU cores
+    (issue #13): the step counts below are what fits on a 2-core AMD EPYC whose speed moves by
+    a quarter with the host's load (``benchmarks/results/demo/report.md`` gives the machine's
+    speed index beside the times). The sizes of the earlier reports (pack 1100 steps, DiT 4000,
+    refiner 750) reached recon 19.3 dB and 71.5 % sample accuracy but took 17.6 min there."""
 
     out: Path
     n_train: int = 2000
@@ -76,7 +78,9 @@ class DemoPlan:
     # (±0.4 dB): Adam betas (0.9, 0.99) 17.0, lr 1.5e-3 / 3e-3 16.3 / 15.6, focal-frequency
     # weight 0 / 2 15.8 / 16.4, a start at posterior std 0.05 (log-variance bias −6) 16.7,
     # batch 8 for the same time 16.6, 16 latent channels 16.8; a decoder twice as wide at the
-    # low-resolution levels lost (14.8 dB, 2× slower).
+    # low-resolution levels lost (14.8 dB, 2× slower). With the 10-minute budget (class
+    # docstring): pack 500 / DiT 2100 steps took 6 min 40 s (15.7 dB, 67 %) with the host
+    # fast, 700 / 2400 took 9.6 min (70 %) with it slow (pack 2.5 against 3.0 steps/s).
     pack_steps: int = 600
     # demo-specific pack sizes on top of the `small` preset (None = the preset's value)
     pack_channels: int | None = None
@@ -108,9 +112,10 @@ class DemoPlan:
     # 2·D trained 13 % faster to the same accuracy (67 vs 65 %).
     repa_hidden: int = 128
     # width 32 ran at 7 s/step on a loaded 2-core machine (56 min for 500 steps): width 16 fits.
-    # It trains beside the DiT on the second core, at about 0.3 s a step: 750 steps use that
-    # core for the DiT's 4000 steps without making it wait (on the 600-step pack, 500 steps gave
-    # +0.57 dB where 255 gave +0.27; the high-frequency error did not move either way)
+    # It trains beside the DiT on the second core, at 0.3 to 0.6 s a step (by the host's load,
+    # after ~30 s of start-up): 350 steps use that core for the DiT's 2250 steps without making
+    # it wait (on the 600-step pack, 500 steps gave +0.57 dB where 255 gave +0.27; the
+    # high-frequency error did not move either way)
     refine_steps: int = 350
     refine_channels: int = 16
     # the weights-free perceptual term (refine.feature_weight: built-in encoder feature distance)

@@ -55,7 +55,7 @@ def demo(
     Writes report.md, samples.png, recon.png and curves.png (plus each stage's own outputs) into
     --out. Running it again reuses every complete stage; --fresh starts over.
 
-    Example: `repackctl demo` (8 to 18 minutes on 2 idle CPU cores, by the CPU), `repackctl demo --quick`,
+    Example: `repackctl demo` (about 8 minutes on 2 idle CPU cores), `repackctl demo --quick`,
     `repackctl demo --pca-arm` (adds the PCA baseline to a finished demo).
     """
     if t2i:
