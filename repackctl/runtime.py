@@ -103,13 +103,29 @@ def resolve_precision(
     ``ACCELERATE_MIXED_PRECISION`` (set by ``accelerate launch --mixed_precision``), which wins
     over repackctl's default.
     """
-    if source != "default":
-        return settings_value, source
     env = os.environ if environ is None else environ
     launcher = env.get("ACCELERATE_MIXED_PRECISION", "").strip().lower()
+    if source.endswith("(launcher)"):  # kept on resume: the launcher chose it when the run started
+        _check_same_launcher(settings_value, launcher)
+    if source != "default":
+        return settings_value, source
     if launcher in _LAUNCHER_PRECISION:
         return _LAUNCHER_PRECISION[launcher], "launcher"
     return settings_value, "default"
+
+
+def _check_same_launcher(kept: str, launcher: str) -> None:
+    """A run whose precision the launcher chose, resumed under a launcher that asks for another
+    one: it went on in the kept precision without a word. Refused (no launcher setting: kept)."""
+    asked = _LAUNCHER_PRECISION.get(launcher)
+    if asked is None or asked == kept:
+        return
+    raise ConfigError(
+        f"this run trained in {kept}, chosen by `accelerate launch --mixed_precision` when it "
+        f"started; this launch asks for {asked} (--mixed_precision {launcher})",
+        f"resume it with `--mixed_precision {kept}` (or without the flag), or pass --precision "
+        f"{asked} --allow-change precision to go on in {asked}",
+    )
 
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}

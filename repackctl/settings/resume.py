@@ -108,6 +108,16 @@ GIVEN = ("flag", "env", "file", "stored")  # "stored run config": given when the
 KEPT = (*GIVEN, "preset", "launcher")  # launcher: the precision of accelerate launch
 
 
+# the source of a kept value the launcher chose when the run started: a resume under another
+# launcher setting is refused (repackctl.runtime.resolve_precision), not silently overruled
+KEPT_FROM_LAUNCHER = "stored run config (launcher)"
+
+
+def _kept_source(old_sources: dict[str, str], key: str) -> str:
+    launcher = old_sources.get(key, "default").split(" ")[0] == "launcher"
+    return KEPT_FROM_LAUNCHER if launcher else "stored run config"
+
+
 def given(sources: dict[str, str], key: str, layers: tuple[str, ...] = GIVEN) -> bool:
     """Whether the source of ``key`` (``flag``, ``env …``, ``preset …``) is one of ``layers``."""
     return sources.get(key, "default").split(" ")[0] in layers
@@ -167,7 +177,7 @@ def reconcile(
             continue
         if not given(sources, key):
             if given(old_sources, key, KEPT):
-                merged[key], sources[key] = old[key], "stored run config"
+                merged[key], sources[key] = old[key], _kept_source(old_sources, key)
             continue
         if value == old[key]:
             continue

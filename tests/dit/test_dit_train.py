@@ -453,6 +453,27 @@ def test_the_launchers_precision_is_kept_on_resume_or_refused(cache, tmp_path, m
     assert read_state(latest_checkpoint(run))["step"] == 3
 
 
+def test_a_resume_under_another_launcher_precision_is_refused(cache, tmp_path, monkeypatch):
+    """A run whose precision `accelerate launch --mixed_precision bf16` chose, resumed under
+    `--mixed_precision fp16`, went on in bf16 without a word: refused, naming both, nothing
+    written; under the same launcher setting (or none) it goes on."""
+    name = ["--name", "amp2", "--device", "cpu", "--log-every", "1", "--image-every", "0"]
+    name += ["-b", "4"]
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    assert runner.invoke(app, ["train", "dit", *name, "--steps", "2"]).exit_code == 0
+    run = tmp_path / "runs" / "amp2"
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
+    refused = runner.invoke(app, ["train", "dit", *name, "--steps", "3"])
+    assert refused.exit_code != 0 and "Traceback" not in refused.output
+    assert "trained in bf16" in refused.output and "asks for fp16" in refused.output
+    assert "--mixed_precision bf16" in refused.output
+    assert read_state(latest_checkpoint(run))["step"] == 2
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    ok = runner.invoke(app, ["train", "dit", *name, "--steps", "3"])
+    assert ok.exit_code == 0, ok.output
+    assert read_state(latest_checkpoint(run))["config"]["precision"] == "bf16"
+
+
 def test_an_allowed_change_enters_the_history_only_when_the_run_goes_on(cache, tmp_path):
     name = [
         "--name",
