@@ -209,6 +209,9 @@ def rm(
     from repackctl.errors import CacheError
 
     root = _root(cache, config)
+    _one_group(
+        entry, {"features": features, "latents": latents, "triplets": triplets, "text": text}
+    )
     sub = None
     if entry in list_entries(root, "incomplete") and not (features or latents or triplets or text):
         e = None  # an interrupted creation: removable as a whole
@@ -247,6 +250,21 @@ def rm(
         raise typer.Exit(1)
     remove(root, entry, sub)
     console.print(f"removed {what}")
+
+
+def _one_group(entry: str, given: dict[str, str | None]) -> None:
+    """``cache rm`` removes the whole entry when no group option is given: an empty one
+    (``--features "$ID"`` with ``$ID`` unset) removed every image, feature and latent, and of
+    two options only the first was removed. Both refused before anything is read or removed."""
+    from repackctl.errors import ConfigError
+
+    hint = f"name one group: see `repackctl cache info {entry}` for its ids"
+    for name, value in given.items():
+        if value is not None and not value.strip():
+            raise ConfigError(f"--{name} is empty (it names the group to remove)", hint)
+    named = [f"--{name}" for name, value in given.items() if value is not None]
+    if len(named) > 1:
+        raise ConfigError(f"{' and '.join(named)} given: `cache rm` removes one group", hint)
 
 
 def register(root: typer.Typer) -> None:

@@ -120,3 +120,20 @@ def test_names_that_are_not_entries_are_not_found(tmp_path):
             assert "repackctl cache ls" in out and "incomplete" not in out, out
     assert _files(tmp_path) == before and entry.is_dir()
     assert list_entries(str(cache)) == [ENTRY]
+
+
+def test_an_empty_or_second_group_option_never_removes_the_entry(tmp_path):
+    """`cache rm ENTRY --features ""` (a script's unset `$ID`) removed the whole entry: images,
+    features and latents; of two group options only the first was removed. Both are refused
+    before anything is removed."""
+    cache = tmp_path / "cache"
+    folder = _extract(cache)
+    fid = DatasetEntry.open(str(cache), ENTRY).feature_ids()[0]
+    before = _files(folder)
+    for flags in (["--features", ""], ["--latents", " "], ["--text", ""], ["--triplets", ""],
+                  ["--features", fid, "--latents", "x"]):  # fmt: skip
+        res = _run("cache", "rm", ENTRY, *flags, "--yes", "--cache", str(cache))
+        assert res.exit_code != 0 and "Traceback" not in res.output, (flags, res.output)
+        assert "Error:" in res.output and "Hint:" in res.output and "cache info" in res.output
+        assert _files(folder) == before, flags
+    assert ENTRY in list_entries(str(cache))
