@@ -113,6 +113,11 @@ def claim_folder(
     the others, and nothing is removed. A non-empty folder without that marker is refused, so a
     pipeline never writes into, or deletes from, a folder it did not make.
     """
+    if out.exists() and not out.is_dir():
+        raise ConfigError(
+            f"{out} is a file, not a folder (`repackctl {kind}` writes a folder of results)",
+            "choose a new or empty folder with --out (the file was not touched)",
+        )
     marker = out / MARKER
     made_by = None
     if marker.is_file():

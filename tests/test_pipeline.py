@@ -32,6 +32,23 @@ def test_a_folder_the_pipeline_did_not_make_is_refused_and_left_alone(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["holiday.jpg"]
 
 
+@pytest.mark.parametrize("t2i", [False, True])
+def test_a_file_as_out_or_a_bad_seed_is_refused_before_anything_is_written(tmp_path, t2i):
+    """`demo --out FILE` ended in a NotADirectoryError traceback; `--seed -1` was refused only
+    after the folder had been claimed (a marker file written)."""
+    mine = tmp_path / "notes.txt"
+    mine.write_text("mine")
+    flag = ["--t2i"] if t2i else []
+    r = runner.invoke(app, ["demo", "--quick", *flag, "--out", str(mine)])
+    assert r.exit_code != 0 and "Traceback" not in r.output, r.output
+    assert "is a file" in r.output and "Hint:" in r.output
+    assert mine.read_text() == "mine"
+    out = tmp_path / "new"
+    r = runner.invoke(app, ["demo", "--quick", *flag, "--seed", "-1", "--out", str(out)])
+    assert r.exit_code != 0 and "Traceback" not in r.output and "--seed" in r.output, r.output
+    assert not out.exists()
+
+
 def test_fresh_removes_only_what_the_pipeline_writes(tmp_path):
     out = tmp_path / "demo"
     claim_folder(out, "demo", ("cache", "report.md"), fresh=False)  # a new folder is claimed

@@ -58,6 +58,13 @@ def demo(
     Example: `repackctl demo` (about 8 minutes on 2 idle CPU cores), `repackctl demo --quick`,
     `repackctl demo --pca-arm` (adds the PCA baseline to a finished demo).
     """
+    from repackctl.settings import SEED_MAX
+
+    if not 0 <= seed <= SEED_MAX:  # checked before the folder is claimed: nothing written
+        raise ConfigError(
+            f"--seed must lie in 0 … {SEED_MAX} (2**32 − 1), got {seed}",
+            "seeds are 32-bit words: a larger or negative one would repeat another seed's results",
+        )
     if t2i:
         if pca_arm:
             raise ConfigError(
