@@ -667,6 +667,12 @@ def import_official(
     from repackctl.files import ensure_writable_dir
     from repackctl.paths import local_path, run_dir
 
+    if stage1 is None and dit is None and refiner is None:  # an import of nothing is no success
+        raise ConfigError(
+            "nothing to import: none of --stage1, --dit, --refiner was given",
+            "pass --stage1 <stage-1 .ckpt> (plus --dit <.pt> --latent-stats <file> for the DiT, "
+            "--refiner <stage-3 .ckpt> for the refiner)",
+        )
     if dit is not None and (stage1 is None or latent_stats is None):
         raise ConfigError(
             "importing the DiT needs its stage-1 model (--stage1) and latent stats (--latent-stats)",

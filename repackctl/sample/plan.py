@@ -136,8 +136,13 @@ def network_evaluations(spec: SamplerSpec, plan: GenerationPlan) -> int:
     return sum(2 if two and plan.t_lo <= t <= plan.t_hi else 1 for t in evaluation_times(spec))
 
 
-def resolve_plan(cfg: Any, defaults: dict[str, Any]) -> GenerationPlan:
-    """Explicit setting > the run's sampling.json > built-in default, with each value's source."""
+def resolve_plan(
+    cfg: Any, defaults: dict[str, Any], latent_channels: int | None = None
+) -> GenerationPlan:
+    """Explicit setting > the run's sampling.json > built-in default, with each value's source.
+
+    Guidance that would change nothing is refused (``check_guidance_acts``); ``latent_channels``
+    (the DiT's latent channels, when known) bounds the legacy ``cfg_channels``."""
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for key, builtin in DEFAULTS.items():
@@ -158,7 +163,7 @@ def resolve_plan(cfg: Any, defaults: dict[str, Any]) -> GenerationPlan:
         )
     if float(values["cfg"]) == 1.0:
         _without_guidance(values, sources)
-    return GenerationPlan(
+    plan = GenerationPlan(
         spec=spec,
         cfg=float(values["cfg"]),
         t_lo=float(values["cfg_t_lo"]),
@@ -166,6 +171,50 @@ def resolve_plan(cfg: Any, defaults: dict[str, Any]) -> GenerationPlan:
         legacy_channels=int(values["cfg_channels"]),
         sources=sources,
     )
+    check_guidance_acts(plan, latent_channels)
+    return plan
+
+
+def check_guidance_acts(plan: GenerationPlan, latent_channels: int | None = None) -> None:
+    """Refuse guidance (scale ≠ 1) that changes nothing, whose folder and card would still name
+    it: an interval holding none of the sampler's evaluation times, or legacy channels that
+    cover every latent channel (the same images as guiding all channels)."""
+    if not plan.guided:
+        return
+    times = evaluation_times(plan.spec)
+    if not any(plan.t_lo <= t <= plan.t_hi for t in times):
+        raise ConfigError(
+            f"guidance interval [{plan.t_lo:g}, {plan.t_hi:g}]{_from(plan, 'cfg_t_lo', 'cfg_t_hi')}"
+            f" holds none of the {plan.spec.kind} sampler's evaluation times "
+            f"({_listed(times)}): --cfg {plan.cfg:g} would never guide, yet the folder and card "
+            "would say it did",
+            "widen --cfg-t-lo/--cfg-t-hi to hold a step time, or pass more --steps",
+        )
+    k = plan.legacy_channels
+    if latent_channels is not None and k >= latent_channels:
+        raise ConfigError(
+            f"--cfg-channels {k}{_from(plan, 'cfg_channels')} covers all {latent_channels} latent "
+            f"channels: the same images as plain --cfg {plan.cfg:g}, under a folder named -ch{k}",
+            f"drop --cfg-channels (or pass --cfg-channels 0) to guide all channels, or pass "
+            f"fewer than {latent_channels}",
+        )
+
+
+def _from(plan: GenerationPlan, *keys: str) -> str:
+    """`` (from sampling.json)`` when a value of ``keys`` came from the run's defaults, else ''."""
+    return (
+        f" (from {SAMPLING_JSON})"
+        if any(plan.sources.get(k) == SAMPLING_JSON for k in keys)
+        else ""
+    )
+
+
+def _listed(times: list[float], most: int = 8) -> str:
+    """The distinct times, in calling order, as ``1, 0.5`` (elided in the middle when long)."""
+    distinct = [f"{t:.4g}" for t in dict.fromkeys(times)]
+    if len(distinct) > most:
+        distinct = [*distinct[:3], f"… {len(distinct) - 6} more …", *distinct[-3:]]
+    return ", ".join(distinct)
 
 
 # the settings that only shape guidance: at scale 1 they change nothing

@@ -139,7 +139,9 @@ def run_sample(
     device = resolve_device(settings.device, dist.local_rank)
     check_precision(settings.precision, device, "the samples")  # before anything is written
     dit = load_dit_for_sampling(settings.runs, cfg.run, cfg.checkpoint, cfg.weights)
-    plan = resolve_plan(cfg, read_sampling_defaults(Path(dit.checkpoint)))
+    shape = dit.extra.get("latent_shape")  # (C, H, W): bounds --cfg-channels
+    channels = int(shape[0]) if shape else None
+    plan = resolve_plan(cfg, read_sampling_defaults(Path(dit.checkpoint)), channels)
     velocity, guide_info, nfe = _velocity(settings, dit, plan, device)
     pack = load_decoder(settings.runs, dit.extra)
     refiner = None
