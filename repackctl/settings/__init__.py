@@ -94,7 +94,7 @@ class Settings(BaseSettings):
         "(SLURM, nohup, | tee)",
     )
     imagenet_root: str | None = Field(
-        None, description="ImageNet folder with train/ and val/ class sub-folders"
+        None, min_length=1, description="ImageNet folder with train/ and val/ class sub-folders"
     )
     extract: ExtractSettings = ExtractSettings()
     pack: PackSettings = PackSettings()
@@ -246,6 +246,9 @@ def _set_dotted(d: dict[str, Any], dotted: str, value: Any) -> None:
 def _first_error(e: ValidationError) -> str:
     err = e.errors()[0]
     loc = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "string_too_short" and (err.get("ctx") or {}).get("min_length") == 1:
+        # an empty name or path is not "not given": refuse it rather than fall back on a default
+        return f"{loc}: must not be empty (leave the setting out to use its default)"
     return f"{loc}: {err['msg']}"
 
 
@@ -281,51 +284,15 @@ def resolve_settings(
 ) -> ResolvedSettings:
     """Merge the four layers. ``flags`` maps dotted keys (``extract.batch_size``) to given values.
 
-    Unknown keys in the TOML file or environment are errors (never silently ignored).
+    Unknown keys in the TOML file or environment are errors (never silently ignored), and so are
+    values that would be silently ignored or give a wrong result (an lr-schedule option that the
+    chosen schedule does not use).
     """
+    env = dict(os.environ if environ is None else environ)
     layers: list[tuple[str, dict[str, Any]]] = []
     if config_file is not None:
-        path = Path(config_file).expanduser()
-        if not path.is_file():
-            raise ConfigError(
-                f"config file not found: {path}", "pass an existing TOML file to --config"
-            )
-        try:
-            data = TomlConfigSettingsSource(Settings, toml_file=path)()
-        except Exception as e:  # tomllib.TOMLDecodeError and friends
-            raise ConfigError(
-                f"cannot parse {path}: {e}", "check the TOML syntax of the file"
-            ) from None
-        layers.append((f"file {path.name}", data))
-
-    env = dict(os.environ if environ is None else environ)
-    unknown = _unknown_env(env)
-    if unknown:
-        raise ConfigError(
-            f"unknown setting in environment: {unknown}",
-            "run `repackctl extract --show-config` to list valid settings (REPACKCTL_SECTION__KEY)",
-        )
-    saved = os.environ.copy()
-    try:  # the source reads os.environ when constructed: show it exactly the layer we resolve
-        os.environ.clear()
-        os.environ.update(env)
-        env_data = EnvSettingsSource(
-            Settings, env_prefix=ENV_PREFIX, env_nested_delimiter="__", case_sensitive=False
-        )()
-    except SettingsError as e:  # e.g. REPACKCTL_EXTRACT=foo: a section given a plain value
-        field = str(e).split('"')[1] if str(e).count('"') >= 2 else ""
-        names = [n for n in env if n.upper() == f"{ENV_PREFIX}{field}".upper()] or [
-            n for n in env if n.upper().startswith(ENV_PREFIX)
-        ]
-        raise ConfigError(
-            f"cannot read the environment variable {' / '.join(names) or ENV_PREFIX + '*'}: {e}",
-            f"a section takes its keys one by one, e.g. {ENV_PREFIX}EXTRACT__BATCH_SIZE=64; "
-            "unset the variable or fix its value",
-        ) from None
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-    layers.append(("env", env_data))
+        layers.append(_file_layer(Path(config_file).expanduser(), env))
+    layers.append(("env", _env_layer(env)))
     flag_data: dict[str, Any] = {}
     for key, value in (flags or {}).items():
         _set_dotted(flag_data, key, value)
@@ -349,7 +316,93 @@ def resolve_settings(
             f"invalid setting {_first_error(e)} (from {where})",
             "fix the value; `--show-config` prints every setting and its source",
         ) from None
+    for section in Settings.model_fields:
+        check = getattr(getattr(settings, section), "check_schedule", None)
+        if check is not None:  # dit and t2i
+            check(section, sources)
     return ResolvedSettings(settings, sources)
+
+
+CONFIG_ENV = f"{ENV_PREFIX}CONFIG"
+
+
+def _file_layer(path: Path, env: dict[str, str]) -> tuple[str, dict[str, Any]]:
+    """The ``--config`` layer; a path that came from ``REPACKCTL_CONFIG`` is named as such."""
+    from_env = CONFIG_ENV in env and Path(env[CONFIG_ENV]).expanduser() == path
+    where = f" (from {CONFIG_ENV})" if from_env else ""
+    fix = (
+        f"point {CONFIG_ENV} at an existing TOML file, or unset it"
+        if from_env
+        else "pass an existing TOML file to --config"
+    )
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}{where}", fix)
+    try:
+        data = TomlConfigSettingsSource(Settings, toml_file=path)()
+    except Exception as e:  # tomllib.TOMLDecodeError and friends
+        raise ConfigError(
+            f"cannot parse {path}{where}: {e}", "check the TOML syntax of the file"
+        ) from None
+    return f"file {path.name}", data
+
+
+def _read_env(env: dict[str, str]) -> dict[str, Any]:
+    """pydantic-settings' environment source, shown exactly ``env`` (it reads os.environ)."""
+    saved = os.environ.copy()
+    try:
+        os.environ.clear()
+        os.environ.update(env)
+        return EnvSettingsSource(
+            Settings, env_prefix=ENV_PREFIX, env_nested_delimiter="__", case_sensitive=False
+        )()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _env_layer(env: dict[str, str]) -> dict[str, Any]:
+    """The ``REPACKCTL_*`` layer; a variable that cannot be read is named, alone, in the error."""
+    unknown = _unknown_env(env)
+    if unknown:
+        raise ConfigError(
+            f"unknown setting in environment: {unknown}",
+            "run `repackctl extract --show-config` to list valid settings (REPACKCTL_SECTION__KEY)",
+        )
+    try:
+        return _read_env(env)
+    except SettingsError as e:  # a value that should be JSON (a list, a section) is not
+        raise _env_error(env, str(e)) from None
+
+
+def _env_error(env: dict[str, str], error: str) -> ConfigError:
+    """The error for an unreadable variable of field ``"<name>"`` named in ``error``: the
+    variables of that field that fail on their own (a whole section, or one of its keys)."""
+    field = error.split('"')[1].upper() if error.count('"') >= 2 else ""
+    whole = f"{ENV_PREFIX}{field}"
+    ours = [n for n in env if n.upper() == whole or n.upper().startswith(whole + "__")]
+    failing = [n for n in ours if _unreadable(n, env[n])] or ours
+    if failing and all(n.upper() != whole for n in failing):
+        shown = ", ".join(f"{n}={env[n]!r}" for n in failing)
+        return ConfigError(
+            f"cannot read the environment variable {shown}: a list or tuple setting takes a "
+            "JSON value",
+            f"write it as JSON, e.g. {ENV_PREFIX}DIT__ALLOW_CHANGE='[\"lr\"]' or "
+            f"{ENV_PREFIX}PACK__BETAS='[0.5, 0.9]'; or unset the variable",
+        )
+    return ConfigError(
+        f"cannot read the environment variable {' / '.join(failing) or ENV_PREFIX + '*'}: {error}",
+        f"a section takes its keys one by one, e.g. {ENV_PREFIX}EXTRACT__BATCH_SIZE=64; "
+        "unset the variable or fix its value",
+    )
+
+
+def _unreadable(name: str, value: str) -> bool:
+    """Whether the variable ``name=value`` alone cannot be read by the environment source."""
+    try:
+        _read_env({name: value})
+    except SettingsError:
+        return True
+    return False
 
 
 # variables that are switches of the tool itself, not settings

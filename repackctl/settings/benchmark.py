@@ -25,20 +25,29 @@ class BenchmarkSettings(BaseModel):
     )
     compile: bool = Field(True, description="also measure torch.compile versions (kernels)")
     out: str | None = Field(
-        None, description="JSON result file; none = benchmarks/results/<name>-<timestamp>.json"
+        None,
+        min_length=1,
+        description="JSON result file; none = benchmarks/results/<name>-<timestamp>.json",
     )
     encoder: str | None = Field(
-        None, description="encoder for the extract benchmark; none = the size's default"
+        None,
+        min_length=1,
+        description="encoder for the extract benchmark; none = the size's default",
     )
     encoder_weights: str | None = Field(
-        None, description="its weights (file or 'random'); none = 'random' (speed only)"
+        None,
+        min_length=1,
+        description="its weights (file or 'random'); none = 'random' (speed only)",
     )
     model: str | None = Field(
         None,
+        min_length=1,
         description="model of the train benchmark (a registered id); a text-conditioned one "
         "(mmdit-tiny, mmdit-s-2 …) times the train t2i step on cached-style text features; "
         "none = the size's DiT",
     )
     workdir: str | None = Field(
-        None, description="scratch folder for benchmark data; none = a temporary folder"
+        None,
+        min_length=1,
+        description="scratch folder for benchmark data; none = a temporary folder",
     )

@@ -28,19 +28,21 @@ class CaptionsSettings(BaseModel):
         "minilm", description="text encoder id: minilm (built-in, offline) or clip (--text-weights)"
     )
     text_weights: str | None = Field(
-        None, description="text encoder weights folder; none = the encoder's default"
+        None, min_length=1, description="text encoder weights folder; none = the encoder's default"
     )
     max_length: int | None = Field(
         None, ge=2, description="tokens per caption (padded/truncated); none = the encoder's (77)"
     )
     entry: str | None = Field(
         None,
+        min_length=1,
         description="cache entry (dataset--split--res); none = the train-split built-in entry "
         "(image-folder with --captions; among several, the one with packed latents) and then its "
         "val-split built-in entries of the same resolution",
     )
     captions: str | None = Field(
         None,
+        min_length=1,
         description="captions of a folder entry: an index file (JSONL/CSV, file + caption rows; "
         "default captions.jsonl/.csv in the folder) or coco:ROOT for MS-COCO 2017",
     )

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from repackctl.errors import ConfigError
 from repackctl.paths import safe_name
+from repackctl.settings.checks import ema_decay_below_one, undo_given, user_given
 
 
 class DitSettings(BaseModel):
@@ -36,7 +37,8 @@ class DitSettings(BaseModel):
 
     # ---- run and preset
     name: str | None = Field(
-        None, description="run name under the runs folder; none = dit-<model id>; same name resumes"
+        None,
+        description="run name under the runs folder; none = dit-<model id>; same name resumes",
     )
     allow_change: list[str] = Field(
         default_factory=list,
@@ -51,16 +53,24 @@ class DitSettings(BaseModel):
 
     # ---- data
     latents: str | None = Field(
-        None, description="packed-latent id in the cache; none = the newest one (or of --pack-run)"
+        None,
+        min_length=1,
+        description="packed-latent id in the cache; none = the newest one (or of --pack-run)",
     )
     pack_run: str | None = Field(
-        None, description="use the newest latents encoded by this pack run (name under runs/)"
+        None,
+        min_length=1,
+        description="use the newest latents encoded by this pack run (name under runs/)",
     )
     entry: str | None = Field(
-        None, description="cache entry (dataset--split--res) to search; none = every entry"
+        None,
+        min_length=1,
+        description="cache entry (dataset--split--res) to search; none = every entry",
     )
     features: str | None = Field(
-        None, description="encoder features used as REPA targets; none = the ones of the pack"
+        None,
+        min_length=1,
+        description="encoder features used as REPA targets; none = the ones of the pack",
     )
     latent_sampling: Literal["mean", "sample", "fixed"] = Field(
         "mean",
@@ -93,7 +103,9 @@ class DitSettings(BaseModel):
     )
     heads: int | None = Field(None, ge=1, description="attention heads; none = the size's")
     model: str | None = Field(
-        None, description="a registered model id (e.g. a plugin's); overrides arch/size/patch"
+        None,
+        min_length=1,
+        description="a registered model id (e.g. a plugin's); overrides arch/size/patch",
     )
     qk_norm: bool = Field(False, description="RMS-normalise queries and keys (NaN fix, long runs)")
     no_shift: bool = Field(False, description="adaLN without shift (LightningDiT wo_shift)")
@@ -136,7 +148,9 @@ class DitSettings(BaseModel):
     drop_step: int = Field(240_000, ge=0, description="step schedule: lr drops here")
     drop_lr: float = Field(1e-4, gt=0.0, description="step schedule: lr after the drop")
     min_lr: float = Field(0.0, ge=0.0, description="cosine schedule: final lr")
-    ema_decay: float = Field(0.9999, ge=0.0, le=1.0, description="EMA decay")
+    ema_decay: float = Field(
+        0.9999, ge=0.0, description="EMA decay, below 1 (sampling uses the EMA); 0 = no EMA"
+    )
     ema_warmup: bool = Field(True, description="ramp the EMA decay up (short runs)")
     clip_grad: float | None = Field(None, gt=0.0, description="max grad norm; none = no clip")
     compile: bool = Field(
@@ -177,6 +191,49 @@ class DitSettings(BaseModel):
     @classmethod
     def _safe_run_name(cls, value: str | None) -> str | None:
         return value if value is None else safe_name(value, "run name")
+
+    @field_validator("ema_decay")
+    @classmethod
+    def _ema_moves(cls, value: float) -> float:
+        return ema_decay_below_one(value)
+
+    def check_schedule(self, section: str, sources: dict[str, str]) -> None:
+        """Refuse lr-schedule options that the chosen schedule would silently ignore.
+
+        Only options the user gave (flag, environment, config file) are refused: a preset's or
+        the default value of an unused option is harmless. ``sources`` is the settings
+        provenance (dotted keys). A cosine floor above the lr is refused whatever its source:
+        the "decay" would raise the lr.
+        """
+        schedule_from = sources.get(f"{section}.schedule", "default")
+        for name, uses in SCHEDULE_OPTIONS.items():
+            source = sources.get(f"{section}.{name}", "default")
+            if self.schedule in uses or not user_given(source):
+                continue
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(
+                f"{section}.{name} = {getattr(self, name)!r} (from {source}) is used only by the "
+                f"{' and '.join(uses)} lr schedule{'s' if len(uses) > 1 else ''}, but the "
+                f"schedule is {self.schedule} (from {schedule_from}): it would be ignored",
+                f"pass --schedule {uses[0]}"
+                + (f" (or {' or '.join(uses[1:])})" if len(uses) > 1 else "")
+                + f", or {undo_given(source, flag)}",
+            )
+        if self.schedule == "cosine" and self.min_lr > self.lr:
+            raise ConfigError(
+                f"{section}.min_lr {self.min_lr:g} is above {section}.lr {self.lr:g}: the cosine "
+                f"schedule would raise the lr towards {self.min_lr:g} instead of decaying it",
+                "pass a --min-lr below --lr (the final lr of the cosine decay), e.g. --min-lr 0",
+            )
+
+
+#: lr-schedule options → the schedules that use them (``repackctl.train.schedule.lr_at``)
+SCHEDULE_OPTIONS: dict[str, tuple[str, ...]] = {
+    "warmup_steps": ("warmup", "cosine"),
+    "drop_step": ("step",),
+    "drop_lr": ("step",),
+    "min_lr": ("cosine",),
+}
 
 
 # `--preset paper`: the official RePack-DiT-XL/1 recipe (reference/methods.md). The official

@@ -23,7 +23,9 @@ class ExtractSettings(BaseModel):
 
     encoder: str = Field("builtin", description="encoder id (`repackctl plugins` lists them)")
     weights: str | None = Field(
-        None, description="weights file (.safetensors/.pth), 'random', or none for the default"
+        None,
+        min_length=1,
+        description="weights file (.safetensors/.pth), 'random', or none for the default",
     )
     layer: int | None = Field(None, description="intermediate block index; none = final layer")
     data: str = Field("builtin", description="data source: builtin, imagefolder:PATH, imagenet")

@@ -30,7 +30,9 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from repackctl.settings.checks import ema_decay_below_one
 
 
 class PackSettings(BaseModel):
@@ -60,7 +62,9 @@ class PackSettings(BaseModel):
 
     # ---- which features (same meaning as in `repackctl extract`) ------------------------------
     encoder: str = Field("builtin", description="encoder id whose cached tokens are packed")
-    weights: str | None = Field(None, description="encoder weights, as given to extract")
+    weights: str | None = Field(
+        None, min_length=1, description="encoder weights, as given to extract"
+    )
     layer: int | None = Field(None, description="encoder block, as given to extract")
     data: str = Field("builtin", description="data source, as given to extract")
     split: str = Field("train", description="split the packing autoencoder trains on")
@@ -71,15 +75,18 @@ class PackSettings(BaseModel):
     )
     num: int | None = Field(None, ge=1, description="number of images, as given to extract")
     entry: str | None = Field(
-        None, description="cache entry name (overrides data/split/resolution/num)"
+        None, min_length=1, description="cache entry name (overrides data/split/resolution/num)"
     )
     features: str | None = Field(
-        None, description="features id inside the entry (overrides encoder/weights/layer)"
+        None,
+        min_length=1,
+        description="features id inside the entry (overrides encoder/weights/layer)",
     )
 
     # ---- the run -------------------------------------------------------------------------------
     run: str | None = Field(
         None,
+        min_length=1,
         description="run name under `runs` (train writes it; encode/evaluate read it, or a "
         "checkpoint folder path); none = pack-<encoder>-<method>",
     )
@@ -144,7 +151,9 @@ class PackSettings(BaseModel):
     lr: float | None = Field(None, gt=0, description="Adam lr; none = preset (paper 1e-5)")
     disc_lr: float | None = Field(None, gt=0, description="discriminator lr; none = lr")
     betas: tuple[float, float] = Field((0.5, 0.9), description="Adam betas (official)")
-    ema_decay: float | None = Field(None, ge=0, le=1, description="EMA decay; none = preset")
+    ema_decay: float | None = Field(
+        None, ge=0, description="EMA decay, below 1; 0 = no EMA; none = preset"
+    )
     clip_grad: float | None = Field(None, gt=0, description="max grad norm; none = no clipping")
 
     # ---- losses (pack.losses: every term a per-sample mean, averaged over the batch) ------------
@@ -154,6 +163,7 @@ class PackSettings(BaseModel):
     )
     lpips_weights: str | None = Field(
         None,
+        min_length=1,
         description="local LPIPS-VGG weights (.safetensors/.pth; two files comma-separated); "
         "none = perceptual loss off, with a warning",
     )
@@ -207,13 +217,20 @@ class PackSettings(BaseModel):
 
     # ---- evaluate recon / probe ----------------------------------------------------------------
     eval_split: str = Field("val", description="held-out split for recon and probe scores")
-    eval_entry: str | None = Field(None, description="held-out cache entry name (overrides)")
+    eval_entry: str | None = Field(
+        None, min_length=1, description="held-out cache entry name (overrides)"
+    )
     eval_num: int | None = Field(None, ge=1, description="score at most this many samples")
     grid_images: int = Field(8, ge=1, description="images in the side-by-side grid")
     inception_weights: str | None = Field(
-        None, description="Inception weights file for rFID; none = rFID skipped"
+        None, min_length=1, description="Inception weights file for rFID; none = rFID skipped"
     )
     probe_epochs: int = Field(100, ge=1, description="epochs of each linear probe")
+
+    @field_validator("ema_decay")
+    @classmethod
+    def _ema_moves(cls, value: float | None) -> float | None:
+        return ema_decay_below_one(value)
 
 
 PRESETS: dict[str, dict[str, Any]] = {

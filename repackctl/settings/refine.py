@@ -7,6 +7,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from repackctl.paths import safe_name
+from repackctl.settings.checks import ema_decay_below_one
 
 
 class RefineSettings(BaseModel):
@@ -34,9 +35,13 @@ class RefineSettings(BaseModel):
         description="defaults: small (CPU minutes), paper (official recipe); auto = small on a CPU",
     )
 
-    pack_run: str | None = Field(None, description="pack run whose reconstructions are refined")
+    pack_run: str | None = Field(
+        None, min_length=1, description="pack run whose reconstructions are refined"
+    )
     name: str | None = Field(None, description="refiner run name; none = refine-<pack run>")
-    entry: str | None = Field(None, description="cache entry; none = the pack run's entry")
+    entry: str | None = Field(
+        None, min_length=1, description="cache entry; none = the pack run's entry"
+    )
     noise: float = Field(
         0.0, ge=0, description="σ of noise added to the raw latent before decoding (triplets)"
     )
@@ -61,7 +66,9 @@ class RefineSettings(BaseModel):
     )
     l1_weight: float = Field(1.0, ge=0, description="weight of the L1 term")
     perceptual_weight: float = Field(1.0, ge=0, description="LPIPS weight (off without weights)")
-    lpips_weights: str | None = Field(None, description="local LPIPS-VGG weights file")
+    lpips_weights: str | None = Field(
+        None, min_length=1, description="local LPIPS-VGG weights file"
+    )
     gan_weight: float = Field(
         0.5, ge=0, description="hinge PatchGAN generator weight (official 0.5)"
     )
@@ -86,8 +93,7 @@ class RefineSettings(BaseModel):
     ema_decay: float = Field(
         0.999,
         ge=0,
-        le=1,
-        description="EMA decay of the refiner weights (sampling uses the EMA); 0 = no EMA (the "
+        description="EMA decay, below 1, of the refiner weights (sampling uses the EMA); 0 = no EMA (the "
         "EMA copy is the weights), the paper preset, as the official refiner keeps none",
     )
     ckpt_every: int = Field(1000, ge=1, description="steps between checkpoints")
@@ -98,12 +104,17 @@ class RefineSettings(BaseModel):
     triplet_batch: int = Field(
         32, ge=1, description="samples per decode batch when building triplets"
     )
-    refiner: str | None = Field(None, description="refine apply: refiner run to use")
+    refiner: str | None = Field(None, min_length=1, description="refine apply: refiner run to use")
 
     @field_validator("name")
     @classmethod
     def _safe_run_name(cls, value: str | None) -> str | None:
         return value if value is None else safe_name(value, "run name")
+
+    @field_validator("ema_decay")
+    @classmethod
+    def _ema_moves(cls, value: float) -> float:
+        return ema_decay_below_one(value)
 
 
 # The official refiner (reference/methods.md; stage3/configs/refiner_offline.yaml, stage3/

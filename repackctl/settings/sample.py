@@ -27,9 +27,11 @@ class SampleSettings(BaseModel):
         "Output": ("out", "grid"),
     }
 
-    run: str | None = Field(None, description="DiT run name (under runs) or checkpoint folder")
+    run: str | None = Field(
+        None, min_length=1, description="DiT run name (under runs) or checkpoint folder"
+    )
     checkpoint: str | None = Field(
-        None, description="checkpoint of the run (step-NNNNNNN); none = latest"
+        None, min_length=1, description="checkpoint of the run (step-NNNNNNN); none = latest"
     )
     weights: Literal["ema", "model"] = Field("ema", description="EMA or raw model weights")
     num: int = Field(50, ge=1, description="number of samples N")
@@ -46,7 +48,7 @@ class SampleSettings(BaseModel):
         "prompt i mod P); none = the val split's captions",
     )
     prompts: str | None = Field(
-        None, description="text-to-image runs: a UTF-8 file with one prompt per line"
+        None, min_length=1, description="text-to-image runs: a UTF-8 file with one prompt per line"
     )
     sampler: Literal["euler", "heun", "sde"] | None = Field(None, description="default euler")
     steps: int | None = Field(
@@ -65,8 +67,16 @@ class SampleSettings(BaseModel):
     cfg_channels: int | None = Field(
         None, ge=0, description="legacy: guide only the first k channels (0 = all, the default)"
     )
-    guide: str | None = Field(None, description="autoguidance: a weaker DiT run used as the guide")
-    guide_checkpoint: str | None = Field(None, description="checkpoint of the guide run")
-    refiner: str | None = Field(None, description="refiner run applied after decoding")
-    out: str | None = Field(None, description="output folder; none = samples/<derived name>")
+    guide: str | None = Field(
+        None, min_length=1, description="autoguidance: a weaker DiT run used as the guide"
+    )
+    guide_checkpoint: str | None = Field(
+        None, min_length=1, description="checkpoint of the guide run"
+    )
+    refiner: str | None = Field(
+        None, min_length=1, description="refiner run applied after decoding"
+    )
+    out: str | None = Field(
+        None, min_length=1, description="output folder; none = samples/<derived name>"
+    )
     grid: int = Field(64, ge=0, description="images in grid.png (0 = no grid)")

@@ -35,16 +35,21 @@ class T2iSettings(DitSettings):
 
     preset: Literal["small"] = Field("small", description="no presets for t2i yet")
     name: str | None = Field(
-        None, description="run name under the runs folder; none = t2i-<model id>; same name resumes"
+        None,
+        description="run name under the runs folder; none = t2i-<model id>; same name resumes",
     )
     model: str | None = Field(
-        "mmdit-tiny", description="a registered MMDiT id: mmdit-tiny, mmdit-s-2, … mmdit-xl-1"
+        "mmdit-tiny",
+        min_length=1,
+        description="a registered MMDiT id: mmdit-tiny, mmdit-s-2, … mmdit-xl-1",
     )
     text_encoder: str = Field(
         "minilm", description="text encoder whose cached caption features are used"
     )
     text_features: str | None = Field(
-        None, description="text group id in the entry; none = the only one of --text-encoder"
+        None,
+        min_length=1,
+        description="text group id in the entry; none = the only one of --text-encoder",
     )
     caption_dropout: float = Field(
         0.1, ge=0.0, lt=1.0, description="probability of the null caption (for CFG)"

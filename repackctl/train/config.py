@@ -148,10 +148,20 @@ class TrainConfig:
             raise bad(f"lr must be a positive number, got {self.lr}", "e.g. --lr 2e-4")
         if not all(0.0 <= b < 1.0 for b in self.betas):
             raise bad(f"betas must lie in [0, 1), got {self.betas}", "e.g. (0.9, 0.95)")
-        if not 0.0 <= self.ema_decay <= 1.0:
-            raise bad(f"ema_decay must lie in [0, 1], got {self.ema_decay}", "e.g. 0.9999")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise bad(
+                f"ema_decay must lie in [0, 1), got {self.ema_decay}: with 1 the EMA never moves "
+                "from the initial weights, and sampling uses the EMA",
+                "e.g. --ema-decay 0.9999, or 0 for no EMA",
+            )
         if self.clip_grad is not None and not self.clip_grad > 0:
             raise bad(f"clip_grad must be > 0 or None, got {self.clip_grad}", "e.g. 1.0")
+        if self.schedule == "cosine" and self.min_lr > self.lr:
+            raise bad(
+                f"min_lr {self.min_lr:g} is above lr {self.lr:g}: the cosine schedule would "
+                "raise the lr instead of decaying it",
+                "pass a --min-lr below --lr, e.g. --min-lr 0",
+            )
         if self.schedule in ("warmup", "cosine") and self.warmup_steps < 0:
             raise bad("warmup_steps must be >= 0", "e.g. --warmup-steps 1000")
         if self.max_nonfinite_steps < 1:
