@@ -74,22 +74,55 @@ TRAIN_COMMANDS = {
 }
 
 
+def _looks_loadable(folder: Path) -> bool:
+    """True for a folder that looks like a run or a checkpoint (``checkpoints/``, ``config.json``
+    or ``state.json``): the folders a bare name must not silently pick over, or be picked over."""
+    return folder.is_dir() and (
+        (folder / "checkpoints").is_dir()
+        or (folder / "config.json").is_file()
+        or (folder / "state.json").is_file()
+    )
+
+
+def _here_or_there(name: str, here: Path, there: Path, what: str) -> Path:
+    """The folder an argument names: ``here`` (the argument as a path, relative to the cwd) or
+    ``there`` (the name inside the runs root or the run).
+
+    A path that exists is taken as it is, anything else is ``there`` — except for a bare name
+    (one safe component, no separator) that exists in both places as two different folders:
+    if the one here looks like no run or checkpoint (a samples folder, say) the one there is
+    meant; otherwise it is ambiguous and refused, naming both (``./NAME`` or a full path picks).
+    """
+    if not here.exists():
+        return there
+    if not SAFE_NAME.fullmatch(name) or not there.exists() or here.resolve() == there.resolve():
+        return here
+    if not _looks_loadable(here):
+        return there
+    raise ConfigError(
+        f"{what} {name!r} names two different folders: {here.resolve()} (in the current "
+        f"folder) and {there}",
+        f"pass ./{name} for the folder here, or the full path {there}",
+    )
+
+
 def resolve_checkpoint_arg(
     runs: str, run: str, checkpoint: str | None = None, stage: str | None = None
 ) -> Path:
     """A run name (under ``runs``), run folder or checkpoint folder → the folder to load.
 
     The one resolver of a run or checkpoint argument: a path that exists is taken as it is,
-    anything else is a run name under ``runs``; ``checkpoint`` (a folder, or ``step-NNNNNNN`` of
-    the run) picks one checkpoint, otherwise the run or checkpoint folder itself is returned
+    anything else is a run name under ``runs``; a bare name that is both a folder here and a run
+    under ``runs`` is the run when the folder here is no run, otherwise an error naming both
+    (``_here_or_there``). ``checkpoint`` (a folder, or ``step-NNNNNNN`` of the run, resolved
+    the same way) picks one checkpoint, otherwise the run or checkpoint folder itself is returned
     (``train.checkpoint.checkpoint_for_loading`` then picks the newest complete one). A missing
     run is an error whose hint lists the runs that exist (of ``stage`` when given, with the
     command that makes one).
     """
     from repackctl.runs import runs_hint
 
-    path = Path(run).expanduser()
-    base = path if path.exists() else local_path(runs) / run
+    base = _here_or_there(run, Path(run).expanduser(), local_path(runs) / run, "run")
     if not base.exists():
         hint = runs_hint(local_path(runs), stage)
         if stage in TRAIN_COMMANDS:
@@ -98,10 +131,8 @@ def resolve_checkpoint_arg(
         raise CheckpointError(f"no {what} {run!r} (looked in {base})", hint)
     if checkpoint is None:
         return base.resolve()
-    ck = Path(checkpoint).expanduser()
-    if ck.is_dir():
-        return ck.resolve()
-    folder = base / "checkpoints" / checkpoint
+    own = base / "checkpoints" / checkpoint
+    folder = _here_or_there(checkpoint, Path(checkpoint).expanduser(), own, "checkpoint")
     if not folder.is_dir():
         have = (
             sorted(p.name for p in (base / "checkpoints").glob("step-*")) if base.is_dir() else []

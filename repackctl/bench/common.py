@@ -39,7 +39,7 @@ class BenchContext:
     repeats: int = 5
     compile: bool = True
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    workdir: Path | None = None  # scratch folder (a temporary one when None)
+    workdir: Path | None = None  # scratch folder (a temporary one when None); made if missing
     encoder: str | None = None
     encoder_weights: str | None = None
     model: str | None = None  # the train benchmark's model id; None = the size's DiT
@@ -49,6 +49,8 @@ class BenchContext:
     def __post_init__(self) -> None:
         if self.size not in SIZES:
             raise ConfigError(f"unknown size {self.size!r}", hint=f"use {', '.join(SIZES)}")
+        if self.workdir is not None:
+            self.workdir = scratch_folder(self.workdir)
 
     @property
     def cuda(self) -> bool:
@@ -211,12 +213,77 @@ def default_out(name: str) -> Path:
     return Path("benchmarks") / "results" / f"{name}-{stamp}.json"
 
 
+def scratch_folder(workdir: str | Path) -> Path:
+    """``--workdir``, checked and created (with its parents) before anything runs: a file, a
+    path under a file or a read-only folder is a ``ConfigError`` naming it."""
+    from repackctl.files import ensure_writable_dir
+
+    path = ensure_writable_dir(workdir, "benchmark scratch folder (--workdir)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(
+            f"the benchmark scratch folder (--workdir) {path} cannot be created: {e.strerror}",
+            "point --workdir at a folder you can write to",
+        ) from e
+    return path
+
+
+#: the keys of every single-benchmark result file (``BenchResult.to_dict``)
+RESULT_KEYS = frozenset({"name", "size", "rows", "params", "env"})
+_MAX_RESULT_BYTES = 64 << 20  # a result file is kilobytes; a bigger file is someone else's
+
+
+def _is_result_of(path: Path, name: str) -> bool:
+    """True when ``path`` is a result file this tool wrote for benchmark ``name`` (``all``: the
+    list of every benchmark), i.e. one that running ``name`` again may replace."""
+    try:
+        if path.stat().st_size > _MAX_RESULT_BYTES:
+            return False
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # unreadable, not UTF-8, not JSON
+        return False
+    if not isinstance(doc, dict) or doc.get("name") != name:
+        return False
+    return isinstance(doc.get("results"), list) if name == "all" else RESULT_KEYS <= doc.keys()
+
+
+def check_out(name: str, out: str | Path | None) -> Path | None:
+    """Check ``--out`` of benchmark ``name`` (``all`` for the list) before anything runs; returns
+    it as a path (None: the default, a new timestamped file).
+
+    A folder is refused (pass a file name); an existing file is replaced only when it is a result
+    this tool wrote for the same benchmark, anything else (notes, another benchmark's result, a
+    file that is not JSON) is refused, untouched; a folder it cannot be written in is refused.
+    """
+    if not out:
+        return None
+    path = Path(out).expanduser()
+    if path.is_dir():
+        raise ConfigError(
+            f"the benchmark output (--out) {path} is a folder",
+            f"pass a file name, e.g. --out {path / f'{name}.json'}",
+        )
+    if (path.exists() or path.is_symlink()) and not _is_result_of(path, name):
+        raise ConfigError(
+            f"the benchmark output (--out) {path} exists and is not a `benchmark {name}` result; "
+            "it is left as it is",
+            "pass a new file name to --out, or move that file away first",
+        )
+    from repackctl.files import ensure_writable_dir
+
+    ensure_writable_dir(path.parent, "folder of the benchmark output (--out)")
+    return path
+
+
 def write_result(result: BenchResult | list[BenchResult], out: str | Path | None) -> Path:
-    """Write one result (or the list of ``all``) as JSON, atomically; returns the path."""
+    """Write one result (or the list of ``all``) as JSON, atomically; returns the path. ``out``
+    is checked again (``check_out``): a file that is not this benchmark's result is never
+    replaced."""
     from repackctl.metrics.frechet import atomic_path
 
     name = result.name if isinstance(result, BenchResult) else "all"
-    path = Path(out) if out else default_out(name)
+    path = check_out(name, out) or default_out(name)
     doc = result.to_dict() if isinstance(result, BenchResult) else {
         "name": "all", "results": [r.to_dict() for r in result]
     }  # fmt: skip

@@ -80,7 +80,9 @@ def _context(settings: Any) -> Any:
 def _run_and_print(name: str, settings: Any) -> None:
     """Run benchmark ``name`` (or all), print each table, write the JSON and say where."""
     from repackctl.bench import BENCHMARKS, run_benchmark, write_result
+    from repackctl.bench.common import check_out
 
+    check_out(name, settings.benchmark.out)  # before anything runs: never replace a user's file
     ctx = _context(settings)
     names = BENCHMARKS if name == "all" else (name,)
     results = []

@@ -1,0 +1,80 @@
+"""`repackctl benchmark --out / --workdir`: checked before anything runs. An existing ``--out``
+is replaced only when it is this benchmark's own result; a user's file (notes, another
+benchmark's result) or a folder is refused, untouched; a missing ``--workdir`` is created."""
+
+from __future__ import annotations
+
+import json
+
+from support.cli import cli_ok, cli_refused
+
+FAST = ["--size", "tiny", "--warmup", "0", "--repeats", "1", "--min-time", "0", "--no-compile",
+        "--device", "cpu"]  # fmt: skip
+
+
+def test_a_user_file_is_never_replaced(tmp_path) -> None:
+    """`--out notes.txt` used to overwrite the user's file with the JSON, exit 0."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    scratch = tmp_path / "scratch"
+    out = cli_refused(
+        2, "benchmark", "kernels", *FAST, "--out", str(notes), "--workdir", str(scratch)
+    )
+    assert str(notes) in out and "not a `benchmark kernels` result" in out, out
+    assert notes.read_text() == "my notes\n"
+    assert not scratch.exists()  # refused before anything ran or was written
+    assert "benchmark kernels (tiny)" not in out  # no table: nothing was measured
+
+
+def test_another_benchmarks_result_or_foreign_json_is_refused(tmp_path) -> None:
+    result = tmp_path / "cache.json"
+    cli_ok("benchmark", "cache", *FAST, "--out", str(result), "--workdir", str(tmp_path))
+    before = result.read_bytes()
+    cli_refused(2, "benchmark", "sample", *FAST, "--out", str(result))  # a cache result
+    assert result.read_bytes() == before
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"name": "cache", "mine": True}))  # JSON, not a result
+    cli_refused(2, "benchmark", "cache", *FAST, "--out", str(other))
+    assert json.loads(other.read_text()) == {"name": "cache", "mine": True}
+
+
+def test_its_own_result_is_replaced(tmp_path) -> None:
+    result = tmp_path / "bench.json"
+    args = ("benchmark", "cache", *FAST, "--out", str(result), "--workdir", str(tmp_path))
+    cli_ok(*args)
+    doc = json.loads(result.read_text())
+    doc["notes"] = ["from the first run"]
+    result.write_text(json.dumps(doc))
+    cli_ok(*args)
+    again = json.loads(result.read_text())
+    assert again["name"] == "cache" and "from the first run" not in again["notes"]
+
+
+def test_a_folder_out_is_refused_before_running(tmp_path) -> None:
+    """`--out user` (a folder) used to end in an IsADirectoryError traceback after the run."""
+    folder = tmp_path / "user"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("mine")
+    out = cli_refused(2, "benchmark", "cache", *FAST, "--out", str(folder))
+    assert "is a folder" in out and str(folder / "cache.json") in out, out
+    assert [p.name for p in folder.iterdir()] == ["keep.txt"]
+    assert "benchmark cache (tiny)" not in out
+
+
+def test_a_missing_workdir_is_created(tmp_path) -> None:
+    """`--workdir …/bw` (missing) used to end in a FileNotFoundError traceback."""
+    for name in ("cache", "extract"):
+        scratch = tmp_path / name / "bw"
+        out = tmp_path / f"{name}.json"
+        cli_ok("benchmark", name, *FAST, "--out", str(out), "--workdir", str(scratch))
+        assert json.loads(out.read_text())["name"] == name
+        assert scratch.is_dir() and not list(scratch.iterdir())  # scratch data removed
+
+
+def test_a_workdir_under_a_file_is_refused(tmp_path) -> None:
+    (tmp_path / "file").write_text("x")
+    out = tmp_path / "r.json"
+    msg = cli_refused(
+        2, "benchmark", "cache", *FAST, "--out", str(out), "--workdir", str(tmp_path / "file/bw")
+    )
+    assert "which is a file" in msg and not out.exists(), msg
