@@ -1,10 +1,99 @@
-"""Names of the files the training engine writes into a run folder besides its checkpoints.
+"""Names of the files repackctl writes into a run folder, and which paths there it did not write.
 
-Its own module, free of imports, so that the engine (``repackctl.train``) and the path helpers
-(``repackctl.paths``, which the settings layer imports without torch) share one definition
-without importing each other.
+Its own module, free of imports but ``repackctl.errors``, so that the engine
+(``repackctl.train``), the run listing (``repackctl.runs``) and the settings layer (which
+imports it without torch) share one definition without importing each other. ``runs rm``
+refuses a run that holds a path :func:`foreign_paths` finds; a new run refuses a folder
+that holds one (:func:`check_new_run_folder`).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import re
+from pathlib import Path
+
+from repackctl.errors import ConfigError
+
 CONFIG_HISTORY = "config_history.jsonl"  # a run's replaced configs and allowed changes
+
+
+# --------------------------------------------------------------------------- ownership
+
+# keys of every config.json the training engine writes (``repackctl.train.config.TrainConfig``)
+ENGINE_KEYS = frozenset({"run_dir", "steps", "global_batch", "lr", "seed", "ckpt_every", "extra"})
+# What repackctl writes below a run folder, as paths relative to it: the engine's config, header,
+# logs, curves, TensorBoard events, image grids and checkpoints; the pack stage's ``pca.json``;
+# the DiT's ``sampling.json`` (``--preset paper``, ``import official``); and in a checkpoint folder,
+# besides its weights, optimizer and ``state.json``, the ``latent_stats.json`` of ``pack encode``
+# and the reports of ``evaluate recon`` / ``evaluate probe`` (``recon-<entry>.json|png``,
+# ``probe-<entry>.json``).
+RUN_PATH = re.compile(
+    r"config\.json|config_history\.jsonl|header\.json|metrics\.jsonl(\.tmp)?|log\.txt"
+    r"|pca\.json|sampling\.json|curves\.png|images/step-\d{7}\.png"
+    r"|tb/(hparams/)?events\.out\.tfevents\.[^/]+"
+    r"|checkpoints/step-\d{7}/([\w-]+\.(safetensors|pt)|state\.json|latent_stats\.json"
+    r"|(recon|probe)-[^/]+\.json|recon-[^/]+\.png)"
+)
+# What a run folder can hold before the engine first writes config.json (a start killed early):
+# the stage's log lines, the pack stage's PCA, the DiT's sampling defaults
+STARTING_PATH = re.compile(r"log\.txt|pca\.json|sampling\.json")
+# repackctl's temporary names (``repackctl.files``: ``.tmp-<name>…``, ``.<name>….tmp``), which a
+# killed writer leaves; everything below such a name is a temporary too
+TEMP_NAME = re.compile(r"\.tmp-.+|\..+\.tmp")
+
+
+def foreign_paths(folder: Path, known: re.Pattern[str] = RUN_PATH) -> list[Path]:
+    """The paths below ``folder`` that repackctl did not write there: files whose path relative to
+    ``folder`` ``known`` does not match (temporaries and folders aside), links, special files and
+    folders that cannot be read."""
+    foreign: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(
+        folder, onerror=lambda e: foreign.append(Path(e.filename or folder))
+    ):
+        for name in sorted([*dirnames, *filenames]):
+            p = Path(dirpath) / name
+            rel = p.relative_to(folder)
+            if p.is_symlink() or not (p.is_dir() or p.is_file()):
+                foreign.append(p)
+            elif p.is_dir() or any(TEMP_NAME.fullmatch(part) for part in rel.parts):
+                continue
+            elif not known.fullmatch(rel.as_posix()):
+                foreign.append(p)
+    return foreign
+
+
+def name_paths(paths: list[Path], limit: int = 5) -> str:
+    """``a, b, c and 4 more``: the first ``limit`` paths and how many others."""
+    shown = ", ".join(str(p) for p in paths[:limit])
+    return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
+
+
+def run_started(folder: Path) -> bool:
+    """True once the engine wrote a run's ``config.json`` or a checkpoint (``state.json``) there."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        config = None
+    if isinstance(config, dict) and ENGINE_KEYS <= config.keys():
+        return True
+    return any((folder / "checkpoints").glob("step-[0-9]*/state.json"))
+
+
+def check_new_run_folder(folder: Path) -> None:
+    """Refuse to start a run in a folder that holds files repackctl did not write.
+
+    A missing or empty folder, a started run (:func:`run_started`, which resumes) and what a start
+    killed early leaves (:data:`STARTING_PATH`, temporaries) pass. Anything else is the user's (a
+    project folder of that name): the engine would overwrite its ``curves.png``, append to its
+    ``log.txt``, and ``runs rm`` would later delete it all, so nothing is written there."""
+    if not folder.is_dir() or run_started(folder):
+        return
+    foreign = foreign_paths(folder, STARTING_PATH)
+    if foreign:
+        raise ConfigError(
+            f"{folder} already holds files that repackctl did not write: {name_paths(foreign)}; "
+            "nothing was written there",
+            "pass another --name (or move those files out of the folder)",
+        )

@@ -8,7 +8,9 @@ A folder is a repackctl run when it carries repackctl's own metadata: a ``config
 training engine wrote (``TrainConfig.to_dict()``: its keys and ``extra.stage``), or a
 ``checkpoints/step-NNNNNNN/state.json`` with a step, file checksums and ``extra.stage`` (also what
 ``import official`` writes). Any other folder (say, a downloaded model with its own
-``config.json``) is neither listed nor removed. The stage (pack / dit / refine / t2i) is
+``config.json``) is neither listed nor removed. ``runs rm`` also refuses a run that holds a path
+repackctl did not write there (``repackctl.run_files.foreign_paths``: the user's notes, a figure
+saved into a checkpoint folder), naming it. The stage (pack / dit / refine / t2i) is
 ``extra.stage`` of the config or of the newest checkpoint's ``state.json``; imported runs carry
 ``"imported": true`` there.
 
@@ -32,13 +34,12 @@ from pathlib import Path
 from typing import Any
 
 from repackctl.errors import CheckpointError, ConfigError
+from repackctl.run_files import ENGINE_KEYS, foreign_paths, name_paths
 
 CONFIG_JSON = "config.json"
 METRICS_JSONL = "metrics.jsonl"
 CKPT_DIR = "checkpoints"
 STEP_RE = re.compile(r"^step-(\d{7})$")
-# keys every config.json of the training engine has (repackctl.train.config.TrainConfig fields)
-ENGINE_KEYS = frozenset({"run_dir", "steps", "global_batch", "lr", "seed", "ckpt_every", "extra"})
 # shown by `runs info` from config.json (TrainConfig fields)
 CONFIG_KEYS = ("steps", "global_batch", "grad_accum", "lr", "schedule", "ema_decay", "precision",
                "seed", "ckpt_every", "keep_last")  # fmt: skip
@@ -278,9 +279,26 @@ def describe_run(folder: Path, samples_root: Path | None = None, tail: int = 5) 
     )
 
 
-def remove_run(folder: Path) -> None:
-    """Delete a run folder; anything that is not a repackctl run is refused."""
+def check_removable(folder: Path) -> None:
+    """A ``CheckpointError`` unless ``folder`` is a run holding only what repackctl wrote there.
+
+    A file of the user's inside a run (notes, a figure saved into a checkpoint folder) is named
+    (the first few, and how many): removing the run would delete it."""
     _require_run(folder)
+    foreign = foreign_paths(folder)
+    if foreign:
+        raise CheckpointError(
+            f"{folder} holds {len(foreign)} path(s) that repackctl did not write: "
+            f"{name_paths(foreign)}; nothing was removed",
+            f"move them out of {folder} (they are yours), then run `repackctl runs rm "
+            f"{folder.name}` again",
+        )
+
+
+def remove_run(folder: Path) -> None:
+    """Delete a run folder; anything that is not a repackctl run, or a run that holds a path
+    repackctl did not write, is refused (:func:`check_removable`) and nothing is deleted."""
+    check_removable(folder)
     shutil.rmtree(folder)
 
 

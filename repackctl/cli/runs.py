@@ -131,11 +131,12 @@ def rm(
     Example: `repackctl runs rm dit-tiny --yes`
     """
     from repackctl.paths import run_dir
-    from repackctl.runs import describe_run, remove_run
+    from repackctl.runs import check_removable, describe_run, remove_run
 
     folder = run_dir(_roots(runs, None, config)[0], name)
     d = describe_run(folder)  # refuses anything that is not a run
     what = f"run {name} ({d.run.stage}, {d.run.checkpoints} checkpoints, {_mb(d.run.bytes)})"
+    check_removable(folder)  # files of the user's in it: refused before asking
     if not yes and not typer.confirm(f"Delete {what} at {folder}?", default=False):
         console.print("nothing removed")
         raise typer.Exit(1)

@@ -24,6 +24,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from repackctl.errors import ConfigError, ResumeConflict
+from repackctl.run_files import check_new_run_folder
 
 # settings whose change keeps a resumed run an exact continuation of the same experiment
 CONTINUABLE: dict[str, set[str]] = {
@@ -274,7 +275,10 @@ def stored_record(run_dir: Path, section: str = "") -> dict[str, Any] | None:
 def resume_settings(
     run_dir: Path, settings: Any, record: dict[str, Any] | None, section: str
 ) -> tuple[Any, dict[str, Any] | None, Reconciled | None]:
-    """(settings, record) to resume ``run_dir`` with; unchanged for a new run or no record."""
+    """(settings, record) to resume ``run_dir`` with; unchanged for a new run or no record.
+
+    A new run refuses a folder holding files repackctl did not write, before any stage writes."""
+    check_new_run_folder(run_dir)
     stored = stored_record(run_dir, section)
     if stored is None or record is None:
         return settings, record, None

@@ -53,7 +53,7 @@ from torch.nn.parallel import DistributedDataParallel
 from repackctl.errors import CheckpointError, ConfigError, TrainingError
 from repackctl.files import write_json_atomic
 from repackctl.progress import ProgressFactory, null_progress
-from repackctl.run_files import CONFIG_HISTORY
+from repackctl.run_files import CONFIG_HISTORY, check_new_run_folder
 from repackctl.runtime import header_line
 from repackctl.train import checkpoint as ckpt_io
 from repackctl.train.config import TrainConfig
@@ -367,7 +367,11 @@ class Trainer:
         return hook
 
     def _resume(self) -> Path | None:
-        """Load the newest complete checkpoint, if any; returns it."""
+        """Load the newest complete checkpoint, if any; returns it.
+
+        A run that has not started refuses a folder holding files repackctl did not write
+        (checked on every process before any writes, so all of them stop)."""
+        check_new_run_folder(self.run_dir)
         if self.main:
             ckpt_io.remove_stale_temporaries(self.run_dir)
         self.acc.wait_for_everyone()
