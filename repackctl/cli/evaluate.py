@@ -138,9 +138,14 @@ def stats(
     ] = "inception",
     resolution: Annotated[
         int | None,
-        typer.Option(help="Center-crop size for folders (256) / built-in data (64)."),
+        typer.Option(help="Center-crop size (≥ 1) for folders (256) / built-in data (64)."),
     ] = None,
-    num: Annotated[int | None, typer.Option("--num", help="Use the first/seeded N images.")] = None,
+    num: Annotated[
+        int | None,
+        typer.Option(
+            "--num", help="Use the first/seeded N images (≥ 1); default all (1000 for builtin)."
+        ),
+    ] = None,
 ) -> None:
     """Write reference statistics (mu, sigma, metadata) of a set of images, cached by content.
 

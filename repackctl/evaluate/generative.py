@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from repackctl.errors import CacheError, CheckpointError, ConfigError, DataError
+from repackctl.evaluate.output import check_metrics_target, explicit_metrics_path
 from repackctl.evaluate.selection import (
     check_recorded_count,
     checked_labels,
@@ -228,7 +229,10 @@ def png_folder_set(
     if not files:
         raise DataError(f"no images in {folder}", hint="pass a samples folder or a samples .npz")
     available = len(files)
-    files = [files[int(i)] for i in indices] if indices is not None else files[: num or available]
+    if indices is not None:
+        files = [files[int(i)] for i in indices]
+    elif num is not None:
+        files = files[:num]
     try:
         with Image.open(files[0]) as im:
             resolution = im.size[1]
@@ -311,7 +315,7 @@ def cache_image_set(cache: str, entry_name: str, num: int | None) -> ImageSet:
             f"cache entry {entry_name} has {len(valid)} written images",
             hint="finish `repackctl extract` for it first",
         )
-    idx = valid[: num or len(valid)]
+    idx = valid if num is None else valid[:num]
     redo = repair_hint(entry_name, "the same `repackctl extract`")
     images = GuardedArray(entry.images, done == WRITTEN, f"{entry_name} images", redo)
 
@@ -821,6 +825,19 @@ class StatsResult:
     metadata: dict
 
 
+def _check_stats_folder(folder: Path) -> None:
+    """Refuse, before computing, a statistics folder the result could not be written to."""
+    from repackctl.files import ensure_writable_dir
+
+    try:
+        ensure_writable_dir(folder, "reference statistics folder")
+    except ConfigError as e:  # a file where the folder should be, a read-only place
+        raise ConfigError(
+            f"{e.message}; nothing was computed",
+            "pass --stats-dir a folder you can write to (or REPACKCTL_EVALUATE__STATS_DIR)",
+        ) from None
+
+
 def _slug(text: str) -> str:
     name = Path(text.split(":")[-1]).name or text
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)[:40] or "ref"
@@ -857,6 +874,7 @@ def cached_reference_stats(
         meta = next(iter(stats.values())).metadata
         if all(meta.get(k) == v for k, v in key_doc.items()):
             return StatsResult(path, True, stats, meta)
+    _check_stats_folder(folder)
     metadata = {
         **key_doc,
         "kind": extractor,
@@ -941,10 +959,8 @@ class EvaluateResult:
 def _metrics_path(settings: Settings, gen: Generated) -> Path:
     """``--out``, else ``metrics.json`` beside the samples; the scores of a subset (``--samples
     N`` below the count) go to ``metrics-nN.json``, so they never replace the whole set's."""
-    out = settings.evaluate.out
-    if out:
-        p = Path(out).expanduser().resolve()
-        return p if p.suffix == ".json" else p / METRICS_JSON
+    if settings.evaluate.out is not None:
+        return explicit_metrics_path(settings.evaluate.out)
     name = METRICS_JSON
     if gen.images.n < gen.images.meta.get("available", gen.images.n):
         stem, suffix = Path(METRICS_JSON).stem, Path(METRICS_JSON).suffix
@@ -1114,9 +1130,14 @@ def run_evaluate_fid(
     from repackctl.metrics.protocol import validate_card, write_metrics_json
     from repackctl.runtime import resolve_device
 
+    out_given = settings.evaluate.out is not None
+    if out_given:  # before a checkpoint is sampled: its samples folder is not needed to know
+        check_metrics_target(explicit_metrics_path(settings.evaluate.out), out_given)
     gen = open_generated(settings, progress)
     ref = open_reference(settings, gen)
     wanted = choose_metrics(settings.evaluate.metrics, ref)
+    target = _metrics_path(settings, gen)
+    check_metrics_target(target, out_given)  # before any scoring work
     device = resolve_device(settings.device)
     messages = gen.messages + ref.messages
     sdir = stats_dir(settings)
@@ -1150,7 +1171,7 @@ def run_evaluate_fid(
         n=gen.images.n,
     )
     validate_card(card)
-    path = write_metrics_json(_metrics_path(settings, gen), metrics, card)
+    path = write_metrics_json(target, metrics, card)
     return EvaluateResult(metrics, card, path, messages, gen.images.n, scores.n_ref)
 
 
@@ -1238,6 +1259,52 @@ def _encoder_fd(
 
 
 # --------------------------------------------------------------------------- evaluate stats
+#: what ``--num`` / ``--resolution`` of `evaluate stats` mean when not given, per source
+STATS_DEFAULTS = "--num: all images (1000 for builtin); --resolution: 256 (64 for builtin)"
+
+
+def _check_stats_request(
+    source: str | None, ref_cache: str | None, resolution: int | None, num: int | None
+) -> None:
+    """Refuse a request that would summarise another image set than the one asked for."""
+    where = "pass an image folder, an images .npz, 'builtin', or --ref-cache ENTRY"
+    if source is not None and ref_cache is not None:
+        raise ConfigError(f"give either SOURCE ({source!r}) or --ref-cache, not both", hint=where)
+    if source is None and ref_cache is None:
+        raise ConfigError("say which images to summarise", hint=where)
+    if source == "":
+        raise ConfigError("SOURCE is an empty string (it does not mean the current folder)", where)
+    for flag, value in (("--num", num), ("--resolution", resolution)):
+        if value is not None and value < 1:
+            raise ConfigError(
+                f"{flag} {value} is not a positive number; nothing was computed",
+                hint=f"pass {flag} 1 or more, or leave it out for the default ({STATS_DEFAULTS})",
+            )
+
+
+def _stats_images(
+    settings: Settings, source: str | None, resolution: int | None, num: int | None
+) -> ImageSet:
+    """The images `evaluate stats` summarises (``None`` = each source's documented default)."""
+    _check_stats_request(source, settings.evaluate.ref_cache, resolution, num)
+    if settings.evaluate.ref_cache is not None:
+        return cache_image_set(settings.cache, settings.evaluate.ref_cache, num)
+    if source == "builtin":
+        return builtin_image_set(
+            64 if resolution is None else resolution, 1000 if num is None else num, settings.seed
+        )
+    path = Path(source).expanduser().resolve()
+    if not path.exists():
+        raise DataError(
+            f"{path} does not exist",
+            hint="pass an image folder, an images .npz, 'builtin', or --ref-cache ENTRY",
+        )
+    if path.is_dir():
+        res = 256 if resolution is None else resolution
+        return reference_folder_set(path, res, num, settings.seed)
+    return npz_image_set(path, num)
+
+
 def run_evaluate_stats(
     settings: Settings,
     source: str | None,
@@ -1247,33 +1314,18 @@ def run_evaluate_stats(
     num: int | None = None,
     progress: ProgressFactory = null_progress,
 ) -> StatsResult:
-    """Write (or reuse) the reference statistics file of a set of images."""
+    """Write (or reuse) the reference statistics file of a set of images.
+
+    ``source`` (or ``evaluate.ref_cache``) names the images; ``resolution`` / ``num`` are None
+    for their defaults (:data:`STATS_DEFAULTS`) and refused below 1.
+    """
     from repackctl.runtime import resolve_device
 
     if extractor not in ("inception", "fd"):
         raise ConfigError(f"unknown extractor {extractor!r}", hint="use inception or fd")
     device = resolve_device(settings.device)
     cfg = settings.evaluate
-    if cfg.ref_cache:
-        images = cache_image_set(settings.cache, cfg.ref_cache, num)
-    elif source is None:
-        raise ConfigError(
-            "say which images to summarise",
-            hint="pass an image folder, an images .npz, 'builtin', or --ref-cache ENTRY",
-        )
-    elif source == "builtin":
-        images = builtin_image_set(resolution or 64, num or 1000, settings.seed)
-    else:
-        path = Path(source).expanduser().resolve()
-        if not path.exists():
-            raise DataError(
-                f"{path} does not exist",
-                hint="pass an image folder, an images .npz, 'builtin', or --ref-cache ENTRY",
-            )
-        if path.is_dir():
-            images = reference_folder_set(path, resolution or 256, num, settings.seed)
-        else:
-            images = npz_image_set(path, num)
+    images = _stats_images(settings, source, resolution, num)
     images.batch_size = cfg.batch_size
     folder = stats_dir(settings)
     if extractor == "inception":

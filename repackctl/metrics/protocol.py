@@ -242,8 +242,16 @@ def write_metrics_json(
         "written_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     path = Path(path)
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(doc, indent=2, sort_keys=False, allow_nan=False) + "\n")
+    text = json.dumps(doc, indent=2, sort_keys=False, allow_nan=False) + "\n"
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_text(text)
+    except (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
+        # callers check the place first (evaluate/output.py); this is the last line of defence
+        raise ConfigError(
+            f"cannot write {path}: {e.strerror} ({e.filename})",
+            "write the metrics into a folder you can write to, or to a new path ending in .json",
+        ) from None
     return path
 
 
