@@ -32,6 +32,7 @@ import torch
 from repackctl.errors import ConfigError, RepackError
 from repackctl.paths import PROTOCOL_JSON, SAMPLES_NPZ, SETTINGS_JSON
 from repackctl.progress import ProgressFactory, null_progress
+from repackctl.run_files import RUN_PATH, foreign_paths
 from repackctl.runs import is_run
 from repackctl.settings import ResolvedSettings, Settings, resolve_settings
 
@@ -54,21 +55,12 @@ MARKER = ".repackctl-pipeline.json"
 #: training run (the runs root is the folder itself).
 CACHE_DIR, SAMPLES_DIR = "cache", "samples"
 
-# What the stages write below a run folder (the training engine, and the pack task's ``pca.json``
-# of a PCA run) and below the samples folder (one folder per sample set, marked by its settings
-# file), as paths relative to that folder.
-_RUN_FILE = re.compile(
-    r"config\.json|config_history\.jsonl|header\.json|metrics\.jsonl(\.tmp)?|log\.txt"
-    r"|pca\.json|curves\.png|images/step-\d{7}\.png|tb/(hparams/)?events\.out\.tfevents\.[^/]+"
-    r"|checkpoints/step-\d{7}/[\w.-]+\.(safetensors|pt|json)"
-)
+# What the stages write below the samples folder (one folder per sample set, marked by its
+# settings file), as paths relative to it; below a run folder: ``run_files.RUN_PATH``.
 _SAMPLE_FILE = re.compile(
     r"[^/]+/(\.sample-settings\.json|protocol\.json|samples\.npz|latents\.npy|grid\.png"
     r"|prompts\.txt|adherence\.json|\d{6}\.png|latents/\d{6}\.npy)"
 )
-# repackctl's temporary names (``repackctl.files``: ``.tmp-<name>…``, ``.<name>….tmp``), which
-# a killed writer leaves; everything below such a name is a temporary too
-_TEMP = re.compile(r"\.tmp-.+|\..+\.tmp")
 
 
 @dataclass
@@ -182,32 +174,10 @@ def unknown_paths(out: Path, name: str) -> list[Path]:
         bad = foreign_path(path)
         return [] if bad is None else [bad]
     if name == SAMPLES_DIR:
-        return _unknown_below(path, _SAMPLE_FILE, marker=SETTINGS_JSON)
+        return foreign_paths(path, _SAMPLE_FILE, marker=SETTINGS_JSON)
     if not is_run(path) and any(path.iterdir()):
         return [path]
-    return _unknown_below(path, _RUN_FILE)
-
-
-def _unknown_below(root: Path, known: re.Pattern, marker: str | None = None) -> list[Path]:
-    """Paths below ``root`` whose relative path ``known`` does not match (links, special files,
-    folders that cannot be read, and, with ``marker``, files of a first-level folder that does
-    not hold that file)."""
-    unknown: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(
-        root, onerror=lambda e: unknown.append(Path(e.filename or root))
-    ):
-        for name in sorted([*dirnames, *filenames]):
-            p = Path(dirpath) / name
-            rel = p.relative_to(root)
-            if p.is_symlink() or not (p.is_dir() or p.is_file()):
-                unknown.append(p)
-            elif p.is_dir() or any(_TEMP.fullmatch(part) for part in rel.parts):
-                continue
-            elif marker is not None and not (root / rel.parts[0] / marker).is_file():
-                unknown.append(p)
-            elif not known.fullmatch(rel.as_posix()):
-                unknown.append(p)
-    return unknown
+    return foreign_paths(path, RUN_PATH)
 
 
 def scored_samples(folder: Path) -> dict[str, Any]:

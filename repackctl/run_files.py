@@ -44,10 +44,13 @@ STARTING_PATH = re.compile(r"log\.txt|pca\.json|sampling\.json")
 TEMP_NAME = re.compile(r"\.tmp-.+|\..+\.tmp")
 
 
-def foreign_paths(folder: Path, known: re.Pattern[str] = RUN_PATH) -> list[Path]:
+def foreign_paths(
+    folder: Path, known: re.Pattern[str] = RUN_PATH, marker: str | None = None
+) -> list[Path]:
     """The paths below ``folder`` that repackctl did not write there: files whose path relative to
     ``folder`` ``known`` does not match (temporaries and folders aside), links, special files and
-    folders that cannot be read."""
+    folders that cannot be read, and, with ``marker``, files of a first-level folder that does
+    not hold that file (a samples root: each folder holds its settings file)."""
     foreign: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(
         folder, onerror=lambda e: foreign.append(Path(e.filename or folder))
@@ -59,6 +62,8 @@ def foreign_paths(folder: Path, known: re.Pattern[str] = RUN_PATH) -> list[Path]
                 foreign.append(p)
             elif p.is_dir() or any(TEMP_NAME.fullmatch(part) for part in rel.parts):
                 continue
+            elif marker is not None and not (folder / rel.parts[0] / marker).is_file():
+                foreign.append(p)
             elif not known.fullmatch(rel.as_posix()):
                 foreign.append(p)
     return foreign
