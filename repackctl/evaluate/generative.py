@@ -40,7 +40,12 @@ from typing import Any
 import numpy as np
 
 from repackctl.errors import CacheError, CheckpointError, ConfigError, DataError
-from repackctl.evaluate.output import check_metrics_target, explicit_metrics_path
+from repackctl.evaluate.output import (
+    check_metrics_target,
+    check_out_place,
+    check_replaceable,
+    explicit_metrics_path,
+)
 from repackctl.evaluate.selection import (
     check_recorded_count,
     checked_labels,
@@ -1133,11 +1138,16 @@ def run_evaluate_fid(
     out_given = settings.evaluate.out is not None
     if out_given:  # before a checkpoint is sampled: its samples folder is not needed to know
         check_metrics_target(explicit_metrics_path(settings.evaluate.out), out_given)
+        check_out_place(explicit_metrics_path(settings.evaluate.out), None)
     gen = open_generated(settings, progress)
     ref = open_reference(settings, gen)
     wanted = choose_metrics(settings.evaluate.metrics, ref)
     target = _metrics_path(settings, gen)
     check_metrics_target(target, out_given)  # before any scoring work
+    if out_given:
+        check_out_place(target, gen.folder)
+    this = _identity(gen, ref, wanted)
+    check_replaceable(target, this)  # another samples' or reference's result is kept
     device = resolve_device(settings.device)
     messages = gen.messages + ref.messages
     sdir = stats_dir(settings)
@@ -1151,15 +1161,7 @@ def run_evaluate_fid(
         _add_encoder_fd(scores, settings, gen, ref, sdir, device, progress, messages)
 
     metrics = scores.metrics
-    metrics["metrics"] = wanted
-    metrics["generated"] = {
-        "path": gen.images.label,
-        "sha256": gen.images.sha256,
-        "n": gen.images.n,
-        "resolution": gen.images.resolution,
-        "subset": gen.images.meta.get("subset"),
-    }
-    metrics["reference"] = {"path": ref.label, "sha256": ref.sha256, "kind": ref.kind}
+    metrics.update(this)
     metrics["notes"] = scores.notes
     card = _card(
         gen,
@@ -1171,8 +1173,24 @@ def run_evaluate_fid(
         n=gen.images.n,
     )
     validate_card(card)
+    check_replaceable(target, metrics, card)  # another extractor's result is kept too
     path = write_metrics_json(target, metrics, card)
     return EvaluateResult(metrics, card, path, messages, gen.images.n, scores.n_ref)
+
+
+def _identity(gen: Generated, ref: Reference, wanted: list[str]) -> dict[str, Any]:
+    """What a ``metrics.json`` is the result of: which samples, which reference, which metrics."""
+    return {
+        "metrics": wanted,
+        "generated": {
+            "path": gen.images.label,
+            "sha256": gen.images.sha256,
+            "n": gen.images.n,
+            "resolution": gen.images.resolution,
+            "subset": gen.images.meta.get("subset"),
+        },
+        "reference": {"path": ref.label, "sha256": ref.sha256, "kind": ref.kind},
+    }
 
 
 def _is_only(gen: Generated, extractor: Any, cfg: Any, progress: ProgressFactory) -> dict:

@@ -4,7 +4,9 @@ An explicit ``--out`` is a folder (``metrics.json`` goes inside; an existing fol
 whatever its name) or a path ending in ``.json``. A target that cannot be written (a file where a
 folder is expected, a read-only place) is refused before the work starts, so the user never waits
 for scores that end in a traceback; an existing file that is not a ``metrics.json`` written by
-repackctl is refused rather than replaced.
+repackctl is refused rather than replaced. An existing ``metrics.json`` is replaced only by the
+same result recomputed (same samples, reference, metrics and scoring protocol); ``--out`` inside a
+training run or another samples folder is refused.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 
 from repackctl.errors import ConfigError
 from repackctl.files import ensure_writable_dir
-from repackctl.paths import METRICS_JSON
+from repackctl.paths import METRICS_JSON, PROTOCOL_JSON, SAMPLES_NPZ
 
 OUT_HINT = "pass --out a folder (metrics.json is written inside it) or a new path ending in .json"
 
@@ -34,7 +36,7 @@ def is_metrics_file(path: Path) -> bool:
             doc = json.load(f)
     except (OSError, ValueError):  # unreadable, not UTF-8, not JSON
         return False
-    return isinstance(doc, dict) and "metrics" in doc and "protocol" in doc
+    return isinstance(doc, dict) and {"metrics", "protocol", "written_at"} <= doc.keys()
 
 
 def check_metrics_target(path: Path, out_given: bool) -> None:
@@ -56,4 +58,109 @@ def check_metrics_target(path: Path, out_given: bool) -> None:
             f"{path} exists and is not a metrics.json written by repackctl; it was left "
             "untouched and nothing was scored",
             hint,
+        )
+
+
+# --------------------------------------------------------------------------- whose result it is
+#: the card fields that make two scores of the same samples and reference comparable
+SCORING_FIELDS = ("evaluator", "feature_extractor", "feature_extractor_sha256")
+#: how an ``fd`` score was computed (``fd_detail`` of the metrics section)
+FD_FIELDS = ("encoder", "feature", "fd_method")
+RUN_HINT = "pass --out a folder of your own (or leave it out: metrics.json goes beside the samples)"
+
+
+def _looks_like_samples(folder: Path) -> bool:
+    """A folder `repackctl sample` (or a user) filled with samples: samples.npz, protocol.json
+    or numbered image files."""
+    if (folder / SAMPLES_NPZ).is_file() or (folder / PROTOCOL_JSON).is_file():
+        return True
+    return any(p.stem.isdigit() for p in folder.glob("*.png"))
+
+
+def check_out_place(path: Path, own_folder: Path | None) -> None:
+    """Refuse a ``metrics.json`` inside a training run or checkpoint folder (or below one), or
+    inside a samples folder other than ``own_folder`` (the scored samples'; None = not known
+    yet: only the run check is made). Nothing is created or changed here."""
+    folder = path.parent.resolve()
+    for d in (folder, *folder.parents):
+        if (d / "state.json").is_file() or (
+            (d / "config.json").is_file() and (d / "checkpoints").is_dir()
+        ):
+            raise ConfigError(
+                f"{path} is inside the training run or checkpoint folder {d}; metrics are not "
+                "written there, and nothing was scored",
+                RUN_HINT,
+            )
+    if own_folder is not None and folder != own_folder.resolve() and _looks_like_samples(folder):
+        raise ConfigError(
+            f"{path} is inside {folder}, a folder of other samples than the ones scored "
+            f"({own_folder}); a score there would read as theirs, so nothing was scored",
+            RUN_HINT,
+        )
+
+
+def _read_doc(path: Path) -> dict:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)  # is_metrics_file() has checked it reads
+
+
+def check_replaceable(path: Path, this: dict, card: dict | None = None) -> None:
+    """Refuse replacing an existing ``metrics.json`` that holds another result.
+
+    ``this`` is the ``generated``/``reference``/``metrics`` part of the document about to be
+    written (once scored: its whole metrics section); ``card`` (once scored) its protocol card,
+    whose scoring fields and the ``fd`` details must match too. The
+    same samples scored the same way against the same reference is the same result recomputed
+    and may replace the file. Call after :func:`check_metrics_target`.
+    """
+    if not path.is_file():
+        return
+    doc = _read_doc(path)
+    old = doc["metrics"] if isinstance(doc.get("metrics"), dict) else {}
+    gen, ref = old.get("generated"), old.get("reference")
+    if not isinstance(gen, dict) or not isinstance(ref, dict):
+        raise ConfigError(
+            f"{path} is a metrics file but not one `evaluate fid` wrote; it was left untouched "
+            "and nothing was scored",
+            OUT_HINT,
+        )
+    mine = this["generated"]
+    if (gen.get("path"), gen.get("sha256"), gen.get("subset")) != (
+        mine["path"], mine["sha256"], mine["subset"]
+    ):  # fmt: skip
+        raise ConfigError(
+            f"{path} holds the scores of other samples ({gen.get('path')}), not of "
+            f"{mine['path']}; it was left untouched and nothing was scored",
+            "pass another --out for these samples' scores",
+        )
+    _check_same_scoring(path, old, doc.get("protocol") or {}, this, card)
+
+
+def _check_same_scoring(
+    path: Path, old: dict, old_card: dict, this: dict, card: dict | None
+) -> None:
+    """Refuse when the stored result used another reference, metric set or extractor."""
+    ref = old["reference"]
+    diffs = []
+    if ref.get("sha256") != this["reference"]["sha256"]:
+        diffs.append(f"reference {ref.get('path')} (this run: {this['reference']['path']})")
+    if old.get("metrics") != this["metrics"]:
+        diffs.append(f"metrics {old.get('metrics')} (this run: {this['metrics']})")
+    if card is not None:  # scored: ``this`` is the whole new document's metrics section
+        diffs += [
+            f"{k} {old_card.get(k)!r} (this run: {card.get(k)!r})"
+            for k in SCORING_FIELDS
+            if old_card.get(k) != card.get(k)
+        ]
+        was, now = old.get("fd_detail") or {}, this.get("fd_detail") or {}
+        diffs += [
+            f"fd {k} {was.get(k)!r} (this run: {now.get(k)!r})"
+            for k in FD_FIELDS
+            if was.get(k) != now.get(k)
+        ]
+    if diffs:
+        raise ConfigError(
+            f"{path} holds these samples' scores made with another protocol: "
+            f"{'; '.join(diffs)}; it was left untouched and nothing was written",
+            "pass --out another path (e.g. metrics-<reference>.json) to keep both results",
         )
