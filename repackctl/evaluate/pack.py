@@ -5,7 +5,8 @@
   cached originals as uint8 images: PSNR (mean of per-image PSNR) and SSIM (Wang et al. 2004) from
   ``metrics.recon``, and rFID (``metrics.frechet`` on torch-fidelity Inception pool features) when
   an Inception weights file is given. Writes a side-by-side grid (originals over
-  reconstructions) and ``recon-<entry>.json`` in the checkpoint folder.
+  reconstructions) and ``recon-<entry>.json`` in the checkpoint folder (``recon-<entry>-nN``
+  for a subset: :func:`report_stem`).
 * ``evaluate_probe``: the RePack paper's linear-probe table (DINOv3 raw 768-d 82.56 %, PCA-32
   56.13 %, RePack-32 42.48 %): a linear classifier (``metrics.probe``) on mean-pooled features
   of the un-mirrored images, trained on the run's training split and scored on the held-out
@@ -102,6 +103,20 @@ def _indices(entry: DatasetEntry, feats: ArrayGroup, num: int | None) -> np.ndar
     return idx[:num] if num else idx
 
 
+def report_stem(kind: str, entry: DatasetEntry, feats: ArrayGroup, n: int, **extra: Any) -> str:
+    """The name of a report in the checkpoint folder: ``<kind>-<entry>`` for the whole split,
+    ``-n<N>`` for a subset (``-n``) and ``-<key><value>`` for each setting in ``extra`` that is
+    not its default (given as ``key=(value, default)``). A subset's score replaced the whole
+    split's under the same name, as ``evaluate fid`` avoids with ``metrics-nN.json``."""
+    stem = f"{kind}-{entry.name}"
+    if n < len(valid_indices(entry, feats)):
+        stem += f"-n{n}"
+    for key, (value, default) in extra.items():
+        if value != default:
+            stem += f"-{key}{value}"
+    return stem
+
+
 def _blocks(entry: DatasetEntry, feats: ArrayGroup, idx: np.ndarray, images: bool = True):
     """(indices, tokens of flip 0 (b, T, C) float32, images (b, R, R, 3) uint8 or None)."""
     tok_it = read_blocks(feats["tokens"], idx, BLOCK)
@@ -189,7 +204,8 @@ def evaluate_recon(settings: Settings, progress: ProgressFactory = null_progress
                 f"rFID from {len(idx)} images: biased upwards, compare only like with like"
             )
     k = cfg.grid_images
-    grid = handle.checkpoint / f"recon-{entry.name}.png"
+    stem = report_stem("recon", entry, feats, len(idx))
+    grid = handle.checkpoint / f"{stem}.png"
     save_grid(
         [np.concatenate(grid_orig)[:k], np.concatenate(grid_rec)[:k]],
         grid,
@@ -211,7 +227,7 @@ def evaluate_recon(settings: Settings, progress: ProgressFactory = null_progress
     )
     from repackctl.files import write_json_atomic
 
-    write_json_atomic(handle.checkpoint / f"recon-{entry.name}.json", result.to_dict())
+    write_json_atomic(handle.checkpoint / f"{stem}.json", result.to_dict())
     return result
 
 
@@ -352,5 +368,14 @@ def evaluate_probe(settings: Settings, progress: ProgressFactory = null_progress
     )
     from repackctl.files import write_json_atomic
 
-    write_json_atomic(handle.checkpoint / f"probe-{eval_entry.name}.json", report.to_dict())
+    epochs_default = type(cfg).model_fields["probe_epochs"].default
+    stem = report_stem(
+        "probe",
+        eval_entry,
+        eval_feats,
+        len(ev_idx),
+        epochs=(cfg.probe_epochs, epochs_default),
+        seed=(settings.seed, 0),
+    )
+    write_json_atomic(handle.checkpoint / f"{stem}.json", report.to_dict())
     return report

@@ -432,6 +432,14 @@ def test_evaluate_recon_through_the_command(cache, tmp_path):
 
     grid = Image.open(report["grid"])
     assert grid.size[1] == 2 * 32 + 3 * 2  # two rows (original, recon) with padding
+    # a subset (-n) is its own report: it replaced the whole split's under the same name
+    whole = (ckpt / "recon-builtin-n24--val--32px.json").read_bytes()
+    res = runner.invoke(_eval_app(), ["evaluate", "recon", "--run", "rec", "--split", "val",
+                                      "-n", "4"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert (ckpt / "recon-builtin-n24--val--32px.json").read_bytes() == whole
+    sub = json.loads((ckpt / "recon-builtin-n24--val--32px-n4.json").read_text())
+    assert sub["n"] == 4 and (ckpt / "recon-builtin-n24--val--32px-n4.png").is_file()
 
 
 @pytest.mark.skipif(
@@ -451,7 +459,9 @@ def test_probe_beats_chance_on_builtin_features(tmp_path):
     assert res.exit_code == 0, res.output
     res = runner.invoke(_eval_app(), ["evaluate", "probe", "--run", "pb", "--epochs", "30"])
     assert res.exit_code == 0, res.output
-    report = json.loads((_ckpt(tmp_path, "pb") / "probe-builtin-n60--val--32px.json").read_text())
+    report = json.loads(
+        (_ckpt(tmp_path, "pb") / "probe-builtin-n60--val--32px-epochs30.json").read_text()
+    )
     rows = {r["name"].split(" ")[0]: r for r in report["rows"]}
     assert report["num_classes"] == 10
     assert rows["encoder"]["top1"] > 0.3  # chance is 0.1
