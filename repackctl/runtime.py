@@ -117,7 +117,8 @@ def resolve_precision(
 def _check_same_launcher(kept: str, launcher: str) -> None:
     """A run whose precision the launcher chose, resumed under a launcher that asks for another
     one: it went on in the kept precision without a word. Refused (no launcher setting: kept)."""
-    asked = _LAUNCHER_PRECISION.get(launcher)
+    # accelerate sets "no" when --mixed_precision is not given at all: not a request for fp32
+    asked = None if launcher == "no" else _LAUNCHER_PRECISION.get(launcher)
     if asked is None or asked == kept:
         return
     raise ConfigError(

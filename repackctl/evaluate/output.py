@@ -125,9 +125,9 @@ def check_replaceable(path: Path, this: dict, card: dict | None = None) -> None:
             OUT_HINT,
         )
     mine = this["generated"]
-    if (gen.get("path"), gen.get("sha256"), gen.get("subset")) != (
-        mine["path"], mine["sha256"], mine["subset"]
-    ):  # fmt: skip
+    # the samples are known by their content: a folder moved or renamed holds the same samples
+    key = "sha256" if gen.get("sha256") and mine["sha256"] else "path"
+    if (gen.get(key), gen.get("subset")) != (mine[key], mine["subset"]):
         raise ConfigError(
             f"{path} holds the scores of other samples ({gen.get('path')}), not of "
             f"{mine['path']}; it was left untouched and nothing was scored",

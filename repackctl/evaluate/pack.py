@@ -293,6 +293,16 @@ def pooled_features(
     return np.concatenate(raw), np.concatenate(packed)
 
 
+def _probe_stem(settings: Settings, entry: DatasetEntry, feats: ArrayGroup, n: int) -> str:
+    """``probe-<entry>[-nN][-epochsE][-seedS]``: the settings that change the table, when not
+    the defaults."""
+    cfg = settings.pack
+    epochs_default = type(cfg).model_fields["probe_epochs"].default
+    return report_stem(
+        "probe", entry, feats, n, epochs=(cfg.probe_epochs, epochs_default), seed=(settings.seed, 0)
+    )
+
+
 def evaluate_probe(settings: Settings, progress: ProgressFactory = null_progress) -> ProbeReport:
     """Linear-probe top-1 of raw tokens, PCA-d and the pack run's d-dim latents."""
     from repackctl.metrics.probe import linear_probe
@@ -368,14 +378,6 @@ def evaluate_probe(settings: Settings, progress: ProgressFactory = null_progress
     )
     from repackctl.files import write_json_atomic
 
-    epochs_default = type(cfg).model_fields["probe_epochs"].default
-    stem = report_stem(
-        "probe",
-        eval_entry,
-        eval_feats,
-        len(ev_idx),
-        epochs=(cfg.probe_epochs, epochs_default),
-        seed=(settings.seed, 0),
-    )
+    stem = _probe_stem(settings, eval_entry, eval_feats, len(ev_idx))
     write_json_atomic(handle.checkpoint / f"{stem}.json", report.to_dict())
     return report

@@ -115,7 +115,8 @@ KEPT_FROM_LAUNCHER = "stored run config (launcher)"
 
 
 def _kept_source(old_sources: dict[str, str], key: str) -> str:
-    launcher = old_sources.get(key, "default").split(" ")[0] == "launcher"
+    source = old_sources.get(key, "default")  # "launcher", or kept from it on an earlier resume
+    launcher = source.split(" ")[0] == "launcher" or source.endswith("(launcher)")
     return KEPT_FROM_LAUNCHER if launcher else "stored run config"
 
 

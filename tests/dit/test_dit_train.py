@@ -472,6 +472,16 @@ def test_a_resume_under_another_launcher_precision_is_refused(cache, tmp_path, m
     ok = runner.invoke(app, ["train", "dit", *name, "--steps", "3"])
     assert ok.exit_code == 0, ok.output
     assert read_state(latest_checkpoint(run))["config"]["precision"] == "bf16"
+    # a plain `accelerate launch` sets "no": nothing asked, the run goes on in bf16
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    ok = runner.invoke(app, ["train", "dit", *name, "--steps", "4"])
+    assert ok.exit_code == 0, ok.output
+    assert read_state(latest_checkpoint(run))["config"]["precision"] == "bf16"
+    # after two resumes the kept value still knows the launcher chose it
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
+    again = runner.invoke(app, ["train", "dit", *name, "--steps", "5"])
+    assert again.exit_code != 0 and "asks for fp16" in again.output, again.output
+    assert read_state(latest_checkpoint(run))["step"] == 4
 
 
 def test_an_allowed_change_enters_the_history_only_when_the_run_goes_on(cache, tmp_path):

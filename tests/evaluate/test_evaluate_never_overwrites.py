@@ -119,3 +119,8 @@ def test_the_same_result_recomputed_replaces_the_score(tmp_path):
     again = json.loads((a / "metrics.json").read_text())
     assert again["metrics"]["fd"] == pytest.approx(first["metrics"]["fd"])
     assert again["metrics"]["reference"] == first["metrics"]["reference"]
+    # the same samples in a moved folder are the same samples (known by their sha256)
+    moved = a.rename(tmp_path / "moved")
+    cli_ok(*_fid(moved, "--ref", "builtin", *FD))
+    after = json.loads((moved / "metrics.json").read_text())
+    assert after["metrics"]["fd"] == pytest.approx(first["metrics"]["fd"])
