@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from repackctl.errors import ConfigError, ResumeConflict
 from repackctl.run_files import check_new_run_folder
+from repackctl.settings.checks import GIVEN_LAYERS, undo_given
 
 # settings whose change keeps a resumed run an exact continuation of the same experiment
 CONTINUABLE: dict[str, set[str]] = {
@@ -102,7 +103,7 @@ def _why(key: str, schedules: set[Any]) -> str:
 
 
 # layers that mean "the user gave this now" (a default or a preset value does not change a run)
-GIVEN = ("flag", "env", "file", "stored")  # "stored run config": given when the run started
+GIVEN = (*GIVEN_LAYERS, "stored")  # "stored run config": given when the run started
 # what a run keeps when nothing is given now: what was given, and what its preset filled in (the
 # preset ``auto`` resolves by the machine: a run started on a CPU (small) and resumed where a
 # GPU is visible switched to paper's lr, batch and EMA without a word)
@@ -213,20 +214,11 @@ def _length_in_epochs(
     sources[steps] = "from epochs"
 
 
-def _where_given(source: str) -> str:
-    """What to undo for a value of layer ``source`` (a flag, a variable, a config file)."""
-    if source.startswith("env "):
-        return f"unset {source.split(' ', 1)[1]}"
-    if source.startswith("file "):
-        return f"remove it from {source.split(' ', 1)[1]}"
-    return "drop the flag"
-
-
 def _refuse(breaking: list[tuple[str, Any, Any]], sources: dict[str, str], schedules: set) -> None:
     """A ResumeConflict naming every breaking change, each with where it was given."""
     key = breaking[0][0]
     changes = "; ".join(f"{k}: {x!r} → {y!r}" for k, x, y in breaking)
-    undo = sorted({_where_given(sources.get(k, "flag")) for k, _, _ in breaking})
+    undo = sorted({undo_given(sources.get(k, "flag"), "the flag") for k, _, _ in breaking})
     allow = " ".join(
         f"--allow-change {n}" for n in sorted({k.split(".")[-1] for k, *_ in breaking})
     )
