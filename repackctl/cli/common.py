@@ -190,9 +190,12 @@ RESUMABLE = ("dit", "t2i", "pack", "refine")
 def show_config(resolved, sections: tuple[str, ...], resumable: bool = False) -> None:
     """Print the resolved settings of the common keys and ``sections`` with their source; for a
     training command (``resumable``) whose run exists, the values its resume would use."""
+    from repackctl.settings.checks import check_schedules
+
     run_dir = None
     if resumable:
         resolved, run_dir = resumed_settings(resolved, sections[0])
+        check_schedules(resolved.settings, resolved.sources, sections[0])
     if run_dir is not None:
         console.print(
             f"# run {run_dir} exists: the values it resumes with", highlight=False, soft_wrap=True

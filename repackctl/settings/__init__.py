@@ -284,9 +284,9 @@ def resolve_settings(
 ) -> ResolvedSettings:
     """Merge the four layers. ``flags`` maps dotted keys (``extract.batch_size``) to given values.
 
-    Unknown keys in the TOML file or environment are errors (never silently ignored), and so are
-    values that would be silently ignored or give a wrong result (an lr-schedule option that the
-    chosen schedule does not use).
+    Unknown keys in the TOML file or environment are errors (never silently ignored). Options
+    that the lr schedule would ignore are refused where a run's settings are final
+    (:func:`repackctl.settings.checks.check_schedules`, after a resume merged the stored ones).
     """
     env = dict(os.environ if environ is None else environ)
     layers: list[tuple[str, dict[str, Any]]] = []
@@ -316,10 +316,6 @@ def resolve_settings(
             f"invalid setting {_first_error(e)} (from {where})",
             "fix the value; `--show-config` prints every setting and its source",
         ) from None
-    for section in Settings.model_fields:
-        check = getattr(getattr(settings, section), "check_schedule", None)
-        if check is not None:  # dit and t2i
-            check(section, sources)
     return ResolvedSettings(settings, sources)
 
 

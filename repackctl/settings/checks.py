@@ -6,6 +6,8 @@ them without an import cycle.
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic_core import PydanticCustomError
 
 #: the first word of a settings source that means "the user gave this value" (a flag, an
@@ -39,3 +41,15 @@ def undo_given(source: str, flag: str) -> str:
     if source.startswith("file "):
         return f"remove it from {source.split(' ', 1)[1]}"
     return f"drop {flag}"
+
+
+def check_schedules(settings: Any, sources: dict[str, str], section: str) -> None:
+    """Run ``section``'s ``check_schedule`` (dit and t2i have one) on the settings its run trains
+    with.
+
+    Called where those are final: a new run's settings as given, a resumed run's once its stored
+    values are merged in (a resumed cosine run given only ``--min-lr`` keeps its schedule, and a
+    new ``--lr`` below its stored ``min_lr`` is caught). ``sources``: dotted key → source."""
+    check = getattr(getattr(settings, section, None), "check_schedule", None)
+    if check is not None:
+        check(section, sources)

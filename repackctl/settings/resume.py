@@ -25,7 +25,7 @@ from pydantic import ValidationError
 
 from repackctl.errors import ConfigError, ResumeConflict
 from repackctl.run_files import check_new_run_folder
-from repackctl.settings.checks import GIVEN_LAYERS, undo_given
+from repackctl.settings.checks import GIVEN_LAYERS, check_schedules, undo_given
 
 # settings whose change keeps a resumed run an exact continuation of the same experiment
 CONTINUABLE: dict[str, set[str]] = {
@@ -274,6 +274,7 @@ def resume_settings(
     check_new_run_folder(run_dir)
     stored = stored_record(run_dir, section)
     if stored is None or record is None:
+        check_schedules(settings, (record or {}).get("sources", {}), section)
         return settings, record, None
     allow = list(getattr(getattr(settings, section), "allow_change", None) or [])
     rec = reconcile(stored, record, section, allow)
@@ -287,6 +288,7 @@ def resume_settings(
     # the record keeps every value (as a first start does): the next resume compares them all;
     # the allowed changes go to config_history.jsonl when the engine writes the record, i.e. when
     # the run really goes on (``train.trainer._write_config``)
+    check_schedules(resumed, rec.sources, section)
     out = {"values": resumed.model_dump(mode="json"), "sources": rec.sources}
     if rec.allowed:
         out["allowed"] = rec.allowed

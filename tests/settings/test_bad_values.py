@@ -7,6 +7,7 @@ variables that cannot be read (the error names the variable that failed, and onl
 
 from __future__ import annotations
 
+import json
 import types
 import typing
 from pathlib import Path
@@ -18,6 +19,7 @@ from support.cli import cli_ok, cli_refused
 
 from repackctl.errors import ConfigError
 from repackctl.settings import Settings, resolve_settings
+from repackctl.settings.resume import resume_settings
 
 
 def _written(root: Path) -> list[str]:
@@ -99,8 +101,9 @@ def test_the_same_holds_for_t2i_and_for_a_value_from_env_or_file(tmp_path, monke
     monkeypatch.setenv("REPACKCTL_DIT__MIN_LR", "1e-6")
     out = cli_refused(2, "train", "dit", "--show-config")
     assert "dit.min_lr" in out and "unset REPACKCTL_DIT__MIN_LR" in out
+    resolved = resolve_settings(flags={"dit.warmup_steps": 10}, environ={})
     with pytest.raises(ConfigError, match="dit.warmup_steps"):  # the Python pipeline's path
-        resolve_settings(flags={"dit.warmup_steps": 10}, environ={})
+        resume_settings(tmp_path / "runs" / "new", resolved.settings, resolved.to_dict(), "dit")
 
 
 @pytest.mark.parametrize(
@@ -123,6 +126,46 @@ def test_a_cosine_floor_above_the_lr_is_refused():
     assert "dit.min_lr 0.5 is above dit.lr 0.0001" in out and "--min-lr" in out
     with pytest.raises(ConfigError, match="min_lr 0.5 is above lr 0.0001"):
         toy.make_config("r", schedule="cosine", lr=1e-4, min_lr=0.5)
+
+
+def _started_cosine_run(root: Path) -> Path:
+    """A dit run's folder as its first start left it: config.json with the settings record of
+    ``--schedule cosine --lr 1e-3 --min-lr 1e-5``."""
+    flags = {"dit.name": "d", "dit.steps": 4, "dit.schedule": "cosine", "dit.lr": 1e-3}
+    record = resolve_settings(flags=flags | {"dit.min_lr": 1e-5}, environ={}).to_dict()
+    run = root / "runs" / "d"
+    run.mkdir(parents=True)
+    engine = {"run_dir": str(run), "steps": 4, "global_batch": 8, "lr": 1e-3, "seed": 0}
+    config = engine | {"ckpt_every": 2, "extra": {"settings": record}}
+    (run / "config.json").write_text(json.dumps(config))
+    return run
+
+
+def test_a_resumed_cosine_run_takes_a_min_lr_without_the_schedule_again(tmp_path):
+    """The schedule is checked on the settings the run goes on with: a resumed cosine run given
+    only ``--min-lr`` keeps its cosine schedule (it was refused: "the schedule is constant")."""
+    run = _started_cosine_run(tmp_path)
+    out = cli_ok("train", "dit", "--name", "d", "--min-lr", "1e-5", "--show-config")
+    assert "dit.schedule = 'cosine'" in out and "dit.min_lr = 1e-05" in out
+    flags = {"dit.name": "d", "dit.min_lr": 2e-5, "dit.allow_change": ["min_lr"]}
+    now = resolve_settings(flags=flags, environ={})
+    settings, _, _ = resume_settings(run, now.settings, now.to_dict(), "dit")
+    assert (settings.dit.schedule, settings.dit.min_lr) == ("cosine", 2e-5)
+    # a new run given the same flag is still refused: its schedule is the default constant
+    out = cli_refused(2, "train", "dit", "--name", "e", "--min-lr", "2e-5", "--show-config")
+    assert "dit.min_lr = 2e-05 (from flag)" in out and "--schedule cosine" in out
+
+
+def test_a_resumed_cosine_run_given_an_lr_below_its_stored_floor_is_refused(tmp_path):
+    """``--lr 1e-6 --allow-change lr`` on a run that stored ``min_lr 1e-5``: the cosine "decay"
+    would raise the lr tenfold (the check ran before the stored floor was merged in)."""
+    run = _started_cosine_run(tmp_path)
+    argv = ["train", "dit", "--name", "d", "--lr", "1e-6", "--allow-change", "lr"]
+    out = cli_refused(2, *argv, "--show-config")
+    assert "dit.min_lr 1e-05 is above dit.lr 1e-06" in out
+    out = cli_refused(2, *argv, "--steps", "4")
+    assert "dit.min_lr 1e-05 is above dit.lr 1e-06" in out
+    assert sorted(p.name for p in run.iterdir()) == ["config.json"]  # nothing written
 
 
 # ------------------------------------------------------------------ empty names and paths
