@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ import torch
 from repackctl import kernels
 from repackctl.bench.common import BenchContext, env_info, measure
 from repackctl.bench.train import SHAPES, build_trainer, matmul_peak
+from repackctl.metrics.frechet import atomic_path
 
 VARIANTS = (  # (name, precision, compile, kernels)
     ("fp32 eager (official recipe)", "fp32", False, "eager"),
@@ -136,12 +138,44 @@ def markdown(doc: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _ours(path: Path) -> bool:
+    """Whether ``path`` is a page or JSON this script wrote (or the committed page that waits for
+    the first figures, whose title is the same): the only files it replaces."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError):
+        return False
+    if path.suffix == ".md":
+        return text.startswith("# GPU check")
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(doc, dict) and {"train", "environment", "peak_tflops"} <= doc.keys()
+
+
+def check_outputs(*paths: str) -> None:
+    """Refuse, before anything runs, an output that is a folder or an existing file this script
+    did not write (a user's notes, another benchmark's result): it would be replaced."""
+    for given in paths:
+        path = Path(given).expanduser()
+        if path.is_dir() or ((path.exists() or path.is_symlink()) and not _ours(path)):
+            what = "is a folder" if path.is_dir() else "exists and is not a GPU check result"
+            print(
+                f"Error: the output {path} {what}; it is left as it is\n"
+                "Hint: pass a new file name to --out / --md, or move that file away first",
+                file=sys.stderr,
+            )
+            raise SystemExit(2)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="benchmarks/results/gpu.json")
     ap.add_argument("--md", default="benchmarks/results/gpu.md")
     ap.add_argument("--repeats", type=int, default=10)
     args = ap.parse_args(argv)
+    check_outputs(args.out, args.md)
     cuda = torch.cuda.is_available()
     ctx = BenchContext(
         size="paper" if cuda else "tiny",
@@ -152,9 +186,13 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     doc = run(ctx)
     doc["seconds"] = time.perf_counter() - t0
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(doc, indent=1, default=str) + "\n")
-    Path(args.md).write_text(markdown(doc))
+    check_outputs(args.out, args.md)  # again: the run took minutes
+    for path, text in (
+        (args.out, json.dumps(doc, indent=1, default=str) + "\n"),
+        (args.md, markdown(doc)),
+    ):
+        with atomic_path(Path(path)) as tmp:
+            tmp.write_text(text)
     print(markdown(doc))
 
 

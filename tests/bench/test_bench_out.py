@@ -78,3 +78,32 @@ def test_a_workdir_under_a_file_is_refused(tmp_path) -> None:
         2, "benchmark", "cache", *FAST, "--out", str(out), "--workdir", str(tmp_path / "file/bw")
     )
     assert "which is a file" in msg and not out.exists(), msg
+
+
+def test_the_gpu_check_never_replaces_a_file_it_did_not_write(tmp_path, capsys) -> None:
+    """`python -m repackctl.bench.gpu_check --out notes.json` replaced the file after minutes of
+    measuring; it is refused before anything runs. Its own page and JSON (and the committed page
+    that waits for the first figures) are what it replaces."""
+    import pytest
+
+    from repackctl.bench import gpu_check
+
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"mine": 1}\n')
+    md, readme = tmp_path / "gpu.md", tmp_path / "README.md"
+    readme.write_text("# my page\n")
+    for out, page in ((notes, md), (tmp_path / "g.json", readme)):
+        with pytest.raises(SystemExit) as e:
+            gpu_check.main(["--out", str(out), "--md", str(page), "--repeats", "1"])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert "Error:" in err and "Hint:" in err and "is not a GPU check result" in err
+    assert notes.read_text() == '{"mine": 1}\n' and not md.exists()
+    assert readme.read_text() == "# my page\n"
+    with pytest.raises(SystemExit):
+        gpu_check.main(["--out", str(tmp_path), "--md", str(md)])
+    assert "is a folder" in capsys.readouterr().err
+    doc = {"train": [], "environment": {}, "peak_tflops": {}, "model": "m", "batch": 1}
+    (tmp_path / "old.json").write_text(json.dumps(doc))
+    (tmp_path / "old.md").write_text("# GPU check — cpu\n")
+    gpu_check.check_outputs(str(tmp_path / "old.json"), str(tmp_path / "old.md"))  # accepted
