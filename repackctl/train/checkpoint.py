@@ -10,7 +10,17 @@ runs/<name>/checkpoints/step-0000020/  model.safetensors  ema.safetensors  <othe
   GradScaler) so it loads with ``torch.load(weights_only=True)``; RNG states are JSON lists in
   ``state.json``. Nothing is ever unpickled.
 * A checkpoint is written into ``checkpoints/.tmp-step-…`` and renamed: a killed process leaves at
-  most a temporary folder, which ``latest_checkpoint`` ignores.
+  most a temporary folder, which ``latest_checkpoint`` ignores. Re-saving a step that has a folder
+  (a newer checkpoint that resume skipped) moves the old folder aside to ``.tmp-old-step-…``
+  first; a kill between the two renames leaves no ``step-…`` folder, and the next run's
+  ``remove_stale_temporaries`` puts back the new folder (when it verifies) or else the old one
+  before it deletes temporaries. Rotation renames a folder to ``.tmp-pruned-…`` before deleting
+  it, so a kill never leaves a half-deleted ``step-…`` folder, and always keeps the checkpoint
+  just written (a newer, skipped folder may outnumber ``keep_last``).
+* ``REPACKCTL_TEST_CKPT_KILL=<point>[@<step>]`` (crash tests only) SIGKILLs the process at a
+  point of ``save_checkpoint``: ``written`` (temporary folder complete, nothing renamed),
+  ``aside`` (re-save: old folder moved aside, new one not in place), ``swapped`` (re-save: new
+  folder in place, old one not deleted), ``pruning`` (rotation: a folder renamed, not deleted).
 * The step is read from the folder name ``step-%07d`` only, and must agree with ``state.json``
   (the official code parsed it from arbitrary file names, ``reference/methods.md``).
 * ``state.json`` lists every other file's sha256 (``files``) and size (``sizes``) and is
@@ -31,6 +41,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -56,6 +67,17 @@ CKPT_DIR = "checkpoints"
 STEP_RE = re.compile(r"^step-(\d{7})$")
 REQUIRED = ("model.safetensors", "ema.safetensors", "optim.pt", "state.json")
 RESERVED = {"ema", "optim", "state", "config"}
+OLD_PREFIX = f"{TMP_PREFIX}old-"  # a step folder moved aside while it is re-saved
+PRUNED_PREFIX = f"{TMP_PREFIX}pruned-"  # a step folder rotation is deleting
+TMP_STEP_RE = re.compile(rf"^{re.escape(TMP_PREFIX)}(old-)?(step-\d{{7}})-(\d+)$")
+KILL_ENV = "REPACKCTL_TEST_CKPT_KILL"
+
+
+def _kill_point(point: str, step: int) -> None:
+    """SIGKILL this process when the crash test asks for ``point`` (of ``step``, if it says one)."""
+    want = os.environ.get(KILL_ENV)
+    if want and want in (point, f"{point}@{step}"):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def step_dir_name(step: int) -> str:
@@ -198,38 +220,93 @@ def save_checkpoint(
                 "free disk space (or lower --keep-last) and run the same command again to resume",
             ) from None
         raise CheckpointError(f"cannot write checkpoint {tmp}: {e.strerror or e}", None) from None
-    if final.exists():  # re-saving a step (e.g. the final step of an extended run): swap
-        trash = root / f"{TMP_PREFIX}old-{step_dir_name(step)}-{os.getpid()}"
+    _kill_point("written", step)
+    if final.exists():  # re-saving a step (a newer one that resume skipped): swap
+        # no rename swaps two folders: a kill between these two leaves no step folder, and
+        # ``remove_stale_temporaries`` puts one back (``_restore_interrupted_resaves``)
+        trash = root / f"{OLD_PREFIX}{step_dir_name(step)}-{os.getpid()}"
         os.replace(final, trash)
+        _kill_point("aside", step)
         os.replace(tmp, final)
+        _fsync_dir(root)
+        _kill_point("swapped", step)
         shutil.rmtree(trash, ignore_errors=True)
     else:
         os.replace(tmp, final)
     _fsync_dir(root)
     if keep_last > 0:
-        rotate(run_dir, keep_last)
+        rotate(run_dir, keep_last, keep=final)
     return final
 
 
-def rotate(run_dir: str | os.PathLike, keep_last: int) -> list[Path]:
-    """Delete all but the newest ``keep_last`` checkpoints, never the newest good one."""
+def rotate(
+    run_dir: str | os.PathLike, keep_last: int, keep: str | os.PathLike | None = None
+) -> list[Path]:
+    """Delete all but the newest ``keep_last`` checkpoints, never the newest good one nor
+    ``keep`` (the one just written: newer folders that resume skipped may fill ``keep_last``).
+
+    Each folder is renamed to a temporary name first and deleted after, so a kill leaves a
+    temporary (which the next run removes), never a half-deleted checkpoint."""
     found = list_checkpoints(run_dir)
-    keep = set(found[-keep_last:])
+    kept = set(found[-keep_last:])
     good = [p for p in found if _marked_good(p)]
     if good:
-        keep.add(good[-1])
-    removed = [p for p in found if p not in keep]
+        kept.add(good[-1])
+    if keep is not None:
+        kept.add(Path(keep))
+    removed = [p for p in found if p not in kept]
     for old in removed:
-        shutil.rmtree(old, ignore_errors=True)
+        aside = old.with_name(f"{PRUNED_PREFIX}{old.name}-{os.getpid()}")
+        os.replace(old, aside)
+        _kill_point("pruning", _step_of(old) or 0)
+        shutil.rmtree(aside, ignore_errors=True)
     return removed
 
 
+def _verifies_as(folder: Path, step: int) -> bool:
+    """Whether ``folder`` (of any name) holds a complete checkpoint of ``step``: structure, step
+    and every file's size and sha256 (a ``good: false`` one counts: it is what was saved)."""
+    try:
+        state = _check_structure(folder)
+        for name in state.files:
+            _verify_file(folder, name, state)
+    except RepackError:
+        return False
+    return state.step == step
+
+
+def _restore_interrupted_resaves(root: Path) -> list[Path]:
+    """Put back the step folder of each re-save killed between its two renames (an
+    ``.tmp-old-step-…`` folder and no ``step-…`` one): the new folder when it verifies, else
+    the old one. Returns the step folders restored."""
+    temps: dict[tuple[str, bool], list[Path]] = {}
+    for p in sorted(root.iterdir()):
+        m = TMP_STEP_RE.match(p.name)
+        if m and p.is_dir():
+            temps.setdefault((m.group(2), bool(m.group(1))), []).append(p)
+    restored = []
+    for name, _ in [k for k in temps if k[1]]:
+        final = root / name
+        if final.exists():
+            continue
+        step = _step_of(final) or 0
+        new = [p for p in temps.get((name, False), []) if _verifies_as(p, step)]
+        os.replace((new or temps[(name, True)])[-1], final)
+        restored.append(final)
+    if restored:
+        _fsync_dir(root)
+    return restored
+
+
 def remove_stale_temporaries(run_dir: str | os.PathLike) -> list[Path]:
-    """Check the run folder can be written, then delete temporary folders of killed writers."""
+    """Check the run folder can be written, put back step folders of re-saves killed between
+    their renames, then delete temporary folders of killed writers."""
     ensure_writable_dir(run_dir, "run folder")
     root = checkpoints_dir(run_dir)
     removed = []
     if root.is_dir():
+        for final in _restore_interrupted_resaves(root):
+            _warn(f"restored checkpoint {final.name}, whose re-save was interrupted")
         for p in root.iterdir():
             if p.name.startswith(TMP_PREFIX):
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
