@@ -1,4 +1,5 @@
-"""Stage-1 (and refiner) losses: L1, LPIPS-VGG, focal-frequency, KL and PatchGAN, one reduction.
+"""Stage-1 (and refiner) losses: L1, LPIPS-VGG, focal-frequency, Watson-DFT, KL and PatchGAN,
+one reduction.
 
 Reduction — the one rule for every term: each term is a **per-sample mean** (over pixels ×
 channels, over frequencies, over LPIPS positions, over latent elements, over patch logits), then
@@ -12,7 +13,18 @@ and divides by B, but *means* the focal-frequency loss (weight 0.05) and the Wat
 i.e. effectively off. L1 and LPIPS were reduced alike (LPIPS, one value per sample, was broadcast
 over the pixels before the sum), so dividing both by the pixel count keeps their balance. Their
 KL weight 1e-6 on a per-sample *sum* over 16·16·32 latent elements is, in our reduction,
-1e-6 · 8192 / 196608 ≈ 4·10⁻⁸ (``OFFICIAL_KL_WEIGHT``). The Watson-DFT term is not included.
+1e-6 · 8192 / 196608 ≈ 4·10⁻⁸ (``OFFICIAL_KL_WEIGHT``).
+
+The Watson-DFT term: the official (``watson_loss.py``) computes 0.005 · Σ_b D_b / numel, with
+D_b the Watson distance of sample b (one value per image) and numel = B · 3 · H · W, i.e. the
+weight 0.005 on the per-sample D_b / (3·H·W), averaged over the batch. That is this module's
+reduction already (D_b per image element, the way L1 is a mean over the image's elements), so
+the official weight keeps its value: ``watson = 0.005`` means what the official wrote, relative
+to a per-element L1. Like the FFL it was meant as a real term: next to the official per-sample
+*summed* L1 the same 0.005 weighed 0.005 / (3·256²) ≈ 2.5·10⁻⁸ (effectively off, the pitfall of
+``reference/methods.md``); pass ``watson = 0.005 / (3·H·W)`` to reproduce that balance. The
+reference is the original image (the paper's definition; the official code swaps its inputs and
+masks with the reconstruction; ``repackctl.pack.watson``).
 
 Terms:
 - L1 (pixel): mean |x − x̂|.
@@ -34,6 +46,10 @@ Terms:
   high-frequency content that makes it hard to model by diffusion. The paper fine-tunes with a
   random ×2 or ×4 bilinear downsampling; here it is one ×2 box filter (``SE_FACTOR``), from
   step 0, which the small grids of the built-in encoder (8 × 8) can always take.
+- Watson-DFT (Czolbe et al. 2020, "A Loss Function for Generative Neural Networks Based on
+  Watson's Perceptual Model"): ``repackctl.pack.watson``, per sample, divided by 3·H·W (above).
+  Its learned parameters come only from a local file (``pack.watson_weights``); without one the
+  trainer switches the term off with a warning, as for LPIPS.
 - KL of the posterior to N(0, I), per latent element.
 - GAN (generator side): hinge −mean(D(x̂)), scaled by the adaptive weight and ``gan`` from
   ``gan_start`` on.
@@ -308,6 +324,17 @@ def official_kl_weight(latent_numel: int, image_numel: int, kl_weight: float = 1
     return kl_weight * latent_numel / image_numel
 
 
+def watson_loss(watson: nn.Module, target: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+    """Watson-DFT distance of ``recon`` to the reference ``target`` per image element
+    (D_b / (3·H·W), the official ``/ numel``), averaged over the batch."""
+    return (watson(target, recon) / target[0].numel()).mean()
+
+
+#: The official Watson-DFT weight (``stage1_repack_dinov3b_f16d32_ffl_watson.yaml``); it keeps
+#: its value in our reduction (module doc).
+OFFICIAL_WATSON_WEIGHT = 0.005
+
+
 # The official KL weight (1e-6 on a per-sample sum over 16·16·32 latent elements, against L1
 # summed over 3·256² pixel values) expressed in our per-element reduction: ≈ 4.17e-8.
 OFFICIAL_KL_WEIGHT = official_kl_weight(16 * 16 * 32, 3 * 256 * 256)
@@ -329,6 +356,8 @@ class LossConfig:
       LPIPS (not in the official recipe).
     - ``scale_equivariance = 0``: L1 of the decoded ×2-pooled latent against the ×2-pooled
       image (not in the official recipe; module doc).
+    - ``watson = 0``: the Watson-DFT distance (official 0.005, ``OFFICIAL_WATSON_WEIGHT``; needs
+      its parameters file, so off unless the caller has one).
     """
 
     l1: float = 1.0
@@ -342,9 +371,11 @@ class LossConfig:
     adaptive_gan_weight: bool = True
     feature: float = 0.0
     scale_equivariance: float = 0.0
+    watson: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("l1", "perceptual", "ffl", "kl", "gan", "feature", "scale_equivariance"):
+        weights = ("l1", "perceptual", "ffl", "kl", "gan", "feature", "scale_equivariance")
+        for name in (*weights, "watson"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"loss weight {name} must be ≥ 0", f"set {name} = 0 to disable")
         if self.ffl_patch_factor < 1 or self.gan_start < 0:
@@ -373,12 +404,14 @@ class LossOutput:
 
 
 class ReconstructionLoss(nn.Module):
-    """L1 + LPIPS + FFL + feature distance + KL + adaptive-weighted hinge GAN; one reduction.
+    """L1 + LPIPS + FFL + feature distance + Watson-DFT + KL + adaptive-weighted hinge GAN; one
+    reduction.
 
     ``generator_loss`` is minimised by the autoencoder (or refiner), ``discriminator_loss`` by the
     discriminator. The adaptive GAN weight compares the GAN gradient with the gradient of the
-    weighted *reconstruction* terms (L1 + perceptual + FFL + feature) at ``last_layer``.
-    ``features`` is the per-sample feature distance (``repackctl.pack.features``).
+    weighted *reconstruction* terms (L1 + perceptual + FFL + feature + Watson + scale
+    equivariance) at ``last_layer``. ``features`` is the per-sample feature distance
+    (``repackctl.pack.features``), ``watson`` the Watson-DFT distance (``pack.watson``).
     """
 
     def __init__(
@@ -387,9 +420,16 @@ class ReconstructionLoss(nn.Module):
         perceptual: LPIPS | None = None,
         discriminator: nn.Module | None = None,
         features: nn.Module | None = None,
+        watson: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.config = config = config or LossConfig()
+        if config.watson > 0 and watson is None:
+            raise ConfigError(
+                "the Watson-DFT weight is > 0 but no Watson-DFT distance was given",
+                "load one with repackctl.pack.watson.load_watson(pack.watson_weights), or set "
+                "watson = 0",
+            )
         if config.perceptual > 0 and perceptual is None:
             raise PerceptualUnavailable(
                 "the perceptual loss weight is > 0 but no LPIPS network was given",
@@ -407,6 +447,7 @@ class ReconstructionLoss(nn.Module):
             )
         self.perceptual = perceptual
         self.features = features
+        self.watson = watson
         self.discriminator = discriminator
 
     def gan_active(self, step: int) -> bool:
@@ -440,6 +481,9 @@ class ReconstructionLoss(nn.Module):
         if cfg.feature > 0:
             terms["feature"] = self.features(recon, target).mean()
             weighted["feature"] = cfg.feature * terms["feature"]
+        if cfg.watson > 0:
+            terms["watson"] = watson_loss(self.watson, target, recon)
+            weighted["watson"] = cfg.watson * terms["watson"]
         if cfg.scale_equivariance > 0:
             if downscaled is None:
                 raise ConfigError(

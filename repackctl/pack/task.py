@@ -2,12 +2,16 @@
 
 RePack stage 1 (guanfangdong/RePack-then-Refine ``stage1/``; ``reference/methods.md``): a per-token
 KL projection C → d and an LDM-style pixel decoder, trained with L1 + LPIPS + focal-frequency +
-KL + PatchGAN hinge (adaptive weight), Adam betas (0.5, 0.9). Our differences, each deliberate:
+KL + Watson-DFT + PatchGAN hinge (adaptive weight), Adam betas (0.5, 0.9). Our differences, each
+deliberate:
 
 * the frozen encoder does not run: tokens of both flips come from the cache (``pack.data``);
 * every loss term is a per-sample mean (``pack.losses``), so FFL is a real term (the official
   code summed L1 but meaned FFL, silencing it); the KL weight is given in the paper's convention
   (1e-6 on per-sample sums) and converted;
+* the Watson-DFT distance (``pack.watson``) masks with the original image, as the paper defines
+  it (the official code swaps its inputs); like LPIPS it needs a local parameters file
+  (``pack.watson_weights``) and is off, with a warning, without one;
 * ``--method pca``: a closed-form float64 PCA of the cached tokens (evenly spread chunks, both
   flips, a fixed order, so the fit is deterministic) is frozen as the projection and the same
   decoder is trained on top, with no KL: the paper's baseline;
@@ -60,9 +64,10 @@ from repackctl.pack.losses import (
 )
 from repackctl.pack.pca import PCAResult, fit_pca, token_whitening
 from repackctl.pack.projection import ProjectionConfig
+from repackctl.pack.watson import WATSON_ENV, WATSON_SETTING, check_image_size, load_watson
 from repackctl.progress import LOG_FILE, ProgressFactory, null_progress, with_log_file
 from repackctl.settings import Settings
-from repackctl.settings.pack import PRESETS
+from repackctl.settings.pack import PRESETS, PackSettings
 
 # Token width from which an encoder counts as a DINO-class encoder (ViT-S has 384 channels).
 GRID_SAMPLES = 8  # images in the recon grid written every image_every steps
@@ -87,6 +92,8 @@ class PackPlan:
     discriminator: DiscriminatorConfig | None
     loss: LossConfig
     lpips_weights: str | None
+    watson_weights: str | None = None  # the Watson-DFT parameters file (None: term off)
+    watson_digest: str | None = None  # sha256 of its values, set when they are loaded
     tf32: bool = True  # TF32 matmuls/convolutions on CUDA (False: PyTorch's strict fp32)
     notes: list[str] = field(default_factory=list)
 
@@ -107,6 +114,8 @@ class PackPlan:
             "discriminator": self.discriminator.to_dict() if self.discriminator else None,
             "loss": self.loss.to_dict(),
             "lpips_weights": self.lpips_weights,
+            "watson_weights": self.watson_weights,
+            "watson_digest": self.watson_digest,
             "tf32": self.tf32,
             "notes": list(self.notes),
         }
@@ -128,6 +137,30 @@ def _scale_equivariance(weight: float, grid: int) -> float:
             "set --scale-equivariance-weight 0 for an odd grid",
         )
     return weight
+
+
+def _file_terms(
+    cfg: PackSettings, watson_weight: float, resolution: int, notes: list[str]
+) -> tuple[float, float]:
+    """The ``(perceptual, watson)`` weights: each term needs a local file (LPIPS-VGG weights,
+    Watson-DFT parameters); a term whose file is not given is off, with a warning in ``notes``
+    (the paper preset must run on a machine without them)."""
+    perceptual = cfg.perceptual_weight if cfg.lpips_weights else 0.0
+    if not cfg.lpips_weights and cfg.perceptual_weight > 0:
+        notes.append(
+            "warning: no LPIPS weights (pack.lpips_weights / REPACKCTL_PACK__LPIPS_WEIGHTS), so "
+            "the perceptual loss is off; set it to a local LPIPS-VGG file to turn it on"
+        )
+    watson = watson_weight if cfg.watson_weights else 0.0
+    if not cfg.watson_weights and watson_weight > 0:
+        notes.append(
+            f"warning: no Watson-DFT parameters ({WATSON_SETTING} / {WATSON_ENV}), so the "
+            f"Watson-DFT term (weight {watson_weight:g}) is off; set it to the official "
+            "rgb_watson_fft_trial0.pth to turn it on"
+        )
+    if watson > 0:
+        check_image_size(resolution, resolution)
+    return perceptual, watson
 
 
 def resolve_plan(settings: Settings, ref: FeatureRef) -> PackPlan:
@@ -166,14 +199,8 @@ def resolve_plan(settings: Settings, ref: FeatureRef) -> PackPlan:
         if gan > 0
         else None
     )
-    notes = []
-    lpips = cfg.lpips_weights
-    perceptual = cfg.perceptual_weight if lpips else 0.0
-    if not lpips and cfg.perceptual_weight > 0:
-        notes.append(
-            "warning: no LPIPS weights (pack.lpips_weights / REPACKCTL_PACK__LPIPS_WEIGHTS), so "
-            "the perceptual loss is off; set it to a local LPIPS-VGG file to turn it on"
-        )
+    notes: list[str] = []
+    perceptual, watson = _file_terms(cfg, pick("watson_weight"), resolution, notes)
     latent_numel = d * grid * grid
     image_numel = 3 * resolution * resolution
     loss = LossConfig(
@@ -185,6 +212,7 @@ def resolve_plan(settings: Settings, ref: FeatureRef) -> PackPlan:
         gan_start=pick("gan_start"),
         feature=pick("feature_weight"),
         scale_equivariance=_scale_equivariance(pick("scale_equivariance_weight"), grid),
+        watson=watson,
     )
     lr = pick("lr")
     batch = pick("batch_size")
@@ -206,7 +234,8 @@ def resolve_plan(settings: Settings, ref: FeatureRef) -> PackPlan:
         autoencoder=ae,
         discriminator=disc,
         loss=loss,
-        lpips_weights=lpips,
+        lpips_weights=cfg.lpips_weights,
+        watson_weights=cfg.watson_weights if watson > 0 else None,
         tf32=preset != "paper",  # the official stage 1 ran PyTorch's default strict fp32
         notes=notes,
     )
@@ -277,6 +306,7 @@ class PackTask:
         pca: PCAResult | None = None,
         lpips: nn.Module | None = None,
         whitening: tuple[torch.Tensor, torch.Tensor] | None = None,
+        watson: nn.Module | None = None,
     ) -> None:
         self.plan = plan
         self.data = data
@@ -284,6 +314,7 @@ class PackTask:
         self.pca = pca
         self.whitening = whitening
         self.lpips = lpips
+        self.watson = watson
         self.loss = ReconstructionLoss(LossConfig(gan=0.0, perceptual=0.0))  # set by build()
         self.grid_positions = np.arange(min(GRID_SAMPLES, len(data)))
 
@@ -308,7 +339,11 @@ class PackTask:
         if self.plan.loss.feature > 0:  # the frozen built-in encoder, at the images' size
             features = builtin_feature_loss(self.ref.entry.resolution)
         self.loss = ReconstructionLoss(
-            self.plan.loss, perceptual=self.lpips, discriminator=disc, features=features
+            self.plan.loss,
+            perceptual=self.lpips,
+            discriminator=disc,
+            features=features,
+            watson=self.watson,
         )
         return modules
 
@@ -337,6 +372,8 @@ class PackTask:
         tokens, target = batch["tokens"], batch["images"]  # (B, T, C), (B, 3, R, R)
         if self.lpips is not None and self.lpips.shift.device != target.device:
             self.lpips.to(target.device)
+        if self.watson is not None and self.watson.phase_mask.device != target.device:
+            self.watson.to(target.device)
         features = self.loss.features
         if features is not None and features.encoder_device() != target.device:
             features.to(target.device)
@@ -410,6 +447,7 @@ LOSS_SETTINGS = {
     "gan_start": "gan_start",
     "feature": "feature_weight",
     "scale_equivariance": "scale_equivariance_weight",
+    "watson": "watson_weight",
 }
 
 
@@ -437,6 +475,7 @@ def _check_resume(
     _check_resume_loss(run_dir.name, old.get("plan"), task_extra["plan"], allow or [])
     _check_resume_discriminator(run_dir.name, old.get("plan"), task_extra["plan"])
     _check_resume_tf32(run_dir.name, old.get("plan"), task_extra["plan"], allow or [])
+    _check_resume_watson(run_dir.name, old.get("plan"), task_extra["plan"], allow or [])
     return latest, notes
 
 
@@ -482,6 +521,28 @@ def _check_resume_tf32(
         f"{state[plan['tf32']]} (the {plan['preset']} preset changed)",
         "pass --allow-change tf32 to continue it with the new precision, or pick a new run "
         "name with --name",
+    )
+
+
+def _check_resume_watson(
+    run: str, old_plan: dict[str, Any] | None, plan: dict[str, Any], allow: list[str]
+) -> None:
+    """Refuse other Watson-DFT parameters than the run was trained with, told apart by their
+    values (a moved or renamed file with the same values resumes). Only compared when both the
+    run and this invocation use the term (its weight is compared by ``_check_resume_loss``)."""
+    if not isinstance(old_plan, dict):
+        return
+    before, now = old_plan.get("watson_digest"), plan.get("watson_digest")
+    if before is None or now is None or before == now:
+        return
+    if {"all", "watson_weights", "pack.watson_weights"} & set(allow):
+        return
+    raise CheckpointError(
+        f"run {run} was trained with other Watson-DFT parameters ({WATSON_SETTING} "
+        f"{old_plan.get('watson_weights')}, sha256 {before[:12]}…) than {plan['watson_weights']} "
+        f"(sha256 {now[:12]}…)",
+        "resume it with the parameters file it was started with, pass --allow-change "
+        "watson_weights, or pick a new run name with --name",
     )
 
 
@@ -567,6 +628,16 @@ def _load_lpips(plan: PackPlan) -> nn.Module | None:
         raise ConfigError(e.message, e.hint) from None
 
 
+def _load_watson(plan: PackPlan) -> nn.Module | None:
+    """The Watson-DFT distance of a plan that uses it; records its parameters' digest in the
+    plan (so the run's checkpoints tell parameter files apart)."""
+    if plan.loss.watson <= 0 or not plan.watson_weights:
+        return None
+    watson = load_watson(plan.watson_weights)
+    plan.watson_digest = watson.digest()
+    return watson
+
+
 def _resume(settings: Settings, record: dict[str, Any] | None) -> tuple[Any, Any, list[str]]:
     """An existing run resumes from its stored settings (``repackctl.settings.resume``)."""
     from repackctl.paths import run_dir as run_dir_of
@@ -633,6 +704,7 @@ def run_pack_train(
     data = PackData(ref.entry, ref.feats, cfg.in_memory, settings.memory_gb)
     log = resumed + ([ref.note] if ref.note else []) + list(plan.notes)
     lpips = _load_lpips(plan)
+    watson = _load_watson(plan)  # before state_extra: the plan records its digest
 
     # the contract part of state_extra, to compare with an existing run before anything starts
     task_extra = PackTask(plan, data, ref).state_extra()
@@ -642,7 +714,7 @@ def run_pack_train(
     log += notes + _resume_notes(plan, latest)
     pca = _pca_fit(plan, data, cfg.pca_samples, latest, run_dir, log)
     whitening = _whitening_fit(plan, data, cfg.pca_samples, latest, log)
-    task = PackTask(plan, data, ref, pca=pca, lpips=lpips, whitening=whitening)
+    task = PackTask(plan, data, ref, pca=pca, lpips=lpips, whitening=whitening, watson=watson)
     resolve_device(settings.device)  # an unknown device is a ConfigError before training
     # same-named pack settings map onto the engine; the preset plan resolves the rest
     config = TrainConfig.from_settings(

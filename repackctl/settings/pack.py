@@ -11,7 +11,9 @@ or with the built-in encoder, ``paper`` otherwise:
   2 ResBlocks per level, attention at 16², PatchGAN with 64 base channels and BatchNorm, Adam
   1e-5 betas (0.5, 0.9), batch 32 (8 × 4 GPUs), no EMA (decay 0: the EMA copy is the weights),
   GAN off for the first update only (``gan_start`` 1 = the official ``disc_start`` 1), 99 epochs
-  (the official ``max_epochs``; ``epochs``), fp32 without TF32 (as the official script ran).
+  (the official ``max_epochs``; ``epochs``), fp32 without TF32 (as the official script ran),
+  the Watson-DFT distance at the official 0.005 (``watson_weight``; on only with its parameters
+  file, ``watson_weights``, like LPIPS with ``lpips_weights``).
 * ``small`` (narrower tokens: the built-in encoder, ``patchpix``): d = 8, whitened tokens
   (``whiten``, see ``repackctl.pack.projection``), ch 16, one ResBlock per level, no attention,
   GroupNorm with 4 groups (``norm_groups``), the built-in encoder's feature distance as the
@@ -53,7 +55,7 @@ class PackSettings(BaseModel):
         "Run": ("allow_change", "run", "method", "preset"),
         "Model": ("latent_channels", "whiten", "ch", "ch_mult", "num_res_blocks", "attn_resolutions", "norm_groups", "disc_channels", "disc_layers", "disc_norm"),
         "Optimisation": ("steps", "epochs", "batch_size", "lr", "disc_lr", "betas", "ema_decay", "clip_grad"),
-        "Losses": ("l1_weight", "perceptual_weight", "lpips_weights", "ffl_weight", "feature_weight", "scale_equivariance_weight", "kl_weight", "gan_weight", "gan_start"),
+        "Losses": ("l1_weight", "perceptual_weight", "lpips_weights", "ffl_weight", "watson_weight", "watson_weights", "feature_weight", "scale_equivariance_weight", "kl_weight", "gan_weight", "gan_start"),
         "Output": ("ckpt_every", "keep_last", "log_every", "image_every", "grid_images"),
         "Data loading": ("in_memory", "pca_samples", "encode_batch_size"),
         "Evaluation": ("eval_split", "eval_entry", "eval_num", "inception_weights"),
@@ -168,6 +170,20 @@ class PackSettings(BaseModel):
         "none = perceptual loss off, with a warning",
     )
     ffl_weight: float = Field(1.0, ge=0, description="focal-frequency loss weight")
+    watson_weight: float | None = Field(
+        None,
+        ge=0,
+        description="Watson-DFT perceptual distance weight (Czolbe et al. 2020; per image "
+        "element, as the official / numel), used only when watson_weights is set; none = preset "
+        "(paper 0.005, the official; small 0)",
+    )
+    watson_weights: str | None = Field(
+        None,
+        min_length=1,
+        description="local Watson-DFT parameters (the official rgb_watson_fft_trial0.pth, or its "
+        "tensors as .safetensors); none = Watson-DFT term off, with a warning when its weight "
+        "is > 0",
+    )
     feature_weight: float | None = Field(
         None,
         ge=0,
@@ -255,6 +271,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "gan_start": 1,
         "feature_weight": 0.0,  # the official recipe has LPIPS-VGG (pack.lpips_weights) instead
         "scale_equivariance_weight": 0.0,  # not in the official recipe
+        # official WatsonLoss loss_weight 0.005 on Σ D / numel: the same value in our reduction
+        # (pack.losses); on only with the parameters file (pack.watson_weights)
+        "watson_weight": 0.005,
     },
     # built-in encoder / patchpix at 64 px: about a minute on 2 CPU cores
     "small": {
@@ -275,6 +294,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "gan_start": 400,
         "feature_weight": 1.0,
         "scale_equivariance_weight": 1.0,
+        "watson_weight": 0.0,
     },
 }
 

@@ -1,7 +1,8 @@
 """`pack train --preset paper` equals the official RePack stage 1 (guanfangdong/RePack-then-Refine
 ``stage1/``): BatchNorm PatchGAN, GAN off for the first update only (``disc_start`` 1), 99 epochs,
-no EMA, no TF32; a run started under the older preset values is refused on resume, never silently
-changed. Real components: a patchpix cache at 32 px, the CLI, real checkpoints."""
+no EMA, no TF32, Watson-DFT weight 0.005; a run started under the older preset values is refused
+on resume, never silently changed. Real components: a patchpix cache at 32 px, the CLI, real
+checkpoints."""
 
 from __future__ import annotations
 
@@ -50,6 +51,7 @@ def test_paper_preset_resolves_to_the_official_values():
     pack = r.settings.pack
     official = {"disc_norm": "batch", "gan_start": 1, "epochs": 99, "ema_decay": 0.0}
     official |= {"batch_size": 32, "lr": 1e-5, "disc_channels": 64}
+    official |= {"watson_weight": 0.005}  # WatsonLoss loss_weight (on only with its file)
     for key, value in official.items():
         assert getattr(pack, key) == value, key
         assert r.sources[f"pack.{key}"] == "preset paper", key
@@ -61,11 +63,13 @@ def test_paper_preset_resolves_to_the_official_values():
         None,
         400,
     )
+    assert small.watson_weight == 0.0
     # the command shows the same values and where they came from
     shown = cli_ok("pack", "train", "--preset", "paper", "--encoder", "dinov3", "--show-config")
     assert "pack.disc_norm = 'batch' # preset paper" in shown
     assert "pack.epochs = 99 # preset paper" in shown
     assert "pack.gan_start = 1 # preset paper" in shown
+    assert "pack.watson_weight = 0.005 # preset paper" in shown
 
 
 def test_epochs_and_steps_pick_the_training_length():
