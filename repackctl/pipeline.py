@@ -32,7 +32,8 @@ import torch
 from repackctl.errors import ConfigError, RepackError
 from repackctl.paths import PROTOCOL_JSON, SAMPLES_NPZ, SETTINGS_JSON
 from repackctl.progress import ProgressFactory, null_progress
-from repackctl.run_files import RUN_PATH, foreign_paths
+from repackctl.run_files import RUN_PATH, STARTING_PATH, foreign_paths
+from repackctl.run_lock import lock_holder
 from repackctl.runs import is_run
 from repackctl.settings import ResolvedSettings, Settings, resolve_settings
 
@@ -132,6 +133,7 @@ def claim_folder(
 def _remove_owned(out: Path, kind: str, owned: list[str], log: Callable[[str], None]) -> None:
     """``--fresh``: remove the ``owned`` entries of ``out``, or none when any holds a path the
     pipeline did not write."""
+    _refuse_trained_runs(out, owned)
     unknown = [p for name in owned for p in unknown_paths(out, name)]
     if unknown:
         shown = ", ".join(str(p) for p in unknown[:5])
@@ -151,6 +153,20 @@ def _remove_owned(out: Path, kind: str, owned: list[str], log: Callable[[str], N
             path.unlink()
 
 
+def _refuse_trained_runs(out: Path, owned: list[str]) -> None:
+    """``--fresh`` removes no run that another process trains now (``repackctl.run_lock``: the
+    same pipeline still running in this folder)."""
+    for name in owned:
+        holder = lock_holder(out / name) if (out / name).is_dir() else None
+        if holder is not None:
+            raise ConfigError(
+                f"--fresh would delete the run {out / name}, which another process is training "
+                f"({holder.describe()}); nothing was removed",
+                "wait for it to finish, or stop it, then run it again (or choose a new folder "
+                "with --out)",
+            )
+
+
 def unknown_paths(out: Path, name: str) -> list[Path]:
     """The paths at or below ``out/name``, an entry the pipeline writes, that it did not write.
 
@@ -161,7 +177,8 @@ def unknown_paths(out: Path, name: str) -> list[Path]:
     inside a folder marked by its settings file; any other folder is a run of the training
     engine (``repackctl.runs.is_run``) holding only the engine's files (config, logs, curves,
     TensorBoard events, image grids, checkpoints). repackctl's temporary names count as its own
-    anywhere. A link or any other path is unknown; so is a non-empty folder that is not a run.
+    anywhere. A link or any other path is unknown; so is a folder that is not a run, unless it
+    holds only what a start killed before the engine's config.json leaves (``STARTING_PATH``).
     """
     path = out / name
     if path.is_symlink() or (path.exists() and not (path.is_file() or path.is_dir())):
@@ -175,8 +192,8 @@ def unknown_paths(out: Path, name: str) -> list[Path]:
         return [] if bad is None else [bad]
     if name == SAMPLES_DIR:
         return foreign_paths(path, _SAMPLE_FILE, marker=SETTINGS_JSON)
-    if not is_run(path) and any(path.iterdir()):
-        return [path]
+    if not is_run(path):  # a start killed before config.json leaves its log, PCA, lock
+        return [path] if foreign_paths(path, STARTING_PATH) else []
     return foreign_paths(path, RUN_PATH)
 
 

@@ -24,21 +24,21 @@ CONFIG_HISTORY = "config_history.jsonl"  # a run's replaced configs and allowed 
 # keys of every config.json the training engine writes (``repackctl.train.config.TrainConfig``)
 ENGINE_KEYS = frozenset({"run_dir", "steps", "global_batch", "lr", "seed", "ckpt_every", "extra"})
 # What repackctl writes below a run folder, as paths relative to it: the engine's config, header,
-# logs, curves, TensorBoard events, image grids and checkpoints; the pack stage's ``pca.json``;
-# the DiT's ``sampling.json`` (``--preset paper``, ``import official``); and in a checkpoint folder,
-# besides its weights, optimizer and ``state.json``, the ``latent_stats.json`` of ``pack encode``
-# and the reports of ``evaluate recon`` / ``evaluate probe`` (``recon-<entry>.json|png``,
-# ``probe-<entry>.json``).
+# logs, curves, TensorBoard events, image grids and checkpoints; the training lock
+# (``repackctl.run_lock.LOCK_FILE``); the pack stage's ``pca.json``; the DiT's ``sampling.json``
+# (``--preset paper``, ``import official``); and in a checkpoint folder, besides its weights,
+# optimizer and ``state.json``, the ``latent_stats.json`` of ``pack encode`` and the reports of
+# ``evaluate recon`` / ``evaluate probe`` (``recon-<entry>.json|png``, ``probe-<entry>.json``).
 RUN_PATH = re.compile(
-    r"config\.json|config_history\.jsonl|header\.json|metrics\.jsonl(\.tmp)?|log\.txt"
+    r"config\.json|config_history\.jsonl|header\.json|metrics\.jsonl(\.tmp)?|log\.txt|train\.lock"
     r"|pca\.json|sampling\.json|curves\.png|images/step-\d{7}\.png"
     r"|tb/(hparams/)?events\.out\.tfevents\.[^/]+"
     r"|checkpoints/step-\d{7}/([\w-]+\.(safetensors|pt)|state\.json|latent_stats\.json"
     r"|(recon|probe)-[^/]+\.json|recon-[^/]+\.png)"
 )
 # What a run folder can hold before the engine first writes config.json (a start killed early):
-# the stage's log lines, the pack stage's PCA, the DiT's sampling defaults
-STARTING_PATH = re.compile(r"log\.txt|pca\.json|sampling\.json")
+# the stage's log lines, the pack stage's PCA, the DiT's sampling defaults, the training lock
+STARTING_PATH = re.compile(r"log\.txt|pca\.json|sampling\.json|train\.lock")
 # repackctl's temporary names (``repackctl.files``: ``.tmp-<name>…``, ``.<name>….tmp``), which a
 # killed writer leaves; everything below such a name is a temporary too
 TEMP_NAME = re.compile(r"\.tmp-.+|\..+\.tmp")

@@ -35,6 +35,7 @@ from typing import Any
 
 from repackctl.errors import CheckpointError, ConfigError
 from repackctl.run_files import ENGINE_KEYS, foreign_paths, name_paths
+from repackctl.run_lock import LOCK_FILE, lock_holder
 
 CONFIG_JSON = "config.json"
 METRICS_JSONL = "metrics.jsonl"
@@ -148,7 +149,8 @@ def is_run(folder: Path) -> bool:
 
 
 def _tree(folder: Path) -> tuple[int, float]:
-    """(bytes, newest mtime) of the files under ``folder`` (symlinks not followed)."""
+    """(bytes, newest mtime) of the files under ``folder`` (symlinks not followed). The training
+    lock, rewritten by every start (even one with nothing to train), does not count as newer."""
     total, newest = 0, folder.stat().st_mtime
     for dirpath, _, files in os.walk(folder):
         for f in files:
@@ -157,7 +159,8 @@ def _tree(folder: Path) -> tuple[int, float]:
             except OSError:
                 continue
             total += st.st_size
-            newest = max(newest, st.st_mtime)
+            if not (f == LOCK_FILE and dirpath == str(folder)):
+                newest = max(newest, st.st_mtime)
     return total, newest
 
 
@@ -280,11 +283,19 @@ def describe_run(folder: Path, samples_root: Path | None = None, tail: int = 5) 
 
 
 def check_removable(folder: Path) -> None:
-    """A ``CheckpointError`` unless ``folder`` is a run holding only what repackctl wrote there.
+    """A ``CheckpointError`` unless ``folder`` is a run holding only what repackctl wrote there,
+    and no other process trains it now (``repackctl.run_lock``).
 
     A file of the user's inside a run (notes, a figure saved into a checkpoint folder) is named
     (the first few, and how many): removing the run would delete it."""
     _require_run(folder)
+    holder = lock_holder(folder)
+    if holder is not None:
+        raise CheckpointError(
+            f"run {folder} is being trained by another process ({holder.describe()}); "
+            "nothing was removed",
+            f"wait for it to finish, or stop it, then run `repackctl runs rm {folder.name}` again",
+        )
     foreign = foreign_paths(folder)
     if foreign:
         raise CheckpointError(

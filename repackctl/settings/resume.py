@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from repackctl.errors import ConfigError, ResumeConflict
 from repackctl.run_files import check_new_run_folder
+from repackctl.run_lock import check_not_training
 from repackctl.settings.checks import GIVEN_LAYERS, check_schedules, undo_given
 
 # settings whose change keeps a resumed run an exact continuation of the same experiment
@@ -265,13 +266,47 @@ def stored_record(run_dir: Path, section: str = "") -> dict[str, Any] | None:
     return None
 
 
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def run_stage(run_dir: Path) -> str | None:
+    """The stage (pack, dit, t2i, refine) whose run ``run_dir`` holds: ``extra.stage`` of its
+    ``config.json``, else of its newest checkpoint's ``state.json``; None for a new run."""
+    states = sorted((run_dir / "checkpoints").glob("step-[0-9]*/state.json"), reverse=True)
+    for data in map(_read_json, [run_dir / "config.json", *states]):
+        extra = (data or {}).get("extra")
+        if isinstance(extra, dict) and isinstance(extra.get("stage"), str):
+            return extra["stage"]
+    return None
+
+
+def check_run_stage(run_dir: Path, section: str) -> None:
+    """Refuse to resume, as a ``section`` run, a folder that holds a run of another stage (its
+    settings would be compared with the wrong section, or its checkpoint shown as this stage's)."""
+    stage = run_stage(run_dir)
+    if section and stage is not None and stage != section:
+        raise ConfigError(
+            f"{run_dir} is a {stage} run, not a {section} run; nothing was written there",
+            f"pass another --name to start a new {section} run (the {stage} run stays as it is)",
+        )
+
+
 def resume_settings(
     run_dir: Path, settings: Any, record: dict[str, Any] | None, section: str
 ) -> tuple[Any, dict[str, Any] | None, Reconciled | None]:
     """(settings, record) to resume ``run_dir`` with; unchanged for a new run or no record.
 
-    A new run refuses a folder holding files repackctl did not write, before any stage writes."""
+    Before any stage writes, a new run refuses a folder holding files repackctl did not write,
+    any run refuses a folder of another stage's run, and a run that another process trains now is
+    refused (``repackctl.run_lock``; the engine takes the lock when it starts)."""
     check_new_run_folder(run_dir)
+    check_run_stage(run_dir, section)
+    check_not_training(run_dir)
     stored = stored_record(run_dir, section)
     if stored is None or record is None:
         check_schedules(settings, (record or {}).get("sources", {}), section)

@@ -54,6 +54,7 @@ from repackctl.errors import CheckpointError, ConfigError, TrainingError
 from repackctl.files import write_json_atomic
 from repackctl.progress import ProgressFactory, null_progress
 from repackctl.run_files import CONFIG_HISTORY, check_new_run_folder
+from repackctl.run_lock import lock_run, release_run
 from repackctl.runtime import header_line
 from repackctl.train import checkpoint as ckpt_io
 from repackctl.train.config import TrainConfig
@@ -370,9 +371,12 @@ class Trainer:
         """Load the newest complete checkpoint, if any; returns it.
 
         A run that has not started refuses a folder holding files repackctl did not write
-        (checked on every process before any writes, so all of them stop)."""
+        (checked on every process before any writes, so all of them stop). The main process
+        holds the run's training lock (``repackctl.run_lock``; ``train`` gives it up at the end)
+        before it writes: the temporaries it removes are not another training's."""
         check_new_run_folder(self.run_dir)
         if self.main:
+            lock_run(self.run_dir, create=True)
             ckpt_io.remove_stale_temporaries(self.run_dir)
         self.acc.wait_for_everyone()
         latest = ckpt_io.latest_checkpoint(self.run_dir)
@@ -852,8 +856,14 @@ class _DDP(DistributedDataParallel):
 def train(
     task: TrainTask, config: TrainConfig, progress: ProgressFactory = null_progress
 ) -> TrainResult:
-    """Train ``task`` as ``config`` says, resuming from the run's newest complete checkpoint."""
-    return Trainer(task, config, progress).fit()
+    """Train ``task`` as ``config`` says, resuming from the run's newest complete checkpoint.
+
+    The run's training lock (``repackctl.run_lock``), taken when the trainer starts, is given up
+    when the training ends, however it ends."""
+    try:
+        return Trainer(task, config, progress).fit()
+    finally:
+        release_run(config.run_dir)
 
 
 def _write_config(path: Path, config: dict[str, Any], allowed: list | None = None) -> None:

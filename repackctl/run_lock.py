@@ -1,0 +1,195 @@
+"""One training process per run folder: an advisory lock on ``<run>/train.lock``.
+
+Two trainings of one run at once (a command started in two terminals, a job requeued while the
+old one still runs) would both append to ``log.txt`` and ``metrics.jsonl``, rewrite
+``config.json``, write checkpoints of the same steps, and the engine's clean-up of stale
+temporaries at start could delete the other's checkpoint in flight. So every training stage takes
+an exclusive ``flock`` on :data:`LOCK_FILE` when the engine starts (``repackctl.train.trainer``,
+before it writes into the run folder) and holds it until the training ends (``release_run``:
+a Python session that trained a run must not lock it out for the rest of the session); each
+stage checks it before its own first write (``check_not_training`` in
+``repackctl.settings.resume.resume_settings``). The OS releases a flock when its process ends,
+``kill -9`` included, so a lock is never left stale.
+The holder writes its pid, host and start time into the file so that a refusal can name it.
+``runs rm`` and ``demo --fresh`` ask :func:`lock_holder` (a try-lock released at once) and refuse
+to delete a run that is being trained.
+
+Only the main process of a distributed job (``RANK`` 0, or no ``RANK``) takes the lock, so the
+ranks of one job never refuse each other; the launcher (torchrun, accelerate) stops the other
+ranks of a job whose main process was refused. Taking the lock again in the process that holds
+it is a no-op (the demo trains several stages in one process). Without ``fcntl`` (Windows) there
+is no lock: training goes on as before.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from repackctl.errors import ConfigError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, no refusals
+    fcntl = None  # type: ignore[assignment]
+
+LOCK_FILE = "train.lock"
+
+# the open lock files of this process, by (device, inode) of the file: kept referenced so that
+# they stay open (a closed file releases its flock) until the process ends
+_HELD: dict[tuple[int, int], IO[bytes]] = {}
+
+
+@dataclass(frozen=True)
+class Holder:
+    """What the process that holds a run's lock wrote into the lock file."""
+
+    pid: int | None
+    host: str | None
+    since: str | None
+
+    def describe(self) -> str:
+        """``pid 123, since 2025-01-02 03:04:05`` (and ``on HOST`` when another machine)."""
+        if self.pid is None:
+            return "pid unknown"
+        where = f" on {self.host}" if self.host and self.host != socket.gethostname() else ""
+        return f"pid {self.pid}{where}" + (f", since {self.since}" if self.since else "")
+
+
+def _main_process() -> bool:
+    """True for the process of a distributed job that locks its run (rank 0), and a plain one."""
+    return os.environ.get("RANK", "0").strip() in ("", "0")
+
+
+def _forget_removed() -> None:
+    """Close the lock files of this process whose file was deleted (``runs rm``, ``demo
+    --fresh``, a test's clean-up): their run is gone, and a new file may reuse the inode."""
+    for key, f in list(_HELD.items()):
+        if os.fstat(f.fileno()).st_nlink == 0:
+            f.close()
+            del _HELD[key]
+
+
+def _held_here(path: Path) -> bool:
+    """Whether this process holds the lock of the lock file at ``path``."""
+    _forget_removed()
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) in _HELD
+
+
+def _read_holder(f: IO[bytes]) -> Holder:
+    """The holder the lock file names (fields it lacks are None)."""
+    try:
+        f.seek(0)
+        data = json.loads(f.read(4096) or b"{}")
+    except (OSError, ValueError):
+        data = {}
+    data = data if isinstance(data, dict) else {}
+    pid = data.get("pid")
+    return Holder(pid if isinstance(pid, int) else None, data.get("host"), data.get("since"))
+
+
+def _try_lock(f: IO[bytes]) -> bool | None:
+    """Take ``f``'s exclusive flock without waiting: True when taken, False when another
+    process holds it, None when the file system cannot lock (no refusal then)."""
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return False
+        return None
+    return True
+
+
+def lock_run(folder: str | os.PathLike, create: bool = False) -> None:
+    """Hold the training lock of the run ``folder`` until this process ends.
+
+    Refused with ``ConfigError`` (nothing written) when another process holds it. A folder that
+    does not exist is left alone unless ``create`` (the engine, which creates it anyway): a
+    start refused later for its settings leaves no folder behind. Where the lock file cannot
+    be created or locked (a read-only folder, a file system without locks), nothing is locked:
+    the write that follows reports a read-only folder as it always did."""
+    folder = Path(folder).expanduser()
+    path = folder / LOCK_FILE
+    if fcntl is None or not _main_process() or _held_here(path):
+        return
+    try:
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+        elif not folder.is_dir():
+            return
+        f = open(path, "a+b")  # creates it; writes nothing before the lock is taken
+    except OSError:
+        return
+    taken = _try_lock(f)
+    if not taken:
+        holder = _read_holder(f) if taken is False else None
+        f.close()
+        if holder is None:
+            return
+        raise _busy(folder, holder)
+    st = os.fstat(f.fileno())
+    _HELD[(st.st_dev, st.st_ino)] = f
+    since = time.strftime("%Y-%m-%d %H:%M:%S")
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "since": since}
+    f.truncate(0)
+    f.write((json.dumps(record) + "\n").encode())
+    f.flush()
+
+
+def lock_holder(folder: str | os.PathLike) -> Holder | None:
+    """The other process that trains the run ``folder`` now, or None (none, or this one).
+
+    A try-lock released at once; the lock file is only read."""
+    path = Path(folder).expanduser() / LOCK_FILE
+    if fcntl is None or not path.is_file() or _held_here(path):
+        return None
+    try:
+        f = open(path, "rb")
+    except OSError:
+        return None
+    with f:
+        taken = _try_lock(f)
+        if taken is False:
+            return _read_holder(f)
+        if taken:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    return None
+
+
+def _busy(folder: Path, holder: Holder) -> ConfigError:
+    return ConfigError(
+        f"run {folder} is being trained by another process ({holder.describe()}); "
+        "nothing was written there",
+        "wait for it to finish, or stop it, then run the command again; or pass another "
+        "--name to start a separate run",
+    )
+
+
+def check_not_training(folder: str | os.PathLike) -> None:
+    """Refuse (``ConfigError``, nothing written) when another process trains the run
+    ``folder`` now: what a stage checks before it writes anything of its own into a run."""
+    holder = lock_holder(folder)
+    if holder is not None:
+        raise _busy(Path(folder).expanduser(), holder)
+
+
+def release_run(folder: str | os.PathLike) -> None:
+    """Give up this process's lock of the run ``folder`` (a training ended): a Python session
+    that trained a run in-process must not keep other processes from it. The file stays."""
+    path = Path(folder).expanduser() / LOCK_FILE
+    if fcntl is None or not _held_here(path):
+        return
+    st = path.stat()
+    f = _HELD.pop((st.st_dev, st.st_ino))
+    fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    f.close()
