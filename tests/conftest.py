@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-import torch
+# Cached bytecode even under PYTHONDONTWRITEBYTECODE=1 (into the git-ignored __pycache__/):
+# without it every xdist worker rewrites the asserts of ~200 test modules again (about 5 s of
+# CPU per worker and run) and every subprocess compiles repackctl again. Set before the
+# imports below and before pytest imports the test modules.
+sys.dont_write_bytecode = False
 
-from repackctl import kernels
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from repackctl import kernels  # noqa: E402
 
 # `make test` runs two workers of one thread each (OMP_NUM_THREADS=1); alone, two threads
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or max(1, min(2, os.cpu_count() or 1))))
@@ -61,6 +68,7 @@ def one_torch_thread() -> Iterator[None]:
 def subprocess_env(tmp_path, **extra: str) -> dict[str, str]:
     """Environment for a real `repackctl` subprocess in the test's sandbox."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("REPACKCTL_")}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # see `sys.dont_write_bytecode` above
     env.update(
         REPACKCTL_CACHE=str(tmp_path / "cache"),
         REPACKCTL_RUNS=str(tmp_path / "runs"),

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +13,7 @@ import pytest
 import torch
 from conftest import one_torch_thread, subprocess_env
 from PIL import Image
+from support.launch import start_two
 from typer.testing import CliRunner
 
 from repackctl.cache.store import WRITTEN, DatasetEntry, list_entries
@@ -137,13 +136,14 @@ def test_two_captioning_processes_write_the_same_cache_as_one(extracted, caption
     cache = tmp_path / "two" / "cache"
     shutil.copytree(extracted, cache)
     main = str(Path(__file__).resolve().parents[2] / "repackctl" / "__main__.py")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
-    cmd += ["2", main, "captions", "--max-length", str(LEN), *CPU]
-    env = subprocess_env(tmp_path / "two")
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
+    # two real workers with torchrun's environment, without the launcher process (support/launch)
+    job = start_two(
+        [main, "captions", "--max-length", str(LEN), *CPU], subprocess_env(tmp_path / "two")
+    )
+    code, stdout, stderr = job.wait(timeout=300)
+    assert code == 0, stderr[-2000:]
     # rank 0 reports its own share: one of the two shards of 16 images
-    assert re.search(r"written now\s*│\s*16\b", out.stdout), out.stdout
+    assert re.search(r"written now\s*│\s*16\b", stdout), stdout
     _, tid, two = _text(cache)
     _, tid1, one = _text(captioned)
     assert tid == tid1
