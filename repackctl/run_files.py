@@ -13,6 +13,7 @@ import json
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 from repackctl.errors import ConfigError
 
@@ -67,6 +68,15 @@ def foreign_paths(
             elif not known.fullmatch(rel.as_posix()):
                 foreign.append(p)
     return foreign
+
+
+def read_json_dict(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``; None when it is missing, unreadable or not an object."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def name_paths(paths: list[Path], limit: int = 5) -> str:

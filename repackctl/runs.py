@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from repackctl.errors import CheckpointError, ConfigError
-from repackctl.run_files import ENGINE_KEYS, foreign_paths, name_paths
+from repackctl.run_files import ENGINE_KEYS, foreign_paths, name_paths, read_json_dict
 from repackctl.run_lock import LOCK_FILE, lock_holder
 
 CONFIG_JSON = "config.json"
@@ -99,14 +99,6 @@ class RunDetail:
 # --------------------------------------------------------------------------- reading
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def _step_folders(folder: Path) -> list[Path]:
     root = folder / CKPT_DIR
     if not root.is_dir():
@@ -143,9 +135,11 @@ def is_run(folder: Path) -> bool:
     be the engine's, or a checkpoint's ``state.json`` must be repackctl's."""
     if not folder.is_dir() or folder.is_symlink():
         return False
-    if _engine_config(_read_json(folder / CONFIG_JSON)):
+    if _engine_config(read_json_dict(folder / CONFIG_JSON)):
         return True
-    return any(_engine_state(_read_json(p / "state.json")) for p in reversed(_step_folders(folder)))
+    return any(
+        _engine_state(read_json_dict(p / "state.json")) for p in reversed(_step_folders(folder))
+    )
 
 
 def _tree(folder: Path) -> tuple[int, float]:
@@ -178,9 +172,9 @@ def checkpoint_info(folder: Path, checksums: bool = True) -> CheckpointInfo:
 
 def _stage(folder: Path, newest: Path | None) -> tuple[str, bool]:
     """(stage, imported) from config.json, else from the newest checkpoint's state.json."""
-    sources = [_read_json(folder / CONFIG_JSON)]
+    sources = [read_json_dict(folder / CONFIG_JSON)]
     if newest is not None:
-        sources.append(_read_json(newest / "state.json"))
+        sources.append(read_json_dict(newest / "state.json"))
     stage, imported = "?", False
     for data in sources:
         if not data:
@@ -271,7 +265,7 @@ def describe_run(folder: Path, samples_root: Path | None = None, tail: int = 5) 
     and the samples of a run."""
     _require_run(folder)
     ckpts = [checkpoint_info(p, checksums=True) for p in _step_folders(folder)]
-    config = _read_json(folder / CONFIG_JSON) or {}
+    config = read_json_dict(folder / CONFIG_JSON) or {}
     summary = {k: config[k] for k in CONFIG_KEYS if k in config}
     return RunDetail(
         run=_run_info(folder, ckpts, checksums=True),

@@ -24,7 +24,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from repackctl.errors import ConfigError, ResumeConflict
-from repackctl.run_files import check_new_run_folder
+from repackctl.run_files import check_new_run_folder, read_json_dict
 from repackctl.run_lock import check_not_training
 from repackctl.settings.checks import GIVEN_LAYERS, check_schedules, undo_given
 
@@ -266,19 +266,11 @@ def stored_record(run_dir: Path, section: str = "") -> dict[str, Any] | None:
     return None
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def run_stage(run_dir: Path) -> str | None:
     """The stage (pack, dit, t2i, refine) whose run ``run_dir`` holds: ``extra.stage`` of its
     ``config.json``, else of its newest checkpoint's ``state.json``; None for a new run."""
     states = sorted((run_dir / "checkpoints").glob("step-[0-9]*/state.json"), reverse=True)
-    for data in map(_read_json, [run_dir / "config.json", *states]):
+    for data in map(read_json_dict, [run_dir / "config.json", *states]):
         extra = (data or {}).get("extra")
         if isinstance(extra, dict) and isinstance(extra.get("stage"), str):
             return extra["stage"]
