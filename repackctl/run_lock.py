@@ -4,11 +4,11 @@ Two trainings of one run at once (a command started in two terminals, a job requ
 old one still runs) would both append to ``log.txt`` and ``metrics.jsonl``, rewrite
 ``config.json``, write checkpoints of the same steps, and the engine's clean-up of stale
 temporaries at start could delete the other's checkpoint in flight. So every training stage takes
-an exclusive ``flock`` on :data:`LOCK_FILE` when the engine starts (``repackctl.train.trainer``,
-before it writes into the run folder) and holds it until the training ends (``release_run``:
-a Python session that trained a run must not lock it out for the rest of the session); each
-stage checks it before its own first write (``check_not_training`` in
-``repackctl.settings.resume.resume_settings``). The OS releases a flock when its process ends,
+an exclusive ``flock`` on :data:`LOCK_FILE` before its first write into an existing run folder
+(``repackctl.settings.resume.resume_settings``; the engine's start, ``repackctl.train.trainer``,
+for a folder it creates) and gives it up when the stage or the training ends
+(``released_after``, ``release_run``: a Python session that trained a run must not lock it out
+for the rest of the session). The OS releases a flock when its process ends,
 ``kill -9`` included, so a lock is never left stale.
 The holder writes its pid, host and start time into the file so that a refusal can name it.
 ``runs rm`` and ``demo --fresh`` ask :func:`lock_holder` (a try-lock released at once) and refuse
@@ -28,6 +28,8 @@ import json
 import os
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -98,11 +100,11 @@ def _read_holder(f: IO[bytes]) -> Holder:
     return Holder(pid if isinstance(pid, int) else None, data.get("host"), data.get("since"))
 
 
-def _try_lock(f: IO[bytes]) -> bool | None:
+def _try_lock(f: IO[bytes], kind: int | None = None) -> bool | None:
     """Take ``f``'s exclusive flock without waiting: True when taken, False when another
     process holds it, None when the file system cannot lock (no refusal then)."""
     try:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(f.fileno(), (fcntl.LOCK_EX if kind is None else kind) | fcntl.LOCK_NB)
     except OSError as e:
         if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             return False
@@ -157,8 +159,8 @@ def lock_holder(folder: str | os.PathLike) -> Holder | None:
         f = open(path, "rb")
     except OSError:
         return None
-    with f:
-        taken = _try_lock(f)
+    with f:  # a shared try-lock: it conflicts with the holder's, and NFS grants it read-only
+        taken = _try_lock(f, fcntl.LOCK_SH)
         if taken is False:
             return _read_holder(f)
         if taken:
@@ -175,14 +177,6 @@ def _busy(folder: Path, holder: Holder) -> ConfigError:
     )
 
 
-def check_not_training(folder: str | os.PathLike) -> None:
-    """Refuse (``ConfigError``, nothing written) when another process trains the run
-    ``folder`` now: what a stage checks before it writes anything of its own into a run."""
-    holder = lock_holder(folder)
-    if holder is not None:
-        raise _busy(Path(folder).expanduser(), holder)
-
-
 def release_run(folder: str | os.PathLike) -> None:
     """Give up this process's lock of the run ``folder`` (a training ended): a Python session
     that trained a run in-process must not keep other processes from it. The file stays."""
@@ -193,3 +187,18 @@ def release_run(folder: str | os.PathLike) -> None:
     f = _HELD.pop((st.st_dev, st.st_ino))
     fcntl.flock(f.fileno(), fcntl.LOCK_UN)
     f.close()
+
+
+@contextmanager
+def released_after() -> Iterator[None]:
+    """Give up, when the block ends however it ends, every run lock this process took in it: a
+    stage holds its run's lock from its first write (``resume_settings``) to its end, also when
+    it ends without training (nothing to train, a refusal)."""
+    before = set(_HELD)
+    try:
+        yield
+    finally:
+        for key in set(_HELD) - before:
+            f = _HELD.pop(key)
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            f.close()

@@ -70,8 +70,10 @@ def _one_thread():
 
 
 def _files(run: Path) -> dict[str, bytes]:
-    """Every file of a run folder and its bytes."""
-    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+    """Every file of a run folder and its bytes, but the training lock (``train.lock`` names the
+    last process that opened the run: a shown run was locked while it was read)."""
+    files = sorted(p for p in run.rglob("*") if p.is_file() and p.name != "train.lock")
+    return {str(p.relative_to(run)): p.read_bytes() for p in files}
 
 
 # --------------------------------------------------------------------------- train --steps 0

@@ -220,6 +220,31 @@ def test_a_training_in_this_process_frees_the_run_when_it_ends(roots):
     cli_ok(*DIT, "--steps", "3", "--name", "d")  # resumes 2 → 3 in this process
     assert json.loads((run / LOCK_FILE).read_text())["pid"] == os.getpid()  # it held the lock
     assert _asked_from_another_process(run, roots) == "free"
+    # a stage that ends without training (its run is at --steps already) frees it too
+    cli_ok(*DIT, "--steps", "3", "--name", "d")
+    assert _asked_from_another_process(run, roots) == "free"
+
+
+RANK1 = """
+import pathlib, sys
+from repackctl.settings import resolve_settings
+from repackctl.settings.resume import resume_settings
+resolved = resolve_settings(flags={"dit.name": "d"}, environ={})
+resume_settings(pathlib.Path(sys.argv[1]), resolved.settings, None, "dit")
+print("resumed")
+"""
+
+
+def test_the_other_ranks_of_the_job_that_holds_the_lock_are_not_refused(roots, tmp_path):
+    """Rank 1 of a job checks the run while rank 0 holds its lock: it is the same job (an
+    exclusive try-lock on every rank refused it, naming rank 0's pid)."""
+    run = roots / "runs" / "d"
+    with holder(run, tmp_path):
+        env = subprocess_env(roots, RANK="1", LOCAL_RANK="1", WORLD_SIZE="2")
+        cmd = [sys.executable, "-c", RANK1, str(run)]
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.strip() == "resumed"
 
 
 # --------------------------------------------------------------------------- end to end

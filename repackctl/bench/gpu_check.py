@@ -29,7 +29,7 @@ import torch
 from repackctl import kernels
 from repackctl.bench.common import BenchContext, env_info, measure
 from repackctl.bench.train import SHAPES, build_trainer, matmul_peak
-from repackctl.metrics.frechet import atomic_path
+from repackctl.files import write_text_atomic
 
 VARIANTS = (  # (name, precision, compile, kernels)
     ("fp32 eager (official recipe)", "fp32", False, "eager"),
@@ -191,8 +191,8 @@ def main(argv: list[str] | None = None) -> None:
         (args.out, json.dumps(doc, indent=1, default=str) + "\n"),
         (args.md, markdown(doc)),
     ):
-        with atomic_path(Path(path)) as tmp:
-            tmp.write_text(text)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(Path(path), text)
     print(markdown(doc))
 
 

@@ -157,6 +157,21 @@ def resume_and_train(
     run_dir_of: Callable[[Any], Path],
     build: Callable[..., tuple[Any, Any]],
 ) -> tuple[Any, TrainResult]:
+    """Resume from the run's stored settings, build the task, train it with ``log.txt``."""
+    from repackctl.run_lock import released_after
+
+    with released_after():  # the run's lock, from its first write to the end
+        return _resume_and_train(settings, record, progress, section, run_dir_of, build)
+
+
+def _resume_and_train(
+    settings: Any,
+    record: dict | None,
+    progress: ProgressFactory,
+    section: str,
+    run_dir_of: Callable[[Any], Path],
+    build: Callable[..., tuple[Any, Any]],
+) -> tuple[Any, TrainResult]:
     """Resume from the run's stored settings, build the task, train it with ``log.txt``.
 
     A run without a checkpoint must train at least one step (refused before anything is read in

@@ -687,6 +687,18 @@ def run_pack_train(
     config_record: dict[str, Any] | None = None,
 ) -> Path:
     """Train (or resume) the packing autoencoder named by ``settings.pack``; returns the run dir."""
+    from repackctl.run_lock import released_after
+
+    with released_after():  # the run's lock, from its first write to the end
+        return _run_pack_train(settings, progress, config_record)
+
+
+def _run_pack_train(
+    settings: Settings,
+    progress: ProgressFactory = null_progress,
+    config_record: dict[str, Any] | None = None,
+) -> Path:
+    """Train (or resume) the packing autoencoder named by ``settings.pack``; returns the run dir."""
     from repackctl.paths import run_dir as run_dir_of
     from repackctl.runtime import resolve_device
     from repackctl.train import TrainConfig, train

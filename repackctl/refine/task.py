@@ -351,6 +351,19 @@ def run_refine_train(
     sources: dict[str, str] | None = None,
     config_record: dict[str, Any] | None = None,
 ) -> Path:
+    """Build the triplets of the pack run (resumable), then train (or resume) the refiner."""
+    from repackctl.run_lock import released_after
+
+    with released_after():  # the run's lock, from its first write to the end
+        return _run_refine_train(settings, progress, sources, config_record)
+
+
+def _run_refine_train(
+    settings: Settings,
+    progress: ProgressFactory = null_progress,
+    sources: dict[str, str] | None = None,
+    config_record: dict[str, Any] | None = None,
+) -> Path:
     """Build the triplets of the pack run (resumable), then train (or resume) the refiner.
 
     An existing run resumes from its stored settings (``repackctl.settings.resume``).

@@ -25,7 +25,7 @@ from pydantic import ValidationError
 
 from repackctl.errors import ConfigError, ResumeConflict
 from repackctl.run_files import check_new_run_folder, read_json_dict
-from repackctl.run_lock import check_not_training
+from repackctl.run_lock import lock_run
 from repackctl.settings.checks import GIVEN_LAYERS, check_schedules, undo_given
 
 # settings whose change keeps a resumed run an exact continuation of the same experiment
@@ -58,6 +58,8 @@ CONTINUABLE: dict[str, set[str]] = {
         "max_nonfinite_steps",
         "run",
         "allow_change",
+        # the parameters' digest is checked on resume (pack.task): a moved file resumes
+        "watson_weights",
         "eval_split",
         "eval_entry",
         "eval_num",
@@ -294,11 +296,11 @@ def resume_settings(
     """(settings, record) to resume ``run_dir`` with; unchanged for a new run or no record.
 
     Before any stage writes, a new run refuses a folder holding files repackctl did not write,
-    any run refuses a folder of another stage's run, and a run that another process trains now is
-    refused (``repackctl.run_lock``; the engine takes the lock when it starts)."""
+    any run refuses a folder of another stage's run, and a run folder that exists is locked for
+    this process (``repackctl.run_lock``: refused while another process trains it)."""
     check_new_run_folder(run_dir)
     check_run_stage(run_dir, section)
-    check_not_training(run_dir)
+    lock_run(run_dir)  # held until the stage ends (run_lock.released_after)
     stored = stored_record(run_dir, section)
     if stored is None or record is None:
         check_schedules(settings, (record or {}).get("sources", {}), section)

@@ -257,7 +257,11 @@ def rotate(
     removed = [p for p in found if p not in kept]
     for old in removed:
         aside = old.with_name(f"{PRUNED_PREFIX}{old.name}-{os.getpid()}")
-        os.replace(old, aside)
+        try:
+            os.replace(old, aside)
+        except OSError:  # gone already, or not renamable here: delete what can be deleted
+            shutil.rmtree(old, ignore_errors=True)
+            continue
         _kill_point("pruning", _step_of(old) or 0)
         shutil.rmtree(aside, ignore_errors=True)
     return removed

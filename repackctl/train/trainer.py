@@ -812,6 +812,7 @@ class Trainer:
             self.close()
             if self.main:  # every run ends with its curves, a failed one too
                 plot_curves(self.run_dir)
+                release_run(self.run_dir)  # the last write: other processes may train it now
         elapsed = time.perf_counter() - t_start
         return TrainResult(
             run_dir=self.run_dir,

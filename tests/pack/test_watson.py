@@ -284,6 +284,10 @@ def test_pack_train_uses_the_parameters_file_and_a_resume_keeps_them(cache, tmp_
     ckpt, state = _state(tmp_path, "w")
     assert state["step"] == 4
     assert state["extra"]["plan"]["watson_digest"] == load_watson(params).digest()
+    # the same values under another path (the file moved): resumes without --allow-change
+    moved = params.rename(tmp_path / "moved.pth")
+    cli_ok(*run, "--watson-weights", str(moved), "--steps", "5")
+    assert _state(tmp_path, "w")[1]["step"] == 5
 
 
 def test_pack_train_refuses_a_wrong_file_before_writing_anything(cache, tmp_path):
