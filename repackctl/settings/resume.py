@@ -300,10 +300,10 @@ def resume_settings(
     this process (``repackctl.run_lock``: refused while another process trains it)."""
     check_new_run_folder(run_dir)
     check_run_stage(run_dir, section)
-    lock_run(run_dir)  # held until the stage ends (run_lock.released_after)
     stored = stored_record(run_dir, section)
     if stored is None or record is None:
         check_schedules(settings, (record or {}).get("sources", {}), section)
+        lock_run(run_dir)  # after every refusal here; held until the stage ends (released_after)
         return settings, record, None
     allow = list(getattr(getattr(settings, section), "allow_change", None) or [])
     rec = reconcile(stored, record, section, allow)
@@ -318,6 +318,7 @@ def resume_settings(
     # the allowed changes go to config_history.jsonl when the engine writes the record, i.e. when
     # the run really goes on (``train.trainer._write_config``)
     check_schedules(resumed, rec.sources, section)
+    lock_run(run_dir)  # after every refusal here; held until the stage ends (released_after)
     out = {"values": resumed.model_dump(mode="json"), "sources": rec.sources}
     if rec.allowed:
         out["allowed"] = rec.allowed
