@@ -110,6 +110,7 @@ LONGEST_FIRST = (
     "benchmarks/test_reproduce_small.py",
     "dit/test_t2i_pipeline.py",
     "test_extract.py",
+    "train/test_checkpoint_resave_kill.py",
     "sample/test_sample.py",
     "cache/test_t2i_cache.py",
     "test_demo_t2i.py",

@@ -98,6 +98,26 @@ def straight(tmp_path_factory) -> Path:
     return result.checkpoint
 
 
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """``copy(run, every, keep)``: ``run`` becomes a copy of a finished uninterrupted run saved
+    every ``every`` steps keeping ``keep`` (trained once per module, in-process: only the state
+    before the kill; each kill and each rerun is a real process)."""
+    done: dict[tuple[int, int], Path] = {}
+
+    def copy(run: Path, every: int, keep: int) -> None:
+        if (every, keep) not in done:
+            src = tmp_path_factory.mktemp(f"finished-{every}-{keep}") / "run"
+            args = toy.parse(_argv(src, every, keep))
+            with one_torch_thread():
+                result = train(toy.task_from_args(args), toy.config_from_args(args))
+            assert (result.step, result.resumed_from) == (STEPS, None)
+            done[(every, keep)] = src
+        shutil.copytree(done[(every, keep)], run)
+
+    return copy
+
+
 # --------------------------------------------------------------------------- re-save window
 
 
@@ -110,12 +130,14 @@ def straight(tmp_path_factory) -> Path:
         ("swapped", STEPS),  # the new folder in place, the old one not yet deleted
     ],
 )
-def test_kill_while_the_only_checkpoint_is_resaved(tmp_path, straight, point, resumed_from):
+def test_kill_while_the_only_checkpoint_is_resaved(
+    tmp_path, straight, finished, point, resumed_from
+):
     """Only the final step is saved and its folder is corrupt: the rerun starts over and
     re-saves it. A kill between the renames left no ``step-`` folder and the old code deleted
     both temporaries, the only complete checkpoint among them, so the run started over again."""
     run = tmp_path / "run"
-    assert _rerun(run, STEPS, 1) == {"step": STEPS, "resumed_from": None}
+    finished(run, STEPS, 1)
     _corrupt_newest(run)
     _killed(run, STEPS, 1, point)
     pid_free = [n.rsplit("-", 1)[0] for n in _names(run)]
@@ -128,11 +150,11 @@ def test_kill_while_the_only_checkpoint_is_resaved(tmp_path, straight, point, re
 
 
 @pytest.mark.slow
-def test_resave_after_a_resume_survives_a_kill_between_the_renames(tmp_path, straight):
+def test_resave_after_a_resume_survives_a_kill_between_the_renames(tmp_path, straight, finished):
     """Resumed from step 15 past a corrupt step 20: killed between the renames of the re-save
     of 20, the rerun goes on from the new step 20 (complete, fsynced), not from 15."""
     run = tmp_path / "run"
-    _rerun(run, 5, 0)
+    finished(run, 5, 0)
     _corrupt_newest(run)
     _killed(run, 5, 0, f"aside@{STEPS}")
     assert "step-0000020" not in _names(run)
@@ -145,11 +167,13 @@ def test_resave_after_a_resume_survives_a_kill_between_the_renames(tmp_path, str
 
 
 @pytest.mark.slow
-def test_rotation_keeps_the_checkpoint_just_written_next_to_a_skipped_newer_one(tmp_path, straight):
+def test_rotation_keeps_the_checkpoint_just_written_next_to_a_skipped_newer_one(
+    tmp_path, straight, finished
+):
     """keep_last=1 with a corrupt step 20 ahead: the old rotation kept only that folder and
     deleted each checkpoint the resumed run wrote, so a kill sent the run back to step 0."""
     run = tmp_path / "run"
-    _rerun(run, 5, 1)
+    finished(run, 5, 1)
     assert _names(run) == ["step-0000020"]
     _corrupt_newest(run)
     _killed(run, 5, 1, "written@15")  # saves 5 and 10 done, 15 being written
