@@ -184,7 +184,12 @@ def release_run(folder: str | os.PathLike) -> None:
     if fcntl is None or not _held_here(path):
         return
     st = path.stat()
-    f = _HELD.pop((st.st_dev, st.st_ino))
+    _release((st.st_dev, st.st_ino))
+
+
+def _release(key: tuple[int, int]) -> None:
+    """Unlock and close the lock file this process holds under ``key``."""
+    f = _HELD.pop(key)
     fcntl.flock(f.fileno(), fcntl.LOCK_UN)
     f.close()
 
@@ -193,12 +198,11 @@ def release_run(folder: str | os.PathLike) -> None:
 def released_after() -> Iterator[None]:
     """Give up, when the block ends however it ends, every run lock this process took in it: a
     stage holds its run's lock from its first write (``resume_settings``) to its end, also when
-    it ends without training (nothing to train, a refusal)."""
+    it ends without training (nothing to train, a refusal). Also a decorator of a stage's
+    function (``@released_after()``)."""
     before = set(_HELD)
     try:
         yield
     finally:
         for key in set(_HELD) - before:
-            f = _HELD.pop(key)
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-            f.close()
+            _release(key)

@@ -34,6 +34,7 @@ from repackctl.errors import ConfigError, ResumeConflict
 from repackctl.files import write_json_atomic
 from repackctl.paths import SAMPLING_JSON, run_root_of
 from repackctl.progress import LOG_FILE, ProgressFactory, null_progress, with_log_file
+from repackctl.run_lock import released_after
 from repackctl.settings.resume import given, resume_and_report, stored_record
 from repackctl.train.checkpoint import latest_checkpoint, read_state
 from repackctl.train.logging import read_metrics
@@ -149,22 +150,8 @@ class DiTTrainResult:
         )
 
 
+@released_after()
 def resume_and_train(
-    settings: Any,
-    record: dict | None,
-    progress: ProgressFactory,
-    section: str,
-    run_dir_of: Callable[[Any], Path],
-    build: Callable[..., tuple[Any, Any]],
-) -> tuple[Any, TrainResult]:
-    """Resume from the run's stored settings, build the task, train it with ``log.txt``."""
-    from repackctl.run_lock import released_after
-
-    with released_after():  # the run's lock, from its first write to the end
-        return _resume_and_train(settings, record, progress, section, run_dir_of, build)
-
-
-def _resume_and_train(
     settings: Any,
     record: dict | None,
     progress: ProgressFactory,

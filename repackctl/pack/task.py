@@ -66,6 +66,7 @@ from repackctl.pack.pca import PCAResult, fit_pca, token_whitening
 from repackctl.pack.projection import ProjectionConfig
 from repackctl.pack.watson import WATSON_ENV, WATSON_SETTING, check_image_size, load_watson
 from repackctl.progress import LOG_FILE, ProgressFactory, null_progress, with_log_file
+from repackctl.run_lock import released_after
 from repackctl.settings import Settings
 from repackctl.settings.pack import PRESETS, PackSettings
 
@@ -681,19 +682,8 @@ def _recorded_data(settings: Settings, run_dir: Path) -> tuple[Settings, list[st
     return settings.model_copy(update={"pack": pack}), [note]
 
 
+@released_after()
 def run_pack_train(
-    settings: Settings,
-    progress: ProgressFactory = null_progress,
-    config_record: dict[str, Any] | None = None,
-) -> Path:
-    """Train (or resume) the packing autoencoder named by ``settings.pack``; returns the run dir."""
-    from repackctl.run_lock import released_after
-
-    with released_after():  # the run's lock, from its first write to the end
-        return _run_pack_train(settings, progress, config_record)
-
-
-def _run_pack_train(
     settings: Settings,
     progress: ProgressFactory = null_progress,
     config_record: dict[str, Any] | None = None,

@@ -46,6 +46,7 @@ from repackctl.pack.discriminator import (
 from repackctl.progress import LOG_FILE, ProgressFactory, null_progress, with_log_file
 from repackctl.refine.network import LatentGuidedRefiner, RefinerConfig
 from repackctl.refine.triplets import build_triplets, open_triplets
+from repackctl.run_lock import released_after
 from repackctl.runs import chained_run
 from repackctl.settings import Settings
 from repackctl.settings.resume import resume_settings
@@ -345,20 +346,8 @@ def _lpips(settings: Settings, messages: list[str]) -> nn.Module | None:
     return load_lpips(cfg.lpips_weights)
 
 
+@released_after()
 def run_refine_train(
-    settings: Settings,
-    progress: ProgressFactory = null_progress,
-    sources: dict[str, str] | None = None,
-    config_record: dict[str, Any] | None = None,
-) -> Path:
-    """Build the triplets of the pack run (resumable), then train (or resume) the refiner."""
-    from repackctl.run_lock import released_after
-
-    with released_after():  # the run's lock, from its first write to the end
-        return _run_refine_train(settings, progress, sources, config_record)
-
-
-def _run_refine_train(
     settings: Settings,
     progress: ProgressFactory = null_progress,
     sources: dict[str, str] | None = None,
