@@ -105,6 +105,23 @@ def test_steps_0_is_refused_for_a_new_run_and_shows_a_trained_one(stage, env):
     assert latest_checkpoint(run).name == "step-0000004"
 
 
+def test_a_run_whose_only_checkpoint_was_being_resaved_is_shown_not_refused(env):
+    """Killed between the two renames of a re-save (``train.checkpoint.save_checkpoint``), the
+    run's only checkpoint sits in temporaries. The engine puts it back at its start, but the
+    stage looked for the newest checkpoint before that: `--steps 0` said the run had none."""
+    train, run = TRAIN["dit"], env / "runs" / "re"
+    _ok(*train, "--steps", "2", "--name", "re")
+    ckpt = latest_checkpoint(run)
+    shutil.copytree(ckpt, ckpt.with_name(f".tmp-{ckpt.name}-99"))  # the new folder, complete
+    ckpt.rename(ckpt.with_name(f".tmp-old-{ckpt.name}-99"))  # the old one, set aside
+    assert latest_checkpoint(run, warn=None) is None
+
+    out = _ok(*train, "--steps", "0", "--name", "re")
+    assert "restored checkpoint step-0000002, whose re-save was interrupted" in out
+    assert "nothing to train: run re is at step 2" in out
+    assert [p.name for p in list_checkpoints(run)] == ["step-0000002"]
+
+
 def test_steps_0_on_a_run_whose_checkpoint_does_not_verify_is_refused(env):
     train, run = TRAIN["dit"], env / "runs" / "bad"
     _ok(*train, "--steps", "2", "--name", "bad")

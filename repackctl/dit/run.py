@@ -36,7 +36,7 @@ from repackctl.paths import SAMPLING_JSON, run_root_of
 from repackctl.progress import LOG_FILE, ProgressFactory, null_progress, with_log_file
 from repackctl.run_lock import released_after
 from repackctl.settings.resume import given, resume_and_report, stored_record
-from repackctl.train.checkpoint import latest_checkpoint, read_state
+from repackctl.train.checkpoint import latest_checkpoint, read_state, restore_interrupted_resaves
 from repackctl.train.logging import read_metrics
 from repackctl.train.loop import TrainResult, train
 
@@ -170,6 +170,7 @@ def resume_and_train(
     # the CPU: `--device cuda` trained there with only "cpu" in the banner)
     resolve_device(settings.device)
     settings, record = resume_and_report(run_dir_of(settings), settings, record, section)
+    restore_interrupted_resaves(run_dir_of(settings))
     settings, record = keep_started_values(run_dir_of(settings), settings, record, section)
     run_dir = run_dir_of(settings)
     steps = int(getattr(settings, section).steps)

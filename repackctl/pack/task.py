@@ -643,6 +643,7 @@ def _resume(settings: Settings, record: dict[str, Any] | None) -> tuple[Any, Any
     """An existing run resumes from its stored settings (``repackctl.settings.resume``)."""
     from repackctl.paths import run_dir as run_dir_of
     from repackctl.settings.resume import resume_settings
+    from repackctl.train.checkpoint import restore_interrupted_resaves
 
     name = settings.pack.run or default_run_name(
         settings, locate_features(settings).source.get("encoder")
@@ -650,6 +651,7 @@ def _resume(settings: Settings, record: dict[str, Any] | None) -> tuple[Any, Any
     settings, record, rec = resume_settings(
         run_dir_of(settings.runs, name), settings, record, "pack"
     )
+    restore_interrupted_resaves(run_dir_of(settings.runs, name))
     lines = [f"resume: {line}" for line in rec.lines()] if rec else []
     settings, pinned = _recorded_data(settings, run_dir_of(settings.runs, name))
     return settings, record, lines + pinned

@@ -51,6 +51,7 @@ from repackctl.runs import chained_run
 from repackctl.settings import Settings
 from repackctl.settings.resume import resume_settings
 from repackctl.train import OptimizerSpec, StepOutput, TrainConfig, train
+from repackctl.train.checkpoint import restore_interrupted_resaves
 
 # Adam betas of the official refiner (and of stage 1)
 BETAS = (0.5, 0.9)
@@ -366,6 +367,7 @@ def run_refine_train(
     settings, config_record, rec = resume_settings(
         run_dir(settings.runs, name), settings, config_record, "refine"
     )
+    restore_interrupted_resaves(run_dir(settings.runs, name))
     cfg = settings.refine
     sources = (config_record or {}).get("sources", sources)
     pack = load_pack(cfg.pack_run or pack_run, runs=settings.runs)

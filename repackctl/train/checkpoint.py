@@ -302,15 +302,28 @@ def _restore_interrupted_resaves(root: Path) -> list[Path]:
     return restored
 
 
+def restore_interrupted_resaves(run_dir: str | os.PathLike) -> list[Path]:
+    """Put back the step folder of each re-save of ``run_dir`` killed between its two renames,
+    with a warning each; returns them. The engine does it at its start; a stage calls it as soon
+    as it holds the run's lock, before it reads the newest checkpoint (a run whose only
+    checkpoint was being re-saved must not look like a run without one). Only the main process
+    of a distributed job renames (the one that holds the lock)."""
+    root = checkpoints_dir(run_dir)
+    main = os.environ.get("RANK", "0") == "0"
+    restored = _restore_interrupted_resaves(root) if main and root.is_dir() else []
+    for final in restored:
+        _warn(f"restored checkpoint {final.name}, whose re-save was interrupted")
+    return restored
+
+
 def remove_stale_temporaries(run_dir: str | os.PathLike) -> list[Path]:
     """Check the run folder can be written, put back step folders of re-saves killed between
     their renames, then delete temporary folders of killed writers."""
     ensure_writable_dir(run_dir, "run folder")
     root = checkpoints_dir(run_dir)
     removed = []
+    restore_interrupted_resaves(run_dir)
     if root.is_dir():
-        for final in _restore_interrupted_resaves(root):
-            _warn(f"restored checkpoint {final.name}, whose re-save was interrupted")
         for p in root.iterdir():
             if p.name.startswith(TMP_PREFIX):
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
