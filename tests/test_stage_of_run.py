@@ -77,3 +77,14 @@ def test_a_run_of_the_same_stage_still_resumes(roots):
     with one_torch_thread():
         out = cli_ok(*STARTS["dit"], "--steps", "3", "--name", "d")
     assert "resumed at 2" in out
+
+
+@pytest.mark.parametrize(("command", "stage"), [("dit", "pack"), ("pack", "dit")])
+def test_show_config_refuses_a_run_of_another_stage(command, stage, roots):
+    """`--show-config` prints the values a resume would use: for another stage's run it printed
+    the other stage's record compared as this stage's settings (or refused a "changed setting")
+    where the command itself refuses the run."""
+    out = cli_refused(
+        ConfigError.exit_code, *STARTS[command], "--name", RUNS[stage], "--show-config"
+    )
+    assert f"is a {stage} run, not a {command} run" in out

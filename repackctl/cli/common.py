@@ -172,9 +172,11 @@ def resumed_settings(resolved: Any, section: str) -> tuple[Any, Path | None]:
     given now on top, a breaking change refused as the command would), and that run's folder;
     ``resolved`` itself and None for a new run."""
     from repackctl.settings import ResolvedSettings
-    from repackctl.settings.resume import reconcile, stored_record
+    from repackctl.settings.resume import check_run_stage, reconcile, stored_record
 
     run_dir = _run_dir_of(resolved.settings, section) if section in RESUMABLE else None
+    if run_dir is not None:
+        check_run_stage(run_dir, section)  # another stage's run: its settings are not these
     stored = stored_record(run_dir, section) if run_dir is not None else None
     if stored is None:
         return resolved, None
