@@ -9,6 +9,7 @@ that holds one (:func:`check_new_run_folder`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -112,3 +113,15 @@ def check_new_run_folder(folder: Path) -> None:
             "nothing was written there",
             "pass another --name (or move those files out of the folder)",
         )
+
+
+# --------------------------------------------------------------------------- checksummed JSON
+
+
+def json_sha256(doc: dict[str, Any]) -> str:
+    """The sha256 of ``doc`` as canonical JSON (sorted keys, no spaces), its own ``sha256`` key
+    left out: what a small JSON file a later command trusts (``sampling.json``) carries, so that
+    a reader tells an edited or damaged file from the one written."""
+    body = {k: v for k, v in doc.items() if k != "sha256"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()

@@ -34,6 +34,7 @@ from repackctl.errors import ConfigError, ResumeConflict
 from repackctl.files import write_json_atomic
 from repackctl.paths import SAMPLING_JSON, run_root_of
 from repackctl.progress import LOG_FILE, ProgressFactory, null_progress, with_log_file
+from repackctl.run_files import json_sha256
 from repackctl.run_lock import released_after
 from repackctl.settings.resume import given, resume_and_report, stored_record
 from repackctl.train.checkpoint import latest_checkpoint, read_state, restore_interrupted_resaves
@@ -88,9 +89,12 @@ def write_sampling_json(
 ) -> dict[str, Any]:
     """Write ``run_dir/sampling.json``: the official sampling settings (``sample_cfg``: a
     released config's sampling section, if any) as the run's defaults for ``repackctl sample``.
-    Returns those defaults. The official labels are ``torch.randint`` draws: ``--labels random``."""
+    Returns those defaults. The official labels are ``torch.randint`` draws: ``--labels random``.
+    The file carries the sha256 of its content: a sampler never takes defaults from an edited or
+    damaged one."""
     defaults = official_sampling_defaults(sample_cfg)
     doc = {"defaults": defaults, "source": source, "official": sample_cfg or OFFICIAL_SAMPLING}
+    doc["sha256"] = json_sha256(doc)  # checked by ``sample.plan.read_sampling_defaults``
     write_json_atomic(Path(run_dir) / SAMPLING_JSON, doc)
     return defaults
 

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from repackctl.errors import CheckpointError, ConfigError
 from repackctl.paths import SAMPLING_JSON, run_root_of
+from repackctl.run_files import json_sha256
 from repackctl.transport.samplers import SamplerSpec, time_grid
 from repackctl.transport.timesteps import shift_time
 
@@ -261,8 +262,23 @@ DEFAULTS: dict[str, Any] = {
 OFFICIAL_VELOCITY = "official"
 
 
+def _check_digest(path: Path, data: dict[str, Any]) -> None:
+    """Refuse a ``sampling.json`` whose content is not what was written (its ``sha256``): one
+    flipped digit changed the guidance scale of every sample silently. Files written before the
+    checksum (no ``sha256``) are read as they are."""
+    if "sha256" in data and data["sha256"] != json_sha256(data):
+        raise CheckpointError(
+            f"{path} does not match the sha256 it was written with (edited or damaged): its "
+            "sampling defaults cannot be trusted",
+            "restore the file (or import the run again into a new --out), or delete it and give "
+            "the sampling settings as flags (--sampler, --steps, --shift, --cfg, --cfg-t-lo, "
+            "--cfg-t-hi, --cfg-channels)",
+        )
+
+
 def read_sampling_defaults(checkpoint: Path) -> dict[str, Any]:
-    """The run's ``sampling.json`` (written by `import official`), or {}."""
+    """The run's ``sampling.json`` (written by `import official` and `train dit --preset
+    paper`), or {}; refused when it does not verify against its recorded sha256."""
     for folder in (checkpoint, run_root_of(checkpoint)):
         path = folder / SAMPLING_JSON
         if path.is_file():
@@ -270,6 +286,9 @@ def read_sampling_defaults(checkpoint: Path) -> dict[str, Any]:
                 data = json.loads(path.read_text())
             except ValueError as e:
                 raise CheckpointError(f"{path} is not valid JSON: {e}", "fix or delete it") from e
+            if not isinstance(data, dict):
+                raise CheckpointError(f"{path} is not a JSON object", "fix or delete it")
+            _check_digest(path, data)
             unknown = sorted(set(data.get("defaults", {})) - set(DEFAULTS))
             if unknown:
                 raise CheckpointError(

@@ -243,6 +243,22 @@ def test_a_paper_run_writes_the_official_sampling_json_and_sample_uses_it(cache,
     assert card["setting_sources"]["steps"] == "setting"  # a flag still wins
     assert card["setting_sources"]["cfg"] == "sampling.json"
 
+    # one digit of the file changed (a damaged disk, an edit): CFG 15 became 11 for every sample
+    path = run / "sampling.json"
+    text = path.read_text()
+    path.write_text(text.replace('"cfg": 15.0', '"cfg": 11.0', 1))
+    res = runner.invoke(app, [*args, "--out", str(tmp_path / "damaged")])
+    assert res.exit_code != 0 and "Traceback" not in res.output
+    out_text = " ".join(res.output.split())
+    assert "sampling.json does not match the sha256 it was written with" in out_text
+    assert "Hint:" in out_text and "--cfg" in out_text
+    assert not (tmp_path / "damaged").exists()  # refused before anything was written
+    path.write_text(text)
+    without = {k: v for k, v in json.loads(text).items() if k != "sha256"}
+    path.write_text(json.dumps(without))  # written before the checksum: read as it is
+    res = runner.invoke(app, [*args, "--out", str(tmp_path / "legacy")])
+    assert res.exit_code == 0, res.output
+
 
 def test_a_failed_paper_start_leaves_no_sampling_json_and_a_users_file_stays(tmp_path):
     from repackctl.dit.run import official_sampling_file
