@@ -36,7 +36,7 @@ from repackctl.cache.integrity import GuardedArray, repair_hint
 from repackctl.cache.store import PENDING, WRITTEN, ArrayGroup, DatasetEntry, list_entries
 from repackctl.data.cached import MEMORY_GB, CachedRows
 from repackctl.errors import CacheError, ConfigError, DataError
-from repackctl.pack.load import denormalise
+from repackctl.pack.load import combine_partials, denormalise
 
 _PACK_ID_RE = r"--{run}-(\d{{7}})-[0-9a-f]{{8}}$"
 
@@ -180,8 +180,8 @@ def find_features(ds: DatasetEntry, pack_id: str, lat_attrs: dict, features: str
 # --------------------------------------------------------------------------- the data
 
 
-def _stats(attrs: dict, ref: LatentRef, d: int) -> tuple[np.ndarray, np.ndarray]:
-    stats = attrs.get("stats")
+def _stats(group: ArrayGroup, ref: LatentRef, d: int) -> tuple[np.ndarray, np.ndarray]:
+    stats = group.attrs.get("stats")
     run = pack_run_of(ref.pack_id) or "RUN"
     if not isinstance(stats, dict) or "mean" not in stats or "std" not in stats:
         raise CacheError(
@@ -195,7 +195,29 @@ def _stats(attrs: dict, ref: LatentRef, d: int) -> tuple[np.ndarray, np.ndarray]
             f"channel stats of {ref.pack_id} do not fit its {d} channels (or a std is ≤ 0)",
             f"re-encode with `repackctl pack encode --run {run}`",
         )
+    _check_stats(group, mean, std, ref)
     return mean, std
+
+
+def _check_stats(group: ArrayGroup, mean: np.ndarray, std: np.ndarray, ref: LatentRef) -> None:
+    """The stats in the attributes (``zarr.json``, no checksum) are those of the per-shard sums
+    ``pack encode`` stores in checksummed arrays: one changed digit there normalised every latent
+    of a training, and the samples of the run, by another scale, silently. Latents without the
+    sums (made before them) are taken as they are."""
+    if "partial_sum" not in group.group:
+        return
+    exact = combine_partials(group)
+    same = np.allclose(mean, exact["mean"], rtol=1e-6, atol=0.0) and np.allclose(
+        std, exact["std"], rtol=1e-6, atol=0.0
+    )
+    if not same:
+        run = pack_run_of(ref.pack_id) or "RUN"
+        raise CacheError(
+            f"the channel stats in the attributes of packed latents {ref.pack_id} in {ref.entry} "
+            "differ from the checksummed sums they were computed from (zarr.json edited or "
+            "damaged)",
+            f"run `repackctl pack encode --run {run}` to write them again from the sums",
+        )
 
 
 SAMPLINGS = ("mean", "sample", "fixed")
@@ -249,7 +271,7 @@ class LatentData(CachedRows):
         mean_arr = self.group["mean"]
         n, f, d, h, w = mean_arr.shape
         self.flips, self.shape = int(f), (int(d), int(h), int(w))
-        self.stats_mean, self.stats_std = _stats(attrs, ref, d)
+        self.stats_mean, self.stats_std = _stats(self.group, ref, d)
         self.sampling = sampling
         if sampling != "mean" and "std" not in self.group.group:
             raise CacheError(

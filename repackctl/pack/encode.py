@@ -54,7 +54,7 @@ from repackctl.pack.data import (
     open_features,
     sibling_entry,
 )
-from repackctl.pack.load import LATENT_STATS, PackHandle, load_pack
+from repackctl.pack.load import LATENT_STATS, PackHandle, combine_partials, load_pack
 from repackctl.paths import cache_root, is_url, run_dir
 from repackctl.progress import ProgressFactory, null_progress
 from repackctl.runs import chained_run
@@ -296,31 +296,6 @@ def channel_sums(means: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.n
     axes = (0, 1, 3, 4)
     count = int(z.shape[0] * z.shape[1] * z.shape[3] * z.shape[4]) if z.size else 0
     return z.sum(axis=axes), (z * z).sum(axis=axes), count
-
-
-def combine_partials(grp: ArrayGroup) -> dict[str, Any]:
-    """Exact channel stats from the per-shard partial sums, added in shard order."""
-    psum = grp["partial_sum"][:]  # (S, d) float64
-    psq = grp["partial_sumsq"][:]
-    pcount = grp["partial_count"][:]
-    total = np.zeros(psum.shape[1], np.float64)
-    total_sq = np.zeros(psum.shape[1], np.float64)
-    count = 0
-    for k in range(psum.shape[0]):  # a fixed order: the same float64 result for any world size
-        total += psum[k]
-        total_sq += psq[k]
-        count += int(pcount[k])
-    if count == 0:
-        raise CacheError("no valid samples to compute latent stats from", "check the cache entry")
-    mean = total / count
-    var = np.maximum(total_sq / count - mean * mean, 0.0)
-    return {
-        "mean": mean.tolist(),
-        "std": np.sqrt(var).tolist(),
-        "count": count,
-        "reduction": "float64 per-shard sums over valid samples, both flips, all positions, "
-        "combined in shard order; population std (ddof 0)",
-    }
 
 
 def write_stats_file(path: Path, stats: dict[str, Any]) -> None:

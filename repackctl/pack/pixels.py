@@ -104,7 +104,8 @@ def write_pixel_latents(
     values of every valid sample, both flips and all positions (population std), as
     ``pack encode`` does, and combined in shard order, so they are deterministic.
     """
-    from repackctl.pack.encode import channel_sums, combine_partials
+    from repackctl.pack.encode import channel_sums
+    from repackctl.pack.load import combine_partials
 
     res = entry.resolution
     _check_patch(res, patch)
