@@ -118,10 +118,11 @@ def check_new_run_folder(folder: Path) -> None:
 # --------------------------------------------------------------------------- checksummed JSON
 
 
-def json_sha256(doc: dict[str, Any]) -> str:
-    """The sha256 of ``doc`` as canonical JSON (sorted keys, no spaces), its own ``sha256`` key
-    left out: what a small JSON file a later command trusts (``sampling.json``) carries, so that
-    a reader tells an edited or damaged file from the one written."""
-    body = {k: v for k, v in doc.items() if k != "sha256"}
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+def json_sha256(doc: dict[str, Any], key: str = "sha256") -> str:
+    """The sha256 of ``doc`` (as parsed from JSON) as canonical JSON (sorted keys, no spaces),
+    its own ``key`` left out: what a JSON file a later command trusts (``sampling.json``, a
+    checkpoint's ``state.json``) carries, so that a reader tells an edited or damaged file from
+    the one written."""
+    body = {k: v for k, v in doc.items() if k != key}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()

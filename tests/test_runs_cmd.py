@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import subprocess_env
 from rich.console import Console
+from support.ckpt_state import write_state
 from typer.testing import CliRunner
 
 from repackctl.cli.app import app
@@ -141,7 +142,7 @@ def test_info_flags_an_incomplete_checkpoint_and_an_imported_run(roots):
     imported = roots / "runs" / "imp-pack"
     shutil.copytree(run / "checkpoints", imported / "checkpoints")  # what `import official` makes
     state["imported"] = True
-    (imported / "checkpoints" / "step-0000004" / "state.json").write_text(json.dumps(state))
+    write_state(imported / "checkpoints" / "step-0000004" / "state.json", state)
     shutil.rmtree(imported / "checkpoints" / "step-0000008")
     data = json.loads(_ok(["runs", "info", RUN, "--json", *_flags(roots)]).output)
     bad = [c for c in data["checkpoints"] if not c["complete"]]

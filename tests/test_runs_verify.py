@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from support.ckpt_state import write_state
 from typer.testing import CliRunner
 
 from repackctl.cli.app import app
@@ -112,8 +113,8 @@ def test_a_checkpoint_without_recorded_sizes_is_still_hashed_by_info(tmp_path):
     run = _run(runs)
     path = _state_path(run)
     state = json.loads(path.read_text())
-    del state["sizes"]  # as written before sizes were recorded
-    path.write_text(json.dumps(state))
+    del state["sizes"]  # as written before sizes were recorded (and before its own sha256)
+    write_state(path, state, sealed=False)
     optim = path.parent / "optim.pt"
     optim.write_bytes(optim.read_bytes()[:-8])
     assert (_ls(runs)["step"], _ls(runs)["checkpoints"]) == (2, 2)  # nothing to compare sizes to
@@ -142,7 +143,7 @@ def test_ls_and_info_give_the_loaders_reason(tmp_path, damage, problem):
 
 def _edit(folder: Path, **fields: object) -> None:
     path = folder / "state.json"
-    path.write_text(json.dumps(json.loads(path.read_text()) | fields))
+    write_state(path, json.loads(path.read_text()) | fields)
 
 
 def test_ls_says_where_checksums_are_verified(tmp_path):

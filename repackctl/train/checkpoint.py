@@ -23,8 +23,9 @@ runs/<name>/checkpoints/step-0000020/  model.safetensors  ema.safetensors  <othe
   folder in place, old one not deleted), ``pruning`` (rotation: a folder renamed, not deleted).
 * The step is read from the folder name ``step-%07d`` only, and must agree with ``state.json``
   (the official code parsed it from arbitrary file names, ``reference/methods.md``).
-* ``state.json`` lists every other file's sha256 (``files``) and size (``sizes``) and is
-  validated (``checkpoint_state``); loading a file checks its size and hash first (the hash once
+* ``state.json`` lists every other file's sha256 (``files``) and size (``sizes``), carries the
+  sha256 of its own content (``state_sha256``: its latent stats, data position or config edited
+  or damaged is a bad checkpoint, not other samples) and is validated (``checkpoint_state``); loading a file checks its size and hash first (the hash once
   per process), so corrupt or swapped weights are never used. ``verify_checkpoint`` is the one
   check of a folder (``checkpoint_problem`` says its verdict in a few words for ``repackctl
   runs``); without ``checksums`` it reads names, sizes and ``state.json`` only. Resume takes
@@ -61,10 +62,14 @@ from repackctl.files import (
     save_safetensors,
     sha256_file_cached,
 )
+from repackctl.run_files import json_sha256
 from repackctl.train.checkpoint_state import CheckpointState, validate_state
 
 CKPT_DIR = "checkpoints"
 STEP_RE = re.compile(r"^step-(\d{7})$")
+# the sha256 of state.json's own content (``run_files.json_sha256``), a key of it; checkpoints
+# written before it have none and are read as they are
+STATE_SHA256 = "state_sha256"
 REQUIRED = ("model.safetensors", "ema.safetensors", "optim.pt", "state.json")
 RESERVED = {"ema", "optim", "state", "config"}
 OLD_PREFIX = f"{TMP_PREFIX}old-"  # a step folder moved aside while it is re-saved
@@ -165,8 +170,10 @@ def _write_files(
     written = sorted(tmp.iterdir())
     state["files"] = {p.name: sha256_file_cached(p) for p in written}
     state["sizes"] = {p.name: p.stat().st_size for p in written}  # checked without hashing
+    doc = json.loads(json.dumps(state))  # as a reader parses it (tuples, int keys)
+    doc[STATE_SHA256] = json_sha256(doc, STATE_SHA256)  # its own content (checked on reading)
     with open(tmp / "state.json", "w") as f:
-        json.dump(state, f)
+        json.dump(doc, f)
         f.flush()
         os.fsync(f.fileno())
     _fsync_dir(tmp)
@@ -349,6 +356,12 @@ def _check_structure(folder: Path) -> CheckpointState:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{path} is not valid JSON: {e}", "use another checkpoint") from None
+    recorded = data.get(STATE_SHA256) if isinstance(data, dict) else None
+    if recorded is not None and recorded != json_sha256(data, STATE_SHA256):
+        raise CheckpointError(
+            f"{path} does not match the sha256 it was written with (edited or damaged)",
+            "use another checkpoint",
+        )
     state = validate_state(data, path)
     step = _step_of(folder)
     if step is not None and state.step != step:

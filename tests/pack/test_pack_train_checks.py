@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from support.caches import patchpix_cache, private_copy
+from support.ckpt_state import write_state
 from support.cli import cli_ok as _ok
 from support.cli import cli_refused as _error
 from typer.testing import CliRunner
@@ -141,7 +142,7 @@ def _rewrite_state(path: Path, state: dict) -> None:
     """Write a checkpoint's state.json as an older version did (its files' hashes stay valid:
     state.json is not among them)."""
     assert path.name not in state["files"]
-    path.write_text(json.dumps(state))
+    write_state(path, state, sealed=False)
 
 
 def _folder(root: Path, seed: int) -> None:

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from support.ckpt_state import write_state
 from support.stack import _images, _settings, shared_stack
 from typer.testing import CliRunner
 
@@ -162,7 +163,7 @@ def test_train_apply_and_latent_convention(stack, tmp_path) -> None:
     state_path = handle.checkpoint / "state.json"
     state = json.loads(state_path.read_text())
     state["extra"]["latent_convention"] = "normalised"
-    state_path.write_text(json.dumps(state))
+    write_state(state_path, state)
     with pytest.raises(CheckpointError, match="normalised"):
         load_refiner(stack["runs"], "refine-tiny")
     r = runner.invoke(

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from support import train_toy_script as toy
+from support.ckpt_state import write_state
 from support.stack import LATENT, _settings, make_dit_run, shared_stack
 from typer.testing import CliRunner
 
@@ -110,6 +111,24 @@ def test_damaged_weights_are_never_used_and_resume_falls_back(toy_run, damage, c
     assert "Warning: skipping checkpoint step-0000020" in err
 
 
+def test_a_changed_value_in_state_json_makes_the_checkpoint_bad(toy_run) -> None:
+    """``state.json`` holds the others' sha256 and its own: a digit of its data position, latent
+    stats or config changed (still valid JSON, still a valid state) was used as it was."""
+    ckpt = toy_run / "checkpoints" / "step-0000020"
+    path = ckpt / "state.json"
+    state = json.loads(path.read_text())
+    assert state[ckpt_io.STATE_SHA256]
+    path.write_text(json.dumps(state | {"offset": state["offset"] + 1}))
+    with pytest.raises(CheckpointError) as e:
+        ckpt_io.read_state(ckpt)
+    assert str(path) in _one_line(e) and "does not match the sha256 it was written with" in (
+        e.value.message
+    )
+    warnings: list[str] = []
+    assert ckpt_io.latest_checkpoint(toy_run, warn=warnings.append).name == "step-0000010"
+    assert "step-0000020" in warnings[0] and "sha256" in warnings[0]
+
+
 @pytest.mark.parametrize(
     ("edit", "field"),
     [
@@ -126,7 +145,7 @@ def test_damaged_weights_are_never_used_and_resume_falls_back(toy_run, damage, c
 def test_malformed_state_is_one_line_naming_file_and_field(toy_run, edit, field) -> None:
     ckpt = toy_run / "checkpoints" / "step-0000020"
     path = ckpt / "state.json"
-    path.write_text(json.dumps(edit(json.loads(path.read_text()))))
+    write_state(path, edit(json.loads(path.read_text())))
     with pytest.raises(CheckpointError) as e:
         ckpt_io.read_state(ckpt)
     msg = _one_line(e)
@@ -148,7 +167,7 @@ def test_replaced_optim_pickle_is_refused_without_running_it(toy_run, tmp_path) 
 
     state["files"]["optim.pt"] = sha256_file(ckpt / "optim.pt")
     state["sizes"]["optim.pt"] = (ckpt / "optim.pt").stat().st_size
-    (ckpt / "state.json").write_text(json.dumps(state))
+    write_state(ckpt / "state.json", state)
     with pytest.raises(CheckpointError, match="cannot load .*optim.pt safely"):
         ckpt_io.load_optim(ckpt)
     assert not marker.exists()

@@ -1,0 +1,20 @@
+"""Rewrite a checkpoint's ``state.json`` in tests that change one of its fields on purpose."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from repackctl.run_files import json_sha256
+from repackctl.train.checkpoint import STATE_SHA256
+
+
+def write_state(path: Path, state: dict[str, Any], sealed: bool = True) -> None:
+    """Write ``state`` to ``path`` (a checkpoint's ``state.json``). ``sealed``: with the sha256
+    of its new content, as a tool that rewrites the file consistently would (the change under
+    test is then the field, not damage); else without one, as versions before it wrote it."""
+    doc = {k: v for k, v in json.loads(json.dumps(state)).items() if k != STATE_SHA256}
+    if sealed:
+        doc[STATE_SHA256] = json_sha256(doc, STATE_SHA256)
+    path.write_text(json.dumps(doc))
