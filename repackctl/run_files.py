@@ -19,6 +19,11 @@ from typing import Any
 from repackctl.errors import ConfigError
 
 CONFIG_HISTORY = "config_history.jsonl"  # a run's replaced configs and allowed changes
+# the sha256 of config.json's own content (:func:`json_sha256`), a key of it; configs written
+# before it have none and are read as they are
+CONFIG_SHA256 = "config_sha256"
+# the same for a checkpoint's state.json (``repackctl.train.checkpoint``)
+STATE_SHA256 = "state_sha256"
 
 
 # --------------------------------------------------------------------------- ownership

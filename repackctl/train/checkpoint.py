@@ -62,14 +62,11 @@ from repackctl.files import (
     save_safetensors,
     sha256_file_cached,
 )
-from repackctl.run_files import json_sha256
+from repackctl.run_files import STATE_SHA256, json_sha256
 from repackctl.train.checkpoint_state import CheckpointState, validate_state
 
 CKPT_DIR = "checkpoints"
 STEP_RE = re.compile(r"^step-(\d{7})$")
-# the sha256 of state.json's own content (``run_files.json_sha256``), a key of it; checkpoints
-# written before it have none and are read as they are
-STATE_SHA256 = "state_sha256"
 REQUIRED = ("model.safetensors", "ema.safetensors", "optim.pt", "state.json")
 RESERVED = {"ema", "optim", "state", "config"}
 OLD_PREFIX = f"{TMP_PREFIX}old-"  # a step folder moved aside while it is re-saved

@@ -53,7 +53,7 @@ from torch.nn.parallel import DistributedDataParallel
 from repackctl.errors import CheckpointError, ConfigError, TrainingError
 from repackctl.files import write_json_atomic
 from repackctl.progress import ProgressFactory, null_progress
-from repackctl.run_files import CONFIG_HISTORY, check_new_run_folder
+from repackctl.run_files import CONFIG_HISTORY, CONFIG_SHA256, check_new_run_folder, json_sha256
 from repackctl.run_lock import lock_run, release_run
 from repackctl.runtime import header_line
 from repackctl.train import checkpoint as ckpt_io
@@ -874,10 +874,13 @@ def _write_config(path: Path, config: dict[str, Any], allowed: list | None = Non
     if allowed:
         with open(path.parent / CONFIG_HISTORY, "a") as f:
             f.write(json.dumps({"time": time.time(), "changes": allowed}, default=str) + "\n")
+    body = {k: v for k, v in json.loads(json.dumps(config)).items() if k != CONFIG_SHA256}
+    doc = body | {CONFIG_SHA256: json_sha256(body, CONFIG_SHA256)}  # checked by settings.resume
     if path.is_file():
         old = json.loads(path.read_text())
-        if old == json.loads(json.dumps(config)):
+        if old == doc:
             return
-        with open(path.parent / CONFIG_HISTORY, "a") as f:
-            f.write(json.dumps({"time": time.time(), "replaced": old}) + "\n")
-    write_json_atomic(path, config)
+        if {k: v for k, v in old.items() if k != CONFIG_SHA256} != body:  # not only its seal
+            with open(path.parent / CONFIG_HISTORY, "a") as f:
+                f.write(json.dumps({"time": time.time(), "replaced": old}) + "\n")
+    write_json_atomic(path, doc)

@@ -287,6 +287,7 @@ def _as_started_by_an_older_version(run: Path) -> None:
     del record["values"]["dit"]["tf32"]
     record["sources"].pop("dit.tf32")
     record["sources"].pop("dit.kernels")
+    config.pop("config_sha256")  # as that version wrote it
     path.write_text(json.dumps(config))
 
 

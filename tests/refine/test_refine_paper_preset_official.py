@@ -106,6 +106,7 @@ def _as_recorded_by_the_old_version(run_dir: Path) -> None:
     del record["values"]["refine"]["disc_norm"]
     del record["sources"]["refine.disc_norm"]
     record["sources"]["refine.ema_decay"] = "default"
+    config.pop("config_sha256")  # as that version wrote it
     path.write_text(json.dumps(config))
 
 
