@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,7 +59,15 @@ from repackctl.evaluate.selection import (
 )
 from repackctl.files import IMAGE_EXTENSIONS, sha256_file
 from repackctl.metrics.adm import AdmReference, iter_npz_images, npz_images_shape
-from repackctl.metrics.frechet import FeatureStats, StatsFile, atomic_path, load_stats
+from repackctl.metrics.frechet import (
+    NPZ_READ_ERRORS,
+    FeatureStats,
+    StatsFile,
+    read_stats_npz,
+    remove_stale_temporaries,
+    stats_from_arrays,
+    write_stats_npz,
+)
 from repackctl.paths import (
     METRICS_JSON,
     PROTOCOL_JSON,
@@ -746,11 +756,12 @@ def _reference_from_path(path: Path, resolution: int, seed: int) -> Reference:
     try:
         with np.load(path, allow_pickle=False) as z:
             keys = set(z.files)
-    except (ValueError, OSError) as e:
+    except NPZ_READ_ERRORS as e:
         raise DataError(
             f"reference {path} is not a readable .npz file ({e})",
-            hint="pass an ADM reference batch, a stats file, or an image folder",
-        ) from e
+            hint="pass an ADM reference batch, a stats file, or an image folder (a stats file "
+            "that is damaged: make it again with `repackctl evaluate stats SOURCE`)",
+        ) from None
     if {"mu", "sigma", "metadata"} <= keys:
         stats = read_stats_bundle(path)
         return Reference("stats", str(path), sha256_file(path), stats=stats)
@@ -774,17 +785,18 @@ def _reference_from_path(path: Path, resolution: int, seed: int) -> Reference:
 
 # --------------------------------------------------------------------------- stats files
 def read_stats_bundle(path: str | Path) -> dict[str, StatsFile]:
-    """A stats file as {"fid", "sfid"} (Inception) or {"fd"} (encoder) statistics."""
-    main = load_stats(path)
-    kind = main.metadata.get("kind", "inception")
-    if kind == "encoder":
+    """A stats file as {"fid", "sfid"} (Inception) or {"fd"} (encoder) statistics.
+
+    The file is read once and its checksum verified; a damaged file is a DataError naming it.
+    """
+    path = Path(path)
+    arrays, meta = read_stats_npz(path)
+    main = stats_from_arrays(path, arrays, meta)
+    if meta.get("kind", "inception") == "encoder":
         return {"fd": main}
     out = {"fid": main}
-    with np.load(path, allow_pickle=False) as z:
-        if "mu_s" in z.files and "sigma_s" in z.files:
-            out["sfid"] = StatsFile(
-                z["mu_s"].astype(np.float64), z["sigma_s"].astype(np.float64), main.n, main.metadata
-            )
+    if "mu_s" in arrays and "sigma_s" in arrays:
+        out["sfid"] = stats_from_arrays(path, arrays, meta, "mu_s", "sigma_s")
     return out
 
 
@@ -792,17 +804,10 @@ def write_stats_bundle(
     path: Path, main: FeatureStats, metadata: dict, spatial: FeatureStats | None = None
 ) -> Path:
     """mu/sigma/n/metadata (readable by ``metrics.frechet.load_stats``) plus mu_s/sigma_s."""
-    arrays: dict[str, Any] = {
-        "mu": main.mu,
-        "sigma": main.sigma,
-        "n": np.int64(main.n),
-        "metadata": np.array(json.dumps(metadata, sort_keys=True)),  # 0-d unicode, no pickle
-    }
+    arrays: dict[str, Any] = {"mu": main.mu, "sigma": main.sigma, "n": np.int64(main.n)}
     if spatial is not None:
         arrays["mu_s"], arrays["sigma_s"] = spatial.mu, spatial.sigma
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    return path
+    return write_stats_npz(path, arrays, metadata)  # atomic, with a checksum
 
 
 def stats_dir(settings: Settings) -> Path:
@@ -848,6 +853,33 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)[:40] or "ref"
 
 
+def _reuse_cached_stats(path: Path, key_doc: dict) -> StatsResult | None:
+    """The cached statistics at ``path`` when they are readable and made from ``key_doc``.
+
+    The file is ours (the cache of reference statistics): a damaged one is recomputed, with a
+    ``Warning:`` naming it, and replaced atomically; so is one made from other inputs. The
+    temporaries of ``path`` that a killed writer left are removed.
+    """
+    remove_stale_temporaries(path)
+    if not path.is_file():
+        return None
+    try:
+        stats = read_stats_bundle(path)
+    except DataError as e:
+        _warn(f"{e.message}; it is a cached reference statistics file: recomputing it")
+        return None
+    meta = next(iter(stats.values())).metadata
+    if all(meta.get(k) == v for k, v in key_doc.items()):
+        return StatsResult(path, True, stats, meta)
+    return None
+
+
+def _warn(message: str) -> None:
+    """A warning line on stderr, from the main process only (as checkpoints warn)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"Warning: {message}", file=sys.stderr, flush=True)
+
+
 def cached_reference_stats(
     images: ImageSet,
     *,
@@ -874,11 +906,9 @@ def cached_reference_stats(
     }
     key = hashlib.sha256(json.dumps(key_doc, sort_keys=True).encode()).hexdigest()[:16]
     path = folder / f"{_slug(images.label)}-{extractor}-{key}.npz"
-    if path.is_file():
-        stats = read_stats_bundle(path)
-        meta = next(iter(stats.values())).metadata
-        if all(meta.get(k) == v for k, v in key_doc.items()):
-            return StatsResult(path, True, stats, meta)
+    reused = _reuse_cached_stats(path, key_doc)
+    if reused is not None:
+        return reused
     _check_stats_folder(folder)
     metadata = {
         **key_doc,

@@ -25,7 +25,7 @@ import numpy as np
 
 from repackctl.errors import DataError
 from repackctl.files import sha256_file
-from repackctl.metrics.frechet import atomic_path
+from repackctl.metrics.frechet import NPZ_READ_ERRORS, atomic_path
 
 if TYPE_CHECKING:
     import torch
@@ -110,6 +110,18 @@ def _chain(head: list[np.ndarray], tail: Iterator[np.ndarray]) -> Iterator[np.nd
 
 
 # --------------------------------------------------------------------------- reading
+#: what to do about an .npz that cannot be read
+REWRITE_NPZ = (
+    "the file is damaged: write it again (a samples folder: the same `repackctl sample` "
+    "command; a reference batch: download it again)"
+)
+
+
+def unreadable_npz(path: Path, why: object) -> DataError:
+    """The error for an ``.npz`` that a damaged zip, CRC or ``.npy`` header makes unreadable."""
+    return DataError(f"{path} is not a readable .npz file ({why})", hint=REWRITE_NPZ)
+
+
 def _open_member_header(zf: zipfile.ZipFile, key: str, path: Path):
     try:
         f = zf.open(key + ".npy")
@@ -117,35 +129,53 @@ def _open_member_header(zf: zipfile.ZipFile, key: str, path: Path):
         raise DataError(
             f"{path} has no {key!r} array", hint="ADM sample files keep images in arr_0"
         ) from e
-    version = np.lib.format.read_magic(f)
-    if version == (1, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-    else:
-        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+    except NPZ_READ_ERRORS as e:  # a damaged local header
+        raise unreadable_npz(path, e) from None
+    try:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+    except NPZ_READ_ERRORS as e:
+        f.close()
+        raise unreadable_npz(path, e) from None
     return f, shape, fortran, dtype
+
+
+def _open_zip(path: Path) -> zipfile.ZipFile:
+    if not path.is_file():
+        raise DataError(f"{path} does not exist")
+    try:
+        return zipfile.ZipFile(path)
+    except NPZ_READ_ERRORS as e:
+        raise unreadable_npz(path, e) from None
 
 
 def npz_images_shape(path: str | Path) -> tuple[int, ...]:
     """Shape of ``arr_0`` without reading its data."""
     path = Path(path)
-    with zipfile.ZipFile(path) as zf:
+    with _open_zip(path) as zf:
         f, shape, _, _ = _open_member_header(zf, IMAGES_KEY, path)
         f.close()
     return tuple(shape)
 
 
+def _read_exactly(f: Any, size: int, path: Path, start: int) -> bytes:
+    """``size`` bytes of the member ``f``; a damaged or short member is a DataError naming it."""
+    try:
+        buf = f.read(size)
+    except NPZ_READ_ERRORS as e:  # Bad CRC-32, a damaged deflate stream
+        raise unreadable_npz(path, e) from None
+    if len(buf) != size:
+        raise DataError(f"{path}: arr_0 is truncated at image {start}", hint=REWRITE_NPZ)
+    return buf
+
+
 def iter_npz_images(path: str | Path, batch_size: int = 256) -> Iterator[np.ndarray]:
     """Stream ``arr_0`` of an ``.npz`` as uint8 (b, H, W, 3) batches without loading it whole."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path} does not exist")
-    try:
-        zf = zipfile.ZipFile(path)
-    except zipfile.BadZipFile as e:
-        raise DataError(
-            f"{path} is not an .npz file", hint="write it with write_samples_npz"
-        ) from e
-    with zf:
+    with _open_zip(path) as zf:
         f, shape, fortran, dtype = _open_member_header(zf, IMAGES_KEY, path)
         with f:
             if dtype != np.uint8 or fortran or len(shape) != 4 or shape[-1] != 3:
@@ -155,9 +185,7 @@ def iter_npz_images(path: str | Path, batch_size: int = 256) -> Iterator[np.ndar
             per_image = int(np.prod(shape[1:]))
             for start in range(0, shape[0], batch_size):
                 b = min(batch_size, shape[0] - start)
-                buf = f.read(b * per_image)
-                if len(buf) != b * per_image:
-                    raise DataError(f"{path}: arr_0 is truncated at image {start}")
+                buf = _read_exactly(f, b * per_image, path, start)
                 yield np.frombuffer(buf, dtype=np.uint8).reshape(b, *shape[1:])
 
 
@@ -175,8 +203,8 @@ def read_samples_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
             images = _check_images(z[IMAGES_KEY], str(path))
             key = next((k for k in LABELS_KEYS if k in z.files), None)
             labels = z[key] if key else None
-    except (ValueError, OSError) as e:
-        raise DataError(f"cannot read {path}: {e}") from e
+    except NPZ_READ_ERRORS as e:
+        raise unreadable_npz(path, e) from None
     return images, labels
 
 
@@ -224,8 +252,8 @@ def read_reference_batch(path: str | Path) -> AdmReference:
             mu_s = z["mu_s"].astype(np.float64) if has_s else None
             sigma_s = z["sigma_s"].astype(np.float64) if has_s else None
             has_images = IMAGES_KEY in z.files
-    except (ValueError, OSError) as e:
-        raise DataError(f"cannot read {path}: {e}") from e
+    except NPZ_READ_ERRORS as e:
+        raise unreadable_npz(path, e) from None
     num = npz_images_shape(path)[0] if has_images else 0
     return AdmReference(path, sha256_file(path), mu, sigma, mu_s, sigma_s, num)
 

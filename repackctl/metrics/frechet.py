@@ -26,7 +26,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import secrets
+import signal
+import tokenize
+import zipfile
+import zlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -49,6 +54,30 @@ IMAG_ATOL = 1e-3
 
 #: keys every stats file's metadata carries (what changes the numbers)
 STATS_METADATA_KEYS = ("extractor", "weights_sha256", "resolution", "source_sha256")
+#: metadata key holding the sha256 of a stats file's arrays and metadata, verified on load
+#: (files written before it existed have none and load as before)
+CHECKSUM_KEY = "arrays_sha256"
+#: what reading a damaged .npz raises: zip structure and CRC-32, zlib, the .npy header parser
+NPZ_READ_ERRORS = (
+    zipfile.BadZipFile,
+    zlib.error,
+    EOFError,
+    KeyError,
+    ValueError,
+    OSError,
+    NotImplementedError,
+    tokenize.TokenError,
+)
+#: crash tests only (the switch of ``cache.creation.crash_point``): the value
+#: :data:`KILL_AT_WRITTEN` SIGKILLs the process once a stats file's temporary is written, before
+#: it is renamed into place (what a kill during the write leaves behind)
+KILL_ENV = "REPACKCTL_TEST_CRASH_AFTER"
+KILL_AT_WRITTEN = "stats-written"
+#: what to do about a damaged stats file
+REMAKE_STATS = (
+    "the file is damaged: make it again from the images it summarises with "
+    "`repackctl evaluate stats SOURCE` (or `save_stats`)"
+)
 
 
 # --------------------------------------------------------------------------- Fréchet distance
@@ -201,15 +230,48 @@ class FeatureStats:
 
 
 # --------------------------------------------------------------------------- stats files
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Delete the temporaries of ``path`` left by a killed :func:`atomic_path` writer.
+
+    Only files named ``.<name>.<pid>.<8 hex>.tmp`` beside ``path`` whose writer ``pid`` is no
+    longer running are removed: the temporaries of other targets, and those of a live writer,
+    are left alone.
+    """
+    path = Path(path)
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(\d+)\.[0-9a-f]{{8}}\.tmp$")
+    removed: list[Path] = []
+    if not path.parent.is_dir():
+        return removed
+    for p in path.parent.iterdir():
+        m = pattern.match(p.name)
+        if m and p.is_file() and not p.is_symlink() and not _pid_alive(int(m.group(1))):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling of ``path``; on success rename it onto ``path``, else delete it.
 
-    A killed process never leaves a half-written file under the final name. The temporary file
-    is created by the caller with ordinary ``open``, so it gets the user's umask permissions.
+    A killed process never leaves a half-written file under the final name, and the temporary it
+    leaves is removed by the next write of the same ``path`` (:func:`remove_stale_temporaries`).
+    The temporary file is created by the caller with ordinary ``open``, so it gets the user's
+    umask permissions.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         yield tmp
@@ -251,19 +313,47 @@ def save_stats(
         "source_sha256": source_sha256,
         **dict(extra or {}),
     }
+    arrays = {"mu": stats.mu, "sigma": stats.sigma, "n": np.int64(stats.n)}
+    return write_stats_npz(path, arrays, meta)
+
+
+def stats_checksum(arrays: Mapping[str, Any], metadata: Mapping[str, Any]) -> str:
+    """sha256 of a stats file's arrays (names, dtypes, shapes, bytes) and of its metadata."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    meta = {k: v for k, v in metadata.items() if k != CHECKSUM_KEY}
+    h.update(b"metadata|" + json.dumps(meta, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def write_stats_npz(path: str | Path, arrays: Mapping[str, Any], metadata: Mapping) -> Path:
+    """Write ``arrays`` and the JSON ``metadata`` (with their :data:`CHECKSUM_KEY`) atomically."""
+    path = Path(path)
+    arrays = {k: np.asarray(v) for k, v in arrays.items()}
+    meta = {**metadata, CHECKSUM_KEY: stats_checksum(arrays, metadata)}
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(
-            f,
-            mu=stats.mu,
-            sigma=stats.sigma,
-            n=np.int64(stats.n),
-            metadata=np.array(json.dumps(meta, sort_keys=True)),  # 0-d unicode, no pickle
-        )
+        # metadata: a 0-d unicode array, so nothing is pickled
+        np.savez(f, **arrays, metadata=np.array(json.dumps(meta, sort_keys=True)))
+        f.flush()
+        if os.environ.get(KILL_ENV) == KILL_AT_WRITTEN:
+            os.kill(os.getpid(), signal.SIGKILL)
     return path
 
 
-def load_stats(path: str | Path) -> StatsFile:
-    """Read a stats file written by :func:`save_stats` (never unpickles)."""
+def _damaged(path: Path, why: object) -> DataError:
+    return DataError(f"stats file {path} is damaged or unreadable ({why})", hint=REMAKE_STATS)
+
+
+def read_stats_npz(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
+    """Every array of a stats file and its metadata, checksum verified (never unpickles).
+
+    A file that cannot be read, or whose arrays or metadata no longer match the checksum they
+    were written with, is a :class:`DataError` naming it; files without a checksum (written
+    before it existed) are read as they are.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"stats file {path} does not exist")
@@ -276,14 +366,42 @@ def load_stats(path: str | Path) -> StatsFile:
                     hint="ADM reference batches (mu/sigma/mu_s/sigma_s) are read with "
                     "repackctl.metrics.adm.read_reference_batch",
                 )
-            mu = z["mu"].astype(np.float64)
-            sigma = z["sigma"].astype(np.float64)
-            n = int(z["n"])
-            meta = json.loads(str(z["metadata"]))
-    except (ValueError, OSError) as e:
-        raise DataError(f"cannot read stats file {path}: {e}") from e
-    _check_gaussian(mu, sigma, str(path))
-    return StatsFile(mu=mu, sigma=sigma, n=n, metadata=meta)
+            arrays = {k: z[k] for k in z.files}
+        meta = json.loads(str(arrays.pop("metadata")))
+    except NPZ_READ_ERRORS as e:  # json.JSONDecodeError is a ValueError
+        raise _damaged(path, e) from None
+    if not isinstance(meta, dict):
+        raise _damaged(path, "its metadata is not a JSON object")
+    expected = meta.pop(CHECKSUM_KEY, None)
+    if expected is not None and expected != stats_checksum(arrays, meta):
+        raise _damaged(path, "its arrays do not match the checksum they were written with")
+    return arrays, meta
+
+
+def stats_from_arrays(
+    path: str | Path,
+    arrays: Mapping[str, np.ndarray],
+    metadata: dict,
+    mu: str = "mu",
+    sigma: str = "sigma",
+) -> StatsFile:
+    """The Gaussian ``arrays[mu]``, ``arrays[sigma]`` (n = ``arrays["n"]``) of a stats file."""
+    try:
+        out = StatsFile(
+            mu=arrays[mu].astype(np.float64),
+            sigma=arrays[sigma].astype(np.float64),
+            n=int(arrays["n"]),
+            metadata=metadata,
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise _damaged(Path(path), e) from None
+    _check_gaussian(out.mu, out.sigma, str(path))
+    return out
+
+
+def load_stats(path: str | Path) -> StatsFile:
+    """Read a stats file written by :func:`save_stats` (never unpickles, checksum verified)."""
+    return stats_from_arrays(path, *read_stats_npz(path))
 
 
 def sha256_array(array: Any) -> str:
