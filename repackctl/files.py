@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -164,14 +165,21 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temp_files(folder: str | Path) -> list[Path]:
-    """Delete our temporary files in ``folder`` whose writer is gone; nothing else is touched."""
+def remove_stale_temp_files(
+    folder: str | Path, ours: Callable[[str], bool] | None = None
+) -> list[Path]:
+    """Delete our temporary files in ``folder`` whose writer is gone; nothing else is touched.
+
+    ``ours`` narrows what counts as ours (e.g. only temporaries of the files a command writes
+    there): a user's file that merely looks like a temporary is then kept."""
     folder = Path(folder)
     removed: list[Path] = []
     if not folder.is_dir():
         return removed
     for p in folder.iterdir():
         pid = temp_writer_pid(p.name)
+        if ours is not None and pid is not None and not ours(p.name):
+            continue
         if pid is not None and p.is_file() and not p.is_symlink() and not _pid_alive(pid):
             p.unlink(missing_ok=True)
             removed.append(p)

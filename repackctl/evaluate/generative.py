@@ -57,7 +57,7 @@ from repackctl.evaluate.selection import (
     refuse_unfinished,
     sample_files,
 )
-from repackctl.files import IMAGE_EXTENSIONS, sha256_file
+from repackctl.files import IMAGE_EXTENSIONS, sha256_file, sha256_file_cached
 from repackctl.metrics.adm import AdmReference, iter_npz_images, npz_images_shape
 from repackctl.metrics.frechet import (
     NPZ_READ_ERRORS,
@@ -196,7 +196,7 @@ def npz_image_set(
         n=n,
         resolution=int(shape[1]),
         batches=batches,
-        hasher=lambda: sha256_file(path),
+        hasher=lambda: sha256_file_cached(path),  # a samples folder's is checked on opening
         meta={"available": int(shape[0])},
     )
 
@@ -522,6 +522,7 @@ def open_generated(settings: Settings, progress: ProgressFactory = null_progress
     available = images.meta["available"]
     if npz is not None and npz.name == SAMPLES_NPZ:
         check_recorded_count(protocol, available, images.label)
+        _check_recorded_npz(npz.parent, protocol)
     labels = None
     if num is not None and num < available:
         labels = _labels_of(npz, protocol, available, images.label)
@@ -594,6 +595,20 @@ def _locate_images(path: Path) -> tuple[Path | None, Path, dict]:
             hint="pass a samples folder made by `repackctl sample`, or a DiT checkpoint",
         )
     return None, path, read_protocol(path)
+
+
+def _check_recorded_npz(folder: Path, protocol: dict) -> None:
+    """Refuse a samples folder's samples.npz that is not the one its card recorded (size and
+    sha256; cards written before they recorded their files are taken as they are)."""
+    from repackctl.sample.folder import check_recorded_file
+
+    check_recorded_file(
+        folder,
+        SAMPLES_NPZ,
+        protocol,
+        "run the same `repackctl sample` command with --out "
+        f"{folder} to rebuild samples.npz from its PNGs, or sample again into a new folder",
+    )
 
 
 def _labels_of(npz: Path | None, protocol: dict, available: int, where: str) -> np.ndarray | None:

@@ -1,11 +1,31 @@
-"""The samples-folder format: PNG names, ownership, claim, assembly to .npz, the card."""
+"""The samples-folder format: PNG names, ownership, claim, assembly to .npz, the card.
+
+Integrity (nothing damaged or swapped is assembled or scored silently):
+
+- **Per-sample files.** For each batch, ``sample`` writes ``latents/written-<a>-<b>.json``
+  (atomically, after the batch's ``.npy`` files and before its ``.png`` files, the done
+  markers): the sha256 of each file. A sample is done when its PNG and latent match such an
+  entry; a sample without its PNG is simply made again, a file that no longer matches
+  (damaged from outside) is made again with a ``Warning:`` line. Sampling an index is
+  deterministic for a given batch, and a resumed batch is recomputed whole
+  (``aligned_batches``), so the repaired folder equals an uninterrupted run's byte for byte.
+  Assembly hashes each file as it reads it and refuses one that does not match.
+- **Assembled files.** ``protocol.json`` records ``files``: the sha256 and size of
+  ``samples.npz`` (with ``images_sha256``, the digest of its pixels, which a rebuild from the
+  PNGs can reproduce although a zip's write times change its bytes) and of ``latents.npy``.
+  Readers (``evaluate``, ``refine apply``) refuse a file that does not match
+  (:func:`check_recorded_file`); a rerun of ``sample`` rebuilds a damaged ``samples.npz`` from
+  the PNGs when their pixels still give the recorded digest.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -14,15 +34,24 @@ from typing import Any
 
 import numpy as np
 
-from repackctl.errors import ConfigError
+from repackctl.errors import ConfigError, DataError
 from repackctl.files import (
     ensure_writable_dir,
     read_png,
     remove_stale_temp_files,
+    sha256_file,
+    sha256_file_cached,
     temp_writer_pid,
     write_json_atomic,
+    write_npy_atomic,
 )
-from repackctl.paths import LATENTS_DIR, LATENTS_FILE, SETTINGS_JSON
+from repackctl.paths import (
+    LATENTS_DIR,
+    LATENTS_FILE,
+    PROTOCOL_JSON,
+    SAMPLES_NPZ,
+    SETTINGS_JSON,
+)
 from repackctl.sample.plan import GenerationPlan, label_classes
 
 
@@ -74,21 +103,22 @@ def claim_folder(
     The settings file is the folder's marker: a folder that exists without it must be empty (or
     hold only our temporary files), since later steps delete ``latents/`` and overwrite
     ``samples.npz``; a folder with foreign content is refused, never emptied. Temporary files of
-    killed writers (``.000033.png.<pid>.tmp`` …) are removed.
+    killed writers of the files written there (``.000033.png.<pid>.tmp`` …) are removed; any
+    other file, even one named like a temporary, is the user's and is left alone.
     """
     ensure_writable_dir(folder, "samples folder")
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / SETTINGS_JSON
     if not path.is_file():
-        foreign = sorted(p.name for p in folder.iterdir() if temp_writer_pid(p.name) is None)
+        foreign = sorted(p.name for p in folder.iterdir() if not _our_temp(p.name, _FOLDER_FILES))
         if foreign:
             raise ConfigError(
                 f"{folder} already holds files that `repackctl` did not write there "
                 f"({', '.join(foreign[:3])}{' …' if len(foreign) > 3 else ''})",
                 f"{elsewhere} (a new or empty folder); nothing in this one was changed",
             )
-    remove_stale_temp_files(folder)
-    remove_stale_temp_files(folder / LATENTS_DIR)
+    remove_stale_temp_files(folder, lambda name: _our_temp(name, _FOLDER_FILES))
+    remove_stale_temp_files(folder / LATENTS_DIR, lambda name: _our_temp(name, _LATENT_FILES))
     if path.is_file():
         try:
             old = json.loads(path.read_text())
@@ -116,35 +146,269 @@ def assemble(
     folder: Path, labels: np.ndarray, grid: int, latent_shape: tuple[int, ...] | None
 ) -> tuple[int, ...]:
     """samples.npz (ADM), latents.npy and grid.png from the per-index files; returns H, W, 3."""
+    return assemble_recorded(folder, labels, grid, latent_shape)[0]
+
+
+def assemble_recorded(
+    folder: Path,
+    labels: np.ndarray,
+    grid: int,
+    latent_shape: tuple[int, ...] | None,
+    verify: bool = False,
+) -> tuple[tuple[int, ...], dict[str, Any]]:
+    """``assemble``, and the ``files`` entry of the card for what it wrote (or kept).
+
+    With ``verify``, each per-sample file must match the manifest written with it
+    (``latents/written-*.json``); a file that does not, or does not decode, is refused by name
+    before samples.npz is replaced."""
+    num = len(labels)
+    checks = _Checker(folder, read_manifests(folder) if verify else None)
+    files = {SAMPLES_NPZ: write_npz_recorded(folder, labels, checks)}
+    _assemble_latents(folder, num, latent_shape, checks)
+    if (folder / LATENTS_FILE).is_file():
+        files[LATENTS_FILE] = file_record(folder / LATENTS_FILE)
+    return write_grid(folder, num, grid), files
+
+
+def write_npz_recorded(
+    folder: Path, labels: np.ndarray, checks: _Checker | None = None
+) -> dict[str, Any]:
+    """samples.npz from the PNGs; returns its card record (sha256, size, ``images_sha256``)."""
     from repackctl.metrics.adm import write_samples_npz
+
+    images = hashlib.sha256()
+
+    def hashed(batches: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+        for b in batches:
+            images.update(np.ascontiguousarray(b, dtype=np.uint8).tobytes())
+            yield b
+
+    npz, num = folder / SAMPLES_NPZ, len(labels)
+    checks = checks or _Checker(folder, None)
+    write_samples_npz(npz, hashed(checks.pngs(num)), labels, num=num)
+    return {**file_record(npz), "images_sha256": images.hexdigest()}
+
+
+def pngs_digest(folder: Path, num: int) -> str:
+    """sha256 of the pixels of ``000000.png …`` (what ``images_sha256`` records)."""
+    h = hashlib.sha256()
+    for batch in _Checker(folder, None).pngs(num):
+        h.update(np.ascontiguousarray(batch, dtype=np.uint8).tobytes())
+    return h.hexdigest()
+
+
+def write_grid(folder: Path, num: int, grid: int) -> tuple[int, ...]:
+    """grid.png of the first ``grid`` samples; returns the image shape (H, W, 3)."""
     from repackctl.metrics.recon import save_grid
 
-    num = len(labels)
-    write_samples_npz(folder / "samples.npz", iter_pngs(folder, num), labels, num=num)
-    lat_dir = folder / LATENTS_DIR
-    if latent_shape is not None and lat_dir.is_dir():
-        complete = all((lat_dir / f"{i:06d}.npy").is_file() for i in range(num))
-        if not complete and (folder / LATENTS_FILE).is_file():
-            shutil.rmtree(lat_dir)  # a finished folder reopened: latents.npy is already there
-        else:
-            out = np.lib.format.open_memmap(
-                folder / f".{LATENTS_FILE}.tmp",
-                mode="w+",
-                dtype=np.float32,
-                shape=(num, *latent_shape),
-            )
-            for i in range(num):
-                out[i] = np.load(lat_dir / f"{i:06d}.npy", allow_pickle=False)
-            out.flush()
-            del out
-            os.replace(folder / f".{LATENTS_FILE}.tmp", folder / LATENTS_FILE)
-            shutil.rmtree(lat_dir)
-    first = read_png(png_path(folder, 0))
+    first = _decoded_png(png_path(folder, 0))
     if grid > 0:
-        images = next(iter_pngs(folder, min(grid, num), batch=grid))
+        images = [_decoded_png(png_path(folder, i)) for i in range(min(grid, num))]
         cols = max(1, math.ceil(math.sqrt(len(images))))
         save_grid([images[i : i + cols] for i in range(0, len(images), cols)], folder / "grid.png")
     return tuple(first.shape)
+
+
+def _assemble_latents(
+    folder: Path, num: int, latent_shape: tuple[int, ...] | None, checks: _Checker
+) -> None:
+    """latents.npy from ``latents/000000.npy …``, then ``latents/`` removed."""
+    lat_dir = folder / LATENTS_DIR
+    if latent_shape is None or not lat_dir.is_dir():
+        return
+    complete = all((lat_dir / f"{i:06d}.npy").is_file() for i in range(num))
+    if not complete and (folder / LATENTS_FILE).is_file():
+        shutil.rmtree(lat_dir)  # a finished folder reopened: latents.npy is already there
+        return
+    out = np.lib.format.open_memmap(
+        folder / f".{LATENTS_FILE}.tmp", mode="w+", dtype=np.float32, shape=(num, *latent_shape)
+    )
+    for i in range(num):
+        out[i] = checks.latent(i)
+    out.flush()
+    del out
+    os.replace(folder / f".{LATENTS_FILE}.tmp", folder / LATENTS_FILE)
+    shutil.rmtree(lat_dir)
+
+
+def _decoded_png(path: Path) -> np.ndarray:
+    """uint8 (H, W, 3) of a per-sample PNG; an undecodable one is refused by name."""
+    try:
+        return read_png(path)
+    except (OSError, ValueError, SyntaxError) as e:
+        raise _damaged(path, f"it does not decode: {e}") from None
+
+
+def _damaged(path: Path, why: str) -> DataError:
+    return DataError(
+        f"{path} was damaged after it was written ({why})",
+        "run the same command again: a damaged per-sample file is made again (or delete "
+        "that file, then run it again)",
+    )
+
+
+class _Checker:
+    """Reads per-sample files, each checked against its manifest entry when there are any."""
+
+    def __init__(self, folder: Path, manifest: dict[int, list[dict[str, str]]] | None) -> None:
+        self.folder, self.manifest = folder, manifest
+
+    def _bytes(self, path: Path, index: int, kind: str) -> bytes:
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise _damaged(path, f"it cannot be read: {e}") from None
+        if self.manifest is not None:
+            sha = hashlib.sha256(data).hexdigest()
+            if not any(e.get(kind) == sha for e in self.manifest.get(index, ())):
+                raise _damaged(path, "its sha256 is not the one recorded when it was written")
+        return data
+
+    def pngs(self, num: int, batch: int = 256) -> Iterator[np.ndarray]:
+        """uint8 (b, H, W, 3) batches of ``000000.png …`` in index order."""
+        from PIL import Image
+
+        for start in range(0, num, batch):
+            out = []
+            for i in range(start, min(start + batch, num)):
+                path = png_path(self.folder, i)
+                try:
+                    with Image.open(io.BytesIO(self._bytes(path, i, "png"))) as im:
+                        out.append(np.asarray(im.convert("RGB")))
+                except (OSError, ValueError, SyntaxError) as e:
+                    raise _damaged(path, f"it does not decode: {e}") from None
+            yield np.stack(out)
+
+    def latent(self, index: int) -> np.ndarray:
+        path = self.folder / LATENTS_DIR / f"{index:06d}.npy"
+        try:
+            return np.load(io.BytesIO(self._bytes(path, index, "npy")), allow_pickle=False)
+        except (OSError, ValueError, EOFError) as e:
+            raise _damaged(path, f"it does not decode: {e}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Per-sample manifests and recorded files
+
+# the names `sample` writes in a samples folder and in its latents/ folder (their temporaries,
+# and only theirs, are ours to remove)
+_FOLDER_FILES = re.compile(
+    r"\d{6}\.png|samples\.npz|latents\.npy|grid\.png|protocol\.json|\.sample-settings\.json"
+    r"|prompts\.txt|adherence\.json|metrics\.json"
+)
+_LATENT_FILES = re.compile(r"\d{6}\.npy|written-\d{6}-\d{6}\.json")
+_TEMP_FORMS = (  # repackctl.files: .<name>.<pid>.tmp, .<name>.<pid>.<hex>.tmp, .tmp-<name>.<pid>
+    re.compile(r"\.(.+)\.\d+\.tmp"),
+    re.compile(r"\.(.+)\.\d+\.[0-9a-f]{8}\.tmp"),
+    re.compile(r"\.tmp-(.+)\.\d+"),
+)
+
+
+def _our_temp(name: str, targets: re.Pattern[str]) -> bool:
+    """Whether ``name`` is a temporary of one of the files ``targets`` names."""
+    if temp_writer_pid(name) is None:
+        return False
+    for form in _TEMP_FORMS:
+        m = form.fullmatch(name)
+        if m and targets.fullmatch(m.group(1)):
+            return True
+    return False
+
+
+def _manifest_path(folder: Path, indices: list[int]) -> Path:
+    return folder / LATENTS_DIR / f"written-{min(indices):06d}-{max(indices):06d}.json"
+
+
+def write_samples(folder: Path, samples: list[tuple[int, np.ndarray, np.ndarray]]) -> None:
+    """Write the per-sample files of ``(index, raw latent, uint8 image)``: each latent, then
+    the manifest of the batch (the sha256 of each latent and PNG), then each PNG, the done
+    marker. Each write is atomic, so a kill at any instant leaves a PNG only beside its latent
+    and its manifest entry; an index without its PNG is simply made again."""
+    from PIL import Image
+
+    if not samples:
+        return
+    entries, pngs = {}, {}
+    for i, raw, image in samples:
+        write_npy_atomic(folder / LATENTS_DIR / f"{i:06d}.npy", raw)
+        buf = io.BytesIO()
+        Image.fromarray(image).save(buf, format="PNG")  # the bytes `write_png_atomic` writes
+        pngs[i] = buf.getvalue()
+        npy_sha = sha256_file(folder / LATENTS_DIR / f"{i:06d}.npy")
+        entries[f"{i:06d}"] = {"png": hashlib.sha256(pngs[i]).hexdigest(), "npy": npy_sha}
+    write_json_atomic(_manifest_path(folder, list(pngs)), entries)
+    for i, data in pngs.items():
+        path = png_path(folder, i)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # one of ours (claim_folder)
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+
+
+def read_manifests(folder: Path) -> dict[int, list[dict[str, str]]]:
+    """index → the manifest entries recorded for it (an unreadable manifest counts as none)."""
+    out: dict[int, list[dict[str, str]]] = {}
+    lat_dir = folder / LATENTS_DIR
+    if not lat_dir.is_dir():
+        return out
+    for path in sorted(lat_dir.glob("written-*.json")):
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        for key, entry in doc.items() if isinstance(doc, dict) else ():
+            if key.isdigit() and isinstance(entry, dict):
+                out.setdefault(int(key), []).append(entry)
+    return out
+
+
+def unverified_indices(folder: Path, indices: range) -> tuple[list[int], list[Path]]:
+    """(indices to make again, the files found damaged among them), for a folder `sample` is
+    still making: an index is done when its PNG and latent match a manifest entry."""
+    manifest = read_manifests(folder)
+    todo, damaged = [], []
+    for i in indices:
+        files = {"png": png_path(folder, i), "npy": folder / LATENTS_DIR / f"{i:06d}.npy"}
+        entries = manifest.get(i)
+        if not entries or not all(p.is_file() for p in files.values()):
+            todo.append(i)
+            continue
+        sha = {k: sha256_file(p) for k, p in files.items()}
+        if not any(all(e.get(k) == v for k, v in sha.items()) for e in entries):
+            todo.append(i)
+            damaged += [p for k, p in files.items() if all(e.get(k) != sha[k] for e in entries)]
+    return todo, damaged
+
+
+def file_record(path: Path) -> dict[str, Any]:
+    """``{"sha256", "size"}`` of a file, as the card records it."""
+    return {"sha256": sha256_file_cached(path), "size": path.stat().st_size}
+
+
+def file_mismatch(path: Path, recorded: Any) -> str | None:
+    """What about ``path`` differs from the card's record of it, or None when it matches (or
+    nothing was recorded: folders written before cards recorded their files)."""
+    if not isinstance(recorded, dict) or "sha256" not in recorded:
+        return None
+    if not path.is_file():
+        return "it is missing"
+    size = path.stat().st_size
+    if "size" in recorded and size != recorded["size"]:
+        return f"it has {size} bytes, {recorded['size']} were written"
+    if sha256_file_cached(path) != recorded["sha256"]:
+        return "its sha256 is not the one recorded when it was written"
+    return None
+
+
+def check_recorded_file(folder: Path, name: str, protocol: dict[str, Any], rebuild: str) -> None:
+    """Refuse ``folder/name`` when it is not the file the folder's protocol.json recorded."""
+    recorded = (protocol.get("files") or {}).get(name) if isinstance(protocol, dict) else None
+    why = file_mismatch(folder / name, recorded)
+    if why is not None:
+        raise DataError(
+            f"{folder / name} is not the {name} that `repackctl sample` recorded in "
+            f"{folder / PROTOCOL_JSON} ({why})",
+            f"the folder was edited or damaged (or holds another folder's file): {rebuild}",
+        )
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import time
 import zipfile
 import zlib
@@ -42,13 +43,13 @@ from torch import Tensor
 from repackctl.errors import ConfigError, DataError
 from repackctl.files import sha256_file, write_json_atomic, write_png_atomic
 from repackctl.metrics.adm import IMAGES_KEY
-from repackctl.paths import PROTOCOL_JSON, SETTINGS_JSON
+from repackctl.paths import PROTOCOL_JSON, SAMPLES_NPZ, SETTINGS_JSON
 from repackctl.progress import ProgressFactory, null_progress
 from repackctl.refine.load import LATENT_CONVENTION, RefinerHandle, load_refiner
 from repackctl.runtime import DistInfo, resolve_device
 from repackctl.sample.folder import (
     LATENTS_FILE,
-    assemble,
+    assemble_recorded,
     claim_folder,
     missing_indices,
     owned_range,
@@ -119,6 +120,16 @@ def _regenerate(protocol: dict[str, Any], runs: str, indices: list[int], device)
         )
 
 
+_LATENTS_HINT = (
+    "move latents.npy out of the folder (`refine apply` then recomputes the latents from the "
+    "DiT that made the samples), or sample again into a new folder"
+)
+_NPZ_HINT = (
+    "run the same `repackctl sample` command with --out {src} to rebuild samples.npz from its "
+    "PNGs, or sample again into a new folder"
+)
+
+
 def _unreadable(path: Path, why: object) -> DataError:
     return DataError(
         f"{path} is not a readable samples file ({why})",
@@ -174,6 +185,8 @@ class SamplesSource:
             raise DataError(f"{src / PROTOCOL_JSON} records no latent_shape", "sample again")
         self._files = contextlib.ExitStack()
         self._latents_file: BinaryIO | None = None
+        self._latents_sha: str | None = None
+        self._recorded = protocol.get("files") or {}
         try:
             self._zip = self._open_npz(src / "samples.npz")
             self.latents = self._open_latents(src / LATENTS_FILE)
@@ -194,10 +207,10 @@ class SamplesSource:
                 f"{self.src} has no samples.npz",
                 "finish it with the same `repackctl sample` command",
             )
+        handle = self._files.enter_context(path.open("rb"))
+        self._check_recorded(handle, path, SAMPLES_NPZ)
         try:
-            zf = self._files.enter_context(
-                zipfile.ZipFile(self._files.enter_context(path.open("rb")))
-            )
+            zf = self._files.enter_context(zipfile.ZipFile(handle))
             self._images = self._files.enter_context(zf.open(f"{IMAGES_KEY}.npy"))
             shape, fortran, dtype = _read_npy_header(self._images)
         except (zipfile.BadZipFile, KeyError, ValueError, OSError, zlib.error) as e:
@@ -215,13 +228,23 @@ class SamplesSource:
         if not path.is_file():
             return None
         self._latents_file = self._files.enter_context(path.open("rb"))
+        self._latents_sha = self._check_recorded(self._latents_file, path, LATENTS_FILE)
         try:
             shape, fortran, dtype = _read_npy_header(self._latents_file)
         except ValueError as e:
-            raise DataError(f"{path} is not a readable .npy file ({e})", "sample again") from None
+            raise DataError(f"{path} is not a readable .npy file ({e})", _LATENTS_HINT) from None
         if shape != (self.num, *self.latent_shape) or dtype.hasobject:
-            raise DataError(f"{path} has shape {shape}", "sample again")
+            raise DataError(f"{path} has shape {shape}", _LATENTS_HINT)
         offset, order = self._latents_file.tell(), "F" if fortran else "C"
+        size, need = (
+            os.fstat(self._latents_file.fileno()).st_size,
+            int(np.prod(shape)) * dtype.itemsize,
+        )
+        if size < offset + need:  # cut short (folders whose card records no sha256 of it)
+            raise DataError(
+                f"{path} is cut short ({size} bytes; its header needs {offset + need})",
+                _LATENTS_HINT,
+            )
         return np.memmap(self._latents_file, dtype, "r", offset, shape, order)  # (N, d, h, w)
 
     def digest(self) -> str:
@@ -230,14 +253,41 @@ class SamplesSource:
 
         The npz members are hashed, not the file: what a zip records beside them (write times,
         layout) says nothing about the samples."""
-        latents_sha = None
-        if self._latents_file is not None:
+        latents_sha = self._latents_sha
+        if self._latents_file is not None and latents_sha is None:
             h = hashlib.sha256()
             self._latents_file.seek(0)
             while block := self._latents_file.read(1 << 24):
                 h.update(block)
             latents_sha = h.hexdigest()
         return _digest(self._zip, self.src / "samples.npz", latents_sha)
+
+    def _check_recorded(self, handle: BinaryIO, path: Path, name: str) -> str | None:
+        """The sha256 of the open file ``handle`` when the card records one, checked against
+        it (and its size) before anything is read from it; None when nothing is recorded."""
+        recorded = self._recorded.get(name)
+        if not isinstance(recorded, dict) or "sha256" not in recorded:
+            return None  # written before cards recorded their files
+        size, why = os.fstat(handle.fileno()).st_size, None
+        if "size" in recorded and size != recorded["size"]:
+            why = f"it has {size} bytes, {recorded['size']} were written"
+        sha = None
+        if why is None:
+            h = hashlib.sha256()
+            while block := handle.read(1 << 24):
+                h.update(block)
+            handle.seek(0)
+            sha = h.hexdigest()
+            if sha != recorded["sha256"]:
+                why = "its sha256 is not the one recorded when it was written"
+        if why is not None:
+            raise DataError(
+                f"{path} is not the {name} that `repackctl sample` recorded in "
+                f"{self.src / PROTOCOL_JSON} ({why})",
+                "the folder was edited or damaged (or holds another folder's file): "
+                + (_LATENTS_HINT if name == LATENTS_FILE else _NPZ_HINT.format(src=self.src)),
+            )
+        return sha
 
     def images(self, indices: list[int]) -> np.ndarray:
         """uint8 (B, H, W, 3): the images ``indices`` of samples.npz (ascending indices read the
@@ -402,8 +452,9 @@ def _write_card(
 ) -> None:
     """samples.npz, grid and protocol card of the finished refined folder (rank 0)."""
     labels = np.asarray(protocol["labels"], dtype=np.int64)
-    assemble(out, labels, grid, None)
+    _, files = assemble_recorded(out, labels, grid, None)
     card = dict(protocol)
+    card["files"] = files  # what this folder holds, not what its source holds
     card["refiner"] = {"checkpoint": str(refiner.checkpoint), "sha256": refiner.sha256}
     card["refined_from"] = str(src)
     card["refined_from_sha256"] = digest
