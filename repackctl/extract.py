@@ -54,6 +54,7 @@ from repackctl.data.builtin import check_resolution as check_builtin_resolution
 from repackctl.data.sources import dataset_label, default_resolution, make_source
 from repackctl.encoders.load import make_encoder
 from repackctl.errors import ConfigError, DataError
+from repackctl.files import pid_alive
 from repackctl.paths import entry_name
 from repackctl.progress import ProgressFactory, null_progress
 from repackctl.runtime import (
@@ -138,23 +139,13 @@ def _die_with_parent(parent: int, worker_id: int) -> None:
     if not sys.platform.startswith("linux"):
         return
     if os.getppid() != parent:  # gone already, or a forkserver started it (its death would count)
-        if not _alive(parent):
+        if not pid_alive(parent):
             os.kill(os.getpid(), signal.SIGKILL)
         return
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent:  # the parent died just before prctl: no signal will come
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
 
 
 def _loader(source: ImageSource, resolution: int, batches: list[list[int]], workers: int):

@@ -153,7 +153,9 @@ def temp_writer_pid(name: str) -> int | None:
     return None
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (this process counts; one of another user
+    too)."""
     if pid == os.getpid():
         return True
     try:
@@ -180,7 +182,7 @@ def remove_stale_temp_files(
         pid = temp_writer_pid(p.name)
         if ours is not None and pid is not None and not ours(p.name):
             continue
-        if pid is not None and p.is_file() and not p.is_symlink() and not _pid_alive(pid):
+        if pid is not None and p.is_file() and not p.is_symlink() and not pid_alive(pid):
             p.unlink(missing_ok=True)
             removed.append(p)
     return removed

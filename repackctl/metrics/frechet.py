@@ -43,7 +43,7 @@ from scipy import linalg
 from scipy.linalg import lapack
 
 from repackctl.errors import DataError
-from repackctl.files import sha256_file
+from repackctl.files import pid_alive, sha256_file
 
 FDMethod = Literal["sqrtm", "cholesky"]
 
@@ -230,16 +230,6 @@ class FeatureStats:
 
 
 # --------------------------------------------------------------------------- stats files
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists, owned by someone else
-        return True
-    return True
-
-
 def remove_stale_temporaries(path: str | Path) -> list[Path]:
     """Delete the temporaries of ``path`` left by a killed :func:`atomic_path` writer.
 
@@ -254,7 +244,7 @@ def remove_stale_temporaries(path: str | Path) -> list[Path]:
         return removed
     for p in path.parent.iterdir():
         m = pattern.match(p.name)
-        if m and p.is_file() and not p.is_symlink() and not _pid_alive(int(m.group(1))):
+        if m and p.is_file() and not p.is_symlink() and not pid_alive(int(m.group(1))):
             p.unlink(missing_ok=True)
             removed.append(p)
     return removed
