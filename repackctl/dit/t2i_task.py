@@ -34,7 +34,7 @@ from repackctl.cache.store import PENDING, WRITTEN
 from repackctl.captions_cache import find_text_group, open_text_group
 from repackctl.data.cached import MEMORY_GB, fits_in_memory
 from repackctl.dit.latents import LatentData, LatentRef
-from repackctl.dit.t2i_load import CaptionTexts
+from repackctl.dit.t2i_load import CaptionTexts, check_text_features
 from repackctl.dit.task import DiTTask, build_task, data_options
 from repackctl.errors import CacheError, CheckpointError, ConfigError
 from repackctl.models.mmdit import mmdit_repa_depth
@@ -212,6 +212,7 @@ class T2ITask(DiTTask):
                 f"this run was trained on caption features {old}, not {self.data.text_id}",
                 f"pass --text-features {old}, or start a new run with --name",
             )
+        check_text_features(extra, dict(self.data.text_attrs), self.data.text_id)
 
     # ---- sample grid ---------------------------------------------------------------------------
     @torch.no_grad()

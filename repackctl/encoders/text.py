@@ -10,7 +10,10 @@ inputs of a text-conditioned MMDiT (REPA ``train_t2i.py`` feeds CLIP token featu
 
 Every caption is padded (or truncated) to the encoder's ``max_length`` so that features of any
 batch have the same L and can be stored side by side in the cache. ``describe()`` holds every
-attribute that changes the numbers (id, dimensions, length, pooling, weights and their sha256).
+attribute that changes the numbers (id, dimensions, length, pooling, weights and their sha256, and
+``files_sha256``: the sha256 of the config and tokenizer files, which change the token ids or the
+model as much as the weights do). ``identity_differences`` compares two such records, and
+``max_length`` is refused above the model's position embeddings (``max_position_embeddings``).
 
 Text encoders are registered under the ``repackctl.text_encoders`` entry-point group; the factory
 is called as ``factory(weights=..., max_length=...)``. Weights are read from local files only
@@ -30,8 +33,25 @@ import torch
 from torch import Tensor, nn
 
 from repackctl.errors import ConfigError, WeightsError
+from repackctl.files import sha256_file_cached
 
 Pooling = Literal["mean", "model"]
+
+#: The files besides the weights that change the features: the model's config and every file a
+#: ``transformers`` tokenizer reads (vocabularies, merges, normalisation, special tokens).
+IDENTITY_FILES = (
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tokenizer.model",
+)
 
 
 @dataclass(frozen=True)
@@ -76,6 +96,63 @@ class TextEncoder(Protocol):
     def encode(self, captions: list[str]) -> TextFeatures: ...
 
     def describe(self) -> dict[str, Any]: ...
+
+
+def files_sha256(model_dir: Path, tokenizer_dir: Path | None = None) -> dict[str, str]:
+    """sha256 of each ``IDENTITY_FILES`` file present, read from disk (once per process and file
+    version): the model folder's under their names, a separate tokenizer folder's (a diffusers
+    pipeline's ``tokenizer/``) under ``tokenizer/NAME``."""
+    folders = {"": Path(model_dir)}
+    if tokenizer_dir is not None and Path(tokenizer_dir).resolve() != Path(model_dir).resolve():
+        folders["tokenizer/"] = Path(tokenizer_dir)
+    return {
+        f"{prefix}{name}": sha256_file_cached(folder / name)
+        for prefix, folder in folders.items()
+        for name in IDENTITY_FILES
+        if (folder / name).is_file()
+    }
+
+
+def identity_differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """What differs between two ``describe()`` records in the files the features depend on: the
+    weights, and each config / tokenizer file (one phrase each; empty: the same). A record
+    written before ``files_sha256`` was recorded is compared on its weights only."""
+    out = []
+    old, new = recorded.get("weights_sha256"), current.get("weights_sha256")
+    if old and new and old != new:
+        out.append(f"weights model.safetensors (sha256 {old[:12]}… then, {new[:12]}… now)")
+    before, now = recorded.get("files_sha256"), current.get("files_sha256")
+    if before is None or now is None:
+        return out
+    for name in sorted(set(before) | set(now)):
+        a, b = before.get(name), now.get(name)
+        if a == b:
+            continue
+        if a is None:
+            out.append(f"{name} (absent then, present now)")
+        elif b is None:
+            out.append(f"{name} (present then, missing now)")
+        else:
+            out.append(f"{name} (sha256 {a[:12]}… then, {b[:12]}… now)")
+    return out
+
+
+def check_max_length(max_length: int, model: nn.Module, encoder_id: str) -> None:
+    """Refuse a caption length the model cannot take: under 2 tokens, or above its position
+    embeddings (``max_position_embeddings`` in its config), before anything is encoded."""
+    setting = "--max-length (captions max_length)"
+    if max_length < 2:
+        raise ConfigError(
+            f"{setting} {max_length} is too short for text encoder {encoder_id}",
+            hint="use e.g. 77 (CLIP's length)",
+        )
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(limit, int) and max_length > limit:
+        raise ConfigError(
+            f"{setting} {max_length} exceeds the {limit} token positions of text encoder "
+            f"{encoder_id} (max_position_embeddings in its config.json)",
+            hint=f"pass --max-length {limit} or less, or leave it unset for the encoder's default",
+        )
 
 
 def masked_mean(tokens: Tensor, mask: Tensor) -> Tensor:
@@ -142,12 +219,10 @@ class HFTextEncoder(nn.Module):
         pooling: Pooling,
         weights: str,
         weights_sha256: str,
+        files_sha256: dict[str, str] | None = None,
     ) -> None:
         super().__init__()
-        if max_length < 2:
-            raise ConfigError(
-                f"text max_length {max_length} is too short", hint="use e.g. 77 (CLIP's length)"
-            )
+        check_max_length(max_length, model, id)
         self.id = id
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
@@ -155,6 +230,7 @@ class HFTextEncoder(nn.Module):
         self.pooling = pooling
         self.weights = weights
         self.weights_sha256 = weights_sha256
+        self.files_sha256 = files_sha256  # None: not known (an encoder that does not record them)
         self.dim = int(model.config.hidden_size)
 
     def train(self, mode: bool = True) -> HFTextEncoder:
@@ -178,7 +254,7 @@ class HFTextEncoder(nn.Module):
             "padding": "max_length",
             "weights": self.weights,
             "weights_sha256": self.weights_sha256,
-        }
+        } | ({} if self.files_sha256 is None else {"files_sha256": dict(self.files_sha256)})
 
     @torch.no_grad()
     def encode(self, captions: list[str]) -> TextFeatures:

