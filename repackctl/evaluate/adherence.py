@@ -10,12 +10,22 @@ attribute equals the prompted one, per attribute, over the samples whose prompt 
 
 Colours are compared coarsely (hue family: "light teal" → teal, "dark grey" → grey).
 Written to ``<samples>/adherence.json``. Shapes: N images, H×W×3 uint8.
+
+Nothing is scored that the samples' card does not vouch for: the PNGs' pixels must give the
+digest `sample` recorded (``files.samples.npz.images_sha256``); a prompt cut at the text
+encoder's ``max_length`` is scored on the text it was encoded as (``prompt_truncation``): an
+attribute whose words were cut is left out, with a ``Warning:`` and a record in adherence.json
+(``truncation``). The run's training entry comes from the card (``training_entry``), so the
+checkpoint that made the samples may have been rotated away since.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+import sys
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +37,7 @@ from torch import nn
 from repackctl.data.captions import SHAPE_NOUNS, colour_name
 from repackctl.errors import DataError
 from repackctl.files import write_json_atomic
-from repackctl.paths import PROTOCOL_JSON
+from repackctl.paths import PROTOCOL_JSON, SAMPLES_NPZ
 
 HUES = (
     "red",
@@ -64,7 +74,23 @@ def _shape_patterns() -> list[tuple[int, list[str]]]:
 
 def prompt_attributes(prompt: str) -> tuple[int | None, str | None]:
     """(shape class id, coarse object colour) named by a prompt; None for what it does not name."""
-    words = re.findall(r"[a-z-]+", prompt.lower())
+    label, _, hue, _ = _attributes_at(prompt)
+    return label, hue
+
+
+def _plain(text: str) -> str:
+    """``text`` lower-cased, accents dropped, letters and digits only: how a prompt and the
+    text its tokenizer kept (``two-tone`` → ``two - tone``) are compared."""
+    decomposed = unicodedata.normalize("NFKD", text.lower())
+    return "".join(c for c in decomposed if c.isascii() and c.isalnum())
+
+
+def _attributes_at(prompt: str) -> tuple[int | None, int, str | None, int]:
+    """(shape id, where its noun ends, coarse colour, where its word ends): the ends are
+    offsets into ``_plain(prompt)``, -1 for an attribute the prompt does not name."""
+    low = prompt.lower()
+    found = [(m.group(), len(_plain(low[: m.end()]))) for m in re.finditer(r"[a-z-]+", low)]
+    words, ends = [w for w, _ in found], [e for _, e in found]
     for label, noun in _shape_patterns():
         n = len(noun)
         at = next((i for i in range(len(words) - n + 1) if words[i : i + n] == noun), None)
@@ -73,16 +99,36 @@ def prompt_attributes(prompt: str) -> tuple[int | None, str | None]:
         start = at
         while start > 0 and words[start - 1] not in _ARTICLE:
             start -= 1
-        before = [w for w in words[start:at] if w in HUES]
-        if before:
-            return label, before[0]
-        after = words[at + n : at + n + 4]
-        if after[:1] == ["in"]:
-            hue = next((w for w in after[1:] if w in HUES), None)
-            return label, hue
-        return label, None
-    hue = next((w for w in words if w in HUES), None)
-    return None, hue
+        colour = next((k for k in range(start, at) if words[k] in HUES), None)
+        if colour is None and words[at + n : at + n + 1] == ["in"]:
+            after = range(at + n + 1, min(at + n + 4, len(words)))  # "a circle in dark blue"
+            colour = next((k for k in after if words[k] in HUES), None)
+        if colour is None:
+            return label, ends[at + n - 1], None, -1
+        return label, ends[at + n - 1], words[colour], ends[colour]
+    k = next((k for k, w in enumerate(words) if w in HUES), None)
+    return None, -1, None if k is None else words[k], -1 if k is None else ends[k]
+
+
+def encoded_attributes(
+    prompt: str, as_encoded: str | None
+) -> tuple[tuple[int | None, str | None], list[str]]:
+    """((shape id, coarse colour) that ``prompt`` names within the text its encoder kept, the
+    attributes left out because their words were cut). ``as_encoded``: the text a prompt cut at
+    the encoder's ``max_length`` was encoded as (``prompt_truncation.as_encoded``), None for a
+    prompt that was not cut. When that text is not the start of the prompt (tokens the encoder
+    did not know), nothing the prompt names is known to have been seen: both are left out."""
+    label, shape_end, hue, colour_end = _attributes_at(prompt)
+    if as_encoded is None:
+        return (label, hue), []
+    seen = _plain(as_encoded)
+    kept = len(seen) if _plain(prompt).startswith(seen) else 0
+    left = []
+    if label is not None and shape_end > kept:
+        label, left = None, [*left, "shape"]
+    if hue is not None and colour_end > kept:
+        hue, left = None, [*left, "colour"]
+    return (label, hue), left
 
 
 # --------------------------------------------------------------------------- classifiers
@@ -222,6 +268,105 @@ def _hashes(folder: Path, n: int, card: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def training_extra(card: dict[str, Any]) -> dict[str, Any]:
+    """The run's training entry and latent stats (``cache``, ``latent_stats``, what
+    ``training_cache_root`` checks): from the card (``training_entry``), else, for folders
+    sampled before cards recorded it, from the checkpoint the samples were made from."""
+    from repackctl.errors import CheckpointError
+    from repackctl.train import checkpoint as ckpt_io
+
+    recorded = card.get("training_entry")
+    if isinstance(recorded, dict) and (recorded.get("cache") or {}).get("entry"):
+        return recorded
+    ckpt = Path(card["checkpoint"])
+    try:
+        return ckpt_io.read_state(ckpt).get("extra", {})
+    except CheckpointError as e:
+        run = card.get("dit_run") or ckpt.parent.parent.name
+        raise CheckpointError(
+            f"the checkpoint these samples were made from, {ckpt}, is gone or unreadable "
+            f"({e.message}), and their {PROTOCOL_JSON} (written before cards recorded the run's "
+            "training entry) does not say which cache entry the run was trained on",
+            f"sample run {run} again from a checkpoint it still has (`repackctl sample -r {run} "
+            "--prompt …`; its card records the entry), then evaluate that folder",
+        ) from None
+
+
+def verified_samples(folder: Path, n: int, card: dict[str, Any]) -> tuple[np.ndarray, bool]:
+    """(the N sample images (N, H, W, 3) uint8, whether they were checked): the PNGs, whose
+    pixels must give the digest `sample` recorded (``files.samples.npz.images_sha256``); cards
+    written before they recorded their files are read as they are (False)."""
+    from repackctl.sample.folder import iter_pngs
+
+    samples = np.concatenate(list(iter_pngs(folder, n)))  # (N, H, W, 3)
+    recorded = ((card.get("files") or {}).get(SAMPLES_NPZ) or {}).get("images_sha256")
+    if recorded is None:
+        return samples, False
+    if hashlib.sha256(np.ascontiguousarray(samples).tobytes()).hexdigest() != recorded:
+        raise DataError(
+            f"the images 000000.png … {n - 1:06d}.png of {folder} are not the samples "
+            f"`repackctl sample` recorded in {folder / PROTOCOL_JSON} (images_sha256): one was "
+            "edited, damaged or swapped",
+            "the folder was edited or damaged: sample again into a new folder (--out), then "
+            "evaluate that",
+        )
+    return samples, True
+
+
+def wanted_attributes(card: dict[str, Any]) -> tuple[list[tuple], dict[str, Any]]:
+    """(the (shape id, colour) each sample's prompt names in the text its encoder kept, a
+    record of what was left out and why). Attributes whose words a prompt cut at the text
+    encoder's ``max_length`` lost are not scored (the model never saw them)."""
+    prompts, ids = card["prompts"], card["prompt_ids"]
+    cut = card.get("prompt_truncation") or {}
+    as_encoded = cut.get("as_encoded")
+    if not isinstance(as_encoded, list) or len(as_encoded) != len(prompts):
+        per_prompt = [(prompt_attributes(p), []) for p in prompts]
+        note = {"known": False, "prompts": len(prompts), "prompts_cut": []}
+        note["left_out"] = {"shape": 0, "colour": 0}
+        return [per_prompt[k][0] for k in ids], note
+    per_prompt = [encoded_attributes(p, e) for p, e in zip(prompts, as_encoded, strict=True)]
+    uses = np.bincount(np.asarray(ids, np.int64), minlength=len(prompts))
+    prompts_cut = [
+        {"prompt_id": k, "as_encoded": text, "left_out": per_prompt[k][1], "samples": int(uses[k])}
+        for k, text in enumerate(as_encoded)
+        if text is not None
+    ]
+    left = {
+        a: sum(c["samples"] for c in prompts_cut if a in c["left_out"]) for a in ("shape", "colour")
+    }
+    why = (
+        f"cut at the text encoder's max_length {cut.get('max_length')} tokens: an attribute "
+        "whose words fall past the cut is not scored (the model never saw them)"
+    )
+    note = {"known": True, "prompts": len(prompts), "prompts_cut": prompts_cut, "left_out": left}
+    note["why"] = why
+    return [per_prompt[k][0] for k in ids], note
+
+
+def _warn(folder: Path, note: dict[str, Any]) -> None:
+    """``Warning:`` lines on stderr for attributes left out, or cuts the card does not record."""
+    if not note["known"]:
+        print(
+            f"Warning: {folder / PROTOCOL_JSON} does not record the text each prompt was encoded "
+            "as (prompt_truncation): a prompt cut at the text encoder's max_length is scored on "
+            "its full text; adherence.json says so (truncation.known: false)",
+            file=sys.stderr,
+            flush=True,
+        )
+        return
+    left = note["left_out"]
+    if left["shape"] or left["colour"]:
+        print(
+            f"Warning: {len(note['prompts_cut'])} of {note['prompts']} prompts were cut at the "
+            "text encoder's max_length; what the model never saw is not scored: the shape of "
+            f"{left['shape']} samples, the colour of {left['colour']} (adherence.json: "
+            "truncation.prompts_cut)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
 def run_adherence(
     folder: str | Path,
     cache: str | None,
@@ -234,27 +379,28 @@ def run_adherence(
     sha256 of the samples scored and of the checkpoint that made them).
 
     ``cache``: the resolved cache setting; the run's training entry is read there, else from
-    the root its checkpoint recorded (``dit.t2i_load.training_cache_root``: the same entry).
+    the root the card (or the checkpoint) recorded (``dit.t2i_load.training_cache_root``: the
+    same entry). The PNGs scored must be the ones `sample` recorded (``verified_samples``);
+    prompts are scored on the text their encoder kept (``wanted_attributes``).
 
     ``real_val``: a built-in cache entry (e.g. the val split) whose real images the same
     classifiers are also scored on (``classifier_real_val_accuracy``), the level to read the
     sample scores against."""
     from repackctl.dit.t2i_load import training_cache_root
-    from repackctl.sample.folder import iter_pngs
-    from repackctl.train import checkpoint as ckpt_io
 
     folder = Path(folder).expanduser().resolve()
     card = _protocol_of(folder)
-    extra = ckpt_io.read_state(Path(card["checkpoint"])).get("extra", {})
+    n = int(card["num_samples"])
+    samples, verified = verified_samples(folder, n, card)  # before anything is trained
+    wanted, truncation = wanted_attributes(card)
+    extra = training_extra(card)
     entry = (extra.get("cache") or {}).get("entry")
     root = training_cache_root(cache, extra, "score built-in runs whose cache is still there")
     images, shapes, colours = real_attributes(root, entry)
+    _warn(folder, truncation)
     net, real_acc = train_classifier(images, shapes, colours, steps, seed, device)
-    n = int(card["num_samples"])
-    samples = np.concatenate(list(iter_pngs(folder, n)))  # (N, H, W, 3)
     hashes = _hashes(folder, n, card)  # of what is scored, before scoring it
     pred_shape, pred_colour = predict(net, samples, device)
-    wanted = [prompt_attributes(card["prompts"][k]) for k in card["prompt_ids"]]
     s_hit = [int(pred_shape[i] == s) for i, (s, _) in enumerate(wanted) if s is not None]
     c_hit = [int(HUES[pred_colour[i]] == c) for i, (_, c) in enumerate(wanted) if c is not None]
     scores = {
@@ -268,6 +414,8 @@ def run_adherence(
         "classifier": {"steps": steps, "seed": seed, "trained_on": entry, "images": len(images)},
         "colours": list(HUES),
         "protocol": str(folder / PROTOCOL_JSON),
+        "samples_verified": verified,  # the PNGs' pixels matched the card's images_sha256
+        "truncation": truncation,
         **hashes,
         "cache": {"root": root, "entry": entry},
     }

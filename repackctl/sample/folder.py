@@ -411,6 +411,67 @@ def check_recorded_file(folder: Path, name: str, protocol: dict[str, Any], rebui
         )
 
 
+def is_finished(folder: Path) -> bool:
+    """Whether ``sample`` finished ``folder`` before (its card written, its per-sample
+    latents assembled and their manifests removed)."""
+    return (folder / PROTOCOL_JSON).is_file() and not (folder / LATENTS_DIR).is_dir()
+
+
+def indices_to_make(folder: Path, mine: range, finished: bool) -> tuple[list[int], list[Path]]:
+    """(indices of ``mine`` to make, damaged per-sample files among them).
+
+    A finished folder has no manifests left: only its missing PNGs count. Otherwise an index
+    is done when its files match the manifest written with them (``unverified_indices``)."""
+    if finished:
+        return missing_indices(folder, mine), []
+    return unverified_indices(folder, mine)
+
+
+def recorded_files(folder: Path) -> dict[str, Any]:
+    """The ``files`` a finished folder's card recorded ({} when none, or unreadable)."""
+    try:
+        files = json.loads((folder / PROTOCOL_JSON).read_text()).get("files")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return files if isinstance(files, dict) else {}
+
+
+def reopen_finished(folder: Path, labels: np.ndarray, grid: int) -> tuple[tuple, dict]:
+    """A finished folder sampled again: keep samples.npz and latents.npy when they are the
+    recorded ones, rebuild a damaged samples.npz from the PNGs when their pixels are the
+    recorded ones; refuse a latents.npy that is not (its per-sample files are gone).
+    Returns (image shape, the card's ``files``)."""
+    recorded = recorded_files(folder)
+    files: dict[str, Any] = {}
+    if (folder / LATENTS_DIR).is_dir():  # made by this call for PNGs deleted since: not needed
+        shutil.rmtree(folder / LATENTS_DIR)
+    lat = folder / LATENTS_FILE
+    if lat.is_file():
+        why = file_mismatch(lat, recorded.get(LATENTS_FILE))
+        if why is not None:
+            raise DataError(
+                f"{lat} is not the latents.npy that `repackctl sample` recorded in "
+                f"{folder / PROTOCOL_JSON} ({why})",
+                "the folder was edited or damaged; its per-sample latents are gone, so it "
+                "cannot be rebuilt: move latents.npy away (`refine apply` then recomputes the "
+                "latents from the DiT), or sample again into a new folder (--out)",
+            )
+        files[LATENTS_FILE] = file_record(lat)
+    npz, rec = folder / SAMPLES_NPZ, recorded.get(SAMPLES_NPZ) or {}
+    images = rec.get("images_sha256")
+    if images is not None and file_mismatch(npz, rec) is None:
+        files[SAMPLES_NPZ] = rec
+    else:
+        if images is not None and pngs_digest(folder, len(labels)) != images:
+            raise DataError(
+                f"{npz} does not match {folder / PROTOCOL_JSON}, and the PNGs of the folder do "
+                "not hold the recorded samples either: it cannot be rebuilt",
+                "the folder was edited or damaged: sample again into a new folder (--out)",
+            )
+        files[SAMPLES_NPZ] = write_npz_recorded(folder, labels)  # rebuilt from the PNGs
+    return write_grid(folder, len(labels), grid), files
+
+
 @dataclass(frozen=True)
 class FolderKey:
     """The settings a default samples folder is named after: run, checkpoint, plan, seed,

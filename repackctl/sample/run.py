@@ -33,7 +33,6 @@ generation half of ``metrics.protocol.ProtocolCard``; ``evaluate`` adds the scor
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,9 +47,7 @@ from repackctl.errors import ConfigError, DataError
 from repackctl.files import to_uint8, write_json_atomic
 from repackctl.pack.load import load_decoder
 from repackctl.paths import (
-    LATENTS_FILE,
     PROTOCOL_JSON,
-    SAMPLES_NPZ,
     SETTINGS_JSON,
     local_path,
     run_root_of,
@@ -70,17 +67,14 @@ from repackctl.sample.folder import (
     aligned_batches,
     assemble_recorded,
     claim_folder,
-    file_mismatch,
-    file_record,
     generation_card,
+    indices_to_make,
+    is_finished,
     missing_indices,
     named_folder,
     out_hint,
     owned_range,
-    pngs_digest,
-    unverified_indices,
-    write_grid,
-    write_npz_recorded,
+    reopen_finished,
     write_samples,
 )
 from repackctl.sample.generate import generate_raw_latents, guided_velocity, model_velocity
@@ -174,7 +168,7 @@ def run_sample(
     folder = _claim(settings, dit, plan, guide_info, refiner)
     header = run_header(dist, device, settings.precision, "settings", settings.seed)
     job = _Job(settings, plan, dit.extra, labels, velocity, pack.model.to(device).eval(), refiner,
-               folder, device, header, _is_finished(folder))  # fmt: skip
+               folder, device, header, is_finished(folder))  # fmt: skip
     written, already, seconds = _generate(job, dist, progress, run_root_of(ckpt).name)
     dist.barrier()
     protocol = _protocol(job, nfe, ckpt, dit.sha256, pack, guide_info)
@@ -293,14 +287,14 @@ class _Job:
     folder: Path
     device: Any
     header: dict[str, Any]  # the run header (world size, device, precision, seed, version)
-    finished: bool = False  # the folder was finished before this call (``_is_finished``)
+    finished: bool = False  # the folder was finished before this call (``is_finished``)
 
 
 def _generate(job: _Job, dist: DistInfo, progress: ProgressFactory, run_name: str):
     """Write this process's missing samples; (written, already done, seconds)."""
     cfg, folder = job.settings.sample, job.folder
     mine = owned_range(cfg.num, dist.rank, dist.world)
-    todo, damaged = _todo(folder, mine, job.finished)
+    todo, damaged = indices_to_make(folder, mine, job.finished)
     missing = set(todo)
     if todo:
         (folder / LATENTS_DIR).mkdir(exist_ok=True)
@@ -363,21 +357,6 @@ def _protocol(job: _Job, nfe: int, ckpt: Path, sha: str, pack: Any, guide_info: 
     )
 
 
-def _todo(folder: Path, mine: range, finished: bool) -> tuple[list[int], list[Path]]:
-    """(indices of this process to make, damaged per-sample files among them).
-
-    A finished folder (its card written, its per-sample latents assembled) has no manifests
-    left: only its missing PNGs count. Otherwise an index is done when its files match the
-    manifest written with them (``unverified_indices``)."""
-    if finished:
-        return missing_indices(folder, mine), []
-    return unverified_indices(folder, mine)
-
-
-def _is_finished(folder: Path) -> bool:
-    return (folder / PROTOCOL_JSON).is_file() and not (folder / LATENTS_DIR).is_dir()
-
-
 def _finish(job: _Job, dist: DistInfo, protocol: dict) -> tuple[int, ...]:
     """Rank 0: check every sample is there, assemble npz/latents/grid, write the card (with
     the sha256 and size of samples.npz and latents.npy)."""
@@ -392,53 +371,9 @@ def _finish(job: _Job, dist: DistInfo, protocol: dict) -> tuple[int, ...]:
             )
         shape = tuple(int(s) for s in job.extra["latent_shape"])
         if job.finished:
-            image_shape, files = _reopen_finished(folder, job.labels, cfg.grid)
+            image_shape, files = reopen_finished(folder, job.labels, cfg.grid)
         else:
             image_shape, files = assemble_recorded(folder, job.labels, cfg.grid, shape, True)
         write_json_atomic(folder / PROTOCOL_JSON, {**protocol, "files": files})
     dist.barrier()
     return image_shape
-
-
-def _recorded_files(folder: Path) -> dict[str, Any]:
-    """The ``files`` a finished folder's card recorded ({} when none, or unreadable)."""
-    try:
-        files = json.loads((folder / PROTOCOL_JSON).read_text()).get("files")
-    except (OSError, ValueError, AttributeError):
-        return {}
-    return files if isinstance(files, dict) else {}
-
-
-def _reopen_finished(folder: Path, labels: np.ndarray, grid: int) -> tuple[tuple, dict]:
-    """A finished folder sampled again: keep samples.npz and latents.npy when they are the
-    recorded ones, rebuild a damaged samples.npz from the PNGs when their pixels are the
-    recorded ones; refuse a latents.npy that is not (its per-sample files are gone)."""
-    recorded = _recorded_files(folder)
-    files: dict[str, Any] = {}
-    if (folder / LATENTS_DIR).is_dir():  # made by this call for PNGs deleted since: not needed
-        shutil.rmtree(folder / LATENTS_DIR)
-    lat = folder / LATENTS_FILE
-    if lat.is_file():
-        why = file_mismatch(lat, recorded.get(LATENTS_FILE))
-        if why is not None:
-            raise DataError(
-                f"{lat} is not the latents.npy that `repackctl sample` recorded in "
-                f"{folder / PROTOCOL_JSON} ({why})",
-                "the folder was edited or damaged; its per-sample latents are gone, so it "
-                "cannot be rebuilt: move latents.npy away (`refine apply` then recomputes the "
-                "latents from the DiT), or sample again into a new folder (--out)",
-            )
-        files[LATENTS_FILE] = file_record(lat)
-    npz, rec = folder / SAMPLES_NPZ, recorded.get(SAMPLES_NPZ) or {}
-    images = rec.get("images_sha256")
-    if images is not None and file_mismatch(npz, rec) is None:
-        files[SAMPLES_NPZ] = rec
-    else:
-        if images is not None and pngs_digest(folder, len(labels)) != images:
-            raise DataError(
-                f"{npz} does not match {folder / PROTOCOL_JSON}, and the PNGs of the folder do "
-                "not hold the recorded samples either: it cannot be rebuilt",
-                "the folder was edited or damaged: sample again into a new folder (--out)",
-            )
-        files[SAMPLES_NPZ] = write_npz_recorded(folder, labels)  # rebuilt from the PNGs
-    return write_grid(folder, len(labels), grid), files

@@ -1,10 +1,15 @@
 """`repackctl sample` for text-to-image runs: prompts → MMDiT latents → pack decoder → PNGs.
 
 The same samplers, timestep shift, guidance interval, per-index seeds, resumable folder and ADM
-``samples.npz`` as class-conditional sampling (``repackctl.sample.run``); what differs:
+``samples.npz`` as class-conditional sampling (``repackctl.sample.run``), with the same
+integrity (``repackctl.sample.folder``): per-batch manifests of each per-sample file's sha256, a
+resume that makes a damaged file again (``Warning:``) by recomputing its whole batch (the folder
+equals an uninterrupted run's byte for byte), verified assembly, and ``files`` (sha256 + size
+of samples.npz and latents.npy) in ``protocol.json``. What differs:
 
-- **Prompts** instead of labels: ``--prompt`` (repeatable) and/or ``--prompts FILE`` (one per
-  line); sample i gets prompt ``i mod P``. With neither, the evaluation prompts are the first
+- **Prompts** instead of labels: ``--prompt`` (repeatable) and/or ``--prompts FILE`` (plain
+  text, one per line, UTF-8 with or without a BOM; a captions index — ``.jsonl``/``.json``/
+  ``.csv``, or a line that is a JSON object — is refused); sample i gets prompt ``i mod P``. With neither, the evaluation prompts are the first
   caption of each image of the val entry (the same data and resolution, as the entries record
   them: source attributes, never the name; several that disagree are refused), or of the
   training entry when there is no val entry, read from the cache (``text/<id>/captions``) through the guarded
@@ -24,6 +29,8 @@ The same samplers, timestep shift, guidance interval, per-index seeds, resumable
 - Prompts longer than the text encoder's ``max_length`` tokens are cut by it (the rest is
   ignored): a ``Warning:`` line says how many, and ``protocol.json`` records the text each cut
   prompt was encoded as (``prompt_truncation``).
+- ``protocol.json`` also records the run's training entry and latent stats
+  (``training_entry``), so ``evaluate adherence`` needs no checkpoint that was rotated away.
 - ``--precision bf16`` / ``fp16`` autocast the model and decoder to that dtype on any device
   where torch supports it (CPU included); elsewhere it is refused before anything is written.
 """
@@ -43,21 +50,26 @@ import numpy as np
 import torch
 
 from repackctl.errors import CacheError, ConfigError, DataError
-from repackctl.files import to_uint8, write_json_atomic, write_npy_atomic, write_png_atomic
+from repackctl.files import to_uint8, write_json_atomic
 from repackctl.pack.load import denormalise, load_decoder
 from repackctl.paths import PROTOCOL_JSON, local_path, run_root_of
 from repackctl.progress import ProgressFactory, null_progress
 from repackctl.runtime import DistInfo, amp_autocast, check_precision, resolve_device
 from repackctl.sample.folder import (
     LATENTS_DIR,
-    assemble,
+    aligned_batches,
+    assemble_recorded,
     claim_folder,
     generation_card,
+    indices_to_make,
+    is_finished,
     missing_indices,
     named_folder,
     out_hint,
     owned_range,
     png_path,
+    reopen_finished,
+    write_samples,
 )
 from repackctl.sample.plan import (
     index_generators,
@@ -74,18 +86,50 @@ def given_prompts(cfg: Any) -> list[str]:
     """``--prompt`` values, then the lines of ``--prompts FILE`` (blank lines ignored)."""
     prompts = [" ".join(p.split()) for p in (cfg.prompt or [])]
     if cfg.prompts:
-        path = Path(cfg.prompts).expanduser()
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(
-                f"cannot read the prompts file {path}: {e}", "pass a UTF-8 text file, one per line"
-            ) from None
-        prompts += [" ".join(line.split()) for line in text.splitlines()]
+        prompts += prompt_file_lines(Path(cfg.prompts).expanduser())
     prompts = [p for p in prompts if p]
     if (cfg.prompt or cfg.prompts) and not prompts:
         raise ConfigError("the given prompts are all empty", "pass --prompt 'a red star'")
     return prompts
+
+
+#: names of caption indexes (``captions --captions``), never a prompts file
+_INDEX_SUFFIXES = (".jsonl", ".json", ".csv")
+
+
+def prompt_file_lines(path: Path) -> list[str]:
+    """The lines of a prompts file (plain text, one prompt per line, UTF-8 with or without a
+    BOM), each with its whitespace collapsed. A file named or shaped like a captions index
+    (``.jsonl``/``.json``/``.csv``, or a line that is a JSON object) is refused: its rows would
+    become prompts verbatim, ``{"file": …, "caption": …}`` included."""
+    hint = "pass a plain text file with one prompt per line (no JSON, no CSV columns)"
+    if path.suffix.lower() in _INDEX_SUFFIXES:
+        raise ConfigError(
+            f"{path} is named like a captions index ({path.suffix}), not a prompts file", hint
+        )
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # a UTF-8 BOM is not part of the prompt
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(
+            f"cannot read the prompts file {path}: {e}", "pass a UTF-8 text file, one per line"
+        ) from None
+    lines = text.splitlines()
+    for n, line in enumerate(lines, 1):
+        if _is_json_object(line):
+            raise ConfigError(
+                f"line {n} of {path} is a JSON object ({line.strip()[:60]}), not a prompt", hint
+            )
+    return [" ".join(line.split()) for line in lines]
+
+
+def _is_json_object(line: str) -> bool:
+    text = line.strip()
+    if not text.startswith("{"):
+        return False
+    try:
+        return isinstance(json.loads(text), dict)
+    except ValueError:
+        return False
 
 
 def cached_prompts(extra: dict[str, Any], num: int, cache: str | None) -> tuple[list[str], str]:
@@ -245,21 +289,31 @@ def _finish(
     extra: dict[str, Any],
     per_sample: list[str],
     protocol: dict[str, Any],
+    finished: bool,
 ) -> tuple[int, ...]:
-    """samples.npz, latents.npy, grid.png, prompts.txt and protocol.json of a full folder."""
+    """samples.npz, latents.npy, grid.png, prompts.txt and protocol.json of a full folder.
+
+    Each per-sample file is checked against the manifest written with it as it is assembled
+    (a folder finished before: its recorded samples.npz and latents.npy are kept, or rebuilt
+    from the PNGs when their pixels are the recorded ones); the card records the sha256 and
+    size of samples.npz and latents.npy (``files``), which `evaluate` checks."""
     lost = missing_indices(folder, range(cfg.num))
     if lost:
         raise DataError(
             f"{len(lost)} samples are missing after sampling (e.g. {lost[:3]})",
             "run the same command again to finish them",
         )
-    image_shape = assemble(folder, ids, cfg.grid, tuple(extra["latent_shape"]))
+    if finished:
+        image_shape, files = reopen_finished(folder, ids, cfg.grid)
+    else:
+        shape = tuple(int(s) for s in extra["latent_shape"])
+        image_shape, files = assemble_recorded(folder, ids, cfg.grid, shape, verify=True)
     if cfg.grid > 0:
         prompt_grid(folder, ids, per_sample, cfg.grid)
     tmp = folder / ".prompts.txt.tmp"
     tmp.write_text("\n".join(per_sample) + "\n", encoding="utf-8")
     tmp.replace(folder / "prompts.txt")
-    write_json_atomic(folder / PROTOCOL_JSON, protocol)
+    write_json_atomic(folder / PROTOCOL_JSON, {**protocol, "files": files})
     return image_shape
 
 
@@ -300,6 +354,7 @@ def generate_t2i_latents(
 def _write_batch(
     folder: Path,
     idx: list[int],
+    missing: set[int],
     model: torch.nn.Module,
     plan: Any,
     extra: dict[str, Any],
@@ -308,8 +363,10 @@ def _write_batch(
     settings: Any,
     decoder: Any,
     refiner: Any,
-) -> None:
-    """Generate, decode (and refine) samples ``idx``; write each latent, then its PNG."""
+) -> int:
+    """Generate, decode (and refine) the whole batch ``idx``; write the samples of it that are
+    ``missing``: each latent, the batch's manifest (their sha256), then each PNG (the done
+    marker). Returns how many were written."""
     device, precision = text["tokens"].device, settings.precision
     with torch.no_grad():
         raw = generate_t2i_latents(model, plan, extra, text, ids, settings.seed, idx, precision)
@@ -318,10 +375,9 @@ def _write_batch(
         if refiner is not None:
             images = refiner.refine(images, raw)  # (B, H, W, 3)
     raw_np = raw.cpu().numpy().astype(np.float32)  # (B, d, h, w)
-    for j, i in enumerate(idx):
-        # the latent first: a PNG (the done marker) implies its latent is on disk
-        write_npy_atomic(folder / LATENTS_DIR / f"{i:06d}.npy", raw_np[j])
-        write_png_atomic(png_path(folder, i), images[j])
+    new = [(i, raw_np[j], images[j]) for j, i in enumerate(idx) if i in missing]
+    write_samples(folder, new)
+    return len(new)
 
 
 def _check_options(cfg: Any) -> None:
@@ -388,8 +444,17 @@ def _protocol(
             "latent_shape": list(handle.extra["latent_shape"]),
             "latent_convention": "raw",
             "refiner": None if refiner is None else str(refiner.checkpoint),
+            # what `evaluate adherence` needs of the checkpoint, kept for when it is rotated away
+            "training_entry": training_entry_record(handle.extra),
         },
     )
+
+
+def training_entry_record(extra: dict[str, Any]) -> dict[str, Any]:
+    """The run's training entry as its checkpoint records it (``cache``: root, entry, latents)
+    and the channel stats of its latents: what ``dit.t2i_load.training_cache_root`` checks an
+    entry against."""
+    return {"cache": extra.get("cache"), "latent_stats": extra.get("latent_stats")}
 
 
 @dataclass
@@ -454,23 +519,27 @@ def run_t2i_sample(
     fingerprint = _fingerprint(settings, handle, plan, prompts, refiner)
     folder = _folder(settings, cfg, ckpt, plan, given if source == "given" else None, fingerprint)
     claim_folder(folder, fingerprint, out_hint(bool(cfg.out)))
-    todo = missing_indices(folder, owned_range(cfg.num, dist.rank, dist.world))
+    finished = is_finished(folder)
+    mine = owned_range(cfg.num, dist.rank, dist.world)
+    todo, damaged = indices_to_make(folder, mine, finished)
     if todo:
         (folder / LATENTS_DIR).mkdir(exist_ok=True)
-    already = len(owned_range(cfg.num, dist.rank, dist.world)) - len(todo)
+    already, missing = len(mine) - len(todo), set(todo)
     t0 = time.perf_counter()
     with progress(f"sample {run_root_of(ckpt).name}", total=len(todo), unit="img") as bar:
-        for start in range(0, len(todo), cfg.batch_size):
-            idx = todo[start : start + cfg.batch_size]
-            _write_batch(folder, idx, model, plan, extra, text, ids, settings, decoder, refiner)
-            bar.advance(len(idx))
+        for path in damaged:
+            bar.log(f"Warning: {path} was damaged after it was written: it is made again")
+        # whole batches of the uninterrupted run: the same latents, bit for bit
+        for idx in aligned_batches(mine, missing, cfg.batch_size):
+            args = (model, plan, extra, text, ids, settings, decoder, refiner)
+            bar.advance(_write_batch(folder, idx, missing, *args))
     seconds = time.perf_counter() - t0
     dist.barrier()
     nfe = network_evaluations(plan.spec, plan)
     protocol = _protocol(plan, nfe, settings, handle, prompts, refiner)
     image_shape: tuple[int, ...] = ()
     if dist.rank == 0:
-        image_shape = _finish(folder, cfg, ids, extra, prompts.per_sample, protocol)
+        image_shape = _finish(folder, cfg, ids, extra, prompts.per_sample, protocol, finished)
     dist.barrier()
     return SampleResult(
         out_dir=folder,
