@@ -43,7 +43,7 @@ from scipy import linalg
 from scipy.linalg import lapack
 
 from repackctl.errors import DataError
-from repackctl.files import pid_alive, sha256_file
+from repackctl.files import remove_stale_temp_files, sha256_file
 
 FDMethod = Literal["sqrtm", "cholesky"]
 
@@ -238,16 +238,8 @@ def remove_stale_temporaries(path: str | Path) -> list[Path]:
     are left alone.
     """
     path = Path(path)
-    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(\d+)\.[0-9a-f]{{8}}\.tmp$")
-    removed: list[Path] = []
-    if not path.parent.is_dir():
-        return removed
-    for p in path.parent.iterdir():
-        m = pattern.match(p.name)
-        if m and p.is_file() and not p.is_symlink() and not pid_alive(int(m.group(1))):
-            p.unlink(missing_ok=True)
-            removed.append(p)
-    return removed
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.\d+\.[0-9a-f]{{8}}\.tmp")
+    return remove_stale_temp_files(path.parent, lambda name: bool(pattern.fullmatch(name)))
 
 
 @contextmanager
