@@ -5,8 +5,9 @@ old one still runs) would both append to ``log.txt`` and ``metrics.jsonl``, rewr
 ``config.json``, write checkpoints of the same steps, and the engine's clean-up of stale
 temporaries at start could delete the other's checkpoint in flight. So every training stage takes
 an exclusive ``flock`` on :data:`LOCK_FILE` before its first write into an existing run folder
-(``repackctl.settings.resume.resume_settings``; the engine's start, ``repackctl.train.trainer``,
-for a folder it creates) and gives it up when the stage or the training ends
+(``repackctl.settings.resume.resume_settings``; for a folder it creates, the engine's start,
+``repackctl.train.trainer``, or the PCA method's fit, which writes ``pca.json`` before the engine
+starts: a second start of the same new run must not replace it) and gives it up when the stage or the training ends
 (``released_after``, ``release_run``: a Python session that trained a run must not lock it out
 for the rest of the session). The OS releases a flock when its process ends,
 ``kill -9`` included, so a lock is never left stale.

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
@@ -143,6 +143,31 @@ def test_a_resumed_run_is_refused_while_another_process_trains_it(roots):
         out = cli_refused(ConfigError.exit_code, *DIT, "--steps", "4", "--name", "d")
         assert f"(pid {proc.pid}, since" in out
         assert snapshot(run) == before
+
+
+def test_a_second_start_of_a_new_run_does_not_overwrite_what_the_first_wrote(roots, monkeypatch):
+    """Two starts of one brand-new PCA run: this one found no folder (nothing to lock yet) and
+    fits its PCA while the other start creates the folder, takes its lock and writes its
+    pca.json. This one is refused before it writes there (it replaced the other's pca.json
+    with its own fit, then the engine refused it as "nothing was written")."""
+    from repackctl.pack import task
+
+    run, real = roots / "runs" / "new", task.fit_token_pca
+    others: list[subprocess.Popen] = []
+    with ExitStack() as stack:
+
+        def racing_fit(*args, **kwargs):
+            fit = real(*args, **kwargs)
+            others.append(stack.enter_context(holder(run, roots)))  # the other start
+            (run / "pca.json").write_text('{"count": 1}')  # its fit
+            return fit
+
+        monkeypatch.setattr(task, "fit_token_pca", racing_fit)
+        out = cli_refused(ConfigError.exit_code, *STARTS["pack"], "--method", "pca",
+                          "--name", "new")  # fmt: skip
+        assert f"is being trained by another process (pid {others[0].pid}, since" in out
+        assert (run / "pca.json").read_text() == '{"count": 1}'
+        assert sorted(p.name for p in run.iterdir()) == ["pca.json", LOCK_FILE]
 
 
 # --------------------------------------------------------------------------- deleting refused

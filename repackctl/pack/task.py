@@ -29,7 +29,6 @@ Legend: B batch, T tokens, C token channels, d latent channels, h×w grid, R ima
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +40,7 @@ from torch import nn
 
 from repackctl.cache.store import DatasetEntry, list_entries
 from repackctl.errors import CheckpointError, ConfigError, RepackError
-from repackctl.files import to_uint8
+from repackctl.files import to_uint8, write_json_atomic
 from repackctl.pack.autoencoder import AutoencoderConfig, PackAutoencoder
 from repackctl.pack.data import (
     FeatureRef,
@@ -66,7 +65,7 @@ from repackctl.pack.pca import PCAResult, fit_pca, token_whitening
 from repackctl.pack.projection import ProjectionConfig
 from repackctl.pack.watson import WATSON_ENV, WATSON_SETTING, check_image_size, load_watson
 from repackctl.progress import LOG_FILE, ProgressFactory, null_progress, with_log_file
-from repackctl.run_lock import released_after
+from repackctl.run_lock import lock_run, released_after
 from repackctl.settings import Settings
 from repackctl.settings.pack import PRESETS, PackSettings
 
@@ -838,16 +837,16 @@ def _pca_fit(
         f"PCA to {len(pca.explained_variance)} dims explains "
         f"{100 * pca.cumulative_ratio:.1f}% of the token variance ({pca.count} tokens)"
     )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "pca.json").write_text(
-        json.dumps(
-            {
-                "count": pca.count,
-                "explained_variance_ratio": pca.explained_variance_ratio.tolist(),
-                "cumulative": pca.cumulative_ratio,
-            },
-            indent=1,
-        )
+    # a new run's folder is made here, before the engine's: hold its lock first, so that a
+    # second start of the same new run (refused by the engine) does not overwrite this file
+    lock_run(run_dir, create=True)
+    write_json_atomic(
+        run_dir / "pca.json",
+        {
+            "count": pca.count,
+            "explained_variance_ratio": pca.explained_variance_ratio.tolist(),
+            "cumulative": pca.cumulative_ratio,
+        },
     )
     return pca
 
