@@ -105,6 +105,18 @@ def test_steps_0_is_refused_for_a_new_run_and_shows_a_trained_one(stage, env):
     assert latest_checkpoint(run).name == "step-0000004"
 
 
+def test_refine_steps_0_is_refused_for_a_new_run_before_its_triplets_are_built(env):
+    """`refine train --steps 0` on a new run exited 0 with "checkpoint None", listed a run with
+    no checkpoint, and `sample --refiner` then refused it."""
+    triplets = sorted(p.name for p in (env / "cache").rglob("*") if "triplet" in p.name)
+    args = ["refine", "train", "--pack-run", "pack-tiny", "--base-channels", "8", *CPU]
+    out = _error(ConfigError.exit_code, *args, "--steps", "0", "--name", "r0")
+    assert "refine.steps is 0" in out and "run r0 has no checkpoint yet" in out
+    assert "--steps N with N >= 1" in out
+    assert not (env / "runs" / "r0").exists()  # nothing written
+    assert sorted(p.name for p in (env / "cache").rglob("*") if "triplet" in p.name) == triplets
+
+
 def test_a_run_whose_only_checkpoint_was_being_resaved_is_shown_not_refused(env):
     """Killed between the two renames of a re-save (``train.checkpoint.save_checkpoint``), the
     run's only checkpoint sits in temporaries. The engine puts it back at its start, but the

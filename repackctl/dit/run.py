@@ -36,7 +36,7 @@ from repackctl.paths import SAMPLING_JSON, run_root_of
 from repackctl.progress import LOG_FILE, ProgressFactory, null_progress, with_log_file
 from repackctl.run_files import json_sha256
 from repackctl.run_lock import released_after
-from repackctl.settings.resume import given, resume_and_report, stored_record
+from repackctl.settings.resume import check_new_run, given, resume_and_report, stored_record
 from repackctl.train.checkpoint import latest_checkpoint, read_state, restore_interrupted_resaves
 from repackctl.train.logging import read_metrics
 from repackctl.train.loop import TrainResult, train
@@ -273,23 +273,6 @@ def official_sampling_file(run_dir: Path, wanted: bool) -> Iterator[None]:
             if new_dir and not any(run_dir.iterdir()):
                 run_dir.rmdir()
         raise
-
-
-def check_new_run(
-    steps: int, run_dir: Path, section: str, sources: dict[str, str] | None = None
-) -> None:
-    """A run without a checkpoint trains at least one step: ``--steps 0`` would write a run
-    folder with no checkpoint in it (and a summary of nothing)."""
-    if steps >= 1:
-        return
-    origin = (sources or {}).get(f"{section}.steps")
-    raise ConfigError(
-        f"{section}.steps is {steps}"
-        + (f" (from {origin})" if origin else "")
-        + f": run {run_dir.name} has no checkpoint yet, so it would train nothing and write no "
-        "checkpoint",
-        "pass --steps N with N >= 1; --steps 0 only shows a run that has a checkpoint",
-    )
 
 
 def shown_run(task: Any, checkpoint: Path) -> TrainResult:

@@ -49,9 +49,9 @@ from repackctl.refine.triplets import build_triplets, open_triplets
 from repackctl.run_lock import released_after
 from repackctl.runs import chained_run
 from repackctl.settings import Settings
-from repackctl.settings.resume import resume_settings
+from repackctl.settings.resume import check_new_run, resume_settings
 from repackctl.train import OptimizerSpec, StepOutput, TrainConfig, train
-from repackctl.train.checkpoint import restore_interrupted_resaves
+from repackctl.train.checkpoint import latest_checkpoint, restore_interrupted_resaves
 
 # Adam betas of the official refiner (and of stage 1)
 BETAS = (0.5, 0.9)
@@ -299,7 +299,7 @@ def check_resumable(
     """Before anything is built or written: the checkpoint ``train`` would resume from (the
     run's newest complete one, if any) fits this pack model, network config, discriminator
     (None: not compared) and EMA decay (None: not compared)."""
-    from repackctl.train.checkpoint import latest_checkpoint, read_state
+    from repackctl.train.checkpoint import read_state
 
     latest = latest_checkpoint(run, warn=None)
     if latest is None:
@@ -376,6 +376,8 @@ def run_refine_train(
     entry = DatasetEntry.open(settings.cache, cfg.entry or cache["entry"])
     rcfg = refiner_config_for(pack.latent_channels, entry.resolution, settings)
     disc = DiscriminatorConfig(base_channels=cfg.disc_channels, norm=cfg.disc_norm)
+    if cfg.steps is not None and latest_checkpoint(run_dir(settings.runs, name), warn=None) is None:
+        check_new_run(cfg.steps, run_dir(settings.runs, name), "refine", sources)
     # a run of another pack model, network, discriminator or EMA is refused before its
     # triplets land in the cache
     check_resumable(

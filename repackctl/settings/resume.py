@@ -381,3 +381,20 @@ def resume_and_report(
         for line in rec.lines():
             print(f"resume: {line}", file=sys.stderr)
     return settings, record
+
+
+def check_new_run(
+    steps: int, run_dir: Path, section: str, sources: dict[str, str] | None = None
+) -> None:
+    """A run without a checkpoint trains at least one step: ``--steps 0`` would write a run
+    folder with no checkpoint in it (and a summary of nothing)."""
+    if steps >= 1:
+        return
+    origin = (sources or {}).get(f"{section}.steps")
+    raise ConfigError(
+        f"{section}.steps is {steps}"
+        + (f" (from {origin})" if origin else "")
+        + f": run {run_dir.name} has no checkpoint yet, so it would train nothing and write no "
+        "checkpoint",
+        "pass --steps N with N >= 1; --steps 0 only shows a run that has a checkpoint",
+    )
