@@ -21,7 +21,6 @@ checkpoint that made the samples may have been rotated away since.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import sys
@@ -37,7 +36,7 @@ from torch import nn
 from repackctl.data.captions import SHAPE_NOUNS, colour_name
 from repackctl.errors import DataError
 from repackctl.files import write_json_atomic
-from repackctl.paths import PROTOCOL_JSON, SAMPLES_NPZ
+from repackctl.paths import PROTOCOL_JSON
 
 HUES = (
     "red",
@@ -294,23 +293,13 @@ def training_extra(card: dict[str, Any]) -> dict[str, Any]:
 
 def verified_samples(folder: Path, n: int, card: dict[str, Any]) -> tuple[np.ndarray, bool]:
     """(the N sample images (N, H, W, 3) uint8, whether they were checked): the PNGs, whose
-    pixels must give the digest `sample` recorded (``files.samples.npz.images_sha256``); cards
-    written before they recorded their files are read as they are (False)."""
-    from repackctl.sample.folder import iter_pngs
+    pixels must give the digest `sample` recorded (``files.samples.npz.images_sha256``,
+    :func:`repackctl.sample.folder.verify_recorded_pngs`); cards written before they recorded
+    their files are read as they are (False)."""
+    from repackctl.sample.folder import iter_pngs, verify_recorded_pngs
 
-    samples = np.concatenate(list(iter_pngs(folder, n)))  # (N, H, W, 3)
-    recorded = ((card.get("files") or {}).get(SAMPLES_NPZ) or {}).get("images_sha256")
-    if recorded is None:
-        return samples, False
-    if hashlib.sha256(np.ascontiguousarray(samples).tobytes()).hexdigest() != recorded:
-        raise DataError(
-            f"the images 000000.png … {n - 1:06d}.png of {folder} are not the samples "
-            f"`repackctl sample` recorded in {folder / PROTOCOL_JSON} (images_sha256): one was "
-            "edited, damaged or swapped",
-            "the folder was edited or damaged: sample again into a new folder (--out), then "
-            "evaluate that",
-        )
-    return samples, True
+    verified = verify_recorded_pngs(folder, n, card)  # an undecodable PNG is an Error too
+    return np.concatenate(list(iter_pngs(folder, n))), verified  # (N, H, W, 3)
 
 
 def wanted_attributes(card: dict[str, Any]) -> tuple[list[tuple], dict[str, Any]]:

@@ -24,8 +24,9 @@ call with the same inputs reads the file instead of recomputing it.
 Which generated images are scored (:mod:`repackctl.evaluate.selection`): never an unfinished
 sample run; for a checkpoint, only samples of that checkpoint; from a folder without
 ``samples.npz``, only its sample files (a finished run's ``000000.png …``, all that its card
-counts; never ``grid.png``); with ``--samples N`` below what is available, a class-stratified
-subset (the first N/classes of each class), written on the card as ``sample_subset``.
+counts, their pixels checked against the ``images_sha256`` it records; never ``grid.png``);
+with ``--samples N`` below what is available, a class-stratified subset (the first N/classes
+of each class), written on the card as ``sample_subset``.
 """
 
 from __future__ import annotations
@@ -523,6 +524,8 @@ def open_generated(settings: Settings, progress: ProgressFactory = null_progress
     if npz is not None and npz.name == SAMPLES_NPZ:
         check_recorded_count(protocol, available, images.label)
         _check_recorded_npz(npz.parent, protocol)
+    elif npz is None:
+        _check_recorded_pngs(folder, protocol, available)
     labels = None
     if num is not None and num < available:
         labels = _labels_of(npz, protocol, available, images.label)
@@ -609,6 +612,16 @@ def _check_recorded_npz(folder: Path, protocol: dict) -> None:
         "run the same `repackctl sample` command with --out "
         f"{folder} to rebuild samples.npz from its PNGs, or sample again into a new folder",
     )
+
+
+def _check_recorded_pngs(folder: Path, protocol: dict, available: int) -> None:
+    """Refuse the PNGs of a finished sample run without samples.npz whose pixels are not the
+    ones its card recorded (``images_sha256``), before anything is scored; cards that record
+    none (older versions) and folders `sample` did not write are scored as they are."""
+    from repackctl.sample.folder import verify_recorded_pngs
+
+    if "num_samples" in protocol:  # ``sample_files`` took exactly that many: ``available``
+        verify_recorded_pngs(folder, available, protocol)
 
 
 def _labels_of(npz: Path | None, protocol: dict, available: int, where: str) -> np.ndarray | None:

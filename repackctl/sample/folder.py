@@ -16,6 +16,11 @@ Integrity (nothing damaged or swapped is assembled or scored silently):
   Readers (``evaluate``, ``refine apply``) refuse a file that does not match
   (:func:`check_recorded_file`); a rerun of ``sample`` rebuilds a damaged ``samples.npz`` from
   the PNGs when their pixels still give the recorded digest.
+- **The PNGs of a finished folder.** Its per-sample manifests are gone, so its PNGs are tied to
+  the card by ``images_sha256``. A rerun of ``sample`` compares each PNG's pixels with the
+  verified ``samples.npz`` and rewrites every one that differs, does not decode or is missing
+  from it (:func:`restore_pngs`, the bytes ``sample`` writes), so the folder is again the one
+  first written; readers that score the PNGs check them (:func:`verify_recorded_pngs`).
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from repackctl.files import (
     temp_writer_pid,
     write_json_atomic,
     write_npy_atomic,
+    write_png_atomic,
 )
 from repackctl.paths import (
     LATENTS_DIR,
@@ -417,14 +423,140 @@ def is_finished(folder: Path) -> bool:
     return (folder / PROTOCOL_JSON).is_file() and not (folder / LATENTS_DIR).is_dir()
 
 
-def indices_to_make(folder: Path, mine: range, finished: bool) -> tuple[list[int], list[Path]]:
-    """(indices of ``mine`` to make, damaged per-sample files among them).
+def indices_to_make(folder: Path, mine: range, finished: bool) -> tuple[list[int], list[str]]:
+    """(indices of ``mine`` to make, ``Warning:`` lines on the damaged files found).
 
-    A finished folder has no manifests left: only its missing PNGs count. Otherwise an index
-    is done when its files match the manifest written with them (``unverified_indices``)."""
+    A finished folder has no manifests left: its PNGs that are not the recorded samples are
+    first rewritten from its verified samples.npz (:func:`restore_pngs`); the PNGs still
+    missing after that are made. Otherwise an index is done when its files match the manifest
+    written with them (``unverified_indices``)."""
     if finished:
-        return missing_indices(folder, mine), []
-    return unverified_indices(folder, mine)
+        restored = restore_pngs(folder, mine)
+        return missing_indices(folder, mine), [restored] if restored else []
+    todo, damaged = unverified_indices(folder, mine)
+    return todo, [
+        f"Warning: {p} was damaged after it was written: it is made again" for p in damaged
+    ]
+
+
+# how many restored PNGs the warning names
+_NAMED = 3
+
+
+def restore_pngs(folder: Path, mine: range) -> str | None:
+    """Rewrite from samples.npz each PNG of ``mine`` whose pixels are not the sample there
+    (other pixels, does not decode, missing); a ``Warning:`` line naming them, or None.
+
+    Only for a finished folder whose card records ``images_sha256`` and whose samples.npz is
+    the recorded one (the pixels the card's digest was taken of); otherwise nothing is
+    rewritten (``reopen_finished`` then rebuilds samples.npz from the PNGs, or refuses). A card
+    that is not the one of the folder's settings is refused before anything is rewritten.
+    """
+    from repackctl.metrics.adm import iter_npz_images
+
+    npz, rec = folder / SAMPLES_NPZ, recorded_files(folder).get(SAMPLES_NPZ)
+    if not isinstance(rec, dict) or rec.get("images_sha256") is None:
+        return None
+    if file_mismatch(npz, rec) is not None:
+        return None
+    _check_card_is_the_folders(folder)
+    fixed, index = [], 0
+    batches = iter_npz_images(npz)
+    try:
+        for batch in batches:  # (b, H, W, 3)
+            for image in batch:
+                why = _png_differs(png_path(folder, index), image) if index in mine else None
+                if why is not None:
+                    write_png_atomic(png_path(folder, index), image)  # the bytes `sample` writes
+                    fixed.append(f"{png_path(folder, index).name}: {why}")
+                index += 1
+            if index >= mine.stop:
+                break
+    finally:
+        batches.close()
+    if not fixed:
+        return None
+    more = " …" if len(fixed) > _NAMED else ""
+    return (
+        f"Warning: {len(fixed)} PNG{'s' if len(fixed) > 1 else ''} of {folder} did not hold the "
+        f"samples recorded in {PROTOCOL_JSON} ({'; '.join(fixed[:_NAMED])}{more}): rewritten "
+        f"from its {SAMPLES_NPZ}"
+    )
+
+
+def _png_differs(path: Path, image: np.ndarray) -> str | None:
+    """Why the PNG at ``path`` is not the uint8 (H, W, 3) ``image``, or None when it is."""
+    if not path.is_file():
+        return "missing"
+    try:
+        pixels = read_png(path)
+    except (OSError, ValueError, SyntaxError):
+        return "does not decode"
+    return None if np.array_equal(pixels, image) else "other pixels"
+
+
+# (card field, settings-file field) that record the same setting
+_CARD_SETTINGS = (
+    ("checkpoint_sha256", "checkpoint_sha256"),
+    ("weights", "weights"),
+    ("seed", "seed"),
+    ("num_samples", "num"),
+    ("sampler_spec", "sampler"),
+    ("precision", "precision"),
+)
+
+
+def _check_card_is_the_folders(folder: Path) -> None:
+    """Refuse a card whose checkpoint, seed, count, sampler or precision is not the folder's
+    settings' (a card copied from another folder, with its samples.npz): its samples are not
+    this folder's to write."""
+    try:
+        card = json.loads((folder / PROTOCOL_JSON).read_text())
+        settings = json.loads((folder / SETTINGS_JSON).read_text())
+    except (OSError, ValueError):
+        return  # recorded_files read the card; the settings file was read by claim_folder
+    differ = [
+        k for k, s in _CARD_SETTINGS if k in card and s in settings and card[k] != settings[s]
+    ]
+    if differ:
+        raise DataError(
+            f"{folder / PROTOCOL_JSON} is not the card of the samples of {folder} (its "
+            f"{', '.join(differ)} differ from the folder's {SETTINGS_JSON}): it was copied from "
+            "another folder, with the files it records; no PNG was rewritten",
+            "the folder was edited: sample again into a new folder (--out)",
+        )
+
+
+def verify_recorded_pngs(folder: Path, num: int, card: dict[str, Any]) -> bool:
+    """Refuse ``000000.png …`` (``num`` of them) when their pixels do not give the digest
+    `sample` recorded (``files.samples.npz.images_sha256``); whether they were checked (False:
+    cards of older versions, or of folders `sample` did not write, record none).
+
+    Shared by every reader that scores a folder's PNGs (`evaluate fid` without samples.npz,
+    `evaluate adherence`)."""
+    files = card.get("files") if isinstance(card, dict) else None
+    rec = (files.get(SAMPLES_NPZ) if isinstance(files, dict) else None) or {}
+    recorded = rec.get("images_sha256") if isinstance(rec, dict) else None
+    if recorded is None:
+        return False
+    try:
+        why = None if pngs_digest(folder, num) == recorded else "one was edited, damaged or swapped"
+    except DataError as e:  # one does not decode, or cannot be read
+        why = e.message
+    if why is None:
+        return True
+    if card.get("refined_from"):
+        again = f"move {folder} away and run the same `repackctl refine apply` command again"
+    else:
+        again = (
+            f"run the same `repackctl sample` command with --out {folder} to restore them from "
+            f"its {SAMPLES_NPZ} (put that back first if it was moved)"
+        )
+    raise DataError(
+        f"the images 000000.png … {num - 1:06d}.png of {folder} are not the samples `repackctl "
+        f"sample` recorded in {folder / PROTOCOL_JSON} (images_sha256): {why}",
+        f"{again}, or sample again into a new folder (--out), then evaluate that",
+    )
 
 
 def recorded_files(folder: Path) -> dict[str, Any]:
@@ -438,8 +570,9 @@ def recorded_files(folder: Path) -> dict[str, Any]:
 
 def reopen_finished(folder: Path, labels: np.ndarray, grid: int) -> tuple[tuple, dict]:
     """A finished folder sampled again: keep samples.npz and latents.npy when they are the
-    recorded ones, rebuild a damaged samples.npz from the PNGs when their pixels are the
-    recorded ones; refuse a latents.npy that is not (its per-sample files are gone).
+    recorded ones (its PNGs were restored from that samples.npz before: ``restore_pngs``),
+    rebuild a damaged samples.npz from the PNGs when their pixels are the recorded ones;
+    refuse a latents.npy that is not (its per-sample files are gone).
     Returns (image shape, the card's ``files``)."""
     recorded = recorded_files(folder)
     files: dict[str, Any] = {}
@@ -469,6 +602,8 @@ def reopen_finished(folder: Path, labels: np.ndarray, grid: int) -> tuple[tuple,
                 "the folder was edited or damaged: sample again into a new folder (--out)",
             )
         files[SAMPLES_NPZ] = write_npz_recorded(folder, labels)  # rebuilt from the PNGs
+    # in the order `assemble_recorded` wrote them: the card comes out byte for byte the same
+    files = {name: files[name] for name in (SAMPLES_NPZ, LATENTS_FILE) if name in files}
     return write_grid(folder, len(labels), grid), files
 
 

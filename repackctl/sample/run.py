@@ -294,15 +294,15 @@ def _generate(job: _Job, dist: DistInfo, progress: ProgressFactory, run_name: st
     """Write this process's missing samples; (written, already done, seconds)."""
     cfg, folder = job.settings.sample, job.folder
     mine = owned_range(cfg.num, dist.rank, dist.world)
-    todo, damaged = indices_to_make(folder, mine, job.finished)
+    todo, warnings = indices_to_make(folder, mine, job.finished)
     missing = set(todo)
     if todo:
         (folder / LATENTS_DIR).mkdir(exist_ok=True)
     already, written, t0 = len(mine) - len(todo), 0, time.perf_counter()
     with progress(f"sample {run_name}", total=len(todo), unit="img") as bar:
         bar.log(header_line(job.header))
-        for path in damaged:
-            bar.log(f"Warning: {path} was damaged after it was written: it is made again")
+        for line in warnings:
+            bar.log(line)
         if already:
             bar.log(f"resuming: {already} samples of this process were already written")
         for idx in aligned_batches(mine, missing, cfg.batch_size):

@@ -521,14 +521,14 @@ def run_t2i_sample(
     claim_folder(folder, fingerprint, out_hint(bool(cfg.out)))
     finished = is_finished(folder)
     mine = owned_range(cfg.num, dist.rank, dist.world)
-    todo, damaged = indices_to_make(folder, mine, finished)
+    todo, warnings = indices_to_make(folder, mine, finished)
     if todo:
         (folder / LATENTS_DIR).mkdir(exist_ok=True)
     already, missing = len(mine) - len(todo), set(todo)
     t0 = time.perf_counter()
     with progress(f"sample {run_root_of(ckpt).name}", total=len(todo), unit="img") as bar:
-        for path in damaged:
-            bar.log(f"Warning: {path} was damaged after it was written: it is made again")
+        for line in warnings:
+            bar.log(line)
         # whole batches of the uninterrupted run: the same latents, bit for bit
         for idx in aligned_batches(mine, missing, cfg.batch_size):
             args = (model, plan, extra, text, ids, settings, decoder, refiner)

@@ -65,6 +65,7 @@ def test_at_cfg_one_the_interval_shares_the_folder_and_the_images(stack, tmp_pat
     folder = samples / CFG1
     for png in ("000002.png", "000003.png"):
         (folder / png).unlink()  # as if killed before the second batch
+    (folder / "samples.npz").unlink()  # else the PNGs are restored from it, not sampled
     # before: refused ("holds samples made with other settings (cfg)")
     r = _sample(stack, samples, "--cfg", "1")
     assert r.exit_code == 0 and "2 now, 2 already done" in r.output, r.output
@@ -111,6 +112,7 @@ def test_a_folder_that_recorded_the_interval_at_cfg_one_still_resumes(stack, tmp
     _record_old_interval(folder, 0.0, 0.7)
     recorded = (folder / SETTINGS_JSON).read_text()
     (folder / "000003.png").unlink()
+    (folder / "samples.npz").unlink()  # else the PNG is restored from it, not sampled
     r = _sample(stack, samples, "--cfg", "1", "--cfg-t-hi", "0.7")  # the same flags
     assert r.exit_code == 0 and "1 now, 3 already done" in r.output, r.output
     r = _sample(stack, samples, "--cfg", "1")  # the default interval: the same images
@@ -130,6 +132,7 @@ def test_an_old_legacy_named_folder_at_cfg_one_resumes_in_place(stack, tmp_path)
     assert r.exit_code == 0, r.output
     _record_old_interval(legacy, 0.0, 0.7)
     (legacy / "000001.png").unlink()
+    (legacy / "samples.npz").unlink()  # else the PNG is restored from it, not sampled
     r = _sample(stack, samples, *flags, num=2)
     assert r.exit_code == 0 and "1 now, 1 already done" in r.output, r.output
     assert [p.name for p in samples.iterdir()] == [CFG1]

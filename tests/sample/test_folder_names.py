@@ -107,6 +107,7 @@ def test_a_folder_with_the_legacy_name_is_resumed_where_it_is(stack, tmp_path) -
     r = _sample(stack, tmp_path / "unused", "--shift", "3", "--out", str(legacy))
     assert r.exit_code == 0, r.output
     (legacy / "000001.png").unlink()  # as if killed before the last image
+    (legacy / "samples.npz").unlink()  # else the PNG is restored from it, not sampled
     r = _sample(stack, samples, "--shift", "3")
     assert r.exit_code == 0 and "1 now, 1 already done" in r.output, r.output
     assert [p.name for p in samples.iterdir()] == [DEFAULT] and _card(legacy)["shift"] == 3.0
