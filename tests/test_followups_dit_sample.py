@@ -117,6 +117,29 @@ def test_refine_steps_0_is_refused_for_a_new_run_before_its_triplets_are_built(e
     assert sorted(p.name for p in (env / "cache").rglob("*") if "triplet" in p.name) == triplets
 
 
+@pytest.mark.parametrize(
+    ("stage", "dropout", "null", "prompt"),
+    [
+        ("dit", "--class-dropout", "null class", []),
+        ("t2i", "--caption-dropout", "empty caption", ["--prompt", "a red star"]),
+    ],
+)
+def test_guidance_of_a_run_that_never_trained_its_null_condition_is_refused(
+    stage, dropout, null, prompt, env
+):
+    """Trained with dropout 0, the null class / empty caption keeps its initial embedding: CFG
+    steered every sample by an input the model never saw, and `sample --cfg 4` said nothing."""
+    _ok(*TRAIN[stage], "--steps", "2", dropout, "0", "--name", "nd")
+    sample = ["sample", "-r", "nd", "-n", "2", "--steps", "2", "--grid", "0", *CPU, *prompt]
+    out = _error(ConfigError.exit_code, *sample, "--cfg", "4")
+    assert (
+        f"--cfg 4 guides against the {null}" in out and f"{dropout[2:].replace('-', '_')} 0" in out
+    )
+    assert "pass --cfg 1" in out
+    assert not (env / "samples").exists() or not any((env / "samples").iterdir())
+    _ok(*sample, "--cfg", "1")  # unguided: the model alone, as trained
+
+
 def test_a_run_whose_only_checkpoint_was_being_resaved_is_shown_not_refused(env):
     """Killed between the two renames of a re-save (``train.checkpoint.save_checkpoint``), the
     run's only checkpoint sits in temporaries. The engine puts it back at its start, but the

@@ -297,3 +297,25 @@ def read_sampling_defaults(checkpoint: Path) -> dict[str, Any]:
                 )
             return dict(data.get("defaults", {}))
     return {}
+
+
+def check_null_condition_trained(
+    plan: GenerationPlan, extra: dict[str, Any], checkpoint: Path, key: str, null: str
+) -> None:
+    """Refuse guidance against the null condition of a model that never trained it.
+
+    Classifier-free guidance (Ho & Salimans 2022) moves each sample away from the model's
+    prediction for the null class / empty caption, which it learns only from the training
+    examples whose condition was dropped (``key``: ``class_dropout`` / ``caption_dropout``). At
+    0 the null embedding keeps its initial value, so a guided sample is steered by an input the
+    model never saw, silently. A run that records no dropout (older versions) is sampled as
+    before; autoguidance (``--guide``) guides against another model and is not checked here."""
+    dropout = (extra.get("model_config") or {}).get(key)
+    if not plan.guided or dropout is None or float(dropout) > 0:
+        return
+    raise ConfigError(
+        f"--cfg {plan.cfg:g} guides against the {null}, which {checkpoint} never trained "
+        f"({key} 0: no training example had its condition dropped)",
+        f"pass --cfg 1 (no guidance), or sample a run trained with a {key.replace('_', '-')} "
+        "above 0 (the default is 0.1)",
+    )

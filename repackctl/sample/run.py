@@ -80,6 +80,7 @@ from repackctl.sample.folder import (
 from repackctl.sample.generate import generate_raw_latents, guided_velocity, model_velocity
 from repackctl.sample.plan import (
     canonical_labels,
+    check_null_condition_trained,
     label_scheme_name,
     make_labels,
     network_evaluations,
@@ -216,6 +217,10 @@ def _velocity(settings: Settings, dit: Any, plan: Any, device: Any):
             f"--guide {cfg.guide} at --cfg 1 would sample the main model alone (autoguidance at "
             "scale 1 never calls its guide), under a folder named after the guide",
             "pass a guidance scale above 1 (e.g. --cfg 2), or drop --guide",
+        )
+    if not cfg.guide:
+        check_null_condition_trained(
+            plan, extra, Path(dit.checkpoint), "class_dropout", "null class"
         )
     main_fn = model_velocity(dit.model.to(device).eval(), extra, settings.precision)
     guide_fn = guide_info = None

@@ -72,6 +72,7 @@ from repackctl.sample.folder import (
     write_samples,
 )
 from repackctl.sample.plan import (
+    check_null_condition_trained,
     index_generators,
     initial_noise,
     network_evaluations,
@@ -502,6 +503,7 @@ def run_t2i_sample(
     handle = load_t2i(settings.runs, cfg.run, cfg.checkpoint, cfg.weights)
     extra, ckpt = handle.extra, Path(handle.checkpoint)
     plan = resolve_plan(cfg, read_sampling_defaults(ckpt))
+    check_null_condition_trained(plan, extra, ckpt, "caption_dropout", "empty caption")
     model = handle.model.to(device).eval()
     given, distinct, ids, source = resolve_prompts(cfg, extra, settings.cache)
     encoder = load_text_encoder(extra).to(device)
