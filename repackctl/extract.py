@@ -591,6 +591,11 @@ def run_extract(
         feats.group.attrs["run_header"] = header  # a rerun that writes nothing keeps the record
     with progress(f"extract {spec.id}", total=todo, unit="img") as bar, _releasing(locks):
         bar.log(header_line(header))
+        if cfg.num is not None and n < cfg.num:  # the entry's name says so too (-n<N>)
+            bar.log(
+                f"Warning: --num {cfg.num} asks for more images than {source.name} holds "
+                f"({n} inputs): all of them are extracted, into {name}"
+            )
         if already:
             bar.log(f"resuming: {already} samples of this process were already done")
         found = _encode_pending(writer, source, pending, shards, settings.num_workers, bar)

@@ -127,6 +127,20 @@ def test_bad_inputs_are_skipped_and_listed(tmp_path, cache_root):
     assert verify_entry(entry) == []
 
 
+def test_num_above_the_folder_size_is_said(tmp_path, cache_root):
+    """`--num 100` of a folder of 10 images extracted the 10 without a word."""
+    folder = _messy_folder(tmp_path / "messy")
+    args = ["extract", "--encoder", "patchpix", "--data", f"imagefolder:{folder}"]
+    res = runner.invoke(app, [*args, "--resolution", "32", "-n", "100"])
+    assert res.exit_code == 0, res.output
+    out = " ".join(res.output.split())
+    assert (
+        "Warning: --num 100 asks for more images than" in out
+        and "(13 inputs): all of them are extracted" in out
+    )
+    assert len(_open(cache_root).valid_indices()) == 10
+
+
 def test_mixing_specs_is_refused(cache_root):
     assert runner.invoke(app, ["extract", *SMALL]).exit_code == 0
     res = runner.invoke(app, ["extract", *SMALL, "--no-flips"])
