@@ -65,6 +65,14 @@ def one_torch_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Each test of a module with ``pytestmark = pytest.mark.usefixtures("one_thread")`` runs
+    under :func:`one_torch_thread`."""
+    with one_torch_thread():
+        yield
+
+
 def subprocess_env(tmp_path, **extra: str) -> dict[str, str]:
     """Environment for a real `repackctl` subprocess in the test's sandbox."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("REPACKCTL_")}

@@ -63,10 +63,7 @@ def env(work, tmp_path, monkeypatch) -> Path:
     return root
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # in-process runs as in a subprocess
 
 
 def _files(run: Path) -> dict[str, bytes]:

@@ -47,10 +47,8 @@ def _refused(code: int, args: list[str]):
     return res
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_torch_thread():  # tiny matrices: one thread is faster on a loaded 2-core machine
-        yield
+# tiny matrices: one thread is faster than two on a loaded 2-core machine
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import one_torch_thread
 from support import train_toy_script as toy
 from support.caches import packed_cache
 from support.cli import cli_ok, cli_refused
@@ -44,10 +43,7 @@ def roots(base, tmp_path, monkeypatch) -> Path:
     return tmp_path
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # in-process runs as in a subprocess
 
 
 def _files(folder: Path) -> dict[str, bytes]:

@@ -68,10 +68,7 @@ def roots(base, tmp_path) -> Path:
     return tmp_path
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # in-process runs as in a subprocess
 
 
 def _wait_for(check, proc: subprocess.Popen, what: str) -> None:

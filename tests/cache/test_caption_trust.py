@@ -42,10 +42,7 @@ CPU = ["--device", "cpu"]
 EXTRACT = ["extract", "--encoder", "patchpix", "--resolution", "32", "--num-workers", "0", *CPU]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # in-process runs as in a subprocess
 
 
 def _group(cache: Path, entry: str, tid: str):

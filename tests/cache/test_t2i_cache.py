@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import one_torch_thread, subprocess_env
+from conftest import subprocess_env
 from PIL import Image
 from support.launch import start_two
 from typer.testing import CliRunner
@@ -28,10 +28,7 @@ CPU = ["--device", "cpu"]
 TEXT = ("tokens", "mask", "pooled", "count", "done", "null_tokens", "null_mask", "null_pooled")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # in-process runs as in a subprocess
 
 
 @pytest.fixture(scope="module")

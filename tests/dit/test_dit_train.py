@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import one_torch_thread, subprocess_env
+from conftest import subprocess_env
 from support.caches import packed_cache
 from support.launch import start_two
 from typer.testing import CliRunner
@@ -51,11 +51,8 @@ def cache(base_cache, tmp_path, monkeypatch) -> Path:
     return root
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny matrices: one thread is much faster than two on a loaded 2-core machine
-    with one_torch_thread():
-        yield
+# tiny matrices: one thread is faster than two on a loaded 2-core machine
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _metrics(run: Path) -> list[dict]:

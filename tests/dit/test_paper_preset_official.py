@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import one_torch_thread
 from support.caches import packed_cache
 from typer.testing import CliRunner
 
@@ -95,10 +94,7 @@ def cache(base_cache, tmp_path, monkeypatch) -> Path:
     return root
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # in-process runs as in a subprocess
 
 
 # --------------------------------------------------------------------------- the presets

@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from conftest import one_torch_thread
 from PIL import Image
 from support.caches import t2i_stack, use_stack
 from support.cli import cli_ok as _ok
@@ -45,10 +44,7 @@ EXTRACT += ["--num-workers", "0", *CPU]
 SAMPLE = ["sample", "-r", "tA", "--steps", "2", *CPU]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # in-process runs as in a subprocess
 
 
 @pytest.fixture(scope="module")

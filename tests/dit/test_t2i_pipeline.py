@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from conftest import one_torch_thread, subprocess_env
+from conftest import subprocess_env
 from PIL import Image
 from support.caches import packed_cache
 from typer.testing import CliRunner
@@ -69,10 +69,7 @@ def _text_group(cache: Path) -> zarr.Group:
     return ds.group[TEXT_KIND][name]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # in-process runs as in a subprocess
 
 
 # --------------------------------------------------------------------------- captions

@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from conftest import one_torch_thread
 from support.caches import t2i_stack, use_stack
 from support.cli import cli_ok as _ok
 from support.cli import cli_refused as _error
@@ -48,10 +47,7 @@ LONG = [  # the same first six words (8 MiniLM tokens with [CLS] and [SEP]), the
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # in-process runs as in a subprocess
 
 
 @pytest.fixture(scope="module")

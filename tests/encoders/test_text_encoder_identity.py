@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from conftest import one_torch_thread
 from support.caches import t2i_stack, use_stack
 from support.cli import cli_ok as _ok
 from support.cli import cli_refused as _refused
@@ -45,10 +44,7 @@ T2I = ["train", "t2i", "-b", "8", "--ckpt-every", "2", "--log-every", "2", "--im
 SAMPLE = ["-n", "2", "--steps", "2", "--cfg", "4", "--grid", "0", *CPU]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # in-process runs as in a subprocess
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import one_torch_thread
 from PIL import Image
 from support.cli import cli_ok, cli_refused
 
@@ -31,10 +30,7 @@ FD = ["--metrics", "fd", "--fd-method", "cholesky", "--device", "cpu", *FD_WEIGH
 STATS = ["--extractor", "fd", "--device", "cpu", *FD_WEIGHTS]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # in-process runs as in a subprocess
 
 
 def _pngs(folder: Path, n: int, split: str = "train") -> Path:

@@ -16,7 +16,6 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import one_torch_thread
 from PIL import Image
 from support.cli import cli_ok, cli_refused
 
@@ -26,10 +25,7 @@ FD_WEIGHTS = [] if SHIPPED_WEIGHTS.is_file() else ["--fd-weights", "random"]
 FD = ["--metrics", "fd", "--fd-method", "cholesky", "--device", "cpu", *FD_WEIGHTS]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # in-process runs as in a subprocess
 
 
 def _pngs(folder: Path, n: int, split: str = "train", seed: int = 1) -> Path:

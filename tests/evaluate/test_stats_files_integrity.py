@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import one_torch_thread, subprocess_env
+from conftest import subprocess_env
 from PIL import Image
 from support.cli import cli_ok, cli_refused
 
@@ -45,10 +45,7 @@ FD = ["--metrics", "fd", "--fd-method", "cholesky", "--device", "cpu", *FD_WEIGH
 STATS = ["--extractor", "fd", "--resolution", "32", "--device", "cpu", *FD_WEIGHTS]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # in-process runs as in a subprocess
 
 
 def _builtin_images(n: int, split: str) -> np.ndarray:

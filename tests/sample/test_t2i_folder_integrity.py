@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import one_torch_thread, subprocess_env
+from conftest import subprocess_env
 from support.caches import t2i_stack, use_stack
 from support.cli import cli_ok, cli_refused
 from support.kill import kill_after_pngs
@@ -45,10 +45,7 @@ CUT_SHAPE = "a small striped light pink and yellow disc with an outline in the c
 CUT_BOTH = "a small two-tone dark teal and blue ring with an outline in the center"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # in-process runs as in a subprocess
 
 
 @pytest.fixture(scope="module")
