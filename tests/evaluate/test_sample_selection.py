@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ import pytest
 from conftest import one_torch_thread, subprocess_env, use_sandbox
 from PIL import Image
 from support.kill import kill_after_pngs
+from support.stack import stack_env
 from typer.testing import CliRunner
 
 from repackctl.cache.store import list_entries
@@ -57,13 +59,9 @@ def stack(tmp_path_factory) -> dict[str, str]:
 
 
 @pytest.fixture
-def env(stack, tmp_path, monkeypatch) -> dict[str, str]:
+def env(stack, tmp_path, monkeypatch) -> Iterator[dict[str, str]]:
     """The stack's cache and runs, a fresh samples root, one torch thread."""
-    monkeypatch.setenv("REPACKCTL_CACHE", stack["cache"])
-    monkeypatch.setenv("REPACKCTL_RUNS", stack["runs"])
-    monkeypatch.setenv("REPACKCTL_SAMPLES", str(tmp_path / "samples"))
-    with one_torch_thread():
-        yield {**stack, "samples": str(tmp_path / "samples")}
+    yield from stack_env(stack, tmp_path, monkeypatch)
 
 
 def _ckpt(stack: dict[str, str], step: int) -> Path:

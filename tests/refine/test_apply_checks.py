@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import one_torch_thread
-from support.stack import LATENT, _images, _settings, make_dit_run, shared_stack
+from support.stack import LATENT, _images, _settings, make_dit_run, save_refiner_run, shared_stack
 from typer.testing import CliRunner
 
 from repackctl.cli.app import app
@@ -33,34 +33,6 @@ from repackctl.sample.run import run_sample
 from repackctl.train.checkpoint import read_state
 
 runner = CliRunner()
-
-
-def _save_refiner(
-    runs: str, name: str, resolution: int, channels: int = LATENT[0], **recorded
-) -> Path:
-    """A refiner checkpoint in the `refine train` contract, trained on the stack's pack model
-    (``recorded``: more of its metadata, e.g. the ``latent_shape`` `refine train` records)."""
-    from repackctl.pack.load import load_pack
-    from repackctl.refine.network import LatentGuidedRefiner, RefinerConfig
-    from repackctl.train.checkpoint import save_checkpoint
-
-    pack = load_pack("pack-tiny", runs=runs)
-    config = RefinerConfig(
-        latent_channels=channels, resolution=resolution, base_channels=8, attn_resolutions=(8,)
-    )
-    torch.manual_seed(1)
-    model = LatentGuidedRefiner(config)
-    with torch.no_grad():  # the output layer starts at zero: make the output depend on the input
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    extra = {
-        "stage": "refine",
-        "latent_convention": "raw",
-        "refiner_config": config.to_dict(),
-        "pack": {"run": "pack-tiny", "checkpoint": str(pack.checkpoint), "pack_id": pack.pack_id},
-    } | recorded
-    sd = model.state_dict()
-    return save_checkpoint(Path(runs) / name, 2, {"model": sd, "ema": sd}, {}, {"extra": extra})
 
 
 def _save_dit_on_8x8_latents(runs: str, name: str) -> None:
@@ -85,9 +57,9 @@ def stack(tmp_path_factory) -> dict[str, str]:
     paths = shared_stack(tmp_path_factory)
     runs = paths["runs"]
     if not (Path(runs) / "chk-refine32").is_dir():
-        _save_refiner(runs, "chk-refine32", resolution=32)
-        _save_refiner(runs, "chk-refine64", resolution=64)
-        _save_refiner(runs, "chk-refine32c8", resolution=32, channels=8)
+        save_refiner_run(runs, "chk-refine32", resolution=32)
+        save_refiner_run(runs, "chk-refine64", resolution=64)
+        save_refiner_run(runs, "chk-refine32c8", resolution=32, channels=8)
         _save_dit_on_8x8_latents(runs, "chk-dit64")
     return paths
 
@@ -153,7 +125,7 @@ def test_the_grid_the_refiner_recorded_is_checked_when_its_pack_checkpoint_is_go
     gone = {"run": "pack-tiny", "checkpoint": str(tmp_path / "moved-away")}
     gone["pack_id"] = load_pack("pack-tiny", runs=runs).pack_id  # the samples' pack model
     grid = [LATENT[0], 8, 8]
-    _save_refiner(runs, "chk-refine-g8", resolution=32, latent_shape=grid, pack=gone)
+    save_refiner_run(runs, "chk-refine-g8", resolution=32, latent_shape=grid, pack=gone)
     samples = _sample(stack, tmp_path / "s32")
     code, out = _apply(stack, samples, "chk-refine-g8")
     _refused(code, out, "a latent grid of 4x4 (trained on 8x8)")

@@ -20,6 +20,7 @@ import hashlib
 import io
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ from conftest import one_torch_thread
 from PIL import Image
 from support.caches import t2i_stack, use_stack
 from support.cli import cli_ok, cli_refused
-from support.stack import shared_stack
+from support.stack import shared_stack, stack_env
 
 from repackctl.encoders.builtin import SHIPPED_WEIGHTS
 from repackctl.errors import DataError
@@ -44,12 +45,8 @@ def stack(tmp_path_factory) -> dict[str, str]:
 
 
 @pytest.fixture
-def env(stack, tmp_path, monkeypatch) -> dict[str, str]:
-    monkeypatch.setenv("REPACKCTL_CACHE", stack["cache"])
-    monkeypatch.setenv("REPACKCTL_RUNS", stack["runs"])
-    monkeypatch.setenv("REPACKCTL_SAMPLES", str(tmp_path / "samples"))
-    with one_torch_thread():
-        yield stack
+def env(stack, tmp_path, monkeypatch) -> Iterator[dict[str, str]]:
+    yield from stack_env(stack, tmp_path, monkeypatch)
 
 
 def _sample_args(out: Path, seed: int = 3) -> list[str]:

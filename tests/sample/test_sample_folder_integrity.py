@@ -22,14 +22,14 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from conftest import one_torch_thread
 from support.kill import kill_after_pngs
-from support.stack import LATENT, _images, _settings, shared_stack
+from support.stack import _images, _settings, save_refiner_run, shared_stack, stack_env
 from typer.testing import CliRunner
 
 from repackctl.cli.app import app
@@ -42,46 +42,17 @@ SCORE = ["--ref", "builtin", "--metrics", "fd", "--fd-method", "cholesky", "--de
 SCORE += [] if SHIPPED_WEIGHTS.is_file() else ["--fd-weights", "random"]
 
 
-def _save_refiner(runs: str, name: str) -> None:
-    """A 32 px refiner of the stack's pack model in the `refine train` checkpoint contract."""
-    from repackctl.pack.load import load_pack
-    from repackctl.refine.network import LatentGuidedRefiner, RefinerConfig
-    from repackctl.train.checkpoint import save_checkpoint
-
-    pack = load_pack("pack-tiny", runs=runs)
-    config = RefinerConfig(
-        latent_channels=LATENT[0], resolution=32, base_channels=8, attn_resolutions=(8,)
-    )
-    torch.manual_seed(1)
-    model = LatentGuidedRefiner(config)
-    with torch.no_grad():  # the output layer starts at zero: make the output depend on the input
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    extra = {
-        "stage": "refine",
-        "latent_convention": "raw",
-        "refiner_config": config.to_dict(),
-        "pack": {"run": "pack-tiny", "checkpoint": str(pack.checkpoint), "pack_id": pack.pack_id},
-    }
-    sd = model.state_dict()
-    save_checkpoint(Path(runs) / name, 2, {"model": sd, "ema": sd}, {}, {"extra": extra})
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> dict[str, str]:
     paths = shared_stack(tmp_path_factory)
     if not (Path(paths["runs"]) / "integrity-refine").is_dir():
-        _save_refiner(paths["runs"], "integrity-refine")
+        save_refiner_run(paths["runs"], "integrity-refine", resolution=32)
     return paths
 
 
 @pytest.fixture
-def env(stack, tmp_path, monkeypatch) -> dict[str, str]:
-    monkeypatch.setenv("REPACKCTL_CACHE", stack["cache"])
-    monkeypatch.setenv("REPACKCTL_RUNS", stack["runs"])
-    monkeypatch.setenv("REPACKCTL_SAMPLES", str(tmp_path / "samples"))
-    with one_torch_thread():
-        yield stack
+def env(stack, tmp_path, monkeypatch) -> Iterator[dict[str, str]]:
+    yield from stack_env(stack, tmp_path, monkeypatch)
 
 
 def _sample(stack: dict[str, str], out: Path, seed: int = 3) -> Path:

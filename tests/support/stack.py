@@ -5,6 +5,7 @@ tiny weights; sampling does not care whether the DiT was trained)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +65,34 @@ def make_dit_run(runs: str, name: str, seed: int, scale: float = 0.05, **extra_f
     return save_checkpoint(Path(runs) / name, 5, {"model": sd, "ema": sd}, {}, {"extra": extra})
 
 
+def save_refiner_run(
+    runs: str, name: str, resolution: int, channels: int = LATENT[0], **recorded
+) -> Path:
+    """A refiner checkpoint in the `refine train` contract, trained on the stack's pack model
+    (``recorded``: more of its metadata, e.g. the ``latent_shape`` `refine train` records)."""
+    from repackctl.pack.load import load_pack
+    from repackctl.refine.network import LatentGuidedRefiner, RefinerConfig
+    from repackctl.train.checkpoint import save_checkpoint
+
+    pack = load_pack("pack-tiny", runs=runs)
+    config = RefinerConfig(
+        latent_channels=channels, resolution=resolution, base_channels=8, attn_resolutions=(8,)
+    )
+    torch.manual_seed(1)
+    model = LatentGuidedRefiner(config)
+    with torch.no_grad():  # the output layer starts at zero: make the output depend on the input
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    extra = {
+        "stage": "refine",
+        "latent_convention": "raw",
+        "refiner_config": config.to_dict(),
+        "pack": {"run": "pack-tiny", "checkpoint": str(pack.checkpoint), "pack_id": pack.pack_id},
+    } | recorded
+    sd = model.state_dict()
+    return save_checkpoint(Path(runs) / name, 2, {"model": sd, "ema": sd}, {}, {"extra": extra})
+
+
 def shared_stack(tmp_path_factory) -> dict[str, str]:
     """One stack per test session (this module and test_refine_stage.py share it)."""
     root = tmp_path_factory.getbasetemp() / "stage3-stack"
@@ -84,3 +113,16 @@ def _settings(stack: dict[str, str], **sample):
 def _images(folder: Path) -> np.ndarray:
     with np.load(folder / "samples.npz", allow_pickle=False) as z:
         return z["arr_0"]
+
+
+def stack_env(stack: dict[str, str], tmp_path: Path, monkeypatch) -> Iterator[dict[str, str]]:
+    """For an ``env`` fixture: the stack's cache and runs, a fresh samples root under
+    ``tmp_path`` (REPACKCTL_CACHE / _RUNS / _SAMPLES), one torch thread; yields the paths."""
+    from conftest import one_torch_thread
+
+    samples = str(tmp_path / "samples")
+    monkeypatch.setenv("REPACKCTL_CACHE", stack["cache"])
+    monkeypatch.setenv("REPACKCTL_RUNS", stack["runs"])
+    monkeypatch.setenv("REPACKCTL_SAMPLES", samples)
+    with one_torch_thread():
+        yield {**stack, "samples": samples}
