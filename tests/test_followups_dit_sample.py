@@ -137,6 +137,17 @@ def test_guidance_of_a_run_that_never_trained_its_null_condition_is_refused(
     _ok(*sample, "--cfg", "1")  # unguided: the model alone, as trained
 
 
+def test_a_warm_up_longer_than_the_run_is_said(env):
+    """`--steps 4 --warmup-steps 1000 --lr 1e-3` trained at 4e-6 without a word."""
+    sched = ["--schedule", "warmup", "--warmup-steps", "1000", "--lr", "1e-3"]
+    out = _ok(*TRAIN["dit"], "--steps", "4", *sched, "--name", "w")
+    assert "Warning: the lr warm-up (1000 steps) is not over by this run's last step (4)" in out
+    assert "the lr ends at 4e-06, not 0.001" in out
+    out = _ok(*TRAIN["dit"], "--steps", "4", "--schedule", "warmup", "--warmup-steps", "2",
+              "--lr", "1e-3", "--name", "w2")  # fmt: skip
+    assert "warm-up" not in out
+
+
 def test_a_run_whose_only_checkpoint_was_being_resaved_is_shown_not_refused(env):
     """Killed between the two renames of a re-save (``train.checkpoint.save_checkpoint``), the
     run's only checkpoint sits in temporaries. The engine puts it back at its start, but the

@@ -36,6 +36,20 @@ def lr_at(config: TrainConfig, step: int) -> float:
     return config.min_lr + 0.5 * (base - config.min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
+def unfinished_warmup(config: TrainConfig) -> str | None:
+    """A warning when the lr warm-up outlasts the run: its last update is made below ``lr``
+    (a 4-step run with ``--warmup-steps 1000`` trained at 4e-6 of an lr of 1e-3). Not an error:
+    a run may be continued later with more steps."""
+    warm, steps = config.warmup_steps, config.steps
+    if config.schedule not in ("warmup", "cosine") or warm <= 0 or warm < steps or steps < 1:
+        return None
+    return (
+        f"Warning: the lr warm-up ({warm} steps) is not over by this run's last step ({steps}): "
+        f"the lr ends at {lr_at(config, steps - 1):.3g}, not {config.lr:g} (pass --steps above "
+        f"{warm} or a shorter --warmup-steps)"
+    )
+
+
 def lr_factor(config: TrainConfig) -> Callable[[int], float]:
     """Multiplier of an optimizer's base lr at each step (for ``torch.optim.lr_scheduler.LambdaLR``)."""
 

@@ -69,7 +69,7 @@ from repackctl.train.logging import MetricsLogger, plot_curves
 from repackctl.train.precision import compile_blocks, enable_fast_math, make_accelerator
 from repackctl.train.protocol import OptimizerSpec, TrainResult, TrainTask, unpack_step_output
 from repackctl.train.sampler import BlockSampler, Position, local_micro_batches
-from repackctl.train.schedule import make_scheduler
+from repackctl.train.schedule import make_scheduler, unfinished_warmup
 from repackctl.train.sharding import (
     full,
     full_optim_state,
@@ -805,6 +805,9 @@ class Trainer:
             ) as bar:
                 for msg in self.messages:
                     bar.log(msg)
+                warmup = unfinished_warmup(self.config)
+                if warmup is not None and self.step_count < self.config.steps:
+                    bar.log(warmup)
                 while self.step_count < self.config.steps:
                     self.step()
                     self._after_step(bar)
