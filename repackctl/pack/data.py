@@ -400,10 +400,17 @@ class PackData(CachedRows):
         return self.take("tokens", positions), self.take("images", positions)
 
     def get(
-        self, positions: np.ndarray, generator: np.random.Generator | None = None
+        self,
+        positions: np.ndarray,
+        generator: np.random.Generator | None = None,
+        flips: np.ndarray | None = None,
     ) -> dict[str, torch.Tensor]:
-        """A batch with one flip per sample drawn from ``generator`` (flip 0 when None)."""
-        flip = draw_flips(generator, len(positions), self.flips)  # (B,)
+        """A batch with one flip per sample: ``flips`` (B,) when given (drawn per sample by
+        ``pack.task``), else drawn from ``generator`` (flip 0 when None)."""
+        if flips is None:
+            flip = draw_flips(generator, len(positions), self.flips)  # (B,)
+        else:
+            flip = np.asarray(flips, dtype=np.int64)  # (B,)
         tok = self.take_flip("tokens", positions, flip).astype(np.float32)  # (B, T, C)
         img = mirror(self.take("images", positions), flip)  # (B, R, R, 3)
         return {

@@ -19,7 +19,12 @@ deliberate:
   the paper's for DINO encoders, a small one for the built-in encoder that trains in about a
   minute on two CPU cores (with lr 1e-3: the official 1e-5 barely moves in so few steps);
 * the training length is ``steps``, or ``epochs`` passes over the training images when no
-  steps are given (the paper preset: the official 99 epochs), resolved once into the plan.
+  steps are given (the paper preset: the official 99 epochs), resolved once into the plan;
+* each sample's flip and posterior noise ε come from its own generator, keyed by (seed, step,
+  sample, repeat) (``sample_generators``), as in the DiT task; the official code draws them
+  from each GPU's global RNG. So W processes train the weights of one process, to float
+  rounding, without the discriminator; with it, each process computes the adaptive GAN weight
+  from its own samples (and a BatchNorm discriminator normalises with their statistics).
 
 The loop (accelerate, EMA, atomic checkpoints, bit-identical resume, NaN guard, metrics.jsonl,
 TensorBoard) is ``repackctl.train.loop``; this module is the ``TrainTask`` plus the plumbing.
@@ -62,7 +67,7 @@ from repackctl.pack.losses import (
     official_kl_weight,
 )
 from repackctl.pack.pca import PCAResult, fit_pca, token_whitening
-from repackctl.pack.projection import ProjectionConfig
+from repackctl.pack.projection import DiagonalGaussian, ProjectionConfig
 from repackctl.pack.watson import WATSON_ENV, WATSON_SETTING, check_image_size, load_watson
 from repackctl.progress import LOG_FILE, ProgressFactory, null_progress, with_log_file
 from repackctl.run_lock import lock_run, released_after
@@ -292,6 +297,35 @@ def fit_whitening(
     return token_whitening(fit_token_pca(data, width, max_samples))
 
 
+# ---------------------------------------------------------------------------- per-sample draws
+
+_SAMPLE_KEY = 0xAE  # tags the per-sample generators of this stage
+
+
+def sample_generators(seed: int, step: int, indices: np.ndarray) -> list[np.random.Generator]:
+    """One generator per sample of step ``step``, keyed by (seed, step, sample index, repeat):
+    a sample's flip and posterior noise do not depend on which process or micro-batch reads it
+    (the repeat tells apart two reads of a sample in a batch that straddles two epochs)."""
+    seen: dict[int, int] = {}
+    rngs = []
+    for i in indices.tolist():
+        repeat = seen.get(i, 0)
+        seen[i] = repeat + 1
+        rngs.append(np.random.default_rng([seed % 2**64, step, i, repeat, _SAMPLE_KEY]))
+    return rngs
+
+
+def latent_sample(posterior: DiagonalGaussian, eps: torch.Tensor | None) -> torch.Tensor:
+    """z = mean + std·eps (B, d, h, w), as ``posterior.sample()`` computes it; the mode of a
+    deterministic posterior. ``eps`` None (a batch not made by ``PackTask.get_batch``): drawn
+    from the global torch RNG, which differs with the process count."""
+    if posterior.deterministic:
+        return posterior.mean
+    if eps is None:
+        return posterior.sample()
+    return posterior.mean + posterior.std * eps.to(posterior.mean.dtype)  # (B, d, h, w)
+
+
 # ---------------------------------------------------------------------------- the task
 
 
@@ -307,10 +341,12 @@ class PackTask:
         lpips: nn.Module | None = None,
         whitening: tuple[torch.Tensor, torch.Tensor] | None = None,
         watson: nn.Module | None = None,
+        seed: int = 0,
     ) -> None:
         self.plan = plan
         self.data = data
         self.ref = ref
+        self.seed = seed  # keys each sample's flip and posterior noise (``sample_generators``)
         self.pca = pca
         self.whitening = whitening
         self.lpips = lpips
@@ -350,7 +386,12 @@ class PackTask:
     def optimizers(self) -> dict[str, Any]:
         from repackctl.train import OptimizerSpec
 
-        specs = {"gen": OptimizerSpec(("model",), lr=self.plan.lr, betas=self.plan.betas)}
+        # overlap=False: the step calls the autoencoder's parts (encode, decode twice with scale
+        # equivariance, the last layer for the adaptive GAN weight), not one forward, which DDP's
+        # reducer cannot follow; the trainer averages its grads once per step instead
+        specs = {
+            "gen": OptimizerSpec(("model",), lr=self.plan.lr, betas=self.plan.betas, overlap=False)
+        }
         if self.plan.discriminator is not None:
             specs["disc"] = OptimizerSpec(
                 ("disc",), lr=self.plan.disc_lr, betas=self.plan.betas, overlap=False
@@ -363,7 +404,18 @@ class PackTask:
     def get_batch(
         self, indices: np.ndarray, step: int, generator: np.random.Generator
     ) -> dict[str, torch.Tensor]:
-        return self.data.get(indices, generator)
+        """Tokens, images and flips of ``indices`` and, for the sampled (repack) posterior, its
+        noise ``eps`` (B, d, h, w), each drawn from the sample's own generator
+        (``sample_generators``, not the micro-batch's ``generator``): the same draws for any
+        number of processes or micro-batches."""
+        rngs = sample_generators(self.seed, step, indices)
+        flips = np.array([r.integers(self.data.flips) for r in rngs], dtype=np.int64)  # (B,)
+        batch = self.data.get(indices, flips=flips)
+        if self.plan.method != "pca":  # the PCA projection is deterministic: no noise
+            shape = (self.plan.autoencoder.projection.latent_channels, self.ref.grid, self.ref.grid)
+            eps = [r.standard_normal(shape, dtype=np.float32) for r in rngs]  # (d, h, w) each
+            batch["eps"] = torch.from_numpy(np.stack(eps))  # (B, d, h, w)
+        return batch
 
     def training_step(self, modules: dict[str, nn.Module], batch: dict, step: int):
         from repackctl.train import StepOutput
@@ -377,9 +429,8 @@ class PackTask:
         features = self.loss.features
         if features is not None and features.encoder_device() != target.device:
             features.to(target.device)
-        # posterior sample from the global torch RNG (saved and restored by the loop on resume)
         posterior = model.encode(tokens)
-        z = posterior.sample()  # (B, d, h, w)
+        z = latent_sample(posterior, batch.get("eps"))  # (B, d, h, w)
         recon = model.decode(z)  # (B, 3, R, R)
         pair = None
         if self.plan.loss.scale_equivariance > 0:
@@ -717,7 +768,16 @@ def run_pack_train(
     log += notes + _resume_notes(plan, latest)
     pca = _pca_fit(plan, data, cfg.pca_samples, latest, run_dir, log)
     whitening = _whitening_fit(plan, data, cfg.pca_samples, latest, log)
-    task = PackTask(plan, data, ref, pca=pca, lpips=lpips, whitening=whitening, watson=watson)
+    task = PackTask(
+        plan,
+        data,
+        ref,
+        pca=pca,
+        lpips=lpips,
+        whitening=whitening,
+        watson=watson,
+        seed=settings.seed,
+    )
     resolve_device(settings.device)  # an unknown device is a ConfigError before training
     # same-named pack settings map onto the engine; the preset plan resolves the rest
     config = TrainConfig.from_settings(
@@ -819,6 +879,7 @@ def _pca_fit(
 ) -> PCAResult | None:
     """The PCA method's fit: from the checkpoint on a resume (never refitted), else fitted now
     (its explained variance to ``pca.json`` and ``log``)."""
+    from repackctl.runtime import is_main_process
     from repackctl.train.checkpoint import load_weights
 
     if plan.method != "pca":
@@ -837,6 +898,8 @@ def _pca_fit(
         f"PCA to {len(pca.explained_variance)} dims explains "
         f"{100 * pca.cumulative_ratio:.1f}% of the token variance ({pca.count} tokens)"
     )
+    if not is_main_process():  # every process fits the same numbers; the main one writes
+        return pca
     # a new run's folder is made here, before the engine's: hold its lock first, so that a
     # second start of the same new run (refused by the engine) does not overwrite this file
     lock_run(run_dir, create=True)
