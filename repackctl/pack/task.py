@@ -765,7 +765,7 @@ def run_pack_train(
     latest, notes = _check_resume(run_dir, task_extra, cfg.allow_change)
     if latest is None:
         _check_new_run(plan, sources)  # its newest checkpoint failed to verify: a new run
-    log += notes + _resume_notes(plan, latest)
+    log += notes + _resume_notes(plan, latest) + _gan_notes(plan)
     pca = _pca_fit(plan, data, cfg.pca_samples, latest, run_dir, log)
     whitening = _whitening_fit(plan, data, cfg.pca_samples, latest, log)
     task = PackTask(
@@ -867,6 +867,20 @@ def _resume_notes(plan: PackPlan, latest: Path | None) -> list[str]:
             f"(pass --steps N with N > {done} to train on)"
         )
     return notes
+
+
+def _gan_notes(plan: PackPlan) -> list[str]:
+    """A warning when the GAN term is on but starts at or after the run's last step (the small
+    preset's gan_start is 400: `--gan-weight 0.5 --steps 300` trained no GAN, silently). Not an
+    error: a run may be continued with more steps."""
+    loss = plan.loss
+    if plan.discriminator is None or loss.gan <= 0 or loss.gan_start < plan.steps:
+        return []
+    return [
+        f"Warning: the GAN term (gan_weight {loss.gan:g}) starts at step {loss.gan_start} "
+        f"(gan_start), at or after this run's last step ({plan.steps}): it does not train in "
+        f"this run (pass --gan-start below {plan.steps}, or --steps above {loss.gan_start})"
+    ]
 
 
 def _pca_fit(

@@ -83,6 +83,17 @@ def test_attention_at_decoder_sides_builds_attention_blocks(cache, tmp_path):
 # --------------------------------------------------------------------------- steps
 
 
+def test_a_gan_that_starts_after_the_run_is_said(cache, tmp_path):
+    """`--gan-weight 0.5` with the small preset's gan_start 400 on a 2-step run trained no GAN
+    without a word."""
+    gan = ["--gan-weight", "0.5", "--disc-channels", "8"]
+    out = _ok("pack", "train", *TINY, "--steps", "2", *gan, "--name", "g")
+    assert "Warning: the GAN term (gan_weight 0.5) starts at step 400 (gan_start)" in out
+    assert "at or after this run's last step (2)" in out
+    out = _ok("pack", "train", *TINY, "--steps", "2", *gan, "--gan-start", "1", "--name", "g1")
+    assert "GAN term" not in out
+
+
 def test_steps_0_is_refused_for_a_new_run_and_shows_a_finished_one(cache, tmp_path):
     run = tmp_path / "runs" / "s"
     out = _error(ConfigError.exit_code, "pack", "train", *TINY, "--steps", "0", "--name", "s")
