@@ -18,11 +18,14 @@ Two families of metrics:
 Reference statistics are cached by content hash (``<cache>-reference-stats`` beside the cache): the hash covers
 the reference's content (file bytes; for a folder, every image file; for a cache entry, its source
 attributes, done bitmap and the crc32c the cache stores for each chunk of the images used, or
-their pixels where a chunk has none; for the built-in dataset, its generator description), the number of images, the resolution and the feature extractor's weights. A second
-call with the same inputs reads the file instead of recomputing it.
+their pixels where a chunk has none; for the built-in dataset, its generator description), the number of images, the resolution and the feature extractor's weights
+(and the rule of a cache entry's class-balanced ``--num`` subset, ``round_robin_indices``). A
+second call with the same inputs reads the file instead of recomputing it.
 
 Which generated images are scored (:mod:`repackctl.evaluate.selection`): never an unfinished
-sample run; for a checkpoint, only samples of that checkpoint; from a folder without
+sample run (but a run or checkpoint given with ``--samples N`` finishes the folder of N that an
+interrupted call, or its other process under torchrun, started: ``sample`` resumes it); for a
+checkpoint, only samples of that checkpoint; from a folder without
 ``samples.npz``, only its sample files (a finished run's ``000000.png …``, all that its card
 counts, their pixels checked against the ``images_sha256`` it records; never ``grid.png``);
 with ``--samples N`` below what is available, a class-stratified subset (the first N/classes
@@ -53,9 +56,12 @@ from repackctl.evaluate.selection import (
     check_recorded_count,
     checked_labels,
     choose_subset,
+    is_unfinished_sample_run,
     made_from_checkpoint,
     npz_labels,
+    read_sample_settings,
     refuse_unfinished,
+    round_robin_indices,
     sample_files,
 )
 from repackctl.files import IMAGE_EXTENSIONS, sha256_file, sha256_file_cached
@@ -313,7 +319,9 @@ def reference_folder_set(folder: Path, resolution: int, num: int | None, seed: i
 
 
 def cache_image_set(cache: str, entry_name: str, num: int | None) -> ImageSet:
-    """The written images of a cache entry (first ``num`` valid ones), read in chunk blocks.
+    """The written images of a cache entry (all, or ``num`` of them class-balanced by
+    :func:`repackctl.evaluate.selection.round_robin_indices`, recorded in ``meta["subset"]``),
+    read in chunk blocks.
 
     Its content hash (:func:`cache_images_sha256`) follows the pixels of those images, not only
     the entry's attributes: an entry removed and extracted again from changed files has the same
@@ -331,7 +339,7 @@ def cache_image_set(cache: str, entry_name: str, num: int | None) -> ImageSet:
             f"cache entry {entry_name} has {len(valid)} written images",
             hint="finish `repackctl extract` for it first",
         )
-    idx = valid if num is None else valid[:num]
+    idx, subset = round_robin_indices(valid, entry.labels[:][valid], num)
     redo = repair_hint(entry_name, "the same `repackctl extract`")
     images = GuardedArray(entry.images, done == WRITTEN, f"{entry_name} images", redo)
 
@@ -346,7 +354,7 @@ def cache_image_set(cache: str, entry_name: str, num: int | None) -> ImageSet:
         resolution=entry.resolution,
         batches=batches,
         hasher=lambda: cache_images_sha256(entry, images, done, idx),
-        meta={"dataset": entry.attrs.get("dataset"), "entry": entry_name},
+        meta={"dataset": entry.attrs.get("dataset"), "entry": entry_name, "subset": subset},
     )
 
 
@@ -560,16 +568,31 @@ def _resolve_source(settings: Settings, progress: ProgressFactory) -> tuple[Path
         return path, [], False
     what = "checkpoint" if is_checkpoint(path) else "run"
     made = samples_of_run(settings.samples, path)
-    if made:
+    if made and not _to_finish(made[0], num):
         return made[0], [f"{cfg.source} is a {what}: its newest samples folder is {made[0]}"], False
     if num is not None:
         out = sample_checkpoint(settings, path, num, progress)
-        return out, [f"sampled {num} images of {what} {path} into {out}"], True
+        again = (
+            " (finishing the folder an earlier run had started)" if made and made[0] == out else ""
+        )
+        return out, [f"sampled {num} images of {what} {path} into {out}{again}"], True
     pick = f" --checkpoint {path.name}" if what == "checkpoint" else ""
     raise DataError(
         f"{path} is a {what} with no samples folder made from it under {settings.samples}",
         hint=f"sample it first (`repackctl sample --run {run_root_of(path).name}{pick} -n "
         "50000`), or give --samples N to sample it now",
+    )
+
+
+def _to_finish(folder: Path, num: int | None) -> bool:
+    """Whether ``--samples num`` of a run should sample rather than score ``folder``: an
+    unfinished sample run started for ``num`` samples, as this command (or its other process,
+    under torchrun) starts one. The sampler resumes it when it holds these settings (else it
+    samples its own folder, or refuses a folder of its name made with others)."""
+    return (
+        num is not None
+        and is_unfinished_sample_run(folder)
+        and read_sample_settings(folder).get("num") == num
     )
 
 
@@ -932,6 +955,9 @@ def cached_reference_stats(
         "extractor": name,
         "weights_sha256": weights,
     }
+    subset = images.meta.get("subset") or {"rule": "all"}
+    if subset["rule"] != "all":  # how the images were chosen (their hash follows the indices)
+        key_doc["subset_rule"] = subset["rule"]
     key = hashlib.sha256(json.dumps(key_doc, sort_keys=True).encode()).hexdigest()[:16]
     path = folder / f"{_slug(images.label)}-{extractor}-{key}.npz"
     reused = _reuse_cached_stats(path, key_doc)
@@ -944,6 +970,8 @@ def cached_reference_stats(
         "source": images.label,
         "source_kind": images.kind,
     }
+    if subset["rule"] != "all":
+        metadata["subset"] = subset
     if extractor == "inception":
         from repackctl.metrics.generative import compute_inception_stats
 

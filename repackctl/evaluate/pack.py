@@ -13,6 +13,10 @@
   split, for the raw encoder tokens, a float64 PCA of the training tokens to the same d, and the
   pack model's posterior means.
 
+A subset (``-n N``; the probe trains on 4N rows) is class-balanced where the entry's labels are
+known (:func:`repackctl.evaluate.selection.round_robin_indices`: image-folder entries are stored
+sorted by class), and recorded in the report (``subset``; ``train_subset`` / ``eval_subset``).
+
 Legend: N samples, T tokens, C token channels, d latent channels, h×w grid, R image side.
 """
 
@@ -26,6 +30,7 @@ import torch
 
 from repackctl.cache.store import ArrayGroup, DatasetEntry, read_blocks
 from repackctl.errors import CacheError
+from repackctl.evaluate.selection import round_robin_indices
 from repackctl.files import to_uint8
 from repackctl.pack.data import open_features, sibling_entry, valid_indices
 from repackctl.pack.load import PackHandle, load_pack
@@ -96,11 +101,20 @@ def held_out_hint(cache: str, run_cache: dict, split: str, hint: str | None) -> 
     )
 
 
-def _indices(entry: DatasetEntry, feats: ArrayGroup, num: int | None) -> np.ndarray:
+def _indices(
+    entry: DatasetEntry, feats: ArrayGroup, num: int | None, notes: list[str], what: str = ""
+) -> tuple[np.ndarray, dict]:
+    """(the rows scored, ascending; the record of the subset): every usable row, or ``num`` of
+    them class-balanced (:func:`repackctl.evaluate.selection.round_robin_indices`), said in
+    ``notes``."""
     idx = valid_indices(entry, feats)
     if len(idx) == 0:
         raise CacheError(f"no usable samples in {entry.name}", "check `repackctl cache info`")
-    return idx[:num] if num else idx
+    idx, record = round_robin_indices(idx, entry.labels[:][idx], num or None)
+    if record["rule"] != "all":
+        where = f"{what} {entry.name}".strip()
+        notes.append(f"{where}: {record['num']} of {record['of']} images, {record['description']}")
+    return idx, record
 
 
 def report_stem(kind: str, entry: DatasetEntry, feats: ArrayGroup, n: int, **extra: Any) -> str:
@@ -145,6 +159,7 @@ class ReconResult:
     method: str
     latent_shape: list[int]
     notes: list[str] = field(default_factory=list)
+    subset: dict[str, Any] = field(default_factory=dict)  # which rows (``round_robin_indices``)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -160,7 +175,7 @@ def evaluate_recon(settings: Settings, progress: ProgressFactory = null_progress
     notes: list[str] = []
     handle = _handle(settings)
     entry, feats = eval_features(settings, handle, notes)
-    idx = _indices(entry, feats, cfg.eval_num)
+    idx, subset = _indices(entry, feats, cfg.eval_num, notes)
     device = resolve_device(settings.device)
     model = handle.model.to(device)
 
@@ -224,6 +239,7 @@ def evaluate_recon(settings: Settings, progress: ProgressFactory = null_progress
         method=str(handle.extra.get("method")),
         latent_shape=list(handle.extra.get("latent_shape") or []),
         notes=notes,
+        subset=subset,
     )
     from repackctl.files import write_json_atomic
 
@@ -261,6 +277,8 @@ class ProbeReport:
     rows: list[ProbeRow]
     pca_explained: float
     notes: list[str] = field(default_factory=list)
+    train_subset: dict[str, Any] = field(default_factory=dict)  # ``round_robin_indices`` records
+    eval_subset: dict[str, Any] = field(default_factory=dict)
 
     def table(self) -> str:
         """Markdown table in the paper's shape (representation, dims, #params, top-1 %)."""
@@ -307,6 +325,7 @@ def evaluate_probe(settings: Settings, progress: ProgressFactory = null_progress
     """Linear-probe top-1 of raw tokens, PCA-d and the pack run's d-dim latents."""
     from repackctl.metrics.probe import linear_probe
     from repackctl.pack.data import PackData
+    from repackctl.pack.encode import _extract_hint
     from repackctl.pack.task import fit_token_pca
     from repackctl.runtime import resolve_device
 
@@ -314,14 +333,13 @@ def evaluate_probe(settings: Settings, progress: ProgressFactory = null_progress
     notes: list[str] = []
     handle = _handle(settings)
     run_cache = handle.extra["cache"]
-    from repackctl.pack.encode import _extract_hint
-
     train_entry, train_feats, _ = open_features(
         settings.cache, run_cache["entry"], run_cache["features"], _extract_hint(handle)
     )
     eval_entry, eval_feats = eval_features(settings, handle, notes)
-    tr_idx = _indices(train_entry, train_feats, cfg.eval_num and 4 * cfg.eval_num)
-    ev_idx = _indices(eval_entry, eval_feats, cfg.eval_num)
+    tr_num = cfg.eval_num and 4 * cfg.eval_num
+    tr_idx, tr_subset = _indices(train_entry, train_feats, tr_num, notes, "train")
+    ev_idx, ev_subset = _indices(eval_entry, eval_feats, cfg.eval_num, notes, "eval")
     device = resolve_device(settings.device)
     model = handle.model.to(device)
     d = handle.latent_channels
@@ -375,6 +393,8 @@ def evaluate_probe(settings: Settings, progress: ProgressFactory = null_progress
         rows=rows,
         pca_explained=pca.cumulative_ratio,
         notes=notes,
+        train_subset=tr_subset,
+        eval_subset=ev_subset,
     )
     from repackctl.files import write_json_atomic
 

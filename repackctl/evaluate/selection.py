@@ -12,6 +12,10 @@
 - A folder of PNGs (no ``samples.npz``) is scored on its *sample files* only
   (:func:`sample_files`): for a finished sample run, exactly the numbered PNGs its card counts;
   elsewhere every image file but the preview ``grid.png``.
+
+Real images of a cache entry (``evaluate recon|probe -n N``, ``evaluate stats --ref-cache E
+--num N``) are subset by :func:`round_robin_indices`: image-folder entries are stored sorted by
+class, so their first N rows would be the first classes only.
 """
 
 from __future__ import annotations
@@ -224,6 +228,42 @@ def stratified_indices(labels: np.ndarray, num: int, where: str) -> tuple[np.nda
         f"{k_classes} classes",
     }
     return idx, record
+
+
+def round_robin_indices(
+    rows: np.ndarray, labels: np.ndarray | None, num: int | None
+) -> tuple[np.ndarray, dict]:
+    """(``num`` of the cache ``rows``, ascending; the record of the subset for the report).
+
+    ``rows`` are ascending cache indices and ``labels`` their classes. With known labels (all
+    ≥ 0) the subset is a round robin in index order: the first row of each class, then the
+    second of each, …, stopping at ``num``; a class that runs out drops out. Labels
+    ``index % k`` (the built-in dataset) thus give exactly the first ``num`` rows. Unknown labels
+    (None, or -1: a folder without class folders) give the first ``num`` rows; ``num`` None or
+    covering every row gives them all.
+    """
+    n = len(rows)
+    if num is None or num >= n:
+        return rows, {"rule": "all", "num": n, "of": n}
+    if labels is None or bool((labels < 0).any()):
+        why = f"the first {num} in index order (labels unknown)"
+        return rows[:num], {"rule": "first", "num": num, "of": n, "description": why}
+    order = np.argsort(labels, kind="stable")  # by class, index order within a class
+    grouped = labels[order]
+    rank = np.empty(n, dtype=np.int64)  # 0 for the first row of its class, 1 for the second…
+    rank[order] = np.arange(n) - np.searchsorted(grouped, grouped, side="left")
+    pick = np.sort(np.lexsort((np.arange(n), rank))[:num])  # by rank, then by index
+    classes, counts = np.unique(labels[pick], return_counts=True)
+    k_classes = len(np.unique(labels))
+    record = {
+        "rule": "round-robin-per-class",
+        "num": num,
+        "of": n,
+        "num_classes": k_classes,
+        "per_class": {str(int(c)): int(m) for c, m in zip(classes, counts, strict=True)},
+        "description": f"class-balanced over {k_classes} classes (round robin in index order)",
+    }
+    return rows[pick], record
 
 
 def choose_subset(
