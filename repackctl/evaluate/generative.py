@@ -36,8 +36,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,7 +81,7 @@ from repackctl.paths import (
     local_path,
     run_root_of,
 )
-from repackctl.progress import ProgressFactory, null_progress
+from repackctl.progress import ProgressFactory, null_progress, warn
 from repackctl.settings import Settings
 
 INCEPTION_METRICS = ("fid", "sfid", "is", "kid", "prc")
@@ -917,18 +915,12 @@ def _reuse_cached_stats(path: Path, key_doc: dict) -> StatsResult | None:
     try:
         stats = read_stats_bundle(path)
     except DataError as e:
-        _warn(f"{e.message}; it is a cached reference statistics file: recomputing it")
+        warn(f"{e.message}; it is a cached reference statistics file: recomputing it")
         return None
     meta = next(iter(stats.values())).metadata
     if all(meta.get(k) == v for k, v in key_doc.items()):
         return StatsResult(path, True, stats, meta)
     return None
-
-
-def _warn(message: str) -> None:
-    """A warning line on stderr, from the main process only (as checkpoints warn)."""
-    if os.environ.get("RANK", "0") == "0":
-        print(f"Warning: {message}", file=sys.stderr, flush=True)
 
 
 def cached_reference_stats(
