@@ -212,6 +212,7 @@ def test_t2i_sample_folders_carry_the_precision_and_resume_a_legacy_one(env):
     legacy = fp32
     _t2i_sample("--precision", "bf16", "--out", str(legacy))
     (legacy / "000001.png").unlink()  # as if killed before the last image
+    (legacy / "samples.npz").unlink()  # else the PNG is restored from it, not sampled
     assert "1 now, 1 already done" in _t2i_sample("--precision", "bf16")
     assert [p.name for p in samples.iterdir()] == [legacy.name]
     assert json.loads((legacy / PROTOCOL_JSON).read_text())["precision"] == "bf16"
@@ -252,5 +253,6 @@ def test_label_lists_in_any_spelling_share_their_folder(tmp_path_factory, tmp_pa
     settings = json.loads((folder / SETTINGS_JSON).read_text())
     (folder / SETTINGS_JSON).write_text(json.dumps(settings | {"labels": "3, 7"}))
     (folder / "000001.png").unlink()
+    (folder / "samples.npz").unlink()  # else the PNG is restored from it, not sampled
     assert "1 now, 1 already done" in _sample(stack, samples, "--labels", "3,7")
     assert [p.name for p in samples.iterdir()] == [folder.name]

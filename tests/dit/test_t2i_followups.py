@@ -249,6 +249,7 @@ def test_a_folder_written_before_still_resumes(stack, tmp_path, monkeypatch):
     card["prompts"] = given  # as written before: every prompt given, the ids indexing it
     (out / "protocol.json").write_text(json.dumps(card))
     (out / "000001.png").unlink()
+    (out / "samples.npz").unlink()  # else the PNG is restored from it, not sampled
     text = _ok(*args, "--out", str(out))
     assert "2 (1 now, 1 already done)" in text
     assert _card(out)["prompts"] == given[:2] and _card(out)["prompt_ids"] == [0, 1]
