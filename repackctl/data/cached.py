@@ -26,6 +26,7 @@ Legend: N cache rows, B batch, F flips.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -114,8 +115,18 @@ class CachedRows:
 
     def nbytes(self) -> int:
         """Bytes the valid rows of all arrays take in memory."""
-        per_row = sum(int(np.prod(a.shape[1:])) * a.dtype.itemsize for a in self._arrays.values())
-        return per_row * len(self.indices)
+        return self.row_bytes() * len(self.indices)
+
+    def row_bytes(self) -> int:
+        """Bytes one row of all arrays takes in memory."""
+        return sum(int(np.prod(a.shape[1:])) * a.dtype.itemsize for a in self._arrays.values())
+
+    def set_buffer_chunks(self, chunks: int) -> None:
+        """Resize every chunk reader's LRU buffer (the loop's shuffle window, resolved after the
+        data knows whether it is in memory, sets it: two windows of chunks)."""
+        self.buffer_chunks = max(1, int(chunks))
+        for reader in self._readers.values():
+            reader.capacity = self.buffer_chunks
 
     def load(self) -> None:
         """Read every array whole (one sequential read each) and keep its valid rows."""
@@ -140,3 +151,46 @@ class CachedRows:
         """Rows of array ``name`` (N, F, ...) at ``positions``, each at its flip slot (B, ...)."""
         rows = self.take(name, positions)  # (B, F, ...)
         return rows[np.arange(len(rows)), np.asarray(flips, dtype=np.int64)]
+
+
+def shuffle_window(
+    rows: CachedRows,
+    given: int | None,
+    run_dir: Any,
+    *,
+    block: int,
+    memory_gb: float,
+    seed: int,
+    labels: np.ndarray | None,
+    batch: int,
+) -> int:
+    """The loop's shuffle window (``buffer_blocks``) for training on ``rows`` read in ``block``-row
+    blocks: ``given``, the run's record or the memory budget (``train.config.
+    resolve_buffer_blocks``). Sizes the chunk readers to two windows and prints a ``Warning:``
+    when a batch holds noticeably fewer classes than under a uniform shuffle."""
+    from repackctl.progress import warn
+    from repackctl.train.config import resolve_buffer_blocks
+    from repackctl.train.sampler import BlockSampler, window_warning
+
+    window = resolve_buffer_blocks(
+        given,
+        run_dir,
+        num_samples=len(rows),
+        block=block,
+        row_bytes=rows.row_bytes(),
+        memory_gb=memory_gb,
+        in_memory=rows.in_memory,
+    )
+    if not rows.in_memory:
+        rows.set_buffer_chunks(2 * window)
+    gib = rows.nbytes() / 2**30
+    n_blocks = -(-len(rows) // max(1, block))
+    hint = (
+        f"--buffer-blocks {n_blocks} gives it (the rows are in memory)"
+        if rows.in_memory
+        else f"--in-memory (loads {gib:.1f} GiB) or --memory-gb {math.ceil(2 * gib)} gives it"
+    )
+    message = window_warning(BlockSampler(len(rows), seed, block, window), labels, batch, hint)
+    if message:
+        warn(message)
+    return window

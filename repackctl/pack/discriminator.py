@@ -18,7 +18,11 @@ code does (``pack.losses.ReconstructionLoss.discriminator_loss``), so each batch
 with its own statistics.
 
 The adaptive weight (Esser et al. 2021, VQGAN eq. 7) balances the generator's GAN term against
-the reconstruction term by the ratio of their gradient norms at the decoder's last layer.
+the reconstruction term by the ratio of their gradient norms at the decoder's last layer. The
+official (taming ``calculate_adaptive_weight``, RePack ``perceptual.py``) clamps it to [0, 1e4];
+its numerator is a loss *summed* over the 3·H·W values of each image, ours a per-element mean
+(``pack.losses``), so our weight is the official one divided by 3·H·W and the official cap
+reads 1e4 / (3·H·W) (``official_adaptive_max``; ≈ 0.051 at 256²).
 """
 
 from __future__ import annotations
@@ -122,14 +126,24 @@ def hinge_g_loss(logits_fake: torch.Tensor) -> torch.Tensor:
     return -logits_fake.mean()
 
 
+def official_adaptive_max(image_numel: int) -> float:
+    """The official cap 1e4 on a weight whose numerator is summed over an image's
+    ``image_numel`` = 3·H·W values, in our per-element reduction: 1e4 / (3·H·W)."""
+    return ADAPTIVE_WEIGHT_MAX / image_numel
+
+
 def adaptive_gan_weight(
-    nll_loss: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor
+    nll_loss: torch.Tensor,
+    g_loss: torch.Tensor,
+    last_layer: torch.Tensor,
+    max_weight: float = ADAPTIVE_WEIGHT_MAX,
 ) -> torch.Tensor:
-    """‖∇_last nll‖ / (‖∇_last g‖ + 1e-4), clamped to [0, 1e4] and detached (VQGAN eq. 7)."""
+    """‖∇_last nll‖ / (‖∇_last g‖ + 1e-4), clamped to [0, ``max_weight``] and detached (VQGAN
+    eq. 7)."""
     nll_grad = torch.autograd.grad(nll_loss, last_layer, retain_graph=True)[0]
     g_grad = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
     weight = nll_grad.norm() / (g_grad.norm() + ADAPTIVE_WEIGHT_EPS)
-    return weight.clamp(0.0, ADAPTIVE_WEIGHT_MAX).detach()
+    return weight.clamp(0.0, max_weight).detach()
 
 
 def gan_factor(step: int, start: int) -> float:

@@ -15,6 +15,13 @@ over the pixels before the sum), so dividing both by the pixel count keeps their
 KL weight 1e-6 on a per-sample *sum* over 16·16·32 latent elements is, in our reduction,
 1e-6 · 8192 / 196608 ≈ 4·10⁻⁸ (``OFFICIAL_KL_WEIGHT``).
 
+The focal-frequency term: the official (``frequency.py``) is ``loss_weight`` × the mean over
+(B, patches, C, h, w) of the detached, per-(sample, patch, channel)-max-normalised |ΔF|^α times
+|ΔF|², orthonormal FFT: the same value as ``focal_frequency_loss`` here (equal-size samples, so
+the per-sample mean averaged over the batch is the global mean). So, as for Watson below, the
+official weight keeps its value: the paper preset sets ``ffl = 0.05``. Next to the official
+summed L1 that 0.05 weighed 0.05 / (3·H·W) ≈ 2.5·10⁻⁷; pass that to reproduce the balance.
+
 The Watson-DFT term: the official (``watson_loss.py``) computes 0.005 · Σ_b D_b / numel, with
 D_b the Watson distance of sample b (one value per image) and numel = B · 3 · H · W, i.e. the
 weight 0.005 on the per-sample D_b / (3·H·W), averaged over the batch. That is this module's
@@ -52,7 +59,13 @@ Terms:
   trainer switches the term off with a warning, as for LPIPS.
 - KL of the posterior to N(0, I), per latent element.
 - GAN (generator side): hinge −mean(D(x̂)), scaled by the adaptive weight and ``gan`` from
-  ``gan_start`` on.
+  ``gan_start`` on. The adaptive weight (``adaptive_gan``): ``official`` compares the GAN
+  gradient with that of the official ``nll_loss``, L1 + LPIPS only (``perceptual.py``), capped
+  at 1e4 / (3·H·W), the official 1e4 on a per-sample sum in our reduction
+  (``pack.discriminator.official_adaptive_max``): our weight is then the official one / (3·H·W),
+  as every other term of ours is. ``all_terms`` (the library default, the small preset's)
+  compares with every weighted reconstruction term (incl. FFL, feature, Watson, scale
+  equivariance), capped at 1e4.
 
 Legend: B batch, C channels, H×W image, P patches, h×w spectrum / feature map.
 """
@@ -71,10 +84,12 @@ from torch import nn
 
 from repackctl.errors import ConfigError, WeightsError
 from repackctl.pack.discriminator import (
+    ADAPTIVE_WEIGHT_MAX,
     adaptive_gan_weight,
     gan_factor,
     hinge_d_loss,
     hinge_g_loss,
+    official_adaptive_max,
 )
 from repackctl.pack.projection import DiagonalGaussian, known_config_keys
 
@@ -334,6 +349,16 @@ def watson_loss(watson: nn.Module, target: torch.Tensor, recon: torch.Tensor) ->
 #: its value in our reduction (module doc).
 OFFICIAL_WATSON_WEIGHT = 0.005
 
+#: The official FocalFrequencyLoss weight (same yaml); the official reduction is ours, so it keeps
+#: its value too (module doc).
+OFFICIAL_FFL_WEIGHT = 0.05
+
+#: The numerator and cap of the adaptive GAN weight (module doc): ``official`` = L1 + perceptual,
+#: cap 1e4 / (3·H·W); ``all_terms`` = every weighted reconstruction term, cap 1e4.
+ADAPTIVE_GAN = ("official", "all_terms")
+#: The terms of the official ``nll_loss`` (taming ``LPIPSWithDiscriminator``).
+NLL_TERMS = ("l1", "perceptual")
+
 
 # The official KL weight (1e-6 on a per-sample sum over 16·16·32 latent elements, against L1
 # summed over 3·256² pixel values) expressed in our per-element reduction: ≈ 4.17e-8.
@@ -345,8 +370,10 @@ class LossConfig:
     """Weights of the reconstruction loss; every term is reduced the same way (module doc).
 
     - ``l1 = perceptual = 1``: the official L1 + LPIPS, which were already reduced alike.
-    - ``ffl = 1``: the weight of Jiang et al.; in the official code its 0.05 was ≈ 2·10⁵ times
-      too weak to matter (sum vs mean), here it is a real term.
+    - ``ffl = 1``: the weight of Jiang et al. (the small preset's); the paper preset sets the
+      official 0.05 (``OFFICIAL_FFL_WEIGHT``; same reduction as the official, module doc). Next
+      to the official summed L1 that 0.05 was ≈ 2·10⁵ times too weak to matter; here, next to a
+      per-element L1, it is a real term.
     - ``kl = OFFICIAL_KL_WEIGHT``: the KL is a rate regulariser, not a reconstruction term, and
       the paper keeps it deliberately tiny (it only stops the log-variance collapsing to its
       −30 clamp). This is the official strength translated to our reduction, so its share of the
@@ -358,6 +385,8 @@ class LossConfig:
       image (not in the official recipe; module doc).
     - ``watson = 0``: the Watson-DFT distance (official 0.005, ``OFFICIAL_WATSON_WEIGHT``; needs
       its parameters file, so off unless the caller has one).
+    - ``adaptive_gan = "all_terms"``: the numerator and cap of the adaptive GAN weight (module
+      doc); ``official`` for the paper preset. A record without it was ``all_terms``.
     """
 
     l1: float = 1.0
@@ -372,6 +401,7 @@ class LossConfig:
     feature: float = 0.0
     scale_equivariance: float = 0.0
     watson: float = 0.0
+    adaptive_gan: str = "all_terms"
 
     def __post_init__(self) -> None:
         weights = ("l1", "perceptual", "ffl", "kl", "gan", "feature", "scale_equivariance")
@@ -380,6 +410,11 @@ class LossConfig:
                 raise ConfigError(f"loss weight {name} must be ≥ 0", f"set {name} = 0 to disable")
         if self.ffl_patch_factor < 1 or self.gan_start < 0:
             raise ConfigError("ffl_patch_factor must be ≥ 1 and gan_start ≥ 0", None)
+        if self.adaptive_gan not in ADAPTIVE_GAN:
+            raise ConfigError(
+                f"unknown adaptive_gan {self.adaptive_gan!r}",
+                f"choose one of: {', '.join(ADAPTIVE_GAN)}",
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -408,9 +443,9 @@ class ReconstructionLoss(nn.Module):
     reduction.
 
     ``generator_loss`` is minimised by the autoencoder (or refiner), ``discriminator_loss`` by the
-    discriminator. The adaptive GAN weight compares the GAN gradient with the gradient of the
-    weighted *reconstruction* terms (L1 + perceptual + FFL + feature + Watson + scale
-    equivariance) at ``last_layer``. ``features`` is the per-sample feature distance
+    discriminator. The adaptive GAN weight compares the GAN gradient at ``last_layer`` with the
+    gradient of the official ``nll_loss`` (L1 + perceptual; ``adaptive_gan = "official"``) or of
+    every weighted reconstruction term (``all_terms``). ``features`` is the per-sample feature distance
     (``repackctl.pack.features``), ``watson`` the Watson-DFT distance (``pack.watson``).
     """
 
@@ -492,7 +527,7 @@ class ReconstructionLoss(nn.Module):
                 )
             terms["scale_equivariance"] = l1_loss(*downscaled)
             weighted["scale_equivariance"] = cfg.scale_equivariance * terms["scale_equivariance"]
-        rec = sum(weighted.values()) if weighted else recon.new_zeros(())
+        rec_terms = dict(weighted)  # the reconstruction terms: what the adaptive weight sees
 
         if cfg.kl > 0 and posterior is not None and not posterior.deterministic:
             terms["kl"] = posterior.kl_per_element()
@@ -502,18 +537,7 @@ class ReconstructionLoss(nn.Module):
             # Discriminator parameters get gradients here too; the trainer steps only the
             # generator's optimiser with this loss (and zeroes the discriminator's grads).
             terms["gan"] = hinge_g_loss(self.discriminator(recon))
-            if cfg.adaptive_gan_weight:
-                if last_layer is None:
-                    raise ConfigError(
-                        "the adaptive GAN weight needs the decoder's last layer",
-                        "pass last_layer=model.last_layer, or set adaptive_gan_weight = False",
-                    )
-                if not torch.is_grad_enabled() or not rec.requires_grad:
-                    d_weight = recon.new_zeros(())  # evaluation: no gradients to compare
-                else:
-                    d_weight = adaptive_gan_weight(rec, terms["gan"], last_layer)
-            else:
-                d_weight = recon.new_ones(())
+            d_weight = self._gan_weight(rec_terms, terms["gan"], recon, last_layer)
             weighted["gan"] = cfg.gan * d_weight * terms["gan"]
             logs["loss/gan_adaptive_weight"] = d_weight.detach()
 
@@ -521,6 +545,30 @@ class ReconstructionLoss(nn.Module):
         logs.update({f"loss/{k}": v.detach() for k, v in terms.items()})
         logs["loss/total"] = total.detach()
         return LossOutput(total=total, weighted=weighted, logs=logs)
+
+    def _gan_weight(
+        self,
+        weighted: dict[str, torch.Tensor],
+        g_loss: torch.Tensor,
+        recon: torch.Tensor,
+        last_layer: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The adaptive GAN weight of ``adaptive_gan`` (module doc); 1 when it is off."""
+        if not self.config.adaptive_gan_weight:
+            return recon.new_ones(())
+        if last_layer is None:
+            raise ConfigError(
+                "the adaptive GAN weight needs the decoder's last layer",
+                "pass last_layer=model.last_layer, or set adaptive_gan_weight = False",
+            )
+        if self.config.adaptive_gan == "official":
+            keys, cap = NLL_TERMS, official_adaptive_max(recon[0].numel())
+        else:
+            keys, cap = tuple(weighted), ADAPTIVE_WEIGHT_MAX
+        nll = sum((weighted[k] for k in keys if k in weighted), recon.new_zeros(()))
+        if not torch.is_grad_enabled() or not nll.requires_grad:
+            return recon.new_zeros(())  # evaluation: no gradients to compare
+        return adaptive_gan_weight(nll, g_loss, last_layer, cap)
 
     def discriminator_loss(
         self, target: torch.Tensor, recon: torch.Tensor, step: int = 0

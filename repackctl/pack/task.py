@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from repackctl.cache.store import DatasetEntry, list_entries
+from repackctl.data.cached import shuffle_window
 from repackctl.errors import CheckpointError, ConfigError, RepackError
 from repackctl.files import to_uint8, write_json_atomic
 from repackctl.pack.autoencoder import AutoencoderConfig, PackAutoencoder
@@ -218,6 +219,7 @@ def resolve_plan(settings: Settings, ref: FeatureRef) -> PackPlan:
         feature=pick("feature_weight"),
         scale_equivariance=_scale_equivariance(pick("scale_equivariance_weight"), grid),
         watson=watson,
+        adaptive_gan=pick("adaptive_gan"),
     )
     lr = pick("lr")
     batch = pick("batch_size")
@@ -793,6 +795,16 @@ def run_pack_train(
         ema_warmup=True,
         tf32=plan.tf32,  # paper: off, PyTorch's strict fp32 matmuls as the official stage 1
         block=ref.entry.chunk,
+        buffer_blocks=shuffle_window(
+            data,
+            cfg.buffer_blocks,
+            run_dir,
+            block=ref.entry.chunk,
+            memory_gb=settings.memory_gb,
+            seed=settings.seed,
+            labels=np.asarray(ref.entry.labels[:])[data.indices],
+            batch=plan.batch_size,
+        ),
         extra={"stage": "pack", "plan": plan.to_dict(), "settings": config_record},
     )
     if log:

@@ -13,7 +13,8 @@ or with the built-in encoder, ``paper`` otherwise:
   GAN off for the first update only (``gan_start`` 1 = the official ``disc_start`` 1), 99 epochs
   (the official ``max_epochs``; ``epochs``), fp32 without TF32 (as the official script ran),
   the Watson-DFT distance at the official 0.005 (``watson_weight``; on only with its parameters
-  file, ``watson_weights``, like LPIPS with ``lpips_weights``).
+  file, ``watson_weights``, like LPIPS with ``lpips_weights``), the focal-frequency loss at the
+  official 0.05 (``ffl_weight``) and the official adaptive GAN weight (``adaptive_gan``).
 * ``small`` (narrower tokens: the built-in encoder, ``patchpix``): d = 8, whitened tokens
   (``whiten``, see ``repackctl.pack.projection``), ch 16, one ResBlock per level, no attention,
   GroupNorm with 4 groups (``norm_groups``), the built-in encoder's feature distance as the
@@ -55,9 +56,9 @@ class PackSettings(BaseModel):
         "Run": ("allow_change", "run", "method", "preset"),
         "Model": ("latent_channels", "whiten", "ch", "ch_mult", "num_res_blocks", "attn_resolutions", "norm_groups", "disc_channels", "disc_layers", "disc_norm"),
         "Optimisation": ("steps", "epochs", "batch_size", "lr", "disc_lr", "betas", "ema_decay", "clip_grad"),
-        "Losses": ("l1_weight", "perceptual_weight", "lpips_weights", "ffl_weight", "watson_weight", "watson_weights", "feature_weight", "scale_equivariance_weight", "kl_weight", "gan_weight", "gan_start"),
+        "Losses": ("l1_weight", "perceptual_weight", "lpips_weights", "ffl_weight", "watson_weight", "watson_weights", "feature_weight", "scale_equivariance_weight", "kl_weight", "gan_weight", "gan_start", "adaptive_gan"),
         "Output": ("ckpt_every", "keep_last", "log_every", "image_every", "grid_images"),
-        "Data loading": ("in_memory", "pca_samples", "encode_batch_size"),
+        "Data loading": ("in_memory", "buffer_blocks", "pca_samples", "encode_batch_size"),
         "Evaluation": ("eval_split", "eval_entry", "eval_num", "inception_weights"),
     }  # fmt: skip
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}  # filled below the class
@@ -169,7 +170,12 @@ class PackSettings(BaseModel):
         description="local LPIPS-VGG weights (.safetensors/.pth; two files comma-separated); "
         "none = perceptual loss off, with a warning",
     )
-    ffl_weight: float = Field(1.0, ge=0, description="focal-frequency loss weight")
+    ffl_weight: float = Field(
+        1.0,
+        ge=0,
+        description="focal-frequency loss weight (a mean over patches, channels and frequencies, "
+        "as the official); preset paper 0.05 (the official loss_weight), otherwise 1",
+    )
     watson_weight: float | None = Field(
         None,
         ge=0,
@@ -213,6 +219,14 @@ class PackSettings(BaseModel):
         "only (the official disc_start 1); none = preset (paper 1, small 400)",
     )
 
+    adaptive_gan: Literal["official", "all_terms"] | None = Field(
+        None,
+        description="adaptive GAN weight (VQGAN eq. 7): official = gradient of L1 + perceptual, "
+        "capped at 1e4/(3*H*W) (the official 1e4 on a per-image sum); all_terms = of every "
+        "weighted reconstruction term, capped at 1e4; none = preset (paper official, small "
+        "all_terms)",
+    )
+
     # ---- loop ----------------------------------------------------------------------------------
     ckpt_every: int = Field(500, ge=1, description="steps between checkpoints")
     keep_last: int = Field(3, ge=0, description="checkpoints kept (0 = all)")
@@ -223,6 +237,12 @@ class PackSettings(BaseModel):
     image_every: int = Field(500, ge=0, description="steps between recon grids (0 = never)")
     in_memory: bool | None = Field(
         None, description="load tokens + images into memory; none = when under memory_gb"
+    )
+    buffer_blocks: int | None = Field(
+        None,
+        ge=1,
+        description="shuffle samples within this many chunks; none = as many as memory_gb holds "
+        "(at least 16; 16 when in memory; a resumed run keeps its recorded value)",
     )
     pca_samples: int = Field(
         20000, ge=1, description="samples (both flips) the PCA is fitted on, evenly spread"
@@ -274,6 +294,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         # official WatsonLoss loss_weight 0.005 on Σ D / numel: the same value in our reduction
         # (pack.losses); on only with the parameters file (pack.watson_weights)
         "watson_weight": 0.005,
+        # official FocalFrequencyLoss loss_weight 0.05 on a mean over (B, patches, C, h, w): the
+        # same reduction as ours (pack.losses), so the same value
+        "ffl_weight": 0.05,
+        # official calculate_adaptive_weight: ∇ of nll_loss = L1 + LPIPS only, cap 1e4 on a
+        # per-image sum = 1e4 / (3·H·W) in our per-element reduction (pack.discriminator)
+        "adaptive_gan": "official",
     },
     # built-in encoder / patchpix at 64 px: about a minute on 2 CPU cores
     "small": {
@@ -295,6 +321,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "feature_weight": 1.0,
         "scale_equivariance_weight": 1.0,
         "watson_weight": 0.0,
+        # the GAN weighed against every term the small decoder trains with (incl. the feature
+        # distance, FFL and scale equivariance), as it was tuned
+        "adaptive_gan": "all_terms",
     },
 }
 

@@ -6,6 +6,14 @@ several times faster (``reference/environment.md``), so the unit of shuffling is
 ``(seed, epoch)``, then shuffles the samples inside each group of ``buffer_blocks`` consecutive
 (permuted) blocks. ``block=1`` gives a plain permutation.
 
+The window (``buffer_blocks``) is what separates this order from the official full uniform
+shuffle (RePack stage2/train.py and REPA train.py: ``shuffle=True``): image-folder and ImageNet
+entries are stored in class order, so each chunk holds one class and a window of 16 chunks gives a
+batch of 256 about 16 classes instead of about 226. By default (``buffer_blocks`` none) the window
+is :func:`auto_buffer_blocks`: as many blocks as the memory budget holds (the chunk readers keep
+two windows), at least :data:`MIN_BUFFER_BLOCKS`; :func:`window_warning` says when that still
+falls short of the uniform shuffle, measured on the epoch's own order.
+
 Each step takes the next ``global_batch`` indices of this endless stream (a batch may straddle two
 epochs). Process ``r`` of ``W`` takes the contiguous ``r``-th ``1/W`` of the global batch and splits
 it into ``grad_accum`` micro-batches, so the global order never depends on ``W``. The position is
@@ -14,6 +22,7 @@ it into ``grad_accum`` micro-batches, so the global order never depends on ``W``
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +36,14 @@ class Position:
 
     epoch: int = 0
     offset: int = 0
+
+
+#: the fixed shuffle window of earlier versions: the floor of the automatic one, the window of
+#: in-memory data (kept, so that those runs keep their order) and of recorded runs that chose it
+MIN_BUFFER_BLOCKS = 16
+#: a window whose batches hold fewer classes than this fraction of the uniform shuffle's is
+#: reported (:func:`window_warning`)
+CLASS_RATIO_WARN = 0.95
 
 
 class BlockSampler:
@@ -98,3 +115,68 @@ def local_micro_batches(
     per_rank = b // world
     mine = global_indices[rank * per_rank : (rank + 1) * per_rank]
     return np.split(mine, grad_accum)
+
+
+def auto_buffer_blocks(
+    num_samples: int, block: int, row_bytes: int, memory_gb: float, in_memory: bool
+) -> int:
+    """The default shuffle window: as many ``block``-row blocks as ``memory_gb`` holds twice over
+    (the chunk readers buffer two windows), at least :data:`MIN_BUFFER_BLOCKS`, at most all
+    blocks. In-memory data and ``block`` 1 keep :data:`MIN_BUFFER_BLOCKS` (their order is
+    unchanged from earlier versions)."""
+    if in_memory or block <= 1:
+        return MIN_BUFFER_BLOCKS
+    n_blocks = -(-int(num_samples) // int(block))
+    fit = int(memory_gb * 2**30 // max(1, 2 * int(row_bytes) * int(block)))
+    return max(MIN_BUFFER_BLOCKS, min(fit, n_blocks))
+
+
+def measured_classes_per_batch(
+    sampler: BlockSampler, labels: np.ndarray, batch: int, batches: int = 64
+) -> float:
+    """Mean number of distinct labels in the first ``batches`` batches of epoch 0's order."""
+    order = sampler.epoch_order(0)
+    k = max(1, min(batches, len(order) // max(1, batch)))
+    labels = np.asarray(labels)
+    return float(
+        np.mean([len(np.unique(labels[order[i * batch : (i + 1) * batch]])) for i in range(k)])
+    )
+
+
+def uniform_classes_per_batch(labels: np.ndarray, batch: int) -> float:
+    """Expected distinct labels in ``batch`` samples drawn without replacement (a uniform
+    shuffle): the sum over classes of ``1 - C(N - c, B) / C(N, B)``."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64))
+    n, b = int(counts.sum()), min(int(batch), int(counts.sum()))
+    total = 0.0
+    for c in counts[counts > 0].tolist():
+        if n - c < b:
+            total += 1.0
+            continue
+        log_miss = (
+            math.lgamma(n - c + 1) - math.lgamma(n - c - b + 1)
+            - math.lgamma(n + 1) + math.lgamma(n - b + 1)
+        )  # fmt: skip
+        total += 1.0 - math.exp(log_miss)
+    return total
+
+
+def window_warning(
+    sampler: BlockSampler, labels: np.ndarray | None, batch: int, hint: str
+) -> str | None:
+    """A one-line warning when the shuffle window does not cover the data and a batch holds
+    noticeably fewer classes than under the official uniform shuffle; None otherwise."""
+    n_blocks = -(-sampler.n // sampler.block)
+    if sampler.block <= 1 or sampler.buffer_blocks >= n_blocks or labels is None:
+        return None
+    uniform = uniform_classes_per_batch(labels, batch)
+    if uniform <= 1.0:
+        return None
+    measured = measured_classes_per_batch(sampler, labels, batch)
+    if measured >= CLASS_RATIO_WARN * uniform:
+        return None
+    return (
+        f"the data is shuffled within windows of {sampler.buffer_blocks} of {n_blocks} chunks, "
+        f"so a batch of {batch} holds ~{measured:.0f} classes, not the ~{uniform:.0f} of the "
+        f"official uniform shuffle; {hint}"
+    )

@@ -1,6 +1,7 @@
 """`pack train --preset paper` equals the official RePack stage 1 (guanfangdong/RePack-then-Refine
 ``stage1/``): BatchNorm PatchGAN, GAN off for the first update only (``disc_start`` 1), 99 epochs,
-no EMA, no TF32, Watson-DFT weight 0.005; a run started under the older preset values is refused
+no EMA, no TF32, Watson-DFT weight 0.005, focal-frequency weight 0.05, the official adaptive GAN
+weight (gradient of L1 + LPIPS only, capped at the official 1e4 on a per-image sum); a run started under the older preset values is refused
 on resume, never silently changed. Real components: a patchpix cache at 32 px, the CLI, real
 checkpoints."""
 
@@ -10,6 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 from support.caches import patchpix_cache, private_copy
 from support.cli import cli_ok, cli_refused
@@ -52,6 +54,8 @@ def test_paper_preset_resolves_to_the_official_values():
     official = {"disc_norm": "batch", "gan_start": 1, "epochs": 99, "ema_decay": 0.0}
     official |= {"batch_size": 32, "lr": 1e-5, "disc_channels": 64}
     official |= {"watson_weight": 0.005}  # WatsonLoss loss_weight (on only with its file)
+    official |= {"ffl_weight": 0.05}  # FocalFrequencyLoss loss_weight (the same reduction)
+    official |= {"adaptive_gan": "official"}  # calculate_adaptive_weight on nll_loss
     for key, value in official.items():
         assert getattr(pack, key) == value, key
         assert r.sources[f"pack.{key}"] == "preset paper", key
@@ -64,12 +68,15 @@ def test_paper_preset_resolves_to_the_official_values():
         400,
     )
     assert small.watson_weight == 0.0
+    assert (small.ffl_weight, small.adaptive_gan) == (1.0, "all_terms")  # as it was tuned
     # the command shows the same values and where they came from
     shown = cli_ok("pack", "train", "--preset", "paper", "--encoder", "dinov3", "--show-config")
     assert "pack.disc_norm = 'batch' # preset paper" in shown
     assert "pack.epochs = 99 # preset paper" in shown
     assert "pack.gan_start = 1 # preset paper" in shown
     assert "pack.watson_weight = 0.005 # preset paper" in shown
+    assert "pack.ffl_weight = 0.05 # preset paper" in shown
+    assert "pack.adaptive_gan = 'official' # preset paper" in shown
 
 
 def test_epochs_and_steps_pick_the_training_length():
@@ -192,3 +199,87 @@ def test_a_run_recorded_before_tf32_was_planned_is_refused_with_tf32_off():
     assert "--allow-change tf32" in e.value.hint
     _check_resume_tf32("r", old_plan, now, ["tf32"])  # allowed
     _check_resume_tf32("r", old_plan | {"tf32": False}, now, [])  # same precision
+
+
+# ------------------------------------------------------------------ the adaptive GAN weight
+
+
+def _official_adaptive_weight(x, recon, lpips_per_sample, logits_fake, last_layer):
+    """taming ``LPIPSWithDiscriminator.calculate_adaptive_weight`` as the official stage 1 calls
+    it (``perceptual.py``): nll_loss = Σ(|x − x̂| + LPIPS broadcast over the pixels) / B (logvar
+    0, never trained), g = −mean(D(x̂)); → (raw ratio, clamped to [0, 1e4])."""
+    rec = (x - recon).abs() + lpips_per_sample.view(-1, 1, 1, 1)  # (B, 3, H, W)
+    nll = rec.sum() / rec.shape[0]
+    g_loss = -logits_fake.mean()
+    nll_grad = torch.autograd.grad(nll, last_layer, retain_graph=True)[0]
+    g_grad = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
+    raw = nll_grad.norm() / (g_grad.norm() + 1e-4)
+    return raw.item(), raw.clamp(0.0, 1e4).item()
+
+
+@pytest.fixture(scope="module")
+def paper_terms(tmp_path_factory):
+    """A tiny decoder, a BatchNorm PatchGAN and every term of the paper preset: L1, LPIPS
+    (random weights saved to a file), FFL, Watson-DFT, GAN, with the preset's weights."""
+    from repackctl.pack.decoder import Decoder, DecoderConfig
+    from repackctl.pack.discriminator import DiscriminatorConfig, PatchDiscriminator
+    from repackctl.pack.losses import LossConfig, load_lpips, write_random_lpips_weights
+    from repackctl.pack.watson import WatsonDFT
+
+    pack = resolve_settings(None, {"pack.preset": "paper"}, environ={}).settings.pack
+    config = LossConfig(
+        l1=pack.l1_weight,
+        perceptual=pack.perceptual_weight,
+        ffl=pack.ffl_weight,
+        watson=pack.watson_weight,
+        gan=pack.gan_weight,
+        gan_start=pack.gan_start,
+        adaptive_gan=pack.adaptive_gan,
+    )
+    assert config.ffl > 0 and config.watson > 0  # terms the official numerator leaves out
+    torch.manual_seed(0)
+    lpips = load_lpips(
+        write_random_lpips_weights(tmp_path_factory.mktemp("lpips") / "l.safetensors")
+    )
+    dec = Decoder(DecoderConfig(latent_channels=4, latent_size=4, resolution=32, ch=8))
+    disc = PatchDiscriminator(DiscriminatorConfig(base_channels=8, norm="batch"))
+    z, x = torch.randn(2, 4, 4, 4), torch.rand(2, 3, 32, 32) * 2 - 1
+    return config, lpips, dec, disc, WatsonDFT(), z, x
+
+
+@pytest.mark.parametrize("disc_scale", [1e3, 1e-6], ids=["under-cap", "capped"])
+def test_paper_adaptive_gan_weight_is_the_official_one_per_image_element(paper_terms, disc_scale):
+    from repackctl.pack.losses import ReconstructionLoss
+
+    config, lpips, dec, disc, watson, z, x = paper_terms
+    with torch.no_grad():  # a steep or a flat discriminator: the ratio below or above the cap
+        last = disc.main[-1]
+        saved = last.weight.clone()
+        last.weight.mul_(disc_scale)
+    try:
+        loss = ReconstructionLoss(config, perceptual=lpips, discriminator=disc, watson=watson)
+        recon = dec(z)
+        out = loss.generator_loss(x, recon, step=config.gan_start, last_layer=dec.last_layer)
+        raw, official = _official_adaptive_weight(
+            x, recon, lpips(recon, x), disc(recon), dec.last_layer
+        )
+    finally:
+        with torch.no_grad():
+            last.weight.copy_(saved)
+    assert (raw < 1e4) if disc_scale > 1 else (raw > 1e4), raw  # both sides of the cap
+    pixels = 3 * 32 * 32  # the official sums over them; every term of ours is a mean
+    ours = out.logs["loss/gan_adaptive_weight"].item()
+    assert ours == pytest.approx(official / pixels, rel=1e-5)
+    gan = out.weighted["gan"].item()
+    assert gan == pytest.approx(0.5 * official / pixels * out.logs["loss/gan"].item(), rel=1e-5)
+
+
+def test_paper_plan_carries_the_official_adaptive_gan_weight(cache):
+    from repackctl.pack.data import locate_features
+    from repackctl.pack.task import resolve_plan
+
+    for preset, form, ffl in (("paper", "official", 0.05), ("small", "all_terms", 1.0)):
+        flags = {"pack.preset": preset, "pack.encoder": "patchpix", "pack.resolution": 32}
+        settings = resolve_settings(None, flags).settings
+        plan = resolve_plan(settings, locate_features(settings))
+        assert (plan.loss.ffl, plan.loss.adaptive_gan) == (ffl, form), preset
