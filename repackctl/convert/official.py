@@ -546,9 +546,6 @@ def map_stage3(
             used.add(k)
     _check_complete("stage-3", set(sd), used, ours, got)
     report.mapped = len(got)
-    report.notes.append(
-        "GroupNorm eps: the official refiner uses PyTorch's 1e-5, ours 1e-6 (tiny differences)"
-    )
     return got, config, report
 
 

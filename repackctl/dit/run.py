@@ -15,8 +15,10 @@ the same numbers with any number of processes or micro-batches, and resumes bit-
 ``run_dit_train`` is the library entry of the CLI; ``load_dit`` rebuilds a trained model from
 a run or checkpoint (the contract used by sampling). A ``--preset paper`` run also gets the
 official sampling settings as its ``sampling.json`` (``write_sampling_json``, shared with
-``repackctl import official``), which ``repackctl sample`` uses where no flag overrides them. Shapes: B batch, d latent channels,
-h×w latent grid, T tokens, D width, C encoder width.
+``repackctl import official``), a ``--preset repa`` run REPA's (README.md "Evaluation": SDE,
+250 steps, CFG 1.8, guidance for t ≤ 0.7); ``repackctl sample`` uses them where no flag
+overrides them. Shapes: B batch, d latent channels, h×w latent grid, T tokens, D width, C
+encoder width.
 """
 
 from __future__ import annotations
@@ -84,16 +86,56 @@ def official_sampling_defaults(sample_cfg: dict[str, Any] | None = None) -> dict
     }
 
 
+# REPA's evaluation command (sihyun-yu/REPA README.md "Evaluation", generate.py flags)
+REPA_SAMPLING = {
+    "mode": "sde",
+    "num_steps": 250,
+    "cfg_scale": 1.8,
+    "guidance_low": 0.0,
+    "guidance_high": 0.7,
+    "path_type": "linear",
+}
+REPA_SOURCE = "REPA sampling settings (sihyun-yu/REPA README.md, generate.py), in our conventions"
+
+
+def repa_sampling_defaults() -> dict[str, Any]:
+    """REPA's evaluation sampling (``REPA_SAMPLING``) as our sample settings.
+
+    REPA's linear path already runs in our time (t = 1 noise → t = 0 data, ``samplers.py``
+    ``linspace(1, 0.04, num_steps)``), so its guidance interval [guidance_low, guidance_high]
+    is ours unchanged: CFG for t ≤ 0.7. Its ``euler_maruyama_sampler`` makes ``num_steps``
+    calls: ``num_steps − 1`` Euler–Maruyama steps to t = 0.04 and a last mean step to 0, which
+    is our ``sde`` sampler with ``steps = num_steps`` (t_last 0.04, last step ``mean``). It
+    guides every latent channel and applies no timestep shift."""
+    r = REPA_SAMPLING
+    return {
+        "sampler": "sde",
+        "steps": int(r["num_steps"]),
+        "shift": 1.0,
+        "cfg": float(r["cfg_scale"]),
+        "cfg_t_lo": float(r["guidance_low"]),
+        "cfg_t_hi": float(r["guidance_high"]),
+        "cfg_channels": 0,
+    }
+
+
 def write_sampling_json(
-    run_dir: Path, sample_cfg: dict[str, Any] | None = None, source: str = OFFICIAL_SOURCE
+    run_dir: Path,
+    sample_cfg: dict[str, Any] | None = None,
+    source: str = OFFICIAL_SOURCE,
+    preset: str = "paper",
 ) -> dict[str, Any]:
-    """Write ``run_dir/sampling.json``: the official sampling settings (``sample_cfg``: a
-    released config's sampling section, if any) as the run's defaults for ``repackctl sample``.
-    Returns those defaults. The official labels are ``torch.randint`` draws: ``--labels random``.
-    The file carries the sha256 of its content: a sampler never takes defaults from an edited or
-    damaged one."""
-    defaults = official_sampling_defaults(sample_cfg)
-    doc = {"defaults": defaults, "source": source, "official": sample_cfg or OFFICIAL_SAMPLING}
+    """Write ``run_dir/sampling.json``: the sampling settings of ``preset`` (``paper``: the
+    official RePack ones, ``sample_cfg`` being a released config's sampling section, if any;
+    ``repa``: REPA's) as the run's defaults for ``repackctl sample``. Returns those defaults.
+    Both draw labels with ``torch.randint``: ``--labels random``. The file carries the sha256
+    of its content: a sampler never takes defaults from an edited or damaged one."""
+    if preset == "repa":
+        defaults, upstream = repa_sampling_defaults(), dict(REPA_SAMPLING)
+    else:
+        defaults = official_sampling_defaults(sample_cfg)
+        upstream = sample_cfg or OFFICIAL_SAMPLING
+    doc = {"defaults": defaults, "source": source, "official": upstream}
     doc["sha256"] = json_sha256(doc)  # checked by ``sample.plan.read_sampling_defaults``
     write_json_atomic(Path(run_dir) / SAMPLING_JSON, doc)
     return defaults
@@ -187,14 +229,15 @@ def resume_and_train(
         return task, shown_run(task, latest)
     if record is not None:
         config.extra["settings"] = record
-    paper = getattr(getattr(settings, section), "preset", None) == "paper"
-    with official_sampling_file(Path(config.run_dir), paper):
+    preset = getattr(getattr(settings, section), "preset", None)
+    with official_sampling_file(Path(config.run_dir), preset):
         return task, train(task, config, with_log_file(progress, Path(config.run_dir) / LOG_FILE))
 
 
 # settings that a run's stored record may lack (it started before they existed), with the value
-# such a run trained with: TF32 matmuls were always on on CUDA
-STARTED_WITHOUT: dict[str, Any] = {"tf32": True}
+# such a run trained with: TF32 matmuls were always on on CUDA, and the cosine term always
+# floored |v̂| at 0.01·|v|
+STARTED_WITHOUT: dict[str, Any] = {"tf32": True, "cos_norm_floor": 0.01}
 
 
 def keep_started_values(
@@ -253,17 +296,25 @@ def keep_started_values(
     return settings, kept
 
 
+# the presets whose runs get their method's sampling settings, with the source they name
+PRESET_SAMPLING_SOURCES = {"paper": OFFICIAL_SOURCE, "repa": REPA_SOURCE}
+
+
 @contextmanager
-def official_sampling_file(run_dir: Path, wanted: bool) -> Iterator[None]:
-    """The official ``sampling.json`` of a ``--preset paper`` run, written before it trains (so
-    a killed run has it too) when the run has none; a file already there is left as it is.
-    Training that fails before the run has a checkpoint removes the file this call wrote."""
+def official_sampling_file(run_dir: Path, preset: str | None) -> Iterator[None]:
+    """The ``sampling.json`` of a ``--preset paper`` (official RePack) or ``--preset repa``
+    (REPA) run, written before it trains (so a killed run has it too) when the run has none; a
+    file already there is left as it is. Training that fails before the run has a checkpoint
+    removes the file this call wrote."""
     path = run_dir / SAMPLING_JSON
     wrote = new_dir = False
-    if wanted and int(os.environ.get("RANK", 0)) == 0 and not path.exists():
+    source = PRESET_SAMPLING_SOURCES.get(preset or "")
+    if source and int(os.environ.get("RANK", 0)) == 0 and not path.exists():
         new_dir = not run_dir.exists()
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_sampling_json(run_dir, source=f"{OFFICIAL_SOURCE} (train dit --preset paper)")
+        write_sampling_json(
+            run_dir, source=f"{source} (train dit --preset {preset})", preset=str(preset)
+        )
         wrote = True
     try:
         yield

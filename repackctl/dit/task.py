@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from repackctl import kernels
+from repackctl.data.cached import shuffle_window
 from repackctl.dit.latents import LatentData, find_latents, pack_run_of
 from repackctl.errors import CheckpointError, ConfigError, RepackError
 from repackctl.models.repa import REPAProjector, default_repa_depth, repa_loss
@@ -19,8 +20,9 @@ from repackctl.paths import run_dir as make_run_dir
 from repackctl.registry import registry
 from repackctl.train.config import TrainConfig
 from repackctl.train.loop import OptimizerSpec, StepOutput
+from repackctl.train.sampler import MIN_BUFFER_BLOCKS
 from repackctl.transport.interpolant import interpolate, velocity_target
-from repackctl.transport.loss import velocity_loss
+from repackctl.transport.loss import COS_NORM_FLOOR, velocity_loss
 from repackctl.transport.timesteps import TimeSampler
 
 
@@ -41,6 +43,7 @@ class DiTSpec:
     image_steps: int = 16
     image_classes: int = 8
     image_per_class: int = 4
+    cos_norm_floor: float = COS_NORM_FLOOR  # |v̂| floor of the cosine term; 0 = official
 
     def transport_dict(self) -> dict[str, Any]:
         return {
@@ -52,6 +55,7 @@ class DiTSpec:
             "sigma": self.time.sigma,
             "shift": self.time.shift,
             "cos_weight": self.cos_weight,
+            "cos_norm_floor": self.cos_norm_floor,
         }
 
 
@@ -159,7 +163,7 @@ class DiTTask:
             )  # (B, d, h, w), (B, T, D)
         else:
             v = model(x_t, t, *cond, drop_mask=batch["drop"])  # (B, d, h, w)
-        vl = velocity_loss(v, target, self.spec.cos_weight)
+        vl = velocity_loss(v, target, self.spec.cos_weight, self.spec.cos_norm_floor)
         loss = vl.mean
         logs: dict[str, Any] = {
             "loss/mse": vl.mse.mean().detach(),
@@ -427,6 +431,7 @@ def build_spec(settings, model_id: str) -> DiTSpec:
         class_dropout=s.class_dropout,
         time=TimeSampler(s.time_dist, s.time_mu, s.time_sigma, s.time_shift),
         cos_weight=s.cos_weight,
+        cos_norm_floor=s.cos_norm_floor,
         repa_weight=s.repa_weight,
         repa_depth=s.repa_depth,
         repa_stop_step=s.repa_stop_step,
@@ -452,7 +457,8 @@ def data_options(s: Any, memory_gb: float, seed: int = 0) -> dict[str, Any]:
         in_memory=s.in_memory,
         memory_gb=memory_gb,
         flip=s.flip,
-        buffer_blocks=s.buffer_blocks,
+        # the readers' buffer until the stage resolves the window (``data.cached.shuffle_window``)
+        buffer_blocks=s.buffer_blocks if s.buffer_blocks is not None else MIN_BUFFER_BLOCKS,
     )
 
 
@@ -467,13 +473,27 @@ def build_task(settings, sources: dict[str, str] | None = None) -> tuple[DiTTask
     ref = find_latents(settings.cache, s.entry, s.latents, s.pack_run)
     data = LatentData(ref, **data_options(s, settings.memory_gb, settings.seed))
     spec = build_spec(settings, model_id)
+    # in-memory data is shuffled sample by sample; Zarr data by chunk-aligned blocks, within a
+    # window sized by the memory budget (official: a uniform shuffle)
+    block = 1 if data.in_memory else data.chunk
+    run_dir = dit_run_dir(settings)
+    window = shuffle_window(
+        data,
+        s.buffer_blocks,
+        run_dir,
+        block=block,
+        memory_gb=settings.memory_gb,
+        seed=settings.seed,
+        labels=data.labels,
+        batch=s.global_batch,
+    )
     config = TrainConfig.from_settings(
         settings,
         s,
-        dit_run_dir(settings),
+        run_dir,
         sources=sources,
-        # in-memory data is shuffled sample by sample; Zarr data by chunk-aligned blocks
-        block=1 if data.in_memory else data.chunk,
+        block=block,
+        buffer_blocks=window,
         extra={"stage": "dit", "train": s.model_dump(mode="json")},
     )
     return DiTTask(data, spec), config

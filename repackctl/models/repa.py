@@ -2,9 +2,10 @@
 
 Follows Yu et al. 2025, "Representation Alignment for Generation" (sihyun-yu/REPA ``models/sit.py``
 ``build_mlp`` and ``loss.py``): an MLP projector D → 2048 → 2048 → E with SiLU applied to every
-token after block 8 (of 28), and a loss equal to the negative cosine similarity per token,
-averaged. Targets on another token grid (e.g. 16×16 encoder tokens for an 8×8 DiT at patch 2)
-are resampled bilinearly on the 2-D grid. Shapes: see the legend in ``repackctl.models``.
+token after block 8 (of 28), initialised as SiT's ``_basic_init`` (Xavier-uniform weights, zero
+biases), and a loss equal to the negative cosine similarity per token, averaged. Targets on
+another token grid (e.g. 16×16 encoder tokens for an 8×8 DiT at patch 2) are resampled bilinearly
+on the 2-D grid. Shapes: see the legend in ``repackctl.models``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,15 @@ class REPAProjector(nn.Module):
             nn.SiLU(),
             nn.Linear(hidden_dim, out_dim),
         )
+        self.initialize()
+
+    def initialize(self) -> None:
+        """REPA's init (SiT ``initialize_weights`` ``_basic_init``, which covers the projectors):
+        Xavier-uniform weights and zero biases, not PyTorch's default Kaiming-uniform."""
+        for layer in self.mlp:
+            if isinstance(layer, nn.Linear):
+                nn.init.xavier_uniform_(layer.weight)
+                nn.init.zeros_(layer.bias)
 
     def forward(self, h: Tensor) -> Tensor:
         return self.mlp(h)  # (B, T, D) → (B, T, E)

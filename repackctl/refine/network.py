@@ -39,6 +39,11 @@ OUTPUT_MODES = ("image", "residual")
 # Which latents the refiner consumes. Only raw packed latents (the pack model's posterior, in
 # its own units) are supported: the DiT's normalised latents are de-normalised before refining.
 LATENT_CONVENTIONS = ("raw",)
+# GroupNorm eps of the official refiner (stage3/networks.py: nn.GroupNorm's default 1e-5), so that
+# an imported official refiner computes what the official code computes; refiners recorded
+# without ``norm_eps`` were built with the stage-1 decoder's 1e-6 and keep it
+NORM_EPS = 1e-5
+LEGACY_NORM_EPS = 1e-6
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,7 @@ class RefinerConfig:
     output: str = "image"
     latent_convention: str = "raw"
     max_groups: int = 32
+    norm_eps: float = NORM_EPS
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channel_mult", tuple(int(m) for m in self.channel_mult))
@@ -89,6 +95,7 @@ class RefinerConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RefinerConfig:
         data = known_config_keys(cls, data, "refiner")
+        data.setdefault("norm_eps", LEGACY_NORM_EPS)  # recorded before it was a field
         for key in ("channel_mult", "attn_resolutions"):
             if key in data:
                 data[key] = tuple(data[key])
@@ -163,6 +170,9 @@ class LatentGuidedRefiner(nn.Module):
         self.final_res = ResBlock(cin + b, b, g)
         self.norm_out = group_norm(b, g)
         self.conv_out = nn.Conv2d(b, cfg.image_channels, 3, padding=1)
+        for module in self.modules():  # the shared blocks' GroupNorms default to stage 1's 1e-6
+            if isinstance(module, nn.GroupNorm):
+                module.eps = cfg.norm_eps
         self.initialize()
 
     def initialize(self) -> None:

@@ -36,7 +36,7 @@ from torch import nn
 from repackctl.cache.integrity import GuardedArray, repair_hint
 from repackctl.cache.store import WRITTEN, DatasetEntry
 from repackctl.data.cached import MEMORY_GB, CachedRows, draw_flips, images_to_float, mirror
-from repackctl.errors import CheckpointError, ConfigError
+from repackctl.errors import CheckpointError, ConfigError, ResumeConflict
 from repackctl.pack.discriminator import (
     DiscriminatorConfig,
     PatchDiscriminator,
@@ -44,12 +44,12 @@ from repackctl.pack.discriminator import (
     hinge_g_loss,
 )
 from repackctl.progress import LOG_FILE, ProgressFactory, null_progress, with_log_file
-from repackctl.refine.network import LatentGuidedRefiner, RefinerConfig
+from repackctl.refine.network import NORM_EPS, LatentGuidedRefiner, RefinerConfig
 from repackctl.refine.triplets import build_triplets, open_triplets
 from repackctl.run_lock import released_after
 from repackctl.runs import chained_run
 from repackctl.settings import Settings
-from repackctl.settings.resume import check_new_run, resume_settings
+from repackctl.settings.resume import check_new_run, given, resume_settings, stored_record
 from repackctl.train import OptimizerSpec, StepOutput, TrainConfig, train
 from repackctl.train.checkpoint import latest_checkpoint, restore_interrupted_resaves
 
@@ -82,8 +82,10 @@ class RefineTask:
         in_memory: bool | None = None,
         memory_gb: float = MEMORY_GB,
         feature_loss: nn.Module | None = None,
+        flip: bool = True,
     ) -> None:
         self.entry = entry
+        self.flip = flip  # mirror triplets at random (refine.flip; the official refiner never does)
         self.feature_loss = feature_loss
         self.triplets = triplets
         self.refiner_config = refiner_config
@@ -134,7 +136,8 @@ class RefineTask:
     def get_batch(
         self, indices: np.ndarray, step: int, generator: np.random.Generator
     ) -> dict[str, torch.Tensor]:
-        flip = draw_flips(generator, len(indices), self.flips)  # (B,) which stored flip
+        # which stored flip: slot 0 (as stored) for every sample when flips are off
+        flip = draw_flips(generator if self.flip else None, len(indices), self.flips)  # (B,)
         real = mirror(self.rows.take("images", indices), flip)  # (B, R, R, 3) uint8
         rec = self.rows.take_flip("recon", indices, flip)  # (B, R, R, 3)
         lat = self.rows.take_flip("latent", indices, flip)  # (B, d, h, w)
@@ -176,6 +179,7 @@ class RefineTask:
             "latent_convention": "raw",
             "refiner_config": self.refiner_config.to_dict(),
             "disc_config": self.disc_config.to_dict(),
+            "flip": self.flip,
             "loss_weights": {
                 "l1": self.weights.l1,
                 "perceptual": self.weights.perceptual if self.lpips is not None else 0.0,
@@ -211,8 +215,11 @@ class RefineTask:
         return path
 
 
-def refiner_config_for(latent_channels: int, resolution: int, settings: Settings) -> RefinerConfig:
-    """The official U-Net layout scaled to the resolution: attention at R/4 and R/8 (64², 32²)."""
+def refiner_config_for(
+    latent_channels: int, resolution: int, settings: Settings, norm_eps: float = NORM_EPS
+) -> RefinerConfig:
+    """The official U-Net layout scaled to the resolution: attention at R/4 and R/8 (64², 32²);
+    ``norm_eps``: the official GroupNorm eps, or the one a resumed run was built with."""
     if resolution % 8:
         raise ConfigError(
             f"the refiner needs an image side divisible by 8, got {resolution}", "use 32, 64, 256 …"
@@ -224,6 +231,66 @@ def refiner_config_for(latent_channels: int, resolution: int, settings: Settings
         attn_resolutions=(resolution // 4, resolution // 8),
         output=settings.refine.output,
         max_groups=settings.refine.norm_groups,
+        norm_eps=norm_eps,
+    )
+
+
+def started_norm_eps(run: Path) -> float:
+    """The GroupNorm eps of the network ``run``'s newest checkpoint was trained with (runs from
+    before ``norm_eps`` was recorded: 1e-6); the official 1e-5 for a run without a checkpoint."""
+    from repackctl.train.checkpoint import read_state
+
+    latest = latest_checkpoint(run, warn=None)
+    recorded = read_state(latest).get("extra", {}).get("refiner_config") if latest else None
+    return RefinerConfig.from_dict(recorded).norm_eps if recorded else NORM_EPS
+
+
+# refine settings a run's stored record may lack (it started before they existed), with the
+# value such a run trained with: triplets were always mirrored at random
+STARTED_WITHOUT: dict[str, Any] = {"flip": True}
+
+
+def keep_started_values(
+    run: Path, settings: Settings, record: dict[str, Any] | None
+) -> tuple[Settings, dict[str, Any] | None, list[str]]:
+    """A resumed run keeps the value of a ``STARTED_WITHOUT`` setting it trained with when no
+    layer gives one now (a preset's new value, e.g. paper's ``flip`` off, is not silently taken
+    on: ``--allow-change flip`` takes it); a value given now that differs is refused like any
+    breaking change. Returns the settings, the record and the lines that say what was kept."""
+    stored = stored_record(run, "refine")
+    if stored is None or record is None:
+        return settings, record, []
+    old = (stored.get("values") or {}).get("refine") or {}
+    cfg, sources = settings.refine, dict(record["sources"])
+    allow = set(cfg.allow_change)
+    if "all" in allow or old.get("preset", cfg.preset) != cfg.preset:
+        return settings, record, []  # an allowed preset change brings its own values
+    kept, lines = {}, []
+    for name, before in STARTED_WITHOUT.items():
+        key, value = f"refine.{name}", getattr(cfg, name)
+        if name in old or value == before or {name, key} & allow:
+            continue
+        if given(sources, key):
+            raise ResumeConflict(
+                f"resuming would change {key}: {before!r} → {value!r} (the run started before "
+                f"{name} was a setting, and trained with {before!r}), which breaks exact "
+                "continuation",
+                f"drop the flag to continue as started, start a new run with another --name, or "
+                f"pass --allow-change {name} to change it anyway",
+            )
+        origin = sources.get(key, "the default")
+        lines.append(
+            f"{key}: kept {before!r} as the run started ({origin} now gives {value!r}; "
+            f"--allow-change {name} takes that)"
+        )
+        kept[name], sources[key] = before, "stored run config"
+    if not kept:
+        return settings, record, []
+    settings = settings.model_copy(update={"refine": cfg.model_copy(update=kept)})
+    return (
+        settings,
+        {**record, "values": settings.model_dump(mode="json"), "sources": sources},
+        lines,
     )
 
 
@@ -245,7 +312,8 @@ def check_resume_extra(
             f"this refiner run was trained on pack model {old}, not {pack_id}",
             "use a new --name for a refiner of another pack run",
         )
-    if extra.get("refiner_config") not in (None, refiner_config.to_dict()):
+    recorded = extra.get("refiner_config")
+    if recorded is not None and RefinerConfig.from_dict(recorded) != refiner_config:
         raise CheckpointError(
             "this refiner run was trained with another network config",
             "use the same refiner settings or a new --name",
@@ -368,13 +436,21 @@ def run_refine_train(
         run_dir(settings.runs, name), settings, config_record, "refine"
     )
     restore_interrupted_resaves(run_dir(settings.runs, name))
+    settings, config_record, kept = keep_started_values(
+        run_dir(settings.runs, name), settings, config_record
+    )
     cfg = settings.refine
     sources = (config_record or {}).get("sources", sources)
     pack = load_pack(cfg.pack_run or pack_run, runs=settings.runs)
     progress = with_log_file(progress, run_dir(settings.runs, name) / LOG_FILE)
     cache = pack.extra.get("cache", {})
     entry = DatasetEntry.open(settings.cache, cfg.entry or cache["entry"])
-    rcfg = refiner_config_for(pack.latent_channels, entry.resolution, settings)
+    rcfg = refiner_config_for(
+        pack.latent_channels,
+        entry.resolution,
+        settings,
+        started_norm_eps(run_dir(settings.runs, name)),
+    )
     disc = DiscriminatorConfig(base_channels=cfg.disc_channels, norm=cfg.disc_norm)
     if cfg.steps is not None and latest_checkpoint(run_dir(settings.runs, name), warn=None) is None:
         check_new_run(cfg.steps, run_dir(settings.runs, name), "refine", sources)
@@ -388,7 +464,8 @@ def run_refine_train(
         cfg.ema_decay,
         cfg.allow_change,
     )
-    _build_triplets(settings, entry, cache["features"], pack, progress, rec.lines() if rec else [])
+    resumed = [*(rec.lines() if rec else []), *kept]
+    _build_triplets(settings, entry, cache["features"], pack, progress, resumed)
     messages: list[str] = []
     task = _refine_task(
         settings, entry, open_triplets(entry, pack.pack_id, cfg.noise), rcfg, disc, pack, messages
@@ -472,4 +549,5 @@ def _refine_task(
         {"run": pack.run_name, "checkpoint": str(pack.checkpoint), "pack_id": pack.pack_id},
         memory_gb=settings.memory_gb,
         feature_loss=feature_loss,
+        flip=cfg.flip,
     )

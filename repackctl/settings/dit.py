@@ -27,7 +27,7 @@ class DitSettings(BaseModel):
         "Run": ("allow_change", "name", "preset"),
         "Data": ("latents", "pack_run", "entry", "features", "latent_sampling", "in_memory", "flip", "buffer_blocks", "prefetch"),
         "Model": ("arch", "size", "patch", "depth", "width", "heads", "model", "qk_norm", "no_shift", "class_dropout", "grad_checkpointing", "compile", "kernels", "tf32"),
-        "Transport": ("time_dist", "time_mu", "time_sigma", "time_shift", "cos_weight"),
+        "Transport": ("time_dist", "time_mu", "time_sigma", "time_shift", "cos_weight", "cos_norm_floor"),
         "REPA": ("repa_weight", "repa_depth", "repa_stop_step", "repa_hidden"),
         "Optimisation": ("steps", "global_batch", "grad_accum", "lr", "beta1", "beta2", "weight_decay", "schedule", "warmup_steps", "drop_step", "drop_lr", "min_lr", "ema_decay", "ema_warmup", "clip_grad", "parallel"),
         "Output": ("ckpt_every", "keep_last", "log_every", "image_every", "image_steps"),
@@ -120,6 +120,14 @@ class DitSettings(BaseModel):
     time_sigma: float = Field(1.0, gt=0.0, description="logit-normal scale")
     time_shift: float = Field(1.0, gt=0.0, description="timestep shift (> 1: more noise)")
     cos_weight: float = Field(1.0, ge=0.0, description="weight of the 1 − cos velocity term")
+    cos_norm_floor: float = Field(
+        0.01,
+        ge=0.0,
+        lt=1.0,
+        description="the 1 − cos term floors |v̂| at this fraction of |v|: an adaLN-Zero model "
+        "starts at v̂ = 0, where the plain cosine's gradient explodes (~1e6 at step 1); "
+        "0 = the official plain cosine (paper preset)",
+    )
 
     # ---- REPA
     repa_weight: float = Field(0.5, ge=0.0, description="λ of the REPA alignment loss; 0 = off")
@@ -180,7 +188,12 @@ class DitSettings(BaseModel):
     )
     image_every: int = Field(500, ge=0, description="sample grid PNG every N steps; 0 = never")
     image_steps: int = Field(16, ge=1, description="Euler steps of the sample grid")
-    buffer_blocks: int = Field(16, ge=1, description="shuffle samples within this many chunks")
+    buffer_blocks: int | None = Field(
+        None,
+        ge=1,
+        description="shuffle samples within this many chunks; none = as many as memory_gb holds "
+        "(at least 16; a resumed run keeps its recorded value)",
+    )
     prefetch: bool | None = Field(
         None,
         description="read the next batch in a background thread; none = on a GPU only (on a "
@@ -260,6 +273,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "time_sigma": 1.0,
         "time_shift": 1.0,
         "cos_weight": 1.0,
+        # LightningDiT transport.py: plain cosine_similarity, no floor on |v̂|
+        "cos_norm_floor": 0.0,
         "class_dropout": 0.1,
         "repa_weight": 0.0,
         # the official latent cache holds ONE posterior sample per image and flip

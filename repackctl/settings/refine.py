@@ -21,7 +21,7 @@ class RefineSettings(BaseModel):
         "Model": ("base_channels", "norm_groups", "output", "disc_channels", "disc_norm"),
         "Optimisation": ("steps", "epochs", "batch_size", "lr", "ema_decay"),
         "Losses": ("l1_weight", "perceptual_weight", "lpips_weights", "gan_weight", "feature_weight"),
-        "Data": ("noise", "triplet_batch"),
+        "Data": ("noise", "flip", "triplet_batch"),
         "Output": ("ckpt_every", "log_every"),
     }  # fmt: skip
 
@@ -44,6 +44,11 @@ class RefineSettings(BaseModel):
     )
     noise: float = Field(
         0.0, ge=0, description="σ of noise added to the raw latent before decoding (triplets)"
+    )
+    flip: bool = Field(
+        True,
+        description="mirror each training triplet at random (the cached flips); paper preset "
+        "off, as the official refiner never mirrors (prepare_offline_data.py p_hflip 0)",
     )
     steps: int | None = Field(
         None,
@@ -133,6 +138,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "ema_decay": 0.0,  # the official refiner keeps no EMA: the EMA copy is the weights
         "output": "image",
         "gan_weight": 0.5,
+        "flip": False,  # official triplets are never mirrored (prepare_offline_data.py:76)
         "ckpt_every": 5000,
     },
     "small": {

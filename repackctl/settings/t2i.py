@@ -26,7 +26,7 @@ class T2iSettings(DitSettings):
         "Data": ("latents", "pack_run", "entry", "features", "latent_sampling", "in_memory", "flip", "buffer_blocks", "prefetch"),
         "Text": ("text_encoder", "text_features", "caption_dropout"),
         "Model": ("model", "qk_norm", "grad_checkpointing", "compile"),
-        "Transport": ("time_dist", "time_mu", "time_sigma", "time_shift", "cos_weight"),
+        "Transport": ("time_dist", "time_mu", "time_sigma", "time_shift", "cos_weight", "cos_norm_floor"),
         "REPA": ("repa_weight", "repa_depth", "repa_stop_step", "repa_hidden"),
         "Optimisation": ("steps", "global_batch", "grad_accum", "lr", "beta1", "beta2", "weight_decay", "schedule", "warmup_steps", "drop_step", "drop_lr", "min_lr", "ema_decay", "ema_warmup", "clip_grad"),
         "Output": ("ckpt_every", "keep_last", "log_every", "image_every", "image_steps"),

@@ -48,6 +48,7 @@ PAPER = {
     "time_sigma": 1.0,
     "time_shift": 1.0,
     "cos_weight": 1.0,
+    "cos_norm_floor": 0.0,  # LightningDiT transport.py: plain cosine_similarity
     "class_dropout": 0.1,
     "repa_weight": 0.0,
     "clip_grad": None,
@@ -148,6 +149,44 @@ def test_tf32_off_restores_pytorch_defaults_after_a_run_that_had_it_on():
         torch.set_float32_matmul_precision(before[0])
         torch.backends.cuda.matmul.allow_tf32 = before[1]
         torch.backends.cudnn.allow_tf32 = before[2]
+
+
+# --------------------------------------------------------------------------- the cosine term
+
+
+def test_the_paper_cosine_term_is_the_official_plain_cosine(cache):
+    """LightningDiT's ``1 − cosine_similarity(v̂, v, dim=1)`` (eps 1e-8) has no floor on |v̂|;
+    other presets keep ours (|v̂| ≥ 0.01·|v|), which tames the first steps of an adaLN-Zero
+    model (v̂ = 0 at init): the official gradient there is ~1e6 times larger."""
+    import torch.nn.functional as F
+
+    from repackctl.dit.task import build_task
+    from repackctl.transport.loss import velocity_loss
+
+    assert resolve_settings(flags={}, environ={}).settings.dit.cos_norm_floor == 0.01
+    target = torch.randn(4, 8, 3, 3)
+    for scale in (1.0, 1e-4):  # 1e-4: |v̂| under the floor, where the two rules differ
+        pred = scale * torch.randn(4, 8, 3, 3)
+        official = (1 - F.cosine_similarity(pred, target, dim=1)).flatten(1).mean(dim=1)
+        torch.testing.assert_close(velocity_loss(pred, target, 1.0, 0.0).cos, official)
+    floored = velocity_loss(pred, target, 1.0).cos
+    assert (floored - official).abs().max() > 1e-3  # the default rule is not the official one
+
+    def first_grad_norm(**flags):
+        """The gradient norm of the first step at init (v̂ = 0), and the task."""
+        base = {"dit.preset": "paper", "dit.size": "tiny", "dit.global_batch": 8}
+        task = build_task(resolve_settings(flags={**base, **flags}).settings)[0]
+        modules = task.build()
+        out = task.training_step(modules, task.get_batch(np.arange(8), 0, None), 0)
+        out.losses["model"].backward()
+        grads = [p.grad.norm() for p in modules["model"].parameters() if p.grad is not None]
+        return float(torch.stack(grads).norm()), task
+
+    official_norm, task = first_grad_norm()
+    assert task.spec.cos_norm_floor == 0.0
+    assert task.spec.transport_dict()["cos_norm_floor"] == 0.0  # recorded with the checkpoint
+    floored_norm, _ = first_grad_norm(**{"dit.cos_norm_floor": 0.01})
+    assert floored_norm < 100 and official_norm > 1e4 * floored_norm
 
 
 # --------------------------------------------------------------------------- fixed posterior samples
@@ -260,7 +299,7 @@ def test_a_failed_paper_start_leaves_no_sampling_json_and_a_users_file_stays(tmp
     from repackctl.dit.run import official_sampling_file
 
     run = tmp_path / "runs" / "new"
-    with pytest.raises(RuntimeError), official_sampling_file(run, True):
+    with pytest.raises(RuntimeError), official_sampling_file(run, "paper"):
         assert (run / "sampling.json").is_file()
         raise RuntimeError("training failed before any checkpoint")
     assert not run.exists()  # the folder this call made, and its file, are gone
@@ -268,20 +307,75 @@ def test_a_failed_paper_start_leaves_no_sampling_json_and_a_users_file_stays(tmp
     mine = tmp_path / "runs" / "mine"
     mine.mkdir(parents=True)
     (mine / "sampling.json").write_text('{"defaults": {"steps": 7}}')
-    with pytest.raises(RuntimeError), official_sampling_file(mine, True):
+    with pytest.raises(RuntimeError), official_sampling_file(mine, "paper"):
         raise RuntimeError("failed")
     assert json.loads((mine / "sampling.json").read_text()) == {"defaults": {"steps": 7}}
 
 
+def test_a_repa_run_writes_repas_sampling_json_and_sample_uses_it(cache, tmp_path):
+    """REPA's evaluation (README.md: ``--mode=sde --num-steps=250 --cfg-scale=1.8
+    --guidance-high=0.7``) is the run's sampling default. REPA's time is ours (t = 1 noise:
+    ``samplers.py`` integrates ``linspace(1, 0.04, 250)``), so guidance acts for t ≤ 0.7."""
+    args = ["train", "dit", "--preset", "repa", *TINY, "--name", "repa", "--steps", "2"]
+    res = runner.invoke(app, [*args, "--ckpt-every", "2", "--repa-depth", "1"])  # tiny: 2 blocks
+    assert res.exit_code == 0, res.output
+    doc = json.loads((tmp_path / "runs" / "repa" / "sampling.json").read_text())
+    assert doc["defaults"] == {
+        "sampler": "sde",
+        "steps": 250,
+        "shift": 1.0,
+        "cfg": 1.8,
+        "cfg_t_lo": 0.0,
+        "cfg_t_hi": 0.7,
+        "cfg_channels": 0,
+    }
+    assert doc["source"].startswith("REPA sampling settings (sihyun-yu/REPA README.md")
+    assert "--preset repa" in doc["source"]
+    assert doc["official"]["guidance_high"] == 0.7 and doc["official"]["mode"] == "sde"
+
+    out = tmp_path / "samples"
+    sample = ["sample", "-r", "repa", "-n", "2", "--steps", "3", "--device", "cpu"]
+    res = runner.invoke(app, [*sample, "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    card = json.loads((out / "protocol.json").read_text())
+    assert card["sampler_spec"]["kind"] == "sde" and card["cfg_scale"] == 1.8
+    assert card["cfg_interval"] == [0.0, 0.7] and card["cfg_legacy_channels"] == 0
+    assert card["sampler_spec"]["t_last"] == 0.04 and card["sampler_spec"]["last_step"] == "mean"
+    assert card["setting_sources"]["sampler"] == "sampling.json"
+
+
+def test_the_repa_projector_has_repas_init():
+    """SiT's ``_basic_init`` covers REPA's projectors: Xavier-uniform weights (bound
+    √(6 / (fan_in + fan_out))) and zero biases, at REPA's sizes (SiT-XL 1152 → 2048 → 2048 → 768)."""
+    import math
+
+    from repackctl.models.repa import REPAProjector
+
+    torch.manual_seed(0)
+    layers = [m for m in REPAProjector(1152, 768, 2048).mlp if isinstance(m, torch.nn.Linear)]
+    assert len(layers) == 3
+    for layer in layers:
+        fan_out, fan_in = layer.weight.shape
+        bound = math.sqrt(6 / (fan_in + fan_out))
+        w = layer.weight.detach()
+        assert float(w.abs().max()) <= bound
+        assert float(w.abs().max()) > 0.99 * bound  # the whole range is used
+        assert float(w.std()) == pytest.approx(bound / math.sqrt(3), rel=0.01)  # uniform's std
+        assert torch.count_nonzero(layer.bias) == 0
+
+
 def _as_started_by_an_older_version(run: Path) -> None:
     """The run's stored settings as the paper preset gave them before this version: a fresh
-    posterior sample per step, fused kernels by default, and no tf32 setting (TF32 always on)."""
+    posterior sample per step, fused kernels by default, and no tf32 setting (TF32 always on)
+    nor cos_norm_floor (always 0.01)."""
     path = run / "config.json"
     config = json.loads(path.read_text())
     record = config["extra"]["settings"]
     record["values"]["dit"].update(latent_sampling="sample", kernels="auto")
     del record["values"]["dit"]["tf32"]
     record["sources"].pop("dit.tf32")
+    del record["values"]["dit"]["cos_norm_floor"]  # the cosine floor was always 0.01
+    record["sources"].pop("dit.cos_norm_floor")
     record["sources"].pop("dit.kernels")
     config.pop("config_sha256")  # as that version wrote it
     path.write_text(json.dumps(config))
@@ -309,6 +403,7 @@ def test_resuming_an_older_paper_run_keeps_its_recipe_or_refuses_a_change(cache,
     # (latent_sampling, which the preset filled in, is kept by the settings layer's resume rule;
     # tf32, which the run never recorded, by train dit's own, which says so)
     assert "dit.tf32: kept True" in more.output and "dit.kernels: kept" not in more.output
+    assert "dit.cos_norm_floor: kept 0.01" in more.output
     record = json.loads((run / "config.json").read_text())
     values = record["extra"]["settings"]["values"]["dit"]
     assert (values["latent_sampling"], values["kernels"], values["tf32"]) == (
@@ -316,5 +411,5 @@ def test_resuming_an_older_paper_run_keeps_its_recipe_or_refuses_a_change(cache,
         "eager",
         True,
     )
-    assert record["tf32"] is True
+    assert record["tf32"] is True and values["cos_norm_floor"] == 0.01
     assert read_state(latest_checkpoint(run))["extra"]["latent_sampling"] == "sample"

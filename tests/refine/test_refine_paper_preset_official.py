@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 from support.cli import cli_ok, cli_refused
 from support.stack import shared_stack
@@ -130,3 +131,110 @@ def test_resume_of_a_run_under_the_old_paper_preset_is_refused(stack, monkeypatc
     cli_ok(*args, "--disc-norm", "group", "--ema-decay", "0.999")
     ckpt, state = _state(stack, "rold")
     assert ckpt.name == "step-0000004" and state["config"]["ema_decay"] == 0.999
+
+
+def _task(stack: dict[str, str], flip: bool):
+    """The refiner task over the stack's triplets, as ``refine train`` builds it."""
+    from repackctl.cache.store import DatasetEntry
+    from repackctl.pack.discriminator import DiscriminatorConfig
+    from repackctl.pack.load import load_pack
+    from repackctl.refine.network import RefinerConfig
+    from repackctl.refine.task import RefineLossWeights, RefineTask
+    from repackctl.refine.triplets import build_triplets, open_triplets
+
+    pack = load_pack("pack-tiny", runs=stack["runs"])
+    entry = DatasetEntry.open(stack["cache"], pack.extra["cache"]["entry"])
+    build_triplets(entry, pack.extra["cache"]["features"], pack)
+    task = RefineTask(
+        entry,
+        open_triplets(entry, pack.pack_id, 0.0),
+        RefinerConfig(latent_channels=4, resolution=32, base_channels=8, attn_resolutions=(8, 4)),
+        DiscriminatorConfig(base_channels=8),
+        RefineLossWeights(),
+        None,
+        {"run": "pack-tiny", "checkpoint": str(pack.checkpoint), "pack_id": pack.pack_id},
+        flip=flip,
+    )
+    return task, entry
+
+
+def test_the_paper_refiner_never_mirrors_its_triplets(stack):
+    """The official triplets are never mirrored (stage3 prepare_offline_data.py ``p_hflip=0.0``,
+    and its dataset has no flip): under the paper preset every batch is the stored image, its
+    reconstruction and latent of flip slot 0, whatever the step's generator draws."""
+    import numpy as np
+
+    from repackctl.data.cached import images_to_float
+
+    r = resolve_settings(None, {"refine.preset": "paper"}, environ={})
+    assert r.settings.refine.flip is False and r.sources["refine.flip"] == "preset paper"
+    small = resolve_settings(None, {"refine.preset": "small"}, environ={}).settings.refine
+    assert small.flip is True  # the other presets keep the random mirror
+
+    task, entry = _task(stack, flip=r.settings.refine.flip)
+    rows = np.arange(TRIPLETS)
+    stored = images_to_float(entry.images[task.positions[rows]])
+    latent = torch.from_numpy(task.triplets["latent"][task.positions[rows], 0]).float()
+    for seed in range(8):
+        batch = task.get_batch(rows, seed, np.random.default_rng(seed))
+        assert torch.equal(batch["gt"], stored), seed
+        assert torch.equal(batch["z"], latent), seed
+    # with flips on, the same draws mirror some triplets (what the paper preset must not do)
+    flipping, _ = _task(stack, flip=True)
+    batch = flipping.get_batch(rows, 0, np.random.default_rng(0))
+    assert not torch.equal(batch["gt"], stored)
+
+    cli_ok(*_args(stack, "rnoflip"), "--steps", "2")
+    _, state = _state(stack, "rnoflip")
+    assert state["extra"]["flip"] is False and _config(stack, "rnoflip")["refine"]["flip"] is False
+
+
+def test_a_paper_run_started_before_refine_flip_resumes_with_flips(stack):
+    """A run whose record has no ``refine.flip`` trained with random flips: it goes on with them
+    (and says so), although the paper preset now turns them off; a flag that turns them off is
+    refused unless ``--allow-change flip`` lets it."""
+    from repackctl.errors import ResumeConflict
+
+    cli_ok(*_args(stack, "rflipold"), "--steps", "2")
+    run = Path(stack["runs"]) / "rflipold"
+    path = run / "config.json"
+    config = json.loads(path.read_text())
+    record = config["extra"]["settings"]
+    del record["values"]["refine"]["flip"]
+    del record["sources"]["refine.flip"]
+    config.pop("config_sha256")  # as that version wrote it
+    path.write_text(json.dumps(config))
+
+    out = cli_refused(
+        ResumeConflict.exit_code, *_args(stack, "rflipold"), "--steps", "3", "--no-flip"
+    )
+    assert "refine.flip" in out and "--allow-change flip" in out
+    assert _state(stack, "rflipold")[1]["step"] == 2
+    out = cli_ok(*_args(stack, "rflipold"), "--steps", "3")
+    assert "refine.flip: kept True" in " ".join(out.split())
+    _, state = _state(stack, "rflipold")
+    assert state["step"] == 3 and state["extra"]["flip"] is True
+    # the kept value is now the run's own; a flag allowed to change it changes it
+    cli_ok(*_args(stack, "rflipold"), "--steps", "4", "--no-flip", "--allow-change", "flip")
+    _, state = _state(stack, "rflipold")
+    assert state["step"] == 4 and state["extra"]["flip"] is False
+
+
+def test_the_refiner_uses_the_official_groupnorm_eps():
+    """The official RefineUNet's ``nn.GroupNorm(32, c)`` keep PyTorch's eps 1e-5: an imported
+    official refiner (``import official --refiner``) has it in every norm, attention included.
+    A refiner recorded before ``norm_eps`` existed was built with 1e-6 and keeps it."""
+    from support.official import official_refiner
+
+    from repackctl.convert.official import map_stage3
+    from repackctl.refine.network import LatentGuidedRefiner, RefinerConfig
+
+    weights, config, _ = map_stage3(official_refiner(), image_size=32)
+    model = LatentGuidedRefiner(config)
+    model.load_state_dict(weights)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.GroupNorm)]
+    official = torch.nn.GroupNorm(32, 64).eps  # the official network's norms
+    assert len(norms) > 10 and {m.eps for m in norms} == {official} == {1e-5}
+    old = {k: v for k, v in config.to_dict().items() if k != "norm_eps"}
+    assert RefinerConfig.from_dict(old).norm_eps == 1e-6
+    assert RefinerConfig.from_dict(config.to_dict()) == config
