@@ -148,6 +148,13 @@ def test_a_warm_up_longer_than_the_run_is_said(env):
     assert "warm-up" not in out
 
 
+def test_the_progress_line_period_changes_on_resume(env, monkeypatch):
+    """REPACKCTL_LOG_EVERY_S=5 on a resume was refused as "breaks exact continuation"."""
+    _ok(*TRAIN["dit"], "--steps", "2", "--name", "le")
+    monkeypatch.setenv("REPACKCTL_LOG_EVERY_S", "5")
+    assert "resumed at 2" in _ok(*TRAIN["dit"], "--steps", "3", "--name", "le")
+
+
 def test_a_run_whose_only_checkpoint_was_being_resaved_is_shown_not_refused(env):
     """Killed between the two renames of a re-save (``train.checkpoint.save_checkpoint``), the
     run's only checkpoint sits in temporaries. The engine puts it back at its start, but the

@@ -37,7 +37,17 @@ from repackctl.settings.checks import GIVEN_LAYERS, check_schedules, undo_given
 
 # settings whose change keeps a resumed run an exact continuation of the same experiment
 CONTINUABLE: dict[str, set[str]] = {
-    "": {"cache", "runs", "samples", "device", "num_workers", "imagenet_root", "memory_gb"},
+    # log_every_s: only how often a plain progress line is printed
+    "": {
+        "cache",
+        "runs",
+        "samples",
+        "device",
+        "num_workers",
+        "imagenet_root",
+        "memory_gb",
+        "log_every_s",
+    },  # fmt: skip
     "dit": {
         "steps",
         "ckpt_every",
