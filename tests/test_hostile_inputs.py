@@ -242,3 +242,14 @@ def test_long_commands_print_the_run_header():
     res = runner.invoke(app, ["extract", "-n", "8", "--resolution", "32", "--device", "cpu"])
     assert res.exit_code == 0, res.output
     assert "world 1 · cpu · fp32 (settings) · seed 0 · repackctl" in res.output
+
+
+def test_a_missing_entry_hint_names_its_split_and_resolution(cache_root):
+    """The hint said "run `repackctl extract`", which makes the default train entry at 64 px,
+    not the val entry that was asked for."""
+    assert runner.invoke(app, ["extract", "-n", "8", "--resolution", "32"]).exit_code == 0
+    res = runner.invoke(app, ["evaluate", "stats", "--ref-cache", "builtin--val--64px"])
+    out = " ".join(res.output.split())
+    assert res.exit_code != 0 and "Traceback" not in out
+    assert "cache entry 'builtin--val--64px' not found" in out
+    assert "Hint: run `repackctl extract --split val --resolution 64` for it" in out

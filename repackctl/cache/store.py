@@ -229,6 +229,15 @@ class ArrayGroup:
         return bool((self.done_mask() != PENDING).all())
 
 
+def _extract_flags(name: str) -> str:
+    """The split and resolution flags of an entry name ``<dataset>--<split>--<R>px`` (the
+    dataset's own options, --data / -n, are the user's to add); "" for other names."""
+    parts = name.split("--")
+    if len(parts) != 3 or not parts[2].endswith("px") or not parts[2][:-2].isdigit():
+        return ""
+    return f" --split {parts[1]} --resolution {parts[2][:-2]}"
+
+
 class DatasetEntry:
     """One dataset split at one resolution in the cache."""
 
@@ -252,7 +261,7 @@ class DatasetEntry:
             have = ", ".join(list_entries(root)) or "none"
             raise CacheError(
                 f"cache entry {name!r} not found in {cache_root(root)} (have: {have})",
-                "run `repackctl extract` for it, or check --cache",
+                f"run `repackctl extract{_extract_flags(name)}` for it, or check --cache",
             )
         if state == "incomplete":
             raise CacheError(

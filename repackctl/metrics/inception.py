@@ -84,7 +84,8 @@ def _missing_weights_error(searched: list[Path]) -> WeightsError:
         hint=f"download {INCEPTION_URL} and save it as {hub_weights_path()} (the torch hub cache "
         f"that torch-fidelity reads; set TORCH_HOME to move it), or pass "
         f"--inception-weights FILE (.pth or .safetensors). Without Inception weights, FD in an "
-        f"encoder's feature space works: `repackctl evaluate fid SAMPLES --metrics fd`.",
+        f"encoder's feature space works: `repackctl evaluate fid SAMPLES --metrics fd` (and "
+        f"`repackctl evaluate stats … --extractor fd` for reference statistics).",
     )
 
 
