@@ -989,6 +989,17 @@ def cached_reference_stats(
 
 
 # --------------------------------------------------------------------------- metrics selection
+def _check_inception_given(given: str | None, wanted: list[str]) -> None:
+    """Refuse ``--inception-weights`` where no chosen metric uses Inception (``auto`` is fd on
+    the built-in data): a missing or wrong file was ignored without a word."""
+    if given is not None and not any(m in INCEPTION_METRICS for m in wanted):
+        raise ConfigError(
+            f"evaluate.inception_weights ({given}) is given, but the metrics "
+            f"({', '.join(wanted)}) do not use Inception: it would be ignored",
+            "drop --inception-weights, or pass --metrics fid (or is, kid, prc, sfid)",
+        )
+
+
 def choose_metrics(requested: str, ref: Reference) -> list[str]:
     """Parse ``--metrics``; ``auto`` = fd for the built-in dataset, else what the reference allows."""
     if requested.strip().lower() == "auto":
@@ -1220,6 +1231,7 @@ def run_evaluate_fid(
     gen = open_generated(settings, progress)
     ref = open_reference(settings, gen)
     wanted = choose_metrics(settings.evaluate.metrics, ref)
+    _check_inception_given(settings.evaluate.inception_weights, wanted)
     target = _metrics_path(settings, gen)
     check_metrics_target(target, out_given)  # before any scoring work
     if out_given:

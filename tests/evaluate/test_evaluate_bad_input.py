@@ -168,3 +168,15 @@ def test_a_stats_dir_that_is_a_file_is_refused_before_computing(tmp_path):
                       "--stats-dir", str(sfile), *STATS)  # fmt: skip
     assert f"{sfile} is a file; nothing was computed" in out and "--stats-dir" in out
     assert sfile.read_bytes() == b"not a folder\n"
+
+
+def test_inception_weights_where_no_metric_uses_them_are_refused(tmp_path):
+    """`--inception-weights` (here a file that does not exist) with the built-in data's fd
+    metric was ignored and the command exited 0."""
+    samples = _pngs(tmp_path / "samples", 6)
+    before = _files(tmp_path)
+    out = cli_refused(2, "evaluate", "fid", str(samples), "--ref", "builtin", *FD,
+                      "--inception-weights", str(tmp_path / "missing.pth"))  # fmt: skip
+    assert "evaluate.inception_weights" in out and "do not use Inception" in out
+    assert "drop --inception-weights" in out
+    assert _files(tmp_path) == before
