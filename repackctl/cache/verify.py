@@ -56,6 +56,8 @@ class EntryInfo:
     bytes: int
     features: dict[str, dict] = field(default_factory=dict)
     latents: dict[str, dict] = field(default_factory=dict)
+    triplets: dict[str, dict] = field(default_factory=dict)  # refiner triplets (refine train)
+    text: dict[str, dict] = field(default_factory=dict)  # caption features (captions)
     incomplete: list[str] = field(default_factory=list)
 
     def incomplete_of(self, kind: str) -> list[str]:
@@ -103,6 +105,12 @@ def describe_entry(entry: DatasetEntry) -> EntryInfo:
         g = entry.latents(lid)
         arrays = {name: list(a.shape) for name, a in g.group.arrays() if name != "done"}
         info.latents[lid] = {"arrays": arrays, **_counts(read_done(g.done, "done")[0])}
+    for kind in ("triplets", "text"):  # the ids `cache rm --triplets / --text` take
+        for gid in entry.complete_groups(kind):
+            g = entry.group[kind][gid]
+            arrays = {name: list(a.shape) for name, a in g.arrays() if name != "done"}
+            counts = _counts(read_done(g["done"], "done")[0])
+            getattr(info, kind)[gid] = {"arrays": arrays, **counts}
     return info
 
 

@@ -54,12 +54,14 @@ def ls(cache: CacheOpt = None, config: ConfigOpt = None, as_json: JsonOpt = Fals
             i.skipped,
             [*i.features, *i.incomplete_of("features")],
             [*i.latents, *i.incomplete_of("latents")],
+            [*i.triplets, *i.incomplete_of("triplets")],
+            [*i.text, *i.incomplete_of("text")],
             _mb(i.bytes),
         ]
         for i in infos
     ]
-    rows += [[name, "incomplete", "-", [], [], "-"] for name in unfinished]
-    columns = ["entry", "images", "skipped", "features", "latents", "size"]
+    rows += [[name, "incomplete", "-", [], [], [], [], "-"] for name in unfinished]
+    columns = ["entry", "images", "skipped", "features", "latents", "triplets", "text", "size"]
     print_listing(f"cache {root}", columns, rows)
 
 
@@ -68,7 +70,7 @@ def ls(cache: CacheOpt = None, config: ConfigOpt = None, as_json: JsonOpt = Fals
 def info(
     entry: EntryArg, cache: CacheOpt = None, config: ConfigOpt = None, as_json: JsonOpt = False
 ) -> None:
-    """Show one entry: counts, classes, features and latents with their specs.
+    """Show one entry: counts, classes, features, latents, refiner triplets and caption features.
 
     Example: `repackctl cache info builtin--train--64px`
     """
@@ -97,6 +99,9 @@ def info(
         rows.append((f"features/{fid}", f"{f['shape']} {f['weights']}, {f['written']} written"))
     for lid, lat in d.latents.items():
         rows.append((f"latents/{lid}", f"{lat['arrays']}, {lat['written']} written"))
+    for kind in ("triplets", "text"):
+        for gid, g in getattr(d, kind).items():
+            rows.append((f"{kind}/{gid}", f"{g['arrays']}, {g['written']} written"))
     print_pairs(f"cache entry ({root})", rows)
 
 

@@ -233,3 +233,15 @@ def test_captions_progress_advances_within_a_shard():
     assert len(steps) >= 4 and sum(steps) == len(rows) and min(steps) > 0
     for key in plain:
         np.testing.assert_array_equal(got[key], plain[key])
+
+
+def test_cache_info_and_ls_list_the_caption_groups(captioned):
+    """`cache rm --text ID` sent the user to `cache info`, which never listed text groups."""
+    name, tid, _ = _text(captioned)
+    info = _flat(runner.invoke(app, ["cache", "info", name, "--cache", str(captioned)]))
+    assert f"text/{tid}" in info and f"{N} written" in info
+    res = runner.invoke(app, ["cache", "ls", "--json", "--cache", str(captioned)])
+    assert res.exit_code == 0, res.output
+    (entry,) = json.loads(res.output)["entries"]
+    assert list(entry["text"]) == [tid] and entry["text"][tid]["written"] == N
+    assert tid in _flat(runner.invoke(app, ["cache", "ls", "--cache", str(captioned)]))

@@ -55,6 +55,10 @@ def test_triplets_resume_and_noise(stack) -> None:
     assert noisy.group.endswith("--noise0.5")
     nlat = open_triplets(entry, pack.pack_id, 0.5)["latent"][:]
     assert 0.3 < float(np.std(nlat - lat)) < 0.7
+    # `cache info` lists both groups: the ids `cache rm --triplets` takes (it listed none)
+    res = CliRunner().invoke(app, ["cache", "info", entry.name, "--cache", stack["cache"]])
+    out = " ".join(res.output.split())
+    assert res.exit_code == 0 and noisy.group in out and "16 written" in out
 
 
 def test_refiner_forward_backward(stack) -> None:
