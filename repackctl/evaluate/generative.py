@@ -493,7 +493,22 @@ class Generated:
     messages: list[str] = field(default_factory=list)
 
 
-def _check_count(images: ImageSet, num: int | None, where: str) -> list[str]:
+def _more_hint(num: int, protocol: dict, folder: Path) -> str:
+    """How to sample ``num``: from the folder's own checkpoint, with its recorded settings (a
+    bare `repackctl sample --num N` sampled the newest run with the default settings)."""
+    ckpt = Path(str(protocol.get("checkpoint") or ""))
+    if not ckpt.name.startswith("step-"):
+        return f"generate more (`repackctl sample --num {num}` with the settings you sampled with)"
+    return (
+        f"sample {num} from the same checkpoint with this folder's settings: `repackctl sample "
+        f"--run {ckpt.parent.parent} --checkpoint {ckpt.name} --num {num}` plus the sampler "
+        f"options that {folder / PROTOCOL_JSON} records"
+    )
+
+
+def _check_count(
+    images: ImageSet, num: int | None, where: str, protocol: dict, folder: Path
+) -> list[str]:
     available = images.meta.get("available", images.n)
     if available < 2:
         raise DataError(
@@ -505,7 +520,7 @@ def _check_count(images: ImageSet, num: int | None, where: str) -> list[str]:
     if num is not None and available < num:
         raise DataError(
             f"--samples {num} asked for, but {where} holds only {available} samples",
-            hint=f"generate more (`repackctl sample --num {num}`), or pass --samples {available}",
+            hint=f"{_more_hint(num, protocol, folder)}, or pass --samples {available}",
         )
     if num is None:
         return [f"using all {images.n} samples of {where}"]
@@ -525,7 +540,7 @@ def open_generated(settings: Settings, progress: ProgressFactory = null_progress
     npz, folder, protocol = _locate_images(path)
     images = npz_image_set(npz) if npz is not None else png_folder_set(folder, protocol=protocol)
     messages += [images.meta["note"]] if images.meta.get("note") else []
-    messages += _check_count(images, num, images.label)
+    messages += _check_count(images, num, images.label, protocol, folder)
     available = images.meta["available"]
     if npz is not None and npz.name == SAMPLES_NPZ:
         check_recorded_count(protocol, available, images.label)

@@ -129,6 +129,18 @@ def test_a_subset_that_cannot_be_balanced_is_refused(env, tmp_path):
     assert not (folder / "metrics.json").exists()
 
 
+def test_asking_for_more_samples_than_a_folder_holds_hints_its_own_checkpoint(env, tmp_path):
+    """The hint was `repackctl sample --num N`: the newest run, default settings."""
+    folder = tmp_path / "few"
+    _sample("-n", "4", "--steps", "2", "--out", str(folder))
+    code, out = _evaluate(str(folder), "--samples", "40", *SCORE)
+    out = " ".join(out.split())
+    assert code == DataError.exit_code and "holds only 4 samples" in out
+    hint = out.split("Hint:")[1]
+    assert f"--run {_ckpt(env, 2).parent.parent} --checkpoint step-0000002 --num 40" in hint
+    assert "protocol.json records" in hint and "--samples 4" in hint
+
+
 # --------------------------------------------------------------------------- defect 2
 def _killed_sample_run(env: dict[str, str], out: Path, cmd: list[str]) -> None:
     """`repackctl sample` killed (SIGKILL) once two of its PNGs are written."""
