@@ -34,14 +34,14 @@ from typing import Any
 from repackctl.dit.task import build_task, dit_run_dir
 from repackctl.errors import ConfigError, ResumeConflict
 from repackctl.files import write_json_atomic
-from repackctl.paths import SAMPLING_JSON, run_root_of
+from repackctl.paths import SAMPLING_JSON
 from repackctl.progress import LOG_FILE, ProgressFactory, null_progress, with_log_file
 from repackctl.run_files import json_sha256
 from repackctl.run_lock import released_after
 from repackctl.settings.resume import check_new_run, given, resume_and_report, stored_record
 from repackctl.train.checkpoint import latest_checkpoint, read_state, restore_interrupted_resaves
-from repackctl.train.logging import read_metrics
 from repackctl.train.loop import TrainResult, train
+from repackctl.train.shown import shown_run
 
 # --------------------------------------------------------------------------- official sampling
 
@@ -324,30 +324,6 @@ def official_sampling_file(run_dir: Path, preset: str | None) -> Iterator[None]:
             if new_dir and not any(run_dir.iterdir()):
                 run_dir.rmdir()
         raise
-
-
-def shown_run(task: Any, checkpoint: Path) -> TrainResult:
-    """The summary of a run with nothing left to train (its checkpoint is at or past the steps
-    asked for): the checkpoint's step and the last losses logged up to it; nothing is trained or written.
-
-    The task is checked against the checkpoint (its latents and their stats) as a resume would,
-    so the summary never pairs the run with data it was not trained on."""
-    state = read_state(checkpoint)
-    task.load_state_extra(state.get("extra", {}))
-    task.build()  # the model row's parameter count (no weights are loaded)
-    done = int(state.get("step", 0))
-    run_dir = run_root_of(checkpoint)
-    logged = [r for r in read_metrics(run_dir) if int(r.get("step", -1)) <= done]
-    last = {k: float(v) for k, v in (logged[-1] if logged else {}).items() if k.startswith("loss/")}
-    return TrainResult(
-        run_dir=run_dir,
-        step=done,
-        checkpoint=checkpoint,
-        resumed_from=done,
-        bad_steps=int(state.get("bad_steps_total", 0)),
-        last_logs=last,
-        steps_per_s=0.0,
-    )
 
 
 def train_dit(

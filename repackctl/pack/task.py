@@ -756,7 +756,6 @@ def run_pack_train(
     sources = (config_record or {}).get("sources") or {}
     if latest_checkpoint(run_dir, warn=None, check_finite=False) is None:
         _check_new_run(plan, sources)  # before anything is read in bulk or written
-    progress = with_log_file(progress, run_dir / LOG_FILE)
     data = PackData(ref.entry, ref.feats, cfg.in_memory, settings.memory_gb)
     log = resumed + ([ref.note] if ref.note else []) + list(plan.notes)
     lpips = _load_lpips(plan)
@@ -768,6 +767,9 @@ def run_pack_train(
     if latest is None:
         _check_new_run(plan, sources)  # its newest checkpoint failed to verify: a new run
     log += notes + _resume_notes(plan, latest) + _gan_notes(plan)
+    if _nothing_to_train(plan.steps, latest, log, progress):
+        return run_dir  # shown as it is: nothing in the run folder changes but train.lock
+    progress = with_log_file(progress, run_dir / LOG_FILE)
     pca = _pca_fit(plan, data, cfg.pca_samples, latest, run_dir, log)
     whitening = _whitening_fit(plan, data, cfg.pca_samples, latest, log)
     task = PackTask(
@@ -879,6 +881,21 @@ def _resume_notes(plan: PackPlan, latest: Path | None) -> list[str]:
             f"(pass --steps N with N > {done} to train on)"
         )
     return notes
+
+
+def _nothing_to_train(
+    steps: int, latest: Path | None, log: list[str], progress: ProgressFactory
+) -> bool:
+    """Whether the run's checkpoint is at or past ``steps``: then ``log`` is shown (not written
+    to log.txt) and nothing is trained or written, as ``dit train`` does."""
+    from repackctl.train.checkpoint import read_state
+
+    if latest is None or steps > int(read_state(latest).get("step", 0)):
+        return False
+    with progress("pack train", total=None) as bar:
+        for line in log:
+            bar.log(line)
+    return True
 
 
 def _gan_notes(plan: PackPlan) -> list[str]:

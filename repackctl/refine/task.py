@@ -52,6 +52,7 @@ from repackctl.settings import Settings
 from repackctl.settings.resume import check_new_run, given, resume_settings, stored_record
 from repackctl.train import OptimizerSpec, StepOutput, TrainConfig, train
 from repackctl.train.checkpoint import latest_checkpoint, restore_interrupted_resaves
+from repackctl.train.shown import idle_lines
 
 # Adam betas of the official refiner (and of stage 1)
 BETAS = (0.5, 0.9)
@@ -442,7 +443,6 @@ def run_refine_train(
     cfg = settings.refine
     sources = (config_record or {}).get("sources", sources)
     pack = load_pack(cfg.pack_run or pack_run, runs=settings.runs)
-    progress = with_log_file(progress, run_dir(settings.runs, name) / LOG_FILE)
     cache = pack.extra.get("cache", {})
     entry = DatasetEntry.open(settings.cache, cfg.entry or cache["entry"])
     rcfg = refiner_config_for(
@@ -465,6 +465,9 @@ def run_refine_train(
         cfg.allow_change,
     )
     resumed = [*(rec.lines() if rec else []), *kept]
+    if _shown(run_dir(settings.runs, name), cfg.steps, resumed, progress):
+        return run_dir(settings.runs, name)  # nothing in the run folder changes but train.lock
+    progress = with_log_file(progress, run_dir(settings.runs, name) / LOG_FILE)
     _build_triplets(settings, entry, cache["features"], pack, progress, resumed)
     messages: list[str] = []
     task = _refine_task(
@@ -492,6 +495,19 @@ def run_refine_train(
             bar.log(m)
     train(task, config, progress)
     return Path(config.run_dir)
+
+
+def _shown(run: Path, steps: int | None, lines: list[str], progress: ProgressFactory) -> bool:
+    """Whether ``run``'s checkpoint is at or past ``steps``: then the run is shown (``lines`` and
+    its step, checkpoint, last losses; not written to log.txt) and nothing is trained or written,
+    as ``train dit`` does."""
+    shown = idle_lines(run, latest_checkpoint(run, warn=None), steps)
+    if shown is None:
+        return False
+    with progress("refine", total=None) as bar:
+        for line in lines + shown:
+            bar.log(line)
+    return True
 
 
 def _build_triplets(

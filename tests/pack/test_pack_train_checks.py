@@ -114,6 +114,28 @@ def test_steps_0_is_refused_for_a_new_run_and_shows_a_finished_one(cache, tmp_pa
     assert {p.name: p.stat().st_mtime_ns for p in ckpt.iterdir()} == files
 
 
+def _run_files(run: Path) -> dict[str, bytes]:
+    """Every file of a run folder but train.lock, by relative path, with its bytes."""
+    return {
+        str(p.relative_to(run)): p.read_bytes()
+        for p in sorted(run.rglob("*"))
+        if p.is_file() and p.name != "train.lock"
+    }
+
+
+def test_steps_at_or_below_the_step_change_nothing_in_the_run(cache, tmp_path):
+    """`--steps N` with N at or below the run's step shows the run and writes nothing (it used
+    to rewrite config.json with steps N, metrics, log.txt and add a TensorBoard event file)."""
+    run = tmp_path / "runs" / "z"
+    _ok("pack", "train", *TINY, "--steps", "2", "--name", "z")
+    before = _run_files(run)
+    for steps in ("2", "1", "0"):
+        out = _ok("pack", "train", *TINY, "--steps", steps, "--name", "z")
+        assert "nothing to train" in out and "at step 2" in out
+        assert _run_files(run) == before, steps
+    assert json.loads((run / "config.json").read_text())["steps"] == 2
+
+
 # --------------------------------------------------------------------------- a copied cache
 
 
