@@ -155,6 +155,21 @@ def test_the_progress_line_period_changes_on_resume(env, monkeypatch):
     assert "resumed at 2" in _ok(*TRAIN["dit"], "--steps", "3", "--name", "le")
 
 
+def test_a_dit_run_records_its_pack_checkpoint_and_decodes_its_grid(env):
+    """The latents record their pack checkpoint as attrs["pack_checkpoint"]; the DiT read
+    attrs["pack"]["checkpoint"]: every run printed "pack checkpoint not found: latent-space
+    grid", drew latent colour blocks, and recorded pack.checkpoint null (sampling then took the
+    pack run's newest checkpoint)."""
+    flags = [a for a in TRAIN["dit"] if a not in ("--image-every", "0")]
+    out = _ok(*flags, "--steps", "2", "--image-every", "2", "--name", "gr")
+    assert "latent-space grid" not in out
+    state = json.loads((latest_checkpoint(env / "runs" / "gr") / "state.json").read_text())
+    ckpt = state["extra"]["pack"]["checkpoint"]
+    # where `pack encode` found it (informational: this test works on a copy of that folder)
+    assert ckpt and Path(ckpt).parts[-4:] == ("runs", "pack-tiny", "checkpoints", "step-0000002")
+    assert (env / "runs" / "gr" / "images" / "step-0000002.png").is_file()
+
+
 def test_a_run_whose_only_checkpoint_was_being_resaved_is_shown_not_refused(env):
     """Killed between the two renames of a re-save (``train.checkpoint.save_checkpoint``), the
     run's only checkpoint sits in temporaries. The engine puts it back at its start, but the

@@ -181,7 +181,8 @@ class DiTTask:
         pack = dict(self.data.attrs.get("pack") or {})
         return {
             "run": pack.get("run") or pack_run_of(self.data.ref.pack_id),
-            "checkpoint": pack.get("checkpoint"),
+            # the latents' attributes hold it as pack_checkpoint (older ones under pack)
+            "checkpoint": pack.get("checkpoint") or self.data.attrs.get("pack_checkpoint"),
             "pack_id": self.data.ref.pack_id,
         }
 
