@@ -127,6 +127,23 @@ def find_latents(
     return LatentRef(root=root, entry=name, pack_id=pid)
 
 
+def trained_latents(run_dir: Path, stage: str = "dit") -> tuple[str | None, str | None]:
+    """(latents, entry) that the newest checkpoint of ``run_dir`` was trained on, when it holds a
+    ``stage`` run; (None, None) for a new run (or another stage's folder).
+
+    A run records the latents it resolved when it started (``dit.run.record_latents``); one
+    started before that stores ``latents: None``, and without this its resume picked whatever
+    latents were newest (another `pack encode` since: refused as a change of latents)."""
+    from repackctl.train.checkpoint import latest_checkpoint, read_state
+
+    latest = latest_checkpoint(run_dir, warn=None)
+    extra = (read_state(latest).get("extra") or {}) if latest is not None else {}
+    if extra.get("stage") != stage:
+        return None, None
+    cache = extra.get("cache") or {}
+    return cache.get("latents") or None, cache.get("entry") or None
+
+
 def _training_split(
     root: str, candidates: list[tuple[float, str, str]]
 ) -> list[tuple[float, str, str]]:

@@ -334,10 +334,32 @@ def train_dit(
     Resuming an existing run starts from the settings it was started with; see
     ``repackctl.settings.resume`` (changes are printed, breaking ones refused).
     """
-    task, result = resume_and_train(
-        settings, config_record, progress, "dit", dit_run_dir, build_task
-    )
+
+    def build(resolved, sources=None):
+        task, config = build_task(resolved, sources)
+        record_latents(config_record, "dit", task.data.ref)
+        return task, config
+
+    task, result = resume_and_train(settings, config_record, progress, "dit", dit_run_dir, build)
     return DiTTrainResult.of(task, result)
+
+
+def record_latents(record: dict | None, section: str, ref: Any) -> None:
+    """Put the latents (and entry) the run trains on into the settings record a new run stores
+    when no layer named them, as ``train t2i`` records its caption group
+    (``t2i_run.record_text_group``): a resume then uses them whatever `pack encode` added since
+    (it picked the newest latents and was refused as a change of latents). Runs that stored None
+    fall back on their checkpoint's latents (``latents.trained_latents``)."""
+    from repackctl.dit.t2i_run import RESOLVED_AT_START
+
+    if record is None:
+        return
+    values = record.setdefault("values", {}).setdefault(section, {})
+    sources = record.setdefault("sources", {})
+    for key, value in (("latents", ref.pack_id), ("entry", ref.entry)):
+        if values.get(key) is None:
+            values[key] = value
+            sources[f"{section}.{key}"] = RESOLVED_AT_START
 
 
 def run_dit_train(

@@ -13,7 +13,7 @@ from torch import nn
 
 from repackctl import kernels
 from repackctl.data.cached import shuffle_window
-from repackctl.dit.latents import LatentData, find_latents, pack_run_of
+from repackctl.dit.latents import LatentData, find_latents, pack_run_of, trained_latents
 from repackctl.errors import CheckpointError, ConfigError, RepackError
 from repackctl.models.repa import REPAProjector, default_repa_depth, repa_loss
 from repackctl.paths import run_dir as make_run_dir
@@ -217,9 +217,8 @@ class DiTTask:
         if old_id and old_id != self.data.ref.pack_id:
             raise CheckpointError(
                 f"this run was trained on latents {old_id}, not {self.data.ref.pack_id}",
-                f"resume on the run's own latents with `--latents {old_id} --allow-change "
-                "latents` (naming the latents is a settings change that resuming must be "
-                "allowed to make), or start a new run with --name",
+                "drop --latents / --pack-run / --entry (and their --allow-change): a resume "
+                "trains on the run's own latents; or start a new run with --name",
             )
         if extra.get("latent_stats") and extra["latent_stats"] != self.data.stats_dict():
             raise CheckpointError(
@@ -471,13 +470,17 @@ def build_task(settings, sources: dict[str, str] | None = None) -> tuple[DiTTask
     s = settings.dit
     kernels.select(s.kernels)  # the fused ops the model and the losses use in this process
     model_id = model_id_of(s)
-    ref = find_latents(settings.cache, s.entry, s.latents, s.pack_run)
+    run_dir = dit_run_dir(settings)
+    latents, entry = s.latents, s.entry
+    if latents is None:  # a run that stored none (started before it was recorded): its own
+        trained, trained_entry = trained_latents(run_dir, "dit")
+        latents, entry = trained, entry or trained_entry
+    ref = find_latents(settings.cache, entry, latents, s.pack_run)
     data = LatentData(ref, **data_options(s, settings.memory_gb, settings.seed))
     spec = build_spec(settings, model_id)
     # in-memory data is shuffled sample by sample; Zarr data by chunk-aligned blocks, within a
     # window sized by the memory budget (official: a uniform shuffle)
     block = 1 if data.in_memory else data.chunk
-    run_dir = dit_run_dir(settings)
     window = shuffle_window(
         data,
         s.buffer_blocks,
