@@ -236,12 +236,11 @@ def refiner_config_for(
     )
 
 
-def started_norm_eps(run: Path) -> float:
-    """The GroupNorm eps of the network ``run``'s newest checkpoint was trained with (runs from
-    before ``norm_eps`` was recorded: 1e-6); the official 1e-5 for a run without a checkpoint."""
+def started_norm_eps(latest: Path | None) -> float:
+    """The GroupNorm eps of the network the run's newest checkpoint ``latest`` was trained with
+    (runs from before ``norm_eps`` was recorded: 1e-6); the official 1e-5 for a new run."""
     from repackctl.train.checkpoint import read_state
 
-    latest = latest_checkpoint(run, warn=None)
     recorded = read_state(latest).get("extra", {}).get("refiner_config") if latest else None
     return RefinerConfig.from_dict(recorded).norm_eps if recorded else NORM_EPS
 
@@ -358,19 +357,18 @@ def _check_resume_ema(state_config: dict[str, Any], ema_decay: float, allow: lis
 
 
 def check_resumable(
-    run: Path,
+    latest: Path | None,
     pack_id: str,
     refiner_config: RefinerConfig,
     disc_config: DiscriminatorConfig | None = None,
     ema_decay: float | None = None,
     allow: list[str] | None = None,
 ) -> None:
-    """Before anything is built or written: the checkpoint ``train`` would resume from (the
-    run's newest complete one, if any) fits this pack model, network config, discriminator
-    (None: not compared) and EMA decay (None: not compared)."""
+    """Before anything is built or written: the checkpoint ``train`` would resume from
+    (``latest``, the run's newest complete one; None for a new run) fits this pack model,
+    network config, discriminator (None: not compared) and EMA decay (None: not compared)."""
     from repackctl.train.checkpoint import read_state
 
-    latest = latest_checkpoint(run, warn=None)
     if latest is None:
         return
     state = read_state(latest)
@@ -433,13 +431,11 @@ def run_refine_train(
     cfg = settings.refine
     pack_run = cfg.pack_run or chained_run(settings.runs, "pack", "--pack-run", messages=None)
     name = cfg.name or f"refine-{load_pack(pack_run, runs=settings.runs).run_name}"
-    settings, config_record, rec = resume_settings(
-        run_dir(settings.runs, name), settings, config_record, "refine"
-    )
-    restore_interrupted_resaves(run_dir(settings.runs, name))
-    settings, config_record, kept = keep_started_values(
-        run_dir(settings.runs, name), settings, config_record
-    )
+    run = run_dir(settings.runs, name)
+    settings, config_record, rec = resume_settings(run, settings, config_record, "refine")
+    restore_interrupted_resaves(run)
+    latest = latest_checkpoint(run, warn=None)  # the one the engine resumes from; None: new
+    settings, config_record, kept = keep_started_values(run, settings, config_record)
     cfg = settings.refine
     sources = (config_record or {}).get("sources", sources)
     pack = load_pack(cfg.pack_run or pack_run, runs=settings.runs)
@@ -449,15 +445,15 @@ def run_refine_train(
         pack.latent_channels,
         entry.resolution,
         settings,
-        started_norm_eps(run_dir(settings.runs, name)),
+        started_norm_eps(latest),
     )
     disc = DiscriminatorConfig(base_channels=cfg.disc_channels, norm=cfg.disc_norm)
-    if cfg.steps is not None and latest_checkpoint(run_dir(settings.runs, name), warn=None) is None:
-        check_new_run(cfg.steps, run_dir(settings.runs, name), "refine", sources)
+    if cfg.steps is not None and latest is None:
+        check_new_run(cfg.steps, run, "refine", sources)
     # a run of another pack model, network, discriminator or EMA is refused before its
     # triplets land in the cache
     check_resumable(
-        run_dir(settings.runs, name),
+        latest,
         pack.pack_id,
         rcfg,
         disc if cfg.gan_weight > 0 else None,
@@ -465,9 +461,9 @@ def run_refine_train(
         cfg.allow_change,
     )
     resumed = [*(rec.lines() if rec else []), *kept]
-    if _shown(run_dir(settings.runs, name), cfg.steps, resumed, progress):
-        return run_dir(settings.runs, name)  # nothing in the run folder changes but train.lock
-    progress = with_log_file(progress, run_dir(settings.runs, name) / LOG_FILE)
+    if _shown(run, latest, cfg.steps, resumed, progress):
+        return run  # nothing in the run folder changes but train.lock
+    progress = with_log_file(progress, run / LOG_FILE)
     _build_triplets(settings, entry, cache["features"], pack, progress, resumed)
     messages: list[str] = []
     task = _refine_task(
@@ -477,7 +473,7 @@ def run_refine_train(
     config = TrainConfig.from_settings(
         settings,
         cfg,
-        run_dir(settings.runs, name),
+        run,
         sources=sources,
         steps=steps,
         betas=BETAS,
@@ -497,11 +493,13 @@ def run_refine_train(
     return Path(config.run_dir)
 
 
-def _shown(run: Path, steps: int | None, lines: list[str], progress: ProgressFactory) -> bool:
-    """Whether ``run``'s checkpoint is at or past ``steps``: then the run is shown (``lines`` and
-    its step, checkpoint, last losses; not written to log.txt) and nothing is trained or written,
-    as ``train dit`` does."""
-    shown = idle_lines(run, latest_checkpoint(run, warn=None), steps)
+def _shown(
+    run: Path, latest: Path | None, steps: int | None, lines: list[str], progress: ProgressFactory
+) -> bool:
+    """Whether ``run``'s newest checkpoint ``latest`` is at or past ``steps``: then the run is
+    shown (``lines`` and its step, checkpoint, last losses; not written to log.txt) and nothing
+    is trained or written, as ``train dit`` does."""
+    shown = idle_lines(run, latest, steps)
     if shown is None:
         return False
     with progress("refine", total=None) as bar:
