@@ -167,6 +167,25 @@ def test_a_second_start_of_a_new_run_does_not_overwrite_what_the_first_wrote(roo
         assert sorted(p.name for p in run.iterdir()) == ["pca.json", LOCK_FILE]
 
 
+def test_a_second_start_of_a_new_paper_run_neither_writes_nor_removes_sampling_json(tmp_path):
+    """Two starts of one brand-new `train dit --preset paper` run: the other start made the
+    folder and holds its lock, and has not written its sampling.json yet. This start is refused
+    before it writes one (it passed the existence check beside the other, wrote the file, and
+    on its refusal removed it: the other run then trained without its sampling settings)."""
+    from repackctl.dit.run import official_sampling_file
+
+    run = tmp_path / "runs" / "new"
+    with holder(run, tmp_path) as proc:
+        with pytest.raises(ConfigError, match=f"pid {proc.pid}"):
+            with official_sampling_file(run, "paper"):
+                pass
+        assert sorted(p.name for p in run.iterdir()) == [LOCK_FILE]
+        (run / "sampling.json").write_text('{"theirs": 1}')  # the other start's file
+        with pytest.raises(ConfigError), official_sampling_file(run, "paper"):
+            pass
+        assert (run / "sampling.json").read_text() == '{"theirs": 1}'
+
+
 # --------------------------------------------------------------------------- deleting refused
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ from repackctl.files import write_json_atomic
 from repackctl.paths import SAMPLING_JSON
 from repackctl.progress import LOG_FILE, ProgressFactory, null_progress, with_log_file
 from repackctl.run_files import json_sha256
-from repackctl.run_lock import released_after
+from repackctl.run_lock import LOCK_FILE, lock_run, released_after
 from repackctl.settings.resume import check_new_run, given, resume_and_report, stored_record
 from repackctl.train.checkpoint import latest_checkpoint, read_state, restore_interrupted_resaves
 from repackctl.train.loop import TrainResult, train
@@ -309,20 +309,25 @@ def official_sampling_file(run_dir: Path, preset: str | None) -> Iterator[None]:
     path = run_dir / SAMPLING_JSON
     wrote = new_dir = False
     source = PRESET_SAMPLING_SOURCES.get(preset or "")
-    if source and int(os.environ.get("RANK", 0)) == 0 and not path.exists():
+    if source and int(os.environ.get("RANK", 0)) == 0:
         new_dir = not run_dir.exists()
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_sampling_json(
-            run_dir, source=f"{source} (train dit --preset {preset})", preset=str(preset)
-        )
-        wrote = True
+        # the run's lock before the check: a second start of the same new run is refused here,
+        # before it writes (it passed the check beside the first, then removed the first's file)
+        lock_run(run_dir, create=True)
+        if not path.exists():
+            write_sampling_json(
+                run_dir, source=f"{source} (train dit --preset {preset})", preset=str(preset)
+            )
+            wrote = True
     try:
         yield
     except BaseException:
         if wrote and latest_checkpoint(run_dir, warn=None) is None:
             path.unlink(missing_ok=True)
-            if new_dir and not any(run_dir.iterdir()):
-                run_dir.rmdir()
+            if new_dir and {p.name for p in run_dir.iterdir()} <= {LOCK_FILE}:
+                (run_dir / LOCK_FILE).unlink(missing_ok=True)  # ours (held): nothing else there
+                with suppress(OSError):  # another start may have made its lock file since
+                    run_dir.rmdir()
         raise
 
 
