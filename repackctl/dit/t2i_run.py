@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from repackctl.dit.run import DiTTrainResult, resume_and_train
+from repackctl.dit.run import DiTTrainResult, record_latents, resume_and_train
 from repackctl.dit.t2i_task import build_t2i_task, t2i_run_dir
 from repackctl.progress import ProgressFactory, null_progress
 
@@ -31,6 +31,7 @@ def train_t2i(
     def build(resolved, sources=None):
         task, config = build_t2i_task(resolved, sources)
         record_text_group(config_record, task.data.text_id)
+        record_latents(config_record, "t2i", task.data.ref)
         return task, config
 
     task, result = resume_and_train(settings, config_record, progress, "t2i", t2i_run_dir, build)

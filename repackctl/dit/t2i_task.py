@@ -33,7 +33,7 @@ from repackctl.cache.integrity import GuardedArray, repair_hint, scan_array
 from repackctl.cache.store import PENDING, WRITTEN
 from repackctl.captions_cache import find_text_group, open_text_group
 from repackctl.data.cached import MEMORY_GB, fits_in_memory
-from repackctl.dit.latents import LatentData, LatentRef
+from repackctl.dit.latents import LatentData, LatentRef, trained_latents
 from repackctl.dit.t2i_load import CaptionTexts, check_text_features
 from repackctl.dit.task import DiTTask, build_task, data_options
 from repackctl.errors import CacheError, CheckpointError, ConfigError
@@ -298,6 +298,10 @@ def build_t2i_task(
     s = settings.t2i
     run_dir = t2i_run_dir(settings)
     text = run_text_group(run_dir, s.text_features)
+    if s.latents is None:  # a run that stored none (started before it was recorded): its own
+        trained, trained_entry = trained_latents(run_dir, "t2i")
+        update = {"latents": trained, "entry": s.entry or trained_entry}
+        settings = settings.model_copy(update={"t2i": s.model_copy(update=update)})
     base, config = build_task(dit_settings_of(settings), sources=sources)
     data = CaptionedLatentData(
         base.data.ref,

@@ -5,7 +5,7 @@
 - prompts cut at the text encoder's ``max_length`` are warned about and recorded;
 - ``--precision bf16`` is honoured on the CPU (t2i and class-conditional sampling), refused where
   torch cannot autocast;
-- the caption group a run trains on is recorded at start and kept on resume;
+- the caption group and the latents a run trains on are recorded at start and kept on resume;
 - `sample` and `evaluate adherence` read the resolved cache (else the recorded one, the same
   entry); adherence.json carries the sha256 of the samples and of the checkpoint.
 
@@ -243,6 +243,37 @@ def test_a_run_that_did_not_record_its_group_resumes_on_its_checkpoints(
     _ok("captions", "--entry", _entry(work, "train").name, "--max-length", "12", *CPU)
     _ok(*TRAIN, "--steps", "4", "--name", "tA", *CPU)
     assert read_state(latest_checkpoint(run))["extra"]["text"]["features"] == first
+
+
+@pytest.mark.parametrize("started", ["recorded", "before-recording"])
+def test_a_resume_after_a_newer_pack_encode_trains_on_its_own_latents(
+    stack, tmp_path, monkeypatch, started
+):
+    """As `train dit` (tests/dit/test_dit_resume_latents.py): a run records the latents it
+    resolved at its start, and one that recorded none resumes on its checkpoint's; it took the
+    newest latents and was refused as "trained on latents …" after another `pack encode`."""
+    work = _use(stack, tmp_path, monkeypatch)
+    run = work / "runs" / "tA"
+    own = read_state(latest_checkpoint(run))["extra"]["cache"]["latents"]
+    record = json.loads((run / "config.json").read_text())["extra"]["settings"]
+    if started == "recorded":
+        assert record["values"]["t2i"]["latents"] == own
+    else:
+        config = json.loads((run / "config.json").read_text())
+        for key in ("latents", "entry"):
+            config["extra"]["settings"]["values"]["t2i"][key] = None
+            config["extra"]["settings"]["sources"].pop(f"t2i.{key}", None)
+        config.pop("config_sha256")
+        (run / "config.json").write_text(json.dumps(config))
+    src = ["--encoder", "patchpix", "--resolution", "32", "-n", str(N)]
+    pack = ["pack", "train", *src, "--steps", "2", "--batch-size", "8", "--ch", "8", "-c", "4"]
+    _ok(*pack, "--name", "pk2", "--image-every", "0", *CPU)
+    _ok("pack", "encode", "--run", "pk2", *CPU)
+    assert any("--pk2-" in i for i in _entry(work, "train").latent_ids())
+    said = _ok(*TRAIN, "--steps", "4", "--name", "tA", *CPU)
+    assert "resumed at 2" in said and "trained on latents" not in said
+    state = read_state(latest_checkpoint(run))
+    assert state["step"] == 4 and state["extra"]["cache"]["latents"] == own
 
 
 # --------------------------------------------------------------------------- 6 + 7. the cache
