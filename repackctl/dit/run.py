@@ -32,13 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from repackctl.dit.task import build_task, dit_run_dir
-from repackctl.errors import ConfigError, ResumeConflict
+from repackctl.errors import ConfigError
 from repackctl.files import write_json_atomic
 from repackctl.paths import SAMPLING_JSON
 from repackctl.progress import LOG_FILE, ProgressFactory, null_progress, with_log_file
 from repackctl.run_files import json_sha256
 from repackctl.run_lock import LOCK_FILE, lock_run, released_after
-from repackctl.settings.resume import check_new_run, given, resume_and_report, stored_record
+from repackctl.settings.resume import check_new_run, keep_started_values, resume_and_report
 from repackctl.train.checkpoint import latest_checkpoint, read_state, restore_interrupted_resaves
 from repackctl.train.loop import TrainResult, train
 from repackctl.train.shown import shown_run
@@ -217,7 +217,12 @@ def resume_and_train(
     resolve_device(settings.device)
     settings, record = resume_and_report(run_dir_of(settings), settings, record, section)
     restore_interrupted_resaves(run_dir_of(settings))
-    settings, record = keep_started_values(run_dir_of(settings), settings, record, section)
+    settings, record, kept = keep_started_values(
+        run_dir_of(settings), settings, record, section, STARTED_WITHOUT
+    )
+    if int(os.environ.get("RANK", 0)) == 0:
+        for line in kept:
+            print(f"resume: {line}", file=sys.stderr)
     run_dir = run_dir_of(settings)
     steps = int(getattr(settings, section).steps)
     # the checkpoint the engine would resume from (the same verification, warnings left to it)
@@ -238,62 +243,6 @@ def resume_and_train(
 # such a run trained with: TF32 matmuls were always on on CUDA, and the cosine term always
 # floored |v̂| at 0.01·|v|
 STARTED_WITHOUT: dict[str, Any] = {"tf32": True, "cos_norm_floor": 0.01}
-
-
-def keep_started_values(
-    run_dir: Path, settings: Any, record: dict | None, section: str
-) -> tuple[Any, dict | None]:
-    """A resumed run keeps the ``section`` values it started with that no layer gives now.
-
-    ``resume_and_report`` keeps the stored values a flag, the environment or a file gave; one a
-    preset or a default gave takes this version's preset or default. Where those changed since
-    the run started (the paper preset's ``latent_sampling``, ``kernels`` and ``tf32`` did), the
-    run would silently go on with another recipe: such a value stays as stored (printed), unless
-    ``--allow-change`` names it or the preset itself was changed. A value given now that differs
-    from what a run started before its setting existed trained with is refused like any
-    breaking change."""
-    stored = stored_record(run_dir, section)
-    if stored is None or record is None:
-        return settings, record
-    old = (stored.get("values") or {}).get(section) or {}
-    values, sources = dict(record["values"]), dict(record["sources"])
-    new = dict(values[section])
-    allow = set(new.get("allow_change") or [])
-    if "all" in allow or old.get("preset", new.get("preset")) != new.get("preset"):
-        return settings, record  # an allowed preset change brings its own values
-    lines = []
-    for name, value in new.items():
-        key = f"{section}.{name}"
-        before = old.get(name, STARTED_WITHOUT.get(name, value))
-        if value == before or name in allow or key in allow:
-            continue
-        if given(sources, key):
-            if name in old:
-                continue  # compared with the stored value by resume_and_report already
-            raise ResumeConflict(
-                f"resuming would change {key}: {before!r} → {value!r} (the run started before "
-                f"{name} was a setting, and trained with {before!r}), which breaks exact "
-                "continuation",
-                f"drop the flag to continue as started, start a new run with another --name, or "
-                f"pass --allow-change {name} to change it anyway",
-            )
-        origin = sources.get(key, "the default")
-        lines.append(
-            f"{key}: kept {before!r} as the run started ({origin} now gives {value!r}; "
-            f"--allow-change {name} takes that)"
-        )
-        new[name], sources[key] = before, "stored run config"
-    if not lines:
-        return settings, record
-    values[section] = new
-    settings = type(settings).model_validate(values)
-    if int(os.environ.get("RANK", 0)) == 0:
-        for line in lines:
-            print(f"resume: {line}", file=sys.stderr)
-    kept = {"values": settings.model_dump(mode="json"), "sources": sources}
-    if record.get("allowed"):  # the changes --allow-change let through, for config_history
-        kept["allowed"] = record["allowed"]
-    return settings, kept
 
 
 # the presets whose runs get their method's sampling settings, with the source they name

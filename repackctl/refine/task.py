@@ -36,7 +36,7 @@ from torch import nn
 from repackctl.cache.integrity import GuardedArray, repair_hint
 from repackctl.cache.store import WRITTEN, DatasetEntry
 from repackctl.data.cached import MEMORY_GB, CachedRows, draw_flips, images_to_float, mirror
-from repackctl.errors import CheckpointError, ConfigError, ResumeConflict
+from repackctl.errors import CheckpointError, ConfigError
 from repackctl.pack.discriminator import (
     DiscriminatorConfig,
     PatchDiscriminator,
@@ -49,7 +49,7 @@ from repackctl.refine.triplets import build_triplets, open_triplets
 from repackctl.run_lock import released_after
 from repackctl.runs import chained_run
 from repackctl.settings import Settings
-from repackctl.settings.resume import check_new_run, given, resume_settings, stored_record
+from repackctl.settings.resume import check_new_run, keep_started_values, resume_settings
 from repackctl.train import OptimizerSpec, StepOutput, TrainConfig, train
 from repackctl.train.checkpoint import latest_checkpoint, restore_interrupted_resaves
 from repackctl.train.shown import idle_lines
@@ -250,50 +250,6 @@ def started_norm_eps(latest: Path | None) -> float:
 STARTED_WITHOUT: dict[str, Any] = {"flip": True}
 
 
-def keep_started_values(
-    run: Path, settings: Settings, record: dict[str, Any] | None
-) -> tuple[Settings, dict[str, Any] | None, list[str]]:
-    """A resumed run keeps the value of a ``STARTED_WITHOUT`` setting it trained with when no
-    layer gives one now (a preset's new value, e.g. paper's ``flip`` off, is not silently taken
-    on: ``--allow-change flip`` takes it); a value given now that differs is refused like any
-    breaking change. Returns the settings, the record and the lines that say what was kept."""
-    stored = stored_record(run, "refine")
-    if stored is None or record is None:
-        return settings, record, []
-    old = (stored.get("values") or {}).get("refine") or {}
-    cfg, sources = settings.refine, dict(record["sources"])
-    allow = set(cfg.allow_change)
-    if "all" in allow or old.get("preset", cfg.preset) != cfg.preset:
-        return settings, record, []  # an allowed preset change brings its own values
-    kept, lines = {}, []
-    for name, before in STARTED_WITHOUT.items():
-        key, value = f"refine.{name}", getattr(cfg, name)
-        if name in old or value == before or {name, key} & allow:
-            continue
-        if given(sources, key):
-            raise ResumeConflict(
-                f"resuming would change {key}: {before!r} → {value!r} (the run started before "
-                f"{name} was a setting, and trained with {before!r}), which breaks exact "
-                "continuation",
-                f"drop the flag to continue as started, start a new run with another --name, or "
-                f"pass --allow-change {name} to change it anyway",
-            )
-        origin = sources.get(key, "the default")
-        lines.append(
-            f"{key}: kept {before!r} as the run started ({origin} now gives {value!r}; "
-            f"--allow-change {name} takes that)"
-        )
-        kept[name], sources[key] = before, "stored run config"
-    if not kept:
-        return settings, record, []
-    settings = settings.model_copy(update={"refine": cfg.model_copy(update=kept)})
-    return (
-        settings,
-        {**record, "values": settings.model_dump(mode="json"), "sources": sources},
-        lines,
-    )
-
-
 # DiscriminatorConfig field → the refine setting that sets it (for the hint of a refused resume)
 DISC_SETTINGS = {"norm": "disc_norm", "base_channels": "disc_channels"}
 
@@ -435,7 +391,9 @@ def run_refine_train(
     settings, config_record, rec = resume_settings(run, settings, config_record, "refine")
     restore_interrupted_resaves(run)
     latest = latest_checkpoint(run, warn=None)  # the one the engine resumes from; None: new
-    settings, config_record, kept = keep_started_values(run, settings, config_record)
+    settings, config_record, kept = keep_started_values(
+        run, settings, config_record, "refine", STARTED_WITHOUT
+    )
     cfg = settings.refine
     sources = (config_record or {}).get("sources", sources)
     pack = load_pack(cfg.pack_run or pack_run, runs=settings.runs)

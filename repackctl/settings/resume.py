@@ -405,3 +405,62 @@ def check_new_run(
         "checkpoint",
         "pass --steps N with N >= 1; --steps 0 only shows a run that has a checkpoint",
     )
+
+
+def keep_started_values(
+    run_dir: Path,
+    settings: Any,
+    record: dict[str, Any] | None,
+    section: str,
+    started_without: dict[str, Any],
+) -> tuple[Any, dict[str, Any] | None, list[str]]:
+    """A resumed run keeps the ``section`` values it started with that no layer gives now;
+    returns the settings, the record and a line for each value kept.
+
+    :func:`reconcile` keeps the stored values a flag, the environment or a file gave; one a
+    preset or a default gave takes this version's preset or default. Where those changed since
+    the run started (the dit paper preset's ``latent_sampling``, ``kernels`` and ``tf32``, the
+    refine paper preset's ``flip`` did), the run would silently go on with another recipe: such
+    a value stays as stored, unless ``--allow-change`` names it or the preset itself was
+    changed. ``started_without`` names the settings a stored record may lack (the run started
+    before they existed) with the value such a run trained with; a value given now that differs
+    from it is refused like any breaking change."""
+    stored = stored_record(run_dir, section)
+    if stored is None or record is None:
+        return settings, record, []
+    old = (stored.get("values") or {}).get(section) or {}
+    values, sources = dict(record["values"]), dict(record["sources"])
+    new = dict(values[section])
+    allow = set(new.get("allow_change") or [])
+    if "all" in allow or old.get("preset", new.get("preset")) != new.get("preset"):
+        return settings, record, []  # an allowed preset change brings its own values
+    lines = []
+    for name, value in new.items():
+        key = f"{section}.{name}"
+        before = old.get(name, started_without.get(name, value))
+        if value == before or name in allow or key in allow:
+            continue
+        if given(sources, key):
+            if name in old:
+                continue  # compared with the stored value by reconcile already
+            raise ResumeConflict(
+                f"resuming would change {key}: {before!r} → {value!r} (the run started before "
+                f"{name} was a setting, and trained with {before!r}), which breaks exact "
+                "continuation",
+                f"drop the flag to continue as started, start a new run with another --name, or "
+                f"pass --allow-change {name} to change it anyway",
+            )
+        origin = sources.get(key, "the default")
+        lines.append(
+            f"{key}: kept {before!r} as the run started ({origin} now gives {value!r}; "
+            f"--allow-change {name} takes that)"
+        )
+        new[name], sources[key] = before, "stored run config"
+    if not lines:
+        return settings, record, []
+    values[section] = new
+    settings = type(settings).model_validate(values)
+    kept = {"values": settings.model_dump(mode="json"), "sources": sources}
+    if record.get("allowed"):  # the changes --allow-change let through, for config_history
+        kept["allowed"] = record["allowed"]
+    return settings, kept, lines

@@ -1,7 +1,7 @@
 """`refine train --preset paper` equals the official refiner (guanfangdong/RePack-then-Refine
 ``stage3/``): a BatchNorm PatchGAN, no EMA, 100 epochs over the triplets; a run started under the
-older preset values is refused on resume, never silently changed. Real components: the shared
-patchpix stack (32 px, 16 images), the CLI, real checkpoints."""
+older preset values keeps them on resume or is refused, never silently changed. Real components:
+the shared patchpix stack (32 px, 16 images), the CLI, real checkpoints."""
 
 from __future__ import annotations
 
@@ -111,7 +111,9 @@ def _as_recorded_by_the_old_version(run_dir: Path) -> None:
     path.write_text(json.dumps(config))
 
 
-def test_resume_of_a_run_under_the_old_paper_preset_is_refused(stack, monkeypatch):
+def test_a_run_under_the_old_paper_preset_keeps_its_ema_and_is_refused_another_disc(
+    stack, monkeypatch
+):
     # the paper preset before: GroupNorm discriminator, EMA 0.999, a step count
     old = {"disc_norm": "group", "ema_decay": 0.999, "epochs": None, "steps": 2}
     with monkeypatch.context() as m:
@@ -124,11 +126,11 @@ def test_resume_of_a_run_under_the_old_paper_preset_is_refused(stack, monkeypatc
     args = (*_args(stack, "rold"), "--steps", "4")
     out = cli_refused(CheckpointError.exit_code, *args)
     assert "discriminator norm = 'group', now 'batch'" in out and "--disc-norm group" in out
-    out = cli_refused(CheckpointError.exit_code, *args, "--disc-norm", "group")
-    assert "refine.ema_decay = 0.999, now 0.0" in out and "--ema-decay 0.999" in out
     assert _state(stack, "rold")[0] == ckpt  # nothing written, nothing lost
     assert before == {p.name: p.read_bytes() for p in ckpt.iterdir() if p.is_file()}
-    cli_ok(*args, "--disc-norm", "group", "--ema-decay", "0.999")
+    # the EMA the default gave it stays as the run started (the paper preset now has none)
+    out = " ".join(cli_ok(*args, "--disc-norm", "group").split())
+    assert "refine.ema_decay: kept 0.999 as the run started (preset paper now gives 0.0" in out
     ckpt, state = _state(stack, "rold")
     assert ckpt.name == "step-0000004" and state["config"]["ema_decay"] == 0.999
 
@@ -218,6 +220,29 @@ def test_a_paper_run_started_before_refine_flip_resumes_with_flips(stack):
     cli_ok(*_args(stack, "rflipold"), "--steps", "4", "--no-flip", "--allow-change", "flip")
     _, state = _state(stack, "rflipold")
     assert state["step"] == 4 and state["extra"]["flip"] is False
+
+
+def test_a_default_that_changed_since_the_run_started_stays_as_it_started(stack):
+    """A resumed run keeps a value the default gave it when this version's default is another
+    (as `train dit` does; a preset's values are kept by the settings layer): it took the new
+    default silently, e.g. another loss weight from the next step on. Simulated as a run
+    started when the default L1 weight was 2."""
+    cli_ok(*_args(stack, "rl1old"), "--steps", "2")
+    path = Path(stack["runs"]) / "rl1old" / "config.json"
+    config = json.loads(path.read_text())
+    assert config["extra"]["settings"]["sources"]["refine.l1_weight"] == "default"
+    config["extra"]["settings"]["values"]["refine"]["l1_weight"] = 2.0
+    config.pop("config_sha256")  # as that version wrote it
+    path.write_text(json.dumps(config))
+    out = " ".join(cli_ok(*_args(stack, "rl1old"), "--steps", "3").split())
+    assert "refine.l1_weight: kept 2.0 as the run started (default now gives 1.0" in out
+    assert _config(stack, "rl1old")["settings"]["values"]["refine"]["l1_weight"] == 2.0
+    assert _state(stack, "rl1old")[1]["step"] == 3
+    # kept: now the run's own value, which a flag allowed to change changes
+    cli_ok(
+        *_args(stack, "rl1old"), "--steps", "4", "--l1-weight", "1", "--allow-change", "l1_weight"
+    )
+    assert _config(stack, "rl1old")["settings"]["values"]["refine"]["l1_weight"] == 1.0
 
 
 def test_the_refiner_uses_the_official_groupnorm_eps():
