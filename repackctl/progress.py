@@ -167,8 +167,10 @@ class LineBar:
         self.fields: dict[str, Any] = {}
         self.start = self.last = clock()
         self.printed_at_done: int | None = None
+        self.last_done = completed
 
     def rate(self, now: float) -> float:
+        """The average rate since the start (the final line's)."""
         return (self.done - self.start_done) / max(now - self.start, 1e-9)
 
     def advance(self, n: int = 1, **fields: Any) -> None:
@@ -176,10 +178,13 @@ class LineBar:
         self.fields.update(fields)
         now = self.clock()
         if now - self.last >= self.every_s:
-            self.last = now
+            # the rate (and ETA) of the period since the last line: an average since the start
+            # hides a slowdown (a GAN term that starts mid-run, a shared machine) for hours
+            rate = (self.done - self.last_done) / max(now - self.last, 1e-9)
+            self.last, self.last_done = now, self.done
             self.printed_at_done = self.done
             line = progress_line(
-                self.description, self.done, self.total, self.rate(now), self.unit, self.fields
+                self.description, self.done, self.total, rate, self.unit, self.fields
             )
             self.write(line)
 

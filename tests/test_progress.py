@@ -53,6 +53,23 @@ def test_plain_lines_follow_the_period_and_the_format():
     assert "loss 0.123" in lines[-1]
 
 
+def test_a_line_gives_the_rate_and_eta_of_the_period_since_the_last_line():
+    """A run that slows down (a GAN term starting mid-run, a shared machine) shows its recent
+    rate and an ETA from it; an average since the start kept promising the early rate."""
+    clock, lines = Clock(), []
+    factory = log_progress(write=lines.append, every_s=30, clock=clock)
+    with factory("train", total=6300, unit="step") as bar:
+        clock.t += 30
+        bar.advance(3000)  # 100 step/s
+        clock.t += 30
+        bar.advance(300)  # 10 step/s: 3000 left take 5 min, not 55 s
+        assert lines == [
+            "train 3000/6300 (48%) 100.0 step/s ETA 33s",
+            "train 3300/6300 (52%) 10.0 step/s ETA 5m00s",
+        ]
+    assert lines[-1] == "train 3300/6300 (52%) 55.0 step/s done in 1m00s"  # the whole run's
+
+
 def test_a_task_that_never_advanced_prints_no_progress_line():
     lines: list[str] = []
     factory = log_progress(write=lines.append, every_s=0, clock=Clock())
