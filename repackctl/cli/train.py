@@ -86,7 +86,7 @@ def _result_rows(out: Any, middle: list[tuple[str, Any]]) -> list[tuple[str, Any
     return rows
 
 
-@settings_command("t2i", show=("t2i",), exclude=NOT_T2I)
+@settings_command("t2i", show=("t2i",), exclude=NOT_T2I, common=TRAIN_COMMON)
 def t2i(resolved: ResolvedSettings) -> None:
     """Train a text-to-image MMDiT on packed latents and cached caption features (+ REPA).
 

@@ -36,7 +36,7 @@ from repackctl.cache.integrity import GuardedArray, repair_hint
 from repackctl.cache.store import PENDING, WRITTEN, ArrayGroup, DatasetEntry, list_entries
 from repackctl.data.cached import MEMORY_GB, CachedRows
 from repackctl.errors import CacheError, ConfigError, DataError
-from repackctl.pack.load import combine_partials, denormalise
+from repackctl.pack.load import combine_partials, denormalise, pack_id_run_step
 
 _PACK_ID_RE = r"--{run}-(\d{{7}})-[0-9a-f]{{8}}$"
 
@@ -69,8 +69,7 @@ def _group_time(grp: ArrayGroup) -> float:
 
 def pack_run_of(pack_id: str) -> str | None:
     """The pack run name inside ``<encoder-entry>--<run>-<step:07d>-<sha8>``, if it parses."""
-    m = re.search(r"--([^-].*?)-(\d{7})-[0-9a-f]{8}$", pack_id)
-    return m.group(1).split("--")[-1] if m else None
+    return pack_id_run_step(pack_id)[0]
 
 
 def find_latents(

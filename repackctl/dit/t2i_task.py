@@ -32,7 +32,7 @@ from torch import nn
 from repackctl.cache.integrity import GuardedArray, repair_hint, scan_array
 from repackctl.cache.store import PENDING, WRITTEN
 from repackctl.captions_cache import find_text_group, open_text_group
-from repackctl.data.cached import MEMORY_GB, fits_in_memory
+from repackctl.data.cached import MEMORY_GB, fits_in_memory, shuffle_window
 from repackctl.dit.latents import LatentData, LatentRef, trained_latents
 from repackctl.dit.t2i_load import CaptionTexts, check_text_features
 from repackctl.dit.task import DiTTask, build_task, data_options
@@ -302,7 +302,7 @@ def build_t2i_task(
         trained, trained_entry = trained_latents(run_dir, "t2i")
         update = {"latents": trained, "entry": s.entry or trained_entry}
         settings = settings.model_copy(update={"t2i": s.model_copy(update=update)})
-    base, config = build_task(dit_settings_of(settings), sources=sources)
+    base, config = build_task(_without_window(dit_settings_of(settings)), sources=sources)
     data = CaptionedLatentData(
         base.data.ref,
         text=text,
@@ -310,14 +310,44 @@ def build_t2i_task(
         **data_options(s, settings.memory_gb, settings.seed),
     )
     task = T2ITask(data, base.spec, s.caption_dropout)
+    # as `train dit`: in-memory data sample by sample; Zarr data by chunk-aligned blocks within
+    # a window sized by the memory budget on the rows read here, latents AND caption features
+    block = 1 if data.in_memory else data.chunk
+    window = shuffle_window(
+        data,
+        s.buffer_blocks,
+        run_dir,  # a resumed run keeps the window its checkpoint recorded
+        block=block,
+        memory_gb=settings.memory_gb,
+        seed=settings.seed,
+        labels=data.labels,
+        batch=s.global_batch,
+    )
     train = s.model_dump(mode="json") | {"text_features": data.text_id}  # resolved, kept
     config = dataclasses.replace(
         config,
         run_dir=str(run_dir),
-        block=1 if data.in_memory else data.chunk,
+        block=block,
+        buffer_blocks=window,
         extra={"stage": "t2i", "train": train},
     )
     return task, config
+
+
+#: the DiT's shuffle window of ``build_t2i_task``'s base task: at least every block, so that
+#: resolving it neither warns nor reads a record (the t2i window is resolved on its own data)
+_BASE_WINDOW = 2**31 - 1
+
+
+def _without_window(settings: Any) -> Any:
+    """``settings`` whose ``[dit]`` shuffle window is :data:`_BASE_WINDOW`.
+
+    ``build_task`` sizes the DiT's window on the latents alone (the caption features, often
+    most of the bytes of a row, left out), looks for a record in ``dit_run_dir`` (another run
+    folder than ``t2i_run_dir`` when ``--name`` is not given) and may warn about that window;
+    its base data is never read, and the window is replaced by the t2i's own."""
+    dit = settings.dit.model_copy(update={"buffer_blocks": _BASE_WINDOW})
+    return settings.model_copy(update={"dit": dit})
 
 
 def run_text_group(run_dir: Path, given: str | None) -> str | None:

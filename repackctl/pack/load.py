@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -179,16 +180,54 @@ def denormalise(x: Tensor, stats: dict[str, Any]) -> Tensor:
     return x * std + mean  # (B, d, h, w)
 
 
-def load_decoder(runs: str, extra: dict[str, Any]):
-    """The pack model the DiT was trained on (from the checkpoint recorded in its extra)."""
-    from repackctl.pack.load import load_pack
+def pack_id_run_step(pack_id: str | None) -> tuple[str | None, int | None]:
+    """The pack run and step inside a pack id ``<encoder entry>--<run>-<step:07d>-<sha8>``
+    (``pack_id_for``), if it parses; else (None, None)."""
+    m = re.search(r"--([^-].*?)-(\d{7})-[0-9a-f]{8}$", pack_id or "")
+    return (m.group(1).split("--")[-1], int(m.group(2))) if m else (None, None)
 
-    pack = extra["pack"]
+
+def decoder_checkpoint(runs: str, pack: dict[str, Any]) -> Path:
+    """The pack checkpoint that encoded a DiT's latents (``pack``: the DiT state's
+    ``extra["pack"]``), never merely the pack run's newest one.
+
+    The recorded checkpoint folder when it exists; else (the runs folder moved) the checkpoint
+    of that name in the run. Runs trained before b4c4b9b recorded ``checkpoint: null``: their
+    checkpoint is the step inside the pack id (``<entry>--<run>-<step:07d>-<sha8>``), the step
+    the latents were encoded at; the pack run's newest checkpoint would decode the DiT's
+    latents with another decoder once the pack run trained on. Only a run that records neither
+    falls back to the newest checkpoint (``load_decoder`` then checks its pack id).
+    """
     recorded = pack.get("checkpoint")
     where = Path(recorded) if recorded else None  # Path("") would be the working folder
-    if where is None or not where.is_dir():  # unrecorded, or the runs folder moved: look it up
-        where = resolve_checkpoint_arg(runs, pack["run"], where.name if where else None)
-    handle = load_pack(where)
+    if where is not None and where.is_dir():
+        return where
+    pack_id = pack.get("pack_id")
+    id_run, step = pack_id_run_step(pack_id)
+    run = pack.get("run") or id_run
+    if where is not None or step is None or run is None:  # the runs folder moved, or no step
+        return resolve_checkpoint_arg(runs, run or pack["run"], where.name if where else None)
+    name = f"step-{step:07d}"
+    base = resolve_checkpoint_arg(runs, run)  # a missing run: the resolver's own error
+    found = base / "checkpoints" / name
+    if not found.is_dir():
+        have = sorted(p.name for p in (base / "checkpoints").glob("step-*"))
+        raise CheckpointError(
+            f"the DiT was trained on latents {pack_id} of pack checkpoint {name} of run {run!r}, "
+            f"which is gone (have: {', '.join(have) or 'none'}); a newer checkpoint would decode "
+            "them with another decoder",
+            f"restore {base / 'checkpoints' / name} (e.g. from a backup), or train a new DiT on "
+            f"the latents of a checkpoint that exists: `repackctl pack encode --run {run}`, then "
+            "`repackctl train dit --name NEW-RUN`",
+        )
+    return found.resolve()
+
+
+def load_decoder(runs: str, extra: dict[str, Any]) -> PackHandle:
+    """The pack model the DiT was trained on (``decoder_checkpoint``), verified by the pack id
+    of its latents (run, step and the sha256 of the weights that encoded them)."""
+    pack = extra["pack"]
+    handle = load_pack(decoder_checkpoint(runs, pack))
     if pack.get("pack_id") and handle.pack_id != pack["pack_id"]:
         raise CheckpointError(
             f"pack model {handle.pack_id} is not the one the DiT was trained on ({pack['pack_id']})",
