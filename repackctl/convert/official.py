@@ -22,10 +22,13 @@ training losses, the discriminators); anything else, and any tensor of ours left
 error that lists the keys, and so is a tensor the structure needs that the file lacks. The
 imported DiT must make the latents stage 1 decodes (channels, and side at ``--image-size``), its
 ``ema`` must be the same network as its ``model``, and every latent std must be positive; a
-``--num-heads`` that contradicts the RoPE table is refused. One map is not one-to-one, exact up
-to rounding: the two stacked 1×1 convs of the projection become one affine map (``W = W_q·W_e``,
-``b = b_q``). The official ``post_quant_conv`` (a 1×1 conv before the decoder) is kept as such
-(``DecoderConfig(post_quant_conv=True)``), so the decoder is exact at the latent's border too.
+``--num-heads`` that contradicts the RoPE table is refused. The projection is imported in its
+official form (``ProjectionConfig(form="official")``: ``conv_out`` and ``quant_conv`` as they are,
+no longer folded into one affine map) and the official ``post_quant_conv`` (a 1×1 conv before the
+decoder) is kept as such (``DecoderConfig(post_quant_conv=True)``), so the imported pack model
+computes what the official one does, also at the latent's border. Imports written before kept a
+folded projection (``W = W_q·W_e``, ``b = b_q``); they still load as such (their config records
+no form: ``folded``).
 
 Conventions: the official DiT runs in the opposite time (τ = 1 data) and predicts ``x − ε``; the
 imported DiT checkpoint says ``velocity_convention: "official"`` and ``repackctl.sample.run`` calls it
@@ -244,7 +247,7 @@ def _stage1_config(sd: dict[str, torch.Tensor], image_size: int) -> Any:
         if f"decoder.up.{lv}.attn.0.q.weight" in sd
     )
     return AutoencoderConfig(
-        projection=ProjectionConfig("repack", in_channels=c, latent_channels=d),
+        projection=ProjectionConfig("repack", in_channels=c, latent_channels=d, form="official"),
         decoder=DecoderConfig(
             latent_channels=d,
             latent_size=latent_size,
@@ -281,20 +284,19 @@ class _Stage1Mapper:
             self.got[dst] = t
 
     def projection_and_input(self) -> None:
-        """Encoder conv_out and quant_conv folded into our projection; decoder input convs."""
-        sd, got = self.sd, self.got
-        w_enc = sd["encoder.conv_out.weight"].double().flatten(1)  # (2d, C)
-        w_q = sd["quant_conv.weight"].double().flatten(1)  # (2d, 2d)
-        if w_q.shape[1] != w_enc.shape[0]:
+        """Encoder conv_out and quant_conv as our official-form projection; decoder input convs."""
+        sd = self.sd
+        w_enc, w_q = sd["encoder.conv_out.weight"], sd["quant_conv.weight"]  # (2d, C, 1, 1) ...
+        if w_q.dim() != 4 or w_q.shape[1] != w_enc.shape[0]:
             raise WeightsError(
-                f"the official stage-1 quant_conv takes {w_q.shape[1]} channels, encoder.conv_out "
-                f"makes {w_enc.shape[0]}",
+                f"the official stage-1 quant_conv {tuple(w_q.shape)} does not take the "
+                f"{w_enc.shape[0]} channels encoder.conv_out {tuple(w_enc.shape)} makes",
                 "the file is damaged or not a RePack-then-Refine stage-1 release",
             )
-        # the two stacked 1×1 convs are one affine map: mean/logvar = W_q (W_e x) + b_q
-        got["projection.proj.weight"] = (w_q @ w_enc).float()  # (2d, C)
-        got["projection.proj.bias"] = sd["quant_conv.bias"].clone()
-        self.used |= {"encoder.conv_out.weight", "quant_conv.weight", "quant_conv.bias"}
+        # mean/logvar = quant_conv(conv_out(x)), the two 1×1 convs kept as they are
+        self.take("encoder.conv_out.weight", "projection.conv_out.weight")  # (2d, C, 1, 1)
+        for p in ("weight", "bias"):
+            self.take(f"quant_conv.{p}", f"projection.quant_conv.{p}")  # (2d, 2d, 1, 1), (2d,)
         for name in ("post_quant_conv.weight", "post_quant_conv.bias"):
             self.take(name, f"decoder.{name}")
         for name in ("conv_in.weight", "conv_in.bias"):

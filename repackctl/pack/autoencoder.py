@@ -2,9 +2,11 @@
 
 RePack stage 1 (guanfangdong/RePack-then-Refine, ``stage1/repack/models/autoencoder.py``): the
 frozen encoder's patch tokens (computed once, read from the cache) go through a per-token
-projection C → d (``RePackProjection``: a diagonal Gaussian; ``PCAProjection``: deterministic);
-a conv decoder maps the d×h×w latent to pixels. The encoder itself is not part of this module:
-its tokens are an input, so training never runs the frozen network.
+projection C → d (``RePackProjection``: a diagonal Gaussian, in the official two-conv form or
+folded into one affine map; ``PCAProjection``: deterministic); a conv decoder (with the official
+``post_quant_conv`` when the projection has the official form) maps the d×h×w latent to pixels.
+The encoder itself is not part of this module: its tokens are an input, so training never runs
+the frozen network.
 
 ``PackAutoencoder.config.to_dict()`` is JSON-safe and ``PackAutoencoder.from_dict`` rebuilds the
 same architecture, so a checkpoint folder (``config.json`` + ``model.safetensors``) can rebuild

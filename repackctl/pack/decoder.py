@@ -64,7 +64,8 @@ class DecoderConfig:
     dropout: float = 0.0
     max_groups: int = 32
     # a 1×1 conv on the latent before conv_in, as in LDM/VQGAN decoders (the official RePack
-    # stage 1 has it; importing it keeps the decoder exact, also at the latent's border)
+    # stage 1 has it; importing it keeps the decoder exact, also at the latent's border; pack
+    # train builds it with the official projection form, pack.projection_form)
     post_quant_conv: bool = False
 
     def __post_init__(self) -> None:

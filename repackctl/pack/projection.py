@@ -5,17 +5,26 @@ RePack (guanfangdong/RePack-then-Refine, ``stage1/repack/modules/repack_blocks.p
 C → 2d gives the mean and the log-variance of a diagonal Gaussian over d channels (d = 32 in the
 paper), the log-variance clamped to [−30, 20] like the LDM ``DiagonalGaussianDistribution``.
 The map is linear on purpose (the paper's point is that the packed latent stays a linear view of
-the encoder's features). The official code stacks two 1×1 convs (768 → 64 without bias, then
-64 → 64 with bias); that composition is one affine map, which is what we build.
+the encoder's features). It comes in two forms (``form``, the ``pack.projection_form`` setting):
 
-``whiten=True`` (our option, off in the ``paper`` preset) first maps the tokens through a fixed
-ZCA whitening fitted on the training tokens (``repackctl.pack.pca.token_whitening``). The
-composition is still one affine map of the tokens, so the model class is unchanged; what changes
-is the conditioning of its training. Small encoders keep appearance (chroma) in low-variance
-token directions: with the built-in encoder the top 8 principal directions carry 85 % of the
-variance, yet a patch's chroma reads from them at held-out R² −0.01, against 0.795 from all 96
-channels (``scripts/colour_readout.py``). A randomly initialised map learns such directions
-slowly; after whitening every direction starts with the same scale.
+* ``official`` (the ``paper`` preset): as the official code, two stacked 1×1 maps, the encoder's
+  ``conv_out`` C → 2d without bias (weight (2d, C, 1, 1)) then ``quant_conv`` 2d → 2d with bias
+  (weight (2d, 2d, 1, 1)), each with PyTorch's default Conv2d init (``stage1/repack/modules/
+  repack_blocks.py``, ``stage1/repack/models/autoencoder.py``); the decoder then has the
+  official ``post_quant_conv`` (``DecoderConfig(post_quant_conv=True)``, set with the form).
+  The same function class as ``folded``, but another parameterisation, initialisation and
+  Adam dynamics: only this form trains as the official recipe does.
+* ``folded`` (the ``small`` preset, and every run started before the setting existed): the
+  composition written as one ``nn.Linear(C, 2d)``, and no ``post_quant_conv``.
+
+``whiten=True`` (our option, off in the ``paper`` preset; either form) first maps the tokens
+through a fixed ZCA whitening fitted on the training tokens (``repackctl.pack.pca.
+token_whitening``). The composition is still one affine map of the tokens, so the model class is
+unchanged; what changes is the conditioning of its training. Small encoders keep appearance
+(chroma) in low-variance token directions: with the built-in encoder the top 8 principal
+directions carry 85 % of the variance, yet a patch's chroma reads from them at held-out R² −0.01,
+against 0.795 from all 96 channels (``scripts/colour_readout.py``). A randomly initialised map
+learns such directions slowly; after whitening every direction starts with the same scale.
 
 Legend: B batch, T tokens (= h·w), C token channels, d latent channels, h×w token grid.
 
@@ -35,6 +44,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from repackctl.errors import ConfigError
@@ -115,19 +125,38 @@ def tokens_to_grid(tokens: torch.Tensor, grid: tuple[int, int] | None = None) ->
     return tokens.reshape(b, grid[0], grid[1], c)  # (B, h, w, C)
 
 
+# the forms of the repack projection (see the module docstring); folded: runs that recorded none
+PROJECTION_FORMS = ("official", "folded")
+DEFAULT_FORM = "folded"
+
+
 class RePackProjection(nn.Module):
-    """Per-token affine map C → (mean, log-variance) of d channels each."""
+    """Per-token affine map C → (mean, log-variance) of d channels each, in one of two
+    parameterisations (``form``): ``folded`` one ``proj`` Linear(C, 2d); ``official`` the
+    official ``conv_out`` (2d, C, 1, 1) without bias then ``quant_conv`` (2d, 2d, 1, 1) + bias,
+    built as the official 1×1 Conv2d layers so their shapes, init and state-dict layout match."""
 
     kind = "repack"
 
     def __init__(
-        self, in_channels: int = 768, latent_channels: int = 32, whiten: bool = False
+        self,
+        in_channels: int = 768,
+        latent_channels: int = 32,
+        whiten: bool = False,
+        form: str = DEFAULT_FORM,
     ) -> None:
         super().__init__()
+        check_form(form)
         self.in_channels = in_channels
         self.latent_channels = latent_channels
         self.whiten = whiten
-        self.proj = nn.Linear(in_channels, 2 * latent_channels)
+        self.form = form
+        two_d = 2 * latent_channels
+        if form == "official":
+            self.conv_out = nn.Conv2d(in_channels, two_d, 1, bias=False)
+            self.quant_conv = nn.Conv2d(two_d, two_d, 1)
+        else:
+            self.proj = nn.Linear(in_channels, two_d)
         if whiten:
             # Fixed buffers, fitted before training (``set_whitening``) and restored from every
             # checkpoint; ``whitening_fitted`` refuses an unfitted use instead of a silent identity.
@@ -156,7 +185,7 @@ class RePackProjection(nn.Module):
                 f"tokens have {x.shape[-1]} channels, the projection expects {self.in_channels}",
                 "the cache entry was made with another encoder than this pack model",
             )
-        x = x.to(self.proj.weight.dtype)  # (B, h, w, C)
+        x = x.to(self._dtype())  # (B, h, w, C)
         if self.whiten:
             if not bool(self.whitening_fitted):
                 raise ConfigError(
@@ -164,9 +193,20 @@ class RePackProjection(nn.Module):
                     "fit it with repackctl.pack.pca.token_whitening and set_whitening",
                 )
             x = (x - self.token_mean) @ self.token_whitening  # (B, h, w, C)
-        moments = self.proj(x).permute(0, 3, 1, 2)  # (B, 2d, h, w)
+        moments = self._moments(x).permute(0, 3, 1, 2)  # (B, 2d, h, w)
         mean, logvar = moments.chunk(2, dim=1)  # (B, d, h, w) each
         return DiagonalGaussian(mean, logvar)
+
+    def _dtype(self) -> torch.dtype:
+        return (self.conv_out if self.form == "official" else self.proj).weight.dtype
+
+    def _moments(self, x: torch.Tensor) -> torch.Tensor:
+        """Channels-last tokens (B, h, w, C) → moments (B, h, w, 2d). The official 1×1 convs
+        are applied as the per-token matrix products they are (channels-last, no transpose)."""
+        if self.form != "official":
+            return self.proj(x)  # (B, h, w, 2d)
+        h = F.linear(x, self.conv_out.weight.flatten(1))  # (B, h, w, 2d)
+        return F.linear(h, self.quant_conv.weight.flatten(1), self.quant_conv.bias)
 
     def forward(
         self, tokens: torch.Tensor, grid: tuple[int, int] | None = None
@@ -189,12 +229,20 @@ class ProjectionConfig:
     in_channels: int = 768
     latent_channels: int = 32
     whiten: bool = False  # ZCA-whiten the tokens first (repack only; see the module docstring)
+    form: str = DEFAULT_FORM  # official | folded (repack only; see the module docstring)
 
     def __post_init__(self) -> None:
         if self.kind not in PROJECTIONS:
             raise ConfigError(
                 f"unknown projection {self.kind!r}",
                 f"choose one of: {', '.join(sorted(PROJECTIONS))}",
+            )
+        check_form(self.form)
+        if self.form != DEFAULT_FORM and self.kind != "repack":
+            raise ConfigError(
+                f"the {self.form} projection form is an option of the repack projection, not of "
+                f"{self.kind!r}",
+                f"set pack.projection_form to {DEFAULT_FORM} with this method",
             )
         if self.whiten and self.kind != "repack":
             raise ConfigError(
@@ -216,6 +264,14 @@ class ProjectionConfig:
         return cls(**known_config_keys(cls, data, "projection"))
 
 
+def check_form(form: str) -> None:
+    """Refuse an unknown projection form (a typo must not build the other one)."""
+    if form not in PROJECTION_FORMS:
+        raise ConfigError(
+            f"unknown projection form {form!r}", f"choose one of: {', '.join(PROJECTION_FORMS)}"
+        )
+
+
 def projection_class(kind: str) -> type[nn.Module]:
     """Import and return the class registered under ``kind``."""
     if kind not in PROJECTIONS:
@@ -229,7 +285,9 @@ def projection_class(kind: str) -> type[nn.Module]:
 def build_projection(config: ProjectionConfig) -> nn.Module:
     """Build an (unfitted / freshly initialised) projection from its config."""
     cls = projection_class(config.kind)
-    extra = {"whiten": True} if config.whiten else {}
+    extra: dict[str, Any] = {"whiten": True} if config.whiten else {}
+    if config.form != DEFAULT_FORM:
+        extra["form"] = config.form
     return cls(in_channels=config.in_channels, latent_channels=config.latent_channels, **extra)
 
 
@@ -240,6 +298,7 @@ def projection_config(projection: nn.Module) -> ProjectionConfig:
         in_channels=projection.in_channels,
         latent_channels=projection.latent_channels,
         whiten=bool(getattr(projection, "whiten", False)),
+        form=getattr(projection, "form", DEFAULT_FORM),
     )
 
 

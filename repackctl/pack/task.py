@@ -68,7 +68,7 @@ from repackctl.pack.losses import (
     official_kl_weight,
 )
 from repackctl.pack.pca import PCAResult, fit_pca, token_whitening
-from repackctl.pack.projection import DiagonalGaussian, ProjectionConfig
+from repackctl.pack.projection import DEFAULT_FORM, DiagonalGaussian, ProjectionConfig
 from repackctl.pack.watson import WATSON_ENV, WATSON_SETTING, check_image_size, load_watson
 from repackctl.progress import LOG_FILE, ProgressFactory, null_progress, with_log_file
 from repackctl.run_lock import lock_run, released_after
@@ -184,6 +184,8 @@ def resolve_plan(settings: Settings, ref: FeatureRef) -> PackPlan:
 
     d = pick("latent_channels")
     kind = cfg.method
+    # the official form brings the decoder's post_quant_conv; PCA has no learned projection
+    form = pick("projection_form") if kind == "repack" else "folded"
     # attention at decoder sides (the paper's 16² is its latent grid); others: _check_new_run
     decoder = DecoderConfig(
         latent_channels=d,
@@ -194,9 +196,10 @@ def resolve_plan(settings: Settings, ref: FeatureRef) -> PackPlan:
         num_res_blocks=pick("num_res_blocks"),
         attn_resolutions=tuple(pick("attn_resolutions")),
         max_groups=pick("norm_groups"),
+        post_quant_conv=form == "official",
     )
     whiten = kind == "repack" and bool(pick("whiten"))
-    ae = AutoencoderConfig(ProjectionConfig(kind, width, d, whiten=whiten), decoder)
+    ae = AutoencoderConfig(ProjectionConfig(kind, width, d, whiten=whiten, form=form), decoder)
     gan = cfg.gan_weight
     disc = (
         DiscriminatorConfig(
@@ -517,8 +520,9 @@ def _check_resume(
     if latest is None:
         return None, []
     old = read_state(latest).get("extra", {})
+    _check_resume_form(run_dir.name, old, task_extra)
     for key in ("stage", "method", "autoencoder_config"):
-        if old.get(key) != task_extra.get(key):
+        if _comparable(key, old.get(key)) != _comparable(key, task_extra.get(key)):
             raise CheckpointError(
                 f"run {run_dir.name} was trained with another {key} "
                 f"({old.get(key)!r} vs now {task_extra.get(key)!r})",
@@ -530,6 +534,39 @@ def _check_resume(
     _check_resume_tf32(run_dir.name, old.get("plan"), task_extra["plan"], allow or [])
     _check_resume_watson(run_dir.name, old.get("plan"), task_extra["plan"], allow or [])
     return latest, notes
+
+
+def _comparable(key: str, value: Any) -> Any:
+    """An autoencoder config as this version writes it (a run recorded before a field existed,
+    e.g. the projection ``form``, gets its default: what it was built with); others as they are."""
+    if key != "autoencoder_config" or not isinstance(value, dict):
+        return value
+    try:
+        return AutoencoderConfig.from_dict(value).to_dict()
+    except (ConfigError, TypeError, ValueError):
+        return value  # unreadable: compared as stored, so refused as another config
+
+
+def trained_form(extra: dict[str, Any]) -> str | None:
+    """The projection form a pack checkpoint (its ``extra``) was built with: ``folded`` where
+    it records none (the run started before ``pack.projection_form``); None for PCA."""
+    projection = (extra.get("autoencoder_config") or {}).get("projection") or {}
+    if projection.get("kind", "repack") != "repack":
+        return None
+    return projection.get("form", DEFAULT_FORM)
+
+
+def _check_resume_form(run: str, old: dict[str, Any], now: dict[str, Any]) -> None:
+    """Refuse to resume in another projection form than the run was trained with: its weights
+    are another parameterisation (and the decoder's ``post_quant_conv`` comes with it)."""
+    before, form = trained_form(old), trained_form(now)
+    if before is None or form is None or before == form:
+        return
+    raise CheckpointError(
+        f"run {run} was trained with the {before} projection form, now {form}",
+        f"resume it with --projection-form {before} as it was started, or pick a new run name "
+        "with --name",
+    )
 
 
 # DiscriminatorConfig field → the pack setting that sets it (for the hint of a refused resume)
@@ -706,7 +743,43 @@ def _resume(settings: Settings, record: dict[str, Any] | None) -> tuple[Any, Any
     restore_interrupted_resaves(run_dir_of(settings.runs, name))
     lines = [f"resume: {line}" for line in rec.lines()] if rec else []
     settings, pinned = _recorded_data(settings, run_dir_of(settings.runs, name))
-    return settings, record, lines + pinned
+    settings, record, kept = _keep_trained_form(settings, record, run_dir_of(settings.runs, name))
+    return settings, record, lines + pinned + kept
+
+
+def _keep_trained_form(
+    settings: Settings, record: dict[str, Any] | None, run_dir: Path
+) -> tuple[Settings, dict[str, Any] | None, list[str]]:
+    """A resumed repack run keeps the projection form its checkpoint was built with where no
+    layer gives one now: a run started before ``pack.projection_form`` existed trained the
+    folded form, and the paper preset's official form would not fit its weights. A form given
+    now that differs is refused (``_check_resume_form``, naming the flag)."""
+    from repackctl.settings.resume import given
+    from repackctl.train.checkpoint import latest_checkpoint, read_state
+
+    cfg = settings.pack
+    key = "pack.projection_form"
+    sources = dict((record or {}).get("sources") or {})
+    latest = latest_checkpoint(run_dir, warn=None, check_finite=False)
+    if cfg.method != "repack" or latest is None or given(sources, key):
+        return settings, record, []
+    before = trained_form(read_state(latest).get("extra", {}))
+    now = cfg.projection_form or PRESETS[cfg.preset]["projection_form"]
+    if before is None or before == now:
+        return settings, record, []
+    pack = cfg.model_copy(deep=True)
+    pack.projection_form = before
+    line = (
+        f"resume: {key}: kept {before!r}, the form the run was trained with "
+        f"({sources.get(key, 'the preset')} now gives {now!r}; runs started before the setting "
+        "existed are folded)"
+    )
+    if record is not None:
+        values = dict(record.get("values") or {})
+        values["pack"] = {**(values.get("pack") or {}), "projection_form": before}
+        sources[key] = "stored run config"
+        record = {**record, "values": values, "sources": sources}
+    return settings.model_copy(update={"pack": pack}), record, [line]
 
 
 def _recorded_data(settings: Settings, run_dir: Path) -> tuple[Settings, list[str]]:

@@ -193,8 +193,9 @@ def preset_values(model: Any, preset: str, given: dict[str, Any]) -> dict[str, A
 
 
 def _pack_method_values(given: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
-    """Token whitening is an option of the repack projection: a preset leaves it off for PCA,
-    and an explicit ``whiten`` with ``method pca`` is refused (it used to be ignored)."""
+    """Token whitening and the projection form are options of the repack projection: a preset
+    leaves them off for PCA (folded: no learned maps, no post_quant_conv), and an explicit
+    ``whiten`` or official ``projection_form`` with ``method pca`` is refused (it was ignored)."""
     if given.get("method") != "pca":
         return values
     if given.get("whiten"):
@@ -202,7 +203,14 @@ def _pack_method_values(given: dict[str, Any], values: dict[str, Any]) -> dict[s
             "pack.whiten is an option of the repack projection; the PCA baseline is not whitened",
             "drop --whiten, or use --method repack",
         )
-    return {**values, "whiten": False} if "whiten" in values else values
+    if given.get("projection_form") == "official":
+        raise ConfigError(
+            "pack.projection_form official is a form of the repack projection; the PCA baseline "
+            "is a fixed map without post_quant_conv",
+            "drop --projection-form, or use --method repack",
+        )
+    out = {**values, "whiten": False} if "whiten" in values else dict(values)
+    return {**out, "projection_form": "folded"} if "projection_form" in out else out
 
 
 def preset_sources(data: dict[str, Any], sources: dict[str, str]) -> dict[str, str]:

@@ -7,15 +7,18 @@ Sizes left at ``None`` follow a *preset*, applied by the settings layer (so a fl
 environment variable and a Python caller get the same values). ``auto`` picks ``small`` on a CPU
 or with the built-in encoder, ``paper`` otherwise:
 
-* ``paper``: the official RePack stage 1 — d = 32, decoder ch 128 with the official multipliers,
-  2 ResBlocks per level, attention at 16², PatchGAN with 64 base channels and BatchNorm, Adam
-  1e-5 betas (0.5, 0.9), batch 32 (8 × 4 GPUs), no EMA (decay 0: the EMA copy is the weights),
-  GAN off for the first update only (``gan_start`` 1 = the official ``disc_start`` 1), 99 epochs
-  (the official ``max_epochs``; ``epochs``), fp32 without TF32 (as the official script ran),
+* ``paper``: the official RePack stage 1 — d = 32, the official projection form (two stacked 1×1
+  maps C → 2d without bias, 2d → 2d with bias, and the decoder's ``post_quant_conv``;
+  ``projection_form``, see ``repackctl.pack.projection``), decoder ch 128 with the official
+  multipliers, 2 ResBlocks per level, attention at 16², PatchGAN with 64 base channels and
+  BatchNorm, Adam 1e-5 betas (0.5, 0.9), batch 32 (8 × 4 GPUs), no EMA (decay 0: the EMA copy is the
+  weights), GAN off for the first update only (``gan_start`` 1 = the official ``disc_start`` 1), 99
+  epochs (the official ``max_epochs``; ``epochs``), fp32 without TF32 (as the official script ran),
   the Watson-DFT distance at the official 0.005 (``watson_weight``; on only with its parameters
   file, ``watson_weights``, like LPIPS with ``lpips_weights``), the focal-frequency loss at the
   official 0.05 (``ffl_weight``) and the official adaptive GAN weight (``adaptive_gan``).
-* ``small`` (narrower tokens: the built-in encoder, ``patchpix``): d = 8, whitened tokens
+* ``small`` (narrower tokens: the built-in encoder, ``patchpix``): d = 8, the folded projection
+  (one affine map C → 2d, no ``post_quant_conv``; as every run before the setting), whitened tokens
   (``whiten``, see ``repackctl.pack.projection``), ch 16, one ResBlock per level, no attention,
   GroupNorm with 4 groups (``norm_groups``), the built-in encoder's feature distance as the
   perceptual term (``feature_weight`` 1; the official LPIPS-VGG needs a download), a 16-channel
@@ -54,7 +57,7 @@ class PackSettings(BaseModel):
     PANELS: ClassVar[dict[str, tuple[str, ...]]] = {
         "Features": ("encoder", "weights", "layer", "data", "split", "resolution", "num", "entry", "features"),
         "Run": ("allow_change", "run", "method", "preset"),
-        "Model": ("latent_channels", "whiten", "ch", "ch_mult", "num_res_blocks", "attn_resolutions", "norm_groups", "disc_channels", "disc_layers", "disc_norm"),
+        "Model": ("latent_channels", "projection_form", "whiten", "ch", "ch_mult", "num_res_blocks", "attn_resolutions", "norm_groups", "disc_channels", "disc_layers", "disc_norm"),
         "Optimisation": ("steps", "epochs", "batch_size", "lr", "disc_lr", "betas", "ema_decay", "clip_grad"),
         "Losses": ("l1_weight", "perceptual_weight", "lpips_weights", "ffl_weight", "watson_weight", "watson_weights", "feature_weight", "scale_equivariance_weight", "kl_weight", "gan_weight", "gan_start", "adaptive_gan"),
         "Output": ("ckpt_every", "keep_last", "log_every", "image_every", "grid_images"),
@@ -109,6 +112,15 @@ class PackSettings(BaseModel):
 
     # ---- model sizes (none = from the preset) -------------------------------------------------
     latent_channels: int | None = Field(None, ge=1, description="packed channels d")
+    projection_form: Literal["official", "folded"] | None = Field(
+        None,
+        description="parameterisation of the repack projection: official = the official two "
+        "stacked 1×1 maps (C → 2d without bias, then 2d → 2d with bias, PyTorch's default init) "
+        "plus the decoder's post_quant_conv (d → d with bias); folded = their composition as one "
+        "affine map C → 2d and no post_quant_conv (the same function class, another init and "
+        "Adam dynamics); runs that recorded none are folded and resume so; ignored by the pca "
+        "method; none = preset (paper official, small folded)",
+    )
     whiten: bool | None = Field(
         None,
         description="ZCA-whiten the tokens (fitted on the training tokens) before the projection "
@@ -274,6 +286,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # stage1_repack_dinov3b_f16d32_ffl_watson.yaml, stage1/repack/losses/perceptual.py)
     "paper": {
         "latent_channels": 32,
+        # the official conv_out (no bias) + quant_conv (bias) and the decoder's post_quant_conv
+        "projection_form": "official",
         "whiten": False,
         "ch": 128,
         "ch_mult": None,  # derived: the official (1, 1, 2, 2, 4) for a ×16 decoder
@@ -304,6 +318,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # built-in encoder / patchpix at 64 px: about a minute on 2 CPU cores
     "small": {
         "latent_channels": 8,
+        "projection_form": "folded",  # one affine map, as the demo and its figures were made
         "whiten": True,
         "ch": 16,
         "ch_mult": None,  # derived: (1, 2, 2, 4) for a ×8 decoder

@@ -300,6 +300,11 @@ def test_whiten_is_refused_with_the_pca_method_and_off_by_preset():
     assert _settings(method="repack").pack.whiten is True
     with pytest.raises(ConfigError, match="pack.whiten"):
         _settings(method="pca", whiten=True)  # it used to be ignored
+    # the same for the official projection form (the paper preset's: folded for pca)
+    assert _settings(method="pca", preset="paper").pack.projection_form == "folded"
+    assert _settings(method="repack", preset="paper").pack.projection_form == "official"
+    with pytest.raises(ConfigError, match="pack.projection_form official"):
+        _settings(method="pca", projection_form="official")
 
 
 # --------------------------------------------------------------------------- encode
