@@ -731,7 +731,7 @@ def _load_watson(plan: PackPlan) -> nn.Module | None:
 def _resume(settings: Settings, record: dict[str, Any] | None) -> tuple[Any, Any, list[str]]:
     """An existing run resumes from its stored settings (``repackctl.settings.resume``)."""
     from repackctl.paths import run_dir as run_dir_of
-    from repackctl.settings.resume import resume_settings
+    from repackctl.settings.resume import keep_started_values, resume_settings
     from repackctl.train.checkpoint import restore_interrupted_resaves
 
     name = settings.pack.run or default_run_name(
@@ -744,7 +744,11 @@ def _resume(settings: Settings, record: dict[str, Any] | None) -> tuple[Any, Any
     lines = [f"resume: {line}" for line in rec.lines()] if rec else []
     settings, pinned = _recorded_data(settings, run_dir_of(settings.runs, name))
     settings, record, kept = _keep_trained_form(settings, record, run_dir_of(settings.runs, name))
-    return settings, record, lines + pinned + kept
+    # values a default gave the run and this version's default changed stay as it started
+    settings, record, started = keep_started_values(
+        run_dir_of(settings.runs, name), settings, record, "pack", {}
+    )
+    return settings, record, lines + pinned + kept + [f"resume: {line}" for line in started]
 
 
 def _keep_trained_form(

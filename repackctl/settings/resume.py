@@ -217,6 +217,10 @@ def reconcile(
     return out
 
 
+# the source of a stored step count that ``--epochs`` given on resume replaced
+FROM_EPOCHS = "from epochs"
+
+
 def _length_in_epochs(
     section: str,
     merged: dict[str, Any],
@@ -230,8 +234,8 @@ def _length_in_epochs(
     steps, epochs = f"{section}.steps", f"{section}.epochs"
     if not given(now, epochs) or given(now, steps) or steps not in merged:
         return
-    out.changes.append((steps, merged.pop(steps), "from epochs"))
-    sources[steps] = "from epochs"
+    out.changes.append((steps, merged.pop(steps), FROM_EPOCHS))
+    sources[steps] = FROM_EPOCHS
 
 
 def _refuse(breaking: list[tuple[str, Any, Any]], sources: dict[str, str], schedules: set) -> None:
@@ -438,7 +442,7 @@ def keep_started_values(
     for name, value in new.items():
         key = f"{section}.{name}"
         before = old.get(name, started_without.get(name, value))
-        if value == before or name in allow or key in allow:
+        if value == before or name in allow or key in allow or sources.get(key) == FROM_EPOCHS:
             continue
         if given(sources, key):
             if name in old:

@@ -153,7 +153,12 @@ def _as_recorded_by_the_old_version(run_dir: Path) -> None:
     path.write_text(json.dumps(config))
 
 
-def test_resume_of_a_run_under_the_old_paper_preset_is_refused(cache, tmp_path, monkeypatch):
+def test_a_run_under_the_old_paper_preset_resumes_with_the_values_it_started_with(
+    cache, tmp_path, monkeypatch
+):
+    """Its discriminator norm (a plain default then) and the preset values it recorded stay as
+    it started; a flag for the new norm is refused by its checkpoint, before anything is
+    written."""
     old = {"disc_norm": "group", "gan_start": 0, "epochs": None, "steps": 2}
     with monkeypatch.context() as m:
         for key, value in old.items():
@@ -163,16 +168,20 @@ def test_resume_of_a_run_under_the_old_paper_preset_is_refused(cache, tmp_path, 
     ckpt, _ = _state(tmp_path, "old")
     before = {p.name: p.read_bytes() for p in ckpt.iterdir() if p.is_file()}
     args = ("pack", "train", *TINY, "--name", "old", "--steps", "4")
-    out = cli_refused(CheckpointError.exit_code, *args)
+    out = cli_refused(
+        CheckpointError.exit_code, *args, "--disc-norm", "batch", "--allow-change", "disc_norm"
+    )
     assert "discriminator norm = 'group', now 'batch'" in out and "--disc-norm group" in out
     # nothing written, nothing lost
     assert _state(tmp_path, "old")[0] == ckpt
     assert before == {p.name: p.read_bytes() for p in ckpt.iterdir() if p.is_file()}
-    # with the norm it was started with, it continues, keeping the preset values it recorded
-    cli_ok(*args, "--disc-norm", "group")
+    # without a flag it continues as it started (it was refused for the new preset's norm)
+    out = " ".join(cli_ok(*args).split())
+    assert "pack.disc_norm: kept 'group' as the run started (preset paper now gives 'batch'" in out
     ckpt, state = _state(tmp_path, "old")
     assert ckpt.name == "step-0000004"
     assert state["extra"]["plan"]["loss"]["gan_start"] == 0  # as started, not the new 1
+    assert state["extra"]["plan"]["discriminator"]["norm"] == "group"
 
 
 def test_a_changed_gan_start_is_refused_on_resume():
