@@ -407,6 +407,15 @@ class _Demo(PCAArm, Pipeline):
         }
         return scores, labels
 
+    def _refiner_change(self) -> float:
+        """Mean |refined − plain| of the samples' pixels (0–255): 0 means the refined columns
+        repeat the plain ones (a refiner whose weights barely moved, as in ``--quick``)."""
+        from repackctl.metrics.adm import read_samples_npz
+
+        plain, _ = read_samples_npz(self.sample_dirs["plain"] / "samples.npz")
+        refined, _ = read_samples_npz(self.sample_dirs["refined"] / "samples.npz")
+        return float(np.abs(refined.astype(np.int16) - plain.astype(np.int16)).mean())
+
     def decoder_floor(self, pack_run: str, labels: np.ndarray) -> tuple[float, float]:
         """FD and colour distance of as many training images as ``labels`` has (with its class
         counts) through ``pack_run``'s autoencoder: the best a perfect DiT could reach."""
@@ -438,6 +447,7 @@ class _Demo(PCAArm, Pipeline):
             r.train_images[pick], r.train_labels[pick], r.val_images, r.val_labels
         ).mean
         scores["fd_decoder"], scores["colour_decoder"] = self.decoder_floor("pack", labels)
+        scores["refiner_sample_change"] = self._refiner_change()
         real = linear_probe(r.train_x, r.train_labels, r.val_x, r.val_labels, epochs=50)
         scores["class_accuracy"] = scores["class_accuracy_refined"]
         scores["class_accuracy_real_val"] = float(real.top1)
@@ -553,6 +563,7 @@ class _Demo(PCAArm, Pipeline):
             meaning,
             pca_arm_lines,
             probe_note,
+            refiner_change_line,
             results_table,
             settings_block,
         )
@@ -577,6 +588,8 @@ class _Demo(PCAArm, Pipeline):
             "## Results",
             "",
             *results_table(m),
+            "",
+            refiner_change_line(m),
             "",
             meaning(m, p.n_train, p.resolution, link_to_study(self.out)),
             "",

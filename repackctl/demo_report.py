@@ -101,6 +101,20 @@ def results_table(m: dict[str, Any]) -> list[str]:
     ]
 
 
+def refiner_change_line(m: dict[str, Any]) -> str:
+    """How much the refiner changed the samples: refined and plain figures are two
+    measurements only where it changed them."""
+    change = m.get("refiner_sample_change")
+    if change is None:
+        return ""
+    if change == 0:
+        return (
+            "The refiner left every pixel of the samples as it was: each refined figure repeats "
+            "the plain one (its weights barely moved in the steps it trained)."
+        )
+    return f"The refiner changed the samples' pixels by {change:.2f} / 255 on average."
+
+
 def pca_arm_lines(m: dict[str, Any], cost: str) -> list[str]:
     """The PCA arm beside the demo's RePack figures, or (not run) how to add it and its cost."""
     if "fd_pca" not in m:

@@ -57,6 +57,12 @@ def test_demo_end_to_end_reuse_and_fresh(tmp_path):
     assert ("% higher)" if rise else "% lower)") in row and "(-" not in row
     assert 0.0 <= metrics["class_accuracy"] <= 1.0
     assert metrics["class_accuracy"] == metrics["class_accuracy_refined"]
+    # how much the refiner changed the samples, so that "refined / plain" reads as one or two
+    # measurements (the quick refiner's EMA barely moves: it may change no pixel at all)
+    change = metrics["refiner_sample_change"]
+    assert 0 <= change <= 255
+    said = "left every pixel of the samples as it was" if change == 0 else f"{change:.2f} / 255"
+    assert said in report
     assert 0.0 <= metrics["class_accuracy_decoded_val"] <= 1.0
     assert "decoded val images" in report  # the ceiling a perfect DiT could reach
     assert metrics["n_samples"] == 20
