@@ -23,11 +23,17 @@ def extract_command(
     num: int | str | None = None,
     weights: str | None = None,
     layer: int | str | None = None,
+    *,
+    val_fraction: float | None = None,
+    flips: bool = True,
+    precision: str | None = None,
 ) -> str:
     """The ``repackctl extract`` command line that writes these features (defaults left out)."""
     parts = ["repackctl extract", f"--encoder {encoder}", f"--data {data}"]
     if split != "train":
         parts.append(f"--split {split}")
+    if val_fraction is not None:
+        parts.append(f"--val-fraction {val_fraction}")
     if resolution is not None:
         parts.append(f"--resolution {resolution}")
     if num is not None:
@@ -36,6 +42,10 @@ def extract_command(
         parts.append(f"--weights {weights}")
     if layer is not None:
         parts.append(f"--layer {layer}")
+    if not flips:
+        parts.append("--no-flips")
+    if precision is not None:
+        parts.append(f"--precision {precision}")
     return " ".join(parts)
 
 
@@ -72,4 +82,46 @@ def entry_extract_command(entry: DatasetEntry, encoder: str, layer: str | None =
     digits = layer[1:] if layer and layer.startswith("l") and layer[1:].isdigit() else None
     return extract_command(
         encoder, src["data"], src["split"], src["resolution"], src["num"], layer=digits
+    )
+
+
+def features_extract_command(entry: DatasetEntry, fid: str, precision: str | None = None) -> str:
+    """The ``repackctl extract`` command that writes the features group ``fid`` of ``entry`` again
+    exactly as it was made, for `cache verify` hints after a repair or a removal.
+
+    "The same `repackctl extract --encoder X …`" left the user to remember ``-n``, ``--split``,
+    ``--resolution``, ``--layer``, ``--precision`` and the weights; a rerun with others writes
+    another entry or features group, or refuses. The entry's name settings come from the entry
+    (:func:`entry_source`), the rest from what the group records: the extract settings it was
+    made with (``config.values.extract``), else its encoder record and id. ``precision``
+    overrides the recorded precision (NaN rows are recomputed in fp32).
+    """
+    from repackctl.cache.store import features_precision
+
+    attrs = dict(entry.group["features"][fid].attrs)  # also of a group that is not complete
+    enc = attrs.get("encoder") or {}
+    made = ((attrs.get("config") or {}).get("values") or {}).get("extract")
+    src = entry_source(entry)
+    if made is not None:
+        weights, layer, val_fraction = (
+            made.get("weights"),
+            made.get("layer"),
+            made.get("val_fraction"),
+        )
+    else:  # written before the settings were recorded: the encoder record, the id's layer part
+        weights = enc.get("weights") if enc.get("weights") not in (None, "builtin") else None
+        part = fid.split("--")[1] if fid.count("--") >= 1 else ""
+        layer = part[1:] if part.startswith("l") and part[1:].isdigit() else None
+        val_fraction = None
+    return extract_command(
+        str(enc.get("id") or fid.split("--")[0]),
+        src["data"],
+        src["split"],
+        src["resolution"],
+        src["num"],
+        weights,
+        layer,
+        val_fraction=val_fraction,
+        flips=int(attrs.get("flips", 2)) > 1,
+        precision=precision or features_precision(attrs),
     )

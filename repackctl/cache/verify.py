@@ -9,6 +9,7 @@ import numpy as np
 import zarr
 from zarr.core.sync import sync
 
+from repackctl.cache.commands import features_extract_command
 from repackctl.cache.integrity import Damage, read_done, scan_array
 from repackctl.cache.ownership import group_dir, refuse_foreign
 from repackctl.cache.store import (
@@ -164,12 +165,16 @@ def rewrite(entry: DatasetEntry, path: str) -> str:
 
 def _nonfinite_fix(entry: DatasetEntry, path: str) -> str:
     """What rewrites NaN/inf rows: `--repair` does not (their chunks read fine)."""
-    fix = f"`--repair` leaves NaN/inf rows as they are: {rewrite(entry, path)}"
     if path.startswith("features/"):
         precision = features_precision(entry.group[path].attrs)
-        if precision != "fp32":
-            fix += f" with `--precision fp32` (they were computed in {precision})"
-    return fix
+        if precision != "fp32":  # recomputed in fp32: the command names it
+            cmd = features_extract_command(entry, path.partition("/")[2], precision="fp32")
+            return (
+                f"`--repair` leaves NaN/inf rows as they are: `repackctl cache rm {entry.name} "
+                f"--{path.replace('/', ' ', 1)} --yes`, then `{cmd}` (they were computed in "
+                f"{precision})"
+            )
+    return f"`--repair` leaves NaN/inf rows as they are: {rewrite(entry, path)}"
 
 
 def _verify_arrays(entry: DatasetEntry) -> list[Problem]:
@@ -368,9 +373,17 @@ def producer(entry: DatasetEntry, path: str) -> str:
         more += f" --max-length {attrs['max_length']}" if attrs.get("max_length") else ""
         return f"`repackctl captions --entry {entry.name} --text-encoder {ref}{more}`"
     if path.startswith("features/"):
-        enc = (entry.group[path].attrs.get("encoder") or {}).get("id") or "ENCODER"
-        return f"the same `repackctl extract --encoder {enc} …`"
-    return "the same `repackctl extract`"
+        return f"`{features_extract_command(entry, path.partition('/')[2])}`"
+    # the entry's own arrays: every features group's extract rewrites them (each its rows)
+    cmds = [f"`{features_extract_command(entry, fid)}`" for fid in _feature_groups(entry)]
+    return " and ".join(cmds) or "the same `repackctl extract`"
+
+
+def _feature_groups(entry: DatasetEntry) -> list[str]:
+    """Every features group of ``entry``, complete or not (a repair marks them incomplete)."""
+    if "features" not in entry.group:
+        return []
+    return sorted(name for name, _ in entry.group["features"].groups())
 
 
 def producers(entry: DatasetEntry, found: list[tuple[str, Damage]]) -> list[str]:

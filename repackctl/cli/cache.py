@@ -9,6 +9,7 @@ import typer
 from repackctl.cli.common import (
     CacheOpt,
     ConfigOpt,
+    confirm_delete,
     console,
     err_console,
     handle_errors,
@@ -250,7 +251,9 @@ def rm(
         sub = f"triplets/{triplets}"
     what = f"{entry}/{sub}" if sub else entry
     check_removable(root, entry, sub)  # a file the cache did not write: refused before asking
-    if not yes and not typer.confirm(f"Remove {what} from {root}?", default=False):
+    if not yes and not confirm_delete(
+        f"Remove {what} from {root}?", f"repackctl cache info {entry}"
+    ):
         console.print("nothing removed")
         raise typer.Exit(1)
     remove(root, entry, sub)

@@ -316,3 +316,23 @@ def write_stdout(text: str) -> None:
 def is_main_process() -> bool:
     """Rank 0 (as ``repackctl.runtime.is_main_process``, without importing torch for --help)."""
     return int(os.environ.get("RANK", 0)) == 0
+
+
+def confirm_delete(question: str, check: str) -> bool:
+    """``typer.confirm`` for a deletion, refused with an ``Error:``/``Hint:`` when no answer can
+    be read: with stdin closed or not a terminal (a script, CI, ``< /dev/null``) the prompt reads
+    EOF and Click printed a bare "Aborted." that did not say whether anything was deleted or how
+    to go on. ``check`` is the command that shows what would be deleted. Ctrl-C still aborts."""
+    from repackctl.errors import ConfigError
+
+    try:
+        return typer.confirm(question, default=False)
+    except typer.Abort as e:  # Typer's own (it vendors Click's prompts)
+        if not isinstance(e.__context__, EOFError):
+            raise
+        typer.echo()  # end the prompt's line
+        raise ConfigError(
+            "no answer to the confirmation (stdin is not a terminal or is empty): nothing was "
+            "deleted",
+            f"check what would be deleted (`{check}`), then pass --yes to delete without asking",
+        ) from None

@@ -40,7 +40,7 @@ def recon(resolved: ResolvedSettings) -> None:
         ("grid", r.grid),
     ]
     console.print(kv_table("evaluate recon", rows))
-    for note in r.notes:
+    for note in r.notes[r.shown :]:  # the others were logged above the progress bar
         console.print(f"note: {note}", highlight=False)
 
 
@@ -67,7 +67,7 @@ def probe(resolved: ResolvedSettings) -> None:
         highlight=False,
     )
     console.print(report.table(), highlight=False, markup=False)
-    for note in report.notes:
+    for note in report.notes[report.shown :]:  # the others were logged above the progress bar
         console.print(f"note: {note}", highlight=False)
 
 

@@ -7,7 +7,15 @@ from typing import Annotated, Any
 
 import typer
 
-from repackctl.cli.common import ConfigOpt, RunsOpt, SamplesOpt, console, handle_errors, resolve
+from repackctl.cli.common import (
+    ConfigOpt,
+    RunsOpt,
+    SamplesOpt,
+    confirm_delete,
+    console,
+    handle_errors,
+    resolve,
+)
 from repackctl.cli.listing import JsonOpt, print_json, print_listing, print_pairs
 from repackctl.cli.listing import megabytes as _mb
 
@@ -137,7 +145,7 @@ def rm(
     d = describe_run(folder)  # refuses anything that is not a run
     what = f"run {name} ({d.run.stage}, {d.run.checkpoints} checkpoints, {_mb(d.run.bytes)})"
     check_removable(folder)  # files of the user's in it: refused before asking
-    if not yes and not typer.confirm(f"Delete {what} at {folder}?", default=False):
+    if not yes and not confirm_delete(f"Delete {what} at {folder}?", f"repackctl runs info {name}"):
         console.print("nothing removed")
         raise typer.Exit(1)
     remove_run(folder)

@@ -140,6 +140,14 @@ def _blocks(entry: DatasetEntry, feats: ArrayGroup, idx: np.ndarray, images: boo
         yield i, tok[:, 0].astype(np.float32), img
 
 
+def _log_notes(bar: Any, notes: list[str]) -> int:
+    """Log ``notes`` above the progress bar; returns how many, which the CLI does not print
+    again after its table (each note was shown twice)."""
+    for note in notes:
+        bar.log(note)
+    return len(notes)
+
+
 # ---------------------------------------------------------------------------- recon
 
 
@@ -160,9 +168,12 @@ class ReconResult:
     latent_shape: list[int]
     notes: list[str] = field(default_factory=list)
     subset: dict[str, Any] = field(default_factory=dict)  # which rows (``round_robin_indices``)
+    shown: int = 0  # the first ``shown`` notes were logged above the progress bar already
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d.pop("shown")  # how they were printed, not a result
+        return d
 
 
 @torch.no_grad()
@@ -192,8 +203,7 @@ def evaluate_recon(settings: Settings, progress: ProgressFactory = null_progress
     per_psnr, per_ssim = [], []
     grid_orig, grid_rec = [], []
     with progress("evaluate recon", total=len(idx), unit="img") as bar:
-        for note in notes:
-            bar.log(note)
+        shown = _log_notes(bar, notes)
         for _, tok, img in _blocks(entry, feats, idx):
             z = model.encode(torch.from_numpy(tok).to(device)).mode()  # (b, d, h, w)
             rec = to_uint8(model.decode(z))  # (b, R, R, 3)
@@ -240,6 +250,7 @@ def evaluate_recon(settings: Settings, progress: ProgressFactory = null_progress
         latent_shape=list(handle.extra.get("latent_shape") or []),
         notes=notes,
         subset=subset,
+        shown=shown,
     )
     from repackctl.files import write_json_atomic
 
@@ -279,6 +290,7 @@ class ProbeReport:
     notes: list[str] = field(default_factory=list)
     train_subset: dict[str, Any] = field(default_factory=dict)  # ``round_robin_indices`` records
     eval_subset: dict[str, Any] = field(default_factory=dict)
+    shown: int = 0  # the first ``shown`` notes were logged above the progress bar already
 
     def table(self) -> str:
         """Markdown table in the paper's shape (representation, dims, #params, top-1 %)."""
@@ -288,6 +300,7 @@ class ProbeReport:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d.pop("shown")  # how they were printed, not a result
         d["table"] = self.table()
         return d
 
@@ -345,8 +358,7 @@ def evaluate_probe(settings: Settings, progress: ProgressFactory = null_progress
     d = handle.latent_channels
 
     with progress("evaluate probe", total=len(tr_idx) + len(ev_idx), unit="img") as bar:
-        for note in notes:
-            bar.log(note)
+        shown = _log_notes(bar, notes)
         raw_tr, pack_tr = pooled_features(train_entry, train_feats, tr_idx, model, device, bar)
         raw_ev, pack_ev = pooled_features(eval_entry, eval_feats, ev_idx, model, device, bar)
     y_tr = train_entry.labels[:][tr_idx]
@@ -395,6 +407,7 @@ def evaluate_probe(settings: Settings, progress: ProgressFactory = null_progress
         notes=notes,
         train_subset=tr_subset,
         eval_subset=ev_subset,
+        shown=shown,
     )
     from repackctl.files import write_json_atomic
 

@@ -140,12 +140,38 @@ def claim_folder(
                     f"pass --num {old['num']} to use its samples, or {elsewhere}: a samples folder "
                     "is never extended or cut to another --num (balanced labels depend on N)"
                 )
+            elif diff == ["checkpoint_sha256"]:
+                hint = _checkpoint_hint(folder, elsewhere)
             raise ConfigError(
                 f"{folder} holds samples made with other settings ({_differences(diff, old, fingerprint)})",
                 hint,
             )
         return
     write_json_atomic(path, fingerprint)
+
+
+def _checkpoint_hint(folder: Path, elsewhere: str) -> str:
+    """How to go on with a samples folder made from another checkpoint of the model (the run
+    trained on since): "pass another --out, or delete the folder" did not say that the same
+    command with the checkpoint it was made from finishes (or reuses) it. The checkpoint is
+    named when the folder's protocol.json records it (a finished folder)."""
+    try:
+        made = Path(str(json.loads((folder / PROTOCOL_JSON).read_text())["checkpoint"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        made = None
+    if made is None:
+        which = "--checkpoint with the step it was made from (`repackctl runs info RUN` lists them)"
+    elif made.is_dir():
+        which = f"--checkpoint {made.name} (the checkpoint it was made from)"
+    else:
+        return (
+            f"it was made from {made}, which is no longer kept: {elsewhere} for samples of this "
+            "checkpoint, or delete the folder"
+        )
+    return (
+        f"the model's checkpoint changed since this folder was made: pass {which} to finish or "
+        f"reuse it, or {elsewhere} for samples of this checkpoint"
+    )
 
 
 def assemble(

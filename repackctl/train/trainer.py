@@ -342,9 +342,16 @@ class Trainer:
         for name, m in self.modules.items():
             if name in overlap and any(p.requires_grad for p in m.parameters()):
                 ids = [self.device.index] if self.device.type == "cuda" else None
-                wrapped[name] = _DDP(
-                    m, device_ids=ids, broadcast_buffers=False, find_unused_parameters=True
-                )
+                with warnings.catch_warnings():
+                    # torch ≥ 2.13 deprecates `broadcast_buffers` for `forward_sync_buffers`, whose
+                    # False still syncs buffers at init; its own advice is to keep
+                    # broadcast_buffers=False until `init_sync_buffers` exists: nothing to act on
+                    warnings.filterwarnings(
+                        "ignore", "`broadcast_buffers` is deprecated", FutureWarning
+                    )
+                    wrapped[name] = _DDP(
+                        m, device_ids=ids, broadcast_buffers=False, find_unused_parameters=True
+                    )
                 self.ddp.append(wrapped[name])
                 m.register_forward_pre_hook(self._count_call(name))
             else:
