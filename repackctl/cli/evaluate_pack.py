@@ -6,6 +6,8 @@ The ``evaluate`` group lives in ``cli/evaluate.py``; it adds these two commands 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 from repackctl.cli.common import console, kv_table, rich_progress
@@ -33,6 +35,7 @@ def recon(resolved: ResolvedSettings) -> None:
     r = evaluate_recon(resolved.settings, rich_progress)
     rows = [
         ("run", f"{r.run} ({r.method}, latent {tuple(r.latent_shape)})"),
+        ("checkpoint", f"{Path(r.checkpoint).name} (EMA weights)"),
         ("entry", f"{r.entry} ({r.n} images)"),
         ("PSNR", f"{r.psnr:.2f} dB" if r.psnr is not None else "inf (identical)"),
         ("SSIM", f"{r.ssim:.4f}"),
@@ -61,7 +64,9 @@ def probe(resolved: ResolvedSettings) -> None:
 
     report = evaluate_probe(resolved.settings, rich_progress)
     console.print(
-        f"linear probe: train {report.train_entry} ({report.n_train}) → "
+        f"linear probe of {report.run} {Path(report.checkpoint).name} (EMA weights), "
+        f"{report.epochs} epochs, seed {report.seed}: train {report.train_entry} "
+        f"({report.n_train}) → "
         f"eval {report.eval_entry} ({report.n_eval}), {report.num_classes} classes; "
         f"PCA-{report.rows[1].dims} explains {100 * report.pca_explained:.1f}% of token variance",
         highlight=False,

@@ -291,6 +291,13 @@ class ProbeReport:
     train_subset: dict[str, Any] = field(default_factory=dict)  # ``round_robin_indices`` records
     eval_subset: dict[str, Any] = field(default_factory=dict)
     shown: int = 0  # the first ``shown`` notes were logged above the progress bar already
+    # which weights were probed, and how (the file name carries epochs and seed only when they
+    # are not the defaults): the JSON says it in full
+    checkpoint: str = ""
+    pack_id: str = ""
+    weights: str = "ema"
+    epochs: int = 0
+    seed: int = 0
 
     def table(self) -> str:
         """Markdown table in the paper's shape (representation, dims, #params, top-1 %)."""
@@ -408,6 +415,10 @@ def evaluate_probe(settings: Settings, progress: ProgressFactory = null_progress
         train_subset=tr_subset,
         eval_subset=ev_subset,
         shown=shown,
+        checkpoint=str(handle.checkpoint),
+        pack_id=handle.pack_id,
+        epochs=cfg.probe_epochs,
+        seed=settings.seed,
     )
     from repackctl.files import write_json_atomic
 

@@ -9,6 +9,7 @@ checkpoint. One tiny stack (patchpix, 32 px, 2-step pack run, 2-step DiT) is sha
 
 from __future__ import annotations
 
+import json
 import shlex
 import shutil
 import sys
@@ -90,6 +91,21 @@ def test_recon_and_probe_print_each_note_once(env):
     out = cli_ok("evaluate", "probe", "--run", "pk", "--split", "train", "--epochs", "1", *CPU)
     assert out.count("scoring on the training split") == 1, out
     assert out.count("chance level") == 1, out  # added after the bar: printed by the CLI
+
+
+def test_recon_and_probe_say_which_checkpoint_and_weights_they_scored(env):
+    """Both score the pack run's newest checkpoint (EMA weights), which may not be the one a
+    DiT's latents came from: the output named only the run, and probe-*.json held neither the
+    checkpoint nor its epochs and seed (only its file name did, and only when not defaults)."""
+    ckpt = env / "runs" / "pk" / "checkpoints" / "step-0000002"
+    out = cli_ok("evaluate", "recon", "--run", "pk", "--split", "train", *CPU)
+    assert "step-0000002 (EMA weights)" in out
+    out = cli_ok("evaluate", "probe", "--run", "pk", "--split", "train", "--epochs", "1", *CPU)
+    assert "pk step-0000002 (EMA weights), 1 epochs, seed 0" in out
+    (report,) = ckpt.glob("probe-*.json")
+    doc = json.loads(report.read_text())
+    assert doc["checkpoint"] == str(ckpt.resolve()) or Path(doc["checkpoint"]) == ckpt
+    assert (doc["epochs"], doc["seed"], doc["weights"]) == (1, 0, "ema") and doc["pack_id"]
 
 
 def test_two_process_train_shows_no_ddp_deprecation_warning(stack, tmp_path):
