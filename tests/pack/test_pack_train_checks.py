@@ -17,9 +17,8 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
-from support.caches import patchpix_cache, private_copy
+from support.caches import patchpix_fixtures
 from support.ckpt_state import write_state
 from support.cli import cli_ok as _ok
 from support.cli import cli_refused as _error
@@ -37,16 +36,8 @@ TINY = [
 ]
 
 
-@pytest.fixture(scope="module")
-def base_cache(tmp_path_factory) -> Path:
-    """A patchpix cache of 16 built-in train images at 32 px."""
-    return patchpix_cache(tmp_path_factory.mktemp("checks-cache") / "cache", 16)
-
-
-@pytest.fixture
-def cache(base_cache, tmp_path) -> Path:
-    """A private copy of the module's cache at the test's cache root."""
-    return private_copy(base_cache, tmp_path)
+# a patchpix cache of 16 built-in train images at 32 px, and a private copy per test
+base_cache, cache = patchpix_fixtures("checks-cache", 16)
 
 
 # --------------------------------------------------------------------------- attention

@@ -15,7 +15,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
-from support.caches import patchpix_cache, private_copy
+from support.caches import patchpix_fixtures
+from support.ckpt_state import run_state as _state
 from support.ckpt_state import write_state
 from support.cli import cli_ok, cli_refused
 from support.official import official_stage1
@@ -35,23 +36,8 @@ TINY = [
 IMAGES = 16
 
 
-@pytest.fixture(scope="module")
-def base_cache(tmp_path_factory) -> Path:
-    """A patchpix cache of 16 built-in train images at 32 px."""
-    return patchpix_cache(tmp_path_factory.mktemp("form-cache") / "cache", IMAGES)
-
-
-@pytest.fixture
-def cache(base_cache, tmp_path) -> Path:
-    """A private copy of the module's cache at the test's cache root."""
-    return private_copy(base_cache, tmp_path)
-
-
-def _state(tmp_path: Path, run: str) -> tuple[Path, dict]:
-    from repackctl.train.checkpoint import latest_checkpoint, read_state
-
-    ckpt = latest_checkpoint(tmp_path / "runs" / run)
-    return ckpt, read_state(ckpt)
+# a patchpix cache of IMAGES built-in train images at 32 px, and a private copy per test
+base_cache, cache = patchpix_fixtures("form-cache", IMAGES)
 
 
 def _plan(cache: Path, preset: str):

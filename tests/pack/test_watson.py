@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from support.caches import patchpix_cache, private_copy
+from support.caches import patchpix_cache, patchpix_fixtures
+from support.ckpt_state import run_state as _state
 from support.cli import cli_ok, cli_refused
 from support.evil import write_evil_pickle
 
@@ -237,22 +238,8 @@ def test_paper_plan_has_the_official_weight_and_warns_without_the_file(tmp_path)
 # --------------------------------------------------------------------------- pack train
 
 
-@pytest.fixture(scope="module")
-def base_cache(tmp_path_factory) -> Path:
-    """A patchpix cache of 16 built-in train images at 32 px."""
-    return patchpix_cache(tmp_path_factory.mktemp("watson-cache") / "cache", 16)
-
-
-@pytest.fixture
-def cache(base_cache, tmp_path) -> Path:
-    return private_copy(base_cache, tmp_path)
-
-
-def _state(tmp_path: Path, run: str) -> tuple[Path, dict]:
-    from repackctl.train.checkpoint import latest_checkpoint, read_state
-
-    ckpt = latest_checkpoint(tmp_path / "runs" / run)
-    return ckpt, read_state(ckpt)
+# a patchpix cache of 16 built-in train images at 32 px, and a private copy per test
+base_cache, cache = patchpix_fixtures("watson-cache", 16)
 
 
 def test_pack_train_uses_the_parameters_file_and_a_resume_keeps_them(cache, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 
 def patchpix_cache(cache: Path, num: int = 16, resolution: int = 32) -> Path:
@@ -24,6 +25,23 @@ def private_copy(base: Path, tmp_path: Path) -> Path:
     dst = tmp_path / "cache"
     shutil.copytree(base, dst)
     return dst
+
+
+def patchpix_fixtures(label: str, num: int = 16) -> tuple[Any, Any]:
+    """``base_cache, cache = patchpix_fixtures(label)`` at a test module's top: a module-scoped
+    patchpix cache of ``num`` built-in train images at 32 px (``base_cache``), and a private
+    copy of it at each test's cache root (``cache``)."""
+    import pytest
+
+    @pytest.fixture(scope="module")
+    def base_cache(tmp_path_factory) -> Path:
+        return patchpix_cache(tmp_path_factory.mktemp(label) / "cache", num)
+
+    @pytest.fixture
+    def cache(base_cache, tmp_path) -> Path:
+        return private_copy(base_cache, tmp_path)
+
+    return base_cache, cache
 
 
 def packed_cache(root: Path, num: int) -> Path:

@@ -18,3 +18,11 @@ def write_state(path: Path, state: dict[str, Any], sealed: bool = True) -> None:
     if sealed:
         doc[STATE_SHA256] = json_sha256(doc, STATE_SHA256)
     path.write_text(json.dumps(doc))
+
+
+def run_state(root: Path, run: str) -> tuple[Path, dict[str, Any]]:
+    """(newest checkpoint, its state) of the run ``root / "runs" / run``."""
+    from repackctl.train.checkpoint import latest_checkpoint, read_state
+
+    ckpt = latest_checkpoint(root / "runs" / run)
+    return ckpt, read_state(ckpt)
