@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from conftest import one_torch_thread
+from support.caches import use_stack
 from support.cli import cli_ok as _ok
 from support.cli import cli_refused as _error
 from support.stack import shared_stack
@@ -56,11 +57,7 @@ def work(tmp_path_factory) -> Path:
 @pytest.fixture
 def env(work, tmp_path, monkeypatch) -> Path:
     """A private copy of ``work`` as this test's cache, runs and samples roots."""
-    root = tmp_path / "w"
-    shutil.copytree(work, root)
-    for name in ("cache", "runs", "samples"):
-        monkeypatch.setenv(f"REPACKCTL_{name.upper()}", str(root / name))
-    return root
+    return use_stack(work, tmp_path, monkeypatch)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # in-process runs as in a subprocess

@@ -17,13 +17,12 @@ tiny pack run encoded later, real tiny DiT runs through the CLI.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
-from support.caches import packed_cache
+from support.caches import packed_cache, use_stack
 from support.cli import cli_ok, cli_refused
 
 from repackctl.cache.store import DatasetEntry, list_entries
@@ -50,11 +49,7 @@ def base(tmp_path_factory) -> Path:
 @pytest.fixture
 def work(base, tmp_path, monkeypatch) -> Path:
     """A private copy of ``base`` as this test's cache, runs and samples roots."""
-    root = tmp_path / "w"
-    shutil.copytree(base, root)
-    for name in ("cache", "runs", "samples"):
-        monkeypatch.setenv(f"REPACKCTL_{name.upper()}", str(root / name))
-    return root
+    return use_stack(base, tmp_path, monkeypatch)
 
 
 def _state(run: Path) -> dict:

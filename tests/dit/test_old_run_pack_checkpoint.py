@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from support.caches import packed_cache
+from support.caches import packed_cache, use_stack
 from support.ckpt_state import write_state
 from support.cli import cli_ok, cli_refused
 
@@ -61,11 +61,7 @@ def base(tmp_path_factory) -> Path:
 @pytest.fixture
 def work(base, tmp_path, monkeypatch) -> Path:
     """A private copy of ``base`` as this test's cache, runs and samples roots."""
-    root = tmp_path / "w"
-    shutil.copytree(base, root)
-    for name in ("cache", "runs", "samples"):
-        monkeypatch.setenv(f"REPACKCTL_{name.upper()}", str(root / name))
-    return root
+    return use_stack(base, tmp_path, monkeypatch)
 
 
 def test_sample_decodes_an_old_run_with_the_pack_step_of_its_latents(work):
