@@ -341,9 +341,29 @@ def _probe_stem(settings: Settings, entry: DatasetEntry, feats: ArrayGroup, n: i
     )
 
 
+def _probe_rows(
+    reps: list[tuple[str, np.ndarray, np.ndarray]],
+    y_tr: np.ndarray,
+    y_ev: np.ndarray,
+    classes: int,
+    epochs: int,
+    seed: int,
+    device: torch.device,
+) -> list[ProbeRow]:
+    """One probe row per ``(name, train features, eval features)`` representation."""
+    from repackctl.metrics.probe import linear_probe
+
+    rows = []
+    for name, xtr, xev in reps:
+        res = linear_probe(
+            xtr, y_tr, xev, y_ev, num_classes=classes, epochs=epochs, seed=seed, device=device
+        )
+        rows.append(ProbeRow(name, int(xtr.shape[1]), res.num_params, res.top1, res.weight_decay))
+    return rows
+
+
 def evaluate_probe(settings: Settings, progress: ProgressFactory = null_progress) -> ProbeReport:
     """Linear-probe top-1 of raw tokens, PCA-d and the pack run's d-dim latents."""
-    from repackctl.metrics.probe import linear_probe
     from repackctl.pack.data import PackData
     from repackctl.pack.encode import _extract_hint
     from repackctl.pack.task import fit_token_pca
@@ -388,19 +408,7 @@ def evaluate_probe(settings: Settings, progress: ProgressFactory = null_progress
         (f"PCA-{d}", pca_tr, pca_ev),
         (f"{label}-{d} ({handle.run_name})", pack_tr, pack_ev),
     ]
-    rows = []
-    for name, xtr, xev in reps:
-        res = linear_probe(
-            xtr,
-            y_tr,
-            xev,
-            y_ev,
-            num_classes=classes,
-            epochs=cfg.probe_epochs,
-            seed=settings.seed,
-            device=device,
-        )
-        rows.append(ProbeRow(name, int(xtr.shape[1]), res.num_params, res.top1, res.weight_decay))
+    rows = _probe_rows(reps, y_tr, y_ev, classes, cfg.probe_epochs, settings.seed, device)
     notes.append(f"chance level: {100 / classes:.2f}%; raw width {width}")
     report = ProbeReport(
         run=handle.run_name,
