@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from repackctl.cache.creation import crash_point
 from repackctl.cache.store import PENDING, WRITTEN, ArrayGroup, DatasetEntry, owned_ranges
 from repackctl.errors import CacheError
 from repackctl.progress import ProgressFactory, null_progress
@@ -52,6 +53,11 @@ class TripletResult:
     written: int
     already_done: int
     seconds: float
+
+
+# crash tests only (``cache.creation.crash_point``): exit as a kill would once the shard that
+# starts at row i is written but not yet marked done (``triplets-written-<i>``)
+CRASH_BEFORE_DONE = "triplets-written-"
 
 
 def triplet_group_name(pack_id: str, noise: float) -> str:
@@ -222,6 +228,7 @@ def build_triplets(
             sl = slice(rng.start, rng.stop)
             grp["latent"][sl] = lat
             grp["recon"][sl] = rec
+            crash_point(f"{CRASH_BEFORE_DONE}{rng.start}")
             grp.done[sl] = codes  # after the data: a done shard is complete
             written += int((codes == WRITTEN).sum())
     seconds = time.perf_counter() - t0

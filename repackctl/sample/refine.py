@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from repackctl.cache.creation import crash_point
 from repackctl.errors import ConfigError, DataError
 from repackctl.files import sha256_file, write_json_atomic, write_png_atomic
 from repackctl.metrics.adm import IMAGES_KEY
@@ -49,6 +50,7 @@ from repackctl.refine.load import LATENT_CONVENTION, RefinerHandle, load_refiner
 from repackctl.runtime import DistInfo, resolve_device
 from repackctl.sample.folder import (
     LATENTS_FILE,
+    aligned_batches,
     assemble_recorded,
     claim_folder,
     missing_indices,
@@ -58,6 +60,10 @@ from repackctl.sample.folder import (
 )
 from repackctl.settings import Settings
 
+# crash tests only (``cache.creation.crash_point``): exit as a kill would once refined PNG i is
+# written (``refine-apply-png-<i>``), or once samples.npz is written but not the card
+CRASH_AFTER_PNG = "refine-apply-png-"
+CRASH_AFTER_NPZ = "refine-apply-npz"
 # the keys of the settings file of a folder written by `refine apply` (``source`` in older ones)
 _APPLY_KEYS = frozenset({"source", "source_sha256", "refiner", "num"})
 # card fields that fix the generated samples: named when a refined folder holds other samples
@@ -416,24 +422,32 @@ def _refine_missing(
     out: Path,
     protocol: dict[str, Any],
     refiner: RefinerHandle,
+    mine: range,
     todo: list[int],
     progress: ProgressFactory,
     device: torch.device,
 ) -> None:
-    """Refine the samples ``todo`` of ``source`` into ``out``, batch by batch."""
-    batch = settings.sample.batch_size
+    """Refine the samples ``todo`` (of the share ``mine``) of ``source`` into ``out``.
+
+    The batches are those of an uninterrupted run, ``mine[k·B:(k+1)·B]``, recomputed whole when
+    they hold a missing sample (``aligned_batches``): the refiner's convolutions round by batch
+    shape, so a resumed run that batched only the missing samples wrote other pixels than an
+    uninterrupted one. Only the missing PNGs are written; those already there are kept."""
+    missing = set(todo)
+    batches = aligned_batches(mine, missing, settings.sample.batch_size)
     with progress(f"refine {source.src.name}", total=len(todo), unit="img") as bar:
-        for start in range(0, len(todo), batch):
-            idx = todo[start : start + batch]
+        for idx in batches:
             images = source.images(idx)  # (B, H, W, 3), from samples.npz: what the digest covers
             if source.latents is not None:
                 raw = torch.from_numpy(np.asarray(source.latents[idx], dtype=np.float32))
             else:
                 raw = _regenerate(protocol, settings.runs, idx, device)  # (B, d, h, w)
             refined = refiner.refine(images, raw)  # (B, H, W, 3)
-            for j, i in enumerate(idx):
-                write_png_atomic(png_path(out, i), refined[j])
-            bar.advance(len(idx))
+            written = [j for j, i in enumerate(idx) if i in missing]
+            for j in written:
+                write_png_atomic(png_path(out, idx[j]), refined[j])
+                crash_point(f"{CRASH_AFTER_PNG}{idx[j]}")
+            bar.advance(len(written))
 
 
 def _fitting_refiner(settings: Settings, source: SamplesSource, protocol: dict) -> RefinerHandle:
@@ -453,6 +467,7 @@ def _write_card(
     """samples.npz, grid and protocol card of the finished refined folder (rank 0)."""
     labels = np.asarray(protocol["labels"], dtype=np.int64)
     _, files = assemble_recorded(out, labels, grid, None)
+    crash_point(CRASH_AFTER_NPZ)
     card = dict(protocol)
     card["files"] = files  # what this folder holds, not what its source holds
     card["refiner"] = {"checkpoint": str(refiner.checkpoint), "sha256": refiner.sha256}
@@ -486,10 +501,10 @@ def run_refine_apply(
         if _already_refined(out, src, protocol, fingerprint):
             return ApplyResult(out, num, 0, num, "already refined (by `sample --refiner`)", 0.0)
         claim_folder(out, fingerprint, elsewhere=f"move {out} away")
-        mine = len(owned_range(num, dist.rank, dist.world))
-        todo = missing_indices(out, owned_range(num, dist.rank, dist.world))
+        mine = owned_range(num, dist.rank, dist.world)
+        todo = missing_indices(out, mine)
         t0 = time.perf_counter()
-        _refine_missing(settings, source, out, protocol, refiner, todo, progress, device)
+        _refine_missing(settings, source, out, protocol, refiner, mine, todo, progress, device)
         seconds = time.perf_counter() - t0
         has_latents = source.latents is not None
     dist.barrier()
@@ -498,4 +513,4 @@ def run_refine_apply(
         _write_card(out, src, protocol, refiner, digest, settings.sample.grid)
     dist.barrier()
     latents_source = "latents.npy" if has_latents else "regenerated from the DiT"
-    return ApplyResult(out, num, len(todo), mine - len(todo), latents_source, seconds)
+    return ApplyResult(out, num, len(todo), len(mine) - len(todo), latents_source, seconds)
