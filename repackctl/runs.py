@@ -42,8 +42,8 @@ METRICS_JSONL = "metrics.jsonl"
 CKPT_DIR = "checkpoints"
 STEP_RE = re.compile(r"^step-(\d{7})$")
 # shown by `runs info` from config.json (TrainConfig fields)
-CONFIG_KEYS = ("steps", "global_batch", "grad_accum", "lr", "schedule", "ema_decay", "precision",
-               "seed", "ckpt_every", "keep_last")  # fmt: skip
+CONFIG_KEYS = ("steps", "global_batch", "grad_accum", "lr", "schedule", "ema_decay", "ema_warmup",
+               "precision", "seed", "ckpt_every", "keep_last")  # fmt: skip
 
 
 @dataclass
@@ -81,15 +81,18 @@ class RunDetail:
     """What ``runs info`` shows."""
 
     run: RunInfo
-    config: dict[str, Any]
+    config: dict[str, Any]  # as shown: ``ema_decay`` names the decay in effect during a warm-up
     checkpoints: list[CheckpointInfo]
     metrics_tail: list[dict[str, Any]]
     samples: list[str] = field(default_factory=list)  # sample folders made from this run
+    config_values: dict[str, Any] | None = None  # the config.json values themselves (JSON)
+    ema_in_effect: dict[str, Any] | None = None  # see ``ema_in_effect``
 
     def to_dict(self) -> dict[str, Any]:
         return {
             **self.run.to_dict(),
-            "config": self.config,
+            "config": self.config if self.config_values is None else self.config_values,
+            "ema_decay_in_effect": self.ema_in_effect,
             "checkpoints": [asdict(c) for c in self.checkpoints],
             "metrics_tail": self.metrics_tail,
             "samples": self.samples,
@@ -266,14 +269,43 @@ def describe_run(folder: Path, samples_root: Path | None = None, tail: int = 5) 
     _require_run(folder)
     ckpts = [checkpoint_info(p, checksums=True) for p in _step_folders(folder)]
     config = read_json_dict(folder / CONFIG_JSON) or {}
-    summary = {k: config[k] for k in CONFIG_KEYS if k in config}
+    values = {k: config[k] for k in CONFIG_KEYS if k in config}
+    good = [c for c in ckpts if c.complete]
+    ema = ema_in_effect(values, folder / CKPT_DIR / good[-1].name) if good else None
+    shown = dict(values)
+    if ema is not None and ema["warmup"]:
+        shown["ema_decay"] = (
+            f"{values['ema_decay']} (warm-up: {ema['decay']:.4g} at step {ema['step']})"
+        )
     return RunDetail(
         run=_run_info(folder, ckpts, checksums=True),
-        config=summary,
+        config=shown,
         checkpoints=ckpts,
         metrics_tail=_metrics_tail(folder, tail),
         samples=sample_folders(samples_root, folder.name) if samples_root else [],
+        config_values=values,
+        ema_in_effect=ema,
     )
+
+
+def ema_in_effect(config: dict[str, Any], ckpt: Path) -> dict[str, Any] | None:
+    """The EMA decay of the last update before checkpoint ``ckpt`` (``decay``, ``step``,
+    ``updates``, ``warmup``), or None when the config does not say (no ``ema_decay``).
+
+    With ``ema_warmup`` (the default) the configured ``ema_decay`` is only a cap: the decay in
+    effect after n updates is ``repackctl.train.ema.decay_after`` (about 0.77 after 30), so the
+    configured figure alone would misstate what the EMA weights of a short run average over."""
+    from repackctl.train.ema import decay_after  # torch: only when a run is described
+
+    decay, warmup = config.get("ema_decay"), bool(config.get("ema_warmup", False))
+    if not isinstance(decay, int | float) or isinstance(decay, bool):
+        return None
+    state = read_json_dict(ckpt / "state.json") or {}
+    step = int(STEP_RE.match(ckpt.name).group(1))  # type: ignore[union-attr]
+    updates = state.get("ema_updates")
+    updates = updates if isinstance(updates, int) and updates >= 0 else step
+    last = decay_after(float(decay), warmup, max(updates - 1, 0))  # the update made at `step`
+    return {"decay": last, "step": step, "updates": updates, "warmup": warmup}
 
 
 def check_removable(folder: Path) -> None:

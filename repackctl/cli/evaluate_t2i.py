@@ -54,10 +54,13 @@ def adherence(
         return "n/a" if v is None else f"{100 * v:.1f} %"
 
     real = sc["classifier_real_accuracy"]
+    held = real["held_out"]  # a tenth of the real images: the classifiers trained on the rest
+    real_line = f"shape {pct(real['shape'])}, colour {pct(real['colour'])}"
     rows = [
         ("shape", f"{pct(sc['shape_accuracy'])} of {sc['n_shape']} (chance 10 %)"),
         ("colour", f"{pct(sc['colour_accuracy'])} of {sc['n_colour']}"),
-        ("classifier on real", f"shape {pct(real['shape'])}, colour {pct(real['colour'])}"),
+        (f"classifier on {held} held-out real image{'s' if held != 1 else ''}", real_line),
+        ("classifier trained on", f"the other {sc['classifier']['train_images']} real images"),
         ("written", out.path),
     ]
     console.print(kv_table("evaluate adherence", rows))

@@ -17,6 +17,15 @@ from torch import nn
 from repackctl.train.sharding import local
 
 
+def decay_after(decay: float, warmup: bool, updates: int) -> float:
+    """The decay of the update that follows ``updates`` updates: one formula for the EMA itself
+    and for what ``runs info`` reports (the configured decay is only a cap during the warm-up)."""
+    if not warmup:
+        return decay
+    n = updates
+    return min(decay, (1.0 + n) / (10.0 + n))
+
+
 class EMA:
     """An fp32 shadow copy of a module, updated in place."""
 
@@ -29,10 +38,7 @@ class EMA:
 
     def current_decay(self) -> float:
         """Decay used by the next update."""
-        if not self.warmup:
-            return self.decay
-        n = self.updates
-        return min(self.decay, (1.0 + n) / (10.0 + n))
+        return decay_after(self.decay, self.warmup, self.updates)
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:

@@ -532,7 +532,9 @@ class Trainer:
         self.consecutive_bad = 0 if good else self.consecutive_bad + 1
         self.bad_total += not good
         self.bad_since_save += not good
-        self.lrs = self.opt.lrs()  # the lr of this update, for the log line
+        # the lr of this update, for the log line: 0 for an optimizer that got no loss this step
+        # (a discriminator before gan_start), since it did not step: its schedule's lr is moot
+        self.lrs = {n: lr if n in order else 0.0 for n, lr in self.opt.lrs().items()}
         self.opt.step_schedules()
         self.step_count += 1
         self.position = next_position
@@ -823,6 +825,8 @@ class Trainer:
             if self.main:  # every run ends with its curves, a failed one too
                 plot_curves(self.run_dir)
                 release_run(self.run_dir)  # the last write: other processes may train it now
+        # wall time of the whole fit, checkpoint writes, image grids and plot_curves included
+        # (the log's and the bar's steps/s are rates over recent steps): shown as "wall speed"
         elapsed = time.perf_counter() - t_start
         return TrainResult(
             run_dir=self.run_dir,
