@@ -586,7 +586,9 @@ def run_extract(
     writer = _ShardWriter(
         entry, feats, img_done, locks, encoder, device, settings.precision, resolution, flips
     )
-    header = run_header(dist, device, settings.precision, "settings", settings.seed)
+    # where the precision came from (flag, env …, file …, default), as training's header says
+    given = ((config_record or {}).get("sources") or {}).get("precision", "settings")
+    header = run_header(dist, device, settings.precision, given, settings.seed)
     if dist.rank == 0 and not feats.group.attrs.get("complete", False):
         feats.group.attrs["run_header"] = header  # a rerun that writes nothing keeps the record
     with progress(f"extract {spec.id}", total=todo, unit="img") as bar, _releasing(locks):

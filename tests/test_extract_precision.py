@@ -51,6 +51,10 @@ def test_half_precision_is_honoured_on_the_cpu_and_recorded(tmp_path, precision)
     full, half = _features(str(tmp_path / "fp32")), _features(str(tmp_path / "half"))
     assert full.attrs["precision"] == "fp32" and half.attrs["precision"] == precision
     assert half.attrs["run_header"]["precision"] == precision
+    # the header says where the precision came from, as training's does (it said "settings")
+    assert half.attrs["run_header"]["precision_source"] == "flag"
+    assert full.attrs["run_header"]["precision_source"] == "default"
+    assert f"{precision} (flag)" in res.output
     a, b = full["tokens"][:].astype(np.float32), half["tokens"][:].astype(np.float32)
     assert not np.array_equal(a, b)  # computed in another precision, not fp32 relabelled
     np.testing.assert_allclose(b, a, atol=0.1 * np.abs(a).max())  # …and still the same features
