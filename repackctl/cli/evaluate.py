@@ -76,11 +76,35 @@ def _print_fid(result: Any) -> None:
         ("samples", f"{result.n_generated} from {m['generated']['path']}"),
         ("reference", f"{card['reference_file']} (sha256 {card['reference_sha256'][:12]}…)"),
         ("sampler", f"{card['sampler']} steps={card['steps']} nfe={card['nfe']}"),
-        ("guidance", f"cfg={card['cfg_scale']} interval={card['cfg_interval']}"),
+        *_made_with_rows(card),
         ("extractor", card["feature_extractor"]),
         ("written", str(result.path)),
     ]
     console.print(kv_table("evaluate fid", rows))
+
+
+def _made_with_rows(card: dict) -> list[tuple[str, str]]:
+    """Guidance, weights, refiner and decoder rows: what made the samples besides the
+    checkpoint, each of which moves the score (autoguidance must not read as plain CFG)."""
+    from repackctl.evaluate.generative import guide_text
+
+    unknown = "not recorded"  # the samples' protocol.json does not say (external, older)
+    scale = f"cfg={card['cfg_scale']} interval={card['cfg_interval']}"
+    guide = guide_text(card.get("guide"))
+    refiner, decoder = card.get("refiner"), card.get("pack_decoder")
+    if refiner:
+        sha = refiner.get("sha256")
+        refined = f"{refiner['checkpoint']}" + (f" (sha256 {sha[:12]}…)" if sha else "")
+    else:
+        refined = "none" if "refiner" in card else unknown
+    return [
+        ("guidance", f"{guide}, scale={card['cfg_scale']} interval={card['cfg_interval']}")
+        if guide
+        else ("guidance", scale),
+        ("weights", card.get("weights") or unknown),
+        ("refiner", refined),
+        ("decoder", decoder["checkpoint"] if decoder else unknown),
+    ]
 
 
 @evaluate_app.command("fid")

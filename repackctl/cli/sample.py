@@ -38,13 +38,23 @@ def sample(resolved: ResolvedSettings) -> None:
         ("samples", f"{result.num} ({result.written} now, {result.already_done} already done)"),
         ("image", f"{result.image_shape} uint8"),
         ("sampler", f"{p['sampler']}, {p['steps']} steps, shift {p['shift']:g}"),
-        ("guidance", f"scale {p['cfg_scale']:g} for t in {p['cfg_interval']}"),
+        ("guidance", _guidance(p)),
+        ("weights", p.get("weights")),
         ("NFE per sample", result.nfe),
         ("labels", p["label_scheme"]),
         ("refined", result.refined),
         ("time", f"{result.seconds:.1f} s ({result.images_per_s:.2f} img/s)"),
     ]
     console.print(kv_table("sample", rows))
+
+
+def _guidance(p: dict) -> str:
+    """The guidance row: autoguidance names its guide run and checkpoint (never plain CFG)."""
+    from repackctl.evaluate.generative import guide_text
+
+    scale = f"scale {p['cfg_scale']:g} for t in {p['cfg_interval']}"
+    guide = guide_text(p.get("guide"))
+    return f"{guide}, {scale}" if guide else scale
 
 
 def register(app: typer.Typer) -> None:

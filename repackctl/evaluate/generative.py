@@ -5,7 +5,8 @@ made by ``repackctl sample``, its ``samples.npz``, any ADM-layout ``.npz`` or fo
 DiT run/checkpoint that is sampled first through :func:`repackctl.sample.run_sample`), finds the
 reference (an ADM reference batch as in openai/guided-diffusion ``evaluations/evaluator.py``, a
 statistics file, an image folder center-cropped like ADM, a cache entry or the built-in dataset),
-computes the metrics, and writes ``metrics.json`` with a complete protocol card.
+computes the metrics, and writes ``metrics.json`` with a complete protocol card (how the samples
+were made included: autoguidance by which run, EMA or raw weights, refiner, pack decoder).
 
 Two families of metrics:
 
@@ -101,6 +102,9 @@ GENERATION_FIELDS = (
     "checkpoint",
     "checkpoint_sha256",
 )
+#: card fields that say which networks made the samples besides the checkpoint (see
+#: :func:`made_with`); cards written before them lack them and are read and replaced as before
+MADE_WITH_FIELDS = ("weights", "guide", "refiner", "pack_decoder")
 STATS_FORMAT = 1
 
 
@@ -443,11 +447,27 @@ def samples_of_run(root: str | Path, run: Path) -> list[Path]:
     found = [p for p in base.glob(f"{name}--*") if is_samples_folder(p)] if base.is_dir() else []
     if is_checkpoint(run):
         found = [p for p in found if made_from_checkpoint(p, read_protocol(p), run)]
-    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+    return sorted(found, key=samples_made_at, reverse=True)
+
+
+def samples_made_at(folder: Path) -> float:
+    """When the samples of ``folder`` were made: the one meaning of "newest samples folder".
+
+    ``repackctl sample`` writes ``protocol.json`` last, once every sample is there; a folder
+    without it is dated by its ``samples.npz``, the settings file of an unfinished run, or its
+    newest image. Never the folder's own mtime: writing ``metrics.json`` into it changes that,
+    and scoring a folder must not make it the "newest samples" of its run.
+    """
+    for mark in (PROTOCOL_JSON, SAMPLES_NPZ, SETTINGS_JSON):
+        if (folder / mark).is_file():
+            return (folder / mark).stat().st_mtime
+    images = _list_images(folder)
+    return max((p.stat().st_mtime for p in images), default=folder.stat().st_mtime)
 
 
 def newest_samples_folder(root: str | Path) -> Path:
-    """The most recently written samples folder under the samples root.
+    """The samples folder under the samples root whose samples were made last
+    (:func:`samples_made_at`).
 
     An unfinished sample run that is the newest folder is refused (not skipped: the user most
     likely means it), with the hint to finish it.
@@ -460,12 +480,7 @@ def newest_samples_folder(root: str | Path) -> Path:
             hint="run `repackctl sample --num 50000` first, or pass a samples folder, a samples "
             ".npz or a DiT checkpoint as the argument",
         )
-
-    def written(p: Path) -> float:
-        marks = [p / PROTOCOL_JSON, p / SAMPLES_NPZ]
-        return max([m.stat().st_mtime for m in marks if m.exists()] + [p.stat().st_mtime])
-
-    newest = max(found, key=written)
+    newest = max(found, key=samples_made_at)
     refuse_unfinished(newest, "the newest samples folder ")
     return newest
 
@@ -582,6 +597,8 @@ def _resolve_source(settings: Settings, progress: ProgressFactory) -> tuple[Path
     what = "checkpoint" if is_checkpoint(path) else "run"
     made = samples_of_run(settings.samples, path)
     if made and not _to_finish(made[0], num):
+        if what == "run":
+            _warn_if_trained_on(path, made[0])
         return made[0], [f"{cfg.source} is a {what}: its newest samples folder is {made[0]}"], False
     if num is not None:
         out = sample_checkpoint(settings, path, num, progress)
@@ -594,6 +611,26 @@ def _resolve_source(settings: Settings, progress: ProgressFactory) -> tuple[Path
         f"{path} is a {what} with no samples folder made from it under {settings.samples}",
         hint=f"sample it first (`repackctl sample --run {run_root_of(path).name}{pick} -n "
         "50000`), or give --samples N to sample it now",
+    )
+
+
+def _warn_if_trained_on(run: Path, folder: Path) -> None:
+    """Warn when the run's newest samples were made from an older checkpoint than its newest:
+    the run trained on since, and the score is not the run's current state."""
+    from repackctl.train.checkpoint import list_checkpoints
+
+    sampled = read_protocol(folder).get("checkpoint")
+    checkpoints = list_checkpoints(run)
+    if not sampled or not checkpoints:
+        return
+    newest, made = checkpoints[-1], Path(str(sampled))
+    if made.name == newest.name and made.parent.name == newest.parent.name:
+        return
+    warn(
+        f"{folder.name}, the newest samples of run {run.name}, were made from checkpoint "
+        f"{made.name}, but the run's newest checkpoint is {newest.name} (it trained on since); "
+        f"the score is of {made.name}. To score the run as it is now: `repackctl evaluate fid "
+        f"{newest} --samples N` (samples {newest.name} first)"
     )
 
 
@@ -1079,6 +1116,56 @@ def _metrics_path(settings: Settings, gen: Generated) -> Path:
     return gen.folder / name
 
 
+def made_with(protocol: dict) -> dict[str, Any]:
+    """The card fields :data:`MADE_WITH_FIELDS` from a samples folder's ``protocol.json``.
+
+    The checkpoint alone does not say how samples were made: autoguidance by another run, the
+    EMA or the raw weights, a refiner after the decoder and the pack decoder itself each change
+    the score (a refiner several-fold), so a score without them reads as plain CFG of the EMA
+    weights. A field the samples' ``protocol.json`` does not record (external samples, older
+    cards, ``guide`` of text-to-image cards) is left out, so that "not recorded" never reads
+    as "none" (``guide``/``refiner`` null: sampled without one).
+    """
+    guide = protocol.get("guide")
+    if isinstance(guide, dict) and guide.get("checkpoint"):
+        ckpt = str(guide["checkpoint"])
+        guide = {
+            "run": run_root_of(Path(ckpt)).name,
+            "checkpoint": ckpt,
+            "sha256": guide.get("sha256"),
+        }
+    refiner = protocol.get("refiner")
+    if isinstance(refiner, str):  # text-to-image cards record the refiner's path only
+        refiner = {"checkpoint": refiner, "sha256": None}
+    elif isinstance(refiner, dict):
+        refiner = {"checkpoint": refiner.get("checkpoint"), "sha256": refiner.get("sha256")}
+    pack = protocol.get("pack")
+    decoder = (
+        {"checkpoint": pack.get("checkpoint"), "pack_id": pack.get("pack_id")}
+        if isinstance(pack, dict) and pack.get("checkpoint")
+        else None
+    )
+    made = {"weights": protocol.get("weights"), "guide": guide or None}
+    made |= {"refiner": refiner or None, "pack_decoder": decoder}
+    recorded_as = {
+        "weights": "weights",
+        "guide": "guide",
+        "refiner": "refiner",
+        "pack_decoder": "pack",
+    }
+    return {k: v for k, v in made.items() if recorded_as[k] in protocol}
+
+
+def guide_text(guide: dict | None) -> str | None:
+    """``autoguidance by <run> <checkpoint>`` for a card's (or protocol's) ``guide``; None
+    for plain classifier-free guidance. Printed wherever the guidance scale is, so that
+    autoguidance never reads as CFG."""
+    if not guide or not guide.get("checkpoint"):
+        return None
+    ckpt = Path(str(guide["checkpoint"]))
+    return f"autoguidance by {run_root_of(ckpt).name} {ckpt.name}"
+
+
 def _card(
     gen: Generated, ref: Reference, *, evaluator: str, extractor: str, extractor_sha: str,
     precision: str, n: int,
@@ -1087,6 +1174,7 @@ def _card(
 
     p = gen.protocol
     card: dict[str, Any] = {k: p.get(k) for k in GENERATION_FIELDS}
+    card.update(made_with(p))
     if not card["sampler"]:  # samples not made by repackctl: what is unknown stays null
         external = {
             "sampler": EXTERNAL_SAMPLER,
@@ -1279,8 +1367,31 @@ def run_evaluate_fid(
     )
     validate_card(card)
     check_replaceable(target, metrics, card)  # another extractor's result is kept too
+    messages += _older_card_note(target, card)
     path = write_metrics_json(target, metrics, card)
     return EvaluateResult(metrics, card, path, messages, gen.images.n, scores.n_ref)
+
+
+def _older_card_note(target: Path, card: dict) -> list[str]:
+    """A note when the ``metrics.json`` about to be replaced (the same result recomputed:
+    :func:`check_replaceable` has passed) has a card from before :data:`MADE_WITH_FIELDS`.
+
+    Those fields come from the samples' own ``protocol.json``: the same samples (the sha256 in
+    the file's identity) were made one way, so the older file holds this result, not another,
+    and is replaced as before rather than refused; the note says why its card grew."""
+    if not target.is_file():
+        return []
+    try:
+        old_card = json.loads(target.read_text()).get("protocol") or {}
+    except (OSError, ValueError, AttributeError):
+        return []
+    missing = [k for k in MADE_WITH_FIELDS if k in card and k not in old_card]
+    if not missing:
+        return []
+    return [
+        f"{target} was written by an earlier version whose card lacks {', '.join(missing)}; "
+        "replaced by the same result recomputed, with them"
+    ]
 
 
 def _identity(gen: Generated, ref: Reference, wanted: list[str]) -> dict[str, Any]:

@@ -192,7 +192,7 @@ def test_a_checkpoint_is_scored_on_its_own_samples(env, tmp_path):
     (mine,) = root.glob("dit--step-0000001--*")
     (other,) = root.glob("dit--step-0000002--*")
     later = time.time() + 5
-    os.utime(other, (later, later))  # the other checkpoint's folder is the newest
+    os.utime(other / "protocol.json", (later, later))  # the other checkpoint's samples are newest
     code, out = _evaluate(str(first), *SCORE, "--out", str(tmp_path / "first.json"))
     assert code == 0, out
     card = _doc(tmp_path / "first.json")["protocol"]
