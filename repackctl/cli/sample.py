@@ -29,7 +29,8 @@ def sample(resolved: ResolvedSettings) -> None:
     from repackctl.sample.run import run_sample
 
     main = is_main_process()
-    result = run_sample(resolved.settings, rank_progress(main))
+    source = resolved.sources.get("precision", "default")
+    result = run_sample(resolved.settings, rank_progress(main), precision_source=source)
     if not main:
         return
     p = result.protocol

@@ -130,9 +130,15 @@ class SampleResult:
 
 
 def run_sample(
-    settings: Settings, progress: ProgressFactory = null_progress, dist: DistInfo | None = None
+    settings: Settings,
+    progress: ProgressFactory = null_progress,
+    dist: DistInfo | None = None,
+    precision_source: str = "settings",
 ) -> SampleResult:
-    """Generate (or finish generating) ``settings.sample.num`` samples of a DiT run."""
+    """Generate (or finish generating) ``settings.sample.num`` samples of a DiT run.
+
+    ``precision_source``: where the precision came from (flag, env …, default), for the run
+    header; a caller without the settings' provenance leaves "settings"."""
     dist = dist or DistInfo.from_env()
     settings = _canonical_labels(_chain_run(settings))
     cfg = settings.sample
@@ -167,7 +173,7 @@ def run_sample(
     ckpt = Path(dit.checkpoint)
     labels = make_labels(cfg.num, int(dit.extra["num_classes"]), cfg.labels, settings.seed)
     folder = _claim(settings, dit, plan, guide_info, refiner)
-    header = run_header(dist, device, settings.precision, "settings", settings.seed)
+    header = run_header(dist, device, settings.precision, precision_source, settings.seed)
     job = _Job(settings, plan, dit.extra, labels, velocity, pack.model.to(device).eval(), refiner,
                folder, device, header, is_finished(folder))  # fmt: skip
     written, already, seconds = _generate(job, dist, progress, run_root_of(ckpt).name)

@@ -77,6 +77,8 @@ def test_at_cfg_one_the_interval_shares_the_folder_and_the_images(stack, tmp_pat
     assert card["cfg_interval"] == [0.0, 1.0] and card["cfg_legacy_channels"] == 0
     assert card["setting_sources"]["cfg_t_lo"] == "not applicable at cfg 1 (setting 0.3 ignored)"
     assert card["setting_sources"]["cfg_t_hi"] == "not applicable at cfg 1"
+    # the run header says where the precision came from (it said "settings" whatever gave it)
+    assert card["run_header"]["precision_source"] == "default"
     # bit-identical to an uninterrupted run with the default interval
     r = _sample(stack, tmp_path / "unused", "--cfg", "1", "--out", str(tmp_path / "plain"))
     assert r.exit_code == 0, r.output
