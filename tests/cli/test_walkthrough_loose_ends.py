@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import one_torch_thread, subprocess_env, use_sandbox
+from conftest import subprocess_env, use_sandbox
+from support.caches import tiny_dit_stack
 from support.cli import cli_ok, cli_refused
 from support.launch import start_two
 from typer.testing import CliRunner
@@ -33,24 +34,7 @@ MAIN = str(Path(__file__).resolve().parents[2] / "repackctl" / "__main__.py")
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> Path:
     """cache/ (train + val split), runs/pk (pack, 2 steps), runs/dit (checkpoints 1 and 2)."""
-    root = tmp_path_factory.mktemp("walkthrough")
-    extract = ["extract", "-e", "patchpix", "--resolution", "32", "-n", "16", "--chunk", "8",
-               "--shard", "16"]  # fmt: skip
-    steps = [
-        extract,
-        [*extract, "--split", "val"],
-        ["pack", "train", "-e", "patchpix", "--resolution", "32", "-n", "16", "--steps", "2",
-         "--batch-size", "8", "--ch", "16", "-c", "4", "--name", "pk", "--image-every", "0", *CPU],
-        ["pack", "encode", "--run", "pk", *CPU],
-        ["train", "dit", "--pack-run", "pk", "--size", "tiny", "--depth", "2", "--steps", "2",
-         "-b", "8", "--ckpt-every", "1", "--image-every", "0", "--name", "dit", *CPU],
-    ]  # fmt: skip
-    with pytest.MonkeyPatch.context() as mp, one_torch_thread():
-        use_sandbox(mp, root)
-        for args in steps:
-            res = runner.invoke(app, args)
-            assert res.exit_code == 0, res.output
-    return root
+    return tiny_dit_stack(tmp_path_factory.mktemp("walkthrough"), val=True)
 
 
 @pytest.fixture

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import one_torch_thread, subprocess_env, use_sandbox
+from conftest import one_torch_thread, subprocess_env
 from PIL import Image
+from support.caches import tiny_dit_stack
 from support.kill import kill_after_pngs
 from support.stack import stack_env
 from typer.testing import CliRunner
@@ -39,22 +40,7 @@ SCORE += FD_WEIGHTS
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> dict[str, str]:
     """cache, runs: a tiny DiT run `dit` with checkpoints step-0000001 and step-0000002."""
-    root = tmp_path_factory.mktemp("selection")
-    cpu = ["--device", "cpu"]
-    steps = [
-        ["extract", "-e", "patchpix", "--resolution", "32", "-n", "16", "--chunk", "8",
-         "--shard", "16"],
-        ["pack", "train", "-e", "patchpix", "--resolution", "32", "-n", "16", "--steps", "2",
-         "--batch-size", "8", "--ch", "16", "-c", "4", "--name", "pk", "--image-every", "0", *cpu],
-        ["pack", "encode", "--run", "pk", *cpu],
-        ["train", "dit", "--pack-run", "pk", "--size", "tiny", "--depth", "2", "--steps", "2",
-         "-b", "8", "--ckpt-every", "1", "--image-every", "0", "--name", "dit", *cpu],
-    ]  # fmt: skip
-    with pytest.MonkeyPatch.context() as mp, one_torch_thread():
-        use_sandbox(mp, root)
-        for args in steps:
-            res = runner.invoke(app, args)
-            assert res.exit_code == 0, res.output
+    root = tiny_dit_stack(tmp_path_factory.mktemp("selection"))
     return {"cache": str(root / "cache"), "runs": str(root / "runs")}
 
 

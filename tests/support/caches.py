@@ -102,3 +102,33 @@ def use_stack(stack: Path, tmp_path: Path, monkeypatch) -> Path:
     monkeypatch.setenv("REPACKCTL_RUNS", str(work / "runs"))
     monkeypatch.setenv("REPACKCTL_SAMPLES", str(work / "samples"))
     return work
+
+
+def tiny_dit_stack(root: Path, val: bool = False) -> Path:
+    """``root`` holding cache/ (16 built-in images, patchpix at 32 px; with ``val`` a val split
+    of 16 too) and runs/: the 2-step pack run ``pk``, its latents, and a 2-step tiny DiT ``dit``
+    with checkpoints step-0000001 and step-0000002, through the command line."""
+    import pytest
+    from conftest import one_torch_thread, use_sandbox
+    from typer.testing import CliRunner
+
+    from repackctl.cli.app import app
+
+    cpu = ["--device", "cpu"]
+    extract = ["extract", "-e", "patchpix", "--resolution", "32", "-n", "16", "--chunk", "8",
+               "--shard", "16"]  # fmt: skip
+    steps = [
+        extract,
+        *([[*extract, "--split", "val"]] if val else []),
+        ["pack", "train", "-e", "patchpix", "--resolution", "32", "-n", "16", "--steps", "2",
+         "--batch-size", "8", "--ch", "16", "-c", "4", "--name", "pk", "--image-every", "0", *cpu],
+        ["pack", "encode", "--run", "pk", *cpu],
+        ["train", "dit", "--pack-run", "pk", "--size", "tiny", "--depth", "2", "--steps", "2",
+         "-b", "8", "--ckpt-every", "1", "--image-every", "0", "--name", "dit", *cpu],
+    ]  # fmt: skip
+    with pytest.MonkeyPatch.context() as mp, one_torch_thread():
+        use_sandbox(mp, root)
+        for args in steps:
+            res = CliRunner().invoke(app, args)
+            assert res.exit_code == 0, res.output
+    return root
