@@ -241,7 +241,7 @@ def test_a_full_disk_during_extract_is_an_error_naming_the_path(monkeypatch):
 def test_long_commands_print_the_run_header():
     res = runner.invoke(app, ["extract", "-n", "8", "--resolution", "32", "--device", "cpu"])
     assert res.exit_code == 0, res.output
-    assert "world 1 · cpu · fp32 (settings) · seed 0 · repackctl" in res.output
+    assert "world 1 · cpu · fp32 (default) · seed 0 · repackctl" in res.output
 
 
 def test_a_missing_entry_hint_names_its_split_and_resolution(cache_root):
