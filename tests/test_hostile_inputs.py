@@ -253,3 +253,28 @@ def test_a_missing_entry_hint_names_its_split_and_resolution(cache_root):
     assert res.exit_code != 0 and "Traceback" not in out
     assert "cache entry 'builtin--val--64px' not found" in out
     assert "Hint: run `repackctl extract --split val --resolution 64` for it" in out
+
+
+def test_a_protocol_json_of_another_shape_is_refused_not_scored_as_external(tmp_path):
+    """Valid JSON that is not an object (``[1, 2]``) read as "no protocol": the folder was
+    scored as external samples and metrics.json written into it."""
+    from repackctl.errors import DataError
+    from repackctl.evaluate.generative import read_protocol
+
+    (tmp_path / "protocol.json").write_text("[1, 2]")
+    with pytest.raises(DataError, match="is not a protocol card"):
+        read_protocol(tmp_path)
+    (tmp_path / "protocol.json").write_text('{"protocol": "x"}')
+    with pytest.raises(DataError, match="is not a protocol card"):
+        read_protocol(tmp_path)
+
+
+def test_sampling_json_defaults_of_another_shape_are_an_error_not_a_traceback(tmp_path):
+    from repackctl.errors import CheckpointError
+    from repackctl.sample.plan import read_sampling_defaults
+
+    ckpt = tmp_path / "run" / "checkpoints" / "step-0000002"
+    ckpt.mkdir(parents=True)
+    (tmp_path / "run" / "sampling.json").write_text('{"defaults": 5}')  # was a TypeError
+    with pytest.raises(CheckpointError, match="'defaults' is not a JSON object"):
+        read_sampling_defaults(ckpt)

@@ -494,7 +494,12 @@ def read_protocol(folder: Path) -> dict:
         doc = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise DataError(f"cannot read {path}: {e}", hint="the samples folder is damaged") from e
-    return doc.get("protocol", doc) if isinstance(doc, dict) else {}
+    protocol = doc.get("protocol", doc) if isinstance(doc, dict) else None
+    if not isinstance(protocol, dict):  # valid JSON of another shape: never "external samples"
+        raise DataError(
+            f"{path} is not a protocol card (a JSON object)", hint="the samples folder is damaged"
+        )
+    return protocol
 
 
 @dataclass

@@ -289,6 +289,11 @@ def read_sampling_defaults(checkpoint: Path) -> dict[str, Any]:
             if not isinstance(data, dict):
                 raise CheckpointError(f"{path} is not a JSON object", "fix or delete it")
             _check_digest(path, data)
+            if not isinstance(data.get("defaults", {}), dict):
+                raise CheckpointError(
+                    f"{path}: 'defaults' is not a JSON object of sampling settings",
+                    "fix or delete it (and give the sampling settings as flags)",
+                )
             unknown = sorted(set(data.get("defaults", {})) - set(DEFAULTS))
             if unknown:
                 raise CheckpointError(
