@@ -81,17 +81,26 @@ class RunDetail:
     """What ``runs info`` shows."""
 
     run: RunInfo
-    config: dict[str, Any]  # as shown: ``ema_decay`` names the decay in effect during a warm-up
+    config: dict[str, Any]
     checkpoints: list[CheckpointInfo]
     metrics_tail: list[dict[str, Any]]
     samples: list[str] = field(default_factory=list)  # sample folders made from this run
-    config_values: dict[str, Any] | None = None  # the config.json values themselves (JSON)
     ema_in_effect: dict[str, Any] | None = None  # see ``ema_in_effect``
+
+    def shown_config(self) -> dict[str, Any]:
+        """``config`` for the text view: during a warm-up ``ema_decay`` also names the decay in
+        effect at the newest checkpoint (the configured figure is only its cap)."""
+        shown, ema = dict(self.config), self.ema_in_effect
+        if ema is not None and ema["warmup"]:
+            shown["ema_decay"] = (
+                f"{self.config['ema_decay']} (warm-up: {ema['decay']:.4g} at step {ema['step']})"
+            )
+        return shown
 
     def to_dict(self) -> dict[str, Any]:
         return {
             **self.run.to_dict(),
-            "config": self.config if self.config_values is None else self.config_values,
+            "config": self.config,
             "ema_decay_in_effect": self.ema_in_effect,
             "checkpoints": [asdict(c) for c in self.checkpoints],
             "metrics_tail": self.metrics_tail,
@@ -269,21 +278,15 @@ def describe_run(folder: Path, samples_root: Path | None = None, tail: int = 5) 
     _require_run(folder)
     ckpts = [checkpoint_info(p, checksums=True) for p in _step_folders(folder)]
     config = read_json_dict(folder / CONFIG_JSON) or {}
-    values = {k: config[k] for k in CONFIG_KEYS if k in config}
+    summary = {k: config[k] for k in CONFIG_KEYS if k in config}
     good = [c for c in ckpts if c.complete]
-    ema = ema_in_effect(values, folder / CKPT_DIR / good[-1].name) if good else None
-    shown = dict(values)
-    if ema is not None and ema["warmup"]:
-        shown["ema_decay"] = (
-            f"{values['ema_decay']} (warm-up: {ema['decay']:.4g} at step {ema['step']})"
-        )
+    ema = ema_in_effect(summary, folder / CKPT_DIR / good[-1].name) if good else None
     return RunDetail(
         run=_run_info(folder, ckpts, checksums=True),
-        config=shown,
+        config=summary,
         checkpoints=ckpts,
         metrics_tail=_metrics_tail(folder, tail),
         samples=sample_folders(samples_root, folder.name) if samples_root else [],
-        config_values=values,
         ema_in_effect=ema,
     )
 

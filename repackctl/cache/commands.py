@@ -79,10 +79,15 @@ def entry_extract_command(entry: DatasetEntry, encoder: str, layer: str | None =
     ``layer`` is the layer part of a features id (``l8`` → ``--layer 8``; ``final`` is the default).
     """
     src = entry_source(entry)
-    digits = layer[1:] if layer and layer.startswith("l") and layer[1:].isdigit() else None
     return extract_command(
-        encoder, src["data"], src["split"], src["resolution"], src["num"], layer=digits
+        encoder, src["data"], src["split"], src["resolution"], src["num"], layer=_layer_of(layer)
     )
+
+
+def _layer_of(part: str | None) -> str | None:
+    """The ``--layer`` of a features id's layer part (``l8`` → ``8``; ``final``, the default,
+    and anything else → None)."""
+    return part[1:] if part and part.startswith("l") and part[1:].isdigit() else None
 
 
 def features_extract_command(entry: DatasetEntry, fid: str, precision: str | None = None) -> str:
@@ -110,8 +115,7 @@ def features_extract_command(entry: DatasetEntry, fid: str, precision: str | Non
         )
     else:  # written before the settings were recorded: the encoder record, the id's layer part
         weights = enc.get("weights") if enc.get("weights") not in (None, "builtin") else None
-        part = fid.split("--")[1] if fid.count("--") >= 1 else ""
-        layer = part[1:] if part.startswith("l") and part[1:].isdigit() else None
+        layer = _layer_of(fid.split("--")[1] if fid.count("--") >= 1 else None)
         val_fraction = None
     return extract_command(
         str(enc.get("id") or fid.split("--")[0]),

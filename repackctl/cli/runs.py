@@ -117,7 +117,7 @@ def info(
         ("size", _mb(r.bytes)),
         ("modified", _when(r.modified)),
     ]
-    pairs += [(f"config.{k}", v) for k, v in d.config.items()]
+    pairs += [(f"config.{k}", v) for k, v in d.shown_config().items()]
     for c in d.checkpoints:
         pairs.append((f"checkpoint {c.name}", "complete" if c.complete else c.problem))
     for rec in d.metrics_tail:
