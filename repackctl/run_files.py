@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -131,3 +132,57 @@ def json_sha256(doc: dict[str, Any], key: str = "sha256") -> str:
     body = {k: v for k, v in doc.items() if k != key}
     text = json.dumps(body, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def sealed(data: Any, key: str) -> bool:
+    """``data`` is a JSON object whose ``key`` (when it has one) is the sha256 of the rest."""
+    return isinstance(data, dict) and data.get(key, json_sha256(data, key)) == json_sha256(
+        data, key
+    )
+
+
+@dataclass(frozen=True)
+class StoredConfig:
+    """A run's engine config as :func:`read_run_config` found it.
+
+    ``config``: what to use (``config.json``, else its newest verified checkpoint's), None when
+    neither holds one; ``problem``: why ``config.json`` was not used although it is there (``is
+    not valid JSON (…)``, ``does not match the sha256 it was written with …``), else None;
+    ``checkpoint``: the step folder whose ``state.json`` gave ``config``, else None."""
+
+    config: dict[str, Any] | None
+    problem: str | None = None
+    checkpoint: str | None = None
+
+
+def _checkpoint_config(run_dir: Path) -> tuple[str, dict[str, Any]] | None:
+    """(step folder, ``config``) of the run's newest checkpoint whose ``state.json`` verifies
+    against its own sha256: the engine config, settings record included, it was trained with."""
+    for path in sorted((run_dir / "checkpoints").glob("step-[0-9]*/state.json"), reverse=True):
+        data = read_json_dict(path)
+        if sealed(data, STATE_SHA256) and isinstance(data.get("config"), dict):
+            return path.parent.name, data["config"]
+    return None
+
+
+def read_run_config(run_dir: Path) -> StoredConfig:
+    """The run's ``config.json``; when it is missing, not a JSON object or not what was written
+    (its ``config_sha256``), the config its newest verified checkpoint recorded, with the
+    problem named. One reading for the resume (``settings.resume.run_config``, which warns or
+    refuses) and ``runs info`` (which shows the problem), so both say the same of one file."""
+    path = run_dir / "config.json"
+    problem = None
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text(errors="replace"))
+            problem = "does not match the sha256 it was written with (edited or damaged)"
+            if not isinstance(data, dict):
+                problem = "is not a JSON object (damaged)"
+        except ValueError as e:
+            data, problem = None, f"is not valid JSON ({e})"
+        if sealed(data, CONFIG_SHA256):
+            return StoredConfig(data)
+    found = _checkpoint_config(run_dir)
+    if found is None:
+        return StoredConfig(None, problem)
+    return StoredConfig(found[1], problem, found[0])

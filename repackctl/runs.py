@@ -34,7 +34,14 @@ from pathlib import Path
 from typing import Any
 
 from repackctl.errors import CheckpointError, ConfigError
-from repackctl.run_files import ENGINE_KEYS, foreign_paths, name_paths, read_json_dict
+from repackctl.run_files import (
+    ENGINE_KEYS,
+    StoredConfig,
+    foreign_paths,
+    name_paths,
+    read_json_dict,
+    read_run_config,
+)
 from repackctl.run_lock import LOCK_FILE, lock_holder
 
 CONFIG_JSON = "config.json"
@@ -86,6 +93,8 @@ class RunDetail:
     metrics_tail: list[dict[str, Any]]
     samples: list[str] = field(default_factory=list)  # sample folders made from this run
     ema_in_effect: dict[str, Any] | None = None  # see ``ema_in_effect``
+    # why config.json was not shown (damaged or edited) and whose config was instead
+    config_problem: str | None = None
 
     def shown_config(self) -> dict[str, Any]:
         """``config`` for the text view: during a warm-up ``ema_decay`` also names the decay in
@@ -101,6 +110,7 @@ class RunDetail:
         return {
             **self.run.to_dict(),
             "config": self.config,
+            "config_problem": self.config_problem,
             "ema_decay_in_effect": self.ema_in_effect,
             "checkpoints": [asdict(c) for c in self.checkpoints],
             "metrics_tail": self.metrics_tail,
@@ -274,10 +284,12 @@ def _require_run(folder: Path) -> None:
 
 def describe_run(folder: Path, samples_root: Path | None = None, tail: int = 5) -> RunDetail:
     """Config summary, checkpoints (every file's sha256 checked), the last ``tail`` metrics lines
-    and the samples of a run."""
+    and the samples of a run. The config is ``config.json``'s, or, when that file is damaged or
+    edited, its newest verified checkpoint's, with the problem named (``config_problem``)."""
     _require_run(folder)
     ckpts = [checkpoint_info(p, checksums=True) for p in _step_folders(folder)]
-    config = read_json_dict(folder / CONFIG_JSON) or {}
+    stored = read_run_config(folder)
+    config = stored.config or {}
     summary = {k: config[k] for k in CONFIG_KEYS if k in config}
     good = [c for c in ckpts if c.complete]
     ema = ema_in_effect(summary, folder / CKPT_DIR / good[-1].name) if good else None
@@ -288,6 +300,19 @@ def describe_run(folder: Path, samples_root: Path | None = None, tail: int = 5) 
         metrics_tail=_metrics_tail(folder, tail),
         samples=sample_folders(samples_root, folder.name) if samples_root else [],
         ema_in_effect=ema,
+        config_problem=_config_problem(stored),
+    )
+
+
+def _config_problem(stored: StoredConfig) -> str | None:
+    """``config.json is not valid JSON (…); shown: the config of checkpoint step-N`` (or
+    ``…; no checkpoint records one``): a damaged or edited config.json is named, never shown as
+    if it were the run's settings nor left out in silence."""
+    if stored.problem is None:
+        return None
+    shown = f"the config of checkpoint {stored.checkpoint}" if stored.checkpoint else None
+    return f"{CONFIG_JSON} {stored.problem}; " + (
+        f"shown: {shown}" if shown else "no verified checkpoint records the config"
     )
 
 

@@ -117,6 +117,8 @@ def info(
         ("size", _mb(r.bytes)),
         ("modified", _when(r.modified)),
     ]
+    if d.config_problem:
+        pairs.append(("config problem", d.config_problem))
     pairs += [(f"config.{k}", v) for k, v in d.shown_config().items()]
     for c in d.checkpoints:
         pairs.append((f"checkpoint {c.name}", "complete" if c.complete else c.problem))

@@ -14,7 +14,6 @@ model, latents, REPA, seed, …) is an error naming the setting, unless the user
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -25,13 +24,7 @@ from pydantic import ValidationError
 
 from repackctl.errors import ConfigError, ResumeConflict
 from repackctl.progress import warn
-from repackctl.run_files import (
-    CONFIG_SHA256,
-    STATE_SHA256,
-    check_new_run_folder,
-    json_sha256,
-    read_json_dict,
-)
+from repackctl.run_files import check_new_run_folder, read_json_dict, read_run_config
 from repackctl.run_lock import lock_run
 from repackctl.settings.checks import GIVEN_LAYERS, check_schedules, undo_given
 
@@ -264,45 +257,30 @@ def _nest(flat: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _sealed(data: Any, key: str) -> bool:
-    """``data`` is a JSON object whose ``key`` (when it has one) is the sha256 of the rest."""
-    return isinstance(data, dict) and data.get(key, json_sha256(data, key)) == json_sha256(
-        data, key
-    )
-
-
-def _checkpoint_config(run_dir: Path) -> tuple[str, dict[str, Any]] | None:
-    """(step folder, ``config``) of the run's newest checkpoint whose ``state.json`` verifies
-    against its own sha256: the engine config, settings record included, it was trained with."""
-    for path in sorted((run_dir / "checkpoints").glob("step-[0-9]*/state.json"), reverse=True):
-        data = read_json_dict(path)
-        if _sealed(data, STATE_SHA256) and isinstance(data.get("config"), dict):
-            return path.parent.name, data["config"]
-    return None
-
-
 def run_config(run_dir: Path) -> dict[str, Any] | None:
     """The run's ``config.json``, or, when it is missing, not valid JSON or not what was written
     (its ``config_sha256``), the config its newest checkpoint recorded (a warning says so when
     the file was there); None for a run with neither. Settings read from a damaged or lost
     ``config.json`` would silently resume with other values (a changed lr, a default for each
     value it lost): refused when no checkpoint holds them."""
+    found = read_run_config(run_dir)
+    if found.problem is None:
+        return found.config
     path = run_dir / "config.json"
-    if not path.is_file():
-        found = _checkpoint_config(run_dir)
-        return None if found is None else found[1]
-    try:
-        data = json.loads(path.read_text())
-        problem = "does not match the sha256 it was written with (edited or damaged)"
-    except ValueError as e:
-        data, problem = None, f"is not valid JSON ({e})"
-    if _sealed(data, CONFIG_SHA256):
-        return data
-    found = _checkpoint_config(run_dir)
-    if found is None:
-        raise ConfigError(f"{path} {problem}", "restore it, or start a new run with another --name")
-    warn(f"{path} {problem}: using the settings its checkpoint {found[0]} recorded")
-    return found[1]
+    if found.config is None:
+        raise ConfigError(
+            f"{path} {found.problem}", "restore it, or start a new run with another --name"
+        )
+    message = (
+        f"{path} {found.problem}: using the settings its checkpoint {found.checkpoint} recorded"
+    )
+    if message not in _WARNED:  # a resume reads the record more than once: said once
+        _WARNED.add(message)
+        warn(message)
+    return found.config
+
+
+_WARNED: set[str] = set()
 
 
 def stored_record(run_dir: Path, section: str = "") -> dict[str, Any] | None:

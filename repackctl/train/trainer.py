@@ -884,17 +884,29 @@ def train(
 def _write_config(path: Path, config: dict[str, Any], allowed: list | None = None) -> None:
     """Write ``config.json``; a different config already there goes to the run's history first,
     with the setting changes a resume allowed (``--allow-change``): written here, when the run
-    goes on, not when they were asked for (a resume refused later left them in the history)."""
+    goes on, not when they were asked for (a resume refused later left them in the history).
+    A damaged one (not a JSON object; the resume took its checkpoint's config, with a warning)
+    goes there as its text (``replaced_unreadable``), so nothing of it is lost."""
     if allowed:
         with open(path.parent / CONFIG_HISTORY, "a") as f:
             f.write(json.dumps({"time": time.time(), "changes": allowed}, default=str) + "\n")
     body = {k: v for k, v in json.loads(json.dumps(config)).items() if k != CONFIG_SHA256}
     doc = body | {CONFIG_SHA256: json_sha256(body, CONFIG_SHA256)}  # checked by settings.resume
     if path.is_file():
-        old = json.loads(path.read_text())
+        text = path.read_text(errors="replace")
+        try:
+            old = json.loads(text)
+        except ValueError:
+            old = None
         if old == doc:
             return
-        if {k: v for k, v in old.items() if k != CONFIG_SHA256} != body:  # not only its seal
+        if not isinstance(old, dict):  # damaged (a resume used its checkpoint's config): kept
+            replaced = {"time": time.time(), "replaced_unreadable": text}
+        elif {k: v for k, v in old.items() if k != CONFIG_SHA256} != body:  # not only its seal
+            replaced = {"time": time.time(), "replaced": old}
+        else:
+            replaced = None
+        if replaced is not None:
             with open(path.parent / CONFIG_HISTORY, "a") as f:
-                f.write(json.dumps({"time": time.time(), "replaced": old}) + "\n")
+                f.write(json.dumps(replaced) + "\n")
     write_json_atomic(path, doc)

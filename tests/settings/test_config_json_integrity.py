@@ -83,3 +83,29 @@ def test_a_changed_config_json_without_a_verified_checkpoint_is_refused(run):
     out = cli_refused(ConfigError.exit_code, *TRAIN, "--steps", "3")
     assert "config.json does not match the sha256 it was written with" in out
     assert "start a new run" in out
+
+
+def test_a_config_json_cut_short_resumes_training_and_its_text_is_kept(run):
+    """The resume took the checkpoint's settings, then the engine's rewrite of config.json read
+    the damaged file again and died with a JSONDecodeError traceback (train dit, refine, pack)."""
+    path = run / "config.json"
+    cut = path.read_text()[:100]  # a copy cut short, a disk that filled up
+    path.write_text(cut)
+    with one_torch_thread():
+        out = cli_ok(*TRAIN, "--steps", "3")
+    assert out.count(f"Warning: {path} is not valid JSON") == 1  # said once, not per reading
+    assert read_state(latest_checkpoint(run))["step"] == 3
+    assert json.loads(path.read_text())["lr"] == 0.003  # rewritten from the checkpoint's config
+    history = [json.loads(line) for line in (run / "config_history.jsonl").read_text().splitlines()]
+    assert history[-1]["replaced_unreadable"] == cut  # nothing of the damaged file lost
+
+
+def test_runs_info_names_a_damaged_config_json_and_shows_the_checkpoints(run):
+    """`runs info` showed no config at all for a damaged config.json, and said nothing."""
+    (run / "config.json").write_text("[1, 2]")
+    out = "".join(cli_ok("runs", "info", "d").split())  # Rich may wrap the long line
+    assert "config.jsonisnotaJSONobject(damaged);shown:theconfigofcheckpointstep-0000002" in out
+    assert "config.lr0.003" in out
+    info = json.loads(cli_ok("runs", "info", "d", "--json"))
+    assert info["config"]["lr"] == 0.003
+    assert info["config_problem"].startswith("config.json is not a JSON object")
