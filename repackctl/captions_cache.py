@@ -299,14 +299,14 @@ def truncation_warning(t: Truncation, encoder_id: str, length: int) -> str | Non
     """The ``warning:`` line about cut captions, or None when none was cut."""
     if t.count is None:
         return (
-            f"warning: text encoder {encoder_id} has no tokenizer, so the captions longer than "
+            f"Warning: text encoder {encoder_id} has no tokenizer, so the captions longer than "
             f"{length} tokens (cut when encoded) cannot be counted"
         )
     if not t.count:
         return None
     eg = "; ".join(f"{c!r} ({n} tokens)" for c, n in t.examples)
     return (
-        f"warning: {t.count} of {t.total} captions are longer than {length} tokens and were cut "
+        f"Warning: {t.count} of {t.total} captions are longer than {length} tokens and were cut "
         f"to {length} when encoded (the longest has {t.longest}), e.g. {eg}; pass "
         f"--max-length {t.longest} to keep them whole"
     )

@@ -497,7 +497,7 @@ class _ShardWriter:
             entry.labels[sl] = buf["labels"]
             entry.keys[sl] = buf["keys"].astype(str)
         if not np.isfinite(buf["tokens"]).all():
-            message = f"warning: non-finite features in samples {rng.start}..{rng.stop - 1}"
+            message = f"Warning: non-finite features in samples {rng.start}..{rng.stop - 1}"
         feats["tokens"][sl] = buf["tokens"]
         feats["cls"][sl] = buf["cls"]
         entry.done[sl] = buf["codes"]

@@ -157,7 +157,7 @@ def test_decompression_bomb_warning_is_a_warning_line(tmp_path, cache_root, monk
     folder = _folder(tmp_path / "imgs", classes=("a",), per_class=1)
     res = runner.invoke(app, [*EXTRACT, "--data", f"imagefolder:{folder}"])
     assert res.exit_code == 0, res.output
-    assert "warning: a/0.png: DecompressionBombWarning: Image size (1600 pixels)" in res.output
+    assert "Warning: a/0.png: DecompressionBombWarning: Image size (1600 pixels)" in res.output
     assert "PIL/Image.py" not in res.output  # not the raw `warnings` print
 
 

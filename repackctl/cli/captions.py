@@ -41,7 +41,7 @@ def captions(resolved: ResolvedSettings) -> None:
     for result in results:
         for name in result.healed:
             err_console.print(
-                f"[yellow]warning:[/] rewrote text/{result.text_id}/{name} (it was damaged)",
+                f"[yellow]Warning:[/] rewrote text/{result.text_id}/{name} (it was damaged)",
                 highlight=False,
             )
         warn_listed(result.skipped, "skipped")

@@ -291,13 +291,19 @@ def kv_table(title: str, rows: list[tuple[str, Any]]) -> Table:
 def warn_listed(
     pairs: list[tuple[str, str]], what: str, label: bool = True, limit: int = 20
 ) -> None:
-    """One ``warning:`` line per ``(key, reason)`` (``skipped KEY: …`` with ``label``), at most
+    """One ``Warning:`` line per ``(key, reason)`` (``skipped KEY: …`` with ``label``), at most
     ``limit`` of them, then how many more ``what`` were left out."""
     for key, reason in pairs[:limit]:
         head = f"skipped {key}" if label else key
-        err_console.print(f"[yellow]warning:[/] {head}: {reason}", highlight=False)
+        err_console.print(f"[yellow]Warning:[/] {head}: {reason}", highlight=False)
     if len(pairs) > limit:
-        err_console.print(f"[yellow]warning:[/] … and {len(pairs) - limit} more {what}")
+        err_console.print(f"[yellow]Warning:[/] … and {len(pairs) - limit} more {what}")
+
+
+def note_line(message: str) -> str:
+    """``note: <message>``, or the message as it is when it is a ``Warning: …`` already: one
+    prefix per line, the house's ``Warning:`` never demoted to a note."""
+    return message if message.startswith("Warning:") else f"note: {message}"
 
 
 def rank_progress(main: bool):

@@ -11,6 +11,7 @@ from repackctl.cli.common import (
     console,
     err_console,
     kv_table,
+    note_line,
     rich_progress,
 )
 from repackctl.cli.options import settings_command
@@ -66,7 +67,7 @@ def _score_rows(m: dict) -> list[tuple[str, str]]:
 def _print_fid(result: Any) -> None:
     """Notes and caveats on stderr, then the scores and the protocol summary as a table."""
     for message in result.messages:
-        err_console.print(f"[cyan]note:[/] {message}", highlight=False, soft_wrap=True)
+        err_console.print(note_line(message), highlight=False, soft_wrap=True, markup=False)
     for note in result.metrics.get("notes", []):
         err_console.print(f"[yellow]caveat:[/] {note}", highlight=False, soft_wrap=True)
     m = result.metrics

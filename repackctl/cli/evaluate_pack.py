@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from repackctl.cli.common import console, kv_table, rich_progress
+from repackctl.cli.common import console, kv_table, note_line, rich_progress
 from repackctl.cli.options import settings_command
 from repackctl.settings import ResolvedSettings
 
@@ -44,7 +44,7 @@ def recon(resolved: ResolvedSettings) -> None:
     ]
     console.print(kv_table("evaluate recon", rows))
     for note in r.notes[r.shown :]:  # the others were logged above the progress bar
-        console.print(f"note: {note}", highlight=False)
+        console.print(note_line(note), highlight=False)
 
 
 @settings_command(
@@ -73,7 +73,7 @@ def probe(resolved: ResolvedSettings) -> None:
     )
     console.print(report.table(), highlight=False, markup=False)
     for note in report.notes[report.shown :]:  # the others were logged above the progress bar
-        console.print(f"note: {note}", highlight=False)
+        console.print(note_line(note), highlight=False)
 
 
 def register_into(evaluate_app: typer.Typer) -> None:

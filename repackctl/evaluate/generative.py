@@ -772,7 +772,7 @@ def check_protocol(ref: Reference, made: dict, want: dict, force: bool) -> None:
             "their resolution and extractor), or pass --force-reference to use it anyway",
         )
     ref.differences += diff
-    ref.messages.append(f"warning: reference protocol differs ({'; '.join(diff)})")
+    ref.messages.append(f"Warning: reference protocol differs ({'; '.join(diff)})")
 
 
 def _is_builtin_dataset(name: str | None) -> bool:
@@ -1478,7 +1478,7 @@ def _encoder_fd(
             "weights_sha256": encoder.spec.weights_sha256,
         }
         check_protocol(ref, reference.metadata, want, settings.evaluate.force_reference)
-        messages += [m for m in ref.messages if m.startswith("warning: reference protocol")]
+        messages += [m for m in ref.messages if m.startswith("Warning: reference protocol")]
     else:
         st = cached_reference_stats(
             ref.images, folder=sdir, extractor="encoder", encoder=encoder, device=device,

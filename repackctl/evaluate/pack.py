@@ -60,7 +60,7 @@ def eval_features(
     if cfg.eval_entry:
         entry, feats, _ = open_features(settings.cache, cfg.eval_entry, run_cache["features"], hint)
     elif split == source.get("split", "train"):
-        log.append(f"warning: scoring on the training split {split!r}: not held out")
+        log.append(f"Warning: scoring on the training split {split!r}: not held out")
         entry, feats, _ = open_features(
             settings.cache, run_cache["entry"], run_cache["features"], hint
         )

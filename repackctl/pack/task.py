@@ -154,13 +154,13 @@ def _file_terms(
     perceptual = cfg.perceptual_weight if cfg.lpips_weights else 0.0
     if not cfg.lpips_weights and cfg.perceptual_weight > 0:
         notes.append(
-            "warning: no LPIPS weights (pack.lpips_weights / REPACKCTL_PACK__LPIPS_WEIGHTS), so "
+            "Warning: no LPIPS weights (pack.lpips_weights / REPACKCTL_PACK__LPIPS_WEIGHTS), so "
             "the perceptual loss is off; set it to a local LPIPS-VGG file to turn it on"
         )
     watson = watson_weight if cfg.watson_weights else 0.0
     if not cfg.watson_weights and watson_weight > 0:
         notes.append(
-            f"warning: no Watson-DFT parameters ({WATSON_SETTING} / {WATSON_ENV}), so the "
+            f"Warning: no Watson-DFT parameters ({WATSON_SETTING} / {WATSON_ENV}), so the "
             f"Watson-DFT term (weight {watson_weight:g}) is off; set it to the official "
             "rgb_watson_fft_trial0.pth to turn it on"
         )
@@ -947,7 +947,7 @@ def _resume_notes(plan: PackPlan, latest: Path | None) -> list[str]:
     unplaced = _unplaced_attention(decoder)
     if unplaced:
         notes.append(
-            f"warning: this run's attn_resolutions {list(decoder.attn_resolutions)} name no "
+            f"Warning: this run's attn_resolutions {list(decoder.attn_resolutions)} name no "
             f"decoder level (sides {', '.join(str(s) for s in decoder.sides)}): its decoder has "
             "no attention there"
         )

@@ -364,7 +364,7 @@ def _lpips(settings: Settings, messages: list[str]) -> nn.Module | None:
         return None
     if not perceptual_available(cfg.lpips_weights):
         messages.append(
-            "warning: no LPIPS weights (refine.lpips_weights); training without the perceptual term"
+            "Warning: no LPIPS weights (refine.lpips_weights); training without the perceptual term"
         )
         return None
     return load_lpips(cfg.lpips_weights)

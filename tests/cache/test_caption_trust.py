@@ -153,14 +153,14 @@ def test_captions_cut_to_the_length_are_counted_and_warned(builtin_cache, tmp_pa
     assert real.max() < 64
     cut = int((real > 8).sum())
     assert 0 < cut < len(caps)
-    assert f"warning: {cut} of {len(caps)} captions are longer than 8 tokens" in out
+    assert f"Warning: {cut} of {len(caps)} captions are longer than 8 tokens" in out
     assert f"the longest has {int(real.max())}" in out
     assert f"--max-length {int(real.max())} to keep them whole" in out
     assert re.search(rf"cut to length │ {cut}\b", out), out
     (tid,) = DatasetEntry.open(str(cache), train).text_ids()
     assert _group(cache, train, tid).attrs["truncated_captions"] == cut
     # a rerun still says so (the stored features are cut)
-    assert f"warning: {cut} of {len(caps)} captions" in _ok(
+    assert f"Warning: {cut} of {len(caps)} captions" in _ok(
         "captions", "--max-length", "8", *common
     )
 

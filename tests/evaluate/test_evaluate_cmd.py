@@ -235,6 +235,8 @@ def test_a_reference_from_another_protocol_is_refused_unless_forced(tmp_path):
     assert "--force-reference" in refused.output and "Traceback" not in refused.output
     forced = runner.invoke(app, [*args, "--force-reference"])
     assert forced.exit_code == 0, forced.output
+    assert "Warning: reference protocol differs (resolution" in forced.output  # not a "note:"
+    assert "note: Warning" not in forced.output and "warning:" not in forced.output
     card = json.loads((samples64 / "metrics.json").read_text())["protocol"]
     assert "resolution: reference 32, samples 64" in card["reference_protocol_differences"]
 
