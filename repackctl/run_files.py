@@ -155,9 +155,10 @@ class StoredConfig:
     checkpoint: str | None = None
 
 
-def _checkpoint_config(run_dir: Path) -> tuple[str, dict[str, Any]] | None:
+def checkpoint_config(run_dir: Path) -> tuple[str, dict[str, Any]] | None:
     """(step folder, ``config``) of the run's newest checkpoint whose ``state.json`` verifies
-    against its own sha256: the engine config, settings record included, it was trained with."""
+    against its own sha256: the engine config, settings record included, it was trained with.
+    Reads only the ``state.json`` files (a checkpoint's weights are not hashed here)."""
     for path in sorted((run_dir / "checkpoints").glob("step-[0-9]*/state.json"), reverse=True):
         data = read_json_dict(path)
         if sealed(data, STATE_SHA256) and isinstance(data.get("config"), dict):
@@ -182,7 +183,7 @@ def read_run_config(run_dir: Path) -> StoredConfig:
             data, problem = None, f"is not valid JSON ({e})"
         if sealed(data, CONFIG_SHA256):
             return StoredConfig(data)
-    found = _checkpoint_config(run_dir)
+    found = checkpoint_config(run_dir)
     if found is None:
         return StoredConfig(None, problem)
     return StoredConfig(found[1], problem, found[0])

@@ -508,17 +508,16 @@ LOSS_SETTINGS = {
 
 
 def _check_resume(
-    run_dir: Path, task_extra: dict[str, Any], allow: list[str] | None = None
-) -> tuple[Path | None, list[str]]:
+    run_dir: Path, latest: Path | None, task_extra: dict[str, Any], allow: list[str] | None = None
+) -> list[str]:
     """Refuse to resume a run that was trained on other features, with another model, or with
     other loss weights (a preset that changed between versions is invisible to the settings
     layer, which refills preset values: ``pack.feature_weight`` came to ``small`` later).
-    Returns the checkpoint to resume (None: a new run) and notes for the log."""
-    from repackctl.train.checkpoint import latest_checkpoint, read_state
+    ``latest``: the checkpoint to resume (None: a new run). Returns notes for the log."""
+    from repackctl.train.checkpoint import read_state
 
-    latest = latest_checkpoint(run_dir)
     if latest is None:
-        return None, []
+        return []
     old = read_state(latest).get("extra", {})
     _check_resume_form(run_dir.name, old, task_extra)
     for key in ("stage", "method", "autoencoder_config"):
@@ -533,7 +532,7 @@ def _check_resume(
     _check_resume_discriminator(run_dir.name, old.get("plan"), task_extra["plan"])
     _check_resume_tf32(run_dir.name, old.get("plan"), task_extra["plan"], allow or [])
     _check_resume_watson(run_dir.name, old.get("plan"), task_extra["plan"], allow or [])
-    return latest, notes
+    return notes
 
 
 def _comparable(key: str, value: Any) -> Any:
@@ -728,11 +727,15 @@ def _load_watson(plan: PackPlan) -> nn.Module | None:
     return watson
 
 
-def _resume(settings: Settings, record: dict[str, Any] | None) -> tuple[Any, Any, list[str]]:
-    """An existing run resumes from its stored settings (``repackctl.settings.resume``)."""
+def _resume(
+    settings: Settings, record: dict[str, Any] | None
+) -> tuple[Any, Any, list[str], Path | None]:
+    """An existing run resumes from its stored settings (``repackctl.settings.resume``); also
+    returns its newest checkpoint that verifies (None: a new run), looked up once here: each
+    lookup hashes every file of the checkpoint (and reports one it skips)."""
     from repackctl.paths import run_dir as run_dir_of
     from repackctl.settings.resume import keep_started_values, resume_settings
-    from repackctl.train.checkpoint import restore_interrupted_resaves
+    from repackctl.train.checkpoint import latest_checkpoint, restore_interrupted_resaves
 
     name = settings.pack.run or default_run_name(
         settings, locate_features(settings).source.get("encoder")
@@ -741,30 +744,30 @@ def _resume(settings: Settings, record: dict[str, Any] | None) -> tuple[Any, Any
         run_dir_of(settings.runs, name), settings, record, "pack"
     )
     restore_interrupted_resaves(run_dir_of(settings.runs, name))
+    latest = latest_checkpoint(run_dir_of(settings.runs, name))
     lines = [f"resume: {line}" for line in rec.lines()] if rec else []
-    settings, pinned = _recorded_data(settings, run_dir_of(settings.runs, name))
-    settings, record, kept = _keep_trained_form(settings, record, run_dir_of(settings.runs, name))
+    settings, pinned = _recorded_data(settings, latest)
+    settings, record, kept = _keep_trained_form(settings, record, latest)
     # values a default gave the run and this version's default changed stay as it started
     settings, record, started = keep_started_values(
         run_dir_of(settings.runs, name), settings, record, "pack", {}
     )
-    return settings, record, lines + pinned + kept + [f"resume: {line}" for line in started]
+    return settings, record, lines + pinned + kept + [f"resume: {line}" for line in started], latest
 
 
 def _keep_trained_form(
-    settings: Settings, record: dict[str, Any] | None, run_dir: Path
+    settings: Settings, record: dict[str, Any] | None, latest: Path | None
 ) -> tuple[Settings, dict[str, Any] | None, list[str]]:
     """A resumed repack run keeps the projection form its checkpoint was built with where no
     layer gives one now: a run started before ``pack.projection_form`` existed trained the
     folded form, and the paper preset's official form would not fit its weights. A form given
     now that differs is refused (``_check_resume_form``, naming the flag)."""
     from repackctl.settings.resume import given
-    from repackctl.train.checkpoint import latest_checkpoint, read_state
+    from repackctl.train.checkpoint import read_state
 
     cfg = settings.pack
     key = "pack.projection_form"
     sources = dict((record or {}).get("sources") or {})
-    latest = latest_checkpoint(run_dir, warn=None, check_finite=False)
     if cfg.method != "repack" or latest is None or given(sources, key):
         return settings, record, []
     before = trained_form(read_state(latest).get("extra", {}))
@@ -786,17 +789,16 @@ def _keep_trained_form(
     return settings.model_copy(update={"pack": pack}), record, [line]
 
 
-def _recorded_data(settings: Settings, run_dir: Path) -> tuple[Settings, list[str]]:
+def _recorded_data(settings: Settings, latest: Path | None) -> tuple[Settings, list[str]]:
     """A resume that names no data (no --entry/--features/--data/…, now or at the start) takes
     the cache entry and features its checkpoint records, with the source it recorded, instead of
     guessing the newest features again (an unrelated extract since then would change them)."""
     from repackctl.pack.data import SOURCE_KEYS
-    from repackctl.train.checkpoint import latest_checkpoint, read_state
+    from repackctl.train.checkpoint import read_state
 
     cfg = settings.pack
     if SOURCE_KEYS & cfg.model_fields_set:
         return settings, []
-    latest = latest_checkpoint(run_dir, warn=None, check_finite=False)
     extra = read_state(latest).get("extra", {}) if latest is not None else {}
     cache, source = extra.get("cache") or {}, extra.get("source") or {}
     same_split = source.get("split", cfg.split) == cfg.split
@@ -825,13 +827,15 @@ def run_pack_train(
     from repackctl.train import TrainConfig, train
     from repackctl.train.checkpoint import latest_checkpoint
 
-    settings, config_record, resumed = _resume(settings, config_record)
+    settings, config_record, resumed, latest = _resume(settings, config_record)
     cfg = settings.pack
     ref = locate_features(settings)
     plan = resolve_plan(settings, ref)
     run_dir = run_dir_of(settings.runs, plan.run_name)
+    if latest is not None and latest.parent.parent != run_dir:  # named otherwise after resume
+        latest = latest_checkpoint(run_dir)
     sources = (config_record or {}).get("sources") or {}
-    if latest_checkpoint(run_dir, warn=None, check_finite=False) is None:
+    if latest is None:
         _check_new_run(plan, sources)  # before anything is read in bulk or written
     data = PackData(ref.entry, ref.feats, cfg.in_memory, settings.memory_gb)
     log = resumed + ([ref.note] if ref.note else []) + list(plan.notes)
@@ -840,9 +844,7 @@ def run_pack_train(
 
     # the contract part of state_extra, to compare with an existing run before anything starts
     task_extra = PackTask(plan, data, ref).state_extra()
-    latest, notes = _check_resume(run_dir, task_extra, cfg.allow_change)
-    if latest is None:
-        _check_new_run(plan, sources)  # its newest checkpoint failed to verify: a new run
+    notes = _check_resume(run_dir, latest, task_extra, cfg.allow_change)
     log += notes + _resume_notes(plan, latest) + _gan_notes(plan)
     if _nothing_to_train(plan.steps, latest, log, progress):
         return run_dir  # shown as it is: nothing in the run folder changes but train.lock

@@ -212,7 +212,7 @@ def uses_cpu(device: str) -> bool:
 
 def resolve_buffer_blocks(
     given: int | None,
-    run_dir: str | Path,
+    run_dir: str | Path | None,
     *,
     num_samples: int,
     block: int,
@@ -222,15 +222,16 @@ def resolve_buffer_blocks(
 ) -> int:
     """The sampler's shuffle window of a stage: the ``given`` value; else the one the run's newest
     checkpoint recorded (a resumed run keeps its order, whatever the memory budget is now); else
-    ``sampler.auto_buffer_blocks`` of the data and the memory budget."""
+    ``sampler.auto_buffer_blocks`` of the data and the memory budget. The record is read from
+    the newest ``state.json`` that verifies against its own sha256, without hashing the weights
+    (the resume verifies those once; every checkpoint of a run records the same window)."""
     if given is not None:
         return int(given)
-    from repackctl.train.checkpoint import latest_checkpoint, read_state
+    from repackctl.run_files import checkpoint_config
     from repackctl.train.sampler import auto_buffer_blocks
 
-    latest = latest_checkpoint(run_dir, warn=None, check_finite=False)
-    if latest is not None:
-        recorded = read_state(latest).get("config", {}).get("buffer_blocks")
-        if recorded is not None:
-            return int(recorded)
+    found = checkpoint_config(Path(run_dir)) if run_dir is not None else None
+    recorded = found[1].get("buffer_blocks") if found is not None else None
+    if isinstance(recorded, int) and not isinstance(recorded, bool):
+        return int(recorded)
     return auto_buffer_blocks(num_samples, block, row_bytes, memory_gb, in_memory)

@@ -202,3 +202,27 @@ def test_an_entry_of_the_same_name_with_other_data_is_refused(tmp_path):
     assert f"--cache {a}" in out
     assert sorted(p.name for p in run.rglob("*")) == before  # nothing written, nothing lost
     assert latest_checkpoint(run).name == "step-0000002"
+
+
+# --------------------------------------------------------------------------- resume reads
+
+
+def test_a_resume_verifies_the_newest_checkpoint_once_before_training(cache, monkeypatch):
+    """Each verification hashes every file of the checkpoint (model, EMA, discriminator and
+    optimizer: gigabytes in the paper preset). The pack resume looked the newest one up four
+    times (recorded data, projection form, new-run check, resume checks) and the shuffle window
+    once more, before the engine's own load verified it again."""
+    import repackctl.train.checkpoint as checkpoint
+
+    _ok("pack", "train", *TINY, "--steps", "2", "--name", "once")
+    calls: list[str] = []
+    real = checkpoint.verify_checkpoint
+
+    def counted(folder, *args, **kwargs):
+        calls.append(Path(folder).name)
+        return real(folder, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "verify_checkpoint", counted)
+    _ok("pack", "train", *TINY, "--steps", "4", "--name", "once")
+    assert calls.count("step-0000002") == 2, calls  # the pack resume once, the engine's load once
+    assert read_state(latest_checkpoint(cache.parent / "runs" / "once"))["step"] == 4
