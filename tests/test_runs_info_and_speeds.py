@@ -6,7 +6,8 @@
 - `evaluate adherence` records and prints how many real images its classifiers trained on and
   were scored on (a tenth held out), not the whole entry's count as "images";
 - the `train dit` summary's rate (the whole fit: checkpoints and plots included) is named
-  "wall speed", not shown as "speed" beside the bar's and the log's faster rates;
+  "wall speed", not shown as "speed" beside the bar's and the log's faster rates; "speed" is
+  the rate of the training steps alone;
 - `pack train` logs ``lr/disc`` 0 while the discriminator gets no loss (before ``gan_start``):
   its optimizer does not step then.
 
@@ -44,6 +45,10 @@ def work(stack, tmp_path, monkeypatch) -> Path:
 def test_runs_info_shows_the_ema_decay_in_effect_and_the_summary_names_wall_speed(work):
     out = cli_ok(*DIT, "--steps", "3", "--ckpt-every", "3", "--name", "d", *CPU)
     assert "wall speed" in out and "steps/s (with checkpoints and plots)" in out
+    flat = " ".join(out.replace("│", " ").split())
+    loop = float(flat.split("speed ", 1)[1].split(" steps/s (training steps alone)")[0])
+    wall = float(flat.split("wall speed ", 1)[1].split(" ")[0])
+    assert loop >= wall > 0  # the steps alone, without the checkpoint writes and plots
 
     info = cli_ok("runs", "info", "d")
     in_effect = decay_after(0.9999, True, 2)  # the 3rd update's: 3 / 12

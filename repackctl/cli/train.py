@@ -80,8 +80,9 @@ def _result_rows(out: Any, middle: list[tuple[str, Any]]) -> list[tuple[str, Any
         if key in logs:
             rows.append((key, f"{logs[key]:.4f}"))
     if out.trained:
-        # the whole of `fit`: checkpoint writes, image grids and the final curves included, so
-        # lower than the bar's and the log's rates (recent steps only): named, not just "speed"
+        # the training steps alone, then the whole of `fit` (checkpoint writes, image grids and
+        # the final curves included, so lower than the bar's and the log's rates): both named
+        rows.append(("speed", f"{r.loop_steps_per_s:.2f} steps/s (training steps alone)"))
         rows.append(("wall speed", f"{r.steps_per_s:.2f} steps/s (with checkpoints and plots)"))
     if r.bad_steps:
         rows.append(("skipped steps", r.bad_steps))

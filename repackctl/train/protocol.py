@@ -80,7 +80,9 @@ class TrainResult:
     resumed_from: int | None
     bad_steps: int
     last_logs: dict[str, float]
-    steps_per_s: float
+    steps_per_s: float  # the whole fit: checkpoint writes, image grids, curves included
+    # the training steps alone (data, forward, backward, optimizer); 0 when none ran
+    loop_steps_per_s: float = 0.0
 
 
 def unpack_step_output(out: Any) -> tuple[dict[str, torch.Tensor], dict[str, float]]:

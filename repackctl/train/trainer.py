@@ -805,7 +805,7 @@ class Trainer:
         )
         if self.logger is not None and self.step_count == 0:
             self.logger.config(self.config.to_dict())
-        t_start, step_start = time.perf_counter(), self.step_count
+        t_start, step_start, in_steps = time.perf_counter(), self.step_count, 0.0
         self.last_plot = time.monotonic()  # checkpoints redraw the curves once a minute at most
         bar_factory = self.progress if self.main else null_progress
         try:
@@ -818,7 +818,9 @@ class Trainer:
                 if warmup is not None and self.step_count < self.config.steps:
                     bar.log(warmup)
                 while self.step_count < self.config.steps:
+                    t_step = time.perf_counter()
                     self.step()
+                    in_steps += time.perf_counter() - t_step
                     self._after_step(bar)
         finally:
             self.close()
@@ -826,8 +828,9 @@ class Trainer:
                 plot_curves(self.run_dir)
                 release_run(self.run_dir)  # the last write: other processes may train it now
         # wall time of the whole fit, checkpoint writes, image grids and plot_curves included
-        # (the log's and the bar's steps/s are rates over recent steps): shown as "wall speed"
-        elapsed = time.perf_counter() - t_start
+        # (the log's and the bar's steps/s are rates over recent steps): shown as "wall speed",
+        # beside the rate of the training steps alone
+        elapsed, done = time.perf_counter() - t_start, self.step_count - step_start
         return TrainResult(
             run_dir=self.run_dir,
             step=self.step_count,
@@ -835,7 +838,8 @@ class Trainer:
             resumed_from=self.resumed_from,
             bad_steps=self.bad_total,
             last_logs=self.last_logs,
-            steps_per_s=(self.step_count - step_start) / elapsed if elapsed > 0 else 0.0,
+            steps_per_s=done / elapsed if elapsed > 0 else 0.0,
+            loop_steps_per_s=done / in_steps if in_steps > 0 else 0.0,
         )
 
     def close(self) -> None:
