@@ -28,6 +28,7 @@ processes overlap).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -36,7 +37,7 @@ from typing import Any
 
 import zarr
 
-from repackctl.cache.ownership import group_dir, refuse_foreign
+from repackctl.cache.ownership import damaged_meta, group_dir, meta_problem, refuse_foreign
 from repackctl.errors import CacheError
 from repackctl.paths import is_url, local_path
 
@@ -70,21 +71,59 @@ def is_complete(group: zarr.Group, required: tuple[str, ...] = ("done",)) -> boo
 
 
 def child_state(parent: zarr.Group, name: str, required: tuple[str, ...] = ("done",)) -> str:
-    """``complete``, ``incomplete`` or ``absent`` for the child group ``name`` of ``parent``."""
+    """``complete``, ``incomplete``, ``damaged`` or ``absent`` for the child group ``name`` of
+    ``parent``. ``damaged``: a ``zarr.json`` in it (local roots) cannot be read as zarr metadata
+    (``damaged_child``): not a creation to discard and redo, since it may describe written data."""
     try:
         if name not in parent:
             return "absent"
-        return "complete" if is_complete(parent[name], required) else "incomplete"
+        if is_complete(parent[name], required):
+            return "complete"
     except Exception:
-        return "incomplete"
+        pass
+    return "damaged" if damaged_child(parent, name) is not None else "incomplete"
+
+
+def damaged_child(parent: zarr.Group, name: str) -> tuple[Path, str] | None:
+    """(file, why) of the first unreadable ``zarr.json`` of the child ``name`` of ``parent`` (a
+    local root; None on URL roots, or when all of them read)."""
+    folder = group_dir(parent)
+    return None if folder is None else damaged_meta(folder / name)
 
 
 def child_groups(parent: zarr.Group) -> list[str]:
-    """Names of the child groups of ``parent``, complete or not."""
+    """Names of the child groups of ``parent``, complete or not. On a local root a child whose
+    ``zarr.json`` is damaged is named too (zarr's listing fails as a whole on one such file,
+    which hid every entry of the cache)."""
     try:
         return sorted(name for name, _ in parent.groups())
     except Exception:
-        return []
+        folder = group_dir(parent)
+        if folder is None:
+            return []
+    return sorted(
+        p.name
+        for p in folder.iterdir()
+        if p.is_dir() and (p / "zarr.json").is_file() and _group_or_damaged(p)
+    )
+
+
+def child_nodes(parent: zarr.Group) -> list[str]:
+    """Names of the child groups and arrays of ``parent``; on a local root also those whose
+    ``zarr.json`` cannot be read (opening them fails: the caller skips or names them)."""
+    try:
+        return sorted(name for name, _ in parent.members())
+    except Exception:
+        folder = group_dir(parent)
+        if folder is None:
+            return []
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and (p / "zarr.json").is_file())
+
+
+def _group_or_damaged(path: Path) -> bool:
+    """A child folder that is a group, or whose ``zarr.json`` does not say (damaged)."""
+    meta = path / "zarr.json"
+    return meta_problem(meta) is not None or json.loads(meta.read_bytes())["node_type"] == "group"
 
 
 def holds_samples(group: zarr.Group) -> bool:

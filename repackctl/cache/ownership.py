@@ -52,6 +52,41 @@ def _node_type(path: Path) -> str | None:
     return kind if kind in ("group", "array") else "unknown"
 
 
+def meta_problem(meta: Path) -> str | None:
+    """Why the zarr metadata file ``meta`` cannot be read as zarr's (``is not valid JSON (…)``,
+    ``is not zarr metadata …``), or None when it can."""
+    try:
+        doc = json.loads(meta.read_bytes())
+    except OSError as e:
+        return f"cannot be read ({e.strerror})"
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        return f"is not valid JSON ({e})"
+    if not isinstance(doc, dict) or doc.get("node_type") not in ("group", "array"):
+        return "is not zarr metadata (no node_type group or array)"
+    if doc.get("zarr_format") != 3:
+        return f"is not zarr v3 metadata (zarr_format {doc.get('zarr_format')!r})"
+    return None
+
+
+def damaged_meta(path: Path) -> tuple[Path, str] | None:
+    """The first ``zarr.json`` (sorted walk) of the zarr node folder ``path`` or below it that
+    cannot be read as zarr metadata, with why; None when all of them can. Only metadata files
+    are read: the walk does not enter an array's chunk folder."""
+    meta = path / META
+    if meta.is_file() and not meta.is_symlink():
+        problem = meta_problem(meta)
+        if problem is not None:
+            return meta, problem
+        if _node_type(path) == "array":
+            return None
+    for p in _entries(path) if path.is_dir() else []:
+        if p.is_dir() and not p.is_symlink() and (p / META).is_file():
+            found = damaged_meta(p)
+            if found is not None:
+                return found
+    return None
+
+
 def _entries(path: Path) -> list[Path]:
     try:
         return sorted(path.iterdir())

@@ -37,12 +37,13 @@ from repackctl.cache.creation import (
     child_state,
     crash_point,
     creation_lock,
+    damaged_child,
     discard_incomplete,
     local_root,
 )
-from repackctl.cache.ownership import claim_dir, group_dir
+from repackctl.cache.ownership import claim_dir, group_dir, meta_problem
 from repackctl.errors import CacheError
-from repackctl.paths import SAFE_NAME, cache_root, entry_name, is_url
+from repackctl.paths import SAFE_NAME, cache_root, entry_name, is_url, local_path
 
 PENDING, WRITTEN = 0, 1
 ENTRY_ARRAYS = ("images", "labels", "keys", "done")
@@ -90,19 +91,50 @@ def reason_code(reason: str) -> int:
     return 3
 
 
+class NoCache(CacheError):
+    """There is no cache at the root (``list_entries`` reads that as no entries); a damaged root
+    is another ``CacheError``, which is never read as an empty cache."""
+
+
 def open_root(root: str, mode: str = "a") -> zarr.Group:
     """Open (or create, with mode 'a') the cache root group at a path or fsspec URL."""
     if not is_url(root):
         path = local_root(root)
         if mode == "r" and not (path / "zarr.json").exists():
-            raise CacheError(f"no cache at {path}", "run `repackctl extract` first")
+            raise NoCache(f"no cache at {path}", "run `repackctl extract` first")
         if mode != "r":
             path.mkdir(parents=True, exist_ok=True)
         root = str(path)
     try:
         return zarr.open_group(root, mode=mode, zarr_format=3)
     except FileNotFoundError:
-        raise CacheError(f"no cache at {root}", "run `repackctl extract` first") from None
+        raise NoCache(f"no cache at {root}", "run `repackctl extract` first") from None
+    except Exception:
+        meta = local_path(root) / "zarr.json" if not is_url(root) else None
+        problem = meta_problem(meta) if meta is not None and meta.is_file() else None
+        if problem is None:
+            raise
+        raise CacheError(
+            f"the cache root's metadata {meta} {problem}; nothing was read or written",
+            f"it holds only the root group's metadata, no data: write {ROOT_META} into it "
+            "(or restore it from a copy of the cache)",
+        ) from None
+
+
+# what a cache root's zarr.json holds (a zarr v3 group without attributes)
+ROOT_META = '{"zarr_format": 3, "node_type": "group", "attributes": {}}'
+
+
+def damaged_error(parent: zarr.Group, name: str, what: str) -> CacheError:
+    """The refusal to read or recreate ``what`` (the child ``name`` of ``parent``) whose
+    metadata is damaged: the file is named; nothing is removed, since it may describe data."""
+    found = damaged_child(parent, name)
+    where = f"{found[0]} {found[1]}" if found else "a zarr.json in it cannot be read"
+    return CacheError(
+        f"{what} has damaged metadata: {where}; nothing was read, written or removed",
+        "restore that file from a copy of the cache, or remove the damaged group with "
+        "`repackctl cache rm` and make it again",
+    )
 
 
 def list_entries(root: str, state: str = "complete") -> list[str]:
@@ -115,7 +147,7 @@ def list_entries(root: str, state: str = "complete") -> list[str]:
         local_root(root)
     try:
         g = open_root(root, mode="r")
-    except CacheError:
+    except NoCache:
         return []
     names = child_groups(g)
     if state == "all":
@@ -263,6 +295,8 @@ class DatasetEntry:
                 f"cache entry {name!r} not found in {cache_root(root)} (have: {have})",
                 f"run `repackctl extract{_extract_flags(name)}` for it, or check --cache",
             )
+        if state == "damaged":
+            raise damaged_error(g, name, f"cache entry {name!r} in {cache_root(root)}")
         if state == "incomplete":
             raise CacheError(
                 f"cache entry {name!r} in {cache_root(root)} is incomplete (its creation was "
@@ -298,6 +332,8 @@ class DatasetEntry:
             _claim(g, name)
             check_held_out(g, name, split, source_attrs)
             state = child_state(g, name, ENTRY_ARRAYS)
+            if state == "damaged":
+                raise damaged_error(g, name, f"cache entry {name!r} in {cache_root(root)}")
             if state == "complete":
                 entry = cls(root, g[name])
                 old = entry.attrs.get("source", {})
@@ -381,8 +417,9 @@ class DatasetEntry:
         parent = self.group[kind]
         return [n for n in child_groups(parent) if child_state(parent, n, required) == "complete"]
 
-    def incomplete_groups(self) -> list[str]:
-        """``kind/name`` of the groups whose creation was interrupted (listed, never read)."""
+    def incomplete_groups(self, state: str = "incomplete") -> list[str]:
+        """``kind/name`` of the groups whose creation was interrupted (listed, never read), or
+        with ``state="damaged"`` of those with an unreadable ``zarr.json``."""
         out = []
         for kind in ("features", "latents", "triplets", "text"):
             if kind in self.group:
@@ -391,9 +428,14 @@ class DatasetEntry:
                 out += [
                     f"{kind}/{n}"
                     for n in child_groups(parent)
-                    if child_state(parent, n, req) == "incomplete"
+                    if child_state(parent, n, req) == state
                 ]
         return out
+
+    def check_not_damaged(self, kind: str, name: str, what: str) -> None:
+        """Refuse to call the group ``kind/name`` missing when its metadata is damaged."""
+        if f"{kind}/{name}" in self.incomplete_groups("damaged"):
+            raise damaged_error(self.group[kind], name, f"{what} {name} of {self.name}")
 
     def text_ids(self) -> list[str]:
         """The complete caption-feature groups (``text/<id>``, written by `repackctl captions`)."""
@@ -404,6 +446,7 @@ class DatasetEntry:
 
     def features(self, encoder_entry: str) -> ArrayGroup:
         if encoder_entry not in self.feature_ids():
+            self.check_not_damaged("features", encoder_entry, "features")
             have = ", ".join(self.feature_ids()) or "none"
             raise CacheError(
                 f"no features {encoder_entry!r} in {self.name} (have: {have})",
@@ -481,6 +524,8 @@ class DatasetEntry:
             parent = self.group.require_group(kind)
             _claim(parent, name)
             state = child_state(parent, name, required)
+            if state == "damaged":
+                raise damaged_error(parent, name, f"{kind}/{name} of cache entry {self.name}")
             if state == "complete":
                 grp = ArrayGroup(parent[name])
                 stored = dict(grp.attrs)
@@ -508,6 +553,7 @@ class DatasetEntry:
 
     def latents(self, pack_id: str) -> ArrayGroup:
         if pack_id not in self.latent_ids():
+            self.check_not_damaged("latents", pack_id, "packed latents")
             have = ", ".join(self.latent_ids()) or "none"
             raise CacheError(
                 f"no packed latents {pack_id!r} in {self.name} (have: {have})",

@@ -10,6 +10,7 @@ import zarr
 from zarr.core.sync import sync
 
 from repackctl.cache.commands import features_extract_command
+from repackctl.cache.creation import child_groups, child_nodes, damaged_child
 from repackctl.cache.integrity import Damage, read_done, scan_array
 from repackctl.cache.ownership import group_dir, refuse_foreign
 from repackctl.cache.store import (
@@ -60,18 +61,29 @@ class EntryInfo:
     triplets: dict[str, dict] = field(default_factory=dict)  # refiner triplets (refine train)
     text: dict[str, dict] = field(default_factory=dict)  # caption features (captions)
     incomplete: list[str] = field(default_factory=list)
+    damaged: list[str] = field(default_factory=list)  # groups with an unreadable zarr.json
 
     def incomplete_of(self, kind: str) -> list[str]:
-        """``<name> (incomplete)`` for the interrupted groups of ``kind``."""
-        return [f"{g.split('/', 1)[1]} (incomplete)" for g in self.incomplete if g.startswith(kind)]
+        """``<name> (incomplete)`` for the interrupted groups of ``kind``, ``<name> (damaged)``
+        for those whose metadata cannot be read."""
+        return [
+            f"{g.split('/', 1)[1]} ({state})"
+            for state, groups in (("incomplete", self.incomplete), ("damaged", self.damaged))
+            for g in groups
+            if g.startswith(kind)
+        ]
 
 
 def _nbytes(group) -> int:
+    """Stored bytes of the arrays below ``group``; a child whose metadata cannot be read (see
+    ``EntryInfo.damaged``) counts nothing."""
     total = 0
-    for _, arr in group.arrays():
-        total += int(arr.nbytes_stored())
-    for _, sub in group.groups():
-        total += _nbytes(sub)
+    for name in child_nodes(group):
+        try:
+            node = group[name]
+        except Exception:
+            continue
+        total += _nbytes(node) if isinstance(node, zarr.Group) else int(node.nbytes_stored())
     return total
 
 
@@ -92,6 +104,7 @@ def describe_entry(entry: DatasetEntry) -> EntryInfo:
         classes=int(entry.attrs.get("num_classes", 0)),
         bytes=_nbytes(entry.group),
         incomplete=entry.incomplete_groups(),
+        damaged=entry.incomplete_groups("damaged"),
         **_counts(done),
     )
     for fid in entry.feature_ids():
@@ -222,7 +235,22 @@ def _verify_arrays(entry: DatasetEntry) -> list[Problem]:
         problems.append(
             Problem(f"{name}: incomplete (its creation was interrupted; rerun the command)")
         )
+    for name in entry.incomplete_groups("damaged"):
+        kind, _, gid = name.partition("/")
+        problems.append(damaged_problem(entry.group[kind], gid, name))
     return problems
+
+
+def damaged_problem(parent: zarr.Group, name: str, label: str) -> Problem:
+    """The lasting problem of a group whose ``zarr.json`` cannot be read (``--repair`` does not
+    rewrite metadata: it may describe written data)."""
+    found = damaged_child(parent, name)
+    where = f"{found[0]} {found[1]}" if found else "a zarr.json in it cannot be read"
+    return Problem(
+        f"{label}: damaged metadata: {where}",
+        "restore the damaged zarr.json from a copy of the cache, or remove the group with "
+        "`repackctl cache rm` and make it again",
+    )
 
 
 def _verify_group(
@@ -380,10 +408,12 @@ def producer(entry: DatasetEntry, path: str) -> str:
 
 
 def _feature_groups(entry: DatasetEntry) -> list[str]:
-    """Every features group of ``entry``, complete or not (a repair marks them incomplete)."""
+    """Every features group of ``entry``, complete or not (a repair marks them incomplete), but
+    one whose metadata cannot be read (its extract command is not known; verify names it)."""
     if "features" not in entry.group:
         return []
-    return sorted(name for name, _ in entry.group["features"].groups())
+    parent = entry.group["features"]
+    return [n for n in child_groups(parent) if damaged_child(parent, n) is None]
 
 
 def producers(entry: DatasetEntry, found: list[tuple[str, Damage]]) -> list[str]:

@@ -41,11 +41,20 @@ def ls(cache: CacheOpt = None, config: ConfigOpt = None, as_json: JsonOpt = Fals
     root = _root(cache, config)
     names = list_entries(root)
     unfinished = list_entries(root, "incomplete")
+    damaged = _damaged_entries(root)
     infos = [describe_entry(DatasetEntry.open(root, name)) for name in names]
     if as_json:
-        print_json({"root": root, "entries": [asdict(i) for i in infos], "incomplete": unfinished})
+        entries = [asdict(i) for i in infos]
+        print_json({"root": root, "entries": entries, "incomplete": unfinished, "damaged": damaged})
         return
-    if not infos and not unfinished:
+    for d in damaged:  # listed, and said why: never left out of the listing in silence
+        err_console.print(
+            f"Warning: cache entry {d['entry']}: {d['file']} {d['problem']}",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+    if not infos and not unfinished and not damaged:
         console.print(f"no cache entries in {root} (run `repackctl extract`)", highlight=False)
         return
     rows = [
@@ -62,8 +71,24 @@ def ls(cache: CacheOpt = None, config: ConfigOpt = None, as_json: JsonOpt = Fals
         for i in infos
     ]
     rows += [[name, "incomplete", "-", [], [], [], [], "-"] for name in unfinished]
+    rows += [[d["entry"], "damaged", "-", [], [], [], [], "-"] for d in damaged]
     columns = ["entry", "images", "skipped", "features", "latents", "triplets", "text", "size"]
     print_listing(f"cache {root}", columns, rows)
+
+
+def _damaged_entries(root: str) -> list[dict[str, str]]:
+    """``entry``, ``file`` and ``problem`` of each entry whose own metadata cannot be read."""
+    from repackctl.cache.creation import damaged_child
+    from repackctl.cache.store import list_entries, open_root
+
+    names = list_entries(root, "damaged")
+    g = open_root(root, mode="r") if names else None
+    out = []
+    for name in names:
+        found = damaged_child(g, name)
+        file, problem = (str(found[0]), found[1]) if found else ("zarr.json", "cannot be read")
+        out.append({"entry": name, "file": file, "problem": problem})
+    return out
 
 
 @app.command("info")
@@ -129,9 +154,10 @@ def verify(
 
     Example: `repackctl cache verify builtin--train--64px --repair`
     """
-    from repackctl.cache.store import DatasetEntry, list_entries
+    from repackctl.cache.store import DatasetEntry, list_entries, open_root
     from repackctl.cache.verify import (
         Problem,
+        damaged_problem,
         left_after_repair,
         producers,
         repair_rows,
@@ -148,12 +174,14 @@ def verify(
             problems = [
                 Problem("incomplete: its creation was interrupted (rerun the same extract)")
             ]
+        elif name in list_entries(root, "damaged"):
+            problems = [damaged_problem(open_root(root, mode="r"), name, "entry")]
         else:
             e = DatasetEntry.open(root, name)
             found = scan_chunks(e)
             problems = verify_entry(e, found)
         for p in problems:
-            err_console.print(f"[red]✗[/] {name}: {p}", highlight=False)
+            err_console.print(f"[red]✗[/] {name}: {p}", highlight=False, soft_wrap=True)
         if not problems:
             console.print(f"[green]✓[/] {name}: ok", highlight=False)
             continue
@@ -164,7 +192,9 @@ def verify(
                 console.print(f"  {cmd}", highlight=False)
             problems = left_after_repair(e, problems)
             for p in problems:
-                err_console.print(f"[red]✗[/] {name}: not repaired: {p}", highlight=False)
+                err_console.print(
+                    f"[red]✗[/] {name}: not repaired: {p}", highlight=False, soft_wrap=True
+                )
             if not problems:
                 continue
         bad += 1
@@ -219,12 +249,16 @@ def rm(
         entry, {"features": features, "latents": latents, "triplets": triplets, "text": text}
     )
     sub = None
-    if entry in list_entries(root, "incomplete") and not (features or latents or triplets or text):
-        e = None  # an interrupted creation: removable as a whole
+    whole = not (features or latents or triplets or text)
+    if whole and entry in list_entries(root, "incomplete") + list_entries(root, "damaged"):
+        e = None  # an interrupted creation, or an entry whose metadata cannot be read
     else:
         e = DatasetEntry.open(root, entry)
+    given = [(k, v) for k, v in (("features", features), ("latents", latents)) if v]
     if e is None:
         pass
+    elif given and f"{given[0][0]}/{given[0][1]}" in e.incomplete_groups("damaged"):
+        sub = f"{given[0][0]}/{given[0][1]}"  # unreadable metadata: removable as it is
     elif features:
         e.features(features)
         sub = f"features/{features}"
