@@ -88,3 +88,18 @@ def test_pack_train_logs_no_discriminator_lr_before_the_gan_starts(work):
     assert [("loss/disc" in r) for r in records] == [False, False, True, True]
     assert [r["lr/disc"] for r in records] == [0.0, 0.0, 0.002, 0.002]
     assert all(r["lr/gen"] > 0 for r in records)
+
+
+def test_a_text_to_image_guide_is_refused_by_what_it_is(work):
+    """`sample --guide` with a t2i run said "(stage 't2i', missing [])": an empty list read as a
+    cause. The stage alone is the reason."""
+    from support.cli import cli_refused
+
+    from repackctl.errors import CheckpointError
+
+    cli_ok(*DIT, "--steps", "1", "--ckpt-every", "1", "--name", "d", *CPU)
+    out = cli_refused(
+        CheckpointError.exit_code,
+        *("sample", "-r", "d", "--guide", "tA", "--cfg", "2", "-n", "2", "--steps", "2", *CPU),
+    )
+    assert "is not a DiT checkpoint (stage 't2i')" in out and "missing" not in out

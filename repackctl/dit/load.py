@@ -108,9 +108,9 @@ def checked_extra(ckpt: Path, stage: str, needs: tuple[str, ...], what: str, cmd
     extra = ckpt_io.read_state(ckpt).get("extra", {})
     missing = [k for k in needs if k not in extra]
     if extra.get("stage") != stage or missing:
+        why = f"stage {extra.get('stage')!r}" + (f", missing {missing}" if missing else "")
         raise CheckpointError(
-            f"{ckpt} is not {what} checkpoint (stage {extra.get('stage')!r}, missing {missing})",
-            f"pass a run trained with {cmd}",
+            f"{ckpt} is not {what} checkpoint ({why})", f"pass a run trained with {cmd}"
         )
     return extra
 

@@ -77,6 +77,7 @@ from repackctl.metrics.frechet import (
 from repackctl.paths import (
     METRICS_JSON,
     PROTOCOL_JSON,
+    SAFE_NAME,
     SAMPLES_NPZ,
     SETTINGS_JSON,
     local_path,
@@ -584,6 +585,21 @@ def open_generated(settings: Settings, progress: ProgressFactory = null_progress
     return Generated(images, folder, protocol, sampled_now, messages)
 
 
+def _source_path(source: str, runs: str) -> Path:
+    """The path ``source`` names; a name that is no path here but a run under the runs root
+    (``evaluate fid dit-tiny``, as `sample -r dit-tiny` takes it) is that run's folder."""
+    path = Path(source).expanduser().resolve()
+    if path.exists():
+        return path
+    run = local_path(runs) / source
+    if SAFE_NAME.fullmatch(source) and run.is_dir() and is_checkpoint_or_run(run):
+        return run
+    raise DataError(
+        f"generated samples {path} do not exist (nor is {source!r} a run under {run.parent})",
+        hint="pass a samples folder, a samples .npz, or a DiT run (name or folder)/checkpoint",
+    )
+
+
 def _resolve_source(settings: Settings, progress: ProgressFactory) -> tuple[Path, list[str], bool]:
     """(samples folder or .npz to score, how it was found, whether it was sampled just now)."""
     cfg = settings.evaluate
@@ -591,12 +607,7 @@ def _resolve_source(settings: Settings, progress: ProgressFactory) -> tuple[Path
     if cfg.source is None:
         path = newest_samples_folder(settings.samples)
         return path, [f"no source given: the newest samples folder is {path}"], False
-    path = Path(cfg.source).expanduser().resolve()
-    if not path.exists():
-        raise DataError(
-            f"generated samples {path} do not exist",
-            hint="pass a samples folder, a samples .npz, or a DiT run/checkpoint",
-        )
+    path = _source_path(cfg.source, settings.runs)
     if not (path.is_dir() and is_checkpoint_or_run(path)):
         return path, [], False
     what = "checkpoint" if is_checkpoint(path) else "run"

@@ -7,7 +7,8 @@
    a ``metrics.json`` written before these fields is replaced by the same result recomputed
    (with a note), never refused.
 3. `evaluate fid RUN` took the folder scored last (writing metrics.json changes the folder's
-   mtime), not the samples made last; it warns when the run trained on since its samples.
+   mtime), not the samples made last; it warns when the run trained on since its samples. A
+   run's name (not only its folder) is taken.
 
 Real commands on the shared toy stack (tests/support/stack.py): patchpix 32 px, a tiny DiT
 checkpoint, another as the guide, a refiner; FD in the built-in encoder's space.
@@ -165,6 +166,11 @@ def test_a_run_resolves_to_the_samples_made_last_not_the_folder_scored_last(env)
     out = _ok("evaluate", "fid", str(run), *SCORE)
     assert f"its newest samples folder is {newer}" in out, out
     assert "trained on since" not in out  # made from the run's newest checkpoint
+    # the run's name, as `sample -r dit-tiny` takes it ("generated samples ./dit-tiny do not
+    # exist" before); a name that is neither a path nor a run is still refused
+    assert f"its newest samples folder is {newer}" in _ok("evaluate", "fid", "dit-tiny", *SCORE)
+    res = runner.invoke(app, ["evaluate", "fid", "no-such-run", *SCORE])
+    assert res.exit_code != 0 and "nor is 'no-such-run' a run under" in " ".join(res.output.split())
 
 
 def test_a_run_that_trained_on_since_its_samples_is_warned_about(env):
