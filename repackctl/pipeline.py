@@ -60,7 +60,8 @@ CACHE_DIR, SAMPLES_DIR = "cache", "samples"
 # settings file), as paths relative to it; below a run folder: ``run_files.RUN_PATH``.
 _SAMPLE_FILE = re.compile(
     r"[^/]+/(\.sample-settings\.json|protocol\.json|samples\.npz|latents\.npy|grid\.png"
-    r"|prompts\.txt|adherence\.json|\d{6}\.png|latents/\d{6}\.npy|latents/written-\d{6}-\d{6}\.json)"
+    r"|prompts\.txt|adherence\.json|\d{6}\.png|latents/\d{6}\.npy|latents/written-\d{6}-\d{6}\.json"
+    r"|\.sample\.lock)"
 )
 
 

@@ -29,7 +29,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +43,8 @@ except ImportError:  # Windows: no advisory locks, no refusals
     fcntl = None  # type: ignore[assignment]
 
 LOCK_FILE = "train.lock"
+# the same lock for a samples folder while `sample` or `refine apply` writes it
+SAMPLES_LOCK = ".sample.lock"
 
 # the open lock files of this process, by (device, inode) of the file: kept referenced so that
 # they stay open (a closed file releases its flock) until the process ends
@@ -121,8 +123,23 @@ def lock_run(folder: str | os.PathLike, create: bool = False) -> None:
     start refused later for its settings leaves no folder behind. Where the lock file cannot
     be created or locked (a read-only folder, a file system without locks), nothing is locked:
     the write that follows reports a read-only folder as it always did."""
-    folder = Path(folder).expanduser()
-    path = folder / LOCK_FILE
+    _lock_folder(Path(folder).expanduser(), LOCK_FILE, _busy, create)
+
+
+def lock_samples(folder: str | os.PathLike) -> None:
+    """Hold the writer's lock of the samples ``folder`` (it exists) until this process ends or
+    ``released_after`` gives it up: two processes that sample into one folder (the same
+    command twice, two jobs of a sweep with one derived folder name) each checked the other's
+    files against their own records and one stopped with a false "damaged" error."""
+    _lock_folder(Path(folder).expanduser(), SAMPLES_LOCK, _samples_busy, False)
+
+
+def _lock_folder(
+    folder: Path, name: str, busy: Callable[[Path, Holder], ConfigError], create: bool
+) -> None:
+    """The lock file ``name`` of ``folder``, taken (see ``lock_run``); ``busy`` words the
+    refusal when another process holds it."""
+    path = folder / name
     if fcntl is None or not _main_process() or _held_here(path):
         return
     try:
@@ -136,10 +153,13 @@ def lock_run(folder: str | os.PathLike, create: bool = False) -> None:
     taken = _try_lock(f)
     if not taken:
         holder = _read_holder(f) if taken is False else None
+        if holder is not None and holder.pid is None:  # taken an instant ago: its record follows
+            time.sleep(0.2)
+            holder = _read_holder(f)
         f.close()
         if holder is None:
             return
-        raise _busy(folder, holder)
+        raise busy(folder, holder)
     st = os.fstat(f.fileno())
     _HELD[(st.st_dev, st.st_ino)] = f
     since = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -175,6 +195,15 @@ def _busy(folder: Path, holder: Holder) -> ConfigError:
         "nothing was written there",
         "wait for it to finish, or stop it, then run the command again; or pass another "
         "--name to start a separate run",
+    )
+
+
+def _samples_busy(folder: Path, holder: Holder) -> ConfigError:
+    return ConfigError(
+        f"samples folder {folder} is being written by another process ({holder.describe()}); "
+        "nothing was written there",
+        "wait for it to finish, then run the same command again (it takes the finished "
+        "folder as it is); or pass another --out",
     )
 
 

@@ -33,9 +33,9 @@ DIT = ["train", "dit", "-b", "8", "--log-every", "1", *CPU]
 
 HOLDER = """
 import pathlib, sys, time
-from repackctl.run_lock import lock_run
-folder, ready, stop = sys.argv[1:]
-lock_run(folder, create=True)
+from repackctl.run_lock import lock_run, lock_samples
+folder, ready, stop, kind = sys.argv[1:]
+lock_run(folder, create=True) if kind == "run" else lock_samples(folder)
 pathlib.Path(ready).write_text("locked")
 while not pathlib.Path(stop).exists():
     time.sleep(0.01)
@@ -83,12 +83,13 @@ def _wait_for(check, proc: subprocess.Popen, what: str) -> None:
 
 
 @contextmanager
-def holder(folder: Path, tmp_path: Path) -> Iterator[subprocess.Popen]:
-    """Another process holding the training lock of ``folder`` until the block ends."""
+def holder(folder: Path, tmp_path: Path, kind: str = "run") -> Iterator[subprocess.Popen]:
+    """Another process holding the training lock of ``folder`` (``kind`` "samples": the writer
+    lock of a samples folder) until the block ends."""
     ready, stop = tmp_path / "ready", tmp_path / "stop"
     ready.unlink(missing_ok=True)
     stop.unlink(missing_ok=True)
-    cmd = [sys.executable, "-c", HOLDER, str(folder), str(ready), str(stop)]
+    cmd = [sys.executable, "-c", HOLDER, str(folder), str(ready), str(stop), kind]
     proc = subprocess.Popen(cmd, env=subprocess_env(tmp_path), stderr=subprocess.PIPE, text=True)
     try:
         _wait_for(ready.exists, proc, "the lock")
@@ -321,3 +322,26 @@ def test_a_second_train_dit_is_refused_while_the_first_trains(roots):
     lines = (run / "metrics.jsonl").read_text().splitlines()
     steps = [json.loads(ln)["step"] for ln in lines[:-1]]  # the last one may be cut by the kill
     assert steps and steps == sorted(set(steps))
+
+
+# --------------------------------------------------------------------------- samples folders
+
+
+def test_a_second_sample_into_a_folder_being_written_is_refused(roots):
+    """Two `sample` processes on one folder (the same command twice, two jobs of a sweep with
+    one derived folder name) each checked the other's files against their own records: one
+    stopped with "000000.png was damaged after it was written". The second is refused before it
+    writes, naming the writer; the folder is free again once a sample command ends."""
+    out_dir = roots / "samples" / "s"
+    out_dir.mkdir(parents=True)
+    sample = ["sample", "-r", "d", "-n", "4", "--steps", "2", "--device", "cpu"]
+    with holder(out_dir, roots, "samples") as proc:
+        out = cli_refused(ConfigError.exit_code, *sample, "--out", str(out_dir))
+        assert (
+            f"samples folder {out_dir} is being written by another process (pid {proc.pid}" in out
+        )
+        assert sorted(p.name for p in out_dir.iterdir()) == [".sample.lock"]  # nothing written
+    cli_ok(*sample, "--out", str(out_dir))
+    assert (out_dir / "samples.npz").is_file()
+    with holder(out_dir, roots, "samples"):  # the in-process sample gave its lock up
+        pass

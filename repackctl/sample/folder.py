@@ -58,6 +58,7 @@ from repackctl.paths import (
     SAMPLES_NPZ,
     SETTINGS_JSON,
 )
+from repackctl.run_lock import SAMPLES_LOCK, lock_samples
 from repackctl.sample.plan import GenerationPlan, label_classes
 
 
@@ -116,13 +117,18 @@ def claim_folder(
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / SETTINGS_JSON
     if not path.is_file():
-        foreign = sorted(p.name for p in folder.iterdir() if not _our_temp(p.name, _FOLDER_FILES))
+        foreign = sorted(
+            p.name
+            for p in folder.iterdir()
+            if p.name != SAMPLES_LOCK and not _our_temp(p.name, _FOLDER_FILES)
+        )
         if foreign:
             raise ConfigError(
                 f"{folder} already holds files that `repackctl` did not write there "
                 f"({', '.join(foreign[:3])}{' …' if len(foreign) > 3 else ''})",
                 f"{elsewhere} (a new or empty folder); nothing in this one was changed",
             )
+    lock_samples(folder)  # one writer: given up when the command ends (``released_after``)
     remove_stale_temp_files(folder, lambda name: _our_temp(name, _FOLDER_FILES))
     remove_stale_temp_files(folder / LATENTS_DIR, lambda name: _our_temp(name, _LATENT_FILES))
     if path.is_file():
@@ -326,7 +332,7 @@ class _Checker:
 # and only theirs, are ours to remove)
 _FOLDER_FILES = re.compile(
     r"\d{6}\.png|samples\.npz|latents\.npy|grid\.png|protocol\.json|\.sample-settings\.json"
-    r"|prompts\.txt|adherence\.json|metrics\.json"
+    r"|prompts\.txt|adherence\.json|metrics\.json|\.sample\.lock"
 )
 _LATENT_FILES = re.compile(r"\d{6}\.npy|written-\d{6}-\d{6}\.json")
 _TEMP_FORMS = (  # repackctl.files: .<name>.<pid>.tmp, .<name>.<pid>.<hex>.tmp, .tmp-<name>.<pid>

@@ -47,6 +47,7 @@ from repackctl.metrics.adm import IMAGES_KEY
 from repackctl.paths import PROTOCOL_JSON, SAMPLES_NPZ, SETTINGS_JSON
 from repackctl.progress import ProgressFactory, null_progress
 from repackctl.refine.load import LATENT_CONVENTION, RefinerHandle, load_refiner
+from repackctl.run_lock import released_after
 from repackctl.runtime import DistInfo, resolve_device
 from repackctl.sample.folder import (
     LATENTS_FILE,
@@ -476,6 +477,7 @@ def _write_card(
     write_json_atomic(out / PROTOCOL_JSON, card)
 
 
+@released_after()  # the samples folder's writer lock (``claim_folder``)
 def run_refine_apply(
     settings: Settings,
     samples_dir: str | Path,

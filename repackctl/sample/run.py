@@ -53,6 +53,7 @@ from repackctl.paths import (
     run_root_of,
 )
 from repackctl.progress import ProgressFactory, null_progress
+from repackctl.run_lock import released_after
 from repackctl.runs import chained_run
 from repackctl.runtime import (
     DistInfo,
@@ -129,6 +130,7 @@ class SampleResult:
 # The command
 
 
+@released_after()  # the samples folder's writer lock (``claim_folder``)
 def run_sample(
     settings: Settings,
     progress: ProgressFactory = null_progress,

@@ -52,6 +52,7 @@ from repackctl.files import to_uint8, write_json_atomic
 from repackctl.pack.load import denormalise, load_decoder
 from repackctl.paths import PROTOCOL_JSON, local_path, run_root_of
 from repackctl.progress import ProgressFactory, null_progress, warn
+from repackctl.run_lock import released_after
 from repackctl.runtime import DistInfo, amp_autocast, check_precision, resolve_device
 from repackctl.sample.folder import (
     LATENTS_DIR,
@@ -484,6 +485,7 @@ def _fingerprint(settings: Any, handle: Any, plan: Any, prompts: _Prompts, refin
     }
 
 
+@released_after()  # the samples folder's writer lock (``claim_folder``)
 def run_t2i_sample(
     settings: Any, progress: ProgressFactory = null_progress, dist: DistInfo | None = None
 ):

@@ -34,6 +34,7 @@ from support.stack import _settings, save_refiner_run, shared_stack
 from typer.testing import CliRunner
 
 from repackctl.cli.app import app
+from repackctl.run_lock import SAMPLES_LOCK
 from repackctl.sample.refine import CRASH_AFTER_NPZ, CRASH_AFTER_PNG
 from repackctl.sample.run import run_sample
 from repackctl.train.checkpoint import latest_checkpoint, read_state
@@ -189,7 +190,12 @@ N, BATCH = 10, 3  # the last batch of an uninterrupted apply holds one sample (i
 
 
 def _files(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+    """Every file of the folder but the writer's lock (its record names the writer's pid)."""
+    return {
+        p.name: p.read_bytes()
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.name != SAMPLES_LOCK
+    }
 
 
 def _apply_args(stack: dict[str, str], src: Path) -> list[str]:

@@ -33,6 +33,7 @@ from support.stack import shared_stack, stack_env
 
 from repackctl.encoders.builtin import SHIPPED_WEIGHTS
 from repackctl.errors import DataError
+from repackctl.run_lock import SAMPLES_LOCK
 
 CPU = ["--device", "cpu"]
 SCORE = ["--ref", "builtin", "--metrics", "fd", "--fd-method", "cholesky", *CPU]
@@ -55,11 +56,12 @@ def _sample_args(out: Path, seed: int = 3) -> list[str]:
 
 
 def _snapshot(folder: Path) -> dict[str, str]:
-    """name → sha256 of every file of the folder (sub-folders included)."""
+    """name → sha256 of every file of the folder (sub-folders included) but the writer's lock
+    (its record names the last writer's pid)."""
     return {
         p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(folder.rglob("*"))
-        if p.is_file()
+        if p.is_file() and p.name != SAMPLES_LOCK
     }
 
 
