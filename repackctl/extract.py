@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from repackctl.cache.creation import ShardLocks, test_delay
 from repackctl.cache.integrity import GuardedArray, repair_hint
+from repackctl.cache.listing import check_listing
 from repackctl.cache.store import (
     PENDING,
     SKIP_REASONS,
@@ -359,7 +360,7 @@ def _open_entry(
     feat_args = (*feat_args, settings.precision)
 
     def make() -> DatasetEntry:
-        return DatasetEntry.create_or_open(
+        entry = DatasetEntry.create_or_open(
             settings.cache,
             dataset,
             cfg.split,
@@ -370,6 +371,8 @@ def _open_entry(
             cfg.chunk,
             cfg.shard,
         )
+        check_listing(entry, source, PENDING)  # renamed or moved files: refused, not reused
+        return entry
 
     if dist.rank == 0:
         entry = make()
