@@ -43,7 +43,7 @@ import numpy as np
 import torch
 import zarr
 
-from repackctl.cache.creation import ShardLocks, crash_point, test_delay
+from repackctl.cache.creation import ShardLocks, crash_point, entry_writer, test_delay
 from repackctl.cache.store import (
     PENDING,
     SKIP_REASONS,
@@ -656,7 +656,7 @@ def _encode_pending(
     written = 0
     locks = ShardLocks(settings.cache, grp.done)
     todo = sum(len(r) for r in pending)
-    with progress(f"captions {encoder.id}", total=todo, unit="img") as bar:
+    with progress(f"captions {encoder.id}", total=todo, unit="img") as bar, entry_writer(ds.group):
         for note in notes:
             bar.log(note)
         if already:

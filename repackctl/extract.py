@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from repackctl.cache.creation import ShardLocks, test_delay
+from repackctl.cache.creation import ShardLocks, entry_writer, test_delay
 from repackctl.cache.integrity import GuardedArray, repair_hint
 from repackctl.cache.listing import check_listing
 from repackctl.cache.store import (
@@ -594,7 +594,11 @@ def run_extract(
     header = run_header(dist, device, settings.precision, given, settings.seed)
     if dist.rank == 0 and not feats.group.attrs.get("complete", False):
         feats.group.attrs["run_header"] = header  # a rerun that writes nothing keeps the record
-    with progress(f"extract {spec.id}", total=todo, unit="img") as bar, _releasing(locks):
+    with (
+        progress(f"extract {spec.id}", total=todo, unit="img") as bar,
+        _releasing(locks),
+        entry_writer(entry.group),  # `cache rm` waits for no writer: it refuses
+    ):
         bar.log(header_line(header))
         if cfg.num is not None and n < cfg.num:  # the entry's name says so too (-n<N>)
             bar.log(

@@ -13,7 +13,12 @@ Locks (local roots only, ``fcntl.flock``; released by the kernel when a process 
 * creation: an exclusive lock on the root directory while a group is checked, removed or
   created, so two processes never race on the same creation;
 * shards: ``<group>/done/locks/shard-<k>.lock``, one per shard a writer is filling, so a second
-  writer of the same group skips it (``extract``).
+  writer of the same group skips it (``extract``);
+* writers: a shared lock on the entry's directory while a command writes into the entry
+  (``extract``, ``captions``, ``pack encode``, refiner triplets: ``entry_writer``); ``cache rm``
+  takes it exclusively, without waiting (``removal_lock``), so it never deletes an entry or
+  group that another process is writing (the writer died with a traceback, or wrote on into a
+  half-deleted folder).
 
 On fsspec URL roots there are no locks: creation and writing work the same, but two concurrent
 writers of one group duplicate work (the result is the same, the data identical) — run one.
@@ -242,3 +247,35 @@ class ShardLocks:
     def release_all(self) -> None:
         for k in list(self._held):
             self.release(k)
+
+
+@contextlib.contextmanager
+def entry_writer(group: zarr.Group) -> Iterator[None]:
+    """A shared lock on the local folder of the entry ``group`` while the block writes into it
+    (several writers share it; ``removal_lock`` waits for none of them). No lock on URL roots."""
+    folder = group_dir(group)
+    fd = None if folder is None else _lock_fd(folder, exclusive=False, blocking=True)
+    try:
+        yield
+    finally:
+        _unlock(fd)
+
+
+@contextlib.contextmanager
+def removal_lock(folder: Path | None, what: str) -> Iterator[None]:
+    """The entry folder ``folder`` (None: a URL store) locked exclusively while the block
+    removes ``what`` from it, or a ``CacheError`` at once when a writer holds it
+    (``entry_writer``): nothing is removed then."""
+    fd = None
+    if folder is not None and folder.is_dir() and not folder.is_symlink():
+        fd = _lock_fd(folder, exclusive=True, blocking=False)
+        if fd is None:
+            raise CacheError(
+                f"{what} is being written by another process (extract, captions, pack encode "
+                "or refine); nothing was removed",
+                "wait for it to finish (or stop it), then run the command again",
+            )
+    try:
+        yield
+    finally:
+        _unlock(fd)

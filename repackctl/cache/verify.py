@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import zarr
 from zarr.core.sync import sync
 
 from repackctl.cache.commands import features_extract_command
-from repackctl.cache.creation import child_groups, child_nodes, damaged_child
+from repackctl.cache.creation import child_groups, child_nodes, damaged_child, removal_lock
 from repackctl.cache.integrity import Damage, read_done, scan_array
 from repackctl.cache.ownership import group_dir, refuse_foreign
 from repackctl.cache.store import (
@@ -299,19 +300,37 @@ def _target(root: str, name: str, sub: str | None) -> tuple[zarr.Group, str]:
 
 def check_removable(root: str, name: str, sub: str | None = None) -> None:
     """Refuse (``CacheError``, naming it) when the group to remove holds a file the cache did not
-    write: ``remove`` deletes only the cache's own files, so it deletes nothing then."""
+    write, or when another process is writing into its entry: ``remove`` deletes only the
+    cache's own files, and nothing that is being written, so it deletes nothing then."""
+    _check_files(root, name, sub)
+    with removal_lock(_entry_folder(root, name), _what(name, sub)):
+        pass
+
+
+def remove(root: str, name: str, sub: str | None = None) -> None:
+    """Delete an entry, or one of its feature/latent groups (``features/<id>``), after checking
+    that it holds nothing but the cache's own files and that no process writes into the entry
+    (``check_removable``); the entry stays locked against writers while it is deleted."""
+    with removal_lock(_entry_folder(root, name), _what(name, sub)):
+        _check_files(root, name, sub)
+        grp, leaf = _target(root, name, sub)
+        del grp[leaf]
+
+
+def _check_files(root: str, name: str, sub: str | None) -> None:
     grp, leaf = _target(root, name, sub)
     folder = group_dir(grp)
     if folder is not None:
         refuse_foreign(folder / leaf, "the cache group")
 
 
-def remove(root: str, name: str, sub: str | None = None) -> None:
-    """Delete an entry, or one of its feature/latent groups (``features/<id>``), after checking
-    that it holds nothing but the cache's own files (``check_removable``)."""
-    check_removable(root, name, sub)
-    grp, leaf = _target(root, name, sub)
-    del grp[leaf]
+def _entry_folder(root: str, name: str) -> Path | None:
+    folder = group_dir(open_root(root, mode="r"))
+    return None if folder is None else folder / name
+
+
+def _what(name: str, sub: str | None) -> str:
+    return f"cache entry {name}" if sub is None else f"{sub} of cache entry {name}"
 
 
 # ---- chunk integrity (missing / truncated / corrupt) and repair ---------------------------------

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from repackctl.cache.creation import entry_writer
 from repackctl.cache.integrity import GuardedArray, repair_hint
 from repackctl.cache.store import (
     PENDING,
@@ -344,7 +345,8 @@ def run_pack_encode(
     todo = sum(len(r) for r in pending)
     written = 0
     t0 = time.perf_counter()
-    with progress(f"pack encode {handle.run_name}", total=todo, unit="img") as bar:
+    title = f"pack encode {handle.run_name}"
+    with progress(title, total=todo, unit="img") as bar, entry_writer(entry.group):
         if already:
             bar.log(f"resuming: {already} samples of this process were already done")
         for rng in pending:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from repackctl.cache.creation import crash_point
+from repackctl.cache.creation import crash_point, entry_writer
 from repackctl.cache.store import PENDING, WRITTEN, ArrayGroup, DatasetEntry, owned_ranges
 from repackctl.errors import CacheError
 from repackctl.progress import ProgressFactory, null_progress
@@ -219,7 +219,8 @@ def build_triplets(
     written = 0
     shapes = (flips, d, grid, entry.resolution)
     t0 = time.perf_counter()
-    with progress(f"triplets {name}", total=sum(len(r) for r in pending), unit="img") as bar:
+    total = sum(len(r) for r in pending)
+    with progress(f"triplets {name}", total=total, unit="img") as bar, entry_writer(entry.group):
         for rng in pending:
             codes = source_done[rng.start : rng.stop]
             lat, rec = _shard_triplets(

@@ -1,0 +1,80 @@
+"""`cache rm` never deletes an entry (or a group of it) that another process is writing.
+
+It deleted an entry that a running extract was filling: the extract died with a KeyError
+traceback. Now every writer (extract, captions, pack encode, refiner triplets) holds a shared
+lock on the entry folder and `cache rm` refuses, without waiting, while one does.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import subprocess_env
+from typer.testing import CliRunner
+
+from repackctl.cache.creation import entry_writer
+from repackctl.cache.store import DatasetEntry, list_entries, open_root
+from repackctl.cache.verify import remove
+from repackctl.cli.app import app
+from repackctl.errors import CacheError
+
+runner = CliRunner()
+EXTRACT = ["extract", "--encoder", "patchpix", "--num", "24", "--resolution", "32"]
+EXTRACT += ["--shard", "8", "--chunk", "4", "--batch-size", "4"]
+NAME = "builtin-n24--train--32px"
+
+
+def _wait_for_entry(cache: str, proc: subprocess.Popen) -> DatasetEntry:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if NAME in list_entries(cache):
+            entry = DatasetEntry.open(cache, NAME)
+            if (entry.done[:] != 0).any():  # a first shard is written: the writer is inside
+                return entry
+        time.sleep(0.1)
+    raise AssertionError(f"the extract did not start writing: {proc.communicate()[0]}")
+
+
+def test_rm_of_an_entry_being_extracted_is_refused_and_the_extract_finishes(tmp_path):
+    env = subprocess_env(tmp_path, REPACKCTL_TEST_SHARD_DELAY="1.0")
+    cache = env["REPACKCTL_CACHE"]
+    cmd = [sys.executable, "-m", "repackctl", *EXTRACT]
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        _wait_for_entry(cache, proc)
+        res = runner.invoke(app, ["cache", "rm", NAME, "--yes", "--cache", cache])
+        out = " ".join(res.output.split())
+        assert res.exit_code == CacheError.exit_code, res.output
+        assert "is being written by another process" in out and "nothing was removed" in out
+        assert "Hint:" in out and "Traceback" not in out
+        feats = DatasetEntry.open(cache, NAME).feature_ids()
+        res = runner.invoke(
+            app, ["cache", "rm", NAME, "--features", feats[0], "-y", "--cache", cache]
+        )
+        assert res.exit_code == CacheError.exit_code, res.output
+        assert "being written by another process" in " ".join(res.output.split())
+        out = proc.communicate(timeout=300)[0]
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out
+    entry = DatasetEntry.open(cache, NAME)
+    assert (entry.done[:] == 1).all()  # every image written, nothing lost to the rm
+    res = runner.invoke(app, ["cache", "rm", NAME, "--yes", "--cache", cache])
+    assert res.exit_code == 0 and list_entries(cache) == []  # no writer: removed
+
+
+def test_a_held_writer_lock_refuses_removal_until_released(tmp_path):
+    cache = str(tmp_path / "cache")
+    args = ("ds", "train", 16, 8, {"kind": "test"}, None, 4, 8)
+    entry = DatasetEntry.create_or_open(cache, *args)
+    with entry_writer(entry.group):
+        with pytest.raises(CacheError, match="being written by another process"):
+            remove(cache, entry.name)
+    assert list_entries(cache) == [entry.name]
+    remove(cache, entry.name)
+    assert list_entries(cache) == [] and list(open_root(cache).group_keys()) == []
