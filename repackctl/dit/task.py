@@ -15,6 +15,7 @@ from repackctl import kernels
 from repackctl.data.cached import shuffle_window
 from repackctl.dit.latents import LatentData, find_latents, pack_run_of, trained_latents
 from repackctl.errors import CheckpointError, ConfigError, RepackError
+from repackctl.models.dit import DiT
 from repackctl.models.repa import REPAProjector, default_repa_depth, repa_loss
 from repackctl.paths import run_dir as make_run_dir
 from repackctl.registry import registry
@@ -80,6 +81,7 @@ class DiTTask:
         self._grid_note: str | None = None
         self.model_config: dict[str, Any] = {}
         self.num_params = 0
+        self.every_parameter_used = False
 
     # ---- TrainTask -----------------------------------------------------------------------------
     def make_model(self) -> nn.Module:
@@ -92,6 +94,9 @@ class DiTTask:
 
     def build(self) -> dict[str, nn.Module]:
         model = self.make_model()
+        # the built-in DiT and REPA's projector use every parameter in each forward (the null
+        # class is a row of the label table); a plugin model may not: DDP then searches
+        self.every_parameter_used = type(model) is DiT
         self.model_config = model.config.to_dict() if hasattr(model, "config") else {}
         self.num_params = sum(p.numel() for p in model.parameters())
         modules: dict[str, nn.Module] = {"model": model}
@@ -112,7 +117,7 @@ class DiTTask:
 
     def optimizers(self) -> dict[str, OptimizerSpec]:
         mods = ("model", "projector") if self.repa_on else ("model",)
-        return {"model": OptimizerSpec(mods)}
+        return {"model": OptimizerSpec(mods, every_parameter_used=self.every_parameter_used)}
 
     def num_samples(self) -> int:
         return len(self.data)

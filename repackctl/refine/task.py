@@ -126,7 +126,7 @@ class RefineTask:
         return modules
 
     def optimizers(self) -> dict[str, OptimizerSpec]:
-        specs = {"model": OptimizerSpec(("model",), betas=BETAS)}
+        specs = {"model": OptimizerSpec(("model",), betas=BETAS, every_parameter_used=True)}
         if self.weights.gan > 0:
             specs["disc"] = OptimizerSpec(("disc",), betas=BETAS, overlap=False)
         return specs

@@ -22,6 +22,11 @@ class OptimizerSpec:
     # False for a module called several times per backward (a GAN discriminator): its grads
     # are then reduced once per step after the backward passes instead of by DDP
     overlap: bool = True
+    # True when each forward of the modules uses every parameter (a module not called in a
+    # step is fine): DDP then skips its per-step search of the autograd graph for unused ones
+    # (and its warning on every process that it found none). A wrong True fails loudly at the
+    # next step (DDP: "Expected to have finished reduction"), never silently.
+    every_parameter_used: bool = False
     lr: float | None = None
     betas: tuple[float, float] | None = None
     weight_decay: float | None = None

@@ -338,6 +338,7 @@ class Trainer:
         if self.world == 1 or self.fsdp:  # sharded modules reduce their own grads
             return dict(self.modules)
         overlap = {m for spec in self.opt.specs.values() if spec.overlap for m in spec.modules}
+        used = {m for s in self.opt.specs.values() if s.every_parameter_used for m in s.modules}
         wrapped: dict[str, nn.Module] = {}
         for name, m in self.modules.items():
             if name in overlap and any(p.requires_grad for p in m.parameters()):
@@ -350,7 +351,10 @@ class Trainer:
                         "ignore", "`broadcast_buffers` is deprecated", FutureWarning
                     )
                     wrapped[name] = _DDP(
-                        m, device_ids=ids, broadcast_buffers=False, find_unused_parameters=True
+                        m,
+                        device_ids=ids,
+                        broadcast_buffers=False,
+                        find_unused_parameters=name not in used,
                     )
                 self.ddp.append(wrapped[name])
                 m.register_forward_pre_hook(self._count_call(name))
