@@ -18,7 +18,9 @@ scale is reported as such.
    are the positive control, where REPA should help most (REPA's gains were shown on SD-VAE
    latents, which carry no semantics; RePack latents are a projection of the alignment target).
    The RePack and PCA packs train with the ``small`` pack preset, whose perceptual term is the
-   same feature distance as the refiner's (``pack.feature_weight``, below).
+   same feature distance as the refiner's (``pack.feature_weight``, below), with the conv
+   decoder up to the full resolution (``pack.pixel_shuffle 1``): the decoder of the study's
+   committed run, made before the preset's pixel-shuffle decoder (``repackctl.pack.decoder``).
 3. **Refiner** (RePack then Refine, stage 3): L1 + perceptual + 0.5·hinge GAN. LPIPS has no weights
    offline, so the perceptual term is the weights-free ``refine.feature_weight`` (a multi-layer
    feature distance in the frozen built-in encoder, ``repackctl.pack.features``). Judged first on
@@ -236,6 +238,7 @@ class Study(Pipeline):
         return {
             "pack.method": method,
             "pack.run": f"pack-{method}-{p.pack_steps}",
+            "pack.pixel_shuffle": 1,  # the decoder of the committed results (module docstring)
             "pack.num": p.train_images,
             "pack.resolution": p.resolution,
             "pack.entry": self.entries["train"],

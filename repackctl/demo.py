@@ -73,15 +73,19 @@ class DemoPlan:
     n_train: int = 2000
     n_val: int = 500
     resolution: int = 64
-    # The pack is training-bound: held-out PSNR 16.7 dB at 600 steps, 19.3 at 1200, 22.0 at 2400
-    # (+2.6 dB per doubling). At 600 steps these moved it by less than the spread of one run
+    # The pack is training-bound. The small preset's pixel-shuffle decoder (pack.pixel_shuffle 4:
+    # no conv levels at 32² and 64²) trains a step in half the time and reaches more per step:
+    # held-out PSNR 18.9 dB at 600 steps (64 s here), 20.7 at 1200 (122 s), where the conv
+    # decoder up to 64² reached 16.7 at 600 (127 s). 1200 steps keep the pack's earlier time.
+    # With the conv decoder: 16.7 dB at 600 steps, 19.3 at 1200, 22.0 at 2400 (+2.6 dB per
+    # doubling). At 600 steps these moved it by less than the spread of one run
     # (±0.4 dB): Adam betas (0.9, 0.99) 17.0, lr 1.5e-3 / 3e-3 16.3 / 15.6, focal-frequency
     # weight 0 / 2 15.8 / 16.4, a start at posterior std 0.05 (log-variance bias −6) 16.7,
     # batch 8 for the same time 16.6, 16 latent channels 16.8; a decoder twice as wide at the
     # low-resolution levels lost (14.8 dB, 2× slower). With the 10-minute budget (class
     # docstring): pack 500 / DiT 2100 steps took 6 min 40 s (15.7 dB, 67 %) with the host
     # fast, 700 / 2400 took 9.6 min (70 %) with it slow (pack 2.5 against 3.0 steps/s).
-    pack_steps: int = 600
+    pack_steps: int = 1200
     # demo-specific pack sizes on top of the `small` preset (None = the preset's value)
     pack_channels: int | None = None
     pack_latent_channels: int | None = None

@@ -35,6 +35,7 @@ Legend: B batch, T tokens, C token channels, d latent channels, h×w grid, R ima
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -186,18 +187,7 @@ def resolve_plan(settings: Settings, ref: FeatureRef) -> PackPlan:
     kind = cfg.method
     # the official form brings the decoder's post_quant_conv; PCA has no learned projection
     form = pick("projection_form") if kind == "repack" else "folded"
-    # attention at decoder sides (the paper's 16² is its latent grid); others: _check_new_run
-    decoder = DecoderConfig(
-        latent_channels=d,
-        latent_size=grid,
-        resolution=resolution,
-        ch=pick("ch"),
-        ch_mult=tuple(cfg.ch_mult) if cfg.ch_mult is not None else None,
-        num_res_blocks=pick("num_res_blocks"),
-        attn_resolutions=tuple(pick("attn_resolutions")),
-        max_groups=pick("norm_groups"),
-        post_quant_conv=form == "official",
-    )
+    decoder = _decoder_config(cfg, pick, d, grid, resolution, form)
     whiten = kind == "repack" and bool(pick("whiten"))
     ae = AutoencoderConfig(ProjectionConfig(kind, width, d, whiten=whiten, form=form), decoder)
     gan = cfg.gan_weight
@@ -248,6 +238,27 @@ def resolve_plan(settings: Settings, ref: FeatureRef) -> PackPlan:
         watson_weights=cfg.watson_weights if watson > 0 else None,
         tf32=preset != "paper",  # the official stage 1 ran PyTorch's default strict fp32
         notes=notes,
+    )
+
+
+def _decoder_config(
+    cfg: Any, pick: Callable[[str], Any], d: int, grid: int, resolution: int, form: str
+) -> DecoderConfig:
+    """The decoder of ``resolve_plan``: ``pick`` gives a setting or its preset value."""
+    factor = resolution // grid
+    # attention at decoder sides (the paper's 16² is its latent grid); others: _check_new_run
+    return DecoderConfig(
+        latent_channels=d,
+        latent_size=grid,
+        resolution=resolution,
+        ch=pick("ch"),
+        ch_mult=tuple(cfg.ch_mult) if cfg.ch_mult is not None else None,
+        num_res_blocks=pick("num_res_blocks"),
+        attn_resolutions=tuple(pick("attn_resolutions")),
+        max_groups=pick("norm_groups"),
+        # the preset's value, at most the upsampling factor (a given one is checked as is)
+        pixel_shuffle=cfg.pixel_shuffle or min(pick("pixel_shuffle"), factor),
+        post_quant_conv=form == "official",
     )
 
 
@@ -520,6 +531,7 @@ def _check_resume(
         return []
     old = read_state(latest).get("extra", {})
     _check_resume_form(run_dir.name, old, task_extra)
+    _check_resume_shuffle(run_dir.name, old, task_extra)
     for key in ("stage", "method", "autoencoder_config"):
         if _comparable(key, old.get(key)) != _comparable(key, task_extra.get(key)):
             raise CheckpointError(
@@ -566,6 +578,23 @@ def _check_resume_form(run: str, old: dict[str, Any], now: dict[str, Any]) -> No
         f"resume it with --projection-form {before} as it was started, or pick a new run name "
         "with --name",
     )
+
+
+def _check_resume_shuffle(run: str, old: dict[str, Any], now: dict[str, Any]) -> None:
+    """Refuse to resume with another decoder pixel shuffle than the run was trained with (its
+    decoder has other levels); one recorded before the setting had none (1)."""
+
+    def shuffle(extra: dict[str, Any]) -> int:
+        decoder = (extra.get("autoencoder_config") or {}).get("decoder") or {}
+        return int(decoder.get("pixel_shuffle", 1))
+
+    before, after = shuffle(old), shuffle(now)
+    if before != after:
+        raise CheckpointError(
+            f"run {run} was trained with pack.pixel_shuffle {before}, now {after}",
+            f"resume it with --pixel-shuffle {before} (the decoder it was trained with), or pick "
+            "a new run name with --name",
+        )
 
 
 # DiscriminatorConfig field → the pack setting that sets it (for the hint of a refused resume)
@@ -747,7 +776,7 @@ def _resume(
     latest = latest_checkpoint(run_dir_of(settings.runs, name))
     lines = [f"resume: {line}" for line in rec.lines()] if rec else []
     settings, pinned = _recorded_data(settings, latest)
-    settings, record, kept = _keep_trained_form(settings, record, latest)
+    settings, record, kept = _keep_trained_model(settings, record, latest)
     # values a default gave the run and this version's default changed stay as it started
     settings, record, started = keep_started_values(
         run_dir_of(settings.runs, name), settings, record, "pack", {}
@@ -755,38 +784,52 @@ def _resume(
     return settings, record, lines + pinned + kept + [f"resume: {line}" for line in started], latest
 
 
-def _keep_trained_form(
+def _keep_trained_model(
     settings: Settings, record: dict[str, Any] | None, latest: Path | None
 ) -> tuple[Settings, dict[str, Any] | None, list[str]]:
-    """A resumed repack run keeps the projection form its checkpoint was built with where no
-    layer gives one now: a run started before ``pack.projection_form`` existed trained the
-    folded form, and the paper preset's official form would not fit its weights. A form given
-    now that differs is refused (``_check_resume_form``, naming the flag)."""
+    """A resumed run keeps the model form its checkpoint was built with where no layer gives one
+    now: a repack run started before ``pack.projection_form`` existed trained the folded form
+    (the paper preset's official form would not fit its weights), and a run started before
+    ``pack.pixel_shuffle`` existed has the conv decoder up to the full resolution (the small
+    preset's 4 would not fit them). A value given now that differs is refused by the resume
+    checks (``_check_resume_form``, the autoencoder config)."""
     from repackctl.settings.resume import given
     from repackctl.train.checkpoint import read_state
 
+    if latest is None:
+        return settings, record, []
     cfg = settings.pack
-    key = "pack.projection_form"
+    extra = read_state(latest).get("extra", {})
+    decoder = (extra.get("autoencoder_config") or {}).get("decoder") or {}
+    trained = {"pixel_shuffle": (decoder.get("pixel_shuffle", 1), "have 1 (none)")}
+    if cfg.method == "repack":
+        trained["projection_form"] = (trained_form(extra), "are folded")
     sources = dict((record or {}).get("sources") or {})
-    if cfg.method != "repack" or latest is None or given(sources, key):
+    kept: dict[str, Any] = {}
+    lines = []
+    for name, (before, old_runs) in trained.items():
+        key = f"pack.{name}"
+        now = getattr(cfg, name)
+        now = PRESETS[cfg.preset][name] if now is None else now
+        if name == "pixel_shuffle" and decoder.get("latent_size"):  # as resolve_plan clamps it
+            now = min(now, decoder["resolution"] // decoder["latent_size"])
+        if given(sources, key) or before is None or before == now:
+            continue
+        kept[name] = before
+        lines.append(
+            f"resume: {key}: kept {before!r}, the value the run was trained with "
+            f"({sources.get(key, 'the preset')} now gives {now!r}; runs started before the "
+            f"setting existed {old_runs})"
+        )
+    if not kept:
         return settings, record, []
-    before = trained_form(read_state(latest).get("extra", {}))
-    now = cfg.projection_form or PRESETS[cfg.preset]["projection_form"]
-    if before is None or before == now:
-        return settings, record, []
-    pack = cfg.model_copy(deep=True)
-    pack.projection_form = before
-    line = (
-        f"resume: {key}: kept {before!r}, the form the run was trained with "
-        f"({sources.get(key, 'the preset')} now gives {now!r}; runs started before the setting "
-        "existed are folded)"
-    )
     if record is not None:
         values = dict(record.get("values") or {})
-        values["pack"] = {**(values.get("pack") or {}), "projection_form": before}
-        sources[key] = "stored run config"
+        values["pack"] = {**(values.get("pack") or {}), **kept}
+        sources.update({f"pack.{name}": "stored run config" for name in kept})
         record = {**record, "values": values, "sources": sources}
-    return settings.model_copy(update={"pack": pack}), record, [line]
+    pack = cfg.model_copy(update=kept, deep=True)
+    return settings.model_copy(update={"pack": pack}), record, lines
 
 
 def _recorded_data(settings: Settings, latest: Path | None) -> tuple[Settings, list[str]]:
@@ -922,8 +965,14 @@ def _check_new_run(plan: PackPlan, sources: dict[str, str] | None = None) -> Non
             + (f" (from {origin})" if origin else "")
             + ": no decoder level has "
             f"feature side {', '.join(str(r) for r in unplaced)} (a {decoder.latent_size}×"
-            f"{decoder.latent_size} latent grid decoded to {decoder.resolution} px), so that "
-            "attention would go nowhere",
+            f"{decoder.latent_size} latent grid decoded to {decoder.resolution} px"
+            + (
+                f"; with pixel_shuffle {decoder.pixel_shuffle} the conv levels end at side "
+                f"{decoder.sides[-1]}"
+                if decoder.pixel_shuffle > 1
+                else ""
+            )
+            + "), so that attention would go nowhere",
             f"valid sides: {sides}; pass --attn-resolutions once per side that gets attention "
             f"(e.g. --attn-resolutions {decoder.latent_size}, the latent grid)",
         )

@@ -57,7 +57,7 @@ class PackSettings(BaseModel):
     PANELS: ClassVar[dict[str, tuple[str, ...]]] = {
         "Features": ("encoder", "weights", "layer", "data", "split", "resolution", "num", "entry", "features"),
         "Run": ("allow_change", "run", "method", "preset"),
-        "Model": ("latent_channels", "projection_form", "whiten", "ch", "ch_mult", "num_res_blocks", "attn_resolutions", "norm_groups", "disc_channels", "disc_layers", "disc_norm"),
+        "Model": ("latent_channels", "projection_form", "whiten", "ch", "ch_mult", "num_res_blocks", "attn_resolutions", "pixel_shuffle", "norm_groups", "disc_channels", "disc_layers", "disc_norm"),
         "Optimisation": ("steps", "epochs", "batch_size", "lr", "disc_lr", "betas", "ema_decay", "clip_grad"),
         "Losses": ("l1_weight", "perceptual_weight", "lpips_weights", "ffl_weight", "watson_weight", "watson_weights", "feature_weight", "scale_equivariance_weight", "kl_weight", "gan_weight", "gan_start", "adaptive_gan"),
         "Output": ("ckpt_every", "keep_last", "log_every", "image_every", "grid_images"),
@@ -131,6 +131,13 @@ class PackSettings(BaseModel):
     ch_mult: list[int] | None = Field(None, description="decoder width multipliers per level")
     num_res_blocks: int | None = Field(None, ge=1, description="ResBlocks per decoder level")
     attn_resolutions: list[int] | None = Field(None, description="feature sides with attention")
+    pixel_shuffle: int | None = Field(
+        None,
+        ge=1,
+        description="end the decoder's conv levels at 1/s of the image side and lay out its "
+        "last conv's 3·s² values per position as s×s pixels (a power of two; 1 = off, the "
+        "official decoder); none = preset (paper 1, small 4)",
+    )
     norm_groups: int | None = Field(
         None,
         ge=1,
@@ -293,6 +300,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "ch_mult": None,  # derived: the official (1, 1, 2, 2, 4) for a ×16 decoder
         "num_res_blocks": 2,
         "attn_resolutions": [16],
+        "pixel_shuffle": 1,  # the official decoder upsamples by convs to the full resolution
         "norm_groups": 32,
         "disc_channels": 64,
         "disc_norm": "batch",  # the official NLayerDiscriminator (use_actnorm=False)
@@ -324,6 +332,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "ch_mult": None,  # derived: (1, 2, 2, 4) for a ×8 decoder
         "num_res_blocks": 1,
         "attn_resolutions": [],
+        # the ×4 of the last two levels as one pixel shuffle: at the same steps 2.1 dB higher
+        # held-out PSNR in half the time (repackctl.pack.decoder)
+        "pixel_shuffle": 4,
         "norm_groups": 4,
         "disc_channels": 16,
         "disc_norm": "group",

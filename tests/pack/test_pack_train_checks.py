@@ -29,9 +29,20 @@ from repackctl.train.checkpoint import latest_checkpoint, list_checkpoints, read
 
 runner = CliRunner()
 EXTRACT = ["extract", "--encoder", "patchpix", "--resolution", "32", "--chunk", "8", "--shard", "8"]
-# a tiny decoder: 4×4 grid → 32 px (levels of side 4, 8, 16, 32), d = 4
+# a tiny conv decoder: 4×4 grid → 32 px (levels of side 4, 8, 16, 32), d = 4
 TINY = [
-    *("--encoder", "patchpix", "--resolution", "32", "-c", "4", "--ch", "8"),
+    *(
+        "--encoder",
+        "patchpix",
+        "--resolution",
+        "32",
+        "-c",
+        "4",
+        "--ch",
+        "8",
+        "--pixel-shuffle",
+        "1",
+    ),
     *("--batch-size", "8", "--log-every", "2", "--image-every", "0", "--ckpt-every", "2"),
 ]
 
@@ -49,7 +60,7 @@ def test_attention_at_no_decoder_side_is_refused_before_anything_is_written(cach
         *("pack", "train", *TINY, "--steps", "2", "--name", "a3", "--attn-resolutions", "3"),
     )
     assert "pack.attn_resolutions [3]" in out and "feature side 3" in out
-    assert "valid sides: 4, 8, 16, 32" in out
+    assert "valid sides: 4, 8, 16, 32" in out and "pixel_shuffle" not in out
     assert not (tmp_path / "runs" / "a3").exists()
     # one valid side and one invalid: still refused, naming only the invalid one
     out = _error(
@@ -58,6 +69,14 @@ def test_attention_at_no_decoder_side_is_refused_before_anything_is_written(cach
         *("--attn-resolutions", "8", "--attn-resolutions", "64"),
     )
     assert "feature side 64" in out and "feature side 8" not in out
+    # the pixel shuffle ends the conv levels early: the message says where
+    out = _error(
+        ConfigError.exit_code,
+        *("pack", "train", *TINY, "--steps", "2", "--name", "a3", "--attn-resolutions", "16"),
+        *("--pixel-shuffle", "4"),
+    )
+    assert "valid sides: 4, 8;" in out
+    assert "with pixel_shuffle 4 the conv levels end at side 8" in out
     assert not (tmp_path / "runs" / "a3").exists()
 
 
