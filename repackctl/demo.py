@@ -75,8 +75,14 @@ class DemoPlan:
     resolution: int = 64
     # The pack is training-bound. The small preset's pixel-shuffle decoder (pack.pixel_shuffle 4:
     # no conv levels at 32² and 64²) trains a step in half the time and reaches more per step:
-    # held-out PSNR 18.9 dB at 600 steps (64 s here), 20.7 at 1200 (122 s), where the conv
-    # decoder up to 64² reached 16.7 at 600 (127 s). 1200 steps keep the pack's earlier time.
+    # held-out PSNR 18.9 dB at 600 steps (64 s on a 2-core Xeon), 20.7 at 1200 (122 s), where
+    # the conv decoder up to 64² reached 16.7 at 600 (127 s). The half it saves went to the
+    # DiT (2250 → 3150 steps): on that Xeon, whole demos (200 samples, one seed) gave pack 600
+    # + DiT 3150: 18.9 dB, 69.5 %, FD 1.97 (2.8 × its floor 0.70), colour 1.01 × real; pack
+    # 1200 + DiT 2250: 20.7 dB, 64 %, FD 3.11 (7.4 × its floor 0.42), 1.00 ×; pack 600 + DiT
+    # 2250: 18.9 dB, 63 %, FD 2.14 (3.1 ×); the conv decoder, 600 + 2250 (its report, on an
+    # AMD EPYC): 16.7 dB, 66.5 %, FD 2.48 (2.8 ×), 1.22 ×. The longer pack's richer latent was
+    # harder for the DiT.
     # With the conv decoder: 16.7 dB at 600 steps, 19.3 at 1200, 22.0 at 2400 (+2.6 dB per
     # doubling). At 600 steps these moved it by less than the spread of one run
     # (±0.4 dB): Adam betas (0.9, 0.99) 17.0, lr 1.5e-3 / 3e-3 16.3 / 15.6, focal-frequency
@@ -85,7 +91,7 @@ class DemoPlan:
     # low-resolution levels lost (14.8 dB, 2× slower). With the 10-minute budget (class
     # docstring): pack 500 / DiT 2100 steps took 6 min 40 s (15.7 dB, 67 %) with the host
     # fast, 700 / 2400 took 9.6 min (70 %) with it slow (pack 2.5 against 3.0 steps/s).
-    pack_steps: int = 1200
+    pack_steps: int = 600
     # demo-specific pack sizes on top of the `small` preset (None = the preset's value)
     pack_channels: int | None = None
     pack_latent_channels: int | None = None
@@ -100,7 +106,7 @@ class DemoPlan:
     # 96, 1900 steps, 74 %; width 128, 1800 steps, 68 %. Three blocks put REPA's alignment
     # (after block 1) at a third of the depth, as in REPA. Sampler, steps and guidance interval
     # moved nothing (49 ± 1 % on the first DiT).
-    dit_steps: int = 2250
+    dit_steps: int = 3150
     dit_depth: int = 3
     dit_lr: float = 6e-3
     dit_warmup: int = 100
@@ -117,10 +123,10 @@ class DemoPlan:
     repa_hidden: int = 128
     # width 32 ran at 7 s/step on a loaded 2-core machine (56 min for 500 steps): width 16 fits.
     # It trains beside the DiT on the second core, at 0.3 to 0.6 s a step (by the host's load,
-    # after ~30 s of start-up): 350 steps use that core for the DiT's 2250 steps without making
-    # it wait (on the 600-step pack, 500 steps gave +0.57 dB where 255 gave +0.27; the
-    # high-frequency error did not move either way)
-    refine_steps: int = 350
+    # after ~30 s of start-up): 450 steps use that core for the DiT's 3150 steps without making
+    # it wait (158 s beside the DiT's 240 s on the Xeon; with the conv decoder's 600-step pack,
+    # 500 steps gave +0.57 dB where 255 gave +0.27; the high-frequency error did not move)
+    refine_steps: int = 450
     refine_channels: int = 16
     # the weights-free perceptual term (refine.feature_weight: built-in encoder feature distance)
     refine_feature_weight: float = 0.1
