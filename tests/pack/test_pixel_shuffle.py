@@ -6,14 +6,13 @@ the full resolution) resumes and loads as it was trained. Real components: a pat
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
 from support.caches import patchpix_fixtures
+from support.ckpt_state import as_recorded_before
 from support.ckpt_state import run_state as _state
-from support.ckpt_state import write_state
 from support.cli import cli_ok, cli_refused
 
 from repackctl.errors import CheckpointError, ConfigError
@@ -86,28 +85,7 @@ def test_presets_plan_it_and_a_given_value_wins(cache):
 
 def _as_recorded_before_the_setting(run_dir: Path) -> None:
     """The run's records as a version before ``pack.pixel_shuffle`` wrote them."""
-
-    def strip(extra: dict) -> None:
-        for config in (
-            extra.get("autoencoder_config"),
-            (extra.get("plan") or {}).get("autoencoder"),
-        ):
-            if config:
-                config["decoder"].pop("pixel_shuffle", None)
-        settings = extra.get("settings") or {}
-        (settings.get("values") or {}).get("pack", {}).pop("pixel_shuffle", None)
-        (settings.get("sources") or {}).pop("pack.pixel_shuffle", None)
-
-    for path in (run_dir / "checkpoints").glob("step-*/state.json"):
-        state = json.loads(path.read_text())
-        strip(state["extra"])
-        strip((state.get("config") or {}).get("extra") or {})
-        write_state(path, state)
-    path = run_dir / "config.json"
-    config = json.loads(path.read_text())
-    strip(config["extra"])
-    config.pop("config_sha256", None)
-    path.write_text(json.dumps(config))
+    as_recorded_before(run_dir, "decoder", "pixel_shuffle", "pixel_shuffle")
 
 
 def test_a_run_recorded_before_the_setting_resumes_and_loads_as_trained(cache, tmp_path):

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 from support.caches import patchpix_fixtures
+from support.ckpt_state import as_recorded_before
 from support.ckpt_state import run_state as _state
-from support.ckpt_state import write_state
 from support.cli import cli_ok, cli_refused
 from support.official import official_stage1
 
@@ -163,30 +163,8 @@ def test_tiny_paper_run_trains_resumes_and_loads_in_the_official_form(cache, tmp
 
 
 def _as_recorded_before_the_setting(run_dir: Path) -> None:
-    """The run's records as a version before ``pack.projection_form`` wrote them: no form in the
-    autoencoder config, the plan or the settings record."""
-
-    def strip(extra: dict) -> None:
-        for config in (
-            extra.get("autoencoder_config"),
-            (extra.get("plan") or {}).get("autoencoder"),
-        ):
-            if config:
-                config["projection"].pop("form", None)
-        settings = extra.get("settings") or {}
-        (settings.get("values") or {}).get("pack", {}).pop("projection_form", None)
-        (settings.get("sources") or {}).pop("pack.projection_form", None)
-
-    for path in (run_dir / "checkpoints").glob("step-*/state.json"):
-        state = json.loads(path.read_text())
-        strip(state["extra"])
-        strip((state.get("config") or {}).get("extra") or {})
-        write_state(path, state)
-    path = run_dir / "config.json"
-    config = json.loads(path.read_text())
-    strip(config["extra"])
-    config.pop("config_sha256", None)  # as that version wrote it
-    path.write_text(json.dumps(config))
+    """The run's records as a version before ``pack.projection_form`` wrote them."""
+    as_recorded_before(run_dir, "projection", "form", "projection_form")
 
 
 def test_a_run_recorded_before_the_setting_resumes_and_loads_folded(cache, tmp_path):

@@ -26,3 +26,31 @@ def run_state(root: Path, run: str) -> tuple[Path, dict[str, Any]]:
 
     ckpt = latest_checkpoint(root / "runs" / run)
     return ckpt, read_state(ckpt)
+
+
+def as_recorded_before(run_dir: Path, section: str, key: str, setting: str) -> None:
+    """The run's records as a version before the pack setting ``setting`` wrote them: ``key``
+    gone from the autoencoder config's ``section`` (``projection``/``decoder``) and from the plan,
+    the setting gone from the settings record, in every checkpoint and in ``config.json``."""
+
+    def strip(extra: dict) -> None:
+        for config in (
+            extra.get("autoencoder_config"),
+            (extra.get("plan") or {}).get("autoencoder"),
+        ):
+            if config:
+                config[section].pop(key, None)
+        settings = extra.get("settings") or {}
+        (settings.get("values") or {}).get("pack", {}).pop(setting, None)
+        (settings.get("sources") or {}).pop(f"pack.{setting}", None)
+
+    for path in (run_dir / "checkpoints").glob("step-*/state.json"):
+        state = json.loads(path.read_text())
+        strip(state["extra"])
+        strip((state.get("config") or {}).get("extra") or {})
+        write_state(path, state)
+    path = run_dir / "config.json"
+    config = json.loads(path.read_text())
+    strip(config["extra"])
+    config.pop("config_sha256", None)  # as that version wrote it
+    path.write_text(json.dumps(config))
