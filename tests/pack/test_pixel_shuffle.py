@@ -55,6 +55,9 @@ def test_the_decoder_lays_out_pixels_and_skips_the_full_resolution_levels():
         raw = b.conv_out(torch.nn.functional.silu(b.norm_out(_body(b, z))))  # (2, 48, 16, 16)
         out = b(z)
     assert torch.equal(out[:, 1, 4:8, 8:12].reshape(2, 16), raw[:, 16:32, 1, 2])
+    # ICNR: a new decoder's 4×4 blocks are flat (no s×s pattern to unlearn)
+    assert torch.equal(out, out[:, :, ::4, ::4].repeat_interleave(4, 2).repeat_interleave(4, 3))
+    assert torch.unique(out[0, 0]).numel() == 16 * 16
     for bad in (3, 16):
         with pytest.raises(ConfigError, match="pixel_shuffle"):
             DecoderConfig(latent_channels=8, latent_size=8, resolution=64, pixel_shuffle=bad)
