@@ -77,7 +77,8 @@ class DemoPlan:
     # no conv levels at 32² and 64²) trains a step in half the time and reaches more per step:
     # held-out PSNR 18.9 dB at 600 steps (64 s on a 2-core Xeon), 20.7 at 1200 (122 s), where
     # the conv decoder up to 64² reached 16.7 at 600 (127 s). The half it saves went to the
-    # DiT (2250 → 3150 steps): on that Xeon, whole demos (200 samples, one seed) gave pack 600
+    # DiT (2250 → 3150 steps): on that Xeon, whole demos (200 samples, one seed; before the
+    # decoder's ICNR init, which then gave 18.9 dB, 70 %, FD 2.63, 3.8 × its floor) gave pack 600
     # + DiT 3150: 18.9 dB, 69.5 %, FD 1.97 (2.8 × its floor 0.70), colour 1.01 × real; pack
     # 1200 + DiT 2250: 20.7 dB, 64 %, FD 3.11 (7.4 × its floor 0.42), 1.00 ×; pack 600 + DiT
     # 2250: 18.9 dB, 63 %, FD 2.14 (3.1 ×); the conv decoder, 600 + 2250 (its report, on an
