@@ -96,6 +96,12 @@ def damaged_child(parent: zarr.Group, name: str) -> tuple[Path, str] | None:
     return None if folder is None else damaged_meta(folder / name)
 
 
+def damaged_where(parent: zarr.Group, name: str) -> str:
+    """``<file> <why>`` of the child's damaged ``zarr.json`` (``damaged_child``), for messages."""
+    found = damaged_child(parent, name)
+    return f"{found[0]} {found[1]}" if found else "a zarr.json in it cannot be read"
+
+
 def child_groups(parent: zarr.Group) -> list[str]:
     """Names of the child groups of ``parent``, complete or not. On a local root a child whose
     ``zarr.json`` is damaged is named too (zarr's listing fails as a whole on one such file,
@@ -252,9 +258,21 @@ class ShardLocks:
 @contextlib.contextmanager
 def entry_writer(group: zarr.Group) -> Iterator[None]:
     """A shared lock on the local folder of the entry ``group`` while the block writes into it
-    (several writers share it; ``removal_lock`` waits for none of them). No lock on URL roots."""
+    (several writers share it; ``removal_lock`` waits for none of them). No lock on URL roots.
+    A ``CacheError`` before anything is written when a ``cache rm`` is removing the entry, or
+    removed it since the caller opened it: writing on would recreate a folder of loose chunks."""
     folder = group_dir(group)
-    fd = None if folder is None else _lock_fd(folder, exclusive=False, blocking=True)
+    fd = None
+    if folder is not None:
+        with contextlib.suppress(FileNotFoundError):  # removed a moment ago: refused below
+            fd = _lock_fd(folder, exclusive=False, blocking=False) if folder.is_dir() else None
+        if fd is None or not (folder / "zarr.json").is_file():
+            _unlock(fd)
+            raise CacheError(
+                f"cache entry {group.basename} is being removed by another process (`cache "
+                "rm`); nothing was written",
+                "run the command again when the removal has finished: it makes the entry anew",
+            )
     try:
         yield
     finally:

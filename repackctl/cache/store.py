@@ -37,7 +37,7 @@ from repackctl.cache.creation import (
     child_state,
     crash_point,
     creation_lock,
-    damaged_child,
+    damaged_where,
     discard_incomplete,
     local_root,
 )
@@ -128,8 +128,7 @@ ROOT_META = '{"zarr_format": 3, "node_type": "group", "attributes": {}}'
 def damaged_error(parent: zarr.Group, name: str, what: str) -> CacheError:
     """The refusal to read or recreate ``what`` (the child ``name`` of ``parent``) whose
     metadata is damaged: the file is named; nothing is removed, since it may describe data."""
-    found = damaged_child(parent, name)
-    where = f"{found[0]} {found[1]}" if found else "a zarr.json in it cannot be read"
+    where = damaged_where(parent, name)
     return CacheError(
         f"{what} has damaged metadata: {where}; nothing was read, written or removed",
         "restore that file from a copy of the cache, or remove the damaged group with "

@@ -11,7 +11,13 @@ import zarr
 from zarr.core.sync import sync
 
 from repackctl.cache.commands import features_extract_command
-from repackctl.cache.creation import child_groups, child_nodes, damaged_child, removal_lock
+from repackctl.cache.creation import (
+    child_groups,
+    child_nodes,
+    damaged_child,
+    damaged_where,
+    removal_lock,
+)
 from repackctl.cache.integrity import Damage, read_done, scan_array
 from repackctl.cache.ownership import group_dir, refuse_foreign
 from repackctl.cache.store import (
@@ -245,8 +251,7 @@ def _verify_arrays(entry: DatasetEntry) -> list[Problem]:
 def damaged_problem(parent: zarr.Group, name: str, label: str) -> Problem:
     """The lasting problem of a group whose ``zarr.json`` cannot be read (``--repair`` does not
     rewrite metadata: it may describe written data)."""
-    found = damaged_child(parent, name)
-    where = f"{found[0]} {found[1]}" if found else "a zarr.json in it cannot be read"
+    where = damaged_where(parent, name)
     return Problem(
         f"{label}: damaged metadata: {where}",
         "restore the damaged zarr.json from a copy of the cache, or remove the group with "

@@ -78,3 +78,24 @@ def test_a_held_writer_lock_refuses_removal_until_released(tmp_path):
     assert list_entries(cache) == [entry.name]
     remove(cache, entry.name)
     assert list_entries(cache) == [] and list(open_root(cache).group_keys()) == []
+
+
+def test_a_writer_is_refused_while_or_after_its_entry_is_removed(tmp_path):
+    """A writer that opened the entry just before a `cache rm` wrote on into the removed folder
+    (zarr recreated it as loose chunks): it is refused, and nothing is created at the path."""
+    from repackctl.cache.creation import removal_lock
+    from repackctl.cache.ownership import group_dir
+
+    cache = str(tmp_path / "cache")
+    args = ("ds", "train", 16, 8, {"kind": "test"}, None, 4, 8)
+    entry = DatasetEntry.create_or_open(cache, *args)
+    folder = group_dir(entry.group)
+    with removal_lock(folder, "cache entry ds"):
+        with pytest.raises(CacheError, match="being removed by another process"):
+            with entry_writer(entry.group):
+                raise AssertionError("the block must not run")
+    remove(cache, entry.name)
+    with pytest.raises(CacheError, match="being removed by another process"):
+        with entry_writer(entry.group):
+            raise AssertionError("the block must not run")
+    assert not folder.exists()
