@@ -241,6 +241,12 @@ def resolve_plan(settings: Settings, ref: FeatureRef) -> PackPlan:
     )
 
 
+def _pixel_shuffle_of(cfg: Any, factor: int) -> int:
+    """The decoder's pixel shuffle for ``cfg`` (``settings.pack``) at the upsampling ``factor``:
+    a given value as is (``DecoderConfig`` checks it), else the preset's, at most ``factor``."""
+    return cfg.pixel_shuffle or min(PRESETS[cfg.preset]["pixel_shuffle"], factor)
+
+
 def _decoder_config(
     cfg: Any, pick: Callable[[str], Any], d: int, grid: int, resolution: int, form: str
 ) -> DecoderConfig:
@@ -256,8 +262,7 @@ def _decoder_config(
         num_res_blocks=pick("num_res_blocks"),
         attn_resolutions=tuple(pick("attn_resolutions")),
         max_groups=pick("norm_groups"),
-        # the preset's value, at most the upsampling factor (a given one is checked as is)
-        pixel_shuffle=cfg.pixel_shuffle or min(pick("pixel_shuffle"), factor),
+        pixel_shuffle=_pixel_shuffle_of(cfg, factor),
         post_quant_conv=form == "official",
     )
 
@@ -764,7 +769,11 @@ def _resume(
     lookup hashes every file of the checkpoint (and reports one it skips)."""
     from repackctl.paths import run_dir as run_dir_of
     from repackctl.settings.resume import keep_started_values, resume_settings
-    from repackctl.train.checkpoint import latest_checkpoint, restore_interrupted_resaves
+    from repackctl.train.checkpoint import (
+        latest_checkpoint,
+        read_state,
+        restore_interrupted_resaves,
+    )
 
     name = settings.pack.run or default_run_name(
         settings, locate_features(settings).source.get("encoder")
@@ -775,8 +784,9 @@ def _resume(
     restore_interrupted_resaves(run_dir_of(settings.runs, name))
     latest = latest_checkpoint(run_dir_of(settings.runs, name))
     lines = [f"resume: {line}" for line in rec.lines()] if rec else []
-    settings, pinned = _recorded_data(settings, latest)
-    settings, record, kept = _keep_trained_model(settings, record, latest)
+    extra = read_state(latest).get("extra", {}) if latest is not None else {}  # {}: a new run
+    settings, pinned = _recorded_data(settings, extra)
+    settings, record, kept = _keep_trained_model(settings, record, extra)
     # values a default gave the run and this version's default changed stay as it started
     settings, record, started = keep_started_values(
         run_dir_of(settings.runs, name), settings, record, "pack", {}
@@ -785,21 +795,20 @@ def _resume(
 
 
 def _keep_trained_model(
-    settings: Settings, record: dict[str, Any] | None, latest: Path | None
+    settings: Settings, record: dict[str, Any] | None, extra: dict[str, Any]
 ) -> tuple[Settings, dict[str, Any] | None, list[str]]:
     """A resumed run keeps the model form its checkpoint was built with where no layer gives one
     now: a repack run started before ``pack.projection_form`` existed trained the folded form
     (the paper preset's official form would not fit its weights), and a run started before
     ``pack.pixel_shuffle`` existed has the conv decoder up to the full resolution (the small
     preset's 4 would not fit them). A value given now that differs is refused by the resume
-    checks (``_check_resume_form``, the autoencoder config)."""
+    checks (``_check_resume_form``, ``_check_resume_shuffle``). ``extra``: the newest
+    checkpoint's (empty for a new run)."""
     from repackctl.settings.resume import given
-    from repackctl.train.checkpoint import read_state
 
-    if latest is None:
+    if not extra:
         return settings, record, []
     cfg = settings.pack
-    extra = read_state(latest).get("extra", {})
     decoder = (extra.get("autoencoder_config") or {}).get("decoder") or {}
     trained = {"pixel_shuffle": (decoder.get("pixel_shuffle", 1), "have 1 (none)")}
     if cfg.method == "repack":
@@ -809,10 +818,11 @@ def _keep_trained_model(
     lines = []
     for name, (before, old_runs) in trained.items():
         key = f"pack.{name}"
-        now = getattr(cfg, name)
-        now = PRESETS[cfg.preset][name] if now is None else now
-        if name == "pixel_shuffle" and decoder.get("latent_size"):  # as resolve_plan clamps it
-            now = min(now, decoder["resolution"] // decoder["latent_size"])
+        if name == "pixel_shuffle" and decoder.get("latent_size"):  # the run's own factor
+            now = _pixel_shuffle_of(cfg, decoder["resolution"] // decoder["latent_size"])
+        else:
+            now = getattr(cfg, name)
+            now = PRESETS[cfg.preset][name] if now is None else now
         if given(sources, key) or before is None or before == now:
             continue
         kept[name] = before
@@ -832,17 +842,16 @@ def _keep_trained_model(
     return settings.model_copy(update={"pack": pack}), record, lines
 
 
-def _recorded_data(settings: Settings, latest: Path | None) -> tuple[Settings, list[str]]:
+def _recorded_data(settings: Settings, extra: dict[str, Any]) -> tuple[Settings, list[str]]:
     """A resume that names no data (no --entry/--features/--data/…, now or at the start) takes
-    the cache entry and features its checkpoint records, with the source it recorded, instead of
-    guessing the newest features again (an unrelated extract since then would change them)."""
+    the cache entry and features its checkpoint records (``extra``: the newest checkpoint's,
+    empty for a new run), with the source it recorded, instead of guessing the newest features
+    again (an unrelated extract since then would change them)."""
     from repackctl.pack.data import SOURCE_KEYS
-    from repackctl.train.checkpoint import read_state
 
     cfg = settings.pack
     if SOURCE_KEYS & cfg.model_fields_set:
         return settings, []
-    extra = read_state(latest).get("extra", {}) if latest is not None else {}
     cache, source = extra.get("cache") or {}, extra.get("source") or {}
     same_split = source.get("split", cfg.split) == cfg.split
     if not (cache.get("entry") and cache.get("features") and same_split):
