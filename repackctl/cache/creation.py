@@ -269,12 +269,30 @@ def entry_writer(group: zarr.Group) -> Iterator[None]:
         if fd is None or not (folder / "zarr.json").is_file():
             _unlock(fd)
             raise CacheError(
-                f"cache entry {group.basename} is being removed by another process (`cache "
-                "rm`); nothing was written",
-                "run the command again when the removal has finished: it makes the entry anew",
+                f"cache entry {group.basename} is being removed or repaired by another process "
+                "(`cache rm` or `cache verify --repair`); nothing was written",
+                "run the command again when that has finished: it makes the entry anew after a "
+                "removal, and rewrites the rows a repair marked pending",
             )
     try:
         yield
+    finally:
+        _unlock(fd)
+
+
+@contextlib.contextmanager
+def writers_out(folder: Path | None) -> Iterator[bool]:
+    """The entry folder ``folder`` (None: a URL store) locked exclusively while the block runs,
+    so that no writer (``entry_writer``) starts in it: yields True; False, without locking or
+    waiting, when a writer holds it now."""
+    fd = None
+    if folder is not None and folder.is_dir() and not folder.is_symlink():
+        fd = _lock_fd(folder, exclusive=True, blocking=False)
+        if fd is None:
+            yield False
+            return
+    try:
+        yield True
     finally:
         _unlock(fd)
 
@@ -284,16 +302,11 @@ def removal_lock(folder: Path | None, what: str) -> Iterator[None]:
     """The entry folder ``folder`` (None: a URL store) locked exclusively while the block
     removes ``what`` from it, or a ``CacheError`` at once when a writer holds it
     (``entry_writer``): nothing is removed then."""
-    fd = None
-    if folder is not None and folder.is_dir() and not folder.is_symlink():
-        fd = _lock_fd(folder, exclusive=True, blocking=False)
-        if fd is None:
+    with writers_out(folder) as held:
+        if not held:
             raise CacheError(
                 f"{what} is being written by another process (extract, captions, pack encode "
                 "or refine); nothing was removed",
                 "wait for it to finish (or stop it), then run the command again",
             )
-    try:
         yield
-    finally:
-        _unlock(fd)

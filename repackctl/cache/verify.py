@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from repackctl.cache.creation import (
     damaged_child,
     damaged_where,
     removal_lock,
+    writers_out,
 )
 from repackctl.cache.integrity import Damage, read_done, scan_array
 from repackctl.cache.ownership import group_dir, refuse_foreign
@@ -327,6 +329,27 @@ def _check_files(root: str, name: str, sub: str | None) -> None:
     folder = group_dir(grp)
     if folder is not None:
         refuse_foreign(folder / leaf, "the cache group")
+
+
+@contextlib.contextmanager
+def writers_kept_out(root: str, name: str, hold: bool) -> Iterator[Problem | None]:
+    """Whether `cache verify` may read entry ``name``: a ``Problem`` when a writer (extract,
+    captions, pack encode, refiner triplets) is in it now, else None. With ``hold`` the entry
+    stays locked against writers until the block ends (a repair marks rows pending: a writer
+    must not set them done meanwhile); without, a writer may start while the check reads."""
+    with contextlib.ExitStack() as stack:
+        held = stack.enter_context(writers_out(_entry_folder(root, name)))
+        if not hold:
+            stack.close()
+        yield (
+            None
+            if held
+            else Problem(
+                "being written by another process (extract, captions, pack encode or refine): "
+                "not checked",
+                f"run `repackctl cache verify {name}` again when it has finished",
+            )
+        )
 
 
 def _entry_folder(root: str, name: str) -> Path | None:

@@ -154,6 +154,27 @@ def verify(
 
     Example: `repackctl cache verify builtin--train--64px --repair`
     """
+    from repackctl.cache.store import list_entries
+
+    root = _root(cache, config)
+    names = [entry] if entry else list_entries(root, "all")
+    bad, fixes, repairable = 0, [], False
+    for name in names:
+        problems = _verify_one(root, name, repair)
+        if not problems:
+            continue
+        bad += 1
+        fixes += [p.fix for p in problems if p.fix and p.fix not in fixes]
+        repairable = repairable or any(not p.lasting for p in problems)
+    if bad:
+        _refuse(bad, len(names), fixes, repairable)
+
+
+def _verify_one(root: str, name: str, repair: bool) -> list:
+    """Check (and with ``repair`` repair) one entry, printing what it finds; returns the problems
+    left. An entry that another process is writing is not read: its pending rows and groups
+    would show as problems, and a repair could mark rows pending under the writer's feet. The
+    repair holds the entry against writers until it has finished."""
     from repackctl.cache.store import DatasetEntry, list_entries, open_root
     from repackctl.cache.verify import (
         Problem,
@@ -163,14 +184,14 @@ def verify(
         repair_rows,
         scan_chunks,
         verify_entry,
+        writers_kept_out,
     )
 
-    root = _root(cache, config)
-    names = [entry] if entry else list_entries(root, "all")
-    bad, fixes, repairable = 0, [], False
-    for name in names:
+    with writers_kept_out(root, name, hold=repair) as busy:
         found = []
-        if name in list_entries(root, "incomplete"):
+        if busy:
+            problems = [busy]
+        elif name in list_entries(root, "incomplete"):
             problems = [
                 Problem("incomplete: its creation was interrupted (rerun the same extract)")
             ]
@@ -184,24 +205,16 @@ def verify(
             err_console.print(f"[red]✗[/] {name}: {p}", highlight=False, soft_wrap=True)
         if not problems:
             console.print(f"[green]✓[/] {name}: ok", highlight=False)
-            continue
-        if repair and found:
-            rows = repair_rows(e, found)
-            console.print(f"repaired {name}: {rows} rows marked pending; now run", highlight=False)
-            for cmd in producers(e, found):
-                console.print(f"  {cmd}", highlight=False)
-            problems = left_after_repair(e, problems)
-            for p in problems:
-                err_console.print(
-                    f"[red]✗[/] {name}: not repaired: {p}", highlight=False, soft_wrap=True
-                )
-            if not problems:
-                continue
-        bad += 1
-        fixes += [p.fix for p in problems if p.fix and p.fix not in fixes]
-        repairable = repairable or any(not p.lasting for p in problems)
-    if bad:
-        _refuse(bad, len(names), fixes, repairable)
+        if not (repair and found):
+            return problems
+        rows = repair_rows(e, found)
+        console.print(f"repaired {name}: {rows} rows marked pending; now run", highlight=False)
+        for cmd in producers(e, found):
+            console.print(f"  {cmd}", highlight=False)
+        problems = left_after_repair(e, problems)
+    for p in problems:
+        err_console.print(f"[red]✗[/] {name}: not repaired: {p}", highlight=False, soft_wrap=True)
+    return problems
 
 
 def _refuse(bad: int, total: int, fixes: list[str], repairable: bool) -> None:

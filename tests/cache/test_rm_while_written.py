@@ -91,11 +91,11 @@ def test_a_writer_is_refused_while_or_after_its_entry_is_removed(tmp_path):
     entry = DatasetEntry.create_or_open(cache, *args)
     folder = group_dir(entry.group)
     with removal_lock(folder, "cache entry ds"):
-        with pytest.raises(CacheError, match="being removed by another process"):
+        with pytest.raises(CacheError, match="being removed or repaired by another process"):
             with entry_writer(entry.group):
                 raise AssertionError("the block must not run")
     remove(cache, entry.name)
-    with pytest.raises(CacheError, match="being removed by another process"):
+    with pytest.raises(CacheError, match="being removed or repaired by another process"):
         with entry_writer(entry.group):
             raise AssertionError("the block must not run")
     assert not folder.exists()

@@ -99,3 +99,38 @@ def test_without_repair_the_hint_names_both_fixes(tmp_path, extracted):
     assert "images: missing chunk" in out and "2 samples with NaN/inf" in out, out
     assert f"repackctl cache rm {entry.name} --features {fid} --yes" in out, out
     assert "`repackctl cache verify --repair` marks damaged rows pending" in out, out
+
+
+def test_an_entry_being_written_is_neither_checked_nor_repaired(tmp_path, extracted):
+    """`cache verify` read an entry that an extract was filling and called its pending rows a
+    problem (hint: `--repair`, which fixes no pending row), and `--repair` could mark rows
+    pending under a writer. Now an entry that a writer holds is left alone, and a repair holds
+    the entry against writers until it has finished."""
+    from repackctl.cache.creation import entry_writer
+    from repackctl.cache.verify import writers_kept_out
+    from repackctl.errors import CacheError
+
+    entry, _ = _damaged(extracted, tmp_path, slice(16, 18))
+    done = entry.done[:].copy()
+    with entry_writer(entry.group):
+        for more in ([], ["--repair"]):
+            res = runner.invoke(app, ["cache", "verify", entry.name, *more])
+            out = _flat(res)
+            assert res.exit_code == 6 and "Traceback" not in out, res.output
+            assert "being written by another process" in out and "not checked" in out, out
+            assert "missing chunk" not in out and "rows marked pending" not in out, out
+            again = f"run `repackctl cache verify {entry.name}` again when it has finished"
+            assert again in out, out
+    assert (entry.done[:] == done).all()  # nothing marked pending
+    root = str(tmp_path / "cache")
+    with writers_kept_out(root, entry.name, hold=False) as busy:
+        assert busy is None
+        with entry_writer(entry.group):  # a plain check keeps no writer out
+            pass
+    with writers_kept_out(root, entry.name, hold=True) as busy:
+        assert busy is None
+        with pytest.raises(CacheError, match="being removed or repaired by another process"):
+            with entry_writer(entry.group):
+                raise AssertionError("a writer must not start during a repair")
+    res = runner.invoke(app, ["cache", "verify", entry.name, "--repair"])
+    assert res.exit_code == 6 and "8 rows marked pending" in _flat(res), res.output
