@@ -339,6 +339,8 @@ def _file_layer(path: Path, env: dict[str, str]) -> tuple[str, dict[str, Any]]:
         if from_env
         else "pass an existing TOML file to --config"
     )
+    if path.is_dir():
+        raise ConfigError(f"config file {path}{where} is a folder, not a TOML file", fix)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}{where}", fix)
     try:

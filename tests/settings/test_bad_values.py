@@ -266,3 +266,10 @@ def test_a_missing_config_file_from_the_environment_names_the_variable(monkeypat
     monkeypatch.delenv("REPACKCTL_CONFIG")
     out = cli_refused(2, "train", "dit", "--config", str(tmp_path / "nope.toml"), "--show-config")
     assert "REPACKCTL_CONFIG" not in out and "to --config" in out
+
+
+def test_a_config_folder_is_named_as_a_folder(tmp_path):
+    """`--config DIR` said "config file not found" of a folder that is there."""
+    out = cli_refused(2, "train", "dit", "--config", str(tmp_path), "--show-config")
+    assert f"config file {tmp_path} is a folder, not a TOML file" in out, out
+    assert "not found" not in out and "to --config" in out, out
