@@ -55,6 +55,10 @@ def test_demo_end_to_end_reuse_and_fresh(tmp_path):
     rise = metrics["refined_hf_error"] > metrics["recon_hf_error"]
     row = next(r for r in report.splitlines() if r.startswith("| high-frequency error"))
     assert ("% higher)" if rise else "% lower)") in row and "(-" not in row
+    # beside it what an image without detail would score, and which way the detail moved
+    energy = metrics["hf_energy"]
+    assert f"no detail at all {energy['real']:.4f}" in row, row
+    assert f"detail energy {energy['recon']:.4f} → {energy['refined']:.4f}" in row, row
     assert 0.0 <= metrics["class_accuracy"] <= 1.0
     assert metrics["class_accuracy"] == metrics["class_accuracy_refined"]
     # how much the refiner changed the samples, so that "refined / plain" reads as one or two
