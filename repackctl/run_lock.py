@@ -189,6 +189,34 @@ def lock_holder(folder: str | os.PathLike) -> Holder | None:
     return None
 
 
+@contextmanager
+def hold_run_lock(folder: str | os.PathLike) -> Iterator[bool]:
+    """The training lock of the run ``folder`` (it exists) held while the block runs, so that
+    no training starts in it (``runs rm``): yields True; False, without waiting, when another
+    process holds it. Where nothing can be locked, True without a lock."""
+    path = Path(folder).expanduser() / LOCK_FILE
+    if fcntl is None or _held_here(path):
+        yield True
+        return
+    try:
+        f = open(path, "a+b")
+    except OSError:
+        yield True
+        return
+    with f:
+        taken = _try_lock(f)
+        if not taken:  # False: another process holds it; None: nothing can be locked here
+            yield taken is None
+            return
+        st = os.fstat(f.fileno())
+        key = (st.st_dev, st.st_ino)
+        _HELD[key] = f  # this process's own: lock_holder does not name it
+        try:
+            yield True
+        finally:
+            _HELD.pop(key, None)
+
+
 def _busy(folder: Path, holder: Holder) -> ConfigError:
     return ConfigError(
         f"run {folder} is being trained by another process ({holder.describe()}); "

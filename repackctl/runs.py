@@ -29,6 +29,8 @@ import os
 import re
 import shutil
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,12 +44,14 @@ from repackctl.run_files import (
     read_json_dict,
     read_run_config,
 )
-from repackctl.run_lock import LOCK_FILE, lock_holder
+from repackctl.run_lock import LOCK_FILE, Holder, hold_run_lock, lock_holder
 
 CONFIG_JSON = "config.json"
 METRICS_JSONL = "metrics.jsonl"
 CKPT_DIR = "checkpoints"
 STEP_RE = re.compile(r"^step-(\d{7})$")
+# the name prefix of a run folder while `runs rm` deletes it (never listed as a run)
+REMOVING = ".removing-"
 # shown by `runs info` from config.json (TrainConfig fields)
 CONFIG_KEYS = ("steps", "global_batch", "grad_accum", "lr", "schedule", "ema_decay", "ema_warmup",
                "precision", "seed", "ckpt_every", "keep_last")  # fmt: skip
@@ -235,7 +239,7 @@ def list_runs(root: Path) -> list[RunInfo]:
         return []
     out = []
     for folder in sorted(root.iterdir()):
-        if is_run(folder):
+        if is_run(folder) and not folder.name.startswith(REMOVING):
             ckpts = [checkpoint_info(p, checksums=False) for p in _step_folders(folder)]
             out.append(_run_info(folder, ckpts, checksums=False))
     return out
@@ -345,11 +349,7 @@ def check_removable(folder: Path) -> None:
     _require_run(folder)
     holder = lock_holder(folder)
     if holder is not None:
-        raise CheckpointError(
-            f"run {folder} is being trained by another process ({holder.describe()}); "
-            "nothing was removed",
-            f"wait for it to finish, or stop it, then run `repackctl runs rm {folder.name}` again",
-        )
+        raise _being_trained(folder, holder)
     foreign = foreign_paths(folder)
     if foreign:
         raise CheckpointError(
@@ -360,11 +360,52 @@ def check_removable(folder: Path) -> None:
         )
 
 
+def _being_trained(folder: Path, holder: Holder | None) -> CheckpointError:
+    by = f" ({holder.describe()})" if holder is not None else ""
+    return CheckpointError(
+        f"run {folder} is being trained by another process{by}; nothing was removed",
+        f"wait for it to finish, or stop it, then run `repackctl runs rm {folder.name}` again",
+    )
+
+
+def removing_folder(folder: Path) -> Path:
+    """Where ``remove_run`` moves the run ``folder`` before deleting it."""
+    return folder.parent / f"{REMOVING}{folder.name}"
+
+
 def remove_run(folder: Path) -> None:
     """Delete a run folder; anything that is not a repackctl run, or a run that holds a path
-    repackctl did not write, is refused (:func:`check_removable`) and nothing is deleted."""
-    check_removable(folder)
-    shutil.rmtree(folder)
+    repackctl did not write, is refused (:func:`check_removable`) and nothing is deleted.
+
+    The run is renamed to ``.removing-<name>`` first, holding its training lock, and deleted
+    there: a training that starts meanwhile is refused, or (after the rename) starts a new run,
+    and a removal killed while it deletes leaves a folder that no command takes for the run
+    (half its files gone, it was no longer recognised as a run, so `runs rm` refused it). The
+    same `runs rm` finishes it."""
+    leftover = removing_folder(folder)
+    if not folder.exists() and not folder.is_symlink() and leftover.is_dir():
+        shutil.rmtree(leftover)  # a removal killed while it deleted: finish it
+        return
+    check_removable(folder)  # before the lock: taking it writes train.lock into the folder
+    with _training_kept_out(folder):
+        check_removable(folder)  # a training may have started before the lock was taken
+        if leftover.is_dir():  # an older removal of a run of this name, killed
+            shutil.rmtree(leftover)
+        folder.rename(leftover)
+    from repackctl.cache.creation import crash_point
+
+    crash_point("runs-rm")
+    shutil.rmtree(leftover)
+
+
+@contextmanager
+def _training_kept_out(folder: Path) -> Iterator[None]:
+    """The run's training lock held while the block runs (no training starts), or a
+    ``CheckpointError`` naming the training that took it a moment ago."""
+    with hold_run_lock(folder) as held:
+        if not held:
+            raise _being_trained(folder, lock_holder(folder))
+        yield
 
 
 def runs_hint(root: Path, stage: str | None = None, limit: int = 10) -> str:

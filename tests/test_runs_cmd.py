@@ -182,3 +182,42 @@ def test_training_writes_log_txt(base):
     log = (base / "runs" / RUN / "log.txt").read_text()
     assert "train 4/4 (100%)" in log and "done in" in log
     assert "0/?" not in log
+
+
+def test_a_killed_rm_is_finished_by_the_same_rm_and_keeps_training_out(roots):
+    """`runs rm` killed while it deleted left a half-deleted folder that was no longer a run
+    (config.json or state.json gone), so the same `runs rm` refused it: "not a repackctl run".
+    Now the run is renamed to `.removing-<name>` first and deleted there; the rerun finishes it,
+    and `runs ls` never lists the leftover."""
+    runs = roots / "runs"
+    cmd = [sys.executable, "-m", "repackctl", "runs", "rm", RUN, "--yes", *_flags(roots)]
+    env = subprocess_env(roots, REPACKCTL_TEST_CRASH_AFTER="runs-rm")
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert res.returncode == 137, res.stdout + res.stderr
+    leftover = runs / f".removing-{RUN}"
+    assert not (runs / RUN).exists() and leftover.is_dir()
+    (leftover / "config.json").unlink()  # as a deletion cut short leaves it
+    assert RUN not in _ok(["runs", "ls", *_flags(roots)]).output
+    res = _ok(["runs", "rm", RUN, "--yes", *_flags(roots)])
+    assert "finishing the removal" in " ".join(res.output.split()), res.output
+    assert not leftover.exists() and not (runs / RUN).exists()
+    assert (runs / "notes" / "todo.txt").read_text() == "keep me"
+
+
+def test_rm_holds_the_training_lock_while_it_moves_the_run_away(roots):
+    """Between `runs rm`'s check and the deletion a training could start and write into a
+    folder being deleted: the removal now takes the run's training lock for the rename, and a
+    lock taken by someone else refuses it (nothing moves)."""
+    import fcntl
+
+    from repackctl.errors import CheckpointError
+    from repackctl.runs import remove_run
+
+    folder = roots / "runs" / RUN
+    with open(folder / "train.lock", "a+b") as f:  # another open file: another holder
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(CheckpointError, match="is being trained by another process"):
+            remove_run(folder)
+    assert folder.is_dir() and not (roots / "runs" / f".removing-{RUN}").exists()
+    remove_run(folder)
+    assert not folder.exists() and not (roots / "runs" / f".removing-{RUN}").exists()

@@ -141,9 +141,14 @@ def rm(
     Example: `repackctl runs rm dit-tiny --yes`
     """
     from repackctl.paths import run_dir
-    from repackctl.runs import check_removable, describe_run, remove_run
+    from repackctl.runs import check_removable, describe_run, remove_run, removing_folder
 
     folder = run_dir(_roots(runs, None, config)[0], name)
+    if not folder.exists() and removing_folder(folder).is_dir():
+        console.print(f"finishing the removal of {folder} (it was interrupted)", highlight=False)
+        remove_run(folder)
+        console.print(f"removed {folder}", highlight=False)
+        return
     d = describe_run(folder)  # refuses anything that is not a run
     what = f"run {name} ({d.run.stage}, {d.run.checkpoints} checkpoints, {_mb(d.run.bytes)})"
     check_removable(folder)  # files of the user's in it: refused before asking
