@@ -43,7 +43,7 @@ import numpy as np
 import torch
 import zarr
 
-from repackctl.cache.creation import ShardLocks, crash_point, entry_writer, test_delay
+from repackctl.cache.creation import ShardLocks, entry_writer, test_delay
 from repackctl.cache.store import (
     PENDING,
     SKIP_REASONS,
@@ -56,6 +56,7 @@ from repackctl.cache.store import (
     list_entries,
     owned_ranges,
 )
+from repackctl.crash import crash_point
 from repackctl.data.captions import CAPTIONS_VERSION
 from repackctl.encoders.text import TextEncoder
 from repackctl.errors import CacheError, ConfigError, DataError

@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from repackctl.crash import crash_point
 from repackctl.errors import CheckpointError, ConfigError
 from repackctl.run_files import (
     ENGINE_KEYS,
@@ -392,8 +393,6 @@ def remove_run(folder: Path) -> None:
         if leftover.is_dir():  # an older removal of a run of this name, killed
             shutil.rmtree(leftover)
         folder.rename(leftover)
-    from repackctl.cache.creation import crash_point
-
     crash_point("runs-rm")
     shutil.rmtree(leftover)
 

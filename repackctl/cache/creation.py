@@ -23,8 +23,8 @@ Locks (local roots only, ``fcntl.flock``; released by the kernel when a process 
 On fsspec URL roots there are no locks: creation and writing work the same, but two concurrent
 writers of one group duplicate work (the result is the same, the data identical) — run one.
 
-``REPACKCTL_TEST_CRASH_AFTER=<step>`` makes the process exit with status 137 right after the
-creation step ``<step>`` (a group kind such as ``entry``/``features``/``latents``/``triplets``,
+``REPACKCTL_TEST_CRASH_AFTER=<step>`` (``repackctl.crash``) makes the process exit with status
+137 right after the creation step ``<step>`` (a group kind such as ``entry``/``features``/``latents``/``triplets``,
 or an array name such as ``images``/``tokens``/``std``). It exists for the crash tests, like
 ``REPACKCTL_TEST_SHARD_DELAY=<seconds>`` (a pause per shard an extract takes, to make two
 processes overlap).
@@ -47,14 +47,7 @@ from repackctl.errors import CacheError
 from repackctl.paths import is_url, local_path
 
 CREATING = "creating"
-CRASH_ENV = "REPACKCTL_TEST_CRASH_AFTER"
 DELAY_ENV = "REPACKCTL_TEST_SHARD_DELAY"
-
-
-def crash_point(step: str) -> None:
-    """Exit at once (status 137, like a kill) when the crash test asks for ``step``."""
-    if os.environ.get(CRASH_ENV) == step:
-        os._exit(137)
 
 
 def test_delay() -> None:

@@ -5,7 +5,9 @@ The cache writes, below a group folder, only (README "Cache layout"):
 * ``zarr.json`` of every group and array (zarr's ``LocalStore`` writes it through a temporary
   ``zarr.<hex>.partial`` that a killed writer can leave behind);
 * the chunk or shard files of an array under its ``c/`` folder (digit names, same temporaries);
-* the shard locks of a writer, ``<array>/locks/shard-<k>.lock`` (``creation.ShardLocks``).
+* the shard locks of a writer, ``<array>/locks/shard-<k>.lock`` (``creation.ShardLocks``);
+* ``.removing/`` in a group: what `cache rm` moved there to delete (checked to be the cache's
+  own before the move; the rest of a killed removal until its rerun, ``cache.removal``).
 
 Anything else (a note, a symlink, a folder without ``zarr.json`` holding files) is *foreign*:
 ``cache rm`` and the removal of an unfinished group refuse to run when a group holds one, and a
@@ -25,6 +27,7 @@ from zarr.storage import LocalStore
 from repackctl.errors import CacheError
 
 META = "zarr.json"
+TRASH = ".removing"  # where `cache rm` deletes (repackctl.cache.removal)
 _PARTIAL = re.compile(r"^(zarr|c|\d+)\.[0-9a-f]{32}\.partial$")  # LocalStore's temporaries
 _CHUNK = re.compile(r"^\d+$")
 _LOCK = re.compile(r"^shard-\d+\.lock$")
@@ -139,6 +142,8 @@ def foreign_path(path: Path) -> Path | None:
             bad = _foreign_in(p, _LOCK, dirs_ok=False)
         elif kind != "array" and _node_type(p) is not None:
             bad = foreign_path(p)
+        elif kind == "group" and name == TRASH:
+            bad = None
         else:
             bad = None if _leftover(p) else p
         if bad is not None:

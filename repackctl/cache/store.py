@@ -35,13 +35,13 @@ from repackctl.cache.creation import (
     CREATING,
     child_groups,
     child_state,
-    crash_point,
     creation_lock,
     damaged_where,
     discard_incomplete,
     local_root,
 )
 from repackctl.cache.ownership import claim_dir, group_dir, meta_problem
+from repackctl.crash import crash_point
 from repackctl.errors import CacheError
 from repackctl.paths import SAFE_NAME, cache_root, entry_name, is_url, local_path
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import zarr
@@ -17,11 +16,10 @@ from repackctl.cache.creation import (
     child_nodes,
     damaged_child,
     damaged_where,
-    removal_lock,
     writers_out,
 )
 from repackctl.cache.integrity import Damage, read_done, scan_array
-from repackctl.cache.ownership import group_dir, refuse_foreign
+from repackctl.cache.removal import entry_folder
 from repackctl.cache.store import (
     PENDING,
     REQUIRED,
@@ -30,7 +28,6 @@ from repackctl.cache.store import (
     ArrayGroup,
     DatasetEntry,
     features_precision,
-    open_root,
 )
 
 
@@ -298,39 +295,6 @@ def _verify_group(
     return problems
 
 
-def _target(root: str, name: str, sub: str | None) -> tuple[zarr.Group, str]:
-    g = open_root(root, mode="a")
-    target = name if sub is None else f"{name}/{sub}"
-    parent, _, leaf = target.rpartition("/")
-    return (g[parent] if parent else g), leaf
-
-
-def check_removable(root: str, name: str, sub: str | None = None) -> None:
-    """Refuse (``CacheError``, naming it) when the group to remove holds a file the cache did not
-    write, or when another process is writing into its entry: ``remove`` deletes only the
-    cache's own files, and nothing that is being written, so it deletes nothing then."""
-    _check_files(root, name, sub)
-    with removal_lock(_entry_folder(root, name), _what(name, sub)):
-        pass
-
-
-def remove(root: str, name: str, sub: str | None = None) -> None:
-    """Delete an entry, or one of its feature/latent groups (``features/<id>``), after checking
-    that it holds nothing but the cache's own files and that no process writes into the entry
-    (``check_removable``); the entry stays locked against writers while it is deleted."""
-    with removal_lock(_entry_folder(root, name), _what(name, sub)):
-        _check_files(root, name, sub)
-        grp, leaf = _target(root, name, sub)
-        del grp[leaf]
-
-
-def _check_files(root: str, name: str, sub: str | None) -> None:
-    grp, leaf = _target(root, name, sub)
-    folder = group_dir(grp)
-    if folder is not None:
-        refuse_foreign(folder / leaf, "the cache group")
-
-
 @contextlib.contextmanager
 def writers_kept_out(root: str, name: str, hold: bool) -> Iterator[Problem | None]:
     """Whether `cache verify` may read entry ``name``: a ``Problem`` when a writer (extract,
@@ -338,7 +302,7 @@ def writers_kept_out(root: str, name: str, hold: bool) -> Iterator[Problem | Non
     stays locked against writers until the block ends (a repair marks rows pending: a writer
     must not set them done meanwhile); without, a writer may start while the check reads."""
     with contextlib.ExitStack() as stack:
-        held = stack.enter_context(writers_out(_entry_folder(root, name)))
+        held = stack.enter_context(writers_out(entry_folder(root, name)))
         if not hold:
             stack.close()
         yield (
@@ -350,15 +314,6 @@ def writers_kept_out(root: str, name: str, hold: bool) -> Iterator[Problem | Non
                 f"run `repackctl cache verify {name}` again when it has finished",
             )
         )
-
-
-def _entry_folder(root: str, name: str) -> Path | None:
-    folder = group_dir(open_root(root, mode="r"))
-    return None if folder is None else folder / name
-
-
-def _what(name: str, sub: str | None) -> str:
-    return f"cache entry {name}" if sub is None else f"{sub} of cache entry {name}"
 
 
 # ---- chunk integrity (missing / truncated / corrupt) and repair ---------------------------------

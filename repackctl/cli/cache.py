@@ -253,14 +253,15 @@ def rm(
 
     Example: `repackctl cache rm builtin--train--64px --yes`
     """
+    from repackctl.cache.removal import check_removable, remove
     from repackctl.cache.store import DatasetEntry, list_entries
-    from repackctl.cache.verify import check_removable, remove
     from repackctl.errors import CacheError
 
     root = _root(cache, config)
-    _one_group(
-        entry, {"features": features, "latents": latents, "triplets": triplets, "text": text}
-    )
+    groups = {"features": features, "latents": latents, "triplets": triplets, "text": text}
+    _one_group(entry, groups)
+    if _finished_before(root, entry, groups):
+        return
     sub = None
     whole = not (features or latents or triplets or text)
     if whole and entry in list_entries(root, "incomplete") + list_entries(root, "damaged"):
@@ -305,6 +306,27 @@ def rm(
         raise typer.Exit(1)
     remove(root, entry, sub)
     console.print(f"removed {what}")
+
+
+def _finished_before(root: str, entry: str, groups: dict[str, str | None]) -> bool:
+    """A `cache rm` of the same group killed while it deleted: its rest is deleted now (the
+    group itself is gone from the entry, so it would be "not found")."""
+    from repackctl.cache.removal import entry_folder, finish_removal
+    from repackctl.cache.store import NoCache
+
+    kind, value = next(((k, v) for k, v in groups.items() if v), (None, None))
+    sub = f"{kind}/{value}" if kind else None
+    try:
+        folder = entry_folder(root, entry)
+    except NoCache:
+        return False
+    if folder is None or (folder / sub if sub else folder).exists():
+        return False
+    if not finish_removal(root, entry, sub):
+        return False
+    what = f"{entry}/{sub}" if sub else entry
+    console.print(f"removed {what} (the rest that an interrupted `cache rm` left)")
+    return True
 
 
 def _one_group(entry: str, given: dict[str, str | None]) -> None:

@@ -68,7 +68,7 @@ NPZ_READ_ERRORS = (
     NotImplementedError,
     tokenize.TokenError,
 )
-#: crash tests only (the switch of ``cache.creation.crash_point``): the value
+#: crash tests only (the switch of ``repackctl.crash.crash_point``): the value
 #: :data:`KILL_AT_WRITTEN` SIGKILLs the process once a stats file's temporary is written, before
 #: it is renamed into place (what a kill during the write leaves behind)
 KILL_ENV = "REPACKCTL_TEST_CRASH_AFTER"

@@ -33,8 +33,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from repackctl.cache.creation import crash_point, entry_writer
+from repackctl.cache.creation import entry_writer
 from repackctl.cache.store import PENDING, WRITTEN, ArrayGroup, DatasetEntry, owned_ranges
+from repackctl.crash import crash_point
 from repackctl.errors import CacheError
 from repackctl.progress import ProgressFactory, null_progress
 from repackctl.runtime import DistInfo
@@ -55,7 +56,7 @@ class TripletResult:
     seconds: float
 
 
-# crash tests only (``cache.creation.crash_point``): exit as a kill would once the shard that
+# crash tests only (``repackctl.crash.crash_point``): exit as a kill would once the shard that
 # starts at row i is written but not yet marked done (``triplets-written-<i>``)
 CRASH_BEFORE_DONE = "triplets-written-"
 

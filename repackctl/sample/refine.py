@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from repackctl.cache.creation import crash_point
+from repackctl.crash import crash_point
 from repackctl.errors import ConfigError, DataError
 from repackctl.files import sha256_file, write_json_atomic, write_png_atomic
 from repackctl.metrics.adm import IMAGES_KEY
@@ -61,7 +61,7 @@ from repackctl.sample.folder import (
 )
 from repackctl.settings import Settings
 
-# crash tests only (``cache.creation.crash_point``): exit as a kill would once refined PNG i is
+# crash tests only (``repackctl.crash.crash_point``): exit as a kill would once refined PNG i is
 # written (``refine-apply-png-<i>``), or once samples.npz is written but not the card
 CRASH_AFTER_PNG = "refine-apply-png-"
 CRASH_AFTER_NPZ = "refine-apply-npz"

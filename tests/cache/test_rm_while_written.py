@@ -16,8 +16,8 @@ from conftest import subprocess_env
 from typer.testing import CliRunner
 
 from repackctl.cache.creation import entry_writer
+from repackctl.cache.removal import remove
 from repackctl.cache.store import DatasetEntry, list_entries, open_root
-from repackctl.cache.verify import remove
 from repackctl.cli.app import app
 from repackctl.errors import CacheError
 

@@ -41,7 +41,7 @@ from repackctl.train.checkpoint import latest_checkpoint, read_state
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()
-CRASH_ENV = "REPACKCTL_TEST_CRASH_AFTER"  # ``cache.creation.crash_point``
+CRASH_ENV = "REPACKCTL_TEST_CRASH_AFTER"  # ``repackctl.crash.crash_point``
 STEPS, EVERY = 30, 10
 TRAIN = ["refine", "train", "--pack-run", "pack-tiny", "--name", "rk", "--steps", str(STEPS)]
 TRAIN += ["--batch-size", "4", "--base-channels", "8", "--disc-channels", "8", "--noise", "0.1"]
