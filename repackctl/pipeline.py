@@ -29,12 +29,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from repackctl.crash import crash_point
 from repackctl.errors import ConfigError, RepackError
 from repackctl.paths import PROTOCOL_JSON, SAMPLES_NPZ, SETTINGS_JSON
 from repackctl.progress import ProgressFactory, null_progress
 from repackctl.run_files import RUN_PATH, STARTING_PATH, foreign_paths
 from repackctl.run_lock import lock_holder
-from repackctl.runs import is_run
+from repackctl.runs import is_run, removing_folder
 from repackctl.settings import ResolvedSettings, Settings, resolve_settings
 
 __all__ = [
@@ -134,6 +135,7 @@ def claim_folder(
 def _remove_owned(out: Path, kind: str, owned: list[str], log: Callable[[str], None]) -> None:
     """``--fresh``: remove the ``owned`` entries of ``out``, or none when any holds a path the
     pipeline did not write."""
+    _finish_removals(out, owned, log)
     _refuse_trained_runs(out, owned)
     unknown = [p for name in owned for p in unknown_paths(out, name)]
     if unknown:
@@ -148,10 +150,25 @@ def _remove_owned(out: Path, kind: str, owned: list[str], log: Callable[[str], N
         path = out / name
         if path.is_dir():
             log(f"--fresh: removing {path}")
-            shutil.rmtree(path)
+            trash = removing_folder(path)
+            path.rename(trash)  # a kill while it deletes leaves trash, not half a run
+            crash_point(f"fresh-{name}")
+            shutil.rmtree(trash)
         elif path.exists():
             log(f"--fresh: removing {path}")
             path.unlink()
+
+
+def _finish_removals(out: Path, owned: list[str], log: Callable[[str], None]) -> None:
+    """Delete what a ``--fresh`` killed while it deleted left (``.removing-<name>``, each checked
+    to be the pipeline's own before it was moved there): before, the half-deleted run was no
+    longer a run, and every later ``--fresh`` refused it as a folder the pipeline did not
+    write."""
+    for name in owned:
+        trash = removing_folder(out / name)
+        if trash.is_dir() and not trash.is_symlink():
+            log(f"--fresh: removing {trash} (left by an interrupted --fresh)")
+            shutil.rmtree(trash)
 
 
 def _refuse_trained_runs(out: Path, owned: list[str]) -> None:

@@ -127,3 +127,30 @@ def test_temporaries_a_killed_writer_leaves_are_the_pipelines_own(demo):
     assert [p for name in OWNED for p in unknown_paths(demo, name)] == []
     claim_folder(demo, "demo", OWNED, fresh=True, log=lambda _: None)
     assert [p.name for p in demo.iterdir()] == [MARKER]
+
+
+def test_a_fresh_killed_while_it_deletes_is_finished_by_the_next(demo):
+    """`--fresh` deleted each run in place: killed midway, the run lost its config.json and was
+    no longer a run, so every later `--fresh` refused it as a folder the demo did not write. It
+    now moves each owned folder to `.removing-<name>` first; the next `--fresh` deletes that."""
+    import subprocess
+    import sys
+
+    from conftest import subprocess_env
+
+    code = (
+        "import sys; from pathlib import Path; from repackctl.pipeline import claim_folder; "
+        f"claim_folder(Path(sys.argv[1]), 'demo', {OWNED!r}, fresh=True)"
+    )
+    env = subprocess_env(demo.parent, REPACKCTL_TEST_CRASH_AFTER=f"fresh-{DIT}")
+    res = subprocess.run([sys.executable, "-c", code, str(demo)], env=env, capture_output=True)
+    assert res.returncode == 137, res.stderr
+    (trash,) = [p for p in demo.iterdir() if p.name.startswith(".removing-")]
+    assert trash.name == f".removing-{DIT}" and not (demo / "cache").exists()
+    (trash / "config.json").unlink(missing_ok=True)  # as a deletion cut short leaves it
+    for p in trash.rglob("state.json"):
+        p.unlink()
+    removed: list[str] = []
+    claim_folder(demo, "demo", OWNED, fresh=True, log=removed.append)
+    assert [p.name for p in demo.iterdir()] == [MARKER]
+    assert any("left by an interrupted --fresh" in line for line in removed), removed
