@@ -42,7 +42,16 @@ from typing import Any
 
 import zarr
 
-from repackctl.cache.ownership import damaged_meta, group_dir, meta_problem, refuse_foreign
+from repackctl.cache.ownership import (
+    damaged_meta,
+    delete_trash,
+    group_dir,
+    meta_problem,
+    move_to_trash,
+    refuse_foreign,
+    trash_for,
+)
+from repackctl.crash import crash_point
 from repackctl.errors import CacheError
 from repackctl.paths import is_url, local_path
 
@@ -156,7 +165,13 @@ def discard_incomplete(parent: zarr.Group, name: str) -> None:
             "check it with `repackctl cache info`; remove it with `repackctl cache rm` "
             "to recreate it",
         )
-    del parent[name]
+    trash = trash_for(parent, name)
+    if folder is None or trash is None:
+        del parent[name]
+        return
+    move_to_trash(folder / name, trash)  # killed while deleting: never half a group here
+    crash_point("discard")
+    delete_trash(trash)
 
 
 def local_root(root: str) -> Path:

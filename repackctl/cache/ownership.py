@@ -17,8 +17,10 @@ roots are checked; an fsspec URL store holds nothing but the keys zarr writes th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import shutil
 from pathlib import Path
 
 import zarr
@@ -149,6 +151,44 @@ def foreign_path(path: Path) -> Path | None:
         if bad is not None:
             return bad
     return None
+
+
+def trash_for(group: zarr.Group, name: str) -> Path | None:
+    """Where the child ``name`` of the local ``group`` goes to be deleted:
+    ``<root>/.removing/<path with @ for />`` (None on a URL store)."""
+    store = group.store_path.store
+    if not isinstance(store, LocalStore):
+        return None
+    path = f"{group.store_path.path}/{name}".strip("/")
+    return Path(store.root) / TRASH / path.replace("/", "@")
+
+
+def move_to_trash(folder: Path, trash: Path) -> None:
+    """Move ``folder`` out of the cache's tree to ``trash`` (``trash_for``), replacing what an
+    earlier removal of the same group, killed, left there: from here on no reader or writer
+    takes it for the group, however far its deletion gets."""
+    if trash.is_dir():
+        shutil.rmtree(trash)
+    trash.parent.mkdir(exist_ok=True)
+    folder.rename(trash)
+
+
+def delete_trash(trash: Path) -> None:
+    """Delete what ``move_to_trash`` moved, and ``.removing`` with it once empty. Another
+    process may delete the same rest at the same time (a creation of the group anew)."""
+    shutil.rmtree(trash, ignore_errors=True)
+    if trash.exists():
+        shutil.rmtree(trash)  # what could not be deleted: the error names it
+    with contextlib.suppress(OSError):  # another removal's rest is still there
+        trash.parent.rmdir()
+
+
+def drop_trash(group: zarr.Group, name: str) -> None:
+    """Delete the rest that a killed removal of the child ``name`` of ``group`` left, before the
+    child is made anew."""
+    trash = trash_for(group, name)
+    if trash is not None and trash.is_dir():
+        delete_trash(trash)
 
 
 def refuse_foreign(path: Path, what: str) -> None:

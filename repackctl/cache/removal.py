@@ -12,18 +12,22 @@ over it. The same `cache rm` finishes it (``finish_removal``). URL roots delete 
 
 from __future__ import annotations
 
-import contextlib
-import shutil
 from pathlib import Path
 
 import zarr
 
 from repackctl.cache.creation import removal_lock
-from repackctl.cache.ownership import TRASH, group_dir, refuse_foreign
+from repackctl.cache.ownership import (
+    delete_trash,
+    group_dir,
+    move_to_trash,
+    refuse_foreign,
+    trash_for,
+)
 from repackctl.cache.store import NoCache, open_root
 from repackctl.crash import crash_point
 
-__all__ = ["TRASH", "check_removable", "entry_folder", "finish_removal", "remove"]
+__all__ = ["check_removable", "entry_folder", "finish_removal", "remove"]
 
 
 def entry_folder(root: str, name: str) -> Path | None:
@@ -49,44 +53,28 @@ def remove(root: str, name: str, sub: str | None = None) -> None:
     with removal_lock(entry_folder(root, name), _what(name, sub)):
         _check_files(root, name, sub)
         grp, leaf = _target(root, name, sub)
-        trash = _trash(root, name, sub)
+        trash = trash_for(grp, leaf)
         folder = group_dir(grp)
         if trash is None or folder is None:
             del grp[leaf]
             return
-        if trash.is_dir():  # the rest of an earlier removal of this name, killed
-            shutil.rmtree(trash)
-        trash.parent.mkdir(exist_ok=True)
-        (folder / leaf).rename(trash)
+        move_to_trash(folder / leaf, trash)
     crash_point("cache-rm")
-    _delete(trash)
+    delete_trash(trash)
 
 
 def finish_removal(root: str, name: str, sub: str | None = None) -> bool:
     """Delete what a killed `cache rm` of entry ``name`` (its group ``sub``) left in
     ``<root>/.removing``; False when it left nothing (or the root is a URL)."""
     try:
-        trash = _trash(root, name, sub)
+        g = open_root(root, mode="r")
     except NoCache:
         return False
+    trash = trash_for(g, name if sub is None else f"{name}/{sub}")
     if trash is None or not trash.is_dir():
         return False
-    _delete(trash)
+    delete_trash(trash)
     return True
-
-
-def _delete(trash: Path) -> None:
-    shutil.rmtree(trash)
-    with contextlib.suppress(OSError):  # another removal's rest is still there
-        trash.parent.rmdir()
-
-
-def _trash(root: str, name: str, sub: str | None) -> Path | None:
-    """``<root>/.removing/<entry>`` (``<entry>@<kind>@<id>`` for a group); None on a URL root."""
-    folder = group_dir(open_root(root, mode="r"))
-    if folder is None:
-        return None
-    return folder / TRASH / (name if sub is None else f"{name}@{sub.replace('/', '@')}")
 
 
 def _target(root: str, name: str, sub: str | None) -> tuple[zarr.Group, str]:

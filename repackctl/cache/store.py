@@ -40,7 +40,7 @@ from repackctl.cache.creation import (
     discard_incomplete,
     local_root,
 )
-from repackctl.cache.ownership import claim_dir, group_dir, meta_problem
+from repackctl.cache.ownership import claim_dir, drop_trash, group_dir, meta_problem
 from repackctl.crash import crash_point
 from repackctl.errors import CacheError
 from repackctl.paths import SAFE_NAME, cache_root, entry_name, is_url, local_path
@@ -358,6 +358,7 @@ class DatasetEntry:
                 "layout_version": 1,
                 "repackctl_version": __version__,
             }
+            drop_trash(g, name)
             sub = g.create_group(name, attributes=attrs | {CREATING: True})
             crash_point("entry")
             _create_entry_arrays(sub, n, resolution, chunk, shard)
@@ -535,6 +536,7 @@ class DatasetEntry:
                 return grp, False
             if state == "incomplete":
                 discard_incomplete(parent, name)
+            drop_trash(parent, name)
             sub = parent.create_group(
                 name, attributes=attrs | {"repackctl_version": __version__, CREATING: True}
             )
