@@ -57,7 +57,13 @@ class SampleSettings(BaseModel):
     shift: float | None = Field(
         None, gt=0, description="timestep shift in our convention; default 1"
     )
-    cfg: float | None = Field(None, description="guidance scale; 1 = no guidance (default)")
+    cfg: float | None = Field(
+        None,
+        ge=0.0,
+        description="guidance scale; 1 = no guidance (default), 0 = unconditional (the null "
+        "class); a negative scale would push samples away from their class, under their class's "
+        "label",
+    )
     cfg_t_lo: float | None = Field(
         None, ge=0, le=1, description="guidance active for t ≥ this; default 0"
     )

@@ -97,6 +97,7 @@ def test_help_shows_defaults_in_panels():
     [
         (["sample", "--cfg", "nan"], {}, "sample.cfg"),
         (["sample", "--cfg", "inf"], {}, "sample.cfg"),
+        (["sample", "--cfg", "-1"], {}, "sample.cfg"),
         (["train", "dit", "--time-shift", "inf"], {}, "dit.time_shift"),
         (["extract", "--resolution", "0"], {}, "extract.resolution"),
         (["extract", "--show-config"], {"REPACKCTL_CACHE": ""}, "cache"),
