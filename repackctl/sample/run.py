@@ -240,6 +240,14 @@ def _velocity(settings: Settings, dit: Any, plan: Any, device: Any):
                 "the guide model was trained on other latents than the main model",
                 "autoguidance needs a weaker DiT of the same pack model and latent shape",
             )
+        if guide.sha256 == dit.sha256:  # v_guide + w·(v_main − v_guide) = v_main
+            raise ConfigError(
+                f"--guide {cfg.guide} is the main model itself (the same weights, "
+                f"{guide.checkpoint}): autoguidance by it changes nothing, under a folder named "
+                "after the guide",
+                "guide with a weaker model of the same latents: an earlier checkpoint "
+                "(--guide-checkpoint step-NNNNNNN) or a smaller run",
+            )
         guide_fn = model_velocity(guide.model.to(device).eval(), guide.extra, settings.precision)
         guide_info = {"checkpoint": str(guide.checkpoint), "sha256": guide.sha256}
     velocity = guided_velocity(main_fn, plan, int(extra["num_classes"]), guide_fn)

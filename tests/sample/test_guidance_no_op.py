@@ -88,3 +88,12 @@ def test_an_interval_from_sampling_json_is_named_as_such(stack) -> None:
     assert resolve_plan(cfg, {"cfg": 1.0, "cfg_t_hi": 0.89}).t_hi == 1.0
     with pytest.raises(ConfigError, match="--cfg-channels 3 \\(from sampling.json\\)"):
         resolve_plan(_settings(stack, run="dit-tiny").sample, {"cfg": 15.0, "cfg_channels": 3}, 3)
+
+
+def test_autoguidance_by_the_main_model_itself_is_refused(stack, tmp_path) -> None:
+    """`--guide RUN` naming the sampled run (its same checkpoint) guided v_main by itself:
+    v_main + w·(v_main − v_main) = v_main, the plain samples at twice the cost, written under a
+    `--guide-…` folder."""
+    samples = tmp_path / "samples"
+    r = _sample(stack, samples, "--cfg", "2", "--guide", "dit-tiny")
+    _refused(r, samples, "is the main model itself", "--guide-checkpoint")
