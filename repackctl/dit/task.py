@@ -467,6 +467,22 @@ def data_options(s: Any, memory_gb: float, seed: int = 0) -> dict[str, Any]:
     )
 
 
+def check_pack_run(runs: str, pack_run: str | None) -> None:
+    """Refuse ``--pack-run`` naming a run of another stage (it was reported as a pack run whose
+    latents had not been encoded, with the hint to `pack encode` it)."""
+    from repackctl.settings.resume import run_stage
+
+    if pack_run is None or Path(pack_run).name != pack_run:  # matched by name in the cache
+        return
+    stage = run_stage(make_run_dir(runs, pack_run))
+    if stage not in (None, "pack"):
+        raise ConfigError(
+            f"--pack-run {pack_run} is a {stage} run, not a pack run",
+            "pass a run made by `repackctl pack train` (`repackctl runs ls` shows each run's "
+            "stage)",
+        )
+
+
 def build_task(settings, sources: dict[str, str] | None = None) -> tuple[DiTTask, TrainConfig]:
     """The task and engine config of the resolved settings (no training yet).
 
@@ -480,6 +496,7 @@ def build_task(settings, sources: dict[str, str] | None = None) -> tuple[DiTTask
     if latents is None:  # a run that stored none (started before it was recorded): its own
         trained, trained_entry = trained_latents(run_dir, "dit")
         latents, entry = trained, entry or trained_entry
+    check_pack_run(settings.runs, s.pack_run)
     ref = find_latents(settings.cache, entry, latents, s.pack_run)
     data = LatentData(ref, **data_options(s, settings.memory_gb, settings.seed))
     spec = build_spec(settings, model_id)

@@ -29,6 +29,7 @@ from typer.testing import CliRunner
 
 from repackctl.cache.store import DatasetEntry, list_entries
 from repackctl.cli.app import app
+from repackctl.errors import ConfigError
 from repackctl.train import latest_checkpoint, load_weights, read_state
 
 REPO = Path(__file__).resolve().parents[2]
@@ -135,8 +136,17 @@ def test_missing_inputs_name_the_command_to_run(cache, tmp_path):
     assert "repackctl extract --encoder patchpix --data builtin --resolution 32" in res.output
     assert f"-n {N}" in res.output
     # without REPA the same latents train fine
-    ok = runner.invoke(app, ["train", "dit", *TINY, "--steps", "2", "--repa-weight", "0"])
+    ok = runner.invoke(
+        app, ["train", "dit", *TINY, "--steps", "2", "--repa-weight", "0", "--name", "dit"]
+    )
     assert ok.exit_code == 0, ok.output
+
+    # --pack-run naming a run of another stage (here the DiT just trained): named as such, not
+    # as a pack run whose latents are still to be encoded
+    res = runner.invoke(app, ["train", "dit", *TINY, "--pack-run", "dit", "--name", "d2"])
+    out = " ".join(res.output.split())
+    assert res.exit_code == ConfigError.exit_code and "Traceback" not in out, out
+    assert "--pack-run dit is a dit run, not a pack run" in out and "pack encode" not in out
 
     shutil.rmtree(cache / entry / "latents")
     res = runner.invoke(app, ["train", "dit", *TINY])
