@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import one_torch_thread, subprocess_env, use_sandbox
+from conftest import one_torch_thread, subprocess_env
+from support.caches import cli_extracted
 from typer.testing import CliRunner
 
 from repackctl.cache.store import DatasetEntry, list_entries
@@ -28,12 +29,7 @@ NAME = "builtin-n16--train--32px"
 
 @pytest.fixture(scope="module")
 def extracted(tmp_path_factory) -> Path:
-    tmp = tmp_path_factory.mktemp("extracted")
-    with pytest.MonkeyPatch.context() as mp, one_torch_thread():
-        use_sandbox(mp, tmp)
-        res = runner.invoke(app, EXTRACT)
-        assert res.exit_code == 0, res.output
-    return tmp / "cache"
+    return cli_extracted(tmp_path_factory, EXTRACT)
 
 
 def _killed_rm(tmp_path: Path, *args: str) -> None:

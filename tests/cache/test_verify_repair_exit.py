@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import one_torch_thread, use_sandbox
+from conftest import one_torch_thread
+from support.caches import cli_extracted
 from typer.testing import CliRunner
 
 from repackctl.cache.store import DatasetEntry, list_entries
@@ -22,12 +23,7 @@ EXTRACT += ["--shard", "8", "--chunk", "4", "--batch-size", "4"]
 @pytest.fixture(scope="module")
 def extracted(tmp_path_factory) -> Path:
     """A healthy 24-sample cache of three 8-row shards."""
-    tmp = tmp_path_factory.mktemp("extracted")
-    with pytest.MonkeyPatch.context() as mp, one_torch_thread():
-        use_sandbox(mp, tmp)
-        res = runner.invoke(app, EXTRACT)
-        assert res.exit_code == 0, res.output
-    return tmp / "cache"
+    return cli_extracted(tmp_path_factory, EXTRACT)
 
 
 def _damaged(extracted: Path, tmp_path: Path, nan_rows: slice) -> tuple[DatasetEntry, str]:

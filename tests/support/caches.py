@@ -132,3 +132,20 @@ def tiny_dit_stack(root: Path, val: bool = False) -> Path:
             res = CliRunner().invoke(app, args)
             assert res.exit_code == 0, res.output
     return root
+
+
+def cli_extracted(tmp_path_factory: Any, argv: list[str]) -> Path:
+    """``repackctl <argv>`` (an extract) run once through the CLI in a fresh sandbox; returns its
+    cache folder (a module fixture's base: tests copy it before they damage it)."""
+    import pytest
+    from conftest import one_torch_thread, use_sandbox
+    from typer.testing import CliRunner
+
+    from repackctl.cli.app import app
+
+    tmp = tmp_path_factory.mktemp("extracted")
+    with pytest.MonkeyPatch.context() as mp, one_torch_thread():
+        use_sandbox(mp, tmp)
+        res = CliRunner().invoke(app, argv)
+        assert res.exit_code == 0, res.output
+    return tmp / "cache"
