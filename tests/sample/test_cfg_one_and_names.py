@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support.stack import _settings, shared_stack
+from support.stack import _settings, guide_run, shared_stack
 from typer.testing import CliRunner
 
 from repackctl.cli.app import app
@@ -193,7 +193,8 @@ def test_autoguidance_at_scale_one_is_refused(stack, tmp_path) -> None:
     from repackctl.errors import ConfigError
     from repackctl.sample.run import run_sample
 
-    flags = {"guide": "dit-tiny", "guide_checkpoint": "step-0000005", "out": str(tmp_path / "g")}
+    flags = {"guide": guide_run(stack), "guide_checkpoint": "step-0000005"}
+    flags["out"] = str(tmp_path / "g")
     settings = _settings(stack, run="dit-tiny", num=2, steps=2, cfg=1.0, **flags)
     with pytest.raises(ConfigError, match="--cfg 1") as e:
         run_sample(settings.model_copy(update={"seed": 13}))

@@ -19,7 +19,7 @@ import pytest
 import torch
 from conftest import one_torch_thread
 from support.kill import kill_after_pngs
-from support.stack import LATENT, _images, _settings, shared_stack
+from support.stack import LATENT, _images, _settings, guide_run, shared_stack
 from typer.testing import CliRunner
 
 from repackctl.cli.app import app
@@ -148,11 +148,12 @@ def test_guidance_variants_get_their_own_default_folders(stack) -> None:
         settings = _settings(stack, run="dit-tiny", num=2, steps=2, cfg=4.0, **flags)
         return run_sample(settings.model_copy(update={"seed": 11})).out_dir.name
 
-    names = [run(), run(cfg_t_hi=0.8), run(guide="dit-tiny", guide_checkpoint="step-0000005")]
+    guide = guide_run(stack)
+    names = [run(), run(cfg_t_hi=0.8), run(guide=guide, guide_checkpoint="step-0000005")]
     assert names == [
         "dit-tiny--step-0000005--euler-2--cfg4--seed11",
         "dit-tiny--step-0000005--euler-2--cfg4-t0-0.8--seed11",
-        "dit-tiny--step-0000005--euler-2--cfg4--seed11--guide-dit-tiny-step-0000005",
+        "dit-tiny--step-0000005--euler-2--cfg4--seed11--guide-dit-guide-step-0000005",
     ]
 
 

@@ -65,6 +65,14 @@ def make_dit_run(runs: str, name: str, seed: int, scale: float = 0.05, **extra_f
     return save_checkpoint(Path(runs) / name, 5, {"model": sd, "ema": sd}, {}, {"extra": extra})
 
 
+def guide_run(stack: dict[str, str]) -> str:
+    """A second DiT run of the stack's pack model (other weights): the guide of the
+    autoguidance tests (the sampled model itself is refused as its own guide)."""
+    if not (Path(stack["runs"]) / "dit-guide").is_dir():
+        make_dit_run(stack["runs"], "dit-guide", seed=1)
+    return "dit-guide"
+
+
 def save_refiner_run(
     runs: str, name: str, resolution: int, channels: int = LATENT[0], **recorded
 ) -> Path:
