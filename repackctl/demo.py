@@ -36,6 +36,7 @@ from repackctl.errors import CheckpointError, ConfigError, ResumeConflict, Train
 from repackctl.files import TMP_PREFIX, write_text_atomic
 from repackctl.pipeline import Pipeline, RunReport, claim_folder, scored_samples
 from repackctl.progress import ProgressFactory, null_progress
+from repackctl.run_lock import released_after
 
 #: What the demo writes in its folder (all that ``--fresh`` removes): its cache, the stage runs
 #: (the runs folder is the demo folder), the samples and the report files.
@@ -786,6 +787,7 @@ def _matching(labels: np.ndarray, wanted: np.ndarray) -> np.ndarray:
     return np.sort(np.concatenate(picks))
 
 
+@released_after()  # the folder's lock (claim_folder) and the stages' run locks
 def run_demo(
     plan: DemoPlan,
     progress: ProgressFactory = null_progress,

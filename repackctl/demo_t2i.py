@@ -31,6 +31,7 @@ from repackctl.errors import DataError
 from repackctl.files import write_text_atomic
 from repackctl.pipeline import Pipeline, RunReport, claim_folder, scored_samples
 from repackctl.progress import ProgressFactory, null_progress
+from repackctl.run_lock import released_after
 
 __all__ = ["T2IDemoPlan", "grid_scale", "run_t2i_demo", "short_prompts"]
 
@@ -311,6 +312,7 @@ def _report_text(p: T2IDemoPlan, m: dict[str, Any], report: RunReport, folder: P
     ])  # fmt: skip
 
 
+@released_after()  # the folder's lock (claim_folder) and the stages' run locks
 def run_t2i_demo(
     plan: T2IDemoPlan,
     progress: ProgressFactory = null_progress,

@@ -34,7 +34,7 @@ from repackctl.errors import ConfigError, RepackError
 from repackctl.paths import PROTOCOL_JSON, SAMPLES_NPZ, SETTINGS_JSON
 from repackctl.progress import ProgressFactory, null_progress
 from repackctl.run_files import RUN_PATH, STARTING_PATH, foreign_paths
-from repackctl.run_lock import lock_holder
+from repackctl.run_lock import lock_holder, lock_pipeline
 from repackctl.runs import is_run, removing_folder
 from repackctl.settings import ResolvedSettings, Settings, resolve_settings
 
@@ -125,9 +125,10 @@ def claim_folder(
             f"{out} is not empty and was not made by `repackctl {kind}`",
             "choose a new or empty folder with --out (nothing in this one was touched)",
         )
+    out.mkdir(parents=True, exist_ok=True)
+    lock_pipeline(out, kind)  # one process per pipeline folder, taken before anything changes
     if fresh and made_by == kind:
         _remove_owned(out, kind, list(owned), log)
-    out.mkdir(parents=True, exist_ok=True)
     if made_by != kind:
         marker.write_text(json.dumps({"made_by": kind}) + "\n")
 

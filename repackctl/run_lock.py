@@ -217,6 +217,46 @@ def hold_run_lock(folder: str | os.PathLike) -> Iterator[bool]:
             _HELD.pop(key, None)
 
 
+class _FolderHandle:
+    """An open folder (``os.open``) kept in ``_HELD`` like a lock file: the lock of a pipeline
+    folder is a flock on the folder itself, so that it adds no file to the folder."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def lock_pipeline(folder: str | os.PathLike, kind: str) -> None:
+    """Hold the lock of the pipeline folder ``folder`` (it exists; ``kind``: ``demo`` …) until
+    this process ends or ``released_after`` gives it up. A second ``repackctl demo`` into the
+    same folder went through the stages the first had finished, started a refiner beside the
+    first's (both writing ``refine.log``) and stopped only at the run the first was training;
+    one that came later could rewrite the report the first was writing. It is refused at once.
+    """
+    path = Path(folder).expanduser()
+    if fcntl is None or not _main_process() or _held_here(path):
+        return
+    try:
+        handle = _FolderHandle(os.open(path, os.O_RDONLY))
+    except OSError:
+        return
+    taken = _try_lock(handle)  # type: ignore[arg-type]
+    if taken is False:
+        handle.close()
+        raise ConfigError(
+            f"{path} is in use by another `repackctl {kind}` (it holds the folder's lock); "
+            "nothing was written there",
+            "wait for it to finish (or stop it), then run the command again; or pass another --out",
+        )
+    st = os.fstat(handle.fd)
+    _HELD[(st.st_dev, st.st_ino)] = handle  # type: ignore[assignment]
+
+
 def _busy(folder: Path, holder: Holder) -> ConfigError:
     return ConfigError(
         f"run {folder} is being trained by another process ({holder.describe()}); "

@@ -154,3 +154,40 @@ def test_a_fresh_killed_while_it_deletes_is_finished_by_the_next(demo):
     claim_folder(demo, "demo", OWNED, fresh=True, log=removed.append)
     assert [p.name for p in demo.iterdir()] == [MARKER]
     assert any("left by an interrupted --fresh" in line for line in removed), removed
+
+
+def test_a_second_demo_in_a_folder_in_use_is_refused_at_once(tmp_path):
+    """A second `repackctl demo` into the folder of a running one went through the stages the
+    first had finished, started a refiner beside the first's (both writing refine.log), and
+    stopped only at the run the first was training. It is refused before it writes anything."""
+    import subprocess
+    import sys
+
+    from conftest import subprocess_env
+    from typer.testing import CliRunner
+
+    from repackctl.cli.app import app
+
+    out = tmp_path / "demo"
+    code = (
+        "import sys, time; from pathlib import Path; from repackctl.pipeline import claim_folder; "
+        f"claim_folder(Path(sys.argv[1]), 'demo', {OWNED!r}, fresh=False); print('held', "
+        "flush=True); time.sleep(60)"
+    )
+    env = subprocess_env(tmp_path)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(out)], env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = snapshot(out)
+        for more in ([], ["--fresh"]):
+            res = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out), *more])
+            said = " ".join(res.output.split())
+            assert res.exit_code == ConfigError.exit_code and "Traceback" not in said, said
+            assert "is in use by another `repackctl demo`" in said and "Hint:" in said, said
+            assert snapshot(out) == before  # nothing written, nothing removed
+    finally:
+        holder.kill()
+        holder.wait()
+    claim_folder(out, "demo", OWNED, fresh=False)  # the holder is gone: the folder is free
