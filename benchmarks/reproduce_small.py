@@ -70,6 +70,7 @@ from rich.console import Console
 from repackctl.errors import ConfigError, RepackError
 from repackctl.pipeline import Pipeline, one_per_class
 from repackctl.progress import ProgressFactory, null_progress
+from repackctl.run_lock import lock_pipeline
 
 console = Console(stderr=True)
 
@@ -1006,6 +1007,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     out = Path(args.out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
+    lock_pipeline(out, "benchmarks/reproduce_small.py")  # a second study here: refused at once
     progress = null_progress if args.quiet else rich_progress
     study = Study(plan, out, args.seed, args.device, progress)
     load_start, t0 = load_average(), time.perf_counter()

@@ -126,7 +126,9 @@ def claim_folder(
             "choose a new or empty folder with --out (nothing in this one was touched)",
         )
     out.mkdir(parents=True, exist_ok=True)
-    lock_pipeline(out, kind)  # one process per pipeline folder, taken before anything changes
+    lock_pipeline(
+        out, f"repackctl {kind}"
+    )  # one process per pipeline folder, taken before anything changes
     if fresh and made_by == kind:
         _remove_owned(out, kind, list(owned), log)
     if made_by != kind:

@@ -231,8 +231,9 @@ class _FolderHandle:
         os.close(self.fd)
 
 
-def lock_pipeline(folder: str | os.PathLike, kind: str) -> None:
-    """Hold the lock of the pipeline folder ``folder`` (it exists; ``kind``: ``demo`` …) until
+def lock_pipeline(folder: str | os.PathLike, command: str) -> None:
+    """Hold the lock of the pipeline folder ``folder`` (it exists; ``command``: the command that
+    writes it, ``repackctl demo`` …) until
     this process ends or ``released_after`` gives it up. A second ``repackctl demo`` into the
     same folder went through the stages the first had finished, started a refiner beside the
     first's (both writing ``refine.log``) and stopped only at the run the first was training;
@@ -249,7 +250,7 @@ def lock_pipeline(folder: str | os.PathLike, kind: str) -> None:
     if taken is False:
         handle.close()
         raise ConfigError(
-            f"{path} is in use by another `repackctl {kind}` (it holds the folder's lock); "
+            f"{path} is in use by another `{command}` (it holds the folder's lock); "
             "nothing was written there",
             "wait for it to finish (or stop it), then run the command again; or pass another --out",
         )
