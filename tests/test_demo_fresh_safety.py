@@ -129,6 +129,7 @@ def test_temporaries_a_killed_writer_leaves_are_the_pipelines_own(demo):
     assert [p.name for p in demo.iterdir()] == [MARKER]
 
 
+@pytest.mark.slow
 def test_a_fresh_killed_while_it_deletes_is_finished_by_the_next(demo):
     """`--fresh` deleted each run in place: killed midway, the run lost its config.json and was
     no longer a run, so every later `--fresh` refused it as a folder the demo did not write. It
@@ -156,6 +157,7 @@ def test_a_fresh_killed_while_it_deletes_is_finished_by_the_next(demo):
     assert any("left by an interrupted --fresh" in line for line in removed), removed
 
 
+@pytest.mark.slow
 def test_a_second_demo_in_a_folder_in_use_is_refused_at_once(tmp_path):
     """A second `repackctl demo` into the folder of a running one went through the stages the
     first had finished, started a refiner beside the first's (both writing refine.log), and

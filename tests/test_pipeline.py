@@ -74,6 +74,7 @@ def test_another_pipelines_folder_is_refused(tmp_path):
     assert (out / "cache").is_dir()
 
 
+@pytest.mark.slow
 def test_a_side_process_reports_its_own_run_time_not_the_wait(tmp_path):
     pipe = Pipeline(tmp_path, log=lambda _: None)
     pipe.start_side("help", ["--help"])

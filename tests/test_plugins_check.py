@@ -44,6 +44,7 @@ def _plugins(tmp_path: Path, site: Path, *args: str, **env: str) -> subprocess.C
     )
 
 
+@pytest.mark.slow
 def test_check_fails_naming_the_broken_and_duplicated_plugins(tmp_path, broken_plugin):
     res = _plugins(tmp_path, broken_plugin, "--check")
     assert res.returncode == RegistryError.exit_code, res.stdout + res.stderr
@@ -61,6 +62,7 @@ def test_check_fails_naming_the_broken_and_duplicated_plugins(tmp_path, broken_p
     assert "loaded" in rows[("builtin", "repackctl.encoders", "repackctl")]
 
 
+@pytest.mark.slow
 def test_listing_without_check_and_builtins_only_still_succeed(tmp_path, broken_plugin):
     listed = _plugins(tmp_path, broken_plugin)  # no import attempted: nothing can fail
     assert listed.returncode == 0, listed.stderr

@@ -155,6 +155,7 @@ def test_rich_bar_keeps_its_description_at_any_width(monkeypatch, width):
     assert max(len(line) for line in plain.splitlines()) <= width
 
 
+@pytest.mark.slow
 def test_extract_with_stderr_piped_prints_plain_lines(tmp_path):
     res = subprocess.run(
         [sys.executable, "-m", "repackctl", "extract", "-n", "64", "--resolution", "32"],

@@ -292,6 +292,7 @@ def test_the_other_ranks_of_the_job_that_holds_the_lock_are_not_refused(roots, t
 # --------------------------------------------------------------------------- end to end
 
 
+@pytest.mark.slow
 def test_a_second_train_dit_is_refused_while_the_first_trains(roots):
     """A real `repackctl train dit` in a subprocess; the same command again is refused and
     writes nothing (one banner in log.txt, steps in order in metrics.jsonl)."""

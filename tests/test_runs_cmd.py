@@ -184,6 +184,7 @@ def test_training_writes_log_txt(base):
     assert "0/?" not in log
 
 
+@pytest.mark.slow
 def test_a_killed_rm_is_finished_by_the_same_rm_and_keeps_training_out(roots):
     """`runs rm` killed while it deleted left a half-deleted folder that was no longer a run
     (config.json or state.json gone), so the same `runs rm` refused it: "not a repackctl run".

@@ -42,6 +42,7 @@ def work(stack, tmp_path, monkeypatch) -> Path:
     return use_stack(stack, tmp_path, monkeypatch)
 
 
+@pytest.mark.slow
 def test_runs_info_shows_the_ema_decay_in_effect_and_the_summary_names_wall_speed(work):
     out = cli_ok(*DIT, "--steps", "3", "--ckpt-every", "3", "--name", "d", *CPU)
     assert "wall speed" in out and "steps/s (with checkpoints and plots)" in out

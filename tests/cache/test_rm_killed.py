@@ -50,6 +50,7 @@ def _rm_again(*args: str) -> str:
     return out
 
 
+@pytest.mark.slow
 def test_a_killed_rm_of_an_entry_is_finished_and_extract_makes_it_anew(tmp_path, extracted):
     shutil.copytree(extracted, tmp_path / "cache")
     _killed_rm(tmp_path)
@@ -62,6 +63,7 @@ def test_a_killed_rm_of_an_entry_is_finished_and_extract_makes_it_anew(tmp_path,
     assert list_entries(str(tmp_path / "cache")) == [NAME]
 
 
+@pytest.mark.slow
 def test_a_killed_rm_of_a_features_group_is_finished(tmp_path, extracted):
     shutil.copytree(extracted, tmp_path / "cache")
     (fid,) = DatasetEntry.open(str(tmp_path / "cache"), NAME).feature_ids()

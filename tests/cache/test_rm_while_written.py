@@ -38,6 +38,7 @@ def _wait_for_entry(cache: str, proc: subprocess.Popen) -> DatasetEntry:
     raise AssertionError(f"the extract did not start writing: {proc.communicate()[0]}")
 
 
+@pytest.mark.slow
 def test_rm_of_an_entry_being_extracted_is_refused_and_the_extract_finishes(tmp_path):
     env = subprocess_env(tmp_path, REPACKCTL_TEST_SHARD_DELAY="1.0")
     cache = env["REPACKCTL_CACHE"]

@@ -92,6 +92,7 @@ def test_recon_and_probe_say_which_checkpoint_and_weights_they_scored(env):
     assert (doc["epochs"], doc["seed"], doc["weights"]) == (1, 0, "ema") and doc["pack_id"]
 
 
+@pytest.mark.slow
 def test_two_process_train_shows_no_ddp_deprecation_warning(stack, tmp_path):
     """torch's FutureWarning about ``broadcast_buffers`` (nothing a user can act on) is not
     shown, nor DDP's warning that ``find_unused_parameters=True`` found no unused parameter

@@ -80,6 +80,7 @@ def _forget_latents(run: Path) -> None:
     path.write_text(json.dumps(doc))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("started", ["recorded", "before-recording"])
 def test_a_resume_after_a_newer_pack_encode_trains_on_its_own_latents(work, started):
     run = work / "runs" / "d"

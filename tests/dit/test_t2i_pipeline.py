@@ -75,6 +75,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # in-process runs as in a su
 # --------------------------------------------------------------------------- captions
 
 
+@pytest.mark.slow
 def test_captions_are_cached_once_per_caption(captioned_cache):
     g = _text_group(captioned_cache)
     assert g["tokens"].shape == (N, 5, LEN, 384) and g["tokens"].dtype == np.float16

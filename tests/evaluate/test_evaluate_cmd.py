@@ -65,6 +65,7 @@ def _samples_with_protocol(tmp_path: Path, n: int = 12) -> tuple[Path, Path]:
     return samples, ckpt
 
 
+@pytest.mark.slow
 def test_fid_end_to_end_on_a_random_inception_file(tmp_path, inception_file):
     from repackctl.evaluate.generative import folder_sha256
     from repackctl.metrics.protocol import ProtocolCard, verify_card_files

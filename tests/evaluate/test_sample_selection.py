@@ -139,6 +139,7 @@ def _killed_sample_run(env: dict[str, str], out: Path, cmd: list[str]) -> None:
     assert not (out / "protocol.json").exists(), "the sample run finished before the kill"
 
 
+@pytest.mark.slow
 def test_an_unfinished_sample_run_is_refused_until_finished(env, tmp_path):
     partial = Path(env["samples"]) / "partial"
     cmd = ["sample", "-r", "dit", "-n", "24", "--steps", "60", "--batch-size", "1",

@@ -186,6 +186,7 @@ def test_a_flipped_images_npz_is_an_error_naming_it(tmp_path):
 
 
 # --------------------------------------------------------------------------- 4. kill while writing
+@pytest.mark.slow
 def test_a_kill_while_stats_are_written_leaves_nothing_after_the_rerun(tmp_path):
     sdir = tmp_path / "stats"
     args = ["evaluate", "stats", "builtin", "--num", "24", *STATS, "--stats-dir", str(sdir)]

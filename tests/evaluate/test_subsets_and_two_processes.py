@@ -154,6 +154,7 @@ def test_reference_stats_of_num_n_cover_every_class(folders, tmp_path):
 # --------------------------------------------------------------------------- two processes
 
 
+@pytest.mark.slow
 def test_two_processes_finish_a_started_folder_and_score_like_one(
     tmp_path_factory, tmp_path, monkeypatch
 ):

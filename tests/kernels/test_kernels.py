@@ -210,6 +210,7 @@ def test_triton_kernels_run_in_the_interpreter(interp):
         assert isinstance(_triton._JITTED[(fn, True)], InterpretedFunction), fn.__name__
 
 
+@pytest.mark.slow
 @needs_triton
 @pytest.mark.skipif(INTERPRETER_READY, reason="the Triton tests already run in this process")
 def test_triton_paths_in_a_child_interpreter(tmp_path):

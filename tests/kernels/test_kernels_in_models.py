@@ -45,6 +45,7 @@ CHILD = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_selecting_triton_changes_nothing_but_the_kernels() -> None:
     if not kernels.available():
         pytest.skip("triton is not installed")

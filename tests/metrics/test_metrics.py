@@ -156,6 +156,7 @@ def _images(seed: int, n: int, smooth: bool) -> np.ndarray:
     return np.broadcast_to(ramp, (n, 48, 48, 3)).astype(np.uint8).transpose(0, 2, 1, 3)
 
 
+@pytest.mark.slow
 def test_inception_pipeline_gives_finite_scores_from_a_weights_file(
     extractor, inception_files, tmp_path
 ):

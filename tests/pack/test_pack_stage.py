@@ -247,6 +247,7 @@ def test_train_resume_after_kill9_is_bit_identical(cache, tmp_path):
     assert cfg["extra"]["settings"]["values"]["pack"]["encoder"] == "patchpix"
 
 
+@pytest.mark.slow
 def test_resume_keeps_the_preset_values_a_run_started_with(cache, tmp_path, monkeypatch):
     from repackctl.settings.pack import PackSettings
 

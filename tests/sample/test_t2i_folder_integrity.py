@@ -67,6 +67,7 @@ def _images(folder: Path) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- 1. the folder
+@pytest.mark.slow
 def test_the_card_records_its_files_and_evaluate_refuses_a_swapped_npz(work, tmp_path):
     good, other = tmp_path / "good", tmp_path / "other"
     cli_ok(*SAMPLE, "-n", "4", *PROMPTS, "--out", str(good))
