@@ -56,9 +56,22 @@ def adherence(
     real = sc["classifier_real_accuracy"]
     held = real["held_out"]  # a tenth of the real images: the classifiers trained on the rest
     real_line = f"shape {pct(real['shape'])}, colour {pct(real['colour'])}"
+    total = sc["num_samples"]
+
+    def unscored(n: int, what: str) -> str:  # samples whose prompt the head cannot judge
+        return f"; {total - n} of {total} prompts name no {what} it knows" if n < total else ""
+
     rows = [
-        ("shape", f"{pct(sc['shape_accuracy'])} of {sc['n_shape']} (chance 10 %)"),
-        ("colour", f"{pct(sc['colour_accuracy'])} of {sc['n_colour']}"),
+        (
+            "shape",
+            f"{pct(sc['shape_accuracy'])} of {sc['n_shape']} (chance 10 %)"
+            + unscored(sc["n_shape"], "shape"),
+        ),
+        (
+            "colour",
+            f"{pct(sc['colour_accuracy'])} of {sc['n_colour']}"
+            + unscored(sc["n_colour"], "colour"),
+        ),
         (f"classifier on {held} held-out real image{'s' if held != 1 else ''}", real_line),
         ("classifier trained on", f"the other {sc['classifier']['train_images']} real images"),
         ("written", out.path),

@@ -291,6 +291,9 @@ def test_train_t2i_resume_and_sample_prompts(captioned_cache, tmp_path, monkeypa
     assert res.exit_code == 0, res.output
     scores = json.loads((prompted / "adherence.json").read_text())
     assert scores["n_shape"] == 3 and scores["n_colour"] == 3  # star/disc, red/green
+    said = " ".join(res.output.split())
+    left = scores["num_samples"] - 3  # samples whose prompt names no shape: said, not hidden
+    assert (f"{left} of {scores['num_samples']} prompts name no shape" in said) == (left > 0)
     assert 0.0 <= scores["shape_accuracy"] <= 1.0 and scores["classifier"]["images"] == N
 
     # with a captioned val entry, the default prompts are the val captions
