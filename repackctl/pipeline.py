@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -29,13 +28,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from repackctl.crash import crash_point
 from repackctl.errors import ConfigError, RepackError
 from repackctl.paths import PROTOCOL_JSON, SAMPLES_NPZ, SETTINGS_JSON
 from repackctl.progress import ProgressFactory, null_progress
 from repackctl.run_files import RUN_PATH, STARTING_PATH, foreign_paths
 from repackctl.run_lock import lock_holder, lock_pipeline
-from repackctl.runs import is_run, removing_folder
+from repackctl.runs import finish_removing, is_run, move_and_delete, removing_folder
 from repackctl.settings import ResolvedSettings, Settings, resolve_settings
 
 __all__ = [
@@ -153,10 +151,7 @@ def _remove_owned(out: Path, kind: str, owned: list[str], log: Callable[[str], N
         path = out / name
         if path.is_dir():
             log(f"--fresh: removing {path}")
-            trash = removing_folder(path)
-            path.rename(trash)  # a kill while it deletes leaves trash, not half a run
-            crash_point(f"fresh-{name}")
-            shutil.rmtree(trash)
+            move_and_delete(path, f"fresh-{name}")  # killed: never half a run at `name`
         elif path.exists():
             log(f"--fresh: removing {path}")
             path.unlink()
@@ -168,10 +163,8 @@ def _finish_removals(out: Path, owned: list[str], log: Callable[[str], None]) ->
     longer a run, and every later ``--fresh`` refused it as a folder the pipeline did not
     write."""
     for name in owned:
-        trash = removing_folder(out / name)
-        if trash.is_dir() and not trash.is_symlink():
-            log(f"--fresh: removing {trash} (left by an interrupted --fresh)")
-            shutil.rmtree(trash)
+        if finish_removing(out / name):
+            log(f"--fresh: removed {removing_folder(out / name)} (left by an interrupted --fresh)")
 
 
 def _refuse_trained_runs(out: Path, owned: list[str]) -> None:

@@ -383,17 +383,34 @@ def remove_run(folder: Path) -> None:
     and a removal killed while it deletes leaves a folder that no command takes for the run
     (half its files gone, it was no longer recognised as a run, so `runs rm` refused it). The
     same `runs rm` finishes it."""
-    leftover = removing_folder(folder)
-    if not folder.exists() and not folder.is_symlink() and leftover.is_dir():
-        shutil.rmtree(leftover)  # a removal killed while it deleted: finish it
-        return
+    if not folder.exists() and not folder.is_symlink() and finish_removing(folder):
+        return  # a removal killed while it deleted: finished
     check_removable(folder)  # before the lock: taking it writes train.lock into the folder
     with _training_kept_out(folder):
         check_removable(folder)  # a training may have started before the lock was taken
-        if leftover.is_dir():  # an older removal of a run of this name, killed
-            shutil.rmtree(leftover)
-        folder.rename(leftover)
-    crash_point("runs-rm")
+        move_and_delete(folder, "runs-rm")
+
+
+def finish_removing(folder: Path) -> bool:
+    """Delete what a removal of ``folder`` killed while it deleted left (``.removing-<name>``,
+    see ``move_and_delete``); False when it left nothing."""
+    leftover = removing_folder(folder)
+    if not leftover.is_dir() or leftover.is_symlink():
+        return False
+    shutil.rmtree(leftover)
+    return True
+
+
+def move_and_delete(folder: Path, crash_step: str) -> None:
+    """Delete ``folder`` (checked to be repackctl's own) by renaming it to ``.removing-<name>``
+    first, after what an older removal of that name left: killed while it deletes, it leaves a
+    folder that no command takes for a run, not half a run under its name, and
+    ``finish_removing`` deletes it (``runs rm``, ``demo --fresh``). ``crash_step``: the crash
+    tests' kill point between the rename and the deletion."""
+    finish_removing(folder)
+    leftover = removing_folder(folder)
+    folder.rename(leftover)
+    crash_point(crash_step)
     shutil.rmtree(leftover)
 
 

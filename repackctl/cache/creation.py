@@ -47,9 +47,8 @@ from repackctl.cache.ownership import (
     delete_trash,
     group_dir,
     meta_problem,
-    move_to_trash,
+    move_out,
     refuse_foreign,
-    trash_for,
 )
 from repackctl.crash import crash_point
 from repackctl.errors import CacheError
@@ -165,13 +164,10 @@ def discard_incomplete(parent: zarr.Group, name: str) -> None:
             "check it with `repackctl cache info`; remove it with `repackctl cache rm` "
             "to recreate it",
         )
-    trash = trash_for(parent, name)
-    if folder is None or trash is None:
-        del parent[name]
-        return
-    move_to_trash(folder / name, trash)  # killed while deleting: never half a group here
-    crash_point("discard")
-    delete_trash(trash)
+    trash = move_out(parent, name)  # killed while deleting: never half a group here
+    if trash is not None:
+        crash_point("discard")
+        delete_trash(trash)
 
 
 def local_root(root: str) -> Path:

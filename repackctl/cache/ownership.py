@@ -163,18 +163,24 @@ def trash_for(group: zarr.Group, name: str) -> Path | None:
     return Path(store.root) / TRASH / path.replace("/", "@")
 
 
-def move_to_trash(folder: Path, trash: Path) -> None:
-    """Move ``folder`` out of the cache's tree to ``trash`` (``trash_for``), replacing what an
-    earlier removal of the same group, killed, left there: from here on no reader or writer
-    takes it for the group, however far its deletion gets."""
+def move_out(group: zarr.Group, name: str) -> Path | None:
+    """Move the child ``name`` of ``group`` out of the cache's tree to its ``trash_for`` place,
+    replacing what an earlier removal of the same group, killed, left there: from here on no
+    reader or writer takes it for the group, however far its deletion gets. Returns that place
+    (``delete_trash`` deletes it); on a URL store the child is deleted through zarr (None)."""
+    trash = trash_for(group, name)
+    if trash is None:
+        del group[name]
+        return None
     if trash.is_dir():
         shutil.rmtree(trash)
     trash.parent.mkdir(exist_ok=True)
-    folder.rename(trash)
+    (group_dir(group) / name).rename(trash)  # type: ignore[operator]  # local: trash_for
+    return trash
 
 
 def delete_trash(trash: Path) -> None:
-    """Delete what ``move_to_trash`` moved, and ``.removing`` with it once empty. Another
+    """Delete what ``move_out`` moved, and ``.removing`` with it once empty. Another
     process may delete the same rest at the same time (a creation of the group anew)."""
     shutil.rmtree(trash, ignore_errors=True)
     if trash.exists():
@@ -183,12 +189,14 @@ def delete_trash(trash: Path) -> None:
         trash.parent.rmdir()
 
 
-def drop_trash(group: zarr.Group, name: str) -> None:
-    """Delete the rest that a killed removal of the child ``name`` of ``group`` left, before the
-    child is made anew."""
+def drop_trash(group: zarr.Group, name: str) -> bool:
+    """Delete the rest that a killed removal of the child ``name`` of ``group`` left (before the
+    child is made anew, or by the rerun of that removal); False when there is none."""
     trash = trash_for(group, name)
-    if trash is not None and trash.is_dir():
-        delete_trash(trash)
+    if trash is None or not trash.is_dir():
+        return False
+    delete_trash(trash)
+    return True
 
 
 def refuse_foreign(path: Path, what: str) -> None:

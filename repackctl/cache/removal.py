@@ -17,13 +17,7 @@ from pathlib import Path
 import zarr
 
 from repackctl.cache.creation import removal_lock
-from repackctl.cache.ownership import (
-    delete_trash,
-    group_dir,
-    move_to_trash,
-    refuse_foreign,
-    trash_for,
-)
+from repackctl.cache.ownership import delete_trash, drop_trash, group_dir, move_out, refuse_foreign
 from repackctl.cache.store import NoCache, open_root
 from repackctl.crash import crash_point
 
@@ -52,15 +46,10 @@ def remove(root: str, name: str, sub: str | None = None) -> None:
     of the cache's tree (see the module docstring)."""
     with removal_lock(entry_folder(root, name), _what(name, sub)):
         _check_files(root, name, sub)
-        grp, leaf = _target(root, name, sub)
-        trash = trash_for(grp, leaf)
-        folder = group_dir(grp)
-        if trash is None or folder is None:
-            del grp[leaf]
-            return
-        move_to_trash(folder / leaf, trash)
-    crash_point("cache-rm")
-    delete_trash(trash)
+        trash = move_out(*_target(root, name, sub))
+    if trash is not None:
+        crash_point("cache-rm")
+        delete_trash(trash)
 
 
 def finish_removal(root: str, name: str, sub: str | None = None) -> bool:
@@ -70,11 +59,7 @@ def finish_removal(root: str, name: str, sub: str | None = None) -> bool:
         g = open_root(root, mode="r")
     except NoCache:
         return False
-    trash = trash_for(g, name if sub is None else f"{name}/{sub}")
-    if trash is None or not trash.is_dir():
-        return False
-    delete_trash(trash)
-    return True
+    return drop_trash(g, name if sub is None else f"{name}/{sub}")
 
 
 def _target(root: str, name: str, sub: str | None) -> tuple[zarr.Group, str]:
