@@ -233,8 +233,8 @@ class _FolderHandle:
 
 def lock_pipeline(folder: str | os.PathLike, command: str) -> None:
     """Hold the lock of the pipeline folder ``folder`` (it exists; ``command``: the command that
-    writes it, ``repackctl demo`` …) until
-    this process ends or ``released_after`` gives it up. A second ``repackctl demo`` into the
+    writes it, ``repackctl demo`` …) until this process ends or ``released_after`` gives it
+    up. A second ``repackctl demo`` into the
     same folder went through the stages the first had finished, started a refiner beside the
     first's (both writing ``refine.log``) and stopped only at the run the first was training;
     one that came later could rewrite the report the first was writing. It is refused at once.
@@ -247,8 +247,10 @@ def lock_pipeline(folder: str | os.PathLike, command: str) -> None:
     except OSError:
         return
     taken = _try_lock(handle)  # type: ignore[arg-type]
-    if taken is False:
+    if not taken:  # None: a file system without locks, nothing is held (as for a run's lock)
         handle.close()
+        if taken is None:
+            return
         raise ConfigError(
             f"{path} is in use by another `{command}` (it holds the folder's lock); "
             "nothing was written there",
