@@ -86,16 +86,12 @@ def test_presets_plan_it_and_a_given_value_wins(cache):
         _plan(cache, "small", **{"pack.pixel_shuffle": 16})
 
 
-def _as_recorded_before_the_setting(run_dir: Path) -> None:
-    """The run's records as a version before ``pack.pixel_shuffle`` wrote them."""
-    as_recorded_before(run_dir, "decoder", "pixel_shuffle", "pixel_shuffle")
-
-
 def test_a_run_recorded_before_the_setting_resumes_and_loads_as_trained(cache, tmp_path):
     from repackctl.pack.load import load_pack
 
     cli_ok("pack", "train", *TINY, "--pixel-shuffle", "1", "--steps", "2", "--name", "old")
-    _as_recorded_before_the_setting(tmp_path / "runs" / "old")
+    # the run's records as a version before ``pack.pixel_shuffle`` wrote them
+    as_recorded_before(tmp_path / "runs" / "old", "decoder", "pixel_shuffle", "pixel_shuffle")
     ckpt, state = _state(tmp_path, "old")
     assert "pixel_shuffle" not in state["extra"]["autoencoder_config"]["decoder"]
     assert load_pack(ckpt).model.decoder.config.pixel_shuffle == 1  # pack encode, sample, refine

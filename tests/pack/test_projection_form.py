@@ -162,16 +162,12 @@ def test_tiny_paper_run_trains_resumes_and_loads_in_the_official_form(cache, tmp
     assert "projection_form" in out and _state(tmp_path, "off")[1]["step"] == 4
 
 
-def _as_recorded_before_the_setting(run_dir: Path) -> None:
-    """The run's records as a version before ``pack.projection_form`` wrote them."""
-    as_recorded_before(run_dir, "projection", "form", "projection_form")
-
-
 def test_a_run_recorded_before_the_setting_resumes_and_loads_folded(cache, tmp_path):
     from repackctl.pack.load import load_pack
 
     cli_ok("pack", "train", *TINY, "--projection-form", "folded", "--steps", "2", "--name", "old")
-    _as_recorded_before_the_setting(tmp_path / "runs" / "old")
+    # the run's records as a version before ``pack.projection_form`` wrote them
+    as_recorded_before(tmp_path / "runs" / "old", "projection", "form", "projection_form")
     ckpt, state = _state(tmp_path, "old")
     assert "form" not in state["extra"]["autoencoder_config"]["projection"]
     handle = load_pack(ckpt)  # pack encode, refine and sample load it so
