@@ -124,9 +124,8 @@ def claim_folder(
             "choose a new or empty folder with --out (nothing in this one was touched)",
         )
     out.mkdir(parents=True, exist_ok=True)
-    lock_pipeline(
-        out, f"repackctl {kind}"
-    )  # one process per pipeline folder, taken before anything changes
+    # one process per pipeline folder, taken before anything changes
+    lock_pipeline(out, f"repackctl {kind}")
     if fresh and made_by == kind:
         _remove_owned(out, kind, list(owned), log)
     if made_by != kind:

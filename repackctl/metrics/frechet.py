@@ -42,6 +42,7 @@ import numpy as np
 from scipy import linalg
 from scipy.linalg import lapack
 
+from repackctl.crash import CRASH_ENV
 from repackctl.errors import DataError
 from repackctl.files import remove_stale_temp_files, sha256_file
 
@@ -71,7 +72,7 @@ NPZ_READ_ERRORS = (
 #: crash tests only (the switch of ``repackctl.crash.crash_point``): the value
 #: :data:`KILL_AT_WRITTEN` SIGKILLs the process once a stats file's temporary is written, before
 #: it is renamed into place (what a kill during the write leaves behind)
-KILL_ENV = "REPACKCTL_TEST_CRASH_AFTER"
+KILL_ENV = CRASH_ENV
 KILL_AT_WRITTEN = "stats-written"
 #: what to do about a damaged stats file
 REMAKE_STATS = (

@@ -34,6 +34,7 @@ from support.stack import _settings, save_refiner_run, shared_stack
 from typer.testing import CliRunner
 
 from repackctl.cli.app import app
+from repackctl.crash import CRASH_ENV
 from repackctl.run_lock import SAMPLES_LOCK
 from repackctl.sample.refine import CRASH_AFTER_NPZ, CRASH_AFTER_PNG
 from repackctl.sample.run import run_sample
@@ -41,7 +42,6 @@ from repackctl.train.checkpoint import latest_checkpoint, read_state
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()
-CRASH_ENV = "REPACKCTL_TEST_CRASH_AFTER"  # ``repackctl.crash.crash_point``
 STEPS, EVERY = 30, 10
 TRAIN = ["refine", "train", "--pack-run", "pack-tiny", "--name", "rk", "--steps", str(STEPS)]
 TRAIN += ["--batch-size", "4", "--base-channels", "8", "--disc-channels", "8", "--noise", "0.1"]
