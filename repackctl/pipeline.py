@@ -162,8 +162,18 @@ def _finish_removals(out: Path, owned: list[str], log: Callable[[str], None]) ->
     longer a run, and every later ``--fresh`` refused it as a folder the pipeline did not
     write."""
     for name in owned:
-        if finish_removing(out / name):
+        if finish_removing(out / name, _leftover_check(name)):
             log(f"--fresh: removed {removing_folder(out / name)} (left by an interrupted --fresh)")
+
+
+def _leftover_check(name: str) -> Callable[[Path], list[Path]]:
+    """What in the rest of the owned entry ``name`` that a killed ``--fresh`` left is not the
+    pipeline's: for a run, any file a run does not hold (its checks before the move allowed
+    no other, and the deletion only takes files away); the cache's and the samples' rules need
+    the metadata a cut-short deletion may have taken, so their rest is taken as it is."""
+    if name in (CACHE_DIR, SAMPLES_DIR):
+        return lambda _: []
+    return foreign_paths  # RUN_PATH
 
 
 def _refuse_trained_runs(out: Path, owned: list[str]) -> None:

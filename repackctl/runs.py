@@ -29,7 +29,7 @@ import os
 import re
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -391,12 +391,22 @@ def remove_run(folder: Path) -> None:
         move_and_delete(folder, "runs-rm")
 
 
-def finish_removing(folder: Path) -> bool:
+def finish_removing(folder: Path, foreign: Callable[[Path], list[Path]] = foreign_paths) -> bool:
     """Delete what a removal of ``folder`` killed while it deleted left (``.removing-<name>``,
-    see ``move_and_delete``); False when it left nothing."""
+    see ``move_and_delete``); False when it left nothing. A leftover holding a path that
+    ``foreign`` names (by default anything a run does not hold) was not made by that removal:
+    a ``CheckpointError`` names it and nothing is deleted."""
     leftover = removing_folder(folder)
     if not leftover.is_dir() or leftover.is_symlink():
         return False
+    found = foreign(leftover)
+    if found:
+        raise CheckpointError(
+            f"{leftover} holds {len(found)} path(s) that repackctl did not write: "
+            f"{name_paths(found)}; nothing was removed",
+            f"move {leftover} elsewhere (it is not the rest of a removal), then run the command "
+            "again",
+        )
     shutil.rmtree(leftover)
     return True
 

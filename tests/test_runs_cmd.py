@@ -222,3 +222,17 @@ def test_rm_holds_the_training_lock_while_it_moves_the_run_away(roots):
     assert folder.is_dir() and not (roots / "runs" / f".removing-{RUN}").exists()
     remove_run(folder)
     assert not folder.exists() and not (roots / "runs" / f".removing-{RUN}").exists()
+
+
+def test_a_leftover_holding_a_file_of_yours_is_not_deleted(roots):
+    """`runs rm NAME` finishes what a killed removal left in `.removing-NAME`; a folder of that
+    name holding a file a run does not hold was not left by it, and stays."""
+    runs = roots / "runs"
+    leftover = runs / ".removing-gone"
+    (leftover / "checkpoints").mkdir(parents=True)
+    (leftover / "notes.txt").write_text("mine")
+    res = runner.invoke(app, ["runs", "rm", "gone", "--yes", *_flags(roots)])
+    out = " ".join(res.output.split())
+    assert res.exit_code == 7 and "Traceback" not in out, out
+    assert "did not write" in out and "notes.txt" in out and "nothing was removed" in out, out
+    assert (leftover / "notes.txt").read_text() == "mine"
