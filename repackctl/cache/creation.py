@@ -18,7 +18,13 @@ Locks (local roots only, ``fcntl.flock``; released by the kernel when a process 
   (``extract``, ``captions``, ``pack encode``, refiner triplets: ``entry_writer``); ``cache rm``
   takes it exclusively, without waiting (``removal_lock``), so it never deletes an entry or
   group that another process is writing (the writer died with a traceback, or wrote on into a
-  half-deleted folder).
+  half-deleted folder);
+* readers: a shared lock on the ``done`` folder of every group a command reads rows from, and of
+  its entry, for as long as the reading view lives (``GuardedArray``: a training holds it from
+  start to end); `cache rm` and `cache verify --repair` take it exclusively, without waiting
+  (``readers_out``), so they neither delete nor mark pending the rows a training is reading (it
+  went on with the rows its buffer held, then stopped at its next read with a lost-chunk
+  error). A plain `cache verify` only reads, and ignores both readers and this lock.
 
 On fsspec URL roots there are no locks: creation and writing work the same, but two concurrent
 writers of one group duplicate work (the result is the same, the data identical) — run one.
@@ -41,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import zarr
+from zarr.storage import LocalStore
 
 from repackctl.cache.ownership import (
     damaged_meta,
@@ -301,16 +308,79 @@ def writers_out(folder: Path | None) -> Iterator[bool]:
         _unlock(fd)
 
 
+READ_LOCKED = "done"  # the folder of a group that its readers lock (every group has one)
+
+
+def reader_locks(array: zarr.Array, label: str) -> list[int]:
+    """Shared locks that keep `cache rm` / `verify --repair` out of the rows ``array`` holds:
+    on the ``done`` folder of its group and of its entry (none on a URL store; the caller keeps
+    the descriptors open while it reads). A ``CacheError`` naming ``label`` when a removal or
+    repair holds one now: nothing is read then."""
+    store = array.store_path.store
+    parts = array.store_path.path.split("/")
+    if not isinstance(store, LocalStore) or len(parts) < 2:
+        return []
+    root = Path(store.root)
+    folders = dict.fromkeys(
+        [root / parts[0] / READ_LOCKED, root.joinpath(*parts[:-1], READ_LOCKED)]
+    )
+    fds: list[int] = []
+    for folder in folders:
+        fd = _lock_fd(folder, exclusive=False, blocking=False) if folder.is_dir() else -1
+        if fd is None:
+            for held in fds:
+                _unlock(held)
+            raise CacheError(
+                f"{label}: its cache entry is being removed or repaired by another process "
+                "(`cache rm` or `cache verify --repair`); nothing was read",
+                "run the command again when that has finished",
+            )
+        if fd >= 0:
+            fds.append(fd)
+    return fds
+
+
+def release_readers(fds: list[int]) -> None:
+    """Release what ``reader_locks`` took (also called when its view is garbage-collected)."""
+    while fds:
+        _unlock(fds.pop())
+
+
 @contextlib.contextmanager
-def removal_lock(folder: Path | None, what: str) -> Iterator[None]:
+def readers_out(folder: Path | None) -> Iterator[bool]:
+    """The group folder ``folder`` (an entry, or one of its groups; None: a URL store) locked
+    against new readers while the block runs: yields True; False, without locking or waiting,
+    when a reader (``reader_locks``) holds it now."""
+    locked = None if folder is None else folder / READ_LOCKED
+    fd = None
+    if locked is not None and locked.is_dir() and not locked.is_symlink():
+        fd = _lock_fd(locked, exclusive=True, blocking=False)
+        if fd is None:
+            yield False
+            return
+    try:
+        yield True
+    finally:
+        _unlock(fd)
+
+
+@contextlib.contextmanager
+def removal_lock(folder: Path | None, what: str, group: Path | None = None) -> Iterator[None]:
     """The entry folder ``folder`` (None: a URL store) locked exclusively while the block
-    removes ``what`` from it, or a ``CacheError`` at once when a writer holds it
-    (``entry_writer``): nothing is removed then."""
-    with writers_out(folder) as held:
+    removes ``what`` from it (the group folder ``group``; None: the entry), or a ``CacheError``
+    at once when a writer holds the entry (``entry_writer``) or a reader the group
+    (``reader_locks``): nothing is removed then."""
+    with writers_out(folder) as held, readers_out(group or folder) as unread:
         if not held:
             raise CacheError(
                 f"{what} is being written by another process (extract, captions, pack encode "
                 "or refine); nothing was removed",
+                "wait for it to finish (or stop it), then run the command again",
+            )
+        if not unread:
+            raise CacheError(
+                f"{what} is being read by another process (a training, sampling or evaluate "
+                "reading its rows); nothing was removed",
                 "wait for it to finish (or stop it), then run the command again",
             )
         yield

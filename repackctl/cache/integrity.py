@@ -21,6 +21,7 @@ pass over its data (``evaluate`` keys reference statistics of a cache entry with
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,7 @@ from zarr.codecs.sharding import ShardingCodec, ShardingCodecIndexLocation
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
+from repackctl.cache.creation import reader_locks, release_readers
 from repackctl.errors import CacheError
 
 EMPTY = 2**64 - 1  # shard index entry of an absent inner chunk
@@ -146,10 +148,13 @@ class GuardedArray:
 
     Before a read it checks, once per stored object, that every shard/chunk holding a
     ``required`` row exists; a read that fails its checksum becomes a ``CacheError``. Both
-    errors name ``label`` and the repair command ``hint``.
+    errors name ``label`` and the repair command ``hint``. While the view lives, it holds its
+    group against `cache rm` and `cache verify --repair` (``creation.reader_locks``).
     """
 
     def __init__(self, array: zarr.Array, required: np.ndarray, label: str, hint: str) -> None:
+        locks = reader_locks(array, label) if isinstance(array, zarr.Array) else []
+        weakref.finalize(self, release_readers, locks)
         self.array = array
         self.required = np.asarray(required, bool)
         self.label = label

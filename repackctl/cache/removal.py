@@ -2,7 +2,7 @@
 killed.
 
 Only the cache's own files are removed (``repackctl.cache.ownership``), and nothing that a writer
-is filling (``repackctl.cache.creation.removal_lock``). On a local root the group's folder is
+is filling or reading (``repackctl.cache.creation.removal_lock``). On a local root the group's folder is
 first renamed into ``<root>/.removing/`` (a folder without ``zarr.json``: neither zarr nor the
 cache lists it) and deleted there. A removal killed while it deletes leaves its rest there, not a
 half-deleted folder under the entry's name: that folder was no longer an entry (its
@@ -12,6 +12,7 @@ over it. The same `cache rm` finishes it (``finish_removal``). URL roots delete 
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import zarr
@@ -30,12 +31,19 @@ def entry_folder(root: str, name: str) -> Path | None:
     return None if folder is None else folder / name
 
 
+def _locked(root: str, name: str, sub: str | None) -> contextlib.AbstractContextManager[None]:
+    """``removal_lock`` of the entry, for the group to remove: its readers too keep it."""
+    folder = entry_folder(root, name)
+    group = None if folder is None or sub is None else folder / sub
+    return removal_lock(folder, _what(name, sub), group)
+
+
 def check_removable(root: str, name: str, sub: str | None = None) -> None:
     """Refuse (``CacheError``, naming it) when the group to remove holds a file the cache did not
     write, or when another process is writing into its entry: ``remove`` deletes only the
     cache's own files, and nothing that is being written, so it deletes nothing then."""
     _check_files(root, name, sub)
-    with removal_lock(entry_folder(root, name), _what(name, sub)):
+    with _locked(root, name, sub):
         pass
 
 
@@ -44,7 +52,7 @@ def remove(root: str, name: str, sub: str | None = None) -> None:
     nothing but the cache's own files and that no process writes into the entry
     (``check_removable``); the entry stays locked against writers until the group is moved out
     of the cache's tree (see the module docstring)."""
-    with removal_lock(entry_folder(root, name), _what(name, sub)):
+    with _locked(root, name, sub):
         _check_files(root, name, sub)
         trash = move_out(*_target(root, name, sub))
     if trash is not None:

@@ -16,6 +16,7 @@ from repackctl.cache.creation import (
     child_nodes,
     damaged_child,
     damaged_where,
+    readers_out,
     writers_out,
 )
 from repackctl.cache.integrity import Damage, read_done, scan_array
@@ -298,22 +299,32 @@ def _verify_group(
 @contextlib.contextmanager
 def writers_kept_out(root: str, name: str, hold: bool) -> Iterator[Problem | None]:
     """Whether `cache verify` may read entry ``name``: a ``Problem`` when a writer (extract,
-    captions, pack encode, refiner triplets) is in it now, else None. With ``hold`` the entry
-    stays locked against writers until the block ends (a repair marks rows pending: a writer
-    must not set them done meanwhile); without, a writer may start while the check reads."""
+    captions, pack encode, refiner triplets) is in it now, else None. With ``hold`` (a repair)
+    also a ``Problem`` when a reader (a training) is in it, and the entry stays locked against
+    writers and new readers until the block ends: a repair marks rows pending, which a writer
+    must not set done meanwhile nor a training find missing. Without, a writer may start while
+    the check reads."""
+    again = f"run `repackctl cache verify {name}{' --repair' if hold else ''}` again when it has finished"
     with contextlib.ExitStack() as stack:
-        held = stack.enter_context(writers_out(entry_folder(root, name)))
+        folder = entry_folder(root, name)
+        held = stack.enter_context(writers_out(folder))
+        unread = stack.enter_context(readers_out(folder)) if hold and held else True
         if not hold:
             stack.close()
-        yield (
-            None
-            if held
-            else Problem(
+        if not held:
+            yield Problem(
                 "being written by another process (extract, captions, pack encode or refine): "
                 "not checked",
-                f"run `repackctl cache verify {name}` again when it has finished",
+                again,
             )
-        )
+        elif not unread:
+            yield Problem(
+                "being read by another process (a training, sampling or evaluate reading its "
+                "rows): neither checked nor repaired",
+                again,
+            )
+        else:
+            yield None
 
 
 # ---- chunk integrity (missing / truncated / corrupt) and repair ---------------------------------

@@ -1,8 +1,12 @@
-"""`cache rm` never deletes an entry (or a group of it) that another process is writing.
+"""`cache rm` never deletes an entry (or a group of it) that another process is writing or
+reading.
 
 It deleted an entry that a running extract was filling: the extract died with a KeyError
 traceback. Now every writer (extract, captions, pack encode, refiner triplets) holds a shared
-lock on the entry folder and `cache rm` refuses, without waiting, while one does.
+lock on the entry folder and `cache rm` refuses, without waiting, while one does. It also
+deleted the entry a training was reading: the training went on with its buffer, then stopped at
+its next read with a lost-chunk error. Every reading view (``GuardedArray``) now holds its group
+the same way.
 """
 
 from __future__ import annotations
@@ -10,12 +14,15 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from conftest import subprocess_env
+from support.caches import patchpix_cache
 from typer.testing import CliRunner
 
 from repackctl.cache.creation import entry_writer
+from repackctl.cache.integrity import GuardedArray
 from repackctl.cache.removal import remove
 from repackctl.cache.store import DatasetEntry, list_entries, open_root
 from repackctl.cli.app import app
@@ -100,3 +107,56 @@ def test_a_writer_is_refused_while_or_after_its_entry_is_removed(tmp_path):
         with entry_writer(entry.group):
             raise AssertionError("the block must not run")
     assert not folder.exists()
+
+
+def test_a_reading_view_refuses_removal_until_released(tmp_path):
+    cache = str(tmp_path / "cache")
+    args = ("ds", "train", 16, 8, {"kind": "test"}, None, 4, 8)
+    entry = DatasetEntry.create_or_open(cache, *args)
+    view = GuardedArray(entry.labels, entry.done[:] >= 0, "labels", "hint")
+    with pytest.raises(CacheError, match="is being read by another process"):
+        remove(cache, entry.name)
+    assert list_entries(cache) == [entry.name]
+    del view  # the reader ended (a killed one: the kernel releases its locks)
+    remove(cache, entry.name)
+    assert list_entries(cache) == []
+
+
+def _wait_for_steps(run: Path, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 120
+    metrics = run / "metrics.jsonl"
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.is_file() and metrics.read_text().strip():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"the training did not start: {proc.communicate()[0]}")
+
+
+@pytest.mark.slow
+def test_rm_of_an_entry_a_training_reads_is_refused_until_the_training_ends(tmp_path):
+    patchpix_cache(tmp_path / "cache", num=16)
+    env = subprocess_env(tmp_path)
+    cache = env["REPACKCTL_CACHE"]
+    (name,) = list_entries(cache)
+    feats = DatasetEntry.open(cache, name).feature_ids()
+    cmd = [sys.executable, "-m", "repackctl", "pack", "train", "--encoder", "patchpix"]
+    cmd += ["--resolution", "32", "-n", "16", "--steps", "100000", "--batch-size", "8"]
+    cmd += ["--ch", "8", "-c", "4", "--log-every", "1", "--name", "reader", "--device", "cpu"]
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        _wait_for_steps(Path(env["REPACKCTL_RUNS"]) / "reader", proc)
+        for more in ([], ["--features", feats[0]]):
+            res = runner.invoke(app, ["cache", "rm", name, *more, "--yes", "--cache", cache])
+            out = " ".join(res.output.split())
+            assert res.exit_code == CacheError.exit_code, res.output
+            assert "is being read by another process" in out and "nothing was removed" in out
+            assert "Hint:" in out and "Traceback" not in out
+        assert proc.poll() is None  # the training reads on
+    finally:
+        proc.kill()
+        proc.wait()
+    assert (DatasetEntry.open(cache, name).done[:] == 1).all()
+    res = runner.invoke(app, ["cache", "rm", name, "--yes", "--cache", cache])
+    assert res.exit_code == 0 and list_entries(cache) == [], res.output  # killed: released

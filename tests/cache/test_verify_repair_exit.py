@@ -115,7 +115,7 @@ def test_an_entry_being_written_is_neither_checked_nor_repaired(tmp_path, extrac
             assert res.exit_code == 6 and "Traceback" not in out, res.output
             assert "being written by another process" in out and "not checked" in out, out
             assert "missing chunk" not in out and "rows marked pending" not in out, out
-            again = f"run `repackctl cache verify {entry.name}` again when it has finished"
+            again = f"run `repackctl cache verify {' '.join([entry.name, *more])}` again when"
             assert again in out, out
     assert (entry.done[:] == done).all()  # nothing marked pending
     root = str(tmp_path / "cache")
@@ -128,5 +128,35 @@ def test_an_entry_being_written_is_neither_checked_nor_repaired(tmp_path, extrac
         with pytest.raises(CacheError, match="being removed or repaired by another process"):
             with entry_writer(entry.group):
                 raise AssertionError("a writer must not start during a repair")
+    res = runner.invoke(app, ["cache", "verify", entry.name, "--repair"])
+    assert res.exit_code == 6 and "8 rows marked pending" in _flat(res), res.output
+
+
+def test_an_entry_a_training_reads_is_checked_but_not_repaired(tmp_path, extracted):
+    """A repair marked rows pending under a training that was reading them: the training went
+    on with its buffer, then stopped at its next read on a "missing chunk". Now a reading view
+    (``GuardedArray``, which every training reads through) holds its group: `cache verify`
+    still checks the entry, `--repair` leaves it alone, and no view opens during a repair."""
+    from repackctl.cache.integrity import GuardedArray
+    from repackctl.cache.verify import writers_kept_out
+    from repackctl.errors import CacheError
+
+    entry, _ = _damaged(extracted, tmp_path, slice(16, 18))
+    done = entry.done[:].copy()
+    view = GuardedArray(entry.labels, done == 1, f"{entry.name} labels", "hint")
+    res = runner.invoke(app, ["cache", "verify", entry.name])
+    assert "images: missing chunk" in _flat(res), res.output  # a plain check reads on
+    res = runner.invoke(app, ["cache", "verify", entry.name, "--repair"])
+    out = _flat(res)
+    assert res.exit_code == 6 and "Traceback" not in out, res.output
+    assert "being read by another process" in out and "neither checked nor repaired" in out
+    assert f"run `repackctl cache verify {entry.name} --repair` again when" in out, out
+    assert (entry.done[:] == done).all()  # nothing marked pending
+    del view  # the training ended
+    root = str(tmp_path / "cache")
+    with writers_kept_out(root, entry.name, hold=True) as busy:
+        assert busy is None
+        with pytest.raises(CacheError, match="being removed or repaired by another process"):
+            GuardedArray(entry.images, done == 1, f"{entry.name} images", "hint")
     res = runner.invoke(app, ["cache", "verify", entry.name, "--repair"])
     assert res.exit_code == 6 and "8 rows marked pending" in _flat(res), res.output
