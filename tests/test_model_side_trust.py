@@ -132,10 +132,10 @@ def test_runs_info_reports_a_corrupt_checkpoint(roots):
 # 3 ------------------------------------------------------------------------------------------
 
 
-def test_tiny_refuses_an_arch_or_patch_it_does_not_have(roots):
+def test_tiny_refuses_an_arch_or_patch_it_does_not_have_and_builds_the_patch_it_has(roots):
     from repackctl.dit.task import model_id_of
 
-    for flag, value in (("--arch", "sit"), ("--patch", "2")):
+    for flag, value in (("--arch", "sit"), ("--patch", "4")):
         args = [*DIT, "--steps", "1", "--name", "t", flag, value, *_flags(roots)]
         res = _refused(ConfigError.exit_code, args)
         assert f"{flag} {value}" in res.output and "--size tiny" in res.output
@@ -148,6 +148,19 @@ def test_tiny_refuses_an_arch_or_patch_it_does_not_have(roots):
     assert model_of(size="tiny", arch="lightningdit", patch=1) == "tiny"  # what tiny is
     assert model_of(size="tiny", preset="repa") == "tiny"  # a preset's sit/2 is not a flag
     assert model_of(size="s", arch="sit", patch=4) == "sit-s-4"
+
+    def tiny_patch_of(**dit) -> int:
+        from repackctl.dit.task import build_model, build_spec
+
+        flags = {f"dit.{k}": v for k, v in dit.items()}
+        settings = resolve_settings(None, flags, environ={}).settings
+        kwargs = build_spec(settings, model_id_of(settings.dit)).model_kwargs
+        model = build_model("tiny", **kwargs, in_channels=4, input_size=8, num_classes=10)
+        return model.config.patch_size
+
+    assert tiny_patch_of(size="tiny", patch=2) == 2  # the tiny model has patch 2 too
+    assert tiny_patch_of(size="tiny") == 1
+    assert tiny_patch_of(size="tiny", preset="repa") == 1  # the preset's sit/2 is not asked
 
 
 # 4 ------------------------------------------------------------------------------------------

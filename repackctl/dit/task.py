@@ -310,6 +310,7 @@ NEUTRAL: dict[str, Any] = {
     "depth": None,
     "width": None,
     "heads": None,
+    "patch": None,
 }
 
 
@@ -339,8 +340,9 @@ def build_model(model_id: str, **kwargs: Any) -> nn.Module:
     return factory(**given)
 
 
-# what the ``tiny`` test model is (repackctl.models.variants.tiny): a LightningDiT of patch 1
-TINY_ARCH, TINY_PATCH = "lightningdit", 1
+# what the ``tiny`` test model is (repackctl.models.variants.tiny): a LightningDiT of patch 1,
+# or 2 when asked (``--patch 2``: a quarter of the tokens)
+TINY_ARCH, TINY_PATCHES = "lightningdit", (1, 2)
 
 
 def explicit_keys(section: Any, keys: tuple[str, ...]) -> set[str]:
@@ -358,20 +360,26 @@ def explicit_keys(section: Any, keys: tuple[str, ...]) -> set[str]:
 
 def _tiny_id(arch: str, patch: int | None, explicit: set[str]) -> str:
     """``tiny``; an explicit ``--arch`` / ``--patch`` the tiny model does not have is an error."""
+    patches = " or ".join(map(str, TINY_PATCHES))
     if arch != TINY_ARCH and "arch" in explicit:
         raise ConfigError(
             f"--arch {arch} does not exist at --size tiny: the tiny test model is a {TINY_ARCH} "
-            f"of patch {TINY_PATCH}",
+            f"of patch {patches}",
             f"drop --arch, or pick a real size: --arch {arch} --size s (or b, l, xl)",
         )
-    if patch not in (None, TINY_PATCH) and "patch" in explicit:
+    if patch not in (None, *TINY_PATCHES) and "patch" in explicit:
         raise ConfigError(
             f"--patch {patch} does not exist at --size tiny: the tiny test model has patch "
-            f"{TINY_PATCH} only",
-            f"drop --patch (or pass --patch {TINY_PATCH}), or pick a real size: --size s "
-            f"--patch {patch}",
+            f"{patches}",
+            f"pass --patch {patches} (or none: 1), or pick a real size: --size s --patch {patch}",
         )
     return "tiny"
+
+
+def tiny_patch(s: Any) -> int | None:
+    """The patch the tiny model is built with: an explicit ``--patch``, else None (its own 1;
+    a preset's patch, such as repa's 2, names the patch of the preset's own family)."""
+    return s.patch if "patch" in explicit_keys(s, ("patch",)) else None
 
 
 def resolve_model_id(
@@ -431,6 +439,7 @@ def build_spec(settings, model_id: str) -> DiTSpec:
             "depth": s.depth,
             "width": s.width,
             "heads": s.heads,
+            "patch": tiny_patch(s) if model_id == "tiny" else None,
         },
         seed=settings.seed,
         class_dropout=s.class_dropout,

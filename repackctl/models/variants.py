@@ -225,17 +225,19 @@ def tiny(
     depth: int | None = None,
     width: int | None = None,
     heads: int | None = None,
+    patch: int | None = None,
 ) -> DiT:
     """LightningDiT-style test model: 2 blocks, width 64, 2 heads, patch 1 (a CPU second).
 
     ``depth`` / ``width`` / ``heads`` make a custom small model on the same recipe (e.g. the
-    8-block DiT of the reproduction study)."""
+    8-block DiT of the reproduction study); ``patch`` 2 a quarter of the tokens (the demo's)."""
     preset, suffix = shaped(TINY, depth, width, heads)
+    patch = patch or 1
     cfg = variant_config(
         "lightningdit",
         preset,
-        1,
-        name=f"tiny{suffix}",
+        patch,
+        name=f"tiny{suffix}" + (f"-p{patch}" if patch != 1 else ""),
         in_channels=in_channels,
         input_size=input_size,
         num_classes=num_classes,
