@@ -292,10 +292,9 @@ def entry_writer(group: zarr.Group) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def writers_out(folder: Path | None) -> Iterator[bool]:
-    """The entry folder ``folder`` (None: a URL store) locked exclusively while the block runs,
-    so that no writer (``entry_writer``) starts in it: yields True; False, without locking or
-    waiting, when a writer holds it now."""
+def _held_exclusively(folder: Path | None) -> Iterator[bool]:
+    """``folder`` (None: nothing to lock) locked exclusively while the block runs: yields True;
+    False, without locking or waiting, when another process holds a lock on it now."""
     fd = None
     if folder is not None and folder.is_dir() and not folder.is_symlink():
         fd = _lock_fd(folder, exclusive=True, blocking=False)
@@ -306,6 +305,13 @@ def writers_out(folder: Path | None) -> Iterator[bool]:
         yield True
     finally:
         _unlock(fd)
+
+
+def writers_out(folder: Path | None) -> contextlib.AbstractContextManager[bool]:
+    """The entry folder ``folder`` (None: a URL store) locked exclusively while the block runs,
+    so that no writer (``entry_writer``) starts in it: yields True; False, without locking or
+    waiting, when a writer holds it now."""
+    return _held_exclusively(folder)
 
 
 READ_LOCKED = "done"  # the folder of a group that its readers lock (every group has one)
@@ -346,22 +352,11 @@ def release_readers(fds: list[int]) -> None:
         _unlock(fds.pop())
 
 
-@contextlib.contextmanager
-def readers_out(folder: Path | None) -> Iterator[bool]:
+def readers_out(folder: Path | None) -> contextlib.AbstractContextManager[bool]:
     """The group folder ``folder`` (an entry, or one of its groups; None: a URL store) locked
     against new readers while the block runs: yields True; False, without locking or waiting,
     when a reader (``reader_locks``) holds it now."""
-    locked = None if folder is None else folder / READ_LOCKED
-    fd = None
-    if locked is not None and locked.is_dir() and not locked.is_symlink():
-        fd = _lock_fd(locked, exclusive=True, blocking=False)
-        if fd is None:
-            yield False
-            return
-    try:
-        yield True
-    finally:
-        _unlock(fd)
+    return _held_exclusively(None if folder is None else folder / READ_LOCKED)
 
 
 @contextlib.contextmanager
