@@ -81,6 +81,10 @@ def test_demo_end_to_end_reuse_and_fresh(tmp_path):
     assert (train["lr"], train["global_batch"]) == (plan.dit_lr, plan.dit_batch)
     assert (train["depth"], train["time_shift"]) == (plan.dit_depth, plan.dit_time_shift)
     assert (train["repa_weight"], train["repa_hidden"]) == (plan.repa_weight, plan.repa_hidden)
+    assert (train["patch"], train["width"]) == (plan.dit_patch, plan.dit_width) == (2, 64)
+    state = out / "dit" / "checkpoints" / f"step-{plan.dit_steps:07d}" / "state.json"
+    model = json.loads(state.read_text())["extra"]["model_config"]
+    assert (model["patch_size"], model["hidden_size"]) == (2, 64)  # the model built is that
     assert "decoder floor" in report and "real vs real" in report
     assert "reproduce_small.md" in report and "What the numbers mean" in report
     w, h = Image.open(out / "samples.png").size
