@@ -95,12 +95,13 @@ class DemoPlan:
     # fast, 700 / 2400 took 9.6 min (70 %) with it slow (pack 2.5 against 3.0 steps/s).
     # 1500 pack steps with the DiT at patch 2 (below), where 600 went with patch 1: the patch-2
     # DiT trains its 3150 steps in 167–175 s beside the refiner instead of 249 s, and the pack
-    # takes the time (150–159 s; the sum about the same). Whole demos on the Xeon (200 samples, one seed):
-    # recon 21.50 dB (was 18.92), decoded val images 93.5 % (89.0), decoder floor 0.37 (0.69),
-    # samples 70.0 % (70.0), FD 2.56 (2.63). The 600-step pack under the patch-2 DiT at 4500
-    # steps: 70.0 %, FD 2.01; at width 64, 9000 steps: 62.5 %, FD 3.20. Without the pack's
-    # feature distance (2.5 × faster steps) 1500 steps gave 21.38 dB but 84 % on decoded val
-    # images, floor 1.40 and 62.5 % samples (patch-1 DiT): the term keeps the class in the pixels.
+    # takes the time (150–159 s; the sum about the same). Whole demos on the Xeon (200 samples,
+    # one seed): recon 21.50 dB (was 18.92), decoded val images 93.5 % (89.0), decoder floor
+    # 0.37 (0.69), samples 70.0 % (70.0), FD 2.56 (2.63). The 600-step pack under the patch-2
+    # DiT at 4500 steps: 70.0 %, FD 2.01; at width 64, 9000 steps: 62.5 %, FD 3.20. Without the
+    # pack's feature distance (2.5 × faster steps) 1500 steps gave 21.38 dB but 84 % on decoded
+    # val images, floor 1.40 and 62.5 % samples (patch-1 DiT): the term keeps the class in the
+    # pixels.
     # At 1500 steps the pack's EMA 0.998 or lr 3e-3 gave 21.35 dB each (one thread: 21.50 is
     # the preset's 0.99 and 2e-3 on two).
     pack_steps: int = 1500

@@ -234,10 +234,10 @@ class _FolderHandle:
 def lock_pipeline(folder: str | os.PathLike, command: str) -> None:
     """Hold the lock of the pipeline folder ``folder`` (it exists; ``command``: the command that
     writes it, ``repackctl demo`` …) until this process ends or ``released_after`` gives it
-    up. A second ``repackctl demo`` into the
-    same folder went through the stages the first had finished, started a refiner beside the
-    first's (both writing ``refine.log``) and stopped only at the run the first was training;
-    one that came later could rewrite the report the first was writing. It is refused at once.
+    up. A second ``repackctl demo`` into the same folder went through the stages the first had
+    finished, started a refiner beside the first's (both writing ``refine.log``) and stopped
+    only at the run the first was training; one that came later could rewrite the report the
+    first was writing. It is refused at once.
     """
     path = Path(folder).expanduser()
     if fcntl is None or not _main_process() or _held_here(path):

@@ -332,7 +332,9 @@ def reader_locks(array: zarr.Array, label: str) -> list[int]:
     )
     fds: list[int] = []
     for folder in folders:
-        fd = _lock_fd(folder, exclusive=False, blocking=False) if folder.is_dir() else -1
+        if not folder.is_dir():
+            continue
+        fd = _lock_fd(folder, exclusive=False, blocking=False)
         if fd is None:
             for held in fds:
                 _unlock(held)
@@ -341,8 +343,7 @@ def reader_locks(array: zarr.Array, label: str) -> list[int]:
                 "(`cache rm` or `cache verify --repair`); nothing was read",
                 "run the command again when that has finished",
             )
-        if fd >= 0:
-            fds.append(fd)
+        fds.append(fd)
     return fds
 
 

@@ -2,12 +2,13 @@
 killed.
 
 Only the cache's own files are removed (``repackctl.cache.ownership``), and nothing that a writer
-is filling or reading (``repackctl.cache.creation.removal_lock``). On a local root the group's folder is
-first renamed into ``<root>/.removing/`` (a folder without ``zarr.json``: neither zarr nor the
-cache lists it) and deleted there. A removal killed while it deletes leaves its rest there, not a
-half-deleted folder under the entry's name: that folder was no longer an entry (its
-``zarr.json`` gone), so `cache rm` did not find it and `extract` refused to make the entry anew
-over it. The same `cache rm` finishes it (``finish_removal``). URL roots delete through zarr.
+is filling or a reader reading (``repackctl.cache.creation.removal_lock``). On a local root the
+group's folder is first renamed into ``<root>/.removing/`` (a folder without ``zarr.json``:
+neither zarr nor the cache lists it) and deleted there. A removal killed while it deletes leaves
+its rest there, not a half-deleted folder under the entry's name: that folder was no longer an
+entry (its ``zarr.json`` gone), so `cache rm` did not find it and `extract` refused to make the
+entry anew over it. The same `cache rm` finishes it (``finish_removal``). URL roots delete
+through zarr.
 """
 
 from __future__ import annotations

@@ -304,7 +304,8 @@ def writers_kept_out(root: str, name: str, hold: bool) -> Iterator[Problem | Non
     writers and new readers until the block ends: a repair marks rows pending, which a writer
     must not set done meanwhile nor a training find missing. Without, a writer may start while
     the check reads."""
-    again = f"run `repackctl cache verify {name}{' --repair' if hold else ''}` again when it has finished"
+    command = f"repackctl cache verify {name}{' --repair' if hold else ''}"
+    again = f"run `{command}` again when it has finished"
     with contextlib.ExitStack() as stack:
         folder = entry_folder(root, name)
         held = stack.enter_context(writers_out(folder))

@@ -115,7 +115,8 @@ def test_an_entry_being_written_is_neither_checked_nor_repaired(tmp_path, extrac
             assert res.exit_code == 6 and "Traceback" not in out, res.output
             assert "being written by another process" in out and "not checked" in out, out
             assert "missing chunk" not in out and "rows marked pending" not in out, out
-            again = f"run `repackctl cache verify {' '.join([entry.name, *more])}` again when"
+            command = " ".join(["repackctl cache verify", entry.name, *more])
+            again = f"run `{command}` again when it has finished"
             assert again in out, out
     assert (entry.done[:] == done).all()  # nothing marked pending
     root = str(tmp_path / "cache")
@@ -150,7 +151,8 @@ def test_an_entry_a_training_reads_is_checked_but_not_repaired(tmp_path, extract
     out = _flat(res)
     assert res.exit_code == 6 and "Traceback" not in out, res.output
     assert "being read by another process" in out and "neither checked nor repaired" in out
-    assert f"run `repackctl cache verify {entry.name} --repair` again when" in out, out
+    again = f"run `repackctl cache verify {entry.name} --repair` again when it has finished"
+    assert again in out, out
     assert (entry.done[:] == done).all()  # nothing marked pending
     del view  # the training ended
     root = str(tmp_path / "cache")
