@@ -67,9 +67,10 @@ class DemoPlan:
     """Sizes of every stage, chosen for `make demo`'s budget of 10 minutes on 2 CPU cores
     (issue #13): the step counts below took 7 min 8 s on the 2-core Intel Xeon of the last
     report (speed index 178), so a machine a quarter slower (as the AMD EPYC of the earlier
-    reports was when its host was loaded) stays under 10 min (``benchmarks/results/demo/
-    report.md`` gives the machine's speed index beside the times). The sizes of the earlier reports (pack 1100 steps, DiT 4000,
-    refiner 750) reached recon 19.3 dB and 71.5 % sample accuracy but took 17.6 min there."""
+    reports was when its host was loaded) stays under 10 min. The report
+    (``benchmarks/results/demo/report.md``) gives the machine's speed index beside the times.
+    The sizes of the earlier reports (pack 1100 steps, DiT 4000, refiner 750) reached recon
+    19.3 dB and 71.5 % sample accuracy but took 17.6 min there."""
 
     out: Path
     n_train: int = 2000
@@ -151,8 +152,9 @@ class DemoPlan:
     repa_hidden: int = 128
     # width 32 ran at 7 s/step on a loaded 2-core machine (56 min for 500 steps): width 16 fits.
     # It trains beside the DiT on the second core, at 0.3 to 0.6 s a step (by the host's load,
-    # after ~30 s of start-up): 450 steps use that core for the DiT's 3150 steps without making
-    # it wait (158 s beside the DiT's 240 s on the Xeon; with the conv decoder's 600-step pack,
+    # after ~30 s of start-up): 450 steps use that core for the DiT's steps without making it
+    # wait (145 s beside the DiT's 3600 steps in 179 s on the Xeon; 158 s beside its earlier
+    # 240 s; with the conv decoder's 600-step pack,
     # 500 steps gave +0.57 dB where 255 gave +0.27; the high-frequency error did not move)
     refine_steps: int = 450
     refine_channels: int = 16
