@@ -7,7 +7,8 @@ The cache writes, below a group folder, only (README "Cache layout"):
 * the chunk or shard files of an array under its ``c/`` folder (digit names, same temporaries);
 * the shard locks of a writer, ``<array>/locks/shard-<k>.lock`` (``creation.ShardLocks``);
 * ``.removing/`` in a group: what `cache rm` moved there to delete (checked to be the cache's
-  own before the move; the rest of a killed removal until its rerun, ``cache.removal``).
+  own before the move; the rest of a killed removal until its rerun, ``cache.removal``, which
+  checks again that it holds only names the cache writes before it deletes it).
 
 Anything else (a note, a symlink, a folder without ``zarr.json`` holding files) is *foreign*:
 ``cache rm`` and the removal of an unfinished group refuse to run when a group holds one, and a
@@ -173,6 +174,7 @@ def move_out(group: zarr.Group, name: str) -> Path | None:
         del group[name]
         return None
     if trash.is_dir():
+        refuse_foreign_rest(trash)
         shutil.rmtree(trash)
     trash.parent.mkdir(exist_ok=True)
     (group_dir(group) / name).rename(trash)  # type: ignore[operator]  # local: trash_for
@@ -195,8 +197,43 @@ def drop_trash(group: zarr.Group, name: str) -> bool:
     trash = trash_for(group, name)
     if trash is None or not trash.is_dir():
         return False
+    refuse_foreign_rest(trash)
     delete_trash(trash)
     return True
+
+
+def foreign_in_rest(path: Path) -> Path | None:
+    """The first path (sorted walk) below ``path``, the rest of a killed removal in
+    ``.removing``, whose name the cache never writes, or None. Its deletion may have removed any
+    ``zarr.json`` already, so node types are not known there: every file must have a name the
+    cache writes somewhere (``zarr.json``, ``c``, a chunk number, a shard lock, zarr's
+    temporaries), and every folder must hold only such files and folders."""
+    for p in _entries(path):
+        if p.is_symlink() or not (p.is_dir() or p.is_file()):
+            return p
+        if p.is_dir():
+            bad = foreign_in_rest(p)
+            if bad is not None:
+                return bad
+        elif not (p.name in (META, "c") or _CHUNK.match(p.name) or _LOCK.match(p.name)):
+            if not _PARTIAL.match(p.name):
+                return p
+    return None
+
+
+def refuse_foreign_rest(trash: Path) -> None:
+    """A ``CacheError`` naming the first path in the rest ``trash`` of a killed removal that the
+    cache did not write (``foreign_in_rest``): deleting that rest would delete it."""
+    if trash.is_symlink():
+        bad: Path | None = trash
+    else:
+        bad = foreign_in_rest(trash)
+    if bad is not None:
+        raise CacheError(
+            f"{trash} holds {bad}, which the cache did not write; nothing was removed",
+            f"move {trash} out of the cache folder (it is not the rest of a `cache rm`), then "
+            "run the command again",
+        )
 
 
 def refuse_foreign(path: Path, what: str) -> None:

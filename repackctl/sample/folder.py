@@ -31,7 +31,6 @@ import json
 import math
 import os
 import re
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -256,7 +255,7 @@ def _assemble_latents(
         return
     complete = all((lat_dir / f"{i:06d}.npy").is_file() for i in range(num))
     if not complete and (folder / LATENTS_FILE).is_file():
-        shutil.rmtree(lat_dir)  # a finished folder reopened: latents.npy is already there
+        remove_latents_dir(lat_dir)  # a finished folder reopened: latents.npy is already there
         return
     out = np.lib.format.open_memmap(
         folder / f".{LATENTS_FILE}.tmp", mode="w+", dtype=np.float32, shape=(num, *latent_shape)
@@ -266,7 +265,7 @@ def _assemble_latents(
     out.flush()
     del out
     os.replace(folder / f".{LATENTS_FILE}.tmp", folder / LATENTS_FILE)
-    shutil.rmtree(lat_dir)
+    remove_latents_dir(lat_dir)
 
 
 def _decoded_png(path: Path) -> np.ndarray:
@@ -351,6 +350,30 @@ def _our_temp(name: str, targets: re.Pattern[str]) -> bool:
         if m and targets.fullmatch(m.group(1)):
             return True
     return False
+
+
+def remove_latents_dir(lat_dir: Path) -> None:
+    """Delete ``latents/`` (the per-sample latents and manifests `sample` wrote there, now in
+    ``latents.npy``) file by file. A path there that `sample` does not write (a name outside
+    ``_LATENT_FILES`` and their temporaries, a folder, a link) is refused before anything is
+    deleted; a kill midway leaves only files of ours, which the rerun deletes."""
+    entries = sorted(lat_dir.iterdir())
+    foreign = [
+        p.name
+        for p in entries
+        if p.is_symlink()
+        or not p.is_file()
+        or not (_LATENT_FILES.fullmatch(p.name) or _our_temp(p.name, _LATENT_FILES))
+    ]
+    if foreign:
+        raise ConfigError(
+            f"{lat_dir} holds files that `repackctl` did not write there "
+            f"({', '.join(foreign[:3])}{' …' if len(foreign) > 3 else ''}); nothing was deleted",
+            f"move them out of {lat_dir}, then run the command again",
+        )
+    for p in entries:
+        p.unlink()
+    lat_dir.rmdir()
 
 
 def _manifest_path(folder: Path, indices: list[int]) -> Path:
@@ -609,7 +632,7 @@ def reopen_finished(folder: Path, labels: np.ndarray, grid: int) -> tuple[tuple,
     recorded = recorded_files(folder)
     files: dict[str, Any] = {}
     if (folder / LATENTS_DIR).is_dir():  # made by this call for PNGs deleted since: not needed
-        shutil.rmtree(folder / LATENTS_DIR)
+        remove_latents_dir(folder / LATENTS_DIR)
     lat = folder / LATENTS_FILE
     if lat.is_file():
         why = file_mismatch(lat, recorded.get(LATENTS_FILE))

@@ -73,3 +73,28 @@ def test_a_killed_rm_of_a_features_group_is_finished(tmp_path, extracted):
     assert not (tmp_path / "cache" / ".removing").exists()
     res = runner.invoke(app, ["cache", "verify"])
     assert res.exit_code == 0 and "ok" in res.output, res.output
+
+
+def test_a_rest_holding_a_file_of_the_users_is_never_deleted(tmp_path, extracted):
+    """`.removing/<entry>` is deleted by the rerun of a killed `cache rm` and before an entry of
+    that name is made anew: it was deleted whole, unchecked, so a folder of the user's there was
+    lost. Now a rest holding a name the cache never writes is refused, and nothing is deleted."""
+    shutil.copytree(extracted, tmp_path / "cache")
+    _killed_rm(tmp_path)
+    (rest,) = (tmp_path / "cache" / ".removing").iterdir()
+    note = rest / "features" / "notes.txt"
+    note.parent.mkdir(exist_ok=True)
+    note.write_text("mine")
+    res = runner.invoke(app, ["cache", "rm", NAME, "--yes"])
+    out = " ".join(res.output.split())
+    assert res.exit_code != 0 and "notes.txt, which the cache did not write" in out, out
+    assert "Traceback" not in res.output and "Hint:" in res.output
+    with one_torch_thread():
+        res = runner.invoke(app, EXTRACT)
+    out = " ".join(res.output.split())
+    assert res.exit_code != 0 and "notes.txt, which the cache did not write" in out, out
+    assert note.read_text() == "mine"
+    assert (rest / "images").is_dir()  # not half deleted either
+    note.unlink()
+    _rm_again()  # the rest is the cache's own again: finished
+    assert not (tmp_path / "cache" / ".removing").exists()

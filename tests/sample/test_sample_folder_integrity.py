@@ -187,6 +187,23 @@ def test_a_user_file_named_like_a_temporary_is_kept(env, tmp_path):
     assert not (folder / ".samples.npz.99999.tmp").exists()
 
 
+def test_a_user_file_in_latents_is_never_deleted(env, tmp_path):
+    """`sample` deletes its ``latents/`` folder once latents.npy holds its files: it deleted the
+    folder whole, so a file of the user's there went with it. Now it deletes only the files it
+    writes there; anything else is refused, and nothing is deleted."""
+    folder = _sample(env, tmp_path / "s")
+    (folder / "latents").mkdir()
+    (folder / "latents" / "notes.txt").write_text("mine")
+    code, out = _cli("sample", "-r", "dit-tiny", "-n", "6", "--steps", "2", "--seed", "3",
+                     "--device", "cpu", "--out", str(folder))  # fmt: skip
+    assert code != 0 and "Traceback" not in out and "Hint:" in out, out
+    assert "notes.txt" in out and "nothing was deleted" in " ".join(out.split()), out
+    assert (folder / "latents" / "notes.txt").read_text() == "mine"
+    (folder / "latents" / "notes.txt").unlink()
+    _sample(env, folder)  # only files of ours left: deleted
+    assert not (folder / "latents").exists() and (folder / "latents.npy").is_file()
+
+
 def _args(stack: dict[str, str], out: Path) -> list[str]:
     return ["sample", "-r", "dit-tiny", "-n", "8", "--steps", "60", "--batch-size", "1",
             "--device", "cpu", "--seed", "3", "--runs", stack["runs"], "--out", str(out)]  # fmt: skip
