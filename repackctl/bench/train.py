@@ -252,10 +252,10 @@ def run(ctx: BenchContext) -> tuple[list[Row], dict[str, Any], list[str]]:
 
 def _bare_step(trainer: Any, task: Any):
     """The task's loss, backward and AdamW on the trainer's modules, with nothing else."""
-    from repackctl.train.trainer import batch_generator, to_device
+    from repackctl.train.trainer import batch_generator, make_adamw, to_device
 
     params = [p for m in trainer.modules.values() for p in m.parameters()]
-    opt = torch.optim.AdamW(params, lr=1e-6)
+    opt = make_adamw(params, 1e-6, (0.9, 0.999), 0.01)  # the engine's AdamW
     indices = np.arange(trainer.config.global_batch)
     state = {"s": 0}
 

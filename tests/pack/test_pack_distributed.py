@@ -89,7 +89,9 @@ def _same_training(a: Path, b: Path) -> None:
     its own size, makes that visible where a gradient is as small as its ``eps`` (1e-8): the
     weights agree to the DiT test's tolerance (1e-4 relative, 1e-5 absolute), except the keys'
     bias, whose true gradient is zero, so that Adam steps on rounding noise alone (up to a tenth
-    of the lr); it does not change the attention, so the reconstructions agree to 1e-5."""
+    of the lr); it does not change the attention, so the reconstructions agree to 2e-5 (1e-5
+    held with PyTorch's default AdamW loop; the fused AdamW rounds the update otherwise, and one
+    pixel of 24576 then differed by 1.02e-5)."""
     from repackctl.pack.autoencoder import PackAutoencoder
 
     models = []
@@ -111,8 +113,8 @@ def _same_training(a: Path, b: Path) -> None:
     tokens = torch.randn(8, 16, 64, generator=torch.Generator().manual_seed(0))  # (B, T, C)
     with torch.no_grad():
         recon = [m(tokens, sample=False)[0] for m in models]  # (B, 3, 32, 32) each
-    torch.testing.assert_close(recon[1], recon[0], rtol=0, atol=1e-5)  # model
-    torch.testing.assert_close(recon[3], recon[2], rtol=0, atol=1e-5)  # EMA
+    torch.testing.assert_close(recon[1], recon[0], rtol=0, atol=2e-5)  # model
+    torch.testing.assert_close(recon[3], recon[2], rtol=0, atol=2e-5)  # EMA
     assert recon[0].abs().mean() > 0.01  # an image, not zeros
 
 

@@ -349,6 +349,43 @@ def test_resume_applies_a_new_lr_but_refuses_another_sample_order(tmp_path):
         train(toy.ToyTask(), dataclasses.replace(cfg, steps=6, block=8))
 
 
+def test_a_run_started_with_the_default_adamw_loop_resumes_with_it(tmp_path, monkeypatch):
+    """Optimizers are now PyTorch's fused AdamW (``make_adamw``). A run started before, with
+    the default loop, resumes with that loop (its optimizer state says so) and ends
+    bit-identical to a run that never changed; a new run is fused, and differs from the loop
+    by float rounding only."""
+    import repackctl.train.trainer as trainer_module
+
+    def cfg(name: str, steps: int) -> TrainConfig:
+        return toy.make_config(str(tmp_path / name), steps=steps, global_batch=8, lr=1e-2,
+                               ckpt_every=4, cpu=True)  # fmt: skip
+
+    def loop_adamw(params, lr, betas, weight_decay):  # what every run used before
+        return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay)
+
+    def fused_flag(result) -> object:
+        return load_optim(result.checkpoint)["optimizers"]["gen"]["param_groups"][0]["fused"]
+
+    with monkeypatch.context() as m:
+        m.setattr(trainer_module, "make_adamw", loop_adamw)
+        before = train(toy.ToyTask(), cfg("before", 8))
+        train(toy.ToyTask(), cfg("upgraded", 4))
+    upgraded = train(toy.ToyTask(), cfg("upgraded", 8))  # resumed by this version
+    assert upgraded.resumed_from == 4 and fused_flag(upgraded) is None
+    a, b = (
+        _weights(before.checkpoint, ("model", "ema")),
+        _weights(upgraded.checkpoint, ("model", "ema")),
+    )
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    new = train(toy.ToyTask(), cfg("new", 8))
+    assert fused_flag(new) is True
+    c = _weights(new.checkpoint, ("model", "ema"))
+    assert any(not torch.equal(a[k], c[k]) for k in a)  # another kernel …
+    for k in a:
+        torch.testing.assert_close(c[k], a[k], rtol=0, atol=1e-5)  # … the same update
+
+
 class _RecordingProgress:
     """A progress factory that remembers what the loop reported."""
 
