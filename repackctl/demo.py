@@ -65,9 +65,9 @@ def solo_threads() -> int:
 @dataclass
 class DemoPlan:
     """Sizes of every stage, chosen for `make demo`'s budget of 10 minutes on 2 CPU cores
-    (issue #13): the step counts below took 7 min 8 s on the 2-core Intel Xeon of the last
-    report (speed index 178), so a machine a quarter slower (as the AMD EPYC of the earlier
-    reports was when its host was loaded) stays under 10 min. The report
+    (issue #13): the step counts below took 6 min 45 s to 7 min 39 s on the 2-core Intel Xeon
+    of the last reports (speed index 172 to 166), so a machine a quarter slower (as the AMD
+    EPYC of the earlier reports was when its host was loaded) stays under 10 min. The report
     (``benchmarks/results/demo/report.md``) gives the machine's speed index beside the times.
     The sizes of the earlier reports (pack 1100 steps, DiT 4000, refiner 750) reached recon
     19.3 dB and 71.5 % sample accuracy but took 17.6 min there."""
