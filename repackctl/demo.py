@@ -137,6 +137,9 @@ class DemoPlan:
     # lose far more (70.0 against 95.5 %). Muon (torch.optim.Muon's update, lr matched to AdamW's
     # RMS) on its 2-D weights lowered the training MSE at 3600 steps (0.659 against 0.677) but
     # not the samples' (72.5 %, FD 2.75 against 70.0 %, 2.26) at 28 % more time a step.
+    # 5400 steps (1.5 ×; on the fused-AdamW pack of the report, DiT seeds 1 / 2): 68.5 / 73.5 %,
+    # FD 1.85 / 2.17, against 67.0 / 69.5 %, 2.46 / 2.62 at 3600; the FD gains, the accuracy
+    # barely, and 90 % stays far (benchmarks/demo_seeds.py's runs, scratch).
     dit_steps: int = 3600
     dit_depth: int = 3
     # patch 2 (16 tokens of the 8 × 8 latent) at width 128: 17.5 against 58 ms a step at width
