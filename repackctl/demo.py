@@ -166,8 +166,8 @@ class DemoPlan:
     # It trains beside the DiT on the second core, at 0.3 to 0.6 s a step (by the host's load,
     # after ~30 s of start-up): 450 steps use that core for the DiT's steps without making it
     # wait (145 s beside the DiT's 3600 steps in 179 s on the Xeon; 158 s beside its earlier
-    # 240 s; with the conv decoder's 600-step pack,
-    # 500 steps gave +0.57 dB where 255 gave +0.27; the high-frequency error did not move).
+    # 240 s; with the conv decoder's 600-step pack, 500 steps gave +0.57 dB where 255 gave
+    # +0.27; the high-frequency error did not move).
     # On the 2400-step pack, 450 steps at lr 1e-3 or 3e-3 (the preset's 1e-4 here) left the
     # loss where it started and the high-frequency error within 0.1 %; triplets decoded from
     # latents with noise σ 0.5 / 1.0 (refine.noise, raw units; channel std about 2) moved the

@@ -34,6 +34,8 @@ TRASH = ".removing"  # where `cache rm` deletes (repackctl.cache.removal)
 _PARTIAL = re.compile(r"^(zarr|c|\d+)\.[0-9a-f]{32}\.partial$")  # LocalStore's temporaries
 _CHUNK = re.compile(r"^\d+$")
 _LOCK = re.compile(r"^shard-\d+\.lock$")
+# every file name the cache writes somewhere below a group (``foreign_in_rest``)
+_REST_FILES = (re.compile(rf"^({re.escape(META)}|c)$"), _CHUNK, _LOCK, _PARTIAL)
 
 
 def group_dir(group: zarr.Group) -> Path | None:
@@ -173,9 +175,7 @@ def move_out(group: zarr.Group, name: str) -> Path | None:
     if trash is None:
         del group[name]
         return None
-    if trash.is_dir():
-        refuse_foreign_rest(trash)
-        shutil.rmtree(trash)
+    drop_trash(group, name)  # checked to be the cache's own first
     trash.parent.mkdir(exist_ok=True)
     (group_dir(group) / name).rename(trash)  # type: ignore[operator]  # local: trash_for
     return trash
@@ -215,9 +215,8 @@ def foreign_in_rest(path: Path) -> Path | None:
             bad = foreign_in_rest(p)
             if bad is not None:
                 return bad
-        elif not (p.name in (META, "c") or _CHUNK.match(p.name) or _LOCK.match(p.name)):
-            if not _PARTIAL.match(p.name):
-                return p
+        elif not any(form.match(p.name) for form in _REST_FILES):
+            return p
     return None
 
 

@@ -57,6 +57,7 @@ from repackctl.paths import (
     SAMPLES_NPZ,
     SETTINGS_JSON,
 )
+from repackctl.run_files import name_paths
 from repackctl.run_lock import SAMPLES_LOCK, lock_samples
 from repackctl.sample.plan import GenerationPlan, label_classes
 
@@ -359,7 +360,7 @@ def remove_latents_dir(lat_dir: Path) -> None:
     deleted; a kill midway leaves only files of ours, which the rerun deletes."""
     entries = sorted(lat_dir.iterdir())
     foreign = [
-        p.name
+        p
         for p in entries
         if p.is_symlink()
         or not p.is_file()
@@ -367,8 +368,8 @@ def remove_latents_dir(lat_dir: Path) -> None:
     ]
     if foreign:
         raise ConfigError(
-            f"{lat_dir} holds files that `repackctl` did not write there "
-            f"({', '.join(foreign[:3])}{' …' if len(foreign) > 3 else ''}); nothing was deleted",
+            f"{lat_dir} holds files that `repackctl` did not write there: "
+            f"{name_paths(foreign)}; nothing was deleted",
             f"move them out of {lat_dir}, then run the command again",
         )
     for p in entries:
