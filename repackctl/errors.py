@@ -6,6 +6,14 @@ no traceback unless ``REPACKCTL_DEBUG=1``. Library code raises these, never call
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+
+def name_items(items: Sequence[object], limit: int = 5) -> str:
+    """``a, b, c and 4 more``: the first ``limit`` items of a message's list and how many others."""
+    shown = ", ".join(str(item) for item in items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
 
 class RepackError(Exception):
     """Base class of every error a user can cause and fix."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from repackctl.errors import ConfigError
+from repackctl.errors import ConfigError, name_items
 
 CONFIG_HISTORY = "config_history.jsonl"  # a run's replaced configs and allowed changes
 # the sha256 of config.json's own content (:func:`json_sha256`), a key of it; configs written
@@ -86,12 +86,6 @@ def read_json_dict(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def name_paths(paths: list[Path], limit: int = 5) -> str:
-    """``a, b, c and 4 more``: the first ``limit`` paths and how many others."""
-    shown = ", ".join(str(p) for p in paths[:limit])
-    return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
-
-
 def run_started(folder: Path) -> bool:
     """True once the engine wrote a run's ``config.json`` or a checkpoint (``state.json``) there."""
     try:
@@ -115,7 +109,7 @@ def check_new_run_folder(folder: Path) -> None:
     foreign = foreign_paths(folder, STARTING_PATH)
     if foreign:
         raise ConfigError(
-            f"{folder} already holds files that repackctl did not write: {name_paths(foreign)}; "
+            f"{folder} already holds files that repackctl did not write: {name_items(foreign)}; "
             "nothing was written there",
             "pass another --name (or move those files out of the folder)",
         )

@@ -36,12 +36,11 @@ from pathlib import Path
 from typing import Any
 
 from repackctl.crash import crash_point
-from repackctl.errors import CheckpointError, ConfigError
+from repackctl.errors import CheckpointError, ConfigError, name_items
 from repackctl.run_files import (
     ENGINE_KEYS,
     StoredConfig,
     foreign_paths,
-    name_paths,
     read_json_dict,
     read_run_config,
 )
@@ -355,7 +354,7 @@ def check_removable(folder: Path) -> None:
     if foreign:
         raise CheckpointError(
             f"{folder} holds {len(foreign)} path(s) that repackctl did not write: "
-            f"{name_paths(foreign)}; nothing was removed",
+            f"{name_items(foreign)}; nothing was removed",
             f"move them out of {folder} (they are yours), then run `repackctl runs rm "
             f"{folder.name}` again",
         )
@@ -403,7 +402,7 @@ def finish_removing(folder: Path, foreign: Callable[[Path], list[Path]] = foreig
     if found:
         raise CheckpointError(
             f"{leftover} holds {len(found)} path(s) that repackctl did not write: "
-            f"{name_paths(found)}; nothing was removed",
+            f"{name_items(found)}; nothing was removed",
             f"move {leftover} elsewhere (it is not the rest of a removal), then run the command "
             "again",
         )

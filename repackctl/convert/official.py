@@ -63,7 +63,7 @@ from typing import Any
 import torch
 
 from repackctl.dit.run import official_sampling_defaults, write_sampling_json
-from repackctl.errors import CheckpointError, ConfigError, WeightsError
+from repackctl.errors import CheckpointError, ConfigError, WeightsError, name_items
 from repackctl.progress import ProgressFactory, null_progress
 
 STAGE1_DROP = {
@@ -138,8 +138,8 @@ def _state_dict(obj: dict[str, Any], path: Path | str) -> dict[str, torch.Tensor
 
 
 def _key_list(keys: list[str]) -> str:
-    """``(n): a, b, …`` with at most eight names."""
-    return f"({len(keys)}): {', '.join(keys[:8])}{' …' if len(keys) > 8 else ''}"
+    """``(n): a, b, … and k more`` with at most eight names."""
+    return f"({len(keys)}): {name_items(keys, 8)}"
 
 
 def _absent(stage: str, keys: list[str] | set[str]) -> WeightsError:

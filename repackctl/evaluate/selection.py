@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from repackctl.errors import DataError
+from repackctl.errors import DataError, name_items
 from repackctl.files import IMAGE_EXTENSIONS, sha256_file_cached
 from repackctl.paths import PROTOCOL_JSON, SETTINGS_JSON
 
@@ -117,7 +117,7 @@ def _run_files(folder: Path, protocol: dict[str, Any]) -> list[Path]:
         again = "`repackctl refine apply`" if protocol.get("refined_from") else "`repackctl sample`"
         raise DataError(
             f"{folder} lacks {len(lost)} of the {num} sample images its {PROTOCOL_JSON} "
-            f"records ({', '.join(lost[:3])}{' …' if len(lost) > 3 else ''}): the others are "
+            f"records ({name_items(lost, 3)}): the others are "
             "not the sample set its card describes",
             hint=f"rerun the same {again} command that wrote it (it regenerates the missing "
             "samples and samples.npz), then evaluate again",

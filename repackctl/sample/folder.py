@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from repackctl.errors import ConfigError, DataError
+from repackctl.errors import ConfigError, DataError, name_items
 from repackctl.files import (
     ensure_writable_dir,
     read_png,
@@ -57,7 +57,6 @@ from repackctl.paths import (
     SAMPLES_NPZ,
     SETTINGS_JSON,
 )
-from repackctl.run_files import name_paths
 from repackctl.run_lock import SAMPLES_LOCK, lock_samples
 from repackctl.sample.plan import GenerationPlan, label_classes
 
@@ -125,7 +124,7 @@ def claim_folder(
         if foreign:
             raise ConfigError(
                 f"{folder} already holds files that `repackctl` did not write there "
-                f"({', '.join(foreign[:3])}{' …' if len(foreign) > 3 else ''})",
+                f"({name_items(foreign, 3)})",
                 f"{elsewhere} (a new or empty folder); nothing in this one was changed",
             )
     lock_samples(folder)  # one writer: given up when the command ends (``released_after``)
@@ -369,7 +368,7 @@ def remove_latents_dir(lat_dir: Path) -> None:
     if foreign:
         raise ConfigError(
             f"{lat_dir} holds files that `repackctl` did not write there: "
-            f"{name_paths(foreign)}; nothing was deleted",
+            f"{name_items(foreign)}; nothing was deleted",
             f"move them out of {lat_dir}, then run the command again",
         )
     for p in entries:
