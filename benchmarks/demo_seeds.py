@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/demo_seeds.py                    # seeds 1 and 2 beside runs/demo
     .venv/bin/python benchmarks/demo_seeds.py --demo runs/demo --seeds 1 2 3 --out runs/demo-seeds
+    .venv/bin/python benchmarks/demo_seeds.py --dit-steps 7200 --seeds 0 1 2  # a longer DiT
 
 It needs a finished ``repackctl demo`` (``--quick`` here if that one was quick) and only reads
 it: each seed trains the demo's DiT again (its init, data order, time draws and sampling noise
@@ -9,8 +10,15 @@ change; cache, pack and refiner stay the demo's), samples and scores as the demo
 (:func:`repackctl.demo.run_dit_seed`), in ``<out>/seed-<N>``, one process and one thread per
 seed, all at once. It writes ``<out>/seeds.md`` and ``seeds.json``: each seed's class accuracy,
 FD and colour distance, the demo's own run as seed 0, and the mean ± std. A second call reuses
-what is finished. Two seeds of the full demo took 3 min 8 s on a 2-core Xeon (speed index 166;
-13 min 24 s with the earlier, longer DiT on a 2-GHz Xeon).
+what is finished.
+
+``--dit-steps N`` trains each seed's DiT for N steps instead of the demo's (the same recipe
+otherwise: its learning-rate schedule is constant after the warm-up): how the figures move with
+the DiT's training compute. The demo's own run is then not one of them, so seed 0 may be given,
+and the default folder is ``runs/demo-seeds-<N>``; a folder made for another N is refused.
+
+Two seeds of the full demo took 3 min 8 s on a 2-core Xeon (speed index 166; 13 min 24 s with
+the earlier, longer DiT on a 2-GHz Xeon).
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import os
 import statistics
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,15 +40,21 @@ from repackctl.pipeline import claim_folder
 from repackctl.progress import log_progress
 
 
-def plan_of(demo: Path, quick: bool) -> DemoPlan:
-    return DemoPlan.quick(demo) if quick else DemoPlan(out=demo)
+def plan_of(demo: Path, quick: bool, dit_steps: int | None = None) -> DemoPlan:
+    plan = DemoPlan.quick(demo) if quick else DemoPlan(out=demo)
+    return plan if dit_steps is None else replace(plan, dit_steps=dit_steps)
+
+
+def longer(args: argparse.Namespace) -> bool:
+    """True when the seeds train the DiT for other steps than the demo did."""
+    return args.dit_steps is not None and args.dit_steps != plan_of(args.demo, args.quick).dit_steps
 
 
 def one_seed(args: argparse.Namespace) -> int:
     """A worker: one seed, its scores in ``<out>/seed-<N>/seed.json``."""
     runs = args.out / f"seed-{args.one}"
     log = _log(args.one)  # plain lines (every ~30 s for a long stage): the seeds share a terminal
-    plan = plan_of(args.demo, args.quick)
+    plan = plan_of(args.demo, args.quick, args.dit_steps)
     scores = run_dit_seed(plan, args.one, runs, log=log, progress=log_progress(write=log))
     write_json_atomic(runs / "seed.json", {"seed": args.one, **scores})
     return 0
@@ -60,10 +75,11 @@ def run_seeds(args: argparse.Namespace) -> list[dict[str, Any]]:
         "--out",
         str(args.out),
     ]
-    procs = {
-        s: subprocess.Popen([*base, *(["--quick"] if args.quick else []), "--one", str(s)], env=env)
-        for s in args.seeds
-    }
+    if args.quick:
+        base.append("--quick")
+    if args.dit_steps is not None:
+        base += ["--dit-steps", str(args.dit_steps)]
+    procs = {s: subprocess.Popen([*base, "--one", str(s)], env=env) for s in args.seeds}
     failed = [s for s, p in procs.items() if p.wait() != 0]
     if failed:
         raise TrainingError(f"seed(s) {failed} failed", "their output is above; rerun to resume")
@@ -71,10 +87,12 @@ def run_seeds(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def table(rows: list[dict[str, Any]]) -> list[str]:
-    """Markdown: one row per seed, then mean ± std of every column."""
+    """Markdown: one row per seed, then mean ± std of every column (of two seeds or more)."""
     lines = ["| seed | " + " | ".join(SEED_METRICS) + " |", "|---" * (len(SEED_METRICS) + 1) + "|"]
     for r in rows:
         lines.append(f"| {r['seed']} | " + " | ".join(f"{r[k]:.4g}" for k in SEED_METRICS) + " |")
+    if len(rows) < 2:
+        return lines
     stats = [
         f"{statistics.mean(r[k] for r in rows):.4g} ± {statistics.stdev(r[k] for r in rows):.2g}"
         for k in SEED_METRICS
@@ -83,31 +101,50 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Check the demo and the folder, run the seeds: their rows, the demo's own first when the
+    seeds train as long as it did."""
+    again = longer(args)
+    if len(set(args.seeds)) != len(args.seeds) or (0 in args.seeds and not again):
+        raise ConfigError(f"--seeds {args.seeds}", "give distinct seeds, not 0 (the demo's)")
+    metrics = args.demo / "metrics.json"  # the demo's own run is seed 0
+    if not metrics.is_file():
+        raise ConfigError(f"{args.demo} holds no finished demo", "run `repackctl demo` first")
+    demo = json.loads(metrics.read_text())
+    check_finished(plan_of(args.demo, args.quick))
+    # a folder of seeds trained for another length is another experiment: refused, not mixed
+    kind = f"demo-seeds --dit-steps {args.dit_steps}" if again else "demo-seeds"
+    claim_folder(args.out, kind, (), fresh=False)
+    own = [] if again else [{"seed": 0, **{k: demo[k] for k in SEED_METRICS}}]
+    return [*own, *run_seeds(args)]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--demo", type=Path, default=Path("runs/demo"), help="the finished demo")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2], help="DiT seeds (not 0)")
-    ap.add_argument("--out", type=Path, default=Path("runs/demo-seeds"))
+    ap.add_argument("--out", type=Path, help="default runs/demo-seeds (-<N> with --dit-steps N)")
     ap.add_argument("--quick", action="store_true", help="the demo was `repackctl demo --quick`")
+    ap.add_argument("--dit-steps", type=int, help="DiT steps of every seed; default the demo's")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)  # a worker process
     args = ap.parse_args(argv)
     try:
+        if args.dit_steps is not None and args.dit_steps < 1:
+            raise ConfigError(f"--dit-steps {args.dit_steps}", "give a step count of 1 or more")
+        if args.out is None:
+            args.out = Path(
+                f"runs/demo-seeds-{args.dit_steps}" if longer(args) else "runs/demo-seeds"
+            )
         if args.one is not None:
             return one_seed(args)
-        if 0 in args.seeds or len(set(args.seeds)) != len(args.seeds):
-            raise ConfigError(f"--seeds {args.seeds}", "give distinct seeds, not 0 (the demo's)")
-        metrics = args.demo / "metrics.json"  # the demo's own run is seed 0
-        if not metrics.is_file():
-            raise ConfigError(f"{args.demo} holds no finished demo", "run `repackctl demo` first")
-        demo = json.loads(metrics.read_text())
-        check_finished(plan_of(args.demo, args.quick))
-        claim_folder(args.out, "demo-seeds", (), fresh=False)
-        rows = [{"seed": 0, **{k: demo[k] for k in SEED_METRICS}}, *run_seeds(args)]
+        rows = _rows(args)
     except RepackError as e:
         print(f"Error: {e.message}\nHint: {e.hint}", file=sys.stderr)
         return e.exit_code
     write_json_atomic(args.out / "seeds.json", rows)
-    text = "\n".join([f"# DiT seed spread of {args.demo}", "", *table(rows), ""])
+    steps = plan_of(args.demo, args.quick, args.dit_steps).dit_steps
+    title = f"# DiT seed spread of {args.demo} ({steps} DiT steps)"
+    text = "\n".join([title, "", *table(rows), ""])
     (args.out / "seeds.md").write_text(text)
     print(text)
     return 0

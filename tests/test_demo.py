@@ -190,6 +190,19 @@ def _seed_spread(out: Path, tmp_path: Path) -> None:
     assert rows[1]["fd_decoder"] == pytest.approx(demo["fd_decoder"])  # the same pack
     assert rows[1]["fd_plain"] != demo["fd_plain"]  # another DiT and other noise
     assert "mean ± std" in (seeds / "seeds.md").read_text()
+    # --dit-steps: seed 0 trained again, twice as long, in a folder of its own
+    longer = tmp_path / "seeds-60"
+    assert script.main([*args[:2], "--out", str(longer), "--quick", "--dit-steps", "0"]) == 2
+    assert not longer.exists()
+    assert script.main([*args[:2], "--out", str(longer), "--quick", "--dit-steps", "60",
+                        "--seeds", "0"]) == 0  # fmt: skip
+    row = json.loads((longer / "seeds.json").read_text())
+    assert [r["seed"] for r in row] == [0] and row[0]["fd_plain"] != demo["fd_plain"]
+    assert (longer / "seed-0" / "dit" / "checkpoints" / "step-0000060").is_dir()
+    assert "(60 DiT steps)" in (longer / "seeds.md").read_text()
+    # a folder of seeds of another length is refused, not mixed with these
+    assert script.main([*args[:2], "--out", str(longer), "--quick", "--seeds", "1"]) == 2
+    assert not (longer / "seed-1").exists()
     after = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     assert after == before  # nothing in the demo's folder written, added or removed
     # a full-size plan does not match the quick demo: refused before anything is trained
