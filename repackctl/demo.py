@@ -137,9 +137,20 @@ class DemoPlan:
     # lose far more (70.0 against 95.5 %). Muon (torch.optim.Muon's update, lr matched to AdamW's
     # RMS) on its 2-D weights lowered the training MSE at 3600 steps (0.659 against 0.677) but
     # not the samples' (72.5 %, FD 2.75 against 70.0 %, 2.26) at 28 % more time a step.
-    # 5400 steps (1.5 ×; on the fused-AdamW pack of the report, DiT seeds 1 / 2): 68.5 / 73.5 %,
-    # FD 1.85 / 2.17, against 67.0 / 69.5 %, 2.46 / 2.62 at 3600; the FD gains, the accuracy
-    # barely, and 90 % stays far (benchmarks/demo_seeds.py's runs, scratch).
+    # The samples are bound by the DiT's training compute (benchmarks/demo_seeds.py --dit-steps
+    # on the report's pack, DiT seeds 0–2; benchmarks/results/demo/dit_steps.md): 3600 steps
+    # 70.5 ± 4.1 %, FD 2.38 ± 0.29 (7.0 × the floor 0.34); 7200: 76.7 ± 3.0 %, 1.78 ± 0.22
+    # (5.2 ×); 14400: 81.2 ± 3.3 %, 1.57 ± 0.20 (4.6 ×); 5400 (seeds 1 / 2): 68.5 / 73.5 %, FD
+    # 1.85 / 2.17. The gains shrink per doubling (+6.2, +4.5 points): 90 % takes 16–64 × the
+    # DiT's 186 s. Its step is compute: a profile of 600 steps gave 44 ms a step, 37 of them
+    # forward and backward, 2.3 reading the batch, 1.8 AdamW and EMA.
+    # Scratch runs that lost (/work/exp/s20, the report's pack, one seed, 200 samples): its
+    # decoder fine-tuned 600 steps on latents with noise σ ~ |N(0, τ²)| × channel std (RAE's
+    # noise-augmented decoding, Zheng et al. 2025) decoded the DiT's latents at 65.0 / 63.5 /
+    # 65.0 % for τ 0 / 0.3 / 0.8, FD 1.96 / 2.24 / 2.23 (the demo's decoder 67.5 %, 1.90); REG's
+    # global token (Wu et al. 2025: the mean-pooled encoder tokens noised and denoised with the
+    # latent, loss weight β) 64.0 / 64.5 / 67.0 % for β 0.03 / 0.2 / 1, FD 2.22 / 2.27 / 1.74,
+    # against 68.0 %, 2.21 without it, in the same loop.
     dit_steps: int = 3600
     dit_depth: int = 3
     # patch 2 (16 tokens of the 8 × 8 latent) at width 128: 17.5 against 58 ms a step at width
