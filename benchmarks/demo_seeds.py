@@ -106,7 +106,10 @@ def _rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     seeds train as long as it did."""
     again = longer(args)
     if len(set(args.seeds)) != len(args.seeds) or (0 in args.seeds and not again):
-        raise ConfigError(f"--seeds {args.seeds}", "give distinct seeds, not 0 (the demo's)")
+        raise ConfigError(
+            f"--seeds {args.seeds}",
+            "give distinct seeds; 0 is the demo's own run, trained again only with --dit-steps",
+        )
     metrics = args.demo / "metrics.json"  # the demo's own run is seed 0
     if not metrics.is_file():
         raise ConfigError(f"{args.demo} holds no finished demo", "run `repackctl demo` first")
@@ -122,7 +125,9 @@ def _rows(args: argparse.Namespace) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--demo", type=Path, default=Path("runs/demo"), help="the finished demo")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2], help="DiT seeds (not 0)")
+    ap.add_argument(
+        "--seeds", type=int, nargs="+", default=[1, 2], help="DiT seeds (0 only with --dit-steps)"
+    )
     ap.add_argument("--out", type=Path, help="default runs/demo-seeds (-<N> with --dit-steps N)")
     ap.add_argument("--quick", action="store_true", help="the demo was `repackctl demo --quick`")
     ap.add_argument("--dit-steps", type=int, help="DiT steps of every seed; default the demo's")

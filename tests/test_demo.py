@@ -192,6 +192,7 @@ def _seed_spread(out: Path, tmp_path: Path) -> None:
     assert "mean ± std" in (seeds / "seeds.md").read_text()
     # --dit-steps: seed 0 trained again, twice as long, in a folder of its own
     longer = tmp_path / "seeds-60"
+    assert script.main([*args, "--quick", "--seeds", "0"]) == 2  # seed 0 is the demo's own run
     assert script.main([*args[:2], "--out", str(longer), "--quick", "--dit-steps", "0"]) == 2
     assert not longer.exists()
     assert script.main([*args[:2], "--out", str(longer), "--quick", "--dit-steps", "60",
