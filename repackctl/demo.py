@@ -637,6 +637,7 @@ class _Demo(PCAArm, Pipeline):
 
     def write_report(self) -> None:
         from repackctl.demo_report import (
+            dit_steps_line,
             link_to_study,
             meaning,
             pca_arm_lines,
@@ -668,6 +669,8 @@ class _Demo(PCAArm, Pipeline):
             *results_table(m),
             "",
             refiner_change_line(m),
+            "",
+            dit_steps_line(self.out, p == DemoPlan.quick(p.out)),
             "",
             meaning(m, p.n_train, p.resolution, link_to_study(self.out)),
             "",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from repackctl.metrics.recon import save_grid
 
 #: The study the demo points to (repository path).
 REPRODUCTION = "benchmarks/results/reproduce_small.md"
+#: The demo's sample figures against the DiT's training steps (repository path).
+DIT_STEPS = "benchmarks/results/demo/dit_steps.md"
 
 
 def class_rows_grid(
@@ -211,10 +214,23 @@ def meaning(m: dict[str, Any], n_train: int, resolution: int, link: str) -> str:
     )
 
 
-def link_to_study(out: Path) -> str:
-    """Relative link from ``out`` to the reproduction results when run from the repository."""
-    study = Path(__file__).resolve().parents[1] / REPRODUCTION
-    return os.path.relpath(study, out.resolve()) if study.is_file() else REPRODUCTION
+def link_to_study(out: Path, study: str = REPRODUCTION) -> str:
+    """Relative link from ``out`` to ``study`` (the reproduction results) when run from the
+    repository; else its repository path."""
+    path = Path(__file__).resolve().parents[1] / study
+    return os.path.relpath(path, out.resolve()) if path.is_file() else study
+
+
+def dit_steps_line(out: Path, quick: bool) -> str:
+    """Where the samples' figures are measured against the DiT's training steps, and how to
+    measure them on this demo (``quick``: a ``--quick`` one)."""
+    flags = f"--demo {shlex.quote(str(out))}{' --quick' if quick else ''}"
+    return (
+        "How the samples' accuracy and FD move with the DiT's training steps: "
+        f"[{DIT_STEPS}]({link_to_study(out, DIT_STEPS)}); on this demo, "
+        f"`.venv/bin/python benchmarks/demo_seeds.py {flags} --dit-steps N --seeds 0 1 2` "
+        "trains its DiT again for N steps with three seeds."
+    )
 
 
 def settings_block(plan: Any) -> list[str]:

@@ -87,6 +87,8 @@ def test_demo_end_to_end_reuse_and_fresh(tmp_path):
     assert (model["patch_size"], model["hidden_size"]) == (2, 64)  # the model built is that
     assert "decoder floor" in report and "real vs real" in report
     assert "reproduce_small.md" in report and "What the numbers mean" in report
+    assert "benchmarks/results/demo/dit_steps.md" in report
+    assert f"demo_seeds.py --demo {out} --quick --dit-steps N" in report
     w, h = Image.open(out / "samples.png").size
     assert w >= 32 * 2 and h >= 10 * 32  # one row per class (2 samples each)
     assert Image.open(out / "recon.png").size[0] >= 32 * 9  # 6 images + 3 enlarged crops
