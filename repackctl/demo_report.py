@@ -215,8 +215,8 @@ def meaning(m: dict[str, Any], n_train: int, resolution: int, link: str) -> str:
 
 
 def link_to_study(out: Path, study: str = REPRODUCTION) -> str:
-    """Relative link from ``out`` to ``study`` (the reproduction results) when run from the
-    repository; else its repository path."""
+    """Relative link from ``out`` to the repository file ``study`` (by default the reproduction
+    results) when run from the repository; else its repository path."""
     path = Path(__file__).resolve().parents[1] / study
     return os.path.relpath(path, out.resolve()) if path.is_file() else study
 
