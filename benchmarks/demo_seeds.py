@@ -4,9 +4,10 @@
     .venv/bin/python benchmarks/demo_seeds.py --demo runs/demo --seeds 1 2 3 --out runs/demo-seeds
     .venv/bin/python benchmarks/demo_seeds.py --dit-steps 7200 --seeds 0 1 2  # a longer DiT
 
-It needs a finished ``repackctl demo`` (``--quick`` here if that one was quick) and only reads
-it: each seed trains the demo's DiT again (its init, data order, time draws and sampling noise
-change; cache, pack and refiner stay the demo's), samples and scores as the demo does
+It needs a finished ``repackctl demo`` and only reads it: the plan the demo was started with
+(its ``plan.json``: ``--quick`` or not, seed, sizes), its cache, pack and refiner. Each seed
+trains the demo's DiT again (its init, data order, time draws and sampling noise change; cache,
+pack and refiner stay the demo's), samples and scores as the demo does
 (:func:`repackctl.demo.run_dit_seed`), in ``<out>/seed-<N>``, one process and one thread per
 seed, all at once. It writes ``<out>/seeds.md`` and ``seeds.json``: each seed's class accuracy,
 FD and colour distance, the demo's own run as seed 0, and the mean ± std. A second call reuses
@@ -40,21 +41,22 @@ from repackctl.pipeline import claim_folder
 from repackctl.progress import log_progress
 
 
-def plan_of(demo: Path, quick: bool, dit_steps: int | None = None) -> DemoPlan:
-    plan = DemoPlan.quick(demo) if quick else DemoPlan(out=demo)
+def plan_of(demo: Path, dit_steps: int | None = None) -> DemoPlan:
+    """The demo's own plan (its ``plan.json``), with ``dit_steps`` when given."""
+    plan = DemoPlan.of_demo(demo)
     return plan if dit_steps is None else replace(plan, dit_steps=dit_steps)
 
 
 def longer(args: argparse.Namespace) -> bool:
     """True when the seeds train the DiT for other steps than the demo did."""
-    return args.dit_steps is not None and args.dit_steps != plan_of(args.demo, args.quick).dit_steps
+    return args.dit_steps is not None and args.dit_steps != plan_of(args.demo).dit_steps
 
 
 def one_seed(args: argparse.Namespace) -> int:
     """A worker: one seed, its scores in ``<out>/seed-<N>/seed.json``."""
     runs = args.out / f"seed-{args.one}"
     log = _log(args.one)  # plain lines (every ~30 s for a long stage): the seeds share a terminal
-    plan = plan_of(args.demo, args.quick, args.dit_steps)
+    plan = plan_of(args.demo, args.dit_steps)
     scores = run_dit_seed(plan, args.one, runs, log=log, progress=log_progress(write=log))
     write_json_atomic(runs / "seed.json", {"seed": args.one, **scores})
     return 0
@@ -75,8 +77,6 @@ def run_seeds(args: argparse.Namespace) -> list[dict[str, Any]]:
         "--out",
         str(args.out),
     ]
-    if args.quick:
-        base.append("--quick")
     if args.dit_steps is not None:
         base += ["--dit-steps", str(args.dit_steps)]
     procs = {s: subprocess.Popen([*base, "--one", str(s)], env=env) for s in args.seeds}
@@ -114,7 +114,7 @@ def _rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     if not metrics.is_file():
         raise ConfigError(f"{args.demo} holds no finished demo", "run `repackctl demo` first")
     demo = json.loads(metrics.read_text())
-    check_finished(plan_of(args.demo, args.quick))
+    check_finished(plan_of(args.demo))
     # a folder of seeds trained for another length is another experiment: refused, not mixed
     kind = f"demo-seeds --dit-steps {args.dit_steps}" if again else "demo-seeds"
     claim_folder(args.out, kind, (), fresh=False)
@@ -129,7 +129,6 @@ def main(argv: list[str] | None = None) -> int:
         "--seeds", type=int, nargs="+", default=[1, 2], help="DiT seeds (0 only with --dit-steps)"
     )
     ap.add_argument("--out", type=Path, help="default runs/demo-seeds (-<N> with --dit-steps N)")
-    ap.add_argument("--quick", action="store_true", help="the demo was `repackctl demo --quick`")
     ap.add_argument("--dit-steps", type=int, help="DiT steps of every seed; default the demo's")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)  # a worker process
     args = ap.parse_args(argv)
@@ -147,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Error: {e.message}\nHint: {e.hint}", file=sys.stderr)
         return e.exit_code
     write_json_atomic(args.out / "seeds.json", rows)
-    steps = plan_of(args.demo, args.quick, args.dit_steps).dit_steps
+    steps = plan_of(args.demo, args.dit_steps).dit_steps
     title = f"# DiT seed spread of {args.demo} ({steps} DiT steps)"
     text = "\n".join([title, "", *table(rows), ""])
     (args.out / "seeds.md").write_text(text)

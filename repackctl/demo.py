@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,15 @@ import torch
 from repackctl.demo_arm import ARM_FILES, PCAArm
 from repackctl.errors import CheckpointError, ConfigError, ResumeConflict, TrainingError
 from repackctl.files import TMP_PREFIX, write_text_atomic
-from repackctl.pipeline import Pipeline, RunReport, claim_folder, scored_samples
+from repackctl.pipeline import (
+    PLAN_FILE,
+    Pipeline,
+    RunReport,
+    claim_folder,
+    keep_plan,
+    read_plan,
+    scored_samples,
+)
 from repackctl.progress import ProgressFactory, null_progress
 from repackctl.run_lock import released_after
 
@@ -47,6 +55,7 @@ DEMO_FILES = (
     "refine",
     "samples",
     "refine.log",
+    PLAN_FILE,
     "report.md",
     "metrics.json",
     "samples.png",
@@ -245,6 +254,26 @@ class DemoPlan:
             sample_steps=4,
             eval_images=40,
         )
+
+    def record(self) -> dict[str, Any]:
+        """What decides the demo's results (``plan.json``): every size and the seed; not the
+        folder, the threads, nor ``pca_arm`` (the arm may be added to a finished demo)."""
+        skip = {"out", "solo_threads", "side_threads", "pca_arm"}
+        return {k: v for k, v in asdict(self).items() if k not in skip}
+
+    @classmethod
+    def of_demo(cls, out: Path) -> DemoPlan:
+        """The plan the demo in ``out`` was started with (its ``plan.json``)."""
+        recorded = read_plan(out)
+        known = {f.name for f in fields(cls)} - {"out"}
+        unknown = sorted(set(recorded) - known)
+        if unknown:
+            raise ConfigError(
+                f"{out / PLAN_FILE} names settings this version does not have: "
+                f"{', '.join(unknown)}",
+                "use the repackctl version that made the demo, or run `repackctl demo --fresh`",
+            )
+        return cls(out=out, **recorded)
 
 
 @dataclass
@@ -670,7 +699,7 @@ class _Demo(PCAArm, Pipeline):
             "",
             refiner_change_line(m),
             "",
-            dit_steps_line(self.out, p == DemoPlan.quick(p.out)),
+            dit_steps_line(self.out),
             "",
             meaning(m, p.n_train, p.resolution, link_to_study(self.out)),
             "",
@@ -866,6 +895,7 @@ def run_demo(
     """Run (or finish) the demo in ``plan.out``; ``fresh`` deletes the demo's earlier results
     first (only what the demo writes, in a folder the demo made: :func:`claim_folder`)."""
     claim_folder(plan.out, "demo", DEMO_FILES, fresh, log)
+    keep_plan(plan.out, "demo", plan.record(), DEMO_FILES)
     solo = plan.solo_threads
     demo = _Demo(plan, progress, log)
     demo.stage("extract train", lambda: demo.extract_split("train", plan.n_train), solo)

@@ -221,10 +221,10 @@ def link_to_study(out: Path, study: str = REPRODUCTION) -> str:
     return os.path.relpath(path, out.resolve()) if path.is_file() else study
 
 
-def dit_steps_line(out: Path, quick: bool) -> str:
+def dit_steps_line(out: Path) -> str:
     """Where the samples' figures are measured against the DiT's training steps, and how to
-    measure them on this demo (``quick``: a ``--quick`` one)."""
-    flags = f"--demo {shlex.quote(str(out))}{' --quick' if quick else ''}"
+    measure them on this demo (the script reads the demo's plan from its ``plan.json``)."""
+    flags = f"--demo {shlex.quote(str(out))}"
     return (
         "How the samples' accuracy and FD move with the DiT's training steps: "
         f"[{DIT_STEPS}]({link_to_study(out, DIT_STEPS)}); on this demo, "

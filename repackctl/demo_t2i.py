@@ -29,7 +29,14 @@ import torch
 
 from repackctl.errors import DataError
 from repackctl.files import write_text_atomic
-from repackctl.pipeline import Pipeline, RunReport, claim_folder, scored_samples
+from repackctl.pipeline import (
+    PLAN_FILE,
+    Pipeline,
+    RunReport,
+    claim_folder,
+    keep_plan,
+    scored_samples,
+)
 from repackctl.progress import ProgressFactory, null_progress
 from repackctl.run_lock import released_after
 
@@ -44,6 +51,7 @@ T2I_DEMO_FILES = (
     "t2i",
     "samples",
     "captions.log",
+    PLAN_FILE,
     "prompts.png",
     "report.md",
     "metrics.json",
@@ -85,6 +93,11 @@ class T2IDemoPlan:
         """A reduced plan (tests): same stages and files, far fewer steps and images."""
         return cls(out=out, n_train=64, n_val=32, pack_steps=4, steps=10, batch=8, prompts=4,
                    seeds_per_prompt=2, grid_rows=3, sample_steps=2, adherence_steps=5)  # fmt: skip
+
+    def record(self) -> dict[str, Any]:
+        """What decides the demo's results (``plan.json``): every size and the seed, not the
+        folder nor the threads."""
+        return {k: v for k, v in asdict(self).items() if k not in ("out", "threads")}
 
 
 def short_prompts(keys: list[str], count: int) -> list[str]:
@@ -322,6 +335,7 @@ def run_t2i_demo(
     """Run (or finish) the text-to-image demo in ``plan.out``; ``fresh`` deletes the demo's earlier
     results first (only what it writes, in a folder it made: :func:`claim_folder`)."""
     claim_folder(plan.out, "demo --t2i", T2I_DEMO_FILES, fresh, log)
+    keep_plan(plan.out, "demo --t2i", plan.record(), T2I_DEMO_FILES)
     threads = torch.get_num_threads()
     torch.set_num_threads(plan.threads)
     try:

@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from repackctl.errors import ConfigError, RepackError
+from repackctl.errors import ConfigError, RepackError, name_items
+from repackctl.files import write_json_atomic
 from repackctl.paths import PROTOCOL_JSON, SAMPLES_NPZ, SETTINGS_JSON
 from repackctl.progress import ProgressFactory, null_progress
 from repackctl.run_files import RUN_PATH, STARTING_PATH, foreign_paths
@@ -39,12 +40,15 @@ from repackctl.settings import ResolvedSettings, Settings, resolve_settings
 __all__ = [
     "CACHE_DIR",
     "MARKER",
+    "PLAN_FILE",
     "SAMPLES_DIR",
     "Pipeline",
     "RunReport",
     "StageRecord",
     "claim_folder",
+    "keep_plan",
     "one_per_class",
+    "read_plan",
     "scored_samples",
     "unknown_paths",
 ]
@@ -54,6 +58,8 @@ MARKER = ".repackctl-pipeline.json"
 #: The pipeline's cache and samples folders inside its folder; every other folder it owns is a
 #: training run (the runs root is the folder itself).
 CACHE_DIR, SAMPLES_DIR = "cache", "samples"
+#: The file in which a pipeline folder records the plan (sizes, steps, seed) it was started with.
+PLAN_FILE = "plan.json"
 
 # What the stages write below the samples folder (one folder per sample set, marked by its
 # settings file), as paths relative to it; below a run folder: ``run_files.RUN_PATH``.
@@ -132,6 +138,59 @@ def claim_folder(
         marker.write_text(json.dumps({"made_by": kind}) + "\n")
 
 
+def keep_plan(out: Path, kind: str, plan: dict[str, Any], owned: Iterable[str]) -> None:
+    """Record ``plan`` (JSON values: what decides the results) in ``out/plan.json``, the folder
+    being ``kind``'s (:func:`claim_folder`), or refuse to go on in a folder started with another.
+
+    Without the record a rerun with other sizes (``--quick`` after a full run, another
+    ``--seed``, or a version whose default plan changed) would reuse the stages that match and
+    redo the others, mixing two plans in one report. A folder whose results predate the record
+    is refused too, since its plan is unknown; ``--fresh`` starts either over. Checked before
+    any stage runs, so a refusal writes nothing.
+    """
+    path = out / PLAN_FILE
+    wanted = json.loads(json.dumps(plan))
+    if not path.is_file():
+        started = [name for name in owned if name != PLAN_FILE and (out / name).exists()]
+        if started:
+            raise ConfigError(
+                f"{out} holds results of `repackctl {kind}` ({name_items(started)}) but no "
+                f"{PLAN_FILE}: they were made before the plan was recorded, so it is unknown",
+                f"run `repackctl {kind} --fresh` to start over (it removes only what the demo "
+                "wrote), or choose a new folder with --out",
+            )
+        write_json_atomic(path, wanted)
+        return
+    recorded = read_plan(out, kind)
+    changed = [
+        f"{k} {recorded.get(k, '(none)')} → {wanted.get(k, '(none)')}"
+        for k in sorted(set(recorded) | set(wanted))
+        if recorded.get(k) != wanted.get(k)
+    ]
+    if changed:
+        raise ConfigError(
+            f"{out} holds a `repackctl {kind}` started with another plan: {name_items(changed)}",
+            f"give the flags it was started with, run `repackctl {kind} --fresh` to start over "
+            "(it removes only what the demo wrote), or choose a new folder with --out",
+        )
+
+
+def read_plan(out: Path, kind: str = "demo") -> dict[str, Any]:
+    """The plan recorded in ``out`` by ``repackctl kind`` (:func:`keep_plan`), or an error
+    naming what is missing."""
+    path = out / PLAN_FILE
+    try:
+        plan = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        plan = f"{type(e).__name__}"
+    if not isinstance(plan, dict):
+        raise ConfigError(
+            f"{path} holds no plan ({plan if isinstance(plan, str) else 'not a JSON object'})",
+            f"run `repackctl {kind} --out {out}` first, or `--fresh` to start it over",
+        )
+    return plan
+
+
 def _remove_owned(out: Path, kind: str, owned: list[str], log: Callable[[str], None]) -> None:
     """``--fresh``: remove the ``owned`` entries of ``out``, or none when any holds a path the
     pipeline did not write."""
@@ -139,11 +198,9 @@ def _remove_owned(out: Path, kind: str, owned: list[str], log: Callable[[str], N
     _refuse_trained_runs(out, owned)
     unknown = [p for name in owned for p in unknown_paths(out, name)]
     if unknown:
-        shown = ", ".join(str(p) for p in unknown[:5])
-        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
         raise ConfigError(
             f"--fresh would delete {len(unknown)} path(s) that `repackctl {kind}` did not write: "
-            f"{shown}{more}; nothing was removed",
+            f"{name_items(unknown)}; nothing was removed",
             f"move them out of {out} (or choose a new folder with --out), then run it again",
         )
     for name in owned:

@@ -88,7 +88,8 @@ def test_demo_end_to_end_reuse_and_fresh(tmp_path):
     assert "decoder floor" in report and "real vs real" in report
     assert "reproduce_small.md" in report and "What the numbers mean" in report
     assert "benchmarks/results/demo/dit_steps.md" in report
-    assert f"demo_seeds.py --demo {out} --quick --dit-steps N" in report
+    assert f"demo_seeds.py --demo {out} --dit-steps N" in report  # its plan.json says quick
+    assert json.loads((out / "plan.json").read_text()) == plan.record()
     w, h = Image.open(out / "samples.png").size
     assert w >= 32 * 2 and h >= 10 * 32  # one row per class (2 samples each)
     assert Image.open(out / "recon.png").size[0] >= 32 * 9  # 6 images + 3 enlarged crops
@@ -106,6 +107,7 @@ def test_demo_end_to_end_reuse_and_fresh(tmp_path):
     ):
         assert f"[{stage}] reused" in again.output, stage
 
+    _other_plans_refused(out)
     _seed_spread(out, tmp_path)
     _pca_arm(out)
 
@@ -175,6 +177,24 @@ def _pca_arm(out: Path) -> None:
     assert not (out / "t2i").exists()
 
 
+def _other_plans_refused(out: Path) -> None:
+    """A rerun in the folder with another plan (the full one, another seed) is refused before
+    any stage runs, naming what differs; so is a folder of results without plan.json."""
+    before = snapshot(out)
+    full = runner.invoke(app, ["demo", "--out", str(out)])
+    assert full.exit_code == 2 and "Traceback" not in full.output, full.output
+    assert "another plan" in full.output and "dit_steps 30 → 3600" in full.output
+    seed = runner.invoke(app, ["demo", "--quick", "--seed", "1", "--out", str(out)])
+    assert seed.exit_code == 2 and "seed 0 → 1" in seed.output, seed.output
+    assert snapshot(out) == before  # nothing written, nothing removed
+    recorded = (out / "plan.json").read_bytes()
+    (out / "plan.json").unlink()
+    old = runner.invoke(app, ["demo", "--quick", "--out", str(out)])
+    assert old.exit_code == 2 and "no plan.json" in old.output and "--fresh" in old.output
+    assert not (out / "plan.json").exists()
+    (out / "plan.json").write_bytes(recorded)
+
+
 def _seed_spread(out: Path, tmp_path: Path) -> None:
     """`benchmarks/demo_seeds.py` on the finished quick demo: the DiT again with seed 1 on the
     demo's pack, in its own folder and a real worker process; the demo itself is only read."""
@@ -184,7 +204,7 @@ def _seed_spread(out: Path, tmp_path: Path) -> None:
     seeds = tmp_path / "seeds"
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     args = ["--demo", str(out), "--out", str(seeds)]
-    assert script.main([*args, "--quick", "--seeds", "1"]) == 0
+    assert script.main([*args, "--seeds", "1"]) == 0  # the quick plan, read from plan.json
     rows = json.loads((seeds / "seeds.json").read_text())
     assert [r["seed"] for r in rows] == [0, 1]
     demo = json.loads((out / "metrics.json").read_text())
@@ -194,23 +214,24 @@ def _seed_spread(out: Path, tmp_path: Path) -> None:
     assert "mean ± std" in (seeds / "seeds.md").read_text()
     # --dit-steps: seed 0 trained again, twice as long, in a folder of its own
     longer = tmp_path / "seeds-60"
-    assert script.main([*args, "--quick", "--seeds", "0"]) == 2  # seed 0 is the demo's own run
-    assert script.main([*args[:2], "--out", str(longer), "--quick", "--dit-steps", "0"]) == 2
+    assert script.main([*args, "--seeds", "0"]) == 2  # seed 0 is the demo's own run
+    assert script.main([*args[:2], "--out", str(longer), "--dit-steps", "0"]) == 2
     assert not longer.exists()
-    assert script.main([*args[:2], "--out", str(longer), "--quick", "--dit-steps", "60",
-                        "--seeds", "0"]) == 0  # fmt: skip
+    assert script.main([*args[:2], "--out", str(longer), "--dit-steps", "60", "--seeds", "0"]) == 0
     row = json.loads((longer / "seeds.json").read_text())
     assert [r["seed"] for r in row] == [0] and row[0]["fd_plain"] != demo["fd_plain"]
     assert (longer / "seed-0" / "dit" / "checkpoints" / "step-0000060").is_dir()
     assert "(60 DiT steps)" in (longer / "seeds.md").read_text()
     # a folder of seeds of another length is refused, not mixed with these
-    assert script.main([*args[:2], "--out", str(longer), "--quick", "--seeds", "1"]) == 2
+    assert script.main([*args[:2], "--out", str(longer), "--seeds", "1"]) == 2
     assert not (longer / "seed-1").exists()
     after = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     assert after == before  # nothing in the demo's folder written, added or removed
-    # a full-size plan does not match the quick demo: refused before anything is trained
+    # a demo without plan.json (made before it was recorded): refused before anything runs
+    (out / "plan.json").rename(tmp_path / "plan.json")
     assert script.main([*args, "--seeds", "2"]) == 2
     assert not (seeds / "seed-2").exists()
+    (tmp_path / "plan.json").rename(out / "plan.json")
     # nor one that differs only in its image count (its extract would write a new cache entry)
     with pytest.raises(ConfigError, match="no cache entry builtin-n119--train"):
         run_dit_seed(replace(DemoPlan.quick(out), n_train=119), 3, tmp_path / "other")

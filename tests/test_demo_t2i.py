@@ -71,6 +71,14 @@ def test_demo_t2i_end_to_end_and_reuse(tmp_path):
     ):
         assert f"[{stage}] reused" in again.output, stage
     assert json.loads((out / "metrics.json").read_text())["shape_accuracy"] == m["shape_accuracy"]
+    # its plan is recorded: the full plan in this folder is refused before any stage runs
+    assert json.loads((out / "plan.json").read_text()) == plan.record()
+    before = snapshot(out)
+    full = runner.invoke(app, ["demo", "--t2i", "--out", str(out)])
+    assert (
+        full.exit_code == 2 and "another plan" in full.output and "n_train 64 → 1000" in full.output
+    )
+    assert "demo --t2i --fresh" in full.output and snapshot(out) == before
     _fresh(out, m)
 
 
