@@ -68,7 +68,7 @@ import torch
 from rich.console import Console
 
 from repackctl.errors import ConfigError, RepackError
-from repackctl.pipeline import Pipeline, one_per_class
+from repackctl.pipeline import Pipeline, keep_plan, one_per_class
 from repackctl.progress import ProgressFactory, null_progress
 from repackctl.run_lock import lock_pipeline
 
@@ -986,6 +986,18 @@ def resolve_plan_args(args: argparse.Namespace) -> Plan:
     return plan
 
 
+#: What a finished or started study holds in its folder (one without plan.json predates it).
+STUDY_FILES = ("state.json", "results.json", "judge", "runs")
+RESTART = "move this folder's results away to start over in it (the study deletes nothing)"
+
+
+def plan_record(plan: Plan, args: argparse.Namespace) -> dict[str, Any]:
+    """What decides the study's figures (its ``plan.json``): every size, the first seed and the
+    device; not the number of seeds (more seeds may be added to a folder) nor of processes."""
+    sizes = {k: v for k, v in asdict(plan).items() if k not in ("seeds", "jobs")}
+    return {**sizes, "seed": args.seed, "device": args.device}
+
+
 def prepare(study: Study) -> None:
     """Data, latents, judge and floors (the main process, before the pool)."""
     with stage("extract (train + val)", study.timings):
@@ -1008,6 +1020,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     lock_pipeline(out, "benchmarks/reproduce_small.py")  # a second study here: refused at once
+    keep_plan(out, "python benchmarks/reproduce_small.py", plan_record(plan, args), STUDY_FILES,
+              RESTART)  # fmt: skip
     progress = null_progress if args.quiet else rich_progress
     study = Study(plan, out, args.seed, args.device, progress)
     load_start, t0 = load_average(), time.perf_counter()

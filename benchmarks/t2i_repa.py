@@ -36,7 +36,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from repackctl.pipeline import Pipeline
+from repackctl.errors import ConfigError, RepackError
+from repackctl.pipeline import Pipeline, keep_plan
+from repackctl.run_lock import lock_pipeline
 
 
 @dataclass
@@ -212,7 +214,7 @@ or absent effect here says little about that claim either way.
     return summary
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("runs/t2i-repa"))
     ap.add_argument("--report", type=Path, default=None, help="default: benchmarks/results/")
@@ -222,26 +224,55 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--from-results", action="store_true",
                     help="only rewrite the report from --out/results.json")  # fmt: skip
     args = ap.parse_args(argv)
-    if args.from_results:
-        doc = json.loads((args.out / "results.json").read_text())
-        plan = Plan(**{**doc["plan"], "seeds": tuple(doc["plan"]["seeds"])})
-        path = args.report or Path(__file__).parent / "results" / "t2i_repa.md"
-        write_report(path, plan, doc["runs"], doc["times"], doc["wall_s"])
-        print(f"report: {path}")
-        return
+    try:
+        if args.from_results:
+            doc = json.loads((args.out / "results.json").read_text())
+            plan = Plan(**{**doc["plan"], "seeds": tuple(doc["plan"]["seeds"])})
+            path = args.report or Path(__file__).parent / "results" / "t2i_repa.md"
+            write_report(path, plan, doc["runs"], doc["times"], doc["wall_s"])
+            print(f"report: {path}")
+            return 0
+        run(args, plan_of(args))
+    except RepackError as e:
+        print(f"Error: {e.message}\nHint: {e.hint}", file=sys.stderr)
+        return e.exit_code
+    return 0
+
+
+def plan_of(args: argparse.Namespace) -> Plan:
+    """The study's plan from its flags (checked before anything is written)."""
     plan = Plan.quick() if args.quick else Plan()
-    if args.steps:
+    if args.steps is not None:
+        if args.steps < 1:
+            raise ConfigError(f"--steps {args.steps} must be ≥ 1", "e.g. --steps 300")
         plan.steps = args.steps
     if args.seeds:
-        plan.seeds = tuple(int(s) for s in args.seeds.split(","))
-    if len(plan.seeds) < 2:
-        sys.exit("give at least two seeds (--seeds 0,1)")
+        try:
+            plan.seeds = tuple(int(s) for s in args.seeds.split(","))
+        except ValueError:
+            raise ConfigError(f"--seeds {args.seeds}", "give integers: --seeds 0,1") from None
+    if len(plan.seeds) < 2 or len(set(plan.seeds)) < len(plan.seeds):
+        raise ConfigError(f"--seeds {args.seeds}", "give at least two distinct seeds: --seeds 0,1")
+    return plan
+
+
+#: What a started study holds in its folder (one without plan.json predates the record).
+STUDY_FILES = ("cache", "pack", "results.json")
+
+
+def run(args: argparse.Namespace, plan: Plan) -> None:
+    """Every stage into ``args.out`` (its plan recorded; another plan there is refused)."""
     report = args.report or (
         Path(__file__).parent / "results" / "t2i_repa.md"
         if not args.quick
         else args.out / "t2i_repa.md"
     )
     t0 = time.perf_counter()
+    args.out.mkdir(parents=True, exist_ok=True)
+    lock_pipeline(args.out, "benchmarks/t2i_repa.py")  # a second study here: refused at once
+    record = {k: v for k, v in asdict(plan).items() if k != "seeds"}  # seeds may be added
+    keep_plan(args.out, "python benchmarks/t2i_repa.py", record, STUDY_FILES,
+              "move this folder's results away to start over in it (the study deletes nothing)")  # fmt: skip
     study = Study(args.out, plan)
     study.prepare()
     rows = [study.arm(seed, repa) for seed in plan.seeds for repa in (False, True)]
@@ -255,4 +286,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

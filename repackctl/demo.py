@@ -35,6 +35,7 @@ from repackctl.demo_arm import ARM_FILES, PCAArm
 from repackctl.errors import CheckpointError, ConfigError, ResumeConflict, TrainingError
 from repackctl.files import TMP_PREFIX, write_text_atomic
 from repackctl.pipeline import (
+    FRESH_HINT,
     PLAN_FILE,
     Pipeline,
     RunReport,
@@ -895,7 +896,13 @@ def run_demo(
     """Run (or finish) the demo in ``plan.out``; ``fresh`` deletes the demo's earlier results
     first (only what the demo writes, in a folder the demo made: :func:`claim_folder`)."""
     claim_folder(plan.out, "demo", DEMO_FILES, fresh, log)
-    keep_plan(plan.out, "demo", plan.record(), DEMO_FILES)
+    keep_plan(
+        plan.out,
+        "repackctl demo",
+        plan.record(),
+        DEMO_FILES,
+        FRESH_HINT.format(cmd="repackctl demo"),
+    )
     solo = plan.solo_threads
     demo = _Demo(plan, progress, log)
     demo.stage("extract train", lambda: demo.extract_split("train", plan.n_train), solo)

@@ -39,6 +39,7 @@ from repackctl.settings import ResolvedSettings, Settings, resolve_settings
 
 __all__ = [
     "CACHE_DIR",
+    "FRESH_HINT",
     "MARKER",
     "PLAN_FILE",
     "SAMPLES_DIR",
@@ -60,6 +61,8 @@ MARKER = ".repackctl-pipeline.json"
 CACHE_DIR, SAMPLES_DIR = "cache", "samples"
 #: The file in which a pipeline folder records the plan (sizes, steps, seed) it was started with.
 PLAN_FILE = "plan.json"
+#: How to start a demo's folder over (:func:`keep_plan`'s ``restart``).
+FRESH_HINT = "run `{cmd} --fresh` to start over (it removes only what the demo wrote)"
 
 # What the stages write below the samples folder (one folder per sample set, marked by its
 # settings file), as paths relative to it; below a run folder: ``run_files.RUN_PATH``.
@@ -138,15 +141,18 @@ def claim_folder(
         marker.write_text(json.dumps({"made_by": kind}) + "\n")
 
 
-def keep_plan(out: Path, kind: str, plan: dict[str, Any], owned: Iterable[str]) -> None:
-    """Record ``plan`` (JSON values: what decides the results) in ``out/plan.json``, the folder
-    being ``kind``'s (:func:`claim_folder`), or refuse to go on in a folder started with another.
+def keep_plan(
+    out: Path, command: str, plan: dict[str, Any], owned: Iterable[str], restart: str
+) -> None:
+    """Record ``plan`` (JSON values: what decides the results) in ``out/plan.json``, or refuse
+    to go on in a folder that ``command`` (``repackctl demo``) started with another plan.
 
     Without the record a rerun with other sizes (``--quick`` after a full run, another
     ``--seed``, or a version whose default plan changed) would reuse the stages that match and
-    redo the others, mixing two plans in one report. A folder whose results predate the record
-    is refused too, since its plan is unknown; ``--fresh`` starts either over. Checked before
-    any stage runs, so a refusal writes nothing.
+    redo the others, mixing two plans in one report. A folder holding any of ``owned`` (the
+    command's results) but no record predates it and is refused too, since its plan is
+    unknown; ``restart`` says how to start over. Checked before any stage runs, so a refusal
+    writes nothing.
     """
     path = out / PLAN_FILE
     wanted = json.loads(json.dumps(plan))
@@ -154,14 +160,13 @@ def keep_plan(out: Path, kind: str, plan: dict[str, Any], owned: Iterable[str]) 
         started = [name for name in owned if name != PLAN_FILE and (out / name).exists()]
         if started:
             raise ConfigError(
-                f"{out} holds results of `repackctl {kind}` ({name_items(started)}) but no "
+                f"{out} holds results of `{command}` ({name_items(started)}) but no "
                 f"{PLAN_FILE}: they were made before the plan was recorded, so it is unknown",
-                f"run `repackctl {kind} --fresh` to start over (it removes only what the demo "
-                "wrote), or choose a new folder with --out",
+                f"{restart}, or choose a new folder with --out",
             )
         write_json_atomic(path, wanted)
         return
-    recorded = read_plan(out, kind)
+    recorded = read_plan(out, command)
     changed = [
         f"{k} {recorded.get(k, '(none)')} → {wanted.get(k, '(none)')}"
         for k in sorted(set(recorded) | set(wanted))
@@ -169,15 +174,14 @@ def keep_plan(out: Path, kind: str, plan: dict[str, Any], owned: Iterable[str]) 
     ]
     if changed:
         raise ConfigError(
-            f"{out} holds a `repackctl {kind}` started with another plan: {name_items(changed)}",
-            f"give the flags it was started with, run `repackctl {kind} --fresh` to start over "
-            "(it removes only what the demo wrote), or choose a new folder with --out",
+            f"{out} holds a `{command}` started with another plan: {name_items(changed)}",
+            f"give the flags it was started with, {restart}, or choose a new folder with --out",
         )
 
 
-def read_plan(out: Path, kind: str = "demo") -> dict[str, Any]:
-    """The plan recorded in ``out`` by ``repackctl kind`` (:func:`keep_plan`), or an error
-    naming what is missing."""
+def read_plan(out: Path, command: str = "repackctl demo") -> dict[str, Any]:
+    """The plan recorded in ``out`` by ``command`` (:func:`keep_plan`), or an error naming what
+    is missing."""
     path = out / PLAN_FILE
     try:
         plan = json.loads(path.read_text())
@@ -186,7 +190,7 @@ def read_plan(out: Path, kind: str = "demo") -> dict[str, Any]:
     if not isinstance(plan, dict):
         raise ConfigError(
             f"{path} holds no plan ({plan if isinstance(plan, str) else 'not a JSON object'})",
-            f"run `repackctl {kind} --out {out}` first, or `--fresh` to start it over",
+            f"run `{command} --out {out}` first (its plan.json records the plan)",
         )
     return plan
 

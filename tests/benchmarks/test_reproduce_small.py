@@ -93,6 +93,23 @@ def test_smoke_run_scores_every_arm_and_claim(smoke_run: Path) -> None:
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
 
+@pytest.mark.slow  # it needs the smoke run
+def test_a_rerun_with_other_sizes_in_the_folder_is_refused(smoke_run, monkeypatch, capsys) -> None:
+    """The study records its plan (plan.json); another in the same folder is refused before
+    anything is written, naming what differs, where it would have mixed two plans' runs."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    from reproduce_small import main
+
+    recorded = json.loads((smoke_run / "plan.json").read_text())
+    assert recorded["dit_steps"] == 4 and recorded["seed"] == 0 and "seeds" not in recorded
+    before = {p: p.stat().st_mtime_ns for p in smoke_run.rglob("*")}
+    monkeypatch.setenv("REPACKCTL_CACHE", str(smoke_run / "cache"))
+    code = main(["--smoke", "--quiet", "--steps", "6", "--out", str(smoke_run)])
+    err = " ".join(capsys.readouterr().err.split())  # the console wraps at its width
+    assert code == 2 and "another plan" in err and "dit_steps 4 → 6" in err and "Hint:" in err
+    assert {p: p.stat().st_mtime_ns for p in smoke_run.rglob("*")} == before
+
+
 def test_paired_seed_comparison() -> None:
     sys.path.insert(0, str(SCRIPT.parent))
     from reproduce_small import compare
