@@ -226,17 +226,30 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         if args.from_results:
-            doc = json.loads((args.out / "results.json").read_text())
-            plan = Plan(**{**doc["plan"], "seeds": tuple(doc["plan"]["seeds"])})
-            path = args.report or Path(__file__).parent / "results" / "t2i_repa.md"
-            write_report(path, plan, doc["runs"], doc["times"], doc["wall_s"])
-            print(f"report: {path}")
+            rewrite_report(args)
             return 0
         run(args, plan_of(args))
     except RepackError as e:
         print(f"Error: {e.message}\nHint: {e.hint}", file=sys.stderr)
         return e.exit_code
     return 0
+
+
+def rewrite_report(args: argparse.Namespace) -> None:
+    """``--from-results``: the report again from ``--out/results.json`` (nothing trained)."""
+    path = args.out / "results.json"
+    try:
+        doc = json.loads(path.read_text())
+        plan = Plan(**{**doc["plan"], "seeds": tuple(doc["plan"]["seeds"])})
+        runs, times, wall = doc["runs"], doc["times"], doc["wall_s"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(
+            f"{path} holds no finished study ({type(e).__name__}: {e})",
+            "run the study into this --out first (without --from-results)",
+        ) from None
+    report = args.report or Path(__file__).parent / "results" / "t2i_repa.md"
+    write_report(report, plan, runs, times, wall)
+    print(f"report: {report}")
 
 
 def plan_of(args: argparse.Namespace) -> Plan:

@@ -49,3 +49,10 @@ def test_quick_study_records_its_plan_and_refuses_another(tmp_path) -> None:
     assert more.returncode == 0, more.stderr[-3000:]
     assert len(json.loads((out / "results.json").read_text())["runs"]) == 6
     assert (out / "t2i-plain-s0").stat().st_mtime_ns == before[out / "t2i-plain-s0"]
+    # --from-results rewrites the report only; from a folder without results it is an error
+    report = tmp_path / "again.md"
+    again = _study(out, "--from-results", "--report", str(report))
+    assert again.returncode == 0 and "| " in report.read_text()
+    empty = _study(tmp_path / "none", "--from-results", "--report", str(report))
+    assert empty.returncode == 2 and "holds no finished study" in empty.stderr
+    assert "Traceback" not in empty.stderr
