@@ -1,6 +1,7 @@
 """`benchmarks/t2i_repa.py --quick`: the text-to-image REPA study at a toy size, run as a user
-runs it (a real subprocess): every arm scored, its plan recorded, seeds added to a finished
-folder, and another plan in that folder refused before anything is written."""
+runs it (a real subprocess): every arm scored, its plan recorded; then, in this process (its
+refusals happen before any work), another plan in that folder refused before anything is
+written, seeds added to the finished folder, and the report rewritten from its results."""
 
 from __future__ import annotations
 
@@ -12,23 +13,27 @@ from pathlib import Path
 import pytest
 from conftest import subprocess_env
 
+from repackctl.run_lock import released_after
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "t2i_repa.py"
 
 
-def _study(out: Path, *flags: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), "--out", str(out), *flags],
-        env=subprocess_env(out.parent),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+def _in_process(*argv: str) -> int:
+    sys.path.insert(0, str(SCRIPT.parent))
+    from t2i_repa import main
+
+    with released_after():  # the folder's lock, as when the script's process ends
+        return main(list(argv))
 
 
 @pytest.mark.slow
-def test_quick_study_records_its_plan_and_refuses_another(tmp_path) -> None:
+def test_quick_study_records_its_plan_and_refuses_another(tmp_path, monkeypatch, capsys) -> None:
     out = tmp_path / "study"
-    proc = _study(out, "--quick")
+    env = subprocess_env(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--out", str(out)],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads((out / "results.json").read_text())
     runs = sorted((r["seed"], r["repa_weight"]) for r in doc["runs"])
@@ -37,22 +42,24 @@ def test_quick_study_records_its_plan_and_refuses_another(tmp_path) -> None:
     assert "REPA" in (out / "t2i_repa.md").read_text()
     plan = json.loads((out / "plan.json").read_text())
     assert plan["steps"] == doc["plan"]["steps"] and "seeds" not in plan
+
+    for key in ("REPACKCTL_CACHE", "REPACKCTL_RUNS", "REPACKCTL_NUM_WORKERS"):
+        monkeypatch.setenv(key, env[key])  # the subprocess's cache and roots
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
-    full = _study(out)  # the full plan in the quick study's folder
-    assert full.returncode == 2 and "Traceback" not in full.stderr
-    assert "another plan" in full.stderr and "n_train 64 → 512" in full.stderr
-    assert "Hint:" in full.stderr
-    bad = _study(out, "--quick", "--seeds", "0")
-    assert bad.returncode == 2 and "two distinct seeds" in bad.stderr
+    assert _in_process("--out", str(out)) == 2  # the full plan in the quick study's folder
+    err = capsys.readouterr().err
+    assert "another plan" in err and "n_train 64 → 512" in err and "Hint:" in err
+    assert _in_process("--quick", "--seeds", "0", "--out", str(out)) == 2
+    assert "two distinct seeds" in capsys.readouterr().err
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before  # nothing written
-    more = _study(out, "--quick", "--seeds", "0,1,2")  # a seed added: the others reused
-    assert more.returncode == 0, more.stderr[-3000:]
+    assert _in_process("--quick", "--seeds", "0,1,2", "--out", str(out)) == 0  # a seed added
     assert len(json.loads((out / "results.json").read_text())["runs"]) == 6
-    assert (out / "t2i-plain-s0").stat().st_mtime_ns == before[out / "t2i-plain-s0"]
+    assert (out / "t2i-plain-s0").stat().st_mtime_ns == before[out / "t2i-plain-s0"]  # reused
     # --from-results rewrites the report only; from a folder without results it is an error
     report = tmp_path / "again.md"
-    again = _study(out, "--from-results", "--report", str(report))
-    assert again.returncode == 0 and "| " in report.read_text()
-    empty = _study(tmp_path / "none", "--from-results", "--report", str(report))
-    assert empty.returncode == 2 and "holds no finished study" in empty.stderr
-    assert "Traceback" not in empty.stderr
+    assert _in_process("--out", str(out), "--from-results", "--report", str(report)) == 0
+    assert "| " in report.read_text()
+    capsys.readouterr()
+    none = tmp_path / "none"
+    assert _in_process("--out", str(none), "--from-results", "--report", str(report)) == 2
+    assert "holds no finished study" in capsys.readouterr().err
