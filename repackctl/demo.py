@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,13 @@ import numpy as np
 import torch
 
 from repackctl.demo_arm import ARM_FILES, PCAArm
-from repackctl.errors import CheckpointError, ConfigError, ResumeConflict, TrainingError
+from repackctl.errors import (
+    CheckpointError,
+    ConfigError,
+    ResumeConflict,
+    TrainingError,
+    name_items,
+)
 from repackctl.files import TMP_PREFIX, write_text_atomic
 from repackctl.pipeline import (
     FRESH_HINT,
@@ -264,14 +270,16 @@ class DemoPlan:
 
     @classmethod
     def of_demo(cls, out: Path) -> DemoPlan:
-        """The plan the demo in ``out`` was started with (its ``plan.json``)."""
-        recorded = read_plan(out)
-        known = {f.name for f in fields(cls)} - {"out"}
-        unknown = sorted(set(recorded) - known)
-        if unknown:
+        """The plan the demo in ``out`` was started with (its ``plan.json``), all of it: a
+        record naming other settings than this version's is refused, as ``repackctl demo``
+        refuses it."""
+        recorded = read_plan(out, f"run `repackctl demo --out {out}` first")
+        expected = set(cls(out=out).record())
+        other = [f"{k} (not in this version)" for k in sorted(set(recorded) - expected)]
+        other += [f"{k} (not recorded)" for k in sorted(expected - set(recorded))]
+        if other:
             raise ConfigError(
-                f"{out / PLAN_FILE} names settings this version does not have: "
-                f"{', '.join(unknown)}",
+                f"{out / PLAN_FILE} records another version's plan: {name_items(other)}",
                 "use the repackctl version that made the demo, or run `repackctl demo --fresh`",
             )
         return cls(out=out, **recorded)

@@ -166,7 +166,7 @@ def keep_plan(
             )
         write_json_atomic(path, wanted)
         return
-    recorded = read_plan(out, command)
+    recorded = read_plan(out, f"{restart}, or choose a new folder with --out")
     changed = [
         f"{k} {recorded.get(k, '(none)')} → {wanted.get(k, '(none)')}"
         for k in sorted(set(recorded) | set(wanted))
@@ -179,19 +179,17 @@ def keep_plan(
         )
 
 
-def read_plan(out: Path, command: str = "repackctl demo") -> dict[str, Any]:
-    """The plan recorded in ``out`` by ``command`` (:func:`keep_plan`), or an error naming what
-    is missing."""
+def read_plan(out: Path, hint: str) -> dict[str, Any]:
+    """The plan recorded in ``out`` (:func:`keep_plan`), or an error naming what is missing,
+    with ``hint``."""
     path = out / PLAN_FILE
     try:
         plan = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         plan = f"{type(e).__name__}"
     if not isinstance(plan, dict):
-        raise ConfigError(
-            f"{path} holds no plan ({plan if isinstance(plan, str) else 'not a JSON object'})",
-            f"run `{command} --out {out}` first (its plan.json records the plan)",
-        )
+        why = plan if isinstance(plan, str) else "not a JSON object"
+        raise ConfigError(f"{path} holds no plan ({why})", hint)
     return plan
 
 

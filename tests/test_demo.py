@@ -192,6 +192,9 @@ def _other_plans_refused(out: Path) -> None:
     old = runner.invoke(app, ["demo", "--quick", "--out", str(out)])
     assert old.exit_code == 2 and "no plan.json" in old.output and "--fresh" in old.output
     assert not (out / "plan.json").exists()
+    (out / "plan.json").write_text("{not json")  # damaged: refused, pointing to --fresh
+    bad = runner.invoke(app, ["demo", "--quick", "--out", str(out)])
+    assert bad.exit_code == 2 and "holds no plan" in bad.output and "--fresh" in bad.output
     (out / "plan.json").write_bytes(recorded)
 
 
@@ -231,7 +234,11 @@ def _seed_spread(out: Path, tmp_path: Path) -> None:
     (out / "plan.json").rename(tmp_path / "plan.json")
     assert script.main([*args, "--seeds", "2"]) == 2
     assert not (seeds / "seed-2").exists()
-    (tmp_path / "plan.json").rename(out / "plan.json")
+    # nor one recording another version's plan (a setting this version lacks)
+    (out / "plan.json").write_text(json.dumps({**DemoPlan.quick(out).record(), "old": 1}))
+    assert script.main([*args, "--seeds", "2"]) == 2
+    assert not (seeds / "seed-2").exists()
+    (tmp_path / "plan.json").replace(out / "plan.json")
     # nor one that differs only in its image count (its extract would write a new cache entry)
     with pytest.raises(ConfigError, match="no cache entry builtin-n119--train"):
         run_dit_seed(replace(DemoPlan.quick(out), n_train=119), 3, tmp_path / "other")
