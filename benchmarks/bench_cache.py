@@ -13,8 +13,11 @@ import argparse
 import sys
 
 from repackctl.bench import BenchContext, run_benchmark, write_result
+from repackctl.bench.common import check_out
+from repackctl.errors import script_main
 
 
+@script_main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="small", choices=["tiny", "small", "paper"])
@@ -23,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default=None, help="scratch folder (default: /tmp)")
     parser.add_argument("--out", default=None, help="JSON file (default benchmarks/results/)")
     args = parser.parse_args(argv)
+    check_out("cache", args.out)  # before anything runs: never replace a user's file
     from pathlib import Path
 
     ctx = BenchContext(

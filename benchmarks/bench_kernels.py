@@ -13,9 +13,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from repackctl.errors import script_main
 
+
+@script_main
 def main(argv: list[str] | None = None) -> int:
     from repackctl.bench import BenchContext, run_benchmark, write_result
+    from repackctl.bench.common import check_out
     from repackctl.runtime import resolve_device
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -27,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fused", action="store_true", help="also time repackctl.kernels ops")
     parser.add_argument("--out", default=None, help="JSON file (default benchmarks/results/)")
     args = parser.parse_args(argv)
+    check_out("kernels", args.out)  # before anything runs: never replace a user's file
     ctx = BenchContext(
         size=args.size,
         warmup=args.warmup,

@@ -20,6 +20,8 @@ bookkeeping), timed piece by piece, over the step time: the loop's overhead over
 from __future__ import annotations
 
 import argparse
+import re
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +32,7 @@ from rich.table import Table
 from torch.utils.flop_counter import FlopCounterMode
 
 from repackctl.bench.train import build_trainer
+from repackctl.errors import ConfigError, script_main
 
 
 def _sync(device: torch.device) -> None:
@@ -141,6 +144,18 @@ def engine_costs(trainer, repeats: int = 200) -> dict[str, float]:
     return out
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse what would time nothing or fail later: counts below their minimum, a bad latent."""
+    for flag, value, least in (("--steps", args.steps, 1), ("--warmup", args.warmup, 0),
+                               ("--batch", args.batch, 1), ("--token-dim", args.token_dim, 1),
+                               ("--peak-size", args.peak_size, 1)):  # fmt: skip
+        if value is not None and value < least:
+            raise ConfigError(f"{flag} {value} is below {least}", f"give {flag} {least} or more")
+    if args.latent is not None and not re.fullmatch(r"[1-9]\d*x[1-9]\d*x[1-9]\d*", args.latent):
+        raise ConfigError(f"--latent {args.latent!r}", "give channels x height x width: 32x16x16")
+
+
+@script_main
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--variants", default="tiny,lightningdit-s-1,lightningdit-b-1")
@@ -155,6 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--compile", action="store_true", help="regional torch.compile of the blocks")
     args = ap.parse_args(argv)
+    check_args(args)
 
     cuda = torch.cuda.is_available() and args.device in ("auto", "cuda")
     device = torch.device("cuda" if cuda else ("cpu" if args.device == "auto" else args.device))
@@ -213,4 +229,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from repackctl.demo import SEED_METRICS, DemoPlan, check_finished, run_dit_seed
-from repackctl.errors import ConfigError, RepackError, TrainingError
+from repackctl.errors import ConfigError, TrainingError, script_main
 from repackctl.files import write_json_atomic
 from repackctl.pipeline import claim_folder
 from repackctl.progress import log_progress
@@ -122,6 +122,7 @@ def _rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     return [*own, *run_seeds(args)]
 
 
+@script_main
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--demo", type=Path, default=Path("runs/demo"), help="the finished demo")
@@ -132,19 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dit-steps", type=int, help="DiT steps of every seed; default the demo's")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)  # a worker process
     args = ap.parse_args(argv)
-    try:
-        if args.dit_steps is not None and args.dit_steps < 1:
-            raise ConfigError(f"--dit-steps {args.dit_steps}", "give a step count of 1 or more")
-        if args.out is None:
-            args.out = Path(
-                f"runs/demo-seeds-{args.dit_steps}" if longer(args) else "runs/demo-seeds"
-            )
-        if args.one is not None:
-            return one_seed(args)
-        rows = _rows(args)
-    except RepackError as e:
-        print(f"Error: {e.message}\nHint: {e.hint}", file=sys.stderr)
-        return e.exit_code
+    if args.dit_steps is not None and args.dit_steps < 1:
+        raise ConfigError(f"--dit-steps {args.dit_steps}", "give a step count of 1 or more")
+    if args.out is None:
+        args.out = Path(f"runs/demo-seeds-{args.dit_steps}" if longer(args) else "runs/demo-seeds")
+    if args.one is not None:
+        return one_seed(args)
+    rows = _rows(args)
     write_json_atomic(args.out / "seeds.json", rows)
     steps = plan_of(args.demo, args.dit_steps).dit_steps
     title = f"# DiT seed spread of {args.demo} ({steps} DiT steps)"

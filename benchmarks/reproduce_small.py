@@ -67,7 +67,7 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from repackctl.errors import ConfigError, RepackError
+from repackctl.errors import ConfigError, RepackError, script_main
 from repackctl.pipeline import Pipeline, keep_plan, one_per_class
 from repackctl.progress import ProgressFactory, null_progress
 from repackctl.run_lock import lock_pipeline
@@ -1059,20 +1059,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+@script_main
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        if args.worker:
-            torch.set_num_threads(max(1, args.threads))
-            out = Path(args.out).expanduser().resolve()
-            worker(out, null_progress if args.quiet else _progress())
-        else:
-            run(args)
-    except RepackError as e:
-        console.print(f"[red]Error:[/red] {e.message}")
-        if e.hint:
-            console.print(f"Hint: {e.hint}")
-        return 2
+    if args.worker:
+        torch.set_num_threads(max(1, args.threads))
+        out = Path(args.out).expanduser().resolve()
+        worker(out, null_progress if args.quiet else _progress())
+    else:
+        run(args)
     return 0
 
 

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from repackctl.errors import ConfigError, RepackError
+from repackctl.errors import ConfigError, script_main
 from repackctl.pipeline import Pipeline, keep_plan
 from repackctl.run_lock import lock_pipeline
 
@@ -214,6 +214,7 @@ or absent effect here says little about that claim either way.
     return summary
 
 
+@script_main
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("runs/t2i-repa"))
@@ -224,14 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--from-results", action="store_true",
                     help="only rewrite the report from --out/results.json")  # fmt: skip
     args = ap.parse_args(argv)
-    try:
-        if args.from_results:
-            rewrite_report(args)
-            return 0
+    if args.from_results:
+        rewrite_report(args)
+    else:
         run(args, plan_of(args))
-    except RepackError as e:
-        print(f"Error: {e.message}\nHint: {e.hint}", file=sys.stderr)
-        return e.exit_code
     return 0
 
 

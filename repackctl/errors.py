@@ -6,13 +6,36 @@ no traceback unless ``REPACKCTL_DEBUG=1``. Library code raises these, never call
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import os
+import sys
+from collections.abc import Callable, Sequence
 
 
 def name_items(items: Sequence[object], limit: int = 5) -> str:
     """``a, b, c and 4 more``: the first ``limit`` items of a message's list and how many others."""
     shown = ", ".join(str(item) for item in items[:limit])
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def script_main(main: Callable[..., int | None]) -> Callable[..., int]:
+    """The ``main`` of a script under ``benchmarks/`` or ``scripts/``: a :class:`RepackError`
+    becomes ``Error:`` / ``Hint:`` on stderr and the error's exit code, as in the CLI (with
+    ``REPACKCTL_DEBUG=1`` it is raised, traceback and all); ``None`` returned means 0."""
+
+    @functools.wraps(main)
+    def wrapped(*args: object, **kwargs: object) -> int:
+        try:
+            return main(*args, **kwargs) or 0
+        except RepackError as e:
+            if os.environ.get("REPACKCTL_DEBUG", "") not in {"", "0", "false"}:
+                raise
+            print(f"Error: {e.message}", file=sys.stderr)
+            if e.hint:
+                print(f"Hint: {e.hint}", file=sys.stderr)
+            return e.exit_code
+
+    return wrapped
 
 
 class RepackError(Exception):

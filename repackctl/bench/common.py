@@ -49,6 +49,11 @@ class BenchContext:
     def __post_init__(self) -> None:
         if self.size not in SIZES:
             raise ConfigError(f"unknown size {self.size!r}", hint=f"use {', '.join(SIZES)}")
+        # the CLI's settings check these too; scripts and library callers build a context here
+        if self.warmup < 0:
+            raise ConfigError(f"--warmup {self.warmup} is negative", "give 0 or more")
+        if self.repeats < 1:
+            raise ConfigError(f"--repeats {self.repeats}: nothing would be timed", "give 1 or more")
         if self.workdir is not None:
             self.workdir = scratch_folder(self.workdir)
 
