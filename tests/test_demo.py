@@ -22,6 +22,7 @@ from repackctl.pipeline import MARKER, claim_folder
 
 runner = CliRunner()
 SEEDS = Path(__file__).resolve().parents[1] / "benchmarks" / "demo_seeds.py"
+READOUT = Path(__file__).resolve().parents[1] / "scripts" / "colour_readout.py"
 
 
 @pytest.mark.slow
@@ -175,6 +176,19 @@ def _pca_arm(out: Path) -> None:
     t2i = runner.invoke(app, ["demo", "--t2i", "--pca-arm", "--out", str(out / "t2i")])
     assert t2i.exit_code != 0 and "Error:" in t2i.output and "--pca-arm" in t2i.output
     assert not (out / "t2i").exists()
+    _colour_readout(out / "cache")
+
+
+def _colour_readout(cache: Path) -> None:
+    """scripts/colour_readout.py on the demo's cache, which now holds two packs' latents: it
+    reads the one --run names (the demo's own by default) and refuses an unknown run."""
+    spec = importlib.util.spec_from_file_location("colour_readout", READOUT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    own, pca = script.readout(str(cache)), script.readout(str(cache), "pack-pca")
+    assert own["tokens"] == pca["tokens"] and own["packed latent"] != pca["packed latent"]
+    assert all(math.isfinite(v) for v in own.values())
+    assert script.main([str(cache), "--run", "nope"]) == 2
 
 
 def _other_plans_refused(out: Path) -> None:
