@@ -32,7 +32,7 @@ from rich.table import Table
 from torch.utils.flop_counter import FlopCounterMode
 
 from repackctl.bench.train import build_trainer
-from repackctl.errors import ConfigError, script_main
+from repackctl.errors import ConfigError, check_at_least, script_main
 
 
 def _sync(device: torch.device) -> None:
@@ -146,11 +146,9 @@ def engine_costs(trainer, repeats: int = 200) -> dict[str, float]:
 
 def check_args(args: argparse.Namespace) -> None:
     """Refuse what would time nothing or fail later: counts below their minimum, a bad latent."""
-    for flag, value, least in (("--steps", args.steps, 1), ("--warmup", args.warmup, 0),
-                               ("--batch", args.batch, 1), ("--token-dim", args.token_dim, 1),
-                               ("--peak-size", args.peak_size, 1)):  # fmt: skip
-        if value is not None and value < least:
-            raise ConfigError(f"{flag} {value} is below {least}", f"give {flag} {least} or more")
+    check_at_least([("--steps", args.steps, 1), ("--warmup", args.warmup, 0),
+                    ("--batch", args.batch, 1), ("--token-dim", args.token_dim, 1),
+                    ("--peak-size", args.peak_size, 1)])  # fmt: skip
     if args.latent is not None and not re.fullmatch(r"[1-9]\d*x[1-9]\d*x[1-9]\d*", args.latent):
         raise ConfigError(f"--latent {args.latent!r}", "give channels x height x width: 32x16x16")
 

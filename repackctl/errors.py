@@ -18,6 +18,14 @@ def name_items(items: Sequence[object], limit: int = 5) -> str:
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
+def check_at_least(flags: Sequence[tuple[str, int | None, int]]) -> None:
+    """Refuse the first ``(flag, value, least)`` whose value is below its least (None: not
+    given), naming the flag: a script's counts (steps, batch, repeats) checked before any work."""
+    for flag, value, least in flags:
+        if value is not None and value < least:
+            raise ConfigError(f"{flag} {value} is below {least}", f"give {flag} {least} or more")
+
+
 def script_main(main: Callable[..., int | None]) -> Callable[..., int]:
     """The ``main`` of a script under ``benchmarks/`` or ``scripts/``: a :class:`RepackError`
     becomes ``Error:`` / ``Hint:`` on stderr and the error's exit code, as in the CLI (with

@@ -52,7 +52,8 @@ from torch.nn import functional as F
 
 from repackctl.data.builtin import GENERATOR_VERSION, BuiltinSource
 from repackctl.encoders.builtin import ARCH, PATCH, BuiltinViT, builtin_encoder, save_weights
-from repackctl.files import sha256_file
+from repackctl.errors import ConfigError, check_at_least, script_main
+from repackctl.files import sha256_file, write_text_atomic
 
 RESOLUTION = 64
 NUM_CLASSES = 10
@@ -188,6 +189,46 @@ def evaluate(weights: Path, n_train: int, n_val: int) -> dict:
     }
 
 
+def check_outputs(out: Path) -> None:
+    """Refuse, before any training, an ``--out`` that would replace a file this script (or
+    ``ssl_builtin_encoder.py``) did not write: the weights and their card, the ``.json`` beside
+    them."""
+    if out.suffix != ".safetensors":
+        raise ConfigError(
+            f"--out {out} is not a .safetensors path",
+            "name the weights file, e.g. --out builtin.safetensors (its card goes beside it)",
+        )
+    for path in (out, out.with_suffix(".json")):
+        if path.is_dir() or ((path.exists() or path.is_symlink()) and not _written_here(path)):
+            raise ConfigError(
+                f"{path} exists and is not an encoder file this script wrote; it is left as it is",
+                "pass a new file name to --out, or move that file away first",
+            )
+
+
+def _written_here(path: Path) -> bool:
+    """Weights with the built-in data's version in their metadata, or a card naming them."""
+    try:
+        if path.suffix == ".json":
+            card = json.loads(path.read_text())
+            return isinstance(card, dict) and {"arch", "objective", "sha256"} <= card.keys()
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            return "dataset_version" in (f.metadata() or {})
+    except Exception:  # unreadable, not JSON, not safetensors: not ours
+        return False
+
+
+def check_counts(args: argparse.Namespace) -> None:
+    """The counts both encoder scripts take, checked before any training."""
+    check_at_least([("--steps", args.steps, 1), ("--batch-size", args.batch_size, 2),
+                    ("--warmup", args.warmup, 0), ("--threads", args.threads, 1),
+                    ("--probe-train", args.probe_train, NUM_CLASSES),
+                    ("--probe-val", args.probe_val, 1)])  # fmt: skip
+
+
+@script_main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("builtin-supervised.safetensors"))
@@ -206,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probe-train", type=int, default=2000)
     parser.add_argument("--probe-val", type=int, default=500)
     args = parser.parse_args(argv)
+    check_counts(args)
+    check_outputs(args.out)
     torch.set_num_threads(args.threads)
 
     net, last = train(args)
@@ -240,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python scripts/make_builtin_encoder.py " + " ".join(sys.argv[1:]),
     }
     json_path = args.out.with_suffix(".json")
-    json_path.write_text(json.dumps(meta, indent=2) + "\n")
+    write_text_atomic(json_path, json.dumps(meta, indent=2) + "\n")
     print(json.dumps(scores, indent=2))
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB) and {json_path}")
     return 0

@@ -136,11 +136,14 @@ from repackctl.encoders.builtin import (
     save_weights,
     sincos_2d,
 )
-from repackctl.files import sha256_file
+from repackctl.errors import ConfigError, check_at_least, script_main
+from repackctl.files import sha256_file, write_text_atomic
 from repackctl.metrics.probe import linear_probe
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling script below
 from make_builtin_encoder import (  # noqa: E402  (shared with the shipped encoder's script)
+    check_counts,
+    check_outputs,
     lr_at,
     patchify,
     render_batch,
@@ -568,8 +571,19 @@ def describe_views(args: argparse.Namespace) -> str:
     return text
 
 
+@script_main
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    check_counts(args)
+    check_at_least([("--prototypes", args.prototypes, 1), ("--dec-depth", args.dec_depth, 1),
+                    ("--dec-dim", args.dec_dim, 1)])  # fmt: skip
+    if not 0 < args.mask_ratio < 1 or not 0 < args.min_scale <= 1:
+        raise ConfigError(
+            f"--mask-ratio {args.mask_ratio} / --min-scale {args.min_scale}",
+            "give a mask ratio in (0, 1) and a smallest crop area in (0, 1]",
+        )
+    if args.evaluate is None:
+        check_outputs(args.out)
     torch.set_num_threads(args.threads)
     if args.evaluate is not None:
         print(json.dumps(evaluate(args.evaluate, args.probe_train, args.probe_val), indent=2))
@@ -613,7 +627,7 @@ def main(argv: list[str] | None = None) -> int:
             "scores": evaluate(args.compare, args.probe_train, args.probe_val),
         }
     json_path = args.out.with_suffix(".json")
-    json_path.write_text(json.dumps(meta, indent=2) + "\n")
+    write_text_atomic(json_path, json.dumps(meta, indent=2) + "\n")
     print(json.dumps({**scores, **last}, indent=2))
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB) and {json_path}")
     return 0

@@ -328,3 +328,34 @@ def test_classes_are_distinguishable_by_nearest_centroid(probe_features: dict) -
     pred = torch.cdist(va, centroids).argmin(1)
     acc = (pred == probe_features["val_y"]).double().mean().item()
     assert acc > 0.7  # chance is 0.1; 0.935 with the shipped encoder
+
+
+def test_ssl_script_writes_its_files_refuses_others_and_bad_flags(tmp_path, capsys) -> None:
+    """The weights script run as a user runs it (tiny sizes): weights and card written, written
+    again over its own files; a user's file at --out or its card, a path that is not
+    .safetensors and counts below their least are an Error: before any training."""
+    script = _ssl_script()
+    out = tmp_path / "enc.safetensors"
+    tiny = ["--steps", "1", "--batch-size", "2", "--warmup", "0", "--probe-train", "10"]
+    tiny += ["--probe-val", "4", "--out", str(out)]
+    with one_torch_thread():
+        assert script.main(tiny) == 0
+        card = json.loads(out.with_suffix(".json").read_text())
+        assert card["sha256"] == sha256_file(out) and card["settings"]["steps"] == 1
+        assert script.main(tiny) == 0  # its own files: replaced by the same run
+    assert json.loads(out.with_suffix(".json").read_text())["sha256"] == card["sha256"]
+    capsys.readouterr()
+    mine = tmp_path / "mine.safetensors"
+    mine.with_suffix(".json").write_text('{"notes": 1}')
+    for argv, said in (
+        (["--out", str(mine)], "mine.json exists and is not an encoder file"),
+        (["--out", str(tmp_path / "w.pt")], "is not a .safetensors path"),
+        (["--steps", "0"], "--steps 0 is below 1"),
+        (["--batch-size", "1"], "--batch-size 1 is below 2"),
+        (["--mask-ratio", "1"], "--mask-ratio 1.0"),
+    ):
+        assert script.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert f"Error: {said}" in err or said in err, (argv, err)
+        assert "Hint:" in err and "Traceback" not in err
+    assert mine.with_suffix(".json").read_text() == '{"notes": 1}' and not mine.exists()
