@@ -71,6 +71,7 @@ from repackctl.errors import ConfigError, RepackError, script_main
 from repackctl.pipeline import Pipeline, keep_plan, one_per_class
 from repackctl.progress import ProgressFactory, null_progress
 from repackctl.run_lock import lock_pipeline
+from repackctl.runtime import resolve_device
 
 console = Console(stderr=True)
 
@@ -1016,6 +1017,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     plan = resolve_plan_args(args)
     if args.threads < 1:
         raise ConfigError(f"--threads {args.threads} must be ≥ 1", "e.g. --threads 1")
+    resolve_device(args.device)  # an unknown or absent device: refused before the folder is made
     torch.set_num_threads(args.threads)
     out = Path(args.out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)

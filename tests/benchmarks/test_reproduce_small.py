@@ -146,6 +146,10 @@ def test_bad_checkpoints_flag_is_a_user_error(tmp_path, monkeypatch, capsys) -> 
     assert code == 2
     assert "Error:" in err and "Hint:" in err and "Traceback" not in err
     assert not (tmp_path / "runs").exists()  # nothing was started
+    # an unknown device: refused before the folder (and its plan.json) is made
+    assert main(["--smoke", "--device", "tpu", "--out", str(tmp_path / "study")]) == 2
+    assert "unknown device 'tpu'" in capsys.readouterr().err
+    assert not (tmp_path / "study").exists()
 
 
 def test_refiner_verdict_says_higher_when_the_error_rises() -> None:
