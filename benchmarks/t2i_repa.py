@@ -177,7 +177,7 @@ def write_report(path: Path, plan: Plan, rows: list, times: dict, wall: float) -
         if near
         else "Both arms follow their prompts well above chance."
     )
-    text = f"""# Text-to-image: MMDiT-tiny with vs without REPA (built-in captioned data)
+    text = f"""{TITLE}
 
 `python benchmarks/t2i_repa.py` — {platform.node()} ({os.cpu_count()} CPUs, shared), torch
 {torch.__version__}, {torch.get_num_threads()} threads. Wall time **{wall / 60:.1f} min**
@@ -244,7 +244,7 @@ def rewrite_report(args: argparse.Namespace) -> None:
             f"{path} holds no finished study ({type(e).__name__}: {e})",
             "run the study into this --out first (without --from-results)",
         ) from None
-    report = args.report or Path(__file__).parent / "results" / "t2i_repa.md"
+    report = check_report(args.report or Path(__file__).parent / "results" / "t2i_repa.md")
     write_report(report, plan, runs, times, wall)
     print(f"report: {report}")
 
@@ -266,16 +266,34 @@ def plan_of(args: argparse.Namespace) -> Plan:
     return plan
 
 
+#: The first line of the study's report (a file at --report without it is not replaced).
+TITLE = "# Text-to-image: MMDiT-tiny with vs without REPA (built-in captioned data)"
+
 #: What a started study holds in its folder (one without plan.json predates the record).
 STUDY_FILES = ("cache", "pack", "results.json")
 
 
+def check_report(path: Path) -> Path:
+    """Refuse, before any work, a ``--report`` that is a folder or a file this study did not
+    write (its first line is the report's title): it would be replaced."""
+    if path.is_dir() or (path.exists() and not path.read_text(errors="replace").startswith(TITLE)):
+        raise ConfigError(
+            f"--report {path} {'is a folder' if path.is_dir() else 'is not a report of this study'}"
+            "; it is left as it is",
+            "pass a new file name to --report, or move that file away first",
+        )
+    return path
+
+
 def run(args: argparse.Namespace, plan: Plan) -> None:
     """Every stage into ``args.out`` (its plan recorded; another plan there is refused)."""
-    report = args.report or (
-        Path(__file__).parent / "results" / "t2i_repa.md"
-        if not args.quick
-        else args.out / "t2i_repa.md"
+    report = check_report(
+        args.report
+        or (
+            Path(__file__).parent / "results" / "t2i_repa.md"
+            if not args.quick
+            else args.out / "t2i_repa.md"
+        )
     )
     t0 = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)

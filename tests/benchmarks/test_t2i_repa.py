@@ -63,3 +63,11 @@ def test_quick_study_records_its_plan_and_refuses_another(tmp_path, monkeypatch,
     none = tmp_path / "none"
     assert _in_process("--out", str(none), "--from-results", "--report", str(report)) == 2
     assert "holds no finished study" in capsys.readouterr().err
+    # a file of the user's at --report: refused before any work, left as it is
+    notes = tmp_path / "notes.md"
+    notes.write_text("mine")
+    assert _in_process("--quick", "--out", str(none), "--report", str(notes)) == 2
+    assert "is not a report of this study" in capsys.readouterr().err
+    assert notes.read_text() == "mine" and not none.exists()
+    assert _in_process("--out", str(out), "--from-results", "--report", str(notes)) == 2
+    assert notes.read_text() == "mine"
