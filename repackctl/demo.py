@@ -41,12 +41,10 @@ from repackctl.errors import (
 )
 from repackctl.files import TMP_PREFIX, write_text_atomic
 from repackctl.pipeline import (
-    FRESH_HINT,
     PLAN_FILE,
     Pipeline,
     RunReport,
-    claim_folder,
-    keep_plan,
+    claim_demo_folder,
     read_plan,
     scored_samples,
 )
@@ -903,14 +901,7 @@ def run_demo(
 ) -> RunReport:
     """Run (or finish) the demo in ``plan.out``; ``fresh`` deletes the demo's earlier results
     first (only what the demo writes, in a folder the demo made: :func:`claim_folder`)."""
-    claim_folder(plan.out, "demo", DEMO_FILES, fresh, log)
-    keep_plan(
-        plan.out,
-        "repackctl demo",
-        plan.record(),
-        DEMO_FILES,
-        FRESH_HINT.format(cmd="repackctl demo"),
-    )
+    claim_demo_folder(plan.out, "demo", DEMO_FILES, fresh, log, plan.record())
     solo = plan.solo_threads
     demo = _Demo(plan, progress, log)
     demo.stage("extract train", lambda: demo.extract_split("train", plan.n_train), solo)

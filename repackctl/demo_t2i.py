@@ -29,15 +29,7 @@ import torch
 
 from repackctl.errors import DataError
 from repackctl.files import write_text_atomic
-from repackctl.pipeline import (
-    FRESH_HINT,
-    PLAN_FILE,
-    Pipeline,
-    RunReport,
-    claim_folder,
-    keep_plan,
-    scored_samples,
-)
+from repackctl.pipeline import PLAN_FILE, Pipeline, RunReport, claim_demo_folder, scored_samples
 from repackctl.progress import ProgressFactory, null_progress
 from repackctl.run_lock import released_after
 
@@ -335,14 +327,7 @@ def run_t2i_demo(
 ) -> RunReport:
     """Run (or finish) the text-to-image demo in ``plan.out``; ``fresh`` deletes the demo's earlier
     results first (only what it writes, in a folder it made: :func:`claim_folder`)."""
-    claim_folder(plan.out, "demo --t2i", T2I_DEMO_FILES, fresh, log)
-    keep_plan(
-        plan.out,
-        "repackctl demo --t2i",
-        plan.record(),
-        T2I_DEMO_FILES,
-        FRESH_HINT.format(cmd="repackctl demo --t2i"),
-    )
+    claim_demo_folder(plan.out, "demo --t2i", T2I_DEMO_FILES, fresh, log, plan.record())
     threads = torch.get_num_threads()
     torch.set_num_threads(plan.threads)
     try:

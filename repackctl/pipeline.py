@@ -39,7 +39,6 @@ from repackctl.settings import ResolvedSettings, Settings, resolve_settings
 
 __all__ = [
     "CACHE_DIR",
-    "FRESH_HINT",
     "MARKER",
     "PLAN_FILE",
     "SAMPLES_DIR",
@@ -47,6 +46,7 @@ __all__ = [
     "RunReport",
     "StageRecord",
     "claim_folder",
+    "claim_demo_folder",
     "keep_plan",
     "one_per_class",
     "read_plan",
@@ -61,8 +61,6 @@ MARKER = ".repackctl-pipeline.json"
 CACHE_DIR, SAMPLES_DIR = "cache", "samples"
 #: The file in which a pipeline folder records the plan (sizes, steps, seed) it was started with.
 PLAN_FILE = "plan.json"
-#: How to start a demo's folder over (:func:`keep_plan`'s ``restart``).
-FRESH_HINT = "run `{cmd} --fresh` to start over (it removes only what the demo wrote)"
 
 # What the stages write below the samples folder (one folder per sample set, marked by its
 # settings file), as paths relative to it; below a run folder: ``run_files.RUN_PATH``.
@@ -139,6 +137,22 @@ def claim_folder(
         _remove_owned(out, kind, list(owned), log)
     if made_by != kind:
         marker.write_text(json.dumps({"made_by": kind}) + "\n")
+
+
+def claim_demo_folder(
+    out: Path,
+    kind: str,
+    owned: Iterable[str],
+    fresh: bool,
+    log: Callable[[str], None],
+    plan: dict[str, Any],
+) -> None:
+    """A demo's start: its folder claimed (:func:`claim_folder`), then its ``plan`` recorded or
+    checked against the one the folder was started with (:func:`keep_plan`; ``--fresh`` starts
+    over)."""
+    claim_folder(out, kind, owned, fresh, log)
+    restart = f"run `repackctl {kind} --fresh` to start over (it removes only what the demo wrote)"
+    keep_plan(out, f"repackctl {kind}", plan, owned, restart)
 
 
 def keep_plan(
