@@ -29,6 +29,7 @@ import torch
 from repackctl import kernels
 from repackctl.bench.common import BenchContext, env_info, measure
 from repackctl.bench.train import SHAPES, build_trainer, matmul_peak
+from repackctl.errors import ConfigError, script_main
 from repackctl.files import write_text_atomic
 
 VARIANTS = (  # (name, precision, compile, kernels)
@@ -161,14 +162,13 @@ def check_outputs(*paths: str) -> None:
         path = Path(given).expanduser()
         if path.is_dir() or ((path.exists() or path.is_symlink()) and not _ours(path)):
             what = "is a folder" if path.is_dir() else "exists and is not a GPU check result"
-            print(
-                f"Error: the output {path} {what}; it is left as it is\n"
-                "Hint: pass a new file name to --out / --md, or move that file away first",
-                file=sys.stderr,
+            raise ConfigError(
+                f"the output {path} {what}; it is left as it is",
+                "pass a new file name to --out / --md, or move that file away first",
             )
-            raise SystemExit(2)
 
 
+@script_main
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="benchmarks/results/gpu.json")
@@ -197,4 +197,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -84,7 +84,6 @@ def test_the_gpu_check_never_replaces_a_file_it_did_not_write(tmp_path, capsys) 
     """`python -m repackctl.bench.gpu_check --out notes.json` replaced the file after minutes of
     measuring; it is refused before anything runs. Its own page and JSON (and the committed page
     that waits for the first figures) are what it replaces."""
-    import pytest
 
     from repackctl.bench import gpu_check
 
@@ -93,16 +92,19 @@ def test_the_gpu_check_never_replaces_a_file_it_did_not_write(tmp_path, capsys) 
     md, readme = tmp_path / "gpu.md", tmp_path / "README.md"
     readme.write_text("# my page\n")
     for out, page in ((notes, md), (tmp_path / "g.json", readme)):
-        with pytest.raises(SystemExit) as e:
-            gpu_check.main(["--out", str(out), "--md", str(page), "--repeats", "1"])
-        assert e.value.code == 2
+        assert gpu_check.main(["--out", str(out), "--md", str(page), "--repeats", "1"]) == 2
         err = capsys.readouterr().err
         assert "Error:" in err and "Hint:" in err and "is not a GPU check result" in err
     assert notes.read_text() == '{"mine": 1}\n' and not md.exists()
     assert readme.read_text() == "# my page\n"
-    with pytest.raises(SystemExit):
-        gpu_check.main(["--out", str(tmp_path), "--md", str(md)])
+    assert gpu_check.main(["--out", str(tmp_path), "--md", str(md)]) == 2
     assert "is a folder" in capsys.readouterr().err
+    # a count that would time nothing: an Error: line, not a traceback, before anything runs
+    assert (
+        gpu_check.main(["--out", str(tmp_path / "n.json"), "--md", str(md), "--repeats", "0"]) == 2
+    )
+    err = capsys.readouterr().err
+    assert "Error: --repeats 0" in err and "Traceback" not in err and not md.exists()
     doc = {"train": [], "environment": {}, "peak_tflops": {}, "model": "m", "batch": 1}
     (tmp_path / "old.json").write_text(json.dumps(doc))
     (tmp_path / "old.md").write_text("# GPU check — cpu\n")
