@@ -10,12 +10,13 @@ trains the demo's DiT again (its init, data order, time draws and sampling noise
 pack and refiner stay the demo's), samples and scores as the demo does
 (:func:`repackctl.demo.run_dit_seed`), in ``<out>/seed-<N>``, one process and one thread per
 seed, all at once. It writes ``<out>/seeds.md`` and ``seeds.json``: each seed's class accuracy,
-FD and colour distance, the demo's own run as seed 0, and the mean ± std. A second call reuses
+FD and colour distance, the demo's own run under its seed (``repackctl demo --seed``, 0 by
+default; the default ``--seeds`` are the two after it), and the mean ± std. A second call reuses
 what is finished.
 
 ``--dit-steps N`` trains each seed's DiT for N steps instead of the demo's (the same recipe
 otherwise: its learning-rate schedule is constant after the warm-up): how the figures move with
-the DiT's training compute. The demo's own run is then not one of them, so seed 0 may be given,
+the DiT's training compute. The demo's own run is then not one of them, so its seed may be given,
 and the default folder is ``runs/demo-seeds-<N>``; a folder made for another N is refused.
 
 Two seeds of the full demo took 3 min 8 s on a 2-core Xeon (speed index 166; 13 min 24 s with
@@ -105,20 +106,22 @@ def _rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Check the demo and the folder, run the seeds: their rows, the demo's own first when the
     seeds train as long as it did."""
     again = longer(args)
-    if len(set(args.seeds)) != len(args.seeds) or (0 in args.seeds and not again):
-        raise ConfigError(
-            f"--seeds {args.seeds}",
-            "give distinct seeds; 0 is the demo's own run, trained again only with --dit-steps",
-        )
-    metrics = args.demo / "metrics.json"  # the demo's own run is seed 0
+    metrics = args.demo / "metrics.json"  # the demo's own run: its plan's seed
     if not metrics.is_file():
         raise ConfigError(f"{args.demo} holds no finished demo", "run `repackctl demo` first")
+    plan = plan_of(args.demo)
+    if len(set(args.seeds)) != len(args.seeds) or (plan.seed in args.seeds and not again):
+        raise ConfigError(
+            f"--seeds {' '.join(map(str, args.seeds))}",
+            f"give distinct seeds; {plan.seed} is the demo's own run (`repackctl demo --seed "
+            f"{plan.seed}`), trained again only with --dit-steps",
+        )
     demo = json.loads(metrics.read_text())
-    check_finished(plan_of(args.demo))
+    check_finished(plan)
     # a folder of seeds trained for another length is another experiment: refused, not mixed
     kind = f"demo-seeds --dit-steps {args.dit_steps}" if again else "demo-seeds"
     claim_folder(args.out, kind, (), fresh=False)
-    own = [] if again else [{"seed": 0, **{k: demo[k] for k in SEED_METRICS}}]
+    own = [] if again else [{"seed": plan.seed, **{k: demo[k] for k in SEED_METRICS}}]
     return [*own, *run_seeds(args)]
 
 
@@ -127,7 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--demo", type=Path, default=Path("runs/demo"), help="the finished demo")
     ap.add_argument(
-        "--seeds", type=int, nargs="+", default=[1, 2], help="DiT seeds (0 only with --dit-steps)"
+        "--seeds",
+        type=int,
+        nargs="+",
+        help="DiT seeds; default the two after the demo's own (its --seed, 0 by default), which "
+        "is given only with --dit-steps",
     )
     ap.add_argument("--out", type=Path, help="default runs/demo-seeds (-<N> with --dit-steps N)")
     ap.add_argument("--dit-steps", type=int, help="DiT steps of every seed; default the demo's")
@@ -137,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"--dit-steps {args.dit_steps}", "give a step count of 1 or more")
     if args.out is None:
         args.out = Path(f"runs/demo-seeds-{args.dit_steps}" if longer(args) else "runs/demo-seeds")
+    if args.seeds is None:
+        own = plan_of(args.demo).seed
+        args.seeds = [own + 1, own + 2]
     if args.one is not None:
         return one_seed(args)
     rows = _rows(args)

@@ -26,7 +26,7 @@ READOUT = Path(__file__).resolve().parents[1] / "scripts" / "colour_readout.py"
 
 
 @pytest.mark.slow
-def test_demo_end_to_end_reuse_and_fresh(tmp_path):
+def test_demo_end_to_end_reuse_and_fresh(tmp_path, capsys):
     out = tmp_path / "demo"
     res = runner.invoke(app, ["demo", "--quick", "--out", str(out)])
     assert res.exit_code == 0, res.output
@@ -109,7 +109,7 @@ def test_demo_end_to_end_reuse_and_fresh(tmp_path):
         assert f"[{stage}] reused" in again.output, stage
 
     _other_plans_refused(out)
-    _seed_spread(out, tmp_path)
+    _seed_spread(out, tmp_path, capsys)
     _pca_arm(out)
 
     # a file of the user's in one of the demo's folders: `--fresh` refuses, removing nothing
@@ -212,7 +212,7 @@ def _other_plans_refused(out: Path) -> None:
     (out / "plan.json").write_bytes(recorded)
 
 
-def _seed_spread(out: Path, tmp_path: Path) -> None:
+def _seed_spread(out: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`benchmarks/demo_seeds.py` on the finished quick demo: the DiT again with seed 1 on the
     demo's pack, in its own folder and a real worker process; the demo itself is only read."""
     spec = importlib.util.spec_from_file_location("demo_seeds", SEEDS)
@@ -248,6 +248,11 @@ def _seed_spread(out: Path, tmp_path: Path) -> None:
     (out / "plan.json").rename(tmp_path / "plan.json")
     assert script.main([*args, "--seeds", "2"]) == 2
     assert not (seeds / "seed-2").exists()
+    # the demo's own seed is its plan's (`repackctl demo --seed 5`): that one is refused
+    (out / "plan.json").write_text(json.dumps({**DemoPlan.quick(out).record(), "seed": 5}))
+    capsys.readouterr()
+    assert script.main([*args, "--seeds", "5"]) == 2
+    assert "5 is the demo's own run" in capsys.readouterr().err
     # nor one recording another version's plan (a setting this version lacks)
     (out / "plan.json").write_text(json.dumps({**DemoPlan.quick(out).record(), "old": 1}))
     assert script.main([*args, "--seeds", "2"]) == 2
