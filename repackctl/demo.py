@@ -825,6 +825,12 @@ def run_dit_seed(
             shutil.rmtree(partial, ignore_errors=True)
             shutil.copytree(plan.out / run, partial)
             partial.rename(runs / run)
+        if _checkpoint_cards(runs / run) != _checkpoint_cards(plan.out / run):
+            raise ConfigError(
+                f"{runs / run} is a copy of another demo's {run} run than the one in {plan.out} "
+                "(its checkpoints differ)",
+                f"give the seeds a new folder with --out (or move {runs.parent} away)",
+            )
     demo = _Demo(plan, progress, log, runs=runs)
     solo = plan.solo_threads
     demo.stage("extract train", lambda: demo.extract_split("train", plan.n_train), solo)
@@ -834,13 +840,21 @@ def run_dit_seed(
     if not all(s.reused for s in demo.stages):  # the demo's own cache and pack, never new ones
         raise TrainingError(
             f"the demo in {plan.out} was not reused whole (a stage ran again)",
-            "give the same plan as the demo's (--quick if it was quick)",
+            "run `repackctl demo` in it to finish it, or give the seeds a new folder with --out",
         )
     demo.seed = seed
     demo.stage("train dit", demo.dit, plan.side_threads)
     demo.stage("sample", demo.sample_stage, solo)
     demo.stage("evaluate", demo.evaluate, solo)
     return {k: float(demo.report.metrics[k]) for k in SEED_METRICS}
+
+
+def _checkpoint_cards(run: Path) -> dict[str, bytes]:
+    """Each checkpoint of ``run`` and its ``state.json`` (which holds the sha256 of every file
+    of the checkpoint): equal for a run and its copy, different for another run."""
+    folder = run / "checkpoints"
+    cards = sorted(folder.glob("step-*/state.json")) if folder.is_dir() else []
+    return {c.parent.name: c.read_bytes() for c in cards}
 
 
 def _load() -> str:

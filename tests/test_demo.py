@@ -244,6 +244,13 @@ def _seed_spread(out: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert not (longer / "seed-1").exists()
     after = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     assert after == before  # nothing in the demo's folder written, added or removed
+    # a seed folder holding a copy of another demo's pack: refused before anything is read
+    card = next((seeds / "seed-1" / "pack" / "checkpoints").glob("step-*/state.json"))
+    kept = card.read_bytes()
+    card.write_bytes(kept + b" ")
+    with pytest.raises(ConfigError, match="copy of another demo's pack run"):
+        run_dit_seed(DemoPlan.of_demo(out), 1, seeds / "seed-1")
+    card.write_bytes(kept)
     # a demo without plan.json (made before it was recorded): refused before anything runs
     (out / "plan.json").rename(tmp_path / "plan.json")
     assert script.main([*args, "--seeds", "2"]) == 2
