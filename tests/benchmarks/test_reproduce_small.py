@@ -108,6 +108,14 @@ def test_a_rerun_with_other_sizes_in_the_folder_is_refused(smoke_run, monkeypatc
     err = " ".join(capsys.readouterr().err.split())  # the console wraps at its width
     assert code == 2 and "another plan" in err and "dit_steps 4 → 6" in err and "Hint:" in err
     assert {p: p.stat().st_mtime_ns for p in smoke_run.rglob("*")} == before
+    # the README's promise: more seeds (or other processes) in the same folder are the same plan
+    from dataclasses import replace
+
+    from reproduce_small import Plan, build_parser, plan_record
+
+    args = build_parser().parse_args(["--smoke"])
+    more = replace(Plan.smoke(), seeds=5, jobs=1)
+    assert plan_record(more, args) == plan_record(Plan.smoke(), args) == recorded
 
 
 def test_paired_seed_comparison() -> None:
