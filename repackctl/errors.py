@@ -26,6 +26,11 @@ def check_at_least(flags: Sequence[tuple[str, int | None, int]]) -> None:
             raise ConfigError(f"{flag} {value} is below {least}", f"give {flag} {least} or more")
 
 
+def debug_requested() -> bool:
+    """``REPACKCTL_DEBUG`` is set (not empty, 0 or false): errors keep their traceback."""
+    return os.environ.get("REPACKCTL_DEBUG", "") not in {"", "0", "false"}
+
+
 def script_main(main: Callable[..., int | None]) -> Callable[..., int]:
     """The ``main`` of a script under ``benchmarks/`` or ``scripts/``: a :class:`RepackError`
     becomes ``Error:`` / ``Hint:`` on stderr and the error's exit code, as in the CLI (with
@@ -36,7 +41,7 @@ def script_main(main: Callable[..., int | None]) -> Callable[..., int]:
         try:
             return main(*args, **kwargs) or 0
         except RepackError as e:
-            if os.environ.get("REPACKCTL_DEBUG", "") not in {"", "0", "false"}:
+            if debug_requested():
                 raise
             print(f"Error: {e.message}", file=sys.stderr)
             if e.hint:

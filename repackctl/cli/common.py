@@ -31,7 +31,7 @@ from rich.progress import (
 )
 from rich.table import Column, Table
 
-from repackctl.errors import RepackError
+from repackctl.errors import RepackError, debug_requested
 from repackctl.progress import (
     ProgressBar,
     format_fields,
@@ -84,10 +84,6 @@ PrecisionOpt = Annotated[str | None, _common("precision")]
 WorkersOpt = Annotated[int | None, _common("num_workers")]
 
 
-def debug() -> bool:
-    return os.environ.get("REPACKCTL_DEBUG", "") not in {"", "0", "false"}
-
-
 def fail(err: RepackError) -> None:
     """Print ``Error:``/``Hint:`` to stderr and exit with the error's code."""
     err_console.print(f"[bold red]Error:[/] {err.message}", highlight=False, soft_wrap=True)
@@ -118,11 +114,11 @@ def handle_errors(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except RepackError as e:
-            if debug():
+            if debug_requested():
                 raise
             fail(e)
         except OSError as e:
-            if debug() or e.errno not in _DISK_ERRORS:
+            if debug_requested() or e.errno not in _DISK_ERRORS:
                 raise
             fail(disk_error(e))
         except KeyboardInterrupt:
