@@ -852,9 +852,9 @@ def run_dit_seed(
 def _checkpoint_cards(run: Path) -> dict[str, bytes]:
     """Each checkpoint of ``run`` and its ``state.json`` (which holds the sha256 of every file
     of the checkpoint): equal for a run and its copy, different for another run."""
-    folder = run / "checkpoints"
-    cards = sorted(folder.glob("step-*/state.json")) if folder.is_dir() else []
-    return {c.parent.name: c.read_bytes() for c in cards}
+    from repackctl.train.checkpoint import list_checkpoints
+
+    return {c.name: (c / "state.json").read_bytes() for c in list_checkpoints(run)}
 
 
 def _load() -> str:
