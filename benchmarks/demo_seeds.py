@@ -42,22 +42,10 @@ from repackctl.pipeline import claim_folder
 from repackctl.progress import log_progress
 
 
-def plan_of(demo: Path, dit_steps: int | None = None) -> DemoPlan:
-    """The demo's own plan (its ``plan.json``), with ``dit_steps`` when given."""
-    plan = DemoPlan.of_demo(demo)
-    return plan if dit_steps is None else replace(plan, dit_steps=dit_steps)
-
-
-def longer(args: argparse.Namespace) -> bool:
-    """True when the seeds train the DiT for other steps than the demo did."""
-    return args.dit_steps is not None and args.dit_steps != plan_of(args.demo).dit_steps
-
-
-def one_seed(args: argparse.Namespace) -> int:
-    """A worker: one seed, its scores in ``<out>/seed-<N>/seed.json``."""
+def one_seed(args: argparse.Namespace, plan: DemoPlan) -> int:
+    """A worker: one seed of the seeds' ``plan``, its scores in ``<out>/seed-<N>/seed.json``."""
     runs = args.out / f"seed-{args.one}"
     log = _log(args.one)  # plain lines (every ~30 s for a long stage): the seeds share a terminal
-    plan = plan_of(args.demo, args.dit_steps)
     scores = run_dit_seed(plan, args.one, runs, log=log, progress=log_progress(write=log))
     write_json_atomic(runs / "seed.json", {"seed": args.one, **scores})
     return 0
@@ -102,14 +90,12 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _rows(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Check the demo and the folder, run the seeds: their rows, the demo's own first when the
-    seeds train as long as it did."""
-    again = longer(args)
+def _rows(args: argparse.Namespace, plan: DemoPlan, again: bool) -> list[dict[str, Any]]:
+    """Check the demo (its ``plan``) and the folder, run the seeds: their rows, the demo's own
+    first unless they train for other steps than it did (``again``)."""
     metrics = args.demo / "metrics.json"  # the demo's own run: its plan's seed
     if not metrics.is_file():
         raise ConfigError(f"{args.demo} holds no finished demo", "run `repackctl demo` first")
-    plan = plan_of(args.demo)
     if len(set(args.seeds)) != len(args.seeds) or (plan.seed in args.seeds and not again):
         raise ConfigError(
             f"--seeds {' '.join(map(str, args.seeds))}",
@@ -142,17 +128,18 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.dit_steps is not None and args.dit_steps < 1:
         raise ConfigError(f"--dit-steps {args.dit_steps}", "give a step count of 1 or more")
+    plan = DemoPlan.of_demo(args.demo)  # the demo's own plan (its plan.json)
+    seeds_plan = plan if args.dit_steps is None else replace(plan, dit_steps=args.dit_steps)
+    again = seeds_plan.dit_steps != plan.dit_steps  # the seeds train for other steps
     if args.out is None:
-        args.out = Path(f"runs/demo-seeds-{args.dit_steps}" if longer(args) else "runs/demo-seeds")
+        args.out = Path(f"runs/demo-seeds-{args.dit_steps}" if again else "runs/demo-seeds")
     if args.seeds is None:
-        own = plan_of(args.demo).seed
-        args.seeds = [own + 1, own + 2]
+        args.seeds = [plan.seed + 1, plan.seed + 2]
     if args.one is not None:
-        return one_seed(args)
-    rows = _rows(args)
+        return one_seed(args, seeds_plan)
+    rows = _rows(args, plan, again)
     write_json_atomic(args.out / "seeds.json", rows)
-    steps = plan_of(args.demo, args.dit_steps).dit_steps
-    title = f"# DiT seed spread of {args.demo} ({steps} DiT steps)"
+    title = f"# DiT seed spread of {args.demo} ({seeds_plan.dit_steps} DiT steps)"
     text = "\n".join([title, "", *table(rows), ""])
     (args.out / "seeds.md").write_text(text)
     print(text)

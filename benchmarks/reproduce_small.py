@@ -68,7 +68,7 @@ import torch
 from rich.console import Console
 
 from repackctl.errors import ConfigError, RepackError, script_main
-from repackctl.pipeline import Pipeline, keep_plan, one_per_class
+from repackctl.pipeline import STUDY_RESTART, Pipeline, keep_plan, one_per_class
 from repackctl.progress import ProgressFactory, null_progress
 from repackctl.run_lock import lock_pipeline
 from repackctl.runtime import resolve_device
@@ -989,7 +989,6 @@ def resolve_plan_args(args: argparse.Namespace) -> Plan:
 
 #: What a finished or started study holds in its folder (one without plan.json predates it).
 STUDY_FILES = ("state.json", "results.json", "judge", "runs")
-RESTART = "move this folder's results away to start over in it (the study deletes nothing)"
 
 
 def plan_record(plan: Plan, args: argparse.Namespace) -> dict[str, Any]:
@@ -1023,7 +1022,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     lock_pipeline(out, "benchmarks/reproduce_small.py")  # a second study here: refused at once
     keep_plan(out, "python benchmarks/reproduce_small.py", plan_record(plan, args), STUDY_FILES,
-              RESTART)  # fmt: skip
+              STUDY_RESTART)  # fmt: skip
     progress = null_progress if args.quiet else rich_progress
     study = Study(plan, out, args.seed, args.device, progress)
     load_start, t0 = load_average(), time.perf_counter()

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from repackctl.errors import ConfigError, script_main
-from repackctl.pipeline import Pipeline, keep_plan
+from repackctl.pipeline import STUDY_RESTART, Pipeline, keep_plan
 from repackctl.run_lock import lock_pipeline
 
 
@@ -300,7 +300,7 @@ def run(args: argparse.Namespace, plan: Plan) -> None:
     lock_pipeline(args.out, "benchmarks/t2i_repa.py")  # a second study here: refused at once
     record = {k: v for k, v in asdict(plan).items() if k != "seeds"}  # seeds may be added
     keep_plan(args.out, "python benchmarks/t2i_repa.py", record, STUDY_FILES,
-              "move this folder's results away to start over in it (the study deletes nothing)")  # fmt: skip
+              STUDY_RESTART)  # fmt: skip
     study = Study(args.out, plan)
     study.prepare()
     rows = [study.arm(seed, repa) for seed in plan.seeds for repa in (False, True)]

@@ -42,6 +42,7 @@ __all__ = [
     "MARKER",
     "PLAN_FILE",
     "SAMPLES_DIR",
+    "STUDY_RESTART",
     "Pipeline",
     "RunReport",
     "StageRecord",
@@ -61,6 +62,8 @@ MARKER = ".repackctl-pipeline.json"
 CACHE_DIR, SAMPLES_DIR = "cache", "samples"
 #: The file in which a pipeline folder records the plan (sizes, steps, seed) it was started with.
 PLAN_FILE = "plan.json"
+#: How to start a study's folder over (:func:`keep_plan`'s ``restart``): the studies delete nothing.
+STUDY_RESTART = "move this folder's results away to start over in it (the study deletes nothing)"
 
 # What the stages write below the samples folder (one folder per sample set, marked by its
 # settings file), as paths relative to it; below a run folder: ``run_files.RUN_PATH``.
