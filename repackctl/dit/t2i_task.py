@@ -35,7 +35,7 @@ from repackctl.captions_cache import find_text_group, open_text_group
 from repackctl.data.cached import MEMORY_GB, fits_in_memory, shuffle_window
 from repackctl.dit.latents import LatentData, LatentRef, trained_latents
 from repackctl.dit.t2i_load import CaptionTexts, check_text_features
-from repackctl.dit.task import DiTTask, build_task, data_options
+from repackctl.dit.task import DiTTask, build_task, data_options, taken_options
 from repackctl.errors import CacheError, CheckpointError, ConfigError
 from repackctl.models.mmdit import mmdit_repa_depth
 from repackctl.paths import run_dir as make_run_dir
@@ -258,15 +258,15 @@ class _First:
 
 
 def build_mmdit(model_id: str, **kwargs: Any) -> nn.Module:
-    """A registered MMDiT, passing only the options its factory accepts."""
+    """A registered MMDiT; an option its factory does not take (``--depth`` of a plugin
+    model without it, say) is an error, never dropped (:func:`taken_options`)."""
     factory = registry("models").get(model_id)
-    params = inspect.signature(factory).parameters
-    if "text_dim" not in params:
+    if "text_dim" not in inspect.signature(factory).parameters:
         raise ConfigError(
             f"model {model_id!r} is not a text-conditioned model (it takes no text_dim)",
             "use an MMDiT: --model mmdit-tiny, mmdit-s-2, mmdit-b-2, mmdit-l-2 or mmdit-xl-2",
         )
-    return factory(**{k: v for k, v in kwargs.items() if k in params})
+    return factory(**taken_options(model_id, factory, kwargs))
 
 
 def dit_settings_of(settings: Any) -> Any:

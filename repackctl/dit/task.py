@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -314,13 +315,12 @@ NEUTRAL: dict[str, Any] = {
 }
 
 
-def build_model(model_id: str, **kwargs: Any) -> nn.Module:
-    """Build a registered model; an option its factory does not take is an error.
+def taken_options(model_id: str, factory: Callable[..., Any], kwargs: dict[str, Any]) -> dict:
+    """The options of ``kwargs`` that ``factory`` takes; one it does not take is an error.
 
     An option left at its neutral value (e.g. ``qk_norm=False``) is simply not passed, so a
-    plugin factory need not declare switches it does not have.
+    factory need not declare switches it does not have; any other is refused, never dropped.
     """
-    factory = registry("models").get(model_id)
     params = inspect.signature(factory).parameters
     takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     given = {k: v for k, v in kwargs.items() if takes_all or k in params}
@@ -331,6 +331,14 @@ def build_model(model_id: str, **kwargs: Any) -> nn.Module:
             f"({', '.join(f'{k}={kwargs[k]!r}' for k in refused)})",
             "drop those settings for this model, or pick a model that has them",
         )
+    return given
+
+
+def build_model(model_id: str, **kwargs: Any) -> nn.Module:
+    """Build a registered model; an option its factory does not take is an error
+    (:func:`taken_options`)."""
+    factory = registry("models").get(model_id)
+    given = taken_options(model_id, factory, kwargs)
     for required in ("in_channels", "input_size", "num_classes"):
         if required not in given:
             raise ConfigError(

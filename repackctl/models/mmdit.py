@@ -48,7 +48,7 @@ from repackctl.models.layers import (
     modulate,
     sincos_pos_embed_2d,
 )
-from repackctl.models.variants import SizePreset
+from repackctl.models.variants import SizePreset, shaped
 
 NullCaption = Literal["learned", "fixed"]
 
@@ -563,7 +563,11 @@ def _factory(
         null_length: int = 1,
         caption_dropout: float = 0.1,
         grad_checkpointing: bool = False,
+        depth: int | None = None,
+        width: int | None = None,
+        heads: int | None = None,
     ) -> MMDiT:
+        size, suffix = shaped(preset, depth, width, heads)  # custom small models
         options = dict(
             text_dim=text_dim,
             qk_norm=qk_norm,
@@ -574,13 +578,14 @@ def _factory(
             caption_dropout=caption_dropout,
             grad_checkpointing=grad_checkpointing,
         )
-        return _build(preset, patch, name, in_channels, input_size, **options)
+        return _build(size, patch, name + suffix, in_channels, input_size, **options)
 
     factory.__name__ = factory.__qualname__ = name.replace("-", "_")
     factory.__doc__ = (
         f"MMDiT {name}: {preset.depth} joint blocks, width {preset.hidden_size}, "
         f"{preset.num_heads} heads, patch {patch}. Defaults: a {channels}-channel {side}×{side} "
-        f"latent and {text}-wide text features; options: MMDiTConfig fields."
+        f"latent and {text}-wide text features; depth / width / heads override the size's "
+        "(custom small models); options: MMDiTConfig fields."
     )
     return factory
 

@@ -222,6 +222,33 @@ def test_train_t2i_refuses_a_class_conditional_model(captioned_cache, tmp_path, 
     assert "not a text-conditioned model" in res.output
 
 
+def test_train_t2i_depth_width_heads_shape_the_model_or_are_refused(
+    captioned_cache, tmp_path, monkeypatch
+):
+    """`--depth/--width/--heads` make a custom small MMDiT, as for `train dit`; they were
+    dropped without a word before (mmdit-s-2 trained at its full 6 × 384 size). A model
+    factory that does not take one refuses it."""
+    work = _use(captioned_cache, tmp_path, monkeypatch)
+    shape = ["--model", "mmdit-s-2", "--depth", "3", "--width", "32", "--heads", "2"]
+    res = runner.invoke(app, [*TRAIN, *shape, "--steps", "2", "--name", "small"])
+    assert res.exit_code == 0, res.output
+    config = read_state(latest_checkpoint(work / "runs" / "small"))["extra"]["model_config"]
+    assert (config["depth"], config["hidden_size"], config["num_heads"]) == (3, 32, 2)
+    assert config["name"] == "mmdit-s-2-d3w32h2"
+
+    from repackctl.dit.t2i_task import build_mmdit
+    from repackctl.errors import ConfigError
+    from repackctl.models.mmdit import mmdit_tiny
+
+    def fixed_size(*, in_channels: int = 4, input_size: int = 8, text_dim: int = 32):
+        return mmdit_tiny(in_channels=in_channels, input_size=input_size, text_dim=text_dim)
+
+    monkeypatch.setattr("repackctl.dit.t2i_task.registry", lambda group: {"m": fixed_size})
+    with pytest.raises(ConfigError, match=r"does not take the option\(s\) depth \(depth=3\)"):
+        build_mmdit("m", in_channels=4, input_size=8, text_dim=32, depth=3, width=None)
+    assert build_mmdit("m", in_channels=4, input_size=8, text_dim=32, depth=None).config.depth == 2
+
+
 @pytest.mark.slow
 def test_train_t2i_resume_and_sample_prompts(captioned_cache, tmp_path, monkeypatch):
     work = _use(captioned_cache, tmp_path, monkeypatch)
