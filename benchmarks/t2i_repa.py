@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from repackctl.errors import ConfigError, script_main
+from repackctl.files import refuse_foreign_output
 from repackctl.pipeline import STUDY_RESTART, Pipeline, keep_plan
 from repackctl.run_lock import lock_pipeline
 
@@ -276,13 +277,17 @@ STUDY_FILES = ("cache", "pack", "results.json")
 def check_report(path: Path) -> Path:
     """Refuse, before any work, a ``--report`` that is a folder or a file this study did not
     write (its first line is the report's title): it would be replaced."""
-    if path.is_dir() or (path.exists() and not path.read_text(errors="replace").startswith(TITLE)):
-        raise ConfigError(
-            f"--report {path} {'is a folder' if path.is_dir() else 'is not a report of this study'}"
-            "; it is left as it is",
-            "pass a new file name to --report, or move that file away first",
-        )
+    hint = "pass a new file name to --report, or move that file away first"
+    refuse_foreign_output(path, _is_report, "--report", "a report of this study", hint)
     return path
+
+
+def _is_report(path: Path) -> bool:
+    """Whether ``path`` starts with this study's title (a report it wrote); unreadable: no."""
+    try:
+        return path.read_text(errors="replace").startswith(TITLE)
+    except OSError:
+        return False
 
 
 def run(args: argparse.Namespace, plan: Plan) -> None:

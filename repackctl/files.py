@@ -131,6 +131,26 @@ def ensure_writable_dir(path: str | Path, what: str = "folder") -> Path:
     return path
 
 
+def refuse_foreign_output(
+    path: Path,
+    ours: Callable[[Path], bool],
+    what: str,
+    owner: str,
+    hint: str = "pass a new file name, or move that file away first",
+    folder_hint: str | None = None,
+) -> None:
+    """Refuse, before any work, an output ``path`` that is a folder, or an existing file (or
+    link) that ``ours`` does not recognise as one this tool wrote: writing it would replace a
+    user's file. ``what`` names the setting ("--out"), ``owner`` what ours are ("a GPU check
+    result"); the message says the file is left as it is."""
+    from repackctl.errors import ConfigError
+
+    if path.is_dir():
+        raise ConfigError(f"{what} {path} is a folder; it is left as it is", folder_hint or hint)
+    if (path.exists() or path.is_symlink()) and not ours(path):
+        raise ConfigError(f"{what} {path} exists and is not {owner}; it is left as it is", hint)
+
+
 def is_no_space(e: OSError) -> bool:
     """True for a full disk or an exceeded quota."""
     return e.errno in (errno.ENOSPC, errno.EDQUOT)

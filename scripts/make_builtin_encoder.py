@@ -53,7 +53,7 @@ from torch.nn import functional as F
 from repackctl.data.builtin import GENERATOR_VERSION, BuiltinSource
 from repackctl.encoders.builtin import ARCH, PATCH, BuiltinViT, builtin_encoder, save_weights
 from repackctl.errors import ConfigError, check_at_least, script_main
-from repackctl.files import sha256_file, write_text_atomic
+from repackctl.files import refuse_foreign_output, sha256_file, write_text_atomic
 
 RESOLUTION = 64
 NUM_CLASSES = 10
@@ -198,12 +198,10 @@ def check_outputs(out: Path) -> None:
             f"--out {out} is not a .safetensors path",
             "name the weights file, e.g. --out builtin.safetensors (its card goes beside it)",
         )
+    hint = "pass a new file name to --out, or move that file away first"
     for path in (out, out.with_suffix(".json")):
-        if path.is_dir() or ((path.exists() or path.is_symlink()) and not _written_here(path)):
-            raise ConfigError(
-                f"{path} exists and is not an encoder file this script wrote; it is left as it is",
-                "pass a new file name to --out, or move that file away first",
-            )
+        owner = "an encoder file this script wrote"
+        refuse_foreign_output(path, _written_here, "--out", owner, hint)
 
 
 def _written_here(path: Path) -> bool:

@@ -263,20 +263,17 @@ def check_out(name: str, out: str | Path | None) -> Path | None:
     """
     if not out:
         return None
-    path = Path(out).expanduser()
-    if path.is_dir():
-        raise ConfigError(
-            f"the benchmark output (--out) {path} is a folder",
-            f"pass a file name, e.g. --out {path / f'{name}.json'}",
-        )
-    if (path.exists() or path.is_symlink()) and not _is_result_of(path, name):
-        raise ConfigError(
-            f"the benchmark output (--out) {path} exists and is not a `benchmark {name}` result; "
-            "it is left as it is",
-            "pass a new file name to --out, or move that file away first",
-        )
-    from repackctl.files import ensure_writable_dir
+    from repackctl.files import ensure_writable_dir, refuse_foreign_output
 
+    path = Path(out).expanduser()
+    refuse_foreign_output(
+        path,
+        lambda p: _is_result_of(p, name),
+        "the benchmark output (--out)",
+        f"a `benchmark {name}` result",
+        "pass a new file name to --out, or move that file away first",
+        folder_hint=f"pass a file name, e.g. --out {path / f'{name}.json'}",
+    )
     ensure_writable_dir(path.parent, "folder of the benchmark output (--out)")
     return path
 

@@ -29,8 +29,8 @@ import torch
 from repackctl import kernels
 from repackctl.bench.common import BenchContext, env_info, measure
 from repackctl.bench.train import SHAPES, build_trainer, matmul_peak
-from repackctl.errors import ConfigError, script_main
-from repackctl.files import write_text_atomic
+from repackctl.errors import script_main
+from repackctl.files import refuse_foreign_output, write_text_atomic
 
 VARIANTS = (  # (name, precision, compile, kernels)
     ("fp32 eager (official recipe)", "fp32", False, "eager"),
@@ -158,14 +158,10 @@ def _ours(path: Path) -> bool:
 def check_outputs(*paths: str) -> None:
     """Refuse, before anything runs, an output that is a folder or an existing file this script
     did not write (a user's notes, another benchmark's result): it would be replaced."""
+    hint = "pass a new file name to --out / --md, or move that file away first"
     for given in paths:
         path = Path(given).expanduser()
-        if path.is_dir() or ((path.exists() or path.is_symlink()) and not _ours(path)):
-            what = "is a folder" if path.is_dir() else "exists and is not a GPU check result"
-            raise ConfigError(
-                f"the output {path} {what}; it is left as it is",
-                "pass a new file name to --out / --md, or move that file away first",
-            )
+        refuse_foreign_output(path, _ours, "the output", "a GPU check result", hint)
 
 
 @script_main
