@@ -1,6 +1,6 @@
-"""Small study: text-to-image MMDiT-tiny with vs without REPA on the built-in captioned data.
+"""Small study: a text-to-image MMDiT with vs without REPA on the built-in captioned data.
 
-    python benchmarks/t2i_repa.py                    # the reference run (≤ 15 min on 2 CPUs)
+    python benchmarks/t2i_repa.py                    # the reference run (about 30 min on 2 CPUs)
     python benchmarks/t2i_repa.py --quick --out /tmp/t2i-repa   # every stage at a toy size
 
 Every stage is the library call behind the command a user types (`repackctl extract`, `pack
@@ -9,7 +9,8 @@ shared runner ``repackctl.pipeline.Pipeline`` (as `repackctl demo --t2i`), on on
 
 1. the built-in images (train + val) through the built-in encoder, a RePack autoencoder and its
    latents; the built-in captions (several phrasings per image) encoded once by MiniLM;
-2. for each seed, two `train t2i` runs of mmdit-tiny that differ only in ``--repa-weight``
+2. for each seed, two `train t2i` runs of the demo's MMDiT (``T2IRecipe``: mmdit-s-2 cut to 3
+   blocks of width 128) that differ only in ``--repa-weight``
    (0.5 vs 0): same steps, batch, learning rate, data order and noise (the seed);
 3. each run's EMA sampled on the val captions (same prompts, sampler, steps, CFG and seed);
 4. scores: FD in the built-in encoder's feature space between the samples and the real val images
@@ -36,35 +37,26 @@ from typing import Any
 import numpy as np
 import torch
 
+from repackctl.demo_t2i import T2IRecipe
 from repackctl.errors import ConfigError, script_main
 from repackctl.files import refuse_foreign_output
 from repackctl.pipeline import STUDY_RESTART, Pipeline, keep_plan
 from repackctl.run_lock import lock_pipeline
 
 
-@dataclass
-class Plan:
-    """Sizes of one study run."""
+@dataclass(kw_only=True)
+class Plan(T2IRecipe):
+    """Sizes of one study run: the recipe of `repackctl demo --t2i` (``T2IRecipe``), its seeds
+    and how many val captions are sampled."""
 
-    n_train: int = 512
-    n_val: int = 128
-    resolution: int = 32
-    pack_steps: int = 150
-    steps: int = 300
-    batch: int = 16
-    lr: float = 1e-3
-    repa_weight: float = 0.5
-    seeds: tuple[int, ...] = (0, 1)
-    samples: int = 128
-    sample_steps: int = 20
-    cfg: float = 3.0
-    max_length: int = 16
-    adherence_steps: int = 200
+    seeds: tuple[int, ...] = (0, 1, 2)
+    samples: int = 200
 
     @classmethod
     def quick(cls) -> Plan:
-        return cls(n_train=64, n_val=32, pack_steps=4, steps=6, batch=8, samples=16,
-                   sample_steps=2, adherence_steps=5)  # fmt: skip
+        return cls(n_train=64, n_val=32, resolution=32, pack_steps=4, depth=1, width=32, steps=6,
+                   batch=8, repa_hidden=32, seeds=(0, 1), samples=16, sample_steps=2,
+                   adherence_steps=5)  # fmt: skip
 
 
 class Study(Pipeline):
@@ -89,7 +81,8 @@ class Study(Pipeline):
         for split, n in (("train", p.n_train), ("val", p.n_val)):
             self.stage(f"extract {split}",
                        lambda s=split, n=n: self.extract(s, n, p.resolution, chunk=32, shard=256))  # fmt: skip
-        self.stage("pack train", lambda: self.pack_train("pack", p.pack_steps, image_every=0))
+        self.stage("pack train",
+                   lambda: self.pack_train("pack", p.pack_steps, image_every=0, **p.pack_flags()))  # fmt: skip
         self.stage("pack encode", lambda: self.pack_encode("pack")[:2])
         for split in ("train", "val"):  # val: the default evaluation prompts
             self.stage(f"captions {split}",
@@ -104,8 +97,8 @@ class Study(Pipeline):
 
         def train() -> tuple[bool, str]:
             reused = self.finished(name, p.steps)
-            self.t2i_train(name, p.steps, pack_run="pack", global_batch=p.batch, lr=p.lr,
-                           repa_weight=weight, ckpt_every=p.steps, image_every=0, log_every=50)  # fmt: skip
+            self.t2i_train(name, p.steps, pack_run="pack", ckpt_every=p.steps, image_every=0,
+                           log_every=max(p.steps // 20, 1), **p.mmdit_flags(weight))  # fmt: skip
             return reused, f"REPA weight {weight}, seed {seed}"
 
         self.stage(f"train {name}", train)
@@ -114,7 +107,7 @@ class Study(Pipeline):
 
         def sample() -> tuple[bool, str]:
             got["images"], _, got["folder"], reused = self.sample_prompts(
-                name, None, num=p.samples, steps=p.sample_steps, cfg=p.cfg)  # fmt: skip
+                name, None, num=p.samples, steps=p.sample_steps, **p.guidance_flags())  # fmt: skip
             return reused, str(got["folder"])
 
         self.stage(f"sample {name}", sample)
@@ -184,13 +177,14 @@ def write_report(path: Path, plan: Plan, rows: list, times: dict, wall: float) -
 {torch.__version__}, {torch.get_num_threads()} threads. Wall time **{wall / 60:.1f} min**
 (stages: {", ".join(f"{k} {v:.0f} s" for k, v in times.items())}).
 
-Setup: {plan.n_train} train / {plan.n_val} val built-in images at {plan.resolution} px, built-in
-encoder, RePack latents ({plan.pack_steps} pack steps), captions encoded once by MiniLM
-(length {plan.max_length}); `repackctl train t2i` of mmdit-tiny for **{plan.steps} steps**
-(batch {plan.batch}, lr {plan.lr}), REPA weight {plan.repa_weight} vs 0, seeds
+Setup (the recipe of `repackctl demo --t2i`, `repackctl.demo_t2i.T2IRecipe`): {plan.n_train}
+train / {plan.n_val} val built-in images at {plan.resolution} px, built-in encoder, RePack latents
+({plan.pack_steps} pack steps, preset {plan.pack_preset}), captions encoded once by MiniLM
+(length {plan.max_length}); `repackctl train t2i` of {plan.model_text()} for **{plan.steps}
+steps** (batch {plan.batch}, lr {plan.lr:g}), REPA weight {plan.repa_weight} vs 0, seeds
 {list(plan.seeds)} (same data order and noise per seed in both arms); EMA sampled on the
-{plan.samples} first val captions, Euler {plan.sample_steps} steps, CFG {plan.cfg}, sample
-seed 0. FD: built-in-encoder feature space, samples vs the {plan.n_val} real val images.
+{plan.samples} first val captions, Euler {plan.sample_steps} steps, {plan.guidance_text()},
+sample seed 0. FD: built-in-encoder feature space, samples vs the {plan.n_val} real val images.
 Adherence: shape / colour classifiers trained on the real train images ({plan.adherence_steps}
 steps; their accuracy on held-out real images, the ceiling: {real}).
 
@@ -207,8 +201,8 @@ colour {chance["colour_accuracy"]:.3f} (1 of {n_hues} hue families). {reading}
 With {len(plan.seeds)} seeds, "beyond the seed spread" is weak evidence, not a significance test.
 
 The REPA paper reports MMDiT on MS-COCO at FID 6.05 → 4.73 with REPA after 400k steps of a
-24-block model; this is a 2-block model trained for {plan.steps} steps on toy scenes, so a small
-or absent effect here says little about that claim either way.
+24-block model; this is a {plan.depth or "small"}-block model trained for {plan.steps} steps on
+toy scenes, so a small or absent effect here says little about that claim either way.
 """
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
@@ -268,7 +262,9 @@ def plan_of(args: argparse.Namespace) -> Plan:
 
 
 #: The first line of the study's report (a file at --report without it is not replaced).
-TITLE = "# Text-to-image: MMDiT-tiny with vs without REPA (built-in captioned data)"
+TITLE = "# Text-to-image: a small MMDiT with vs without REPA (built-in captioned data)"
+#: The title of the reports before the study took the demo's recipe (theirs too).
+TITLES = (TITLE, "# Text-to-image: MMDiT-tiny with vs without REPA (built-in captioned data)")
 
 #: What a started study holds in its folder (one without plan.json predates the record).
 STUDY_FILES = ("cache", "pack", "results.json")
@@ -285,7 +281,7 @@ def check_report(path: Path) -> Path:
 def _is_report(path: Path) -> bool:
     """Whether ``path`` starts with this study's title (a report it wrote); unreadable: no."""
     try:
-        return path.read_text(errors="replace").startswith(TITLE)
+        return path.read_text(errors="replace").startswith(TITLES)
     except OSError:
         return False
 

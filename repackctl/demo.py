@@ -47,6 +47,7 @@ from repackctl.pipeline import (
     claim_demo_folder,
     read_plan,
     scored_samples,
+    solo_threads,
 )
 from repackctl.progress import ProgressFactory, null_progress
 from repackctl.run_lock import released_after
@@ -68,12 +69,6 @@ DEMO_FILES = (
     "curves.png",
     *ARM_FILES,
 )
-
-
-def solo_threads() -> int:
-    """Torch threads for a stage that runs alone: ``OMP_NUM_THREADS`` if set, else ≤ 2."""
-    given = os.environ.get("OMP_NUM_THREADS", "")
-    return int(given) if given.isdigit() and int(given) > 0 else min(2, os.cpu_count() or 1)
 
 
 @dataclass

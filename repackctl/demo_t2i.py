@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +29,18 @@ import torch
 
 from repackctl.errors import DataError
 from repackctl.files import write_text_atomic
-from repackctl.pipeline import PLAN_FILE, Pipeline, RunReport, claim_demo_folder, scored_samples
+from repackctl.pipeline import (
+    PLAN_FILE,
+    Pipeline,
+    RunReport,
+    claim_demo_folder,
+    scored_samples,
+    solo_threads,
+)
 from repackctl.progress import ProgressFactory, null_progress
 from repackctl.run_lock import released_after
 
-__all__ = ["T2IDemoPlan", "grid_scale", "run_t2i_demo", "short_prompts"]
+__all__ = ["T2IDemoPlan", "T2IRecipe", "grid_scale", "run_t2i_demo", "short_prompts"]
 
 
 #: What the text-to-image demo writes in its folder: all that ``--fresh`` removes, and only when
@@ -51,46 +58,108 @@ T2I_DEMO_FILES = (
 )
 
 
-@dataclass
-class T2IDemoPlan:
-    """Sizes of every stage (the defaults fit in about 10 minutes on 2 CPU cores).
+@dataclass(kw_only=True)
+class T2IRecipe:
+    """The text-to-image recipe of `repackctl demo --t2i` and ``benchmarks/t2i_repa.py``: data,
+    pack, MMDiT and sampling sizes.
 
-    Chosen by short pilots on a shared 2-core machine, scored by the unchanged adherence
-    measurement (96 samples: ± 5 points): 32 px (64 px costs about 4× in pack and MMDiT); 500
-    pack steps (at 150 the decoder returns grey images, so no colour can be followed); 1500
-    MMDiT steps (3000 scored no higher: shape 34 % vs 38 %); CFG 4 (7 moved shape 34 → 28 %,
-    colour 19 → 24 %)."""
+    It is the class-conditional demo's (``repackctl.demo.DemoPlan``, whose comments
+    hold its pilots): 64 px, the `small` pack preset without its GAN, and a 3-block,
+    width-128, patch-2 model (here the MMDiT ``mmdit-s-2`` cut to that size: 16 image tokens)
+    at lr 6e-3 after a 100-step warm-up, time shift 2, REPA's projector of width 128, and
+    guidance for t ≤ 0.8. The earlier plan (32 px, the default pack preset for 500 steps,
+    ``mmdit-tiny`` for 1500 steps at lr 2e-3, CFG 4 on every step; 1 min 46 s on the 2-core
+    Xeon) scored shape 42 % and colour 25 % of 96 samples, but its pack's reconstructions of
+    the val images were classified at 29 % and 17.5 %: that decoder drew blobs, so no prompt
+    could be followed. Pilots of this recipe on the 2-core Xeon (the pack 1500 steps, 183 s
+    beside the captions; 192 samples of 48 val prompts × 4 seeds, judged by the demo's
+    classifiers; reconstructions 87.5 % / 40.5 %, real val images 93 % / 49.5 %): 3600 MMDiT
+    steps (173 s) gave shape 46.4 / 45.8 / 43.2 % and colour 53.1 / 60.4 / 59.4 % at CFG 4 /
+    6 / 8 for t ≤ 0.8 (CFG 2: 34.4 / 41.1 %; CFG 4 / 8 / 12 on every step: shape 41.7 / 38.0
+    / 35.4 %), and 7200 steps 52.6 / 53.1 % shape, 50.5 / 55.7 % colour at CFG 4 / 6: the
+    MMDiT is bound by its training compute, about +6.5 points of shape a doubling, as the
+    class-conditional DiT is. 4500 steps keep the whole demo near 8 minutes."""
+
+    n_train: int = 2000
+    n_val: int = 200
+    resolution: int = 64
+    pack_steps: int = 1500
+    pack_preset: str = "small"
+    pack_gan_weight: float | None = 0.0  # None = the preset's schedule
+    model: str = "mmdit-s-2"
+    depth: int | None = 3  # None = the model's
+    width: int | None = 128
+    heads: int | None = 2
+    steps: int = 4500
+    batch: int = 32
+    lr: float = 6e-3
+    warmup: int | None = 100  # None = the t2i default schedule
+    time_shift: float | None = 2.0  # None = the t2i default
+    repa_weight: float = 0.5
+    repa_hidden: int | None = 128  # None = the t2i default
+    max_length: int = 16
+    sample_steps: int = 25
+    cfg: float = 6.0
+    cfg_t_hi: float | None = 0.8  # None = guidance on every step
+    adherence_steps: int = 400
+
+    def model_text(self) -> str:
+        """The MMDiT as the report names it: ``mmdit-s-2 (depth 3, width 128, heads 2)``."""
+        shape = [f"{k} {v}" for k, v in (("depth", self.depth), ("width", self.width),
+                                          ("heads", self.heads)) if v is not None]  # fmt: skip
+        return self.model + (f" ({', '.join(shape)})" if shape else "")
+
+    def guidance_text(self) -> str:
+        """``CFG 6 for t ≤ 0.8`` (or ``on every step``)."""
+        when = "on every step" if self.cfg_t_hi is None else f"for t ≤ {self.cfg_t_hi:g}"
+        return f"CFG {self.cfg:g} {when}"
+
+    def pack_flags(self) -> dict[str, Any]:
+        """`pack train` settings beyond the steps (a None is the preset's value)."""
+        extra = {"preset": self.pack_preset, "gan_weight": self.pack_gan_weight}
+        return {k: v for k, v in extra.items() if v is not None}
+
+    def mmdit_flags(self, repa_weight: float | None = None) -> dict[str, Any]:
+        """`train t2i` settings beyond the run's name, steps and checkpoints (``repa_weight``:
+        another than the recipe's, e.g. 0 for the study's arm without REPA)."""
+        flags = {"model": self.model, "lr": self.lr, "global_batch": self.batch,
+                 "repa_weight": self.repa_weight if repa_weight is None else repa_weight,
+                 "depth": self.depth, "width": self.width, "heads": self.heads,
+                 "time_shift": self.time_shift, "repa_hidden": self.repa_hidden}  # fmt: skip
+        if self.warmup is not None:
+            flags |= {"schedule": "warmup", "warmup_steps": self.warmup}
+        return {k: v for k, v in flags.items() if v is not None}
+
+    def guidance_flags(self) -> dict[str, Any]:
+        """`sample` settings of the guidance."""
+        return {"cfg": self.cfg} | ({} if self.cfg_t_hi is None else {"cfg_t_hi": self.cfg_t_hi})
+
+
+@dataclass(kw_only=True)
+class T2IDemoPlan(T2IRecipe):
+    """Sizes of every stage of `repackctl demo --t2i` (about 8 minutes on 2 CPU cores): the
+    recipe (``T2IRecipe``), the prompts and the threads."""
 
     out: Path
-    n_train: int = 1000
-    n_val: int = 200
-    resolution: int = 32
-    pack_steps: int = 500
-    model: str = "mmdit-tiny"
-    steps: int = 1500
-    batch: int = 32
-    lr: float = 2e-3
-    repa_weight: float = 0.5
-    max_length: int = 16
-    prompts: int = 24  # distinct prompts sampled (and scored)
+    prompts: int = 48  # distinct prompts sampled (and scored)
     seeds_per_prompt: int = 4
     grid_rows: int = 8  # prompts shown in prompts.png
-    sample_steps: int = 25
-    cfg: float = 4.0
-    adherence_steps: int = 400
     seed: int = 0
-    threads: int = 1
+    solo_threads: int = field(default_factory=solo_threads)
+    side_threads: int = 1  # the captions' process, beside the pack
 
     @classmethod
     def quick(cls, out: Path) -> T2IDemoPlan:
         """A reduced plan (tests): same stages and files, far fewer steps and images."""
-        return cls(out=out, n_train=64, n_val=32, pack_steps=4, steps=10, batch=8, prompts=4,
-                   seeds_per_prompt=2, grid_rows=3, sample_steps=2, adherence_steps=5)  # fmt: skip
+        return cls(out=out, n_train=64, n_val=32, resolution=32, pack_steps=4, depth=1, width=32,
+                   steps=10, batch=8, repa_hidden=32, prompts=4, seeds_per_prompt=2, grid_rows=3,
+                   sample_steps=2, adherence_steps=5)  # fmt: skip
 
     def record(self) -> dict[str, Any]:
         """What decides the demo's results (``plan.json``): every size and the seed, not the
         folder nor the threads."""
-        return {k: v for k, v in asdict(self).items() if k not in ("out", "threads")}
+        skip = ("out", "solo_threads", "side_threads")
+        return {k: v for k, v in asdict(self).items() if k not in skip}
 
 
 def short_prompts(keys: list[str], count: int) -> list[str]:
@@ -135,12 +204,17 @@ class _T2IDemo(Pipeline):
             )
         self.start_captions()
         try:
-            self.stage("pack train", lambda: self.pack_train("pack", p.pack_steps, image_every=0))
+            self.stage("pack train", self.pack_stage)
         except BaseException:
             self.kill_sides()
             raise
         self.stage("captions (waited for)", self.wait_captions)
         self.stage("pack encode", lambda: self.pack_encode("pack")[:2])
+
+    def pack_stage(self) -> tuple[bool, str]:
+        return self.pack_train(
+            "pack", self.plan.pack_steps, image_every=0, **self.plan.pack_flags()
+        )
 
     def captions_done(self) -> bool:
         """Whether the train entry already holds complete caption features of this length."""
@@ -159,7 +233,7 @@ class _T2IDemo(Pipeline):
         cmd = ["captions", "--entry", self.entries["train"],
                "--max-length", str(self.plan.max_length), "--cache", str(self.out / "cache"),
                "--device", "cpu", "--seed", str(self.plan.seed)]  # fmt: skip
-        self.start_side("captions", cmd, self.plan.threads)
+        self.start_side("captions", cmd, self.plan.side_threads)
 
     def wait_captions(self) -> tuple[bool, str]:
         seconds = self.wait_side("captions", DataError, "`repackctl demo --t2i` to resume")
@@ -172,10 +246,11 @@ class _T2IDemo(Pipeline):
         p = self.plan
         reused = self.finished("t2i", p.steps)
         every = max(p.steps // 2, 1)
-        self.t2i_train("t2i", p.steps, pack_run="pack", model=p.model, lr=p.lr,
-                       global_batch=p.batch, repa_weight=p.repa_weight, ckpt_every=every,
-                       image_every=0, log_every=max(p.steps // 20, 1))  # fmt: skip
-        return reused, f"{p.model} + REPA (λ {p.repa_weight}), {p.steps} steps, batch {p.batch}"
+        self.t2i_train("t2i", p.steps, pack_run="pack", ckpt_every=every, image_every=0,
+                       log_every=max(p.steps // 20, 1), **p.mmdit_flags())  # fmt: skip
+        return reused, (
+            f"{p.model_text()} + REPA (λ {p.repa_weight}), {p.steps} steps, batch {p.batch}"
+        )
 
     def sample_stage(self) -> tuple[bool, str]:
         p = self.plan
@@ -183,10 +258,16 @@ class _T2IDemo(Pipeline):
         self.prompts = short_prompts(keys, p.prompts)
         n = len(self.prompts) * p.seeds_per_prompt
         self.generated, self.asked, self.folder, reused = self.sample_prompts(
-            "t2i", self.prompts, num=n, steps=p.sample_steps, cfg=p.cfg, batch_size=48, grid=0
+            "t2i",
+            self.prompts,
+            num=n,
+            steps=p.sample_steps,
+            batch_size=48,
+            grid=0,
+            **p.guidance_flags(),
         )
         detail = f"{len(self.prompts)} prompts × {p.seeds_per_prompt} seeds, Euler "
-        return reused, detail + f"{p.sample_steps}, CFG {p.cfg}"
+        return reused, detail + f"{p.sample_steps}, {p.guidance_text()}"
 
     def evaluate(self) -> tuple[bool, str]:
         p = self.plan
@@ -270,9 +351,9 @@ def _report_text(p: T2IDemoPlan, m: dict[str, Any], report: RunReport, folder: P
         "",
         f"{p.n_train} training / {p.n_val} validation images at {p.resolution} px, built-in "
         f"encoder, RePack latents; captions encoded once by MiniLM (length {p.max_length}); "
-        f"`train t2i` of {p.model} + REPA (λ {p.repa_weight}) for {p.steps} steps; "
+        f"`train t2i` of {p.model_text()} + REPA (λ {p.repa_weight}) for {p.steps} steps; "
         f"{len(m.get('prompts', [])) or p.prompts} short prompts from val captions × "
-        f"{p.seeds_per_prompt} seeds, Euler {p.sample_steps} steps, CFG {p.cfg}.",
+        f"{p.seeds_per_prompt} seeds, Euler {p.sample_steps} steps, {p.guidance_text()}.",
         "",
         "## Prompt adherence",
         "",
@@ -289,7 +370,10 @@ def _report_text(p: T2IDemoPlan, m: dict[str, Any], report: RunReport, folder: P
         ],
         "",
         "Samples are decoded by the pack decoder, so its reconstructions of the real val images "
-        "bound what the samples can show: an attribute the decoder loses cannot be followed.",
+        "bound what the samples can show: an attribute the decoder loses cannot be followed. "
+        "The colour head names an object's first colour, which striped and gradient fills mix "
+        "with a second one: real images score low on it, and samples drawn in one flat "
+        "colour can score above them.",
         "",
         f"FD in the built-in encoder's space, {m['n_samples']} samples vs the {p.n_val} real val "
         f"images: **{m['fd']:.3f}**.",
@@ -304,7 +388,8 @@ def _report_text(p: T2IDemoPlan, m: dict[str, Any], report: RunReport, folder: P
         ],
         f"| **total** | **{report.seconds:.1f}** | | |",
         "",
-        f"{os.cpu_count()} CPUs, torch {torch.__version__} on {p.threads} thread(s); load "
+        f"{os.cpu_count()} CPUs, torch {torch.__version__} on {p.solo_threads} thread(s), "
+        f"{p.side_threads} for the captions' process beside the pack; load "
         f"average at the end {load:.2f}.",
         "",
         "## Settings",
@@ -329,7 +414,7 @@ def run_t2i_demo(
     results first (only what it writes, in a folder it made: :func:`claim_folder`)."""
     claim_demo_folder(plan.out, "demo --t2i", T2I_DEMO_FILES, fresh, log, plan.record())
     threads = torch.get_num_threads()
-    torch.set_num_threads(plan.threads)
+    torch.set_num_threads(plan.solo_threads)
     try:
         demo = _T2IDemo(plan, progress, log)
         demo.prepare()

@@ -52,6 +52,7 @@ __all__ = [
     "one_per_class",
     "read_plan",
     "scored_samples",
+    "solo_threads",
     "unknown_paths",
 ]
 
@@ -72,6 +73,12 @@ _SAMPLE_FILE = re.compile(
     r"|prompts\.txt|adherence\.json|\d{6}\.png|latents/\d{6}\.npy|latents/written-\d{6}-\d{6}\.json"
     r"|\.sample\.lock)"
 )
+
+
+def solo_threads() -> int:
+    """Torch threads for a stage that runs alone: ``OMP_NUM_THREADS`` if set, else ≤ 2."""
+    given = os.environ.get("OMP_NUM_THREADS", "")
+    return int(given) if given.isdigit() and int(given) > 0 else min(2, os.cpu_count() or 1)
 
 
 @dataclass

@@ -15,10 +15,10 @@ from support.snapshot import assert_scored, snapshot
 from typer.testing import CliRunner
 
 from repackctl.cli.app import app
-from repackctl.demo import DEMO_FILES, DemoPlan, run_dit_seed, solo_threads
+from repackctl.demo import DEMO_FILES, DemoPlan, run_dit_seed
 from repackctl.errors import ConfigError
 from repackctl.files import sha256_file
-from repackctl.pipeline import MARKER, claim_folder
+from repackctl.pipeline import MARKER, claim_folder, solo_threads
 
 runner = CliRunner()
 SEEDS = Path(__file__).resolve().parents[1] / "benchmarks" / "demo_seeds.py"

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from repackctl.cli.app import app
 from repackctl.demo_t2i import T2IDemoPlan, grid_scale, short_prompts
+from repackctl.train import latest_checkpoint, read_state
 
 runner = CliRunner()
 
@@ -47,6 +48,10 @@ def test_demo_t2i_end_to_end_and_reuse(tmp_path):
     assert m["n_samples"] == len(m["prompts"]) * plan.seeds_per_prompt
     report = (out / "report.md").read_text()
     assert "| shape |" in report and "real val images" in report and "**total**" in report
+    # the plan's MMDiT shape is the one trained (mmdit-s-2 cut to 1 block of width 32)
+    config = read_state(latest_checkpoint(out / "t2i"))["extra"]["model_config"]
+    assert (config["depth"], config["hidden_size"], config["num_heads"]) == (1, 32, 2)
+    assert "mmdit-s-2 (depth 1, width 32, heads 2)" in report
 
     # one row per prompt, each labelled with its prompt in a left margin (dark text pixels)
     grid = np.asarray(Image.open(out / "prompts.png").convert("L"))
@@ -76,7 +81,7 @@ def test_demo_t2i_end_to_end_and_reuse(tmp_path):
     before = snapshot(out)
     full = runner.invoke(app, ["demo", "--t2i", "--out", str(out)])
     assert (
-        full.exit_code == 2 and "another plan" in full.output and "n_train 64 → 1000" in full.output
+        full.exit_code == 2 and "another plan" in full.output and "n_train 64 → 2000" in full.output
     )
     assert "demo --t2i --fresh" in full.output and snapshot(out) == before
     _fresh(out, m)

@@ -48,7 +48,7 @@ def test_quick_study_records_its_plan_and_refuses_another(tmp_path, monkeypatch,
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
     assert _in_process("--out", str(out)) == 2  # the full plan in the quick study's folder
     err = capsys.readouterr().err
-    assert "another plan" in err and "n_train 64 → 512" in err and "Hint:" in err
+    assert "another plan" in err and "n_train 64 → 2000" in err and "Hint:" in err
     assert _in_process("--quick", "--seeds", "0", "--out", str(out)) == 2
     assert "two distinct seeds" in capsys.readouterr().err
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before  # nothing written
