@@ -78,7 +78,8 @@ class T2IRecipe:
     6 / 8 for t ≤ 0.8 (CFG 2: 34.4 / 41.1 %; CFG 4 / 8 / 12 on every step: shape 41.7 / 38.0
     / 35.4 %), and 7200 steps 52.6 / 53.1 % shape, 50.5 / 55.7 % colour at CFG 4 / 6: the
     MMDiT is bound by its training compute, about +6.5 points of shape a doubling, as the
-    class-conditional DiT is. 4500 steps keep the whole demo near 8 minutes."""
+    class-conditional DiT is. With 4500 steps the whole demo took 8 min 10 s and 8 min 52 s
+    there (the host's load)."""
 
     n_train: int = 2000
     n_val: int = 200
