@@ -205,6 +205,29 @@ def train_classifier(
     }
 
 
+#: Classifiers trained in this process, by everything their training reads (a study scores
+#: several folders against the same real images: each would train the same network again).
+_TRAINED: dict[tuple, tuple[AttributeNet, dict[str, float]]] = {}
+
+
+def trained_classifier(
+    images: np.ndarray, shapes: np.ndarray, colours: np.ndarray, steps: int, seed: int, device
+) -> tuple[AttributeNet, dict[str, float]]:
+    """``train_classifier``, once per process for the same inputs: the key holds a sha256 of
+    the images and labels, the steps, seed, device and thread count (which can change the
+    rounding), so a reused network is the one this call would train."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for a in (images, shapes, colours):
+        digest.update(str((a.shape, a.dtype)).encode())
+        digest.update(np.ascontiguousarray(a).tobytes())
+    key = (digest.hexdigest(), steps, seed, str(device), torch.get_num_threads())
+    if key not in _TRAINED:
+        _TRAINED[key] = train_classifier(images, shapes, colours, steps, seed, device)
+    return _TRAINED[key]
+
+
 # --------------------------------------------------------------------------- the command
 
 
@@ -386,7 +409,7 @@ def run_adherence(
     root = training_cache_root(cache, extra, "score built-in runs whose cache is still there")
     images, shapes, colours = real_attributes(root, entry)
     _warn(folder, truncation)
-    net, real_acc = train_classifier(images, shapes, colours, steps, seed, device)
+    net, real_acc = trained_classifier(images, shapes, colours, steps, seed, device)
     hashes = _hashes(folder, n, card)  # of what is scored, before scoring it
     pred_shape, pred_colour = predict(net, samples, device)
     s_hit = [int(pred_shape[i] == s) for i, (s, _) in enumerate(wanted) if s is not None]

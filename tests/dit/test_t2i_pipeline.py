@@ -362,3 +362,26 @@ def test_prompt_attributes_read_every_builtin_phrasing():
                 assert colour == want_colour, cap
     assert prompt_attributes("a red star on a blue striped background") == (4, "red")
     assert prompt_attributes("a checkered background") == (None, None)
+
+
+def test_the_same_classifier_is_trained_once_per_process():
+    """A study scores several folders against the same real images: the classifier trained for
+    the first is reused, and only for exactly the same inputs (images, labels, steps, seed)."""
+    from repackctl.evaluate.adherence import train_classifier, trained_classifier
+
+    g = np.random.default_rng(0)
+    images = g.integers(0, 256, (40, 16, 16, 3), dtype=np.uint8)
+    shapes, colours = g.integers(0, 10, 40), g.integers(0, 11, 40)
+    cpu = torch.device("cpu")
+    net, acc = trained_classifier(images, shapes, colours, 3, 0, cpu)
+    assert trained_classifier(images, shapes, colours, 3, 0, cpu)[0] is net
+    fresh, fresh_acc = train_classifier(images, shapes, colours, 3, 0, cpu)
+    assert fresh_acc == acc
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(),
+                                                 net.state_dict().values(), strict=True))  # fmt: skip
+    assert trained_classifier(images, shapes, colours, 4, 0, cpu)[0] is not net
+    assert trained_classifier(images, shapes, colours, 3, 1, cpu)[0] is not net
+    other = images.copy()
+    other[0, 0, 0, 0] ^= 1
+    assert trained_classifier(other, shapes, colours, 3, 0, cpu)[0] is not net
+    assert trained_classifier(images, (shapes + 1) % 10, colours, 3, 0, cpu)[0] is not net
