@@ -138,7 +138,7 @@ class T2IRecipe:
 
 @dataclass(kw_only=True)
 class T2IDemoPlan(T2IRecipe):
-    """Sizes of every stage of `repackctl demo --t2i` (about 8 minutes on 2 CPU cores): the
+    """Sizes of every stage of `repackctl demo --t2i` (8 to 9 minutes on 2 CPU cores): the
     recipe (``T2IRecipe``), the prompts and the threads."""
 
     out: Path
