@@ -30,7 +30,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from repackctl.demo_t2i import T2IRecipe
-from repackctl.errors import ConfigError, script_main
+from repackctl.errors import ConfigError, name_items, script_main
 from repackctl.files import refuse_foreign_output
 from repackctl.pipeline import STUDY_RESTART, Pipeline, keep_plan
 from repackctl.run_lock import lock_pipeline
@@ -239,6 +239,13 @@ def rewrite_report(args: argparse.Namespace) -> None:
             f"{path} holds no finished study ({type(e).__name__}: {e})",
             "run the study into this --out first (without --from-results)",
         ) from None
+    other = sorted(set(doc["plan"]) ^ {f.name for f in fields(Plan)})
+    if other:  # defaults filled in would describe a recipe the study did not run
+        raise ConfigError(
+            f"{path} records another version's plan (settings {name_items(other)} differ)",
+            "rewrite its report with the version that ran it, or run the study again into a "
+            "new --out",
+        )
     report = check_report(args.report or Path(__file__).parent / "results" / "t2i_repa.md")
     write_report(report, plan, runs, times, wall)
     print(f"report: {report}")

@@ -63,6 +63,16 @@ def test_quick_study_records_its_plan_and_refuses_another(tmp_path, monkeypatch,
     none = tmp_path / "none"
     assert _in_process("--out", str(none), "--from-results", "--report", str(report)) == 2
     assert "holds no finished study" in capsys.readouterr().err
+    # results of an older version (its plan without the recipe's MMDiT shape) are refused:
+    # the report would describe the defaults, not what that study ran
+    older = tmp_path / "older"
+    older.mkdir()
+    doc = json.loads((out / "results.json").read_text())
+    del doc["plan"]["depth"]
+    (older / "results.json").write_text(json.dumps(doc))
+    assert _in_process("--out", str(older), "--from-results", "--report", str(report)) == 2
+    err = capsys.readouterr().err
+    assert "records another version's plan (settings depth differ)" in err, err
     # a file of the user's at --report: refused before any work, left as it is
     notes = tmp_path / "notes.md"
     notes.write_text("mine")
