@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from repackctl.errors import DataError, name_items
 from repackctl.pack.load import denormalise
 from repackctl.runtime import amp_autocast
 from repackctl.sample.plan import OFFICIAL_VELOCITY, GenerationPlan, index_generators, initial_noise
@@ -62,3 +63,17 @@ def generate_raw_latents(
     y = torch.from_numpy(labels[indices]).to(device)  # (B,)
     out = sample(plan.spec, velocity, noise, y, generator=gens)
     return denormalise(out.x.float(), extra["latent_stats"])  # (B, d, h, w)
+
+
+def refuse_non_finite(x: Tensor, what: str, indices: list[int]) -> None:
+    """Refuse a batch ``x`` (B, ...) of samples ``indices`` with a NaN or inf value, naming the
+    samples: written out, such a sample would be an all-black PNG that is then scored."""
+    bad = (~torch.isfinite(x.float())).flatten(1).any(dim=1)  # (B,)
+    if bool(bad.any()):
+        which = [i for i, b in zip(indices, bad.tolist(), strict=True) if b]
+        raise DataError(
+            f"the {what} of {len(which)} of {len(indices)} samples in this batch are not finite "
+            f"(NaN or inf; samples {name_items(which)}): nothing of the batch was written",
+            "lower --cfg (a scale this large overflows), sample in fp32 (--precision fp32), or "
+            "check the checkpoint's weights (`repackctl runs info RUN`)",
+        )

@@ -300,8 +300,28 @@ def read_sampling_defaults(checkpoint: Path) -> dict[str, Any]:
                     f"{path} names unknown sampling settings {unknown}",
                     f"valid keys: {', '.join(DEFAULTS)}",
                 )
+            _check_values(path, data.get("defaults", {}))
             return dict(data.get("defaults", {}))
     return {}
+
+
+def _check_values(path: Path, defaults: dict[str, Any]) -> None:
+    """Refuse a default the flag itself would refuse (a NaN or negative cfg, 0 steps): the file
+    stands in for the flags, so its values get the flags' checks."""
+    from pydantic import ValidationError
+
+    from repackctl.settings.sample import SampleSettings
+
+    try:
+        SampleSettings.model_validate(defaults)
+    except ValidationError as e:
+        bad = e.errors()[0]
+        key = ".".join(str(k) for k in bad["loc"])
+        raise CheckpointError(
+            f"{path}: the default {key} = {defaults.get(key)!r} is refused ({bad['msg']})",
+            f"fix the file, or delete it and give the sampling settings as flags "
+            f"(--{key.replace('_', '-')} and the others)",
+        ) from None
 
 
 def check_null_condition_trained(

@@ -78,7 +78,12 @@ from repackctl.sample.folder import (
     reopen_finished,
     write_samples,
 )
-from repackctl.sample.generate import generate_raw_latents, guided_velocity, model_velocity
+from repackctl.sample.generate import (
+    generate_raw_latents,
+    guided_velocity,
+    model_velocity,
+    refuse_non_finite,
+)
 from repackctl.sample.plan import (
     canonical_labels,
     check_null_condition_trained,
@@ -220,6 +225,12 @@ def _velocity(settings: Settings, dit: Any, plan: Any, device: Any):
     cfg, extra = settings.sample, dit.extra
     if plan.legacy_channels and cfg.guide:
         raise ConfigError("legacy CFG channels do not apply to autoguidance", "drop --cfg-channels")
+    if cfg.guide_checkpoint and not cfg.guide:  # else sampled plainly, the option dropped
+        raise ConfigError(
+            f"--guide-checkpoint {cfg.guide_checkpoint} names a checkpoint of the guide run, "
+            "but no --guide run was given: the samples would be plain, the option unused",
+            "add --guide RUN (autoguidance by that run's checkpoint), or drop --guide-checkpoint",
+        )
     if cfg.guide and not plan.guided:  # v_guide + 1·(v_main − v_guide) is the main model alone
         raise ConfigError(
             f"--guide {cfg.guide} at --cfg 1 would sample the main model alone (autoguidance at "
@@ -342,8 +353,11 @@ def _batch(job: _Job, idx: list[int]) -> tuple[np.ndarray, np.ndarray]:
         raw = generate_raw_latents(
             job.velocity, job.plan, job.extra, job.labels, job.settings.seed, idx, job.device
         )  # (B, d, h, w)
+        refuse_non_finite(raw, "latents", idx)
         with amp_autocast(job.settings.precision, job.device):
-            images = to_uint8(job.decoder.decode(raw))  # (B, H, W, 3)
+            decoded = job.decoder.decode(raw)  # (B, 3, H, W)
+        refuse_non_finite(decoded, "decoded images", idx)
+        images = to_uint8(decoded)  # (B, H, W, 3)
         if job.refiner is not None:
             images = job.refiner.refine(images, raw)  # (B, H, W, 3)
     return raw.cpu().numpy().astype(np.float32), images

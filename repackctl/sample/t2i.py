@@ -70,6 +70,7 @@ from repackctl.sample.folder import (
     reopen_finished,
     write_samples,
 )
+from repackctl.sample.generate import refuse_non_finite
 from repackctl.sample.plan import (
     check_null_condition_trained,
     index_generators,
@@ -368,8 +369,11 @@ def _write_batch(
     device, precision = text["tokens"].device, settings.precision
     with torch.no_grad():
         raw = generate_t2i_latents(model, plan, extra, text, ids, settings.seed, idx, precision)
+        refuse_non_finite(raw, "latents", idx)
         with amp_autocast(precision, device):
-            images = to_uint8(decoder.decode(raw))  # (B, H, W, 3)
+            decoded = decoder.decode(raw)  # (B, 3, H, W)
+        refuse_non_finite(decoded, "decoded images", idx)
+        images = to_uint8(decoded)  # (B, H, W, 3)
         if refiner is not None:
             images = refiner.refine(images, raw)  # (B, H, W, 3)
     raw_np = raw.cpu().numpy().astype(np.float32)  # (B, d, h, w)
@@ -379,9 +383,10 @@ def _write_batch(
 
 
 def _check_options(cfg: Any) -> None:
-    if cfg.guide:
+    if cfg.guide or cfg.guide_checkpoint:
         raise ConfigError(
-            "autoguidance is not available for text-to-image runs yet", "drop --guide"
+            "autoguidance is not available for text-to-image runs yet",
+            "drop --guide and --guide-checkpoint",
         )
     if cfg.cfg_channels:
         raise ConfigError("legacy CFG channels do not apply to text-to-image runs", "drop it")
