@@ -128,8 +128,29 @@ def fid(resolved: ResolvedSettings, source: GeneratedArg = None) -> None:
     """
     from repackctl.evaluate.generative import run_evaluate_fid
 
-    result = run_evaluate_fid(resolved.settings, rich_progress)
+    result = run_evaluate_fid(resolved.settings, rich_progress, _sampling_given(resolved))
     _print_fid(result)
+
+
+#: [sample] settings that do not change which samples are made
+_NOT_SAMPLING = {"sample.run", "sample.checkpoint", "sample.num", "sample.batch_size"}
+_NOT_SAMPLING |= {"sample.grid", "sample.out"}
+
+
+def _sampling_given(resolved: ResolvedSettings) -> tuple[str, ...]:
+    """``--seed 7``, ``sample.cfg = 4.0 (file repackctl.toml)``: the settings that decide how
+    samples are made which the user gave to this command (a flag for ``--seed`` and
+    ``--precision``; any of flag, environment or file for the [sample] section)."""
+    from repackctl.settings.checks import user_given
+
+    given = []
+    for key, source in sorted(resolved.sources.items()):
+        if key in ("seed", "precision") and source == "flag":
+            given.append(f"--{key} {getattr(resolved.settings, key)}")
+        elif key.startswith("sample.") and key not in _NOT_SAMPLING and user_given(source):
+            value = getattr(resolved.settings.sample, key.split(".", 1)[1])
+            given.append(f"{key} = {value!r} ({source})")
+    return tuple(given)
 
 
 @evaluate_app.command("stats")

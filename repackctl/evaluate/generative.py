@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from repackctl.errors import CacheError, CheckpointError, ConfigError, DataError
+from repackctl.errors import CacheError, CheckpointError, ConfigError, DataError, name_items
 from repackctl.evaluate.output import (
     check_metrics_target,
     check_out_place,
@@ -446,9 +446,24 @@ def samples_of_run(root: str | Path, run: Path) -> list[Path]:
     """
     base, name = local_path(str(root)), run_root_of(run).name
     found = [p for p in base.glob(f"{name}--*") if is_samples_folder(p)] if base.is_dir() else []
+    found = [p for p in found if _made_by_run_named(p, name)]
     if is_checkpoint(run):
         found = [p for p in found if made_from_checkpoint(p, read_protocol(p), run)]
     return sorted(found, key=samples_made_at, reverse=True)
+
+
+def _made_by_run_named(folder: Path, name: str) -> bool:
+    """Whether ``folder`` holds samples of a run called ``name``, not of another run whose name
+    starts with it (run names may hold ``--``: ``dit--b--step-…`` is no sample of ``dit``). The
+    card names the run (``dit_run``); a folder without a readable card goes by its name,
+    ``<run>--step-…`` (a damaged card is reported when the folder itself is scored)."""
+    try:
+        run = read_protocol(folder).get("dit_run")
+    except DataError:
+        run = None
+    if isinstance(run, str) and run:
+        return run == name
+    return folder.name.startswith(f"{name}--step-")
 
 
 def samples_made_at(folder: Path) -> float:
@@ -548,7 +563,11 @@ def _check_count(
     return [f"using exactly {num} of the {available} samples of {where}"]
 
 
-def open_generated(settings: Settings, progress: ProgressFactory = null_progress) -> Generated:
+def open_generated(
+    settings: Settings,
+    progress: ProgressFactory = null_progress,
+    sampling_given: tuple[str, ...] = (),
+) -> Generated:
     """Resolve ``evaluate.source`` (or the newest samples folder) into a :class:`Generated`.
 
     Unfinished sample runs are refused; with ``--samples N`` below what is available, the
@@ -557,7 +576,7 @@ def open_generated(settings: Settings, progress: ProgressFactory = null_progress
     """
     cfg = settings.evaluate
     num = cfg.num_samples
-    path, messages, sampled_now = _resolve_source(settings, progress)
+    path, messages, sampled_now = _resolve_source(settings, progress, sampling_given)
     npz, folder, protocol = _locate_images(path)
     images = npz_image_set(npz) if npz is not None else png_folder_set(folder, protocol=protocol)
     messages += [images.meta["note"]] if images.meta.get("note") else []
@@ -600,8 +619,15 @@ def _source_path(source: str, runs: str) -> Path:
     )
 
 
-def _resolve_source(settings: Settings, progress: ProgressFactory) -> tuple[Path, list[str], bool]:
-    """(samples folder or .npz to score, how it was found, whether it was sampled just now)."""
+def _resolve_source(
+    settings: Settings, progress: ProgressFactory, sampling_given: tuple[str, ...] = ()
+) -> tuple[Path, list[str], bool]:
+    """(samples folder or .npz to score, how it was found, whether it was sampled just now).
+
+    ``sampling_given``: the sampling settings the user gave (``seed``, ``sample.cfg``, …). For
+    a run or checkpoint they decide which samples are meant: with ``--samples N`` it is sampled
+    with them (``sample`` reuses a finished folder of exactly these settings), and without it
+    they are refused, since its newest folder was made with its own settings."""
     cfg = settings.evaluate
     num = cfg.num_samples
     if cfg.source is None:
@@ -612,7 +638,16 @@ def _resolve_source(settings: Settings, progress: ProgressFactory) -> tuple[Path
         return path, [], False
     what = "checkpoint" if is_checkpoint(path) else "run"
     made = samples_of_run(settings.samples, path)
-    if made and not _to_finish(made[0], num):
+    if sampling_given and num is None:
+        raise ConfigError(
+            f"sampling settings ({name_items(list(sampling_given))}) take effect only on "
+            f"samples made now, and without --samples N {what} {path} is scored from "
+            + (f"its newest samples folder {made[0]}" if made else "a samples folder")
+            + ", made with the settings it was sampled with",
+            hint="pass --samples N to sample with these settings (a finished folder of exactly "
+            "them is reused), or give the samples folder to score and drop those settings",
+        )
+    if made and not _to_finish(made[0], num) and not sampling_given:
         if what == "run":
             _warn_if_trained_on(path, made[0])
         return made[0], [f"{cfg.source} is a {what}: its newest samples folder is {made[0]}"], False
@@ -1337,9 +1372,12 @@ def _add_encoder_fd(
 
 
 def run_evaluate_fid(
-    settings: Settings, progress: ProgressFactory = null_progress
+    settings: Settings,
+    progress: ProgressFactory = null_progress,
+    sampling_given: tuple[str, ...] = (),
 ) -> EvaluateResult:
-    """Score generated images against the reference and write ``metrics.json``."""
+    """Score generated images against the reference and write ``metrics.json``;
+    ``sampling_given``: the sampling settings the user gave (``_resolve_source``)."""
     from repackctl.metrics.protocol import validate_card, write_metrics_json
     from repackctl.runtime import resolve_device
 
@@ -1347,7 +1385,7 @@ def run_evaluate_fid(
     if out_given:  # before a checkpoint is sampled: its samples folder is not needed to know
         check_metrics_target(explicit_metrics_path(settings.evaluate.out), out_given)
         check_out_place(explicit_metrics_path(settings.evaluate.out), None)
-    gen = open_generated(settings, progress)
+    gen = open_generated(settings, progress, sampling_given)
     ref = open_reference(settings, gen)
     wanted = choose_metrics(settings.evaluate.metrics, ref)
     _check_inception_given(settings.evaluate.inception_weights, wanted)

@@ -58,6 +58,10 @@ def eval_features(
     split = cfg.eval_split
     hint = _extract_hint(handle, split)
     if cfg.eval_entry:
+        if cfg.eval_entry == run_cache["entry"]:
+            log.append(
+                f"Warning: scoring on the run's training entry {cfg.eval_entry}: not held out"
+            )
         entry, feats, _ = open_features(settings.cache, cfg.eval_entry, run_cache["features"], hint)
     elif split == source.get("split", "train"):
         log.append(f"Warning: scoring on the training split {split!r}: not held out")
