@@ -208,6 +208,20 @@ def remove_stale_temp_files(
     return removed
 
 
+def read_json_object(path: Path, hint: str) -> dict[str, Any]:
+    """The JSON object in ``path``; a ``DataError`` naming the file (and ``hint``) when it cannot
+    be read, is not JSON (cut short, edited) or holds another kind of value."""
+    from repackctl.errors import DataError
+
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise DataError(f"cannot read {path}: {str(e).splitlines()[0][:200]}", hint) from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path} holds a JSON {type(data).__name__}, not an object", hint)
+    return data
+
+
 def to_uint8(images: Tensor) -> np.ndarray:
     """(B, 3, H, W) in [−1, 1] → uint8 (B, H, W, 3)."""
     x = ((images.float().clamp(-1, 1) + 1) * 127.5).round()  # (B, 3, H, W)

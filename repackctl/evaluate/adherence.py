@@ -21,7 +21,6 @@ checkpoint that made the samples may have been rotated away since.
 
 from __future__ import annotations
 
-import json
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from torch import nn
 
 from repackctl.data.captions import SHAPE_NOUNS, colour_name
 from repackctl.errors import DataError
-from repackctl.files import write_json_atomic
+from repackctl.files import read_json_object, write_json_atomic
 from repackctl.paths import PROTOCOL_JSON
 from repackctl.progress import warn
 
@@ -269,7 +268,7 @@ def _protocol_of(folder: Path) -> dict[str, Any]:
         raise DataError(
             f"{folder} has no {PROTOCOL_JSON}", "pass a folder written by `repackctl sample`"
         )
-    card = json.loads(path.read_text())
+    card = read_json_object(path, "the samples folder is damaged: sample it again")
     if card.get("stage") != "t2i" or "prompts" not in card:
         raise DataError(
             f"{folder} was not sampled from a text-to-image run (no prompts in its protocol)",

@@ -42,10 +42,10 @@ from torch import Tensor
 
 from repackctl.crash import crash_point
 from repackctl.errors import ConfigError, DataError
-from repackctl.files import sha256_file, write_json_atomic, write_png_atomic
+from repackctl.files import read_json_object, sha256_file, write_json_atomic, write_png_atomic
 from repackctl.metrics.adm import IMAGES_KEY
 from repackctl.paths import PROTOCOL_JSON, SAMPLES_NPZ, SETTINGS_JSON
-from repackctl.progress import ProgressFactory, null_progress
+from repackctl.progress import ProgressFactory, null_progress, warn
 from repackctl.refine.load import LATENT_CONVENTION, RefinerHandle, load_refiner
 from repackctl.run_lock import released_after
 from repackctl.runtime import DistInfo, resolve_device
@@ -54,10 +54,14 @@ from repackctl.sample.folder import (
     aligned_batches,
     assemble_recorded,
     claim_folder,
+    file_mismatch,
+    is_finished,
     missing_indices,
     owned_range,
     png_path,
+    recorded_files,
     refined_suffix,
+    restore_pngs,
 )
 from repackctl.settings import Settings
 
@@ -409,7 +413,7 @@ def _source_protocol(src: Path) -> dict[str, Any]:
         raise DataError(
             f"{src} has no {PROTOCOL_JSON}", "pass a folder written by `repackctl sample`"
         )
-    protocol = json.loads(proto_path.read_text())
+    protocol = read_json_object(proto_path, "the samples folder is damaged: sample it again")
     if protocol.get("refiner"):
         raise DataError(f"{src} is already refined", "refine the unrefined samples folder")
     if protocol.get("latent_convention", LATENT_CONVENTION) != LATENT_CONVENTION:
@@ -449,6 +453,26 @@ def _refine_missing(
                 write_png_atomic(png_path(out, idx[j]), refined[j])
                 crash_point(f"{CRASH_AFTER_PNG}{idx[j]}")
             bar.advance(len(written))
+
+
+def _to_refine(out: Path, mine: range) -> list[int]:
+    """The samples of ``mine`` to refine into ``out``: those without a PNG. In a finished
+    folder the PNGs must be the images its card records first (a rerun rebuilds samples.npz
+    and the card from them, vouching for whatever pixels lie there): one that is not is
+    rewritten from the recorded samples.npz, or, when that file is not the recorded one either,
+    every image is refined again (the refiner's output is deterministic)."""
+    if not is_finished(out):
+        return missing_indices(out, mine)
+    record = recorded_files(out).get(SAMPLES_NPZ)
+    why = file_mismatch(out / SAMPLES_NPZ, record)
+    if why is not None:
+        warn(f"{out / SAMPLES_NPZ} is not the file its card records ({why}): every image is "
+             "refined again")  # fmt: skip
+        return list(mine)
+    restored = restore_pngs(out, mine)
+    if restored:
+        warn(restored.removeprefix("Warning: "))
+    return missing_indices(out, mine)
 
 
 def _fitting_refiner(settings: Settings, source: SamplesSource, protocol: dict) -> RefinerHandle:
@@ -504,7 +528,7 @@ def run_refine_apply(
             return ApplyResult(out, num, 0, num, "already refined (by `sample --refiner`)", 0.0)
         claim_folder(out, fingerprint, elsewhere=f"move {out} away")
         mine = owned_range(num, dist.rank, dist.world)
-        todo = missing_indices(out, mine)
+        todo = _to_refine(out, mine)
         t0 = time.perf_counter()
         _refine_missing(settings, source, out, protocol, refiner, mine, todo, progress, device)
         seconds = time.perf_counter() - t0

@@ -166,3 +166,34 @@ def test_apply_refines_the_npz_images_the_card_names_not_edited_pngs(stack, tmp_
     again, ref = _images(refined).astype(int), _images(fused).astype(int)
     assert np.array_equal(again[:3], ref[:3])
     assert np.abs(again[3] - ref[3]).max() <= 1  # alone in its batch: CPU rounding at most
+
+
+def test_a_rerun_restores_an_edited_refined_png_instead_of_vouching_for_it(stack, tmp_path):
+    """A finished refined folder run again: an edited PNG is rewritten from the recorded
+    samples.npz (the rerun rebuilt samples.npz and the card from whatever PNGs lay there); with
+    samples.npz edited too, every image is refined again, to the same bytes."""
+    src = _sample(stack, tmp_path / "s")
+    code, out = _apply(stack, src, "chk-refine32")
+    assert code == 0, out
+    (refined,) = [p for p in tmp_path.iterdir() if p.name.startswith("s--refine")]
+    card = json.loads((refined / "protocol.json").read_text())
+    first, npz = _images(refined), (refined / "samples.npz").read_bytes()
+    write_png_atomic(png_path(refined, 1), np.zeros_like(first[1]))
+    code, out = _apply(stack, src, "chk-refine32")
+    assert code == 0 and "Warning:" in out and "000001.png" in out, out
+    assert np.array_equal(_images(refined), first)  # before: image 1 black, in a new card
+    assert json.loads((refined / "protocol.json").read_text()) == card
+    write_png_atomic(png_path(refined, 2), np.zeros_like(first[2]))
+    (refined / "samples.npz").write_bytes(b"not an npz")
+    code, out = _apply(stack, src, "chk-refine32")
+    assert code == 0 and "refined again" in out, out
+    assert (refined / "samples.npz").read_bytes() == npz and np.array_equal(_images(refined), first)
+
+
+def test_an_unreadable_card_of_the_samples_is_an_error_not_a_traceback(stack, tmp_path):
+    src = _sample(stack, tmp_path / "s")
+    for text in ("{bad", "[1, 2]"):
+        (src / "protocol.json").write_text(text)
+        code, out = _apply(stack, src, "chk-refine32")
+        assert code == 4 and "Error:" in out and "protocol.json" in out, out
+        assert "Traceback" not in out
