@@ -1576,7 +1576,9 @@ def _stats_images(
     """The images `evaluate stats` summarises (``None`` = each source's documented default)."""
     _check_stats_request(source, settings.evaluate.ref_cache, resolution, num)
     if settings.evaluate.ref_cache is not None:
-        return cache_image_set(settings.cache, settings.evaluate.ref_cache, num)
+        return _at_given_resolution(
+            cache_image_set(settings.cache, settings.evaluate.ref_cache, num), resolution
+        )
     if source == "builtin":
         return builtin_image_set(
             64 if resolution is None else resolution, 1000 if num is None else num, settings.seed
@@ -1590,7 +1592,21 @@ def _stats_images(
     if path.is_dir():
         res = 256 if resolution is None else resolution
         return reference_folder_set(path, res, num, settings.seed)
-    return npz_image_set(path, num)
+    return _at_given_resolution(npz_image_set(path, num), resolution)
+
+
+def _at_given_resolution(images: ImageSet, resolution: int | None) -> ImageSet:
+    """``images`` (of a cache entry or an .npz, whose size is their own), refused when a
+    ``--resolution`` other than theirs was given: nothing resizes them, so the statistics would
+    be of another size than asked for."""
+    if resolution is not None and resolution != images.resolution:
+        raise ConfigError(
+            f"--resolution {resolution} was given, but the images of {images.label} are "
+            f"{images.resolution} px and are summarised at their own size",
+            f"drop --resolution (or pass {images.resolution}), or summarise images that are "
+            f"{resolution} px (a cache entry extracted at --resolution {resolution})",
+        )
+    return images
 
 
 def run_evaluate_stats(
@@ -1611,8 +1627,20 @@ def run_evaluate_stats(
 
     if extractor not in ("inception", "fd"):
         raise ConfigError(f"unknown extractor {extractor!r}", hint="use inception or fd")
-    device = resolve_device(settings.device)
     cfg = settings.evaluate
+    if extractor == "fd" and cfg.inception_weights is not None:
+        raise ConfigError(
+            f"evaluate.inception_weights ({cfg.inception_weights}) is given, but --extractor fd "
+            "does not use Inception: it would be ignored",
+            "drop --inception-weights, or pass --extractor inception",
+        )
+    if extractor == "inception" and cfg.fd_weights is not None:
+        raise ConfigError(
+            f"evaluate.fd_weights ({cfg.fd_weights}) is given, but --extractor inception does "
+            "not use the FD encoder: it would be ignored",
+            "drop --fd-weights, or pass --extractor fd",
+        )
+    device = resolve_device(settings.device)
     images = _stats_images(settings, source, resolution, num)
     images.batch_size = cfg.batch_size
     folder = stats_dir(settings)

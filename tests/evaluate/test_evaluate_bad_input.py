@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 from support.cli import cli_ok, cli_refused
@@ -107,6 +108,27 @@ def test_stats_of_a_cache_entry_refuse_num_below_one_and_not_given_means_all(tmp
     cli_ok(*stats)  # not given: every written image of the entry
     (made,) = st.glob("*.npz")
     assert read_stats_bundle(made)["fd"].n == 16
+
+
+def test_stats_refuse_a_resolution_or_weights_file_that_would_be_ignored(tmp_path):
+    """A cache entry and an .npz are summarised at their own size: a --resolution other than
+    theirs gave 32 px statistics for --resolution 64; --inception-weights does nothing for fd."""
+    photos = _pngs(tmp_path / "photos", 8, "val")
+    cli_ok("extract", "-e", "patchpix", "--data", f"imagefolder:{photos}", "--resolution", "32")
+    (entry,) = list_entries(str(tmp_path / "cache"))
+    st = tmp_path / "st"
+    stats = ["evaluate", "stats", "--stats-dir", str(st), *STATS]
+    out = cli_refused(2, *stats, "--ref-cache", entry, "--resolution", "64")
+    assert "--resolution 64" in out and "32 px" in out, out
+    cli_ok(*stats, "--ref-cache", entry, "--resolution", "32")  # their own size: fine
+    images = tmp_path / "images.npz"
+    np.savez(images, arr_0=np.zeros((4, 32, 32, 3), np.uint8))
+    out = cli_refused(2, *stats, str(images), "--resolution", "64")
+    assert "--resolution 64" in out and "32 px" in out, out
+    weights = tmp_path / "inception.pth"
+    weights.write_bytes(b"")
+    out = cli_refused(2, *stats, "--ref-cache", entry, "--inception-weights", str(weights))
+    assert "--extractor fd does not use Inception" in out, out
 
 
 def test_stats_refuse_a_source_and_a_cache_entry_together(tmp_path):
