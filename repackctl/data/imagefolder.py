@@ -6,7 +6,11 @@ Layouts of ``imagefolder:PATH``:
   ``train``, ``val``, ``valid``, ``validation`` or ``test`` makes ``PATH`` a split root). ``--split
   X`` reads ``PATH/X``; any split folder present can be named. Class ids come from the sorted
   class folders of ``train/`` (of the split itself only when there is no ``train/``); a class
-  folder of another split that ``train/`` lacks is an error naming it.
+  folder of another split that ``train/`` lacks is an error naming it, and so is a ``train/``
+  holding images directly beside a split with class folders (read unlabelled). Only an
+  unambiguous layout is detected: a split folder beside other folders (``vehicles/{bus,car,
+  train}``: is ``train`` a class?) and a folder named like a split in another case (``Train/``,
+  ``VAL/``) are errors naming them, never a guess that drops folders or labels by split.
 - **class folders** (``PATH/<class>/…``) or a **flat folder** of images (unlabelled, label -1):
   there is only one split. ``--split train`` reads everything. Any other split is an error, unless
   ``val_fraction`` asks for a held-out split: each class's files are permuted by a generator
@@ -191,6 +195,70 @@ def _is_dir(entry: os.DirEntry) -> bool:
         return False
 
 
+def _folders(names: list[str]) -> str:
+    return ", ".join(f"{escape_name(n)}/" for n in names[:10]) + (" …" if len(names) > 10 else "")
+
+
+def _is_split_root(root: Path, top: list[str]) -> bool:
+    """Whether the sub-folders ``top`` of ``root`` are split folders (else class folders).
+
+    Only an unambiguous layout is read: a split folder beside other folders (``vehicles/{bus,
+    car,train}``: is ``train`` a class or a split?) and a folder named like a split in another
+    case (``Train/``, ``VAL/``: read as classes, its images would be labelled with the split)
+    are errors naming them, never a guess that drops folders or leaks a split into another.
+    """
+    cased = [d for d in top if d not in SPLIT_NAMES and d.lower() in SPLIT_NAMES]
+    if cased:
+        lower = ", ".join(f"{d.lower()}/" for d in cased)
+        raise DataError(
+            f"{root} holds folder(s) {_folders(cased)} named like split folders but not in "
+            "lower case: split folders are train/, val/, valid/, validation/, test/, and read "
+            "as classes their images would be labelled by split",
+            f"if they are splits, rename them to {lower}; if they are classes, give those "
+            "class folders names that are not split names",
+        )
+    splits = [d for d in top if d in SPLIT_NAMES]
+    others = [d for d in top if d not in SPLIT_NAMES]
+    if splits and others:
+        raise DataError(
+            f"{root} holds split folder(s) {_folders(splits)} and other folder(s) "
+            f"{_folders(others)}: it is read either as split folders (each holding class "
+            "folders) or as class folders, and the other folders would be dropped",
+            f"if {_folders(splits)} {'is a class' if len(splits) == 1 else 'are classes'}, "
+            f"rename {'its folder' if len(splits) == 1 else 'them'} (e.g. {splits[0]}_/); else "
+            f"arrange {root}/train/<class>/ and {root}/val/<class>/ and move or remove "
+            f"{_folders(others)}",
+        )
+    return bool(splits)
+
+
+def _subdir_names(folder: Path) -> list[str] | None:
+    """The visible sub-folders of ``folder``, sorted; None when it cannot be read (not listed
+    as skipped here: the folder is listed when it is read)."""
+    try:
+        with os.scandir(folder) as it:
+            return sorted(e.name for e in it if not e.name.startswith(".") and _is_dir(e))
+    except OSError:
+        return None
+
+
+def _check_split_labels(root: Path, top: list[str]) -> None:
+    """Refuse a ``train/`` without class folders beside another split with them: class ids
+    come from ``train/``, so that split's images would be read unlabelled."""
+    if "train" not in top or _subdir_names(root / "train") != []:
+        return  # class folders in train/, or unreadable (listed when it is read)
+    for split in top:
+        classes = _subdir_names(root / split)
+        if split != "train" and classes:
+            raise DataError(
+                f"{root}/train/ holds images directly (no class folders), but {split}/ has "
+                f"class folders ({_folders(classes)}): class ids come from train/, so "
+                f"{split}/ would be read unlabelled",
+                f"sort train/ into the class folders of {split}/, or put {split}/'s images "
+                "directly in it (both unlabelled)",
+            )
+
+
 # ---------------------------------------------------------------------------- the source
 
 
@@ -230,7 +298,7 @@ class ImageFolderSource:
         if top is None:
             raise DataError(f"cannot read the image folder {root}", "check its permissions")
         if split_layout is None:
-            split_layout = any(d in SPLIT_NAMES for d in top)
+            split_layout = _is_split_root(root, top)
         if split_layout:
             self.layout = "split-folders"
             self._list_split_folder(lister, top)
@@ -272,6 +340,7 @@ class ImageFolderSource:
                 f"no split folder {split!r} in {root} (it holds: {', '.join(top) or 'nothing'})",
                 "pass --split with one of those folders",
             )
+        _check_split_labels(root, top)
         folder = root / split
         lister.base = self.base = folder
         class_from = "train" if "train" in top and split != "train" else split
