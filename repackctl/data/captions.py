@@ -9,7 +9,9 @@ REPA's text-to-image setup (sihyun-yu/REPA ``dataset.py``, ``train_t2i.py``) tra
   (seed, split, index) like the image itself, and of ``CAPTIONS_VERSION`` (the phrasing).
 - ``CocoCaptions``: ``annotations/captions_{train,val}2017.json`` + ``{train,val}2017/`` images.
 - ``FolderCaptions``: any folder of images + a JSONL or CSV index with ``file, caption`` rows
-  (several rows for one file give it several captions).
+  (several rows for one file give it several captions). A CSV row with more or fewer fields
+  than its header is an error naming its line, not a skipped row: an unquoted comma in a caption
+  would otherwise cut the caption at the comma without a word.
 
 Every source is a sequence of ``CaptionedImage(image, captions)`` (an image path, or an index
 into the built-in source) and lists what it skipped in ``skipped`` as ``(row, reason)`` pairs:
@@ -324,6 +326,7 @@ class FolderCaptions(_FileCaptions):
         records = []
         for rec in reader:
             n = numbers[min(reader.line_num, len(numbers)) - 1]  # the row's last physical line
+            self._check_fields(rec, reader.fieldnames, n)
             row = f"{self.index.name}:{n}"
             file, caption = rec.get("file"), rec.get("caption")
             if not file:
@@ -331,3 +334,21 @@ class FolderCaptions(_FileCaptions):
             else:
                 records.append((row, file, caption or ""))
         return records
+
+    def _check_fields(self, rec: dict, header: list[str], line: int) -> None:
+        """Refuse a row with more or fewer fields than the header: ``csv`` would keep the
+        extra fields aside (``None`` key) and fill missing ones with ``None``, so a caption with
+        an unquoted comma would be cut at it without a word."""
+        extra = rec.get(None) or []
+        fields = len(header) + len(extra) - sum(rec[h] is None for h in header)
+        blank = not "".join(v for v in rec.values() if isinstance(v, str)).strip()
+        if fields == len(header) or (blank and not extra):
+            return  # a whitespace-only line: its empty file name or caption is listed
+        what = "more" if extra else "fewer"
+        cause = "a caption with an unquoted comma" if extra else "a missing field"
+        raise DataError(
+            f"{self.index} line {line} has {fields} fields, {what} than the {len(header)} "
+            f"columns of its header ({','.join(header)}): {cause} would be misread",
+            hint='quote fields holding commas (file,caption then a.jpg,"a grey cat, sitting"), '
+            'or write the index as JSONL: {"file": "a.jpg", "caption": "..."} per line',
+        )
