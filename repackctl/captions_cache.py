@@ -44,6 +44,7 @@ import torch
 import zarr
 
 from repackctl.cache.creation import ShardLocks, entry_writer, test_delay
+from repackctl.cache.integrity import GuardedArray, repair_hint
 from repackctl.cache.store import (
     PENDING,
     SKIP_REASONS,
@@ -680,6 +681,14 @@ def _encode_pending(
     return written, already
 
 
+def _read_keys(ds: DatasetEntry, img_done: np.ndarray) -> list[str]:
+    """The file keys of the entry's rows, through the lost-chunk guard: a lost ``keys`` chunk
+    would read as empty keys, and every image in it would be marked done without a caption."""
+    redo = repair_hint(ds.name, "the same `repackctl extract`")
+    keys = GuardedArray(ds.keys, img_done != PENDING, f"cache entry {ds.name} keys", redo)
+    return [str(k) for k in keys[:]]
+
+
 def run_captions(
     settings: Any,
     progress: ProgressFactory = null_progress,
@@ -693,8 +702,8 @@ def run_captions(
     dist = dist or DistInfo.from_env()
     ds = DatasetEntry.open(settings.cache, entry or caption_entries(settings)[0])
     skipped: list[tuple[str, str]] = []
-    keys = [str(k) for k in ds.keys[:]]
     img_done = ds.done[:]
+    keys = _read_keys(ds, img_done)
     all_caps = _all_captions(ds, cfg.captions, keys, img_done, skipped)
     encoder = encoder or load_text_encoder(settings, dist)
     cut = count_truncated(encoder, all_caps)

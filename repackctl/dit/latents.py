@@ -304,7 +304,10 @@ class LatentData(CachedRows):
                 f"no usable samples in {ref.entry} for latents {ref.pack_id}",
                 "check `repackctl cache info`; every sample was skipped or is pending",
             )
-        self.labels = np.asarray(self.entry.labels[:], dtype=np.int64)[indices]  # (N,)
+        redo = repair_hint(self.entry.name, "the same `repackctl extract`")
+        label = f"cache entry {self.entry.name} labels"  # a lost chunk must not read as class 0
+        labels = GuardedArray(self.entry.labels, ok, label, redo)[:]
+        self.labels = np.asarray(labels, dtype=np.int64)[indices]  # (N,)
         self.class_names = self.entry.class_names
         k = int(self.entry.attrs.get("num_classes") or 0)
         self.num_classes = max(k, int(self.labels.max()) + 1 if len(self.labels) else 1, 1)
