@@ -195,7 +195,7 @@ def run(ctx: BenchContext) -> tuple[list[Row], dict[str, Any], list[str]]:
     from repackctl.dit.t2i_task import T2ITask
     from repackctl.progress import null_progress
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=ctx.workdir, prefix="repackctl-bench-train-") as tmp:
         p = SHAPES[ctx.size] | ({"model": ctx.model} if ctx.model else {})
         trainer, task = build_trainer(p, ctx.device, Path(tmp), compile_=ctx.compile and ctx.cuda)
         b, text = p["batch"], isinstance(task, T2ITask)

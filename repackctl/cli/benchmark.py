@@ -24,6 +24,20 @@ HELP = {
 }
 
 
+#: the [benchmark] settings every benchmark takes, and those only some use: each command offers
+#: the options it uses (`benchmark cache --encoder x` ran and recorded nothing of it). Every
+#: result reports ``compile`` as what it really compiled (false where nothing is), so all take it.
+_SHARED = ("size", "warmup", "repeats", "min_time", "threads", "compile", "out")
+FIELDS = {
+    "kernels": _SHARED,
+    "cache": (*_SHARED, "workdir"),
+    "extract": (*_SHARED, "workdir", "encoder", "encoder_weights"),
+    "train": (*_SHARED, "workdir", "model"),
+    "sample": _SHARED,
+    "all": None,  # every benchmark: every option
+}
+
+
 def _table(result) -> object:
     from rich.table import Table
 
@@ -115,7 +129,7 @@ def _make(name: str):
         _run_and_print(name, resolved.settings)
 
     command.__doc__ = HELP[name]
-    return settings_command("benchmark", common=("device",))(command)
+    return settings_command("benchmark", include=FIELDS[name], common=("device",))(command)
 
 
 benchmark_app = typer.Typer(

@@ -18,12 +18,12 @@ def test_a_user_file_is_never_replaced(tmp_path) -> None:
     notes.write_text("my notes\n")
     scratch = tmp_path / "scratch"
     out = cli_refused(
-        2, "benchmark", "kernels", *FAST, "--out", str(notes), "--workdir", str(scratch)
+        2, "benchmark", "cache", *FAST, "--out", str(notes), "--workdir", str(scratch)
     )
-    assert str(notes) in out and "not a `benchmark kernels` result" in out, out
+    assert str(notes) in out and "not a `benchmark cache` result" in out, out
     assert notes.read_text() == "my notes\n"
     assert not scratch.exists()  # refused before anything ran or was written
-    assert "benchmark kernels (tiny)" not in out  # no table: nothing was measured
+    assert "benchmark cache (tiny)" not in out  # no table: nothing was measured
 
 
 def test_another_benchmarks_result_or_foreign_json_is_refused(tmp_path) -> None:

@@ -105,3 +105,14 @@ def test_benchmark_train_times_the_mmdit_step_on_cached_text_features(tmp_path):
     res = runner.invoke(app, ["benchmark", "train", *FAST, "--model", "mmdit-nope"])
     assert res.exit_code != 0 and "Traceback" not in res.output
     assert "mmdit-nope" in res.output
+
+
+def test_each_benchmark_offers_only_the_options_it_uses(tmp_path):
+    """`benchmark cache --encoder x --model y` ran and recorded neither: an option a benchmark
+    does not read is no option of it; `all` takes every one."""
+    for name, unused in (("cache", "--encoder"), ("sample", "--model"), ("kernels", "--workdir")):
+        res = runner.invoke(app, ["benchmark", name, *FAST, unused, "x"])
+        assert res.exit_code == 2 and "No such option" in res.output, (name, res.output)
+        assert not list(tmp_path.glob("*.json"))
+    for name, used in (("extract", "--encoder"), ("train", "--model"), ("all", "--workdir")):
+        assert used in runner.invoke(app, ["benchmark", name, "--help"]).output, name
