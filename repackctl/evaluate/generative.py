@@ -839,23 +839,46 @@ def _training_data(protocol: dict) -> dict:
     return cache if isinstance(cache, dict) else {}
 
 
-def _default_reference(settings: Settings, gen: Generated) -> tuple[str | None, str | None]:
-    """(reference, ref_cache) implied by the generator's training data, when recorded.
+def _default_reference(
+    settings: Settings, gen: Generated, messages: list[str]
+) -> tuple[str | None, str | None, str]:
+    """(reference, ref_cache, the cache root holding it) implied by the generator's training
+    data, when recorded.
 
     The samples' protocol.json names the DiT checkpoint, whose state.json names the cache entry
-    it was trained on: its images are the reference (the training set, as ADM's ImageNet
-    reference batch is). Samples that only say ``dataset: builtin`` get the built-in dataset.
-    """
+    it was trained on, and the cache root: its images are the reference (the training set, as
+    ADM's ImageNet reference batch is). That root is read while it holds the entry, whatever
+    the cache setting says (an entry of the same name in another cache may hold other images,
+    e.g. the built-in data drawn with another seed); when it is gone, an entry of that name in
+    the cache setting is taken, with a warning. Samples that only say ``dataset: builtin`` get
+    the built-in dataset."""
     from repackctl.cache.store import list_entries
 
     p = gen.protocol
     data = _training_data(p)
-    entry = data.get("entry")
+    entry, root = data.get("entry"), data.get("root")
+    if entry and isinstance(root, str) and _has_entry(root, entry):
+        return None, entry, root
     if entry and entry in list_entries(settings.cache):
-        return None, entry
+        if isinstance(root, str) and root != settings.cache:
+            messages.append(
+                f"Warning: the DiT trained on {entry} of the cache {root}, which no longer "
+                f"holds it: the reference is the entry of that name in {settings.cache}"
+            )
+        return None, entry, settings.cache
     if _is_builtin_dataset(p.get("dataset") or entry):
-        return "builtin", None
-    return None, None
+        return "builtin", None, settings.cache
+    return None, None, settings.cache
+
+
+def _has_entry(root: str, entry: str) -> bool:
+    """Whether the cache at ``root`` (a local folder that still exists) lists ``entry``."""
+    from repackctl.cache.store import list_entries
+
+    try:
+        return local_path(root).is_dir() and entry in list_entries(root)
+    except (CacheError, OSError, ValueError):
+        return False
 
 
 def open_reference(settings: Settings, gen: Generated) -> Reference:
@@ -865,8 +888,9 @@ def open_reference(settings: Settings, gen: Generated) -> Reference:
     messages = []
     if spec and entry:
         raise ConfigError("give either --ref or --ref-cache, not both")
+    cache = settings.cache
     if spec is None and entry is None:
-        spec, entry = _default_reference(settings, gen)
+        spec, entry, cache = _default_reference(settings, gen, messages)
         if spec is None and entry is None:
             raise DataError(
                 "no reference given and the samples do not record their training data",
@@ -874,10 +898,11 @@ def open_reference(settings: Settings, gen: Generated) -> Reference:
                 "--ref FOLDER (real images), --ref STATS.npz (`repackctl evaluate stats`), "
                 "--ref-cache ENTRY (`repackctl cache ls`) or --ref builtin",
             )
-        messages.append(f"no reference given: using {spec or 'cache entry ' + entry}")
+        where = "" if cache == settings.cache else f" of the cache {cache}"
+        messages.append(f"no reference given: using {spec or 'cache entry ' + entry}{where}")
     res, n = gen.images.resolution, gen.images.n
     if entry:
-        images = cache_image_set(settings.cache, entry, None)
+        images = cache_image_set(cache, entry, None)
         ref = Reference("images", images.label, "", images=images)
         ref.builtin_data = _is_builtin_dataset(images.meta.get("dataset"))
     elif spec == "builtin":

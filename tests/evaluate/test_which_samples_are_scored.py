@@ -96,3 +96,19 @@ def test_probe_on_the_runs_own_training_entry_says_it_is_not_held_out(env):
     args = ["evaluate", "probe", "--run", "pk", "--entry", ENTRY, "--epochs", "1", *CPU]
     out = cli_ok(*args)
     assert f"training entry {ENTRY}: not held out" in out, out
+
+
+def test_the_default_reference_is_read_from_the_cache_the_dit_trained_from(env):
+    """`--cache other` holding an entry of the same name (the built-in data drawn with another
+    seed) was taken as the reference: the score was against other images."""
+    _sample("dit")
+    other = env / "other-cache"
+    extract = ["extract", "-e", "patchpix", "--resolution", "32", "-n", "16", "--chunk", "8"]
+    cli_ok(*extract, "--shard", "16", "--seed", "1", "--cache", str(other), *CPU)
+    assert (other / ENTRY).is_dir()  # the same name, other images
+    a, b = env / "a.json", env / "b.json"
+    cli_ok("evaluate", "fid", "dit", "--out", str(a), *CPU)
+    out = cli_ok("evaluate", "fid", "dit", "--out", str(b), "--cache", str(other), *CPU)
+    assert "of the cache" in out, out  # the message names the cache it read
+    fd = [json.loads(p.read_text())["metrics"]["fd"] for p in (a, b)]
+    assert fd[0] == fd[1], fd
