@@ -14,7 +14,7 @@ import json
 import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from repackctl.errors import ConfigError, name_items
@@ -31,48 +31,159 @@ STATE_SHA256 = "state_sha256"
 
 # keys of every config.json the training engine writes (``repackctl.train.config.TrainConfig``)
 ENGINE_KEYS = frozenset({"run_dir", "steps", "global_batch", "lr", "seed", "ckpt_every", "extra"})
-# What repackctl writes below a run folder, as paths relative to it: the engine's config, header,
-# logs, curves, TensorBoard events, image grids and checkpoints; the training lock
+# What repackctl writes below a run folder outside ``checkpoints/``, as paths relative to it: the
+# engine's config, header, logs, curves, TensorBoard events and image grids; the training lock
 # (``repackctl.run_lock.LOCK_FILE``); the pack stage's ``pca.json``; the DiT's ``sampling.json``
-# (``--preset paper``, ``import official``); and in a checkpoint folder, besides its weights,
-# optimizer and ``state.json``, the ``latent_stats.json`` of ``pack encode`` and the reports of
-# ``evaluate recon`` / ``evaluate probe`` (``recon-<entry>.json|png``, ``probe-<entry>.json``).
+# (``--preset paper``, ``import official``). A checkpoint folder's files: :func:`checkpoint_file`.
 RUN_PATH = re.compile(
     r"config\.json|config_history\.jsonl|header\.json|metrics\.jsonl(\.tmp)?|log\.txt|train\.lock"
     r"|pca\.json|sampling\.json|curves\.png|images/step-\d{7}\.png"
     r"|tb/(hparams/)?events\.out\.tfevents\.[^/]+"
-    r"|checkpoints/step-\d{7}/([\w-]+\.(safetensors|pt)|state\.json|latent_stats\.json"
-    r"|(recon|probe)-[^/]+\.json|recon-[^/]+\.png)"
 )
+# the checkpoint folders of a run and the checkpoint writer's temporary ones
+# (``repackctl.train.checkpoint``: ``.tmp-step-<step>-<pid>`` being written, ``.tmp-old-…``
+# moved aside for a re-save, ``.tmp-pruned-…`` being deleted by the rotation)
+STEP_DIR = re.compile(r"step-\d{7}")
+TMP_STEP_DIR = re.compile(r"\.tmp-(old-|pruned-)?step-\d{7}-\d+")
+# every folder below a run folder
+RUN_DIR = re.compile(
+    rf"checkpoints(/({STEP_DIR.pattern}|{TMP_STEP_DIR.pattern}))?|images|tb(/hparams)?"
+)
+# in a checkpoint folder, besides the files its ``state.json`` lists (weights, optimizer): the
+# ``latent_stats.json`` of ``pack encode`` and the reports of ``evaluate recon`` / ``evaluate
+# probe`` (``recon-<entry>.json`` with its grid ``recon-<entry>.png``, ``probe-<entry>.json``)
+CHECKPOINT_EXTRA = re.compile(r"latent_stats\.json|(recon|probe)-[^/]+\.json|recon-[^/]+\.png")
+# a checkpoint's weights and optimizer, where its ``state.json`` cannot be read (a folder being
+# written, or a deletion cut short that took it)
+WEIGHTS_NAME = re.compile(r"[\w-]+\.safetensors|optim\.pt")
 # What a run folder can hold before the engine first writes config.json (a start killed early):
-# the stage's log lines, the pack stage's PCA, the DiT's sampling defaults, the training lock
-STARTING_PATH = re.compile(r"log\.txt|pca\.json|sampling\.json|train\.lock")
-# repackctl's temporary names (``repackctl.files``: ``.tmp-<name>…``, ``.<name>….tmp``), which a
-# killed writer leaves; everything below such a name is a temporary too
-TEMP_NAME = re.compile(r"\.tmp-.+|\..+\.tmp")
+# the stage's log lines, the pack stage's PCA, the DiT's sampling defaults, the training lock,
+# and the temporary of the engine's first config.json
+STARTING_PATH = re.compile(r"log\.txt|pca\.json|sampling\.json|train\.lock|\.tmp-config\.json\.\d+")
+# repackctl's temporary file names (``repackctl.files``), which a killed writer leaves; the group
+# of each is the name of the file it becomes. A temporary counts as ours where that file would.
+TEMP_FORMS = (
+    re.compile(r"\.tmp-(.+)\.\d+"),  # write_text_atomic: .tmp-<name>.<pid>
+    re.compile(r"\.tmp-(.+)"),  # .tmp-curves.png (repackctl.train.logging)
+    re.compile(r"\.(.+)\.\d+\.tmp"),  # write_png_atomic, write_npy_atomic: .<name>.<pid>.tmp
+    re.compile(r"\.(.+)\.\d+\.[0-9a-f]{8}\.tmp"),  # metrics.frechet.atomic_path
+    re.compile(r"\.(.+)\.tmp"),  # .prompts.txt.tmp, .latents.npy.tmp (sample folders)
+)
+# the name a run folder has while `runs rm` or `demo --fresh` deletes it (``repackctl.runs``)
+REMOVING = ".removing-"
+
+
+def temp_targets(name: str) -> list[str]:
+    """The names of the files that ``name`` can be a temporary of (:data:`TEMP_FORMS`); none
+    when it is no temporary name."""
+    found = [m.group(1) for form in TEMP_FORMS if (m := form.fullmatch(name))]
+    return [t for t in found if t not in (".", "..")]
+
+
+def _listed_files(ckpt: Path, states: dict[Path, set[str] | None]) -> set[str] | None:
+    """The files that the ``state.json`` of the checkpoint folder ``ckpt`` lists (``files``), or
+    None when it cannot be read; read once per folder (``states``)."""
+    if ckpt not in states:
+        data = read_json_dict(ckpt / "state.json")
+        files = data.get("files") if data is not None else None
+        states[ckpt] = set(files) if isinstance(files, dict) else None
+    return states[ckpt]
+
+
+def checkpoint_file(
+    ckpt: Path,
+    name: str,
+    *,
+    temp: bool = False,
+    partial: bool = False,
+    states: dict[Path, set[str] | None] | None = None,
+) -> bool:
+    """Whether the checkpoint writer, or a command that adds to a checkpoint, writes the file
+    ``name`` (``temp``: a temporary of it) into the checkpoint folder ``ckpt``.
+
+    Its weights and optimizer are the files its ``state.json`` lists (where that cannot be read,
+    any :data:`WEIGHTS_NAME`). A folder being written (``.tmp-step-…``) holds nothing else, and
+    no temporaries: the writer writes in place. A step folder holds :data:`CHECKPOINT_EXTRA`
+    too, a ``recon-<entry>.png`` only beside its ``recon-<entry>.json`` (written after it),
+    unless the folder is being deleted (``partial``; ``.tmp-old-…``, ``.tmp-pruned-…``)."""
+    states = {} if states is None else states
+    writing = ckpt.name.startswith(".tmp-step-")
+    if name == "state.json" or (writing and temp):
+        return not temp
+    listed = _listed_files(ckpt, states)
+    if not temp and (name in listed if listed is not None else WEIGHTS_NAME.fullmatch(name)):
+        return True
+    if writing or not CHECKPOINT_EXTRA.fullmatch(name):
+        return False
+    if temp or partial or ckpt.name.startswith(".tmp-") or not name.endswith(".png"):
+        return True
+    return (ckpt / f"{name.removesuffix('.png')}.json").is_file()
+
+
+def _run_file(
+    folder: Path, rel: PurePosixPath, temp: bool, partial: bool, states: dict[Path, set[str] | None]
+) -> bool:
+    """Whether repackctl writes the file ``rel`` (``temp``: a temporary of it) of the run folder
+    ``folder``: :data:`RUN_PATH`, or in a checkpoint folder :func:`checkpoint_file`."""
+    parts = rel.parts
+    if parts[0] != "checkpoints":
+        return bool(RUN_PATH.fullmatch(rel.as_posix()))
+    if len(parts) != 3 or not (STEP_DIR.fullmatch(parts[1]) or TMP_STEP_DIR.fullmatch(parts[1])):
+        return False
+    ckpt = folder / parts[0] / parts[1]
+    return checkpoint_file(ckpt, parts[2], temp=temp, partial=partial, states=states)
+
+
+def _ours(
+    folder: Path, rel: PurePosixPath, known: re.Pattern[str], partial: bool, states: dict
+) -> bool:
+    """Whether the file ``rel`` of ``folder``, or the file it is a temporary of, is one that
+    ``known`` matches (:func:`_run_file` for :data:`RUN_PATH`)."""
+    for name, temp in [(rel.name, False), *((t, True) for t in temp_targets(rel.name))]:
+        path = rel.with_name(name)
+        if known is RUN_PATH and _run_file(folder, path, temp, partial, states):
+            return True
+        if known is not RUN_PATH and known.fullmatch(path.as_posix()):
+            return True
+    return False
 
 
 def foreign_paths(
     folder: Path, known: re.Pattern[str] = RUN_PATH, marker: str | None = None
 ) -> list[Path]:
     """The paths below ``folder`` that repackctl did not write there: files whose path relative to
-    ``folder`` ``known`` does not match (temporaries and folders aside), links, special files and
-    folders that cannot be read, and, with ``marker``, files of a first-level folder that does
-    not hold that file (a samples root: each folder holds its settings file)."""
+    ``folder`` ``known`` does not match (nor that of the file they are a temporary of,
+    :data:`TEMP_FORMS`), links, special files and folders that cannot be read, and, with
+    ``marker``, files but temporaries of a first-level folder that does not hold that file (a
+    samples root: each folder holds its settings file).
+
+    With :data:`RUN_PATH` (a run folder) the check is exact: a folder no run holds
+    (:data:`RUN_DIR`) is named itself, and a checkpoint folder's files are checked against its
+    ``state.json`` (:func:`checkpoint_file`; in a ``.removing-<name>`` folder, the rest of a
+    deletion cut short, as in a folder being deleted)."""
     foreign: list[Path] = []
+    run = known is RUN_PATH
+    partial = run and folder.name.startswith(REMOVING)
+    states: dict[Path, set[str] | None] = {}
     for dirpath, dirnames, filenames in os.walk(
         folder, onerror=lambda e: foreign.append(Path(e.filename or folder))
     ):
         for name in sorted([*dirnames, *filenames]):
             p = Path(dirpath) / name
-            rel = p.relative_to(folder)
+            rel = PurePosixPath(p.relative_to(folder).as_posix())
             if p.is_symlink() or not (p.is_dir() or p.is_file()):
                 foreign.append(p)
-            elif p.is_dir() or any(TEMP_NAME.fullmatch(part) for part in rel.parts):
-                continue
-            elif marker is not None and not (folder / rel.parts[0] / marker).is_file():
+            elif p.is_dir():
+                if run and not RUN_DIR.fullmatch(rel.as_posix()):
+                    foreign.append(p)
+                    dirnames.remove(name)  # all of it is the user's: named once
+            elif (
+                marker is not None
+                and not (folder / rel.parts[0] / marker).is_file()
+                and not temp_targets(name)
+            ):
                 foreign.append(p)
-            elif not known.fullmatch(rel.as_posix()):
+            elif not _ours(folder, rel, known, partial, states):
                 foreign.append(p)
     return foreign
 
