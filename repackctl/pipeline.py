@@ -218,17 +218,20 @@ def read_plan(out: Path, hint: str) -> dict[str, Any]:
 
 
 def _remove_owned(out: Path, kind: str, owned: list[str], log: Callable[[str], None]) -> None:
-    """``--fresh``: remove the ``owned`` entries of ``out``, or none when any holds a path the
-    pipeline did not write."""
-    _finish_removals(out, owned, log)
+    """``--fresh``: remove the ``owned`` entries of ``out``, and what an interrupted ``--fresh``
+    left of them (``.removing-<name>``), or nothing at all when any of them holds a path the
+    pipeline did not write (the same rules for the leftovers as for the entries)."""
     _refuse_trained_runs(out, owned)
-    unknown = [p for name in owned for p in unknown_paths(out, name)]
+    unknown = [
+        p for name in owned for p in [*_leftover_unknown(out, name), *unknown_paths(out, name)]
+    ]
     if unknown:
         raise ConfigError(
             f"--fresh would delete {len(unknown)} path(s) that `repackctl {kind}` did not write: "
             f"{name_items(unknown)}; nothing was removed",
             f"move them out of {out} (or choose a new folder with --out), then run it again",
         )
+    _finish_removals(out, owned, log)
     for name in owned:
         path = out / name
         if path.is_dir():
@@ -239,24 +242,52 @@ def _remove_owned(out: Path, kind: str, owned: list[str], log: Callable[[str], N
             path.unlink()
 
 
+def _is_folder(name: str) -> bool:
+    """Whether the owned entry ``name`` is a folder of the pipeline (its cache, its samples, a
+    run), not one of its files (``report.md``, ``plan.json``, ``refine.log``: a name with a
+    suffix)."""
+    return name in (CACHE_DIR, SAMPLES_DIR) or not Path(name).suffix
+
+
 def _finish_removals(out: Path, owned: list[str], log: Callable[[str], None]) -> None:
-    """Delete what a ``--fresh`` killed while it deleted left (``.removing-<name>``, each checked
-    to be the pipeline's own before it was moved there): before, the half-deleted run was no
-    longer a run, and every later ``--fresh`` refused it as a folder the pipeline did not
-    write."""
-    for name in owned:
+    """Delete what a ``--fresh`` killed while it deleted left (``.removing-<name>`` of an owned
+    folder, checked by :func:`_leftover_unknown` to hold only what the pipeline writes): before,
+    the half-deleted run was no longer a run, and every later ``--fresh`` refused it as a folder
+    the pipeline did not write."""
+    for name in filter(_is_folder, owned):
         if finish_removing(out / name, _leftover_check(name)):
             log(f"--fresh: removed {removing_folder(out / name)} (left by an interrupted --fresh)")
 
 
 def _leftover_check(name: str) -> Callable[[Path], list[Path]]:
-    """What in the rest of the owned entry ``name`` that a killed ``--fresh`` left is not the
-    pipeline's: for a run, any file a run does not hold (its checks before the move allowed
-    no other, and the deletion only takes files away); the cache's and the samples' rules need
-    the metadata a cut-short deletion may have taken, so their rest is taken as it is."""
-    if name in (CACHE_DIR, SAMPLES_DIR):
-        return lambda _: []
+    """What in the rest of the owned folder ``name`` that a killed ``--fresh`` left is not the
+    pipeline's, by the rules for the live folder (:func:`unknown_paths`) less the metadata a
+    deletion cut short may have taken: in the cache's, a name the cache never writes
+    (``repackctl.cache.ownership.foreign_in_rest``); in the samples', a file no sample set
+    writes, settings file or not; in a run's, a file a run does not hold
+    (``run_files.foreign_paths``, which reads a ``.removing-<name>`` folder as such a rest)."""
+    if name == CACHE_DIR:
+        from repackctl.cache.ownership import foreign_in_rest
+
+        return lambda rest: [bad] if (bad := foreign_in_rest(rest)) is not None else []
+    if name == SAMPLES_DIR:
+        return lambda rest: foreign_paths(rest, _SAMPLE_FILE)
     return foreign_paths  # RUN_PATH
+
+
+def _leftover_unknown(out: Path, name: str) -> list[Path]:
+    """The paths in ``.removing-<name>`` beside ``out/name`` (the rest of an interrupted
+    ``--fresh``) that the pipeline did not write (:func:`_leftover_check`). A file, a link or
+    anything else by that name is named when the folder ``name`` would be moved onto it. The
+    pipeline deletes its files in place: a ``.removing-<file name>`` is never its own, and is
+    left alone."""
+    if not _is_folder(name):
+        return []
+    rest = removing_folder(out / name)
+    if rest.is_dir() and not rest.is_symlink():
+        return _leftover_check(name)(rest)
+    in_the_way = rest.exists() or rest.is_symlink()
+    return [rest] if in_the_way and (out / name).is_dir() else []
 
 
 def _refuse_trained_runs(out: Path, owned: list[str]) -> None:
@@ -282,14 +313,20 @@ def unknown_paths(out: Path, name: str) -> list[Path]:
     every file is one a sample set writes (``000000.png``, ``samples.npz``, ``protocol.json`` …)
     inside a folder marked by its settings file; any other folder is a run of the training
     engine (``repackctl.runs.is_run``) holding only the engine's files (config, logs, curves,
-    TensorBoard events, image grids, checkpoints). repackctl's temporary names count as its own
-    anywhere. A link or any other path is unknown; so is a folder that is not a run, unless it
-    holds only what a start killed before the engine's config.json leaves (``STARTING_PATH``).
+    TensorBoard events, image grids, checkpoints). The temporaries of those files that
+    repackctl's writers leave count as its own. A link or any other path is unknown, and so is a file where the pipeline writes a
+    folder or a folder where it writes a file (:func:`_is_folder`); so is a folder that is not a
+    run, unless it holds only what a start killed before the engine's config.json leaves
+    (``STARTING_PATH``).
     """
     path = out / name
     if path.is_symlink() or (path.exists() and not (path.is_file() or path.is_dir())):
         return [path]
-    if not path.is_dir():
+    if not path.exists():
+        return []
+    if path.is_dir() != _is_folder(name):  # a file where it writes a folder, or the reverse
+        return [path]
+    if path.is_file():
         return []
     if name == CACHE_DIR:
         from repackctl.cache.ownership import foreign_path

@@ -8,7 +8,13 @@ The cache writes, below a group folder, only (README "Cache layout"):
 * the shard locks of a writer, ``<array>/locks/shard-<k>.lock`` (``creation.ShardLocks``);
 * ``.removing/`` in a group: what `cache rm` moved there to delete (checked to be the cache's
   own before the move; the rest of a killed removal until its rerun, ``cache.removal``, which
-  checks again that it holds only names the cache writes before it deletes it).
+  checks again that it holds only names the cache writes before it deletes it). Each of its
+  entries is such a folder: any other path in it (a file, a link, a name the cache never
+  writes) is foreign too.
+
+A group folder that is itself a link is never moved nor deleted (``refuse_link``): `cache rm`
+does not follow links. (An older `cache rm` moved such a link into ``.removing`` and then failed;
+the rerun names it and says how to put it back, instead of refusing without a way out.)
 
 Anything else (a note, a symlink, a folder without ``zarr.json`` holding files) is *foreign*:
 ``cache rm`` and the removal of an unfinished group refuse to run when a group holds one, and a
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -148,12 +155,51 @@ def foreign_path(path: Path) -> Path | None:
         elif kind != "array" and _node_type(p) is not None:
             bad = foreign_path(p)
         elif kind == "group" and name == TRASH:
-            bad = None
+            bad = _foreign_in_trash(p)
         else:
             bad = None if _leftover(p) else p
         if bad is not None:
             return bad
     return None
+
+
+def _foreign_in_trash(trash: Path) -> Path | None:
+    """The first path in a group's ``.removing`` folder that the cache did not put there: each
+    entry is the rest of a removal, a folder holding only names the cache writes
+    (:func:`foreign_in_rest`; a link, even one an older `cache rm` moved there, is not)."""
+    for rest in _entries(trash):
+        if rest.is_symlink() or not rest.is_dir():
+            return rest
+        bad = foreign_in_rest(rest)
+        if bad is not None:
+            return bad
+    return None
+
+
+def refuse_link(path: Path, what: str, original: Path | None = None) -> None:
+    """A ``CacheError`` when ``path`` (``what``: a group about to be moved out or deleted) is a
+    link: the cache writes no links, and removes neither a link nor what it points to.
+    ``original``: where the link ``path`` in ``.removing`` was before a `cache rm` of a version
+    that did not refuse links moved it there (and then failed); it is named, not deleted."""
+    if not path.is_symlink():
+        return
+    try:
+        target = os.readlink(path)
+    except OSError as e:
+        target = f"(unreadable: {e.strerror})"
+    if original is None:
+        raise CacheError(
+            f"{what} {path} is a link to {target}, which `cache rm` does not follow; nothing "
+            "was removed",
+            f"remove the link yourself (`rm {path}`), and {target} too if you meant to delete "
+            "it; the cache touched neither",
+        )
+    raise CacheError(
+        f"{path} is a link to {target} that an older `cache rm` moved there and could not "
+        "delete (`cache rm` does not follow links); nothing was removed",
+        f"remove the link yourself (`rm {path}`) or move it back (`mv {path} {original}`), then "
+        f"run the command again; {target} was not touched",
+    )
 
 
 def trash_for(group: zarr.Group, name: str) -> Path | None:
@@ -176,6 +222,7 @@ def move_out(group: zarr.Group, name: str) -> Path | None:
         del group[name]
         return None
     drop_trash(group, name)  # checked to be the cache's own first
+    refuse_link(group_dir(group) / name, "the cache group")  # type: ignore[operator]
     trash.parent.mkdir(exist_ok=True)
     (group_dir(group) / name).rename(trash)  # type: ignore[operator]  # local: trash_for
     return trash
@@ -195,8 +242,9 @@ def drop_trash(group: zarr.Group, name: str) -> bool:
     """Delete the rest that a killed removal of the child ``name`` of ``group`` left (before the
     child is made anew, or by the rerun of that removal); False when there is none."""
     trash = trash_for(group, name)
-    if trash is None or not trash.is_dir():
+    if trash is None or not (trash.is_dir() or trash.is_symlink()):
         return False
+    refuse_link(trash, "the rest of a removal", group_dir(group) / name)  # type: ignore[operator]
     refuse_foreign_rest(trash)
     delete_trash(trash)
     return True
@@ -236,7 +284,9 @@ def refuse_foreign_rest(trash: Path) -> None:
 
 
 def refuse_foreign(path: Path, what: str) -> None:
-    """A ``CacheError`` naming the first foreign path below ``path`` (about to be removed)."""
+    """A ``CacheError`` naming the first foreign path below ``path`` (about to be removed), or
+    saying that ``path`` itself is a link (:func:`refuse_link`)."""
+    refuse_link(path, what)
     bad = foreign_path(path)
     if bad is not None:
         raise CacheError(
