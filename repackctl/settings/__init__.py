@@ -151,7 +151,22 @@ def concrete_preset(section: str, name: str, data: dict[str, Any]) -> str:
         gpu = gpu_available()
     else:
         gpu = device.startswith("cuda")
-    if section == "pack" and (data.get("pack") or {}).get("encoder", "builtin") == "builtin":
+    pack = data.get("pack") or {}
+    if (
+        section == "pack"
+        and gpu
+        and "encoder" not in pack
+        and (pack.get("features") or pack.get("entry"))
+    ):
+        # the encoder of named features is in the cache, read after the settings: `auto` would
+        # take the built-in encoder's `small` for DINOv3 features on a GPU, without a word
+        raise ConfigError(
+            "pack preset auto chooses by the encoder (small for the built-in one, paper on a GPU "
+            "for the others), and --features/--entry do not say which encoder made them",
+            "pass --encoder NAME (the one the features were extracted with), or --preset paper "
+            "(or small)",
+        )
+    if section == "pack" and pack.get("encoder", "builtin") == "builtin":
         return "small"
     return "paper" if gpu else "small"
 
