@@ -414,7 +414,9 @@ def keep_started_values(
     values, sources = dict(record["values"]), dict(record["sources"])
     new = dict(values[section])
     allow = set(new.get("allow_change") or [])
-    if "all" in allow or old.get("preset", new.get("preset")) != new.get("preset"):
+    # (a t2i record holds no preset: train t2i has none)
+    preset_changed = old.get("preset", new.get("preset")) != new.get("preset", old.get("preset"))
+    if "all" in allow or preset_changed:
         return settings, record, []  # an allowed preset change brings its own values
     lines = []
     for name, value in new.items():

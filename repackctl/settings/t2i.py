@@ -2,20 +2,35 @@
 
 A text-to-image MMDiT on packed latents, conditioned on cached caption features
 (`repackctl captions`), with the same transport, REPA, EMA and checkpoints as `train dit`: the
-fields of ``DitSettings`` that apply are inherited (arch/size/patch/class_dropout/preset do not
-apply and are not offered on the command line), plus the text fields below.
+fields of ``DitSettings`` that apply are inherited, plus the text fields below. Those that do not
+apply (``NOT_T2I``: arch/size/patch/class_dropout/no_shift/preset) are not offered on the
+command line, never shown, stored or passed on (excluded from ``model_dump``), and a value
+given for one in a config file or the environment is refused, naming what to use instead.
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 from repackctl.settings.dit import DitSettings
 
-#: inherited fields that have no meaning for a text-conditioned MMDiT (hidden from the CLI)
-NOT_T2I = ("arch", "size", "patch", "class_dropout", "preset", "no_shift")
+_MODEL = "the model is t2i.model (--model), a registered MMDiT id: mmdit-tiny, mmdit-s-2 … "
+_MODEL += "mmdit-xl-1"
+#: inherited fields that have no meaning for a text-conditioned MMDiT → what to use instead
+NOT_T2I_USE: dict[str, str] = {
+    "arch": _MODEL,
+    "size": _MODEL,
+    "patch": _MODEL + " (the patch is the id's last number)",
+    "class_dropout": "the null-caption probability of train t2i is t2i.caption_dropout "
+    "(--caption-dropout)",
+    "preset": "train t2i has no presets: give each setting itself",
+    "no_shift": "the MMDiT's adaLN always has its shift; there is nothing to switch",
+}
+#: those fields (hidden from the CLI, excluded from dumps, refused when given)
+NOT_T2I = tuple(NOT_T2I_USE)
 
 
 class T2iSettings(DitSettings):
@@ -33,7 +48,19 @@ class T2iSettings(DitSettings):
     }  # fmt: skip
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
 
-    preset: Literal["small"] = Field("small", description="no presets for t2i yet")
+    # the inherited fields that do not apply: their defaults, never dumped (not shown, not stored)
+    preset: Literal["small"] = Field("small", exclude=True, description="no presets for t2i")
+    arch: Literal["lightningdit", "dit", "sit"] = Field(
+        "lightningdit", exclude=True, description="not a t2i setting (use model)"
+    )
+    size: Literal["tiny", "s", "b", "l", "xl"] = Field(
+        "tiny", exclude=True, description="not a t2i setting (use model)"
+    )
+    patch: int | None = Field(None, exclude=True, description="not a t2i setting (use model)")
+    class_dropout: float = Field(
+        0.1, exclude=True, description="not a t2i setting (use caption_dropout)"
+    )
+    no_shift: bool = Field(False, exclude=True, description="not a t2i setting")
     name: str | None = Field(
         None,
         description="run name under the runs folder; none = t2i-<model id>; same name resumes",
@@ -57,3 +84,16 @@ class T2iSettings(DitSettings):
     repa_depth: int | None = Field(
         None, ge=1, description="align the image tokens after this block; none = 8/24 of depth"
     )
+
+    @field_validator(*NOT_T2I, mode="before")
+    @classmethod
+    def _not_t2i(cls, value: Any, info: ValidationInfo) -> Any:
+        """Refuse a value given for a ``train dit`` field that ``train t2i`` does not use (it was
+        shown and stored as if it acted, and ignored); the settings layer names its source."""
+        name = info.field_name or ""
+        raise PydanticCustomError(
+            "not_t2i",
+            "{name} = {value} is a train dit setting that train t2i does not use (it would be "
+            "ignored): {use}; leave {name} out of the t2i settings",
+            {"name": name, "value": repr(value), "use": NOT_T2I_USE.get(name, "")},
+        )
