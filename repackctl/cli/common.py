@@ -142,8 +142,8 @@ def resolve(config: str | None, flags: dict[str, Any]):
 
 
 def _run_dir_of(settings: Any, section: str) -> Path | None:
-    """The run folder a training command of ``section`` would resume (None: not known
-    without loading data, e.g. a refine run named after its pack run)."""
+    """The run folder a training command of ``section`` would resume (None: none, e.g. a
+    refine run without ``--name`` when there is no pack run to name it after)."""
     from repackctl.paths import run_dir
 
     if section == "dit":
@@ -158,8 +158,13 @@ def _run_dir_of(settings: Any, section: str) -> Path | None:
         from repackctl.pack.task import default_run_name
 
         return run_dir(settings.runs, settings.pack.run or default_run_name(settings))
-    if section == "refine" and settings.refine.name:
-        return run_dir(settings.runs, settings.refine.name)
+    if section == "refine":
+        from repackctl.refine.task import refine_run_dir
+
+        try:  # named after its pack run, as `refine train` names it
+            return refine_run_dir(settings)
+        except RepackError:  # no pack run to name it after: `refine train` says so itself
+            return None
     return None
 
 

@@ -370,6 +370,21 @@ def _lpips(settings: Settings, messages: list[str]) -> nn.Module | None:
     return load_lpips(cfg.lpips_weights)
 
 
+def refine_run_dir(settings: Settings, pack_run: str | None = None) -> Path:
+    """``runs/<name>`` of the refiner run that ``refine train`` trains or resumes: the name
+    defaults to ``refine-<pack run>``, the pack run being ``pack_run`` (None: ``refine.pack_run``,
+    else the newest pack run, as the command takes it)."""
+    from repackctl.pack.load import load_pack
+    from repackctl.paths import run_dir
+
+    cfg = settings.refine
+    if cfg.name:
+        return run_dir(settings.runs, cfg.name)
+    pack_run = pack_run or cfg.pack_run
+    pack_run = pack_run or chained_run(settings.runs, "pack", "--pack-run", messages=None)
+    return run_dir(settings.runs, f"refine-{load_pack(pack_run, runs=settings.runs).run_name}")
+
+
 @released_after()
 def run_refine_train(
     settings: Settings,
@@ -382,12 +397,10 @@ def run_refine_train(
     An existing run resumes from its stored settings (``repackctl.settings.resume``).
     """
     from repackctl.pack.load import load_pack
-    from repackctl.paths import run_dir
 
     cfg = settings.refine
     pack_run = cfg.pack_run or chained_run(settings.runs, "pack", "--pack-run", messages=None)
-    name = cfg.name or f"refine-{load_pack(pack_run, runs=settings.runs).run_name}"
-    run = run_dir(settings.runs, name)
+    run = refine_run_dir(settings, pack_run)
     settings, config_record, rec = resume_settings(run, settings, config_record, "refine")
     restore_interrupted_resaves(run)
     latest = latest_checkpoint(run, warn=None)  # the one the engine resumes from; None: new
