@@ -343,7 +343,6 @@ class Study(Pipeline):
             "dit.preset": "repa",
             "dit.entry": self.entries["train"],
             "dit.latents": self.pack_ids[LATENTS[latent]],
-            "dit.features": self.features,
             "dit.arch": "sit",
             "dit.size": p.dit_size,
             "dit.patch": p.dit_patch,
@@ -351,8 +350,16 @@ class Study(Pipeline):
             "dit.width": p.dit_width,
             "dit.heads": p.dit_heads,
             "dit.repa_weight": p.repa_weight if repa else 0.0,
-            "dit.repa_depth": p.repa_depth,
-            "dit.repa_hidden": 4 * p.dit_width,
+            # REPA's targets and projector: given only with REPA on (else they are refused)
+            **(
+                {
+                    "dit.features": self.features,
+                    "dit.repa_depth": p.repa_depth,
+                    "dit.repa_hidden": 4 * p.dit_width,
+                }
+                if repa
+                else {}
+            ),
             "dit.steps": p.dit_steps,
             "dit.global_batch": p.dit_batch,
             "dit.lr": p.dit_lr,

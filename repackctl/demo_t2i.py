@@ -129,6 +129,8 @@ class T2IRecipe:
                  "time_shift": self.time_shift, "repa_hidden": self.repa_hidden}  # fmt: skip
         if self.warmup is not None:
             flags |= {"schedule": "warmup", "warmup_steps": self.warmup}
+        if flags["repa_weight"] == 0:  # no REPA: its projector width would be refused
+            flags.pop("repa_hidden")
         return {k: v for k, v in flags.items() if v is not None}
 
     def guidance_flags(self) -> dict[str, Any]:

@@ -27,8 +27,9 @@ from repackctl.cli.common import COMMON, handle_errors, show_config
 COMMON_PANEL = "Common"
 #: the common settings a command shows unless it names others
 COMMON_KEYS = ("cache", "runs", "seed", "device", "precision", "num_workers")
-#: … and those of the training commands that read cached arrays
-TRAIN_COMMON = (*COMMON_KEYS, "memory_gb")
+#: … and those of the training commands that read cached arrays: they decode no images, so
+#: they have no DataLoader workers (num_workers is for the commands that decode images)
+TRAIN_COMMON = (*(k for k in COMMON_KEYS if k != "num_workers"), "memory_gb")
 
 
 def _strip_optional(ann: Any) -> Any:

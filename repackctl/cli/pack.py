@@ -15,13 +15,14 @@ pack_app = typer.Typer(
 
 ENCODE_FIELDS = ("encoder", "weights", "layer", "data", "split", "resolution", "num", "entry", "features", "run", "encode_batch_size")  # fmt: skip
 # the pack reads its cached arrays itself (no DataLoader workers), and encoding runs in fp32
-TRAIN_KEYS = tuple(k for k in TRAIN_COMMON if k != "num_workers")
 ENCODE_KEYS = tuple(k for k in COMMON_KEYS if k not in ("num_workers", "precision"))
-EVAL_FIELDS = ("eval_split", "eval_entry", "eval_num", "inception_weights", "encode_batch_size")
+# settings of `pack encode` and the pack evaluations (`evaluate recon` / `probe`) that the
+# training does not read: not offered by `pack train`
+EVAL_FIELDS = ("eval_split", "eval_entry", "eval_num", "inception_weights", "encode_batch_size", "probe_epochs")  # fmt: skip
 
 
 @pack_app.command("train")
-@settings_command("pack", exclude=EVAL_FIELDS, flags={"run": "--name"}, common=TRAIN_KEYS)
+@settings_command("pack", exclude=EVAL_FIELDS, flags={"run": "--name"}, common=TRAIN_COMMON)
 def train(resolved: ResolvedSettings) -> None:
     """Train the packing autoencoder on cached encoder tokens (resumes an existing run).
 

@@ -77,7 +77,7 @@ from repackctl.settings import Settings
 from repackctl.settings.pack import PRESETS, PackSettings
 
 # Token width from which an encoder counts as a DINO-class encoder (ViT-S has 384 channels).
-GRID_SAMPLES = 8  # images in the recon grid written every image_every steps
+GRID_SAMPLES = 8  # images in the recon grid written every image_every steps (pack.grid_images)
 
 
 @dataclass
@@ -363,6 +363,7 @@ class PackTask:
         whitening: tuple[torch.Tensor, torch.Tensor] | None = None,
         watson: nn.Module | None = None,
         seed: int = 0,
+        grid_images: int = GRID_SAMPLES,
     ) -> None:
         self.plan = plan
         self.data = data
@@ -373,7 +374,8 @@ class PackTask:
         self.lpips = lpips
         self.watson = watson
         self.loss = ReconstructionLoss(LossConfig(gan=0.0, perceptual=0.0))  # set by build()
-        self.grid_positions = np.arange(min(GRID_SAMPLES, len(data)))
+        # the first ``grid_images`` samples, originals over reconstructions (``on_images``)
+        self.grid_positions = np.arange(min(grid_images, len(data)))
 
     # -- TrainTask -------------------------------------------------------------------------------
     def build(self) -> dict[str, nn.Module]:
@@ -912,6 +914,7 @@ def run_pack_train(
         whitening=whitening,
         watson=watson,
         seed=settings.seed,
+        grid_images=cfg.grid_images,
     )
     resolve_device(settings.device)  # an unknown device is a ConfigError before training
     # same-named pack settings map onto the engine; the preset plan resolves the rest

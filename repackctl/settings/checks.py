@@ -10,6 +10,8 @@ from typing import Any
 
 from pydantic_core import PydanticCustomError
 
+from repackctl.errors import ConfigError
+
 #: the first word of a settings source that means "the user gave this value" (a flag, an
 #: environment variable or a config file), as opposed to a default or a preset value
 GIVEN_LAYERS = ("flag", "env", "file")
@@ -43,13 +45,52 @@ def undo_given(source: str, flag: str) -> str:
     return f"drop {flag}"
 
 
+def refuse_ignored(section: str, name: str, value: Any, source: str, why: str, fix: str) -> None:
+    """Refuse ``section.name = value``, given through ``source``, that the run would ignore:
+    ``why`` says what makes it ignored, ``fix`` how to make it act (the hint adds how to take
+    the value back)."""
+    flag = "--" + name.replace("_", "-")
+    raise ConfigError(
+        f"{section}.{name} = {value!r} (from {source}) {why}: it would be ignored",
+        f"{fix}, or {undo_given(source, flag)}",
+    )
+
+
+def check_term_options(
+    values: Any,
+    section: str,
+    sources: dict[str, str],
+    options: tuple[str, ...],
+    switch: str,
+    term: str,
+    turn_on: str,
+) -> None:
+    """Refuse each of ``options`` (settings of ``values``, the ``section``) that only tune
+    ``term`` (e.g. "the REPA alignment loss") when the user gave it while that term is off;
+    ``switch`` is the setting whose value turned the term off, ``turn_on`` how to turn it on.
+    A preset's or the default value of such an option is harmless and never refused."""
+    switch_from = sources.get(f"{section}.{switch}", "default")
+    for name in options:
+        source = sources.get(f"{section}.{name}", "default")
+        if user_given(source):
+            why = (
+                f"tunes {term}, but that term is off: {section}.{switch} is "
+                f"{getattr(values, switch)!r} (from {switch_from})"
+            )
+            refuse_ignored(section, name, getattr(values, name), source, why, turn_on)
+
+
 def check_schedules(settings: Any, sources: dict[str, str], section: str) -> None:
-    """Run ``section``'s ``check_schedule`` (dit and t2i have one) on the settings its run trains
-    with.
+    """Run ``section``'s checks of options that the run would ignore, on the settings its run
+    trains with: ``check_schedule`` (dit and t2i: lr-schedule options the schedule does not
+    use) and ``check_terms`` (options of a loss term that is off: REPA with λ 0, the KL term of
+    a PCA pack).
 
     Called where those are final: a new run's settings as given, a resumed run's once its stored
     values are merged in (a resumed cosine run given only ``--min-lr`` keeps its schedule, and a
     new ``--lr`` below its stored ``min_lr`` is caught). ``sources``: dotted key → source."""
-    check = getattr(getattr(settings, section, None), "check_schedule", None)
-    if check is not None:
-        check(section, sources)
+    part = getattr(settings, section, None)
+    for hook in ("check_schedule", "check_terms"):
+        check = getattr(part, hook, None)
+        if check is not None:
+            check(section, sources)

@@ -14,7 +14,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from repackctl.errors import ConfigError
 from repackctl.paths import safe_name
-from repackctl.settings.checks import ema_decay_below_one, undo_given, user_given
+from repackctl.settings.checks import (
+    check_term_options,
+    ema_decay_below_one,
+    refuse_ignored,
+    user_given,
+)
 
 
 class DitSettings(BaseModel):
@@ -223,14 +228,16 @@ class DitSettings(BaseModel):
             source = sources.get(f"{section}.{name}", "default")
             if self.schedule in uses or not user_given(source):
                 continue
-            flag = "--" + name.replace("_", "-")
-            raise ConfigError(
-                f"{section}.{name} = {getattr(self, name)!r} (from {source}) is used only by the "
-                f"{' and '.join(uses)} lr schedule{'s' if len(uses) > 1 else ''}, but the "
-                f"schedule is {self.schedule} (from {schedule_from}): it would be ignored",
+            refuse_ignored(
+                section,
+                name,
+                getattr(self, name),
+                source,
+                f"is used only by the {' and '.join(uses)} lr schedule"
+                f"{'s' if len(uses) > 1 else ''}, but the schedule is {self.schedule} (from "
+                f"{schedule_from})",
                 f"pass --schedule {uses[0]}"
-                + (f" (or {' or '.join(uses[1:])})" if len(uses) > 1 else "")
-                + f", or {undo_given(source, flag)}",
+                + (f" (or {' or '.join(uses[1:])})" if len(uses) > 1 else ""),
             )
         if self.schedule == "cosine" and self.min_lr > self.lr:
             raise ConfigError(
@@ -239,6 +246,25 @@ class DitSettings(BaseModel):
                 "pass a --min-lr below --lr (the final lr of the cosine decay), e.g. --min-lr 0",
             )
 
+    def check_terms(self, section: str, sources: dict[str, str]) -> None:
+        """Refuse REPA options the user gave while REPA is off (``repa_weight`` 0, given or from
+        a preset such as paper): the run would train without the alignment loss they tune."""
+        if self.repa_weight > 0:
+            return
+        check_term_options(
+            self,
+            section,
+            sources,
+            REPA_OPTIONS,
+            "repa_weight",
+            "the REPA alignment loss",
+            "pass --repa-weight 0.5 (any λ > 0 turns REPA on)",
+        )
+
+
+#: the options that only tune the REPA alignment loss (off when ``repa_weight`` is 0); the
+#: features are its targets
+REPA_OPTIONS = ("features", "repa_depth", "repa_hidden", "repa_stop_step")
 
 #: lr-schedule options → the schedules that use them (``repackctl.train.schedule.lr_at``)
 SCHEDULE_OPTIONS: dict[str, tuple[str, ...]] = {

@@ -38,7 +38,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from repackctl.settings.checks import ema_decay_below_one
+from repackctl.settings.checks import check_term_options, ema_decay_below_one
 
 
 class PackSettings(BaseModel):
@@ -276,7 +276,12 @@ class PackSettings(BaseModel):
         None, min_length=1, description="held-out cache entry name (overrides)"
     )
     eval_num: int | None = Field(None, ge=1, description="score at most this many samples")
-    grid_images: int = Field(8, ge=1, description="images in the side-by-side grid")
+    grid_images: int = Field(
+        8,
+        ge=1,
+        description="images in the grid of originals over reconstructions (pack train, "
+        "evaluate recon)",
+    )
     inception_weights: str | None = Field(
         None, min_length=1, description="Inception weights file for rFID; none = rFID skipped"
     )
@@ -286,6 +291,20 @@ class PackSettings(BaseModel):
     @classmethod
     def _ema_moves(cls, value: float | None) -> float | None:
         return ema_decay_below_one(value)
+
+    def check_terms(self, section: str, sources: dict[str, str]) -> None:
+        """Refuse a ``kl_weight`` the user gave with ``method pca``: the PCA baseline is a fixed
+        map without a posterior, so it trains no KL term (``repackctl.settings.checks``)."""
+        if self.method == "pca":
+            check_term_options(
+                self,
+                section,
+                sources,
+                ("kl_weight",),
+                "method",
+                "the KL term of the repack posterior",
+                "pass --method repack",
+            )
 
 
 PRESETS: dict[str, dict[str, Any]] = {
