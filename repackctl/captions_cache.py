@@ -60,7 +60,7 @@ from repackctl.cache.store import (
 from repackctl.crash import crash_point
 from repackctl.data.captions import CAPTIONS_VERSION
 from repackctl.encoders.text import TextEncoder
-from repackctl.errors import CacheError, ConfigError, DataError
+from repackctl.errors import CacheError, ConfigError, DataError, name_items
 from repackctl.progress import ProgressFactory, null_progress
 from repackctl.registry import registry
 from repackctl.runtime import DistInfo, resolve_device
@@ -689,6 +689,23 @@ def _read_keys(ds: DatasetEntry, img_done: np.ndarray) -> list[str]:
     return [str(k) for k in keys[:]]
 
 
+#: captions one image can have: ``count`` is uint8 (numpy 2 raised OverflowError mid-write at
+#: 256, leaving a half-created group; older numpy wrapped 256 to 0: "no caption")
+MAX_CAPTIONS = int(np.iinfo(np.uint8).max)
+
+
+def _check_caption_counts(all_caps: list[list[str]], keys: list[str]) -> None:
+    """Refuse, before anything is written, an image with more captions than ``count`` holds."""
+    over = [(keys[i], len(c)) for i, c in enumerate(all_caps) if len(c) > MAX_CAPTIONS]
+    if over:
+        named = name_items([f"{k} ({n})" for k, n in over], 3)
+        raise DataError(
+            f"{len(over)} image(s) have more than {MAX_CAPTIONS} captions ({named}): the cache "
+            f"keeps at most {MAX_CAPTIONS} per image; nothing was written",
+            f"keep at most {MAX_CAPTIONS} captions per image in the index (each row is one)",
+        )
+
+
 def run_captions(
     settings: Any,
     progress: ProgressFactory = null_progress,
@@ -705,6 +722,7 @@ def run_captions(
     img_done = ds.done[:]
     keys = _read_keys(ds, img_done)
     all_caps = _all_captions(ds, cfg.captions, keys, img_done, skipped)
+    _check_caption_counts(all_caps, keys)
     encoder = encoder or load_text_encoder(settings, dist)
     cut = count_truncated(encoder, all_caps)
     grp, tid, healed = _open_group(ds, encoder, settings, all_caps, keys, cut.count, dist)

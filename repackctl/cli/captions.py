@@ -16,7 +16,7 @@ from repackctl.cli.options import settings_command
 from repackctl.settings import ResolvedSettings
 
 
-@settings_command("captions", common=("cache", "seed", "device", "num_workers"))
+@settings_command("captions", common=("cache", "device"))
 def captions(resolved: ResolvedSettings) -> None:
     """Encode every caption of every image of a cache entry with a frozen text encoder.
 

@@ -14,9 +14,7 @@ from repackctl.cli.options import settings_command
 from repackctl.settings import ResolvedSettings
 
 
-@settings_command(
-    "sample", common=("cache", "runs", "samples", "seed", "device", "precision", "num_workers")
-)
+@settings_command("sample", common=("cache", "runs", "samples", "seed", "device", "precision"))
 def sample(resolved: ResolvedSettings) -> None:
     """Generate N samples from a DiT run: latents → pack decoder → (refiner) → PNGs + ADM npz.
 

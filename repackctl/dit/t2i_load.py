@@ -82,6 +82,21 @@ def check_text_features(extra: dict[str, Any], attrs: dict[str, Any], text_id: s
         )
 
 
+def check_same_captions(extra: dict[str, Any], attrs: dict[str, Any], text_id: str) -> None:
+    """Refuse to resume a run on caption features ``text_id`` encoded from other captions than
+    the ones it trained on (``captions_sha256``): the group removed (`cache rm --text`) and
+    encoded again under the same id from an edited captions file trained the rest of the run
+    on the new captions, without a word. Runs that recorded no digest are resumed as before."""
+    recorded = (extra.get("text") or {}).get("captions_sha256")
+    current = attrs.get("captions_sha256")
+    if recorded and current and recorded != current:
+        raise CheckpointError(
+            f"the caption features text/{text_id} were encoded from other captions than this "
+            f"run was trained on (captions sha256 {current[:12]}…, the run's {recorded[:12]}…)",
+            "encode the captions the run trained on again, or start a new run with --name",
+        )
+
+
 # --------------------------------------------------------------------------- the training cache
 def training_cache_root(cache: str | None, extra: dict[str, Any], hint: str) -> str:
     """The cache root holding the run's training entry: ``cache`` (the resolved settings'

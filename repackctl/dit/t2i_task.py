@@ -34,7 +34,7 @@ from repackctl.cache.store import PENDING, WRITTEN
 from repackctl.captions_cache import find_text_group, open_text_group
 from repackctl.data.cached import MEMORY_GB, fits_in_memory, shuffle_window
 from repackctl.dit.latents import LatentData, LatentRef, trained_latents
-from repackctl.dit.t2i_load import CaptionTexts, check_text_features
+from repackctl.dit.t2i_load import CaptionTexts, check_same_captions, check_text_features
 from repackctl.dit.task import DiTTask, build_task, data_options, taken_options
 from repackctl.errors import CacheError, CheckpointError, ConfigError
 from repackctl.models.mmdit import mmdit_repa_depth
@@ -194,6 +194,9 @@ class T2ITask(DiTTask):
                 "text_dim": int(self.data.text_dim),
                 "max_length": int(self.data.text_len),
                 "caption_dropout": float(self.spec.class_dropout),
+                # the captions themselves: a group removed and encoded again under the same id
+                # from edited captions is another training set (checked on resume)
+                "captions_sha256": attrs.get("captions_sha256"),
             },
             # the empty caption's real tokens (padding is zeroed by the model), mask and pooled
             "null_caption": {
@@ -213,6 +216,7 @@ class T2ITask(DiTTask):
                 f"pass --text-features {old}, or start a new run with --name",
             )
         check_text_features(extra, dict(self.data.text_attrs), self.data.text_id)
+        check_same_captions(extra, dict(self.data.text_attrs), self.data.text_id)
 
     # ---- sample grid ---------------------------------------------------------------------------
     @torch.no_grad()

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +48,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from repackctl.errors import CacheError, ConfigError, DataError
+from repackctl.errors import CacheError, ConfigError, DataError, name_items
 from repackctl.files import to_uint8, write_json_atomic
 from repackctl.pack.load import denormalise, load_decoder
 from repackctl.paths import PROTOCOL_JSON, local_path, run_root_of
@@ -84,8 +85,16 @@ from repackctl.transport.samplers import sample
 
 # --------------------------------------------------------------------------- prompts
 def given_prompts(cfg: Any) -> list[str]:
-    """``--prompt`` values, then the lines of ``--prompts FILE`` (blank lines ignored)."""
+    """``--prompt`` values, then the lines of ``--prompts FILE`` (blank lines ignored). An empty
+    ``--prompt`` is refused: dropped, it shifted every later prompt onto other samples."""
     prompts = [" ".join(p.split()) for p in (cfg.prompt or [])]
+    empty = [n for n, p in enumerate(prompts, 1) if not p]
+    if empty:
+        raise ConfigError(
+            f"--prompt number {name_items(empty)} of {len(prompts)} is empty (or only spaces): "
+            "each --prompt is one prompt, in order, and an empty one cannot be sampled",
+            "give every --prompt some text (blank lines of a --prompts file are skipped)",
+        )
     if cfg.prompts:
         prompts += prompt_file_lines(Path(cfg.prompts).expanduser())
     prompts = [p for p in prompts if p]
@@ -114,7 +123,11 @@ def prompt_file_lines(path: Path) -> list[str]:
         raise ConfigError(
             f"cannot read the prompts file {path}: {e}", "pass a UTF-8 text file, one per line"
         ) from None
-    lines = text.splitlines()
+    # lines end at \n, \r\n or \r only: str.splitlines also splits at U+2028, NEL, form feed…,
+    # which cut one prompt in two; inside a line those are whitespace, collapsed below
+    lines = re.split(r"\r\n|\r|\n", text)
+    if lines and lines[-1] == "":
+        lines.pop()
     for n, line in enumerate(lines, 1):
         if _is_json_object(line):
             raise ConfigError(
