@@ -7,12 +7,11 @@ a chunk file deleted on disk, then the real `captions` / `train dit` commands in
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 from conftest import one_torch_thread
-from support.caches import packed_cache
+from support.caches import packed_cache, use_roots
 from support.cli import cli_ok, cli_refused
 
 from repackctl.cache.store import DatasetEntry, list_entries
@@ -54,9 +53,7 @@ def packed(tmp_path_factory) -> Path:
 
 
 def test_dit_training_refuses_a_lost_labels_chunk(packed, tmp_path, monkeypatch):
-    for name in ("cache", "runs"):
-        shutil.copytree(packed / name, tmp_path / name)
-        monkeypatch.setenv(f"REPACKCTL_{name.upper()}", str(tmp_path / name))
+    use_roots(packed, tmp_path, monkeypatch)
     (entry,) = list_entries(str(tmp_path / "cache"))
     (tmp_path / "cache" / entry / "labels" / "c" / "1").unlink()  # rows 16–31
     out = cli_refused(CacheError.exit_code, *TRAIN, "--name", "d")

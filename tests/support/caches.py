@@ -94,6 +94,15 @@ def t2i_stack(work: Path, num: int = 32, max_length: int = 8) -> Path:
     return work
 
 
+def use_roots(base: Path, tmp_path: Path, monkeypatch) -> Path:
+    """A private copy of ``base``'s cache/ and runs/ in ``tmp_path``, set as REPACKCTL_CACHE /
+    REPACKCTL_RUNS; returns ``tmp_path``."""
+    for name in ("cache", "runs"):
+        shutil.copytree(base / name, tmp_path / name)
+        monkeypatch.setenv(f"REPACKCTL_{name.upper()}", str(tmp_path / name))
+    return tmp_path
+
+
 def use_stack(stack: Path, tmp_path: Path, monkeypatch) -> Path:
     """A private copy of a stack, set as REPACKCTL_CACHE / _RUNS / _SAMPLES."""
     work = tmp_path / "w"
