@@ -19,12 +19,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import ctypes
 import functools
 import os
 import queue
-import signal
-import sys
 import threading
 import time
 import warnings
@@ -55,7 +52,7 @@ from repackctl.data.builtin import check_resolution as check_builtin_resolution
 from repackctl.data.sources import dataset_label, default_resolution, make_source
 from repackctl.encoders.load import make_encoder
 from repackctl.errors import ConfigError, DataError
-from repackctl.files import pid_alive
+from repackctl.files import die_with_parent
 from repackctl.paths import entry_name
 from repackctl.progress import ProgressFactory, null_progress
 from repackctl.runtime import (
@@ -124,29 +121,16 @@ def _collate(items: list) -> tuple:
     return (*arrays, list(keys), list(notes))
 
 
-_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-
-
 def _die_with_parent(parent: int, worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: the worker is killed when the process that started it dies.
+    """DataLoader ``worker_init_fn``: the worker is killed when the process that started it dies
+    (:func:`repackctl.files.die_with_parent`).
 
     Without it, a SIGKILLed ``extract`` leaves its workers behind for good: they stop taking
     work, but each then waits forever to flush its result queue into a pipe nobody reads.
-    Linux only (``prctl``), for workers this process forks itself (not those of a forkserver,
-    Python 3.14's default); elsewhere nothing changes. The signal is tied to the thread that
-    forked the worker, so loaders are iterated from a thread that outlives them (``_prefetched``
-    creates the iterator in its caller's thread).
+    The signal is tied to the thread that forked the worker, so loaders are iterated from a
+    thread that outlives them (``_prefetched`` creates the iterator in its caller's thread).
     """
-    if not sys.platform.startswith("linux"):
-        return
-    if os.getppid() != parent:  # gone already, or a forkserver started it (its death would count)
-        if not pid_alive(parent):
-            os.kill(os.getpid(), signal.SIGKILL)
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:  # the parent died just before prctl: no signal will come
-        os.kill(os.getpid(), signal.SIGKILL)
+    die_with_parent(parent)
 
 
 def _loader(source: ImageSource, resolution: int, batches: list[list[int]], workers: int):

@@ -48,13 +48,22 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write text (UTF-8) through a temporary file and a rename: a kill leaves the old file or
-    the new one, never half of one."""
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    the new one, never half of one. The temporaries of this same file that a killed writer left
+    (``.tmp-<name>.<pid>``, the pid gone) are removed first, and no other file."""
+    prefix = f"{TMP_PREFIX}{path.name}."
+    remove_stale_temp_files(
+        path.parent, lambda name: name.startswith(prefix) and name[len(prefix) :].isdigit()
+    )
+    tmp = path.with_name(f"{prefix}{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a failed write leaves the old file only
+        raise
 
 
 def save_safetensors(
@@ -185,6 +194,34 @@ def pid_alive(pid: int) -> bool:
     except OSError:
         return True
     return True
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent(parent: int) -> None:
+    """In a child process (a DataLoader worker, or ``preexec_fn`` of a side process): have the
+    kernel kill it when ``parent``, the process that started it, dies, so a ``kill -9`` of the
+    parent leaves no orphan working on. Linux only (``prctl``); elsewhere nothing changes. The
+    signal is tied to the thread that forked the child. A parent gone before the call (or just
+    before ``prctl``) kills the child at once; a child of a forkserver (its parent is not
+    ``parent``) is left as it is while ``parent`` lives."""
+    import ctypes
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    if os.getppid() != parent:  # gone already, or a forkserver started it (its death would count)
+        if not pid_alive(parent):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died just before prctl: no signal will come
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def remove_stale_temp_files(

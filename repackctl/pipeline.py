@@ -14,6 +14,7 @@ here too, so that the t2i demo and the t2i study share them.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 
 from repackctl.errors import ConfigError, RepackError, name_items
-from repackctl.files import write_json_atomic
+from repackctl.files import TMP_PREFIX, die_with_parent, write_json_atomic
 from repackctl.paths import PROTOCOL_JSON, SAMPLES_NPZ, SETTINGS_JSON
 from repackctl.progress import ProgressFactory, null_progress
 from repackctl.run_files import RUN_PATH, STARTING_PATH, foreign_paths
@@ -135,7 +136,7 @@ def claim_folder(
             made_by = json.loads(marker.read_text()).get("made_by")
         except (OSError, ValueError, AttributeError):
             made_by = None
-    if out.exists() and made_by != kind and any(out.iterdir()):
+    if out.exists() and made_by != kind and any(_not_the_marker(out)):
         raise ConfigError(
             f"{out} is not empty and was not made by `repackctl {kind}`",
             "choose a new or empty folder with --out (nothing in this one was touched)",
@@ -145,8 +146,15 @@ def claim_folder(
     lock_pipeline(out, f"repackctl {kind}")
     if fresh and made_by == kind:
         _remove_owned(out, kind, list(owned), log)
-    if made_by != kind:
-        marker.write_text(json.dumps({"made_by": kind}) + "\n")
+    if made_by != kind:  # atomic: a marker cut short by a kill locked the folder for good
+        write_json_atomic(marker, {"made_by": kind})
+
+
+def _not_the_marker(out: Path) -> list[Path]:
+    """What ``out`` holds besides the temporaries of its marker (``.tmp-<marker>.<pid>``): a
+    start killed while it wrote the marker left one, in a folder that is still empty."""
+    prefix = f"{TMP_PREFIX}{MARKER}."
+    return [p for p in out.iterdir() if not (p.name.startswith(prefix) and p.is_file())]
 
 
 def claim_demo_folder(
@@ -448,7 +456,12 @@ class Pipeline:
         log_path = self.out / f"{name}.log"
         with open(log_path, "w") as log:
             cmd = [sys.executable, "-m", "repackctl", *args]
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+            # killed with this process: an orphan kept training and held the run's lock, so
+            # the rerun of a killed demo failed on it
+            parent = functools.partial(die_with_parent, os.getpid())
+            proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=parent
+            )
         self.side[name] = (proc, log_path, time.time())  # wall clock: compared with the log's mtime
         self.log(f"[{name}] started in a second process (log: {log_path})")
 

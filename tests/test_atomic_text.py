@@ -18,3 +18,32 @@ def test_a_failed_write_keeps_the_previous_text_whole(tmp_path):
     with pytest.raises(UnicodeEncodeError):
         path.write_text("# report\n\nnew figures \ud800\n", encoding="utf-8")
     assert path.read_text(encoding="utf-8") != "# report\n\nold figures, ü\n"  # what it replaced
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_killed_writers_temporary_of_the_same_file_is_removed_and_no_other(tmp_path):
+    """A kill before the rename left ``.tmp-<name>.<pid>`` for good (recon/probe reports, the
+    demo's plan.json, report.md, metrics.json): the next write of that file removes it. A failed
+    write removes its own."""
+    dead = _dead_pid()
+    path = tmp_path / "plan.json"
+    stale = tmp_path / f".tmp-plan.json.{dead}"
+    kept = [tmp_path / f".tmp-plan.json.{dead}x", tmp_path / f".tmp-other.json.{dead}"]
+    for p in (stale, *kept):
+        p.write_text("half")
+    write_text_atomic(path, "{}")
+    assert not stale.exists() and all(p.exists() for p in kept)
+    assert path.read_text() == "{}"
+    with pytest.raises(UnicodeEncodeError):
+        write_text_atomic(path, "\ud800")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["plan.json", *(p.name for p in kept)]
+    )

@@ -4,6 +4,7 @@ it did not make; ``--fresh`` removes only what the demo writes."""
 from __future__ import annotations
 
 import json
+import sys
 import time
 
 import pytest
@@ -86,3 +87,64 @@ def test_a_side_process_reports_its_own_run_time_not_the_wait(tmp_path):
     pipe.start_side("bad", ["no-such-command"])
     with pytest.raises(RepackError, match="bad failed"):
         pipe.wait_side("bad", RepackError, "it")
+
+
+def test_a_start_killed_while_it_wrote_its_marker_is_claimed_again(tmp_path):
+    """The marker was written in place: a kill left it empty, and every rerun (`--fresh` too)
+    refused the folder as someone else's. It is written through a temporary now, and what a
+    kill leaves of that temporary does not make the folder foreign."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / f".tmp-{MARKER}.{proc.pid}").write_text('{"made_')  # killed before the rename
+    claim_folder(out, "demo", ("cache",), fresh=False)
+    assert [p.name for p in out.iterdir()] == [MARKER]  # the temporary removed by the write
+    assert json.loads((out / MARKER).read_text()) == {"made_by": "demo"}
+
+
+_PARENT = """
+import sys, time
+from pathlib import Path
+from repackctl.pipeline import Pipeline
+pipe = Pipeline(Path(sys.argv[1]), log=lambda _: None)
+pipe.start_side("slow", ["extract", "-n", "100000", "--resolution", "64", "--cache", sys.argv[2],
+                         "--device", "cpu"])
+print(pipe.side["slow"][0].pid, flush=True)
+time.sleep(120)
+"""
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie waiting to be reaped is not)."""
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG)")
+def test_a_side_process_dies_with_the_demo_that_started_it(tmp_path):
+    """A killed demo left its refiner training on: the rerun failed on the run it held."""
+    import signal
+    import subprocess
+
+    (tmp_path / "out").mkdir()
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _PARENT, str(tmp_path / "out"), str(tmp_path / "cache")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    child = int(parent.stdout.readline())
+    assert _running(child)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 20
+    while _running(child) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not _running(child)
