@@ -29,7 +29,6 @@ to the ``.npy`` memmap.
 
 from __future__ import annotations
 
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from repackctl.bench.common import BenchContext, Row, fill_ratios, timed_row
+from repackctl.bench.common import BenchContext, Row, fill_ratios, scratch_space, timed_row
 
 #: N, sample shape (F, d, h, w), batch, chunk, shard, safetensors shard, batches per measurement
 SHAPES: dict[str, dict[str, Any]] = {
@@ -192,7 +191,7 @@ def run(ctx: BenchContext) -> tuple[list[Row], dict[str, Any], list[str]]:
     rng = np.random.default_rng(0)
     data = rng.standard_normal((p["n"], *p["shape"]), dtype=np.float32).astype(np.float16)
     notes: list[str] = []
-    with tempfile.TemporaryDirectory(dir=ctx.workdir, prefix="repackctl-bench-cache-") as tmp:
+    with scratch_space(ctx.workdir, "cache") as tmp:
         t0 = time.perf_counter()
         stores = _write_layouts(Path(tmp), data, p)
         notes.append(f"wrote {data.nbytes / 2**20:.1f} MiB per layout in "

@@ -9,14 +9,18 @@ on shared machines move by 2-3× between runs (``reference/environment.md``) whi
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import math
 import os
 import platform
+import re
+import shutil
 import statistics
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -296,3 +300,26 @@ def write_result(result: BenchResult | list[BenchResult], out: str | Path | None
 
 def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@contextlib.contextmanager
+def scratch_space(workdir: str | Path | None, name: str) -> Iterator[Path]:
+    """A scratch folder ``repackctl-bench-<name>-<pid>-<random>`` under ``workdir`` (none: the
+    system's temporary folder), removed at the end. The folders of this benchmark that a killed
+    run left there (named so, their pid gone) are removed first: a kill skips the cleanup, and
+    at --size paper each holds gigabytes. Nothing else in ``workdir`` is touched."""
+    from repackctl.files import pid_alive
+
+    base = Path(workdir) if workdir else Path(tempfile.gettempdir())
+    prefix = f"repackctl-bench-{name}-"
+    stale = re.compile(rf"{re.escape(prefix)}(\d+)-[\w]+")
+    for old in base.glob(f"{prefix}*") if base.is_dir() else ():
+        m = stale.fullmatch(old.name)
+        if m and old.is_dir() and not old.is_symlink() and not pid_alive(int(m.group(1))):
+            shutil.rmtree(old, ignore_errors=True)
+    base.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=base))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

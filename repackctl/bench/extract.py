@@ -8,14 +8,13 @@ Encoder weights default to ``random``: speed does not depend on the numbers.
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from repackctl.bench.common import BenchContext, Row, fill_ratios, timed_row
+from repackctl.bench.common import BenchContext, Row, fill_ratios, scratch_space, timed_row
 
 #: encoder, resolution, images, batch
 SHAPES: dict[str, dict[str, Any]] = {
@@ -52,7 +51,7 @@ def run(ctx: BenchContext) -> tuple[list[Row], dict[str, Any], list[str]]:
 
     rows = [timed_row("extract", "bare encoder forward (2 flips)", bare, ctx, items=num,
                       unit="img", baseline=True)]  # fmt: skip
-    with tempfile.TemporaryDirectory(dir=ctx.workdir, prefix="repackctl-bench-extract-") as tmp:
+    with scratch_space(ctx.workdir, "extract") as tmp:
         count = {"i": 0}
 
         def full() -> None:

@@ -25,14 +25,13 @@ Rows:
 from __future__ import annotations
 
 import inspect
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from repackctl.bench.common import BenchContext, Row, measure, timed_row
+from repackctl.bench.common import BenchContext, Row, measure, scratch_space, timed_row
 from repackctl.data.cached import CachedRows
 
 #: model id, latent channels, latent side, batch, peak-matmul side, REPA token width, and the
@@ -195,7 +194,7 @@ def run(ctx: BenchContext) -> tuple[list[Row], dict[str, Any], list[str]]:
     from repackctl.dit.t2i_task import T2ITask
     from repackctl.progress import null_progress
 
-    with tempfile.TemporaryDirectory(dir=ctx.workdir, prefix="repackctl-bench-train-") as tmp:
+    with scratch_space(ctx.workdir, "train") as tmp:
         p = SHAPES[ctx.size] | ({"model": ctx.model} if ctx.model else {})
         trainer, task = build_trainer(p, ctx.device, Path(tmp), compile_=ctx.compile and ctx.cuda)
         b, text = p["batch"], isinstance(task, T2ITask)

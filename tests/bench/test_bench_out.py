@@ -109,3 +109,30 @@ def test_the_gpu_check_never_replaces_a_file_it_did_not_write(tmp_path, capsys) 
     (tmp_path / "old.json").write_text(json.dumps(doc))
     (tmp_path / "old.md").write_text("# GPU check — cpu\n")
     gpu_check.check_outputs(str(tmp_path / "old.json"), str(tmp_path / "old.md"))  # accepted
+
+
+def test_scratch_data_a_killed_run_left_is_removed_and_nothing_else(tmp_path) -> None:
+    """A kill skipped the cleanup of the scratch folder (gigabytes at --size paper), and no
+    later run removed it: the next run of the same benchmark does, by its name and dead pid."""
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    stale = tmp_path / f"repackctl-bench-cache-{proc.pid}-k1ll3d"
+    kept = [
+        tmp_path / "repackctl-bench-cache-notes",  # not our name: someone's folder
+        tmp_path / f"repackctl-bench-cache-{os.getpid()}-alive",  # a running writer's
+        tmp_path / f"repackctl-bench-extract-{proc.pid}-other",  # another benchmark's
+    ]
+    for folder in (stale, *kept):
+        folder.mkdir()
+        (folder / "data.bin").write_bytes(b"x")
+    cli_ok(
+        "benchmark", "cache", *FAST, "--out", str(tmp_path / "r.json"), "--workdir", str(tmp_path)
+    )
+    assert not stale.exists() and all((p / "data.bin").is_file() for p in kept)
+    assert sorted(p.name for p in tmp_path.glob("repackctl-bench-*")) == sorted(
+        p.name for p in kept
+    )
