@@ -684,7 +684,8 @@ class _Demo(PCAArm, Pipeline):
         cost = (
             f"about {timed['pack train'] + timed['train dit']:.0f} s"
             if "pack train" in timed and "train dit" in timed
-            else "as long as the pack and DiT stages (reused here, so not timed)"
+            else "about as much time as the demo's pack and DiT stages take (not timed here: this "
+            "run reused them)"
         )
         lines = [
             "# repackctl demo — the built-in dataset through every stage",

@@ -126,8 +126,8 @@ def pca_arm_lines(m: dict[str, Any], cost: str) -> list[str]:
     if "fd_pca" not in m:
         return [
             "*PCA arm* (the paper's baseline: the same decoder recipe on a frozen PCA projection "
-            "of the tokens, then the same DiT and sampling): off by default, because it adds "
-            f"{cost} (its own pack and DiT stages) to a demo whose budget is 10 minutes. "
+            "of the tokens, then the same DiT and sampling): off by default, because its own "
+            f"pack and DiT stages add {cost} to a demo whose budget is 10 minutes. "
             "`repackctl demo --pca-arm` adds it to this report, reusing the stages above; the "
             "reproduction study runs it with three seeds."
         ]
