@@ -267,7 +267,11 @@ def _verify_group(
     fdone, _ = read_done(g.done, "done")
     c = _counts(fdone)
     if c["pending"]:
-        problems.append(Problem(f"{path}: {c['pending']} samples pending"))
+        # the command that writes them (it resumes): a repair killed before it printed them
+        # left only this line to go by
+        problems.append(
+            Problem(f"{path}: {c['pending']} samples pending", f"run {producer(entry, path)}")
+        )
     if ((fdone == WRITTEN) & (img_done != WRITTEN)).any():
         problems.append(Problem(f"{path}: samples written here whose images are not written"))
     attrs = g.attrs

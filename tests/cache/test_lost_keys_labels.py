@@ -60,3 +60,22 @@ def test_dit_training_refuses_a_lost_labels_chunk(packed, tmp_path, monkeypatch)
     assert f"cache entry {entry} labels" in out and "is missing" in out
     _repair_named(out, entry)
     assert not (tmp_path / "runs" / "d").exists()  # refused before the run was written
+
+
+def test_pending_rows_that_verify_finds_name_the_command_that_writes_them(
+    packed, tmp_path, monkeypatch
+):
+    """A `cache verify --repair` killed after it marked rows pending but before it printed the
+    commands to run left `cache verify` saying only "N samples pending"."""
+    import zarr
+
+    use_roots(packed, tmp_path, monkeypatch)
+    (entry,) = list_entries(str(tmp_path / "cache"))
+    ds = DatasetEntry.open(str(tmp_path / "cache"), entry)
+    (latents,) = ds.latent_ids()
+    done = zarr.open_array(
+        str(tmp_path / "cache" / entry / "latents" / latents / "done"), mode="r+"
+    )
+    done[:16] = 0  # as the killed repair left it
+    out = cli_refused(CacheError.exit_code, "cache", "verify", entry)
+    assert "16 samples pending" in out and "repackctl pack encode --run pk" in out, out
