@@ -56,27 +56,32 @@ def adherence(
     real = sc["classifier_real_accuracy"]
     held = real["held_out"]  # a tenth of the real images: the classifiers trained on the rest
     real_line = f"shape {pct(real['shape'])}, colour {pct(real['colour'])}"
-    total = sc["num_samples"]
-
-    def unscored(n: int, what: str) -> str:  # samples whose prompt the head cannot judge
-        return f"; {total - n} of {total} prompts name no {what} it knows" if n < total else ""
 
     rows = [
         (
             "shape",
             f"{pct(sc['shape_accuracy'])} of {sc['n_shape']} (chance 10 %)"
-            + unscored(sc["n_shape"], "shape"),
+            + _unscored(sc, "shape"),
         ),
-        (
-            "colour",
-            f"{pct(sc['colour_accuracy'])} of {sc['n_colour']}"
-            + unscored(sc["n_colour"], "colour"),
-        ),
+        ("colour", f"{pct(sc['colour_accuracy'])} of {sc['n_colour']}" + _unscored(sc, "colour")),
         (f"classifier on {held} held-out real image{'s' if held != 1 else ''}", real_line),
         ("classifier trained on", f"the other {sc['classifier']['train_images']} real images"),
         ("written", out.path),
     ]
     console.print(kv_table("evaluate adherence", rows))
+
+
+def _unscored(scores: dict, attribute: str) -> str:
+    """``; 8 of 10 samples not scored: 2 name several shapes, …`` (adherence.json: unscored),
+    empty when every sample was scored on ``attribute``."""
+    from repackctl.evaluate.adherence import REASONS
+
+    total, left = scores["num_samples"], scores["num_samples"] - scores[f"n_{attribute}"]
+    if not left:
+        return ""
+    why = (scores.get("unscored") or {}).get(attribute) or {}
+    parts = [f"{n} {REASONS.get(k, k)}" for k, n in why.items()]
+    return f"; {left} of {total} samples not scored" + (": " + ", ".join(parts) if parts else "")
 
 
 def register_into(evaluate_app: typer.Typer) -> None:

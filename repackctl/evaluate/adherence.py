@@ -4,9 +4,28 @@ Two attribute classifiers (one small CNN with a shape head and an object-colour 
 on the REAL cached images of the run's training entry, whose attributes are known exactly (the
 built-in scene parameters, ``repackctl.data.builtin``); a held-out tenth of those real images
 gives the classifiers' own accuracy, the ceiling to read the sample scores against. Each sample's
-prompt is parsed for the attributes it names (the shape noun, and the colour word attached to
-it — "a red star", "a circle in dark blue"); the score is the fraction of samples whose predicted
-attribute equals the prompted one, per attribute, over the samples whose prompt names it.
+prompt is parsed for the attributes of the one object it is about (``parse_prompt``); the score
+is the fraction of samples whose predicted attribute equals the prompted one, per attribute, over
+the samples whose prompt names it.
+
+What is parsed (exactly, for every phrasing of the built-in captions, ``data.captions``):
+
+- the shape: its noun or synonym (``SHAPE_NOUNS``: "star", "five-pointed star", "box"…);
+- the object colour: a colour word in the run of modifiers right before that noun ("a small
+  striped light pink and yellow star": the first colour, as the built-in two-colour fills are
+  phrased) or "in <colour>" right after it ("a circle in dark blue, on the left").
+
+What is left out (None, counted by reason in ``adherence.json``: ``unscored``), never guessed:
+
+- a prompt with a negation ("not", "no", "without", "never", "n't"…): both attributes (which
+  words it negates is not parsed);
+- a prompt naming more than one shape, or a plural ("a red star and a blue square", "a star in
+  a red box", "two stars"): both attributes (the classifiers see one object);
+- a prompt naming no shape ("something on a red background"): both (a colour is only read off
+  the object's noun);
+- a colour not on the object's noun ("a blue background", "a star with a blue outline", "the star
+  is red"): colour left out; likewise a second colour that could be the object's ("a red and blue
+  star" outside the built-in fill phrasing, "a red and a blue star").
 
 Colours are compared coarsely (hue family: "light teal" → teal, "dark grey" → grey).
 Written to ``<samples>/adherence.json``. Shapes: N images, H×W×3 uint8.
@@ -51,7 +70,26 @@ HUES = (
     "white",
 )
 ADHERENCE_JSON = "adherence.json"
-_ARTICLE = {"a", "an"}
+
+#: Why an attribute of a sample is not scored (``adherence.json``: ``unscored``), in the order
+#: the command prints them: "8 of 10 samples not scored: 2 use a negation, …".
+REASONS = {
+    "negation": "use a negation",
+    "several_shapes": "name several shapes",
+    "no_shape": "name no shape",
+    "truncated": "were cut at the text encoder's max_length",
+    "several_colours": "name several colours for the object",
+    "colour_not_on_object": "name a colour not on the object",
+    "no_colour": "name no colour",
+}
+_NEGATION = re.compile(r"\b(?:not|no|without|never|nor|neither|none|cannot)\b|n['\u2019]t\b")
+_TOKEN = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*|[^\sa-z0-9]")  # words and punctuation marks
+_TONES = {"light", "dark"}
+_FILL_WORDS = {"striped", "two-tone"}  # the built-in two-colour fills: "{fill} {obj} and {obj2}"
+#: Words that may stand between a colour and its noun ("a small striped red and blue star").
+_MODIFIERS = {*HUES, *_TONES, *_FILL_WORDS, "solid", "small", "medium-sized", "large", "and"}
+_AFTER_IN_COLOUR = {",", ".", ";", "on", "at", "in", "over", "against", "with", "near"}
+_DANGLING = {"a", "an", "the"}  # a colour whose words end here (or at a mark) has no noun
 
 
 def coarse_colour(name: str) -> str:
@@ -60,20 +98,44 @@ def coarse_colour(name: str) -> str:
 
 
 def _shape_patterns() -> list[tuple[int, list[str]]]:
-    """(class id, words) of every shape noun and synonym, longest first (built-in class order)."""
+    """(class id, words) of every shape noun and synonym, longest first, then their plurals
+    (class id -1: a plural names several objects)."""
     from repackctl.data.builtin import CLASS_NAMES
 
     out = []
     for label, name in enumerate(CLASS_NAMES):
         for phrase in SHAPE_NOUNS[name]:
-            out.append((label, phrase.split()))
+            words = phrase.split()
+            out += [(label, words), (-1, _plural(words))]
     return sorted(out, key=lambda p: -len(p[1]))
 
 
+def _plural(words: list[str]) -> list[str]:
+    """``star`` → ``stars``, ``box`` → ``boxes``, ``pair of dots`` → ``pairs of dots``."""
+    if words[-1] == "dots":
+        return ["pairs", *words[1:]] if words[0] == "pair" else ["two", "pairs", "of", "dots"]
+    return [*words[:-1], words[-1] + ("es" if words[-1][-1] in "sx" else "s")]
+
+
+@dataclass(frozen=True)
+class PromptParse:
+    """What a prompt names: ``shape`` (class id) and ``colour`` (coarse hue) of its one object,
+    None with the reason (a key of ``REASONS``) for an attribute not scored; ``*_end``: where
+    the attribute's word ends in ``_plain(prompt)`` (-1: not named)."""
+
+    shape: int | None
+    colour: str | None
+    why_shape: str | None
+    why_colour: str | None
+    shape_end: int = -1
+    colour_end: int = -1
+
+
 def prompt_attributes(prompt: str) -> tuple[int | None, str | None]:
-    """(shape class id, coarse object colour) named by a prompt; None for what it does not name."""
-    label, _, hue, _ = _attributes_at(prompt)
-    return label, hue
+    """(shape class id, coarse object colour) named by a prompt; None for what it does not name
+    or names ambiguously (``parse_prompt`` says why)."""
+    got = parse_prompt(prompt)
+    return got.shape, got.colour
 
 
 def _plain(text: str) -> str:
@@ -83,50 +145,107 @@ def _plain(text: str) -> str:
     return "".join(c for c in decomposed if c.isascii() and c.isalnum())
 
 
-def _attributes_at(prompt: str) -> tuple[int | None, int, str | None, int]:
-    """(shape id, where its noun ends, coarse colour, where its word ends): the ends are
-    offsets into ``_plain(prompt)``, -1 for an attribute the prompt does not name."""
-    low = prompt.lower()
-    found = [(m.group(), len(_plain(low[: m.end()]))) for m in re.finditer(r"[a-z-]+", low)]
-    words, ends = [w for w, _ in found], [e for _, e in found]
-    for label, noun in _shape_patterns():
-        n = len(noun)
-        at = next((i for i in range(len(words) - n + 1) if words[i : i + n] == noun), None)
-        if at is None:
+def _shape_mentions(words: list[str]) -> list[tuple[int, int, int]]:
+    """(class id or -1 for a plural, first word, word after) of each shape noun, left to right;
+    at each word the longest noun wins ("five-pointed star", not "star")."""
+    patterns, out, i = _shape_patterns(), [], 0
+    while i < len(words):
+        hit = next((p for p in patterns if words[i : i + len(p[1])] == p[1]), None)
+        if hit is None:
+            i += 1
             continue
-        start = at
-        while start > 0 and words[start - 1] not in _ARTICLE:
-            start -= 1
-        colour = next((k for k in range(start, at) if words[k] in HUES), None)
-        if colour is None and words[at + n : at + n + 1] == ["in"]:
-            after = range(at + n + 1, min(at + n + 4, len(words)))  # "a circle in dark blue"
-            colour = next((k for k in after if words[k] in HUES), None)
-        if colour is None:
-            return label, ends[at + n - 1], None, -1
-        return label, ends[at + n - 1], words[colour], ends[colour]
-    k = next((k for k, w in enumerate(words) if w in HUES), None)
-    return None, -1, None if k is None else words[k], -1 if k is None else ends[k]
+        out.append((hit[0], i, i + len(hit[1])))
+        i += len(hit[1])
+    return out
+
+
+def _object_colours(words: list[str], start: int, stop: int) -> tuple[int | None, str | None]:
+    """(index of the hue word of the object's colour, or None and why it is not read) for the
+    noun at ``words[start:stop]``: a hue in the run of modifiers right before the noun ("a
+    small dark blue star"), or "in <colour>" right after it ("a circle in dark blue,"). Two
+    colours are read only in the built-in two-colour form "a striped red and blue star" (the
+    first is the object's); any other colour word must reach a noun of its own ("on a blue
+    background", "with a blue outline"), else it could be the object's too."""
+    k = start
+    while k > 0 and words[k - 1] in _MODIFIERS:
+        k -= 1
+    mine = [j for j in range(k, start) if words[j] in HUES]
+    after = words[stop : stop + 4]  # "in", a tone?, a hue, then the end, a mark or a preposition
+    tone = 2 if after[1:2] and after[1] in _TONES else 1
+    if after[:1] == ["in"] and after[tone : tone + 1] and after[tone] in HUES:
+        if after[tone + 1 :][:1] in ([], *([w] for w in _AFTER_IN_COLOUR)):
+            mine.append(stop + tone)
+    stray = [j for j, w in enumerate(words) if w in HUES and j not in mine]
+    if not mine:
+        return None, "colour_not_on_object" if stray else "no_colour"
+    if any(_dangles(words, j) for j in stray):
+        return None, "several_colours"
+    if len(mine) == 2 and mine[1] < start:  # "striped light pink and yellow": pink
+        first, second = (j - (words[j - 1] in _TONES) for j in mine)
+        if words[mine[0] + 1 : second] == ["and"] and words[first - 1] in _FILL_WORDS:
+            return mine[0], None
+    return (mine[0], None) if len(mine) == 1 else (None, "several_colours")
+
+
+def _dangles(words: list[str], at: int) -> bool:
+    """Whether the colour at ``words[at]`` reaches no noun: its run of modifiers ends the
+    prompt, a clause (a mark) or meets an article ("a red and a blue star")."""
+    j = at
+    while j < len(words) and words[j] in _MODIFIERS:
+        j += 1
+    return j == len(words) or words[j] in _DANGLING or not words[j][0].isalnum()
+
+
+def parse_prompt(prompt: str) -> PromptParse:
+    """The shape and object colour a prompt names (see the module docstring), or why not."""
+    low = prompt.lower()
+    found = [(m.group(), len(_plain(low[: m.end()]))) for m in _TOKEN.finditer(low)]
+    words, ends = [w for w, _ in found], [e for _, e in found]
+    mentions = _shape_mentions(words)
+    why = "negation" if _NEGATION.search(low.replace("\u2019", "'")) else None
+    if why is None and (len(mentions) > 1 or any(m[0] < 0 for m in mentions)):
+        why = "several_shapes"
+    if why is None and not mentions:
+        why = "no_shape"
+    if why is not None:
+        return PromptParse(None, None, why, why)
+    label, start, stop = mentions[0]
+    hue, no_colour = _object_colours(words, start, stop)
+    if hue is None:
+        return PromptParse(label, None, None, no_colour, ends[stop - 1])
+    return PromptParse(label, words[hue], None, None, ends[stop - 1], ends[hue])
+
+
+def judged_attributes(prompt: str, as_encoded: str | None) -> PromptParse:
+    """``parse_prompt`` of the text an encoder kept: ``as_encoded`` is the text a prompt cut at
+    the encoder's ``max_length`` was encoded as (``prompt_truncation.as_encoded``), None for a
+    prompt that was not cut. The whole prompt is parsed (what it is about is read from all its
+    words); an attribute whose words fall past the cut is then left out (``truncated``). When
+    that text is not the start of the prompt (tokens the encoder did not know), nothing the
+    prompt names is known to have been seen: both are left out."""
+    got = parse_prompt(prompt)
+    if as_encoded is None:
+        return got
+    seen = _plain(as_encoded)
+    kept = len(seen) if _plain(prompt).startswith(seen) else 0
+    shape, why_shape, colour, why_colour = got.shape, got.why_shape, got.colour, got.why_colour
+    if shape is not None and got.shape_end > kept:
+        shape, why_shape = None, "truncated"
+    if colour is not None and got.colour_end > kept:
+        colour, why_colour = None, "truncated"
+    return PromptParse(shape, colour, why_shape, why_colour, got.shape_end, got.colour_end)
 
 
 def encoded_attributes(
     prompt: str, as_encoded: str | None
 ) -> tuple[tuple[int | None, str | None], list[str]]:
     """((shape id, coarse colour) that ``prompt`` names within the text its encoder kept, the
-    attributes left out because their words were cut). ``as_encoded``: the text a prompt cut at
-    the encoder's ``max_length`` was encoded as (``prompt_truncation.as_encoded``), None for a
-    prompt that was not cut. When that text is not the start of the prompt (tokens the encoder
-    did not know), nothing the prompt names is known to have been seen: both are left out."""
-    label, shape_end, hue, colour_end = _attributes_at(prompt)
-    if as_encoded is None:
-        return (label, hue), []
-    seen = _plain(as_encoded)
-    kept = len(seen) if _plain(prompt).startswith(seen) else 0
-    left = []
-    if label is not None and shape_end > kept:
-        label, left = None, [*left, "shape"]
-    if hue is not None and colour_end > kept:
-        hue, left = None, [*left, "colour"]
-    return (label, hue), left
+    attributes left out because their words were cut): ``judged_attributes``."""
+    got = judged_attributes(prompt, as_encoded)
+    left = [
+        a for a, w in (("shape", got.why_shape), ("colour", got.why_colour)) if w == "truncated"
+    ]
+    return (got.shape, got.colour), left
 
 
 # --------------------------------------------------------------------------- classifiers
@@ -327,25 +446,31 @@ def verified_samples(folder: Path, n: int, card: dict[str, Any]) -> tuple[np.nda
     return np.concatenate(list(iter_pngs(folder, n))), verified  # (N, H, W, 3)
 
 
-def wanted_attributes(card: dict[str, Any]) -> tuple[list[tuple], dict[str, Any]]:
+def wanted_attributes(card: dict[str, Any]) -> tuple[list[tuple], dict[str, Any], dict[str, Any]]:
     """(the (shape id, colour) each sample's prompt names in the text its encoder kept, a
-    record of what was left out and why). Attributes whose words a prompt cut at the text
-    encoder's ``max_length`` lost are not scored (the model never saw them)."""
+    record of the prompts cut at the text encoder's ``max_length`` (``truncation``), a record
+    of every attribute not scored and why (``unscored``)). Attributes whose words a cut prompt
+    lost are not scored (the model never saw them), nor those ``parse_prompt`` cannot read."""
     prompts, ids = card["prompts"], card["prompt_ids"]
+    uses = [int(n) for n in np.bincount(np.asarray(ids, np.int64), minlength=len(prompts))]
     cut = card.get("prompt_truncation") or {}
     as_encoded = cut.get("as_encoded")
-    if not isinstance(as_encoded, list) or len(as_encoded) != len(prompts):
-        per_prompt = [(prompt_attributes(p), []) for p in prompts]
+    known = isinstance(as_encoded, list) and len(as_encoded) == len(prompts)
+    as_encoded = as_encoded if known else [None] * len(prompts)
+    judged = [judged_attributes(p, e) for p, e in zip(prompts, as_encoded, strict=True)]
+    wanted = [(judged[k].shape, judged[k].colour) for k in ids]
+    unscored = _unscored(prompts, judged, uses)
+    if not known:
         note = {"known": False, "prompts": len(prompts), "prompts_cut": []}
         note["left_out"] = {"shape": 0, "colour": 0}
-        return [per_prompt[k][0] for k in ids], note
-    per_prompt = [encoded_attributes(p, e) for p, e in zip(prompts, as_encoded, strict=True)]
-    uses = np.bincount(np.asarray(ids, np.int64), minlength=len(prompts))
-    prompts_cut = [
-        {"prompt_id": k, "as_encoded": text, "left_out": per_prompt[k][1], "samples": int(uses[k])}
-        for k, text in enumerate(as_encoded)
-        if text is not None
-    ]
+        return wanted, note, unscored
+    prompts_cut = []
+    for k, text in enumerate(as_encoded):
+        if text is not None:
+            left = [a for a in ("shape", "colour") if getattr(judged[k], f"why_{a}") == "truncated"]
+            prompts_cut.append(
+                {"prompt_id": k, "as_encoded": text, "left_out": left, "samples": uses[k]}
+            )
     left = {
         a: sum(c["samples"] for c in prompts_cut if a in c["left_out"]) for a in ("shape", "colour")
     }
@@ -355,7 +480,29 @@ def wanted_attributes(card: dict[str, Any]) -> tuple[list[tuple], dict[str, Any]
     )
     note = {"known": True, "prompts": len(prompts), "prompts_cut": prompts_cut, "left_out": left}
     note["why"] = why
-    return [per_prompt[k][0] for k in ids], note
+    return wanted, note, unscored
+
+
+def _unscored(prompts: list[str], judged: list[PromptParse], uses: list[int]) -> dict[str, Any]:
+    """``adherence.json``'s ``unscored``: per attribute, the samples not scored by reason (a key
+    of ``REASONS``); the prompts with an attribute not scored; the reasons in words."""
+    counts: dict[str, dict[str, int]] = {"shape": {}, "colour": {}}
+    rows = []
+    for k, (prompt, got) in enumerate(zip(prompts, judged, strict=True)):
+        if (got.why_shape is None and got.why_colour is None) or not uses[k]:
+            continue
+        for attribute, why in (("shape", got.why_shape), ("colour", got.why_colour)):
+            if why is not None:
+                counts[attribute][why] = counts[attribute].get(why, 0) + uses[k]
+        row = {"prompt_id": k, "prompt": prompt, "samples": uses[k]}
+        rows.append(row | {"shape": got.why_shape, "colour": got.why_colour})
+    order = list(REASONS)
+    out: dict[str, Any] = {
+        a: dict(sorted(c.items(), key=lambda i: order.index(i[0]))) for a, c in counts.items()
+    }
+    out["prompts"] = rows
+    out["reasons"] = {why: f"prompts that {text}" for why, text in REASONS.items()}
+    return out
 
 
 def _warn(folder: Path, note: dict[str, Any]) -> None:
@@ -402,7 +549,7 @@ def run_adherence(
     card = _protocol_of(folder)
     n = int(card["num_samples"])
     samples, verified = verified_samples(folder, n, card)  # before anything is trained
-    wanted, truncation = wanted_attributes(card)
+    wanted, truncation, unscored = wanted_attributes(card)
     extra = training_extra(card)
     entry = (extra.get("cache") or {}).get("entry")
     root = training_cache_root(cache, extra, "score built-in runs whose cache is still there")
@@ -433,6 +580,7 @@ def run_adherence(
         "protocol": str(folder / PROTOCOL_JSON),
         "samples_verified": verified,  # the PNGs' pixels matched the card's images_sha256
         "truncation": truncation,
+        "unscored": unscored,  # samples an attribute of which is not scored, and why
         **hashes,
         "cache": {"root": root, "entry": entry},
     }
