@@ -267,11 +267,10 @@ def _verify_group(
     fdone, _ = read_done(g.done, "done")
     c = _counts(fdone)
     if c["pending"]:
-        # the command that writes them (it resumes): a repair killed before it printed them
-        # left only this line to go by
-        problems.append(
-            Problem(f"{path}: {c['pending']} samples pending", f"run {producer(entry, path)}")
-        )
+        # with the command that writes them (it resumes): a repair killed before it printed
+        # them left only this line to go by. Not a lasting problem (``fix``): the rerun fixes it
+        text = f"{path}: {c['pending']} samples pending ({producer(entry, path)} writes them)"
+        problems.append(Problem(text))
     if ((fdone == WRITTEN) & (img_done != WRITTEN)).any():
         problems.append(Problem(f"{path}: samples written here whose images are not written"))
     attrs = g.attrs

@@ -62,6 +62,7 @@ from repackctl.sample.folder import (
     recorded_files,
     refined_suffix,
     restore_pngs,
+    verify_recorded_pngs,
 )
 from repackctl.settings import Settings
 
@@ -455,19 +456,29 @@ def _refine_missing(
             bar.advance(len(written))
 
 
-def _to_refine(out: Path, mine: range) -> list[int]:
-    """The samples of ``mine`` to refine into ``out``: those without a PNG. In a finished
-    folder the PNGs must be the images its card records first (a rerun rebuilds samples.npz
-    and the card from them, vouching for whatever pixels lie there): one that is not is
-    rewritten from the recorded samples.npz, or, when that file is not the recorded one either,
-    every image is refined again (the refiner's output is deterministic)."""
+def _to_refine(out: Path, mine: range, num: int) -> list[int]:
+    """The samples of ``mine`` to refine into ``out``: those without a PNG. A rerun on a finished
+    folder rebuilds samples.npz and the card from its PNGs, so those must be the images the card
+    records first (else the card vouched for whatever pixels lay there): an edited PNG is
+    rewritten from the recorded samples.npz; when that file was changed, every image is refined
+    again; when it is gone, the PNGs are checked against the card's digest once all are there
+    (the missing ones are refined first: a kill or a loss, the rest as written)."""
     if not is_finished(out):
         return missing_indices(out, mine)
-    record = recorded_files(out).get(SAMPLES_NPZ)
-    why = file_mismatch(out / SAMPLES_NPZ, record)
+    npz = out / SAMPLES_NPZ
+    if not npz.is_file():
+        missing = missing_indices(out, mine)
+        if missing:
+            return missing
+        try:
+            verify_recorded_pngs(out, num, read_json_object(out / PROTOCOL_JSON, ""))
+        except DataError as e:
+            warn(f"{e.message}: every image is refined again")
+            return list(mine)
+        return []
+    why = file_mismatch(npz, recorded_files(out).get(SAMPLES_NPZ))
     if why is not None:
-        warn(f"{out / SAMPLES_NPZ} is not the file its card records ({why}): every image is "
-             "refined again")  # fmt: skip
+        warn(f"{npz} is not the file its card records ({why}): every image is refined again")
         return list(mine)
     restored = restore_pngs(out, mine)
     if restored:
@@ -528,7 +539,7 @@ def run_refine_apply(
             return ApplyResult(out, num, 0, num, "already refined (by `sample --refiner`)", 0.0)
         claim_folder(out, fingerprint, elsewhere=f"move {out} away")
         mine = owned_range(num, dist.rank, dist.world)
-        todo = _to_refine(out, mine)
+        todo = _to_refine(out, mine, num)
         t0 = time.perf_counter()
         _refine_missing(settings, source, out, protocol, refiner, mine, todo, progress, device)
         seconds = time.perf_counter() - t0
