@@ -170,8 +170,9 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     check_args(args)
 
-    cuda = torch.cuda.is_available() and args.device in ("auto", "cuda")
-    device = torch.device("cuda" if cuda else ("cpu" if args.device == "auto" else args.device))
+    from repackctl.runtime import resolve_device
+
+    device = resolve_device(args.device)  # an Error naming a device that is not here
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
     latent = args.latent or ("32x16x16" if device.type == "cuda" else "32x8x8")
     shape = tuple(int(v) for v in latent.split("x"))

@@ -654,7 +654,9 @@ def compare(a: list[float], b: list[float]) -> str:
     """``"lower"`` / ``"higher"`` when every seed agrees and the mean paired gap b − a exceeds two
     standard errors of the paired gaps; otherwise ``"tie"`` (a and b are per-seed, same seeds)."""
     d = np.asarray(b, dtype=np.float64) - np.asarray(a, dtype=np.float64)
-    se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else 0.0
+    if len(d) < 2:  # no spread to judge a gap by: with one seed any gap "held"
+        return "tie"
+    se = float(d.std(ddof=1) / math.sqrt(len(d)))
     if (d > 0).all() and d.mean() > 2 * se:
         return "lower"
     if (d < 0).all() and -d.mean() > 2 * se:
@@ -912,8 +914,8 @@ def notes(plan: Plan) -> list[str]:
         "weigh what separates the built-in classes (shape, colour) more than fine texture.",
         "A gap counts only when every seed agrees and the mean paired gap exceeds two standard "
         f"errors ({plan.seeds} seeds; the same seed gives the same init, data order and noise in "
-        "both arms of a pair). With 3 seeds this is a loose test: a 'tie' means not shown at "
-        "this scale, not shown equal.",
+        f"both arms of a pair). With {plan.seeds} seeds this is a loose test: a 'tie' means not "
+        "shown at this scale, not shown equal.",
         f"DiT: REPA's recipe (`--preset repa`: SiT, uniform t, velocity MSE, AdamW β = (0.9, "
         f"0.999), clip 1, label dropout 0.1) at a custom shape: SiT-S/"
         f"{plan.dit_patch} with {plan.dit_depth} blocks, width {plan.dit_width}, "
@@ -952,7 +954,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoints", default=None, help="comma list of steps to score (last = --steps)"
     )
     ap.add_argument("--samples", type=int, default=None, help="samples per FD (also the floors)")
-    ap.add_argument("--seeds", type=int, default=None, help="seeds per DiT arm (≥ 2 for ± std)")
+    ap.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        help="seeds per DiT arm (≥ 2: a verdict needs the spread of the paired gaps)",
+    )
     ap.add_argument("--jobs", type=int, default=None, help="parallel worker processes")
     ap.add_argument("--seed", type=int, default=0, help="first seed (data subset, judge, noise)")
     ap.add_argument("--device", default="cpu", help="cpu, cuda or auto")
@@ -985,11 +992,12 @@ def resolve_plan_args(args: argparse.Namespace) -> Plan:
         plan = replace(
             plan, samples=args.samples, sample_batch=min(plan.sample_batch, args.samples)
         )
-    for key in ("seeds", "jobs"):
+    # a verdict needs the spread of the paired gaps: at least two seeds
+    for key, least in (("seeds", 2), ("jobs", 1)):
         value = getattr(args, key)
         if value is not None:
-            if value < 1:
-                raise ConfigError(f"--{key} {value} must be ≥ 1", f"e.g. --{key} 2")
+            if value < least:
+                raise ConfigError(f"--{key} {value} must be ≥ {least}", f"e.g. --{key} 2")
             plan = replace(plan, **{key: value})
     return plan
 

@@ -30,7 +30,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -153,7 +153,9 @@ def verdict(rows: list[dict[str, Any]]) -> tuple[list[str], dict[str, Any]]:
     return lines, summary
 
 
-def write_report(path: Path, plan: Plan, rows: list, times: dict, wall: float) -> dict[str, Any]:
+def write_report(
+    path: Path, plan: Plan, rows: list, times: dict, wall: float, host: dict[str, Any] | None
+) -> dict[str, Any]:
     lines, summary = verdict(rows)
     per_run = [f"| {r['run']} | {r['seed']} | {r['repa_weight']} | {r['fd']:.4g} | "
                f"{r['shape_accuracy']:.3f} | {r['colour_accuracy']:.3f} |" for r in rows]  # fmt: skip
@@ -173,8 +175,7 @@ def write_report(path: Path, plan: Plan, rows: list, times: dict, wall: float) -
     )
     text = f"""{TITLE}
 
-`python benchmarks/t2i_repa.py` — {platform.node()} ({os.cpu_count()} CPUs, shared), torch
-{torch.__version__}, {torch.get_num_threads()} threads. Wall time **{wall / 60:.1f} min**
+`python benchmarks/t2i_repa.py` — {_machine_text(host)}. Wall time **{wall / 60:.1f} min**
 (stages: {", ".join(f"{k} {v:.0f} s" for k, v in times.items())}).
 
 Setup (the recipe of `repackctl demo --t2i`, `repackctl.demo_t2i.T2IRecipe`): {plan.n_train}
@@ -246,9 +247,30 @@ def rewrite_report(args: argparse.Namespace) -> None:
             "rewrite its report with the version that ran it, or run the study again into a "
             "new --out",
         )
-    report = check_report(args.report or Path(__file__).parent / "results" / "t2i_repa.md")
-    write_report(report, plan, runs, times, wall)
+    report = check_report(args.report or default_report(args.out, plan))
+    write_report(report, plan, runs, times, wall, doc.get("machine"))
     print(f"report: {report}")
+
+
+def default_report(out: Path, plan: Plan) -> Path:
+    """Where the report goes without --report: the committed table only for the study's own
+    recipe (any seeds); any other plan (--quick, --steps) writes into its --out. A quick study
+    rewritten with --from-results replaced the committed table."""
+    recipe = replace(plan, seeds=Plan().seeds) == Plan()
+    return Path(__file__).parent / "results" / "t2i_repa.md" if recipe else out / "t2i_repa.md"
+
+
+def machine() -> dict[str, Any]:
+    """The machine the study runs on (recorded in results.json: a rewrite describes it)."""
+    return {"node": platform.node(), "cpus": os.cpu_count(), "torch": torch.__version__,
+            "threads": torch.get_num_threads()}  # fmt: skip
+
+
+def _machine_text(host: dict[str, Any] | None) -> str:
+    if not host:  # a results.json written before the machine was recorded
+        return "machine not recorded in results.json"
+    return (f"{host['node']} ({host['cpus']} CPUs, shared), torch {host['torch']}, "
+            f"{host['threads']} threads")  # fmt: skip
 
 
 def plan_of(args: argparse.Namespace) -> Plan:
@@ -295,14 +317,7 @@ def _is_report(path: Path) -> bool:
 
 def run(args: argparse.Namespace, plan: Plan) -> None:
     """Every stage into ``args.out`` (its plan recorded; another plan there is refused)."""
-    report = check_report(
-        args.report
-        or (
-            Path(__file__).parent / "results" / "t2i_repa.md"
-            if not args.quick
-            else args.out / "t2i_repa.md"
-        )
-    )
+    report = check_report(args.report or default_report(args.out, plan))
     t0 = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
     lock_pipeline(args.out, "benchmarks/t2i_repa.py")  # a second study here: refused at once
@@ -313,9 +328,9 @@ def run(args: argparse.Namespace, plan: Plan) -> None:
     study.prepare()
     rows = [study.arm(seed, repa) for seed in plan.seeds for repa in (False, True)]
     wall = time.perf_counter() - t0
-    summary = write_report(report, plan, rows, study.times, wall)
+    summary = write_report(report, plan, rows, study.times, wall, machine())
     doc = {"plan": asdict(plan), "runs": rows, "summary": summary, "times": study.times,
-           "wall_s": wall}  # fmt: skip
+           "wall_s": wall, "machine": machine()}  # fmt: skip
     (args.out / "results.json").write_text(json.dumps(doc, indent=2))
     print(json.dumps(summary, indent=2))
     print(f"report: {report} ({wall / 60:.1f} min)")

@@ -584,6 +584,12 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.evaluate is None:
         check_outputs(args.out)
+    if args.compare is not None and not args.compare.is_file():  # before the training, not after
+        raise ConfigError(
+            f"--compare {args.compare} is not a file",
+            "pass the weights file of the encoder to compare with (.safetensors), or drop "
+            "--compare",
+        )
     torch.set_num_threads(args.threads)
     if args.evaluate is not None:
         print(json.dumps(evaluate(args.evaluate, args.probe_train, args.probe_val), indent=2))

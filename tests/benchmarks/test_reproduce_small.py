@@ -126,6 +126,7 @@ def test_paired_seed_comparison() -> None:
     assert compare([2.0, 3.1, 3.9], [1.0, 2.0, 3.0]) == "higher"
     assert compare([1.0, 2.0, 3.0], [1.5, 1.9, 3.5]) == "tie"  # one seed disagrees
     assert compare([1.0, 1.0, 1.0], [1.01, 3.0, 1.02]) == "tie"  # agree, but the gap is noise
+    assert compare([0.0899], [0.0898]) == "tie"  # one seed: no spread to judge a gap by
 
 
 @pytest.mark.slow  # it needs the smoke run (about 25 s): not for the edit loop
@@ -157,6 +158,10 @@ def test_bad_checkpoints_flag_is_a_user_error(tmp_path, monkeypatch, capsys) -> 
     # an unknown device: refused before the folder (and its plan.json) is made
     assert main(["--smoke", "--device", "tpu", "--out", str(tmp_path / "study")]) == 2
     assert "unknown device 'tpu'" in capsys.readouterr().err
+    assert not (tmp_path / "study").exists()
+    # one seed: every gap "held" (its standard error read 0); a verdict needs two
+    assert main(["--smoke", "--seeds", "1", "--out", str(tmp_path / "study")]) == 2
+    assert "--seeds 1 must be ≥ 2" in capsys.readouterr().err
     assert not (tmp_path / "study").exists()
 
 

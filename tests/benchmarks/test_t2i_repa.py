@@ -59,6 +59,14 @@ def test_quick_study_records_its_plan_and_refuses_another(tmp_path, monkeypatch,
     report = tmp_path / "again.md"
     assert _in_process("--out", str(out), "--from-results", "--report", str(report)) == 0
     assert "| " in report.read_text()
+    assert doc["machine"]["threads"] >= 1 and doc["machine"]["node"] in report.read_text()
+    # without --report a quick study's report goes back into its --out, never over the
+    # committed table (it replaced benchmarks/results/t2i_repa.md)
+    committed = Path(SCRIPT).parent / "results" / "t2i_repa.md"
+    before_table = committed.read_bytes()
+    (out / "t2i_repa.md").unlink()
+    assert _in_process("--out", str(out), "--from-results") == 0
+    assert (out / "t2i_repa.md").is_file() and committed.read_bytes() == before_table
     capsys.readouterr()
     none = tmp_path / "none"
     assert _in_process("--out", str(none), "--from-results", "--report", str(report)) == 2
