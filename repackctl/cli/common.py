@@ -106,6 +106,21 @@ def disk_error(e: OSError) -> RepackError:
     )
 
 
+#: what the collective backends raise when a process of the job is gone
+_PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+
+
+def peer_lost(e: BaseException) -> bool:
+    """Whether ``e`` says that another process of a multi-process job went away (killed, or
+    failed on its own): a raw gloo/NCCL traceback on the survivor, which only needs a rerun."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+        return False
+    names = {c.__name__ for c in type(e).__mro__}
+    return bool(names & {"DistBackendError", "DistNetworkError"}) or any(
+        s in str(e) for s in _PEER_LOST
+    )
+
+
 def handle_errors(fn: Callable) -> Callable:
     """Turn RepackError into a one-line message (traceback only with REPACKCTL_DEBUG=1)."""
 
@@ -121,6 +136,17 @@ def handle_errors(fn: Callable) -> Callable:
             if debug_requested() or e.errno not in _DISK_ERRORS:
                 raise
             fail(disk_error(e))
+        except RuntimeError as e:
+            if debug_requested() or not peer_lost(e):
+                raise
+            fail(
+                RepackError(
+                    "another process of this job stopped, so this one cannot go on ("
+                    f"{str(e).strip().splitlines()[0][:160]})",
+                    "run the same command again, every process: it resumes from what was "
+                    "completely written (the log of the process that stopped says why)",
+                )
+            )
         except KeyboardInterrupt:
             err_console.print(
                 "[bold red]Error:[/] interrupted\n[bold]Hint:[/] run the same command again to "
