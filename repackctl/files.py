@@ -46,15 +46,27 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=1))
 
 
+#: folders whose stale temporaries this process has removed (``write_text_atomic``)
+_SWEPT: set[tuple[int, str]] = set()
+
+
+def _is_text_temp(name: str) -> bool:
+    """``.tmp-<name>.<pid>``: a temporary of :func:`write_text_atomic`."""
+    head, _, pid = name.rpartition(".")
+    return name.startswith(TMP_PREFIX) and len(head) > len(TMP_PREFIX) and pid.isdigit()
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write text (UTF-8) through a temporary file and a rename: a kill leaves the old file or
-    the new one, never half of one. The temporaries of this same file that a killed writer left
-    (``.tmp-<name>.<pid>``, the pid gone) are removed first, and no other file."""
-    prefix = f"{TMP_PREFIX}{path.name}."
-    remove_stale_temp_files(
-        path.parent, lambda name: name.startswith(prefix) and name[len(prefix) :].isdigit()
-    )
-    tmp = path.with_name(f"{prefix}{os.getpid()}")
+    the new one, never half of one. The first such write into a folder in a process removes the
+    temporaries that killed writers left there (``.tmp-<name>.<pid>``, the pid gone), and no
+    other file: once per folder, since a samples folder's manifests are written per batch
+    beside thousands of files."""
+    key = (os.getpid(), str(path.parent))
+    if key not in _SWEPT:
+        remove_stale_temp_files(path.parent, _is_text_temp)
+        _SWEPT.add(key)
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
     try:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)

@@ -29,18 +29,24 @@ def _dead_pid() -> int:
     return proc.pid
 
 
-def test_a_killed_writers_temporary_of_the_same_file_is_removed_and_no_other(tmp_path):
+def test_a_killed_writers_temporaries_are_removed_and_no_other_file(tmp_path):
     """A kill before the rename left ``.tmp-<name>.<pid>`` for good (recon/probe reports, the
-    demo's plan.json, report.md, metrics.json): the next write of that file removes it. A failed
-    write removes its own."""
+    demo's plan.json, report.md, metrics.json): the next write into that folder removes those
+    of dead writers. A failed write removes its own."""
+    import os
+
     dead = _dead_pid()
     path = tmp_path / "plan.json"
-    stale = tmp_path / f".tmp-plan.json.{dead}"
-    kept = [tmp_path / f".tmp-plan.json.{dead}x", tmp_path / f".tmp-other.json.{dead}"]
-    for p in (stale, *kept):
+    stale = [tmp_path / f".tmp-plan.json.{dead}", tmp_path / f".tmp-report.md.{dead}"]
+    kept = [
+        tmp_path / f".tmp-plan.json.{dead}x",  # not our name
+        tmp_path / f".tmp-other.json.{os.getpid()}",  # a live writer's
+        tmp_path / f"tmp-plan.json.{dead}",  # not hidden: not ours
+    ]
+    for p in (*stale, *kept):
         p.write_text("half")
     write_text_atomic(path, "{}")
-    assert not stale.exists() and all(p.exists() for p in kept)
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
     assert path.read_text() == "{}"
     with pytest.raises(UnicodeEncodeError):
         write_text_atomic(path, "\ud800")
