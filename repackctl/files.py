@@ -51,9 +51,9 @@ _SWEPT: set[tuple[int, str]] = set()
 
 
 def _is_text_temp(name: str) -> bool:
-    """``.tmp-<name>.<pid>``: a temporary of :func:`write_text_atomic`."""
-    head, _, pid = name.rpartition(".")
-    return name.startswith(TMP_PREFIX) and len(head) > len(TMP_PREFIX) and pid.isdigit()
+    """``.tmp-<name>.<pid>``: a temporary of :func:`write_text_atomic` (its form among
+    :data:`_TMP_PATTERNS`)."""
+    return _TEXT_TMP.match(name) is not None
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -177,11 +177,13 @@ def is_no_space(e: OSError) -> bool:
     return e.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
+# the temporary of write_text_atomic: .tmp-<name>.json.<pid>
+_TEXT_TMP = re.compile(r"^\.tmp-.+\.(\d+)$")
 # our temporary names, with the writer's pid: (pattern, group holding the pid)
 _TMP_PATTERNS = (
     re.compile(r"^\..+\.(\d+)\.tmp$"),  # .000033.png.<pid>.tmp, .x.npy.<pid>.tmp
     re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}\.tmp$"),  # .samples.npz.<pid>.<hex>.tmp
-    re.compile(r"^\.tmp-.+\.(\d+)$"),  # .tmp-<name>.json.<pid>
+    _TEXT_TMP,
 )
 
 
