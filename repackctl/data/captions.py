@@ -85,6 +85,10 @@ _TEXTURES = {
     "checker": "checkered",
 }
 _FILLS = {"solid": "solid", "stripes": "striped", "gradient": "two-tone"}
+#: the words of the two-colour fills ("a striped red and blue star"; parsed by evaluate adherence)
+TWO_COLOUR_FILLS = tuple(w for k, w in _FILLS.items() if k != "solid")
+#: the object's size words, small to large (``_size``)
+SIZE_WORDS = ("small", "medium-sized", "large")
 
 
 def colour_name(rgb: np.ndarray) -> str:
@@ -113,7 +117,8 @@ def _position(cx: float, cy: float) -> str:
 
 def _size(scale: float) -> str:
     """The object radius is drawn in [0.42, 0.66] image half-widths."""
-    return "small" if scale < 0.5 else ("large" if scale > 0.58 else "medium-sized")
+    small, medium, large = SIZE_WORDS
+    return small if scale < 0.5 else (large if scale > 0.58 else medium)
 
 
 def _a(phrase: str) -> str:

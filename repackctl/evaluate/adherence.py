@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from repackctl.data.captions import SHAPE_NOUNS, colour_name
+from repackctl.data.captions import SHAPE_NOUNS, SIZE_WORDS, TWO_COLOUR_FILLS, colour_name
 from repackctl.errors import DataError
 from repackctl.files import read_json_object, write_json_atomic
 from repackctl.paths import PROTOCOL_JSON
@@ -85,9 +85,9 @@ REASONS = {
 _NEGATION = re.compile(r"\b(?:not|no|without|never|nor|neither|none|cannot)\b|n['\u2019]t\b")
 _TOKEN = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*|[^\sa-z0-9]")  # words and punctuation marks
 _TONES = {"light", "dark"}
-_FILL_WORDS = {"striped", "two-tone"}  # the built-in two-colour fills: "{fill} {obj} and {obj2}"
+_FILL_WORDS = set(TWO_COLOUR_FILLS)  # the built-in two-colour fills: "{fill} {obj} and {obj2}"
 #: Words that may stand between a colour and its noun ("a small striped red and blue star").
-_MODIFIERS = {*HUES, *_TONES, *_FILL_WORDS, "solid", "small", "medium-sized", "large", "and"}
+_MODIFIERS = {*HUES, *_TONES, *_FILL_WORDS, "solid", *SIZE_WORDS, "and"}
 _AFTER_IN_COLOUR = {",", ".", ";", "on", "at", "in", "over", "against", "with", "near"}
 _DANGLING = {"a", "an", "the"}  # a colour whose words end here (or at a mark) has no noun
 
