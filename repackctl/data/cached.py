@@ -16,7 +16,10 @@ Every stage that trains from the cache reads it the same way, through :class:`Ca
 Both paths return the same bytes, so a batch does not depend on how it was read. Flips: the
 cache stores every sample and its mirror (axis 1, ``F``); :meth:`CachedRows.take_flip` picks one
 slot per sample, :func:`mirror` flips the matching cached images, :func:`draw_flips` draws the
-slots of a batch from the loop's generator (pack and refine; the DiT draws per sample).
+slots of a batch from one generator (``PackData.get`` without given flips). The training stages
+draw each sample's slot from its own generator of (seed, step, sample) instead (pack and refine:
+``pack.task.sample_generators``; the DiT's per-sample generators): a micro-batch's generator is
+keyed by its offset in the global batch, so its draws would change with the process count.
 
 The stage views (``pack.data.PackData``, ``dit.latents.LatentData``, the refiner's task) are
 subclasses or users of this class that only add what their batches mean.

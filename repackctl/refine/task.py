@@ -14,6 +14,14 @@ no EMA, as the official refiner keeps none). The training length is ``refine.ste
 ``refine.epochs`` passes over the usable triplets when no steps are given (paper: the official
 100 epochs). Resume, checkpoints, curves and progress come from ``repackctl.train.train``.
 
+Each triplet's flip slot (``refine.flip``) comes from the sample's own generator, keyed by
+(seed, step, sample, repeat): ``pack.task.sample_generators``, the pack stage's, not the
+micro-batch's generator that the loop hands ``get_batch``. A micro-batch's generator is keyed by
+its offset in the global batch, so drawing the slots of a micro-batch from it gave a sample
+another flip when the batch was split otherwise (2 processes instead of 1): W processes now
+train the weights of one process, to float rounding (with the per-sample GroupNorm
+discriminator too; a BatchNorm one normalises with each process's own samples).
+
 The checkpoint's task extra records ``latent_convention: "raw"``, the refiner config and the
 pack id: ``refine.apply.load_refiner`` refuses a refiner trained on anything but raw packed
 latents, or on another pack model than the samples' (reference/methods.md, "refiner pitfall").
@@ -35,7 +43,7 @@ from torch import nn
 
 from repackctl.cache.integrity import GuardedArray, repair_hint
 from repackctl.cache.store import WRITTEN, DatasetEntry
-from repackctl.data.cached import MEMORY_GB, CachedRows, draw_flips, images_to_float, mirror
+from repackctl.data.cached import MEMORY_GB, CachedRows, images_to_float, mirror
 from repackctl.errors import CheckpointError, ConfigError
 from repackctl.pack.discriminator import (
     DiscriminatorConfig,
@@ -43,6 +51,7 @@ from repackctl.pack.discriminator import (
     hinge_d_loss,
     hinge_g_loss,
 )
+from repackctl.pack.task import sample_generators
 from repackctl.progress import LOG_FILE, ProgressFactory, null_progress, with_log_file
 from repackctl.refine.network import NORM_EPS, LatentGuidedRefiner, RefinerConfig
 from repackctl.refine.triplets import build_triplets, open_triplets
@@ -84,9 +93,11 @@ class RefineTask:
         memory_gb: float = MEMORY_GB,
         feature_loss: nn.Module | None = None,
         flip: bool = True,
+        seed: int = 0,
     ) -> None:
         self.entry = entry
         self.flip = flip  # mirror triplets at random (refine.flip; the official refiner never does)
+        self.seed = seed  # keys each sample's flip (``sample_generators``)
         self.feature_loss = feature_loss
         self.triplets = triplets
         self.refiner_config = refiner_config
@@ -137,8 +148,11 @@ class RefineTask:
     def get_batch(
         self, indices: np.ndarray, step: int, generator: np.random.Generator
     ) -> dict[str, torch.Tensor]:
-        # which stored flip: slot 0 (as stored) for every sample when flips are off
-        flip = draw_flips(generator if self.flip else None, len(indices), self.flips)  # (B,)
+        """Real image, reconstruction and raw latent of ``indices``, each at the sample's flip
+        slot (slot 0, as stored, for all when flips are off), drawn from the sample's own
+        generator (``sample_generators``, not the micro-batch's ``generator``): the same draws
+        for any number of processes or micro-batches."""
+        flip = self.flip_slots(indices, step)  # (B,)
         real = mirror(self.rows.take("images", indices), flip)  # (B, R, R, 3) uint8
         rec = self.rows.take_flip("recon", indices, flip)  # (B, R, R, 3)
         lat = self.rows.take_flip("latent", indices, flip)  # (B, d, h, w)
@@ -147,6 +161,13 @@ class RefineTask:
             "rec": images_to_float(rec),
             "z": torch.from_numpy(lat).float(),
         }
+
+    def flip_slots(self, indices: np.ndarray, step: int) -> np.ndarray:
+        """The stored flip slot (B,) of each sample ``indices`` of step ``step``."""
+        if not self.flip:
+            return np.zeros(len(indices), dtype=np.int64)
+        rngs = sample_generators(self.seed, step, np.asarray(indices))
+        return np.array([r.integers(self.flips) for r in rngs], dtype=np.int64)
 
     def training_step(self, modules: dict[str, nn.Module], batch: dict, step: int) -> StepOutput:
         model = modules["model"]
@@ -535,4 +556,5 @@ def _refine_task(
         memory_gb=settings.memory_gb,
         feature_loss=feature_loss,
         flip=cfg.flip,
+        seed=settings.seed,
     )
