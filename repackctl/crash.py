@@ -1,6 +1,7 @@
 """The crash tests' kill switch: ``REPACKCTL_TEST_CRASH_AFTER=<step>`` makes the process exit at
 once with status 137, as ``kill -9`` would, at the point of the code named ``<step>`` (cache
-creation steps, ``cache-rm``, ``runs-rm``, refiner PNGs …). Without the variable it does nothing.
+creation steps, ``cache-rm``, ``runs-rm``, refiner PNGs, ``train-step-<N>`` after a
+training step …). Without the variable it does nothing.
 No imports of the package: any module may call it."""
 
 from __future__ import annotations

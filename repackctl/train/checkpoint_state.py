@@ -73,6 +73,21 @@ class RngState(BaseModel):
         return v
 
 
+class WindowState(BaseModel):
+    """One process's running metrics window at the checkpoint (``Trainer``'s ``Window``): the
+    sums and counts of each logged key since the last metrics row, carried over a resume."""
+
+    model_config = ConfigDict(extra="forbid")
+    sums: dict[str, Annotated[float, Field(strict=True)]]
+    counts: dict[str, Annotated[int, Field(gt=0, strict=True)]]
+
+    @model_validator(mode="after")
+    def _same_keys(self) -> WindowState:
+        if self.sums.keys() != self.counts.keys():
+            raise ValueError("sums and counts name different keys")
+        return self
+
+
 class CheckpointState(BaseModel):
     """``state.json``: what resume, sampling and import rely on; other keys are kept as given."""
 
@@ -88,6 +103,8 @@ class CheckpointState(BaseModel):
     config: dict[str, Any] = Field(default_factory=dict)
     ema_updates: NonNegInt = 0
     good: bool = True
+    # one per process; absent in older checkpoints (resume then restarts the window, with a note)
+    metrics_window: list[WindowState] | None = Field(default=None, min_length=1)
 
     @model_validator(mode="after")
     def _stats(self) -> CheckpointState:

@@ -1,7 +1,9 @@
 """Run metrics: ``metrics.jsonl``, TensorBoard scalars (``tb/``) and ``curves.png`` (DESIGN.md §6).
 
 Only the main process writes. On resume, lines and events after the resumed step (written by the
-interrupted process after its last checkpoint) are dropped, so every step appears once.
+interrupted process after its last checkpoint) are dropped, so every step appears once; the
+checkpoint carries the running window of the row in progress (``trainer.Window``), so the rows
+written again hold the same numbers as those of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -30,9 +32,10 @@ class MetricsLogger:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter  # heavy; only when training
 
-            # purge_step drops events an interrupted process wrote after the checkpoint
+            # purge_step hides the events an interrupted process wrote after the checkpoint,
+            # and all of them (step >= 0) when it was killed before its first checkpoint
             self._tb = SummaryWriter(
-                str(self.run_dir / "tb"), purge_step=resume_step + 1 if resume_step else None
+                str(self.run_dir / "tb"), purge_step=resume_step + 1 if resume_step else 0
             )
 
     def _truncate_after(self, step: int) -> None:

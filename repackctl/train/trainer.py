@@ -50,6 +50,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from repackctl.crash import crash_point
 from repackctl.errors import CheckpointError, ConfigError, TrainingError
 from repackctl.files import write_json_atomic
 from repackctl.progress import ProgressFactory, null_progress
@@ -144,7 +145,12 @@ def state_dict_cpu(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 class Window:
-    """Running sums of losses and logs between two log steps (tensors kept: no host sync)."""
+    """Running sums of losses and logs between two log steps (tensors kept: no host sync).
+
+    Rows are cut at absolute steps (multiples of ``log_every``), but a checkpoint may fall inside
+    a window: ``state`` (saved in the checkpoint) and ``from_state`` carry its sums and counts
+    over a resume, so the next row averages the same steps, to the bit, as without the kill.
+    ``steps`` and ``t0`` (the rate of this process's own steps) are not carried."""
 
     def __init__(self) -> None:
         self.sums: dict[str, float] = {}
@@ -160,13 +166,30 @@ class Window:
         self.sums[key] = self.sums.get(key, 0.0) + float(value)
         self.counts[key] = self.counts.get(key, 0) + 1
 
-    def means(self) -> dict[str, float]:
+    def _flush(self) -> None:
         if self.pending:  # one host sync for the whole window
             values = torch.stack([v.reshape(()) for _, v in self.pending]).tolist()
             for (key, _), value in zip(self.pending, values, strict=True):
                 self.add(key, value)
         self.pending.clear()
+
+    def means(self) -> dict[str, float]:
+        self._flush()
         return {k: self.sums[k] / self.counts[k] for k in self.sums}
+
+    def state(self) -> dict[str, dict[str, Any]]:
+        """The sums and counts so far, JSON-safe (Python floats: they round-trip exactly)."""
+        self._flush()  # the same additions in the same order: a resumed run sums alike
+        return {"sums": dict(self.sums), "counts": dict(self.counts)}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any] | None) -> Window:
+        """A window holding a checkpoint's sums and counts (an empty one for None)."""
+        window = cls()
+        if state is not None:
+            window.sums = {k: float(v) for k, v in state["sums"].items()}
+            window.counts = {k: int(v) for k, v in state["counts"].items()}
+        return window
 
 
 def make_adamw(
@@ -303,6 +326,7 @@ class Trainer:
         self.step_count, self.position, self.bad_total = 0, Position(), 0
         self.resumed_from: int | None = None
         self.messages: list[str] = []
+        self.saved_window: dict[str, Any] | None = None  # the checkpoint's, for this process
         self.last_ckpt = self._resume()
         self.consecutive_bad = 0
         self.bad_since_save = 0
@@ -321,7 +345,7 @@ class Trainer:
             self._resume_optimizers(self.last_ckpt)
         self.wrapped = self._wrap_modules()
         self.header = self._write_header()
-        self.window = Window()
+        self.window = Window.from_state(self.saved_window)
         self.last_logs: dict[str, float] = {}
         self.lrs: dict[str, float] = {}
         self.logger: MetricsLogger | None = None
@@ -448,9 +472,33 @@ class Trainer:
         load_extra = getattr(self.task, "load_state_extra", None)
         if load_extra is not None:
             load_extra(state.get("extra", {}))
+        self.saved_window = self._saved_window(state, latest)
         self.resumed_from = self.step_count
         self.messages.append(f"resumed from {latest} (step {self.step_count})")
         return latest
+
+    def _saved_window(self, state: dict[str, Any], latest: Path) -> dict[str, Any] | None:
+        """This process's running metrics window at the checkpoint, so the first metrics row
+        after the resume averages the same steps as an uninterrupted run. A checkpoint written
+        before windows were saved, or by another number of processes, gives none: that row then
+        averages only the steps after the checkpoint (the former behaviour), as a note says."""
+        windows = state.get("metrics_window")
+        if windows is not None and len(windows) == self.world:
+            return windows[self.rank]
+        step, saved, every = self.step_count, state.get("config", {}), self.config.log_every
+        if windows is None:  # the window was empty when the checkpoint fell on a metrics row
+            cut = step % saved.get("log_every", every) != 0 and step != saved.get("steps")
+            why = "holds no metrics window (written by an older version)"
+        else:
+            cut = any(w["counts"] for w in windows)
+            why = f"holds the metrics windows of {len(windows)} processes, not {self.world}"
+        if cut and step < self.config.steps:
+            row = min((step // every + 1) * every, self.config.steps)
+            self.messages.append(
+                f"{latest.name} {why}: the metrics row of step {row} averages only steps "
+                f"{step + 1}-{row}, unlike an uninterrupted run's"
+            )
+        return None
 
     def _check_precision(self, saved: dict[str, Any]) -> None:
         """Refuse to go on in another precision than the run trained in when it comes from the
@@ -736,6 +784,7 @@ class Trainer:
             )
             return self.last_ckpt
         rngs = gather_objects(ckpt_io.rng_state(), self.world)
+        windows = gather_objects(self.window.state(), self.world)  # the metrics row in progress
         optim = self.opt.state_dict(self.scaler)
         if self.fsdp:  # gathered on every process; only the main one writes
             optim["optimizers"] = {n: full_optim_state(o) for n, o in optim["optimizers"].items()}
@@ -750,6 +799,7 @@ class Trainer:
                 "extra": extra_fn() if extra_fn else {},
                 "ema_updates": self.ema.updates,
                 "bad_steps_total": self.bad_total,
+                "metrics_window": windows,
                 "world_size": self.world,
                 "optimizers": list(self.opt.optimizers),
                 "torch": torch.__version__,
@@ -787,6 +837,7 @@ class Trainer:
             self._images(s)  # every process: the FSDP weights are gathered for it
         if s % cfg.ckpt_every == 0 or s == cfg.steps:
             self.save(bar)
+        crash_point(f"train-step-{s}")  # crash tests: killed after step s, between checkpoints
 
     def _images(self, s: int) -> None:
         """The task's picture of step ``s`` (grid, reconstructions), mirrored to TensorBoard."""
