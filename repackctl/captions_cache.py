@@ -24,6 +24,8 @@ split like ``extract``: each process owns whole shards (``owned_ranges``), a sha
 written, and only then marked done under its shard lock, so a killed run redoes at most one shard
 and a rerun skips done rows. Images the entry skipped, and images without any usable caption, are
 skipped (code ``NO_CAPTION``) and listed; empty captions are dropped from their image and listed.
+The counts a run returns (and the CLI prints: written now, already done) are summed over the
+processes: each knows only its own shards, and rank 0's share is not the job's.
 
 Shapes: N images, K captions per image, L tokens, C text width.
 """
@@ -732,6 +734,7 @@ def run_captions(
         settings, grp, ds, all_caps, img_done, encoder, progress, dist, [warning] if warning else []
     )
     dist.barrier()
+    written, already = dist.all_sums(written, already)  # the job's, not this process's share
     final = grp.done[:]
     skipped += [
         (keys[i], SKIP_REASONS.get(int(final[i]), "skipped"))
@@ -746,7 +749,7 @@ def run_captions(
         already_done=already,
         max_captions=max(len(c) for c in all_caps),
         skipped=skipped,
-        seconds=time.perf_counter() - t0,
+        seconds=dist.all_max(time.perf_counter() - t0),
         healed=healed,
         truncated=cut.count,
         longest_tokens=cut.longest,

@@ -13,6 +13,9 @@ ratio to the bare forward): on a GPU the next batch is decoded in a background t
 on the encoder's device, and a complete shard is written by a writer thread while the next shard
 is encoded (``_ShardWriter``; at most one shard in flight, data before ``done`` as before). The
 bytes written do not change.
+
+The counts ``run_extract`` returns (and the CLI prints: written now, already done) are summed over
+the processes: each one knows only its own shards, and rank 0's share is not the job's.
 """
 
 from __future__ import annotations
@@ -599,15 +602,16 @@ def run_extract(
     seconds = time.perf_counter() - t0
     dist.barrier()
     skipped = list(getattr(source, "skipped", [])) + _finalize(entry, feats, dist.rank == 0)
+    written, already = dist.all_sums(writer.written, already)  # the job's, not this process's
     return ExtractResult(
         entry=entry.name,
         features=spec.entry_id(),
         n=n,
-        written=writer.written,
+        written=written,
         already_done=already,
         skipped=skipped,
         warnings=found,
-        seconds=seconds,
+        seconds=dist.all_max(seconds),
         resolution=resolution,
         tokens_shape=tuple(feats["tokens"].shape),
         precision=settings.precision,

@@ -42,14 +42,37 @@ class DistInfo:
             dist.barrier()
 
     def all_sum(self, value: int) -> int:
+        (total,) = self.all_sums(value)
+        return total
+
+    def all_sums(self, *values: int) -> tuple[int, ...]:
+        """Each value summed over the processes, on every process: what a command reports for
+        the whole job (every process wrote its own share), not for rank 0's share alone."""
+        return tuple(int(v) for v in self._all_reduce(values, torch.int64, "sum"))
+
+    def all_max(self, value: float) -> float:
+        """The largest value of any process, on every process (e.g. the job's time: the
+        slowest process's)."""
+        return float(self._all_reduce((value,), torch.float64, "max")[0])
+
+    def _all_reduce(self, values: tuple, dtype: torch.dtype, op: str) -> list:
         if self.world == 1:
-            return value
+            return list(values)
         import torch.distributed as dist
 
-        self.barrier()
-        t = torch.tensor([value], dtype=torch.int64)
-        dist.all_reduce(t)
-        return int(t.item())
+        self.barrier()  # starts the process group when nothing has yet
+        device = torch.device("cpu")
+        if dist.get_backend() == "nccl":  # NCCL reduces CUDA tensors only
+            device = torch.device("cuda", self.local_rank % torch.cuda.device_count())
+        t = torch.tensor(values, dtype=dtype, device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+        # the backend's thread may hold ``t`` a moment longer: a process that returns and exits
+        # at once would have it freed there during interpreter shutdown, taking the GIL of a
+        # dying interpreter (the process aborts: "terminate called without an active exception")
+        deadline = time.monotonic() + 2.0
+        while t._use_count() > 1 and time.monotonic() < deadline:
+            time.sleep(0.0005)
+        return t.tolist()
 
 
 def resolve_device(device: str, local_rank: int = 0) -> torch.device:

@@ -21,6 +21,9 @@ of the original.
 
 A refiner refines only what it was trained for: samples of another image side or latent grid
 are refused before anything is written (``RefinerHandle.check_fits``).
+
+Under several processes each refines its own share; the counts ``run_refine_apply`` returns (and
+the CLI prints) are summed over the processes, so they are the job's, not rank 0's share.
 """
 
 from __future__ import annotations
@@ -550,4 +553,5 @@ def run_refine_apply(
         _write_card(out, src, protocol, refiner, digest, settings.sample.grid)
     dist.barrier()
     latents_source = "latents.npy" if has_latents else "regenerated from the DiT"
-    return ApplyResult(out, num, len(todo), len(mine) - len(todo), latents_source, seconds)
+    written, already = dist.all_sums(len(todo), len(mine) - len(todo))  # the job's, not ours
+    return ApplyResult(out, num, written, already, latents_source, dist.all_max(seconds))

@@ -17,7 +17,9 @@ users could not reproduce (``reference/methods.md``):
 - **Resumable, several processes.** Process r of W owns the contiguous index range
   ``[N·r/W, N·(r+1)/W)``; ``000123.png`` is written atomically after its latent and is the
   "done" marker, so a killed run redoes only indices without a PNG. ``samples.npz`` (ADM layout),
-  ``latents.npy`` and ``grid.png`` are assembled from the per-index files at the end.
+  ``latents.npy`` and ``grid.png`` are assembled from the per-index files at the end. The
+  counts a call returns (and the CLI prints) are the whole job's, summed over the processes
+  (``_job_totals``): rank 0's own share alone would tell a user half of what was written.
 - **Imported official DiTs** (``repackctl import official``) run in the opposite time
   convention with the opposite velocity sign; their checkpoint says so
   (``extra["velocity_convention"] == "official"``) and ``model_velocity`` wraps them:
@@ -34,7 +36,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -152,7 +154,7 @@ def run_sample(
     if checkpoint_stage(settings.runs, cfg.run, cfg.checkpoint) == "t2i":
         from repackctl.sample.t2i import run_t2i_sample
 
-        return run_t2i_sample(settings, progress, dist)
+        return _job_totals(run_t2i_sample(settings, progress, dist), dist)
     if cfg.prompt or cfg.prompts:
         raise ConfigError(
             f"run {cfg.run} is class-conditional: prompts apply to text-to-image runs",
@@ -187,7 +189,7 @@ def run_sample(
     dist.barrier()
     protocol = _protocol(job, nfe, ckpt, dit.sha256, pack, guide_info)
     image_shape = _finish(job, dist, protocol)
-    return SampleResult(
+    result = SampleResult(
         out_dir=folder,
         num=cfg.num,
         written=written,
@@ -198,6 +200,15 @@ def run_sample(
         protocol=protocol,
         refined=refiner is not None,
     )
+    return _job_totals(result, dist)
+
+
+def _job_totals(result: SampleResult, dist: DistInfo) -> SampleResult:
+    """``result`` with the counts of the whole job (each process wrote its own share) and the
+    slowest process's time, on every process."""
+    written, already = dist.all_sums(result.written, result.already_done)
+    seconds = dist.all_max(result.seconds)
+    return replace(result, written=written, already_done=already, seconds=seconds)
 
 
 def _chain_run(settings: Settings) -> Settings:

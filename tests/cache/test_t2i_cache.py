@@ -139,9 +139,10 @@ def test_two_captioning_processes_write_the_same_cache_as_one(extracted, caption
     )
     code, stdout, stderr = job.wait(timeout=300)
     assert code == 0, stderr[-2000:]
-    # rank 0 reports its own share: one of the two shards of 16 images
-    assert re.search(r"written now\s*│\s*16\b", stdout), stdout
     _, tid, two = _text(cache)
+    # rank 0 prints the job's count (both shards of 16), the count the files hold
+    written = int((two["done"] == WRITTEN).sum())
+    assert written == N and re.search(rf"written now\s*│\s*{written}\b", stdout), stdout
     _, tid1, one = _text(captioned)
     assert tid == tid1
     for k in TEXT:

@@ -1,0 +1,85 @@
+"""The summary a command prints under two processes (torchrun's environment) counts the whole
+job, not rank 0's share: `extract`, `sample` and `refine apply` run for real in two workers
+(``support.launch.start_two``), and the table rank 0 prints must add up to the files on disk.
+
+(`captions` under two processes: tests/cache/test_t2i_cache.py, whose two-worker run checks its
+printed count against the files.)
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import subprocess_env
+from support.launch import start_two
+from support.stack import save_refiner_run, shared_stack
+
+from repackctl.cache.store import WRITTEN, DatasetEntry, list_entries
+
+MAIN = str(Path(__file__).resolve().parents[2] / "repackctl" / "__main__.py")
+CPU = ["--device", "cpu"]
+
+
+def _two(args: list[str], env: dict[str, str]) -> str:
+    """Run ``repackctl <args>`` in two workers; rank 0's stdout (the summary table)."""
+    code, stdout, stderr = start_two([MAIN, *args], env).wait(timeout=180)
+    assert code == 0, stderr[-2000:]
+    return stdout
+
+
+def _row(stdout: str, name: str) -> str:
+    """The value of one row of the printed table (``name │ value``)."""
+    found = re.search(rf"^│ {name} *│ (.+?) *│$", stdout, re.MULTILINE)
+    assert found, stdout
+    return found.group(1)
+
+
+def _now_and_done(stdout: str) -> tuple[int, int]:
+    """(written now, already done) of a ``samples │ N (W now, A already done)`` row."""
+    found = re.fullmatch(r"(\d+) \((\d+) now, (\d+) already done\)", _row(stdout, "samples"))
+    assert found, stdout
+    return int(found.group(2)), int(found.group(3))
+
+
+@pytest.mark.slow
+def test_extract_prints_the_jobs_counts(tmp_path) -> None:
+    cache = tmp_path / "cache"
+    args = ["extract", "--encoder", "patchpix", "--resolution", "32", "-n", "16", "--chunk", "8"]
+    args += ["--shard", "8", "--num-workers", "0", "--cache", str(cache), *CPU]
+    stdout = _two(args, subprocess_env(tmp_path))
+    (name,) = list_entries(str(cache))
+    entry = DatasetEntry.open(str(cache), name)
+    (features,) = entry.feature_ids()
+    on_disk = int((np.asarray(entry.features(features).done[:]) == WRITTEN).sum())
+    assert on_disk == 16  # each worker wrote its shard of 8
+    assert int(_row(stdout, "written now")) == on_disk, stdout
+    assert int(_row(stdout, "already done")) == 0, stdout
+    # the same command again: every shard of both workers is already done
+    stdout = _two(args, subprocess_env(tmp_path))
+    assert int(_row(stdout, "written now")) == 0, stdout
+    assert int(_row(stdout, "already done")) == on_disk, stdout
+
+
+@pytest.mark.slow
+def test_sample_and_refine_apply_print_the_jobs_counts(tmp_path_factory, tmp_path) -> None:
+    stack = shared_stack(tmp_path_factory)
+    runs = stack["runs"]
+    if not (Path(runs) / "sum-refine32").is_dir():
+        save_refiner_run(runs, "sum-refine32", resolution=32)
+    env = subprocess_env(tmp_path, REPACKCTL_CACHE=stack["cache"], REPACKCTL_RUNS=runs)
+    out = tmp_path / "samples"
+    args = ["sample", "-r", "dit-tiny", "-n", "4", "--steps", "2", "--batch-size", "2"]
+    stdout = _two([*args, "--seed", "3", "--runs", runs, "--out", str(out), *CPU], env)
+    pngs = len(list(out.glob("0*.png")))
+    assert pngs == 4  # each worker made its 2
+    assert _now_and_done(stdout) == (pngs, 0), stdout
+
+    args = ["refine", "apply", str(out), "--refiner", "sum-refine32", "--runs", runs, *CPU]
+    stdout = _two(args, env)
+    (refined,) = tmp_path.glob("samples--*refine*")
+    pngs = len(list(refined.glob("0*.png")))
+    assert pngs == 4
+    assert _now_and_done(stdout) == (pngs, 0), stdout
