@@ -18,7 +18,7 @@ cache stores every sample and its mirror (axis 1, ``F``); :meth:`CachedRows.take
 slot per sample, :func:`mirror` flips the matching cached images, :func:`draw_flips` draws the
 slots of a batch from one generator (``PackData.get`` without given flips). The training stages
 draw each sample's slot from its own generator of (seed, step, sample) instead (pack and refine:
-``pack.task.sample_generators``; the DiT's per-sample generators): a micro-batch's generator is
+:func:`sample_generators`, with each stage's key): a micro-batch's generator is
 keyed by its offset in the global batch, so its draws would change with the process count.
 
 The stage views (``pack.data.PackData``, ``dit.latents.LatentData``, the refiner's task) are
@@ -62,6 +62,21 @@ def draw_flips(generator: np.random.Generator | None, n: int, flips: int) -> np.
     if generator is None:
         return np.zeros(n, dtype=np.int64)
     return generator.integers(0, flips, size=n)  # (B,)
+
+
+def sample_generators(
+    seed: int, step: int, indices: np.ndarray, key: int
+) -> list[np.random.Generator]:
+    """One generator per sample of step ``step``, keyed by (seed, step, sample index, repeat,
+    the stage's ``key``): a sample's draws do not depend on which process or micro-batch reads
+    it (the repeat tells apart two reads of a sample in a batch that straddles two epochs)."""
+    seen: dict[int, int] = {}
+    rngs = []
+    for i in np.asarray(indices).tolist():
+        repeat = seen.get(i, 0)
+        seen[i] = repeat + 1
+        rngs.append(np.random.default_rng([seed % 2**64, step, i, repeat, key]))
+    return rngs
 
 
 def mirror(images: np.ndarray, flips: np.ndarray) -> np.ndarray:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from repackctl import kernels
-from repackctl.data.cached import shuffle_window
+from repackctl.data.cached import sample_generators, shuffle_window
 from repackctl.dit.latents import LatentData, find_latents, pack_run_of, trained_latents
 from repackctl.errors import CheckpointError, ConfigError, RepackError
 from repackctl.models.dit import DiT
@@ -132,12 +132,7 @@ class DiTTask:
     ) -> dict[str, torch.Tensor]:
         # one generator per sample, keyed by its index (and its repeat count, for a batch that
         # straddles two epochs): the same draws whatever the processes or micro-batches
-        seen: dict[int, int] = {}
-        rngs = []
-        for i in indices.tolist():
-            occ = seen.get(i, 0)
-            seen[i] = occ + 1
-            rngs.append(np.random.default_rng([self.spec.seed % 2**64, step, i, occ, _SAMPLE_KEY]))
+        rngs = sample_generators(self.spec.seed, step, indices, _SAMPLE_KEY)
         batch = self.data.read(indices, rngs, with_tokens=self.repa_active(step))
         ts, noises, drops = [], [], []
         for r in rngs:

@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from repackctl.cache.store import DatasetEntry, list_entries
-from repackctl.data.cached import shuffle_window
+from repackctl.data.cached import sample_generators, shuffle_window
 from repackctl.errors import CheckpointError, ConfigError, RepackError
 from repackctl.files import to_uint8, write_json_atomic
 from repackctl.pack.autoencoder import AutoencoderConfig, PackAutoencoder
@@ -323,19 +323,6 @@ def fit_whitening(
 _SAMPLE_KEY = 0xAE  # tags the per-sample generators of this stage
 
 
-def sample_generators(seed: int, step: int, indices: np.ndarray) -> list[np.random.Generator]:
-    """One generator per sample of step ``step``, keyed by (seed, step, sample index, repeat):
-    a sample's flip and posterior noise do not depend on which process or micro-batch reads it
-    (the repeat tells apart two reads of a sample in a batch that straddles two epochs)."""
-    seen: dict[int, int] = {}
-    rngs = []
-    for i in indices.tolist():
-        repeat = seen.get(i, 0)
-        seen[i] = repeat + 1
-        rngs.append(np.random.default_rng([seed % 2**64, step, i, repeat, _SAMPLE_KEY]))
-    return rngs
-
-
 def latent_sample(posterior: DiagonalGaussian, eps: torch.Tensor | None) -> torch.Tensor:
     """z = mean + std·eps (B, d, h, w), as ``posterior.sample()`` computes it; the mode of a
     deterministic posterior. ``eps`` None (a batch not made by ``PackTask.get_batch``): drawn
@@ -431,7 +418,7 @@ class PackTask:
         noise ``eps`` (B, d, h, w), each drawn from the sample's own generator
         (``sample_generators``, not the micro-batch's ``generator``): the same draws for any
         number of processes or micro-batches."""
-        rngs = sample_generators(self.seed, step, indices)
+        rngs = sample_generators(self.seed, step, indices, _SAMPLE_KEY)
         flips = np.array([r.integers(self.data.flips) for r in rngs], dtype=np.int64)  # (B,)
         batch = self.data.get(indices, flips=flips)
         if self.plan.method != "pca":  # the PCA projection is deterministic: no noise

@@ -15,7 +15,7 @@ no EMA, as the official refiner keeps none). The training length is ``refine.ste
 100 epochs). Resume, checkpoints, curves and progress come from ``repackctl.train.train``.
 
 Each triplet's flip slot (``refine.flip``) comes from the sample's own generator, keyed by
-(seed, step, sample, repeat): ``pack.task.sample_generators``, the pack stage's, not the
+(seed, step, sample, repeat): ``data.cached.sample_generators``, as in the pack stage, not the
 micro-batch's generator that the loop hands ``get_batch``. A micro-batch's generator is keyed by
 its offset in the global batch, so drawing the slots of a micro-batch from it gave a sample
 another flip when the batch was split otherwise (2 processes instead of 1): W processes now
@@ -43,7 +43,13 @@ from torch import nn
 
 from repackctl.cache.integrity import GuardedArray, repair_hint
 from repackctl.cache.store import WRITTEN, DatasetEntry
-from repackctl.data.cached import MEMORY_GB, CachedRows, images_to_float, mirror
+from repackctl.data.cached import (
+    MEMORY_GB,
+    CachedRows,
+    images_to_float,
+    mirror,
+    sample_generators,
+)
 from repackctl.errors import CheckpointError, ConfigError
 from repackctl.pack.discriminator import (
     DiscriminatorConfig,
@@ -51,7 +57,6 @@ from repackctl.pack.discriminator import (
     hinge_d_loss,
     hinge_g_loss,
 )
-from repackctl.pack.task import sample_generators
 from repackctl.progress import LOG_FILE, ProgressFactory, null_progress, with_log_file
 from repackctl.refine.network import NORM_EPS, LatentGuidedRefiner, RefinerConfig
 from repackctl.refine.triplets import build_triplets, open_triplets
@@ -75,6 +80,11 @@ class RefineLossWeights:
     perceptual: float = 1.0
     gan: float = 0.5
     features: float = 0.0  # weights-free perceptual term (pack.features)
+
+
+# the pack stage's key (0xAE): a triplet's flip is drawn as pack draws that sample's; the
+# refiner of the committed demo results was trained with it
+_SAMPLE_KEY = 0xAE
 
 
 class RefineTask:
@@ -166,7 +176,7 @@ class RefineTask:
         """The stored flip slot (B,) of each sample ``indices`` of step ``step``."""
         if not self.flip:
             return np.zeros(len(indices), dtype=np.int64)
-        rngs = sample_generators(self.seed, step, np.asarray(indices))
+        rngs = sample_generators(self.seed, step, indices, _SAMPLE_KEY)
         return np.array([r.integers(self.flips) for r in rngs], dtype=np.int64)
 
     def training_step(self, modules: dict[str, nn.Module], batch: dict, step: int) -> StepOutput:

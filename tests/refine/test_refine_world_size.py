@@ -4,7 +4,7 @@ The loop hands ``get_batch`` one generator per micro-batch, keyed by the micro-b
 the global batch (``train.trainer.batch_generator``). The refiner drew the flip slots of a whole
 micro-batch from it, so a sample got another flip with 2 processes (or 2 micro-batches) than
 with 1, and 2 processes trained other weights than 1. Each sample's flip now comes from its own
-generator of (seed, step, sample), as in the pack stage (``pack.task.sample_generators``).
+generator of (seed, step, sample), as in the pack stage (``data.cached.sample_generators``).
 
 - every split of one global batch (processes × micro-batches, through the loop's own
   ``local_micro_batches`` and ``batch_generator``) reads the same images, reconstructions and
