@@ -45,6 +45,7 @@ from repackctl.pipeline import (
     Pipeline,
     RunReport,
     claim_demo_folder,
+    folder_made_by,
     read_plan,
     scored_samples,
     solo_threads,
@@ -266,6 +267,12 @@ class DemoPlan:
         """The plan the demo in ``out`` was started with (its ``plan.json``), all of it: a
         record naming other settings than this version's is refused, as ``repackctl demo``
         refuses it."""
+        made_by = folder_made_by(out)
+        if made_by not in (None, "demo"):  # its plan would read as another version's
+            raise ConfigError(
+                f"{out} is a `repackctl {made_by}` folder, not one of `repackctl demo`",
+                "give the folder of a class-conditional demo (`repackctl demo --out DIR`)",
+            )
         recorded = read_plan(out, f"run `repackctl demo --out {out}` first")
         expected = set(cls(out=out).record())
         other = [f"{k} (not in this version)" for k in sorted(set(recorded) - expected)]

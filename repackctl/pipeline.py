@@ -49,6 +49,7 @@ __all__ = [
     "StageRecord",
     "claim_folder",
     "claim_demo_folder",
+    "folder_made_by",
     "keep_plan",
     "one_per_class",
     "read_plan",
@@ -130,12 +131,7 @@ def claim_folder(
             "choose a new or empty folder with --out (the file was not touched)",
         )
     marker = out / MARKER
-    made_by = None
-    if marker.is_file():
-        try:
-            made_by = json.loads(marker.read_text()).get("made_by")
-        except (OSError, ValueError, AttributeError):
-            made_by = None
+    made_by = folder_made_by(out)
     if out.exists() and made_by != kind and any(_not_the_marker(out)):
         raise ConfigError(
             f"{out} is not empty and was not made by `repackctl {kind}`",
@@ -148,6 +144,16 @@ def claim_folder(
         _remove_owned(out, kind, list(owned), log)
     if made_by != kind:  # atomic: a marker cut short by a kill locked the folder for good
         write_json_atomic(marker, {"made_by": kind})
+
+
+def folder_made_by(out: Path) -> str | None:
+    """The pipeline that made ``out`` (``"demo"``, ``"demo --t2i"``), as its marker records it;
+    None without a readable marker."""
+    try:
+        made_by = json.loads((out / MARKER).read_text()).get("made_by")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return made_by if isinstance(made_by, str) else None
 
 
 def _not_the_marker(out: Path) -> list[Path]:
