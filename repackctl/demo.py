@@ -423,11 +423,13 @@ class _Demo(PCAArm, Pipeline):
 
     def refine(self) -> tuple[bool, str]:
         seconds = self.wait_side("refine", TrainingError, "`repackctl demo` to resume")
+        took = f"{seconds:.0f} s"
+        if self.refine_reused:  # a finished run is only checked: not the refiner's training time
+            took = f"finished before, checked in {took}"
         return self.refine_reused, (
             f"Latent-Guided Refiner (residual, width {self.plan.refine_channels}, GAN weight "
             f"{self.plan.refine_gan_weight}, feature weight {self.plan.refine_feature_weight}), "
-            f"{self.plan.refine_steps} steps, "
-            f"{seconds:.0f} s in a parallel process"
+            f"{self.plan.refine_steps} steps, {took} in a parallel process"
         )
 
     def sample_flags(self) -> dict[str, Any]:

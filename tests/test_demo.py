@@ -107,6 +107,9 @@ def test_demo_end_to_end_reuse_and_fresh(tmp_path, capsys):
         "sample",
     ):
         assert f"[{stage}] reused" in again.output, stage
+    # the reused refiner's row gives the time it took to check it as such, not as training time
+    row = next(r for r in (out / "report.md").read_text().splitlines() if "| refine train" in r)
+    assert "| yes |" in row and "finished before, checked in" in row, row
 
     _other_plans_refused(out)
     _seed_spread(out, tmp_path, capsys)
