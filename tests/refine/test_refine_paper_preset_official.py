@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from support.cli import cli_ok, cli_refused
-from support.stack import shared_stack
+from support.stack import shared_stack, tiny_refine_task
 
 from repackctl.errors import CheckpointError
 from repackctl.settings import resolve_settings
@@ -135,31 +135,6 @@ def test_a_run_under_the_old_paper_preset_keeps_its_ema_and_is_refused_another_d
     assert ckpt.name == "step-0000004" and state["config"]["ema_decay"] == 0.999
 
 
-def _task(stack: dict[str, str], flip: bool):
-    """The refiner task over the stack's triplets, as ``refine train`` builds it."""
-    from repackctl.cache.store import DatasetEntry
-    from repackctl.pack.discriminator import DiscriminatorConfig
-    from repackctl.pack.load import load_pack
-    from repackctl.refine.network import RefinerConfig
-    from repackctl.refine.task import RefineLossWeights, RefineTask
-    from repackctl.refine.triplets import build_triplets, open_triplets
-
-    pack = load_pack("pack-tiny", runs=stack["runs"])
-    entry = DatasetEntry.open(stack["cache"], pack.extra["cache"]["entry"])
-    build_triplets(entry, pack.extra["cache"]["features"], pack)
-    task = RefineTask(
-        entry,
-        open_triplets(entry, pack.pack_id, 0.0),
-        RefinerConfig(latent_channels=4, resolution=32, base_channels=8, attn_resolutions=(8, 4)),
-        DiscriminatorConfig(base_channels=8),
-        RefineLossWeights(),
-        None,
-        {"run": "pack-tiny", "checkpoint": str(pack.checkpoint), "pack_id": pack.pack_id},
-        flip=flip,
-    )
-    return task, entry
-
-
 def test_the_paper_refiner_never_mirrors_its_triplets(stack):
     """The official triplets are never mirrored (stage3 prepare_offline_data.py ``p_hflip=0.0``,
     and its dataset has no flip): under the paper preset every batch is the stored image, its
@@ -173,7 +148,7 @@ def test_the_paper_refiner_never_mirrors_its_triplets(stack):
     small = resolve_settings(None, {"refine.preset": "small"}, environ={}).settings.refine
     assert small.flip is True  # the other presets keep the random mirror
 
-    task, entry = _task(stack, flip=r.settings.refine.flip)
+    task, entry = tiny_refine_task(stack, build=True, flip=r.settings.refine.flip)
     rows = np.arange(TRIPLETS)
     stored = images_to_float(entry.images[task.positions[rows]])
     latent = torch.from_numpy(task.triplets["latent"][task.positions[rows], 0]).float()
@@ -182,7 +157,7 @@ def test_the_paper_refiner_never_mirrors_its_triplets(stack):
         assert torch.equal(batch["gt"], stored), seed
         assert torch.equal(batch["z"], latent), seed
     # with flips on, the same draws mirror some triplets (what the paper preset must not do)
-    flipping, _ = _task(stack, flip=True)
+    flipping, _ = tiny_refine_task(stack, build=True, flip=True)
     batch = flipping.get_batch(rows, 0, np.random.default_rng(0))
     assert not torch.equal(batch["gt"], stored)
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from support.ckpt_state import write_state
-from support.stack import _images, _settings, shared_stack
+from support.stack import _images, _settings, shared_stack, tiny_refine_task
 from typer.testing import CliRunner
 
 from repackctl.cache.store import PENDING, WRITTEN, DatasetEntry
@@ -62,21 +62,7 @@ def test_triplets_resume_and_noise(stack) -> None:
 
 
 def test_refiner_forward_backward(stack) -> None:
-    from repackctl.pack.discriminator import DiscriminatorConfig
-    from repackctl.refine.network import RefinerConfig
-    from repackctl.refine.task import RefineLossWeights, RefineTask
-
-    entry, pack = _entry(stack)
-    build_triplets(entry, pack.extra["cache"]["features"], pack)
-    task = RefineTask(
-        entry,
-        open_triplets(entry, pack.pack_id, 0.0),
-        RefinerConfig(latent_channels=4, resolution=32, base_channels=8, attn_resolutions=(8, 4)),
-        DiscriminatorConfig(base_channels=8),
-        RefineLossWeights(),
-        None,
-        {"run": "pack-tiny", "checkpoint": str(pack.checkpoint), "pack_id": pack.pack_id},
-    )
+    task, _ = tiny_refine_task(stack, build=True)
     modules = task.build()
     batch = task.get_batch(np.arange(4), 0, np.random.default_rng(0))
     assert batch["gt"].shape == (4, 3, 32, 32) and batch["z"].shape == (4, 4, 4, 4)

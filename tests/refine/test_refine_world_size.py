@@ -25,13 +25,13 @@ import pytest
 import torch
 from conftest import one_torch_thread, subprocess_env
 from support.launch import start_two
-from support.stack import shared_stack
+from support.stack import shared_stack, tiny_refine_task
 from typer.testing import CliRunner
 
 from repackctl.cache.store import DatasetEntry
 from repackctl.cli.app import app
 from repackctl.pack.load import load_pack
-from repackctl.refine.triplets import build_triplets, open_triplets
+from repackctl.refine.triplets import build_triplets
 from repackctl.train.checkpoint import latest_checkpoint, load_weights, read_state
 
 REPO = Path(__file__).resolve().parents[2]
@@ -64,25 +64,6 @@ def stack(tmp_path_factory) -> dict[str, str]:
     return paths
 
 
-def _task(stack: dict[str, str]):
-    from repackctl.pack.discriminator import DiscriminatorConfig
-    from repackctl.refine.network import RefinerConfig
-    from repackctl.refine.task import RefineLossWeights, RefineTask
-
-    pack = load_pack("pack-tiny", runs=stack["runs"])
-    entry = DatasetEntry.open(stack["cache"], pack.extra["cache"]["entry"])
-    task = RefineTask(
-        entry,
-        open_triplets(entry, pack.pack_id, 0.0),
-        RefinerConfig(latent_channels=4, resolution=32, base_channels=8, attn_resolutions=(8, 4)),
-        DiscriminatorConfig(base_channels=8),
-        RefineLossWeights(),
-        None,
-        {"run": "pack-tiny", "checkpoint": str(pack.checkpoint), "pack_id": pack.pack_id},
-    )
-    return task, entry
-
-
 def _split_batch(task, global_indices: np.ndarray, step: int, world: int, accum: int) -> dict:
     """The global batch as ``world`` processes × ``accum`` micro-batches read it (the loop's
     ``Trainer._load``), concatenated in global order."""
@@ -100,7 +81,7 @@ def _split_batch(task, global_indices: np.ndarray, step: int, world: int, accum:
 
 
 def test_every_split_of_a_global_batch_reads_the_same_flips(stack) -> None:
-    task, entry = _task(stack)
+    task, entry = tiny_refine_task(stack)
     rows = np.asarray(task.positions)
     global_indices = np.random.default_rng(0).permutation(len(rows))[:8]  # a batch of 8
     images = torch.from_numpy(np.asarray(entry.images[:]))[rows[global_indices]]  # (8, R, R, 3)

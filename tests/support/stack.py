@@ -134,3 +134,30 @@ def stack_env(stack: dict[str, str], tmp_path: Path, monkeypatch) -> Iterator[di
     monkeypatch.setenv("REPACKCTL_SAMPLES", samples)
     with one_torch_thread():
         yield {**stack, "samples": samples}
+
+
+def tiny_refine_task(stack: dict[str, str], flip: bool = True, build: bool = False):
+    """The refiner task over the stack's pack-tiny triplets, as ``refine train`` builds it, and
+    its cache entry (``build``: make the triplets first)."""
+    from repackctl.cache.store import DatasetEntry
+    from repackctl.pack.discriminator import DiscriminatorConfig
+    from repackctl.pack.load import load_pack
+    from repackctl.refine.network import RefinerConfig
+    from repackctl.refine.task import RefineLossWeights, RefineTask
+    from repackctl.refine.triplets import build_triplets, open_triplets
+
+    pack = load_pack("pack-tiny", runs=stack["runs"])
+    entry = DatasetEntry.open(stack["cache"], pack.extra["cache"]["entry"])
+    if build:
+        build_triplets(entry, pack.extra["cache"]["features"], pack)
+    task = RefineTask(
+        entry,
+        open_triplets(entry, pack.pack_id, 0.0),
+        RefinerConfig(latent_channels=4, resolution=32, base_channels=8, attn_resolutions=(8, 4)),
+        DiscriminatorConfig(base_channels=8),
+        RefineLossWeights(),
+        None,
+        {"run": "pack-tiny", "checkpoint": str(pack.checkpoint), "pack_id": pack.pack_id},
+        flip=flip,
+    )
+    return task, entry
