@@ -65,18 +65,22 @@ def draw_flips(generator: np.random.Generator | None, n: int, flips: int) -> np.
 
 
 def sample_generators(
-    seed: int, step: int, indices: np.ndarray, key: int
+    seed: int, step: int, indices: np.ndarray, key: int, repeats: np.ndarray | None = None
 ) -> list[np.random.Generator]:
     """One generator per sample of step ``step``, keyed by (seed, step, sample index, repeat,
     the stage's ``key``): a sample's draws do not depend on which process or micro-batch reads
-    it (the repeat tells apart two reads of a sample in a batch that straddles two epochs)."""
-    seen: dict[int, int] = {}
-    rngs = []
-    for i in np.asarray(indices).tolist():
-        repeat = seen.get(i, 0)
-        seen[i] = repeat + 1
-        rngs.append(np.random.default_rng([seed % 2**64, step, i, repeat, key]))
-    return rngs
+    it. The repeat tells apart two reads of a sample in a batch that straddles two epochs:
+    ``repeats`` as the loop counts them over the global batch (``train.sampler.global_repeats``),
+    or, when None, counted within ``indices`` (the same for a whole batch read at once)."""
+    if repeats is None:
+        seen: dict[int, int] = {}
+        counted = []
+        for i in np.asarray(indices).tolist():
+            counted.append(seen.get(i, 0))
+            seen[i] = counted[-1] + 1
+        repeats = np.asarray(counted, dtype=np.int64)
+    pairs = zip(np.asarray(indices).tolist(), np.asarray(repeats).tolist(), strict=True)
+    return [np.random.default_rng([seed % 2**64, step, i, r, key]) for i, r in pairs]
 
 
 def mirror(images: np.ndarray, flips: np.ndarray) -> np.ndarray:

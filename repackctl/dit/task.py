@@ -128,11 +128,15 @@ class DiTTask:
         return self.repa_on and (stop is None or step < stop)
 
     def get_batch(
-        self, indices: np.ndarray, step: int, generator: np.random.Generator
+        self,
+        indices: np.ndarray,
+        step: int,
+        generator: np.random.Generator,
+        repeats: np.ndarray | None = None,
     ) -> dict[str, torch.Tensor]:
         # one generator per sample, keyed by its index (and its repeat count, for a batch that
         # straddles two epochs): the same draws whatever the processes or micro-batches
-        rngs = sample_generators(self.spec.seed, step, indices, _SAMPLE_KEY)
+        rngs = sample_generators(self.spec.seed, step, indices, _SAMPLE_KEY, repeats)
         batch = self.data.read(indices, rngs, with_tokens=self.repa_active(step))
         ts, noises, drops = [], [], []
         for r in rngs:

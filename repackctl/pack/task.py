@@ -412,13 +412,17 @@ class PackTask:
         return len(self.data)
 
     def get_batch(
-        self, indices: np.ndarray, step: int, generator: np.random.Generator
+        self,
+        indices: np.ndarray,
+        step: int,
+        generator: np.random.Generator,
+        repeats: np.ndarray | None = None,
     ) -> dict[str, torch.Tensor]:
         """Tokens, images and flips of ``indices`` and, for the sampled (repack) posterior, its
         noise ``eps`` (B, d, h, w), each drawn from the sample's own generator
         (``sample_generators``, not the micro-batch's ``generator``): the same draws for any
         number of processes or micro-batches."""
-        rngs = sample_generators(self.seed, step, indices, _SAMPLE_KEY)
+        rngs = sample_generators(self.seed, step, indices, _SAMPLE_KEY, repeats)
         flips = np.array([r.integers(self.data.flips) for r in rngs], dtype=np.int64)  # (B,)
         batch = self.data.get(indices, flips=flips)
         if self.plan.method != "pca":  # the PCA projection is deterministic: no noise

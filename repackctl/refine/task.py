@@ -156,13 +156,17 @@ class RefineTask:
         return len(self.positions)
 
     def get_batch(
-        self, indices: np.ndarray, step: int, generator: np.random.Generator
+        self,
+        indices: np.ndarray,
+        step: int,
+        generator: np.random.Generator,
+        repeats: np.ndarray | None = None,
     ) -> dict[str, torch.Tensor]:
         """Real image, reconstruction and raw latent of ``indices``, each at the sample's flip
         slot (slot 0, as stored, for all when flips are off), drawn from the sample's own
         generator (``sample_generators``, not the micro-batch's ``generator``): the same draws
         for any number of processes or micro-batches."""
-        flip = self.flip_slots(indices, step)  # (B,)
+        flip = self.flip_slots(indices, step, repeats)  # (B,)
         real = mirror(self.rows.take("images", indices), flip)  # (B, R, R, 3) uint8
         rec = self.rows.take_flip("recon", indices, flip)  # (B, R, R, 3)
         lat = self.rows.take_flip("latent", indices, flip)  # (B, d, h, w)
@@ -172,11 +176,14 @@ class RefineTask:
             "z": torch.from_numpy(lat).float(),
         }
 
-    def flip_slots(self, indices: np.ndarray, step: int) -> np.ndarray:
-        """The stored flip slot (B,) of each sample ``indices`` of step ``step``."""
+    def flip_slots(
+        self, indices: np.ndarray, step: int, repeats: np.ndarray | None = None
+    ) -> np.ndarray:
+        """The stored flip slot (B,) of each sample ``indices`` of step ``step`` (``repeats``:
+        :func:`~repackctl.data.cached.sample_generators`)."""
         if not self.flip:
             return np.zeros(len(indices), dtype=np.int64)
-        rngs = sample_generators(self.seed, step, indices, _SAMPLE_KEY)
+        rngs = sample_generators(self.seed, step, indices, _SAMPLE_KEY, repeats)
         return np.array([r.integers(self.flips) for r in rngs], dtype=np.int64)
 
     def training_step(self, modules: dict[str, nn.Module], batch: dict, step: int) -> StepOutput:

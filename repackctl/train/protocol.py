@@ -59,12 +59,20 @@ class TrainTask(Protocol):
         """Size of the training set; indices run over ``range(num_samples())``."""
         ...
 
-    def get_batch(self, indices: np.ndarray, step: int, generator: np.random.Generator) -> Any:
+    def get_batch(
+        self,
+        indices: np.ndarray,
+        step: int,
+        generator: np.random.Generator,
+        repeats: np.ndarray | None = None,
+    ) -> Any:
         """Read the samples ``indices`` (tensors, or dicts/lists of them).
 
-        Runs in a background thread when ``config.prefetch``: take randomness (flips, crops) only
-        from ``generator``, derived from (seed, step, position of the micro-batch in the global
-        batch).
+        Runs in a background thread when ``config.prefetch``: take randomness (flips, crops,
+        noise) only from ``generator``, derived from (seed, step, position of the micro-batch in
+        the global batch), or, to draw the same for any process count, from each sample's own
+        generator of (seed, step, sample, ``repeats``: how many times the global batch read the
+        sample before, ``data.cached.sample_generators``), as the pack, DiT and refiner do.
         """
         ...
 

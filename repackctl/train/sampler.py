@@ -102,6 +102,18 @@ class BlockSampler:
         return np.concatenate(parts), Position(epoch, offset)
 
 
+def global_repeats(global_indices: np.ndarray) -> np.ndarray:
+    """For each read of a global batch, how many times the batch read that sample before (0 but
+    for a batch that straddles two epochs and reads a sample in both): with the indices it
+    keys a sample's own draws, the same for any split into processes and micro-batches."""
+    seen: dict[int, int] = {}
+    out = np.zeros(len(global_indices), dtype=np.int64)
+    for j, i in enumerate(np.asarray(global_indices).tolist()):
+        out[j] = seen.get(i, 0)
+        seen[i] = out[j] + 1
+    return out
+
+
 def local_micro_batches(
     global_indices: np.ndarray, rank: int, world: int, grad_accum: int
 ) -> list[np.ndarray]:
@@ -115,6 +127,17 @@ def local_micro_batches(
     per_rank = b // world
     mine = global_indices[rank * per_rank : (rank + 1) * per_rank]
     return np.split(mine, grad_accum)
+
+
+def local_reads(
+    global_indices: np.ndarray, rank: int, world: int, grad_accum: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Process ``rank``'s micro-batches of a global batch, each as (indices, repeats counted
+    over the whole global batch: :func:`global_repeats`), so that per-sample draws keyed by
+    both do not depend on the split into processes and micro-batches."""
+    repeats = global_repeats(global_indices)
+    micro = local_micro_batches(global_indices, rank, world, grad_accum)
+    return list(zip(micro, local_micro_batches(repeats, rank, world, grad_accum), strict=True))
 
 
 def auto_buffer_blocks(

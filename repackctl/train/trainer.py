@@ -69,7 +69,11 @@ from repackctl.train.ema import EMA
 from repackctl.train.logging import MetricsLogger, plot_curves
 from repackctl.train.precision import compile_blocks, enable_fast_math, make_accelerator
 from repackctl.train.protocol import OptimizerSpec, TrainResult, TrainTask, unpack_step_output
-from repackctl.train.sampler import BlockSampler, Position, local_micro_batches
+from repackctl.train.sampler import (
+    BlockSampler,
+    Position,
+    local_reads,
+)
 from repackctl.train.schedule import make_scheduler, unfinished_warmup
 from repackctl.train.sharding import (
     full,
@@ -614,7 +618,7 @@ class Trainer:
 
     def _batches(self, s: int, indices: np.ndarray, next_position: Position) -> list[Any]:
         """This process's micro-batches of step ``s``; queues the next step's read."""
-        local = local_micro_batches(indices, self.rank, self.world, self.A)
+        local = self._reads(indices)
         if self.pending is not None and self.pending[0] == s:
             batches = self.pending[1].result()
         else:
@@ -622,17 +626,22 @@ class Trainer:
         self.pending = None
         if self.pool is not None and s + 1 < self.config.steps:
             nxt, _ = self.sampler.take(next_position, self.config.global_batch)
-            micro = local_micro_batches(nxt, self.rank, self.world, self.A)
-            self.pending = (s + 1, self.pool.submit(self._load, s + 1, micro))
+            self.pending = (s + 1, self.pool.submit(self._load, s + 1, self._reads(nxt)))
         return batches
 
-    def _load(self, s: int, micro: list[np.ndarray]) -> list[Any]:
+    def _reads(self, indices: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        return local_reads(indices, self.rank, self.world, self.A)
+
+    def _load(self, s: int, micro: list[tuple[np.ndarray, np.ndarray]]) -> list[Any]:
         size = self.config.global_batch // (self.world * self.A)
         return [
             self.task.get_batch(
-                idx, s, batch_generator(self.config.seed, s, (self.rank * self.A + i) * size)
+                idx,
+                s,
+                batch_generator(self.config.seed, s, (self.rank * self.A + i) * size),
+                repeats=rep,
             )
-            for i, idx in enumerate(micro)
+            for i, (idx, rep) in enumerate(micro)
         ]
 
     def _backward(self, batches: list[Any], s: int):

@@ -67,16 +67,15 @@ def stack(tmp_path_factory) -> dict[str, str]:
 def _split_batch(task, global_indices: np.ndarray, step: int, world: int, accum: int) -> dict:
     """The global batch as ``world`` processes × ``accum`` micro-batches read it (the loop's
     ``Trainer._load``), concatenated in global order."""
-    from repackctl.train.sampler import local_micro_batches
+    from repackctl.train.sampler import local_reads
     from repackctl.train.trainer import batch_generator
 
     size = len(global_indices) // (world * accum)
     parts = []
     for rank in range(world):
-        micro = local_micro_batches(global_indices, rank, world, accum)
-        for i, idx in enumerate(micro):
+        for i, (idx, repeats) in enumerate(local_reads(global_indices, rank, world, accum)):
             gen = batch_generator(0, step, (rank * accum + i) * size)  # the task's seed
-            parts.append(task.get_batch(idx, step, gen))
+            parts.append(task.get_batch(idx, step, gen, repeats=repeats))
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
 
@@ -84,10 +83,14 @@ def test_every_split_of_a_global_batch_reads_the_same_flips(stack) -> None:
     task, entry = tiny_refine_task(stack)
     rows = np.asarray(task.positions)
     global_indices = np.random.default_rng(0).permutation(len(rows))[:8]  # a batch of 8
+    # a batch that straddles two epochs reads a sample twice: here in two micro-batches
+    global_indices[6] = global_indices[1]
     images = torch.from_numpy(np.asarray(entry.images[:]))[rows[global_indices]]  # (8, R, R, 3)
     as_stored = images.permute(0, 3, 1, 2).float() / 127.5 - 1.0  # (8, 3, R, R) in [-1, 1]
-    for step in (0, 1, 2):
+    both_reads_alike = []  # per step: the repeated sample's two reads got the same flip
+    for step in range(6):
         one = _split_batch(task, global_indices, step, 1, 1)
+        both_reads_alike.append(torch.equal(one["gt"][1], one["gt"][6]))
         stored = (one["gt"] == as_stored).flatten(1).all(1)  # (8,)
         mirrored = (one["gt"] == as_stored.flip(-1)).flatten(1).all(1)  # (8,)
         assert bool((stored | mirrored).all()), step  # each real image, as stored or mirrored
@@ -96,6 +99,7 @@ def test_every_split_of_a_global_batch_reads_the_same_flips(stack) -> None:
             split = _split_batch(task, global_indices, step, world, accum)
             for key in ("gt", "rec", "z"):
                 assert torch.equal(split[key], one[key]), (step, world, accum, key)
+    assert not all(both_reads_alike)  # the two reads draw apart: the repeat keys the draw
 
 
 def _same_weights(a: Path, b: Path) -> None:

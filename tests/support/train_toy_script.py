@@ -65,7 +65,9 @@ class ToyTask:
     def num_samples(self) -> int:
         return len(self.x)
 
-    def get_batch(self, indices: np.ndarray, step: int, generator: np.random.Generator):
+    def get_batch(
+        self, indices: np.ndarray, step: int, generator: np.random.Generator, repeats=None
+    ):
         if self.sleep:
             time.sleep(self.sleep)  # paces the subprocess so the test can kill it mid-run
         self.seen.extend(int(i) for i in indices)

@@ -95,3 +95,17 @@ def test_in_memory_order_is_unchanged(tmp_path, capsys):
     order = BlockSampler(N, SEED, CHUNK, pack)
     assert order.epoch_order(0)[:8].tolist() == [250, 5051, 5684, 4487, 5524, 4511, 1883, 4489]
     assert order.epoch_order(1)[-4:].tolist() == [6574, 2500, 3719, 3673]
+
+
+def test_reads_count_repeats_over_the_global_batch_for_any_split():
+    """A batch that straddles two epochs may read a sample twice; each read's repeat is counted
+    over the whole global batch, so every split into processes × micro-batches gives each read
+    the same (sample, repeat) key."""
+    from repackctl.train.sampler import global_repeats, local_reads
+
+    batch = np.array([5, 1, 7, 3, 2, 5, 1, 5])
+    assert global_repeats(batch).tolist() == [0, 0, 0, 0, 0, 1, 1, 2]
+    for world, accum in ((1, 1), (2, 1), (1, 2), (2, 2), (4, 2)):
+        reads = [r for rank in range(world) for r in local_reads(batch, rank, world, accum)]
+        assert np.concatenate([i for i, _ in reads]).tolist() == batch.tolist()
+        assert np.concatenate([r for _, r in reads]).tolist() == [0, 0, 0, 0, 0, 1, 1, 2]

@@ -203,8 +203,8 @@ def test_prefetch_thread_reads_the_same_batches_and_is_off_by_default_on_a_cpu(t
         config = dataclasses.replace(toy.config_from_args(args), prefetch=prefetch)
         threads = []
         get_batch = task.get_batch
-        task.get_batch = lambda *a, _g=get_batch, _t=threads: (
-            _t.append(threading.get_ident()) or _g(*a)
+        task.get_batch = lambda *a, _g=get_batch, _t=threads, **k: (
+            _t.append(threading.get_ident()) or _g(*a, **k)
         )
         runs[name] = (_weights(train(task, config).checkpoint), set(threads))
     main = threading.get_ident()
