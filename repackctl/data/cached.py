@@ -70,15 +70,12 @@ def sample_generators(
     """One generator per sample of step ``step``, keyed by (seed, step, sample index, repeat,
     the stage's ``key``): a sample's draws do not depend on which process or micro-batch reads
     it. The repeat tells apart two reads of a sample in a batch that straddles two epochs:
-    ``repeats`` as the loop counts them over the global batch (``train.sampler.global_repeats``),
+    ``repeats`` as the loop counts them over the global batch (``train.sampler.local_reads``),
     or, when None, counted within ``indices`` (the same for a whole batch read at once)."""
     if repeats is None:
-        seen: dict[int, int] = {}
-        counted = []
-        for i in np.asarray(indices).tolist():
-            counted.append(seen.get(i, 0))
-            seen[i] = counted[-1] + 1
-        repeats = np.asarray(counted, dtype=np.int64)
+        from repackctl.train.sampler import global_repeats
+
+        repeats = global_repeats(indices)
     pairs = zip(np.asarray(indices).tolist(), np.asarray(repeats).tolist(), strict=True)
     return [np.random.default_rng([seed % 2**64, step, i, r, key]) for i, r in pairs]
 

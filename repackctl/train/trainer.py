@@ -69,11 +69,7 @@ from repackctl.train.ema import EMA
 from repackctl.train.logging import MetricsLogger, plot_curves
 from repackctl.train.precision import compile_blocks, enable_fast_math, make_accelerator
 from repackctl.train.protocol import OptimizerSpec, TrainResult, TrainTask, unpack_step_output
-from repackctl.train.sampler import (
-    BlockSampler,
-    Position,
-    local_reads,
-)
+from repackctl.train.sampler import BlockSampler, Position, local_reads
 from repackctl.train.schedule import make_scheduler, unfinished_warmup
 from repackctl.train.sharding import (
     full,
