@@ -734,7 +734,7 @@ def run_captions(
         settings, grp, ds, all_caps, img_done, encoder, progress, dist, [warning] if warning else []
     )
     dist.barrier()
-    written, already = dist.all_sums(written, already)  # the job's, not this process's share
+    written, already, seconds = dist.job_totals(written, already, time.perf_counter() - t0)
     final = grp.done[:]
     skipped += [
         (keys[i], SKIP_REASONS.get(int(final[i]), "skipped"))
@@ -749,7 +749,7 @@ def run_captions(
         already_done=already,
         max_captions=max(len(c) for c in all_caps),
         skipped=skipped,
-        seconds=dist.all_max(time.perf_counter() - t0),
+        seconds=seconds,
         healed=healed,
         truncated=cut.count,
         longest_tokens=cut.longest,

@@ -602,7 +602,7 @@ def run_extract(
     seconds = time.perf_counter() - t0
     dist.barrier()
     skipped = list(getattr(source, "skipped", [])) + _finalize(entry, feats, dist.rank == 0)
-    written, already = dist.all_sums(writer.written, already)  # the job's, not this process's
+    written, already, seconds = dist.job_totals(writer.written, already, seconds)
     return ExtractResult(
         entry=entry.name,
         features=spec.entry_id(),
@@ -611,7 +611,7 @@ def run_extract(
         already_done=already,
         skipped=skipped,
         warnings=found,
-        seconds=dist.all_max(seconds),
+        seconds=seconds,
         resolution=resolution,
         tokens_shape=tuple(feats["tokens"].shape),
         precision=settings.precision,

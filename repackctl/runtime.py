@@ -55,6 +55,13 @@ class DistInfo:
         slowest process's)."""
         return float(self._all_reduce((value,), torch.float64, "max")[0])
 
+    def job_totals(self, written: int, already: int, seconds: float) -> tuple[int, int, float]:
+        """A command's summary for the whole job, on every process: the counts written now and
+        already done summed over the processes (each wrote its own share), and the slowest
+        process's seconds."""
+        written, already = self.all_sums(written, already)
+        return written, already, self.all_max(seconds)
+
     def _all_reduce(self, values: tuple, dtype: torch.dtype, op: str) -> list:
         if self.world == 1:
             return list(values)

@@ -553,5 +553,5 @@ def run_refine_apply(
         _write_card(out, src, protocol, refiner, digest, settings.sample.grid)
     dist.barrier()
     latents_source = "latents.npy" if has_latents else "regenerated from the DiT"
-    written, already = dist.all_sums(len(todo), len(mine) - len(todo))  # the job's, not ours
-    return ApplyResult(out, num, written, already, latents_source, dist.all_max(seconds))
+    written, already, seconds = dist.job_totals(len(todo), len(mine) - len(todo), seconds)
+    return ApplyResult(out, num, written, already, latents_source, seconds)

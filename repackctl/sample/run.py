@@ -206,8 +206,7 @@ def run_sample(
 def _job_totals(result: SampleResult, dist: DistInfo) -> SampleResult:
     """``result`` with the counts of the whole job (each process wrote its own share) and the
     slowest process's time, on every process."""
-    written, already = dist.all_sums(result.written, result.already_done)
-    seconds = dist.all_max(result.seconds)
+    written, already, seconds = dist.job_totals(result.written, result.already_done, result.seconds)
     return replace(result, written=written, already_done=already, seconds=seconds)
 
 
