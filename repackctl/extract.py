@@ -601,6 +601,7 @@ def run_extract(
         )
     seconds = time.perf_counter() - t0
     dist.barrier()
+    found = [(key, note) for key, note in dist.all_items(found)]  # every process's, not rank 0's
     skipped = list(getattr(source, "skipped", [])) + _finalize(entry, feats, dist.rank == 0)
     written, already, seconds = dist.job_totals(writer.written, already, seconds)
     return ExtractResult(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import time
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from repackctl.errors import ConfigError
@@ -62,7 +64,22 @@ class DistInfo:
         written, already = self.all_sums(written, already)
         return written, already, self.all_max(seconds)
 
-    def _all_reduce(self, values: tuple, dtype: torch.dtype, op: str) -> list:
+    def all_items(self, items: list[Any]) -> list[Any]:
+        """Every process's ``items`` (JSON values; tuples come back as lists), in rank order, on
+        every process: e.g. the decode warnings each process met, for the one summary rank 0
+        prints. Each process's JSON bytes (+ 1, so 0 pads) fill its own row of a zero matrix,
+        and a sum over the processes gives every row."""
+        if self.world == 1:
+            return list(items)
+        data = np.frombuffer(json.dumps(items).encode(), np.uint8).astype(np.int64) + 1
+        (size,) = self._all_reduce((len(data),), torch.int64, "max")
+        rows = np.zeros((self.world, int(size)), np.int64)
+        rows[self.rank, : len(data)] = data
+        summed = np.asarray(self._all_reduce(rows, torch.int64, "sum")).reshape(rows.shape)
+        parts = [bytes((row[row > 0] - 1).astype(np.uint8)) for row in summed]
+        return [item for part in parts for item in json.loads(part)]
+
+    def _all_reduce(self, values: tuple | np.ndarray, dtype: torch.dtype, op: str) -> list:
         if self.world == 1:
             return list(values)
         import torch.distributed as dist
@@ -71,7 +88,7 @@ class DistInfo:
         device = torch.device("cpu")
         if dist.get_backend() == "nccl":  # NCCL reduces CUDA tensors only
             device = torch.device("cuda", self.local_rank % torch.cuda.device_count())
-        t = torch.tensor(values, dtype=dtype, device=device)
+        t = torch.as_tensor(values, dtype=dtype).to(device)
         dist.all_reduce(t, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
         # the backend's thread may hold ``t`` a moment longer: a process that returns and exits
         # at once would have it freed there during interpreter shutdown, taking the GIL of a

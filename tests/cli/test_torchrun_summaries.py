@@ -1,6 +1,7 @@
 """The summary a command prints under two processes (torchrun's environment) counts the whole
 job, not rank 0's share: `extract`, `sample` and `refine apply` run for real in two workers
 (``support.launch.start_two``), and the table rank 0 prints must add up to the files on disk.
+`extract` also prints the decode warnings of both workers.
 
 (`captions` under two processes: tests/cache/test_t2i_cache.py, whose two-worker run checks its
 printed count against the files.)
@@ -8,12 +9,14 @@ printed count against the files.)
 
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import subprocess_env
+from PIL import Image
 from support.launch import start_two
 from support.stack import save_refiner_run, shared_stack
 
@@ -61,6 +64,36 @@ def test_extract_prints_the_jobs_counts(tmp_path) -> None:
     stdout = _two(args, subprocess_env(tmp_path))
     assert int(_row(stdout, "written now")) == 0, stdout
     assert int(_row(stdout, "already done")) == on_disk, stdout
+
+
+def _bomb_jpeg() -> bytes:
+    """A grey JPEG of 9500² px: above PIL's decompression-bomb limit (89.5 M px), so opening it
+    warns, and below twice the limit and extract's own cap, so it is still decoded (at 1/8
+    scale, from the JPEG's DCT)."""
+    out = io.BytesIO()
+    Image.fromarray(np.full((9500, 9500), 128, np.uint8), "L").save(out, "JPEG", quality=50)
+    return out.getvalue()
+
+
+@pytest.mark.slow
+def test_extract_prints_the_decode_warnings_of_every_process(tmp_path) -> None:
+    folder, bomb = tmp_path / "imgs", _bomb_jpeg()
+    for cls in ("a", "b"):  # two shards of 8: each worker decodes one (or takes the other's)
+        (folder / cls).mkdir(parents=True)
+        for i in range(8):
+            arr = np.random.default_rng(i).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+            Image.fromarray(arr).save(folder / cls / f"{i}.png")
+        (folder / cls / "7.png").unlink()
+        (folder / cls / "7.jpg").write_bytes(bomb)  # one warning in each shard
+    args = ["extract", "--encoder", "patchpix", "--resolution", "32", "--shard", "8"]
+    args += ["--chunk", "8", "--num-workers", "0", "--data", f"imagefolder:{folder}", *CPU]
+    code, stdout, stderr = start_two([MAIN, *args], subprocess_env(tmp_path)).wait(timeout=180)
+    assert code == 0, stderr[-2000:]
+    assert int(_row(stdout, "written now")) == 16, stdout
+    rank0, rank1 = stderr.split("\n[rank 1] ")
+    warned = re.findall(r"Warning: ([ab]/7\.jpg): DecompressionBombWarning: Image size", rank0)
+    assert sorted(warned) == ["a/7.jpg", "b/7.jpg"], stderr  # both workers' warnings, once
+    assert "DecompressionBomb" not in rank1, stderr
 
 
 @pytest.mark.slow
