@@ -28,6 +28,7 @@ class MetricsLogger:
         self.path = self.run_dir / METRICS
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._truncate_after(resume_step)
+        self.resume_step = resume_step
         self._tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter  # heavy; only when training
@@ -77,13 +78,22 @@ class MetricsLogger:
         self._tb.flush()
 
     def config(self, config: dict[str, Any]) -> None:
-        """The resolved config as text, and its scalar values as hparams, in TensorBoard."""
+        """The resolved config as text, and its scalar values as hparams, in TensorBoard.
+
+        The text goes at the first step this process trains (step 0 for a fresh run): a resume
+        shows the config its steps ran with beside the first one, and a rerun from the same
+        checkpoint replaces the killed attempt's (purge_step hides it) instead of adding a copy.
+        The hparams are the run's, written once: their own writer has no purge_step, so a
+        resume that wrote them again would list the run twice."""
         if self._tb is None:
             return
         text = json.dumps(config, indent=1, default=str)
-        self._tb.add_text("config", "```\n" + text + "\n```", 0)
-        flat = {k: v for k, v in config.items() if isinstance(v, bool | int | float | str)}
-        self._tb.add_hparams(flat, {"hparam/placeholder": 0.0}, run_name="hparams")
+        step = self.resume_step + 1 if self.resume_step else 0
+        self._tb.add_text("config", "```\n" + text + "\n```", step)
+        hparams = Path(self._tb.log_dir) / "hparams"
+        if not any(hparams.glob("events.out.tfevents.*")):
+            flat = {k: v for k, v in config.items() if isinstance(v, bool | int | float | str)}
+            self._tb.add_hparams(flat, {"hparam/placeholder": 0.0}, run_name="hparams")
         self._tb.flush()
 
     def close(self) -> None:

@@ -143,15 +143,18 @@ def test_toy_run_killed_while_saving_a_checkpoint_logs_the_same_metrics(tmp_path
 def test_tensorboard_shows_the_rerun_not_the_killed_attempt(tmp_path, resume_step):
     """TensorBoard's events of a killed attempt after the resumed step are hidden, also when it
     was killed before its first checkpoint (resume step 0): each step shows one value."""
+    from tensorboard.backend.event_processing import plugin_event_accumulator
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from repackctl.train.logging import MetricsLogger
 
     killed = MetricsLogger(tmp_path)
+    killed.config({"lr": 1.0})
     for s in (1, 2, 3):
         killed.log({"step": s, "loss": float(s)})
     killed.close()
     rerun = MetricsLogger(tmp_path, resume_step=resume_step)
+    rerun.config({"lr": 2.0})
     for s in range(resume_step + 1, 4):
         rerun.log({"step": s, "loss": 10.0 + s})
     rerun.close()
@@ -163,3 +166,14 @@ def test_tensorboard_shows_the_rerun_not_the_killed_attempt(tmp_path, resume_ste
     assert [
         json.loads(x)["loss"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()
     ] == [v for _, v in seen]
+    # the config: the first attempt's at step 0 when its checkpoint was kept, and the rerun's at
+    # its first step; the killed attempt's is not shown twice, nor the run's hparams
+    # (text is read as TensorBoard's server reads it, which purges tensors too)
+    served = plugin_event_accumulator.EventAccumulator(str(tmp_path / "tb"))
+    served.Reload()
+    texts = [
+        (e.step, json.loads(e.tensor_proto.string_val[0].decode().strip("`\n"))["lr"])
+        for e in served.Tensors("config/text_summary")
+    ]
+    assert texts == ([(0, 1.0), (3, 2.0)] if resume_step else [(0, 2.0)])
+    assert len(list((tmp_path / "tb" / "hparams").glob("events.out.tfevents.*"))) == 1
