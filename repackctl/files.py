@@ -12,7 +12,6 @@ import errno
 import hashlib
 import json
 import os
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+
+from repackctl.temp_names import TEXT_TEMP, temp_parts
 
 # image files every reader of a folder accepts (image sources, samples and reference folders)
 IMAGE_EXTENSIONS = frozenset(
@@ -51,9 +52,8 @@ _SWEPT: set[tuple[int, str]] = set()
 
 
 def _is_text_temp(name: str) -> bool:
-    """``.tmp-<name>.<pid>``: a temporary of :func:`write_text_atomic` (its form among
-    :data:`_TMP_PATTERNS`)."""
-    return _TEXT_TMP.match(name) is not None
+    """``.tmp-<name>.<pid>``: a temporary of :func:`write_text_atomic`."""
+    return TEXT_TEMP.fullmatch(name) is not None
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -177,23 +177,11 @@ def is_no_space(e: OSError) -> bool:
     return e.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
-# the temporary of write_text_atomic: .tmp-<name>.json.<pid>
-_TEXT_TMP = re.compile(r"^\.tmp-.+\.(\d+)$")
-# our temporary names, with the writer's pid: (pattern, group holding the pid)
-_TMP_PATTERNS = (
-    re.compile(r"^\..+\.(\d+)\.tmp$"),  # .000033.png.<pid>.tmp, .x.npy.<pid>.tmp
-    re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}\.tmp$"),  # .samples.npz.<pid>.<hex>.tmp
-    _TEXT_TMP,
-)
-
-
 def temp_writer_pid(name: str) -> int | None:
-    """The writer's pid when ``name`` is one of our temporary names, else None."""
-    for pattern in _TMP_PATTERNS:
-        m = pattern.match(name)
-        if m:
-            return int(m.group(1))
-    return None
+    """The writer's pid when ``name`` is one of our temporary names (:mod:`repackctl.temp_names`),
+    else None."""
+    parts = temp_parts(name)
+    return None if parts is None else parts[1]
 
 
 def pid_alive(pid: int) -> bool:

@@ -1,10 +1,10 @@
 """Names of the files repackctl writes into a run folder, and which paths there it did not write.
 
-Its own module, free of imports but ``repackctl.errors``, so that the engine
-(``repackctl.train``), the run listing (``repackctl.runs``) and the settings layer (which
-imports it without torch) share one definition without importing each other. ``runs rm``
-refuses a run that holds a path :func:`foreign_paths` finds; a new run refuses a folder
-that holds one (:func:`check_new_run_folder`).
+Its own module, free of imports but ``repackctl.errors`` and ``repackctl.temp_names``, so that
+the engine (``repackctl.train``), the run listing (``repackctl.runs``) and the settings layer
+(which imports it without torch) share one definition without importing each other. ``runs rm``
+refuses a run that holds a path :func:`foreign_paths` finds; a new run refuses a folder that
+holds one (:func:`check_new_run_folder`).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from repackctl.errors import ConfigError, name_items
+from repackctl.temp_names import temp_targets
 
 CONFIG_HISTORY = "config_history.jsonl"  # a run's replaced configs and allowed changes
 # the sha256 of config.json's own content (:func:`json_sha256`), a key of it; configs written
@@ -60,24 +61,8 @@ WEIGHTS_NAME = re.compile(r"[\w-]+\.safetensors|optim\.pt")
 # the stage's log lines, the pack stage's PCA, the DiT's sampling defaults, the training lock,
 # and the temporary of the engine's first config.json
 STARTING_PATH = re.compile(r"log\.txt|pca\.json|sampling\.json|train\.lock|\.tmp-config\.json\.\d+")
-# repackctl's temporary file names (``repackctl.files``), which a killed writer leaves; the group
-# of each is the name of the file it becomes. A temporary counts as ours where that file would.
-TEMP_FORMS = (
-    re.compile(r"\.tmp-(.+)\.\d+"),  # write_text_atomic: .tmp-<name>.<pid>
-    re.compile(r"\.tmp-(.+)"),  # .tmp-curves.png (repackctl.train.logging)
-    re.compile(r"\.(.+)\.\d+\.tmp"),  # write_png_atomic, write_npy_atomic: .<name>.<pid>.tmp
-    re.compile(r"\.(.+)\.\d+\.[0-9a-f]{8}\.tmp"),  # metrics.frechet.atomic_path
-    re.compile(r"\.(.+)\.tmp"),  # .prompts.txt.tmp, .latents.npy.tmp (sample folders)
-)
 # the name a run folder has while `runs rm` or `demo --fresh` deletes it (``repackctl.runs``)
 REMOVING = ".removing-"
-
-
-def temp_targets(name: str) -> list[str]:
-    """The names of the files that ``name`` can be a temporary of (:data:`TEMP_FORMS`); none
-    when it is no temporary name."""
-    found = [m.group(1) for form in TEMP_FORMS if (m := form.fullmatch(name))]
-    return [t for t in found if t not in (".", "..")]
 
 
 def _listed_files(ckpt: Path, states: dict[Path, set[str] | None]) -> set[str] | None:
@@ -153,9 +138,9 @@ def foreign_paths(
 ) -> list[Path]:
     """The paths below ``folder`` that repackctl did not write there: files whose path relative to
     ``folder`` ``known`` does not match (nor that of the file they are a temporary of,
-    :data:`TEMP_FORMS`), links, special files and folders that cannot be read, and, with
-    ``marker``, files but temporaries of a first-level folder that does not hold that file (a
-    samples root: each folder holds its settings file).
+    :data:`repackctl.temp_names.TEMP_FORMS`), links, special files and folders that cannot be
+    read, and, with ``marker``, files but temporaries of a first-level folder that does not hold
+    that file (a samples root: each folder holds its settings file).
 
     With :data:`RUN_PATH` (a run folder) the check is exact: a folder no run holds
     (:data:`RUN_DIR`) is named itself, and a checkpoint folder's files are checked against its

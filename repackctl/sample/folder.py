@@ -45,7 +45,6 @@ from repackctl.files import (
     remove_stale_temp_files,
     sha256_file,
     sha256_file_cached,
-    temp_writer_pid,
     write_json_atomic,
     write_npy_atomic,
     write_png_atomic,
@@ -59,6 +58,7 @@ from repackctl.paths import (
 )
 from repackctl.run_lock import SAMPLES_LOCK, lock_samples
 from repackctl.sample.plan import GenerationPlan, label_classes
+from repackctl.temp_names import temp_parts
 
 
 def png_path(folder: Path, index: int) -> Path:
@@ -334,22 +334,12 @@ _FOLDER_FILES = re.compile(
     r"|prompts\.txt|adherence\.json|metrics\.json|\.sample\.lock"
 )
 _LATENT_FILES = re.compile(r"\d{6}\.npy|written-\d{6}-\d{6}\.json")
-_TEMP_FORMS = (  # repackctl.files: .<name>.<pid>.tmp, .<name>.<pid>.<hex>.tmp, .tmp-<name>.<pid>
-    re.compile(r"\.(.+)\.\d+\.tmp"),
-    re.compile(r"\.(.+)\.\d+\.[0-9a-f]{8}\.tmp"),
-    re.compile(r"\.tmp-(.+)\.\d+"),
-)
 
 
 def _our_temp(name: str, targets: re.Pattern[str]) -> bool:
     """Whether ``name`` is a temporary of one of the files ``targets`` names."""
-    if temp_writer_pid(name) is None:
-        return False
-    for form in _TEMP_FORMS:
-        m = form.fullmatch(name)
-        if m and targets.fullmatch(m.group(1)):
-            return True
-    return False
+    parts = temp_parts(name)
+    return parts is not None and targets.fullmatch(parts[0]) is not None
 
 
 def remove_latents_dir(lat_dir: Path) -> None:

@@ -1,0 +1,45 @@
+"""The names of repackctl's temporary files: one table for every reader of them.
+
+A write goes through a temporary beside its target and a rename (``repackctl.files``,
+``repackctl.metrics.frechet.atomic_path``), so a killed writer leaves a temporary. Three readers
+need to know these names: the sweeps that remove a dead writer's temporaries (the writer's pid),
+the run-folder check that tells repackctl's files from a user's (the file a temporary becomes,
+``repackctl.run_files``) and the samples folder's sweep (both). Free of imports, so that the
+settings layer, which loads ``repackctl.run_files`` without torch, can use it.
+"""
+
+from __future__ import annotations
+
+import re
+
+#: Each form names the file the temporary becomes (``name``) and, but for two forms written
+#: without one, the writer's pid (``pid``). The more specific form comes first: a temporary of
+#: ``atomic_path`` whose eight hex digits happen to be decimal ones also fits
+#: ``.<name>.<pid>.tmp``, which would read those digits as the pid (a live writer's temporary
+#: taken for a dead one's).
+TEMP_FORMS = (
+    re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp"),  # frechet.atomic_path
+    re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)\.tmp"),  # write_png_atomic, write_npy_atomic
+    re.compile(r"\.tmp-(?P<name>.+)\.(?P<pid>\d+)"),  # write_text_atomic
+    re.compile(r"\.tmp-(?P<name>.+)"),  # .tmp-curves.png (repackctl.train.logging)
+    re.compile(r"\.(?P<name>.+)\.tmp"),  # .prompts.txt.tmp, .latents.npy.tmp (sample folders)
+)
+#: the form of ``write_text_atomic``'s temporaries, ``.tmp-<name>.<pid>``
+TEXT_TEMP = TEMP_FORMS[2]
+
+
+def temp_parts(name: str) -> tuple[str, int] | None:
+    """``(the file it becomes, the writer's pid)`` when ``name`` is one of our temporary names
+    that carries a pid (the first form of :data:`TEMP_FORMS` that fits), else None."""
+    for form in TEMP_FORMS:
+        m = form.fullmatch(name)
+        if m is not None and m.groupdict().get("pid") is not None:
+            return m.group("name"), int(m.group("pid"))
+    return None
+
+
+def temp_targets(name: str) -> list[str]:
+    """The names of the files that ``name`` can be a temporary of (every form of
+    :data:`TEMP_FORMS` that fits, with or without a pid); none when it is no temporary name."""
+    found = [m.group("name") for form in TEMP_FORMS if (m := form.fullmatch(name))]
+    return [t for t in found if t not in (".", "..")]
