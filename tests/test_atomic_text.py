@@ -5,6 +5,7 @@ for the demos' report.md): a write that fails half-way keeps the previous report
 from __future__ import annotations
 
 import pytest
+from support.kill import dead_pid
 
 from repackctl.files import write_text_atomic
 
@@ -20,22 +21,13 @@ def test_a_failed_write_keeps_the_previous_text_whole(tmp_path):
     assert path.read_text(encoding="utf-8") != "# report\n\nold figures, ü\n"  # what it replaced
 
 
-def _dead_pid() -> int:
-    import subprocess
-    import sys
-
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
-
-
 def test_a_killed_writers_temporaries_are_removed_and_no_other_file(tmp_path):
     """A kill before the rename left ``.tmp-<name>.<pid>`` for good (recon/probe reports, the
     demo's plan.json, report.md, metrics.json): the next write into that folder removes those
     of dead writers. A failed write removes its own."""
     import os
 
-    dead = _dead_pid()
+    dead = dead_pid()
     path = tmp_path / "plan.json"
     stale = [tmp_path / f".tmp-plan.json.{dead}", tmp_path / f".tmp-report.md.{dead}"]
     kept = [

@@ -9,27 +9,17 @@ looked like a dead one's, and the next writer of the same statistics file delete
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
+
+from support.kill import dead_pid
 
 from repackctl.metrics.frechet import remove_stale_temporaries
 from repackctl.temp_names import temp_parts, temp_targets
 
 
-def _dead_pid() -> int:
-    proc = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        text=True,
-        capture_output=True,
-        check=True,
-    )
-    return int(proc.stdout)
-
-
 def test_a_live_writers_all_digit_temporary_is_kept_and_a_dead_ones_removed(tmp_path) -> None:
     live = tmp_path / f".ref.npz.{os.getpid()}.12345678.tmp"
-    dead = tmp_path / f".ref.npz.{_dead_pid()}.0badf00d.tmp"
-    other = tmp_path / f".other.npz.{_dead_pid()}.0badf00d.tmp"  # another target's
+    dead = tmp_path / f".ref.npz.{dead_pid()}.0badf00d.tmp"
+    other = tmp_path / f".other.npz.{dead_pid()}.0badf00d.tmp"  # another target's
     for p in (live, dead, other):
         p.write_bytes(b"x")
     assert remove_stale_temporaries(tmp_path / "ref.npz") == [dead]

@@ -1,5 +1,6 @@
 """A real `repackctl` subprocess killed (SIGKILL) once it has written some of its sample PNGs:
-the crash half of the crash/resume tests of sampling and evaluation."""
+the crash half of the crash/resume tests of sampling and evaluation; and the pid of a process
+that has exited, for the temporaries a killed writer leaves."""
 
 from __future__ import annotations
 
@@ -26,3 +27,10 @@ def kill_after_pngs(
         time.sleep(poll)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+
+
+def dead_pid() -> int:
+    """The pid of a process that ran and has exited (reaped): no process has it now."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid

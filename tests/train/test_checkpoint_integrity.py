@@ -19,6 +19,7 @@ import pytest
 import torch
 from support import train_toy_script as toy
 from support.ckpt_state import write_state
+from support.kill import dead_pid
 from support.stack import LATENT, _settings, make_dit_run, shared_stack
 from typer.testing import CliRunner
 
@@ -271,22 +272,10 @@ def test_read_only_root_is_a_clean_error(tmp_path) -> None:
 # --------------------------------------------------------------------------- samples folders
 
 
-def _dead_pid() -> int:
-    pid = 4_000_000
-    while True:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return pid
-        except OSError:
-            pass
-        pid += 1
-
-
 def test_claim_removes_only_our_stale_temporaries(tmp_path) -> None:
     folder = tmp_path / "samples"
     claim_folder(folder, {"a": 1})
-    dead, alive = _dead_pid(), os.getpid()
+    dead, alive = dead_pid(), os.getpid()
     (folder / "latents").mkdir()
     stale = [
         folder / f".000033.png.{dead}.tmp",
