@@ -380,6 +380,7 @@ def run_pack_encode(
     dist.barrier()
     if stats is None:
         stats = grp.attrs.get("stats")
+    written, already, seconds = dist.job_totals(written, already, seconds)  # not rank 0's share
     return EncodeResult(
         entry=entry.name,
         pack_id=handle.pack_id,

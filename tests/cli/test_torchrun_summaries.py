@@ -1,6 +1,7 @@
 """The summary a command prints under two processes (torchrun's environment) counts the whole
-job, not rank 0's share: `extract`, `sample` and `refine apply` run for real in two workers
-(``support.launch.start_two``), and the table rank 0 prints must add up to the files on disk.
+job, not rank 0's share: `extract`, `pack encode`, `sample` and `refine apply` run for real in two
+workers (``support.launch.start_two``), and the table rank 0 prints must add up to the files on
+disk.
 `extract` also prints the decode warnings of both workers.
 
 (`captions` under two processes: tests/cache/test_t2i_cache.py, whose two-worker run checks its
@@ -18,7 +19,7 @@ import pytest
 from conftest import subprocess_env
 from PIL import Image
 from support.launch import start_two
-from support.stack import save_refiner_run, shared_stack
+from support.stack import build_stack, save_refiner_run, shared_stack
 
 from repackctl.cache.store import WRITTEN, DatasetEntry, list_entries
 
@@ -94,6 +95,19 @@ def test_extract_prints_the_decode_warnings_of_every_process(tmp_path) -> None:
     warned = re.findall(r"Warning: ([ab]/7\.jpg): DecompressionBombWarning: Image size", rank0)
     assert sorted(warned) == ["a/7.jpg", "b/7.jpg"], stderr  # both workers' warnings, once
     assert "DecompressionBomb" not in rank1, stderr
+
+
+@pytest.mark.slow
+def test_pack_encode_prints_the_jobs_counts(tmp_path) -> None:
+    stack = build_stack(tmp_path / "stack")  # 16 images in shards of 8, a pack run
+    env = subprocess_env(tmp_path, REPACKCTL_CACHE=stack["cache"], REPACKCTL_RUNS=stack["runs"])
+    args = ["pack", "encode", "--run", "pack-tiny", *CPU]
+    stdout = _two(args, env)
+    assert int(_row(stdout, "written now")) == 16, stdout  # each worker encoded its shard of 8
+    assert int(_row(stdout, "already done")) == 0, stdout
+    stdout = _two(args, env)
+    assert int(_row(stdout, "written now")) == 0, stdout
+    assert int(_row(stdout, "already done")) == 16, stdout
 
 
 @pytest.mark.slow
