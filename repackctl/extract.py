@@ -43,6 +43,7 @@ from repackctl.cache.store import (
     PENDING,
     SKIP_REASONS,
     WRITTEN,
+    ArrayGroup,
     DatasetEntry,
     list_entries,
     owned_ranges,
@@ -57,7 +58,7 @@ from repackctl.encoders.load import make_encoder
 from repackctl.errors import ConfigError, DataError
 from repackctl.files import die_with_parent
 from repackctl.paths import entry_name
-from repackctl.progress import ProgressFactory, null_progress
+from repackctl.progress import ProgressBar, ProgressFactory, null_progress
 from repackctl.runtime import (
     DistInfo,
     amp_autocast,
@@ -429,7 +430,16 @@ class _ShardWriter:
                 clss.append(cls.float().half())
         return torch.stack(toks, 1).cpu().numpy(), torch.stack(clss, 1).cpu().numpy()
 
-    def add(self, rng: range, idx: np.ndarray, imgs, codes, labels, keys, bar) -> None:
+    def add(
+        self,
+        rng: range,
+        idx: np.ndarray,
+        imgs: np.ndarray,
+        codes: np.ndarray,
+        labels: np.ndarray,
+        keys: list[str],
+        bar: ProgressBar,
+    ) -> None:
         """Encode one batch of shard ``rng`` into the buffer; write the shard when complete."""
         if self.buf is None:
             self.buf = self._new_buffer(len(rng))
@@ -449,7 +459,7 @@ class _ShardWriter:
         if int(idx[-1]) + 1 == rng.stop:
             self._submit(rng, bar)
 
-    def _submit(self, rng: range, bar) -> None:
+    def _submit(self, rng: range, bar: ProgressBar) -> None:
         """Hand the complete shard to the writer thread (after the previous one is written)."""
         self.flush()
         buf, self.buf = self.buf, None
@@ -502,7 +512,7 @@ def _encode_pending(
     pending: list[range],
     shards: _ShardBatches,
     workers: int,
-    bar,
+    bar: ProgressBar,
 ) -> list[tuple[str, str]]:
     """Decode, encode and write this process's pending shards; return decode warnings."""
     found: list[tuple[str, str]] = []
@@ -627,7 +637,7 @@ def _releasing(locks: ShardLocks) -> Iterator[None]:
         locks.release_all()
 
 
-def _finalize(entry: DatasetEntry, feats, write: bool) -> list[tuple[str, str]]:
+def _finalize(entry: DatasetEntry, feats: ArrayGroup, write: bool) -> list[tuple[str, str]]:
     """Record counts and the skipped inputs in the attributes (rank 0 only writes)."""
     codes = entry.done[:]
     bad = np.flatnonzero(codes >= 2)

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -37,6 +37,13 @@ from repackctl.run_files import RUN_PATH, STARTING_PATH, foreign_paths
 from repackctl.run_lock import lock_holder, lock_pipeline
 from repackctl.runs import finish_removing, is_run, move_and_delete, removing_folder
 from repackctl.settings import ResolvedSettings, Settings, resolve_settings
+
+if TYPE_CHECKING:
+    from repackctl.cache.store import DatasetEntry
+    from repackctl.dit.run import DiTTrainResult
+    from repackctl.dit.t2i_run import T2ITrainResult
+    from repackctl.evaluate.adherence import AdherenceResult
+    from repackctl.pack.load import PackHandle
 
 __all__ = [
     "CACHE_DIR",
@@ -499,7 +506,7 @@ class Pipeline:
         self.features = r.features
         return r.written == 0, f"{r.entry}: {r.n} images, features {r.tokens_shape}"
 
-    def entry(self, split: str):
+    def entry(self, split: str) -> DatasetEntry:
         """The cache entry of an extracted split."""
         from repackctl.cache.store import DatasetEntry
 
@@ -545,7 +552,7 @@ class Pipeline:
         detail = f"latents {r.latent_shape} in {r.entry}/latents/{r.pack_id}"
         return r.written == 0, detail, r.pack_id
 
-    def pack_handle(self, run: str):
+    def pack_handle(self, run: str) -> PackHandle:
         """The loaded pack run ``run`` (model + metadata)."""
         from repackctl.pack.load import load_pack
 
@@ -570,7 +577,7 @@ class Pipeline:
         resolved = self.resolved(flags)
         return train_fn(resolved.settings, self.progress, config_record=resolved.to_dict())
 
-    def dit_train(self, name: str, steps: int, **flags: Any):
+    def dit_train(self, name: str, steps: int, **flags: Any) -> DiTTrainResult:
         """``repackctl train dit`` as run ``name`` (``flags``: dit settings); its result."""
         from repackctl.dit.run import train_dit
 
@@ -606,7 +613,7 @@ class Pipeline:
         detail = f"{r.captions} captions of {r.n} images → text/{r.text_id}"
         return r.written == 0, detail
 
-    def t2i_train(self, name: str, steps: int, **flags: Any):
+    def t2i_train(self, name: str, steps: int, **flags: Any) -> T2ITrainResult:
         """``repackctl train t2i`` as run ``name`` (``flags``: t2i settings); its result."""
         from repackctl.dit.t2i_run import train_t2i
 
@@ -632,7 +639,7 @@ class Pipeline:
         asked = [card["prompts"][k] for k in card["prompt_ids"]]
         return images, asked, res.out_dir, res.written == 0
 
-    def adherence(self, folder: Path, steps: int, val: str | None = None):
+    def adherence(self, folder: Path, steps: int, val: str | None = None) -> AdherenceResult:
         """``repackctl evaluate adherence`` of a t2i samples folder: its ``AdherenceResult``
         (scores also written to ``adherence.json`` there, and the classifiers); ``val``: a
         split whose real images the same classifiers are also scored on."""

@@ -26,13 +26,17 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from repackctl.bench.common import BenchContext, Row, measure, scratch_space, timed_row
 from repackctl.data.cached import CachedRows
+
+if TYPE_CHECKING:
+    from repackctl.dit.task import DiTTask
+    from repackctl.train import Trainer
 
 #: model id, latent channels, latent side, batch, peak-matmul side, REPA token width, and the
 #: cached caption features of a text-conditioned model: tokens per caption × width (tiny: the
@@ -139,7 +143,7 @@ def build_trainer(
     compile_: bool = False,
     precision: str | None = None,
     repa: bool = True,
-):
+) -> tuple[Trainer, DiTTask]:
     """The ``train dit`` task and Trainer of the default settings for the shape ``p``.
 
     ``p`` holds ``model`` (a registered id), ``channels``, ``side``, ``batch``, ``token_dim``

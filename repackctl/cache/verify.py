@@ -81,7 +81,7 @@ class EntryInfo:
         ]
 
 
-def _nbytes(group) -> int:
+def _nbytes(group: zarr.Group) -> int:
     """Stored bytes of the arrays below ``group``; a child whose metadata cannot be read (see
     ``EntryInfo.damaged``) counts nothing."""
     total = 0
@@ -135,7 +135,7 @@ def describe_entry(entry: DatasetEntry) -> EntryInfo:
     return info
 
 
-def _scan_finite(arr, done: np.ndarray, block: int) -> int:
+def _scan_finite(arr: zarr.Array, done: np.ndarray, block: int) -> int:
     """Number of written samples with a NaN/inf, reading chunk-aligned blocks."""
     bad = 0
     for lo in range(0, arr.shape[0], block):

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from repackctl.cli.common import console, err_console, rich_progress
 from repackctl.cli.options import settings_command
 from repackctl.settings import ResolvedSettings
+
+if TYPE_CHECKING:
+    from repackctl.bench.common import BenchResult
 
 NAMES = ("kernels", "cache", "extract", "train", "sample", "all")
 HELP = {
@@ -38,7 +41,7 @@ FIELDS = {
 }
 
 
-def _table(result) -> object:
+def _table(result: BenchResult) -> object:
     from rich.table import Table
 
     table = Table(title=f"benchmark {result.name} ({result.size})")

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -34,11 +34,15 @@ from rich.table import Column, Table
 from repackctl.errors import RepackError, debug_requested
 from repackctl.progress import (
     ProgressBar,
+    ProgressFactory,
     format_fields,
     format_rate,
     log_progress,
     set_log_every_s,
 )
+
+if TYPE_CHECKING:
+    from repackctl.settings import ResolvedSettings
 
 console = Console()
 err_console = Console(stderr=True)
@@ -157,7 +161,7 @@ def handle_errors(fn: Callable) -> Callable:
     return wrapper
 
 
-def resolve(config: str | None, flags: dict[str, Any]):
+def resolve(config: str | None, flags: dict[str, Any]) -> ResolvedSettings:
     """Resolve settings from the layers; ``flags`` holds dotted keys of flags actually given."""
     from repackctl.settings import resolve_settings
 
@@ -216,7 +220,9 @@ def resumed_settings(resolved: Any, section: str) -> tuple[Any, Path | None]:
 RESUMABLE = ("dit", "t2i", "pack", "refine")
 
 
-def show_config(resolved, sections: tuple[str, ...], resumable: bool = False) -> None:
+def show_config(
+    resolved: ResolvedSettings, sections: tuple[str, ...], resumable: bool = False
+) -> None:
     """Print the resolved settings of the common keys and ``sections`` with their source; for a
     training command (``resumable``) whose run exists, the values its resume would use."""
     from repackctl.settings.checks import check_schedules
@@ -333,7 +339,7 @@ def note_line(message: str) -> str:
     return message if message.startswith("Warning:") else f"note: {message}"
 
 
-def rank_progress(main: bool):
+def rank_progress(main: bool) -> ProgressFactory:
     """The Rich bar on the main process; nothing on the others (one bar per job, not per rank)."""
     if main:
         return rich_progress

@@ -16,13 +16,16 @@ import os
 import types
 import typing
 from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from repackctl.cli.common import COMMON, handle_errors, show_config
+
+if TYPE_CHECKING:
+    from repackctl.settings import ResolvedSettings
 
 COMMON_PANEL = "Common"
 #: the common settings a command shows unless it names others
@@ -217,7 +220,7 @@ def settings_command(
     return decorate
 
 
-def resolve(config: str | None, given: dict[str, Any]):
+def resolve(config: str | None, given: dict[str, Any]) -> ResolvedSettings:
     """Resolve the settings layers; ``given`` holds dotted keys of the flags actually given."""
     from repackctl.progress import set_log_every_s
     from repackctl.settings import resolve_settings

@@ -18,7 +18,7 @@ from repackctl.paths import resolve_checkpoint_arg
 from repackctl.train import checkpoint as ckpt_io
 
 
-def load_dit_for_sampling(runs: str, run: str, checkpoint: str | None, which: str):
+def load_dit_for_sampling(runs: str, run: str, checkpoint: str | None, which: str) -> DiTHandle:
     """``load_dit`` on the folder that ``run`` (+ ``checkpoint``) resolves to, for sampling."""
     return load_dit(resolve_checkpoint_arg(runs, run, checkpoint), which=which)
 

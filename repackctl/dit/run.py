@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from repackctl.dit.task import build_task, dit_run_dir
 from repackctl.errors import ConfigError
@@ -42,6 +42,11 @@ from repackctl.settings.resume import check_new_run, keep_started_values, resume
 from repackctl.train.checkpoint import latest_checkpoint, read_state, restore_interrupted_resaves
 from repackctl.train.loop import TrainResult, train
 from repackctl.train.shown import shown_run
+
+if TYPE_CHECKING:
+    from repackctl.dit.task import DiTTask
+    from repackctl.settings import Settings
+    from repackctl.train.config import TrainConfig
 
 # --------------------------------------------------------------------------- official sampling
 
@@ -281,7 +286,7 @@ def official_sampling_file(run_dir: Path, preset: str | None) -> Iterator[None]:
 
 
 def train_dit(
-    settings, progress: ProgressFactory = null_progress, config_record: dict | None = None
+    settings: Settings, progress: ProgressFactory = null_progress, config_record: dict | None = None
 ) -> DiTTrainResult:
     """Train (or resume) a DiT on the packed latents the settings select.
 
@@ -289,7 +294,9 @@ def train_dit(
     ``repackctl.settings.resume`` (changes are printed, breaking ones refused).
     """
 
-    def build(resolved, sources=None):
+    def build(
+        resolved: Settings, sources: dict[str, str] | None = None
+    ) -> tuple[DiTTask, TrainConfig]:
         task, config = build_task(resolved, sources)
         record_latents(config_record, "dit", task.data.ref)
         return task, config
@@ -317,7 +324,7 @@ def record_latents(record: dict | None, section: str, ref: Any) -> None:
 
 
 def run_dit_train(
-    settings, progress: ProgressFactory = null_progress, config_record: dict | None = None
+    settings: Settings, progress: ProgressFactory = null_progress, config_record: dict | None = None
 ) -> Path:
     """Train (or resume) ``settings.dit``'s DiT; returns the run folder."""
     return train_dit(settings, progress, config_record).run_dir

@@ -7,10 +7,16 @@ The same engine, transport, REPA, EMA, checkpoints and bit-identical resume as `
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from repackctl.dit.run import DiTTrainResult, record_latents, resume_and_train
 from repackctl.dit.t2i_task import build_t2i_task, t2i_run_dir
 from repackctl.progress import ProgressFactory, null_progress
+
+if TYPE_CHECKING:
+    from repackctl.dit.t2i_task import T2ITask
+    from repackctl.settings import Settings
+    from repackctl.train.config import TrainConfig
 
 
 @dataclass
@@ -21,14 +27,16 @@ class T2ITrainResult(DiTTrainResult):
 
 
 def train_t2i(
-    settings, progress: ProgressFactory = null_progress, config_record: dict | None = None
+    settings: Settings, progress: ProgressFactory = null_progress, config_record: dict | None = None
 ) -> T2ITrainResult:
     """Train (or resume) the text-to-image MMDiT that ``settings.t2i`` describes.
 
     Resuming an existing run starts from the settings it was started with (as ``train dit``).
     """
 
-    def build(resolved, sources=None):
+    def build(
+        resolved: Settings, sources: dict[str, str] | None = None
+    ) -> tuple[T2ITask, TrainConfig]:
         task, config = build_t2i_task(resolved, sources)
         record_text_group(config_record, task.data.text_id)
         record_latents(config_record, "t2i", task.data.ref)

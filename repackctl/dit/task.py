@@ -6,7 +6,7 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,6 +26,9 @@ from repackctl.train.sampler import MIN_BUFFER_BLOCKS
 from repackctl.transport.interpolant import interpolate, velocity_target
 from repackctl.transport.loss import COS_NORM_FLOOR, velocity_loss
 from repackctl.transport.timesteps import TimeSampler
+
+if TYPE_CHECKING:
+    from repackctl.settings import Settings
 
 
 @dataclass
@@ -297,7 +300,9 @@ class DiTTask:
         pixels = ((img + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
         return pixels.permute(0, 2, 3, 1).numpy()  # (B, H, W, 3)
 
-    def on_images(self, modules, ema_module, step: int, run_dir: Path) -> Path:
+    def on_images(
+        self, modules: dict[str, nn.Module], ema_module: nn.Module, step: int, run_dir: Path
+    ) -> Path:
         return self.sample_grid(ema_module, step, Path(run_dir))
 
 
@@ -433,7 +438,7 @@ def repa_hidden_default(width: int) -> int:
     return 2048 if width >= 256 else 4 * width
 
 
-def build_spec(settings, model_id: str) -> DiTSpec:
+def build_spec(settings: Settings, model_id: str) -> DiTSpec:
     """The model, transport and REPA recipe of the resolved ``train`` settings."""
     s = settings.dit
     return DiTSpec(
@@ -461,7 +466,7 @@ def build_spec(settings, model_id: str) -> DiTSpec:
     )
 
 
-def dit_run_dir(settings) -> Path:
+def dit_run_dir(settings: Settings) -> Path:
     """``runs/<name>``, the name defaulting to ``dit-<model id>``."""
     s = settings.dit
     return make_run_dir(settings.runs, s.name or f"dit-{model_id_of(s)}")
@@ -499,7 +504,9 @@ def check_pack_run(runs: str, pack_run: str | None) -> None:
         )
 
 
-def build_task(settings, sources: dict[str, str] | None = None) -> tuple[DiTTask, TrainConfig]:
+def build_task(
+    settings: Settings, sources: dict[str, str] | None = None
+) -> tuple[DiTTask, TrainConfig]:
     """The task and engine config of the resolved settings (no training yet).
 
     ``sources`` is the settings provenance; it ranks the precision against the launcher's.

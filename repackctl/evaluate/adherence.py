@@ -288,7 +288,12 @@ def predict(net: AttributeNet, images: np.ndarray, device: torch.device) -> tupl
 
 
 def train_classifier(
-    images: np.ndarray, shapes: np.ndarray, colours: np.ndarray, steps: int, seed: int, device
+    images: np.ndarray,
+    shapes: np.ndarray,
+    colours: np.ndarray,
+    steps: int,
+    seed: int,
+    device: torch.device,
 ) -> tuple[AttributeNet, dict[str, float]]:
     """Train on 90 % of the real images (random flips); accuracy on the held-out 10 %, with how
     many images each side had (``train_images``, ``held_out``: a figure on 6 images is no
@@ -329,7 +334,12 @@ _TRAINED: dict[tuple, tuple[AttributeNet, dict[str, float]]] = {}
 
 
 def trained_classifier(
-    images: np.ndarray, shapes: np.ndarray, colours: np.ndarray, steps: int, seed: int, device
+    images: np.ndarray,
+    shapes: np.ndarray,
+    colours: np.ndarray,
+    steps: int,
+    seed: int,
+    device: torch.device,
 ) -> tuple[AttributeNet, dict[str, float]]:
     """``train_classifier``, once per process for the same inputs: the key holds a sha256 of
     the images and labels, the steps, seed, device and thread count (which can change the
@@ -529,7 +539,7 @@ def run_adherence(
     cache: str | None,
     steps: int,
     seed: int,
-    device,
+    device: torch.device,
     real_val: str | None = None,
 ) -> AdherenceResult:
     """Score a t2i samples folder; write ``adherence.json`` beside it (atomically, with the

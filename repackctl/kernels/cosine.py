@@ -16,6 +16,8 @@ Reference: ``repackctl.kernels.reference.cosine_loss``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -29,8 +31,8 @@ except Exception:  # noqa: BLE001
 
 
 def _cos_kernel(
-    p_ptr, t_ptr, g_ptr, out_ptr, dp_ptr, dt_ptr, T, C, floor, eps,
-    spb, spt, spc, stb, stt, stc, sdpb, sdpt, sdpc, sdtb, sdtt, sdtc,
+    p_ptr, t_ptr, g_ptr, out_ptr, dp_ptr, dt_ptr, T, C, floor, eps,  # noqa: ANN001
+    spb, spt, spc, stb, stt, stc, sdpb, sdpt, sdpc, sdtb, sdtt, sdtc,  # noqa: ANN001
     FLOORED: tl.constexpr, BACKWARD: tl.constexpr, NEED_DT: tl.constexpr, BT: tl.constexpr,
     BC: tl.constexpr,
 ):  # fmt: skip
@@ -97,7 +99,9 @@ def _launch(
 
 class _CosineLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, p, t, floor, eps):  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx: Any, p: Tensor, t: Tensor, floor: float | None, eps: float
+    ) -> Tensor:
         b, n_tok, _ = p.shape  # p, t: (B, T, C) views, any strides
         out = torch.empty((b, n_tok), device=p.device, dtype=torch.float32)  # (B, T)
         _launch(p, t, out, out, p, t, floor, eps, backward=False)
@@ -106,7 +110,9 @@ class _CosineLoss(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, g):  # type: ignore[override]
+    def backward(  # type: ignore[override]
+        ctx: Any, g: Tensor
+    ) -> tuple[Tensor, Tensor | None, None, None]:
         p, t = ctx.saved_tensors
         dp = torch.empty_like(p)  # (B, T, C), p's strides when p is dense
         need_dt = ctx.needs_input_grad[1]

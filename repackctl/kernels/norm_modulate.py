@@ -13,6 +13,8 @@ attribute ``repackctl.kernels.rmsnorm_modulate`` from the public function to the
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -25,7 +27,7 @@ except Exception:  # noqa: BLE001
 
 
 def _fwd_kernel(
-    x_ptr, w_ptr, shift_ptr, scale_ptr, y_ptr, T, D, eps,
+    x_ptr, w_ptr, shift_ptr, scale_ptr, y_ptr, T, D, eps,  # noqa: ANN001
     HAS_W: tl.constexpr, HAS_SHIFT: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr,
 ):  # fmt: skip
     b = tl.program_id(0)
@@ -48,7 +50,8 @@ def _fwd_kernel(
 
 
 def _bwd_kernel(
-    x_ptr, w_ptr, scale_ptr, g_ptr, dx_ptr, dw_ptr, dscale_ptr, dshift_ptr, T, D, eps,
+    x_ptr, w_ptr, scale_ptr, g_ptr, dx_ptr, dw_ptr, dscale_ptr, dshift_ptr,  # noqa: ANN001
+    T, D, eps,  # noqa: ANN001
     HAS_W: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr,
 ):  # fmt: skip
     b = tl.program_id(0)
@@ -86,7 +89,14 @@ def _blocks(t: int, d: int) -> tuple[int, int, int]:
 
 class _RMSNormModulate(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, shift, scale, eps):  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        x: Tensor,
+        weight: Tensor | None,
+        shift: Tensor | None,
+        scale: Tensor,
+        eps: float,
+    ) -> Tensor:
         b, t, d = x.shape
         x = x.contiguous()  # (B, T, D)
         scale = scale.contiguous()  # (B, D)
@@ -108,7 +118,9 @@ class _RMSNormModulate(torch.autograd.Function):
         return y
 
     @staticmethod
-    def backward(ctx, g):  # type: ignore[override]
+    def backward(  # type: ignore[override]
+        ctx: Any, g: Tensor
+    ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor, None]:
         x, weight, scale = ctx.saved_tensors
         b, t, d = x.shape
         bt, bd, tiles = _blocks(t, d)

@@ -11,6 +11,8 @@ Reference: ``repackctl.kernels.reference.rope_2d``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -24,7 +26,7 @@ except Exception:  # noqa: BLE001
 
 
 def _rope_kernel(
-    x_ptr, cos_ptr, sin_ptr, y_ptr, H, T, DH, sxb, sxh, sxt,
+    x_ptr, cos_ptr, sin_ptr, y_ptr, H, T, DH, sxb, sxh, sxt,  # noqa: ANN001
     BACKWARD: tl.constexpr, BT: tl.constexpr, BP: tl.constexpr,
 ):  # fmt: skip
     bh = tl.program_id(0)
@@ -68,12 +70,12 @@ def _launch(x: Tensor, cos: Tensor, sin: Tensor, backward: bool) -> Tensor:
 
 class _Rope2d(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, cos, sin):  # type: ignore[override]
+    def forward(ctx: Any, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(cos, sin)
         return _launch(x, cos, sin, backward=False)
 
     @staticmethod
-    def backward(ctx, g):  # type: ignore[override]
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
         cos, sin = ctx.saved_tensors
         return _launch(g, cos, sin, backward=True), None, None
 

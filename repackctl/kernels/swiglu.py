@@ -10,6 +10,8 @@ Reference: ``repackctl.kernels.reference.swiglu_gate``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -25,7 +27,7 @@ BLOCK = 1024  # elements of the (N, F) output per program
 
 
 def _gate_kernel(
-    x_ptr, g_ptr, y_ptr, N, F, BACKWARD: tl.constexpr, BLOCK: tl.constexpr
+    x_ptr, g_ptr, y_ptr, N, F, BACKWARD: tl.constexpr, BLOCK: tl.constexpr  # noqa: ANN001
 ):  # fmt: skip
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)  # (BLOCK,) flat index in (N, F)
     mask = offs < N * F
@@ -47,7 +49,7 @@ def _gate_kernel(
 
 class _SwiGLUGate(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x12):  # type: ignore[override]
+    def forward(ctx: Any, x12: Tensor) -> Tensor:  # type: ignore[override]
         x12 = x12.contiguous()  # (..., 2F)
         f = x12.shape[-1] // 2
         n = x12.numel() // (2 * f)
@@ -59,7 +61,7 @@ class _SwiGLUGate(torch.autograd.Function):
         return y
 
     @staticmethod
-    def backward(ctx, g):  # type: ignore[override]
+    def backward(ctx: Any, g: Tensor) -> Tensor:  # type: ignore[override]
         (x12,) = ctx.saved_tensors
         f = x12.shape[-1] // 2
         n = x12.numel() // (2 * f)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -158,7 +159,9 @@ def train_judge(
 
 
 @torch.no_grad()
-def _batches(judge: Judge, images: np.ndarray, batch: int, fn) -> np.ndarray:
+def _batches(
+    judge: Judge, images: np.ndarray, batch: int, fn: Callable[[torch.Tensor], torch.Tensor]
+) -> np.ndarray:
     out = [fn(_to_model(images[i : i + batch])) for i in range(0, len(images), batch)]
     return torch.cat(out).numpy()
 

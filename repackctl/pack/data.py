@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -419,7 +420,9 @@ class PackData(CachedRows):
             "flip": torch.from_numpy(flip),
         }
 
-    def token_blocks(self, max_samples: int | None = None, block: int = 256):
+    def token_blocks(
+        self, max_samples: int | None = None, block: int = 256
+    ) -> Iterator[np.ndarray]:
         """Yield token arrays (b, F, T, C) float16 of up to ``max_samples`` valid samples, spread
         evenly over the entry in chunk-aligned runs, always in the same order (for the PCA)."""
         n = len(self.indices)

@@ -31,7 +31,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -61,6 +61,9 @@ from repackctl.progress import ProgressFactory, null_progress
 from repackctl.runs import chained_run
 from repackctl.runtime import DistInfo, resolve_device
 from repackctl.settings import Settings
+
+if TYPE_CHECKING:
+    import zarr
 
 ENCODER_KEYS = ("encoder", "weights", "layer")
 SOURCE_KEYS = ("data", "resolution", "num")
@@ -218,7 +221,7 @@ def _create_group(
     }
     shards = -(-entry.n // entry.shard)
 
-    def build(group) -> None:  # every array exists before the group counts as created
+    def build(group: zarr.Group) -> None:  # every array exists before the group counts as created
         entry.add_sample_array(group, "mean", sample_shape, "float16")
         entry.add_sample_array(group, "std", sample_shape, "float16")
         # one chunk per shard row: each writer touches only its own files

@@ -38,7 +38,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -75,6 +75,9 @@ from repackctl.progress import LOG_FILE, ProgressFactory, null_progress, with_lo
 from repackctl.run_lock import lock_run, released_after
 from repackctl.settings import Settings
 from repackctl.settings.pack import PRESETS, PackSettings
+
+if TYPE_CHECKING:
+    from repackctl.train import StepOutput
 
 # Token width from which an encoder counts as a DINO-class encoder (ViT-S has 384 channels).
 GRID_SAMPLES = 8  # images in the recon grid written every image_every steps (pack.grid_images)
@@ -431,7 +434,7 @@ class PackTask:
             batch["eps"] = torch.from_numpy(np.stack(eps))  # (B, d, h, w)
         return batch
 
-    def training_step(self, modules: dict[str, nn.Module], batch: dict, step: int):
+    def training_step(self, modules: dict[str, nn.Module], batch: dict, step: int) -> StepOutput:
         from repackctl.train import StepOutput
 
         model = modules["model"]

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from repackctl.cache.integrity import GuardedArray, repair_hint
-from repackctl.cache.store import WRITTEN, DatasetEntry
+from repackctl.cache.store import WRITTEN, ArrayGroup, DatasetEntry
 from repackctl.data.cached import (
     MEMORY_GB,
     CachedRows,
@@ -93,7 +93,7 @@ class RefineTask:
     def __init__(
         self,
         entry: DatasetEntry,
-        triplets,
+        triplets: ArrayGroup,
         refiner_config: RefinerConfig,
         disc_config: DiscriminatorConfig,
         weights: RefineLossWeights,
@@ -239,7 +239,9 @@ class RefineTask:
         disc = self.disc_config if self.weights.gan > 0 else None
         check_resume_extra(extra, self.pack_info["pack_id"], self.refiner_config, disc)
 
-    def on_images(self, modules, ema_module: nn.Module, step: int, run_dir: Path) -> Path:
+    def on_images(
+        self, modules: dict[str, nn.Module], ema_module: nn.Module, step: int, run_dir: Path
+    ) -> Path:
         """Rows of real / reconstruction / refined (EMA) images of the first samples."""
         from repackctl.files import to_uint8
         from repackctl.metrics.recon import save_grid

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -37,8 +38,14 @@ from repackctl.cache.creation import entry_writer
 from repackctl.cache.store import PENDING, WRITTEN, ArrayGroup, DatasetEntry, owned_ranges
 from repackctl.crash import crash_point
 from repackctl.errors import CacheError
-from repackctl.progress import ProgressFactory, null_progress
+from repackctl.progress import ProgressBar, ProgressFactory, null_progress
 from repackctl.runtime import DistInfo
+
+if TYPE_CHECKING:
+    import zarr
+
+    from repackctl.pack.autoencoder import PackAutoencoder
+    from repackctl.pack.load import PackHandle
 
 KIND = "triplets"
 TRIPLET_ARRAYS = ("latent", "recon", "done")
@@ -93,13 +100,13 @@ def open_triplets(entry: DatasetEntry, pack_id: str, noise: float) -> ArrayGroup
 def _open_triplets(
     entry: DatasetEntry,
     features_id: str,
-    pack,
+    pack: PackHandle,
     name: str,
     shapes: tuple[int, int, int],
     noise: float,
     seed: int,
     dist: DistInfo,
-):
+) -> ArrayGroup:
     """Create (rank 0, first) or open the triplet group; ``shapes`` is (flips, d, grid)."""
     flips, d, grid = shapes
     res = entry.resolution
@@ -113,7 +120,7 @@ def _open_triplets(
         "flips": int(flips),
     }
 
-    def build(group) -> None:  # every array exists before the group counts as created
+    def build(group: zarr.Group) -> None:  # every array exists before the group counts as created
         entry.add_sample_array(group, "latent", (flips, d, grid, grid), "float32")
         entry.add_sample_array(group, "recon", (flips, res, res, 3), "uint8")
         # informational only: pack_id (run, step, weights hash) is what identifies the
@@ -128,7 +135,7 @@ def _open_triplets(
     return grp
 
 
-def _source_codes(entry: DatasetEntry, feats, features_id: str) -> np.ndarray:
+def _source_codes(entry: DatasetEntry, feats: ArrayGroup, features_id: str) -> np.ndarray:
     """Per-sample codes: WRITTEN where image and features are, else the skip reason."""
     img_done, feat_done = entry.done[:], feats.done[:]
     if (feat_done == PENDING).any() or (img_done == PENDING).any():
@@ -144,7 +151,14 @@ def _source_codes(entry: DatasetEntry, feats, features_id: str) -> np.ndarray:
 
 @torch.no_grad()
 def _encode_decode(
-    model, t: torch.Tensor, grid: int, noise: float, seed: int, lo: int, ok: np.ndarray, f: int
+    model: PackAutoencoder,
+    t: torch.Tensor,
+    grid: int,
+    noise: float,
+    seed: int,
+    lo: int,
+    ok: np.ndarray,
+    f: int,
 ) -> tuple[torch.Tensor, np.ndarray]:
     """Posterior-mean latent (+ seeded noise) of tokens ``t`` and its uint8 decoding."""
     from repackctl.files import to_uint8
@@ -162,14 +176,14 @@ def _encode_decode(
 def _shard_triplets(
     rng: range,
     codes: np.ndarray,
-    tokens,
-    model,
+    tokens: zarr.Array,
+    model: PackAutoencoder,
     shapes: tuple[int, int, int, int],
     noise: float,
     seed: int,
     batch_size: int,
     device: torch.device | str,
-    bar,
+    bar: ProgressBar,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Latents and reconstructions of one shard; ``shapes`` is (flips, d, grid, resolution)."""
     flips, d, grid, res = shapes
@@ -194,7 +208,7 @@ def _shard_triplets(
 def build_triplets(
     entry: DatasetEntry,
     features_id: str,
-    pack,
+    pack: PackHandle,
     *,
     noise: float = 0.0,
     seed: int = 0,

@@ -104,7 +104,9 @@ class ApplyResult:
     seconds: float
 
 
-def _regenerate(protocol: dict[str, Any], runs: str, indices: list[int], device) -> Tensor:
+def _regenerate(
+    protocol: dict[str, Any], runs: str, indices: list[int], device: torch.device
+) -> Tensor:
     """Raw latents of ``indices`` recomputed from the DiT named in the folder's protocol."""
     from repackctl.dit.load import load_dit_for_sampling
     from repackctl.runtime import check_precision

@@ -43,7 +43,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -81,6 +81,9 @@ from repackctl.sample.plan import (
     resolve_plan,
 )
 from repackctl.transport.samplers import sample
+
+if TYPE_CHECKING:
+    from repackctl.sample.run import SampleResult
 
 
 # --------------------------------------------------------------------------- prompts
@@ -506,7 +509,7 @@ def _fingerprint(settings: Any, handle: Any, plan: Any, prompts: _Prompts, refin
 @released_after()  # the samples folder's writer lock (``claim_folder``)
 def run_t2i_sample(
     settings: Any, progress: ProgressFactory = null_progress, dist: DistInfo | None = None
-):
+) -> SampleResult:
     """Generate (or finish generating) ``settings.sample.num`` samples of a t2i run."""
     from repackctl.dit.t2i_load import load_t2i, load_text_encoder
     from repackctl.sample.run import SampleResult

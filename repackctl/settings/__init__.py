@@ -21,6 +21,7 @@ from pydantic_core import PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
+    PydanticBaseSettingsSource,
     SettingsConfigDict,
     SettingsError,
     TomlConfigSettingsSource,
@@ -113,7 +114,13 @@ class Settings(BaseSettings):
         return apply_presets(data) if isinstance(data, dict) else data
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, *args, **kwargs):
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        *args: Any,
+        **kwargs: Any,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
         # resolve_settings reads the file and environment layers itself (to know each value's
         # source) and validates the merged result; the model must not read them a second time
         return (init_settings,)

@@ -13,15 +13,20 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from repackctl.errors import ConfigError
 
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
 _ACCELERATE_NAMES = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 
 
-def make_accelerator(precision: str, cpu: bool):
+def make_accelerator(precision: str, cpu: bool) -> Accelerator:
     """An ``Accelerator`` with repackctl's precision (already resolved against the launcher)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
