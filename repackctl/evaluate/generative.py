@@ -278,19 +278,16 @@ def reference_folder_set(folder: Path, resolution: int, num: int | None, seed: i
     """Real images under ``folder`` (sub-folders included), ADM center crop to ``resolution``.
 
     Only files with an image suffix count (a samples folder's JSON files are not images); with
-    ``num`` a seeded subset is taken (the same rule as ``imagefolder`` data sources).
+    ``num`` a seeded subset is taken (the same rule as ``imagefolder`` data sources). A samples
+    folder (its ``protocol.json``) gives its sample files, as on the generated side
+    (:func:`repackctl.evaluate.selection.sample_files`); in any folder the preview ``grid.png``
+    at the top is no image of the set.
     """
     from repackctl.data.base import BadImage
     from repackctl.data.crop import center_crop, open_image
 
     root = folder.resolve()
-    files = sorted(
-        p
-        for p in root.rglob("*")
-        if p.is_file()
-        and p.suffix.lower() in IMAGE_EXTENSIONS
-        and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    )
+    files = _reference_files(root)
     if not files:
         raise DataError(f"no images under {root}", hint="pass a folder of .png/.jpg images")
     if num is not None and num < len(files):
@@ -318,6 +315,24 @@ def reference_folder_set(folder: Path, resolution: int, num: int | None, seed: i
         batches=batches,
         hasher=lambda: folder_sha256(files, root),
         meta={"crop": "adm-center"},
+    )
+
+
+def _reference_files(root: Path) -> list[Path]:
+    """The image files of a reference folder: a samples folder's sample files (never its
+    ``grid.png``, a preview of several samples), else every image under ``root`` (hidden ones
+    and a top-level ``grid.png`` left out), sorted."""
+    from repackctl.evaluate.selection import GRID_PNG
+
+    if (root / PROTOCOL_JSON).is_file():
+        return sample_files(root, read_protocol(root))[0]
+    return sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in IMAGE_EXTENSIONS
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        and p.relative_to(root).as_posix() != GRID_PNG
     )
 
 
@@ -1128,6 +1143,30 @@ def _check_inception_given(given: str | None, wanted: list[str]) -> None:
         )
 
 
+def fd_settings_given(cfg: Any) -> list[str]:
+    """``evaluate.fd_encoder (dinov3)``, ``evaluate.fd_weights (random)``: the FD encoder
+    settings that differ from their defaults (they change only the ``fd`` metric)."""
+    given = []
+    if cfg.fd_encoder != type(cfg).model_fields["fd_encoder"].default:
+        given.append(f"evaluate.fd_encoder ({cfg.fd_encoder})")
+    if cfg.fd_weights is not None:
+        given.append(f"evaluate.fd_weights ({cfg.fd_weights})")
+    return given
+
+
+def _check_fd_given(cfg: Any, wanted: list[str]) -> None:
+    """Refuse ``--fd-encoder`` / ``--fd-weights`` where no chosen metric is ``fd``: an FD
+    encoder that was asked for (a misspelt one, missing weights) was ignored without a word,
+    and the table showed Inception scores instead."""
+    given = fd_settings_given(cfg)
+    if given and "fd" not in wanted:
+        raise ConfigError(
+            f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} given, but the metrics "
+            f"({', '.join(wanted)}) do not use the FD encoder: it would be ignored",
+            "drop --fd-encoder / --fd-weights, or add fd to --metrics (e.g. --metrics fid,fd)",
+        )
+
+
 def choose_metrics(requested: str, ref: Reference) -> list[str]:
     """Parse ``--metrics``; ``auto`` = fd for the built-in dataset, else what the reference allows."""
     if requested.strip().lower() == "auto":
@@ -1414,6 +1453,7 @@ def run_evaluate_fid(
     ref = open_reference(settings, gen)
     wanted = choose_metrics(settings.evaluate.metrics, ref)
     _check_inception_given(settings.evaluate.inception_weights, wanted)
+    _check_fd_given(settings.evaluate, wanted)
     target = _metrics_path(settings, gen)
     check_metrics_target(target, out_given)  # before any scoring work
     if out_given:
@@ -1659,11 +1699,12 @@ def run_evaluate_stats(
             "does not use Inception: it would be ignored",
             "drop --inception-weights, or pass --extractor inception",
         )
-    if extractor == "inception" and cfg.fd_weights is not None:
+    fd_given = fd_settings_given(cfg)
+    if extractor == "inception" and fd_given:
         raise ConfigError(
-            f"evaluate.fd_weights ({cfg.fd_weights}) is given, but --extractor inception does "
-            "not use the FD encoder: it would be ignored",
-            "drop --fd-weights, or pass --extractor fd",
+            f"{' and '.join(fd_given)} {'is' if len(fd_given) == 1 else 'are'} given, but "
+            "--extractor inception does not use the FD encoder: it would be ignored",
+            "drop --fd-encoder / --fd-weights, or pass --extractor fd",
         )
     device = resolve_device(settings.device)
     images = _stats_images(settings, source, resolution, num)

@@ -121,14 +121,15 @@ def _indices(
     return idx, record
 
 
-def report_stem(kind: str, entry: DatasetEntry, feats: ArrayGroup, n: int, **extra: Any) -> str:
+def report_stem(kind: str, entry: DatasetEntry, num: int | None, **extra: Any) -> str:
     """The name of a report in the checkpoint folder: ``<kind>-<entry>`` for the whole split,
-    ``-n<N>`` for a subset (``-n``) and ``-<key><value>`` for each setting in ``extra`` that is
-    not its default (given as ``key=(value, default)``). A subset's score replaced the whole
-    split's under the same name, as ``evaluate fid`` avoids with ``metrics-nN.json``."""
+    ``-n<num>`` when ``num`` is given (a subset, ``-n``, was scored or trained on) and
+    ``-<key><value>`` for each setting in ``extra`` that is not its default (given as
+    ``key=(value, default)``). A subset's score replaced the whole split's under the same name,
+    as ``evaluate fid`` avoids with ``metrics-nN.json``."""
     stem = f"{kind}-{entry.name}"
-    if n < len(valid_indices(entry, feats)):
-        stem += f"-n{n}"
+    if num is not None:
+        stem += f"-n{num}"
     for key, (value, default) in extra.items():
         if value != default:
             stem += f"-{key}{value}"
@@ -233,7 +234,7 @@ def evaluate_recon(settings: Settings, progress: ProgressFactory = null_progress
                 f"rFID from {len(idx)} images: biased upwards, compare only like with like"
             )
     k = cfg.grid_images
-    stem = report_stem("recon", entry, feats, len(idx))
+    stem = report_stem("recon", entry, None if subset["rule"] == "all" else len(idx))
     grid = handle.checkpoint / f"{stem}.png"
     save_grid(
         [np.concatenate(grid_orig)[:k], np.concatenate(grid_rec)[:k]],
@@ -335,13 +336,20 @@ def pooled_features(
     return np.concatenate(raw), np.concatenate(packed)
 
 
-def _probe_stem(settings: Settings, entry: DatasetEntry, feats: ArrayGroup, n: int) -> str:
+def _probe_stem(settings: Settings, entry: DatasetEntry, subsets: list[dict]) -> str:
     """``probe-<entry>[-nN][-epochsE][-seedS]``: the settings that change the table, when not
-    the defaults."""
+    the defaults. ``-nN`` (``-n``) whenever either side is a subset of its entry (``subsets``:
+    the train and eval records): ``-n N`` may keep the whole held-out entry (N at least its
+    size) and still train on 4N of the training entry, which is not the whole-split table."""
     cfg = settings.pack
     epochs_default = type(cfg).model_fields["probe_epochs"].default
+    cut = any(s["rule"] != "all" for s in subsets)
     return report_stem(
-        "probe", entry, feats, n, epochs=(cfg.probe_epochs, epochs_default), seed=(settings.seed, 0)
+        "probe",
+        entry,
+        cfg.eval_num if cut else None,
+        epochs=(cfg.probe_epochs, epochs_default),
+        seed=(settings.seed, 0),
     )
 
 
@@ -434,6 +442,6 @@ def evaluate_probe(settings: Settings, progress: ProgressFactory = null_progress
     )
     from repackctl.files import write_json_atomic
 
-    stem = _probe_stem(settings, eval_entry, eval_feats, len(ev_idx))
+    stem = _probe_stem(settings, eval_entry, [tr_subset, ev_subset])
     write_json_atomic(handle.checkpoint / f"{stem}.json", report.to_dict())
     return report
