@@ -359,7 +359,11 @@ def build(args: argparse.Namespace, gen: torch.Generator) -> dict:
 
 
 def step_losses(
-    m: dict, x: torch.Tensor, gen: torch.Generator, args, x2: torch.Tensor | None = None
+    m: dict,
+    x: torch.Tensor,
+    gen: torch.Generator,
+    args: argparse.Namespace,
+    x2: torch.Tensor | None = None,
 ) -> dict:
     """MAE loss on two geometric views (+ DINO / InfoNCE between them); the second view is
     made from ``x2`` (the appearance-swapped batch) when given."""

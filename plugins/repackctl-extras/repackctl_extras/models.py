@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from repackctl.errors import ConfigError
-from repackctl.models.dit import DiT
+from repackctl.models.dit import DiT, DiTConfig
 from repackctl.models.variants import SizePreset, variant_config
 
 UVIT_TINY = SizePreset(depth=4, hidden_size=64, num_heads=2)
@@ -25,7 +25,7 @@ UVIT_TINY = SizePreset(depth=4, hidden_size=64, num_heads=2)
 class UViTDiT(DiT):
     """DiT whose deep half receives the shallow half's outputs through long skips."""
 
-    def __init__(self, config) -> None:
+    def __init__(self, config: DiTConfig) -> None:
         if config.depth % 2:
             raise ConfigError(
                 f"U-ViT needs an even depth, got {config.depth}", "use depth 2k (e.g. 4)"
