@@ -27,8 +27,10 @@ def extract_command(
     val_fraction: float | None = None,
     flips: bool = True,
     precision: str | None = None,
+    seed: int | None = None,
 ) -> str:
-    """The ``repackctl extract`` command line that writes these features (defaults left out)."""
+    """The ``repackctl extract`` command line that writes these features (defaults left out;
+    ``seed`` is named when given and not 0, the default)."""
     parts = ["repackctl extract", f"--encoder {encoder}", f"--data {data}"]
     if split != "train":
         parts.append(f"--split {split}")
@@ -46,6 +48,8 @@ def extract_command(
         parts.append("--no-flips")
     if precision is not None:
         parts.append(f"--precision {precision}")
+    if seed:
+        parts.append(f"--seed {seed}")
     return " ".join(parts)
 
 
@@ -56,20 +60,36 @@ def dataset_base(dataset: str) -> str:
 
 
 def entry_source(entry: DatasetEntry) -> dict[str, Any]:
-    """The extract settings an entry records: ``data``, ``split``, ``resolution``, ``num``."""
+    """The extract settings an entry records: ``data``, ``split``, ``resolution``, ``num``,
+    ``val_fraction`` and ``seed`` (None when the source does not depend on them).
+
+    ``data`` names the source the entry was read from: an ImageNet entry is
+    ``imagenet:<root>`` (``imagefolder:<root>`` reads the same files into another entry,
+    ``folder-…``), the seed is the one that drew its images or picked its subset or held-out
+    split: an extract with other ones writes another entry, or is refused.
+    """
     attrs = entry.attrs
     dataset = str(attrs.get("dataset", "builtin"))
     src = attrs.get("source") or {}
+    base = dataset_base(dataset)
     if src.get("source") == "imagefolder" and src.get("root"):
-        data = f"imagefolder:{src['root']}"
+        kind = "imagenet" if base == "imagenet" else "imagefolder"
+        data = f"{kind}:{src['root']}"
     else:
-        data = dataset_base(dataset)
+        data = base
     m = re.match(r"^(.*)-n(\d+)$", dataset)
+    held = src.get("held_out") if isinstance(src.get("held_out"), dict) else {}
+    seed = next(
+        (v for v in (src.get("seed"), src.get("subset_seed"), held.get("seed")) if v is not None),
+        None,
+    )
     return {
         "data": data,
         "split": str(attrs.get("split") or "train"),
         "resolution": entry.resolution,
         "num": m.group(2) if m else None,
+        "val_fraction": held.get("fraction"),
+        "seed": seed,
     }
 
 
@@ -80,7 +100,14 @@ def entry_extract_command(entry: DatasetEntry, encoder: str, layer: str | None =
     """
     src = entry_source(entry)
     return extract_command(
-        encoder, src["data"], src["split"], src["resolution"], src["num"], layer=_layer_of(layer)
+        encoder,
+        src["data"],
+        src["split"],
+        src["resolution"],
+        src["num"],
+        layer=_layer_of(layer),
+        val_fraction=src["val_fraction"],
+        seed=src["seed"],
     )
 
 
@@ -107,16 +134,18 @@ def features_extract_command(entry: DatasetEntry, fid: str, precision: str | Non
     enc = attrs.get("encoder") or {}
     made = ((attrs.get("config") or {}).get("values") or {}).get("extract")
     src = entry_source(entry)
+    seed = src["seed"]
     if made is not None:
         weights, layer, val_fraction = (
             made.get("weights"),
             made.get("layer"),
             made.get("val_fraction"),
         )
+        seed = (attrs.get("config") or {}).get("values", {}).get("seed", seed)
     else:  # written before the settings were recorded: the encoder record, the id's layer part
         weights = enc.get("weights") if enc.get("weights") not in (None, "builtin") else None
         layer = _layer_of(fid.split("--")[1] if fid.count("--") >= 1 else None)
-        val_fraction = None
+        val_fraction = src["val_fraction"]
     return extract_command(
         str(enc.get("id") or fid.split("--")[0]),
         src["data"],
@@ -128,4 +157,5 @@ def features_extract_command(entry: DatasetEntry, fid: str, precision: str | Non
         val_fraction=val_fraction,
         flips=int(attrs.get("flips", 2)) > 1,
         precision=precision or features_precision(attrs),
+        seed=seed,
     )

@@ -158,6 +158,9 @@ def verify(
 
     root = _root(cache, config)
     names = [entry] if entry else list_entries(root, "all")
+    if not names:
+        _nothing_to_verify(root)
+        return
     bad, fixes, repairable = 0, [], False
     for name in names:
         problems = _verify_one(root, name, repair)
@@ -168,6 +171,24 @@ def verify(
         repairable = repairable or any(not p.lasting for p in problems)
     if bad:
         _refuse(bad, len(names), fixes, repairable)
+
+
+def _nothing_to_verify(root: str) -> None:
+    """`cache verify` of a root without entries says so; one without a cache (a mistyped
+    `--cache`, an unset `REPACKCTL_CACHE`) is an error: an exit status of 0 there would pass a
+    check of a cache that was never read."""
+    from repackctl.cache.store import NoCache, open_root
+    from repackctl.errors import CacheError
+
+    try:
+        open_root(root, mode="r")
+    except NoCache:
+        raise CacheError(
+            f"no cache at {root}: nothing was verified",
+            "pass the cache's folder with --cache (or set REPACKCTL_CACHE, or `cache` in the "
+            "--config file); `repackctl cache ls --cache DIR` lists a cache's entries",
+        ) from None
+    console.print(f"no cache entries in {root}: nothing to verify", highlight=False)
 
 
 def _verify_one(root: str, name: str, repair: bool) -> list:
@@ -268,11 +289,12 @@ def rm(
         e = None  # an interrupted creation, or an entry whose metadata cannot be read
     else:
         e = DatasetEntry.open(root, entry)
-    given = [(k, v) for k, v in (("features", features), ("latents", latents)) if v]
+    given = [(k, v) for k, v in groups.items() if v]
     if e is None:
         pass
     elif given and f"{given[0][0]}/{given[0][1]}" in e.incomplete_groups("damaged"):
-        sub = f"{given[0][0]}/{given[0][1]}"  # unreadable metadata: removable as it is
+        # unreadable metadata (`cache ls`: "(damaged)"), of any kind: removable as it is
+        sub = f"{given[0][0]}/{given[0][1]}"
     elif features:
         e.features(features)
         sub = f"features/{features}"
