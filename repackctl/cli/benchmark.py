@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import typer
+from rich.markup import escape
 
 from repackctl.cli.common import console, err_console, rich_progress
 from repackctl.cli.options import settings_command
@@ -108,7 +109,9 @@ def _run_and_print(name: str, settings: Any) -> None:
         results.append(result)
         console.print(_table(result))
         for note in result.notes:
-            err_console.print(f"[cyan]note:[/] {note}", highlight=False, soft_wrap=True)
+            err_console.print(
+                f"[cyan]note:[/] {escape(note)}", markup=True, highlight=False, soft_wrap=True
+            )
     path = write_result(results[0] if name != "all" else results, settings.benchmark.out)
     env = results[0].env
     where = env["gpu"] or env["cpu"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from repackctl.cli.common import (
     CacheOpt,
@@ -223,9 +224,11 @@ def _verify_one(root: str, name: str, repair: bool) -> list:
             found = scan_chunks(e)
             problems = verify_entry(e, found)
         for p in problems:
-            err_console.print(f"[red]✗[/] {name}: {p}", highlight=False, soft_wrap=True)
+            err_console.print(
+                f"[red]✗[/] {escape(f'{name}: {p}')}", markup=True, highlight=False, soft_wrap=True
+            )
         if not problems:
-            console.print(f"[green]✓[/] {name}: ok", highlight=False)
+            console.print(f"[green]✓[/] {escape(name)}: ok", markup=True, highlight=False)
         if not (repair and found):
             return problems
         rows = repair_rows(e, found)
@@ -234,7 +237,12 @@ def _verify_one(root: str, name: str, repair: bool) -> list:
             console.print(f"  {cmd}", highlight=False)
         problems = left_after_repair(e, problems)
     for p in problems:
-        err_console.print(f"[red]✗[/] {name}: not repaired: {p}", highlight=False, soft_wrap=True)
+        err_console.print(
+            f"[red]✗[/] {escape(f'{name}: not repaired: {p}')}",
+            markup=True,
+            highlight=False,
+            soft_wrap=True,
+        )
     return problems
 
 

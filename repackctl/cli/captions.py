@@ -42,6 +42,7 @@ def captions(resolved: ResolvedSettings) -> None:
         for name in result.healed:
             err_console.print(
                 f"[yellow]Warning:[/] rewrote text/{result.text_id}/{name} (it was damaged)",
+                markup=True,
                 highlight=False,
             )
         warn_listed(result.skipped, "skipped")

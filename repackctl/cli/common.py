@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -44,8 +45,11 @@ from repackctl.progress import (
 if TYPE_CHECKING:
     from repackctl.settings import ResolvedSettings
 
-console = Console()
-err_console = Console(stderr=True)
+# Text is printed as it is: a path or a file name with square brackets (`photo [edited].png`,
+# `runs/[/b]x`) is no Rich markup, which dropped it or stopped the command with a traceback.
+# Our own styles are asked for where they are printed (``markup=True``, the rest escaped).
+console = Console(markup=False)
+err_console = Console(stderr=True, markup=False)
 
 # ---- options shared by every command (all default to None: only given flags override) ---------
 ConfigOpt = Annotated[
@@ -90,9 +94,13 @@ WorkersOpt = Annotated[int | None, _common("num_workers")]
 
 def fail(err: RepackError) -> None:
     """Print ``Error:``/``Hint:`` to stderr and exit with the error's code."""
-    err_console.print(f"[bold red]Error:[/] {err.message}", highlight=False, soft_wrap=True)
+    err_console.print(
+        f"[bold red]Error:[/] {escape(err.message)}", markup=True, highlight=False, soft_wrap=True
+    )
     if err.hint:
-        err_console.print(f"[bold]Hint:[/] {err.hint}", highlight=False, soft_wrap=True)
+        err_console.print(
+            f"[bold]Hint:[/] {escape(err.hint)}", markup=True, highlight=False, soft_wrap=True
+        )
     raise typer.Exit(err.exit_code)
 
 
@@ -154,7 +162,8 @@ def handle_errors(fn: Callable) -> Callable:
         except KeyboardInterrupt:
             err_console.print(
                 "[bold red]Error:[/] interrupted\n[bold]Hint:[/] run the same command again to "
-                "resume; completed work is kept"
+                "resume; completed work is kept",
+                markup=True,
             )
             raise typer.Exit(130) from None
 
@@ -269,11 +278,15 @@ def progress_columns(width: int, description: str, total: int | None) -> list[Pr
     """Columns that fit ``width``: the description is never cut; the bar, percentage and elapsed
     time go first as the terminal narrows; the fields (loss, rate) wrap instead of being cut."""
     desc = TextColumn(
-        "[bold]{task.description}",
+        "{task.description}",  # a run or entry name as it is, never read as markup
+        style="bold",
+        markup=False,
         table_column=Column(no_wrap=True, min_width=len(description)),
     )
     count = MofNCompleteColumn() if total else TextColumn("{task.completed}")
-    info = TextColumn("{task.fields[info]}", table_column=Column(overflow="fold", ratio=1))
+    info = TextColumn(
+        "{task.fields[info]}", markup=False, table_column=Column(overflow="fold", ratio=1)
+    )
     eta = [TextColumn("ETA"), TimeRemainingColumn()] if total else []
     cols: list[ProgressColumn] = [desc]
     if width >= 100 and total:
@@ -328,9 +341,13 @@ def warn_listed(
     ``limit`` of them, then how many more ``what`` were left out."""
     for key, reason in pairs[:limit]:
         head = f"skipped {key}" if label else key
-        err_console.print(f"[yellow]Warning:[/] {head}: {reason}", highlight=False)
+        err_console.print(
+            f"[yellow]Warning:[/] {escape(f'{head}: {reason}')}", markup=True, highlight=False
+        )
     if len(pairs) > limit:
-        err_console.print(f"[yellow]Warning:[/] … and {len(pairs) - limit} more {what}")
+        err_console.print(
+            f"[yellow]Warning:[/] … and {len(pairs) - limit} more {what}", markup=True
+        )
 
 
 def note_line(message: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from repackctl.cli.common import (
     ConfigOpt,
@@ -90,7 +91,11 @@ def official(
     console.print(kv_table("import official", rows))
     for report in result.reports:
         for note in report.notes:
-            err_console.print(f"[yellow]note:[/] {report.stage}: {note}", highlight=False)
+            err_console.print(
+                f"[yellow]note:[/] {escape(f'{report.stage}: {note}')}",
+                markup=True,
+                highlight=False,
+            )
 
 
 def register(app: typer.Typer) -> None:

@@ -6,7 +6,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from repackctl.cli.common import console, handle_errors, rich_progress
 from repackctl.errors import ConfigError
@@ -78,7 +80,7 @@ def demo(
     out = out.expanduser().resolve()
     plan = DemoPlan.quick(out) if quick else DemoPlan(out=out)
     plan.seed, plan.pca_arm = seed, pca_arm
-    console.print(f"[bold]repackctl demo[/] → {out}")
+    console.print(f"[bold]repackctl demo[/] → {escape(str(out))}", markup=True)
     report = run_demo(
         plan,
         rich_progress,
@@ -97,7 +99,7 @@ def _print_summary(report: RunReport) -> None:
     table.add_column("reused")
     for s in report.stages:
         table.add_row(s.name, f"{s.seconds:.1f}", "yes" if s.reused else "")
-    table.add_row("[bold]total", f"[bold]{report.seconds:.1f}", "")
+    table.add_row(Text("total", style="bold"), Text(f"{report.seconds:.1f}", style="bold"), "")
     console.print(table)
     results = Table(title="results")
     results.add_column("measure")
@@ -138,7 +140,7 @@ def _demo_t2i(out: Path, fresh: bool, quick: bool, seed: int) -> None:
     out = out.expanduser().resolve()
     plan = T2IDemoPlan.quick(out) if quick else T2IDemoPlan(out=out)
     plan.seed = seed
-    console.print(f"[bold]repackctl demo --t2i[/] → {out}")
+    console.print(f"[bold]repackctl demo --t2i[/] → {escape(str(out))}", markup=True)
     log = lambda msg: console.print(msg, highlight=False, markup=False, soft_wrap=True)  # noqa: E731
     report = run_t2i_demo(plan, rich_progress, log, fresh)
     m = report.metrics

@@ -6,6 +6,7 @@ import importlib
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from repackctl.cli.common import (
     console,
@@ -69,7 +70,9 @@ def _print_fid(result: Any) -> None:
     for message in result.messages:
         err_console.print(note_line(message), highlight=False, soft_wrap=True, markup=False)
     for note in result.metrics.get("notes", []):
-        err_console.print(f"[yellow]caveat:[/] {note}", highlight=False, soft_wrap=True)
+        err_console.print(
+            f"[yellow]caveat:[/] {escape(note)}", markup=True, highlight=False, soft_wrap=True
+        )
     m = result.metrics
     rows = _score_rows(m)
     card = result.card
@@ -210,7 +213,9 @@ def stats(
     )
     meta = result.metadata
     state = "reused (same content hash)" if result.reused else "computed"
-    err_console.print(f"[cyan]note:[/] reference statistics {state}: {result.path}")
+    err_console.print(
+        f"[cyan]note:[/] reference statistics {state}: {escape(str(result.path))}", markup=True
+    )
     rows = [
         ("file", str(result.path)),
         ("status", state),

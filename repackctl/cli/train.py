@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import typer
+from rich.markup import escape
 
 from repackctl.cli.common import console, err_console, is_main_process, kv_table, rank_progress
 from repackctl.cli.options import TRAIN_COMMON, settings_command
@@ -49,7 +50,7 @@ def _notes(out: Any) -> None:
     """The run's notes on stderr: a latent-space sample grid, nothing left to train."""
     for note in (out.grid_note, out.idle_note):
         if note:
-            err_console.print(f"[yellow]note:[/] {note}", highlight=False)
+            err_console.print(f"[yellow]note:[/] {escape(note)}", markup=True, highlight=False)
 
 
 # a run whose every save point was skipped (non-finite weights or steps) has no checkpoint
