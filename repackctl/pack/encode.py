@@ -315,6 +315,25 @@ def write_stats_file(path: Path, stats: dict[str, Any]) -> None:
     write_json_atomic(path, stats)
 
 
+def _finish(
+    grp: ArrayGroup, entry: DatasetEntry, handle: PackHandle
+) -> tuple[dict[str, Any] | None, Path | None]:
+    """Once every row is done: the latent statistics combined from the shards' partial sums,
+    recorded in the group (now complete) and, for the training split, written as the model's
+    stats file. ``(stats, stats file)``, or ``(None, None)`` while rows are pending."""
+    if (grp.done_mask() == PENDING).any():
+        return None, None
+    stats = combine_partials(grp)
+    stats |= {"pack_id": handle.pack_id, "entry": entry.name, "cache": cache_root(entry.root)}
+    stats["source"] = entry.attrs.get("source")  # what the data was (check_trained_data)
+    update_changed(grp.group.attrs, {"stats": stats, "complete": True})
+    stats_file = None
+    if entry.name == handle.extra["cache"]["entry"]:  # the training split: the model's stats
+        stats_file = handle.checkpoint / LATENT_STATS
+        write_stats_file(stats_file, stats)
+    return stats, stats_file
+
+
 def run_pack_encode(
     settings: Settings, progress: ProgressFactory = null_progress, dist: DistInfo | None = None
 ) -> EncodeResult:
@@ -371,15 +390,7 @@ def run_pack_encode(
     seconds = time.perf_counter() - t0
     dist.barrier()
 
-    stats, stats_file = None, None
-    if dist.rank == 0 and not (grp.done_mask() == PENDING).any():
-        stats = combine_partials(grp)
-        stats |= {"pack_id": handle.pack_id, "entry": entry.name, "cache": cache_root(entry.root)}
-        stats["source"] = entry.attrs.get("source")  # what the data was (check_trained_data)
-        update_changed(grp.group.attrs, {"stats": stats, "complete": True})
-        if entry.name == handle.extra["cache"]["entry"]:  # the training split: the model's stats
-            stats_file = handle.checkpoint / LATENT_STATS
-            write_stats_file(stats_file, stats)
+    stats, stats_file = _finish(grp, entry, handle) if dist.rank == 0 else (None, None)
     dist.barrier()
     if stats is None:
         stats = grp.attrs.get("stats")
