@@ -104,37 +104,87 @@ class ApplyResult:
     seconds: float
 
 
-def _regenerate(
-    protocol: dict[str, Any], runs: str, indices: list[int], device: torch.device
-) -> Tensor:
-    """Raw latents of ``indices`` recomputed from the DiT named in the folder's protocol."""
-    from repackctl.dit.load import load_dit_for_sampling
-    from repackctl.runtime import check_precision
-    from repackctl.sample.generate import generate_raw_latents, guided_velocity, model_velocity
-    from repackctl.sample.plan import plan_from_protocol
+class _Regenerator:
+    """Raw latents of a samples folder without latents.npy, recomputed from the DiT its protocol
+    names (the same weights, plan, labels, seed and precision). The DiT is loaded and checked
+    once, by :meth:`load`, which ``run_refine_apply`` calls before it claims the refined folder:
+    a DiT that is gone or changed is refused with nothing written (refused at the first batch,
+    it left a claimed folder that a later run called one of "other refined images")."""
 
+    def __init__(self, src: Path, protocol: dict[str, Any], runs: str, device: torch.device):
+        _check_regenerable(src, protocol)
+        self.protocol, self.runs, self.device = protocol, runs, device
+        self._loaded: tuple[Any, Any, Any, np.ndarray] | None = None
+
+    def load(self) -> None:
+        """Load the DiT (refused unless it is the one that made the samples) and its sampler."""
+        from repackctl.dit.load import load_dit_for_sampling
+        from repackctl.runtime import check_precision
+        from repackctl.sample.generate import guided_velocity, model_velocity
+        from repackctl.sample.plan import plan_from_protocol
+
+        if self._loaded is not None:
+            return
+        protocol, device = self.protocol, self.device
+        dit = load_dit_for_sampling(self.runs, protocol["checkpoint"], None, protocol["weights"])
+        if dit.sha256 != protocol["checkpoint_sha256"]:
+            raise DataError(
+                f"{protocol['checkpoint']} changed since the samples were made",
+                "sample again, or keep latents.npy beside the samples",
+            )
+        plan = plan_from_protocol(protocol)
+        # the precision the samples were made in, so the latents are those that made the images
+        precision = protocol.get("precision", "fp32")
+        check_precision(precision, device, "the regenerated latents")
+        fn = model_velocity(dit.model.to(device).eval(), dit.extra, precision)
+        velocity = guided_velocity(fn, plan, int(dit.extra["num_classes"]), None)
+        labels = np.asarray(protocol["labels"], dtype=np.int64)
+        self._loaded = (velocity, plan, dit.extra, labels)
+
+    def __call__(self, indices: list[int]) -> Tensor:
+        """Raw latents (B, d, h, w) of the samples ``indices``."""
+        from repackctl.sample.generate import generate_raw_latents
+
+        self.load()
+        velocity, plan, extra, labels = self._loaded  # type: ignore[misc]
+        seed = int(self.protocol["seed"])
+        with torch.no_grad():
+            return generate_raw_latents(velocity, plan, extra, labels, seed, indices, self.device)
+
+
+def _check_regenerable(src: Path, protocol: dict[str, Any]) -> None:
+    """Refuse, before anything is written, a folder without latents.npy whose latents
+    ``_Regenerator`` cannot recompute: made with autoguidance, or by a text-to-image run (its
+    latents come from prompts through the run's text encoder, not from class labels)."""
     if protocol.get("guide"):
+        why = "was made with autoguidance"
+    elif protocol.get("stage") == "t2i":
+        why = "was made by a text-to-image run (only class-conditional latents are recomputed)"
+    else:
+        return
+    raise DataError(
+        f"{src} has no latents.npy and {why}: its latents cannot be recomputed",
+        "put its latents.npy back, or sample it again with the refiner: "
+        "`repackctl sample ... --refiner RUN`",
+    )
+
+
+def _sample_ids(src: Path, protocol: dict[str, Any]) -> np.ndarray:
+    """(N,) what the folder's samples.npz holds beside the images (``arr_1``): the class label
+    of each sample, or for a text-to-image folder its prompt id (``prompt_ids``: text-to-image
+    cards record no ``labels``). Checked before anything is written."""
+    key = "prompt_ids" if protocol.get("stage") == "t2i" else "labels"
+    ids, num = protocol.get(key), int(protocol["num_samples"])
+    try:
+        out = np.asarray(ids, dtype=np.int64)
+    except (TypeError, ValueError):
+        out = np.zeros(0, np.int64)
+    if not isinstance(ids, list) or out.shape != (num,):
         raise DataError(
-            "this folder has no latents.npy and was made with autoguidance",
-            "sample it again with the refiner: `repackctl sample ... --refiner RUN`",
+            f"{src / PROTOCOL_JSON} records no {key} of its {num} samples",
+            "the samples folder is damaged: sample it again",
         )
-    dit = load_dit_for_sampling(runs, protocol["checkpoint"], None, protocol["weights"])
-    if dit.sha256 != protocol["checkpoint_sha256"]:
-        raise DataError(
-            f"{protocol['checkpoint']} changed since the samples were made",
-            "sample again, or keep latents.npy beside the samples",
-        )
-    plan = plan_from_protocol(protocol)
-    # the precision the samples were made in, so the latents are those that made the images
-    precision = protocol.get("precision", "fp32")
-    check_precision(precision, device, "the regenerated latents")
-    fn = model_velocity(dit.model.to(device).eval(), dit.extra, precision)
-    velocity = guided_velocity(fn, plan, int(dit.extra["num_classes"]), None)
-    labels = np.asarray(protocol["labels"], dtype=np.int64)
-    with torch.no_grad():
-        return generate_raw_latents(
-            velocity, plan, dit.extra, labels, int(protocol["seed"]), indices, device
-        )
+    return out
 
 
 _LATENTS_HINT = (
@@ -431,12 +481,11 @@ def _refine_missing(
     settings: Settings,
     source: SamplesSource,
     out: Path,
-    protocol: dict[str, Any],
+    regenerate: _Regenerator | None,
     refiner: RefinerHandle,
     mine: range,
     todo: list[int],
     progress: ProgressFactory,
-    device: torch.device,
 ) -> None:
     """Refine the samples ``todo`` (of the share ``mine``) of ``source`` into ``out``.
 
@@ -449,10 +498,10 @@ def _refine_missing(
     with progress(f"refine {source.src.name}", total=len(todo), unit="img") as bar:
         for idx in batches:
             images = source.images(idx)  # (B, H, W, 3), from samples.npz: what the digest covers
-            if source.latents is not None:
+            if regenerate is None:
                 raw = torch.from_numpy(np.asarray(source.latents[idx], dtype=np.float32))
             else:
-                raw = _regenerate(protocol, settings.runs, idx, device)  # (B, d, h, w)
+                raw = regenerate(idx)  # (B, d, h, w)
             refined = refiner.refine(images, raw)  # (B, H, W, 3)
             written = [j for j, i in enumerate(idx) if i in missing]
             for j in written:
@@ -506,8 +555,7 @@ def _write_card(
     out: Path, src: Path, protocol: dict, refiner: RefinerHandle, digest: str, grid: int
 ) -> None:
     """samples.npz, grid and protocol card of the finished refined folder (rank 0)."""
-    labels = np.asarray(protocol["labels"], dtype=np.int64)
-    _, files = assemble_recorded(out, labels, grid, None)
+    _, files = assemble_recorded(out, _sample_ids(src, protocol), grid, None)
     crash_point(CRASH_AFTER_NPZ)
     card = dict(protocol)
     card["files"] = files  # what this folder holds, not what its source holds
@@ -533,20 +581,26 @@ def run_refine_apply(
             "no refiner given", "pass --refiner RUN (made by `repackctl refine train`)"
         )
     protocol = _source_protocol(src)
+    _sample_ids(src, protocol)  # what samples.npz records beside the images, or refused now
     with SamplesSource(src, protocol) as source:
-        refiner = _fitting_refiner(settings, source, protocol)
         device = resolve_device(settings.device, dist.local_rank)
+        regenerate = None
+        if source.latents is None:  # refused now when they cannot be recomputed
+            regenerate = _Regenerator(src, protocol, settings.runs, device)
+        refiner = _fitting_refiner(settings, source, protocol)
         refiner.model.to(device)
         num = source.num
         out = src.parent / f"{src.name}{refined_suffix(refiner.checkpoint.parent.parent.name)}"
         fingerprint = {"source_sha256": source.digest(), "refiner": refiner.sha256, "num": num}
         if _already_refined(out, src, protocol, fingerprint):
             return ApplyResult(out, num, 0, num, "already refined (by `sample --refiner`)", 0.0)
+        if regenerate is not None and not is_finished(out):
+            regenerate.load()  # the DiT, checked before the folder is claimed
         claim_folder(out, fingerprint, elsewhere=f"move {out} away")
         mine = owned_range(num, dist.rank, dist.world)
         todo = _to_refine(out, mine, num)
         t0 = time.perf_counter()
-        _refine_missing(settings, source, out, protocol, refiner, mine, todo, progress, device)
+        _refine_missing(settings, source, out, regenerate, refiner, mine, todo, progress)
         seconds = time.perf_counter() - t0
         has_latents = source.latents is not None
     dist.barrier()

@@ -36,9 +36,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -47,7 +48,7 @@ from repackctl.dit.load import load_dit_for_sampling
 from repackctl.dit.t2i_load import checkpoint_stage
 from repackctl.errors import ConfigError, DataError
 from repackctl.files import to_uint8, write_json_atomic
-from repackctl.pack.load import load_decoder
+from repackctl.pack.load import PackHandle, load_decoder
 from repackctl.paths import (
     PROTOCOL_JSON,
     SETTINGS_JSON,
@@ -96,6 +97,10 @@ from repackctl.sample.plan import (
     resolve_plan,
 )
 from repackctl.settings import Settings
+
+if TYPE_CHECKING:
+    from repackctl.refine.load import RefinerHandle
+    from repackctl.settings.sample import SampleSettings
 
 
 @dataclass
@@ -170,15 +175,7 @@ def run_sample(
     pack = load_decoder(settings.runs, dit.extra)
     refiner = None
     if cfg.refiner:
-        from repackctl.refine.load import load_refiner
-
-        refiner = load_refiner(settings.runs, cfg.refiner, pack.pack_id)
-        dec = pack.model.config.decoder  # the decoder upsamples the DiT's grid by this factor
-        side = int(dit.extra["latent_shape"][1]) * (dec.resolution // dec.latent_size)
-        where = f"the samples of {cfg.run} ({side}x{side} px)"
-        pack_ref = {"checkpoint": str(pack.checkpoint), "pack_id": pack.pack_id}
-        refiner.check_fits((side, side), dit.extra["latent_shape"], pack_ref, where)
-        refiner.model.to(device).eval()
+        refiner = fitting_refiner(settings.runs, cfg, pack, dit.extra["latent_shape"], device)
     ckpt = Path(dit.checkpoint)
     labels = make_labels(cfg.num, int(dit.extra["num_classes"]), cfg.labels, settings.seed)
     folder = _claim(settings, dit, plan, guide_info, refiner)
@@ -201,6 +198,29 @@ def run_sample(
         refined=refiner is not None,
     )
     return _job_totals(result, dist)
+
+
+def fitting_refiner(
+    runs: str,
+    cfg: SampleSettings,
+    pack: PackHandle,
+    latent_shape: Sequence[int],
+    device: torch.device,
+) -> RefinerHandle:
+    """The refiner ``cfg.refiner`` on ``device`` in eval mode, refused before anything is written
+    unless it was trained for the samples of ``cfg.run``: their pack model (``pack``, the
+    decoder's handle), image side and latent grid (``latent_shape``, (d, h, w)). Shared by
+    class-conditional and text-to-image sampling."""
+    from repackctl.refine.load import load_refiner
+
+    refiner = load_refiner(runs, cfg.refiner, pack.pack_id)
+    dec = pack.model.config.decoder  # the decoder upsamples the DiT's grid by this factor
+    side = int(latent_shape[1]) * (dec.resolution // dec.latent_size)
+    where = f"the samples of {cfg.run} ({side}x{side} px)"
+    pack_ref = {"checkpoint": str(pack.checkpoint), "pack_id": pack.pack_id}
+    refiner.check_fits((side, side), latent_shape, pack_ref, where)
+    refiner.model.to(device).eval()
+    return refiner
 
 
 def _job_totals(result: SampleResult, dist: DistInfo) -> SampleResult:

@@ -529,13 +529,13 @@ def run_t2i_sample(
     prompts = _Prompts(given, distinct, ids, source, prompt_truncation(encoder, distinct))
     warn_truncation(prompts.truncation, len(distinct))
     text = encode_prompts(encoder, distinct, device)
-    decoder = load_decoder(settings.runs, extra).model.to(device).eval()
+    pack = load_decoder(settings.runs, extra)
+    decoder = pack.model.to(device).eval()
     refiner = None
-    if cfg.refiner:
-        from repackctl.refine.load import load_refiner
+    if cfg.refiner:  # one trained for these samples' pack model, image side and latent grid
+        from repackctl.sample.run import fitting_refiner
 
-        refiner = load_refiner(settings.runs, cfg.refiner, extra["pack"].get("pack_id"))
-        refiner.model.to(device).eval()
+        refiner = fitting_refiner(settings.runs, cfg, pack, extra["latent_shape"], device)
 
     fingerprint = _fingerprint(settings, handle, plan, prompts, refiner)
     folder = _folder(settings, cfg, ckpt, plan, given if source == "given" else None, fingerprint)
