@@ -376,6 +376,35 @@ def _open_entry(
     return entry, feats
 
 
+def _layout_kept(entry: DatasetEntry, settings: Settings, config_record: dict | None) -> str:
+    """A ``note:`` when a ``--chunk`` / ``--shard`` that was given (not the default) differs from
+    the layout of the existing entry, which keeps its own (its arrays are chunked that way and
+    every features group follows them); empty otherwise.
+
+    Where a value came from is read from ``config_record`` (the CLI's resolved settings); without
+    one, a value set on the settings object counts as given.
+    """
+    cfg = settings.extract
+    sources = (config_record or {}).get("sources")
+    given = []
+    for key, have in (("chunk", entry.chunk), ("shard", entry.shard)):
+        value = getattr(cfg, key)
+        if sources is None:
+            source = "setting" if key in cfg.model_fields_set else "default"
+        else:
+            source = sources.get(f"extract.{key}", "default")
+        if source == "default" or value == have:
+            continue
+        given.append(f"--{key} {value}" if source == "flag" else f"{key} {value} ({source})")
+    if not given:
+        return ""
+    return (
+        f"note: cache entry {entry.name} exists and keeps its layout (chunk {entry.chunk}, shard "
+        f"{entry.shard}): {' and '.join(given)} not applied (a layout is fixed when its entry "
+        "is created, for every features group of it)"
+    )
+
+
 @dataclass
 class _ShardWriter:
     """Encodes batches into a per-shard buffer and writes each shard once it is complete."""
@@ -445,7 +474,14 @@ class _ShardWriter:
             self.buf = self._new_buffer(len(rng))
         buf = self.buf
         local = idx - rng.start
-        cached = self.img_done[idx] == WRITTEN
+        # an image the entry recorded keeps its record, whatever the file decodes to now: a file
+        # that changed or became unreadable since must not write a features row for a skipped
+        # image (or skip one whose image is written), nor change the entry's code
+        recorded = self.img_done[idx]
+        known = recorded != PENDING
+        codes = np.where(known, recorded, codes)
+        imgs[known & (recorded != WRITTEN)] = 0  # a skipped input's row stays black
+        cached = recorded == WRITTEN
         if cached.any():  # images written by an earlier extraction: use the cached pixels
             imgs[cached] = self.images[int(idx[0]) : int(idx[-1]) + 1][cached]
         ok = codes == WRITTEN
@@ -572,8 +608,7 @@ def run_extract(
     entry, feats = _open_entry(
         settings, source, dataset, resolution, feat_args, dist, config_record
     )
-    if entry.shard != cfg.shard:  # the entry's own layout wins over the setting
-        ranges = owned_ranges(n, entry.shard, dist.rank, dist.world)
+    ranges = owned_ranges(n, entry.shard, dist.rank, dist.world)  # the entry's layout wins
 
     img_done = entry.done[:]
     feat_done = feats.done[:]
@@ -602,6 +637,8 @@ def run_extract(
                 f"Warning: --num {cfg.num} asks for more images than {source.name} holds "
                 f"({n} inputs): all of them are extracted, into {name}"
             )
+        if kept := _layout_kept(entry, settings, config_record):  # a --shard not applied
+            bar.log(kept)
         if already:
             bar.log(f"resuming: {already} samples of this process were already done")
         found = _encode_pending(writer, source, pending, shards, settings.num_workers, bar)

@@ -235,9 +235,10 @@ def _verify_arrays(entry: DatasetEntry) -> list[Problem]:
     for lid in entry.latent_ids():
         g = entry.latents(lid)
         problems += _verify_group(g, entry, done, None, f"latents/{lid}")
-    for tid in entry.text_ids():
-        g = ArrayGroup(entry.group["text"][tid])
-        problems += _verify_group(g, entry, done, None, f"text/{tid}")
+    for kind in ("triplets", "text"):  # the groups `_groups` scans for damaged chunks
+        for gid in entry.complete_groups(kind, REQUIRED.get(kind, ("done",))):
+            g = ArrayGroup(entry.group[kind][gid])
+            problems += _verify_group(g, entry, done, None, f"{kind}/{gid}")
     for name in entry.incomplete_groups():
         problems.append(
             Problem(f"{name}: incomplete (its creation was interrupted; rerun the command)")
