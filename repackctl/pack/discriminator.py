@@ -69,6 +69,37 @@ class DiscriminatorConfig:
         return cls(**known_config_keys(cls, data, "discriminator"))
 
 
+# the side the PatchGAN's two last 4×4 convolutions (stride 1, padding 1) need: 3 → 2 → 1
+MIN_LAST_SIDE = 3
+
+
+def max_disc_layers(side: int) -> int:
+    """The most stride-2 layers (``n_layers``) a PatchGAN can have on images of ``side`` px:
+    the first conv and the ``n_layers − 1`` strided ones halve the side ``n_layers`` times,
+    and what is left must hold the two last 4×4 convolutions (0: no PatchGAN fits)."""
+    layers = 0
+    while side // 2 ** (layers + 1) >= MIN_LAST_SIDE:
+        layers += 1
+    return layers
+
+
+def check_disc_depth(config: DiscriminatorConfig, side: int, setting: str, start: int) -> None:
+    """Refuse a PatchGAN too deep for images of ``side`` px before anything is written: its
+    convolutions failed with a traceback at the first GAN step (``start``), after every step
+    before it was trained and possibly with no checkpoint yet. ``setting``: the depth's name."""
+    most = max_disc_layers(side)
+    if config.n_layers <= most:
+        return
+    left = side // 2**config.n_layers
+    fits = f"pass --disc-layers {most} or fewer at {side} px, or " if most else ""
+    raise ConfigError(
+        f"{setting} {config.n_layers} is too deep for {side} px images: the PatchGAN halves the "
+        f"side {config.n_layers} times, to {left} px, and its last two 4×4 convolutions need "
+        f"{MIN_LAST_SIDE} px; it would fail at the first GAN step ({start})",
+        f"{fits}--gan-weight 0 to train without the GAN",
+    )
+
+
 class PatchDiscriminator(nn.Module):
     """NLayer PatchGAN: image (B, 3, H, W) → patch logits (B, 1, H', W')."""
 

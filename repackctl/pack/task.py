@@ -57,7 +57,11 @@ from repackctl.pack.data import (
     locate_features,
 )
 from repackctl.pack.decoder import DecoderConfig
-from repackctl.pack.discriminator import DiscriminatorConfig, PatchDiscriminator
+from repackctl.pack.discriminator import (
+    DiscriminatorConfig,
+    PatchDiscriminator,
+    check_disc_depth,
+)
 from repackctl.pack.load import builtin_feature_loss
 from repackctl.pack.losses import (
     SE_FACTOR,
@@ -201,6 +205,8 @@ def resolve_plan(settings: Settings, ref: FeatureRef) -> PackPlan:
         if gan > 0
         else None
     )
+    if disc is not None:  # before anything is written: it failed at the first GAN step
+        check_disc_depth(disc, resolution, "pack.disc_layers", pick("gan_start"))
     notes: list[str] = []
     perceptual, watson = _file_terms(cfg, pick("watson_weight"), resolution, notes)
     latent_numel = d * grid * grid

@@ -248,7 +248,34 @@ class DitSettings(BaseModel):
 
     def check_terms(self, section: str, sources: dict[str, str]) -> None:
         """Refuse REPA options the user gave while REPA is off (``repa_weight`` 0, given or from
-        a preset such as paper): the run would train without the alignment loss they tune."""
+        a preset such as paper): the run would train without the alignment loss they tune. So
+        are the logit-normal ``time_mu`` / ``time_sigma`` under ``time_dist`` uniform (the repa
+        preset's) and ``cos_norm_floor`` with ``cos_weight`` 0: each was accepted, recorded and
+        ignored."""
+        if self.time_dist != "logit_normal":
+            dist_from = sources.get(f"{section}.time_dist", "default")
+            for name in LOGIT_NORMAL_OPTIONS:
+                source = sources.get(f"{section}.{name}", "default")
+                if user_given(source):
+                    refuse_ignored(
+                        section,
+                        name,
+                        getattr(self, name),
+                        source,
+                        f"is used only by the logit_normal time distribution, but "
+                        f"{section}.time_dist is {self.time_dist!r} (from {dist_from})",
+                        "pass --time-dist logit_normal",
+                    )
+        if self.cos_weight == 0:
+            check_term_options(
+                self,
+                section,
+                sources,
+                ("cos_norm_floor",),
+                "cos_weight",
+                "the 1 − cos velocity term",
+                "pass --cos-weight 1 (any weight > 0 turns the term on)",
+            )
         if self.repa_weight > 0:
             return
         check_term_options(
@@ -265,6 +292,8 @@ class DitSettings(BaseModel):
 #: the options that only tune the REPA alignment loss (off when ``repa_weight`` is 0); the
 #: features are its targets
 REPA_OPTIONS = ("features", "repa_depth", "repa_hidden", "repa_stop_step")
+#: the options of the logit-normal time distribution (unused by ``time_dist`` uniform)
+LOGIT_NORMAL_OPTIONS = ("time_mu", "time_sigma")
 
 #: lr-schedule options → the schedules that use them (``repackctl.train.schedule.lr_at``)
 SCHEDULE_OPTIONS: dict[str, tuple[str, ...]] = {

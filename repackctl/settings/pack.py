@@ -294,7 +294,19 @@ class PackSettings(BaseModel):
 
     def check_terms(self, section: str, sources: dict[str, str]) -> None:
         """Refuse a ``kl_weight`` the user gave with ``method pca``: the PCA baseline is a fixed
-        map without a posterior, so it trains no KL term (``repackctl.settings.checks``)."""
+        map without a posterior, so it trains no KL term (``repackctl.settings.checks``); and
+        the discriminator's options given with ``gan_weight`` 0, which builds no discriminator
+        (they were accepted, recorded in the plan and ignored)."""
+        if self.gan_weight == 0:
+            check_term_options(
+                self,
+                section,
+                sources,
+                GAN_OPTIONS,
+                "gan_weight",
+                "the GAN term and its discriminator",
+                "pass --gan-weight 0.5 (any weight > 0 turns the GAN on)",
+            )
         if self.method == "pca":
             check_term_options(
                 self,
@@ -306,6 +318,9 @@ class PackSettings(BaseModel):
                 "pass --method repack",
             )
 
+
+#: the options that only tune the GAN term (off when ``gan_weight`` is 0: no discriminator)
+GAN_OPTIONS = ("gan_start", "adaptive_gan", "disc_lr", "disc_channels", "disc_layers", "disc_norm")
 
 PRESETS: dict[str, dict[str, Any]] = {
     # official RePack stage 1 (reference/methods.md; stage1/configs/

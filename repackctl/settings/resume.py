@@ -205,9 +205,50 @@ def reconcile(
             breaking.append((key, old[key], value))
     if breaking:
         _refuse(breaking, sources, schedules)
+    _check_preset_change(out, section, merged, current.get("sources", {}))
     _length_in_epochs(section, merged, sources, current.get("sources", {}), out)
     out.values = _nest(merged)
     return out
+
+
+def _check_preset_change(
+    out: Reconciled, section: str, merged: dict[str, Any], now: dict[str, str]
+) -> None:
+    """Refuse an allowed change of the preset that would change only its name: the run keeps
+    every value its old preset filled in (``KEPT``), so ``--preset paper --allow-change all`` on
+    a ``small`` run went on with small's lr, batch and model, recorded and shown as ``paper``
+    (with paper's TF32 choice). Values given now, or that the new preset (or the default) gives
+    as the old one did, are not in the way."""
+    from repackctl.settings import Settings  # here: the settings package imports this module
+
+    change = next((c for c in out.allowed if c[0] == f"{section}.preset"), None)
+    field = Settings.model_fields.get(section)
+    if change is None or field is None:
+        return
+    model, (_, old, new) = field.annotation, change
+    presets = getattr(model, "PRESETS", {})
+    stale = []
+    for name, value in presets.get(old, {}).items():
+        key = f"{section}.{name}"
+        if given(now, key, GIVEN_LAYERS) or key not in merged or merged[key] != value:
+            continue  # given now, or not the old preset's value: kept on purpose
+        default = model.model_fields[name].get_default(call_default_factory=True)
+        target = presets.get(new, {}).get(name, default)
+        if target != value:
+            stale.append((name, value, target))
+    if not stale:
+        return
+    listed = ", ".join(f"{n} {v!r} ({new}: {t!r})" for n, v, t in stale[:6])
+    more = f" and {len(stale) - 6} more" if len(stale) > 6 else ""
+    name, _, target = stale[0]
+    raise ResumeConflict(
+        f"resuming would change {section}.preset: {old!r} → {new!r}, but a resumed run keeps the "
+        f"values its preset filled in: it would train on with {old}'s {listed}{more}, recorded "
+        f"as {new}",
+        f"drop --preset to continue as started, start a new run with another --name and "
+        f"--preset {new}, or give each value to change (e.g. --{name.replace('_', '-')} "
+        f"{target}) with --allow-change",
+    )
 
 
 # the source of a stored step count that ``--epochs`` given on resume replaced
