@@ -9,7 +9,9 @@ Integrity (nothing damaged or swapped is assembled or scored silently):
   (damaged from outside) is made again with a ``Warning:`` line. Sampling an index is
   deterministic for a given batch, and a resumed batch is recomputed whole
   (``aligned_batches``), so the repaired folder equals an uninterrupted run's byte for byte.
-  Assembly hashes each file as it reads it and refuses one that does not match.
+  Assembly hashes each file as it reads it and refuses one that does not match. `refine apply`
+  writes its refined PNGs the same way (manifests of their sha256 only: it writes no latents)
+  and removes the manifests once its card is written.
 - **Assembled files.** ``protocol.json`` records ``files``: the sha256 and size of
   ``samples.npz`` (with ``images_sha256``, the digest of its pixels, which a rebuild from the
   PNGs can reproduce although a zip's write times change its bytes) and of ``latents.npy``.
@@ -31,7 +33,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -375,24 +377,47 @@ def write_samples(folder: Path, samples: list[tuple[int, np.ndarray, np.ndarray]
     the manifest of the batch (the sha256 of each latent and PNG), then each PNG, the done
     marker. Each write is atomic, so a kill at any instant leaves a PNG only beside its latent
     and its manifest entry; an index without its PNG is simply made again."""
-    from PIL import Image
-
     if not samples:
         return
-    entries, pngs = {}, {}
-    for i, raw, image in samples:
+    npy_sha = {}
+    for i, raw, _ in samples:
         write_npy_atomic(folder / LATENTS_DIR / f"{i:06d}.npy", raw)
+        npy_sha[i] = sha256_file(folder / LATENTS_DIR / f"{i:06d}.npy")
+    write_recorded_pngs(folder, [(i, image) for i, _, image in samples], npy_sha)
+
+
+def write_recorded_pngs(
+    folder: Path,
+    images: list[tuple[int, np.ndarray]],
+    npy_sha: dict[int, str] | None = None,
+    after_png: Callable[[int], None] | None = None,
+) -> None:
+    """Write the PNGs of ``(index, uint8 (H, W, 3) image)`` after the manifest of the batch
+    (``latents/written-<a>-<b>.json``: the sha256 of each PNG, and of each latent in
+    ``npy_sha``), so a PNG of an unfinished folder is only taken as done when it still holds
+    the bytes written (``unverified_indices``). ``after_png(index)`` runs after each PNG (crash
+    tests). `refine apply` writes its refined PNGs through it too (no latents)."""
+    from PIL import Image
+
+    if not images:
+        return
+    entries, pngs = {}, {}
+    for i, image in images:
         buf = io.BytesIO()
         Image.fromarray(image).save(buf, format="PNG")  # the bytes `write_png_atomic` writes
         pngs[i] = buf.getvalue()
-        npy_sha = sha256_file(folder / LATENTS_DIR / f"{i:06d}.npy")
-        entries[f"{i:06d}"] = {"png": hashlib.sha256(pngs[i]).hexdigest(), "npy": npy_sha}
+        entries[f"{i:06d}"] = {"png": hashlib.sha256(pngs[i]).hexdigest()}
+        if npy_sha is not None:
+            entries[f"{i:06d}"]["npy"] = npy_sha[i]
+    (folder / LATENTS_DIR).mkdir(exist_ok=True)
     write_json_atomic(_manifest_path(folder, list(pngs)), entries)
     for i, data in pngs.items():
         path = png_path(folder, i)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # one of ours (claim_folder)
         tmp.write_bytes(data)
         os.replace(tmp, path)
+        if after_png is not None:
+            after_png(i)
 
 
 def read_manifests(folder: Path) -> dict[int, list[dict[str, str]]]:
@@ -412,13 +437,17 @@ def read_manifests(folder: Path) -> dict[int, list[dict[str, str]]]:
     return out
 
 
-def unverified_indices(folder: Path, indices: range) -> tuple[list[int], list[Path]]:
-    """(indices to make again, the files found damaged among them), for a folder `sample` is
-    still making: an index is done when its PNG and latent match a manifest entry."""
+def unverified_indices(
+    folder: Path, indices: range, kinds: tuple[str, ...] = ("png", "npy")
+) -> tuple[list[int], list[Path]]:
+    """(indices to make again, the files found damaged among them), for a folder `sample` (or
+    `refine apply`, ``kinds=("png",)``: no latents) is still making: an index is done when its
+    files of ``kinds`` match a manifest entry."""
     manifest = read_manifests(folder)
     todo, damaged = [], []
     for i in indices:
         files = {"png": png_path(folder, i), "npy": folder / LATENTS_DIR / f"{i:06d}.npy"}
+        files = {k: files[k] for k in kinds}
         entries = manifest.get(i)
         if not entries or not all(p.is_file() for p in files.values()):
             todo.append(i)
@@ -805,6 +834,47 @@ def named_folder(
 def refined_suffix(refiner_run: str) -> str:
     """``--refine-<run>``, or ``--<run>`` when the run's name already says refine."""
     return f"--{refiner_run}" if refiner_run.startswith("refine") else f"--refine-{refiner_run}"
+
+
+#: card fields that say which call made the samples (its machine, precision source, package
+#: versions and git revision): a rerun that finds the folder finished (and makes no new samples)
+#: keeps those of the call that made them (``kept_provenance``)
+_PROVENANCE = ("run_header", "versions", "git_revision")
+
+
+def kept_provenance(folder: Path, card: dict[str, Any]) -> dict[str, Any]:
+    """``card`` (this call's, for a folder that was finished before it) with the provenance
+    fields of the card the folder holds: its samples are those recorded there (checked against
+    its ``files``), made by that call, not by this one. A field that card does not record
+    (older versions, an unreadable card) is left out rather than credited to this call. The
+    other fields keep their order, so a rerun on the same machine writes the same bytes."""
+    try:
+        old = json.loads((folder / PROTOCOL_JSON).read_text())
+    except (OSError, ValueError):
+        old = None
+    old = old if isinstance(old, dict) else {}
+    return {
+        k: old[k] if k in _PROVENANCE else v
+        for k, v in card.items()
+        if k not in _PROVENANCE or k in old
+    }
+
+
+#: the most samples a folder holds: sample i is ``{i:06d}.png`` (and ``latents/{i:06d}.npy``),
+#: the names ``_FOLDER_FILES`` / ``_LATENT_FILES`` know; index 1000000 would have seven digits
+MAX_SAMPLES = 1_000_000
+
+
+def check_num(num: int) -> None:
+    """Refuse, before anything is loaded or written, more samples than a folder's names hold
+    (they were all generated, then the assembly refused the seven-digit names)."""
+    if num > MAX_SAMPLES:
+        raise ConfigError(
+            f"--num {num} is more samples than a samples folder holds: at most {MAX_SAMPLES} "
+            f"(their files are named 000000.png … {MAX_SAMPLES - 1:06d}.png); nothing was "
+            "written",
+            f"pass --num {MAX_SAMPLES} or fewer (the published FID protocol uses 50000)",
+        )
 
 
 def generation_card(

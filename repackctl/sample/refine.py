@@ -45,7 +45,7 @@ from torch import Tensor
 
 from repackctl.crash import crash_point
 from repackctl.errors import ConfigError, DataError
-from repackctl.files import read_json_object, sha256_file, write_json_atomic, write_png_atomic
+from repackctl.files import read_json_object, sha256_file, write_json_atomic
 from repackctl.metrics.adm import IMAGES_KEY
 from repackctl.paths import PROTOCOL_JSON, SAMPLES_NPZ, SETTINGS_JSON
 from repackctl.progress import ProgressFactory, null_progress, warn
@@ -53,6 +53,7 @@ from repackctl.refine.load import LATENT_CONVENTION, RefinerHandle, load_refiner
 from repackctl.run_lock import released_after
 from repackctl.runtime import DistInfo, resolve_device
 from repackctl.sample.folder import (
+    LATENTS_DIR,
     LATENTS_FILE,
     aligned_batches,
     assemble_recorded,
@@ -61,11 +62,13 @@ from repackctl.sample.folder import (
     is_finished,
     missing_indices,
     owned_range,
-    png_path,
     recorded_files,
     refined_suffix,
+    remove_latents_dir,
     restore_pngs,
+    unverified_indices,
     verify_recorded_pngs,
+    write_recorded_pngs,
 )
 from repackctl.settings import Settings
 
@@ -492,7 +495,8 @@ def _refine_missing(
     The batches are those of an uninterrupted run, ``mine[k·B:(k+1)·B]``, recomputed whole when
     they hold a missing sample (``aligned_batches``): the refiner's convolutions round by batch
     shape, so a resumed run that batched only the missing samples wrote other pixels than an
-    uninterrupted one. Only the missing PNGs are written; those already there are kept."""
+    uninterrupted one. Only the missing PNGs are written, each after the batch's manifest of
+    their sha256 (``write_recorded_pngs``); those already there are kept."""
     missing = set(todo)
     batches = aligned_batches(mine, missing, settings.sample.batch_size)
     with progress(f"refine {source.src.name}", total=len(todo), unit="img") as bar:
@@ -503,22 +507,33 @@ def _refine_missing(
             else:
                 raw = regenerate(idx)  # (B, d, h, w)
             refined = refiner.refine(images, raw)  # (B, H, W, 3)
-            written = [j for j, i in enumerate(idx) if i in missing]
-            for j in written:
-                write_png_atomic(png_path(out, idx[j]), refined[j])
-                crash_point(f"{CRASH_AFTER_PNG}{idx[j]}")
-            bar.advance(len(written))
+            new = [(i, refined[j]) for j, i in enumerate(idx) if i in missing]
+            write_recorded_pngs(out, new, after_png=_crash_after_png)
+            bar.advance(len(new))
+
+
+def _crash_after_png(index: int) -> None:
+    crash_point(f"{CRASH_AFTER_PNG}{index}")
 
 
 def _to_refine(out: Path, mine: range, num: int) -> list[int]:
-    """The samples of ``mine`` to refine into ``out``: those without a PNG. A rerun on a finished
-    folder rebuilds samples.npz and the card from its PNGs, so those must be the images the card
-    records first (else the card vouched for whatever pixels lay there): an edited PNG is
-    rewritten from the recorded samples.npz; when that file was changed, every image is refined
-    again; when it is gone, the PNGs are checked against the card's digest once all are there
-    (the missing ones are refined first: a kill or a loss, the rest as written)."""
+    """The samples of ``mine`` to refine into ``out``.
+
+    An unfinished folder: those whose PNG is missing or no longer holds the bytes written (the
+    manifests of ``write_recorded_pngs``, as `sample` keeps them: ``unverified_indices``; a
+    damaged or replaced PNG is refined again with a ``Warning:``, never assembled; folders of
+    older versions, without manifests, are refined again whole).
+    A rerun on a finished folder rebuilds samples.npz and the card from its PNGs, so those must
+    be the images the card records first (else the card vouched for whatever pixels lay there):
+    an edited PNG is rewritten from the recorded samples.npz; when that file was changed, every
+    image is refined again; when it is gone, the PNGs are checked against the card's digest
+    once all are there (the missing ones are refined first: a kill or a loss, the rest as
+    written)."""
     if not is_finished(out):
-        return missing_indices(out, mine)
+        todo, damaged = unverified_indices(out, mine, ("png",))
+        for path in damaged:
+            warn(f"{path} was changed after it was written: it is refined again")
+        return todo
     npz = out / SAMPLES_NPZ
     if not npz.is_file():
         missing = missing_indices(out, mine)
@@ -552,10 +567,19 @@ def _fitting_refiner(settings: Settings, source: SamplesSource, protocol: dict) 
 
 
 def _write_card(
-    out: Path, src: Path, protocol: dict, refiner: RefinerHandle, digest: str, grid: int
+    out: Path,
+    src: Path,
+    protocol: dict,
+    refiner: RefinerHandle,
+    digest: str,
+    grid: int,
+    verify: bool,
 ) -> None:
-    """samples.npz, grid and protocol card of the finished refined folder (rank 0)."""
-    _, files = assemble_recorded(out, _sample_ids(src, protocol), grid, None)
+    """samples.npz, grid and protocol card of the finished refined folder (rank 0); with
+    ``verify`` (a folder that was unfinished), each PNG must match its manifest entry as it is
+    read. The manifests (``latents/``) are removed once the card is written: a kill before
+    leaves them to check the PNGs against."""
+    _, files = assemble_recorded(out, _sample_ids(src, protocol), grid, None, verify=verify)
     crash_point(CRASH_AFTER_NPZ)
     card = dict(protocol)
     card["files"] = files  # what this folder holds, not what its source holds
@@ -563,6 +587,8 @@ def _write_card(
     card["refined_from"] = str(src)
     card["refined_from_sha256"] = digest
     write_json_atomic(out / PROTOCOL_JSON, card)
+    if (out / LATENTS_DIR).is_dir():
+        remove_latents_dir(out / LATENTS_DIR)
 
 
 @released_after()  # the samples folder's writer lock (``claim_folder``)
@@ -573,7 +599,7 @@ def run_refine_apply(
     dist: DistInfo | None = None,
 ) -> ApplyResult:
     """Refine the images of a samples folder's samples.npz into ``<folder>--refine-<refiner>/``
-    (resumable: PNGs already written there are kept)."""
+    (resumable: PNGs already written there are kept while they hold the bytes written)."""
     dist = dist or DistInfo.from_env()
     src = Path(samples_dir).expanduser().resolve()
     if not settings.refine.refiner:
@@ -598,7 +624,9 @@ def run_refine_apply(
             regenerate.load()  # the DiT, checked before the folder is claimed
         claim_folder(out, fingerprint, elsewhere=f"move {out} away")
         mine = owned_range(num, dist.rank, dist.world)
+        unfinished = not is_finished(out)  # its PNGs are checked against their manifests
         todo = _to_refine(out, mine, num)
+        dist.barrier()  # every process has seen the folder as it was before any writes to it
         t0 = time.perf_counter()
         _refine_missing(settings, source, out, regenerate, refiner, mine, todo, progress)
         seconds = time.perf_counter() - t0
@@ -606,7 +634,7 @@ def run_refine_apply(
     dist.barrier()
     if dist.rank == 0:
         digest = fingerprint["source_sha256"]
-        _write_card(out, src, protocol, refiner, digest, settings.sample.grid)
+        _write_card(out, src, protocol, refiner, digest, settings.sample.grid, unfinished)
     dist.barrier()
     latents_source = "latents.npy" if has_latents else "regenerated from the DiT"
     written, already, seconds = dist.job_totals(len(todo), len(mine) - len(todo), seconds)

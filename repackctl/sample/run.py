@@ -70,10 +70,12 @@ from repackctl.sample.folder import (
     LATENTS_DIR,
     aligned_batches,
     assemble_recorded,
+    check_num,
     claim_folder,
     generation_card,
     indices_to_make,
     is_finished,
+    kept_provenance,
     missing_indices,
     named_folder,
     out_hint,
@@ -154,6 +156,7 @@ def run_sample(
     ``precision_source``: where the precision came from (flag, env …, default), for the run
     header; a caller without the settings' provenance leaves "settings"."""
     dist = dist or DistInfo.from_env()
+    check_num(settings.sample.num)  # before a run is looked up or a folder made
     settings = _canonical_labels(_chain_run(settings))
     cfg = settings.sample
     if checkpoint_stage(settings.runs, cfg.run, cfg.checkpoint) == "t2i":
@@ -435,8 +438,9 @@ def _finish(job: _Job, dist: DistInfo, protocol: dict) -> tuple[int, ...]:
                 "run the same command again to finish them",
             )
         shape = tuple(int(s) for s in job.extra["latent_shape"])
-        if job.finished:
+        if job.finished:  # its samples are the recorded ones: so is who made them
             image_shape, files = reopen_finished(folder, job.labels, cfg.grid)
+            protocol = kept_provenance(folder, protocol)
         else:
             image_shape, files = assemble_recorded(folder, job.labels, cfg.grid, shape, True)
         write_json_atomic(folder / PROTOCOL_JSON, {**protocol, "files": files})

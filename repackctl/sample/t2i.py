@@ -59,10 +59,12 @@ from repackctl.sample.folder import (
     LATENTS_DIR,
     aligned_batches,
     assemble_recorded,
+    check_num,
     claim_folder,
     generation_card,
     indices_to_make,
     is_finished,
+    kept_provenance,
     missing_indices,
     named_folder,
     out_hint,
@@ -318,8 +320,9 @@ def _finish(
             f"{len(lost)} samples are missing after sampling (e.g. {lost[:3]})",
             "run the same command again to finish them",
         )
-    if finished:
+    if finished:  # its samples are the recorded ones: so is who made them
         image_shape, files = reopen_finished(folder, ids, cfg.grid)
+        protocol = kept_provenance(folder, protocol)
     else:
         shape = tuple(int(s) for s in extra["latent_shape"])
         image_shape, files = assemble_recorded(folder, ids, cfg.grid, shape, verify=True)
@@ -516,6 +519,7 @@ def run_t2i_sample(
 
     cfg = settings.sample
     dist = dist or DistInfo.from_env()
+    check_num(cfg.num)
     _check_options(cfg)
     device = resolve_device(settings.device, dist.local_rank)
     check_precision(settings.precision, device, "the samples")  # before anything is written
