@@ -12,11 +12,48 @@ import typer
 
 from repackctl.cli.common import console, kv_table, note_line, rich_progress
 from repackctl.cli.options import settings_command
+from repackctl.errors import ConfigError
 from repackctl.settings import ResolvedSettings
+from repackctl.settings.checks import undo_given, user_given
 
 # the held-out side of a pack run, as `evaluate recon|probe` name it
 EVAL = ("eval_split", "eval_entry", "eval_num")
 EVAL_FLAGS = {"eval_split": "--split", "eval_entry": "--entry", "eval_num": "--num"}
+#: how specific each layer a user gives a value through is (a flag overrides the environment,
+#: which overrides the config file)
+_LAYER_RANK = {"file": 1, "env": 2, "flag": 3}
+
+
+def _layer(source: str) -> int:
+    return _LAYER_RANK.get(source.split(" ")[0], 0)
+
+
+def check_ignored_eval_settings(resolved: ResolvedSettings, command: str) -> None:
+    """Refuse the settings of `evaluate recon|probe` that the run would ignore.
+
+    ``--split`` beside ``--entry`` (given as specifically, e.g. both flags): the entry is the
+    one scored and the split was dropped without a word. A lower layer's split (a config file's
+    ``eval_split`` under an ``--entry`` flag) is overridden as any setting is. ``recon`` draws
+    nothing at random (posterior means, a fixed class-balanced subset), so a ``--seed`` flag
+    changed nothing there; a seed from the environment or a config file is everyone's.
+    """
+    cfg, sources = resolved.settings.pack, resolved.sources
+    split_from = sources.get("pack.eval_split", "default")
+    entry_from = sources.get("pack.eval_entry", "default")
+    if cfg.eval_entry and user_given(split_from) and _layer(split_from) >= _layer(entry_from):
+        raise ConfigError(
+            f"pack.eval_split = {cfg.eval_split!r} (from {split_from}) is given with "
+            f"pack.eval_entry = {cfg.eval_entry!r} (from {entry_from}): the entry is the one "
+            f"scored, so the split would be ignored; nothing was scored",
+            f"{undo_given(split_from, '--split')} to score {cfg.eval_entry}, or "
+            f"{undo_given(entry_from, '--entry')} to score the run's {cfg.eval_split!r} split",
+        )
+    if command == "recon" and sources.get("seed") == "flag":
+        raise ConfigError(
+            f"--seed {resolved.settings.seed} is given, but `evaluate recon` draws nothing at "
+            "random (it decodes posterior means of a fixed subset): it would be ignored",
+            "drop --seed: every seed gives the same scores (`evaluate probe` uses it)",
+        )
 
 
 @settings_command(
@@ -32,6 +69,7 @@ def recon(resolved: ResolvedSettings) -> None:
     """
     from repackctl.evaluate.pack import evaluate_recon
 
+    check_ignored_eval_settings(resolved, "recon")
     r = evaluate_recon(resolved.settings, rich_progress)
     rows = [
         ("run", f"{r.run} ({r.method}, latent {tuple(r.latent_shape)})"),
@@ -62,6 +100,7 @@ def probe(resolved: ResolvedSettings) -> None:
     """
     from repackctl.evaluate.pack import evaluate_probe
 
+    check_ignored_eval_settings(resolved, "probe")
     report = evaluate_probe(resolved.settings, rich_progress)
     console.print(
         f"linear probe of {report.run} {Path(report.checkpoint).name} (EMA weights), "

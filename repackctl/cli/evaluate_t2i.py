@@ -38,7 +38,7 @@ def adherence(
     images is reported as the ceiling. The training entry is read from the cache setting
     (--cache, REPACKCTL_CACHE or the config file), else from the cache the run recorded.
     Writes adherence.json (with the sha256 of the samples and of the checkpoint) into the
-    samples folder.
+    samples folder; one made with other --steps or --seed is kept, and the run refused.
 
     Example: `repackctl evaluate adherence samples/t2i-mmdit-tiny--step-0002000--euler-50--cfg4--seed0`
     """
@@ -47,7 +47,8 @@ def adherence(
 
     s = resolve(config, {"cache": cache, "seed": seed, "device": device}).settings
     # the resolved cache (flag, REPACKCTL_CACHE or config file); the run's recorded root next
-    out = run_adherence(samples_dir, s.cache, steps, s.seed, resolve_device(s.device, 0))
+    device = resolve_device(s.device, 0)
+    out = run_adherence(samples_dir, s.cache, steps, s.seed, device, keep_other=True)
     sc = out.scores
 
     def pct(v: float | None) -> str:

@@ -51,7 +51,7 @@ import torch
 from torch import nn
 
 from repackctl.data.captions import SHAPE_NOUNS, SIZE_WORDS, TWO_COLOUR_FILLS, colour_name
-from repackctl.errors import DataError
+from repackctl.errors import ConfigError, DataError
 from repackctl.files import read_json_object, write_json_atomic
 from repackctl.paths import PROTOCOL_JSON
 from repackctl.progress import warn
@@ -534,6 +534,36 @@ def _warn(folder: Path, note: dict[str, Any]) -> None:
         )
 
 
+def check_adherence_replaceable(path: Path, classifier: dict[str, Any]) -> None:
+    """Refuse replacing an ``adherence.json`` whose classifiers were trained with other
+    settings (``classifier``: the ``steps``, ``seed`` and ``trained_on`` of this run): its
+    scores are another result, not this one recomputed. A file that cannot be read, or that
+    does not record them, is replaced."""
+    if not path.is_file():
+        return
+    try:
+        old = read_json_object(path, "")
+    except DataError:
+        return
+    was = old.get("classifier")
+    if not isinstance(was, dict) or not all(k in was for k in classifier):
+        return
+    names = {"steps": "--steps", "seed": "--seed", "trained_on": "training entry"}
+    diffs = [
+        f"{names.get(k, k)} {was[k]!r} (this run: {v!r})"
+        for k, v in classifier.items()
+        if was[k] != v
+    ]
+    if diffs:
+        flags = f"--steps {was['steps']} --seed {was['seed']}"
+        raise ConfigError(
+            f"{path} holds scores whose classifiers were trained with other settings: "
+            f"{'; '.join(diffs)}; it was left untouched and nothing was scored",
+            f"pass {flags} (the same result recomputed replaces it), or move {path.name} away "
+            "first to keep both",
+        )
+
+
 def run_adherence(
     folder: str | Path,
     cache: str | None,
@@ -541,6 +571,7 @@ def run_adherence(
     seed: int,
     device: torch.device,
     real_val: str | None = None,
+    keep_other: bool = False,
 ) -> AdherenceResult:
     """Score a t2i samples folder; write ``adherence.json`` beside it (atomically, with the
     sha256 of the samples scored and of the checkpoint that made them).
@@ -552,7 +583,9 @@ def run_adherence(
 
     ``real_val``: a built-in cache entry (e.g. the val split) whose real images the same
     classifiers are also scored on (``classifier_real_val_accuracy``), the level to read the
-    sample scores against."""
+    sample scores against. ``keep_other``: refuse to replace an ``adherence.json`` of other
+    classifier settings (:func:`check_adherence_replaceable`), as `evaluate adherence` does;
+    the demo, which owns its folder, replaces it."""
     from repackctl.dit.t2i_load import training_cache_root
 
     folder = Path(folder).expanduser().resolve()
@@ -562,6 +595,9 @@ def run_adherence(
     wanted, truncation, unscored = wanted_attributes(card)
     extra = training_extra(card)
     entry = (extra.get("cache") or {}).get("entry")
+    if keep_other:  # before anything is trained
+        wanted_classifier = {"steps": steps, "seed": seed, "trained_on": entry}
+        check_adherence_replaceable(folder / ADHERENCE_JSON, wanted_classifier)
     root = training_cache_root(cache, extra, "score built-in runs whose cache is still there")
     images, shapes, colours = real_attributes(root, entry)
     _warn(folder, truncation)

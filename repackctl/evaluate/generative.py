@@ -1201,7 +1201,9 @@ def choose_metrics(requested: str, ref: Reference) -> list[str]:
                 f"kind), but {ref.label} holds only statistics",
                 hint="pass reference images (an image folder, --ref-cache ENTRY) or drop them",
             )
-    return list(dict.fromkeys(wanted))
+    # one order (ALL_METRICS'), whatever order they were asked in: `--metrics fd,fid` is the
+    # same protocol as `--metrics fid,fd` (the scores do not depend on it)
+    return [m for m in ALL_METRICS if m in wanted]
 
 
 # --------------------------------------------------------------------------- evaluate fid

@@ -136,6 +136,12 @@ def check_replaceable(path: Path, this: dict, card: dict | None = None) -> None:
     _check_same_scoring(path, old, doc.get("protocol") or {}, this, card)
 
 
+def _same_metrics(recorded: object, wanted: list[str]) -> bool:
+    """Whether a stored ``metrics`` list names the metrics ``wanted``, in any order: files
+    written before `evaluate fid` put them in one order kept the order they were asked in."""
+    return isinstance(recorded, list) and sorted(map(str, recorded)) == sorted(wanted)
+
+
 def _check_same_scoring(
     path: Path, old: dict, old_card: dict, this: dict, card: dict | None
 ) -> None:
@@ -144,7 +150,7 @@ def _check_same_scoring(
     diffs = []
     if ref.get("sha256") != this["reference"]["sha256"]:
         diffs.append(f"reference {ref.get('path')} (this run: {this['reference']['path']})")
-    if old.get("metrics") != this["metrics"]:
+    if not _same_metrics(old.get("metrics"), this["metrics"]):
         diffs.append(f"metrics {old.get('metrics')} (this run: {this['metrics']})")
     if card is not None:  # scored: ``this`` is the whole new document's metrics section
         diffs += [

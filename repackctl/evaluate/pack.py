@@ -23,13 +23,14 @@ Legend: N samples, T tokens, C token channels, d latent channels, h×w grid, R i
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from repackctl.cache.store import ArrayGroup, DatasetEntry, read_blocks
-from repackctl.errors import CacheError
+from repackctl.errors import CacheError, ConfigError, DataError
 from repackctl.evaluate.selection import round_robin_indices
 from repackctl.files import to_uint8
 from repackctl.pack.data import open_features, sibling_entry, valid_indices
@@ -174,11 +175,72 @@ class ReconResult:
     notes: list[str] = field(default_factory=list)
     subset: dict[str, Any] = field(default_factory=dict)  # which rows (``round_robin_indices``)
     shown: int = 0  # the first ``shown`` notes were logged above the progress bar already
+    # the Inception weights of the rFID (``weights_path``, ``weights_sha256``); None without
+    inception: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("shown")  # how they were printed, not a result
         return d
+
+
+def _inception(weights: str | None, device: torch.device, notes: list[str]) -> Any:
+    """The Inception extractor of the rFID, or None (said in ``notes``) without weights."""
+    if not weights:
+        notes.append("rFID skipped: no Inception weights (pack.inception_weights)")
+        return None
+    from repackctl.metrics.inception import InceptionExtractor
+
+    return InceptionExtractor(weights, device=device)
+
+
+def _inception_record(weights: str | None) -> dict[str, Any] | None:
+    """What a report records of the rFID's Inception weights (None: no rFID); read before the
+    model is built, so that a refusal (:func:`check_recon_replaceable`) comes at once."""
+    if not weights:
+        return None
+    from repackctl.files import sha256_file
+    from repackctl.metrics.inception import resolve_inception_weights
+
+    path = resolve_inception_weights(weights)  # a missing file is an Error naming it
+    return {"weights_path": str(path.resolve()), "weights_sha256": sha256_file(path)}
+
+
+def check_recon_replaceable(path: Path, inception: dict[str, Any] | None) -> None:
+    """Refuse replacing a ``recon-*.json`` whose rFID this run would lose: a run without
+    Inception weights (its rFID is null) or with other weights (another rFID; reports written
+    before they recorded their weights are replaced as before). PSNR and SSIM of the same
+    checkpoint, entry and subset are the same whatever the weights, so every other rerun is the
+    same result recomputed and replaces it. A report that cannot be read is replaced."""
+    from repackctl.files import read_json_object
+
+    if not path.is_file():
+        return
+    try:
+        old = read_json_object(path, "")
+    except DataError:
+        return
+    if old.get("rfid") is None:
+        return
+    was = old.get("inception") if isinstance(old.get("inception"), dict) else {}
+    where = was.get("weights_path")
+    keep = f"move {path.name} away first to keep it"
+    if inception is None:
+        again = f"pass --inception-weights {where}" if where else "pass --inception-weights"
+        raise ConfigError(
+            f"{path} holds an rFID ({old['rfid']:.4g}) that this run, without "
+            "--inception-weights, would replace with none; it was left untouched and nothing "
+            "was scored",
+            f"{again} (PSNR and SSIM are the same), or {keep}",
+        )
+    sha = was.get("weights_sha256")
+    if sha and sha != inception["weights_sha256"]:
+        raise ConfigError(
+            f"{path} holds an rFID ({old['rfid']:.4g}) made with other Inception weights "
+            f"({where}, sha256 {sha[:12]}…; this run: {inception['weights_path']}, sha256 "
+            f"{inception['weights_sha256'][:12]}…); it was left untouched and nothing was scored",
+            f"pass --inception-weights {where} to recompute it, or {keep}",
+        )
 
 
 @torch.no_grad()
@@ -195,15 +257,14 @@ def evaluate_recon(settings: Settings, progress: ProgressFactory = null_progress
     device = resolve_device(settings.device)
     model = handle.model.to(device)
 
-    extractor = None
-    if cfg.inception_weights:
+    stem = report_stem("recon", entry, None if subset["rule"] == "all" else len(idx))
+    inception = _inception_record(cfg.inception_weights)
+    check_recon_replaceable(handle.checkpoint / f"{stem}.json", inception)  # before any work
+    extractor = _inception(cfg.inception_weights, device, notes)
+    if extractor is not None:
         from repackctl.metrics.frechet import FeatureStats
-        from repackctl.metrics.inception import InceptionExtractor
 
-        extractor = InceptionExtractor(cfg.inception_weights, device=device)
         real_stats, fake_stats = FeatureStats(), FeatureStats()
-    else:
-        notes.append("rFID skipped: no Inception weights (pack.inception_weights)")
 
     per_psnr, per_ssim = [], []
     grid_orig, grid_rec = [], []
@@ -234,7 +295,6 @@ def evaluate_recon(settings: Settings, progress: ProgressFactory = null_progress
                 f"rFID from {len(idx)} images: biased upwards, compare only like with like"
             )
     k = cfg.grid_images
-    stem = report_stem("recon", entry, None if subset["rule"] == "all" else len(idx))
     grid = handle.checkpoint / f"{stem}.png"
     save_grid(
         [np.concatenate(grid_orig)[:k], np.concatenate(grid_rec)[:k]],
@@ -256,6 +316,7 @@ def evaluate_recon(settings: Settings, progress: ProgressFactory = null_progress
         notes=notes,
         subset=subset,
         shown=shown,
+        inception=inception,
     )
     from repackctl.files import write_json_atomic
 
