@@ -105,6 +105,15 @@ def random_inception_state() -> dict[str, torch.Tensor]:
     return net.state_dict()
 
 
+@pytest.fixture(scope="module")
+def inception_file(tmp_path_factory) -> Path:
+    """torch-fidelity's Inception with seeded random weights, saved where `--inception-weights`
+    reads it (no download here)."""
+    path = tmp_path_factory.mktemp("inception") / "inception.pth"
+    torch.save(random_inception_state(), path)
+    return path
+
+
 # The heaviest files, longest first (`pytest --durations=0 -n 2 --dist loadfile`, 2-core CI
 # machine). `make test` hands whole files to its two workers in collection order, so starting
 # with the longest ones lets both workers finish at about the same time (longest-processing-time

@@ -17,7 +17,7 @@ import pytest
 import torch
 from conftest import random_inception_state
 from support.cli import cli_ok, cli_refused
-from support.stack import build_stack, stack_env
+from support.stack import build_val_stack, stack_env
 
 from repackctl.errors import ConfigError
 
@@ -28,22 +28,12 @@ CPU = ["--device", "cpu"]
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> dict[str, str]:
     """extract (16 built-in train images) → pack-tiny → dit-tiny, plus a val entry of 3."""
-    paths = build_stack(tmp_path_factory.mktemp("audit2-stack"))
-    cli_ok("extract", "--encoder", "patchpix", "--resolution", "32", "-n", "3", "--split", "val",
-           "--cache", paths["cache"], "--num-workers", "0", *CPU)  # fmt: skip
-    return paths
+    return build_val_stack(tmp_path_factory.mktemp("audit2-stack"))
 
 
 @pytest.fixture
 def env(stack, tmp_path, monkeypatch) -> Iterator[dict[str, str]]:
     yield from stack_env(stack, tmp_path, monkeypatch)
-
-
-@pytest.fixture(scope="module")
-def inception_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("inception") / "inception.pth"
-    torch.save(random_inception_state(), path)
-    return path
 
 
 def _checkpoint(env: dict[str, str]) -> Path:

@@ -17,10 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
-from conftest import random_inception_state
 from support.cli import cli_ok, cli_refused
-from support.stack import build_stack, stack_env
+from support.stack import build_val_stack, stack_env
 
 from repackctl.errors import ConfigError
 from repackctl.evaluate.generative import folder_sha256
@@ -33,23 +31,12 @@ SAMPLE = ["sample", "-r", "dit-tiny", "-n", "6", "--steps", "2", "--device", "cp
 def stack(tmp_path_factory) -> dict[str, str]:
     """extract (16 built-in train images) → pack-tiny → dit-tiny, plus a built-in val entry of
     3 images (so that `probe -n 3` keeps all of it and trains on 12 of the 16)."""
-    root = tmp_path_factory.mktemp("audit-stack")
-    paths = build_stack(root)
-    cli_ok("extract", "--encoder", "patchpix", "--resolution", "32", "-n", "3", "--split", "val",
-           "--cache", paths["cache"], "--device", "cpu", "--num-workers", "0")  # fmt: skip
-    return paths
+    return build_val_stack(tmp_path_factory.mktemp("audit-stack"))
 
 
 @pytest.fixture
 def env(stack, tmp_path, monkeypatch) -> Iterator[dict[str, str]]:
     yield from stack_env(stack, tmp_path, monkeypatch)
-
-
-@pytest.fixture(scope="module")
-def inception_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("inception") / "inception.pth"
-    torch.save(random_inception_state(), path)
-    return path
 
 
 def _sampled(env: dict[str, str]) -> Path:

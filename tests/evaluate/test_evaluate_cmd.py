@@ -14,8 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from conftest import random_inception_state
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -29,13 +27,6 @@ runner = CliRunner()
 # the built-in encoder's shipped weights are made by scripts/make_builtin_encoder.py; until they
 # exist in this checkout, the FD tests use its seeded random weights through the same path
 FD_WEIGHTS = [] if SHIPPED_WEIGHTS.is_file() else ["--fd-weights", "random"]
-
-
-@pytest.fixture(scope="module")
-def inception_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("inception") / "inception.pth"
-    torch.save(random_inception_state(), path)
-    return path
 
 
 def _builtin_pngs(folder: Path, n: int, split: str, res: int = 32) -> Path:

@@ -36,6 +36,20 @@ def build_stack(root: Path) -> dict[str, str]:
     return {"cache": cache, "runs": runs, "samples": str(root / "samples")}
 
 
+def build_val_stack(root: Path) -> dict[str, str]:
+    """:func:`build_stack`, plus a built-in val entry of 3 images (``builtin-n3--val--32px``):
+    a held-out split smaller than ``-n`` subsets of the 16 training images."""
+    from repackctl.extract import run_extract
+
+    paths = build_stack(root)
+    ext = {"encoder": "patchpix", "resolution": 32, "num": 3, "split": "val"}
+    common = {"cache": paths["cache"], "device": "cpu", "num_workers": 0}
+    run_extract(
+        resolve_settings(None, common | {f"extract.{k}": v for k, v in ext.items()}).settings
+    )
+    return paths
+
+
 def make_dit_run(runs: str, name: str, seed: int, scale: float = 0.05, **extra_fields) -> Path:
     """A DiT checkpoint in the `train dit` contract, with perturbed (non-zero output) weights."""
     from repackctl.models.variants import tiny
