@@ -55,6 +55,7 @@ from repackctl.errors import ConfigError, DataError
 from repackctl.files import read_json_object, write_json_atomic
 from repackctl.paths import PROTOCOL_JSON
 from repackctl.progress import warn
+from repackctl.run_files import read_json_dict
 
 HUES = (
     "red",
@@ -539,11 +540,8 @@ def check_adherence_replaceable(path: Path, classifier: dict[str, Any]) -> None:
     settings (``classifier``: the ``steps``, ``seed`` and ``trained_on`` of this run): its
     scores are another result, not this one recomputed. A file that cannot be read, or that
     does not record them, is replaced."""
-    if not path.is_file():
-        return
-    try:
-        old = read_json_object(path, "")
-    except DataError:
+    old = read_json_dict(path)
+    if old is None:
         return
     was = old.get("classifier")
     if not isinstance(was, dict) or not all(k in was for k in classifier):

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from repackctl.cache.store import ArrayGroup, DatasetEntry, read_blocks
-from repackctl.errors import CacheError, ConfigError, DataError
+from repackctl.errors import CacheError, ConfigError
 from repackctl.evaluate.selection import round_robin_indices
 from repackctl.files import to_uint8
 from repackctl.pack.data import open_features, sibling_entry, valid_indices
@@ -212,15 +212,10 @@ def check_recon_replaceable(path: Path, inception: dict[str, Any] | None) -> Non
     before they recorded their weights are replaced as before). PSNR and SSIM of the same
     checkpoint, entry and subset are the same whatever the weights, so every other rerun is the
     same result recomputed and replaces it. A report that cannot be read is replaced."""
-    from repackctl.files import read_json_object
+    from repackctl.run_files import read_json_dict
 
-    if not path.is_file():
-        return
-    try:
-        old = read_json_object(path, "")
-    except DataError:
-        return
-    if old.get("rfid") is None:
+    old = read_json_dict(path)
+    if old is None or old.get("rfid") is None:
         return
     was = old.get("inception") if isinstance(old.get("inception"), dict) else {}
     where = was.get("weights_path")
