@@ -24,16 +24,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support.stack import make_dit_run, save_refiner_run, shared_stack, stack_env
+from support.stack import FD_SCORE, make_dit_run, save_refiner_run, shared_stack, stack_env
 from typer.testing import CliRunner
 
 from repackctl.cli.app import app
-from repackctl.encoders.builtin import SHIPPED_WEIGHTS
 from repackctl.metrics.adm import write_samples_npz
 
 runner = CliRunner()
-SCORE = ["--ref", "builtin", "--metrics", "fd", "--fd-method", "cholesky", "--device", "cpu"]
-SCORE += [] if SHIPPED_WEIGHTS.is_file() else ["--fd-weights", "random"]
+SCORE = FD_SCORE
 SAMPLE = ["sample", "-n", "6", "--steps", "2", "--device", "cpu"]
 
 

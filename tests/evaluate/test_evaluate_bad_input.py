@@ -21,12 +21,11 @@ import numpy as np
 import pytest
 from PIL import Image
 from support.cli import cli_ok, cli_refused
+from support.stack import FD_WEIGHTS
 
 from repackctl.cache.store import list_entries
-from repackctl.encoders.builtin import SHIPPED_WEIGHTS
 from repackctl.evaluate.generative import read_stats_bundle
 
-FD_WEIGHTS = [] if SHIPPED_WEIGHTS.is_file() else ["--fd-weights", "random"]
 FD = ["--metrics", "fd", "--fd-method", "cholesky", "--device", "cpu", *FD_WEIGHTS]
 STATS = ["--extractor", "fd", "--device", "cpu", *FD_WEIGHTS]
 

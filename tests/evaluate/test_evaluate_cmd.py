@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from support.stack import FD_WEIGHTS
 from typer.testing import CliRunner
 
 from repackctl.cli.app import app
-from repackctl.encoders.builtin import SHIPPED_WEIGHTS
 from repackctl.errors import DataError, WeightsError
 from repackctl.files import sha256_file
 from repackctl.metrics.frechet import sha256_path
@@ -26,7 +26,6 @@ from repackctl.metrics.frechet import sha256_path
 runner = CliRunner()
 # the built-in encoder's shipped weights are made by scripts/make_builtin_encoder.py; until they
 # exist in this checkout, the FD tests use its seeded random weights through the same path
-FD_WEIGHTS = [] if SHIPPED_WEIGHTS.is_file() else ["--fd-weights", "random"]
 
 
 def _builtin_pngs(folder: Path, n: int, split: str, res: int = 32) -> Path:

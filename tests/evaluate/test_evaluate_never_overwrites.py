@@ -18,10 +18,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 from support.cli import cli_ok, cli_refused
+from support.stack import FD_WEIGHTS
 
-from repackctl.encoders.builtin import SHIPPED_WEIGHTS
-
-FD_WEIGHTS = [] if SHIPPED_WEIGHTS.is_file() else ["--fd-weights", "random"]
 FD = ["--metrics", "fd", "--fd-method", "cholesky", "--device", "cpu", *FD_WEIGHTS]
 
 

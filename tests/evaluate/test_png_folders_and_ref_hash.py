@@ -23,17 +23,16 @@ import pytest
 import zarr
 from conftest import one_torch_thread
 from PIL import Image
+from support.stack import FD_WEIGHTS
 from typer.testing import CliRunner
 
 from repackctl.cache.integrity import stored_checksums
 from repackctl.cache.store import DatasetEntry, list_entries
 from repackctl.cli.app import app
-from repackctl.encoders.builtin import SHIPPED_WEIGHTS
 from repackctl.errors import CacheError, DataError
 from repackctl.evaluate.generative import cache_image_set, folder_sha256
 
 runner = CliRunner()
-FD_WEIGHTS = [] if SHIPPED_WEIGHTS.is_file() else ["--fd-weights", "random"]
 SCORE = ["--ref", "builtin", "--metrics", "fd", "--fd-method", "cholesky", "--device", "cpu"]
 SCORE += FD_WEIGHTS
 NUM = 6

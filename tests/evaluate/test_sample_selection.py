@@ -22,17 +22,15 @@ from conftest import one_torch_thread, subprocess_env
 from PIL import Image
 from support.caches import tiny_dit_stack
 from support.kill import kill_after_pngs
-from support.stack import stack_env
+from support.stack import FD_WEIGHTS, stack_env
 from typer.testing import CliRunner
 
 from repackctl.cache.store import list_entries
 from repackctl.cli.app import app
-from repackctl.encoders.builtin import SHIPPED_WEIGHTS
 from repackctl.errors import DataError
 from repackctl.metrics.adm import write_samples_npz
 
 runner = CliRunner()
-FD_WEIGHTS = [] if SHIPPED_WEIGHTS.is_file() else ["--fd-weights", "random"]
 SCORE = ["--ref", "builtin", "--metrics", "fd", "--fd-method", "cholesky", "--device", "cpu"]
 SCORE += FD_WEIGHTS
 

@@ -27,8 +27,8 @@ import pytest
 from conftest import subprocess_env
 from PIL import Image
 from support.cli import cli_ok, cli_refused
+from support.stack import FD_WEIGHTS
 
-from repackctl.encoders.builtin import SHIPPED_WEIGHTS
 from repackctl.errors import DataError
 from repackctl.evaluate.generative import read_stats_bundle, write_stats_bundle
 from repackctl.metrics.adm import iter_npz_images, write_samples_npz
@@ -40,7 +40,6 @@ from repackctl.metrics.frechet import (
     load_stats,
 )
 
-FD_WEIGHTS = [] if SHIPPED_WEIGHTS.is_file() else ["--fd-weights", "random"]
 FD = ["--metrics", "fd", "--fd-method", "cholesky", "--device", "cpu", *FD_WEIGHTS]
 STATS = ["--extractor", "fd", "--resolution", "32", "--device", "cpu", *FD_WEIGHTS]
 

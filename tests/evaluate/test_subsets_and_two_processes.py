@@ -20,14 +20,13 @@ from conftest import one_torch_thread, subprocess_env
 from PIL import Image
 from support.kill import kill_after_pngs
 from support.launch import start_two
+from support.stack import FD_WEIGHTS
 from typer.testing import CliRunner
 
 from repackctl.cache.store import DatasetEntry, list_entries
 from repackctl.cli.app import app
-from repackctl.encoders.builtin import SHIPPED_WEIGHTS
 
 runner = CliRunner()
-FD_WEIGHTS = [] if SHIPPED_WEIGHTS.is_file() else ["--fd-weights", "random"]
 CLASSES = ("a", "b", "c")
 SRC = ["--encoder", "patchpix", "--resolution", "32"]
 

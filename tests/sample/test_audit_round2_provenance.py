@@ -19,14 +19,12 @@ from pathlib import Path
 import pytest
 from support.caches import t2i_stack, use_stack
 from support.cli import cli_ok
-from support.stack import shared_stack, stack_env
+from support.stack import FD_SCORE, shared_stack, stack_env
 
-from repackctl.encoders.builtin import SHIPPED_WEIGHTS
 from repackctl.sample.folder import check_recorded_file, verify_recorded_pngs
 
 CPU = ["--device", "cpu"]
-SCORE = ["--ref", "builtin", "--metrics", "fd", "--fd-method", "cholesky", *CPU]
-SCORE += [] if SHIPPED_WEIGHTS.is_file() else ["--fd-weights", "random"]
+SCORE = FD_SCORE
 
 
 @pytest.fixture(scope="module")

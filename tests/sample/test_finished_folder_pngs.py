@@ -29,15 +29,13 @@ from conftest import one_torch_thread
 from PIL import Image
 from support.caches import t2i_stack, use_stack
 from support.cli import cli_ok, cli_refused
-from support.stack import shared_stack, stack_env
+from support.stack import FD_SCORE, shared_stack, stack_env
 
-from repackctl.encoders.builtin import SHIPPED_WEIGHTS
 from repackctl.errors import DataError
 from repackctl.run_lock import SAMPLES_LOCK
 
 CPU = ["--device", "cpu"]
-SCORE = ["--ref", "builtin", "--metrics", "fd", "--fd-method", "cholesky", *CPU]
-SCORE += [] if SHIPPED_WEIGHTS.is_file() else ["--fd-weights", "random"]
+SCORE = FD_SCORE
 
 
 @pytest.fixture(scope="module")

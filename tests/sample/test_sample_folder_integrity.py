@@ -29,17 +29,15 @@ import numpy as np
 import pytest
 from conftest import one_torch_thread
 from support.kill import kill_after_pngs
-from support.stack import _images, _settings, save_refiner_run, shared_stack, stack_env
+from support.stack import FD_SCORE, _images, _settings, save_refiner_run, shared_stack, stack_env
 from typer.testing import CliRunner
 
 from repackctl.cli.app import app
-from repackctl.encoders.builtin import SHIPPED_WEIGHTS
 from repackctl.errors import DataError
 from repackctl.sample.run import run_sample
 
 runner = CliRunner()
-SCORE = ["--ref", "builtin", "--metrics", "fd", "--fd-method", "cholesky", "--device", "cpu"]
-SCORE += [] if SHIPPED_WEIGHTS.is_file() else ["--fd-weights", "random"]
+SCORE = FD_SCORE
 
 
 @pytest.fixture(scope="module")

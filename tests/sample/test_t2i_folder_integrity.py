@@ -29,16 +29,15 @@ from conftest import subprocess_env
 from support.caches import t2i_stack, use_stack
 from support.cli import cli_ok, cli_refused
 from support.kill import kill_after_pngs
+from support.stack import FD_SCORE
 
-from repackctl.encoders.builtin import SHIPPED_WEIGHTS
 from repackctl.errors import CheckpointError, ConfigError, DataError
 from repackctl.evaluate.adherence import encoded_attributes, prompt_attributes
 
 CPU = ["--device", "cpu"]
 SAMPLE = ["sample", "-r", "tA", "--steps", "2", "--grid", "0", *CPU]
 PROMPTS = ["--prompt", "a red star", "--prompt", "a blue ring"]
-SCORE = ["--ref", "builtin", "--metrics", "fd", "--fd-method", "cholesky", *CPU]
-SCORE += [] if SHIPPED_WEIGHTS.is_file() else ["--fd-weights", "random"]
+SCORE = FD_SCORE
 # 8 MiniLM tokens keep "a small striped light pink and": the colour, not the shape noun
 CUT_SHAPE = "a small striped light pink and yellow disc with an outline in the center"
 # ... "a small two - tone dark": neither the object's colour (dark teal) nor its noun

@@ -11,9 +11,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from repackctl.encoders.builtin import SHIPPED_WEIGHTS
 from repackctl.settings import resolve_settings
 
 LATENT = (4, 4, 4)  # d, h, w of the fixture pack model (patchpix at 32 px: 4×4 tokens)
+#: ``--fd-weights random`` where the built-in encoder's shipped weights are not in the checkout
+FD_WEIGHTS = [] if SHIPPED_WEIGHTS.is_file() else ["--fd-weights", "random"]
+#: ``evaluate fid`` flags that score samples against the built-in data in the FD space, on the CPU
+FD_SCORE = ["--ref", "builtin", "--metrics", "fd", "--fd-method", "cholesky", "--device", "cpu"]
+FD_SCORE += FD_WEIGHTS
 
 
 def build_stack(root: Path) -> dict[str, str]:
