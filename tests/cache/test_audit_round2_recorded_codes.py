@@ -15,22 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import one_torch_thread
-from PIL import Image
+from support.caches import random_image_folder
 from support.cli import cli_ok
 
 from repackctl.cache.store import PENDING, WRITTEN, DatasetEntry, list_entries
 
 BROKEN = "cat/1.png"
-
-
-def _folder(root: Path) -> Path:
-    rng = np.random.default_rng(0)
-    for cls in ("cat", "dog"):
-        (root / cls).mkdir(parents=True)
-        for i in range(3):
-            image = rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)
-            Image.fromarray(image).save(root / cls / f"{i}.png")
-    return root
 
 
 def _extract(folder: Path, encoder: str) -> str:
@@ -43,7 +33,7 @@ def _extract(folder: Path, encoder: str) -> str:
 def test_a_file_changed_between_two_encoders_keeps_the_entry_record(
     tmp_path, cache_root, broken_first
 ):
-    folder = _folder(tmp_path / "data")
+    folder = random_image_folder(tmp_path / "data")
     good = tmp_path / "good.png"
     shutil.copy(folder / BROKEN, good)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from support.caches import random_image_folder
 from typer.testing import CliRunner
 
 from repackctl.cache.store import DatasetEntry, list_entries
@@ -18,16 +18,6 @@ from repackctl.cli.app import app
 from repackctl.errors import CacheError
 
 runner = CliRunner()
-
-
-def _folder(root: Path) -> Path:
-    rng = np.random.default_rng(0)
-    for cls in ("cat", "dog"):
-        (root / cls).mkdir(parents=True)
-        for i in range(3):
-            image = rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)
-            Image.fromarray(image).save(root / cls / f"{i}.png")
-    return root
 
 
 def _extract(folder: Path):
@@ -46,7 +36,7 @@ def _state(cache_root) -> dict:
 
 
 def test_renamed_or_moved_files_are_refused_and_nothing_is_written(tmp_path, cache_root):
-    folder = _folder(tmp_path / "data")
+    folder = random_image_folder(tmp_path / "data")
     res = _extract(folder)
     assert res.exit_code == 0, res.output
     before = _state(cache_root)

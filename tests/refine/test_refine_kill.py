@@ -30,7 +30,7 @@ import torch
 from conftest import one_torch_thread, subprocess_env
 from safetensors.torch import load_file
 from support.kill import kill_after_pngs
-from support.stack import _settings, save_refiner_run, shared_stack
+from support.stack import _settings, stack_with_refiner
 from typer.testing import CliRunner
 
 from repackctl.cli.app import app
@@ -51,10 +51,7 @@ REFINER = "kill-refine32"
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> dict[str, str]:
-    paths = shared_stack(tmp_path_factory)
-    if not (Path(paths["runs"]) / REFINER).is_dir():
-        save_refiner_run(paths["runs"], REFINER, resolution=32)
-    return paths
+    return stack_with_refiner(tmp_path_factory, REFINER)
 
 
 def _copy(stack: dict[str, str], root: Path) -> Path:

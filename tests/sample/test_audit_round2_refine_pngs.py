@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from conftest import one_torch_thread, subprocess_env
 from support.cli import cli_ok
-from support.stack import _settings, save_refiner_run, shared_stack
+from support.stack import _settings, stack_with_refiner
 
 from repackctl.crash import CRASH_ENV
 from repackctl.run_lock import SAMPLES_LOCK
@@ -36,10 +36,7 @@ N, BATCH = 6, 3
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> dict[str, str]:
-    paths = shared_stack(tmp_path_factory)
-    if not (Path(paths["runs"]) / REFINER).is_dir():
-        save_refiner_run(paths["runs"], REFINER, resolution=32)
-    return paths
+    return stack_with_refiner(tmp_path_factory, REFINER)
 
 
 def _args(stack: dict[str, str], src: Path) -> list[str]:

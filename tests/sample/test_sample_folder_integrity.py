@@ -29,7 +29,13 @@ import numpy as np
 import pytest
 from conftest import one_torch_thread
 from support.kill import kill_after_pngs
-from support.stack import FD_SCORE, _images, _settings, save_refiner_run, shared_stack, stack_env
+from support.stack import (
+    FD_SCORE,
+    _images,
+    _settings,
+    stack_env,
+    stack_with_refiner,
+)
 from typer.testing import CliRunner
 
 from repackctl.cli.app import app
@@ -42,10 +48,7 @@ SCORE = FD_SCORE
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> dict[str, str]:
-    paths = shared_stack(tmp_path_factory)
-    if not (Path(paths["runs"]) / "integrity-refine").is_dir():
-        save_refiner_run(paths["runs"], "integrity-refine", resolution=32)
-    return paths
+    return stack_with_refiner(tmp_path_factory, "integrity-refine")
 
 
 @pytest.fixture

@@ -158,3 +158,19 @@ def cli_extracted(tmp_path_factory: Any, argv: list[str]) -> Path:
         res = CliRunner().invoke(app, argv)
         assert res.exit_code == 0, res.output
     return tmp / "cache"
+
+
+def random_image_folder(
+    root: Path, classes: tuple[str, ...] = ("cat", "dog"), per: int = 3
+) -> Path:
+    """An image folder ``root/<class>/<i>.png`` of seeded random 40×48 RGB images."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls in classes:
+        (root / cls).mkdir(parents=True)
+        for i in range(per):
+            image = rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)
+            Image.fromarray(image).save(root / cls / f"{i}.png")
+    return root

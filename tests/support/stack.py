@@ -121,6 +121,15 @@ def save_refiner_run(
     return save_checkpoint(Path(runs) / name, 2, {"model": sd, "ema": sd}, {}, {"extra": extra})
 
 
+def stack_with_refiner(tmp_path_factory, name: str) -> dict[str, str]:
+    """The session's stack (:func:`shared_stack`) with a refiner run ``name`` for its 32 px
+    samples, saved once (modules that share the stack each name their own)."""
+    paths = shared_stack(tmp_path_factory)
+    if not (Path(paths["runs"]) / name).is_dir():
+        save_refiner_run(paths["runs"], name, resolution=32)
+    return paths
+
+
 def shared_stack(tmp_path_factory) -> dict[str, str]:
     """One stack per test session (this module and test_refine_stage.py share it)."""
     root = tmp_path_factory.getbasetemp() / "stage3-stack"
