@@ -393,8 +393,9 @@ class _Demo(PCAArm, Pipeline):
             str(p.refine_steps),
             "--base-channels",
             str(p.refine_channels),
-            "--disc-channels",
-            str(p.refine_channels),
+            # the discriminator's width only with the GAN on (with it off, refine train refuses
+            # it as an option that would be ignored): the same training either way
+            *(["--disc-channels", str(p.refine_channels)] if p.refine_gan_weight > 0 else []),
             "--ckpt-every",
             str(max(p.refine_steps // 2, 1)),
             "--output",

@@ -34,7 +34,7 @@ def train(resolved: ResolvedSettings) -> None:
     """
     from repackctl.pack.task import run_pack_train
     from repackctl.train.checkpoint import latest_checkpoint, read_state
-    from repackctl.train.logging import read_metrics
+    from repackctl.train.shown import last_losses
 
     main = is_main_process()
     run_dir = run_pack_train(
@@ -46,11 +46,10 @@ def train(resolved: ResolvedSettings) -> None:
     state = read_state(ckpt) if ckpt else {}
     extra = state.get("extra", {})
     plan = extra.get("plan", {})
-    metrics = read_metrics(run_dir)
-    last = metrics[-1] if metrics else {}
-    losses = ", ".join(
-        f"{k[5:]} {v:.4g}" for k, v in last.items() if k.startswith("loss/") and k != "loss/total"
-    )
+    # the losses logged up to the checkpoint shown: metrics.jsonl may hold rows past it (a kill
+    # after the last save, a save skipped for non-finite values)
+    last = last_losses(run_dir, int(state["step"])) if "step" in state else {}
+    losses = ", ".join(f"{k[5:]} {v:.4g}" for k, v in last.items() if k != "loss/total")
     rows = [
         ("run", run_dir),
         ("checkpoint", ckpt),

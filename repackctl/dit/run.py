@@ -24,7 +24,6 @@ encoder width.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -38,8 +37,15 @@ from repackctl.paths import SAMPLING_JSON
 from repackctl.progress import LOG_FILE, ProgressFactory, null_progress, with_log_file
 from repackctl.run_files import json_sha256
 from repackctl.run_lock import LOCK_FILE, lock_run, released_after
-from repackctl.settings.resume import check_new_run, keep_started_values, resume_and_report
+from repackctl.settings.resume import (
+    check_new_run,
+    keep_started_values,
+    record_resolved,
+    resume_lines,
+    resume_settings,
+)
 from repackctl.train.checkpoint import latest_checkpoint, read_state, restore_interrupted_resaves
+from repackctl.train.logging import log_lines
 from repackctl.train.loop import TrainResult, train
 from repackctl.train.shown import shown_run
 
@@ -220,14 +226,12 @@ def resume_and_train(
     # a device this machine lacks is an error before anything is read (the engine fell back to
     # the CPU: `--device cuda` trained there with only "cpu" in the banner)
     resolve_device(settings.device)
-    settings, record = resume_and_report(run_dir_of(settings), settings, record, section)
+    settings, record, rec = resume_settings(run_dir_of(settings), settings, record, section)
     restore_interrupted_resaves(run_dir_of(settings))
     settings, record, kept = keep_started_values(
         run_dir_of(settings), settings, record, section, STARTED_WITHOUT
     )
-    if int(os.environ.get("RANK", 0)) == 0:
-        for line in kept:
-            print(f"resume: {line}", file=sys.stderr)
+    resumed = resume_lines(rec, kept)  # shown; in log.txt when the run trains on (as pack's)
     run_dir = run_dir_of(settings)
     steps = int(getattr(settings, section).steps)
     # the checkpoint the engine would resume from (the same verification, warnings left to it)
@@ -236,12 +240,15 @@ def resume_and_train(
         check_new_run(steps, run_dir, section, (record or {}).get("sources"))
     task, config = build(settings, sources=(record or {}).get("sources"))
     if latest is not None and steps <= int(read_state(latest).get("step", 0)):
+        log_lines(progress, section, resumed)  # not in log.txt: nothing in the run changes
         return task, shown_run(task, latest)
     if record is not None:
         config.extra["settings"] = record
     preset = getattr(getattr(settings, section), "preset", None)
+    progress = with_log_file(progress, Path(config.run_dir) / LOG_FILE)
     with official_sampling_file(Path(config.run_dir), preset):
-        return task, train(task, config, with_log_file(progress, Path(config.run_dir) / LOG_FILE))
+        log_lines(progress, section, resumed)
+        return task, train(task, config, progress)
 
 
 # settings that a run's stored record may lack (it started before they existed), with the value
@@ -306,21 +313,10 @@ def train_dit(
 
 
 def record_latents(record: dict | None, section: str, ref: Any) -> None:
-    """Put the latents (and entry) the run trains on into the settings record a new run stores
-    when no layer named them, as ``train t2i`` records its caption group
-    (``t2i_run.record_text_group``): a resume then uses them whatever `pack encode` added since
-    (it picked the newest latents and was refused as a change of latents). Runs that stored None
-    fall back on their checkpoint's latents (``latents.trained_latents``)."""
-    from repackctl.dit.t2i_run import RESOLVED_AT_START
-
-    if record is None:
-        return
-    values = record.setdefault("values", {}).setdefault(section, {})
-    sources = record.setdefault("sources", {})
-    for key, value in (("latents", ref.pack_id), ("entry", ref.entry)):
-        if values.get(key) is None:
-            values[key] = value
-            sources[f"{section}.{key}"] = RESOLVED_AT_START
+    """Record the latents (and entry) the run trains on when no layer named them
+    (``settings.resume.record_resolved``): a resume then uses them whatever `pack encode` added
+    since (it picked the newest latents and was refused as a change of latents)."""
+    record_resolved(record, section, {"latents": ref.pack_id, "entry": ref.entry})
 
 
 def run_dit_train(

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from repackctl.dit.run import DiTTrainResult, record_latents, resume_and_train
 from repackctl.dit.t2i_task import build_t2i_task, t2i_run_dir
 from repackctl.progress import ProgressFactory, null_progress
+from repackctl.settings.resume import record_resolved
 
 if TYPE_CHECKING:
     from repackctl.dit.t2i_task import T2ITask
@@ -46,22 +47,9 @@ def train_t2i(
     return T2ITrainResult.of(task, result, text_id=task.data.text_id)
 
 
-# the source of a caption group that no layer gave, resolved when the run started: a "stored"
-# value, so that resuming reuses it (``settings.resume.GIVEN``) whatever groups the entry has then
-RESOLVED_AT_START = "stored run config (resolved when the run started)"
-
-
 def record_text_group(record: dict | None, text_id: str) -> None:
-    """Put the caption group the run trains on into the settings record a new run stores
-    (``config.json`` → extra.settings) when no layer named it (``--text-features`` not given).
-
-    Without it the record says None, and a resume after another group was added to the entry
-    would pick that one. (A resumed run's record is the reconciled one, which already carries
-    the stored value; runs from before this was recorded fall back on their checkpoint's group,
-    ``t2i_task.run_text_group``.)"""
-    if record is None:
-        return
-    values = record.setdefault("values", {}).setdefault("t2i", {})
-    if values.get("text_features") is None:
-        values["text_features"] = text_id
-        record.setdefault("sources", {})["t2i.text_features"] = RESOLVED_AT_START
+    """Record the caption group the run trains on when no layer named it (``--text-features``
+    not given; ``settings.resume.record_resolved``): a resume after another group was added to
+    the entry would pick that one. Runs from before this was recorded fall back on their
+    checkpoint's group (``t2i_task.run_text_group``)."""
+    record_resolved(record, "t2i", {"text_features": text_id})

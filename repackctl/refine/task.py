@@ -52,8 +52,10 @@ from repackctl.data.cached import (
 )
 from repackctl.errors import CheckpointError, ConfigError
 from repackctl.pack.discriminator import (
+    MIN_LAST_SIDE,
     DiscriminatorConfig,
     PatchDiscriminator,
+    check_disc_depth,
     hinge_d_loss,
     hinge_g_loss,
 )
@@ -63,9 +65,16 @@ from repackctl.refine.triplets import build_triplets, open_triplets
 from repackctl.run_lock import released_after
 from repackctl.runs import chained_run
 from repackctl.settings import Settings
-from repackctl.settings.resume import check_new_run, keep_started_values, resume_settings
+from repackctl.settings.resume import (
+    check_new_run,
+    keep_started_values,
+    record_resolved,
+    resume_lines,
+    resume_settings,
+)
 from repackctl.train import OptimizerSpec, StepOutput, TrainConfig, train
 from repackctl.train.checkpoint import latest_checkpoint, restore_interrupted_resaves
+from repackctl.train.logging import log_lines
 from repackctl.train.shown import idle_lines
 
 # Adam betas of the official refiner (and of stage 1)
@@ -304,9 +313,15 @@ def check_resume_extra(
     config or discriminator (``disc_config``; None: not compared, the GAN is off)."""
     old = extra.get("pack", {}).get("pack_id")
     if old is not None and old != pack_id:
+        trained = extra.get("pack", {}).get("checkpoint")
         raise CheckpointError(
             f"this refiner run was trained on pack model {old}, not {pack_id}",
-            "use a new --name for a refiner of another pack run",
+            (
+                f"it resumes only on the pack checkpoint it was trained on ({trained}); "
+                if trained
+                else ""
+            )
+            + "use a new --name for a refiner of another pack model",
         )
     recorded = extra.get("refiner_config")
     if recorded is not None and RefinerConfig.from_dict(recorded) != refiner_config:
@@ -439,7 +454,9 @@ def run_refine_train(
     from repackctl.pack.load import load_pack
 
     cfg = settings.refine
-    pack_run = cfg.pack_run or chained_run(settings.runs, "pack", "--pack-run", messages=None)
+    # the default run name is refine-<newest pack run>; a named run resolves its pack run below
+    newest = None if cfg.pack_run or cfg.name else chained_run(settings.runs, "pack", "--pack-run")
+    pack_run = cfg.pack_run or newest
     run = refine_run_dir(settings, pack_run)
     settings, config_record, rec = resume_settings(run, settings, config_record, "refine")
     restore_interrupted_resaves(run)
@@ -449,7 +466,7 @@ def run_refine_train(
     )
     cfg = settings.refine
     sources = (config_record or {}).get("sources", sources)
-    pack = load_pack(cfg.pack_run or pack_run, runs=settings.runs)
+    pack = load_pack(_pack_run(settings, pack_run, latest, config_record), runs=settings.runs)
     cache = pack.extra.get("cache", {})
     entry = DatasetEntry.open(settings.cache, cfg.entry or cache["entry"])
     rcfg = refiner_config_for(
@@ -458,7 +475,7 @@ def run_refine_train(
         settings,
         started_norm_eps(latest),
     )
-    disc = DiscriminatorConfig(base_channels=cfg.disc_channels, norm=cfg.disc_norm)
+    disc = _discriminator(cfg, entry.resolution)
     if cfg.steps is not None and latest is None:
         check_new_run(cfg.steps, run, "refine", sources)
     # a run of another pack model, network, discriminator or EMA is refused before its
@@ -471,7 +488,7 @@ def run_refine_train(
         cfg.ema_decay,
         cfg.allow_change,
     )
-    resumed = [*(rec.lines() if rec else []), *kept]
+    resumed = resume_lines(rec, kept)
     if _shown(run, latest, cfg.steps, resumed, progress):
         return run  # nothing in the run folder changes but train.lock
     progress = with_log_file(progress, run / LOG_FILE)
@@ -497,11 +514,60 @@ def run_refine_train(
             "settings": config_record,
         },
     )
-    with progress("refine", total=None) as bar:
-        for m in messages:
-            bar.log(m)
+    log_lines(progress, "refine", messages)
     train(task, config, progress)
     return Path(config.run_dir)
+
+
+def _discriminator(cfg: Any, side: int) -> DiscriminatorConfig:
+    """The refiner's PatchGAN (``refine.disc_channels`` / ``disc_norm``, the default depth).
+    With the GAN on, one too deep for images of ``side`` px is refused before anything is
+    written: its convolutions failed with a traceback at the first step, after the triplets were
+    built (the refiner needs a side divisible by 8: 8 and 16 px are too small for it)."""
+    disc = DiscriminatorConfig(base_channels=cfg.disc_channels, norm=cfg.disc_norm)
+    if cfg.gan_weight > 0:
+        try:
+            check_disc_depth(disc, side, "the refiner's PatchGAN depth (n_layers)", 1)
+        except ConfigError as e:
+            raise ConfigError(
+                e.message,
+                "pass --gan-weight 0 to train the refiner without the GAN (its PatchGAN depth is "
+                f"fixed), or use images of {MIN_LAST_SIDE * 2**disc.n_layers} px or more",
+            ) from None
+    return disc
+
+
+def trained_pack_run(latest: Path | None) -> str | None:
+    """The pack run the checkpoint ``latest`` (None: a new run) was trained on, as its task
+    extra recorded it: a run whose settings record names none (it started before the pack run
+    was recorded) resumes on it, not on whatever pack run is newest by then."""
+    from repackctl.train.checkpoint import read_state
+
+    if latest is None:
+        return None
+    run = (read_state(latest).get("extra") or {}).get("pack", {}).get("run")
+    return run if isinstance(run, str) and run else None
+
+
+def _pack_run(
+    settings: Settings, pack_run: str | None, latest: Path | None, record: dict[str, Any] | None
+) -> str:
+    """The pack run to train on: the one given or stored (``settings``), the default name's
+    (``pack_run``), the one the checkpoint ``latest`` was trained on, else the newest (said on
+    stderr); recorded in the run's settings ``record`` when no layer named it."""
+    run = settings.refine.pack_run or pack_run or trained_pack_run(latest)
+    run = run or chained_run(settings.runs, "pack", "--pack-run", messages=None)
+    record_pack_run(record, run)
+    return run
+
+
+def record_pack_run(record: dict[str, Any] | None, pack_run: str) -> None:
+    """Put the pack run the refiner trains on into the settings record the run stores when no
+    layer named it (``--pack-run`` not given), as ``train dit`` records its latents
+    (``dit.run.record_latents``): a resume with ``--name`` then trains on it, not on the pack
+    run that is newest by then (refused as another pack model). A pack run given on resume
+    that differs is still refused (``settings.resume.reconcile``, then ``check_resumable``)."""
+    record_resolved(record, "refine", {"pack_run": pack_run})
 
 
 def _shown(
@@ -513,9 +579,7 @@ def _shown(
     shown = idle_lines(run, latest, steps)
     if shown is None:
         return False
-    with progress("refine", total=None) as bar:
-        for line in lines + shown:
-            bar.log(line)
+    log_lines(progress, "refine", lines + shown)
     return True
 
 
@@ -531,10 +595,11 @@ def _build_triplets(
     from repackctl.runtime import resolve_device
 
     cfg = settings.refine
-    with progress("triplets", total=None) as bar:
-        for line in resumed:
-            bar.log(f"resume: {line}")
-        bar.log(f"building refiner triplets of {pack.pack_id} in {entry.name}")
+    log_lines(
+        progress,
+        "triplets",
+        [*resumed, f"building refiner triplets of {pack.pack_id} in {entry.name}"],
+    )
     build_triplets(
         entry,
         features,

@@ -6,8 +6,10 @@ them without an import cycle.
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
+from pydantic import BaseModel
 from pydantic_core import PydanticCustomError
 
 from repackctl.errors import ConfigError
@@ -94,3 +96,44 @@ def check_schedules(settings: Any, sources: dict[str, str], section: str) -> Non
         check = getattr(part, hook, None)
         if check is not None:
             check(section, sources)
+
+
+# names a stage's own resume checks take that are no setting of its section: pack's TF32 choice
+# (``pack.task._check_resume_tf32``, from the preset) and the loss weights its plan derives
+# (``pack.task._check_resume_loss``: LossConfig fields without a pack setting of their name)
+STAGE_ALLOW_NAMES: dict[str, tuple[str, ...]] = {
+    "pack": ("tf32", "ffl_alpha", "ffl_patch_factor", "adaptive_gan_weight"),
+}
+
+
+def allow_change_names(settings: Any, section: str) -> list[str]:
+    """The names ``--allow-change`` takes for a ``section`` run: ``all``, each setting of the
+    section (``lr``, or ``dit.lr``) and each common one (``precision``, ``seed`` …), as
+    ``repackctl.settings.resume.reconcile`` and the stages' own resume checks match them."""
+    fields = type(settings).model_fields
+    common = [n for n, f in fields.items() if not _is_section(f.annotation)]
+    own = [*type(getattr(settings, section)).model_fields, *STAGE_ALLOW_NAMES.get(section, ())]
+    return ["all", *own, *(f"{section}.{n}" for n in own), *common]
+
+
+def _is_section(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def check_allow_change(settings: Any, section: str, sources: dict[str, str]) -> None:
+    """Refuse an ``--allow-change`` name that is no setting of a ``section`` run: a typo was
+    accepted silently, and the change the user meant to allow was then refused (or they took
+    it for allowed). The error lists the closest names. ``sources``: dotted key → source."""
+    names = allow_change_names(settings, section)
+    for name in getattr(getattr(settings, section), "allow_change", None) or []:
+        if name in names:
+            continue
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+        close += [n for n in names if n.startswith(name) and n not in close][: 3 - len(close)]
+        near = f" (did you mean {' or '.join(close)}?)" if close else ""
+        source = sources.get(f"{section}.allow_change", "flag")
+        raise ConfigError(
+            f"--allow-change {name!r} (from {source}) is no {section} setting{near}",
+            f"name a setting as `--show-config` lists it (e.g. {close[0] if close else 'lr'}) "
+            f"or all, or {undo_given(source, '--allow-change ' + name)}",
+        )

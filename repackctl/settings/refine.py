@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from repackctl.paths import safe_name
-from repackctl.settings.checks import ema_decay_below_one
+from repackctl.settings.checks import check_term_options, ema_decay_below_one
 
 
 class RefineSettings(BaseModel):
@@ -120,6 +120,25 @@ class RefineSettings(BaseModel):
     @classmethod
     def _ema_moves(cls, value: float) -> float:
         return ema_decay_below_one(value)
+
+    def check_terms(self, section: str, sources: dict[str, str]) -> None:
+        """Refuse the discriminator's options given with ``gan_weight`` 0, which builds no
+        discriminator (they were accepted, recorded and ignored), as ``pack train`` does
+        (``repackctl.settings.checks.check_term_options``; a preset's value is never refused)."""
+        if self.gan_weight == 0:
+            check_term_options(
+                self,
+                section,
+                sources,
+                GAN_OPTIONS,
+                "gan_weight",
+                "the GAN term and its discriminator",
+                "pass --gan-weight 0.5 (any weight > 0 turns the GAN on)",
+            )
+
+
+#: the options that only tune the GAN term (off when ``gan_weight`` is 0: no discriminator)
+GAN_OPTIONS = ("disc_channels", "disc_norm")
 
 
 # The official refiner (reference/methods.md; stage3/configs/refiner_offline.yaml, stage3/

@@ -14,8 +14,6 @@ model, latents, REPA, seed, …) is an error naming the setting, unless the user
 
 from __future__ import annotations
 
-import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,12 @@ from repackctl.errors import ConfigError, ResumeConflict
 from repackctl.progress import warn
 from repackctl.run_files import check_new_run_folder, read_json_dict, read_run_config
 from repackctl.run_lock import lock_run
-from repackctl.settings.checks import GIVEN_LAYERS, check_schedules, undo_given
+from repackctl.settings.checks import (
+    GIVEN_LAYERS,
+    check_allow_change,
+    check_schedules,
+    undo_given,
+)
 
 # settings whose change keeps a resumed run an exact continuation of the same experiment
 CONTINUABLE: dict[str, set[str]] = {
@@ -167,6 +170,29 @@ def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def _section_of(key: str) -> tuple[str, str]:
     head, _, tail = key.partition(".")
     return (head, tail) if tail else ("", head)
+
+
+#: the source of a value no layer gave that a run resolved when it started (the latents and entry
+#: of `train dit`, the caption group of `train t2i`, the pack run of `refine train`): a "stored"
+#: value, so that a resume reuses it (``GIVEN``) whatever the cache or runs hold by then
+RESOLVED_AT_START = "stored run config (resolved when the run started)"
+
+
+def record_resolved(record: dict[str, Any] | None, section: str, values: dict[str, Any]) -> None:
+    """Put ``values`` (setting name → what the run resolved) into the settings ``record`` a new
+    run stores (``config.json`` → extra.settings), each where no layer named it (its recorded
+    value is None). Without it a resume with ``--name`` resolves them again and may pick a newer
+    one (then refused as a change). A resumed run's record is the reconciled one, which already
+    carries the stored values; runs from before a value was recorded fall back on their
+    checkpoint's."""
+    if record is None:
+        return
+    stored = record.setdefault("values", {}).setdefault(section, {})
+    sources = record.setdefault("sources", {})
+    for key, value in values.items():
+        if stored.get(key) is None:
+            stored[key] = value
+            sources[f"{section}.{key}"] = RESOLVED_AT_START
 
 
 def reconcile(
@@ -375,6 +401,7 @@ def resume_settings(
     Before any stage writes, a new run refuses a folder holding files repackctl did not write,
     any run refuses a folder of another stage's run, and a run folder that exists is locked for
     this process (``repackctl.run_lock``: refused while another process trains it)."""
+    check_allow_change(settings, section, (record or {}).get("sources", {}))
     check_new_run_folder(run_dir)
     check_run_stage(run_dir, section)
     stored = stored_record(run_dir, section)
@@ -402,15 +429,11 @@ def resume_settings(
     return resumed, out, rec
 
 
-def resume_and_report(
-    run_dir: Path, settings: Any, record: dict[str, Any] | None, section: str
-) -> tuple[Any, dict[str, Any] | None]:
-    """:func:`resume_settings`, with each change printed (``resume: setting: old → new``) once."""
-    settings, record, rec = resume_settings(run_dir, settings, record, section)
-    if rec is not None and int(os.environ.get("RANK", 0)) == 0:
-        for line in rec.lines():
-            print(f"resume: {line}", file=sys.stderr)
-    return settings, record
+def resume_lines(rec: Reconciled | None, kept: list[str]) -> list[str]:
+    """The log lines of a resume: each change (``resume: setting: old → new``, allowed ones
+    marked) of :func:`resume_settings`'s ``rec`` (None: a new run), then each value
+    :func:`keep_started_values` ``kept``."""
+    return [f"resume: {line}" for line in [*(rec.lines() if rec else []), *kept]]
 
 
 def check_new_run(

@@ -11,13 +11,28 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from repackctl.progress import ProgressFactory
 
 METRICS = "metrics.jsonl"
 CURVES = "curves.png"
 # keys of a metrics line that are not loss terms (not drawn on the loss panel)
 NON_LOSS = {"step", "epoch", "steps/s", "samples/s", "bad_steps", "time"}
+
+
+def log_lines(progress: ProgressFactory, description: str, lines: Sequence[str]) -> None:
+    """Print ``lines`` above a ``description`` bar of ``progress``; a factory with the run's
+    log file (``progress.with_log_file``) writes them to ``log.txt`` too. Every training
+    command logs its resume lines (``setting: old → new``, allowed changes, kept values) so."""
+    if not lines:
+        return
+    with progress(description, total=None) as bar:
+        for line in lines:
+            bar.log(line)
 
 
 class MetricsLogger:

@@ -19,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -153,6 +154,10 @@ def test_tensorboard_shows_the_rerun_not_the_killed_attempt(tmp_path, resume_ste
     for s in (1, 2, 3):
         killed.log({"step": s, "loss": float(s)})
     killed.close()
+    # a rerun is a later process: its events file is named (and read) after the killed one's.
+    # Two writers of one process in the same second are ordered by a counter instead, whose
+    # "…10" sorts before "…9" once earlier tests made writers.
+    time.sleep(1.05)
     rerun = MetricsLogger(tmp_path, resume_step=resume_step)
     rerun.config({"lr": 2.0})
     for s in range(resume_step + 1, 4):
