@@ -82,6 +82,21 @@ def check_term_options(
             refuse_ignored(section, name, getattr(values, name), source, why, turn_on)
 
 
+def check_gan_options(values: Any, section: str, sources: dict[str, str], options: tuple) -> None:
+    """Refuse the discriminator's ``options`` given with ``gan_weight`` 0, which builds no
+    discriminator (``pack train`` and ``refine train``; see :func:`check_term_options`)."""
+    if values.gan_weight == 0:
+        check_term_options(
+            values,
+            section,
+            sources,
+            options,
+            "gan_weight",
+            "the GAN term and its discriminator",
+            "pass --gan-weight 0.5 (any weight > 0 turns the GAN on)",
+        )
+
+
 def check_schedules(settings: Any, sources: dict[str, str], section: str) -> None:
     """Run ``section``'s checks of options that the run would ignore, on the settings its run
     trains with: ``check_schedule`` (dit and t2i: lr-schedule options the schedule does not

@@ -38,7 +38,11 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from repackctl.settings.checks import check_term_options, ema_decay_below_one
+from repackctl.settings.checks import (
+    check_gan_options,
+    check_term_options,
+    ema_decay_below_one,
+)
 
 
 class PackSettings(BaseModel):
@@ -297,16 +301,7 @@ class PackSettings(BaseModel):
         map without a posterior, so it trains no KL term (``repackctl.settings.checks``); and
         the discriminator's options given with ``gan_weight`` 0, which builds no discriminator
         (they were accepted, recorded in the plan and ignored)."""
-        if self.gan_weight == 0:
-            check_term_options(
-                self,
-                section,
-                sources,
-                GAN_OPTIONS,
-                "gan_weight",
-                "the GAN term and its discriminator",
-                "pass --gan-weight 0.5 (any weight > 0 turns the GAN on)",
-            )
+        check_gan_options(self, section, sources, GAN_OPTIONS)
         if self.method == "pca":
             check_term_options(
                 self,

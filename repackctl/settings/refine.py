@@ -7,7 +7,10 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from repackctl.paths import safe_name
-from repackctl.settings.checks import check_term_options, ema_decay_below_one
+from repackctl.settings.checks import (
+    check_gan_options,
+    ema_decay_below_one,
+)
 
 
 class RefineSettings(BaseModel):
@@ -125,16 +128,7 @@ class RefineSettings(BaseModel):
         """Refuse the discriminator's options given with ``gan_weight`` 0, which builds no
         discriminator (they were accepted, recorded and ignored), as ``pack train`` does
         (``repackctl.settings.checks.check_term_options``; a preset's value is never refused)."""
-        if self.gan_weight == 0:
-            check_term_options(
-                self,
-                section,
-                sources,
-                GAN_OPTIONS,
-                "gan_weight",
-                "the GAN term and its discriminator",
-                "pass --gan-weight 0.5 (any weight > 0 turns the GAN on)",
-            )
+        check_gan_options(self, section, sources, GAN_OPTIONS)
 
 
 #: the options that only tune the GAN term (off when ``gan_weight`` is 0: no discriminator)
