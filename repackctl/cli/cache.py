@@ -56,7 +56,9 @@ def ls(cache: CacheOpt = None, config: ConfigOpt = None, as_json: JsonOpt = Fals
             soft_wrap=True,
         )
     if not infos and not unfinished and not damaged:
-        console.print(f"no cache entries in {root} (run `repackctl extract`)", highlight=False)
+        console.print(
+            f"no cache entries in {root} (run `repackctl extract`)", highlight=False, soft_wrap=True
+        )
         return
     rows = [
         [
@@ -189,7 +191,7 @@ def _nothing_to_verify(root: str) -> None:
             "pass the cache's folder with --cache (or set REPACKCTL_CACHE, or `cache` in the "
             "--config file); `repackctl cache ls --cache DIR` lists a cache's entries",
         ) from None
-    console.print(f"no cache entries in {root}: nothing to verify", highlight=False)
+    console.print(f"no cache entries in {root}: nothing to verify", highlight=False, soft_wrap=True)
 
 
 def _verify_one(root: str, name: str, repair: bool) -> list:
@@ -232,9 +234,11 @@ def _verify_one(root: str, name: str, repair: bool) -> list:
         if not (repair and found):
             return problems
         rows = repair_rows(e, found)
-        console.print(f"repaired {name}: {rows} rows marked pending; now run", highlight=False)
+        console.print(
+            f"repaired {name}: {rows} rows marked pending; now run", highlight=False, soft_wrap=True
+        )
         for cmd in producers(e, found):
-            console.print(f"  {cmd}", highlight=False)
+            console.print(f"  {cmd}", highlight=False, soft_wrap=True)
         problems = left_after_repair(e, problems)
     for p in problems:
         err_console.print(
@@ -332,10 +336,10 @@ def rm(
     if not yes and not confirm_delete(
         f"Remove {what} from {root}?", f"repackctl cache info {entry}"
     ):
-        console.print("nothing removed")
+        console.print("nothing removed", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     remove(root, entry, sub)
-    console.print(f"removed {what}")
+    console.print(f"removed {what}", highlight=False, soft_wrap=True)
 
 
 def _finished_before(root: str, entry: str, groups: dict[str, str | None]) -> bool:
@@ -355,7 +359,11 @@ def _finished_before(root: str, entry: str, groups: dict[str, str | None]) -> bo
     if not finish_removal(root, entry, sub):
         return False
     what = f"{entry}/{sub}" if sub else entry
-    console.print(f"removed {what} (the rest that an interrupted `cache rm` left)")
+    console.print(
+        f"removed {what} (the rest that an interrupted `cache rm` left)",
+        highlight=False,
+        soft_wrap=True,
+    )
     return True
 
 

@@ -130,7 +130,7 @@ def _print_summary(report: RunReport) -> None:
     console.print(results)
     console.print(m["probe"]["table"])
     for name, path in report.files.items():
-        console.print(f"{name}: {path}", highlight=False)
+        console.print(f"{name}: {path}", highlight=False, soft_wrap=True)
 
 
 def _demo_t2i(out: Path, fresh: bool, quick: bool, seed: int) -> None:
@@ -151,9 +151,13 @@ def _demo_t2i(out: Path, fresh: bool, quick: bool, seed: int) -> None:
         row = [m[f"{key}_accuracy"], m["chance"][key], m["classifier_real_val_accuracy"][key]]
         table.add_row(f"{key} adherence", *(f"{100 * v:.1f} %" for v in row))
     console.print(table)
-    console.print(f"FD (encoder space): {m['fd']:.3f}; total {report.seconds:.1f} s")
+    console.print(
+        f"FD (encoder space): {m['fd']:.3f}; total {report.seconds:.1f} s",
+        highlight=False,
+        soft_wrap=True,
+    )
     for name, path in report.files.items():
-        console.print(f"{name}: {path}", highlight=False)
+        console.print(f"{name}: {path}", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

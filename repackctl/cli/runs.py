@@ -60,7 +60,11 @@ def ls(runs: RunsOpt = None, config: ConfigOpt = None, as_json: JsonOpt = False)
         print_json({"root": str(root), "runs": [r.to_dict() for r in found]})
         return
     if not found:
-        console.print(f"no runs in {root} (train one: `repackctl pack train`)", highlight=False)
+        console.print(
+            f"no runs in {root} (train one: `repackctl pack train`)",
+            highlight=False,
+            soft_wrap=True,
+        )
         return
     rows = [
         [
@@ -145,18 +149,22 @@ def rm(
 
     folder = run_dir(_roots(runs, None, config)[0], name)
     if not folder.exists() and removing_folder(folder).is_dir():
-        console.print(f"finishing the removal of {folder} (it was interrupted)", highlight=False)
+        console.print(
+            f"finishing the removal of {folder} (it was interrupted)",
+            highlight=False,
+            soft_wrap=True,
+        )
         remove_run(folder)
-        console.print(f"removed {folder}", highlight=False)
+        console.print(f"removed {folder}", highlight=False, soft_wrap=True)
         return
     d = describe_run(folder)  # refuses anything that is not a run
     what = f"run {name} ({d.run.stage}, {d.run.checkpoints} checkpoints, {_mb(d.run.bytes)})"
     check_removable(folder)  # files of the user's in it: refused before asking
     if not yes and not confirm_delete(f"Delete {what} at {folder}?", f"repackctl runs info {name}"):
-        console.print("nothing removed")
+        console.print("nothing removed", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     remove_run(folder)
-    console.print(f"removed {folder}", highlight=False)
+    console.print(f"removed {folder}", highlight=False, soft_wrap=True)
 
 
 def register(root: typer.Typer) -> None:
