@@ -131,7 +131,10 @@ def fid(resolved: ResolvedSettings, source: GeneratedArg = None) -> None:
     """
     from repackctl.evaluate.generative import run_evaluate_fid
 
-    result = run_evaluate_fid(resolved.settings, rich_progress, _sampling_given(resolved))
+    flags = tuple(k for k in ("seed", "precision") if resolved.sources.get(k) == "flag")
+    result = run_evaluate_fid(
+        resolved.settings, rich_progress, _sampling_given(resolved), flags_given=flags
+    )
     _print_fid(result)
 
 

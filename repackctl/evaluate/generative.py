@@ -106,6 +106,8 @@ GENERATION_FIELDS = (
 #: card fields that say which networks made the samples besides the checkpoint (see
 #: :func:`made_with`); cards written before them lack them and are read and replaced as before
 MADE_WITH_FIELDS = ("weights", "guide", "refiner", "pack_decoder")
+#: what the card says of a generation field that a samples folder's card does not record
+NOT_RECORDED = "not recorded"
 STATS_FORMAT = 1
 
 
@@ -1167,6 +1169,50 @@ def _check_fd_given(cfg: Any, wanted: list[str]) -> None:
         )
 
 
+def _seed_draws(ref: Reference, wanted: list[str], cfg: Any) -> bool:
+    """Whether the seed draws anything in scoring samples that exist: the built-in reference
+    images (read by every metric but IS) or the FD encoder's random weights."""
+    builtin = ref.images is not None and ref.images.kind == "builtin"
+    return (builtin and bool(set(wanted) - {"is"})) or (
+        "fd" in wanted and cfg.fd_weights == "random"
+    )
+
+
+def check_run_flags_used(
+    settings: Settings, gen: Generated, ref: Reference, wanted: list[str], flags: tuple[str, ...]
+) -> None:
+    """Refuse ``--precision`` / ``--seed`` flags that scoring samples made earlier ignores.
+
+    They say how samples are made: for samples made now (a run or checkpoint with
+    ``--samples N``) they did. Samples that exist were made at the precision and seed on their
+    card, and scoring computes nothing at ``--precision``; ``--seed`` still draws the built-in
+    reference images and ``--fd-weights random`` (:func:`_seed_draws`). A seed or precision
+    from the environment or a config file is every command's and is not refused."""
+    if gen.sampled_now:
+        return
+    made = f"the samples {gen.images.label} were made already"
+    if "precision" in flags:
+        recorded = gen.protocol.get("precision")
+        at = f"at {recorded}" if recorded else "their precision is not recorded"
+        raise ConfigError(
+            f"--precision {settings.precision} is given, but {made} ({at}) and scoring them "
+            "computes nothing at that precision: it would be ignored; nothing was scored",
+            "drop --precision; to score samples made at another precision, sample them "
+            "(`repackctl evaluate fid RUN --samples N --precision P`, or `repackctl sample`)",
+        )
+    if "seed" in flags and not _seed_draws(ref, wanted, settings.evaluate):
+        recorded = gen.protocol.get("seed")
+        seeded = f" with seed {recorded}" if recorded is not None else ""
+        raise ConfigError(
+            f"--seed {settings.seed} is given, but {made}{seeded}, and this evaluation draws "
+            f"nothing with it (reference {ref.label}, metrics {', '.join(wanted)}): it would "
+            "be ignored; nothing was scored",
+            "drop --seed (it picks the images of --ref builtin and the FD encoder of "
+            "--fd-weights random); to score samples of another seed, sample them "
+            "(`repackctl evaluate fid RUN --samples N --seed S`)",
+        )
+
+
 def choose_metrics(requested: str, ref: Reference) -> list[str]:
     """Parse ``--metrics``; ``auto`` = fd for the built-in dataset, else what the reference allows."""
     if requested.strip().lower() == "auto":
@@ -1284,9 +1330,8 @@ def guide_text(guide: dict | None) -> str | None:
 
 
 def _card(
-    gen: Generated, ref: Reference, *, evaluator: str, extractor: str, extractor_sha: str,
-    precision: str, n: int,
-) -> dict:  # fmt: skip
+    gen: Generated, ref: Reference, *, evaluator: str, extractor: str, extractor_sha: str, n: int
+) -> dict:
     from repackctl.metrics.protocol import EXTERNAL_SAMPLER, git_revision, package_versions
 
     p = gen.protocol
@@ -1301,7 +1346,9 @@ def _card(
             "checkpoint_sha256": gen.images.sha256,
         }
         card.update({k: v for k, v in external.items() if card.get(k) in (None, "")})
-    card["precision"] = card["precision"] or precision
+    # an older samples card that lacks it: the precision the samples were made at is unknown
+    # (this command's --precision computes nothing here: :func:`check_run_flags_used`)
+    card["precision"] = card["precision"] or NOT_RECORDED
     card.update(
         evaluator=evaluator,
         feature_extractor=extractor,
@@ -1441,9 +1488,12 @@ def run_evaluate_fid(
     settings: Settings,
     progress: ProgressFactory = null_progress,
     sampling_given: tuple[str, ...] = (),
+    flags_given: tuple[str, ...] = (),
 ) -> EvaluateResult:
     """Score generated images against the reference and write ``metrics.json``;
-    ``sampling_given``: the sampling settings the user gave (``_resolve_source``)."""
+    ``sampling_given``: the sampling settings the user gave (``_resolve_source``);
+    ``flags_given``: which of ``seed`` and ``precision`` were given as flags
+    (:func:`check_run_flags_used`)."""
     from repackctl.metrics.protocol import validate_card, write_metrics_json
     from repackctl.runtime import resolve_device
 
@@ -1456,6 +1506,7 @@ def run_evaluate_fid(
     wanted = choose_metrics(settings.evaluate.metrics, ref)
     _check_inception_given(settings.evaluate.inception_weights, wanted)
     _check_fd_given(settings.evaluate, wanted)
+    check_run_flags_used(settings, gen, ref, wanted, flags_given)
     target = _metrics_path(settings, gen)
     check_metrics_target(target, out_given)  # before any scoring work
     if out_given:
@@ -1483,7 +1534,6 @@ def run_evaluate_fid(
         evaluator="; ".join(scores.evaluators),
         extractor="; ".join(e for e, _ in scores.extractors),
         extractor_sha=scores.extractors[0][1],
-        precision=settings.precision,
         n=gen.images.n,
     )
     validate_card(card)
