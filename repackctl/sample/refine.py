@@ -51,7 +51,7 @@ from repackctl.paths import PROTOCOL_JSON, SAMPLES_NPZ, SETTINGS_JSON
 from repackctl.progress import ProgressFactory, null_progress, warn
 from repackctl.refine.load import LATENT_CONVENTION, RefinerHandle, load_refiner
 from repackctl.run_lock import released_after
-from repackctl.runtime import DistInfo, resolve_device
+from repackctl.runtime import DistInfo, header_line, resolve_device, run_header
 from repackctl.sample.folder import (
     LATENTS_DIR,
     LATENTS_FILE,
@@ -78,6 +78,10 @@ CRASH_AFTER_PNG = "refine-apply-png-"
 CRASH_AFTER_NPZ = "refine-apply-npz"
 # the keys of the settings file of a folder written by `refine apply` (``source`` in older ones)
 _APPLY_KEYS = frozenset({"source", "source_sha256", "refiner", "num"})
+# the card field that records who refined the samples (the refining call's run header, package
+# versions and git revision); the card's own ``run_header``, ``versions`` and ``git_revision``
+# are the source's: how the samples were generated
+REFINED_BY = "refined_by"
 # card fields that fix the generated samples: named when a refined folder holds other samples
 _GENERATION_KEYS = (
     "checkpoint_sha256",
@@ -489,6 +493,7 @@ def _refine_missing(
     mine: range,
     todo: list[int],
     progress: ProgressFactory,
+    header: dict[str, Any],
 ) -> None:
     """Refine the samples ``todo`` (of the share ``mine``) of ``source`` into ``out``.
 
@@ -500,6 +505,7 @@ def _refine_missing(
     missing = set(todo)
     batches = aligned_batches(mine, missing, settings.sample.batch_size)
     with progress(f"refine {source.src.name}", total=len(todo), unit="img") as bar:
+        bar.log(header_line(header))
         for idx in batches:
             images = source.images(idx)  # (B, H, W, 3), from samples.npz: what the digest covers
             if regenerate is None:
@@ -516,8 +522,9 @@ def _crash_after_png(index: int) -> None:
     crash_point(f"{CRASH_AFTER_PNG}{index}")
 
 
-def _to_refine(out: Path, mine: range, num: int) -> list[int]:
-    """The samples of ``mine`` to refine into ``out``.
+def _to_refine(out: Path, mine: range, num: int) -> tuple[list[int], list[str]]:
+    """(the samples of ``mine`` to refine into ``out``, the warnings met, without their
+    ``Warning:``: each process returns its own, for rank 0 to print them all).
 
     An unfinished folder: those whose PNG is missing or no longer holds the bytes written (the
     manifests of ``write_recorded_pngs``, as `sample` keeps them: ``unverified_indices``; a
@@ -531,28 +538,33 @@ def _to_refine(out: Path, mine: range, num: int) -> list[int]:
     written)."""
     if not is_finished(out):
         todo, damaged = unverified_indices(out, mine, ("png",))
-        for path in damaged:
-            warn(f"{path} was changed after it was written: it is refined again")
-        return todo
+        return todo, [f"{p} was changed after it was written: it is refined again" for p in damaged]
     npz = out / SAMPLES_NPZ
     if not npz.is_file():
         missing = missing_indices(out, mine)
         if missing:
-            return missing
+            return missing, []
         try:
             verify_recorded_pngs(out, num, read_json_object(out / PROTOCOL_JSON, ""))
         except DataError as e:
-            warn(f"{e.message}: every image is refined again")
-            return list(mine)
-        return []
+            return list(mine), [f"{e.message}: every image is refined again"]
+        return [], []
     why = file_mismatch(npz, recorded_files(out).get(SAMPLES_NPZ))
     if why is not None:
-        warn(f"{npz} is not the file its card records ({why}): every image is refined again")
-        return list(mine)
+        return list(mine), [
+            f"{npz} is not the file its card records ({why}): every image is refined again"
+        ]
     restored = restore_pngs(out, mine)
-    if restored:
-        warn(restored.removeprefix("Warning: "))
-    return missing_indices(out, mine)
+    notes = [restored.removeprefix("Warning: ")] if restored else []
+    return missing_indices(out, mine), notes
+
+
+def _warn_all(dist: DistInfo, notes: list[str]) -> None:
+    """Rank 0 prints the warnings of every process (each met those of its own share: a
+    damaged PNG of another process's share was otherwise repaired silently), each once."""
+    for note in dict.fromkeys(dist.all_items(notes)):
+        if dist.rank == 0:
+            warn(note)
 
 
 def _fitting_refiner(settings: Settings, source: SamplesSource, protocol: dict) -> RefinerHandle:
@@ -574,11 +586,17 @@ def _write_card(
     digest: str,
     grid: int,
     verify: bool,
+    refined_by: dict[str, Any] | None,
 ) -> None:
     """samples.npz, grid and protocol card of the finished refined folder (rank 0); with
     ``verify`` (a folder that was unfinished), each PNG must match its manifest entry as it is
     read. The manifests (``latents/``) are removed once the card is written: a kill before
-    leaves them to check the PNGs against."""
+    leaves them to check the PNGs against.
+
+    The card keeps the source's provenance (``run_header``, ``versions``, ``git_revision``: how
+    the samples were generated) and records the refining call's under ``refined_by``; None
+    (this call refined nothing in a finished folder) keeps the card's own, or leaves it out
+    when that card records none rather than crediting this call with images it did not make."""
     _, files = assemble_recorded(out, _sample_ids(src, protocol), grid, None, verify=verify)
     crash_point(CRASH_AFTER_NPZ)
     card = dict(protocol)
@@ -586,9 +604,30 @@ def _write_card(
     card["refiner"] = {"checkpoint": str(refiner.checkpoint), "sha256": refiner.sha256}
     card["refined_from"] = str(src)
     card["refined_from_sha256"] = digest
+    if refined_by is None:
+        refined_by = _recorded_refined_by(out)
+    if refined_by is not None:
+        card[REFINED_BY] = refined_by
     write_json_atomic(out / PROTOCOL_JSON, card)
     if (out / LATENTS_DIR).is_dir():
         remove_latents_dir(out / LATENTS_DIR)
+
+
+def _recorded_refined_by(out: Path) -> dict[str, Any] | None:
+    """The ``refined_by`` of the card ``out`` holds (None: none, or an unreadable card)."""
+    try:
+        old = json.loads((out / PROTOCOL_JSON).read_text())
+    except (OSError, ValueError):
+        return None
+    found = old.get(REFINED_BY) if isinstance(old, dict) else None
+    return found if isinstance(found, dict) else None
+
+
+def _refined_by(header: dict[str, Any]) -> dict[str, Any]:
+    """The provenance of this refining call: its run header, package versions, git revision."""
+    from repackctl.metrics.protocol import git_revision, package_versions
+
+    return {"run_header": header, "versions": package_versions(), "git_revision": git_revision()}
 
 
 @released_after()  # the samples folder's writer lock (``claim_folder``)
@@ -625,17 +664,20 @@ def run_refine_apply(
         claim_folder(out, fingerprint, elsewhere=f"move {out} away")
         mine = owned_range(num, dist.rank, dist.world)
         unfinished = not is_finished(out)  # its PNGs are checked against their manifests
-        todo = _to_refine(out, mine, num)
-        dist.barrier()  # every process has seen the folder as it was before any writes to it
+        todo, notes = _to_refine(out, mine, num)
+        _warn_all(dist, notes)  # also: every process has seen the folder before any writes
+        # the refiner runs in fp32 whatever the settings say; the seed is the samples'
+        header = run_header(dist, device, "fp32", "refiner", int(protocol.get("seed", 0)))
         t0 = time.perf_counter()
-        _refine_missing(settings, source, out, regenerate, refiner, mine, todo, progress)
+        _refine_missing(settings, source, out, regenerate, refiner, mine, todo, progress, header)
         seconds = time.perf_counter() - t0
         has_latents = source.latents is not None
-    dist.barrier()
+    written, already, seconds = dist.job_totals(len(todo), len(mine) - len(todo), seconds)
     if dist.rank == 0:
         digest = fingerprint["source_sha256"]
-        _write_card(out, src, protocol, refiner, digest, settings.sample.grid, unfinished)
+        # a finished folder this call refined nothing in: its images are the recorded call's
+        by = _refined_by(header) if unfinished or written else None
+        _write_card(out, src, protocol, refiner, digest, settings.sample.grid, unfinished, by)
     dist.barrier()
     latents_source = "latents.npy" if has_latents else "regenerated from the DiT"
-    written, already, seconds = dist.job_totals(len(todo), len(mine) - len(todo), seconds)
     return ApplyResult(out, num, written, already, latents_source, seconds)

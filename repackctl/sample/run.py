@@ -55,7 +55,7 @@ from repackctl.paths import (
     local_path,
     run_root_of,
 )
-from repackctl.progress import ProgressFactory, null_progress
+from repackctl.progress import ProgressBar, ProgressFactory, null_progress
 from repackctl.run_lock import released_after
 from repackctl.runs import chained_run
 from repackctl.runtime import (
@@ -162,7 +162,7 @@ def run_sample(
     if checkpoint_stage(settings.runs, cfg.run, cfg.checkpoint) == "t2i":
         from repackctl.sample.t2i import run_t2i_sample
 
-        return _job_totals(run_t2i_sample(settings, progress, dist), dist)
+        return _job_totals(run_t2i_sample(settings, progress, dist, precision_source), dist)
     if cfg.prompt or cfg.prompts:
         raise ConfigError(
             f"run {cfg.run} is class-conditional: prompts apply to text-to-image runs",
@@ -365,11 +365,7 @@ def _generate(job: _Job, dist: DistInfo, progress: ProgressFactory, run_name: st
         (folder / LATENTS_DIR).mkdir(exist_ok=True)
     already, written, t0 = len(mine) - len(todo), 0, time.perf_counter()
     with progress(f"sample {run_name}", total=len(todo), unit="img") as bar:
-        bar.log(header_line(job.header))
-        for line in warnings:
-            bar.log(line)
-        if already:
-            bar.log(f"resuming: {already} samples of this process were already written")
+        log_start(bar, job.header, warnings, already)
         for idx in aligned_batches(mine, missing, cfg.batch_size):
             raw, images = _batch(job, idx)
             new = [(j, i) for j, i in enumerate(idx) if i in missing]
@@ -378,6 +374,17 @@ def _generate(job: _Job, dist: DistInfo, progress: ProgressFactory, run_name: st
             written += len(new)
             bar.advance(len(new))
     return written, already, time.perf_counter() - t0
+
+
+def log_start(bar: ProgressBar, header: dict[str, Any], warnings: list[str], already: int) -> None:
+    """What a sampling call (class-conditional or text-to-image) prints before its first
+    batch: its run header (``run_header``, also stored on the card), the ``Warning:`` lines on
+    damaged files, and how many samples of this process were already written."""
+    bar.log(header_line(header))
+    for line in warnings:
+        bar.log(line)
+    if already:
+        bar.log(f"resuming: {already} samples of this process were already written")
 
 
 def _batch(job: _Job, idx: list[int]) -> tuple[np.ndarray, np.ndarray]:

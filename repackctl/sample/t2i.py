@@ -54,7 +54,7 @@ from repackctl.pack.load import denormalise, load_decoder
 from repackctl.paths import PROTOCOL_JSON, local_path, run_root_of
 from repackctl.progress import ProgressFactory, null_progress, warn
 from repackctl.run_lock import released_after
-from repackctl.runtime import DistInfo, amp_autocast, check_precision, resolve_device
+from repackctl.runtime import DistInfo, amp_autocast, check_precision, resolve_device, run_header
 from repackctl.sample.folder import (
     LATENTS_DIR,
     aligned_batches,
@@ -441,8 +441,10 @@ def _protocol(
     handle: Any,
     prompts: Any,
     refiner: Any,
+    header: dict[str, Any],
 ) -> dict[str, Any]:
-    """The protocol card of a t2i samples folder (prompts and their truncation included)."""
+    """The protocol card of a t2i samples folder (prompts and their truncation included, and
+    the run header, as class-conditional cards record it)."""
     return generation_card(
         plan=plan,
         nfe=nfe,
@@ -468,6 +470,7 @@ def _protocol(
             "refiner": None if refiner is None else str(refiner.checkpoint),
             # what `evaluate adherence` needs of the checkpoint, kept for when it is rotated away
             "training_entry": training_entry_record(handle.extra),
+            "run_header": header,
         },
     )
 
@@ -511,11 +514,16 @@ def _fingerprint(settings: Any, handle: Any, plan: Any, prompts: _Prompts, refin
 
 @released_after()  # the samples folder's writer lock (``claim_folder``)
 def run_t2i_sample(
-    settings: Any, progress: ProgressFactory = null_progress, dist: DistInfo | None = None
+    settings: Any,
+    progress: ProgressFactory = null_progress,
+    dist: DistInfo | None = None,
+    precision_source: str = "settings",
 ) -> SampleResult:
-    """Generate (or finish generating) ``settings.sample.num`` samples of a t2i run."""
+    """Generate (or finish generating) ``settings.sample.num`` samples of a t2i run.
+
+    ``precision_source``: where the precision came from, for the run header (as ``run_sample``)."""
     from repackctl.dit.t2i_load import load_t2i, load_text_encoder
-    from repackctl.sample.run import SampleResult
+    from repackctl.sample.run import SampleResult, log_start
 
     cfg = settings.sample
     dist = dist or DistInfo.from_env()
@@ -550,10 +558,10 @@ def run_t2i_sample(
     if todo:
         (folder / LATENTS_DIR).mkdir(exist_ok=True)
     already, missing = len(mine) - len(todo), set(todo)
+    header = run_header(dist, device, settings.precision, precision_source, settings.seed)
     t0 = time.perf_counter()
     with progress(f"sample {run_root_of(ckpt).name}", total=len(todo), unit="img") as bar:
-        for line in warnings:
-            bar.log(line)
+        log_start(bar, header, warnings, already)
         # whole batches of the uninterrupted run: the same latents, bit for bit
         for idx in aligned_batches(mine, missing, cfg.batch_size):
             args = (model, plan, extra, text, ids, settings, decoder, refiner)
@@ -561,7 +569,7 @@ def run_t2i_sample(
     seconds = time.perf_counter() - t0
     dist.barrier()
     nfe = network_evaluations(plan.spec, plan)
-    protocol = _protocol(plan, nfe, settings, handle, prompts, refiner)
+    protocol = _protocol(plan, nfe, settings, handle, prompts, refiner, header)
     image_shape: tuple[int, ...] = ()
     if dist.rank == 0:
         image_shape = _finish(folder, cfg, ids, extra, prompts.per_sample, protocol, finished)
