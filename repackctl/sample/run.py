@@ -360,6 +360,7 @@ def _generate(job: _Job, dist: DistInfo, progress: ProgressFactory, run_name: st
     cfg, folder = job.settings.sample, job.folder
     mine = owned_range(cfg.num, dist.rank, dist.world)
     todo, warnings = indices_to_make(folder, mine, job.finished)
+    warnings = dist.all_items(warnings)  # every process's, printed once by rank 0's bar
     missing = set(todo)
     if todo:
         (folder / LATENTS_DIR).mkdir(exist_ok=True)

@@ -555,6 +555,7 @@ def run_t2i_sample(
     finished = is_finished(folder)
     mine = owned_range(cfg.num, dist.rank, dist.world)
     todo, warnings = indices_to_make(folder, mine, finished)
+    warnings = dist.all_items(warnings)  # every process's, printed once by rank 0's bar
     if todo:
         (folder / LATENTS_DIR).mkdir(exist_ok=True)
     already, missing = len(mine) - len(todo), set(todo)

@@ -2,7 +2,7 @@
 job, not rank 0's share: `extract`, `pack encode`, `sample` and `refine apply` run for real in two
 workers (``support.launch.start_two``), and the table rank 0 prints must add up to the files on
 disk.
-`extract` also prints the decode warnings of both workers.
+`extract` and `sample` also print the warnings of both workers.
 
 (`captions` under two processes: tests/cache/test_t2i_cache.py, whose two-worker run checks its
 printed count against the files.)
@@ -108,6 +108,26 @@ def test_pack_encode_prints_the_jobs_counts(tmp_path) -> None:
     stdout = _two(args, env)
     assert int(_row(stdout, "written now")) == 0, stdout
     assert int(_row(stdout, "already done")) == 16, stdout
+
+
+@pytest.mark.slow
+def test_sample_prints_the_warnings_of_every_process(tmp_path_factory, tmp_path) -> None:
+    """A PNG of rank 1's share of a finished folder, damaged: rank 1 rewrites it from
+    samples.npz, and the warning that says so is printed (by rank 0, for the job)."""
+    stack = shared_stack(tmp_path_factory)
+    runs = stack["runs"]
+    env = subprocess_env(tmp_path, REPACKCTL_CACHE=stack["cache"], REPACKCTL_RUNS=runs)
+    out = tmp_path / "samples"
+    args = ["sample", "-r", "dit-tiny", "-n", "4", "--steps", "2", "--batch-size", "2"]
+    args += ["--seed", "3", "--runs", runs, "--out", str(out), *CPU]
+    _two(args, env)
+    png = out / "000003.png"  # rank 1 owns samples 2 and 3
+    png.write_bytes(png.read_bytes()[:60])  # cut short: it no longer decodes
+    code, stdout, stderr = start_two([MAIN, *args], env).wait(timeout=180)
+    assert code == 0, stderr[-2000:]
+    rank0 = stderr.split("\n[rank 1] ")[0]
+    assert "Warning: 1 PNG of" in rank0 and "000003.png" in rank0, stderr
+    assert _now_and_done(stdout) == (0, 4), stdout
 
 
 @pytest.mark.slow
