@@ -29,7 +29,7 @@ test: lint
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 # the edit loop: no `slow` tests (subprocesses, kills, end-to-end runs); about 2 min 50 s on a
-# 2-core Xeon, 4 min 30 s on a slower 2-core EPYC (the full suite 7 to 9 min, and 11 min)
+# 2-core Xeon, 4 min 30 s on a slower 2-core EPYC (the full suite 7 to 9 min, and 11 to 14 min)
 test-fast: lint
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder -m "not slow"
 
