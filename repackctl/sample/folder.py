@@ -58,6 +58,7 @@ from repackctl.paths import (
     SAMPLES_NPZ,
     SETTINGS_JSON,
 )
+from repackctl.run_files import read_json_dict
 from repackctl.run_lock import SAMPLES_LOCK, lock_samples
 from repackctl.sample.plan import GenerationPlan, label_classes
 from repackctl.temp_names import temp_parts
@@ -848,11 +849,7 @@ def kept_provenance(folder: Path, card: dict[str, Any]) -> dict[str, Any]:
     its ``files``), made by that call, not by this one. A field that card does not record
     (older versions, an unreadable card) is left out rather than credited to this call. The
     other fields keep their order, so a rerun on the same machine writes the same bytes."""
-    try:
-        old = json.loads((folder / PROTOCOL_JSON).read_text())
-    except (OSError, ValueError):
-        old = None
-    old = old if isinstance(old, dict) else {}
+    old = read_json_dict(folder / PROTOCOL_JSON) or {}
     return {
         k: old[k] if k in _PROVENANCE else v
         for k, v in card.items()

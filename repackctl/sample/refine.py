@@ -50,6 +50,7 @@ from repackctl.metrics.adm import IMAGES_KEY
 from repackctl.paths import PROTOCOL_JSON, SAMPLES_NPZ, SETTINGS_JSON
 from repackctl.progress import ProgressFactory, null_progress, warn
 from repackctl.refine.load import LATENT_CONVENTION, RefinerHandle, load_refiner
+from repackctl.run_files import read_json_dict
 from repackctl.run_lock import released_after
 from repackctl.runtime import DistInfo, header_line, resolve_device, run_header
 from repackctl.sample.folder import (
@@ -615,11 +616,7 @@ def _write_card(
 
 def _recorded_refined_by(out: Path) -> dict[str, Any] | None:
     """The ``refined_by`` of the card ``out`` holds (None: none, or an unreadable card)."""
-    try:
-        old = json.loads((out / PROTOCOL_JSON).read_text())
-    except (OSError, ValueError):
-        return None
-    found = old.get(REFINED_BY) if isinstance(old, dict) else None
+    found = (read_json_dict(out / PROTOCOL_JSON) or {}).get(REFINED_BY)
     return found if isinstance(found, dict) else None
 
 
