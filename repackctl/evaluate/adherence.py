@@ -51,6 +51,7 @@ import torch
 from torch import nn
 
 from repackctl.data.captions import SHAPE_NOUNS, SIZE_WORDS, TWO_COLOUR_FILLS, colour_name
+from repackctl.eager_adamw import EagerAdamW
 from repackctl.errors import ConfigError, DataError
 from repackctl.files import read_json_object, write_json_atomic
 from repackctl.paths import PROTOCOL_JSON
@@ -305,7 +306,7 @@ def train_classifier(
     held, train = order[:cut], order[cut:]
     torch.manual_seed(seed)
     net = AttributeNet().to(device)
-    opt = torch.optim.AdamW(net.parameters(), lr=2e-3)
+    opt = EagerAdamW(net.parameters(), lr=2e-3)
     loss_fn = nn.CrossEntropyLoss()
     net.train()
     for _ in range(steps):

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from repackctl.eager_adamw import EagerAdamW
 from repackctl.errors import CheckpointError, ConfigError, DataError
 from repackctl.files import write_json_atomic
 from repackctl.metrics.frechet import FeatureStats, frechet_distance
@@ -139,7 +140,7 @@ def train_judge(
     gen = torch.Generator().manual_seed(recipe.seed)
     torch.manual_seed(recipe.seed)
     judge = Judge(JudgeConfig(num_classes, int(images.shape[1]), recipe.width))
-    opt = torch.optim.AdamW(judge.parameters(), lr=recipe.lr, weight_decay=0.05)
+    opt = EagerAdamW(judge.parameters(), lr=recipe.lr, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, recipe.lr, total_steps=max(recipe.steps, 1))
     x_all, y_all = _to_model(images), torch.from_numpy(labels)
     judge.train()

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from repackctl.eager_adamw import EagerAdamW
 from repackctl.errors import ConfigError, DataError
 
 WEIGHT_DECAYS = (0.0, 1e-4, 1e-3, 1e-2, 1e-1)
@@ -72,7 +73,7 @@ def _train_linear(
     torch.manual_seed(seed)  # nn.Linear's init draws from the global generator
     model = nn.Linear(x.shape[1], num_classes).to(device)
     torch.random.set_rng_state(torch_state)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    opt = EagerAdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     n = x.shape[0]
     bs = n if batch_size is None else min(batch_size, n)
     steps_per_epoch = math.ceil(n / bs)

@@ -51,6 +51,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from repackctl.crash import crash_point
+from repackctl.eager_adamw import EagerAdamW
 from repackctl.errors import CheckpointError, ConfigError, TrainingError
 from repackctl.files import write_json_atomic
 from repackctl.progress import ProgressFactory, null_progress
@@ -194,7 +195,7 @@ class Window:
 
 def make_adamw(
     params: list[nn.Parameter], lr: float, betas: tuple[float, float], weight_decay: float
-) -> torch.optim.AdamW:
+) -> EagerAdamW:
     """AdamW with PyTorch's fused kernel where every parameter allows it (floating point, on
     a CPU or a GPU), else PyTorch's default implementation.
 
@@ -206,9 +207,7 @@ def make_adamw(
     the checkpoint's optimizer state, so a run started before optimizers were fused goes on
     with the default loop and continues bit-identically."""
     fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
-    return torch.optim.AdamW(
-        params, lr=lr, betas=betas, weight_decay=weight_decay, fused=fused or None
-    )
+    return EagerAdamW(params, lr=lr, betas=betas, weight_decay=weight_decay, fused=fused or None)
 
 
 class Optimizers:
