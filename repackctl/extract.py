@@ -5,14 +5,17 @@ whole shards, so several processes (``torchrun``/``accelerate launch``) never wr
 shard (zarr 3 loses data otherwise, environment.md). A shard is encoded in batches that never cross
 its boundary (so the numbers do not depend on the number of processes), buffered, written, and only
 then marked done: a process killed at any moment loses at most the shard it was on, and a rerun
-continues with the first shard that is not done. Images are decoded in DataLoader workers.
+continues with the first shard that is not done. Images are decoded in DataLoader workers; those
+the entry already holds (another encoder's extract wrote them) are read back, not decoded again.
+The features shards are locked per features group, the image shards per entry (``_write_images``):
+extracts of two encoders at once write each image shard once.
 
 Three things overlap so the encoder is rarely idle (``repackctl benchmark extract`` measures the
 ratio to the bare forward): on a GPU the next batch is decoded in a background thread
-(``_prefetched``; with ``num_workers = 0`` that thread does the decoding itself), features are converted to float16
-on the encoder's device, and a complete shard is written by a writer thread while the next shard
-is encoded (``_ShardWriter``; at most one shard in flight, data before ``done`` as before). The
-bytes written do not change.
+(``_prefetched``; with ``num_workers = 0`` that thread does the decoding itself), features are
+converted to float16 on the encoder's device, and a complete shard is written by a writer thread
+while the next shard is encoded (``_ShardWriter``; at most one shard in flight, data before
+``done`` as before). The bytes written do not change.
 
 The counts ``run_extract`` returns (and the CLI prints: written now, already done) are summed over
 the processes: each one knows only its own shards, and rank 0's share is not the job's.
@@ -93,17 +96,27 @@ class ExtractResult:
 
 
 class _Items(Dataset):
-    """Decodes source items in DataLoader workers; a bad item comes back with its skip code."""
+    """Decodes source items in DataLoader workers; a bad item comes back with its skip code.
 
-    def __init__(self, source: ImageSource, resolution: int) -> None:
+    Items whose ``recorded`` flag is set (the entry holds their pixels or their skip) are not
+    decoded: they come back black, without a warning, and the caller uses the entry's record.
+    """
+
+    def __init__(
+        self, source: ImageSource, resolution: int, recorded: np.ndarray | None = None
+    ) -> None:
         self.source = source
         self.resolution = resolution
+        self.recorded = recorded
 
     def __len__(self) -> int:
         return len(self.source)
 
     def __getitem__(self, i: int) -> tuple[int, np.ndarray, int, int, str, str]:
         r = self.resolution
+        if self.recorded is not None and self.recorded[i]:
+            black = np.zeros((r, r, 3), np.uint8)
+            return i, black, WRITTEN, self.source.label(i), self.source.key(i), ""
         # warnings (PIL's DecompressionBombWarning, bad EXIF…) come back with the item and are
         # printed as the tool's own warning lines, not raw from a worker process
         with warnings.catch_warnings(record=True) as caught:
@@ -137,9 +150,16 @@ def _die_with_parent(parent: int, worker_id: int) -> None:
     die_with_parent(parent)
 
 
-def _loader(source: ImageSource, resolution: int, batches: list[list[int]], workers: int):
+def _loader(
+    source: ImageSource,
+    resolution: int,
+    batches: Any,
+    workers: int,
+    recorded: np.ndarray | None = None,
+) -> DataLoader:
+    """Decoded batches of ``source``; items flagged in ``recorded`` are not decoded (``_Items``)."""
     return DataLoader(
-        _Items(source, resolution),
+        _Items(source, resolution, recorded),
         batch_sampler=batches,
         num_workers=workers,
         collate_fn=_collate,
@@ -423,6 +443,9 @@ class _ShardWriter:
     pool: concurrent.futures.ThreadPoolExecutor | None = None
     inflight: concurrent.futures.Future | None = None
     bar: Any = None
+    #: the entry's own shard locks, shared by the extracts of every encoder (made on first use:
+    #: a rerun that writes no image adds no lock folder)
+    image_locks: ShardLocks | None = None
     images: GuardedArray = field(init=False)
 
     def __post_init__(self) -> None:
@@ -523,20 +546,50 @@ class _ShardWriter:
                 self.pool.shutdown(wait=True)
                 self.pool = None
 
+    def _write_images(self, sl: slice, buf: dict[str, np.ndarray]) -> bool:
+        """Write the shard's images, labels, keys and entry codes unless another process did
+        since this one read the entry's ``done``; False when that process recorded other pixels
+        or codes than this one decoded (a file changed in between).
+
+        Under the entry's own lock of the shard (``image_locks``): an extract of another encoder
+        takes the lock of its features group, not this one's, and would otherwise decode and
+        write the same image shard too. The lock is held for this write only (never while
+        waiting for anything else), so writers of different encoders cannot deadlock.
+        """
+        entry, k = self.entry, sl.start // self.entry.shard
+        if self.image_locks is None:
+            self.image_locks = ShardLocks(entry.root, entry.done)
+        self.image_locks.acquire(k)
+        try:
+            recorded = np.asarray(entry.done[sl])  # a fresh read, under the lock
+            if (recorded == PENDING).any():
+                entry.images[sl] = buf["images"]
+                entry.labels[sl] = buf["labels"]
+                entry.keys[sl] = buf["keys"].astype(str)
+                entry.done[sl] = buf["codes"]
+                return True
+            same = np.array_equal(recorded, buf["codes"])
+            return same and np.array_equal(np.asarray(entry.images[sl]), buf["images"])
+        finally:
+            self.image_locks.release(k)
+
     def _write(self, rng: range, buf: dict[str, np.ndarray]) -> str | None:
         """Shard complete: write its data, then mark it done and release its lock."""
         entry, feats = self.entry, self.feats
         message = None
         sl = slice(rng.start, rng.stop)
-        if (self.img_done[sl] == PENDING).any():
-            entry.images[sl] = buf["images"]
-            entry.labels[sl] = buf["labels"]
-            entry.keys[sl] = buf["keys"].astype(str)
+        if (self.img_done[sl] == PENDING).any() and not self._write_images(sl, buf):
+            self.locks.release(rng.start // entry.shard)  # left pending: a rerun redoes it
+            self.written -= int((buf["codes"] == WRITTEN).sum())  # _submit waits for this write
+            return (
+                f"Warning: samples {rng.start}..{rng.stop - 1} decoded otherwise than another "
+                "extract recorded them a moment ago (files changed?): their features are left "
+                "pending; run the same extract again to encode the recorded images"
+            )
         if not np.isfinite(buf["tokens"]).all():
             message = f"Warning: non-finite features in samples {rng.start}..{rng.stop - 1}"
         feats["tokens"][sl] = buf["tokens"]
         feats["cls"][sl] = buf["cls"]
-        entry.done[sl] = buf["codes"]
         feats.done[sl] = buf["codes"]
         self.locks.release(rng.start // entry.shard)
         return message
@@ -554,7 +607,8 @@ def _encode_pending(
     found: list[tuple[str, str]] = []
     shard = writer.entry.shard
     by_start = {r.start: r for r in pending}
-    loader = _loader(source, writer.resolution, shards, workers)
+    # images the entry already holds (or recorded as skipped) are read back, never decoded again
+    loader = _loader(source, writer.resolution, shards, workers, writer.img_done != PENDING)
     # decoding in a second thread pays off when the encoder runs on a GPU (the host thread waits
     # for it); on the CPU the two threads fight over the GIL and the cores (measured slower)
     batches = _prefetched(loader) if writer.device.type == "cuda" else loader
@@ -569,7 +623,8 @@ def _encode_pending(
 
 
 def _prepare(settings: Settings, dist: DistInfo) -> tuple[int, ImageSource, Any, torch.device]:
-    """Resolution, source and encoder (moved to its device), validated before anything is written."""
+    """Resolution, source and encoder (moved to its device), validated before anything is
+    written."""
     cfg = settings.extract
     resolution = cfg.resolution or default_resolution(cfg.data)
     _check_resolution(resolution)
