@@ -35,7 +35,13 @@ from repackctl.captions_cache import find_text_group, open_text_group
 from repackctl.data.cached import MEMORY_GB, fits_in_memory, shuffle_window
 from repackctl.dit.latents import LatentData, LatentRef, trained_latents
 from repackctl.dit.t2i_load import CaptionTexts, check_same_captions, check_text_features
-from repackctl.dit.task import DiTTask, build_task, data_options, taken_options
+from repackctl.dit.task import (
+    DiTTask,
+    build_task,
+    data_options,
+    given_window,
+    taken_options,
+)
 from repackctl.errors import CacheError, CheckpointError, ConfigError
 from repackctl.models.mmdit import mmdit_repa_depth
 from repackctl.paths import run_dir as make_run_dir
@@ -319,7 +325,7 @@ def build_t2i_task(
     block = 1 if data.in_memory else data.chunk
     window = shuffle_window(
         data,
-        s.buffer_blocks,
+        given_window(s.buffer_blocks, data.in_memory, sources, "t2i"),
         run_dir,  # a resumed run keeps the window its checkpoint recorded
         block=block,
         memory_gb=settings.memory_gb,

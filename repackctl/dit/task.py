@@ -528,7 +528,7 @@ def build_task(
     block = 1 if data.in_memory else data.chunk
     window = shuffle_window(
         data,
-        s.buffer_blocks,
+        given_window(s.buffer_blocks, data.in_memory, sources, "dit"),
         run_dir,
         block=block,
         memory_gb=settings.memory_gb,
@@ -546,6 +546,30 @@ def build_task(
         extra={"stage": "dit", "train": s.model_dump(mode="json")},
     )
     return DiTTask(data, spec), config
+
+
+def given_window(
+    given: int | None, in_memory: bool, sources: dict[str, str] | None, section: str
+) -> int | None:
+    """The shuffle window ``--buffer-blocks`` gives (``given``) where it shapes the order: None
+    (the run's recorded window, else the default) for data held in memory, which is shuffled
+    sample by sample, a uniform shuffle whatever the window; a value given now says so on
+    stderr. Taken as given, it only changed the run's record: a resume with another value was
+    refused as "other buffer_blocks; resuming would change the order of samples"."""
+    from repackctl.progress import warn
+    from repackctl.settings.checks import user_given
+
+    key = f"{section}.buffer_blocks"
+    source = (sources or {}).get(key)
+    if not in_memory or given is None or source is None:  # None: not a setting (t2i's base)
+        return given
+    if user_given(source):
+        warn(
+            f"{key} {given} ({source}) has no effect: the training data is held in memory "
+            "and shuffled sample by sample (a uniform shuffle, whatever the window); pass "
+            "--no-in-memory to read it in chunk blocks shuffled within that window"
+        )
+    return None
 
 
 _SAMPLE_KEY = 0xD17  # tags the per-sample generators of this stage

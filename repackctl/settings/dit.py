@@ -197,7 +197,8 @@ class DitSettings(BaseModel):
         None,
         ge=1,
         description="shuffle samples within this many chunks; none = as many as memory_gb holds "
-        "(at least 16; a resumed run keeps its recorded value)",
+        "(at least 16; a resumed run keeps its recorded value); no effect on data held in "
+        "memory (shuffled sample by sample)",
     )
     prefetch: bool | None = Field(
         None,

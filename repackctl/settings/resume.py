@@ -9,7 +9,8 @@ change that keeps the run meaningful (more steps, unless a cosine lr schedule sp
 checkpoint interval, …) is printed as
 ``setting: old → new``; a change that breaks exact continuation (batch, learning rate, schedule,
 model, latents, REPA, seed, …) is an error naming the setting, unless the user allows it with
-``--allow-change SETTING`` (or ``all``). Allowed changes are appended to ``config_history.jsonl``.
+``--allow-change SETTING`` (or ``all``), for that invocation only (the allowance is not kept for
+later resumes). Allowed changes are appended to ``config_history.jsonl``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,13 @@ from pydantic import ValidationError
 
 from repackctl.errors import ConfigError, ResumeConflict
 from repackctl.progress import warn
-from repackctl.run_files import check_new_run_folder, read_json_dict, read_run_config
+from repackctl.run_files import (
+    STATE_SHA256,
+    check_new_run_folder,
+    read_json_dict,
+    read_run_config,
+    sealed,
+)
 from repackctl.run_lock import lock_run
 from repackctl.settings.checks import (
     GIVEN_LAYERS,
@@ -195,6 +202,13 @@ def record_resolved(record: dict[str, Any] | None, section: str, values: dict[st
             sources[f"{section}.{key}"] = RESOLVED_AT_START
 
 
+#: settings that apply only to the invocation that gives them: never kept from the stored record
+#: (a run resumed once with ``--allow-change lr`` stored it, and every later resume then let
+#: the pack and refine checkpoint checks pass changes of lr without it), nor shown as a change;
+#: what an allowance let through stays in ``config_history.jsonl``
+ONLY_NOW = frozenset({"allow_change"})
+
+
 def reconcile(
     stored: dict[str, Any], current: dict[str, Any], section: str, allow: list[str]
 ) -> Reconciled:
@@ -215,7 +229,7 @@ def reconcile(
     breaking = []
     for key, value in new.items():
         sec, name = _section_of(key)
-        if sec not in ("", section) or key not in old:
+        if sec not in ("", section) or key not in old or name in ONLY_NOW:
             continue
         if not given(sources, key):
             if given(old_sources, key, KEPT):
@@ -363,12 +377,66 @@ def stored_record(run_dir: Path, section: str = "") -> dict[str, Any] | None:
     extra = data.get("extra") or {}
     record = extra.get("settings")
     if isinstance(record, dict) and "values" in record:
-        return record
+        return with_trained_on(record, run_dir, section)
     kept = extra.get(section, extra.get("train"))  # refine keeps its own; dit and t2i "train"
     if section and extra.get("stage") == section and isinstance(kept, dict):
         # every kept value counts as given, so one not given now stays as the run had it
-        return {"values": {section: kept}, "sources": {f"{section}.{k}": "stored" for k in kept}}
+        record = {"values": {section: kept}, "sources": {f"{section}.{k}": "stored" for k in kept}}
+        return with_trained_on(record, run_dir, section)
     return None
+
+
+#: where a run's checkpoint (``state.json`` → extra) names what the run resolved when it started:
+#: the values :func:`record_resolved` puts into the settings record of newer runs
+TRAINED_ON: dict[str, dict[str, tuple[str, str]]] = {
+    "dit": {"latents": ("cache", "latents"), "entry": ("cache", "entry")},
+    "t2i": {
+        "latents": ("cache", "latents"),
+        "entry": ("cache", "entry"),
+        "text_features": ("text", "features"),
+    },
+    "refine": {"pack_run": ("pack", "run")},
+}
+#: the source of such a value that a run's record lacked and its checkpoint named
+TRAINED_BY_CHECKPOINT = "stored run config (as its checkpoint recorded)"
+
+
+def with_trained_on(record: dict[str, Any], run_dir: Path, section: str) -> dict[str, Any]:
+    """``record`` with each :data:`TRAINED_ON` value it stores as None (a run started before
+    the value was recorded: ``record_resolved``) taken from the run's newest checkpoint.
+
+    Without it, such a run resumed with that value given (``--pack-run A``, the one it was
+    trained on) was refused as a change ``None → 'A'``, where a resume without it worked; a
+    value given that differs from the checkpoint's is still refused, as ``'A' → 'B'``."""
+    names = TRAINED_ON.get(section, {})
+    stored = (record.get("values") or {}).get(section)
+    missing = [n for n in names if isinstance(stored, dict) and n in stored and stored[n] is None]
+    extra = _checkpoint_extra(run_dir, section) if missing else {}
+    found = {}
+    for name in missing:
+        head, key = names[name]
+        value = (extra.get(head) or {}).get(key) if isinstance(extra.get(head), dict) else None
+        if isinstance(value, str) and value:
+            found[name] = value
+    if not found:
+        return record
+    values = {**record["values"], section: {**stored, **found}}
+    sources = {
+        **record.get("sources", {}),
+        **{f"{section}.{n}": TRAINED_BY_CHECKPOINT for n in found},
+    }
+    return {**record, "values": values, "sources": sources}
+
+
+def _checkpoint_extra(run_dir: Path, section: str) -> dict[str, Any]:
+    """The task extra of the run's newest checkpoint whose ``state.json`` verifies against its
+    own sha256 (the weights are not read), when it holds a ``section`` run; else empty."""
+    for path in sorted((run_dir / "checkpoints").glob("step-[0-9]*/state.json"), reverse=True):
+        data = read_json_dict(path)
+        if sealed(data, STATE_SHA256) and isinstance((data or {}).get("extra"), dict):
+            extra = data["extra"]
+            return extra if extra.get("stage") == section else {}
+    return {}
 
 
 def run_stage(run_dir: Path) -> str | None:
@@ -486,7 +554,13 @@ def keep_started_values(
     for name, value in new.items():
         key = f"{section}.{name}"
         before = old.get(name, started_without.get(name, value))
-        if value == before or name in allow or key in allow or sources.get(key) == FROM_EPOCHS:
+        if (
+            value == before
+            or name in ONLY_NOW
+            or name in allow
+            or key in allow
+            or sources.get(key) == FROM_EPOCHS
+        ):
             continue
         if given(sources, key):
             if name in old:
