@@ -213,6 +213,7 @@ def stats(
         resolution=resolution,
         num=num,
         progress=rich_progress,
+        flags_given=("seed",) if resolved.sources.get("seed") == "flag" else (),
     )
     meta = result.metadata
     state = "reused (same content hash)" if result.reused else "computed"

@@ -7,11 +7,12 @@ The ``evaluate`` group lives in ``cli/evaluate.py``; it adds these two commands 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from repackctl.cli.common import console, kv_table, note_line, rich_progress
-from repackctl.cli.options import settings_command
+from repackctl.cli.options import field_parameter, settings_command
 from repackctl.errors import ConfigError
 from repackctl.settings import ResolvedSettings
 from repackctl.settings.checks import undo_given, user_given
@@ -26,6 +27,19 @@ _LAYER_RANK = {"file": 1, "env": 2, "flag": 3}
 
 def _layer(source: str) -> int:
     return _LAYER_RANK.get(source.split(" ")[0], 0)
+
+
+def _evaluate_option(name: str) -> Any:
+    """The option of an ``[evaluate]`` setting as `evaluate fid` declares it (flag, help text,
+    default), for a command of the ``pack`` section: ``recon --fd-method`` is fid's."""
+    from repackctl.settings.evaluate import EvaluateSettings
+
+    info = EvaluateSettings.model_fields[name]
+    return field_parameter(name, info, EvaluateSettings, None).annotation
+
+
+#: `evaluate recon --fd-method`: the ``evaluate.fd_method`` setting of `evaluate fid`
+FdMethodOption = _evaluate_option("fd_method")
 
 
 def check_ignored_eval_settings(resolved: ResolvedSettings, command: str) -> None:
@@ -48,6 +62,14 @@ def check_ignored_eval_settings(resolved: ResolvedSettings, command: str) -> Non
             f"{undo_given(split_from, '--split')} to score {cfg.eval_entry}, or "
             f"{undo_given(entry_from, '--entry')} to score the run's {cfg.eval_split!r} split",
         )
+    if command == "recon" and sources.get("evaluate.fd_method") == "flag":
+        if not cfg.inception_weights:
+            raise ConfigError(
+                f"--fd-method {resolved.settings.evaluate.fd_method} is given, but without "
+                "--inception-weights `evaluate recon` computes no rFID (the only Fréchet "
+                "distance it reports): it would be ignored",
+                "drop --fd-method, or pass --inception-weights FILE to compute the rFID",
+            )
     if command == "recon" and sources.get("seed") == "flag":
         raise ConfigError(
             f"--seed {resolved.settings.seed} is given, but `evaluate recon` draws nothing at "
@@ -61,9 +83,12 @@ def check_ignored_eval_settings(resolved: ResolvedSettings, command: str) -> Non
     include=("run", *EVAL, "inception_weights", "grid_images"),
     flags=EVAL_FLAGS,
     common=("cache", "runs", "seed", "device"),
+    arguments={"fd_method": "evaluate.fd_method"},
 )
-def recon(resolved: ResolvedSettings) -> None:
+def recon(resolved: ResolvedSettings, fd_method: FdMethodOption = None) -> None:
     """PSNR, SSIM (and rFID) of a pack run's reconstructions on a held-out split, plus a grid PNG.
+
+    `--fd-method` is `evaluate fid`'s: the rFID's Fréchet algorithm, recorded in the report.
 
     Example: `repackctl evaluate recon --run pack-builtin --split val`
     """
@@ -77,7 +102,10 @@ def recon(resolved: ResolvedSettings) -> None:
         ("entry", f"{r.entry} ({r.n} images)"),
         ("PSNR", f"{r.psnr:.2f} dB" if r.psnr is not None else "inf (identical)"),
         ("SSIM", f"{r.ssim:.4f}"),
-        ("rFID", f"{r.rfid:.2f}" if r.rfid is not None else "- (no --inception-weights)"),
+        (
+            "rFID",
+            f"{r.rfid:.2f} ({r.fd_method})" if r.rfid is not None else "- (no --inception-weights)",
+        ),
         ("grid", r.grid),
     ]
     console.print(kv_table("evaluate recon", rows))

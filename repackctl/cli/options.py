@@ -77,7 +77,7 @@ def _help(info: FieldInfo, suffix: str, preset_note: str | None) -> str:
     return text
 
 
-def _field_parameter(
+def field_parameter(
     name: str, info: FieldInfo, model: type[BaseModel], flag: str | None
 ) -> inspect.Parameter:
     ann, suffix = _cli_type(info.annotation)
@@ -184,7 +184,7 @@ def settings_command(
             p.replace(annotation=hints.get(p.name, p.annotation))
             for p in list(inspect.signature(fn).parameters.values())[1:]
         ]
-        params = [_field_parameter(n, model.model_fields[n], model, renames.get(n)) for n in names]
+        params = [field_parameter(n, model.model_fields[n], model, renames.get(n)) for n in names]
         params = [*own, *params, *_common_parameters(common, renames)]
         params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params]
 

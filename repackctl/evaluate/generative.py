@@ -292,6 +292,7 @@ def reference_folder_set(folder: Path, resolution: int, num: int | None, seed: i
     files = _reference_files(root)
     if not files:
         raise DataError(f"no images under {root}", hint="pass a folder of .png/.jpg images")
+    available = len(files)
     if num is not None and num < len(files):
         keep = np.sort(np.random.default_rng(seed).permutation(len(files))[:num])
         files = [files[i] for i in keep]
@@ -316,7 +317,7 @@ def reference_folder_set(folder: Path, resolution: int, num: int | None, seed: i
         resolution=resolution,
         batches=batches,
         hasher=lambda: folder_sha256(files, root),
-        meta={"crop": "adm-center"},
+        meta={"crop": "adm-center", "available": available},
     )
 
 
@@ -1726,6 +1727,56 @@ def _at_given_resolution(images: ImageSet, resolution: int | None) -> ImageSet:
     return images
 
 
+def _stats_available(images: ImageSet) -> int | None:
+    """How many images the source of ``images`` holds (None: the built-in data, made to any
+    number)."""
+    if images.kind == "cache":
+        return int(images.meta["subset"]["of"])
+    return images.meta.get("available")
+
+
+def _check_num_available(images: ImageSet, num: int | None) -> None:
+    """Refuse ``--num N`` above what a folder, an .npz or a cache entry holds: the statistics
+    were of all its images, fewer than asked for, without a word."""
+    available = _stats_available(images)
+    if num is not None and available is not None and num > available:
+        raise ConfigError(
+            f"--num {num} is given, but {images.label} holds {available} images: the "
+            f"statistics would be of {available}, not {num}; nothing was computed",
+            f"pass --num {available} or fewer (or leave it out for all {available}), or "
+            "summarise a source with more images",
+        )
+
+
+def _stats_seed_draws(images: ImageSet, extractor: str, cfg: Any) -> bool:
+    """Whether the seed draws anything in `evaluate stats`: the built-in images, a ``--num``
+    subset of an image folder, or the FD encoder's random weights."""
+    subset = images.kind == "image-folder" and images.n < images.meta["available"]
+    return images.kind == "builtin" or subset or (extractor == "fd" and cfg.fd_weights == "random")
+
+
+def _check_seed_used(
+    settings: Settings, images: ImageSet, extractor: str, flags_given: tuple[str, ...]
+) -> None:
+    """Refuse a ``--seed`` flag where it draws nothing (:func:`_stats_seed_draws`): every seed
+    summarised the same images, and the file of seed 0 was reused for seed 7. A seed from the
+    environment or a config file is every command's and is not refused."""
+    if "seed" not in flags_given or _stats_seed_draws(images, extractor, settings.evaluate):
+        return
+    if images.n == _stats_available(images):
+        how = f"all its {images.n} images"
+    elif images.kind == "cache":
+        how = f"a class-balanced round robin of {images.n} images"
+    else:
+        how = f"its first {images.n} images"
+    raise ConfigError(
+        f"--seed {settings.seed} is given, but the statistics of {images.label} draw nothing at "
+        f"random ({how}): it would be ignored; nothing was computed",
+        "drop --seed: it picks only the images of 'builtin', a --num subset of an image "
+        "folder, and the FD encoder of --fd-weights random",
+    )
+
+
 def run_evaluate_stats(
     settings: Settings,
     source: str | None,
@@ -1734,11 +1785,14 @@ def run_evaluate_stats(
     resolution: int | None = None,
     num: int | None = None,
     progress: ProgressFactory = null_progress,
+    flags_given: tuple[str, ...] = (),
 ) -> StatsResult:
     """Write (or reuse) the reference statistics file of a set of images.
 
     ``source`` (or ``evaluate.ref_cache``) names the images; ``resolution`` / ``num`` are None
-    for their defaults (:data:`STATS_DEFAULTS`) and refused below 1.
+    for their defaults (:data:`STATS_DEFAULTS`) and refused below 1, and above what a folder,
+    an .npz or a cache entry holds. ``flags_given``: ``("seed",)`` when ``--seed`` was a flag
+    (refused where the seed draws nothing).
     """
     from repackctl.runtime import resolve_device
 
@@ -1760,6 +1814,8 @@ def run_evaluate_stats(
         )
     device = resolve_device(settings.device)
     images = _stats_images(settings, source, resolution, num)
+    _check_num_available(images, num)
+    _check_seed_used(settings, images, extractor, flags_given)
     images.batch_size = cfg.batch_size
     folder = stats_dir(settings)
     if extractor == "inception":

@@ -177,6 +177,8 @@ class ReconResult:
     shown: int = 0  # the first ``shown`` notes were logged above the progress bar already
     # the Inception weights of the rFID (``weights_path``, ``weights_sha256``); None without
     inception: dict[str, Any] | None = None
+    # the Fréchet distance algorithm of the rFID (``evaluate.fd_method``); None without rFID
+    fd_method: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -206,12 +208,21 @@ def _inception_record(weights: str | None) -> dict[str, Any] | None:
     return {"weights_path": str(path.resolve()), "weights_sha256": sha256_file(path)}
 
 
-def check_recon_replaceable(path: Path, inception: dict[str, Any] | None) -> None:
+#: the Fréchet algorithm of an rFID in a report written before reports recorded it (recon
+#: always used it then)
+RFID_METHOD_BEFORE = "sqrtm"
+
+
+def check_recon_replaceable(
+    path: Path, inception: dict[str, Any] | None, fd_method: str = "sqrtm"
+) -> None:
     """Refuse replacing a ``recon-*.json`` whose rFID this run would lose: a run without
-    Inception weights (its rFID is null) or with other weights (another rFID; reports written
-    before they recorded their weights are replaced as before). PSNR and SSIM of the same
-    checkpoint, entry and subset are the same whatever the weights, so every other rerun is the
-    same result recomputed and replaces it. A report that cannot be read is replaced."""
+    Inception weights (its rFID is null), with other weights or another Fréchet algorithm
+    ``fd_method`` (another rFID, as `evaluate fid` refuses another protocol; reports written
+    before they recorded their weights are replaced as before, and their rFID was sqrtm's).
+    PSNR and SSIM of the same checkpoint, entry and subset are the same whatever the weights,
+    so every other rerun is the same result recomputed and replaces it. A report that cannot be
+    read is replaced."""
     from repackctl.run_files import read_json_dict
 
     old = read_json_dict(path)
@@ -219,9 +230,12 @@ def check_recon_replaceable(path: Path, inception: dict[str, Any] | None) -> Non
         return
     was = old.get("inception") if isinstance(old.get("inception"), dict) else {}
     where = was.get("weights_path")
+    method = old.get("fd_method") or RFID_METHOD_BEFORE
+    same_method = "" if method == fd_method else f" --fd-method {method}"
     keep = f"move {path.name} away first to keep it"
     if inception is None:
         again = f"pass --inception-weights {where}" if where else "pass --inception-weights"
+        again += same_method
         raise ConfigError(
             f"{path} holds an rFID ({old['rfid']:.4g}) that this run, without "
             "--inception-weights, would replace with none; it was left untouched and nothing "
@@ -234,8 +248,25 @@ def check_recon_replaceable(path: Path, inception: dict[str, Any] | None) -> Non
             f"{path} holds an rFID ({old['rfid']:.4g}) made with other Inception weights "
             f"({where}, sha256 {sha[:12]}…; this run: {inception['weights_path']}, sha256 "
             f"{inception['weights_sha256'][:12]}…); it was left untouched and nothing was scored",
-            f"pass --inception-weights {where} to recompute it, or {keep}",
+            f"pass --inception-weights {where}{same_method} to recompute it, or {keep}",
         )
+    if method != fd_method:
+        raise ConfigError(
+            f"{path} holds an rFID ({old['rfid']:.4g}) made with the {method} Fréchet distance "
+            f"(this run: --fd-method {fd_method}), another protocol; it was left untouched and "
+            "nothing was scored",
+            f"pass --fd-method {method} to recompute it, or {keep}",
+        )
+
+
+def _rfid(real: Any, fake: Any, fd_method: str, notes: list[str]) -> float:
+    """The Fréchet distance of the originals' and reconstructions' Inception statistics
+    (``FeatureStats``) by ``fd_method``, with a note below 2048 images."""
+    from repackctl.metrics.frechet import frechet_distance
+
+    if real.n < 2048:
+        notes.append(f"rFID from {real.n} images: biased upwards, compare only like with like")
+    return frechet_distance(real.mu, real.sigma, fake.mu, fake.sigma, method=fd_method)
 
 
 @torch.no_grad()
@@ -254,7 +285,8 @@ def evaluate_recon(settings: Settings, progress: ProgressFactory = null_progress
 
     stem = report_stem("recon", entry, None if subset["rule"] == "all" else len(idx))
     inception = _inception_record(cfg.inception_weights)
-    check_recon_replaceable(handle.checkpoint / f"{stem}.json", inception)  # before any work
+    fd_method = settings.evaluate.fd_method
+    check_recon_replaceable(handle.checkpoint / f"{stem}.json", inception, fd_method)  # first
     extractor = _inception(cfg.inception_weights, device, notes)
     if extractor is not None:
         from repackctl.metrics.frechet import FeatureStats
@@ -280,15 +312,7 @@ def evaluate_recon(settings: Settings, progress: ProgressFactory = null_progress
     p = np.concatenate(per_psnr)
     finite = np.isfinite(p)
     mean_psnr = float(p[finite].mean()) if finite.any() else None
-    rfid = None
-    if extractor is not None:
-        from repackctl.metrics.frechet import frechet_distance
-
-        rfid = frechet_distance(real_stats.mu, real_stats.sigma, fake_stats.mu, fake_stats.sigma)
-        if len(idx) < 2048:
-            notes.append(
-                f"rFID from {len(idx)} images: biased upwards, compare only like with like"
-            )
+    rfid = None if extractor is None else _rfid(real_stats, fake_stats, fd_method, notes)
     k = cfg.grid_images
     grid = handle.checkpoint / f"{stem}.png"
     save_grid(
@@ -312,6 +336,7 @@ def evaluate_recon(settings: Settings, progress: ProgressFactory = null_progress
         subset=subset,
         shown=shown,
         inception=inception,
+        fd_method=fd_method if rfid is not None else None,
     )
     from repackctl.files import write_json_atomic
 
