@@ -19,6 +19,10 @@ it is changed. The images refined are read from that same samples.npz (held open
 to the last batch), never from the source's PNGs: an edited PNG is not refined under the digest
 of the original.
 
+A refined folder is refined in one batch size (its settings file records ``batch_size``): the
+refiner's pixels differ by ±1/255 between batch sizes, so an unfinished folder resumed with
+another is refused by name; a finished one keeps its own for whatever it refines again.
+
 A refiner refines only what it was trained for: samples of another image side or latent grid
 are refused before anything is written (``RefinerHandle.check_fits``).
 
@@ -78,7 +82,10 @@ from repackctl.settings import Settings
 CRASH_AFTER_PNG = "refine-apply-png-"
 CRASH_AFTER_NPZ = "refine-apply-npz"
 # the keys of the settings file of a folder written by `refine apply` (``source`` in older ones)
-_APPLY_KEYS = frozenset({"source", "source_sha256", "refiner", "num"})
+# (``batch_size``: the batch size its images are refined in, recorded since the refiner's pixels
+# were found to differ by ±1/255 between batch sizes; folders started before lack it)
+_APPLY_KEYS = frozenset({"source", "source_sha256", "refiner", "num", "batch_size"})
+BATCH_KEY = "batch_size"
 # the card field that records who refined the samples (the refining call's run header, package
 # versions and git revision); the card's own ``run_header``, ``versions`` and ``git_revision``
 # are the source's: how the samples were generated
@@ -422,14 +429,11 @@ def _refined_by_sample(out: Path, src: Path, protocol: dict, refiner_sha: str) -
             f"{out} is an unfinished folder of `repackctl sample --refiner`",
             f"finish it with its `repackctl sample` command, or {_move_away_hint(out)}",
         )
-    try:
-        done = json.loads(card.read_text())
-    except ValueError:
-        done = {}  # unreadable: it proves nothing
+    done = read_json_dict(card) or {}  # unreadable: it proves nothing
     diff = _generation_diff(done, protocol)
     if (done.get("pack") or {}).get("pack_id") != (protocol.get("pack") or {}).get("pack_id"):
         diff.append("pack model")
-    if (done.get("refiner") or {}).get("sha256") != refiner_sha:
+    if _card_refiner_sha(out, done) != refiner_sha:
         diff.append("refiner checkpoint")
     src_latents = _latents_sha(src)
     if not diff and (src_latents is None or _latents_sha(out) != src_latents):
@@ -441,6 +445,19 @@ def _refined_by_sample(out: Path, src: Path, protocol: dict, refiner_sha: str) -
         f"those in {src} (other {', '.join(diff)})",
         _move_away_hint(out),
     )
+
+
+def _card_refiner_sha(out: Path, done: dict[str, Any]) -> str | None:
+    """The sha256 of the refiner that refined the `sample --refiner` folder ``out`` (card
+    ``done``): the card's ``refiner.sha256``; text-to-image cards of earlier versions record
+    the refiner's path only, and then the sha256 its settings file recorded when the folder was
+    started (the refiner `sample` checked every resume against). None: not recorded."""
+    recorded = done.get("refiner")
+    if isinstance(recorded, dict):
+        return recorded.get("sha256")
+    settings = read_json_dict(out / SETTINGS_JSON) or {}
+    sha = settings.get("refiner") if isinstance(recorded, str) else None
+    return sha if isinstance(sha, str) else None
 
 
 def _already_refined(out: Path, src: Path, protocol: dict, fingerprint: dict[str, Any]) -> bool:
@@ -459,7 +476,8 @@ def _already_refined(out: Path, src: Path, protocol: dict, fingerprint: dict[str
         return False  # claim_folder refuses it
     if not set(old) <= _APPLY_KEYS:
         return _refined_by_sample(out, src, protocol, fingerprint["refiner"])
-    if old == fingerprint:
+    old = {k: v for k, v in old.items() if k != BATCH_KEY}  # `_apply_batch_size` checks it
+    if old == {k: v for k, v in fingerprint.items() if k != BATCH_KEY}:
         return False
     if "refiner" in old and old["refiner"] != fingerprint["refiner"]:
         why = "another checkpoint of the refiner run made them"
@@ -468,6 +486,31 @@ def _already_refined(out: Path, src: Path, protocol: dict, fingerprint: dict[str
     else:
         why = f"the samples in {src} changed since they were refined"
     raise ConfigError(f"{out} holds other refined images: {why}", _move_away_hint(out))
+
+
+def _apply_batch_size(out: Path, fingerprint: dict[str, Any], given: int) -> dict[str, Any]:
+    """The fingerprint to claim ``out`` with, its ``batch_size`` the one to refine in.
+
+    The refiner's pixels differ by ±1/255 between batch sizes, so a folder is refined in one:
+    a new folder records ``given``; an unfinished folder started with another is refused
+    (finishing it with ``given`` mixed two batchings in one folder); a finished folder keeps
+    its own (whatever it refines again, a damaged PNG or all of them, matches the rest). A
+    folder started before the batch size was recorded is resumed with ``given`` and left as it
+    is (its batch size is unknown)."""
+    old = read_json_dict(out / SETTINGS_JSON)
+    if old is None or not set(old) <= _APPLY_KEYS:
+        return {**fingerprint, BATCH_KEY: given}  # new (or foreign: claim_folder refuses it)
+    if BATCH_KEY not in old:
+        return fingerprint  # an earlier version's folder: accepted, with the given batch size
+    recorded = old[BATCH_KEY]
+    if recorded == given or is_finished(out):
+        return {**fingerprint, BATCH_KEY: recorded}
+    raise ConfigError(
+        f"{out} is an unfinished refined folder whose images were refined with --batch-size "
+        f"{recorded}, not {given}: the refiner's pixels differ by ±1/255 between batch sizes, "
+        "so finishing it with another would mix two batchings in one folder",
+        f"pass --batch-size {recorded} to finish it, or {_move_away_hint(out)}",
+    )
 
 
 def _source_protocol(src: Path) -> dict[str, Any]:
@@ -495,6 +538,7 @@ def _refine_missing(
     todo: list[int],
     progress: ProgressFactory,
     header: dict[str, Any],
+    batch_size: int,
 ) -> None:
     """Refine the samples ``todo`` (of the share ``mine``) of ``source`` into ``out``.
 
@@ -504,7 +548,7 @@ def _refine_missing(
     uninterrupted one. Only the missing PNGs are written, each after the batch's manifest of
     their sha256 (``write_recorded_pngs``); those already there are kept."""
     missing = set(todo)
-    batches = aligned_batches(mine, missing, settings.sample.batch_size)
+    batches = aligned_batches(mine, missing, batch_size)
     with progress(f"refine {source.src.name}", total=len(todo), unit="img") as bar:
         bar.log(header_line(header))
         for idx in batches:
@@ -658,7 +702,8 @@ def run_refine_apply(
             return ApplyResult(out, num, 0, num, "already refined (by `sample --refiner`)", 0.0)
         if regenerate is not None and not is_finished(out):
             regenerate.load()  # the DiT, checked before the folder is claimed
-        claim_folder(out, fingerprint, elsewhere=f"move {out} away")
+        claim = _apply_batch_size(out, fingerprint, settings.sample.batch_size)
+        claim_folder(out, claim, elsewhere=f"move {out} away")
         mine = owned_range(num, dist.rank, dist.world)
         unfinished = not is_finished(out)  # its PNGs are checked against their manifests
         todo, notes = _to_refine(out, mine, num)
@@ -666,7 +711,9 @@ def run_refine_apply(
         # the refiner runs in fp32 whatever the settings say; the seed is the samples'
         header = run_header(dist, device, "fp32", "refiner", int(protocol.get("seed", 0)))
         t0 = time.perf_counter()
-        _refine_missing(settings, source, out, regenerate, refiner, mine, todo, progress, header)
+        batch = claim.get(BATCH_KEY, settings.sample.batch_size)
+        args = (mine, todo, progress, header, batch)
+        _refine_missing(settings, source, out, regenerate, refiner, *args)
         seconds = time.perf_counter() - t0
         has_latents = source.latents is not None
     written, already, seconds = dist.job_totals(len(todo), len(mine) - len(todo), seconds)

@@ -424,13 +424,20 @@ def _protocol(job: _Job, nfe: int, ckpt: Path, sha: str, pack: Any, guide_info: 
             "latent_convention": "raw",
             "velocity_convention": job.extra.get("velocity_convention", "ours"),
             "guide": guide_info,
-            "refiner": None
-            if refiner is None
-            else {"checkpoint": str(refiner.checkpoint), "sha256": refiner.sha256},
+            "refiner": refiner_record(refiner),
             "labels": job.labels.tolist(),
             "run_header": job.header,
         },
     )
+
+
+def refiner_record(refiner: Any) -> dict[str, str] | None:
+    """What a samples card records of the refiner its images were refined with (None: none):
+    its checkpoint and sha256, so a refiner retrained in place is told apart (class-conditional
+    and text-to-image cards alike; `refine apply` compares the sha256)."""
+    if refiner is None:
+        return None
+    return {"checkpoint": str(refiner.checkpoint), "sha256": refiner.sha256}
 
 
 def _finish(job: _Job, dist: DistInfo, protocol: dict) -> tuple[int, ...]:

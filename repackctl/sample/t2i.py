@@ -445,6 +445,8 @@ def _protocol(
 ) -> dict[str, Any]:
     """The protocol card of a t2i samples folder (prompts and their truncation included, and
     the run header, as class-conditional cards record it)."""
+    from repackctl.sample.run import refiner_record
+
     return generation_card(
         plan=plan,
         nfe=nfe,
@@ -467,7 +469,7 @@ def _protocol(
             "pack": handle.extra.get("pack"),
             "latent_shape": list(handle.extra["latent_shape"]),
             "latent_convention": "raw",
-            "refiner": None if refiner is None else str(refiner.checkpoint),
+            "refiner": refiner_record(refiner),  # checkpoint and sha256, as class-conditional
             # what `evaluate adherence` needs of the checkpoint, kept for when it is rotated away
             "training_entry": training_entry_record(handle.extra),
             "run_header": header,
