@@ -7,11 +7,14 @@ from pathlib import Path
 
 from repackctl.errors import CheckpointError, ConfigError
 
-# file names inside runs and samples folders
-SAMPLING_JSON = "sampling.json"  # a run's sampling defaults (written by `import official`)
-SETTINGS_JSON = ".sample-settings.json"  # the settings a samples folder was started with
-PROTOCOL_JSON = "protocol.json"  # the protocol card of a samples folder
-SAMPLES_NPZ = "samples.npz"  # ADM-layout images of a samples folder
+# file names inside runs and samples folders; these four are defined beside the other run files
+# and re-exported here (``runs`` reads them too, and must not import ``paths``, which asks
+# ``runs`` for its hints)
+from repackctl.run_files import PROTOCOL_JSON as PROTOCOL_JSON
+from repackctl.run_files import SAMPLES_NPZ as SAMPLES_NPZ
+from repackctl.run_files import SAMPLING_JSON as SAMPLING_JSON
+from repackctl.run_files import SETTINGS_JSON as SETTINGS_JSON
+
 METRICS_JSON = "metrics.json"  # scores with their card
 LATENTS_DIR = "latents"  # per-index raw latents of a samples folder (while it is being made)
 LATENTS_FILE = "latents.npy"  # all raw latents of a finished samples folder

@@ -20,6 +20,12 @@ from typing import Any
 from repackctl.errors import ConfigError, name_items
 from repackctl.temp_names import temp_targets
 
+# file names inside runs and samples folders
+SAMPLING_JSON = "sampling.json"  # a run's sampling defaults (written by `import official`)
+SETTINGS_JSON = ".sample-settings.json"  # the settings a samples folder was started with
+PROTOCOL_JSON = "protocol.json"  # the protocol card of a samples folder
+SAMPLES_NPZ = "samples.npz"  # ADM-layout images of a samples folder
+
 CONFIG_HISTORY = "config_history.jsonl"  # a run's replaced configs and allowed changes
 # the sha256 of config.json's own content (:func:`json_sha256`), a key of it; configs written
 # before it have none and are read as they are

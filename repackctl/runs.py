@@ -39,6 +39,7 @@ from repackctl.crash import crash_point
 from repackctl.errors import CheckpointError, ConfigError, name_items
 from repackctl.run_files import (
     ENGINE_KEYS,
+    SETTINGS_JSON,
     StoredConfig,
     foreign_paths,
     read_json_dict,
@@ -96,6 +97,9 @@ class RunDetail:
     checkpoints: list[CheckpointInfo]
     metrics_tail: list[dict[str, Any]]
     samples: list[str] = field(default_factory=list)  # sample folders made from this run
+    # folders named after this run and a checkpoint whose weights they were not sampled from
+    # (made by an earlier run of the same name): see ``split_by_checkpoint``
+    samples_of_other_runs: list[str] = field(default_factory=list)
     ema_in_effect: dict[str, Any] | None = None  # see ``ema_in_effect``
     # why config.json was not shown (damaged or edited) and whose config was instead
     config_problem: str | None = None
@@ -119,6 +123,7 @@ class RunDetail:
             "checkpoints": [asdict(c) for c in self.checkpoints],
             "metrics_tail": self.metrics_tail,
             "samples": self.samples,
+            "samples_of_other_runs": self.samples_of_other_runs,
         }
 
 
@@ -273,6 +278,29 @@ def sample_folders(samples_root: Path, run: str) -> list[str]:
     return found
 
 
+def split_by_checkpoint(
+    samples_root: Path, run_folder: Path, names: list[str]
+) -> tuple[list[str], list[str]]:
+    """(folders made from ``run_folder``'s checkpoints, folders of another run of that name).
+
+    A samples folder is named after the run and checkpoint only; its ``.sample-settings.json``
+    records the sha256 of the weights it sampled (``checkpoint_sha256``, ``weights``). Where the
+    run's checkpoint of that name records other weights in its ``state.json``, the folder was
+    made by an earlier run of the same name (removed and trained again). A folder that cannot
+    be compared (no such checkpoint any more, no record) counts as the run's."""
+    own, other = [], []
+    for name in names:
+        ckpt = name[len(run_folder.name) + 2 :].split("--")[0].removesuffix("-raw")
+        settings = read_json_dict(samples_root / name / SETTINGS_JSON) or {}
+        state = read_json_dict(run_folder / CKPT_DIR / ckpt / "state.json") or {}
+        files = state.get("files") if isinstance(state.get("files"), dict) else {}
+        recorded = files.get(f"{settings.get('weights')}.safetensors")
+        sha = settings.get("checkpoint_sha256")
+        differs = isinstance(recorded, str) and isinstance(sha, str) and recorded != sha
+        (other if differs else own).append(name)
+    return own, other
+
+
 def _require_run(folder: Path) -> None:
     """A ``CheckpointError`` (its hint lists the runs there are) unless ``folder`` is a run."""
     if is_run(folder):
@@ -297,12 +325,18 @@ def describe_run(folder: Path, samples_root: Path | None = None, tail: int = 5) 
     summary = {k: config[k] for k in CONFIG_KEYS if k in config}
     good = [c for c in ckpts if c.complete]
     ema = ema_in_effect(summary, folder / CKPT_DIR / good[-1].name) if good else None
+    samples: list[str] = []
+    others: list[str] = []
+    if samples_root is not None:
+        named = sample_folders(samples_root, folder.name)
+        samples, others = split_by_checkpoint(samples_root, folder, named)
     return RunDetail(
         run=_run_info(folder, ckpts, checksums=True),
         config=summary,
         checkpoints=ckpts,
         metrics_tail=_metrics_tail(folder, tail),
-        samples=sample_folders(samples_root, folder.name) if samples_root else [],
+        samples=samples,
+        samples_of_other_runs=others,
         ema_in_effect=ema,
         config_problem=_config_problem(stored),
     )

@@ -129,6 +129,7 @@ def info(
     for rec in d.metrics_tail:
         pairs.append((f"metrics step {rec.get('step')}", _metric_line(rec)))
     pairs += [("samples", s) for s in d.samples]
+    pairs += [("samples of another run of this name", s) for s in d.samples_of_other_runs]
     print_pairs(f"run {r.name}", pairs)
 
 

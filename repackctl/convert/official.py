@@ -679,6 +679,7 @@ def import_official(
         )
     if refiner is not None and stage1 is None:
         raise ConfigError("importing the refiner needs --stage1", "it refines stage-1 decodings")
+    _refuse_dit_options_without_dit(dit, latent_stats, num_heads)
     root = local_path(runs)
     ensure_writable_dir(root, "runs folder")
     given = {"pack": stage1, "dit": dit, "refine": refiner}
@@ -711,6 +712,25 @@ def import_official(
         if path is not None:
             setattr(result, attr, root / path.relative_to(staging))
     return result
+
+
+def _refuse_dit_options_without_dit(
+    dit: str | Path | None, latent_stats: str | Path | None, num_heads: int | None
+) -> None:
+    """``--latent-stats`` and ``--num-heads`` only shape the DiT run: without ``--dit`` they
+    would be accepted and take no effect (no run records them), so they are refused."""
+    given = [
+        f
+        for f, v in (("--latent-stats", latent_stats), ("--num-heads", num_heads))
+        if v is not None
+    ]
+    if dit is None and given:
+        raise ConfigError(
+            f"{' and '.join(given)} only appl{'y' if len(given) > 1 else 'ies'} to the DiT "
+            "import, and no --dit was given: nothing would record "
+            f"{'them' if len(given) > 1 else 'it'}",
+            f"add --dit <stage-2 .pt> to import the DiT, or leave {' and '.join(given)} out",
+        )
 
 
 def _convert_all(
@@ -818,8 +838,16 @@ def _import_dit(
     model_sd, config, report = map_stage2(obj["model"], num_heads)
     _check_dit_fits_pack(config, pack)
     ema_sd, _, _ = map_stage2(obj["ema"], config=config)
-    stats = _load_stats(latent_stats, config.in_channels, trust_pickle)
     train_cfg = obj.get("config") if isinstance(obj.get("config"), dict) else {}
+    multiplier = _stage2_latent_multiplier(train_cfg, dit)  # another transport: refused
+    stats = _load_stats(latent_stats, config.in_channels, trust_pickle)
+    if multiplier != 1.0:  # theirs: x·std / m + mean; ours: x·std + mean
+        stats = {**stats, "std": [s / multiplier for s in stats["std"]]}
+        stats["latent_multiplier"] = multiplier
+        report.notes.append(
+            f"data.latent_multiplier {multiplier:g} of its training config folded into the "
+            "latent std (std / multiplier), as their sampling de-normalises"
+        )
     official_sampling_defaults(train_cfg.get("sample"))  # a non-Euler sampler: refused first
     extra = {
         "stage": "dit",
@@ -845,6 +873,46 @@ def _import_dit(
     result.dit = ckpt
     result.sampling = write_sampling_json(ckpt.parent.parent, train_cfg.get("sample"))
     result.reports.append(report)
+
+
+#: their ``ImgLatentDataset`` / sampling default when ``data`` has no ``latent_multiplier``
+_THEIR_DEFAULT_MULTIPLIER = 0.18215
+
+
+def _stage2_latent_multiplier(train_cfg: dict[str, Any], path: str | Path) -> float:
+    """The ``data.latent_multiplier`` their sampling divides by (``(x·std) / m + mean``), from
+    the training config stored in the stage-2 .pt (1 without a ``data`` section: the release's
+    value); a ``transport`` other than the Linear path with velocity prediction is refused, since
+    the imported DiT is called as such."""
+    transport = train_cfg.get("transport")
+    if isinstance(transport, dict):
+        found = {
+            "path_type": str(transport.get("path_type", "Linear")),
+            "prediction": str(transport.get("prediction", "velocity")),
+        }
+        wrong = [
+            f"transport.{k} {v!r}"
+            for (k, v), want in zip(found.items(), ("linear", "velocity"), strict=True)
+            if v.lower() != want
+        ]
+        if wrong:
+            raise WeightsError(
+                f"{path} was trained with {' and '.join(wrong)}: the import supports the "
+                "release's path_type 'Linear' with prediction 'velocity' only, and would sample "
+                "this DiT wrong",
+                "import a DiT trained with the release's transport settings",
+            )
+    data = train_cfg.get("data")
+    if not isinstance(data, dict):
+        return 1.0
+    m = data.get("latent_multiplier", _THEIR_DEFAULT_MULTIPLIER)
+    if isinstance(m, bool) or not isinstance(m, int | float) or not math.isfinite(m) or m <= 0:
+        raise WeightsError(
+            f"{path}: its training config's data.latent_multiplier {m!r} is not a positive "
+            "number, so its latents cannot be de-normalised",
+            "import a stage-2 .pt whose config has a positive data.latent_multiplier",
+        )
+    return float(m)
 
 
 def _check_dit_fits_pack(config: Any, pack: Any) -> None:
