@@ -146,10 +146,19 @@ def _group_or_damaged(path: Path) -> bool:
 
 
 def holds_samples(group: zarr.Group) -> bool:
-    """Whether any sample of ``group`` is marked done (then it is not a half-made group)."""
+    """Whether any sample of ``group`` is marked done (then it is not a half-made group).
+
+    Without a ``done`` array (lost, or deleted by hand), rows stored in a sample array (the
+    sharded ones) are written samples too: an interrupted creation writes none (only a text
+    group's null caption, which is not sharded), and such a group, taken for one, was deleted
+    with all its features or latents and computed again, with no word."""
     try:
-        if "done" not in set(group.array_keys()):
-            return False
+        names = set(group.array_keys())
+        if "done" not in names:
+            return any(
+                group[name].shards is not None and group[name].nchunks_initialized > 0
+                for name in names
+            )
         return bool((group["done"][:] != 0).any())
     except Exception:
         return True  # unreadable: never remove it automatically
@@ -165,11 +174,14 @@ def discard_incomplete(parent: zarr.Group, name: str) -> None:
     if folder is not None:
         refuse_foreign(folder / name, "the unfinished group")
     if holds_samples(parent[name]):
+        where = f"{parent.path}/{name}".strip("/")
+        entry, _, sub = where.partition("/")
+        kind, _, gid = sub.partition("/")
+        rm = f"repackctl cache rm {entry}" + (f" --{kind} {gid}" if gid else "")
         raise CacheError(
-            f"{parent.path}/{name} lacks some of its arrays but holds written samples "
-            "(made by another version?)",
-            "check it with `repackctl cache info`; remove it with `repackctl cache rm` "
-            "to recreate it",
+            f"{where} lacks some of its arrays but holds written samples (lost, or made by "
+            "another version?): not removed",
+            f"check it with `repackctl cache info {entry}`; remove it with `{rm}` to recreate it",
         )
     trash = move_out(parent, name)  # killed while deleting: never half a group here
     if trash is not None:

@@ -254,7 +254,22 @@ class ArrayGroup:
         return self.group[name]
 
     def done_mask(self) -> np.ndarray:
-        return self.done[:]
+        """The ``done`` codes. A chunk that fails its checksum is a ``CacheError`` naming the
+        chunk and `cache verify --repair`, not zarr's ``ValueError`` (a traceback)."""
+        try:
+            return self.done[:]
+        except Exception:
+            from repackctl.cache.integrity import read_done
+
+            entry, _, path = self.group.path.partition("/")
+            done, bad = read_done(self.done, f"{path}/done")
+            if not bad:
+                return done
+            raise CacheError(
+                f"cache entry {entry}: {bad[0]}: which of its rows are written is not known",
+                f"run `repackctl cache verify {entry} --repair` (it marks them pending and names "
+                "the command that writes them again)",
+            ) from None
 
     def complete(self) -> bool:
         return bool((self.done_mask() != PENDING).all())

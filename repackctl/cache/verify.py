@@ -16,6 +16,7 @@ from repackctl.cache.creation import (
     child_nodes,
     damaged_child,
     damaged_where,
+    holds_samples,
     readers_out,
     writers_out,
 )
@@ -239,14 +240,24 @@ def _verify_arrays(entry: DatasetEntry) -> list[Problem]:
         for gid in entry.complete_groups(kind, REQUIRED.get(kind, ("done",))):
             g = ArrayGroup(entry.group[kind][gid])
             problems += _verify_group(g, entry, done, None, f"{kind}/{gid}")
-    for name in entry.incomplete_groups():
-        problems.append(
-            Problem(f"{name}: incomplete (its creation was interrupted; rerun the command)")
-        )
+    problems += [_incomplete_problem(entry, name) for name in entry.incomplete_groups()]
     for name in entry.incomplete_groups("damaged"):
         kind, _, gid = name.partition("/")
         problems.append(damaged_problem(entry.group[kind], gid, name))
     return problems
+
+
+def _incomplete_problem(entry: DatasetEntry, name: str) -> Problem:
+    """An interrupted creation (the rerun makes the group anew), or a group that lacks arrays
+    but holds written samples (its ``done`` lost): the rerun refuses to discard that one."""
+    kind, _, gid = name.partition("/")
+    if not holds_samples(entry.group[kind][gid]):
+        return Problem(f"{name}: incomplete (its creation was interrupted; rerun the command)")
+    return Problem(
+        f"{name}: lacks some of its arrays but holds written samples (lost, or made by another "
+        "version?)",
+        rewrite(entry, name),
+    )
 
 
 def damaged_problem(parent: zarr.Group, name: str, label: str) -> Problem:

@@ -308,10 +308,12 @@ def rm(
         # unreadable metadata (`cache ls`: "(damaged)"), of any kind: removable as it is
         sub = f"{given[0][0]}/{given[0][1]}"
     elif features:
-        e.features(features)
+        if f"features/{features}" not in e.incomplete_groups():  # one lacking arrays: removable
+            e.features(features)
         sub = f"features/{features}"
     elif latents:
-        e.latents(latents)
+        if f"latents/{latents}" not in e.incomplete_groups():
+            e.latents(latents)
         sub = f"latents/{latents}"
     elif text:
         if text not in e.complete_groups("text") and f"text/{text}" not in e.incomplete_groups():

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from repackctl.cache.creation import entry_writer
-from repackctl.cache.integrity import GuardedArray, repair_hint
+from repackctl.cache.integrity import GuardedArray, repair_hint, scan_array
 from repackctl.cache.store import (
     PENDING,
     WRITTEN,
@@ -315,14 +315,37 @@ def write_stats_file(path: Path, stats: dict[str, Any]) -> None:
     write_json_atomic(path, stats)
 
 
+def _check_partials(
+    grp: ArrayGroup, entry: DatasetEntry, handle: PackHandle, done: np.ndarray
+) -> None:
+    """Refuse (``CacheError``, naming the chunk and the repair) when a per-shard sum of a shard
+    holding written rows is lost or corrupt: read as zeros, the stats (and the model's
+    ``latent_stats.json``) were computed over the other shards only, silently, and a training
+    reading them found them consistent with the sums."""
+    shard, n = entry.shard, entry.n
+    written = done == WRITTEN
+    per_shard = np.array([written[s : s + shard].any() for s in range(0, n, shard)])
+    label = f"latents/{grp.group.basename}"
+    for name in ("partial_sum", "partial_sumsq", "partial_count"):
+        for d in scan_array(grp[name], per_shard, f"{label}/{name}"):
+            lo, hi = d.lo * shard, min(d.hi * shard, n)
+            raise CacheError(
+                f"cache entry {entry.name}: {label}/{name}: {d.kind} chunk {d.key} (the sums "
+                f"of rows {lo}–{hi - 1}): the channel stats would leave those rows out",
+                repair_hint(entry.name, f"`repackctl pack encode --run {handle.run_name}`"),
+            )
+
+
 def _finish(
     grp: ArrayGroup, entry: DatasetEntry, handle: PackHandle
 ) -> tuple[dict[str, Any] | None, Path | None]:
     """Once every row is done: the latent statistics combined from the shards' partial sums,
     recorded in the group (now complete) and, for the training split, written as the model's
     stats file. ``(stats, stats file)``, or ``(None, None)`` while rows are pending."""
-    if (grp.done_mask() == PENDING).any():
+    done = grp.done_mask()
+    if (done == PENDING).any():
         return None, None
+    _check_partials(grp, entry, handle, done)
     stats = combine_partials(grp)
     stats |= {"pack_id": handle.pack_id, "entry": entry.name, "cache": cache_root(entry.root)}
     stats["source"] = entry.attrs.get("source")  # what the data was (check_trained_data)
