@@ -336,8 +336,31 @@ def _check_partials(
             )
 
 
+def _check_finite_sums(
+    grp: ArrayGroup, entry: DatasetEntry, handle: PackHandle, feats: ArrayGroup
+) -> None:
+    """Refuse (``CacheError``) stats from per-shard sums that hold NaN/inf: a latent that is not
+    finite (from features that are not) made every channel's mean and std NaN, written to the
+    group and to the model's ``latent_stats.json`` with exit 0. Names the shards' rows."""
+    psum, psq = grp["partial_sum"][:], grp["partial_sumsq"][:]
+    bad = [k for k in range(psum.shape[0]) if not np.isfinite(psum[k]).all()]
+    bad += [k for k in range(psq.shape[0]) if k not in bad and not np.isfinite(psq[k]).all()]
+    if not bad:
+        return
+    shard, n = entry.shard, entry.n
+    rows = ", ".join(f"{k * shard}–{min((k + 1) * shard, n) - 1}" for k in sorted(bad))
+    raise CacheError(
+        f"cache entry {entry.name}: latents/{grp.group.basename}: the latents of rows {rows} "
+        "are not all finite (NaN/inf), so the channel stats would be NaN; nothing recorded",
+        f"`repackctl cache verify {entry.name}` names the NaN/inf rows of the features; remove "
+        f"them (`repackctl cache rm {entry.name} --features {feats.group.basename} --yes`), extract again, "
+        f"then `repackctl cache rm {entry.name} --latents {grp.group.basename} --yes` and "
+        f"`repackctl pack encode --run {handle.run_name}`",
+    )
+
+
 def _finish(
-    grp: ArrayGroup, entry: DatasetEntry, handle: PackHandle
+    grp: ArrayGroup, entry: DatasetEntry, handle: PackHandle, feats: ArrayGroup
 ) -> tuple[dict[str, Any] | None, Path | None]:
     """Once every row is done: the latent statistics combined from the shards' partial sums,
     recorded in the group (now complete) and, for the training split, written as the model's
@@ -346,6 +369,7 @@ def _finish(
     if (done == PENDING).any():
         return None, None
     _check_partials(grp, entry, handle, done)
+    _check_finite_sums(grp, entry, handle, feats)
     stats = combine_partials(grp)
     stats |= {"pack_id": handle.pack_id, "entry": entry.name, "cache": cache_root(entry.root)}
     stats["source"] = entry.attrs.get("source")  # what the data was (check_trained_data)
@@ -413,7 +437,7 @@ def run_pack_encode(
     seconds = time.perf_counter() - t0
     dist.barrier()
 
-    stats, stats_file = _finish(grp, entry, handle) if dist.rank == 0 else (None, None)
+    stats, stats_file = _finish(grp, entry, handle, feats) if dist.rank == 0 else (None, None)
     dist.barrier()
     if stats is None:
         stats = grp.attrs.get("stats")
