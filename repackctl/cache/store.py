@@ -236,6 +236,27 @@ def check_held_out(g: zarr.Group, name: str, split: str, source_attrs: dict) -> 
         )
 
 
+def checked_done(group: zarr.Group) -> np.ndarray:
+    """``group``'s ``done`` codes (an entry's or a features / latents group's). A chunk that
+    fails its checksum is a ``CacheError`` naming the chunk and `cache verify --repair`, not
+    zarr's ``ValueError`` (a traceback)."""
+    try:
+        return group["done"][:]
+    except Exception:
+        from repackctl.cache.integrity import read_done
+
+        entry, _, path = group.path.partition("/")
+        label = f"{path}/done" if path else "done"
+        done, bad = read_done(group["done"], label)
+        if not bad:
+            return done
+        raise CacheError(
+            f"cache entry {entry}: {bad[0]}: which of its rows are written is not known",
+            f"run `repackctl cache verify {entry} --repair` (it marks them pending and names "
+            "the command that writes them again)",
+        ) from None
+
+
 @dataclass
 class ArrayGroup:
     """A set of sample-indexed arrays with their ``done`` array (features or latents)."""
@@ -254,22 +275,8 @@ class ArrayGroup:
         return self.group[name]
 
     def done_mask(self) -> np.ndarray:
-        """The ``done`` codes. A chunk that fails its checksum is a ``CacheError`` naming the
-        chunk and `cache verify --repair`, not zarr's ``ValueError`` (a traceback)."""
-        try:
-            return self.done[:]
-        except Exception:
-            from repackctl.cache.integrity import read_done
-
-            entry, _, path = self.group.path.partition("/")
-            done, bad = read_done(self.done, f"{path}/done")
-            if not bad:
-                return done
-            raise CacheError(
-                f"cache entry {entry}: {bad[0]}: which of its rows are written is not known",
-                f"run `repackctl cache verify {entry} --repair` (it marks them pending and names "
-                "the command that writes them again)",
-            ) from None
+        """The ``done`` codes, read by :func:`checked_done`."""
+        return checked_done(self.group)
 
     def complete(self) -> bool:
         return bool((self.done_mask() != PENDING).all())
@@ -421,9 +428,13 @@ class DatasetEntry:
     def done(self) -> zarr.Array:
         return self.group["done"]
 
+    def done_mask(self) -> np.ndarray:
+        """The entry's ``done`` codes (its images), read by :func:`checked_done`."""
+        return checked_done(self.group)
+
     def valid_indices(self) -> np.ndarray:
         """Indices of samples written successfully (skipped and pending ones excluded)."""
-        return np.flatnonzero(self.done[:] == WRITTEN)
+        return np.flatnonzero(self.done_mask() == WRITTEN)
 
     # ---- features ----------------------------------------------------------------------------
     def complete_groups(self, kind: str, required: tuple[str, ...] = ("done",)) -> list[str]:

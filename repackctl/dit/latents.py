@@ -335,7 +335,7 @@ class LatentData(CachedRows):
                 f"run `repackctl pack encode --run {pack_run_of(ref.pack_id) or 'RUN'}` again "
                 "to finish them",
             )
-        ok = (self.entry.done[:] == WRITTEN) & (done == WRITTEN)
+        ok = (self.entry.done_mask() == WRITTEN) & (done == WRITTEN)
         self.features_id: str | None = None
         arrays = {"mean": mean_arr}
         if self.sampling != "mean":

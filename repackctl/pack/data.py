@@ -339,7 +339,7 @@ def sibling_entry(
 
 def valid_indices(entry: DatasetEntry, feats: ArrayGroup) -> np.ndarray:
     """Cache indices whose image and features were both written (int64, ascending)."""
-    return written_rows(entry.done[:], feats.done_mask())
+    return written_rows(entry.done_mask(), feats.done_mask())
 
 
 class PackData(CachedRows):

@@ -136,7 +136,7 @@ def write_pixel_latents(
             "partial_count", shape=(shards,), chunks=(1,), dtype="int64", fill_value=0
         )
     done = grp.done_mask()
-    codes_all = entry.done[:]
+    codes_all = entry.done_mask()
     ranges = owned_ranges(entry.n, entry.shard)
     pending = [r for r in ranges if (done[r.start : r.stop] == PENDING).any()]
     already = entry.n - sum(len(r) for r in pending)

@@ -137,7 +137,7 @@ def _open_triplets(
 
 def _source_codes(entry: DatasetEntry, feats: ArrayGroup, features_id: str) -> np.ndarray:
     """Per-sample codes: WRITTEN where image and features are, else the skip reason."""
-    img_done, feat_done = entry.done[:], feats.done[:]
+    img_done, feat_done = entry.done_mask(), feats.done_mask()
     if (feat_done == PENDING).any() or (img_done == PENDING).any():
         raise CacheError(
             f"features {features_id} in {entry.name} are unfinished",
