@@ -46,6 +46,8 @@ def _image_writes(cache: Path, procs: list[subprocess.Popen]) -> dict[str, set]:
     seen: dict[str, set] = {}
     while any(p.poll() is None for p in procs):
         for f in [*cache.glob("*/images/c/*/0/0/0"), *cache.glob("*/done/c/*")]:
+            if not f.name.isdigit():  # zarr's temporary (``1.<uuid>.partial``) before its rename
+                continue
             try:
                 st = f.stat()
             except FileNotFoundError:
