@@ -207,8 +207,9 @@ def _builtin_captions(ds: DatasetEntry) -> Callable[[int, str], list[str]]:
     return captions
 
 
-def _file_captions(ds: DatasetEntry, where: str | None, skipped: list) -> Callable:
-    """Captions of a folder entry from an index file (or ``coco:ROOT``), matched by file path."""
+def _file_captions(ds: DatasetEntry, where: str | None, skipped: list) -> tuple[Callable, str]:
+    """Captions of a folder entry from an index file (or ``coco:ROOT``), matched by file path,
+    and the source they were read from, spelled one way (``caption_source_lookup``)."""
     from repackctl.data.captions import CocoCaptions, FolderCaptions
 
     source = ds.attrs.get("source") or {}
@@ -217,9 +218,11 @@ def _file_captions(ds: DatasetEntry, where: str | None, skipped: list) -> Callab
         split = "val" if str(ds.attrs.get("split")) == "val" else "train"
         found = CocoCaptions(where[5:], split=split)
         base = Path(where[5:]).expanduser() / f"{split}2017"
+        read_from = f"coco:{found.root.resolve()}"
     elif root:
         found = FolderCaptions(root, index=where)
         base = Path(root)
+        read_from = str(found.index.resolve())
     else:
         raise ConfigError(
             f"cache entry {ds.name} has no built-in or folder source to take captions from",
@@ -232,7 +235,7 @@ def _file_captions(ds: DatasetEntry, where: str | None, skipped: list) -> Callab
         for b in (base.resolve(), base.resolve() / str(ds.attrs.get("split"))):
             if rel.is_relative_to(b):
                 by_path[rel.relative_to(b).as_posix()] = caps
-    return lambda i, key: by_path.get(key, [])
+    return (lambda i, key: by_path.get(key, [])), read_from
 
 
 def generated_captions(ds: DatasetEntry, where: str | None) -> bool:
@@ -240,11 +243,22 @@ def generated_captions(ds: DatasetEntry, where: str | None) -> bool:
     return (ds.attrs.get("source") or {}).get("dataset") == "builtin" and not where
 
 
+def caption_source_lookup(
+    ds: DatasetEntry, where: str | None, skipped: list
+) -> tuple[Callable, str]:
+    """(``captions(i, key) -> list[str]`` for the entry's images, the source they come from:
+    ``builtin``, the resolved path of the index file (the folder's own ``captions.jsonl`` when
+    ``where`` is None) or ``coco:<resolved root>``). The source is recorded with the features,
+    one spelling per file: ``captions.jsonl``, ``./captions.jsonl`` and its absolute path, or the
+    default index, name the same captions (what was encoded is compared by ``check_source``)."""
+    if generated_captions(ds, where):
+        return _builtin_captions(ds), "builtin"
+    return _file_captions(ds, where, skipped)
+
+
 def caption_lookup(ds: DatasetEntry, where: str | None, skipped: list) -> Callable:
     """``captions(i, key) -> list[str]`` for the entry's images (built-in or from files)."""
-    if generated_captions(ds, where):
-        return _builtin_captions(ds)
-    return _file_captions(ds, where, skipped)
+    return caption_source_lookup(ds, where, skipped)[0]
 
 
 def _clean(captions: list[str], key: str, skipped: list) -> list[str]:
@@ -376,8 +390,8 @@ def _build(
     encoder: TextEncoder, ds: DatasetEntry, k: int, source: dict[str, Any]
 ) -> Callable[[zarr.Group], None]:
     """The arrays of a new text group, including the null caption's features; ``source``
-    (captions sha256, truncated count) is recorded in its attributes but not compared on open:
-    ``check_source`` compares the captions themselves."""
+    (captions sha256, truncated count, where the captions were read) is recorded in its
+    attributes but not compared on open: ``check_source`` compares the captions themselves."""
     length, c = encoder.max_length, encoder.dim
 
     def build(sub: zarr.Group) -> None:
@@ -515,9 +529,10 @@ def _encode_shard(
 
 def _all_captions(
     ds: DatasetEntry, where: str | None, keys: list[str], img_done: np.ndarray, skipped: list
-) -> list[list[str]]:
-    """The cleaned captions of every image (none for images the entry skipped)."""
-    lookup = caption_lookup(ds, where, skipped)
+) -> tuple[list[list[str]], str]:
+    """(the cleaned captions of every image (none for images the entry skipped), their source
+    as ``caption_source_lookup`` spells it)."""
+    lookup, read_from = caption_source_lookup(ds, where, skipped)
     out = [
         _clean(lookup(i, keys[i]), keys[i], skipped) if img_done[i] == WRITTEN else []
         for i in range(ds.n)
@@ -527,7 +542,7 @@ def _all_captions(
             f"no image of {ds.name} has a caption",
             "pass --captions with an index of file + caption rows for this entry's images",
         )
-    return out
+    return out, read_from
 
 
 def _write_shard(
@@ -596,6 +611,22 @@ def encoder_attrs(ds: DatasetEntry, tid: str, encoder: TextEncoder) -> dict[str,
     return now
 
 
+def _absolute(path: str | None) -> str | None:
+    """An existing local path made absolute (``sample`` and `cache verify` read it from another
+    folder later); anything else (None, ``builtin``, a plugin's argument) as given."""
+    if not path or not Path(path).expanduser().exists():
+        return path
+    return str(Path(path).expanduser().resolve())
+
+
+def encoder_source(ref: str, weights: str | None) -> tuple[str, str | None]:
+    """(``--text-encoder``, ``--text-weights``) as a text group records them, and `train t2i`
+    then `sample` load the encoder from: a weights folder by its absolute path, so a relative
+    one (``--text-weights clip`` or ``clip:./clip``) still names it from another folder."""
+    name, arg = registry("text_encoders").split_id(ref)
+    return (ref if arg is None else f"{name}:{_absolute(arg)}"), _absolute(weights)
+
+
 def _open_group(
     ds: DatasetEntry,
     encoder: TextEncoder,
@@ -604,22 +635,28 @@ def _open_group(
     keys: list[str],
     truncated: int | None,
     dist: DistInfo,
+    read_from: str,
 ) -> tuple[ArrayGroup, str, list[str]]:
     """Create the entry's text group, or open it after checking it was encoded from ``rows``;
-    returns (group, text id, null-caption arrays rewritten)."""
+    returns (group, text id, null-caption arrays rewritten). ``read_from``: where the captions
+    come from (``caption_source_lookup``), recorded as ``captions`` but not compared: another
+    spelling of the same index, or another file with the same captions, is no conflict (the
+    captions themselves are compared, ``check_source``). Likewise the text encoder's reference
+    and weights folder (``encoder_source``): its files are compared (``encoder_attrs``)."""
     cfg, k = settings.captions, max(len(c) for c in rows)
     generated = CAPTIONS_VERSION if generated_captions(ds, cfg.captions) else None
     tid = text_id(encoder, generated)
     attrs = {
         "encoder": encoder_attrs(ds, tid, encoder),
-        "encoder_ref": cfg.text_encoder,
-        "text_weights": cfg.text_weights,
         "max_captions": k,
         "max_length": encoder.max_length,
         "dim": encoder.dim,
-        "captions": cfg.captions or "builtin",
     }
     source = {"captions_sha256": captions_sha256(rows), "truncated_captions": truncated}
+    source["captions"] = read_from
+    source["encoder_ref"], source["text_weights"] = encoder_source(
+        cfg.text_encoder, cfg.text_weights
+    )
     if generated is not None:  # recorded (and checked), not compared by create_or_open_group:
         source["builtin_captions_version"] = generated  # older groups have no such attribute
     make = lambda: ds.create_or_open_group(  # noqa: E731
@@ -723,11 +760,13 @@ def run_captions(
     skipped: list[tuple[str, str]] = []
     img_done = ds.done[:]
     keys = _read_keys(ds, img_done)
-    all_caps = _all_captions(ds, cfg.captions, keys, img_done, skipped)
+    all_caps, read_from = _all_captions(ds, cfg.captions, keys, img_done, skipped)
     _check_caption_counts(all_caps, keys)
     encoder = encoder or load_text_encoder(settings, dist)
     cut = count_truncated(encoder, all_caps)
-    grp, tid, healed = _open_group(ds, encoder, settings, all_caps, keys, cut.count, dist)
+    grp, tid, healed = _open_group(
+        ds, encoder, settings, all_caps, keys, cut.count, dist, read_from
+    )
     warning = truncation_warning(cut, encoder.id, encoder.max_length)
     t0 = time.perf_counter()
     written, already = _encode_pending(

@@ -319,6 +319,7 @@ def build_t2i_task(
         text_encoder=s.text_encoder,
         **data_options(s, settings.memory_gb, settings.seed),
     )
+    check_text_encoder(data, s.text_encoder, (sources or {}).get("t2i.text_encoder"), text)
     task = T2ITask(data, base.spec, s.caption_dropout)
     # as `train dit`: in-memory data sample by sample; Zarr data by chunk-aligned blocks within
     # a window sized by the memory budget on the rows read here, latents AND caption features
@@ -377,3 +378,27 @@ def run_text_group(run_dir: Path, given: str | None) -> str | None:
             "new run with --name",
         )
     return given or trained
+
+
+def check_text_encoder(
+    data: CaptionedLatentData, encoder_ref: str, source: str | None, named: str | None
+) -> None:
+    """Refuse ``--text-encoder`` given with caption features of another text encoder
+    (``named``: the group ``--text-features`` or the run's checkpoint names): the features
+    decide what the run trains on and samples with, so the flag would do nothing while the run
+    recorded it. A group that records no encoder, or a text encoder left at its default
+    (``source``), is not compared."""
+    from repackctl.settings.checks import undo_given, user_given
+
+    if named is None or source is None or not user_given(source):
+        return
+    made_by = str(data.text_attrs.get("encoder_ref") or "")
+    if not made_by or made_by.split(":")[0] == encoder_ref.split(":")[0]:
+        return
+    raise ConfigError(
+        f"t2i.text_encoder {encoder_ref!r} ({source}) names another text encoder than the "
+        f"caption features {data.text_id} were encoded with ({made_by!r}): the run would "
+        "train on those and never use it",
+        f"{undo_given(source, '--text-encoder')} to train on {data.text_id}, or pass "
+        f"--text-features with a group of {encoder_ref!r} (`repackctl cache ls` lists them)",
+    )
