@@ -70,6 +70,14 @@ class T2iSettings(DitSettings):
         min_length=1,
         description="a registered MMDiT id: mmdit-tiny, mmdit-s-2, … mmdit-xl-1",
     )
+    # off, unlike train dit: a caption that names a position ("on the left"; the built-in
+    # captions and COCO's do) is wrong for the mirrored image, and REPA's text-to-image recipe
+    # reads each image as stored
+    flip: bool = Field(
+        False,
+        description="random horizontal flip per sample (cached flips); off: captions that name "
+        "left or right would be wrong for the mirrored image",
+    )
     text_encoder: str = Field(
         "minilm", description="text encoder whose cached caption features are used"
     )
