@@ -37,33 +37,26 @@ def _unwrapped(method: Callable[..., Any]) -> Callable[..., Any] | None:
     return None if inner is method else inner
 
 
+def _call(method: Callable[..., Any], optimizer: Optimizer, *args: Any) -> Any:
+    """``method(optimizer, *args)``, past torch's wrapper where :func:`_unwrapped` allows (AdamW
+    does not override the four ``Optimizer`` methods, so this is what ``super()`` would call)."""
+    return (_unwrapped(method) or method)(optimizer, *args)
+
+
 class EagerAdamW(AdamW):
     """``torch.optim.AdamW`` without the ``torch._dynamo`` import of its eager calls."""
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        inner = _unwrapped(Optimizer.add_param_group)
-        if inner is None:
-            super().add_param_group(param_group)
-        else:
-            inner(self, param_group)
+        _call(Optimizer.add_param_group, self, param_group)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        inner = _unwrapped(Optimizer.zero_grad)
-        if inner is None:
-            super().zero_grad(set_to_none)
-        else:
-            inner(self, set_to_none)
+        _call(Optimizer.zero_grad, self, set_to_none)
 
     def state_dict(self) -> dict[str, Any]:
-        inner = _unwrapped(Optimizer.state_dict)
-        return super().state_dict() if inner is None else inner(self)
+        return _call(Optimizer.state_dict, self)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        inner = _unwrapped(Optimizer.load_state_dict)
-        if inner is None:
-            super().load_state_dict(state_dict)
-        else:
-            inner(self, state_dict)
+        _call(Optimizer.load_state_dict, self, state_dict)
 
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         inner = _unwrapped(AdamW.step)
