@@ -561,7 +561,7 @@ def _load_stats(
     """Their ``latents_stats.pt`` ({mean, std} of shape (1, d, 1, 1)) or a JSON with mean/std."""
     path = Path(path).expanduser()
     hint = 'give their latents_stats.pt (mean, std) or a JSON {"mean": [...], "std": [...]}'
-    if path.suffix == ".json":
+    if path.suffix.lower() == ".json":  # STATS.JSON too (torch.load called it pickled)
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError) as e:

@@ -5,6 +5,8 @@ naming the flag, before anything is written."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from support.official import official_refiner, official_stage1
@@ -37,3 +39,12 @@ def test_dit_options_without_dit_are_refused(tmp_path, more, needle) -> None:
     assert not runs.exists() or not any(runs.iterdir()), list(runs.iterdir())
     # the same import without the DiT-only flags succeeds
     assert CliRunner().invoke(app, args).exit_code == 0
+
+
+def test_latent_stats_json_is_read_whatever_the_case_of_its_suffix(tmp_path):
+    """A stats file named ``STATS.JSON`` was given to torch.load, which called it pickled."""
+    from repackctl.convert.official import _load_stats
+
+    path = tmp_path / "STATS.JSON"
+    path.write_text(json.dumps({"mean": [0.5, -1.0], "std": [2.0, 1.5]}))
+    assert _load_stats(path, 2) == {"mean": [0.5, -1.0], "std": [2.0, 1.5]}
