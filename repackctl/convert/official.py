@@ -62,6 +62,7 @@ from typing import Any
 
 import torch
 
+from repackctl.crash import crash_point
 from repackctl.dit.run import official_sampling_defaults, write_sampling_json
 from repackctl.errors import CheckpointError, ConfigError, WeightsError, name_items
 from repackctl.progress import ProgressFactory, null_progress
@@ -662,6 +663,9 @@ def import_official(
 
     All runs are written into a staging folder and renamed into place only when every given
     stage converted: a failure leaves nothing behind, so the same command can simply be rerun.
+    A kill between two renames leaves the first runs placed: the rerun converts again, finds
+    them equal to what it converted (files' sha256 and task extra of every checkpoint) and
+    places the others; a run that differs is refused before anything is placed.
     """
     from repackctl.files import ensure_writable_dir
     from repackctl.paths import local_path, run_dir
@@ -684,12 +688,8 @@ def import_official(
     ensure_writable_dir(root, "runs folder")
     given = {"pack": stage1, "dit": dit, "refine": refiner}
     names = [f"{out}-{stage}" for stage, path in given.items() if path is not None]
-    for name in names:
-        target = run_dir(runs, name)
-        if target.exists() and (not target.is_dir() or any(target.iterdir())):
-            raise CheckpointError(
-                f"run {target} already exists", "pick another --out, or move that run away"
-            )
+    # a run an interrupted import of the same files placed is compared once converted
+    placed = [name for name in names if _existing_run(run_dir(runs, name))]
     root.mkdir(parents=True, exist_ok=True)
     _stale_staging(root)
     staging = root / f".tmp-import-{out}.{os.getpid()}"
@@ -700,11 +700,16 @@ def import_official(
             staging, root, out, stage1, dit, refiner, latent_stats, image_size, num_heads,
             trust_pickle, progress,
         )  # fmt: skip
+        for name in placed:  # all compared before any rename: a refusal places nothing
+            _check_same_import(staging / name, run_dir(runs, name))
         for name in names:
             target = run_dir(runs, name)
+            if name in placed:
+                continue  # the same run, placed by the interrupted import
             if target.is_dir():
                 target.rmdir()  # an empty folder (checked above)
             os.replace(staging / name, target)
+            crash_point(f"import-placed-{name}")  # crash tests: a kill between two renames
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     for attr in ("pack", "dit", "refiner"):
@@ -712,6 +717,43 @@ def import_official(
         if path is not None:
             setattr(result, attr, root / path.relative_to(staging))
     return result
+
+
+def _existing_run(target: Path) -> bool:
+    """Whether ``target`` holds a run already: an imported one may be the same import's, placed
+    before a kill stopped it between two renames (:func:`_check_same_import` decides once this
+    import has converted); anything else is refused here, before any work."""
+    if not target.exists() or (target.is_dir() and not any(target.iterdir())):
+        return False
+    if _import_identity(target) is None:
+        raise CheckpointError(
+            f"run {target} already exists", "pick another --out, or move that run away"
+        )
+    return True
+
+
+def _import_identity(run: Path) -> list[Any] | None:
+    """What an imported run is, for comparing two: each checkpoint's name, its files' sha256
+    and its task extra (``state.json``); None for a run that is not a sealed imported one."""
+    from repackctl.run_files import STATE_SHA256, read_json_dict, sealed
+
+    steps = sorted((run / "checkpoints").glob("step-*"))
+    out = []
+    for step in steps:
+        state = read_json_dict(step / "state.json")
+        if not sealed(state, STATE_SHA256) or state.get("imported") is not True:
+            return None
+        out.append([step.name, state.get("files"), state.get("extra")])
+    return out or None
+
+
+def _check_same_import(staged: Path, target: Path) -> None:
+    """Refuse unless ``target`` is the run this import just converted into ``staged``."""
+    if _import_identity(staged) != _import_identity(target):
+        raise CheckpointError(
+            f"run {target} already exists (imported from other files or settings)",
+            "pick another --out, or move that run away",
+        )
 
 
 def _refuse_dit_options_without_dit(
