@@ -383,7 +383,8 @@ def scan_chunks(entry: DatasetEntry) -> list[tuple[str, Damage]]:
 
 
 def repair_rows(entry: DatasetEntry, found: list[tuple[str, Damage]]) -> int:
-    """Mark the shards holding damaged rows pending (``done = 0``); returns the rows marked.
+    """Mark the shards holding damaged rows pending (``done = 0``); returns how many rows were
+    marked (each once, however many of its arrays were damaged).
 
     A truncated or corrupt chunk file is removed first (it cannot be read, and zarr reads a
     shard before rewriting it); a corrupt ``done`` chunk is overwritten with pending.
@@ -392,7 +393,7 @@ def repair_rows(entry: DatasetEntry, found: list[tuple[str, Damage]]) -> int:
     rows pending, because ``extract`` recomputes a shard only where its features are pending.
     """
     shard, n = entry.shard, entry.n
-    marked = 0
+    marked = np.zeros(n, bool)  # each row once, however many of its arrays were damaged
     store, base = entry.group.store_path.store, entry.group.store_path.path
     for path, d in found:
         if d.kind != "missing" and not d.array.endswith("done"):
@@ -405,12 +406,12 @@ def repair_rows(entry: DatasetEntry, found: list[tuple[str, Damage]]) -> int:
             targets += [entry.features(f).done for f in entry.feature_ids()]
         for done in targets:
             done[lo:hi] = np.zeros(hi - lo, np.uint8)
-        marked += hi - lo
+        marked[lo:hi] = True
     for path in {p for p, _ in found} - {""}:
         entry.group[path].attrs["complete"] = False
     if any(not p for p, _ in found):
         entry.group.attrs["complete"] = False
-    return marked
+    return int(marked.sum())
 
 
 def producer(entry: DatasetEntry, path: str) -> str:

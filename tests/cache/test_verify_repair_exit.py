@@ -162,3 +162,23 @@ def test_an_entry_a_training_reads_is_checked_but_not_repaired(tmp_path, extract
             GuardedArray(entry.images, done == 1, f"{entry.name} images", "hint")
     res = runner.invoke(app, ["cache", "verify", entry.name, "--repair"])
     assert res.exit_code == 6 and "8 rows marked pending" in _flat(res), res.output
+
+
+def test_rows_with_several_damaged_arrays_are_counted_once(tmp_path, extracted):
+    """Shard 0's images and its features' tokens both lost: 8 rows are marked pending, and the
+    summary said 16 (one count per damaged array)."""
+    shutil.copytree(extracted, tmp_path / "cache")
+    (name,) = list_entries(str(tmp_path / "cache"))
+    entry = DatasetEntry.open(str(tmp_path / "cache"), name)
+    (fid,) = entry.feature_ids()
+    for array in ("images", f"features/{fid}/tokens"):
+        files = [p for p in (tmp_path / "cache" / name / array / "c" / "0").rglob("*")]
+        for p in files:
+            if p.is_file():
+                p.unlink()
+    res = runner.invoke(
+        app, ["cache", "verify", name, "--repair", "--cache", str(tmp_path / "cache")]
+    )
+    out = _flat(res)
+    assert res.exit_code == 0 and "8 rows marked pending" in out, res.output
+    assert (entry.done[:8] == 0).all() and (entry.done[8:] != 0).all()
