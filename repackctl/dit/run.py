@@ -194,7 +194,8 @@ class DiTTrainResult:
         return cls(
             run_dir=result.run_dir,
             result=result,
-            model_id=task.spec.model_id,
+            # the built network's name: an id with --depth / --width / --heads gains their suffix
+            model_id=task.model_config.get("name") or task.spec.model_id,
             num_params=task.num_params,
             latents=task.data.ref.pack_id,
             entry=task.data.ref.entry,
