@@ -13,6 +13,7 @@ import pytest
 import torch
 from support.evil import write_evil_pickle
 from support.official import official_lightningdit, official_refiner, official_stage1
+from support.snapshot import snapshot
 from typer.testing import CliRunner
 
 from repackctl.cli.app import app
@@ -116,8 +117,15 @@ def test_failed_import_leaves_nothing_and_a_retry_works(tmp_path, release) -> No
     assert sorted(p.name for p in runs.iterdir()) == ["off-dit", "off-pack", "off-refine"]
     dit_state = (runs / "off-dit" / "checkpoints" / "step-0000003" / "state.json").read_text()
     assert str(runs / "off-pack" / "checkpoints") in dit_state and ".tmp-import" not in dit_state
-    r = _import(runs, release)  # now the runs exist: refused, untouched
-    _clean_failure(r, "already exists")
+    before = snapshot(runs)
+    r = _import(runs, release)  # the same import again: the runs are its own, kept as they are
+    assert r.exit_code == 0 and "already in place" in " ".join(r.output.split()), r.output
+    assert snapshot(runs) == before
+    other = dict(release) | {"refiner": tmp_path / "other.ckpt"}
+    torch.manual_seed(123)
+    torch.save({"state_dict": official_refiner()}, other["refiner"])  # other weights
+    _clean_failure(_import(runs, other), "already exists")  # refused, untouched
+    assert snapshot(runs) == before
 
 
 def test_trusted_latent_stats_hint_and_load(tmp_path, release) -> None:

@@ -88,6 +88,9 @@ def official(
         rows.append((f"{report.stage} tensors", f"{report.mapped} mapped; dropped: {dropped}"))
     if result.sampling:
         rows.append(("sampling defaults", result.sampling))
+    if result.kept:
+        said = ", ".join(result.kept)
+        rows.append(("kept", f"{said}: already in place, equal to this import (nothing written)"))
     console.print(kv_table("import official", rows))
     for report in result.reports:
         for note in report.notes:

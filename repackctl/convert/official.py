@@ -628,6 +628,8 @@ class ImportResult:
     refiner: Path | None = None
     reports: list[MappingReport] = field(default_factory=list)
     sampling: dict[str, Any] | None = None
+    #: runs found in place, equal to this import's (an earlier run of it placed them)
+    kept: list[str] = field(default_factory=list)
 
 
 def _stale_staging(root: Path) -> None:
@@ -712,6 +714,7 @@ def import_official(
             crash_point(f"import-placed-{name}")  # crash tests: a kill between two renames
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    result.kept = placed
     for attr in ("pack", "dit", "refiner"):
         path = getattr(result, attr)
         if path is not None:
