@@ -184,18 +184,23 @@ def rewrite(entry: DatasetEntry, path: str) -> str:
     return f"`repackctl cache rm {entry.name}{only} --yes`, then {producer(entry, path)}"
 
 
-def _nonfinite_fix(entry: DatasetEntry, path: str) -> str:
-    """What rewrites NaN/inf rows: `--repair` does not (their chunks read fine)."""
+def nonfinite_rewrite(entry: DatasetEntry, path: str) -> str:
+    """The commands that write the group at ``path`` anew without its NaN/inf rows: features
+    computed in fp16 / bf16 are recomputed in fp32 (the command names it)."""
     if path.startswith("features/"):
         precision = features_precision(entry.group[path].attrs)
-        if precision != "fp32":  # recomputed in fp32: the command names it
+        if precision != "fp32":
             cmd = features_extract_command(entry, path.partition("/")[2], precision="fp32")
             return (
-                f"`--repair` leaves NaN/inf rows as they are: `repackctl cache rm {entry.name} "
-                f"--{path.replace('/', ' ', 1)} --yes`, then `{cmd}` (they were computed in "
-                f"{precision})"
+                f"`repackctl cache rm {entry.name} --{path.replace('/', ' ', 1)} --yes`, then "
+                f"`{cmd}` (they were computed in {precision})"
             )
-    return f"`--repair` leaves NaN/inf rows as they are: {rewrite(entry, path)}"
+    return rewrite(entry, path)
+
+
+def _nonfinite_fix(entry: DatasetEntry, path: str) -> str:
+    """What rewrites NaN/inf rows: `--repair` does not (their chunks read fine)."""
+    return f"`--repair` leaves NaN/inf rows as they are: {nonfinite_rewrite(entry, path)}"
 
 
 def _verify_arrays(entry: DatasetEntry) -> list[Problem]:

@@ -336,26 +336,26 @@ def _check_partials(
             )
 
 
-def _check_finite_sums(
-    grp: ArrayGroup, entry: DatasetEntry, handle: PackHandle, feats: ArrayGroup
-) -> None:
+def _check_finite_sums(grp: ArrayGroup, entry: DatasetEntry, feats: ArrayGroup) -> None:
     """Refuse (``CacheError``) stats from per-shard sums that hold NaN/inf: a latent that is not
     finite (from features that are not) made every channel's mean and std NaN, written to the
     group and to the model's ``latent_stats.json`` with exit 0. Names the shards' rows."""
-    psum, psq = grp["partial_sum"][:], grp["partial_sumsq"][:]
-    bad = [k for k in range(psum.shape[0]) if not np.isfinite(psum[k]).all()]
-    bad += [k for k in range(psq.shape[0]) if k not in bad and not np.isfinite(psq[k]).all()]
-    if not bad:
+    from repackctl.cache.verify import nonfinite_rewrite, rewrite
+
+    sums, squares = grp["partial_sum"][:], grp["partial_sumsq"][:]
+    finite = np.isfinite(sums).all(1) & np.isfinite(squares).all(1)
+    if finite.all():
         return
     shard, n = entry.shard, entry.n
-    rows = ", ".join(f"{k * shard}–{min((k + 1) * shard, n) - 1}" for k in sorted(bad))
+    bad = np.flatnonzero(~finite)
+    rows = ", ".join(f"{k * shard}–{min((k + 1) * shard, n) - 1}" for k in bad)
+    latents = f"latents/{grp.group.basename}"
     raise CacheError(
-        f"cache entry {entry.name}: latents/{grp.group.basename}: the latents of rows {rows} "
-        "are not all finite (NaN/inf), so the channel stats would be NaN; nothing recorded",
-        f"`repackctl cache verify {entry.name}` names the NaN/inf rows of the features; remove "
-        f"them (`repackctl cache rm {entry.name} --features {feats.group.basename} --yes`), extract again, "
-        f"then `repackctl cache rm {entry.name} --latents {grp.group.basename} --yes` and "
-        f"`repackctl pack encode --run {handle.run_name}`",
+        f"cache entry {entry.name}: {latents}: the latents of rows {rows} are not all finite "
+        "(NaN/inf), so the channel stats would be NaN; nothing recorded",
+        f"`repackctl cache verify {entry.name}` names the NaN/inf rows of the features; "
+        f"{nonfinite_rewrite(entry, f'features/{feats.group.basename}')}; then "
+        f"{rewrite(entry, latents)}",
     )
 
 
@@ -369,7 +369,7 @@ def _finish(
     if (done == PENDING).any():
         return None, None
     _check_partials(grp, entry, handle, done)
-    _check_finite_sums(grp, entry, handle, feats)
+    _check_finite_sums(grp, entry, feats)
     stats = combine_partials(grp)
     stats |= {"pack_id": handle.pack_id, "entry": entry.name, "cache": cache_root(entry.root)}
     stats["source"] = entry.attrs.get("source")  # what the data was (check_trained_data)
