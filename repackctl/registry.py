@@ -173,12 +173,14 @@ class Registry:
         disabled = autoload_disabled()
         rows = []
         for name, eps in sorted(_scan(self.group).items()):
+            # a disabled plugin's id is no duplicate of the built-in that `get` then loads
+            active = [ep for ep in eps if not disabled or _is_builtin(ep)]
             for ep in eps:
                 dist, version = _dist(ep)
-                if disabled and not _is_builtin(ep):
+                if ep not in active:
                     status = "disabled"
-                elif len(eps) > 1:
-                    others = ", ".join(_dist(o)[0] for o in eps if o is not ep)
+                elif len(active) > 1:
+                    others = ", ".join(_dist(o)[0] for o in active if o is not ep)
                     status = f"duplicate (also in {others})"
                 elif name in self._loaded:
                     status = "loaded"

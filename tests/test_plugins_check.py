@@ -72,3 +72,7 @@ def test_listing_without_check_and_builtins_only_still_succeed(tmp_path, broken_
     assert "Error:" not in builtins.stderr
     line = next(x for x in builtins.stdout.splitlines() if x.startswith("brokenenc"))
     assert "disabled" in line
+    # the built-in `tiny` that a disabled plugin also names is the one loaded: no duplicate
+    rows = {tuple(x.split()[:3]): x for x in builtins.stdout.splitlines()}
+    assert "disabled" in rows[("tiny", "repackctl.models", "brokenplug")]
+    assert rows[("tiny", "repackctl.models", "repackctl")].split()[-1] == "loaded"
