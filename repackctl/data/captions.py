@@ -258,6 +258,21 @@ def _decoded_lines(path: Path, skipped: Skipped) -> list[tuple[int, str]]:
     return lines
 
 
+def _index_path(path: Path, root: Path) -> Path:
+    """A relative index path names a file of the working directory or of the image folder:
+    the one that exists; both existing as two files is refused rather than one of them taken."""
+    if path.is_absolute():
+        return path
+    here, there = path.resolve(), root / path
+    if here.is_file() and there.is_file() and not here.samefile(there):
+        raise DataError(
+            f"caption index {path} names two files: {here} (working directory) and {there} "
+            "(image folder)",
+            hint="pass the one you mean as an absolute path",
+        )
+    return here if here.is_file() else there
+
+
 class FolderCaptions(_FileCaptions):
     """Images under ``root`` and an index (JSONL or CSV) of ``file, caption`` rows."""
 
@@ -290,8 +305,7 @@ class FolderCaptions(_FileCaptions):
                     hint='write one row per caption: {"file": "a.jpg", "caption": "..."}',
                 )
             return found[0]
-        path = Path(index).expanduser()
-        path = path if path.is_absolute() else self.root / path
+        path = _index_path(Path(index).expanduser(), self.root)
         if not path.is_file() or path.suffix.lower() not in (".jsonl", ".csv"):
             raise DataError(
                 f"caption index {path} is not an existing .jsonl or .csv file",

@@ -48,6 +48,7 @@ class CaptionsSettings(BaseModel):
         None,
         min_length=1,
         description="captions of a folder entry: an index file (JSONL/CSV, file + caption rows; "
-        "default captions.jsonl/.csv in the folder) or coco:ROOT for MS-COCO 2017",
+        "default captions.jsonl/.csv in the folder; a relative path is the working directory's "
+        "file, else the folder's) or coco:ROOT for MS-COCO 2017",
     )
     batch_size: int = Field(64, ge=1, description="captions per text-encoder forward")

@@ -162,6 +162,25 @@ def test_folder_captions_csv(tmp_path):
     ]
 
 
+def test_a_relative_index_is_the_working_directory_s_or_the_folder_s_never_a_guess(
+    tmp_path, monkeypatch
+):
+    images, work = tmp_path / "images", tmp_path / "work"
+    _png(images / "a.png")
+    work.mkdir()
+    (work / "caps.csv").write_text("file,caption\na.png,from the working directory\n")
+    monkeypatch.chdir(work)
+    src = FolderCaptions(images, index="caps.csv")  # only the working directory has it
+    assert src.index == work / "caps.csv"
+    assert [c for _, c in src] == [["from the working directory"]]
+    (images / "caps.csv").write_text("file,caption\na.png,from the image folder\n")
+    with pytest.raises(DataError, match="names two files") as err:
+        FolderCaptions(images, index="caps.csv")
+    assert str(work / "caps.csv") in str(err.value) and str(images / "caps.csv") in str(err.value)
+    (work / "caps.csv").unlink()
+    assert [c for _, c in FolderCaptions(images, index="caps.csv")] == [["from the image folder"]]
+
+
 def test_folder_captions_errors(tmp_path):
     with pytest.raises(DataError, match="no captions.jsonl or captions.csv"):
         FolderCaptions(tmp_path)
