@@ -2,8 +2,9 @@
 uint8 ↔ [−1, 1] image conversion.
 
 Temporary names (all ours, so that a later run can recognise and remove them):
-``.tmp-<name>.<pid>`` (JSON), ``.<name>.<pid>.tmp`` (PNG, .npy), ``.<name>.<pid>.<hex>.tmp``
-(``metrics.frechet.atomic_path``), ``.tmp-step-…`` folders (checkpoints).
+``.tmp-<name>.<w>`` (JSON), ``.<name>.<w>.tmp`` (PNG, .npy), ``.<name>.<w>.<hex>.tmp``
+(``metrics.frechet.atomic_path``), where ``<w>`` is ``<pid>-<host>`` (``temp_names.writer_tag``);
+``.tmp-step-…`` folders (checkpoints).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from repackctl.temp_names import TEXT_TEMP, temp_parts
+from repackctl.temp_names import HOST, TEXT_TEMP, temp_parts, temp_writer, writer_tag
 
 # image files every reader of a folder accepts (image sources, samples and reference folders)
 IMAGE_EXTENSIONS = frozenset(
@@ -52,21 +53,21 @@ _SWEPT: set[tuple[int, str]] = set()
 
 
 def _is_text_temp(name: str) -> bool:
-    """``.tmp-<name>.<pid>``: a temporary of :func:`write_text_atomic`."""
+    """``.tmp-<name>.<pid>-<host>``: a temporary of :func:`write_text_atomic`."""
     return TEXT_TEMP.fullmatch(name) is not None
 
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write text (UTF-8) through a temporary file and a rename: a kill leaves the old file or
     the new one, never half of one. The first such write into a folder in a process removes the
-    temporaries that killed writers left there (``.tmp-<name>.<pid>``, the pid gone), and no
-    other file: once per folder, since a samples folder's manifests are written per batch
+    temporaries that killed writers of this machine left there (``.tmp-<name>.<pid>-<host>``),
+    and no other file: once per folder, since a samples folder's manifests are written per batch
     beside thousands of files."""
     key = (os.getpid(), str(path.parent))
     if key not in _SWEPT:
         remove_stale_temp_files(path.parent, _is_text_temp)
         _SWEPT.add(key)
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{writer_tag()}")
     try:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
@@ -184,6 +185,16 @@ def temp_writer_pid(name: str) -> int | None:
     return None if parts is None else parts[1]
 
 
+def writer_gone(name: str) -> bool:
+    """True when ``name`` is one of our temporaries whose writer ran on this machine and is no
+    longer running. A temporary of another machine (a multi-node job on a shared filesystem, or
+    another container) is never judged gone: its pid means nothing here."""
+    found = temp_writer(name)
+    if found is None or found[1] not in (None, HOST):
+        return False
+    return not pid_alive(found[0])
+
+
 def pid_alive(pid: int) -> bool:
     """Whether process ``pid`` runs on this machine (this process counts; one of another user
     too)."""
@@ -238,10 +249,9 @@ def remove_stale_temp_files(
     if not folder.is_dir():
         return removed
     for p in folder.iterdir():
-        pid = temp_writer_pid(p.name)
-        if ours is not None and pid is not None and not ours(p.name):
+        if ours is not None and not ours(p.name):
             continue
-        if pid is not None and p.is_file() and not p.is_symlink() and not pid_alive(pid):
+        if p.is_file() and not p.is_symlink() and writer_gone(p.name):
             p.unlink(missing_ok=True)
             removed.append(p)
     return removed
@@ -277,13 +287,13 @@ def write_png_atomic(path: Path, image: np.ndarray) -> None:
     """Write one PNG through a temporary name: an existing PNG is always complete."""
     from PIL import Image
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{writer_tag()}.tmp")
     Image.fromarray(image).save(tmp, format="PNG")
     os.replace(tmp, path)
 
 
 def write_npy_atomic(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{writer_tag()}.tmp")
     with open(tmp, "wb") as f:
         np.save(f, array, allow_pickle=False)
     os.replace(tmp, path)

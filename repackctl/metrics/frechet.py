@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import secrets
 import signal
 import tokenize
@@ -45,6 +44,10 @@ from scipy.linalg import lapack
 from repackctl.crash import CRASH_ENV
 from repackctl.errors import DataError
 from repackctl.files import remove_stale_temp_files, sha256_file
+from repackctl.temp_names import TEMP_FORMS, writer_tag
+
+#: ``.<name>.<pid>-<host>.<8 hex>.tmp`` (older ones: ``.<name>.<pid>.<8 hex>.tmp``)
+ATOMIC_TEMP = TEMP_FORMS[0]
 
 FDMethod = Literal["sqrtm", "cholesky"]
 
@@ -234,13 +237,17 @@ class FeatureStats:
 def remove_stale_temporaries(path: str | Path) -> list[Path]:
     """Delete the temporaries of ``path`` left by a killed :func:`atomic_path` writer.
 
-    Only files named ``.<name>.<pid>.<8 hex>.tmp`` beside ``path`` whose writer ``pid`` is no
-    longer running are removed: the temporaries of other targets, and those of a live writer,
-    are left alone.
+    Only files named ``.<name>.<pid>-<host>.<8 hex>.tmp`` beside ``path`` whose writer, a
+    process of this machine, is no longer running are removed: the temporaries of other targets,
+    of a live writer and of another machine's writer are left alone.
     """
     path = Path(path)
-    pattern = re.compile(rf"\.{re.escape(path.name)}\.\d+\.[0-9a-f]{{8}}\.tmp")
-    return remove_stale_temp_files(path.parent, lambda name: bool(pattern.fullmatch(name)))
+
+    def of_path(name: str) -> bool:
+        m = ATOMIC_TEMP.fullmatch(name)
+        return m is not None and m.group("name") == path.name
+
+    return remove_stale_temp_files(path.parent, of_path)
 
 
 @contextmanager
@@ -255,7 +262,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    tmp = path.with_name(f".{path.name}.{writer_tag()}.{secrets.token_hex(4)}.tmp")
     try:
         yield tmp
         os.replace(tmp, path)

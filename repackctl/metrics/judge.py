@@ -34,6 +34,7 @@ from repackctl.errors import CheckpointError, ConfigError, DataError
 from repackctl.files import write_json_atomic
 from repackctl.metrics.frechet import FeatureStats, frechet_distance
 from repackctl.progress import ProgressFactory, null_progress
+from repackctl.temp_names import writer_tag
 
 __all__ = [
     "Judge",
@@ -195,7 +196,7 @@ def save_judge(judge: Judge, folder: str | Path, meta: dict[str, Any] | None = N
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".tmp-{WEIGHTS}.{os.getpid()}"
+    tmp = folder / f".tmp-{WEIGHTS}.{writer_tag()}"
     state = {k: v.contiguous() for k, v in judge.state_dict().items()}
     save_file(state, str(tmp))
     os.replace(tmp, folder / WEIGHTS)

@@ -61,7 +61,7 @@ from repackctl.paths import (
 from repackctl.run_files import read_json_dict
 from repackctl.run_lock import SAMPLES_LOCK, lock_samples
 from repackctl.sample.plan import GenerationPlan, label_classes
-from repackctl.temp_names import temp_parts
+from repackctl.temp_names import temp_parts, writer_tag
 
 
 def png_path(folder: Path, index: int) -> Path:
@@ -414,7 +414,7 @@ def write_recorded_pngs(
     write_json_atomic(_manifest_path(folder, list(pngs)), entries)
     for i, data in pngs.items():
         path = png_path(folder, i)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # one of ours (claim_folder)
+        tmp = path.with_name(f".{path.name}.{writer_tag()}.tmp")  # ours (claim_folder)
         tmp.write_bytes(data)
         os.replace(tmp, path)
         if after_png is not None:

@@ -39,6 +39,7 @@ from repackctl.metrics.frechet import (
     FeatureStats,
     load_stats,
 )
+from repackctl.temp_names import HOST
 
 FD = ["--metrics", "fd", "--fd-method", "cholesky", "--device", "cpu", *FD_WEIGHTS]
 STATS = ["--extractor", "fd", "--resolution", "32", "--device", "cpu", *FD_WEIGHTS]
@@ -197,7 +198,7 @@ def test_a_kill_while_stats_are_written_leaves_nothing_after_the_rerun(tmp_path)
     (left,) = list(sdir.iterdir())  # the killed writer's temporary, nothing else
     target, rest = left.name[1:].split(".npz.")
     target += ".npz"
-    assert left.name.endswith(".tmp") and rest.split(".")[0] == str(proc.pid)
+    assert left.name.endswith(".tmp") and rest.split(".")[0] == f"{proc.pid}-{HOST}"
     # what the rerun must not touch: another target's temporary of the same dead writer, the
     # temporary of this target by a writer that is still running, and a user's file
     other = sdir / f".other.npz.{proc.pid}.0123abcd.tmp"
