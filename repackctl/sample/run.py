@@ -163,10 +163,12 @@ def run_sample(
         from repackctl.sample.t2i import run_t2i_sample
 
         return _job_totals(run_t2i_sample(settings, progress, dist, precision_source), dist)
-    if cfg.prompt or cfg.prompts:
+    if cfg.prompt or cfg.prompts or cfg.text_weights:
         raise ConfigError(
-            f"run {cfg.run} is class-conditional: prompts apply to text-to-image runs",
-            "drop --prompt/--prompts, or pass a run trained with `repackctl train t2i`",
+            f"run {cfg.run} is class-conditional: prompts and --text-weights apply to "
+            "text-to-image runs",
+            "drop --prompt/--prompts/--text-weights, or pass a run trained with `repackctl "
+            "train t2i`",
         )
     device = resolve_device(settings.device, dist.local_rank)
     check_precision(settings.precision, device, "the samples")  # before anything is written

@@ -539,7 +539,7 @@ def run_t2i_sample(
     check_null_condition_trained(plan, extra, ckpt, "caption_dropout", "empty caption")
     model = handle.model.to(device).eval()
     given, distinct, ids, source = resolve_prompts(cfg, extra, settings.cache)
-    encoder = load_text_encoder(extra).to(device)
+    encoder = load_text_encoder(extra, cfg.text_weights).to(device)
     prompts = _Prompts(given, distinct, ids, source, prompt_truncation(encoder, distinct))
     warn_truncation(prompts.truncation, len(distinct))
     text = encode_prompts(encoder, distinct, device)

@@ -22,7 +22,7 @@ class SampleSettings(BaseModel):
     PANELS: ClassVar[dict[str, tuple[str, ...]]] = {
         "Model": ("run", "checkpoint", "weights", "refiner", "guide", "guide_checkpoint"),
         "Sampling": ("num", "batch_size", "labels", "sampler", "steps", "shift"),
-        "Prompts (text-to-image runs)": ("prompt", "prompts"),
+        "Prompts (text-to-image runs)": ("prompt", "prompts", "text_weights"),
         "Guidance": ("cfg", "cfg_t_lo", "cfg_t_hi", "cfg_channels"),
         "Output": ("out", "grid"),
     }
@@ -49,6 +49,13 @@ class SampleSettings(BaseModel):
     )
     prompts: str | None = Field(
         None, min_length=1, description="text-to-image runs: a UTF-8 file with one prompt per line"
+    )
+    text_weights: str | None = Field(
+        None,
+        min_length=1,
+        description="text-to-image runs: the text encoder's weights folder where it is now, "
+        "when it moved since the captions were encoded (its files must equal the recorded "
+        "ones); none = the folder the run recorded",
     )
     sampler: Literal["euler", "heun", "sde"] | None = Field(None, description="default euler")
     steps: int | None = Field(

@@ -202,6 +202,29 @@ def test_sampling_with_a_damaged_builtin_copy_repairs_it_and_gives_the_same_late
     assert np.array_equal(ok, again)
 
 
+# --------------------------------------------------------------------------- a moved folder
+def test_a_moved_weights_folder_is_named_then_sampled_from_where_it_is_now(
+    stack, tmp_path, monkeypatch
+):
+    work = use_stack(stack, tmp_path, monkeypatch)
+    folder, _ = _weights_run(work, tmp_path)
+    base = ["sample", "-r", "tW", "--prompt", "a red star", *SAMPLE]
+    _ok(*base, "--out", str(tmp_path / "before"))
+    moved = tmp_path / "elsewhere" / "minilm"  # the run copied to another machine, say
+    moved.parent.mkdir()
+    folder.rename(moved)
+    msg = _refused(WeightsError.exit_code, *base, "--out", str(tmp_path / "gone"))
+    assert str(folder) in msg and "--text-weights DIR" in msg
+    assert not (tmp_path / "gone").exists()
+    _ok(*base, "--text-weights", str(moved), "--out", str(tmp_path / "after"))
+    before, after = (np.load(tmp_path / d / "latents.npy") for d in ("before", "after"))
+    assert np.array_equal(before, after)
+    _no_lowercase(moved)  # the folder given is checked as the recorded one is
+    out = tmp_path / "changed"
+    msg = _refused(WeightsError.exit_code, *base, "--text-weights", str(moved), "--out", str(out))
+    assert "tokenizer.json" in msg and str(moved) in msg and not out.exists()
+
+
 # --------------------------------------------------------------------------- older records
 def test_groups_and_runs_without_files_sha256_keep_working(stack, tmp_path, monkeypatch):
     work = use_stack(stack, tmp_path, monkeypatch)
