@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from repackctl.temp_names import HOST, TEXT_TEMP, temp_parts, temp_writer, writer_tag
+from repackctl.temp_names import HOST, TEXT_TEMP, temp_writer, writer_tag
 
 # image files every reader of a folder accepts (image sources, samples and reference folders)
 IMAGE_EXTENSIONS = frozenset(
@@ -176,13 +176,6 @@ def refuse_foreign_output(
 def is_no_space(e: OSError) -> bool:
     """True for a full disk or an exceeded quota."""
     return e.errno in (errno.ENOSPC, errno.EDQUOT)
-
-
-def temp_writer_pid(name: str) -> int | None:
-    """The writer's pid when ``name`` is one of our temporary names (:mod:`repackctl.temp_names`),
-    else None."""
-    parts = temp_parts(name)
-    return None if parts is None else parts[1]
 
 
 def writer_gone(name: str) -> bool:

@@ -4,7 +4,8 @@ Its own module, free of imports but ``repackctl.errors`` and ``repackctl.temp_na
 the engine (``repackctl.train``), the run listing (``repackctl.runs``) and the settings layer
 (which imports it without torch) share one definition without importing each other. ``runs rm``
 refuses a run that holds a path :func:`foreign_paths` finds; a new run refuses a folder that
-holds one (:func:`check_new_run_folder`).
+holds one (:func:`check_new_run_folder`). Also the pack run named inside a pack id
+(:func:`pack_id_run_step`), which ``runs rm`` reads without loading torch.
 """
 
 from __future__ import annotations
@@ -283,3 +284,10 @@ def read_run_config(run_dir: Path) -> StoredConfig:
     if found is None:
         return StoredConfig(None, problem)
     return StoredConfig(found[1], problem, found[0])
+
+
+def pack_id_run_step(pack_id: str | None) -> tuple[str | None, int | None]:
+    """The pack run and step inside a pack id ``<encoder entry>--<run>-<step:07d>-<sha8>``
+    (``pack_id_for``), if it parses; else (None, None)."""
+    m = re.search(r"--([^-].*?)-(\d{7})-[0-9a-f]{8}$", pack_id or "")
+    return (m.group(1).split("--")[-1], int(m.group(2))) if m else (None, None)

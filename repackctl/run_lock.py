@@ -13,7 +13,8 @@ for the rest of the session). The OS releases a flock when its process ends,
 ``kill -9`` included, so a lock is never left stale.
 The holder writes its pid, host and start time into the file so that a refusal can name it.
 ``runs rm`` and ``demo --fresh`` ask :func:`lock_holder` (a try-lock released at once) and refuse
-to delete a run that is being trained.
+to delete a run that is being trained. ``import official`` holds ``<runs>/.import-<out>.lock``
+while it converts and places its runs (:func:`hold_import_lock`), deleted when it ends.
 
 Only the main process of a distributed job (``RANK`` 0, or no ``RANK``) takes the lock, so the
 ranks of one job never refuse each other; the launcher (torchrun, accelerate) stops the other
@@ -215,6 +216,78 @@ def hold_run_lock(folder: str | os.PathLike) -> Iterator[bool]:
             yield True
         finally:
             _HELD.pop(key, None)
+
+
+def import_lock_name(out: str) -> str:
+    """The lock file, in the runs root, of ``import official --out OUT`` (``out`` checked)."""
+    return f".import-{out}.lock"
+
+
+@contextmanager
+def hold_import_lock(root: str | os.PathLike, out: str) -> Iterator[None]:
+    """The lock of ``import official --out OUT`` into the runs root ``root`` (it exists), held
+    while the block runs (converting and placing ``OUT-pack`` …). Two imports of one ``--out``
+    at once each found no run in place, converted, and one stopped with a traceback when it
+    renamed its run onto the other's: the second is now refused at once, naming the first
+    (``ConfigError``), as a second training of a run is.
+
+    The lock file is deleted when the block ends (an import that fails leaves nothing in the
+    runs folder), while it is still held; a process that opened it before then and takes it
+    after finds it deleted and locks the new file instead (:func:`_same_file`). A killed import
+    leaves it, unlocked: the next import of that ``--out`` takes it and deletes it."""
+    path = Path(root).expanduser() / import_lock_name(out)
+    f = _taken_import_lock(path, out) if fcntl is not None else None
+    try:
+        yield
+    finally:
+        if f is not None:
+            path.unlink(missing_ok=True)  # still held: see the docstring
+            f.close()
+
+
+def _taken_import_lock(path: Path, out: str) -> IO[bytes] | None:
+    """The open lock file ``path``, locked, with this process's record in it; None where
+    nothing can be locked (the import goes on, as a training does); ``ConfigError`` when
+    another process holds it."""
+    while True:
+        try:
+            f = open(path, "a+b")
+        except OSError:
+            return None
+        taken = _try_lock(f)
+        if taken is None:
+            f.close()
+            return None
+        if taken is False:
+            holder = _read_holder(f)
+            if holder.pid is None:  # taken an instant ago: its record follows
+                time.sleep(0.2)
+                holder = _read_holder(f)
+            f.close()
+            raise ConfigError(
+                f"another `repackctl import official --out {out}` is importing into "
+                f"{path.parent} ({holder.describe()}); nothing was written there",
+                "wait for it to finish, then run the same command again (runs it placed from "
+                "the same files are kept as they are); or pass another --out",
+            )
+        if _same_file(f, path):
+            break
+        f.close()  # deleted by the import that held it: lock the file in its place
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%F %T")}
+    f.truncate(0)
+    f.write((json.dumps(record) + "\n").encode())
+    f.flush()
+    return f
+
+
+def _same_file(f: IO[bytes], path: Path) -> bool:
+    """Whether the open file ``f`` is still the file at ``path`` (not deleted or replaced)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    mine = os.fstat(f.fileno())
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
 
 
 class _FolderHandle:

@@ -10,9 +10,10 @@ training engine wrote (``TrainConfig.to_dict()``: its keys and ``extra.stage``),
 ``import official`` writes). Any other folder (say, a downloaded model with its own
 ``config.json``) is neither listed nor removed. ``runs rm`` also refuses a run that holds a path
 repackctl did not write there (``repackctl.run_files.foreign_paths``: the user's notes, a figure
-saved into a checkpoint folder), naming it. The stage (pack / dit / refine / t2i) is
-``extra.stage`` of the config or of the newest checkpoint's ``state.json``; imported runs carry
-``"imported": true`` there.
+saved into a checkpoint folder), naming it, and names the runs that use a pack run it removes
+(:func:`dependent_runs`: DiT, refiner and t2i runs, trained or imported). The stage (pack /
+dit / refine / t2i) is ``extra.stage`` of the config or of the newest checkpoint's
+``state.json``; imported runs carry ``"imported": true`` there.
 
 A checkpoint counts as complete when the loader's own check passes
 (``repackctl.train.checkpoint.verify_checkpoint``). ``runs ls`` and the hints in error messages
@@ -42,6 +43,7 @@ from repackctl.run_files import (
     SETTINGS_JSON,
     StoredConfig,
     foreign_paths,
+    pack_id_run_step,
     read_json_dict,
     read_run_config,
 )
@@ -392,6 +394,69 @@ def check_removable(folder: Path) -> None:
             f"move them out of {folder} (they are yours), then run `repackctl runs rm "
             f"{folder.name}` again",
         )
+
+
+@dataclass(frozen=True)
+class Dependent:
+    """A run beside a pack run whose checkpoints decode with it (``dependent_runs``)."""
+
+    name: str
+    stage: str
+    imported: bool
+
+    def describe(self) -> str:
+        """``d (dit)``, ``off-refine (refine, imported)``."""
+        return f"{self.name} ({self.stage}{', imported' if self.imported else ''})"
+
+
+def dependent_runs(folder: Path) -> list[Dependent]:
+    """The other runs beside ``folder`` that need it: a DiT, refiner or t2i run, trained or
+    imported (``import official``), whose checkpoints' ``extra.pack`` names it as the pack run
+    whose decoder they sample with (``repackctl.pack.load.decoder_checkpoint``); a run without a
+    checkpoint yet, by the ``--pack-run`` its config.json records. Removing ``folder`` leaves them
+    unable to sample (or resume), so ``runs rm`` names them."""
+    if not folder.parent.is_dir():
+        return []
+    found = []
+    for other in sorted(folder.parent.iterdir()):
+        if other.name == folder.name or other.name.startswith(REMOVING) or not is_run(other):
+            continue
+        if any(_names_pack_run(pack, folder) for pack in _pack_records(other)):
+            steps = _step_folders(other)
+            stage, imported = _stage(other, steps[-1] if steps else None)
+            found.append(Dependent(other.name, stage, imported))
+    return found
+
+
+def _pack_records(run: Path) -> list[dict[str, Any]]:
+    """``extra.pack`` of each checkpoint of ``run``; without any, the pack run its config.json
+    records (``extra.train.pack_run``, or the latents id ``extra.train.latents``)."""
+    records = []
+    for step in _step_folders(run):
+        extra = (read_json_dict(step / "state.json") or {}).get("extra")
+        pack = extra.get("pack") if isinstance(extra, dict) else None
+        if isinstance(pack, dict):
+            records.append(pack)
+    if records:
+        return records
+    extra = (read_json_dict(run / CONFIG_JSON) or {}).get("extra")
+    train = extra.get("train") if isinstance(extra, dict) else None
+    if isinstance(train, dict):
+        return [{"run": train.get("pack_run"), "pack_id": train.get("latents")}]
+    return []
+
+
+def _names_pack_run(pack: dict[str, Any], folder: Path) -> bool:
+    """Whether a recorded ``extra.pack`` leads to the pack run ``folder``, as sampling finds it:
+    the recorded checkpoint when it exists, else the run of that name (or of the pack id)."""
+    recorded = pack.get("checkpoint")
+    if isinstance(recorded, str) and recorded and Path(recorded).is_dir():
+        return Path(recorded).resolve().parent.parent == folder.resolve()
+    run = pack.get("run")
+    if not isinstance(run, str) or not run:
+        pack_id = pack.get("pack_id")
+        run = pack_id_run_step(pack_id if isinstance(pack_id, str) else None)[0]
+    return run == folder.name
 
 
 def _being_trained(folder: Path, holder: Holder | None) -> CheckpointError:

@@ -76,3 +76,16 @@ def test_the_writers_name_their_machine_and_sweeps_judge_only_their_own(tmp_path
     with atomic_path(tmp_path / "s.npz") as tmp:
         assert temp_writer(tmp.name) == (os.getpid(), HOST)
         tmp.write_bytes(b"x")
+
+
+def test_an_import_removes_only_its_own_machines_dead_staging_folders(tmp_path) -> None:
+    from repackctl.convert.official import _stale_staging
+
+    gone = dead_pid()
+    mine, older = tmp_path / f".tmp-import-off.{gone}-{HOST}", tmp_path / f".tmp-import-o.{gone}"
+    other = tmp_path / f".tmp-import-off.{gone}-{OTHER_HOST}"  # another node's, maybe running
+    live = tmp_path / f".tmp-import-x.{writer_tag()}"
+    for p in (mine, older, other, live):
+        (p / "off-pack").mkdir(parents=True)
+    _stale_staging(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([other.name, live.name])

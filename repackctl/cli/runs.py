@@ -13,6 +13,7 @@ from repackctl.cli.common import (
     SamplesOpt,
     confirm_delete,
     console,
+    err_console,
     handle_errors,
     resolve,
 )
@@ -143,10 +144,19 @@ def rm(
 ) -> None:
     """Delete a run folder (only one that repackctl wrote). Asks first unless --yes.
 
+    The runs that use a pack run (DiT, refiner and t2i runs, trained or imported) are named in
+    the question, and in a warning with --yes: they are not deleted, but cannot sample without it.
+
     Example: `repackctl runs rm dit-tiny --yes`
     """
     from repackctl.paths import run_dir
-    from repackctl.runs import check_removable, describe_run, remove_run, removing_folder
+    from repackctl.runs import (
+        check_removable,
+        dependent_runs,
+        describe_run,
+        remove_run,
+        removing_folder,
+    )
 
     folder = run_dir(_roots(runs, None, config)[0], name)
     if not folder.exists() and removing_folder(folder).is_dir():
@@ -161,11 +171,30 @@ def rm(
     d = describe_run(folder)  # refuses anything that is not a run
     what = f"run {name} ({d.run.stage}, {d.run.checkpoints} checkpoints, {_mb(d.run.bytes)})"
     check_removable(folder)  # files of the user's in it: refused before asking
-    if not yes and not confirm_delete(f"Delete {what} at {folder}?", f"repackctl runs info {name}"):
+    users = [] if d.run.stage in ("dit", "refine", "t2i") else dependent_runs(folder)
+    needed = _needed_by(name, [r.describe() for r in users])
+    question = f"Delete {what} at {folder}?"
+    if needed:
+        question = f"{needed}\nDelete {what} at {folder} anyway?"
+    if not yes and not confirm_delete(question, f"repackctl runs info {name}"):
         console.print("nothing removed", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     remove_run(folder)
     console.print(f"removed {folder}", highlight=False, soft_wrap=True)
+    if needed and yes:  # asked otherwise: the question named them
+        err_console.print(f"Warning: {needed}", highlight=False, soft_wrap=True)
+
+
+def _needed_by(name: str, dependents: list[str]) -> str | None:
+    """``2 runs use pack run NAME and cannot sample without it (not deleted): d (dit), …``, or
+    None when no run needs it."""
+    if not dependents:
+        return None
+    runs = f"{len(dependents)} runs use" if len(dependents) > 1 else "1 run uses"
+    return (
+        f"{runs} pack run {name} and cannot sample without it (not deleted): "
+        f"{', '.join(dependents)}"
+    )
 
 
 def register(root: typer.Typer) -> None:

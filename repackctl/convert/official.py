@@ -43,9 +43,11 @@ beyond tensors (hyper-parameter containers, callback states); such a file is ref
 ``trust_pickle=True`` (``--trust-pickle``), since unpickling runs code stored in the file.
 
 Writing: every run is written under a temporary folder of the runs root
-(``.tmp-import-<out>.<pid>/<out>-pack`` …) and renamed into place only once every given stage has
+(``.tmp-import-<out>.<pid>-<host>/<out>-pack`` …) and renamed into place only once every given stage has
 converted, so a failure midway leaves no half-written run that blocks a retry; the temporary
-folder of a killed import is removed by the next one.
+folder of a killed import is removed by the next one. An import holds the lock of its ``--out``
+(``<runs>/.import-<out>.lock``, ``repackctl.run_lock.hold_import_lock``) from its first look at
+the runs in place to the last rename: a second import of the same ``--out`` at once is refused.
 """
 
 from __future__ import annotations
@@ -66,6 +68,8 @@ from repackctl.crash import crash_point
 from repackctl.dit.run import official_sampling_defaults, write_sampling_json
 from repackctl.errors import CheckpointError, ConfigError, WeightsError, name_items
 from repackctl.progress import ProgressFactory, null_progress
+from repackctl.run_lock import hold_import_lock
+from repackctl.temp_names import writer_tag
 
 STAGE1_DROP = {
     "encoder.dino.": "frozen DINOv3 backbone (the encoder; give its weights to `repackctl extract`)",
@@ -634,18 +638,11 @@ class ImportResult:
 
 def _stale_staging(root: Path) -> None:
     """Remove staging folders of imports whose process is gone (ours only: ``.tmp-import-…``)."""
-    from repackctl.files import temp_writer_pid
+    from repackctl.files import writer_gone
 
     for p in root.glob(".tmp-import-*"):
-        pid = temp_writer_pid(p.name)
-        if pid is None or not p.is_dir() or p.is_symlink():
-            continue
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if p.is_dir() and not p.is_symlink() and writer_gone(p.name):  # this machine's only
             shutil.rmtree(p, ignore_errors=True)
-        except OSError:
-            pass
 
 
 def import_official(
@@ -690,11 +687,38 @@ def import_official(
     ensure_writable_dir(root, "runs folder")
     given = {"pack": stage1, "dit": dit, "refine": refiner}
     names = [f"{out}-{stage}" for stage, path in given.items() if path is not None]
+    for name in names:  # a foreign run in place: refused before anything is written
+        _existing_run(run_dir(runs, name))
+    root.mkdir(parents=True, exist_ok=True)
+    with hold_import_lock(root, out):  # another import of this --out at once: refused
+        return _import_locked(
+            root, runs, out, names, stage1, dit, refiner, latent_stats, image_size, num_heads,
+            trust_pickle, progress,
+        )  # fmt: skip
+
+
+def _import_locked(
+    root: Path,
+    runs: str,
+    out: str,
+    names: list[str],
+    stage1: str | Path | None,
+    dit: str | Path | None,
+    refiner: str | Path | None,
+    latent_stats: str | Path | None,
+    image_size: int,
+    num_heads: int | None,
+    trust_pickle: bool,
+    progress: ProgressFactory,
+) -> ImportResult:
+    """:func:`import_official` once it holds the lock of ``--out``: convert into a staging
+    folder, then place the runs ``names`` (those in place compared, not replaced)."""
+    from repackctl.paths import run_dir
+
     # a run an interrupted import of the same files placed is compared once converted
     placed = [name for name in names if _existing_run(run_dir(runs, name))]
-    root.mkdir(parents=True, exist_ok=True)
     _stale_staging(root)
-    staging = root / f".tmp-import-{out}.{os.getpid()}"
+    staging = root / f".tmp-import-{out}.{writer_tag()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:

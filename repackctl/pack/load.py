@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from repackctl.errors import CacheError, CheckpointError
 from repackctl.pack.autoencoder import PackAutoencoder
 from repackctl.pack.features import EncoderFeatureLoss
 from repackctl.paths import resolve_checkpoint_arg
+from repackctl.run_files import pack_id_run_step  # re-exported: dit.latents reads it here
 
 LATENT_STATS = "latent_stats.json"
 
@@ -178,13 +178,6 @@ def denormalise(x: Tensor, stats: dict[str, Any]) -> Tensor:
             "the checkpoint's latent_stats are damaged",
         )
     return x * std + mean  # (B, d, h, w)
-
-
-def pack_id_run_step(pack_id: str | None) -> tuple[str | None, int | None]:
-    """The pack run and step inside a pack id ``<encoder entry>--<run>-<step:07d>-<sha8>``
-    (``pack_id_for``), if it parses; else (None, None)."""
-    m = re.search(r"--([^-].*?)-(\d{7})-[0-9a-f]{8}$", pack_id or "")
-    return (m.group(1).split("--")[-1], int(m.group(2))) if m else (None, None)
 
 
 def decoder_checkpoint(runs: str, pack: dict[str, Any]) -> Path:
