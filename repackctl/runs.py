@@ -105,6 +105,8 @@ class RunDetail:
     ema_in_effect: dict[str, Any] | None = None  # see ``ema_in_effect``
     # why config.json was not shown (damaged or edited) and whose config was instead
     config_problem: str | None = None
+    # a pack run: the runs beside it that sample through its decoder (``dependent_runs``)
+    used_by: list[str] = field(default_factory=list)
 
     def shown_config(self) -> dict[str, Any]:
         """``config`` for the text view: during a warm-up ``ema_decay`` also names the decay in
@@ -126,6 +128,7 @@ class RunDetail:
             "metrics_tail": self.metrics_tail,
             "samples": self.samples,
             "samples_of_other_runs": self.samples_of_other_runs,
+            "used_by": self.used_by,
         }
 
 
@@ -332,8 +335,10 @@ def describe_run(folder: Path, samples_root: Path | None = None, tail: int = 5) 
     if samples_root is not None:
         named = sample_folders(samples_root, folder.name)
         samples, others = split_by_checkpoint(samples_root, folder, named)
+    run = _run_info(folder, ckpts, checksums=True)
+    used_by = [] if run.stage in ("dit", "refine", "t2i") else dependent_runs(folder)
     return RunDetail(
-        run=_run_info(folder, ckpts, checksums=True),
+        run=run,
         config=summary,
         checkpoints=ckpts,
         metrics_tail=_metrics_tail(folder, tail),
@@ -341,6 +346,7 @@ def describe_run(folder: Path, samples_root: Path | None = None, tail: int = 5) 
         samples_of_other_runs=others,
         ema_in_effect=ema,
         config_problem=_config_problem(stored),
+        used_by=[d.describe() for d in used_by],
     )
 
 

@@ -69,6 +69,13 @@ def test_runs_rm_of_a_pack_run_names_the_runs_that_use_it(runs):
     assert code == 1 and "2 runs use pack run off-pack" in out, out
     assert "off-dit (dit, imported), off-refine (refine, imported)" in out, out
     assert snapshot(runs) == before  # answered no: nothing removed
+    # `runs info` of the pack run lists them too, and a DiT run lists none
+    code, out = _cli("runs", "info", "pack-tiny", *flags)
+    assert code == 0 and "used by dit-a (dit)" in out and "used by ref-a (refine)" in out, out
+    code, out = _cli("runs", "info", "off-pack", *flags, "--json")
+    assert code == 0 and '"used_by": [ "off-dit (dit, imported)", "off-refine' in out, out
+    code, out = _cli("runs", "info", "dit-a", *flags)
+    assert code == 0 and "used by" not in out, out
 
     # --yes removes the pack run, and a warning names the runs it leaves unable to sample
     code, out = _cli("runs", "rm", "off-pack", "--yes", *flags)

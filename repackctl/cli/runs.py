@@ -99,7 +99,8 @@ def info(
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Show one run: config summary, checkpoints, last metrics, sample folders made from it.
+    """Show one run: config summary, checkpoints, last metrics, sample folders made from it,
+    and for a pack run the runs that sample through its decoder.
 
     Every checkpoint file's sha256 is checked against its state.json (this reads every byte), so
     a damaged checkpoint is reported as corrupt, naming the file.
@@ -131,6 +132,7 @@ def info(
         pairs.append((f"metrics step {rec.get('step')}", _metric_line(rec)))
     pairs += [("samples", s) for s in d.samples]
     pairs += [("samples of another run of this name", s) for s in d.samples_of_other_runs]
+    pairs += [("used by", u) for u in d.used_by]
     print_pairs(f"run {r.name}", pairs)
 
 
@@ -152,7 +154,6 @@ def rm(
     from repackctl.paths import run_dir
     from repackctl.runs import (
         check_removable,
-        dependent_runs,
         describe_run,
         remove_run,
         removing_folder,
@@ -171,8 +172,7 @@ def rm(
     d = describe_run(folder)  # refuses anything that is not a run
     what = f"run {name} ({d.run.stage}, {d.run.checkpoints} checkpoints, {_mb(d.run.bytes)})"
     check_removable(folder)  # files of the user's in it: refused before asking
-    users = [] if d.run.stage in ("dit", "refine", "t2i") else dependent_runs(folder)
-    needed = _needed_by(name, [r.describe() for r in users])
+    needed = _needed_by(name, d.used_by)
     question = f"Delete {what} at {folder}?"
     if needed:
         question = f"{needed}\nDelete {what} at {folder} anyway?"
