@@ -132,6 +132,8 @@ def fid(resolved: ResolvedSettings, source: GeneratedArg = None) -> None:
     from repackctl.evaluate.generative import run_evaluate_fid
 
     flags = tuple(k for k in ("seed", "precision") if resolved.sources.get(k) == "flag")
+    if resolved.sources.get("evaluate.fd_method") == "flag":
+        flags += ("fd_method",)
     result = run_evaluate_fid(
         resolved.settings, rich_progress, _sampling_given(resolved), flags_given=flags
     )
@@ -213,7 +215,7 @@ def stats(
         resolution=resolution,
         num=num,
         progress=rich_progress,
-        flags_given=("seed",) if resolved.sources.get("seed") == "flag" else (),
+        flags_given=tuple(k for k in ("seed", "cache") if resolved.sources.get(k) == "flag"),
     )
     meta = result.metadata
     state = "reused (same content hash)" if result.reused else "computed"

@@ -283,12 +283,15 @@ def reference_folder_set(folder: Path, resolution: int, num: int | None, seed: i
     ``num`` a seeded subset is taken (the same rule as ``imagefolder`` data sources). A samples
     folder (its ``protocol.json``) gives its sample files, as on the generated side
     (:func:`repackctl.evaluate.selection.sample_files`); in any folder the preview ``grid.png``
-    at the top is no image of the set.
+    at the top is no image of the set. A sample run `repackctl sample` started but did not
+    finish (killed, or still running) is refused, as on the generated side: its PNGs are part
+    of the run, and their statistics were of the few written so far.
     """
     from repackctl.data.base import BadImage
     from repackctl.data.crop import center_crop, open_image
 
     root = folder.resolve()
+    refuse_unfinished(root, "the reference folder ")
     files = _reference_files(root)
     if not files:
         raise DataError(f"no images under {root}", hint="pass a folder of .png/.jpg images")
@@ -1170,6 +1173,23 @@ def _check_fd_given(cfg: Any, wanted: list[str]) -> None:
         )
 
 
+#: the metrics that are a Fréchet distance (``evaluate.fd_method`` is their algorithm)
+FRECHET_METRICS = ("fid", "sfid", "fd")
+
+
+def _check_fd_method_used(cfg: Any, wanted: list[str], flags: tuple[str, ...]) -> None:
+    """Refuse an ``--fd-method`` flag where no chosen metric is a Fréchet distance (IS, KID,
+    precision/recall): it changed nothing, yet the card named it, and a rerun without it was
+    refused as another protocol. One from the environment or a config file is every
+    evaluation's and is not refused (as `evaluate recon` does)."""
+    if "fd_method" in flags and not set(wanted) & set(FRECHET_METRICS):
+        raise ConfigError(
+            f"--fd-method {cfg.fd_method} is given, but the metrics ({', '.join(wanted)}) hold "
+            "no Fréchet distance: it would be ignored; nothing was scored",
+            "drop --fd-method, or add fid, sfid or fd to --metrics (e.g. --metrics fid,kid)",
+        )
+
+
 def _seed_draws(ref: Reference, wanted: list[str], cfg: Any) -> bool:
     """Whether the seed draws anything in scoring samples that exist: the built-in reference
     images (read by every metric but IS) or the FD encoder's random weights."""
@@ -1493,8 +1513,8 @@ def run_evaluate_fid(
 ) -> EvaluateResult:
     """Score generated images against the reference and write ``metrics.json``;
     ``sampling_given``: the sampling settings the user gave (``_resolve_source``);
-    ``flags_given``: which of ``seed`` and ``precision`` were given as flags
-    (:func:`check_run_flags_used`)."""
+    ``flags_given``: which of ``seed``, ``precision`` and ``fd_method`` were given as flags
+    (:func:`check_run_flags_used`, :func:`_check_fd_method_used`)."""
     from repackctl.metrics.protocol import validate_card, write_metrics_json
     from repackctl.runtime import resolve_device
 
@@ -1507,6 +1527,7 @@ def run_evaluate_fid(
     wanted = choose_metrics(settings.evaluate.metrics, ref)
     _check_inception_given(settings.evaluate.inception_weights, wanted)
     _check_fd_given(settings.evaluate, wanted)
+    _check_fd_method_used(settings.evaluate, wanted, flags_given)
     check_run_flags_used(settings, gen, ref, wanted, flags_given)
     target = _metrics_path(settings, gen)
     check_metrics_target(target, out_given)  # before any scoring work
@@ -1777,6 +1798,24 @@ def _check_seed_used(
     )
 
 
+def _check_cache_used(settings: Settings, source: str | None, flags_given: tuple[str, ...]) -> None:
+    """Refuse a ``--cache`` flag that decides nothing: with ``--stats-dir`` the statistics go
+    there, and a SOURCE (not ``--ref-cache``) is not read from the cache. A cache from the
+    environment or a config file is every command's and is not refused."""
+    cfg = settings.evaluate
+    if "cache" not in flags_given or not cfg.stats_dir:
+        return
+    if source is None or cfg.ref_cache is not None:
+        return  # --ref-cache reads the cache (or _check_stats_request refuses the request)
+    raise ConfigError(
+        f"--cache {settings.cache} is given, but SOURCE {source!r} is not read from a cache and "
+        f"the statistics go to --stats-dir {cfg.stats_dir}: it would be ignored; nothing was "
+        "computed",
+        "drop --cache; or drop --stats-dir to keep the statistics in <cache>-reference-stats; "
+        "or pass --ref-cache ENTRY (without SOURCE) to summarise an entry of that cache",
+    )
+
+
 def run_evaluate_stats(
     settings: Settings,
     source: str | None,
@@ -1791,8 +1830,9 @@ def run_evaluate_stats(
 
     ``source`` (or ``evaluate.ref_cache``) names the images; ``resolution`` / ``num`` are None
     for their defaults (:data:`STATS_DEFAULTS`) and refused below 1, and above what a folder,
-    an .npz or a cache entry holds. ``flags_given``: ``("seed",)`` when ``--seed`` was a flag
-    (refused where the seed draws nothing).
+    an .npz or a cache entry holds. ``flags_given``: ``"seed"`` when ``--seed`` was a flag
+    (refused where the seed draws nothing), ``"cache"`` when ``--cache`` was (refused where it
+    decides nothing: :func:`_check_cache_used`).
     """
     from repackctl.runtime import resolve_device
 
@@ -1812,6 +1852,7 @@ def run_evaluate_stats(
             "--extractor inception does not use the FD encoder: it would be ignored",
             "drop --fd-encoder / --fd-weights, or pass --extractor fd",
         )
+    _check_cache_used(settings, source, flags_given)
     device = resolve_device(settings.device)
     images = _stats_images(settings, source, resolution, num)
     _check_num_available(images, num)
