@@ -21,6 +21,7 @@ from repackctl.cache.creation import (
     writers_out,
 )
 from repackctl.cache.integrity import Damage, read_done, scan_array
+from repackctl.cache.partials import combine_partials, partials_damage, shards_off_data, stats_match
 from repackctl.cache.removal import entry_folder
 from repackctl.cache.store import (
     PENDING,
@@ -31,6 +32,7 @@ from repackctl.cache.store import (
     DatasetEntry,
     features_precision,
 )
+from repackctl.errors import CacheError
 
 
 @dataclass(frozen=True)
@@ -301,6 +303,8 @@ def _verify_group(
         if enc and (enc.get("grid", 0) ** 2 != t.shape[2] or enc.get("dim") != t.shape[3]):
             text = f"{path}: tokens do not match the encoder spec (grid/dim)"
             problems.append(Problem(text, rewrite(entry, path)))
+    if path.startswith("latents/") and not c["pending"]:
+        problems += _stats_problems(g, entry, fdone, path)
     for name, arr in g.group.arrays():
         if name == "done" or arr.dtype.kind != "f":
             continue
@@ -314,6 +318,37 @@ def _verify_group(
             text = f"{path}: {name}: {bad} samples with NaN/inf"
             problems.append(Problem(text, _nonfinite_fix(entry, path)))
     return problems
+
+
+def _stats_problems(
+    g: ArrayGroup, entry: DatasetEntry, done: np.ndarray, path: str
+) -> list[Problem]:
+    """The channel stats in the attributes of a finished latents group against the per-shard
+    sums they are computed from (what `train dit` checks before it normalises with them): a
+    lasting problem when they differ (``--repair`` leaves attributes as they are). When the sums
+    are those of the stored latents, the producer writes the stats again from them; when not
+    (a sum changed after the stats were written), the group is written anew."""
+    recorded = g.attrs.get("stats")
+    if recorded is None or "partial_sum" not in g.group or "mean" not in g.group:
+        return []  # still being finished (its producer writes them), or made before the sums
+    if partials_damage(g, entry, done):
+        return []  # reported with the damaged chunks; the repair and the rerun rewrite them
+    try:
+        exact = combine_partials(g)
+    except CacheError:  # no valid row: nothing to normalise
+        return []
+    if stats_match(recorded, exact):
+        return []
+    off = shards_off_data(g, entry, done)
+    what = f"{path}: the channel stats in its attributes differ from its per-shard sums"
+    if not off:
+        fix = f"{producer(entry, path)} writes them again from the sums (they match the latents)"
+        text = f"{what} (attributes edited or damaged; `train dit` refuses them)"
+        return [Problem(text, f"`--repair` leaves attributes as they are: {fix}")]
+    shard, n = entry.shard, entry.n
+    rows = ", ".join(f"{k * shard}–{min((k + 1) * shard, n) - 1}" for k in off)
+    text = f"{what}, and the sums of rows {rows} are not those of the stored latents"
+    return [Problem(text, f"`--repair` leaves them as they are: {rewrite(entry, path)}")]
 
 
 @contextlib.contextmanager
@@ -422,8 +457,10 @@ def repair_rows(entry: DatasetEntry, found: list[tuple[str, Damage]]) -> int:
 def producer(entry: DatasetEntry, path: str) -> str:
     """The command that (re)writes the group at ``path`` of ``entry``."""
     if path.startswith("latents/"):
-        run = (entry.group[path].attrs.get("pack") or {}).get("run") or "RUN"
-        return f"`repackctl pack encode --run {run}`"
+        pack = entry.group[path].attrs.get("pack") or {}
+        if pack.get("method") == "pixels" and not pack.get("run"):  # pack.pixels: no pack run
+            return "the same `python benchmarks/reproduce_small.py` call (it writes pixel latents)"
+        return f"`repackctl pack encode --run {pack.get('run') or 'RUN'}`"
     if path.startswith("triplets/"):
         return "the same `repackctl refine train`"
     if path.startswith("text/"):

@@ -37,7 +37,8 @@ import numpy as np
 import torch
 
 from repackctl.cache.creation import entry_writer
-from repackctl.cache.integrity import GuardedArray, repair_hint, scan_array
+from repackctl.cache.integrity import GuardedArray, repair_hint
+from repackctl.cache.partials import channel_sums, checked_stats
 from repackctl.cache.store import (
     PENDING,
     WRITTEN,
@@ -55,7 +56,7 @@ from repackctl.pack.data import (
     open_features,
     sibling_entry,
 )
-from repackctl.pack.load import LATENT_STATS, PackHandle, combine_partials, load_pack
+from repackctl.pack.load import LATENT_STATS, PackHandle, load_pack
 from repackctl.paths import cache_root, is_url, run_dir
 from repackctl.progress import ProgressFactory, null_progress
 from repackctl.runs import chained_run
@@ -294,14 +295,6 @@ def _encode_shard(
     return means, stds
 
 
-def channel_sums(means: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """Per-channel float64 sum and sum of squares of (m, F, d, h, w) means over valid rows."""
-    z = means[valid].astype(np.float64)  # (v, F, d, h, w)
-    axes = (0, 1, 3, 4)
-    count = int(z.shape[0] * z.shape[1] * z.shape[3] * z.shape[4]) if z.size else 0
-    return z.sum(axis=axes), (z * z).sum(axis=axes), count
-
-
 def write_stats_file(path: Path, stats: dict[str, Any]) -> None:
     """``latent_stats.json`` through a temporary file and a rename (not again when the file
     already holds these stats: a rerun that finds everything done writes nothing)."""
@@ -315,48 +308,23 @@ def write_stats_file(path: Path, stats: dict[str, Any]) -> None:
     write_json_atomic(path, stats)
 
 
-def _check_partials(
-    grp: ArrayGroup, entry: DatasetEntry, handle: PackHandle, done: np.ndarray
-) -> None:
-    """Refuse (``CacheError``, naming the chunk and the repair) when a per-shard sum of a shard
-    holding written rows is lost or corrupt: read as zeros, the stats (and the model's
-    ``latent_stats.json``) were computed over the other shards only, silently, and a training
-    reading them found them consistent with the sums."""
-    shard, n = entry.shard, entry.n
-    written = done == WRITTEN
-    per_shard = np.array([written[s : s + shard].any() for s in range(0, n, shard)])
-    label = f"latents/{grp.group.basename}"
-    for name in ("partial_sum", "partial_sumsq", "partial_count"):
-        for d in scan_array(grp[name], per_shard, f"{label}/{name}"):
-            lo, hi = d.lo * shard, min(d.hi * shard, n)
-            raise CacheError(
-                f"cache entry {entry.name}: {label}/{name}: {d.kind} chunk {d.key} (the sums "
-                f"of rows {lo}–{hi - 1}): the channel stats would leave those rows out",
-                repair_hint(entry.name, f"`repackctl pack encode --run {handle.run_name}`"),
-            )
-
-
-def _check_finite_sums(grp: ArrayGroup, entry: DatasetEntry, feats: ArrayGroup) -> None:
-    """Refuse (``CacheError``) stats from per-shard sums that hold NaN/inf: a latent that is not
-    finite (from features that are not) made every channel's mean and std NaN, written to the
-    group and to the model's ``latent_stats.json`` with exit 0. Names the shards' rows."""
+def _checked_stats(
+    grp: ArrayGroup, entry: DatasetEntry, handle: PackHandle, feats: ArrayGroup, done: np.ndarray
+) -> dict[str, Any]:
+    """The channel stats from the per-shard sums, refused (``CacheError``) over a lost or corrupt
+    sum of a shard holding written rows (read as zeros, the stats, and the model's
+    ``latent_stats.json``, would cover the other shards only, silently) and over sums that hold
+    NaN/inf (latents from features that are not finite: NaN stats written with exit 0)."""
     from repackctl.cache.verify import nonfinite_rewrite, rewrite
 
-    sums, squares = grp["partial_sum"][:], grp["partial_sumsq"][:]
-    finite = np.isfinite(sums).all(1) & np.isfinite(squares).all(1)
-    if finite.all():
-        return
-    shard, n = entry.shard, entry.n
-    bad = np.flatnonzero(~finite)
-    rows = ", ".join(f"{k * shard}–{min((k + 1) * shard, n) - 1}" for k in bad)
     latents = f"latents/{grp.group.basename}"
-    raise CacheError(
-        f"cache entry {entry.name}: {latents}: the latents of rows {rows} are not all finite "
-        "(NaN/inf), so the channel stats would be NaN; nothing recorded",
+    nonfinite = (
         f"`repackctl cache verify {entry.name}` names the NaN/inf rows of the features; "
         f"{nonfinite_rewrite(entry, f'features/{feats.group.basename}')}; then "
-        f"{rewrite(entry, latents)}",
+        f"{rewrite(entry, latents)}"
     )
+    producer = f"`repackctl pack encode --run {handle.run_name}`"
+    return checked_stats(grp, entry, done, producer, nonfinite)
 
 
 def _finish(
@@ -368,9 +336,7 @@ def _finish(
     done = grp.done_mask()
     if (done == PENDING).any():
         return None, None
-    _check_partials(grp, entry, handle, done)
-    _check_finite_sums(grp, entry, feats)
-    stats = combine_partials(grp)
+    stats = _checked_stats(grp, entry, handle, feats, done)
     stats |= {"pack_id": handle.pack_id, "entry": entry.name, "cache": cache_root(entry.root)}
     stats["source"] = entry.attrs.get("source")  # what the data was (check_trained_data)
     update_changed(grp.group.attrs, {"stats": stats, "complete": True})

@@ -21,11 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from repackctl.errors import CacheError, CheckpointError
+# re-exported: dit.latents reads it here
+from repackctl.cache.partials import combine_partials as combine_partials
+from repackctl.errors import CheckpointError
 from repackctl.pack.autoencoder import PackAutoencoder
 from repackctl.pack.features import EncoderFeatureLoss
 from repackctl.paths import resolve_checkpoint_arg
@@ -81,33 +82,6 @@ def resolve_checkpoint(run_or_checkpoint: str | Path, runs: str | None = None) -
 def pack_id_for(features_id: str, run_name: str, step: int, weights_sha256: str) -> str:
     """``<encoder entry>--<run>-<step:07d>-<sha256[:8]>`` (the contract of DESIGN.md §6)."""
     return f"{features_id}--{run_name}-{step:07d}-{weights_sha256[:8]}"
-
-
-def combine_partials(grp: Any) -> dict[str, Any]:
-    """Exact channel stats of packed latents (``grp``: their cache ``ArrayGroup``) from the
-    per-shard partial sums that ``pack encode`` stores in checksummed arrays, added in shard
-    order. The stats in the group's attributes are these; readers check them against it."""
-    psum = grp["partial_sum"][:]  # (S, d) float64
-    psq = grp["partial_sumsq"][:]
-    pcount = grp["partial_count"][:]
-    total = np.zeros(psum.shape[1], np.float64)
-    total_sq = np.zeros(psum.shape[1], np.float64)
-    count = 0
-    for k in range(psum.shape[0]):  # a fixed order: the same float64 result for any world size
-        total += psum[k]
-        total_sq += psq[k]
-        count += int(pcount[k])
-    if count == 0:
-        raise CacheError("no valid samples to compute latent stats from", "check the cache entry")
-    mean = total / count
-    var = np.maximum(total_sq / count - mean * mean, 0.0)
-    return {
-        "mean": mean.tolist(),
-        "std": np.sqrt(var).tolist(),
-        "count": count,
-        "reduction": "float64 per-shard sums over valid samples, both flips, all positions, "
-        "combined in shard order; population std (ddof 0)",
-    }
 
 
 def read_latent_stats(checkpoint: Path) -> dict[str, Any] | None:

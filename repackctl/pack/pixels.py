@@ -18,15 +18,28 @@ Legend: N samples, F flips, R image side, p patch, h×w = (R/p)×(R/p) grid.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
-from repackctl.cache.store import PENDING, WRITTEN, DatasetEntry, owned_ranges
+from repackctl.cache.creation import entry_writer
+from repackctl.cache.partials import channel_sums, checked_stats
+from repackctl.cache.store import (
+    PENDING,
+    WRITTEN,
+    ArrayGroup,
+    DatasetEntry,
+    checksummed,
+    owned_ranges,
+    update_changed,
+)
 from repackctl.errors import CacheError, ConfigError
 from repackctl.progress import ProgressFactory, null_progress
+
+if TYPE_CHECKING:
+    import zarr
 
 METHOD = "pixels"
 
@@ -94,22 +107,13 @@ def _shard_values(images: np.ndarray, patch: int) -> np.ndarray:
     return z.reshape(x.shape[0], 2, *z.shape[1:]).to(torch.float16).numpy()
 
 
-def write_pixel_latents(
-    entry: DatasetEntry, patch: int, progress: ProgressFactory = null_progress
-) -> PixelLatentsResult:
-    """Write (or finish writing) ``latents/pixels-p<patch>`` of ``entry`` with exact stats.
+PIXEL_ARRAYS = ("mean", "partial_sum", "partial_sumsq", "partial_count", "done")
 
-    Single process; resumable by shard (a shard is marked done only after its values and its
-    float64 partial sums are written). The channel stats are computed from the stored float16
-    values of every valid sample, both flips and all positions (population std), as
-    ``pack encode`` does, and combined in shard order, so they are deterministic.
-    """
-    from repackctl.pack.encode import channel_sums
-    from repackctl.pack.load import combine_partials
 
-    res = entry.resolution
-    _check_patch(res, patch)
-    side = res // patch
+def _pixel_group(entry: DatasetEntry, patch: int) -> tuple[ArrayGroup, tuple[int, ...]]:
+    """The group ``latents/pixels-p<patch>`` of ``entry`` with its arrays (every one made before
+    the group counts as created, so a killed creation is made anew by the rerun)."""
+    side = entry.resolution // patch
     channels = 3 * patch * patch
     sample_shape = (2, channels, side, side)
     latent_id = pixel_latent_id(patch)
@@ -123,25 +127,59 @@ def write_pixel_latents(
         "flips": 2,
         "arrays": "mean: float16 (N, F, 3p², h, w) space-to-depth of [-1, 1] pixels; no std",
     }
-    grp, created = entry.create_or_open_group("latents", latent_id, attrs)
-    if created:
-        entry.add_sample_array(grp, "mean", sample_shape, "float16")
-        shards = -(-entry.n // entry.shard)
-        for name in ("partial_sum", "partial_sumsq"):
-            grp.group.create_array(
+    shards = -(-entry.n // entry.shard)
+
+    def build(group: zarr.Group) -> None:
+        entry.add_sample_array(group, "mean", sample_shape, "float16")
+        for name in ("partial_sum", "partial_sumsq"):  # checksummed, as `pack encode`'s
+            group.create_array(
                 name, shape=(shards, channels), chunks=(1, channels), dtype="float64",
-                fill_value=0.0,
+                fill_value=0.0, compressors=checksummed(),
             )  # fmt: skip
-        grp.group.create_array(
-            "partial_count", shape=(shards,), chunks=(1,), dtype="int64", fill_value=0
-        )
+        group.create_array(
+            "partial_count", shape=(shards,), chunks=(1,), dtype="int64", fill_value=0,
+            compressors=checksummed(),
+        )  # fmt: skip
+
+    grp, _ = entry.create_or_open_group("latents", latent_id, attrs, build, PIXEL_ARRAYS)
+    return grp, sample_shape
+
+
+def _pixel_stats(grp: ArrayGroup, entry: DatasetEntry) -> dict[str, Any]:
+    """The channel stats from the per-shard sums, refused (``CacheError`` naming the repair) over
+    a lost or corrupt sum of a shard holding written rows, or over sums that are not finite,
+    exactly as ``pack encode`` refuses them (``cache.partials.checked_stats``)."""
+    from repackctl.cache.verify import producer, rewrite
+
+    path = f"latents/{grp.group.basename}"
+    done = grp.done_mask()
+    return checked_stats(grp, entry, done, producer(entry, path), rewrite(entry, path))
+
+
+def write_pixel_latents(
+    entry: DatasetEntry, patch: int, progress: ProgressFactory = null_progress
+) -> PixelLatentsResult:
+    """Write (or finish writing) ``latents/pixels-p<patch>`` of ``entry`` with exact stats.
+
+    Single process; resumable by shard (a shard is marked done only after its values and its
+    float64 partial sums are written). The channel stats are computed from the stored float16
+    values of every valid sample, both flips and all positions (population std), as
+    ``pack encode`` does, and combined in shard order, so they are deterministic. Like
+    ``pack encode`` it refuses to record stats over lost, corrupt or non-finite partial sums.
+    """
+    _check_patch(entry.resolution, patch)
+    grp, sample_shape = _pixel_group(entry, patch)
     done = grp.done_mask()
     codes_all = entry.done_mask()
     ranges = owned_ranges(entry.n, entry.shard)
     pending = [r for r in ranges if (done[r.start : r.stop] == PENDING).any()]
     already = entry.n - sum(len(r) for r in pending)
     written = 0
-    with progress(f"pixel latents p{patch}", total=sum(len(r) for r in pending), unit="img") as bar:
+    total = sum(len(r) for r in pending)
+    with (
+        progress(f"pixel latents p{patch}", total=total, unit="img") as bar,
+        entry_writer(entry.group),
+    ):
         for rng in pending:
             codes = codes_all[rng.start : rng.stop]
             valid = codes == WRITTEN
@@ -162,12 +200,11 @@ def write_pixel_latents(
             f"pixel latents of {entry.name} are incomplete",
             "run the same call again: it finishes the missing shards",
         )
-    stats = combine_partials(grp) | {"pack_id": latent_id, "entry": entry.name}
-    grp.group.attrs["stats"] = stats
-    grp.group.attrs["complete"] = True
+    stats = _pixel_stats(grp, entry) | {"pack_id": grp.group.basename, "entry": entry.name}
+    update_changed(grp.group.attrs, {"stats": stats, "complete": True})
     return PixelLatentsResult(
         entry=entry.name,
-        latent_id=latent_id,
+        latent_id=grp.group.basename,
         n=entry.n,
         written=written,
         already_done=already,

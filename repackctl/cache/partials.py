@@ -1,0 +1,155 @@
+"""Per-shard partial sums of a latents group and the exact channel stats they add up to.
+
+``pack encode`` and the pixel latents (``pack.pixels``) store, per shard, the float64 sum and
+sum of squares of every channel of the stored float16 values (valid rows, both flips, all
+positions) in small checksummed arrays; once every row is done the stats are those sums added
+in shard order, recorded in the group's attributes (``stats``). Shared by both writers (which
+refuse stats over lost, corrupt or non-finite sums), by the trainer, and by `cache verify`
+(which checks the recorded stats against the sums).
+
+Legend: S shards, d channels, m rows of a shard, F flips, h×w grid.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from repackctl.cache.integrity import Damage, repair_hint, scan_array
+from repackctl.cache.store import WRITTEN, ArrayGroup, DatasetEntry
+from repackctl.errors import CacheError
+
+PARTIAL_ARRAYS = ("partial_sum", "partial_sumsq", "partial_count")
+STATS_RTOL = 1e-6  # recorded stats vs the sums: the recomputation is exact; JSON keeps floats
+
+
+def channel_sums(means: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per-channel float64 sum and sum of squares of (m, F, d, h, w) means over valid rows."""
+    z = means[valid].astype(np.float64)  # (v, F, d, h, w)
+    axes = (0, 1, 3, 4)
+    count = int(z.shape[0] * z.shape[1] * z.shape[3] * z.shape[4]) if z.size else 0
+    return z.sum(axis=axes), (z * z).sum(axis=axes), count
+
+
+def combine_partials(grp: Any) -> dict[str, Any]:
+    """Exact channel stats of packed latents (``grp``: their cache ``ArrayGroup``) from the
+    per-shard partial sums that ``pack encode`` stores in checksummed arrays, added in shard
+    order. The stats in the group's attributes are these; readers check them against it."""
+    psum = grp["partial_sum"][:]  # (S, d) float64
+    psq = grp["partial_sumsq"][:]
+    pcount = grp["partial_count"][:]
+    total = np.zeros(psum.shape[1], np.float64)
+    total_sq = np.zeros(psum.shape[1], np.float64)
+    count = 0
+    for k in range(psum.shape[0]):  # a fixed order: the same float64 result for any world size
+        total += psum[k]
+        total_sq += psq[k]
+        count += int(pcount[k])
+    if count == 0:
+        raise CacheError("no valid samples to compute latent stats from", "check the cache entry")
+    mean = total / count
+    var = np.maximum(total_sq / count - mean * mean, 0.0)
+    return {
+        "mean": mean.tolist(),
+        "std": np.sqrt(var).tolist(),
+        "count": count,
+        "reduction": "float64 per-shard sums over valid samples, both flips, all positions, "
+        "combined in shard order; population std (ddof 0)",
+    }
+
+
+def partials_damage(grp: ArrayGroup, entry: DatasetEntry, done: np.ndarray) -> list[Damage]:
+    """The lost or corrupt chunks of the partial sums of shards holding written rows (``done``:
+    the group's done codes), each with the sample rows of its shards."""
+    shard, n = entry.shard, entry.n
+    written = done == WRITTEN
+    per_shard = np.array([written[s : s + shard].any() for s in range(0, n, shard)])
+    label = f"latents/{grp.group.basename}"
+    out = []
+    for name in PARTIAL_ARRAYS:
+        for d in scan_array(grp[name], per_shard, f"{label}/{name}"):
+            out.append(Damage(d.array, d.key, d.kind, d.lo * shard, min(d.hi * shard, n)))
+    return out
+
+
+def check_partials(grp: ArrayGroup, entry: DatasetEntry, done: np.ndarray, producer: str) -> None:
+    """Refuse (``CacheError``, naming the chunk and the repair: `cache verify --repair`, then
+    ``producer``) when a per-shard sum of a shard holding written rows is lost or corrupt: read
+    as zeros, the stats would be computed over the other shards only, silently, and a training
+    reading them would find them consistent with the sums."""
+    damage = partials_damage(grp, entry, done)
+    if damage:
+        d = damage[0]
+        raise CacheError(
+            f"cache entry {entry.name}: {d.array}: {d.kind} chunk {d.key} (the sums of rows "
+            f"{d.lo}–{d.hi - 1}): the channel stats would leave those rows out",
+            repair_hint(entry.name, producer),
+        )
+
+
+def check_finite_sums(grp: ArrayGroup, entry: DatasetEntry, hint: str) -> None:
+    """Refuse (``CacheError`` with ``hint``) stats from per-shard sums that hold NaN/inf: every
+    channel's mean and std would be NaN. Names the shards' rows."""
+    sums, squares = grp["partial_sum"][:], grp["partial_sumsq"][:]
+    finite = np.isfinite(sums).all(1) & np.isfinite(squares).all(1)
+    if finite.all():
+        return
+    shard, n = entry.shard, entry.n
+    rows = ", ".join(f"{k * shard}–{min((k + 1) * shard, n) - 1}" for k in np.flatnonzero(~finite))
+    raise CacheError(
+        f"cache entry {entry.name}: latents/{grp.group.basename}: the latents of rows {rows} are "
+        "not all finite (NaN/inf), so the channel stats would be NaN; nothing recorded",
+        hint,
+    )
+
+
+def checked_stats(
+    grp: ArrayGroup, entry: DatasetEntry, done: np.ndarray, producer: str, nonfinite_hint: str
+) -> dict[str, Any]:
+    """``combine_partials`` once ``check_partials`` and ``check_finite_sums`` pass."""
+    check_partials(grp, entry, done, producer)
+    check_finite_sums(grp, entry, nonfinite_hint)
+    return combine_partials(grp)
+
+
+def stats_match(recorded: Any, exact: dict[str, Any]) -> bool:
+    """Whether recorded stats (a group's ``stats`` attribute) are those of the sums (``exact``):
+    mean and std within ``STATS_RTOL`` (what `train dit` accepts), the same count."""
+    if not isinstance(recorded, dict):
+        return False
+    try:
+        mean = np.asarray(recorded["mean"], np.float64)
+        std = np.asarray(recorded["std"], np.float64)
+    except (KeyError, TypeError, ValueError):
+        return False
+    if mean.shape != (len(exact["mean"]),) or std.shape != mean.shape:
+        return False
+    if "count" in recorded and recorded["count"] != exact["count"]:
+        return False
+    return bool(
+        np.allclose(mean, exact["mean"], rtol=STATS_RTOL, atol=0.0)
+        and np.allclose(std, exact["std"], rtol=STATS_RTOL, atol=0.0)
+    )
+
+
+def shards_off_data(grp: ArrayGroup, entry: DatasetEntry, done: np.ndarray) -> list[int]:
+    """The shards whose stored partial sums are not those of the stored ``mean`` values of their
+    written rows (reads the whole ``mean`` array, shard by shard; a shard that cannot be read is
+    left out: its damaged chunk is reported by itself)."""
+    shard, n = entry.shard, entry.n
+    psum, psq = grp["partial_sum"][:], grp["partial_sumsq"][:]
+    pcount = grp["partial_count"][:]
+    off = []
+    for k, lo in enumerate(range(0, n, shard)):
+        hi = min(lo + shard, n)
+        valid = done[lo:hi] == WRITTEN
+        try:
+            values = np.asarray(grp["mean"][lo:hi])  # (m, F, d, h, w)
+        except Exception:  # a damaged chunk: `cache verify` reports it, its repair rewrites it
+            continue
+        s, sq, count = channel_sums(values, valid)
+        same = int(pcount[k]) == count and np.allclose(psum[k], s, rtol=1e-9, atol=1e-9)
+        if not (same and np.allclose(psq[k], sq, rtol=1e-9, atol=1e-9)):
+            off.append(k)
+    return off
