@@ -12,6 +12,7 @@ Legend: S shards, d channels, m rows of a shard, F flips, h×w grid.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -19,9 +20,21 @@ import numpy as np
 from repackctl.cache.integrity import Damage, repair_hint, scan_array
 from repackctl.cache.store import WRITTEN, ArrayGroup, DatasetEntry
 from repackctl.errors import CacheError
+from repackctl.run_files import pack_id_run_step
 
 PARTIAL_ARRAYS = ("partial_sum", "partial_sumsq", "partial_count")
 STATS_RTOL = 1e-6  # recorded stats vs the sums: the recomputation is exact; JSON keeps floats
+
+
+def latents_producer(attrs: Mapping[str, Any], pack_id: str | None = None) -> str:
+    """The command that (re)writes a latents group with attributes ``attrs``: `pack encode` of
+    the pack run it records (else the one inside ``pack_id``), or, for the pixel latents of the
+    reproduction study (no pack run), the benchmark call that writes them."""
+    pack = attrs.get("pack") or {}
+    if pack.get("method") == "pixels" and not pack.get("run"):
+        return "the same `python benchmarks/reproduce_small.py` call (it writes pixel latents)"
+    run = pack.get("run") or pack_id_run_step(pack_id)[0] or "RUN"
+    return f"`repackctl pack encode --run {run}`"
 
 
 def channel_sums(means: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:

@@ -21,7 +21,13 @@ from repackctl.cache.creation import (
     writers_out,
 )
 from repackctl.cache.integrity import Damage, read_done, scan_array
-from repackctl.cache.partials import combine_partials, partials_damage, shards_off_data, stats_match
+from repackctl.cache.partials import (
+    combine_partials,
+    latents_producer,
+    partials_damage,
+    shards_off_data,
+    stats_match,
+)
 from repackctl.cache.removal import entry_folder
 from repackctl.cache.store import (
     PENDING,
@@ -457,10 +463,7 @@ def repair_rows(entry: DatasetEntry, found: list[tuple[str, Damage]]) -> int:
 def producer(entry: DatasetEntry, path: str) -> str:
     """The command that (re)writes the group at ``path`` of ``entry``."""
     if path.startswith("latents/"):
-        pack = entry.group[path].attrs.get("pack") or {}
-        if pack.get("method") == "pixels" and not pack.get("run"):  # pack.pixels: no pack run
-            return "the same `python benchmarks/reproduce_small.py` call (it writes pixel latents)"
-        return f"`repackctl pack encode --run {pack.get('run') or 'RUN'}`"
+        return latents_producer(entry.group[path].attrs)
     if path.startswith("triplets/"):
         return "the same `repackctl refine train`"
     if path.startswith("text/"):

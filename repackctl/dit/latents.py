@@ -33,10 +33,11 @@ import torch
 
 from repackctl.cache.commands import entry_extract_command
 from repackctl.cache.integrity import GuardedArray, repair_hint
+from repackctl.cache.partials import combine_partials, latents_producer, stats_match
 from repackctl.cache.store import PENDING, WRITTEN, ArrayGroup, DatasetEntry, list_entries
 from repackctl.data.cached import MEMORY_GB, CachedRows
 from repackctl.errors import CacheError, ConfigError, DataError
-from repackctl.pack.load import combine_partials, denormalise, pack_id_run_step
+from repackctl.pack.load import denormalise, pack_id_run_step
 
 _PACK_ID_RE = r"--{run}-(\d{{7}})-[0-9a-f]{{8}}$"
 
@@ -198,18 +199,18 @@ def find_features(ds: DatasetEntry, pack_id: str, lat_attrs: dict, features: str
 
 def _stats(group: ArrayGroup, ref: LatentRef, d: int) -> tuple[np.ndarray, np.ndarray]:
     stats = group.attrs.get("stats")
-    run = pack_run_of(ref.pack_id) or "RUN"
+    redo = latents_producer(group.attrs, ref.pack_id)
     if not isinstance(stats, dict) or "mean" not in stats or "std" not in stats:
         raise CacheError(
             f"packed latents {ref.pack_id} in {ref.entry} have no channel stats in their attributes",
-            f"run `repackctl pack encode --run {run}` to finish them (it writes the exact stats)",
+            f"run {redo} to finish them (it writes the exact stats)",
         )
     mean = np.asarray(stats["mean"], dtype=np.float64)
     std = np.asarray(stats["std"], dtype=np.float64)
     if mean.shape != (d,) or std.shape != (d,) or not (std > 0).all():
         raise CacheError(
             f"channel stats of {ref.pack_id} do not fit its {d} channels (or a std is ≤ 0)",
-            f"re-encode with `repackctl pack encode --run {run}`",
+            f"re-encode with {redo}",
         )
     _check_stats(group, mean, std, ref)
     return mean, std
@@ -222,17 +223,12 @@ def _check_stats(group: ArrayGroup, mean: np.ndarray, std: np.ndarray, ref: Late
     sums (made before them) are taken as they are."""
     if "partial_sum" not in group.group:
         return
-    exact = combine_partials(group)
-    same = np.allclose(mean, exact["mean"], rtol=1e-6, atol=0.0) and np.allclose(
-        std, exact["std"], rtol=1e-6, atol=0.0
-    )
-    if not same:
-        run = pack_run_of(ref.pack_id) or "RUN"
+    if not stats_match({"mean": mean, "std": std}, combine_partials(group)):
         raise CacheError(
             f"the channel stats in the attributes of packed latents {ref.pack_id} in {ref.entry} "
             "differ from the checksummed sums they were computed from (zarr.json edited or "
             "damaged)",
-            f"run `repackctl pack encode --run {run}` to write them again from the sums",
+            f"run {latents_producer(group.attrs, ref.pack_id)} to write them again from the sums",
         )
 
 
@@ -282,7 +278,7 @@ class LatentData(CachedRows):
         if "mean" not in self.group.group:
             raise CacheError(
                 f"packed latents {ref.pack_id} have no 'mean' array",
-                f"run `repackctl pack encode --run {pack_run_of(ref.pack_id) or 'RUN'}`",
+                f"run {latents_producer(attrs, ref.pack_id)}",
             )
         mean_arr = self.group["mean"]
         n, f, d, h, w = mean_arr.shape
@@ -332,8 +328,7 @@ class LatentData(CachedRows):
             missing = int((done == PENDING).sum())
             raise CacheError(
                 f"packed latents {ref.pack_id} are incomplete ({missing} of {n} samples pending)",
-                f"run `repackctl pack encode --run {pack_run_of(ref.pack_id) or 'RUN'}` again "
-                "to finish them",
+                f"run {latents_producer(attrs, ref.pack_id)} again to finish them",
             )
         ok = (self.entry.done_mask() == WRITTEN) & (done == WRITTEN)
         self.features_id: str | None = None
@@ -368,7 +363,7 @@ class LatentData(CachedRows):
                 redo = f"the `{entry_extract_command(self.entry, enc)}`"
             else:
                 where = f"latents/{self.ref.pack_id}"
-                redo = f"`repackctl pack encode --run {pack_run_of(self.ref.pack_id) or 'RUN'}`"
+                redo = latents_producer(self.attrs, self.ref.pack_id)
             label = f"cache entry {self.entry.name} {where}/{k}"
             out[k] = GuardedArray(a, ok, label, repair_hint(self.entry.name, redo))
         return out
