@@ -321,6 +321,55 @@ def _strict_check(
         )
 
 
+def _check_held_out_disjoint(cache: str, name: str, source: ImageSource) -> None:
+    """Refuse a held-out split (``--val-fraction``) that shares files with the entry of the
+    other split of the same folder, before anything is written.
+
+    Both splits are drawn from one seeded permutation of each class's listing, so they are
+    disjoint only if the folder lists the same files for both extracts: a file added, removed
+    or renamed in between changes the permutation, and the two entries (same fraction and seed,
+    which the cache checks) would silently share images (a validation set that leaks into
+    training). The recorded keys of the other split's entry are compared with this listing.
+    """
+    src = source.describe()
+    root, split = src.get("root"), source.split
+    if not src.get("held_out") or not root:
+        return
+    ours: set[str] | None = None
+    for other in list_entries(cache):
+        if other == name:
+            continue
+        entry = DatasetEntry.open(cache, other)
+        attrs = entry.attrs
+        theirs = attrs.get("source") or {}
+        if theirs.get("root") != root or attrs.get("split") == split:
+            continue
+        if _fraction_seed(theirs.get("held_out")) != _fraction_seed(src["held_out"]):
+            continue  # another fraction or seed: the cache's refusal names both (check_held_out)
+        recorded = entry.done_mask() != PENDING
+        keys = np.asarray(entry.keys[:])[recorded]
+        if ours is None:
+            ours = {source.key(i) for i in range(len(source))}
+        shared = sorted(ours.intersection(str(k) for k in keys))
+        if shared:
+            listed = ", ".join(shared[:3]) + (
+                f" and {len(shared) - 3} more" if len(shared) > 3 else ""
+            )
+            raise DataError(
+                f"split {split!r} of {root} would share {len(shared)} file(s) with cache entry "
+                f"{other} (split {attrs.get('split')!r}): {listed}. The folder changed since "
+                f"{other} was extracted (files added, removed or renamed), so the seeded "
+                "--val-fraction split no longer keeps the two apart",
+                f"restore the folder as it was, or remove the entries of both splits "
+                f"(`repackctl cache rm {other}`, and {name} if it exists) and extract both "
+                "again with the same --val-fraction and --seed",
+            )
+
+
+def _fraction_seed(held: dict | None) -> tuple | None:
+    return None if not isinstance(held, dict) else (held.get("fraction"), held.get("seed"))
+
+
 def _check_resolution(resolution: int) -> None:
     """Reject resolutions the pipeline cannot handle."""
     if resolution % 8 or resolution < 16:
@@ -657,6 +706,7 @@ def run_extract(
 
     dataset = dataset_label(source, cfg.num)
     name = entry_name(dataset, cfg.split, resolution)
+    _check_held_out_disjoint(settings.cache, name, source)
     if cfg.strict:
         _strict_check(settings.cache, name, source, resolution, ranges, settings.num_workers, dist)
     feat_args = (spec.entry_id(), spec.attrs(), flips, spec.num_tokens, spec.dim)

@@ -7,7 +7,9 @@ Layouts of ``imagefolder:PATH``:
   X`` reads ``PATH/X``; any split folder present can be named. Class ids come from the sorted
   class folders of ``train/`` (of the split itself only when there is no ``train/``); a class
   folder of another split that ``train/`` lacks is an error naming it, and so is a ``train/``
-  holding images directly beside a split with class folders (read unlabelled). Only an
+  holding images directly beside a split with class folders (read unlabelled). Without
+  ``train/``, split folders whose class folders differ are an error (each split would number
+  its own, giving one class two ids). Only an
   unambiguous layout is detected: a split folder beside other folders (``vehicles/{bus,car,
   train}``: is ``train`` a class?) and a folder named like a split in another case (``Train/``,
   ``VAL/``) are errors naming them, never a guess that drops folders or labels by split.
@@ -25,8 +27,10 @@ Hostile folders:
 
 - an **empty class folder** (no files at all) is an *error with a hint*, never a silent class with
   zero images (label ids must not depend on folders that contribute nothing, and a silently
-  counted class skews ``num_classes``). A class folder that exists but cannot be read is not
-  empty: it is skipped and listed in :attr:`ImageFolderSource.skipped` like unreadable files;
+  counted class skews ``num_classes``), and so is a class folder that holds no image (no file
+  with an image extension or an image header: notes, annotations). A class folder that exists
+  but cannot be read is not empty: it is skipped and listed in
+  :attr:`ImageFolderSource.skipped` like unreadable files;
 - directory symlinks are followed, but a folder already visited (a loop such as ``a/up -> ..``)
   is not entered again, and files are deduplicated by their real path: the file itself wins over
   links to it, otherwise the first link in folder order (the count of dropped duplicates is
@@ -43,9 +47,11 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from repackctl.data.crop import center_crop, open_image
 from repackctl.errors import ConfigError, DataError
@@ -188,6 +194,24 @@ def _dedup(found: list[tuple[Path, str, bool]], labels: list[int]) -> tuple[list
     return [found[i][0] for i in keep], [labels[i] for i in keep], len(found) - len(keep)
 
 
+def _holds_image(files: list[tuple[Path, str, bool]]) -> bool:
+    """Whether any of ``files`` is an image: by its extension, else by its header (only read
+    when no file has an image extension, e.g. a folder of notes or annotations)."""
+    if any(path.suffix.lower() in EXTENSIONS for path, _, _ in files):
+        return True
+    for path, _, _ in files:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with Image.open(path):
+                    return True
+        except Image.DecompressionBombError:
+            return True  # an image, only too large (skipped when it is decoded)
+        except Exception:  # not an image, or unreadable
+            continue
+    return False
+
+
 def _is_dir(entry: os.DirEntry) -> bool:
     try:
         return entry.is_dir()  # follows symlinks
@@ -257,6 +281,32 @@ def _check_split_labels(root: Path, top: list[str]) -> None:
                 f"sort train/ into the class folders of {split}/, or put {split}/'s images "
                 "directly in it (both unlabelled)",
             )
+
+
+def _check_split_classes(root: Path, top: list[str]) -> None:
+    """Without ``train/``, each split would number its own sorted class folders: refuse split
+    folders whose class folders differ (class ``b`` would be id 1 in ``val/`` and 0 in
+    ``test/``), instead of labelling one class with two ids."""
+    if "train" in top:
+        return  # class ids come from train/ for every split
+    seen = {split: _subdir_names(root / split) for split in top if split in SPLIT_NAMES}
+    seen = {split: names for split, names in seen.items() if names}  # labelled, readable
+    if len({tuple(names) for names in seen.values()}) < 2:
+        return
+    first, *others = seen  # split names in sorted order
+    differ = []
+    for split in others:
+        ours, theirs = set(seen[first]), set(seen[split])
+        for where, extra in ((first, ours - theirs), (split, theirs - ours)):
+            if extra:
+                differ.append(f"only in {where}/: {_folders(sorted(extra))}")
+    raise DataError(
+        f"{root} has no train/, and its split folders hold other class folders "
+        f"({'; '.join(dict.fromkeys(differ))}): each split would number its own sorted class "
+        "folders, so one class would have different ids in different splits",
+        f"give {', '.join(f'{s}/' for s in seen)} the same class folders, or add "
+        f"{root}/train/<class>/ (class ids then come from train/)",
+    )
 
 
 # ---------------------------------------------------------------------------- the source
@@ -341,6 +391,7 @@ class ImageFolderSource:
                 "pass --split with one of those folders",
             )
         _check_split_labels(root, top)
+        _check_split_classes(root, top)
         folder = root / split
         lister.base = self.base = folder
         class_from = "train" if "train" in top and split != "train" else split
@@ -420,6 +471,14 @@ class ImageFolderSource:
                     f"class folder {escape_name(str(folder / cls))} has no files: it would be a "
                     "class with 0 images",
                     "put images in it or remove it (class ids follow the sorted class folders)",
+                )
+            if files and not _holds_image(files):
+                names = ", ".join(escape_name(p.name) for p, _, _ in files[:3])
+                raise DataError(
+                    f"class folder {escape_name(str(folder / cls))} holds no image ({names}"
+                    f"{' …' if len(files) > 3 else ''}): it would be a class with 0 images",
+                    "move it out of the image folder, or put images in it (class ids follow "
+                    "the sorted class folders)",
                 )
             found += files
             labels += [classes.index(cls)] * len(files)
