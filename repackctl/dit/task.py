@@ -15,7 +15,7 @@ from torch import nn
 from repackctl import kernels
 from repackctl.data.cached import sample_generators, shuffle_window
 from repackctl.dit.latents import LatentData, find_latents, pack_run_of, trained_latents
-from repackctl.errors import CheckpointError, ConfigError, RepackError
+from repackctl.errors import CheckpointError, ConfigError, DataError, RepackError
 from repackctl.models.dit import DiT
 from repackctl.models.repa import REPAProjector, default_repa_depth, repa_loss
 from repackctl.paths import run_dir as make_run_dir
@@ -504,6 +504,19 @@ def check_pack_run(runs: str, pack_run: str | None) -> None:
         )
 
 
+def _check_labelled(data: LatentData) -> None:
+    """A class-conditional DiT needs a class per image: an entry of unlabelled images (a flat
+    image folder, label -1) ended in a traceback from the class embedding."""
+    unlabelled = int((data.labels < 0).sum())
+    if unlabelled:
+        raise DataError(
+            f"cache entry {data.entry.name}: {unlabelled} of {len(data.labels)} images have no "
+            "class (an image folder without class folders): a class-conditional DiT needs one",
+            "sort the images into class folders (PATH/<class>/…) and extract again; for "
+            "captioned images, train with `repackctl train t2i`",
+        )
+
+
 def build_task(
     settings: Settings, sources: dict[str, str] | None = None
 ) -> tuple[DiTTask, TrainConfig]:
@@ -522,6 +535,7 @@ def build_task(
     check_pack_run(settings.runs, s.pack_run)
     ref = find_latents(settings.cache, entry, latents, s.pack_run)
     data = LatentData(ref, **data_options(s, settings.memory_gb, settings.seed))
+    _check_labelled(data)
     spec = build_spec(settings, model_id)
     # in-memory data is shuffled sample by sample; Zarr data by chunk-aligned blocks, within a
     # window sized by the memory budget (official: a uniform shuffle)
