@@ -57,7 +57,10 @@ def _cli_type(ann: Any) -> tuple[Any, str]:
 
 
 def _shown_default(info: FieldInfo) -> str:
-    value = info.get_default(call_default_factory=True)
+    return _shown_value(info.get_default(call_default_factory=True))
+
+
+def _shown_value(value: Any) -> str:
     if value is None:
         return "none"
     if isinstance(value, bool):
@@ -65,6 +68,27 @@ def _shown_default(info: FieldInfo) -> str:
     if isinstance(value, (list, tuple)):
         return " ".join(str(v) for v in value) or "none"
     return str(value)
+
+
+def _preset_default(name: str, info: FieldInfo, model: type[BaseModel]) -> str:
+    """The ``--help`` default of a field: the value the section's default preset gives it (each
+    of small and paper for ``auto``, which picks one of them) where that preset sets it, else
+    the declared default. A preset is always applied, so refine's declared ``disc_channels`` 64
+    (small 16, paper 128) was shown as the default and never trained with."""
+    presets = getattr(model, "PRESETS", {}) or {}
+    preset = model.model_fields.get("preset")
+    default = _shown_default(info)
+    if not presets or preset is None:
+        return default
+    chosen = ("small", "paper") if preset.default == "auto" else (preset.default,)
+    if not any(name in presets.get(p, {}) for p in chosen):
+        return default
+    shown = [
+        _shown_value(presets[p][name]) if name in presets.get(p, {}) else default for p in chosen
+    ]
+    if len(set(shown)) == 1:
+        return shown[0]
+    return " / ".join(f"{p} {v}" for p, v in zip(chosen, shown, strict=True))
 
 
 def _help(info: FieldInfo, suffix: str, preset_note: str | None) -> str:
@@ -92,7 +116,7 @@ def field_parameter(
     option = typer.Option(
         *names,
         help=_help(info, suffix, note),
-        show_default=_shown_default(info),
+        show_default=_preset_default(name, info, model),
         rich_help_panel=_panel_of(model, name),
     )
     param = f"o_{name}"  # no clash with Python keywords (compile, …)

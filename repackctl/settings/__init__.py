@@ -336,6 +336,7 @@ def resolve_settings(
             sources[key] = (
                 f"env {ENV_PREFIX}{key.upper().replace('.', '__')}" if name == "env" else name
             )
+    _length_by_layer(merged, sources)
     try:
         sources.update(preset_sources(merged, sources))
         settings = Settings.model_validate(merged)
@@ -347,6 +348,30 @@ def resolve_settings(
             "fix the value; `--show-config` prints every setting and its source",
         ) from None
     return ResolvedSettings(settings, sources)
+
+
+#: the sections whose training length is ``steps`` or ``epochs`` (a given steps wins)
+LENGTH_SECTIONS = ("pack", "refine")
+#: the layers in the order they override one another
+LAYER_ORDER = ("file", "env", "flag")
+
+
+def _length_by_layer(merged: dict[str, Any], sources: dict[str, str]) -> None:
+    """Drop a section's ``steps`` that a lower layer gave than its ``epochs`` (a config file's
+    ``steps`` under ``--epochs``): the stages take a given step count first, so the epochs given
+    on the command line were silently ignored against the precedence. Given in one layer, the
+    steps still win, as the help says."""
+    for section in LENGTH_SECTIONS:
+        steps_from = sources.get(f"{section}.steps", "").split(" ")[0]
+        epochs_from = sources.get(f"{section}.epochs", "").split(" ")[0]
+        if steps_from not in LAYER_ORDER or epochs_from not in LAYER_ORDER:
+            continue
+        given = merged.get(section)
+        if not isinstance(given, dict) or given.get("epochs") is None:
+            continue
+        if LAYER_ORDER.index(epochs_from) > LAYER_ORDER.index(steps_from):
+            given.pop("steps", None)
+            sources.pop(f"{section}.steps", None)
 
 
 CONFIG_ENV = f"{ENV_PREFIX}CONFIG"

@@ -247,12 +247,41 @@ class DitSettings(BaseModel):
                 "pass a --min-lr below --lr (the final lr of the cosine decay), e.g. --min-lr 0",
             )
 
+    def check_model_named(self, section: str, sources: dict[str, str]) -> None:
+        """Refuse an ``arch`` / ``size`` / ``patch`` the user gave (flag, environment, file) that
+        ``model`` overrides: ``--model tiny --size xl`` trained the tiny model, and the run
+        recorded size xl. A value the model id names itself (``--model lightningdit-xl-1 --size
+        xl``), the tiny model's ``--patch`` (an option of it) and a preset's values are kept."""
+        if not self.model:
+            return
+        implied = implied_by_model(self.model)
+        model_from = sources.get(f"{section}.model", "default")
+        for name in MODEL_NAMED:
+            source = sources.get(f"{section}.{name}", "default")
+            value = getattr(self, name)
+            if not user_given(source) or implied.get(name, object()) == value:
+                continue
+            if name == "patch" and self.model == "tiny":
+                continue  # the tiny model is built with the given patch
+            refuse_ignored(
+                section,
+                name,
+                value,
+                source,
+                f"names a model, but {section}.model {self.model!r} (from {model_from}) is "
+                "given and wins over arch, size and patch",
+                "name the model you want in --model alone (e.g. lightningdit-xl-1), or drop "
+                "--model to build <arch>-<size>-<patch>",
+            )
+
     def check_terms(self, section: str, sources: dict[str, str]) -> None:
         """Refuse REPA options the user gave while REPA is off (``repa_weight`` 0, given or from
         a preset such as paper): the run would train without the alignment loss they tune. So
         are the logit-normal ``time_mu`` / ``time_sigma`` under ``time_dist`` uniform (the repa
         preset's) and ``cos_norm_floor`` with ``cos_weight`` 0: each was accepted, recorded and
-        ignored."""
+        ignored. So are ``arch`` / ``size`` / ``patch`` given with a ``model`` that names
+        another model (see :meth:`check_model_named`)."""
+        self.check_model_named(section, sources)
         if self.time_dist != "logit_normal":
             dist_from = sources.get(f"{section}.time_dist", "default")
             for name in LOGIT_NORMAL_OPTIONS:
@@ -288,6 +317,23 @@ class DitSettings(BaseModel):
             "the REPA alignment loss",
             "pass --repa-weight 0.5 (any λ > 0 turns REPA on)",
         )
+
+
+#: the settings that ``model`` replaces (``repackctl.dit.task.resolve_model_id``: a given model id
+#: wins over ``<arch>-<size>-<patch>``)
+MODEL_NAMED = ("arch", "size", "patch")
+
+
+def implied_by_model(model: str) -> dict[str, Any]:
+    """The ``arch`` / ``size`` / ``patch`` that a model id names itself (``lightningdit-xl-1``;
+    ``tiny`` is a lightningdit of size tiny that takes ``--patch`` as an option); empty for an
+    id of another form (a plugin's)."""
+    if model == "tiny":
+        return {"arch": "lightningdit", "size": "tiny"}
+    parts = model.split("-")
+    if len(parts) == 3 and parts[2].isdigit():
+        return {"arch": parts[0], "size": parts[1], "patch": int(parts[2])}
+    return {}
 
 
 #: the options that only tune the REPA alignment loss (off when ``repa_weight`` is 0); the
