@@ -153,14 +153,18 @@ def test_tiny_refuses_an_arch_or_patch_it_does_not_have_and_builds_the_patch_it_
         from repackctl.dit.task import build_model, build_spec
 
         flags = {f"dit.{k}": v for k, v in dit.items()}
-        settings = resolve_settings(None, flags, environ={}).settings
-        kwargs = build_spec(settings, model_id_of(settings.dit)).model_kwargs
+        resolved = resolve_settings(None, flags, environ={})
+        settings, sources = resolved.settings, resolved.sources
+        kwargs = build_spec(settings, model_id_of(settings.dit, sources), sources).model_kwargs
         model = build_model("tiny", **kwargs, in_channels=4, input_size=8, num_classes=10)
         return model.config.patch_size
 
     assert tiny_patch_of(size="tiny", patch=2) == 2  # the tiny model has patch 2 too
     assert tiny_patch_of(size="tiny") == 1
     assert tiny_patch_of(size="tiny", preset="repa") == 1  # the preset's sit/2 is not asked
+    # a --patch given with the preset's own value is asked for: it was built as patch 1 while
+    # the run recorded dit.patch 2 (flag)
+    assert tiny_patch_of(size="tiny", preset="repa", patch=2) == 2
 
 
 # 4 ------------------------------------------------------------------------------------------

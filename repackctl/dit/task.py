@@ -20,6 +20,7 @@ from repackctl.models.dit import DiT
 from repackctl.models.repa import REPAProjector, default_repa_depth, repa_loss
 from repackctl.paths import run_dir as make_run_dir
 from repackctl.registry import registry
+from repackctl.settings.checks import user_given
 from repackctl.train.config import TrainConfig
 from repackctl.train.loop import OptimizerSpec, StepOutput
 from repackctl.train.sampler import MIN_BUFFER_BLOCKS
@@ -357,13 +358,22 @@ def build_model(model_id: str, **kwargs: Any) -> nn.Module:
 TINY_ARCH, TINY_PATCHES = "lightningdit", (1, 2)
 
 
-def explicit_keys(section: Any, keys: tuple[str, ...]) -> set[str]:
+def explicit_keys(
+    section: Any, keys: tuple[str, ...], sources: dict[str, str] | None = None
+) -> set[str]:
     """Those of ``keys`` that a layer (flag, environment, file, library call) set on ``section``
-    to a value other than its preset's or its default; a preset's own value does not count."""
+    to a value other than its preset's or its default; a preset's own value does not count. With
+    the settings ``sources``, also those a user layer gave (``--preset repa --size tiny --patch
+    2``: the patch equals the preset's, and was built as tiny's own 1 while the run recorded 2)."""
     fields = type(section).model_fields
     presets = getattr(type(section), "PRESETS", {}) or {}
     preset = presets.get(getattr(section, "preset", None), {})
-    return {
+    given = {
+        k
+        for k in keys
+        if any(user_given((sources or {}).get(f"{part}.{k}", "default")) for part in ("dit", "t2i"))
+    }
+    return given | {
         k
         for k in keys
         if k in section.model_fields_set and getattr(section, k) != preset.get(k, fields[k].default)
@@ -388,10 +398,10 @@ def _tiny_id(arch: str, patch: int | None, explicit: set[str]) -> str:
     return "tiny"
 
 
-def tiny_patch(s: Any) -> int | None:
+def tiny_patch(s: Any, sources: dict[str, str] | None = None) -> int | None:
     """The patch the tiny model is built with: an explicit ``--patch``, else None (its own 1;
     a preset's patch, such as repa's 2, names the patch of the preset's own family)."""
-    return s.patch if "patch" in explicit_keys(s, ("patch",)) else None
+    return s.patch if "patch" in explicit_keys(s, ("patch",), sources) else None
 
 
 def resolve_model_id(
@@ -417,9 +427,9 @@ def resolve_model_id(
     return model_id(arch, size, patch if patch is not None else PATCHES[arch][0])
 
 
-def model_id_of(s: Any) -> str:
+def model_id_of(s: Any, sources: dict[str, str] | None = None) -> str:
     """The model id a ``[dit]`` settings section asks for (see ``resolve_model_id``)."""
-    explicit = explicit_keys(s, ("arch", "patch"))
+    explicit = explicit_keys(s, ("arch", "patch"), sources)
     return resolve_model_id(s.arch, s.size, s.patch, s.model, explicit)
 
 
@@ -438,8 +448,9 @@ def repa_hidden_default(width: int) -> int:
     return 2048 if width >= 256 else 4 * width
 
 
-def build_spec(settings: Settings, model_id: str) -> DiTSpec:
-    """The model, transport and REPA recipe of the resolved ``train`` settings."""
+def build_spec(settings: Settings, model_id: str, sources: dict[str, str] | None = None) -> DiTSpec:
+    """The model, transport and REPA recipe of the resolved ``train`` settings (``sources``:
+    their provenance, which tells a given ``--patch`` of the tiny model from a preset's)."""
     s = settings.dit
     return DiTSpec(
         model_id=model_id,
@@ -451,7 +462,7 @@ def build_spec(settings: Settings, model_id: str) -> DiTSpec:
             "depth": s.depth,
             "width": s.width,
             "heads": s.heads,
-            "patch": tiny_patch(s) if model_id == "tiny" else None,
+            "patch": tiny_patch(s, sources) if model_id == "tiny" else None,
         },
         seed=settings.seed,
         class_dropout=s.class_dropout,
@@ -526,7 +537,7 @@ def build_task(
     """
     s = settings.dit
     kernels.select(s.kernels)  # the fused ops the model and the losses use in this process
-    model_id = model_id_of(s)
+    model_id = model_id_of(s, sources)
     run_dir = dit_run_dir(settings)
     latents, entry = s.latents, s.entry
     if latents is None:  # a run that stored none (started before it was recorded): its own
@@ -536,7 +547,7 @@ def build_task(
     ref = find_latents(settings.cache, entry, latents, s.pack_run)
     data = LatentData(ref, **data_options(s, settings.memory_gb, settings.seed))
     _check_labelled(data)
-    spec = build_spec(settings, model_id)
+    spec = build_spec(settings, model_id, sources)
     # in-memory data is shuffled sample by sample; Zarr data by chunk-aligned blocks, within a
     # window sized by the memory budget (official: a uniform shuffle)
     block = 1 if data.in_memory else data.chunk
