@@ -18,9 +18,9 @@ from repackctl.settings import ResolvedSettings
 def sample(resolved: ResolvedSettings) -> None:
     """Generate N samples from a DiT run: latents → pack decoder → (refiner) → PNGs + ADM npz.
 
-    Resumable (run it again after an interruption) and multi-process
-    (`torchrun --nproc_per_node 8 -m repackctl sample -r RUN -n 50000`); images depend only on
-    the seed and their index.
+    Resumable (run it again after an interruption, with the same --batch-size: the folder
+    records it) and multi-process (`torchrun --nproc_per_node 8 -m repackctl sample -r RUN -n
+    50000`); images depend on the seed and their index, and round by batch shape (±1/255).
 
     Example: `repackctl sample --run dit-tiny -n 100 --steps 50 --cfg 4`
     """

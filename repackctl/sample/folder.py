@@ -98,6 +98,69 @@ def owned_range(num: int, rank: int, world: int) -> range:
     return range(num * rank // world, num * (rank + 1) // world)
 
 
+#: the settings-file keys of a folder's batching: the batch size its samples were made in, and
+#: the number of processes whose shares (``owned_range``) those batches were cut from. Batched
+#: matmuls and convolutions round by batch shape, so latents differ by ~1e-6 and pixels by
+#: ±1/255 between batchings (folders started before these were recorded lack them)
+BATCH_KEY = "batch_size"
+WORLD_KEY = "world_size"
+BATCHING_KEYS = (BATCH_KEY, WORLD_KEY)
+
+
+def job_batches(num: int, world: int, missing: set[int], batch: int) -> list[list[int]]:
+    """The batches of an uninterrupted run of ``world`` processes over ``num`` samples (each
+    one's share cut in batches of ``batch``) that still hold a ``missing`` index, whole.
+
+    A folder resumed by another number of processes recomputes the batches of the job that
+    started it (a batch may straddle two shares of this job: each process computes it and
+    writes its own samples), so its samples are those of an uninterrupted run."""
+    return [
+        idx
+        for rank in range(world)
+        for idx in aligned_batches(owned_range(num, rank, world), missing, batch)
+    ]
+
+
+def recorded_batching(settings: dict[str, Any]) -> dict[str, int]:
+    """The batch size and world size a folder's settings record (``BATCHING_KEYS``), those that
+    are positive integers: another value (an edited file) is left out, so ``claim_folder``
+    refuses the folder as one of other settings rather than batching by it."""
+    return {
+        k: v
+        for k in BATCHING_KEYS
+        if type(v := settings.get(k)) is int and v > 0  # not a bool or a float
+    }
+
+
+def claim_batching(
+    folder: Path, fingerprint: dict[str, Any], batch: int, world: int, elsewhere: str
+) -> tuple[dict[str, Any], int, int]:
+    """(the fingerprint to claim ``folder`` with, the batch size and the world size whose
+    batches its samples are made in: ``job_batches``).
+
+    A new folder records ``batch`` and ``world``. An unfinished folder started with another
+    batch size is refused: finishing it with ``batch`` mixed two batchings in one folder. A
+    finished folder keeps its own (whatever it makes again matches the rest). Every folder keeps
+    its world size: the batches of the job that started it are recomputed whatever the number
+    of processes now. A folder started before they were recorded is resumed with those given
+    and left as it is. A folder of other settings is left to ``claim_folder`` to refuse."""
+    old = read_json_dict(folder / SETTINGS_JSON)
+    if old is None:
+        return {**fingerprint, BATCH_KEY: batch, WORLD_KEY: world}, batch, world
+    kept = recorded_batching(old)
+    claim = {**fingerprint, **kept}
+    recorded = kept.get(BATCH_KEY, batch)
+    if recorded != batch and not settings_diff(old, claim) and not is_finished(folder):
+        raise ConfigError(
+            f"{folder} is an unfinished samples folder whose samples were made with "
+            f"--batch-size {recorded}, not {batch}: latents and pixels round differently "
+            "between batch sizes, so finishing it with another would mix two batchings in one "
+            "folder",
+            f"pass --batch-size {recorded} to finish it, or {elsewhere}",
+        )
+    return claim, recorded, kept.get(WORLD_KEY, world)
+
+
 def out_hint(out_given: bool) -> str:
     """Where else a refused samples folder's images can go, for a command that did (not) pass
     ``--out``."""
@@ -784,7 +847,10 @@ def resume_folder(base: Path, name: str, legacy: str, fingerprint: dict[str, Any
         recorded = json.loads((old / SETTINGS_JSON).read_text())
     except ValueError:
         return new
-    return old if isinstance(recorded, dict) and not settings_diff(recorded, fingerprint) else new
+    if not isinstance(recorded, dict):
+        return new
+    recorded = {k: v for k, v in recorded.items() if k not in BATCHING_KEYS}  # not the name's
+    return old if not settings_diff(recorded, fingerprint) else new
 
 
 def settings_diff(recorded: dict[str, Any], fingerprint: dict[str, Any]) -> list[str]:

@@ -58,15 +58,18 @@ from repackctl.run_files import read_json_dict
 from repackctl.run_lock import released_after
 from repackctl.runtime import DistInfo, header_line, resolve_device, run_header
 from repackctl.sample.folder import (
+    BATCH_KEY,
     LATENTS_DIR,
     LATENTS_FILE,
-    aligned_batches,
+    WORLD_KEY,
     assemble_recorded,
     claim_folder,
     file_mismatch,
     is_finished,
+    job_batches,
     missing_indices,
     owned_range,
+    recorded_batching,
     recorded_files,
     refined_suffix,
     remove_latents_dir,
@@ -83,9 +86,10 @@ CRASH_AFTER_PNG = "refine-apply-png-"
 CRASH_AFTER_NPZ = "refine-apply-npz"
 # the keys of the settings file of a folder written by `refine apply` (``source`` in older ones)
 # (``batch_size``: the batch size its images are refined in, recorded since the refiner's pixels
-# were found to differ by ±1/255 between batch sizes; folders started before lack it)
-_APPLY_KEYS = frozenset({"source", "source_sha256", "refiner", "num", "batch_size"})
-BATCH_KEY = "batch_size"
+# were found to differ by ±1/255 between batch sizes, and ``world_size``: the number of processes
+# whose shares those batches were cut from; folders started before lack them)
+_APPLY_KEYS = frozenset({"source", "source_sha256", "refiner", "num", BATCH_KEY, WORLD_KEY})
+_BATCHING = (BATCH_KEY, WORLD_KEY)
 # the card field that records who refined the samples (the refining call's run header, package
 # versions and git revision); the card's own ``run_header``, ``versions`` and ``git_revision``
 # are the source's: how the samples were generated
@@ -476,8 +480,8 @@ def _already_refined(out: Path, src: Path, protocol: dict, fingerprint: dict[str
         return False  # claim_folder refuses it
     if not set(old) <= _APPLY_KEYS:
         return _refined_by_sample(out, src, protocol, fingerprint["refiner"])
-    old = {k: v for k, v in old.items() if k != BATCH_KEY}  # `_apply_batch_size` checks it
-    if old == {k: v for k, v in fingerprint.items() if k != BATCH_KEY}:
+    old = {k: v for k, v in old.items() if k not in _BATCHING}  # `_apply_batch_size` checks them
+    if old == {k: v for k, v in fingerprint.items() if k not in _BATCHING}:
         return False
     if "refiner" in old and old["refiner"] != fingerprint["refiner"]:
         why = "another checkpoint of the refiner run made them"
@@ -488,23 +492,26 @@ def _already_refined(out: Path, src: Path, protocol: dict, fingerprint: dict[str
     raise ConfigError(f"{out} holds other refined images: {why}", _move_away_hint(out))
 
 
-def _apply_batch_size(out: Path, fingerprint: dict[str, Any], given: int) -> dict[str, Any]:
-    """The fingerprint to claim ``out`` with, its ``batch_size`` the one to refine in.
+def _apply_batch_size(
+    out: Path, fingerprint: dict[str, Any], given: int, world: int
+) -> dict[str, Any]:
+    """The fingerprint to claim ``out`` with, its ``batch_size`` the one to refine in and its
+    ``world_size`` the number of processes whose shares those batches are cut from
+    (``job_batches``; recorded, or ``world`` when it records none).
 
     The refiner's pixels differ by ±1/255 between batch sizes, so a folder is refined in one:
     a new folder records ``given``; an unfinished folder started with another is refused
     (finishing it with ``given`` mixed two batchings in one folder); a finished folder keeps
-    its own (whatever it refines again, a damaged PNG or all of them, matches the rest). A
-    folder started before the batch size was recorded is resumed with ``given`` and left as it
-    is (its batch size is unknown)."""
+    its own (whatever it refines again, a damaged PNG or all of them, matches the rest). Its
+    batches are the same whatever the number of processes that resume it. A folder started
+    before these were recorded is resumed with ``given`` and ``world`` and left as it is."""
     old = read_json_dict(out / SETTINGS_JSON)
-    if old is None or not set(old) <= _APPLY_KEYS:
-        return {**fingerprint, BATCH_KEY: given}  # new (or foreign: claim_folder refuses it)
-    if BATCH_KEY not in old:
-        return fingerprint  # an earlier version's folder: accepted, with the given batch size
-    recorded = old[BATCH_KEY]
+    if old is None or not set(old) <= _APPLY_KEYS:  # new (or foreign: claim_folder refuses it)
+        return {**fingerprint, BATCH_KEY: given, WORLD_KEY: world}
+    kept = recorded_batching(old)  # an earlier version's folder: none
+    recorded = kept.get(BATCH_KEY, given)
     if recorded == given or is_finished(out):
-        return {**fingerprint, BATCH_KEY: recorded}
+        return {**fingerprint, **kept}
     raise ConfigError(
         f"{out} is an unfinished refined folder whose images were refined with --batch-size "
         f"{recorded}, not {given}: the refiner's pixels differ by ±1/255 between batch sizes, "
@@ -534,21 +541,22 @@ def _refine_missing(
     out: Path,
     regenerate: _Regenerator | None,
     refiner: RefinerHandle,
-    mine: range,
     todo: list[int],
     progress: ProgressFactory,
     header: dict[str, Any],
     batch_size: int,
+    world: int,
 ) -> None:
-    """Refine the samples ``todo`` (of the share ``mine``) of ``source`` into ``out``.
+    """Refine the samples ``todo`` (of this process's share) of ``source`` into ``out``.
 
-    The batches are those of an uninterrupted run, ``mine[k·B:(k+1)·B]``, recomputed whole when
-    they hold a missing sample (``aligned_batches``): the refiner's convolutions round by batch
+    The batches are those of an uninterrupted run of ``world`` processes (each one's share cut
+    in batches of B), recomputed whole when they hold a missing sample (``job_batches``,
+    whatever the number of processes now): the refiner's convolutions round by batch
     shape, so a resumed run that batched only the missing samples wrote other pixels than an
     uninterrupted one. Only the missing PNGs are written, each after the batch's manifest of
     their sha256 (``write_recorded_pngs``); those already there are kept."""
     missing = set(todo)
-    batches = aligned_batches(mine, missing, batch_size)
+    batches = job_batches(source.num, world, missing, batch_size)
     with progress(f"refine {source.src.name}", total=len(todo), unit="img") as bar:
         bar.log(header_line(header))
         for idx in batches:
@@ -702,7 +710,7 @@ def run_refine_apply(
             return ApplyResult(out, num, 0, num, "already refined (by `sample --refiner`)", 0.0)
         if regenerate is not None and not is_finished(out):
             regenerate.load()  # the DiT, checked before the folder is claimed
-        claim = _apply_batch_size(out, fingerprint, settings.sample.batch_size)
+        claim = _apply_batch_size(out, fingerprint, settings.sample.batch_size, dist.world)
         claim_folder(out, claim, elsewhere=f"move {out} away")
         mine = owned_range(num, dist.rank, dist.world)
         unfinished = not is_finished(out)  # its PNGs are checked against their manifests
@@ -712,7 +720,7 @@ def run_refine_apply(
         header = run_header(dist, device, "fp32", "refiner", int(protocol.get("seed", 0)))
         t0 = time.perf_counter()
         batch = claim.get(BATCH_KEY, settings.sample.batch_size)
-        args = (mine, todo, progress, header, batch)
+        args = (todo, progress, header, batch, claim.get(WORLD_KEY, dist.world))
         _refine_missing(settings, source, out, regenerate, refiner, *args)
         seconds = time.perf_counter() - t0
         has_latents = source.latents is not None

@@ -6,8 +6,11 @@ users could not reproduce (``reference/methods.md``):
 
 - **Per-index seeds.** Sample ``i`` draws its initial noise and every SDE noise from its own
   ``torch.Generator`` seeded from ``(seed, i)`` (``index_seed``), so an image does not depend on
-  the batch size or on the number of processes (the official code drew one batch of noise per
-  process and step).
+  the batch size or on the number of processes beyond rounding (the official code drew one
+  batch of noise per process and step). Batched matmuls round by batch shape: latents differ by
+  ~1e-6 and pixels by ±1/255 between batchings, so a folder records its batch size and world
+  size (``claim_batching``), refuses an unfinished resume with another ``--batch-size`` and
+  recomputes the batches of the job that started it whatever the number of processes now.
 - **Labels** are class-balanced by default (N/classes per class, in class order), or seeded
   random, or given classes; the official sampler drew them uniformly at random.
 - **Latent stats come from the DiT checkpoint** (``extra["latent_stats"]``): sampling never reads
@@ -68,13 +71,14 @@ from repackctl.runtime import (
 )
 from repackctl.sample.folder import (
     LATENTS_DIR,
-    aligned_batches,
     assemble_recorded,
     check_num,
+    claim_batching,
     claim_folder,
     generation_card,
     indices_to_make,
     is_finished,
+    job_batches,
     kept_provenance,
     missing_indices,
     named_folder,
@@ -183,10 +187,10 @@ def run_sample(
         refiner = fitting_refiner(settings.runs, cfg, pack, dit.extra["latent_shape"], device)
     ckpt = Path(dit.checkpoint)
     labels = make_labels(cfg.num, int(dit.extra["num_classes"]), cfg.labels, settings.seed)
-    folder = _claim(settings, dit, plan, guide_info, refiner)
+    folder, batching = _claim(settings, dit, plan, guide_info, refiner, dist.world)
     header = run_header(dist, device, settings.precision, precision_source, settings.seed)
     job = _Job(settings, plan, dit.extra, labels, velocity, pack.model.to(device).eval(), refiner,
-               folder, device, header, is_finished(folder))  # fmt: skip
+               folder, device, header, is_finished(folder), batching)  # fmt: skip
     written, already, seconds = _generate(job, dist, progress, run_root_of(ckpt).name)
     dist.barrier()
     protocol = _protocol(job, nfe, ckpt, dit.sha256, pack, guide_info)
@@ -300,8 +304,12 @@ def _velocity(settings: Settings, dit: Any, plan: Any, device: Any):
     return velocity, guide_info, network_evaluations(plan.spec, plan)
 
 
-def _claim(settings: Settings, dit: Any, plan: Any, guide_info: Any, refiner: Any) -> Path:
-    """The samples folder of these settings, claimed (a folder of other settings is refused)."""
+def _claim(
+    settings: Settings, dit: Any, plan: Any, guide_info: Any, refiner: Any, world: int
+) -> tuple[Path, tuple[int, int]]:
+    """The samples folder of these settings, claimed (a folder of other settings is refused,
+    an unfinished one of another batch size too), and the (batch size, world size) its samples
+    are made in (``claim_batching``)."""
     cfg, ckpt = settings.sample, Path(dit.checkpoint)
     guide = cfg.guide and "-".join(filter(None, (Path(cfg.guide).name, cfg.guide_checkpoint)))
     fingerprint = {
@@ -324,8 +332,12 @@ def _claim(settings: Settings, dit: Any, plan: Any, guide_info: Any, refiner: An
         folder = named_folder(
             base, which, fingerprint, guide=guide, labels=cfg.labels, precision=settings.precision
         )
-    claim_folder(folder, _as_recorded(folder, fingerprint), out_hint(bool(cfg.out)))
-    return folder
+    fingerprint = _as_recorded(folder, fingerprint)
+    claim, batch, world = claim_batching(
+        folder, fingerprint, cfg.batch_size, world, out_hint(bool(cfg.out))
+    )
+    claim_folder(folder, claim, out_hint(bool(cfg.out)))
+    return folder, (batch, world)
 
 
 def _as_recorded(folder: Path, fingerprint: dict[str, Any]) -> dict[str, Any]:
@@ -355,6 +367,7 @@ class _Job:
     device: Any
     header: dict[str, Any]  # the run header (world size, device, precision, seed, version)
     finished: bool = False  # the folder was finished before this call (``is_finished``)
+    batching: tuple[int, int] = (1, 1)  # (batch size, world size) of its batches: ``job_batches``
 
 
 def _generate(job: _Job, dist: DistInfo, progress: ProgressFactory, run_name: str):
@@ -369,7 +382,7 @@ def _generate(job: _Job, dist: DistInfo, progress: ProgressFactory, run_name: st
     already, written, t0 = len(mine) - len(todo), 0, time.perf_counter()
     with progress(f"sample {run_name}", total=len(todo), unit="img") as bar:
         log_start(bar, job.header, warnings, already)
-        for idx in aligned_batches(mine, missing, cfg.batch_size):
+        for idx in job_batches(cfg.num, job.batching[1], missing, job.batching[0]):
             raw, images = _batch(job, idx)
             new = [(j, i) for j, i in enumerate(idx) if i in missing]
             # latents, their manifest, then the PNGs: a PNG (the done marker) implies the rest

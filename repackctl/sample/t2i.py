@@ -57,13 +57,14 @@ from repackctl.run_lock import released_after
 from repackctl.runtime import DistInfo, amp_autocast, check_precision, resolve_device, run_header
 from repackctl.sample.folder import (
     LATENTS_DIR,
-    aligned_batches,
     assemble_recorded,
     check_num,
+    claim_batching,
     claim_folder,
     generation_card,
     indices_to_make,
     is_finished,
+    job_batches,
     kept_provenance,
     missing_indices,
     named_folder,
@@ -553,7 +554,10 @@ def run_t2i_sample(
 
     fingerprint = _fingerprint(settings, handle, plan, prompts, refiner)
     folder = _folder(settings, cfg, ckpt, plan, given if source == "given" else None, fingerprint)
-    claim_folder(folder, fingerprint, out_hint(bool(cfg.out)))
+    claim, batch, world = claim_batching(
+        folder, fingerprint, cfg.batch_size, dist.world, out_hint(bool(cfg.out))
+    )
+    claim_folder(folder, claim, out_hint(bool(cfg.out)))
     finished = is_finished(folder)
     mine = owned_range(cfg.num, dist.rank, dist.world)
     todo, warnings = indices_to_make(folder, mine, finished)
@@ -566,7 +570,7 @@ def run_t2i_sample(
     with progress(f"sample {run_root_of(ckpt).name}", total=len(todo), unit="img") as bar:
         log_start(bar, header, warnings, already)
         # whole batches of the uninterrupted run: the same latents, bit for bit
-        for idx in aligned_batches(mine, missing, cfg.batch_size):
+        for idx in job_batches(cfg.num, world, missing, batch):
             args = (model, plan, extra, text, ids, settings, decoder, refiner)
             bar.advance(_write_batch(folder, idx, missing, *args))
     seconds = time.perf_counter() - t0

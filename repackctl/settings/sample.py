@@ -36,7 +36,10 @@ class SampleSettings(BaseModel):
     weights: Literal["ema", "model"] = Field("ema", description="EMA or raw model weights")
     num: int = Field(50, ge=1, description="number of samples N")
     batch_size: int = Field(
-        16, ge=1, description="samples per forward batch (does not change images)"
+        16,
+        ge=1,
+        description="samples per forward batch (latents round by batch shape, ~1e-6: a folder "
+        "records it, and an unfinished one is finished with its own)",
     )
     labels: str = Field(
         "balanced",
