@@ -107,6 +107,8 @@ class RunDetail:
     config_problem: str | None = None
     # a pack run: the runs beside it that sample through its decoder (``dependent_runs``)
     used_by: list[str] = field(default_factory=list)
+    # the network of the newest complete checkpoint (``_model_of``), where it records one
+    model: str | None = None
 
     def shown_config(self) -> dict[str, Any]:
         """``config`` for the text view: during a warm-up ``ema_decay`` also names the decay in
@@ -129,6 +131,7 @@ class RunDetail:
             "samples": self.samples,
             "samples_of_other_runs": self.samples_of_other_runs,
             "used_by": self.used_by,
+            "model": self.model,
         }
 
 
@@ -347,7 +350,22 @@ def describe_run(folder: Path, samples_root: Path | None = None, tail: int = 5) 
         ema_in_effect=ema,
         config_problem=_config_problem(stored),
         used_by=[d.describe() for d in used_by],
+        model=_model_of(folder / CKPT_DIR / good[-1].name) if good else None,
     )
+
+
+def _model_of(ckpt: Path) -> str | None:
+    """``tiny-d3w128h2-p2 (model id tiny)``: the network a checkpoint's ``extra`` records (its
+    ``model_config`` name, which spells depth, width, heads and patch), or None for a run that
+    records none (pack and refiner runs)."""
+    extra = (read_json_dict(ckpt / "state.json") or {}).get("extra")
+    if not isinstance(extra, dict) or not isinstance(extra.get("model_id"), str):
+        return None
+    config = extra.get("model_config")
+    name = config.get("name") if isinstance(config, dict) else None
+    if not isinstance(name, str) or name == extra["model_id"]:
+        return extra["model_id"]
+    return f"{name} (model id {extra['model_id']})"
 
 
 def _config_problem(stored: StoredConfig) -> str | None:

@@ -76,6 +76,10 @@ def test_runs_rm_of_a_pack_run_names_the_runs_that_use_it(runs):
     assert code == 0 and '"used_by": [ "off-dit (dit, imported)", "off-refine' in out, out
     code, out = _cli("runs", "info", "dit-a", *flags)
     assert code == 0 and "used by" not in out, out
+    # a DiT run names the network its newest checkpoint holds; a pack run has none to name
+    assert "stage dit model tiny size" in out, out
+    code, out = _cli("runs", "info", "pack-tiny", *flags, "--json")
+    assert code == 0 and '"model": null' in out, out
 
     # --yes removes the pack run, and a warning names the runs it leaves unable to sample
     code, out = _cli("runs", "rm", "off-pack", "--yes", *flags)
@@ -94,3 +98,18 @@ def test_runs_rm_of_a_pack_run_names_the_runs_that_use_it(runs):
     code, out = _cli("runs", "rm", "pack-tiny", "--yes", *flags)
     assert code == 0 and "Warning: 1 run uses pack run pack-tiny" in out, out
     assert "ref-a (refine)" in out, out
+
+
+def test_the_model_line_names_the_network_as_built(tmp_path):
+    import json
+
+    from repackctl.runs import _model_of
+
+    ckpt = tmp_path / "step-0000001"
+    ckpt.mkdir()
+    config = {"name": "tiny-d3w128h2-p2", "depth": 3, "hidden_size": 128, "patch_size": 2}
+    extra = {"stage": "dit", "model_id": "tiny", "model_config": config}
+    (ckpt / "state.json").write_text(json.dumps({"extra": extra}))
+    assert _model_of(ckpt) == "tiny-d3w128h2-p2 (model id tiny)"
+    (ckpt / "state.json").write_text(json.dumps({"extra": {"stage": "pack"}}))
+    assert _model_of(ckpt) is None

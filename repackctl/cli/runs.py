@@ -120,6 +120,7 @@ def info(
         ("run", r.name),
         ("path", r.path),
         ("stage", _stage(r.stage, r.imported)),
+        *([("model", d.model)] if d.model else []),
         ("size", _mb(r.bytes)),
         ("modified", _when(r.modified)),
     ]
