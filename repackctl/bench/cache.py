@@ -210,6 +210,8 @@ def run(ctx: BenchContext) -> tuple[list[Row], dict[str, Any], list[str]]:
                       **kw),
         ]  # fmt: skip
         rows[3].extra["load_s"] = load_s
+    # reads only: nothing is compiled, whatever --compile asks (the result says what was run)
     params = {**{k: v for k, v in p.items() if k != "shape"}, "sample_shape": list(p["shape"]),
-              "dtype": "float16", "sample_bytes": int(np.prod(p["shape"])) * 2}  # fmt: skip
+              "dtype": "float16", "sample_bytes": int(np.prod(p["shape"])) * 2,
+              "compile": False}  # fmt: skip
     return fill_ratios(rows), params, notes

@@ -73,5 +73,6 @@ def run(ctx: BenchContext) -> tuple[list[Row], dict[str, Any], list[str]]:
         "run_extract decodes (renders) the images itself; the bare forward reads them from memory",
         f"encoder weights: {weights}",
     ]
-    params = {**p, "weights": weights, "flips": 2, "num_workers": 0}
+    # the encoder runs eager in both cases: nothing is compiled, whatever --compile asks
+    params = {**p, "weights": weights, "flips": 2, "num_workers": 0, "compile": False}
     return fill_ratios(rows), params, notes

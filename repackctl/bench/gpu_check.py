@@ -115,7 +115,9 @@ def markdown(doc: dict[str, Any]) -> str:
     """The figures as the markdown page committed to ``benchmarks/results/gpu.md``."""
     env = doc["environment"]
     lines = [
-        f"# GPU check — {env.get('device_name', env.get('device', '?'))}",
+        f"# GPU check — {_machine_title(env)}",
+        "",
+        _machine_line(env),
         "",
         f"{doc['model']}, batch {doc['batch']}, REPA on, `Trainer.step` (size `{doc['size']}`); "
         f"measured matmul peak: {doc['peak_tflops']}",
@@ -137,6 +139,24 @@ def markdown(doc: dict[str, Any]) -> str:
                 f"{row.get('per_s') or 0:.1f} {row.get('unit', '')} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def _machine_title(env: dict[str, Any]) -> str:
+    """The page's title: the GPU's name (``env_info``'s ``gpu``), or on a CPU self-check the
+    device and the CPU's name. The environment has no ``device_name``: the title said ``cuda``."""
+    if env.get("gpu"):
+        return str(env["gpu"])
+    return f"{env.get('device', '?')} ({env.get('cpu', '?')}; a self-check, no GPU figures)"
+
+
+def _machine_line(env: dict[str, Any]) -> str:
+    """What the figures depend on, as ``env_info`` recorded it (versions, memory, threads)."""
+    keys = (("gpu_memory_gib", "GPU memory (GiB)"), ("cpu", "CPU"), ("cpu_count", "CPUs"),
+            ("torch", "torch"), ("cuda", "torch built for CUDA"), ("cudnn", "cuDNN"),
+            ("triton", "Triton"), ("torch_threads", "torch threads"), ("git_revision", "git"),
+            ("hostname", "host"))  # fmt: skip
+    parts = [f"{label} {env[k]}" for k, label in keys if env.get(k) is not None]
+    return "Machine: " + (", ".join(parts) if parts else "not recorded") + "."
 
 
 def _ours(path: Path) -> bool:

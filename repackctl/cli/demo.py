@@ -20,8 +20,13 @@ if TYPE_CHECKING:
 @handle_errors
 def demo(
     out: Annotated[
-        Path, typer.Option(help="Folder for everything the demo writes (its own cache too).")
-    ] = Path("runs/demo"),
+        Path | None,
+        typer.Option(
+            help="Folder for everything the demo writes (its own cache too); default runs/demo, "
+            "with --t2i runs/demo-t2i.",
+            show_default=False,
+        ),
+    ] = None,
     fresh: Annotated[
         bool,
         typer.Option(
@@ -73,11 +78,12 @@ def demo(
                 "--pca-arm is an arm of the class-conditional demo, not of --t2i",
                 "run `repackctl demo --pca-arm` without --t2i",
             )
-        _demo_t2i(Path("runs/demo-t2i") if out == Path("runs/demo") else out, fresh, quick, seed)
+        # only an --out not given takes the t2i default: `--out runs/demo` is written where asked
+        _demo_t2i(Path("runs/demo-t2i") if out is None else out, fresh, quick, seed)
         return
     from repackctl.demo import DemoPlan, run_demo
 
-    out = out.expanduser().resolve()
+    out = (Path("runs/demo") if out is None else out).expanduser().resolve()
     plan = DemoPlan.quick(out) if quick else DemoPlan(out=out)
     plan.seed, plan.pca_arm = seed, pca_arm
     console.print(f"[bold]repackctl demo[/] → {escape(str(out))}", markup=True)
