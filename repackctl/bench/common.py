@@ -304,21 +304,27 @@ def now_iso() -> str:
 
 @contextlib.contextmanager
 def scratch_space(workdir: str | Path | None, name: str) -> Iterator[Path]:
-    """A scratch folder ``repackctl-bench-<name>-<pid>-<random>`` under ``workdir`` (none: the
-    system's temporary folder), removed at the end. The folders of this benchmark that a killed
-    run left there (named so, their pid gone) are removed first: a kill skips the cleanup, and
-    at --size paper each holds gigabytes. Nothing else in ``workdir`` is touched."""
+    """A scratch folder ``repackctl-bench-<name>-<pid>-<host>-<random>`` under ``workdir``
+    (none: the system's temporary folder), removed at the end. The folders of this benchmark
+    that a killed run of this machine left there (named so, their pid gone) are removed first: a
+    kill skips the cleanup, and at --size paper each holds gigabytes. A folder of another
+    machine (a workdir on a shared filesystem) is never judged by its pid, which means nothing
+    here; older names without the machine count as this machine's. Nothing else in ``workdir``
+    is touched."""
     from repackctl.files import pid_alive
+    from repackctl.temp_names import HOST, writer_tag
 
     base = Path(workdir) if workdir else Path(tempfile.gettempdir())
     prefix = f"repackctl-bench-{name}-"
-    stale = re.compile(rf"{re.escape(prefix)}(\d+)-[\w]+")
+    stale = re.compile(rf"{re.escape(prefix)}(\d+)-(?:([0-9a-f]{{8}})-)?[\w]+")
     for old in base.glob(f"{prefix}*") if base.is_dir() else ():
         m = stale.fullmatch(old.name)
-        if m and old.is_dir() and not old.is_symlink() and not pid_alive(int(m.group(1))):
+        if not m or m.group(2) not in (None, HOST) or not old.is_dir() or old.is_symlink():
+            continue
+        if not pid_alive(int(m.group(1))):
             shutil.rmtree(old, ignore_errors=True)
     base.mkdir(parents=True, exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=base))
+    path = Path(tempfile.mkdtemp(prefix=f"{prefix}{writer_tag()}-", dir=base))
     try:
         yield path
     finally:

@@ -120,19 +120,26 @@ def test_scratch_data_a_killed_run_left_is_removed_and_nothing_else(tmp_path) ->
 
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
-    stale = tmp_path / f"repackctl-bench-cache-{proc.pid}-k1ll3d"
+    from repackctl.temp_names import HOST
+
+    other_host = "0123abcd" if HOST != "0123abcd" else "89abcdef"
+    stale = tmp_path / f"repackctl-bench-cache-{proc.pid}-k1ll3d"  # an older name: this machine's
+    stale_now = tmp_path / f"repackctl-bench-cache-{proc.pid}-{HOST}-k1ll3d"
     kept = [
         tmp_path / "repackctl-bench-cache-notes",  # not our name: someone's folder
         tmp_path / f"repackctl-bench-cache-{os.getpid()}-alive",  # a running writer's
         tmp_path / f"repackctl-bench-extract-{proc.pid}-other",  # another benchmark's
+        # another machine's on a shared workdir: its pid means nothing here (it may be running)
+        tmp_path / f"repackctl-bench-cache-{proc.pid}-{other_host}-r4nn1ng",
     ]
-    for folder in (stale, *kept):
+    for folder in (stale, stale_now, *kept):
         folder.mkdir()
         (folder / "data.bin").write_bytes(b"x")
     cli_ok(
         "benchmark", "cache", *FAST, "--out", str(tmp_path / "r.json"), "--workdir", str(tmp_path)
     )
-    assert not stale.exists() and all((p / "data.bin").is_file() for p in kept)
+    assert not stale.exists() and not stale_now.exists()
+    assert all((p / "data.bin").is_file() for p in kept)
     assert sorted(p.name for p in tmp_path.glob("repackctl-bench-*")) == sorted(
         p.name for p in kept
     )
