@@ -70,6 +70,10 @@ def test_demo_end_to_end_reuse_and_fresh(tmp_path, capsys):
     assert said in report
     assert 0.0 <= metrics["class_accuracy_decoded_val"] <= 1.0
     assert "decoded val images" in report  # the ceiling a perfect DiT could reach
+    # each ceiling names the set it was scored on (all val images; the first n_recon decoded)
+    n_ref, n_rec = metrics["n_reference"], metrics["n_recon"]
+    assert f"on the {n_ref} real val images is the ceiling" in " ".join(report.split())
+    assert f"on the first {n_rec} val images through the packing" in " ".join(report.split())
     assert metrics["n_samples"] == 20
     # the run times come with the machine they were measured on
     machine = metrics["machine"]
