@@ -316,12 +316,7 @@ def check_resume_extra(
         trained = extra.get("pack", {}).get("checkpoint")
         raise CheckpointError(
             f"this refiner run was trained on pack model {old}, not {pack_id}",
-            (
-                f"it resumes only on the pack checkpoint it was trained on ({trained}); "
-                if trained
-                else ""
-            )
-            + "use a new --name for a refiner of another pack model",
+            _pack_hint(trained) + "use a new --name for a refiner of another pack model",
         )
     recorded = extra.get("refiner_config")
     if recorded is not None and RefinerConfig.from_dict(recorded) != refiner_config:
@@ -331,6 +326,20 @@ def check_resume_extra(
         )
     if disc_config is not None and extra.get("disc_config"):
         _check_resume_disc(extra["disc_config"], disc_config)
+
+
+def _pack_hint(trained: str | None) -> str:
+    """How to resume on the pack checkpoint ``trained`` that a refused resume names (a pack run
+    trained on since: its newest checkpoint is another pack model). The hint only named it, and
+    ``--pack-run`` with that folder was refused in turn as a change of ``refine.pack_run``."""
+    if not trained:
+        return ""
+    if not Path(trained).is_dir():
+        return f"the pack checkpoint it was trained on ({trained}) is not found; "
+    return (
+        f"resume it on the pack checkpoint it was trained on with `--pack-run {trained} "
+        "--allow-change pack_run`, or "
+    )
 
 
 def _check_resume_disc(recorded: dict[str, Any], disc_config: DiscriminatorConfig) -> None:
@@ -384,8 +393,26 @@ def check_resumable(
         return
     state = read_state(latest)
     check_resume_extra(state.get("extra", {}), pack_id, refiner_config, disc_config)
+    if disc_config is not None:
+        _check_resume_has_disc(state, latest)
     if ema_decay is not None:
         _check_resume_ema(state.get("config") or {}, ema_decay, allow or [])
+
+
+def _check_resume_has_disc(state: dict[str, Any], latest: Path) -> None:
+    """With the GAN on now, the checkpoint ``latest`` (its ``state``) must hold a
+    discriminator: a run trained with ``refine.gan_weight`` 0 has none, and turning the GAN on
+    at resume (``--allow-change gan_weight``) failed after the triplets were built, with an
+    error that called the checkpoint incomplete."""
+    modules = state.get("modules")
+    if not isinstance(modules, list) or "disc" in modules:
+        return
+    raise CheckpointError(
+        f"this refiner run was trained without the discriminator (refine.gan_weight 0): its "
+        f"checkpoint {latest.name} holds none to resume with --gan-weight above 0",
+        "resume it with --gan-weight 0 as it was trained, or start a new run with --name to "
+        "train with the GAN",
+    )
 
 
 def refine_length(
@@ -494,9 +521,8 @@ def run_refine_train(
     progress = with_log_file(progress, run / LOG_FILE)
     _build_triplets(settings, entry, cache["features"], pack, progress, resumed)
     messages: list[str] = []
-    task = _refine_task(
-        settings, entry, open_triplets(entry, pack.pack_id, cfg.noise), rcfg, disc, pack, messages
-    )
+    triplets = open_triplets(entry, pack.pack_id, cfg.noise, settings.seed)
+    task = _refine_task(settings, entry, triplets, rcfg, disc, pack, messages)
     steps, length = refine_length(settings, task.num_samples(), messages)
     config = TrainConfig.from_settings(
         settings,

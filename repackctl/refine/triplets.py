@@ -5,7 +5,7 @@ three files per ImageNet image (a ground-truth PNG, the stage-1 reconstruction P
 posterior mean, and the raw latent as a ``.pt``): millions of small files, one process per
 GPU. Here they are one Zarr group of the cache entry that already holds the real images::
 
-    <entry>/triplets/<pack-id>[--noise<σ>]/
+    <entry>/triplets/<pack-id>[--noise<σ>[--seed<s>]]/
         latent  float32 (N, F, d, h, w)   the raw latent that was decoded
         recon   uint8   (N, F, R, R, 3)   its decoding, quantised like a sampled PNG
         done    uint8   (N,)              1 written, ≥ 2 skipped input (copied from the entry)
@@ -17,8 +17,8 @@ The latent is the posterior mean of the cached tokens, computed from the tokens 
 model's projection (no packed-latent group needed), and stays *raw* (never normalised): the
 refiner sees raw latents at training and at sampling time (``refine.apply``). With
 ``noise = σ > 0`` the latent becomes ``mean + σ·ε`` before decoding (ε from a generator seeded
-by (seed, index, flip)), which makes the reconstructions look more like decodings of generated
-latents than of clean posterior means.
+by (seed, index, flip); a second seed at one σ gets its own ``--seed<s>`` group), which makes
+the reconstructions look more like decodings of generated latents than of clean posterior means.
 
 Writers own whole shards (``cache.store.owned_ranges``; zarr loses data when two processes write
 one shard) and mark a shard done only after its arrays are written, so a killed build resumes
@@ -68,9 +68,27 @@ class TripletResult:
 CRASH_BEFORE_DONE = "triplets-written-"
 
 
-def triplet_group_name(pack_id: str, noise: float) -> str:
-    """``<pack-id>`` or ``<pack-id>--noise<σ>``: different σ never share a group."""
-    return pack_id if noise == 0 else f"{pack_id}--noise{noise:g}"
+def triplet_group_name(pack_id: str, noise: float, seed: int | None = None) -> str:
+    """``<pack-id>`` or ``<pack-id>--noise<σ>``: different σ never share a group; with ``seed``
+    (noisy triplets only) ``<pack-id>--noise<σ>--seed<s>``, see :func:`noisy_group_name`."""
+    if noise == 0:
+        return pack_id
+    return f"{pack_id}--noise{noise:g}" + ("" if seed is None else f"--seed{seed}")
+
+
+def noisy_group_name(entry: DatasetEntry, pack_id: str, noise: float, seed: int | None) -> str:
+    """The group of the triplets of ``pack_id`` at noise σ ``noise`` drawn with ``seed`` (the
+    noise ε depends on it): ``<pack-id>--noise<σ>`` unless that group holds another seed's
+    noise, then ``…--seed<s>``. One group per σ refused a second refiner run of another
+    ``--seed`` ("made with other settings") and told to remove the first run's triplets.
+    ``seed`` None: the plain name (noise 0 has no seed)."""
+    plain = triplet_group_name(pack_id, noise)
+    if noise == 0 or seed is None or KIND not in entry.group:
+        return plain
+    kind = entry.group[KIND]
+    if plain not in kind or kind[plain].attrs.get("seed") in (None, seed):
+        return plain
+    return triplet_group_name(pack_id, noise, seed)
 
 
 def _noise(seed: int, index: int, flip: int, shape: tuple[int, ...]) -> torch.Tensor:
@@ -80,9 +98,12 @@ def _noise(seed: int, index: int, flip: int, shape: tuple[int, ...]) -> torch.Te
     return torch.randn(shape, generator=g)  # (d, h, w)
 
 
-def open_triplets(entry: DatasetEntry, pack_id: str, noise: float) -> ArrayGroup:
-    """The finished triplet group of ``pack_id`` (raises with the command that builds it)."""
-    name = triplet_group_name(pack_id, noise)
+def open_triplets(
+    entry: DatasetEntry, pack_id: str, noise: float, seed: int | None = None
+) -> ArrayGroup:
+    """The finished triplet group of ``pack_id`` (raises with the command that builds it);
+    ``seed``: the seed of noisy triplets (:func:`noisy_group_name`; None: the plain name)."""
+    name = noisy_group_name(entry, pack_id, noise, seed)
     if name not in entry.complete_groups(KIND, TRIPLET_ARRAYS):
         raise CacheError(
             f"no refiner triplets {name!r} in {entry.name}",
@@ -224,7 +245,7 @@ def build_triplets(
     model = pack.model.to(device).eval()
     grid = int(round(tokens**0.5))
     d = model.latent_channels
-    name = triplet_group_name(pack.pack_id, noise)
+    name = noisy_group_name(entry, pack.pack_id, noise, seed)
     grp = _open_triplets(entry, features_id, pack, name, (flips, d, grid), noise, seed, dist)
     source_done = _source_codes(entry, feats, features_id)
     mine = owned_ranges(n, entry.shard, dist.rank, dist.world)
