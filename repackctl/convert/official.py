@@ -58,6 +58,7 @@ import math
 import os
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -690,29 +691,23 @@ def import_official(
     for name in names:  # a foreign run in place: refused before anything is written
         _existing_run(run_dir(runs, name))
     root.mkdir(parents=True, exist_ok=True)
-    with hold_import_lock(root, out):  # another import of this --out at once: refused
-        return _import_locked(
-            root, runs, out, names, stage1, dit, refiner, latent_stats, image_size, num_heads,
+
+    def convert(staging: Path) -> ImportResult:
+        return _convert_all(
+            staging, root, out, stage1, dit, refiner, latent_stats, image_size, num_heads,
             trust_pickle, progress,
         )  # fmt: skip
 
+    with hold_import_lock(root, out):  # another import of this --out at once: refused
+        return _import_locked(root, runs, out, names, convert)
+
 
 def _import_locked(
-    root: Path,
-    runs: str,
-    out: str,
-    names: list[str],
-    stage1: str | Path | None,
-    dit: str | Path | None,
-    refiner: str | Path | None,
-    latent_stats: str | Path | None,
-    image_size: int,
-    num_heads: int | None,
-    trust_pickle: bool,
-    progress: ProgressFactory,
+    root: Path, runs: str, out: str, names: list[str], convert: Callable[[Path], ImportResult]
 ) -> ImportResult:
     """:func:`import_official` once it holds the lock of ``--out``: convert into a staging
-    folder, then place the runs ``names`` (those in place compared, not replaced)."""
+    folder (``convert``), then place the runs ``names`` (those in place compared, not
+    replaced)."""
     from repackctl.paths import run_dir
 
     # a run an interrupted import of the same files placed is compared once converted
@@ -722,10 +717,7 @@ def _import_locked(
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
-        result = _convert_all(
-            staging, root, out, stage1, dit, refiner, latent_stats, image_size, num_heads,
-            trust_pickle, progress,
-        )  # fmt: skip
+        result = convert(staging)
         for name in placed:  # all compared before any rename: a refusal places nothing
             _check_same_import(staging / name, run_dir(runs, name))
         for name in names:
