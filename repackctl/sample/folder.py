@@ -780,7 +780,7 @@ class FolderKey:
         if self.guide:
             name += f"--guide-{self.guide}"
         if self.refiner:
-            name += refined_suffix(Path(self.refiner).name)
+            name += refined_suffix(refiner_label(self.refiner))
         return name
 
     def legacy_name(self) -> str:
@@ -901,6 +901,17 @@ def named_folder(
 def refined_suffix(refiner_run: str) -> str:
     """``--refine-<run>``, or ``--<run>`` when the run's name already says refine."""
     return f"--{refiner_run}" if refiner_run.startswith("refine") else f"--refine-{refiner_run}"
+
+
+def refiner_label(ref: str) -> str:
+    """The refiner ``--refiner`` names, as samples folders name it: its run (``refine-a``), and
+    the checkpoint where one is named (``runs/refine-a/checkpoints/step-0000300`` →
+    ``refine-a-step-0000300``). The checkpoint's name alone put two runs' step-N in one folder
+    (the second refused), and a run's name alone two of its checkpoints."""
+    path = Path(ref)
+    if re.fullmatch(r"step-\d{7}", path.name) and path.parent.name == "checkpoints":
+        return f"{path.parent.parent.name}-{path.name}"
+    return path.name
 
 
 #: card fields that say which call made the samples (its machine, precision source, package

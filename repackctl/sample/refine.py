@@ -72,6 +72,7 @@ from repackctl.sample.folder import (
     recorded_batching,
     recorded_files,
     refined_suffix,
+    refiner_label,
     remove_latents_dir,
     restore_pngs,
     unverified_indices,
@@ -704,7 +705,7 @@ def run_refine_apply(
         refiner = _fitting_refiner(settings, source, protocol)
         refiner.model.to(device)
         num = source.num
-        out = src.parent / f"{src.name}{refined_suffix(refiner.checkpoint.parent.parent.name)}"
+        out = src.parent / f"{src.name}{refined_suffix(refiner_label(settings.refine.refiner))}"
         fingerprint = {"source_sha256": source.digest(), "refiner": refiner.sha256, "num": num}
         if _already_refined(out, src, protocol, fingerprint):
             return ApplyResult(out, num, 0, num, "already refined (by `sample --refiner`)", 0.0)
