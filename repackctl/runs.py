@@ -109,6 +109,9 @@ class RunDetail:
     used_by: list[str] = field(default_factory=list)
     # the network of the newest complete checkpoint (``_model_of``), where it records one
     model: str | None = None
+    # what its newest complete checkpoint was trained on (``_trained_on``): cache entry,
+    # latents or triplets, pack checkpoint
+    trained_on: list[str] = field(default_factory=list)
 
     def shown_config(self) -> dict[str, Any]:
         """``config`` for the text view: during a warm-up ``ema_decay`` also names the decay in
@@ -132,6 +135,7 @@ class RunDetail:
             "samples_of_other_runs": self.samples_of_other_runs,
             "used_by": self.used_by,
             "model": self.model,
+            "trained_on": self.trained_on,
         }
 
 
@@ -351,7 +355,26 @@ def describe_run(folder: Path, samples_root: Path | None = None, tail: int = 5) 
         config_problem=_config_problem(stored),
         used_by=[d.describe() for d in used_by],
         model=_model_of(folder / CKPT_DIR / good[-1].name) if good else None,
+        trained_on=_trained_on(folder / CKPT_DIR / good[-1].name) if good else [],
     )
+
+
+def _trained_on(ckpt: Path) -> list[str]:
+    """What a DiT, t2i or refiner checkpoint records it was trained on: the cache entry (and
+    root), the latents or triplets group in it, and the pack checkpoint that decodes them."""
+    extra = (read_json_dict(ckpt / "state.json") or {}).get("extra")
+    if not isinstance(extra, dict):
+        return []
+    cache, pack = extra.get("cache"), extra.get("pack")
+    out = []
+    if isinstance(cache, dict) and cache.get("entry"):
+        out.append(f"cache entry {cache['entry']} in {cache.get('root')}")
+        for key in ("latents", "triplets"):
+            if cache.get(key):
+                out.append(f"{key} {cache[key]}")
+    if isinstance(pack, dict) and (pack.get("checkpoint") or pack.get("run")):
+        out.append(f"pack checkpoint {pack.get('checkpoint') or pack.get('run')}")
+    return out
 
 
 def _model_of(ckpt: Path) -> str | None:

@@ -78,6 +78,10 @@ def test_runs_rm_of_a_pack_run_names_the_runs_that_use_it(runs):
     assert code == 0 and "used by" not in out, out
     # a DiT run names the network its newest checkpoint holds; a pack run has none to name
     assert "stage dit model tiny size" in out, out
+    # and what it was trained on: the cache entry and the pack checkpoint that decodes it
+    pack_ckpt = runs / "pack-tiny" / "checkpoints"
+    assert "trained on cache entry builtin-n16--train--32px" in out, out
+    assert f"trained on pack checkpoint {pack_ckpt}" in out, out
     code, out = _cli("runs", "info", "pack-tiny", *flags, "--json")
     assert code == 0 and '"model": null' in out, out
 
@@ -103,7 +107,7 @@ def test_runs_rm_of_a_pack_run_names_the_runs_that_use_it(runs):
 def test_the_model_line_names_the_network_as_built(tmp_path):
     import json
 
-    from repackctl.runs import _model_of
+    from repackctl.runs import _model_of, _trained_on
 
     ckpt = tmp_path / "step-0000001"
     ckpt.mkdir()
@@ -111,5 +115,11 @@ def test_the_model_line_names_the_network_as_built(tmp_path):
     extra = {"stage": "dit", "model_id": "tiny", "model_config": config}
     (ckpt / "state.json").write_text(json.dumps({"extra": extra}))
     assert _model_of(ckpt) == "tiny-d3w128h2-p2 (model id tiny)"
+    extra["cache"] = {"root": "/c", "entry": "e", "triplets": "t", "features": "f"}
+    extra["pack"] = {"run": "pk", "checkpoint": "/r/pk/checkpoints/step-0000002"}
+    (ckpt / "state.json").write_text(json.dumps({"extra": extra}))
+    assert _trained_on(ckpt) == [
+        "cache entry e in /c", "triplets t", "pack checkpoint /r/pk/checkpoints/step-0000002"
+    ]  # fmt: skip
     (ckpt / "state.json").write_text(json.dumps({"extra": {"stage": "pack"}}))
     assert _model_of(ckpt) is None

@@ -134,6 +134,7 @@ def info(
     pairs += [("samples", s) for s in d.samples]
     pairs += [("samples of another run of this name", s) for s in d.samples_of_other_runs]
     pairs += [("used by", u) for u in d.used_by]
+    pairs += [("trained on", t) for t in d.trained_on]
     print_pairs(f"run {r.name}", pairs)
 
 
