@@ -43,9 +43,9 @@ beyond tensors (hyper-parameter containers, callback states); such a file is ref
 ``trust_pickle=True`` (``--trust-pickle``), since unpickling runs code stored in the file.
 
 Writing: every run is written under a temporary folder of the runs root
-(``.tmp-import-<out>.<pid>-<host>/<out>-pack`` …) and renamed into place only once every given stage has
-converted, so a failure midway leaves no half-written run that blocks a retry; the temporary
-folder of a killed import is removed by the next one. An import holds the lock of its ``--out``
+(``.tmp-import-<out>.<pid>-<host>/<out>-pack`` …) and renamed into place only once every given
+stage has converted, so a failure midway leaves no half-written run that blocks a retry; the
+temporary folder of a killed import is removed by the next one on the same machine. An import holds the lock of its ``--out``
 (``<runs>/.import-<out>.lock``, ``repackctl.run_lock.hold_import_lock``) from its first look at
 the runs in place to the last rename: a second import of the same ``--out`` at once is refused.
 """
