@@ -44,7 +44,12 @@ from repackctl.settings.resume import (
     resume_lines,
     resume_settings,
 )
-from repackctl.train.checkpoint import latest_checkpoint, read_state, restore_interrupted_resaves
+from repackctl.train.checkpoint import (
+    checkpoint_to_resume,
+    latest_checkpoint,
+    read_state,
+    restore_interrupted_resaves,
+)
 from repackctl.train.logging import log_lines
 from repackctl.train.loop import TrainResult, train
 from repackctl.train.shown import shown_run
@@ -235,8 +240,9 @@ def resume_and_train(
     resumed = resume_lines(rec, kept)  # shown; in log.txt when the run trains on (as pack's)
     run_dir = run_dir_of(settings)
     steps = int(getattr(settings, section).steps)
-    # the checkpoint the engine would resume from (the same verification, warnings left to it)
-    latest = latest_checkpoint(run_dir, warn=None)
+    # the checkpoint the engine would resume from (the same verification, warnings left to it;
+    # a run whose every checkpoint fails it is refused here, before anything is read in bulk)
+    latest = checkpoint_to_resume(run_dir, warn=None)
     if latest is None:
         check_new_run(steps, run_dir, section, (record or {}).get("sources"))
     task, config = build(settings, sources=(record or {}).get("sources"))

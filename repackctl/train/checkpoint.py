@@ -517,6 +517,30 @@ def latest_checkpoint(
     return None
 
 
+def checkpoint_to_resume(
+    run_dir: str | os.PathLike, warn: Callable[[str], None] | None = progress_warn
+) -> Path | None:
+    """``latest_checkpoint`` for a resume: None only for a run without step folders.
+
+    A run whose every ``step-…`` folder fails verification (a half-copied run, damaged files) is
+    a ``CheckpointError``: training on from step 0 would truncate its metrics and re-save or
+    rotate away the very folders a user could still repair or finish copying."""
+    skipped: list[str] = []
+    latest = latest_checkpoint(run_dir, warn=skipped.append)
+    if latest is None and skipped:
+        newest = skipped[0].removeprefix("skipping checkpoint ")
+        raise CheckpointError(
+            f"none of the {len(skipped)} checkpoint(s) of {run_dir} can be resumed from "
+            f"(newest {newest}); training would start again at step 0 over them",
+            "repair or finish copying its checkpoints/ folder, or move its step-… folders "
+            "out of it to train the run again from step 0, or use a new --name",
+        )
+    if warn is not None:
+        for message in skipped:
+            warn(message)
+    return latest
+
+
 def checkpoint_for_loading(path: str | os.PathLike) -> Path | None:
     """For sampling, refining and import: a checkpoint folder, or a run's newest complete one
     not marked bad, verified. A bad file is an error naming it (no fallback); None when the run

@@ -55,6 +55,7 @@ from repackctl.eager_adamw import EagerAdamW
 from repackctl.errors import CheckpointError, ConfigError, TrainingError
 from repackctl.files import write_json_atomic
 from repackctl.progress import ProgressFactory, null_progress
+from repackctl.progress import warn as progress_warn
 from repackctl.run_files import CONFIG_HISTORY, CONFIG_SHA256, check_new_run_folder, json_sha256
 from repackctl.run_lock import lock_run, release_run
 from repackctl.runtime import header_line
@@ -432,7 +433,9 @@ class Trainer:
             lock_run(self.run_dir, create=True)
             ckpt_io.remove_stale_temporaries(self.run_dir)
         self.acc.wait_for_everyone()
-        latest = ckpt_io.latest_checkpoint(self.run_dir)
+        # a run whose every checkpoint fails starts over here; `train dit` / `train t2i` refuse
+        # it before (``dit.run.resume_and_train``, ``checkpoint_to_resume``)
+        latest = ckpt_io.latest_checkpoint(self.run_dir, warn=self._skipped_warning)
         if latest is None:
             seed_everything(self.config.seed * self.world + self.rank)
             return None
@@ -475,6 +478,14 @@ class Trainer:
         self.resumed_from = self.step_count
         self.messages.append(f"resumed from {latest} (step {self.step_count})")
         return latest
+
+    def _skipped_warning(self, message: str) -> None:
+        """A newer checkpoint that resume skipped, and why: a line of the bar (so in log.txt,
+        beside the ``resumed from`` line), or on stderr where the bar shows nothing."""
+        if self.progress is null_progress:
+            progress_warn(message)
+        else:
+            self.messages.append(f"Warning: {message}")
 
     def _saved_window(self, state: dict[str, Any], latest: Path) -> dict[str, Any] | None:
         """This process's running metrics window at the checkpoint, so the first metrics row
@@ -821,11 +832,12 @@ class Trainer:
     def _check_streak(self, bar: Any) -> None:
         if self.consecutive_bad == 0:
             return
-        bar.log(f"step {self.step_count - 1}: non-finite loss or gradient, update skipped")
+        # steps are counted as the metrics rows and checkpoints count them: step N is the N-th
+        bar.log(f"step {self.step_count}: non-finite loss or gradient, update skipped")
         if self.consecutive_bad >= self.config.max_nonfinite_steps:
             raise TrainingError(
                 f"{self.consecutive_bad} training steps in a row had a non-finite loss or "
-                f"gradient (up to step {self.step_count - 1}); the last good checkpoint is "
+                f"gradient (up to step {self.step_count}); the last good checkpoint is "
                 f"{self.last_ckpt}",
                 NAN_HINT,
             )
