@@ -11,8 +11,9 @@ of samples.npz and latents.npy) in ``protocol.json``. What differs:
   text, one per line, UTF-8 with or without a BOM; a captions index — ``.jsonl``/``.json``/
   ``.csv``, or a line that is a JSON object — is refused); sample i gets prompt ``i mod P``. With neither, the evaluation prompts are the first
   caption of each image of the val entry (the same data and resolution, as the entries record
-  them: source attributes, never the name; several that disagree are refused), or of the
-  training entry when there is no val entry, read from the cache (``text/<id>/captions``) through the guarded
+  them: source attributes, never the name; several that disagree are refused, and so is a val
+  entry without the run's caption group), or of the training entry when there is no val entry,
+  read from the cache (``text/<id>/captions``) through the guarded
   reader (a lost chunk or an empty caption of a captioned image is an error). The cache is the
   resolved ``cache`` setting when it holds the run's training entry, else the root the
   checkpoint recorded; either way the entry must hold the run's latents and channel stats.
@@ -20,6 +21,8 @@ of samples.npz and latents.npy) in ``protocol.json``. What differs:
   training captions were encoded with); the model never sees a caption it could not have.
 - Guidance: classifier-free guidance against the model's null caption, conditional and null rows
   in ONE batched forward of 2B (``MMDiT.forward_with_cfg``), active for t_lo ≤ t ≤ t_hi.
+- ``prompt_source`` in ``protocol.json``: ``given: …`` (how many ``--prompt``, the ``--prompts``
+  file's absolute path and sha256), else the entry whose first captions were read.
 - ``prompts.txt`` (one line per sample index) and the prompts in ``protocol.json``: the distinct
   prompts some sample got, in order of first use (with ``-n`` below the number of prompts given,
   the unused ones are left out); ``arr_1`` of ``samples.npz`` and ``prompt_ids`` hold each
@@ -93,7 +96,7 @@ if TYPE_CHECKING:
 def given_prompts(cfg: Any) -> list[str]:
     """``--prompt`` values, then the lines of ``--prompts FILE`` (blank lines ignored). An empty
     ``--prompt`` is refused: dropped, it shifted every later prompt onto other samples."""
-    prompts = [" ".join(p.split()) for p in (cfg.prompt or [])]
+    prompts = [_clean_prompt(p) for p in (cfg.prompt or [])]
     empty = [n for n, p in enumerate(prompts, 1) if not p]
     if empty:
         raise ConfigError(
@@ -135,11 +138,19 @@ def prompt_file_lines(path: Path) -> list[str]:
     if lines and lines[-1] == "":
         lines.pop()
     for n, line in enumerate(lines, 1):
-        if _is_json_object(line):
+        if _is_json_object(_clean_prompt(line)):
             raise ConfigError(
                 f"line {n} of {path} is a JSON object ({line.strip()[:60]}), not a prompt", hint
             )
-    return [" ".join(line.split()) for line in lines]
+    return [_clean_prompt(line) for line in lines]
+
+
+def _clean_prompt(text: str) -> str:
+    """``text`` with its whitespace collapsed and every U+FEFF removed: a BOM is no part of a
+    prompt wherever it stands (files joined with ``cat`` keep the second file's BOM at the start
+    of a line, where ``utf-8-sig`` does not remove it). A line of only a BOM is blank (skipped),
+    never a prompt that the text encoder reads as the empty caption (the null caption)."""
+    return " ".join(text.replace("\ufeff", "").split())
 
 
 def _is_json_object(line: str) -> bool:
@@ -166,16 +177,44 @@ def cached_prompts(extra: dict[str, Any], num: int, cache: str | None) -> tuple[
     hint = "pass prompts: --prompt 'a red star on a blue striped background' or --prompts FILE"
     root = training_cache_root(cache, extra, hint)
     train = DatasetEntry.open(root, train_entry)
-    found = {}
-    for name in paired_val_entries(root, train):
+    found, vals = {}, paired_val_entries(root, train)
+    for name in vals:
         ds = DatasetEntry.open(root, name)
         if text_id in ds.complete_groups("text", ("captions", "done")):
             found[name] = first_captions(ds, text_id, num)
     if found:
         return one_prompt_list(found, hint)
+    if vals:  # the run's data has val images: its training captions are no evaluation prompts
+        raise CacheError(
+            f"the val entr{'y' if len(vals) == 1 else 'ies'} of the run's data "
+            f"({name_items(vals)}) hold{'s' if len(vals) == 1 else ''} no caption features "
+            f"{text_id} (the run's text encoder and max_length): the default prompts would be "
+            "the run's training captions",
+            f"encode them: {_captions_command(vals[0], extra, train, text_id)}; or pass "
+            "prompts (--prompt TEXT or --prompts FILE)",
+        )
     if text_id in train.complete_groups("text", ("captions", "done")):
         return first_captions(train, text_id, num), train_entry
     raise CacheError(f"no cached captions {text_id} for the run's entries in {root}", hint)
+
+
+def _captions_command(val: str, extra: dict[str, Any], train: Any, text_id: str) -> str:
+    """The `repackctl captions` command that encodes entry ``val`` as the run's caption group
+    ``text_id`` of ``train`` was encoded (text encoder, weights, max_length, caption source)."""
+    text = extra.get("text") or {}
+    try:
+        attrs = dict(train.group["text"][text_id].attrs)
+    except KeyError:  # the training entry no longer holds the group: the run's record only
+        attrs = {}
+    ref = text.get("encoder_ref") or attrs.get("encoder_ref") or "minilm"
+    length = text.get("max_length") or attrs.get("max_length")
+    cmd = f"`repackctl captions --entry {val} --text-encoder {ref}"
+    weights = text.get("text_weights") or attrs.get("text_weights")
+    cmd += f" --text-weights {weights}" if weights else ""
+    cmd += f" --max-length {length}" if length else ""
+    source = attrs.get("captions")
+    cmd += f" --captions {source}" if source and source != "builtin" else ""
+    return cmd + "`"
 
 
 def one_prompt_list(found: dict[str, list[str]], hint: str) -> tuple[list[str], str]:
@@ -219,14 +258,27 @@ def first_captions(ds: Any, text_id: str, num: int) -> list[str]:
     return [caps[0] for caps in texts[np.flatnonzero(written)[:num]]]
 
 
+def given_source(cfg: Any) -> str:
+    """``prompt_source`` of given prompts: ``given:``, how many ``--prompt``, and the
+    ``--prompts`` file (absolute path and the sha256 of its bytes), so a card says which file's
+    prompts its samples got."""
+    parts = [f"{len(cfg.prompt)} --prompt"] if cfg.prompt else []
+    if cfg.prompts:
+        path = Path(cfg.prompts).expanduser().resolve()
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()  # read before: it is readable
+        parts.append(f"--prompts {path} (sha256 {digest})")
+    return "given: " + ", ".join(parts)
+
+
 def resolve_prompts(
     cfg: Any, extra: dict[str, Any], cache: str | None = None
 ) -> tuple[list, list, np.ndarray, str]:
     """(prompts, distinct prompts used, prompt id of each sample (N,), where they came from);
     ``cache``: the resolved cache setting (default prompts come from the run's entry there)."""
     prompts = given_prompts(cfg)
-    source = "given"
-    if not prompts:
+    if prompts:
+        source = given_source(cfg)
+    else:
         prompts, entry = cached_prompts(extra, cfg.num, cache)
         source = f"first caption of each image of {entry}"
     per_sample = [prompts[i % len(prompts)] for i in range(cfg.num)]
@@ -553,7 +605,8 @@ def run_t2i_sample(
         refiner = fitting_refiner(settings.runs, cfg, pack, extra["latent_shape"], device)
 
     fingerprint = _fingerprint(settings, handle, plan, prompts, refiner)
-    folder = _folder(settings, cfg, ckpt, plan, given if source == "given" else None, fingerprint)
+    named = given if source.startswith("given:") else None  # given prompts: their own folder
+    folder = _folder(settings, cfg, ckpt, plan, named, fingerprint)
     claim, batch, world = claim_batching(
         folder, fingerprint, cfg.batch_size, dist.world, out_hint(bool(cfg.out))
     )
