@@ -28,7 +28,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from repackctl.cache.commands import dataset_base, entry_source, extract_command
+from repackctl.cache.commands import (
+    dataset_base,
+    entry_source,
+    extract_command,
+    features_extract_command,
+)
 from repackctl.cache.integrity import GuardedArray, repair_hint
 from repackctl.cache.store import PENDING, ArrayGroup, DatasetEntry, list_entries
 from repackctl.data.cached import (
@@ -172,9 +177,11 @@ def open_features(
     feats = entry.features(features_id)
     if (feats.done_mask() == PENDING).any():
         pending = int((feats.done_mask() == PENDING).sum())
+        # the command that made these features (as recorded), not one built from the settings
+        # given now: with --entry/--features those name another encoder, size or split
         raise CacheError(
             f"features {features_id} in {entry_name_} are unfinished ({pending} samples pending)",
-            hint.replace("first", "again to finish it"),
+            f"run `{features_extract_command(entry, features_id)}` again to finish it",
         )
     return entry, feats, features_id
 

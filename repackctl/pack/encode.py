@@ -45,6 +45,7 @@ from repackctl.cache.store import (
     ArrayGroup,
     DatasetEntry,
     checksummed,
+    features_precision,
     owned_ranges,
     update_changed,
 )
@@ -69,6 +70,9 @@ if TYPE_CHECKING:
 ENCODER_KEYS = ("encoder", "weights", "layer")
 SOURCE_KEYS = ("data", "resolution", "num")
 LATENT_ARRAYS = ("mean", "std", "partial_sum", "partial_sumsq", "partial_count", "done")
+#: latents attribute: the precision of the features they were encoded from (not in the features
+#: id: features extracted again in another precision after `cache rm --features` share the id)
+FEATURES_PRECISION = "features_precision"
 
 
 @dataclass
@@ -247,11 +251,35 @@ def _create_group(
         # moved runs folder still reuses (and resumes) these latents
         group.attrs["pack_checkpoint"] = str(handle.checkpoint)
         group.attrs["created"] = time.time()
+        group.attrs[FEATURES_PRECISION] = features_precision(dict(feats.attrs))
 
     grp, _ = entry.create_or_open_group(
         "latents", handle.pack_id, attrs, build, required=LATENT_ARRAYS
     )
+    _check_features_made(entry, grp, feats, handle)
     return grp, sample_shape
+
+
+def _check_features_made(
+    entry: DatasetEntry, grp: ArrayGroup, feats: ArrayGroup, handle: PackHandle
+) -> None:
+    """Refuse (``CacheError``) to resume or reuse latents encoded from features that are no
+    longer there: features removed (`cache rm --features`) and extracted again in another
+    precision keep their id, and the rows already done would be kept as "already done", encoded
+    from the old features, beside new rows from the new ones. Groups written before the
+    precision was recorded are not checked."""
+    made = grp.attrs.get(FEATURES_PRECISION)
+    now = features_precision(dict(feats.attrs))
+    if made is None or made == now:
+        return
+    lid, fid = grp.group.basename, feats.group.basename
+    raise CacheError(
+        f"latents/{lid} in {entry.name} were encoded from features {fid} computed in {made}, "
+        f"but the features there now were computed in {now} (extracted again since): their "
+        "rows would be kept as done",
+        f"`repackctl cache rm {entry.name} --latents {lid} --yes`, then `repackctl pack encode "
+        f"--run {handle.run_name} --entry {entry.name}` to encode the features there now",
+    )
 
 
 def guarded_tokens(entry: DatasetEntry, feats: ArrayGroup, codes: np.ndarray) -> GuardedArray:

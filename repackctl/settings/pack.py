@@ -300,8 +300,21 @@ class PackSettings(BaseModel):
         """Refuse a ``kl_weight`` the user gave with ``method pca``: the PCA baseline is a fixed
         map without a posterior, so it trains no KL term (``repackctl.settings.checks``); and
         the discriminator's options given with ``gan_weight`` 0, which builds no discriminator
-        (they were accepted, recorded in the plan and ignored)."""
+        (they were accepted, recorded in the plan and ignored); and ``pca_samples`` given with
+        the repack method without whitening, which fits nothing on the tokens."""
         check_gan_options(self, section, sources, GAN_OPTIONS)
+        if self.method == "repack" and self.whiten is False:
+            # pca_samples sizes the fit of the PCA or of the repack whitening: without either
+            # it was accepted and ignored
+            check_term_options(
+                self,
+                section,
+                sources,
+                ("pca_samples",),
+                "whiten",
+                "the token whitening fit (the repack method fits nothing else)",
+                "pass --whiten, or --method pca",
+            )
         if self.method == "pca":
             check_term_options(
                 self,
