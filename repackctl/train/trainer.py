@@ -296,6 +296,20 @@ class Optimizers:
         return messages
 
 
+#: below this loss scale an fp16 overflow counts as a non-finite step: gradients that overflow
+#: even unscaled are divergence, not the GradScaler probing a larger scale
+MIN_OVERFLOW_SCALE = 1.0
+
+
+def scaler_overflow(scaler: torch.amp.GradScaler) -> bool:
+    """Whether a step whose loss was finite but whose gradients were not is the GradScaler's
+    overflow (fp16): it starts at a scale of 2¹⁶ and doubles it every 2000 good steps, so
+    overflows are expected, and it halves the scale and skips the update. They were counted as
+    non-finite steps: each one since a save point skipped the checkpoint (a long fp16 run kept
+    almost none), and the first steps' run of them could stop the run."""
+    return scaler.is_enabled() and scaler.get_scale() >= MIN_OVERFLOW_SCALE
+
+
 class Trainer:
     """Trains one ``TrainTask`` as a ``TrainConfig`` says; ``fit()`` runs to ``config.steps``."""
 
@@ -324,6 +338,7 @@ class Trainer:
             task.num_samples(), config.seed, config.block, config.buffer_blocks
         )
         self.step_count, self.position, self.bad_total = 0, Position(), 0
+        self.overflowed = False  # the last step was an fp16 overflow (``scaler_overflow``)
         self.resumed_from: int | None = None
         self.messages: list[str] = []
         self.saved_window: dict[str, Any] | None = None  # the checkpoint's, for this process
@@ -609,10 +624,14 @@ class Trainer:
         indices, next_position = self.sampler.take(self.position, self.config.global_batch)
         batches = self._batches(s, indices, next_position)
         stash, order, nonfinite = self._backward(batches, s)
+        self.overflowed = False
         good = self._update(stash, order, nonfinite)
-        self.consecutive_bad = 0 if good else self.consecutive_bad + 1
-        self.bad_total += not good
-        self.bad_since_save += not good
+        # an fp16 overflow the GradScaler backed off from is no sign of divergence: it neither
+        # counts towards the stop nor skips the next checkpoint (``scaler_overflow``)
+        bad = not good and not self.overflowed
+        self.consecutive_bad = 0 if good else self.consecutive_bad + bad
+        self.bad_total += bad
+        self.bad_since_save += bad
         # the lr of this update, for the log line: 0 for an optimizer that got no loss this step
         # (a discriminator before gan_start), since it did not step: its schedule's lr is moot
         self.lrs = {n: lr if n in order else 0.0 for n, lr in self.opt.lrs().items()}
@@ -741,6 +760,7 @@ class Trainer:
             for oname in stepped:
                 self.scaler.step(self.opt.optimizers[oname])
             self.ema.update(self.model)
+        self.overflowed = not ok and values[0] == 0 and scaler_overflow(self.scaler)
         self.scaler.update()  # fp16: backs the scale off after an overflow
         for p in self.all_params:
             p.grad = None
