@@ -772,7 +772,7 @@ def _resume(
     from repackctl.paths import run_dir as run_dir_of
     from repackctl.settings.resume import keep_started_values, resume_settings
     from repackctl.train.checkpoint import (
-        latest_checkpoint,
+        checkpoint_to_resume,
         read_state,
         restore_interrupted_resaves,
     )
@@ -784,7 +784,7 @@ def _resume(
         run_dir_of(settings.runs, name), settings, record, "pack"
     )
     restore_interrupted_resaves(run_dir_of(settings.runs, name))
-    latest = latest_checkpoint(run_dir_of(settings.runs, name))
+    latest = checkpoint_to_resume(run_dir_of(settings.runs, name))  # none usable: refused
     lines = [f"resume: {line}" for line in rec.lines()] if rec else []
     extra = read_state(latest).get("extra", {}) if latest is not None else {}  # {}: a new run
     settings, pinned = _recorded_data(settings, extra)

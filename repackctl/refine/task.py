@@ -73,7 +73,10 @@ from repackctl.settings.resume import (
     resume_settings,
 )
 from repackctl.train import OptimizerSpec, StepOutput, TrainConfig, train
-from repackctl.train.checkpoint import latest_checkpoint, restore_interrupted_resaves
+from repackctl.train.checkpoint import (
+    checkpoint_to_resume,
+    restore_interrupted_resaves,
+)
 from repackctl.train.logging import log_lines
 from repackctl.train.shown import idle_lines
 
@@ -487,7 +490,8 @@ def run_refine_train(
     run = refine_run_dir(settings, pack_run)
     settings, config_record, rec = resume_settings(run, settings, config_record, "refine")
     restore_interrupted_resaves(run)
-    latest = latest_checkpoint(run, warn=None)  # the one the engine resumes from; None: new
+    # the one the engine resumes from; None: new; step folders none of which verifies: refused
+    latest = checkpoint_to_resume(run, warn=None)
     settings, config_record, kept = keep_started_values(
         run, settings, config_record, "refine", STARTED_WITHOUT
     )
