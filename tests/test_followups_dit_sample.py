@@ -26,7 +26,7 @@ from support.cli import cli_refused as _error
 from support.stack import shared_stack
 from typer.testing import CliRunner
 
-from repackctl.errors import ConfigError
+from repackctl.errors import CheckpointError, ConfigError
 from repackctl.paths import PROTOCOL_JSON, SETTINGS_JSON
 from repackctl.sample.plan import canonical_labels, label_scheme_name
 from repackctl.train.checkpoint import latest_checkpoint, list_checkpoints
@@ -190,8 +190,9 @@ def test_steps_0_on_a_run_whose_checkpoint_does_not_verify_is_refused(env):
     weights = latest_checkpoint(run) / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-8])  # a damaged checkpoint: the engine skips it
     before = _files(run)
-    out = _error(ConfigError.exit_code, *train, "--steps", "0", "--name", "bad")
-    assert "dit.steps is 0" in out and "run bad has no checkpoint yet" in out
+    # its only checkpoint does not verify: refused as such (it is no new run of 0 steps)
+    out = _error(CheckpointError.exit_code, *train, "--steps", "0", "--name", "bad")
+    assert "none of the 1 checkpoint(s)" in out and "model.safetensors is corrupt" in out
     assert _files(run) == before  # nothing written, nothing deleted
 
 
