@@ -13,14 +13,17 @@ Legend: S shards, d channels, m rows of a shard, F flips, h×w grid.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from repackctl.cache.integrity import Damage, repair_hint, scan_array
-from repackctl.cache.store import WRITTEN, ArrayGroup, DatasetEntry
+from repackctl.cache.store import WRITTEN, ArrayGroup, DatasetEntry, checksummed
 from repackctl.errors import CacheError
 from repackctl.run_files import pack_id_run_step
+
+if TYPE_CHECKING:
+    import zarr
 
 PARTIAL_ARRAYS = ("partial_sum", "partial_sumsq", "partial_count")
 STATS_RTOL = 1e-6  # recorded stats vs the sums: the recomputation is exact; JSON keeps floats
@@ -43,6 +46,29 @@ def channel_sums(means: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.n
     axes = (0, 1, 3, 4)
     count = int(z.shape[0] * z.shape[1] * z.shape[3] * z.shape[4]) if z.size else 0
     return z.sum(axis=axes), (z * z).sum(axis=axes), count
+
+
+def add_partial_arrays(group: zarr.Group, shards: int, channels: int) -> None:
+    """The per-shard sums of a new latents group: one checksummed chunk per shard row, so each
+    writer touches only its own files."""
+    for name in ("partial_sum", "partial_sumsq"):
+        group.create_array(
+            name, shape=(shards, channels), chunks=(1, channels), dtype="float64",
+            fill_value=0.0, compressors=checksummed(),
+        )  # fmt: skip
+    group.create_array(
+        "partial_count", shape=(shards,), chunks=(1,), dtype="int64", fill_value=0,
+        compressors=checksummed(),
+    )  # fmt: skip
+
+
+def write_partials(grp: ArrayGroup, shard: int, values: np.ndarray, valid: np.ndarray) -> None:
+    """Store the sums of shard ``shard``'s (m, F, d, h, w) ``values`` over its ``valid`` rows
+    (before its rows are marked done)."""
+    s, sq, count = channel_sums(values, valid)
+    grp["partial_sum"][shard] = s
+    grp["partial_sumsq"][shard] = sq
+    grp["partial_count"][shard] = count
 
 
 def combine_partials(grp: Any) -> dict[str, Any]:

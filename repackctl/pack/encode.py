@@ -38,13 +38,12 @@ import torch
 
 from repackctl.cache.creation import entry_writer
 from repackctl.cache.integrity import GuardedArray, repair_hint
-from repackctl.cache.partials import channel_sums, checked_stats
+from repackctl.cache.partials import add_partial_arrays, checked_stats, write_partials
 from repackctl.cache.store import (
     PENDING,
     WRITTEN,
     ArrayGroup,
     DatasetEntry,
-    checksummed,
     features_precision,
     owned_ranges,
     update_changed,
@@ -229,24 +228,7 @@ def _create_group(
     def build(group: zarr.Group) -> None:  # every array exists before the group counts as created
         entry.add_sample_array(group, "mean", sample_shape, "float16")
         entry.add_sample_array(group, "std", sample_shape, "float16")
-        # one chunk per shard row: each writer touches only its own files
-        for name in ("partial_sum", "partial_sumsq"):
-            group.create_array(
-                name,
-                shape=(shards, d),
-                chunks=(1, d),
-                dtype="float64",
-                fill_value=0.0,
-                compressors=checksummed(),
-            )
-        group.create_array(
-            "partial_count",
-            shape=(shards,),
-            chunks=(1,),
-            dtype="int64",
-            fill_value=0,
-            compressors=checksummed(),
-        )
+        add_partial_arrays(group, shards, d)
         # informational only: pack_id (run, step, weights hash) identifies the model, so a
         # moved runs folder still reuses (and resumes) these latents
         group.attrs["pack_checkpoint"] = str(handle.checkpoint)
@@ -418,14 +400,10 @@ def run_pack_encode(
                 model, tokens, codes, rng, sample_shape, cfg.encode_batch_size, device, bar
             )
             valid = codes == WRITTEN
-            s, sq, count = channel_sums(means, valid)
-            k = rng.start // entry.shard
             sl = slice(rng.start, rng.stop)
             grp["mean"][sl] = means
             grp["std"][sl] = stds
-            grp["partial_sum"][k] = s
-            grp["partial_sumsq"][k] = sq
-            grp["partial_count"][k] = count
+            write_partials(grp, rng.start // entry.shard, means, valid)
             grp.done[sl] = codes  # last: the shard counts as done only once all of it is there
             written += int(valid.sum())
     seconds = time.perf_counter() - t0

@@ -25,13 +25,12 @@ import torch
 from torch.nn import functional as F
 
 from repackctl.cache.creation import entry_writer
-from repackctl.cache.partials import channel_sums, checked_stats
+from repackctl.cache.partials import add_partial_arrays, checked_stats, write_partials
 from repackctl.cache.store import (
     PENDING,
     WRITTEN,
     ArrayGroup,
     DatasetEntry,
-    checksummed,
     owned_ranges,
     update_changed,
 )
@@ -131,15 +130,7 @@ def _pixel_group(entry: DatasetEntry, patch: int) -> tuple[ArrayGroup, tuple[int
 
     def build(group: zarr.Group) -> None:
         entry.add_sample_array(group, "mean", sample_shape, "float16")
-        for name in ("partial_sum", "partial_sumsq"):  # checksummed, as `pack encode`'s
-            group.create_array(
-                name, shape=(shards, channels), chunks=(1, channels), dtype="float64",
-                fill_value=0.0, compressors=checksummed(),
-            )  # fmt: skip
-        group.create_array(
-            "partial_count", shape=(shards,), chunks=(1,), dtype="int64", fill_value=0,
-            compressors=checksummed(),
-        )  # fmt: skip
+        add_partial_arrays(group, shards, channels)  # checksummed, as `pack encode`'s
 
     grp, _ = entry.create_or_open_group("latents", latent_id, attrs, build, PIXEL_ARRAYS)
     return grp, sample_shape
@@ -186,12 +177,8 @@ def write_pixel_latents(
             values = np.zeros((len(rng), *sample_shape), np.float16)  # (m, F, 3p², h, w)
             if valid.any():
                 values[valid] = _shard_values(entry.images[rng.start : rng.stop][valid], patch)
-            s, sq, count = channel_sums(values, valid)
-            k = rng.start // entry.shard
             grp["mean"][rng.start : rng.stop] = values
-            grp["partial_sum"][k] = s
-            grp["partial_sumsq"][k] = sq
-            grp["partial_count"][k] = count
+            write_partials(grp, rng.start // entry.shard, values, valid)
             grp.done[rng.start : rng.stop] = codes  # last: the shard is complete
             written += int(valid.sum())
             bar.advance(len(rng))
