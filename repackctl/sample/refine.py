@@ -59,6 +59,7 @@ from repackctl.run_lock import released_after
 from repackctl.runtime import DistInfo, header_line, resolve_device, run_header
 from repackctl.sample.folder import (
     BATCH_KEY,
+    BATCHING_KEYS,
     LATENTS_DIR,
     LATENTS_FILE,
     WORLD_KEY,
@@ -89,8 +90,7 @@ CRASH_AFTER_NPZ = "refine-apply-npz"
 # (``batch_size``: the batch size its images are refined in, recorded since the refiner's pixels
 # were found to differ by ±1/255 between batch sizes, and ``world_size``: the number of processes
 # whose shares those batches were cut from; folders started before lack them)
-_APPLY_KEYS = frozenset({"source", "source_sha256", "refiner", "num", BATCH_KEY, WORLD_KEY})
-_BATCHING = (BATCH_KEY, WORLD_KEY)
+_APPLY_KEYS = frozenset({"source", "source_sha256", "refiner", "num", *BATCHING_KEYS})
 # the card field that records who refined the samples (the refining call's run header, package
 # versions and git revision); the card's own ``run_header``, ``versions`` and ``git_revision``
 # are the source's: how the samples were generated
@@ -481,8 +481,9 @@ def _already_refined(out: Path, src: Path, protocol: dict, fingerprint: dict[str
         return False  # claim_folder refuses it
     if not set(old) <= _APPLY_KEYS:
         return _refined_by_sample(out, src, protocol, fingerprint["refiner"])
-    old = {k: v for k, v in old.items() if k not in _BATCHING}  # `_apply_batch_size` checks them
-    if old == {k: v for k, v in fingerprint.items() if k not in _BATCHING}:
+    # the batching is `_apply_batch_size`'s to check
+    old = {k: v for k, v in old.items() if k not in BATCHING_KEYS}
+    if old == {k: v for k, v in fingerprint.items() if k not in BATCHING_KEYS}:
         return False
     if "refiner" in old and old["refiner"] != fingerprint["refiner"]:
         why = "another checkpoint of the refiner run made them"
