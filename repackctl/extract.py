@@ -58,7 +58,7 @@ from repackctl.data.builtin import BuiltinSource
 from repackctl.data.builtin import check_resolution as check_builtin_resolution
 from repackctl.data.sources import dataset_label, default_resolution, make_source
 from repackctl.encoders.load import make_encoder
-from repackctl.errors import ConfigError, DataError
+from repackctl.errors import ConfigError, DataError, name_items
 from repackctl.files import die_with_parent
 from repackctl.paths import entry_name
 from repackctl.progress import ProgressBar, ProgressFactory, null_progress
@@ -352,9 +352,7 @@ def _check_held_out_disjoint(cache: str, name: str, source: ImageSource) -> None
             ours = {source.key(i) for i in range(len(source))}
         shared = sorted(ours.intersection(str(k) for k in keys))
         if shared:
-            listed = ", ".join(shared[:3]) + (
-                f" and {len(shared) - 3} more" if len(shared) > 3 else ""
-            )
+            listed = name_items(shared, 3)
             raise DataError(
                 f"split {split!r} of {root} would share {len(shared)} file(s) with cache entry "
                 f"{other} (split {attrs.get('split')!r}): {listed}. The folder changed since "

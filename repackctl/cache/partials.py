@@ -12,7 +12,7 @@ Legend: S shards, d channels, m rows of a shard, F flips, h×w grid.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -127,6 +127,12 @@ def check_partials(grp: ArrayGroup, entry: DatasetEntry, done: np.ndarray, produ
         )
 
 
+def shard_rows(entry: DatasetEntry, shards: Iterable[int]) -> str:
+    """``0–7, 16–23``: the sample rows of the entry's ``shards``, for a message."""
+    shard, n = entry.shard, entry.n
+    return ", ".join(f"{k * shard}–{min((k + 1) * shard, n) - 1}" for k in shards)
+
+
 def check_finite_sums(grp: ArrayGroup, entry: DatasetEntry, hint: str) -> None:
     """Refuse (``CacheError`` with ``hint``) stats from per-shard sums that hold NaN/inf: every
     channel's mean and std would be NaN. Names the shards' rows."""
@@ -134,8 +140,7 @@ def check_finite_sums(grp: ArrayGroup, entry: DatasetEntry, hint: str) -> None:
     finite = np.isfinite(sums).all(1) & np.isfinite(squares).all(1)
     if finite.all():
         return
-    shard, n = entry.shard, entry.n
-    rows = ", ".join(f"{k * shard}–{min((k + 1) * shard, n) - 1}" for k in np.flatnonzero(~finite))
+    rows = shard_rows(entry, np.flatnonzero(~finite))
     raise CacheError(
         f"cache entry {entry.name}: latents/{grp.group.basename}: the latents of rows {rows} are "
         "not all finite (NaN/inf), so the channel stats would be NaN; nothing recorded",

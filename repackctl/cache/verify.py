@@ -25,6 +25,7 @@ from repackctl.cache.partials import (
     combine_partials,
     latents_producer,
     partials_damage,
+    shard_rows,
     shards_off_data,
     stats_match,
 )
@@ -351,8 +352,7 @@ def _stats_problems(
         fix = f"{producer(entry, path)} writes them again from the sums (they match the latents)"
         text = f"{what} (attributes edited or damaged; `train dit` refuses them)"
         return [Problem(text, f"`--repair` leaves attributes as they are: {fix}")]
-    shard, n = entry.shard, entry.n
-    rows = ", ".join(f"{k * shard}–{min((k + 1) * shard, n) - 1}" for k in off)
+    rows = shard_rows(entry, off)
     text = f"{what}, and the sums of rows {rows} are not those of the stored latents"
     return [Problem(text, f"`--repair` leaves them as they are: {rewrite(entry, path)}")]
 
