@@ -153,16 +153,28 @@ def _lock_folder(
         return
     taken = _try_lock(f)
     if not taken:
-        holder = _read_holder(f) if taken is False else None
-        if holder is not None and holder.pid is None:  # taken an instant ago: its record follows
-            time.sleep(0.2)
-            holder = _read_holder(f)
+        holder = _other_holder(f) if taken is False else None
         f.close()
         if holder is None:
             return
         raise busy(folder, holder)
     st = os.fstat(f.fileno())
     _HELD[(st.st_dev, st.st_ino)] = f
+    _write_record(f)
+
+
+def _other_holder(f: IO[bytes]) -> Holder:
+    """The record of the process that holds ``f``'s lock (read again after a moment when it
+    took the lock an instant ago and has not written its record yet)."""
+    holder = _read_holder(f)
+    if holder.pid is None:
+        time.sleep(0.2)
+        holder = _read_holder(f)
+    return holder
+
+
+def _write_record(f: IO[bytes]) -> None:
+    """This process's record (pid, host, start time) in the lock file ``f`` it holds."""
     since = time.strftime("%Y-%m-%d %H:%M:%S")
     record = {"pid": os.getpid(), "host": socket.gethostname(), "since": since}
     f.truncate(0)
@@ -259,10 +271,7 @@ def _taken_import_lock(path: Path, out: str) -> IO[bytes] | None:
             f.close()
             return None
         if taken is False:
-            holder = _read_holder(f)
-            if holder.pid is None:  # taken an instant ago: its record follows
-                time.sleep(0.2)
-                holder = _read_holder(f)
+            holder = _other_holder(f)
             f.close()
             raise ConfigError(
                 f"another `repackctl import official --out {out}` is importing into "
@@ -273,10 +282,7 @@ def _taken_import_lock(path: Path, out: str) -> IO[bytes] | None:
         if _same_file(f, path):
             break
         f.close()  # deleted by the import that held it: lock the file in its place
-    record = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%F %T")}
-    f.truncate(0)
-    f.write((json.dumps(record) + "\n").encode())
-    f.flush()
+    _write_record(f)
     return f
 
 
