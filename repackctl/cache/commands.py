@@ -10,6 +10,7 @@ combines both for an entry that exists.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from repackctl.cache.store import DatasetEntry
@@ -159,3 +160,18 @@ def features_extract_command(entry: DatasetEntry, fid: str, precision: str | Non
         precision=precision or features_precision(attrs),
         seed=seed,
     )
+
+
+def captions_command(entry: str, attrs: Mapping[str, Any]) -> str:
+    """```repackctl captions --entry ENTRY …```: the command that encodes the captions of
+    ``entry`` as a text group recorded as ``attrs`` was (text encoder, caption source, weights
+    folder, max_length)."""
+    cmd = (
+        f"repackctl captions --entry {entry} --text-encoder {attrs.get('encoder_ref') or 'minilm'}"
+    )
+    src = attrs.get("captions")
+    cmd += f" --captions {src}" if src and src != "builtin" else ""
+    weights = attrs.get("text_weights")
+    cmd += f" --text-weights {weights}" if weights else ""
+    cmd += f" --max-length {attrs['max_length']}" if attrs.get("max_length") else ""
+    return f"`{cmd}`"

@@ -10,7 +10,7 @@ import numpy as np
 import zarr
 from zarr.core.sync import sync
 
-from repackctl.cache.commands import features_extract_command
+from repackctl.cache.commands import captions_command, features_extract_command
 from repackctl.cache.creation import (
     child_groups,
     child_nodes,
@@ -467,14 +467,7 @@ def producer(entry: DatasetEntry, path: str) -> str:
     if path.startswith("triplets/"):
         return "the same `repackctl refine train`"
     if path.startswith("text/"):
-        attrs = entry.group[path].attrs
-        ref = attrs.get("encoder_ref") or "minilm"
-        src = attrs.get("captions")
-        more = f" --captions {src}" if src and src != "builtin" else ""
-        weights = attrs.get("text_weights")
-        more += f" --text-weights {weights}" if weights else ""
-        more += f" --max-length {attrs['max_length']}" if attrs.get("max_length") else ""
-        return f"`repackctl captions --entry {entry.name} --text-encoder {ref}{more}`"
+        return captions_command(entry.name, entry.group[path].attrs)
     if path.startswith("features/"):
         return f"`{features_extract_command(entry, path.partition('/')[2])}`"
     # the entry's own arrays: every features group's extract rewrites them (each its rows)

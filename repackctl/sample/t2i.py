@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from repackctl.cache.commands import captions_command
 from repackctl.errors import CacheError, ConfigError, DataError, name_items
 from repackctl.files import to_uint8, write_json_atomic
 from repackctl.pack.load import denormalise, load_decoder
@@ -206,15 +207,8 @@ def _captions_command(val: str, extra: dict[str, Any], train: Any, text_id: str)
         attrs = dict(train.group["text"][text_id].attrs)
     except KeyError:  # the training entry no longer holds the group: the run's record only
         attrs = {}
-    ref = text.get("encoder_ref") or attrs.get("encoder_ref") or "minilm"
-    length = text.get("max_length") or attrs.get("max_length")
-    cmd = f"`repackctl captions --entry {val} --text-encoder {ref}"
-    weights = text.get("text_weights") or attrs.get("text_weights")
-    cmd += f" --text-weights {weights}" if weights else ""
-    cmd += f" --max-length {length}" if length else ""
-    source = attrs.get("captions")
-    cmd += f" --captions {source}" if source and source != "builtin" else ""
-    return cmd + "`"
+    recorded = ("encoder_ref", "text_weights", "max_length")  # the run's record wins
+    return captions_command(val, attrs | {k: text[k] for k in recorded if text.get(k)})
 
 
 def one_prompt_list(found: dict[str, list[str]], hint: str) -> tuple[list[str], str]:
