@@ -344,6 +344,7 @@ def describe_run(folder: Path, samples_root: Path | None = None, tail: int = 5) 
         samples, others = split_by_checkpoint(samples_root, folder, named)
     run = _run_info(folder, ckpts, checksums=True)
     used_by = [] if run.stage in ("dit", "refine", "t2i") else dependent_runs(folder)
+    newest = checkpoint_extra(folder / CKPT_DIR / good[-1].name) if good else {}  # read once
     return RunDetail(
         run=run,
         config=summary,
@@ -354,17 +355,21 @@ def describe_run(folder: Path, samples_root: Path | None = None, tail: int = 5) 
         ema_in_effect=ema,
         config_problem=_config_problem(stored),
         used_by=[d.describe() for d in used_by],
-        model=_model_of(folder / CKPT_DIR / good[-1].name) if good else None,
-        trained_on=_trained_on(folder / CKPT_DIR / good[-1].name) if good else [],
+        model=_model_of(newest),
+        trained_on=_trained_on(newest),
     )
 
 
-def _trained_on(ckpt: Path) -> list[str]:
-    """What a DiT, t2i or refiner checkpoint records it was trained on: the cache entry (and
-    root), the latents or triplets group in it, and the pack checkpoint that decodes them."""
+def checkpoint_extra(ckpt: Path) -> dict[str, Any]:
+    """The task's ``extra`` that a checkpoint's ``state.json`` records ({} when none)."""
     extra = (read_json_dict(ckpt / "state.json") or {}).get("extra")
-    if not isinstance(extra, dict):
-        return []
+    return extra if isinstance(extra, dict) else {}
+
+
+def _trained_on(extra: dict[str, Any]) -> list[str]:
+    """What a DiT, t2i or refiner checkpoint (its ``extra``) records it was trained on: the
+    cache entry (and root), the latents or triplets group in it, and the pack checkpoint that
+    decodes them."""
     cache, pack = extra.get("cache"), extra.get("pack")
     out = []
     if isinstance(cache, dict) and cache.get("entry"):
@@ -377,12 +382,11 @@ def _trained_on(ckpt: Path) -> list[str]:
     return out
 
 
-def _model_of(ckpt: Path) -> str | None:
+def _model_of(extra: dict[str, Any]) -> str | None:
     """``tiny-d3w128h2-p2 (model id tiny)``: the network a checkpoint's ``extra`` records (its
     ``model_config`` name, which spells depth, width, heads and patch), or None for a run that
     records none (pack and refiner runs)."""
-    extra = (read_json_dict(ckpt / "state.json") or {}).get("extra")
-    if not isinstance(extra, dict) or not isinstance(extra.get("model_id"), str):
+    if not isinstance(extra.get("model_id"), str):
         return None
     config = extra.get("model_config")
     name = config.get("name") if isinstance(config, dict) else None
@@ -480,8 +484,7 @@ def _pack_records(run: Path) -> list[dict[str, Any]]:
     records (``extra.train.pack_run``, or the latents id ``extra.train.latents``)."""
     records = []
     for step in _step_folders(run):
-        extra = (read_json_dict(step / "state.json") or {}).get("extra")
-        pack = extra.get("pack") if isinstance(extra, dict) else None
+        pack = checkpoint_extra(step).get("pack")
         if isinstance(pack, dict):
             records.append(pack)
     if records:

@@ -107,19 +107,19 @@ def test_runs_rm_of_a_pack_run_names_the_runs_that_use_it(runs):
 def test_the_model_line_names_the_network_as_built(tmp_path):
     import json
 
-    from repackctl.runs import _model_of, _trained_on
+    from repackctl.runs import _model_of, _trained_on, checkpoint_extra
 
     ckpt = tmp_path / "step-0000001"
     ckpt.mkdir()
     config = {"name": "tiny-d3w128h2-p2", "depth": 3, "hidden_size": 128, "patch_size": 2}
     extra = {"stage": "dit", "model_id": "tiny", "model_config": config}
     (ckpt / "state.json").write_text(json.dumps({"extra": extra}))
-    assert _model_of(ckpt) == "tiny-d3w128h2-p2 (model id tiny)"
+    assert _model_of(checkpoint_extra(ckpt)) == "tiny-d3w128h2-p2 (model id tiny)"
     extra["cache"] = {"root": "/c", "entry": "e", "triplets": "t", "features": "f"}
     extra["pack"] = {"run": "pk", "checkpoint": "/r/pk/checkpoints/step-0000002"}
     (ckpt / "state.json").write_text(json.dumps({"extra": extra}))
-    assert _trained_on(ckpt) == [
+    assert _trained_on(checkpoint_extra(ckpt)) == [
         "cache entry e in /c", "triplets t", "pack checkpoint /r/pk/checkpoints/step-0000002"
     ]  # fmt: skip
     (ckpt / "state.json").write_text(json.dumps({"extra": {"stage": "pack"}}))
-    assert _model_of(ckpt) is None
+    assert _model_of(checkpoint_extra(ckpt)) is None
