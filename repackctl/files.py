@@ -180,12 +180,17 @@ def is_no_space(e: OSError) -> bool:
 
 def writer_gone(name: str) -> bool:
     """True when ``name`` is one of our temporaries whose writer ran on this machine and is no
-    longer running. A temporary of another machine (a multi-node job on a shared filesystem, or
-    another container) is never judged gone: its pid means nothing here."""
+    longer running (:func:`gone_here`)."""
     found = temp_writer(name)
-    if found is None or found[1] not in (None, HOST):
-        return False
-    return not pid_alive(found[0])
+    return found is not None and gone_here(*found)
+
+
+def gone_here(pid: int, host: str | None) -> bool:
+    """Whether the writer ``pid`` of machine ``host`` (None: a name of an older version, taken
+    as this machine's) ran on this machine and is no longer running. Another machine's writer (a
+    multi-node job on a shared filesystem, or another container) is never judged gone: its pid
+    means nothing here."""
+    return host in (None, HOST) and not pid_alive(pid)
 
 
 def pid_alive(pid: int) -> bool:

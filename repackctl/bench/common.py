@@ -311,17 +311,15 @@ def scratch_space(workdir: str | Path | None, name: str) -> Iterator[Path]:
     machine (a workdir on a shared filesystem) is never judged by its pid, which means nothing
     here; older names without the machine count as this machine's. Nothing else in ``workdir``
     is touched."""
-    from repackctl.files import pid_alive
-    from repackctl.temp_names import HOST, writer_tag
+    from repackctl.files import gone_here
+    from repackctl.temp_names import writer_tag
 
     base = Path(workdir) if workdir else Path(tempfile.gettempdir())
     prefix = f"repackctl-bench-{name}-"
     stale = re.compile(rf"{re.escape(prefix)}(\d+)-(?:([0-9a-f]{{8}})-)?[\w]+")
     for old in base.glob(f"{prefix}*") if base.is_dir() else ():
         m = stale.fullmatch(old.name)
-        if not m or m.group(2) not in (None, HOST) or not old.is_dir() or old.is_symlink():
-            continue
-        if not pid_alive(int(m.group(1))):
+        if m and old.is_dir() and not old.is_symlink() and gone_here(int(m[1]), m[2]):
             shutil.rmtree(old, ignore_errors=True)
     base.mkdir(parents=True, exist_ok=True)
     path = Path(tempfile.mkdtemp(prefix=f"{prefix}{writer_tag()}-", dir=base))
