@@ -57,10 +57,11 @@ def _cli_type(ann: Any) -> tuple[Any, str]:
 
 
 def _shown_default(info: FieldInfo) -> str:
-    return _shown_value(info.get_default(call_default_factory=True))
+    return shown_value(info.get_default(call_default_factory=True))
 
 
-def _shown_value(value: Any) -> str:
+def shown_value(value: Any) -> str:
+    """A value as ``--help`` writes a default (none, on/off, a list's items)."""
     if value is None:
         return "none"
     if isinstance(value, bool):
@@ -84,7 +85,7 @@ def _preset_default(name: str, info: FieldInfo, model: type[BaseModel]) -> str:
     if not any(name in presets.get(p, {}) for p in chosen):
         return default
     shown = [
-        _shown_value(presets[p][name]) if name in presets.get(p, {}) else default for p in chosen
+        shown_value(presets[p][name]) if name in presets.get(p, {}) else default for p in chosen
     ]
     if len(set(shown)) == 1:
         return shown[0]

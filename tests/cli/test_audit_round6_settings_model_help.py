@@ -10,6 +10,7 @@ import typer
 from support.cli import cli_ok, cli_refused
 
 from repackctl.cli.app import app
+from repackctl.cli.options import shown_value
 from repackctl.errors import ConfigError
 from repackctl.settings import resolve_settings
 
@@ -65,17 +66,6 @@ def _shown(group: str, command: str) -> dict[str, str]:
     return {p.name[2:]: str(p.show_default) for p in cmd.params if p.name.startswith("o_")}
 
 
-def _text(value: object) -> str:
-    """A value as ``--help`` writes a default (none, on/off, a list's items)."""
-    if value is None:
-        return "none"
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if isinstance(value, (list, tuple)):
-        return " ".join(map(str, value)) or "none"
-    return str(value)
-
-
 @pytest.mark.parametrize(
     ("group", "command", "section"),
     [("refine", "train", "refine"), ("pack", "train", "pack"), ("train", "dit", "dit")],
@@ -96,9 +86,9 @@ def test_help_defaults_are_what_runs(group: str, command: str, section: str) -> 
             continue
         if " / " in text:  # auto picks one of the two presets
             by_preset = dict(part.split(" ", 1) for part in text.split(" / "))
-            assert by_preset["paper"] == _text(getattr(getattr(paper, section), name)), name
+            assert by_preset["paper"] == shown_value(getattr(getattr(paper, section), name)), name
             text = by_preset["small"]
-        assert text == _text(getattr(getattr(on_cpu, section), name)), (name, text)
+        assert text == shown_value(getattr(getattr(on_cpu, section), name)), (name, text)
 
 
 @pytest.mark.parametrize("section", ["pack", "refine"])
