@@ -350,7 +350,7 @@ def resolve_settings(
     return ResolvedSettings(settings, sources)
 
 
-#: the sections whose training length is ``steps`` or ``epochs`` (a given steps wins)
+#: the sections whose training length is ``steps`` or ``epochs`` (a higher layer wins)
 LENGTH_SECTIONS = ("pack", "refine")
 #: the layers in the order they override one another
 LAYER_ORDER = ("file", "env", "flag")
@@ -359,8 +359,8 @@ LAYER_ORDER = ("file", "env", "flag")
 def _length_by_layer(merged: dict[str, Any], sources: dict[str, str]) -> None:
     """Drop a section's ``steps`` that a lower layer gave than its ``epochs`` (a config file's
     ``steps`` under ``--epochs``): the stages take a given step count first, so the epochs given
-    on the command line were silently ignored against the precedence. Given in one layer, the
-    steps still win, as the help says."""
+    on the command line were silently ignored against the precedence. Given in one layer, both
+    are refused."""
     for section in LENGTH_SECTIONS:
         steps_from = sources.get(f"{section}.steps", "").split(" ")[0]
         epochs_from = sources.get(f"{section}.epochs", "").split(" ")[0]
@@ -369,9 +369,27 @@ def _length_by_layer(merged: dict[str, Any], sources: dict[str, str]) -> None:
         given = merged.get(section)
         if not isinstance(given, dict) or given.get("epochs") is None:
             continue
+        if steps_from == epochs_from and given.get("steps") is not None:
+            _refuse_both_lengths(section, given, sources)
         if LAYER_ORDER.index(epochs_from) > LAYER_ORDER.index(steps_from):
             given.pop("steps", None)
             sources.pop(f"{section}.steps", None)
+
+
+def _refuse_both_lengths(section: str, given: dict[str, Any], sources: dict[str, str]) -> None:
+    """``steps`` and ``epochs`` of one section set in one layer (both flags, both variables or
+    both keys of one file) ask for two training lengths: refused, rather than one ignored."""
+    steps, epochs = given["steps"], given["epochs"]
+    if sources[f"{section}.steps"] == "flag":
+        both = f"--steps {steps} and --epochs {epochs}"
+    else:
+        both = f"{section}.steps = {steps} and {section}.epochs = {epochs} (from " + (
+            f"{sources[f'{section}.steps']} and {sources[f'{section}.epochs']})"
+        )
+    raise ConfigError(
+        f"{both} both set the {section} training length, in one layer of settings",
+        "give one of them: --steps counts optimiser steps, --epochs passes over the data",
+    )
 
 
 CONFIG_ENV = f"{ENV_PREFIX}CONFIG"

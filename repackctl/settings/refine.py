@@ -56,8 +56,8 @@ class RefineSettings(BaseModel):
     steps: int | None = Field(
         None,
         ge=0,
-        description="training steps; none = from epochs, else the preset (small 300); a given "
-        "steps wins over epochs",
+        description="training steps; none = from epochs, else the preset (small 300); of steps "
+        "and epochs, the one from the higher layer wins (both in one layer: refused)",
     )
     epochs: int | None = Field(
         None,

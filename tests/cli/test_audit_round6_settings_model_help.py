@@ -108,15 +108,12 @@ def test_epochs_flag_wins_over_steps_of_a_lower_layer(
     env = {f"REPACKCTL_{section.upper()}__EPOCHS": "3"}
     got = getattr(resolve_settings(config, {}, environ=env).settings, section)
     assert (got.steps, got.epochs) == (None, 3)
-    # steps of a higher layer still win, and so do steps given in the same layer (the help)
+    # steps of a higher layer still win (both in one layer: tests/cli/test_s28_steps_and_epochs.py)
     config.write_text(f"[{section}]\nepochs = 3\n")
     env = {f"REPACKCTL_{section.upper()}__STEPS": "5"}
     got = getattr(resolve_settings(config, {}, environ=env).settings, section)
     assert (got.steps, got.epochs) == (5, 3)
     config.write_text(f"[{section}]\nsteps = 5\n")
-    both = {f"{section}.steps": 5, f"{section}.epochs": 3}
-    got = getattr(resolve_settings(None, both, environ={}).settings, section)
-    assert (got.steps, got.epochs) == (5, 3)
     # what the command shows (and its run records) is the same
     monkeypatch.setenv("REPACKCTL_RUNS", str(tmp_path / "runs"))
     group = "pack" if section == "pack" else "refine"
