@@ -748,13 +748,29 @@ class _Demo(PCAArm, Pipeline):
                 "; the PCA arm's `samples-pca.png` (its samples, as in `samples.png`), "
                 "`pack-pca/` and `dit-pca/`."
                 if "fd_pca" in m
-                else "."
+                else "." + self.arm_leftovers()
             ),
             "",
         ]
         write_text_atomic(self.out / "report.md", "\n".join(lines))
         self.report.files["report.md"] = str(self.out / "report.md")
         self.write_metrics()
+
+    def arm_leftovers(self) -> str:
+        """A sentence naming the PCA arm's files that an earlier ``--pca-arm`` run left in the
+        folder, when this run did not score the arm (its figures are not in this report)."""
+        left = [
+            f"`{n}`"
+            for n in ("samples-pca.png", "pack-pca/", "dit-pca/")
+            if (self.out / n.rstrip("/")).exists()
+        ]
+        if not left:
+            return ""
+        return (
+            f" {', '.join(left)} are left from an earlier run with `--pca-arm`: this run did not "
+            "score the arm, so none of its figures are above; `repackctl demo --pca-arm` adds "
+            "them again."
+        )
 
     def write_metrics(self) -> None:
         """``metrics.json`` (through a temporary file): the scores, the machine, and what each

@@ -179,6 +179,14 @@ def _pca_arm(out: Path) -> None:
     assert f"PCA arm (plain) {after['fd_pca']:.2f}" in report  # beside the floors
     assert "`pack-pca/`" in report and "RePack-32 42.48 %" in report  # the paper's probe table
     assert Image.open(out / "samples-pca.png").size[1] >= 10 * 32  # one row per class
+    # a rerun without the flag does not score the arm: its files are named as left over
+    res = runner.invoke(app, ["demo", "--quick", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    report = (out / "report.md").read_text()
+    assert "| PCA arm |" not in report and "fd_pca" not in json.loads(
+        (out / "metrics.json").read_text()
+    )
+    assert "`samples-pca.png`, `pack-pca/`, `dit-pca/` are left from an earlier run" in report
     # the arm belongs to the class-conditional demo: with --t2i it is refused, not ignored
     t2i = runner.invoke(app, ["demo", "--t2i", "--pca-arm", "--out", str(out / "t2i")])
     assert t2i.exit_code != 0 and "Error:" in t2i.output and "--pca-arm" in t2i.output
