@@ -16,7 +16,10 @@ runs/<name>/checkpoints/step-0000020/  model.safetensors  ema.safetensors  <othe
   ``remove_stale_temporaries`` puts back the new folder (when it verifies) or else the old one
   before it deletes temporaries. Rotation renames a folder to ``.tmp-pruned-…`` before deleting
   it, so a kill never leaves a half-deleted ``step-…`` folder, and always keeps the checkpoint
-  just written (a newer, skipped folder may outnumber ``keep_last``).
+  just written (a newer, skipped folder may outnumber ``keep_last``). Rotation counts and
+  deletes intact folders only (every file of the size and sha256 ``state.json`` records): a
+  damaged or incomplete ``step-…`` folder neither takes a ``keep_last`` slot nor is deleted
+  (it is left as it is, for the user to repair or remove; a re-save of its step replaces it).
 * ``REPACKCTL_TEST_CKPT_KILL=<point>[@<step>]`` (crash tests only) SIGKILLs the process at a
   point of ``save_checkpoint``: ``written`` (temporary folder complete, nothing renamed),
   ``aside`` (re-save: old folder moved aside, new one not in place), ``swapped`` (re-save: new
@@ -32,11 +35,13 @@ runs/<name>/checkpoints/step-0000020/  model.safetensors  ema.safetensors  <othe
   the newest checkpoint that verifies and says which newer ones it skipped and why; sampling and
   import name the bad file instead.
 * A checkpoint can be marked bad (``good: false``, e.g. saved after non-finite steps); rotation
-  (``keep_last``) always keeps the newest good one, and resume skips bad ones.
+  (``keep_last``) always keeps the newest good one, and resume skips bad ones. A folder marked
+  bad but intact counts toward ``keep_last`` like a good one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -73,6 +78,9 @@ OLD_PREFIX = f"{TMP_PREFIX}old-"  # a step folder moved aside while it is re-sav
 PRUNED_PREFIX = f"{TMP_PREFIX}pruned-"  # a step folder rotation is deleting
 TMP_STEP_RE = re.compile(rf"^{re.escape(TMP_PREFIX)}(old-)?(step-\d{{7}})-(\d+)$")
 KILL_ENV = "REPACKCTL_TEST_CKPT_KILL"
+# sha256 of the files this process wrote, by (path, size, mtime) in their step folder, as
+# ``sha256_file_cached`` keeps them: the rename of the folder would otherwise hash them again
+_WRITTEN: dict[tuple[str, int, int], str] = {}
 
 
 def _kill_point(point: str, step: int) -> None:
@@ -213,7 +221,8 @@ def save_checkpoint(
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
-        _write_files(tmp, weights, optim, _full_state(step, weights, state, good))
+        full = _full_state(step, weights, state, good)
+        _write_files(tmp, weights, optim, full)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         need = _nbytes(weights) + _nbytes(optim)
@@ -238,6 +247,7 @@ def save_checkpoint(
     else:
         os.replace(tmp, final)
     _fsync_dir(root)
+    _remember_hashes(final, full["files"])
     if keep_last > 0:
         rotate(run_dir, keep_last, keep=final)
     return final
@@ -246,12 +256,16 @@ def save_checkpoint(
 def rotate(
     run_dir: str | os.PathLike, keep_last: int, keep: str | os.PathLike | None = None
 ) -> list[Path]:
-    """Delete all but the newest ``keep_last`` checkpoints, never the newest good one nor
+    """Delete all but the newest ``keep_last`` intact checkpoints, never the newest good one nor
     ``keep`` (the one just written: newer folders that resume skipped may fill ``keep_last``).
 
-    Each folder is renamed to a temporary name first and deleted after, so a kill leaves a
-    temporary (which the next run removes), never a half-deleted checkpoint."""
-    found = list_checkpoints(run_dir)
+    Intact: complete, every file of the size and sha256 ``state.json`` records (``keep`` is not
+    hashed again). A damaged or incomplete ``step-…`` folder neither counts toward ``keep_last``
+    nor is deleted: it would push the good checkpoints out, and it may be what the user wants to
+    repair or look into. Each folder is renamed to a temporary name first and deleted after, so
+    a kill leaves a temporary (which the next run removes), never a half-deleted checkpoint."""
+    just = Path(keep).name if keep is not None else None
+    found = [p for p in list_checkpoints(run_dir) if p.name == just or _intact(p)]
     kept = set(found[-keep_last:])
     good = [p for p in found if _marked_good(p)]
     if good:
@@ -269,6 +283,13 @@ def rotate(
         _kill_point("pruning", _step_of(old) or 0)
         shutil.rmtree(aside, ignore_errors=True)
     return removed
+
+
+def _intact(folder: Path) -> bool:
+    """Whether the step folder ``folder`` is complete and every file is of the size and sha256
+    its ``state.json`` records (marked bad or not)."""
+    step = _step_of(folder)
+    return step is not None and _verifies_as(folder, step)
 
 
 def _verifies_as(folder: Path, step: int) -> bool:
@@ -419,7 +440,7 @@ def _verify_file(folder: Path, name: str, state: CheckpointState, checksum: bool
             DAMAGED,
             f"corrupt ({name}: {size} bytes, state.json records {recorded})",
         )
-    if checksum and (got := sha256_file_cached(path)) != want:
+    if checksum and (got := _sha256(path)) != want:
         raise _Refused(
             f"{path} is corrupt: its sha256 {got[:12]}… differs from the one in state.json "
             f"({want[:12]}…)",
@@ -427,6 +448,27 @@ def _verify_file(folder: Path, name: str, state: CheckpointState, checksum: bool
             f"corrupt ({name})",
         )
     return path
+
+
+def _stat_key(path: Path) -> tuple[str, int, int]:
+    st = path.stat()
+    return str(path.resolve()), st.st_size, st.st_mtime_ns
+
+
+def _remember_hashes(folder: Path, files: dict[str, str]) -> None:
+    """Note the sha256 of the files of ``folder`` that this process just wrote and renamed."""
+    for name, digest in files.items():
+        with contextlib.suppress(OSError):
+            _WRITTEN[_stat_key(folder / name)] = digest
+
+
+def _sha256(path: Path) -> str:
+    """``sha256_file_cached``, or the sha256 this process wrote the file with."""
+    try:
+        known = _WRITTEN.get(_stat_key(path))
+    except OSError:
+        known = None
+    return known if known is not None else sha256_file_cached(path)
 
 
 def _check_finite_file(path: Path) -> None:

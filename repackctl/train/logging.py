@@ -1,9 +1,10 @@
 """Run metrics: ``metrics.jsonl``, TensorBoard scalars (``tb/``) and ``curves.png`` (DESIGN.md §6).
 
-Only the main process writes. On resume, lines and events after the resumed step (written by the
-interrupted process after its last checkpoint) are dropped, so every step appears once; the
-checkpoint carries the running window of the row in progress (``trainer.Window``), so the rows
-written again hold the same numbers as those of an uninterrupted run.
+Only the main process writes. On resume, lines, events and pictures (``images/step-N.png``,
+``remove_images_after``) after the resumed step, written by the interrupted process after its
+last checkpoint, are dropped, so every step appears once; the checkpoint carries the running
+window of the row in progress (``trainer.Window``), so the rows written again hold the same
+numbers as those of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -11,15 +12,20 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from repackctl.errors import name_items
 
 if TYPE_CHECKING:
     from repackctl.progress import ProgressFactory
 
 METRICS = "metrics.jsonl"
 CURVES = "curves.png"
+IMAGES = "images"  # the task's pictures of step N: images/step-%07d.png (``on_images``)
+IMAGE_RE = re.compile(r"^step-(\d{7})\.png$")
 # keys of a metrics line that are not loss terms (not drawn on the loss panel)
 NON_LOSS = {"step", "epoch", "steps/s", "samples/s", "bad_steps", "time"}
 
@@ -33,6 +39,32 @@ def log_lines(progress: ProgressFactory, description: str, lines: Sequence[str])
     with progress(description, total=None) as bar:
         for line in lines:
             bar.log(line)
+
+
+def remove_images_after(run_dir: str | os.PathLike, step: int) -> list[str]:
+    """Delete the pictures ``images/step-N.png`` with N > ``step`` (the step a run resumes from;
+    0 when it starts over): an interrupted attempt drew them after its last checkpoint, from
+    weights no checkpoint holds. The metrics rows and TensorBoard events of those steps are
+    dropped the same way (``MetricsLogger``); the resumed run draws its own. The names are the
+    engine's own (``run_files.RUN_PATH``); links are left alone. Returns a line for ``log.txt``
+    naming them (none when there were none)."""
+    folder = Path(run_dir) / IMAGES
+    stale = []
+    if folder.is_dir():
+        for p in sorted(folder.iterdir()):
+            m = IMAGE_RE.match(p.name)
+            if m and int(m.group(1)) > step and p.is_file() and not p.is_symlink():
+                stale.append(p)
+    for p in stale:
+        p.unlink(missing_ok=True)
+    if not stale:
+        return []
+    names = name_items([f"{IMAGES}/{p.name}" for p in stale])
+    where = "resumes" if step else "starts"
+    return [
+        f"removed {len(stale)} picture(s) of steps after {step}, where this run {where}: an "
+        f"interrupted attempt drew them from weights no checkpoint holds ({names})"
+    ]
 
 
 class MetricsLogger:

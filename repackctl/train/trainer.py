@@ -68,7 +68,7 @@ from repackctl.train.distributed import (
     mean_over_processes,
 )
 from repackctl.train.ema import EMA
-from repackctl.train.logging import MetricsLogger, plot_curves
+from repackctl.train.logging import MetricsLogger, plot_curves, remove_images_after
 from repackctl.train.precision import compile_blocks, enable_fast_math, make_accelerator
 from repackctl.train.protocol import OptimizerSpec, TrainResult, TrainTask, unpack_step_output
 from repackctl.train.sampler import BlockSampler, Position, local_reads
@@ -915,6 +915,8 @@ class Trainer:
         )
         if self.logger is not None and self.step_count == 0:
             self.logger.config(self.config.to_dict())
+        if self.main:  # pictures of the steps the metrics and events above dropped
+            self.messages += remove_images_after(self.run_dir, self.step_count)
         t_start, step_start, in_steps = time.perf_counter(), self.step_count, 0.0
         self.last_plot = time.monotonic()  # checkpoints redraw the curves once a minute at most
         bar_factory = self.progress if self.main else null_progress
