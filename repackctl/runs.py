@@ -112,6 +112,8 @@ class RunDetail:
     # what its newest complete checkpoint was trained on (``_trained_on``): cache entry,
     # latents or triplets, pack checkpoint
     trained_on: list[str] = field(default_factory=list)
+    # a refiner run: the samples folders it refined (``refined_folders``)
+    refined: list[str] = field(default_factory=list)
 
     def shown_config(self) -> dict[str, Any]:
         """``config`` for the text view: during a warm-up ``ema_decay`` also names the decay in
@@ -136,6 +138,7 @@ class RunDetail:
             "used_by": self.used_by,
             "model": self.model,
             "trained_on": self.trained_on,
+            "refined": self.refined,
         }
 
 
@@ -339,10 +342,12 @@ def describe_run(folder: Path, samples_root: Path | None = None, tail: int = 5) 
     ema = ema_in_effect(summary, folder / CKPT_DIR / good[-1].name) if good else None
     samples: list[str] = []
     others: list[str] = []
+    refined: list[str] = []
+    run = _run_info(folder, ckpts, checksums=True)
     if samples_root is not None:
         named = sample_folders(samples_root, folder.name)
         samples, others = split_by_checkpoint(samples_root, folder, named)
-    run = _run_info(folder, ckpts, checksums=True)
+        refined = refined_folders(samples_root, folder) if run.stage == "refine" else []
     used_by = [] if run.stage in ("dit", "refine", "t2i") else dependent_runs(folder)
     newest = checkpoint_extra(folder / CKPT_DIR / good[-1].name) if good else {}  # read once
     return RunDetail(
@@ -357,7 +362,58 @@ def describe_run(folder: Path, samples_root: Path | None = None, tail: int = 5) 
         used_by=[d.describe() for d in used_by],
         model=_model_of(newest),
         trained_on=_trained_on(newest),
+        refined=refined,
     )
+
+
+def refined_folders(samples_root: Path, run_folder: Path) -> list[str]:
+    """The samples folders under ``samples_root`` whose images the refiner run ``run_folder``
+    refined (`refine apply`, `sample --refiner`; finished or not), found by the refiner each
+    records (``repackctl.sample.refine.recorded_refiner``; :func:`_refined_by`)."""
+    if not samples_root.is_dir():
+        return []
+    from repackctl.sample.refine import recorded_refiner
+
+    shas = _weights_sha256(run_folder)
+    return [
+        p.name
+        for p in sorted(samples_root.iterdir())
+        if p.is_dir() and not p.is_symlink() and _refined_by(run_folder, shas, *recorded_refiner(p))
+    ]
+
+
+def _weights_sha256(run: Path) -> set[str]:
+    """The sha256 of every file the checkpoints of ``run`` record (their weights among them)."""
+    found = set()
+    for step in _step_folders(run):
+        files = (read_json_dict(step / "state.json") or {}).get("files")
+        if isinstance(files, dict):
+            found |= {v for v in files.values() if isinstance(v, str)}
+    return found
+
+
+def _refined_by(run: Path, shas: set[str], sha: str | None, checkpoint: str | None) -> bool:
+    """Whether a folder that records the refiner ``sha`` (its weights' sha256) and
+    ``checkpoint`` (its folder) was refined by ``run`` (its checkpoints' file sha256 ``shas``).
+
+    A recorded checkpoint that is there decides: one of ``run``'s, holding those weights (a copy
+    of the run, or a refiner trained again under its name, is not ``run``). One that is gone
+    counts for ``run`` when it was one of its checkpoints (removed by ``keep_last``), else the
+    weights decide (the runs folder moved; an unfinished folder records its sha256 only)."""
+    if checkpoint is not None:
+        path = Path(checkpoint)
+        if path.is_dir():
+            return _same_dir(path.parent.parent, run) and (sha is None or sha in shas)
+        if _same_dir(path.parent.parent, run):
+            return True
+    return sha is not None and sha in shas
+
+
+def _same_dir(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
 
 
 def checkpoint_extra(ckpt: Path) -> dict[str, Any]:

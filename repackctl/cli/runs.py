@@ -100,7 +100,8 @@ def info(
     as_json: JsonOpt = False,
 ) -> None:
     """Show one run: config summary, checkpoints, last metrics, sample folders made from it,
-    and for a pack run the runs that sample through its decoder.
+    for a pack run the runs that sample through its decoder, and for a refiner run the samples
+    folders it refined.
 
     Every checkpoint file's sha256 is checked against its state.json (this reads every byte), so
     a damaged checkpoint is reported as corrupt, naming the file.
@@ -135,6 +136,7 @@ def info(
     pairs += [("samples of another run of this name", s) for s in d.samples_of_other_runs]
     pairs += [("used by", u) for u in d.used_by]
     pairs += [("trained on", t) for t in d.trained_on]
+    pairs += [("refined", f) for f in d.refined]
     print_pairs(f"run {r.name}", pairs)
 
 

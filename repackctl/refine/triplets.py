@@ -28,6 +28,7 @@ with the first unfinished shard (the same scheme as ``repackctl.extract``).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -122,13 +123,13 @@ def _open_triplets(
     entry: DatasetEntry,
     features_id: str,
     pack: PackHandle,
-    name: str,
     shapes: tuple[int, int, int],
     noise: float,
     seed: int,
     dist: DistInfo,
-) -> ArrayGroup:
-    """Create (rank 0, first) or open the triplet group; ``shapes`` is (flips, d, grid)."""
+) -> tuple[ArrayGroup, str]:
+    """Create (rank 0, first) or open the triplet group; ``shapes`` is (flips, d, grid).
+    Returns the group and its name (:func:`claim_triplet_group`: rank 0's, on every process)."""
     flips, d, grid = shapes
     res = entry.resolution
     attrs = {
@@ -148,12 +149,44 @@ def _open_triplets(
         # model, so a moved runs folder still reuses these triplets
         group.attrs["pack_checkpoint"] = str(pack.checkpoint)
 
+    claimed: list[str] = []
     if dist.rank == 0:
-        grp, _ = entry.create_or_open_group(KIND, name, attrs, build, TRIPLET_ARRAYS)
-    dist.barrier()
+        grp, name = claim_triplet_group(entry, pack.pack_id, noise, seed, attrs, build)
+        claimed = [name]
+    # every process writes into the group rank 0 claimed, once it is created
+    (name,) = dist.all_items(claimed)
     if dist.rank != 0:
         grp, _ = entry.create_or_open_group(KIND, name, attrs, build, TRIPLET_ARRAYS)
-    return grp
+    return grp, name
+
+
+def claim_triplet_group(
+    entry: DatasetEntry,
+    pack_id: str,
+    noise: float,
+    seed: int | None,
+    attrs: dict,
+    build: Callable[[zarr.Group], None] | None = None,
+) -> tuple[ArrayGroup, str]:
+    """Create (or open) the triplet group of ``pack_id`` at ``noise`` drawn with ``seed``, with
+    the attributes ``attrs`` (``build`` adds its arrays); the group and its name
+    (:func:`noisy_group_name`).
+
+    The name is chosen from the groups there are, then the group is created under the cache's
+    creation lock: two runs of other seeds started together on a new pack both chose the plain
+    name, and the second was refused ("made with other settings (seed: …)"). The creation is the
+    claim: one that finds the plain name taken meanwhile by another seed's noise (the group it
+    chose now names another seed) takes its own seed's name instead."""
+    name = noisy_group_name(entry, pack_id, noise, seed)
+    try:
+        grp, _ = entry.create_or_open_group(KIND, name, attrs, build, TRIPLET_ARRAYS)
+    except CacheError:
+        again = noisy_group_name(entry, pack_id, noise, seed)
+        if again == name:
+            raise  # another difference than a seed that claimed the name first
+        name = again
+        grp, _ = entry.create_or_open_group(KIND, name, attrs, build, TRIPLET_ARRAYS)
+    return grp, name
 
 
 def _source_codes(entry: DatasetEntry, feats: ArrayGroup, features_id: str) -> np.ndarray:
@@ -245,8 +278,7 @@ def build_triplets(
     model = pack.model.to(device).eval()
     grid = int(round(tokens**0.5))
     d = model.latent_channels
-    name = noisy_group_name(entry, pack.pack_id, noise, seed)
-    grp = _open_triplets(entry, features_id, pack, name, (flips, d, grid), noise, seed, dist)
+    grp, name = _open_triplets(entry, features_id, pack, (flips, d, grid), noise, seed, dist)
     source_done = _source_codes(entry, feats, features_id)
     mine = owned_ranges(n, entry.shard, dist.rank, dist.world)
     done = grp.done_mask()

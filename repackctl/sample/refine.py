@@ -465,6 +465,22 @@ def _card_refiner_sha(out: Path, done: dict[str, Any]) -> str | None:
     return sha if isinstance(sha, str) else None
 
 
+def recorded_refiner(folder: Path) -> tuple[str | None, str | None]:
+    """(sha256, checkpoint) of the refiner a samples folder records it was refined with, as
+    `refine apply` and `sample` check a folder's refiner: a finished folder's card
+    (``refiner``; :func:`_card_refiner_sha`), an unfinished one's settings file (``refiner``:
+    the sha256 it was started with). (None, None): not a refined folder (or nothing readable);
+    the checkpoint is None where only a sha256 is recorded."""
+    card = read_json_dict(folder / PROTOCOL_JSON)
+    recorded = (card or {}).get("refiner")
+    if card is not None and recorded:
+        path = recorded.get("checkpoint") if isinstance(recorded, dict) else recorded
+        sha = _card_refiner_sha(folder, card)
+        return (sha if isinstance(sha, str) else None), (path if isinstance(path, str) else None)
+    sha = (read_json_dict(folder / SETTINGS_JSON) or {}).get("refiner")
+    return (sha if isinstance(sha, str) and card is None else None), None
+
+
 def _already_refined(out: Path, src: Path, protocol: dict, fingerprint: dict[str, Any]) -> bool:
     """Whether ``out`` already holds the refined samples of ``src`` (made by `sample --refiner`).
 
