@@ -45,6 +45,7 @@ import numpy as np
 import torch
 import zarr
 
+from repackctl.cache.commands import captions_command
 from repackctl.cache.creation import ShardLocks, entry_writer, test_delay
 from repackctl.cache.integrity import GuardedArray, repair_hint
 from repackctl.cache.store import (
@@ -447,9 +448,41 @@ def open_text_group(ds: DatasetEntry, text: str) -> ArrayGroup:
     if text not in have:
         raise CacheError(
             f"no caption features {text!r} in {ds.name} (have: {', '.join(have) or 'none'})",
-            f"run `repackctl captions --entry {ds.name}` with the same text encoder",
+            missing_group_hint(ds, text, have),
         )
     return ArrayGroup(ds.group[TEXT_KIND][text])
+
+
+#: a text group's name (``text_id``): encoder id, max_length, weights sha256[:8], and the
+#: built-in captions' generator version from 2 on
+_TEXT_ID = re.compile(r"(?P<id>.+?)--len(?P<len>\d+)--(?P<sha>[0-9a-f]{8})(?:--captions-v\d+)?")
+
+
+def missing_group_hint(ds: DatasetEntry, text: str, have: list[str]) -> str:
+    """The `repackctl captions` command that makes the group ``text`` of entry ``ds``: its text
+    encoder and ``--max-length`` read off the name (without it the encoder's default length
+    makes a group of another name); the encoder reference, weights folder and caption source
+    from a group of ``ds`` made by the same encoder, when one is there."""
+    m = _TEXT_ID.fullmatch(text)
+    if m is None:  # not a name `captions` gives: which command makes it is not known
+        return f"run `repackctl captions --entry {ds.name}` with the text encoder that made it"
+    attrs: dict[str, Any] = {}
+    for name in have:  # the same encoder's reference and weights; the entry's caption source
+        group_attrs = dict(ds.group[TEXT_KIND][name].attrs)
+        same = (group_attrs.get("encoder") or {}).get("id") == m["id"]
+        if same or not attrs:
+            attrs = {k: group_attrs.get(k) for k in ("captions", "encoder_ref", "text_weights")}
+            attrs["encoder_ref"] = attrs["encoder_ref"] if same else None
+        if same:
+            break
+    if not attrs.get("encoder_ref"):  # `minilm` makes `minilm-l6`, `clip` makes `clip-text`
+        names = [n for n in registry("text_encoders").ids() if m["id"].startswith(n)]
+        attrs["encoder_ref"] = max(names, key=len) if names else m["id"]
+    attrs["max_length"] = int(m["len"])
+    return (
+        f"run {captions_command(ds.name, attrs)} (text encoder {m['id']} with weights of "
+        f"sha256 {m['sha']}…, {m['len']} tokens per caption)"
+    )
 
 
 def find_text_group(ds: DatasetEntry, encoder_ref: str) -> str:

@@ -134,6 +134,8 @@ def fid(resolved: ResolvedSettings, source: GeneratedArg = None) -> None:
     flags = tuple(k for k in ("seed", "precision") if resolved.sources.get(k) == "flag")
     if resolved.sources.get("evaluate.fd_method") == "flag":
         flags += ("fd_method",)
+    if resolved.sources.get("cache") == "flag":
+        flags += ("cache",)
     result = run_evaluate_fid(
         resolved.settings, rich_progress, _sampling_given(resolved), flags_given=flags
     )

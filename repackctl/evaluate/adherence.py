@@ -25,9 +25,12 @@ What is left out (None, counted by reason in ``adherence.json``: ``unscored``), 
   the object's noun);
 - a colour not on the object's noun ("a blue background", "a star with a blue outline", "the star
   is red"): colour left out; likewise a second colour that could be the object's ("a red and blue
-  star" outside the built-in fill phrasing, "a red and a blue star").
+  star" outside the built-in fill phrasing, "a red and a blue star");
+- an object colour the built-in captions never name (``OTHER_COLOURS``: "a brown star", "a cyan
+  disc"): colour left out (``other_colour``); the classifier knows only ``HUES``.
 
-Colours are compared coarsely (hue family: "light teal" → teal, "dark grey" → grey).
+Colours are compared coarsely (hue family: "light teal" → teal, "dark grey" → grey); "gray" is
+read as "grey", and a hyphenated tone as its hue ("dark-blue" → blue, "light-gray" → grey).
 Written to ``<samples>/adherence.json``. Shapes: N images, H×W×3 uint8.
 
 Nothing is scored that the samples' card does not vouch for: the PNGs' pixels must give the
@@ -82,16 +85,37 @@ REASONS = {
     "truncated": "were cut at the text encoder's max_length",
     "several_colours": "name several colours for the object",
     "colour_not_on_object": "name a colour not on the object",
+    "other_colour": "name a colour outside the built-in data's colour words",
     "no_colour": "name no colour",
 }
+#: Colour words the built-in captions never use (``data.captions.colour_name``: the hues of
+#: ``HUES``, light/dark, grey): an object of such a colour is not one the classifier knows, so
+#: its colour is left out (``other_colour``), never mapped to a hue by a guess.
+OTHER_COLOURS = frozenset(
+    "brown cyan magenta violet indigo turquoise navy maroon beige gold golden silver bronze "
+    "copper lavender lilac crimson scarlet olive lime khaki cream ivory amber aqua azure coral "
+    "salmon peach mauve fuchsia burgundy charcoal".split()
+)
+_SPELLINGS = {"gray": "grey"}  # the built-in captions spell it "grey"
 _NEGATION = re.compile(r"\b(?:not|no|without|never|nor|neither|none|cannot)\b|n['\u2019]t\b")
 _TOKEN = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*|[^\sa-z0-9]")  # words and punctuation marks
 _TONES = {"light", "dark"}
+_COLOURS = {*HUES, *OTHER_COLOURS}  # any colour word: the object's, or one it could be
 _FILL_WORDS = set(TWO_COLOUR_FILLS)  # the built-in two-colour fills: "{fill} {obj} and {obj2}"
 #: Words that may stand between a colour and its noun ("a small striped red and blue star").
-_MODIFIERS = {*HUES, *_TONES, *_FILL_WORDS, "solid", *SIZE_WORDS, "and"}
+_MODIFIERS = {*_COLOURS, *_TONES, *_FILL_WORDS, "solid", *SIZE_WORDS, "and"}
 _AFTER_IN_COLOUR = {",", ".", ";", "on", "at", "in", "over", "against", "with", "near"}
 _DANGLING = {"a", "an", "the"}  # a colour whose words end here (or at a mark) has no noun
+
+
+def _colour_word(word: str) -> str:
+    """A prompt's word as the built-in captions spell its colour: ``gray`` → ``grey``, and a
+    hyphenated tone ``dark-blue`` / ``light-gray`` → its hue (``blue``, ``grey``; colours are
+    compared by hue family, as ``dark blue`` is); any other word as it is."""
+    tone, dash, hue = word.partition("-")
+    if dash and tone in _TONES and _SPELLINGS.get(hue, hue) in _COLOURS:
+        word = hue
+    return _SPELLINGS.get(word, word)
 
 
 def coarse_colour(name: str) -> str:
@@ -171,13 +195,13 @@ def _object_colours(words: list[str], start: int, stop: int) -> tuple[int | None
     k = start
     while k > 0 and words[k - 1] in _MODIFIERS:
         k -= 1
-    mine = [j for j in range(k, start) if words[j] in HUES]
+    mine = [j for j in range(k, start) if words[j] in _COLOURS]
     after = words[stop : stop + 4]  # "in", a tone?, a hue, then the end, a mark or a preposition
     tone = 2 if after[1:2] and after[1] in _TONES else 1
-    if after[:1] == ["in"] and after[tone : tone + 1] and after[tone] in HUES:
+    if after[:1] == ["in"] and after[tone : tone + 1] and after[tone] in _COLOURS:
         if after[tone + 1 :][:1] in ([], *([w] for w in _AFTER_IN_COLOUR)):
             mine.append(stop + tone)
-    stray = [j for j, w in enumerate(words) if w in HUES and j not in mine]
+    stray = [j for j, w in enumerate(words) if w in _COLOURS and j not in mine]
     if not mine:
         return None, "colour_not_on_object" if stray else "no_colour"
     if any(_dangles(words, j) for j in stray):
@@ -185,8 +209,10 @@ def _object_colours(words: list[str], start: int, stop: int) -> tuple[int | None
     if len(mine) == 2 and mine[1] < start:  # "striped light pink and yellow": pink
         first, second = (j - (words[j - 1] in _TONES) for j in mine)
         if words[mine[0] + 1 : second] == ["and"] and words[first - 1] in _FILL_WORDS:
-            return mine[0], None
-    return (mine[0], None) if len(mine) == 1 else (None, "several_colours")
+            mine = mine[:1]
+    if len(mine) > 1:
+        return None, "several_colours"
+    return (mine[0], None) if words[mine[0]] in HUES else (None, "other_colour")
 
 
 def _dangles(words: list[str], at: int) -> bool:
@@ -201,7 +227,7 @@ def _dangles(words: list[str], at: int) -> bool:
 def parse_prompt(prompt: str) -> PromptParse:
     """The shape and object colour a prompt names (see the module docstring), or why not."""
     low = prompt.lower()
-    found = [(m.group(), len(_plain(low[: m.end()]))) for m in _TOKEN.finditer(low)]
+    found = [(_colour_word(m.group()), len(_plain(low[: m.end()]))) for m in _TOKEN.finditer(low)]
     words, ends = [w for w, _ in found], [e for _, e in found]
     mentions = _shape_mentions(words)
     why = "negation" if _NEGATION.search(low.replace("\u2019", "'")) else None

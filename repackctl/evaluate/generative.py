@@ -1190,6 +1190,24 @@ def _check_fd_method_used(cfg: Any, wanted: list[str], flags: tuple[str, ...]) -
         )
 
 
+def _check_cache_flag_used(settings: Settings, gen: Generated, flags: tuple[str, ...]) -> None:
+    """Refuse a ``--cache`` flag that decides nothing: with ``--ref FILE`` or ``--ref builtin``
+    the reference is not read from a cache, with ``--stats-dir`` its statistics are not kept
+    beside it, and samples that exist were made already (a checkpoint sampled now may read its
+    default prompts there). A cache from the environment or a config file is every command's
+    and is not refused (as `evaluate stats` does)."""
+    cfg = settings.evaluate
+    if "cache" not in flags or not cfg.stats_dir or cfg.reference is None or gen.sampled_now:
+        return
+    raise ConfigError(
+        f"--cache {settings.cache} is given, but the reference --ref {cfg.reference} is not "
+        f"read from a cache and its statistics go to --stats-dir {cfg.stats_dir}: it would be "
+        "ignored; nothing was scored",
+        "drop --cache; or drop --stats-dir to keep the statistics in <cache>-reference-stats; "
+        "or pass --ref-cache ENTRY (instead of --ref) to score against an entry of that cache",
+    )
+
+
 def _seed_draws(ref: Reference, wanted: list[str], cfg: Any) -> bool:
     """Whether the seed draws anything in scoring samples that exist: the built-in reference
     images (read by every metric but IS) or the FD encoder's random weights."""
@@ -1431,6 +1449,17 @@ def _inception_reference(
     return None  # IS alone needs no reference
 
 
+def inception_evaluator(extractor: str, wanted: list[str], fd_method: str) -> str:
+    """The card's evaluator of the Inception metrics ``wanted``: the Fréchet distance
+    algorithm is named only where FID or sFID is computed (KID, IS and precision/recall
+    compute none, whatever ``evaluate.fd_method`` says)."""
+    frechet = f", {fd_method} Fréchet distance" if set(wanted) & {"fid", "sfid"} else ""
+    return (
+        f"repackctl.metrics.generative (torch-fidelity {extractor.split()[1]} "
+        f"IS/KID/PRC functions{frechet})"
+    )
+
+
 def _add_inception(
     scores: _Scores,
     settings: Settings,
@@ -1471,10 +1500,7 @@ def _add_inception(
     scores.metrics.update(res)
     scores.metrics["inception"] = info
     scores.extractors.append((info["name"], info["weights_sha256"]))
-    scores.evaluators.append(
-        f"repackctl.metrics.generative (torch-fidelity {info['name'].split()[1]} "
-        f"IS/KID/PRC functions, {cfg.fd_method} Fréchet distance)"
-    )
+    scores.evaluators.append(inception_evaluator(info["name"], wanted, cfg.fd_method))
 
 
 def _add_encoder_fd(
@@ -1513,8 +1539,9 @@ def run_evaluate_fid(
 ) -> EvaluateResult:
     """Score generated images against the reference and write ``metrics.json``;
     ``sampling_given``: the sampling settings the user gave (``_resolve_source``);
-    ``flags_given``: which of ``seed``, ``precision`` and ``fd_method`` were given as flags
-    (:func:`check_run_flags_used`, :func:`_check_fd_method_used`)."""
+    ``flags_given``: which of ``seed``, ``precision``, ``fd_method`` and ``cache`` were given
+    as flags (:func:`check_run_flags_used`, :func:`_check_fd_method_used`,
+    :func:`_check_cache_flag_used`)."""
     from repackctl.metrics.protocol import validate_card, write_metrics_json
     from repackctl.runtime import resolve_device
 
@@ -1528,6 +1555,7 @@ def run_evaluate_fid(
     _check_inception_given(settings.evaluate.inception_weights, wanted)
     _check_fd_given(settings.evaluate, wanted)
     _check_fd_method_used(settings.evaluate, wanted, flags_given)
+    _check_cache_flag_used(settings, gen, flags_given)
     check_run_flags_used(settings, gen, ref, wanted, flags_given)
     target = _metrics_path(settings, gen)
     check_metrics_target(target, out_given)  # before any scoring work

@@ -12,6 +12,7 @@ training run or another samples folder is refused.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from repackctl.errors import ConfigError
@@ -142,6 +143,21 @@ def _same_metrics(recorded: object, wanted: list[str]) -> bool:
     return isinstance(recorded, list) and sorted(map(str, recorded)) == sorted(wanted)
 
 
+#: how cards written before the Fréchet distance algorithm was named only where it was used
+#: named it on the evaluator of KID/IS/PRC-only scores too
+_UNUSED_FD_METHOD = re.compile(r", (?:sqrtm|cholesky) Fréchet distance\)")
+
+
+def _without_unused_fd_method(card: dict, metrics: list[str]) -> dict:
+    """``card`` with the Fréchet distance algorithm left out of its evaluator when ``metrics``
+    hold no FID or sFID: an older card of the same KID/IS scores named it though it played
+    no part, and the same result recomputed is no other protocol."""
+    evaluator = card.get("evaluator")
+    if set(metrics) & {"fid", "sfid"} or not isinstance(evaluator, str):
+        return card
+    return card | {"evaluator": _UNUSED_FD_METHOD.sub(")", evaluator)}
+
+
 def _check_same_scoring(
     path: Path, old: dict, old_card: dict, this: dict, card: dict | None
 ) -> None:
@@ -153,10 +169,11 @@ def _check_same_scoring(
     if not _same_metrics(old.get("metrics"), this["metrics"]):
         diffs.append(f"metrics {old.get('metrics')} (this run: {this['metrics']})")
     if card is not None:  # scored: ``this`` is the whole new document's metrics section
+        was_card = _without_unused_fd_method(old_card, this["metrics"])
         diffs += [
             f"{k} {old_card.get(k)!r} (this run: {card.get(k)!r})"
             for k in SCORING_FIELDS
-            if old_card.get(k) != card.get(k)
+            if was_card.get(k) != card.get(k)
         ]
         was, now = old.get("fd_detail") or {}, this.get("fd_detail") or {}
         diffs += [

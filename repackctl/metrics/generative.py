@@ -376,7 +376,8 @@ def compute_generative_metrics(
     or a mapping ``{'fid': stats, 'sfid': stats}`` of :class:`FeatureStats`/:class:`StatsFile`
     (then only FID/sFID). Keys of the result: ``fid``, ``sfid``, ``is_mean``, ``is_std``,
     ``kid_mean``, ``kid_std``, ``precision``, ``recall`` (those requested) plus ``n_generated``,
-    ``n_reference``, ``extractor``, ``reference_stats``, settings, and ``notes``.
+    ``n_reference``, ``extractor``, ``reference_stats``, ``notes`` and, with FID or sFID,
+    ``fd_method`` (KID, IS and precision/recall compute no Fréchet distance).
     """
     wanted = _check_metrics(metrics)
     reference = _resolve_reference(reference)
@@ -409,12 +410,8 @@ def compute_generative_metrics(
         out.update(_precision_recall(gen_feats["pool"], ref.pool, n_gen))
     if "is" in wanted:  # after the prc keys: the order of the JSON result is kept
         out["is_splits"] = IS_SPLITS
-    out.update(
-        n_generated=n_gen,
-        n_reference=ref.n,
-        extractor=info,
-        fd_method=fd_method,
-        reference_stats=ref.source,
-        notes=notes,
-    )
+    out.update(n_generated=n_gen, n_reference=ref.n, extractor=info)
+    if set(wanted) & {"fid", "sfid"}:  # KID, IS and PRC compute no Fréchet distance
+        out["fd_method"] = fd_method
+    out.update(reference_stats=ref.source, notes=notes)
     return out

@@ -196,7 +196,10 @@ def cached_prompts(extra: dict[str, Any], num: int, cache: str | None) -> tuple[
         )
     if text_id in train.complete_groups("text", ("captions", "done")):
         return first_captions(train, text_id, num), train_entry
-    raise CacheError(f"no cached captions {text_id} for the run's entries in {root}", hint)
+    raise CacheError(  # the command with the run's text encoder and max_length, or prompts
+        f"no cached captions {text_id} for the run's entries in {root}",
+        f"encode them: {_captions_command(train_entry, extra, train, text_id)}; or {hint}",
+    )
 
 
 def _captions_command(val: str, extra: dict[str, Any], train: Any, text_id: str) -> str:
@@ -522,6 +525,18 @@ def _protocol(
             "run_header": header,
         },
     )
+
+
+def summary_rows(protocol: dict[str, Any]) -> list[tuple[str, str]]:
+    """The rows `repackctl sample`'s summary table adds for a text-to-image folder (none for
+    another): where its prompts came from, as the card's ``prompt_source`` says it (the
+    ``--prompts`` file's absolute path and sha256, how many ``--prompt``, or the entry whose
+    first captions were read), and how many distinct prompts the samples got."""
+    if protocol.get("stage") != "t2i":
+        return []
+    distinct = len(protocol.get("prompts") or [])
+    source = protocol.get("prompt_source") or "not recorded"
+    return [("prompts", f"{distinct} distinct; {source}")]
 
 
 def training_entry_record(extra: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,106 @@
+"""`evaluate fid` names no setting that played no part.
+
+- ``--ref FILE|builtin --stats-dir D --cache C``: the reference is not read from C and its
+  statistics go to D, so ``--cache`` decided nothing; it is refused before scoring, as an unused
+  ``--fd-method`` is (a cache from the environment is every command's and is taken).
+- An ``fd_method`` from the environment is named on the card (evaluator) and in the scores only
+  where a Fréchet distance was computed; KID/IS-only scores do not claim it, so the same scores
+  recomputed without it replace the file rather than being refused as another protocol.
+
+Real components: an external samples .npz in tmp_path, the built-in encoder's FD on the CPU,
+torch-fidelity's Inception with seeded random weights (``inception_file``), Typer's CliRunner.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from support.cli import cli_ok, cli_refused
+from support.stack import FD_WEIGHTS
+
+from repackctl.errors import ConfigError
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # in-process runs as in a subprocess
+
+
+@pytest.fixture
+def samples(tmp_path):
+    """10 external 32 px samples (IS takes 10 splits: 10 images at least)."""
+    path = tmp_path / "gen" / "images.npz"
+    path.parent.mkdir()
+    rng = np.random.default_rng(0)
+    np.savez(path, arr_0=rng.integers(0, 255, (10, 32, 32, 3), dtype=np.uint8))
+    return path
+
+
+def test_a_cache_flag_with_a_ref_and_a_stats_dir_is_refused(samples, tmp_path, monkeypatch):
+    sdir, other, out_file = tmp_path / "stats", tmp_path / "other-cache", tmp_path / "m.json"
+    fid = ["evaluate", "fid", str(samples), "--ref", "builtin", "--metrics", "fd"]
+    fid += ["--device", "cpu", *FD_WEIGHTS, "--out", str(out_file)]
+    out = cli_refused(ConfigError.exit_code, *fid, "--stats-dir", str(sdir), "--cache", str(other))
+    assert f"--cache {other} is given, but the reference --ref builtin is not read" in out, out
+    assert f"--stats-dir {sdir}: it would be ignored; nothing was scored" in out
+    assert "drop --cache" in out and "--ref-cache ENTRY" in out
+    assert not out_file.exists() and not sdir.exists()  # refused before anything was scored
+    assert not (tmp_path / "other-cache-reference-stats").exists()
+    # without --stats-dir the flag decides where the reference statistics are kept: taken
+    cli_ok(*fid, "--cache", str(other))
+    assert len(list((tmp_path / "other-cache-reference-stats").glob("*.npz"))) == 1
+    # a cache from the environment is every command's: not refused
+    monkeypatch.setenv("REPACKCTL_CACHE", str(other))
+    out_file.unlink()
+    cli_ok(*fid, "--stats-dir", str(sdir))
+    assert len(list(sdir.glob("*.npz"))) == 1 and out_file.is_file()
+
+
+def _card(path):
+    doc = json.loads(path.read_text())
+    return doc["metrics"], doc["protocol"]
+
+
+@pytest.mark.parametrize("metrics", ["kid", "is"])
+def test_an_fd_method_from_the_environment_is_not_named_where_no_fd_was_computed(
+    samples, tmp_path, inception_file, monkeypatch, metrics
+):
+    out_file = tmp_path / "m.json"
+    fid = ["evaluate", "fid", str(samples), "--ref", "builtin", "--metrics", metrics]
+    fid += ["--inception-weights", str(inception_file), "--device", "cpu", "--out", str(out_file)]
+    monkeypatch.setenv("REPACKCTL_EVALUATE__FD_METHOD", "cholesky")
+    cli_ok(*fid)
+    scores, card = _card(out_file)
+    assert "Fréchet" not in card["evaluator"] and "cholesky" not in card["evaluator"], card
+    assert "fd_method" not in scores and "cholesky" not in out_file.read_text()
+    # the same scores without the setting: the same result recomputed, it replaces the file
+    monkeypatch.delenv("REPACKCTL_EVALUATE__FD_METHOD")
+    cli_ok(*fid)
+    assert _card(out_file)[1]["evaluator"] == card["evaluator"]
+
+
+def test_an_fd_method_from_the_environment_is_named_where_fid_was_computed(
+    samples, tmp_path, inception_file, monkeypatch
+):
+    out_file = tmp_path / "m.json"
+    fid = ["evaluate", "fid", str(samples), "--ref", "builtin", "--metrics", "fid,kid"]
+    fid += ["--inception-weights", str(inception_file), "--device", "cpu", "--out", str(out_file)]
+    monkeypatch.setenv("REPACKCTL_EVALUATE__FD_METHOD", "cholesky")
+    cli_ok(*fid)
+    scores, card = _card(out_file)
+    assert "cholesky Fréchet distance" in card["evaluator"] and scores["fd_method"] == "cholesky"
+
+
+def test_an_older_kid_card_naming_an_fd_method_is_replaced_by_the_same_scores(
+    samples, tmp_path, inception_file
+):
+    out_file = tmp_path / "m.json"
+    fid = ["evaluate", "fid", str(samples), "--ref", "builtin", "--metrics", "kid"]
+    fid += ["--inception-weights", str(inception_file), "--device", "cpu", "--out", str(out_file)]
+    cli_ok(*fid)
+    doc = json.loads(out_file.read_text())
+    new_evaluator = doc["protocol"]["evaluator"]
+    # as an earlier version wrote it: the evaluator named the algorithm of no computed FD
+    doc["protocol"]["evaluator"] = new_evaluator[:-1] + ", sqrtm Fréchet distance)"
+    out_file.write_text(json.dumps(doc))
+    cli_ok(*fid)
+    assert _card(out_file)[1]["evaluator"] == new_evaluator
