@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -18,6 +18,10 @@ from repackctl.cli.common import (
 )
 from repackctl.cli.listing import JsonOpt, print_json, print_listing, print_pairs
 from repackctl.cli.listing import megabytes as _mb
+
+if TYPE_CHECKING:
+    from repackctl.cache.store import DatasetEntry
+    from repackctl.cache.verify import EntryInfo
 
 app = typer.Typer(help="Inspect, verify and remove cache entries.", no_args_is_help=True)
 EntryArg = Annotated[str, typer.Argument(help="Entry name, e.g. builtin--train--64px.")]
@@ -43,9 +47,11 @@ def ls(cache: CacheOpt = None, config: ConfigOpt = None, as_json: JsonOpt = Fals
     names = list_entries(root)
     unfinished = list_entries(root, "incomplete")
     damaged = _damaged_entries(root)
-    infos = [describe_entry(DatasetEntry.open(root, name)) for name in names]
+    opened = [DatasetEntry.open(root, name) for name in names]
+    infos = [describe_entry(e) for e in opened]
+    pending = {i.name: unfinished_groups(e, i) for e, i in zip(opened, infos, strict=True)}
     if as_json:
-        entries = [asdict(i) for i in infos]
+        entries = [asdict(i) | {"unfinished": pending[i.name]} for i in infos]
         print_json({"root": root, "entries": entries, "incomplete": unfinished, "damaged": damaged})
         return
     for d in damaged:  # listed, and said why: never left out of the listing in silence
@@ -63,20 +69,67 @@ def ls(cache: CacheOpt = None, config: ConfigOpt = None, as_json: JsonOpt = Fals
     rows = [
         [
             i.name,
-            f"{i.written}/{i.n}",
+            f"{i.written}/{i.n}" + (f" ({i.pending} pending)" if i.pending else ""),
             i.skipped,
-            [*i.features, *i.incomplete_of("features")],
-            [*i.latents, *i.incomplete_of("latents")],
-            [*i.triplets, *i.incomplete_of("triplets")],
-            [*i.text, *i.incomplete_of("text")],
+            *(_group_cells(i, kind) for kind in GROUP_KINDS),
             _mb(i.bytes),
         ]
         for i in infos
     ]
     rows += [[name, "incomplete", "-", [], [], [], [], "-"] for name in unfinished]
     rows += [[d["entry"], "damaged", "-", [], [], [], [], "-"] for d in damaged]
-    columns = ["entry", "images", "skipped", "features", "latents", "triplets", "text", "size"]
+    columns = ["entry", "images", "skipped", *GROUP_KINDS, "size"]
     print_listing(f"cache {root}", columns, rows)
+    for name, groups in pending.items():  # the command that finishes each, under the table
+        for g in groups:
+            console.print(
+                f"unfinished: {name} {g['group']}: {g['pending']} of {g['n']} rows pending; "
+                f"finish with {g['finish']}",
+                highlight=False,
+                markup=False,
+                soft_wrap=True,
+            )
+
+
+#: the kinds of groups an entry holds, in the columns of `cache ls`
+GROUP_KINDS = ("features", "latents", "triplets", "text")
+
+
+def unfinished_groups(entry: DatasetEntry, info: EntryInfo) -> list[dict[str, Any]]:
+    """``group`` (``images`` for the entry's own rows, else ``kind/id``), ``pending`` and ``n``
+    rows, and the command that ``finish``es them, of each part of ``entry`` with pending rows:
+    an extract, `pack encode`, captions or refine run that was killed (or rows `cache verify
+    --repair` marked). Listed as they were, such groups looked finished."""
+    from repackctl.cache.commands import finish_command
+    from repackctl.errors import RepackError
+
+    parts = [("", info.pending)]
+    parts += [
+        (f"{kind}/{gid}", int(g.get("pending", 0)))
+        for kind in GROUP_KINDS
+        for gid, g in getattr(info, kind).items()
+    ]
+    out = []
+    for path, pending in parts:
+        if not pending:
+            continue
+        try:
+            finish = finish_command(entry, path)
+        except (RepackError, KeyError, TypeError, ValueError):  # unreadable records: not named
+            finish = "the command that wrote it (not recorded)"
+        out.append({"group": path or "images", "pending": pending, "n": info.n, "finish": finish})
+    return out
+
+
+def _group_cells(info: EntryInfo, kind: str) -> list[str]:
+    """The ids of ``info``'s groups of ``kind`` for `cache ls`: ``(unfinished: N of M rows
+    pending)`` after one with pending rows, then the interrupted and damaged ones."""
+    cells = []
+    for gid, g in getattr(info, kind).items():
+        pending = int(g.get("pending", 0))
+        note = f" (unfinished: {pending} of {info.n} rows pending)" if pending else ""
+        cells.append(gid + note)
+    return [*cells, *info.incomplete_of(kind)]
 
 
 def _damaged_entries(root: str) -> list[dict[str, str]]:
@@ -111,9 +164,10 @@ def info(
     root = _root(cache, config)
     e = DatasetEntry.open(root, entry)
     d = describe_entry(e)
+    pending = {g["group"]: g for g in unfinished_groups(e, d)}
     if as_json:
         extra = {"root": root, "source": e.attrs.get("source"), "chunk": e.chunk, "shard": e.shard}
-        print_json({**asdict(d), **extra})
+        print_json({**asdict(d), **extra, "unfinished": list(pending.values())})
         return
     rows = [
         ("entry", d.name),
@@ -124,14 +178,21 @@ def info(
         ("layout", f"chunk {e.chunk}, shard {e.shard}"),
         ("size", _mb(d.bytes)),
     ]
-    for fid, f in d.features.items():
-        rows.append((f"features/{fid}", f"{f['shape']} {f['weights']}, {f['written']} written"))
-    for lid, lat in d.latents.items():
-        rows.append((f"latents/{lid}", f"{lat['arrays']}, {lat['written']} written"))
-    for kind in ("triplets", "text"):
+    for kind in GROUP_KINDS:
         for gid, g in getattr(d, kind).items():
-            rows.append((f"{kind}/{gid}", f"{g['arrays']}, {g['written']} written"))
+            what = f"{g['shape']} {g['weights']}" if kind == "features" else str(g["arrays"])
+            rows.append((f"{kind}/{gid}", f"{what}, {g['written']} written"))
+    pending["samples"] = pending.pop("images", None)  # the entry's own rows
+    rows = [(k, f"{v}{_finish_note(pending[k])}" if pending.get(k) else v) for k, v in rows]
     print_pairs(f"cache entry ({root})", rows)
+
+
+def _finish_note(group: dict[str, Any]) -> str:
+    """``; unfinished: N of M rows pending, finish with CMD`` for a `cache info` row."""
+    return (
+        f"; unfinished: {group['pending']} of {group['n']} rows pending, finish with "
+        f"{group['finish']}"
+    )
 
 
 @app.command("verify")

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from repackctl.cache.store import DatasetEntry, list_entries
+from repackctl.cache.store import DatasetEntry, features_precision, list_entries
 from repackctl.data.cached import sample_generators, shuffle_window
 from repackctl.errors import CheckpointError, ConfigError, RepackError
 from repackctl.files import to_uint8, write_json_atomic
@@ -62,6 +62,7 @@ from repackctl.pack.discriminator import (
     PatchDiscriminator,
     check_disc_depth,
 )
+from repackctl.pack.encode import FEATURES_PRECISION
 from repackctl.pack.load import builtin_feature_loss
 from repackctl.pack.losses import (
     SE_FACTOR,
@@ -493,6 +494,8 @@ class PackTask:
             "method": self.plan.method,
             "encoder": self.ref.encoder_attrs,
             "cache": self.ref.cache,
+            # what `pack encode` refuses to differ (pack.encode.check_features_precision)
+            FEATURES_PRECISION: features_precision(dict(self.ref.feats.attrs)),
             # which data, wherever the cache lies: a resume compares this, not the cache root
             "content": {**self.ref.content, "rows": self.data.rows_digest},
             "source": {k: v for k, v in self.ref.source.items() if k != "resolution_given"}

@@ -106,6 +106,50 @@ CONTINUABLE["t2i"] = CONTINUABLE["dit"]  # the text-to-image run is a DiT run wi
 STEPS_SCHEDULES = frozenset({"cosine"})
 
 
+#: settings a resumed run cannot change, not even with ``--allow-change``: what they sized was
+#: made when the run started, is kept in its checkpoints and is reused as it is, so another
+#: value would be recorded and ignored. Setting name → why, per section.
+FIXED_ON_RESUME: dict[str, dict[str, str]] = {
+    "pack": {
+        # pack.task._pca_fit / _whitening_fit: on a resume, from the checkpoint, never refitted
+        "pca_samples": "it sized the PCA (--method pca) or token whitening (--whiten) fit made "
+        "when the run started; that fit is part of the run's checkpoints and its projection and "
+        "decoder were trained on it, so a resume reuses it and another value would be ignored",
+    },
+}
+
+
+def _check_fixed(section: str, key: str, old: Any, new: Any, sources: dict[str, str]) -> None:
+    """Refuse a change of a :data:`FIXED_ON_RESUME` setting (``key`` dotted), allowed or not."""
+    sec, name = _section_of(key)
+    why = FIXED_ON_RESUME.get(section, {}).get(name) if sec == section else None
+    if why is None:
+        return
+    flag = "--" + name.replace("_", "-")
+    raise ResumeConflict(
+        f"resuming would change {key}: {old!r} → {new!r}, which cannot change on resume "
+        f"(--allow-change does not apply to it): {why}",
+        f"{undo_given(sources.get(key, 'flag'), flag)} to continue as started, or start a new "
+        f"run with another --name and {flag} {new}",
+    )
+
+
+def _refuse_fixed_allowance(section: str, allow: list[str], sources: dict[str, str]) -> None:
+    """Refuse ``--allow-change`` naming a :data:`FIXED_ON_RESUME` setting on a resume: it was
+    accepted and allowed nothing (the setting's value is reused from the checkpoint)."""
+    for name, why in FIXED_ON_RESUME.get(section, {}).items():
+        named = next((a for a in allow if a in (name, f"{section}.{name}")), None)
+        if named is None:
+            continue
+        source = sources.get(f"{section}.allow_change", "flag")
+        raise ResumeConflict(
+            f"--allow-change {named} (from {source}): {section}.{name} cannot change on resume: "
+            f"{why}",
+            f"{undo_given(source, '--allow-change ' + named)} to continue as started, or start a "
+            f"new run with another --name and --{name.replace('_', '-')} N",
+        )
+
+
 def _continuable(key: str, schedules: set[Any]) -> bool:
     """Whether changing ``key`` (dotted) keeps the resumed run an exact continuation;
     ``schedules``: the lr schedule the run recorded and the one given now, if any."""
@@ -226,6 +270,7 @@ def reconcile(
     sched = f"{section}.schedule" if section else "schedule"
     schedules = {old.get(sched), new.get(sched) if given(sources, sched) else None}
     out = Reconciled(values={}, sources=sources)
+    _refuse_fixed_allowance(section, allow, sources)
     breaking = []
     for key, value in new.items():
         sec, name = _section_of(key)
@@ -237,6 +282,7 @@ def reconcile(
             continue
         if value == old[key]:
             continue
+        _check_fixed(section, key, old[key], value, sources)
         if _continuable(key, schedules):
             out.changes.append((key, old[key], value))
         elif "all" in allow or key in allow or name in allow:
