@@ -161,8 +161,8 @@ class PackSettings(BaseModel):
     steps: int | None = Field(
         None,
         ge=0,
-        description="training steps; none = from epochs, else the preset (small 600); a given "
-        "steps wins over epochs",
+        description="training steps; none = from epochs, else the preset (small 600); of steps "
+        "and epochs, the one from the higher layer wins (both in one layer: refused)",
     )
     epochs: int | None = Field(
         None,
