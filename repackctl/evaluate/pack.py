@@ -50,8 +50,10 @@ def _handle(settings: Settings) -> PackHandle:
 def eval_features(
     settings: Settings, handle: PackHandle, log: list[str]
 ) -> tuple[DatasetEntry, ArrayGroup]:
-    """The held-out entry (``pack.eval_entry`` or the ``pack.eval_split`` sibling of the run's)."""
-    from repackctl.pack.encode import _extract_hint
+    """The held-out entry (``pack.eval_entry`` or the ``pack.eval_split`` sibling of the run's),
+    refused when its features were computed in another precision than the run trained on (as
+    `pack encode` refuses them: ``check_features_precision``)."""
+    from repackctl.pack.encode import _extract_hint, check_features_precision
 
     cfg = settings.pack
     run_cache = handle.extra["cache"]
@@ -77,6 +79,7 @@ def eval_features(
                 raise
             hint = held_out_hint(settings.cache, run_cache, split, e.hint)
             raise CacheError(e.message, hint) from None
+    check_features_precision(handle, entry, feats)
     return entry, feats
 
 

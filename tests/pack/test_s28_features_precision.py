@@ -67,3 +67,15 @@ def test_the_reverse_is_refused_and_a_run_without_a_record_is_not_checked(
     entry, feats = target_features(resolve_settings(None, flags).settings, handle)
     del handle.extra[FEATURES_PRECISION]  # as a checkpoint written before it was recorded
     check_features_precision(handle, entry, feats)  # no guess: encodes as before
+
+
+def test_recon_and_probe_refuse_held_out_features_of_another_precision(tmp_path: Path) -> None:
+    """`evaluate recon` and `evaluate probe` apply the pack model to the held-out features as
+    `pack encode` does: features of another precision were scored without a word."""
+    cache, runs = _stack(tmp_path, "fp32", "bf16")
+    where = [*cache, *runs, "--device", "cpu"]
+    for command in ("recon", "probe"):
+        out = cli_refused(6, "evaluate", command, "--run", "pk", "--split", "val", *where)
+        assert "trained on features computed in fp32" in out and "in bf16" in out, out
+    assert not list((tmp_path / "runs" / "pk").rglob("recon-*"))  # nothing was written
+    assert not list((tmp_path / "runs" / "pk").rglob("probe-*"))
