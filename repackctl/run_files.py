@@ -291,3 +291,32 @@ def pack_id_run_step(pack_id: str | None) -> tuple[str | None, int | None]:
     (``pack_id_for``), if it parses; else (None, None)."""
     m = re.search(r"--([^-].*?)-(\d{7})-[0-9a-f]{8}$", pack_id or "")
     return (m.group(1).split("--")[-1], int(m.group(2))) if m else (None, None)
+
+
+def card_refiner_sha(out: Path, done: dict[str, Any]) -> str | None:
+    """The sha256 of the refiner that refined the `sample --refiner` folder ``out`` (card
+    ``done``): the card's ``refiner.sha256``; text-to-image cards of earlier versions record
+    the refiner's path only, and then the sha256 its settings file recorded when the folder was
+    started (the refiner `sample` checked every resume against). None: not recorded."""
+    recorded = done.get("refiner")
+    if isinstance(recorded, dict):
+        return recorded.get("sha256")
+    settings = read_json_dict(out / SETTINGS_JSON) or {}
+    sha = settings.get("refiner") if isinstance(recorded, str) else None
+    return sha if isinstance(sha, str) else None
+
+
+def recorded_refiner(folder: Path) -> tuple[str | None, str | None]:
+    """(sha256, checkpoint) of the refiner a samples folder records it was refined with, as
+    `refine apply` and `sample` check a folder's refiner: a finished folder's card
+    (``refiner``; :func:`card_refiner_sha`), an unfinished one's settings file (``refiner``:
+    the sha256 it was started with). (None, None): not a refined folder (or nothing readable);
+    the checkpoint is None where only a sha256 is recorded."""
+    card = read_json_dict(folder / PROTOCOL_JSON)
+    recorded = (card or {}).get("refiner")
+    if card is not None and recorded:
+        path = recorded.get("checkpoint") if isinstance(recorded, dict) else recorded
+        sha = card_refiner_sha(folder, card)
+        return (sha if isinstance(sha, str) else None), (path if isinstance(path, str) else None)
+    sha = (read_json_dict(folder / SETTINGS_JSON) or {}).get("refiner")
+    return (sha if isinstance(sha, str) and card is None else None), None

@@ -46,6 +46,7 @@ from repackctl.run_files import (
     pack_id_run_step,
     read_json_dict,
     read_run_config,
+    recorded_refiner,
 )
 from repackctl.run_lock import LOCK_FILE, Holder, hold_run_lock, lock_holder
 
@@ -369,11 +370,9 @@ def describe_run(folder: Path, samples_root: Path | None = None, tail: int = 5) 
 def refined_folders(samples_root: Path, run_folder: Path) -> list[str]:
     """The samples folders under ``samples_root`` whose images the refiner run ``run_folder``
     refined (`refine apply`, `sample --refiner`; finished or not), found by the refiner each
-    records (``repackctl.sample.refine.recorded_refiner``; :func:`_refined_by`)."""
+    records (``run_files.recorded_refiner``; :func:`_refined_by`)."""
     if not samples_root.is_dir():
         return []
-    from repackctl.sample.refine import recorded_refiner
-
     shas = _weights_sha256(run_folder)
     return [
         p.name

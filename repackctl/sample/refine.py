@@ -54,7 +54,7 @@ from repackctl.metrics.adm import IMAGES_KEY
 from repackctl.paths import PROTOCOL_JSON, SAMPLES_NPZ, SETTINGS_JSON
 from repackctl.progress import ProgressFactory, null_progress, warn
 from repackctl.refine.load import LATENT_CONVENTION, RefinerHandle, load_refiner
-from repackctl.run_files import read_json_dict
+from repackctl.run_files import card_refiner_sha, read_json_dict
 from repackctl.run_lock import released_after
 from repackctl.runtime import DistInfo, header_line, resolve_device, run_header
 from repackctl.sample.folder import (
@@ -438,7 +438,7 @@ def _refined_by_sample(out: Path, src: Path, protocol: dict, refiner_sha: str) -
     diff = _generation_diff(done, protocol)
     if (done.get("pack") or {}).get("pack_id") != (protocol.get("pack") or {}).get("pack_id"):
         diff.append("pack model")
-    if _card_refiner_sha(out, done) != refiner_sha:
+    if card_refiner_sha(out, done) != refiner_sha:
         diff.append("refiner checkpoint")
     src_latents = _latents_sha(src)
     if not diff and (src_latents is None or _latents_sha(out) != src_latents):
@@ -450,35 +450,6 @@ def _refined_by_sample(out: Path, src: Path, protocol: dict, refiner_sha: str) -
         f"those in {src} (other {', '.join(diff)})",
         _move_away_hint(out),
     )
-
-
-def _card_refiner_sha(out: Path, done: dict[str, Any]) -> str | None:
-    """The sha256 of the refiner that refined the `sample --refiner` folder ``out`` (card
-    ``done``): the card's ``refiner.sha256``; text-to-image cards of earlier versions record
-    the refiner's path only, and then the sha256 its settings file recorded when the folder was
-    started (the refiner `sample` checked every resume against). None: not recorded."""
-    recorded = done.get("refiner")
-    if isinstance(recorded, dict):
-        return recorded.get("sha256")
-    settings = read_json_dict(out / SETTINGS_JSON) or {}
-    sha = settings.get("refiner") if isinstance(recorded, str) else None
-    return sha if isinstance(sha, str) else None
-
-
-def recorded_refiner(folder: Path) -> tuple[str | None, str | None]:
-    """(sha256, checkpoint) of the refiner a samples folder records it was refined with, as
-    `refine apply` and `sample` check a folder's refiner: a finished folder's card
-    (``refiner``; :func:`_card_refiner_sha`), an unfinished one's settings file (``refiner``:
-    the sha256 it was started with). (None, None): not a refined folder (or nothing readable);
-    the checkpoint is None where only a sha256 is recorded."""
-    card = read_json_dict(folder / PROTOCOL_JSON)
-    recorded = (card or {}).get("refiner")
-    if card is not None and recorded:
-        path = recorded.get("checkpoint") if isinstance(recorded, dict) else recorded
-        sha = _card_refiner_sha(folder, card)
-        return (sha if isinstance(sha, str) else None), (path if isinstance(path, str) else None)
-    sha = (read_json_dict(folder / SETTINGS_JSON) or {}).get("refiner")
-    return (sha if isinstance(sha, str) and card is None else None), None
 
 
 def _already_refined(out: Path, src: Path, protocol: dict, fingerprint: dict[str, Any]) -> bool:
