@@ -179,18 +179,9 @@ def captions_command(entry: str, attrs: Mapping[str, Any]) -> str:
 
 def finish_command(entry: DatasetEntry, path: str) -> str:
     """The command that finishes the pending rows of the group at ``path`` of ``entry`` (the
-    entry's own rows when empty): the same command again, which resumes where it stopped.
-
-    Packed latents: `pack encode` of the pack checkpoint they record (``RUN/checkpoints/
-    step-N``: the run's newest checkpoint would write another group) for this entry (without
-    ``--entry`` it encodes the run's training entry); the rest as `cache verify` names them
-    (``cache.verify.producer``)."""
+    entry's own rows when empty): the same command again, which resumes where it stopped, as
+    `cache verify` names it (``cache.verify.producer``; packed latents: `pack encode` of the
+    pack checkpoint they record, for this entry)."""
     from repackctl.cache.verify import producer
 
-    if path.startswith("latents/"):
-        pack = entry.group[path].attrs.get("pack") or {}
-        run, step = pack.get("run"), pack.get("step")
-        if run and isinstance(step, int) and pack.get("which", "ema") == "ema":
-            checkpoint = f"{run}/checkpoints/step-{step:07d}"
-            return f"`repackctl pack encode --run {checkpoint} --entry {entry.name}`"
     return producer(entry, path)

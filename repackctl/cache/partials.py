@@ -29,15 +29,23 @@ PARTIAL_ARRAYS = ("partial_sum", "partial_sumsq", "partial_count")
 STATS_RTOL = 1e-6  # recorded stats vs the sums: the recomputation is exact; JSON keeps floats
 
 
-def latents_producer(attrs: Mapping[str, Any], pack_id: str | None = None) -> str:
-    """The command that (re)writes a latents group with attributes ``attrs``: `pack encode` of
-    the pack run it records (else the one inside ``pack_id``), or, for the pixel latents of the
-    reproduction study (no pack run), the benchmark call that writes them."""
+def latents_producer(
+    attrs: Mapping[str, Any], pack_id: str | None = None, entry: str | None = None
+) -> str:
+    """The command that (re)writes a latents group with attributes ``attrs`` in cache entry
+    ``entry``: `pack encode` of the pack checkpoint it records (``RUN/checkpoints/step-N``: the
+    run's newest checkpoint would write another group; else the run inside ``pack_id``), with
+    ``--entry`` (without it, `pack encode` encodes the run's training entry), or, for the pixel
+    latents of the reproduction study (no pack run), the benchmark call that writes them."""
     pack = attrs.get("pack") or {}
     if pack.get("method") == "pixels" and not pack.get("run"):
         return "the same `python benchmarks/reproduce_small.py` call (it writes pixel latents)"
-    run = pack.get("run") or pack_id_run_step(pack_id)[0] or "RUN"
-    return f"`repackctl pack encode --run {run}`"
+    run, step = pack.get("run"), pack.get("step")
+    if run and isinstance(step, int) and pack.get("which", "ema") == "ema":
+        run = f"{run}/checkpoints/step-{step:07d}"
+    run = run or pack_id_run_step(pack_id)[0] or "RUN"
+    where = f" --entry {entry}" if entry else ""
+    return f"`repackctl pack encode --run {run}{where}`"
 
 
 def channel_sums(means: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:

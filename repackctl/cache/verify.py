@@ -463,7 +463,7 @@ def repair_rows(entry: DatasetEntry, found: list[tuple[str, Damage]]) -> int:
 def producer(entry: DatasetEntry, path: str) -> str:
     """The command that (re)writes the group at ``path`` of ``entry``."""
     if path.startswith("latents/"):
-        return latents_producer(entry.group[path].attrs)
+        return latents_producer(entry.group[path].attrs, entry=entry.name)
     if path.startswith("triplets/"):
         return "the same `repackctl refine train`"
     if path.startswith("text/"):

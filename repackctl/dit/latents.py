@@ -199,7 +199,7 @@ def find_features(ds: DatasetEntry, pack_id: str, lat_attrs: dict, features: str
 
 def _stats(group: ArrayGroup, ref: LatentRef, d: int) -> tuple[np.ndarray, np.ndarray]:
     stats = group.attrs.get("stats")
-    redo = latents_producer(group.attrs, ref.pack_id)
+    redo = latents_producer(group.attrs, ref.pack_id, ref.entry)
     if not isinstance(stats, dict) or "mean" not in stats or "std" not in stats:
         raise CacheError(
             f"packed latents {ref.pack_id} in {ref.entry} have no channel stats in their attributes",
@@ -228,7 +228,8 @@ def _check_stats(group: ArrayGroup, mean: np.ndarray, std: np.ndarray, ref: Late
             f"the channel stats in the attributes of packed latents {ref.pack_id} in {ref.entry} "
             "differ from the checksummed sums they were computed from (zarr.json edited or "
             "damaged)",
-            f"run {latents_producer(group.attrs, ref.pack_id)} to write them again from the sums",
+            f"run {latents_producer(group.attrs, ref.pack_id, ref.entry)} to write them again "
+            "from the sums",
         )
 
 
@@ -278,7 +279,7 @@ class LatentData(CachedRows):
         if "mean" not in self.group.group:
             raise CacheError(
                 f"packed latents {ref.pack_id} have no 'mean' array",
-                f"run {latents_producer(attrs, ref.pack_id)}",
+                f"run {latents_producer(attrs, ref.pack_id, ref.entry)}",
             )
         mean_arr = self.group["mean"]
         n, f, d, h, w = mean_arr.shape
@@ -328,7 +329,7 @@ class LatentData(CachedRows):
             missing = int((done == PENDING).sum())
             raise CacheError(
                 f"packed latents {ref.pack_id} are incomplete ({missing} of {n} samples pending)",
-                f"run {latents_producer(attrs, ref.pack_id)} again to finish them",
+                f"run {latents_producer(attrs, ref.pack_id, ref.entry)} again to finish them",
             )
         ok = (self.entry.done_mask() == WRITTEN) & (done == WRITTEN)
         self.features_id: str | None = None
@@ -363,7 +364,7 @@ class LatentData(CachedRows):
                 redo = f"the `{entry_extract_command(self.entry, enc)}`"
             else:
                 where = f"latents/{self.ref.pack_id}"
-                redo = latents_producer(self.attrs, self.ref.pack_id)
+                redo = latents_producer(self.attrs, self.ref.pack_id, self.ref.entry)
             label = f"cache entry {self.entry.name} {where}/{k}"
             out[k] = GuardedArray(a, ok, label, repair_hint(self.entry.name, redo))
         return out
