@@ -19,12 +19,14 @@ def sample(resolved: ResolvedSettings) -> None:
     """Generate N samples from a DiT run: latents → pack decoder → (refiner) → PNGs + ADM npz.
 
     Resumable (run it again after an interruption, with the same --batch-size: the folder
-    records it) and multi-process (`torchrun --nproc_per_node 8 -m repackctl sample -r RUN -n
-    50000`); images depend on the seed and their index, and round by batch shape (±1/255).
+    records it, and on the CPU its thread count, which later calls compute with) and
+    multi-process (`torchrun --nproc_per_node 8 -m repackctl sample -r RUN -n 50000`); images
+    depend on the seed and their index, and round by batch shape (±1/255).
 
     Example: `repackctl sample --run dit-tiny -n 100 --steps 50 --cfg 4`
     """
     from repackctl.sample.run import run_sample
+    from repackctl.sample.t2i import summary_rows
 
     main = is_main_process()
     source = resolved.sources.get("precision", "default")
@@ -42,8 +44,11 @@ def sample(resolved: ResolvedSettings) -> None:
         ("NFE per sample", result.nfe),
         ("labels", p["label_scheme"]),
         ("refined", result.refined),
+        *summary_rows(p),
         ("time", f"{result.seconds:.1f} s ({result.images_per_s:.2f} img/s)"),
     ]
+    if result.threads is not None:  # made on the CPU, with the folder's recorded count
+        rows.insert(-1, ("CPU threads", f"{result.threads} per process (the folder's)"))
     console.print(kv_table("sample", rows))
 
 

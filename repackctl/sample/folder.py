@@ -7,8 +7,9 @@ Integrity (nothing damaged or swapped is assembled or scored silently):
   markers): the sha256 of each file. A sample is done when its PNG and latent match such an
   entry; a sample without its PNG is simply made again, a file that no longer matches
   (damaged from outside) is made again with a ``Warning:`` line. Sampling an index is
-  deterministic for a given batch, and a resumed batch is recomputed whole
-  (``aligned_batches``), so the repaired folder equals an uninterrupted run's byte for byte.
+  deterministic for a given batch (and, on the CPU, thread count: the folder's recorded one,
+  ``sampling_threads``), and a resumed batch is recomputed whole (``aligned_batches``), so the
+  repaired folder equals an uninterrupted run's byte for byte.
   Assembly hashes each file as it reads it and refuses one that does not match. `refine apply`
   writes its refined PNGs the same way (manifests of their sha256 only: it writes no latents)
   and removes the manifests once its card is written.
@@ -27,6 +28,7 @@ Integrity (nothing damaged or swapped is assembled or scored silently):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -104,7 +106,13 @@ def owned_range(num: int, rank: int, world: int) -> range:
 #: ±1/255 between batchings (folders started before these were recorded lack them)
 BATCH_KEY = "batch_size"
 WORLD_KEY = "world_size"
-BATCHING_KEYS = (BATCH_KEY, WORLD_KEY)
+#: the settings-file key of the number of torch threads per process (``torch.get_num_threads()``,
+#: ``OMP_NUM_THREADS``) a folder's samples are computed with on the CPU: CPU matmuls split their
+#: sums by thread count, so latents differ by ~1e-7 and pixels by ±1/255 between thread counts.
+#: Recorded by folders made on the CPU only (``cpu_threads``), and used by every later call on
+#: the CPU that makes samples in them (``sampling_threads``, ``torch_threads``)
+THREADS_KEY = "cpu_threads"
+BATCHING_KEYS = (BATCH_KEY, WORLD_KEY, THREADS_KEY)
 
 
 def job_batches(num: int, world: int, missing: set[int], batch: int) -> list[list[int]]:
@@ -122,9 +130,10 @@ def job_batches(num: int, world: int, missing: set[int], batch: int) -> list[lis
 
 
 def recorded_batching(settings: dict[str, Any]) -> dict[str, int]:
-    """The batch size and world size a folder's settings record (``BATCHING_KEYS``), those that
-    are positive integers: another value (an edited file) is left out, so ``claim_folder``
-    refuses the folder as one of other settings rather than batching by it."""
+    """The batch size, world size and CPU thread count a folder's settings record
+    (``BATCHING_KEYS``), those that are positive integers: another value (an edited file) is
+    left out, so ``claim_folder`` refuses the folder as one of other settings rather than
+    batching by it."""
     return {
         k: v
         for k in BATCHING_KEYS
@@ -132,13 +141,27 @@ def recorded_batching(settings: dict[str, Any]) -> dict[str, int]:
     }
 
 
+def batching_record(batch: int, world: int, threads: int | None) -> dict[str, int]:
+    """What a new folder records of its batching: ``batch``, ``world`` and, computed on the CPU,
+    ``threads`` (``cpu_threads``; None on CUDA: nothing recorded)."""
+    record = {BATCH_KEY: batch, WORLD_KEY: world}
+    return record if threads is None else {**record, THREADS_KEY: threads}
+
+
 def claim_batching(
-    folder: Path, fingerprint: dict[str, Any], batch: int, world: int, elsewhere: str
+    folder: Path,
+    fingerprint: dict[str, Any],
+    batch: int,
+    world: int,
+    elsewhere: str,
+    threads: int | None = None,
 ) -> tuple[dict[str, Any], int, int]:
     """(the fingerprint to claim ``folder`` with, the batch size and the world size whose
     batches its samples are made in: ``job_batches``).
 
-    A new folder records ``batch`` and ``world``. An unfinished folder started with another
+    A new folder records ``batch`` and ``world``, and ``threads`` when given (``cpu_threads``:
+    on the CPU); an existing one keeps the thread count it records, if any, which every call on
+    the CPU computes with (``sampling_threads``). An unfinished folder started with another
     batch size is refused: finishing it with ``batch`` mixed two batchings in one folder. A
     finished folder keeps its own (whatever it makes again matches the rest). Every folder keeps
     its world size: the batches of the job that started it are recomputed whatever the number
@@ -146,7 +169,7 @@ def claim_batching(
     and left as it is. A folder of other settings is left to ``claim_folder`` to refuse."""
     old = read_json_dict(folder / SETTINGS_JSON)
     if old is None:
-        return {**fingerprint, BATCH_KEY: batch, WORLD_KEY: world}, batch, world
+        return {**fingerprint, **batching_record(batch, world, threads)}, batch, world
     kept = recorded_batching(old)
     claim = {**fingerprint, **kept}
     recorded = kept.get(BATCH_KEY, batch)
@@ -159,6 +182,46 @@ def claim_batching(
             f"pass --batch-size {recorded} to finish it, or {elsewhere}",
         )
     return claim, recorded, kept.get(WORLD_KEY, world)
+
+
+def cpu_threads(device: Any) -> int | None:
+    """The thread count a new folder made on ``device`` records: ``torch.get_num_threads()`` on
+    the CPU. None on CUDA (or any other accelerator): the samples are computed by its kernels,
+    whose results do not depend on the number of CPU threads, so it is neither recorded nor
+    checked there."""
+    import torch
+
+    return torch.get_num_threads() if _device_type(device) == "cpu" else None
+
+
+def sampling_threads(claim: dict[str, Any], device: Any) -> int | None:
+    """The torch thread count to make a folder's samples with on ``device``: on the CPU the one
+    its settings (``claim``) record, so that samples made by a call given another count
+    (``OMP_NUM_THREADS``) round as the rest of the folder; None (the count given) on CUDA, and
+    for a folder started before this was recorded (or on CUDA), resumed as before."""
+    if _device_type(device) != "cpu":
+        return None
+    return claim.get(THREADS_KEY)  # kept by ``claim_batching`` only when a positive int
+
+
+def _device_type(device: Any) -> str:
+    """``cpu`` / ``cuda`` … of a ``torch.device`` or its name."""
+    return str(getattr(device, "type", device)).split(":")[0]
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Compute with ``threads`` torch threads per process (None: those given), then with the
+    count there was before (an in-process caller keeps its own)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def out_hint(out_given: bool) -> str:

@@ -64,7 +64,9 @@ from repackctl.sample.folder import (
     LATENTS_FILE,
     WORLD_KEY,
     assemble_recorded,
+    batching_record,
     claim_folder,
+    cpu_threads,
     file_mismatch,
     is_finished,
     job_batches,
@@ -76,6 +78,8 @@ from repackctl.sample.folder import (
     refiner_label,
     remove_latents_dir,
     restore_pngs,
+    sampling_threads,
+    torch_threads,
     unverified_indices,
     verify_recorded_pngs,
     write_recorded_pngs,
@@ -482,7 +486,7 @@ def _already_refined(out: Path, src: Path, protocol: dict, fingerprint: dict[str
 
 
 def _apply_batch_size(
-    out: Path, fingerprint: dict[str, Any], given: int, world: int
+    out: Path, fingerprint: dict[str, Any], given: int, world: int, threads: int | None
 ) -> dict[str, Any]:
     """The fingerprint to claim ``out`` with, its ``batch_size`` the one to refine in and its
     ``world_size`` the number of processes whose shares those batches are cut from
@@ -496,7 +500,7 @@ def _apply_batch_size(
     before these were recorded is resumed with ``given`` and ``world`` and left as it is."""
     old = read_json_dict(out / SETTINGS_JSON)
     if old is None or not set(old) <= _APPLY_KEYS:  # new (or foreign: claim_folder refuses it)
-        return {**fingerprint, BATCH_KEY: given, WORLD_KEY: world}
+        return {**fingerprint, **batching_record(given, world, threads)}
     kept = recorded_batching(old)  # an earlier version's folder: none
     recorded = kept.get(BATCH_KEY, given)
     if recorded == given or is_finished(out):
@@ -699,7 +703,8 @@ def run_refine_apply(
             return ApplyResult(out, num, 0, num, "already refined (by `sample --refiner`)", 0.0)
         if regenerate is not None and not is_finished(out):
             regenerate.load()  # the DiT, checked before the folder is claimed
-        claim = _apply_batch_size(out, fingerprint, settings.sample.batch_size, dist.world)
+        given = settings.sample.batch_size
+        claim = _apply_batch_size(out, fingerprint, given, dist.world, cpu_threads(device))
         claim_folder(out, claim, elsewhere=f"move {out} away")
         mine = owned_range(num, dist.rank, dist.world)
         unfinished = not is_finished(out)  # its PNGs are checked against their manifests
@@ -710,7 +715,8 @@ def run_refine_apply(
         t0 = time.perf_counter()
         batch = claim.get(BATCH_KEY, settings.sample.batch_size)
         args = (todo, progress, header, batch, claim.get(WORLD_KEY, dist.world))
-        _refine_missing(settings, source, out, regenerate, refiner, *args)
+        with torch_threads(sampling_threads(claim, device)):  # the folder's count (CPU)
+            _refine_missing(settings, source, out, regenerate, refiner, *args)
         seconds = time.perf_counter() - t0
         has_latents = source.latents is not None
     written, already, seconds = dist.job_totals(len(todo), len(mine) - len(todo), seconds)

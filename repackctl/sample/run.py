@@ -10,7 +10,10 @@ users could not reproduce (``reference/methods.md``):
   batch of noise per process and step). Batched matmuls round by batch shape: latents differ by
   ~1e-6 and pixels by ±1/255 between batchings, so a folder records its batch size and world
   size (``claim_batching``), refuses an unfinished resume with another ``--batch-size`` and
-  recomputes the batches of the job that started it whatever the number of processes now.
+  recomputes the batches of the job that started it whatever the number of processes now. CPU
+  matmuls also round by thread count: a folder made on the CPU records its torch thread count
+  (``cpu_threads``), and every later call on the CPU computes its samples with that count
+  (``sampling_threads``), whatever ``OMP_NUM_THREADS`` says (on CUDA it changes nothing).
 - **Labels** are class-balanced by default (N/classes per class, in class order), or seeded
   random, or given classes; the official sampler drew them uniformly at random.
 - **Latent stats come from the DiT checkpoint** (``extra["latent_stats"]``): sampling never reads
@@ -39,7 +42,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -75,6 +79,7 @@ from repackctl.sample.folder import (
     check_num,
     claim_batching,
     claim_folder,
+    cpu_threads,
     generation_card,
     indices_to_make,
     is_finished,
@@ -85,6 +90,8 @@ from repackctl.sample.folder import (
     out_hint,
     owned_range,
     reopen_finished,
+    sampling_threads,
+    torch_threads,
     write_samples,
 )
 from repackctl.sample.generate import (
@@ -122,6 +129,7 @@ class SampleResult:
     seconds: float
     protocol: dict[str, Any]
     refined: bool = False
+    threads: int | None = None  # torch threads per process the samples were made with (CPU)
 
     @property
     def images_per_s(self) -> float:
@@ -187,10 +195,10 @@ def run_sample(
         refiner = fitting_refiner(settings.runs, cfg, pack, dit.extra["latent_shape"], device)
     ckpt = Path(dit.checkpoint)
     labels = make_labels(cfg.num, int(dit.extra["num_classes"]), cfg.labels, settings.seed)
-    folder, batching = _claim(settings, dit, plan, guide_info, refiner, dist.world)
+    folder, batching, threads = _claim(settings, dit, plan, guide_info, refiner, dist.world, device)
     header = run_header(dist, device, settings.precision, precision_source, settings.seed)
     job = _Job(settings, plan, dit.extra, labels, velocity, pack.model.to(device).eval(), refiner,
-               folder, device, header, is_finished(folder), batching)  # fmt: skip
+               folder, device, header, is_finished(folder), batching, threads)  # fmt: skip
     written, already, seconds = _generate(job, dist, progress, run_root_of(ckpt).name)
     dist.barrier()
     protocol = _protocol(job, nfe, ckpt, dit.sha256, pack, guide_info)
@@ -205,6 +213,7 @@ def run_sample(
         seconds=seconds,
         protocol=protocol,
         refined=refiner is not None,
+        threads=threads,
     )
     return _job_totals(result, dist)
 
@@ -305,11 +314,18 @@ def _velocity(settings: Settings, dit: Any, plan: Any, device: Any):
 
 
 def _claim(
-    settings: Settings, dit: Any, plan: Any, guide_info: Any, refiner: Any, world: int
-) -> tuple[Path, tuple[int, int]]:
+    settings: Settings,
+    dit: Any,
+    plan: Any,
+    guide_info: Any,
+    refiner: Any,
+    world: int,
+    device: torch.device,
+) -> tuple[Path, tuple[int, int], int | None]:
     """The samples folder of these settings, claimed (a folder of other settings is refused,
-    an unfinished one of another batch size too), and the (batch size, world size) its samples
-    are made in (``claim_batching``)."""
+    an unfinished one of another batch size too), the (batch size, world size) its samples
+    are made in (``claim_batching``) and the torch thread count they are made with on the CPU
+    (``sampling_threads``; None: the count given)."""
     cfg, ckpt = settings.sample, Path(dit.checkpoint)
     guide = cfg.guide and "-".join(filter(None, (Path(cfg.guide).name, cfg.guide_checkpoint)))
     fingerprint = {
@@ -334,10 +350,10 @@ def _claim(
         )
     fingerprint = _as_recorded(folder, fingerprint)
     claim, batch, world = claim_batching(
-        folder, fingerprint, cfg.batch_size, world, out_hint(bool(cfg.out))
+        folder, fingerprint, cfg.batch_size, world, out_hint(bool(cfg.out)), cpu_threads(device)
     )
     claim_folder(folder, claim, out_hint(bool(cfg.out)))
-    return folder, (batch, world)
+    return folder, (batch, world), sampling_threads(claim, device)
 
 
 def _as_recorded(folder: Path, fingerprint: dict[str, Any]) -> dict[str, Any]:
@@ -368,6 +384,7 @@ class _Job:
     header: dict[str, Any]  # the run header (world size, device, precision, seed, version)
     finished: bool = False  # the folder was finished before this call (``is_finished``)
     batching: tuple[int, int] = (1, 1)  # (batch size, world size) of its batches: ``job_batches``
+    threads: int | None = None  # torch threads to compute with (CPU): ``sampling_threads``
 
 
 def _generate(job: _Job, dist: DistInfo, progress: ProgressFactory, run_name: str):
@@ -379,17 +396,26 @@ def _generate(job: _Job, dist: DistInfo, progress: ProgressFactory, run_name: st
     missing = set(todo)
     if todo:
         (folder / LATENTS_DIR).mkdir(exist_ok=True)
-    already, written, t0 = len(mine) - len(todo), 0, time.perf_counter()
+    already, t0 = len(mine) - len(todo), time.perf_counter()
     with progress(f"sample {run_name}", total=len(todo), unit="img") as bar:
         log_start(bar, job.header, warnings, already)
-        for idx in job_batches(cfg.num, job.batching[1], missing, job.batching[0]):
-            raw, images = _batch(job, idx)
-            new = [(j, i) for j, i in enumerate(idx) if i in missing]
-            # latents, their manifest, then the PNGs: a PNG (the done marker) implies the rest
-            write_samples(folder, [(i, raw[j], images[j]) for j, i in new])
-            written += len(new)
-            bar.advance(len(new))
+        with folder_threads(bar, job.threads, bool(todo)):
+            written = _make(job, missing, bar)
     return written, already, time.perf_counter() - t0
+
+
+def _make(job: _Job, missing: set[int], bar: ProgressBar) -> int:
+    """Make the ``missing`` samples of this process in the batches of the folder's job; how
+    many were written."""
+    cfg, written = job.settings.sample, 0
+    for idx in job_batches(cfg.num, job.batching[1], missing, job.batching[0]):
+        raw, images = _batch(job, idx)
+        new = [(j, i) for j, i in enumerate(idx) if i in missing]
+        # latents, their manifest, then the PNGs: a PNG (the done marker) implies the rest
+        write_samples(job.folder, [(i, raw[j], images[j]) for j, i in new])
+        written += len(new)
+        bar.advance(len(new))
+    return written
 
 
 def log_start(bar: ProgressBar, header: dict[str, Any], warnings: list[str], already: int) -> None:
@@ -401,6 +427,23 @@ def log_start(bar: ProgressBar, header: dict[str, Any], warnings: list[str], alr
         bar.log(line)
     if already:
         bar.log(f"resuming: {already} samples of this process were already written")
+
+
+@contextmanager
+def folder_threads(bar: ProgressBar, threads: int | None, making: bool) -> Iterator[None]:
+    """Compute with the folder's recorded CPU thread count ``threads`` (``sampling_threads``;
+    None: the count given), saying so when it overrides another one given to this process and
+    samples are ``making``; then with the count there was before (``torch_threads``). Shared by
+    class-conditional and text-to-image sampling."""
+    given = torch.get_num_threads()
+    if making and threads is not None and threads != given:
+        bar.log(
+            f"computing with {threads} CPU threads per process, the count this samples folder "
+            f"was started with (this process was given {given}: OMP_NUM_THREADS), so its "
+            "samples round as the rest of the folder"
+        )
+    with torch_threads(threads):
+        yield
 
 
 def _batch(job: _Job, idx: list[int]) -> tuple[np.ndarray, np.ndarray]:

@@ -65,6 +65,7 @@ from repackctl.sample.folder import (
     check_num,
     claim_batching,
     claim_folder,
+    cpu_threads,
     generation_card,
     indices_to_make,
     is_finished,
@@ -76,6 +77,7 @@ from repackctl.sample.folder import (
     owned_range,
     png_path,
     reopen_finished,
+    sampling_threads,
     write_samples,
 )
 from repackctl.sample.generate import refuse_non_finite
@@ -587,7 +589,7 @@ def run_t2i_sample(
 
     ``precision_source``: where the precision came from, for the run header (as ``run_sample``)."""
     from repackctl.dit.t2i_load import load_t2i, load_text_encoder
-    from repackctl.sample.run import SampleResult, log_start
+    from repackctl.sample.run import SampleResult, folder_threads, log_start
 
     cfg = settings.sample
     dist = dist or DistInfo.from_env()
@@ -616,10 +618,11 @@ def run_t2i_sample(
     fingerprint = _fingerprint(settings, handle, plan, prompts, refiner)
     named = given if source.startswith("given:") else None  # given prompts: their own folder
     folder = _folder(settings, cfg, ckpt, plan, named, fingerprint)
+    hint = out_hint(bool(cfg.out))
     claim, batch, world = claim_batching(
-        folder, fingerprint, cfg.batch_size, dist.world, out_hint(bool(cfg.out))
+        folder, fingerprint, cfg.batch_size, dist.world, hint, cpu_threads(device)
     )
-    claim_folder(folder, claim, out_hint(bool(cfg.out)))
+    claim_folder(folder, claim, hint)
     finished = is_finished(folder)
     mine = owned_range(cfg.num, dist.rank, dist.world)
     todo, warnings = indices_to_make(folder, mine, finished)
@@ -631,10 +634,11 @@ def run_t2i_sample(
     t0 = time.perf_counter()
     with progress(f"sample {run_root_of(ckpt).name}", total=len(todo), unit="img") as bar:
         log_start(bar, header, warnings, already)
-        # whole batches of the uninterrupted run: the same latents, bit for bit
-        for idx in job_batches(cfg.num, world, missing, batch):
-            args = (model, plan, extra, text, ids, settings, decoder, refiner)
-            bar.advance(_write_batch(folder, idx, missing, *args))
+        # whole batches of the uninterrupted run, in the folder's CPU threads: the same latents
+        with folder_threads(bar, sampling_threads(claim, device), bool(todo)):
+            for idx in job_batches(cfg.num, world, missing, batch):
+                args = (model, plan, extra, text, ids, settings, decoder, refiner)
+                bar.advance(_write_batch(folder, idx, missing, *args))
     seconds = time.perf_counter() - t0
     dist.barrier()
     nfe = network_evaluations(plan.spec, plan)

@@ -282,6 +282,7 @@ def test_train_t2i_resume_and_sample_prompts(captioned_cache, tmp_path, monkeypa
     args = ["sample", "-r", "a", "-n", "3", "--steps", "4", "--cfg", "3", *CPU]
     res = runner.invoke(app, [*args, "--prompt", prompts[0], "--prompt", prompts[1]])
     assert res.exit_code == 0, res.output
+    assert "2 distinct; given: 2 --prompt" in " ".join(res.output.split()), res.output  # summary
     (folder,) = (work / "samples").iterdir()
     assert sorted(p.name for p in folder.glob("0*.png")) == [
         "000000.png",
