@@ -5,6 +5,12 @@ protocol" (after scoring).
 
 Real components: an external samples .npz in tmp_path, torch-fidelity's Inception with seeded
 random weights (``inception_file``), the built-in encoder's FD on the CPU, Typer's CliRunner.
+
+``--ref FILE|builtin --stats-dir D --cache C`` is refused the same way (the
+reference is not read from C and its statistics go to D; a cache from the environment is every
+command's and is taken), and an ``fd_method`` from the environment is named on the card and in
+the scores only where a Fréchet distance was computed, so KID/IS-only scores recomputed without
+it replace the file rather than being refused as another protocol.
 """
 
 from __future__ import annotations
@@ -54,3 +60,74 @@ def test_an_fd_method_that_is_used_or_from_the_environment_is_taken(
     monkeypatch.setenv("REPACKCTL_EVALUATE__FD_METHOD", "cholesky")  # every evaluation's
     is_only = ["evaluate", "fid", str(samples), "--ref", "builtin", "--metrics", "is"]
     cli_ok(*is_only, "--inception-weights", str(inception_file), "--device", "cpu")
+
+
+def test_a_cache_flag_with_a_ref_and_a_stats_dir_is_refused(samples, tmp_path, monkeypatch):
+    sdir, other, out_file = tmp_path / "stats", tmp_path / "other-cache", tmp_path / "m.json"
+    fid = ["evaluate", "fid", str(samples), "--ref", "builtin", "--metrics", "fd"]
+    fid += ["--device", "cpu", *FD_WEIGHTS, "--out", str(out_file)]
+    out = cli_refused(ConfigError.exit_code, *fid, "--stats-dir", str(sdir), "--cache", str(other))
+    assert f"--cache {other} is given, but the reference --ref builtin is not read" in out, out
+    assert f"--stats-dir {sdir}: it would be ignored; nothing was scored" in out
+    assert "drop --cache" in out and "--ref-cache ENTRY" in out
+    assert not out_file.exists() and not sdir.exists()  # refused before anything was scored
+    assert not (tmp_path / "other-cache-reference-stats").exists()
+    # without --stats-dir the flag decides where the reference statistics are kept: taken
+    cli_ok(*fid, "--cache", str(other))
+    assert len(list((tmp_path / "other-cache-reference-stats").glob("*.npz"))) == 1
+    # a cache from the environment is every command's: not refused
+    monkeypatch.setenv("REPACKCTL_CACHE", str(other))
+    out_file.unlink()
+    cli_ok(*fid, "--stats-dir", str(sdir))
+    assert len(list(sdir.glob("*.npz"))) == 1 and out_file.is_file()
+
+
+def _card(path):
+    doc = json.loads(path.read_text())
+    return doc["metrics"], doc["protocol"]
+
+
+@pytest.mark.parametrize("metrics", ["kid", "is"])
+def test_an_fd_method_from_the_environment_is_not_named_where_no_fd_was_computed(
+    samples, tmp_path, inception_file, monkeypatch, metrics
+):
+    out_file = tmp_path / "m.json"
+    fid = ["evaluate", "fid", str(samples), "--ref", "builtin", "--metrics", metrics]
+    fid += ["--inception-weights", str(inception_file), "--device", "cpu", "--out", str(out_file)]
+    monkeypatch.setenv("REPACKCTL_EVALUATE__FD_METHOD", "cholesky")
+    cli_ok(*fid)
+    scores, card = _card(out_file)
+    assert "Fréchet" not in card["evaluator"] and "cholesky" not in card["evaluator"], card
+    assert "fd_method" not in scores and "cholesky" not in out_file.read_text()
+    # the same scores without the setting: the same result recomputed, it replaces the file
+    monkeypatch.delenv("REPACKCTL_EVALUATE__FD_METHOD")
+    cli_ok(*fid)
+    assert _card(out_file)[1]["evaluator"] == card["evaluator"]
+
+
+def test_an_fd_method_from_the_environment_is_named_where_fid_was_computed(
+    samples, tmp_path, inception_file, monkeypatch
+):
+    out_file = tmp_path / "m.json"
+    fid = ["evaluate", "fid", str(samples), "--ref", "builtin", "--metrics", "fid,kid"]
+    fid += ["--inception-weights", str(inception_file), "--device", "cpu", "--out", str(out_file)]
+    monkeypatch.setenv("REPACKCTL_EVALUATE__FD_METHOD", "cholesky")
+    cli_ok(*fid)
+    scores, card = _card(out_file)
+    assert "cholesky Fréchet distance" in card["evaluator"] and scores["fd_method"] == "cholesky"
+
+
+def test_an_older_kid_card_naming_an_fd_method_is_replaced_by_the_same_scores(
+    samples, tmp_path, inception_file
+):
+    out_file = tmp_path / "m.json"
+    fid = ["evaluate", "fid", str(samples), "--ref", "builtin", "--metrics", "kid"]
+    fid += ["--inception-weights", str(inception_file), "--device", "cpu", "--out", str(out_file)]
+    cli_ok(*fid)
+    doc = json.loads(out_file.read_text())
+    new_evaluator = doc["protocol"]["evaluator"]
+    # as an earlier version wrote it: the evaluator named the algorithm of no computed FD
+    doc["protocol"]["evaluator"] = new_evaluator[:-1] + ", sqrtm Fréchet distance)"
+    out_file.write_text(json.dumps(doc))
+    cli_ok(*fid)
+    assert _card(out_file)[1]["evaluator"] == new_evaluator

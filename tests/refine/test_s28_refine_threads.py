@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from conftest import one_torch_thread, subprocess_env
+from support.cli import proc_ok
 from support.kill import kill_after_pngs
 from support.stack import _settings, stack_with_refiner
 
@@ -42,9 +41,7 @@ def _env(stack: dict[str, str], threads: int) -> dict[str, str]:
 
 
 def _apply(stack: dict[str, str], src: Path, threads: int) -> None:
-    cmd = [sys.executable, "-m", "repackctl", *_args(stack, src)]
-    res = subprocess.run(cmd, env=_env(stack, threads), capture_output=True, text=True, check=False)
-    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stdout + res.stderr
+    proc_ok(_args(stack, src), _env(stack, threads))
 
 
 def _pngs(folder: Path) -> dict[str, bytes]:

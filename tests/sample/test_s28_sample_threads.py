@@ -21,14 +21,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import subprocess_env
-from support.cli import cli_ok
+from support.cli import cli_ok, proc_ok
 from support.kill import kill_after_pngs
 from support.stack import shared_stack
 
@@ -69,10 +67,7 @@ def _env(stack: dict[str, str], threads: int) -> dict[str, str]:
 
 def _sample(stack: dict[str, str], out: Path, threads: int) -> str:
     """A real `repackctl sample` under ``OMP_NUM_THREADS=threads``; its output (it must pass)."""
-    cmd = [sys.executable, "-m", "repackctl", *_args(stack, out)]
-    res = subprocess.run(cmd, env=_env(stack, threads), capture_output=True, text=True, check=False)
-    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stdout + res.stderr
-    return " ".join((res.stdout + res.stderr).split())
+    return proc_ok(_args(stack, out), _env(stack, threads))
 
 
 def _killed(stack: dict[str, str], out: Path) -> None:

@@ -1,6 +1,10 @@
-"""Run `repackctl` in-process (Typer's runner) and check the outcome the way users see it."""
+"""Run `repackctl` in-process (Typer's runner), or as a real process, and check the outcome the
+way users see it."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
 
 from typer.testing import CliRunner
 
@@ -26,3 +30,12 @@ def cli_refused(code: int, *args: str) -> str:
     assert res.exit_code == code, res.output
     assert "Traceback" not in out and "Error:" in out and "Hint:" in out, out
     return out
+
+
+def proc_ok(args: list[str], env: dict[str, str]) -> str:
+    """Run ``python -m repackctl ARGS`` as a real process with ``env``; it must succeed without a
+    traceback. Its stdout and stderr, rewrapped to single spaces."""
+    cmd = [sys.executable, "-m", "repackctl", *args]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stdout + res.stderr
+    return " ".join((res.stdout + res.stderr).split())
