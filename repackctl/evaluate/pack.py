@@ -461,7 +461,7 @@ def _probe_rows(
 def evaluate_probe(settings: Settings, progress: ProgressFactory = null_progress) -> ProbeReport:
     """Linear-probe top-1 of raw tokens, PCA-d and the pack run's d-dim latents."""
     from repackctl.pack.data import PackData
-    from repackctl.pack.encode import _extract_hint
+    from repackctl.pack.encode import _extract_hint, check_features_precision
     from repackctl.pack.task import fit_token_pca
     from repackctl.runtime import resolve_device
 
@@ -472,6 +472,8 @@ def evaluate_probe(settings: Settings, progress: ProgressFactory = null_progress
     train_entry, train_feats, _ = open_features(
         settings.cache, run_cache["entry"], run_cache["features"], _extract_hint(handle)
     )
+    # the probe's training side passes through the pack model too (its latents row)
+    check_features_precision(handle, train_entry, train_feats)
     eval_entry, eval_feats = eval_features(settings, handle, notes)
     tr_num = cfg.eval_num and 4 * cfg.eval_num
     tr_idx, tr_subset = _indices(train_entry, train_feats, tr_num, notes, "train")

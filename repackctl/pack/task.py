@@ -933,6 +933,7 @@ def run_pack_train(
         ema_decay=plan.ema_decay,
         ema_warmup=True,
         tf32=plan.tf32,  # paper: off, PyTorch's strict fp32 matmuls as the official stage 1
+        keep_last=_keep_last(cfg.keep_last, run_dir, latest, log),
         block=ref.entry.chunk,
         buffer_blocks=shuffle_window(
             data,
@@ -952,6 +953,51 @@ def run_pack_train(
                 bar.log(line)
     train(task, config, progress)
     return run_dir
+
+
+def checkpoints_in_use(run_dir: Path) -> dict[str, list[str]]:
+    """The step folders of the pack run ``run_dir`` that other runs decode with (DiT, refiner
+    and t2i runs, trained, training or imported: ``runs.dependent_runs``), each with the names
+    of those runs. A record names its pack checkpoint by path and by pack id (run and step)."""
+    from repackctl.run_files import pack_id_run_step
+    from repackctl.runs import _pack_records, dependent_runs
+    from repackctl.train.checkpoint import checkpoints_dir, step_dir_name
+
+    used: dict[str, list[str]] = {}
+    for dep in dependent_runs(run_dir):
+        for pack in _pack_records(run_dir.parent / dep.name):
+            names = set()
+            recorded = pack.get("checkpoint")
+            if isinstance(recorded, str) and Path(recorded).parent.parent.name == run_dir.name:
+                names.add(Path(recorded).name)
+            pack_id = pack.get("pack_id")
+            run, step = pack_id_run_step(pack_id if isinstance(pack_id, str) else None)
+            if run == run_dir.name and step is not None:
+                names.add(step_dir_name(step))
+            for name in names:
+                if not (checkpoints_dir(run_dir) / name).is_dir():
+                    continue  # gone already: nothing to keep
+                if dep.name not in used.setdefault(name, []):
+                    used[name].append(dep.name)
+    return used
+
+
+def _keep_last(keep_last: int, run_dir: Path, latest: Path | None, log: list[str]) -> int:
+    """The ``keep_last`` a resumed run trains with: 0 (every checkpoint kept) when a checkpoint
+    of the run is the decoder of another run (:func:`checkpoints_in_use`), said in ``log``.
+    Rotation deleted it: the DiT trained on its latents could no longer sample ("run … has no
+    checkpoint step-…") and the weights were gone for good."""
+    if keep_last == 0 or latest is None:
+        return keep_last
+    used = checkpoints_in_use(run_dir)
+    if not used:
+        return keep_last
+    named = "; ".join(f"{step} by {', '.join(runs)}" for step, runs in sorted(used.items()))
+    log.append(
+        f"keep_last {keep_last} → 0: every checkpoint of this run is kept, since other runs "
+        f"decode with its checkpoints ({named}), which rotation would delete"
+    )
+    return 0
 
 
 def _unplaced_attention(decoder: DecoderConfig) -> list[int]:

@@ -507,6 +507,7 @@ def run_refine_train(
         started_norm_eps(latest),
     )
     disc = _discriminator(cfg, entry.resolution)
+    _check_flip(cfg.flip, entry, cache["features"], sources or {})
     if cfg.steps is not None and latest is None:
         check_new_run(cfg.steps, run, "refine", sources)
     # a run of another pack model, network, discriminator or EMA is refused before its
@@ -547,6 +548,27 @@ def run_refine_train(
     log_lines(progress, "refine", messages)
     train(task, config, progress)
     return Path(config.run_dir)
+
+
+def _check_flip(flip: bool, entry: DatasetEntry, features: str, sources: dict[str, str]) -> None:
+    """Refuse ``refine.flip`` given by the user (flag, environment, config file) for features
+    extracted without the mirrored images (``extract --no-flips``: one flip): no triplet can be
+    mirrored, so it was accepted, recorded as on, and changed nothing."""
+    from repackctl.settings.checks import undo_given, user_given
+
+    source = sources.get("refine.flip", "default")
+    if not flip or not user_given(source):
+        return
+    flips = int(entry.features(features)["tokens"].shape[1])
+    if flips > 1:
+        return
+    raise ConfigError(
+        f"refine.flip is on (from {source}), but features {features} in {entry.name} hold the "
+        "un-mirrored images only (extracted with --no-flips): no triplet can be mirrored, so "
+        "it would be ignored; nothing was written",
+        f"{undo_given(source, '--flip')} (or pass --no-flip) to train on the images as they "
+        "are, or extract the entry again without --no-flips to mirror them",
+    )
 
 
 def _discriminator(cfg: Any, side: int) -> DiscriminatorConfig:

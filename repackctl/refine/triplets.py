@@ -259,6 +259,24 @@ def _shard_triplets(
     return lat, rec
 
 
+def _check_source_precision(
+    entry: DatasetEntry, feats: ArrayGroup, pack: PackHandle, noise: float, seed: int
+) -> None:
+    """Before anything is written: triplets still to build are decoded from features of the
+    precision the pack model was trained on (``pack.encode.check_features_precision``, as `pack
+    encode` refuses): features removed and extracted again in another precision keep their id,
+    and their reconstructions came from another input distribution than the model saw. Finished
+    triplets read no features and are reused as they are."""
+    from repackctl.pack.encode import check_features_precision
+
+    try:
+        open_triplets(entry, pack.pack_id, noise, seed)
+        return  # finished: nothing is decoded from the features now
+    except CacheError:
+        pass  # missing or unfinished: built from the features there now
+    check_features_precision(pack, entry, feats)
+
+
 def build_triplets(
     entry: DatasetEntry,
     features_id: str,
@@ -274,6 +292,7 @@ def build_triplets(
     """Build (or finish building) the triplets of ``pack`` (a ``pack.io.PackHandle``)."""
     dist = dist or DistInfo.from_env()
     feats = entry.features(features_id)
+    _check_source_precision(entry, feats, pack, noise, seed)
     n, flips, tokens, dim = feats["tokens"].shape
     model = pack.model.to(device).eval()
     grid = int(round(tokens**0.5))
