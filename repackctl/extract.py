@@ -301,7 +301,7 @@ def _strict_check(
     if name in list_entries(cache):
         entry = DatasetEntry.open(cache, name)
         if entry.n == len(source):  # otherwise opening it fails later with both specs
-            codes = entry.done[:]
+            codes = entry.done_mask()  # a corrupt chunk: an error naming it, not a traceback
             recorded = [i for r in ranges for i in r if codes[i] not in (PENDING, WRITTEN)]
             keys = entry.keys[np.array(recorded)] if recorded else []
             bad += [
@@ -713,8 +713,10 @@ def run_extract(
     )
     ranges = owned_ranges(n, entry.shard, dist.rank, dist.world)  # the entry's layout wins
 
-    img_done = entry.done[:]
-    feat_done = feats.done[:]
+    # read through their checksums: a corrupt chunk is an `Error:` naming it and `cache verify
+    # --repair`, never zarr's ValueError (a traceback)
+    img_done = entry.done_mask()
+    feat_done = feats.done_mask()
     pending = [r for r in ranges if (feat_done[r.start : r.stop] == PENDING).any()]
     already = sum(len(r) for r in ranges) - sum(len(r) for r in pending)
     todo = sum(len(r) for r in pending)

@@ -94,14 +94,57 @@ def entry_source(entry: DatasetEntry) -> dict[str, Any]:
     }
 
 
+def encoder_flag(attrs: Mapping[str, Any], fid: str) -> str:
+    """The ``--encoder`` value that made the features group ``fid`` with attributes ``attrs``.
+
+    The group's id and encoder record hold the encoder's *spec* id (``dinov3-vits16`` for
+    ``--encoder timm:vit_small_patch16_dinov3`` or ``dinov3``), which no ``--encoder`` accepts:
+    the value given is read from the recorded settings; a group made before they were recorded
+    names a timm encoder's spec id by its architecture (``timm:<arch>``, the same encoder).
+    """
+    from repackctl.registry import registry
+
+    made = ((attrs.get("config") or {}).get("values") or {}).get("extract") or {}
+    if made.get("encoder"):
+        return str(made["encoder"])
+    enc = attrs.get("encoder") or {}
+    spec_id = str(enc.get("id") or fid.split("--")[0])
+    arch = str(enc.get("arch") or "")
+    if arch and spec_id not in registry("encoders").ids():
+        from repackctl.encoders.timm_vit import _short_id
+
+        if _short_id(arch) == spec_id:  # a timm encoder names its features so
+            return f"timm:{arch}"
+    return spec_id
+
+
+def _recorded_encoder(entry: DatasetEntry, encoder: str) -> str:
+    """``encoder`` as ``--encoder`` takes it: a spec id (the first part of a features id) that
+    a features group of ``entry`` records is named by the value that made it (``encoder_flag``)."""
+    if "features" not in entry.group:
+        return encoder
+    from repackctl.cache.creation import child_groups
+
+    parent = entry.group["features"]
+    for fid in child_groups(parent):
+        if fid.split("--")[0] != encoder:
+            continue
+        try:
+            return encoder_flag(dict(parent[fid].attrs), fid)
+        except Exception:  # unreadable metadata: the id as it is
+            return encoder
+    return encoder
+
+
 def entry_extract_command(entry: DatasetEntry, encoder: str, layer: str | None = None) -> str:
     """The ``repackctl extract`` command that writes features of ``encoder`` for this entry.
 
     ``layer`` is the layer part of a features id (``l8`` → ``--layer 8``; ``final`` is the default).
+    ``encoder`` may be the spec id of a features id: it is named as ``--encoder`` takes it.
     """
     src = entry_source(entry)
     return extract_command(
-        encoder,
+        _recorded_encoder(entry, encoder),
         src["data"],
         src["split"],
         src["resolution"],
@@ -143,12 +186,13 @@ def features_extract_command(entry: DatasetEntry, fid: str, precision: str | Non
             made.get("val_fraction"),
         )
         seed = (attrs.get("config") or {}).get("values", {}).get("seed", seed)
-    else:  # written before the settings were recorded: the encoder record, the id's layer part
-        weights = enc.get("weights") if enc.get("weights") not in (None, "builtin") else None
+    else:  # written without the settings recorded: the encoder record, the id's layer part
+        weights, drawn = _weights_flag(str(enc.get("weights") or ""))
+        seed = seed if drawn is None or seed is not None else drawn
         layer = _layer_of(fid.split("--")[1] if fid.count("--") >= 1 else None)
         val_fraction = src["val_fraction"]
     return extract_command(
-        str(enc.get("id") or fid.split("--")[0]),
+        encoder_flag(attrs, fid),
         src["data"],
         src["split"],
         src["resolution"],
@@ -160,6 +204,20 @@ def features_extract_command(entry: DatasetEntry, fid: str, precision: str | Non
         precision=precision or features_precision(attrs),
         seed=seed,
     )
+
+
+def _weights_flag(tag: str) -> tuple[str | None, int | None]:
+    """The ``--weights`` value of an encoder's recorded weights tag (``EncoderSpec.weights``),
+    and the seed that drew random weights. ``random:<seed>`` is ``--weights random`` under that
+    ``--seed``; ``file:<name>`` is the file's name (its folder is not recorded); the default
+    weights (``builtin``, ``hub:…``) and a plugin's own tags (``seeded:0``) are no ``--weights``:
+    the tag itself is no value ``--weights`` takes."""
+    kind, _, value = tag.partition(":")
+    if kind == "random":
+        return "random", int(value) if value.isdigit() else None
+    if kind == "file" and value:
+        return value, None
+    return None, None
 
 
 def captions_command(entry: str, attrs: Mapping[str, Any]) -> str:

@@ -38,11 +38,14 @@ class _Recorded(Protocol):
     labels: object  # (N,) int array
     done: object  # (N,) int8 codes
 
+    def done_mask(self) -> np.ndarray: ...
+
 
 def check_listing(entry: _Recorded, source: _Listed, pending: int) -> None:
     """Refuse (``CacheError``) when an item ``entry`` has finished (its done code is not
     ``pending``) is recorded under another key or label than ``source`` now gives it."""
-    finished = np.flatnonzero(np.asarray(entry.done[:]) != pending)  # (M,)
+    # read through the checksum check: a corrupt chunk is an error naming it, not a traceback
+    finished = np.flatnonzero(np.asarray(entry.done_mask()) != pending)  # (M,)
     if not len(finished):
         return
     keys, labels = np.asarray(entry.keys[:]), np.asarray(entry.labels[:])  # (N,) each

@@ -79,6 +79,9 @@ class EntryInfo:
     text: dict[str, dict] = field(default_factory=dict)  # caption features (captions)
     incomplete: list[str] = field(default_factory=list)
     damaged: list[str] = field(default_factory=list)  # groups with an unreadable zarr.json
+    #: groups (``images`` for the entry's own rows, else ``kind/id``) with a corrupt ``done``
+    #: chunk: its rows count as pending here, but no writer resumes them before `verify --repair`
+    corrupt_done: list[str] = field(default_factory=list)
 
     def incomplete_of(self, kind: str) -> list[str]:
         """``<name> (incomplete)`` for the interrupted groups of ``kind``, ``<name> (damaged)``
@@ -113,7 +116,16 @@ def _counts(done: np.ndarray) -> dict[str, int]:
 
 
 def describe_entry(entry: DatasetEntry) -> EntryInfo:
-    done, _ = read_done(entry.done, "done")  # a damaged done chunk reads as pending
+    corrupt: list[str] = []
+
+    def counts(done: zarr.Array, path: str) -> dict[str, int]:
+        """Counts of ``done``, whose corrupt chunks read as pending (``corrupt_done``)."""
+        codes, bad = read_done(done, "done")
+        if bad:
+            corrupt.append(path)
+        return _counts(codes)
+
+    own = counts(entry.done, "images")
     info = EntryInfo(
         name=entry.name,
         n=entry.n,
@@ -122,7 +134,8 @@ def describe_entry(entry: DatasetEntry) -> EntryInfo:
         bytes=_nbytes(entry.group),
         incomplete=entry.incomplete_groups(),
         damaged=entry.incomplete_groups("damaged"),
-        **_counts(done),
+        corrupt_done=corrupt,
+        **own,
     )
     for fid in entry.feature_ids():
         g = entry.features(fid)
@@ -130,18 +143,17 @@ def describe_entry(entry: DatasetEntry) -> EntryInfo:
         info.features[fid] = {
             "shape": list(g["tokens"].shape),
             "weights": enc.get("weights"),
-            **_counts(read_done(g.done, "done")[0]),
+            **counts(g.done, f"features/{fid}"),
         }
     for lid in entry.latent_ids():
         g = entry.latents(lid)
         arrays = {name: list(a.shape) for name, a in g.group.arrays() if name != "done"}
-        info.latents[lid] = {"arrays": arrays, **_counts(read_done(g.done, "done")[0])}
+        info.latents[lid] = {"arrays": arrays, **counts(g.done, f"latents/{lid}")}
     for kind in ("triplets", "text"):  # the ids `cache rm --triplets / --text` take
         for gid in entry.complete_groups(kind):
             g = entry.group[kind][gid]
             arrays = {name: list(a.shape) for name, a in g.arrays() if name != "done"}
-            counts = _counts(read_done(g["done"], "done")[0])
-            getattr(info, kind)[gid] = {"arrays": arrays, **counts}
+            getattr(info, kind)[gid] = {"arrays": arrays, **counts(g["done"], f"{kind}/{gid}")}
     return info
 
 

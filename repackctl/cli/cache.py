@@ -117,6 +117,11 @@ def unfinished_groups(entry: DatasetEntry, info: EntryInfo) -> list[dict[str, An
             finish = finish_command(entry, path)
         except (RepackError, KeyError, TypeError, ValueError):  # unreadable records: not named
             finish = "the command that wrote it (not recorded)"
+        if (path or "images") in info.corrupt_done:  # its writer refuses it until repaired
+            finish = (
+                f"`repackctl cache verify {entry.name} --repair` (a chunk of its done array is "
+                f"corrupt: which rows are written is not known), then {finish}"
+            )
         out.append({"group": path or "images", "pending": pending, "n": info.n, "finish": finish})
     return out
 
