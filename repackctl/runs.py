@@ -191,8 +191,13 @@ def is_run(folder: Path) -> bool:
 
 def _tree(folder: Path) -> tuple[int, float]:
     """(bytes, newest mtime) of the files under ``folder`` (symlinks not followed). The training
-    lock, rewritten by every start (even one with nothing to train), does not count as newer."""
-    total, newest = 0, folder.stat().st_mtime
+    lock, rewritten by every start (even one with nothing to train), does not count as newer.
+    A folder that is gone (a checkpoint the training's rotation deleted after it was listed):
+    (0, 0.0)."""
+    try:
+        total, newest = 0, folder.stat().st_mtime
+    except OSError:
+        return 0, 0.0
     for dirpath, _, files in os.walk(folder):
         for f in files:
             try:
@@ -215,6 +220,14 @@ def checkpoint_info(folder: Path, checksums: bool = True) -> CheckpointInfo:
     step = int(STEP_RE.match(folder.name).group(1))  # type: ignore[union-attr]
     problem = checkpoint_problem(folder, checksums=checksums)
     return CheckpointInfo(folder.name, step, problem is None, problem, _tree(folder)[0])
+
+
+def _checkpoints(folder: Path, checksums: bool) -> list[CheckpointInfo]:
+    """:func:`checkpoint_info` of each checkpoint of the run ``folder``. A run being trained
+    rotates its checkpoints (``keep_last``): one deleted while it was read (hashing the others
+    takes a while on a large run) is left out, not shown as damaged."""
+    found = [(p, checkpoint_info(p, checksums=checksums)) for p in _step_folders(folder)]
+    return [info for p, info in found if p.is_dir()]
 
 
 def _stage(folder: Path, newest: Path | None) -> tuple[str, bool]:
@@ -261,7 +274,7 @@ def list_runs(root: Path) -> list[RunInfo]:
     out = []
     for folder in sorted(root.iterdir()):
         if is_run(folder) and not folder.name.startswith(REMOVING):
-            ckpts = [checkpoint_info(p, checksums=False) for p in _step_folders(folder)]
+            ckpts = _checkpoints(folder, checksums=False)
             out.append(_run_info(folder, ckpts, checksums=False))
     return out
 
@@ -271,7 +284,8 @@ def _metrics_tail(folder: Path, n: int) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     rows = []
-    for line in path.read_text().splitlines()[-n:]:
+    # a damaged file (bytes that are not UTF-8) loses its bad lines only, as a line cut by a kill
+    for line in path.read_text(errors="replace").splitlines()[-n:]:
         try:
             rec = json.loads(line)
         except ValueError:  # a line cut by a kill
@@ -335,7 +349,7 @@ def describe_run(folder: Path, samples_root: Path | None = None, tail: int = 5) 
     and the samples of a run. The config is ``config.json``'s, or, when that file is damaged or
     edited, its newest verified checkpoint's, with the problem named (``config_problem``)."""
     _require_run(folder)
-    ckpts = [checkpoint_info(p, checksums=True) for p in _step_folders(folder)]
+    ckpts = _checkpoints(folder, checksums=True)
     stored = read_run_config(folder)
     config = stored.config or {}
     summary = {k: config[k] for k in CONFIG_KEYS if k in config}
@@ -653,9 +667,23 @@ def runs_hint(root: Path, stage: str | None = None, limit: int = 10) -> str:
 
 
 def newest_run(root: Path, stage: str) -> str | None:
-    """The most recently modified run of ``stage`` with a complete checkpoint (stages chain)."""
+    """The run of ``stage`` whose newest complete checkpoint was written last (stages chain).
+
+    The checkpoint's time, not the folder's newest file: `evaluate recon` / `evaluate probe`
+    write their reports into a checkpoint folder of an older run, which made it "the newest"
+    for `pack encode`, `refine train` and `sample` without --run / --pack-run."""
     runs = [r for r in list_runs(root) if r.stage == stage and r.step is not None]
-    return max(runs, key=lambda r: r.modified).name if runs else None
+    return max(runs, key=_checkpoint_time).name if runs else None
+
+
+def _checkpoint_time(run: RunInfo) -> float:
+    """When the newest complete checkpoint of ``run`` was written (its ``state.json``, written
+    last); the run's newest file where that cannot be read."""
+    state = Path(run.path) / CKPT_DIR / f"step-{run.step:07d}" / "state.json"
+    try:
+        return state.stat().st_mtime
+    except OSError:
+        return run.modified
 
 
 def chained_run(runs: str, stage: str, flag: str, messages: list[str] | None = None) -> str:
