@@ -293,6 +293,10 @@ class LatentData(CachedRows):
                 "train on the mean: --latent-sampling mean",
             )
         self.flip = flip and self.flips > 1
+        #: why a flip that was asked for cannot be applied (None: it is, or none was asked for)
+        self.flip_off: str | None = None
+        if flip and not self.flip:
+            self.flip_off = f"packed latents {ref.pack_id} hold no mirrored copy"
 
         ok, arrays = self._usable(mean_arr, n, repa, features)
         indices = np.flatnonzero(ok).astype(np.int64)  # (N_valid,) cache indices
@@ -350,7 +354,9 @@ class LatentData(CachedRows):
             ok &= fdone == WRITTEN
             tokens = feats["tokens"]
             if tokens.shape[1] < self.flips:
-                self.flip = False  # features without the mirrored copy: no flip augmentation
+                if self.flip:  # features without the mirrored copy: no flip augmentation
+                    self.flip_off = f"REPA features {self.features_id} hold no mirrored copy"
+                self.flip = False
             arrays["tokens"] = tokens
         return ok, arrays
 

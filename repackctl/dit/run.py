@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from repackctl.dit.task import build_task, dit_run_dir
+from repackctl.dit.task import build_task, check_flip, dit_run_dir
 from repackctl.errors import ConfigError
 from repackctl.files import write_json_atomic
 from repackctl.paths import SAMPLING_JSON
@@ -312,6 +312,7 @@ def train_dit(
         resolved: Settings, sources: dict[str, str] | None = None
     ) -> tuple[DiTTask, TrainConfig]:
         task, config = build_task(resolved, sources)
+        check_flip(task.data, "dit", sources)
         record_latents(config_record, "dit", task.data.ref)
         return task, config
 

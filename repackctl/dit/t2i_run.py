@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from repackctl.dit.run import DiTTrainResult, record_latents, resume_and_train
 from repackctl.dit.t2i_task import build_t2i_task, t2i_run_dir
+from repackctl.dit.task import check_flip
 from repackctl.progress import ProgressFactory, null_progress
 from repackctl.settings.resume import record_resolved
 
@@ -39,6 +40,7 @@ def train_t2i(
         resolved: Settings, sources: dict[str, str] | None = None
     ) -> tuple[T2ITask, TrainConfig]:
         task, config = build_t2i_task(resolved, sources)
+        check_flip(task.data, "t2i", sources)
         record_text_group(config_record, task.data.text_id)
         record_latents(config_record, "t2i", task.data.ref)
         return task, config

@@ -528,6 +528,24 @@ def _check_labelled(data: LatentData) -> None:
         )
 
 
+def check_flip(data: LatentData, section: str, sources: dict[str, str] | None) -> None:
+    """Refuse a flip the user gave (flag, environment, file) that the data cannot apply: latents
+    or REPA targets without a mirrored copy (an entry extracted with ``--no-flips``) trained
+    without a single mirrored sample while the run recorded flip on. A flip that no layer gave
+    now (the default, the run's record) is named in a ``Warning:`` line instead."""
+    from repackctl.progress import warn
+    from repackctl.settings.checks import refuse_ignored
+
+    if data.flip_off is None:
+        return
+    source = (sources or {}).get(f"{section}.flip", "default")
+    why = f"{data.flip_off} (the entry was extracted with --no-flips), so no sample is mirrored"
+    if user_given(source):
+        fix = "pass --no-flip, or extract the entry with flips (the default) and encode it again"
+        refuse_ignored(section, "flip", True, source, f"asks for flips, but {why}", fix)
+    warn(f"{section}.flip is on ({source}), but {why}: the run trains without flips")
+
+
 def build_task(
     settings: Settings, sources: dict[str, str] | None = None
 ) -> tuple[DiTTask, TrainConfig]:

@@ -221,8 +221,9 @@ class DitSettings(BaseModel):
 
         Only options the user gave (flag, environment, config file) are refused: a preset's or
         the default value of an unused option is harmless. ``sources`` is the settings
-        provenance (dotted keys). A cosine floor above the lr is refused whatever its source:
-        the "decay" would raise the lr.
+        provenance (dotted keys). So is a ``warmup`` schedule the user gave with
+        ``warmup_steps`` 0: it was the constant lr, recorded as a warm-up. A cosine floor above
+        the lr is refused whatever its source: the "decay" would raise the lr.
         """
         schedule_from = sources.get(f"{section}.schedule", "default")
         for name, uses in SCHEDULE_OPTIONS.items():
@@ -239,6 +240,17 @@ class DitSettings(BaseModel):
                 f"{schedule_from})",
                 f"pass --schedule {uses[0]}"
                 + (f" (or {' or '.join(uses[1:])})" if len(uses) > 1 else ""),
+            )
+        if self.schedule == "warmup" and self.warmup_steps == 0 and user_given(schedule_from):
+            warm_from = sources.get(f"{section}.warmup_steps", "default")
+            refuse_ignored(
+                section,
+                "schedule",
+                self.schedule,
+                schedule_from,
+                f"ramps the lr up over {section}.warmup_steps, which is 0 (from {warm_from}), "
+                "so the lr stays constant",
+                "pass --warmup-steps N with N >= 1, or --schedule constant",
             )
         if self.schedule == "cosine" and self.min_lr > self.lr:
             raise ConfigError(

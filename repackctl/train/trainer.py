@@ -93,6 +93,39 @@ HEADER = "header.json"
 CURVES_EVERY_S = 60.0  # a drawing of curves.png costs ~0.3 s: at checkpoints, once a minute at most
 
 
+def _reading(block: int) -> str:
+    """How a run with sampler ``block`` reads its data (1: held in memory)."""
+    if block == 1:
+        return "held in memory and shuffled sample by sample"
+    return f"read in chunk blocks of {block} rows"
+
+
+def order_changed(run_dir: Path, changed: dict[str, tuple[Any, Any]]) -> CheckpointError:
+    """The refusal of a resume whose sample order would differ from the checkpoint's:
+    ``changed`` maps each of :data:`ORDER_KEYS` that differs to (checkpoint's, now). Each is
+    named with the setting that gives it back; ``--allow-change`` does not apply to them (the
+    order of the steps already done and the position in the epoch come from them)."""
+    what, fixes = [], []
+    for key, (was, now) in changed.items():
+        if key == "seed":
+            what.append(f"seed {was} (now {now})")
+            fixes.append(f"--seed {was}")
+        elif key == "block":
+            what.append(f"its data {_reading(was)} (now {_reading(now)})")
+            if 1 in (was, now):  # in_memory, or memory_gb deciding it
+                fixes.append("--in-memory" if was == 1 else "--no-in-memory")
+            else:
+                fixes.append("the same cache entry (its chunk size)")
+        else:
+            what.append(f"a shuffle window of {was} chunks ({key}, now {now})")
+            fixes.append(f"--buffer-blocks {was}")
+    return CheckpointError(
+        f"{run_dir} was trained with {'; '.join(what)}: resuming would change the order of "
+        "samples, which cannot change on resume (--allow-change does not apply to it)",
+        f"resume with {' and '.join(fixes)}, or start a new run with another --name",
+    )
+
+
 def seed_everything(seed: int) -> None:
     import random
 
@@ -458,10 +491,8 @@ class Trainer:
         saved = state.get("config", {})
         changed = [k for k in ORDER_KEYS if k in saved and saved[k] != getattr(self.config, k)]
         if changed:
-            raise CheckpointError(
-                f"{self.run_dir} was trained with other {', '.join(changed)}; resuming would "
-                "change the order of samples",
-                "use the same settings or a new run directory",
+            raise order_changed(
+                self.run_dir, {k: (saved[k], getattr(self.config, k)) for k in changed}
             )
         self._check_precision(saved)
         try:
