@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from repackctl.cache.commands import entry_extract_command
+from repackctl.cache.commands import entry_extract_command, features_extract_command
 from repackctl.cache.integrity import GuardedArray, repair_hint
 from repackctl.cache.partials import combine_partials, latents_producer, stats_match
 from repackctl.cache.store import PENDING, WRITTEN, ArrayGroup, DatasetEntry, list_entries
@@ -345,8 +345,7 @@ class LatentData(CachedRows):
             feats = self.entry.features(self.features_id)
             fdone = feats.done_mask()
             if (fdone == PENDING).any():
-                enc, layer = self.features_id.split("--")[:2]
-                cmd = entry_extract_command(self.entry, enc, layer)
+                cmd = features_extract_command(self.entry, self.features_id)
                 raise CacheError(
                     f"features {self.features_id} of {ref.entry} are incomplete",
                     f"run `{cmd}` again to finish them",
@@ -366,8 +365,7 @@ class LatentData(CachedRows):
         for k, a in arrays.items():
             if k == "tokens":
                 where = f"features/{self.features_id}"
-                enc = self.features_id.split("--")[0]
-                redo = f"the `{entry_extract_command(self.entry, enc)}`"
+                redo = f"the `{features_extract_command(self.entry, self.features_id)}`"
             else:
                 where = f"latents/{self.ref.pack_id}"
                 redo = latents_producer(self.attrs, self.ref.pack_id, self.ref.entry)
