@@ -546,6 +546,23 @@ def check_flip(data: LatentData, section: str, sources: dict[str, str] | None) -
     warn(f"{section}.flip is on ({source}), but {why}: the run trains without flips")
 
 
+def _check_kernels(name: str, device: str, sources: dict[str, str] | None) -> None:
+    """Refuse ``--kernels triton`` where it cannot run (no Triton, or a device that is not CUDA
+    without ``TRITON_INTERPRET=1``) before anything is written: it failed at the first step,
+    after the run folder was made, and every rerun kept the stored backend and failed again."""
+    from repackctl.runtime import resolve_device
+
+    try:
+        kernels.resolve_backend(name, resolve_device(device))
+    except ConfigError as e:
+        source = (sources or {}).get("dit.kernels", "the run's record")
+        raise ConfigError(
+            f"dit.kernels = {name!r} (from {source}): {e.message}",
+            "pass --kernels auto (or eager); on a run that trained with triton, add "
+            "--allow-change kernels",
+        ) from None
+
+
 def build_task(
     settings: Settings, sources: dict[str, str] | None = None
 ) -> tuple[DiTTask, TrainConfig]:
@@ -554,6 +571,7 @@ def build_task(
     ``sources`` is the settings provenance; it ranks the precision against the launcher's.
     """
     s = settings.dit
+    _check_kernels(s.kernels, settings.device, sources)
     kernels.select(s.kernels)  # the fused ops the model and the losses use in this process
     model_id = model_id_of(s, sources)
     run_dir = dit_run_dir(settings)
