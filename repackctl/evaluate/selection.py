@@ -9,6 +9,8 @@
 - ``--samples N`` below the number available takes a *class-stratified* subset when the labels
   are known (the first ``N / classes`` of each class, in index order), so that a card saying
   ``label_scheme: balanced`` describes the scored images; the subset is written on the card.
+  A class list (``--labels 3,7,7``) or text-to-image prompts give sample i the class or prompt
+  i mod their count: their first N, the samples ``sample -n N`` makes, in their proportions.
 - A folder of PNGs (no ``samples.npz``) is scored on its *sample files* only
   (:func:`sample_files`): for a finished sample run, exactly the numbered PNGs its card counts;
   elsewhere every image file but the preview ``grid.png``.
@@ -271,7 +273,8 @@ def choose_subset(
 ) -> tuple[np.ndarray | None, dict]:
     """(sorted indices to score, or None for all; the card's record of the subset).
 
-    All samples when ``num`` is None or covers them; with known labels a class-stratified subset
+    All samples when ``num`` is None or covers them; the first ``num`` for a class list or
+    prompts (:func:`is_cyclic_scheme`); with known labels a class-stratified subset
     (:func:`stratified_indices`); the first ``num`` when labels were drawn independently per
     index (``uniform-random``) or are unknown (external samples). Samples whose card promises a
     label scheme but whose labels are lost are refused rather than cut arbitrarily.
@@ -279,6 +282,8 @@ def choose_subset(
     if num is None or num >= available:
         return None, {"rule": "all", "num": available, "of": available}
     scheme = protocol.get("label_scheme")
+    if is_cyclic_scheme(scheme):  # the samples `sample -n num` makes with this scheme
+        return np.arange(num, dtype=np.int64), _first_record(num, available, _CYCLIC_WHY)
     if labels is not None and scheme not in FIRST_N_SCHEMES:
         return stratified_indices(labels, num, where)
     if scheme not in FIRST_N_SCHEMES + UNKNOWN_SCHEMES:
@@ -289,10 +294,23 @@ def choose_subset(
             "(`repackctl sample`)",
         )
     why = "labels drawn per index" if scheme in FIRST_N_SCHEMES else "labels unknown"
-    record = {
-        "rule": "first",
-        "num": num,
-        "of": available,
-        "description": f"the first {num} samples in index order ({why})",
-    }
-    return np.arange(num, dtype=np.int64), record
+    return np.arange(num, dtype=np.int64), _first_record(num, available, why)
+
+
+#: why the first N samples of a class list or of prompts are the subset
+_CYCLIC_WHY = "sample i has class or prompt i mod their count: as `sample -n N` gives them"
+
+
+def is_cyclic_scheme(scheme: object) -> bool:
+    """Whether sample i's label is a fixed cycle of the index: a class list (``classes:3,7,7``,
+    sample i gets ``ids[i mod len]``) or text-to-image prompts (``prompts``: prompt i mod P).
+    Their first N samples are the ones ``sample -n N`` makes (the same labels and seeds), in
+    the scheme's proportions; taking as many of each class would change those (``3,7,7`` holds
+    twice as many 7s as 3s)."""
+    return isinstance(scheme, str) and (scheme == "prompts" or scheme.startswith("classes:"))
+
+
+def _first_record(num: int, available: int, why: str) -> dict:
+    """The card's record of a first-``num`` subset."""
+    description = f"the first {num} samples in index order ({why})"
+    return {"rule": "first", "num": num, "of": available, "description": description}

@@ -103,6 +103,7 @@ from repackctl.sample.generate import (
 from repackctl.sample.plan import (
     canonical_labels,
     check_null_condition_trained,
+    evaluation_times,
     label_scheme_name,
     make_labels,
     network_evaluations,
@@ -285,7 +286,9 @@ def _velocity(settings: Settings, dit: Any, plan: Any, device: Any):
             "scale 1 never calls its guide), under a folder named after the guide",
             "pass a guidance scale above 1 (e.g. --cfg 2), or drop --guide",
         )
-    if not cfg.guide:
+    if cfg.guide:
+        _refuse_guide_alone(plan, cfg)
+    else:
         check_null_condition_trained(
             plan, extra, Path(dit.checkpoint), "class_dropout", "null class"
         )
@@ -311,6 +314,24 @@ def _velocity(settings: Settings, dit: Any, plan: Any, device: Any):
         guide_info = {"checkpoint": str(guide.checkpoint), "sha256": guide.sha256}
     velocity = guided_velocity(main_fn, plan, int(extra["num_classes"]), guide_fn)
     return velocity, guide_info, network_evaluations(plan.spec, plan)
+
+
+def _refuse_guide_alone(plan: Any, cfg: Any) -> None:
+    """Refuse autoguidance at ``--cfg 0`` whose interval holds every evaluation time of the
+    sampler: ``v_guide + 0·(v_main − v_guide)`` is the guide's velocity at every step, so the
+    samples are the guide run's own, byte for byte, under the main checkpoint's folder and
+    card (and scored as the main model's by `evaluate fid`)."""
+    times = evaluation_times(plan.spec)
+    if plan.cfg != 0.0 or not all(plan.t_lo <= t <= plan.t_hi for t in times):
+        return
+    pick = f" --checkpoint {cfg.guide_checkpoint}" if cfg.guide_checkpoint else ""
+    raise ConfigError(
+        f"--guide {cfg.guide} at --cfg 0 on every step would sample the guide alone "
+        "(autoguidance at scale 0 is the guide's velocity, v_guide + 0·(v_main − v_guide)), "
+        f"under a folder and card naming {cfg.run}, whose weights would never be used",
+        f"sample the guide itself (`repackctl sample --run {cfg.guide}{pick}`), or pass a "
+        "guidance scale above 1 (e.g. --cfg 2)",
+    )
 
 
 def _claim(

@@ -657,4 +657,5 @@ def run_t2i_sample(
         seconds=seconds,
         protocol=protocol,
         refined=refiner is not None,
+        threads=sampling_threads(claim, device),  # named by the summary, as class-conditional
     )
