@@ -6,7 +6,9 @@ import typer
 
 from repackctl.cli.common import console, is_main_process, kv_table, rank_progress
 from repackctl.cli.options import COMMON_KEYS, TRAIN_COMMON, settings_command
-from repackctl.settings import ResolvedSettings
+from repackctl.errors import ConfigError
+from repackctl.settings import LAYER_ORDER, ResolvedSettings
+from repackctl.settings.checks import undo_given, user_given
 
 pack_app = typer.Typer(
     help="Stage 1: train the packing autoencoder (RePack or PCA) and write packed latents.",
@@ -77,6 +79,7 @@ def encode(resolved: ResolvedSettings) -> None:
     """
     from repackctl.pack.encode import run_pack_encode
 
+    _check_entry_alone(resolved)
     main = is_main_process()
     result = run_pack_encode(resolved.settings, rank_progress(main))
     if not main:
@@ -102,6 +105,42 @@ def encode(resolved: ResolvedSettings) -> None:
         ("time", f"{result.seconds:.1f} s"),
     ]
     console.print(kv_table("pack encode", rows))
+
+
+#: the settings that pick the entry to encode by its source, which ``--entry`` names outright
+ENTRY_SOURCE = {"split": "--split", "data": "--data", "num": "-n", "resolution": "--resolution"}
+
+
+def _rank(source: str) -> int:
+    layer = source.split(" ")[0]
+    return LAYER_ORDER.index(layer) if layer in LAYER_ORDER else -1
+
+
+def _check_entry_alone(resolved: ResolvedSettings) -> None:
+    """Refuse ``--split`` / ``--data`` / ``-n`` / ``--resolution`` given beside ``--entry`` (as
+    specifically: a config file's split under an ``--entry`` flag is overridden as any setting
+    is): the entry is the one encoded, and they were dropped without a word (`evaluate recon` /
+    `probe` refuse the same)."""
+    cfg, sources = resolved.settings.pack, resolved.sources
+    entry_from = sources.get("pack.entry", "default")
+    if not cfg.entry or not user_given(entry_from):
+        return
+    ignored = [
+        (key, sources[f"pack.{key}"])
+        for key in ENTRY_SOURCE
+        if user_given(sources.get(f"pack.{key}", "default"))
+        and _rank(sources[f"pack.{key}"]) >= _rank(entry_from)
+    ]
+    if not ignored:
+        return
+    named = ", ".join(f"pack.{k} = {getattr(cfg, k)!r} (from {src})" for k, src in ignored)
+    undo = ", ".join(undo_given(src, ENTRY_SOURCE[k]) for k, src in ignored)
+    raise ConfigError(
+        f"{named} given with pack.entry = {cfg.entry!r} (from {entry_from}): the entry is the "
+        "one encoded, so they would be ignored; nothing was encoded",
+        f"{undo} to encode {cfg.entry}, or {undo_given(entry_from, '--entry')} to encode the "
+        "entry they name",
+    )
 
 
 def register(app: typer.Typer) -> None:
