@@ -387,6 +387,7 @@ class ProbeReport:
     weights: str = "ema"
     epochs: int = 0
     seed: int = 0
+    pca_samples: int = 0  # the tokens the PCA-d row's fit read (``pack.pca_samples``)
 
     def table(self) -> str:
         """Markdown table in the paper's shape (representation, dims, #params, top-1 %)."""
@@ -421,8 +422,9 @@ def pooled_features(
 
 
 def _probe_stem(settings: Settings, entry: DatasetEntry, subsets: list[dict]) -> str:
-    """``probe-<entry>[-nN][-epochsE][-seedS]``: the settings that change the table, when not
-    the defaults. ``-nN`` (``-n``) whenever either side is a subset of its entry (``subsets``:
+    """``probe-<entry>[-nN][-epochsE][-seedS][-pcaP]``: the settings that change the table, when
+    not the defaults (``pack.pca_samples`` sizes the PCA-d row's fit, from a config file or the
+    environment). ``-nN`` (``-n``) whenever either side is a subset of its entry (``subsets``:
     the train and eval records): ``-n N`` may keep the whole held-out entry (N at least its
     size) and still train on 4N of the training entry, which is not the whole-split table."""
     cfg = settings.pack
@@ -434,6 +436,7 @@ def _probe_stem(settings: Settings, entry: DatasetEntry, subsets: list[dict]) ->
         cfg.eval_num if cut else None,
         epochs=(cfg.probe_epochs, epochs_default),
         seed=(settings.seed, 0),
+        pca=(cfg.pca_samples, type(cfg).model_fields["pca_samples"].default),
     )
 
 
@@ -525,6 +528,7 @@ def evaluate_probe(settings: Settings, progress: ProgressFactory = null_progress
         pack_id=handle.pack_id,
         epochs=cfg.probe_epochs,
         seed=settings.seed,
+        pca_samples=cfg.pca_samples,
     )
     from repackctl.files import write_json_atomic
 
