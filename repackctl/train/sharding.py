@@ -1,8 +1,8 @@
 """FSDP2 (``fully_shard``) for the training engine: shard modules, gather and re-shard state.
 
 With ``parallel = "fsdp"`` and more than one process, every trainable module is sharded with
-``torch.distributed.fsdp.fully_shard``: each child of a ``blocks`` ``ModuleList`` (the DiT blocks)
-is its own unit, then the module itself. The EMA copy of ``"model"`` is sharded the same way, so
+``torch.distributed.fsdp.fully_shard``: each child of a ``blocks`` ``ModuleList`` (the DiT
+blocks; the MMDiT's ``joint_blocks``) is its own unit, then the module itself. The EMA copy of ``"model"`` is sharded the same way, so
 its update runs on the local shards without communication.
 
 Checkpoints keep the single-file format of DDP runs: weights and optimizer state are gathered into
@@ -29,11 +29,14 @@ def _is_dtensor(t: object) -> bool:
 
 
 def shard_module(module: nn.Module) -> nn.Module:
-    """Shard ``module`` in place: each block of a ``blocks`` ModuleList, then the whole module."""
+    """Shard ``module`` in place: each block of a ModuleList named ``blocks`` or ``*_blocks``
+    (the MMDiT's ``joint_blocks``: as one unit with the module, every process gathered all its
+    weights at once, so text-to-image FSDP saved no memory), then the whole module."""
     from torch.distributed.fsdp import fully_shard
 
     for name, child in module.named_modules():
-        if name.split(".")[-1] == "blocks" and isinstance(child, nn.ModuleList):
+        last = name.split(".")[-1]
+        if (last == "blocks" or last.endswith("_blocks")) and isinstance(child, nn.ModuleList):
             for block in child:
                 fully_shard(block)
     fully_shard(module)
