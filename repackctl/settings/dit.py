@@ -319,6 +319,7 @@ class DitSettings(BaseModel):
                 "pass --cos-weight 1 (any weight > 0 turns the term on)",
             )
         if self.repa_weight > 0:
+            self._check_repa_stop(section, sources)
             return
         check_term_options(
             self,
@@ -329,6 +330,20 @@ class DitSettings(BaseModel):
             "the REPA alignment loss",
             "pass --repa-weight 0.5 (any λ > 0 turns REPA on)",
         )
+
+    def _check_repa_stop(self, section: str, sources: dict[str, str]) -> None:
+        """Refuse a given ``repa_stop_step`` 0 under ``repa_weight`` > 0: the alignment is off
+        from step 0 on, so it never runs, while the run records and its summary name REPA (the
+        way to train without it is ``--repa-weight 0``)."""
+        source = sources.get(f"{section}.repa_stop_step", "default")
+        if self.repa_stop_step == 0 and user_given(source):
+            weight_from = sources.get(f"{section}.repa_weight", "default")
+            raise ConfigError(
+                f"{section}.repa_stop_step = 0 (from {source}) switches REPA off before the first "
+                f"step, while {section}.repa_weight = {self.repa_weight} (from {weight_from}) "
+                "turns it on: the alignment would never run",
+                "pass --repa-weight 0 to train without REPA, or a --repa-stop-step above 0",
+            )
 
 
 #: the settings that ``model`` replaces (``repackctl.dit.task.resolve_model_id``: a given model id
