@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -19,6 +19,9 @@ from repackctl.cli.common import (
 )
 from repackctl.cli.listing import JsonOpt, print_json, print_listing, print_pairs
 from repackctl.cli.listing import megabytes as _mb
+
+if TYPE_CHECKING:
+    from repackctl.runs import RunDetail
 
 app = typer.Typer(help="List, inspect and remove training runs.", no_args_is_help=True)
 RunArg = Annotated[str, typer.Argument(help="Run name (a folder under the runs root).")]
@@ -174,7 +177,7 @@ def rm(
         console.print(f"removed {folder}", highlight=False, soft_wrap=True)
         return
     d = describe_run(folder)  # refuses anything that is not a run
-    what = f"run {name} ({d.run.stage}, {d.run.checkpoints} checkpoints, {_mb(d.run.bytes)})"
+    what = f"run {name} ({d.run.stage}, {_checkpoint_count(d)}, {_mb(d.run.bytes)})"
     check_removable(folder)  # files of the user's in it: refused before asking
     needed = _needed_by(name, d.used_by)
     question = f"Delete {what} at {folder}?"
@@ -187,6 +190,14 @@ def rm(
     console.print(f"removed {folder}", highlight=False, soft_wrap=True)
     if needed and yes:  # asked otherwise: the question named them
         err_console.print(f"Warning: {needed}", highlight=False, soft_wrap=True)
+
+
+def _checkpoint_count(d: RunDetail) -> str:
+    """``3 checkpoints``, or ``1 checkpoint and 2 incomplete, damaged or marked bad``: every
+    step folder is deleted, and one that is not complete may still hold intact weights."""
+    others = len(d.checkpoints) - d.run.checkpoints
+    good = f"{d.run.checkpoints} checkpoint{'' if d.run.checkpoints == 1 else 's'}"
+    return good if others <= 0 else f"{good} and {others} incomplete, damaged or marked bad"
 
 
 def _needed_by(name: str, dependents: list[str]) -> str | None:
