@@ -11,22 +11,16 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
+from support.caches import cli_pack_stack
 from support.cli import cli_ok
 
 from repackctl.cache.store import DatasetEntry
 
-SRC = ["--encoder", "patchpix", "--resolution", "32", "--num-workers", "0", "--device", "cpu"]
 VAL = "builtin-n3--val--32px"
 
 
 def test_the_repair_hint_finishes_the_latents_of_a_held_out_entry(tmp_path: Path) -> None:
-    cache, runs = ["--cache", str(tmp_path / "cache")], ["--runs", str(tmp_path / "runs")]
-    ext = ["extract", *SRC, "--chunk", "8", "--shard", "8", *cache]
-    cli_ok(*ext, "-n", "16")
-    pack = ["pack", "train", *SRC[:4], "-n", "16", "--steps", "2", "--batch-size", "4", "-c", "4"]
-    flags = ["--ch", "8", "--name", "pk", "--image-every", "0", "--ckpt-every", "1"]
-    cli_ok(*pack, *flags, *cache, *runs)  # checkpoints at steps 1 and 2
-    cli_ok(*ext, "-n", "3", "--split", "val")
+    cache, runs = cli_pack_stack(tmp_path, pack=("--steps", "2", "--ckpt-every", "1"))
     encode = ["pack", "encode", "--run", "pk/checkpoints/step-0000001", "--entry", VAL]
     cli_ok(*encode, "--device", "cpu", *cache, *runs)  # an older checkpoint than the newest
     (lid,) = [p.name for p in (tmp_path / "cache" / VAL / "latents").iterdir() if p.is_dir()]

@@ -11,18 +11,14 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
+from support.caches import cli_pack_stack
 from support.cli import cli_ok, cli_refused
 
-SRC = ["--encoder", "patchpix", "--resolution", "32", "--num-workers", "0", "--device", "cpu"]
 ENTRY = "builtin-n16--train--32px"
 
 
 def test_the_hint_for_pending_repa_features_finishes_them(tmp_path: Path) -> None:
-    cache, runs = ["--cache", str(tmp_path / "cache")], ["--runs", str(tmp_path / "runs")]
-    ext = ["extract", *SRC, "--chunk", "8", "--shard", "8", "-n", "16", "--precision", "bf16"]
-    cli_ok(*ext, *cache)
-    pack = ["pack", "train", *SRC[:4], "-n", "16", "--steps", "1", "--batch-size", "4", "-c", "4"]
-    cli_ok(*pack, "--ch", "8", "--name", "pk", "--image-every", "0", *cache, *runs)
+    cache, runs = cli_pack_stack(tmp_path, val=None, precision="bf16")
     cli_ok("pack", "encode", "--run", "pk", "--device", "cpu", *cache, *runs)
     (fid,) = [p.name for p in (tmp_path / "cache" / ENTRY / "features").iterdir() if p.is_dir()]
     chunks = tmp_path / "cache" / ENTRY / "features" / fid / "tokens" / "c"

@@ -10,21 +10,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from support.caches import cli_pack_stack
 from support.cli import cli_ok, cli_refused
 
 from repackctl.cache.store import DatasetEntry
 
-SRC = ["--encoder", "patchpix", "--resolution", "32", "--num-workers", "0", "--device", "cpu"]
 TRAIN, VAL = "builtin-n16--train--32px", "builtin-n3--val--32px"
 
 
 def test_source_flags_beside_entry_are_refused(tmp_path: Path) -> None:
-    cache, runs = ["--cache", str(tmp_path / "cache")], ["--runs", str(tmp_path / "runs")]
-    ext = ["extract", *SRC, "--chunk", "8", "--shard", "8", *cache]
-    cli_ok(*ext, "-n", "16")
-    cli_ok(*ext, "-n", "3", "--split", "val")
-    pack = ["pack", "train", *SRC[:4], "-n", "16", "--steps", "1", "--batch-size", "4", "-c", "4"]
-    cli_ok(*pack, "--ch", "8", "--name", "pk", "--image-every", "0", *cache, *runs)
+    cache, runs = cli_pack_stack(tmp_path)
     encode = ["pack", "encode", "--run", "pk", "--entry", TRAIN, "--device", "cpu", *cache, *runs]
     out = cli_refused(2, *encode, "--split", "val")
     assert "pack.split = 'val' (from flag) given with pack.entry" in out, out

@@ -13,6 +13,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
+from support.caches import cli_pack_stack
 from support.cli import cli_ok, cli_refused
 
 from repackctl.cache.store import DatasetEntry
@@ -20,20 +21,13 @@ from repackctl.pack.encode import FEATURES_PRECISION, target_features
 from repackctl.pack.load import load_pack
 from repackctl.settings import resolve_settings
 
-SRC = ["--encoder", "patchpix", "--resolution", "32", "--num-workers", "0", "--device", "cpu"]
 VAL = "builtin-n3--val--32px"
 
 
 def _stack(tmp_path: Path, train: str, val: str) -> tuple[list[str], list[str]]:
     """A 1-step pack run ``pk`` on 16 train images extracted in ``train`` precision, and 3 val
     images extracted in ``val``; returns the ``--cache`` and ``--runs`` flags."""
-    cache, runs = ["--cache", str(tmp_path / "cache")], ["--runs", str(tmp_path / "runs")]
-    ext = ["extract", *SRC, "--chunk", "8", "--shard", "8", *cache]
-    cli_ok(*ext, "-n", "16", "--precision", train)
-    pack = ["pack", "train", *SRC[:4], "-n", "16", "--steps", "1", "--batch-size", "4", "-c", "4"]
-    cli_ok(*pack, "--ch", "8", "--name", "pk", "--image-every", "0", *cache, *runs)
-    cli_ok(*ext, "-n", "3", "--split", "val", "--precision", val)
-    return cache, runs
+    return cli_pack_stack(tmp_path, precision=train, val_precision=val)
 
 
 def test_encode_of_features_in_another_precision_is_refused(tmp_path: Path) -> None:

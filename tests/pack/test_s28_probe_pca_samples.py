@@ -9,21 +9,16 @@ import json
 from pathlib import Path
 
 import pytest
+from support.caches import cli_pack_stack
 from support.cli import cli_ok
 
-SRC = ["--encoder", "patchpix", "--resolution", "32", "--num-workers", "0", "--device", "cpu"]
 VAL = "builtin-n8--val--32px"
 
 
 def test_a_probe_with_another_pca_count_keeps_the_default_report(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cache, runs = ["--cache", str(tmp_path / "cache")], ["--runs", str(tmp_path / "runs")]
-    ext = ["extract", *SRC, "--chunk", "8", "--shard", "8", *cache]
-    cli_ok(*ext, "-n", "16")
-    cli_ok(*ext, "-n", "8", "--split", "val")
-    pack = ["pack", "train", *SRC[:4], "-n", "16", "--steps", "1", "--batch-size", "4", "-c", "4"]
-    cli_ok(*pack, "--ch", "8", "--name", "pk", "--image-every", "0", *cache, *runs)
+    cache, runs = cli_pack_stack(tmp_path, val=8)
     probe = ["evaluate", "probe", "--run", "pk", "--split", "val", "--epochs", "2"]
     probe += ["--device", "cpu", *cache, *runs]
     cli_ok(*probe)

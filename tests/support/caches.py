@@ -174,3 +174,31 @@ def random_image_folder(
             image = rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)
             Image.fromarray(image).save(root / cls / f"{i}.png")
     return root
+
+
+#: the flags of a quick patchpix extract / pack train at 32 px on the CPU (the `_cli` stacks)
+PATCHPIX = ["--encoder", "patchpix", "--resolution", "32", "--num-workers", "0", "--device", "cpu"]
+
+
+def cli_pack_stack(
+    tmp_path: Path,
+    *,
+    val: int | None = 3,
+    precision: str = "fp32",
+    val_precision: str = "fp32",
+    pack: tuple[str, ...] = ("--steps", "1"),
+) -> tuple[list[str], list[str]]:
+    """Through the CLI, as a user runs it: 16 built-in train images extracted (patchpix, 32 px,
+    chunks and shards of 8) in ``precision``, the pack run ``pk`` trained on them with ``pack``
+    flags, and ``val`` val images in ``val_precision`` (none when None). The ``--cache`` and
+    ``--runs`` flags of ``tmp_path``'s roots."""
+    from support.cli import cli_ok
+
+    cache, runs = ["--cache", str(tmp_path / "cache")], ["--runs", str(tmp_path / "runs")]
+    ext = ["extract", *PATCHPIX, "--chunk", "8", "--shard", "8", *cache]
+    cli_ok(*ext, "-n", "16", "--precision", precision)
+    train = ["pack", "train", *PATCHPIX[:4], "-n", "16", "--batch-size", "4", "-c", "4", "--ch"]
+    cli_ok(*train, "8", "--name", "pk", "--image-every", "0", *pack, *cache, *runs)
+    if val is not None:
+        cli_ok(*ext, "-n", str(val), "--split", "val", "--precision", val_precision)
+    return cache, runs
