@@ -14,11 +14,8 @@ from repackctl.settings import resolve_settings
 
 
 @pytest.mark.parametrize("group", ["pack", "refine"])
-def test_steps_and_epochs_on_one_command_line_are_refused(
-    group: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("REPACKCTL_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("REPACKCTL_RUNS", str(tmp_path / "runs"))
+def test_steps_and_epochs_on_one_command_line_are_refused(group: str, tmp_path: Path) -> None:
+    # the autouse sandbox sets the cache and runs roots under tmp_path
     out = cli_refused(2, group, "train", "--steps", "5", "--epochs", "3", "--device", "cpu")
     assert f"--steps 5 and --epochs 3 both set the {group} training length" in out, out
     assert "Hint: give one of them" in out and "Traceback" not in out, out

@@ -11,11 +11,8 @@ from support.cli import cli_refused
 
 
 @pytest.mark.parametrize("stage", ["dit", "t2i"])
-def test_a_repa_stop_step_of_zero_is_refused(
-    stage: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("REPACKCTL_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("REPACKCTL_RUNS", str(tmp_path / "runs"))
+def test_a_repa_stop_step_of_zero_is_refused(stage: str, tmp_path: Path) -> None:
+    # the autouse sandbox sets the cache and runs roots under tmp_path
     args = ("train", stage, "--repa-stop-step", "0", "--name", "r", "--device", "cpu")
     out = cli_refused(2, *args)
     assert f"{stage}.repa_stop_step = 0 (from flag) switches REPA off" in out, out
