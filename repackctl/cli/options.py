@@ -233,6 +233,8 @@ def settings_command(
             if show_only:
                 # a training command shows what an existing run of that name resumes with
                 training = fn.__name__ in ("train", "dit", "t2i")
+                if training:
+                    resolved = started_values(resolved, (show or (section,))[0])
                 show_config(resolved, show or (section,), resumable=training)
                 return None
             return fn(resolved, **kwargs)
@@ -243,6 +245,38 @@ def settings_command(
         return handle_errors(command)
 
     return decorate
+
+
+def started_values(resolved: ResolvedSettings, section: str) -> ResolvedSettings:
+    """``resolved`` with the values an existing run of ``section`` keeps as it started
+    (``settings.resume.keep_started_values``, as its resume does): ``--show-config`` showed a
+    paper-preset run from before ``tf32`` existed with the preset's ``tf32`` false, where the
+    resume trains with true. ``resolved`` itself for a new run."""
+    from repackctl.cli.common import resumed_settings
+    from repackctl.settings import ResolvedSettings
+    from repackctl.settings.resume import keep_started_values
+
+    reconciled, run_dir = resumed_settings(resolved, section)
+    if run_dir is None:
+        return resolved
+    settings, record, _ = keep_started_values(
+        run_dir, reconciled.settings, reconciled.to_dict(), section, _started_without(section)
+    )
+    return ResolvedSettings(settings, record["sources"]) if record else resolved
+
+
+def _started_without(section: str) -> dict[str, Any]:
+    """The values a run of ``section`` trained with before the settings that name them existed
+    (each stage's ``STARTED_WITHOUT``)."""
+    if section in ("dit", "t2i"):
+        from repackctl.dit.run import STARTED_WITHOUT
+
+        return STARTED_WITHOUT
+    if section == "refine":
+        from repackctl.refine.task import STARTED_WITHOUT as REFINE_STARTED_WITHOUT
+
+        return REFINE_STARTED_WITHOUT
+    return {}
 
 
 def resolve(config: str | None, given: dict[str, Any]) -> ResolvedSettings:

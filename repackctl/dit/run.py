@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from repackctl.dit.task import build_task, check_flip, dit_run_dir
+from repackctl.dit.task import build_task, check_flip, dit_run_dir, flip_warning
 from repackctl.errors import ConfigError
 from repackctl.files import write_json_atomic
 from repackctl.paths import SAMPLING_JSON
@@ -237,7 +237,9 @@ def resume_and_train(
     settings, record, kept = keep_started_values(
         run_dir_of(settings), settings, record, section, STARTED_WITHOUT
     )
-    resumed = resume_lines(rec, kept)  # shown; in log.txt when the run trains on (as pack's)
+    # shown; in log.txt by the engine once it accepted the resume (it may still refuse it: a
+    # change of the sample order, of the precision), never before
+    resumed = resume_lines(rec, kept)
     run_dir = run_dir_of(settings)
     steps = int(getattr(settings, section).steps)
     # the checkpoint the engine would resume from (the same verification, warnings left to it;
@@ -245,7 +247,8 @@ def resume_and_train(
     latest = checkpoint_to_resume(run_dir, warn=None)
     if latest is None:
         check_new_run(steps, run_dir, section, (record or {}).get("sources"))
-    task, config = build(settings, sources=(record or {}).get("sources"))
+    with flip_warning(latest is None):  # said once, when the run starts
+        task, config = build(settings, sources=(record or {}).get("sources"))
     if latest is not None and steps <= int(read_state(latest).get("step", 0)):
         log_lines(progress, section, resumed)  # not in log.txt: nothing in the run changes
         return task, shown_run(task, latest)
@@ -254,8 +257,7 @@ def resume_and_train(
     preset = getattr(getattr(settings, section), "preset", None)
     progress = with_log_file(progress, Path(config.run_dir) / LOG_FILE)
     with official_sampling_file(Path(config.run_dir), preset):
-        log_lines(progress, section, resumed)
-        return task, train(task, config, progress)
+        return task, train(task, config, progress, resumed)
 
 
 # settings that a run's stored record may lack (it started before they existed), with the value

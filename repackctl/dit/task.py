@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -528,11 +530,27 @@ def _check_labelled(data: LatentData) -> None:
         )
 
 
+#: whether :func:`check_flip` names a flip it cannot apply (``flip_warning``)
+_FLIP_WARNING: ContextVar[bool] = ContextVar("flip_warning", default=True)
+
+
+@contextmanager
+def flip_warning(on: bool) -> Iterator[None]:
+    """:func:`check_flip` within says its ``Warning:`` only when ``on``: ``train dit`` / ``train
+    t2i`` say it once, when the run starts (not on each resume, nor when nothing is trained)."""
+    token = _FLIP_WARNING.set(on)
+    try:
+        yield
+    finally:
+        _FLIP_WARNING.reset(token)
+
+
 def check_flip(data: LatentData, section: str, sources: dict[str, str] | None) -> None:
     """Refuse a flip the user gave (flag, environment, file) that the data cannot apply: latents
     or REPA targets without a mirrored copy (an entry extracted with ``--no-flips``) trained
     without a single mirrored sample while the run recorded flip on. A flip that no layer gave
-    now (the default, the run's record) is named in a ``Warning:`` line instead."""
+    now (the default, the run's record) is named in a ``Warning:`` line instead, when the run
+    starts (``flip_warning``)."""
     from repackctl.progress import warn
     from repackctl.settings.checks import refuse_ignored
 
@@ -543,7 +561,8 @@ def check_flip(data: LatentData, section: str, sources: dict[str, str] | None) -
     if user_given(source):
         fix = "pass --no-flip, or extract the entry with flips (the default) and encode it again"
         refuse_ignored(section, "flip", True, source, f"asks for flips, but {why}", fix)
-    warn(f"{section}.flip is on ({source}), but {why}: the run trains without flips")
+    if _FLIP_WARNING.get():
+        warn(f"{section}.flip is on ({source}), but {why}: the run trains without flips")
 
 
 def _check_kernels(name: str, device: str, sources: dict[str, str] | None) -> None:

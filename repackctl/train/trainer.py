@@ -41,7 +41,7 @@ import json
 import math
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -347,8 +347,15 @@ class Trainer:
     """Trains one ``TrainTask`` as a ``TrainConfig`` says; ``fit()`` runs to ``config.steps``."""
 
     def __init__(
-        self, task: TrainTask, config: TrainConfig, progress: ProgressFactory = null_progress
+        self,
+        task: TrainTask,
+        config: TrainConfig,
+        progress: ProgressFactory = null_progress,
+        lines: Sequence[str] = (),
     ) -> None:
+        """``lines``: what the stage's resume changed (``resume: setting: old → new``), logged
+        (in ``log.txt`` too) with the run's first lines once the checkpoint was accepted: a
+        resume the engine refuses (``order_changed``, another precision) logs none."""
         config.validate()
         self.task, self.config, self.progress = task, config, progress
         self.acc = make_accelerator(config.precision, config.cpu)
@@ -393,6 +400,7 @@ class Trainer:
             self._resume_optimizers(self.last_ckpt)
         self.wrapped = self._wrap_modules()
         self.header = self._write_header()
+        self.messages += lines  # after every refusal of the resume
         self.window = Window.from_state(self.saved_window)
         self.last_logs: dict[str, float] = {}
         self.lrs: dict[str, float] = {}
@@ -1016,14 +1024,18 @@ class _DDP(DistributedDataParallel):
 
 
 def train(
-    task: TrainTask, config: TrainConfig, progress: ProgressFactory = null_progress
+    task: TrainTask,
+    config: TrainConfig,
+    progress: ProgressFactory = null_progress,
+    lines: Sequence[str] = (),
 ) -> TrainResult:
-    """Train ``task`` as ``config`` says, resuming from the run's newest complete checkpoint.
+    """Train ``task`` as ``config`` says, resuming from the run's newest complete checkpoint;
+    ``lines`` (the stage's resume lines) are logged once the engine accepted the resume.
 
     The run's training lock (``repackctl.run_lock``), taken when the trainer starts, is given up
     when the training ends, however it ends."""
     try:
-        return Trainer(task, config, progress).fit()
+        return Trainer(task, config, progress, lines).fit()
     finally:
         release_run(config.run_dir)
 
