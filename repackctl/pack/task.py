@@ -947,11 +947,7 @@ def run_pack_train(
         ),
         extra={"stage": "pack", "plan": plan.to_dict(), "settings": config_record},
     )
-    if log:
-        with progress("pack train", total=None) as bar:
-            for line in log:
-                bar.log(line)
-    train(task, config, progress)
+    train(task, config, progress, log)  # logged once the engine accepted the resume
     return run_dir
 
 

@@ -524,7 +524,7 @@ def run_refine_train(
     if _shown(run, latest, cfg.steps, resumed, progress):
         return run  # nothing in the run folder changes but train.lock
     progress = with_log_file(progress, run / LOG_FILE)
-    _build_triplets(settings, entry, cache["features"], pack, progress, resumed)
+    _build_triplets(settings, entry, cache["features"], pack, progress)
     messages: list[str] = []
     triplets = open_triplets(entry, pack.pack_id, cfg.noise, settings.seed)
     task = _refine_task(settings, entry, triplets, rcfg, disc, pack, messages)
@@ -545,8 +545,8 @@ def run_refine_train(
             "settings": config_record,
         },
     )
-    log_lines(progress, "refine", messages)
-    train(task, config, progress)
+    # logged once the engine accepted the resume (it may still refuse it), never before
+    train(task, config, progress, [*resumed, *messages])
     return Path(config.run_dir)
 
 
@@ -641,16 +641,15 @@ def _build_triplets(
     features: str,
     pack: Any,
     progress: ProgressFactory,
-    resumed: list[str],
 ) -> None:
-    """The pack run's triplets in ``entry`` (resumable), after the resume lines."""
+    """The pack run's triplets in ``entry`` (resumable)."""
     from repackctl.runtime import resolve_device
 
     cfg = settings.refine
     log_lines(
         progress,
         "triplets",
-        [*resumed, f"building refiner triplets of {pack.pack_id} in {entry.name}"],
+        [f"building refiner triplets of {pack.pack_id} in {entry.name}"],
     )
     build_triplets(
         entry,
