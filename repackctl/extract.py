@@ -48,6 +48,7 @@ from repackctl.cache.store import (
     WRITTEN,
     ArrayGroup,
     DatasetEntry,
+    check_layout,
     list_entries,
     owned_ranges,
     reason_code,
@@ -687,6 +688,25 @@ def _prepare(settings: Settings, dist: DistInfo) -> tuple[int, ImageSource, Any,
     return resolution, source, encoder.to(device), device
 
 
+def _check_before_writing(
+    settings: Settings,
+    name: str,
+    source: ImageSource,
+    resolution: int,
+    ranges: list[range],
+    dist: DistInfo,
+) -> None:
+    """The refusals before the entry is opened: a held-out split that shares files, a
+    ``--shard`` that is no multiple of ``--chunk`` for a new entry (an existing one keeps its
+    layout, and the values given are not applied: a ``note:`` says so), ``--strict``."""
+    cfg = settings.extract
+    _check_held_out_disjoint(settings.cache, name, source)
+    if name not in list_entries(settings.cache):
+        check_layout(cfg.chunk, cfg.shard)
+    if cfg.strict:
+        _strict_check(settings.cache, name, source, resolution, ranges, settings.num_workers, dist)
+
+
 def run_extract(
     settings: Settings,
     progress: ProgressFactory = null_progress,
@@ -704,9 +724,7 @@ def run_extract(
 
     dataset = dataset_label(source, cfg.num)
     name = entry_name(dataset, cfg.split, resolution)
-    _check_held_out_disjoint(settings.cache, name, source)
-    if cfg.strict:
-        _strict_check(settings.cache, name, source, resolution, ranges, settings.num_workers, dist)
+    _check_before_writing(settings, name, source, resolution, ranges, dist)
     feat_args = (spec.entry_id(), spec.attrs(), flips, spec.num_tokens, spec.dim)
     entry, feats = _open_entry(
         settings, source, dataset, resolution, feat_args, dist, config_record

@@ -10,6 +10,7 @@ combines both for an entry that exists.
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,7 +33,7 @@ def extract_command(
 ) -> str:
     """The ``repackctl extract`` command line that writes these features (defaults left out;
     ``seed`` is named when given and not 0, the default)."""
-    parts = ["repackctl extract", f"--encoder {encoder}", f"--data {data}"]
+    parts = ["repackctl extract", f"--encoder {encoder}", f"--data {shlex.quote(data)}"]
     if split != "train":
         parts.append(f"--split {split}")
     if val_fraction is not None:
@@ -42,7 +43,7 @@ def extract_command(
     if num is not None:
         parts.append(f"-n {num}")
     if weights is not None:
-        parts.append(f"--weights {weights}")
+        parts.append(f"--weights {shlex.quote(weights)}")
     if layer is not None:
         parts.append(f"--layer {layer}")
     if not flips:
@@ -209,12 +210,16 @@ def features_extract_command(entry: DatasetEntry, fid: str, precision: str | Non
 def _weights_flag(tag: str) -> tuple[str | None, int | None]:
     """The ``--weights`` value of an encoder's recorded weights tag (``EncoderSpec.weights``),
     and the seed that drew random weights. ``random:<seed>`` is ``--weights random`` under that
-    ``--seed``; ``file:<name>`` is the file's name (its folder is not recorded); the default
-    weights (``builtin``, ``hub:…``) and a plugin's own tags (``seeded:0``) are no ``--weights``:
-    the tag itself is no value ``--weights`` takes."""
+    ``--seed``; ``seeded:<seed>`` (a plugin whose weights the seed draws, ``patchpix``) is no
+    ``--weights`` under that ``--seed``: without it the command writes another features group;
+    ``file:<name>`` is the file's name (its folder is not recorded); the default weights
+    (``builtin``, ``hub:…``) and other plugin tags are no ``--weights``: the tag itself is no
+    value ``--weights`` takes."""
     kind, _, value = tag.partition(":")
     if kind == "random":
         return "random", int(value) if value.isdigit() else None
+    if kind == "seeded":  # a plugin's weights drawn from --seed (patchpix): no --weights
+        return None, int(value) if value.isdigit() else None
     if kind == "file" and value:
         return value, None
     return None, None

@@ -343,11 +343,6 @@ class DatasetEntry:
         """Create the entry and its image arrays, or open it if its source attributes agree."""
         name = entry_name(dataset, split, resolution)
         source_attrs = _jsonable(source_attrs)
-        if shard % chunk:
-            raise CacheError(
-                f"shard size {shard} is not a multiple of chunk size {chunk}",
-                "pass --shard as a multiple of --chunk (e.g. --chunk 32 --shard 1024)",
-            )
         with creation_lock(root):
             g = open_root(root, mode="a")
             _claim(g, name)
@@ -365,6 +360,7 @@ class DatasetEntry:
                         f"remove it with `repackctl cache rm {name}` or use another --cache",
                     )
                 return entry
+            check_layout(chunk, shard)  # where they are applied: an existing entry keeps its own
             if state == "incomplete":
                 discard_incomplete(g, name)
             attrs = {
@@ -628,6 +624,16 @@ class DatasetEntry:
         )
         crash_point(name)
         return arr
+
+
+def check_layout(chunk: int, shard: int) -> None:
+    """Refuse a shard size that is not a multiple of the chunk size, for a new entry (an existing
+    one keeps its own layout: the values are not applied, and extract says so)."""
+    if shard % chunk:
+        raise CacheError(
+            f"shard size {shard} is not a multiple of chunk size {chunk}",
+            "pass --shard as a multiple of --chunk (e.g. --chunk 32 --shard 1024)",
+        )
 
 
 def _claim(parent: zarr.Group, name: str) -> None:

@@ -354,7 +354,6 @@ def rm(
     """
     from repackctl.cache.removal import check_removable, remove
     from repackctl.cache.store import DatasetEntry, list_entries
-    from repackctl.errors import CacheError
 
     root = _root(cache, config)
     groups = {"features": features, "latents": latents, "triplets": triplets, "text": text}
@@ -373,32 +372,8 @@ def rm(
     elif given and f"{given[0][0]}/{given[0][1]}" in e.incomplete_groups("damaged"):
         # unreadable metadata (`cache ls`: "(damaged)"), of any kind: removable as it is
         sub = f"{given[0][0]}/{given[0][1]}"
-    elif features:
-        if f"features/{features}" not in e.incomplete_groups():  # one lacking arrays: removable
-            e.features(features)
-        sub = f"features/{features}"
-    elif latents:
-        if f"latents/{latents}" not in e.incomplete_groups():
-            e.latents(latents)
-        sub = f"latents/{latents}"
-    elif text:
-        if text not in e.complete_groups("text") and f"text/{text}" not in e.incomplete_groups():
-            have = ", ".join(e.complete_groups("text")) or "none"
-            raise CacheError(
-                f"no caption features {text!r} in {entry} (have: {have})",
-                f"see `repackctl cache info {entry}`",
-            )
-        sub = f"text/{text}"
-    elif triplets:
-        if triplets not in e.complete_groups("triplets") and (
-            f"triplets/{triplets}" not in e.incomplete_groups()
-        ):
-            have = ", ".join(e.complete_groups("triplets")) or "none"
-            raise CacheError(
-                f"no refiner triplets {triplets!r} in {entry} (have: {have})",
-                f"see `repackctl cache info {entry}`",
-            )
-        sub = f"triplets/{triplets}"
+    elif given:
+        sub = _named_group(e, *given[0])
     what = f"{entry}/{sub}" if sub else entry
     check_removable(root, entry, sub)  # a file the cache did not write: refused before asking
     if not yes and not confirm_delete(
@@ -408,6 +383,41 @@ def rm(
         raise typer.Exit(1)
     remove(root, entry, sub)
     console.print(f"removed {what}", highlight=False, soft_wrap=True)
+
+
+#: the words for each kind of group in `cache rm`'s "no … in ENTRY"
+_GROUP_WHAT = {
+    "features": "features",
+    "latents": "packed latents",
+    "triplets": "refiner triplets",
+    "text": "caption features",
+}
+
+
+def _named_group(e: DatasetEntry, kind: str, name: str) -> str:
+    """``kind/name`` of the group of entry ``e`` that `cache rm --<kind> NAME` removes: a
+    complete one, or one whose creation was interrupted (it lacks arrays; removable as it is).
+
+    One that is not there is refused with the ids the entry holds of that kind and `cache info`:
+    the hint of the readers ("run `repackctl extract` …") made no sense for a removal.
+    """
+    from repackctl.errors import CacheError
+
+    sub = f"{kind}/{name}"
+    unfinished = [g.partition("/")[2] for g in e.incomplete_groups() if g.startswith(f"{kind}/")]
+    if kind == "features":
+        have = e.feature_ids()
+    elif kind == "latents":
+        have = e.latent_ids()
+    else:
+        have = e.complete_groups(kind)
+    if name in have or name in unfinished:
+        return sub
+    listed = ", ".join(have + [f"{u} (unfinished)" for u in unfinished]) or "none"
+    raise CacheError(
+        f"no {_GROUP_WHAT[kind]} {name!r} in {e.name} (have: {listed})",
+        f"pass one of those ids: `repackctl cache info {e.name}` lists them",
+    )
 
 
 def _finished_before(root: str, entry: str, groups: dict[str, str | None]) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -51,3 +53,14 @@ class ExtractSettings(BaseModel):
     @classmethod
     def _safe_split(cls, value: str) -> str:
         return safe_name(value, "split")
+
+    @field_validator("weights")
+    @classmethod
+    def _absolute_weights(cls, value: str | None) -> str | None:
+        """A weights file that exists is recorded by its absolute path: the features group
+        records these settings, and the extract command that `cache ls` / `cache verify` name
+        from them runs from any folder (a relative path only from the one it was given in)."""
+        if value is None or value in ("random", "builtin"):
+            return value
+        path = Path(value).expanduser()
+        return os.path.abspath(path) if path.is_file() else value  # a link stays named so
