@@ -92,6 +92,43 @@ class RunInfo:
 
 
 @dataclass
+class MetricsAfter:
+    """The rows of ``metrics.jsonl`` past the newest complete checkpoint (``checkpoint_step``;
+    None: the run has none): steps no checkpoint holds the weights of, logged by a training
+    stopped before its next checkpoint (a resume drops them and trains those steps again) or by
+    the one running now (``training``: its holder, as ``Holder.describe`` says)."""
+
+    rows: int
+    first_step: int
+    last_step: int
+    checkpoint_step: int | None
+    training: str | None
+
+    def describe(self) -> str:
+        """One line for ``runs info``."""
+        steps = (
+            f"step {self.first_step}"
+            if self.first_step == self.last_step
+            else f"steps {self.first_step}-{self.last_step}"
+        )
+        rows = f"{self.rows} row{'' if self.rows == 1 else 's'} ({steps})"
+        if self.checkpoint_step is None:
+            where = "logged, but the run has no complete checkpoint"
+        else:
+            where = f"logged after step {self.checkpoint_step}, the newest complete checkpoint"
+        if self.training is not None:
+            return (
+                f"{rows} {where}: not shown, the run is being trained now ({self.training}) and "
+                "no checkpoint holds these steps yet"
+            )
+        resume = "trains these steps again" if self.checkpoint_step is not None else "starts over"
+        return (
+            f"{rows} {where}: not shown, no checkpoint holds the weights of these steps (a "
+            f"training stopped before saving them); a resume drops these rows and {resume}"
+        )
+
+
+@dataclass
 class RunDetail:
     """What ``runs info`` shows."""
 
@@ -115,6 +152,9 @@ class RunDetail:
     trained_on: list[str] = field(default_factory=list)
     # a refiner run: the samples folders it refined (``refined_folders``)
     refined: list[str] = field(default_factory=list)
+    # the metrics rows logged after the newest complete checkpoint, left out of
+    # ``metrics_tail`` (``MetricsAfter``); None when there are none
+    metrics_after: MetricsAfter | None = None
 
     def shown_config(self) -> dict[str, Any]:
         """``config`` for the text view: during a warm-up ``ema_decay`` also names the decay in
@@ -134,6 +174,9 @@ class RunDetail:
             "ema_decay_in_effect": self.ema_in_effect,
             "checkpoints": [asdict(c) for c in self.checkpoints],
             "metrics_tail": self.metrics_tail,
+            "metrics_after_checkpoint": (
+                None if self.metrics_after is None else asdict(self.metrics_after)
+            ),
             "samples": self.samples,
             "samples_of_other_runs": self.samples_of_other_runs,
             "used_by": self.used_by,
@@ -279,20 +322,44 @@ def list_runs(root: Path) -> list[RunInfo]:
     return out
 
 
-def _metrics_tail(folder: Path, n: int) -> list[dict[str, Any]]:
+def _metrics_tail(
+    folder: Path, n: int, checkpoint_step: int | None
+) -> tuple[list[dict[str, Any]], MetricsAfter | None]:
+    """The last ``n`` rows of ``metrics.jsonl`` up to ``checkpoint_step`` (the newest complete
+    checkpoint's; None: there is none), and the rows past it (:class:`MetricsAfter`), which
+    a killed attempt (or the training running now) logged and no checkpoint holds: `pack train`
+    and resumes stop at the checkpoint too."""
     path = folder / METRICS_JSONL
     if not path.is_file():
-        return []
-    rows = []
+        return [], None
+    rows, after = [], []
     # a damaged file (bytes that are not UTF-8) loses its bad lines only, as a line cut by a kill
-    for line in path.read_text(errors="replace").splitlines()[-n:]:
+    for line in reversed(path.read_text(errors="replace").splitlines()):
         try:
             rec = json.loads(line)
         except ValueError:  # a line cut by a kill
             continue
-        if isinstance(rec, dict):
+        if not isinstance(rec, dict):
+            continue
+        step = rec.get("step")
+        past = isinstance(step, int) and (checkpoint_step is None or step > checkpoint_step)
+        if past and not rows:
+            after.append(step)
+        elif len(rows) < n:
             rows.append(rec)
-    return rows
+        else:
+            break
+    if not after:
+        return rows[::-1], None
+    holder = lock_holder(folder)
+    more = MetricsAfter(
+        rows=len(after),
+        first_step=min(after),
+        last_step=max(after),
+        checkpoint_step=checkpoint_step,
+        training=None if holder is None else holder.describe(),
+    )
+    return rows[::-1], more
 
 
 def sample_folders(samples_root: Path, run: str) -> list[str]:
@@ -365,11 +432,13 @@ def describe_run(folder: Path, samples_root: Path | None = None, tail: int = 5) 
         refined = refined_folders(samples_root, folder) if run.stage == "refine" else []
     used_by = [] if run.stage in ("dit", "refine", "t2i") else dependent_runs(folder)
     newest = checkpoint_extra(folder / CKPT_DIR / good[-1].name) if good else {}  # read once
+    tail_rows, after = _metrics_tail(folder, tail, good[-1].step if good else None)
     return RunDetail(
         run=run,
         config=summary,
         checkpoints=ckpts,
-        metrics_tail=_metrics_tail(folder, tail),
+        metrics_tail=tail_rows,
+        metrics_after=after,
         samples=samples,
         samples_of_other_runs=others,
         ema_in_effect=ema,

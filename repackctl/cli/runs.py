@@ -106,6 +106,9 @@ def info(
     for a pack run the runs that sample through its decoder, and for a refiner run the samples
     folders it refined.
 
+    The metrics stop at the newest complete checkpoint: rows logged past it (a training stopped
+    before its next save, or the one running now) are counted on one line, not listed.
+
     Every checkpoint file's sha256 is checked against its state.json (this reads every byte), so
     a damaged checkpoint is reported as corrupt, naming the file.
 
@@ -135,6 +138,10 @@ def info(
         pairs.append((f"checkpoint {c.name}", "complete" if c.complete else c.problem))
     for rec in d.metrics_tail:
         pairs.append((f"metrics step {rec.get('step')}", _metric_line(rec)))
+    if d.metrics_after is not None:
+        after = d.metrics_after.checkpoint_step
+        label = "metrics without checkpoint" if after is None else f"metrics after step {after}"
+        pairs.append((label, d.metrics_after.describe()))
     pairs += [("samples", s) for s in d.samples]
     pairs += [("samples of another run of this name", s) for s in d.samples_of_other_runs]
     pairs += [("used by", u) for u in d.used_by]

@@ -664,8 +664,10 @@ def import_official(
     All runs are written into a staging folder and renamed into place only when every given
     stage converted: a failure leaves nothing behind, so the same command can simply be rerun.
     A kill between two renames leaves the first runs placed: the rerun converts again, finds
-    them equal to what it converted (files' sha256 and task extra of every checkpoint) and
-    places the others; a run that differs is refused before anything is placed.
+    them equal to what it converted (files' sha256 and task extra of every checkpoint; not the
+    path that named an official file, which the runs record resolved: the same files, named
+    otherwise or from another folder, finish it) and places the others; a run that differs
+    (other files, or other settings) is refused, naming which, before anything is placed.
     """
     from repackctl.files import ensure_writable_dir
     from repackctl.paths import local_path, run_dir
@@ -751,9 +753,17 @@ def _existing_run(target: Path) -> bool:
     return True
 
 
+def _source_path(path: str | Path) -> str:
+    """The official file as the run records it (``imported_from.file``): its absolute path, the
+    same whatever folder the import ran from and however the path was typed."""
+    return str(Path(path).expanduser().resolve())
+
+
 def _import_identity(run: Path) -> list[Any] | None:
     """What an imported run is, for comparing two: each checkpoint's name, its files' sha256
-    and its task extra (``state.json``); None for a run that is not a sealed imported one."""
+    and its task extra (``state.json``), less the path of the official file it was converted
+    from (the same file, typed otherwise or from another folder, converts to the same run; the
+    sha256 of the weights decide); None for a run that is not a sealed imported one."""
     from repackctl.run_files import STATE_SHA256, read_json_dict, sealed
 
     steps = sorted((run / "checkpoints").glob("step-*"))
@@ -762,17 +772,69 @@ def _import_identity(run: Path) -> list[Any] | None:
         state = read_json_dict(step / "state.json")
         if not sealed(state, STATE_SHA256) or state.get("imported") is not True:
             return None
-        out.append([step.name, state.get("files"), state.get("extra")])
+        extra = state.get("extra")
+        if isinstance(extra, dict) and isinstance(extra.get("imported_from"), dict):
+            source = {k: v for k, v in extra["imported_from"].items() if k != "file"}
+            extra = {**extra, "imported_from": source}
+        out.append([step.name, state.get("files"), extra])
     return out or None
 
 
-def _check_same_import(staged: Path, target: Path) -> None:
-    """Refuse unless ``target`` is the run this import just converted into ``staged``."""
-    if _import_identity(staged) != _import_identity(target):
-        raise CheckpointError(
-            f"run {target} already exists (imported from other files or settings)",
-            "pick another --out, or move that run away",
+def _recorded_source(run: Path) -> str:
+    """``imported_from.file`` of the newest checkpoint of the imported ``run`` (``?``: none)."""
+    from repackctl.run_files import read_json_dict
+
+    steps = sorted((run / "checkpoints").glob("step-*"))
+    state = read_json_dict(steps[-1] / "state.json") if steps else None
+    extra = state.get("extra") if state else None
+    source = extra.get("imported_from") if isinstance(extra, dict) else None
+    file = source.get("file") if isinstance(source, dict) else None
+    return file if isinstance(file, str) else "?"
+
+
+def _import_difference(staged: list[Any], placed: list[Any], source: str) -> str:
+    """How the placed run (its :func:`_import_identity`; imported from ``source``) differs from
+    the one just converted: other checkpoints, other weights (another official file), or other
+    settings (the extra keys that differ: ``--image-size``, ``--latent-stats`` …)."""
+    if [s[0] for s in staged] != [p[0] for p in placed]:
+        return (
+            f"it holds checkpoint(s) {', '.join(p[0] for p in placed)} where this import makes "
+            f"{', '.join(s[0] for s in staged)} (imported from other files: {source})"
         )
+    if any(s[1] != p[1] for s, p in zip(staged, placed, strict=True)):
+        return (
+            "its weights differ from those this import converts to (imported from other "
+            f"files: {source})"
+        )
+    keys = sorted(
+        {
+            k
+            for s, p in zip(staged, placed, strict=True)
+            for k in {*(s[2] or {}), *(p[2] or {})}
+            if (s[2] or {}).get(k) != (p[2] or {}).get(k)
+        }
+    )
+    return (
+        f"it was imported with other settings: its recorded {name_items(keys)} differ "
+        "(--image-size, --latent-stats, --num-heads set them)"
+    )
+
+
+def _check_same_import(staged: Path, target: Path) -> None:
+    """Refuse unless ``target`` holds the run this import just converted into ``staged`` (the
+    same weights and settings, whatever path named the official file)."""
+    mine, placed = _import_identity(staged), _import_identity(target)
+    if mine == placed:
+        return
+    if mine is None or placed is None:  # checked by `_existing_run`; changed since
+        why = "it is not a sealed imported run"
+    else:
+        why = _import_difference(mine, placed, _recorded_source(target))
+    raise CheckpointError(
+        f"run {target} already exists and holds another import: {why}",
+        f"pick another --out, or move that run away (`repackctl runs rm {target.name}`) to "
+        "import these files under this name",
+    )
 
 
 def _refuse_dit_options_without_dit(
@@ -872,7 +934,7 @@ def _import_stage1(
         "encoder": spec.attrs(),
         "cache": {"root": None, "entry": None, "features": spec.entry_id()},
         "latent_shape": [config.projection.latent_channels] + [config.decoder.latent_size] * 2,
-        "imported_from": {"file": str(stage1), "notes": report.notes},
+        "imported_from": {"file": _source_path(stage1), "notes": report.notes},
     }
     result.pack = _save_run(staging, f"{out}-pack", step, {"model": weights, "ema": weights}, extra)
     pack = load_pack(result.pack)
@@ -927,7 +989,7 @@ def _import_dit(
             "prediction": "x - eps",
         },
         "repa": {},
-        "imported_from": {"file": str(dit), "sampling": train_cfg.get("sample")},
+        "imported_from": {"file": _source_path(dit), "sampling": train_cfg.get("sample")},
     }
     step = int(obj.get("global_step", 0) or 0)
     ckpt = _save_run(staging, f"{out}-dit", step, {"model": model_sd, "ema": ema_sd}, extra)
@@ -1021,7 +1083,7 @@ def _import_refiner(
         "latent_convention": "raw",
         "refiner_config": config.to_dict(),
         "pack": pack_link,
-        "imported_from": {"file": str(refiner), "notes": report.notes},
+        "imported_from": {"file": _source_path(refiner), "notes": report.notes},
     }
     step = int(obj.get("global_step", 0) or 0)
     result.refiner = _save_run(

@@ -1,0 +1,83 @@
+"""`runs info` of a run whose training was killed after its newest checkpoint.
+
+`metrics.jsonl` then holds rows of steps that no checkpoint holds (the resume drops them and
+trains those steps again); `runs info` listed them as "metrics step N" like the others, so the
+run looked further along than it is, while `pack train`'s summary stops at the checkpoint. Now
+the metrics tail stops at the newest complete checkpoint and one line says how many rows were
+logged past it, and why (a stopped training, or the one running now).
+
+Real `repackctl pack train` processes ended after a chosen step by the crash tests' kill switch
+(``REPACKCTL_TEST_CRASH_AFTER``, exit 137 as ``kill -9``).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import subprocess_env
+from support.caches import patchpix_fixtures
+from support.cli import proc_ok
+
+from repackctl.crash import CRASH_ENV
+from repackctl.run_lock import hold_run_lock
+from repackctl.train.logging import read_metrics
+
+base_cache, cache = patchpix_fixtures("s28b-metrics")
+
+PACK = [
+    *("pack", "train", "--encoder", "patchpix", "--resolution", "32", "-n", "16", "-c", "4"),
+    *("--ch", "8", "--disc-channels", "8", "--batch-size", "8", "--steps", "6"),
+    *("--ckpt-every", "2", "--log-every", "1", "--image-every", "0", "--device", "cpu"),
+    *("--name", "pk"),
+]
+
+
+def _killed_after(tmp_path: Path, step: int) -> Path:
+    env = subprocess_env(tmp_path, **{CRASH_ENV: f"train-step-{step}"})
+    cmd = [sys.executable, "-m", "repackctl", *PACK]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 137, done.stderr[-2000:]
+    return tmp_path / "runs" / "pk"
+
+
+def _info(tmp_path: Path, *more: str) -> str:
+    return proc_ok(["runs", "info", "pk", *more], subprocess_env(tmp_path))
+
+
+def test_rows_past_the_newest_checkpoint_are_named_not_listed(cache, tmp_path):
+    run = _killed_after(tmp_path, 3)  # checkpoint step 2; rows of steps 1, 2, 3
+    assert [r["step"] for r in read_metrics(run)] == [1, 2, 3]
+    out = _info(tmp_path)
+    assert "checkpoint step-0000002 complete" in out, out
+    assert "metrics step 2" in out and "metrics step 3" not in out, out
+    assert "metrics after step 2 1 row (step 3) logged after step 2" in out, out
+    assert "a resume drops these rows" in out, out
+    data = json.loads(_info(tmp_path, "--json"))
+    assert [r["step"] for r in data["metrics_tail"]] == [1, 2]
+    after = data["metrics_after_checkpoint"]
+    assert (after["rows"], after["first_step"], after["checkpoint_step"]) == (1, 3, 2), after
+    assert after["training"] is None
+
+    # while a training holds the run's lock, the rows past the checkpoint are its own
+    with hold_run_lock(run) as held:
+        assert held
+        out = _info(tmp_path)
+    assert "metrics step 3" not in out and "being trained now (pid" in out, out
+
+    # resumed to the end: every row is a checkpoint's, nothing is left out
+    proc_ok(PACK, subprocess_env(tmp_path))
+    out = _info(tmp_path)
+    assert "metrics step 6" in out and "metrics after" not in out, out
+    assert json.loads(_info(tmp_path, "--json"))["metrics_after_checkpoint"] is None
+
+
+def test_rows_of_a_run_without_a_checkpoint(cache, tmp_path):
+    run = _killed_after(tmp_path, 1)  # no checkpoint yet; the row of step 1
+    assert [r["step"] for r in read_metrics(run)] == [1]
+    out = _info(tmp_path)
+    assert "metrics step 1" not in out, out
+    assert "metrics without checkpoint 1 row (step 1) logged, but the run has no" in out, out
+    assert "a resume drops these rows and starts over" in out, out
