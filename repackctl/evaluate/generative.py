@@ -324,6 +324,25 @@ def reference_folder_set(folder: Path, resolution: int, num: int | None, seed: i
     )
 
 
+def checked_reference_npz(images: ImageSet, path: Path) -> ImageSet:
+    """``images`` of the .npz ``path`` given as a reference (`evaluate fid --ref`, `evaluate
+    stats`), checked as its samples folder is when that folder is given: a ``samples.npz`` in a
+    folder `repackctl sample` did not finish is refused (a kill after the file was assembled
+    and before the card was written, or a rerun under way), and one in a finished folder must
+    hold the count and be the file its card records (``check_recorded_count``,
+    ``check_recorded_file``). Its path skipped those checks, so a partial or replaced sample
+    set was summarised as the folder's. Any other .npz is external images, taken as it is."""
+    folder = path.parent
+    if path.name != SAMPLES_NPZ:
+        return images
+    refuse_unfinished(folder, "the reference folder ")
+    protocol = read_protocol(folder)
+    if protocol:
+        check_recorded_count(protocol, images.meta["available"], str(path))
+        _check_recorded_npz(folder, protocol)
+    return images
+
+
 def _reference_files(root: Path) -> list[Path]:
     """The image files of a reference folder: a samples folder's sample files (never its
     ``grid.png``, a preview of several samples), else every image under ``root`` (hidden ones
@@ -972,7 +991,7 @@ def _reference_from_path(path: Path, resolution: int, seed: int) -> Reference:
             ref.images = npz_image_set(path)
         return ref
     if "arr_0" in keys:
-        images = npz_image_set(path)
+        images = checked_reference_npz(npz_image_set(path), path)
         return Reference("images", str(path), "", images=images)
     raise DataError(
         f"{path} has neither mu/sigma nor arr_0",
@@ -1759,7 +1778,7 @@ def _stats_images(
     if path.is_dir():
         res = 256 if resolution is None else resolution
         return reference_folder_set(path, res, num, settings.seed)
-    return _at_given_resolution(npz_image_set(path, num), resolution)
+    return _at_given_resolution(checked_reference_npz(npz_image_set(path, num), path), resolution)
 
 
 def _at_given_resolution(images: ImageSet, resolution: int | None) -> ImageSet:

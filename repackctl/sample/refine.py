@@ -9,7 +9,13 @@ checkpoint's stats and stores the raw latents in ``latents.npy``).
 
 The decoded image enters the refiner the way the triplets stored it: quantised to uint8 and
 mapped back to [−1, 1]. So ``sample --refiner R`` and ``sample`` followed by
-``refine apply --refiner R`` give the same PNGs.
+``refine apply --refiner R`` give the same PNGs, in the same folder name: each recognises the
+other's folder of the same samples as its own result (``_refined_by_sample``,
+``refined_by_apply``) and refuses one of other samples by what differs.
+
+Latents recomputed from the DiT (a folder without latents.npy) are computed in the batches and,
+on the CPU, with the thread count the samples folder records (``_Regenerator``): those are the
+latents that made its images, not ~1e-6 off them.
 
 A refined folder is tied to the *content* of the samples it refines (``SamplesSource.digest``:
 the arrays of samples.npz and the raw latents), never to the source's path or to a few settings:
@@ -139,6 +145,13 @@ class _Regenerator:
         _check_regenerable(src, protocol)
         self.protocol, self.runs, self.device = protocol, runs, device
         self._loaded: tuple[Any, Any, Any, np.ndarray] | None = None
+        # the batching and CPU threads the samples were made in (the source's settings file):
+        # latents round by batch shape (~1e-6) and thread count, so the latents recomputed in
+        # the refiner's batches, with the refined folder's threads, were not those of the images
+        made = recorded_batching(read_json_dict(src / SETTINGS_JSON) or {})
+        self._batching = (made.get(BATCH_KEY), made.get(WORLD_KEY, 1))
+        self._threads = sampling_threads(made, device)
+        self._made: dict[int, Tensor] = {}  # latents of source batches met, by sample index
 
     def load(self) -> None:
         """Load the DiT (refused unless it is the one that made the samples) and its sampler."""
@@ -166,14 +179,25 @@ class _Regenerator:
         self._loaded = (velocity, plan, dit.extra, labels)
 
     def __call__(self, indices: list[int]) -> Tensor:
-        """Raw latents (B, d, h, w) of the samples ``indices``."""
+        """Raw latents (B, d, h, w) of the samples ``indices``, each computed in its batch of the
+        job that made the samples (``job_batches`` of the recorded batch and world size), with
+        the thread count it recorded on the CPU; a folder that records no batching (older
+        versions) is recomputed in ``indices`` as given."""
         from repackctl.sample.generate import generate_raw_latents
 
         self.load()
         velocity, plan, extra, labels = self._loaded  # type: ignore[misc]
-        seed = int(self.protocol["seed"])
-        with torch.no_grad():
-            return generate_raw_latents(velocity, plan, extra, labels, seed, indices, self.device)
+        seed, (batch, world) = int(self.protocol["seed"]), self._batching
+        num = int(self.protocol["num_samples"])
+        wanted = set(indices)
+        made = {i: t for i, t in self._made.items() if i in wanted}  # the batch met last time
+        todo = [indices] if batch is None else job_batches(num, world, wanted - set(made), batch)
+        with torch.no_grad(), torch_threads(self._threads):
+            for idx in todo:
+                raw = generate_raw_latents(velocity, plan, extra, labels, seed, idx, self.device)
+                made.update(zip(idx, raw, strict=True))  # (d, h, w) each
+        self._made = made  # kept for the next call: a source batch may straddle two
+        return torch.stack([made[i] for i in indices])
 
 
 def _check_regenerable(src: Path, protocol: dict[str, Any]) -> None:
@@ -397,6 +421,16 @@ class SamplesSource:
         return out
 
 
+def image_shape_of(folder: Path) -> tuple[int, ...]:
+    """(H, W, 3) of the images of ``folder``'s samples.npz, from its header (() when it cannot
+    be read: the shape is only shown)."""
+    try:
+        with zipfile.ZipFile(folder / SAMPLES_NPZ) as zf, zf.open(f"{IMAGES_KEY}.npy") as f:
+            return tuple(int(n) for n in _read_npy_header(f)[0][1:])
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError, zlib.error):
+        return ()
+
+
 def source_digest(src: Path) -> str:
     """:meth:`SamplesSource.digest` of the samples folder ``src``, read from its paths."""
     npz = src / "samples.npz"
@@ -453,6 +487,44 @@ def _refined_by_sample(out: Path, src: Path, protocol: dict, refiner_sha: str) -
         f"{out} holds images that `repackctl sample --refiner` refined from other samples than "
         f"those in {src} (other {', '.join(diff)})",
         _move_away_hint(out),
+    )
+
+
+def refined_by_apply(
+    out: Path, expected: dict[str, Any], pack_id: str | None, refiner: tuple[str, str], hint: str
+) -> dict[str, Any] | None:
+    """The card of ``out`` when `refine apply` wrote it (its settings file holds ``_APPLY_KEYS``
+    only) and it holds the samples ``expected`` describes (the card fields ``_GENERATION_KEYS``
+    that `sample` records), of this pack model, refined by this refiner: `sample --refiner`
+    then has nothing to make there, as `refine apply` after `sample --refiner` has nothing to
+    refine (``_refined_by_sample``). None when ``out`` is not a `refine apply` folder (new, or
+    `sample`'s own: ``claim_folder`` decides). Else a ``ConfigError`` that names what differs,
+    or that the folder is unfinished. ``refiner``: (``--refiner`` as given, its sha256);
+    ``hint``: where else the samples can go."""
+    old = read_json_dict(out / SETTINGS_JSON)
+    if old is None or not set(old) <= _APPLY_KEYS:
+        return None
+    done = read_json_dict(out / PROTOCOL_JSON) or {}
+    name, refiner_sha = refiner
+    suffix = refined_suffix(refiner_label(name))
+    src = out.parent / out.name.removesuffix(suffix) if out.name.endswith(suffix) else "SAMPLES"
+    if not done.get("refined_from"):
+        raise ConfigError(
+            f"{out} is an unfinished folder of `repackctl refine apply` (the refined images of "
+            "another samples folder), not one of `repackctl sample --refiner`",
+            f"finish it with `repackctl refine apply {src} --refiner {name}`, or {hint}",
+        )
+    diff = _generation_diff(done, expected)
+    if (done.get("pack") or {}).get("pack_id") != pack_id:
+        diff.append("pack model")
+    if card_refiner_sha(out, done) != refiner_sha:
+        diff.append("refiner checkpoint")
+    if not diff:
+        return done
+    raise ConfigError(
+        f"{out} holds images that `repackctl refine apply` refined from the samples in "
+        f"{done['refined_from']}, made with other settings than these (other {', '.join(diff)})",
+        f"{hint}, or move {out} away; nothing in it was changed",
     )
 
 

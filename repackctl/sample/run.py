@@ -196,7 +196,13 @@ def run_sample(
         refiner = fitting_refiner(settings.runs, cfg, pack, dit.extra["latent_shape"], device)
     ckpt = Path(dit.checkpoint)
     labels = make_labels(cfg.num, int(dit.extra["num_classes"]), cfg.labels, settings.seed)
-    folder, batching, threads = _claim(settings, dit, plan, guide_info, refiner, dist.world, device)
+    fingerprint = _fingerprint(settings, dit, plan, guide_info, refiner)
+    folder = _folder(settings, dit, plan, fingerprint)
+    if refiner is not None:  # `sample` then `refine apply` wrote this folder: nothing to make
+        done = _applied(folder, settings, dit, plan, labels, guide_info, pack, refiner)
+        if done is not None:
+            return done
+    batching, threads = _claim(settings, folder, fingerprint, dist.world, device)
     header = run_header(dist, device, settings.precision, precision_source, settings.seed)
     job = _Job(settings, plan, dit.extra, labels, velocity, pack.model.to(device).eval(), refiner,
                folder, device, header, is_finished(folder), batching, threads)  # fmt: skip
@@ -336,20 +342,30 @@ def _refuse_guide_alone(plan: Any, cfg: Any) -> None:
 
 def _claim(
     settings: Settings,
-    dit: Any,
-    plan: Any,
-    guide_info: Any,
-    refiner: Any,
+    folder: Path,
+    fingerprint: dict[str, Any],
     world: int,
     device: torch.device,
-) -> tuple[Path, tuple[int, int], int | None]:
-    """The samples folder of these settings, claimed (a folder of other settings is refused,
-    an unfinished one of another batch size too), the (batch size, world size) its samples
-    are made in (``claim_batching``) and the torch thread count they are made with on the CPU
-    (``sampling_threads``; None: the count given)."""
-    cfg, ckpt = settings.sample, Path(dit.checkpoint)
-    guide = cfg.guide and "-".join(filter(None, (Path(cfg.guide).name, cfg.guide_checkpoint)))
-    fingerprint = {
+) -> tuple[tuple[int, int], int | None]:
+    """Claim the samples folder of these settings (``_folder``; a folder of other settings is
+    refused, an unfinished one of another batch size too): the (batch size, world size) its
+    samples are made in (``claim_batching``) and the torch thread count they are made with on
+    the CPU (``sampling_threads``; None: the count given)."""
+    cfg = settings.sample
+    fingerprint = _as_recorded(folder, fingerprint)
+    claim, batch, world = claim_batching(
+        folder, fingerprint, cfg.batch_size, world, out_hint(bool(cfg.out)), cpu_threads(device)
+    )
+    claim_folder(folder, claim, out_hint(bool(cfg.out)))
+    return (batch, world), sampling_threads(claim, device)
+
+
+def _fingerprint(
+    settings: Settings, dit: Any, plan: Any, guide_info: Any, refiner: Any
+) -> dict[str, Any]:
+    """The settings that fix the samples, as the folder's settings file records them."""
+    cfg = settings.sample
+    return {
         "checkpoint_sha256": dit.sha256,
         "weights": cfg.weights,
         "num": cfg.num,
@@ -361,20 +377,64 @@ def _claim(
         "refiner": None if refiner is None else refiner.sha256,
         "precision": settings.precision,
     }
+
+
+def _folder(settings: Settings, dit: Any, plan: Any, fingerprint: dict[str, Any]) -> Path:
+    """The samples folder of these settings: ``--out``, or the one named after them."""
+    cfg, ckpt = settings.sample, Path(dit.checkpoint)
     if cfg.out:
-        folder = Path(cfg.out).expanduser().resolve()
-    else:
-        which = (run_root_of(ckpt).name, ckpt.name, plan, settings.seed, cfg.weights, cfg.refiner)
-        base = local_path(settings.samples)
-        folder = named_folder(
-            base, which, fingerprint, guide=guide, labels=cfg.labels, precision=settings.precision
-        )
-    fingerprint = _as_recorded(folder, fingerprint)
-    claim, batch, world = claim_batching(
-        folder, fingerprint, cfg.batch_size, world, out_hint(bool(cfg.out)), cpu_threads(device)
+        return Path(cfg.out).expanduser().resolve()
+    guide = cfg.guide and "-".join(filter(None, (Path(cfg.guide).name, cfg.guide_checkpoint)))
+    which = (run_root_of(ckpt).name, ckpt.name, plan, settings.seed, cfg.weights, cfg.refiner)
+    return named_folder(
+        local_path(settings.samples),
+        which,
+        fingerprint,
+        guide=guide,
+        labels=cfg.labels,
+        precision=settings.precision,
     )
-    claim_folder(folder, claim, out_hint(bool(cfg.out)))
-    return folder, (batch, world), sampling_threads(claim, device)
+
+
+def _applied(
+    folder: Path,
+    settings: Settings,
+    dit: Any,
+    plan: Any,
+    labels: np.ndarray,
+    guide_info: Any,
+    pack: PackHandle,
+    refiner: RefinerHandle,
+) -> SampleResult | None:
+    """What `sample --refiner` did when ``folder`` was written by `refine apply --refiner` from
+    the samples of these settings (the folder name both give): nothing, the images are there
+    (``refined_by_apply``); None when ``folder`` is not such a folder. One that holds other
+    samples, or is unfinished, is refused by name with nothing changed."""
+    from repackctl.sample.refine import image_shape_of, refined_by_apply
+
+    cfg = settings.sample
+    expected = {  # the fields `_protocol` records that fix the samples (``_GENERATION_KEYS``)
+        "checkpoint_sha256": dit.sha256,
+        "weights": cfg.weights,
+        "seed": settings.seed,
+        "sampler_spec": plan.spec.to_dict(),
+        "shift": plan.spec.shift,
+        "cfg_scale": plan.cfg,
+        "cfg_interval": [plan.t_lo, plan.t_hi],
+        "cfg_legacy_channels": plan.legacy_channels,
+        "guide": guide_info,
+        "labels": labels.tolist(),
+        "num_samples": cfg.num,
+        "precision": settings.precision,
+    }
+    expected = json.loads(json.dumps(expected))  # as a card records them (tuples → lists)
+    which = (str(cfg.refiner), refiner.sha256)
+    card = refined_by_apply(folder, expected, pack.pack_id, which, out_hint(bool(cfg.out)))
+    if card is None:
+        return None
+    nfe = int(card.get("nfe") or network_evaluations(plan.spec, plan))
+    shape = image_shape_of(folder)
+    return SampleResult(folder, cfg.num, 0, cfg.num, nfe, shape, 0.0, card, refined=True)
 
 
 def _as_recorded(folder: Path, fingerprint: dict[str, Any]) -> dict[str, Any]:
