@@ -604,9 +604,27 @@ def _write_shard(
     return codes
 
 
+def check_one_weights_folder(ref: str, weights: str | None) -> None:
+    """Refuse ``--text-encoder NAME:PATH`` beside a ``--text-weights`` naming another folder:
+    the encoder loads ``PATH`` (``make_text_encoder``), so the flag would do nothing while the
+    text group recorded it as the folder its features came from (`sample` then looked for it)."""
+    name, arg = registry("text_encoders").split_id(ref)
+    if not arg or not weights:
+        return
+    if Path(arg).expanduser().resolve() == Path(weights).expanduser().resolve():
+        return
+    raise ConfigError(
+        f"--text-encoder {ref!r} names the weights folder {arg} and --text-weights another, "
+        f"{weights}: the captions would be encoded with {arg} and {weights} ignored (yet "
+        "recorded as their weights)",
+        f"name the folder once: --text-encoder {name} --text-weights {arg}, or drop --text-weights",
+    )
+
+
 def load_text_encoder(settings: Any, dist: DistInfo) -> TextEncoder:
     """The text encoder of the ``captions`` settings, on this process's device."""
     cfg = settings.captions
+    check_one_weights_folder(cfg.text_encoder, cfg.text_weights)
     encoder = make_text_encoder(cfg.text_encoder, cfg.text_weights, cfg.max_length)
     device = resolve_device(settings.device, dist.local_rank)
     return encoder.to(device) if hasattr(encoder, "to") else encoder

@@ -283,17 +283,11 @@ class _T2IDemo(Pipeline):
     def evaluate(self) -> tuple[bool, str]:
         p = self.plan
         path = self.folder / "adherence.json"
-        old = json.loads(path.read_text()) if path.is_file() else {}
-        want = {"steps": p.adherence_steps, "seed": p.seed}
-        reused = {k: old.get("classifier", {}).get(k) for k in want} == want and bool(
-            old.get("classifier_recon_val_accuracy")
-        )
-        scores = old if reused else self.score_adherence(path)
+        old = self.reusable_scores(path)
+        reused = old is not None
+        scores = old if old is not None else self.score_adherence(path)
         m = self.report.metrics
-        m.update({k: scores[k] for k in ("shape_accuracy", "colour_accuracy", "n_shape",
-                                         "n_colour", "chance", "classifier_real_accuracy",
-                                         "classifier_real_val_accuracy",
-                                         "classifier_recon_val_accuracy")})  # fmt: skip
+        m.update({k: scores[k] for k in _SCORE_KEYS})
         m["fd"] = self.encoder_fd(self.generated, "val", p.resolution)
         m["n_samples"] = int(len(self.generated))
         return reused, (
@@ -301,6 +295,30 @@ class _T2IDemo(Pipeline):
             f"{100 * m['colour_accuracy']:.0f} % (chance {100 * m['chance']['colour']:.0f} %), "
             f"FD {m['fd']:.2f}"
         )
+
+    def reusable_scores(self, path: Path) -> dict[str, Any] | None:
+        """The scores of an earlier run of this stage in ``path``, when they are this plan's
+        (classifier ``--steps`` and seed) for the PNGs the folder holds now, with every score
+        the report reads; None (score again: the demo owns the file) for a missing, damaged or
+        partial file, or one written by `evaluate adherence` without the val scores."""
+        from repackctl.evaluate.adherence import samples_sha256
+        from repackctl.run_files import read_json_dict
+
+        old = read_json_dict(path)
+        was = (old or {}).get("classifier")
+        want = {"steps": self.plan.adherence_steps, "seed": self.plan.seed}
+        if (
+            old is None
+            or not isinstance(was, dict)
+            or any(was.get(k) != v for k, v in want.items())
+        ):
+            return None
+        if not all(k in old for k in _SCORE_KEYS) or not all(
+            isinstance(old[k], dict) for k in _SCORE_KEYS if k == "chance" or "classifier" in k
+        ):
+            return None
+        n = len(self.generated)
+        return old if old.get("samples_sha256") == samples_sha256(self.folder, n) else None
 
     def score_adherence(self, path: Path) -> dict[str, Any]:
         """`evaluate adherence` of the samples (+ the classifiers on the real val images), and
@@ -347,6 +365,19 @@ class _T2IDemo(Pipeline):
         write_json_atomic(self.out / "metrics.json", {**m, "scored": scored_samples(self.folder)})
         report.files["report.md"] = str(self.out / "report.md")
         report.files["metrics.json"] = str(self.out / "metrics.json")
+
+
+#: the scores of ``adherence.json`` that the demo's report and metrics.json read
+_SCORE_KEYS = (
+    "shape_accuracy",
+    "colour_accuracy",
+    "n_shape",
+    "n_colour",
+    "chance",
+    "classifier_real_accuracy",
+    "classifier_real_val_accuracy",
+    "classifier_recon_val_accuracy",
+)
 
 
 def _pct(v: float | None) -> str:

@@ -27,7 +27,7 @@ import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -236,15 +236,38 @@ class CocoCaptions(_FileCaptions):
             data = json.loads(ann.read_bytes())
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise DataError(f"{ann} is not a UTF-8 JSON file: {e}", hint="re-download it") from e
-        files = {img["id"]: images / img["file_name"] for img in data.get("images", [])}
+        files, notes = _coco_lists(data, ann)
         rows = []
-        for a in sorted(data.get("annotations", []), key=lambda a: (a["image_id"], a["id"])):
+        for a in sorted(notes, key=lambda a: (a["image_id"], a["id"])):
             row = f"annotation {a['id']} (image {a['image_id']})"
             if a["image_id"] not in files:
                 self.skipped.append((row, "image id not in the images list"))
             else:
-                rows.append((row, files[a["image_id"]], str(a.get("caption") or "")))
+                rows.append((row, images / files[a["image_id"]], str(a.get("caption") or "")))
         self._group(rows)
+
+
+def _coco_lists(data: Any, ann: Path) -> tuple[dict[Any, str], list[dict[str, Any]]]:
+    """({image id: file name}, annotations) of a COCO captions file, after checking its shape:
+    an object whose ``images`` hold ``id`` + ``file_name`` and whose ``annotations`` hold ``id``
+    + ``image_id`` (another JSON file named so was a KeyError traceback)."""
+
+    def bad(what: str) -> DataError:
+        return DataError(
+            f"{ann} is not a COCO captions file: {what}",
+            hint="use annotations/captions_{train,val}2017.json of annotations_trainval2017.zip",
+        )
+
+    if not isinstance(data, dict):
+        raise bad(f"it holds a JSON {type(data).__name__}, not an object")
+    images, notes = data.get("images", []), data.get("annotations", [])
+    for key, items, need in (("images", images, "file_name"), ("annotations", notes, "image_id")):
+        if not isinstance(items, list):
+            raise bad(f"its {key!r} is not a list")
+        for k, item in enumerate(items):
+            if not isinstance(item, dict) or "id" not in item or need not in item:
+                raise bad(f"{key}[{k}] has no 'id' and {need!r}")
+    return {img["id"]: str(img["file_name"]) for img in images}, notes
 
 
 def _decoded_lines(path: Path, skipped: Skipped) -> list[tuple[int, str]]:

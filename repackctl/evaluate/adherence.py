@@ -434,15 +434,22 @@ def _protocol_of(folder: Path) -> dict[str, Any]:
     return card
 
 
+def samples_sha256(folder: Path, n: int) -> str:
+    """``adherence.json``'s ``samples_sha256``: over the N PNGs of a samples folder (the path
+    and sha256 of each, ``evaluate.generative.folder_sha256``)."""
+    from repackctl.evaluate.generative import folder_sha256
+    from repackctl.sample.folder import png_path
+
+    return folder_sha256([png_path(folder, i) for i in range(n)], folder)
+
+
 def _hashes(folder: Path, n: int, card: dict[str, Any]) -> dict[str, Any]:
     """``samples_sha256`` (over the N PNGs scored, ``evaluate.generative.folder_sha256``),
     ``checkpoint_sha256`` (from the samples' protocol card) and ``protocol_sha256``."""
-    from repackctl.evaluate.generative import folder_sha256
     from repackctl.files import sha256_file
-    from repackctl.sample.folder import png_path
 
     return {
-        "samples_sha256": folder_sha256([png_path(folder, i) for i in range(n)], folder),
+        "samples_sha256": samples_sha256(folder, n),
         "samples_sha256_of": f"000000.png … {n - 1:06d}.png (path and sha256 of each)",
         "checkpoint_sha256": card.get("checkpoint_sha256"),
         "protocol_sha256": sha256_file(folder / PROTOCOL_JSON),
