@@ -112,9 +112,9 @@ def encoder_flag(attrs: Mapping[str, Any], fid: str) -> str:
     spec_id = str(enc.get("id") or fid.split("--")[0])
     arch = str(enc.get("arch") or "")
     if arch and spec_id not in registry("encoders").ids():
-        from repackctl.encoders.timm_vit import _short_id
+        from repackctl.encoder_names import timm_short_id
 
-        if _short_id(arch) == spec_id:  # a timm encoder names its features so
+        if timm_short_id(arch) == spec_id:  # a timm encoder names its features so
             return f"timm:{arch}"
     return spec_id
 

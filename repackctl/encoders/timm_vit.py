@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from repackctl.encoder_names import timm_short_id
 from repackctl.encoders.base import EncoderSpec, FrozenEncoder
 from repackctl.errors import WeightsError
 from repackctl.files import sha256_file
@@ -36,21 +37,6 @@ def _patch_of(name: str) -> int:
         if f"patch{p}" in name:
             return p
     raise WeightsError(f"cannot tell the patch size of timm model {name!r}", "use a ViT name")
-
-
-def _short_id(name: str) -> str:
-    """vit_base_patch16_dinov3 → dinov3-vitb16 (readable folder names)."""
-    size = {"tiny": "t", "small": "s", "small_plus": "sp", "base": "b", "large": "l"}
-    size |= {"huge_plus": "hp", "giant": "g", "7b": "7b"}
-    for family in ("dinov3", "dinov2"):
-        if name.endswith(family) or name.endswith(f"{family}_qkvb"):
-            body = name.removeprefix("vit_").split("_patch")[0]
-            rest = name.split("_patch")[1]
-            patch = rest.split("_")[0]
-            tag = "-reg4" if "_reg4_" in name else ""
-            tag += "-qkvb" if name.endswith("_qkvb") else ""
-            return f"{family}-vit{size.get(body, body)}{patch}{tag}"
-    return name.replace("_", "-")
 
 
 def _check_weights_file(path: Path) -> None:
@@ -200,7 +186,7 @@ def timm_encoder(
         raise WeightsError(f"layer {layer} out of range for {depth} blocks", f"use 0..{depth - 1}")
     cfg = model.pretrained_cfg or {}
     spec = EncoderSpec(
-        id=_short_id(variant),
+        id=timm_short_id(variant),
         arch=variant,
         patch_size=patch,
         input_size=input_size,

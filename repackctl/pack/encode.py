@@ -36,7 +36,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from repackctl.cache.commands import features_extract_command
 from repackctl.cache.creation import entry_writer
 from repackctl.cache.integrity import GuardedArray, repair_hint
 from repackctl.cache.partials import add_partial_arrays, checked_stats, write_partials
@@ -57,7 +56,15 @@ from repackctl.pack.data import (
     open_features,
     sibling_entry,
 )
-from repackctl.pack.load import LATENT_STATS, PackHandle, load_pack
+from repackctl.pack.load import (  # re-exported: `pack encode`'s checks read them here
+    FEATURES_PRECISION as FEATURES_PRECISION,
+)
+from repackctl.pack.load import (
+    LATENT_STATS,
+    PackHandle,
+    load_pack,
+)
+from repackctl.pack.load import check_features_precision as check_features_precision
 from repackctl.paths import cache_root, is_url, run_dir
 from repackctl.progress import ProgressFactory, null_progress
 from repackctl.runs import chained_run
@@ -70,10 +77,6 @@ if TYPE_CHECKING:
 ENCODER_KEYS = ("encoder", "weights", "layer")
 SOURCE_KEYS = ("data", "resolution", "num")
 LATENT_ARRAYS = ("mean", "std", "partial_sum", "partial_sumsq", "partial_count", "done")
-#: latents attribute: the precision of the features they were encoded from (not in the features
-#: id: features extracted again in another precision after `cache rm --features` share the id);
-#: also the pack checkpoint's ``extra`` key of the precision of the features it was trained on
-FEATURES_PRECISION = "features_precision"
 
 
 @dataclass
@@ -199,27 +202,6 @@ def check_trained_data(handle: PackHandle, entry: DatasetEntry) -> None:
         f"{handle.run_name} was trained on (recorded in {where}): {diff}",
         f"pass the --cache the run was trained on, or train a pack model on this data: "
         f"`repackctl pack train --cache {cache_root(entry.root)} --name NEW-RUN`",
-    )
-
-
-def check_features_precision(handle: PackHandle, entry: DatasetEntry, feats: ArrayGroup) -> None:
-    """Refuse (``CacheError``) features computed in another precision than the features the pack
-    model was trained on (its checkpoint's ``features_precision``): bf16 and fp32 tokens of the
-    same images differ, and latents encoded from them would come from another input
-    distribution than the model saw. Runs trained before the precision was recorded are not
-    checked (nothing is guessed)."""
-    trained = handle.extra.get(FEATURES_PRECISION)
-    here = features_precision(dict(feats.attrs))
-    if trained is None or trained == here:
-        return
-    fid = feats.group.basename
-    extract = features_extract_command(entry, fid, precision=str(trained))
-    raise CacheError(
-        f"pack run {handle.run_name} was trained on features computed in {trained}, but features "
-        f"{fid} in {entry.name} were computed in {here}: their latents would come from another "
-        "input distribution than the model was trained on",
-        f"extract them again in {trained}: `repackctl cache rm {entry.name} --features {fid} "
-        f"--yes`, then `{extract}`, then encode again",
     )
 
 

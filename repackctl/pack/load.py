@@ -19,18 +19,21 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 # re-exported: dit.latents reads it here
 from repackctl.cache.partials import combine_partials as combine_partials
-from repackctl.errors import CheckpointError
+from repackctl.errors import CacheError, CheckpointError
 from repackctl.pack.autoencoder import PackAutoencoder
 from repackctl.pack.features import EncoderFeatureLoss
 from repackctl.paths import resolve_checkpoint_arg
 from repackctl.run_files import pack_id_run_step  # re-exported: dit.latents reads it here
+
+if TYPE_CHECKING:
+    from repackctl.cache.store import ArrayGroup, DatasetEntry
 
 LATENT_STATS = "latent_stats.json"
 
@@ -208,3 +211,33 @@ def builtin_feature_loss(resolution: int, seed: int = 0) -> EncoderFeatureLoss:
     from repackctl.encoders.load import make_encoder
 
     return EncoderFeatureLoss(make_encoder("builtin", None, None, resolution, seed))
+
+
+#: latents attribute: the precision of the features they were encoded from (not in the features
+#: id: features extracted again in another precision after `cache rm --features` share the id);
+#: also the pack checkpoint's ``extra`` key of the precision of the features it was trained on
+FEATURES_PRECISION = "features_precision"
+
+
+def check_features_precision(handle: PackHandle, entry: DatasetEntry, feats: ArrayGroup) -> None:
+    """Refuse (``CacheError``) features computed in another precision than the features the pack
+    model was trained on (its checkpoint's ``features_precision``): bf16 and fp32 tokens of the
+    same images differ, and latents encoded from them would come from another input
+    distribution than the model saw. Runs trained before the precision was recorded are not
+    checked (nothing is guessed)."""
+    from repackctl.cache.commands import features_extract_command
+    from repackctl.cache.store import features_precision
+
+    trained = handle.extra.get(FEATURES_PRECISION)
+    here = features_precision(dict(feats.attrs))
+    if trained is None or trained == here:
+        return
+    fid = feats.group.basename
+    extract = features_extract_command(entry, fid, precision=str(trained))
+    raise CacheError(
+        f"pack run {handle.run_name} was trained on features computed in {trained}, but features "
+        f"{fid} in {entry.name} were computed in {here}: their latents would come from another "
+        "input distribution than the model was trained on",
+        f"extract them again in {trained}: `repackctl cache rm {entry.name} --features {fid} "
+        f"--yes`, then `{extract}`, then encode again",
+    )

@@ -263,11 +263,11 @@ def _check_source_precision(
     entry: DatasetEntry, feats: ArrayGroup, pack: PackHandle, noise: float, seed: int
 ) -> None:
     """Before anything is written: triplets still to build are decoded from features of the
-    precision the pack model was trained on (``pack.encode.check_features_precision``, as `pack
+    precision the pack model was trained on (``pack.load.check_features_precision``, as `pack
     encode` refuses): features removed and extracted again in another precision keep their id,
     and their reconstructions came from another input distribution than the model saw. Finished
     triplets read no features and are reused as they are."""
-    from repackctl.pack.encode import check_features_precision
+    from repackctl.pack.load import check_features_precision
 
     try:
         open_triplets(entry, pack.pack_id, noise, seed)
