@@ -164,7 +164,8 @@ def test_rm_still_verifies_checksums_before_asking(tmp_path):
     data[-1] ^= 0xFF
     ema.write_bytes(bytes(data))
     out = _invoke(["runs", "rm", "r", "--runs", str(runs)], code=1, stdin="n\n")
-    assert "1 checkpoints" in out  # the corrupt one is not counted, as `runs info` says
+    # the corrupt one is not counted as complete, as `runs info` says, but named: it is deleted too
+    assert "1 checkpoint and 1 incomplete, damaged or marked bad" in out
     assert ema.is_file()
     _invoke(["runs", "rm", "r", "--yes", "--runs", str(runs)])
     assert not run.exists()
