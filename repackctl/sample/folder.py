@@ -1014,6 +1014,18 @@ def check_num(num: int) -> None:
         )
 
 
+def plan_fields(plan: GenerationPlan) -> dict[str, Any]:
+    """The card fields of a generation plan's guidance (scale, interval, channels) and time
+    shift, in the card's order: what ``generation_card`` records, and what `sample --refiner`
+    compares with the card of a `refine apply` folder (with ``sampler_spec``)."""
+    return {
+        "cfg_scale": plan.cfg,
+        "cfg_interval": [plan.t_lo, plan.t_hi],
+        "cfg_legacy_channels": plan.legacy_channels,
+        "shift": plan.spec.shift,
+    }
+
+
 def generation_card(
     *,
     plan: GenerationPlan,
@@ -1035,10 +1047,7 @@ def generation_card(
         ],
         "steps": plan.spec.steps,
         "nfe": nfe,
-        "cfg_scale": plan.cfg,
-        "cfg_interval": [plan.t_lo, plan.t_hi],
-        "cfg_legacy_channels": plan.legacy_channels,
-        "shift": plan.spec.shift,
+        **plan_fields(plan),
         "label_scheme": label_scheme,
         "seed": seed,
         "precision": precision,
