@@ -24,12 +24,14 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# two workers of one thread each: many tests wait on real subprocesses (kills, torchrun)
+# two workers of one thread each: many tests wait on real subprocesses (kills, torchrun); the
+# 20 slowest tests are listed at the end, to see where the suite's time goes
 test: lint
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder \
+		--durations=20
 
 # the edit loop: no `slow` tests (subprocesses, kills, end-to-end runs); about 2 min 50 s on a
-# 2-core Xeon, 4 min 30 s on a slower 2-core EPYC (the full suite 7 to 9 min, and 11 to 14 min)
+# 2-core Xeon, 4 min 30 s on a slower 2-core EPYC (the full suite 7 to 9 min, and 16 to 19 min)
 test-fast: lint
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder -m "not slow"
 
