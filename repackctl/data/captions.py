@@ -25,7 +25,7 @@ import colorsys
 import csv
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -238,7 +238,7 @@ class CocoCaptions(_FileCaptions):
             raise DataError(f"{ann} is not a UTF-8 JSON file: {e}", hint="re-download it") from e
         files, notes = _coco_lists(data, ann)
         rows = []
-        for a in sorted(notes, key=lambda a: (a["image_id"], a["id"])):
+        for a in sorted(notes, key=lambda a: (_id_order(a["image_id"]), _id_order(a["id"]))):
             row = f"annotation {a['id']} (image {a['image_id']})"
             if a["image_id"] not in files:
                 self.skipped.append((row, "image id not in the images list"))
@@ -247,10 +247,32 @@ class CocoCaptions(_FileCaptions):
         self._group(rows)
 
 
-def _coco_lists(data: Any, ann: Path) -> tuple[dict[Any, str], list[dict[str, Any]]]:
+CocoId = int | str  # an id of a COCO file, read by ``_coco_id``
+
+
+def _id_order(value: CocoId) -> tuple[bool, CocoId]:
+    """A sort key for ids of either kind: numbers in numeric order, then other strings."""
+    return isinstance(value, str), value
+
+
+def _coco_id(value: Any) -> CocoId | None:
+    """A COCO id read one way: an integer, or a string of digits, is the number (the same image
+    whichever way one list spells it: ``7``, ``"7"``, ``"007"``); another non-empty string is
+    itself; anything else (a float, true/false, null, a list) is None (refused)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip():
+        text = value.strip()
+        return int(text) if text.isascii() and text.isdigit() else text
+    return None
+
+
+def _coco_lists(data: Any, ann: Path) -> tuple[dict[CocoId, str], list[dict[str, Any]]]:
     """({image id: file name}, annotations) of a COCO captions file, after checking its shape:
     an object whose ``images`` hold ``id`` + ``file_name`` and whose ``annotations`` hold ``id``
-    + ``image_id`` (another JSON file named so was a KeyError traceback)."""
+    + ``image_id`` (another JSON file named so was a KeyError traceback). Ids are read one way
+    (``_coco_id``): a file spelling them as strings reads as one spelling them as numbers, and
+    one mixing both still matches each caption to its image (it matched none, or a traceback)."""
 
     def bad(what: str) -> DataError:
         return DataError(
@@ -267,7 +289,31 @@ def _coco_lists(data: Any, ann: Path) -> tuple[dict[Any, str], list[dict[str, An
         for k, item in enumerate(items):
             if not isinstance(item, dict) or "id" not in item or need not in item:
                 raise bad(f"{key}[{k}] has no 'id' and {need!r}")
-    return {img["id"]: str(img["file_name"]) for img in images}, notes
+    images = [_read_ids(img, f"images[{k}]", ("id",), bad) for k, img in enumerate(images)]
+    notes = [
+        _read_ids(a, f"annotations[{k}]", ("id", "image_id"), bad) for k, a in enumerate(notes)
+    ]
+    files: dict[CocoId, str] = {}
+    for img in images:
+        name = str(img["file_name"])
+        if files.setdefault(img["id"], name) != name:  # which file the captions describe?
+            raise bad(f"image id {img['id']} is listed twice, as {files[img['id']]} and {name}")
+    return files, notes
+
+
+def _read_ids(
+    item: dict[str, Any], where: str, fields: tuple[str, ...], bad: Callable[[str], DataError]
+) -> dict[str, Any]:
+    """A copy of ``item`` with its id ``fields`` read by ``_coco_id``; an id of another type
+    (a float, true/false, null, a list) is refused by ``bad``."""
+    out = dict(item)
+    for field in fields:
+        out[field] = _coco_id(item[field])
+        if out[field] is None:
+            raise bad(
+                f"{where} has {field} {json.dumps(item[field])[:40]}, not an integer or a string"
+            )
+    return out
 
 
 def _decoded_lines(path: Path, skipped: Skipped) -> list[tuple[int, str]]:
