@@ -215,6 +215,14 @@ def _file_captions(ds: DatasetEntry, where: str | None, skipped: list) -> tuple[
 
     source = ds.attrs.get("source") or {}
     root = source.get("root")
+    if source.get("dataset") == "builtin":
+        raise ConfigError(
+            f"--captions {where} is for image-folder entries, and {ds.name} holds built-in "
+            "images: their captions are generated from the images themselves, with no file",
+            f"drop --captions: `repackctl captions --entry {ds.name}`; to caption your own "
+            "images, extract them first (`repackctl extract --data imagefolder:PATH`) and pass "
+            "that entry with --captions",
+        )
     if where and where.startswith("coco:"):
         split = "val" if str(ds.attrs.get("split")) == "val" else "train"
         found = CocoCaptions(where[5:], split=split)
@@ -226,8 +234,11 @@ def _file_captions(ds: DatasetEntry, where: str | None, skipped: list) -> tuple[
         read_from = str(found.index.resolve())
     else:
         raise ConfigError(
-            f"cache entry {ds.name} has no built-in or folder source to take captions from",
-            "pass --captions FILE.jsonl (file + caption rows) or --captions coco:ROOT",
+            f"cache entry {ds.name} records no image folder (data "
+            f"{source.get('dataset') or 'unknown'}): caption files are matched to the images "
+            "of an image-folder entry by their paths",
+            "extract the images from a folder (`repackctl extract --data imagefolder:PATH`), "
+            "then pass that entry with --captions FILE.jsonl or --captions coco:ROOT",
         )
     skipped += [(row, reason) for row, reason in found.skipped]
     by_path: dict[str, list[str]] = {}
