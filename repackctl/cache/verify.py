@@ -5,12 +5,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import zarr
 from zarr.core.sync import sync
 
-from repackctl.cache.commands import captions_command, features_extract_command
+from repackctl.cache.commands import captions_command, features_extract_command, finish_command
 from repackctl.cache.creation import (
     child_groups,
     child_nodes,
@@ -39,7 +40,7 @@ from repackctl.cache.store import (
     DatasetEntry,
     features_precision,
 )
-from repackctl.errors import CacheError
+from repackctl.errors import CacheError, RepackError
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,38 @@ def describe_entry(entry: DatasetEntry) -> EntryInfo:
             arrays = {name: list(a.shape) for name, a in g.arrays() if name != "done"}
             getattr(info, kind)[gid] = {"arrays": arrays, **counts(g["done"], f"{kind}/{gid}")}
     return info
+
+
+#: the kinds of groups an entry holds, in the columns of `cache ls`
+GROUP_KINDS = ("features", "latents", "triplets", "text")
+
+
+def unfinished_groups(entry: DatasetEntry, info: EntryInfo) -> list[dict[str, Any]]:
+    """``group`` (``images`` for the entry's own rows, else ``kind/id``), ``pending`` and ``n``
+    rows, and the command that ``finish``es them, of each part of ``entry`` with pending rows:
+    an extract, `pack encode`, captions or refine run that was killed (or rows `cache verify
+    --repair` marked). Listed as they were, such groups looked finished."""
+    parts = [("", info.pending)]
+    parts += [
+        (f"{kind}/{gid}", int(g.get("pending", 0)))
+        for kind in GROUP_KINDS
+        for gid, g in getattr(info, kind).items()
+    ]
+    out = []
+    for path, pending in parts:
+        if not pending:
+            continue
+        try:
+            finish = finish_command(entry, path)
+        except (RepackError, KeyError, TypeError, ValueError):  # unreadable records: not named
+            finish = "the command that wrote it (not recorded)"
+        if (path or "images") in info.corrupt_done:  # its writer refuses it until repaired
+            finish = (
+                f"`repackctl cache verify {entry.name} --repair` (a chunk of its done array is "
+                f"corrupt: which rows are written is not known), then {finish}"
+            )
+        out.append({"group": path or "images", "pending": pending, "n": info.n, "finish": finish})
+    return out
 
 
 def _scan_finite(arr: zarr.Array, done: np.ndarray, block: int) -> int:

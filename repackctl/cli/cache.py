@@ -41,7 +41,7 @@ def ls(cache: CacheOpt = None, config: ConfigOpt = None, as_json: JsonOpt = Fals
     from dataclasses import asdict
 
     from repackctl.cache.store import DatasetEntry, list_entries
-    from repackctl.cache.verify import describe_entry
+    from repackctl.cache.verify import GROUP_KINDS, describe_entry, unfinished_groups
 
     root = _root(cache, config)
     names = list_entries(root)
@@ -91,41 +91,6 @@ def ls(cache: CacheOpt = None, config: ConfigOpt = None, as_json: JsonOpt = Fals
             )
 
 
-#: the kinds of groups an entry holds, in the columns of `cache ls`
-GROUP_KINDS = ("features", "latents", "triplets", "text")
-
-
-def unfinished_groups(entry: DatasetEntry, info: EntryInfo) -> list[dict[str, Any]]:
-    """``group`` (``images`` for the entry's own rows, else ``kind/id``), ``pending`` and ``n``
-    rows, and the command that ``finish``es them, of each part of ``entry`` with pending rows:
-    an extract, `pack encode`, captions or refine run that was killed (or rows `cache verify
-    --repair` marked). Listed as they were, such groups looked finished."""
-    from repackctl.cache.commands import finish_command
-    from repackctl.errors import RepackError
-
-    parts = [("", info.pending)]
-    parts += [
-        (f"{kind}/{gid}", int(g.get("pending", 0)))
-        for kind in GROUP_KINDS
-        for gid, g in getattr(info, kind).items()
-    ]
-    out = []
-    for path, pending in parts:
-        if not pending:
-            continue
-        try:
-            finish = finish_command(entry, path)
-        except (RepackError, KeyError, TypeError, ValueError):  # unreadable records: not named
-            finish = "the command that wrote it (not recorded)"
-        if (path or "images") in info.corrupt_done:  # its writer refuses it until repaired
-            finish = (
-                f"`repackctl cache verify {entry.name} --repair` (a chunk of its done array is "
-                f"corrupt: which rows are written is not known), then {finish}"
-            )
-        out.append({"group": path or "images", "pending": pending, "n": info.n, "finish": finish})
-    return out
-
-
 def _group_cells(info: EntryInfo, kind: str) -> list[str]:
     """The ids of ``info``'s groups of ``kind`` for `cache ls`: ``(unfinished: N of M rows
     pending)`` after one with pending rows, then the interrupted and damaged ones."""
@@ -164,7 +129,7 @@ def info(
     from dataclasses import asdict
 
     from repackctl.cache.store import DatasetEntry
-    from repackctl.cache.verify import describe_entry
+    from repackctl.cache.verify import GROUP_KINDS, describe_entry, unfinished_groups
 
     root = _root(cache, config)
     e = DatasetEntry.open(root, entry)
