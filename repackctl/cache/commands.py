@@ -189,7 +189,7 @@ def features_extract_command(entry: DatasetEntry, fid: str, precision: str | Non
         seed = (attrs.get("config") or {}).get("values", {}).get("seed", seed)
     else:  # written without the settings recorded: the encoder record, the id's layer part
         weights, drawn = _weights_flag(str(enc.get("weights") or ""))
-        seed = seed if drawn is None or seed is not None else drawn
+        seed = _run_seed(attrs, seed if drawn is None or seed is not None else drawn)
         layer = _layer_of(fid.split("--")[1] if fid.count("--") >= 1 else None)
         val_fraction = src["val_fraction"]
     return extract_command(
@@ -205,6 +205,16 @@ def features_extract_command(entry: DatasetEntry, fid: str, precision: str | Non
         precision=precision or features_precision(attrs),
         seed=seed,
     )
+
+
+def _run_seed(attrs: Mapping[str, Any], guess: int | None) -> int | None:
+    """The ``--seed`` of the run that wrote a features group, as its run header records it
+    (``runtime.run_header``), else ``guess``. Whatever the encoder's weights tag says, that seed
+    draws the same weights again: a plugin whose weights the seed draws under a tag of its own
+    (not ``random:<seed>`` or ``seeded:<seed>``) was named without it, and the command wrote
+    another features group. Where the seed changed nothing, naming it changes nothing either."""
+    seed = (attrs.get("run_header") or {}).get("seed")
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else guess
 
 
 def _weights_flag(tag: str) -> tuple[str | None, int | None]:
