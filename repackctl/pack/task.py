@@ -510,6 +510,11 @@ class PackTask:
     def load_state_extra(self, extra: dict[str, Any]) -> None:
         self.resumed_extra = extra
 
+    def checkpoints_in_use(self, run_dir: Path) -> dict[str, list[str]]:
+        """The engine's rotation keeps these (:func:`checkpoints_in_use`), asked at each save:
+        a DiT may start on this run's latents while it trains."""
+        return checkpoints_in_use(Path(run_dir))
+
 
 # ---------------------------------------------------------------------------- run
 
@@ -933,7 +938,6 @@ def run_pack_train(
         ema_decay=plan.ema_decay,
         ema_warmup=True,
         tf32=plan.tf32,  # paper: off, PyTorch's strict fp32 matmuls as the official stage 1
-        keep_last=_keep_last(cfg.keep_last, run_dir, latest, log),
         block=ref.entry.chunk,
         buffer_blocks=shuffle_window(
             data,
@@ -976,24 +980,6 @@ def checkpoints_in_use(run_dir: Path) -> dict[str, list[str]]:
                 if dep.name not in used.setdefault(name, []):
                     used[name].append(dep.name)
     return used
-
-
-def _keep_last(keep_last: int, run_dir: Path, latest: Path | None, log: list[str]) -> int:
-    """The ``keep_last`` a resumed run trains with: 0 (every checkpoint kept) when a checkpoint
-    of the run is the decoder of another run (:func:`checkpoints_in_use`), said in ``log``.
-    Rotation deleted it: the DiT trained on its latents could no longer sample ("run … has no
-    checkpoint step-…") and the weights were gone for good."""
-    if keep_last == 0 or latest is None:
-        return keep_last
-    used = checkpoints_in_use(run_dir)
-    if not used:
-        return keep_last
-    named = "; ".join(f"{step} by {', '.join(runs)}" for step, runs in sorted(used.items()))
-    log.append(
-        f"keep_last {keep_last} → 0: every checkpoint of this run is kept, since other runs "
-        f"decode with its checkpoints ({named}), which rotation would delete"
-    )
-    return 0
 
 
 def _unplaced_attention(decoder: DecoderConfig) -> list[int]:

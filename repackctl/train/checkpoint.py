@@ -20,6 +20,8 @@ runs/<name>/checkpoints/step-0000020/  model.safetensors  ema.safetensors  <othe
   deletes intact folders only (every file of the size and sha256 ``state.json`` records): a
   damaged or incomplete ``step-…`` folder neither takes a ``keep_last`` slot nor is deleted
   (it is left as it is, for the user to repair or remove; a re-save of its step replaces it).
+  Folders in use elsewhere (``protect``: a pack checkpoint other runs decode with) are never
+  deleted and take no slot.
 * ``REPACKCTL_TEST_CKPT_KILL=<point>[@<step>]`` (crash tests only) SIGKILLs the process at a
   point of ``save_checkpoint``: ``written`` (temporary folder complete, nothing renamed),
   ``aside`` (re-save: old folder moved aside, new one not in place), ``swapped`` (re-save: new
@@ -48,9 +50,9 @@ import random
 import re
 import shutil
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -200,13 +202,15 @@ def save_checkpoint(
     keep_last: int = 0,
     *,
     good: bool = True,
+    protect: Collection[str] = (),
 ) -> Path:
     """Write ``checkpoints/step-%07d`` atomically and prune to the newest ``keep_last``.
 
     ``weights`` maps a file stem ("model", "ema", "disc", …) to a state dict; ``optim`` is saved to
     ``optim.pt`` and must hold only tensors, numbers, strings and containers of them.
     ``good=False`` marks the checkpoint bad (resume skips it; rotation never keeps it in place of
-    the newest good one). A full disk is a ``CheckpointError`` naming the path and the space the
+    the newest good one). ``protect``: step folders rotation keeps beyond ``keep_last``
+    (:func:`rotate`). A full disk is a ``CheckpointError`` naming the path and the space the
     checkpoint needs; earlier checkpoints are untouched.
     """
     for name in ("model", "ema"):
@@ -249,15 +253,29 @@ def save_checkpoint(
     _fsync_dir(root)
     _remember_hashes(final, full["files"])
     if keep_last > 0:
-        rotate(run_dir, keep_last, keep=final)
+        rotate(run_dir, keep_last, keep=final, protect=protect)
     return final
 
 
+class Rotation(NamedTuple):
+    """What :func:`rotate` did: the folders it deleted, and those it kept only because
+    ``protect`` names them (beyond the newest ``keep_last``: others decode with them)."""
+
+    removed: list[Path]
+    in_use: list[Path]
+
+
 def rotate(
-    run_dir: str | os.PathLike, keep_last: int, keep: str | os.PathLike | None = None
-) -> list[Path]:
+    run_dir: str | os.PathLike,
+    keep_last: int,
+    keep: str | os.PathLike | None = None,
+    protect: Collection[str] = (),
+) -> Rotation:
     """Delete all but the newest ``keep_last`` intact checkpoints, never the newest good one nor
     ``keep`` (the one just written: newer folders that resume skipped may fill ``keep_last``).
+    ``protect`` names step folders (``step-0000020``) in use elsewhere (the decoder of a DiT
+    trained on a pack run's latents): they are never deleted and take no ``keep_last`` slot,
+    and the others rotate as usual.
 
     Intact: complete, every file of the size and sha256 ``state.json`` records (``keep`` is not
     hashed again). A damaged or incomplete ``step-…`` folder neither counts toward ``keep_last``
@@ -266,13 +284,14 @@ def rotate(
     a kill leaves a temporary (which the next run removes), never a half-deleted checkpoint."""
     just = Path(keep).name if keep is not None else None
     found = [p for p in list_checkpoints(run_dir) if p.name == just or _intact(p)]
-    kept = set(found[-keep_last:])
+    kept = set([p for p in found if p.name not in protect][-keep_last:])
     good = [p for p in found if _marked_good(p)]
     if good:
         kept.add(good[-1])
     if keep is not None:
         kept.add(Path(keep))
-    removed = [p for p in found if p not in kept]
+    in_use = [p for p in found if p.name in protect and p not in kept]
+    removed = [p for p in found if p not in kept and p.name not in protect]
     for old in removed:
         aside = old.with_name(f"{PRUNED_PREFIX}{old.name}-{os.getpid()}")
         try:
@@ -282,7 +301,7 @@ def rotate(
             continue
         _kill_point("pruning", _step_of(old) or 0)
         shutil.rmtree(aside, ignore_errors=True)
-    return removed
+    return Rotation(removed, in_use)
 
 
 def _intact(folder: Path) -> bool:

@@ -49,6 +49,9 @@ class TrainTask(Protocol):
       every ``image_every`` steps, so it must not use collectives.
     * ``state_extra() -> dict``: JSON-safe data stored in ``state.json`` (latent stats, cache ids);
       ``load_state_extra(extra)`` gets it back on resume.
+    * ``checkpoints_in_use(run_dir) -> Mapping[str, Sequence[str]]``: the run's step folders
+      that other runs use (``step-0000020`` → their names); ``keep_last`` rotation keeps them
+      beside the newest ``keep_last`` and logs them. Asked at each checkpoint, main process only.
     """
 
     def build(self) -> dict[str, nn.Module]:

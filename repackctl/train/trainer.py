@@ -90,6 +90,12 @@ NAN_HINT = (
 # settings that change the order of samples: a run cannot resume with other values
 ORDER_KEYS = ("seed", "block", "buffer_blocks")
 HEADER = "header.json"
+#: the note of ``parallel = "fsdp"`` on one process, which trains as ddp does
+FSDP_ALONE = (
+    "Note: --parallel fsdp on one process: FSDP has nothing to shard the model across, so it "
+    "trains unsharded, with the same weights as --parallel ddp (header.json: parallel_used "
+    "none); launch several processes (accelerate launch / torchrun) to shard it"
+)
 CURVES_EVERY_S = 60.0  # a drawing of curves.png costs ~0.3 s: at checkpoints, once a minute at most
 
 
@@ -385,6 +391,7 @@ class Trainer:
         self.last_ckpt = self._resume()
         self.consecutive_bad = 0
         self.bad_since_save = 0
+        self.said_in_use: set[str] = set()  # checkpoints rotation kept as others use them
         self.compiled = compile_blocks(self.model) if config.compile else 0
         # FSDP replaces the parameters: the optimizers are built over the sharded ones
         self.fsdp = self._shard_modules()
@@ -582,9 +589,14 @@ class Trainer:
 
     def _shard_modules(self) -> list[nn.Module]:
         """With ``parallel = "fsdp"`` on several processes: shard every trainable module and the
-        EMA copy (FSDP2); returns the sharded modules. Plain CPU copies are kept for the
-        images hook, which runs on the main process only (a sharded forward is a collective)."""
-        if self.config.parallel != "fsdp" or self.world == 1:
+        EMA copy (FSDP2); returns the sharded modules. On one process nothing is sharded (the
+        run trains as with ddp, the same weights), as a note says and ``parallel_used``
+        records. Plain CPU copies are kept for the images hook, which runs on the main process
+        only (a sharded forward is a collective)."""
+        if self.config.parallel != "fsdp":
+            return []
+        if self.world == 1:  # the same weights as ddp: said, not refused (a laptop's try)
+            self.messages.append(FSDP_ALONE)
             return []
         if self.config.precision == "fp16":
             raise ConfigError(
@@ -633,6 +645,8 @@ class Trainer:
             "ddp_modules": [n for n, m in self.wrapped.items() if m is not self.modules[n]],
             "parallel": self.config.parallel,
             "fsdp_modules": [n for n, m in self.modules.items() if any(m is f for f in self.fsdp)],
+            # what the run did: "fsdp" (sharded), "ddp" (replicated) or "none" (one process)
+            "parallel_used": "fsdp" if self.fsdp else ("ddp" if self.world > 1 else "none"),
             "step": self.step_count,
         }
         if self.main:
@@ -878,15 +892,41 @@ class Trainer:
                 "optimizers": list(self.opt.optimizers),
                 "torch": torch.__version__,
             }
-            path = ckpt_io.save_checkpoint(
-                self.run_dir, s, weights, optim, state, self.config.keep_last
-            )
+            path = ckpt_io.save_checkpoint(self.run_dir, s, weights, optim, state)
+            self._rotate(bar, path)
             if s < self.config.steps and time.monotonic() - self.last_plot >= CURVES_EVERY_S:
                 plot_curves(self.run_dir)  # fit draws the last one
                 self.last_plot = time.monotonic()
         self.acc.wait_for_everyone()
         self.last_ckpt = path
         return path
+
+    def _rotate(self, bar: Any, path: Path) -> None:
+        """Prune to the newest ``keep_last`` checkpoints (main process), keeping those the task
+        says other runs use (its optional ``checkpoints_in_use(run_dir)`` hook: a pack run's
+        decoders), named in the log the first time rotation keeps them for that reason."""
+        keep_last = self.config.keep_last
+        if keep_last <= 0:
+            return
+        hook = getattr(self.task, "checkpoints_in_use", None)
+        try:
+            used = dict(hook(self.run_dir)) if hook is not None else {}
+        except OSError as e:  # another run removed while read: nothing deleted this time
+            bar.log(
+                f"Warning: step {self.step_count}: no checkpoint rotated, as the runs that use "
+                f"them could not be read ({e}); the next checkpoint rotates them"
+            )
+            return
+        rotation = ckpt_io.rotate(self.run_dir, keep_last, keep=path, protect=used)
+        new = [p.name for p in rotation.in_use if p.name not in self.said_in_use]
+        if not new:
+            return
+        self.said_in_use.update(new)
+        named = "; ".join(f"{n} by {', '.join(used[n])}" for n in new)
+        bar.log(
+            f"step {self.step_count}: kept beside the newest {keep_last} (--keep-last), since "
+            f"other runs decode with them: {named}"
+        )
 
     def _check_streak(self, bar: Any) -> None:
         if self.consecutive_bad == 0:
