@@ -78,6 +78,15 @@ def check_ignored_eval_settings(resolved: ResolvedSettings, command: str) -> Non
         )
 
 
+def _psnr_cell(psnr: float | None, exact: int, n: int) -> str:
+    """``18.20 dB``, ``18.20 dB (mean of 6; 2 exact, PSNR = inf)``, or ``inf (all 8 exact)``."""
+    if psnr is None:
+        return f"inf (all {n} exact)"
+    return f"{psnr:.2f} dB" + (
+        f" (mean of {n - exact}; {exact} exact, PSNR = inf)" if exact else ""
+    )
+
+
 @settings_command(
     "pack",
     include=("run", *EVAL, "inception_weights", "grid_images"),
@@ -100,7 +109,7 @@ def recon(resolved: ResolvedSettings, fd_method: FdMethodOption = None) -> None:
         ("run", f"{r.run} ({r.method}, latent {tuple(r.latent_shape)})"),
         ("checkpoint", f"{Path(r.checkpoint).name} (EMA weights)"),
         ("entry", f"{r.entry} ({r.n} images)"),
-        ("PSNR", f"{r.psnr:.2f} dB" if r.psnr is not None else "inf (identical)"),
+        ("PSNR", _psnr_cell(r.psnr, r.psnr_exact, r.n)),
         ("SSIM", f"{r.ssim:.4f}"),
         (
             "rFID",

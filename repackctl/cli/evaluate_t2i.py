@@ -14,6 +14,7 @@ from repackctl.cli.common import (
     console,
     handle_errors,
     kv_table,
+    note_line,
     resolve,
 )
 
@@ -37,8 +38,10 @@ def adherence(
     run's training entry (built-in data: exact attributes); their held-out accuracy on real
     images is reported as the ceiling. The training entry is read from the cache setting
     (--cache, REPACKCTL_CACHE or the config file), else from the cache the run recorded.
-    Writes adherence.json (with the sha256 of the samples and of the checkpoint) into the
-    samples folder; one made with other --steps or --seed is kept, and the run refused.
+    Writes adherence.json (with the sha256 of the samples and of the checkpoint, and their
+    guidance scale: a note says when they were not guided) into the samples folder; one made
+    with other --steps or --seed is kept, and the run refused; one of the same classifiers
+    keeps the classifier scores this command does not compute (e.g. the demo's val scores).
 
     Example: `repackctl evaluate adherence samples/t2i-mmdit-tiny--step-0002000--euler-50--cfg4--seed0`
     """
@@ -70,6 +73,21 @@ def adherence(
         ("written", out.path),
     ]
     console.print(kv_table("evaluate adherence", rows))
+    for line in _notes(sc):
+        console.print(note_line(line), highlight=False)
+
+
+def _notes(scores: dict) -> list[str]:
+    """What the table's figures mean, as ``adherence.json`` records it: the samples' guidance
+    (``guidance.note``) and the scores kept from the file replaced (``kept_from_before``)."""
+    out = []
+    note = (scores.get("guidance") or {}).get("note")
+    if note:
+        out.append(f"{note} (adherence.json: guidance)")
+    kept = scores.get("kept_from_before")
+    if kept:
+        out.append(f"{', '.join(kept['fields'])} {kept['why']}")
+    return out
 
 
 def _unscored(scores: dict, attribute: str) -> str:

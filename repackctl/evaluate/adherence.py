@@ -596,6 +596,74 @@ def check_adherence_replaceable(path: Path, classifier: dict[str, Any]) -> None:
         )
 
 
+def guidance_note(scale: Any, lo: Any, hi: Any) -> tuple[str, str | None]:
+    """(the kind of guidance the samples had, what it means for their adherence figures, None
+    for classifier-free guidance at a scale other than 0 and 1)."""
+    if not isinstance(scale, int | float) or isinstance(scale, bool):
+        why = f"the samples' {PROTOCOL_JSON} does not record their guidance scale (cfg_scale)"
+        return "not recorded", f"{why}: compare these figures with other folders' with care"
+    if scale == 1:
+        return "none", (
+            "sampled without guidance (--cfg 1: the prompt-conditional model alone): these "
+            "figures are comparable only with folders sampled at the same guidance"
+        )
+    if scale == 0:
+        when = "on every step" if (lo, hi) == (0, 1) else f"on the steps with t in [{lo}, {hi}]"
+        return "unconditional", (
+            f"sampled at --cfg 0 (unconditional): the model saw the empty caption, not the "
+            f"prompt, {when}; these figures are not comparable with guided folders"
+        )
+    return "classifier-free", None
+
+
+def guidance_record(card: dict[str, Any]) -> dict[str, Any]:
+    """``adherence.json``'s ``guidance``: the samples' CFG scale and interval (from their card),
+    its ``kind`` and ``note`` (:func:`guidance_note`). Adherence rises with the guidance scale,
+    so figures of folders sampled at other scales are not comparable; at scale 1 the model was
+    not guided, and at scale 0 it saw the empty caption, not the prompt (unconditional)."""
+    scale, interval = card.get("cfg_scale"), card.get("cfg_interval")
+    lo, hi = interval if isinstance(interval, list) and len(interval) == 2 else (None, None)
+    kind, note = guidance_note(scale, lo, hi)
+    return {"cfg_scale": scale, "cfg_interval": interval, "kind": kind, "note": note}
+
+
+def _kept_from_before(path: Path, scores: dict[str, Any]) -> dict[str, Any]:
+    """The scores of the ``adherence.json`` this run replaces that it does not compute itself
+    and that score the same classifiers, not the samples: its ``classifier_*`` fields (e.g.
+    the demo's ``classifier_real_val_accuracy`` and ``classifier_recon_val_accuracy``), when it
+    records the same classifier settings (steps, seed, training entry). They are kept (listed
+    in ``kept_from_before``): what `evaluate adherence` did not make is not its to drop."""
+    old = read_json_dict(path) or {}
+    was, now = old.get("classifier"), scores["classifier"]
+    same = ("steps", "seed", "trained_on")
+    if not isinstance(was, dict) or any(was.get(k) != now[k] for k in same):
+        return {}
+    kept = {k: v for k, v in old.items() if k.startswith("classifier_") and k not in scores}
+    if not kept:
+        return {}
+    why = (
+        "kept from the adherence.json this file replaced: they score the same classifiers "
+        "(steps, seed, training entry), not the samples"
+    )
+    return kept | {"kept_from_before": {"fields": sorted(kept), "why": why}}
+
+
+def _sample_scores(
+    net: AttributeNet, samples: np.ndarray, wanted: list[tuple], device: torch.device
+) -> dict[str, Any]:
+    """The adherence figures of the samples: the fraction whose predicted shape / colour is
+    the prompted one, over the samples whose prompt names it."""
+    pred_shape, pred_colour = predict(net, samples, device)
+    s_hit = [int(pred_shape[i] == s) for i, (s, _) in enumerate(wanted) if s is not None]
+    c_hit = [int(HUES[pred_colour[i]] == c) for i, (_, c) in enumerate(wanted) if c is not None]
+    return {
+        "shape_accuracy": float(np.mean(s_hit)) if s_hit else None,
+        "colour_accuracy": float(np.mean(c_hit)) if c_hit else None,
+        "n_shape": len(s_hit),
+        "n_colour": len(c_hit),
+    }
+
+
 def run_adherence(
     folder: str | Path,
     cache: str | None,
@@ -606,7 +674,8 @@ def run_adherence(
     keep_other: bool = False,
 ) -> AdherenceResult:
     """Score a t2i samples folder; write ``adherence.json`` beside it (atomically, with the
-    sha256 of the samples scored and of the checkpoint that made them).
+    sha256 of the samples scored and of the checkpoint that made them, and their guidance:
+    :func:`guidance_record`).
 
     ``cache``: the resolved cache setting; the run's training entry is read there, else from
     the root the card (or the checkpoint) recorded (``dit.t2i_load.training_cache_root``: the
@@ -616,8 +685,9 @@ def run_adherence(
     ``real_val``: a built-in cache entry (e.g. the val split) whose real images the same
     classifiers are also scored on (``classifier_real_val_accuracy``), the level to read the
     sample scores against. ``keep_other``: refuse to replace an ``adherence.json`` of other
-    classifier settings (:func:`check_adherence_replaceable`), as `evaluate adherence` does;
-    the demo, which owns its folder, replaces it."""
+    classifier settings (:func:`check_adherence_replaceable`), and keep the scores of the same
+    classifiers that it holds and this run does not compute (:func:`_kept_from_before`), as
+    `evaluate adherence` does; the demo, which owns its folder, replaces it."""
     from repackctl.dit.t2i_load import training_cache_root
 
     folder = Path(folder).expanduser().resolve()
@@ -635,14 +705,8 @@ def run_adherence(
     _warn(folder, truncation)
     net, real_acc = trained_classifier(images, shapes, colours, steps, seed, device)
     hashes = _hashes(folder, n, card)  # of what is scored, before scoring it
-    pred_shape, pred_colour = predict(net, samples, device)
-    s_hit = [int(pred_shape[i] == s) for i, (s, _) in enumerate(wanted) if s is not None]
-    c_hit = [int(HUES[pred_colour[i]] == c) for i, (_, c) in enumerate(wanted) if c is not None]
     scores = {
-        "shape_accuracy": float(np.mean(s_hit)) if s_hit else None,
-        "colour_accuracy": float(np.mean(c_hit)) if c_hit else None,
-        "n_shape": len(s_hit),
-        "n_colour": len(c_hit),
+        **_sample_scores(net, samples, wanted, device),
         "num_samples": n,
         "chance": {"shape": 1 / 10, "colour": 1 / len(HUES)},
         "classifier_real_accuracy": real_acc,
@@ -655,6 +719,7 @@ def run_adherence(
             "held_out": real_acc["held_out"],
         },
         "colours": list(HUES),
+        "guidance": guidance_record(card),  # the samples' CFG: scores depend on it
         "protocol": str(folder / PROTOCOL_JSON),
         "samples_verified": verified,  # the PNGs' pixels matched the card's images_sha256
         "truncation": truncation,
@@ -671,5 +736,7 @@ def run_adherence(
             "entry": real_val,
             "images": int(len(v_images)),
         }
+    if keep_other:
+        scores |= _kept_from_before(folder / ADHERENCE_JSON, scores)
     write_json_atomic(folder / ADHERENCE_JSON, scores)
     return AdherenceResult(path=folder / ADHERENCE_JSON, scores=scores, classifier=net)

@@ -891,12 +891,16 @@ def _default_reference(
     the cache setting says (an entry of the same name in another cache may hold other images,
     e.g. the built-in data drawn with another seed); when it is gone, an entry of that name in
     the cache setting is taken, with a warning. Samples that only say ``dataset: builtin`` get
-    the built-in dataset."""
+    the built-in dataset. Text-to-image samples of the default prompts get the entry whose
+    captions were their prompts (:func:`_prompts_entry`)."""
     from repackctl.cache.store import list_entries
 
     p = gen.protocol
     data = _training_data(p)
     entry, root = data.get("entry"), data.get("root")
+    prompts_entry = _prompts_entry(p, entry, root, messages)
+    if prompts_entry:
+        return None, prompts_entry, root
     if entry and isinstance(root, str) and _has_entry(root, entry):
         return None, entry, root
     if entry and entry in list_entries(settings.cache):
@@ -909,6 +913,40 @@ def _default_reference(
     if _is_builtin_dataset(p.get("dataset") or entry):
         return "builtin", None, settings.cache
     return None, None, settings.cache
+
+
+#: how a t2i card's ``prompt_source`` names the entry whose captions were the default prompts
+#: (``repackctl.sample.t2i.resolve_prompts``)
+PROMPTS_FROM = "first caption of each image of "
+
+
+def _prompts_entry(protocol: dict, entry: str | None, root: Any, messages: list[str]) -> str | None:
+    """The default reference of text-to-image samples made from the default prompts: the cache
+    entry whose first captions were their prompts (the val entry of the run's data, when it has
+    one: ``prompt_source``), in the root holding the run's training entry, so that samples are
+    compared with the images their prompts describe, as a t2i benchmark compares with the
+    images of its captions. None for given prompts (the training entry then, as for class
+    samples), or when that root no longer holds the prompts' entry (said in ``messages``)."""
+    source = protocol.get("prompt_source")
+    if protocol.get("stage") != "t2i" or not isinstance(source, str):
+        return None
+    if not source.startswith(PROMPTS_FROM) or not entry or not isinstance(root, str):
+        return None
+    prompts_entry = source[len(PROMPTS_FROM) :]
+    if prompts_entry == entry:
+        return None
+    if not _has_entry(root, prompts_entry):
+        messages.append(
+            f"Warning: the samples' prompts are the captions of {prompts_entry}, which the "
+            f"cache {root} no longer holds: the reference is the run's training entry "
+            f"{entry}, not the images the prompts describe"
+        )
+        return None
+    messages.append(
+        f"the samples' prompts are the first captions of {prompts_entry}: it is the reference "
+        f"(not the run's training entry; pass --ref-cache {entry} for that)"
+    )
+    return prompts_entry
 
 
 def _has_entry(root: str, entry: str) -> bool:

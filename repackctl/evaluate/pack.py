@@ -160,6 +160,29 @@ def _log_notes(bar: Any, notes: list[str]) -> int:
 # ---------------------------------------------------------------------------- recon
 
 
+#: how ``recon-*.json``'s ``psnr`` is reduced over images (``psnr_exact``: how many were left out)
+PSNR_REDUCTION = (
+    "mean over images of per-image PSNR, exact reconstructions (PSNR = inf) left out and "
+    "counted in psnr_exact"
+)
+
+
+def psnr_mean(per_image: np.ndarray, notes: list[str]) -> tuple[float | None, int]:
+    """(the mean of the finite per-image PSNRs, or None when every one is inf; how many are
+    inf): exact reconstructions have no finite PSNR, so they are left out of the mean, counted,
+    and said in ``notes`` (a mean over the others alone would hide them)."""
+    finite = np.isfinite(per_image)
+    exact, n = int((~finite).sum()), len(per_image)
+    if exact == n:
+        notes.append(f"all {n} reconstructions are exact (PSNR = inf): no finite PSNR mean")
+    elif exact:
+        notes.append(
+            f"{exact} of {n} reconstructions are exact (PSNR = inf): the PSNR is the mean over "
+            f"the other {n - exact} (report: psnr_exact)"
+        )
+    return (float(per_image[finite].mean()) if exact < n else None), exact
+
+
 @dataclass
 class ReconResult:
     """Reconstruction scores of one pack checkpoint on one cache entry."""
@@ -169,7 +192,7 @@ class ReconResult:
     pack_id: str
     entry: str
     n: int
-    psnr: float | None  # dB, mean of per-image PSNR (None if every image is identical)
+    psnr: float | None  # dB, mean of per-image PSNR over the inexact (None if every one is exact)
     ssim: float
     rfid: float | None
     grid: str
@@ -182,6 +205,9 @@ class ReconResult:
     inception: dict[str, Any] | None = None
     # the Fréchet distance algorithm of the rFID (``evaluate.fd_method``); None without rFID
     fd_method: str | None = None
+    #: reconstructions equal to their original (MSE 0, PSNR = inf): not in the PSNR mean
+    psnr_exact: int = 0
+    psnr_reduction: str = PSNR_REDUCTION
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -312,9 +338,7 @@ def evaluate_recon(settings: Settings, progress: ProgressFactory = null_progress
                 real_stats.update(extractor.features(img)["pool"])
                 fake_stats.update(extractor.features(rec)["pool"])
             bar.advance(len(img))
-    p = np.concatenate(per_psnr)
-    finite = np.isfinite(p)
-    mean_psnr = float(p[finite].mean()) if finite.any() else None
+    mean_psnr, exact = psnr_mean(np.concatenate(per_psnr), notes)
     rfid = None if extractor is None else _rfid(real_stats, fake_stats, fd_method, notes)
     k = cfg.grid_images
     grid = handle.checkpoint / f"{stem}.png"
@@ -340,6 +364,7 @@ def evaluate_recon(settings: Settings, progress: ProgressFactory = null_progress
         shown=shown,
         inception=inception,
         fd_method=fd_method if rfid is not None else None,
+        psnr_exact=exact,
     )
     from repackctl.files import write_json_atomic
 

@@ -32,7 +32,8 @@ class EvaluateSettings(BaseModel):
         None,
         min_length=1,
         description="reference: an ADM reference batch .npz, a stats file from `evaluate stats`, "
-        "an image folder, an images .npz, or 'builtin'; none = the generator's training data",
+        "an image folder, an images .npz, or 'builtin'; none = the generator's training data (for "
+        "text-to-image samples of the default prompts: the entry whose captions they are)",
     )
     ref_cache: str | None = Field(
         None, min_length=1, description="reference = the images of this cache dataset entry"
