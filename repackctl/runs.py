@@ -96,13 +96,21 @@ class MetricsAfter:
     """The rows of ``metrics.jsonl`` past the newest complete checkpoint (``checkpoint_step``;
     None: the run has none): steps no checkpoint holds the weights of, logged by a training
     stopped before its next checkpoint (a resume drops them and trains those steps again) or by
-    the one running now (``training``: its holder, as ``Holder.describe`` says)."""
+    the one running now (``training``: its holder, as ``Holder.describe`` says).
+
+    ``live``: they are the rows of that training, which wrote ``metrics.jsonl`` since it took
+    the run's lock (a resume first drops the rows past its checkpoint); ``newest``: then the
+    last of them (oldest first), its latest loss, which a user watching it wants, listed apart
+    as in no checkpoint yet. The rows of a stopped training (also while the one that resumes it
+    has not dropped them yet) are counted, never listed: they are no results of the run."""
 
     rows: int
     first_step: int
     last_step: int
     checkpoint_step: int | None
     training: str | None
+    live: bool = False
+    newest: list[dict[str, Any]] = field(default_factory=list)
 
     def describe(self) -> str:
         """One line for ``runs info``."""
@@ -116,10 +124,17 @@ class MetricsAfter:
             where = "logged, but the run has no complete checkpoint"
         else:
             where = f"logged after step {self.checkpoint_step}, the newest complete checkpoint"
+        if self.training is not None and self.live:
+            shown = "" if len(self.newest) == self.rows else f"the newest {len(self.newest)} "
+            return (
+                f"{rows} {where}: the run is being trained now ({self.training}) and no "
+                f"checkpoint holds these steps yet ({shown}listed, marked 'no checkpoint yet')"
+            )
         if self.training is not None:
             return (
-                f"{rows} {where}: not shown, the run is being trained now ({self.training}) and "
-                "no checkpoint holds these steps yet"
+                f"{rows} {where}: not shown, logged by a training stopped before saving them; "
+                f"the one starting now ({self.training}) has logged nothing yet and drops these "
+                "rows as it resumes"
             )
         resume = "trains these steps again" if self.checkpoint_step is not None else "starts over"
         return (
@@ -328,11 +343,13 @@ def _metrics_tail(
     """The last ``n`` rows of ``metrics.jsonl`` up to ``checkpoint_step`` (the newest complete
     checkpoint's; None: there is none), and the rows past it (:class:`MetricsAfter`), which
     a killed attempt (or the training running now) logged and no checkpoint holds: `pack train`
-    and resumes stop at the checkpoint too."""
+    and resumes stop at the checkpoint too. The last ``n`` of them are kept (``newest``) only
+    where the training that holds the run now logged them."""
     path = folder / METRICS_JSONL
     if not path.is_file():
         return [], None
-    rows, after = [], []
+    rows: list[dict[str, Any]] = []
+    after: list[dict[str, Any]] = []
     # a damaged file (bytes that are not UTF-8) loses its bad lines only, as a line cut by a kill
     for line in reversed(path.read_text(errors="replace").splitlines()):
         try:
@@ -344,7 +361,7 @@ def _metrics_tail(
         step = rec.get("step")
         past = isinstance(step, int) and (checkpoint_step is None or step > checkpoint_step)
         if past and not rows:
-            after.append(step)
+            after.append(rec)
         elif len(rows) < n:
             rows.append(rec)
         else:
@@ -352,14 +369,31 @@ def _metrics_tail(
     if not after:
         return rows[::-1], None
     holder = lock_holder(folder)
+    live = holder is not None and _logged_since_locked(folder)
+    steps = [rec["step"] for rec in after]
     more = MetricsAfter(
         rows=len(after),
-        first_step=min(after),
-        last_step=max(after),
+        first_step=min(steps),
+        last_step=max(steps),
         checkpoint_step=checkpoint_step,
         training=None if holder is None else holder.describe(),
+        live=live,
+        # a training's own latest rows; a stopped one's are dropped by its resume: not listed
+        newest=after[:n][::-1] if live else [],
     )
     return rows[::-1], more
+
+
+def _logged_since_locked(folder: Path) -> bool:
+    """Whether ``metrics.jsonl`` was written since the run's lock was taken (a training writes
+    its record into the lock file as it takes it, then drops the rows past the checkpoint it
+    resumes from and appends its own): its rows past the checkpoint are then that training's,
+    not those of one stopped before saving them."""
+    try:
+        logged = (folder / METRICS_JSONL).stat().st_mtime_ns
+        return logged >= (folder / LOCK_FILE).stat().st_mtime_ns
+    except OSError:
+        return False
 
 
 def sample_folders(samples_root: Path, run: str) -> list[str]:

@@ -61,11 +61,12 @@ def test_rows_past_the_newest_checkpoint_are_named_not_listed(cache, tmp_path):
     assert (after["rows"], after["first_step"], after["checkpoint_step"]) == (1, 3, 2), after
     assert after["training"] is None
 
-    # while a training holds the run's lock, the rows past the checkpoint are its own
+    # while a process holds the run's lock, the rows past the checkpoint may be its own (which
+    # are then listed apart: tests/test_s29_runs_info_live_metrics.py)
     with hold_run_lock(run) as held:
         assert held
         out = _info(tmp_path)
-    assert "metrics step 3" not in out and "being trained now (pid" in out, out
+    assert "being trained now (pid" in out, out
 
     # resumed to the end: every row is a checkpoint's, nothing is left out
     proc_ok(PACK, subprocess_env(tmp_path))

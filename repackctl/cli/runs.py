@@ -106,8 +106,10 @@ def info(
     for a pack run the runs that sample through its decoder, and for a refiner run the samples
     folders it refined.
 
-    The metrics stop at the newest complete checkpoint: rows logged past it (a training stopped
-    before its next save, or the one running now) are counted on one line, not listed.
+    The metrics stop at the newest complete checkpoint: rows logged past it by a training
+    stopped before its next save are counted on one line, not listed (a resume drops them and
+    trains those steps again). While the run is being trained, the newest rows that training
+    logged past the checkpoint are listed too, marked "(no checkpoint yet)", beside that line.
 
     Every checkpoint file's sha256 is checked against its state.json (this reads every byte), so
     a damaged checkpoint is reported as corrupt, naming the file.
@@ -139,6 +141,9 @@ def info(
     for rec in d.metrics_tail:
         pairs.append((f"metrics step {rec.get('step')}", _metric_line(rec)))
     if d.metrics_after is not None:
+        for rec in d.metrics_after.newest:  # the training's own, listed apart
+            label = f"metrics step {rec.get('step')} (no checkpoint yet)"
+            pairs.append((label, _metric_line(rec)))
         after = d.metrics_after.checkpoint_step
         label = "metrics without checkpoint" if after is None else f"metrics after step {after}"
         pairs.append((label, d.metrics_after.describe()))
