@@ -5,7 +5,8 @@ the engine (``repackctl.train``), the run listing (``repackctl.runs``) and the s
 (which imports it without torch) share one definition without importing each other. ``runs rm``
 refuses a run that holds a path :func:`foreign_paths` finds; a new run refuses a folder that
 holds one (:func:`check_new_run_folder`). Also the pack run named inside a pack id
-(:func:`pack_id_run_step`), which ``runs rm`` reads without loading torch.
+(:func:`pack_id_run_step`), which ``runs rm`` reads without loading torch, and the file a record
+names by a relative path (:func:`recorded_file`: refused unless it is the file recorded).
 """
 
 from __future__ import annotations
@@ -320,3 +321,41 @@ def recorded_refiner(folder: Path) -> tuple[str | None, str | None]:
         return (sha if isinstance(sha, str) else None), (path if isinstance(path, str) else None)
     sha = (read_json_dict(folder / SETTINGS_JSON) or {}).get("refiner")
     return (sha if isinstance(sha, str) and card is None else None), None
+
+
+# --------------------------------------------------------------------------- recorded paths
+
+
+def relative_record_problem(value: str, record: str, sha256: str | None = None) -> str | None:
+    """Why the file path ``value`` that ``record`` holds cannot be read from this folder, or
+    None (an absolute path: the reader's own checks apply).
+
+    Records of older versions keep a relative path as it was typed (an extract's ``--weights``
+    before commit 1cea524, an import's ``imported_from.file`` before 6dee648), and not the folder
+    it was relative to: read from another folder it names another file, or none. A relative
+    path is trusted only where it names a file here whose sha256 is ``sha256`` (what the record
+    holds of that file; where it holds none, a file there)."""
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return None
+    where = f"{record} is the relative path {value!r}, without the folder it was relative to"
+    if not path.is_file():
+        return f"{where}, and this folder ({Path.cwd()}) holds no such file"
+    from repackctl.files import sha256_file  # torch: only where a checksum is compared
+
+    if sha256 and sha256_file(path) != sha256:
+        return (
+            f"{where}, and {path.resolve()} is another file (its sha256 is not the recorded "
+            f"{sha256[:12]}…)"
+        )
+    return None
+
+
+def recorded_file(value: str, record: str, hint: str, sha256: str | None = None) -> Path:
+    """The file that the path ``value`` held by ``record`` names, as an absolute path; a
+    ``ConfigError`` with ``hint`` (how to record it again by its absolute path) where it is a
+    relative one that cannot be trusted here (:func:`relative_record_problem`)."""
+    problem = relative_record_problem(value, record, sha256)
+    if problem is not None:
+        raise ConfigError(problem, hint)
+    return Path(os.path.abspath(Path(value).expanduser()))

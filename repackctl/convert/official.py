@@ -781,7 +781,11 @@ def _import_identity(run: Path) -> list[Any] | None:
 
 
 def _recorded_source(run: Path) -> str:
-    """``imported_from.file`` of the newest checkpoint of the imported ``run`` (``?``: none)."""
+    """``imported_from.file`` of the newest checkpoint of the imported ``run`` (``?``: none).
+
+    Imports before commit 6dee648 recorded the path as typed: a relative one is named as such,
+    with the folder the import ran from unknown (the official file's own sha256 is not recorded,
+    so a file of that name here is not taken for it: it is often the one imported now)."""
     from repackctl.run_files import read_json_dict
 
     steps = sorted((run / "checkpoints").glob("step-*"))
@@ -789,7 +793,14 @@ def _recorded_source(run: Path) -> str:
     extra = state.get("extra") if state else None
     source = extra.get("imported_from") if isinstance(extra, dict) else None
     file = source.get("file") if isinstance(source, dict) else None
-    return file if isinstance(file, str) else "?"
+    if not isinstance(file, str):
+        return "?"
+    if Path(file).expanduser().is_absolute():
+        return file
+    return (
+        f"{file!r}, relative to the folder an older import ran from, which its {steps[-1].name}"
+        "/state.json does not record (not necessarily this folder's file of that name)"
+    )
 
 
 def _import_difference(staged: list[Any], placed: list[Any], source: str) -> str:
