@@ -137,22 +137,32 @@ def _recorded_encoder(entry: DatasetEntry, encoder: str) -> str:
     return encoder
 
 
-def entry_extract_command(entry: DatasetEntry, encoder: str, layer: str | None = None) -> str:
+def entry_extract_command(
+    entry: DatasetEntry,
+    encoder: str,
+    layer: str | None = None,
+    encoder_attrs: Mapping[str, Any] | None = None,
+) -> str:
     """The ``repackctl extract`` command that writes features of ``encoder`` for this entry.
 
     ``layer`` is the layer part of a features id (``l8`` → ``--layer 8``; ``final`` is the default).
     ``encoder`` may be the spec id of a features id: it is named as ``--encoder`` takes it.
+    ``encoder_attrs``, the encoder record of the wanted features (as packed latents keep it), gives
+    ``--weights`` and the ``--seed`` that drew them (``random:<seed>``, ``seeded:<seed>``): an
+    image-folder entry records no seed, and without them the command wrote other features.
     """
     src = entry_source(entry)
+    weights, drawn = _weights_flag(str((encoder_attrs or {}).get("weights") or ""))
     return extract_command(
         _recorded_encoder(entry, encoder),
         src["data"],
         src["split"],
         src["resolution"],
         src["num"],
+        weights,
         layer=_layer_of(layer),
         val_fraction=src["val_fraction"],
-        seed=src["seed"],
+        seed=src["seed"] if src["seed"] is not None or drawn is None else drawn,
     )
 
 

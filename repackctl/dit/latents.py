@@ -180,13 +180,15 @@ def find_features(ds: DatasetEntry, pack_id: str, lat_attrs: dict, features: str
         wanted = have[0]
     if wanted is not None and wanted in have:
         return wanted
-    encoder = (lat_attrs.get("encoder") or {}).get("id")
+    enc_attrs = lat_attrs.get("encoder") if isinstance(lat_attrs.get("encoder"), dict) else {}
+    encoder = enc_attrs.get("id")
     layer = None
     if wanted:
         bits = wanted.split("--")
         encoder = encoder or bits[0]
         layer = bits[1] if len(bits) > 1 else None
-    cmd = entry_extract_command(ds, encoder or "ENCODER", layer)
+    own = wanted is not None and wanted == lat_attrs.get("features")  # the latents' encoder
+    cmd = entry_extract_command(ds, encoder or "ENCODER", layer, enc_attrs if own else None)
     raise CacheError(
         f"REPA needs the encoder features {wanted or '(unknown encoder)'} of entry {ds.name}, "
         f"which are not in the cache (have: {', '.join(have) or 'none'})",
