@@ -15,6 +15,10 @@ across machines (reference/environment.md: these machines are shared).
 
 "engine %" = the engine's own work per step (grad norm and its host sync, EMA, non-finite guard,
 bookkeeping), timed piece by piece, over the step time: the loop's overhead over a bare step.
+
+A text-conditioned variant (``mmdit-tiny``, ``mmdit-s-2`` …) times the `repackctl train t2i` step
+instead, on random caption features of MiniLM's shape (32 tokens × 384), as `benchmark train
+--model` does.
 """
 
 from __future__ import annotations
@@ -31,8 +35,12 @@ from rich.console import Console
 from rich.table import Table
 from torch.utils.flop_counter import FlopCounterMode
 
-from repackctl.bench.train import build_trainer
+from repackctl.bench.train import SHAPES, build_trainer
 from repackctl.errors import ConfigError, check_at_least, script_main
+
+#: the cached caption features a text-conditioned variant (``mmdit-*``) trains on: tokens per
+#: caption and width of the default text encoder (MiniLM, `repackctl captions`)
+TEXT = {k: SHAPES["small"][k] for k in ("text_len", "text_dim")}
 
 
 def _sync(device: torch.device) -> None:
@@ -69,6 +77,7 @@ def bench_variant(
 ) -> dict:
     d, h, _ = shape
     p = dict(model=model_id, channels=d, side=h, batch=batch, token_dim=token_dim)
+    p |= TEXT  # read by a text-conditioned model only (its `train t2i` step)
     with tempfile.TemporaryDirectory() as tmp:
         trainer, task = build_trainer(
             p, device, Path(tmp), compile_=compile_, precision=precision, repa=repa
