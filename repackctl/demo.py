@@ -21,12 +21,13 @@ job: 309 s instead of about 25 s for ``--quick``), so on a busy machine set
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -45,6 +46,7 @@ from repackctl.pipeline import (
     Pipeline,
     RunReport,
     claim_demo_folder,
+    demo_command,
     folder_made_by,
     read_plan,
     scored_samples,
@@ -81,6 +83,9 @@ class DemoPlan:
     (``benchmarks/results/demo/report.md``) gives the machine's speed index beside the times.
     The sizes of the earlier reports (pack 1100 steps, DiT 4000, refiner 750) reached recon
     19.3 dB and 71.5 % sample accuracy but took 17.6 min there."""
+
+    COMMAND: ClassVar[str] = "repackctl demo"  # how hints name it (``pipeline.demo_command``)
+    DEFAULT_OUT: ClassVar[str] = "runs/demo"
 
     out: Path
     n_train: int = 2000
@@ -280,7 +285,8 @@ class DemoPlan:
         if other:
             raise ConfigError(
                 f"{out / PLAN_FILE} records another version's plan: {name_items(other)}",
-                "use the repackctl version that made the demo, or run `repackctl demo --fresh`",
+                "use the repackctl version that made the demo, or run "
+                f"`repackctl demo --fresh --out {shlex.quote(str(out))}`",
             )
         return cls(out=out, **recorded)
 
@@ -325,7 +331,8 @@ class _Demo(PCAArm, Pipeline):
         except (CheckpointError, ResumeConflict) as e:
             raise CheckpointError(
                 f"{self.out} holds a {name} run that this version cannot resume: {e.message}",
-                "run `repackctl demo --fresh` to start over (it removes only what the demo wrote)",
+                f"run `{demo_command(self.plan, '--fresh')}` to start over (it removes only "
+                "what the demo wrote)",
             ) from None
 
     # ---- stages ---------------------------------------------------------------------------------
@@ -423,7 +430,7 @@ class _Demo(PCAArm, Pipeline):
         self.start_side("refine", self.refine_command(), self.plan.side_threads)
 
     def refine(self) -> tuple[bool, str]:
-        seconds = self.wait_side("refine", TrainingError, "`repackctl demo` to resume")
+        seconds = self.wait_side("refine", TrainingError, f"`{demo_command(self.plan)}` to resume")
         took = f"{seconds:.0f} s"
         if self.refine_reused:  # a finished run is only checked: not the refiner's training time
             took = f"finished before, checked in {took}"
@@ -716,7 +723,7 @@ class _Demo(PCAArm, Pipeline):
             "",
             meaning(m, p.n_train, p.resolution, link_to_study(self.out)),
             "",
-            *pca_arm_lines(m, cost),
+            *pca_arm_lines(m, cost, demo_command(replace(p, pca_arm=True))),
             "",
             "Linear probe (train → val, top-1):",
             "",
@@ -768,8 +775,8 @@ class _Demo(PCAArm, Pipeline):
             return ""
         return (
             f" {', '.join(left)} are left from an earlier run with `--pca-arm`: this run did not "
-            "score the arm, so none of its figures are above; `repackctl demo --pca-arm` adds "
-            "them again."
+            "score the arm, so none of its figures are above; "
+            f"`{demo_command(replace(self.plan, pca_arm=True))}` adds them again."
         )
 
     def write_metrics(self) -> None:
@@ -862,7 +869,7 @@ def run_dit_seed(
     if not all(s.reused for s in demo.stages):  # the demo's own cache and pack, never new ones
         raise TrainingError(
             f"the demo in {plan.out} was not reused whole (a stage ran again)",
-            "run `repackctl demo` in it to finish it, or give the seeds a new folder with --out",
+            f"run `{demo_command(plan)}` to finish it, or give the seeds a new folder with --out",
         )
     demo.seed = seed
     demo.stage("train dit", demo.dit, plan.side_threads)
@@ -937,7 +944,7 @@ def run_demo(
 ) -> RunReport:
     """Run (or finish) the demo in ``plan.out``; ``fresh`` deletes the demo's earlier results
     first (only what the demo writes, in a folder the demo made: :func:`claim_folder`)."""
-    claim_demo_folder(plan.out, "demo", DEMO_FILES, fresh, log, plan.record())
+    claim_demo_folder(plan, "demo", DEMO_FILES, fresh, log)
     solo = plan.solo_threads
     demo = _Demo(plan, progress, log)
     demo.stage("extract train", lambda: demo.extract_split("train", plan.n_train), solo)

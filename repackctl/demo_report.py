@@ -121,14 +121,17 @@ def refiner_change_line(m: dict[str, Any]) -> str:
     return f"The refiner changed the samples' pixels by {change:.2f} / 255 on average."
 
 
-def pca_arm_lines(m: dict[str, Any], cost: str) -> list[str]:
-    """The PCA arm beside the demo's RePack figures, or (not run) how to add it and its cost."""
+def pca_arm_lines(
+    m: dict[str, Any], cost: str, command: str = "repackctl demo --pca-arm"
+) -> list[str]:
+    """The PCA arm beside the demo's RePack figures, or (not run) how to add it (``command``,
+    with this demo's --out and --quick) and its cost."""
     if "fd_pca" not in m:
         return [
             "*PCA arm* (the paper's baseline: the same decoder recipe on a frozen PCA projection "
             "of the tokens, then the same DiT and sampling): off by default, because its own "
             f"pack and DiT stages add {cost} to a demo whose budget is 10 minutes. "
-            "`repackctl demo --pca-arm` adds it to this report, reusing the stages above; the "
+            f"`{command}` adds it to this report, reusing the stages above; the "
             "reproduction study runs it with three seeds."
         ]
     r_repack, r_pca = m["fd_plain"] / m["fd_decoder"], m["fd_pca"] / m["fd_decoder_pca"]

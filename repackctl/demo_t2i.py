@@ -23,7 +23,7 @@ import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -34,6 +34,7 @@ from repackctl.pipeline import (
     Pipeline,
     RunReport,
     claim_demo_folder,
+    demo_command,
     scored_samples,
     solo_threads,
 )
@@ -143,6 +144,9 @@ class T2IDemoPlan(T2IRecipe):
     """Sizes of every stage of `repackctl demo --t2i` (8 to 9 minutes on 2 CPU cores): the
     recipe (``T2IRecipe``), the prompts and the threads."""
 
+    COMMAND: ClassVar[str] = "repackctl demo --t2i"  # how hints name it (``demo_command``)
+    DEFAULT_OUT: ClassVar[str] = "runs/demo-t2i"
+
     out: Path
     prompts: int = 48  # distinct prompts sampled (and scored)
     seeds_per_prompt: int = 4
@@ -247,7 +251,7 @@ class _T2IDemo(Pipeline):
         self.start_side("captions", cmd, self.plan.side_threads)
 
     def wait_captions(self) -> tuple[bool, str]:
-        seconds = self.wait_side("captions", DataError, "`repackctl demo --t2i` to resume")
+        seconds = self.wait_side("captions", DataError, f"`{demo_command(self.plan)}` to resume")
         return self.captions_reused, (
             f"train captions → MiniLM features (length {self.plan.max_length}), "
             f"{seconds:.0f} s in a parallel process"
@@ -454,7 +458,7 @@ def run_t2i_demo(
 ) -> RunReport:
     """Run (or finish) the text-to-image demo in ``plan.out``; ``fresh`` deletes the demo's earlier
     results first (only what it writes, in a folder it made: :func:`claim_folder`)."""
-    claim_demo_folder(plan.out, "demo --t2i", T2I_DEMO_FILES, fresh, log, plan.record())
+    claim_demo_folder(plan, "demo --t2i", T2I_DEMO_FILES, fresh, log)
     threads = torch.get_num_threads()
     torch.set_num_threads(plan.solo_threads)
     try:

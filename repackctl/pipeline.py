@@ -18,11 +18,12 @@ import functools
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -56,6 +57,7 @@ __all__ = [
     "StageRecord",
     "claim_folder",
     "claim_demo_folder",
+    "demo_command",
     "folder_made_by",
     "keep_plan",
     "one_per_class",
@@ -170,20 +172,38 @@ def _not_the_marker(out: Path) -> list[Path]:
     return [p for p in out.iterdir() if not (p.name.startswith(prefix) and p.is_file())]
 
 
+def demo_command(plan: Any, *flags: str) -> str:
+    """The command of the demo of ``plan`` (a ``DemoPlan`` or ``T2IDemoPlan``: its ``COMMAND``)
+    with ``flags``, and the flags that name that demo: its ``--out`` (none for the plan's
+    ``DEFAULT_OUT``), and ``--quick``, ``--seed`` and ``--pca-arm`` where it was run with them.
+
+    A bare `repackctl demo` in a hint or in the report works on ``runs/demo`` with the full plan,
+    whatever folder it was written for: ``--fresh`` there deleted that other demo's results and
+    left this one as it was, and a resume ran a second, full demo."""
+    parts = [plan.COMMAND, *flags]
+    if Path(plan.out).resolve() != Path(plan.DEFAULT_OUT).resolve():
+        parts += ["--out", shlex.quote(str(plan.out))]
+    if plan.record() == replace(type(plan).quick(plan.out), seed=plan.seed).record():
+        parts.append("--quick")
+    if plan.seed:
+        parts += ["--seed", str(plan.seed)]
+    if getattr(plan, "pca_arm", False):
+        parts.append("--pca-arm")
+    return " ".join(parts)
+
+
 def claim_demo_folder(
-    out: Path,
-    kind: str,
-    owned: Iterable[str],
-    fresh: bool,
-    log: Callable[[str], None],
-    plan: dict[str, Any],
+    plan: Any, kind: str, owned: Iterable[str], fresh: bool, log: Callable[[str], None]
 ) -> None:
-    """A demo's start: its folder claimed (:func:`claim_folder`), then its ``plan`` recorded or
-    checked against the one the folder was started with (:func:`keep_plan`; ``--fresh`` starts
-    over)."""
-    claim_folder(out, kind, owned, fresh, log)
-    restart = f"run `repackctl {kind} --fresh` to start over (it removes only what the demo wrote)"
-    keep_plan(out, f"repackctl {kind}", plan, owned, restart)
+    """A demo's start: its folder (``plan.out``) claimed (:func:`claim_folder`), then its plan
+    recorded or checked against the one the folder was started with (:func:`keep_plan`;
+    ``--fresh`` starts over, named with the demo's own ``--out`` and flags: :func:`demo_command`).
+    """
+    claim_folder(plan.out, kind, owned, fresh, log)
+    restart = (
+        f"run `{demo_command(plan, '--fresh')}` to start over (it removes only what the demo wrote)"
+    )
+    keep_plan(plan.out, plan.COMMAND, plan.record(), owned, restart)
 
 
 def keep_plan(
