@@ -59,6 +59,14 @@ def apply(
         str | None, typer.Option("--refiner", help="Refiner run (or checkpoint folder).")
     ] = None,
     batch_size: Annotated[int | None, typer.Option(help="Images per batch.")] = None,
+    grid: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Images in grid.png (0 = no grid); default: as many as the samples folder's "
+            "grid.png shows.",
+        ),
+    ] = None,
     runs: RunsOpt = None,
     device: DeviceOpt = None,
     config: ConfigOpt = None,
@@ -66,7 +74,9 @@ def apply(
 ) -> None:
     """Refine an existing samples folder into `<folder>--refine-<run>/` (PNGs, npz, card).
 
-    Uses the raw latents stored in its latents.npy (or regenerates them from the DiT).
+    Uses the raw latents stored in its latents.npy (or regenerates them from the DiT, on the
+    device type the samples were made on). Its grid.png shows as many images as the samples
+    folder's (--grid to choose).
     Example: `repackctl refine apply samples/dit--step-0001000--euler-50--cfg4--seed0 --refiner refine-builtin`
     """
     resolved = resolve(
@@ -76,6 +86,7 @@ def apply(
             "device": device,
             "refine.refiner": refiner,
             "sample.batch_size": batch_size,
+            "sample.grid": grid,
         },
     )
     if show:
@@ -84,7 +95,9 @@ def apply(
     from repackctl.sample.refine import run_refine_apply
 
     main = is_main_process()
-    result = run_refine_apply(resolved.settings, samples_dir, rank_progress(main))
+    # a --grid (or a config file's / environment's grid) is the user's; else the source's
+    given = resolved.settings.sample.grid if "sample.grid" in resolved.sources else None
+    result = run_refine_apply(resolved.settings, samples_dir, rank_progress(main), grid=given)
     if main:
         rows = [
             ("folder", result.out_dir),

@@ -18,8 +18,8 @@ from repackctl.settings import ResolvedSettings
 def sample(resolved: ResolvedSettings) -> None:
     """Generate N samples from a DiT run: latents → pack decoder → (refiner) → PNGs + ADM npz.
 
-    Resumable (run it again after an interruption, with the same --batch-size: the folder
-    records it, and on the CPU its thread count, which later calls compute with) and
+    Resumable (run it again after an interruption, with the same --batch-size and device type:
+    the folder records them, and on the CPU its thread count, which later calls compute with) and
     multi-process (`torchrun --nproc_per_node 8 -m repackctl sample -r RUN -n 50000`); images
     depend on the seed and their index, and round by batch shape (±1/255).
 

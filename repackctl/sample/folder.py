@@ -113,6 +113,14 @@ WORLD_KEY = "world_size"
 #: the CPU that makes samples in them (``sampling_threads``, ``torch_threads``)
 THREADS_KEY = "cpu_threads"
 BATCHING_KEYS = (BATCH_KEY, WORLD_KEY, THREADS_KEY)
+#: the settings-file key of the device type (``cpu``, ``cuda`` …) a folder's samples are computed
+#: on: CPU and CUDA kernels round differently (latents by ~1e-6, pixels by ±1/255), so a folder
+#: is made on one device type; a later call on another is refused (``check_device``). Folders
+#: made before this was recorded lack it, and are resumed on any device as before
+DEVICE_KEY = "device_type"
+#: what a folder's settings file records of how its samples are computed (not what they are):
+#: left out where a folder's settings are compared with a name's (``resume_folder``)
+MACHINE_KEYS = (*BATCHING_KEYS, DEVICE_KEY)
 
 
 def job_batches(num: int, world: int, missing: set[int], batch: int) -> list[list[int]]:
@@ -141,11 +149,41 @@ def recorded_batching(settings: dict[str, Any]) -> dict[str, int]:
     }
 
 
-def batching_record(batch: int, world: int, threads: int | None) -> dict[str, int]:
-    """What a new folder records of its batching: ``batch``, ``world`` and, computed on the CPU,
-    ``threads`` (``cpu_threads``; None on CUDA: nothing recorded)."""
-    record = {BATCH_KEY: batch, WORLD_KEY: world}
-    return record if threads is None else {**record, THREADS_KEY: threads}
+def batching_record(
+    batch: int, world: int, threads: int | None, device: Any = None
+) -> dict[str, Any]:
+    """What a new folder records of its batching: ``batch``, ``world``, computed on the CPU
+    ``threads`` (``cpu_threads``; None on CUDA: nothing recorded), and the type of ``device``
+    (``device_type``: ``cpu``, ``cuda`` …; None: nothing recorded)."""
+    record: dict[str, Any] = {BATCH_KEY: batch, WORLD_KEY: world}
+    if threads is not None:
+        record[THREADS_KEY] = threads
+    return record if device is None else {**record, DEVICE_KEY: device_type(device)}
+
+
+def recorded_device(settings: dict[str, Any]) -> dict[str, str]:
+    """``{device_type: …}`` when a folder's settings record the device type its samples are
+    computed on as a string; {} otherwise (an older folder; an edited value is left out, so
+    ``claim_folder`` refuses the folder as one of other settings)."""
+    found = settings.get(DEVICE_KEY)
+    return {DEVICE_KEY: found} if isinstance(found, str) else {}
+
+
+def check_device(folder: Path, settings: dict[str, Any], device: Any, elsewhere: str) -> None:
+    """Refuse to compute in ``folder`` on ``device`` when its settings record another device
+    type (``device_type``): CPU and CUDA kernels round differently, so its images would be
+    those of two devices. ``elsewhere``: where else the images can go. Nothing is checked for
+    a folder that records none (made before it was recorded) or when ``device`` is None."""
+    made = recorded_device(settings).get(DEVICE_KEY)
+    if made is None or device is None or made == device_type(device):
+        return
+    now = device_type(device)
+    raise ConfigError(
+        f"{folder} was started on {made}, and this call computes on {now}: {made} and {now} "
+        "kernels round differently (latents by ~1e-6, pixels by ±1/255), so going on here would "
+        "mix the images of two devices in one folder",
+        f"pass --device {made} to go on with it, or {elsewhere}; nothing in it was changed",
+    )
 
 
 def claim_batching(
@@ -155,6 +193,7 @@ def claim_batching(
     world: int,
     elsewhere: str,
     threads: int | None = None,
+    device: Any = None,
 ) -> tuple[dict[str, Any], int, int]:
     """(the fingerprint to claim ``folder`` with, the batch size and the world size whose
     batches its samples are made in: ``job_batches``).
@@ -166,12 +205,18 @@ def claim_batching(
     finished folder keeps its own (whatever it makes again matches the rest). Every folder keeps
     its world size: the batches of the job that started it are recomputed whatever the number
     of processes now. A folder started before they were recorded is resumed with those given
-    and left as it is. A folder of other settings is left to ``claim_folder`` to refuse."""
+    and left as it is. A folder of other settings is left to ``claim_folder`` to refuse.
+
+    ``device`` (the device computed on) is recorded by type for a new folder (``device_type``);
+    a folder of these settings started on another device type is refused, finished or not
+    (``check_device``); one started before it was recorded is not checked."""
     old = read_json_dict(folder / SETTINGS_JSON)
     if old is None:
-        return {**fingerprint, **batching_record(batch, world, threads)}, batch, world
-    kept = recorded_batching(old)
+        return {**fingerprint, **batching_record(batch, world, threads, device)}, batch, world
+    kept: dict[str, Any] = {**recorded_batching(old), **recorded_device(old)}
     claim = {**fingerprint, **kept}
+    if not settings_diff(old, claim):
+        check_device(folder, old, device, elsewhere)
     recorded = kept.get(BATCH_KEY, batch)
     if recorded != batch and not settings_diff(old, claim) and not is_finished(folder):
         raise ConfigError(
@@ -191,7 +236,7 @@ def cpu_threads(device: Any) -> int | None:
     checked there."""
     import torch
 
-    return torch.get_num_threads() if _device_type(device) == "cpu" else None
+    return torch.get_num_threads() if device_type(device) == "cpu" else None
 
 
 def sampling_threads(claim: dict[str, Any], device: Any) -> int | None:
@@ -199,12 +244,12 @@ def sampling_threads(claim: dict[str, Any], device: Any) -> int | None:
     its settings (``claim``) record, so that samples made by a call given another count
     (``OMP_NUM_THREADS``) round as the rest of the folder; None (the count given) on CUDA, and
     for a folder started before this was recorded (or on CUDA), resumed as before."""
-    if _device_type(device) != "cpu":
+    if device_type(device) != "cpu":
         return None
     return claim.get(THREADS_KEY)  # kept by ``claim_batching`` only when a positive int
 
 
-def _device_type(device: Any) -> str:
+def device_type(device: Any) -> str:
     """``cpu`` / ``cuda`` … of a ``torch.device`` or its name."""
     return str(getattr(device, "type", device)).split(":")[0]
 
@@ -363,6 +408,12 @@ def pngs_digest(folder: Path, num: int) -> str:
     return h.hexdigest()
 
 
+#: the preview of a samples folder's first samples, and the card field that records how many
+#: it shows (``--grid``; 0: none): `refine apply` shows as many in the refined folder's grid
+GRID_PNG = "grid.png"
+GRID_KEY = "grid"
+
+
 def write_grid(folder: Path, num: int, grid: int) -> tuple[int, ...]:
     """grid.png of the first ``grid`` samples; returns the image shape (H, W, 3)."""
     from repackctl.metrics.recon import save_grid
@@ -371,7 +422,7 @@ def write_grid(folder: Path, num: int, grid: int) -> tuple[int, ...]:
     if grid > 0:
         images = [_decoded_png(png_path(folder, i)) for i in range(min(grid, num))]
         cols = max(1, math.ceil(math.sqrt(len(images))))
-        save_grid([images[i : i + cols] for i in range(0, len(images), cols)], folder / "grid.png")
+        save_grid([images[i : i + cols] for i in range(0, len(images), cols)], folder / GRID_PNG)
     return tuple(first.shape)
 
 
@@ -912,7 +963,7 @@ def resume_folder(base: Path, name: str, legacy: str, fingerprint: dict[str, Any
         return new
     if not isinstance(recorded, dict):
         return new
-    recorded = {k: v for k, v in recorded.items() if k not in BATCHING_KEYS}  # not the name's
+    recorded = {k: v for k, v in recorded.items() if k not in MACHINE_KEYS}  # not the name's
     return old if not settings_diff(recorded, fingerprint) else new
 
 

@@ -29,6 +29,11 @@ A refined folder is refined in one batch size (its settings file records ``batch
 refiner's pixels differ by ±1/255 between batch sizes, so an unfinished folder resumed with
 another is refused by name; a finished one keeps its own for whatever it refines again.
 
+A refined folder is refined on one device type (``device_type``, as `sample` records it): one
+started on another is refused by name, and latents are recomputed only on the device type the
+samples were made on. Its grid.png shows as many images as the source folder's (its card's
+``grid``), or ``--grid``.
+
 A refiner refines only what it was trained for: samples of another image side or latent grid
 are refused before anything is written (``RefinerHandle.check_fits``).
 
@@ -65,20 +70,26 @@ from repackctl.run_lock import released_after
 from repackctl.runtime import DistInfo, header_line, resolve_device, run_header
 from repackctl.sample.folder import (
     BATCH_KEY,
-    BATCHING_KEYS,
+    DEVICE_KEY,
+    GRID_KEY,
+    GRID_PNG,
     LATENTS_DIR,
     LATENTS_FILE,
+    MACHINE_KEYS,
     WORLD_KEY,
     assemble_recorded,
     batching_record,
+    check_device,
     claim_folder,
     cpu_threads,
+    device_type,
     file_mismatch,
     is_finished,
     job_batches,
     missing_indices,
     owned_range,
     recorded_batching,
+    recorded_device,
     recorded_files,
     refined_suffix,
     refiner_label,
@@ -98,9 +109,10 @@ CRASH_AFTER_PNG = "refine-apply-png-"
 CRASH_AFTER_NPZ = "refine-apply-npz"
 # the keys of the settings file of a folder written by `refine apply` (``source`` in older ones)
 # (``batch_size``: the batch size its images are refined in, recorded since the refiner's pixels
-# were found to differ by ±1/255 between batch sizes, and ``world_size``: the number of processes
-# whose shares those batches were cut from; folders started before lack them)
-_APPLY_KEYS = frozenset({"source", "source_sha256", "refiner", "num", *BATCHING_KEYS})
+# were found to differ by ±1/255 between batch sizes, ``world_size``: the number of processes
+# whose shares those batches were cut from, and ``device_type``: the device type it is refined
+# on; folders started before lack them)
+_APPLY_KEYS = frozenset({"source", "source_sha256", "refiner", "num", *MACHINE_KEYS})
 # the card field that records who refined the samples (the refining call's run header, package
 # versions and git revision); the card's own ``run_header``, ``versions`` and ``git_revision``
 # are the source's: how the samples were generated
@@ -119,6 +131,11 @@ _GENERATION_KEYS = (
     "labels",
     "num_samples",
     "precision",
+    # text-to-image cards: the prompts each sample got and the text features they were encoded
+    # as (class-conditional cards record none of these)
+    "prompts",
+    "prompt_ids",
+    "text",
 )
 
 
@@ -148,9 +165,12 @@ class _Regenerator:
         # the batching and CPU threads the samples were made in (the source's settings file):
         # latents round by batch shape (~1e-6) and thread count, so the latents recomputed in
         # the refiner's batches, with the refined folder's threads, were not those of the images
-        made = recorded_batching(read_json_dict(src / SETTINGS_JSON) or {})
+        recorded = read_json_dict(src / SETTINGS_JSON) or {}
+        made = recorded_batching(recorded)
         self._batching = (made.get(BATCH_KEY), made.get(WORLD_KEY, 1))
         self._threads = sampling_threads(made, device)
+        # and the device type they were made on (CPU and CUDA kernels round differently)
+        self.src, self._made_on = src, recorded_device(recorded).get(DEVICE_KEY)
         self._made: dict[int, Tensor] = {}  # latents of source batches met, by sample index
 
     def load(self) -> None:
@@ -163,6 +183,7 @@ class _Regenerator:
         if self._loaded is not None:
             return
         protocol, device = self.protocol, self.device
+        _check_regeneration_device(self.src, self._made_on, device)
         dit = load_dit_for_sampling(self.runs, protocol["checkpoint"], None, protocol["weights"])
         if dit.sha256 != protocol["checkpoint_sha256"]:
             raise DataError(
@@ -198,6 +219,22 @@ class _Regenerator:
                 made.update(zip(idx, raw, strict=True))  # (d, h, w) each
         self._made = made  # kept for the next call: a source batch may straddle two
         return torch.stack([made[i] for i in indices])
+
+
+def _check_regeneration_device(src: Path, made: str | None, device: torch.device) -> None:
+    """Refuse to recompute the latents of ``src`` on ``device`` when its samples were made on
+    another device type (``made``, its settings' ``device_type``; None: not recorded, as
+    before): CPU and CUDA kernels round differently, so the latents recomputed are not those
+    that made its images (~1e-6 off), and the refined images not those of its samples."""
+    now = device_type(device)
+    if made is None or made == now:
+        return
+    raise DataError(
+        f"{src} has no latents.npy and its samples were made on {made}: latents recomputed on "
+        f"{now} round differently (~1e-6), so they are not the latents that made its images",
+        f"pass --device {made} to recompute them there, or put its latents.npy back; nothing "
+        "was written",
+    )
 
 
 def _check_regenerable(src: Path, protocol: dict[str, Any]) -> None:
@@ -490,6 +527,13 @@ def _refined_by_sample(out: Path, src: Path, protocol: dict, refiner_sha: str) -
     )
 
 
+def written_by_apply(out: Path) -> bool:
+    """Whether `refine apply` started the folder ``out`` (its settings file holds
+    ``_APPLY_KEYS`` only)."""
+    old = read_json_dict(out / SETTINGS_JSON)
+    return old is not None and set(old) <= _APPLY_KEYS
+
+
 def refined_by_apply(
     out: Path, expected: dict[str, Any], pack_id: str | None, refiner: tuple[str, str], hint: str
 ) -> dict[str, Any] | None:
@@ -501,8 +545,7 @@ def refined_by_apply(
     `sample`'s own: ``claim_folder`` decides). Else a ``ConfigError`` that names what differs,
     or that the folder is unfinished. ``refiner``: (``--refiner`` as given, its sha256);
     ``hint``: where else the samples can go."""
-    old = read_json_dict(out / SETTINGS_JSON)
-    if old is None or not set(old) <= _APPLY_KEYS:
+    if not written_by_apply(out):
         return None
     done = read_json_dict(out / PROTOCOL_JSON) or {}
     name, refiner_sha = refiner
@@ -544,9 +587,9 @@ def _already_refined(out: Path, src: Path, protocol: dict, fingerprint: dict[str
         return False  # claim_folder refuses it
     if not set(old) <= _APPLY_KEYS:
         return _refined_by_sample(out, src, protocol, fingerprint["refiner"])
-    # the batching is `_apply_batch_size`'s to check
-    old = {k: v for k, v in old.items() if k not in BATCHING_KEYS}
-    if old == {k: v for k, v in fingerprint.items() if k not in BATCHING_KEYS}:
+    # the batching and the device are `_apply_batch_size`'s to check
+    old = {k: v for k, v in old.items() if k not in MACHINE_KEYS}
+    if old == {k: v for k, v in fingerprint.items() if k not in MACHINE_KEYS}:
         return False
     if "refiner" in old and old["refiner"] != fingerprint["refiner"]:
         why = "another checkpoint of the refiner run made them"
@@ -558,7 +601,12 @@ def _already_refined(out: Path, src: Path, protocol: dict, fingerprint: dict[str
 
 
 def _apply_batch_size(
-    out: Path, fingerprint: dict[str, Any], given: int, world: int, threads: int | None
+    out: Path,
+    fingerprint: dict[str, Any],
+    given: int,
+    world: int,
+    threads: int | None,
+    device: torch.device | None = None,
 ) -> dict[str, Any]:
     """The fingerprint to claim ``out`` with, its ``batch_size`` the one to refine in and its
     ``world_size`` the number of processes whose shares those batches are cut from
@@ -569,11 +617,14 @@ def _apply_batch_size(
     (finishing it with ``given`` mixed two batchings in one folder); a finished folder keeps
     its own (whatever it refines again, a damaged PNG or all of them, matches the rest). Its
     batches are the same whatever the number of processes that resume it. A folder started
-    before these were recorded is resumed with ``given`` and ``world`` and left as it is."""
+    before these were recorded is resumed with ``given`` and ``world`` and left as it is.
+    A new folder records the type of ``device`` (``device_type``); a folder started on another
+    device type is refused, finished or not (``check_device``)."""
     old = read_json_dict(out / SETTINGS_JSON)
     if old is None or not set(old) <= _APPLY_KEYS:  # new (or foreign: claim_folder refuses it)
-        return {**fingerprint, **batching_record(given, world, threads)}
-    kept = recorded_batching(old)  # an earlier version's folder: none
+        return {**fingerprint, **batching_record(given, world, threads, device)}
+    check_device(out, old, device, f"move {out} away")
+    kept: dict[str, Any] = {**recorded_batching(old), **recorded_device(old)}  # older: none
     recorded = kept.get(BATCH_KEY, given)
     if recorded == given or is_finished(out):
         return {**fingerprint, **kept}
@@ -715,10 +766,17 @@ def _write_card(
     the samples were generated) and records the refining call's under ``refined_by``; None
     (this call refined nothing in a finished folder) keeps the card's own, or leaves it out
     when that card records none rather than crediting this call with images it did not make."""
-    _, files = assemble_recorded(out, _sample_ids(src, protocol), grid, None, verify=verify)
+    ids = _sample_ids(src, protocol)
+    _, files = assemble_recorded(out, ids, grid, None, verify=verify)
+    if grid > 0 and protocol.get("stage") == "t2i":  # one row per prompt, as the source's
+        from repackctl.sample.t2i import prompt_grid
+
+        prompts = protocol.get("prompts") or []
+        prompt_grid(out, ids, [str(prompts[k]) for k in ids], grid)
     crash_point(CRASH_AFTER_NPZ)
     card = dict(protocol)
     card["files"] = files  # what this folder holds, not what its source holds
+    card[GRID_KEY] = grid
     card["refiner"] = {"checkpoint": str(refiner.checkpoint), "sha256": refiner.sha256}
     card["refined_from"] = str(src)
     card["refined_from_sha256"] = digest
@@ -729,6 +787,19 @@ def _write_card(
     write_json_atomic(out / PROTOCOL_JSON, card)
     if (out / LATENTS_DIR).is_dir():
         remove_latents_dir(out / LATENTS_DIR)
+
+
+def _grid_size(src: Path, protocol: dict[str, Any], given: int | None, default: int) -> int:
+    """How many images the refined folder's grid.png shows: ``given`` (``--grid``), else as
+    many as the source folder's (its card's ``grid``), so the two grids show the same samples
+    side by side; for a source whose card does not record it (earlier versions) none when it
+    has no grid.png, else ``default`` (the ``grid`` setting)."""
+    if given is not None:
+        return given
+    recorded = protocol.get(GRID_KEY)
+    if type(recorded) is int and recorded >= 0:  # not a bool, a float or an edited value
+        return recorded
+    return default if (src / GRID_PNG).is_file() else 0
 
 
 def _recorded_refined_by(out: Path) -> dict[str, Any] | None:
@@ -750,9 +821,13 @@ def run_refine_apply(
     samples_dir: str | Path,
     progress: ProgressFactory = null_progress,
     dist: DistInfo | None = None,
+    grid: int | None = None,
 ) -> ApplyResult:
     """Refine the images of a samples folder's samples.npz into ``<folder>--refine-<refiner>/``
-    (resumable: PNGs already written there are kept while they hold the bytes written)."""
+    (resumable: PNGs already written there are kept while they hold the bytes written).
+
+    ``grid``: how many images its grid.png shows (``--grid``); None: as many as the source
+    folder's grid (``_grid_size``)."""
     dist = dist or DistInfo.from_env()
     src = Path(samples_dir).expanduser().resolve()
     if not settings.refine.refiner:
@@ -776,7 +851,7 @@ def run_refine_apply(
         if regenerate is not None and not is_finished(out):
             regenerate.load()  # the DiT, checked before the folder is claimed
         given = settings.sample.batch_size
-        claim = _apply_batch_size(out, fingerprint, given, dist.world, cpu_threads(device))
+        claim = _apply_batch_size(out, fingerprint, given, dist.world, cpu_threads(device), device)
         claim_folder(out, claim, elsewhere=f"move {out} away")
         mine = owned_range(num, dist.rank, dist.world)
         unfinished = not is_finished(out)  # its PNGs are checked against their manifests
@@ -796,7 +871,8 @@ def run_refine_apply(
         digest = fingerprint["source_sha256"]
         # a finished folder this call refined nothing in: its images are the recorded call's
         by = _refined_by(header) if unfinished or written else None
-        _write_card(out, src, protocol, refiner, digest, settings.sample.grid, unfinished, by)
+        grid = _grid_size(src, protocol, grid, settings.sample.grid)
+        _write_card(out, src, protocol, refiner, digest, grid, unfinished, by)
     dist.barrier()
     latents_source = "latents.npy" if has_latents else "regenerated from the DiT"
     return ApplyResult(out, num, written, already, latents_source, seconds)

@@ -13,7 +13,9 @@ users could not reproduce (``reference/methods.md``):
   recomputes the batches of the job that started it whatever the number of processes now. CPU
   matmuls also round by thread count: a folder made on the CPU records its torch thread count
   (``cpu_threads``), and every later call on the CPU computes its samples with that count
-  (``sampling_threads``), whatever ``OMP_NUM_THREADS`` says (on CUDA it changes nothing).
+  (``sampling_threads``), whatever ``OMP_NUM_THREADS`` says (on CUDA it changes nothing). CPU
+  and CUDA kernels round differently too: a folder records the device type it is made on
+  (``device_type``), and a later call on another device type is refused (``check_device``).
 - **Labels** are class-balanced by default (N/classes per class, in class order), or seeded
   random, or given classes; the official sampler drew them uniformly at random.
 - **Latent stats come from the DiT checkpoint** (``extra["latent_stats"]``): sampling never reads
@@ -74,6 +76,7 @@ from repackctl.runtime import (
     run_header,
 )
 from repackctl.sample.folder import (
+    GRID_KEY,
     LATENTS_DIR,
     assemble_recorded,
     check_num,
@@ -349,15 +352,17 @@ def _claim(
     device: torch.device,
 ) -> tuple[tuple[int, int], int | None]:
     """Claim the samples folder of these settings (``_folder``; a folder of other settings is
-    refused, an unfinished one of another batch size too): the (batch size, world size) its
-    samples are made in (``claim_batching``) and the torch thread count they are made with on
-    the CPU (``sampling_threads``; None: the count given)."""
+    refused, an unfinished one of another batch size too, and one started on another device
+    type): the (batch size, world size) its samples are made in (``claim_batching``) and the
+    torch thread count they are made with on the CPU (``sampling_threads``; None: the count
+    given)."""
     cfg = settings.sample
     fingerprint = _as_recorded(folder, fingerprint)
+    hint, threads = out_hint(bool(cfg.out)), cpu_threads(device)
     claim, batch, world = claim_batching(
-        folder, fingerprint, cfg.batch_size, world, out_hint(bool(cfg.out)), cpu_threads(device)
+        folder, fingerprint, cfg.batch_size, world, hint, threads, device
     )
-    claim_folder(folder, claim, out_hint(bool(cfg.out)))
+    claim_folder(folder, claim, hint)
     return (batch, world), sampling_threads(claim, device)
 
 
@@ -563,6 +568,7 @@ def _protocol(job: _Job, nfe: int, ckpt: Path, sha: str, pack: Any, guide_info: 
             "guide": guide_info,
             "refiner": refiner_record(refiner),
             "labels": job.labels.tolist(),
+            GRID_KEY: cfg.grid,  # how many grid.png shows: `refine apply` shows as many
             "run_header": job.header,
         },
     )

@@ -60,6 +60,7 @@ from repackctl.progress import ProgressFactory, null_progress, warn
 from repackctl.run_lock import released_after
 from repackctl.runtime import DistInfo, amp_autocast, check_precision, resolve_device, run_header
 from repackctl.sample.folder import (
+    GRID_KEY,
     LATENTS_DIR,
     assemble_recorded,
     check_num,
@@ -76,6 +77,8 @@ from repackctl.sample.folder import (
     out_hint,
     owned_range,
     png_path,
+    refined_suffix,
+    refiner_label,
     reopen_finished,
     sampling_threads,
     write_samples,
@@ -475,7 +478,12 @@ def _folder(
 ) -> Path:
     """``--out``, else the folder named as class-conditional sampling names it (precision
     included, a folder of the legacy name resumed in place) + ``--p<hash>`` of given
-    ``prompts`` (other prompts → another folder, never mixed with the default prompts)."""
+    ``prompts`` (other prompts → another folder, never mixed with the default prompts).
+
+    With ``--refiner`` and given prompts, that name (``…--refine-R--p<hash>``) is not the one
+    `refine apply --refiner R` gives the refined folder of the unrefined samples
+    (``…--p<hash>--refine-R``): when only the latter exists and `refine apply` wrote it, it is
+    the folder (``_applied`` then finds its images, or refuses it naming what differs)."""
     if cfg.out:
         return Path(cfg.out).expanduser().resolve()
     suffix = ""
@@ -483,7 +491,17 @@ def _folder(
         suffix = "--p" + hashlib.sha256("\n".join(prompts).encode()).hexdigest()[:8]
     which = (run_root_of(ckpt).name, ckpt.name, plan, settings.seed, cfg.weights, cfg.refiner)
     base = local_path(settings.samples)
-    return named_folder(base, which, fingerprint, precision=settings.precision, suffix=suffix)
+    folder = named_folder(base, which, fingerprint, precision=settings.precision, suffix=suffix)
+    if not cfg.refiner or folder.exists():
+        return folder
+    from repackctl.sample.refine import written_by_apply
+
+    unrefined = {**fingerprint, "refiner": None}  # the plain samples' (legacy names resolved)
+    plain = named_folder(
+        base, (*which[:5], None), unrefined, precision=settings.precision, suffix=suffix
+    )
+    applied = plain.parent / f"{plain.name}{refined_suffix(refiner_label(cfg.refiner))}"
+    return applied if written_by_apply(applied) else folder
 
 
 def _protocol(
@@ -524,6 +542,7 @@ def _protocol(
             "refiner": refiner_record(refiner),  # checkpoint and sha256, as class-conditional
             # what `evaluate adherence` needs of the checkpoint, kept for when it is rotated away
             "training_entry": training_entry_record(handle.extra),
+            GRID_KEY: settings.sample.grid,  # how many grid.png shows (as class-conditional)
             "run_header": header,
         },
     )
@@ -562,6 +581,10 @@ class _Prompts:
     def per_sample(self) -> list[str]:
         return [self.distinct[int(k)] for k in self.ids]
 
+    def named_by(self) -> list[str] | None:
+        """The prompts a default folder is named after: given ones (None: the default ones)."""
+        return self.given if self.source.startswith("given:") else None
+
 
 def _fingerprint(settings: Any, handle: Any, plan: Any, prompts: _Prompts, refiner: Any) -> dict:
     """The settings that fix a t2i folder's images; the prompts as the full per-sample list
@@ -578,6 +601,48 @@ def _fingerprint(settings: Any, handle: Any, plan: Any, prompts: _Prompts, refin
     }
 
 
+def _prompts_and_text(
+    cfg: Any, extra: dict[str, Any], cache: str | None, device: torch.device
+) -> tuple[_Prompts, dict[str, Any]]:
+    """The prompts of a folder (``resolve_prompts``; a ``Warning:`` when some are cut) and the
+    text features of the distinct ones (``encode_prompts``) by the run's text encoder."""
+    from repackctl.dit.t2i_load import load_text_encoder
+
+    given, distinct, ids, source = resolve_prompts(cfg, extra, cache)
+    encoder = load_text_encoder(extra, cfg.text_weights).to(device)
+    prompts = _Prompts(given, distinct, ids, source, prompt_truncation(encoder, distinct))
+    warn_truncation(prompts.truncation, len(distinct))
+    return prompts, encode_prompts(encoder, distinct, device)
+
+
+def _applied(
+    folder: Path,
+    settings: Any,
+    handle: Any,
+    plan: Any,
+    prompts: _Prompts,
+    pack_id: str | None,
+    refiner: Any,
+) -> SampleResult | None:
+    """What `sample --refiner` of a t2i run did when ``folder`` was written by `refine apply
+    --refiner` from the samples of these settings (the default folder, ``_folder``, or
+    ``--out``): nothing, the images are there (``refined_by_apply``, as class-conditional
+    ``run._applied``); None when it is no such folder. One that holds other samples (other
+    prompts, seed …), or is unfinished, is refused by name with nothing changed."""
+    from repackctl.sample.refine import image_shape_of, refined_by_apply
+    from repackctl.sample.run import SampleResult
+
+    cfg, nfe = settings.sample, network_evaluations(plan.spec, plan)
+    # the fields of the card `sample` writes for these samples, as a card records them
+    expected = json.loads(json.dumps(_protocol(plan, nfe, settings, handle, prompts, None, {})))
+    which = (str(cfg.refiner), refiner.sha256)
+    card = refined_by_apply(folder, expected, pack_id, which, out_hint(bool(cfg.out)))
+    if card is None:
+        return None
+    shape = image_shape_of(folder)
+    return SampleResult(folder, cfg.num, 0, cfg.num, nfe, shape, 0.0, card, refined=True)
+
+
 @released_after()  # the samples folder's writer lock (``claim_folder``)
 def run_t2i_sample(
     settings: Any,
@@ -588,7 +653,7 @@ def run_t2i_sample(
     """Generate (or finish generating) ``settings.sample.num`` samples of a t2i run.
 
     ``precision_source``: where the precision came from, for the run header (as ``run_sample``)."""
-    from repackctl.dit.t2i_load import load_t2i, load_text_encoder
+    from repackctl.dit.t2i_load import load_t2i
     from repackctl.sample.run import SampleResult, folder_threads, log_start
 
     cfg = settings.sample
@@ -602,11 +667,8 @@ def run_t2i_sample(
     plan = resolve_plan(cfg, read_sampling_defaults(ckpt))
     check_null_condition_trained(plan, extra, ckpt, "caption_dropout", "empty caption")
     model = handle.model.to(device).eval()
-    given, distinct, ids, source = resolve_prompts(cfg, extra, settings.cache)
-    encoder = load_text_encoder(extra, cfg.text_weights).to(device)
-    prompts = _Prompts(given, distinct, ids, source, prompt_truncation(encoder, distinct))
-    warn_truncation(prompts.truncation, len(distinct))
-    text = encode_prompts(encoder, distinct, device)
+    prompts, text = _prompts_and_text(cfg, extra, settings.cache, device)
+    ids = prompts.ids
     pack = load_decoder(settings.runs, extra)
     decoder = pack.model.to(device).eval()
     refiner = None
@@ -614,13 +676,16 @@ def run_t2i_sample(
         from repackctl.sample.run import fitting_refiner
 
         refiner = fitting_refiner(settings.runs, cfg, pack, extra["latent_shape"], device)
-
     fingerprint = _fingerprint(settings, handle, plan, prompts, refiner)
-    named = given if source.startswith("given:") else None  # given prompts: their own folder
+    named = prompts.named_by()  # given prompts: their own folder
     folder = _folder(settings, cfg, ckpt, plan, named, fingerprint)
     hint = out_hint(bool(cfg.out))
+    if refiner is not None:  # `sample` then `refine apply` wrote this folder: nothing to make
+        done = _applied(folder, settings, handle, plan, prompts, pack.pack_id, refiner)
+        if done is not None:
+            return done
     claim, batch, world = claim_batching(
-        folder, fingerprint, cfg.batch_size, dist.world, hint, cpu_threads(device)
+        folder, fingerprint, cfg.batch_size, dist.world, hint, cpu_threads(device), device
     )
     claim_folder(folder, claim, hint)
     finished = is_finished(folder)
