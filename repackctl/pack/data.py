@@ -137,6 +137,35 @@ def _hint(source: dict[str, Any], split: str | None = None) -> str:
     return f"run `{cmd}` first"
 
 
+# what a pack run's recorded relative --weights is refused with (``recorded_weights``)
+WEIGHTS_HINT = "pass --weights with the file's absolute path"
+
+
+def recorded_weights(extra: dict[str, Any], run: str) -> Any:
+    """The ``--weights`` that the checkpoint ``extra`` of the pack run ``run`` records
+    (``source.weights``), as it can be read from this folder.
+
+    New runs record a file by its absolute path (``repackctl.settings.pack``); runs before kept
+    it as typed, relative to a folder they did not record: such a path is taken only where it
+    names the recorded file (its sha256, ``encoder.weights_sha256``), else a ConfigError
+    (``repackctl.run_files.recorded_file``). Values that name no file (none, ``random``, a
+    plugin's own) are returned as recorded."""
+    from pathlib import Path
+
+    from repackctl.run_files import recorded_file
+
+    value = (extra.get("source") or {}).get("weights")
+    encoder = extra.get("encoder") or {}
+    if not isinstance(value, str) or not str(encoder.get("weights", "")).startswith("file:"):
+        return value
+    if Path(value).expanduser().is_absolute():
+        return value
+    sha = encoder.get("weights_sha256")
+    record = f"pack run {run}: its recorded --weights"
+    found = recorded_file(value, record, WEIGHTS_HINT, sha if isinstance(sha, str) else None)
+    return str(found)
+
+
 def features_id_for(source: dict[str, Any], seed: int) -> tuple[str, dict[str, Any]]:
     """Features id and encoder attrs that ``repackctl extract`` gives these settings."""
     from repackctl.encoders.load import make_encoder

@@ -48,12 +48,13 @@ from repackctl.cache.store import (
     owned_ranges,
     update_changed,
 )
-from repackctl.errors import CacheError, RepackError
+from repackctl.errors import CacheError, ConfigError, RepackError
 from repackctl.pack.data import (
     dataset_name_for,
     features_id_for,
     find_entry,
     open_features,
+    recorded_weights,
     sibling_entry,
 )
 from repackctl.pack.load import (  # re-exported: `pack encode`'s checks read them here
@@ -102,6 +103,10 @@ def _extract_hint(handle: PackHandle, split: str | None = None) -> str:
     if not source:
         enc = handle.extra.get("encoder", {})
         source = {"encoder": enc.get("id", "ENCODER"), "data": "DATA", "split": "train"}
+    try:  # a relative file of an older run by its absolute path here (pack.data)
+        source["weights"] = recorded_weights(handle.extra, handle.run_name)
+    except ConfigError:  # one that names no file here: as recorded (a hint only)
+        pass
     source.setdefault("weights", None)
     source.setdefault("layer", None)
     source.setdefault("num", None)
@@ -124,6 +129,8 @@ def target_features(settings: Settings, handle: PackHandle) -> tuple[DatasetEntr
             wanted = cfg.features
         else:
             merged = source | {k: getattr(cfg, k) for k in ENCODER_KEYS if k in given}
+            if "weights" not in given:  # the run's file, refused where it cannot be read
+                merged["weights"] = recorded_weights(handle.extra, handle.run_name)
             merged.setdefault("resolution", handle.extra.get("resolution"))
             wanted, _ = features_id_for(merged, settings.seed)
         if wanted != trained_on:

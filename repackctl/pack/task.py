@@ -35,7 +35,8 @@ Legend: B batch, T tokens, C token channels, d latent channels, h×w grid, R ima
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -76,6 +77,7 @@ from repackctl.pack.losses import (
 from repackctl.pack.pca import PCAResult, fit_pca, token_whitening
 from repackctl.pack.projection import DEFAULT_FORM, DiagonalGaussian, ProjectionConfig
 from repackctl.pack.watson import WATSON_ENV, WATSON_SETTING, check_image_size, load_watson
+from repackctl.paths import cache_root
 from repackctl.progress import LOG_FILE, ProgressFactory, null_progress, with_log_file
 from repackctl.run_lock import lock_run, released_after
 from repackctl.settings import Settings
@@ -511,9 +513,10 @@ class PackTask:
         self.resumed_extra = extra
 
     def checkpoints_in_use(self, run_dir: Path) -> dict[str, list[str]]:
-        """The engine's rotation keeps these (:func:`checkpoints_in_use`), asked at each save:
-        a DiT may start on this run's latents while it trains."""
-        return checkpoints_in_use(Path(run_dir))
+        """The engine's rotation keeps these (:func:`checkpoints_in_use`, with the latents
+        groups of this run's cache), asked at each save: a DiT may start on this run's latents
+        while it trains, and `pack encode` may write latents with one of its checkpoints."""
+        return checkpoints_in_use(Path(run_dir), [cache_root(self.ref.entry.root)])
 
 
 # ---------------------------------------------------------------------------- run
@@ -788,6 +791,7 @@ def _resume(
     name = settings.pack.run or default_run_name(
         settings, locate_features(settings).source.get("encoder")
     )
+    record = _typed_as_stored(run_dir_of(settings.runs, name), record)
     settings, record, rec = resume_settings(
         run_dir_of(settings.runs, name), settings, record, "pack"
     )
@@ -795,13 +799,36 @@ def _resume(
     latest = checkpoint_to_resume(run_dir_of(settings.runs, name))  # none usable: refused
     lines = [f"resume: {line}" for line in rec.lines()] if rec else []
     extra = read_state(latest).get("extra", {}) if latest is not None else {}  # {}: a new run
-    settings, pinned = _recorded_data(settings, extra)
+    settings, pinned = _recorded_data(settings, extra, record, name)
     settings, record, kept = _keep_trained_model(settings, record, extra)
     # values a default gave the run and this version's default changed stay as it started
     settings, record, started = keep_started_values(
         run_dir_of(settings.runs, name), settings, record, "pack", {}
     )
     return settings, record, lines + pinned + kept + [f"resume: {line}" for line in started], latest
+
+
+def _typed_as_stored(run_dir: Path, record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``record`` (this invocation's settings record) with a ``--weights`` given now as the
+    relative path the run's stored settings hold where both name one file from here: runs
+    before ``repackctl.settings.pack`` recorded a file by its absolute path kept it as typed,
+    and the same ``--weights`` typed again (now made absolute) was refused as a change."""
+    from repackctl.run_files import read_run_config
+
+    values = (record or {}).get("values") or {}
+    now = (values.get("pack") or {}).get("weights")
+    if record is None or not isinstance(now, str) or not Path(now).is_absolute():
+        return record
+    stored = read_run_config(run_dir).config if (run_dir / "config.json").is_file() else None
+    was = ((((stored or {}).get("extra") or {}).get("settings") or {}).get("values") or {}).get(
+        "pack"
+    )
+    was = was.get("weights") if isinstance(was, dict) else None
+    if not isinstance(was, str) or Path(was).expanduser().is_absolute():
+        return record
+    if os.path.abspath(Path(was).expanduser()) != now:
+        return record
+    return {**record, "values": {**values, "pack": {**values["pack"], "weights": was}}}
 
 
 def _keep_trained_model(
@@ -852,29 +879,71 @@ def _keep_trained_model(
     return settings.model_copy(update={"pack": pack}), record, lines
 
 
-def _recorded_data(settings: Settings, extra: dict[str, Any]) -> tuple[Settings, list[str]]:
-    """A resume that names no data (no --entry/--features/--data/…, now or at the start) takes
-    the cache entry and features its checkpoint records (``extra``: the newest checkpoint's,
-    empty for a new run), with the source it recorded, instead of guessing the newest features
-    again (an unrelated extract since then would change them)."""
-    from repackctl.pack.data import SOURCE_KEYS
+def _recorded_data(
+    settings: Settings, extra: dict[str, Any], record: dict[str, Any] | None, run: str
+) -> tuple[Settings, list[str]]:
+    """A resume takes the cache entry and features its checkpoint records (``extra``: the newest
+    checkpoint's, empty for a new run) where the data it names are the data it recorded, instead
+    of working the features id out again: that id depends on the seed where the encoder's
+    weights are drawn from it (``patchpix``), so a resume with ``--allow-change seed`` was
+    refused for features never extracted, not by the engine for what a seed changes (the order
+    of samples, ``repackctl.train.trainer.order_changed``). One that names no data (no
+    --entry/--features/--data/…, now or at the start) takes the source the run recorded too,
+    instead of guessing the newest features again (an unrelated extract since then would
+    change them). A recorded
+    ``--weights`` file is read by :func:`repackctl.pack.data.recorded_weights` (a relative path
+    of an older run only from the folder it names the recorded file in)."""
+    from repackctl.pack.data import SOURCE_KEYS, recorded_weights
+    from repackctl.settings.checks import GIVEN_LAYERS
+    from repackctl.settings.resume import given
 
     cfg = settings.pack
-    if SOURCE_KEYS & cfg.model_fields_set:
-        return settings, []
     cache, source = extra.get("cache") or {}, extra.get("source") or {}
     same_split = source.get("split", cfg.split) == cfg.split
     if not (cache.get("entry") and cache.get("features") and same_split):
         return settings, []
+    sources = (record or {}).get("sources") or {}
+    named = SOURCE_KEYS & cfg.model_fields_set
     pack = cfg.model_copy(deep=True)
+    typed = given(sources, "pack.weights", GIVEN_LAYERS)
+    if "weights" in source and not typed and (not named or "weights" in named):
+        pack.weights = weights = recorded_weights(extra, run)  # refused where unreadable
+    else:
+        try:
+            weights = recorded_weights(extra, run)
+        except ConfigError:  # typed now: the file it names is the one read
+            weights = source.get("weights")
+    if named:
+        return _same_data(settings, pack, extra, weights)
     pack.entry, pack.features = cache["entry"], cache["features"]
-    for key in ("encoder", "weights", "layer", "data", "num"):
+    for key in ("encoder", "layer", "data", "num"):
         if key in source and source[key] != getattr(pack, key):
             setattr(pack, key, source[key])  # as the run recorded them (hints, encode)
     if source.get("resolution_given") is not None:
         pack.resolution = source["resolution_given"]
     note = f"resume: using the run's cache entry {pack.entry} / {pack.features}"
     return settings.model_copy(update={"pack": pack}), [note]
+
+
+def _same_data(
+    settings: Settings, pack: Any, extra: dict[str, Any], weights: Any
+) -> tuple[Settings, list[str]]:
+    """``settings`` with ``pack`` (the resumed run's settings that name its data), and the entry
+    and features the run recorded where those name the data it recorded (the source keys of
+    ``extra``; ``weights``: its weights file as read here), whatever the seed; other data are
+    left to the resume checks to refuse."""
+    from repackctl.pack.data import _source_settings
+
+    settings = settings.model_copy(update={"pack": pack})
+    if pack.entry or pack.features:
+        return settings, []
+    cache, recorded = extra["cache"], extra["source"]
+    now = _source_settings(settings)
+    keys = ("encoder", "layer", "data", "split", "resolution", "num")
+    if any(recorded.get(k) != now[k] for k in keys) or weights != now["weights"]:
+        return settings, []
+    pack = pack.model_copy(update={"entry": cache["entry"], "features": cache["features"]})
+    return settings.model_copy(update={"pack": pack}), []
 
 
 @released_after()
@@ -955,10 +1024,12 @@ def run_pack_train(
     return run_dir
 
 
-def checkpoints_in_use(run_dir: Path) -> dict[str, list[str]]:
+def checkpoints_in_use(run_dir: Path, cache_roots: Sequence[str] = ()) -> dict[str, list[str]]:
     """The step folders of the pack run ``run_dir`` that other runs decode with (DiT, refiner
-    and t2i runs, trained, training or imported: ``runs.dependent_runs``), each with the names
-    of those runs. A record names its pack checkpoint by path and by pack id (run and step)."""
+    and t2i runs, trained, training or imported: ``runs.dependent_runs``), or that latents
+    groups of the caches ``cache_roots`` were encoded with (:func:`latents_in_use`: those
+    latents are decoded with it), each with the names of those runs or groups. A record names
+    its pack checkpoint by path and by pack id (run and step)."""
     from repackctl.run_files import pack_id_run_step
     from repackctl.runs import _pack_records, dependent_runs
     from repackctl.train.checkpoint import checkpoints_dir, step_dir_name
@@ -979,7 +1050,53 @@ def checkpoints_in_use(run_dir: Path) -> dict[str, list[str]]:
                     continue  # gone already: nothing to keep
                 if dep.name not in used.setdefault(name, []):
                     used[name].append(dep.name)
+    for name, groups in latents_in_use(run_dir, cache_roots).items():
+        if (checkpoints_dir(run_dir) / name).is_dir():
+            used.setdefault(name, []).extend(g for g in groups if g not in used[name])
     return used
+
+
+def latents_in_use(run_dir: Path, cache_roots: Sequence[str]) -> dict[str, list[str]]:
+    """The step folders of the pack run ``run_dir`` that latents groups in the caches
+    ``cache_roots`` were encoded with (`pack encode` records its run and step in the group's
+    attributes, and in its id, the pack id), each with ``latents <entry>/<group id>``; finished
+    or not (an unfinished one resumes with that checkpoint). Attributes are read, no array; a
+    cache or group that cannot be read names nothing."""
+    from repackctl.cache.creation import child_groups
+    from repackctl.run_files import pack_id_run_step
+    from repackctl.train.checkpoint import step_dir_name
+
+    used: dict[str, list[str]] = {}
+    for root in dict.fromkeys(cache_roots):
+        try:
+            names = list_entries(root)
+        except (RepackError, OSError, ValueError):
+            continue
+        for entry_name_ in names:
+            try:
+                group = DatasetEntry.open(root, entry_name_).group
+                latents = group["latents"] if "latents" in group else None
+                ids = child_groups(latents) if latents is not None else []
+            except Exception:  # an entry that cannot be read names nothing (rotation goes on)
+                continue
+            for gid in ids:
+                step = _latents_step(latents, gid, run_dir.name, pack_id_run_step)
+                if step is not None:
+                    used.setdefault(step_dir_name(step), []).append(f"latents {entry_name_}/{gid}")
+    return used
+
+
+def _latents_step(latents: Any, gid: str, run: str, parse: Callable) -> int | None:
+    """The step of the pack run ``run`` that the latents group ``gid`` was encoded with (its
+    ``pack`` attributes, else its id), or None (another run's, or unreadable)."""
+    try:
+        pack = latents[gid].attrs.get("pack")
+    except Exception:  # unreadable metadata (as repackctl.cache.creation reads it): its id names it
+        pack = None
+    if isinstance(pack, dict) and isinstance(pack.get("step"), int):
+        return pack["step"] if pack.get("run") == run else None
+    name, step = parse(gid)
+    return step if name == run else None
 
 
 def _unplaced_attention(decoder: DecoderConfig) -> list[int]:

@@ -34,6 +34,8 @@ or with the built-in encoder, ``paper`` otherwise:
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -295,6 +297,19 @@ class PackSettings(BaseModel):
     @classmethod
     def _ema_moves(cls, value: float | None) -> float | None:
         return ema_decay_below_one(value)
+
+    @field_validator("weights")
+    @classmethod
+    def _absolute_weights(cls, value: str | None) -> str | None:
+        """A weights file that exists is recorded by its absolute path, as ``extract`` records it
+        (``repackctl.settings.extract``): the run's config and checkpoints record these settings,
+        and a resume or ``pack encode`` reads them from any folder (a relative path only from
+        the one it was given in). Runs recorded before keep it relative: ``repackctl.pack.data
+        .recorded_weights`` reads it only where it names the recorded file."""
+        if value is None or value in ("random", "builtin"):
+            return value
+        path = Path(value).expanduser()
+        return os.path.abspath(path) if path.is_file() else value  # a link stays named so
 
     def check_terms(self, section: str, sources: dict[str, str]) -> None:
         """Refuse a ``kl_weight`` the user gave with ``method pca``: the PCA baseline is a fixed

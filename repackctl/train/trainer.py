@@ -925,7 +925,7 @@ class Trainer:
         named = "; ".join(f"{n} by {', '.join(used[n])}" for n in new)
         bar.log(
             f"step {self.step_count}: kept beside the newest {keep_last} (--keep-last), since "
-            f"other runs decode with them: {named}"
+            f"other runs or cached latents decode with them: {named}"
         )
 
     def _check_streak(self, bar: Any) -> None:

@@ -30,7 +30,7 @@ def test_rotation_keeps_the_checkpoint_a_dit_decodes_with(tmp_path: Path) -> Non
     flags = ["--steps", "6", "--ckpt-every", "2", "--keep-last", "1", "--image-every", "0"]
     out = cli_ok("pack", "train", "--name", "pack-tiny", *flags, *where)
     assert used.is_dir()  # HEAD deleted it
-    assert "other runs decode with them: step-0000002 by dit-tiny" in out, out
+    assert "other runs or cached latents decode with them: step-0000002 by dit-tiny" in out, out
     # trained on; the others rotate by --keep-last 1 (step-0000004 is gone)
     assert sorted(p.name for p in used.parent.iterdir()) == ["step-0000002", "step-0000006"]
     # the DiT's decoder still loads, with the weights it was trained against

@@ -50,7 +50,7 @@ def test_the_engine_keeps_the_checkpoints_in_use_and_rotates_the_rest(tmp_path: 
         train(_UsedToy(), toy.config_from_args(args), log_progress(lines.append))
     # 10 checkpoints written: the two in use stay, the rest rotate to the newest 2
     assert _steps(run) == [4, 10, 18, 20]  # HEAD: [18, 20], the decoders deleted
-    kept = [line for line in lines if "other runs decode with them" in line]
+    kept = [line for line in lines if "other runs or cached latents decode with them" in line]
     assert len(kept) == 2, lines  # each named once, when rotation first kept it for that
     assert "step-0000004 by dit-a" in kept[0] and "newest 2" in kept[0], kept
     assert "step-0000010 by dit-b, dit-c" in kept[1], kept
@@ -73,7 +73,7 @@ def test_a_resumed_pack_train_rotates_beside_two_checkpoints_in_use(tmp_path: Pa
     out = cli_ok("pack", "train", "--name", "pack-tiny", "--steps", "10", *flags, *where)
     # 6 and 8 rotated away as --keep-last 1 says (HEAD kept every one: keep_last → 0)
     assert _steps(runs / "pack-tiny") == [2, 4, 10]
-    said = "since other runs decode with them: step-0000002 by dit-tiny; step-0000004 by dit-b"
+    said = "since other runs or cached latents decode with them: step-0000002 by dit-tiny; step-0000004 by dit-b"
     assert said in out, out
     assert said in " ".join((runs / "pack-tiny" / "log.txt").read_text().split())
     state = ckpt_io.read_state(ckpts / "step-0000010")
