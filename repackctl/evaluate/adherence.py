@@ -415,7 +415,14 @@ def real_attributes(cache: str, entry: str) -> tuple[np.ndarray, np.ndarray, np.
         scene = BuiltinSource(split=split, num=int(index) + 1, seed=int(seed)).scene(int(index))
         shapes.append(scene["label"])
         colours.append(HUES.index(coarse_colour(colour_name(scene["obj_a"]))))
-    images = np.asarray(ds.images[:])[ok]
+    # a guarded read: a lost chunk holding a written row is an Error, never black images
+    # trained on (or scored) under their scene's labels
+    from repackctl.cache.integrity import GuardedArray, repair_hint
+
+    written = np.zeros(ds.n, bool)
+    written[ok] = True
+    redo = repair_hint(entry, "the same `repackctl extract`")
+    images = np.asarray(GuardedArray(ds.images, written, f"{entry} images", redo)[:])[ok]
     return images, np.array(shapes, np.int64), np.array(colours, np.int64)
 
 

@@ -1138,8 +1138,10 @@ def cached_reference_stats(
     encoder: Any = None,
     device: Any = None,
     progress: ProgressFactory = null_progress,
+    weights_path: str | None = None,
 ) -> StatsResult:
-    """Statistics of ``images`` for ``extractor`` ("inception" or "encoder"), cached by content."""
+    """Statistics of ``images`` for ``extractor`` ("inception" or "encoder"), cached by content;
+    ``weights_path``: the encoder's weights file, recorded (absolute) in the metadata."""
     if extractor == "inception":
         info = inception.info()
         name, weights = "inception-v3-compat", info["weights_sha256"]
@@ -1190,6 +1192,8 @@ def cached_reference_stats(
             description="encoder: reference",
         )
         metadata.update(feature=FEATURE_RULE, encoder=encoder.spec.attrs())
+        if weights_path is not None:
+            metadata["weights_path"] = weights_path
         write_stats_bundle(path, acc, metadata)
     return StatsResult(path, False, read_stats_bundle(path), metadata)
 
@@ -1215,6 +1219,18 @@ def fd_settings_given(cfg: Any) -> list[str]:
     if cfg.fd_weights is not None:
         given.append(f"evaluate.fd_weights ({cfg.fd_weights})")
     return given
+
+
+def fd_weights_path(cfg: Any) -> str | None:
+    """The absolute path of ``evaluate.fd_weights`` when it names a file (a relative path is
+    resolved against the current folder, as the encoder read it); None for ``random``, the
+    encoder's default or a name that is no file. Recorded beside the weights' sha256, which
+    is what two results are compared by."""
+    given = cfg.fd_weights
+    if given is None or given == "random":
+        return None
+    path = Path(given).expanduser()
+    return str(path.resolve()) if path.is_file() else None
 
 
 def _check_fd_given(cfg: Any, wanted: list[str]) -> None:
@@ -1471,6 +1487,38 @@ class _Scores:
     n_ref: int | None = None
 
 
+def check_adm_weights(ref: Reference, wanted: list[str], info: dict, force: bool) -> list[str]:
+    """Refuse FID/sFID against an ADM reference batch with Inception weights other than
+    torch-fidelity's official file, unless forced (then the card records it). The batch's
+    mu/sigma are TensorFlow statistics of the official Inception: the samples' features from
+    other weights live in another space, and the score compared the two (KID and
+    precision/recall read the batch's images through the same extractor and stay valid).
+    Returns the warning to print when forced."""
+    from repackctl.metrics.inception import INCEPTION_URL, OFFICIAL_SHA256_PREFIX
+
+    frechet = sorted(set(wanted) & {"fid", "sfid"})
+    if not frechet or info["weights_official"]:
+        return []
+    diff = (
+        f"Inception weights: reference {OFFICIAL_SHA256_PREFIX}… (the official file, whose "
+        f"TensorFlow statistics the ADM batch holds), samples {info['weights_sha256'][:12]}… "
+        f"({info['weights_path']})"
+    )
+    if not force:
+        raise ConfigError(
+            f"{', '.join(frechet)} against the ADM reference batch {ref.label} would compare "
+            f"its official-Inception statistics with features of the Inception weights "
+            f"{info['weights_path']} (sha256 {info['weights_sha256'][:12]}…, not "
+            f"torch-fidelity's official {OFFICIAL_SHA256_PREFIX}…): the score would be "
+            "meaningless; nothing was scored",
+            f"pass --inception-weights the official file ({INCEPTION_URL}), or --ref reference "
+            "images (scored through the same weights), or --force-reference to score anyway "
+            "(the card records it)",
+        )
+    ref.differences.append(diff)
+    return [f"Warning: reference protocol differs ({diff})"]
+
+
 def _inception_reference(
     ref: Reference,
     wanted: list[str],
@@ -1483,6 +1531,7 @@ def _inception_reference(
 ) -> Any:
     """What the Inception metrics compare against: ADM batch, stats, images or nothing (IS)."""
     if ref.kind == "adm":
+        messages += check_adm_weights(ref, wanted, extractor.info(), force)
         return ref.adm
     if ref.kind == "stats":
         stats = {k: v for k, v in ref.stats.items() if k in ("fid", "sfid")}
@@ -1582,6 +1631,9 @@ def _add_encoder_fd(
         "n_generated": res["n_generated"],
         "n_reference": res["n_reference"],
     }
+    path = fd_weights_path(settings.evaluate)
+    if path is not None:  # where a weights file was read (spec: its name and sha256)
+        scores.metrics["fd_detail"]["weights_path"] = path
     scores.n_ref = scores.n_ref if scores.n_ref is not None else res["n_reference"]
     described = f"encoder {spec['id']} ({spec['arch']}, weights {spec['weights']})"
     scores.extractors.append((described, spec["weights_sha256"] or spec["weights"]))
@@ -1755,7 +1807,7 @@ def _encoder_fd(
     else:
         st = cached_reference_stats(
             ref.images, folder=sdir, extractor="encoder", encoder=encoder, device=device,
-            progress=progress,
+            progress=progress, weights_path=fd_weights_path(settings.evaluate),
         )  # fmt: skip
         messages.append(_stats_message(st))
         reference = st.stats["fd"]
@@ -1954,5 +2006,5 @@ def run_evaluate_stats(
     encoder = make_fd_encoder(settings, images.resolution, device)
     return cached_reference_stats(
         images, folder=folder, extractor="encoder", encoder=encoder, device=device,
-        progress=progress,
+        progress=progress, weights_path=fd_weights_path(cfg),
     )  # fmt: skip

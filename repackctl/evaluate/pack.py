@@ -141,9 +141,21 @@ def report_stem(kind: str, entry: DatasetEntry, num: int | None, **extra: Any) -
 
 
 def _blocks(entry: DatasetEntry, feats: ArrayGroup, idx: np.ndarray, images: bool = True):
-    """(indices, tokens of flip 0 (b, T, C) float32, images (b, R, R, 3) uint8 or None)."""
-    tok_it = read_blocks(feats["tokens"], idx, BLOCK)
-    img_it = read_blocks(entry.images, idx, BLOCK) if images else None
+    """(indices, tokens of flip 0 (b, T, C) float32, images (b, R, R, 3) uint8 or None), read
+    through guarded views (``GuardedArray``): a lost or corrupt chunk holding a row scored is
+    a ``CacheError`` naming the array and the repair, never zeros scored as originals."""
+    from repackctl.cache.integrity import GuardedArray, repair_hint
+
+    used = np.zeros(entry.n, bool)
+    used[idx] = True
+    redo = repair_hint(entry.name, "the same `repackctl extract`")
+    label = f"{entry.name} features/{feats.group.basename}/tokens"
+    tok_it = read_blocks(GuardedArray(feats["tokens"], used, label, redo), idx, BLOCK)
+    img_it = (
+        read_blocks(GuardedArray(entry.images, used, f"{entry.name} images", redo), idx, BLOCK)
+        if images
+        else None
+    )
     for i, tok in tok_it:
         img = next(img_it)[1] if img_it is not None else None
         yield i, tok[:, 0].astype(np.float32), img

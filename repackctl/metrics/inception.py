@@ -186,6 +186,7 @@ class InceptionExtractor:
         return {
             "name": f"torch-fidelity {torch_fidelity.__version__} {EXTRACTOR_NAME}",
             "weights_file": self.weights_path.name,
+            "weights_path": str(self.weights_path.resolve()),  # where it was read, absolute
             "weights_sha256": self.weights_sha256,
             "weights_official": self.weights_sha256.startswith(OFFICIAL_SHA256_PREFIX),
             "pool": f"'{POOL_LAYER}' (TF pool_3:0)",
