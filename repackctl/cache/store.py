@@ -160,6 +160,19 @@ def owned_ranges(n: int, shard: int, rank: int = 0, world: int = 1) -> list[rang
     return [range(s * shard, min((s + 1) * shard, n)) for s in range(rank, count, world)]
 
 
+#: source attributes that only report what the listing passed over (files outside class
+#: folders, unreadable folders): no input of the entry. A `captions.jsonl` written into the
+#: folder for `repackctl captions` changed them, and every later extract of the entry (another
+#: encoder, a resume) was refused, its hint removing the entry. `check_listing` still refuses a
+#: folder whose files of the entry changed.
+_LISTING_NOTES = ("skipped_in_listing",)
+
+
+def _identity(source: dict) -> dict:
+    """``source`` attributes without the listing notes (``_LISTING_NOTES``)."""
+    return {k: v for k, v in source.items() if k not in _LISTING_NOTES}
+
+
 def _diff(a: dict, b: dict) -> str:
     keys = sorted(set(a) | set(b))
     parts = [f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
@@ -352,11 +365,11 @@ class DatasetEntry:
                 raise damaged_error(g, name, f"cache entry {name!r} in {cache_root(root)}")
             if state == "complete":
                 entry = cls(root, g[name])
-                old = entry.attrs.get("source", {})
-                if old != source_attrs or entry.n != n:
+                old = _identity(entry.attrs.get("source", {}))
+                if old != _identity(source_attrs) or entry.n != n:
                     raise CacheError(
                         f"cache entry {name} was made from another source "
-                        f"({_diff(old, source_attrs)})",
+                        f"({_diff(old, _identity(source_attrs))})",
                         f"remove it with `repackctl cache rm {name}` or use another --cache",
                     )
                 return entry
