@@ -31,7 +31,10 @@ BUILTIN_DIST = "repackctl"
 _PACKAGE_DIR = Path(__file__).resolve().parent  # our own modules live below it
 _KIND_HINT = {
     "encoders": "pass --encoder with one of them, or install a plugin that registers it",
-    "models": "pick --arch/--size/--patch from them, or install a plugin that registers it",
+    # `train dit` also builds an id from --arch/--size/--patch; `train t2i` and `benchmark train`
+    # take only --model
+    "models": "pass --model with one of them (`train dit` also takes --arch/--size/--patch), "
+    "or install a plugin that registers it",
     "datasets": "pass --data with one of them (e.g. builtin, imagefolder:PATH, imagenet)",
     "text_encoders": "pass --text-encoder with one of them (e.g. minilm, clip:PATH), or install a "
     "plugin that registers it",

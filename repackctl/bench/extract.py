@@ -24,6 +24,20 @@ SHAPES: dict[str, dict[str, Any]] = {
 }
 
 
+def check_weights(weights: str) -> None:
+    """Refuse a weights file that is not there with the benchmark's own hint: here no
+    --encoder-weights means random weights, not the shipped ones the encoders' hint names."""
+    from repackctl.errors import WeightsError
+
+    if weights in ("random", "builtin") or Path(weights).expanduser().is_file():
+        return
+    raise WeightsError(
+        f"weights file not found: {weights}",
+        "pass --encoder-weights with an existing .safetensors or .pth file, or leave it out "
+        "for random weights (speed does not depend on them)",
+    )
+
+
 def run(ctx: BenchContext) -> tuple[list[Row], dict[str, Any], list[str]]:
     """Measure extraction and the bare forward; returns (rows, params, notes)."""
     from repackctl.data.builtin import BuiltinSource
@@ -35,6 +49,7 @@ def run(ctx: BenchContext) -> tuple[list[Row], dict[str, Any], list[str]]:
     if ctx.encoder:
         p["encoder"] = ctx.encoder
     weights = ctx.encoder_weights or "random"
+    check_weights(weights)
     r, num, bs = p["resolution"], p["num"], p["batch"]
     dev = ctx.device
     encoder = make_encoder(p["encoder"], weights, None, r, 0).to(dev).eval()

@@ -95,12 +95,25 @@ def _context(settings: Any) -> Any:
     )
 
 
+def _check_choices(name: str, b: Any) -> None:
+    """A missing --encoder-weights file or an unknown --model, refused before anything runs:
+    `benchmark all` met them only after the benchmarks before it had run (their results lost)."""
+    from repackctl.bench.extract import check_weights
+    from repackctl.registry import registry
+
+    if b.encoder_weights and name in ("extract", "all"):
+        check_weights(b.encoder_weights)
+    if b.model and name in ("train", "all"):
+        registry("models").get(b.model)
+
+
 def _run_and_print(name: str, settings: Any) -> None:
     """Run benchmark ``name`` (or all), print each table, write the JSON and say where."""
     from repackctl.bench import BENCHMARKS, run_benchmark, write_result
     from repackctl.bench.common import check_out
 
     check_out(name, settings.benchmark.out)  # before anything runs: never replace a user's file
+    _check_choices(name, settings.benchmark)
     ctx = _context(settings)
     names = BENCHMARKS if name == "all" else (name,)
     results = []
