@@ -59,13 +59,21 @@ class Holder:
     pid: int | None
     host: str | None
     since: str | None
+    # the command that holds a run's lock without training it (``runs rm``); None: a training
+    command: str | None = None
 
     def describe(self) -> str:
-        """``pid 123, since 2025-01-02 03:04:05`` (and ``on HOST`` when another machine)."""
+        """``pid 123, since 2025-01-02 03:04:05`` (and ``on HOST`` when another machine;
+        prefixed by the command, ```repackctl runs rm`, pid 123``, for one that is not a training)."""
         if self.pid is None:
             return "pid unknown"
         where = f" on {self.host}" if self.host and self.host != socket.gethostname() else ""
-        return f"pid {self.pid}{where}" + (f", since {self.since}" if self.since else "")
+        by = f"`repackctl {self.command}`, " if self.command else ""
+        return f"{by}pid {self.pid}{where}" + (f", since {self.since}" if self.since else "")
+
+    def activity(self) -> str:
+        """What the holder does to the run: ``being trained``, or ``being removed`` (runs rm)."""
+        return "being trained" if self.command is None else "being removed"
 
 
 def _main_process() -> bool:
@@ -100,8 +108,13 @@ def _read_holder(f: IO[bytes]) -> Holder:
     except (OSError, ValueError):
         data = {}
     data = data if isinstance(data, dict) else {}
-    pid = data.get("pid")
-    return Holder(pid if isinstance(pid, int) else None, data.get("host"), data.get("since"))
+    pid, command = data.get("pid"), data.get("command")
+    return Holder(
+        pid if isinstance(pid, int) else None,
+        data.get("host"),
+        data.get("since"),
+        command if isinstance(command, str) else None,
+    )
 
 
 def _try_lock(f: IO[bytes], kind: int | None = None) -> bool | None:
@@ -173,10 +186,13 @@ def _other_holder(f: IO[bytes]) -> Holder:
     return holder
 
 
-def _write_record(f: IO[bytes]) -> None:
-    """This process's record (pid, host, start time) in the lock file ``f`` it holds."""
+def _write_record(f: IO[bytes], command: str | None = None) -> None:
+    """This process's record (pid, host, start time; ``command``: one that holds a run's lock
+    without training it) in the lock file ``f`` it holds."""
     since = time.strftime("%Y-%m-%d %H:%M:%S")
-    record = {"pid": os.getpid(), "host": socket.gethostname(), "since": since}
+    record: dict[str, object] = {"pid": os.getpid(), "host": socket.gethostname(), "since": since}
+    if command is not None:
+        record["command"] = command
     f.truncate(0)
     f.write((json.dumps(record) + "\n").encode())
     f.flush()
@@ -203,10 +219,14 @@ def lock_holder(folder: str | os.PathLike) -> Holder | None:
 
 
 @contextmanager
-def hold_run_lock(folder: str | os.PathLike) -> Iterator[bool]:
+def hold_run_lock(folder: str | os.PathLike, command: str | None = None) -> Iterator[bool]:
     """The training lock of the run ``folder`` (it exists) held while the block runs, so that
     no training starts in it (``runs rm``): yields True; False, without waiting, when another
-    process holds it. Where nothing can be locked, True without a lock."""
+    process holds it. Where nothing can be locked, True without a lock.
+
+    With ``command`` (``runs rm``) its record (the command, this process's pid) replaces the
+    last training's in the lock file: `runs info`, a training refused meanwhile and a second
+    `runs rm` named that training's pid (long ended) as training the run."""
     path = Path(folder).expanduser() / LOCK_FILE
     if fcntl is None or _held_here(path):
         yield True
@@ -221,6 +241,8 @@ def hold_run_lock(folder: str | os.PathLike) -> Iterator[bool]:
         if not taken:  # False: another process holds it; None: nothing can be locked here
             yield taken is None
             return
+        if command is not None:
+            _write_record(f, command)
         st = os.fstat(f.fileno())
         key = (st.st_dev, st.st_ino)
         _HELD[key] = f  # this process's own: lock_holder does not name it
@@ -341,7 +363,7 @@ def lock_pipeline(folder: str | os.PathLike, command: str) -> None:
 
 def _busy(folder: Path, holder: Holder) -> ConfigError:
     return ConfigError(
-        f"run {folder} is being trained by another process ({holder.describe()}); "
+        f"run {folder} is {holder.activity()} by another process ({holder.describe()}); "
         "nothing was written there",
         "wait for it to finish, or stop it, then run the command again; or pass another "
         "--name to start a separate run",

@@ -160,6 +160,11 @@ class RunDetail:
     config_problem: str | None = None
     # a pack run: the runs beside it that sample through its decoder (``dependent_runs``)
     used_by: list[str] = field(default_factory=list)
+    # a pack run: the cached latents groups encoded with its checkpoints, which decode only with
+    # it (set by the command, which reads the caches: ``repackctl.pack.task.latents_in_use``)
+    latents_used_by: list[str] = field(default_factory=list)
+    # the cache roots those could not be looked for in, with why (an s3:// root without s3fs)
+    latents_not_checked: list[str] = field(default_factory=list)
     # the network of the newest complete checkpoint (``_model_of``), where it records one
     model: str | None = None
     # what its newest complete checkpoint was trained on (``_trained_on``): cache entry,
@@ -195,6 +200,8 @@ class RunDetail:
             "samples": self.samples,
             "samples_of_other_runs": self.samples_of_other_runs,
             "used_by": self.used_by,
+            "used_by_latents": self.latents_used_by,
+            "latents_not_checked": self.latents_not_checked,
             "model": self.model,
             "trained_on": self.trained_on,
             "refined": self.refined,
@@ -369,6 +376,8 @@ def _metrics_tail(
     if not after:
         return rows[::-1], None
     holder = lock_holder(folder)
+    if holder is not None and holder.command is not None:  # `runs rm` a moment before it renames
+        holder = None  # the run: no training, the rows are a stopped one's
     live = holder is not None and _logged_since_locked(folder)
     steps = [rec["step"] for rec in after]
     more = MetricsAfter(
@@ -538,6 +547,18 @@ def checkpoint_extra(ckpt: Path) -> dict[str, Any]:
     return extra if isinstance(extra, dict) else {}
 
 
+def recorded_cache_roots(folder: Path) -> list[str]:
+    """The cache roots the checkpoints of the run ``folder`` record they were trained from
+    (``extra.cache.root``), oldest first, each once."""
+    roots: dict[str, None] = {}
+    for step in _step_folders(folder):
+        cache = checkpoint_extra(step).get("cache")
+        root = cache.get("root") if isinstance(cache, dict) else None
+        if isinstance(root, str) and root:
+            roots[root] = None
+    return list(roots)
+
+
 def _trained_on(extra: dict[str, Any]) -> list[str]:
     """What a DiT, t2i or refiner checkpoint (its ``extra``) records it was trained on: the
     cache entry (and root), the latents or triplets group in it, and the pack checkpoint that
@@ -683,8 +704,9 @@ def _names_pack_run(pack: dict[str, Any], folder: Path) -> bool:
 
 def _being_trained(folder: Path, holder: Holder | None) -> CheckpointError:
     by = f" ({holder.describe()})" if holder is not None else ""
+    doing = "being trained" if holder is None else holder.activity()
     return CheckpointError(
-        f"run {folder} is being trained by another process{by}; nothing was removed",
+        f"run {folder} is {doing} by another process{by}; nothing was removed",
         f"wait for it to finish, or stop it, then run `repackctl runs rm {folder.name}` again",
     )
 
@@ -748,7 +770,7 @@ def move_and_delete(folder: Path, crash_step: str) -> None:
 def _training_kept_out(folder: Path) -> Iterator[None]:
     """The run's training lock held while the block runs (no training starts), or a
     ``CheckpointError`` naming the training that took it a moment ago."""
-    with hold_run_lock(folder) as held:
+    with hold_run_lock(folder, "runs rm") as held:
         if not held:
             raise _being_trained(folder, lock_holder(folder))
         yield

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from repackctl.cli.common import (
+    CacheOpt,
     ConfigOpt,
     RunsOpt,
     SamplesOpt,
@@ -34,6 +35,40 @@ LS_NOTE = (
 def _roots(runs: str | None, samples: str | None, config: str | None) -> tuple[str, str]:
     s = resolve(config, {"runs": runs, "samples": samples}).settings
     return s.runs, s.samples
+
+
+def _encoded_latents(
+    d: RunDetail, cache: str | None, config: str | None
+) -> tuple[list[str], list[str]]:
+    """(``latents ENTRY/GROUP in ROOT (encoded with step-N)``: the cached latents groups that
+    `pack encode` wrote with a checkpoint of the pack run ``d`` (they decode only with it), in
+    the cache root the settings name (``--cache``) and those its checkpoints were trained from;
+    the roots that could not be read, with why: not silently taken for holding none). Other
+    runs (DiT, refiner, t2i) encode nothing: none."""
+    from pathlib import Path
+
+    from repackctl.pack.task import latents_in_use
+    from repackctl.paths import is_url
+    from repackctl.runs import CKPT_DIR, recorded_cache_roots
+
+    if d.run.stage in ("dit", "refine", "t2i"):
+        return [], []
+    folder = Path(d.run.path)
+    roots = [resolve(config, {"cache": cache}).settings.cache, *recorded_cache_roots(folder)]
+    found: list[str] = []
+    unread: list[str] = []
+    for root in dict.fromkeys(
+        r if is_url(r) else str(Path(r).expanduser().resolve()) for r in roots
+    ):
+        try:
+            used = latents_in_use(folder, [root])
+        except Exception as e:  # e.g. an s3:// root without s3fs: named, not a traceback
+            unread.append(f"cache {root} could not be read ({type(e).__name__}: {e})")
+            continue
+        for step, groups in sorted(used.items()):
+            if (folder / CKPT_DIR / step).is_dir():  # a step gone: they decode with nothing now
+                found += [f"{g} in {root} (encoded with {step})" for g in groups]
+    return found, unread
 
 
 def _when(ts: float) -> str:
@@ -99,12 +134,14 @@ def info(
     name: RunArg,
     runs: RunsOpt = None,
     samples: SamplesOpt = None,
+    cache: CacheOpt = None,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Show one run: config summary, checkpoints, last metrics, sample folders made from it,
-    for a pack run the runs that sample through its decoder, and for a refiner run the samples
-    folders it refined.
+    for a pack run the runs that sample through its decoder and the cached latents groups
+    encoded with it (in --cache and the cache it was trained from), and for a refiner run the
+    samples folders it refined.
 
     The metrics stop at the newest complete checkpoint: rows logged past it by a training
     stopped before its next save are counted on one line, not listed (a resume drops them and
@@ -121,6 +158,7 @@ def info(
 
     runs_root, samples_root = _roots(runs, samples, config)
     d = describe_run(run_dir(runs_root, name), local_path(samples_root))
+    d.latents_used_by, d.latents_not_checked = _encoded_latents(d, cache, config)
     if as_json:
         print_json(d.to_dict())
         return
@@ -149,7 +187,8 @@ def info(
         pairs.append((label, d.metrics_after.describe()))
     pairs += [("samples", s) for s in d.samples]
     pairs += [("samples of another run of this name", s) for s in d.samples_of_other_runs]
-    pairs += [("used by", u) for u in d.used_by]
+    pairs += [("used by", u) for u in [*d.used_by, *d.latents_used_by]]
+    pairs += [("latents not checked", u) for u in d.latents_not_checked]
     pairs += [("trained on", t) for t in d.trained_on]
     pairs += [("refined", f) for f in d.refined]
     print_pairs(f"run {r.name}", pairs)
@@ -161,12 +200,15 @@ def rm(
     name: RunArg,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     runs: RunsOpt = None,
+    cache: CacheOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Delete a run folder (only one that repackctl wrote). Asks first unless --yes.
 
-    The runs that use a pack run (DiT, refiner and t2i runs, trained or imported) are named in
-    the question, and in a warning with --yes: they are not deleted, but cannot sample without it.
+    The runs that use a pack run (DiT, refiner and t2i runs, trained or imported) and the cached
+    latents groups encoded with it (in --cache and the cache it was trained from) are named in
+    the question, and in a warning with --yes: they are not deleted, but cannot sample (or be
+    decoded) without it.
 
     Example: `repackctl runs rm dit-tiny --yes`
     """
@@ -191,7 +233,7 @@ def rm(
     d = describe_run(folder)  # refuses anything that is not a run
     what = f"run {name} ({d.run.stage}, {_checkpoint_count(d)}, {_mb(d.run.bytes)})"
     check_removable(folder)  # files of the user's in it: refused before asking
-    needed = _needed_by(name, d.used_by)
+    needed = _needed_by(name, d.used_by, *_encoded_latents(d, cache, config))
     question = f"Delete {what} at {folder}?"
     if needed:
         question = f"{needed}\nDelete {what} at {folder} anyway?"
@@ -201,7 +243,8 @@ def rm(
     remove_run(folder)
     console.print(f"removed {folder}", highlight=False, soft_wrap=True)
     if needed and yes:  # asked otherwise: the question named them
-        err_console.print(f"Warning: {needed}", highlight=False, soft_wrap=True)
+        for line in needed.splitlines():
+            err_console.print(f"Warning: {line}", highlight=False, soft_wrap=True)
 
 
 def _checkpoint_count(d: RunDetail) -> str:
@@ -212,16 +255,27 @@ def _checkpoint_count(d: RunDetail) -> str:
     return good if others <= 0 else f"{good} and {others} incomplete, damaged or marked bad"
 
 
-def _needed_by(name: str, dependents: list[str]) -> str | None:
-    """``2 runs use pack run NAME and cannot sample without it (not deleted): d (dit), …``, or
-    None when no run needs it."""
-    if not dependents:
-        return None
-    runs = f"{len(dependents)} runs use" if len(dependents) > 1 else "1 run uses"
-    return (
-        f"{runs} pack run {name} and cannot sample without it (not deleted): "
-        f"{', '.join(dependents)}"
-    )
+def _needed_by(
+    name: str, dependents: list[str], latents: list[str], unread: list[str]
+) -> str | None:
+    """``2 runs use pack run NAME and cannot sample without it (not deleted): d (dit), …``, the
+    latents groups encoded with it and the caches not read (``_encoded_latents``), or None when
+    nothing needs it."""
+    said = []
+    if dependents:
+        runs = f"{len(dependents)} runs use" if len(dependents) > 1 else "1 run uses"
+        said.append(
+            f"{runs} pack run {name} and cannot sample without it (not deleted): "
+            f"{', '.join(dependents)}"
+        )
+    if latents:
+        groups = f"{len(latents)} cached latents group" + ("s were" if len(latents) > 1 else " was")
+        said.append(
+            f"{groups} encoded with pack run {name} and cannot be decoded without it (not "
+            f"deleted; a DiT trained on them cannot sample): {', '.join(latents)}"
+        )
+    said += [f"{u}: latents encoded with pack run {name} there were not checked" for u in unread]
+    return "\n".join(said) or None
 
 
 def register(root: typer.Typer) -> None:
