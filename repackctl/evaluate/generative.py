@@ -926,13 +926,16 @@ def _prompts_entry(protocol: dict, entry: str | None, root: Any, messages: list[
     one: ``prompt_source``), in the root holding the run's training entry, so that samples are
     compared with the images their prompts describe, as a t2i benchmark compares with the
     images of its captions. None for given prompts (the training entry then, as for class
-    samples), or when that root no longer holds the prompts' entry (said in ``messages``)."""
-    source = protocol.get("prompt_source")
-    if protocol.get("stage") != "t2i" or not isinstance(source, str):
+    samples), or when that root no longer holds the prompts' entry (said in ``messages``).
+    The card's ``prompt_entry`` names it; cards made before it was recorded say it in
+    ``prompt_source`` only."""
+    if protocol.get("stage") != "t2i":
         return None
-    if not source.startswith(PROMPTS_FROM) or not entry or not isinstance(root, str):
+    prompts_entry, source = protocol.get("prompt_entry"), protocol.get("prompt_source")
+    if prompts_entry is None and isinstance(source, str) and source.startswith(PROMPTS_FROM):
+        prompts_entry = source[len(PROMPTS_FROM) :]  # an older card
+    if not isinstance(prompts_entry, str) or not entry or not isinstance(root, str):
         return None
-    prompts_entry = source[len(PROMPTS_FROM) :]
     if prompts_entry == entry:
         return None
     if not _has_entry(root, prompts_entry):

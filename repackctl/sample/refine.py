@@ -11,7 +11,9 @@ The decoded image enters the refiner the way the triplets stored it: quantised t
 mapped back to [−1, 1]. So ``sample --refiner R`` and ``sample`` followed by
 ``refine apply --refiner R`` give the same PNGs, in the same folder name: each recognises the
 other's folder of the same samples as its own result (``_refined_by_sample``,
-``refined_by_apply``) and refuses one of other samples by what differs.
+``refined_by_apply``) and refuses one of other samples by what differs. Before answering
+"already done" there, a PNG lost from that folder is rewritten from its recorded samples.npz,
+or refused by name when it cannot be (``_restore_finished``).
 
 Latents recomputed from the DiT (a folder without latents.npy) are computed in the batches and,
 on the CPU, with the thread count the samples folder records (``_Regenerator``): those are the
@@ -571,6 +573,45 @@ def refined_by_apply(
     )
 
 
+def restore_applied(out: Path, card: dict[str, Any], refiner: str, dist: DistInfo) -> int:
+    """How many samples of this process's share a finished `refine apply` folder ``out`` (its
+    ``card``, ``refined_by_apply``) holds, for `sample --refiner` to answer "already done" with
+    (summed over the processes by the caller), once its PNGs are there (``_restore_finished``).
+    ``refiner``: ``--refiner`` as given (the hint's `refine apply` command)."""
+    src = card.get("refined_from") or "SAMPLES"
+    hint = f"refine them again: `repackctl refine apply {src} --refiner {refiner}`"
+    mine = owned_range(int(card["num_samples"]), dist.rank, dist.world)
+    _restore_finished(out, mine, dist, "refine apply", hint)
+    return len(mine)
+
+
+def _restore_finished(out: Path, mine: range, dist: DistInfo, who: str, hint: str) -> None:
+    """Before a finished refined folder ``out`` that the other command (``who`` made it) wrote
+    is answered "already done": its PNGs of this process's share ``mine`` that are missing or
+    not the recorded samples are rewritten from its samples.npz (``restore_pngs``, as `sample`
+    restores its own folders; a ``Warning:`` names them); one that cannot be (samples.npz gone
+    or changed) is refused by name on every process, with ``hint``: nothing is answered "done"
+    that is not there."""
+    from repackctl.run_lock import lock_samples
+    from repackctl.sample.folder import png_path
+
+    if missing_indices(out, mine):  # one to write: one writer (given up by ``released_after``)
+        lock_samples(out)
+    restored = restore_pngs(out, mine)
+    _warn_all(dist, [restored.removeprefix("Warning: ")] if restored else [])
+    lost = sorted(dist.all_items(missing_indices(out, mine)))
+    if not lost:
+        return
+    names = ", ".join(png_path(out, i).name for i in lost[:3]) + (" …" if len(lost) > 3 else "")
+    many = len(lost) > 1
+    raise DataError(
+        f"{len(lost)} refined PNG{'s' if many else ''} of {out} (written by `repackctl {who}`) "
+        f"{'are' if many else 'is'} missing ({names}), and its {SAMPLES_NPZ} is not the "
+        "recorded one to restore them from (gone or changed)",
+        hint,
+    )
+
+
 def _already_refined(out: Path, src: Path, protocol: dict, fingerprint: dict[str, Any]) -> bool:
     """Whether ``out`` already holds the refined samples of ``src`` (made by `sample --refiner`).
 
@@ -847,6 +888,12 @@ def run_refine_apply(
         out = src.parent / f"{src.name}{refined_suffix(refiner_label(settings.refine.refiner))}"
         fingerprint = {"source_sha256": source.digest(), "refiner": refiner.sha256, "num": num}
         if _already_refined(out, src, protocol, fingerprint):
+            hint = (
+                f"make them again with the `repackctl sample ... --refiner "
+                f"{settings.refine.refiner}` command that made {out} (pass --out {out})"
+            )
+            mine = owned_range(num, dist.rank, dist.world)
+            _restore_finished(out, mine, dist, "sample --refiner", hint)
             return ApplyResult(out, num, 0, num, "already refined (by `sample --refiner`)", 0.0)
         if regenerate is not None and not is_finished(out):
             regenerate.load()  # the DiT, checked before the folder is claimed

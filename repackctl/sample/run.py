@@ -203,9 +203,9 @@ def run_sample(
     fingerprint = _fingerprint(settings, dit, plan, guide_info, refiner)
     folder = _folder(settings, dit, plan, fingerprint)
     if refiner is not None:  # `sample` then `refine apply` wrote this folder: nothing to make
-        done = _applied(folder, settings, dit, plan, labels, guide_info, pack, refiner)
+        done = _applied(folder, settings, dit, plan, labels, guide_info, pack, refiner, dist)
         if done is not None:
-            return done
+            return _job_totals(done, dist)
     batching, threads = _claim(settings, folder, fingerprint, dist.world, device)
     header = run_header(dist, device, settings.precision, precision_source, settings.seed)
     job = _Job(settings, plan, dit.extra, labels, velocity, pack.model.to(device).eval(), refiner,
@@ -411,12 +411,14 @@ def _applied(
     guide_info: Any,
     pack: PackHandle,
     refiner: RefinerHandle,
+    dist: DistInfo,
 ) -> SampleResult | None:
     """What `sample --refiner` did when ``folder`` was written by `refine apply --refiner` from
     the samples of these settings (the folder name both give): nothing, the images are there
-    (``refined_by_apply``); None when ``folder`` is not such a folder. One that holds other
+    (``refined_by_apply``; a lost PNG restored or refused: ``restore_applied``), this process's
+    share of them already done; None when ``folder`` is not such a folder. One that holds other
     samples, or is unfinished, is refused by name with nothing changed."""
-    from repackctl.sample.refine import image_shape_of, refined_by_apply
+    from repackctl.sample.refine import image_shape_of, refined_by_apply, restore_applied
 
     cfg = settings.sample
     expected = {  # the fields `_protocol` records that fix the samples (``_GENERATION_KEYS``)
@@ -435,9 +437,10 @@ def _applied(
     card = refined_by_apply(folder, expected, pack.pack_id, which, out_hint(bool(cfg.out)))
     if card is None:
         return None
+    share = restore_applied(folder, card, str(cfg.refiner), dist)
     nfe = int(card.get("nfe") or network_evaluations(plan.spec, plan))
     shape = image_shape_of(folder)
-    return SampleResult(folder, cfg.num, 0, cfg.num, nfe, shape, 0.0, card, refined=True)
+    return SampleResult(folder, cfg.num, 0, share, nfe, shape, 0.0, card, refined=True)
 
 
 def _as_recorded(folder: Path, fingerprint: dict[str, Any]) -> dict[str, Any]:

@@ -22,7 +22,8 @@ of samples.npz and latents.npy) in ``protocol.json``. What differs:
 - Guidance: classifier-free guidance against the model's null caption, conditional and null rows
   in ONE batched forward of 2B (``MMDiT.forward_with_cfg``), active for t_lo ≤ t ≤ t_hi.
 - ``prompt_source`` in ``protocol.json``: ``given: …`` (how many ``--prompt``, the ``--prompts``
-  file's absolute path and sha256), else the entry whose first captions were read.
+  file's absolute path and sha256), else the entry whose first captions were read; that entry's
+  name alone in ``prompt_entry`` (None for given prompts), for readers of the card.
 - ``prompts.txt`` (one line per sample index) and the prompts in ``protocol.json``: the distinct
   prompts some sample got, in order of first use (with ``-n`` below the number of prompts given,
   the unused ones are left out); ``arr_1`` of ``samples.npz`` and ``prompt_ids`` hold each
@@ -274,10 +275,11 @@ def given_source(cfg: Any) -> str:
 
 def resolve_prompts(
     cfg: Any, extra: dict[str, Any], cache: str | None = None
-) -> tuple[list, list, np.ndarray, str]:
-    """(prompts, distinct prompts used, prompt id of each sample (N,), where they came from);
-    ``cache``: the resolved cache setting (default prompts come from the run's entry there)."""
-    prompts = given_prompts(cfg)
+) -> tuple[list, list, np.ndarray, str, str | None]:
+    """(prompts, distinct prompts used, prompt id of each sample (N,), where they came from,
+    the cache entry whose first captions they are (None: given prompts)); ``cache``: the
+    resolved cache setting (default prompts come from the run's entry there)."""
+    prompts, entry = given_prompts(cfg), None
     if prompts:
         source = given_source(cfg)
     else:
@@ -289,7 +291,7 @@ def resolve_prompts(
     distinct = list(dict.fromkeys(per_sample))
     place = {p: k for k, p in enumerate(distinct)}
     ids = np.array([place[p] for p in per_sample], np.int64)
-    return prompts, distinct, ids, source
+    return prompts, distinct, ids, source, entry
 
 
 def encode_prompts(encoder: Any, prompts: list[str], device: torch.device) -> dict[str, Any]:
@@ -532,6 +534,9 @@ def _protocol(
             "stage": "t2i",
             "text": {k: handle.extra["text"].get(k) for k in ("features", "encoder", "max_length")},
             "prompt_source": prompts.source,
+            # the entry of the default prompts, for readers (`evaluate fid`'s default
+            # reference) that must not parse ``prompt_source``'s words; None: given prompts
+            "prompt_entry": prompts.entry,
             "prompts": prompts.distinct,
             "prompt_ids": prompts.ids.tolist(),
             "prompt_truncation": prompts.truncation,
@@ -576,6 +581,7 @@ class _Prompts:
     ids: np.ndarray  # (N,) index into ``distinct`` of each sample
     source: str
     truncation: dict[str, Any]
+    entry: str | None = None  # the cache entry whose first captions they are (None: given)
 
     @property
     def per_sample(self) -> list[str]:
@@ -608,9 +614,10 @@ def _prompts_and_text(
     text features of the distinct ones (``encode_prompts``) by the run's text encoder."""
     from repackctl.dit.t2i_load import load_text_encoder
 
-    given, distinct, ids, source = resolve_prompts(cfg, extra, cache)
+    given, distinct, ids, source, entry = resolve_prompts(cfg, extra, cache)
     encoder = load_text_encoder(extra, cfg.text_weights).to(device)
-    prompts = _Prompts(given, distinct, ids, source, prompt_truncation(encoder, distinct))
+    truncation = prompt_truncation(encoder, distinct)
+    prompts = _Prompts(given, distinct, ids, source, truncation, entry)
     warn_truncation(prompts.truncation, len(distinct))
     return prompts, encode_prompts(encoder, distinct, device)
 
@@ -623,13 +630,15 @@ def _applied(
     prompts: _Prompts,
     pack_id: str | None,
     refiner: Any,
+    dist: DistInfo,
 ) -> SampleResult | None:
     """What `sample --refiner` of a t2i run did when ``folder`` was written by `refine apply
     --refiner` from the samples of these settings (the default folder, ``_folder``, or
     ``--out``): nothing, the images are there (``refined_by_apply``, as class-conditional
     ``run._applied``); None when it is no such folder. One that holds other samples (other
-    prompts, seed …), or is unfinished, is refused by name with nothing changed."""
-    from repackctl.sample.refine import image_shape_of, refined_by_apply
+    prompts, seed …), or is unfinished, is refused by name with nothing changed. A lost PNG
+    is restored or refused (``restore_applied``); the count is this process's share."""
+    from repackctl.sample.refine import image_shape_of, refined_by_apply, restore_applied
     from repackctl.sample.run import SampleResult
 
     cfg, nfe = settings.sample, network_evaluations(plan.spec, plan)
@@ -639,8 +648,9 @@ def _applied(
     card = refined_by_apply(folder, expected, pack_id, which, out_hint(bool(cfg.out)))
     if card is None:
         return None
+    share = restore_applied(folder, card, str(cfg.refiner), dist)
     shape = image_shape_of(folder)
-    return SampleResult(folder, cfg.num, 0, cfg.num, nfe, shape, 0.0, card, refined=True)
+    return SampleResult(folder, cfg.num, 0, share, nfe, shape, 0.0, card, refined=True)
 
 
 @released_after()  # the samples folder's writer lock (``claim_folder``)
@@ -681,7 +691,7 @@ def run_t2i_sample(
     folder = _folder(settings, cfg, ckpt, plan, named, fingerprint)
     hint = out_hint(bool(cfg.out))
     if refiner is not None:  # `sample` then `refine apply` wrote this folder: nothing to make
-        done = _applied(folder, settings, handle, plan, prompts, pack.pack_id, refiner)
+        done = _applied(folder, settings, handle, plan, prompts, pack.pack_id, refiner, dist)
         if done is not None:
             return done
     claim, batch, world = claim_batching(
