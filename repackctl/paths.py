@@ -27,12 +27,24 @@ SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _EXAMPLES = {"run name": "my-run_1", "split": "val", "dataset id": "my-data"}
 
 
+#: the longest safe name: file systems take 255 bytes per name, and temporary and removal names
+#: add to it (``.removing-<name>``, ``.<name>.<pid>-<host>.<hex>.tmp``)
+MAX_NAME = 160
+
+
 def safe_name(value: str, what: str) -> str:
     """``value`` if it is one safe path component (run names, splits, dataset ids), else an error.
 
     Safe: ``[A-Za-z0-9][A-Za-z0-9._-]*`` and not ``.``/``..`` (excluded by the first character):
-    no separators, no absolute paths, nothing that climbs out of the folder it is joined to.
+    no separators, no absolute paths, nothing that climbs out of the folder it is joined to;
+    at most ``MAX_NAME`` characters (a longer one was an ``OSError`` traceback).
     """
+    if isinstance(value, str) and SAFE_NAME.fullmatch(value) and len(value) > MAX_NAME:
+        raise ConfigError(
+            f"{what} {value[:32]}… is {len(value)} characters long: it becomes a folder name, "
+            f"beside temporary names made from it, so it may be at most {MAX_NAME}",
+            f"pick a shorter {what}, e.g. {_EXAMPLES.get(what, 'my-name_1')!r}",
+        )
     if not isinstance(value, str) or not SAFE_NAME.fullmatch(value):
         raise ConfigError(
             f"{what} {value!r} is not a safe name: it becomes a folder name, so it must be one "

@@ -118,6 +118,19 @@ def disk_error(e: OSError) -> RepackError:
     )
 
 
+def name_error(e: OSError) -> RepackError:
+    """An ``Error:`` for a file name longer than the file system takes (a long ``--name`` or
+    ``--out``, or a samples folder named after several long run names); nothing was written
+    under it."""
+    name = Path(str(e.filename or "")).name
+    return RepackError(
+        f"a file name is too long for the file system ({len(name.encode())} bytes, "
+        f"{name[:48]}…): {e.strerror or e}",
+        "shorten that name (a folder given with --cache, --out or --name, or the runs a "
+        "samples folder is named after); nothing was written under it",
+    )
+
+
 #: what the collective backends raise when a process of the job is gone
 _PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
 
@@ -145,9 +158,9 @@ def handle_errors(fn: Callable) -> Callable:
                 raise
             fail(e)
         except OSError as e:
-            if debug_requested() or e.errno not in _DISK_ERRORS:
+            if debug_requested() or e.errno not in (*_DISK_ERRORS, errno.ENAMETOOLONG):
                 raise
-            fail(disk_error(e))
+            fail(name_error(e) if e.errno == errno.ENAMETOOLONG else disk_error(e))
         except RuntimeError as e:
             if debug_requested() or not peer_lost(e):
                 raise
