@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from repackctl.errors import ConfigError, ResumeConflict
+from repackctl.errors import CheckpointError, ConfigError, ResumeConflict
 from repackctl.progress import warn
 from repackctl.run_files import (
     STATE_SHA256,
@@ -148,6 +148,46 @@ def _refuse_fixed_allowance(section: str, allow: list[str], sources: dict[str, s
             f"{undo_given(source, '--allow-change ' + named)} to continue as started, or start a "
             f"new run with another --name and --{name.replace('_', '-')} N",
         )
+
+
+#: common settings that order a training run's samples (the engine's ``ORDER_KEYS``,
+#: ``repackctl.train.trainer``): a resume cannot change them, not even with ``--allow-change``.
+#: Refused here, before any stage writes (``refine train`` built a whole new set of noisy
+#: triplets for the other seed before the engine refused it); setting name → why.
+ORDER_ON_RESUME: dict[str, str] = {
+    "seed": "each epoch's shuffle and each sample's flip and noise are drawn from it",
+}
+
+
+def _refuse_order_change(
+    run_dir: Path, stored: dict[str, Any], current: dict[str, Any], section: str, allow: list[str]
+) -> None:
+    """Refuse a resume that gives another value of an :data:`ORDER_ON_RESUME` setting, or that
+    names one in ``--allow-change`` (accepted, it allowed nothing: the engine refuses the
+    change). Nothing is written before this. ``stored``, ``current``: settings records."""
+    old, new = stored.get("values") or {}, current.get("values") or {}
+    sources = current.get("sources") or {}
+    for name, why in ORDER_ON_RESUME.items():
+        if name not in old:
+            continue
+        was, now, flag = old[name], new.get(name), "--" + name.replace("_", "-")
+        source = sources.get(name, "default")
+        if given(sources, name, GIVEN_LAYERS) and now != was:
+            undo = "" if source == "flag" else f" ({undo_given(source, flag)})"
+            raise CheckpointError(
+                f"{run_dir} was trained with {name} {was} (now {now}): resuming "
+                f"would change the order of samples ({why}), which cannot change on resume "
+                "(--allow-change does not apply to it)",
+                f"resume with {flag} {was}{undo}, or start a new run with another --name",
+            )
+        if name in allow:
+            source = sources.get(f"{section}.allow_change", "flag")
+            raise ResumeConflict(
+                f"--allow-change {name} (from {source}): {name} cannot change on resume, even "
+                f"when allowed: another {name} would change the order of samples ({why})",
+                f"{undo_given(source, '--allow-change ' + name)} to resume with {flag} {was}, "
+                f"or start a new run with another --name and {flag} N",
+            )
 
 
 def _continuable(key: str, schedules: set[Any]) -> bool:
@@ -524,6 +564,7 @@ def resume_settings(
         lock_run(run_dir)  # after every refusal here; held until the stage ends (released_after)
         return settings, record, None
     allow = list(getattr(getattr(settings, section), "allow_change", None) or [])
+    _refuse_order_change(run_dir, stored, record, section, allow)
     rec = reconcile(stored, record, section, allow)
     try:
         resumed = type(settings).model_validate(rec.values)
