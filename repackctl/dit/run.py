@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from repackctl.dit.task import build_task, check_flip, dit_run_dir, flip_warning
-from repackctl.errors import ConfigError
+from repackctl.errors import CheckpointError, ConfigError
 from repackctl.files import write_json_atomic
 from repackctl.paths import SAMPLING_JSON
 from repackctl.progress import LOG_FILE, ProgressFactory, null_progress, with_log_file
@@ -249,6 +249,8 @@ def resume_and_train(
         check_new_run(steps, run_dir, section, (record or {}).get("sources"))
     with flip_warning(latest is None):  # said once, when the run starts
         task, config = build(settings, sources=(record or {}).get("sources"))
+    if latest is not None:
+        check_repa_resumable(latest, task, section, (record or {}).get("sources") or {})
     if latest is not None and steps <= int(read_state(latest).get("step", 0)):
         log_lines(progress, section, resumed)  # not in log.txt: nothing in the run changes
         return task, shown_run(task, latest)
@@ -258,6 +260,36 @@ def resume_and_train(
     progress = with_log_file(progress, Path(config.run_dir) / LOG_FILE)
     with official_sampling_file(Path(config.run_dir), preset):
         return task, train(task, config, progress, resumed)
+
+
+def check_repa_resumable(latest: Path, task: Any, section: str, sources: dict[str, str]) -> None:
+    """Refuse a resume that turns REPA on or off (``repa_weight`` to or from 0, allowed with
+    ``--allow-change``) against the checkpoint it resumes from: switched off, the engine's load
+    of the optimizer state (which covers the projector) failed with a traceback; switched on, it
+    was refused as an incomplete checkpoint ("projector.safetensors is missing"). Nothing is
+    written before this. ``--repa-stop-step`` switches the alignment off from a step on."""
+    saved = read_state(latest).get("modules")
+    repa_on = getattr(task, "repa_on", None)
+    if not isinstance(saved, list) or repa_on is None or ("projector" in saved) == repa_on:
+        return
+    key = f"{section}.repa_weight"
+    now = f"{key} {task.spec.repa_weight:g} (from {sources.get(key, 'default')})"
+    if repa_on:
+        raise CheckpointError(
+            f"{latest.parent.parent} was trained without REPA: its checkpoint {latest.name} holds "
+            f"no REPA projector, so {now} cannot resume from it (the projector would start "
+            "untrained mid-run)",
+            f"resume with --repa-weight 0, or start a new run with another --name and "
+            f"--repa-weight {task.spec.repa_weight:g}",
+        )
+    raise CheckpointError(
+        f"{latest.parent.parent} was trained with REPA: its checkpoint {latest.name} holds the "
+        f"REPA projector and its optimizer state, so {now}, which builds no projector, cannot "
+        "resume from it",
+        "resume with the run's --repa-weight and pass --repa-stop-step N --allow-change "
+        "repa_stop_step to switch the alignment off from step N on, or start a new run with "
+        "another --name",
+    )
 
 
 # settings that a run's stored record may lack (it started before they existed), with the value

@@ -327,7 +327,13 @@ class Optimizers:
             )
         messages = []
         for name, opt in self.optimizers.items():
-            opt.load_state_dict(state["optimizers"][name])
+            try:
+                opt.load_state_dict(state["optimizers"][name])
+            except ValueError as e:  # another set or shape of parameters than the checkpoint's
+                raise CheckpointError(
+                    f"{where} does not fit optimizer {name!r}: {e}",
+                    "resume with the same model settings or use a new run directory",
+                ) from e
             self.schedulers[name].load_state_dict(state["schedulers"][name])
             # the checkpoint's hyper-parameters would silently win; the current settings do
             if apply_hparams(opt, self.schedulers[name], self.hparams[name]):
