@@ -441,18 +441,46 @@ def refine_length(
     return steps, {"steps": steps, "epochs": cfg.epochs, "triplets": triplets}
 
 
+def _lpips_paths(cfg: Any) -> list[str]:
+    """The LPIPS weights files ``refine.lpips_weights`` names (comma-separated, as for pack)."""
+    return [p.strip() for p in (cfg.lpips_weights or "").split(",") if p.strip()]
+
+
+def _check_lpips(cfg: Any, sources: dict[str, str]) -> None:
+    """Refuse LPIPS weights named (``refine.lpips_weights``) that are no file while the
+    perceptual term is on: the refiner trained without the term, with a warning that no weights
+    were given and the missing path in its record (a resume whose file went missing since
+    trained on without it)."""
+    if cfg.perceptual_weight == 0:
+        return
+    missing = [p for p in _lpips_paths(cfg) if not Path(p).expanduser().is_file()]
+    if missing:
+        source = sources.get("refine.lpips_weights", "default")
+        raise ConfigError(
+            f"refine.lpips_weights names {missing[0]} (from {source}), which is no file: the "
+            f"refiner would train without the perceptual term (refine.perceptual_weight "
+            f"{cfg.perceptual_weight:g})",
+            "pass --lpips-weights with an existing LPIPS-VGG .safetensors/.pth file, or "
+            "--perceptual-weight 0 to train without the term (on a resume, with --allow-change)",
+        )
+
+
 def _lpips(settings: Settings, messages: list[str]) -> nn.Module | None:
-    from repackctl.pack.losses import load_lpips, perceptual_available
+    from repackctl.pack.losses import PerceptualUnavailable, load_lpips
 
     cfg = settings.refine
     if cfg.perceptual_weight == 0:
         return None
-    if not perceptual_available(cfg.lpips_weights):
+    paths = _lpips_paths(cfg)
+    if not paths:
         messages.append(
             "Warning: no LPIPS weights (refine.lpips_weights); training without the perceptual term"
         )
         return None
-    return load_lpips(cfg.lpips_weights)
+    try:
+        return load_lpips(paths if len(paths) > 1 else paths[0])
+    except PerceptualUnavailable as e:
+        raise ConfigError(e.message, e.hint) from None
 
 
 def refine_run_dir(settings: Settings, pack_run: str | None = None) -> Path:
@@ -523,6 +551,7 @@ def run_refine_train(
     resumed = resume_lines(rec, kept)
     if _shown(run, latest, cfg.steps, resumed, progress):
         return run  # nothing in the run folder changes but train.lock
+    _check_lpips(cfg, sources or {})  # before the triplets and log.txt are written
     progress = with_log_file(progress, run / LOG_FILE)
     _build_triplets(settings, entry, cache["features"], pack, progress)
     messages: list[str] = []
