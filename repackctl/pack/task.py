@@ -813,16 +813,14 @@ def _typed_as_stored(run_dir: Path, record: dict[str, Any] | None) -> dict[str, 
     relative path the run's stored settings hold where both name one file from here: runs
     before ``repackctl.settings.pack`` recorded a file by its absolute path kept it as typed,
     and the same ``--weights`` typed again (now made absolute) was refused as a change."""
-    from repackctl.run_files import read_run_config
+    from repackctl.settings.resume import stored_record
 
     values = (record or {}).get("values") or {}
     now = (values.get("pack") or {}).get("weights")
     if record is None or not isinstance(now, str) or not Path(now).is_absolute():
         return record
-    stored = read_run_config(run_dir).config if (run_dir / "config.json").is_file() else None
-    was = ((((stored or {}).get("extra") or {}).get("settings") or {}).get("values") or {}).get(
-        "pack"
-    )
+    stored = stored_record(run_dir, "pack") if (run_dir / "config.json").is_file() else None
+    was = ((stored or {}).get("values") or {}).get("pack")
     was = was.get("weights") if isinstance(was, dict) else None
     if not isinstance(was, str) or Path(was).expanduser().is_absolute():
         return record
