@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 from support.cli import cli_ok, cli_refused
+from support.snapshot import folder_files
 from support.stack import stack_env, stack_with_refiner
 
 from repackctl.errors import ConfigError, DataError
@@ -38,11 +39,7 @@ def env(tmp_path_factory, tmp_path, monkeypatch):
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(folder)): p.read_bytes()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != SAMPLES_LOCK
-    }
+    return folder_files(folder, skip=(SAMPLES_LOCK,))
 
 
 def _set_device(folder: Path, device: str | None) -> dict:

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from support.caches import t2i_stack, use_stack
 from support.cli import cli_ok, cli_refused
+from support.snapshot import folder_files
 from support.stack import save_refiner_run
 
 from repackctl.errors import ConfigError
@@ -48,11 +49,7 @@ def work(stack, tmp_path, monkeypatch) -> Path:
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(folder)): p.read_bytes()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != SAMPLES_LOCK
-    }
+    return folder_files(folder, skip=(SAMPLES_LOCK,))
 
 
 def _apply(src: Path) -> None:

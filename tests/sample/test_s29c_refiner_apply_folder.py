@@ -21,6 +21,7 @@ from conftest import subprocess_env
 from support.caches import t2i_stack, use_stack
 from support.cli import cli_ok, cli_refused
 from support.launch import start_two
+from support.snapshot import folder_files
 from support.stack import save_refiner_run, stack_env, stack_with_refiner
 
 from repackctl.errors import DataError
@@ -48,11 +49,7 @@ def work(stack, tmp_path, monkeypatch) -> Path:
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(folder)): p.read_bytes()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != SAMPLES_LOCK
-    }
+    return folder_files(folder, skip=(SAMPLES_LOCK,))
 
 
 def _applied(src: Path, *sample: str) -> Path:

@@ -23,6 +23,16 @@ def snapshot(root: Path) -> dict[str, bytes | str]:
     return snap
 
 
+def folder_files(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, bytes]:
+    """The bytes of every file below ``folder`` (by relative path), but those named ``skip``
+    (e.g. a lock file that a rerun rewrites)."""
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name not in skip
+    }
+
+
 def assert_scored(record: dict, folder_prefix: str) -> None:
     """``record`` names a samples.npz and the checkpoint that made it, with their true sha256."""
     npz = Path(record["samples"])
