@@ -533,14 +533,21 @@ class _Demo(PCAArm, Pipeline):
         }
         return scores, labels
 
-    def _refiner_change(self) -> float:
-        """Mean |refined − plain| of the samples' pixels (0–255): 0 means the refined columns
-        repeat the plain ones (a refiner whose weights barely moved, as in ``--quick``)."""
+    def _refiner_change(self) -> dict[str, Any]:
+        """How the refiner changed the samples: ``refiner_sample_change``, the mean
+        |refined − plain| of their pixel values (0–255; 0 means the refined columns repeat the
+        plain ones, a refiner whose weights barely moved, as in ``--quick``), and
+        ``refiner_changed_pixels`` of ``refiner_pixels`` (a pixel: any of its channels)."""
         from repackctl.metrics.adm import read_samples_npz
 
         plain, _ = read_samples_npz(self.sample_dirs["plain"] / "samples.npz")
         refined, _ = read_samples_npz(self.sample_dirs["refined"] / "samples.npz")
-        return float(np.abs(refined.astype(np.int16) - plain.astype(np.int16)).mean())
+        diff = np.abs(refined.astype(np.int16) - plain.astype(np.int16))  # (N, H, W, 3)
+        return {
+            "refiner_sample_change": float(diff.mean()),
+            "refiner_changed_pixels": int(diff.any(axis=-1).sum()),
+            "refiner_pixels": int(np.prod(diff.shape[:-1])),
+        }
 
     def decoder_floor(self, pack_run: str, labels: np.ndarray) -> tuple[float, float]:
         """FD and colour distance of as many training images as ``labels`` has (with its class
@@ -573,7 +580,7 @@ class _Demo(PCAArm, Pipeline):
             r.train_images[pick], r.train_labels[pick], r.val_images, r.val_labels
         ).mean
         scores["fd_decoder"], scores["colour_decoder"] = self.decoder_floor("pack", labels)
-        scores["refiner_sample_change"] = self._refiner_change()
+        scores |= self._refiner_change()
         real = linear_probe(r.train_x, r.train_labels, r.val_x, r.val_labels, epochs=50)
         scores["class_accuracy"] = scores["class_accuracy_refined"]
         scores["class_accuracy_real_val"] = float(real.top1)
@@ -608,10 +615,14 @@ class _Demo(PCAArm, Pipeline):
         path = recon_grid(real, rec, ref, self.runs / "recon.png")  # runs = out but in a seed run
         self.report.files["recon.png"] = str(path)
         hf_rec, hf_ref = hf_error(rec, real), hf_error(ref, real)
+        psnr_rec, psnr_ref = psnr(real, rec).to_dict(), psnr(real, ref).to_dict()
         return {
-            "recon_psnr": psnr(real, rec).to_dict()["psnr"],
+            # the mean over the inexact images (None: every one exact), as `evaluate recon`
+            "recon_psnr": psnr_rec["psnr"],
+            "recon_psnr_exact": psnr_rec["n_identical"],  # reconstructions with PSNR = inf
             "recon_ssim": float(ssim(real, rec)),
-            "refined_psnr": psnr(real, ref).to_dict()["psnr"],
+            "refined_psnr": psnr_ref["psnr"],
+            "refined_psnr_exact": psnr_ref["n_identical"],
             "refined_ssim": float(ssim(real, ref)),
             "recon_hf_error": hf_rec.error,
             "refined_hf_error": hf_ref.error,

@@ -7,6 +7,7 @@ Pure presentation: it reads the metrics dict and images :mod:`repackctl.demo` co
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
 from dataclasses import asdict
@@ -15,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from repackctl.metrics.recon import save_grid
+from repackctl.metrics.recon import psnr_text, save_grid
 
 #: The study the demo points to (repository path).
 REPRODUCTION = "benchmarks/results/reproduce_small.md"
@@ -64,22 +65,70 @@ def recon_grid(
 
 
 def _target(value: float | None, goal: float, higher: bool) -> str:
-    if value is None:
+    if value is None or math.isnan(value):
         return "n/a"
     ok = value >= goal if higher else value <= goal
     return "**met**" if ok else "not met"
 
 
+def _fmt(value: float | None, spec: str) -> str:
+    """``value`` as ``spec``; ``n/a`` for a figure that is missing (None) or not a number, and
+    ``inf`` / ``-inf`` as such (never a misleading finite number)."""
+    if value is None or math.isnan(value):
+        return "n/a"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return f"{value:{spec}}"
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    """``a / b``: inf for a positive ``a`` over 0, None (n/a) when either is missing or NaN,
+    for 0 / 0 and inf / inf."""
+    if a is None or b is None or math.isnan(a) or math.isnan(b):
+        return None
+    if b == 0:
+        return math.inf if a > 0 else None
+    r = a / b
+    return None if math.isnan(r) else r
+
+
+def demo_psnr(m: dict[str, Any], key: str) -> str:
+    """The demo's PSNR ``key`` (``recon_psnr``, ``refined_psnr``, ``recon_psnr_pca``) as
+    :func:`repackctl.metrics.recon.psnr_text` shows it, with the count of exact reconstructions ``<key>_exact`` (where
+    the metrics lack it: all ``n_recon`` when the PSNR is None, else none)."""
+    n, exact = m.get("n_recon", 0), m.get(f"{key}_exact")
+    if exact is None:  # metrics of an earlier version: None still meant every one exact
+        exact = n if m.get(key) is None else 0
+    return psnr_text(m.get(key), int(exact), n)
+
+
+def _psnr_value(m: dict[str, Any], key: str) -> float:
+    """The PSNR to compare with a target: inf when every reconstruction was exact (None)."""
+    value = m.get(key)
+    return math.inf if value is None else value
+
+
+def _hf_change(before: float, after: float) -> tuple[str, float | None]:
+    """How the high-frequency error moved (``"12.3 % lower"``, ``"unchanged"``) and the drop in
+    percent (None where there is no ratio: an error of 0 before)."""
+    ratio = _ratio(after, before)
+    drop = None if ratio is None else 100 * (1 - ratio)
+    if after == before:
+        return "unchanged", drop
+    return ("n/a" if drop is None else _change(-drop)), drop
+
+
 def results_table(m: dict[str, Any]) -> list[str]:
     """The results next to their targets (markdown lines)."""
     acc, real_acc = 100 * m["class_accuracy"], 100 * m["class_accuracy_real_val"]
-    hf_drop = 100 * (1 - m["refined_hf_error"] / m["recon_hf_error"])
-    colour_ratio = m["colour_refined"] / m["colour_real"]
-    fd_ratio = m["fd_refined"] / m["fd_decoder"]
-    psnr = m["recon_psnr"] or float("inf")
+    hf_text, hf_drop = _hf_change(m["recon_hf_error"], m["refined_hf_error"])
+    colour_ratio = _ratio(m["colour_refined"], m["colour_real"])
+    fd_ratio = _ratio(m["fd_refined"], m["fd_decoder"])
+    psnr = _psnr_value(m, "recon_psnr")
+    not_lower = _psnr_value(m, "refined_psnr") >= psnr
     energy = m["hf_energy"]
     arm = "fd_pca" in m  # `--pca-arm` ran: its plain samples beside the floors
-    arm_fd = f", PCA arm (plain) {m['fd_pca']:.2f}" if arm else ""
+    arm_fd = f", PCA arm (plain) {_fmt(m.get('fd_pca'), '.2f')}" if arm else ""
     arm_acc = f", PCA arm (plain) {100 * m['class_accuracy_pca']:.1f} %" if arm else ""
     return [
         "| measure | value | reference | target | |",
@@ -89,36 +138,51 @@ def results_table(m: dict[str, Any]) -> list[str]:
         f"val images {100 * m['class_accuracy_decoded_val']:.1f} %{arm_acc}, chance 10 % | "
         "≥ 90 % | "
         f"{_target(acc, 90, True)} |",
-        f"| recon PSNR (val, decoder only) | {psnr:.2f} dB | SSIM {m['recon_ssim']:.3f} | "
-        f"≥ 22 dB | {_target(psnr, 22, True)} |",
-        f"| colour-histogram distance, samples (refined / plain) | {m['colour_refined']:.3f} / "
-        f"{m['colour_plain']:.3f} | real vs real {m['colour_real']:.3f}, decoder "
-        f"{m['colour_decoder']:.3f} | ≤ 1.5 × real ({colour_ratio:.2f} ×) | "
-        f"{_target(colour_ratio, 1.5, False)} |",
-        f"| FD (built-in encoder space), samples (refined / plain) | {m['fd_refined']:.2f} / {m['fd_plain']:.2f} | "
-        f"decoder floor {m['fd_decoder']:.2f}, real vs real {m['fd_real']:.2f}{arm_fd} | ≤ 2 × "
-        f"decoder floor ({fd_ratio:.2f} ×) | {_target(fd_ratio, 2, False)} |",
-        f"| high-frequency error, val recon → refined | {m['recon_hf_error']:.4f} → "
-        f"{m['refined_hf_error']:.4f} ({_change(-hf_drop)}) | PSNR "
-        f"{psnr:.2f} → {m['refined_psnr'] or float('inf'):.2f} dB; no detail at all "
-        f"{energy['real']:.4f}; detail energy {energy['recon']:.4f} → {energy['refined']:.4f} "
-        "| ≥ 20 % lower, PSNR not "
-        f"lower | {_target(hf_drop, 20, True) if m['refined_psnr'] >= psnr else 'not met'} |",
+        f"| recon PSNR (val, decoder only) | {demo_psnr(m, 'recon_psnr')} | SSIM "
+        f"{_fmt(m['recon_ssim'], '.3f')} | ≥ 22 dB | {_target(psnr, 22, True)} |",
+        f"| colour-histogram distance, samples (refined / plain) | "
+        f"{_fmt(m['colour_refined'], '.3f')} / {_fmt(m['colour_plain'], '.3f')} | real vs real "
+        f"{_fmt(m['colour_real'], '.3f')}, decoder {_fmt(m['colour_decoder'], '.3f')} | ≤ 1.5 × "
+        f"real ({_fmt(colour_ratio, '.2f')} ×) | {_target(colour_ratio, 1.5, False)} |",
+        f"| FD (built-in encoder space), samples (refined / plain) | "
+        f"{_fmt(m['fd_refined'], '.2f')} / {_fmt(m['fd_plain'], '.2f')} | decoder floor "
+        f"{_fmt(m['fd_decoder'], '.2f')}, real vs real {_fmt(m['fd_real'], '.2f')}{arm_fd} | "
+        f"≤ 2 × decoder floor ({_fmt(fd_ratio, '.2f')} ×) | {_target(fd_ratio, 2, False)} |",
+        f"| high-frequency error, val recon → refined | {_fmt(m['recon_hf_error'], '.4f')} → "
+        f"{_fmt(m['refined_hf_error'], '.4f')} ({hf_text}) | PSNR "
+        f"{demo_psnr(m, 'recon_psnr')} → {demo_psnr(m, 'refined_psnr')}; no detail at all "
+        f"{_fmt(energy['real'], '.4f')}; detail energy {_fmt(energy['recon'], '.4f')} → "
+        f"{_fmt(energy['refined'], '.4f')} | ≥ 20 % lower, PSNR not lower | "
+        f"{_target(hf_drop, 20, True) if not_lower else 'not met'} |",
     ]
 
 
 def refiner_change_line(m: dict[str, Any]) -> str:
     """How much the refiner changed the samples: refined and plain figures are two
-    measurements only where it changed them."""
+    measurements only where it changed them. A change too small for two decimals is given
+    with its own digits and the count of pixels it touched, never as "0.00"."""
     change = m.get("refiner_sample_change")
     if change is None:
         return ""
+    changed, total = m.get("refiner_changed_pixels"), m.get("refiner_pixels")
+    counted = changed is not None and total
     if change == 0:
+        of = f" (0 of {total} pixels changed)" if counted else ""
         return (
-            "The refiner left every pixel of the samples as it was: each refined figure repeats "
-            "the plain one (its weights barely moved in the steps it trained)."
+            f"The refiner left every pixel of the samples as it was{of}: each refined figure "
+            "repeats the plain one (its weights barely moved in the steps it trained)."
         )
-    return f"The refiner changed the samples' pixels by {change:.2f} / 255 on average."
+    pixels = (
+        f"{changed} of {total} pixels changed, {100 * changed / total:.3g} %" if counted else ""
+    )
+    if change < 0.01:
+        return (
+            f"The refiner changed the samples' pixels by less than 0.01 / 255 on average "
+            f"({change:.2g} / 255{'; ' + pixels if pixels else ''}): the refined figures all "
+            "but repeat the plain ones (its weights barely moved in the steps it trained)."
+        )
+    pixels = f" ({pixels})" if pixels else ""
+    return f"The refiner changed the samples' pixels by {change:.2f} / 255 on average{pixels}."
 
 
 def pca_arm_lines(
@@ -134,7 +198,8 @@ def pca_arm_lines(
             f"`{command}` adds it to this report, reusing the stages above; the "
             "reproduction study runs it with three seeds."
         ]
-    r_repack, r_pca = m["fd_plain"] / m["fd_decoder"], m["fd_pca"] / m["fd_decoder_pca"]
+    r_repack = _ratio(m["fd_plain"], m["fd_decoder"])
+    r_pca = _ratio(m["fd_pca"], m["fd_decoder_pca"])
     return [
         "*PCA arm* (`--pca-arm`): the paper's baseline, a frozen PCA of the tokens to the same "
         "number of channels under the same decoder recipe, then the same DiT (+ REPA), steps "
@@ -145,18 +210,20 @@ def pca_arm_lines(
         "|---|---|---|",
         f"| class accuracy of the samples (plain) | {100 * m['class_accuracy_plain']:.1f} % | "
         f"{100 * m['class_accuracy_pca']:.1f} % |",
-        f"| FD of the samples (plain) | {m['fd_plain']:.2f} ({r_repack:.1f} × floor) | "
-        f"{m['fd_pca']:.2f} ({r_pca:.1f} × floor) |",
-        f"| decoder floor FD | {m['fd_decoder']:.2f} | {m['fd_decoder_pca']:.2f} |",
-        f"| colour-histogram distance (plain; real vs real {m['colour_real']:.3f}) | "
-        f"{m['colour_plain']:.3f} | {m['colour_pca']:.3f} |",
-        f"| recon PSNR (val, decoder only) | {m['recon_psnr']:.2f} dB | "
-        f"{m['recon_psnr_pca']:.2f} dB |",
+        f"| FD of the samples (plain) | {_fmt(m['fd_plain'], '.2f')} ({_fmt(r_repack, '.1f')} × "
+        f"floor) | {_fmt(m['fd_pca'], '.2f')} ({_fmt(r_pca, '.1f')} × floor) |",
+        f"| decoder floor FD | {_fmt(m['fd_decoder'], '.2f')} | "
+        f"{_fmt(m['fd_decoder_pca'], '.2f')} |",
+        f"| colour-histogram distance (plain; real vs real {_fmt(m['colour_real'], '.3f')}) | "
+        f"{_fmt(m['colour_plain'], '.3f')} | {_fmt(m['colour_pca'], '.3f')} |",
+        f"| recon PSNR (val, decoder only) | {demo_psnr(m, 'recon_psnr')} | "
+        f"{demo_psnr(m, 'recon_psnr_pca')} |",
         "",
         "FD and class accuracy are read in the built-in encoder's space, which weighs shape "
         "far more than colour; the colour distance "
-        f"({m['colour_plain'] / m['colour_real']:.2f} × real for RePack, "
-        f"{m['colour_pca'] / m['colour_real']:.2f} × for the arm; target ≤ 1.5 ×) and the "
+        f"({_fmt(_ratio(m['colour_plain'], m['colour_real']), '.2f')} × real for RePack, "
+        f"{_fmt(_ratio(m['colour_pca'], m['colour_real']), '.2f')} × for the arm; target "
+        "≤ 1.5 ×) and the "
         "recon PSNR measure appearance. Compare `samples-pca.png` with `samples.png`.",
     ]
 
@@ -183,8 +250,12 @@ def probe_note(m: dict[str, Any]) -> str:
 
 
 def _change(percent: float) -> str:
-    """``-12.3`` → ``"12.3 % lower"``, ``0.2`` → ``"0.2 % higher"``."""
-    return f"{abs(percent):.1f} % {'lower' if percent < 0 else 'higher'}"
+    """``-12.3`` → ``"12.3 % lower"``, ``0.2`` → ``"0.2 % higher"``, ``0.01`` → ``"< 0.1 %
+    higher"`` (a change that rounds to 0.0 is not said to be none)."""
+    way = "lower" if percent < 0 else "higher"
+    if 0 < abs(percent) < 0.05:
+        return f"< 0.1 % {way}"
+    return f"{abs(percent):.1f} % {way}"
 
 
 def meaning(m: dict[str, Any], n_train: int, resolution: int, link: str) -> str:

@@ -98,6 +98,8 @@ def demo(
 
 def _print_summary(report: RunReport) -> None:
     """The demo's stage times, results, probe table and files on the console."""
+    from repackctl.demo_report import demo_psnr
+
     m = report.metrics
     table = Table(title="demo summary")
     table.add_column("stage")
@@ -123,7 +125,9 @@ def _print_summary(report: RunReport) -> None:
         "colour distance, samples (real vs real)",
         f"{m['colour_refined']:.3f} ({m['colour_real']:.3f})",
     )
-    results.add_row("recon PSNR → refined", f"{m['recon_psnr']:.2f} → {m['refined_psnr']:.2f} dB")
+    results.add_row(
+        "recon PSNR → refined", f"{demo_psnr(m, 'recon_psnr')} → {demo_psnr(m, 'refined_psnr')}"
+    )
     results.add_row(
         "high-frequency error, recon → refined",
         f"{m['recon_hf_error']:.4f} → {m['refined_hf_error']:.4f}",

@@ -78,15 +78,6 @@ def check_ignored_eval_settings(resolved: ResolvedSettings, command: str) -> Non
         )
 
 
-def _psnr_cell(psnr: float | None, exact: int, n: int) -> str:
-    """``18.20 dB``, ``18.20 dB (mean of 6; 2 exact, PSNR = inf)``, or ``inf (all 8 exact)``."""
-    if psnr is None:
-        return f"inf (all {n} exact)"
-    return f"{psnr:.2f} dB" + (
-        f" (mean of {n - exact}; {exact} exact, PSNR = inf)" if exact else ""
-    )
-
-
 @settings_command(
     "pack",
     include=("run", *EVAL, "inception_weights", "grid_images"),
@@ -102,6 +93,7 @@ def recon(resolved: ResolvedSettings, fd_method: FdMethodOption = None) -> None:
     Example: `repackctl evaluate recon --run pack-builtin --split val`
     """
     from repackctl.evaluate.pack import evaluate_recon
+    from repackctl.metrics.recon import psnr_text
 
     check_ignored_eval_settings(resolved, "recon")
     r = evaluate_recon(resolved.settings, rich_progress)
@@ -109,7 +101,7 @@ def recon(resolved: ResolvedSettings, fd_method: FdMethodOption = None) -> None:
         ("run", f"{r.run} ({r.method}, latent {tuple(r.latent_shape)})"),
         ("checkpoint", f"{Path(r.checkpoint).name} (EMA weights)"),
         ("entry", f"{r.entry} ({r.n} images)"),
-        ("PSNR", _psnr_cell(r.psnr, r.psnr_exact, r.n)),
+        ("PSNR", psnr_text(r.psnr, r.psnr_exact, r.n)),
         ("SSIM", f"{r.ssim:.4f}"),
         (
             "rFID",

@@ -107,6 +107,17 @@ def psnr(a: Any, b: Any, data_range: float | None = None) -> PSNRResult:
     return PSNRResult(per, mean, int((~finite).sum()), rng)
 
 
+def psnr_text(psnr: float | None, exact: int, n: int) -> str:
+    """A mean PSNR of ``n`` images as ``evaluate recon`` and the demo show it: ``18.20 dB``,
+    ``18.20 dB (mean of 38; 2 exact, PSNR = inf)``, ``inf (all 40 exact)``, or ``n/a`` where
+    there is no figure (``psnr`` None with no exact image, or NaN)."""
+    if psnr is None or math.isnan(psnr):
+        return f"inf (all {n} exact)" if psnr is None and exact else "n/a"
+    return f"{psnr:.2f} dB" + (
+        f" (mean of {n - exact}; {exact} exact, PSNR = inf)" if exact else ""
+    )
+
+
 def _gaussian_taps(size: int, sigma: float) -> torch.Tensor:
     """The 1-D Gaussian of the SSIM window (size,), sums to 1; the window is its outer product."""
     coords = torch.arange(size, dtype=torch.float64) - (size - 1) / 2.0
