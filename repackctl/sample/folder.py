@@ -415,7 +415,9 @@ GRID_KEY = "grid"
 
 
 def write_grid(folder: Path, num: int, grid: int) -> tuple[int, ...]:
-    """grid.png of the first ``grid`` samples; returns the image shape (H, W, 3)."""
+    """grid.png of the first ``grid`` samples; returns the image shape (H, W, 3). At ``grid``
+    0 the grid.png that an earlier call wrote there is removed (``remove_own_grid``), so the
+    folder holds a grid exactly when its card says so."""
     from repackctl.metrics.recon import save_grid
 
     first = _decoded_png(png_path(folder, 0))
@@ -423,7 +425,24 @@ def write_grid(folder: Path, num: int, grid: int) -> tuple[int, ...]:
         images = [_decoded_png(png_path(folder, i)) for i in range(min(grid, num))]
         cols = max(1, math.ceil(math.sqrt(len(images))))
         save_grid([images[i : i + cols] for i in range(0, len(images), cols)], folder / GRID_PNG)
+    else:
+        remove_own_grid(folder)
     return tuple(first.shape)
+
+
+def remove_own_grid(folder: Path) -> None:
+    """Delete ``folder``'s grid.png when the card there (written before this call) says that
+    `sample` or `refine apply` drew it: the card records a grid above 0, or records none
+    (versions before ``grid`` was recorded drew one whenever --grid was above 0). A grid.png
+    that no card claims (no card yet, or a card that records no grid: 0) is not ours, and a
+    link is never followed: both are left as they are."""
+    path = folder / GRID_PNG
+    card = read_json_dict(folder / PROTOCOL_JSON)
+    if card is None or path.is_symlink() or not path.is_file():
+        return
+    recorded = card.get(GRID_KEY, 1)  # none recorded: an earlier version's grid
+    if type(recorded) is int and recorded > 0:  # not a bool or an edited value
+        path.unlink()
 
 
 def _assemble_latents(

@@ -64,7 +64,7 @@ from repackctl.crash import crash_point
 from repackctl.errors import ConfigError, DataError
 from repackctl.files import read_json_object, sha256_file, write_json_atomic
 from repackctl.metrics.adm import IMAGES_KEY
-from repackctl.paths import PROTOCOL_JSON, SAMPLES_NPZ, SETTINGS_JSON
+from repackctl.paths import PROTOCOL_JSON, SAMPLES_NPZ, SETTINGS_JSON, run_root_of
 from repackctl.progress import ProgressFactory, null_progress, warn
 from repackctl.refine.load import LATENT_CONVENTION, RefinerHandle, load_refiner
 from repackctl.run_files import card_refiner_sha, read_json_dict
@@ -101,6 +101,7 @@ from repackctl.sample.folder import (
     torch_threads,
     unverified_indices,
     verify_recorded_pngs,
+    write_grid,
     write_recorded_pngs,
 )
 from repackctl.settings import Settings
@@ -573,6 +574,69 @@ def refined_by_apply(
     )
 
 
+def refuse_apply_folder(out: Path, hint: str) -> None:
+    """Refuse `sample` without --refiner into ``out`` when `refine apply` wrote it (the refined
+    images of another samples folder): said plainly, naming the refiner to pass to use its
+    samples, rather than as a folder of "other settings" listing the null values of keys a
+    `refine apply` folder does not record. ``hint``: where else the samples can go."""
+    if not written_by_apply(out):
+        return
+    card = read_json_dict(out / PROTOCOL_JSON) or {}
+    src = card.get("refined_from")
+    if not src:
+        raise ConfigError(
+            f"{out} is an unfinished folder of `repackctl refine apply` (the refined images of "
+            "another samples folder): `repackctl sample` without --refiner does not write there",
+            f"finish it with its `repackctl refine apply SAMPLES --refiner RUN` command, or "
+            f"{hint}; nothing in it was changed",
+        )
+    raise ConfigError(
+        f"{out} is a folder of `repackctl refine apply`: it holds the refined samples of {src}, "
+        "and `repackctl sample` without --refiner does not write there",
+        f"pass --refiner {_applied_refiner(out, card)} to use its samples, or {hint}; nothing "
+        "in it was changed",
+    )
+
+
+def _applied_refiner(out: Path, card: dict[str, Any]) -> str:
+    """What to pass as --refiner for the refiner that refined the `refine apply` folder ``out``
+    (its ``card``): the run's name when the folder is named after it, else the checkpoint
+    folder the card records (``RUN`` when it records none)."""
+    recorded = card.get("refiner")
+    checkpoint = recorded.get("checkpoint") if isinstance(recorded, dict) else None
+    if not isinstance(checkpoint, str):
+        return "RUN"
+    run = run_root_of(Path(checkpoint)).name
+    return run if out.name.endswith(refined_suffix(refiner_label(run))) else checkpoint
+
+
+def regrid_finished(out: Path, card: dict[str, Any], grid: int, dist: DistInfo) -> dict[str, Any]:
+    """The card of the finished refined folder ``out`` (``card``, the one it holds) once its
+    grid.png shows ``grid`` images, for the command that answers "already done" there (`sample
+    --refiner` in a `refine apply` folder, or the reverse): it makes nothing, but the folder
+    gets the grid it asks for, as one it finished itself does. Rank 0 draws grid.png again from
+    the PNGs (checked against samples.npz just before: ``_restore_finished``), or removes the
+    one the card claims at 0, and records ``grid`` on the card; a card that already records
+    ``grid``, with a grid.png beside it when above 0, is left byte for byte."""
+    from repackctl.run_lock import lock_samples
+
+    if card.get(GRID_KEY) == grid and (grid == 0 or (out / GRID_PNG).is_file()):
+        return card
+    new = {**card, GRID_KEY: grid}
+    if dist.rank == 0:
+        lock_samples(out)  # one writer (given up by ``released_after``)
+        ids = _sample_ids(out, card)
+        write_grid(out, len(ids), grid)  # removes the card's grid.png at 0 (``remove_own_grid``)
+        if grid > 0 and card.get("stage") == "t2i":  # one row per prompt, as the source's
+            from repackctl.sample.t2i import prompt_grid
+
+            prompts = card.get("prompts") or []
+            prompt_grid(out, ids, [str(prompts[k]) for k in ids], grid)
+        write_json_atomic(out / PROTOCOL_JSON, new)
+    dist.barrier()
+    return new
+
+
 def restore_applied(out: Path, card: dict[str, Any], refiner: str, dist: DistInfo) -> int:
     """How many samples of this process's share a finished `refine apply` folder ``out`` (its
     ``card``, ``refined_by_apply``) holds, for `sample --refiner` to answer "already done" with
@@ -894,6 +958,8 @@ def run_refine_apply(
             )
             mine = owned_range(num, dist.rank, dist.world)
             _restore_finished(out, mine, dist, "sample --refiner", hint)
+            grid = _grid_size(src, protocol, grid, settings.sample.grid)  # as its own folders
+            regrid_finished(out, read_json_dict(out / PROTOCOL_JSON) or {}, grid, dist)
             return ApplyResult(out, num, 0, num, "already refined (by `sample --refiner`)", 0.0)
         if regenerate is not None and not is_finished(out):
             regenerate.load()  # the DiT, checked before the folder is claimed

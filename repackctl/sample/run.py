@@ -206,6 +206,10 @@ def run_sample(
         done = _applied(folder, settings, dit, plan, labels, guide_info, pack, refiner, dist)
         if done is not None:
             return _job_totals(done, dist)
+    else:  # a `refine apply` folder is said to be one, with the --refiner that reuses it
+        from repackctl.sample.refine import refuse_apply_folder
+
+        refuse_apply_folder(folder, out_hint(bool(cfg.out)))
     batching, threads = _claim(settings, folder, fingerprint, dist.world, device)
     header = run_header(dist, device, settings.precision, precision_source, settings.seed)
     job = _Job(settings, plan, dit.extra, labels, velocity, pack.model.to(device).eval(), refiner,
@@ -418,7 +422,12 @@ def _applied(
     (``refined_by_apply``; a lost PNG restored or refused: ``restore_applied``), this process's
     share of them already done; None when ``folder`` is not such a folder. One that holds other
     samples, or is unfinished, is refused by name with nothing changed."""
-    from repackctl.sample.refine import image_shape_of, refined_by_apply, restore_applied
+    from repackctl.sample.refine import (
+        image_shape_of,
+        refined_by_apply,
+        regrid_finished,
+        restore_applied,
+    )
 
     cfg = settings.sample
     expected = {  # the fields `_protocol` records that fix the samples (``_GENERATION_KEYS``)
@@ -438,6 +447,7 @@ def _applied(
     if card is None:
         return None
     share = restore_applied(folder, card, str(cfg.refiner), dist)
+    card = regrid_finished(folder, card, cfg.grid, dist)  # its grid.png: --grid, as our own
     nfe = int(card.get("nfe") or network_evaluations(plan.spec, plan))
     shape = image_shape_of(folder)
     return SampleResult(folder, cfg.num, 0, share, nfe, shape, 0.0, card, refined=True)

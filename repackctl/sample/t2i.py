@@ -637,11 +637,22 @@ def _applied(
     ``--out``): nothing, the images are there (``refined_by_apply``, as class-conditional
     ``run._applied``); None when it is no such folder. One that holds other samples (other
     prompts, seed …), or is unfinished, is refused by name with nothing changed. A lost PNG
-    is restored or refused (``restore_applied``); the count is this process's share."""
-    from repackctl.sample.refine import image_shape_of, refined_by_apply, restore_applied
+    is restored or refused (``restore_applied``); the count is this process's share. Its
+    grid.png comes to show ``--grid`` images (``regrid_finished``). Without a ``refiner``,
+    such a folder is refused as one (``refuse_apply_folder``); None otherwise."""
+    from repackctl.sample.refine import (
+        image_shape_of,
+        refined_by_apply,
+        refuse_apply_folder,
+        regrid_finished,
+        restore_applied,
+    )
     from repackctl.sample.run import SampleResult
 
     cfg, nfe = settings.sample, network_evaluations(plan.spec, plan)
+    if refiner is None:
+        refuse_apply_folder(folder, out_hint(bool(cfg.out)))
+        return None
     # the fields of the card `sample` writes for these samples, as a card records them
     expected = json.loads(json.dumps(_protocol(plan, nfe, settings, handle, prompts, None, {})))
     which = (str(cfg.refiner), refiner.sha256)
@@ -649,6 +660,7 @@ def _applied(
     if card is None:
         return None
     share = restore_applied(folder, card, str(cfg.refiner), dist)
+    card = regrid_finished(folder, card, cfg.grid, dist)  # its grid.png: --grid, as our own
     shape = image_shape_of(folder)
     return SampleResult(folder, cfg.num, 0, share, nfe, shape, 0.0, card, refined=True)
 
@@ -690,10 +702,10 @@ def run_t2i_sample(
     named = prompts.named_by()  # given prompts: their own folder
     folder = _folder(settings, cfg, ckpt, plan, named, fingerprint)
     hint = out_hint(bool(cfg.out))
-    if refiner is not None:  # `sample` then `refine apply` wrote this folder: nothing to make
-        done = _applied(folder, settings, handle, plan, prompts, pack.pack_id, refiner, dist)
-        if done is not None:
-            return done
+    # `sample` then `refine apply` wrote this folder: nothing to make (without a refiner: refused)
+    done = _applied(folder, settings, handle, plan, prompts, pack.pack_id, refiner, dist)
+    if done is not None:
+        return done
     claim, batch, world = claim_batching(
         folder, fingerprint, cfg.batch_size, dist.world, hint, cpu_threads(device), device
     )
