@@ -679,6 +679,7 @@ def _prepare(settings: Settings, dist: DistInfo) -> tuple[int, ImageSource, Any,
     source = make_source(
         cfg.data, cfg.split, cfg.num, settings.seed, settings.imagenet_root, cfg.val_fraction
     )
+    source = _as_listed_before(settings, source, resolution)
     _check_source_resolution(source, resolution)
     _check_keys(source)
     encoder = make_encoder(cfg.encoder, cfg.weights, cfg.layer, resolution, settings.seed)
@@ -686,6 +687,37 @@ def _prepare(settings: Settings, dist: DistInfo) -> tuple[int, ImageSource, Any,
     device = resolve_device(settings.device, dist.local_rank)
     check_precision(settings.precision, device)
     return resolution, source, encoder.to(device), device
+
+
+def _as_listed_before(settings: Settings, source: ImageSource, resolution: int) -> ImageSource:
+    """``source`` as its entry in the cache lists it. A flat image folder's caption index files
+    (``captions.jsonl``, ``captions.csv`` at its top) are left out of its listing; an entry
+    extracted before that holds a row for each (skipped: not an image), and would be refused
+    as made from another source (``num: 8 vs 7``), its hint removing it with its features. Such
+    an entry is listed with them again: its reruns, resumes and other encoders go on."""
+    from repackctl.data.imagefolder import ImageFolderSource
+
+    left_out = getattr(source, "caption_index_left_out", None)
+    if not left_out or not isinstance(source, ImageFolderSource) or source.layout != "flat":
+        return source
+    cfg = settings.extract
+    name = entry_name(dataset_label(source, cfg.num), cfg.split, resolution)
+    try:
+        if name not in list_entries(settings.cache):
+            return source
+        keys = {str(k) for k in DatasetEntry.open(settings.cache, name).keys[:]}
+    except Exception:  # a damaged or unreadable entry: opened, and named, as usual
+        return source
+    if not keys.intersection(left_out):
+        return source
+    return ImageFolderSource(
+        str(source.root),
+        split=cfg.split,
+        num=cfg.num,
+        seed=settings.seed,
+        val_fraction=cfg.val_fraction,
+        caption_index_listed=True,
+    )
 
 
 def _check_before_writing(

@@ -160,8 +160,9 @@ class RunDetail:
     config_problem: str | None = None
     # a pack run: the runs beside it that sample through its decoder (``dependent_runs``)
     used_by: list[str] = field(default_factory=list)
-    # a pack run: the cached latents groups encoded with its checkpoints, which decode only with
-    # it (set by the command, which reads the caches: ``repackctl.pack.task.latents_in_use``)
+    # a pack run: the cached latents groups encoded with its checkpoints, which decode only
+    # with it (set by the command, which reads the caches:
+    # ``repackctl.pack.task.latents_encoded_with``)
     latents_used_by: list[str] = field(default_factory=list)
     # the cache roots those could not be looked for in, with why (an s3:// root without s3fs)
     latents_not_checked: list[str] = field(default_factory=list)

@@ -40,35 +40,15 @@ def _roots(runs: str | None, samples: str | None, config: str | None) -> tuple[s
 def _encoded_latents(
     d: RunDetail, cache: str | None, config: str | None
 ) -> tuple[list[str], list[str]]:
-    """(``latents ENTRY/GROUP in ROOT (encoded with step-N)``: the cached latents groups that
-    `pack encode` wrote with a checkpoint of the pack run ``d`` (they decode only with it), in
-    the cache root the settings name (``--cache``) and those its checkpoints were trained from;
-    the roots that could not be read, with why: not silently taken for holding none). Other
-    runs (DiT, refiner, t2i) encode nothing: none."""
+    """The cached latents groups encoded with the pack run ``d`` and the cache roots not read
+    (``repackctl.pack.task.latents_encoded_with``), in the settings' cache root (``--cache``)
+    and those its checkpoints were trained from."""
     from pathlib import Path
 
-    from repackctl.pack.task import latents_in_use
-    from repackctl.paths import is_url
-    from repackctl.runs import CKPT_DIR, recorded_cache_roots
+    from repackctl.pack.task import latents_encoded_with
 
-    if d.run.stage in ("dit", "refine", "t2i"):
-        return [], []
-    folder = Path(d.run.path)
-    roots = [resolve(config, {"cache": cache}).settings.cache, *recorded_cache_roots(folder)]
-    found: list[str] = []
-    unread: list[str] = []
-    for root in dict.fromkeys(
-        r if is_url(r) else str(Path(r).expanduser().resolve()) for r in roots
-    ):
-        try:
-            used = latents_in_use(folder, [root])
-        except Exception as e:  # e.g. an s3:// root without s3fs: named, not a traceback
-            unread.append(f"cache {root} could not be read ({type(e).__name__}: {e})")
-            continue
-        for step, groups in sorted(used.items()):
-            if (folder / CKPT_DIR / step).is_dir():  # a step gone: they decode with nothing now
-                found += [f"{g} in {root} (encoded with {step})" for g in groups]
-    return found, unread
+    root = resolve(config, {"cache": cache}).settings.cache
+    return latents_encoded_with(Path(d.run.path), d.run.stage, root)
 
 
 def _when(ts: float) -> str:

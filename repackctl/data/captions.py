@@ -34,6 +34,11 @@ import numpy as np
 from repackctl.data.builtin import BuiltinSource
 from repackctl.errors import DataError
 
+#: The caption index files `repackctl captions` reads from an image folder itself (without
+#: ``--captions``): captions, no image. ``repackctl.data.imagefolder`` lists them at the folder's
+#: top neither as files of the entry nor as skipped inputs.
+INDEX_FILES = ("captions.jsonl", "captions.csv")
+
 #: Version of the built-in captions (``scene_captions``): bump it whenever the caption of some
 #: scene changes, so that caption features encoded from another version's captions are never
 #: taken as this version's (``repackctl.captions_cache``: recorded with the features, and part of
@@ -366,7 +371,7 @@ class FolderCaptions(_FileCaptions):
 
     def _find_index(self, index: str | Path | None) -> Path:
         if index is None:
-            found = [self.root / n for n in ("captions.jsonl", "captions.csv")]
+            found = [self.root / n for n in INDEX_FILES]
             found = [p for p in found if p.is_file()]
             if not found:
                 raise DataError(

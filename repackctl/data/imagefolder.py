@@ -39,7 +39,10 @@ Hostile folders:
   (undecodable bytes as lone surrogates) and keys are :func:`escape_name` of them (valid Unicode
   for the Zarr ``keys`` array; :func:`unescape_name` gives the exact name back);
 - files directly inside a folder of class folders are skipped and listed ("not in a class
-  folder"); hidden files and ``Thumbs.db``-like clutter are ignored.
+  folder"); hidden files and ``Thumbs.db``-like clutter are ignored, and so are the caption
+  index files at the top of the folder (``captions.jsonl``, ``captions.csv``: what `repackctl
+  captions` reads there): captions, not an input of the entry, so writing one after the extract
+  neither changes the entry nor is reported as skipped on every later extract.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from repackctl.data.captions import INDEX_FILES
 from repackctl.data.crop import center_crop, open_image
 from repackctl.errors import ConfigError, DataError
 from repackctl.files import IMAGE_EXTENSIONS
@@ -123,8 +127,11 @@ def _safe_part(text: str) -> str:
 class _Lister:
     """Walks folders: follows directory symlinks, never enters a folder twice, dedups files."""
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, index_listed: bool = False) -> None:
         self.base = base  # keys are relative to this folder
+        self.root = base  # the image folder itself: its caption index files are not listed
+        self.index_listed = index_listed  # …unless an entry listed them before (as files)
+        self.index_left_out: set[str] = set()  # those passed over
         self.skipped: Skipped = []
         self._dirs: set[tuple[int, int]] = set()  # folders already walked
         self._tops: set[tuple[int, int]] = set()  # the split and class folders themselves
@@ -145,11 +152,21 @@ class _Lister:
         """Visible entries of ``folder`` sorted by name; ``None`` (listed) when unreadable."""
         try:
             with os.scandir(folder) as it:
-                found = [e for e in it if not e.name.startswith(".")]
+                found = [e for e in it if not e.name.startswith(".") and not self._index(folder, e)]
         except OSError as e:
             self.skipped.append((self.key(folder) + "/", f"unreadable folder: {e.strerror or e}"))
             return None
         return sorted(found, key=lambda e: e.name)
+
+    def _index(self, folder: Path, entry: os.DirEntry) -> bool:
+        """Whether ``entry`` is a caption index file of the image folder itself (captions),
+        left out of the listing (``index_left_out``)."""
+        if self.index_listed or entry.name not in INDEX_FILES or folder != self.root:
+            return False
+        if _is_dir(entry):
+            return False
+        self.index_left_out.add(entry.name)
+        return True
 
     def subdirs(self, folder: Path) -> list[str] | None:
         found = self.entries(folder)
@@ -313,7 +330,11 @@ def _check_split_classes(root: Path, top: list[str]) -> None:
 
 
 class ImageFolderSource:
-    """Images under ``path`` in one of the layouts of the module docstring."""
+    """Images under ``path`` in one of the layouts of the module docstring.
+
+    ``caption_index_listed``: list the caption index files at the folder's top as files, as
+    before they were left out (``repackctl.extract`` asks for it for a flat folder's entry that
+    holds them as rows, so that it is not refused as made from another source)."""
 
     def __init__(
         self,
@@ -324,6 +345,7 @@ class ImageFolderSource:
         name: str | None = None,
         val_fraction: float | None = None,
         split_layout: bool | None = None,
+        caption_index_listed: bool = False,
     ) -> None:
         if not path:
             raise DataError("imagefolder needs a folder", "use --data imagefolder:/path/to/images")
@@ -343,7 +365,7 @@ class ImageFolderSource:
         self.root, self.split, self.seed = root, split, int(seed)
         self.val_fraction = val_fraction
         self.held_out: dict | None = None
-        lister = _Lister(root)
+        lister = _Lister(root, caption_index_listed)
         top = lister.subdirs(root)
         if top is None:
             raise DataError(f"cannot read the image folder {root}", "check its permissions")
@@ -356,6 +378,9 @@ class ImageFolderSource:
             self.layout = "class-folders" if top else "flat"
             self._list_class_folders(lister, top)
         self.skipped: Skipped = lister.skipped
+        # the folder's own caption index files, not listed (``caption_index_listed``: they are,
+        # as files, for an entry extracted before they were left out; ``repackctl.extract``)
+        self.caption_index_left_out = sorted(lister.index_left_out)
         if not self._files:
             raise DataError(
                 f"no files in split {split!r} under {root}",

@@ -958,6 +958,7 @@ def run_pack_train(
 
     settings, config_record, resumed, latest = _resume(settings, config_record)
     cfg = settings.pack
+    _check_term_files(cfg, (config_record or {}).get("sources") or {})  # before data is read
     ref = locate_features(settings)
     plan = resolve_plan(settings, ref)
     run_dir = run_dir_of(settings.runs, plan.run_name)
@@ -1058,10 +1059,12 @@ def latents_in_use(run_dir: Path, cache_roots: Sequence[str]) -> dict[str, list[
     """The step folders of the pack run ``run_dir`` that latents groups in the caches
     ``cache_roots`` were encoded with (`pack encode` records its run and step in the group's
     attributes, and in its id, the pack id), each with ``latents <entry>/<group id>``; finished
-    or not (an unfinished one resumes with that checkpoint). Attributes are read, no array; a
-    cache or group that cannot be read names nothing."""
+    or not (an unfinished one resumes with that checkpoint). A group names a step folder only
+    when the weights sha256 its pack id ends with is the one that folder's ``state.json``
+    records (:func:`_latents_step`): latents of an earlier run of the same name (removed and
+    trained again) are not this run's. Attributes are read, no array; a cache or group that
+    cannot be read names nothing."""
     from repackctl.cache.creation import child_groups
-    from repackctl.run_files import pack_id_run_step
     from repackctl.train.checkpoint import step_dir_name
 
     used: dict[str, list[str]] = {}
@@ -1078,23 +1081,123 @@ def latents_in_use(run_dir: Path, cache_roots: Sequence[str]) -> dict[str, list[
             except Exception:  # an entry that cannot be read names nothing (rotation goes on)
                 continue
             for gid in ids:
-                step = _latents_step(latents, gid, run_dir.name, pack_id_run_step)
+                step = _latents_step(latents, gid, Path(run_dir))
                 if step is not None:
                     used.setdefault(step_dir_name(step), []).append(f"latents {entry_name_}/{gid}")
     return used
 
 
-def _latents_step(latents: Any, gid: str, run: str, parse: Callable) -> int | None:
-    """The step of the pack run ``run`` that the latents group ``gid`` was encoded with (its
-    ``pack`` attributes, else its id), or None (another run's, or unreadable)."""
+def latents_encoded_with(run_dir: Path, stage: str, cache: str) -> tuple[list[str], list[str]]:
+    """(``latents ENTRY/GROUP in ROOT (encoded with step-N)``: the cached latents groups that
+    `pack encode` wrote with a checkpoint of the pack run ``run_dir`` that is still there (they
+    decode only with it), in the cache root ``cache`` (the settings' one) and those its
+    checkpoints were trained from; the roots that could not be read, with why: not silently
+    taken for holding none), for `runs info` and `runs rm`. Runs of another ``stage`` (DiT,
+    refiner, t2i) encode nothing: none."""
+    from repackctl.paths import is_url
+    from repackctl.runs import CKPT_DIR, recorded_cache_roots
+
+    if stage in ("dit", "refine", "t2i"):
+        return [], []
+    folder = Path(run_dir)
+    roots = [cache, *recorded_cache_roots(folder)]
+    found: list[str] = []
+    unread: list[str] = []
+    for root in dict.fromkeys(
+        r if is_url(r) else str(Path(r).expanduser().resolve()) for r in roots
+    ):
+        try:
+            used = latents_in_use(folder, [root])
+        except Exception as e:  # e.g. an s3:// root without s3fs: named, not a traceback
+            unread.append(f"cache {root} could not be read ({type(e).__name__}: {e})")
+            continue
+        for step, groups in sorted(used.items()):
+            if (folder / CKPT_DIR / step).is_dir():  # a step gone: they decode with nothing now
+                found += [f"{g} in {root} (encoded with {step})" for g in groups]
+    return found, unread
+
+
+def _latents_step(latents: Any, gid: str, run_dir: Path) -> int | None:
+    """The step of the pack run ``run_dir`` that the latents group ``gid`` was encoded with (its
+    ``pack`` attributes, else its id), or None (another run's, one of an earlier run of the same
+    name, or unreadable). The run is matched by name and step, and the weights by the sha256
+    the pack id ends with against the one the step folder's ``state.json`` records for them:
+    a run removed and trained again under its name wrote other weights. Where either is not
+    there to compare (a step folder gone or damaged), name and step decide, as before."""
+    import re
+
+    from repackctl.run_files import pack_id_run_step
+
     try:
         pack = latents[gid].attrs.get("pack")
     except Exception:  # unreadable metadata (as repackctl.cache.creation reads it): its id names it
         pack = None
-    if isinstance(pack, dict) and isinstance(pack.get("step"), int):
-        return pack["step"] if pack.get("run") == run else None
-    name, step = parse(gid)
-    return step if name == run else None
+    pack = pack if isinstance(pack, dict) else {}
+    run = run_dir.name
+    if isinstance(pack.get("step"), int):
+        step = pack["step"] if pack.get("run") == run else None
+    else:
+        name, step = pack_id_run_step(gid)
+        step = step if name == run else None
+    if step is None:
+        return None
+    pack_id = pack.get("pack_id") if isinstance(pack.get("pack_id"), str) else gid
+    which = pack.get("which") if isinstance(pack.get("which"), str) else "ema"
+    found = re.search(r"-\d{7}-([0-9a-f]{8})$", pack_id)  # <step:07d>-<sha256[:8]>: pack_id_for
+    recorded = _recorded_weights_sha256(run_dir, step, which)
+    if found and recorded and not recorded.startswith(found.group(1)):
+        return None  # encoded with other weights of this step: an earlier run of this name
+    return step
+
+
+def _recorded_weights_sha256(run_dir: Path, step: int, which: str) -> str | None:
+    """The sha256 that ``state.json`` of the step folder ``step`` of ``run_dir`` records for
+    its ``which`` weights (``files``), or None (no such folder, or not readable)."""
+    import json
+
+    from repackctl.train.checkpoint import checkpoints_dir, step_dir_name
+
+    path = checkpoints_dir(run_dir) / step_dir_name(step) / "state.json"
+    try:
+        files = json.loads(path.read_text()).get("files")
+        sha = files.get(f"{which}.safetensors") if isinstance(files, dict) else None
+    except (OSError, ValueError, AttributeError):
+        return None
+    return sha if isinstance(sha, str) else None
+
+
+def _term_files(value: str | None, several: bool) -> list[str]:
+    """The files a file setting names (LPIPS: ``several``, comma-separated)."""
+    if value is None:
+        return []
+    return [p.strip() for p in value.split(",")] if several else [value]
+
+
+def _check_term_files(cfg: PackSettings, sources: dict[str, str]) -> None:
+    """Refuse ``pack.lpips_weights`` / ``pack.watson_weights`` naming what is no file while
+    their term is on, before the features are opened (or loaded into memory) and anything is
+    written: a missing file was found only once the data was open, with a message that named
+    no source, and ``--lpips-weights ,`` (no file at all) ended in a traceback."""
+    watson = cfg.watson_weight
+    watson = PRESETS.get(cfg.preset, {}).get("watson_weight", 0.0) if watson is None else watson
+    terms = (
+        ("lpips_weights", cfg.perceptual_weight, "perceptual", "perceptual_weight", True),
+        ("watson_weights", watson, "Watson-DFT", "watson_weight", False),
+    )
+    for name, weight, term, weight_name, several in terms:
+        value = getattr(cfg, name)
+        files = _term_files(value, several)
+        bad = [p for p in files if not p or not Path(p).expanduser().is_file()]
+        if value is None or not weight or not bad:
+            continue
+        raise ConfigError(
+            f"pack.{name} names {bad[0] or repr(value)} (from "
+            f"{sources.get(f'pack.{name}', 'default')}), which is no file: the {term} term "
+            f"(pack.{weight_name} {weight:g}) reads its weights from it",
+            f"pass --{name.replace('_', '-')} with an existing file, or leave it out to train "
+            f"without the term (a run that recorded it: --{weight_name.replace('_', '-')} 0 "
+            f"--allow-change {weight_name})",
+        )
 
 
 def _unplaced_attention(decoder: DecoderConfig) -> list[int]:

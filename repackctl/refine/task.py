@@ -460,8 +460,9 @@ def _check_lpips(cfg: Any, sources: dict[str, str]) -> None:
             f"refine.lpips_weights names {missing[0]} (from {source}), which is no file: the "
             f"refiner would train without the perceptual term (refine.perceptual_weight "
             f"{cfg.perceptual_weight:g})",
-            "pass --lpips-weights with an existing LPIPS-VGG .safetensors/.pth file, or "
-            "--perceptual-weight 0 to train without the term (on a resume, with --allow-change)",
+            "pass --lpips-weights with an existing LPIPS-VGG .safetensors/.pth file, or leave "
+            "--lpips-weights out to train without the term (a run that recorded it: "
+            "--perceptual-weight 0 --allow-change perceptual_weight)",
         )
 
 

@@ -50,8 +50,8 @@ def undo_given(source: str, flag: str) -> str:
 def refuse_ignored(section: str, name: str, value: Any, source: str, why: str, fix: str) -> None:
     """Refuse ``section.name = value``, given through ``source``, that the run would ignore:
     ``why`` says what makes it ignored, ``fix`` how to make it act (the hint adds how to take
-    the value back)."""
-    flag = "--" + name.replace("_", "-")
+    the value back; a switch given off is named by its ``--no-`` flag)."""
+    flag = ("--no-" if value is False else "--") + name.replace("_", "-")
     raise ConfigError(
         f"{section}.{name} = {value!r} (from {source}) {why}: it would be ignored",
         f"{fix}, or {undo_given(source, flag)}",
@@ -76,8 +76,8 @@ def check_term_options(
         source = sources.get(f"{section}.{name}", "default")
         if user_given(source):
             why = (
-                f"tunes {term}, but that term is off: {section}.{switch} is "
-                f"{getattr(values, switch)!r} (from {switch_from})"
+                f"tunes {term}, but {section}.{switch} is {getattr(values, switch)!r} (from "
+                f"{switch_from}), which turns that off"
             )
             refuse_ignored(section, name, getattr(values, name), source, why, turn_on)
 
@@ -95,6 +95,60 @@ def check_gan_options(values: Any, section: str, sources: dict[str, str], option
             "the GAN term and its discriminator",
             "pass --gan-weight 0.5 (any weight > 0 turns the GAN on)",
         )
+
+
+def check_output_options(values: Any, section: str, sources: dict[str, str]) -> None:
+    """Refuse the options of the image grids given with ``image_every`` 0 (no grid is ever
+    made: ``image_steps`` of train dit / t2i, ``grid_images`` of pack train) and ``ema_warmup``
+    given with ``ema_decay`` 0 (no EMA: the EMA copy is the weights, there is no decay to ramp
+    up). Each was accepted, recorded and ignored (see :func:`check_term_options`)."""
+    if getattr(values, "image_every", None) == 0:
+        grid = tuple(n for n in GRID_OPTIONS if n in type(values).model_fields)
+        turn_on = "pass --image-every N with N >= 1 (a grid every N steps and at the end)"
+        check_term_options(
+            values, section, sources, grid, "image_every", "the image grids", turn_on
+        )
+    if getattr(values, "ema_decay", None) == 0 and "ema_warmup" in type(values).model_fields:
+        turn_on = "pass --ema-decay D with 0 < D < 1 (e.g. 0.9999) to keep an EMA"
+        check_term_options(
+            values, section, sources, ("ema_warmup",), "ema_decay", "the EMA decay", turn_on
+        )
+
+
+#: the options of the image grids a training writes every ``image_every`` steps
+GRID_OPTIONS = ("image_steps", "grid_images")
+
+
+def check_file_term(
+    values: Any,
+    section: str,
+    sources: dict[str, str],
+    pair: tuple[str, str],
+    term: str,
+    file_hint: str,
+) -> None:
+    """Refuse a term's weight the user gave above 0 while the term's local file is not set
+    (``pair``: the weight's and the file's setting names, e.g. ``perceptual_weight`` and
+    ``lpips_weights``): the run would train without ``term``, with a warning at most; and the
+    file given while the weight is 0, which loads nothing. A preset's or the default weight
+    without a file stays a warning (presets name LPIPS; an offline machine has no weights).
+    ``file_hint`` says which file to pass."""
+    weight, file = pair
+    weight_from = sources.get(f"{section}.{weight}", "default")
+    if getattr(values, file) is None and (getattr(values, weight) or 0) > 0:
+        if user_given(weight_from):
+            file_flag = "--" + file.replace("_", "-")
+            refuse_ignored(
+                section,
+                weight,
+                getattr(values, weight),
+                weight_from,
+                f"weighs {term}, but {section}.{file} is not set, and without it that term is off",
+                f"pass {file_flag} with {file_hint}",
+            )
+    if (getattr(values, weight) or 0) == 0:
+        turn_on = f"pass --{weight.replace('_', '-')} W with W > 0 to use it"
+        check_term_options(values, section, sources, (file,), weight, term, turn_on)
 
 
 def check_schedules(settings: Any, sources: dict[str, str], section: str) -> None:

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from repackctl.errors import ConfigError
 from repackctl.paths import safe_name
 from repackctl.settings.checks import (
+    check_output_options,
     check_term_options,
     ema_decay_below_one,
     refuse_ignored,
@@ -292,8 +293,10 @@ class DitSettings(BaseModel):
         are the logit-normal ``time_mu`` / ``time_sigma`` under ``time_dist`` uniform (the repa
         preset's) and ``cos_norm_floor`` with ``cos_weight`` 0: each was accepted, recorded and
         ignored. So are ``arch`` / ``size`` / ``patch`` given with a ``model`` that names
-        another model (see :meth:`check_model_named`)."""
+        another model (see :meth:`check_model_named`), and ``image_steps`` with ``image_every``
+        0 and ``ema_warmup`` with ``ema_decay`` 0 (``check_output_options``)."""
         self.check_model_named(section, sources)
+        check_output_options(self, section, sources)
         if self.time_dist != "logit_normal":
             dist_from = sources.get(f"{section}.time_dist", "default")
             for name in LOGIT_NORMAL_OPTIONS:

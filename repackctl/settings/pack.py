@@ -41,7 +41,9 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from repackctl.settings.checks import (
+    check_file_term,
     check_gan_options,
+    check_output_options,
     check_term_options,
     ema_decay_below_one,
 )
@@ -316,8 +318,10 @@ class PackSettings(BaseModel):
         map without a posterior, so it trains no KL term (``repackctl.settings.checks``); and
         the discriminator's options given with ``gan_weight`` 0, which builds no discriminator
         (they were accepted, recorded in the plan and ignored); and ``pca_samples`` given with
-        the repack method without whitening, which fits nothing on the tokens."""
+        the repack method without whitening, which fits nothing on the tokens; and those of the
+        file terms and the recon grids (:meth:`_check_files_and_grids`)."""
         check_gan_options(self, section, sources, GAN_OPTIONS)
+        self._check_files_and_grids(section, sources)
         if self.method == "repack" and self.whiten is False:
             # pca_samples sizes the fit of the PCA or of the repack whitening: without either
             # it was accepted and ignored
@@ -341,6 +345,21 @@ class PackSettings(BaseModel):
                 "pass --method repack",
             )
 
+    def _check_files_and_grids(self, section: str, sources: dict[str, str]) -> None:
+        """Refuse a ``perceptual_weight`` / ``watson_weight`` above 0 given without its local
+        file (the term was off, with a warning; a preset's weight without the file stays that
+        warning), the file given with the weight 0 (loaded by nothing), and ``grid_images``
+        given with ``image_every`` 0 (no recon grid is made)."""
+        lpips = ("perceptual_weight", "lpips_weights")
+        check_file_term(self, section, sources, lpips, "the LPIPS perceptual term", LPIPS_FILE)
+        watson = ("watson_weight", "watson_weights")
+        check_file_term(self, section, sources, watson, "the Watson-DFT term", WATSON_FILE)
+        check_output_options(self, section, sources)
+
+
+#: the files of the LPIPS and Watson-DFT terms, as a hint names them
+LPIPS_FILE = "a local LPIPS-VGG .safetensors/.pth file (two files comma-separated)"
+WATSON_FILE = "the official rgb_watson_fft_trial0.pth (or its tensors as .safetensors)"
 
 #: the options that only tune the GAN term (off when ``gan_weight`` is 0: no discriminator)
 GAN_OPTIONS = ("gan_start", "adaptive_gan", "disc_lr", "disc_channels", "disc_layers", "disc_norm")

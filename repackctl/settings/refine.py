@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from repackctl.paths import safe_name
 from repackctl.settings.checks import (
+    check_file_term,
     check_gan_options,
     ema_decay_below_one,
 )
@@ -127,12 +128,18 @@ class RefineSettings(BaseModel):
     def check_terms(self, section: str, sources: dict[str, str]) -> None:
         """Refuse the discriminator's options given with ``gan_weight`` 0, which builds no
         discriminator (they were accepted, recorded and ignored), as ``pack train`` does
-        (``repackctl.settings.checks.check_term_options``; a preset's value is never refused)."""
+        (``repackctl.settings.checks.check_term_options``; a preset's value is never refused);
+        and a ``perceptual_weight`` above 0 given without ``lpips_weights`` (the default 1 without
+        weights stays a warning), or ``lpips_weights`` given with ``perceptual_weight`` 0."""
         check_gan_options(self, section, sources, GAN_OPTIONS)
+        check_file_term(self, section, sources, LPIPS_PAIR, "the LPIPS perceptual term", LPIPS_FILE)
 
 
 #: the options that only tune the GAN term (off when ``gan_weight`` is 0: no discriminator)
 GAN_OPTIONS = ("disc_channels", "disc_norm")
+#: the LPIPS term's weight and weights file (``check_file_term``), and the file to pass
+LPIPS_PAIR = ("perceptual_weight", "lpips_weights")
+LPIPS_FILE = "a local LPIPS-VGG .safetensors/.pth file (two files comma-separated)"
 
 
 # The official refiner (reference/methods.md; stage3/configs/refiner_offline.yaml, stage3/

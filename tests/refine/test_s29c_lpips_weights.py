@@ -45,7 +45,11 @@ def test_lpips_weights_that_are_no_file_are_refused(stack, tmp_path: Path) -> No
         "--lpips-weights", str(missing),
     )  # fmt: skip
     assert f"refine.lpips_weights names {missing} (from flag), which is no file" in out, out
-    assert "--perceptual-weight 0" in out and "no LPIPS weights" not in out, out
+    assert (
+        "leave --lpips-weights out" in out
+        and "--perceptual-weight 0" in out
+        and "no LPIPS weights" not in out
+    ), out
     assert not (Path(stack["runs"]) / "lp").exists()  # HEAD: trained, without the term
     assert _triplet_groups(entry) == triplets  # nor the noisy triplets built first
     # an existing file trains the term
