@@ -898,9 +898,9 @@ def _default_reference(
     p = gen.protocol
     data = _training_data(p)
     entry, root = data.get("entry"), data.get("root")
-    prompts_entry = _prompts_entry(p, entry, root, messages)
-    if prompts_entry:
-        return None, prompts_entry, root
+    prompts_at = _prompts_entry(p, entry, root, messages, settings.cache)
+    if prompts_at:
+        return None, *prompts_at
     if entry and isinstance(root, str) and _has_entry(root, entry):
         return None, entry, root
     if entry and entry in list_entries(settings.cache):
@@ -920,15 +920,20 @@ def _default_reference(
 PROMPTS_FROM = "first caption of each image of "
 
 
-def _prompts_entry(protocol: dict, entry: str | None, root: Any, messages: list[str]) -> str | None:
-    """The default reference of text-to-image samples made from the default prompts: the cache
-    entry whose first captions were their prompts (the val entry of the run's data, when it has
-    one: ``prompt_source``), in the root holding the run's training entry, so that samples are
-    compared with the images their prompts describe, as a t2i benchmark compares with the
-    images of its captions. None for given prompts (the training entry then, as for class
-    samples), or when that root no longer holds the prompts' entry (said in ``messages``).
-    The card's ``prompt_entry`` names it; cards made before it was recorded say it in
-    ``prompt_source`` only."""
+def _prompts_entry(
+    protocol: dict, entry: str | None, root: Any, messages: list[str], cache: str | None = None
+) -> tuple[str, str] | None:
+    """(the entry, its cache root): the default reference of text-to-image samples made from
+    the default prompts: the cache entry whose first captions were their prompts (the val
+    entry of the run's data, when it has one: ``prompt_source``), so that samples are compared
+    with the images their prompts describe, as a t2i benchmark compares with the images of its
+    captions. It is looked for in the root holding the run's training entry, then in the
+    ``cache`` setting (where `sample` read it when that holds the run's entry), and taken where
+    its first captions are the samples' prompts (:func:`_holds_prompts`): an entry of that name
+    made again with other images is not the one they describe. None for given prompts (the
+    training entry then, as for class samples), or when no root holds the prompts' entry with
+    those captions (said in ``messages``). The card's ``prompt_entry`` names it; cards made
+    before it was recorded say it in ``prompt_source`` only."""
     if protocol.get("stage") != "t2i":
         return None
     prompts_entry, source = protocol.get("prompt_entry"), protocol.get("prompt_source")
@@ -938,18 +943,47 @@ def _prompts_entry(protocol: dict, entry: str | None, root: Any, messages: list[
         return None
     if prompts_entry == entry:
         return None
-    if not _has_entry(root, prompts_entry):
+    roots = [r for r in dict.fromkeys((root, cache)) if r and _has_entry(r, prompts_entry)]
+    instead = f"the reference is the run's training entry {entry}, not the images the prompts "
+    instead += "describe"
+    if not roots:
         messages.append(
             f"Warning: the samples' prompts are the captions of {prompts_entry}, which the "
-            f"cache {root} no longer holds: the reference is the run's training entry "
-            f"{entry}, not the images the prompts describe"
+            f"cache {root} no longer holds: {instead}"
+        )
+        return None
+    holding = [r for r in roots if _holds_prompts(r, prompts_entry, protocol)]
+    if not holding:
+        messages.append(
+            f"Warning: the samples' prompts are the first captions of {prompts_entry}, but "
+            f"the entry of that name in {name_items(roots)} has other first captions (made "
+            f"again with other images?): {instead}"
         )
         return None
     messages.append(
         f"the samples' prompts are the first captions of {prompts_entry}: it is the reference "
         f"(not the run's training entry; pass --ref-cache {entry} for that)"
     )
-    return prompts_entry
+    return prompts_entry, holding[0]
+
+
+def _holds_prompts(root: str, name: str, protocol: dict) -> bool:
+    """Whether the first captions of entry ``name`` of the cache ``root`` are the prompts the
+    samples got (sample i: caption i mod their count, as `sample` assigned them); a card that
+    does not record its prompts and caption features is not checked (True)."""
+    from repackctl.cache.store import DatasetEntry
+    from repackctl.sample.t2i import first_captions
+
+    prompts, ids = protocol.get("prompts"), protocol.get("prompt_ids")
+    text_id = (protocol.get("text") or {}).get("features")
+    if not isinstance(prompts, list) or not isinstance(ids, list) or not text_id:
+        return True
+    try:
+        captions = first_captions(DatasetEntry.open(root, name), str(text_id), len(ids))
+        per_sample = [prompts[k] for k in ids]
+    except (CacheError, DataError, OSError, KeyError, ValueError, IndexError, TypeError):
+        return False  # no such captions (or unreadable ones): not the prompts' entry
+    return bool(captions) and per_sample == [captions[i % len(captions)] for i in range(len(ids))]
 
 
 def _has_entry(root: str, entry: str) -> bool:
@@ -1522,6 +1556,133 @@ def check_adm_weights(ref: Reference, wanted: list[str], info: dict, force: bool
     return [f"Warning: reference protocol differs ({diff})"]
 
 
+@dataclass
+class _Extractors:
+    """The feature extractors of the metrics wanted, made (their weights read and hashed) and
+    checked against the reference before anything is scored: a refusal of another feature
+    space, weights or protocol comes before the user waits for the scores."""
+
+    device: Any
+    inception_wanted: list[str] = field(default_factory=list)
+    inception: Any = None  # InceptionExtractor, when an Inception metric is wanted
+    encoder: Any = None  # the fd encoder, when fd is wanted
+
+
+def _prepare_extractors(
+    settings: Settings,
+    gen: Generated,
+    ref: Reference,
+    wanted: list[str],
+    device: Any,
+    messages: list[str],
+) -> _Extractors:
+    """Make the extractors of ``wanted`` and refuse a reference whose statistics (or ADM batch)
+    live in another space than theirs, unless forced (the warning goes to ``messages``)."""
+    from repackctl.metrics.inception import InceptionExtractor
+
+    cfg = settings.evaluate
+    tools = _Extractors(device, [m for m in wanted if m in INCEPTION_METRICS])
+    said = len(ref.messages)
+    if tools.inception_wanted:
+        tools.inception = InceptionExtractor(
+            cfg.inception_weights, device=device, batch_size=cfg.batch_size
+        )
+        _check_inception_reference(ref, tools, messages, gen.images.resolution, cfg.force_reference)
+    if "fd" in wanted:
+        tools.encoder = make_fd_encoder(settings, gen.images.resolution, device)
+        _check_encoder_reference(settings, gen, ref, tools.encoder)
+    messages += ref.messages[said:]  # forced protocol differences, said once
+    return tools
+
+
+def _check_inception_reference(
+    ref: Reference, tools: _Extractors, messages: list[str], resolution: int, force: bool
+) -> None:
+    """Refuse an ADM batch for FID/sFID with unofficial Inception weights, or statistics made
+    at another resolution or with other Inception weights (compared by sha256), unless forced."""
+    info = tools.inception.info()
+    if ref.kind == "adm":
+        messages += check_adm_weights(ref, tools.inception_wanted, info, force)
+    elif ref.kind == "stats":
+        want = {
+            "resolution": resolution,
+            "extractor": "inception-v3-compat",
+            "weights_sha256": info["weights_sha256"],
+        }
+        for kind in ("fid", "sfid"):
+            if kind in ref.stats:
+                check_protocol(ref, ref.stats[kind].metadata, want, force)
+
+
+def _check_encoder_reference(
+    settings: Settings, gen: Generated, ref: Reference, encoder: Any
+) -> None:
+    """Refuse statistics that hold no encoder features, whose features have another width than
+    the encoder's (nothing to compare, even forced), or that were made at another resolution or
+    with another encoder or weights (compared by sha256), unless forced."""
+    if ref.kind != "stats":
+        return  # reference images go through this encoder
+    if "fd" not in ref.stats:
+        raise ConfigError(
+            f"{ref.label} holds Inception statistics; fd needs encoder statistics",
+            hint=f"make them with `repackctl evaluate stats SOURCE --extractor fd "
+            f"--fd-encoder {settings.evaluate.fd_encoder}`",
+        )
+    stats = ref.stats["fd"]
+    want = {
+        "resolution": gen.images.resolution,
+        "extractor": f"encoder:{encoder.spec.entry_id()}",
+        "weights_sha256": encoder.spec.weights_sha256,
+    }
+    width = int(np.asarray(stats.mu).shape[0])
+    if width != encoder.spec.dim:
+        raise ConfigError(
+            f"{ref.label} holds {width}-dimensional features of "
+            f"{stats.metadata.get('extractor', 'another encoder')}, the fd encoder "
+            f"{encoder.spec.id} gives {encoder.spec.dim}: they cannot be compared; nothing "
+            "was scored",
+            hint="make the reference statistics with this encoder (`repackctl evaluate stats "
+            "SOURCE --extractor fd` with the same --fd-encoder and --fd-weights)",
+        )
+    check_protocol(ref, stats.metadata, want, settings.evaluate.force_reference)
+
+
+def _scoring_identity(
+    tools: _Extractors, wanted: list[str], fd_method: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the ``fd_detail`` fields, the card's scoring fields) this evaluation will record, known
+    from its extractors before anything is scored (:func:`check_replaceable` compares them)."""
+    from repackctl.metrics.encoder_fd import FEATURE_RULE
+
+    extractors, evaluators = [], []
+    if tools.inception is not None:
+        info = tools.inception.info()
+        extractors.append((info["name"], info["weights_sha256"]))
+        evaluators.append(inception_evaluator(info["name"], tools.inception_wanted, fd_method))
+    fd_detail: dict[str, Any] = {}
+    if tools.encoder is not None:
+        spec = tools.encoder.spec.attrs()
+        fd_detail = {"encoder": spec, "feature": FEATURE_RULE, "fd_method": fd_method}
+        extractors.append(encoder_extractor(spec))
+        evaluators.append(ENCODER_EVALUATOR)
+    card = {
+        "evaluator": "; ".join(evaluators),
+        "feature_extractor": "; ".join(e for e, _ in extractors),
+        "feature_extractor_sha256": extractors[0][1],
+    }
+    return fd_detail, card
+
+
+#: the card's evaluator of the ``fd`` metric
+ENCODER_EVALUATOR = "repackctl.metrics.encoder_fd (pooled patch tokens, Fréchet distance)"
+
+
+def encoder_extractor(spec: dict) -> tuple[str, str]:
+    """(the card's description of the fd encoder, the sha256 of its weights)."""
+    described = f"encoder {spec['id']} ({spec['arch']}, weights {spec['weights']})"
+    return described, spec["weights_sha256"] or spec["weights"]
+
+
 def _inception_reference(
     ref: Reference,
     wanted: list[str],
@@ -1529,23 +1690,13 @@ def _inception_reference(
     extractor: Any,
     progress: ProgressFactory,
     messages: list[str],
-    resolution: int | None = None,
-    force: bool = False,
 ) -> Any:
-    """What the Inception metrics compare against: ADM batch, stats, images or nothing (IS)."""
+    """What the Inception metrics compare against: ADM batch, stats, images or nothing (IS);
+    :func:`_check_inception_reference` has checked the first two."""
     if ref.kind == "adm":
-        messages += check_adm_weights(ref, wanted, extractor.info(), force)
         return ref.adm
     if ref.kind == "stats":
-        stats = {k: v for k, v in ref.stats.items() if k in ("fid", "sfid")}
-        want = {
-            "resolution": resolution,
-            "extractor": "inception-v3-compat",
-            "weights_sha256": extractor.info()["weights_sha256"],
-        }
-        for st in stats.values():
-            check_protocol(ref, st.metadata, want, force)
-        return stats
+        return {k: v for k, v in ref.stats.items() if k in ("fid", "sfid")}
     if set(wanted) & {"kid", "prc"}:
         return ref.images  # features are needed, not only statistics
     if set(wanted) & {"fid", "sfid"}:
@@ -1574,22 +1725,16 @@ def _add_inception(
     settings: Settings,
     gen: Generated,
     ref: Reference,
-    wanted: list[str],
+    tools: _Extractors,
     sdir: Path,
-    device: Any,
     progress: ProgressFactory,
     messages: list[str],
 ) -> None:
     """Inception-based metrics (FID, sFID, IS, KID, precision/recall) into ``scores``."""
     from repackctl.metrics.generative import compute_generative_metrics
-    from repackctl.metrics.inception import InceptionExtractor
 
-    cfg = settings.evaluate
-    extractor = InceptionExtractor(cfg.inception_weights, device=device, batch_size=cfg.batch_size)
-    reference = _inception_reference(
-        ref, wanted, sdir, extractor, progress, messages, gen.images.resolution,
-        cfg.force_reference,
-    )  # fmt: skip
+    cfg, extractor, wanted = settings.evaluate, tools.inception, tools.inception_wanted
+    reference = _inception_reference(ref, wanted, sdir, extractor, progress, messages)
     if reference is None:
         res = _is_only(gen, extractor, cfg, progress)
     else:
@@ -1598,7 +1743,7 @@ def _add_inception(
             reference,
             wanted,
             extractor=extractor,
-            device=str(device),
+            device=str(tools.device),
             batch_size=cfg.batch_size,
             fd_method=cfg.fd_method,
             progress=progress,
@@ -1617,13 +1762,13 @@ def _add_encoder_fd(
     settings: Settings,
     gen: Generated,
     ref: Reference,
+    tools: _Extractors,
     sdir: Path,
-    device: Any,
     progress: ProgressFactory,
     messages: list[str],
 ) -> None:
     """Fréchet distance in the frozen encoder's feature space into ``scores``."""
-    res = _encoder_fd(settings, gen, ref, sdir, device, progress, messages)
+    res = _encoder_fd(settings, gen, ref, tools, sdir, progress, messages)
     scores.notes += res.pop("notes", [])
     spec = res["encoder"]
     scores.metrics["fd"] = res.pop("fd")
@@ -1638,9 +1783,8 @@ def _add_encoder_fd(
     if path is not None:  # where a weights file was read (spec: its name and sha256)
         scores.metrics["fd_detail"]["weights_path"] = path
     scores.n_ref = scores.n_ref if scores.n_ref is not None else res["n_reference"]
-    described = f"encoder {spec['id']} ({spec['arch']}, weights {spec['weights']})"
-    scores.extractors.append((described, spec["weights_sha256"] or spec["weights"]))
-    scores.evaluators.append("repackctl.metrics.encoder_fd (pooled patch tokens, Fréchet distance)")
+    scores.extractors.append(encoder_extractor(spec))
+    scores.evaluators.append(ENCODER_EVALUATOR)
 
 
 def run_evaluate_fid(
@@ -1678,14 +1822,15 @@ def run_evaluate_fid(
     device = resolve_device(settings.device)
     messages = gen.messages + ref.messages
     sdir = stats_dir(settings)
+    tools = _prepare_extractors(settings, gen, ref, wanted, device, messages)
+    fd_detail, scoring = _scoring_identity(tools, wanted, settings.evaluate.fd_method)
+    # another extractor's, weights' or protocol's result is kept, before anything is scored
+    check_replaceable(target, this | {"fd_detail": fd_detail}, scoring)
     scores = _Scores()
-    inception_wanted = [m for m in wanted if m in INCEPTION_METRICS]
-    if inception_wanted:
-        _add_inception(
-            scores, settings, gen, ref, inception_wanted, sdir, device, progress, messages
-        )
-    if "fd" in wanted:
-        _add_encoder_fd(scores, settings, gen, ref, sdir, device, progress, messages)
+    if tools.inception is not None:
+        _add_inception(scores, settings, gen, ref, tools, sdir, progress, messages)
+    if tools.encoder is not None:
+        _add_encoder_fd(scores, settings, gen, ref, tools, sdir, progress, messages)
 
     metrics = scores.metrics
     metrics.update(this)
@@ -1784,29 +1929,20 @@ def _encoder_fd(
     settings: Settings,
     gen: Generated,
     ref: Reference,
+    tools: _Extractors,
     sdir: Path,
-    device: Any,
     progress: ProgressFactory,
     messages: list[str],
 ) -> dict:
+    """FD of the samples in the fd encoder's space (:func:`_check_encoder_reference` has
+    checked reference statistics; ones made with other weights are used only when forced,
+    and the card records it)."""
     from repackctl.metrics.encoder_fd import compute_encoder_fd
 
-    encoder = make_fd_encoder(settings, gen.images.resolution, device)
+    encoder, device = tools.encoder, tools.device
     if ref.kind == "stats":
-        if "fd" not in ref.stats:
-            raise ConfigError(
-                f"{ref.label} holds Inception statistics; fd needs encoder statistics",
-                hint=f"make them with `repackctl evaluate stats SOURCE --extractor fd "
-                f"--fd-encoder {settings.evaluate.fd_encoder}`",
-            )
-        reference: Any = ref.stats["fd"]
-        want = {
-            "resolution": gen.images.resolution,
-            "extractor": f"encoder:{encoder.spec.entry_id()}",
-            "weights_sha256": encoder.spec.weights_sha256,
-        }
-        check_protocol(ref, reference.metadata, want, settings.evaluate.force_reference)
-        messages += [m for m in ref.messages if m.startswith("Warning: reference protocol")]
+        # forced: given as bare moments, which compute_encoder_fd does not check again
+        reference: Any = ref.stats["fd"].as_stats() if ref.differences else ref.stats["fd"]
     else:
         st = cached_reference_stats(
             ref.images, folder=sdir, extractor="encoder", encoder=encoder, device=device,

@@ -109,10 +109,12 @@ def check_replaceable(path: Path, this: dict, card: dict | None = None) -> None:
     """Refuse replacing an existing ``metrics.json`` that holds another result.
 
     ``this`` is the ``generated``/``reference``/``metrics`` part of the document about to be
-    written (once scored: its whole metrics section); ``card`` (once scored) its protocol card,
-    whose scoring fields and the ``fd`` details must match too. The
-    same samples scored the same way against the same reference is the same result recomputed
-    and may replace the file. Call after :func:`check_metrics_target`.
+    written (with its ``fd_detail`` once the extractors are made); ``card`` (once the
+    extractors are made: before anything is scored) its protocol card's scoring fields, which
+    and the ``fd`` details must match too, the fd encoder's weights by sha256
+    (:func:`by_content`). The same samples scored the same way against the same reference is
+    the same result recomputed and may replace the file. Call after
+    :func:`check_metrics_target`.
     """
     if not path.is_file():
         return
@@ -158,6 +160,22 @@ def _without_unused_fd_method(card: dict, metrics: list[str]) -> dict:
     return card | {"evaluator": _UNUSED_FD_METHOD.sub(")", evaluator)}
 
 
+def by_content(key: str, value: object, fd_detail: dict) -> object:
+    """``value`` of the card field or ``fd_detail`` field ``key`` with the fd encoder's weights
+    named by their sha256 rather than by their tag (``file:<name>``, ``builtin``, ...): the
+    same bytes under another file name are the same feature space, and a rerun that reads a
+    copy of the weights recomputes the same result."""
+    enc = fd_detail.get("encoder") if isinstance(fd_detail, dict) else None
+    if not isinstance(enc, dict) or not enc.get("weights_sha256"):
+        return value
+    tag, by_sha = enc.get("weights"), f"sha256:{enc['weights_sha256']}"
+    if key == "encoder" and isinstance(value, dict):
+        return value | {"weights": by_sha}
+    if key == "feature_extractor" and isinstance(value, str) and isinstance(tag, str):
+        return value.replace(f", weights {tag})", f", weights {by_sha})")
+    return value
+
+
 def _check_same_scoring(
     path: Path, old: dict, old_card: dict, this: dict, card: dict | None
 ) -> None:
@@ -168,18 +186,18 @@ def _check_same_scoring(
         diffs.append(f"reference {ref.get('path')} (this run: {this['reference']['path']})")
     if not _same_metrics(old.get("metrics"), this["metrics"]):
         diffs.append(f"metrics {old.get('metrics')} (this run: {this['metrics']})")
-    if card is not None:  # scored: ``this`` is the whole new document's metrics section
+    if card is not None:  # the card's scoring fields and ``this``'s fd_detail are known
         was_card = _without_unused_fd_method(old_card, this["metrics"])
+        was, now = old.get("fd_detail") or {}, this.get("fd_detail") or {}
         diffs += [
             f"{k} {old_card.get(k)!r} (this run: {card.get(k)!r})"
             for k in SCORING_FIELDS
-            if was_card.get(k) != card.get(k)
+            if by_content(k, was_card.get(k), was) != by_content(k, card.get(k), now)
         ]
-        was, now = old.get("fd_detail") or {}, this.get("fd_detail") or {}
         diffs += [
             f"fd {k} {was.get(k)!r} (this run: {now.get(k)!r})"
             for k in FD_FIELDS
-            if was.get(k) != now.get(k)
+            if by_content(k, was.get(k), was) != by_content(k, now.get(k), now)
         ]
     if diffs:
         raise ConfigError(
