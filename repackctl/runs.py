@@ -658,15 +658,16 @@ def dependent_runs(folder: Path) -> list[Dependent]:
     """The other runs beside ``folder`` that need it: a DiT, refiner or t2i run, trained or
     imported (``import official``), whose checkpoints' ``extra.pack`` names it as the pack run
     whose decoder they sample with (``repackctl.pack.load.decoder_checkpoint``); a run without a
-    checkpoint yet, by the ``--pack-run`` its config.json records. Removing ``folder`` leaves them
-    unable to sample (or resume), so ``runs rm`` names them."""
+    checkpoint yet, by the ``--pack-run`` its config.json records (:func:`pack_records_naming`:
+    not a run whose latents an earlier pack run of that name encoded). Removing ``folder``
+    leaves them unable to sample (or resume), so ``runs rm`` names them."""
     if not folder.parent.is_dir():
         return []
     found = []
     for other in sorted(folder.parent.iterdir()):
         if other.name == folder.name or other.name.startswith(REMOVING) or not is_run(other):
             continue
-        if any(_names_pack_run(pack, folder) for pack in _pack_records(other)):
+        if pack_records_naming(other, folder):
             steps = _step_folders(other)
             stage, imported = _stage(other, steps[-1] if steps else None)
             found.append(Dependent(other.name, stage, imported))
@@ -690,17 +691,59 @@ def _pack_records(run: Path) -> list[dict[str, Any]]:
     return []
 
 
+def pack_records_naming(run: Path, folder: Path) -> list[dict[str, Any]]:
+    """The records of ``run`` (``extra.pack`` of its checkpoints, else its config.json's:
+    ``_pack_records``) that name the pack run ``folder`` as the one whose decoder they sample
+    with (:func:`_names_pack_run`). The one rule of `runs info` (used by), `runs rm` (its
+    question and its --yes warning) and a pack run's rotation (``pack.task.checkpoints_in_use``)."""
+    return [pack for pack in _pack_records(run) if _names_pack_run(pack, folder)]
+
+
 def _names_pack_run(pack: dict[str, Any], folder: Path) -> bool:
     """Whether a recorded ``extra.pack`` leads to the pack run ``folder``, as sampling finds it:
-    the recorded checkpoint when it exists, else the run of that name (or of the pack id)."""
+    the recorded checkpoint when it exists, else the run of that name (or of the pack id); and
+    whose weights encoded its latents, as sampling checks them (``pack.load.load_decoder``):
+    a record whose pack id ends with a weights sha256 other than the one the step folder of its
+    step records (:func:`pack_id_names_other_weights`) was made with an earlier run of that
+    name, removed and trained again. A record without one, or whose step folder is gone, is
+    matched by name (and path) alone."""
     recorded = pack.get("checkpoint")
+    pack_id = pack.get("pack_id") if isinstance(pack.get("pack_id"), str) else None
+    id_run, step = pack_id_run_step(pack_id)
     if isinstance(recorded, str) and recorded and Path(recorded).is_dir():
-        return Path(recorded).resolve().parent.parent == folder.resolve()
-    run = pack.get("run")
-    if not isinstance(run, str) or not run:
-        pack_id = pack.get("pack_id")
-        run = pack_id_run_step(pack_id if isinstance(pack_id, str) else None)[0]
-    return run == folder.name
+        named = Path(recorded).resolve().parent.parent == folder.resolve()
+    else:
+        run = pack.get("run")
+        named = (run if isinstance(run, str) and run else id_run) == folder.name
+    return named and (step is None or not pack_id_names_other_weights(pack_id, folder, step))
+
+
+#: the weights sha256 a pack id ends with, ``…-<step:07d>-<sha256[:8]>`` (``pack_id_for``)
+PACK_ID_SHA_RE = re.compile(r"-\d{7}-([0-9a-f]{8})$")
+
+
+def pack_id_names_other_weights(
+    pack_id: str | None, folder: Path, step: int, which: str | None = None
+) -> bool:
+    """Whether the weights sha256 that ``pack_id`` ends with is not one that the step folder
+    ``step`` of the pack run ``folder`` records for its ``which`` weights (None: its ema or its
+    model weights; a DiT, refiner or t2i record does not say which encoded its latents): a pack
+    run removed and trained again under its name wrote other weights. False where either is not
+    there to compare (an id without a sha256, a step folder gone or damaged): then the run's
+    name and step decide."""
+    found = PACK_ID_SHA_RE.search(pack_id or "")
+    kinds = (which,) if which else ("ema", "model")
+    recorded = [s for s in (recorded_weights_sha256(folder, step, k) for k in kinds) if s]
+    return bool(found and recorded) and not any(s.startswith(found.group(1)) for s in recorded)
+
+
+def recorded_weights_sha256(folder: Path, step: int, which: str) -> str | None:
+    """The sha256 that ``state.json`` of the step folder ``step`` of ``folder`` records for
+    its ``which`` weights (``files``), or None (no such folder, or not readable)."""
+    state = read_json_dict(folder / CKPT_DIR / f"step-{step:07d}" / "state.json") or {}
+    files = state.get("files")
+    sha = files.get(f"{which}.safetensors") if isinstance(files, dict) else None
+    return sha if isinstance(sha, str) else None
 
 
 def _being_trained(folder: Path, holder: Holder | None) -> CheckpointError:

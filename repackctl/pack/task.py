@@ -1028,14 +1028,16 @@ def checkpoints_in_use(run_dir: Path, cache_roots: Sequence[str] = ()) -> dict[s
     and t2i runs, trained, training or imported: ``runs.dependent_runs``), or that latents
     groups of the caches ``cache_roots`` were encoded with (:func:`latents_in_use`: those
     latents are decoded with it), each with the names of those runs or groups. A record names
-    its pack checkpoint by path and by pack id (run and step)."""
+    its pack checkpoint by path and by pack id (run and step), and only when it names this run
+    as `runs info` and `runs rm` find it (``runs.pack_records_naming``: not the latents of an
+    earlier run of this name, whose weights were others)."""
     from repackctl.run_files import pack_id_run_step
-    from repackctl.runs import _pack_records, dependent_runs
+    from repackctl.runs import dependent_runs, pack_records_naming
     from repackctl.train.checkpoint import checkpoints_dir, step_dir_name
 
     used: dict[str, list[str]] = {}
     for dep in dependent_runs(run_dir):
-        for pack in _pack_records(run_dir.parent / dep.name):
+        for pack in pack_records_naming(run_dir.parent / dep.name, run_dir):
             names = set()
             recorded = pack.get("checkpoint")
             if isinstance(recorded, str) and Path(recorded).parent.parent.name == run_dir.name:
@@ -1061,9 +1063,9 @@ def latents_in_use(run_dir: Path, cache_roots: Sequence[str]) -> dict[str, list[
     attributes, and in its id, the pack id), each with ``latents <entry>/<group id>``; finished
     or not (an unfinished one resumes with that checkpoint). A group names a step folder only
     when the weights sha256 its pack id ends with is the one that folder's ``state.json``
-    records (:func:`_latents_step`): latents of an earlier run of the same name (removed and
-    trained again) are not this run's. Attributes are read, no array; a cache or group that
-    cannot be read names nothing."""
+    records (:func:`_latents_step`, ``runs.pack_id_names_other_weights``): latents of an
+    earlier run of the same name (removed and trained again) are not this run's. Attributes
+    are read, no array; a cache or group that cannot be read names nothing."""
     from repackctl.cache.creation import child_groups
     from repackctl.train.checkpoint import step_dir_name
 
@@ -1122,11 +1124,11 @@ def _latents_step(latents: Any, gid: str, run_dir: Path) -> int | None:
     ``pack`` attributes, else its id), or None (another run's, one of an earlier run of the same
     name, or unreadable). The run is matched by name and step, and the weights by the sha256
     the pack id ends with against the one the step folder's ``state.json`` records for them:
-    a run removed and trained again under its name wrote other weights. Where either is not
-    there to compare (a step folder gone or damaged), name and step decide, as before."""
-    import re
-
+    a run removed and trained again under its name wrote other weights (the rule of the runs
+    that depend on it too: ``runs.pack_id_names_other_weights``). Where either is not there to
+    compare (a step folder gone or damaged), name and step decide, as before."""
     from repackctl.run_files import pack_id_run_step
+    from repackctl.runs import pack_id_names_other_weights
 
     try:
         pack = latents[gid].attrs.get("pack")
@@ -1143,27 +1145,9 @@ def _latents_step(latents: Any, gid: str, run_dir: Path) -> int | None:
         return None
     pack_id = pack.get("pack_id") if isinstance(pack.get("pack_id"), str) else gid
     which = pack.get("which") if isinstance(pack.get("which"), str) else "ema"
-    found = re.search(r"-\d{7}-([0-9a-f]{8})$", pack_id)  # <step:07d>-<sha256[:8]>: pack_id_for
-    recorded = _recorded_weights_sha256(run_dir, step, which)
-    if found and recorded and not recorded.startswith(found.group(1)):
+    if pack_id_names_other_weights(pack_id, run_dir, step, which):
         return None  # encoded with other weights of this step: an earlier run of this name
     return step
-
-
-def _recorded_weights_sha256(run_dir: Path, step: int, which: str) -> str | None:
-    """The sha256 that ``state.json`` of the step folder ``step`` of ``run_dir`` records for
-    its ``which`` weights (``files``), or None (no such folder, or not readable)."""
-    import json
-
-    from repackctl.train.checkpoint import checkpoints_dir, step_dir_name
-
-    path = checkpoints_dir(run_dir) / step_dir_name(step) / "state.json"
-    try:
-        files = json.loads(path.read_text()).get("files")
-        sha = files.get(f"{which}.safetensors") if isinstance(files, dict) else None
-    except (OSError, ValueError, AttributeError):
-        return None
-    return sha if isinstance(sha, str) else None
 
 
 def _term_files(value: str | None, several: bool) -> list[str]:
