@@ -37,6 +37,7 @@ from repackctl.paths import SAMPLING_JSON
 from repackctl.progress import LOG_FILE, ProgressFactory, null_progress, with_log_file
 from repackctl.run_files import json_sha256
 from repackctl.run_lock import LOCK_FILE, lock_run, released_after
+from repackctl.settings.checks import unreached_steps
 from repackctl.settings.resume import (
     check_new_run,
     keep_started_values,
@@ -256,9 +257,14 @@ def resume_and_train(
         return task, shown_run(task, latest)
     if record is not None:
         config.extra["settings"] = record
-    preset = getattr(getattr(settings, section), "preset", None)
+    values = getattr(settings, section)
+    # given values that do not act by this run's last step: logged with its first lines
+    resumed = [
+        *resumed,
+        *unreached_steps(values, section, (record or {}).get("sources") or {}, steps),
+    ]
     progress = with_log_file(progress, Path(config.run_dir) / LOG_FILE)
-    with official_sampling_file(Path(config.run_dir), preset):
+    with official_sampling_file(Path(config.run_dir), getattr(values, "preset", None)):
         return task, train(task, config, progress, resumed)
 
 

@@ -7,6 +7,7 @@ them without an import cycle.
 from __future__ import annotations
 
 import difflib
+import math
 from typing import Any
 
 from pydantic import BaseModel
@@ -206,3 +207,81 @@ def check_allow_change(settings: Any, section: str, sources: dict[str, str]) -> 
             f"name a setting as `--show-config` lists it (e.g. {close[0] if close else 'lr'}) "
             f"or all, or {undo_given(source, '--allow-change ' + name)}",
         )
+
+
+def unreached_steps(values: Any, section: str, sources: dict[str, str], steps: int) -> list[str]:
+    """``Warning:`` lines for values the user gave (flag, environment, file) that do not act in
+    a run of ``steps`` steps (0-based step indices 0 … steps − 1): a ``drop_step`` of the step
+    schedule at or past the last step (the lr never drops), a ``repa_stop_step`` at or past it
+    (REPA never stops) and an ``ema_decay`` that the EMA warm-up does not reach by then (the
+    EMA is the warm-up's ramp all along). Not errors: a run may be continued with more steps.
+    ``values``: a settings section; fields it lacks are skipped. A preset's or the default
+    value is never named (``schedule step`` given with the default ``drop_step`` is)."""
+    if steps < 1:
+        return []
+    lines = []
+    given = {n: sources.get(f"{section}.{n}", "default") for n in UNREACHED_OPTIONS}
+    drop = getattr(values, "drop_step", None)
+    if getattr(values, "schedule", None) == "step" and drop is not None and drop >= steps:
+        name = "drop_step" if user_given(given["drop_step"]) else "schedule"
+        if user_given(given[name]):
+            lines.append(
+                f"Warning: {section}.drop_step = {drop} (from {given['drop_step']}) is at or past "
+                f"the end of this run ({steps} steps): the step schedule keeps the lr at "
+                f"{values.lr:g} for the whole run and never drops it to {values.drop_lr:g} "
+                f"(only a run continued to more than {drop} steps drops it; pass --drop-step below "
+                f"{steps} to drop it in this run)"
+            )
+    stop = getattr(values, "repa_stop_step", None)
+    repa_on = (getattr(values, "repa_weight", 0) or 0) > 0
+    if repa_on and stop is not None and stop >= steps and user_given(given["repa_stop_step"]):
+        lines.append(
+            f"Warning: {section}.repa_stop_step = {stop} (from {given['repa_stop_step']}) is at "
+            f"or past the end of this run ({steps} steps): REPA stays on for the whole run "
+            f"(only a run continued to more than {stop} steps stops it; pass "
+            f"--repa-stop-step below {steps} to stop it in this run)"
+        )
+    ema = unreached_ema_decay(values, section, sources, steps)
+    return lines + ([ema] if ema else [])
+
+
+#: the step settings :func:`unreached_steps` names (the EMA ones: :func:`unreached_ema_decay`)
+UNREACHED_OPTIONS = ("drop_step", "schedule", "repa_stop_step")
+
+
+def unreached_ema_decay(
+    values: Any, section: str, sources: dict[str, str], steps: int, warmup: bool | None = None
+) -> str | None:
+    """The ``Warning:`` of an EMA the user set up (``ema_decay`` / ``ema_warmup`` given) that
+    does not act in a run of ``steps`` steps: with the warm-up (decay ``min(ema_decay, (1 + n) /
+    (10 + n))`` after n updates, ``repackctl.train.ema``) an ``ema_decay`` the ramp does not
+    reach by the last update (the EMA follows the ramp all along); without it, a decay so slow
+    that the EMA, which sampling uses, is still mostly the initial weights at the end.
+    ``warmup``: the stage's fixed choice where it has no ``ema_warmup`` setting (pack: on)."""
+    decay = getattr(values, "ema_decay", None)
+    warmup = getattr(values, "ema_warmup", None) if warmup is None else warmup
+    decay_from = sources.get(f"{section}.ema_decay", "default")
+    warmup_from = sources.get(f"{section}.ema_warmup", "default")
+    if not decay or warmup is None:
+        return None
+    name = f"{section}.ema_decay = {decay:g} (from {decay_from})"
+    if warmup and user_given(decay_from):
+        reached = math.ceil((10 * decay - 1) / (1 - decay) - 1e-9)  # (1+n)/(10+n) ≥ decay
+        if reached < steps:
+            return None
+        return (
+            f"Warning: {name} is not reached in this run ({steps} steps): the EMA warm-up "
+            f"ramps the decay up to it only after {reached} updates, so the EMA follows the ramp "
+            f"to its last update (decay {steps / (steps + 9):.4g}) and the value never acts (only "
+            f"a run continued to more than {reached} steps reaches it)"
+        )
+    initial = decay**steps  # the initial weights' share of the EMA after the run
+    if warmup or initial < 0.5 or not (user_given(decay_from) or user_given(warmup_from)):
+        return None
+    half = math.ceil(math.log(0.5) / math.log(decay))
+    return (
+        f"Warning: {name} without the EMA warm-up ({section}.ema_warmup = False from "
+        f"{warmup_from}) leaves the EMA weights, which sampling uses, {initial:.0%} the initial "
+        f"ones after this run's {steps} steps (pass --ema-warmup, a lower --ema-decay, or "
+        f"--steps above {half})"
+    )
