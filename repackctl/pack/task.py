@@ -975,7 +975,7 @@ def run_pack_train(
     # the contract part of state_extra, to compare with an existing run before anything starts
     task_extra = PackTask(plan, data, ref).state_extra()
     notes = _check_resume(run_dir, latest, task_extra, cfg.allow_change)
-    log += notes + _resume_notes(plan, latest) + _gan_notes(plan)
+    log += notes + _resume_notes(plan, latest) + _gan_notes(plan) + _ema_notes(plan, sources)
     if _nothing_to_train(plan.steps, latest, log, progress):
         return run_dir  # shown as it is: nothing in the run folder changes but train.lock
     progress = with_log_file(progress, run_dir / LOG_FILE)
@@ -1229,6 +1229,18 @@ def _preset_length(preset: str) -> str:
     if values.get("epochs") is not None:
         return f"{values['epochs']} epochs"
     return f"{values.get('steps')} steps"
+
+
+def _ema_notes(plan: PackPlan, sources: dict[str, str]) -> list[str]:
+    """The ``Warning:`` of a given ``--ema-decay`` that the pack's EMA warm-up (always on) does
+    not reach within the run (``settings.checks.unreached_ema_decay``)."""
+    from types import SimpleNamespace
+
+    from repackctl.settings.checks import unreached_ema_decay
+
+    values = SimpleNamespace(ema_decay=plan.ema_decay)
+    line = unreached_ema_decay(values, "pack", sources, plan.steps, warmup=True)
+    return [line] if line else []
 
 
 def _resume_notes(plan: PackPlan, latest: Path | None) -> list[str]:

@@ -65,6 +65,7 @@ from repackctl.refine.triplets import build_triplets, open_triplets
 from repackctl.run_lock import released_after
 from repackctl.runs import chained_run
 from repackctl.settings import Settings
+from repackctl.settings.checks import unreached_ema_decay
 from repackctl.settings.resume import (
     check_new_run,
     keep_started_values,
@@ -559,6 +560,8 @@ def run_refine_train(
     triplets = open_triplets(entry, pack.pack_id, cfg.noise, settings.seed)
     task = _refine_task(settings, entry, triplets, rcfg, disc, pack, messages)
     steps, length = refine_length(settings, task.num_samples(), messages)
+    # a given --ema-decay so slow that the EMA (no warm-up here) stays mostly the initial weights
+    messages += filter(None, [unreached_ema_decay(cfg, "refine", sources or {}, steps, False)])
     config = TrainConfig.from_settings(
         settings,
         cfg,
