@@ -690,34 +690,66 @@ def _prepare(settings: Settings, dist: DistInfo) -> tuple[int, ImageSource, Any,
 
 
 def _as_listed_before(settings: Settings, source: ImageSource, resolution: int) -> ImageSource:
-    """``source`` as its entry in the cache lists it. A flat image folder's caption index files
-    (``captions.jsonl``, ``captions.csv`` at its top) are left out of its listing; an entry
-    extracted before that holds a row for each (skipped: not an image), and would be refused
-    as made from another source (``num: 8 vs 7``), its hint removing it with its features. Such
-    an entry is listed with them again: its reruns, resumes and other encoders go on."""
-    from repackctl.data.imagefolder import ImageFolderSource
+    """``source`` as its entries in the cache list it. A flat image folder's caption index
+    files (``captions.jsonl``, ``captions.csv`` at its top) are left out of its listing; entries
+    extracted before that hold a row for each (skipped: not an image) and count them in their
+    ``total``, which also picks a ``--num`` subset and a ``--val-fraction`` split. Where the
+    entry of this split, or of the other split of a ``--val-fraction`` pair, was made from that
+    listing (its keys are that listing's, and not this one's or with another ``total``), the
+    folder is listed with them again: its reruns, resumes, other encoders and other split go on
+    instead of being refused as made from another source, or as sharing files with a split."""
+    from repackctl.data.imagefolder import HELD_OUT, ImageFolderSource
 
     left_out = getattr(source, "caption_index_left_out", None)
     if not left_out or not isinstance(source, ImageFolderSource) or source.layout != "flat":
         return source
     cfg = settings.extract
-    name = entry_name(dataset_label(source, cfg.num), cfg.split, resolution)
+    splits = [cfg.split]
+    if cfg.val_fraction is not None:  # the other split's entry fixed the split of the files
+        splits += [s for s in ("train", HELD_OUT) if s != cfg.split]
+
+    def listing(split: str, listed: bool) -> ImageFolderSource:
+        return ImageFolderSource(
+            str(source.root),
+            split=split,
+            num=cfg.num,
+            seed=settings.seed,
+            val_fraction=cfg.val_fraction,
+            caption_index_listed=listed,
+        )
+
     try:
-        if name not in list_entries(settings.cache):
-            return source
-        keys = {str(k) for k in DatasetEntry.open(settings.cache, name).keys[:]}
-    except Exception:  # a damaged or unreadable entry: opened, and named, as usual
+        for split in splits:
+            now = source if split == cfg.split else listing(split, False)
+            before = listing(split, True)
+            if _made_from(settings.cache, before, now, (split, resolution, cfg.num)):
+                return listing(cfg.split, True)
+    except Exception:  # a damaged or unreadable entry, or folder: opened, and named, as usual
         return source
-    if not keys.intersection(left_out):
-        return source
-    return ImageFolderSource(
-        str(source.root),
-        split=cfg.split,
-        num=cfg.num,
-        seed=settings.seed,
-        val_fraction=cfg.val_fraction,
-        caption_index_listed=True,
-    )
+    return source
+
+
+def _made_from(
+    cache: str, before: ImageSource, now: ImageSource, entry: tuple[str, int, int | None]
+) -> bool:
+    """Whether the cache entry of ``split`` was made from the listing ``before`` and not from
+    ``now`` (the same folder without its caption index files): its keys and ``total`` are
+    ``before``'s, and its keys or ``total`` not ``now``'s. False when there is no such entry.
+    ``entry``: its split, resolution and the ``--num`` given."""
+    split, resolution, num = entry
+    name = entry_name(dataset_label(before, num), split, resolution)
+    if name not in list_entries(cache):
+        return False
+    found = DatasetEntry.open(cache, name)
+    keys = [str(k) for k in found.keys[:]]
+    total = (found.attrs.get("source") or {}).get("total")
+
+    def same(src: ImageSource) -> bool:
+        return total == src.describe().get("total") and keys == [
+            src.key(i) for i in range(len(src))
+        ]
+
+    return same(before) and not same(now)
 
 
 def _check_before_writing(

@@ -110,6 +110,8 @@ from repackctl.settings import Settings
 # written (``refine-apply-png-<i>``), or once samples.npz is written but not the card
 CRASH_AFTER_PNG = "refine-apply-png-"
 CRASH_AFTER_NPZ = "refine-apply-npz"
+# …and once `regrid_finished` drew grid.png again, before the card records its count
+CRASH_AFTER_REGRID = "regrid-finished-grid"
 # the keys of the settings file of a folder written by `refine apply` (``source`` in older ones)
 # (``batch_size``: the batch size its images are refined in, recorded since the refiner's pixels
 # were found to differ by ±1/255 between batch sizes, ``world_size``: the number of processes
@@ -616,11 +618,15 @@ def regrid_finished(out: Path, card: dict[str, Any], grid: int, dist: DistInfo) 
     --refiner` in a `refine apply` folder, or the reverse): it makes nothing, but the folder
     gets the grid it asks for, as one it finished itself does. Rank 0 draws grid.png again from
     the PNGs (checked against samples.npz just before: ``_restore_finished``), or removes the
-    one the card claims at 0, and records ``grid`` on the card; a card that already records
-    ``grid``, with a grid.png beside it when above 0, is left byte for byte."""
+    one the card claims at 0, and records ``grid`` on the card (written only when it changes).
+
+    The grid is drawn again on every such call above 0, as a folder's own rerun draws it: a
+    kill between the grid and the card (the new grid beside the old count) is mended by any
+    rerun, also one that asks for the old count. Only a card that records no grid, asked for
+    none, is left as it is (a grid.png there is not ours)."""
     from repackctl.run_lock import lock_samples
 
-    if card.get(GRID_KEY) == grid and (grid == 0 or (out / GRID_PNG).is_file()):
+    if grid == 0 and card.get(GRID_KEY) == 0:
         return card
     new = {**card, GRID_KEY: grid}
     if dist.rank == 0:
@@ -632,7 +638,9 @@ def regrid_finished(out: Path, card: dict[str, Any], grid: int, dist: DistInfo) 
 
             prompts = card.get("prompts") or []
             prompt_grid(out, ids, [str(prompts[k]) for k in ids], grid)
-        write_json_atomic(out / PROTOCOL_JSON, new)
+        crash_point(CRASH_AFTER_REGRID)
+        if new != card:
+            write_json_atomic(out / PROTOCOL_JSON, new)
     dist.barrier()
     return new
 

@@ -101,7 +101,7 @@ def check_gan_options(values: Any, section: str, sources: dict[str, str], option
 def check_output_options(values: Any, section: str, sources: dict[str, str]) -> None:
     """Refuse the options of the image grids given with ``image_every`` 0 (no grid is ever
     made: ``image_steps`` of train dit / t2i, ``grid_images`` of pack train) and ``ema_warmup``
-    given with ``ema_decay`` 0 (no EMA: the EMA copy is the weights, there is no decay to ramp
+    given on with ``ema_decay`` 0 (no EMA: the EMA copy is the weights, there is no decay to ramp
     up). Each was accepted, recorded and ignored (see :func:`check_term_options`)."""
     if getattr(values, "image_every", None) == 0:
         grid = tuple(n for n in GRID_OPTIONS if n in type(values).model_fields)
@@ -109,7 +109,9 @@ def check_output_options(values: Any, section: str, sources: dict[str, str]) -> 
         check_term_options(
             values, section, sources, grid, "image_every", "the image grids", turn_on
         )
-    if getattr(values, "ema_decay", None) == 0 and "ema_warmup" in type(values).model_fields:
+    # only a warm-up switched ON is ignored: --no-ema-warmup with no EMA asks for what is so
+    no_ema = getattr(values, "ema_decay", None) == 0 and getattr(values, "ema_warmup", False)
+    if no_ema and "ema_warmup" in type(values).model_fields:
         turn_on = "pass --ema-decay D with 0 < D < 1 (e.g. 0.9999) to keep an EMA"
         check_term_options(
             values, section, sources, ("ema_warmup",), "ema_decay", "the EMA decay", turn_on

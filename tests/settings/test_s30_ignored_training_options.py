@@ -1,7 +1,7 @@
 """Training options that another option's value switches off are refused when the user gave them.
 
 - `train dit` / `train t2i --image-steps N` with `--image-every 0` (no sample grid is ever made)
-  and `--ema-warmup` / `--no-ema-warmup` with `--ema-decay 0` (no EMA: nothing to ramp up) were
+  and `--ema-warmup` with `--ema-decay 0` (no EMA: nothing to ramp up) were
   accepted, recorded in config.json and ignored; so was `pack train --grid-images N` with
   `--image-every 0`;
 - `pack train` / `refine train --perceptual-weight W` (W > 0) without `--lpips-weights` trained
@@ -28,9 +28,11 @@ def test_grid_and_ema_options_switched_off_are_refused_by_train_dit_and_t2i(tmp_
     assert "dit.image_steps = 4 (from flag)" in out and "dit.image_every is 0 (from flag)" in out
     assert "--image-every N with N >= 1" in out and "drop --image-steps" in out, out
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
-    out = cli_refused(ConfigError.exit_code, *DIT, "--ema-decay", "0", "--no-ema-warmup")
-    assert "dit.ema_warmup = False (from flag)" in out and "dit.ema_decay is 0.0 (from flag)" in out
-    assert "--ema-decay D with 0 < D < 1" in out and "drop --no-ema-warmup" in out, out
+    out = cli_refused(ConfigError.exit_code, *DIT, "--ema-decay", "0", "--ema-warmup")
+    assert "dit.ema_warmup = True (from flag)" in out and "dit.ema_decay is 0.0 (from flag)" in out
+    assert "--ema-decay D with 0 < D < 1" in out and "drop --ema-warmup" in out, out
+    # a warm-up switched off with no EMA asks for what is so: accepted
+    cli_ok("train", "dit", "--ema-decay", "0", "--no-ema-warmup", "--show-config")
     t2i = ("train", "t2i", "--show-config")
     out = cli_refused(ConfigError.exit_code, *t2i, "--ema-decay", "0", "--ema-warmup")
     assert "t2i.ema_warmup = True (from flag)" in out and "drop --ema-warmup" in out, out
@@ -43,7 +45,7 @@ def test_values_not_given_are_kept_and_other_sources_are_named(monkeypatch):
     cli_ok("train", "dit", "--image-every", "0", "--ema-decay", "0", "--show-config")
     cli_ok("train", "dit", "--preset", "paper", "--ema-decay", "0", "--show-config")
     cli_ok("train", "dit", "--image-steps", "4", "--no-ema-warmup", "--show-config")
-    monkeypatch.setenv("REPACKCTL_DIT__EMA_WARMUP", "false")
+    monkeypatch.setenv("REPACKCTL_DIT__EMA_WARMUP", "true")
     out = cli_refused(ConfigError.exit_code, "train", "dit", "--ema-decay", "0", "--show-config")
     assert (
         "(from env REPACKCTL_DIT__EMA_WARMUP)" in out and "unset REPACKCTL_DIT__EMA_WARMUP" in out

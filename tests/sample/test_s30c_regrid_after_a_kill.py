@@ -1,0 +1,83 @@
+"""A kill between a finished refined folder's new grid.png and its card is mended by a rerun.
+
+`sample --refiner R --grid N` on the folder `refine apply --refiner R` finished (and the
+reverse) draws grid.png again and then records ``grid`` on the card. Killed between the two,
+the folder held the new grid beside the old count; a rerun asking for the old count found the
+card agreeing and a grid.png there, and left the wrong grid forever. Every such rerun now
+draws the grid again (the card is rewritten only when its count changes).
+
+The shared toy stack with a 32 px refiner (tests/support/stack.py); real CLI calls, a real
+killed process (``REPACKCTL_TEST_CRASH_AFTER``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from support.cli import cli_ok
+from support.stack import stack_env, stack_with_refiner
+
+from repackctl.crash import CRASH_ENV
+from repackctl.paths import PROTOCOL_JSON
+
+REFINER = "refine-s30c"
+CPU = ["--device", "cpu"]
+SAMPLE = ["sample", "-r", "dit-tiny", "-n", "4", "--steps", "2", *CPU]
+
+
+@pytest.fixture
+def env(tmp_path_factory, tmp_path, monkeypatch):
+    yield from stack_env(stack_with_refiner(tmp_path_factory, REFINER), tmp_path, monkeypatch)
+
+
+def _applied(tmp_path: Path) -> tuple[Path, Path, bytes]:
+    """(samples folder, its `refine apply` folder with a 4-image grid, that grid.png)."""
+    src, refined = tmp_path / "s", tmp_path / f"s--{REFINER}"
+    cli_ok(*SAMPLE, "--grid", "4", "--out", str(src))
+    cli_ok("refine", "apply", str(src), "--refiner", REFINER, *CPU)
+    assert json.loads((refined / PROTOCOL_JSON).read_text())["grid"] == 4
+    return src, refined, (refined / "grid.png").read_bytes()
+
+
+def test_a_rerun_with_the_old_grid_redraws_the_grid_a_kill_left(env, tmp_path):
+    src, refined, four = _applied(tmp_path)
+    card = (refined / PROTOCOL_JSON).read_bytes()
+    again = [*SAMPLE, "--refiner", REFINER, "--out", str(refined)]
+    cli_ok(*again, "--grid", "2")
+    assert (refined / "grid.png").read_bytes() != four
+    # what a kill between the two writes left: the 2-image grid beside the card of 4
+    (refined / PROTOCOL_JSON).write_bytes(card)
+
+    cli_ok(*again, "--grid", "4")  # the card's own count: the grid follows it again
+    assert (refined / "grid.png").read_bytes() == four
+    assert (refined / PROTOCOL_JSON).read_bytes() == card  # nothing else to record
+
+    cli_ok(*again, "--grid", "2")
+    (refined / PROTOCOL_JSON).write_bytes(card)
+    cli_ok("refine", "apply", str(src), "--refiner", REFINER, *CPU)  # the source's 4
+    assert (refined / "grid.png").read_bytes() == four
+
+
+def test_a_killed_regrid_is_mended_by_the_rerun(env, tmp_path):
+    _, refined, four = _applied(tmp_path)
+    card = (refined / PROTOCOL_JSON).read_bytes()
+    again = [*SAMPLE, "--refiner", REFINER, "--out", str(refined)]
+    killed = subprocess.run(
+        [sys.executable, "-m", "repackctl", *again, "--grid", "2"],
+        env={**os.environ, CRASH_ENV: "regrid-finished-grid"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert killed.returncode == 137, killed.stdout + killed.stderr
+    assert (refined / PROTOCOL_JSON).read_bytes() == card  # killed before the card
+    assert (refined / "grid.png").read_bytes() != four  # …after the grid of 2
+
+    cli_ok(*again, "--grid", "4")
+    assert (refined / "grid.png").read_bytes() == four
+    assert (refined / PROTOCOL_JSON).read_bytes() == card
