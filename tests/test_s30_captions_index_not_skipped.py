@@ -44,13 +44,19 @@ def test_class_folders_list_other_files_not_the_caption_index(tmp_path: Path) ->
     assert "resuming: 6 samples" in again and _skipped(again) == (["notes.txt"], 1), again
 
 
-def test_a_flat_folder_written_its_captions_after_the_extract_resumes(tmp_path: Path) -> None:
+def _flat_folder(tmp_path: Path) -> Path:
+    """A flat image folder (class folders' images side by side) with one non-image file."""
     classes = random_image_folder(tmp_path / "src")
     folder = tmp_path / "flat"
     folder.mkdir()
     for p in sorted(classes.rglob("*.png")):
         shutil.copy(p, folder / f"{p.parent.name}-{p.name}")
     (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def test_a_flat_folder_written_its_captions_after_the_extract_resumes(tmp_path: Path) -> None:
+    folder = _flat_folder(tmp_path)
     base = ["extract", "--data", f"imagefolder:{folder}", "--cache", str(tmp_path / "cache")]
     first = cli_ok(*base, *PATCHPIX)
     assert _skipped(first) == (["notes.txt"], 1), first
@@ -69,12 +75,7 @@ def test_an_entry_that_holds_the_caption_index_as_a_row_is_still_extracted(
     it rather than being refused as made from another source (num: 8 vs 7)."""
     from repackctl.cache.store import DatasetEntry
 
-    classes = random_image_folder(tmp_path / "src")
-    folder = tmp_path / "flat"
-    folder.mkdir()
-    for p in sorted(classes.rglob("*.png")):
-        shutil.copy(p, folder / f"{p.parent.name}-{p.name}")
-    (folder / "notes.txt").write_text("not an image")
+    folder = _flat_folder(tmp_path)
     # the listing of before: the index file was a row, listed in name order like any file
     stand_in = folder / "captions.jsonm"  # not an image, sorted where captions.jsonl is
     stand_in.write_text("not an image")
