@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 
 import pytest
-from support.caches import t2i_stack, use_stack
+from support.caches import shared_t2i_stack, use_stack
 from support.cli import cli_ok
 
 from repackctl.train.ema import decay_after
@@ -34,7 +34,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # in-process runs as in a su
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> Path:
-    return t2i_stack(tmp_path_factory.mktemp("runs-info-speeds") / "w")
+    return shared_t2i_stack(tmp_path_factory, tmp_path_factory.mktemp("runs-info-speeds") / "w")
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from support.caches import t2i_stack, use_stack
+from support.caches import shared_t2i_stack, use_stack
 from support.cli import cli_ok, cli_refused
 
 from repackctl.train import latest_checkpoint, read_state
@@ -18,7 +18,7 @@ TRAIN = ["train", "t2i", "-b", "8", "--steps", "1", "--ckpt-every", "1", "--log-
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> Path:
-    return t2i_stack(tmp_path_factory.mktemp("audit4-t2i-encoder") / "w")
+    return shared_t2i_stack(tmp_path_factory, tmp_path_factory.mktemp("audit4-t2i-encoder") / "w")
 
 
 def _group(work: Path) -> str:

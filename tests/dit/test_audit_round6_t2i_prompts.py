@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 
 import pytest
-from support.caches import t2i_stack, use_stack
+from support.caches import shared_t2i_stack, use_stack
 from support.cli import cli_ok, cli_refused
 
 from repackctl.data.captions import builtin_captions
@@ -39,7 +39,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # in-process runs as in a su
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> Path:
     """extract (train 32 + val 8) → pack → captions of both (len 8) → a 2-step t2i run tA."""
-    return t2i_stack(tmp_path_factory.mktemp("t2i-round6") / "w", N, LEN)
+    return shared_t2i_stack(tmp_path_factory, tmp_path_factory.mktemp("t2i-round6") / "w", N, LEN)
 
 
 def _cards(work: Path) -> list[dict]:

@@ -24,7 +24,7 @@ import shlex
 from pathlib import Path
 
 import pytest
-from support.caches import t2i_stack, use_stack
+from support.caches import shared_t2i_stack, use_stack
 from support.cli import cli_ok, cli_refused
 
 from repackctl.cache.store import DatasetEntry
@@ -39,7 +39,9 @@ SAMPLE = ["sample", "-r", "tA", "--steps", "2", "--grid", "0", "-n", "2", *CPU]
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> Path:
-    return t2i_stack(tmp_path_factory.mktemp("t2i-s28") / "w")  # captions at --max-length 8
+    return shared_t2i_stack(
+        tmp_path_factory, tmp_path_factory.mktemp("t2i-s28") / "w"
+    )  # captions at --max-length 8
 
 
 def _groups(work: Path, entry: str) -> list[str]:

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from support.caches import t2i_stack, use_roots
+from support.caches import shared_t2i_stack, use_roots
 from support.cli import cli_ok
 
 from repackctl.data.captions import builtin_captions
@@ -19,7 +19,7 @@ TRAIN = ["train", "t2i", "-b", "8", "--ckpt-every", "2", "--log-every", "2", "--
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return t2i_stack(tmp_path_factory.mktemp("t2i-flip") / "w")
+    return shared_t2i_stack(tmp_path_factory, tmp_path_factory.mktemp("t2i-flip") / "w")
 
 
 def _flip(work: Path, run: str) -> bool:

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import zarr
 from PIL import Image
-from support.caches import t2i_stack, use_stack
+from support.caches import shared_t2i_stack, use_stack
 from support.cli import cli_ok, cli_refused
 from typer.testing import CliRunner
 
@@ -39,7 +39,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # in-process runs as in a su
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> Path:
-    return t2i_stack(tmp_path_factory.mktemp("t2i-kept") / "w", 32, 8)
+    return shared_t2i_stack(tmp_path_factory, tmp_path_factory.mktemp("t2i-kept") / "w", 32, 8)
 
 
 def test_an_empty_prompt_is_refused_not_dropped(stack, tmp_path, monkeypatch):

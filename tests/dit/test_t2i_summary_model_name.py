@@ -7,13 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
-from support.caches import t2i_stack, use_roots
+from support.caches import shared_t2i_stack, use_roots
 from support.cli import cli_ok
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return t2i_stack(tmp_path_factory.mktemp("t2i-name") / "w")
+    return shared_t2i_stack(tmp_path_factory, tmp_path_factory.mktemp("t2i-name") / "w")
 
 
 def test_the_summary_names_the_shaped_model(stack, tmp_path, monkeypatch):

@@ -54,6 +54,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # in-process runs as in a su
 def stack(tmp_path_factory) -> Path:
     """extract (train 32 + val 8) → pack train (pack-tiny) → pack encode → captions of both →
     a 2-step t2i run ``tA``; returns the folder holding cache/ and runs/."""
+    # its own build, not a copy of `shared_t2i_stack`: tests here check the root the run records
     return t2i_stack(tmp_path_factory.mktemp("t2i-trust") / "w", N, LEN)
 
 

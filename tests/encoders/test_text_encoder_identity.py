@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from support.caches import t2i_stack, use_stack
+from support.caches import shared_t2i_stack, use_stack
 from support.cli import cli_ok as _ok
 from support.cli import cli_refused as _refused
 
@@ -51,7 +51,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # in-process runs as in a su
 def stack(tmp_path_factory) -> Path:
     """extract (train 32 + val 8) → pack train → pack encode → captions (MiniLM, length 8) of
     both → a 2-step t2i run ``tA``; returns the folder holding cache/ and runs/."""
-    return t2i_stack(tmp_path_factory.mktemp("text-identity") / "w", N, LEN)
+    return shared_t2i_stack(
+        tmp_path_factory, tmp_path_factory.mktemp("text-identity") / "w", N, LEN
+    )
 
 
 def _train(work: Path) -> DatasetEntry:

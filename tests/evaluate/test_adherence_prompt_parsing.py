@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 import pytest
-from support.caches import t2i_stack, use_stack
+from support.caches import shared_t2i_stack, use_stack
 from support.cli import cli_ok, runner
 
 from repackctl.cli.app import app
@@ -125,7 +125,7 @@ PROMPTS = [CUT_SHAPE, "a star and a box", "a red background", "not a red star", 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> Path:
-    return t2i_stack(tmp_path_factory.mktemp("t2i-adherence") / "w")
+    return shared_t2i_stack(tmp_path_factory, tmp_path_factory.mktemp("t2i-adherence") / "w")
 
 
 def _table_rows(output: str) -> dict[str, str]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import random_inception_state
-from support.caches import t2i_stack, use_stack
+from support.caches import shared_t2i_stack, use_stack
 from support.cli import cli_ok, cli_refused
 from support.stack import build_stack, stack_env
 
@@ -38,7 +38,7 @@ def env(stack, tmp_path, monkeypatch) -> Iterator[dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def t2i(tmp_path_factory) -> Path:
-    return t2i_stack(tmp_path_factory.mktemp("audit2-t2i") / "w")
+    return shared_t2i_stack(tmp_path_factory, tmp_path_factory.mktemp("audit2-t2i") / "w")
 
 
 def test_the_same_metrics_in_another_order_are_the_same_protocol(env, tmp_path):

@@ -17,7 +17,7 @@ import json
 
 import numpy as np
 import pytest
-from support.caches import t2i_stack, use_stack
+from support.caches import shared_t2i_stack, use_stack
 from support.cli import cli_ok
 
 from repackctl.data.builtin import CLASS_NAMES
@@ -80,8 +80,10 @@ def test_a_colour_the_builtin_data_never_names_is_left_out_with_its_reason(promp
     assert (got.shape, got.colour, got.why_colour) == (STAR, colour, why), got
 
 
-def test_the_command_scores_gray_and_dark_blue_and_names_why_brown_is_not(tmp_path, monkeypatch):
-    use_stack(t2i_stack(tmp_path / "stack"), tmp_path, monkeypatch)
+def test_the_command_scores_gray_and_dark_blue_and_names_why_brown_is_not(
+    tmp_path_factory, tmp_path, monkeypatch
+):
+    use_stack(shared_t2i_stack(tmp_path_factory, tmp_path / "stack"), tmp_path, monkeypatch)
     folder = tmp_path / "s"
     prompts = ["a gray star", "a dark-blue disc", "a brown star"]
     sample = ["sample", "-r", "tA", "--steps", "2", "--grid", "0", "-n", "6", *CPU]

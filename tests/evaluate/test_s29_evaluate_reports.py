@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from support.caches import t2i_stack, use_stack
+from support.caches import shared_t2i_stack, use_stack
 from support.cli import cli_ok
 from support.stack import FD_WEIGHTS
 
@@ -110,7 +110,7 @@ def test_adherence_keeps_the_demo_scores_it_does_not_compute(tmp_path):
 # --------------------------------------------------------------------------- 3, 4. t2i folders
 @pytest.fixture(scope="module")
 def t2i_base(tmp_path_factory) -> Path:
-    return t2i_stack(tmp_path_factory.mktemp("s29-t2i"))
+    return shared_t2i_stack(tmp_path_factory, tmp_path_factory.mktemp("s29-t2i") / "w")
 
 
 def _sample(folder: Path, *flags: str) -> None:

@@ -9,7 +9,7 @@ import json
 
 import pytest
 from conftest import subprocess_env
-from support.caches import t2i_stack
+from support.caches import shared_t2i_stack
 from support.cli import proc_ok
 
 from repackctl.paths import SETTINGS_JSON
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.mark.slow
 def test_t2i_summary_names_the_folders_cpu_threads(tmp_path_factory, tmp_path):
-    work = t2i_stack(tmp_path_factory.mktemp("audit7-t2i") / "w")
+    work = shared_t2i_stack(tmp_path_factory, tmp_path_factory.mktemp("audit7-t2i") / "w")
     out = tmp_path / "s"
     args = ["sample", "-r", "tA", "--prompt", "a red star", "-n", "2", "--steps", "2",
             "--grid", "0", "--device", "cpu", "--runs", str(work / "runs"), "--cache",

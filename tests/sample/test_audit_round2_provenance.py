@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.caches import t2i_stack, use_stack
+from support.caches import shared_t2i_stack, use_stack
 from support.cli import cli_ok
 from support.stack import FD_SCORE, shared_stack, stack_env
 
@@ -82,7 +82,7 @@ def test_a_rerun_on_a_finished_folder_keeps_who_made_the_samples(env, tmp_path):
 @pytest.mark.slow
 def test_a_t2i_rerun_on_a_finished_folder_keeps_who_made_the_samples(tmp_path_factory, tmp_path,
                                                                      monkeypatch):  # fmt: skip
-    stack = t2i_stack(tmp_path_factory.mktemp("t2i-provenance") / "w")
+    stack = shared_t2i_stack(tmp_path_factory, tmp_path_factory.mktemp("t2i-provenance") / "w")
     use_stack(stack, tmp_path, monkeypatch)
     out = tmp_path / "t"
     args = ["sample", "-r", "tA", "-n", "4", "--steps", "2", "--grid", "0", *CPU]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from support.caches import t2i_stack, use_stack
+from support.caches import shared_t2i_stack, use_stack
 from support.cli import cli_ok
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.mark.slow
 def test_t2i_sampling_prints_and_records_its_run_header(tmp_path_factory, tmp_path, monkeypatch):
-    stack = t2i_stack(tmp_path_factory.mktemp("t2i-header") / "w")
+    stack = shared_t2i_stack(tmp_path_factory, tmp_path_factory.mktemp("t2i-header") / "w")
     use_stack(stack, tmp_path, monkeypatch)
     out = tmp_path / "t"
     args = ["sample", "-r", "tA", "-n", "4", "--steps", "2", "--grid", "0", "--device", "cpu"]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
-from support.caches import t2i_stack, use_stack
+from support.caches import shared_t2i_stack, use_stack
 from support.cli import cli_ok, cli_refused
 from support.stack import save_refiner_run
 
@@ -42,7 +42,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # in-process runs as in a su
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> Path:
-    work = t2i_stack(tmp_path_factory.mktemp("t2i-refiner-id") / "w")
+    work = shared_t2i_stack(tmp_path_factory, tmp_path_factory.mktemp("t2i-refiner-id") / "w")
     save_refiner_run(str(work / "runs"), "refine-32", 32)  # the samples' side: 32 px
     return work
 

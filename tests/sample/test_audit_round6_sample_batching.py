@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 from conftest import subprocess_env
-from support.caches import t2i_stack
+from support.caches import shared_t2i_stack
 from support.cli import cli_ok, cli_refused
 from support.kill import kill_after_pngs
 from support.launch import start_two
@@ -143,7 +143,7 @@ def test_folder_resumed_by_two_processes_ends_as_one_process_made_it(stack, tmp_
 
 @pytest.mark.slow
 def test_text_to_image_folder_is_refused_another_batch_size_too(tmp_path_factory, tmp_path):
-    work = t2i_stack(tmp_path_factory.mktemp("round6-t2i") / "w")
+    work = shared_t2i_stack(tmp_path_factory, tmp_path_factory.mktemp("round6-t2i") / "w")
     args = ["sample", "-r", "tA", "--prompt", "a red star", "--prompt", "a blue ring", "-n", "8",
             "--steps", "60", "--grid", "0", "--seed", "3", "--device", "cpu", "--runs",
             str(work / "runs"), "--cache", str(work / "cache")]  # fmt: skip

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support.caches import t2i_stack, use_stack
+from support.caches import shared_t2i_stack, use_stack
 from support.cli import cli_ok, cli_refused
 from support.stack import save_refiner_run
 
@@ -38,7 +38,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # in-process runs as in a su
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> Path:
-    work = t2i_stack(tmp_path_factory.mktemp("t2i-refiner") / "w")
+    work = shared_t2i_stack(tmp_path_factory, tmp_path_factory.mktemp("t2i-refiner") / "w")
     save_refiner_run(str(work / "runs"), "refine-32", 32)  # the samples' side: 32 px
     save_refiner_run(str(work / "runs"), "refine-64", 64)  # another side
     return work

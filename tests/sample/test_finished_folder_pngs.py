@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 from conftest import one_torch_thread
 from PIL import Image
-from support.caches import t2i_stack, use_stack
+from support.caches import shared_t2i_stack, use_stack
 from support.cli import cli_ok, cli_refused
 from support.stack import FD_SCORE, shared_stack, stack_env
 
@@ -160,7 +160,7 @@ def test_evaluate_checks_the_pngs_of_a_folder_without_samples_npz(env, tmp_path)
 @pytest.fixture(scope="module")
 def t2i(tmp_path_factory) -> Path:
     with one_torch_thread():
-        return t2i_stack(tmp_path_factory.mktemp("t2i-finished") / "w")
+        return shared_t2i_stack(tmp_path_factory, tmp_path_factory.mktemp("t2i-finished") / "w")
 
 
 def test_a_t2i_folder_sampled_again_restores_its_pngs(t2i, tmp_path, monkeypatch):

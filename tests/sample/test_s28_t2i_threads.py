@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import subprocess_env
-from support.caches import t2i_stack
+from support.caches import shared_t2i_stack
 from support.kill import kill_after_pngs
 
 from repackctl.paths import SETTINGS_JSON
@@ -31,7 +31,7 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 @pytest.mark.slow
 def test_t2i_folder_finished_under_another_thread_count_is_one_run(tmp_path_factory, tmp_path):
-    work = t2i_stack(tmp_path_factory.mktemp("s28-t2i") / "w")
+    work = shared_t2i_stack(tmp_path_factory, tmp_path_factory.mktemp("s28-t2i") / "w")
     out = tmp_path / "s"
     args = ["sample", "-r", "tA", "--prompt", "a red star", "--prompt", "a blue ring", "-n", "8",
             "--steps", "60", "--grid", "0", "--seed", "3", "--device", "cpu", "--runs",

@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 
 import pytest
-from support.caches import t2i_stack, use_stack
+from support.caches import shared_t2i_stack, use_stack
 from support.cli import cli_ok, cli_refused
 from support.snapshot import folder_files
 from support.stack import save_refiner_run
@@ -38,7 +38,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # in-process runs as in a su
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> Path:
-    work = t2i_stack(tmp_path_factory.mktemp("s29-t2i") / "w")
+    work = shared_t2i_stack(tmp_path_factory, tmp_path_factory.mktemp("s29-t2i") / "w")
     save_refiner_run(str(work / "runs"), REFINER, 32)  # the samples' side: 32 px
     return work
 

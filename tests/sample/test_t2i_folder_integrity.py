@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import subprocess_env
-from support.caches import t2i_stack, use_stack
+from support.caches import shared_t2i_stack, use_stack
 from support.cli import cli_ok, cli_refused
 from support.kill import kill_after_pngs
 from support.stack import FD_SCORE
@@ -49,7 +49,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # in-process runs as in a su
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> Path:
-    return t2i_stack(tmp_path_factory.mktemp("t2i-integrity") / "w")
+    return shared_t2i_stack(tmp_path_factory, tmp_path_factory.mktemp("t2i-integrity") / "w")
 
 
 @pytest.fixture

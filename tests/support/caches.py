@@ -94,6 +94,34 @@ def t2i_stack(work: Path, num: int = 32, max_length: int = 8) -> Path:
     return work
 
 
+#: the stacks :func:`shared_t2i_stack` built in this process, (basetemp, num, max_length) →
+#: (folder, its snapshot as built)
+_SHARED_T2I: dict[tuple[Path, int, int], tuple[Path, dict]] = {}
+
+
+def shared_t2i_stack(factory: Any, work: Path, num: int = 32, max_length: int = 8) -> Path:
+    """A copy at ``work`` of the :func:`t2i_stack` this process (pytest worker) built once in
+    ``factory``'s (``tmp_path_factory``) base folder, in one torch thread; returns ``work``.
+
+    The copy's runs and entries record the paths of that one build, never changed (as the
+    copies ``use_stack`` makes record those of the module's stack): a test about the recorded
+    root being its own folder calls :func:`t2i_stack` instead."""
+    from conftest import one_torch_thread
+
+    from support.snapshot import snapshot
+
+    key = (Path(factory.getbasetemp()), num, max_length)
+    if key not in _SHARED_T2I:
+        with one_torch_thread():
+            built = t2i_stack(factory.mktemp("t2i-shared") / "w", num, max_length)
+        _SHARED_T2I[key] = (built, snapshot(built))
+    built, as_built = _SHARED_T2I[key]
+    # a test that wrote there (through a recorded path) would change every later module's stack
+    assert snapshot(built) == as_built, f"the shared t2i stack {built} was changed by a test"
+    shutil.copytree(built, work)
+    return work
+
+
 def use_roots(base: Path, tmp_path: Path, monkeypatch) -> Path:
     """A private copy of ``base``'s cache/ and runs/ in ``tmp_path``, set as REPACKCTL_CACHE /
     REPACKCTL_RUNS; returns ``tmp_path``."""
