@@ -578,21 +578,30 @@ def _warn(folder: Path, note: dict[str, Any]) -> None:
 
 def check_adherence_replaceable(path: Path, classifier: dict[str, Any]) -> None:
     """Refuse replacing an ``adherence.json`` whose classifiers were trained with other
-    settings (``classifier``: the ``steps``, ``seed`` and ``trained_on`` of this run): its
-    scores are another result, not this one recomputed. A file that cannot be read, or that
-    does not record them, is replaced."""
+    settings (``classifier``: the ``steps``, ``seed``, ``trained_on`` and
+    ``trained_on_sha256`` of this run): its scores are another result, not this one
+    recomputed. The training entry is compared by the content hash of its images where both
+    record one (an entry removed and extracted again under the same name holds other images),
+    by name in files written before it was recorded. A file that cannot be read, or that does
+    not record the settings, is replaced."""
     old = read_json_dict(path)
     if old is None:
         return
     was = old.get("classifier")
-    if not isinstance(was, dict) or not all(k in was for k in classifier):
+    if not isinstance(was, dict) or not all(k in was for k in CLASSIFIER_SETTINGS):
         return
     names = {"steps": "--steps", "seed": "--seed", "trained_on": "training entry"}
     diffs = [
-        f"{names.get(k, k)} {was[k]!r} (this run: {v!r})"
-        for k, v in classifier.items()
-        if was[k] != v
+        f"{names[k]} {was[k]!r} (this run: {classifier[k]!r})"
+        for k in CLASSIFIER_SETTINGS
+        if was[k] != classifier[k]
     ]
+    if not diffs and not _same_images(was, classifier):
+        diffs.append(
+            f"training entry {was['trained_on']} held other images (content sha256 "
+            f"{str(was[CONTENT_KEY])[:12]}…; this run: {str(classifier[CONTENT_KEY])[:12]}…: "
+            "removed and extracted again?)"
+        )
     if diffs:
         flags = f"--steps {was['steps']} --seed {was['seed']}"
         raise ConfigError(
@@ -601,6 +610,35 @@ def check_adherence_replaceable(path: Path, classifier: dict[str, Any]) -> None:
             f"pass {flags} (the same result recomputed replaces it), or move {path.name} away "
             "first to keep both",
         )
+
+
+#: the classifier settings every ``adherence.json`` records (compared as they are)
+CLASSIFIER_SETTINGS = ("steps", "seed", "trained_on")
+#: the ``classifier`` field holding the content hash of the training entry's images
+CONTENT_KEY = "trained_on_sha256"
+
+
+def _same_images(was: dict[str, Any], now: dict[str, Any]) -> bool:
+    """Whether two classifier records were trained on the same images: by their content hash
+    where both record one (files written before it was recorded: True, the name decides)."""
+    a, b = was.get(CONTENT_KEY), now.get(CONTENT_KEY)
+    return not (a and b) or a == b
+
+
+def _same_classifier(was: Any, now: dict[str, Any]) -> bool:
+    """Whether a stored classifier record has this run's settings and training images."""
+    if not isinstance(was, dict) or any(was.get(k) != now[k] for k in CLASSIFIER_SETTINGS):
+        return False
+    return _same_images(was, now)
+
+
+def training_images_sha256(root: str, entry: str) -> str:
+    """The content hash of the images the classifiers train on (every written image of the
+    entry: ``evaluate.generative.cache_images_sha256``, from the chunk checksums the cache
+    stores, without reading the pixels)."""
+    from repackctl.evaluate.generative import cache_image_set
+
+    return cache_image_set(root, entry, None).hasher()
 
 
 def guidance_note(scale: Any, lo: Any, hi: Any) -> tuple[str, str | None]:
@@ -638,12 +676,11 @@ def _kept_from_before(path: Path, scores: dict[str, Any]) -> dict[str, Any]:
     """The scores of the ``adherence.json`` this run replaces that it does not compute itself
     and that score the same classifiers, not the samples: its ``classifier_*`` fields (e.g.
     the demo's ``classifier_real_val_accuracy`` and ``classifier_recon_val_accuracy``), when it
-    records the same classifier settings (steps, seed, training entry). They are kept (listed
+    records the same classifier settings (steps, seed, training entry and, where both record
+    it, the content hash of its images: :func:`_same_classifier`). They are kept (listed
     in ``kept_from_before``): what `evaluate adherence` did not make is not its to drop."""
     old = read_json_dict(path) or {}
-    was, now = old.get("classifier"), scores["classifier"]
-    same = ("steps", "seed", "trained_on")
-    if not isinstance(was, dict) or any(was.get(k) != now[k] for k in same):
+    if not _same_classifier(old.get("classifier"), scores["classifier"]):
         return {}
     kept = {k: v for k, v in old.items() if k.startswith("classifier_") and k not in scores}
     if not kept:
@@ -671,6 +708,21 @@ def _sample_scores(
     }
 
 
+def _classifier_source(
+    card: dict[str, Any], cache: str | None, steps: int, seed: int
+) -> tuple[str, dict[str, Any]]:
+    """(the cache root holding the run's training entry, the ``classifier`` settings this run
+    trains with: ``steps``, ``seed``, ``trained_on`` (the entry) and ``trained_on_sha256``
+    (:func:`training_images_sha256`)), known before anything is trained."""
+    from repackctl.dit.t2i_load import training_cache_root
+
+    extra = training_extra(card)
+    entry = (extra.get("cache") or {}).get("entry")
+    root = training_cache_root(cache, extra, "score built-in runs whose cache is still there")
+    content = training_images_sha256(root, entry)
+    return root, {"steps": steps, "seed": seed, "trained_on": entry, CONTENT_KEY: content}
+
+
 def run_adherence(
     folder: str | Path,
     cache: str | None,
@@ -695,19 +747,15 @@ def run_adherence(
     classifier settings (:func:`check_adherence_replaceable`), and keep the scores of the same
     classifiers that it holds and this run does not compute (:func:`_kept_from_before`), as
     `evaluate adherence` does; the demo, which owns its folder, replaces it."""
-    from repackctl.dit.t2i_load import training_cache_root
-
     folder = Path(folder).expanduser().resolve()
     card = _protocol_of(folder)
     n = int(card["num_samples"])
     samples, verified = verified_samples(folder, n, card)  # before anything is trained
     wanted, truncation, unscored = wanted_attributes(card)
-    extra = training_extra(card)
-    entry = (extra.get("cache") or {}).get("entry")
+    root, classifier = _classifier_source(card, cache, steps, seed)
+    entry = classifier["trained_on"]
     if keep_other:  # before anything is trained
-        wanted_classifier = {"steps": steps, "seed": seed, "trained_on": entry}
-        check_adherence_replaceable(folder / ADHERENCE_JSON, wanted_classifier)
-    root = training_cache_root(cache, extra, "score built-in runs whose cache is still there")
+        check_adherence_replaceable(folder / ADHERENCE_JSON, classifier)
     images, shapes, colours = real_attributes(root, entry)
     _warn(folder, truncation)
     net, real_acc = trained_classifier(images, shapes, colours, steps, seed, device)
@@ -718,9 +766,7 @@ def run_adherence(
         "chance": {"shape": 1 / 10, "colour": 1 / len(HUES)},
         "classifier_real_accuracy": real_acc,
         "classifier": {
-            "steps": steps,
-            "seed": seed,
-            "trained_on": entry,
+            **classifier,  # steps, seed, trained_on, trained_on_sha256
             "images": len(images),  # real images read: trained on train_images, scored on held_out
             "train_images": real_acc["train_images"],
             "held_out": real_acc["held_out"],

@@ -176,6 +176,16 @@ def by_content(key: str, value: object, fd_detail: dict) -> object:
     return value
 
 
+def _fd_difference(key: str, was: object, now: object) -> str:
+    """How the ``fd_detail`` field ``key`` of the stored result differs from this run's: for a
+    dict (the encoder's spec, dozens of values) only the keys that differ, old → new."""
+    if not isinstance(was, dict) or not isinstance(now, dict):
+        return f"fd {key} {was!r} (this run: {now!r})"
+    keys = [k for k in dict.fromkeys([*was, *now]) if was.get(k) != now.get(k)]
+    changed = ", ".join(f"{k} {was.get(k)!r} → {now.get(k)!r}" for k in keys)
+    return f"fd {key}: {changed} (stored → this run)"
+
+
 def _check_same_scoring(
     path: Path, old: dict, old_card: dict, this: dict, card: dict | None
 ) -> None:
@@ -195,7 +205,7 @@ def _check_same_scoring(
             if by_content(k, was_card.get(k), was) != by_content(k, card.get(k), now)
         ]
         diffs += [
-            f"fd {k} {was.get(k)!r} (this run: {now.get(k)!r})"
+            _fd_difference(k, was.get(k), now.get(k))
             for k in FD_FIELDS
             if by_content(k, was.get(k), was) != by_content(k, now.get(k), now)
         ]

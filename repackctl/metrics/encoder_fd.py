@@ -71,6 +71,19 @@ def encoder_feature_stats(
     return stats
 
 
+def _check_reference_weights(encoder: FrozenEncoder, reference: FeatureStats | StatsFile) -> None:
+    """Refuse reference statistics whose metadata names other encoder weights (by sha256) than
+    ``encoder``'s; bare moments (no metadata) are not checked."""
+    meta = getattr(reference, "metadata", {}) or {}
+    theirs, ours = meta.get("weights_sha256"), encoder.spec.weights_sha256
+    if theirs and theirs != ours:
+        raise DataError(
+            "reference statistics were computed with other encoder weights "
+            f"({theirs[:12]}… vs {str(ours)[:12]}…)",
+            hint="recompute the reference statistics with this encoder",
+        )
+
+
 def compute_encoder_fd(
     encoder: FrozenEncoder,
     generated: ImagesLike,
@@ -87,19 +100,14 @@ def compute_encoder_fd(
     'notes', 'stats_generated', 'stats_reference'}``; the two stats entries are
     :class:`FeatureStats` (save them with ``save_stats``), the rest is JSON-safe.
     """
+    if isinstance(reference, FeatureStats | StatsFile):
+        _check_reference_weights(encoder, reference)  # before the samples' features
     gen = encoder_feature_stats(
         encoder, generated, batch_size=batch_size, device=device, progress=progress,
         description="encoder: generated",
     )  # fmt: skip
     if isinstance(reference, FeatureStats | StatsFile):
         ref = reference
-        meta = getattr(reference, "metadata", {}) or {}
-        if meta.get("weights_sha256") and meta["weights_sha256"] != encoder.spec.weights_sha256:
-            raise DataError(
-                "reference statistics were computed with other encoder weights "
-                f"({meta['weights_sha256'][:12]}… vs {encoder.spec.weights_sha256[:12]}…)",
-                hint="recompute the reference statistics with this encoder",
-            )
     else:
         ref = encoder_feature_stats(
             encoder, reference, batch_size=batch_size, device=device, progress=progress,
