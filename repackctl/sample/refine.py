@@ -612,25 +612,33 @@ def _applied_refiner(out: Path, card: dict[str, Any]) -> str:
     return run if out.name.endswith(refined_suffix(refiner_label(run))) else checkpoint
 
 
+#: The card's mark of a grid being drawn again (``regrid_finished``): set before grid.png is
+#: touched, cleared with the new count; a card that carries it is mended by the next call.
+GRID_PENDING = "grid_pending"
+
+
 def regrid_finished(out: Path, card: dict[str, Any], grid: int, dist: DistInfo) -> dict[str, Any]:
     """The card of the finished refined folder ``out`` (``card``, the one it holds) once its
     grid.png shows ``grid`` images, for the command that answers "already done" there (`sample
     --refiner` in a `refine apply` folder, or the reverse): it makes nothing, but the folder
-    gets the grid it asks for, as one it finished itself does. Rank 0 draws grid.png again from
-    the PNGs (checked against samples.npz just before: ``_restore_finished``), or removes the
-    one the card claims at 0, and records ``grid`` on the card (written only when it changes).
+    gets the grid it asks for, as one it finished itself does. A card that records ``grid``,
+    with a grid.png beside it when above 0, is left byte for byte (nor is the lock taken).
 
-    The grid is drawn again on every such call above 0, as a folder's own rerun draws it: a
-    kill between the grid and the card (the new grid beside the old count) is mended by any
-    rerun, also one that asks for the old count. Only a card that records no grid, asked for
-    none, is left as it is (a grid.png there is not ours)."""
+    Otherwise rank 0, under the samples lock, marks the card (``GRID_PENDING``), draws grid.png
+    again from the PNGs (checked against samples.npz just before: ``_restore_finished``) or
+    removes the one the card claims at 0, then records ``grid`` without the mark. A kill in
+    between leaves the mark, so the next call draws the grid again whatever count it asks for
+    (the new grid beside the old count was left for good before the mark)."""
     from repackctl.run_lock import lock_samples
 
-    if grid == 0 and card.get(GRID_KEY) == 0:
+    pending = card.get(GRID_PENDING) is True
+    drawn = grid == 0 or (out / GRID_PNG).is_file()
+    if card.get(GRID_KEY) == grid and drawn and not pending:
         return card
-    new = {**card, GRID_KEY: grid}
+    new = {k: v for k, v in card.items() if k != GRID_PENDING} | {GRID_KEY: grid}
     if dist.rank == 0:
         lock_samples(out)  # one writer (given up by ``released_after``)
+        write_json_atomic(out / PROTOCOL_JSON, {**card, GRID_PENDING: True})
         ids = _sample_ids(out, card)
         write_grid(out, len(ids), grid)  # removes the card's grid.png at 0 (``remove_own_grid``)
         if grid > 0 and card.get("stage") == "t2i":  # one row per prompt, as the source's
@@ -639,8 +647,7 @@ def regrid_finished(out: Path, card: dict[str, Any], grid: int, dist: DistInfo) 
             prompts = card.get("prompts") or []
             prompt_grid(out, ids, [str(prompts[k]) for k in ids], grid)
         crash_point(CRASH_AFTER_REGRID)
-        if new != card:
-            write_json_atomic(out / PROTOCOL_JSON, new)
+        write_json_atomic(out / PROTOCOL_JSON, new)
     dist.barrier()
     return new
 

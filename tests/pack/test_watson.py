@@ -288,8 +288,14 @@ def test_pack_train_refuses_a_wrong_file_before_writing_anything(cache, tmp_path
     assert not (tmp_path / "runs" / "bad").exists()
 
 
-def test_pack_train_without_the_file_warns_that_the_term_is_off(cache, tmp_path):
-    out = cli_ok("pack", "train", *TINY, "--watson-weight", "0.01", "--steps", "1", "--name", "o")
-    assert "Watson-DFT term (weight 0.01) is off" in out
+def test_without_the_file_a_given_weight_is_refused_and_the_presets_warns(cache, tmp_path):
+    # a weight the user gives without the file is refused (it trained without the term)
+    given = ("pack", "train", *TINY, "--watson-weight", "0.01", "--steps", "1", "--name", "o")
+    out = cli_refused(ConfigError.exit_code, *given)
+    assert "pack.watson_weights is not set" in " ".join(out.split()), out
+    assert not (tmp_path / "runs" / "o").exists()
+    # the paper preset's own weight (0.005) without the file: the term is off, with a warning
+    out = cli_ok("pack", "train", *TINY, "--preset", "paper", "--steps", "1", "--name", "o")
+    assert "Watson-DFT term (weight 0.005) is off" in out
     plan = _state(tmp_path, "o")[1]["extra"]["plan"]
     assert plan["loss"]["watson"] == 0.0 and plan["watson_weights"] is None

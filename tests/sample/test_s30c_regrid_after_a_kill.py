@@ -3,8 +3,10 @@
 `sample --refiner R --grid N` on the folder `refine apply --refiner R` finished (and the
 reverse) draws grid.png again and then records ``grid`` on the card. Killed between the two,
 the folder held the new grid beside the old count; a rerun asking for the old count found the
-card agreeing and a grid.png there, and left the wrong grid forever. Every such rerun now
-draws the grid again (the card is rewritten only when its count changes).
+card agreeing and a grid.png there, and left the wrong grid forever. The card is now marked
+(``grid_pending``) before the grid is touched and cleared with the new count: a rerun finding
+the mark draws the grid again, and one finding the card and grid agreeing leaves the folder as
+it is (no file rewritten, no lock taken).
 
 The shared toy stack with a 32 px refiner (tests/support/stack.py); real CLI calls, a real
 killed process (``REPACKCTL_TEST_CRASH_AFTER``).
@@ -44,21 +46,29 @@ def _applied(tmp_path: Path) -> tuple[Path, Path, bytes]:
     return src, refined, (refined / "grid.png").read_bytes()
 
 
+def _stamps(folder: Path) -> dict[str, tuple[int, bytes]]:
+    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.iterdir())}
+
+
 def test_a_rerun_with_the_old_grid_redraws_the_grid_a_kill_left(env, tmp_path):
     src, refined, four = _applied(tmp_path)
     card = (refined / PROTOCOL_JSON).read_bytes()
     again = [*SAMPLE, "--refiner", REFINER, "--out", str(refined)]
+    before = _stamps(refined)
+    cli_ok(*again, "--grid", "4")  # card and grid agree: nothing is written, not even the lock
+    assert _stamps(refined) == before
     cli_ok(*again, "--grid", "2")
     assert (refined / "grid.png").read_bytes() != four
-    # what a kill between the two writes left: the 2-image grid beside the card of 4
-    (refined / PROTOCOL_JSON).write_bytes(card)
+    # what a kill between the two writes leaves: the 2-image grid beside the marked card of 4
+    marked = {**json.loads(card), "grid_pending": True}
+    (refined / PROTOCOL_JSON).write_text(json.dumps(marked))
 
     cli_ok(*again, "--grid", "4")  # the card's own count: the grid follows it again
     assert (refined / "grid.png").read_bytes() == four
-    assert (refined / PROTOCOL_JSON).read_bytes() == card  # nothing else to record
+    assert (refined / PROTOCOL_JSON).read_bytes() == card  # the mark cleared, nothing else
 
     cli_ok(*again, "--grid", "2")
-    (refined / PROTOCOL_JSON).write_bytes(card)
+    (refined / PROTOCOL_JSON).write_text(json.dumps(marked))
     cli_ok("refine", "apply", str(src), "--refiner", REFINER, *CPU)  # the source's 4
     assert (refined / "grid.png").read_bytes() == four
 
@@ -75,7 +85,8 @@ def test_a_killed_regrid_is_mended_by_the_rerun(env, tmp_path):
         timeout=300,
     )
     assert killed.returncode == 137, killed.stdout + killed.stderr
-    assert (refined / PROTOCOL_JSON).read_bytes() == card  # killed before the card
+    left = json.loads((refined / PROTOCOL_JSON).read_text())
+    assert left == {**json.loads(card), "grid_pending": True}  # marked, the count not yet
     assert (refined / "grid.png").read_bytes() != four  # …after the grid of 2
 
     cli_ok(*again, "--grid", "4")
