@@ -287,6 +287,13 @@ def read_run_config(run_dir: Path) -> StoredConfig:
     return StoredConfig(found[1], problem, found[0])
 
 
+def pack_id_weights_sha8(pack_id: str | None) -> str | None:
+    """The first 8 hex digits of the weights sha256 a pack id ends with (``…-<step:07d>-<sha8>``,
+    ``pack_id_for``), or None where it has none."""
+    m = re.search(r"-\d{7}-([0-9a-f]{8})$", pack_id or "")
+    return m.group(1) if m else None
+
+
 def pack_id_run_step(pack_id: str | None) -> tuple[str | None, int | None]:
     """The pack run and step inside a pack id ``<encoder entry>--<run>-<step:07d>-<sha8>``
     (``pack_id_for``), if it parses; else (None, None)."""

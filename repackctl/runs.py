@@ -44,6 +44,7 @@ from repackctl.run_files import (
     StoredConfig,
     foreign_paths,
     pack_id_run_step,
+    pack_id_weights_sha8,
     read_json_dict,
     read_run_config,
     recorded_refiner,
@@ -718,10 +719,6 @@ def _names_pack_run(pack: dict[str, Any], folder: Path) -> bool:
     return named and (step is None or not pack_id_names_other_weights(pack_id, folder, step))
 
 
-#: the weights sha256 a pack id ends with, ``…-<step:07d>-<sha256[:8]>`` (``pack_id_for``)
-PACK_ID_SHA_RE = re.compile(r"-\d{7}-([0-9a-f]{8})$")
-
-
 def pack_id_names_other_weights(
     pack_id: str | None, folder: Path, step: int, which: str | None = None
 ) -> bool:
@@ -731,10 +728,10 @@ def pack_id_names_other_weights(
     run removed and trained again under its name wrote other weights. False where either is not
     there to compare (an id without a sha256, a step folder gone or damaged): then the run's
     name and step decide."""
-    found = PACK_ID_SHA_RE.search(pack_id or "")
+    found = pack_id_weights_sha8(pack_id)
     kinds = (which,) if which else ("ema", "model")
     recorded = [s for s in (recorded_weights_sha256(folder, step, k) for k in kinds) if s]
-    return bool(found and recorded) and not any(s.startswith(found.group(1)) for s in recorded)
+    return bool(found and recorded) and not any(s.startswith(found) for s in recorded)
 
 
 def recorded_weights_sha256(folder: Path, step: int, which: str) -> str | None:
