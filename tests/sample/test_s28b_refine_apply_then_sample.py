@@ -18,11 +18,10 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from conftest import one_torch_thread
 from support.cli import cli_ok, cli_refused
-from support.stack import _images, _settings, stack_env, stack_with_refiner
+from support.stack import _images, _settings, refiner_env
 
 from repackctl.errors import ConfigError
 from repackctl.sample.refine import _Regenerator
@@ -31,9 +30,7 @@ from repackctl.sample.run import run_sample
 REFINER = "refine-s28b"
 
 
-@pytest.fixture
-def env(tmp_path_factory, tmp_path, monkeypatch):
-    yield from stack_env(stack_with_refiner(tmp_path_factory, REFINER), tmp_path, monkeypatch)
+env = refiner_env(REFINER)
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:

@@ -19,11 +19,10 @@ import json
 import shutil
 from pathlib import Path
 
-import pytest
 from PIL import Image
 from support.cli import cli_ok, cli_refused
 from support.snapshot import folder_files
-from support.stack import stack_env, stack_with_refiner
+from support.stack import refiner_env
 
 from repackctl.errors import ConfigError, DataError
 from repackctl.paths import SETTINGS_JSON
@@ -33,9 +32,7 @@ REFINER = "refine-s29"
 SAMPLE = ["sample", "-r", "dit-tiny", "-n", "4", "--steps", "2", "--device", "cpu"]
 
 
-@pytest.fixture
-def env(tmp_path_factory, tmp_path, monkeypatch):
-    yield from stack_env(stack_with_refiner(tmp_path_factory, REFINER), tmp_path, monkeypatch)
+env = refiner_env(REFINER)
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:

@@ -22,7 +22,7 @@ from support.caches import shared_t2i_stack, use_stack
 from support.cli import cli_ok, cli_refused
 from support.launch import start_two
 from support.snapshot import folder_files
-from support.stack import save_refiner_run, stack_env, stack_with_refiner
+from support.stack import refiner_env, save_refiner_run
 
 from repackctl.errors import DataError
 from repackctl.run_lock import SAMPLES_LOCK
@@ -82,9 +82,7 @@ def test_t2i_sample_refiner_restores_a_deleted_png_of_a_refine_apply_folder(work
     _deleted_png_is_restored_or_refused(refined, sample)
 
 
-@pytest.fixture
-def cc_env(tmp_path_factory, tmp_path, monkeypatch):
-    yield from stack_env(stack_with_refiner(tmp_path_factory, REFINER), tmp_path, monkeypatch)
+cc_env = refiner_env(REFINER)
 
 
 def test_sample_refiner_restores_a_deleted_png_of_a_refine_apply_folder(cc_env, tmp_path):

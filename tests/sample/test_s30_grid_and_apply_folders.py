@@ -23,7 +23,7 @@ from PIL import Image
 from support.caches import t2i_stack, use_stack
 from support.cli import cli_ok, cli_refused
 from support.snapshot import folder_files
-from support.stack import save_refiner_run, stack_env, stack_with_refiner
+from support.stack import refiner_env, save_refiner_run
 
 from repackctl.errors import ConfigError
 from repackctl.paths import PROTOCOL_JSON
@@ -34,9 +34,7 @@ CPU = ["--device", "cpu"]
 SAMPLE = ["sample", "-r", "dit-tiny", "-n", "4", "--steps", "2", *CPU]
 
 
-@pytest.fixture
-def env(tmp_path_factory, tmp_path, monkeypatch):
-    yield from stack_env(stack_with_refiner(tmp_path_factory, REFINER), tmp_path, monkeypatch)
+env = refiner_env(REFINER)
 
 
 def _grid(folder: Path) -> int:

@@ -20,9 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from support.cli import cli_ok
-from support.stack import stack_env, stack_with_refiner
+from support.stack import refiner_env
 
 from repackctl.crash import CRASH_ENV
 from repackctl.paths import PROTOCOL_JSON
@@ -32,9 +31,7 @@ CPU = ["--device", "cpu"]
 SAMPLE = ["sample", "-r", "dit-tiny", "-n", "4", "--steps", "2", *CPU]
 
 
-@pytest.fixture
-def env(tmp_path_factory, tmp_path, monkeypatch):
-    yield from stack_env(stack_with_refiner(tmp_path_factory, REFINER), tmp_path, monkeypatch)
+env = refiner_env(REFINER)
 
 
 def _applied(tmp_path: Path) -> tuple[Path, Path, bytes]:

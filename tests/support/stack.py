@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from repackctl.encoders.builtin import SHIPPED_WEIGHTS
@@ -163,6 +164,17 @@ def stack_env(stack: dict[str, str], tmp_path: Path, monkeypatch) -> Iterator[di
     monkeypatch.setenv("REPACKCTL_SAMPLES", samples)
     with one_torch_thread():
         yield {**stack, "samples": samples}
+
+
+def refiner_env(name: str):
+    """An ``env`` fixture for a module: :func:`stack_env` over the stack with the refiner run
+    ``name`` (:func:`stack_with_refiner`; each module names its own)."""
+
+    @pytest.fixture
+    def env(tmp_path_factory, tmp_path, monkeypatch) -> Iterator[dict[str, str]]:
+        yield from stack_env(stack_with_refiner(tmp_path_factory, name), tmp_path, monkeypatch)
+
+    return env
 
 
 def tiny_refine_task(stack: dict[str, str], flip: bool = True, build: bool = False):
