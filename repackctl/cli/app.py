@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib
+from typing import NoReturn
 
 import typer
+from typer._click.exceptions import NoArgsIsHelpError, UsageError  # typer 0.29 vendors Click
 from typer.core import TyperGroup
 
 from repackctl import __version__
@@ -14,12 +16,66 @@ ORDER = ("extract", "pack", "captions", "train", "refine", "sample", "evaluate",
          "demo", "import", "cache", "runs", "plugins")  # fmt: skip
 
 
+def usage_failure(e: UsageError, ctx: typer.Context | None = None) -> NoReturn:
+    """A command line Click cannot parse (an unknown option, a missing argument, a value of the
+    wrong type) as every other refusal: one ``Error:`` line, a ``Hint:`` naming the ``--help``
+    of the command that was typed (``ctx``: the root's, for errors that carry none), exit code
+    2; never Click's boxed usage text."""
+    from repackctl.cli.common import fail
+    from repackctl.errors import ConfigError
+
+    where = e.ctx.command_path if e.ctx is not None else _typed_command(ctx)
+    message = " ".join(e.format_message().split())
+    fail(ConfigError(message, f"`{where} --help` shows how to call it"))
+    raise AssertionError("fail() exits")  # pragma: no cover
+
+
+#: ``ctx.meta`` key: the arguments the root group left for its commands to parse
+TYPED = "repackctl.typed"
+
+
+def _typed_command(ctx: typer.Context | None) -> str:
+    """``repackctl train dit``: the root's name and the command names at the head of the
+    arguments it had left to parse (the options' parser raises some errors without a context)."""
+    if ctx is None:
+        return "repackctl"
+    words, command = [ctx.command_path], ctx.command
+    for token in ctx.meta.get(TYPED, []):
+        sub = command.get_command(ctx, token) if hasattr(command, "get_command") else None
+        if sub is None:
+            break
+        words.append(token)
+        command = sub
+    return " ".join(words)
+
+
 class PipelineOrder(TyperGroup):
-    """Commands listed in :data:`ORDER` (Typer lists single commands before groups)."""
+    """Commands listed in :data:`ORDER` (Typer lists single commands before groups); a command
+    line that does not parse, at any depth, is refused by :func:`usage_failure`."""
 
     def list_commands(self, ctx) -> list[str]:  # noqa: ANN001 - Click's context
         names = super().list_commands(ctx)
         return sorted(names, key=lambda n: ORDER.index(n) if n in ORDER else len(ORDER))
+
+    def make_context(
+        self, info_name: str | None, args: list[str], *more: object, **kw: object
+    ) -> typer.Context:
+        try:
+            ctx = super().make_context(info_name, args, *more, **kw)
+        except NoArgsIsHelpError:
+            raise
+        except UsageError as e:
+            usage_failure(e)
+        ctx.meta[TYPED] = [*getattr(ctx, "_protected_args", []), *ctx.args]
+        return ctx
+
+    def invoke(self, ctx: typer.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except NoArgsIsHelpError:
+            raise
+        except UsageError as e:
+            usage_failure(e, ctx)
 
 
 app = typer.Typer(
