@@ -398,6 +398,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         # official calculate_adaptive_weight: ∇ of nll_loss = L1 + LPIPS only, cap 1e4 on a
         # per-image sum = 1e4 / (3·H·W) in our per-element reduction (pack.discriminator)
         "adaptive_gan": "official",
+        # the official callbacks (train_stage1.py) count Lightning's global_step, which advances
+        # once per optimizer step, so twice per batch here (the autoencoder's and the
+        # discriminator's; Lightning issue 17958): save_every_n_steps 20000 = a checkpoint every
+        # 10000 updates; the image log every 1000 = 500 updates (our default image_every), of
+        # image_log_max_images 4 images
+        "ckpt_every": 10_000,
+        "grid_images": 4,
     },
     # built-in encoder / patchpix at 64 px: about a minute on 2 CPU cores
     "small": {

@@ -159,7 +159,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "output": "image",
         "gan_weight": 0.5,
         "flip": False,  # official triplets are never mirrored (prepare_offline_data.py:76)
-        "ckpt_every": 5000,
+        # official every_n_train_steps 5000 counts Lightning's global_step, which advances once
+        # per optimizer step: twice per batch (refiner and discriminator; Lightning issue 17958)
+        "ckpt_every": 2500,
     },
     "small": {
         "steps": 300,

@@ -76,7 +76,7 @@ def test_help_defaults_are_what_runs(group: str, command: str, section: str) -> 
     shown = _shown(group, command)
     if section == "refine":
         assert shown["disc_channels"] == "small 16 / paper 128"
-        assert shown["ckpt_every"] == "small 100 / paper 5000"
+        assert shown["ckpt_every"] == "small 100 / paper 2500"
     on_cpu = resolve_settings(None, {"device": "cpu"}, environ={}).settings
     paper = resolve_settings(
         None, {"device": "cpu", f"{section}.preset": "paper"}, environ={}
