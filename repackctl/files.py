@@ -116,13 +116,25 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-_HASHES: dict[tuple[str, int, int], str] = {}
+_HASHES: dict[tuple[str, int, int, int, int, int], str] = {}
 
 
 def sha256_file_cached(path: str | Path) -> str:
-    """``sha256_file`` computed once per process for a given path, size and mtime."""
+    """``sha256_file`` computed once per process for a given file: its path, device, inode,
+    size, mtime and ctime. Size and mtime alone matched a file rewritten in place with as many
+    bytes and its mtime set back (``touch -r``, ``os.utime``, a copy keeping times) or
+    rewritten within the filesystem's mtime granularity: the old file's hash was returned. The
+    ctime cannot be set back by a user and moves with every write; a file replaced by a rename
+    has another inode."""
     st = os.stat(path)
-    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    key = (
+        str(Path(path).resolve()),
+        st.st_dev,
+        st.st_ino,
+        st.st_size,
+        st.st_mtime_ns,
+        st.st_ctime_ns,
+    )
     if key not in _HASHES:
         _HASHES[key] = sha256_file(path)
     return _HASHES[key]

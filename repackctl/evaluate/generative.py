@@ -20,8 +20,10 @@ Reference statistics are cached by content hash (``<cache>-reference-stats`` bes
 the reference's content (file bytes; for a folder, every image file; for a cache entry, its source
 attributes, done bitmap and the crc32c the cache stores for each chunk of the images used, or
 their pixels where a chunk has none; for the built-in dataset, its generator description), the number of images, the resolution and the feature extractor's weights
-(and the rule of a cache entry's class-balanced ``--num`` subset, ``round_robin_indices``). A
-second call with the same inputs reads the file instead of recomputing it.
+(and the rule of a cache entry's class-balanced ``--num`` subset, ``round_robin_indices``), an
+encoder's attributes and feature rule, and the versions of torch, torch-fidelity or timm (and
+numpy for the built-in dataset: :func:`stats_key_doc`). A second call with the same inputs
+reads the file instead of recomputing it; statistics another installation made are recomputed.
 
 Which generated images are scored (:mod:`repackctl.evaluate.selection`): never an unfinished
 sample run (but a run or checkpoint given with ``--samples N`` finishes the folder of N that an
@@ -1166,6 +1168,54 @@ def _reuse_cached_stats(path: Path, key_doc: dict) -> StatsResult | None:
     return None
 
 
+def software_versions(images: ImageSet, extractor: str) -> dict[str, str]:
+    """The versions of the libraries that the statistics of ``images`` depend on beyond the
+    weights: torch (the extractor's arithmetic), torch-fidelity (the Inception network and its
+    resize) or timm (a timm encoder's model code), and numpy where the images are drawn by the
+    built-in generator (its random streams and float rules; the generator's key is its
+    description, not its pixels)."""
+    from importlib.metadata import version
+
+    import torch
+
+    found = {"torch": torch.__version__}
+    library = "torch-fidelity" if extractor == "inception" else "timm"
+    found[library] = version(library)  # its distribution's version; no import needed
+    if images.kind == "builtin":
+        found["numpy"] = np.__version__
+    return found
+
+
+def stats_key_doc(images: ImageSet, extractor: str, inception: Any, encoder: Any) -> dict:
+    """What cached reference statistics are made from, all compared before one is reused:
+    the images' content hash, number, resolution and subset rule, the extractor and its
+    weights' sha256, for an encoder its attributes (architecture, normalisation, token rule;
+    not the weights' file name) and the feature rule, and :func:`software_versions`."""
+    if extractor == "inception":
+        info = inception.info()
+        name, weights = "inception-v3-compat", info["weights_sha256"]
+    else:
+        name, weights = f"encoder:{encoder.spec.entry_id()}", encoder.spec.weights_sha256
+    key_doc: dict[str, Any] = {
+        "format": STATS_FORMAT,
+        "source_sha256": images.sha256,
+        "n": images.n,
+        "resolution": images.resolution,
+        "extractor": name,
+        "weights_sha256": weights,
+        "software": software_versions(images, extractor),
+    }
+    if extractor != "inception":
+        from repackctl.metrics.encoder_fd import FEATURE_RULE
+
+        spec = {k: v for k, v in encoder.spec.attrs().items() if k != "weights"}
+        key_doc.update(feature=FEATURE_RULE, encoder_spec=spec)
+    subset = images.meta.get("subset") or {"rule": "all"}
+    if subset["rule"] != "all":  # how the images were chosen (their hash follows the indices)
+        key_doc["subset_rule"] = subset["rule"]
+    return json.loads(json.dumps(key_doc, sort_keys=True, default=str))  # as read back
+
+
 def cached_reference_stats(
     images: ImageSet,
     *,
@@ -1177,24 +1227,11 @@ def cached_reference_stats(
     progress: ProgressFactory = null_progress,
     weights_path: str | None = None,
 ) -> StatsResult:
-    """Statistics of ``images`` for ``extractor`` ("inception" or "encoder"), cached by content;
-    ``weights_path``: the encoder's weights file, recorded (absolute) in the metadata."""
-    if extractor == "inception":
-        info = inception.info()
-        name, weights = "inception-v3-compat", info["weights_sha256"]
-    else:
-        name, weights = f"encoder:{encoder.spec.entry_id()}", encoder.spec.weights_sha256
-    key_doc = {
-        "format": STATS_FORMAT,
-        "source_sha256": images.sha256,
-        "n": images.n,
-        "resolution": images.resolution,
-        "extractor": name,
-        "weights_sha256": weights,
-    }
+    """Statistics of ``images`` for ``extractor`` ("inception" or "encoder"), cached by content
+    (:func:`stats_key_doc`); ``weights_path``: the encoder's weights file, recorded (absolute)
+    in the metadata."""
+    key_doc = stats_key_doc(images, extractor, inception, encoder)
     subset = images.meta.get("subset") or {"rule": "all"}
-    if subset["rule"] != "all":  # how the images were chosen (their hash follows the indices)
-        key_doc["subset_rule"] = subset["rule"]
     key = hashlib.sha256(json.dumps(key_doc, sort_keys=True).encode()).hexdigest()[:16]
     path = folder / f"{_slug(images.label)}-{extractor}-{key}.npz"
     reused = _reuse_cached_stats(path, key_doc)
