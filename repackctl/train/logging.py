@@ -87,18 +87,26 @@ class MetricsLogger:
             )
 
     def _truncate_after(self, step: int) -> None:
+        """Keep the lines of the steps up to ``step``; drop the last line when a kill cut it
+        (no newline at its end); keep a damaged line elsewhere (bytes that are not a JSON
+        record, which every reader skips) as it is (reading it stopped the resume with a
+        traceback)."""
         if not self.path.exists():
             return
+        data = self.path.read_bytes()
+        lines = data.split(b"\n")
+        if lines[-1] == b"":
+            lines.pop()
         keep = []
-        for line in self.path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:  # a line cut by a kill
-                continue
-            if rec.get("step", 0) <= step:
+        for i, line in enumerate(lines):
+            rec = _record(line)
+            if rec is None:
+                if i < len(lines) - 1 or data.endswith(b"\n"):  # not the line a kill cut
+                    keep.append(line)
+            elif rec.get("step", 0) <= step:
                 keep.append(line)
         tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(k + "\n" for k in keep))
+        tmp.write_bytes(b"".join(k + b"\n" for k in keep))
         os.replace(tmp, self.path)
 
     def log(self, record: dict[str, Any]) -> None:
@@ -150,16 +158,23 @@ class MetricsLogger:
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """All records of ``metrics.jsonl`` (skipping a line cut by a kill)."""
+    """All records of ``metrics.jsonl`` (skipping a line cut by a kill, and a damaged one)."""
     path = Path(run_dir) / METRICS
-    out = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue
-    return out
+    if not path.exists():
+        return []
+    return [rec for line in path.read_bytes().splitlines() if (rec := _record(line)) is not None]
+
+
+def _record(line: bytes) -> dict[str, Any] | None:
+    """One line of ``metrics.jsonl`` as its record; None for a line a kill cut or a damaged
+    one (bytes that are not UTF-8, not JSON, not an object, a ``step`` that is no number)."""
+    try:
+        rec = json.loads(line.decode("utf-8"))
+    except ValueError:  # UnicodeDecodeError too
+        return None
+    if not isinstance(rec, dict) or not isinstance(rec.get("step", 0), int | float):
+        return None
+    return rec
 
 
 def scale_groups(records: list[dict[str, Any]], keys: list[str]) -> list[list[str]]:
