@@ -17,6 +17,12 @@ With BatchNorm the discriminator sees real and fake images in separate forwards,
 code does (``pack.losses.ReconstructionLoss.discriminator_loss``), so each batch is normalised
 with its own statistics.
 
+Initialisation (``init``): ``dcgan`` is taming's ``weights_init`` (conv N(0, 0.02), norm scale
+N(1, 0.02)) with no bias on a conv followed by a norm, as the official stage 1
+``NLayerDiscriminator`` (``pack``, every preset); ``pytorch`` keeps PyTorch's default init and a
+bias on every conv, as the official stage 3 ``PatchDiscriminator`` (``refine.disc_init``: the
+``paper`` preset's; ``small`` keeps ``dcgan``). A config recorded without it was ``dcgan``.
+
 The adaptive weight (Esser et al. 2021, VQGAN eq. 7) balances the generator's GAN term against
 the reconstruction term by the ratio of their gradient norms at the decoder's last layer. The
 official (taming ``calculate_adaptive_weight``, RePack ``perceptual.py``) clamps it to [0, 1e4];
@@ -39,6 +45,8 @@ from repackctl.pack.decoder import group_norm
 from repackctl.pack.projection import known_config_keys
 
 NORMS = ("group", "batch")
+#: the discriminator's initialisations (module doc): taming's DCGAN init, PyTorch's defaults
+INITS = ("dcgan", "pytorch")
 ADAPTIVE_WEIGHT_EPS = 1e-4
 ADAPTIVE_WEIGHT_MAX = 1e4
 
@@ -52,11 +60,16 @@ class DiscriminatorConfig:
     n_layers: int = 3
     norm: str = "group"
     max_groups: int = 32
+    init: str = "dcgan"
 
     def __post_init__(self) -> None:
         if self.norm not in NORMS:
             raise ConfigError(
                 f"unknown discriminator norm {self.norm!r}", f"choose one of: {', '.join(NORMS)}"
+            )
+        if self.init not in INITS:
+            raise ConfigError(
+                f"unknown discriminator init {self.init!r}", f"choose one of: {', '.join(INITS)}"
             )
         if self.n_layers < 1 or self.base_channels < 1:
             raise ConfigError("the discriminator needs n_layers ≥ 1 and base_channels ≥ 1", None)
@@ -113,8 +126,10 @@ class PatchDiscriminator(nn.Module):
                 return nn.BatchNorm2d(c)
             return group_norm(c, config.max_groups)
 
-        # No norm after the first conv and none before the logits (pix2pix); convs followed by a
-        # norm carry no bias (the norm's shift replaces it).
+        # No norm after the first conv and none before the logits (pix2pix); under the DCGAN
+        # init, convs followed by a norm carry no bias (the norm's shift replaces it); under
+        # PyTorch's, every conv has one (the official stage 3 PatchDiscriminator).
+        bias = config.init == "pytorch"
         layers: list[nn.Module] = [
             nn.Conv2d(config.in_channels, ch, 4, stride=2, padding=1),
             nn.LeakyReLU(0.2, inplace=True),
@@ -124,13 +139,14 @@ class PatchDiscriminator(nn.Module):
             prev, mult = mult, min(2**n, 8)
             stride = 2 if n < config.n_layers else 1
             layers += [
-                nn.Conv2d(ch * prev, ch * mult, 4, stride=stride, padding=1, bias=False),
+                nn.Conv2d(ch * prev, ch * mult, 4, stride=stride, padding=1, bias=bias),
                 norm(ch * mult),
                 nn.LeakyReLU(0.2, inplace=True),
             ]
         layers.append(nn.Conv2d(ch * mult, 1, 4, stride=1, padding=1))
         self.main = nn.Sequential(*layers)
-        self.initialize()
+        if config.init == "dcgan":
+            self.initialize()  # else the layers keep PyTorch's default init
 
     def initialize(self) -> None:
         """DCGAN init (as taming's ``weights_init``): conv N(0, 0.02), norm scale N(1, 0.02)."""

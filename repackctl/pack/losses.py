@@ -59,7 +59,8 @@ Terms:
   trainer switches the term off with a warning, as for LPIPS.
 - KL of the posterior to N(0, I), per latent element.
 - GAN (generator side): hinge −mean(D(x̂)), scaled by the adaptive weight and ``gan`` from
-  ``gan_start`` on. The adaptive weight (``adaptive_gan``): ``official`` compares the GAN
+  ``gan_start`` on (the discriminator from ``gan_start − disc_lead``: ``LossConfig``). The
+  adaptive weight (``adaptive_gan``): ``official`` compares the GAN
   gradient with that of the official ``nll_loss``, L1 + LPIPS only (``perceptual.py``), capped
   at 1e4 / (3·H·W), the official 1e4 on a per-sample sum in our reduction
   (``pack.discriminator.official_adaptive_max``): our weight is then the official one / (3·H·W),
@@ -379,6 +380,12 @@ class LossConfig:
       −30 clamp). This is the official strength translated to our reduction, so its share of the
       gradient is ≪ 1 % by design; raise it for a more Gaussian, lower-rate latent.
     - ``gan = 0.5`` times the adaptive weight, from ``gan_start`` on (official: 0.5 from step 1).
+    - ``disc_lead = 0``: the discriminator trains from update ``gan_start − disc_lead`` (at
+      least 0) on, ``disc_lead`` updates before the generator's GAN term. The official stage 1
+      (``disc_start`` 1; Lightning's ``global_step`` advances once per optimizer step, twice
+      per batch, and the discriminator's step of a batch comes second) trains it already on
+      the first batch, one update before the GAN term: the paper preset's ``disc_lead`` 1. A
+      record without it was 0.
     - ``feature = 0``: the built-in encoder's feature distance, our weights-free stand-in for
       LPIPS (not in the official recipe).
     - ``scale_equivariance = 0``: L1 of the decoded ×2-pooled latent against the ×2-pooled
@@ -397,6 +404,7 @@ class LossConfig:
     kl: float = OFFICIAL_KL_WEIGHT
     gan: float = 0.5
     gan_start: int = 0
+    disc_lead: int = 0
     adaptive_gan_weight: bool = True
     feature: float = 0.0
     scale_equivariance: float = 0.0
@@ -408,13 +416,18 @@ class LossConfig:
         for name in (*weights, "watson"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"loss weight {name} must be ≥ 0", f"set {name} = 0 to disable")
-        if self.ffl_patch_factor < 1 or self.gan_start < 0:
-            raise ConfigError("ffl_patch_factor must be ≥ 1 and gan_start ≥ 0", None)
+        if self.ffl_patch_factor < 1 or self.gan_start < 0 or self.disc_lead < 0:
+            raise ConfigError("ffl_patch_factor must be ≥ 1, gan_start and disc_lead ≥ 0", None)
         if self.adaptive_gan not in ADAPTIVE_GAN:
             raise ConfigError(
                 f"unknown adaptive_gan {self.adaptive_gan!r}",
                 f"choose one of: {', '.join(ADAPTIVE_GAN)}",
             )
+
+    @property
+    def disc_start(self) -> int:
+        """The first update (0-based) at which the discriminator trains (``disc_lead``)."""
+        return max(0, self.gan_start - self.disc_lead)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -486,7 +499,12 @@ class ReconstructionLoss(nn.Module):
         self.discriminator = discriminator
 
     def gan_active(self, step: int) -> bool:
+        """Whether update ``step`` has the generator's GAN term (``gan_start`` on)."""
         return self.config.gan > 0 and gan_factor(step, self.config.gan_start) > 0
+
+    def disc_active(self, step: int) -> bool:
+        """Whether update ``step`` trains the discriminator (``LossConfig.disc_start`` on)."""
+        return self.config.gan > 0 and gan_factor(step, self.config.disc_start) > 0
 
     def generator_loss(
         self,
@@ -573,8 +591,9 @@ class ReconstructionLoss(nn.Module):
     def discriminator_loss(
         self, target: torch.Tensor, recon: torch.Tensor, step: int = 0
     ) -> LossOutput:
-        """Hinge loss of the discriminator on real ``target`` and detached ``recon``."""
-        if not self.gan_active(step):
+        """Hinge loss of the discriminator on real ``target`` and detached ``recon`` (0 before
+        the discriminator starts: ``LossConfig.disc_start``)."""
+        if not self.disc_active(step):
             zero = target.new_zeros(())
             return LossOutput(total=zero, weighted={}, logs={"loss/disc": zero})
         disc = self.discriminator

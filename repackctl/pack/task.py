@@ -209,7 +209,8 @@ def resolve_plan(settings: Settings, ref: FeatureRef) -> PackPlan:
         else None
     )
     if disc is not None:  # before anything is written: it failed at the first GAN step
-        check_disc_depth(disc, resolution, "pack.disc_layers", pick("gan_start"))
+        first = max(0, pick("gan_start") - pick("disc_lead"))  # LossConfig.disc_start
+        check_disc_depth(disc, resolution, "pack.disc_layers", first)
     notes: list[str] = []
     perceptual, watson = _file_terms(cfg, pick("watson_weight"), resolution, notes)
     latent_numel = d * grid * grid
@@ -221,6 +222,7 @@ def resolve_plan(settings: Settings, ref: FeatureRef) -> PackPlan:
         kl=0.0 if kind == "pca" else official_kl_weight(latent_numel, image_numel, cfg.kl_weight),
         gan=gan,
         gan_start=pick("gan_start"),
+        disc_lead=pick("disc_lead"),
         feature=pick("feature_weight"),
         scale_equivariance=_scale_equivariance(pick("scale_equivariance_weight"), grid),
         watson=watson,
@@ -469,7 +471,7 @@ class PackTask:
             logs["latent/std_mean"] = posterior.std.detach().mean()
             logs["latent/mean_abs"] = posterior.mean.detach().abs().mean()
         losses = {"gen": gen.total}
-        if "disc" in modules and self.loss.gan_active(step):
+        if "disc" in modules and self.loss.disc_active(step):  # from gan_start − disc_lead
             d = self.loss.discriminator_loss(target, recon, step=step)
             losses["disc"] = d.total
             logs.update(d.logs)
@@ -530,6 +532,7 @@ LOSS_SETTINGS = {
     "kl": "kl_weight",
     "gan": "gan_weight",
     "gan_start": "gan_start",
+    "disc_lead": "disc_lead",
     "feature": "feature_weight",
     "scale_equivariance": "scale_equivariance_weight",
     "watson": "watson_weight",
@@ -803,9 +806,14 @@ def _resume(
     settings, record, kept = _keep_trained_model(settings, record, extra)
     # values a default gave the run and this version's default changed stay as it started
     settings, record, started = keep_started_values(
-        run_dir_of(settings.runs, name), settings, record, "pack", {}
+        run_dir_of(settings.runs, name), settings, record, "pack", STARTED_WITHOUT
     )
     return settings, record, lines + pinned + kept + [f"resume: {line}" for line in started], latest
+
+
+# pack settings a run's stored record may lack (it started before they existed), with the value
+# such a run trained with: its discriminator started with the generator's GAN term
+STARTED_WITHOUT: dict[str, Any] = {"disc_lead": 0}
 
 
 def _typed_as_stored(run_dir: Path, record: dict[str, Any] | None) -> dict[str, Any] | None:

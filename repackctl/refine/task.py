@@ -9,7 +9,9 @@ Differences, each a named setting whose ``paper`` preset value is the official o
 perceptual term is on only when local LPIPS weights are given (``refine.lpips_weights``; no
 downloads); the discriminator's norm (``refine.disc_norm``: paper ``batch``, the official
 BatchNorm2d; ``small`` ``group``, as batch statistics make a GAN depend on the batch split,
-``pack.discriminator``); an EMA of the refiner used for sampling (``refine.ema_decay``: paper 0,
+``pack.discriminator``); the discriminator's init (``refine.disc_init``: paper ``pytorch``, the
+official net's PyTorch default init with a bias on every conv; ``small`` ``dcgan``, taming's);
+an EMA of the refiner used for sampling (``refine.ema_decay``: paper 0,
 no EMA, as the official refiner keeps none). The training length is ``refine.steps``, or
 ``refine.epochs`` passes over the usable triplets when no steps are given (paper: the official
 100 epochs). Resume, checkpoints, curves and progress come from ``repackctl.train.train``.
@@ -299,12 +301,13 @@ def started_norm_eps(latest: Path | None) -> float:
 
 
 # refine settings a run's stored record may lack (it started before they existed), with the
-# value such a run trained with: triplets were always mirrored at random
-STARTED_WITHOUT: dict[str, Any] = {"flip": True}
+# value such a run trained with: triplets were always mirrored at random, and the
+# discriminator had the DCGAN init
+STARTED_WITHOUT: dict[str, Any] = {"flip": True, "disc_init": "dcgan"}
 
 
 # DiscriminatorConfig field → the refine setting that sets it (for the hint of a refused resume)
-DISC_SETTINGS = {"norm": "disc_norm", "base_channels": "disc_channels"}
+DISC_SETTINGS = {"norm": "disc_norm", "base_channels": "disc_channels", "init": "disc_init"}
 
 
 def check_resume_extra(
@@ -605,11 +608,14 @@ def _check_flip(flip: bool, entry: DatasetEntry, features: str, sources: dict[st
 
 
 def _discriminator(cfg: Any, side: int) -> DiscriminatorConfig:
-    """The refiner's PatchGAN (``refine.disc_channels`` / ``disc_norm``, the default depth).
+    """The refiner's PatchGAN (``refine.disc_channels`` / ``disc_norm`` / ``disc_init``, the
+    default depth).
     With the GAN on, one too deep for images of ``side`` px is refused before anything is
     written: its convolutions failed with a traceback at the first step, after the triplets were
     built (the refiner needs a side divisible by 8: 8 and 16 px are too small for it)."""
-    disc = DiscriminatorConfig(base_channels=cfg.disc_channels, norm=cfg.disc_norm)
+    disc = DiscriminatorConfig(
+        base_channels=cfg.disc_channels, norm=cfg.disc_norm, init=cfg.disc_init
+    )
     if cfg.gan_weight > 0:
         try:
             check_disc_depth(disc, side, "the refiner's PatchGAN depth (n_layers)", 1)

@@ -12,8 +12,10 @@ or with the built-in encoder, ``paper`` otherwise:
   ``projection_form``, see ``repackctl.pack.projection``), decoder ch 128 with the official
   multipliers, 2 ResBlocks per level, attention at 16², PatchGAN with 64 base channels and
   BatchNorm, Adam 1e-5 betas (0.5, 0.9), batch 32 (8 × 4 GPUs), no EMA (decay 0: the EMA copy is the
-  weights), GAN off for the first update only (``gan_start`` 1 = the official ``disc_start`` 1), 99
-  epochs (the official ``max_epochs``; ``epochs``), fp32 without TF32 (as the official script ran),
+  weights), GAN off for the first update only (``gan_start`` 1 = the official ``disc_start`` 1)
+  with the discriminator trained from the first update on (``disc_lead`` 1: the official
+  discriminator's step of the first batch is Lightning's global step 1), 99 epochs (the
+  official ``max_epochs``; ``epochs``), fp32 without TF32 (as the official script ran),
   the Watson-DFT distance at the official 0.005 (``watson_weight``; on only with its parameters
   file, ``watson_weights``, like LPIPS with ``lpips_weights``), the focal-frequency loss at the
   official 0.05 (``ffl_weight``) and the official adaptive GAN weight (``adaptive_gan``).
@@ -67,7 +69,7 @@ class PackSettings(BaseModel):
         "Run": ("allow_change", "run", "method", "preset"),
         "Model": ("latent_channels", "projection_form", "whiten", "ch", "ch_mult", "num_res_blocks", "attn_resolutions", "pixel_shuffle", "norm_groups", "disc_channels", "disc_layers", "disc_norm"),
         "Optimisation": ("steps", "epochs", "batch_size", "lr", "disc_lr", "betas", "ema_decay", "clip_grad"),
-        "Losses": ("l1_weight", "perceptual_weight", "lpips_weights", "ffl_weight", "watson_weight", "watson_weights", "feature_weight", "scale_equivariance_weight", "kl_weight", "gan_weight", "gan_start", "adaptive_gan"),
+        "Losses": ("l1_weight", "perceptual_weight", "lpips_weights", "ffl_weight", "watson_weight", "watson_weights", "feature_weight", "scale_equivariance_weight", "kl_weight", "gan_weight", "gan_start", "disc_lead", "adaptive_gan"),
         "Output": ("ckpt_every", "keep_last", "log_every", "image_every", "grid_images"),
         "Data loading": ("in_memory", "buffer_blocks", "pca_samples", "encode_batch_size"),
         "Evaluation": ("eval_split", "eval_entry", "eval_num", "inception_weights"),
@@ -245,6 +247,13 @@ class PackSettings(BaseModel):
         description="first update (0-based) with the GAN terms: 1 = off for the first update "
         "only (the official disc_start 1); none = preset (paper 1, small 400)",
     )
+    disc_lead: int | None = Field(
+        None,
+        ge=0,
+        description="updates the discriminator trains before the generator's GAN term: it "
+        "first trains at update gan_start - disc_lead (at least 0); none = preset (paper 1: "
+        "the official stage 1 steps it on the first batch, whose GAN term is off; small 0)",
+    )
 
     adaptive_gan: Literal["official", "all_terms"] | None = Field(
         None,
@@ -362,7 +371,10 @@ LPIPS_FILE = "a local LPIPS-VGG .safetensors/.pth file (two files comma-separate
 WATSON_FILE = "the official rgb_watson_fft_trial0.pth (or its tensors as .safetensors)"
 
 #: the options that only tune the GAN term (off when ``gan_weight`` is 0: no discriminator)
-GAN_OPTIONS = ("gan_start", "adaptive_gan", "disc_lr", "disc_channels", "disc_layers", "disc_norm")
+GAN_OPTIONS = (
+    *("gan_start", "disc_lead", "adaptive_gan", "disc_lr"),
+    *("disc_channels", "disc_layers", "disc_norm"),
+)
 
 PRESETS: dict[str, dict[str, Any]] = {
     # official RePack stage 1 (reference/methods.md; stage1/configs/
@@ -387,6 +399,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         # official disc_start 1 with adopt_weight(global_step >= 1): off for the first update
         # only (our step counter is 0-based too: pack.losses.gan_factor is step >= gan_start)
         "gan_start": 1,
+        # official disc_start 1 on Lightning's global_step, which counts optimizer steps (two a
+        # batch): the discriminator's step of the first batch is global_step 1, so it trains
+        # from update 0, one before the generator's GAN term (pack.losses.LossConfig.disc_lead)
+        "disc_lead": 1,
         "feature_weight": 0.0,  # the official recipe has LPIPS-VGG (pack.lpips_weights) instead
         "scale_equivariance_weight": 0.0,  # not in the official recipe
         # official WatsonLoss loss_weight 0.005 on Σ D / numel: the same value in our reduction
@@ -427,6 +443,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "lr": 2e-3,
         "ema_decay": 0.99,
         "gan_start": 400,
+        "disc_lead": 0,  # the discriminator starts with the GAN term, as it was tuned
         "feature_weight": 1.0,
         "scale_equivariance_weight": 1.0,
         "watson_weight": 0.0,

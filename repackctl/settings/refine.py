@@ -22,7 +22,7 @@ class RefineSettings(BaseModel):
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}  # filled below the class
     PANELS: ClassVar[dict[str, tuple[str, ...]]] = {
         "Run": ("allow_change", "pack_run", "name", "entry", "preset", "refiner"),
-        "Model": ("base_channels", "norm_groups", "output", "disc_channels", "disc_norm"),
+        "Model": ("base_channels", "norm_groups", "output", "disc_channels", "disc_norm", "disc_init"),
         "Optimisation": ("steps", "epochs", "batch_size", "lr", "ema_decay"),
         "Losses": ("l1_weight", "perceptual_weight", "lpips_weights", "gan_weight", "feature_weight"),
         "Data": ("noise", "flip", "triplet_batch"),
@@ -99,6 +99,12 @@ class RefineSettings(BaseModel):
         description="discriminator norm: group (per sample: the same for any batch split) or "
         "batch (the official stage3 PatchDiscriminator); paper preset batch",
     )
+    disc_init: Literal["dcgan", "pytorch"] = Field(
+        "dcgan",
+        description="discriminator init: dcgan (taming's: conv N(0, 0.02), norm scale "
+        "N(1, 0.02), no conv bias before a norm) or pytorch (PyTorch's default init and a bias "
+        "on every conv: the official stage3 PatchDiscriminator); paper preset pytorch",
+    )
     ema_decay: float = Field(
         0.999,
         ge=0,
@@ -136,16 +142,16 @@ class RefineSettings(BaseModel):
 
 
 #: the options that only tune the GAN term (off when ``gan_weight`` is 0: no discriminator)
-GAN_OPTIONS = ("disc_channels", "disc_norm")
+GAN_OPTIONS = ("disc_channels", "disc_norm", "disc_init")
 #: the LPIPS term's weight and weights file (``check_file_term``), and the file to pass
 LPIPS_PAIR = ("perceptual_weight", "lpips_weights")
 LPIPS_FILE = "a local LPIPS-VGG .safetensors/.pth file (two files comma-separated)"
 
 
 # The official refiner (reference/methods.md; stage3/configs/refiner_offline.yaml, stage3/
-# networks.py, stage3/train_refiner.py): base 128, PatchGAN 128 with BatchNorm, Adam 1e-4, global
-# batch 64 (8 per GPU × 8 GPUs), L1 + LPIPS + 0.5 hinge GAN, 100 epochs, no EMA. `small` fits a
-# CPU in minutes.
+# networks.py, stage3/train_refiner.py): base 128, PatchGAN 128 with BatchNorm and PyTorch's
+# default init, Adam 1e-4, global batch 64 (8 per GPU × 8 GPUs), L1 + LPIPS + 0.5 hinge GAN,
+# 100 epochs, no EMA. `small` fits a CPU in minutes.
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {
         "epochs": 100,  # official max_epochs 100: steps = ceil(100 × triplets / 64)
@@ -155,6 +161,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "norm_groups": 32,
         "disc_channels": 128,
         "disc_norm": "batch",  # official nn.BatchNorm2d
+        # official PatchDiscriminator: no init of its own (PyTorch's defaults), bias on each conv
+        "disc_init": "pytorch",
         "ema_decay": 0.0,  # the official refiner keeps no EMA: the EMA copy is the weights
         "output": "image",
         "gan_weight": 0.5,
@@ -171,6 +179,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "norm_groups": 4,
         "disc_channels": 16,
         "disc_norm": "group",
+        "disc_init": "dcgan",
         # The refiner's EMA has no warm-up: 0.999 over these 300 steps left the EMA (which
         # `refine apply` and `sample --refiner` load) 0.999^300 = 74 % the initial weights, an
         # almost untrained refiner; 0.99 leaves 5 % (the demo's value).
