@@ -6,7 +6,10 @@
   ``metrics.recon``, and rFID (``metrics.frechet`` on torch-fidelity Inception pool features) when
   an Inception weights file is given. Writes a side-by-side grid (originals over
   reconstructions) and ``recon-<entry>.json`` in the checkpoint folder (``recon-<entry>-nN``
-  for a subset: :func:`report_stem`).
+  for a subset: :func:`report_stem`). The report records the identity of the images it scored
+  (``entry_sha256``, ``entry_source``: :func:`entry_identity`): a rerun on an entry of the same
+  name extracted again from other images keeps the earlier report beside it
+  (``recon-<entry>-earlier-<sha12>.json``, :func:`set_aside_earlier`) and says so.
 * ``evaluate_probe``: the RePack paper's linear-probe table (DINOv3 raw 768-d 82.56 %, PCA-32
   56.13 %, RePack-32 42.48 %): a linear classifier (``metrics.probe``) on mean-pooled features
   of the un-mirrored images, trained on the run's training split and scored on the held-out
@@ -220,6 +223,10 @@ class ReconResult:
     #: reconstructions equal to their original (MSE 0, PSNR = inf): not in the PSNR mean
     psnr_exact: int = 0
     psnr_reduction: str = PSNR_REDUCTION
+    #: the content hash of the scored images (:func:`entry_identity`); None in older reports
+    entry_sha256: str | None = None
+    #: the entry's source attributes (the folder, seed, number of images it was extracted from)
+    entry_source: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -300,6 +307,79 @@ def check_recon_replaceable(
         )
 
 
+def entry_identity(entry: DatasetEntry, idx: np.ndarray) -> dict[str, Any]:
+    """What identifies the images ``idx`` of ``entry`` beyond its name: ``entry_sha256``, their
+    content hash (``evaluate.generative.cache_images_sha256``: the entry's source attributes,
+    done flags, the rows and the chunk checksums the cache stores, without reading the pixels),
+    and ``entry_source``, the source attributes for a reader. An entry removed and extracted
+    again under the same name (other files in the folder, another seed) has another hash."""
+    from repackctl.cache.integrity import GuardedArray, repair_hint
+    from repackctl.cache.store import WRITTEN
+    from repackctl.evaluate.generative import cache_images_sha256
+
+    done = entry.done[:]
+    redo = repair_hint(entry.name, "the same `repackctl extract`")
+    images = GuardedArray(entry.images, done == WRITTEN, f"{entry.name} images", redo)
+    source = entry.attrs.get("source")
+    return {
+        "entry_sha256": cache_images_sha256(entry, images, done, idx),
+        "entry_source": dict(source) if isinstance(source, dict) else {},
+    }
+
+
+def earlier_entry_report(path: Path, sha256: str) -> dict[str, Any] | None:
+    """The report at ``path`` when it scored another entry of the same name (its recorded
+    ``entry_sha256`` differs from ``sha256``: the entry was removed and extracted again), else
+    None: no report, an unreadable one, the same images, or one written before reports
+    recorded their images (the name decides, as before)."""
+    from repackctl.run_files import read_json_dict
+
+    old = read_json_dict(path)
+    was = (old or {}).get("entry_sha256")
+    return old if isinstance(was, str) and was != sha256 else None
+
+
+def _source_change(was: Any, now: dict[str, Any]) -> str:
+    """``; source seed: 0 → 5`` for the source attributes that differ (up to 3), or ""."""
+    was = was if isinstance(was, dict) else {}
+    keys = [k for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k)][:3]
+    parts = [f"{k}: {str(was.get(k))[:40]} → {str(now.get(k))[:40]}" for k in keys]
+    return f"; source {', '.join(parts)}" if parts else ""
+
+
+def set_aside_earlier(
+    path: Path, old: dict[str, Any], identity: dict[str, Any], notes: list[str]
+) -> Path:
+    """Keep the report ``old`` at ``path`` (of an earlier entry of the same name:
+    :func:`earlier_entry_report`) and its grid PNG as ``<stem>-earlier-<sha12>.json`` /
+    ``.png`` beside it, marked ``superseded``, so that the report at ``path`` is this run's
+    alone; said in ``notes``. Returns where it went. The copy is written before the original
+    is removed: a kill in between leaves both, and the next run does the same again."""
+    import os
+
+    from repackctl.files import write_json_atomic
+
+    was = str(old["entry_sha256"])
+    kept = path.with_name(f"{path.stem}-earlier-{was[:12]}.json")
+    grid, kept_grid = path.with_suffix(".png"), kept.with_suffix(".png")
+    change = _source_change(old.get("entry_source"), identity["entry_source"])
+    why = (
+        f"{old.get('entry')} was extracted again (images sha256 {was[:12]}…, now "
+        f"{identity['entry_sha256'][:12]}…{change})"
+    )
+    doc = {**old, "superseded": f"not the current report: {why}"}
+    doc["grid"] = str(kept_grid) if grid.is_file() else old.get("grid")
+    write_json_atomic(kept, doc)
+    if grid.is_file():
+        os.replace(grid, kept_grid)
+    path.unlink(missing_ok=True)
+    notes.append(
+        f"{path.name} held the report of an earlier entry of the same name: {why}; it was "
+        f"kept as {kept.name}, and {path.name} now holds this run's"
+    )
+    return kept
+
+
 def _rfid(real: Any, fake: Any, fd_method: str, notes: list[str]) -> float:
     """The Fréchet distance of the originals' and reconstructions' Inception statistics
     (``FeatureStats``) by ``fd_method``, with a note below 2048 images."""
@@ -327,7 +407,10 @@ def evaluate_recon(settings: Settings, progress: ProgressFactory = null_progress
     stem = report_stem("recon", entry, None if subset["rule"] == "all" else len(idx))
     inception = _inception_record(cfg.inception_weights)
     fd_method = settings.evaluate.fd_method
-    check_recon_replaceable(handle.checkpoint / f"{stem}.json", inception, fd_method)  # first
+    identity = entry_identity(entry, idx)
+    earlier = earlier_entry_report(handle.checkpoint / f"{stem}.json", identity["entry_sha256"])
+    if earlier is None:  # another entry's report is kept aside, not replaced: nothing to refuse
+        check_recon_replaceable(handle.checkpoint / f"{stem}.json", inception, fd_method)  # first
     extractor = _inception(cfg.inception_weights, device, notes)
     if extractor is not None:
         from repackctl.metrics.frechet import FeatureStats
@@ -354,6 +437,8 @@ def evaluate_recon(settings: Settings, progress: ProgressFactory = null_progress
     rfid = None if extractor is None else _rfid(real_stats, fake_stats, fd_method, notes)
     k = cfg.grid_images
     grid = handle.checkpoint / f"{stem}.png"
+    if earlier is not None:  # before the grid of this run replaces its grid
+        set_aside_earlier(grid.with_suffix(".json"), earlier, identity, notes)
     save_grid(
         [np.concatenate(grid_orig)[:k], np.concatenate(grid_rec)[:k]],
         grid,
@@ -377,6 +462,7 @@ def evaluate_recon(settings: Settings, progress: ProgressFactory = null_progress
         inception=inception,
         fd_method=fd_method if rfid is not None else None,
         psnr_exact=exact,
+        **identity,
     )
     from repackctl.files import write_json_atomic
 

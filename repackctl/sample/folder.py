@@ -35,6 +35,7 @@ import json
 import math
 import os
 import re
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -60,6 +61,7 @@ from repackctl.paths import (
     SAMPLES_NPZ,
     SETTINGS_JSON,
 )
+from repackctl.progress import warn
 from repackctl.run_files import read_json_dict
 from repackctl.run_lock import SAMPLES_LOCK, lock_samples
 from repackctl.sample.plan import GenerationPlan, label_classes
@@ -275,6 +277,33 @@ def out_hint(out_given: bool) -> str:
     return "pass another --out" if out_given else "pass --out to write elsewhere"
 
 
+#: how long a command answering "already done" waits for another process that holds the
+#: samples folder's lock (the same command run twice, redrawing the grid or restoring PNGs)
+LOCK_WAIT_S = 120.0
+
+
+def lock_waiting(out: Path, wait_s: float = LOCK_WAIT_S) -> bool:
+    """Take the writer's lock of the finished samples folder ``out``, waiting up to ``wait_s``
+    seconds while another process holds it (said once on stderr); past that, its refusal.
+    Returns whether it waited: the other process may have done the work meanwhile. Only for a
+    folder that is finished: its writers there are commands answering "already done" (a grid
+    redrawn, a PNG restored), quick and with the same result; an unfinished folder's writer
+    is refused at once (``claim_folder``)."""
+    deadline, waited = time.monotonic() + wait_s, False
+    while True:
+        try:
+            lock_samples(out)
+            return waited
+        except ConfigError as e:  # another process holds it (``_samples_busy``)
+            if time.monotonic() >= deadline:
+                raise
+            if not waited:
+                busy = e.message.removesuffix("; nothing was written there")
+                warn(f"{busy}: waiting up to {wait_s:.0f} s for it to finish")
+            waited = True
+            time.sleep(0.2)
+
+
 def claim_folder(
     folder: Path, fingerprint: dict[str, Any], elsewhere: str = out_hint(False)
 ) -> None:
@@ -301,7 +330,13 @@ def claim_folder(
                 f"({name_items(foreign, 3)})",
                 f"{elsewhere} (a new or empty folder); nothing in this one was changed",
             )
-    lock_samples(folder)  # one writer: given up when the command ends (``released_after``)
+    # one writer: given up when the command ends (``released_after``); another process in a
+    # finished folder answers "already done" as this one will: waited for (the same command
+    # run twice), not refused
+    if is_finished(folder):
+        lock_waiting(folder)
+    else:
+        lock_samples(folder)
     remove_stale_temp_files(folder, lambda name: _our_temp(name, _FOLDER_FILES))
     remove_stale_temp_files(folder / LATENTS_DIR, lambda name: _our_temp(name, _LATENT_FILES))
     if path.is_file():

@@ -49,6 +49,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import time
 import zipfile
 import zlib
@@ -61,7 +62,7 @@ import torch
 from torch import Tensor
 
 from repackctl.crash import crash_point
-from repackctl.errors import ConfigError, DataError
+from repackctl.errors import ConfigError, DataError, RepackError
 from repackctl.files import read_json_object, sha256_file, write_json_atomic
 from repackctl.metrics.adm import IMAGES_KEY
 from repackctl.paths import PROTOCOL_JSON, SAMPLES_NPZ, SETTINGS_JSON, run_root_of
@@ -88,6 +89,7 @@ from repackctl.sample.folder import (
     file_mismatch,
     is_finished,
     job_batches,
+    lock_waiting,
     missing_indices,
     owned_range,
     recorded_batching,
@@ -540,7 +542,12 @@ def written_by_apply(out: Path) -> bool:
 
 
 def refined_by_apply(
-    out: Path, expected: dict[str, Any], pack_id: str | None, refiner: tuple[str, str], hint: str
+    out: Path,
+    expected: dict[str, Any],
+    pack_id: str | None,
+    refiner: tuple[str, str],
+    hint: str,
+    runs: str | None = None,
 ) -> dict[str, Any] | None:
     """The card of ``out`` when `refine apply` wrote it (its settings file holds ``_APPLY_KEYS``
     only) and it holds the samples ``expected`` describes (the card fields ``_GENERATION_KEYS``
@@ -549,7 +556,8 @@ def refined_by_apply(
     refine (``_refined_by_sample``). None when ``out`` is not a `refine apply` folder (new, or
     `sample`'s own: ``claim_folder`` decides). Else a ``ConfigError`` that names what differs,
     or that the folder is unfinished. ``refiner``: (``--refiner`` as given, its sha256);
-    ``hint``: where else the samples can go."""
+    ``hint``: where else the samples can go; ``runs``: the runs root (to name the refiner
+    that started an unfinished folder: :func:`finish_apply_hint`)."""
     if not written_by_apply(out):
         return None
     done = read_json_dict(out / PROTOCOL_JSON) or {}
@@ -557,10 +565,13 @@ def refined_by_apply(
     suffix = refined_suffix(refiner_label(name))
     src = out.parent / out.name.removesuffix(suffix) if out.name.endswith(suffix) else "SAMPLES"
     if not done.get("refined_from"):
+        finish = f"finish it with `repackctl refine apply {src} --refiner {name}`"
+        if not out.name.endswith(suffix):  # --refiner names it otherwise: what the folder says
+            finish = finish_apply_hint(out, runs)
         raise ConfigError(
             f"{out} is an unfinished folder of `repackctl refine apply` (the refined images of "
             "another samples folder), not one of `repackctl sample --refiner`",
-            f"finish it with `repackctl refine apply {src} --refiner {name}`, or {hint}",
+            f"{finish}, or {hint}",
         )
     diff = _generation_diff(done, expected)
     if (done.get("pack") or {}).get("pack_id") != pack_id:
@@ -576,11 +587,81 @@ def refined_by_apply(
     )
 
 
-def refuse_apply_folder(out: Path, hint: str) -> None:
+def _apply_source(out: Path) -> tuple[Path, str] | None:
+    """(the samples folder, the ``refine…`` tail of the name) that `refine apply` named ``out``
+    after (``<SAMPLES>--refine-<label>`` beside SAMPLES, :func:`refined_suffix`), when that
+    folder holds a card of unrefined samples; None otherwise (an ``--out`` of `sample
+    --refiner`'s own naming, a source moved away)."""
+    cut = out.name.rfind("--refine")
+    if cut <= 0:
+        return None
+    src = out.parent / out.name[:cut]
+    card = read_json_dict(src / PROTOCOL_JSON)
+    if card is None or card.get("refiner"):
+        return None
+    return src, out.name[cut + 2 :]
+
+
+def _refiner_arg(runs: str, label: str) -> str:
+    """The ``--refiner`` that samples folders label ``label`` (:func:`refiner_label`): the run
+    itself, or ``RUNS/<run>/checkpoints/step-N`` for ``<run>-step-N``."""
+    m = re.fullmatch(r"(.+)-(step-\d{7})", label)
+    if m and (Path(runs).expanduser() / m[1] / "checkpoints" / m[2]).is_dir():
+        return str(Path(runs).expanduser() / m[1] / "checkpoints" / m[2])
+    return label
+
+
+def _started_by(runs: str, tail: str, sha: Any) -> str | None:
+    """The ``--refiner`` of the `refine apply` that named its output ``…--<tail>``, checked
+    against the sha256 its settings file recorded (``sha``): the refiner that ``--refiner``
+    loads now (its newest complete checkpoint, for a run) must be that one; None when no run
+    of the name, or its checkpoint now is another one."""
+    from repackctl.files import sha256_file_cached
+    from repackctl.paths import resolve_checkpoint_arg
+    from repackctl.train.checkpoint import checkpoint_for_loading
+
+    if not isinstance(sha, str):
+        return None
+    labels = [tail, tail.removeprefix("refine-")]
+    for label in dict.fromkeys(x for x in labels if x and refined_suffix(x) == f"--{tail}"):
+        arg = _refiner_arg(runs, label)
+        try:
+            ckpt = checkpoint_for_loading(resolve_checkpoint_arg(runs, arg))
+            if ckpt is not None and sha256_file_cached(ckpt / "ema.safetensors") == sha:
+                return arg
+        except (RepackError, OSError):
+            continue
+    return None
+
+
+def finish_apply_hint(out: Path, runs: str | None) -> str:
+    """How to finish the unfinished `refine apply` folder ``out``, which records its source and
+    refiner only by their sha256 (its settings file) until its card is written: the exact
+    command where its name gives the samples folder beside it and a refiner run under ``runs``
+    whose checkpoint has the recorded sha256; else as much of it as is known."""
+    found = _apply_source(out)
+    if found is None:
+        return (
+            "finish it with the `repackctl refine apply SAMPLES --refiner RUN` command that "
+            "started it (`refine apply` writes SAMPLES--refine-RUN beside the samples folder "
+            f"SAMPLES; {out.name} does not name one that is there)"
+        )
+    src, tail = found
+    sha = (read_json_dict(out / SETTINGS_JSON) or {}).get("refiner")
+    refiner = _started_by(runs, tail, sha) if runs is not None else None
+    if refiner is not None:
+        return f"finish it with `repackctl refine apply {src} --refiner {refiner}`"
+    which = f" (the refiner whose ema.safetensors has sha256 {sha[:12]}…)" if sha else ""
+    return f"finish it with `repackctl refine apply {src} --refiner RUN`{which}"
+
+
+def refuse_apply_folder(out: Path, hint: str, runs: str | None = None) -> None:
     """Refuse `sample` without --refiner into ``out`` when `refine apply` wrote it (the refined
     images of another samples folder): said plainly, naming the refiner to pass to use its
     samples, rather than as a folder of "other settings" listing the null values of keys a
-    `refine apply` folder does not record. ``hint``: where else the samples can go."""
+    `refine apply` folder does not record. ``hint``: where else the samples can go; ``runs``:
+    the runs root, to name the command that finishes an unfinished folder
+    (:func:`finish_apply_hint`)."""
     if not written_by_apply(out):
         return
     card = read_json_dict(out / PROTOCOL_JSON) or {}
@@ -589,8 +670,7 @@ def refuse_apply_folder(out: Path, hint: str) -> None:
         raise ConfigError(
             f"{out} is an unfinished folder of `repackctl refine apply` (the refined images of "
             "another samples folder): `repackctl sample` without --refiner does not write there",
-            f"finish it with its `repackctl refine apply SAMPLES --refiner RUN` command, or "
-            f"{hint}; nothing in it was changed",
+            f"{finish_apply_hint(out, runs)}, or {hint}; nothing in it was changed",
         )
     raise ConfigError(
         f"{out} is a folder of `repackctl refine apply`: it holds the refined samples of {src}, "
@@ -617,6 +697,28 @@ def _applied_refiner(out: Path, card: dict[str, Any]) -> str:
 GRID_PENDING = "grid_pending"
 
 
+def _grid_agrees(out: Path, card: dict[str, Any], grid: int) -> bool:
+    """Whether ``card`` records ``grid`` without the redraw mark, with a grid.png beside it
+    when above 0: the folder already shows what ``grid`` asks for."""
+    drawn = grid == 0 or (out / GRID_PNG).is_file()
+    return card.get(GRID_KEY) == grid and drawn and card.get(GRID_PENDING) is not True
+
+
+def _redraw(out: Path, card: dict[str, Any], new: dict[str, Any], grid: int) -> None:
+    """Mark ``card`` (``GRID_PENDING``), draw grid.png again with ``grid`` images (or remove
+    the card's own at 0), then write ``new``: the steps of :func:`regrid_finished`."""
+    write_json_atomic(out / PROTOCOL_JSON, {**card, GRID_PENDING: True})
+    ids = _sample_ids(out, card)
+    write_grid(out, len(ids), grid)  # removes the card's grid.png at 0 (``remove_own_grid``)
+    if grid > 0 and card.get("stage") == "t2i":  # one row per prompt, as the source's
+        from repackctl.sample.t2i import prompt_grid
+
+        prompts = card.get("prompts") or []
+        prompt_grid(out, ids, [str(prompts[k]) for k in ids], grid)
+    crash_point(CRASH_AFTER_REGRID)
+    write_json_atomic(out / PROTOCOL_JSON, new)
+
+
 def regrid_finished(out: Path, card: dict[str, Any], grid: int, dist: DistInfo) -> dict[str, Any]:
     """The card of the finished refined folder ``out`` (``card``, the one it holds) once its
     grid.png shows ``grid`` images, for the command that answers "already done" there (`sample
@@ -628,26 +730,18 @@ def regrid_finished(out: Path, card: dict[str, Any], grid: int, dist: DistInfo) 
     again from the PNGs (checked against samples.npz just before: ``_restore_finished``) or
     removes the one the card claims at 0, then records ``grid`` without the mark. A kill in
     between leaves the mark, so the next call draws the grid again whatever count it asks for
-    (the new grid beside the old count was left for good before the mark)."""
-    from repackctl.run_lock import lock_samples
-
-    pending = card.get(GRID_PENDING) is True
-    drawn = grid == 0 or (out / GRID_PNG).is_file()
-    if card.get(GRID_KEY) == grid and drawn and not pending:
+    (the new grid beside the old count was left for good before the mark). Another process
+    holding the lock (the same command run twice) is waited for (:func:`lock_waiting`), and
+    the card read again: when it drew this grid, nothing is drawn a second time."""
+    if _grid_agrees(out, card, grid):
         return card
     new = {k: v for k, v in card.items() if k != GRID_PENDING} | {GRID_KEY: grid}
     if dist.rank == 0:
-        lock_samples(out)  # one writer (given up by ``released_after``)
-        write_json_atomic(out / PROTOCOL_JSON, {**card, GRID_PENDING: True})
-        ids = _sample_ids(out, card)
-        write_grid(out, len(ids), grid)  # removes the card's grid.png at 0 (``remove_own_grid``)
-        if grid > 0 and card.get("stage") == "t2i":  # one row per prompt, as the source's
-            from repackctl.sample.t2i import prompt_grid
-
-            prompts = card.get("prompts") or []
-            prompt_grid(out, ids, [str(prompts[k]) for k in ids], grid)
-        crash_point(CRASH_AFTER_REGRID)
-        write_json_atomic(out / PROTOCOL_JSON, new)
+        if lock_waiting(out):  # one writer (given up by ``released_after``)
+            card = read_json_dict(out / PROTOCOL_JSON) or card  # as the other one left it
+            new = {k: v for k, v in card.items() if k != GRID_PENDING} | {GRID_KEY: grid}
+        if not _grid_agrees(out, card, grid):
+            _redraw(out, card, new, grid)
     dist.barrier()
     return new
 
@@ -671,11 +765,10 @@ def _restore_finished(out: Path, mine: range, dist: DistInfo, who: str, hint: st
     restores its own folders; a ``Warning:`` names them); one that cannot be (samples.npz gone
     or changed) is refused by name on every process, with ``hint``: nothing is answered "done"
     that is not there."""
-    from repackctl.run_lock import lock_samples
     from repackctl.sample.folder import png_path
 
     if missing_indices(out, mine):  # one to write: one writer (given up by ``released_after``)
-        lock_samples(out)
+        lock_waiting(out)  # the same command run twice: the other restores them meanwhile
     restored = restore_pngs(out, mine)
     _warn_all(dist, [restored.removeprefix("Warning: ")] if restored else [])
     lost = sorted(dist.all_items(missing_indices(out, mine)))

@@ -209,7 +209,7 @@ def run_sample(
     else:  # a `refine apply` folder is said to be one, with the --refiner that reuses it
         from repackctl.sample.refine import refuse_apply_folder
 
-        refuse_apply_folder(folder, out_hint(bool(cfg.out)))
+        refuse_apply_folder(folder, out_hint(bool(cfg.out)), settings.runs)
     batching, threads = _claim(settings, folder, fingerprint, dist.world, device)
     header = run_header(dist, device, settings.precision, precision_source, settings.seed)
     job = _Job(settings, plan, dit.extra, labels, velocity, pack.model.to(device).eval(), refiner,
@@ -443,7 +443,8 @@ def _applied(
     }
     expected = json.loads(json.dumps(expected))  # as a card records them (tuples → lists)
     which = (str(cfg.refiner), refiner.sha256)
-    card = refined_by_apply(folder, expected, pack.pack_id, which, out_hint(bool(cfg.out)))
+    hint = out_hint(bool(cfg.out))
+    card = refined_by_apply(folder, expected, pack.pack_id, which, hint, settings.runs)
     if card is None:
         return None
     share = restore_applied(folder, card, str(cfg.refiner), dist)

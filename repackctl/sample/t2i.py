@@ -651,12 +651,13 @@ def _applied(
 
     cfg, nfe = settings.sample, network_evaluations(plan.spec, plan)
     if refiner is None:
-        refuse_apply_folder(folder, out_hint(bool(cfg.out)))
+        refuse_apply_folder(folder, out_hint(bool(cfg.out)), settings.runs)
         return None
     # the fields of the card `sample` writes for these samples, as a card records them
     expected = json.loads(json.dumps(_protocol(plan, nfe, settings, handle, prompts, None, {})))
     which = (str(cfg.refiner), refiner.sha256)
-    card = refined_by_apply(folder, expected, pack_id, which, out_hint(bool(cfg.out)))
+    hint = out_hint(bool(cfg.out))
+    card = refined_by_apply(folder, expected, pack_id, which, hint, settings.runs)
     if card is None:
         return None
     share = restore_applied(folder, card, str(cfg.refiner), dist)
