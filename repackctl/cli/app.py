@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import NoReturn
 
 import typer
@@ -137,3 +138,33 @@ for _name in COMMAND_MODULES:
 
 def main() -> None:
     app()
+
+
+def unwrap_help(text: str) -> str:
+    """A docstring's paragraphs with their source line breaks taken out: Typer's rich markup
+    keeps every newline, so text wrapped at 100 columns in the source was printed in ragged
+    lines by ``--help`` at any terminal width. Paragraphs (blank lines) and lines that start a
+    list item or are indented stay as written."""
+    paragraphs = []
+    for paragraph in inspect.cleandoc(text).split("\n\n"):
+        lines = paragraph.split("\n")
+        joined = lines[0]
+        for line in lines[1:]:
+            keep = line.startswith((" ", "- ", "* ", "• "))
+            joined += ("\n" + line) if keep else (" " + line.strip())
+        paragraphs.append(joined)
+    return "\n\n".join(paragraphs)
+
+
+def _unwrap_commands(typer_app: typer.Typer) -> None:
+    """:func:`unwrap_help` over the help of every command and group of ``typer_app``."""
+    for info in typer_app.registered_commands:
+        text = info.help or (info.callback.__doc__ if info.callback else None)
+        if text:
+            info.help = unwrap_help(text)
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _unwrap_commands(group.typer_instance)
+
+
+_unwrap_commands(app)

@@ -77,6 +77,7 @@ def apply(
     Uses the raw latents stored in its latents.npy (or regenerates them from the DiT, on the
     device type the samples were made on). Its grid.png shows as many images as the samples
     folder's (--grid to choose).
+
     Example: `repackctl refine apply samples/dit--step-0001000--euler-50--cfg4--seed0 --refiner refine-builtin`
     """
     resolved = resolve(
