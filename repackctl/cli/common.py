@@ -186,9 +186,11 @@ def handle_errors(fn: Callable) -> Callable:
 def resolve(config: str | None, flags: dict[str, Any]) -> ResolvedSettings:
     """Resolve settings from the layers; ``flags`` holds dotted keys of flags actually given."""
     from repackctl.settings import resolve_settings
+    from repackctl.settings.checks import check_magnitudes
 
     given = {k: v for k, v in flags.items() if v is not None}
     resolved = resolve_settings(config or os.environ.get("REPACKCTL_CONFIG"), given)
+    check_magnitudes(resolved.settings, resolved.sources)
     set_log_every_s(resolved.settings.log_every_s)
     return resolved
 

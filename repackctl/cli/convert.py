@@ -17,8 +17,14 @@ from repackctl.cli.common import (
     resolve,
     rich_progress,
 )
+from repackctl.settings.checks import INT_LIMIT
 
 import_app = typer.Typer(help="Import checkpoints made by other code bases.", no_args_is_help=True)
+
+
+def COUNT(**kwargs: str) -> object:  # noqa: N802 - used like typer.Option
+    """``typer.Option`` of a whole number from 1 to ``INT_LIMIT``."""
+    return typer.Option(min=1, max=INT_LIMIT, **kwargs)
 
 
 @import_app.command("official")
@@ -40,10 +46,10 @@ def official(
         str | None,
         typer.Option(help="Their latents_stats.pt (or JSON mean/std); needed with --dit."),
     ] = None,
-    image_size: Annotated[int, typer.Option(help="Image side the release was trained at.")] = 256,
+    image_size: Annotated[int, COUNT(help="Image side the release was trained at.")] = 256,
     num_heads: Annotated[
         int | None,
-        typer.Option(
+        COUNT(
             help="DiT attention heads, needed for models without a RoPE table (with one, the "
             "count is read from it and a different value is an error)."
         ),

@@ -17,6 +17,7 @@ from repackctl.cli.common import (
 )
 from repackctl.cli.options import settings_command
 from repackctl.settings import ResolvedSettings
+from repackctl.settings.checks import INT_LIMIT
 
 evaluate_app = typer.Typer(
     name="evaluate",
@@ -194,12 +195,17 @@ def stats(
     ] = "inception",
     resolution: Annotated[
         int | None,
-        typer.Option(help="Center-crop size (≥ 1) for folders (256) / built-in data (64)."),
+        typer.Option(
+            max=INT_LIMIT,
+            help="Center-crop size (≥ 1) for folders (256) / built-in data (64).",
+        ),
     ] = None,
     num: Annotated[
         int | None,
         typer.Option(
-            "--num", help="Use the first/seeded N images (≥ 1); default all (1000 for builtin)."
+            "--num",
+            max=INT_LIMIT,
+            help="Use the first/seeded N images (≥ 1); default all (1000 for builtin).",
         ),
     ] = None,
 ) -> None:

@@ -17,6 +17,7 @@ from repackctl.cli.common import (
     note_line,
     resolve,
 )
+from repackctl.settings.checks import INT_LIMIT
 
 
 @handle_errors
@@ -25,7 +26,10 @@ def adherence(
         str, typer.Argument(help="A samples folder written by `repackctl sample` for a t2i run.")
     ],
     steps: Annotated[
-        int, typer.Option("--steps", min=1, help="Training steps of the attribute classifiers.")
+        int,
+        typer.Option(
+            "--steps", min=1, max=INT_LIMIT, help="Training steps of the attribute classifiers."
+        ),
     ] = 400,
     cache: CacheOpt = None,
     seed: SeedOpt = None,

@@ -197,6 +197,8 @@ def settings_command(
     model = Settings.model_fields[section].annotation
     renames, positional = flags or {}, arguments or {}
     taken = {key.split(".")[-1] for key in positional.values()}
+    # the flags that name a setting otherwise than ``--`` + its name (for the refusals)
+    flag_of = {(f"{section}.{k}" if k in model.model_fields else k): f for k, f in renames.items()}
     names = [
         n
         for n in model.model_fields
@@ -229,7 +231,7 @@ def settings_command(
                         continue
                     field = key[2:]
                     given[f"{section}.{field}" if key[0] == "o" else field] = value
-            resolved = resolve(config, given)
+            resolved = resolve(config, given, flag_of)
             if show_only:
                 # a training command shows what an existing run of that name resumes with
                 training = fn.__name__ in ("train", "dit", "t2i")
@@ -276,14 +278,23 @@ def _started_without(section: str) -> dict[str, Any]:
         from repackctl.refine.task import STARTED_WITHOUT as REFINE_STARTED_WITHOUT
 
         return REFINE_STARTED_WITHOUT
+    if section == "pack":
+        from repackctl.pack.task import STARTED_WITHOUT as PACK_STARTED_WITHOUT
+
+        return PACK_STARTED_WITHOUT
     return {}
 
 
-def resolve(config: str | None, given: dict[str, Any]) -> ResolvedSettings:
-    """Resolve the settings layers; ``given`` holds dotted keys of the flags actually given."""
+def resolve(
+    config: str | None, given: dict[str, Any], flags: dict[str, str] | None = None
+) -> ResolvedSettings:
+    """Resolve the settings layers; ``given`` holds dotted keys of the flags actually given,
+    ``flags`` the flags a command renames (dotted key → flag), named when a value is refused."""
     from repackctl.progress import set_log_every_s
     from repackctl.settings import resolve_settings
+    from repackctl.settings.checks import check_magnitudes
 
     resolved = resolve_settings(config or os.environ.get("REPACKCTL_CONFIG"), given)
+    check_magnitudes(resolved.settings, resolved.sources, flags)
     set_log_every_s(resolved.settings.log_every_s)  # period of plain progress lines
     return resolved

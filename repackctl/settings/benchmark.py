@@ -18,7 +18,11 @@ class BenchmarkSettings(BaseModel):
     warmup: int = Field(1, ge=0, description="untimed runs before measuring")
     repeats: int = Field(5, ge=1, description="timed runs; the median is reported")
     min_time: float = Field(
-        0.05, ge=0, description="seconds per timed sample: shorter calls are looped (0 = no loop)"
+        0.05,
+        ge=0,
+        le=60,
+        description="seconds per timed sample, at most 60: shorter calls are looped (0 = no "
+        "loop; a longer sample only makes the run longer, 1e30 looped for ever)",
     )
     threads: int | None = Field(
         None, ge=1, description="torch CPU threads; none = torch's default (recorded in the JSON)"

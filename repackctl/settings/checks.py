@@ -287,3 +287,79 @@ def unreached_ema_decay(
         f"ones after this run's {steps} steps (pass --ema-warmup, a lower --ema-decay, or "
         f"--steps above {half})"
     )
+
+
+#: the largest whole-number setting (a count, a size, a step, a block index), either sign: a
+#: larger one overflowed an array index (``extract --num 99999999999999999999`` ended in an
+#: OverflowError traceback) or was read for hours before anything refused it
+INT_LIMIT = 2**31 - 1
+#: tighter ranges of some settings, whichever section holds them (each item of a list or
+#: tuple): name → (lowest, highest, whether the highest is excluded, why)
+RANGES: dict[str, tuple[float, float, bool, str]] = {
+    "num_workers": (
+        0,
+        64,
+        False,
+        "each DataLoader worker is a process: more than 64 only compete for the CPUs, and a "
+        "huge count forked processes until the machine ran out of memory",
+    ),
+    "betas": (
+        0.0,
+        1.0,
+        True,
+        "Adam's betas are decay rates; the engine's own check came only once the run was "
+        "being set up",
+    ),
+}
+#: settings that check a range of their own (``seed``: 0 … 2**32 − 1)
+OWN_RANGE = ("seed",)
+
+
+def check_magnitudes(
+    settings: BaseModel, sources: dict[str, str], flags: dict[str, str] | None = None
+) -> None:
+    """Refuse, before a command reads anything, a whole number beyond ±:data:`INT_LIMIT` in
+    any section and a value outside its :data:`RANGES`: ``--num 99999999999999999999`` was a
+    traceback, ``--num-workers 99999999999999999999`` forked until memory ran out. Lists and
+    tuples are checked item by item. ``sources``: dotted key → source; ``flags``: dotted key →
+    its flag where the command renames it (pack encode's ``--batch-size``), else ``--`` + the
+    name with dashes."""
+    for key, value in _numbers(settings):
+        name = key.rsplit(".", 1)[-1]
+        if name in OWN_RANGE:
+            continue
+        low, high, open_top, why = RANGES.get(
+            name, (-INT_LIMIT, INT_LIMIT, False, "no count, size or step comes near it")
+        )
+        if name not in RANGES and isinstance(value, float):
+            continue  # a real number: finite (allow_inf_nan), its field bounds it
+        if low <= value < high or (not open_top and value == high):
+            continue
+        source = sources.get(key, "default")
+        flag = (flags or {}).get(key) or "--" + name.replace("_", "-")
+        if name in RANGES:
+            span = f"{_num(low)} ≤ {name} {'<' if open_top else '≤'} {_num(high)}"
+        else:
+            span = f"|{name}| ≤ {INT_LIMIT} (2**31 − 1)"
+        raise ConfigError(
+            f"{key} = {_num(value)} (from {source}) is out of range: {span} ({why})",
+            f"pass {flag} with a value in that range, or {undo_given(source, flag)}",
+        )
+
+
+def _num(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
+def _numbers(model: BaseModel, prefix: str = "") -> list[tuple[str, int | float]]:
+    """(dotted key, value) of every number of ``model`` and its sections, list items included."""
+    out: list[tuple[str, int | float]] = []
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            out += _numbers(value, f"{prefix}{name}.")
+            continue
+        items = value if isinstance(value, (list, tuple)) else (value,)
+        nums = [v for v in items if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        out += [(f"{prefix}{name}", v) for v in nums]
+    return out

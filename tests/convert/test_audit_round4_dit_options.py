@@ -20,7 +20,7 @@ from repackctl.cli.app import app
     [
         (["--latent-stats", "STATS"], "--latent-stats"),
         (["--num-heads", "2"], "--num-heads"),
-        (["--num-heads", "0", "--latent-stats", "STATS"], "--latent-stats and --num-heads"),
+        (["--num-heads", "3", "--latent-stats", "STATS"], "--latent-stats and --num-heads"),
     ],
     ids=["latent-stats", "num-heads", "both"],
 )

@@ -102,6 +102,8 @@ def test_a_paper_run_started_before_disc_lead_resumes_with_0(cache, tmp_path, mo
     out = cli_refused(ResumeConflict.exit_code, *args, "--disc-lead", "1")
     assert "pack.disc_lead: 0 → 1 (the run started before disc_lead was a setting" in out
     assert _state(tmp_path, "old")[0] == ckpt  # nothing written
+    shown = cli_ok(*args, "--show-config")  # what the resume trains with, not the preset's 1
+    assert "pack.disc_lead = 0 " in shown, shown
     out = cli_ok(*args)
     assert "pack.disc_lead: kept 0 as the run started (preset paper now gives 1" in out
     ckpt, state = _state(tmp_path, "old")
