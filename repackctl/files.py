@@ -4,7 +4,8 @@ uint8 ↔ [−1, 1] image conversion.
 Temporary names (all ours, so that a later run can recognise and remove them):
 ``.tmp-<name>.<w>`` (JSON), ``.<name>.<w>.tmp`` (PNG, .npy), ``.<name>.<w>.<hex>.tmp``
 (``metrics.frechet.atomic_path``), where ``<w>`` is ``<pid>-<host>`` (``temp_names.writer_tag``);
-``.tmp-step-…`` folders (checkpoints).
+``.tmp-step-…`` folders (checkpoints); private scratch folders ``<prefix><w>-<random>``
+(:func:`remove_stale_writer_dirs`).
 """
 
 from __future__ import annotations
@@ -267,6 +268,27 @@ def remove_stale_temp_files(
     return removed
 
 
+def remove_stale_writer_dirs(base: str | Path, prefix: str) -> list[Path]:
+    """Delete the folders ``<prefix><pid>-<host>-<random>`` directly in ``base`` (what
+    ``tempfile.mkdtemp(prefix=f"{prefix}{writer_tag()}-")`` names) whose writer ran on this
+    machine and is gone (:func:`gone_here`: a kill skipped its cleanup). Never a link, another
+    machine's folder, a live process's, or any other name; names without the machine count as
+    this machine's. Returns the folders removed."""
+    import glob
+    import re
+    import shutil
+
+    base = Path(base)
+    stale = re.compile(rf"{re.escape(prefix)}(\d+)-(?:([0-9a-f]{{8}})-)?\w+")
+    removed: list[Path] = []
+    for old in sorted(base.glob(f"{glob.escape(prefix)}*")) if base.is_dir() else ():
+        m = stale.fullmatch(old.name)
+        if m and not old.is_symlink() and old.is_dir() and gone_here(int(m[1]), m[2]):
+            shutil.rmtree(old, ignore_errors=True)
+            removed.append(old)
+    return removed
+
+
 def read_json_object(path: Path, hint: str) -> dict[str, Any]:
     """The JSON object in ``path``; a ``DataError`` naming the file (and ``hint``) when it cannot
     be read, is not JSON (cut short, edited) or holds another kind of value."""
@@ -298,15 +320,24 @@ def write_png_atomic(path: Path, image: np.ndarray) -> None:
     from PIL import Image
 
     tmp = path.with_name(f".{path.name}.{writer_tag()}.tmp")
-    Image.fromarray(image).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    try:
+        Image.fromarray(image).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a failed write (disk full, Ctrl-C) leaves the old file only
+        raise
 
 
 def write_npy_atomic(path: Path, array: np.ndarray) -> None:
+    """Write one .npy (no pickles) through a temporary name: an existing file is complete."""
     tmp = path.with_name(f".{path.name}.{writer_tag()}.tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, array, allow_pickle=False)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, array, allow_pickle=False)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a failed write (disk full, Ctrl-C) leaves the old file only
+        raise
 
 
 def read_png(path: Path) -> np.ndarray:

@@ -14,7 +14,10 @@
   56.13 %, RePack-32 42.48 %): a linear classifier (``metrics.probe``) on mean-pooled features
   of the un-mirrored images, trained on the run's training split and scored on the held-out
   split, for the raw encoder tokens, a float64 PCA of the training tokens to the same d, and the
-  pack model's posterior means.
+  pack model's posterior means. Written as ``probe-<eval entry>.json`` (:func:`_probe_stem`); it
+  records the identity of both entries (``train_entry_sha256``, ``eval_entry_sha256``, with their
+  ``*_entry_source``) and keeps a report of earlier entries of the same names aside as
+  ``probe-<eval entry>-earlier-<train sha12>-<eval sha12>.json``, as recon does.
 
 A subset (``-n N``; the probe trains on 4N rows) is class-balanced where the entry's labels are
 known (:func:`repackctl.evaluate.selection.round_robin_indices`: image-folder entries are stored
@@ -307,12 +310,14 @@ def check_recon_replaceable(
         )
 
 
-def entry_identity(entry: DatasetEntry, idx: np.ndarray) -> dict[str, Any]:
+def entry_identity(entry: DatasetEntry, idx: np.ndarray, side: str = "") -> dict[str, Any]:
     """What identifies the images ``idx`` of ``entry`` beyond its name: ``entry_sha256``, their
     content hash (``evaluate.generative.cache_images_sha256``: the entry's source attributes,
     done flags, the rows and the chunk checksums the cache stores, without reading the pixels),
     and ``entry_source``, the source attributes for a reader. An entry removed and extracted
-    again under the same name (other files in the folder, another seed) has another hash."""
+    again under the same name (other files in the folder, another seed) has another hash.
+    ``side`` prefixes the keys (``train_``, ``eval_``: a report of two entries, whose names it
+    records as ``<side>entry``)."""
     from repackctl.cache.integrity import GuardedArray, repair_hint
     from repackctl.cache.store import WRITTEN
     from repackctl.evaluate.generative import cache_images_sha256
@@ -322,21 +327,35 @@ def entry_identity(entry: DatasetEntry, idx: np.ndarray) -> dict[str, Any]:
     images = GuardedArray(entry.images, done == WRITTEN, f"{entry.name} images", redo)
     source = entry.attrs.get("source")
     return {
-        "entry_sha256": cache_images_sha256(entry, images, done, idx),
-        "entry_source": dict(source) if isinstance(source, dict) else {},
+        f"{side}entry_sha256": cache_images_sha256(entry, images, done, idx),
+        f"{side}entry_source": dict(source) if isinstance(source, dict) else {},
     }
 
 
-def earlier_entry_report(path: Path, sha256: str) -> dict[str, Any] | None:
-    """The report at ``path`` when it scored another entry of the same name (its recorded
-    ``entry_sha256`` differs from ``sha256``: the entry was removed and extracted again), else
-    None: no report, an unreadable one, the same images, or one written before reports
-    recorded their images (the name decides, as before)."""
+def _sides(identity: dict[str, Any]) -> list[str]:
+    """The key prefixes of the entries ``identity`` names (``[""]``, ``["train_", "eval_"]``)."""
+    return [k.removesuffix("entry_sha256") for k in identity if k.endswith("entry_sha256")]
+
+
+def _changed_sides(old: dict[str, Any], identity: dict[str, Any]) -> list[str]:
+    """The sides whose recorded hash in ``old`` is another than in ``identity``."""
+    return [
+        p
+        for p in _sides(identity)
+        if isinstance(old.get(f"{p}entry_sha256"), str)
+        and old[f"{p}entry_sha256"] != identity[f"{p}entry_sha256"]
+    ]
+
+
+def earlier_entry_report(path: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
+    """The report at ``path`` when it scored another entry of the same name (a recorded
+    ``<side>entry_sha256`` differs from ``identity``'s, :func:`entry_identity`: the entry was
+    removed and extracted again), else None: no report, an unreadable one, the same images, or
+    one written before reports recorded their images (the name decides, as before)."""
     from repackctl.run_files import read_json_dict
 
     old = read_json_dict(path)
-    was = (old or {}).get("entry_sha256")
-    return old if isinstance(was, str) and was != sha256 else None
+    return old if old is not None and _changed_sides(old, identity) else None
 
 
 def _source_change(was: Any, now: dict[str, Any]) -> str:
@@ -347,30 +366,42 @@ def _source_change(was: Any, now: dict[str, Any]) -> str:
     return f"; source {', '.join(parts)}" if parts else ""
 
 
+def _why_earlier(old: dict[str, Any], identity: dict[str, Any]) -> str:
+    """``<entry> was extracted again (images sha256 …, now …; source …)`` for each side whose
+    images changed, joined by ``; and ``."""
+    whys = []
+    for p in _changed_sides(old, identity):
+        was, now = str(old[f"{p}entry_sha256"]), identity[f"{p}entry_sha256"]
+        change = _source_change(old.get(f"{p}entry_source"), identity[f"{p}entry_source"])
+        whys.append(
+            f"{old.get(f'{p}entry')} was extracted again (images sha256 {was[:12]}…, now "
+            f"{now[:12]}…{change})"
+        )
+    return "; and ".join(whys)
+
+
 def set_aside_earlier(
     path: Path, old: dict[str, Any], identity: dict[str, Any], notes: list[str]
 ) -> Path:
     """Keep the report ``old`` at ``path`` (of an earlier entry of the same name:
-    :func:`earlier_entry_report`) and its grid PNG as ``<stem>-earlier-<sha12>.json`` /
-    ``.png`` beside it, marked ``superseded``, so that the report at ``path`` is this run's
-    alone; said in ``notes``. Returns where it went. The copy is written before the original
-    is removed: a kill in between leaves both, and the next run does the same again."""
+    :func:`earlier_entry_report`) and its grid PNG, if any, as ``<stem>-earlier-<sha12>.json``
+    / ``.png`` beside it (``<sha12>`` of each of its entries, joined by ``-``), marked
+    ``superseded``, so that the report at ``path`` is this run's alone; said in ``notes``.
+    Returns where it went. The copy is written before the original is removed: a kill in
+    between leaves both, and the next run does the same again."""
     import os
 
     from repackctl.files import write_json_atomic
 
-    was = str(old["entry_sha256"])
-    kept = path.with_name(f"{path.stem}-earlier-{was[:12]}.json")
+    was = "-".join(str(old.get(f"{p}entry_sha256"))[:12] for p in _sides(identity))
+    kept = path.with_name(f"{path.stem}-earlier-{was}.json")
     grid, kept_grid = path.with_suffix(".png"), kept.with_suffix(".png")
-    change = _source_change(old.get("entry_source"), identity["entry_source"])
-    why = (
-        f"{old.get('entry')} was extracted again (images sha256 {was[:12]}…, now "
-        f"{identity['entry_sha256'][:12]}…{change})"
-    )
+    why = _why_earlier(old, identity)
     doc = {**old, "superseded": f"not the current report: {why}"}
-    doc["grid"] = str(kept_grid) if grid.is_file() else old.get("grid")
+    if "grid" in old:
+        doc["grid"] = str(kept_grid) if grid.is_file() else old.get("grid")
     write_json_atomic(kept, doc)
-    if grid.is_file():
+    if "grid" in old and grid.is_file():
         os.replace(grid, kept_grid)
     path.unlink(missing_ok=True)
     notes.append(
@@ -408,7 +439,7 @@ def evaluate_recon(settings: Settings, progress: ProgressFactory = null_progress
     inception = _inception_record(cfg.inception_weights)
     fd_method = settings.evaluate.fd_method
     identity = entry_identity(entry, idx)
-    earlier = earlier_entry_report(handle.checkpoint / f"{stem}.json", identity["entry_sha256"])
+    earlier = earlier_entry_report(handle.checkpoint / f"{stem}.json", identity)
     if earlier is None:  # another entry's report is kept aside, not replaced: nothing to refuse
         check_recon_replaceable(handle.checkpoint / f"{stem}.json", inception, fd_method)  # first
     extractor = _inception(cfg.inception_weights, device, notes)
@@ -511,6 +542,12 @@ class ProbeReport:
     epochs: int = 0
     seed: int = 0
     pca_samples: int = 0  # the tokens the PCA-d row's fit read (``pack.pca_samples``)
+    #: the content hashes and source attributes of the two entries (:func:`entry_identity`);
+    #: None / {} in older reports
+    train_entry_sha256: str | None = None
+    train_entry_source: dict[str, Any] = field(default_factory=dict)
+    eval_entry_sha256: str | None = None
+    eval_entry_source: dict[str, Any] = field(default_factory=dict)
 
     def table(self) -> str:
         """Markdown table in the paper's shape (representation, dims, #params, top-1 %)."""
@@ -584,11 +621,33 @@ def _probe_rows(
     return rows
 
 
-def evaluate_probe(settings: Settings, progress: ProgressFactory = null_progress) -> ProbeReport:
-    """Linear-probe top-1 of raw tokens, PCA-d and the pack run's d-dim latents."""
+def _pca_rows(
+    settings: Settings,
+    entry: DatasetEntry,
+    feats: ArrayGroup,
+    d: int,
+    raw_tr: np.ndarray,
+    raw_ev: np.ndarray,
+) -> tuple[Any, np.ndarray, np.ndarray]:
+    """(the PCA fit, train (N, d), eval (N, d)): a PCA of the training tokens to d (the same fit
+    `pack train --method pca` makes); linear, so projecting the mean-pooled tokens equals
+    mean-pooling the projected tokens."""
     from repackctl.pack.data import PackData
-    from repackctl.pack.encode import _extract_hint, check_features_precision
     from repackctl.pack.task import fit_token_pca
+
+    cfg = settings.pack
+    pca = fit_token_pca(
+        PackData(entry, feats, cfg.in_memory, settings.memory_gb), d, cfg.pca_samples
+    )
+    mu, comps = pca.mean.numpy(), pca.components.numpy()  # (C,), (d, C)
+    return pca, (raw_tr - mu) @ comps.T, (raw_ev - mu) @ comps.T
+
+
+def evaluate_probe(settings: Settings, progress: ProgressFactory = null_progress) -> ProbeReport:
+    """Linear-probe top-1 of raw tokens, PCA-d and the pack run's d-dim latents. The report
+    records the identity of both entries (:func:`entry_identity`); a report of earlier entries
+    of the same names is kept aside (:func:`set_aside_earlier`), not replaced."""
+    from repackctl.pack.encode import _extract_hint, check_features_precision
     from repackctl.runtime import resolve_device
 
     cfg = settings.pack
@@ -604,6 +663,10 @@ def evaluate_probe(settings: Settings, progress: ProgressFactory = null_progress
     tr_num = cfg.eval_num and 4 * cfg.eval_num
     tr_idx, tr_subset = _indices(train_entry, train_feats, tr_num, notes, "train")
     ev_idx, ev_subset = _indices(eval_entry, eval_feats, cfg.eval_num, notes, "eval")
+    path = handle.checkpoint / f"{_probe_stem(settings, eval_entry, [tr_subset, ev_subset])}.json"
+    identity = entry_identity(train_entry, tr_idx, "train_")
+    identity |= entry_identity(eval_entry, ev_idx, "eval_")
+    earlier = earlier_entry_report(path, identity)
     device = resolve_device(settings.device)
     model = handle.model.to(device)
     d = handle.latent_channels
@@ -616,13 +679,7 @@ def evaluate_probe(settings: Settings, progress: ProgressFactory = null_progress
     y_ev = eval_entry.labels[:][ev_idx]
     classes = int(train_entry.attrs.get("num_classes") or 0) or int(max(y_tr.max(), y_ev.max()) + 1)
 
-    # PCA of the training tokens to d (the same fit `pack train --method pca` makes); linear, so
-    # projecting the mean-pooled tokens equals mean-pooling the projected tokens
-    pca = fit_token_pca(
-        PackData(train_entry, train_feats, cfg.in_memory, settings.memory_gb), d, cfg.pca_samples
-    )
-    mu, comps = pca.mean.numpy(), pca.components.numpy()  # (C,), (d, C)
-    pca_tr, pca_ev = (raw_tr - mu) @ comps.T, (raw_ev - mu) @ comps.T  # (N, d)
+    pca, pca_tr, pca_ev = _pca_rows(settings, train_entry, train_feats, d, raw_tr, raw_ev)
 
     method = str(handle.extra.get("method", "repack"))
     label = "RePack" if method == "repack" else "PCA (pack run)"
@@ -652,9 +709,11 @@ def evaluate_probe(settings: Settings, progress: ProgressFactory = null_progress
         epochs=cfg.probe_epochs,
         seed=settings.seed,
         pca_samples=cfg.pca_samples,
+        **identity,
     )
     from repackctl.files import write_json_atomic
 
-    stem = _probe_stem(settings, eval_entry, [tr_subset, ev_subset])
-    write_json_atomic(handle.checkpoint / f"{stem}.json", report.to_dict())
+    if earlier is not None:  # its note goes into this report's notes too
+        set_aside_earlier(path, earlier, identity, notes)
+    write_json_atomic(path, report.to_dict())
     return report

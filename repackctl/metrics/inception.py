@@ -33,7 +33,10 @@ Weights: torch-fidelity unpickles its weights file (``torch.load(weights_only=Fa
 hand it a file we have not read safely first: the file (a user's ``--inception-weights FILE``,
 ``.pth``/``.pt`` or ``.safetensors``, or the one in the torch hub cache where torch-fidelity looks)
 is read with ``weights_only=True`` / safetensors, and a private temporary copy holding only those
-tensors is what torch-fidelity loads.
+tensors is what torch-fidelity loads. The copy (~91 MB) lives in a folder
+``repackctl-inception-<pid>-<host>-<random>`` of the system's temporary folder, removed once the
+model is built; a kill skips that, so each build first removes the folders of this machine's
+killed builds (``files.remove_stale_writer_dirs``).
 """
 
 from __future__ import annotations
@@ -48,8 +51,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from repackctl.crash import crash_point
 from repackctl.errors import DataError, WeightsError
-from repackctl.files import sha256_file
+from repackctl.files import remove_stale_writer_dirs, sha256_file
+from repackctl.temp_names import writer_tag
 
 #: torch-fidelity's registry id of the TF-compatible Inception-V3
 EXTRACTOR_NAME = "inception-v3-compat"
@@ -70,6 +75,8 @@ SPATIAL_CHANNELS = 7  # ADM keeps spatial[..., :7]
 SPATIAL_DIM = 17 * 17 * SPATIAL_CHANNELS  # 2023
 
 FEATURE_KINDS = ("pool", "logits", "spatial")
+#: the private copy's folder: ``<prefix><pid>-<host>-<random>`` in the system's temporary folder
+PRIVATE_PREFIX = "repackctl-inception-"
 
 
 def hub_weights_path() -> Path:
@@ -149,11 +156,13 @@ class InceptionExtractor:
         self.batch_size = int(batch_size)
         state = read_state_dict_safely(self.weights_path)
         # torch-fidelity unpickles what it is given: give it a private copy of checked tensors.
-        tmpdir = tempfile.mkdtemp(prefix="repackctl-inception-")  # mode 0700
+        remove_stale_writer_dirs(tempfile.gettempdir(), PRIVATE_PREFIX)  # killed builds' copies
+        tmpdir = tempfile.mkdtemp(prefix=f"{PRIVATE_PREFIX}{writer_tag()}-")  # mode 0700
         try:
             private = os.path.join(tmpdir, INCEPTION_FILENAME)
             torch.save(state, private)
             del state
+            crash_point("inception-private-copy")  # crash tests: a kill while the model is built
             try:
                 self.model = create_feature_extractor(
                     EXTRACTOR_NAME,

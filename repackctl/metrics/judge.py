@@ -31,7 +31,7 @@ from torch import nn
 
 from repackctl.eager_adamw import EagerAdamW
 from repackctl.errors import CheckpointError, ConfigError, DataError
-from repackctl.files import write_json_atomic
+from repackctl.files import save_safetensors, sha256_file, write_json_atomic
 from repackctl.metrics.frechet import FeatureStats, frechet_distance
 from repackctl.progress import ProgressFactory, null_progress
 from repackctl.temp_names import writer_tag
@@ -191,34 +191,48 @@ def judge_fd(judge: Judge, images: np.ndarray, reference: FeatureStats) -> float
 
 
 def save_judge(judge: Judge, folder: str | Path, meta: dict[str, Any] | None = None) -> Path:
-    """Write ``judge.safetensors`` + ``judge.json`` into ``folder`` (weights first, atomically)."""
-    from safetensors.torch import save_file
-
+    """Write ``judge.safetensors`` + ``judge.json`` into ``folder`` (weights first, atomically);
+    ``judge.json`` records the weights' sha256 (``weights_sha256``), which :func:`load_judge`
+    checks."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".tmp-{WEIGHTS}.{writer_tag()}"
     state = {k: v.contiguous() for k, v in judge.state_dict().items()}
-    save_file(state, str(tmp))
-    os.replace(tmp, folder / WEIGHTS)
-    write_json_atomic(folder / META, {"config": asdict(judge.config)} | (meta or {}))
+    try:
+        save_safetensors(state, tmp)
+        sha = sha256_file(tmp)
+        os.replace(tmp, folder / WEIGHTS)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a failed write leaves the old weights only
+        raise
+    doc = {"config": asdict(judge.config)} | (meta or {}) | {"weights_sha256": sha}
+    write_json_atomic(folder / META, doc)
     return folder
 
 
 def load_judge(folder: str | Path) -> tuple[Judge, dict[str, Any]]:
-    """The judge saved in ``folder`` and its metadata (no pickle: safetensors + JSON)."""
+    """The judge saved in ``folder`` and its metadata (no pickle: safetensors + JSON). Weights
+    whose sha256 differs from the one ``judge.json`` records (a changed byte, a kill between
+    the two files' writes) are a ``CheckpointError``; a judge saved before ``judge.json``
+    recorded it loads as before."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     folder = Path(folder)
+    redo = f"move {folder} aside and run again to train a new one"
     try:
         meta = json.loads((folder / META).read_text())
         judge = Judge(JudgeConfig(**meta["config"]))
+        want = meta.get("weights_sha256")
+        if want is not None and sha256_file(folder / WEIGHTS) != want:
+            raise CheckpointError(
+                f"the judge's weights {folder / WEIGHTS} do not match the sha256 that "
+                f"{META} records ({str(want)[:12]}…): the file was changed or cut short",
+                redo,
+            )
         judge.load_state_dict(load_file(str(folder / WEIGHTS)))
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as e:
-        raise CheckpointError(
-            f"cannot read the judge in {folder}: {e}",
-            f"move {folder} aside and run again to train a new one",
-        ) from None
+        raise CheckpointError(f"cannot read the judge in {folder}: {e}", redo) from None
     return judge.eval().requires_grad_(False), meta
 
 
