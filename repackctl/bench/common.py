@@ -15,7 +15,6 @@ import json
 import math
 import os
 import platform
-import re
 import shutil
 import statistics
 import tempfile
@@ -311,16 +310,12 @@ def scratch_space(workdir: str | Path | None, name: str) -> Iterator[Path]:
     machine (a workdir on a shared filesystem) is never judged by its pid, which means nothing
     here; older names without the machine count as this machine's. Nothing else in ``workdir``
     is touched."""
-    from repackctl.files import gone_here
+    from repackctl.files import remove_stale_writer_dirs
     from repackctl.temp_names import writer_tag
 
     base = Path(workdir) if workdir else Path(tempfile.gettempdir())
     prefix = f"repackctl-bench-{name}-"
-    stale = re.compile(rf"{re.escape(prefix)}(\d+)-(?:([0-9a-f]{{8}})-)?[\w]+")
-    for old in base.glob(f"{prefix}*") if base.is_dir() else ():
-        m = stale.fullmatch(old.name)
-        if m and old.is_dir() and not old.is_symlink() and gone_here(int(m[1]), m[2]):
-            shutil.rmtree(old, ignore_errors=True)
+    remove_stale_writer_dirs(base, prefix)
     base.mkdir(parents=True, exist_ok=True)
     path = Path(tempfile.mkdtemp(prefix=f"{prefix}{writer_tag()}-", dir=base))
     try:
