@@ -16,9 +16,10 @@ the same numbers with any number of processes or micro-batches, and resumes bit-
 a run or checkpoint (the contract used by sampling). A ``--preset paper`` run also gets the
 official sampling settings as its ``sampling.json`` (``write_sampling_json``, shared with
 ``repackctl import official``), a ``--preset repa`` run REPA's (README.md "Evaluation": SDE,
-250 steps, CFG 1.8, guidance for t ≤ 0.7); ``repackctl sample`` uses them where no flag
-overrides them. Shapes: B batch, d latent channels, h×w latent grid, T tokens, D width, C
-encoder width.
+250 steps, CFG 1.8, guidance for t ≤ 0.7), a ``train t2i --preset repa`` run REPA's
+text-to-image ones (``generate_t2i.py``: Euler ODE, 50 steps, CFG 1.5 at every t); ``repackctl
+sample`` uses them where no flag overrides them. Shapes: B batch, d latent channels, h×w latent
+grid, T tokens, D width, C encoder width.
 """
 
 from __future__ import annotations
@@ -136,6 +137,41 @@ def repa_sampling_defaults() -> dict[str, Any]:
     }
 
 
+#: REPA's text-to-image sampling (sihyun-yu/REPA ``generate_t2i.py`` argument defaults: --mode
+#: ode, --num-steps 50, --no-heun, --cfg-scale 1.5, --guidance-low 0, --guidance-high 1)
+REPA_T2I_SAMPLING = {
+    "mode": "ode",
+    "num_steps": 50,
+    "heun": False,
+    "cfg_scale": 1.5,
+    "guidance_low": 0.0,
+    "guidance_high": 1.0,
+    "path_type": "linear",
+}
+REPA_T2I_SOURCE = (
+    "REPA text-to-image sampling settings (sihyun-yu/REPA generate_t2i.py, samplers_t2i.py), "
+    "in our conventions"
+)
+
+
+def repa_t2i_sampling_defaults() -> dict[str, Any]:
+    """REPA's text-to-image sampling (``REPA_T2I_SAMPLING``) as our sample settings.
+
+    ``samplers_t2i.euler_sampler`` steps over ``linspace(1, 0, num_steps + 1)`` (t = 1 noise, as
+    ours: our ``euler`` with ``steps = num_steps`` and shift 1) and guides where
+    ``guidance_low ≤ t ≤ guidance_high`` (our ``cfg_t_lo`` / ``cfg_t_hi``), every channel."""
+    r = REPA_T2I_SAMPLING
+    return {
+        "sampler": "heun" if r["heun"] else "euler",
+        "steps": int(r["num_steps"]),
+        "shift": 1.0,
+        "cfg": float(r["cfg_scale"]),
+        "cfg_t_lo": float(r["guidance_low"]),
+        "cfg_t_hi": float(r["guidance_high"]),
+        "cfg_channels": 0,
+    }
+
+
 def write_sampling_json(
     run_dir: Path,
     sample_cfg: dict[str, Any] | None = None,
@@ -144,11 +180,14 @@ def write_sampling_json(
 ) -> dict[str, Any]:
     """Write ``run_dir/sampling.json``: the sampling settings of ``preset`` (``paper``: the
     official RePack ones, ``sample_cfg`` being a released config's sampling section, if any;
-    ``repa``: REPA's) as the run's defaults for ``repackctl sample``. Returns those defaults.
-    Both draw labels with ``torch.randint``: ``--labels random``. The file carries the sha256
-    of its content: a sampler never takes defaults from an edited or damaged one."""
+    ``repa``: REPA's; ``t2i-repa``: REPA's text-to-image ones) as the run's defaults for
+    ``repackctl sample``. Both class-conditional ones draw labels with ``torch.randint``:
+    ``--labels random``. The file carries the sha256 of its content: a sampler never takes
+    defaults from an edited or damaged one."""
     if preset == "repa":
         defaults, upstream = repa_sampling_defaults(), dict(REPA_SAMPLING)
+    elif preset == "t2i-repa":
+        defaults, upstream = repa_t2i_sampling_defaults(), dict(REPA_T2I_SAMPLING)
     else:
         defaults = official_sampling_defaults(sample_cfg)
         upstream = sample_cfg or OFFICIAL_SAMPLING
@@ -264,7 +303,7 @@ def resume_and_train(
         *unreached_steps(values, section, (record or {}).get("sources") or {}, steps),
     ]
     progress = with_log_file(progress, Path(config.run_dir) / LOG_FILE)
-    with official_sampling_file(Path(config.run_dir), getattr(values, "preset", None)):
+    with official_sampling_file(Path(config.run_dir), getattr(values, "preset", None), section):
         return task, train(task, config, progress, resumed)
 
 
@@ -304,19 +343,28 @@ def check_repa_resumable(latest: Path, task: Any, section: str, sources: dict[st
 STARTED_WITHOUT: dict[str, Any] = {"tf32": True, "cos_norm_floor": 0.01}
 
 
-# the presets whose runs get their method's sampling settings, with the source they name
-PRESET_SAMPLING_SOURCES = {"paper": OFFICIAL_SOURCE, "repa": REPA_SOURCE}
+# the presets whose runs get their method's sampling settings, with the source they name (a
+# section other than dit prefixes its name: t2i's repa is REPA's text-to-image recipe)
+PRESET_SAMPLING_SOURCES = {
+    "paper": OFFICIAL_SOURCE,
+    "repa": REPA_SOURCE,
+    "t2i-repa": REPA_T2I_SOURCE,
+}
 
 
 @contextmanager
-def official_sampling_file(run_dir: Path, preset: str | None) -> Iterator[None]:
+def official_sampling_file(
+    run_dir: Path, preset: str | None, section: str = "dit"
+) -> Iterator[None]:
     """The ``sampling.json`` of a ``--preset paper`` (official RePack) or ``--preset repa``
-    (REPA) run, written before it trains (so a killed run has it too) when the run has none; a
+    (REPA) run of ``section`` (``train dit``; ``train t2i --preset repa``: REPA's text-to-image
+    sampling), written before it trains (so a killed run has it too) when the run has none; a
     file already there is left as it is. Training that fails before the run has a checkpoint
     removes the file this call wrote."""
     path = run_dir / SAMPLING_JSON
     wrote = new_dir = False
-    source = PRESET_SAMPLING_SOURCES.get(preset or "")
+    key = preset if section == "dit" else f"{section}-{preset}"
+    source = PRESET_SAMPLING_SOURCES.get(key or "")
     if source and int(os.environ.get("RANK", 0)) == 0:
         new_dir = not run_dir.exists()
         # the run's lock before the check: a second start of the same new run is refused here,
@@ -324,7 +372,7 @@ def official_sampling_file(run_dir: Path, preset: str | None) -> Iterator[None]:
         lock_run(run_dir, create=True)
         if not path.exists():
             write_sampling_json(
-                run_dir, source=f"{source} (train dit --preset {preset})", preset=str(preset)
+                run_dir, source=f"{source} (train {section} --preset {preset})", preset=str(key)
             )
             wrote = True
     try:

@@ -280,12 +280,14 @@ def build_mmdit(model_id: str, **kwargs: Any) -> nn.Module:
 
 
 def dit_settings_of(settings: Any) -> Any:
-    """The same settings with ``[dit]`` taken from ``[t2i]`` (so ``build_task`` applies)."""
+    """The same settings with ``[dit]`` taken from ``[t2i]`` (so ``build_task`` applies). The
+    t2i preset is not passed on: its values are already in ``[t2i]``, and ``train dit``'s preset
+    of the same name (``repa``: SiT-XL/2) is another recipe."""
     s = settings.t2i
     fields = {
         k: v
         for k, v in s.model_dump().items()
-        if k in DitSettings.model_fields and k not in NOT_T2I
+        if k in DitSettings.model_fields and k not in (*NOT_T2I, "preset")
     }
     fields["in_memory"] = False  # the DiT data is only opened, never loaded
     return settings.model_copy(update={"dit": DitSettings(**fields)})

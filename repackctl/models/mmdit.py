@@ -482,7 +482,7 @@ class MMDiT(nn.Module):
 #: SD3/REPA rule: width = 64 · depth and heads = depth (head dim 64). Depths are chosen so the
 #: widths equal the DiT table's (variants.SIZES: S 384, B 768, L 1024, XL 1152), which keeps the
 #: REPA projector and the compute per token comparable across families. REPA's own
-#: text-to-image model is depth 24 (width 1536); build it with MMDiTConfig directly.
+#: text-to-image model is ``mmdit-repa-2`` (``MMDIT_REPA``, below).
 MMDIT_SIZES: dict[str, SizePreset] = {
     "s": SizePreset(depth=6, hidden_size=384, num_heads=6),
     "b": SizePreset(depth=12, hidden_size=768, num_heads=12),
@@ -490,6 +490,12 @@ MMDIT_SIZES: dict[str, SizePreset] = {
     "xl": SizePreset(depth=18, hidden_size=1152, num_heads=18),
 }
 MMDIT_TINY = SizePreset(depth=2, hidden_size=64, num_heads=2)  # test model, patch 1
+#: REPA's text-to-image MMDiT (sihyun-yu/REPA models/mmdit.py, MMDiT.__init__): depth 24 and
+#: ``hidden_size = 32 * depth`` (768; its ``64 * depth`` line is commented out), ``num_heads =
+#: depth`` (head dim 32), patch 2, mlp ratio 4, qkv bias, no qk-norm, c = emb(t) (no pooled
+#: text: ``adm_in_channels`` None): 505,070,608 parameters at its 4×32×32 latent and 768-wide CLIP
+#: text, the same as ``mmdit-repa-2`` (REPA's projector is ours apart: ``models.repa``)
+MMDIT_REPA = SizePreset(depth=24, hidden_size=768, num_heads=24)
 MMDIT_PATCHES: tuple[int, ...] = (1, 2)
 REPA_T2I_DEPTH, REPA_T2I_LAYER = 24, 8  # REPA aligns after block 8 of its 24-block MMDiT
 
@@ -546,8 +552,10 @@ def _factory(
     channels: int = 32,
     side: int = 16,
     text: int = 384,
+    pooled: bool = True,
 ) -> Callable[..., MMDiT]:
-    """A registered factory; ``channels``/``side``/``text`` are its default latent and text width."""
+    """A registered factory; ``channels``/``side``/``text`` are its default latent and text width,
+    ``pooled`` its default ``pooled_condition``."""
 
     # Explicit keywords (no **kwargs): the class-conditional training path, which passes
     # num_classes, then fails with a clear "does not take num_classes" (train.dit.build_model).
@@ -558,7 +566,7 @@ def _factory(
         text_dim: int = text,
         qk_norm: bool = False,
         rope: bool = False,
-        pooled_condition: bool = True,
+        pooled_condition: bool = pooled,
         null_caption: NullCaption = "learned",
         null_length: int = 1,
         caption_dropout: float = 0.1,
@@ -584,7 +592,8 @@ def _factory(
     factory.__doc__ = (
         f"MMDiT {name}: {preset.depth} joint blocks, width {preset.hidden_size}, "
         f"{preset.num_heads} heads, patch {patch}. Defaults: a {channels}-channel {side}×{side} "
-        f"latent and {text}-wide text features; depth / width / heads override the size's "
+        f"latent and {text}-wide text features{'' if pooled else ', c = emb(t) (no pooled text)'}; "
+        "depth / width / heads override the size's "
         "(custom small models); options: MMDiTConfig fields."
     )
     return factory
@@ -598,12 +607,15 @@ mmdit_l_1 = _factory(MMDIT_SIZES["l"], 1, "mmdit-l-1")
 mmdit_l_2 = _factory(MMDIT_SIZES["l"], 2, "mmdit-l-2")
 mmdit_xl_1 = _factory(MMDIT_SIZES["xl"], 1, "mmdit-xl-1")
 mmdit_xl_2 = _factory(MMDIT_SIZES["xl"], 2, "mmdit-xl-2")
+# REPA's text-to-image model at its defaults: SD-VAE 4×32×32 latents, CLIP-L text (768), c = emb(t)
+mmdit_repa_2 = _factory(MMDIT_REPA, 2, "mmdit-repa-2", channels=4, side=32, text=768, pooled=False)
 # the test model: 2 joint blocks, width 64, 2 heads, patch 1 (a CPU second)
 mmdit_tiny = _factory(MMDIT_TINY, 1, "mmdit-tiny", channels=4, side=8, text=32)
 
 
 MMDIT_FACTORIES: dict[str, Callable[..., MMDiT]] = {
     **{f"mmdit-{s}-{p}": globals()[f"mmdit_{s}_{p}"] for s in MMDIT_SIZES for p in MMDIT_PATCHES},
+    "mmdit-repa-2": mmdit_repa_2,
     "mmdit-tiny": mmdit_tiny,
 }
 

@@ -129,7 +129,7 @@ class Settings(BaseSettings):
 # --------------------------------------------------------------------------------------------
 # Presets: resolved here, once, whoever builds the settings (CLI, TOML, environment, Python)
 
-PRESET_SECTIONS = ("pack", "dit", "refine")
+PRESET_SECTIONS = ("pack", "dit", "t2i", "refine")
 
 
 # device nodes of the NVIDIA driver, ROCm and WSL2's GPU bridge: without one, CUDA cannot work

@@ -3,9 +3,13 @@
 A text-to-image MMDiT on packed latents, conditioned on cached caption features
 (`repackctl captions`), with the same transport, REPA, EMA and checkpoints as `train dit`: the
 fields of ``DitSettings`` that apply are inherited, plus the text fields below. Those that do not
-apply (``NOT_T2I``: arch/size/patch/class_dropout/no_shift/preset) are not offered on the
-command line, never shown, stored or passed on (excluded from ``model_dump``), and a value
-given for one in a config file or the environment is refused, naming what to use instead.
+apply (``NOT_T2I``: arch/size/patch/class_dropout/no_shift) are not offered on the command line,
+never shown, stored or passed on (excluded from ``model_dump``), and a value given for one in a
+config file or the environment is refused, naming what to use instead.
+
+``preset = "repa"`` switches the defaults to REPA's text-to-image recipe (sihyun-yu/REPA
+``train_t2i.py``, ``models/mmdit.py``, ``dataset.py``; ``PRESETS`` below), as ``train dit
+--preset repa`` does for REPA's class-conditional one; ``small`` (the default) changes nothing.
 """
 
 from __future__ import annotations
@@ -26,7 +30,6 @@ NOT_T2I_USE: dict[str, str] = {
     "patch": _MODEL + " (the patch is the id's last number)",
     "class_dropout": "the null-caption probability of train t2i is t2i.caption_dropout "
     "(--caption-dropout)",
-    "preset": "train t2i has no presets: give each setting itself",
     "no_shift": "the MMDiT's adaLN always has its shift; there is nothing to switch",
 }
 #: those fields (hidden from the CLI, excluded from dumps, refused when given)
@@ -37,7 +40,7 @@ class T2iSettings(DitSettings):
     """`repackctl train t2i` settings."""
 
     PANELS: ClassVar[dict[str, tuple[str, ...]]] = {
-        "Run": ("name",),
+        "Run": ("name", "preset"),
         "Data": ("latents", "pack_run", "entry", "features", "latent_sampling", "in_memory", "flip", "buffer_blocks", "prefetch"),
         "Text": ("text_encoder", "text_features", "caption_dropout"),
         "Model": ("model", "qk_norm", "grad_checkpointing", "compile"),
@@ -46,10 +49,13 @@ class T2iSettings(DitSettings):
         "Optimisation": ("steps", "global_batch", "grad_accum", "lr", "beta1", "beta2", "weight_decay", "schedule", "warmup_steps", "drop_step", "drop_lr", "min_lr", "ema_decay", "ema_warmup", "clip_grad"),
         "Output": ("ckpt_every", "keep_last", "log_every", "image_every", "image_steps"),
     }  # fmt: skip
-    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}  # filled below the class
 
+    preset: Literal["small", "repa"] = Field(
+        "small",
+        description="defaults: small (the CPU demo's) or repa (REPA's text-to-image MMDiT recipe)",
+    )
     # the inherited fields that do not apply: their defaults, never dumped (not shown, not stored)
-    preset: Literal["small"] = Field("small", exclude=True, description="no presets for t2i")
     arch: Literal["lightningdit", "dit", "sit"] = Field(
         "lightningdit", exclude=True, description="not a t2i setting (use model)"
     )
@@ -105,3 +111,56 @@ class T2iSettings(DitSettings):
             "ignored): {use}; leave {name} out of the t2i settings",
             {"name": name, "value": repr(value), "use": NOT_T2I_USE.get(name, "")},
         )
+
+
+# `--preset repa`: REPA's text-to-image recipe, value for value (sihyun-yu/REPA at the commit the
+# tests name; line numbers in tests/settings/test_s31_t2i_repa_preset.py). What a preset cannot
+# set is a named deviation (README Presets, "t2i repa"): fp16 mixed precision (`--precision`),
+# the text encoder's weights (CLIP ViT-L/14, `repackctl captions --text-encoder clip
+# --text-weights DIR`), 77 unmasked caption tokens (REPA attends to the padding; ours masks it).
+PRESETS: dict[str, dict[str, Any]] = {
+    "small": {},
+    "repa": {
+        # models/mmdit.py: depth 24, width 32·24 = 768, 24 heads, patch 2, mlp 4, qkv bias, no
+        # qk-norm, c = emb(t): the registered mmdit-repa-2
+        "model": "mmdit-repa-2",
+        "qk_norm": False,
+        # U-ViT's CLIP ViT-L/14 token features (77 × 768), the empty caption's as the null
+        "text_encoder": "clip",
+        # dataset.py MSCOCO256Features p_uncond 0.1 (train_t2i.py's --cfg-prob is unused)
+        "caption_dropout": 0.1,
+        # train_t2i.py sample_posterior: a fresh posterior sample every step; no flip
+        "latent_sampling": "sample",
+        "flip": False,
+        # loss.py SILoss: linear path, v target, uniform t, plain MSE (no cosine term)
+        "time_dist": "uniform",
+        "time_shift": 1.0,
+        "cos_weight": 0.0,
+        # --proj-coeff 0.5, --encoder-depth 8, projector_dim 2048
+        "repa_weight": 0.5,
+        "repa_depth": 8,
+        "repa_hidden": 2048,
+        # README's launch command passes --allow-tf32
+        "tf32": True,
+        # --max-train-steps, --batch-size, AdamW (--learning-rate, betas, wd), constant lr
+        "steps": 400_000,
+        "global_batch": 256,
+        "lr": 1e-4,
+        "beta1": 0.9,
+        "beta2": 0.999,
+        "weight_decay": 0.0,
+        "schedule": "constant",
+        # update_ema(decay=0.9999) every step from step 0 (no warm-up); --max-grad-norm 1.0
+        "ema_decay": 0.9999,
+        "ema_warmup": False,
+        "clip_grad": 1.0,
+        # --checkpointing-steps 50000, every checkpoint kept (none is ever deleted);
+        # --sampling-steps 10000 with a 50-step Euler sampler
+        "ckpt_every": 50_000,
+        "keep_last": 0,
+        "image_every": 10_000,
+        "image_steps": 50,
+    },
+}
+
+T2iSettings.PRESETS.update(PRESETS)

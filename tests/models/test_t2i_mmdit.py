@@ -57,7 +57,7 @@ def test_every_variant_shapes_on_meta(name):
     assert cfg.name == name and v.shape == x.shape and v.device.type == "meta"
     assert hidden.shape == (2, cfg.num_tokens, cfg.hidden_size)
     assert len(model.joint_blocks) == cfg.depth
-    if name != "mmdit-tiny":
+    if name not in ("mmdit-tiny", "mmdit-repa-2"):  # REPA's own: width 32 × depth
         size, patch = name.split("-")[1:]
         assert cfg.patch_size == int(patch) and cfg.depth == MMDIT_SIZES[size].depth
         assert cfg.hidden_size == 64 * cfg.depth and cfg.num_heads == cfg.depth

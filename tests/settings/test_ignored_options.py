@@ -47,7 +47,7 @@ def test_a_dit_only_key_in_the_t2i_environment_is_refused(monkeypatch):
 def test_t2i_show_config_lists_no_dit_only_key():
     shown = cli_ok("train", "t2i", "--show-config")
     assert "t2i.caption_dropout" in shown
-    for key in ("class_dropout", "no_shift", "size", "patch", "arch", "preset"):
+    for key in ("class_dropout", "no_shift", "size", "patch", "arch"):
         assert f"t2i.{key} " not in shown, key
     assert "dit.class_dropout" in cli_ok("train", "dit", "--show-config")  # dit keeps them
 
