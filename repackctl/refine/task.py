@@ -327,9 +327,24 @@ def check_resume_extra(
         )
     recorded = extra.get("refiner_config")
     if recorded is not None and RefinerConfig.from_dict(recorded) != refiner_config:
+        # each field that differs, by the setting that gives it (the refusal named none: a run
+        # started before refine.norm_groups, under the small preset's 4 groups now, was told
+        # only "another network config")
+        setting = {
+            "max_groups": "norm_groups",
+            "base_channels": "base_channels",
+            "output": "output",
+        }
+        before, now = RefinerConfig.from_dict(recorded).to_dict(), refiner_config.to_dict()
+        changed = [k for k, v in now.items() if before.get(k) != v]
+        named = "; ".join(f"{setting.get(k, k)}: {before.get(k)!r} → {now[k]!r}" for k in changed)
+        flags = [
+            f"--{setting[k].replace('_', '-')} {before.get(k)}" for k in changed if k in setting
+        ]
         raise CheckpointError(
-            "this refiner run was trained with another network config",
-            "use the same refiner settings or a new --name",
+            f"this refiner run was trained with another network config ({named})",
+            (f"resume it with {' '.join(flags)}, " if flags else "use the same refiner settings, ")
+            + "or start a new run with another --name",
         )
     if disc_config is not None and extra.get("disc_config"):
         _check_resume_disc(extra["disc_config"], disc_config)

@@ -486,15 +486,31 @@ TRAINED_ON: dict[str, dict[str, tuple[str, str]]] = {
 #: the source of such a value that a run's record lacked and its checkpoint named
 TRAINED_BY_CHECKPOINT = "stored run config (as its checkpoint recorded)"
 
+#: what a run resolves, on every start and resume alike, from what it keeps (its record stores
+#: None): the entry and features of a pack run's -e/--resolution/-n, the REPA features of the
+#: latents, the pack run of --latents, a refiner's entry (its pack run's). Where the checkpoint
+#: names it, it stands in the stored record for the comparison only (:data:`RESOLVED_SOURCE`,
+#: not kept): the same value given on resume is no change (it was refused as ``None → 'E'``),
+#: another one is refused as ``'E' → 'F'``, and without it the run resolves it as before
+RESOLVED_FROM: dict[str, dict[str, tuple[str, str]]] = {
+    "pack": {"entry": ("cache", "entry"), "features": ("cache", "features")},
+    "dit": {"features": ("cache", "features"), "pack_run": ("pack", "run")},
+    "t2i": {"features": ("cache", "features"), "pack_run": ("pack", "run")},
+    "refine": {"entry": ("cache", "entry")},
+}
+#: the source of a :data:`RESOLVED_FROM` value in a stored record (no layer: never kept)
+RESOLVED_SOURCE = "resolved from what the run keeps (as its checkpoint recorded)"
+
 
 def with_trained_on(record: dict[str, Any], run_dir: Path, section: str) -> dict[str, Any]:
-    """``record`` with each :data:`TRAINED_ON` value it stores as None (a run started before
-    the value was recorded: ``record_resolved``) taken from the run's newest checkpoint.
+    """``record`` with each :data:`TRAINED_ON` and :data:`RESOLVED_FROM` value it stores as None
+    (a run started before the value was recorded: ``record_resolved``) taken from the run's
+    newest checkpoint.
 
     Without it, such a run resumed with that value given (``--pack-run A``, the one it was
     trained on) was refused as a change ``None → 'A'``, where a resume without it worked; a
     value given that differs from the checkpoint's is still refused, as ``'A' → 'B'``."""
-    names = TRAINED_ON.get(section, {})
+    names = {**RESOLVED_FROM.get(section, {}), **TRAINED_ON.get(section, {})}
     stored = (record.get("values") or {}).get(section)
     missing = [n for n in names if isinstance(stored, dict) and n in stored and stored[n] is None]
     extra = _checkpoint_extra(run_dir, section) if missing else {}
@@ -507,10 +523,12 @@ def with_trained_on(record: dict[str, Any], run_dir: Path, section: str) -> dict
     if not found:
         return record
     values = {**record["values"], section: {**stored, **found}}
+    trained = TRAINED_ON.get(section, {})
     sources = {
         **record.get("sources", {}),
-        **{f"{section}.{n}": TRAINED_BY_CHECKPOINT for n in found},
-    }
+        **{f"{section}.{n}": TRAINED_BY_CHECKPOINT if n in trained else RESOLVED_SOURCE
+           for n in found},
+    }  # fmt: skip
     return {**record, "values": values, "sources": sources}
 
 
@@ -629,11 +647,16 @@ def keep_started_values(
     stored = stored_record(run_dir, section)
     if stored is None or record is None:
         return settings, record, []
-    old = (stored.get("values") or {}).get(section) or {}
+    old_sources = stored.get("sources") or {}
+    old = {
+        k: v
+        for k, v in ((stored.get("values") or {}).get(section) or {}).items()
+        if old_sources.get(f"{section}.{k}") != RESOLVED_SOURCE  # resolved again, not kept
+    }
     values, sources = dict(record["values"]), dict(record["sources"])
     new = dict(values[section])
     allow = set(new.get("allow_change") or [])
-    # (a t2i record holds no preset: train t2i has none)
+    # (a t2i record made before train t2i had presets holds none: read as no change)
     preset_changed = old.get("preset", new.get("preset")) != new.get("preset", old.get("preset"))
     if "all" in allow or preset_changed:
         return settings, record, []  # an allowed preset change brings its own values
