@@ -125,9 +125,15 @@ def repa_sampling_defaults() -> dict[str, Any]:
     calls: ``num_steps − 1`` Euler–Maruyama steps to t = 0.04 and a last mean step to 0, which
     is our ``sde`` sampler with ``steps = num_steps`` (t_last 0.04, last step ``mean``). It
     guides every latent channel and applies no timestep shift."""
-    r = REPA_SAMPLING
+    return _repa_style_sampling(REPA_SAMPLING, "sde")
+
+
+def _repa_style_sampling(r: dict[str, Any], sampler: str) -> dict[str, Any]:
+    """REPA's generation flags ``r`` as our sample settings: ``num_steps`` calls, no timestep
+    shift, CFG ``cfg_scale`` where ``guidance_low ≤ t ≤ guidance_high`` (REPA's time is ours),
+    on every latent channel."""
     return {
-        "sampler": "sde",
+        "sampler": sampler,
         "steps": int(r["num_steps"]),
         "shift": 1.0,
         "cfg": float(r["cfg_scale"]),
@@ -161,15 +167,7 @@ def repa_t2i_sampling_defaults() -> dict[str, Any]:
     ours: our ``euler`` with ``steps = num_steps`` and shift 1) and guides where
     ``guidance_low ≤ t ≤ guidance_high`` (our ``cfg_t_lo`` / ``cfg_t_hi``), every channel."""
     r = REPA_T2I_SAMPLING
-    return {
-        "sampler": "heun" if r["heun"] else "euler",
-        "steps": int(r["num_steps"]),
-        "shift": 1.0,
-        "cfg": float(r["cfg_scale"]),
-        "cfg_t_lo": float(r["guidance_low"]),
-        "cfg_t_hi": float(r["guidance_high"]),
-        "cfg_channels": 0,
-    }
+    return _repa_style_sampling(r, "heun" if r["heun"] else "euler")
 
 
 def write_sampling_json(

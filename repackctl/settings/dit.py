@@ -383,6 +383,34 @@ SCHEDULE_OPTIONS: dict[str, tuple[str, ...]] = {
 
 # `--preset paper`: the official RePack-DiT-XL/1 recipe (reference/methods.md). The official
 # stage 2 has no REPA, so λ = 0 here; `--repa-weight 0.5` adds it.
+#: what REPA's class-conditional (``train.py``) and text-to-image (``train_t2i.py``) recipes
+#: share (``train dit --preset repa``, ``train t2i --preset repa``): ``--max-train-steps``
+#: 400k, ``--batch-size`` 256, AdamW (lr 1e-4, betas (0.9, 0.999), no weight decay) at a constant
+#: lr, ``update_ema(decay=0.9999)`` every step from step 0 (no warm-up), ``--max-grad-norm`` 1.0,
+#: ``loss.py`` SILoss (linear path, v target, uniform t, plain MSE: no cosine term), the
+#: projector (``--proj-coeff`` 0.5 after ``--encoder-depth`` 8, 2048 wide), a fresh posterior
+#: sample of the latent every step, and no flip (their datasets read each image as stored)
+REPA_SHARED: dict[str, Any] = {
+    "steps": 400_000,
+    "global_batch": 256,
+    "lr": 1e-4,
+    "beta1": 0.9,
+    "beta2": 0.999,
+    "weight_decay": 0.0,
+    "schedule": "constant",
+    "ema_decay": 0.9999,
+    "ema_warmup": False,
+    "clip_grad": 1.0,
+    "time_dist": "uniform",
+    "time_shift": 1.0,
+    "cos_weight": 0.0,
+    "repa_weight": 0.5,
+    "repa_depth": 8,
+    "repa_hidden": 2048,
+    "latent_sampling": "sample",
+    "flip": False,
+}
+
 PRESETS: dict[str, dict[str, Any]] = {
     "small": {},
     "paper": {
@@ -431,25 +459,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "arch": "sit",
         "size": "xl",
         "patch": 2,
-        "steps": 400_000,
-        "global_batch": 256,
-        "lr": 1e-4,
-        "beta1": 0.9,
-        "beta2": 0.999,
-        "weight_decay": 0.0,
-        "schedule": "constant",
-        "ema_decay": 0.9999,
-        "ema_warmup": False,
-        "time_dist": "uniform",
-        "time_shift": 1.0,
-        "cos_weight": 0.0,
+        **REPA_SHARED,
         "class_dropout": 0.1,
-        "clip_grad": 1.0,
-        "repa_weight": 0.5,
-        "repa_depth": 8,
-        "repa_hidden": 2048,
-        "latent_sampling": "sample",
-        "flip": False,
         "ckpt_every": 10_000,
         "log_every": 100,
         "image_every": 10_000,

@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
-from repackctl.settings.dit import DitSettings
+from repackctl.settings.dit import REPA_SHARED, DitSettings
 
 _MODEL = "the model is t2i.model (--model), a registered MMDiT id: mmdit-tiny, mmdit-s-2 … "
 _MODEL += "mmdit-xl-1"
@@ -129,31 +129,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "text_encoder": "clip",
         # dataset.py MSCOCO256Features p_uncond 0.1 (train_t2i.py's --cfg-prob is unused)
         "caption_dropout": 0.1,
-        # train_t2i.py sample_posterior: a fresh posterior sample every step; no flip
-        "latent_sampling": "sample",
-        "flip": False,
-        # loss.py SILoss: linear path, v target, uniform t, plain MSE (no cosine term)
-        "time_dist": "uniform",
-        "time_shift": 1.0,
-        "cos_weight": 0.0,
-        # --proj-coeff 0.5, --encoder-depth 8, projector_dim 2048
-        "repa_weight": 0.5,
-        "repa_depth": 8,
-        "repa_hidden": 2048,
+        # train_t2i.py: the optimisation, loss, REPA and data rules of REPA's train.py
+        # (sample_posterior every step, no flip)
+        **REPA_SHARED,
         # README's launch command passes --allow-tf32
         "tf32": True,
-        # --max-train-steps, --batch-size, AdamW (--learning-rate, betas, wd), constant lr
-        "steps": 400_000,
-        "global_batch": 256,
-        "lr": 1e-4,
-        "beta1": 0.9,
-        "beta2": 0.999,
-        "weight_decay": 0.0,
-        "schedule": "constant",
-        # update_ema(decay=0.9999) every step from step 0 (no warm-up); --max-grad-norm 1.0
-        "ema_decay": 0.9999,
-        "ema_warmup": False,
-        "clip_grad": 1.0,
         # --checkpointing-steps 50000, every checkpoint kept (none is ever deleted);
         # --sampling-steps 10000 with a 50-step Euler sampler
         "ckpt_every": 50_000,
