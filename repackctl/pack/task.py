@@ -750,11 +750,19 @@ def _check_resume_loss(
         # the names --allow-change takes (as repackctl.settings.resume.reconcile reads them)
         if before.get(key) == value or {"all", setting, f"pack.{setting}"} & set(allow):
             continue
+        flag = f"--{setting.replace('_', '-')}"
+        if key in SETTING_IS_LOSS_VALUE:  # the value to give is the one recorded
+            flag += f" {before.get(key)}"
         raise CheckpointError(
             f"run {run} was trained with loss weight {key} = {before.get(key)!r}, now {value!r}",
-            f"resume it with --{setting.replace('_', '-')} as it was started (a preset may have "
-            f"changed), pass --allow-change {setting}, or pick a new run name with --name",
+            f"resume it with {flag} as it was started (a preset may have changed), pass "
+            f"--allow-change {setting}, or pick a new run name with --name",
         )
+
+
+#: loss fields whose setting's value is the field's (not scaled by the latent's or the image's
+#: size, as kl and scale_equivariance are, nor switched off without a file, as watson is)
+SETTING_IS_LOSS_VALUE = ("l1", "perceptual", "ffl", "gan", "gan_start", "disc_lead", "feature")
 
 
 def _load_lpips(plan: PackPlan) -> nn.Module | None:

@@ -359,7 +359,7 @@ BEFORE = {
         ["pack", "train", "-e", "patchpix", "--resolution", "32", "-n", "32", "-c", "4"],
         ["feature_weight", "scale_equivariance_weight"],
         ["plan.loss.feature", "plan.loss.scale_equivariance"],
-        "--feature-weight",
+        "--feature-weight 0.0",
     ),
     "refine": (
         ["refine", "train", "--pack-run", "pack-tiny"],
