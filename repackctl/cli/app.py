@@ -157,7 +157,8 @@ def unwrap_help(text: str) -> str:
 
 
 def _unwrap_commands(typer_app: typer.Typer) -> None:
-    """:func:`unwrap_help` over the help of every command and group of ``typer_app``."""
+    """:func:`unwrap_help` over the help of every command of ``typer_app`` and of its groups
+    (the groups' own help is one line, given to ``typer.Typer``)."""
     for info in typer_app.registered_commands:
         text = info.help or (info.callback.__doc__ if info.callback else None)
         if text:

@@ -308,6 +308,12 @@ STARTED_WITHOUT: dict[str, Any] = {"flip": True, "disc_init": "dcgan"}
 
 # DiscriminatorConfig field → the refine setting that sets it (for the hint of a refused resume)
 DISC_SETTINGS = {"norm": "disc_norm", "base_channels": "disc_channels", "init": "disc_init"}
+# RefinerConfig field → the refine setting that sets it (for the hint of a refused resume)
+REFINER_SETTINGS = {
+    "max_groups": "norm_groups",
+    "base_channels": "base_channels",
+    "output": "output",
+}
 
 
 def check_resume_extra(
@@ -326,28 +332,29 @@ def check_resume_extra(
             _pack_hint(trained) + "use a new --name for a refiner of another pack model",
         )
     recorded = extra.get("refiner_config")
-    if recorded is not None and RefinerConfig.from_dict(recorded) != refiner_config:
-        # each field that differs, by the setting that gives it (the refusal named none: a run
-        # started before refine.norm_groups, under the small preset's 4 groups now, was told
-        # only "another network config")
-        setting = {
-            "max_groups": "norm_groups",
-            "base_channels": "base_channels",
-            "output": "output",
-        }
-        before, now = RefinerConfig.from_dict(recorded).to_dict(), refiner_config.to_dict()
-        changed = [k for k, v in now.items() if before.get(k) != v]
-        named = "; ".join(f"{setting.get(k, k)}: {before.get(k)!r} → {now[k]!r}" for k in changed)
-        flags = [
-            f"--{setting[k].replace('_', '-')} {before.get(k)}" for k in changed if k in setting
-        ]
-        raise CheckpointError(
-            f"this refiner run was trained with another network config ({named})",
-            (f"resume it with {' '.join(flags)}, " if flags else "use the same refiner settings, ")
-            + "or start a new run with another --name",
-        )
+    if recorded is not None:
+        _check_resume_refiner(recorded, refiner_config)
     if disc_config is not None and extra.get("disc_config"):
         _check_resume_disc(extra["disc_config"], disc_config)
+
+
+def _check_resume_refiner(recorded: dict[str, Any], refiner_config: RefinerConfig) -> None:
+    """The same refiner network as recorded, else a refusal naming each field that differs by
+    the setting that gives it (:data:`REFINER_SETTINGS`) and the flags that resume the run (it
+    named none: a run started before refine.norm_groups, under the small preset's 4 groups
+    now, was told only "another network config")."""
+    if RefinerConfig.from_dict(recorded) == refiner_config:
+        return
+    before, now = RefinerConfig.from_dict(recorded).to_dict(), refiner_config.to_dict()
+    changed = [k for k, v in now.items() if before.get(k) != v]
+    setting = REFINER_SETTINGS
+    named = "; ".join(f"{setting.get(k, k)}: {before.get(k)!r} → {now[k]!r}" for k in changed)
+    flags = [f"--{setting[k].replace('_', '-')} {before.get(k)}" for k in changed if k in setting]
+    raise CheckpointError(
+        f"this refiner run was trained with another network config ({named})",
+        (f"resume it with {' '.join(flags)}, " if flags else "use the same refiner settings, ")
+        + "or start a new run with another --name",
+    )
 
 
 def _pack_hint(trained: str | None) -> str:
