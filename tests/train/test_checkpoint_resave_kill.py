@@ -3,18 +3,20 @@ the pruning of old ones, followed by a clean rerun (DESIGN.md §6): the rerun re
 newest complete checkpoint, bit-identically, and never loses the only complete one.
 
 Real subprocesses of the toy training script are killed (SIGKILL) at a precise point of
-``save_checkpoint`` by ``REPACKCTL_TEST_CKPT_KILL``. A step is re-saved when resume skipped its
+``save_checkpoint`` by ``REPACKCTL_TEST_CKPT_KILL``; the clean rerun resumes what the killed
+process left in this process, under one thread like the script (no import of torch in a second
+process for it). A step is re-saved when resume skipped its
 folder (here: a corrupted newest checkpoint, as a damaged disk or copy leaves it).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -34,30 +36,33 @@ def _argv(run: Path, every: int, keep: int) -> list[str]:
     return [str(run), "--steps", str(STEPS), "--ckpt-every", str(every), "--keep-last", str(keep)]
 
 
-def _script(
-    run: Path, every: int, keep: int, kill: str | None = None
-) -> subprocess.CompletedProcess:
-    """The toy training script as a real process; ``kill`` is a ``REPACKCTL_TEST_CKPT_KILL``."""
+def _killed(run: Path, every: int, keep: int, kill: str) -> None:
+    """The toy training script as a real process, SIGKILLed at ``kill`` (a
+    ``REPACKCTL_TEST_CKPT_KILL``)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     env.pop("RANK", None)
-    env.pop(ckpt_io.KILL_ENV, None)
-    if kill is not None:
-        env[ckpt_io.KILL_ENV] = kill
+    env[ckpt_io.KILL_ENV] = kill
     cmd = [sys.executable, str(SCRIPT), *_argv(run, every, keep)]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
-
-
-def _killed(run: Path, every: int, keep: int, kill: str) -> None:
-    done = _script(run, every, keep, kill)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode == -signal.SIGKILL, (done.returncode, done.stderr[-2000:])
 
 
-def _rerun(run: Path, every: int, keep: int) -> dict:
-    """A clean rerun to the end; returns its summary (``step``, ``resumed_from``)."""
-    done = _script(run, every, keep)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "Traceback" not in done.stderr
-    return json.loads(done.stdout.strip().splitlines()[-1])
+def _train(run: Path, every: int, keep: int):
+    """The toy script's run in this process, under one thread like the script's processes."""
+    args = toy.parse(_argv(run, every, keep))
+    with one_torch_thread():
+        return train(toy.task_from_args(args), toy.config_from_args(args))
+
+
+def _rerun(run: Path, every: int, keep: int, capfd: pytest.CaptureFixture[str]) -> dict:
+    """A clean rerun to the end after the kill, in this process (the kill is the real process;
+    the rerun only reads what it left, as the refine kill tests rerun); returns its summary
+    (``step``, ``resumed_from``) as the script prints it."""
+    assert ckpt_io.KILL_ENV not in os.environ
+    capfd.readouterr()
+    result = _train(run, every, keep)
+    assert "Traceback" not in capfd.readouterr().err
+    return {"step": result.step, "resumed_from": result.resumed_from}
 
 
 def _weights(ckpt: Path) -> dict[str, torch.Tensor]:
@@ -88,32 +93,38 @@ def _corrupt_newest(run: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory) -> Path:
-    """The final checkpoint of an uninterrupted run (in-process, one thread like the scripts)."""
-    run = tmp_path_factory.mktemp("straight") / "run"
-    args = toy.parse(_argv(run, 5, 0))
-    with one_torch_thread():
-        result = train(toy.task_from_args(args), toy.config_from_args(args))
-    assert result.step == STEPS
-    return result.checkpoint
+def finished_src(tmp_path_factory) -> Callable[[int, int], Path]:
+    """``src(every, keep)``: a finished uninterrupted run saved every ``every`` steps keeping
+    ``keep``, trained once per module, in-process (only the state before the kill; each kill is
+    a real process). Tests copy it, never write into it."""
+    done: dict[tuple[int, int], Path] = {}
+
+    def src(every: int, keep: int) -> Path:
+        if (every, keep) not in done:
+            run = tmp_path_factory.mktemp(f"finished-{every}-{keep}") / "run"
+            result = _train(run, every, keep)
+            assert (result.step, result.resumed_from) == (STEPS, None)
+            done[(every, keep)] = run
+        return done[(every, keep)]
+
+    return src
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    """``copy(run, every, keep)``: ``run`` becomes a copy of a finished uninterrupted run saved
-    every ``every`` steps keeping ``keep`` (trained once per module, in-process: only the state
-    before the kill; each kill and each rerun is a real process)."""
-    done: dict[tuple[int, int], Path] = {}
+def straight(finished_src) -> Path:
+    """The final checkpoint of an uninterrupted run (the one ``finished(run, 5, 0)`` copies:
+    the same arguments, so the same weights as a separate run of them)."""
+    final = ckpt_io.latest_checkpoint(finished_src(5, 0), warn=None)
+    assert final is not None and final.name == f"step-{STEPS:07d}"
+    return final
+
+
+@pytest.fixture(scope="module")
+def finished(finished_src):
+    """``copy(run, every, keep)``: ``run`` becomes a copy of ``finished_src(every, keep)``."""
 
     def copy(run: Path, every: int, keep: int) -> None:
-        if (every, keep) not in done:
-            src = tmp_path_factory.mktemp(f"finished-{every}-{keep}") / "run"
-            args = toy.parse(_argv(src, every, keep))
-            with one_torch_thread():
-                result = train(toy.task_from_args(args), toy.config_from_args(args))
-            assert (result.step, result.resumed_from) == (STEPS, None)
-            done[(every, keep)] = src
-        shutil.copytree(done[(every, keep)], run)
+        shutil.copytree(finished_src(every, keep), run)
 
     return copy
 
@@ -131,7 +142,7 @@ def finished(tmp_path_factory):
     ],
 )
 def test_kill_while_the_only_checkpoint_is_resaved(
-    tmp_path, straight, finished, point, resumed_from
+    tmp_path, straight, finished, point, resumed_from, capfd
 ):
     """Only the final step is saved and its folder is corrupt: the rerun starts over and
     re-saves it. A kill between the renames left no ``step-`` folder and the old code deleted
@@ -144,13 +155,15 @@ def test_kill_while_the_only_checkpoint_is_resaved(
     if point == "aside":
         assert pid_free == [".tmp-old-step-0000020", ".tmp-step-0000020"]
 
-    assert _rerun(run, STEPS, 1) == {"step": STEPS, "resumed_from": resumed_from}
+    assert _rerun(run, STEPS, 1, capfd) == {"step": STEPS, "resumed_from": resumed_from}
     assert _names(run) == ["step-0000020"]  # temporaries gone, nothing else deleted
     assert _same(ckpt_io.latest_checkpoint(run), straight)
 
 
 @pytest.mark.slow
-def test_resave_after_a_resume_survives_a_kill_between_the_renames(tmp_path, straight, finished):
+def test_resave_after_a_resume_survives_a_kill_between_the_renames(
+    tmp_path, straight, finished, capfd
+):
     """Resumed from step 15 past a corrupt step 20: killed between the renames of the re-save
     of 20, the rerun goes on from the new step 20 (complete, fsynced), not from 15."""
     run = tmp_path / "run"
@@ -158,7 +171,7 @@ def test_resave_after_a_resume_survives_a_kill_between_the_renames(tmp_path, str
     _corrupt_newest(run)
     _killed(run, 5, 0, f"aside@{STEPS}")
     assert "step-0000020" not in _names(run)
-    assert _rerun(run, 5, 0) == {"step": STEPS, "resumed_from": STEPS}
+    assert _rerun(run, 5, 0, capfd) == {"step": STEPS, "resumed_from": STEPS}
     assert _names(run) == [f"step-{s:07d}" for s in (5, 10, 15, 20)]
     assert _same(ckpt_io.checkpoints_dir(run) / "step-0000020", straight)
 
@@ -168,7 +181,7 @@ def test_resave_after_a_resume_survives_a_kill_between_the_renames(tmp_path, str
 
 @pytest.mark.slow
 def test_rotation_keeps_the_checkpoint_just_written_next_to_a_skipped_newer_one(
-    tmp_path, straight, finished
+    tmp_path, straight, finished, capfd
 ):
     """keep_last=1 with a corrupt step 20 ahead: the old rotation kept only that folder and
     deleted each checkpoint the resumed run wrote, so a kill sent the run back to step 0."""
@@ -178,13 +191,13 @@ def test_rotation_keeps_the_checkpoint_just_written_next_to_a_skipped_newer_one(
     _corrupt_newest(run)
     _killed(run, 5, 1, "written@15")  # saves 5 and 10 done, 15 being written
     assert [n for n in _names(run) if n.startswith("step-")] == ["step-0000010", "step-0000020"]
-    assert _rerun(run, 5, 1) == {"step": STEPS, "resumed_from": 10}
+    assert _rerun(run, 5, 1, capfd) == {"step": STEPS, "resumed_from": 10}
     assert _names(run) == ["step-0000020"]
     assert _same(ckpt_io.latest_checkpoint(run), straight)
 
 
 @pytest.mark.slow
-def test_kill_while_pruning_leaves_no_half_deleted_step_folder(tmp_path, straight):
+def test_kill_while_pruning_leaves_no_half_deleted_step_folder(tmp_path, straight, capfd):
     """A pruned folder is renamed before it is deleted: a kill leaves a temporary that the
     rerun removes, never a damaged ``step-`` folder that stays forever."""
     run = tmp_path / "run"
@@ -192,7 +205,7 @@ def test_kill_while_pruning_leaves_no_half_deleted_step_folder(tmp_path, straigh
     pid_free = [n.rsplit("-", 1)[0] for n in _names(run)]
     assert pid_free == [".tmp-pruned-step-0000005", "step"]
     assert ckpt_io.latest_checkpoint(run, warn=None).name == "step-0000010"
-    assert _rerun(run, 5, 1) == {"step": STEPS, "resumed_from": 10}
+    assert _rerun(run, 5, 1, capfd) == {"step": STEPS, "resumed_from": 10}
     assert _names(run) == ["step-0000020"]
     assert _same(ckpt_io.latest_checkpoint(run), straight)
 
