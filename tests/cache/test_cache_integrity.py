@@ -3,10 +3,15 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import select
 import shutil
+import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +21,7 @@ from typer.testing import CliRunner
 
 from repackctl.cache.store import DatasetEntry, list_entries
 from repackctl.cli.app import app
+from repackctl.crash import CRASH_ENV
 from repackctl.pack.load import load_pack
 from repackctl.refine.triplets import build_triplets
 
@@ -27,15 +33,87 @@ PACK += ["--batch-size", "8", "--log-every", "2", "--image-every", "0", "--steps
 PACK += ["--gan-start", "100", "--name", "enc"]
 
 
-def _cli(tmp: Path, *args: str, crash: str | None = None) -> subprocess.CompletedProcess:
-    extra = {"REPACKCTL_TEST_CRASH_AFTER": crash} if crash else {}
-    return subprocess.run(
-        [sys.executable, "-m", "repackctl", *args],
-        env=subprocess_env(tmp, **extra),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+#: A python process that imports torch and the CLI once, then runs each request (a JSON line:
+#: argv, environment changes, output files) in a forked child of its own, a real process that
+#: exits (or dies at its crash point, status 137) on its own, and answers with its exit status.
+#: The kill tests' runs cost one fork each instead of one torch import each (~3 s of CPU).
+_FORK_SERVER = """
+import json, os, sys, threading, traceback
+import torch
+import repackctl.cli.app, repackctl.cli.extract, repackctl.cli.pack, repackctl.cli.cache
+import repackctl.extract, repackctl.pack.encode
+assert threading.active_count() == 1, threading.enumerate()  # forking a threaded process hangs
+for line in sys.stdin:
+    req = json.loads(line)
+    sys.stdout.flush()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.environ.update(req["set"])
+            for name in req["unset"]:
+                os.environ.pop(name, None)
+            for fd, path in ((1, req["out"]), (2, req["err"])):
+                os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+            sys.argv = ["repackctl", *req["argv"]]
+            try:
+                repackctl.cli.app.main()
+                code = 0
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else int(e.code is not None)
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
+"""
+
+
+class _Forks:
+    """``python -m repackctl ARGS`` runs in the sandbox of ``tmp``, each a forked child of one
+    :data:`_FORK_SERVER` (the environment of ``subprocess_env(tmp)``, as a test subprocess)."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.server = subprocess.Popen(
+            [sys.executable, "-c", _FORK_SERVER],
+            env=subprocess_env(tmp),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # a child that hangs is killed with the server's group
+        )
+
+    def __call__(self, *args: str, crash: str | None = None) -> subprocess.CompletedProcess:
+        out, err = self.tmp / "fork.out", self.tmp / "fork.err"
+        req = {"argv": list(args), "out": str(out), "err": str(err)}
+        req |= {"set": {CRASH_ENV: crash} if crash else {}, "unset": [] if crash else [CRASH_ENV]}
+        assert self.server.stdin and self.server.stdout
+        self.server.stdin.write(json.dumps(req) + "\n")
+        self.server.stdin.flush()
+        if not select.select([self.server.stdout], [], [], 300)[0]:  # as `timeout=300` was
+            os.killpg(self.server.pid, signal.SIGKILL)
+            pytest.fail(f"repackctl {' '.join(args)}: no exit in 300 s")
+        answer = self.server.stdout.readline()
+        assert answer, f"the fork server ended: {self.server.wait()}"
+        return subprocess.CompletedProcess(args, int(answer), out.read_text(), err.read_text())
+
+    def close(self) -> None:
+        assert self.server.stdin
+        self.server.stdin.close()
+        self.server.wait(timeout=60)
+
+
+@pytest.fixture
+def cli(tmp_path) -> Iterator[_Forks]:
+    """`repackctl` runs of one test in the sandbox: one torch import, a real process per run."""
+    forks = _Forks(tmp_path)
+    try:
+        yield forks
+    finally:
+        forks.close()
 
 
 def _arrays(cache: Path) -> dict[str, np.ndarray]:
@@ -60,7 +138,7 @@ def _assert_same(a: dict, b: dict) -> None:
 def reference(tmp_path_factory) -> Path:
     """An uninterrupted extract + pack train + pack encode (the arrays every rerun must equal)."""
     tmp = tmp_path_factory.mktemp("ref")
-    # in-process, one thread and the environment of `_cli`: the arrays of a subprocess, bit for bit
+    # in-process, one thread and the environment of `cli`: the arrays of a subprocess, bit for bit
     with pytest.MonkeyPatch.context() as mp, one_torch_thread():
         use_sandbox(mp, tmp)
         for args in (EXTRACT, PACK, ["pack", "encode", "--run", "enc"]):
@@ -81,17 +159,17 @@ def _no_traceback_listing(tmp: Path, said: str = "incomplete") -> None:
 
 
 @pytest.mark.slow
-def test_kill_while_extract_creates_then_rerun(tmp_path, reference):
+def test_kill_while_extract_creates_then_rerun(tmp_path, reference, cli):
     # one kill after each creation step in turn, each run on what the killed ones left (every
     # step is reached: the earlier ones are done), then one clean rerun. "discard": the second
     # run, removing the unfinished entry the first left, is killed after moving it out of the
     # cache's tree (deleted in place, a kill left a folder without zarr.json that every later
     # extract refused as "not part of the cache")
     for step in ("entry", "discard", "images", "features", "tokens"):
-        res = _cli(tmp_path, *EXTRACT, crash=step)
+        res = cli(*EXTRACT, crash=step)
         assert res.returncode == 137, step + res.stdout + res.stderr
         _no_traceback_listing(tmp_path, "" if step == "discard" else "incomplete")
-    res = _cli(tmp_path, *EXTRACT)
+    res = cli(*EXTRACT)
     assert res.returncode == 0 and "Traceback" not in res.stderr, res.stdout + res.stderr
     assert not (tmp_path / "cache" / ".removing").exists()  # the killed discard's rest: gone
     ref = {k: v for k, v in _arrays(reference / "cache").items() if "latents/" not in k}
@@ -99,14 +177,14 @@ def test_kill_while_extract_creates_then_rerun(tmp_path, reference):
 
 
 @pytest.mark.slow
-def test_kill_while_encode_creates_then_rerun(tmp_path, reference):
+def test_kill_while_encode_creates_then_rerun(tmp_path, reference, cli):
     shutil.copytree(reference / "runs", tmp_path / "runs")
     shutil.copytree(reference / "extracted", tmp_path / "cache")
     for step in ("latents", "std"):  # as for extract: one kill after each step in turn
-        res = _cli(tmp_path, "pack", "encode", "--run", "enc", crash=step)
+        res = cli("pack", "encode", "--run", "enc", crash=step)
         assert res.returncode == 137, step + res.stdout + res.stderr
         _no_traceback_listing(tmp_path)
-    res = _cli(tmp_path, "pack", "encode", "--run", "enc")
+    res = cli("pack", "encode", "--run", "enc")
     assert res.returncode == 0 and "Traceback" not in res.stderr, res.stdout + res.stderr
     _assert_same(_arrays(tmp_path / "cache"), _arrays(reference / "cache"))
 
@@ -223,8 +301,9 @@ def test_verify_repair_then_extract_rewrites_images_and_tokens(tmp_path, referen
     for kind in ("images: missing", "tokens: truncated", "cls: corrupt"):
         assert kind in _flat(res), res.output
     assert runner.invoke(app, ["cache", "verify", "--repair"]).exit_code == 0
-    res = _cli(tmp_path, *EXTRACT)  # a subprocess like the reference (same thread count)
-    assert res.returncode == 0, res.stdout + res.stderr
+    with one_torch_thread():  # in-process, one thread, like the reference
+        res = runner.invoke(app, EXTRACT)
+    assert res.exit_code == 0, res.output
     assert runner.invoke(app, ["cache", "verify"]).exit_code == 0
     _assert_same(_arrays(tmp_path / "cache"), _arrays(reference / "cache"))
 
