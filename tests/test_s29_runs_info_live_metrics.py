@@ -8,28 +8,33 @@ never listed: a resume drops them and trains those steps again (commit 6dee648).
 while a resume has taken the run's lock but not yet dropped them (metrics.jsonl not written since
 the lock was taken): they are not the starting training's.
 
-A real `repackctl pack train` killed after step 3 (checkpoint step 2), then resumed in the
-background as a real process with no further checkpoint before its end; the test kills it. The
-starting resume: a real process that takes the run's lock as the engine does and waits.
+A real `repackctl pack train` killed after step 3 (checkpoint step 2), once per module (each test
+takes a copy), then resumed in the background as a real process with no further checkpoint
+before its end; the test kills it. The starting resume: a real process that takes the run's lock
+as the engine does and waits. `runs info` runs in-process (Typer's runner, one torch thread):
+the lock it reports is another process's either way.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import subprocess_env
 from support.caches import patchpix_fixtures
-from support.cli import proc_ok
+from support.cli import cli_ok
 
 from repackctl.crash import CRASH_ENV
 from repackctl.train.logging import read_metrics
 
-base_cache, cache = patchpix_fixtures("s29-live-metrics")
+base_cache, _ = patchpix_fixtures("s29-live-metrics")
+pytestmark = pytest.mark.usefixtures("one_thread")  # in-process runs as in a subprocess
 
 PACK = [
     *("pack", "train", "--encoder", "patchpix", "--resolution", "32", "-n", "16", "-c", "4"),
@@ -38,8 +43,9 @@ PACK = [
 ]
 
 
-def _info(tmp_path: Path, *more: str) -> str:
-    return proc_ok(["runs", "info", "pk", *more], subprocess_env(tmp_path))
+def _info(*more: str) -> str:
+    """`runs info pk` in-process (the sandbox's cache and runs roots are the test's)."""
+    return cli_ok("runs", "info", "pk", *more)
 
 
 def _wait_for_rows(run: Path, job: subprocess.Popen, last: int) -> None:
@@ -50,22 +56,33 @@ def _wait_for_rows(run: Path, job: subprocess.Popen, last: int) -> None:
         if steps and steps[-1] >= last:
             return
         assert job.poll() is None, job.communicate()
-        time.sleep(0.2)
+        time.sleep(0.02)
     raise AssertionError(f"the training logged no step {last} in time: {steps}")
 
 
-def _killed_after_step_3(tmp_path: Path) -> Path:
-    """The run ``pk`` killed after step 3: checkpoint step 2, metrics rows of steps 1-3."""
+@pytest.fixture(scope="module")
+def killed_base(base_cache, tmp_path_factory) -> Path:
+    """Cache and runs roots of the run ``pk`` killed after step 3: checkpoint step 2, metrics
+    rows of steps 1-3 (once per module; the tests take copies)."""
+    root = tmp_path_factory.mktemp("s29-killed")
+    shutil.copytree(base_cache, root / "cache")
     cmd = [sys.executable, "-m", "repackctl", *PACK, "--steps", "6", "--ckpt-every", "2"]
-    env = subprocess_env(tmp_path, **{CRASH_ENV: "train-step-3"})
+    env = subprocess_env(root, **{CRASH_ENV: "train-step-3"})
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 137, done.stderr[-2000:]
+    return root
+
+
+def _killed_after_step_3(base: Path, tmp_path: Path) -> Path:
+    """A copy of ``base``'s cache and runs at the test's roots; the run ``pk``."""
+    for name in ("cache", "runs"):
+        shutil.copytree(base / name, tmp_path / name)
     return tmp_path / "runs" / "pk"
 
 
-def test_the_newest_rows_of_the_training_running_now_are_listed(cache, tmp_path):
+def test_the_newest_rows_of_the_training_running_now_are_listed(killed_base, tmp_path):
     env = subprocess_env(tmp_path)
-    run = _killed_after_step_3(tmp_path)
+    run = _killed_after_step_3(killed_base, tmp_path)
 
     # resumed from step 2 with no checkpoint before step 100000: every row past 2 is live
     resumed = [*PACK, "--steps", "100000", "--ckpt-every", "100000"]
@@ -78,8 +95,8 @@ def test_the_newest_rows_of_the_training_running_now_are_listed(cache, tmp_path)
     )
     try:
         _wait_for_rows(run, job, 9)
-        out = _info(tmp_path)
-        data = json.loads(_info(tmp_path, "--json"))
+        out = _info()
+        data = json.loads(_info("--json"))
     finally:
         job.kill()
         job.wait(timeout=60)
@@ -100,10 +117,10 @@ def test_the_newest_rows_of_the_training_running_now_are_listed(cache, tmp_path)
     assert [r["step"] for r in data["metrics_tail"]] == [1, 2], data["metrics_tail"]
 
     # the training is gone: its rows are a stopped attempt's, counted and not listed
-    out = _info(tmp_path)
+    out = _info()
     assert "no checkpoint yet" not in out and "a resume drops these rows" in out, out
     assert f"metrics step {newest[-1]}" not in out, out
-    data = json.loads(_info(tmp_path, "--json"))
+    data = json.loads(_info("--json"))
     assert data["metrics_after_checkpoint"]["newest"] == [], data["metrics_after_checkpoint"]
 
 
@@ -118,15 +135,15 @@ time.sleep(600)
 """
 
 
-def test_a_stopped_attempts_rows_are_not_taken_for_the_starting_trainings(cache, tmp_path):
-    run = _killed_after_step_3(tmp_path)
+def test_a_stopped_attempts_rows_are_not_taken_for_the_starting_trainings(killed_base, tmp_path):
+    run = _killed_after_step_3(killed_base, tmp_path)
     env = subprocess_env(tmp_path)
     cmd = [sys.executable, "-c", STARTING, str(run)]
     job = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
     try:
         assert job.stdout.readline().strip() == "locked"
-        out = _info(tmp_path)
-        data = json.loads(_info(tmp_path, "--json"))
+        out = _info()
+        data = json.loads(_info("--json"))
     finally:
         job.kill()
         job.wait(timeout=60)

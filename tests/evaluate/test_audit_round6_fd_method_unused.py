@@ -27,14 +27,26 @@ from repackctl.errors import ConfigError
 pytestmark = pytest.mark.usefixtures("one_thread")  # in-process runs as in a subprocess
 
 
-@pytest.fixture
-def samples(tmp_path):
-    """10 external 32 px samples (IS takes 10 splits: 10 images at least)."""
+def _external(tmp_path, n: int):
+    """``n`` external 32 px samples (seeded random pixels) in ``tmp_path/gen/images.npz``."""
     path = tmp_path / "gen" / "images.npz"
     path.parent.mkdir()
     rng = np.random.default_rng(0)
-    np.savez(path, arr_0=rng.integers(0, 255, (10, 32, 32, 3), dtype=np.uint8))
+    np.savez(path, arr_0=rng.integers(0, 255, (n, 32, 32, 3), dtype=np.uint8))
     return path
+
+
+@pytest.fixture
+def samples(tmp_path):
+    """10 external 32 px samples (IS takes 10 splits: 10 images at least)."""
+    return _external(tmp_path, 10)
+
+
+@pytest.fixture
+def pair(tmp_path):
+    """2 external 32 px samples, the fewest KID and FID score (each image and its reference
+    image go through Inception on the CPU: the cost of a KID/FID test is its image count)."""
+    return _external(tmp_path, 2)
 
 
 @pytest.mark.parametrize("metrics", ["kid,prc", "is"])
@@ -89,9 +101,10 @@ def _card(path):
 
 @pytest.mark.parametrize("metrics", ["kid", "is"])
 def test_an_fd_method_from_the_environment_is_not_named_where_no_fd_was_computed(
-    samples, tmp_path, inception_file, monkeypatch, metrics
+    tmp_path, inception_file, monkeypatch, metrics
 ):
     out_file = tmp_path / "m.json"
+    samples = _external(tmp_path, 10 if metrics == "is" else 2)  # IS: 10 splits
     fid = ["evaluate", "fid", str(samples), "--ref", "builtin", "--metrics", metrics]
     fid += ["--inception-weights", str(inception_file), "--device", "cpu", "--out", str(out_file)]
     monkeypatch.setenv("REPACKCTL_EVALUATE__FD_METHOD", "cholesky")
@@ -106,10 +119,10 @@ def test_an_fd_method_from_the_environment_is_not_named_where_no_fd_was_computed
 
 
 def test_an_fd_method_from_the_environment_is_named_where_fid_was_computed(
-    samples, tmp_path, inception_file, monkeypatch
+    pair, tmp_path, inception_file, monkeypatch
 ):
     out_file = tmp_path / "m.json"
-    fid = ["evaluate", "fid", str(samples), "--ref", "builtin", "--metrics", "fid,kid"]
+    fid = ["evaluate", "fid", str(pair), "--ref", "builtin", "--metrics", "fid,kid"]
     fid += ["--inception-weights", str(inception_file), "--device", "cpu", "--out", str(out_file)]
     monkeypatch.setenv("REPACKCTL_EVALUATE__FD_METHOD", "cholesky")
     cli_ok(*fid)
@@ -118,10 +131,10 @@ def test_an_fd_method_from_the_environment_is_named_where_fid_was_computed(
 
 
 def test_an_older_kid_card_naming_an_fd_method_is_replaced_by_the_same_scores(
-    samples, tmp_path, inception_file
+    pair, tmp_path, inception_file
 ):
     out_file = tmp_path / "m.json"
-    fid = ["evaluate", "fid", str(samples), "--ref", "builtin", "--metrics", "kid"]
+    fid = ["evaluate", "fid", str(pair), "--ref", "builtin", "--metrics", "kid"]
     fid += ["--inception-weights", str(inception_file), "--device", "cpu", "--out", str(out_file)]
     cli_ok(*fid)
     doc = json.loads(out_file.read_text())
