@@ -54,11 +54,12 @@ def cache_root(tmp_path):
 
 
 @contextlib.contextmanager
-def one_torch_thread() -> Iterator[None]:
-    """An in-process run with the thread count of a test subprocess (``OMP_NUM_THREADS=1``):
-    CPU reductions round by thread count, so this is what makes the two bit-identical."""
+def one_torch_thread(count: int = 1) -> Iterator[None]:
+    """An in-process run with the thread count of a test subprocess (``OMP_NUM_THREADS=1``, or
+    ``count``): CPU reductions round by thread count, so this is what makes the two
+    bit-identical (and what a run folder records as its thread count)."""
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(count)
     try:
         yield
     finally:

@@ -4,6 +4,10 @@ The toy refiner's pixels differ by 1/255 between ``OMP_NUM_THREADS=2`` and ``1``
 measured). A refined folder made on the CPU records ``cpu_threads`` and every later apply on the
 CPU refines with that count, so an apply killed under 2 threads and finished under 1 ends as an
 uninterrupted 2-thread apply, byte for byte.
+
+The uninterrupted 1- and 2-thread applies are made in-process under that many torch threads
+(what ``OMP_NUM_THREADS`` sets in a child, and what the folder records); the kill and the resume
+under another count are real subprocesses.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import one_torch_thread, subprocess_env
-from support.cli import proc_ok
+from support.cli import cli_ok, proc_ok
 from support.kill import kill_after_pngs
 from support.stack import _settings, stack_with_refiner
 
@@ -57,7 +61,8 @@ def test_unfinished_refined_folder_finished_under_another_thread_count(stack, tm
     out = tmp_path / f"s--refine-{REFINER}"
     refs = {}
     for threads in (1, 2):
-        _apply(stack, src, threads)
+        with one_torch_thread(threads):
+            cli_ok(*_args(stack, src))
         refs[threads] = _pngs(out)
         shutil.move(out, tmp_path / f"t{threads}")
     kill_after_pngs(_args(stack, src), _env(stack, 2), out, pngs=1, poll=0.001)

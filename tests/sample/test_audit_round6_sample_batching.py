@@ -23,6 +23,7 @@ runs under one thread (CPU reductions round by thread count).
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -70,13 +71,23 @@ def _killed(stack: dict[str, str], args: list[str], out: Path, num: int = N) -> 
     return _files(out)
 
 
+@pytest.fixture(scope="module")
+def killed_once(stack, tmp_path_factory) -> Path:
+    """The folder a real SIGKILL of `sample --batch-size BATCH` left once it wrote a PNG
+    (``_killed``); the tests that resume it copy it."""
+    out = tmp_path_factory.mktemp("round6-killed") / "killed"
+    _killed(stack, _args(stack, out, BATCH), out)
+    return out
+
+
 @pytest.mark.slow
-def test_unfinished_folder_resumed_with_another_batch_size_is_refused(stack, tmp_path):
+def test_unfinished_folder_resumed_with_another_batch_size_is_refused(stack, killed_once, tmp_path):
     cli_ok(*_args(stack, tmp_path / "ref", BATCH))
     ref = _files(tmp_path / "ref")
     assert json.loads(ref[SETTINGS_JSON])["batch_size"] == BATCH  # recorded when claimed
     out = tmp_path / "killed"
-    left = _killed(stack, _args(stack, out, BATCH), out)
+    shutil.copytree(killed_once, out)
+    left = _files(out)
     msg = cli_refused(ConfigError.exit_code, *_args(stack, out, OTHER))
     assert f"--batch-size {BATCH}" in msg and f"not {OTHER}" in msg, msg
     assert str(out) in msg
@@ -110,9 +121,9 @@ def test_finished_folder_is_unaffected_by_another_batch_size(stack, tmp_path):
 
 
 @pytest.mark.slow
-def test_folder_without_a_recorded_batching_still_resumes(stack, tmp_path):
+def test_folder_without_a_recorded_batching_still_resumes(stack, killed_once, tmp_path):
     out = tmp_path / "killed"
-    _killed(stack, _args(stack, out, BATCH), out)
+    shutil.copytree(killed_once, out)
     started = json.loads((out / SETTINGS_JSON).read_text())
     for key in ("batch_size", "world_size"):
         started.pop(key)  # as an earlier version started it

@@ -15,6 +15,10 @@ its log and summary):
   recorded pixels;
 - a folder started before the count was recorded resumes as before and is left as it was;
 - on CUDA nothing is recorded or applied (its kernels do not round by CPU threads).
+
+The uninterrupted references are made in-process under that many torch threads (what
+``OMP_NUM_THREADS`` sets in a child, and what the folder records); one real SIGKILL under 2
+threads leaves the unfinished folder each test copies (the tests write in it).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import subprocess_env
+from conftest import one_torch_thread, subprocess_env
 from support.cli import cli_ok, proc_ok
 from support.kill import kill_after_pngs
 from support.stack import shared_stack
@@ -47,12 +51,25 @@ def stack(tmp_path_factory) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def made(stack, tmp_path_factory) -> dict[str, Path]:
-    """Uninterrupted folders of the same settings made under 2 threads and under 1."""
+    """Uninterrupted folders of the same settings made under 2 threads and under 1
+    (in-process, under that many torch threads)."""
     root = tmp_path_factory.mktemp("s28-threads")
     folders = {threads: root / f"t{threads}" for threads in (2, 1)}
     for threads, out in folders.items():
-        _sample(stack, out, threads)
+        with one_torch_thread(threads):
+            cli_ok(*_args(stack, out))
     return folders
+
+
+@pytest.fixture(scope="module")
+def killed_once(stack, tmp_path_factory) -> Path:
+    """An unfinished folder: a real SIGKILL of `sample` under 2 threads once it wrote a PNG.
+    Tests copy it (``_killed``)."""
+    out = tmp_path_factory.mktemp("s28-killed") / "killed"
+    kill_after_pngs(_args(stack, out), _env(stack, 2), out, pngs=1, poll=0.001)
+    assert not (out / "protocol.json").exists(), "the run finished before the kill"
+    assert 1 <= len(list(out.glob("0*.png"))) < N
+    return out
 
 
 def _args(stack: dict[str, str], out: Path) -> list[str]:
@@ -70,11 +87,9 @@ def _sample(stack: dict[str, str], out: Path, threads: int) -> str:
     return proc_ok(_args(stack, out), _env(stack, threads))
 
 
-def _killed(stack: dict[str, str], out: Path) -> None:
-    """A real SIGKILL of `sample` under 2 threads once it wrote a PNG (unfinished)."""
-    kill_after_pngs(_args(stack, out), _env(stack, 2), out, pngs=1, poll=0.001)
-    assert not (out / "protocol.json").exists(), "the run finished before the kill"
-    assert 1 <= len(list(out.glob("0*.png"))) < N
+def _killed(killed_once: Path, out: Path) -> None:
+    """A copy at ``out`` of the folder a real SIGKILL under 2 threads left (``killed_once``)."""
+    shutil.copytree(killed_once, out)
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -96,12 +111,14 @@ def _settings(folder: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_unfinished_folder_finished_under_another_thread_count_is_one_run(stack, made, tmp_path):
+def test_unfinished_folder_finished_under_another_thread_count_is_one_run(
+    stack, made, killed_once, tmp_path
+):
     ref = _files(made[2])
     # the thread count matters: an uninterrupted 1-thread run has other latents and pixels
     assert {"latents.npy", f"{RECOUNTED:06d}.png"} <= set(_differing(ref, _files(made[1])))
     out = tmp_path / "killed"
-    _killed(stack, out)
+    _killed(killed_once, out)
     log = _sample(stack, out, 1)
     assert _differing(ref, _files(out)) == []  # byte for byte the 2-thread run
     assert _settings(out)["cpu_threads"] == 2  # recorded when claimed, kept
@@ -110,9 +127,11 @@ def test_unfinished_folder_finished_under_another_thread_count_is_one_run(stack,
 
 
 @pytest.mark.slow
-def test_in_process_resume_uses_the_folder_count_and_restores_its_own(stack, made, tmp_path):
+def test_in_process_resume_uses_the_folder_count_and_restores_its_own(
+    stack, made, killed_once, tmp_path
+):
     out = tmp_path / "killed"
-    _killed(stack, out)
+    _killed(killed_once, out)
     assert torch.get_num_threads() == 1  # the `one_thread` fixture's
     cli_ok(*_args(stack, out))
     assert torch.get_num_threads() == 1  # the caller's count, given back
@@ -137,9 +156,9 @@ def test_finished_folder_remakes_a_lost_png_with_its_thread_count(stack, made, t
 
 
 @pytest.mark.slow
-def test_folder_without_a_recorded_thread_count_resumes_as_before(stack, tmp_path):
+def test_folder_without_a_recorded_thread_count_resumes_as_before(stack, killed_once, tmp_path):
     out = tmp_path / "killed"
-    _killed(stack, out)
+    _killed(killed_once, out)
     started = _settings(out)
     assert started.pop("cpu_threads") == 2
     (out / SETTINGS_JSON).write_text(json.dumps(started))  # as an earlier version started it

@@ -1,18 +1,21 @@
 """`sample` of a text-to-image run on the CPU and its thread count (see test_s28_sample_threads):
 a folder killed under ``OMP_NUM_THREADS=2`` and finished under 1 ends as an uninterrupted
-2-thread run, byte for byte."""
+2-thread run, byte for byte.
+
+The uninterrupted 1- and 2-thread references are made in-process under that many torch threads
+(what ``OMP_NUM_THREADS`` sets in a child, and what the folder records); the kill and the
+resume under another count are real subprocesses."""
 
 from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import subprocess_env
+from conftest import one_torch_thread, subprocess_env
 from support.caches import shared_t2i_stack
+from support.cli import cli_ok, proc_ok
 from support.kill import kill_after_pngs
 
 from repackctl.paths import SETTINGS_JSON
@@ -37,21 +40,15 @@ def test_t2i_folder_finished_under_another_thread_count_is_one_run(tmp_path_fact
             "--steps", "60", "--grid", "0", "--seed", "3", "--device", "cpu", "--runs",
             str(work / "runs"), "--cache", str(work / "cache"), "--batch-size", "2",
             "--out", str(out)]  # fmt: skip
-
-    def run(threads: int) -> None:
-        env = subprocess_env(work, OMP_NUM_THREADS=str(threads))
-        res = subprocess.run([sys.executable, "-m", "repackctl", *args], env=env,
-                             capture_output=True, text=True, check=False)  # fmt: skip
-        assert res.returncode == 0, res.stdout + res.stderr
-
     refs = {}
     for threads in (1, 2):
-        run(threads)
+        with one_torch_thread(threads):
+            cli_ok(*args)
         refs[threads] = _files(out)
         shutil.move(out, tmp_path / f"t{threads}")
     assert refs[1]["latents.npy"] != refs[2]["latents.npy"]  # the thread count matters
     kill_after_pngs(args, subprocess_env(work, OMP_NUM_THREADS="2"), out, pngs=1, poll=0.001)
     assert not (out / "protocol.json").exists(), "the run finished before the kill"
-    run(1)
+    proc_ok(args, subprocess_env(work, OMP_NUM_THREADS="1"))
     assert _files(out) == refs[2]
     assert json.loads((out / SETTINGS_JSON).read_text())["cpu_threads"] == 2
