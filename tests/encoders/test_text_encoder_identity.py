@@ -119,11 +119,18 @@ def test_identity_differences_name_each_changed_file():
 
 
 # --------------------------------------------------------------------------- a changed tokenizer
-def test_sampling_refuses_a_changed_tokenizer_of_the_weights_folder(stack, tmp_path, monkeypatch):
+def test_sampling_captions_and_training_refuse_a_changed_tokenizer(stack, tmp_path, monkeypatch):
+    """One weights run, its folder's tokenizer then changed: `sample` refuses it before writing
+    (naming the tokenizer files, not the weights), a resumed `captions` refuses it (naming the
+    group and how to remove it, its tokens untouched), and a resumed `train t2i` refuses the
+    group encoded again with it under the same id (its checkpoint untouched). Each refusal
+    writes nothing, so the three share the one (costly) run."""
     work = use_stack(stack, tmp_path, monkeypatch)
-    folder, _ = _weights_run(work, tmp_path)
+    folder, tid = _weights_run(work, tmp_path)
+    before = np.asarray(_train(work).group[TEXT_KIND][tid]["tokens"][:])
     _ok("sample", "-r", "tW", "--prompt", "A RED STAR", *SAMPLE, "--out", str(tmp_path / "ok"))
     _no_lowercase(folder)
+    # sampling
     out = tmp_path / "changed"
     msg = _refused(
         WeightsError.exit_code, "sample", "-r", "tW", "--prompt", "A RED STAR", *SAMPLE,
@@ -132,27 +139,15 @@ def test_sampling_refuses_a_changed_tokenizer_of_the_weights_folder(stack, tmp_p
     assert "tokenizer.json" in msg and "tokenizer_config.json" in msg
     assert "model.safetensors" not in msg  # the weights are the same: not blamed
     assert not out.exists()  # refused before anything is written
-
-
-def test_resuming_captions_refuses_a_changed_tokenizer(stack, tmp_path, monkeypatch):
-    work = use_stack(stack, tmp_path, monkeypatch)
-    folder, tid = _weights_run(work, tmp_path)
-    before = np.asarray(_train(work).group[TEXT_KIND][tid]["tokens"][:])
-    _no_lowercase(folder)
+    # resuming captions
     weights = ["--text-weights", str(folder), "--max-length", str(LEN)]
     msg = _refused(CacheError.exit_code, "captions", "--entry", TRAIN, *weights, *CPU)
     assert f"text/{tid}" in msg and "tokenizer.json" in msg
     assert f"repackctl cache rm {TRAIN} --text {tid}" in msg
     after = np.asarray(_train(work).group[TEXT_KIND][tid]["tokens"][:])
     assert np.array_equal(after, before)
-
-
-def test_resuming_training_refuses_features_of_a_changed_tokenizer(stack, tmp_path, monkeypatch):
-    work = use_stack(stack, tmp_path, monkeypatch)
-    folder, tid = _weights_run(work, tmp_path)
-    _no_lowercase(folder)  # then the group is encoded again, under the same id
+    # resuming training on the group encoded again (same id) with the changed tokenizer
     _ok("cache", "rm", TRAIN, "--text", tid, "--yes")
-    weights = ["--text-weights", str(folder), "--max-length", str(LEN)]
     _ok("captions", "--entry", TRAIN, *weights, *CPU)
     run = work / "runs" / "tW"
     msg = _refused(

@@ -104,7 +104,20 @@ def test_a_gan_that_starts_after_the_run_is_said(cache, tmp_path):
     assert "GAN term" not in out
 
 
-def test_steps_0_is_refused_for_a_new_run_and_shows_a_finished_one(cache, tmp_path):
+def _run_files(run: Path) -> dict[str, bytes]:
+    """Every file of a run folder but train.lock, by relative path, with its bytes."""
+    return {
+        str(p.relative_to(run)): p.read_bytes()
+        for p in sorted(run.rglob("*"))
+        if p.is_file() and p.name != "train.lock"
+    }
+
+
+def test_steps_0_is_refused_for_a_new_run_and_at_or_below_the_step_changes_nothing(cache, tmp_path):
+    """`--steps 0` (or below) is refused for a run without a checkpoint; on a finished run,
+    `--steps N` with N at or below its step shows the run and writes nothing (it used to rewrite
+    config.json with steps N, metrics, log.txt and add a TensorBoard event file). One 2-step run
+    serves both: the refusals write no run, the shows write nothing."""
     run = tmp_path / "runs" / "s"
     out = _error(ConfigError.exit_code, "pack", "train", *TINY, "--steps", "0", "--name", "s")
     assert "pack.steps is 0" in out and "--steps N with N >= 1" in out
@@ -115,6 +128,7 @@ def test_steps_0_is_refused_for_a_new_run_and_shows_a_finished_one(cache, tmp_pa
     _ok("pack", "train", *TINY, "--steps", "2", "--name", "s")
     ckpt = latest_checkpoint(run)
     files = {p.name: p.stat().st_mtime_ns for p in ckpt.iterdir()}
+    before = _run_files(run)
     out = _ok("pack", "train", *TINY, "--steps", "0", "--name", "s")
     assert "nothing to train" in out and "at step 2" in out
     assert "None" not in out  # the summary is the run's: its checkpoint, method, shape, step
@@ -122,25 +136,9 @@ def test_steps_0_is_refused_for_a_new_run_and_shows_a_finished_one(cache, tmp_pa
     assert "repack / small" in out and "(4, 4, 4)" in out
     assert [p.name for p in list_checkpoints(run)] == ["step-0000002"]
     assert {p.name: p.stat().st_mtime_ns for p in ckpt.iterdir()} == files
-
-
-def _run_files(run: Path) -> dict[str, bytes]:
-    """Every file of a run folder but train.lock, by relative path, with its bytes."""
-    return {
-        str(p.relative_to(run)): p.read_bytes()
-        for p in sorted(run.rglob("*"))
-        if p.is_file() and p.name != "train.lock"
-    }
-
-
-def test_steps_at_or_below_the_step_change_nothing_in_the_run(cache, tmp_path):
-    """`--steps N` with N at or below the run's step shows the run and writes nothing (it used
-    to rewrite config.json with steps N, metrics, log.txt and add a TensorBoard event file)."""
-    run = tmp_path / "runs" / "z"
-    _ok("pack", "train", *TINY, "--steps", "2", "--name", "z")
-    before = _run_files(run)
+    assert _run_files(run) == before
     for steps in ("2", "1", "0"):
-        out = _ok("pack", "train", *TINY, "--steps", steps, "--name", "z")
+        out = _ok("pack", "train", *TINY, "--steps", steps, "--name", "s")
         assert "nothing to train" in out and "at step 2" in out
         assert _run_files(run) == before, steps
     assert json.loads((run / "config.json").read_text())["steps"] == 2

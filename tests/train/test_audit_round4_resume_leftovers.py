@@ -16,8 +16,11 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
+from conftest import one_torch_thread
 from dit.test_dit_resume_latents import _forget_latents
 from pack.test_watson import TINY, write_params
 from support.caches import packed_cache, patchpix_fixtures
@@ -33,6 +36,24 @@ from repackctl.train.sampler import MIN_BUFFER_BLOCKS, BlockSampler
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 base_cache, cache = patchpix_fixtures("round4-resume-cache", 16)
+
+
+@pytest.fixture(scope="module")
+def base_packed(tmp_path_factory) -> Path:
+    """One :func:`packed_cache` (16 images, the 4-step pack run ``pk`` and its latents) for the
+    module: its three DiT / t2i tests only read it, each from a private copy (``packed``)."""
+    base = tmp_path_factory.mktemp("round4-packed")
+    with one_torch_thread():
+        packed_cache(base / "cache", 16)
+    return base
+
+
+@pytest.fixture
+def packed(base_packed, tmp_path) -> Path:
+    """A private copy of the module's packed cache/ and runs/ at this test's roots."""
+    for name in ("cache", "runs"):
+        shutil.copytree(base_packed / name, tmp_path / name)
+    return tmp_path / "cache"
 
 
 def test_an_older_refiner_run_resumes_with_its_own_pack_run_given(cache, tmp_path):
@@ -54,10 +75,9 @@ TRAIN = ["-b", "8", "--device", "cpu", "--image-every", "0"]
 COMMANDS = {"dit": ["train", "dit", "--size", "tiny", *TRAIN], "t2i": ["train", "t2i", *TRAIN]}
 
 
-def test_an_older_dit_run_resumes_with_its_own_latents_given(tmp_path):
+def test_an_older_dit_run_resumes_with_its_own_latents_given(packed, tmp_path):
     """The same for `train dit` and the latents its checkpoint names."""
     run = tmp_path / "runs" / "d"
-    packed_cache(tmp_path / "cache", 16)
     train = [*COMMANDS["dit"], "--name", "d"]
     cli_ok(*train, "--steps", "1")
     own = run_state(tmp_path, "d")[1]["extra"]["cache"]["latents"]
@@ -70,13 +90,13 @@ def test_an_older_dit_run_resumes_with_its_own_latents_given(tmp_path):
 
 
 @pytest.mark.parametrize("section", list(COMMANDS))
-def test_buffer_blocks_of_in_memory_data_is_said_to_have_no_effect(section, tmp_path):
+def test_buffer_blocks_of_in_memory_data_is_said_to_have_no_effect(section, packed, tmp_path):
     # in memory the block is 1: the order is a plain permutation, whatever the window
     orders = [BlockSampler(16, 0, 1, w).epoch_order(0) for w in (1, 4, 64)]
     assert all((o == orders[0]).all() for o in orders)
-    packed_cache(tmp_path / "cache", 16)  # 16 small latents: held in memory
+    # packed: 16 small latents, held in memory
     if section == "t2i":
-        (entry,) = list_entries(str(tmp_path / "cache"))
+        (entry,) = list_entries(str(packed))
         cli_ok("captions", "--entry", entry, "--max-length", "8", "--device", "cpu")
     train = [*COMMANDS[section], "--name", "d"]
     out = cli_ok(*train, "--steps", "1", "--buffer-blocks", "4")
