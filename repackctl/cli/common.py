@@ -183,15 +183,17 @@ def handle_errors(fn: Callable) -> Callable:
     return wrapper
 
 
-def resolve(config: str | None, flags: dict[str, Any]) -> ResolvedSettings:
-    """Resolve settings from the layers; ``flags`` holds dotted keys of flags actually given."""
+def resolve(
+    config: str | None, given: dict[str, Any], flags: dict[str, str] | None = None
+) -> ResolvedSettings:
+    """Resolve the settings layers; ``given`` holds dotted keys of the flags (None: not given),
+    ``flags`` the flags a command renames (dotted key → flag), named when a value is refused."""
     from repackctl.settings import resolve_settings
-    from repackctl.settings.checks import check_magnitudes
 
-    given = {k: v for k, v in flags.items() if v is not None}
-    resolved = resolve_settings(config or os.environ.get("REPACKCTL_CONFIG"), given)
-    check_magnitudes(resolved.settings, resolved.sources)
-    set_log_every_s(resolved.settings.log_every_s)
+    given = {k: v for k, v in given.items() if v is not None}
+    config = config or os.environ.get("REPACKCTL_CONFIG")
+    resolved = resolve_settings(config, given, flag_names=flags)
+    set_log_every_s(resolved.settings.log_every_s)  # period of plain progress lines
     return resolved
 
 

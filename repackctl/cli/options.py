@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import os
 import types
 import typing
 from collections.abc import Callable
@@ -22,7 +21,7 @@ import typer
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from repackctl.cli.common import COMMON, handle_errors, show_config
+from repackctl.cli.common import COMMON, handle_errors, resolve, show_config
 
 if TYPE_CHECKING:
     from repackctl.settings import ResolvedSettings
@@ -283,18 +282,3 @@ def _started_without(section: str) -> dict[str, Any]:
 
         return PACK_STARTED_WITHOUT
     return {}
-
-
-def resolve(
-    config: str | None, given: dict[str, Any], flags: dict[str, str] | None = None
-) -> ResolvedSettings:
-    """Resolve the settings layers; ``given`` holds dotted keys of the flags actually given,
-    ``flags`` the flags a command renames (dotted key → flag), named when a value is refused."""
-    from repackctl.progress import set_log_every_s
-    from repackctl.settings import resolve_settings
-    from repackctl.settings.checks import check_magnitudes
-
-    resolved = resolve_settings(config or os.environ.get("REPACKCTL_CONFIG"), given)
-    check_magnitudes(resolved.settings, resolved.sources, flags)
-    set_log_every_s(resolved.settings.log_every_s)  # period of plain progress lines
-    return resolved

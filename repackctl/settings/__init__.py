@@ -311,11 +311,15 @@ def resolve_settings(
     config_file: str | Path | None = None,
     flags: dict[str, Any] | None = None,
     environ: dict[str, str] | None = None,
+    flag_names: dict[str, str] | None = None,
 ) -> ResolvedSettings:
     """Merge the four layers. ``flags`` maps dotted keys (``extract.batch_size``) to given values.
 
-    Unknown keys in the TOML file or environment are errors (never silently ignored). Options
-    that the lr schedule would ignore are refused where a run's settings are final
+    Unknown keys in the TOML file or environment are errors (never silently ignored), and so is
+    a number out of its range (:func:`repackctl.settings.checks.check_magnitudes`, here so that
+    every caller, the CLI, the demo and library users alike, gets the check; ``flag_names``:
+    dotted key → the flag a command renames it to, named in that error). Options that the lr
+    schedule would ignore are refused where a run's settings are final
     (:func:`repackctl.settings.checks.check_schedules`, after a resume merged the stored ones).
     """
     env = dict(os.environ if environ is None else environ)
@@ -347,6 +351,9 @@ def resolve_settings(
             f"invalid setting {_first_error(e)} (from {where})",
             "fix the value; `--show-config` prints every setting and its source",
         ) from None
+    from repackctl.settings.checks import check_magnitudes
+
+    check_magnitudes(settings, sources, flag_names)
     return ResolvedSettings(settings, sources)
 
 

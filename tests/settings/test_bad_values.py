@@ -273,3 +273,19 @@ def test_a_config_folder_is_named_as_a_folder(tmp_path):
     out = cli_refused(2, "train", "dit", "--config", str(tmp_path), "--show-config")
     assert f"config file {tmp_path} is a folder, not a TOML file" in out, out
     assert "not found" not in out and "to --config" in out, out
+
+
+def test_the_library_resolver_refuses_an_out_of_range_number_as_the_cli_does():
+    """`resolve_settings` itself checks the magnitudes (the demo and library users call it
+    without the CLI): a worker count that forked until memory ran out, from any layer."""
+    with pytest.raises(ConfigError) as err:
+        resolve_settings(flags={"num_workers": 10**20}, environ={})
+    assert "num_workers" in str(err.value) and "out of range" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        resolve_settings(environ={"REPACKCTL_PACK__BATCH_SIZE": str(2**40)})
+    assert "env REPACKCTL_PACK__BATCH_SIZE" in str(err.value)
+    renamed = {"pack.batch_size": "--encode-batch"}
+    with pytest.raises(ConfigError) as err:
+        resolve_settings(flags={"pack.batch_size": 2**40}, environ={}, flag_names=renamed)
+    assert "--encode-batch" in err.value.hint
+    assert resolve_settings(flags={"num_workers": 4}, environ={}).settings.num_workers == 4
