@@ -143,6 +143,7 @@ def test_sampling_captions_and_training_refuse_a_changed_tokenizer(stack, tmp_pa
     weights = ["--text-weights", str(folder), "--max-length", str(LEN)]
     msg = _refused(CacheError.exit_code, "captions", "--entry", TRAIN, *weights, *CPU)
     assert f"text/{tid}" in msg and "tokenizer.json" in msg
+    assert "encoded with other text-encoder files" in msg  # the tokenizer check, not another
     assert f"repackctl cache rm {TRAIN} --text {tid}" in msg
     after = np.asarray(_train(work).group[TEXT_KIND][tid]["tokens"][:])
     assert np.array_equal(after, before)
@@ -155,6 +156,7 @@ def test_sampling_captions_and_training_refuse_a_changed_tokenizer(stack, tmp_pa
         *CPU,
     )  # fmt: skip
     assert f"text/{tid}" in msg and "tokenizer.json" in msg
+    assert "encoded with other text-encoder files" in msg
     assert read_state(latest_checkpoint(run))["step"] == 2
 
 
