@@ -114,7 +114,7 @@ class T2iSettings(DitSettings):
 
 
 # `--preset repa`: REPA's text-to-image recipe, value for value (sihyun-yu/REPA at the commit the
-# tests name; line numbers in tests/settings/test_s31_t2i_repa_preset.py). What a preset cannot
+# tests name; line numbers in tests/settings/test_t2i_repa_preset.py). What a preset cannot
 # set is a named deviation (README Presets, "t2i repa"): fp16 mixed precision (`--precision`),
 # the text encoder's weights (CLIP ViT-L/14, `repackctl captions --text-encoder clip
 # --text-weights DIR`), 77 unmasked caption tokens (REPA attends to the padding; ours masks it).

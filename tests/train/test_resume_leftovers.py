@@ -26,7 +26,7 @@ from pack.test_watson import TINY, write_params
 from support.caches import packed_cache, patchpix_fixtures
 from support.ckpt_state import run_state
 from support.cli import cli_ok, cli_refused
-from test_audit_round2_refine_pack_run import PACK, REFINE, _forget_pack_run, _trained_on
+from test_refine_pack_run import PACK, REFINE, _forget_pack_run, _trained_on
 
 from repackctl.cache.store import list_entries
 from repackctl.errors import CheckpointError, ConfigError

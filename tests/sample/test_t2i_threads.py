@@ -1,4 +1,4 @@
-"""`sample` of a text-to-image run on the CPU and its thread count (see test_s28_sample_threads):
+"""`sample` of a text-to-image run on the CPU and its thread count (see test_sample_threads):
 a folder killed under ``OMP_NUM_THREADS=2`` and finished under 1 ends as an uninterrupted
 2-thread run, byte for byte.
 

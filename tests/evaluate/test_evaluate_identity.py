@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from support.caches import shared_t2i_stack, use_stack
 from support.cli import cli_ok, cli_refused
-from test_s30_fid_identity_checks import _encoder_weights, _fd_args, _samples
+from test_fid_identity_checks import _encoder_weights, _fd_args, _samples
 
 from repackctl.errors import ConfigError, DataError
 

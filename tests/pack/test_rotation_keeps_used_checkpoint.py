@@ -4,7 +4,7 @@ A DiT trained on the latents of a pack checkpoint records that checkpoint as its
 on with `pack train` (more steps), the pack run's `--keep-last` rotation deleted it: the DiT
 could no longer sample ("run … has no checkpoint 'step-…'") and the decoder's weights were gone
 for good. Now a resumed run keeps the checkpoints other runs use beside its newest `--keep-last`
-ones, and says so (test_s29_pack_rotation_in_use: the other checkpoints rotate as usual).
+ones, and says so (test_pack_rotation_in_use: the other checkpoints rotate as usual).
 """
 
 from __future__ import annotations

@@ -108,7 +108,7 @@ def test_epochs_flag_wins_over_steps_of_a_lower_layer(
     env = {f"REPACKCTL_{section.upper()}__EPOCHS": "3"}
     got = getattr(resolve_settings(config, {}, environ=env).settings, section)
     assert (got.steps, got.epochs) == (None, 3)
-    # steps of a higher layer still win (both in one layer: tests/cli/test_s28_steps_and_epochs.py)
+    # steps of a higher layer still win (both in one layer: tests/cli/test_steps_and_epochs.py)
     config.write_text(f"[{section}]\nepochs = 3\n")
     env = {f"REPACKCTL_{section.upper()}__STEPS": "5"}
     got = getattr(resolve_settings(config, {}, environ=env).settings, section)

@@ -76,7 +76,7 @@ def test_rows_past_the_newest_checkpoint_are_named_not_listed(cache, tmp_path):
     assert after["training"] is None
 
     # while a process holds the run's lock, the rows past the checkpoint may be its own (which
-    # are then listed apart: tests/test_s29_runs_info_live_metrics.py)
+    # are then listed apart: tests/test_runs_info_live_metrics.py)
     cmd = [sys.executable, "-c", HOLDER, str(run)]
     holder = subprocess.Popen(cmd, env=subprocess_env(tmp_path), stdout=subprocess.PIPE, text=True)
     try:

@@ -8,7 +8,7 @@ the checkpoint path or the pack id's run name and step only, so after `runs rm p
 `runs info pk` listed it, `runs rm pk` asked and warned about it, and rotation kept the new run's
 checkpoint of that step for it, while sampling that DiT with the new run is refused (its pack id
 ends with the sha256 of other weights). The pack id must name the weights the step folder
-records, the rule the latents groups follow (tests/pack/test_s30_latents_of_an_earlier_run.py).
+records, the rule the latents groups follow (tests/pack/test_latents_of_an_earlier_run.py).
 
 Real runs through the command line on a patchpix cache: pack train, pack encode, train dit,
 runs rm, pack train again, runs info / runs rm / pack train --keep-last, sample.
