@@ -16,8 +16,27 @@ sys.dont_write_bytecode = False
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+import typer.testing  # noqa: E402
 
 from repackctl import kernels  # noqa: E402
+from repackctl.cli.app import app as _app  # noqa: E402
+
+_BUILT: dict[str, object] = {}
+
+
+def _command_of(typer_app: typer.Typer, _build=typer.testing._get_command) -> object:
+    """Typer's runner builds the whole click command tree again on every ``invoke`` (~0.1 s
+    of inspecting signatures: an eighth of the in-process tests' time). ``repackctl``
+    registers every command at import and a process runs one command tree, so the tree is
+    built once per test process, as ``repackctl`` builds it once per run."""
+    if typer_app is not _app:
+        return _build(typer_app)
+    if "tree" not in _BUILT:
+        _BUILT["tree"] = _build(typer_app)
+    return _BUILT["tree"]
+
+
+typer.testing._get_command = _command_of
 
 # `make test` runs two workers of one thread each (OMP_NUM_THREADS=1); alone, two threads
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or max(1, min(2, os.cpu_count() or 1))))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import functools
 import json
 import math
 import platform
@@ -116,6 +117,13 @@ class ProtocolCard:
 
 def package_versions() -> dict[str, str]:
     """Versions of the packages that change scores (missing ones are reported as such)."""
+    return dict(_package_versions())
+
+
+@functools.cache
+def _package_versions() -> dict[str, str]:
+    """:func:`package_versions`, read once per process (importlib parses each package's
+    metadata file on every call, and a process runs one installation)."""
     from importlib import metadata
 
     out = {"python": platform.python_version()}
