@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from repackctl.cache.creation import ShardLocks, entry_writer, test_delay
 from repackctl.cache.integrity import GuardedArray, repair_hint
-from repackctl.cache.listing import check_listing
+from repackctl.cache.listing import NO_FILE, check_files, check_listing, fingerprint_row
 from repackctl.cache.store import (
     PENDING,
     SKIP_REASONS,
@@ -54,6 +54,7 @@ from repackctl.cache.store import (
     reason_code,
     update_changed,
 )
+from repackctl.crash import crash_point
 from repackctl.data.base import BadImage, ImageSource
 from repackctl.data.builtin import BuiltinSource
 from repackctl.data.builtin import check_resolution as check_builtin_resolution
@@ -101,6 +102,11 @@ class _Items(Dataset):
 
     Items whose ``recorded`` flag is set (the entry holds their pixels or their skip) are not
     decoded: they come back black, without a warning, and the caller uses the entry's record.
+
+    A source that reads files (``read_file(i)`` and ``decode(data, resolution)``: an image
+    folder) is read once per item: the bytes are decoded, and their fingerprint (size, mtime,
+    sha256; ``NO_FILE`` for other sources and unreadable files) comes back with the item; the
+    writer records it for the images it writes (``cache.listing.check_files``).
     """
 
     def __init__(
@@ -113,30 +119,43 @@ class _Items(Dataset):
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, i: int) -> tuple[int, np.ndarray, int, int, str, str]:
+    def __getitem__(self, i: int) -> tuple[int, np.ndarray, int, int, str, str, np.ndarray]:
         r = self.resolution
+        label, key = self.source.label(i), self.source.key(i)
         if self.recorded is not None and self.recorded[i]:
-            black = np.zeros((r, r, 3), np.uint8)
-            return i, black, WRITTEN, self.source.label(i), self.source.key(i), ""
+            return i, np.zeros((r, r, 3), np.uint8), WRITTEN, label, key, "", NO_FILE
         # warnings (PIL's DecompressionBombWarning, bad EXIF…) come back with the item and are
         # printed as the tool's own warning lines, not raw from a worker process
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
+            data, fingerprint = self._read(i)
             try:
-                img = self.source.load(i, r)
+                img = self.source.load(i, r) if data is None else self.source.decode(data, r)
                 if img.shape != (r, r, 3) or img.dtype != np.uint8:
                     raise BadImage(f"source returned {img.shape} {img.dtype}")
                 code = WRITTEN
             except BadImage as e:
                 img, code = np.zeros((r, r, 3), np.uint8), reason_code(str(e))
         note = "; ".join(dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught))
-        return i, img, code, self.source.label(i), self.source.key(i), note
+        return i, img, code, label, key, note, fingerprint
+
+    def _read(self, i: int) -> tuple[bytes | None, np.ndarray]:
+        """Item ``i``'s file bytes and their fingerprint row; (None, ``NO_FILE``) for a source
+        without files, or a file that cannot be read (``load`` then says why: its skip)."""
+        read = getattr(self.source, "read_file", None)
+        if read is None:
+            return None, NO_FILE
+        try:
+            got = read(i)
+        except OSError:
+            return None, NO_FILE
+        return got.data, fingerprint_row(len(got.data), got.mtime_ns, got.sha256)
 
 
 def _collate(items: list) -> tuple:
-    idx, imgs, codes, labels, keys, notes = zip(*items, strict=True)
+    idx, imgs, codes, labels, keys, notes, prints = zip(*items, strict=True)
     arrays = np.array(idx), np.stack(imgs), np.array(codes), np.array(labels)
-    return (*arrays, list(keys), list(notes))
+    return (*arrays, list(keys), list(notes), np.stack(prints))
 
 
 def _die_with_parent(parent: int, worker_id: int) -> None:
@@ -310,7 +329,7 @@ def _strict_check(
             ]
             todo = [r for r in ranges if (codes[r.start : r.stop] == PENDING).any()]
     batches = _batches(todo, 64)
-    for idx, _, codes, _, keys, _ in _loader(source, resolution, batches, workers):
+    for idx, _, codes, _, keys, _, _ in _loader(source, resolution, batches, workers):
         for _i, c, k in zip(idx, codes, keys, strict=True):
             if c != WRITTEN:
                 bad.append(f"{k} ({SKIP_REASONS[int(c)]})")
@@ -426,8 +445,11 @@ def _open_entry(
             source.class_names,
             cfg.chunk,
             cfg.shard,
+            files=callable(getattr(source, "read_file", None)),
         )
         check_listing(entry, source, PENDING)  # renamed or moved files: refused, not reused
+        # files replaced under the same name: refused, not kept as the old pixels
+        check_files(entry, source, WRITTEN, repair_hint(entry.name, "this `repackctl extract`"))
         return entry
 
     if dist.rank == 0:
@@ -495,6 +517,8 @@ class _ShardWriter:
     #: a rerun that writes no image adds no lock folder)
     image_locks: ShardLocks | None = None
     images: GuardedArray = field(init=False)
+    #: the entry's ``fingerprints`` (None: an entry without them, which records none)
+    prints: Any = field(init=False)
 
     def __post_init__(self) -> None:
         # pixels an earlier extraction wrote are read back, never re-decoded: a lost or corrupt
@@ -502,6 +526,7 @@ class _ShardWriter:
         redo = repair_hint(self.entry.name, "this `repackctl extract`")
         written = self.img_done == WRITTEN
         self.images = GuardedArray(self.entry.images, written, f"{self.entry.name} images", redo)
+        self.prints = self.entry.fingerprints
 
     def _new_buffer(self, m: int) -> dict[str, np.ndarray]:
         """Zeroed arrays for one shard of ``m`` samples."""
@@ -511,6 +536,7 @@ class _ShardWriter:
             "images": np.zeros((m, r, r, 3), np.uint8),
             "labels": np.full(m, -1, np.int32),
             "keys": np.empty(m, dtype=object),
+            "prints": np.tile(NO_FILE, (m, 1)),
             "codes": np.zeros(m, np.uint8),
             "tokens": np.zeros((m, f, t, c), np.float16),
             "cls": np.zeros((m, f, c), np.float16),
@@ -537,10 +563,12 @@ class _ShardWriter:
         imgs: np.ndarray,
         codes: np.ndarray,
         labels: np.ndarray,
-        keys: list[str],
+        files: tuple[list[str], np.ndarray],
         bar: ProgressBar,
     ) -> None:
-        """Encode one batch of shard ``rng`` into the buffer; write the shard when complete."""
+        """Encode one batch of shard ``rng`` into the buffer; write the shard when complete.
+        ``files``: the batch's keys and fingerprint rows (B, 6)."""
+        keys, prints = files
         if self.buf is None:
             self.buf = self._new_buffer(len(rng))
         buf = self.buf
@@ -561,6 +589,7 @@ class _ShardWriter:
         buf["images"][local] = imgs
         buf["labels"][local] = labels
         buf["keys"][local] = keys
+        buf["prints"][local[ok]] = prints[ok]  # the files of the images written, no skip's
         buf["codes"][local] = codes
         bar.advance(len(idx))
         if int(idx[-1]) + 1 == rng.stop:
@@ -614,12 +643,25 @@ class _ShardWriter:
                 entry.images[sl] = buf["images"]
                 entry.labels[sl] = buf["labels"]
                 entry.keys[sl] = buf["keys"].astype(str)
+                self._write_fingerprints(sl, buf["prints"])
                 entry.done[sl] = buf["codes"]
                 return True
             same = np.array_equal(recorded, buf["codes"])
             return same and np.array_equal(np.asarray(entry.images[sl]), buf["images"])
         finally:
             self.image_locks.release(k)
+
+    def _write_fingerprints(self, sl: slice, prints: np.ndarray) -> None:
+        """Write the shard's fingerprint rows, before its ``done`` (an entry without the array
+        records none). Rows the entry recorded already (their images were read back, not
+        decoded: ``NO_FILE`` here) keep the fingerprint of the file read then."""
+        if self.prints is None:
+            return
+        known = self.img_done[sl] != PENDING
+        if known.any():
+            prints = np.where(known[:, None], np.asarray(self.prints[sl]), prints)
+        self.prints[sl] = prints
+        crash_point("fingerprints-written")
 
     def _write(self, rng: range, buf: dict[str, np.ndarray]) -> str | None:
         """Shard complete: write its data, then mark it done and release its lock."""
@@ -661,10 +703,10 @@ def _encode_pending(
     # for it); on the CPU the two threads fight over the GIL and the cores (measured slower)
     batches = _prefetched(loader) if writer.device.type == "cuda" else loader
     try:
-        for idx, imgs, codes, labels, keys, notes in batches:
+        for idx, imgs, codes, labels, keys, notes, prints in batches:
             found += [(k, note) for k, note in zip(keys, notes, strict=True) if note]
             rng = by_start[int(idx[0]) - int(idx[0]) % shard]
-            writer.add(rng, idx, imgs, codes, labels, keys, bar)
+            writer.add(rng, idx, imgs, codes, labels, (keys, prints), bar)
     finally:
         writer.close()
     return found

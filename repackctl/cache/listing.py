@@ -1,4 +1,4 @@
-"""Does a cache entry still hold the files its source lists?
+"""Does a cache entry still hold the files its source lists, as they were when extracted?
 
 An entry records, per item, the source's key (the file's path under the data root) and label.
 A folder whose files were renamed, moved to another class folder or replaced by other files of
@@ -6,22 +6,38 @@ the same count passes the entry's source check (root, split, layout, counts), an
 rerun would find every shard done and keep the old images and features under the new listing:
 training would then read the old pixels with labels that no longer belong to them. This check
 compares the finished items' recorded keys and labels with the source's listing before
-anything is written. File contents are not compared (the extract does not re-read finished
-files): an image replaced under the same name is not seen.
+anything is written (``check_listing``).
+
+An image replaced under the same name (fixed, re-encoded, swapped) passed that check too, and
+the rerun kept the old pixels and features with no word. An entry of an image folder records
+the file of each image it holds as the extract read it (``fingerprints``: size,
+``st_mtime_ns``, sha256 of the bytes it decoded), and ``check_files`` compares it with the file
+now: the same size and mtime is the same file (a rerun over an unchanged folder costs a
+``stat`` per file); otherwise the file is hashed, and the same bytes (a copy that did not keep
+the times) are the same file too. Inputs recorded as skipped hold no pixels and no fingerprint
+(a caption index file listed by an older version is one; `repackctl captions` writes into it):
+they stay skipped, as the entry recorded them. Entries without fingerprints (other sources,
+entries made before them) are not compared.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
+from repackctl.cache.integrity import GuardedArray
 from repackctl.errors import CacheError
 
-__all__ = ["check_listing"]
+__all__ = ["NO_FILE", "check_files", "check_listing", "fingerprint_row"]
 
 # differences named in the message, at most
 _SHOWN = 3
+#: the fingerprint row of an item whose file was not read (the array's fill value)
+NO_FILE = np.full(6, -1, np.int64)
 
 
 class _Listed(Protocol):
@@ -72,3 +88,89 @@ def _difference(i: int, old_key: str, old_label: int, key: str, label: int) -> s
     if old_key != key:
         return f"item {i} was {old_key!r}, now {key!r}"
     return f"item {i} ({key!r}) was class {old_label}, now {label}"
+
+
+def fingerprint_row(size: int, mtime_ns: int, sha256: bytes) -> np.ndarray:
+    """The ``fingerprints`` row (6,) of a file read as ``size`` bytes with digest ``sha256``,
+    its mtime ``mtime_ns`` (the digest as 4 big-endian int64 words)."""
+    return np.array([size, mtime_ns, *np.frombuffer(sha256, ">i8")], np.int64)
+
+
+class _Files(_Listed, Protocol):
+    def path(self, index: int) -> Path: ...
+
+
+class _Fingerprinted(_Recorded, Protocol):
+    fingerprints: object | None  # (N, 6) int64, or None
+
+
+def check_files(entry: _Fingerprinted, source: _Files, written: int, hint: str) -> None:
+    """Refuse (``CacheError``) when the file of an image ``entry`` holds (its done code is
+    ``written``) changed since the extract read it (another size, or another mtime and other
+    bytes). ``hint``: the repair command for an unreadable ``fingerprints`` chunk. Only files
+    whose size or mtime changed are read. Without fingerprints (or a source without files)
+    nothing is checked."""
+    recorded, path_of = entry.fingerprints, getattr(source, "path", None)
+    if recorded is None or not callable(path_of):
+        return
+    held = np.asarray(entry.done_mask()) == written  # (N,)
+    if not held.any():
+        return
+    # a lost chunk is an error naming the repair, never its fill read as "nothing recorded"
+    prints = np.asarray(GuardedArray(recorded, held, f"{entry.name} fingerprints", hint)[:])
+    checked = np.flatnonzero(held & (prints[:, 0] >= 0))  # (M,) read when extracted
+    stats = [_stat(path_of(i)) for i in checked.tolist()]  # (size, mtime_ns), or an OSError
+    now = np.array([st if isinstance(st, tuple) else (-2, -2) for st in stats], np.int64)
+    same = (now.reshape(-1, 2) == prints[checked, :2]).all(1)  # (M,) same size and mtime
+    found: list[str] = []
+    count = 0
+    for j in np.flatnonzero(~same).tolist():  # only these files are read
+        i = int(checked[j])
+        why = _changed(path_of(i), prints[i], stats[j])
+        if why is None:
+            continue
+        count += 1
+        if len(found) < _SHOWN:
+            found.append(f"{source.key(i)!r} ({why})")
+    if count:
+        more = f"; {count - len(found)} more" if count > len(found) else ""
+        raise CacheError(
+            f"cache entry {entry.name} holds the old images of {count} of {len(checked)} files "
+            f"that changed since they were extracted ({'; '.join(found)}{more}); nothing was "
+            "written",
+            "restore those files as they were, or remove the entry with "
+            f"`repackctl cache rm {entry.name}` and extract again",
+        )
+
+
+def _stat(path: Path) -> tuple[int, int] | OSError:
+    """(size, mtime_ns) of the file at ``path``, or the error that stat raised."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        return e
+    return st.st_size, st.st_mtime_ns
+
+
+def _changed(path: Path, row: np.ndarray, stat: tuple[int, int] | OSError) -> str | None:
+    """Why the file at ``path`` (``stat``: its size and mtime now) is not the one ``row``
+    records, or None when it holds the same bytes (hashed only when the size is the same)."""
+    if isinstance(stat, OSError):
+        return f"cannot be read: {stat.strerror or type(stat).__name__}"
+    if stat[0] != row[0]:
+        return f"{int(row[0])} bytes then, {stat[0]} now"
+    try:
+        digest = _sha256(path)
+    except OSError as e:
+        return f"cannot be read: {e.strerror or type(e).__name__}"
+    same = np.array_equal(fingerprint_row(int(row[0]), int(row[1]), digest), row)
+    return None if same else "other bytes, same size"
+
+
+def _sha256(path: Path) -> bytes:
+    """The sha256 of the file at ``path``, read in blocks (``hashlib.file_digest`` is 3.11+)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.digest()

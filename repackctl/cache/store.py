@@ -4,6 +4,7 @@ Layout (DESIGN.md §4)::
 
     <root>/<dataset>--<split>--<res>px/
         images uint8 (N, R, R, 3)   labels int32 (N,)   keys str (N,)   done uint8 (N,)
+        fingerprints int64 (N, 6)   (image folders: size, mtime, sha256 of each image's file)
         features/<encoder-entry>/tokens float16 (N, F, T, C)   cls float16 (N, F, C)   done uint8 (N,)
         latents/<pack-id>/mean, std float16 (N, F, d, h, w)    done uint8 (N,)   stats in attrs
 
@@ -47,6 +48,14 @@ from repackctl.paths import SAFE_NAME, cache_root, entry_name, is_url, local_pat
 
 PENDING, WRITTEN = 0, 1
 ENTRY_ARRAYS = ("images", "labels", "keys", "done")
+#: per image of a source that reads files (an image folder), the file the extract decoded:
+#: size in bytes, ``st_mtime_ns`` and its sha256 as 4 big-endian int64 words; -1 (the fill)
+#: where no image was written (a skipped input). Made with the entry (before its ``creating``
+#: marker goes), but not required for it to be complete: entries of other sources, and those
+#: made before it, have none (``DatasetEntry.fingerprints`` is None) and are not checked
+#: (``cache.listing.check_files``).
+FINGERPRINTS = "fingerprints"
+FINGERPRINT_COLUMNS = ("size", "mtime_ns", "sha256_0", "sha256_1", "sha256_2", "sha256_3")
 FEATURE_ARRAYS = ("tokens", "cls", "done")
 # text/<id>/ (`repackctl captions`): sample-indexed arrays, plus the null caption's features,
 # which describe the whole group (not sample-indexed; null_tokens is written last)
@@ -352,8 +361,12 @@ class DatasetEntry:
         class_names: list[str] | None,
         chunk: int,
         shard: int,
+        files: bool = False,
     ) -> DatasetEntry:
-        """Create the entry and its image arrays, or open it if its source attributes agree."""
+        """Create the entry and its image arrays, or open it if its source attributes agree.
+
+        ``files``: the source reads files (an image folder): a new entry gets a ``fingerprints``
+        array (``FINGERPRINTS``); an existing one keeps what it has."""
         name = entry_name(dataset, split, resolution)
         source_attrs = _jsonable(source_attrs)
         with creation_lock(root):
@@ -392,7 +405,7 @@ class DatasetEntry:
             drop_trash(g, name)
             sub = g.create_group(name, attributes=attrs | {CREATING: True})
             crash_point("entry")
-            _create_entry_arrays(sub, n, resolution, chunk, shard)
+            _create_entry_arrays(sub, n, resolution, chunk, shard, files)
             del sub.attrs[CREATING]
             return cls(root, sub)
 
@@ -436,6 +449,12 @@ class DatasetEntry:
     @property
     def done(self) -> zarr.Array:
         return self.group["done"]
+
+    @property
+    def fingerprints(self) -> zarr.Array | None:
+        """The file of each image as the extract read it (``FINGERPRINTS``); None for an entry
+        of a source without files, or one made before fingerprints were recorded."""
+        return self.group[FINGERPRINTS] if FINGERPRINTS in self.group else None
 
     def done_mask(self) -> np.ndarray:
         """The entry's ``done`` codes (its images), read by :func:`checked_done`."""
@@ -664,7 +683,9 @@ def _done_array(group: zarr.Group, n: int, shard: int) -> zarr.Array:
     return arr
 
 
-def _create_entry_arrays(sub: zarr.Group, n: int, r: int, chunk: int, shard: int) -> None:
+def _create_entry_arrays(
+    sub: zarr.Group, n: int, r: int, chunk: int, shard: int, files: bool = False
+) -> None:
     sub.create_array(
         "images",
         shape=(n, r, r, 3),
@@ -685,6 +706,17 @@ def _create_entry_arrays(sub: zarr.Group, n: int, r: int, chunk: int, shard: int
     crash_point("labels")
     sub.create_array("keys", shape=(n,), chunks=(shard,), dtype=str, compressors=checksummed())
     crash_point("keys")
+    if files:  # one chunk per shard, as keys: each writer writes whole chunks of its own
+        width = len(FINGERPRINT_COLUMNS)
+        sub.create_array(
+            FINGERPRINTS,
+            shape=(n, width),
+            chunks=(shard, width),
+            dtype="int64",
+            fill_value=-1,
+            compressors=checksummed(),
+        )
+        crash_point(FINGERPRINTS)
     _done_array(sub, n, shard)
 
 

@@ -32,6 +32,8 @@ from repackctl.cache.partials import (
 )
 from repackctl.cache.removal import entry_folder
 from repackctl.cache.store import (
+    FINGERPRINT_COLUMNS,
+    FINGERPRINTS,
     PENDING,
     REQUIRED,
     TEXT_NULL_ARRAYS,
@@ -261,10 +263,13 @@ def _verify_arrays(entry: DatasetEntry) -> list[Problem]:
     problems: list[Problem] = []
     n, r = entry.n, entry.resolution
     expect = {"images": (n, r, r, 3), "labels": (n,), "keys": (n,), "done": (n,)}
+    # image folders' entries record each item's file; other entries, and older ones, do not
+    optional = {FINGERPRINTS: (n, len(FINGERPRINT_COLUMNS))}
     anew = rewrite(entry, "")
-    for name, shape in expect.items():
+    for name, shape in (expect | optional).items():
         if name not in entry.group:
-            problems.append(Problem(f"{name}: missing", anew))
+            if name not in optional:
+                problems.append(Problem(f"{name}: missing", anew))
         elif tuple(entry.group[name].shape) != shape:
             problems.append(Problem(f"{name}: shape {entry.group[name].shape} != {shape}", anew))
     if problems:

@@ -10,6 +10,7 @@ keeps huge images from exhausting memory (JPEG draft decoding at reduced scale, 
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -43,13 +44,14 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def open_image(path: str | Path, target: int | None = None) -> Image.Image:
-    """Decode ``path`` to RGB; raise ``BadImage`` (with the reason) for anything unreadable."""
-    path = Path(path)
+def open_image(source: str | Path | bytes, target: int | None = None) -> Image.Image:
+    """Decode ``source`` (a path, or a file's bytes already read) to RGB; raise ``BadImage``
+    (with the reason) for anything unreadable."""
     try:
-        if path.stat().st_size == 0:
+        if (len(source) if isinstance(source, bytes) else Path(source).stat().st_size) == 0:
             raise BadImage("empty file")
-        with Image.open(path) as img:
+        opened = io.BytesIO(source) if isinstance(source, bytes) else Path(source)
+        with Image.open(opened) as img:
             w, h = img.size
             if w * h > MAX_PIXELS and img.format != "JPEG":
                 raise BadImage(f"too large ({w}x{h})")

@@ -52,6 +52,7 @@ import os
 import re
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -558,6 +559,19 @@ class ImageFolderSource:
     def load(self, index: int, resolution: int) -> np.ndarray:
         return center_crop(open_image(self._files[index], resolution), resolution)
 
+    def read_file(self, index: int) -> FileBytes:
+        """The file of item ``index``, read once: the extract decodes these bytes (``decode``)
+        and records their size, sha256 and the file's mtime, to see on a rerun whether the
+        file was replaced since (``repackctl.cache.listing.check_files``). Raises ``OSError``."""
+        with open(self._files[index], "rb") as f:
+            mtime = os.fstat(f.fileno()).st_mtime_ns  # before reading: a later write changes it
+            data = f.read()
+        return FileBytes(data, mtime, hashlib.sha256(data).digest())
+
+    def decode(self, data: bytes, resolution: int) -> np.ndarray:
+        """``load``'s pixels from the bytes ``read_file`` gave (the file is not read again)."""
+        return center_crop(open_image(data, resolution), resolution)
+
     def describe(self) -> dict:
         out = {
             "source": "imagefolder",
@@ -579,6 +593,14 @@ class ImageFolderSource:
         if self.duplicates:
             out["duplicate_links_dropped"] = self.duplicates
         return out
+
+
+class FileBytes(NamedTuple):
+    """A file's bytes as read, with its mtime and the sha256 of these bytes."""
+
+    data: bytes
+    mtime_ns: int
+    sha256: bytes
 
 
 def imagenet_source(

@@ -5,6 +5,11 @@ became unreadable since the first extract turned the entry's code to "skipped" w
 encoder's features row stayed written (`cache verify`: "samples written here whose images are not
 written", for good), and a file that reads again since marked a never-written (black) image as
 written and encoded its features from the file, with `cache verify` saying ok.
+
+An entry that records its files' fingerprints refuses a changed file of an image it holds
+before anything is written (tests/cache/test_replaced_images.py); an entry made before them (its
+``fingerprints`` deleted here) is not checked, and its record is kept as before. An input
+recorded as skipped has no fingerprint: it stays skipped whatever the file holds now.
 """
 
 from __future__ import annotations
@@ -16,17 +21,22 @@ import numpy as np
 import pytest
 from conftest import one_torch_thread
 from support.caches import random_image_folder
-from support.cli import cli_ok
+from support.cli import cli_ok, cli_refused
 
-from repackctl.cache.store import PENDING, WRITTEN, DatasetEntry, list_entries
+from repackctl.cache.store import FINGERPRINTS, PENDING, WRITTEN, DatasetEntry, list_entries
+from repackctl.errors import CacheError
 
 BROKEN = "cat/1.png"
 
 
-def _extract(folder: Path, encoder: str) -> str:
+def _args(folder: Path, encoder: str) -> list[str]:
     args = ["extract", "--encoder", encoder, "--data", f"imagefolder:{folder}"]
+    return [*args, "--resolution", "32", "--shard", "4", "--chunk", "2"]
+
+
+def _extract(folder: Path, encoder: str) -> str:
     with one_torch_thread():
-        return cli_ok(*args, "--resolution", "32", "--shard", "4", "--chunk", "2")
+        return cli_ok(*_args(folder, encoder))
 
 
 @pytest.mark.parametrize("broken_first", [False, True], ids=["breaks-later", "reads-later"])
@@ -54,6 +64,10 @@ def test_a_file_changed_between_two_encoders_keeps_the_entry_record(
     assert (before[i] == WRITTEN) != broken_first and PENDING not in before
 
     swap()
+    if not broken_first:  # the file of an image the entry holds changed: refused
+        out = cli_refused(CacheError.exit_code, *_args(folder, "builtin"))
+        assert f"'{BROKEN}'" in out and "nothing was written" in out, out
+        del entry.group[FINGERPRINTS]  # an entry made before fingerprints: the record is kept
     out = _extract(folder, "builtin")
     assert (f"skipped {BROKEN}" in out) == broken_first, out  # the entry's record, as before
     entry = DatasetEntry.open(cache_root, name)

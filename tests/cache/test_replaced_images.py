@@ -1,0 +1,154 @@
+"""An extract rerun refuses an image folder whose files were replaced under the same names.
+
+A rerun (or another encoder's extract) over an entry compared only the folder's listing (names
+and classes) with the entry's: a file fixed or replaced in place kept its old pixels and
+features in the cache, exit 0. The entry now records each file as the extract read it (size,
+mtime, sha256: ``fingerprints``); a file whose size or mtime changed is hashed, and other bytes
+are refused before anything is written. The same bytes (a copy that did not keep the times, a
+touched file) are accepted; entries made before the fingerprints are not checked.
+
+Real image folders in ``tmp_path``, real Zarr caches, the CLI in-process; the kill tests run
+the extract as a real process killed at its crash points.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from conftest import subprocess_env
+from PIL import Image
+from support.caches import random_image_folder
+from support.cli import cli_ok, cli_refused
+
+from repackctl.cache.store import FINGERPRINTS, DatasetEntry, list_entries
+from repackctl.crash import CRASH_ENV
+from repackctl.errors import CacheError
+
+FLAGS = ["--resolution", "32", "--shard", "4", "--chunk", "2", "--device", "cpu"]
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # in-process runs as in a subprocess
+
+
+def _extract(folder: Path, encoder: str = "patchpix") -> list[str]:
+    return ["extract", "--encoder", encoder, "--data", f"imagefolder:{folder}", *FLAGS]
+
+
+def _entry(cache_root: str) -> DatasetEntry:
+    (name,) = list_entries(cache_root)
+    return DatasetEntry.open(cache_root, name)
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (the entry's bytes on disk), by relative path."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def _replace(path: Path, seed: int) -> None:
+    """Other pixels under the same name (and the same size: a PNG of the same shape)."""
+    pixels = np.random.default_rng(seed).integers(0, 255, (40, 48, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+
+
+@pytest.fixture
+def extracted(tmp_path, cache_root) -> tuple[Path, Path]:
+    """An image folder (6 files, 2 classes) and the folder of its patchpix entry."""
+    folder = random_image_folder(tmp_path / "data")
+    cli_ok(*_extract(folder))
+    entry = _entry(cache_root)
+    assert entry.fingerprints is not None and (entry.fingerprints[:, 0] > 0).all()
+    return folder, Path(cache_root) / entry.name
+
+
+def test_replaced_image_is_refused_and_nothing_is_written(extracted):
+    folder, entry_dir = extracted
+    before = _files(entry_dir)
+    _replace(folder / "dog" / "1.png", seed=7)
+    out = cli_refused(CacheError.exit_code, *_extract(folder))
+    assert f"cache entry {entry_dir.name}" in out and "1 of 6 files" in out, out
+    assert "'dog/1.png'" in out and "nothing was written" in out, out
+    assert f"repackctl cache rm {entry_dir.name}" in out, out
+    assert _files(entry_dir) == before  # no features, pixels, fingerprints or attributes
+    assert "ok" in cli_ok("cache", "verify", entry_dir.name)  # an entry with fingerprints
+
+
+def test_other_encoder_refuses_a_replaced_image_too(extracted, cache_root):
+    folder, entry_dir = extracted
+    before = _files(entry_dir)
+    _replace(folder / "cat" / "0.png", seed=8)
+    out = cli_refused(CacheError.exit_code, *_extract(folder, "builtin"))
+    assert "'cat/0.png'" in out and "1 of 6 files" in out, out
+    assert _files(entry_dir) == before
+    (only,) = _entry(cache_root).feature_ids()  # no group of the builtin encoder was made
+    assert only.startswith("patchpix--"), only
+
+
+def test_copy_with_new_times_and_touched_file_are_accepted(extracted, cache_root):
+    folder, entry_dir = extracted
+    recorded = np.asarray(_entry(cache_root).fingerprints[:])
+    # the folder copied back from elsewhere without its times (same path: the same entry)
+    shutil.move(folder, folder.with_name("elsewhere"))
+    shutil.copytree(folder.with_name("elsewhere"), folder, copy_function=shutil.copyfile)
+    for path in folder.rglob("*.png"):
+        os.utime(path, ns=(1_000_000_000_000_000_000, 1_000_000_000_000_000_000))
+    before = _files(entry_dir)
+    out = cli_ok(*_extract(folder))
+    assert "already done │ 6" in out, out
+    # and one file touched since (a later mtime, the same bytes): accepted, by another encoder
+    os.utime(folder / "cat" / "2.png")
+    cli_ok(*_extract(folder, "builtin"))
+    entry = _entry(cache_root)
+    assert [f.partition("--")[0] for f in entry.feature_ids()] == ["builtin", "patchpix"]
+    np.testing.assert_array_equal(entry.fingerprints[:], recorded)  # the record is not rewritten
+    assert {k: v for k, v in _files(entry_dir).items() if not k.startswith("features/")} == {
+        k: v for k, v in before.items() if not k.startswith("features/")
+    }
+
+
+def test_entry_without_fingerprints_is_not_checked(extracted, cache_root):
+    folder, entry_dir = extracted
+    group = zarr.open_group(str(entry_dir), mode="r+")
+    del group[FINGERPRINTS]  # as an entry made before they were recorded
+    _replace(folder / "dog" / "1.png", seed=7)
+    out = cli_ok(*_extract(folder))  # as before: the listing agrees, the entry is reused
+    assert "already done │ 6" in out, out
+    assert _entry(cache_root).fingerprints is None  # nor are they added to such an entry
+    cli_ok("cache", "verify", entry_dir.name)
+
+
+def _arrays(cache_root: str) -> dict[str, np.ndarray]:
+    entry = _entry(cache_root)
+    out = {k: entry.group[k][:] for k in ("images", "labels", "keys", "done", FINGERPRINTS)}
+    (features,) = entry.feature_ids()
+    for name, arr in entry.features(features).group.arrays():
+        out[name] = arr[:]
+    return out
+
+
+@pytest.mark.slow
+def test_kill_while_fingerprints_are_made_or_written_then_rerun(extracted, tmp_path):
+    """Killed after creating the array (the entry is unfinished: made anew), then after writing
+    a shard's fingerprints but before its ``done`` (the shard is redone): the rerun's arrays are
+    an uninterrupted extract's."""
+    folder, entry_dir = extracted
+    reference = _arrays(str(entry_dir.parent))
+    cache = tmp_path / "killed"
+    env = subprocess_env(tmp_path, REPACKCTL_CACHE=str(cache))
+    for step in (FINGERPRINTS, "fingerprints-written"):
+        cmd = [sys.executable, "-m", "repackctl", *_extract(folder)]
+        res = subprocess.run(cmd, env=env | {CRASH_ENV: step}, capture_output=True, text=True)
+        assert res.returncode == 137, step + res.stdout + res.stderr
+    if step == "fingerprints-written":  # the shard's rows are there, its done is not
+        killed = zarr.open_group(str(cache / entry_dir.name), mode="r")
+        assert (killed[FINGERPRINTS][:4, 0] > 0).all() and not killed["done"][:].any()
+    cli_ok(*_extract(folder), "--cache", str(cache))
+    got = _arrays(str(cache))
+    assert sorted(got) == sorted(reference)
+    for name, arr in reference.items():
+        np.testing.assert_array_equal(got[name], arr, err_msg=name)
