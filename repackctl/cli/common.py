@@ -101,7 +101,22 @@ def fail(err: RepackError) -> None:
         err_console.print(
             f"[bold]Hint:[/] {escape(err.hint)}", markup=True, highlight=False, soft_wrap=True
         )
+    drop_frames(err)
     raise typer.Exit(err.exit_code)
+
+
+def drop_frames(err: BaseException) -> None:
+    """Forget the frames of the failed command that ``err`` and its causes still reference:
+    the handler that reports it keeps it in a cycle (frame → ``err`` → traceback → frame)
+    that only the garbage collector frees, and those frames hold what the command had open
+    (an entry's reader locks, ``cache.integrity.GuardedArray``). Without them it is freed
+    now: in one process (the library, the tests' runner), a `cache verify --repair` right
+    after a refused `pack encode` found the entry still "being read"."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        err.__traceback__ = None
+        err = err.__cause__ or err.__context__
 
 
 # errors of the machine, not of the code: a full disk, a read-only or forbidden path

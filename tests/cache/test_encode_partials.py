@@ -12,45 +12,55 @@ NaN channel means and stds were written with exit 0 (`train dit` then refused th
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 from pathlib import Path
 
 import numpy as np
-from support.caches import packed_cache
+import pytest
+from support.caches import shared_packed_cache
 from support.cli import cli_ok, cli_refused
 
 from repackctl.cache.store import DatasetEntry
 
 ENTRY = "builtin-n32--train--32px"
 
+# the reruns encode as the shared build did: in one thread (CPU reductions round by thread count)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-def _packed(tmp_path: Path) -> tuple[Path, list[str], Path, str]:
-    """A packed 32-image cache (two shards of 16): its root, the common flags, the model's
-    ``latent_stats.json`` and that file's text."""
-    root = packed_cache(tmp_path / "cache", 32)
+
+def _packed(tmp_path: Path, factory: pytest.TempPathFactory) -> tuple[Path, list[str], Path, str]:
+    """A packed 32-image cache (two shards of 16), a private copy of the shared one: its root,
+    the common flags, the model's ``latent_stats.json`` and that file's text."""
+    root = shared_packed_cache(factory, tmp_path / "cache", 32)
     runs = tmp_path / "runs"
     common = ["--cache", str(root), "--runs", str(runs), "--device", "cpu"]
     (stats_file,) = runs.glob("pk/checkpoints/*/latent_stats.json")
     return root, common, stats_file, stats_file.read_text()
 
 
-def test_lost_partial_sums_are_refused_then_repaired(tmp_path: Path) -> None:
-    root, common, stats_file, before = _packed(tmp_path)
+def test_lost_partial_sums_are_refused_then_repaired(tmp_path: Path, tmp_path_factory) -> None:
+    root, common, stats_file, before = _packed(tmp_path, tmp_path_factory)
     (lid,) = DatasetEntry.open(str(root), ENTRY).latent_ids()
     group = root / ENTRY / "latents" / lid
     attrs_before = json.loads((group / "zarr.json").read_text())["attributes"]["stats"]
     shutil.rmtree(group / "partial_sum" / "c" / "1")  # the sums of shard 1 (rows 16–31) lost
     (group / "partial_count" / "c" / "1").unlink()
 
-    out = cli_refused(6, "pack", "encode", "--run", "pk", *common)
-    assert "partial_sum: missing chunk c/1/0" in out and "rows 16–31" in out, out
-    assert f"repackctl cache verify {ENTRY} --repair" in out, out
-    assert stats_file.read_text() == before  # the model's stats not overwritten
-    attrs = json.loads((group / "zarr.json").read_text())["attributes"]["stats"]
-    assert attrs == attrs_before
-
-    cli_ok("cache", "verify", "--repair", "--cache", str(root))
+    # without the garbage collector: the refused command's reader locks are released when it
+    # reports its error (``cli.common.drop_frames``), not when a collection happens to run
+    gc.disable()
+    try:
+        out = cli_refused(6, "pack", "encode", "--run", "pk", *common)
+        assert "partial_sum: missing chunk c/1/0" in out and "rows 16–31" in out, out
+        assert f"repackctl cache verify {ENTRY} --repair" in out, out
+        assert stats_file.read_text() == before  # the model's stats not overwritten
+        attrs = json.loads((group / "zarr.json").read_text())["attributes"]["stats"]
+        assert attrs == attrs_before
+        cli_ok("cache", "verify", "--repair", "--cache", str(root))
+    finally:
+        gc.enable()
     out = cli_ok("pack", "encode", "--run", "pk", *common)
     assert "written now │ 16" in out and "already done │ 16" in out, out
     after = json.loads(stats_file.read_text())
@@ -58,8 +68,10 @@ def test_lost_partial_sums_are_refused_then_repaired(tmp_path: Path) -> None:
     assert after["mean"] == json.loads(before)["mean"]
 
 
-def test_nan_latents_give_no_stats_and_the_hint_remakes_them(tmp_path: Path) -> None:
-    root, common, stats_file, before = _packed(tmp_path)
+def test_nan_latents_give_no_stats_and_the_hint_remakes_them(
+    tmp_path: Path, tmp_path_factory
+) -> None:
+    root, common, stats_file, before = _packed(tmp_path, tmp_path_factory)
     entry = DatasetEntry.open(str(root), ENTRY)
     (fid,) = entry.feature_ids()
     (lid,) = entry.latent_ids()
