@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from conftest import one_torch_thread, subprocess_env
-from support.caches import packed_cache
+from support.caches import shared_packed_cache
 from support.cli import cli_ok, cli_refused
 from support.snapshot import snapshot
 
@@ -53,7 +53,7 @@ print(h.pid if h else "free")
 def base(tmp_path_factory) -> Path:
     """cache/ with latents and runs/ with a pack run ``pk`` and a 2-step DiT run ``d``."""
     root = tmp_path_factory.mktemp("lock")
-    packed_cache(root / "cache", N)
+    shared_packed_cache(tmp_path_factory, root / "cache", N)
     with one_torch_thread():
         roots = ["--cache", str(root / "cache"), "--runs", str(root / "runs")]
         cli_ok(*DIT, "--steps", "2", "--name", "d", *roots)
@@ -292,6 +292,14 @@ def test_the_other_ranks_of_the_job_that_holds_the_lock_are_not_refused(roots, t
 # --------------------------------------------------------------------------- end to end
 
 
+def _lines(path: Path) -> int:
+    """Whole lines of ``path`` so far (0 while it does not exist)."""
+    try:
+        return path.read_bytes().count(b"\n")
+    except OSError:
+        return 0
+
+
 @pytest.mark.slow
 def test_a_second_train_dit_is_refused_while_the_first_trains(roots):
     """A real `repackctl train dit` in a subprocess; the same command again is refused and
@@ -311,7 +319,8 @@ def test_a_second_train_dit_is_refused_while_the_first_trains(roots):
 
     try:
         _wait_for(locked_by_it, proc, "the first training's lock")
-        _wait_for(lambda: (run / "metrics.jsonl").is_file(), proc, "a first logged step")
+        # two whole lines: the kill below may cut the last one, the check reads the others
+        _wait_for(lambda: _lines(run / "metrics.jsonl") >= 2, proc, "two logged steps")
         out = cli_refused(ConfigError.exit_code, *args)
         assert f"run {run} is being trained by another process (pid {proc.pid}" in out
         assert proc.poll() is None  # the first one trains on
