@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from support import train_toy_script as toy
-from support.caches import packed_cache, use_roots
+from support.caches import shared_packed_cache, use_roots
 from support.cli import cli_ok, cli_refused
 from support.snapshot import snapshot
 
@@ -30,7 +30,7 @@ DIT += ["--image-every", "0", "--device", "cpu"]
 def base(tmp_path_factory) -> Path:
     """cache/ with a patchpix entry and its latents, runs/pk: a 4-step pack run (encoded)."""
     root = tmp_path_factory.mktemp("ownership")
-    packed_cache(root / "cache", 32)
+    shared_packed_cache(tmp_path_factory, root / "cache", 32)
     return root
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import one_torch_thread
-from support.caches import packed_cache
+from support.caches import shared_packed_cache
 from support.cli import cli_ok, cli_refused
 from support.snapshot import snapshot
 
@@ -31,7 +31,7 @@ RUNS = {"pack": "pk", "dit": "d"}  # the runs of the module's folders, by stage
 def base(tmp_path_factory) -> Path:
     """cache/ with latents and runs/ with a 4-step pack run ``pk`` and a 2-step DiT run ``d``."""
     root = tmp_path_factory.mktemp("stage")
-    packed_cache(root / "cache", N)
+    shared_packed_cache(tmp_path_factory, root / "cache", N)
     with one_torch_thread():
         roots = ["--cache", str(root / "cache"), "--runs", str(root / "runs")]
         cli_ok(*STARTS["dit"], "--steps", "2", "--name", "d", *roots)

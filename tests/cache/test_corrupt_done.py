@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from support.caches import packed_cache
+from support.caches import shared_packed_cache
 from support.cli import cli_ok, cli_refused
 
 from repackctl.cache.store import DatasetEntry
@@ -23,8 +23,8 @@ def _flip_bytes(path: Path) -> None:
     path.write_bytes(data)
 
 
-def test_corrupt_done_chunks_are_named_then_repaired(tmp_path: Path) -> None:
-    root = packed_cache(tmp_path / "cache", 32)  # two shards of 16
+def test_corrupt_done_chunks_are_named_then_repaired(tmp_path: Path, tmp_path_factory) -> None:
+    root = shared_packed_cache(tmp_path_factory, tmp_path / "cache", 32)  # two shards of 16
     common = ["--cache", str(root), "--runs", str(tmp_path / "runs"), "--device", "cpu"]
     entry = DatasetEntry.open(str(root), ENTRY)
     (lid,), (fid,) = entry.latent_ids(), entry.feature_ids()

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from support.caches import packed_cache
+from support.caches import shared_packed_cache
 from support.cli import cli_refused
 
 ENTRY = "builtin-n32--train--32px"
@@ -16,7 +16,7 @@ ENTRY = "builtin-n32--train--32px"
 @pytest.fixture(scope="module")
 def damaged(tmp_path_factory: pytest.TempPathFactory) -> Path:
     work = tmp_path_factory.mktemp("entry-done")
-    root = packed_cache(work / "cache", 32)  # two shards of 16
+    root = shared_packed_cache(tmp_path_factory, work / "cache", 32)  # two shards of 16
     chunk = root / ENTRY / "done" / "c" / "1"  # rows 16–31 of the images
     data = bytearray(chunk.read_bytes())
     data[2] ^= 0xFF

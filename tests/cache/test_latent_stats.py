@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support.caches import packed_cache, patchpix_fixtures
+from support.caches import patchpix_fixtures, shared_packed_cache
 from support.cli import cli_ok, cli_refused
 
 from repackctl.cache.store import DatasetEntry
@@ -77,7 +77,9 @@ def test_verify_names_the_pixel_producer_for_edited_pixel_stats(cache: Path) -> 
 
 @pytest.fixture(scope="module")
 def packed_base(tmp_path_factory) -> Path:
-    return packed_cache(tmp_path_factory.mktemp("round6-packed") / "cache", 32)
+    return shared_packed_cache(
+        tmp_path_factory, tmp_path_factory.mktemp("round6-packed") / "cache", 32
+    )
 
 
 @pytest.fixture

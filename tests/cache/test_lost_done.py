@@ -12,7 +12,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from support.caches import packed_cache
+from support.caches import shared_packed_cache
 from support.cli import cli_ok, cli_refused
 
 from repackctl.cache.store import DatasetEntry
@@ -25,8 +25,8 @@ def _chunks(group: Path) -> list[Path]:
     return sorted(p for p in group.rglob("*") if p.is_file() and "c" in p.parts[-4:])
 
 
-def test_groups_that_lost_done_are_kept(tmp_path: Path) -> None:
-    root = packed_cache(tmp_path / "cache", 32)
+def test_groups_that_lost_done_are_kept(tmp_path: Path, tmp_path_factory) -> None:
+    root = shared_packed_cache(tmp_path_factory, tmp_path / "cache", 32)
     common = ["--cache", str(root), "--device", "cpu"]
     runs = ["--runs", str(tmp_path / "runs")]
     entry = DatasetEntry.open(str(root), ENTRY)

@@ -10,8 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import one_torch_thread
-from support.caches import packed_cache, use_roots
+from support.caches import shared_packed_cache, use_roots
 from support.cli import cli_ok, cli_refused
 
 from repackctl.cache.store import DatasetEntry, list_entries
@@ -47,8 +46,7 @@ def test_captions_refuse_a_lost_keys_chunk_and_run_after_the_repair(cache_root):
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("lost-labels")
-    with one_torch_thread():
-        packed_cache(root / "cache", 32)
+    shared_packed_cache(tmp_path_factory, root / "cache", 32)  # built in one thread
     return root
 
 

@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from support.caches import packed_cache
+from support.caches import shared_packed_cache
 from support.cli import cli_ok
 
 ENTRY = "builtin-n32--train--32px"
@@ -25,7 +25,8 @@ FID = "patchpix--final--32px--c1fa138fdb"
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
-    return packed_cache(tmp_path_factory.mktemp("s28-unfinished") / "cache", 32)  # 2 shards
+    cache = tmp_path_factory.mktemp("s28-unfinished") / "cache"
+    return shared_packed_cache(tmp_path_factory, cache, 32)  # 2 shards
 
 
 def _drop_second_shard(array: Path) -> None:

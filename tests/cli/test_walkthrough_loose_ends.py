@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import subprocess_env, use_sandbox
-from support.caches import tiny_dit_stack
+from support.caches import shared_tiny_dit_stack
 from support.cli import cli_ok, cli_refused
 from support.launch import start_two
 from typer.testing import CliRunner
@@ -34,7 +34,7 @@ MAIN = str(Path(__file__).resolve().parents[2] / "repackctl" / "__main__.py")
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> Path:
     """cache/ (train + val split), runs/pk (pack, 2 steps), runs/dit (checkpoints 1 and 2)."""
-    return tiny_dit_stack(tmp_path_factory.mktemp("walkthrough"), val=True)
+    return shared_tiny_dit_stack(tmp_path_factory, tmp_path_factory.mktemp("walkthrough"), True)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from support.caches import packed_cache
+from support.caches import shared_packed_cache
 from support.cli import cli_ok
 
 from repackctl.train.checkpoint import latest_checkpoint, load_weights
@@ -24,8 +24,8 @@ DIT = ["train", "dit", "--size", "tiny", "-b", "8", "--device", "cpu", "--image-
 DIT += ["--steps", "2"]
 
 
-def test_fsdp_on_one_process_trains_as_ddp_and_says_so(tmp_path) -> None:
-    packed_cache(tmp_path / "cache", 16)
+def test_fsdp_on_one_process_trains_as_ddp_and_says_so(tmp_path, tmp_path_factory) -> None:
+    shared_packed_cache(tmp_path_factory, tmp_path / "cache", 16)
     runs = tmp_path / "runs"
     out = cli_ok(*DIT, "--name", "f", "--parallel", "fsdp")
     note = "Note: --parallel fsdp on one process: FSDP has nothing to shard"

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from support.caches import packed_cache, use_stack
+from support.caches import shared_packed_cache, use_stack
 from support.cli import cli_ok, cli_refused
 
 from repackctl.cache.store import DatasetEntry, list_entries
@@ -42,7 +42,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # in-process runs as in a su
 def base(tmp_path_factory) -> Path:
     """cache/ (16 images, latents of the 4-step pack run ``pk``) and runs/pk."""
     root = tmp_path_factory.mktemp("resume-latents")
-    packed_cache(root / "cache", 16)
+    shared_packed_cache(tmp_path_factory, root / "cache", 16)
     return root
 
 

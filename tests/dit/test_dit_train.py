@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import subprocess_env
-from support.caches import packed_cache
+from support.caches import shared_packed_cache
 from support.launch import start_two
 from typer.testing import CliRunner
 
@@ -40,7 +40,7 @@ TINY = ["--steps", "24", "-b", "8", "--log-every", "4", "--device", "cpu"]
 
 @pytest.fixture(scope="module")
 def base_cache(tmp_path_factory) -> Path:
-    return packed_cache(tmp_path_factory.mktemp("dit") / "cache", N)
+    return shared_packed_cache(tmp_path_factory, tmp_path_factory.mktemp("dit") / "cache", N)
 
 
 @pytest.fixture

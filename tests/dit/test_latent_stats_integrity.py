@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import one_torch_thread
-from support.caches import packed_cache
+from support.caches import shared_packed_cache
 from support.cli import cli_ok, cli_refused
 
 from repackctl.cache.store import DatasetEntry, list_entries
@@ -26,8 +26,7 @@ TRAIN = ["train", "dit", "-b", "8", "--steps", "2", "--device", "cpu", "--image-
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("stats")
-    with one_torch_thread():
-        packed_cache(root / "cache", N)
+    shared_packed_cache(tmp_path_factory, root / "cache", N)  # built in one thread
     return root
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from support.caches import packed_cache
+from support.caches import shared_packed_cache
 from typer.testing import CliRunner
 
 from repackctl.cli.app import app
@@ -83,7 +83,7 @@ REPA = {
 
 @pytest.fixture(scope="module")
 def base_cache(tmp_path_factory) -> Path:
-    return packed_cache(tmp_path_factory.mktemp("paper") / "cache", N)
+    return shared_packed_cache(tmp_path_factory, tmp_path_factory.mktemp("paper") / "cache", N)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from support.caches import packed_cache
+from support.caches import shared_packed_cache
 from support.cli import cli_ok, cli_refused
 
 from repackctl.errors import CheckpointError
@@ -27,8 +27,10 @@ def _files(run: Path) -> dict[str, bytes]:
     }
 
 
-def test_repa_switched_on_or_off_at_resume_is_refused_naming_the_setting(tmp_path: Path) -> None:
-    packed_cache(tmp_path / "cache", 16)
+def test_repa_switched_on_or_off_at_resume_is_refused_naming_the_setting(
+    tmp_path: Path, tmp_path_factory
+) -> None:
+    shared_packed_cache(tmp_path_factory, tmp_path / "cache", 16)
     roots = ["--cache", str(tmp_path / "cache"), "--runs", str(tmp_path / "runs")]
     dit = ["train", "dit", "-b", "4", "--image-every", "0", "--device", "cpu", *roots]
     cli_ok(*dit, "--name", "with", "--steps", "2", "--ckpt-every", "2")

@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 
 import pytest
-from support.caches import packed_cache
+from support.caches import shared_packed_cache
 from support.cli import cli_ok, cli_refused
 
 from repackctl.errors import CheckpointError
@@ -29,8 +29,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 DIT = ["train", "dit", "--size", "tiny", "-b", "8", "--device", "cpu", "--image-every", "0"]
 
 
-def test_a_refused_resume_writes_no_resume_lines_to_log_txt(tmp_path):
-    packed_cache(tmp_path / "cache", 16)  # 16 samples: held in memory
+def test_a_refused_resume_writes_no_resume_lines_to_log_txt(tmp_path, tmp_path_factory):
+    shared_packed_cache(tmp_path_factory, tmp_path / "cache", 16)  # 16 samples: held in memory
     log = tmp_path / "runs" / "d" / "log.txt"
     cli_ok(*DIT, "--name", "d", "--steps", "1")
     before = log.read_text()
@@ -59,8 +59,10 @@ def _started_before_tf32(run: Path) -> None:
     path.write_text(json.dumps(config))
 
 
-def test_show_config_of_an_older_paper_run_shows_the_values_its_resume_uses(tmp_path):
-    packed_cache(tmp_path / "cache", 16)
+def test_show_config_of_an_older_paper_run_shows_the_values_its_resume_uses(
+    tmp_path, tmp_path_factory
+):
+    shared_packed_cache(tmp_path_factory, tmp_path / "cache", 16)
     paper = [*DIT, "--preset", "paper", "--name", "old"]
     cli_ok(*paper, "--steps", "1")
     run = tmp_path / "runs" / "old"
@@ -80,8 +82,8 @@ FLAT = "builtin-n8--train--32px"  # extracted with --no-flips: latents of one fl
 WARNING = "Warning: dit.flip is on (default)"
 
 
-def test_the_no_flips_warning_is_said_once_when_the_run_starts(tmp_path):
-    packed_cache(tmp_path / "cache", 16)
+def test_the_no_flips_warning_is_said_once_when_the_run_starts(tmp_path, tmp_path_factory):
+    shared_packed_cache(tmp_path_factory, tmp_path / "cache", 16)
     src = ["--encoder", "patchpix", "--resolution", "32", "-n", "8", "--no-flips"]
     cli_ok("extract", *src, "--chunk", "8", "--shard", "8", "--num-workers", "0")
     cli_ok("pack", "encode", "--run", "pk", "--entry", FLAT, "--device", "cpu")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from support.caches import packed_cache, use_stack
+from support.caches import shared_packed_cache, use_stack
 from support.cli import cli_ok, cli_refused
 
 DIT = ["train", "dit", "--size", "tiny", "-b", "8", "--steps", "1", "--repa-weight", "0"]
@@ -20,10 +20,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_triton_kernels_on_the_cpu_are_refused_before_anything_is_written(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     base = tmp_path / "base"
-    packed_cache(base / "cache", 16)
+    shared_packed_cache(tmp_path_factory, base / "cache", 16)
     work = use_stack(base, tmp_path, monkeypatch)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     out = cli_refused(2, *DIT, "--kernels", "triton")

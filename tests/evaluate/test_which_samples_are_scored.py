@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from support.caches import tiny_dit_stack
+from support.caches import shared_tiny_dit_stack
 from support.cli import cli_ok, cli_refused
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -26,7 +26,7 @@ ENTRY = "builtin-n16--train--32px"
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> Path:
     """cache/ (train + val split), runs/pk (pack, 2 steps), runs/dit (checkpoints 1 and 2)."""
-    return tiny_dit_stack(tmp_path_factory.mktemp("scored"), val=True)
+    return shared_tiny_dit_stack(tmp_path_factory, tmp_path_factory.mktemp("scored"), val=True)
 
 
 @pytest.fixture

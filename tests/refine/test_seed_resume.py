@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from support.caches import packed_cache
+from support.caches import shared_packed_cache
 from support.cli import cli_ok, cli_refused
 from support.stack import shared_stack
 
@@ -60,8 +60,10 @@ def test_a_resume_with_another_seed_writes_nothing_and_says_why(stack) -> None:
     assert (run / "checkpoints" / "step-0000002").is_dir()
 
 
-def test_train_dit_refuses_an_allowance_of_the_seed(tmp_path: Path, monkeypatch) -> None:
-    packed_cache(tmp_path / "cache", 16)
+def test_train_dit_refuses_an_allowance_of_the_seed(
+    tmp_path: Path, tmp_path_factory, monkeypatch
+) -> None:
+    shared_packed_cache(tmp_path_factory, tmp_path / "cache", 16)
     common = ["--cache", str(tmp_path / "cache"), "--runs", str(tmp_path / "runs")]
     dit = ["train", "dit", "--name", "ds", "-b", "4", "--image-every", "0", "--device", "cpu"]
     dit += common

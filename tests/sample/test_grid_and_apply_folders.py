@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from support.caches import t2i_stack, use_stack
+from support.caches import shared_t2i_stack, use_stack
 from support.cli import cli_ok, cli_refused
 from support.snapshot import folder_files
 from support.stack import refiner_env, save_refiner_run
@@ -133,7 +133,7 @@ def test_sample_without_refiner_names_the_refine_apply_folder(env, tmp_path):
 
 @pytest.fixture(scope="module")
 def t2i(tmp_path_factory) -> Path:
-    work = t2i_stack(tmp_path_factory.mktemp("s30-t2i") / "w")
+    work = shared_t2i_stack(tmp_path_factory, tmp_path_factory.mktemp("s30-t2i") / "w")
     save_refiner_run(str(work / "runs"), REFINER, 32)  # the samples' side: 32 px
     return work
 

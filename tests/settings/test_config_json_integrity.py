@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import one_torch_thread
-from support.caches import packed_cache
+from support.caches import shared_packed_cache
 from support.cli import cli_ok, cli_refused
 
 from repackctl.errors import ConfigError
@@ -28,7 +28,7 @@ TRAIN = ["train", "dit", "-b", "8", "--device", "cpu", "--image-every", "0", "--
 def base(tmp_path_factory) -> Path:
     """cache/ with latents and runs/ with a 2-step DiT run ``d`` trained at lr 0.003."""
     root = tmp_path_factory.mktemp("cfg")
-    packed_cache(root / "cache", N)
+    shared_packed_cache(tmp_path_factory, root / "cache", N)
     roots = ["--cache", str(root / "cache"), "--runs", str(root / "runs")]
     with one_torch_thread():
         cli_ok(*TRAIN, "--steps", "2", "--lr", "0.003", *roots)

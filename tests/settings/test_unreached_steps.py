@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from support.caches import packed_cache, use_roots
+from support.caches import shared_packed_cache, use_roots
 from support.cli import cli_ok
 
 from repackctl.settings import resolve_settings
@@ -32,7 +32,7 @@ TRAIN = {"dit": ["train", "dit", "--size", "tiny", *FLAGS], "t2i": ["train", "t2
 def base(tmp_path_factory) -> Path:
     """cache/ (16 patchpix images, their packed latents and cached captions) and runs/."""
     root = tmp_path_factory.mktemp("s30b")
-    packed_cache(root / "cache", 16)
+    shared_packed_cache(tmp_path_factory, root / "cache", 16)
     cli_ok("captions", "--cache", str(root / "cache"), "--max-length", "8", "--device", "cpu")
     return root
 

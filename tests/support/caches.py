@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -94,9 +95,35 @@ def t2i_stack(work: Path, num: int = 32, max_length: int = 8) -> Path:
     return work
 
 
-#: the stacks :func:`shared_t2i_stack` built in this process, (basetemp, num, max_length) →
+#: the folders the ``shared_*`` helpers built in this process, (kind, basetemp, arguments…) →
 #: (folder, its snapshot as built)
-_SHARED_T2I: dict[tuple[Path, int, int], tuple[Path, dict]] = {}
+_SHARED: dict[tuple, tuple[Path, dict]] = {}
+
+
+def _shared_build(factory: Any, key: tuple, build: Callable[[Path], Path]) -> Path:
+    """The folder ``build(factory.mktemp(key[0]) / "w")`` made the first time this process
+    (pytest worker) asked for ``key``: in one torch thread and a sandbox of its own (no
+    ``REPACKCTL_*`` setting of the test that happened to ask first), so every worker's build
+    is the same whichever test and thread count it ran under; checked unchanged before it is
+    returned.
+
+    Tests get copies of it: a test that wrote there (through a path a copy's run or entry
+    records) would change what every later module copies, so that is an error here."""
+    import pytest
+    from conftest import one_torch_thread, use_sandbox
+
+    from support.snapshot import snapshot
+
+    key = (key[0], Path(factory.getbasetemp()), *key[1:])
+    if key not in _SHARED:
+        folder = factory.mktemp(key[0])
+        with pytest.MonkeyPatch.context() as mp, one_torch_thread():
+            use_sandbox(mp, folder)
+            built = build(folder / "w")
+        _SHARED[key] = (built, snapshot(built))
+    built, as_built = _SHARED[key]
+    assert snapshot(built) == as_built, f"the shared {key[0]} {built} was changed by a test"
+    return built
 
 
 def shared_t2i_stack(factory: Any, work: Path, num: int = 32, max_length: int = 8) -> Path:
@@ -106,20 +133,31 @@ def shared_t2i_stack(factory: Any, work: Path, num: int = 32, max_length: int = 
     The copy's runs and entries record the paths of that one build, never changed (as the
     copies ``use_stack`` makes record those of the module's stack): a test about the recorded
     root being its own folder calls :func:`t2i_stack` instead."""
-    from conftest import one_torch_thread
-
-    from support.snapshot import snapshot
-
-    key = (Path(factory.getbasetemp()), num, max_length)
-    if key not in _SHARED_T2I:
-        with one_torch_thread():
-            built = t2i_stack(factory.mktemp("t2i-shared") / "w", num, max_length)
-        _SHARED_T2I[key] = (built, snapshot(built))
-    built, as_built = _SHARED_T2I[key]
-    # a test that wrote there (through a recorded path) would change every later module's stack
-    assert snapshot(built) == as_built, f"the shared t2i stack {built} was changed by a test"
+    built = _shared_build(
+        factory, ("t2i-shared", num, max_length), lambda w: t2i_stack(w, num, max_length)
+    )
     shutil.copytree(built, work)
     return work
+
+
+def shared_packed_cache(factory: Any, root: Path, num: int) -> Path:
+    """What :func:`packed_cache` ``(root, num)`` makes (``root``, and the 4-step pack run ``pk``
+    in ``root.parent / "runs"``), as a copy of the one build of this process (pytest worker)
+    in ``factory``'s (``tmp_path_factory``) base folder, in one torch thread; returns ``root``.
+
+    The copy records the paths of that one build: the entries' features and latents name its
+    cache root and pack checkpoint, the run ``pk`` its cache and runs roots. A test that
+    writes through those paths, or whose promise is about the recorded root being its own
+    folder, calls :func:`packed_cache` instead."""
+
+    def build(work: Path) -> Path:
+        packed_cache(work / "cache", num)
+        return work
+
+    built = _shared_build(factory, ("packed-shared", num), build)
+    shutil.copytree(built / "cache", root)
+    shutil.copytree(built / "runs", root.parent / "runs")
+    return root
 
 
 def use_roots(base: Path, tmp_path: Path, monkeypatch) -> Path:
@@ -168,6 +206,17 @@ def tiny_dit_stack(root: Path, val: bool = False) -> Path:
         for args in steps:
             res = CliRunner().invoke(app, args)
             assert res.exit_code == 0, res.output
+    return root
+
+
+def shared_tiny_dit_stack(factory: Any, root: Path, val: bool = False) -> Path:
+    """A copy in ``root`` (an empty or new folder) of the :func:`tiny_dit_stack` this process
+    (pytest worker) built once per ``val`` in ``factory``'s (``tmp_path_factory``) base folder;
+    returns ``root``. The copy's runs and entries record the paths of that one build (the DiT
+    its pack checkpoint and cache root): a test about those being its own folder, or one that
+    writes through them, calls :func:`tiny_dit_stack` instead."""
+    built = _shared_build(factory, ("tiny-dit-shared", val), lambda w: tiny_dit_stack(w, val))
+    shutil.copytree(built, root, dirs_exist_ok=True)
     return root
 
 

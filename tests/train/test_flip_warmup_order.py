@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from support.caches import packed_cache
+from support.caches import shared_packed_cache
 from support.cli import cli_ok, cli_refused
 
 from repackctl.errors import CheckpointError, ConfigError
@@ -30,17 +30,19 @@ TRAIN = ["train", "dit", "--size", "tiny", "-b", "8", "--device", "cpu", "--imag
 FLAT = "builtin-n8--train--32px"  # extracted with --no-flips: latents of one flip slot
 
 
-def _flat_entry(tmp_path: Path) -> None:
-    """The pack stack of ``packed_cache`` plus an entry of 8 images without mirrored copies,
-    encoded by its pack run ``pk``."""
-    packed_cache(tmp_path / "cache", 16)
+def _flat_entry(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The pack stack of ``packed_cache`` (a copy of the shared one) plus an entry of 8 images
+    without mirrored copies, encoded by its pack run ``pk``."""
+    shared_packed_cache(tmp_path_factory, tmp_path / "cache", 16)
     src = ["--encoder", "patchpix", "--resolution", "32", "-n", "8", "--no-flips"]
     cli_ok("extract", *src, "--chunk", "8", "--shard", "8", "--num-workers", "0")
     cli_ok("pack", "encode", "--run", "pk", "--entry", FLAT, "--device", "cpu")
 
 
-def test_a_flip_the_latents_cannot_give_is_refused_or_named(tmp_path, monkeypatch):
-    _flat_entry(tmp_path)
+def test_a_flip_the_latents_cannot_give_is_refused_or_named(
+    tmp_path, tmp_path_factory, monkeypatch
+):
+    _flat_entry(tmp_path, tmp_path_factory)
     runs = tmp_path / "runs"
     args = [*TRAIN, "--entry", FLAT, "--steps", "1"]
     out = cli_refused(ConfigError.exit_code, *args, "--name", "f", "--flip")
@@ -71,8 +73,8 @@ def test_a_warmup_schedule_without_warmup_steps_is_refused(tmp_path, monkeypatch
         resume_settings(tmp_path / "runs" / "new", resolved.settings, resolved.to_dict(), "dit")
 
 
-def test_a_resume_that_would_change_the_order_names_the_setting(tmp_path):
-    packed_cache(tmp_path / "cache", 16)
+def test_a_resume_that_would_change_the_order_names_the_setting(tmp_path, tmp_path_factory):
+    shared_packed_cache(tmp_path_factory, tmp_path / "cache", 16)
     run = tmp_path / "runs" / "o"
     train_o = [*TRAIN, "--name", "o", "--ckpt-every", "2"]
     cli_ok(*train_o, "--steps", "2")  # 16 samples: held in memory

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from support import train_toy_script as toy
-from support.caches import packed_cache
+from support.caches import shared_packed_cache
 from support.cli import cli_ok, cli_refused
 
 from repackctl.errors import CheckpointError, TrainingError
@@ -38,8 +38,10 @@ def _flip_last_byte(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-def test_train_dit_logs_skipped_checkpoints_and_refuses_a_run_with_none_usable(tmp_path):
-    packed_cache(tmp_path / "cache", 16)
+def test_train_dit_logs_skipped_checkpoints_and_refuses_a_run_with_none_usable(
+    tmp_path, tmp_path_factory
+):
+    shared_packed_cache(tmp_path_factory, tmp_path / "cache", 16)
     run = tmp_path / "runs" / "d"
     train_d = [*TRAIN, "--name", "d", "--ckpt-every", "2", "--log-every", "1"]
     cli_ok(*train_d, "--steps", "4")

@@ -20,10 +20,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import one_torch_thread
 from dit.test_dit_resume_latents import _forget_latents
 from pack.test_watson import TINY, write_params
-from support.caches import packed_cache, patchpix_fixtures
+from support.caches import patchpix_fixtures, shared_packed_cache
 from support.ckpt_state import run_state
 from support.cli import cli_ok, cli_refused
 from test_refine_pack_run import PACK, REFINE, _forget_pack_run, _trained_on
@@ -43,8 +42,7 @@ def base_packed(tmp_path_factory) -> Path:
     """One :func:`packed_cache` (16 images, the 4-step pack run ``pk`` and its latents) for the
     module: its three DiT / t2i tests only read it, each from a private copy (``packed``)."""
     base = tmp_path_factory.mktemp("round4-packed")
-    with one_torch_thread():
-        packed_cache(base / "cache", 16)
+    shared_packed_cache(tmp_path_factory, base / "cache", 16)  # built in one thread
     return base
 
 

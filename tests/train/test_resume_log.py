@@ -11,7 +11,7 @@ function (``dit.run.resume_and_train``). Real CLI runs on a real cache with pack
 from __future__ import annotations
 
 import pytest
-from support.caches import packed_cache
+from support.caches import shared_packed_cache
 from support.cli import cli_ok
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -20,8 +20,9 @@ DIT = ["train", "dit", "--size", "tiny", "-b", "8", "--device", "cpu", "--image-
 DIT += ["--name", "d"]
 
 
-def test_resume_lines_go_to_log_txt(tmp_path, monkeypatch):
-    packed_cache(tmp_path / "cache", 16)  # runs/pk (4 steps) and its latents
+def test_resume_lines_go_to_log_txt(tmp_path, tmp_path_factory, monkeypatch):
+    # runs/pk (4 steps) and its latents
+    shared_packed_cache(tmp_path_factory, tmp_path / "cache", 16)
     log = tmp_path / "runs" / "d" / "log.txt"
     cli_ok(*DIT, "--steps", "1", "--lr", "0.001")
     assert "resume:" not in log.read_text()

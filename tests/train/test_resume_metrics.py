@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from conftest import one_torch_thread, subprocess_env
 from support import train_toy_script as toy
-from support.caches import packed_cache, private_copy
+from support.caches import private_copy, shared_packed_cache
 from support.ckpt_state import write_state
 from support.cli import cli_ok
 
@@ -47,7 +47,9 @@ DIT += ["--device", "cpu", "--image-every", "0"]
 
 @pytest.fixture(scope="module")
 def base_cache(tmp_path_factory) -> Path:
-    return packed_cache(tmp_path_factory.mktemp("resume-metrics") / "cache", 16)
+    return shared_packed_cache(
+        tmp_path_factory, tmp_path_factory.mktemp("resume-metrics") / "cache", 16
+    )
 
 
 @pytest.fixture(autouse=True)

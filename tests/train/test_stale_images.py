@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import subprocess_env
-from support.caches import packed_cache, private_copy
+from support.caches import private_copy, shared_packed_cache
 
 from repackctl.crash import CRASH_ENV
 from repackctl.train import latest_checkpoint, read_state
@@ -28,7 +28,9 @@ DIT += ["--device", "cpu", "--image-every", "2", "--name", "run"]
 
 @pytest.fixture(scope="module")
 def base_cache(tmp_path_factory) -> Path:
-    return packed_cache(tmp_path_factory.mktemp("s28-images") / "cache", 16)
+    return shared_packed_cache(
+        tmp_path_factory, tmp_path_factory.mktemp("s28-images") / "cache", 16
+    )
 
 
 def _train(tmp_path: Path, crash: str | None = None) -> subprocess.CompletedProcess:
