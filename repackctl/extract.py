@@ -134,14 +134,17 @@ class _Items(Dataset):
                 if img.shape != (r, r, 3) or img.dtype != np.uint8:
                     raise BadImage(f"source returned {img.shape} {img.dtype}")
                 code = WRITTEN
+                if fingerprint is None:  # a large file, decoded from its path: hashed now
+                    fingerprint = self._hashed(i)
             except BadImage as e:
                 img, code = np.zeros((r, r, 3), np.uint8), reason_code(str(e))
         note = "; ".join(dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught))
-        return i, img, code, label, key, note, fingerprint
+        return i, img, code, label, key, note, NO_FILE if fingerprint is None else fingerprint
 
-    def _read(self, i: int) -> tuple[bytes | None, np.ndarray]:
+    def _read(self, i: int) -> tuple[bytes | None, np.ndarray | None]:
         """Item ``i``'s file bytes and their fingerprint row; (None, ``NO_FILE``) for a source
-        without files, or a file that cannot be read (``load`` then says why: its skip)."""
+        without files, or a file that cannot be read (``load`` then says why: its skip);
+        (None, None) for a file too large to read whole (hashed once it decoded)."""
         read = getattr(self.source, "read_file", None)
         if read is None:
             return None, NO_FILE
@@ -149,7 +152,18 @@ class _Items(Dataset):
             got = read(i)
         except OSError:
             return None, NO_FILE
-        return got.data, fingerprint_row(len(got.data), got.mtime_ns, got.sha256)
+        if got.data is None:
+            return None, None
+        return got.data, fingerprint_row(got.size, got.mtime_ns, got.sha256)
+
+    def _hashed(self, i: int) -> np.ndarray:
+        """The fingerprint row of item ``i``'s file hashed in blocks (``NO_FILE`` if it cannot
+        be read now)."""
+        try:
+            got = self.source.hash_file(i)
+        except OSError:
+            return NO_FILE
+        return fingerprint_row(got.size, got.mtime_ns, got.sha256)
 
 
 def _collate(items: list) -> tuple:

@@ -22,7 +22,6 @@ entries made before them) are not compared.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Protocol
@@ -31,6 +30,7 @@ import numpy as np
 
 from repackctl.cache.integrity import GuardedArray
 from repackctl.errors import CacheError
+from repackctl.files import sha256_file
 
 __all__ = ["NO_FILE", "check_files", "check_listing", "fingerprint_row"]
 
@@ -160,17 +160,8 @@ def _changed(path: Path, row: np.ndarray, stat: tuple[int, int] | OSError) -> st
     if stat[0] != row[0]:
         return f"{int(row[0])} bytes then, {stat[0]} now"
     try:
-        digest = _sha256(path)
+        digest = bytes.fromhex(sha256_file(path))
     except OSError as e:
         return f"cannot be read: {e.strerror or type(e).__name__}"
     same = np.array_equal(fingerprint_row(int(row[0]), int(row[1]), digest), row)
     return None if same else "other bytes, same size"
-
-
-def _sha256(path: Path) -> bytes:
-    """The sha256 of the file at ``path``, read in blocks (``hashlib.file_digest`` is 3.11+)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.digest()

@@ -60,7 +60,7 @@ from PIL import Image
 from repackctl.data.captions import INDEX_FILES
 from repackctl.data.crop import center_crop, open_image
 from repackctl.errors import ConfigError, DataError
-from repackctl.files import IMAGE_EXTENSIONS
+from repackctl.files import IMAGE_EXTENSIONS, sha256_file
 
 EXTENSIONS = IMAGE_EXTENSIONS
 #: files that are never listed; anything else not hidden is an input (a stray file is reported)
@@ -562,11 +562,23 @@ class ImageFolderSource:
     def read_file(self, index: int) -> FileBytes:
         """The file of item ``index``, read once: the extract decodes these bytes (``decode``)
         and records their size, sha256 and the file's mtime, to see on a rerun whether the
-        file was replaced since (``repackctl.cache.listing.check_files``). Raises ``OSError``."""
+        file was replaced since (``repackctl.cache.listing.check_files``). A file larger than
+        :data:`WHOLE_READ_LIMIT` is not read here (``data`` and ``sha256`` None): ``load``
+        decodes it from its path and ``hash_file`` hashes it once it decoded. Raises
+        ``OSError``."""
         with open(self._files[index], "rb") as f:
-            mtime = os.fstat(f.fileno()).st_mtime_ns  # before reading: a later write changes it
+            st = os.fstat(f.fileno())  # before reading: a later write changes the mtime
+            if st.st_size > WHOLE_READ_LIMIT:
+                return FileBytes(None, st.st_size, st.st_mtime_ns, None)
             data = f.read()
-        return FileBytes(data, mtime, hashlib.sha256(data).digest())
+        return FileBytes(data, len(data), st.st_mtime_ns, hashlib.sha256(data).digest())
+
+    def hash_file(self, index: int) -> FileBytes:
+        """The fingerprint of item ``index``'s file, hashed in blocks (``data`` None): for a
+        file too large for ``read_file``, once ``load`` decoded it. Raises ``OSError``."""
+        path = self._files[index]
+        st = os.stat(path)
+        return FileBytes(None, st.st_size, st.st_mtime_ns, bytes.fromhex(sha256_file(path)))
 
     def decode(self, data: bytes, resolution: int) -> np.ndarray:
         """``load``'s pixels from the bytes ``read_file`` gave (the file is not read again)."""
@@ -595,12 +607,20 @@ class ImageFolderSource:
         return out
 
 
-class FileBytes(NamedTuple):
-    """A file's bytes as read, with its mtime and the sha256 of these bytes."""
+#: files up to this size are read into memory once, decoded and hashed from there; a larger
+#: one (a stray video or scan in a class folder: 4 GB read whole took 24 s and 4.8 GB of
+#: memory only to be skipped as "not an image") is decoded from its path, which refuses it
+#: from its header, and hashed in blocks only when it decoded
+WHOLE_READ_LIMIT = 64 << 20
 
-    data: bytes
+
+class FileBytes(NamedTuple):
+    """A file's bytes as read (None: not read whole), its size, mtime and sha256."""
+
+    data: bytes | None
+    size: int
     mtime_ns: int
-    sha256: bytes
+    sha256: bytes | None
 
 
 def imagenet_source(

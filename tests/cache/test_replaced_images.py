@@ -111,6 +111,34 @@ def test_copy_with_new_times_and_touched_file_are_accepted(extracted, cache_root
     }
 
 
+def test_files_too_large_to_read_whole_are_decoded_from_their_path(
+    tmp_path, cache_root, monkeypatch
+):
+    """Above ``WHOLE_READ_LIMIT`` a file is not read into memory: a stray non-image (a video in a
+    class folder) is skipped from its header as before, and an image decoded from its path gets
+    the fingerprint reading it whole gives (so a replacement is still refused)."""
+    from repackctl.data import imagefolder
+
+    folder = random_image_folder(tmp_path / "data")
+    (folder / "cat" / "clip.png").write_bytes(b"\0" * 4096)  # not an image
+    cli_ok(*_extract(folder))
+    whole = np.asarray(_entry(cache_root).fingerprints[:])
+    shutil.rmtree(cache_root)
+    monkeypatch.setattr(imagefolder, "WHOLE_READ_LIMIT", 100)  # every file is "large" now
+    hashed, hash_file = [], imagefolder.ImageFolderSource.hash_file
+    spy = lambda source, i: hashed.append(source.key(i)) or hash_file(source, i)  # noqa: E731
+    monkeypatch.setattr(imagefolder.ImageFolderSource, "hash_file", spy)
+    out = cli_ok(*_extract(folder))
+    assert sorted(hashed) == [f"{c}/{i}.png" for c in ("cat", "dog") for i in range(3)]
+    assert "clip.png" in out and "not an image" in out, out  # skipped, as when read whole
+    entry = _entry(cache_root)
+    assert np.array_equal(np.asarray(entry.fingerprints[:]), whole)
+    assert (whole[:, 0] > 100).sum() == 6 and (whole[:, 0] == -1).sum() == 1
+    _replace(folder / "dog" / "1.png", seed=7)
+    out = cli_refused(CacheError.exit_code, *_extract(folder))
+    assert "'dog/1.png'" in out, out
+
+
 def test_entry_without_fingerprints_is_not_checked(extracted, cache_root):
     folder, entry_dir = extracted
     group = zarr.open_group(str(entry_dir), mode="r+")
