@@ -62,7 +62,8 @@ def _dist(ep: EntryPoint) -> tuple[str, str]:
     dist = getattr(ep, "dist", None)
     if dist is None:
         return "?", "?"
-    text = dist.read_text("METADATA") or dist.read_text("PKG-INFO")
+    read = getattr(dist, "read_text", None)  # a Distribution; anything else by its metadata
+    text = (read("METADATA") or read("PKG-INFO")) if callable(read) else None
     if text is None:
         return dist.metadata["Name"] or "?", dist.version or "?"
     return _name_version(text)
