@@ -92,8 +92,10 @@ PrecisionOpt = Annotated[str | None, _common("precision")]
 WorkersOpt = Annotated[int | None, _common("num_workers")]
 
 
-def fail(err: RepackError) -> None:
-    """Print ``Error:``/``Hint:`` to stderr and exit with the error's code."""
+def fail(err: RepackError, caught: BaseException | None = None) -> None:
+    """Print ``Error:``/``Hint:`` to stderr and exit with the error's code. ``caught``: the
+    exception ``err`` reports when it is not ``err`` itself (an ``OSError`` told as a disk
+    error), whose frames are dropped (``drop_frames``)."""
     err_console.print(
         f"[bold red]Error:[/] {escape(err.message)}", markup=True, highlight=False, soft_wrap=True
     )
@@ -101,7 +103,7 @@ def fail(err: RepackError) -> None:
         err_console.print(
             f"[bold]Hint:[/] {escape(err.hint)}", markup=True, highlight=False, soft_wrap=True
         )
-    drop_frames(err)
+    drop_frames(err if caught is None else caught)
     raise typer.Exit(err.exit_code)
 
 
@@ -175,7 +177,7 @@ def handle_errors(fn: Callable) -> Callable:
         except OSError as e:
             if debug_requested() or e.errno not in (*_DISK_ERRORS, errno.ENAMETOOLONG):
                 raise
-            fail(name_error(e) if e.errno == errno.ENAMETOOLONG else disk_error(e))
+            fail(name_error(e) if e.errno == errno.ENAMETOOLONG else disk_error(e), e)
         except RuntimeError as e:
             if debug_requested() or not peer_lost(e):
                 raise
@@ -185,9 +187,11 @@ def handle_errors(fn: Callable) -> Callable:
                     f"{str(e).strip().splitlines()[0][:160]})",
                     "run the same command again, every process: it resumes from what was "
                     "completely written (the log of the process that stopped says why)",
-                )
+                ),
+                e,
             )
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
+            drop_frames(e)
             err_console.print(
                 "[bold red]Error:[/] interrupted\n[bold]Hint:[/] run the same command again to "
                 "resume; completed work is kept",
