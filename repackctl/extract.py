@@ -41,7 +41,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from repackctl.cache.creation import ShardLocks, entry_writer, test_delay
 from repackctl.cache.integrity import GuardedArray, repair_hint
-from repackctl.cache.listing import NO_FILE, check_files, check_listing, fingerprint_row
+from repackctl.cache.listing import (
+    NO_FILE,
+    changed_files,
+    check_files,
+    check_listing,
+    fingerprint_row,
+)
 from repackctl.cache.store import (
     PENDING,
     SKIP_REASONS,
@@ -327,19 +333,22 @@ def _strict_check(
 ) -> None:
     """``--strict``, the same for a new and an existing entry, before anything is written.
 
-    Fails on inputs the source could not list, on skips an existing entry already recorded, and
-    on any input of a shard still to do that does not decode.
+    Fails on inputs the source could not list, on any input of a shard still to do that does
+    not decode, and on skips an existing entry already recorded. Those are named apart: an
+    extract never retries a recorded skip (``_recorded_skips_note``), so the file may read by
+    now, and fixing it does not include it; removing the entry does.
     """
     bad = [f"{k} ({r})" for k, r in getattr(source, "skipped", [])]
+    recorded: list[str] = []
     todo = ranges
     if name in list_entries(cache):
         entry = DatasetEntry.open(cache, name)
         if entry.n == len(source):  # otherwise opening it fails later with both specs
             codes = entry.done_mask()  # a corrupt chunk: an error naming it, not a traceback
-            recorded = [i for r in ranges for i in r if codes[i] not in (PENDING, WRITTEN)]
-            keys = entry.keys[np.array(recorded)] if recorded else []
-            bad += [
-                f"{k} ({SKIP_REASONS[int(codes[i])]})" for k, i in zip(keys, recorded, strict=True)
+            rows = [i for r in ranges for i in r if codes[i] not in (PENDING, WRITTEN)]
+            keys = entry.keys[np.array(rows)] if rows else []
+            recorded = [
+                f"{k} ({SKIP_REASONS[int(codes[i])]})" for k, i in zip(keys, rows, strict=True)
             ]
             todo = [r for r in ranges if (codes[r.start : r.stop] == PENDING).any()]
     batches = _batches(todo, 64)
@@ -347,12 +356,35 @@ def _strict_check(
         for _i, c, k in zip(idx, codes, keys, strict=True):
             if c != WRITTEN:
                 bad.append(f"{k} ({SKIP_REASONS[int(c)]})")
-    if dist.all_sum(len(bad)):
-        listed = ", ".join(bad[:5]) + (" …" if len(bad) > 5 else "")
-        raise DataError(
-            f"--strict: {len(bad)} unreadable input(s), nothing written: {listed}",
-            "remove or fix those files, or run without --strict to skip and record them",
+    unreadable, kept = dist.all_sum(len(bad)), dist.all_sum(len(recorded))
+    if unreadable or kept:
+        raise DataError(*_strict_refusal(name, (unreadable, bad), (kept, recorded)))
+
+
+def _strict_refusal(
+    name: str, bad: tuple[int, list[str]], recorded: tuple[int, list[str]]
+) -> tuple[str, str]:
+    """The message and hint of ``--strict``'s refusal: ``bad`` inputs that do not read now,
+    and the skips entry ``name`` ``recorded`` (each: the job's count, this process's names)."""
+
+    def listed(names: list[str]) -> str:
+        return ", ".join(names[:5]) + (" …" if len(names) > 5 else "")
+
+    parts, hints = [], []
+    if bad[0]:
+        parts.append(f"{bad[0]} unreadable input(s): {listed(bad[1])}")
+        hints.append("remove or fix those files, or run without --strict to skip and record them")
+    if recorded[0]:
+        parts.append(
+            f"cache entry {name} recorded {recorded[0]} input(s) as skipped when an earlier "
+            f"extract read them: {listed(recorded[1])}"
         )
+        hints.append(
+            "an extract never retries a recorded skip, even if the file reads now: to include "
+            f"them, make sure they read, then remove the entry with `repackctl cache rm {name}` "
+            "and extract again (or run without --strict to keep them skipped)"
+        )
+    return f"--strict: {'; '.join(parts)}; nothing written", "; ".join(hints)
 
 
 def _check_held_out_disjoint(cache: str, name: str, source: ImageSource) -> None:
@@ -530,17 +562,27 @@ class _ShardWriter:
     #: the entry's own shard locks, shared by the extracts of every encoder (made on first use:
     #: a rerun that writes no image adds no lock folder)
     image_locks: ShardLocks | None = None
+    #: the source, whose files a shard that another extract recorded meanwhile is checked
+    #: against (``_race_warning``); None: not checked
+    source: ImageSource | None = None
     images: GuardedArray = field(init=False)
     #: the entry's ``fingerprints`` (None: an entry without them, which records none)
     prints: Any = field(init=False)
+    #: ``prints`` read through the checksum check (None without them)
+    recorded_prints: GuardedArray | None = field(init=False)
 
     def __post_init__(self) -> None:
         # pixels an earlier extraction wrote are read back, never re-decoded: a lost or corrupt
-        # chunk of them must stop the run, not be encoded as black images
+        # chunk of them must stop the run, not be encoded as black images; so must the
+        # fingerprints of those images, which are kept as they are
         redo = repair_hint(self.entry.name, "this `repackctl extract`")
         written = self.img_done == WRITTEN
         self.images = GuardedArray(self.entry.images, written, f"{self.entry.name} images", redo)
         self.prints = self.entry.fingerprints
+        self.recorded_prints = None
+        if self.prints is not None:
+            label = f"{self.entry.name} fingerprints"
+            self.recorded_prints = GuardedArray(self.prints, written, label, redo)
 
     def _new_buffer(self, m: int) -> dict[str, np.ndarray]:
         """Zeroed arrays for one shard of ``m`` samples."""
@@ -667,15 +709,60 @@ class _ShardWriter:
 
     def _write_fingerprints(self, sl: slice, prints: np.ndarray) -> None:
         """Write the shard's fingerprint rows, before its ``done`` (an entry without the array
-        records none). Rows the entry recorded already (their images were read back, not
-        decoded: ``NO_FILE`` here) keep the fingerprint of the file read then."""
+        records none). Images the entry recorded already (read back, not decoded: ``NO_FILE``
+        here) keep the fingerprint of the file read then, read through the checksum check (a
+        damaged chunk is an ``Error:`` naming `cache verify --repair`, which finds it: it holds
+        written rows). A recorded skip has none (``NO_FILE``, as ``prints`` holds it), so a
+        shard whose recorded rows are all skips does not read its chunk: a damaged one, which
+        that repair does not look at, is overwritten instead of stopping the run for good."""
         if self.prints is None:
             return
-        known = self.img_done[sl] != PENDING
-        if known.any():
-            prints = np.where(known[:, None], np.asarray(self.prints[sl]), prints)
+        kept = self.img_done[sl] == WRITTEN  # (S,)
+        if kept.any():
+            prints = np.where(kept[:, None], np.asarray(self.recorded_prints[sl]), prints)
         self.prints[sl] = prints
         crash_point("fingerprints-written")
+
+    def _race_warning(self, sl: slice) -> str:
+        """The ``Warning:`` for shard ``sl`` when another extract recorded other pixels or
+        codes for it since this one read the entry: its features are left pending. What a rerun
+        does then depends on the files: it encodes the recorded images if their files are the
+        ones that extract read, and refuses the entry (``check_files``) if they changed since,
+        so the files are checked now and the advice is the one that holds."""
+        head = (
+            f"Warning: samples {sl.start}..{sl.stop - 1} decoded otherwise than another extract "
+            "recorded them a moment ago"
+        )
+        changed = self._changed_since_recorded(sl)
+        if not changed:
+            return (
+                f"{head} (files changed?): their features are left pending; run the same "
+                "extract again to encode the images it recorded"
+            )
+        name, key = self.entry.name, self.source.key
+        files = name_items([f"{key(i)!r} ({why})" for i, why in changed], 3)
+        return (
+            f"{head}: {len(changed)} of their files changed since it read them ({files}); "
+            "their features are left pending, and the same extract run again refuses the entry "
+            "until those files are restored as they were (or the entry is removed with "
+            f"`repackctl cache rm {name}` and extracted again)"
+        )
+
+    def _changed_since_recorded(self, sl: slice) -> list[tuple[int, str]]:
+        """``(row, why)`` of the images of ``sl`` the entry records now whose files changed
+        since (``cache.listing.changed_files``); none without fingerprints or files."""
+        path_of = getattr(self.source, "path", None)
+        if self.prints is None or not callable(path_of):
+            return []
+        written = np.zeros(self.entry.n, bool)
+        written[sl] = np.asarray(self.entry.done[sl]) == WRITTEN
+        if not written.any():
+            return []
+        redo = repair_hint(self.entry.name, "this `repackctl extract`")
+        guard = GuardedArray(self.prints, written, f"{self.entry.name} fingerprints", redo)
+        prints = np.asarray(guard[sl])  # (S, 6)
+        read = written[sl] & (prints[:, 0] >= 0)
+        return changed_files(sl.start + np.flatnonzero(read), prints[read], path_of)
 
     def _write(self, rng: range, buf: dict[str, np.ndarray]) -> str | None:
         """Shard complete: write its data, then mark it done and release its lock."""
@@ -685,11 +772,7 @@ class _ShardWriter:
         if (self.img_done[sl] == PENDING).any() and not self._write_images(sl, buf):
             self.locks.release(rng.start // entry.shard)  # left pending: a rerun redoes it
             self.written -= int((buf["codes"] == WRITTEN).sum())  # _submit waits for this write
-            return (
-                f"Warning: samples {rng.start}..{rng.stop - 1} decoded otherwise than another "
-                "extract recorded them a moment ago (files changed?): their features are left "
-                "pending; run the same extract again to encode the recorded images"
-            )
+            return self._race_warning(sl)
         if not np.isfinite(buf["tokens"]).all():
             message = f"Warning: non-finite features in samples {rng.start}..{rng.stop - 1}"
         feats["tokens"][sl] = buf["tokens"]
@@ -864,6 +947,7 @@ def run_extract(
     writer = _ShardWriter(
         entry, feats, img_done, locks, encoder, device, settings.precision, resolution, flips
     )
+    writer.source = source  # whose files a shard another extract records meanwhile is checked on
     # where the precision came from (flag, env …, file …, default), as training's header says
     given = ((config_record or {}).get("sources") or {}).get("precision", "settings")
     header = run_header(dist, device, settings.precision, given, settings.seed)
@@ -875,15 +959,8 @@ def run_extract(
         entry_writer(entry.group),  # `cache rm` waits for no writer: it refuses
     ):
         bar.log(header_line(header))
-        if cfg.num is not None and n < cfg.num:  # the entry's name says so too (-n<N>)
-            bar.log(
-                f"Warning: --num {cfg.num} asks for more images than {source.name} holds "
-                f"({n} inputs): all of them are extracted, into {name}"
-            )
-        if kept := _layout_kept(entry, settings, config_record):  # a --shard not applied
-            bar.log(kept)
-        if already:
-            bar.log(f"resuming: {already} samples of this process were already done")
+        for line in _opening_lines(settings, source, entry, (already, img_done), config_record):
+            bar.log(line)
         found = _encode_pending(writer, source, pending, shards, settings.num_workers, bar)
         bar.log(
             f"this process encoded {len(shards.taken)} shard(s); "
@@ -892,7 +969,8 @@ def run_extract(
     seconds = time.perf_counter() - t0
     dist.barrier()
     found = [(key, note) for key, note in dist.all_items(found)]  # every process's, not rank 0's
-    skipped = list(getattr(source, "skipped", [])) + _finalize(entry, feats, dist.rank == 0)
+    skipped = list(getattr(source, "skipped", []))
+    skipped += _finalize(entry, feats, dist.rank == 0, img_done)
     written, already, seconds = dist.job_totals(writer.written, already, seconds)
     return ExtractResult(
         entry=entry.name,
@@ -909,6 +987,33 @@ def run_extract(
     )
 
 
+def _opening_lines(
+    settings: Settings,
+    source: ImageSource,
+    entry: DatasetEntry,
+    counts: tuple[int, np.ndarray],
+    config_record: dict | None,
+) -> list[str]:
+    """What an extract says before it encodes: a ``--num`` above the source's size, a layout
+    given but not applied, a resume (``counts``: the samples of this process already done),
+    the skips the entry recorded before (``counts``: its codes then)."""
+    cfg, n = settings.extract, len(source)
+    already, img_done = counts
+    lines = []
+    if cfg.num is not None and n < cfg.num:  # the entry's name says so too (-n<N>)
+        lines.append(
+            f"Warning: --num {cfg.num} asks for more images than {source.name} holds "
+            f"({n} inputs): all of them are extracted, into {entry.name}"
+        )
+    if kept := _layout_kept(entry, settings, config_record):  # a --shard not applied
+        lines.append(kept)
+    if already:
+        lines.append(f"resuming: {already} samples of this process were already done")
+    if note := _recorded_skips_note(entry.name, img_done):
+        lines.append(note)
+    return lines
+
+
 @contextlib.contextmanager
 def _releasing(locks: ShardLocks) -> Iterator[None]:
     try:
@@ -917,12 +1022,42 @@ def _releasing(locks: ShardLocks) -> Iterator[None]:
         locks.release_all()
 
 
-def _finalize(entry: DatasetEntry, feats: ArrayGroup, write: bool) -> list[tuple[str, str]]:
-    """Record counts and the skipped inputs in the attributes (rank 0 only writes)."""
+def _recorded_skips_note(name: str, img_done: np.ndarray) -> str:
+    """A ``Warning:`` when entry ``name`` (``img_done``: its codes when this extract began)
+    holds inputs an earlier extract skipped, listed after the run with the reason found then.
+
+    Their files are not read again: a recorded skip stays one whatever the file holds now, as
+    every features group of the entry has no row for it, and an extract of one encoder cannot
+    write the others'. Re-checking them would cost a read and a decode per skipped file on
+    every rerun (a 4 GB stray file: seconds) to tell the user what this says anyway: how to
+    include them. So the message says what is known (skipped then, and why) and not that the
+    file is bad now.
+    """
+    count = int((img_done >= 2).sum())
+    if not count:
+        return ""
+    return (
+        f"Warning: cache entry {name} holds {count} input(s) that an earlier extract skipped "
+        "(listed below, with the reason found then): an extract never retries a recorded skip, "
+        "even if the file reads now; to include them, make sure they read, then remove the "
+        f"entry with `repackctl cache rm {name}` (all it holds goes with it: every encoder's "
+        "features, latents, caption features) and extract again"
+    )
+
+
+def _finalize(
+    entry: DatasetEntry, feats: ArrayGroup, write: bool, img_done: np.ndarray
+) -> list[tuple[str, str]]:
+    """Record counts and the skipped inputs in the attributes (rank 0 only writes); return the
+    skipped inputs, those recorded before this extract began (``img_done``) said so."""
     codes = entry.done[:]
     bad = np.flatnonzero(codes >= 2)
     keys = entry.keys[bad] if len(bad) else []
     skipped = [(str(k), SKIP_REASONS[int(codes[i])]) for k, i in zip(keys, bad, strict=True)]
+    before = " when an earlier extract read it (not retried)"
+    told = [
+        (k, r + before if img_done[i] >= 2 else r) for (k, r), i in zip(skipped, bad, strict=True)
+    ]
     if write:
         summary = {
             "written": int((codes == WRITTEN).sum()),
@@ -939,4 +1074,4 @@ def _finalize(entry: DatasetEntry, feats: ArrayGroup, write: bool) -> list[tuple
                 "complete": bool((fcodes != PENDING).all()),
             },
         )
-    return skipped
+    return told

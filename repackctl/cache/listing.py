@@ -16,23 +16,27 @@ now: the same size and mtime is the same file (a rerun over an unchanged folder 
 ``stat`` per file); otherwise the file is hashed, and the same bytes (a copy that did not keep
 the times) are the same file too. Inputs recorded as skipped hold no pixels and no fingerprint
 (a caption index file listed by an older version is one; `repackctl captions` writes into it):
-they stay skipped, as the entry recorded them. Entries without fingerprints (other sources,
-entries made before them) are not compared.
+they stay skipped, as the entry recorded them, and their rows are not read (a damaged chunk of
+skipped rows only, which `cache verify --repair` does not look at, refused every rerun).
+Entries without fingerprints (other sources, entries made before them) are not compared. A
+refusal names the first changed files and prints every one as a ``Warning:`` line.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from repackctl.cache.integrity import GuardedArray
+from repackctl.cache.integrity import GuardedArray, rows_per_key
 from repackctl.errors import CacheError
 from repackctl.files import sha256_file
+from repackctl.progress import warn
 
-__all__ = ["NO_FILE", "check_files", "check_listing", "fingerprint_row"]
+__all__ = ["NO_FILE", "changed_files", "check_files", "check_listing", "fingerprint_row"]
 
 # differences named in the message, at most
 _SHOWN = 3
@@ -109,38 +113,75 @@ def check_files(entry: _Fingerprinted, source: _Files, written: int, hint: str) 
     ``written``) changed since the extract read it (another size, or another mtime and other
     bytes). ``hint``: the repair command for an unreadable ``fingerprints`` chunk. Only files
     whose size or mtime changed are read. Without fingerprints (or a source without files)
-    nothing is checked."""
+    nothing is checked.
+
+    The message names the first changed files; when there are more, every one is also printed
+    as a ``Warning:`` line before it (the refusal writes nothing, and the user has to restore
+    each of them: a count alone does not say which)."""
     recorded, path_of = entry.fingerprints, getattr(source, "path", None)
     if recorded is None or not callable(path_of):
         return
     held = np.asarray(entry.done_mask()) == written  # (N,)
     if not held.any():
         return
-    # a lost chunk is an error naming the repair, never its fill read as "nothing recorded"
-    prints = np.asarray(GuardedArray(recorded, held, f"{entry.name} fingerprints", hint)[:])
-    checked = np.flatnonzero(held & (prints[:, 0] >= 0))  # (M,) read when extracted
-    stats = [_stat(path_of(i)) for i in checked.tolist()]  # (size, mtime_ns), or an OSError
+    # only the chunks holding images are read: a skipped row holds no fingerprint, and a damaged
+    # chunk of skipped rows only is one `cache verify --repair` never looks at (it reads the
+    # chunks of written rows), so refusing on it sent the user round that loop for good. A lost
+    # or corrupt chunk of written rows is an error naming the repair, never its fill read as
+    # "nothing recorded"
+    rows = np.flatnonzero(held)  # (M,)
+    prints = _read_rows(GuardedArray(recorded, held, f"{entry.name} fingerprints", hint), rows)
+    read = prints[:, 0] >= 0  # (M,) the file was read when extracted (recorded)
+    changed = changed_files(rows[read], prints[read], path_of)
+    if changed:
+        _refuse_changed(entry.name, source, changed, int(read.sum()))
+
+
+def _read_rows(guard: GuardedArray, rows: np.ndarray) -> np.ndarray:
+    """Rows ``rows`` (sorted) of ``guard``, reading only the stored objects that hold them: one
+    slice per run of adjacent ones (one read when every chunk holds some)."""
+    step = rows_per_key(guard.array)
+    keys = np.unique(rows // step)
+    parts = []
+    for run in np.split(keys, np.flatnonzero(np.diff(keys) > 1) + 1):
+        lo, hi = int(run[0]) * step, (int(run[-1]) + 1) * step
+        inside = rows[np.searchsorted(rows, lo) : np.searchsorted(rows, hi)]
+        parts.append(np.asarray(guard[lo:hi])[inside - lo])
+    return np.concatenate(parts)
+
+
+def changed_files(
+    rows: np.ndarray, prints: np.ndarray, path_of: Callable[[int], Path]
+) -> list[tuple[int, str]]:
+    """``(row, why)`` of each of ``rows`` whose file (``path_of(row)``) is not the one its
+    fingerprint row (``prints``, (M, 6)) records. Only files whose size or mtime changed are
+    read (hashed)."""
+    stats = [_stat(path_of(i)) for i in rows.tolist()]  # (size, mtime_ns), or an OSError
     now = np.array([st if isinstance(st, tuple) else (-2, -2) for st in stats], np.int64)
-    same = (now.reshape(-1, 2) == prints[checked, :2]).all(1)  # (M,) same size and mtime
-    found: list[str] = []
-    count = 0
+    same = (now.reshape(-1, 2) == prints[:, :2]).all(1)  # (M,) same size and mtime
+    found: list[tuple[int, str]] = []
     for j in np.flatnonzero(~same).tolist():  # only these files are read
-        i = int(checked[j])
-        why = _changed(path_of(i), prints[i], stats[j])
-        if why is None:
-            continue
-        count += 1
-        if len(found) < _SHOWN:
-            found.append(f"{source.key(i)!r} ({why})")
-    if count:
-        more = f"; {count - len(found)} more" if count > len(found) else ""
-        raise CacheError(
-            f"cache entry {entry.name} holds the old images of {count} of {len(checked)} files "
-            f"that changed since they were extracted ({'; '.join(found)}{more}); nothing was "
-            "written",
-            "restore those files as they were, or remove the entry with "
-            f"`repackctl cache rm {entry.name}` and extract again",
-        )
+        i = int(rows[j])
+        why = _changed(path_of(i), prints[j], stats[j])
+        if why is not None:
+            found.append((i, why))
+    return found
+
+
+def _refuse_changed(name: str, source: _Files, changed: list[tuple[int, str]], of: int) -> None:
+    """The refusal of an entry ``name`` whose ``of`` recorded files include ``changed``."""
+    named = [f"{source.key(i)!r} ({why})" for i, why in changed]
+    more = ""
+    if len(named) > _SHOWN:
+        for line in named:  # every one, for the user to restore (the message names 3)
+            warn(f"changed since cache entry {name} was extracted: {line}")
+        more = f"; {len(named) - _SHOWN} more: all {len(named)} are listed above"
+    raise CacheError(
+        f"cache entry {name} holds the old images of {len(named)} of {of} files that changed "
+        f"since they were extracted ({'; '.join(named[:_SHOWN])}{more}); nothing was written",
+        "restore those files as they were, or remove the entry with "
+        f"`repackctl cache rm {name}` and extract again",
+    )
 
 
 def _stat(path: Path) -> tuple[int, int] | OSError:
