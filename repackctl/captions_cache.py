@@ -17,7 +17,11 @@ The group is created atomically (``DatasetEntry.create_or_open_group``), its att
 encoder's ``describe()`` (id, weights sha256, sha256 of its config and tokenizer files, length,
 pooling; a rerun refuses a group encoded with other files), the caption source, the sha256 of
 every cleaned caption in row order (``captions_sha256``) and how many captions were longer than
-``max_length`` tokens and so cut (``truncated_captions``; also a warning line). A rerun first
+``max_length`` tokens and so cut (``truncated_captions``; also a warning line), and the versions
+of torch, repackctl and (a Hugging Face encoder) transformers and tokenizers it was encoded with
+(``package_versions``: a run that would encode pending rows, or a damaged null caption, under
+other versions is refused before it writes, ``cache.versions``; a finished group is read
+whatever is installed). A rerun first
 checks that every finished row was encoded from the captions the source gives now (an edited
 caption file is refused, naming `repackctl cache rm ENTRY --text ID`). Work is
 split like ``extract``: each process owns whole shards (``owned_ranges``), a shard is encoded,
@@ -60,6 +64,7 @@ from repackctl.cache.store import (
     list_entries,
     owned_ranges,
 )
+from repackctl.cache.versions import check_versions, text_packages, versions_now
 from repackctl.crash import crash_point
 from repackctl.data.captions import CAPTIONS_VERSION
 from repackctl.encoders.text import TextEncoder
@@ -437,20 +442,28 @@ def _null_features(encoder: TextEncoder) -> dict[str, np.ndarray]:
     }
 
 
-def heal_null_caption(grp: ArrayGroup, encoder: TextEncoder) -> list[str]:
+def heal_null_caption(
+    grp: ArrayGroup, encoder: TextEncoder, versions: dict[str, str] | None = None
+) -> list[str]:
     """Rewrite the null-caption arrays of an existing group if a chunk is missing or corrupt
-    (e.g. removed by `cache verify --repair`); returns the names rewritten."""
+    (e.g. removed by `cache verify --repair`); returns the names rewritten. Rewritten features
+    are written ones: under other package ``versions`` than the group records they are
+    refused like pending rows (``cache.versions.check_versions``), before anything is written."""
     from repackctl.cache.integrity import scan_array
 
-    values: dict[str, np.ndarray] | None = None
-    healed = []
-    for name in TEXT_NULL_ARRAYS:
-        arr = grp[name]
-        if scan_array(arr, np.ones(arr.shape[0], bool), name):
-            values = values or _null_features(encoder)
-            arr[...] = values[name]
-            healed.append(name)
-    return healed
+    damaged = [
+        name
+        for name in TEXT_NULL_ARRAYS
+        if scan_array(grp[name], np.ones(grp[name].shape[0], bool), name)
+    ]
+    if damaged and versions is not None:
+        entry, _, path = grp.group.path.partition("/")
+        rm = f"repackctl cache rm {entry} --{TEXT_KIND} {grp.group.basename}"
+        check_versions(grp.attrs, versions, f"{path} of {entry}", rm, lambda: True)
+    values = _null_features(encoder) if damaged else {}
+    for name in damaged:
+        grp[name][...] = values[name]
+    return damaged
 
 
 def open_text_group(ds: DatasetEntry, text: str) -> ArrayGroup:
@@ -721,8 +734,9 @@ def _open_group(
     )
     if generated is not None:  # recorded (and checked), not compared by create_or_open_group:
         source["builtin_captions_version"] = generated  # older groups have no such attribute
+    versions = versions_now(text_packages(encoder))  # recorded; pending rows: compared
     make = lambda: ds.create_or_open_group(  # noqa: E731
-        TEXT_KIND, tid, attrs, build=_build(encoder, ds, k, source), required=TEXT_ARRAYS
+        TEXT_KIND, tid, attrs, _build(encoder, ds, k, source), TEXT_ARRAYS, versions
     )
     healed: list[str] = []
     if dist.rank == 0:
@@ -730,9 +744,9 @@ def _open_group(
         if not created:
             check_generator(grp, ds, tid)
             check_source(grp, ds, tid, rows, keys)
+            healed = heal_null_caption(grp, encoder, versions)  # refused before any write
             if any(grp.attrs.get(key) != value for key, value in source.items()):
                 grp.group.attrs.update(source)  # older group, or a change in pending rows only
-            healed = heal_null_caption(grp, encoder)
     dist.barrier()
     if dist.rank != 0:
         grp, _ = make()

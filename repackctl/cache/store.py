@@ -10,6 +10,9 @@ Layout (DESIGN.md §4)::
 
 ``done`` arrays sit beside the arrays they describe (Zarr arrays cannot hold children):
 0 = pending, 1 = written, ≥ 2 = skipped, with the reason code in ``SKIP_REASONS``.
+A group records, when created, the versions of the packages that decide its numbers
+(``package_versions``, ``cache.versions``): a run that would write pending rows under other
+versions is refused, so no array mixes rows of two implementations.
 
 Measured on zarr 3.1.6 (environment.md): two processes writing different chunks of one shard lose
 data, so writers own whole shard-aligned index ranges (``owned_ranges``) and ``done`` arrays are
@@ -42,6 +45,7 @@ from repackctl.cache.creation import (
     local_root,
 )
 from repackctl.cache.ownership import claim_dir, drop_trash, group_dir, meta_problem
+from repackctl.cache.versions import RECORD, check_versions, image_packages, versions_now
 from repackctl.crash import crash_point
 from repackctl.errors import CacheError
 from repackctl.paths import SAFE_NAME, cache_root, entry_name, is_url, local_path
@@ -516,9 +520,14 @@ class DatasetEntry:
         tokens: int,
         dim: int,
         precision: str = "fp32",
+        packages: tuple[str, ...] | None = None,
     ) -> ArrayGroup:
         """Feature arrays of one encoder; an existing entry must have the same spec and the same
-        compute precision (features are computed in one precision, never a mix)."""
+        compute precision (features are computed in one precision, never a mix), and, while it
+        has pending rows, the package versions it was made with (``cache.versions``):
+        ``packages`` (default ``image_packages(spec_attrs)``: torch, repackctl, timm for a timm
+        model) are recorded at creation and compared on open."""
+        versions = versions_now(packages or image_packages(spec_attrs))
         attrs = {"encoder": spec_attrs, "flips": flips, "tokens": tokens, "dim": dim}
         attrs = _jsonable(attrs | {"precision": precision})
         c, s, n = self.chunk, self.shard, self.n
@@ -544,6 +553,7 @@ class DatasetEntry:
             FEATURE_ARRAYS,
             self._features_mismatch,
             lambda a: {"precision": features_precision(a)},
+            versions,
         )
         return grp
 
@@ -567,11 +577,16 @@ class DatasetEntry:
         required: tuple[str, ...],
         mismatch: Callable[[str, str, dict, dict], CacheError],
         implied: Callable[[dict], dict] | None = None,
+        versions: dict[str, str] | None = None,
     ) -> tuple[ArrayGroup, bool]:
         """Open ``kind/name`` if complete and alike, else (re)create it atomically.
 
         ``implied(stored)`` gives the values of attributes that a group written before they were
-        recorded holds implicitly; a recorded value always wins.
+        recorded holds implicitly; a recorded value always wins. ``versions`` (package →
+        installed version): recorded in a new group (``RECORD``); an existing one recorded under
+        others is refused while it has pending rows (``cache.versions.check_versions``), before
+        the caller writes anything. Not compared like ``attrs``: a finished group is read
+        whatever is installed now.
         """
         with creation_lock(self.root):
             _claim(self.group, kind)
@@ -587,13 +602,14 @@ class DatasetEntry:
                 old = {k: stored.get(k) for k in attrs}
                 if old != attrs:
                     raise mismatch(kind, name, old, attrs)
+                if versions is not None:
+                    self._check_versions(grp, kind, name, versions)
                 return grp, False
             if state == "incomplete":
                 discard_incomplete(parent, name)
             drop_trash(parent, name)
-            sub = parent.create_group(
-                name, attributes=attrs | {"repackctl_version": __version__, CREATING: True}
-            )
+            tags = {"repackctl_version": __version__} | ({RECORD: versions} if versions else {})
+            sub = parent.create_group(name, attributes=attrs | tags | {CREATING: True})
             crash_point(kind)
             if build is not None:
                 build(sub)
@@ -601,6 +617,19 @@ class DatasetEntry:
                 _done_array(sub, self.n, self.shard)
             del sub.attrs[CREATING]
             return ArrayGroup(sub), True
+
+    def _check_versions(
+        self, grp: ArrayGroup, kind: str, name: str, versions: dict[str, str]
+    ) -> None:
+        """Refuse to write pending rows of ``kind/name`` under other package versions than it
+        records (``cache.versions.check_versions``); its ``done`` is read only if they differ."""
+        check_versions(
+            grp.attrs,
+            versions,
+            f"{kind}/{name} of {self.name}",
+            f"repackctl cache rm {self.name} --{kind} {name}",
+            lambda: bool((grp.done_mask() == PENDING).any()),
+        )
 
     # ---- latents -----------------------------------------------------------------------------
     def latent_ids(self) -> list[str]:
@@ -623,12 +652,14 @@ class DatasetEntry:
         attrs: dict,
         build: Callable[[zarr.Group], None] | None = None,
         required: tuple[str, ...] = ("done",),
+        versions: dict[str, str] | None = None,
     ) -> tuple[ArrayGroup, bool]:
         """A generic sample-indexed group under ``kind`` (``latents``, ``triplets``…).
 
         ``build(group)`` adds its arrays before the group counts as created (``required``
         names them, so a group an older version left half made is recognised too).
-        Returns (group, created). An existing group must have the same attributes.
+        Returns (group, created). An existing group must have the same attributes, and, while
+        rows are pending, the package ``versions`` it records (``_create_or_open``).
         """
 
         def mismatch(kind: str, name: str, old: dict, new: dict) -> CacheError:
@@ -637,7 +668,9 @@ class DatasetEntry:
                 f"remove it with `repackctl cache rm {self.name} --{kind} {name}`",
             )
 
-        return self._create_or_open(kind, entry, _jsonable(attrs), build, required, mismatch)
+        return self._create_or_open(
+            kind, entry, _jsonable(attrs), build, required, mismatch, versions=versions
+        )
 
     def add_sample_array(
         self, group: zarr.Group | ArrayGroup, name: str, sample_shape: tuple[int, ...], dtype: str

@@ -21,6 +21,9 @@ unseeded random samples, not stored with the model (``reference/methods.md``). H
   run with the repair command instead of encoding zeros. The stats record the entry's source
   description, and an entry of the training entry's name holding other data (another seed, found
   in another ``--cache``) is refused before anything is written (``check_trained_data``).
+* The group records the torch and repackctl versions it was created under (``package_versions``);
+  a resume under other versions, which would add rows of another implementation, is refused
+  before anything is written (``cache.versions``); a finished group is read whatever is installed.
 
 Legend: N samples, F flips, T tokens, C token channels, d latent channels, h×w grid.
 """
@@ -48,6 +51,7 @@ from repackctl.cache.store import (
     owned_ranges,
     update_changed,
 )
+from repackctl.cache.versions import BASE_PACKAGES, versions_now
 from repackctl.errors import CacheError, ConfigError, RepackError
 from repackctl.pack.data import (
     dataset_name_for,
@@ -247,8 +251,9 @@ def _create_group(
         group.attrs["created"] = time.time()
         group.attrs[FEATURES_PRECISION] = features_precision(dict(feats.attrs))
 
+    versions = versions_now(BASE_PACKAGES)  # the pack model is torch and repackctl code
     grp, _ = entry.create_or_open_group(
-        "latents", handle.pack_id, attrs, build, required=LATENT_ARRAYS
+        "latents", handle.pack_id, attrs, build, required=LATENT_ARRAYS, versions=versions
     )
     _check_features_made(entry, grp, feats, handle)
     return grp, sample_shape
