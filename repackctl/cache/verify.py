@@ -42,6 +42,7 @@ from repackctl.cache.store import (
     DatasetEntry,
     features_precision,
 )
+from repackctl.cache.versions import RECORD as VERSIONS
 from repackctl.errors import CacheError, RepackError
 
 
@@ -146,17 +147,25 @@ def describe_entry(entry: DatasetEntry) -> EntryInfo:
         info.features[fid] = {
             "shape": list(g["tokens"].shape),
             "weights": enc.get("weights"),
+            "versions": g.attrs.get(VERSIONS),
             **counts(g.done, f"features/{fid}"),
         }
     for lid in entry.latent_ids():
         g = entry.latents(lid)
         arrays = {name: list(a.shape) for name, a in g.group.arrays() if name != "done"}
-        info.latents[lid] = {"arrays": arrays, **counts(g.done, f"latents/{lid}")}
+        versions = g.attrs.get(VERSIONS)
+        info.latents[lid] = {
+            "arrays": arrays,
+            "versions": versions,
+            **counts(g.done, f"latents/{lid}"),
+        }
     for kind in ("triplets", "text"):  # the ids `cache rm --triplets / --text` take
         for gid in entry.complete_groups(kind):
             g = entry.group[kind][gid]
             arrays = {name: list(a.shape) for name, a in g.arrays() if name != "done"}
-            getattr(info, kind)[gid] = {"arrays": arrays, **counts(g["done"], f"{kind}/{gid}")}
+            versions = g.attrs.get(VERSIONS)  # none for triplets, and groups made before it
+            about = {"arrays": arrays, "versions": versions}
+            getattr(info, kind)[gid] = about | counts(g["done"], f"{kind}/{gid}")
     return info
 
 

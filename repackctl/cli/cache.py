@@ -151,7 +151,9 @@ def info(
     for kind in GROUP_KINDS:
         for gid, g in getattr(d, kind).items():
             what = f"{g['shape']} {g['weights']}" if kind == "features" else str(g["arrays"])
-            rows.append((f"{kind}/{gid}", f"{what}, {g['written']} written"))
+            made = ", ".join(f"{k} {v}" for k, v in (g.get("versions") or {}).items())
+            made = f" (written with {made})" if made else ""  # none: made before the record
+            rows.append((f"{kind}/{gid}", f"{what}, {g['written']} written{made}"))
     pending["samples"] = pending.pop("images", None)  # the entry's own rows
     rows = [(k, f"{v}{_finish_note(pending[k])}" if pending.get(k) else v) for k, v in rows]
     print_pairs(f"cache entry ({root})", rows)

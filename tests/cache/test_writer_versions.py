@@ -16,6 +16,7 @@ killed run (or `cache verify --repair`) leaves: its ``done`` rows 0 again.
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -200,3 +201,15 @@ def test_the_packages_follow_the_encoder():
             self.model, self.tokenizer = object(), str.split
 
     assert text_packages(Own()) == ("torch", "repackctl")
+
+
+def test_cache_info_shows_the_versions_each_group_was_written_with(base):
+    """`cache info` names them per group, and its JSON holds them."""
+    entry = _entry(base).name
+    text = " ".join(cli_ok("cache", "info", entry, *_cache(base)[:2]).split())
+    shown = json.loads(cli_ok("cache", "info", entry, *_cache(base)[:2], "--json"))
+    for kind, (_, packages) in KINDS.items():
+        _, name = _group(kind, base)
+        assert shown[kind][name]["versions"] == versions_now(packages), shown[kind]
+        made = ", ".join(f"{p} {installed_version(p)}" for p in packages)
+        assert f"(written with {made})" in text, text
