@@ -22,7 +22,9 @@ the reconstructions look more like decodings of generated latents than of clean 
 
 Writers own whole shards (``cache.store.owned_ranges``; zarr loses data when two processes write
 one shard) and mark a shard done only after its arrays are written, so a killed build resumes
-with the first unfinished shard (the same scheme as ``repackctl.extract``).
+with the first unfinished shard (the same scheme as ``repackctl.extract``). The group records the
+torch and repackctl versions it was created under (``cache.versions``): a resume under others,
+which would add reconstructions of another implementation, is refused before it writes.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import torch
 
 from repackctl.cache.creation import entry_writer
 from repackctl.cache.store import PENDING, WRITTEN, ArrayGroup, DatasetEntry, owned_ranges
+from repackctl.cache.versions import BASE_PACKAGES, versions_now
 from repackctl.crash import crash_point
 from repackctl.errors import CacheError
 from repackctl.progress import ProgressBar, ProgressFactory, null_progress
@@ -156,7 +159,9 @@ def _open_triplets(
     # every process writes into the group rank 0 claimed, once it is created
     (name,) = dist.all_items(claimed)
     if dist.rank != 0:
-        grp, _ = entry.create_or_open_group(KIND, name, attrs, build, TRIPLET_ARRAYS)
+        grp, _ = entry.create_or_open_group(
+            KIND, name, attrs, build, TRIPLET_ARRAYS, versions=versions_now(BASE_PACKAGES)
+        )
     return grp, name
 
 
@@ -179,13 +184,17 @@ def claim_triplet_group(
     chose now names another seed) takes its own seed's name instead."""
     name = noisy_group_name(entry, pack_id, noise, seed)
     try:
-        grp, _ = entry.create_or_open_group(KIND, name, attrs, build, TRIPLET_ARRAYS)
+        grp, _ = entry.create_or_open_group(
+            KIND, name, attrs, build, TRIPLET_ARRAYS, versions=versions_now(BASE_PACKAGES)
+        )
     except CacheError:
         again = noisy_group_name(entry, pack_id, noise, seed)
         if again == name:
             raise  # another difference than a seed that claimed the name first
         name = again
-        grp, _ = entry.create_or_open_group(KIND, name, attrs, build, TRIPLET_ARRAYS)
+        grp, _ = entry.create_or_open_group(
+            KIND, name, attrs, build, TRIPLET_ARRAYS, versions=versions_now(BASE_PACKAGES)
+        )
     return grp, name
 
 

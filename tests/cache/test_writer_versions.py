@@ -17,6 +17,7 @@ killed run (or `cache verify --repair`) leaves: its ``done`` rows 0 again.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -213,3 +214,23 @@ def test_cache_info_shows_the_versions_each_group_was_written_with(base):
         assert shown[kind][name]["versions"] == versions_now(packages), shown[kind]
         made = ", ".join(f"{p} {installed_version(p)}" for p in packages)
         assert f"(written with {made})" in text, text
+
+
+def test_refiner_triplets_record_versions_and_refuse_a_resume_under_others(work):
+    """`refine train`'s triplets (decodings of the pack model) are torch's numbers too."""
+    from repackctl.pack.load import load_pack
+    from repackctl.refine.triplets import build_triplets
+
+    pack = load_pack("pk", runs=str(work / "runs"))
+    entry = _entry(work)
+    with one_torch_thread():
+        build_triplets(entry, pack.features_id, pack, batch_size=8)
+    (name,) = entry.complete_groups("triplets")
+    group = _entry(work).group["triplets"][name]
+    assert dict(group.attrs[RECORD]) == versions_now(("torch", "repackctl"))
+    group.attrs[RECORD] = dict(group.attrs[RECORD]) | {"torch": FAKE}
+    _make_pending(group)
+    before = folder_files(work)
+    with pytest.raises(CacheError, match=f"triplets/{name} of .* torch {re.escape(FAKE)}"):
+        build_triplets(_entry(work), pack.features_id, pack, batch_size=8)
+    assert folder_files(work) == before
