@@ -29,36 +29,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import subprocess_env
-from PIL import Image
 from support.caches import random_image_folder
 from support.cli import cli_ok, cli_refused, runner
+from support.replaced import extract_args, folder_bytes, only_entry, replace_image
 
-from repackctl.cache.store import FINGERPRINTS, PENDING, WRITTEN, DatasetEntry, list_entries
+from repackctl.cache.store import FINGERPRINTS, PENDING, WRITTEN, DatasetEntry
 from repackctl.cli.app import app
 from repackctl.errors import CacheError, DataError
 
-FLAGS = ["--resolution", "32", "--shard", "4", "--chunk", "2", "--device", "cpu"]
-
 pytestmark = pytest.mark.usefixtures("one_thread")  # in-process runs as in a subprocess
-
-
-def _extract(folder: Path, encoder: str = "patchpix") -> list[str]:
-    return ["extract", "--encoder", encoder, "--data", f"imagefolder:{folder}", *FLAGS]
-
-
-def _entry(cache_root: str) -> DatasetEntry:
-    (name,) = list_entries(cache_root)
-    return DatasetEntry.open(cache_root, name)
-
-
-def _files(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
-
-
-def _replace(path: Path, seed: int) -> None:
-    """Other pixels under the same name (the same size: a PNG of the same shape)."""
-    pixels = np.random.default_rng(seed).integers(0, 255, (40, 48, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(path)
 
 
 def _lines(output: str, start: str) -> list[str]:
@@ -70,14 +49,14 @@ def test_skip_fixed_since_is_said_recorded_and_the_advice_includes_it(tmp_path, 
     folder = random_image_folder(tmp_path / "data")
     good = (folder / "cat" / "1.png").read_bytes()
     (folder / "cat" / "1.png").write_bytes(good[: len(good) // 2])  # truncated
-    out = cli_ok(*_extract(folder))
+    out = cli_ok(*extract_args(folder))
     assert "skipped cat/1.png: corrupt or truncated" in out, out
     assert "earlier extract" not in out, out  # found by this extract: true as it is
-    name = _entry(cache_root).name
+    name = only_entry(cache_root).name
 
     (folder / "cat" / "1.png").write_bytes(good)  # the user fixes the file
     for encoder in ("patchpix", "builtin"):  # a rerun, and another encoder's extract
-        out = cli_ok(*_extract(folder, encoder))
+        out = cli_ok(*extract_args(folder, encoder))
         assert (
             "skipped cat/1.png: corrupt or truncated when an earlier extract read it "
             "(not retried)" in out
@@ -86,7 +65,7 @@ def test_skip_fixed_since_is_said_recorded_and_the_advice_includes_it(tmp_path, 
         assert "never retries a recorded skip" in out, out
         assert f"`repackctl cache rm {name}`" in out, out
 
-    res = runner.invoke(app, [*_extract(folder), "--strict"])
+    res = runner.invoke(app, [*extract_args(folder), "--strict"])
     assert res.exit_code == DataError.exit_code, res.output
     (error,) = _lines(res.output, "Error:")
     assert (
@@ -99,9 +78,9 @@ def test_skip_fixed_since_is_said_recorded_and_the_advice_includes_it(tmp_path, 
 
     # the advice, as given: remove the entry, extract again: the fixed file is in
     cli_ok("cache", "rm", name, "--yes")
-    out = cli_ok(*_extract(folder), "--strict")
+    out = cli_ok(*extract_args(folder), "--strict")
     assert "skipped" not in out.replace("skipped inputs", ""), out
-    entry = _entry(cache_root)
+    entry = only_entry(cache_root)
     assert (np.asarray(entry.done[:]) == WRITTEN).all()
 
 
@@ -134,31 +113,31 @@ def _damage(entry: DatasetEntry, chunk: int) -> None:
 
 def test_damaged_chunk_of_skipped_rows_only_is_no_refusal_loop(tmp_path, cache_root):
     folder = _half_skipped_folder(tmp_path / "data")
-    cli_ok(*_extract(folder))
-    entry = _entry(cache_root)
+    cli_ok(*extract_args(folder))
+    entry = only_entry(cache_root)
     _damage(entry, 0)  # rows 0–3: all skipped (no fingerprint)
     # refused before, naming `cache verify --repair`, which found nothing to repair: for good
-    out = cli_ok(*_extract(folder))
+    out = cli_ok(*extract_args(folder))
     assert "already done │ 8" in out, out
-    cli_ok(*_extract(folder, "builtin"))
+    cli_ok(*extract_args(folder, "builtin"))
     assert "ok" in cli_ok("cache", "verify", entry.name)
-    _replace(folder / "b" / "2.png", seed=3)  # the written rows are still checked
-    out = cli_refused(CacheError.exit_code, *_extract(folder))
+    replace_image(folder / "b" / "2.png", seed=3)  # the written rows are still checked
+    out = cli_refused(CacheError.exit_code, *extract_args(folder))
     assert "'b/2.png'" in out, out
 
 
 def test_damaged_chunk_of_written_rows_names_the_repair_that_fixes_it(tmp_path, cache_root):
     folder = _half_skipped_folder(tmp_path / "data")
-    cli_ok(*_extract(folder))
-    entry = _entry(cache_root)
+    cli_ok(*extract_args(folder))
+    entry = only_entry(cache_root)
     reference = np.asarray(entry.fingerprints[:])
     _damage(entry, 1)  # rows 4–7: images
-    out = cli_refused(CacheError.exit_code, *_extract(folder))
+    out = cli_refused(CacheError.exit_code, *extract_args(folder))
     assert "fingerprints: corrupt or truncated chunk" in out, out
     assert f"repackctl cache verify {entry.name} --repair" in out, out
     cli_ok("cache", "verify", entry.name, "--repair")
-    cli_ok(*_extract(folder))
-    np.testing.assert_array_equal(_entry(cache_root).fingerprints[:], reference)
+    cli_ok(*extract_args(folder))
+    np.testing.assert_array_equal(only_entry(cache_root).fingerprints[:], reference)
     assert "ok" in cli_ok("cache", "verify", entry.name)
 
 
@@ -169,17 +148,17 @@ def test_shard_partly_pending_with_a_damaged_chunk_of_skips_is_written(tmp_path,
     folder = random_image_folder(tmp_path / "data", classes=("a", "b"), per=4)
     for i in (2, 3):
         (folder / "a" / f"{i}.png").write_bytes(b"not an image")
-    cli_ok(*_extract(folder))
-    entry = _entry(cache_root)
+    cli_ok(*extract_args(folder))
+    entry = only_entry(cache_root)
     reference = np.asarray(entry.fingerprints[:])
     done = np.asarray(entry.done[:])
     assert done.tolist() == [WRITTEN] * 2 + [4] * 2 + [WRITTEN] * 4
     for codes in [entry.done, *(entry.features(f).done for f in entry.feature_ids())]:
         codes[:] = np.where(done == WRITTEN, PENDING, done).astype(np.uint8)
     _damage(entry, 0)
-    out = cli_ok(*_extract(folder))
+    out = cli_ok(*extract_args(folder))
     assert "written now │ 6" in out, out
-    entry = _entry(cache_root)
+    entry = only_entry(cache_root)
     np.testing.assert_array_equal(entry.fingerprints[:], reference)
     np.testing.assert_array_equal(entry.done[:], done)
     assert "ok" in cli_ok("cache", "verify", entry.name)
@@ -197,7 +176,7 @@ def test_shard_recorded_meanwhile_from_a_changed_file_says_the_rerun_refuses(
 
     folder = random_image_folder(tmp_path / "data")
     original = (folder / "cat" / "1.png").read_bytes()
-    other = [sys.executable, "-m", "repackctl", *_extract(folder, "builtin")]
+    other = [sys.executable, "-m", "repackctl", *extract_args(folder, "builtin")]
     calls = []
 
     def other_extract_then_replace() -> None:  # the hook of the concurrency tests
@@ -206,22 +185,22 @@ def test_shard_recorded_meanwhile_from_a_changed_file_says_the_rerun_refuses(
         calls.append(1)
         res = subprocess.run(other, env=subprocess_env(tmp_path), capture_output=True, text=True)
         assert res.returncode == 0, res.stdout + res.stderr
-        _replace(folder / "cat" / "1.png", seed=5)
+        replace_image(folder / "cat" / "1.png", seed=5)
 
     with monkeypatch.context() as patched:  # (the sandbox's variables stay set)
         patched.setattr(extract, "test_delay", other_extract_then_replace)
-        out = cli_ok(*_extract(folder))
+        out = cli_ok(*extract_args(folder))
     assert calls and "samples 0..3 decoded otherwise than another extract" in out, out
     assert "1 of their files changed since it read them ('cat/1.png'" in out, out
     assert "run again refuses the entry until those files are restored" in out, out
     assert "to encode the images it recorded" not in out, out
 
-    out = cli_refused(CacheError.exit_code, *_extract(folder))  # as the warning said
+    out = cli_refused(CacheError.exit_code, *extract_args(folder))  # as the warning said
     assert "'cat/1.png' (" in out, out
     (folder / "cat" / "1.png").write_bytes(original)  # restored (new times, same bytes)
-    out = cli_ok(*_extract(folder))
+    out = cli_ok(*extract_args(folder))
     assert "written now │ 4" in out and "already done │ 2" in out, out
-    entry = _entry(cache_root)
+    entry = only_entry(cache_root)
     for fid in entry.feature_ids():
         assert (np.asarray(entry.features(fid).done[:]) == WRITTEN).all(), fid
     assert "ok" in cli_ok("cache", "verify", entry.name)
@@ -230,16 +209,16 @@ def test_shard_recorded_meanwhile_from_a_changed_file_says_the_rerun_refuses(
 # ------------------------------------------------------------ 4. every changed file is listed
 def test_every_replaced_file_is_listed_and_the_error_is_one_line(tmp_path, cache_root):
     folder = random_image_folder(tmp_path / "data", per=4)
-    cli_ok(*_extract(folder))
-    entry_dir = Path(cache_root) / _entry(cache_root).name
-    before = _files(entry_dir)
-    _replace(folder / "dog" / "0.png", seed=1)
-    res = runner.invoke(app, _extract(folder))
+    cli_ok(*extract_args(folder))
+    entry_dir = Path(cache_root) / only_entry(cache_root).name
+    before = folder_bytes(entry_dir)
+    replace_image(folder / "dog" / "0.png", seed=1)
+    res = runner.invoke(app, extract_args(folder))
     assert res.exit_code == CacheError.exit_code and not _lines(res.output, "Warning: changed")
     changed = ["cat/0.png", "cat/3.png", "dog/1.png", "dog/2.png"]  # and dog/0.png: 5 of 8
     for i, key in enumerate(changed):
-        _replace(folder / key, seed=10 + i)
-    res = runner.invoke(app, _extract(folder))
+        replace_image(folder / key, seed=10 + i)
+    res = runner.invoke(app, extract_args(folder))
     assert res.exit_code == CacheError.exit_code, res.output
     listed = _lines(res.output, f"Warning: changed since cache entry {entry_dir.name}")
     assert sorted(line.split(": ", 2)[2].split(" (")[0] for line in listed) == sorted(
@@ -248,4 +227,4 @@ def test_every_replaced_file_is_listed_and_the_error_is_one_line(tmp_path, cache
     (error,) = _lines(res.output, "Error:")  # one line, whatever the count
     assert "5 of 8 files" in error and "2 more: all 5 are listed above" in error, error
     assert "nothing was written" in error and "Hint:" in res.output
-    assert _files(entry_dir) == before  # a refusal writes nothing
+    assert folder_bytes(entry_dir) == before  # a refusal writes nothing

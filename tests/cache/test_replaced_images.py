@@ -23,90 +23,68 @@ import numpy as np
 import pytest
 import zarr
 from conftest import subprocess_env
-from PIL import Image
 from support.caches import random_image_folder
 from support.cli import cli_ok, cli_refused
+from support.replaced import extract_args, folder_bytes, only_entry, replace_image
 
-from repackctl.cache.store import FINGERPRINTS, DatasetEntry, list_entries
+from repackctl.cache.store import FINGERPRINTS
 from repackctl.crash import CRASH_ENV
 from repackctl.errors import CacheError
 
-FLAGS = ["--resolution", "32", "--shard", "4", "--chunk", "2", "--device", "cpu"]
-
 pytestmark = pytest.mark.usefixtures("one_thread")  # in-process runs as in a subprocess
-
-
-def _extract(folder: Path, encoder: str = "patchpix") -> list[str]:
-    return ["extract", "--encoder", encoder, "--data", f"imagefolder:{folder}", *FLAGS]
-
-
-def _entry(cache_root: str) -> DatasetEntry:
-    (name,) = list_entries(cache_root)
-    return DatasetEntry.open(cache_root, name)
-
-
-def _files(folder: Path) -> dict[str, bytes]:
-    """Every file under ``folder`` (the entry's bytes on disk), by relative path."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
-
-
-def _replace(path: Path, seed: int) -> None:
-    """Other pixels under the same name (and the same size: a PNG of the same shape)."""
-    pixels = np.random.default_rng(seed).integers(0, 255, (40, 48, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(path)
 
 
 @pytest.fixture
 def extracted(tmp_path, cache_root) -> tuple[Path, Path]:
     """An image folder (6 files, 2 classes) and the folder of its patchpix entry."""
     folder = random_image_folder(tmp_path / "data")
-    cli_ok(*_extract(folder))
-    entry = _entry(cache_root)
+    cli_ok(*extract_args(folder))
+    entry = only_entry(cache_root)
     assert entry.fingerprints is not None and (entry.fingerprints[:, 0] > 0).all()
     return folder, Path(cache_root) / entry.name
 
 
 def test_replaced_image_is_refused_and_nothing_is_written(extracted):
     folder, entry_dir = extracted
-    before = _files(entry_dir)
-    _replace(folder / "dog" / "1.png", seed=7)
-    out = cli_refused(CacheError.exit_code, *_extract(folder))
+    before = folder_bytes(entry_dir)
+    replace_image(folder / "dog" / "1.png", seed=7)
+    out = cli_refused(CacheError.exit_code, *extract_args(folder))
     assert f"cache entry {entry_dir.name}" in out and "1 of 6 files" in out, out
     assert "'dog/1.png'" in out and "nothing was written" in out, out
     assert f"repackctl cache rm {entry_dir.name}" in out, out
-    assert _files(entry_dir) == before  # no features, pixels, fingerprints or attributes
+    assert folder_bytes(entry_dir) == before  # no features, pixels, fingerprints or attributes
     assert "ok" in cli_ok("cache", "verify", entry_dir.name)  # an entry with fingerprints
 
 
 def test_other_encoder_refuses_a_replaced_image_too(extracted, cache_root):
     folder, entry_dir = extracted
-    before = _files(entry_dir)
-    _replace(folder / "cat" / "0.png", seed=8)
-    out = cli_refused(CacheError.exit_code, *_extract(folder, "builtin"))
+    before = folder_bytes(entry_dir)
+    replace_image(folder / "cat" / "0.png", seed=8)
+    out = cli_refused(CacheError.exit_code, *extract_args(folder, "builtin"))
     assert "'cat/0.png'" in out and "1 of 6 files" in out, out
-    assert _files(entry_dir) == before
-    (only,) = _entry(cache_root).feature_ids()  # no group of the builtin encoder was made
+    assert folder_bytes(entry_dir) == before
+    (only,) = only_entry(cache_root).feature_ids()  # no group of the builtin encoder was made
     assert only.startswith("patchpix--"), only
 
 
 def test_copy_with_new_times_and_touched_file_are_accepted(extracted, cache_root):
     folder, entry_dir = extracted
-    recorded = np.asarray(_entry(cache_root).fingerprints[:])
+    recorded = np.asarray(only_entry(cache_root).fingerprints[:])
     # the folder copied back from elsewhere without its times (same path: the same entry)
     shutil.move(folder, folder.with_name("elsewhere"))
     shutil.copytree(folder.with_name("elsewhere"), folder, copy_function=shutil.copyfile)
     for path in folder.rglob("*.png"):
         os.utime(path, ns=(1_000_000_000_000_000_000, 1_000_000_000_000_000_000))
-    before = _files(entry_dir)
-    out = cli_ok(*_extract(folder))
+    before = folder_bytes(entry_dir)
+    out = cli_ok(*extract_args(folder))
     assert "already done │ 6" in out, out
     # and one file touched since (a later mtime, the same bytes): accepted, by another encoder
     os.utime(folder / "cat" / "2.png")
-    cli_ok(*_extract(folder, "builtin"))
-    entry = _entry(cache_root)
+    cli_ok(*extract_args(folder, "builtin"))
+    entry = only_entry(cache_root)
     assert [f.partition("--")[0] for f in entry.feature_ids()] == ["builtin", "patchpix"]
     np.testing.assert_array_equal(entry.fingerprints[:], recorded)  # the record is not rewritten
-    assert {k: v for k, v in _files(entry_dir).items() if not k.startswith("features/")} == {
+    assert {k: v for k, v in folder_bytes(entry_dir).items() if not k.startswith("features/")} == {
         k: v for k, v in before.items() if not k.startswith("features/")
     }
 
@@ -121,21 +99,21 @@ def test_files_too_large_to_read_whole_are_decoded_from_their_path(
 
     folder = random_image_folder(tmp_path / "data")
     (folder / "cat" / "clip.png").write_bytes(b"\0" * 4096)  # not an image
-    cli_ok(*_extract(folder))
-    whole = np.asarray(_entry(cache_root).fingerprints[:])
+    cli_ok(*extract_args(folder))
+    whole = np.asarray(only_entry(cache_root).fingerprints[:])
     shutil.rmtree(cache_root)
     monkeypatch.setattr(imagefolder, "WHOLE_READ_LIMIT", 100)  # every file is "large" now
     hashed, hash_file = [], imagefolder.ImageFolderSource.hash_file
     spy = lambda source, i: hashed.append(source.key(i)) or hash_file(source, i)  # noqa: E731
     monkeypatch.setattr(imagefolder.ImageFolderSource, "hash_file", spy)
-    out = cli_ok(*_extract(folder))
+    out = cli_ok(*extract_args(folder))
     assert sorted(hashed) == [f"{c}/{i}.png" for c in ("cat", "dog") for i in range(3)]
     assert "clip.png" in out and "not an image" in out, out  # skipped, as when read whole
-    entry = _entry(cache_root)
+    entry = only_entry(cache_root)
     assert np.array_equal(np.asarray(entry.fingerprints[:]), whole)
     assert (whole[:, 0] > 100).sum() == 6 and (whole[:, 0] == -1).sum() == 1
-    _replace(folder / "dog" / "1.png", seed=7)
-    out = cli_refused(CacheError.exit_code, *_extract(folder))
+    replace_image(folder / "dog" / "1.png", seed=7)
+    out = cli_refused(CacheError.exit_code, *extract_args(folder))
     assert "'dog/1.png'" in out, out
 
 
@@ -143,15 +121,15 @@ def test_entry_without_fingerprints_is_not_checked(extracted, cache_root):
     folder, entry_dir = extracted
     group = zarr.open_group(str(entry_dir), mode="r+")
     del group[FINGERPRINTS]  # as an entry made before they were recorded
-    _replace(folder / "dog" / "1.png", seed=7)
-    out = cli_ok(*_extract(folder))  # as before: the listing agrees, the entry is reused
+    replace_image(folder / "dog" / "1.png", seed=7)
+    out = cli_ok(*extract_args(folder))  # as before: the listing agrees, the entry is reused
     assert "already done │ 6" in out, out
-    assert _entry(cache_root).fingerprints is None  # nor are they added to such an entry
+    assert only_entry(cache_root).fingerprints is None  # nor are they added to such an entry
     cli_ok("cache", "verify", entry_dir.name)
 
 
 def _arrays(cache_root: str) -> dict[str, np.ndarray]:
-    entry = _entry(cache_root)
+    entry = only_entry(cache_root)
     out = {k: entry.group[k][:] for k in ("images", "labels", "keys", "done", FINGERPRINTS)}
     (features,) = entry.feature_ids()
     for name, arr in entry.features(features).group.arrays():
@@ -169,13 +147,13 @@ def test_kill_while_fingerprints_are_made_or_written_then_rerun(extracted, tmp_p
     cache = tmp_path / "killed"
     env = subprocess_env(tmp_path, REPACKCTL_CACHE=str(cache))
     for step in (FINGERPRINTS, "fingerprints-written"):
-        cmd = [sys.executable, "-m", "repackctl", *_extract(folder)]
+        cmd = [sys.executable, "-m", "repackctl", *extract_args(folder)]
         res = subprocess.run(cmd, env=env | {CRASH_ENV: step}, capture_output=True, text=True)
         assert res.returncode == 137, step + res.stdout + res.stderr
     if step == "fingerprints-written":  # the shard's rows are there, its done is not
         killed = zarr.open_group(str(cache / entry_dir.name), mode="r")
         assert (killed[FINGERPRINTS][:4, 0] > 0).all() and not killed["done"][:].any()
-    cli_ok(*_extract(folder), "--cache", str(cache))
+    cli_ok(*extract_args(folder), "--cache", str(cache))
     got = _arrays(str(cache))
     assert sorted(got) == sorted(reference)
     for name, arr in reference.items():
