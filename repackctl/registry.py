@@ -170,9 +170,9 @@ class Registry:
         entries = self._entries()
         if name not in entries:
             close = difflib.get_close_matches(name, entries, n=1)
-            guess = f"; did you mean {close[0]!r}?" if close else ""
+            guess = f" (did you mean {close[0]!r}?)" if close else ""
             raise RegistryError(
-                f"unknown {self.noun} {name!r}{guess} available: {', '.join(sorted(entries))}",
+                f"unknown {self.noun} {name!r}{guess}; available: {', '.join(sorted(entries))}",
                 _KIND_HINT[self.kind],
             )
         eps = entries[name]

@@ -76,9 +76,11 @@ def test_show_config_lists_sources(monkeypatch):
 def test_user_error_is_one_line_without_traceback(monkeypatch):
     res = runner.invoke(app, ["extract", "--encoder", "nosuchencoder"])
     assert res.exit_code == RegistryError.exit_code
-    assert "Error: unknown encoder 'nosuchencoder'" in res.output
+    assert "Error: unknown encoder 'nosuchencoder'; available: " in res.output
     assert "Hint:" in res.output
     assert "Traceback" not in res.output
+    res = runner.invoke(app, ["extract", "--encoder", "dinov4"])  # a close name is suggested
+    assert "unknown encoder 'dinov4' (did you mean 'dinov3'?); available: " in res.output
     res = runner.invoke(app, ["extract", "--precision", "fp8"])
     assert res.exit_code == ConfigError.exit_code and "Traceback" not in res.output
 
