@@ -39,6 +39,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import shlex
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -577,11 +579,26 @@ def _more_hint(num: int, protocol: dict, folder: Path) -> str:
     ckpt = Path(str(protocol.get("checkpoint") or ""))
     if not ckpt.name.startswith("step-"):
         return f"generate more (`repackctl sample --num {num}` with the settings you sampled with)"
+    prompts, inline = _given_prompts(protocol)
     return (
         f"sample {num} from the same checkpoint with this folder's settings: `repackctl sample "
-        f"--run {ckpt.parent.parent} --checkpoint {ckpt.name} --num {num}` plus the sampler "
-        f"options that {folder / PROTOCOL_JSON} records"
+        f"--run {ckpt.parent.parent} --checkpoint {ckpt.name} --num {num}{prompts}` plus the "
+        f"sampler options{inline} that {folder / PROTOCOL_JSON} records"
     )
+
+
+def _given_prompts(protocol: dict) -> tuple[str, str]:
+    """For a text-to-image folder sampled from given prompts (``prompt_source`` ``given: …``,
+    ``sample.t2i.given_source``): the ``--prompts FILE`` flag it was sampled with, and a note
+    when ``--prompt`` values were given too (they are in the card's ``prompts``); without them
+    the command would sample other prompts (the entry's captions)."""
+    source = protocol.get("prompt_source")
+    if not isinstance(source, str) or not source.startswith("given: "):
+        return "", ""
+    found = re.search(r"--prompts (.+) \(sha256 [0-9a-f]{64}\)", source)
+    flag = f" --prompts {shlex.quote(found.group(1))}" if found else ""
+    inline = " and the --prompt values" if re.match(r"given: \d+ --prompt\b", source) else ""
+    return flag, inline
 
 
 def _check_count(
