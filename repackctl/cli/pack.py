@@ -6,8 +6,8 @@ import typer
 
 from repackctl.cli.common import console, is_main_process, kv_table, rank_progress
 from repackctl.cli.options import COMMON_KEYS, TRAIN_COMMON, settings_command
-from repackctl.errors import ConfigError
-from repackctl.settings import LAYER_ORDER, ResolvedSettings
+from repackctl.errors import ConfigError, RepackError
+from repackctl.settings import LAYER_ORDER, ResolvedSettings, Settings
 from repackctl.settings.checks import undo_given, user_given
 
 pack_app = typer.Typer(
@@ -38,6 +38,7 @@ def train(resolved: ResolvedSettings) -> None:
     from repackctl.train.checkpoint import latest_checkpoint, read_state
     from repackctl.train.shown import last_losses
 
+    check_named_alone(resolved, "train")  # before the run folder is made
     main = is_main_process()
     run_dir = run_pack_train(
         resolved.settings, rank_progress(main), config_record=resolved.to_dict()
@@ -79,7 +80,7 @@ def encode(resolved: ResolvedSettings) -> None:
     """
     from repackctl.pack.encode import run_pack_encode
 
-    _check_entry_alone(resolved)
+    check_named_alone(resolved, "encode")
     main = is_main_process()
     result = run_pack_encode(resolved.settings, rank_progress(main))
     if not main:
@@ -107,8 +108,25 @@ def encode(resolved: ResolvedSettings) -> None:
     console.print(kv_table("pack encode", rows))
 
 
-#: the settings that pick the entry to encode by its source, which ``--entry`` names outright
+#: the settings that pick the entry by its source, which ``--entry`` names outright
 ENTRY_SOURCE = {"split": "--split", "data": "--data", "num": "-n", "resolution": "--resolution"}
+#: the settings that make the features id, which ``--features`` names outright
+FEATURES_SOURCE = {"encoder": "--encoder", "weights": "--weights", "layer": "--layer"}
+#: what each command does with the data named: (the data are the ones …, to …, nothing was …)
+DOES = {
+    "train": ("trained on", "train on", "nothing was trained"),
+    "encode": ("encoded", "encode", "nothing was encoded"),
+}
+
+
+def check_named_alone(resolved: ResolvedSettings, command: str) -> None:
+    """Refuse settings given beside ``--entry`` / ``--features`` that the ``command`` (``train``
+    or ``encode``) would drop without a word: one check for both commands, before anything is
+    read or written (``pack train --entry E --split val`` trained on E and recorded split val;
+    ``--features F --encoder dinov3`` trained on F and recorded encoder dinov3). The library
+    path (``pipeline.pack_train``) names entry and features without these flags."""
+    _check_entry_alone(resolved, command)
+    _check_features_alone(resolved, command)
 
 
 def _rank(source: str) -> int:
@@ -116,31 +134,93 @@ def _rank(source: str) -> int:
     return LAYER_ORDER.index(layer) if layer in LAYER_ORDER else -1
 
 
-def _check_entry_alone(resolved: ResolvedSettings) -> None:
+def _check_entry_alone(resolved: ResolvedSettings, command: str) -> None:
     """Refuse ``--split`` / ``--data`` / ``-n`` / ``--resolution`` given beside ``--entry`` (as
     specifically: a config file's split under an ``--entry`` flag is overridden as any setting
-    is): the entry is the one encoded, and they were dropped without a word (`evaluate recon` /
-    `probe` refuse the same)."""
+    is): the entry is the one used, and they were dropped without a word (`evaluate recon` /
+    `probe` refuse the same). ``pack train`` without ``--features`` works the features id out
+    from the encoder at ``--resolution``, so there that one acts and is kept."""
     cfg, sources = resolved.settings.pack, resolved.sources
     entry_from = sources.get("pack.entry", "default")
     if not cfg.entry or not user_given(entry_from):
         return
+    keys = [k for k in ENTRY_SOURCE if k != "resolution" or command != "train" or cfg.features]
     ignored = [
         (key, sources[f"pack.{key}"])
-        for key in ENTRY_SOURCE
+        for key in keys
         if user_given(sources.get(f"pack.{key}", "default"))
         and _rank(sources[f"pack.{key}"]) >= _rank(entry_from)
     ]
     if not ignored:
         return
+    used, verb, nothing = DOES[command]
     named = ", ".join(f"pack.{k} = {getattr(cfg, k)!r} (from {src})" for k, src in ignored)
     undo = ", ".join(undo_given(src, ENTRY_SOURCE[k]) for k, src in ignored)
     raise ConfigError(
         f"{named} given with pack.entry = {cfg.entry!r} (from {entry_from}): the entry is the "
-        "one encoded, so they would be ignored; nothing was encoded",
-        f"{undo} to encode {cfg.entry}, or {undo_given(entry_from, '--entry')} to encode the "
+        f"one {used}, so they would be ignored; {nothing}",
+        f"{undo} to {verb} {cfg.entry}, or {undo_given(entry_from, '--entry')} to {verb} the "
         "entry they name",
     )
+
+
+def _check_features_alone(resolved: ResolvedSettings, command: str) -> None:
+    """Refuse ``--encoder`` / ``--weights`` / ``--layer`` given (flag, environment or config
+    file, whatever the layer) beside ``--features``, which names the features outright: weights
+    and layer are then read by nothing, and the encoder only picks the preset (``auto``) and is
+    recorded as the run's, so one other than the features' encoder is refused (the same one is
+    kept: on a GPU ``--preset auto`` asks for it). A default or preset value is never refused."""
+    cfg, sources = resolved.settings.pack, resolved.sources
+    features_from = sources.get("pack.features", "default")
+    if not cfg.features or not user_given(features_from):
+        return
+    ignored = []
+    for key in FEATURES_SOURCE:
+        source = sources.get(f"pack.{key}", "default")
+        if not user_given(source):
+            continue
+        if key == "encoder" and _made_features(resolved.settings, cfg.encoder, cfg.features):
+            continue
+        ignored.append((key, source))
+    if not ignored:
+        return
+    used, verb, nothing = DOES[command]
+    named = ", ".join(f"pack.{k} = {getattr(cfg, k)!r} (from {src})" for k, src in ignored)
+    undo = ", ".join(undo_given(src, FEATURES_SOURCE[k]) for k, src in ignored)
+    raise ConfigError(
+        f"{named} given with pack.features = {cfg.features!r} (from {features_from}): the "
+        f"features are the ones {used}, so they would be ignored (an encoder only where it "
+        f"names the one that made them); {nothing}",
+        f"{undo} to {verb} {cfg.features}, or {undo_given(features_from, '--features')} to "
+        f"{verb} the features they name",
+    )
+
+
+def _made_features(settings: Settings, encoder: str, features: str) -> bool:
+    """Whether ``--encoder encoder`` names the encoder that made ``features``: by the spec id
+    that starts a features id (``dinov3-vitb16`` for ``timm:vit_base_patch16_dinov3``), else
+    by the ``--encoder`` the cache records for a group of that id (``dinov3``). Features the
+    cache does not hold (or holds damaged) count as made by it: the command refuses them
+    itself, and says so."""
+    from repackctl.cache.commands import encoder_flag
+    from repackctl.cache.store import DatasetEntry, list_entries
+    from repackctl.encoder_names import timm_short_id
+
+    spec_id = features.split("--")[0]
+    name, _, arch = encoder.partition(":")
+    if encoder == spec_id or (name == "timm" and timm_short_id(arch) == spec_id):
+        return True
+    entries = list_entries(settings.cache)
+    names = [settings.pack.entry] if settings.pack.entry in entries else entries
+    for entry_name in names:
+        try:
+            entry = DatasetEntry.open(settings.cache, entry_name)
+            if features not in entry.feature_ids():
+                continue
+            return encoder_flag(dict(entry.features(features).attrs), features) == encoder
+        except RepackError:  # a damaged entry: the command names it if it reads it
+            continue
+    return True
 
 
 def register(app: typer.Typer) -> None:
