@@ -306,11 +306,13 @@ def resume_and_train(
 
 
 def check_repa_resumable(latest: Path, task: Any, section: str, sources: dict[str, str]) -> None:
-    """Refuse a resume that turns REPA on or off (``repa_weight`` to or from 0, allowed with
-    ``--allow-change``) against the checkpoint it resumes from: switched off, the engine's load
-    of the optimizer state (which covers the projector) failed with a traceback; switched on, it
-    was refused as an incomplete checkpoint ("projector.safetensors is missing"). Nothing is
-    written before this. ``--repa-stop-step`` switches the alignment off from a step on."""
+    """Refuse a resume that turns REPA on or off (``repa_weight`` to or from 0, passed by the
+    settings layer with ``--allow-change``) against the checkpoint it resumes from: switched
+    off, the engine's load of the optimizer state (which covers the projector) failed with a
+    traceback; switched on, it was refused as an incomplete checkpoint ("projector.safetensors
+    is missing"). Nothing is written before this. ``--repa-stop-step`` switches the alignment
+    off from a step on. Without ``--allow-change`` the settings layer refuses the change first,
+    without offering it (``repa_weight`` in ``settings.resume.FIXED_ON_RESUME``)."""
     saved = read_state(latest).get("modules")
     repa_on = getattr(task, "repa_on", None)
     if not isinstance(saved, list) or repa_on is None or ("projector" in saved) == repa_on:
@@ -321,14 +323,14 @@ def check_repa_resumable(latest: Path, task: Any, section: str, sources: dict[st
         raise CheckpointError(
             f"{latest.parent.parent} was trained without REPA: its checkpoint {latest.name} holds "
             f"no REPA projector, so {now} cannot resume from it (the projector would start "
-            "untrained mid-run)",
+            "untrained mid-run; --allow-change does not apply to it)",
             f"resume with --repa-weight 0, or start a new run with another --name and "
             f"--repa-weight {task.spec.repa_weight:g}",
         )
     raise CheckpointError(
         f"{latest.parent.parent} was trained with REPA: its checkpoint {latest.name} holds the "
         f"REPA projector and its optimizer state, so {now}, which builds no projector, cannot "
-        "resume from it",
+        "resume from it (--allow-change does not apply to it)",
         "resume with the run's --repa-weight and pass --repa-stop-step N --allow-change "
         "repa_stop_step to switch the alignment off from step N on, or start a new run with "
         "another --name",

@@ -15,6 +15,7 @@ later resumes). Allowed changes are appended to ``config_history.jsonl``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,45 +107,185 @@ CONTINUABLE["t2i"] = CONTINUABLE["dit"]  # the text-to-image run is a DiT run wi
 STEPS_SCHEDULES = frozenset({"cosine"})
 
 
-#: settings a resumed run cannot change, not even with ``--allow-change``: what they sized was
-#: made when the run started, is kept in its checkpoints and is reused as it is, so another
-#: value would be recorded and ignored. Setting name → why, per section.
-FIXED_ON_RESUME: dict[str, dict[str, str]] = {
+@dataclass(frozen=True)
+class Fixed:
+    """A setting a resumed run cannot change, whatever ``--allow-change`` says: what it decides
+    was made when the run started and is kept in its checkpoints.
+
+    ``why``: what it decides (the refusal says it). ``instead``: what the user can do instead of
+    the change, beside resuming as started or starting a new run (e.g. ``--repa-stop-step``), or
+    a function of (old, new) giving it; empty for nothing. ``when``: which changes are fixed, a
+    function of (old, new) values (None: every change). ``checked_here``: refused here even when
+    allowed (nothing else would refuse it: ``pca_samples`` was recorded and ignored); otherwise
+    the stage refuses an allowed change against the checkpoint (its weights, its recorded data),
+    and this entry keeps the settings layer's own refusal from offering ``--allow-change``."""
+
+    why: str
+    instead: str | Callable[[Any, Any], str] = ""
+    when: Callable[[Any, Any], bool] | None = None
+    checked_here: bool = False
+
+    def applies(self, old: Any, new: Any) -> bool:
+        """Whether changing ``old`` to ``new`` is one this setting cannot make on resume."""
+        return self.when is None or bool(self.when(old, new))
+
+    def what_instead(self, old: Any, new: Any) -> str:
+        """The way this setting's refusal names (may be empty)."""
+        return self.instead(old, new) if callable(self.instead) else self.instead
+
+
+# why a setting is fixed, shared by the sections it belongs to
+_NETWORK = (
+    "it shapes the network whose weights and optimizer state the run's checkpoints hold, "
+    "which would not load into another one"
+)
+_DISC = (
+    "it shapes the discriminator whose weights and optimizer state the run's checkpoints hold, "
+    "which would not load into another one"
+)
+_LATENTS = (
+    "the run trains on the packed latents it started on (their channel statistics scale every "
+    "step), as its checkpoints record"
+)
+_PACK_DATA = (
+    "the run trains on the cache entry and features it started on, as its checkpoints record"
+)
+_TEXT = (
+    "the run's captions are the caption features it started on (and their text encoder), as its "
+    "checkpoints record"
+)
+# `--arch dit` and `--arch sit` build the same network (another objective): allowed between them
+_SAME_NETWORK_ARCHS = frozenset({"dit", "sit"})
+
+
+def _arch_changes_network(old: Any, new: Any) -> bool:
+    return not {old, new} <= _SAME_NETWORK_ARCHS
+
+
+def _repa_switched(old: Any, new: Any) -> bool:
+    """REPA turned on or off: ``repa_weight`` to or from 0 (another non-zero weight is allowed)."""
+    return (float(old or 0) == 0) != (float(new or 0) == 0)
+
+
+def _repa_instead(old: Any, new: Any) -> str:
+    if float(new or 0) == 0:  # switched off: the alignment can stop from a step on instead
+        return (
+            "pass --repa-stop-step N --allow-change repa_stop_step to switch the alignment off "
+            "from step N on"
+        )
+    return ""
+
+
+_REPA = Fixed(
+    "turning REPA on or off (repa_weight to or from 0) adds or removes the REPA projector, whose "
+    "weights and optimizer state the run's checkpoints hold or lack",
+    instead=_repa_instead,
+    when=_repa_switched,
+)
+# the DiT settings of `train dit` and `train t2i` (a t2i run is a DiT run with captions)
+_DIT_FIXED: dict[str, Fixed] = {
+    **{n: Fixed(_NETWORK) for n in ("size", "patch", "depth", "width", "heads", "model")},
+    **{n: Fixed(_NETWORK) for n in ("qk_norm", "no_shift", "repa_hidden")},
+    "arch": Fixed(_NETWORK, when=_arch_changes_network),
+    "repa_weight": _REPA,
+    # dit.task.load_state_extra refuses other latents (pack_run and entry name them)
+    **{n: Fixed(_LATENTS) for n in ("latents", "pack_run", "entry")},
+}
+
+#: settings a resumed run cannot change, not even with ``--allow-change``, per section: setting
+#: name → :class:`Fixed`. The settings layer's refusal of such a change never offers
+#: ``--allow-change`` (it offered it for REPA switched off, whose allowed change the stage then
+#: refused): it names why, and what to do instead. Each was found by resuming a tiny run of each
+#: command with the change allowed (tests/settings/test_resume_fixed_settings.py).
+FIXED_ON_RESUME: dict[str, dict[str, Fixed]] = {
     "pack": {
         # pack.task._pca_fit / _whitening_fit: on a resume, from the checkpoint, never refitted
-        "pca_samples": "it sized the PCA (--method pca) or token whitening (--whiten) fit made "
-        "when the run started; that fit is part of the run's checkpoints and its projection and "
-        "decoder were trained on it, so a resume reuses it and another value would be ignored",
+        "pca_samples": Fixed(
+            "it sized the PCA (--method pca) or token whitening (--whiten) fit made when the run "
+            "started; that fit is part of the run's checkpoints and its projection and decoder "
+            "were trained on it, so a resume reuses it and another value would be ignored",
+            checked_here=True,
+        ),
+        # pack.task._check_resume: the autoencoder config, projection form, pixel shuffle
+        **{
+            n: Fixed(_NETWORK)
+            for n in ("method", "latent_channels", "projection_form", "whiten", "ch", "ch_mult")
+        },
+        **{
+            n: Fixed(_NETWORK)
+            for n in ("num_res_blocks", "attn_resolutions", "pixel_shuffle", "norm_groups")
+        },
+        # pack.task._check_resume_discriminator
+        **{n: Fixed(_DISC) for n in ("disc_channels", "disc_layers", "disc_norm")},
+        # pack.task._check_resume_data: the entry and features the settings name
+        **{
+            n: Fixed(_PACK_DATA)
+            for n in ("encoder", "weights", "layer", "data", "split", "resolution", "num")
+        },
+        **{n: Fixed(_PACK_DATA) for n in ("entry", "features")},
+    },
+    "dit": _DIT_FIXED,
+    "t2i": {
+        **_DIT_FIXED,
+        # t2i_task.load_state_extra / check_text_encoder: the caption features trained on
+        **{n: Fixed(_TEXT) for n in ("text_features", "text_encoder")},
+    },
+    "refine": {
+        # refine.task._check_resume_refiner / _check_resume_disc
+        **{n: Fixed(_NETWORK) for n in ("base_channels", "output", "norm_groups")},
+        **{n: Fixed(_DISC) for n in ("disc_channels", "disc_norm", "disc_init")},
+        # refine.task._check_resume_has_disc: the GAN turned on (turned off, it resumes)
+        "gan_weight": Fixed(
+            "a run trained without the GAN (refine.gan_weight 0) has no discriminator in its "
+            "checkpoints to go on with",
+            when=lambda old, new: float(old or 0) == 0 and float(new or 0) > 0,
+        ),
     },
 }
 
 
-def _check_fixed(section: str, key: str, old: Any, new: Any, sources: dict[str, str]) -> None:
-    """Refuse a change of a :data:`FIXED_ON_RESUME` setting (``key`` dotted), allowed or not."""
+def fixed_setting(section: str, key: str, old: Any, new: Any) -> Fixed | None:
+    """The :class:`Fixed` entry that refuses changing ``key`` (dotted: ``dit.depth``) from
+    ``old`` to ``new`` on resume, or None when that change can be allowed.
+
+    A stored None (the run left the value to its model size or preset: ``--patch`` of
+    ``tiny``) is never fixed: the value given now may be the one it resolved to, which
+    ``--allow-change`` passes (the stage refuses another one, against the checkpoint)."""
     sec, name = _section_of(key)
-    why = FIXED_ON_RESUME.get(section, {}).get(name) if sec == section else None
-    if why is None:
+    fixed = FIXED_ON_RESUME.get(section, {}).get(name) if sec == section else None
+    if fixed is None or old is None or not fixed.applies(old, new):
+        return None
+    return fixed
+
+
+def _check_fixed(section: str, key: str, old: Any, new: Any, sources: dict[str, str]) -> None:
+    """Refuse a change of a :data:`FIXED_ON_RESUME` setting ``checked_here`` (``key`` dotted),
+    allowed or not; the others are refused, when not allowed, by :func:`_refuse`."""
+    fixed = fixed_setting(section, key, old, new)
+    if fixed is None or not fixed.checked_here:
         return
-    flag = "--" + name.replace("_", "-")
+    flag = "--" + _section_of(key)[1].replace("_", "-")
     raise ResumeConflict(
         f"resuming would change {key}: {old!r} → {new!r}, which cannot change on resume "
-        f"(--allow-change does not apply to it): {why}",
+        f"(--allow-change does not apply to it): {fixed.why}",
         f"{undo_given(sources.get(key, 'flag'), flag)} to continue as started, or start a new "
         f"run with another --name and {flag} {new}",
     )
 
 
 def _refuse_fixed_allowance(section: str, allow: list[str], sources: dict[str, str]) -> None:
-    """Refuse ``--allow-change`` naming a :data:`FIXED_ON_RESUME` setting on a resume: it was
-    accepted and allowed nothing (the setting's value is reused from the checkpoint)."""
-    for name, why in FIXED_ON_RESUME.get(section, {}).items():
+    """Refuse ``--allow-change`` naming a :data:`FIXED_ON_RESUME` setting ``checked_here`` on a
+    resume: it was accepted and allowed nothing (the setting's value is reused from the
+    checkpoint). (An allowance of another fixed setting is refused by its stage, with the
+    change it would make.)"""
+    for name, fixed in FIXED_ON_RESUME.get(section, {}).items():
         named = next((a for a in allow if a in (name, f"{section}.{name}")), None)
-        if named is None:
+        if named is None or not fixed.checked_here:
             continue
         source = sources.get(f"{section}.allow_change", "flag")
         raise ResumeConflict(
             f"--allow-change {named} (from {source}): {section}.{name} cannot change on resume: "
-            f"{why}",
+            f"{fixed.why}",
             f"{undo_given(source, '--allow-change ' + named)} to continue as started, or start a "
             f"new run with another --name and --{name.replace('_', '-')} N",
         )
@@ -330,7 +471,7 @@ def reconcile(
         else:
             breaking.append((key, old[key], value))
     if breaking:
-        _refuse(breaking, sources, schedules)
+        _refuse(breaking, sources, schedules, section)
     _check_preset_change(out, section, merged, current.get("sources", {}))
     _length_in_epochs(section, merged, sources, current.get("sources", {}), out)
     out.values = _nest(merged)
@@ -398,19 +539,28 @@ def _length_in_epochs(
     sources[steps] = FROM_EPOCHS
 
 
-def _refuse(breaking: list[tuple[str, Any, Any]], sources: dict[str, str], schedules: set) -> None:
-    """A ResumeConflict naming every breaking change, each with where it was given."""
+def _refuse(
+    breaking: list[tuple[str, Any, Any]], sources: dict[str, str], schedules: set, section: str
+) -> None:
+    """A ResumeConflict naming every breaking change, each with where it was given. The hint
+    offers ``--allow-change`` only for the changes it can allow: one of a
+    :data:`FIXED_ON_RESUME` setting is named with why it cannot change and what to do instead
+    (``--allow-change repa_weight`` was offered for REPA switched off, and then refused)."""
     key = breaking[0][0]
     changes = "; ".join(f"{k}: {x!r} → {y!r}" for k, x, y in breaking)
     undo = sorted({undo_given(sources.get(k, "flag"), "the flag") for k, _, _ in breaking})
-    allow = " ".join(
-        f"--allow-change {n}" for n in sorted({k.split(".")[-1] for k, *_ in breaking})
-    )
-    raise ResumeConflict(
-        f"resuming would change {changes}, {_why(key, schedules)}",
-        f"{' and '.join(undo)} to continue as started, start a new run with another --name, "
-        f"or pass {allow} to change {'them' if len(breaking) > 1 else 'it'} anyway",
-    )
+    fixed = [(k, f, f.what_instead(x, y)) for k, x, y in breaking
+             if (f := fixed_setting(section, k, x, y)) is not None]  # fmt: skip
+    free = sorted({k.split(".")[-1] for k, *_ in breaking} - {k.split(".")[-1] for k, *_ in fixed})
+    message = f"resuming would change {changes}" + (f", {_why(key, schedules)}" if free else "")
+    for k, f, _ in fixed:
+        message += f"; {k} cannot change on resume (--allow-change does not apply to it): {f.why}"
+    ways = [f"{' and '.join(undo)} to continue as started", *(i for _, _, i in fixed if i)]
+    ways.append("start a new run with another --name")
+    if free:
+        them = "them" if len(free) > 1 else "it"
+        ways.append(f"pass {' '.join(f'--allow-change {n}' for n in free)} to change {them} anyway")
+    raise ResumeConflict(message, ", ".join(ways[:-1]) + f", or {ways[-1]}")
 
 
 def _nest(flat: dict[str, Any]) -> dict[str, Any]:
@@ -626,6 +776,26 @@ def check_new_run(
     )
 
 
+def _refuse_started_without(key: str, before: Any, value: Any, section: str) -> None:
+    """Refuse ``key`` given as ``value`` on resume of a run that started before it was a
+    setting and trained with ``before``; ``--allow-change`` is offered unless the setting is
+    one a resume cannot change (:func:`fixed_setting`: the refiner's ``disc_init``)."""
+    fixed = fixed_setting(section, key, before, value)
+    name = _section_of(key)[1]
+    why = "which breaks exact continuation"
+    ways = ["drop the flag to continue as started", "start a new run with another --name"]
+    if fixed is None:
+        ways.append(f"pass --allow-change {name} to change it anyway")
+    else:
+        why = f"which cannot change on resume (--allow-change does not apply to it): {fixed.why}"
+        ways[1:1] = [i for i in (fixed.what_instead(before, value),) if i]
+    raise ResumeConflict(
+        f"resuming would change {key}: {before!r} → {value!r} (the run started before {name} "
+        f"was a setting, and trained with {before!r}), {why}",
+        ", ".join(ways[:-1]) + f", or {ways[-1]}",
+    )
+
+
 def keep_started_values(
     run_dir: Path,
     settings: Any,
@@ -675,13 +845,7 @@ def keep_started_values(
         if given(sources, key):
             if name in old:
                 continue  # compared with the stored value by reconcile already
-            raise ResumeConflict(
-                f"resuming would change {key}: {before!r} → {value!r} (the run started before "
-                f"{name} was a setting, and trained with {before!r}), which breaks exact "
-                "continuation",
-                f"drop the flag to continue as started, start a new run with another --name, or "
-                f"pass --allow-change {name} to change it anyway",
-            )
+            _refuse_started_without(key, before, value, section)
         origin = sources.get(key, "the default")
         lines.append(
             f"{key}: kept {before!r} as the run started ({origin} now gives {value!r}; "
