@@ -668,7 +668,10 @@ class Pipeline:
 
         device = resolve_device(self.device, 0)
         real_val = self.entries[val] if val else None
-        return run_adherence(folder, str(self.out / CACHE_DIR), steps, self.seed, device, real_val)
+        cache = str(self.out / CACHE_DIR)
+        return run_adherence(
+            folder, cache, steps, self.seed, device, real_val, progress=self.progress
+        )
 
     def encoder_fd(self, images: np.ndarray, split: str, resolution: int) -> float:
         """FD in the built-in encoder's space between uint8 ``images`` and the real images of

@@ -16,6 +16,7 @@ from repackctl.cli.common import (
     kv_table,
     note_line,
     resolve,
+    rich_progress,
 )
 from repackctl.settings.checks import INT_LIMIT
 
@@ -55,7 +56,9 @@ def adherence(
     s = resolve(config, {"cache": cache, "seed": seed, "device": device}).settings
     # the resolved cache (flag, REPACKCTL_CACHE or config file); the run's recorded root next
     device = resolve_device(s.device, 0)
-    out = run_adherence(samples_dir, s.cache, steps, s.seed, device, keep_other=True)
+    out = run_adherence(
+        samples_dir, s.cache, steps, s.seed, device, keep_other=True, progress=rich_progress
+    )
     sc = out.scores
 
     def pct(v: float | None) -> str:

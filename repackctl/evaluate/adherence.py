@@ -58,7 +58,7 @@ from repackctl.eager_adamw import EagerAdamW
 from repackctl.errors import ConfigError, DataError
 from repackctl.files import read_json_object, write_json_atomic
 from repackctl.paths import PROTOCOL_JSON
-from repackctl.progress import warn
+from repackctl.progress import ProgressFactory, null_progress, warn
 from repackctl.run_files import read_json_dict
 
 HUES = (
@@ -315,6 +315,12 @@ def predict(net: AttributeNet, images: np.ndarray, device: torch.device) -> tupl
     return torch.cat(shapes).numpy(), torch.cat(colours).numpy()
 
 
+#: the progress task of the attribute classifiers' training (what the bar and the log lines name)
+CLASSIFIER_TASK = "adherence classifier"
+#: the steps between two readings of the classifier loss shown beside the progress bar
+LOSS_EVERY = 25
+
+
 def train_classifier(
     images: np.ndarray,
     shapes: np.ndarray,
@@ -322,10 +328,14 @@ def train_classifier(
     steps: int,
     seed: int,
     device: torch.device,
+    progress: ProgressFactory = null_progress,
 ) -> tuple[AttributeNet, dict[str, float]]:
     """Train on 90 % of the real images (random flips); accuracy on the held-out 10 %, with how
     many images each side had (``train_images``, ``held_out``: a figure on 6 images is no
-    ceiling to read to the percent)."""
+    ceiling to read to the percent).
+
+    The steps advance ``progress`` (one task of ``steps`` steps, the loss beside it): the 400
+    default steps take minutes on a CPU, which `evaluate adherence` spent without a word."""
     g = np.random.default_rng(seed)
     order = g.permutation(len(images))
     cut = max(1, len(images) // 10)
@@ -335,18 +345,22 @@ def train_classifier(
     opt = EagerAdamW(net.parameters(), lr=2e-3)
     loss_fn = nn.CrossEntropyLoss()
     net.train()
-    for _ in range(steps):
-        idx = g.choice(train, size=min(64, len(train)), replace=False)
-        x = torch.from_numpy(images[idx]).permute(0, 3, 1, 2).to(device)  # (B, 3, H, W)
-        if g.random() < 0.5:
-            x = x.flip(-1)
-        s, c = net(x)
-        loss = loss_fn(s, torch.from_numpy(shapes[idx]).to(device)) + loss_fn(
-            c, torch.from_numpy(colours[idx]).to(device)
-        )
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    with progress(CLASSIFIER_TASK, total=steps, unit="step") as bar:
+        for step in range(steps):
+            idx = g.choice(train, size=min(64, len(train)), replace=False)
+            x = torch.from_numpy(images[idx]).permute(0, 3, 1, 2).to(device)  # (B, 3, H, W)
+            if g.random() < 0.5:
+                x = x.flip(-1)
+            s, c = net(x)
+            loss = loss_fn(s, torch.from_numpy(shapes[idx]).to(device)) + loss_fn(
+                c, torch.from_numpy(colours[idx]).to(device)
+            )
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            # the loss is read (a device sync) only every LOSS_EVERY steps and at the last one
+            last = step + 1 == steps
+            bar.advance(1, **({"loss": loss.item()} if last or step % LOSS_EVERY == 0 else {}))
     ps, pc = predict(net, images[held], device)
     return net, {
         "shape": float((ps == shapes[held]).mean()),
@@ -368,10 +382,12 @@ def trained_classifier(
     steps: int,
     seed: int,
     device: torch.device,
+    progress: ProgressFactory = null_progress,
 ) -> tuple[AttributeNet, dict[str, float]]:
     """``train_classifier``, once per process for the same inputs: the key holds a sha256 of
     the images and labels, the steps, seed, device and thread count (which can change the
-    rounding), so a reused network is the one this call would train."""
+    rounding), so a reused network is the one this call would train. ``progress`` shows a
+    training (a reused network trains nothing, so shows nothing); it is not part of the key."""
     import hashlib
 
     digest = hashlib.sha256()
@@ -380,7 +396,7 @@ def trained_classifier(
         digest.update(np.ascontiguousarray(a).tobytes())
     key = (digest.hexdigest(), steps, seed, str(device), torch.get_num_threads())
     if key not in _TRAINED:
-        _TRAINED[key] = train_classifier(images, shapes, colours, steps, seed, device)
+        _TRAINED[key] = train_classifier(images, shapes, colours, steps, seed, device, progress)
     return _TRAINED[key]
 
 
@@ -731,6 +747,7 @@ def run_adherence(
     device: torch.device,
     real_val: str | None = None,
     keep_other: bool = False,
+    progress: ProgressFactory = null_progress,
 ) -> AdherenceResult:
     """Score a t2i samples folder; write ``adherence.json`` beside it (atomically, with the
     sha256 of the samples scored and of the checkpoint that made them, and their guidance:
@@ -746,7 +763,8 @@ def run_adherence(
     sample scores against. ``keep_other``: refuse to replace an ``adherence.json`` of other
     classifier settings (:func:`check_adherence_replaceable`), and keep the scores of the same
     classifiers that it holds and this run does not compute (:func:`_kept_from_before`), as
-    `evaluate adherence` does; the demo, which owns its folder, replaces it."""
+    `evaluate adherence` does; the demo, which owns its folder, replaces it. ``progress``: the
+    factory the classifiers' training (the one phase that takes minutes) reports to."""
     folder = Path(folder).expanduser().resolve()
     card = _protocol_of(folder)
     n = int(card["num_samples"])
@@ -758,7 +776,7 @@ def run_adherence(
         check_adherence_replaceable(folder / ADHERENCE_JSON, classifier)
     images, shapes, colours = real_attributes(root, entry)
     _warn(folder, truncation)
-    net, real_acc = trained_classifier(images, shapes, colours, steps, seed, device)
+    net, real_acc = trained_classifier(images, shapes, colours, steps, seed, device, progress)
     hashes = _hashes(folder, n, card)  # of what is scored, before scoring it
     scores = {
         **_sample_scores(net, samples, wanted, device),
