@@ -250,8 +250,8 @@ def _prefetched(loader: Any, depth: int = 2) -> Iterator[Any]:
             yield item
     finally:
         stop.set()
-        # a thread blocked on another process's shard lock is not waited for (it is a daemon;
-        # the locks it may still take are released with the process)
+        # a thread stuck in the loader is not waited for long (it is a daemon; the locks it may
+        # still take are released with the process)
         thread.join(timeout=10)
 
 
@@ -268,10 +268,15 @@ class _ShardBatches:
     """Batches of the pending shards this process takes, each under its shard lock.
 
     A shard is taken only if its lock is free and it is still pending once locked; a shard that
-    another process holds is deferred, waited for at the end, and done here only if it is still
-    pending then (that process died). So two ``extract`` processes on one entry share the
-    shards, and the entry is complete when either finishes. The lock of a shard is released by
-    the writer once the shard is marked done (``release``).
+    another process holds is deferred (``deferred``), never waited for while iterating: the
+    DataLoader asks for batches ahead, in the thread that hands this process's last shard to the
+    writer, whose lock is released only once it is written. A wait there deadlocks with another
+    process doing the same (each holds its last shard and waits on the other's). So the deferred
+    shards are waited for by ``_encode_pending`` once this process holds none (``wait_for``),
+    and done here only if they are still pending then (their holder died). Two ``extract``
+    processes on one entry thus share the shards, and the entry is complete when either
+    finishes. The lock of a shard is released by the writer once the shard is marked done
+    (``release``).
     """
 
     def __init__(
@@ -280,6 +285,7 @@ class _ShardBatches:
         self.pending, self.shard, self.batch = pending, shard, batch
         self.locks, self.done = locks, done
         self.taken: list[range] = []
+        self.deferred: list[range] = []
         self.by_others = 0
 
     def _key(self, r: range) -> int:
@@ -295,16 +301,21 @@ class _ShardBatches:
         return False
 
     def __iter__(self):
-        deferred = []
+        self.deferred = []
         for r in self.pending:
             if not self.locks.try_acquire(self._key(r)):
-                deferred.append(r)
+                self.deferred.append(r)  # held by another process: waited for later
             elif self._take(r):
                 yield from _batches([r], self.batch)
-        for r in deferred:  # held by another process: wait, then finish what it left
-            self.locks.acquire(self._key(r))
-            if self._take(r):
-                yield from _batches([r], self.batch)
+
+    def wait_for(self, r: range) -> list[list[int]]:
+        """Wait for the lock of deferred shard ``r``; its batches (the lock kept, for the
+        writer to release) if it is still pending then, else none (released).
+
+        Call it only while this process holds no shard lock: the holder may be waiting for one.
+        """
+        self.locks.acquire(self._key(r))
+        return _batches([r], self.batch) if self._take(r) else []
 
 
 def _check_keys(source: ImageSource) -> None:
@@ -790,22 +801,48 @@ def _encode_pending(
     workers: int,
     bar: ProgressBar,
 ) -> list[tuple[str, str]]:
-    """Decode, encode and write this process's pending shards; return decode warnings."""
-    found: list[tuple[str, str]] = []
-    shard = writer.entry.shard
+    """Decode, encode and write this process's pending shards; return decode warnings.
+
+    First the shards whose locks are free (``shards``), then, once each of them is written and
+    its lock released, the deferred ones, one at a time: this process never waits for a lock
+    while it holds one (two processes would each wait for the other's, ``_ShardBatches``). A
+    deferred shard still pending once its lock is free (its holder died) gets its own loader
+    pass, written before the next lock is waited for.
+    """
     by_start = {r.start: r for r in pending}
-    # images the entry already holds (or recorded as skipped) are read back, never decoded again
-    loader = _loader(source, writer.resolution, shards, workers, writer.img_done != PENDING)
-    # decoding in a second thread pays off when the encoder runs on a GPU (the host thread waits
-    # for it); on the CPU the two threads fight over the GIL and the cores (measured slower)
-    batches = _prefetched(loader) if writer.device.type == "cuda" else loader
     try:
-        for idx, imgs, codes, labels, keys, notes, prints in batches:
-            found += [(k, note) for k, note in zip(keys, notes, strict=True) if note]
-            rng = by_start[int(idx[0]) - int(idx[0]) % shard]
-            writer.add(rng, idx, imgs, codes, labels, (keys, prints), bar)
+        found = _encode_batches(writer, source, shards, by_start, workers, bar)
+        writer.flush()  # every shard taken so far written and its lock released
+        for r in shards.deferred:
+            if batches := shards.wait_for(r):
+                found += _encode_batches(writer, source, batches, by_start, workers, bar)
+                writer.flush()
     finally:
         writer.close()
+    return found
+
+
+def _encode_batches(
+    writer: _ShardWriter,
+    source: ImageSource,
+    batches: Any,
+    by_start: dict[int, range],
+    workers: int,
+    bar: ProgressBar,
+) -> list[tuple[str, str]]:
+    """Decode and encode ``batches`` (whole shards, ``by_start``: each by its first sample),
+    handing each complete shard to the writer; return decode warnings."""
+    found: list[tuple[str, str]] = []
+    shard = writer.entry.shard
+    # images the entry already holds (or recorded as skipped) are read back, never decoded again
+    loader = _loader(source, writer.resolution, batches, workers, writer.img_done != PENDING)
+    # decoding in a second thread pays off when the encoder runs on a GPU (the host thread waits
+    # for it); on the CPU the two threads fight over the GIL and the cores (measured slower)
+    items = _prefetched(loader) if writer.device.type == "cuda" else loader
+    for idx, imgs, codes, labels, keys, notes, prints in items:
+        found += [(k, note) for k, note in zip(keys, notes, strict=True) if note]
+        rng = by_start[int(idx[0]) - int(idx[0]) % shard]
+        writer.add(rng, idx, imgs, codes, labels, (keys, prints), bar)
     return found
 
 
