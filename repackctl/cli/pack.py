@@ -151,17 +151,8 @@ def _check_entry_alone(resolved: ResolvedSettings, command: str) -> None:
         if user_given(sources.get(f"pack.{key}", "default"))
         and _rank(sources[f"pack.{key}"]) >= _rank(entry_from)
     ]
-    if not ignored:
-        return
-    used, verb, nothing = DOES[command]
-    named = ", ".join(f"pack.{k} = {getattr(cfg, k)!r} (from {src})" for k, src in ignored)
-    undo = ", ".join(undo_given(src, ENTRY_SOURCE[k]) for k, src in ignored)
-    raise ConfigError(
-        f"{named} given with pack.entry = {cfg.entry!r} (from {entry_from}): the entry is the "
-        f"one {used}, so they would be ignored; {nothing}",
-        f"{undo} to {verb} {cfg.entry}, or {undo_given(entry_from, '--entry')} to {verb} the "
-        "entry they name",
-    )
+    if ignored:
+        _refuse_ignored(resolved, command, ignored, ("entry", entry_from), "the entry is the one")
 
 
 def _check_features_alone(resolved: ResolvedSettings, command: str) -> None:
@@ -182,17 +173,34 @@ def _check_features_alone(resolved: ResolvedSettings, command: str) -> None:
         if key == "encoder" and _made_features(resolved.settings, cfg.encoder, cfg.features):
             continue
         ignored.append((key, source))
-    if not ignored:
-        return
+    if ignored:
+        why = "the features are the ones"
+        note = " (an encoder only where it names the one that made them)"
+        _refuse_ignored(resolved, command, ignored, ("features", features_from), why, note)
+
+
+def _refuse_ignored(
+    resolved: ResolvedSettings,
+    command: str,
+    ignored: list[tuple[str, str]],
+    named: tuple[str, str],
+    why: str,
+    note: str = "",
+) -> None:
+    """The refusal of the settings ``ignored`` (``(key, source)``) given beside ``pack.NAME``
+    (``named``: the name and where it came from), which ``command`` would drop: ``why`` they are
+    dropped (``the entry is the one``), with ``note``."""
+    cfg, (name, source) = resolved.settings.pack, named
+    value = getattr(cfg, name)
     used, verb, nothing = DOES[command]
-    named = ", ".join(f"pack.{k} = {getattr(cfg, k)!r} (from {src})" for k, src in ignored)
-    undo = ", ".join(undo_given(src, FEATURES_SOURCE[k]) for k, src in ignored)
+    flags = ENTRY_SOURCE | FEATURES_SOURCE
+    listed = ", ".join(f"pack.{k} = {getattr(cfg, k)!r} (from {src})" for k, src in ignored)
+    undo = ", ".join(undo_given(src, flags[k]) for k, src in ignored)
     raise ConfigError(
-        f"{named} given with pack.features = {cfg.features!r} (from {features_from}): the "
-        f"features are the ones {used}, so they would be ignored (an encoder only where it "
-        f"names the one that made them); {nothing}",
-        f"{undo} to {verb} {cfg.features}, or {undo_given(features_from, '--features')} to "
-        f"{verb} the features they name",
+        f"{listed} given with pack.{name} = {value!r} (from {source}): {why} {used}, so they "
+        f"would be ignored{note}; {nothing}",
+        f"{undo} to {verb} {value}, or {undo_given(source, '--' + name)} to {verb} the {name} "
+        "they name",
     )
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 from support.caches import shared_t2i_stack
+from support.ckpt_state import started_before
 from support.cli import cli_ok
 from typer.testing import CliRunner
 
@@ -225,37 +226,13 @@ def test_a_change_a_resume_can_allow_still_offers_allow_change(runs, name, flags
     assert f"pass {offered} to change it anyway" in out and "cannot change on resume" not in out
 
 
-def _as_started_before_disc_init(run: Path) -> None:
-    """``run`` as a version before ``refine.disc_init`` wrote it: the setting gone from its
-    settings records, ``disc_config.init`` from its checkpoints (it trained with the DCGAN init)."""
-    import json
-
-    from support.ckpt_state import write_state
-
-    def strip(extra: dict) -> None:
-        record = extra.get("settings") or {}
-        ((record.get("values") or {}).get("refine") or {}).pop("disc_init", None)
-        (record.get("sources") or {}).pop("refine.disc_init", None)
-        (extra.get("disc_config") or {}).pop("init", None)
-
-    for path in (run / "checkpoints").glob("step-*/state.json"):
-        state = json.loads(path.read_text())
-        strip(state["extra"])
-        strip((state.get("config") or {}).get("extra") or {})
-        write_state(path, state)
-    config = json.loads((run / "config.json").read_text())
-    strip(config["extra"])
-    config.pop("config_sha256", None)  # as that version wrote it
-    (run / "config.json").write_text(json.dumps(config))
-
-
 def test_a_fixed_setting_the_run_started_without_is_refused_without_offering_allow_change(runs):
     """A refiner from before ``disc_init`` (trained with the DCGAN init) given another init: the
     refusal of a value the run started without offered ``--allow-change disc_init`` too."""
     command, flags = RUNS["rF"]
     start = [f for f in flags if f not in ("--disc-init", "pytorch")]
     cli_ok(*command, "--name", "rO", "--steps", "1", *OUTPUT, *start, "--disc-init", "dcgan")
-    _as_started_before_disc_init(runs / "rO")
+    started_before(runs / "rO", "refine", ["disc_init"], ["disc_config.init"])
     before = _files(runs / "rO")
     resume = [*command, "--name", "rO", "--steps", "2", *OUTPUT, "--disc-init", "pytorch"]
     code, out = _invoke(*resume)

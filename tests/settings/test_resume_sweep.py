@@ -44,6 +44,7 @@ from typing import Any
 
 import pytest
 from support.caches import shared_t2i_stack
+from support.ckpt_state import started_before
 from support.cli import cli_ok
 from typer.testing import CliRunner
 
@@ -322,35 +323,6 @@ def test_a_resume_naming_what_the_run_resolved_at_start_is_no_change(runs, secti
     assert f"{section}.{flags[0][2:]} = {flags[1]!r}" in out, out
 
 
-def _as_started_before(run: Path, section: str, names: list[str], recorded: list[str]) -> None:
-    """``run``'s records as a version before the settings ``names`` wrote them: each gone from
-    the settings record, and each ``recorded`` (``"refiner_config.max_groups"``, a dotted path
-    in a checkpoint's task extra) gone, in every checkpoint and in ``config.json``."""
-    from support.ckpt_state import write_state
-
-    def strip(extra: dict) -> None:
-        record = extra.get("settings") or {}
-        for name in names:
-            ((record.get("values") or {}).get(section) or {}).pop(name, None)
-            (record.get("sources") or {}).pop(f"{section}.{name}", None)
-        for path in recorded:
-            *parents, key = path.split(".")
-            node = extra
-            for part in parents:
-                node = node.get(part) or {}
-            node.pop(key, None)
-
-    for path in (run / "checkpoints").glob("step-*/state.json"):
-        state = json.loads(path.read_text())
-        strip(state["extra"])
-        strip((state.get("config") or {}).get("extra") or {})
-        write_state(path, state)
-    config = json.loads((run / "config.json").read_text())
-    strip(config["extra"])
-    config.pop("config_sha256", None)  # as that version wrote it
-    (run / "config.json").write_text(json.dumps(config))
-
-
 # a run started before these settings existed, with the small preset (which now gives them
 # another value): section → (its start, the settings, their checkpoint records, the flag the
 # refusal names to resume as the run trained)
@@ -377,7 +349,7 @@ def test_a_run_started_before_a_setting_existed_is_refused_naming_it(runs, secti
     start, names, recorded, flag = BEFORE[section]
     name = f"{section}-old"
     cli_ok(*start, "--name", name, "--batch-size", "4", "--log-every", "1", "--steps", "1")
-    _as_started_before(runs / name, section, names, recorded)
+    started_before(runs / name, section, names, recorded)
     before = sorted(p.name for p in (runs / name / "checkpoints").iterdir())
     code, out = _invoke(start[0], start[1], "--name", name, "--steps", "2")
     assert code != 0 and "Error:" in out and "Traceback" not in out, out

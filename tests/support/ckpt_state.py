@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,32 @@ def as_recorded_before(run_dir: Path, section: str, key: str, setting: str) -> N
         (settings.get("values") or {}).get("pack", {}).pop(setting, None)
         (settings.get("sources") or {}).pop(f"pack.{setting}", None)
 
+    rewrite_records(run_dir, strip)
+
+
+def started_before(run: Path, section: str, names: list[str], recorded: list[str]) -> None:
+    """``run``'s records as a version before the settings ``names`` wrote them: each gone from
+    the settings record, and each ``recorded`` (``"refiner_config.max_groups"``, a dotted path
+    in a checkpoint's task extra) gone, in every checkpoint and in ``config.json``."""
+
+    def strip(extra: dict) -> None:
+        record = extra.get("settings") or {}
+        for name in names:
+            ((record.get("values") or {}).get(section) or {}).pop(name, None)
+            (record.get("sources") or {}).pop(f"{section}.{name}", None)
+        for path in recorded:
+            *parents, key = path.split(".")
+            node = extra
+            for part in parents:
+                node = node.get(part) or {}
+            node.pop(key, None)
+
+    rewrite_records(run, strip)
+
+
+def rewrite_records(run_dir: Path, strip: Callable[[dict], None]) -> None:
+    """``strip`` applied to the task extra of every checkpoint's state (and of its config) and of
+    ``config.json``, each written back as the older version that lacked it wrote it."""
     for path in (run_dir / "checkpoints").glob("step-*/state.json"):
         state = json.loads(path.read_text())
         strip(state["extra"])
