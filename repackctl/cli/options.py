@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 import types
 import typing
 from collections.abc import Callable
@@ -55,8 +56,13 @@ def _cli_type(ann: Any) -> tuple[Any, str]:
     return ann, ""
 
 
-def _shown_default(info: FieldInfo) -> str:
-    return shown_value(info.get_default(call_default_factory=True))
+def _shown_default(info: FieldInfo, env: str | None = None) -> str:
+    """The ``--help`` default of a setting; where the environment variable ``env`` sets it,
+    that value, naming the variable (``--help`` would otherwise show the built-in default of a
+    setting the environment changes, e.g. ``--cache`` under ``REPACKCTL_CACHE``)."""
+    built_in = shown_value(info.get_default(call_default_factory=True))
+    given = os.environ.get(env) if env else None
+    return built_in if given is None else f"{given} from {env}; built-in {built_in}"
 
 
 def shown_value(value: Any) -> str:
@@ -138,7 +144,7 @@ def _panel_of(model: type[BaseModel], name: str) -> str:
 def _common_parameters(
     keys: tuple[str, ...], renames: dict[str, str] | None = None
 ) -> list[inspect.Parameter]:
-    from repackctl.settings import Settings
+    from repackctl.settings import ENV_PREFIX, Settings
 
     out = []
     for key in keys:
@@ -147,7 +153,10 @@ def _common_parameters(
         info = Settings.model_fields[key]
         ann, _ = _cli_type(info.annotation)
         option = typer.Option(
-            flag, help=text, show_default=_shown_default(info), rich_help_panel=COMMON_PANEL
+            flag,
+            help=text,
+            show_default=_shown_default(info, ENV_PREFIX + key.upper()),
+            rich_help_panel=COMMON_PANEL,
         )
         out.append(
             inspect.Parameter(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -27,6 +28,17 @@ def test_help_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "extract" in out.stdout
     assert out.stdout.strip().endswith("NO-TORCH")
+
+
+def test_help_shows_the_cache_the_environment_sets(tmp_path):
+    # `--help` showed the built-in cache root under REPACKCTL_CACHE, which every run then ignored
+    env = {**os.environ, "REPACKCTL_CACHE": str(tmp_path / "c"), "COLUMNS": "300"}
+    args = [sys.executable, "-m", "repackctl", "extract", "--help"]
+    out = subprocess.run(args, capture_output=True, text=True, check=True, env=env).stdout
+    assert f"{tmp_path / 'c'} from REPACKCTL_CACHE; built-in" in out, out
+    env.pop("REPACKCTL_CACHE")
+    out = subprocess.run(args, capture_output=True, text=True, check=True, env=env).stdout
+    assert "from REPACKCTL_CACHE" not in out and "[default: (" in out, out
 
 
 @pytest.mark.parametrize("cmd", [["extract"], ["cache", "ls"], ["cache", "verify"], ["plugins"]])
