@@ -61,7 +61,7 @@ from repackctl.cache.store import (
     update_changed,
 )
 from repackctl.crash import crash_point
-from repackctl.data.base import BadImage, ImageSource
+from repackctl.data.base import BadImage, ImageSource, source_packages
 from repackctl.data.builtin import BuiltinSource
 from repackctl.data.builtin import check_resolution as check_builtin_resolution
 from repackctl.data.sources import dataset_label, default_resolution, make_source
@@ -486,10 +486,13 @@ def _open_entry(
 
     The feature group must have been computed in ``settings.precision`` (the cache refuses it
     otherwise); one older than that attribute gets it recorded before its run header, from which
-    the cache infers it, is overwritten with this run's.
+    the cache infers it, is overwritten with this run's. A new entry records the versions of
+    the packages that decide the source's pixels; an existing one that records others is
+    refused while the job would write image rows of it (``_writes_images``).
     """
     cfg = settings.extract
     feat_args = (*feat_args, settings.precision)
+    packages = source_packages(source)
 
     def make() -> DatasetEntry:
         entry = DatasetEntry.create_or_open(
@@ -503,10 +506,13 @@ def _open_entry(
             cfg.chunk,
             cfg.shard,
             files=callable(getattr(source, "read_file", None)),
+            packages=packages,
         )
         check_listing(entry, source, PENDING)  # renamed or moved files: refused, not reused
         # files replaced under the same name: refused, not kept as the old pixels
         check_files(entry, source, WRITTEN, repair_hint(entry.name, "this `repackctl extract`"))
+        # pixels of other Pillow / numpy versions: refused before the features group is made
+        entry.check_image_versions(packages, lambda: _writes_images(entry, feat_args[0]))
         return entry
 
     if dist.rank == 0:
@@ -521,6 +527,25 @@ def _open_entry(
         entry = make()
         feats = entry.create_or_open_features(*feat_args)
     return entry, feats
+
+
+def _writes_images(entry: DatasetEntry, features_id: str) -> bool:
+    """Whether this extract (all its processes) would write image rows of ``entry``: a shard
+    with a pending image row whose features (group ``features_id``; all pending while it is
+    not made) are pending too, as ``_ShardWriter._write`` writes them. Every process judges
+    every process's shards, from the same ``done`` arrays, so they all refuse or none does
+    (one that refused alone would leave the others writing, or waiting for it)."""
+    images = entry.done_mask() == PENDING
+    if not images.any():
+        return False
+    features = None
+    if features_id in entry.feature_ids():
+        features = entry.features(features_id).done_mask() == PENDING
+    for r in owned_ranges(entry.n, entry.shard):  # the job's shards: rank 0 of a world of 1
+        todo = features is None or features[r.start : r.stop].any()
+        if todo and images[r.start : r.stop].any():
+            return True
+    return False
 
 
 def _layout_kept(entry: DatasetEntry, settings: Settings, config_record: dict | None) -> str:

@@ -366,11 +366,15 @@ class DatasetEntry:
         chunk: int,
         shard: int,
         files: bool = False,
+        packages: tuple[str, ...] = ("repackctl",),
     ) -> DatasetEntry:
         """Create the entry and its image arrays, or open it if its source attributes agree.
 
         ``files``: the source reads files (an image folder): a new entry gets a ``fingerprints``
-        array (``FINGERPRINTS``); an existing one keeps what it has."""
+        array (``FINGERPRINTS``); an existing one keeps what it has. ``packages``: those that
+        decide the source's pixels (``data.base.source_packages``), whose versions a new entry
+        records (``RECORD``, as groups do); an existing one is opened as it is, and its writer
+        asks ``check_image_versions`` before it writes images."""
         name = entry_name(dataset, split, resolution)
         source_attrs = _jsonable(source_attrs)
         with creation_lock(root):
@@ -405,6 +409,7 @@ class DatasetEntry:
                 "num_classes": len(class_names) if class_names else 0,
                 "layout_version": 1,
                 "repackctl_version": __version__,
+                RECORD: versions_now(packages),
             }
             drop_trash(g, name)
             sub = g.create_group(name, attributes=attrs | {CREATING: True})
@@ -412,6 +417,28 @@ class DatasetEntry:
             _create_entry_arrays(sub, n, resolution, chunk, shard, files)
             del sub.attrs[CREATING]
             return cls(root, sub)
+
+    def check_image_versions(
+        self, packages: tuple[str, ...], pending: Callable[[], bool] | None = None
+    ) -> None:
+        """Refuse (``CacheError``, before anything is written) to write image rows of this entry
+        under other versions of ``packages`` than it records (``cache.versions.check_versions``).
+
+        ``pending()``: whether the run would write image rows, asked only when the versions
+        differ (default: any row pending). Not refused: an entry whose images are all written
+        (another encoder's extract reads its pixels whatever is installed), and one made before
+        the record (none)."""
+
+        def any_pending() -> bool:
+            return bool((self.done_mask() == PENDING).any())
+
+        check_versions(
+            self.attrs,
+            versions_now(packages),
+            f"the images of {self.name}",
+            f"repackctl cache rm {self.name}",
+            pending or any_pending,
+        )
 
     # ---- properties --------------------------------------------------------------------------
     @property

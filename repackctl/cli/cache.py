@@ -130,20 +130,24 @@ def info(
 
     from repackctl.cache.store import DatasetEntry
     from repackctl.cache.verify import GROUP_KINDS, describe_entry, unfinished_groups
+    from repackctl.cache.versions import RECORD
 
     root = _root(cache, config)
     e = DatasetEntry.open(root, entry)
     d = describe_entry(e)
     pending = {g["group"]: g for g in unfinished_groups(e, d)}
+    versions = e.attrs.get(RECORD)  # the images' (none: an entry made before the record)
     if as_json:
         extra = {"root": root, "source": e.attrs.get("source"), "chunk": e.chunk, "shard": e.shard}
+        extra["versions"] = versions
         print_json({**asdict(d), **extra, "unfinished": list(pending.values())})
         return
+    counts = f"{d.written} written, {d.skipped} skipped, {d.pending} pending of {d.n}"
     rows = [
         ("entry", d.name),
         ("source", e.attrs.get("source")),
         ("resolution", f"{d.resolution} px"),
-        ("samples", f"{d.written} written, {d.skipped} skipped, {d.pending} pending of {d.n}"),
+        ("samples", f"{counts}{_written_with(versions)}"),
         ("classes", d.classes),
         ("layout", f"chunk {e.chunk}, shard {e.shard}"),
         ("size", _mb(d.bytes)),
@@ -151,12 +155,18 @@ def info(
     for kind in GROUP_KINDS:
         for gid, g in getattr(d, kind).items():
             what = f"{g['shape']} {g['weights']}" if kind == "features" else str(g["arrays"])
-            made = ", ".join(f"{k} {v}" for k, v in (g.get("versions") or {}).items())
-            made = f" (written with {made})" if made else ""  # none: made before the record
+            made = _written_with(g.get("versions"))
             rows.append((f"{kind}/{gid}", f"{what}, {g['written']} written{made}"))
     pending["samples"] = pending.pop("images", None)  # the entry's own rows
     rows = [(k, f"{v}{_finish_note(pending[k])}" if pending.get(k) else v) for k, v in rows]
     print_pairs(f"cache entry ({root})", rows)
+
+
+def _written_with(versions: dict[str, Any] | None) -> str:
+    """`` (written with torch 2.14.1, repackctl 0.1.0)`` for a `cache info` row of an entry's
+    images or a group; empty for one made before the versions were recorded."""
+    made = ", ".join(f"{k} {v}" for k, v in (versions or {}).items())
+    return f" (written with {made})" if made else ""
 
 
 def _finish_note(group: dict[str, Any]) -> str:

@@ -297,6 +297,8 @@ class BuiltinSource:
 
     name = "builtin"
     class_names: list[str] | None = CLASS_NAMES
+    #: what decides the pixels (``data.base.source_packages``): the generator is numpy code
+    packages = ("repackctl", "numpy")
 
     def __init__(
         self,

@@ -337,6 +337,9 @@ class ImageFolderSource:
     before they were left out (``repackctl.extract`` asks for it for a flat folder's entry that
     holds them as rows, so that it is not refused as made from another source)."""
 
+    #: what decides the pixels (``data.base.source_packages``): Pillow decodes and resizes
+    packages = ("repackctl", "pillow")
+
     def __init__(
         self,
         path: str | None = None,
