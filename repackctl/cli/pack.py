@@ -6,8 +6,8 @@ import typer
 
 from repackctl.cli.common import console, is_main_process, kv_table, rank_progress
 from repackctl.cli.options import COMMON_KEYS, TRAIN_COMMON, settings_command
-from repackctl.errors import ConfigError, RepackError
-from repackctl.settings import LAYER_ORDER, ResolvedSettings, Settings
+from repackctl.errors import ConfigError
+from repackctl.settings import LAYER_ORDER, ResolvedSettings
 from repackctl.settings.checks import undo_given, user_given
 
 pack_app = typer.Typer(
@@ -161,6 +161,8 @@ def _check_features_alone(resolved: ResolvedSettings, command: str) -> None:
     and layer are then read by nothing, and the encoder only picks the preset (``auto``) and is
     recorded as the run's, so one other than the features' encoder is refused (the same one is
     kept: on a GPU ``--preset auto`` asks for it). A default or preset value is never refused."""
+    from repackctl.pack.data import encoder_made_features
+
     cfg, sources = resolved.settings.pack, resolved.sources
     features_from = sources.get("pack.features", "default")
     if not cfg.features or not user_given(features_from):
@@ -170,7 +172,7 @@ def _check_features_alone(resolved: ResolvedSettings, command: str) -> None:
         source = sources.get(f"pack.{key}", "default")
         if not user_given(source):
             continue
-        if key == "encoder" and _made_features(resolved.settings, cfg.encoder, cfg.features):
+        if key == "encoder" and encoder_made_features(resolved.settings, cfg.encoder, cfg.features):
             continue
         ignored.append((key, source))
     if ignored:
@@ -202,33 +204,6 @@ def _refuse_ignored(
         f"{undo} to {verb} {value}, or {undo_given(source, '--' + name)} to {verb} the {name} "
         "they name",
     )
-
-
-def _made_features(settings: Settings, encoder: str, features: str) -> bool:
-    """Whether ``--encoder encoder`` names the encoder that made ``features``: by the spec id
-    that starts a features id (``dinov3-vitb16`` for ``timm:vit_base_patch16_dinov3``), else
-    by the ``--encoder`` the cache records for a group of that id (``dinov3``). Features the
-    cache does not hold (or holds damaged) count as made by it: the command refuses them
-    itself, and says so."""
-    from repackctl.cache.commands import encoder_flag
-    from repackctl.cache.store import DatasetEntry, list_entries
-    from repackctl.encoder_names import timm_short_id
-
-    spec_id = features.split("--")[0]
-    name, _, arch = encoder.partition(":")
-    if encoder == spec_id or (name == "timm" and timm_short_id(arch) == spec_id):
-        return True
-    entries = list_entries(settings.cache)
-    names = [settings.pack.entry] if settings.pack.entry in entries else entries
-    for entry_name in names:
-        try:
-            entry = DatasetEntry.open(settings.cache, entry_name)
-            if features not in entry.feature_ids():
-                continue
-            return encoder_flag(dict(entry.features(features).attrs), features) == encoder
-        except RepackError:  # a damaged entry: the command names it if it reads it
-            continue
-    return True
 
 
 def register(app: typer.Typer) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from repackctl.encoder_names import timm_short_id
+from repackctl.encoder_names import TIMM_ENCODERS, timm_short_id
 from repackctl.encoders.base import EncoderSpec, FrozenEncoder
 from repackctl.errors import WeightsError
 from repackctl.files import sha256_file
@@ -205,9 +205,11 @@ def timm_encoder(
 
 def dinov3_vitb16(**kwargs) -> TimmViTEncoder:
     """The paper's encoder: DINOv3 ViT-B/16 (``--encoder dinov3``)."""
-    return timm_encoder(variant=kwargs.pop("variant", None) or "vit_base_patch16_dinov3", **kwargs)
+    variant = kwargs.pop("variant", None) or TIMM_ENCODERS["dinov3"]
+    return timm_encoder(variant=variant, **kwargs)
 
 
 def dinov2_vitb14(**kwargs) -> TimmViTEncoder:
     """REPA's encoder: DINOv2 ViT-B/14 at 224 (``--encoder dinov2``)."""
-    return timm_encoder(variant=kwargs.pop("variant", None) or "vit_base_patch14_dinov2", **kwargs)
+    variant = kwargs.pop("variant", None) or TIMM_ENCODERS["dinov2"]
+    return timm_encoder(variant=variant, **kwargs)

@@ -30,6 +30,7 @@ import torch
 
 from repackctl.cache.commands import (
     dataset_base,
+    encoder_flag,
     entry_source,
     extract_command,
     features_extract_command,
@@ -44,6 +45,7 @@ from repackctl.data.cached import (
     mirror,
     written_rows,
 )
+from repackctl.encoder_names import encoder_spec_id
 from repackctl.errors import CacheError, ConfigError, RepackError
 from repackctl.paths import cache_root, entry_name
 from repackctl.settings import Settings
@@ -308,6 +310,37 @@ def locate_features(settings: Settings) -> FeatureRef:
     entry, feats, features_id = open_features(settings.cache, name, features_id, hint)
     source = {**source, **_source_of(entry, feats)} if note else source
     return FeatureRef(entry, features_id, feats, feats.attrs["encoder"], source, note)
+
+
+def encoder_made_features(settings: Settings, encoder: str, features_id: str) -> bool:
+    """Whether ``--encoder encoder`` names the encoder that made the features ``features_id``
+    (``pack train --features F --encoder E`` keeps such an encoder and refuses another).
+
+    The two names are compared by what they stand for, the encoder's spec id (the first part
+    of a features id), read from the name without building the encoder
+    (``encoder_names.encoder_spec_id``): ``dinov3`` and ``timm:vit_base_patch16_dinov3`` are
+    both ``dinov3-vitb16``, whichever of them made the features. A name whose spec id only the
+    built encoder tells (``builtin``, a plugin's) is that id itself or the ``--encoder`` the
+    cache records for a group of that id (``cache.commands.encoder_flag``), in the entry
+    ``settings.pack.entry`` names, else in any. Features the cache does not hold (or holds
+    damaged) count as made by it: the command refuses them itself, and says so."""
+    spec_id = features_id.split("--")[0]
+    given = encoder_spec_id(encoder)
+    if given is not None:
+        return given == spec_id
+    if encoder == spec_id:
+        return True
+    entries = list_entries(settings.cache)
+    names = [settings.pack.entry] if settings.pack.entry in entries else entries
+    for name in names:
+        try:
+            entry = DatasetEntry.open(settings.cache, name)
+            if features_id not in entry.feature_ids():
+                continue
+            return encoder_flag(dict(entry.features(features_id).attrs), features_id) == encoder
+        except RepackError:  # a damaged entry: the command names it if it reads it
+            continue
+    return True
 
 
 # settings that name the data: when one is given, nothing is chosen for the user
