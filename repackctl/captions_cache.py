@@ -49,7 +49,7 @@ import numpy as np
 import torch
 import zarr
 
-from repackctl.cache.commands import captions_command
+from repackctl.cache.commands import captions_command, remove_command
 from repackctl.cache.creation import ShardLocks, entry_writer, test_delay
 from repackctl.cache.integrity import GuardedArray, repair_hint
 from repackctl.cache.store import (
@@ -64,7 +64,7 @@ from repackctl.cache.store import (
     list_entries,
     owned_ranges,
 )
-from repackctl.cache.versions import check_versions, text_packages, versions_now
+from repackctl.cache.versions import check_group_versions, text_packages, versions_now
 from repackctl.crash import crash_point
 from repackctl.data.captions import CAPTIONS_VERSION
 from repackctl.encoders.text import TextEncoder
@@ -371,7 +371,7 @@ def check_source(
     raise CacheError(
         f"the captions of {len(changed)} images of {ds.name} are not those text/{tid} was "
         f"encoded from (e.g. {keys[i]} caption {j}: was {was!r}, now {now!r})",
-        f"remove the old features with `repackctl cache rm {ds.name} --text {tid}`, then run "
+        f"remove the old features with `{remove_command(ds.name, TEXT_KIND, tid)}`, then run "
         "`repackctl captions` again",
     )
 
@@ -395,8 +395,9 @@ def check_generator(grp: ArrayGroup, ds: DatasetEntry, tid: str) -> None:
         f"text/{tid} of {ds.name} holds built-in captions of caption generator version {made}, "
         f"but this repackctl's is version {CAPTIONS_VERSION}: its captions are not this "
         "version's",
-        f"encode them again into a new group: remove it with `repackctl cache rm {ds.name} "
-        f"--text {tid}`, then run `repackctl captions --entry {ds.name}`",
+        "encode them again into a new group: remove it with "
+        f"`{remove_command(ds.name, TEXT_KIND, tid)}`, then run "
+        f"`repackctl captions --entry {ds.name}`",
     )
 
 
@@ -448,7 +449,8 @@ def heal_null_caption(
     """Rewrite the null-caption arrays of an existing group if a chunk is missing or corrupt
     (e.g. removed by `cache verify --repair`); returns the names rewritten. Rewritten features
     are written ones: under other package ``versions`` than the group records they are
-    refused like pending rows (``cache.versions.check_versions``), before anything is written."""
+    refused like pending rows (``cache.versions.check_group_versions``), before anything is
+    written."""
     from repackctl.cache.integrity import scan_array
 
     damaged = [
@@ -457,9 +459,10 @@ def heal_null_caption(
         if scan_array(grp[name], np.ones(grp[name].shape[0], bool), name)
     ]
     if damaged and versions is not None:
-        entry, _, path = grp.group.path.partition("/")
-        rm = f"repackctl cache rm {entry} --{TEXT_KIND} {grp.group.basename}"
-        check_versions(grp.attrs, versions, f"{path} of {entry}", rm, lambda: True)
+        entry = grp.group.path.partition("/")[0]
+        check_group_versions(
+            grp.attrs, versions, entry, TEXT_KIND, grp.group.basename, lambda: True
+        )
     values = _null_features(encoder) if damaged else {}
     for name in damaged:
         grp[name][...] = values[name]
@@ -679,7 +682,8 @@ def encoder_attrs(ds: DatasetEntry, tid: str, encoder: TextEncoder) -> dict[str,
             f"text/{tid} of {ds.name} was encoded with other text-encoder files than "
             f"{encoder.id} has now: {'; '.join(differ)}; features encoded now would not match it",
             f"restore the files it was encoded with, or encode again into a new group: remove "
-            f"it with `repackctl cache rm {ds.name} --text {tid}`, then rerun `repackctl captions`",
+            f"it with `{remove_command(ds.name, TEXT_KIND, tid)}`, then rerun "
+            "`repackctl captions`",
         )
     if "files_sha256" not in stored:
         now.pop("files_sha256", None)

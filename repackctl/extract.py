@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from repackctl.cache.commands import remove_command
 from repackctl.cache.creation import ShardLocks, entry_writer, test_delay
 from repackctl.cache.integrity import GuardedArray, repair_hint
 from repackctl.cache.listing import (
@@ -392,7 +393,7 @@ def _strict_refusal(
         )
         hints.append(
             "an extract never retries a recorded skip, even if the file reads now: to include "
-            f"them, make sure they read, then remove the entry with `repackctl cache rm {name}` "
+            f"them, make sure they read, then remove the entry with `{remove_command(name)}` "
             "and extract again (or run without --strict to keep them skipped)"
         )
     return f"--strict: {'; '.join(parts)}; nothing written", "; ".join(hints)
@@ -436,7 +437,7 @@ def _check_held_out_disjoint(cache: str, name: str, source: ImageSource) -> None
                 f"{other} was extracted (files added, removed or renamed), so the seeded "
                 "--val-fraction split no longer keeps the two apart",
                 f"restore the folder as it was, or remove the entries of both splits "
-                f"(`repackctl cache rm {other}`, and {name} if it exists) and extract both "
+                f"(`{remove_command(other)}`, and {name} if it exists) and extract both "
                 "again with the same --val-fraction and --seed",
             )
 
@@ -781,7 +782,7 @@ class _ShardWriter:
             f"{head}: {len(changed)} of their files changed since it read them ({files}); "
             "their features are left pending, and the same extract run again refuses the entry "
             "until those files are restored as they were (or the entry is removed with "
-            f"`repackctl cache rm {name}` and extracted again)"
+            f"`{remove_command(name)}` and extracted again)"
         )
 
     def _changed_since_recorded(self, sl: slice) -> list[tuple[int, str]]:
@@ -1006,10 +1007,9 @@ def run_extract(
     t0 = time.perf_counter()
     locks = ShardLocks(settings.cache, feats.done)
     shards = _ShardBatches(pending, entry.shard, cfg.batch_size, locks, feats.done)
-    writer = _ShardWriter(
-        entry, feats, img_done, locks, encoder, device, settings.precision, resolution, flips
-    )
-    writer.source = source  # whose files a shard another extract records meanwhile is checked on
+    parts = (entry, feats, img_done, locks, encoder, device, settings.precision, resolution, flips)
+    # the source: whose files a shard another extract records meanwhile is checked on
+    writer = _ShardWriter(*parts, source=source)
     # where the precision came from (flag, env …, file …, default), as training's header says
     given = ((config_record or {}).get("sources") or {}).get("precision", "settings")
     header = run_header(dist, device, settings.precision, given, settings.seed)
@@ -1102,7 +1102,7 @@ def _recorded_skips_note(name: str, img_done: np.ndarray) -> str:
         f"Warning: cache entry {name} holds {count} input(s) that an earlier extract skipped "
         "(listed below, with the reason found then): an extract never retries a recorded skip, "
         "even if the file reads now; to include them, make sure they read, then remove the "
-        f"entry with `repackctl cache rm {name}` (all it holds goes with it: every encoder's "
+        f"entry with `{remove_command(name)}` (all it holds goes with it: every encoder's "
         "features, latents, caption features) and extract again"
     )
 

@@ -4,7 +4,8 @@ An error about missing or unfinished cache contents ends with the exact command 
 them. For encoder features that is a ``repackctl extract`` line: :func:`extract_command` builds it
 from the user-level extract settings, :func:`entry_source` recovers those settings from what an
 entry records (dataset name, image source, split, resolution), and :func:`entry_extract_command`
-combines both for an entry that exists.
+combines both for an entry that exists. What removes an entry or one of its groups is a
+``repackctl cache rm`` line, built by :func:`remove_command` for every hint that names one.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from repackctl.cache.store import DatasetEntry
+if TYPE_CHECKING:  # not at run time: the store imports cache.versions, which imports this
+    from repackctl.cache.store import DatasetEntry
 
 
 def extract_command(
@@ -53,6 +55,17 @@ def extract_command(
     if seed:
         parts.append(f"--seed {seed}")
     return " ".join(parts)
+
+
+def remove_command(
+    entry: str, kind: str | None = None, gid: str | None = None, yes: bool = False
+) -> str:
+    """The ``repackctl cache rm ENTRY [--KIND ID] [--yes]`` command line that removes cache
+    entry ``entry``, or its group ``kind/gid`` when both are given (``features``, ``text``,
+    ``latents``, …); ``yes`` skips the confirmation, for a hint that chains another command
+    after it. Without backticks: the message quoting it adds them."""
+    group = f" --{kind} {gid}" if kind and gid else ""
+    return f"repackctl cache rm {entry}{group}" + (" --yes" if yes else "")
 
 
 def dataset_base(dataset: str) -> str:

@@ -49,6 +49,7 @@ from typing import Any
 import zarr
 from zarr.storage import LocalStore
 
+from repackctl.cache.commands import remove_command
 from repackctl.cache.ownership import (
     damaged_meta,
     delete_trash,
@@ -177,7 +178,7 @@ def discard_incomplete(parent: zarr.Group, name: str) -> None:
         where = f"{parent.path}/{name}".strip("/")
         entry, _, sub = where.partition("/")
         kind, _, gid = sub.partition("/")
-        rm = f"repackctl cache rm {entry}" + (f" --{kind} {gid}" if gid else "")
+        rm = remove_command(entry, kind, gid)
         raise CacheError(
             f"{where} lacks some of its arrays but holds written samples (lost, or made by "
             "another version?): not removed",

@@ -31,6 +31,7 @@ from typing import Protocol
 
 import numpy as np
 
+from repackctl.cache.commands import remove_command
 from repackctl.cache.integrity import GuardedArray, rows_per_key
 from repackctl.errors import CacheError
 from repackctl.files import sha256_file
@@ -180,7 +181,7 @@ def _refuse_changed(name: str, source: _Files, changed: list[tuple[int, str]], o
         f"cache entry {name} holds the old images of {len(named)} of {of} files that changed "
         f"since they were extracted ({'; '.join(named[:_SHOWN])}{more}); nothing was written",
         "restore those files as they were, or remove the entry with "
-        f"`repackctl cache rm {name}` and extract again",
+        f"`{remove_command(name)}` and extract again",
     )
 
 

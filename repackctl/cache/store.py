@@ -35,6 +35,7 @@ import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
 
 from repackctl import __version__
+from repackctl.cache.commands import remove_command
 from repackctl.cache.creation import (
     CREATING,
     child_groups,
@@ -45,7 +46,13 @@ from repackctl.cache.creation import (
     local_root,
 )
 from repackctl.cache.ownership import claim_dir, drop_trash, group_dir, meta_problem
-from repackctl.cache.versions import RECORD, check_versions, image_packages, versions_now
+from repackctl.cache.versions import (
+    RECORD,
+    check_group_versions,
+    check_versions,
+    image_packages,
+    versions_now,
+)
 from repackctl.crash import crash_point
 from repackctl.errors import CacheError
 from repackctl.paths import SAFE_NAME, cache_root, entry_name, is_url, local_path
@@ -249,7 +256,7 @@ def check_held_out(g: zarr.Group, name: str, split: str, source_attrs: dict) -> 
         theirs = src.get("held_out")
         if not (held or theirs) or _fraction_seed(held) == _fraction_seed(theirs):
             continue
-        rm = f"`repackctl cache rm {other}`"
+        rm = f"`{remove_command(other)}`"
         raise CacheError(
             f"cache entry {other} (split {attrs.get('split')!r} of {folder}) was made "
             f"{_held_out_words(theirs)}, but split {split!r} is asked {_held_out_words(held)}: "
@@ -391,7 +398,7 @@ class DatasetEntry:
                     raise CacheError(
                         f"cache entry {name} was made from another source "
                         f"({_diff(old, _identity(source_attrs))})",
-                        f"remove it with `repackctl cache rm {name}` or use another --cache",
+                        f"remove it with `{remove_command(name)}` or use another --cache",
                     )
                 return entry
             check_layout(chunk, shard)  # where they are applied: an existing entry keeps its own
@@ -436,7 +443,7 @@ class DatasetEntry:
             self.attrs,
             versions_now(packages),
             f"the images of {self.name}",
-            f"repackctl cache rm {self.name}",
+            remove_command(self.name),
             pending or any_pending,
         )
 
@@ -587,7 +594,7 @@ class DatasetEntry:
     def _features_mismatch(self, kind: str, name: str, old: dict, attrs: dict) -> CacheError:
         old_enc, new_enc = old.get("encoder") or {}, attrs["encoder"]
         what = _diff(old_enc, new_enc) or _diff(old, attrs)
-        hint = f"remove them with `repackctl cache rm {self.name} --features {name}`"
+        hint = f"remove them with `{remove_command(self.name, 'features', name)}`"
         restore = _restoring_flags(old, attrs) if old_enc == new_enc else None
         if restore:
             hint = f"use {' '.join(restore)} to continue or reuse them, or {hint}"
@@ -649,13 +656,10 @@ class DatasetEntry:
         self, grp: ArrayGroup, kind: str, name: str, versions: dict[str, str]
     ) -> None:
         """Refuse to write pending rows of ``kind/name`` under other package versions than it
-        records (``cache.versions.check_versions``); its ``done`` is read only if they differ."""
-        check_versions(
-            grp.attrs,
-            versions,
-            f"{kind}/{name} of {self.name}",
-            f"repackctl cache rm {self.name} --{kind} {name}",
-            lambda: bool((grp.done_mask() == PENDING).any()),
+        records (``cache.versions.check_group_versions``); its ``done`` is read only if they
+        differ."""
+        check_group_versions(
+            grp.attrs, versions, self.name, kind, name, lambda: (grp.done_mask() == PENDING).any()
         )
 
     # ---- latents -----------------------------------------------------------------------------
@@ -692,7 +696,7 @@ class DatasetEntry:
         def mismatch(kind: str, name: str, old: dict, new: dict) -> CacheError:
             return CacheError(
                 f"{kind}/{name} in {self.name} was made with other settings ({_diff(old, new)})",
-                f"remove it with `repackctl cache rm {self.name} --{kind} {name}`",
+                f"remove it with `{remove_command(self.name, kind, name)}`",
             )
 
         return self._create_or_open(

@@ -11,7 +11,12 @@ import numpy as np
 import zarr
 from zarr.core.sync import sync
 
-from repackctl.cache.commands import captions_command, features_extract_command, finish_command
+from repackctl.cache.commands import (
+    captions_command,
+    features_extract_command,
+    finish_command,
+    remove_command,
+)
 from repackctl.cache.creation import (
     child_groups,
     child_nodes,
@@ -245,8 +250,7 @@ def left_after_repair(entry: DatasetEntry, problems: list[Problem]) -> list[Prob
 def rewrite(entry: DatasetEntry, path: str) -> str:
     """The commands that write the group at ``path`` (the entry itself when empty) anew."""
     kind, _, name = path.partition("/")
-    only = f" --{kind} {name}" if path else ""
-    return f"`repackctl cache rm {entry.name}{only} --yes`, then {producer(entry, path)}"
+    return f"`{remove_command(entry.name, kind, name, yes=True)}`, then {producer(entry, path)}"
 
 
 def nonfinite_rewrite(entry: DatasetEntry, path: str) -> str:
@@ -255,11 +259,10 @@ def nonfinite_rewrite(entry: DatasetEntry, path: str) -> str:
     if path.startswith("features/"):
         precision = features_precision(entry.group[path].attrs)
         if precision != "fp32":
-            cmd = features_extract_command(entry, path.partition("/")[2], precision="fp32")
-            return (
-                f"`repackctl cache rm {entry.name} --{path.replace('/', ' ', 1)} --yes`, then "
-                f"`{cmd}` (they were computed in {precision})"
-            )
+            fid = path.partition("/")[2]
+            cmd = features_extract_command(entry, fid, precision="fp32")
+            rm = remove_command(entry.name, "features", fid, yes=True)
+            return f"`{rm}`, then `{cmd}` (they were computed in {precision})"
     return rewrite(entry, path)
 
 

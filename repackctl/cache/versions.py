@@ -15,19 +15,23 @@ encoder that is a timm model; transformers and tokenizers for text features of a
 encoder. Groups made before the record have none and are accepted, as the fingerprint check
 accepts entries made before fingerprints.
 
-The versions are read with ``importlib.metadata`` once per process and package (not through
-``metrics.protocol.package_versions``: importing it loads scipy, ~0.4 s on every extract, and it
-does not list timm, transformers or tokenizers).
+The versions are read by ``repackctl.versions.installed_version``, once per process and
+package, as the protocol card and cached reference statistics read theirs (that module imports
+no scipy or torch: this one is imported by every extract). The card's list
+(``metrics.protocol.package_versions``) is another one: it does not name timm, transformers or
+tokenizers, and names torch-fidelity, numpy and scipy, which decide no cached row.
 """
 
 from __future__ import annotations
 
-import functools
 import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from repackctl.cache.commands import remove_command
 from repackctl.errors import CacheError
+from repackctl.versions import NOT_INSTALLED as NOT_INSTALLED  # re-exported: read here too
+from repackctl.versions import installed_version as installed_version
 
 #: the group attribute holding the versions it was written under (package → version)
 RECORD = "package_versions"
@@ -35,24 +39,6 @@ RECORD = "package_versions"
 BASE_PACKAGES = ("torch", "repackctl")
 #: and of text features of a Hugging Face text encoder
 HF_TEXT_PACKAGES = ("transformers", "tokenizers")
-NOT_INSTALLED = "not installed"
-
-
-@functools.cache
-def installed_version(dist: str) -> str:
-    """The installed version of distribution ``dist`` (``NOT_INSTALLED`` when absent), read
-    once per process: a process runs one installation. repackctl from a source checkout
-    (no metadata) reports its ``__version__``."""
-    from importlib import metadata
-
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        if dist == "repackctl":
-            from repackctl import __version__
-
-            return __version__
-        return NOT_INSTALLED
 
 
 def versions_now(packages: Iterable[str]) -> dict[str, str]:
@@ -120,3 +106,19 @@ def check_versions(
         f"install what it was written with (`pip install {pins}`) to finish it, or "
         f"remove it with `{remove}` and run again",
     )
+
+
+def check_group_versions(
+    attrs: dict[str, Any],
+    now: dict[str, str],
+    entry: str,
+    kind: str,
+    gid: str,
+    pending: Callable[[], bool],
+) -> None:
+    """:func:`check_versions` for the group ``kind/gid`` of cache entry ``entry``: the refusal
+    names it (``text/ID of ENTRY``) and the `repackctl cache rm ENTRY --KIND ID` that removes
+    it, alike for the pending rows of any group (``DatasetEntry._check_versions``) and the null
+    caption a text group rewrites (``captions_cache.heal_null_caption``)."""
+    what = f"{kind}/{gid} of {entry}"
+    check_versions(attrs, now, what, remove_command(entry, kind, gid), pending)

@@ -89,6 +89,7 @@ from repackctl.paths import (
 )
 from repackctl.progress import ProgressFactory, null_progress, warn
 from repackctl.settings import Settings
+from repackctl.versions import installed_version
 
 INCEPTION_METRICS = ("fid", "sfid", "is", "kid", "prc")
 ALL_METRICS = (*INCEPTION_METRICS, "fd")
@@ -1190,14 +1191,18 @@ def software_versions(images: ImageSet, extractor: str) -> dict[str, str]:
     weights: torch (the extractor's arithmetic), torch-fidelity (the Inception network and its
     resize) or timm (a timm encoder's model code), and numpy where the images are drawn by the
     built-in generator (its random streams and float rules; the generator's key is its
-    description, not its pixels)."""
-    from importlib.metadata import version
+    description, not its pixels).
 
+    The library is read as every versions record reads a distribution
+    (``repackctl.versions.installed_version``: no import needed, ``not installed`` when
+    absent); torch and numpy as their modules name themselves (``torch.__version__`` keeps the
+    build tag, ``2.14.1+cu130``, that the distribution's version lacks): the keys of
+    statistics already cached compare these values."""
     import torch
 
     found = {"torch": torch.__version__}
     library = "torch-fidelity" if extractor == "inception" else "timm"
-    found[library] = version(library)  # its distribution's version; no import needed
+    found[library] = installed_version(library)
     if images.kind == "builtin":
         found["numpy"] = np.__version__
     return found

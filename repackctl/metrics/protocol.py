@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import functools
 import json
 import math
 import platform
@@ -28,6 +27,7 @@ from typing import Any
 
 from repackctl.errors import ConfigError, DataError
 from repackctl.metrics.frechet import FeatureStats, atomic_path, sha256_path
+from repackctl.versions import installed_version
 
 CARD_VERSION = 1
 #: fields that may be None (everything else must hold a value)
@@ -115,28 +115,17 @@ class ProtocolCard:
         )
 
 
+#: the packages whose versions a card records (after ``python``), in this order
+CARD_PACKAGES = ("torch", "torch-fidelity", "numpy", "scipy", "repackctl")
+
+
 def package_versions() -> dict[str, str]:
-    """Versions of the packages that change scores (missing ones are reported as such)."""
-    return dict(_package_versions())
-
-
-@functools.cache
-def _package_versions() -> dict[str, str]:
-    """:func:`package_versions`, read once per process (importlib parses each package's
-    metadata file on every call, and a process runs one installation)."""
-    from importlib import metadata
-
-    out = {"python": platform.python_version()}
-    for dist in ("torch", "torch-fidelity", "numpy", "scipy", "repackctl"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = "not installed"
-    if out["repackctl"] == "not installed":  # running from a source checkout
-        import repackctl
-
-        out["repackctl"] = repackctl.__version__
-    return out
+    """Versions of the packages that change scores (missing ones are reported as such), as
+    every versions record reads them (``repackctl.versions.installed_version``: once per
+    process; repackctl from a source checkout by its ``__version__``); a new dict per call."""
+    return {"python": platform.python_version()} | {
+        dist: installed_version(dist) for dist in CARD_PACKAGES
+    }
 
 
 def git_revision(path: str | Path | None = None) -> str | None:

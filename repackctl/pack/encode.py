@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from repackctl.cache.commands import remove_command
 from repackctl.cache.creation import entry_writer
 from repackctl.cache.integrity import GuardedArray, repair_hint
 from repackctl.cache.partials import add_partial_arrays, checked_stats, write_partials
@@ -276,7 +277,7 @@ def _check_features_made(
         f"latents/{lid} in {entry.name} were encoded from features {fid} computed in {made}, "
         f"but the features there now were computed in {now} (extracted again since): their "
         "rows would be kept as done",
-        f"`repackctl cache rm {entry.name} --latents {lid} --yes`, then `repackctl pack encode "
+        f"`{remove_command(entry.name, 'latents', lid, yes=True)}`, then `repackctl pack encode "
         f"--run {handle.run_name} --entry {entry.name}` to encode the features there now",
     )
 

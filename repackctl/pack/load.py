@@ -225,7 +225,7 @@ def check_features_precision(handle: PackHandle, entry: DatasetEntry, feats: Arr
     same images differ, and latents encoded from them would come from another input
     distribution than the model saw. Runs trained before the precision was recorded are not
     checked (nothing is guessed)."""
-    from repackctl.cache.commands import features_extract_command
+    from repackctl.cache.commands import features_extract_command, remove_command
     from repackctl.cache.store import features_precision
 
     trained = handle.extra.get(FEATURES_PRECISION)
@@ -234,10 +234,10 @@ def check_features_precision(handle: PackHandle, entry: DatasetEntry, feats: Arr
         return
     fid = feats.group.basename
     extract = features_extract_command(entry, fid, precision=str(trained))
+    rm = remove_command(entry.name, "features", fid, yes=True)
     raise CacheError(
         f"pack run {handle.run_name} was trained on features computed in {trained}, but features "
         f"{fid} in {entry.name} were computed in {here}: their latents would come from another "
         "input distribution than the model was trained on",
-        f"extract them again in {trained}: `repackctl cache rm {entry.name} --features {fid} "
-        f"--yes`, then `{extract}`, then encode again",
+        f"extract them again in {trained}: `{rm}`, then `{extract}`, then encode again",
     )
