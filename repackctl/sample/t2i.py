@@ -185,12 +185,13 @@ def cached_prompts(extra: dict[str, Any], num: int, cache: str | None) -> tuple[
     root = training_cache_root(cache, extra, hint)
     train = DatasetEntry.open(root, train_entry)
     found, vals = {}, paired_val_entries(root, train)
+    sizes: dict[str, int] = {}
     for name in vals:
         ds = DatasetEntry.open(root, name)
         if text_id in ds.complete_groups("text", ("captions", "done")):
-            found[name] = first_captions(ds, text_id, num)
+            found[name], sizes[name] = first_captions(ds, text_id, num), ds.n
     if found:
-        return one_prompt_list(found, hint)
+        return one_prompt_list(found, hint, sizes)
     if vals:  # the run's data has val images: its training captions are no evaluation prompts
         raise CacheError(
             f"the val entr{'y' if len(vals) == 1 else 'ies'} of the run's data "
@@ -220,11 +221,20 @@ def _captions_command(val: str, extra: dict[str, Any], train: Any, text_id: str)
     return captions_command(val, attrs | {k: text[k] for k in recorded if text.get(k)})
 
 
-def one_prompt_list(found: dict[str, list[str]], hint: str) -> tuple[list[str], str]:
+def one_prompt_list(
+    found: dict[str, list[str]], hint: str, sizes: dict[str, int] | None = None
+) -> tuple[list[str], str]:
     """The prompts of several val entries of the same data (e.g. ``-n 8`` and ``-n 16`` of the
     built-in val split): the longest list when every other one is its beginning (the same
-    images, fewer of them), else refused (which entry's captions to use would be a guess)."""
-    name = max(sorted(found), key=lambda n: len(found[n]))  # the first of the longest
+    images, fewer of them), else refused (which entry's captions to use would be a guess).
+
+    Of lists equally long (each cut to the ``-n`` asked), the entry with the most images
+    (``sizes``) is named: it becomes the folder's default FD reference, so captioning a smaller
+    entry of the same data later must not switch the reference of the same prompts to fewer
+    images (it did: the first name in sorted order won)."""
+    size = sizes or {}
+    # the longest list, then the largest entry, then the first name
+    name = max(sorted(found), key=lambda n: (len(found[n]), size.get(n, 0)))
     longest = found[name]
     if all(longest[: len(p)] == p for p in found.values()):
         return longest, name

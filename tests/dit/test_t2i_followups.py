@@ -201,9 +201,15 @@ def test_nested_builtin_val_entries_give_the_longer_list(stack, tmp_path, monkey
     _ok(*EXTRACT, "--shard", "16", "-n", "4", "--split", "val")  # the first 4 of the same split
     _ok("captions", "--entry", "builtin-n4--val--32px", "--max-length", str(LEN), *CPU)
     extra = read_state(latest_checkpoint(work / "runs" / "tA"))["extra"]
-    prompts, entry = cached_prompts(extra, 6, None)
+    cache = str(work / "cache")  # where n4 was made (the checkpoint records the stack's)
+    assert {"builtin-n4--val--32px", "builtin-n8--val--32px"} <= set(list_entries(cache))
+    prompts, entry = cached_prompts(extra, 6, cache)
     assert entry == "builtin-n8--val--32px"
     assert prompts == [builtin_captions(i, split="val", seed=0)[0] for i in range(6)]
+    # 4 prompts: both lists hold them; the larger entry stays the folder's FD reference (the
+    # first name in sorted order, n4, was taken: captioning a smaller entry switched it)
+    prompts, entry = cached_prompts(extra, 4, cache)
+    assert entry == "builtin-n8--val--32px" and len(prompts) == 4
 
 
 # --------------------------------------------------------------------------- 3. protocol prompts
