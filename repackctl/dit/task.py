@@ -19,6 +19,7 @@ from repackctl.data.cached import sample_generators, shuffle_window
 from repackctl.dit.latents import LatentData, find_latents, pack_run_of, trained_latents
 from repackctl.errors import CheckpointError, ConfigError, DataError, RepackError
 from repackctl.models.dit import DiT
+from repackctl.models.mmdit import MMDiT
 from repackctl.models.repa import REPAProjector, default_repa_depth, repa_loss
 from repackctl.paths import run_dir as make_run_dir
 from repackctl.registry import registry
@@ -102,8 +103,10 @@ class DiTTask:
     def build(self) -> dict[str, nn.Module]:
         model = self.make_model()
         # the built-in DiT and REPA's projector use every parameter in each forward (the null
-        # class is a row of the label table); a plugin model may not: DDP then searches
-        self.every_parameter_used = type(model) is DiT
+        # class is a row of the label table), and so does the built-in MMDiT as trained here
+        # (its own rule); a plugin model may not: DDP then searches
+        mmdit = type(model) is MMDiT and model.uses_every_parameter()
+        self.every_parameter_used = type(model) is DiT or mmdit
         self.model_config = model.config.to_dict() if hasattr(model, "config") else {}
         self.num_params = sum(p.numel() for p in model.parameters())
         modules: dict[str, nn.Module] = {"model": model}

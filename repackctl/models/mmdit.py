@@ -267,6 +267,15 @@ class MMDiT(nn.Module):
         self.config = dataclasses.replace(self.config, grad_checkpointing=enabled)
 
     @torch.no_grad()
+    def uses_every_parameter(self) -> bool:
+        """Whether every training forward uses every parameter, so that DDP need not search
+        the graph for unused ones after each backward. The last block's text stream has no
+        output layers (``pre_only``) and a fixed null caption is buffers, so only a learned
+        null caption can be left out: it enters through caption dropout, and its pooled part
+        only with ``pooled_condition``."""
+        cfg = self.config
+        return cfg.null_caption != "learned" or (cfg.caption_dropout > 0 and cfg.pooled_condition)
+
     def set_null_caption(self, tokens: Tensor, mask: Tensor, pooled: Tensor) -> None:
         """Use given features as the null caption, e.g. the encoder's features of ``""``.
 
