@@ -533,6 +533,14 @@ def find_text_group(ds: DatasetEntry, encoder_ref: str) -> str:
             f"run `repackctl captions --entry {ds.name} --text-encoder {encoder_ref}` to encode "
             f"this version's captions, or pass --text-features {sorted(other)[-1]} to use those",
         )
+    if not hits and _TEXT_ID.fullmatch(encoder_ref):  # a group's name: the command making it
+        raise CacheError(
+            f"no caption features {encoder_ref!r} in {ds.name} (have: {', '.join(have) or 'none'})",
+            missing_group_hint(ds, encoder_ref, have),
+        )
+    if not hits and name not in registry("text_encoders").ids():
+        # a typo: the `captions` command the hint below names would fail on it the same way
+        registry("text_encoders").get(name)  # raises: the closest ids, or a disabled plugin
     if not hits:
         raise CacheError(
             f"no caption features of text encoder {encoder_ref!r} in {ds.name} "

@@ -53,8 +53,11 @@ class PluginInfo:
     status: str  # "not loaded", "loaded", "error: …", "duplicate of …", "disabled"
 
 
+AUTOLOAD_ENV = "REPACKCTL_DISABLE_PLUGIN_AUTOLOAD"
+
+
 def autoload_disabled() -> bool:
-    return os.environ.get("REPACKCTL_DISABLE_PLUGIN_AUTOLOAD", "").lower() in {"1", "true", "yes"}
+    return os.environ.get(AUTOLOAD_ENV, "").lower() in {"1", "true", "yes"}
 
 
 def _dist(ep: EntryPoint) -> tuple[str, str]:
@@ -169,12 +172,7 @@ class Registry:
             return self._loaded[name]
         entries = self._entries()
         if name not in entries:
-            close = difflib.get_close_matches(name, entries, n=1)
-            guess = f" (did you mean {close[0]!r}?)" if close else ""
-            raise RegistryError(
-                f"unknown {self.noun} {name!r}{guess}; available: {', '.join(sorted(entries))}",
-                _KIND_HINT[self.kind],
-            )
+            raise self._miss(name, entries)
         eps = entries[name]
         if len(eps) > 1:
             dists = " and ".join(f"{_dist(ep)[0]} ({ep.value})" for ep in eps)
@@ -193,6 +191,33 @@ class Registry:
         factory = _reporting(factory, self.noun, name, _dist(eps[0])[0])
         self._loaded[name] = factory
         return factory
+
+    def _miss(self, name: str, entries: dict[str, list[EntryPoint]]) -> RegistryError:
+        """The error for an id that is not available: an installed plugin's id while
+        ``REPACKCTL_DISABLE_PLUGIN_AUTOLOAD`` is on says so (installing it again would not help),
+        other ids get the closest available one and the list."""
+        disabled = _scan(self.group).get(name, []) if autoload_disabled() else []
+        if disabled:
+            by = " and ".join(f"{_dist(ep)[0]} ({ep.value})" for ep in disabled)
+            return RegistryError(
+                f"{self.noun} {name!r} is registered by the installed plugin {by}, but "
+                f"{AUTOLOAD_ENV}={os.environ.get(AUTOLOAD_ENV)} keeps plugins from loading "
+                f"(built-in {self.noun}s only: {', '.join(sorted(entries))})",
+                f"unset {AUTOLOAD_ENV} to use it, or choose a built-in {self.noun}",
+            )
+        close = difflib.get_close_matches(name, entries, n=1)
+        guess = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = _KIND_HINT[self.kind]
+        if autoload_disabled():  # a plugin installed now would not be loaded either
+            hint = hint.replace("install a plugin", f"unset {AUTOLOAD_ENV} and install a plugin")
+            off = difflib.get_close_matches(name, _scan(self.group), n=1)
+            if off and off[0] not in entries:
+                guess = f" (did you mean {off[0]!r}? an installed plugin's, kept off by " + (
+                    f"{AUTOLOAD_ENV})"
+                )
+        return RegistryError(
+            f"unknown {self.noun} {name!r}{guess}; available: {', '.join(sorted(entries))}", hint
+        )
 
     def info(self) -> list[PluginInfo]:
         disabled = autoload_disabled()

@@ -33,6 +33,7 @@ from repackctl.settings.captions import CaptionsSettings
 from repackctl.settings.dit import DitSettings
 from repackctl.settings.evaluate import EvaluateSettings
 from repackctl.settings.extract import ExtractSettings
+from repackctl.settings.names import unknown_env_error, unknown_file_names, valid_keys_hint
 from repackctl.settings.pack import PackSettings
 from repackctl.settings.refine import RefineSettings
 from repackctl.settings.sample import SampleSettings
@@ -273,6 +274,23 @@ def _set_dotted(d: dict[str, Any], dotted: str, value: Any) -> None:
     d[parts[-1]] = value
 
 
+def _invalid_setting(
+    e: ValidationError, sources: dict[str, str], flag_names: dict[str, str] | None
+) -> ConfigError:
+    """The error of a value the model refuses, naming the layer it came from. No
+    ``--show-config`` hint: that resolves the same layers and fails with the same error."""
+    key = ".".join(str(p) for p in e.errors()[0]["loc"])
+    below = sorted({s for k, s in sources.items() if k.startswith(key + ".")})
+    where = sources.get(key) or " and ".join(below) or "a setting"
+    if e.errors()[0]["type"] == "extra_forbidden":
+        return ConfigError(
+            f"unknown setting {key} (from {where})", f"remove it, or {valid_keys_hint(key)}"
+        )
+    flag = (flag_names or {}).get(key) or "--" + key.split(".")[-1].replace("_", "-")
+    fix = f"fix the value of {flag}" if where == "flag" else f"fix the value of {key} ({where})"
+    return ConfigError(f"invalid setting {_first_error(e)} (from {where})", fix)
+
+
 def _first_error(e: ValidationError) -> str:
     err = e.errors()[0]
     loc = ".".join(str(p) for p in err["loc"])
@@ -345,12 +363,7 @@ def resolve_settings(
         sources.update(preset_sources(merged, sources))
         settings = Settings.model_validate(merged)
     except ValidationError as e:
-        key = ".".join(str(p) for p in e.errors()[0]["loc"])
-        where = sources.get(key, "a setting")
-        raise ConfigError(
-            f"invalid setting {_first_error(e)} (from {where})",
-            "fix the value; `--show-config` prints every setting and its source",
-        ) from None
+        raise _invalid_setting(e, sources, flag_names) from None
     from repackctl.settings.checks import check_magnitudes
 
     check_magnitudes(settings, sources, flag_names)
@@ -421,6 +434,9 @@ def _file_layer(path: Path, env: dict[str, str]) -> tuple[str, dict[str, Any]]:
         raise ConfigError(
             f"cannot parse {path}{where}: {e}", "check the TOML syntax of the file"
         ) from None
+    unknown = unknown_file_names(data, f"{path}{where}")
+    if unknown is not None:
+        raise unknown
     return f"file {path.name}", data
 
 
@@ -441,11 +457,8 @@ def _read_env(env: dict[str, str]) -> dict[str, Any]:
 def _env_layer(env: dict[str, str]) -> dict[str, Any]:
     """The ``REPACKCTL_*`` layer; a variable that cannot be read is named, alone, in the error."""
     unknown = _unknown_env(env)
-    if unknown:
-        raise ConfigError(
-            f"unknown setting in environment: {unknown}",
-            "run `repackctl extract --show-config` to list valid settings (REPACKCTL_SECTION__KEY)",
-        )
+    if unknown is not None:
+        raise unknown
     try:
         return _read_env(env)
     except SettingsError as e:  # a value that should be JSON (a list, a section) is not
@@ -487,7 +500,8 @@ def _unreadable(name: str, value: str) -> bool:
 _SWITCHES = {"DEBUG", "DISABLE_PLUGIN_AUTOLOAD", "CONFIG", "TEST_CRASH_AFTER", "TEST_SHARD_DELAY"}
 
 
-def _unknown_env(env: dict[str, str]) -> str | None:
+def _unknown_env(env: dict[str, str]) -> ConfigError | None:
+    """The error for the first ``REPACKCTL_*`` variable that names no setting (None: none)."""
     fields = Settings.model_fields
     for name in env:
         if not name.upper().startswith(ENV_PREFIX):
@@ -497,11 +511,11 @@ def _unknown_env(env: dict[str, str]) -> str | None:
             continue
         top, _, sub = rest.partition("__")
         if top not in fields:
-            return name
+            return unknown_env_error(name, top, sub)
         if sub:
             ann = fields[top].annotation
             if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
-                return name
+                return unknown_env_error(name, top, sub)
             if sub.split("__")[0] not in ann.model_fields:
-                return name
+                return unknown_env_error(name, top, sub)
     return None
