@@ -40,6 +40,7 @@ from repackctl.crash import crash_point
 from repackctl.errors import CheckpointError, ConfigError, name_items
 from repackctl.run_files import (
     ENGINE_KEYS,
+    PROTOCOL_JSON,
     SETTINGS_JSON,
     StoredConfig,
     foreign_paths,
@@ -425,22 +426,63 @@ def split_by_checkpoint(
 ) -> tuple[list[str], list[str]]:
     """(folders made from ``run_folder``'s checkpoints, folders of another run of that name).
 
-    A samples folder is named after the run and checkpoint only; its ``.sample-settings.json``
-    records the sha256 of the weights it sampled (``checkpoint_sha256``, ``weights``). Where the
-    run's checkpoint of that name records other weights in its ``state.json``, the folder was
-    made by an earlier run of the same name (removed and trained again). A folder that cannot
-    be compared (no such checkpoint any more, no record) counts as the run's."""
+    A samples folder is named after the run and checkpoint only; it records the sha256 of the
+    weights it sampled (:func:`sampled_weights`). Where the run's checkpoint of that name
+    records other weights in its ``state.json``, the folder was made by an earlier run of the
+    same name (removed and trained again): :func:`made_by_another_run`. A folder that cannot be
+    compared (no such checkpoint any more, no record) counts as the run's."""
     own, other = [], []
     for name in names:
-        ckpt = name[len(run_folder.name) + 2 :].split("--")[0].removesuffix("-raw")
-        settings = read_json_dict(samples_root / name / SETTINGS_JSON) or {}
-        state = read_json_dict(run_folder / CKPT_DIR / ckpt / "state.json") or {}
-        files = state.get("files") if isinstance(state.get("files"), dict) else {}
-        recorded = files.get(f"{settings.get('weights')}.safetensors")
-        sha = settings.get("checkpoint_sha256")
-        differs = isinstance(recorded, str) and isinstance(sha, str) and recorded != sha
-        (other if differs else own).append(name)
+        made = made_by_another_run(samples_root / name, run_folder)
+        (other if made else own).append(name)
     return own, other
+
+
+def sampled_weights(folder: Path) -> tuple[str | None, str]:
+    """(sha256 of the DiT weights file the samples in ``folder`` were made from or None,
+    which weights: ``ema``/``model``).
+
+    The card of a finished folder records them, the settings file of one being made too
+    (`sample`'s, and `refine apply`'s since it copies them from the samples it refines). A
+    folder `refine apply` started before it recorded them is traced to the samples it refines,
+    the folder it is named after (``<SAMPLES>--refine-<label>`` beside them)."""
+    for doc in (_card_of(folder), read_json_dict(folder / SETTINGS_JSON) or {}):
+        sha = doc.get("checkpoint_sha256")
+        if isinstance(sha, str) and sha:
+            which = doc.get("weights")
+            return sha, which if which in ("ema", "model") else "ema"
+    settings = read_json_dict(folder / SETTINGS_JSON) or {}
+    cut = folder.name.rfind("--refine")
+    if "source_sha256" in settings and cut > 0:  # the source is shorter-named: this ends
+        return sampled_weights(folder.parent / folder.name[:cut])
+    return None, "ema"
+
+
+def _card_of(folder: Path) -> dict[str, Any]:
+    """The protocol card of a samples folder ({} when absent or unreadable); cards of some
+    versions wrap it in ``{"protocol": …}``."""
+    doc = read_json_dict(folder / PROTOCOL_JSON) or {}
+    inner = doc.get("protocol")
+    return inner if isinstance(inner, dict) else doc
+
+
+def made_by_another_run(folder: Path, run_folder: Path) -> bool:
+    """Whether the samples in ``folder`` (named ``<run>--step-N--…`` after the run) were made
+    by an earlier run of ``run_folder``'s name, removed and trained again: the run's checkpoint
+    ``step-N`` records other weights in its ``state.json`` than the folder
+    (:func:`sampled_weights`). False where nothing can be compared (the checkpoint is gone, the
+    folder records no sha256)."""
+    prefix = f"{run_folder.name}--"
+    step = folder.name.removeprefix(prefix).split("--")[0].removesuffix("-raw")
+    if not folder.name.startswith(prefix) or not STEP_RE.match(step):
+        step = Path(str(_card_of(folder).get("checkpoint") or "")).name
+    if not STEP_RE.match(step):
+        return False
+    sha, which = sampled_weights(folder)
+    state = read_json_dict(run_folder / CKPT_DIR / step / "state.json") or {}
+    files = state.get("files") if isinstance(state.get("files"), dict) else {}
+    recorded = files.get(f"{which}.safetensors")
+    return isinstance(recorded, str) and sha is not None and recorded != sha
 
 
 def _require_run(folder: Path) -> None:

@@ -482,19 +482,78 @@ def is_checkpoint(path: Path) -> bool:
 
 
 def samples_of_run(root: str | Path, run: Path) -> list[Path]:
-    """Samples folders made from ``run``, newest first.
+    """Samples folders made from ``run``, newest first (:func:`run_samples`)."""
+    return run_samples(root, run)[0]
 
-    For a run folder: every samples folder named after the run. For a checkpoint folder: only
-    those made from that checkpoint's weights (the sha256 their ``protocol.json`` records, or
-    the settings file of an unfinished run), so another checkpoint's samples are never scored
-    under its name.
+
+def run_samples(root: str | Path, run: Path) -> tuple[list[Path], list[Path]]:
+    """(samples folders made from ``run``, those of another run of its name), newest first.
+
+    For a run folder: every samples folder named after the run, but those that an earlier run
+    of the same name (removed and trained again) made: the run's checkpoint of their name holds
+    other weights than the ones they record (``runs.made_by_another_run``, as `runs info` lists
+    them apart), refined folders included. For a checkpoint folder: only those made from that
+    checkpoint's weights (the sha256 their ``protocol.json`` records, or the settings file of
+    an unfinished run), so another checkpoint's samples are never scored under its name.
     """
+    from repackctl.runs import made_by_another_run
+
     base, name = local_path(str(root)), run_root_of(run).name
     found = [p for p in base.glob(f"{name}--*") if is_samples_folder(p)] if base.is_dir() else []
     found = [p for p in found if _made_by_run_named(p, name)]
+    others = [p for p in found if made_by_another_run(p, run_root_of(run))]
+    found = [p for p in found if p not in others]
     if is_checkpoint(run):
         found = [p for p in found if made_from_checkpoint(p, read_protocol(p), run)]
-    return sorted(found, key=samples_made_at, reverse=True)
+    return sorted(found, key=samples_made_at, reverse=True), sorted(
+        others, key=samples_made_at, reverse=True
+    )
+
+
+def _of_another_run(others: list[Path], run: str) -> str:
+    """The note on the folders of ``run``'s name that another run of that name made."""
+    names = name_items([p.name for p in others], 3)
+    return (
+        f"left out {names}: made by another run of this name (an earlier run {run}, removed and "
+        f"trained again; `repackctl runs info {run}` lists {'them' if len(others) > 1 else 'it'} "
+        "as samples of another run of this name)"
+    )
+
+
+def _only_another_runs(run: Path, others: list[Path], root: str) -> DataError:
+    """The refusal of `evaluate fid RUN` where every samples folder of the run's name was made
+    by another run of that name: scoring one would report that run's samples as this one's."""
+    names = name_items([p.name for p in others], 3)
+    were = "were" if len(others) > 1 else "was"
+    return DataError(
+        f"run {run.name} has no samples folder of its own under {local_path(root)}: {names} "
+        f"{were} made by another run of this name (an earlier run {run.name}, removed and "
+        "trained again, whose checkpoints held other weights): their score would not be this "
+        "run's",
+        hint=f"sample this run into another samples root (`repackctl evaluate fid {run.name} "
+        "--samples N --samples-root NEW`: here its samples may be named like those), or score "
+        f"the earlier run's samples as such by their folder (`repackctl evaluate fid "
+        f"{others[0]}`)",
+    )
+
+
+def _warn_if_of_another_run(folder: Path, runs: str) -> None:
+    """Warn when the newest samples folder (no source given) was made by an earlier run of the
+    name its card records (removed and trained again): its score is not that run's."""
+    from repackctl.runs import made_by_another_run
+
+    try:
+        name = read_protocol(folder).get("dit_run")
+    except DataError:
+        return  # reported when the folder is read
+    run = local_path(runs) / name if isinstance(name, str) and SAFE_NAME.fullmatch(name) else None
+    if run is None or not run.is_dir() or not made_by_another_run(folder, run):
+        return
+    warn(
+        f"{folder.name}, the newest samples folder, was made by an earlier run {name} (removed "
+        f"and trained again: run {name}'s checkpoint of that name holds other weights); the "
+        f"score is of those samples, not of run {name}"
+    )
 
 
 def _made_by_run_named(folder: Path, name: str) -> bool:
@@ -692,12 +751,14 @@ def _resolve_source(
     num = cfg.num_samples
     if cfg.source is None:
         path = newest_samples_folder(settings.samples)
+        _warn_if_of_another_run(path, settings.runs)
         return path, [f"no source given: the newest samples folder is {path}"], False
     path = _source_path(cfg.source, settings.runs)
     if not (path.is_dir() and is_checkpoint_or_run(path)):
         return path, [], False
     what = "checkpoint" if is_checkpoint(path) else "run"
-    made = samples_of_run(settings.samples, path)
+    made, others = run_samples(settings.samples, path)
+    left_out = [_of_another_run(others, run_root_of(path).name)] if others else []
     if sampling_given and num is None:
         raise ConfigError(
             f"sampling settings ({name_items(list(sampling_given))}) take effect only on "
@@ -710,13 +771,16 @@ def _resolve_source(
     if made and not _to_finish(made[0], num) and not sampling_given:
         if what == "run":
             _warn_if_trained_on(path, made[0])
-        return made[0], [f"{cfg.source} is a {what}: its newest samples folder is {made[0]}"], False
+        newest = f"{cfg.source} is a {what}: its newest samples folder is {made[0]}"
+        return made[0], [newest, *left_out], False
     if num is not None:
         out = sample_checkpoint(settings, path, num, progress)
         again = (
             " (finishing the folder an earlier run had started)" if made and made[0] == out else ""
         )
-        return out, [f"sampled {num} images of {what} {path} into {out}{again}"], True
+        return out, [f"sampled {num} images of {what} {path} into {out}{again}", *left_out], True
+    if others and not made:  # never scored as this run's: refused, not skipped
+        raise _only_another_runs(run_root_of(path), others, settings.samples)
     pick = f" --checkpoint {path.name}" if what == "checkpoint" else ""
     raise DataError(
         f"{path} is a {what} with no samples folder made from it under {settings.samples}",

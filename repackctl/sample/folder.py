@@ -355,7 +355,7 @@ def claim_folder(
                     "is never extended or cut to another --num (balanced labels depend on N)"
                 )
             elif diff == ["checkpoint_sha256"]:
-                hint = _checkpoint_hint(folder, elsewhere)
+                hint = _checkpoint_hint(folder, elsewhere, old)
             raise ConfigError(
                 f"{folder} holds samples made with other settings ({_differences(diff, old, fingerprint)})",
                 hint,
@@ -364,28 +364,57 @@ def claim_folder(
     write_json_atomic(path, fingerprint)
 
 
-def _checkpoint_hint(folder: Path, elsewhere: str) -> str:
+def _checkpoint_hint(folder: Path, elsewhere: str, recorded: dict[str, Any]) -> str:
     """How to go on with a samples folder made from another checkpoint of the model (the run
     trained on since): "pass another --out, or delete the folder" did not say that the same
     command with the checkpoint it was made from finishes (or reuses) it. The checkpoint is
-    named when the folder's protocol.json records it (a finished folder)."""
+    named when the folder's protocol.json records it (a finished folder) and it still holds
+    the weights the folder records (``recorded``: its settings file); after the run was
+    removed and trained again, a checkpoint of that name holds other weights, and naming it
+    sent the user back to this very error."""
     try:
         made = Path(str(json.loads((folder / PROTOCOL_JSON).read_text())["checkpoint"]))
     except (OSError, ValueError, KeyError, TypeError):
         made = None
     if made is None:
-        which = "--checkpoint with the step it was made from (`repackctl runs info RUN` lists them)"
-    elif made.is_dir():
-        which = f"--checkpoint {made.name} (the checkpoint it was made from)"
-    else:
+        which = (
+            "--checkpoint with the step it was made from (`repackctl runs info RUN` lists them; "
+            "it lists this folder under `samples of another run of this name` when the run was "
+            "removed and trained again: then no checkpoint of the run makes these samples)"
+        )
+    elif not made.is_dir():
         return (
             f"it was made from {made}, which is no longer kept: {elsewhere} for samples of this "
             "checkpoint, or delete the folder"
         )
+    elif not _holds_recorded_weights(made, recorded):
+        return (
+            f"it was made from {made}, whose weights are gone: that checkpoint now holds other "
+            f"weights (run {made.parent.parent.name} was removed and trained again), so no "
+            f"checkpoint makes these samples: {elsewhere} for samples of this run, or delete the "
+            "folder (the earlier run's samples)"
+        )
+    else:
+        which = f"--checkpoint {made.name} (the checkpoint it was made from)"
     return (
         f"the model's checkpoint changed since this folder was made: pass {which} to finish or "
         f"reuse it, or {elsewhere} for samples of this checkpoint"
     )
+
+
+def _holds_recorded_weights(checkpoint: Path, recorded: dict[str, Any]) -> bool:
+    """Whether ``checkpoint`` holds the weights file whose sha256 a samples folder records
+    (``checkpoint_sha256``, ``weights``): by its ``state.json`` record, else by the file; True
+    when the folder records none (nothing to compare)."""
+    sha, which = recorded.get("checkpoint_sha256"), recorded.get("weights") or "ema"
+    if not isinstance(sha, str) or which not in ("ema", "model"):
+        return True
+    files = (read_json_dict(checkpoint / "state.json") or {}).get("files")
+    known = files.get(f"{which}.safetensors") if isinstance(files, dict) else None
+    if isinstance(known, str):
+        return known == sha
+    weights = checkpoint / f"{which}.safetensors"
+    return weights.is_file() and sha256_file_cached(weights) == sha
 
 
 def assemble(

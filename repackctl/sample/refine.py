@@ -119,7 +119,13 @@ CRASH_AFTER_REGRID = "regrid-finished-grid"
 # were found to differ by ±1/255 between batch sizes, ``world_size``: the number of processes
 # whose shares those batches were cut from, and ``device_type``: the device type it is refined
 # on; folders started before lack them)
-_APPLY_KEYS = frozenset({"source", "source_sha256", "refiner", "num", *MACHINE_KEYS})
+# (``checkpoint_sha256`` and ``weights``: the DiT weights that made the samples refined, copied
+# from their card, so that an unfinished refined folder names the run checkpoint its images
+# come from as `sample`'s own folders do; folders started before lack them)
+_SOURCE_WEIGHTS_KEYS = ("checkpoint_sha256", "weights")
+_APPLY_KEYS = frozenset(
+    {"source", "source_sha256", "refiner", "num", *MACHINE_KEYS, *_SOURCE_WEIGHTS_KEYS}
+)
 # the card field that records who refined the samples (the refining call's run header, package
 # versions and git revision); the card's own ``run_header``, ``versions`` and ``git_revision``
 # are the source's: how the samples were generated
@@ -800,8 +806,9 @@ def _already_refined(out: Path, src: Path, protocol: dict, fingerprint: dict[str
         return False  # claim_folder refuses it
     if not set(old) <= _APPLY_KEYS:
         return _refined_by_sample(out, src, protocol, fingerprint["refiner"])
-    # the batching and the device are `_apply_batch_size`'s to check
-    old = {k: v for k, v in old.items() if k not in MACHINE_KEYS}
+    # the batching and the device are `_apply_batch_size`'s to check; the source's weights
+    # follow from its samples (``source_sha256``) and are `claim_folder`'s to compare
+    old = {k: v for k, v in old.items() if k not in (*MACHINE_KEYS, *_SOURCE_WEIGHTS_KEYS)}
     if old == {k: v for k, v in fingerprint.items() if k not in MACHINE_KEYS}:
         return False
     if "refiner" in old and old["refiner"] != fingerprint["refiner"]:
@@ -847,6 +854,21 @@ def _apply_batch_size(
         "so finishing it with another would mix two batchings in one folder",
         f"pass --batch-size {recorded} to finish it, or {_move_away_hint(out)}",
     )
+
+
+def _source_weights(out: Path, protocol: dict[str, Any]) -> dict[str, Any]:
+    """The DiT weights the refined samples were made from (the source card's
+    ``checkpoint_sha256`` and ``weights``), for the settings file of ``out``.
+
+    A refined folder is named after its run and checkpoint like the samples it refines, so
+    `runs info` and `evaluate fid RUN` tell an earlier run's (removed and trained again) from
+    the run's own by these, as for `sample`'s folders. A new folder records them; a folder
+    started by an earlier version keeps its file as it is (``claim_folder`` would refuse the
+    keys it lacks as other settings): its card records them once it is finished."""
+    old = read_json_dict(out / SETTINGS_JSON)
+    if old is not None and set(old) <= _APPLY_KEYS:
+        return {k: old[k] for k in _SOURCE_WEIGHTS_KEYS if k in old}
+    return {k: protocol[k] for k in _SOURCE_WEIGHTS_KEYS if isinstance(protocol.get(k), str)}
 
 
 def _source_protocol(src: Path) -> dict[str, Any]:
@@ -1073,6 +1095,7 @@ def run_refine_apply(
             regenerate.load()  # the DiT, checked before the folder is claimed
         given = settings.sample.batch_size
         claim = _apply_batch_size(out, fingerprint, given, dist.world, cpu_threads(device), device)
+        claim |= _source_weights(out, protocol)
         claim_folder(out, claim, elsewhere=f"move {out} away")
         mine = owned_range(num, dist.rank, dist.world)
         unfinished = not is_finished(out)  # its PNGs are checked against their manifests
