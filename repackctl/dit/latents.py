@@ -38,6 +38,7 @@ from repackctl.cache.store import PENDING, WRITTEN, ArrayGroup, DatasetEntry, li
 from repackctl.data.cached import MEMORY_GB, CachedRows
 from repackctl.errors import CacheError, ConfigError, DataError
 from repackctl.pack.load import denormalise, pack_id_run_step
+from repackctl.paths import cache_root
 
 _PACK_ID_RE = r"--{run}-(\d{{7}})-[0-9a-f]{{8}}$"
 
@@ -124,7 +125,9 @@ def find_latents(
             "choose one with --entry",
         )
     _, name, pid = max(_training_split(root, candidates) if entry is None else candidates)
-    return LatentRef(root=root, entry=name, pack_id=pid)
+    # the root absolute, as checkpoints record it (``describe``): a relative --cache read
+    # again from another folder is another cache, with perhaps other images of this name
+    return LatentRef(root=cache_root(root), entry=name, pack_id=pid)
 
 
 def trained_latents(run_dir: Path, stage: str = "dit") -> tuple[str | None, str | None]:
@@ -433,7 +436,7 @@ class LatentData(CachedRows):
     def describe(self) -> dict:
         """JSON-safe ids of what is read (stored in checkpoints)."""
         return {
-            "root": self.ref.root,
+            "root": cache_root(self.ref.root),  # absolute (URLs as given), as the pack's
             "entry": self.ref.entry,
             "latents": self.ref.pack_id,
             "features": self.features_id,

@@ -20,7 +20,8 @@ unseeded random samples, not stored with the model (``reference/methods.md``). H
 * Tokens are read through ``GuardedArray``: a lost or corrupt chunk holding written rows stops the
   run with the repair command instead of encoding zeros. The stats record the entry's source
   description, and an entry of the training entry's name holding other data (another seed, found
-  in another ``--cache``) is refused before anything is written (``check_trained_data``).
+  in another ``--cache``) is refused before anything is written
+  (``cache.trained.check_trained_data``, shared with ``refine train``).
 * The group records the torch and repackctl versions it was created under (``package_versions``);
   a resume under other versions, which would add rows of another implementation, is refused
   before anything is written (``cache.versions``); a finished group is read whatever is installed.
@@ -52,8 +53,9 @@ from repackctl.cache.store import (
     owned_ranges,
     update_changed,
 )
+from repackctl.cache.trained import check_trained_data, pack_trained_on
 from repackctl.cache.versions import BASE_PACKAGES, versions_now
-from repackctl.errors import CacheError, ConfigError, RepackError
+from repackctl.errors import CacheError, ConfigError
 from repackctl.pack.data import (
     dataset_name_for,
     features_id_for,
@@ -71,7 +73,7 @@ from repackctl.pack.load import (
     load_pack,
 )
 from repackctl.pack.load import check_features_precision as check_features_precision
-from repackctl.paths import cache_root, is_url, run_dir
+from repackctl.paths import cache_root, run_dir
 from repackctl.progress import ProgressFactory, null_progress
 from repackctl.runs import chained_run
 from repackctl.runtime import DistInfo, resolve_device
@@ -165,56 +167,6 @@ def target_features(settings: Settings, handle: PackHandle) -> tuple[DatasetEntr
         name = run_cache["entry"]
     entry, feats, _ = open_features(root, name, trained_on, hint)
     return entry, feats
-
-
-def _trained_source(handle: PackHandle, entry: DatasetEntry) -> tuple[Any, str] | None:
-    """The source description of the entry the pack model was trained on, and where it was read.
-
-    From the checkpoint's ``latent_stats.json`` (an earlier encode of the training entry records
-    it), else from the entry at the cache root the run recorded, when that root is another one
-    than ``entry``'s and still holds it. None when neither is available (a moved cache).
-    """
-    stats = handle.latent_stats or {}
-    if isinstance(stats.get("source"), dict):
-        return stats["source"], str(handle.checkpoint / LATENT_STATS)
-    cache = handle.extra["cache"]
-    root = str(cache.get("root") or "")
-    if not root or root == cache_root(entry.root):
-        return None
-    if not is_url(root) and not (Path(root) / "zarr.json").is_file():
-        return None
-    try:
-        trained = DatasetEntry.open(root, cache["entry"])
-    except (RepackError, OSError, ValueError):
-        return None
-    return trained.attrs.get("source"), f"{root}/{trained.name}"
-
-
-def check_trained_data(handle: PackHandle, entry: DatasetEntry) -> None:
-    """Refuse to encode (and write the model's stats from) an entry of the training entry's name
-    whose data differ from the data the pack model was trained on (another seed, another
-    folder). The content attributes are compared, not the cache path: a moved or copied cache
-    is accepted."""
-    if entry.name != handle.extra["cache"]["entry"]:
-        return
-    found = _trained_source(handle, entry)
-    if found is None:
-        return
-    recorded, where = found
-    here = entry.attrs.get("source")
-    if here == recorded:
-        return
-    if isinstance(here, dict) and isinstance(recorded, dict):
-        keys = sorted(k for k in here.keys() | recorded.keys() if here.get(k) != recorded.get(k))
-        diff = ", ".join(f"{k} {here.get(k)!r} here, {recorded.get(k)!r} there" for k in keys)
-    else:
-        diff = f"{here!r} here, {recorded!r} there"
-    raise CacheError(
-        f"cache entry {entry.name} in {cache_root(entry.root)} holds other data than pack run "
-        f"{handle.run_name} was trained on (recorded in {where}): {diff}",
-        f"pass the --cache the run was trained on, or train a pack model on this data: "
-        f"`repackctl pack train --cache {cache_root(entry.root)} --name NEW-RUN`",
-    )
 
 
 def _create_group(
@@ -366,7 +318,7 @@ def _finish(
         return None, None
     stats = _checked_stats(grp, entry, handle, feats, done)
     stats |= {"pack_id": handle.pack_id, "entry": entry.name, "cache": cache_root(entry.root)}
-    stats["source"] = entry.attrs.get("source")  # what the data was (check_trained_data)
+    stats["source"] = entry.attrs.get("source")  # what the data was (cache.trained)
     update_changed(grp.group.attrs, {"stats": stats, "complete": True})
     stats_file = None
     if entry.name == handle.extra["cache"]["entry"]:  # the training split: the model's stats
@@ -388,7 +340,8 @@ def run_pack_encode(
         run = chained_run(settings.runs, "pack", "--run")
     handle = load_pack(run, runs=settings.runs)
     entry, feats = target_features(settings, handle)
-    check_trained_data(handle, entry)
+    # the training entry's name holding other images than the model's is refused
+    check_trained_data(entry, pack_trained_on(handle, handle.checkpoint / LATENT_STATS))
     check_features_precision(handle, entry, feats)
     device = resolve_device(settings.device, dist.local_rank)
     model = handle.model.to(device)

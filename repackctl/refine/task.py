@@ -45,6 +45,7 @@ from torch import nn
 
 from repackctl.cache.integrity import GuardedArray, repair_hint
 from repackctl.cache.store import WRITTEN, ArrayGroup, DatasetEntry
+from repackctl.cache.trained import TrainedOn, check_trained_data, pack_trained_on
 from repackctl.data.cached import (
     MEMORY_GB,
     CachedRows,
@@ -61,6 +62,7 @@ from repackctl.pack.discriminator import (
     hinge_d_loss,
     hinge_g_loss,
 )
+from repackctl.paths import cache_root
 from repackctl.progress import LOG_FILE, ProgressFactory, null_progress, with_log_file
 from repackctl.refine.network import NORM_EPS, LatentGuidedRefiner, RefinerConfig
 from repackctl.refine.triplets import build_triplets, open_triplets
@@ -243,10 +245,14 @@ class RefineTask:
             "pack": self.pack_info,
             # the latent (d, h, w) it was trained on, read by ``RefinerHandle.check_fits``
             "latent_shape": [int(s) for s in self.triplets["latent"].shape[2:]],
+            # the root absolute (a relative --cache read from another folder is another cache)
+            # and the images' source attributes: a resume on another entry of this name is
+            # refused (``check_trained_images``)
             "cache": {
-                "root": self.entry.root,
+                "root": cache_root(self.entry.root),
                 "entry": self.entry.name,
                 "triplets": self.triplets.group.basename,
+                "source": self.entry.attrs.get("source"),
             },
         }
 
@@ -428,6 +434,33 @@ def check_resumable(
         _check_resume_ema(state.get("config") or {}, ema_decay, allow or [])
 
 
+def check_trained_images(entry: DatasetEntry, pack: Any, latest: Path | None, run: str) -> None:
+    """Before anything is written: refuse an entry of the name the refiner run (its checkpoint
+    ``latest``; None: a new run) or its pack model was trained on that holds other images (an
+    entry extracted again with another seed, or another folder's cache of that name reached
+    through a relative ``--cache``): triplets were built from it and the run resumed on them
+    without a word.
+    The check is ``pack encode``'s (``cache.trained``): the images' source attributes are
+    compared, not the paths, so a moved or copied cache resumes."""
+    from repackctl.pack.load import LATENT_STATS
+    from repackctl.train.checkpoint import read_state
+
+    if latest is not None:
+        cache = (read_state(latest).get("extra") or {}).get("cache") or {}
+        if cache.get("entry"):
+            trained = TrainedOn(
+                run=f"refiner run {run}",
+                entry=str(cache["entry"]),
+                root=str(cache.get("root") or ""),
+                source=cache.get("source"),
+                where=str(latest),
+                hint="train a new refiner on this data: `repackctl refine train --cache {root} "
+                f"--pack-run {pack.run_name} --name NEW-RUN`",
+            )
+            check_trained_data(entry, trained)
+    check_trained_data(entry, pack_trained_on(pack, pack.checkpoint / LATENT_STATS))
+
+
 def _check_resume_has_disc(state: dict[str, Any], latest: Path) -> None:
     """With the GAN on now, the checkpoint ``latest`` (its ``state``) must hold a
     discriminator: a run trained with ``refine.gan_weight`` 0 has none, and turning the GAN on
@@ -565,8 +598,7 @@ def run_refine_train(
     _check_flip(cfg.flip, entry, cache["features"], sources or {})
     if cfg.steps is not None and latest is None:
         check_new_run(cfg.steps, run, "refine", sources)
-    # a run of another pack model, network, discriminator or EMA is refused before its
-    # triplets land in the cache
+    # another pack model, network, discriminator, EMA or images: refused before any write
     check_resumable(
         latest,
         pack.pack_id,
@@ -575,6 +607,7 @@ def run_refine_train(
         cfg.ema_decay,
         cfg.allow_change,
     )
+    check_trained_images(entry, pack, latest, run.name)
     resumed = resume_lines(rec, kept)
     if _shown(run, latest, cfg.steps, resumed, progress):
         return run  # nothing in the run folder changes but train.lock
