@@ -137,6 +137,12 @@ for _name in COMMAND_MODULES:
 
 
 def main() -> None:
+    """The ``repackctl`` console script and ``python -m repackctl``: the CLI, which ends on
+    SIGTERM with an ``Error:`` line (:func:`~repackctl.cli.common.stop_on_sigterm`); the
+    commands called in-process (tests, notebooks) leave the caller's signals alone."""
+    from repackctl.cli.common import stop_on_sigterm
+
+    stop_on_sigterm()
     app()
 
 

@@ -7,9 +7,13 @@ import torch; command modules import the library inside their functions.
 from __future__ import annotations
 
 import errno
+import faulthandler
 import functools
 import os
+import re
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -32,7 +36,7 @@ from rich.progress import (
 )
 from rich.table import Column, Table
 
-from repackctl.errors import RepackError, debug_requested
+from repackctl.errors import ConfigError, RepackError, debug_requested
 from repackctl.progress import (
     ProgressBar,
     ProgressFactory,
@@ -163,6 +167,91 @@ def peer_lost(e: BaseException) -> bool:
     )
 
 
+def clip_words(text: str, limit: int = 160) -> str:
+    """``text`` cut to at most ``limit`` characters at a word boundary, with ``…`` where it was
+    cut: a backend's message quoted in an ``Error:`` line (``[:limit]`` cut it mid-word)."""
+    if len(text) <= limit:
+        return text
+    head = text[: limit - 1]
+    space = head.rfind(" ")
+    if space > limit // 2:  # a long word (a path) is cut where it is, not dropped whole
+        head = head[:space]
+    return head.rstrip(" .,;:") + "…"
+
+
+def peer_lost_error(e: BaseException) -> RepackError:
+    """The ``Error:``/``Hint:`` of a process whose peer went away (:func:`peer_lost`)."""
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return RepackError(
+        f"another process of this job stopped, so this one cannot go on ({clip_words(first)})",
+        "run the same command again, every process: it resumes from what was completely "
+        "written (the log of the process that stopped says why)",
+    )
+
+
+#: torch's messages for a DataLoader worker that ended without reporting an exception: killed
+#: by a signal (``is killed by signal: Killed.``: the kernel's OOM killer sends SIGKILL) or
+#: gone with an exit code (``exited unexpectedly with exit code 1``, ``pid(s) 1, 2``)
+_WORKER_LOST = re.compile(
+    r"DataLoader worker \(pid(?:\(s\))? ([0-9, ]+)\) (?:is killed by signal: ([^.]+)"
+    r"|exited unexpectedly(?: with exit code (-?[0-9]+))?)"
+)
+
+
+def _worker_lost(e: BaseException) -> re.Match[str] | None:
+    """torch's message of a lost worker in ``e`` or its causes, one that names the signal
+    first: the loader's thread raises ``exited unexpectedly`` from the SIGCHLD handler's
+    ``is killed by signal: Killed``, or alone when it found the worker gone by itself."""
+    found = []
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        match = _WORKER_LOST.search(str(e))
+        if match is not None:
+            found.append(match)
+        e = e.__cause__ or e.__context__
+    return next((m for m in found if m.group(2)), found[0] if found else None)
+
+
+def worker_lost_error(e: BaseException) -> RepackError | None:
+    """The ``Error:``/``Hint:`` of a decode worker (a DataLoader worker process of ``extract``)
+    that was killed, most often by the out-of-memory killer, where torch raised a bare
+    ``RuntimeError`` and a traceback that said neither why nor what to do; None when ``e`` is
+    not that. What the command wrote before stays valid, as after any kill."""
+    found = _worker_lost(e)
+    if found is None:
+        return None
+    pids, killed_by, code = found.groups()
+    oom = "by the kernel's out-of-memory killer (memory ran out)"
+    if killed_by:
+        what = f"was killed (pid {pids.strip()}, signal: {killed_by})"
+        cause = f", most likely {oom}" if killed_by == "Killed" else ""  # its signal: SIGKILL
+    else:  # torch did not see how it ended: a kill (of the OOM killer) most often
+        what = f"ended unexpectedly (pid {pids.strip()}{f', exit code {code}' if code else ''})"
+        cause = "" if code else f", most likely killed {oom}"
+    more = ""
+    if killed_by == "Bus error":  # torch: workers out of shared memory
+        cause, more = (
+            ", most likely out of shared memory (/dev/shm)",
+            ", or give /dev/shm more space",
+        )
+    return RepackError(
+        f"a worker process that decodes images {what}{cause}",
+        "run the same command again: it resumes from what was completely written; if it "
+        "happens again, use fewer decode workers (--num-workers 0 decodes in the main "
+        f"process) or a smaller --batch-size{more}",
+    )
+
+
+def runtime_error(e: RuntimeError) -> RepackError | None:
+    """The ``Error:`` a ``RuntimeError`` of torch stands for (a killed decode worker, a lost
+    process of the job), or None: any other keeps its traceback (a bug to report)."""
+    worker = worker_lost_error(e)
+    if worker is not None:
+        return worker
+    return peer_lost_error(e) if peer_lost(e) else None
+
+
 def handle_errors(fn: Callable) -> Callable:
     """Turn RepackError into a one-line message (traceback only with REPACKCTL_DEBUG=1)."""
 
@@ -179,17 +268,10 @@ def handle_errors(fn: Callable) -> Callable:
                 raise
             fail(name_error(e) if e.errno == errno.ENAMETOOLONG else disk_error(e), e)
         except RuntimeError as e:
-            if debug_requested() or not peer_lost(e):
+            told = None if debug_requested() else runtime_error(e)
+            if told is None:
                 raise
-            fail(
-                RepackError(
-                    "another process of this job stopped, so this one cannot go on ("
-                    f"{str(e).strip().splitlines()[0][:160]})",
-                    "run the same command again, every process: it resumes from what was "
-                    "completely written (the log of the process that stopped says why)",
-                ),
-                e,
-            )
+            fail(told, e)
         except KeyboardInterrupt as e:
             drop_frames(e)
             err_console.print(
@@ -200,6 +282,129 @@ def handle_errors(fn: Callable) -> Callable:
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+# ---- SIGTERM: one Error line, then the end a kill -9 would be --------------------------------
+#: exit status of a process stopped by SIGTERM: 128 + 15, as a shell reports a signal's end
+SIGTERM_EXIT = 128 + signal.SIGTERM
+_stopping = threading.Lock()  # the handler or the watcher thread, whichever comes first
+_wakeup: tuple[int, int] | None = None  # (read, write) ends of the SIGTERM watcher's pipe
+
+
+def sigterm_lines(world: int, rank: int) -> tuple[str, str]:
+    """The ``Error:`` and ``Hint:`` of a process stopped by SIGTERM; under torchrun
+    (``world`` > 1) it is mostly the launcher ending the job because another process ended."""
+    if world > 1:
+        return (
+            f"process {rank} of this job's {world} was stopped by SIGTERM: torchrun sends it to "
+            "every process when another one of the job ended (whose log says why); a user or a "
+            "job scheduler may send it too",
+            "run the same command again, every process: it resumes from what was completely "
+            "written",
+        )
+    return (
+        "stopped by SIGTERM (sent by a user, a job scheduler or the system)",
+        "run the same command again to resume: it goes on from what was completely written",
+    )
+
+
+def _stop_on_sigterm() -> None:
+    """Print the SIGTERM lines on stderr and end the process at once (``os._exit``): no
+    ``finally`` and no exit handler runs, so nothing more is written and the files are as a
+    kill -9 leaves them, which every command resumes from. The first caller ends the process;
+    a second (the handler after the watcher, or the other way round) returns."""
+    if not _stopping.acquire(blocking=False):
+        return
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        message, hint = sigterm_lines(world, int(os.environ.get("RANK", "0") or 0))
+        start = "\n" if os.isatty(2) else ""  # after a progress bar's unfinished line
+        os.write(2, f"{start}Error: {message}\nHint: {hint}\n".encode())
+        if debug_requested():  # where each thread was
+            faulthandler.dump_traceback(file=2, all_threads=True)
+    except BaseException:  # noqa: BLE001 - stderr closed or full: end all the same
+        pass
+    os._exit(SIGTERM_EXIT)
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    _stop_on_sigterm()
+
+
+def _watch_sigterm(fd: int) -> None:
+    """Read the signal numbers Python's C handler writes to the wakeup pipe (``signal.
+    set_wakeup_fd``) and stop on SIGTERM: the Python handler runs only when the main thread
+    next runs Python code, which a long collective or kernel can hold off for minutes (then
+    the launcher's SIGKILL ends it without a word)."""
+    while True:
+        try:
+            got = os.read(fd, 64)
+        except OSError:
+            return
+        if not got:
+            return
+        if int(signal.SIGTERM) in got:
+            _stop_on_sigterm()
+
+
+def _reset_in_child() -> None:
+    """A forked child (a DataLoader worker, a fork-started process) ends on SIGTERM as before:
+    the default action, no wakeup pipe shared with the parent (torch's workers then install
+    their own handler)."""
+    global _wakeup
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if _wakeup is not None:
+            signal.set_wakeup_fd(-1)
+            for fd in _wakeup:
+                os.close(fd)
+    except (ValueError, OSError):  # not the main thread of the child: nothing to undo there
+        pass
+    _wakeup = None
+
+
+def stop_on_sigterm() -> None:
+    """End the CLI on SIGTERM with an ``Error:`` and the rerun, exit code 143: under torchrun
+    the launcher SIGTERMs the other processes when one ends, and they died without a word.
+
+    Only where that is safe: in the main thread, with SIGTERM at its default action (left
+    alone if the caller ignores or handles it). The handler writes no file and ends the process
+    at once (:func:`_stop_on_sigterm`), so what is on disk is what a kill -9 leaves."""
+    global _wakeup
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return
+    read, write = os.pipe()
+    os.set_blocking(write, False)
+    before = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+    if before != -1:  # someone else's (never in the CLI): kept, the handler alone then
+        signal.set_wakeup_fd(before)
+        os.close(read)
+        os.close(write)
+    else:
+        _wakeup = (read, write)
+        threading.Thread(target=_watch_sigterm, args=(read,), daemon=True).start()
+    os.register_at_fork(after_in_child=_reset_in_child)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def check_samples_root(value: str | None, count_hint: str | None = None) -> None:
+    """Refuse ``--samples N`` (a plain positive number, no folder N here) where ``--samples``
+    is the samples root (`sample`, `runs info`): ``evaluate fid --samples N`` is a count, and
+    `sample -r RUN --samples 100` wrote its default count into a new folder ``./100``.
+    ``count_hint``: how this command takes a count, named in the hint."""
+    if value is None or not re.fullmatch(r"[0-9]+", value) or int(value) <= 0:
+        return
+    if Path(value).is_dir():  # an existing folder named so: meant
+        return
+    count = f"the number of samples is {count_hint}; " if count_hint else ""
+    raise ConfigError(
+        f"--samples {value} names the folder that holds sample sets here (the samples root), "
+        f"and there is no folder {value}: only `repackctl evaluate fid` reads --samples as a "
+        "number of samples",
+        f"{count}for a folder named {value}, give --samples ./{value}",
+    )
 
 
 def resolve(

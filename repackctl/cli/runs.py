@@ -12,6 +12,7 @@ from repackctl.cli.common import (
     ConfigOpt,
     RunsOpt,
     SamplesOpt,
+    check_samples_root,
     confirm_delete,
     console,
     err_console,
@@ -136,6 +137,7 @@ def info(
     from repackctl.paths import local_path, run_dir
     from repackctl.runs import describe_run
 
+    check_samples_root(samples)  # `--samples 100` meant as a count
     runs_root, samples_root = _roots(runs, samples, config)
     d = describe_run(run_dir(runs_root, name), local_path(samples_root))
     d.latents_used_by, d.latents_not_checked = _encoded_latents(d, cache, config)

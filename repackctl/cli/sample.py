@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from repackctl.cli.common import (
+    check_samples_root,
     console,
     is_main_process,
     kv_table,
@@ -28,6 +29,9 @@ def sample(resolved: ResolvedSettings) -> None:
     from repackctl.sample.run import run_sample
     from repackctl.sample.t2i import summary_rows
 
+    if resolved.sources.get("samples") == "flag":  # `--samples 100` meant as a count
+        given = resolved.settings.samples
+        check_samples_root(given, f"-n {given} (`repackctl sample -r RUN -n {given}`)")
     main = is_main_process()
     source = resolved.sources.get("precision", "default")
     result = run_sample(resolved.settings, rank_progress(main), precision_source=source)
