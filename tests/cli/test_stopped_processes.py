@@ -19,9 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import typer
 from conftest import one_torch_thread, subprocess_env
-from support.cli import cli_refused
+from support.cli import cli_refused, raising_app
 from typer.testing import CliRunner
 
 from repackctl.cache.store import DatasetEntry, list_entries
@@ -29,7 +28,6 @@ from repackctl.cli.app import app
 from repackctl.cli.common import (
     SIGTERM_EXIT,
     clip_words,
-    handle_errors,
     sigterm_lines,
     worker_lost_error,
 )
@@ -51,19 +49,8 @@ EXTRACT = ["extract", "--encoder", "patchpix", "-n", "600", "--shard", "32", "--
 EXTRACT += ["--batch-size", "16"]
 
 
-def _app(message: str) -> typer.Typer:
-    app = typer.Typer()
-
-    @app.command()
-    @handle_errors
-    def go() -> None:
-        raise RuntimeError(message)
-
-    return app
-
-
 def _refused(message: str) -> str:
-    res = runner.invoke(_app(message), [])
+    res = runner.invoke(raising_app(RuntimeError(message)), [])
     out = " ".join(res.output.split())
     assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.output
     assert "Traceback" not in out and out.count("Error:") == 1 and "Hint:" in out, out

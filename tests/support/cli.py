@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import typer
 from typer.testing import CliRunner
 
 from repackctl.cli.app import app
@@ -39,3 +40,18 @@ def proc_ok(args: list[str], env: dict[str, str]) -> str:
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     assert res.returncode == 0 and "Traceback" not in res.stderr, res.stdout + res.stderr
     return " ".join((res.stdout + res.stderr).split())
+
+
+def raising_app(error: BaseException) -> typer.Typer:
+    """A one-command app that raises ``error`` under the CLI's error handling
+    (``handle_errors``): how a command meets an exception torch or a backend raises."""
+    from repackctl.cli.common import handle_errors
+
+    app = typer.Typer()
+
+    @app.command()
+    @handle_errors
+    def go() -> None:
+        raise error
+
+    return app
