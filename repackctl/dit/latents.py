@@ -158,10 +158,12 @@ def _training_split(
     if train:
         return train
     found = ", ".join(sorted({f"{n} (split {split[n]!r})" for _, n, _ in candidates}))
+    runs = {pack_run_of(pid) for _, _, pid in candidates}  # the pack run, where one made them
+    run = runs.pop() if len(runs) == 1 and None not in runs else "RUN"
     raise DataError(
         f"no train-split entry of the cache {root} holds these packed latents; only {found}",
         "pass --entry to train on one of them on purpose, or encode the train split: "
-        "`repackctl pack encode --run RUN`",
+        f"`repackctl pack encode --run {run}`",
     )
 
 

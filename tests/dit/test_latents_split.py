@@ -73,3 +73,5 @@ def test_only_val_latents_are_refused_without_entry(root):
     with pytest.raises(DataError, match="no train-split entry") as err:
         find_latents(cache)
     assert val in str(err.value) and "--entry" in err.value.hint
+    # the pack run that made them, not a placeholder to fill in
+    assert "`repackctl pack encode --run pack-tiny`" in err.value.hint, err.value.hint
