@@ -415,7 +415,13 @@ def resolve(
     from repackctl.settings import resolve_settings
 
     given = {k: v for k, v in given.items() if v is not None}
-    config = config or os.environ.get("REPACKCTL_CONFIG")
+    from_env = os.environ.get("REPACKCTL_CONFIG")
+    if config and from_env and Path(config).expanduser() != Path(from_env).expanduser():
+        # the flag wins, as for every setting; the file the environment names is not read
+        line = f"--config {config} is read, not REPACKCTL_CONFIG={from_env} (a flag wins)"
+        if is_main_process():
+            err_console.print(note_line(line), highlight=False, soft_wrap=True, markup=False)
+    config = config or from_env
     resolved = resolve_settings(config, given, flag_names=flags)
     set_log_every_s(resolved.settings.log_every_s)  # period of plain progress lines
     return resolved

@@ -112,3 +112,17 @@ def test_a_plugin_kept_off_by_the_autoload_switch_is_named_as_such(monkeypatch):
     # a typo of it says which id is meant, and that it is kept off
     out = cli_refused(RegistryError.exit_code, "benchmark", "train", "--model", "uvit-tin", *CPU)
     assert "did you mean 'uvit-tiny'? an installed plugin's, kept off by" in out, out
+
+
+def test_config_flag_beside_the_environment_file_says_which_is_read(tmp_path, monkeypatch):
+    # both given: the flag's file was read and the environment's ignored, without a word
+    env_file, flag_file = tmp_path / "env.toml", tmp_path / "flag.toml"
+    env_file.write_text("[extract]\nbatch_size = 9\n")
+    flag_file.write_text("[extract]\nbatch_size = 7\n")
+    monkeypatch.setenv("REPACKCTL_CONFIG", str(env_file))
+    out = cli_ok("extract", "--config", str(flag_file), "--show-config")
+    assert f"note: --config {flag_file} is read, not REPACKCTL_CONFIG={env_file}" in out, out
+    assert "extract.batch_size = 7 # file flag.toml" in out, out
+    # the same file both ways, or the environment alone: nothing to say
+    out = cli_ok("extract", "--config", str(env_file), "--show-config")
+    assert "note: --config" not in out, out
