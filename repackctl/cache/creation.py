@@ -380,10 +380,12 @@ def removal_lock(folder: Path | None, what: str, group: Path | None = None) -> I
     at once when a writer holds the entry (``entry_writer``) or a reader the group
     (``reader_locks``): nothing is removed then."""
     with writers_out(folder) as held, readers_out(group or folder) as unread:
-        if not held:
+        if not held:  # a writer holds the entry, whichever of its groups it writes
+            writing = what if group is None or folder is None else f"cache entry {folder.name}"
+            also = "" if writing == what else f" (no group of it is removed meanwhile: {what})"
             raise CacheError(
-                f"{what} is being written by another process (extract, captions, pack encode "
-                "or refine); nothing was removed",
+                f"{writing} is being written by another process (extract, captions, pack encode "
+                f"or refine){also}; nothing was removed",
                 "wait for it to finish (or stop it), then run the command again",
             )
         if not unread:

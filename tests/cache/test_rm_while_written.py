@@ -65,7 +65,10 @@ def test_rm_of_an_entry_being_extracted_is_refused_and_the_extract_finishes(tmp_
             app, ["cache", "rm", NAME, "--features", feats[0], "-y", "--cache", cache]
         )
         assert res.exit_code == CacheError.exit_code, res.output
-        assert "being written by another process" in " ".join(res.output.split())
+        out = " ".join(res.output.split())
+        # the entry is being written (its images), not named as if the features group were
+        assert f"cache entry {NAME} is being written by another process" in out, out
+        assert f"no group of it is removed meanwhile: features/{feats[0]}" in out, out
         out = proc.communicate(timeout=300)[0]
     finally:
         proc.kill()
