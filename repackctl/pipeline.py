@@ -203,11 +203,29 @@ def claim_demo_folder(
     restart = (
         f"run `{demo_command(plan, '--fresh')}` to start over (it removes only what the demo wrote)"
     )
-    keep_plan(plan.out, plan.COMMAND, plan.record(), owned, restart)
+    started = functools.partial(started_command, plan)
+    keep_plan(plan.out, plan.COMMAND, plan.record(), owned, restart, started)
+
+
+def started_command(plan: Any, recorded: dict[str, Any]) -> str | None:
+    """The command that started the demo whose plan ``recorded`` holds, in ``plan.out``: its
+    full or ``--quick`` plan with the recorded seed (:func:`demo_command`); None for a plan of
+    neither (another version's)."""
+    seed = recorded.get("seed", 0)
+    for known in (type(plan)(out=plan.out), type(plan).quick(plan.out)):
+        known = replace(known, seed=seed) if isinstance(seed, int) else known
+        if json.loads(json.dumps(known.record())) == recorded:
+            return demo_command(known)
+    return None
 
 
 def keep_plan(
-    out: Path, command: str, plan: dict[str, Any], owned: Iterable[str], restart: str
+    out: Path,
+    command: str,
+    plan: dict[str, Any],
+    owned: Iterable[str],
+    restart: str,
+    started: Callable[[dict[str, Any]], str | None] | None = None,
 ) -> None:
     """Record ``plan`` (JSON values: what decides the results) in ``out/plan.json``, or refuse
     to go on in a folder that ``command`` (``repackctl demo``) started with another plan.
@@ -238,9 +256,11 @@ def keep_plan(
         if recorded.get(k) != wanted.get(k)
     ]
     if changed:
+        again = started(recorded) if started is not None else None  # the command, where known
+        flags = f"go on with `{again}`" if again else "give the flags it was started with"
         raise ConfigError(
             f"{out} holds a `{command}` started with another plan: {name_items(changed)}",
-            f"give the flags it was started with, {restart}, or choose a new folder with --out",
+            f"{flags}, {restart}, or choose a new folder with --out",
         )
 
 

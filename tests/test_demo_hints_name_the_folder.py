@@ -25,8 +25,9 @@ def _old_run() -> None:  # what `pack train` raises on a run made under an older
     raise CheckpointError("run pack was trained with loss weight feature = 0.0, now 1.0", "x")
 
 
-def _command(hint: str) -> list[str]:
-    (cmd,) = [c for c in hint.split("`") if c.startswith("repackctl demo")]
+def _command(hint: str, marker: str = "") -> list[str]:
+    """The one `repackctl demo …` command of ``hint`` (that holds ``marker``)."""
+    (cmd,) = [c for c in hint.split("`") if c.startswith("repackctl demo") and marker in c]
     return shlex.split(cmd)
 
 
@@ -81,8 +82,18 @@ def test_a_rerun_with_another_plan_names_this_demo_s_fresh_command(
     with pytest.raises(ConfigError) as e:
         claim_demo_folder(again, kind, files, False, lambda _: None)
     assert "seed 0 → 1" in e.value.message
-    argv = _command(e.value.hint)
+    argv = _command(e.value.hint, "--fresh")
     assert argv[:2] == ["repackctl", "demo"] and "--fresh" in argv, argv
     assert ("--t2i" in argv) == t2i, argv
     assert argv[argv.index("--out") + 1] == str(out), argv
     assert "--quick" in argv and argv[argv.index("--seed") + 1] == "1", argv
+    # the command it was started with: --quick, seed 0 (the hint said "give the flags it was
+    # started with" without naming them; `--quick` is the one a user forgets)
+    argv = _command(e.value.hint.split("go on with", 1)[1].split(",")[0])
+    assert "--quick" in argv and "--seed" not in argv and "--fresh" not in argv, argv
+    assert argv[argv.index("--out") + 1] == str(out) and ("--t2i" in argv) == t2i, argv
+    # the full plan asked in a --quick demo's folder: the same
+    with pytest.raises(ConfigError) as e:
+        claim_demo_folder(plan_cls(out=out), kind, files, False, lambda _: None)
+    argv = _command(e.value.hint.split("go on with", 1)[1].split(",")[0])
+    assert "--quick" in argv and "--fresh" not in argv, argv
