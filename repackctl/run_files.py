@@ -190,6 +190,22 @@ def read_json_dict(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def protocol_card(doc: Any) -> dict[str, Any] | None:
+    """The protocol card in a samples folder's ``protocol.json`` document: the document itself,
+    or its ``protocol`` object (cards of some versions wrap it so); None when it is no object."""
+    inner = doc.get("protocol", doc) if isinstance(doc, dict) else None
+    return inner if isinstance(inner, dict) else None
+
+
+def checkpoint_weights_sha256(checkpoint: Path, which: str) -> str | None:
+    """The sha256 that the ``state.json`` of the checkpoint folder ``checkpoint`` records for its
+    ``which`` weights (``<which>.safetensors`` in ``files``), or None (no such folder or record,
+    or not readable)."""
+    files = (read_json_dict(checkpoint / "state.json") or {}).get("files")
+    sha = files.get(f"{which}.safetensors") if isinstance(files, dict) else None
+    return sha if isinstance(sha, str) else None
+
+
 def run_started(folder: Path) -> bool:
     """True once the engine wrote a run's ``config.json`` or a checkpoint (``state.json``) there."""
     try:

@@ -43,9 +43,11 @@ from repackctl.run_files import (
     PROTOCOL_JSON,
     SETTINGS_JSON,
     StoredConfig,
+    checkpoint_weights_sha256,
     foreign_paths,
     pack_id_run_step,
     pack_id_weights_sha8,
+    protocol_card,
     read_json_dict,
     read_run_config,
     recorded_refiner,
@@ -461,9 +463,7 @@ def sampled_weights(folder: Path) -> tuple[str | None, str]:
 def _card_of(folder: Path) -> dict[str, Any]:
     """The protocol card of a samples folder ({} when absent or unreadable); cards of some
     versions wrap it in ``{"protocol": …}``."""
-    doc = read_json_dict(folder / PROTOCOL_JSON) or {}
-    inner = doc.get("protocol")
-    return inner if isinstance(inner, dict) else doc
+    return protocol_card(read_json_dict(folder / PROTOCOL_JSON)) or {}
 
 
 def made_by_another_run(folder: Path, run_folder: Path) -> bool:
@@ -479,10 +479,8 @@ def made_by_another_run(folder: Path, run_folder: Path) -> bool:
     if not STEP_RE.match(step):
         return False
     sha, which = sampled_weights(folder)
-    state = read_json_dict(run_folder / CKPT_DIR / step / "state.json") or {}
-    files = state.get("files") if isinstance(state.get("files"), dict) else {}
-    recorded = files.get(f"{which}.safetensors")
-    return isinstance(recorded, str) and sha is not None and recorded != sha
+    recorded = checkpoint_weights_sha256(run_folder / CKPT_DIR / step, which)
+    return recorded is not None and sha is not None and recorded != sha
 
 
 def _require_run(folder: Path) -> None:
@@ -779,10 +777,7 @@ def pack_id_names_other_weights(
 def recorded_weights_sha256(folder: Path, step: int, which: str) -> str | None:
     """The sha256 that ``state.json`` of the step folder ``step`` of ``folder`` records for
     its ``which`` weights (``files``), or None (no such folder, or not readable)."""
-    state = read_json_dict(folder / CKPT_DIR / f"step-{step:07d}" / "state.json") or {}
-    files = state.get("files")
-    sha = files.get(f"{which}.safetensors") if isinstance(files, dict) else None
-    return sha if isinstance(sha, str) else None
+    return checkpoint_weights_sha256(folder / CKPT_DIR / f"step-{step:07d}", which)
 
 
 def _being_trained(folder: Path, holder: Holder | None) -> CheckpointError:

@@ -412,11 +412,11 @@ def resolve(
 ) -> ResolvedSettings:
     """Resolve the settings layers; ``given`` holds dotted keys of the flags (None: not given),
     ``flags`` the flags a command renames (dotted key → flag), named when a value is refused."""
-    from repackctl.settings import resolve_settings
+    from repackctl.settings import resolve_settings, same_config_file
 
     given = {k: v for k, v in given.items() if v is not None}
     from_env = os.environ.get("REPACKCTL_CONFIG")
-    if config and from_env and Path(config).expanduser() != Path(from_env).expanduser():
+    if config and from_env and not same_config_file(config, from_env):
         # the flag wins, as for every setting; the file the environment names is not read
         line = f"--config {config} is read, not REPACKCTL_CONFIG={from_env} (a flag wins)"
         if is_main_process():

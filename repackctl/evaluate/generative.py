@@ -88,6 +88,7 @@ from repackctl.paths import (
     run_root_of,
 )
 from repackctl.progress import ProgressFactory, null_progress, warn
+from repackctl.run_files import protocol_card
 from repackctl.settings import Settings
 from repackctl.versions import installed_version
 
@@ -614,8 +615,8 @@ def read_protocol(folder: Path) -> dict:
         doc = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise DataError(f"cannot read {path}: {e}", hint="the samples folder is damaged") from e
-    protocol = doc.get("protocol", doc) if isinstance(doc, dict) else None
-    if not isinstance(protocol, dict):  # valid JSON of another shape: never "external samples"
+    protocol = protocol_card(doc)
+    if protocol is None:  # valid JSON of another shape: never "external samples"
         raise DataError(
             f"{path} is not a protocol card (a JSON object)", hint="the samples folder is damaged"
         )

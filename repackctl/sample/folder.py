@@ -62,7 +62,7 @@ from repackctl.paths import (
     SETTINGS_JSON,
 )
 from repackctl.progress import warn
-from repackctl.run_files import read_json_dict
+from repackctl.run_files import checkpoint_weights_sha256, read_json_dict
 from repackctl.run_lock import SAMPLES_LOCK, lock_samples
 from repackctl.sample.plan import GenerationPlan, label_classes
 from repackctl.temp_names import temp_parts, writer_tag
@@ -409,9 +409,8 @@ def _holds_recorded_weights(checkpoint: Path, recorded: dict[str, Any]) -> bool:
     sha, which = recorded.get("checkpoint_sha256"), recorded.get("weights") or "ema"
     if not isinstance(sha, str) or which not in ("ema", "model"):
         return True
-    files = (read_json_dict(checkpoint / "state.json") or {}).get("files")
-    known = files.get(f"{which}.safetensors") if isinstance(files, dict) else None
-    if isinstance(known, str):
+    known = checkpoint_weights_sha256(checkpoint, which)
+    if known is not None:
         return known == sha
     weights = checkpoint / f"{which}.safetensors"
     return weights.is_file() and sha256_file_cached(weights) == sha

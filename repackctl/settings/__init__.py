@@ -33,13 +33,17 @@ from repackctl.settings.captions import CaptionsSettings
 from repackctl.settings.dit import DitSettings
 from repackctl.settings.evaluate import EvaluateSettings
 from repackctl.settings.extract import ExtractSettings
-from repackctl.settings.names import unknown_env_error, unknown_file_names, valid_keys_hint
+from repackctl.settings.names import (
+    ENV_PREFIX,
+    unknown_env_error,
+    unknown_file_names,
+    valid_keys_hint,
+)
 from repackctl.settings.pack import PackSettings
 from repackctl.settings.refine import RefineSettings
 from repackctl.settings.sample import SampleSettings
 from repackctl.settings.t2i import T2iSettings
 
-ENV_PREFIX = "REPACKCTL_"
 Precision = Literal["fp32", "bf16", "fp16"]
 SEED_MAX = 2**32 - 1  # seeds are 32-bit words (sampling: repackctl.sample.plan.index_seed)
 
@@ -415,9 +419,15 @@ def _refuse_both_lengths(section: str, given: dict[str, Any], sources: dict[str,
 CONFIG_ENV = f"{ENV_PREFIX}CONFIG"
 
 
+def same_config_file(a: str | Path, b: str | Path) -> bool:
+    """Whether two spellings of a config path name one file (``~``, relative and ``..`` parts
+    resolved): ``--config c.toml`` and ``REPACKCTL_CONFIG=$PWD/c.toml`` are the same file."""
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
 def _file_layer(path: Path, env: dict[str, str]) -> tuple[str, dict[str, Any]]:
     """The ``--config`` layer; a path that came from ``REPACKCTL_CONFIG`` is named as such."""
-    from_env = CONFIG_ENV in env and Path(env[CONFIG_ENV]).expanduser() == path
+    from_env = CONFIG_ENV in env and same_config_file(env[CONFIG_ENV], path)
     where = f" (from {CONFIG_ENV})" if from_env else ""
     fix = (
         f"point {CONFIG_ENV} at an existing TOML file, or unset it"

@@ -75,7 +75,7 @@ def valid_keys_hint(dotted: str) -> str:
 
 # ------------------------------------------------------------------------------ environment
 
-ENV_PREFIX = "REPACKCTL_"
+ENV_PREFIX = "REPACKCTL_"  # the settings layer's (``repackctl.settings`` re-exports it)
 
 
 def env_var(*parts: str) -> str:

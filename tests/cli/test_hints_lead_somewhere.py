@@ -126,3 +126,7 @@ def test_config_flag_beside_the_environment_file_says_which_is_read(tmp_path, mo
     # the same file both ways, or the environment alone: nothing to say
     out = cli_ok("extract", "--config", str(env_file), "--show-config")
     assert "note: --config" not in out, out
+    # ... also spelt relative to the working folder (the note compared the paths as typed)
+    monkeypatch.chdir(tmp_path)
+    out = cli_ok("extract", "--config", "env.toml", "--show-config")
+    assert "note: --config" not in out and "batch_size = 9" in out, out
