@@ -179,9 +179,10 @@ def write_sampling_json(
     """Write ``run_dir/sampling.json``: the sampling settings of ``preset`` (``paper``: the
     official RePack ones, ``sample_cfg`` being a released config's sampling section, if any;
     ``repa``: REPA's; ``t2i-repa``: REPA's text-to-image ones) as the run's defaults for
-    ``repackctl sample``. Both class-conditional ones draw labels with ``torch.randint``:
-    ``--labels random``. The file carries the sha256 of its content: a sampler never takes
-    defaults from an edited or damaged one."""
+    ``repackctl sample``. The file sets no labels, for any preset: ``sample`` draws balanced
+    labels (N/classes each) unless given ``--labels random``, which is how both official
+    class-conditional recipes draw them (``torch.randint``). The file carries the sha256 of its
+    content: a sampler never takes defaults from an edited or damaged one."""
     if preset == "repa":
         defaults, upstream = repa_sampling_defaults(), dict(REPA_SAMPLING)
     elif preset == "t2i-repa":

@@ -461,9 +461,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         "patch": 2,
         **REPA_SHARED,
         "class_dropout": 0.1,
-        "ckpt_every": 10_000,
-        "log_every": 100,
+        # train.py's output, as `train t2i --preset repa` takes train_t2i.py's: a checkpoint
+        # every --checkpointing-steps 50000 (:416), none ever deleted (:328-339); a sample grid
+        # every --sampling-steps 10000 (:394) with a 50-step Euler sampler (:344-354). REPA logs
+        # every step to its tracker (:371); our metrics line keeps its default, as t2i's does
+        "ckpt_every": 50_000,
+        "keep_last": 0,
         "image_every": 10_000,
+        "image_steps": 50,
     },
 }
 
