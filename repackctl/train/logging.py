@@ -211,6 +211,18 @@ def _panel(ax: Any, records: list[dict[str, Any]], keys: list[str], title: str) 
         ax.legend(fontsize=8)
 
 
+def redraw_stale_curves(run_dir: str | os.PathLike) -> Path | None:
+    """Draw ``curves.png`` where it is missing or older than the metrics (a run killed after its
+    last checkpoint, before its closing drawing): a rerun with nothing left to train then leaves
+    the figure an uninterrupted run ends with. None where nothing was drawn."""
+    metrics, curves = Path(run_dir) / METRICS, Path(run_dir) / CURVES
+    if not metrics.is_file():
+        return None
+    if curves.is_file() and curves.stat().st_mtime_ns >= metrics.stat().st_mtime_ns:
+        return None
+    return plot_curves(run_dir)
+
+
 def plot_curves(run_dir: str | os.PathLike) -> Path | None:
     """Loss terms, one panel per scale (log where they span > 10×), and the lr, to ``curves.png``."""
     records = read_metrics(run_dir)

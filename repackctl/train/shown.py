@@ -1,14 +1,16 @@
 """A run with nothing left to train, shown as it is (DESIGN.md "Nothing lost"; shared by
 `train dit`, `pack train` and `refine train`): ``--steps N`` at or below the run's checkpoint
-step trains nothing and writes nothing in the run folder (only train.lock is taken)."""
+step trains nothing and writes nothing in the run folder (only train.lock is taken), except
+``curves.png`` where a kill after the last checkpoint left it missing or stale."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+from repackctl.runtime import is_main_process
 from repackctl.train.checkpoint import read_state
-from repackctl.train.logging import read_metrics
+from repackctl.train.logging import read_metrics, redraw_stale_curves
 from repackctl.train.protocol import TrainResult
 
 
@@ -20,12 +22,15 @@ def last_losses(run_dir: Path, step: int) -> dict[str, float]:
 
 def idle_lines(run_dir: Path, checkpoint: Path | None, steps: int | None) -> list[str] | None:
     """The lines that show a run whose ``checkpoint`` is at or past ``steps`` (None: it trains
-    on, or ``steps`` is unknown yet): its step, checkpoint and last losses."""
+    on, or ``steps`` is unknown yet): its step, checkpoint and last losses. A missing or stale
+    ``curves.png`` is drawn."""
     if checkpoint is None or steps is None:
         return None
     done = int(read_state(checkpoint).get("step", 0))
     if steps > done:
         return None
+    if is_main_process():
+        redraw_stale_curves(run_dir)
     losses = ", ".join(f"{k[5:]} {v:.4g}" for k, v in last_losses(run_dir, done).items())
     return [
         f"nothing to train: run {run_dir.name} is at step {done}, --steps is {steps} (pass "
@@ -46,6 +51,8 @@ def shown_run(task: Any, checkpoint: Path) -> TrainResult:
     task.build()  # the model row's parameter count (no weights are loaded)
     done = int(state.get("step", 0))
     run_dir = checkpoint.parent.parent  # runs/<name>/checkpoints/step-…
+    if is_main_process():
+        redraw_stale_curves(run_dir)
     return TrainResult(
         run_dir=run_dir,
         step=done,
