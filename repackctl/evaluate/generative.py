@@ -208,6 +208,8 @@ def npz_image_set(
             # writable copies: torch warns on (and must not write into) read-only buffers
             return (b.copy() for b in _take(iter_npz_images(path, bs), n))
 
+    if len(shape) == 4:  # (N, H, W, 3); another shape is refused where it is read
+        refuse_non_square(str(path), int(shape[2]), int(shape[1]))
     return ImageSet(
         kind="npz",
         label=str(path),
@@ -217,6 +219,20 @@ def npz_image_set(
         hasher=lambda: sha256_file_cached(path),  # a samples folder's is checked on opening
         meta={"available": int(shape[0])},
     )
+
+
+def refuse_non_square(where: str, width: int, height: int) -> None:
+    """Refuse images given as they are (generated samples, an .npz) that are not square: they
+    were scored at their height, uncropped, against a reference drawn or center-cropped square
+    at that size (ADM's protocol compares square images), and the card held no word of it."""
+    if width != height:
+        raise DataError(
+            f"the images of {where} are {width}x{height} (width x height), not square: scores "
+            "compare square images (real images are center-cropped to a square, as in ADM's "
+            "protocol)",
+            hint=f"center-crop them to {min(width, height)}x{min(width, height)} (or make them "
+            "square at the reference's resolution) and evaluate those",
+        )
 
 
 def _png_batches(files: list[Path], bs: int) -> Iterator[np.ndarray]:
@@ -268,9 +284,10 @@ def png_folder_set(
         files = files[:num]
     try:
         with Image.open(files[0]) as im:
-            resolution = im.size[1]
+            width, resolution = im.size
     except (OSError, ValueError) as e:
         raise DataError(f"sample {files[0]} is unreadable: {e}") from e
+    refuse_non_square(str(folder), width, resolution)  # the others must be of its size
     return ImageSet(
         kind="image-folder",
         label=str(folder),
@@ -291,7 +308,9 @@ def reference_folder_set(folder: Path, resolution: int, num: int | None, seed: i
     (:func:`repackctl.evaluate.selection.sample_files`); in any folder the preview ``grid.png``
     at the top is no image of the set. A sample run `repackctl sample` started but did not
     finish (killed, or still running) is refused, as on the generated side: its PNGs are part
-    of the run, and their statistics were of the few written so far.
+    of the run, and their statistics were of the few written so far. So are a finished
+    folder's PNGs whose pixels are not the ones its card records (``images_sha256``), and a
+    folder of split folders (``train/`` and ``val/``: both splits read as one set).
     """
     from repackctl.data.base import BadImage
     from repackctl.data.crop import center_crop, open_image
@@ -351,12 +370,17 @@ def checked_reference_npz(images: ImageSet, path: Path) -> ImageSet:
 
 def _reference_files(root: Path) -> list[Path]:
     """The image files of a reference folder: a samples folder's sample files (never its
-    ``grid.png``, a preview of several samples), else every image under ``root`` (hidden ones
-    and a top-level ``grid.png`` left out), sorted."""
+    ``grid.png``, a preview of several samples), checked against its card as on the generated
+    side (:func:`_check_recorded_pngs`: an edited PNG was summarised as the samples), else
+    every image under ``root`` (hidden ones and a top-level ``grid.png`` left out), sorted."""
     from repackctl.evaluate.selection import GRID_PNG
 
     if (root / PROTOCOL_JSON).is_file():
-        return sample_files(root, read_protocol(root))[0]
+        protocol = read_protocol(root)
+        files = sample_files(root, protocol)[0]
+        _check_recorded_pngs(root, protocol, len(files))
+        return files
+    _refuse_split_folders(root)
     return sorted(
         p
         for p in root.rglob("*")
@@ -364,6 +388,29 @@ def _reference_files(root: Path) -> list[Path]:
         and p.suffix.lower() in IMAGE_EXTENSIONS
         and not any(part.startswith(".") for part in p.relative_to(root).parts)
         and p.relative_to(root).as_posix() != GRID_PNG
+    )
+
+
+def _refuse_split_folders(root: Path) -> None:
+    """Refuse a reference folder holding two or more split folders (``train/``, ``val/``, …,
+    the names ``imagefolder`` data sources read as splits): read recursively, its statistics
+    were of every split together, though `extract --data imagefolder:PATH` reads it split by
+    split. One split-named folder beside others (a class ``train``) is read as it is."""
+    from repackctl.data.imagefolder import SPLIT_NAMES
+
+    try:
+        splits = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name in SPLIT_NAMES)
+    except OSError:
+        return  # unreadable: the listing that follows says so
+    if len(splits) < 2:
+        return
+    folders = ", ".join(f"{name}/" for name in splits)
+    held_out_first = sorted(splits, key=lambda name: name == "train")
+    others = " or ".join(str(root / name) for name in held_out_first[1:])
+    raise DataError(
+        f"the reference folder {root} holds the split folders {folders}: read as one set, its "
+        "images would be of every split together",
+        hint=f"pass one split's folder instead: {root / held_out_first[0]} (or {others})",
     )
 
 
@@ -636,15 +683,22 @@ class Generated:
 
 def _more_hint(num: int, protocol: dict, folder: Path) -> str:
     """How to sample ``num``: from the folder's own checkpoint, with its recorded settings (a
-    bare `repackctl sample --num N` sampled the newest run with the default settings)."""
+    bare `repackctl sample --num N` sampled the newest run with the default settings), into a
+    new folder (``--out``): the folder's name has no count in it, so without ``--out`` the
+    command landed on this folder and was refused (a samples folder is never extended)."""
     ckpt = Path(str(protocol.get("checkpoint") or ""))
+    new = shlex.quote(f"{folder}-n{num}")
     if not ckpt.name.startswith("step-"):
-        return f"generate more (`repackctl sample --num {num}` with the settings you sampled with)"
+        return (
+            f"generate more (`repackctl sample --num {num} --out {new}` with the settings you "
+            f"sampled with) and evaluate {new}"
+        )
     prompts, inline = _given_prompts(protocol)
     return (
-        f"sample {num} from the same checkpoint with this folder's settings: `repackctl sample "
-        f"--run {ckpt.parent.parent} --checkpoint {ckpt.name} --num {num}{prompts}` plus the "
-        f"sampler options{inline} that {folder / PROTOCOL_JSON} records"
+        f"sample {num} from the same checkpoint with this folder's settings into a new folder: "
+        f"`repackctl sample --out {new} --run {ckpt.parent.parent} --checkpoint {ckpt.name} "
+        f"--num {num}{prompts}` plus the sampler options{inline} that {folder / PROTOCOL_JSON} "
+        f"records, then evaluate {new}"
     )
 
 
@@ -950,8 +1004,8 @@ def _is_builtin_dataset(name: str | None) -> bool:
     return bool(name) and str(name).split("-")[0].split(":")[0] == "builtin"
 
 
-def _training_data(protocol: dict) -> dict:
-    """The cache ids a DiT checkpoint was trained on (its state.json), or {} when unknown."""
+def _training_extra(protocol: dict) -> dict:
+    """The ``extra`` a DiT checkpoint recorded (its state.json), or {} when unknown."""
     ckpt = protocol.get("checkpoint")
     state = Path(ckpt) / "state.json" if ckpt else None
     if state is None or not state.is_file():
@@ -960,8 +1014,36 @@ def _training_data(protocol: dict) -> dict:
         extra = json.loads(state.read_text()).get("extra") or {}
     except (OSError, json.JSONDecodeError):
         return {}
-    cache = extra.get("cache")
+    return extra if isinstance(extra, dict) else {}
+
+
+def _training_data(protocol: dict) -> dict:
+    """The cache ids a DiT checkpoint was trained on (its state.json), or {} when unknown."""
+    cache = _training_extra(protocol).get("cache")
     return cache if isinstance(cache, dict) else {}
+
+
+def _refuse_remade_entry(root: str, entry: str, extra: dict) -> None:
+    """Refuse the training entry ``entry`` of the cache ``root`` as the default reference when
+    it no longer holds what the DiT trained on: the latents it recorded are gone, or their
+    channel stats are not the ones it recorded (``dit.t2i_load._other_entry``, the check a
+    resume and `sample` make). An entry removed and extracted again from other images under the
+    same name was taken by its name, and the samples were scored against images the DiT never
+    saw, without a word. A DiT that recorded no latents is not checked."""
+    from repackctl.cache.store import DatasetEntry
+    from repackctl.dit.t2i_load import _other_entry
+
+    pack_id = (extra.get("cache") or {}).get("latents")
+    why = _other_entry(DatasetEntry.open(root, entry), pack_id, extra)
+    if why is None:
+        return
+    raise DataError(
+        f"no reference given, and the DiT's training entry {entry} in the cache {root} is not "
+        f"the one it trained on: it {why}; it was made again (from other images?) or its "
+        "latents were removed, so its images are not the DiT's training images",
+        hint="pass the reference: --ref FOLDER, --ref STATS.npz or --ref builtin (the images "
+        f"the DiT trained on), or --ref-cache {entry} to score against this entry anyway",
+    )
 
 
 def _default_reference(
@@ -975,20 +1057,25 @@ def _default_reference(
     ADM's ImageNet reference batch is). That root is read while it holds the entry, whatever
     the cache setting says (an entry of the same name in another cache may hold other images,
     e.g. the built-in data drawn with another seed); when it is gone, an entry of that name in
-    the cache setting is taken, with a warning. Samples that only say ``dataset: builtin`` get
-    the built-in dataset. Text-to-image samples of the default prompts get the entry whose
-    captions were their prompts (:func:`_prompts_entry`)."""
+    the cache setting is taken, with a warning. Either way the entry must still hold the
+    latents the DiT trained on, with the channel stats it recorded, or it is refused
+    (:func:`_refuse_remade_entry`: made again from other images under the same name). Samples
+    that only say ``dataset: builtin`` get the built-in dataset. Text-to-image samples of the
+    default prompts get the entry whose captions were their prompts (:func:`_prompts_entry`)."""
     from repackctl.cache.store import list_entries
 
     p = gen.protocol
+    extra = _training_extra(p)
     data = _training_data(p)
     entry, root = data.get("entry"), data.get("root")
     prompts_at = _prompts_entry(p, entry, root, messages, settings.cache)
     if prompts_at:
         return None, *prompts_at
     if entry and isinstance(root, str) and _has_entry(root, entry):
+        _refuse_remade_entry(root, entry, extra)
         return None, entry, root
     if entry and entry in list_entries(settings.cache):
+        _refuse_remade_entry(settings.cache, entry, extra)
         if isinstance(root, str) and root != settings.cache:
             messages.append(
                 f"Warning: the DiT trained on {entry} of the cache {root}, which no longer "
@@ -1109,7 +1196,7 @@ def open_reference(settings: Settings, gen: Generated) -> Reference:
         images = builtin_image_set(res, n, settings.seed)
         ref = Reference("images", images.label, "", images=images, builtin_data=True)
     else:
-        ref = _reference_from_path(Path(spec).expanduser().resolve(), res, settings.seed)
+        ref = _reference_from_path(reference_path(spec), res, settings.seed)
     if ref.images is not None:
         ref.images.batch_size = cfg.batch_size
         ref.sha256 = ref.images.sha256
@@ -1118,6 +1205,25 @@ def open_reference(settings: Settings, gen: Generated) -> Reference:
         made = {"resolution": ref.images.resolution}
         check_protocol(ref, made, {"resolution": res}, cfg.force_reference)
     return ref
+
+
+#: how `extract --data` names an image folder; taken before a reference folder too
+IMAGEFOLDER_PREFIX = "imagefolder:"
+
+
+def reference_path(spec: str) -> Path:
+    """The path ``--ref`` / `evaluate stats` SOURCE names, absolute. ``imagefolder:PATH``, the
+    form `extract --data` takes, is PATH: it was read as the relative path
+    ``./imagefolder:PATH``, which did not exist (a path of that name that exists is taken)."""
+    path = Path(spec).expanduser()
+    if not spec.startswith(IMAGEFOLDER_PREFIX) or path.exists():
+        return path.resolve()
+    rest = spec[len(IMAGEFOLDER_PREFIX) :]
+    if not rest:
+        raise DataError(
+            f"{spec!r} names no folder", hint="pass the image folder: imagefolder:PATH or PATH"
+        )
+    return Path(rest).expanduser().resolve()
 
 
 def _reference_from_path(path: Path, resolution: int, seed: int) -> Reference:
@@ -2122,7 +2228,7 @@ def _stats_images(
         return builtin_image_set(
             64 if resolution is None else resolution, 1000 if num is None else num, settings.seed
         )
-    path = Path(source).expanduser().resolve()
+    path = reference_path(source)
     if not path.exists():
         raise DataError(
             f"{path} does not exist",

@@ -186,6 +186,19 @@ def _fd_difference(key: str, was: object, now: object) -> str:
     return f"fd {key}: {changed} (stored → this run)"
 
 
+def _reference_difference(was: dict, now: dict) -> str:
+    """How the stored result's reference differs from this run's: their paths, or, when the
+    paths are the same, their content sha256 (shortened): an entry or folder made again from
+    other images under one name was named twice, and nothing said what differed."""
+    if was.get("path") != now.get("path"):
+        return f"reference {was.get('path')} (this run: {now.get('path')})"
+    old_sha, new_sha = (str(d.get("sha256"))[:12] for d in (was, now))
+    return (
+        f"reference {now.get('path')} of other content, sha256 {old_sha}… (this run: "
+        f"{new_sha}…): it was changed or made again from other images since"
+    )
+
+
 def _check_same_scoring(
     path: Path, old: dict, old_card: dict, this: dict, card: dict | None
 ) -> None:
@@ -193,7 +206,7 @@ def _check_same_scoring(
     ref = old["reference"]
     diffs = []
     if ref.get("sha256") != this["reference"]["sha256"]:
-        diffs.append(f"reference {ref.get('path')} (this run: {this['reference']['path']})")
+        diffs.append(_reference_difference(ref, this["reference"]))
     if not _same_metrics(old.get("metrics"), this["metrics"]):
         diffs.append(f"metrics {old.get('metrics')} (this run: {this['metrics']})")
     if card is not None:  # the card's scoring fields and ``this``'s fd_detail are known
