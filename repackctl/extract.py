@@ -67,7 +67,7 @@ from repackctl.data.builtin import BuiltinSource
 from repackctl.data.builtin import check_resolution as check_builtin_resolution
 from repackctl.data.sources import dataset_label, default_resolution, make_source
 from repackctl.encoders.load import make_encoder
-from repackctl.errors import ConfigError, DataError, name_items
+from repackctl.errors import CacheError, ConfigError, DataError, name_items
 from repackctl.files import die_with_parent
 from repackctl.paths import entry_name
 from repackctl.progress import ProgressBar, ProgressFactory, null_progress
@@ -973,6 +973,26 @@ def _check_before_writing(
         _strict_check(settings.cache, name, source, resolution, ranges, settings.num_workers, dist)
 
 
+def _check_recorded_images(
+    entry: DatasetEntry, feats: Any, img_done: np.ndarray, feat_done: np.ndarray
+) -> None:
+    """Refuse rows pending in the entry's own ``done`` that these features record (a lost
+    ``done`` chunk reads as pending): the extract resumes from its features' ``done`` and would
+    write nothing for them, "resuming" for ever while `cache verify` and `cache ls` name it.
+    `cache verify --repair` writes that record again from the features where the images are
+    intact (``cache.verify.restore_done``), else marks the rows pending for this extract."""
+    lost = np.flatnonzero((img_done == PENDING) & (feat_done != PENDING))
+    if not len(lost):
+        return
+    raise CacheError(
+        f"{len(lost)} samples of {entry.name} (rows {lost[0]}–{lost[-1]}) are pending in the "
+        f"entry's own done but written in its features {feats.group.basename} (a chunk of done "
+        "lost?): this extract resumes from its features' done and would write nothing for them",
+        f"run `repackctl cache verify {entry.name} --repair` (it restores that record where "
+        "the images are intact, else marks the rows pending), then this extract again",
+    )
+
+
 def run_extract(
     settings: Settings,
     progress: ProgressFactory = null_progress,
@@ -1001,6 +1021,7 @@ def run_extract(
     # --repair`, never zarr's ValueError (a traceback)
     img_done = entry.done_mask()
     feat_done = feats.done_mask()
+    _check_recorded_images(entry, feats, img_done, feat_done)
     pending = [r for r in ranges if (feat_done[r.start : r.stop] == PENDING).any()]
     already = sum(len(r) for r in ranges) - sum(len(r) for r in pending)
     todo = sum(len(r) for r in pending)

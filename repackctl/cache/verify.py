@@ -202,6 +202,11 @@ def unfinished_groups(entry: DatasetEntry, info: EntryInfo) -> list[dict[str, An
                 f"`repackctl cache verify {entry.name} --repair` (a chunk of its done array is "
                 f"corrupt: which rows are written is not known), then {finish}"
             )
+        elif not path and orphan_rows(entry).any():  # the extract refuses it until repaired
+            finish = (
+                f"`repackctl cache verify {entry.name} --repair` (its done array lost rows that "
+                f"its features record as written), then {finish}"
+            )
         out.append({"group": path or "images", "pending": pending, "n": info.n, "finish": finish})
     return out
 
@@ -229,9 +234,13 @@ def verify_entry(entry: DatasetEntry, found: list | None = None) -> list[Problem
     come first; `verify --repair` fixes them, not the lasting problems (``Problem.fix``).
     """
     found = scan_chunks(entry) if found is None else found
-    problems = [Problem(str(d)) for _, d in found]
+    problems = [Problem(_damage_text(path, d)) for path, d in found]
+    lost = np.zeros(entry.n, bool)  # rows of the entry's done chunks that the repair restores
+    for path, d in found:
+        if not path and d.array == "done":
+            lost[d.lo : d.hi] = True
     try:
-        return problems + _verify_arrays(entry)
+        return problems + _verify_arrays(entry, lost)
     except Exception as e:  # an unreadable array not caught above: report, never a traceback
         return [*problems, Problem(f"unreadable: {type(e).__name__}: {e}", rewrite(entry, ""))]
 
@@ -271,7 +280,22 @@ def _nonfinite_fix(entry: DatasetEntry, path: str) -> str:
     return f"`--repair` leaves NaN/inf rows as they are: {nonfinite_rewrite(entry, path)}"
 
 
-def _verify_arrays(entry: DatasetEntry) -> list[Problem]:
+def _damage_text(path: str, d: Damage) -> str:
+    """A damaged chunk as `cache verify` lists it; one of the entry's ``done`` says what the
+    repair does with its rows (:func:`restore_done`)."""
+    if path or d.array != "done":
+        return str(d)
+    return (
+        f"{d} (`--repair` restores the rows that its features record as written where their "
+        "images are intact, else marks them pending)"
+    )
+
+
+def _verify_arrays(entry: DatasetEntry, lost: np.ndarray | None = None) -> list[Problem]:
+    """The entry's arrays, attributes and groups against each other. ``lost``: rows of damaged
+    ``done`` chunks of the entry (listed already, with what `--repair` does): counted as their
+    features record them, not as pending rows that resuming the extract writes (it does not:
+    it resumes from the features' ``done``)."""
     problems: list[Problem] = []
     n, r = entry.n, entry.resolution
     expect = {"images": (n, r, r, 3), "labels": (n,), "keys": (n,), "done": (n,)}
@@ -287,10 +311,23 @@ def _verify_arrays(entry: DatasetEntry) -> list[Problem]:
     if problems:
         return problems
     done, _ = read_done(entry.done, "done")
+    codes, _ = features_codes(entry)
+    if lost is not None:
+        done = np.where(lost & (done == PENDING), codes, done)
+    orphans = int(((done == PENDING) & (codes != PENDING)).sum())
+    if orphans:  # no damaged chunk: not repaired, and the extract writes nothing for them
+        problems.append(
+            Problem(
+                f"done: {orphans} samples pending that its features record as written (the "
+                "extract resumes from the features' done: it writes nothing for them)",
+                anew,
+            )
+        )
     c = _counts(done)
     texts: list[str] = []  # problems that resuming the extract fixes
-    if c["pending"]:
-        texts.append(f"{c['pending']} of {n} samples not written (resume with the same extract)")
+    if c["pending"] > orphans:
+        resumed = c["pending"] - orphans
+        texts.append(f"{resumed} of {n} samples not written (resume with the same extract)")
     attrs = entry.attrs
     if attrs.get("complete") and c["pending"]:
         texts.append("attributes say complete but samples are pending")
@@ -473,6 +510,8 @@ def scan_chunks(entry: DatasetEntry) -> list[tuple[str, Damage]]:
         prefix = f"{path}/" if path else ""
         done, bad = read_done(group["done"], f"{prefix}done")
         found += [(path, d) for d in bad]
+        if not path:  # a lost chunk of it reads as pending rows, which no extract writes again
+            found += [("", d) for d in _lost_done(entry, bad)]
         written = done == WRITTEN
         per_shard = np.array([written[s : s + shard].any() for s in range(0, n, shard)])
         for name, arr in group.arrays():
@@ -490,6 +529,67 @@ def scan_chunks(entry: DatasetEntry) -> list[tuple[str, Damage]]:
     return found
 
 
+def features_codes(entry: DatasetEntry) -> tuple[np.ndarray, np.ndarray]:
+    """(per row, the code that the entry's features groups record for its image, PENDING where
+    none does; rows where two groups record different codes). An extract marks a row in its
+    features' ``done`` only after the entry's own (``extract._ShardWriter._write``), with the
+    same code, so these are what the entry's ``done`` held; unreadable chunks count as pending
+    (`cache verify` reports them)."""
+    codes = np.zeros(entry.n, np.uint8)
+    clash = np.zeros(entry.n, bool)
+    for fid in entry.feature_ids():
+        fdone, _ = read_done(entry.features(fid).done, f"features/{fid}/done")
+        known = fdone != PENDING
+        clash |= known & (codes != PENDING) & (codes != fdone)
+        codes = np.where(known & (codes == PENDING), fdone, codes)
+    return codes, clash
+
+
+def orphan_rows(entry: DatasetEntry) -> np.ndarray:
+    """Rows pending in the entry's ``done`` that its features record as written or skipped (a
+    lost ``done`` chunk): the extract resumes from its features' ``done`` and never writes
+    them, so `cache verify --repair` must (:func:`restore_done`)."""
+    done, _ = read_done(entry.done, "done")
+    codes, _ = features_codes(entry)
+    return (done == PENDING) & (codes != PENDING)
+
+
+def _lost_done(entry: DatasetEntry, bad: list[Damage]) -> list[Damage]:
+    """Missing chunks of the entry's ``done`` that hold rows its features record (``bad``: the
+    chunks of it found unreadable already). They read as pending, and no extract writes those
+    rows again: it resumes from its features' ``done`` (:func:`orphan_rows`)."""
+    codes, _ = features_codes(entry)
+    seen = {d.key for d in bad}
+    found = scan_array(entry.done, codes != PENDING, "done")
+    return [d for d in found if d.kind == "missing" and d.key not in seen]
+
+
+def restore_done(entry: DatasetEntry, d: Damage) -> bool:
+    """Write the rows of the entry's damaged ``done`` chunk ``d`` again from what its features
+    record (:func:`features_codes`), keeping the rows still readable; True when done.
+
+    Only where that is exact: no two features groups disagree on a row, and the chunks of the
+    entry's own arrays (images, labels, keys, fingerprints) holding the rows restored as
+    written are all there and pass their checksums; otherwise False, and ``repair_rows`` marks
+    the rows pending (the extract decodes and writes them again). Restoring keeps images whose
+    source files may be gone or changed since, which marking them pending would lose.
+    """
+    lo, hi = d.lo, d.hi
+    codes, clash = features_codes(entry)
+    now, _ = read_done(entry.done, "done")
+    now = now[lo:hi] if d.kind == "missing" else np.zeros(hi - lo, np.uint8)  # corrupt: none
+    back = (now == PENDING) & (codes[lo:hi] != PENDING)
+    if not back.any() or clash[lo:hi][back].any():
+        return False
+    rows = np.zeros(entry.n, bool)
+    rows[lo:hi] = back & (codes[lo:hi] == WRITTEN)
+    for name in ("images", "labels", "keys", FINGERPRINTS):
+        if name in entry.group and scan_array(entry.group[name], rows, name):
+            return False
+    entry.done[lo:hi] = np.where(back, codes[lo:hi], now).astype(np.uint8)
+    return True
+
+
 def repair_rows(entry: DatasetEntry, found: list[tuple[str, Damage]]) -> int:
     """Mark the shards holding damaged rows pending (``done = 0``); returns how many rows were
     marked (each once, however many of its arrays were damaged).
@@ -499,11 +599,16 @@ def repair_rows(entry: DatasetEntry, found: list[tuple[str, Damage]]) -> int:
 
     Damage in the entry's own arrays (images, labels, keys) also marks every features group's
     rows pending, because ``extract`` recomputes a shard only where its features are pending.
+    A lost or corrupt chunk of the entry's ``done`` is first written again from what its
+    features record (:func:`restore_done`) where that is exact; its rows are not marked.
     """
     shard, n = entry.shard, entry.n
     marked = np.zeros(n, bool)  # each row once, however many of its arrays were damaged
     store, base = entry.group.store_path.store, entry.group.store_path.path
+    restored = [(p, d) for p, d in found if not p and d.array == "done" and restore_done(entry, d)]
     for path, d in found:
+        if (path, d) in restored:
+            continue
         if d.kind != "missing" and not d.array.endswith("done"):
             # unreadable bytes: zarr reads a shard before rewriting part of it, so they go
             sync(store.delete(f"{base}/{d.array}/{d.key}"))
@@ -517,7 +622,7 @@ def repair_rows(entry: DatasetEntry, found: list[tuple[str, Damage]]) -> int:
         marked[lo:hi] = True
     for path in {p for p, _ in found} - {""}:
         entry.group[path].attrs["complete"] = False
-    if any(not p for p, _ in found):
+    if any(not p and (p, d) not in restored for p, d in found):
         entry.group.attrs["complete"] = False
     return int(marked.sum())
 

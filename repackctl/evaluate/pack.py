@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from repackctl.cache.store import ArrayGroup, DatasetEntry, read_blocks
+from repackctl.cache.store import ArrayGroup, DatasetEntry, list_entries, read_blocks
 from repackctl.errors import CacheError, ConfigError
 from repackctl.evaluate.selection import round_robin_indices
 from repackctl.files import to_uint8
@@ -71,7 +71,7 @@ def eval_features(
             log.append(
                 f"Warning: scoring on the run's training entry {cfg.eval_entry}: not held out"
             )
-        entry, feats, _ = open_features(settings.cache, cfg.eval_entry, run_cache["features"], hint)
+        entry, feats = given_entry(settings.cache, handle, cfg.eval_entry, hint)
     elif split == source.get("split", "train"):
         log.append(f"Warning: scoring on the training split {split!r}: not held out")
         entry, feats, _ = open_features(
@@ -87,6 +87,52 @@ def eval_features(
             raise CacheError(e.message, hint) from None
     check_features_precision(handle, entry, feats)
     return entry, feats
+
+
+def given_entry(
+    cache: str, handle: PackHandle, name: str, hint: str
+) -> tuple[DatasetEntry, ArrayGroup]:
+    """The entry ``--entry`` names, with the run's features. Its hints are about that entry: the
+    run's own extract (``hint``, of its training data) wrote another entry, and no extract adds
+    features of the run's resolution to an entry of another one. So an entry at another
+    resolution than the run trained at is refused naming both (and the entries that fit), and
+    one that only lacks the features names the extract of its own images."""
+    from repackctl.pack.encode import _extract_hint
+
+    run_cache = handle.extra["cache"]
+    if name in list_entries(cache):
+        entry = DatasetEntry.open(cache, name)
+        trained = handle.extra.get("resolution")
+        if isinstance(trained, int) and entry.resolution != trained:
+            raise CacheError(
+                f"{name} is {entry.resolution} px; pack run {handle.run_name} was trained on "
+                f"{trained}-px features ({run_cache['features']}): it scores images at "
+                f"{trained} px only",
+                _fitting_entries_hint(cache, handle, trained, hint),
+            )
+        if run_cache["features"] not in entry.feature_ids():
+            hint = _extract_hint(handle, entry=entry)
+    entry, feats, _ = open_features(cache, name, run_cache["features"], hint)
+    return entry, feats
+
+
+def _fitting_entries_hint(cache: str, handle: PackHandle, resolution: int, hint: str) -> str:
+    """Pass an entry at ``resolution`` px that holds the run's features (other than its training
+    entry), naming those there are; with none, ``hint`` (the extract of the run's data)."""
+    run_cache = handle.extra["cache"]
+    fits = []
+    for other in list_entries(cache):
+        if other == run_cache["entry"]:
+            continue
+        try:
+            e = DatasetEntry.open(cache, other)
+            if e.resolution == resolution and run_cache["features"] in e.feature_ids():
+                fits.append(other)
+        except Exception:  # a damaged entry is no candidate (`cache verify` names it)
+            continue
+    if fits:
+        return f"pass an entry at {resolution} px with --entry ({', '.join(fits)})"
+    return f"pass an entry at {resolution} px with --entry; to make one, {hint}"
 
 
 def held_out_hint(cache: str, run_cache: dict, split: str, hint: str | None) -> str | None:
@@ -124,11 +170,39 @@ def _indices(
     idx = valid_indices(entry, feats)
     if len(idx) == 0:
         raise CacheError(f"no usable samples in {entry.name}", "check `repackctl cache info`")
+    if num:
+        _check_num(entry.name, len(idx), num, what)
     idx, record = round_robin_indices(idx, entry.labels[:][idx], num or None)
     if record["rule"] != "all":
         where = f"{what} {entry.name}".strip()
         notes.append(f"{where}: {record['num']} of {record['of']} images, {record['description']}")
     return idx, record
+
+
+def _check_num(name: str, available: int, num: int, what: str) -> None:
+    """Refuse a subset (``-n``) larger than the usable rows of entry ``name``: the round robin
+    takes them all then, and the report was the whole entry's, named as such, of fewer images
+    than asked for and without a word (`evaluate stats --num` and `evaluate fid --samples`
+    refuse the same). ``what`` ``train``: the probe's training side, ``num`` = 4N."""
+    if num <= available:
+        return
+    held = f"it holds {available} usable images (image and features written)"
+    if what == "train":
+        most = available // 4
+        all_rows = f"leave -n out to train on all {available} (and score the whole held-out entry)"
+        raise ConfigError(
+            f"-n {num // 4} trains the probe on 4N = {num} images of the pack run's training "
+            f"entry {name}, but {held}: nothing was scored",
+            f"pass -n {most} or fewer (4N at most {available}), or {all_rows}"
+            if most
+            else all_rows,
+        )
+    raise ConfigError(
+        f"-n {num} asks for {num} images of {name}, but {held}: the scores would be of "
+        f"{available}, not {num}; nothing was scored",
+        f"pass -n {available} or fewer (or leave -n out for all {available}), or score an "
+        "entry with more images (--entry)",
+    )
 
 
 def report_stem(kind: str, entry: DatasetEntry, num: int | None, **extra: Any) -> str:

@@ -242,7 +242,10 @@ def round_robin_indices(
     second of each, …, stopping at ``num``; a class that runs out drops out. Labels
     ``index % k`` (the built-in dataset) thus give exactly the first ``num`` rows. Unknown labels
     (None, or -1: a folder without class folders) give the first ``num`` rows; ``num`` None or
-    covering every row gives them all.
+    covering every row gives them all. A ``num`` above the rows is thus taken as all of them:
+    the commands refuse it before they call this (`evaluate stats --num`:
+    ``generative._check_num_available``; `evaluate recon` / `probe -n`: ``pack._check_num``),
+    as a report of fewer images than asked, named as the whole entry's, said nothing.
     """
     n = len(rows)
     if num is None or num >= n:

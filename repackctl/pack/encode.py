@@ -103,7 +103,12 @@ class EncodeResult:
     checkpoint: Path
 
 
-def _extract_hint(handle: PackHandle, split: str | None = None) -> str:
+def _extract_hint(
+    handle: PackHandle, split: str | None = None, entry: DatasetEntry | None = None
+) -> str:
+    """``run `repackctl extract …` first``: the extract that writes the run's features for its
+    own data (``split``: another split of it); with ``entry``, for that entry's images instead
+    (:func:`_entry_extract`): the run's data named another entry than the one lacking them."""
     from repackctl.pack.data import _hint
 
     source = dict(handle.extra.get("source") or {})
@@ -117,7 +122,34 @@ def _extract_hint(handle: PackHandle, split: str | None = None) -> str:
     source.setdefault("weights", None)
     source.setdefault("layer", None)
     source.setdefault("num", None)
+    if entry is not None:
+        return f"run `{_entry_extract(handle, source, entry)}` first"
     return _hint(source, split)
+
+
+def _entry_extract(handle: PackHandle, source: dict[str, Any], entry: DatasetEntry) -> str:
+    """The extract that writes the run's features (its encoder, weights, layer and features
+    precision, from ``source``) for ``entry``'s images: its data, split, resolution, ``-n``,
+    held-out fraction and seed (``entry_source``; the seed that drew the weights where the
+    entry's images need none)."""
+    from repackctl.cache.commands import _weights_flag, entry_source, extract_command
+
+    src = entry_source(entry)
+    enc = handle.extra.get("encoder") or {}
+    _, drawn = _weights_flag(str(enc.get("weights") or ""))
+    precision = handle.extra.get(FEATURES_PRECISION)
+    return extract_command(
+        source["encoder"],
+        src["data"],
+        src["split"],
+        src["resolution"],
+        src["num"],
+        source["weights"],
+        source["layer"],
+        val_fraction=src["val_fraction"],
+        precision=str(precision) if precision else None,
+        seed=src["seed"] if src["seed"] is not None else drawn,
+    )
 
 
 def target_features(settings: Settings, handle: PackHandle) -> tuple[DatasetEntry, ArrayGroup]:
