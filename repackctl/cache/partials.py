@@ -82,10 +82,14 @@ def write_partials(grp: ArrayGroup, shard: int, values: np.ndarray, valid: np.nd
 def combine_partials(grp: Any) -> dict[str, Any]:
     """Exact channel stats of packed latents (``grp``: their cache ``ArrayGroup``) from the
     per-shard partial sums that ``pack encode`` stores in checksummed arrays, added in shard
-    order. The stats in the group's attributes are these; readers check them against it."""
-    psum = grp["partial_sum"][:]  # (S, d) float64
-    psq = grp["partial_sumsq"][:]
-    pcount = grp["partial_count"][:]
+    order. The stats in the group's attributes are these; readers check them against it.
+
+    A chunk of the sums that fails its checksum is a ``CacheError`` naming the array and
+    `cache verify` (which names the chunk and its repair), not zarr's ``ValueError``; callers
+    that can, run :func:`check_partials` first (lost chunks read as zeros here)."""
+    psum = _read_partial(grp, "partial_sum")  # (S, d) float64
+    psq = _read_partial(grp, "partial_sumsq")
+    pcount = _read_partial(grp, "partial_count")
     total = np.zeros(psum.shape[1], np.float64)
     total_sq = np.zeros(psum.shape[1], np.float64)
     count = 0
@@ -94,7 +98,13 @@ def combine_partials(grp: Any) -> dict[str, Any]:
         total_sq += psq[k]
         count += int(pcount[k])
     if count == 0:
-        raise CacheError("no valid samples to compute latent stats from", "check the cache entry")
+        entry, _, path = _where(grp)
+        raise CacheError(
+            f"cache entry {entry}: {path}: no valid samples to compute latent stats from (every "
+            "row was skipped, or the chunks of partial_count are lost)",
+            f"run `repackctl cache verify {entry}`: it names a lost chunk and the commands that "
+            "write it again",
+        )
     mean = total / count
     var = np.maximum(total_sq / count - mean * mean, 0.0)
     return {
@@ -104,6 +114,24 @@ def combine_partials(grp: Any) -> dict[str, Any]:
         "reduction": "float64 per-shard sums over valid samples, both flips, all positions, "
         "combined in shard order; population std (ddof 0)",
     }
+
+
+def _where(grp: Any) -> tuple[str, str, str]:
+    """(entry, "/", path inside it) of a latents group (an ``ArrayGroup`` or a zarr group)."""
+    return str(getattr(grp, "group", grp).path).partition("/")
+
+
+def _read_partial(grp: Any, name: str) -> np.ndarray:
+    """Array ``name`` of the per-shard sums, whole; an undecodable chunk is a ``CacheError``."""
+    try:
+        return grp[name][:]
+    except Exception as e:  # a checksum mismatch or bytes that do not decode
+        entry, _, path = _where(grp)
+        raise CacheError(
+            f"cache entry {entry}: {path}/{name}: corrupt or truncated chunk ({e})",
+            f"run `repackctl cache verify {entry}`: it names the chunk and the commands that "
+            "write it again",
+        ) from e
 
 
 def partials_damage(grp: ArrayGroup, entry: DatasetEntry, done: np.ndarray) -> list[Damage]:

@@ -36,7 +36,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from repackctl.cache.store import WRITTEN, ChunkReader
+from repackctl.cache.integrity import GuardedArray, repair_hint
+from repackctl.cache.store import WRITTEN, ArrayGroup, ChunkReader, DatasetEntry
+from repackctl.errors import CacheError
 from repackctl.settings import Settings
 
 #: the automatic in-memory load's size limit (GiB) of every cache-backed dataset: the default
@@ -50,11 +52,71 @@ def fits_in_memory(nbytes: int, memory_gb: float = MEMORY_GB) -> bool:
 
 
 def written_rows(*done: np.ndarray) -> np.ndarray:
-    """Cache indices where every ``done`` mask says WRITTEN (int64, ascending)."""
+    """Cache indices where every ``done`` mask says WRITTEN (int64, ascending). Masks of
+    different lengths (a ``zarr.json`` shape edited) are a ``CacheError``, not numpy's
+    broadcast ``ValueError``: :func:`check_row_counts` names the arrays."""
+    lengths = sorted({len(np.asarray(mask)) for mask in done})
+    if len(lengths) > 1:
+        raise CacheError(
+            "the done arrays of a cache entry and its groups hold different numbers of rows "
+            f"({', '.join(map(str, lengths))}): a zarr.json `shape` was edited or damaged",
+            "run `repackctl cache verify` to see which entry; restore the first number of the "
+            "`shape` in its arrays' zarr.json, or remove the entry with `repackctl cache rm "
+            "ENTRY --yes` and extract it again",
+        )
     ok = np.ones(np.shape(done[0]), bool)
     for mask in done:
         ok &= np.asarray(mask) == WRITTEN
     return np.flatnonzero(ok).astype(np.int64)
+
+
+def _row_arrays(entry: DatasetEntry, groups: tuple[ArrayGroup, ...]) -> dict[str, int]:
+    """The first-axis length of every sample-indexed array of ``entry`` and of ``groups``
+    (features / latents: every array but the per-shard sums), by path inside the entry."""
+    names = ["images", "labels", "keys", "done", "fingerprints"]
+    out = {k: int(entry.group[k].shape[0]) for k in names if k in entry.group}
+    for g in groups:
+        where = g.group.path.partition("/")[2]
+        for k in sorted(g.group.array_keys()):
+            if not k.startswith("partial_"):
+                out[f"{where}/{k}"] = int(g.group[k].shape[0])
+    return out
+
+
+def check_row_counts(entry: DatasetEntry, *groups: ArrayGroup) -> None:
+    """Refuse (``CacheError`` naming the arrays and their ``zarr.json``) a cache entry whose
+    sample-indexed arrays, or those of ``groups``, do not all hold the same number of rows:
+    only an edited or damaged ``shape`` does that, and a reader would then mix rows of
+    different lengths (numpy's broadcast error, an index out of bounds, or rows read as the
+    fill value past the data that was written)."""
+    lengths = _row_arrays(entry, groups)
+    if len(set(lengths.values())) <= 1:
+        return
+    by_len: dict[int, list[str]] = {}
+    for name, rows in lengths.items():
+        by_len.setdefault(rows, []).append(name)
+    parts = "; ".join(f"{rows} in {', '.join(names)}" for rows, names in sorted(by_len.items()))
+    raise CacheError(
+        f"cache entry {entry.name}: its arrays hold different numbers of rows ({parts}): the "
+        "`shape` in an array's zarr.json was edited or damaged",
+        "put back the first number of `shape` in the zarr.json of the arrays that differ (the "
+        f"entry was extracted with {entry.attrs.get('n', '?')} rows), or remove the entry with "
+        f"`repackctl cache rm {entry.name} --yes` and extract it again",
+    )
+
+
+def entry_labels(entry: DatasetEntry, rows: np.ndarray | None = None) -> np.ndarray:
+    """The class labels (int64) of ``entry``'s written rows, at cache ``rows`` (all rows when
+    None). A lost labels chunk is refused, never read as the fill value −1 (a training would
+    take it as "no class", `evaluate probe` as an unlabelled split), and a corrupt one is a
+    ``CacheError`` with the repair, not zarr's checksum ``ValueError``."""
+    written = entry.done_mask() == WRITTEN
+    if len(written) != entry.labels.shape[0]:
+        check_row_counts(entry)
+    redo = repair_hint(entry.name, "the same `repackctl extract`")
+    guard = GuardedArray(entry.labels, written, f"cache entry {entry.name} labels", redo)
+    labels = np.asarray(guard[:], dtype=np.int64)  # (N,)
+    return labels if rows is None else labels[np.asarray(rows, dtype=np.int64)]
 
 
 def draw_flips(generator: np.random.Generator | None, n: int, flips: int) -> np.ndarray:

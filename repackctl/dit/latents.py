@@ -33,9 +33,14 @@ import torch
 
 from repackctl.cache.commands import entry_extract_command, features_extract_command
 from repackctl.cache.integrity import GuardedArray, repair_hint
-from repackctl.cache.partials import combine_partials, latents_producer, stats_match
+from repackctl.cache.partials import (
+    check_partials,
+    combine_partials,
+    latents_producer,
+    stats_match,
+)
 from repackctl.cache.store import PENDING, WRITTEN, ArrayGroup, DatasetEntry, list_entries
-from repackctl.data.cached import MEMORY_GB, CachedRows
+from repackctl.data.cached import MEMORY_GB, CachedRows, check_row_counts
 from repackctl.errors import CacheError, ConfigError, DataError
 from repackctl.pack.load import denormalise, pack_id_run_step
 from repackctl.paths import cache_root
@@ -204,7 +209,9 @@ def find_features(ds: DatasetEntry, pack_id: str, lat_attrs: dict, features: str
 # --------------------------------------------------------------------------- the data
 
 
-def _stats(group: ArrayGroup, ref: LatentRef, d: int) -> tuple[np.ndarray, np.ndarray]:
+def _stats(
+    group: ArrayGroup, ref: LatentRef, d: int, entry: DatasetEntry
+) -> tuple[np.ndarray, np.ndarray]:
     stats = group.attrs.get("stats")
     redo = latents_producer(group.attrs, ref.pack_id, ref.entry)
     if not isinstance(stats, dict) or "mean" not in stats or "std" not in stats:
@@ -219,17 +226,24 @@ def _stats(group: ArrayGroup, ref: LatentRef, d: int) -> tuple[np.ndarray, np.nd
             f"channel stats of {ref.pack_id} do not fit its {d} channels (or a std is ≤ 0)",
             f"re-encode with {redo}",
         )
-    _check_stats(group, mean, std, ref)
+    _check_stats(group, mean, std, ref, entry)
     return mean, std
 
 
-def _check_stats(group: ArrayGroup, mean: np.ndarray, std: np.ndarray, ref: LatentRef) -> None:
+def _check_stats(
+    group: ArrayGroup, mean: np.ndarray, std: np.ndarray, ref: LatentRef, entry: DatasetEntry
+) -> None:
     """The stats in the attributes (``zarr.json``, no checksum) are those of the per-shard sums
     ``pack encode`` stores in checksummed arrays: one changed digit there normalised every latent
     of a training, and the samples of the run, by another scale, silently. Latents without the
-    sums (made before them) are taken as they are."""
+    sums (made before them) are taken as they are. A lost or corrupt chunk of the sums is
+    refused first, as `pack encode` and `cache verify` do (``check_partials``: the chunk and
+    `cache verify --repair`): read as zeros it would look like an edited zarr.json, whose hint
+    (`pack encode` again) refuses the same lost chunk."""
     if "partial_sum" not in group.group:
         return
+    producer = latents_producer(group.attrs, ref.pack_id, ref.entry)
+    check_partials(group, entry, group.done_mask(), producer)
     if not stats_match({"mean": mean, "std": std}, combine_partials(group)):
         raise CacheError(
             f"the channel stats in the attributes of packed latents {ref.pack_id} in {ref.entry} "
@@ -288,10 +302,11 @@ class LatentData(CachedRows):
                 f"packed latents {ref.pack_id} have no 'mean' array",
                 f"run {latents_producer(attrs, ref.pack_id, ref.entry)}",
             )
+        check_row_counts(self.entry, self.group)  # an edited zarr.json shape: named, no traceback
         mean_arr = self.group["mean"]
         n, f, d, h, w = mean_arr.shape
         self.flips, self.shape = int(f), (int(d), int(h), int(w))
-        self.stats_mean, self.stats_std = _stats(self.group, ref, d)
+        self.stats_mean, self.stats_std = _stats(self.group, ref, d, self.entry)
         self.sampling = sampling
         if sampling != "mean" and "std" not in self.group.group:
             raise CacheError(
@@ -350,6 +365,7 @@ class LatentData(CachedRows):
         if repa:
             self.features_id = find_features(self.entry, ref.pack_id, attrs, features)
             feats = self.entry.features(self.features_id)
+            check_row_counts(self.entry, self.group, feats)
             fdone = feats.done_mask()
             if (fdone == PENDING).any():
                 cmd = features_extract_command(self.entry, self.features_id)

@@ -46,7 +46,7 @@ import torch
 from torch import nn
 
 from repackctl.cache.store import DatasetEntry, features_precision, list_entries
-from repackctl.data.cached import sample_generators, shuffle_window
+from repackctl.data.cached import entry_labels, sample_generators, shuffle_window
 from repackctl.errors import CheckpointError, ConfigError, RepackError
 from repackctl.files import to_uint8, write_json_atomic
 from repackctl.pack.autoencoder import AutoencoderConfig, PackAutoencoder
@@ -984,6 +984,7 @@ def run_pack_train(
     if latest is None:
         _check_new_run(plan, sources)  # before anything is read in bulk or written
     data = PackData(ref.entry, ref.feats, cfg.in_memory, settings.memory_gb)
+    labels = entry_labels(ref.entry, data.indices)  # the shuffle's class check; never the fill
     log = resumed + ([ref.note] if ref.note else []) + list(plan.notes)
     lpips = _load_lpips(plan)
     watson = _load_watson(plan)  # before state_extra: the plan records its digest
@@ -1030,7 +1031,7 @@ def run_pack_train(
             block=ref.entry.chunk,
             memory_gb=settings.memory_gb,
             seed=settings.seed,
-            labels=np.asarray(ref.entry.labels[:])[data.indices],
+            labels=labels,
             batch=plan.batch_size,
         ),
         extra={"stage": "pack", "plan": plan.to_dict(), "settings": config_record},
