@@ -33,6 +33,7 @@ from repackctl.settings.captions import CaptionsSettings
 from repackctl.settings.dit import DitSettings
 from repackctl.settings.evaluate import EvaluateSettings
 from repackctl.settings.extract import ExtractSettings
+from repackctl.settings.filetypes import file_type_error
 from repackctl.settings.names import (
     ENV_PREFIX,
     unknown_env_error,
@@ -447,6 +448,9 @@ def _file_layer(path: Path, env: dict[str, str]) -> tuple[str, dict[str, Any]]:
     unknown = unknown_file_names(data, f"{path}{where}")
     if unknown is not None:
         raise unknown
+    mistyped = file_type_error(data, f"{path}{where}")
+    if mistyped is not None:  # lax validation would convert it (cfg = true → 1.0)
+        raise mistyped
     return f"file {path.name}", data
 
 
