@@ -131,7 +131,8 @@ def resolve_checkpoint_arg(
     under ``runs`` is the run when the folder here is no run, otherwise an error naming both
     (``_here_or_there``). ``checkpoint`` (a folder, or ``step-NNNNNNN`` of the run, resolved
     the same way) picks one checkpoint, otherwise the run or checkpoint folder itself is returned
-    (``train.checkpoint.checkpoint_for_loading`` then picks the newest complete one). A missing
+    (``train.checkpoint.checkpoint_for_loading`` then takes the newest one, refused when it is
+    damaged). A missing
     run is an error whose hint lists the runs that exist (of ``stage`` when given, with the
     command that makes one).
     """

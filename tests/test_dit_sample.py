@@ -26,7 +26,7 @@ from support.cli import cli_refused as _error
 from support.stack import shared_stack
 from typer.testing import CliRunner
 
-from repackctl.errors import CheckpointError, ConfigError
+from repackctl.errors import CheckpointError, ConfigError, TrainingError
 from repackctl.paths import PROTOCOL_JSON, SETTINGS_JSON
 from repackctl.sample.plan import canonical_labels, label_scheme_name
 from repackctl.train.checkpoint import latest_checkpoint, list_checkpoints
@@ -196,13 +196,14 @@ def test_steps_0_on_a_run_whose_checkpoint_does_not_verify_is_refused(env):
     assert _files(run) == before  # nothing written, nothing deleted
 
 
-def test_a_run_without_any_saved_checkpoint_says_so(env):
+def test_a_run_without_any_saved_checkpoint_is_an_error(env):
     """A learning rate of 1e30 makes step 2's loss non-finite: its save point is skipped and
-    the run ends without a checkpoint; the summary says why instead of "None"."""
-    out = _ok(*TRAIN["dit"], "--steps", "2", "--lr", "1e30", "--name", "nan")
+    the run ends without a checkpoint, an Error (it exited 0, so `train … && sample …` went on)
+    that says why."""
+    out = _error(TrainingError.exit_code, *TRAIN["dit"], "--steps", "2", "--lr", "1e30",
+                 "--name", "nan")  # fmt: skip
     assert latest_checkpoint(env / "runs" / "nan") is None
-    summary = out.rsplit("train dit", 1)[1]  # the table after the engine's log lines
-    assert "None" not in summary and "none saved (each save point had non-finite" in summary
+    assert "saved no checkpoint: each save point had non-finite values" in out, out
 
 
 # --------------------------------------------------------------------------- t2i folder names

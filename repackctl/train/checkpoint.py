@@ -34,8 +34,9 @@ runs/<name>/checkpoints/step-0000020/  model.safetensors  ema.safetensors  <othe
   per process), so corrupt or swapped weights are never used. ``verify_checkpoint`` is the one
   check of a folder (``checkpoint_problem`` says its verdict in a few words for ``repackctl
   runs``); without ``checksums`` it reads names, sizes and ``state.json`` only. Resume takes
-  the newest checkpoint that verifies and says which newer ones it skipped and why; sampling and
-  import name the bad file instead.
+  the newest checkpoint that verifies and says which newer ones it skipped and why; sampling,
+  refining, evaluation and import refuse a run whose newest ``step-…`` folder fails, naming the
+  bad file and the newest intact checkpoint (``checkpoint_for_loading``), never falling back.
 * A checkpoint can be marked bad (``good: false``, e.g. saved after non-finite steps); rotation
   (``keep_last``) always keeps the newest good one, and resume skips bad ones. A folder marked
   bad but intact counts toward ``keep_last`` like a good one.
@@ -603,17 +604,93 @@ def checkpoint_to_resume(
 
 
 def checkpoint_for_loading(path: str | os.PathLike) -> Path | None:
-    """For sampling, refining and import: a checkpoint folder, or a run's newest complete one
-    not marked bad, verified. A bad file is an error naming it (no fallback); None when the run
-    has no checkpoint."""
+    """For sampling, refining, evaluation and import: a checkpoint folder, or a run's newest
+    checkpoint, verified; None when the run has no checkpoint.
+
+    No fallback: a run's newest ``step-…`` folder that fails verification (``state.json``
+    edited, cut or removed, a file missing or of another size or sha256) is an error naming
+    it and the file, never silently replaced by an older checkpoint (resume falls back, with a
+    warning: ``latest_checkpoint``). Such a folder was finished and damaged afterwards: a save
+    writes ``.tmp-step-…`` and renames it complete, a re-save moves the old folder to
+    ``.tmp-old-…``, a pruning renames to ``.tmp-pruned-…`` before it deletes: a kill leaves
+    those temporaries, never a partial ``step-…`` folder, and they are skipped here (a folder
+    half-deleted by an earlier version's pruning is older than the intact one it kept). A
+    folder its writer marked bad (``good: false``) is skipped, as resume skips it."""
     path = Path(path)
-    if not (path / "state.json").exists():
-        found = [p for p in list_checkpoints(path) if _marked_good(p)]
-        if not found:
+    if (path / "state.json").exists() or _is_step_folder(path):
+        verify_checkpoint(path)
+        return path
+    for _ in range(3):  # a folder pruned by a training while it was read: choose again
+        newest = _newest_to_load(path)
+        if newest is None:
             return None
-        path = found[-1]
-    verify_checkpoint(path)
-    return path
+        try:
+            verify_checkpoint(newest)
+        except (CheckpointError, OSError) as e:
+            if not newest.is_dir():
+                continue
+            raise _damaged_newest(path, newest, e) from None
+        return newest
+    raise CheckpointError(
+        f"the checkpoints of {path} were removed while they were read (a training pruning it?)",
+        "run the command again once the run's training has saved its next checkpoint",
+    )
+
+
+def _is_step_folder(path: Path) -> bool:
+    """Whether ``path`` names a checkpoint folder of a run (``…/checkpoints/step-…``), with or
+    without its ``state.json``: verified as a checkpoint, not read as a run without any."""
+    return _step_of(path) is not None and path.parent.name == CKPT_DIR and path.is_dir()
+
+
+def _newest_to_load(run_dir: Path) -> Path | None:
+    """The run's newest ``step-…`` folder not marked bad by its writer, intact or not."""
+    root = checkpoints_dir(run_dir)
+    if not root.is_dir():
+        return None
+    found = sorted(
+        (p for p in root.iterdir() if _step_of(p) is not None and p.is_dir()), key=_step_of
+    )
+    for folder in reversed(found):
+        try:
+            if not _check_structure(folder).good:
+                continue
+        except RepackError:
+            pass  # damaged: verifying it names what
+        return folder
+    return None
+
+
+def _damaged_newest(run_dir: Path, newest: Path, e: CheckpointError | OSError) -> CheckpointError:
+    """The error of a run whose newest checkpoint ``newest`` fails verification (``e``): it
+    names the folder and the file, and the newest intact checkpoint to name instead."""
+    why = e.message if isinstance(e, CheckpointError) else f"{e.strerror or e}: {e.filename}"
+    older = [p for p in list_checkpoints(run_dir) if (_step_of(p) or 0) < (_step_of(newest) or 0)]
+    good = next((p for p in reversed(older) if _verifies(p)), None)
+    fix = (
+        f"restore {newest.name} from a copy, or move it out of {newest.parent} "
+        f"(`repackctl runs info {run_dir.name}` lists the state of every checkpoint)"
+    )
+    hint = (
+        f"{fix}; the run has no other intact checkpoint"
+        if good is None
+        else f"to use {good.name}, the newest intact checkpoint, pass its folder {good} in "
+        f"place of the run (or `--checkpoint {good.name}` with `sample --run`); or {fix}"
+    )
+    return CheckpointError(
+        f"checkpoint {newest.name}, the newest of run {run_dir.name}, is damaged: {why} "
+        "(no older checkpoint is used in its place)",
+        hint,
+    )
+
+
+def _verifies(folder: Path) -> bool:
+    """Whether ``verify_checkpoint`` passes ``folder`` (sha256 of every file included)."""
+    try:
+        verify_checkpoint(folder)
+    except (RepackError, OSError):
+        return False
+    return True
 
 
 def _require(ckpt_dir: Path, name: str) -> Path:

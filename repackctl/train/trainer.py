@@ -29,7 +29,8 @@ x W·A micro-batches (bit for bit when W and A are powers of two).
 Save policy: a checkpoint is written only when every weight is finite and no step since the last
 save point (every ``ckpt_every`` steps) had a non-finite loss or gradient; otherwise the save is skipped with a warning, so a
 diverging run never pushes its last good checkpoints out of ``keep_last``. After
-``max_nonfinite_steps`` non-finite steps in a row the run stops with ``TrainingError``.
+``max_nonfinite_steps`` non-finite steps in a row the run stops with ``TrainingError``, and so
+does a command that trained steps but saved no checkpoint (each of its save points skipped).
 """
 
 from __future__ import annotations
@@ -397,6 +398,7 @@ class Trainer:
         self.last_ckpt = self._resume()
         self.consecutive_bad = 0
         self.bad_since_save = 0
+        self.saves = 0  # checkpoints this command wrote
         self.said_in_use: set[str] = set()  # checkpoints rotation kept as others use them
         self.compiled = compile_blocks(self.model) if config.compile else 0
         # FSDP replaces the parameters: the optimizers are built over the sharded ones
@@ -905,6 +907,7 @@ class Trainer:
                 self.last_plot = time.monotonic()
         self.acc.wait_for_everyone()
         self.last_ckpt = path
+        self.saves += 1  # on every process: all of them write or skip together
         return path
 
     def _rotate(self, bar: Any, path: Path) -> None:
@@ -946,6 +949,29 @@ class Trainer:
                 f"{self.last_ckpt}",
                 NAN_HINT,
             )
+
+    def _check_saved(self, step_start: int) -> None:
+        """Refuse a command that trained but saved no checkpoint: every save point it reached
+        came after non-finite steps (the save policy), so what it trained is lost, and a script
+        going on (``train … && sample …``) would use no checkpoint, or an older one, unaware."""
+        trained = self.step_count - step_start
+        if trained <= 0 or self.saves:
+            return
+        before = (
+            f"its newest checkpoint is still {self.last_ckpt.name}, where it resumed"
+            if self.last_ckpt is not None
+            else "the run has no checkpoint"
+        )
+        message = (
+            f"run {self.run_dir.name} trained {trained} step(s), to step {self.step_count}, "
+            f"but saved no checkpoint: each save point had non-finite values ({self.bad_total} "
+            f"non-finite step(s) in all; see {self.run_dir / 'log.txt'}); {before}"
+        )
+        raise TrainingError(
+            message,
+            f"{NAN_HINT}; to train this run again with a changed setting, name it in "
+            "--allow-change (e.g. `--lr 1e-4 --allow-change lr`), or train a new --name",
+        )
 
     def _after_step(self, bar: Any) -> None:
         """Streak check, log line, image grid and checkpoint of the step just taken."""
@@ -1019,6 +1045,7 @@ class Trainer:
                     self.step()
                     in_steps += time.perf_counter() - t_step
                     self._after_step(bar)
+                self._check_saved(step_start)
         finally:
             self.close()
             if self.main:  # every run ends with its curves, a failed one too

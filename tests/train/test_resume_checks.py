@@ -78,7 +78,9 @@ def test_non_finite_steps_are_named_as_their_metrics_rows(tmp_path):
         return bar
 
     run = tmp_path / "run"
-    train(toy.ToyTask(nan_steps=frozenset({3})), _config(run), progress)  # the 4th step
+    # the 4th step; a save point at step 2 (an only save point after the bad step is skipped,
+    # and a run that saved nothing is an Error)
+    train(toy.ToyTask(nan_steps=frozenset({3})), _config(run, ckpt_every=2), progress)
     (bad,) = [r["step"] for r in read_metrics(run) if not math.isfinite(r["loss/gen"])]
     lines = [m for bar in bars for m in bar.messages if "update skipped" in m]
     assert lines == [f"step {bad}: non-finite loss or gradient, update skipped"], lines
