@@ -32,7 +32,7 @@ from typing import Protocol
 import numpy as np
 
 from repackctl.cache.commands import remove_command
-from repackctl.cache.integrity import GuardedArray, rows_per_key
+from repackctl.cache.integrity import GuardedArray, repair_hint, rows_per_key
 from repackctl.errors import CacheError
 from repackctl.files import sha256_file
 from repackctl.progress import warn
@@ -65,11 +65,18 @@ class _Recorded(Protocol):
 def check_listing(entry: _Recorded, source: _Listed, pending: int) -> None:
     """Refuse (``CacheError``) when an item ``entry`` has finished (its done code is not
     ``pending``) is recorded under another key or label than ``source`` now gives it."""
-    # read through the checksum check: a corrupt chunk is an error naming it, not a traceback
-    finished = np.flatnonzero(np.asarray(entry.done_mask()) != pending)  # (M,)
+    required = np.asarray(entry.done_mask()) != pending
+    finished = np.flatnonzero(required)  # (M,)
     if not len(finished):
         return
-    keys, labels = np.asarray(entry.keys[:]), np.asarray(entry.labels[:])  # (N,) each
+    # read through the checksum check: a lost chunk is an error naming it, not empty keys and
+    # labels −1 taken for changed data (whose hint, `cache rm`, deleted every group of the
+    # entry), and a corrupt one is not a traceback; the repair marks those rows pending
+    redo = repair_hint(entry.name, "the same `repackctl extract`")
+    keys, labels = (
+        np.asarray(GuardedArray(arr, required, f"cache entry {entry.name} {name}", redo)[:])
+        for name, arr in (("keys", entry.keys), ("labels", entry.labels))
+    )  # (N,) each
     found: list[str] = []
     count = 0
     for i in finished.tolist():

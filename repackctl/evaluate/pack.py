@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from repackctl.cache.store import ArrayGroup, DatasetEntry, list_entries, read_blocks
+from repackctl.data.cached import entry_labels
 from repackctl.errors import CacheError, ConfigError
 from repackctl.evaluate.selection import round_robin_indices
 from repackctl.files import to_uint8
@@ -172,7 +173,7 @@ def _indices(
         raise CacheError(f"no usable samples in {entry.name}", "check `repackctl cache info`")
     if num:
         _check_num(entry.name, len(idx), num, what)
-    idx, record = round_robin_indices(idx, entry.labels[:][idx], num or None)
+    idx, record = round_robin_indices(idx, entry_labels(entry, idx), num or None)
     if record["rule"] != "all":
         where = f"{what} {entry.name}".strip()
         notes.append(f"{where}: {record['num']} of {record['of']} images, {record['description']}")
@@ -749,8 +750,8 @@ def evaluate_probe(settings: Settings, progress: ProgressFactory = null_progress
         shown = _log_notes(bar, notes)
         raw_tr, pack_tr = pooled_features(train_entry, train_feats, tr_idx, model, device, bar)
         raw_ev, pack_ev = pooled_features(eval_entry, eval_feats, ev_idx, model, device, bar)
-    y_tr = train_entry.labels[:][tr_idx]
-    y_ev = eval_entry.labels[:][ev_idx]
+    y_tr = entry_labels(train_entry, tr_idx)
+    y_ev = entry_labels(eval_entry, ev_idx)
     classes = int(train_entry.attrs.get("num_classes") or 0) or int(max(y_tr.max(), y_ev.max()) + 1)
 
     pca, pca_tr, pca_ev = _pca_rows(settings, train_entry, train_feats, d, raw_tr, raw_ev)

@@ -40,6 +40,7 @@ from repackctl.cache.store import PENDING, ArrayGroup, DatasetEntry, list_entrie
 from repackctl.data.cached import (
     MEMORY_GB,
     CachedRows,
+    check_row_counts,
     draw_flips,
     images_to_float,
     mirror,
@@ -407,7 +408,9 @@ def sibling_entry(
 
 
 def valid_indices(entry: DatasetEntry, feats: ArrayGroup) -> np.ndarray:
-    """Cache indices whose image and features were both written (int64, ascending)."""
+    """Cache indices whose image and features were both written (int64, ascending); arrays of
+    the entry and the group that hold different numbers of rows are refused, naming them."""
+    check_row_counts(entry, feats)
     return written_rows(entry.done_mask(), feats.done_mask())
 
 

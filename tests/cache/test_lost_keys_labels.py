@@ -77,3 +77,18 @@ def test_pending_rows_that_verify_finds_name_the_command_that_writes_them(
     done[:16] = 0  # as the killed repair left it
     out = cli_refused(CacheError.exit_code, "cache", "verify", entry)
     assert "16 samples pending" in out and "repackctl pack encode --run pk" in out, out
+
+
+@pytest.mark.parametrize("array", ["keys", "labels"])
+def test_extract_rerun_names_the_repair_for_a_lost_keys_or_labels_chunk(cache_root, array):
+    # the rerun's listing check read the lost chunk as empty keys / labels −1, called it
+    # changed data and hinted `cache rm` of the whole entry (its features, latents, captions)
+    cli_ok(*EXTRACT)
+    (Path(cache_root) / ENTRY / array / "c" / "1").unlink()
+    out = cli_refused(CacheError.exit_code, *EXTRACT)
+    assert f"cache entry {ENTRY} {array}" in out and "is missing" in out, out
+    assert "cache rm" not in out and "the data changed" not in out, out
+    _repair_named(out, ENTRY)
+    assert "32 rows marked pending" in cli_ok("cache", "verify", ENTRY, "--repair")
+    assert "written now │ 32" in cli_ok(*EXTRACT)
+    assert "ok" in cli_ok("cache", "verify", ENTRY)
