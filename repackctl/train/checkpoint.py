@@ -70,7 +70,7 @@ from repackctl.files import (
     sha256_file_cached,
 )
 from repackctl.progress import warn as progress_warn
-from repackctl.run_files import STATE_SHA256, json_sha256
+from repackctl.run_files import STATE_SHA256, TMP_STEP_DIR, json_sha256
 from repackctl.train.checkpoint_state import CheckpointState, validate_state
 
 CKPT_DIR = "checkpoints"
@@ -363,15 +363,18 @@ def restore_interrupted_resaves(run_dir: str | os.PathLike) -> list[Path]:
 
 def remove_stale_temporaries(run_dir: str | os.PathLike) -> list[Path]:
     """Check the run folder can be written, put back step folders of re-saves killed between
-    their renames, then delete temporary folders of killed writers."""
+    their renames, then delete the temporary folders of killed writers: only folders named as
+    the checkpoint writer names them (:data:`repackctl.run_files.TMP_STEP_DIR`: a save, a
+    re-save's old folder, a pruning). Any other ``.tmp-*`` path there is the user's and stays
+    (every one was deleted, a user's ``.tmp-backup`` folder too, that `runs rm` calls theirs)."""
     ensure_writable_dir(run_dir, "run folder")
     root = checkpoints_dir(run_dir)
     removed = []
     restore_interrupted_resaves(run_dir)
     if root.is_dir():
         for p in root.iterdir():
-            if p.name.startswith(TMP_PREFIX):
-                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            if TMP_STEP_DIR.fullmatch(p.name) and p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
                 removed.append(p)
     return removed
 
