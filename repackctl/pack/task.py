@@ -1289,11 +1289,16 @@ def _nothing_to_train(
     steps: int, latest: Path | None, log: list[str], progress: ProgressFactory
 ) -> bool:
     """Whether the run's checkpoint is at or past ``steps``: then ``log`` is shown (not written
-    to log.txt) and nothing is trained or written, as ``dit train`` does."""
+    to log.txt) and nothing is trained or written, as ``dit train`` does (but a missing or stale
+    ``curves.png``)."""
+    from repackctl.runtime import is_main_process
     from repackctl.train.checkpoint import read_state
+    from repackctl.train.logging import redraw_stale_curves
 
     if latest is None or steps > int(read_state(latest).get("step", 0)):
         return False
+    if is_main_process():  # a kill after the last checkpoint left the figure missing or stale
+        redraw_stale_curves(latest.parent.parent)
     with progress("pack train", total=None) as bar:
         for line in log:
             bar.log(line)

@@ -51,3 +51,13 @@ def test_refine_train_rerun_draws_the_missing_curves(tmp_path_factory):
     curves.unlink()
     assert "nothing to train" in cli_ok(*args)
     assert curves.read_bytes() == drawn
+
+
+def test_pack_train_rerun_draws_the_missing_curves(tmp_path, tmp_path_factory):
+    shared_packed_cache(tmp_path_factory, tmp_path / "cache", 16)  # runs/pk: 4 steps
+    curves = tmp_path / "runs" / "pk" / "curves.png"
+    drawn = curves.read_bytes()
+    curves.unlink()
+    out = cli_ok("pack", "train", "--name", "pk", "--steps", "4", "--device", "cpu")
+    assert "nothing to train" in out, out
+    assert curves.read_bytes() == drawn
