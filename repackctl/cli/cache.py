@@ -277,11 +277,20 @@ def _verify_one(root: str, name: str, repair: bool) -> list:
         if not (repair and found):
             return problems
         rows = repair_rows(e, found)
-        console.print(
-            f"repaired {name}: {rows} rows marked pending; now run", highlight=False, soft_wrap=True
-        )
-        for cmd in producers(e, found):
-            console.print(f"  {cmd}", highlight=False, soft_wrap=True)
+        if rows:
+            console.print(
+                f"repaired {name}: {rows} rows marked pending; now run",
+                highlight=False,
+                soft_wrap=True,
+            )
+            for cmd in producers(e, found):
+                console.print(f"  {cmd}", highlight=False, soft_wrap=True)
+        else:  # a lost `done` chunk written again from the features' records: nothing to redo
+            console.print(
+                f"repaired {name}: written again from what its features record; nothing to rerun",
+                highlight=False,
+                soft_wrap=True,
+            )
         problems = left_after_repair(e, problems)
     for p in problems:
         err_console.print(
