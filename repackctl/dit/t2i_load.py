@@ -138,7 +138,7 @@ def training_cache_root(cache: str | None, extra: dict[str, Any], hint: str) -> 
         if entry not in names:
             problems.append(f"{root} has no entry {entry}")
             continue
-        why = _other_entry(DatasetEntry.open(root, entry), recorded.get("latents"), extra)
+        why = entry_made_again(DatasetEntry.open(root, entry), recorded.get("latents"), extra)
         if why is None:
             return str(root)
         problems.append(f"{entry} in {root} {why}")
@@ -148,7 +148,7 @@ def training_cache_root(cache: str | None, extra: dict[str, Any], hint: str) -> 
     )
 
 
-def _other_entry(ds: Any, pack_id: str | None, extra: dict[str, Any]) -> str | None:
+def entry_made_again(ds: Any, pack_id: str | None, extra: dict[str, Any]) -> str | None:
     """Why ``ds`` is not the entry the run was trained on (None: it is)."""
     if pack_id is None:
         return None

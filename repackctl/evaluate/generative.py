@@ -1026,15 +1026,15 @@ def _training_data(protocol: dict) -> dict:
 def _refuse_remade_entry(root: str, entry: str, extra: dict) -> None:
     """Refuse the training entry ``entry`` of the cache ``root`` as the default reference when
     it no longer holds what the DiT trained on: the latents it recorded are gone, or their
-    channel stats are not the ones it recorded (``dit.t2i_load._other_entry``, the check a
+    channel stats are not the ones it recorded (``dit.t2i_load.entry_made_again``, the check a
     resume and `sample` make). An entry removed and extracted again from other images under the
     same name was taken by its name, and the samples were scored against images the DiT never
     saw, without a word. A DiT that recorded no latents is not checked."""
     from repackctl.cache.store import DatasetEntry
-    from repackctl.dit.t2i_load import _other_entry
+    from repackctl.dit.t2i_load import entry_made_again
 
     pack_id = (extra.get("cache") or {}).get("latents")
-    why = _other_entry(DatasetEntry.open(root, entry), pack_id, extra)
+    why = entry_made_again(DatasetEntry.open(root, entry), pack_id, extra)
     if why is None:
         return
     raise DataError(
