@@ -551,11 +551,17 @@ def checkpoint_problem(folder: str | os.PathLike, *, checksums: bool = True) -> 
 
 def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
     """Complete checkpoints of a run, oldest first (structure only; see ``verify_checkpoint``)."""
+    return [p for p in _step_folders(run_dir) if is_complete(p)]
+
+
+def _step_folders(run_dir: str | os.PathLike) -> list[Path]:
+    """The run's ``step-…`` folders, oldest first (none when it has no checkpoints folder)."""
     root = checkpoints_dir(run_dir)
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if _step_of(p) is not None and is_complete(p)]
-    return sorted(found, key=lambda p: _step_of(p) or 0)
+    return sorted(
+        (p for p in root.iterdir() if _step_of(p) is not None and p.is_dir()), key=_step_of
+    )
 
 
 def latest_checkpoint(
@@ -565,13 +571,7 @@ def latest_checkpoint(
     check_finite: bool = True,
 ) -> Path | None:
     """The newest checkpoint that verifies, or None; each newer one skipped is reported to ``warn``."""
-    root = checkpoints_dir(run_dir)
-    if not root.is_dir():
-        return None
-    found = sorted(
-        (p for p in root.iterdir() if _step_of(p) is not None and p.is_dir()), key=_step_of
-    )
-    for folder in reversed(found):
+    for folder in reversed(_step_folders(run_dir)):
         try:
             verify_checkpoint(folder, check_finite=check_finite)
         except RepackError as e:
@@ -648,13 +648,7 @@ def _is_step_folder(path: Path) -> bool:
 
 def _newest_to_load(run_dir: Path) -> Path | None:
     """The run's newest ``step-…`` folder not marked bad by its writer, intact or not."""
-    root = checkpoints_dir(run_dir)
-    if not root.is_dir():
-        return None
-    found = sorted(
-        (p for p in root.iterdir() if _step_of(p) is not None and p.is_dir()), key=_step_of
-    )
-    for folder in reversed(found):
+    for folder in reversed(_step_folders(run_dir)):
         try:
             if not _check_structure(folder).good:
                 continue

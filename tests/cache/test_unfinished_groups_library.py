@@ -29,8 +29,11 @@ def test_unfinished_groups_is_the_cache_library_s_and_the_listings_show_it(cache
     (name,) = list_entries(str(cache))
     entry = DatasetEntry.open(str(cache), name)
     (fid,) = entry.feature_ids()
-    entry.done[8:16] = PENDING  # the entry's own rows 8–15, and features rows 0–7
-    entry.features(fid).done[0:8] = PENDING
+    # rows 8–15 as a killed extract leaves them: the entry's own rows and so its features' rows
+    # (an extract marks a features row only after the entry's; an entry row pending under a
+    # written features row is a lost done chunk, whose finish is `cache verify --repair`)
+    entry.done[8:16] = PENDING
+    entry.features(fid).done[8:16] = PENDING
 
     code = (
         "import json, sys\n"
