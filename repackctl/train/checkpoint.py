@@ -662,8 +662,7 @@ def _damaged_newest(run_dir: Path, newest: Path, e: CheckpointError | OSError) -
     """The error of a run whose newest checkpoint ``newest`` fails verification (``e``): it
     names the folder and the file, and the newest intact checkpoint to name instead."""
     why = e.message if isinstance(e, CheckpointError) else f"{e.strerror or e}: {e.filename}"
-    older = [p for p in list_checkpoints(run_dir) if (_step_of(p) or 0) < (_step_of(newest) or 0)]
-    good = next((p for p in reversed(older) if _verifies(p)), None)
+    good = latest_checkpoint(run_dir, warn=None)  # newest fails: the newest intact older one
     fix = (
         f"restore {newest.name} from a copy, or move it out of {newest.parent} "
         f"(`repackctl runs info {run_dir.name}` lists the state of every checkpoint)"
@@ -679,15 +678,6 @@ def _damaged_newest(run_dir: Path, newest: Path, e: CheckpointError | OSError) -
         "(no older checkpoint is used in its place)",
         hint,
     )
-
-
-def _verifies(folder: Path) -> bool:
-    """Whether ``verify_checkpoint`` passes ``folder`` (sha256 of every file included)."""
-    try:
-        verify_checkpoint(folder)
-    except (RepackError, OSError):
-        return False
-    return True
 
 
 def _require(ckpt_dir: Path, name: str) -> Path:
