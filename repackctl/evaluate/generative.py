@@ -63,6 +63,7 @@ from repackctl.evaluate.selection import (
     made_from_checkpoint,
     npz_labels,
     read_sample_settings,
+    refuse_more_than_held,
     refuse_unfinished,
     round_robin_indices,
     sample_files,
@@ -719,6 +720,10 @@ def _given_prompts(protocol: dict) -> tuple[str, str]:
 def _check_count(
     images: ImageSet, num: int | None, where: str, protocol: dict, folder: Path
 ) -> list[str]:
+    """The line saying how many samples of ``where`` are scored; fewer than 2 are refused (no
+    distribution to compare), and ``--samples num`` above what it holds
+    (:func:`repackctl.evaluate.selection.refuse_more_than_held`, hinting the sample command
+    that makes ``num``)."""
     available = images.meta.get("available", images.n)
     if available < 2:
         raise DataError(
@@ -727,13 +732,10 @@ def _check_count(
             hint="generate more (`repackctl sample --num 1000`) or point at a folder with more "
             "images",
         )
-    if num is not None and available < num:
-        raise DataError(
-            f"--samples {num} asked for, but {where} holds only {available} samples",
-            hint=f"{_more_hint(num, protocol, folder)}, or pass --samples {available}",
-        )
     if num is None:
         return [f"using all {images.n} samples of {where}"]
+    more = _more_hint(num, protocol, folder)
+    refuse_more_than_held("--samples", num, available, where, more, unit="samples", error=DataError)
     return [f"using exactly {num} of the {available} samples of {where}"]
 
 
@@ -904,8 +906,9 @@ def _locate_images(path: Path) -> tuple[Path | None, Path, dict]:
 
 
 def _check_recorded_npz(folder: Path, protocol: dict) -> None:
-    """Refuse a samples folder's samples.npz that is not the one its card recorded (size and
-    sha256; cards written before they recorded their files are taken as they are)."""
+    """Refuse a samples folder's samples.npz that is not the one its card recorded: its size
+    and sha256, then its pixels (:func:`_check_recorded_pixels`); cards written before they
+    recorded their files are taken as they are."""
     from repackctl.sample.folder import check_recorded_file
 
     check_recorded_file(
@@ -914,6 +917,58 @@ def _check_recorded_npz(folder: Path, protocol: dict) -> None:
         protocol,
         "run the same `repackctl sample` command with --out "
         f"{folder} to rebuild samples.npz from its PNGs, or sample again into a new folder",
+    )
+    _check_recorded_pixels(folder, protocol)
+
+
+#: the pixel digest of each samples.npz checked in this process, by the file's sha256
+_PIXEL_DIGESTS: dict[str, str] = {}
+
+
+def npz_pixels_sha256(path: Path) -> str:
+    """sha256 of the pixels of the .npz ``path`` (``arr_0``, uint8, in index order): what a
+    samples card records as ``images_sha256``, the digest ``repackctl.sample.folder`` takes of
+    the PNGs (``pngs_digest``, and as it assembles samples.npz from them)."""
+    h = hashlib.sha256()
+    for batch in iter_npz_images(path):  # (b, H, W, 3)
+        h.update(np.ascontiguousarray(batch, dtype=np.uint8).tobytes())
+    return h.hexdigest()
+
+
+def _check_recorded_pixels(folder: Path, protocol: dict) -> None:
+    """Refuse a samples.npz whose pixels do not give the ``images_sha256`` its card records.
+
+    Its sha256 and size match the card's record of the file (checked just before), but that
+    record can be rewritten to name another file, all-zero images say, while the digest of the
+    pixels still names the samples `sample` made: they were scored as the card's. Read once
+    per file and process (keyed by the file's sha256, which ``check_recorded_file`` hashed:
+    ``sha256_file_cached``). Cards that record no digest (older versions) are taken as they
+    are. Rerunning `sample` with this samples.npz in place would rewrite the PNGs from it (it
+    matches the file record), so the hint moves it away first."""
+    files = protocol.get("files")
+    rec = files.get(SAMPLES_NPZ) if isinstance(files, dict) else None
+    recorded = rec.get("images_sha256") if isinstance(rec, dict) else None
+    if recorded is None:
+        return
+    npz = folder / SAMPLES_NPZ
+    key = sha256_file_cached(npz)
+    if key not in _PIXEL_DIGESTS:
+        _PIXEL_DIGESTS[key] = npz_pixels_sha256(npz)
+    if _PIXEL_DIGESTS[key] == recorded:
+        return
+    if protocol.get("refined_from"):
+        again = f"move {folder} away and run the same `repackctl refine apply` command again"
+    else:
+        again = (
+            f"move {npz} away (in place, it would be taken as the samples), then run the same "
+            f"`repackctl sample` command with --out {folder}: it rebuilds samples.npz from the "
+            "PNGs when they still hold the recorded samples"
+        )
+    raise DataError(
+        f"the images of {npz} are not the samples `repackctl sample` recorded in "
+        f"{folder / PROTOCOL_JSON} (images_sha256), though its sha256 and size are the ones "
+        "recorded there: that record was changed to name another file",
+        f"{again}; or sample again into a new folder (--out), then evaluate that",
     )
 
 
@@ -2262,19 +2317,6 @@ def _stats_available(images: ImageSet) -> int | None:
     return images.meta.get("available")
 
 
-def _check_num_available(images: ImageSet, num: int | None) -> None:
-    """Refuse ``--num N`` above what a folder, an .npz or a cache entry holds: the statistics
-    were of all its images, fewer than asked for, without a word."""
-    available = _stats_available(images)
-    if num is not None and available is not None and num > available:
-        raise ConfigError(
-            f"--num {num} is given, but {images.label} holds {available} images: the "
-            f"statistics would be of {available}, not {num}; nothing was computed",
-            f"pass --num {available} or fewer (or leave it out for all {available}), or "
-            "summarise a source with more images",
-        )
-
-
 def _stats_seed_draws(images: ImageSet, extractor: str, cfg: Any) -> bool:
     """Whether the seed draws anything in `evaluate stats`: the built-in images, a ``--num``
     subset of an image folder, or the FD encoder's random weights."""
@@ -2361,7 +2403,8 @@ def run_evaluate_stats(
     _check_cache_used(settings, source, flags_given)
     device = resolve_device(settings.device)
     images = _stats_images(settings, source, resolution, num)
-    _check_num_available(images, num)
+    more = "summarise a source with more images"
+    refuse_more_than_held("--num", num, _stats_available(images), images.label, more)
     _check_seed_used(settings, images, extractor, flags_given)
     images.batch_size = cfg.batch_size
     folder = stats_dir(settings)

@@ -38,7 +38,7 @@ import torch
 from repackctl.cache.store import ArrayGroup, DatasetEntry, list_entries, read_blocks
 from repackctl.data.cached import entry_labels
 from repackctl.errors import CacheError, ConfigError
-from repackctl.evaluate.selection import round_robin_indices
+from repackctl.evaluate.selection import refuse_more_than_held, round_robin_indices
 from repackctl.files import to_uint8
 from repackctl.pack.data import open_features, sibling_entry, valid_indices
 from repackctl.pack.load import PackHandle, load_pack
@@ -60,13 +60,13 @@ def eval_features(
     """The held-out entry (``pack.eval_entry`` or the ``pack.eval_split`` sibling of the run's),
     refused when its features were computed in another precision than the run trained on (as
     `pack encode` refuses them: ``check_features_precision``)."""
-    from repackctl.pack.encode import _extract_hint, check_features_precision
+    from repackctl.pack.encode import check_features_precision, extract_hint
 
     cfg = settings.pack
     run_cache = handle.extra["cache"]
     source = dict(handle.extra.get("source") or {})
     split = cfg.eval_split
-    hint = _extract_hint(handle, split)
+    hint = extract_hint(handle, split)
     if cfg.eval_entry:
         if cfg.eval_entry == run_cache["entry"]:
             log.append(
@@ -98,7 +98,7 @@ def given_entry(
     features of the run's resolution to an entry of another one. So an entry at another
     resolution than the run trained at is refused naming both (and the entries that fit), and
     one that only lacks the features names the extract of its own images."""
-    from repackctl.pack.encode import _extract_hint
+    from repackctl.pack.encode import extract_hint
 
     run_cache = handle.extra["cache"]
     if name in list_entries(cache):
@@ -112,7 +112,7 @@ def given_entry(
                 _fitting_entries_hint(cache, handle, trained, hint),
             )
         if run_cache["features"] not in entry.feature_ids():
-            hint = _extract_hint(handle, entry=entry)
+            hint = extract_hint(handle, entry=entry)
     entry, feats, _ = open_features(cache, name, run_cache["features"], hint)
     return entry, feats
 
@@ -181,28 +181,23 @@ def _indices(
 
 
 def _check_num(name: str, available: int, num: int, what: str) -> None:
-    """Refuse a subset (``-n``) larger than the usable rows of entry ``name``: the round robin
-    takes them all then, and the report was the whole entry's, named as such, of fewer images
-    than asked for and without a word (`evaluate stats --num` and `evaluate fid --samples`
-    refuse the same). ``what`` ``train``: the probe's training side, ``num`` = 4N."""
+    """Refuse a subset (``-n``) larger than the usable rows of entry ``name``
+    (:func:`repackctl.evaluate.selection.refuse_more_than_held`, the rule of `evaluate stats
+    --num` and `evaluate fid --samples` too). ``what`` ``train``: the probe's training side,
+    ``num`` = 4N, whose words say so (the flag's value is N)."""
+    held = "usable images (image and features written)"
+    if what != "train":
+        more = "score an entry with more images (--entry)"
+        refuse_more_than_held("-n", num, available, name, more, held=held)
+        return
     if num <= available:
         return
-    held = f"it holds {available} usable images (image and features written)"
-    if what == "train":
-        most = available // 4
-        all_rows = f"leave -n out to train on all {available} (and score the whole held-out entry)"
-        raise ConfigError(
-            f"-n {num // 4} trains the probe on 4N = {num} images of the pack run's training "
-            f"entry {name}, but {held}: nothing was scored",
-            f"pass -n {most} or fewer (4N at most {available}), or {all_rows}"
-            if most
-            else all_rows,
-        )
+    most = available // 4
+    all_rows = f"leave -n out to train on all {available} (and score the whole held-out entry)"
     raise ConfigError(
-        f"-n {num} asks for {num} images of {name}, but {held}: the scores would be of "
-        f"{available}, not {num}; nothing was scored",
-        f"pass -n {available} or fewer (or leave -n out for all {available}), or score an "
-        "entry with more images (--entry)",
+        f"-n {num // 4} trains the probe on 4N = {num} images of the pack run's training "
+        f"entry {name}, but it holds {available} {held}: nothing was computed",
+        f"pass -n {most} or fewer (4N at most {available}), or {all_rows}" if most else all_rows,
     )
 
 
@@ -722,7 +717,7 @@ def evaluate_probe(settings: Settings, progress: ProgressFactory = null_progress
     """Linear-probe top-1 of raw tokens, PCA-d and the pack run's d-dim latents. The report
     records the identity of both entries (:func:`entry_identity`); a report of earlier entries
     of the same names is kept aside (:func:`set_aside_earlier`), not replaced."""
-    from repackctl.pack.encode import _extract_hint, check_features_precision
+    from repackctl.pack.encode import check_features_precision, extract_hint
     from repackctl.runtime import resolve_device
 
     cfg = settings.pack
@@ -730,7 +725,7 @@ def evaluate_probe(settings: Settings, progress: ProgressFactory = null_progress
     handle = _handle(settings)
     run_cache = handle.extra["cache"]
     train_entry, train_feats, _ = open_features(
-        settings.cache, run_cache["entry"], run_cache["features"], _extract_hint(handle)
+        settings.cache, run_cache["entry"], run_cache["features"], extract_hint(handle)
     )
     # the probe's training side passes through the pack model too (its latents row)
     check_features_precision(handle, train_entry, train_feats)

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from repackctl.errors import DataError, name_items
+from repackctl.errors import ConfigError, DataError, RepackError, name_items
 from repackctl.files import IMAGE_EXTENSIONS, sha256_file_cached
 from repackctl.paths import PROTOCOL_JSON, SETTINGS_JSON
 
@@ -232,6 +232,33 @@ def stratified_indices(labels: np.ndarray, num: int, where: str) -> tuple[np.nda
     return idx, record
 
 
+def refuse_more_than_held(
+    flag: str,
+    num: int | None,
+    available: int | None,
+    source: str,
+    instead: str,
+    *,
+    unit: str = "images",
+    held: str | None = None,
+    error: type[RepackError] = ConfigError,
+) -> None:
+    """Refuse ``flag num`` when ``source`` holds fewer ``unit`` (``available``; None: a source
+    made to any number): the subset rules take all of them then, and the result was of fewer
+    than asked for, named as the whole source's, without a word. The one rule of every count
+    flag that reads a source (`evaluate recon|probe -n`, `evaluate stats --num`, `evaluate fid
+    --samples`). ``held``: what was counted, where not every item is (``usable images (…)``);
+    ``instead``: the hint's other way out; ``error``: its class (a samples folder of too few
+    is a DataError, a flag above an entry's rows a ConfigError)."""
+    if num is None or available is None or num <= available:
+        return
+    raise error(
+        f"{flag} {num} asks for {num} {unit} of {source}, but it holds {available} "
+        f"{held or unit}: the result would be of {available}, not {num}; nothing was computed",
+        f"pass {flag} {available} or fewer (or leave {flag} out for all {available}), or {instead}",
+    )
+
+
 def round_robin_indices(
     rows: np.ndarray, labels: np.ndarray | None, num: int | None
 ) -> tuple[np.ndarray, dict]:
@@ -243,9 +270,8 @@ def round_robin_indices(
     ``index % k`` (the built-in dataset) thus give exactly the first ``num`` rows. Unknown labels
     (None, or -1: a folder without class folders) give the first ``num`` rows; ``num`` None or
     covering every row gives them all. A ``num`` above the rows is thus taken as all of them:
-    the commands refuse it before they call this (`evaluate stats --num`:
-    ``generative._check_num_available``; `evaluate recon` / `probe -n`: ``pack._check_num``),
-    as a report of fewer images than asked, named as the whole entry's, said nothing.
+    the commands refuse it before they call this (:func:`refuse_more_than_held`), as a report
+    of fewer images than asked, named as the whole entry's, said nothing.
     """
     n = len(rows)
     if num is None or num >= n:

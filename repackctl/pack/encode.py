@@ -103,12 +103,16 @@ class EncodeResult:
     checkpoint: Path
 
 
-def _extract_hint(
+def extract_hint(
     handle: PackHandle, split: str | None = None, entry: DatasetEntry | None = None
 ) -> str:
     """``run `repackctl extract …` first``: the extract that writes the run's features for its
     own data (``split``: another split of it); with ``entry``, for that entry's images instead
-    (:func:`_entry_extract`): the run's data named another entry than the one lacking them."""
+    (:func:`_entry_extract`): the run's data named another entry than the one lacking them.
+
+    The hint of every command that finds a pack run's features missing (`pack encode`, and
+    `evaluate recon` / `probe` on its held-out or ``--entry`` images), so that each names the
+    same extract, with the run's encoder, weights, layer and precision."""
     from repackctl.pack.data import _hint
 
     source = dict(handle.extra.get("source") or {})
@@ -182,7 +186,7 @@ def target_features(settings: Settings, handle: PackHandle) -> tuple[DatasetEntr
             )
     root = settings.cache
     split = cfg.split if "split" in given else source.get("split", "train")
-    hint = _extract_hint(handle, split)
+    hint = extract_hint(handle, split)
     if "entry" in given and cfg.entry:
         name = cfg.entry
     elif given & set(SOURCE_KEYS):

@@ -119,10 +119,11 @@ def test_asking_for_more_samples_than_a_folder_holds_hints_its_own_checkpoint(en
     _sample("-n", "4", "--steps", "2", "--out", str(folder))
     code, out = _evaluate(str(folder), "--samples", "40", *SCORE)
     out = " ".join(out.split())
-    assert code == DataError.exit_code and "holds only 4 samples" in out
+    assert code == DataError.exit_code and f"--samples 40 asks for 40 samples of {folder}" in out
+    assert "but it holds 4 samples" in out, out
     hint = out.split("Hint:")[1]
     assert f"--run {_ckpt(env, 2).parent.parent} --checkpoint step-0000002 --num 40" in hint
-    assert "protocol.json records" in hint and "--samples 4" in hint
+    assert "protocol.json records" in hint and "pass --samples 4 or fewer" in hint
 
 
 # --------------------------------------------------------------------------- defect 2

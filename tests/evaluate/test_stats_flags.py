@@ -95,8 +95,8 @@ def test_a_num_above_what_the_source_holds_is_refused(sources, tmp_path, kind, h
     sdir = tmp_path / "stats"
     args = [*STATS, *sources[kind], "--stats-dir", str(sdir)]
     out = cli_refused(ConfigError.exit_code, *args, "--num", "50")
-    assert "--num 50 is given, but" in out and f"holds {held} images" in out, out
-    assert f"pass --num {held} or fewer" in out
+    assert "--num 50 asks for 50 images of " in out and f"it holds {held} images" in out, out
+    assert f"pass --num {held} or fewer (or leave --num out for all {held})" in out, out
     assert _n_files(sdir) == 0
     cli_ok(*args, "--num", str(held))  # all of them, asked for
     (made,) = sdir.glob("*.npz")
