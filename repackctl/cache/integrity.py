@@ -23,6 +23,8 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +37,10 @@ from zarr.codecs.sharding import ShardingCodec, ShardingCodecIndexLocation
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
+from repackctl.cache.commands import remove_command
 from repackctl.cache.creation import reader_locks, release_readers
+from repackctl.cache.ownership import group_dir
+from repackctl.cache.versions import RECORD
 from repackctl.errors import CacheError
 
 EMPTY = 2**64 - 1  # shard index entry of an absent inner chunk
@@ -330,3 +335,87 @@ def stored_checksums(arr: zarr.Array, rows: np.ndarray) -> list[tuple[int, int, 
                 return None
             out += part
     return out
+
+
+# --------------------------------------------------------------------------- checksum codecs
+#: False while `cache ls` / `cache verify` open what they report themselves
+_CHECK_METADATA: ContextVar[bool] = ContextVar("check_metadata", default=True)
+
+
+def metadata_checked() -> bool:
+    """Whether readers refuse edited metadata now (an array that lost its checksum codec,
+    ``checked_array``; a features group whose recorded weights digest is not its id's,
+    ``store.DatasetEntry.features``): always, except under :func:`metadata_unchecked`."""
+    return _CHECK_METADATA.get()
+
+
+@contextmanager
+def metadata_unchecked() -> Iterator[None]:
+    """Open arrays and groups without the refusals of edited metadata (``metadata_checked``):
+    for the listing and the verify that name such arrays and groups instead of stopping."""
+    token = _CHECK_METADATA.set(False)
+    try:
+        yield
+    finally:
+        _CHECK_METADATA.reset(token)
+
+
+def has_checksum_codec(arr: zarr.Array) -> bool:
+    """Whether each stored chunk of ``arr`` is checked against a crc32c on reading: the
+    ``crc32c`` codec ends its bytes codecs (a sharded array's inner chunks and its index)."""
+    codecs = arr.metadata.codecs
+    if len(codecs) == 1 and isinstance(codecs[0], ShardingCodec):
+        sharding = codecs[0]
+        return bool(sharding.codecs) and isinstance(sharding.codecs[-1], Crc32cCodec)
+    return bool(codecs) and isinstance(codecs[-1], Crc32cCodec)
+
+
+def lost_checksums(group: zarr.Group) -> list[str]:
+    """The arrays of ``group`` (its direct children) without the crc32c codec although the
+    version that wrote the group gave one to every array: the group records the package
+    versions it was written under (recorded since after checksums came), or another of its
+    arrays has the codec. Such an array's ``zarr.json`` was edited: zarr then reads its chunks
+    unchecked (the stored checksum is taken as data, or ignored). Arrays of a group made before
+    checksums (none has one, nothing recorded) are read as before."""
+    arrays = list(group.arrays())
+    bare = [name for name, arr in arrays if not has_checksum_codec(arr)]
+    if bare and (RECORD in group.attrs or len(bare) < len(arrays)):
+        return bare
+    return []
+
+
+def lost_checksum_fix(group: zarr.Group, name: str) -> str:
+    """How to mend the array ``name`` of ``group`` that lost its checksum codec: its
+    ``zarr.json`` from a copy, or remove what holds it and make it again."""
+    entry, *rest = group.path.split("/")
+    kind, gid = (rest[0], rest[1]) if len(rest) >= 2 else (None, None)
+    folder = group_dir(group)
+    meta = f"{folder / name / 'zarr.json'}" if folder is not None else f"{group.path}/{name}"
+    return (
+        f"restore {meta} from a copy of the cache (its codecs end with crc32c), or remove it "
+        f"with `{remove_command(entry, kind, gid, yes=True)}` and make it again"
+    )
+
+
+def lost_checksum_text(group: zarr.Group, name: str) -> str:
+    """What is wrong with the array ``name`` of ``group`` that lost its checksum codec, named by
+    its path inside its cache entry (as `cache verify` lists it after the entry's name)."""
+    inner = "/".join([*group.path.split("/")[1:], name])
+    return (
+        f"{inner}: its zarr.json lacks the crc32c checksum codec that the cache writes on every "
+        "array of its group (metadata edited): its chunks would be read unchecked"
+    )
+
+
+def checked_array(group: zarr.Group, name: str) -> zarr.Array:
+    """The array ``name`` of ``group``, refused (``CacheError`` naming it) when it lost the
+    crc32c codec the cache writes (``lost_checksums``): its data would be read unchecked, a
+    damaged chunk taken for data. The check costs nothing for an array with the codec."""
+    arr = group[name]
+    if _CHECK_METADATA.get() and not has_checksum_codec(arr) and name in lost_checksums(group):
+        entry = group.path.split("/")[0]
+        raise CacheError(
+            f"cache entry {entry}: {lost_checksum_text(group, name)}; nothing was read",
+            lost_checksum_fix(group, name),
+        )
+    return arr

@@ -22,7 +22,9 @@ chunk-aligned blocks. float16 features barely compress, so they are stored uncom
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import threading
 import warnings
 from collections import OrderedDict
@@ -273,8 +275,12 @@ def checked_done(group: zarr.Group) -> np.ndarray:
     """``group``'s ``done`` codes (an entry's or a features / latents group's). A chunk that
     fails its checksum is a ``CacheError`` naming the chunk and `cache verify --repair`, not
     zarr's ``ValueError`` (a traceback)."""
+    from repackctl.cache.integrity import checked_array
+
     try:
-        return group["done"][:]
+        return checked_array(group, "done")[:]
+    except CacheError:
+        raise
     except Exception:
         from repackctl.cache.integrity import read_done
 
@@ -302,10 +308,13 @@ class ArrayGroup:
 
     @property
     def done(self) -> zarr.Array:
-        return self.group["done"]
+        return self["done"]
 
     def __getitem__(self, name: str) -> zarr.Array:
-        return self.group[name]
+        """The array ``name``, refused when it lost its checksum codec (``checked_array``)."""
+        from repackctl.cache.integrity import checked_array
+
+        return checked_array(self.group, name)
 
     def done_mask(self) -> np.ndarray:
         """The ``done`` codes, read by :func:`checked_done`."""
@@ -313,6 +322,46 @@ class ArrayGroup:
 
     def complete(self) -> bool:
         return bool((self.done_mask() != PENDING).all())
+
+
+def features_id_problem(attrs: dict[str, Any], fid: str) -> str | None:
+    """Why the attributes of the features group ``fid`` disagree with its id, or None: the id
+    ends with the first 10 hex digits of the encoder's weights digest (``EncoderSpec.entry_id``),
+    which the attributes record in full (``encoder.weights_sha256``; without one, of the
+    ``weights`` tag). The attributes carry no checksum: an edited digest was taken as the
+    encoder of the features (``pack train`` recorded it) though the id names another."""
+    enc = attrs.get("encoder")
+    tail = fid.rsplit("--", 1)[-1]
+    if not isinstance(enc, dict) or not re.fullmatch(r"[0-9a-f]{10}", tail):
+        return None  # not an id of that form (a plugin's), or nothing recorded to compare
+    sha, weights = enc.get("weights_sha256"), enc.get("weights")
+    if isinstance(sha, str) and sha:
+        recorded, what = sha, "encoder.weights_sha256"
+    elif isinstance(weights, str):
+        recorded, what = (
+            hashlib.sha256(weights.encode()).hexdigest(),
+            "the sha256 of encoder.weights",
+        )
+    else:
+        return f"its attributes record no encoder weights digest (the id says {tail})"
+    if recorded[:10] == tail:
+        return None
+    return (
+        f"its attributes record {what} {recorded[:10]}…, but the group's id names {tail} "
+        "(zarr.json edited?): the features cannot be told to come from the encoder they record"
+    )
+
+
+def features_id_fix(group: zarr.Group) -> str:
+    """The hint of :func:`features_id_problem` for the features ``group``: its zarr.json from
+    a copy, or the group made anew."""
+    entry, _, fid = group.path.split("/", 2)
+    folder = group_dir(group)
+    meta = folder / "zarr.json" if folder is not None else f"{group.path}/zarr.json"
+    return (
+        f"restore {meta} from a copy of the cache, or remove the group with "
+        f"`{remove_command(entry, 'features', fid, yes=True)}` and extract it again"
+    )
 
 
 def _extract_flags(name: str) -> str:
@@ -474,25 +523,32 @@ class DatasetEntry:
 
     @property
     def images(self) -> zarr.Array:
-        return self.group["images"]
+        return self._array("images")
 
     @property
     def labels(self) -> zarr.Array:
-        return self.group["labels"]
+        return self._array("labels")
 
     @property
     def keys(self) -> zarr.Array:
-        return self.group["keys"]
+        return self._array("keys")
 
     @property
     def done(self) -> zarr.Array:
-        return self.group["done"]
+        return self._array("done")
+
+    def _array(self, name: str) -> zarr.Array:
+        """The entry's array ``name``, refused when it lost the checksum codec the cache writes
+        (``integrity.checked_array``): a reader would take its chunks unchecked."""
+        from repackctl.cache.integrity import checked_array
+
+        return checked_array(self.group, name)
 
     @property
     def fingerprints(self) -> zarr.Array | None:
         """The file of each image as the extract read it (``FINGERPRINTS``); None for an entry
         of a source without files, or one made before fingerprints were recorded."""
-        return self.group[FINGERPRINTS] if FINGERPRINTS in self.group else None
+        return self._array(FINGERPRINTS) if FINGERPRINTS in self.group else None
 
     def done_mask(self) -> np.ndarray:
         """The entry's ``done`` codes (its images), read by :func:`checked_done`."""
@@ -544,7 +600,16 @@ class DatasetEntry:
                 f"no features {encoder_entry!r} in {self.name} (have: {have})",
                 "run `repackctl extract --encoder …` with the same encoder, weights and layer",
             )
-        return ArrayGroup(self.group["features"][encoder_entry])
+        from repackctl.cache.integrity import metadata_checked
+
+        group = ArrayGroup(self.group["features"][encoder_entry])
+        problem = features_id_problem(group.attrs, encoder_entry) if metadata_checked() else None
+        if problem:
+            raise CacheError(
+                f"features/{encoder_entry} of {self.name}: {problem}; nothing was read",
+                features_id_fix(group.group),
+            )
+        return group
 
     def create_or_open_features(
         self,

@@ -26,7 +26,15 @@ from repackctl.cache.creation import (
     readers_out,
     writers_out,
 )
-from repackctl.cache.integrity import Damage, read_done, scan_array
+from repackctl.cache.integrity import (
+    Damage,
+    lost_checksum_fix,
+    lost_checksum_text,
+    lost_checksums,
+    metadata_unchecked,
+    read_done,
+    scan_array,
+)
 from repackctl.cache.partials import (
     combine_partials,
     latents_producer,
@@ -45,6 +53,8 @@ from repackctl.cache.store import (
     WRITTEN,
     ArrayGroup,
     DatasetEntry,
+    features_id_fix,
+    features_id_problem,
     features_precision,
 )
 from repackctl.cache.versions import RECORD as VERSIONS
@@ -124,6 +134,7 @@ def _counts(done: np.ndarray) -> dict[str, int]:
     }
 
 
+@metadata_unchecked()  # a listing: `cache verify` names an array that lost its checksum codec
 def describe_entry(entry: DatasetEntry) -> EntryInfo:
     corrupt: list[str] = []
 
@@ -178,6 +189,7 @@ def describe_entry(entry: DatasetEntry) -> EntryInfo:
 GROUP_KINDS = ("features", "latents", "triplets", "text")
 
 
+@metadata_unchecked()  # a listing, as ``describe_entry``
 def unfinished_groups(entry: DatasetEntry, info: EntryInfo) -> list[dict[str, Any]]:
     """``group`` (``images`` for the entry's own rows, else ``kind/id``), ``pending`` and ``n``
     rows, and the command that ``finish``es them, of each part of ``entry`` with pending rows:
@@ -235,14 +247,34 @@ def verify_entry(entry: DatasetEntry, found: list | None = None) -> list[Problem
     """
     found = scan_chunks(entry) if found is None else found
     problems = [Problem(_damage_text(path, d)) for path, d in found]
+    problems += metadata_problems(entry)
     lost = np.zeros(entry.n, bool)  # rows of the entry's done chunks that the repair restores
     for path, d in found:
         if not path and d.array == "done":
             lost[d.lo : d.hi] = True
     try:
-        return problems + _verify_arrays(entry, lost)
+        with metadata_unchecked():  # named above: the other checks go on
+            return problems + _verify_arrays(entry, lost)
     except Exception as e:  # an unreadable array not caught above: report, never a traceback
         return [*problems, Problem(f"unreadable: {type(e).__name__}: {e}", rewrite(entry, ""))]
+
+
+def metadata_problems(entry: DatasetEntry) -> list[Problem]:
+    """Lasting problems of edited metadata (``--repair`` rewrites no metadata), which readers
+    refuse: arrays of ``entry`` and its groups that lost the crc32c codec the cache wrote them
+    with (``integrity.lost_checksums``), and features groups whose recorded weights digest is
+    not the one their id names (``store.features_id_problem``). Before, verify said ok."""
+    problems = [
+        Problem(lost_checksum_text(group, name), lost_checksum_fix(group, name))
+        for _, group in _groups(entry)
+        for name in lost_checksums(group)
+    ]
+    for fid in entry.feature_ids():
+        group = entry.group["features"][fid]
+        why = features_id_problem(dict(group.attrs), fid)
+        if why:
+            problems.append(Problem(f"features/{fid}: {why}", features_id_fix(group)))
+    return problems
 
 
 def left_after_repair(entry: DatasetEntry, problems: list[Problem]) -> list[Problem]:
@@ -497,6 +529,7 @@ def _groups(entry: DatasetEntry) -> Iterator[tuple[str, zarr.Group]]:
             yield f"{kind}/{name}", entry.group[kind][name]
 
 
+@metadata_unchecked()  # chunk by chunk; `verify_entry` names an array without its checksum codec
 def scan_chunks(entry: DatasetEntry) -> list[tuple[str, Damage]]:
     """Every missing, truncated or corrupt chunk holding done rows, with its group's path.
 

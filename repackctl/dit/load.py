@@ -13,7 +13,6 @@ from torch import nn
 
 from repackctl.dit.task import build_model
 from repackctl.errors import CheckpointError
-from repackctl.files import sha256_file_cached
 from repackctl.paths import resolve_checkpoint_arg
 from repackctl.train import checkpoint as ckpt_io
 
@@ -59,18 +58,26 @@ def _checkpoint_of(run_or_checkpoint: str | Path) -> Path:
     return ckpt
 
 
-def describe_weights(sd: dict[str, torch.Tensor]) -> str:
-    """``lightningdit-s-2 (D=384)``: the registered variant a DiT state dict looks like."""
-    from repackctl.models.variants import MODEL_FACTORIES, SIZES, TINY
-
+def weights_structure(sd: dict[str, torch.Tensor]) -> dict[str, Any] | None:
+    """The family, depth, patch and width a DiT state dict has (None: not a DiT state dict)."""
     w = sd.get("x_embedder.proj.weight")
     if w is None or w.dim() != 4:
-        return "not a DiT state dict"
-    width, patch = int(w.shape[0]), int(w.shape[2])
+        return None
     depth = 1 + max(
         (int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))), default=-1
     )
     family = "lightningdit" if any(".mlp.w12." in k for k in sd) else "dit"
+    return {"family": family, "depth": depth, "patch": int(w.shape[2]), "width": int(w.shape[0])}
+
+
+def describe_weights(sd: dict[str, torch.Tensor]) -> str:
+    """``lightningdit-s-2 (D=384)``: the registered variant a DiT state dict looks like."""
+    from repackctl.models.variants import MODEL_FACTORIES, SIZES, TINY
+
+    found = weights_structure(sd)
+    if found is None:
+        return "not a DiT state dict"
+    family, depth, patch, width = (found[k] for k in ("family", "depth", "patch", "width"))
     for size, preset in [*SIZES.items(), ("tiny", TINY)]:
         ident = "tiny" if size == "tiny" else f"{family}-{size}-{patch}"
         if (preset.depth, preset.hidden_size) == (depth, width) and ident in MODEL_FACTORIES:
@@ -79,11 +86,27 @@ def describe_weights(sd: dict[str, torch.Tensor]) -> str:
 
 
 def _misfit(model: nn.Module, model_id: str, sd: dict[str, torch.Tensor], path: Path) -> str:
+    """Why the weights ``sd`` at ``path`` do not load into the ``model_id`` that the
+    checkpoint's state.json describes, naming what differs (depth, patch, width, family): a
+    state.json recording another depth read "checkpoint is tiny (D=64), run expects tiny
+    (D=64)", naming only the width, which was the same."""
     ours = model.state_dict()
-    mine = describe_weights(ours)
-    theirs = describe_weights(sd)
-    if theirs != mine:
-        return f"{path}: checkpoint is {theirs}, run expects {model_id} ({mine.split(' (')[-1]}"
+    mine, theirs = weights_structure(ours), weights_structure(sd)
+    if theirs is None:
+        return (
+            f"{path} holds no DiT weights (no x_embedder.proj.weight) for the model {model_id} "
+            "that the checkpoint's state.json describes"
+        )
+    if mine is not None and mine != theirs:
+        differ = [
+            f"{k} {theirs[k]} in the weights, {mine[k]} recorded"
+            for k in mine
+            if mine[k] != theirs[k]
+        ]
+        return (
+            f"{path}: the weights ({describe_weights(sd)}) differ from the model {model_id} that "
+            f"the checkpoint's state.json describes: {'; '.join(differ)}"
+        )
     missing = sorted(set(ours) - set(sd))
     unexpected = sorted(set(sd) - set(ours))
     shapes = [k for k in ours if k in sd and tuple(ours[k].shape) != tuple(sd[k].shape)]
@@ -126,9 +149,11 @@ def loaded_handle(
     except RuntimeError:
         raise CheckpointError(
             misfit(weights),
-            "the checkpoint's weights belong to another model size, or the model plugin changed",
+            "the checkpoint's weights belong to another model size than its state.json records "
+            "(the file edited, or weights copied in from another run), or the model plugin "
+            "changed: use an intact checkpoint of the run",
         ) from None
-    digest = sha256_file_cached(ckpt / f"{which}.safetensors")
+    digest = ckpt_io.weights_sha256(ckpt, which)  # an error naming it if removed meanwhile
     return DiTHandle(model=model.eval(), checkpoint=ckpt, extra=extra, sha256=digest, which=which)
 
 

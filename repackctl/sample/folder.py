@@ -413,7 +413,10 @@ def _holds_recorded_weights(checkpoint: Path, recorded: dict[str, Any]) -> bool:
     if known is not None:
         return known == sha
     weights = checkpoint / f"{which}.safetensors"
-    return weights.is_file() and sha256_file_cached(weights) == sha
+    try:
+        return weights.is_file() and sha256_file_cached(weights) == sha
+    except FileNotFoundError:  # removed since it was listed: it holds nothing now
+        return False
 
 
 def assemble(

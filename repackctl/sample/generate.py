@@ -65,15 +65,30 @@ def generate_raw_latents(
     return denormalise(out.x.float(), extra["latent_stats"])  # (B, d, h, w)
 
 
-def refuse_non_finite(x: Tensor, what: str, indices: list[int]) -> None:
+def refuse_non_finite(x: Tensor, what: str, indices: list[int], precision: str, cfg: float) -> None:
     """Refuse a batch ``x`` (B, ...) of samples ``indices`` with a NaN or inf value, naming the
-    samples: written out, such a sample would be an all-black PNG that is then scored."""
+    samples: written out, such a sample would be an all-black PNG that is then scored. The hint
+    offers only what would change the numbers: a lower ``cfg`` when guidance amplifies (scale
+    above 1), fp32 when sampling in another ``precision``, and the weights in any case."""
     bad = (~torch.isfinite(x.float())).flatten(1).any(dim=1)  # (B,)
     if bool(bad.any()):
         which = [i for i, b in zip(indices, bad.tolist(), strict=True) if b]
         raise DataError(
             f"the {what} of {len(which)} of {len(indices)} samples in this batch are not finite "
             f"(NaN or inf; samples {name_items(which)}): nothing of the batch was written",
-            "lower --cfg (a scale this large overflows), sample in fp32 (--precision fp32), or "
-            "check the checkpoint's weights (`repackctl runs info RUN`)",
+            non_finite_hint(precision, cfg),
         )
+
+
+def non_finite_hint(precision: str, cfg: float) -> str:
+    """The remedies of a non-finite batch sampled in ``precision`` at guidance scale ``cfg``:
+    "sample in fp32" was offered to runs already in fp32, which would change nothing."""
+    fixes = []
+    if cfg > 1.0:
+        fixes.append(f"lower --cfg (a scale as large as {cfg:g} overflows)")
+    if precision != "fp32":
+        fixes.append(f"sample in fp32 (--precision fp32; these were sampled in {precision})")
+    fixes.append("check the checkpoint's weights (`repackctl runs info RUN`)")
+    if len(fixes) == 1:
+        return fixes[0]
+    return ", ".join(fixes[:-1]) + (", or " if len(fixes) > 2 else " or ") + fixes[-1]

@@ -14,7 +14,7 @@ from torch import Tensor
 from repackctl.errors import CheckpointError, ConfigError
 from repackctl.paths import SAMPLING_JSON, run_root_of
 from repackctl.run_files import json_sha256
-from repackctl.transport.samplers import SamplerSpec, time_grid
+from repackctl.transport.samplers import SamplerSpec, sampler_times, stalled_steps, time_grid
 from repackctl.transport.timesteps import shift_time
 
 
@@ -172,8 +172,43 @@ def resolve_plan(
         legacy_channels=int(values["cfg_channels"]),
         sources=sources,
     )
+    check_time_grid(plan)
     check_guidance_acts(plan, latent_channels)
     return plan
+
+
+def check_time_grid(plan: GenerationPlan) -> None:
+    """Refuse a shift (with a step count) whose time grid stalls in float32, the dtype of the
+    sampler's state and times (``stalled_steps``): ``--shift 1e30`` rounds every time to 1.0,
+    so a "2-step" folder and card would hold one Euler jump from noise to data."""
+    spec = plan.spec
+    times = sampler_times(spec)  # (steps+1,) float64
+    stalled = stalled_steps(times)
+    if not stalled:
+        return
+    grid = ", ".join(f"{float(t):.8g}" for t in times.to(torch.float32)[: min(len(times), 6)])
+    more = ", …" if len(times) > 6 else ""
+    fix = "pass fewer --steps" if spec.shift == 1.0 else "pass a --shift nearer 1 (1 = no shift)"
+    raise ConfigError(
+        f"--shift {spec.shift:g}{_source(plan, 'shift')} with --steps {spec.steps}"
+        f"{_source(plan, 'steps')} gives a degenerate {spec.kind} time grid: in float32 (the "
+        f"sampler's precision) it is {grid}{more}, so {len(stalled)} of its {spec.steps} steps "
+        f"do not move (repeated or non-finite times, the first at step {stalled[0] + 1}), and "
+        "the folder and card would name steps never taken",
+        fix + (f", or override the run's {SAMPLING_JSON}" if _came_from(plan, "shift") else ""),
+    )
+
+
+def _came_from(plan: GenerationPlan, key: str) -> bool:
+    return plan.sources.get(key) == SAMPLING_JSON
+
+
+def _source(plan: GenerationPlan, key: str) -> str:
+    """`` (from sampling.json)``, `` (given)`` or `` (the default)``: where ``key`` came from."""
+    source = plan.sources.get(key, "default")
+    if source == SAMPLING_JSON:
+        return f" (from the run's {SAMPLING_JSON})"
+    return " (the default)" if source == "default" else " (given)"
 
 
 def check_guidance_acts(plan: GenerationPlan, latent_channels: int | None = None) -> None:

@@ -550,10 +550,10 @@ def _batch(job: _Job, idx: list[int]) -> tuple[np.ndarray, np.ndarray]:
         raw = generate_raw_latents(
             job.velocity, job.plan, job.extra, job.labels, job.settings.seed, idx, job.device
         )  # (B, d, h, w)
-        refuse_non_finite(raw, "latents", idx)
+        refuse_non_finite(raw, "latents", idx, job.settings.precision, job.plan.cfg)
         with amp_autocast(job.settings.precision, job.device):
             decoded = job.decoder.decode(raw)  # (B, 3, H, W)
-        refuse_non_finite(decoded, "decoded images", idx)
+        refuse_non_finite(decoded, "decoded images", idx, job.settings.precision, job.plan.cfg)
         images = to_uint8(decoded)  # (B, H, W, 3)
         if job.refiner is not None:
             images = job.refiner.refine(images, raw)  # (B, H, W, 3)

@@ -455,10 +455,10 @@ def _write_batch(
     device, precision = text["tokens"].device, settings.precision
     with torch.no_grad():
         raw = generate_t2i_latents(model, plan, extra, text, ids, settings.seed, idx, precision)
-        refuse_non_finite(raw, "latents", idx)
+        refuse_non_finite(raw, "latents", idx, precision, plan.cfg)
         with amp_autocast(precision, device):
             decoded = decoder.decode(raw)  # (B, 3, H, W)
-        refuse_non_finite(decoded, "decoded images", idx)
+        refuse_non_finite(decoded, "decoded images", idx, precision, plan.cfg)
         images = to_uint8(decoded)  # (B, H, W, 3)
         if refiner is not None:
             images = refiner.refine(images, raw)  # (B, H, W, 3)

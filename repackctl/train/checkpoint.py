@@ -395,6 +395,8 @@ def _check_structure(folder: Path) -> CheckpointState:
     path = folder / "state.json"
     try:
         data = json.loads(path.read_text())
+    except FileNotFoundError as e:  # present a moment ago (``_require``)
+        raise _vanished(path, e) from None
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{path} is not valid JSON: {e}", "use another checkpoint") from None
     recorded = data.get(STATE_SHA256) if isinstance(data, dict) else None
@@ -446,6 +448,23 @@ class _Refused(CheckpointError):
 DAMAGED = "use another checkpoint of the run (a damaged copy, or a file replaced by hand)"
 
 
+class _Vanished(CheckpointError):
+    """A checkpoint file that was there a moment ago and is gone when read: another process
+    removed or replaced the folder (a training pruning or re-saving it, a copy over it).
+    Choosing a run's newest checkpoint chooses again (``checkpoint_for_loading``)."""
+
+
+def _vanished(path: Path, e: OSError) -> _Vanished:
+    """The error of ``path`` gone while it was read (``e``), in place of the traceback of the
+    ``FileNotFoundError``."""
+    return _Vanished(
+        f"{path} vanished while it was read ({e.strerror or e}): another process removed or "
+        "replaced its checkpoint folder",
+        "run the command again once that process (a training saving or pruning checkpoints, "
+        "a copy or removal of the run) is done",
+    )
+
+
 def _verify_file(folder: Path, name: str, state: CheckpointState, checksum: bool = True) -> Path:
     """The file, present and listed in ``state.json``, of the size it records (when it records
     sizes) and, with ``checksum``, of the sha256 it records."""
@@ -456,7 +475,10 @@ def _verify_file(folder: Path, name: str, state: CheckpointState, checksum: bool
             f"{folder / 'state.json'}: field files has no checksum of {name}",
             "use another checkpoint",
         )
-    size, recorded = path.stat().st_size, state.sizes.get(name)
+    try:
+        size, recorded = path.stat().st_size, state.sizes.get(name)
+    except FileNotFoundError as e:  # present a moment ago (``_require``)
+        raise _vanished(path, e) from None
     if recorded is not None and size != recorded:
         raise _Refused(
             f"{path} is corrupt: it has {size} bytes, state.json records {recorded}",
@@ -486,12 +508,25 @@ def _remember_hashes(folder: Path, files: dict[str, str]) -> None:
 
 
 def _sha256(path: Path) -> str:
-    """``sha256_file_cached``, or the sha256 this process wrote the file with."""
+    """``sha256_file_cached``, or the sha256 this process wrote the file with; a file gone
+    meanwhile is a ``_Vanished`` error naming it."""
     try:
         known = _WRITTEN.get(_stat_key(path))
     except OSError:
         known = None
-    return known if known is not None else sha256_file_cached(path)
+    if known is not None:
+        return known
+    try:
+        return sha256_file_cached(path)
+    except FileNotFoundError as e:
+        raise _vanished(path, e) from None
+
+
+def weights_sha256(ckpt_dir: str | os.PathLike, which: str = "ema") -> str:
+    """The sha256 of a checkpoint's ``<which>.safetensors`` as it is on disk now (the digest a
+    loaded model is identified by: pack ids, samples cards), or an error naming the file when
+    another process removed it since it was loaded (no ``FileNotFoundError`` traceback)."""
+    return _sha256(Path(ckpt_dir) / f"{which}.safetensors")
 
 
 def _check_finite_file(path: Path) -> None:
@@ -630,8 +665,8 @@ def checkpoint_for_loading(path: str | os.PathLike) -> Path | None:
         try:
             verify_checkpoint(newest)
         except (CheckpointError, OSError) as e:
-            if not newest.is_dir():
-                continue
+            if isinstance(e, (_Vanished, FileNotFoundError)) or not newest.is_dir():
+                continue  # removed or replaced while it was read: choose again
             raise _damaged_newest(path, newest, e) from None
         return newest
     raise CheckpointError(
@@ -695,7 +730,11 @@ def read_state(ckpt_dir: str | os.PathLike) -> dict[str, Any]:
     validated; a malformed field is a ``CheckpointError`` naming it."""
     folder = Path(ckpt_dir)
     _check_structure(folder)
-    return json.loads((folder / "state.json").read_text())
+    path = folder / "state.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise _vanished(path, e) from None
 
 
 def _verified(ckpt_dir: str | os.PathLike, name: str) -> Path:
@@ -713,6 +752,8 @@ def load_weights(ckpt_dir: str | os.PathLike, name: str) -> dict[str, torch.Tens
     path = _verified(ckpt_dir, f"{name}.safetensors")
     try:
         sd = load_file(str(path))
+    except FileNotFoundError as e:
+        raise _vanished(path, e) from None
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{path} is not a readable safetensors file: {e}", None) from None
     bad = [k for k, v in sd.items() if torch.is_floating_point(v) and not torch.isfinite(v).all()]

@@ -85,6 +85,25 @@ def time_grid(steps: int, shift: float = 1.0, t_start: float = 1.0, t_end: float
     return shift_time(uniform, shift)
 
 
+def sampler_times(spec: SamplerSpec) -> Tensor:
+    """The ``steps + 1`` descending times (float64) the sampler of ``spec`` steps between: the
+    ODE grid ``time_grid``, or the SDE's ``shift(linspace(1, t_last, steps))`` followed by 0."""
+    if spec.kind != "sde":
+        return time_grid(spec.steps, spec.shift)
+    grid = shift_time(torch.linspace(1.0, spec.t_last, spec.steps, dtype=torch.float64), spec.shift)
+    return torch.cat([grid, grid.new_zeros(1)])  # (steps+1,)
+
+
+def stalled_steps(times: Tensor) -> list[int]:
+    """The steps i (0-based) of the descending grid ``times`` that do not move in float32, the
+    dtype the state and the model's time are in (``_state``, ``_Counted``): a time that is not
+    finite, or a next time not below it. A timestep shift far from 1 rounds every time to 1 (or
+    to 0), so "50 steps" are one Euler jump."""
+    t = times.to(torch.float32)  # (steps+1,)
+    moves = torch.isfinite(t[:-1]) & torch.isfinite(t[1:]) & (t[1:] < t[:-1])  # (steps,)
+    return [int(i) for i in torch.nonzero(~moves).flatten()]
+
+
 def sample_ode(
     f: VelocityFn,
     noise: Tensor,

@@ -348,7 +348,7 @@ def test_sample_with_another_sizes_weights_is_one_line(stack, tmp_path) -> None:
     assert r.exit_code == CheckpointError.exit_code, r.output
     err = [line for line in r.output.splitlines() if line.startswith("Error:")]
     assert len(err) == 1 and "Traceback" not in r.output
-    assert "(D=128), run expects tiny (D=64)" in r.output.replace("\n", "")
+    assert "width 128 in the weights, 64 recorded" in " ".join(r.output.split())
     assert len(r.output.splitlines()) <= 6
 
 
