@@ -45,6 +45,7 @@ from repackctl.settings.resume import (
     record_resolved,
     resume_lines,
     resume_settings,
+    with_resolved,
 )
 from repackctl.train.checkpoint import (
     checkpoint_to_resume,
@@ -295,6 +296,9 @@ def resume_and_train(
         return task, shown_run(task, latest)
     if record is not None:
         config.extra["settings"] = record
+        # the latents and entry a new run resolved, in its task settings too (as a resume has)
+        if isinstance(config.extra.get("train"), dict):
+            config.extra["train"] = with_resolved(config.extra["train"], record, section)
     values = getattr(settings, section)
     # given values that do not act by this run's last step: logged with its first lines
     resumed = [

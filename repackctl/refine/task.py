@@ -76,6 +76,7 @@ from repackctl.settings.resume import (
     record_resolved,
     resume_lines,
     resume_settings,
+    with_resolved,
 )
 from repackctl.train import OptimizerSpec, StepOutput, TrainConfig, train
 from repackctl.train.checkpoint import (
@@ -631,7 +632,7 @@ def run_refine_train(
         image_every=0,
         extra={
             "stage": "refine",
-            "refine": cfg.model_dump(mode="json"),
+            "refine": with_resolved(cfg.model_dump(mode="json"), config_record, "refine"),
             "length": length,
             "settings": config_record,
         },

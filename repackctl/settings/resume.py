@@ -363,6 +363,18 @@ KEPT = (*GIVEN, "preset", "launcher")  # launcher: the precision of accelerate l
 KEPT_FROM_LAUNCHER = "stored run config (launcher)"
 
 
+#: the key of a resumed run's settings record (beside ``allowed``) that maps each value
+#: :func:`reconcile` kept (dotted key) to [value, the source the run recorded for it]. Within
+#: the invocation a kept value reads "stored run config" (:data:`GIVEN`: a later preset or
+#: default does not move it, and ``--show-config`` says so); the engine takes the map out of the
+#: record and writes those sources back into ``config.json`` for the values still as stored
+#: (``train.trainer``), so a resume that changes nothing writes the ``config.json`` the run
+#: started with (it wrote every kept source as "stored run config": another config_sha256, and
+#: a ``replaced`` line in ``config_history.jsonl`` for no change). The next resume keeps them
+#: alike: every such source is one of :data:`KEPT`.
+STARTED_SOURCES = "started_sources"
+
+
 def _kept_source(old_sources: dict[str, str], key: str) -> str:
     source = old_sources.get(key, "default")  # "launcher", or kept from it on an earlier resume
     launcher = source.split(" ")[0] == "launcher" or source.endswith("(launcher)")
@@ -382,6 +394,9 @@ class Reconciled:
     sources: dict[str, str]
     changes: list[tuple[str, Any, Any]] = field(default_factory=list)
     allowed: list[tuple[str, Any, Any]] = field(default_factory=list)
+    #: each stored value kept because no layer gives it now (dotted key → (value, the source
+    #: the run recorded for it)): its source reads "stored run config" for this invocation
+    kept: dict[str, tuple[Any, str]] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
         """``setting: old → new`` for every change (allowed ones marked)."""
@@ -427,6 +442,19 @@ def record_resolved(record: dict[str, Any] | None, section: str, values: dict[st
             sources[f"{section}.{key}"] = RESOLVED_AT_START
 
 
+def with_resolved(values: dict[str, Any], record: dict[str, Any] | None, section: str) -> dict:
+    """``values`` (a task's ``section`` settings as its ``config.json`` keeps them beside the
+    record: extra.train, extra.refine) with each None that :func:`record_resolved` put into
+    the settings ``record`` filled in, as a resume of the run has them (from its record): the
+    first start wrote None there, so a resume that changed nothing wrote another config.json."""
+    stored = ((record or {}).get("values") or {}).get(section) or {}
+    sources = (record or {}).get("sources") or {}
+    return {
+        k: stored.get(k) if v is None and sources.get(f"{section}.{k}") == RESOLVED_AT_START else v
+        for k, v in values.items()
+    }
+
+
 #: settings that apply only to the invocation that gives them: never kept from the stored record
 #: (a run resumed once with ``--allow-change lr`` stored it, and every later resume then let
 #: the pack and refine checkpoint checks pass changes of lr without it), nor shown as a change;
@@ -460,6 +488,7 @@ def reconcile(
         if not given(sources, key):
             if given(old_sources, key, KEPT):
                 merged[key], sources[key] = old[key], _kept_source(old_sources, key)
+                out.kept[key] = (old[key], old_sources[key])
             continue
         if value == old[key]:
             continue
@@ -749,6 +778,8 @@ def resume_settings(
     out = {"values": resumed.model_dump(mode="json"), "sources": rec.sources}
     if rec.allowed:
         out["allowed"] = rec.allowed
+    if rec.kept:  # config.json records them with the sources they started with (the engine)
+        out[STARTED_SOURCES] = {k: [v, s] for k, (v, s) in rec.kept.items()}
     return resumed, out, rec
 
 
@@ -859,4 +890,6 @@ def keep_started_values(
     kept = {"values": settings.model_dump(mode="json"), "sources": sources}
     if record.get("allowed"):  # the changes --allow-change let through, for config_history
         kept["allowed"] = record["allowed"]
+    if record.get(STARTED_SOURCES):  # (none of the values kept here: those read as stored)
+        kept[STARTED_SOURCES] = record[STARTED_SOURCES]
     return settings, kept, lines

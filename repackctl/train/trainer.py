@@ -667,9 +667,13 @@ class Trainer:
     def _config_record(self) -> tuple[dict[str, Any], list | None]:
         """``config.json``: the config, with the precision the launcher chose written into the
         settings record (a resume keeps it, with or without the launcher); and the changes this
-        resume allowed (``settings.resume``), taken out of the record."""
+        resume allowed (``settings.resume``), taken out of the record. A resumed run's record
+        gets back the sources its kept values started with (:func:`_as_started`), in the
+        checkpoints' config too."""
         record = self.config.extra.get("settings")
         allowed = record.pop("allowed", None) if isinstance(record, dict) else None
+        if isinstance(record, dict) and STARTED_SOURCES in record:
+            self.config.extra["settings"] = _as_started(record)
         config = self.config.to_dict()
         record = config["extra"].get("settings")
         if self.config.precision_source == "launcher" and isinstance(record, dict):
@@ -1111,6 +1115,34 @@ def train(
         return Trainer(task, config, progress, lines).fit()
     finally:
         release_run(config.run_dir)
+
+
+#: ``settings.resume.STARTED_SOURCES``: the record's map of each value a resume kept as stored
+#: (dotted key) to [value, the source the run recorded for it]
+STARTED_SOURCES = "started_sources"
+
+
+def _dotted(values: dict[str, Any], key: str) -> Any:
+    """The value at ``key`` (``pack.lr``, ``seed``) of a record's nested values (a sentinel
+    where there is none)."""
+    head, _, tail = key.partition(".")
+    inner = values.get(head) if tail else values
+    return inner.get(tail or head, _dotted) if isinstance(inner, dict) else _dotted
+
+
+def _as_started(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` (a resumed run's settings record) without its :data:`STARTED_SOURCES`, each
+    value still as the run stored it given the source it was stored with: within the resume
+    such a value reads "stored run config", which written into ``config.json`` made a resume
+    that changed nothing rewrite it (another sha256, a ``replaced`` history line)."""
+    record = dict(record)
+    started = record.pop(STARTED_SOURCES) or {}
+    values, sources = record.get("values") or {}, record.get("sources")
+    if not isinstance(sources, dict):
+        return record
+    back = {k: s for k, (v, s) in started.items() if _dotted(values, k) == v and k in sources}
+    record["sources"] = {k: back.get(k, s) for k, s in sources.items()}
+    return record
 
 
 def _write_config(path: Path, config: dict[str, Any], allowed: list | None = None) -> None:

@@ -264,7 +264,10 @@ def test_resume_keeps_the_preset_values_a_run_started_with(cache, tmp_path, monk
     assert state["step"] == 4 and state["extra"]["plan"]["loss"]["feature"] == 0.0
     config = tmp_path / "runs" / "lw" / "config.json"
     record = json.loads(config.read_text())["extra"]["settings"]
-    assert record["sources"]["pack.feature_weight"] == "stored run config"
+    # recorded with the source it started with (the resume kept it as stored: the record
+    # said "stored run config", so a resume that changed nothing rewrote config.json)
+    assert record["values"]["pack"]["feature_weight"] == 0.0
+    assert record["sources"]["pack.feature_weight"] == "preset small"
     # a run whose record predates the setting (an older version wrote none): the preset's new
     # value is refused by the loss check, nothing is written
     data = json.loads(config.read_text())
