@@ -107,8 +107,7 @@ def load_pack(
     run_or_checkpoint: str | Path, which: str = "ema", runs: str | None = None
 ) -> PackHandle:
     """Load a pack model (``which`` = "ema" or "model" weights) in eval mode on the CPU."""
-    from repackctl.files import sha256_file_cached
-    from repackctl.train.checkpoint import load_model_weights, read_state
+    from repackctl.train.checkpoint import load_model_weights, read_state, weights_sha256
 
     ckpt = resolve_checkpoint(run_or_checkpoint, runs)
     state = read_state(ckpt)
@@ -131,7 +130,7 @@ def load_pack(
             "the checkpoint is damaged; use another one",
         ) from None
     model.eval().requires_grad_(False)
-    sha = sha256_file_cached(ckpt / f"{which}.safetensors")
+    sha = weights_sha256(ckpt, which)  # an Error, not a traceback, if it vanished
     step = int(state["step"])
     pack_id = pack_id_for(extra["cache"]["features"], ckpt.parent.parent.name, step, sha)
     return PackHandle(

@@ -128,9 +128,13 @@ def load_refiner(
     runs: str, run_or_checkpoint: str, pack_id: str | None = None, which: str = "ema"
 ) -> RefinerHandle:
     """Load a refiner run (latest checkpoint) or checkpoint folder; check convention and pack."""
-    from repackctl.files import sha256_file_cached
     from repackctl.paths import resolve_checkpoint_arg
-    from repackctl.train.checkpoint import checkpoint_for_loading, load_model_weights, read_state
+    from repackctl.train.checkpoint import (
+        checkpoint_for_loading,
+        load_model_weights,
+        read_state,
+        weights_sha256,
+    )
 
     found = checkpoint_for_loading(resolve_checkpoint_arg(runs, run_or_checkpoint))
     if found is None:
@@ -155,9 +159,7 @@ def load_refiner(
         raise CheckpointError(
             f"{folder} does not fit its refiner config: {first}", "use another checkpoint"
         ) from None
-    return RefinerHandle(
-        model.eval(), folder, sha256_file_cached(folder / f"{which}.safetensors"), extra
-    )
+    return RefinerHandle(model.eval(), folder, weights_sha256(folder, which), extra)
 
 
 LATENT_CONVENTION = "raw"
