@@ -2,6 +2,24 @@
 
 The CLI prints ``Error: <message>`` / ``Hint: <hint>`` to stderr and exits with ``exit_code``;
 no traceback unless ``REPACKCTL_DEBUG=1``. Library code raises these, never calls ``sys.exit``.
+
+Exit codes, one per kind of failure (a script can tell them apart):
+
+====  =======================================================================================
+0     done
+1     any other :class:`RepackError` (a full disk, a killed worker, a lost peer process …)
+2     :class:`ConfigError`: a setting, flag or config file (also a command line that does not
+      parse)
+3     :class:`RegistryError`: a plugin id
+4     :class:`DataError`: input data missing or unreadable
+5     :class:`WeightsError`: model weights
+6     :class:`CacheError`: a cache entry
+7     :class:`CheckpointError`: a run or checkpoint
+8     :class:`TrainingError`: training cannot go on
+9     :class:`OutOfMemory`: an allocation failed (memory or GPU memory ran out)
+130   interrupted (Ctrl-C)
+143   stopped by SIGTERM (128 + 15)
+====  =======================================================================================
 """
 
 from __future__ import annotations
@@ -109,3 +127,11 @@ class TrainingError(RepackError):
     """Training cannot go on (e.g. too many non-finite steps in a row)."""
 
     exit_code = 8
+
+
+class OutOfMemory(RepackError):
+    """Memory (or a GPU's memory) ran out: a size the settings accept (a batch, a model's
+    widths) needs more than the machine has. The CLI turns numpy's, torch's and Python's
+    allocation failures into this (``cli.common.memory_error``) instead of their traceback."""
+
+    exit_code = 9

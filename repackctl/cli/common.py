@@ -36,7 +36,7 @@ from rich.progress import (
 )
 from rich.table import Column, Table
 
-from repackctl.errors import ConfigError, RepackError, debug_requested
+from repackctl.errors import ConfigError, OutOfMemory, RepackError, debug_requested
 from repackctl.progress import (
     ProgressBar,
     ProgressFactory,
@@ -243,17 +243,104 @@ def worker_lost_error(e: BaseException) -> RepackError | None:
     )
 
 
+#: what an allocation failure says: torch's CPU allocator (``DefaultCPUAllocator: can't
+#: allocate memory`` on Linux, ``not enough memory`` on Windows), CUDA's and MPS's ``out of
+#: memory``, and numpy's ``Unable to allocate 22.9 GiB for an array`` (as a DataLoader worker's
+#: error comes back: a ``RuntimeError`` quoting it); nothing broader
+_OUT_OF_MEMORY = re.compile(
+    r"can't allocate memory|not enough memory|out of memory|Unable to allocate \S+ \S+ for an "
+    r"array"
+)
+#: the size an allocation asked for: torch's bytes, numpy's and CUDA's ``22.9 GiB``
+_ASKED = re.compile(r"allocate (\d+) bytes|allocate ([\d.]+ [KMGTPE]?i?B)", re.IGNORECASE)
+#: the settings whose size decides what a command allocates (field names of the settings)
+_SIZES = re.compile(r"(batch_size|^ch|channels|_blocks|resolution|grid_images)$")
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` is an allocation failure: a ``MemoryError`` (numpy's ``_ArrayMemoryError``
+    is one), ``torch.OutOfMemoryError``, or a ``RuntimeError`` that says memory ran out."""
+    if isinstance(e, MemoryError) or "OutOfMemoryError" in {c.__name__ for c in type(e).__mro__}:
+        return True
+    return isinstance(e, RuntimeError) and _OUT_OF_MEMORY.search(str(e)) is not None
+
+
+def _asked(text: str) -> str:
+    """``524 TiB``: the size the failed allocation asked for, as its message says; ``""``."""
+    found = _ASKED.search(text)
+    if found is None:
+        return ""
+    if found.group(2):
+        return found.group(2)
+    size, units = float(found.group(1)), ["bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"]
+    unit = 0
+    while size >= 1024 and unit < len(units) - 1:
+        size, unit = size / 1024, unit + 1
+    return f"{size:.0f} {units[unit]}" if unit else f"{int(size)} bytes"
+
+
+def _sizes_given() -> list[str]:
+    """``--batch-size 1000000``: the size options given on this command line (flags only:
+    a value from the environment or a config file is not one), from Click's context."""
+    from typer._click.core import ParameterSource
+    from typer._click.globals import get_current_context
+
+    ctx = get_current_context(silent=True)
+    if ctx is None:
+        return []
+    given = []
+    for param in ctx.command.params:
+        name, value = param.name or "", ctx.params.get(param.name or "")
+        field = name[2:] if name.startswith(("o_", "c_")) else name
+        source = ctx.get_parameter_source(name)
+        if value is None or source != ParameterSource.COMMANDLINE or not _SIZES.search(field):
+            continue
+        given.append(f"{param.opts[0]} {value}")
+    return given
+
+
+def memory_error(e: BaseException) -> OutOfMemory:
+    """The ``Error:`` of an allocation that failed (:func:`out_of_memory`): which memory ran
+    out, what it asked for, and a ``Hint:`` naming the sizes given to lower, where torch or
+    numpy printed a traceback (``can't allocate memory: you tried to allocate
+    576000000000000 bytes``) for a size the settings accept (``--ch 1000000``)."""
+    text = str(e).strip()
+    first = text.splitlines()[0] if text else type(e).__name__
+    gpu = re.search(r"CUDA|GPU|MPS|HIP", text) is not None
+    where = "GPU memory" if gpu else "memory"
+    asked = _asked(text)
+    what = f"ran out of {where}" + (f": it asked for {asked} at once" if asked else "")
+    given = _sizes_given()
+    lower = (
+        f"lower the sizes given ({', '.join(given)})"
+        if given
+        else "lower the batch size (--batch-size) or the model's widths (--ch, "
+        "--base-channels, --disc-channels …), given by flag, REPACKCTL_* or --config"
+    )
+    more = "use a GPU with more memory" if gpu else "free memory"
+    return OutOfMemory(
+        f"{what} ({clip_words(first)})",
+        f"{lower}, or {more}; what was completely written before stays valid",
+    )
+
+
 def runtime_error(e: RuntimeError) -> RepackError | None:
     """The ``Error:`` a ``RuntimeError`` of torch stands for (a killed decode worker, a lost
-    process of the job), or None: any other keeps its traceback (a bug to report)."""
+    process of the job, memory that ran out), or None: any other keeps its traceback (a bug to
+    report)."""
     worker = worker_lost_error(e)
+    if worker is not None:
+        return worker
+    if out_of_memory(e):
+        return memory_error(e)
     if worker is not None:
         return worker
     return peer_lost_error(e) if peer_lost(e) else None
 
 
 def handle_errors(fn: Callable) -> Callable:
-    """Turn RepackError into a one-line message (traceback only with REPACKCTL_DEBUG=1)."""
+    """Turn RepackError into a one-line message (traceback only with REPACKCTL_DEBUG=1), and
+    so the machine's errors a user can act on: a full disk, memory that ran out."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -272,6 +359,10 @@ def handle_errors(fn: Callable) -> Callable:
             if told is None:
                 raise
             fail(told, e)
+        except MemoryError as e:  # numpy's _ArrayMemoryError too
+            if debug_requested():
+                raise
+            fail(memory_error(e), e)
         except KeyboardInterrupt as e:
             drop_frames(e)
             err_console.print(

@@ -28,9 +28,15 @@ Hostile folders:
 - an **empty class folder** (no files at all) is an *error with a hint*, never a silent class with
   zero images (label ids must not depend on folders that contribute nothing, and a silently
   counted class skews ``num_classes``), and so is a class folder that holds no image (no file
-  with an image extension or an image header: notes, annotations). A class folder that exists
-  but cannot be read is not empty: it is skipped and listed in
+  with an image extension or an image header: notes, annotations), and a source that holds no
+  image at all, whatever its layout (flat, class folders, a split: no file whose header is an
+  image's, a text file named ``.png`` included), which made an entry of 0 images. A class
+  folder that exists but cannot be read is not empty: it is skipped and listed in
   :attr:`ImageFolderSource.skipped` like unreadable files;
+- a ``--val-fraction`` that rounds to no file of a split (0.01 of classes of 3 files) is an
+  error naming the fraction, the classes' sizes and a fraction that works;
+- a link whose target is missing is skipped and listed as one while listing (decoding it said
+  "corrupt or truncated");
 - directory symlinks are followed, but a folder already visited (a loop such as ``a/up -> ..``)
   is not entered again, and files are deduplicated by their real path: the file itself wins over
   links to it, otherwise the first link in folder order (the count of dropped duplicates is
@@ -48,6 +54,7 @@ Hostile folders:
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import re
 import warnings
@@ -55,11 +62,11 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from repackctl.data.captions import INDEX_FILES
 from repackctl.data.crop import center_crop, open_image
-from repackctl.errors import ConfigError, DataError
+from repackctl.errors import ConfigError, DataError, name_items
 from repackctl.files import IMAGE_EXTENSIONS, sha256_file
 
 EXTENSIONS = IMAGE_EXTENSIONS
@@ -196,9 +203,22 @@ class _Lister:
                 files += self.walk(Path(e.path))
             elif e.name.lower() not in IGNORED:
                 link = e.is_symlink()  # free: from the directory entry's type
+                if link and not os.path.exists(e.path):
+                    self.skipped.append((self.key(Path(e.path)), _dangling(e.path)))
+                    continue
                 real = os.path.realpath(e.path) if link else os.path.join(real_dir, e.name)
                 files.append((Path(e.path), real, link))
         return files
+
+
+def _dangling(path: str) -> str:
+    """The listing's reason for a link whose target is missing: named as such (decoding it
+    said "corrupt or truncated", which sent the user to a file that is not there)."""
+    try:
+        target = os.readlink(path)
+    except OSError:
+        return "a link whose target is missing"
+    return f"a link whose target is missing ({escape_name(target)})"
 
 
 def _dedup(found: list[tuple[Path, str, bool]], labels: list[int]) -> tuple[list, list, int]:
@@ -212,22 +232,52 @@ def _dedup(found: list[tuple[Path, str, bool]], labels: list[int]) -> tuple[list
     return [found[i][0] for i in keep], [labels[i] for i in keep], len(found) - len(keep)
 
 
-def _holds_image(files: list[tuple[Path, str, bool]]) -> bool:
-    """Whether any of ``files`` is an image: by its extension, else by its header (only read
-    when no file has an image extension, e.g. a folder of notes or annotations)."""
-    if any(path.suffix.lower() in EXTENSIONS for path, _, _ in files):
+def _not_an_image(path: Path) -> str | None:
+    """Why ``path`` is no image by its header (None: its header is an image's; a file that
+    then fails to decode is skipped and listed by the extract). Reads a few bytes only."""
+    try:
+        if path.stat().st_size == 0:
+            return "empty file"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path):
+                return None
+    except Image.DecompressionBombError:
+        return None  # an image, only too large (skipped when it is decoded)
+    except UnidentifiedImageError:
+        return "not an image"
+    except OSError as e:
+        return f"unreadable: {e.strerror or e}"
+    except Exception:  # noqa: BLE001 - a plugin's parser failing on a stray file
+        return "not an image"
+
+
+def _holds_image(files: list[Path], by_name: bool = False) -> bool:
+    """Whether any of ``files`` is an image by its header: those with an image extension are
+    tried first, so a folder of images costs one header read. ``by_name``: a file with an image
+    extension is enough (a class folder's check, where a class of corrupt ``.png`` files beside
+    classes of images is extracted with its files skipped and listed); for a whole source it is
+    not: a folder of only corrupt ``.png`` files made an entry of 0 images."""
+    if by_name and any(p.suffix.lower() in EXTENSIONS for p in files):
         return True
-    for path, _, _ in files:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                with Image.open(path):
-                    return True
-        except Image.DecompressionBombError:
-            return True  # an image, only too large (skipped when it is decoded)
-        except Exception:  # not an image, or unreadable
-            continue
-    return False
+    named = (p for p in files if p.suffix.lower() in EXTENSIONS)
+    others = (p for p in files if p.suffix.lower() not in EXTENSIONS)
+    return any(_not_an_image(path) is None for path in itertools.chain(named, others))
+
+
+def _no_image(where: str, files: list[Path], skipped: Skipped, base: Path | None = None) -> str:
+    """``WHERE holds no image (2 files: notes.txt: not an image, …)``: what the folder holds,
+    each with why it is no image (the first few; named from ``base``, else by file name), and
+    what the listing skipped in it."""
+
+    def name(p: Path) -> str:
+        return escape_name(os.path.relpath(p, base) if base is not None else p.name)
+
+    told = [f"{name(p)}: {_not_an_image(p) or 'not an image'}" for p in files[:3]]
+    told += [f"{key}: {reason}" for key, reason in skipped[: max(0, 3 - len(told))]]
+    count = len(files) + len(skipped)
+    more = " …" if count > len(told) else ""
+    return f"{where} holds no image ({count} file(s): {', '.join(told)}{more})"
 
 
 def _is_dir(entry: os.DirEntry) -> bool:
@@ -327,6 +377,60 @@ def _check_split_classes(root: Path, top: list[str]) -> None:
     )
 
 
+def _nothing_listed(split: str, root: Path, skipped: Skipped) -> DataError:
+    """The refusal of a split that lists no file: an empty folder, or one whose every input
+    was skipped while listing (unreadable folders, links whose target is missing), named."""
+    if not skipped:
+        return DataError(
+            f"no files in split {split!r} under {root}", "put images (or class sub-folders) there"
+        )
+    told = name_items([f"{key}: {reason}" for key, reason in skipped], 3)
+    return DataError(
+        f"no image in split {split!r} under {root}: its {len(skipped)} input(s) were skipped "
+        f"({told}); its entry would hold 0 images",
+        "fix or replace those inputs (or put images there); nothing was written",
+    )
+
+
+def _held_out_count(frac: float, n: int) -> int:
+    """How many of a class's ``n`` files ``--val-fraction`` ``frac`` holds out (rounded)."""
+    return int(np.floor(frac * n + 0.5))
+
+
+def _fraction_leaves_nothing(
+    frac: float, split: str, root: Path, sizes: dict[str, int]
+) -> DataError:
+    """The refusal of a ``--val-fraction`` that leaves ``split`` no file: it rounds to 0 files
+    of every class (split val) or to all of them (split train). It names the fraction, the
+    classes' sizes and a fraction that leaves the split one file of each class (the smallest
+    class decides); "put images there" sent the user to a val/ folder that does not exist."""
+    small = min(sizes.values())
+    val = split == HELD_OUT
+    steps = range(1, 100) if val else range(99, 0, -1)
+
+    def kept(fraction: float) -> int:  # files of the smallest class split ``split`` keeps
+        held = _held_out_count(fraction, small)
+        return held if val else small - held
+
+    fit = next(c / 100 for c in steps if kept(c / 100) > 0)
+    if list(sizes) == [""]:  # a flat folder: one group, unlabelled
+        held = f"its {small} file(s)"
+    else:
+        listed = name_items([f"{escape_name(c)}: {n}" for c, n in sizes.items()])
+        big = max(sizes.values())
+        span = f"{small}" if big == small else f"{small}–{big}"
+        held = f"each of its {len(sizes)} class(es) holds {span} file(s) ({listed})"
+    rounds = "0 files" if val else "every file"
+    rounds += "" if list(sizes) == [""] else " of each class"
+    other = "train" if val else HELD_OUT
+    return DataError(
+        f"--val-fraction {frac} leaves split {split!r} of {root} no file: {held}, and "
+        f"round({frac} × files) is {rounds}",
+        f"give --val-fraction {fit} {'or more' if val else 'or less'} (and the same for "
+        f"--split {other}): split {split!r} then holds at least one file of each class",
+    )
+
+
 # ---------------------------------------------------------------------------- the source
 
 
@@ -386,10 +490,8 @@ class ImageFolderSource:
         # as files, for an entry extracted before they were left out; ``repackctl.extract``)
         self.caption_index_left_out = sorted(lister.index_left_out)
         if not self._files:
-            raise DataError(
-                f"no files in split {split!r} under {root}",
-                "put images (or class sub-folders) there",
-            )
+            raise _nothing_listed(split, root, lister.skipped)
+        self._check_holds_image(lister.skipped)
         self.total = len(self._files)
         self.subset = num is not None and num < self.total
         if self.subset:
@@ -403,6 +505,21 @@ class ImageFolderSource:
         self.name = name or f"folder-{_safe_part(root.name)}-{digest}"
         if self.subset:
             self.name += f"-n{num}"
+
+    def _check_holds_image(self, skipped: Skipped) -> None:
+        """Refuse a source none of whose files is an image by its header, whatever its layout
+        (flat, class folders, a split): its entry would hold 0 images, where the extract
+        wrote one (12.7 MB) and exited 0."""
+        if _holds_image(self._files):
+            return
+        where = f"image folder {escape_name(str(self.base))}"
+        if self.layout == "split-folders" or self.held_out is not None:
+            where = f"split {self.split!r} of {escape_name(str(self.root))}"
+        raise DataError(
+            _no_image(where, self._files, skipped, self.base) + ": its entry would hold 0 images",
+            "put images (PNG, JPEG, …) there, or pass the folder that holds them with "
+            "--data imagefolder:PATH; nothing was written",
+        )
 
     # ---- layouts
 
@@ -437,7 +554,16 @@ class ImageFolderSource:
                 f"{', '.join(missing[:10])}",
                 f"class ids come from train/: add those classes there or remove them from {split}/",
             )
-        if not have and lister.loose_files(folder):
+        loose = [] if have else lister.loose_files(folder)
+        if loose and not _holds_image(loose):
+            raise DataError(
+                _no_image(f"split folder {escape_name(str(folder))}", loose, [])
+                + ": its entry would hold 0 images",
+                f"put the images of split {split!r} in class folders under {folder} (those "
+                f"of train/: {_folders(classes)}), or pass --split with a split folder that "
+                "holds images; nothing was written",
+            )
+        if loose:
             raise DataError(
                 f"{folder} holds images directly, but train/ has class folders",
                 f"sort {split}/ into the class folders of train/ (ImageNet: the usual "
@@ -501,11 +627,12 @@ class ImageFolderSource:
                     "class with 0 images",
                     "put images in it or remove it (class ids follow the sorted class folders)",
                 )
-            if files and not _holds_image(files):
-                names = ", ".join(escape_name(p.name) for p, _, _ in files[:3])
+            paths, new = [p for p, _, _ in files], lister.skipped[before:]
+            only_skipped = not files and not any(r.startswith("unreadable") for _, r in new)
+            if only_skipped or (files and not _holds_image(paths, by_name=True)):
                 raise DataError(
-                    f"class folder {escape_name(str(folder / cls))} holds no image ({names}"
-                    f"{' …' if len(files) > 3 else ''}): it would be a class with 0 images",
+                    _no_image(f"class folder {escape_name(str(folder / cls))}", paths, new)
+                    + ": it would be a class with 0 images",
                     "move it out of the image folder, or put images in it (class ids follow "
                     "the sorted class folders)",
                 )
@@ -525,7 +652,7 @@ class ImageFolderSource:
         """Keep split ``train`` or ``val`` of a seeded per-class permutation (module docstring)."""
         labels = np.asarray(self._labels)
         names = self.class_names or [""]
-        keep, counts = [], {"train": 0, HELD_OUT: 0}
+        keep, counts, sizes = [], {"train": 0, HELD_OUT: 0}, {}
         for label in np.unique(labels):
             idx = np.flatnonzero(labels == label)
             cls = names[label] if label >= 0 else ""
@@ -533,10 +660,13 @@ class ImageFolderSource:
             perm = np.random.default_rng(np.random.SeedSequence([self.seed, code])).permutation(
                 len(idx)
             )
-            k = int(np.floor(frac * len(idx) + 0.5))
+            k = _held_out_count(frac, len(idx))
+            sizes[cls] = len(idx)
             counts[HELD_OUT] += k
             counts["train"] += len(idx) - k
             keep += list(idx[perm[:k]] if self.split == HELD_OUT else idx[perm[k:]])
+        if sizes and not keep:
+            raise _fraction_leaves_nothing(frac, self.split, self.root, sizes)
         keep = sorted(int(i) for i in keep)
         self._files = [self._files[i] for i in keep]
         self._labels = [self._labels[i] for i in keep]
