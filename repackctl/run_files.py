@@ -41,13 +41,14 @@ STATE_SHA256 = "state_sha256"
 # keys of every config.json the training engine writes (``repackctl.train.config.TrainConfig``)
 ENGINE_KEYS = frozenset({"run_dir", "steps", "global_batch", "lr", "seed", "ckpt_every", "extra"})
 # What repackctl writes below a run folder outside ``checkpoints/``, as paths relative to it: the
-# engine's config, header, logs, curves, TensorBoard events and image grids; the training lock
+# engine's config, header, logs, curves, TensorBoard events (with the record of the processes
+# that wrote them, ``TB_WRITERS``) and image grids; the training lock
 # (``repackctl.run_lock.LOCK_FILE``); the pack stage's ``pca.json``; the DiT's ``sampling.json``
 # (``--preset paper``, ``import official``). A checkpoint folder's files: :func:`checkpoint_file`.
 RUN_PATH = re.compile(
     r"config\.json|config_history\.jsonl|header\.json|metrics\.jsonl(\.tmp)?|log\.txt|train\.lock"
     r"|pca\.json|sampling\.json|curves\.png|images/step-\d{7}\.png"
-    r"|tb/(hparams/)?events\.out\.tfevents\.[^/]+"
+    r"|tb/(hparams/)?events\.out\.tfevents\.[^/]+|tb/writers\.jsonl"
 )
 # the checkpoint folders of a run and the checkpoint writer's temporary ones
 # (``repackctl.train.checkpoint``: ``.tmp-step-<step>-<pid>`` being written, ``.tmp-old-…``
@@ -62,6 +63,8 @@ RUN_DIR = re.compile(
 # ``latent_stats.json`` of ``pack encode`` and the reports of ``evaluate recon`` / ``evaluate
 # probe`` (``recon-<entry>.json`` with its grid ``recon-<entry>.png``, ``probe-<entry>.json``)
 CHECKPOINT_EXTRA = re.compile(r"latent_stats\.json|(recon|probe)-[^/]+\.json|recon-[^/]+\.png")
+# the reports among them, whose content is checked (``_report_of``)
+REPORT_JSON = re.compile(r"(recon|probe)-[^/]+\.json")
 # a checkpoint's weights and optimizer, where its ``state.json`` cannot be read (a folder being
 # written, or a deletion cut short that took it)
 WEIGHTS_NAME = re.compile(r"[\w-]+\.safetensors|optim\.pt")
@@ -113,32 +116,158 @@ def checkpoint_file(
     return (ckpt / f"{name.removesuffix('.png')}.json").is_file()
 
 
+# a TensorBoard events file's name (``torch.utils.tensorboard``'s ``EventFileWriter``):
+# ``events.out.tfevents.<time>.<host>.<pid>.<uid>`` (the host may hold dots)
+EVENTS_NAME = re.compile(r"events\.out\.tfevents\.(\d+)\.(.+)\.(\d+)\.\d+")
+# the processes that wrote a run's TensorBoard events (``record_tb_writer``), one JSON line each
+TB_WRITERS = "tb/writers.jsonl"
+# the step that an image grid or a step folder names
+_STEP_NUMBER = re.compile(r"(?:\.tmp-(?:old-|pruned-)?)?step-(\d{7})")
+
+
+def record_tb_writer(run_dir: Path) -> None:
+    """Record this process (host, pid, time) as a writer of the run's TensorBoard events, before
+    it opens them: the events file's name carries the same host and pid, and :func:`foreign_paths`
+    counts as the run's only the events files of a recorded process (a copy of another run's
+    events, put there to compare, is the user's and `runs rm` refuses it). Called by
+    ``repackctl.train.logging.MetricsLogger`` before its ``SummaryWriter``."""
+    import socket
+    import time
+
+    path = run_dir / TB_WRITERS
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = {"host": socket.gethostname(), "pid": os.getpid(), "time": int(time.time())}
+    with open(path, "a") as f:
+        f.write(json.dumps(line) + "\n")
+
+
+@dataclass
+class _RunFacts:
+    """What a run folder records that tells its files from look-alikes, read once per check:
+    ``steps`` (its config's last step: no grid or checkpoint of a later step is the run's),
+    ``writers`` (the (host, pid) of the processes ``TB_WRITERS`` records, None without that
+    file: runs of versions before the record), ``since`` (the time of its first record: events
+    files named before it predate the record), and the ``state.json`` files read."""
+
+    steps: int | None
+    writers: set[tuple[str, int]] | None
+    since: int | None
+    states: dict[Path, set[str] | None]
+
+    @classmethod
+    def read(cls, folder: Path) -> _RunFacts:
+        config = read_run_config(folder).config or {}
+        steps = config.get("steps")
+        steps = steps if isinstance(steps, int) and not isinstance(steps, bool) else None
+        writers: set[tuple[str, int]] | None = None
+        times: list[int] = []
+        try:
+            lines = (folder / TB_WRITERS).read_text(errors="replace").splitlines()
+        except OSError:
+            lines = None
+        for line in lines or []:
+            try:
+                rec = json.loads(line)
+                host, pid, when = str(rec["host"]), int(rec["pid"]), int(rec["time"])
+            except (ValueError, TypeError, KeyError):
+                continue  # a line a kill cut short
+            writers = (writers or set()) | {(host, pid)}
+            times.append(when)
+        return cls(steps, writers, min(times) if times else None, {})
+
+    def past_last_step(self, name: str) -> bool:
+        """``name`` (an image grid, a step folder) names a step after the run's last one."""
+        m = _STEP_NUMBER.match(name)
+        return bool(m) and self.steps is not None and int(m.group(1)) > self.steps
+
+    def events_written(self, name: str) -> bool:
+        """The events file ``name`` is one a process of this run wrote: its host and pid are
+        recorded (``TB_WRITERS``), or it is named before the first record (or there is none)."""
+        m = EVENTS_NAME.fullmatch(name)
+        if m is None:
+            return False
+        if self.writers is None or (self.since is not None and int(m.group(1)) < self.since):
+            return True
+        return (m.group(2), int(m.group(3))) in self.writers
+
+
+def _report_of(ckpt: Path, name: str) -> bool:
+    """Whether the ``recon-*.json`` / ``probe-*.json`` ``name`` in the checkpoint folder ``ckpt``
+    is an `evaluate` report (a JSON object naming its run and a checkpoint of this step), not a
+    file of the user's that only has such a name."""
+    doc = read_json_dict(ckpt / name)
+    if doc is None or not isinstance(doc.get("run"), str):
+        return False
+    where = doc.get("checkpoint")
+    ours, theirs = _STEP_NUMBER.match(ckpt.name), _STEP_NUMBER.match(Path(str(where)).name)
+    return isinstance(where, str) and bool(ours and theirs) and ours.group(1) == theirs.group(1)
+
+
+def _step_dir_foreign(ckpt: Path, facts: _RunFacts) -> bool:
+    """Whether the checkpoint folder ``ckpt`` (``step-N``) is no checkpoint of the run: a step
+    after its last one, or a ``state.json`` that does not verify (its ``state_sha256``) beside
+    no weights (a damaged checkpoint keeps its weights; a user's ``step-…/state.json`` has
+    none)."""
+    if facts.past_last_step(ckpt.name):
+        return True
+    state = ckpt / "state.json"
+    if not state.is_file() or sealed(read_json_dict(state), STATE_SHA256):
+        return False
+    try:
+        return not any(WEIGHTS_NAME.fullmatch(p.name) for p in ckpt.iterdir())
+    except OSError:
+        return True
+
+
 def _run_file(
-    folder: Path, rel: PurePosixPath, temp: bool, partial: bool, states: dict[Path, set[str] | None]
+    folder: Path, rel: PurePosixPath, temp: bool, partial: bool, facts: _RunFacts
 ) -> bool:
     """Whether repackctl writes the file ``rel`` (``temp``: a temporary of it) of the run folder
-    ``folder``: :data:`RUN_PATH`, or in a checkpoint folder :func:`checkpoint_file`."""
+    ``folder``: :data:`RUN_PATH` (an image grid of a step the run reaches, an events file of a
+    recorded writer: :class:`_RunFacts`), or in a checkpoint folder :func:`checkpoint_file`, a
+    report there only with a report's content."""
     parts = rel.parts
     if parts[0] != "checkpoints":
-        return bool(RUN_PATH.fullmatch(rel.as_posix()))
+        path = rel.as_posix()
+        if not RUN_PATH.fullmatch(path):
+            return False
+        if parts[0] == "images":
+            return not facts.past_last_step(rel.name)
+        if parts[0] == "tb" and path != TB_WRITERS:
+            return temp or facts.events_written(rel.name)
+        return True
     if len(parts) != 3 or not (STEP_DIR.fullmatch(parts[1]) or TMP_STEP_DIR.fullmatch(parts[1])):
         return False
     ckpt = folder / parts[0] / parts[1]
-    return checkpoint_file(ckpt, parts[2], temp=temp, partial=partial, states=states)
+    if not checkpoint_file(ckpt, parts[2], temp=temp, partial=partial, states=facts.states):
+        return False
+    report = REPORT_JSON.fullmatch(parts[2]) and parts[2] not in (facts.states.get(ckpt) or ())
+    return temp or not report or _report_of(ckpt, parts[2])
 
 
 def _ours(
-    folder: Path, rel: PurePosixPath, known: re.Pattern[str], partial: bool, states: dict
+    folder: Path, rel: PurePosixPath, known: re.Pattern[str], partial: bool, facts: _RunFacts
 ) -> bool:
     """Whether the file ``rel`` of ``folder``, or the file it is a temporary of, is one that
     ``known`` matches (:func:`_run_file` for :data:`RUN_PATH`)."""
     for name, temp in [(rel.name, False), *((t, True) for t in temp_targets(rel.name))]:
         path = rel.with_name(name)
-        if known is RUN_PATH and _run_file(folder, path, temp, partial, states):
+        if known is RUN_PATH and _run_file(folder, path, temp, partial, facts):
             return True
         if known is not RUN_PATH and known.fullmatch(path.as_posix()):
             return True
     return False
+
+
+def _foreign_dir(folder: Path, rel: PurePosixPath, partial: bool, facts: _RunFacts) -> bool:
+    """Whether the folder ``rel`` of the run folder ``folder`` is no folder a run holds
+    (:data:`RUN_DIR`), or a ``step-N`` checkpoint folder that is not the run's
+    (:func:`_step_dir_foreign`; not in the rest of a deletion, which may have taken its
+    ``state.json``)."""
+    if not RUN_DIR.fullmatch(rel.as_posix()):
+        return True
+    step_dir = len(rel.parts) == 2 and STEP_DIR.fullmatch(rel.name) is not None
+    return step_dir and not partial and _step_dir_foreign(folder / rel, facts)
 
 
 def foreign_paths(
@@ -151,13 +280,15 @@ def foreign_paths(
     that file (a samples root: each folder holds its settings file).
 
     With :data:`RUN_PATH` (a run folder) the check is exact: a folder no run holds
-    (:data:`RUN_DIR`) is named itself, and a checkpoint folder's files are checked against its
-    ``state.json`` (:func:`checkpoint_file`; in a ``.removing-<name>`` folder, the rest of a
-    deletion cut short, as in a folder being deleted)."""
+    (:data:`RUN_DIR`) or a checkpoint folder that is not the run's is named itself, a checkpoint
+    folder's files are checked against its ``state.json`` (:func:`checkpoint_file`; in a
+    ``.removing-<name>`` folder, the rest of a deletion cut short, as in a folder being
+    deleted), and names are checked against what the run records (:class:`_RunFacts`: its last
+    step, its TensorBoard writers; a report's content)."""
     foreign: list[Path] = []
     run = known is RUN_PATH
     partial = run and folder.name.startswith(REMOVING)
-    states: dict[Path, set[str] | None] = {}
+    facts = _RunFacts.read(folder) if run else _RunFacts(None, None, None, {})
     for dirpath, dirnames, filenames in os.walk(
         folder, onerror=lambda e: foreign.append(Path(e.filename or folder))
     ):
@@ -167,7 +298,7 @@ def foreign_paths(
             if p.is_symlink() or not (p.is_dir() or p.is_file()):
                 foreign.append(p)
             elif p.is_dir():
-                if run and not RUN_DIR.fullmatch(rel.as_posix()):
+                if run and _foreign_dir(folder, rel, partial, facts):
                     foreign.append(p)
                     dirnames.remove(name)  # all of it is the user's: named once
             elif (
@@ -176,7 +307,7 @@ def foreign_paths(
                 and not temp_targets(name)
             ):
                 foreign.append(p)
-            elif not _ours(folder, rel, known, partial, states):
+            elif not _ours(folder, rel, known, partial, facts):
                 foreign.append(p)
     return foreign
 

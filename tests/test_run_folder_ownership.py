@@ -10,6 +10,7 @@ left keeps working. The runs are real: extract → pack train → pack encode at
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -47,6 +48,12 @@ def _files(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
+def _report(ckpt: Path) -> str:
+    """The part of an `evaluate recon` / `probe` report that tells it from a user's file of that
+    name (``run_files._report_of``): its run and checkpoint."""
+    return json.dumps({"run": "pk", "checkpoint": str(ckpt), "psnr": 20.0})
+
+
 # --------------------------------------------------------------------------- runs rm
 
 
@@ -81,7 +88,7 @@ def test_runs_rm_removes_what_repackctl_adds_to_a_run(roots):
     run = roots / "runs" / "pk"
     ckpt = run / "checkpoints" / "step-0000004"
     for name in ("recon-val.json", "recon-val.png", "probe-val.json"):  # evaluate recon / probe
-        (ckpt / name).write_text("{}")
+        (ckpt / name).write_text(_report(ckpt))
     (run / ".tmp-config.json.4242").write_text("{}")  # a killed atomic write
     (run / "checkpoints" / ".tmp-step-0000008-4242").mkdir()  # a killed checkpoint save
     (run / "checkpoints" / ".tmp-step-0000008-4242" / "model.safetensors").write_bytes(b"x")
@@ -170,7 +177,7 @@ def _kill_leftovers(run: Path) -> None:
     """What repackctl adds to a run, and what its writers killed at any instant leave there."""
     ckpts = run / "checkpoints"
     ckpt = ckpts / STEP
-    (ckpt / "recon-val.json").write_text("{}")  # evaluate recon: its report and grid
+    (ckpt / "recon-val.json").write_text(_report(ckpt))  # evaluate recon: its report and grid
     (ckpt / "recon-val.png").write_bytes(b"png")
     (ckpt / ".recon-val-n8.png.4242.0123abcd.tmp").write_bytes(b"half")  # grid killed
     (ckpt / ".tmp-latent_stats.json.4242").write_text("{")  # pack encode killed

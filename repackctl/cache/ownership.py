@@ -4,7 +4,8 @@ The cache writes, below a group folder, only (README "Cache layout"):
 
 * ``zarr.json`` of every group and array (zarr's ``LocalStore`` writes it through a temporary
   ``zarr.<hex>.partial`` that a killed writer can leave behind);
-* the chunk or shard files of an array under its ``c/`` folder (digit names, same temporaries);
+* the chunk or shard files of an array under its ``c/`` folder (chunk keys inside the array's
+  chunk grid as its ``zarr.json`` gives it, same temporaries);
 * the shard locks of a writer, ``<array>/locks/shard-<k>.lock`` (``creation.ShardLocks``);
 * ``.removing/`` in a group: what `cache rm` moved there to delete (checked to be the cache's
   own before the move; the rest of a killed removal until its rerun, ``cache.removal``, which
@@ -16,7 +17,13 @@ A group folder that is itself a link is never moved nor deleted (``refuse_link``
 does not follow links. (An older `cache rm` moved such a link into ``.removing`` and then failed;
 the rerun names it and says how to put it back, instead of refusing without a way out.)
 
-Anything else (a note, a symlink, a folder without ``zarr.json`` holding files) is *foreign*:
+Groups hold what the cache creates there: the root and the ``features/``, ``latents/``,
+``triplets/``, ``text/`` folders (no attributes) hold groups, an entry or data group arrays and
+such folders; a ``zarr.json`` that is no zarr metadata is the cache's only in a folder holding a
+``done`` array (a group of its whose metadata was damaged, which `cache rm` still removes).
+
+Anything else (a note, a symlink, a folder without ``zarr.json`` holding files, a chunk key
+outside the grid, an array where groups are written) is *foreign*:
 ``cache rm`` and the removal of an unfinished group refuse to run when a group holds one, and a
 new group is never created in a folder of its name that is not a zarr node already. Only local
 roots are checked; an fsspec URL store holds nothing but the keys zarr writes there.
@@ -54,17 +61,52 @@ def group_dir(group: zarr.Group) -> Path | None:
     return Path(store.root) / path if path else Path(store.root)
 
 
+def _meta_doc(path: Path) -> dict | None:
+    """The zarr metadata document of the node folder ``path`` (its ``zarr.json``) as a dict, or
+    None when there is none or it cannot be read as one."""
+    meta = path / META
+    if meta.is_symlink() or not meta.is_file():
+        return None
+    try:
+        doc = json.loads(meta.read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
 def _node_type(path: Path) -> str | None:
     """``group``/``array`` for a folder with a ``zarr.json``, ``unknown`` if it is unreadable,
     None without one."""
     meta = path / META
     if meta.is_symlink() or not meta.is_file():
         return None
-    try:
-        kind = json.loads(meta.read_text()).get("node_type")
-    except (OSError, ValueError, AttributeError):
-        return "unknown"
+    kind = (_meta_doc(path) or {}).get("node_type")
     return kind if kind in ("group", "array") else "unknown"
+
+
+def chunk_grid(path: Path) -> tuple[int, ...] | None:
+    """The number of chunk (or shard) files along each axis of the array folder ``path``, from
+    its ``zarr.json`` (shape and regular chunk grid, default ``/`` chunk keys), or None when
+    that metadata cannot be read so (then any digit name counts, as a damaged array's rest).
+
+    The cache never resizes an array, so a chunk key outside this grid is no file it wrote
+    (a user's ``c/9`` beside an array of one shard)."""
+    doc = _meta_doc(path) or {}
+    try:
+        shape = [int(n) for n in doc["shape"]]
+        grid = doc["chunk_grid"]
+        chunks = [int(n) for n in grid["configuration"]["chunk_shape"]]
+        keys = doc.get("chunk_key_encoding", {"name": "default"})
+        sep = keys.get("configuration", {}).get("separator", "/")
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    if grid.get("name") != "regular" or keys.get("name") != "default" or sep != "/":
+        return None
+    if len(chunks) != len(shape) or any(
+        c <= 0 or n < 0 for c, n in zip(chunks, shape, strict=True)
+    ):
+        return None
+    return tuple(-(-n // c) for n, c in zip(shape, chunks, strict=True))
 
 
 def meta_problem(meta: Path) -> str | None:
@@ -125,6 +167,23 @@ def _foreign_in(path: Path, file_ok: re.Pattern, dirs_ok: bool) -> Path | None:
     return None
 
 
+def _foreign_chunk(path: Path, grid: tuple[int, ...]) -> Path | None:
+    """First entry of the chunk folder ``path`` (an array's ``c/`` or a folder below it, with
+    ``grid`` the chunk counts of the axes still to name) that is no chunk key inside the
+    array's grid (:func:`chunk_grid`) nor zarr's temporary of one."""
+    for p in _entries(path):
+        if p.is_symlink():
+            return p
+        inside = _CHUNK.match(p.name) is not None and bool(grid) and int(p.name) < grid[0]
+        if p.is_dir() and inside and len(grid) > 1:
+            bad = _foreign_chunk(p, grid[1:])
+            if bad is not None:
+                return bad
+        elif not (p.is_file() and ((inside and len(grid) == 1) or _PARTIAL.match(p.name))):
+            return p
+    return None
+
+
 def _leftover(path: Path) -> bool:
     """A folder without ``zarr.json`` holding nothing but zarr's temporaries (or nothing): what a
     writer killed between making the folder and renaming its first file leaves."""
@@ -133,31 +192,69 @@ def _leftover(path: Path) -> bool:
     )
 
 
+def _holds_done(path: Path, depth: int = 1) -> bool:
+    """Whether the folder ``path`` holds a ``done`` array with readable metadata, or (a
+    ``latents/``-like folder) a group that does: every group the cache writes does (an entry,
+    a features, latents, triplets or text group), so a node of its whose own ``zarr.json`` was
+    damaged is still told from a user's folder."""
+    if _node_type(path / "done") == "array":
+        return True
+    return depth > 0 and any(
+        p.is_dir() and not p.is_symlink() and _holds_done(p, depth - 1) for p in _entries(path)
+    )
+
+
+def _attrs_empty(path: Path) -> bool:
+    """A group whose metadata holds no attributes: the cache's root and its ``features/``,
+    ``latents/``, ``triplets/``, ``text/`` folders, which hold groups and no array."""
+    return not (_meta_doc(path) or {}).get("attributes")
+
+
+def _foreign_child(parent: Path, kind: str | None, p: Path) -> Path | None:
+    """The first foreign path at or below ``p``, a child folder of the zarr node ``parent``
+    (of node type ``kind``) that is no array's chunk or lock folder."""
+    child = _node_type(p)
+    if kind == "array" or child is None:
+        if kind == "group" and p.name == TRASH:
+            return _foreign_in_trash(p)
+        return None if _leftover(p) else p
+    if child == "unknown" and not _holds_done(p):
+        return p  # a `zarr.json` that is no zarr metadata, in a folder of none of its groups
+    if kind == "group" and child == "array" and _attrs_empty(parent):
+        return p  # the root and `latents/`-like folders hold groups only
+    if kind == "group" and child == "group" and not _attrs_empty(parent) and not _attrs_empty(p):
+        return p  # an entry or data group holds arrays and `latents/`-like folders only
+    return foreign_path(p)
+
+
 def foreign_path(path: Path) -> Path | None:
     """The first path (sorted walk) below the zarr node folder ``path`` that the cache did not
-    write, or None when all of it is the cache's own."""
+    write, or None when all of it is the cache's own.
+
+    Exact where the metadata tells: an array's chunk keys lie inside its chunk grid
+    (:func:`chunk_grid`); the root and the ``features/``-like folders (no attributes) hold
+    groups only, an entry or data group arrays and such folders; a ``zarr.json`` that is no
+    zarr metadata counts as the cache's only in a folder that holds a ``done`` array (a group
+    of its whose metadata was damaged, which `cache rm` must still remove)."""
     kind = _node_type(path)
+    grid = chunk_grid(path) if kind == "array" else None
     for p in _entries(path):
         name = p.name
         if p.is_symlink():
             return p
         if p.is_file():
-            ok = name == META or _PARTIAL.match(name) or (kind != "group" and name == "c")
-            if not ok:
+            scalar = kind != "group" and name == "c" and (grid is None or grid == ())
+            if not (name == META or _PARTIAL.match(name) or scalar):
                 return p
             continue
         if not p.is_dir():  # a socket, a fifo, a device
             return p
         if kind != "group" and name == "c":
-            bad = _foreign_in(p, _CHUNK, dirs_ok=True)
+            bad = _foreign_in(p, _CHUNK, dirs_ok=True) if grid is None else _foreign_chunk(p, grid)
         elif kind != "group" and name == "locks":
             bad = _foreign_in(p, _LOCK, dirs_ok=False)
-        elif kind != "array" and _node_type(p) is not None:
-            bad = foreign_path(p)
-        elif kind == "group" and name == TRASH:
-            bad = _foreign_in_trash(p)
         else:
-            bad = None if _leftover(p) else p
+            bad = _foreign_child(path, kind, p)
         if bad is not None:
             return bad
     return None

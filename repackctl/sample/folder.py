@@ -36,7 +36,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -447,6 +447,33 @@ def assemble_recorded(
     return write_grid(folder, num, grid), files
 
 
+def hash_pixels(batches: Iterable[np.ndarray], digest: Any) -> Iterator[np.ndarray]:
+    """Yield the uint8 (b, H, W, 3) ``batches`` as they are, adding each to the sha256
+    ``digest``: the one rule of ``images_sha256`` (the pixels in index order), so that a
+    digest taken while samples.npz is written, of a folder's PNGs and of a samples.npz read
+    back (``pixels_sha256``) are the same number for the same samples."""
+    for b in batches:
+        digest.update(np.ascontiguousarray(b, dtype=np.uint8).tobytes())
+        yield b
+
+
+def pixels_sha256(batches: Iterable[np.ndarray]) -> str:
+    """sha256 of the pixels of uint8 (b, H, W, 3) ``batches`` in index order: what a samples
+    card records as ``images_sha256`` (:func:`hash_pixels`). For PNGs (``pngs_digest``), a
+    samples.npz (``npz_pixels_sha256``; `evaluate` checks the file it scores with it)."""
+    h = hashlib.sha256()
+    for _ in hash_pixels(batches, h):
+        pass
+    return h.hexdigest()
+
+
+def npz_pixels_sha256(npz: Path) -> str:
+    """:func:`pixels_sha256` of the images of the samples.npz ``npz``, streamed."""
+    from repackctl.metrics.adm import iter_npz_images
+
+    return pixels_sha256(iter_npz_images(npz))
+
+
 def write_npz_recorded(
     folder: Path, labels: np.ndarray, checks: _Checker | None = None
 ) -> dict[str, Any]:
@@ -454,24 +481,15 @@ def write_npz_recorded(
     from repackctl.metrics.adm import write_samples_npz
 
     images = hashlib.sha256()
-
-    def hashed(batches: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
-        for b in batches:
-            images.update(np.ascontiguousarray(b, dtype=np.uint8).tobytes())
-            yield b
-
     npz, num = folder / SAMPLES_NPZ, len(labels)
     checks = checks or _Checker(folder, None)
-    write_samples_npz(npz, hashed(checks.pngs(num)), labels, num=num)
+    write_samples_npz(npz, hash_pixels(checks.pngs(num), images), labels, num=num)
     return {**file_record(npz), "images_sha256": images.hexdigest()}
 
 
 def pngs_digest(folder: Path, num: int) -> str:
     """sha256 of the pixels of ``000000.png …`` (what ``images_sha256`` records)."""
-    h = hashlib.sha256()
-    for batch in _Checker(folder, None).pngs(num):
-        h.update(np.ascontiguousarray(batch, dtype=np.uint8).tobytes())
-    return h.hexdigest()
+    return pixels_sha256(_Checker(folder, None).pngs(num))
 
 
 #: the preview of a samples folder's first samples, and the card field that records how many
@@ -742,6 +760,22 @@ def file_mismatch(path: Path, recorded: Any) -> str | None:
     return None
 
 
+def npz_mismatch(npz: Path, recorded: Any) -> str | None:
+    """:func:`file_mismatch` of a samples.npz, and where its file record matches, whether its
+    pixels give the ``images_sha256`` recorded beside it: that record of the file (sha256, size)
+    can be rewritten to name another samples.npz (all-zero images), the digest of the pixels
+    `sample` made is what the card vouches for. None: it is the recorded samples (or nothing
+    was recorded)."""
+    why = file_mismatch(npz, recorded)
+    images = recorded.get("images_sha256") if isinstance(recorded, dict) else None
+    if why is None and images is not None and npz.is_file() and npz_pixels_sha256(npz) != images:
+        why = (
+            "its pixels are not the images_sha256 recorded beside its file record: that record "
+            "was rewritten to name another file"
+        )
+    return why
+
+
 def check_recorded_file(folder: Path, name: str, protocol: dict[str, Any], rebuild: str) -> None:
     """Refuse ``folder/name`` when it is not the file the folder's protocol.json recorded."""
     recorded = (protocol.get("files") or {}).get(name) if isinstance(protocol, dict) else None
@@ -784,10 +818,12 @@ def restore_pngs(folder: Path, mine: range) -> str | None:
     """Rewrite from samples.npz each PNG of ``mine`` whose pixels are not the sample there
     (other pixels, does not decode, missing); a ``Warning:`` line naming them, or None.
 
-    Only for a finished folder whose card records ``images_sha256`` and whose samples.npz is
-    the recorded one (the pixels the card's digest was taken of); otherwise nothing is
-    rewritten (``reopen_finished`` then rebuilds samples.npz from the PNGs, or refuses). A card
-    that is not the one of the folder's settings is refused before anything is rewritten.
+    Only for a finished folder whose card records ``images_sha256``, whose samples.npz is the
+    recorded file and whose pixels give that digest: the card's file record can be rewritten to
+    name another samples.npz (all-zero images, say), and restoring from it would overwrite the
+    good PNGs. Otherwise nothing is rewritten (``reopen_finished`` then rebuilds samples.npz
+    from the PNGs, or refuses). A card that is not the one of the folder's settings is refused
+    before anything is rewritten.
     """
     from repackctl.metrics.adm import iter_npz_images
 
@@ -797,28 +833,42 @@ def restore_pngs(folder: Path, mine: range) -> str | None:
     if file_mismatch(npz, rec) is not None:
         return None
     _check_card_is_the_folders(folder)
-    fixed, index = [], 0
-    batches = iter_npz_images(npz)
-    try:
-        for batch in batches:  # (b, H, W, 3)
-            for image in batch:
-                why = _png_differs(png_path(folder, index), image) if index in mine else None
-                if why is not None:
-                    write_png_atomic(png_path(folder, index), image)  # the bytes `sample` writes
-                    fixed.append(f"{png_path(folder, index).name}: {why}")
-                index += 1
-            if index >= mine.stop:
-                break
-    finally:
-        batches.close()
-    if not fixed:
-        return None
+    digest, index, todo = hashlib.sha256(), 0, []
+    for batch in hash_pixels(iter_npz_images(npz), digest):  # (b, H, W, 3); all of them
+        for image in batch:
+            why = _png_differs(png_path(folder, index), image) if index in mine else None
+            if why is not None:
+                todo.append((index, why))
+            index += 1
+    if not todo or digest.hexdigest() != rec["images_sha256"]:
+        return None  # nothing to restore, or not from this samples.npz (``reopen_finished``)
+    _rewrite_pngs(folder, npz, dict(todo))
+    fixed = [f"{png_path(folder, i).name}: {why}" for i, why in todo]
     more = " …" if len(fixed) > _NAMED else ""
     return (
         f"Warning: {len(fixed)} PNG{'s' if len(fixed) > 1 else ''} of {folder} did not hold the "
         f"samples recorded in {PROTOCOL_JSON} ({'; '.join(fixed[:_NAMED])}{more}): rewritten "
         f"from its {SAMPLES_NPZ}"
     )
+
+
+def _rewrite_pngs(folder: Path, npz: Path, indices: dict[int, str]) -> None:
+    """Write the PNGs ``indices`` of ``folder`` from the images of ``npz`` (checked to be the
+    recorded samples just before), with the bytes `sample` writes."""
+    from repackctl.metrics.adm import iter_npz_images
+
+    index, last = 0, max(indices)
+    batches = iter_npz_images(npz)
+    try:
+        for batch in batches:  # (b, H, W, 3)
+            for image in batch:
+                if index in indices:
+                    write_png_atomic(png_path(folder, index), image)
+                index += 1
+            if index > last:
+                break
+    finally:
+        batches.close()
 
 
 def _png_differs(path: Path, image: np.ndarray) -> str | None:
@@ -929,13 +979,15 @@ def reopen_finished(folder: Path, labels: np.ndarray, grid: int) -> tuple[tuple,
         files[LATENTS_FILE] = file_record(lat)
     npz, rec = folder / SAMPLES_NPZ, recorded.get(SAMPLES_NPZ) or {}
     images = rec.get("images_sha256")
-    if images is not None and file_mismatch(npz, rec) is None:
+    why = npz_mismatch(npz, rec) if images is not None else "no digest recorded"
+    if why is None:
         files[SAMPLES_NPZ] = rec
     else:
         if images is not None and pngs_digest(folder, len(labels)) != images:
             raise DataError(
-                f"{npz} does not match {folder / PROTOCOL_JSON}, and the PNGs of the folder do "
-                "not hold the recorded samples either: it cannot be rebuilt",
+                f"{npz} does not match {folder / PROTOCOL_JSON} ({why}), and the PNGs of the "
+                "folder do not hold the recorded samples either: it cannot be rebuilt; "
+                "nothing was rewritten",
                 "the folder was edited or damaged: sample again into a new folder (--out)",
             )
         files[SAMPLES_NPZ] = write_npz_recorded(folder, labels)  # rebuilt from the PNGs

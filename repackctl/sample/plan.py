@@ -311,6 +311,73 @@ def _check_digest(path: Path, data: dict[str, Any]) -> None:
         )
 
 
+def sampling_file(checkpoint: Path) -> Path | None:
+    """The ``sampling.json`` that :func:`read_sampling_defaults` reads for ``checkpoint`` (the
+    checkpoint's own, else its run's), or None when there is none."""
+    for folder in (checkpoint, run_root_of(checkpoint)):
+        if (folder / SAMPLING_JSON).is_file():
+            return folder / SAMPLING_JSON
+    return None
+
+
+def sampling_source(path: Path | None) -> str:
+    """The source that `sample` names for a value the run's ``sampling.json`` at ``path`` gave
+    (``--show-config``, the summary)."""
+    return f"the run's {SAMPLING_JSON} ({path})"
+
+
+def shown_sample_settings(resolved: Any) -> Any:
+    """``resolved`` (``ResolvedSettings`` of `sample`) with the sampler settings it left unset
+    filled as `sample` fills them (:func:`resolve_plan`): from the run's ``sampling.json``,
+    named as their source, else the built-in default. `sample --show-config` printed them as
+    ``None # default``, wrong in value and source, so a run's recorded sampler went unseen.
+    Where the run cannot be found the settings are shown as given (`sample` itself names the
+    problem)."""
+    from repackctl.errors import RepackError
+    from repackctl.paths import resolve_checkpoint_arg
+    from repackctl.runs import newest_run
+    from repackctl.settings import ResolvedSettings
+    from repackctl.train.checkpoint import checkpoint_for_loading
+
+    settings, sources = resolved.settings, dict(resolved.sources)
+    cfg = settings.sample
+    stage = "t2i" if cfg.prompt or cfg.prompts else "dit"
+    defaults: dict[str, Any] = {}
+    path = None
+    try:
+        run = cfg.run or newest_run(Path(settings.runs).expanduser().resolve(), stage)
+        folder = resolve_checkpoint_arg(settings.runs, run, cfg.checkpoint) if run else None
+        ckpt = checkpoint_for_loading(folder) if folder is not None else None
+        if ckpt is not None:
+            defaults, path = read_sampling_defaults(ckpt), sampling_file(ckpt)
+    except RepackError:
+        pass  # no such run, no checkpoint: `sample` refuses it by name
+    update: dict[str, Any] = {}
+    for key, builtin in DEFAULTS.items():
+        if getattr(cfg, key) is not None:
+            continue
+        update[key] = defaults.get(key, builtin)
+        sources[f"sample.{key}"] = sampling_source(path) if key in defaults else "default"
+    shown = settings.model_copy(update={"sample": cfg.model_copy(update=update)})
+    return ResolvedSettings(shown, sources)
+
+
+def sampling_rows(protocol: dict[str, Any]) -> list[tuple[str, str]]:
+    """The summary row of `sample` that names the settings the run's ``sampling.json`` gave
+    (the card's ``setting_sources``) and that file; none when it gave none. Without it the
+    summary showed a run's recorded sampler and guidance as if they were the defaults."""
+    sources = protocol.get("setting_sources")
+    keys = (
+        [k for k, v in sources.items() if v == SAMPLING_JSON] if isinstance(sources, dict) else []
+    )
+    if not keys:
+        return []
+    checkpoint = protocol.get("checkpoint")
+    path = sampling_file(Path(checkpoint)) if isinstance(checkpoint, str) else None
+    where = sampling_source(path) if path else f"the run's {SAMPLING_JSON} (no longer there)"
+    return [("run defaults", f"{', '.join(keys)} from {where}")]
+
+
 def read_sampling_defaults(checkpoint: Path) -> dict[str, Any]:
     """The run's ``sampling.json`` (written by `import official` and `train dit --preset
     paper`), or {}; refused when it does not verify against its recorded sha256."""

@@ -53,6 +53,7 @@ import re
 import time
 import zipfile
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -86,12 +87,13 @@ from repackctl.sample.folder import (
     claim_folder,
     cpu_threads,
     device_type,
-    file_mismatch,
     is_finished,
     job_batches,
     lock_waiting,
     missing_indices,
+    npz_mismatch,
     owned_range,
+    pixels_sha256,
     recorded_batching,
     recorded_device,
     recorded_files,
@@ -386,7 +388,34 @@ class SamplesSource:
             )
         self.image_shape: tuple[int, ...] = tuple(shape[1:])  # (H, W, 3)
         self._data_start = self._images.tell()
+        self._check_pixels(path)
         return zf
+
+    def _check_pixels(self, path: Path) -> None:
+        """Refuse the open samples.npz when its pixels do not give the ``images_sha256`` the
+        card records (checked after its file record, :meth:`_check_recorded`): that record can
+        be rewritten to name another file (all-zero images), and refining it would vouch for
+        pixels `sample` never made. Cards of older versions record no digest: not checked."""
+        recorded = self._recorded.get(SAMPLES_NPZ)
+        images = recorded.get("images_sha256") if isinstance(recorded, dict) else None
+        if images is None:
+            return
+        batch = 256
+
+        def batches() -> Iterator[np.ndarray]:  # (b, H, W, 3), from the open file
+            for start in range(0, self.num, batch):
+                yield self.images(list(range(start, min(start + batch, self.num))))
+
+        digest = pixels_sha256(batches())
+        self._images.seek(self._data_start)
+        if digest != images:
+            raise DataError(
+                f"{path} is not the samples that `repackctl sample` recorded in "
+                f"{self.src / PROTOCOL_JSON}: its pixels do not give the recorded images_sha256 "
+                f"(the record of the file was rewritten to name another one); nothing was "
+                f"refined",
+                "the folder was edited or damaged: " + _NPZ_HINT.format(src=self.src),
+            )
 
     def _open_latents(self, path: Path) -> np.ndarray | None:
         """The stored raw latents (memory-mapped), or None when they must be regenerated."""
@@ -953,7 +982,7 @@ def _to_refine(out: Path, mine: range, num: int) -> tuple[list[int], list[str]]:
         except DataError as e:
             return list(mine), [f"{e.message}: every image is refined again"]
         return [], []
-    why = file_mismatch(npz, recorded_files(out).get(SAMPLES_NPZ))
+    why = npz_mismatch(npz, recorded_files(out).get(SAMPLES_NPZ))
     if why is not None:
         return list(mine), [
             f"{npz} is not the file its card records ({why}): every image is refined again"

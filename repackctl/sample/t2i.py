@@ -92,6 +92,7 @@ from repackctl.sample.plan import (
     network_evaluations,
     read_sampling_defaults,
     resolve_plan,
+    sampling_rows,
 )
 from repackctl.transport.samplers import sample
 
@@ -564,15 +565,17 @@ def _protocol(
 
 
 def summary_rows(protocol: dict[str, Any]) -> list[tuple[str, str]]:
-    """The rows `repackctl sample`'s summary table adds for a text-to-image folder (none for
-    another): where its prompts came from, as the card's ``prompt_source`` says it (the
-    ``--prompts`` file's absolute path and sha256, how many ``--prompt``, or the entry whose
-    first captions were read), and how many distinct prompts the samples got."""
+    """The rows `repackctl sample`'s summary table adds: the settings the run's sampling.json
+    gave (``plan.sampling_rows``), and for a text-to-image folder where its prompts came from,
+    as the card's ``prompt_source`` says it (the ``--prompts`` file's absolute path and
+    sha256, how many ``--prompt``, or the entry whose first captions were read), and how many
+    distinct prompts the samples got."""
+    rows = sampling_rows(protocol)  # the values the run's sampling.json gave (any stage)
     if protocol.get("stage") != "t2i":
-        return []
+        return rows
     distinct = len(protocol.get("prompts") or [])
     source = protocol.get("prompt_source") or "not recorded"
-    return [("prompts", f"{distinct} distinct; {source}")]
+    return [("prompts", f"{distinct} distinct; {source}"), *rows]
 
 
 def training_entry_record(extra: dict[str, Any]) -> dict[str, Any]:
