@@ -245,6 +245,10 @@ def settings_command(
                 training = fn.__name__ in ("train", "dit", "t2i")
                 if training:
                     resolved = started_values(resolved, (show or (section,))[0])
+                if fn.__name__ == "sample":  # the values sample takes from the run's sampling.json
+                    from repackctl.sample.plan import shown_sample_settings
+
+                    resolved = shown_sample_settings(resolved)
                 show_config(resolved, show or (section,), resumable=training)
                 return None
             return fn(resolved, **kwargs)

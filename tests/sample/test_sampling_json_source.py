@@ -66,3 +66,11 @@ def test_show_config_values_are_the_ones_sample_uses(stack, monkeypatch) -> None
         rows["sample.cfg_t_hi"][0] == 0.9
         and "REPACKCTL_SAMPLE__CFG_T_HI" in rows["sample.cfg_t_hi"][1]
     )
+
+
+def test_show_config_through_the_command_shows_the_run_s_values(stack) -> None:
+    """`sample -r RUN --show-config` prints what `sample` uses, not the unset ``None``s."""
+    args = ["sample", "-r", RUN, "-n", "2", "--runs", stack["runs"], "--show-config"]
+    out = " ".join(cli_ok(*args).split())  # the table may wrap
+    assert "sample.steps = 2" in out and "the run's sampling.json" in out, out
+    assert "sample.sampler = None" not in out, out
