@@ -81,7 +81,9 @@ from repackctl.paths import cache_root
 from repackctl.progress import LOG_FILE, ProgressFactory, null_progress, with_log_file
 from repackctl.run_lock import lock_run, released_after
 from repackctl.settings import Settings
+from repackctl.settings.checks import user_given
 from repackctl.settings.pack import PRESETS, PackSettings
+from repackctl.settings.training import check_batch_fits
 
 if TYPE_CHECKING:
     from repackctl.train import StepOutput
@@ -983,9 +985,11 @@ def run_pack_train(
     sources = (config_record or {}).get("sources") or {}
     if latest is None:
         _check_new_run(plan, sources)  # before anything is read in bulk or written
+        _check_batch(plan, ref, sources)
     data = PackData(ref.entry, ref.feats, cfg.in_memory, settings.memory_gb)
     labels = entry_labels(ref.entry, data.indices)  # the shuffle's class check; never the fill
     log = resumed + ([ref.note] if ref.note else []) + list(plan.notes)
+    log += _grid_notes(cfg, len(data), ref.entry.name, sources, latest is None)
     lpips = _load_lpips(plan)
     watson = _load_watson(plan)  # before state_extra: the plan records its digest
 
@@ -1238,6 +1242,38 @@ def _check_new_run(plan: PackPlan, sources: dict[str, str] | None = None) -> Non
             f"valid sides: {sides}; pass --attn-resolutions once per side that gets attention "
             f"(e.g. --attn-resolutions {decoder.latent_size}, the latent grid)",
         )
+
+
+def _check_batch(plan: PackPlan, ref: FeatureRef, sources: dict[str, str]) -> None:
+    """A new run's global batch fits the entry's usable training images: a larger one was
+    accepted and every batch repeated images (``settings.training.check_batch_fits``)."""
+    from repackctl.pack.data import valid_indices
+
+    rows = plan.images if plan.images is not None else len(valid_indices(ref.entry, ref.feats))
+    check_batch_fits("pack", plan.batch_size, rows, f"usable images of {ref.entry.name}", sources)
+
+
+def _grid_notes(
+    cfg: PackSettings, rows: int, entry: str, sources: dict[str, str], new: bool
+) -> list[str]:
+    """The recon grid holds at most the entry's ``rows`` usable images: a ``grid_images`` the
+    user gave above that is refused for a ``new`` run (it was accepted and recorded while the
+    grid held fewer); a default or preset value above it (8 on a 4-image entry) is not the
+    user's request, and a resumed run keeps what it started with, so the grid holds them all
+    and a log line says so. Nothing when no grid is drawn."""
+    if cfg.image_every == 0 or cfg.grid_images <= rows:
+        return []
+    source = sources.get("pack.grid_images", "default")
+    if new and user_given(source):
+        raise ConfigError(
+            f"pack.grid_images = {cfg.grid_images} (from {source}) is more than the {rows} "
+            f"usable images of {entry}: the grid can hold at most those",
+            f"pass --grid-images {rows} or less",
+        )
+    return [
+        f"recon grid: {rows} images, all that {entry} holds (pack.grid_images "
+        f"{cfg.grid_images}, from {source})"
+    ]
 
 
 def _preset_length(preset: str) -> str:

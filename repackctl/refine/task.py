@@ -52,6 +52,7 @@ from repackctl.data.cached import (
     images_to_float,
     mirror,
     sample_generators,
+    written_rows,
 )
 from repackctl.errors import CheckpointError, ConfigError
 from repackctl.pack.discriminator import (
@@ -78,6 +79,7 @@ from repackctl.settings.resume import (
     resume_settings,
     with_resolved,
 )
+from repackctl.settings.training import check_batch_fits
 from repackctl.train import OptimizerSpec, StepOutput, TrainConfig, train
 from repackctl.train.checkpoint import (
     checkpoint_to_resume,
@@ -612,7 +614,7 @@ def run_refine_train(
     resumed = resume_lines(rec, kept)
     if _shown(run, latest, cfg.steps, resumed, progress):
         return run  # nothing in the run folder changes but train.lock
-    _check_lpips(cfg, sources or {})  # before the triplets and log.txt are written
+    _check_before_writes(cfg, entry, cache["features"], latest, sources or {})
     progress = with_log_file(progress, run / LOG_FILE)
     _build_triplets(settings, entry, cache["features"], pack, progress)
     messages: list[str] = []
@@ -640,6 +642,19 @@ def run_refine_train(
     # logged once the engine accepted the resume (it may still refuse it), never before
     train(task, config, progress, [*resumed, *messages])
     return Path(config.run_dir)
+
+
+def _check_before_writes(
+    cfg: Any, entry: DatasetEntry, features: str, latest: Path | None, sources: dict[str, str]
+) -> None:
+    """The checks of ``refine train`` before the triplets and log.txt are written: the LPIPS
+    files (``_check_lpips``), and a new run's global batch against the rows of ``entry`` with
+    an image and ``features`` (the rows its triplets are built for): a larger batch was
+    accepted and every batch repeated triplets."""
+    _check_lpips(cfg, sources)
+    if latest is None:
+        rows = len(written_rows(entry.done_mask(), entry.features(features).done_mask()))
+        check_batch_fits("refine", cfg.batch_size, rows, f"usable images of {entry.name}", sources)
 
 
 def _check_flip(flip: bool, entry: DatasetEntry, features: str, sources: dict[str, str]) -> None:

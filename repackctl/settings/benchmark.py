@@ -6,6 +6,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+#: the most torch CPU threads a benchmark takes (100000 exhausted the process's threads: a
+#: traceback, then a segfault); more than any node's cores only oversubscribe them. A fixed
+#: bound, not this machine's CPU count, so a config file valid on one machine is on another
+MAX_THREADS = 1024
+
 
 class BenchmarkSettings(BaseModel):
     """`repackctl benchmark` settings."""
@@ -25,7 +30,11 @@ class BenchmarkSettings(BaseModel):
         "loop; a longer sample only makes the run longer, 1e30 looped for ever)",
     )
     threads: int | None = Field(
-        None, ge=1, description="torch CPU threads; none = torch's default (recorded in the JSON)"
+        None,
+        ge=1,
+        le=MAX_THREADS,
+        description=f"torch CPU threads, at most {MAX_THREADS}; none = torch's default "
+        "(recorded in the JSON)",
     )
     compile: bool = Field(True, description="also measure torch.compile versions (kernels)")
     out: str | None = Field(

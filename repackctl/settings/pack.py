@@ -49,6 +49,7 @@ from repackctl.settings.checks import (
     check_term_options,
     ema_decay_below_one,
 )
+from repackctl.settings.training import check_some_term_on
 
 
 class PackSettings(BaseModel):
@@ -328,7 +329,8 @@ class PackSettings(BaseModel):
         the discriminator's options given with ``gan_weight`` 0, which builds no discriminator
         (they were accepted, recorded in the plan and ignored); and ``pca_samples`` given with
         the repack method without whitening, which fits nothing on the tokens; and those of the
-        file terms and the recon grids (:meth:`_check_files_and_grids`)."""
+        file terms and the recon grids (:meth:`_check_files_and_grids`); and settings under
+        which no loss term is on (the run died in its first backward pass)."""
         check_gan_options(self, section, sources, GAN_OPTIONS)
         self._check_files_and_grids(section, sources)
         if self.method == "repack" and self.whiten is False:
@@ -353,6 +355,21 @@ class PackSettings(BaseModel):
                 "the KL term of the repack posterior",
                 "pass --method repack",
             )
+        # the PCA map has no posterior: its KL weight trains nothing
+        weights = LOSS_WEIGHTS if self.method == "repack" else LOSS_WEIGHTS[:-1]
+        check_some_term_on(self, section, sources, weights, FILE_TERMS, self._adaptive_gan())
+
+    def _adaptive_gan(self) -> tuple[str, tuple[str, ...], str]:
+        """The GAN weight and the reconstruction terms its adaptive weight is scaled by
+        (``pack.losses``: official = L1 + LPIPS, all_terms = every one but the KL)."""
+        official = self.adaptive_gan == "official"
+        terms = ("l1_weight", "perceptual_weight") if official else RECON_WEIGHTS
+        why = (
+            f"scaled by the adaptive GAN weight (pack.adaptive_gan = {self.adaptive_gan!r}) of "
+            f"{' + '.join(t.removesuffix('_weight') for t in terms)}, all off: it trains only "
+            "the discriminator"
+        )
+        return "gan_weight", terms, why
 
     def _check_files_and_grids(self, section: str, sources: dict[str, str]) -> None:
         """Refuse a ``perceptual_weight`` / ``watson_weight`` above 0 given without its local
@@ -369,6 +386,14 @@ class PackSettings(BaseModel):
 #: the files of the LPIPS and Watson-DFT terms, as a hint names them
 LPIPS_FILE = "a local LPIPS-VGG .safetensors/.pth file (two files comma-separated)"
 WATSON_FILE = "the official rgb_watson_fft_trial0.pth (or its tensors as .safetensors)"
+#: the weights of the pack loss terms (at least one must be on; the KL last: repack only), and
+#: the local file each file-backed term needs
+RECON_WEIGHTS = (
+    *("l1_weight", "perceptual_weight", "ffl_weight", "watson_weight", "feature_weight"),
+    "scale_equivariance_weight",
+)
+LOSS_WEIGHTS = (*RECON_WEIGHTS, "gan_weight", "kl_weight")
+FILE_TERMS = {"perceptual_weight": "lpips_weights", "watson_weight": "watson_weights"}
 
 #: the options that only tune the GAN term (off when ``gan_weight`` is 0: no discriminator)
 GAN_OPTIONS = (

@@ -12,6 +12,7 @@ from repackctl.settings.checks import (
     check_gan_options,
     ema_decay_below_one,
 )
+from repackctl.settings.training import check_some_term_on
 
 
 class RefineSettings(BaseModel):
@@ -136,9 +137,11 @@ class RefineSettings(BaseModel):
         discriminator (they were accepted, recorded and ignored), as ``pack train`` does
         (``repackctl.settings.checks.check_term_options``; a preset's value is never refused);
         and a ``perceptual_weight`` above 0 given without ``lpips_weights`` (the default 1 without
-        weights stays a warning), or ``lpips_weights`` given with ``perceptual_weight`` 0."""
+        weights stays a warning), or ``lpips_weights`` given with ``perceptual_weight`` 0; and
+        settings under which no loss term is on (the run saved its initial refiner)."""
         check_gan_options(self, section, sources, GAN_OPTIONS)
         check_file_term(self, section, sources, LPIPS_PAIR, "the LPIPS perceptual term", LPIPS_FILE)
+        check_some_term_on(self, section, sources, LOSS_WEIGHTS, dict([LPIPS_PAIR]))
 
 
 #: the options that only tune the GAN term (off when ``gan_weight`` is 0: no discriminator)
@@ -146,6 +149,8 @@ GAN_OPTIONS = ("disc_channels", "disc_norm", "disc_init")
 #: the LPIPS term's weight and weights file (``check_file_term``), and the file to pass
 LPIPS_PAIR = ("perceptual_weight", "lpips_weights")
 LPIPS_FILE = "a local LPIPS-VGG .safetensors/.pth file (two files comma-separated)"
+#: the weights of the refiner's loss terms (at least one must be on)
+LOSS_WEIGHTS = ("l1_weight", "perceptual_weight", "gan_weight", "feature_weight")
 
 
 # The official refiner (reference/methods.md; stage3/configs/refiner_offline.yaml, stage3/

@@ -9,10 +9,12 @@ numbers as those of an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -181,7 +183,7 @@ def scale_groups(records: list[dict[str, Any]], keys: list[str]) -> list[list[st
     """Loss keys grouped by scale: keys whose median |value| is within 10× share a panel."""
     medians = {}
     for k in keys:
-        vals = sorted(abs(r[k]) for r in records if k in r and math.isfinite(r[k]))
+        vals = sorted(abs(r[k]) for r in records if k in r and _plottable(r[k]))
         if vals:
             medians[k] = vals[len(vals) // 2]
     groups: list[list[str]] = []
@@ -196,13 +198,30 @@ def scale_groups(records: list[dict[str, Any]], keys: list[str]) -> list[list[st
     return groups
 
 
+#: the largest |value| drawn: Matplotlib's tick and log-scale arithmetic overflows near the
+#: float range (a run with ``--lr 1e308`` raised in ``ticker`` and hid the run's own error)
+PLOT_MAX = 1e100
+
+
+def _plottable(value: Any) -> bool:
+    """Whether a metric value can be drawn: a finite number within ±``PLOT_MAX``."""
+    return isinstance(value, int | float) and math.isfinite(value) and abs(value) <= PLOT_MAX
+
+
 def _panel(ax: Any, records: list[dict[str, Any]], keys: list[str], title: str) -> None:
+    """One panel of ``keys``; a key's values that cannot be drawn (non-finite, beyond
+    ±``PLOT_MAX``) are left out, and its legend says how many ("lr (2 not drawn)")."""
     values = []
     for k in keys:
-        pts = [(r["step"], r[k]) for r in records if k in r and math.isfinite(r[k])]
+        logged = [(r["step"], r[k]) for r in records if k in r]
+        pts = [(step, v) for step, v in logged if _plottable(v)]
+        skipped = len(logged) - len(pts)
+        label = k if not skipped else f"{k} ({skipped} not drawn)"
         if pts:
-            ax.plot(*zip(*pts, strict=True), label=k, marker="." if len(pts) < 20 else None)
+            ax.plot(*zip(*pts, strict=True), label=label, marker="." if len(pts) < 20 else None)
             values += [v for _, v in pts]
+        elif skipped:
+            ax.plot([], [], label=label)
     if values and min(values) > 0 and max(values) / min(values) > 10:
         ax.set_yscale("log")
     ax.set_xlabel("step")
@@ -224,10 +243,34 @@ def redraw_stale_curves(run_dir: str | os.PathLike) -> Path | None:
 
 
 def plot_curves(run_dir: str | os.PathLike) -> Path | None:
-    """Loss terms, one panel per scale (log where they span > 10×), and the lr, to ``curves.png``."""
-    records = read_metrics(run_dir)
-    if not records:
+    """Loss terms, one panel per scale (log where they span > 10×), and the lr, to
+    ``curves.png``; None where there is nothing to draw, or where drawing failed. It runs in
+    the cleanup of every training (``Trainer.fit``'s ``finally``, a failed run too) and at
+    checkpoints, so a failure to draw is a ``Warning:`` line, never an exception that would
+    replace the command's own error or stop a training; Matplotlib's numeric warnings are
+    silenced, as the values it cannot draw are left out (:func:`_panel`)."""
+    out = Path(run_dir) / CURVES
+    tmp = out.with_name(".tmp-" + CURVES)
+    try:
+        records = read_metrics(run_dir)
+        if not records:
+            return None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            _draw(records, tmp)
+        os.replace(tmp, out)
+    except Exception as e:  # noqa: BLE001 - drawing is a by-product: never fail the run for it
+        from repackctl.progress import warn
+
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        warn(f"could not draw {out}: {type(e).__name__}: {e} (the metrics are in {METRICS})")
         return None
+    return out
+
+
+def _draw(records: list[dict[str, Any]], path: Path) -> None:
+    """The figure of :func:`plot_curves` to ``path``."""
     # a bare Figure on the Agg canvas: no pyplot state, no display (training nodes have none)
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -246,8 +289,4 @@ def plot_curves(run_dir: str | os.PathLike) -> Path | None:
     for i, g in enumerate(groups):
         _panel(axes[i], records, g, "losses" if len(groups) == 1 else f"losses ({i + 1})")
     _panel(axes[-1], records, lr_keys, "learning rate")
-    out = Path(run_dir) / CURVES
-    tmp = out.with_name(".tmp-" + CURVES)
-    fig.savefig(tmp, dpi=80, format="png")
-    os.replace(tmp, out)
-    return out
+    fig.savefig(path, dpi=80, format="png")
