@@ -56,6 +56,7 @@ from repackctl.train.checkpoint import (
 from repackctl.train.logging import log_lines
 from repackctl.train.loop import TrainResult, train
 from repackctl.train.shown import shown_run
+from repackctl.train.trainer import HEADER
 
 if TYPE_CHECKING:
     from repackctl.dit.task import DiTTask
@@ -364,12 +365,16 @@ def official_sampling_file(
     """The ``sampling.json`` of a ``--preset paper`` (official RePack) or ``--preset repa``
     (REPA) run of ``section`` (``train dit``; ``train t2i --preset repa``: REPA's text-to-image
     sampling), written before it trains (so a killed run has it too) when the run has none; a
-    file already there is left as it is. Training that fails before the run has a checkpoint
-    removes the file this call wrote."""
+    file already there is left as it is. Training that fails before the engine accepted it
+    removes the file this call wrote: a new run's before its first checkpoint, a resume's
+    before the engine took its checkpoint (:func:`_accepted`). A refused resume under another
+    preset (``--preset repa --allow-change preset``, refused by the checkpoint) left REPA's file
+    in the run, which ``sample`` then used without a word."""
     path = run_dir / SAMPLING_JSON
     wrote = new_dir = False
     key = preset if section == "dit" else f"{section}-{preset}"
     source = PRESET_SAMPLING_SOURCES.get(key or "")
+    header = _header_stamp(run_dir)
     if source and int(os.environ.get("RANK", 0)) == 0:
         new_dir = not run_dir.exists()
         # the run's lock before the check: a second start of the same new run is refused here,
@@ -383,13 +388,31 @@ def official_sampling_file(
     try:
         yield
     except BaseException:
-        if wrote and latest_checkpoint(run_dir, warn=None) is None:
+        if wrote and not _accepted(run_dir, header):
             path.unlink(missing_ok=True)
             if new_dir and {p.name for p in run_dir.iterdir()} <= {LOCK_FILE}:
                 (run_dir / LOCK_FILE).unlink(missing_ok=True)  # ours (held): nothing else there
                 with suppress(OSError):  # another start may have made its lock file since
                     run_dir.rmdir()
         raise
+
+
+def _header_stamp(run_dir: Path) -> tuple[int, int] | None:
+    """The identity (inode, mtime) of the run's ``header.json``, which the engine writes (by a
+    rename) once it accepted the run's checkpoint; None while there is none."""
+    with suppress(OSError):
+        stat = (run_dir / HEADER).stat()
+        return stat.st_ino, stat.st_mtime_ns
+    return None
+
+
+def _accepted(run_dir: Path, header: tuple[int, int] | None) -> bool:
+    """Whether the training that started when the run's header was ``header`` got as far as the
+    engine accepting it: the run has a checkpoint and the engine wrote its header since (a
+    refused resume, by the checkpoint's weights, data or sample order, writes none)."""
+    if latest_checkpoint(run_dir, warn=None) is None:
+        return False
+    return _header_stamp(run_dir) not in (header, None)
 
 
 def train_dit(

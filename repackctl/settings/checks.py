@@ -261,6 +261,7 @@ def unreached_ema_decay(
     that the EMA, which sampling uses, is still mostly the initial weights at the end.
     ``warmup``: the stage's fixed choice where it has no ``ema_warmup`` setting (pack: on)."""
     decay = getattr(values, "ema_decay", None)
+    fixed = warmup is not None  # the stage has no ema_warmup setting (nor --ema-warmup)
     warmup = getattr(values, "ema_warmup", None) if warmup is None else warmup
     decay_from = sources.get(f"{section}.ema_decay", "default")
     warmup_from = sources.get(f"{section}.ema_warmup", "default")
@@ -281,11 +282,18 @@ def unreached_ema_decay(
     if warmup or initial < 0.5 or not (user_given(decay_from) or user_given(warmup_from)):
         return None
     half = math.ceil(math.log(0.5) / math.log(decay))
+    # offer only what the command has: `refine train` has no --ema-warmup (its EMA is never
+    # warmed up), and the warning offered it
+    why = (
+        f"the {section} EMA has none"
+        if fixed
+        else f"{section}.ema_warmup = False from {warmup_from}"
+    )
+    ways = "" if fixed else "--ema-warmup, "
     return (
-        f"Warning: {name} without the EMA warm-up ({section}.ema_warmup = False from "
-        f"{warmup_from}) leaves the EMA weights, which sampling uses, {initial:.0%} the initial "
-        f"ones after this run's {steps} steps (pass --ema-warmup, a lower --ema-decay, or "
-        f"--steps above {half})"
+        f"Warning: {name} without the EMA warm-up ({why}) leaves the EMA weights, which "
+        f"sampling uses, {initial:.0%} the initial ones after this run's {steps} steps (pass "
+        f"{ways}a lower --ema-decay, or --steps above {half})"
     )
 
 

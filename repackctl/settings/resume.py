@@ -115,10 +115,11 @@ class Fixed:
     ``why``: what it decides (the refusal says it). ``instead``: what the user can do instead of
     the change, beside resuming as started or starting a new run (e.g. ``--repa-stop-step``), or
     a function of (old, new) giving it; empty for nothing. ``when``: which changes are fixed, a
-    function of (old, new) values (None: every change). ``checked_here``: refused here even when
-    allowed (nothing else would refuse it: ``pca_samples`` was recorded and ignored); otherwise
-    the stage refuses an allowed change against the checkpoint (its weights, its recorded data),
-    and this entry keeps the settings layer's own refusal from offering ``--allow-change``."""
+    function of (old, new) values (None: every change). A change is refused here, allowed or
+    not, before any model is built (:func:`reconcile`: allowed, it went on to the stage, which
+    built the whole new network, an XL one for a preset change, and ended in a raw
+    ``load_state_dict`` dump naming no setting). ``checked_here``: refused with a message of
+    its own, naming the flag (``pca_samples`` was recorded and ignored)."""
 
     why: str
     instead: str | Callable[[Any, Any], str] = ""
@@ -234,6 +235,12 @@ FIXED_ON_RESUME: dict[str, dict[str, Fixed]] = {
         # refine.task._check_resume_refiner / _check_resume_disc
         **{n: Fixed(_NETWORK) for n in ("base_channels", "output", "norm_groups")},
         **{n: Fixed(_DISC) for n in ("disc_channels", "disc_norm", "disc_init")},
+        # the triplets' entry (its pack run's, RESOLVED_FROM): `--allow-change entry` moved a
+        # refiner trained on the train split onto the held-out one
+        "entry": Fixed(
+            "the refiner trains on the triplets of the cache entry it started on, as its "
+            "checkpoints record (another one, e.g. the held-out split, would change its data)"
+        ),
         # refine.task._check_resume_has_disc: the GAN turned on (turned off, it resumes)
         "gan_weight": Fixed(
             "a run trained without the GAN (refine.gan_weight 0) has no discriminator in its "
@@ -250,7 +257,8 @@ def fixed_setting(section: str, key: str, old: Any, new: Any) -> Fixed | None:
 
     A stored None (the run left the value to its model size or preset: ``--patch`` of
     ``tiny``) is never fixed: the value given now may be the one it resolved to, which
-    ``--allow-change`` passes (the stage refuses another one, against the checkpoint)."""
+    ``--allow-change`` passes; :func:`reconcile` passes what the checkpoint built as ``old``
+    where it knows it (:func:`checkpoint_network`), else the stage refuses another one."""
     sec, name = _section_of(key)
     fixed = FIXED_ON_RESUME.get(section, {}).get(name) if sec == section else None
     if fixed is None or old is None or not fixed.applies(old, new):
@@ -260,7 +268,7 @@ def fixed_setting(section: str, key: str, old: Any, new: Any) -> Fixed | None:
 
 def _check_fixed(section: str, key: str, old: Any, new: Any, sources: dict[str, str]) -> None:
     """Refuse a change of a :data:`FIXED_ON_RESUME` setting ``checked_here`` (``key`` dotted),
-    allowed or not; the others are refused, when not allowed, by :func:`_refuse`."""
+    allowed or not, with a message of its own; the others, allowed or not, by :func:`_refuse`."""
     fixed = fixed_setting(section, key, old, new)
     if fixed is None or not fixed.checked_here:
         return
@@ -276,8 +284,8 @@ def _check_fixed(section: str, key: str, old: Any, new: Any, sources: dict[str, 
 def _refuse_fixed_allowance(section: str, allow: list[str], sources: dict[str, str]) -> None:
     """Refuse ``--allow-change`` naming a :data:`FIXED_ON_RESUME` setting ``checked_here`` on a
     resume: it was accepted and allowed nothing (the setting's value is reused from the
-    checkpoint). (An allowance of another fixed setting is refused by its stage, with the
-    change it would make.)"""
+    checkpoint). (An allowance of another fixed setting is refused with the change it would
+    make, by :func:`reconcile`.)"""
     for name, fixed in FIXED_ON_RESUME.get(section, {}).items():
         named = next((a for a in allow if a in (name, f"{section}.{name}")), None)
         if named is None or not fixed.checked_here:
@@ -397,11 +405,20 @@ class Reconciled:
     #: each stored value kept because no layer gives it now (dotted key → (value, the source
     #: the run recorded for it)): its source reads "stored run config" for this invocation
     kept: dict[str, tuple[Any, str]] = field(default_factory=dict)
+    #: each value no layer gave that changes with the resume (a preset change allowed brings its
+    #: preset's values; ``--allow-change NAME`` a changed default): (key, old, new, its source)
+    brought: list[tuple[str, Any, Any, str]] = field(default_factory=list)
 
     def lines(self) -> list[str]:
-        """``setting: old → new`` for every change (allowed ones marked)."""
+        """``setting: old → new`` for every change (allowed ones marked, brought ones with the
+        preset or default that brings them)."""
         out = [f"{k}: {a!r} → {b!r}" for k, a, b in self.changes]
-        return out + [f"{k}: {a!r} → {b!r} (allowed by --allow-change)" for k, a, b in self.allowed]
+        out += [f"{k}: {a!r} → {b!r} (allowed by --allow-change)" for k, a, b in self.allowed]
+        return out + [f"{k}: {a!r} → {b!r} ({source})" for k, a, b, source in self.brought]
+
+    def history(self) -> list[tuple[str, Any, Any]]:
+        """The changes ``config_history.jsonl`` records: the allowed ones and the brought ones."""
+        return [*self.allowed, *((k, a, b) for k, a, b, _ in self.brought)]
 
 
 def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -463,12 +480,18 @@ ONLY_NOW = frozenset({"allow_change"})
 
 
 def reconcile(
-    stored: dict[str, Any], current: dict[str, Any], section: str, allow: list[str]
+    stored: dict[str, Any],
+    current: dict[str, Any],
+    section: str,
+    allow: list[str],
+    network: dict[str, Any] | None = None,
 ) -> Reconciled:
     """Stored settings record + this invocation's record → the settings to resume with.
 
     Both records are ``ResolvedSettings.to_dict()`` (``values`` nested, ``sources`` flat). Only
     the common keys and ``section`` are compared; other sections are taken from ``current``.
+    ``network``: what the run's checkpoint built for each network setting it stores as None
+    (dotted key → value, :func:`checkpoint_network`), so that another value is refused here.
     """
     old, new = _flat(stored.get("values", {})), _flat(current.get("values", {}))
     sources = dict(current.get("sources", {}))
@@ -480,7 +503,7 @@ def reconcile(
     schedules = {old.get(sched), new.get(sched) if given(sources, sched) else None}
     out = Reconciled(values={}, sources=sources)
     _refuse_fixed_allowance(section, allow, sources)
-    breaking = []
+    breaking, brought = [], []
     for key, value in new.items():
         sec, name = _section_of(key)
         if sec not in ("", section) or key not in old or name in ONLY_NOW:
@@ -489,22 +512,101 @@ def reconcile(
             if given(old_sources, key, KEPT):
                 merged[key], sources[key] = old[key], _kept_source(old_sources, key)
                 out.kept[key] = (old[key], old_sources[key])
+            elif value != old[key] and old_sources.get(key) != RESOLVED_SOURCE:
+                brought.append((key, old[key], value))  # a default's or the new preset's value
             continue
         if value == old[key]:
             continue
         _check_fixed(section, key, old[key], value, sources)
+        was = _built(key, old[key], network)
         if _continuable(key, schedules):
             out.changes.append((key, old[key], value))
-        elif "all" in allow or key in allow or name in allow:
+        elif _allows(allow, key) and (was == value or not fixed_setting(section, key, was, value)):
             out.allowed.append((key, old[key], value))
-        else:
-            breaking.append((key, old[key], value))
+        else:  # named as built (the same value as built: None → it, which can be allowed)
+            breaking.append((key, old[key] if was == value else was, value))
     if breaking:
         _refuse(breaking, sources, schedules, section)
+    _bring(out, section, brought, allow, network)
     _check_preset_change(out, section, merged, current.get("sources", {}))
     _length_in_epochs(section, merged, sources, current.get("sources", {}), out)
     out.values = _nest(merged)
     return out
+
+
+def _allows(allow: list[str], key: str) -> bool:
+    """Whether ``--allow-change`` (``allow``) names ``key`` (dotted), its name or ``all``."""
+    return "all" in allow or key in allow or _section_of(key)[1] in allow
+
+
+def _built(key: str, value: Any, network: dict[str, Any] | None) -> Any:
+    """``value`` of ``key`` as the run's network has it: a stored None (left to the model size:
+    ``--depth`` not given) is what the checkpoint built, where ``network`` knows it."""
+    return (network or {}).get(key, value) if value is None else value
+
+
+def _bring(
+    out: Reconciled,
+    section: str,
+    brought: list[tuple[str, Any, Any]],
+    allow: list[str],
+    network: dict[str, Any] | None,
+) -> None:
+    """Say each value a default or the new preset brings (no layer gave it, and the run did not
+    keep it) where the resume lets it through: an allowed preset change brings its preset's
+    values, ``--allow-change NAME`` (or ``all``) a changed default. They were applied without a
+    word (``--preset paper --allow-change preset`` changed ``latent_sampling``, ``schedule``,
+    ``ema_warmup``, … with only ``preset`` shown and recorded): each is now an allowed change
+    (printed, in ``config_history.jsonl``), marked with its source. One that shapes the network
+    (:data:`FIXED_ON_RESUME`) is refused here, before any model is built. The rest (not let
+    through) is kept as stored by :func:`keep_started_values`."""
+    change = next((c for c in out.allowed if c[0] == f"{section}.preset"), None)
+    through = [(k, a, b) for k, a, b in brought if change or _allows(allow, k)]
+    fixed = []
+    for key, was, value in through:
+        built = _built(key, was, network)
+        if built != value and fixed_setting(section, key, built, value) is not None:
+            fixed.append((key, built, value))
+    if fixed:
+        _refuse_brought(fixed, out.sources, section, change)
+    out.brought = [(k, a, b, out.sources.get(k, "default")) for k, a, b in through]
+
+
+def _refuse_brought(
+    fixed: list[tuple[str, Any, Any]], sources: dict[str, str], section: str, preset: tuple | None
+) -> None:
+    """Refuse the change of a :data:`FIXED_ON_RESUME` setting that the new preset (``preset``:
+    its allowed change, if any) or a default would bring, naming each, why it cannot change,
+    and the run's own values, which given with the preset are kept."""
+    changes = "; ".join(
+        f"{k}: {a!r} → {b!r} (from {sources.get(k, 'default')})" for k, a, b in fixed
+    )
+    message = f"resuming would change {changes}"
+    if preset is not None:
+        was = f"{preset[0]}: {preset[1]!r} → {preset[2]!r}"
+        message = f"resuming would change {was}, which brings {changes}"
+    for k, _, _ in fixed:
+        why = FIXED_ON_RESUME[section][_section_of(k)[1]].why
+        message += f"; {k} cannot change on resume (--allow-change does not apply to it): {why}"
+    own = " ".join(_flag_of(_section_of(k)[1], a) for k, a, _ in fixed)
+    if preset is not None:
+        hint = f"{undo_given(sources.get(preset[0], 'flag'), '--preset')} to continue as started"
+    else:
+        hint = "drop --allow-change to continue as started"
+    values, them = ("values", "them") if len(fixed) > 1 else ("value", "it")
+    raise ResumeConflict(
+        message,
+        f"{hint}, give the run's own {values} ({own}) to keep {them}, or start a new run with "
+        "another --name",
+    )
+
+
+def _flag_of(name: str, value: Any) -> str:
+    """The flag that gives ``value`` to setting ``name`` (a switch: ``--qk-norm`` / ``--no-…``)."""
+    flag = name.replace("_", "-")
+    if isinstance(value, bool):
+        return f"--{flag}" if value else f"--no-{flag}"
+    return f"--{flag} {value}"
 
 
 def _check_preset_change(
@@ -722,6 +824,29 @@ def _checkpoint_extra(run_dir: Path, section: str) -> dict[str, Any]:
     return {}
 
 
+#: the network settings a DiT or t2i run may store as None (left to its model size), and the key
+#: of the checkpoint's ``model_config`` that holds what the run built for each
+NETWORK_BUILT = {
+    "patch": "patch_size",
+    "depth": "depth",
+    "width": "hidden_size",
+    "heads": "num_heads",
+}
+
+
+def checkpoint_network(run_dir: Path, section: str) -> dict[str, Any]:
+    """What the run's newest checkpoint built for each :data:`NETWORK_BUILT` setting (dotted key
+    → value), for ``dit`` and ``t2i``; else empty. A run that left ``--depth`` to its size
+    stores None, which no given value was compared with: ``--depth 3 --allow-change all`` went
+    on to build the network and ended in a raw ``load_state_dict`` dump."""
+    if section not in ("dit", "t2i"):
+        return {}
+    built = _checkpoint_extra(run_dir, section).get("model_config")
+    if not isinstance(built, dict):
+        return {}
+    return {f"{section}.{k}": built[v] for k, v in NETWORK_BUILT.items() if v in built}
+
+
 def run_stage(run_dir: Path) -> str | None:
     """The stage (pack, dit, t2i, refine) whose run ``run_dir`` holds: ``extra.stage`` of its
     ``config.json``, else of its newest checkpoint's ``state.json``; None for a new run."""
@@ -762,7 +887,7 @@ def resume_settings(
         return settings, record, None
     allow = list(getattr(getattr(settings, section), "allow_change", None) or [])
     _refuse_order_change(run_dir, stored, record, section, allow)
-    rec = reconcile(stored, record, section, allow)
+    rec = reconcile(stored, record, section, allow, checkpoint_network(run_dir, section))
     try:
         resumed = type(settings).model_validate(rec.values)
     except ValidationError as e:
@@ -776,8 +901,8 @@ def resume_settings(
     check_schedules(resumed, rec.sources, section)
     lock_run(run_dir)  # after every refusal here; held until the stage ends (released_after)
     out = {"values": resumed.model_dump(mode="json"), "sources": rec.sources}
-    if rec.allowed:
-        out["allowed"] = rec.allowed
+    if rec.history():
+        out["allowed"] = rec.history()
     if rec.kept:  # config.json records them with the sources they started with (the engine)
         out[STARTED_SOURCES] = {k: [v, s] for k, (v, s) in rec.kept.items()}
     return resumed, out, rec

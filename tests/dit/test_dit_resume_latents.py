@@ -26,7 +26,7 @@ from support.caches import shared_packed_cache, use_stack
 from support.cli import cli_ok, cli_refused
 
 from repackctl.cache.store import DatasetEntry, list_entries
-from repackctl.errors import CheckpointError
+from repackctl.errors import ResumeConflict
 from repackctl.run_files import CONFIG_SHA256, json_sha256
 from repackctl.train import latest_checkpoint, read_state
 
@@ -106,17 +106,20 @@ def test_a_resume_after_a_newer_pack_encode_trains_on_its_own_latents(work, star
 
 
 def test_other_latents_on_resume_are_refused_with_a_hint_that_works(work):
-    """Naming other latents (allowed as a settings change) is still refused by the checkpoint;
-    the hint is to drop them (it named ``--latents OWN --allow-change latents``)."""
+    """Naming other latents is refused, allowed or not, before any model is built (audit s37
+    B finding 3: it was refused by the checkpoint); the hint is to drop them (it named
+    ``--latents OWN --allow-change latents``)."""
     run = work / "runs" / "d"
     cli_ok(*DIT, "--steps", "2", "--image-every", "0", "--name", "d")
     own = _state(run)["extra"]["cache"]["latents"]
     newer = _newer_latents(work)
     again = [*DIT, "--steps", "4", "--image-every", "0", "--name", "d"]
     out = cli_refused(
-        CheckpointError.exit_code, *again, "--latents", newer, "--allow-change", "latents"
+        ResumeConflict.exit_code, *again, "--latents", newer, "--allow-change", "latents"
     )
-    assert f"trained on latents {own}" in out and "drop --latents" in out
+    assert f"dit.latents: '{own}' → '{newer}'" in out and "drop the flag" in out, out
+    assert "dit.latents cannot change on resume" in out, out
+    assert "--allow-change" not in out[out.index("Hint:") :], out
     assert _state(run)["step"] == 2
     cli_ok(*again)  # as the hint says
     assert _state(run)["extra"]["cache"]["latents"] == own and _state(run)["step"] == 4

@@ -6,6 +6,8 @@ parameter group that doesn't match``: the checkpoint's optimizer state covers th
 Switched on, it was refused as a damaged checkpoint ("projector.safetensors is missing / pass a
 complete checkpoint folder"), where the checkpoint is complete. Both are now refused before
 anything is written, naming the setting, and the hint's way (``--repa-stop-step``) trains on.
+The allowed change is refused by the settings layer, before any model is built (audit s37 B
+finding 3), as without ``--allow-change``; ``dit.run.check_repa_resumable`` stays behind it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import pytest
 from support.caches import shared_packed_cache
 from support.cli import cli_ok, cli_refused
 
-from repackctl.errors import CheckpointError
+from repackctl.errors import ResumeConflict
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -37,15 +39,16 @@ def test_repa_switched_on_or_off_at_resume_is_refused_naming_the_setting(
     cli_ok(*dit, "--name", "without", "--steps", "2", "--ckpt-every", "2", "--repa-weight", "0")
     allow = ["--steps", "3", "--allow-change", "repa_weight"]
     for name, weight, said in (
-        ("with", "0", "trained with REPA"),  # HEAD: a ValueError traceback
-        ("without", "0.5", "trained without REPA"),  # HEAD: "projector.safetensors is missing"
+        ("with", "0", "dit.repa_weight: 0.5 → 0.0"),  # HEAD: a ValueError traceback
+        ("without", "0.5", "dit.repa_weight: 0.0 → 0.5"),  # "projector.safetensors is missing"
     ):
         run = tmp_path / "runs" / name
         before = _files(run)
         out = cli_refused(
-            CheckpointError.exit_code, *dit, "--name", name, *allow, "--repa-weight", weight
+            ResumeConflict.exit_code, *dit, "--name", name, *allow, "--repa-weight", weight
         )
-        assert said in out and f"dit.repa_weight {weight} (from flag)" in out, out
+        assert said in out and "dit.repa_weight cannot change on resume" in out, out
+        assert "REPA projector" in out, out
         assert "complete checkpoint folder" not in out, out
         assert _files(run) == before
     # the way the hint names switches the alignment off from a step on

@@ -30,7 +30,7 @@ from repackctl.cache.store import DatasetEntry, list_entries
 from repackctl.captions_cache import TEXT_KIND
 from repackctl.cli.app import app
 from repackctl.dit.t2i_load import training_cache_root
-from repackctl.errors import CacheError, CheckpointError, ConfigError
+from repackctl.errors import CacheError, ConfigError, ResumeConflict
 from repackctl.evaluate.generative import folder_sha256
 from repackctl.sample.folder import png_path
 from repackctl.train import latest_checkpoint, read_state
@@ -218,14 +218,16 @@ def test_the_caption_group_is_recorded_at_start_and_kept_on_resume(stack, tmp_pa
     said = _ok(*TRAIN, "--steps", "4", "--name", "tA", *CPU)
     assert "resumed at 2" in said
     assert read_state(latest_checkpoint(run))["extra"]["text"]["features"] == first
-    # naming the other group is refused before any weights are read (no size mismatch)
+    # naming the other group is refused before any weights are read (no size mismatch), by the
+    # settings layer even when allowed (audit s37 B finding 3)
     (other,) = [g for g in _entry(work, "train").text_ids() if g != first]
     msg = _error(
-        CheckpointError.exit_code,
+        ResumeConflict.exit_code,
         *TRAIN, "--steps", "6", "--name", "tA", "--text-features", other,
         "--allow-change", "text_features", *CPU,
     )  # fmt: skip
-    assert f"trained on caption features {first}, not {other}" in msg
+    assert f"t2i.text_features: '{first}' → '{other}'" in msg, msg
+    assert "t2i.text_features cannot change on resume" in msg, msg
     assert "size mismatch" not in msg
     assert read_state(latest_checkpoint(run))["step"] == 4
 

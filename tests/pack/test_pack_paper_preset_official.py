@@ -17,7 +17,7 @@ from support.caches import patchpix_fixtures
 from support.ckpt_state import run_state as _state
 from support.cli import cli_ok, cli_refused
 
-from repackctl.errors import CheckpointError
+from repackctl.errors import CheckpointError, ResumeConflict
 from repackctl.settings import resolve_settings
 from repackctl.settings.pack import PackSettings
 
@@ -143,8 +143,8 @@ def test_a_run_under_the_old_paper_preset_resumes_with_the_values_it_started_wit
     cache, tmp_path, monkeypatch
 ):
     """Its discriminator norm (a plain default then) and the preset values it recorded stay as
-    it started; a flag for the new norm is refused by its checkpoint, before anything is
-    written."""
+    it started; a flag for the new norm is refused, allowed or not, before anything is written
+    (by the settings layer: audit s37 B finding 3; it was by its checkpoint)."""
     old = {"disc_norm": "group", "gan_start": 0, "epochs": None, "steps": 2}
     with monkeypatch.context() as m:
         for key, value in old.items():
@@ -155,9 +155,10 @@ def test_a_run_under_the_old_paper_preset_resumes_with_the_values_it_started_wit
     before = {p.name: p.read_bytes() for p in ckpt.iterdir() if p.is_file()}
     args = ("pack", "train", *TINY, "--name", "old", "--steps", "4")
     out = cli_refused(
-        CheckpointError.exit_code, *args, "--disc-norm", "batch", "--allow-change", "disc_norm"
+        ResumeConflict.exit_code, *args, "--disc-norm", "batch", "--allow-change", "disc_norm"
     )
-    assert "discriminator norm = 'group', now 'batch'" in out and "--disc-norm group" in out
+    assert "pack.disc_norm: 'group' → 'batch'" in out, out
+    assert "pack.disc_norm cannot change on resume" in out, out
     # nothing written, nothing lost
     assert _state(tmp_path, "old")[0] == ckpt
     assert before == {p.name: p.read_bytes() for p in ckpt.iterdir() if p.is_file()}

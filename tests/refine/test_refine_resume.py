@@ -83,8 +83,10 @@ def test_the_gan_turned_on_at_resume_is_refused_before_anything_is_written(stack
     out = " ".join(r.output.split())
     assert r.exit_code != 0 and isinstance(r.exception, SystemExit), out
     assert "Traceback" not in out and "is missing" not in out, out
-    assert "Error: this refiner run was trained without the discriminator" in out, out
-    assert "--gan-weight 0" in out and "Hint:" in out, out
+    # refused by the settings layer, allowed or not (audit s37 B finding 3; it was by the stage)
+    assert "Error: resuming would change refine.gan_weight: 0.0 → 0.5" in out, out
+    assert "refine.gan_weight cannot change on resume" in out and "no discriminator" in out, out
+    assert "Hint: drop the flag to continue as started" in out, out
     assert (run / "log.txt").read_bytes() == log
     assert [p.name for p in list_checkpoints(run)] == ckpts
     # as it was trained, it resumes

@@ -9,15 +9,16 @@ cannot change on resume, why, and what to do instead (for REPA: ``--repa-stop-st
 settings a resume can change (another non-zero REPA weight, ``--arch sit`` → ``dit``: the same
 network) still offer ``--allow-change``.
 
-Each case is also resumed WITH ``--allow-change``: still refused (by the stage, against the
-checkpoint), so the registry (``settings.resume.FIXED_ON_RESUME``) names only settings that
-really cannot change.
+Each case is also resumed WITH ``--allow-change``: refused the same way, before any model is
+built (it went on to the stage, which built the network and ended in a raw ``load_state_dict``
+dump naming no setting: audit s37 B finding 3).
 
 Left out (no other valid value in the tiny stack, or refused before the settings layer):
   pack  weights/layer (patchpix has neither), data/split (one source, the val entry holds other
         features), method (pca refuses the repack options), pixel_shuffle (another one needs
         other ch_mult levels), entry/features (named by -e/--resolution/-n, tested here),
         pca_samples (tests/pack/test_pca_samples_resume.py)
+  refine entry (the stack's one entry: tests/settings/test_resume_changes_said.py)
   dit   model (a name for arch/size/patch), latents/entry (named by --pack-run, tested here)
   t2i   the DiT settings tested on dit (one each here), text_features (the stack's one group)
 """
@@ -126,7 +127,7 @@ LEFT_OUT = {
     "t2i": {"model", "latents", "entry", "text_features"}
     | {"size", "patch", "arch", "width", "heads", "qk_norm", "no_shift", "repa_hidden"}
     | {"pack_run"},
-    "refine": set(),
+    "refine": {"entry"},
 }
 
 
@@ -187,9 +188,11 @@ def test_a_setting_that_cannot_change_on_resume_is_refused_without_offering_allo
     assert f"--allow-change {setting}" not in hint, out
     assert "start a new run with another --name" in hint and f"{key}: " in out, out
     assert _files(runs / name) == before
-    # the registry is right: allowed, the change is refused all the same (by the stage)
+    # allowed, the change is refused all the same, naming it (not a raw load_state_dict dump)
     code, out = _resume(name, *flags, "--allow-change", setting)
-    assert code != 0 and "Error:" in out and "Traceback" not in out, out
+    assert code == ResumeConflict.exit_code and "Traceback" not in out, out
+    assert f"{key} cannot change on resume (--allow-change does not apply to it)" in out, out
+    assert "load_state_dict" not in out, out
     assert _files(runs / name) == before
 
 

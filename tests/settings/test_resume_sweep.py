@@ -358,12 +358,13 @@ def test_a_run_started_before_a_setting_existed_is_refused_naming_it(runs, secti
 
 
 def test_an_allowed_change_of_the_refiner_network_is_refused_naming_the_setting(runs):
-    """``--allow-change`` lets the settings layer pass it, the network check refuses it: that
-    refusal said only "another network config"."""
+    """``--allow-change`` let the settings layer pass it, and the network check's refusal said
+    only "another network config": the settings layer refuses it, as without the allowance."""
     command, name, _, _, _ = CASES["refine"]
     before = (runs / name / "config.json").read_bytes()
     code, out = _invoke(*command, "--name", name, "--steps", "9", "--base-channels", "8",
                         "--allow-change", "base_channels")  # fmt: skip
     assert code != 0 and "Error:" in out and "Traceback" not in out, out
-    assert "base_channels: 16 → 8" in out and "--base-channels 16" in out, out
+    assert "base_channels: 16 → 8" in out, out
+    assert "refine.base_channels cannot change on resume" in out, out
     assert (runs / name / "config.json").read_bytes() == before

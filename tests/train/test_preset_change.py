@@ -63,9 +63,12 @@ def test_dit_preset_change_refused_only_where_the_old_preset_filled_values():
     with pytest.raises(ResumeConflict, match="dit.preset") as e:
         reconcile(started, now, "dit", ["all"])
     assert "recorded as repa" in e.value.message and "beta2 0.95 (repa: 0.999)" in e.value.message
-    # small (which fills nothing) → paper: the change is allowed and paper's values apply
+    # small (which fills nothing) → paper: the change is allowed and paper's values apply (the
+    # run's network and REPA given: paper's XL size and REPA off cannot change on resume)
     started = _record(**{"dit.steps": 2, "dit.name": "d"})
-    now = _record(**{"dit.preset": "paper", "dit.steps": 4, "dit.name": "d"})
+    keep = {"dit.size": "tiny", "dit.repa_weight": 0.5}
+    now = _record(**{"dit.preset": "paper", "dit.steps": 4, "dit.name": "d", **keep})
     rec = reconcile(started, now, "dit", ["preset"])
     assert ("dit.preset", "small", "paper") in rec.allowed
     assert "lr" not in rec.values["dit"]  # not kept: the paper preset fills it again
+    assert "dit.schedule: 'constant' → 'step' (preset paper)" in rec.lines()
