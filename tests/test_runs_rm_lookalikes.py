@@ -94,8 +94,9 @@ def test_events_of_a_process_the_run_does_not_record_are_the_users(run):
     m = EVENTS_NAME.fullmatch(events[0].name)
     assert m is not None
     when, host, pid = int(m.group(1)), m.group(2), int(m.group(3))
-    record = {"host": host, "pid": pid, "time": when - 1}  # as MetricsLogger records it
-    (run / TB_WRITERS).write_text(json.dumps(record) + "\n")
+    recorded = [json.loads(x) for x in (run / TB_WRITERS).read_text().splitlines()]
+    assert [(r["host"], r["pid"]) for r in recorded] == [(host, pid)]  # the training's record
+    assert recorded[0]["time"] <= when
     assert foreign_paths(run) == []  # the run's own events
     mine = run / "tb" / f"events.out.tfevents.{when + 60}.{host}.{pid + 1}.0"
     mine.write_bytes(events[0].read_bytes())  # another run's events, copied in to compare

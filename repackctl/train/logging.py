@@ -82,6 +82,9 @@ class MetricsLogger:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter  # heavy; only when training
 
+            from repackctl.run_files import record_tb_writer
+
+            record_tb_writer(self.run_dir)  # runs rm tells the run's events from copied ones
             # purge_step hides the events an interrupted process wrote after the checkpoint,
             # and all of them (step >= 0) when it was killed before its first checkpoint
             self._tb = SummaryWriter(
