@@ -814,6 +814,8 @@ def _resolve_source(
     if not (path.is_dir() and is_checkpoint_or_run(path)):
         return path, [], False
     what = "checkpoint" if is_checkpoint(path) else "run"
+    if what == "run":
+        _refuse_damaged_newest(path)
     made, others = run_samples(settings.samples, path)
     left_out = [_of_another_run(others, run_root_of(path).name)] if others else []
     if sampling_given and num is None:
@@ -844,6 +846,16 @@ def _resolve_source(
         hint=f"sample it first (`repackctl sample --run {run_root_of(path).name}{pick} -n "
         "50000`), or give --samples N to sample it now",
     )
+
+
+def _refuse_damaged_newest(run: Path) -> None:
+    """Refuse a run whose newest checkpoint fails its check (``checkpoint_for_loading``: an
+    ``Error:`` naming the folder, the file and the newest intact checkpoint), as ``sample``
+    does: scoring its newest samples folder would report the run as if it were intact, and
+    the trained-on-since warning would name an older checkpoint as its newest."""
+    from repackctl.train.checkpoint import checkpoint_for_loading
+
+    checkpoint_for_loading(run)
 
 
 def _warn_if_trained_on(run: Path, folder: Path) -> None:

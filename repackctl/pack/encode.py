@@ -15,8 +15,10 @@ unseeded random samples, not stored with the model (``reference/methods.md``). H
   order. The result is deterministic and bit-identical for any number of processes and
   any resume pattern. std is the population std (ddof 0): sqrt(E[z²] − E[z]²).
 * The stats go to the group attributes (``stats``: mean, std, count) and, for the split the pack
-  model was trained on, to ``<checkpoint>/latent_stats.json`` (atomic write), so every consumer
-  normalises with the same numbers.
+  model was trained on, to ``<checkpoint>/latent_stats.json`` (atomic write, sealed with its
+  sha256: ``state.json``'s checksums do not cover it), so every consumer normalises with the
+  same numbers. A damaged one is no reason to refuse: encoding the training split writes it
+  again (every other reader refuses it, naming this command).
 * Tokens are read through ``GuardedArray``: a lost or corrupt chunk holding written rows stops the
   run with the repair command instead of encoding zeros. The stats record the entry's source
   description, and an entry of the training entry's name holding other data (another seed, found
@@ -69,8 +71,11 @@ from repackctl.pack.load import (  # re-exported: `pack encode`'s checks read th
 )
 from repackctl.pack.load import (
     LATENT_STATS,
+    LatentStatsError,
     PackHandle,
     load_pack,
+    read_latent_stats,
+    seal_stats,
 )
 from repackctl.pack.load import check_features_precision as check_features_precision
 from repackctl.paths import cache_root, run_dir
@@ -312,16 +317,30 @@ def _encode_shard(
 
 
 def write_stats_file(path: Path, stats: dict[str, Any]) -> None:
-    """``latent_stats.json`` through a temporary file and a rename (not again when the file
-    already holds these stats: a rerun that finds everything done writes nothing)."""
+    """``latent_stats.json``, sealed with its sha256 (``seal_stats``: the file is not among
+    the checksums of ``state.json``, so a reader tells an edited one), through a temporary file
+    and a rename (not again when the file already holds these stats: a rerun that finds
+    everything done writes nothing; a damaged one is written again)."""
     from repackctl.files import write_json_atomic
 
+    doc = seal_stats(stats)
     try:
-        if json.loads(path.read_text()) == stats:
+        if json.loads(path.read_text()) == doc:
             return
     except (OSError, ValueError):
         pass  # missing or unreadable: write it
-    write_json_atomic(path, stats)
+    write_json_atomic(path, doc)
+
+
+def _own_stats(handle: PackHandle) -> LatentStatsError | None:
+    """Read the checkpoint's ``latent_stats.json`` into ``handle`` (``load_pack`` left it out):
+    a damaged one is returned, not raised, since encoding the training split writes it again
+    (``_finish``); it is left out of the trained-data check, as a missing one is."""
+    try:
+        handle.latent_stats = read_latent_stats(handle.checkpoint)
+    except LatentStatsError as e:
+        return e
+    return None
 
 
 def _checked_stats(
@@ -374,8 +393,11 @@ def run_pack_encode(
     run = cfg.run or default_run_name(settings)
     if not cfg.run and not run_dir(settings.runs, run).is_dir():
         run = chained_run(settings.runs, "pack", "--run")
-    handle = load_pack(run, runs=settings.runs)
+    handle = load_pack(run, runs=settings.runs, stats=False)  # a damaged stats file: below
+    damaged = _own_stats(handle)
     entry, feats = target_features(settings, handle)
+    if damaged is not None and entry.name != handle.extra["cache"]["entry"]:
+        raise damaged  # its hint encodes the training split, which writes the file again
     # the training entry's name holding other images than the model's is refused
     check_trained_data(entry, pack_trained_on(handle, handle.checkpoint / LATENT_STATS))
     check_features_precision(handle, entry, feats)

@@ -3,7 +3,9 @@
 A pack checkpoint (``runs/<name>/checkpoints/step-NNNNNNN/``, DESIGN.md §6) rebuilds its own
 model: ``state.json`` → ``extra.autoencoder_config`` gives the architecture
 (``PackAutoencoder.from_dict``) and ``ema.safetensors`` / ``model.safetensors`` the numbers.
-``pack encode`` adds ``latent_stats.json`` (exact channel stats of the training split).
+``pack encode`` adds ``latent_stats.json`` (exact channel stats of the training split, sealed
+with its sha256: ``read_latent_stats``); ``pack encode`` alone loads past a damaged one, since
+it writes it again.
 
 The pack id names packed latents in the cache: ``<encoder entry>--<run>-<step:07d>-<sha8>``
 where sha8 starts the sha256 of the weights file used, so latents made from other weights (or
@@ -87,26 +89,62 @@ def pack_id_for(features_id: str, run_name: str, step: int, weights_sha256: str)
     return f"{features_id}--{run_name}-{step:07d}-{weights_sha256[:8]}"
 
 
+#: the key of ``latent_stats.json`` that holds the sha256 of the rest of it (``seal_stats``): the
+#: file is written after its checkpoint, so ``state.json``'s checksums do not cover it
+STATS_SHA256 = "stats_sha256"
+
+
+class LatentStatsError(CheckpointError):
+    """``latent_stats.json`` of a pack checkpoint cut, edited or malformed: ``pack encode`` of
+    that checkpoint writes it again (it reads it through ``load_pack(..., stats=False)``)."""
+
+
+def seal_stats(stats: dict[str, Any]) -> dict[str, Any]:
+    """``stats`` with ``STATS_SHA256``: the sha256 a reader checks (``read_latent_stats``)."""
+    from repackctl.run_files import json_sha256
+
+    body = {k: v for k, v in stats.items() if k != STATS_SHA256}
+    return body | {STATS_SHA256: json_sha256(body, STATS_SHA256)}
+
+
 def read_latent_stats(checkpoint: Path) -> dict[str, Any] | None:
-    """``latent_stats.json`` of a checkpoint, or None when ``pack encode`` has not run."""
+    """``latent_stats.json`` of a checkpoint, or None when ``pack encode`` has not run.
+
+    A file that is no JSON, does not match the sha256 it was written with (files written before
+    the seal carry none and are read as they are) or is malformed is a ``LatentStatsError``
+    whose hint is the ``pack encode`` of this very checkpoint, which writes it again."""
+    from repackctl.run_files import json_sha256
+    from repackctl.train.checkpoint_state import validate_latent_stats
+
     path = Path(checkpoint) / LATENT_STATS
     if not path.is_file():
         return None
-    from repackctl.train.checkpoint_state import validate_latent_stats
-
+    redo = (
+        f"run `repackctl pack encode --run {Path(checkpoint)}`, which writes it again from the "
+        "latents of the pack run's training data"
+    )
     try:
         data = json.loads(path.read_text())
-    except ValueError as e:
-        raise CheckpointError(
-            f"{path} is not valid JSON: {e}", "rerun `repackctl pack encode`"
-        ) from None
-    return validate_latent_stats(data, path)
+    except (OSError, ValueError) as e:
+        raise LatentStatsError(f"{path} is not valid JSON: {e}", redo) from None
+    recorded = data.get(STATS_SHA256) if isinstance(data, dict) else None
+    if recorded is not None and recorded != json_sha256(data, STATS_SHA256):
+        raise LatentStatsError(
+            f"{path} does not match the sha256 it was written with (edited or damaged)", redo
+        )
+    try:
+        return validate_latent_stats(data, path)
+    except CheckpointError as e:
+        raise LatentStatsError(e.message, redo) from None
 
 
 def load_pack(
-    run_or_checkpoint: str | Path, which: str = "ema", runs: str | None = None
+    run_or_checkpoint: str | Path, which: str = "ema", runs: str | None = None, stats: bool = True
 ) -> PackHandle:
-    """Load a pack model (``which`` = "ema" or "model" weights) in eval mode on the CPU."""
+    """Load a pack model (``which`` = "ema" or "model" weights) in eval mode on the CPU.
+
+    ``stats=False`` (`pack encode`, which writes ``latent_stats.json``): the file is not read
+    (``latent_stats`` None), so that a damaged one does not stop the command that repairs it."""
     from repackctl.train.checkpoint import load_model_weights, read_state, weights_sha256
 
     ckpt = resolve_checkpoint(run_or_checkpoint, runs)
@@ -138,7 +176,7 @@ def load_pack(
         checkpoint=ckpt,
         pack_id=pack_id,
         extra=extra,
-        latent_stats=read_latent_stats(ckpt),
+        latent_stats=read_latent_stats(ckpt) if stats else None,
         which=which,
         step=step,
     )
@@ -196,13 +234,61 @@ def load_decoder(runs: str, extra: dict[str, Any]) -> PackHandle:
     """The pack model the DiT was trained on (``decoder_checkpoint``), verified by the pack id
     of its latents (run, step and the sha256 of the weights that encoded them)."""
     pack = extra["pack"]
-    handle = load_pack(decoder_checkpoint(runs, pack))
+    ckpt = decoder_checkpoint(runs, pack)
+    try:
+        handle = load_pack(ckpt)
+    except LatentStatsError:
+        raise  # its hint (`pack encode` of that checkpoint) repairs it
+    except CheckpointError as e:
+        raise _damaged_decoder(ckpt, pack, e) from None
     if pack.get("pack_id") and handle.pack_id != pack["pack_id"]:
         raise CheckpointError(
             f"pack model {handle.pack_id} is not the one the DiT was trained on ({pack['pack_id']})",
             "restore the pack run the DiT was trained with",
         )
     return handle
+
+
+def _damaged_decoder(ckpt: Path, pack: dict[str, Any], e: CheckpointError) -> CheckpointError:
+    """The error of the pack checkpoint a DiT decodes through (``ckpt``) failing to load
+    (``e``): it says which checkpoint that is and that no other one can stand in for it (the
+    generic "use another checkpoint" of ``e`` would send the user to the DiT's other
+    checkpoints, which all decode through this one). A file that vanished while it was read
+    keeps its own hint (run again)."""
+    from repackctl.train.checkpoint import is_vanished, latest_checkpoint
+
+    if is_vanished(e):
+        return e
+    run = pack.get("run") or ckpt.parent.parent.name
+    hint = f"restore {ckpt} from a copy (e.g. a backup), then run the command again"
+    good = latest_checkpoint(ckpt.parent.parent, warn=None, check_finite=False)
+    if good is not None and good.resolve() != ckpt.resolve():
+        hint += (
+            f"; or train a new DiT on the latents of an intact pack checkpoint: `repackctl pack "
+            f"encode --run {good}`, then `repackctl train dit --latents {_pack_id_of(good)} "
+            "--name NEW-RUN`"
+        )
+    return CheckpointError(
+        f"the pack checkpoint the DiT decodes through (run {run!r}, {ckpt.name}: {ckpt}) is "
+        f"damaged: {e.message}; the DiT was trained on the latents of this very checkpoint, so "
+        "no other checkpoint (of the DiT or of the pack run) can stand in for it",
+        hint,
+    )
+
+
+def _pack_id_of(ckpt: Path) -> str:
+    """The pack id of the latents ``pack encode --run ckpt`` writes (its EMA weights), or a
+    placeholder where its ``state.json`` does not say (a hint only)."""
+    from repackctl.train.checkpoint import read_state, weights_sha256
+
+    try:
+        state = read_state(ckpt)
+        features = state["extra"]["cache"]["features"]
+        return pack_id_for(
+            features, ckpt.parent.parent.name, int(state["step"]), weights_sha256(ckpt)
+        )
+    except (CheckpointError, KeyError, TypeError, ValueError, OSError):
+        return "LATENTS-ID"
 
 
 def builtin_feature_loss(resolution: int, seed: int = 0) -> EncoderFeatureLoss:

@@ -454,6 +454,12 @@ class _Vanished(CheckpointError):
     Choosing a run's newest checkpoint chooses again (``checkpoint_for_loading``)."""
 
 
+def is_vanished(e: BaseException) -> bool:
+    """Whether ``e`` is the error of a checkpoint file removed while it was read (``_Vanished``):
+    running the command again is its repair, whoever rewrites the error of a damaged file."""
+    return isinstance(e, _Vanished)
+
+
 def _vanished(path: Path, e: OSError) -> _Vanished:
     """The error of ``path`` gone while it was read (``e``), in place of the traceback of the
     ``FileNotFoundError``."""
@@ -695,7 +701,8 @@ def _newest_to_load(run_dir: Path) -> Path | None:
 
 def _damaged_newest(run_dir: Path, newest: Path, e: CheckpointError | OSError) -> CheckpointError:
     """The error of a run whose newest checkpoint ``newest`` fails verification (``e``): it
-    names the folder and the file, and the newest intact checkpoint to name instead."""
+    names the folder and the file, and the newest intact checkpoint to name instead, with the
+    flag that takes it for the run's kind (``_folder_example``)."""
     why = e.message if isinstance(e, CheckpointError) else f"{e.strerror or e}: {e.filename}"
     good = latest_checkpoint(run_dir, warn=None)  # newest fails: the newest intact older one
     fix = (
@@ -706,13 +713,38 @@ def _damaged_newest(run_dir: Path, newest: Path, e: CheckpointError | OSError) -
         f"{fix}; the run has no other intact checkpoint"
         if good is None
         else f"to use {good.name}, the newest intact checkpoint, pass its folder {good} in "
-        f"place of the run (or `--checkpoint {good.name}` with `sample --run`); or {fix}"
+        f"place of the run{_folder_example(good)}; or {fix}"
     )
     return CheckpointError(
         f"checkpoint {newest.name}, the newest of run {run_dir.name}, is damaged: {why} "
         "(no older checkpoint is used in its place)",
         hint,
     )
+
+
+#: how each stage's run is named to the commands that load it, for ``_folder_example``:
+#: ``--checkpoint`` picks a checkpoint of the run ``sample --run`` names (a DiT or a
+#: text-to-image run), never of a refiner or pack run given beside it
+_FOLDER_FLAGS = {
+    "dit": "`--run {good}` with `sample`, or `--checkpoint {name}` with `sample --run`",
+    "t2i": "`--run {good}` with `sample`, or `--checkpoint {name}` with `sample --run`",
+    "refine": "`--refiner {good}` with `sample` or `refine apply`",
+    "pack": "`--run {good}` with `pack encode` or `evaluate recon`, `--pack-run {good}` with "
+    "`refine train`",
+}
+
+
+def _folder_example(good: Path) -> str:
+    """`` (e.g. …)``: the flag that takes ``good`` for the run kind at hand (its ``state.json``
+    stage), so that the hint of a damaged refiner or pack run never names ``--checkpoint``,
+    which would pick a checkpoint of the DiT given to ``sample --run``; empty for a stage not
+    known here (the folder in place of the run always works)."""
+    try:
+        stage = (read_state(good).get("extra") or {}).get("stage")
+    except (RepackError, OSError):
+        return ""
+    example = _FOLDER_FLAGS.get(str(stage))
+    return f" (e.g. {example.format(good=good, name=good.name)})" if example else ""
 
 
 def _require(ckpt_dir: Path, name: str) -> Path:

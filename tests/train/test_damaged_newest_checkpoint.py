@@ -69,7 +69,8 @@ def test_a_damaged_newest_checkpoint_is_refused_not_replaced(tmp_path, case):
     assert f"checkpoint {NEWEST}, the newest of run r, is damaged" in e.value.message
     assert said in e.value.message and str(newest) in e.value.message
     older = run / "checkpoints" / OLDER
-    assert f"pass its folder {older}" in e.value.hint and f"--checkpoint {OLDER}" in e.value.hint
+    assert f"pass its folder {older}" in e.value.hint and f"--pack-run {older}" in e.value.hint
+    assert "--checkpoint" not in e.value.hint  # a pack run: it would pick the DiT's checkpoint
     assert f"move it out of {newest.parent}" in e.value.hint
     assert ckpt_io.checkpoint_for_loading(older) == older  # the hint's folder loads
     # resume (the engine) still falls back to the older one, and says why
