@@ -83,6 +83,25 @@ def missing_indices(folder: Path, indices: range) -> list[int]:
     return [i for i in indices if not png_path(folder, i).is_file()]
 
 
+def undecodable_pngs(folder: Path, indices: range) -> list[int]:
+    """The indices whose PNG is there but does not decode (cut short, overwritten with other
+    bytes): in a finished folder without a samples.npz to restore them from, they can only be
+    made again, as missing ones are (the samples are the same: each batch is made as first)."""
+    from PIL import Image
+
+    bad = []
+    for i in indices:
+        path = png_path(folder, i)
+        if not path.is_file():
+            continue
+        try:
+            with Image.open(path) as im:
+                im.load()
+        except (OSError, ValueError, SyntaxError):
+            bad.append(i)
+    return bad
+
+
 def aligned_batches(owned: range, missing: set[int], batch: int) -> list[list[int]]:
     """The batches ``owned[k·B:(k+1)·B]`` that still hold a missing index, whole.
 
@@ -803,7 +822,19 @@ def indices_to_make(folder: Path, mine: range, finished: bool) -> tuple[list[int
     written with them (``unverified_indices``)."""
     if finished:
         restored = restore_pngs(folder, mine)
-        return missing_indices(folder, mine), [restored] if restored else []
+        todo, notes = missing_indices(folder, mine), [restored] if restored else []
+        rec = recorded_files(folder).get(SAMPLES_NPZ)
+        if isinstance(rec, dict) and file_mismatch(folder / SAMPLES_NPZ, rec) is None:
+            return todo, notes  # restore_pngs rewrote every PNG that does not decode
+        broken = undecodable_pngs(folder, mine)
+        if broken:
+            named = name_items([png_path(folder, i) for i in broken], _NAMED)
+            notes.append(
+                f"Warning: {len(broken)} PNG(s) of {folder} do not decode ({named}) and its "
+                "samples.npz cannot restore them (missing or not the recorded one): they are "
+                "made again"
+            )
+        return sorted({*todo, *broken}), notes
     todo, damaged = unverified_indices(folder, mine)
     return todo, [
         f"Warning: {p} was damaged after it was written: it is made again" for p in damaged

@@ -102,6 +102,19 @@ def test_sample_again_restores_damaged_pngs_byte_identical(env, tmp_path):
     assert _snapshot(good) == before
 
 
+def test_a_png_cut_short_beside_no_samples_npz_is_made_again(env, tmp_path):
+    """No samples.npz to restore it from: the PNG that does not decode is made again, as a
+    missing one is (its hint said "run the same command again", which refused again)."""
+    good = tmp_path / "good"
+    cli_ok(*_sample_args(good))
+    before = _snapshot(good)
+    (good / "samples.npz").unlink()
+    (good / "000003.png").write_bytes((good / "000003.png").read_bytes()[:60])  # cut short
+    out = cli_ok(*_sample_args(good))
+    assert "do not decode" in out and "000003.png" in out and "made again" in out, out
+    assert _snapshot(good) == before  # the same PNG, samples.npz rebuilt as first written
+
+
 def test_sample_again_refuses_when_samples_npz_does_not_verify_either(env, tmp_path):
     good, other = _pair(tmp_path)
     shutil.copy(other / "000001.png", good / "000001.png")
