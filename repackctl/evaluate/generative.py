@@ -938,13 +938,12 @@ _PIXEL_DIGESTS: dict[str, str] = {}
 
 
 def npz_pixels_sha256(path: Path) -> str:
-    """sha256 of the pixels of the .npz ``path`` (``arr_0``, uint8, in index order): what a
-    samples card records as ``images_sha256``, the digest ``repackctl.sample.folder`` takes of
-    the PNGs (``pngs_digest``, and as it assembles samples.npz from them)."""
-    h = hashlib.sha256()
-    for batch in iter_npz_images(path):  # (b, H, W, 3)
-        h.update(np.ascontiguousarray(batch, dtype=np.uint8).tobytes())
-    return h.hexdigest()
+    """sha256 of the pixels of the .npz ``path``: what a samples card records as
+    ``images_sha256``, by the one rule of ``repackctl.sample.folder`` (``pixels_sha256``, which
+    it also takes of the PNGs)."""
+    from repackctl.sample.folder import npz_pixels_sha256 as digest
+
+    return digest(path)
 
 
 def _check_recorded_pixels(folder: Path, protocol: dict) -> None:
