@@ -52,12 +52,18 @@ RUN_PATH = re.compile(
 )
 # the checkpoint folders of a run and the checkpoint writer's temporary ones
 # (``repackctl.train.checkpoint``: ``.tmp-step-<step>-<pid>`` being written, ``.tmp-old-…``
-# moved aside for a re-save, ``.tmp-pruned-…`` being deleted by the rotation)
+# moved aside for a re-save, ``.tmp-pruned-…`` being deleted by the rotation), and the damaged
+# ones its re-saves keep (``damaged-step-<step>-<n>``)
 STEP_DIR = re.compile(r"step-\d{7}")
 TMP_STEP_DIR = re.compile(r"\.tmp-(old-|pruned-)?step-\d{7}-\d+")
+# a damaged step folder that a re-save of its step moved aside and kept
+# (``repackctl.train.checkpoint.kept_damaged_name``): the run's, no checkpoint
+KEPT_PREFIX = "damaged-"
+KEPT_STEP_DIR = re.compile(rf"{KEPT_PREFIX}(step-\d{{7}})-(\d+)")
 # every folder below a run folder
 RUN_DIR = re.compile(
-    rf"checkpoints(/({STEP_DIR.pattern}|{TMP_STEP_DIR.pattern}))?|images|tb(/hparams)?"
+    rf"checkpoints(/({STEP_DIR.pattern}|{TMP_STEP_DIR.pattern}|{KEPT_PREFIX}step-\d{{7}}-\d+))?"
+    r"|images|tb(/hparams)?"
 )
 # in a checkpoint folder, besides the files its ``state.json`` lists (weights, optimizer): the
 # ``latent_stats.json`` of ``pack encode`` and the reports of ``evaluate recon`` / ``evaluate
@@ -122,7 +128,7 @@ EVENTS_NAME = re.compile(r"events\.out\.tfevents\.(\d+)\.(.+)\.(\d+)\.\d+")
 # the processes that wrote a run's TensorBoard events (``record_tb_writer``), one JSON line each
 TB_WRITERS = "tb/writers.jsonl"
 # the step that an image grid or a step folder names
-_STEP_NUMBER = re.compile(r"(?:\.tmp-(?:old-|pruned-)?)?step-(\d{7})")
+_STEP_NUMBER = re.compile(rf"(?:\.tmp-(?:old-|pruned-)?|{KEPT_PREFIX})?step-(\d{{7}})")
 
 
 def record_tb_writer(run_dir: Path) -> None:
@@ -204,10 +210,10 @@ def _report_of(ckpt: Path, name: str) -> bool:
 
 
 def _step_dir_foreign(ckpt: Path, facts: _RunFacts) -> bool:
-    """Whether the checkpoint folder ``ckpt`` (``step-N``) is no checkpoint of the run: a step
-    after its last one, or a ``state.json`` that does not verify (its ``state_sha256``) beside
-    no weights (a damaged checkpoint keeps its weights; a user's ``step-…/state.json`` has
-    none)."""
+    """Whether the checkpoint folder ``ckpt`` (``step-N``, or a damaged one a re-save kept) is
+    no checkpoint of the run: a step after its last one, or a ``state.json`` that does not
+    verify (its ``state_sha256``) beside no weights (a damaged checkpoint keeps its weights; a
+    user's ``step-…/state.json`` has none)."""
     if facts.past_last_step(ckpt.name):
         return True
     state = ckpt / "state.json"
@@ -236,7 +242,9 @@ def _run_file(
         if parts[0] == "tb" and path != TB_WRITERS:
             return temp or facts.events_written(rel.name)
         return True
-    if len(parts) != 3 or not (STEP_DIR.fullmatch(parts[1]) or TMP_STEP_DIR.fullmatch(parts[1])):
+    if len(parts) != 3 or not any(
+        p.fullmatch(parts[1]) for p in (STEP_DIR, TMP_STEP_DIR, KEPT_STEP_DIR)
+    ):
         return False
     ckpt = folder / parts[0] / parts[1]
     if not checkpoint_file(ckpt, parts[2], temp=temp, partial=partial, states=facts.states):
@@ -266,7 +274,7 @@ def _foreign_dir(folder: Path, rel: PurePosixPath, partial: bool, facts: _RunFac
     ``state.json``)."""
     if not RUN_DIR.fullmatch(rel.as_posix()):
         return True
-    step_dir = len(rel.parts) == 2 and STEP_DIR.fullmatch(rel.name) is not None
+    step_dir = len(rel.parts) == 2 and any(p.fullmatch(rel.name) for p in (STEP_DIR, KEPT_STEP_DIR))
     return step_dir and not partial and _step_dir_foreign(folder / rel, facts)
 
 

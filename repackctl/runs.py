@@ -40,6 +40,7 @@ from repackctl.crash import crash_point
 from repackctl.errors import CheckpointError, ConfigError, name_items
 from repackctl.run_files import (
     ENGINE_KEYS,
+    KEPT_STEP_DIR,
     PROTOCOL_JSON,
     SETTINGS_JSON,
     StoredConfig,
@@ -285,11 +286,17 @@ def checkpoint_info(folder: Path, checksums: bool = True) -> CheckpointInfo:
 
     ``checksums`` also checks every file's sha256 against ``state.json`` (it reads every byte);
     without it, file names, sizes and ``state.json`` only (``runs ls``, hints)."""
+    step = int(STEP_RE.match(folder.name).group(1))  # type: ignore[union-attr]
+    problem = _problem(folder, checksums)
+    return CheckpointInfo(folder.name, step, problem is None, problem, _tree(folder)[0])
+
+
+def _problem(folder: Path, checksums: bool = True) -> str | None:
+    """The loader's verdict on a checkpoint folder, in a few words (None: it verifies): the one
+    check of the training's checkpoint module that `runs` uses."""
     from repackctl.train.checkpoint import checkpoint_problem
 
-    step = int(STEP_RE.match(folder.name).group(1))  # type: ignore[union-attr]
-    problem = checkpoint_problem(folder, checksums=checksums)
-    return CheckpointInfo(folder.name, step, problem is None, problem, _tree(folder)[0])
+    return checkpoint_problem(folder, checksums=checksums)
 
 
 def _checkpoints(folder: Path, checksums: bool) -> list[CheckpointInfo]:
@@ -298,6 +305,27 @@ def _checkpoints(folder: Path, checksums: bool) -> list[CheckpointInfo]:
     takes a while on a large run) is left out, not shown as damaged."""
     found = [(p, checkpoint_info(p, checksums=checksums)) for p in _step_folders(folder)]
     return [info for p, info in found if p.is_dir()]
+
+
+def _kept_damaged(folder: Path) -> list[CheckpointInfo]:
+    """The damaged step folders that re-saves of the run ``folder`` kept
+    (``repackctl.train.checkpoint.kept_damaged_name``, :data:`KEPT_STEP_DIR`), for ``runs
+    info``: never complete, the problem saying what they are. `runs rm` deletes them with the
+    run (the training moved them there) and counts them among the damaged in its question."""
+    root = folder / CKPT_DIR
+    found = []
+    for p in sorted(root.iterdir()) if root.is_dir() else []:
+        m = KEPT_STEP_DIR.fullmatch(p.name)
+        if m is None or not p.is_dir():
+            continue
+        why = _problem(p) or "does not verify"
+        problem = (
+            f"kept damaged: the {m.group(1)} that resume skipped ({why}), moved aside when that "
+            "step was saved anew; never loaded as a checkpoint, deleted with the run"
+        )
+        step = int(STEP_RE.match(m.group(1)).group(1))  # type: ignore[union-attr]
+        found.append(CheckpointInfo(p.name, step, False, problem, _tree(p)[0]))
+    return found
 
 
 def _stage(folder: Path, newest: Path | None) -> tuple[str, bool]:
@@ -521,7 +549,7 @@ def describe_run(folder: Path, samples_root: Path | None = None, tail: int = 5) 
     return RunDetail(
         run=run,
         config=summary,
-        checkpoints=ckpts,
+        checkpoints=ckpts + _kept_damaged(folder),
         metrics_tail=tail_rows,
         metrics_after=after,
         samples=samples,

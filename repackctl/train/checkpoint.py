@@ -19,13 +19,17 @@ runs/<name>/checkpoints/step-0000020/  model.safetensors  ema.safetensors  <othe
   just written (a newer, skipped folder may outnumber ``keep_last``). Rotation counts and
   deletes intact folders only (every file of the size and sha256 ``state.json`` records): a
   damaged or incomplete ``step-…`` folder neither takes a ``keep_last`` slot nor is deleted
-  (it is left as it is, for the user to repair or remove; a re-save of its step replaces it).
+  (it is left as it is, for the user to repair or remove). A re-save of its step keeps it too:
+  it is renamed ``damaged-step-…-<n>`` (not a ``step-…`` folder: never listed, loaded or
+  rotated; `runs info` shows it, `runs rm` deletes it with the run) with a warning naming both
+  paths, and only an intact folder is swapped out and deleted (``_resave``).
   Folders in use elsewhere (``protect``: a pack checkpoint other runs decode with) are never
   deleted and take no slot.
 * ``REPACKCTL_TEST_CKPT_KILL=<point>[@<step>]`` (crash tests only) SIGKILLs the process at a
   point of ``save_checkpoint``: ``written`` (temporary folder complete, nothing renamed),
-  ``aside`` (re-save: old folder moved aside, new one not in place), ``swapped`` (re-save: new
-  folder in place, old one not deleted), ``pruning`` (rotation: a folder renamed, not deleted).
+  ``aside`` (re-save: old folder moved aside or kept, new one not in place), ``swapped``
+  (re-save: new folder in place, old one not deleted), ``pruning`` (rotation: a folder
+  renamed, not deleted).
 * The step is read from the folder name ``step-%07d`` only, and must agree with ``state.json``
   (the official code parsed it from arbitrary file names, ``reference/methods.md``).
 * ``state.json`` lists every other file's sha256 (``files``) and size (``sizes``), carries the
@@ -70,7 +74,13 @@ from repackctl.files import (
     sha256_file_cached,
 )
 from repackctl.progress import warn as progress_warn
-from repackctl.run_files import STATE_SHA256, TMP_STEP_DIR, json_sha256
+from repackctl.run_files import (
+    KEPT_PREFIX,
+    KEPT_STEP_DIR,
+    STATE_SHA256,
+    TMP_STEP_DIR,
+    json_sha256,
+)
 from repackctl.train.checkpoint_state import CheckpointState, validate_state
 
 CKPT_DIR = "checkpoints"
@@ -80,6 +90,7 @@ RESERVED = {"ema", "optim", "state", "config"}
 OLD_PREFIX = f"{TMP_PREFIX}old-"  # a step folder moved aside while it is re-saved
 PRUNED_PREFIX = f"{TMP_PREFIX}pruned-"  # a step folder rotation is deleting
 TMP_STEP_RE = re.compile(rf"^{re.escape(TMP_PREFIX)}(old-)?(step-\d{{7}})-(\d+)$")
+KEPT_RE = re.compile(rf"^{KEPT_STEP_DIR.pattern}$")  # a damaged folder a re-save kept
 KILL_ENV = "REPACKCTL_TEST_CKPT_KILL"
 # sha256 of the files this process wrote, by (path, size, mtime) in their step folder, as
 # ``sha256_file_cached`` keeps them: the rename of the folder would otherwise hash them again
@@ -239,16 +250,8 @@ def save_checkpoint(
             ) from None
         raise CheckpointError(f"cannot write checkpoint {tmp}: {e.strerror or e}", None) from None
     _kill_point("written", step)
-    if final.exists():  # re-saving a step (a newer one that resume skipped): swap
-        # no rename swaps two folders: a kill between these two leaves no step folder, and
-        # ``remove_stale_temporaries`` puts one back (``_restore_interrupted_resaves``)
-        trash = root / f"{OLD_PREFIX}{step_dir_name(step)}-{os.getpid()}"
-        os.replace(final, trash)
-        _kill_point("aside", step)
-        os.replace(tmp, final)
-        _fsync_dir(root)
-        _kill_point("swapped", step)
-        shutil.rmtree(trash, ignore_errors=True)
+    if final.exists():  # re-saving a step (a newer one that resume skipped)
+        _resave(root, tmp, final, step)
     else:
         os.replace(tmp, final)
     _fsync_dir(root)
@@ -256,6 +259,58 @@ def save_checkpoint(
     if keep_last > 0:
         rotate(run_dir, keep_last, keep=final, protect=protect)
     return final
+
+
+def _resave(root: Path, tmp: Path, final: Path, step: int) -> None:
+    """Put the new folder ``tmp`` of ``step`` in place of the existing ``final``. An intact one
+    (a checkpoint marked bad, re-saved) is swapped out and deleted: the new one replaces it. One
+    that does not verify (damaged, edited, incomplete: resume skipped it) is kept, renamed to
+    ``damaged-step-…-<n>`` (:func:`kept_damaged_name`), with a warning: it may be what other
+    runs were made from, or what the user wants to repair or look into, and no command deletes
+    what it did not write. No rename swaps two folders: a kill between the two leaves no step
+    folder, and ``remove_stale_temporaries`` puts one back (``_restore_interrupted_resaves``);
+    the kept folder is, at every instant, either at ``final`` or at its kept name."""
+    intact = _verifies_as(final, step)
+    problem = None if intact else checkpoint_problem(final) or "does not verify"
+    trash = (
+        root / f"{OLD_PREFIX}{step_dir_name(step)}-{os.getpid()}"
+        if intact
+        else kept_damaged_name(root, step)
+    )
+    os.replace(final, trash)
+    _kill_point("aside", step)
+    os.replace(tmp, final)
+    _fsync_dir(root)
+    _kill_point("swapped", step)
+    if intact:
+        shutil.rmtree(trash, ignore_errors=True)
+        return
+    progress_warn(
+        f"checkpoint {final} did not verify ({problem}), so resume skipped it; it is kept as "
+        f"{trash} (not a checkpoint: never loaded, counted or rotated; `repackctl runs rm` "
+        f"deletes it with the run) and step {step} is saved anew at {final}"
+    )
+
+
+def kept_damaged_name(root: Path, step: int) -> Path:
+    """A free name in the checkpoints folder ``root`` for a damaged folder of ``step`` that a
+    re-save keeps: ``damaged-step-%07d-<n>``, ``n`` one more than any kept there already. Not a
+    ``step-…`` name (never listed, loaded or rotated as a checkpoint, nor matched by a
+    ``step-*`` glob) nor a temporary one (never deleted as a killed writer's)."""
+    prefix = f"{KEPT_PREFIX}{step_dir_name(step)}-"
+    kept = [KEPT_RE.match(p.name) for p in root.iterdir() if p.name.startswith(prefix)]
+    taken = [int(m.group(2)) for m in kept if m]
+    return root / f"{prefix}{max(taken, default=0) + 1}"
+
+
+def kept_damaged(run_dir: str | os.PathLike) -> list[Path]:
+    """The damaged step folders that re-saves of ``run_dir`` kept (:func:`kept_damaged_name`),
+    oldest step first."""
+    root = checkpoints_dir(run_dir)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if KEPT_RE.match(p.name)]
+    return sorted(found, key=lambda p: (p.name.split("-")[2], int(p.name.rsplit("-", 1)[1])))
 
 
 class Rotation(NamedTuple):
@@ -326,22 +381,28 @@ def _verifies_as(folder: Path, step: int) -> bool:
 
 def _restore_interrupted_resaves(root: Path) -> list[Path]:
     """Put back the step folder of each re-save killed between its two renames (an
-    ``.tmp-old-step-…`` folder and no ``step-…`` one): the new folder when it verifies, else
-    the old one. Returns the step folders restored."""
+    ``.tmp-old-step-…`` folder, or a kept ``damaged-step-…`` one, and no ``step-…`` one): the
+    new folder when it verifies, else the old one (a kept damaged folder stays where it is).
+    Returns the step folders restored."""
     temps: dict[tuple[str, bool], list[Path]] = {}
+    kept = set()
     for p in sorted(root.iterdir()):
-        m = TMP_STEP_RE.match(p.name)
+        m, k = TMP_STEP_RE.match(p.name), KEPT_RE.match(p.name)
         if m and p.is_dir():
             temps.setdefault((m.group(2), bool(m.group(1))), []).append(p)
+        elif k and p.is_dir():
+            kept.add(k.group(1))
     restored = []
-    for name, _ in [k for k in temps if k[1]]:
+    for name in sorted({k[0] for k in temps if k[1]} | (kept & {k[0] for k in temps})):
         final = root / name
         if final.exists():
             continue
         step = _step_of(final) or 0
         new = [p for p in temps.get((name, False), []) if _verifies_as(p, step)]
-        os.replace((new or temps[(name, True)])[-1], final)
-        restored.append(final)
+        found = new or temps.get((name, True), [])
+        if found:
+            os.replace(found[-1], final)
+            restored.append(final)
     if restored:
         _fsync_dir(root)
     return restored

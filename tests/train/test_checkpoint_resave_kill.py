@@ -152,11 +152,12 @@ def test_kill_while_the_only_checkpoint_is_resaved(
     _corrupt_newest(run)
     _killed(run, STEPS, 1, point)
     pid_free = [n.rsplit("-", 1)[0] for n in _names(run)]
-    if point == "aside":
-        assert pid_free == [".tmp-old-step-0000020", ".tmp-step-0000020"]
+    if point == "aside":  # the damaged folder at its kept name (not deleted: ``_resave``)
+        assert pid_free == [".tmp-step-0000020", "damaged-step-0000020"]
 
     assert _rerun(run, STEPS, 1, capfd) == {"step": STEPS, "resumed_from": resumed_from}
-    assert _names(run) == ["step-0000020"]  # temporaries gone, nothing else deleted
+    # temporaries gone, nothing else deleted; the damaged folder kept
+    assert _names(run) == ["damaged-step-0000020-1", "step-0000020"]
     assert _same(ckpt_io.latest_checkpoint(run), straight)
 
 
@@ -172,7 +173,8 @@ def test_resave_after_a_resume_survives_a_kill_between_the_renames(
     _killed(run, 5, 0, f"aside@{STEPS}")
     assert "step-0000020" not in _names(run)
     assert _rerun(run, 5, 0, capfd) == {"step": STEPS, "resumed_from": STEPS}
-    assert _names(run) == [f"step-{s:07d}" for s in (5, 10, 15, 20)]
+    kept = ["damaged-step-0000020-1"]
+    assert _names(run) == kept + [f"step-{s:07d}" for s in (5, 10, 15, 20)]
     assert _same(ckpt_io.checkpoints_dir(run) / "step-0000020", straight)
 
 
@@ -192,7 +194,7 @@ def test_rotation_keeps_the_checkpoint_just_written_next_to_a_skipped_newer_one(
     _killed(run, 5, 1, "written@15")  # saves 5 and 10 done, 15 being written
     assert [n for n in _names(run) if n.startswith("step-")] == ["step-0000010", "step-0000020"]
     assert _rerun(run, 5, 1, capfd) == {"step": STEPS, "resumed_from": 10}
-    assert _names(run) == ["step-0000020"]
+    assert _names(run) == ["damaged-step-0000020-1", "step-0000020"]
     assert _same(ckpt_io.latest_checkpoint(run), straight)
 
 
