@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # not at run time: the store imports cache.versions, which imports this
@@ -281,3 +281,30 @@ def finish_command(entry: DatasetEntry, path: str) -> str:
     from repackctl.cache.verify import producer
 
     return producer(entry, path)
+
+
+def refine_train_command(run: str | None = None, roots: Sequence[str] = ()) -> str:
+    """```repackctl refine train --name RUN```: the command that resumes refiner run ``run``
+    (None: a ``RUN`` placeholder, for a reader that does not know which run reads the
+    triplets), ``roots`` the --runs / --cache flags that find it. The name is what resumes
+    it: "the same `repackctl refine train`", run literally without it, started a new
+    refine-<pack run> run with the default 300 steps instead of the run that was refused."""
+    flags = " ".join(shlex.quote(f) for f in roots)
+    cmd = f"repackctl refine train --name {shlex.quote(run) if run else 'RUN'}"
+    cmd = f"`{cmd}{' ' + flags if flags else ''}`"
+    if run:
+        return cmd
+    return (
+        f"{cmd} for each refiner run that trains on them (its name resumes it, with its "
+        "settings; without --name a new refine-<pack run> run starts)"
+    )
+
+
+def root_flags(runs: str, cache: str) -> list[str]:
+    """The --runs / --cache flags of a command that must find the same run folder and cache
+    entry as this one: those whose value is not the default (an env var set stays set)."""
+    from repackctl.settings import Settings
+
+    fields = Settings.model_fields
+    flags = ["--runs", runs] if runs != fields["runs"].default else []
+    return flags + (["--cache", cache] if cache != fields["cache"].default else [])

@@ -247,7 +247,6 @@ def _verify_one(root: str, name: str, repair: bool) -> list:
         Problem,
         damaged_problem,
         left_after_repair,
-        producers,
         repair_rows,
         scan_chunks,
         verify_entry,
@@ -283,7 +282,7 @@ def _verify_one(root: str, name: str, repair: bool) -> list:
                 highlight=False,
                 soft_wrap=True,
             )
-            for cmd in producers(e, found):
+            for cmd in _rerun_commands(e, found):
                 console.print(f"  {cmd}", highlight=False, soft_wrap=True)
         else:  # a lost `done` chunk written again from the features' records: nothing to redo
             console.print(
@@ -300,6 +299,19 @@ def _verify_one(root: str, name: str, repair: bool) -> list:
             soft_wrap=True,
         )
     return problems
+
+
+def _rerun_commands(entry: DatasetEntry, found: list) -> list[str]:
+    """The commands that write the rows a repair marked pending, in pipeline order. Triplets
+    last, as the resume of the refiner run by its name: the entry does not record which run
+    reads them, and "the same `repackctl refine train`", run as written, started a new
+    default run (300 steps) instead of resuming the one that was refused."""
+    from repackctl.cache.commands import refine_train_command
+    from repackctl.cache.verify import producers
+
+    triplets = [(p, d) for p, d in found if p.startswith("triplets/")]
+    cmds = producers(entry, [(p, d) for p, d in found if not p.startswith("triplets/")])
+    return cmds + ([refine_train_command()] if triplets else [])
 
 
 def _refuse(bad: int, total: int, fixes: list[str], repairable: bool) -> None:
@@ -346,6 +358,7 @@ def rm(
     _one_group(entry, groups)
     if _finished_before(root, entry, groups):
         return
+    _check_entry_there(root, entry)
     sub = None
     whole = not (features or latents or triplets or text)
     if whole and entry in list_entries(root, "incomplete") + list_entries(root, "damaged"):
@@ -369,6 +382,40 @@ def rm(
         raise typer.Exit(1)
     remove(root, entry, sub)
     console.print(f"removed {what}", highlight=False, soft_wrap=True)
+
+
+def _check_entry_there(root: str, entry: str) -> None:
+    """Refuse `cache rm` of an entry that is not in the cache, with the entries that are (those
+    whose names are close first): the readers' hint, "run `repackctl extract` for it", told a
+    user removing something to create it."""
+    import difflib
+
+    from repackctl.cache.store import NoCache, list_entries, open_root
+    from repackctl.errors import CacheError
+    from repackctl.paths import SAFE_NAME, cache_root
+
+    if not SAFE_NAME.fullmatch(entry):
+        return  # no entry name at all: refused as such by ``DatasetEntry.open``
+    try:
+        open_root(root, mode="r")
+    except NoCache:
+        raise CacheError(
+            f"no cache at {cache_root(root)}: nothing removed",
+            "pass the cache's folder with --cache (or set REPACKCTL_CACHE, or `cache` in the "
+            "--config file); `repackctl cache ls --cache DIR` lists a cache's entries",
+        ) from None
+    have = list_entries(root, "all")
+    if entry in have:
+        return
+    close = [n for n in have if entry in n] or difflib.get_close_matches(entry, have, 3, 0.5)
+    hint = "`repackctl cache ls` lists them" if have else "check --cache"
+    if close:
+        hint = f"did you mean {', '.join(close)}? {hint}"
+    raise CacheError(
+        f"no cache entry {entry!r} in {cache_root(root)}: nothing removed (have: "
+        f"{', '.join(have) or 'none'})",
+        hint,
+    )
 
 
 #: the words for each kind of group in `cache rm`'s "no … in ENTRY"

@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from repackctl.cache.commands import refine_train_command, root_flags
 from repackctl.cache.integrity import GuardedArray, repair_hint
 from repackctl.cache.store import WRITTEN, ArrayGroup, DatasetEntry
 from repackctl.cache.trained import TrainedOn, check_trained_data, pack_trained_on
@@ -124,7 +125,10 @@ class RefineTask:
         feature_loss: nn.Module | None = None,
         flip: bool = True,
         seed: int = 0,
+        again: str = "the same `repackctl refine train`",
     ) -> None:
+        """``again``: the command that resumes this run, named by the repair hint of damaged
+        triplets (``refine_train_command``)."""
         self.entry = entry
         self.flip = flip  # mirror triplets at random (refine.flip; the official refiner never does)
         self.seed = seed  # keys each sample's flip (``sample_generators``)
@@ -141,7 +145,7 @@ class RefineTask:
         self.flips = int(triplets["latent"].shape[1])
         used = triplets.done_mask() == WRITTEN
         tname = triplets.group.basename
-        redo = repair_hint(entry.name, "the same `repackctl refine train`")
+        redo = repair_hint(entry.name, again)
         redo_img = repair_hint(entry.name, "the same `repackctl extract`")
         arrays = {
             "images": GuardedArray(entry.images, used, f"{entry.name} images", redo_img),
@@ -618,8 +622,8 @@ def run_refine_train(
     progress = with_log_file(progress, run / LOG_FILE)
     _build_triplets(settings, entry, cache["features"], pack, progress)
     messages: list[str] = []
-    triplets = open_triplets(entry, pack.pack_id, cfg.noise, settings.seed)
-    task = _refine_task(settings, entry, triplets, rcfg, disc, pack, messages)
+    again = refine_train_command(run.name, _again_flags(settings, config_record, rec))
+    task = _refine_task(settings, entry, rcfg, disc, pack, messages, again)
     steps, length = refine_length(settings, task.num_samples(), messages)
     # a given --ema-decay so slow that the EMA (no warm-up here) stays mostly the initial weights
     messages += filter(None, [unreached_ema_decay(cfg, "refine", sources or {}, steps, False)])
@@ -773,18 +777,47 @@ def _build_triplets(
     )
 
 
+def _again_flags(settings: Settings, record: dict[str, Any] | None, rec: Any) -> list[str]:
+    """The flags besides --name that the command resuming this run needs to train what this one
+    was to (``refine_train_command``): the refine settings given as flags now that a stored run
+    does not hold (all of them for a new run: it has no stored settings yet; only the changes
+    for a resume, with their --allow-change), and the --runs / --cache that find it."""
+    sources = (record or {}).get("sources", {})
+    values = (record or {}).get("values", {}).get("refine", {})
+    if rec is None:
+        keys = [k for k, src in sources.items() if k.startswith("refine.") and src == "flag"]
+    else:
+        keys = [k for k, _, _ in [*rec.changes, *rec.allowed] if k.startswith("refine.")]
+    flags: list[str] = []
+    for key in keys:
+        name = key.partition(".")[2]
+        value = values.get(name)
+        if name in ("name", "allow_change") or value is None:
+            continue
+        flag = f"--{name.replace('_', '-')}"
+        if isinstance(value, bool):
+            flags.append(flag if value else f"--no-{flag[2:]}")
+        else:
+            flags += [flag, str(value)]
+    for key, _, _ in rec.allowed if rec is not None else []:
+        flags += ["--allow-change", key.partition(".")[2]]
+    return flags + root_flags(settings.runs, settings.cache)
+
+
 def _refine_task(
     settings: Settings,
     entry: DatasetEntry,
-    triplets: Any,
     rcfg: RefinerConfig,
     disc: DiscriminatorConfig,
     pack: Any,
     messages: list[str],
+    again: str,
 ) -> RefineTask:
     """The ``RefineTask`` of ``settings.refine`` over the pack run's triplets (LPIPS and the
-    feature distance loaded as the weights ask; warnings go to ``messages``)."""
+    feature distance loaded as the weights ask; warnings go to ``messages``; ``again``: the
+    command that resumes the run)."""
     cfg = settings.refine
+    triplets = open_triplets(entry, pack.pack_id, cfg.noise, settings.seed)
     feature_loss = None
     if cfg.feature_weight > 0:
         from repackctl.pack.load import builtin_feature_loss
@@ -802,4 +835,5 @@ def _refine_task(
         feature_loss=feature_loss,
         flip=cfg.flip,
         seed=settings.seed,
+        again=again,
     )

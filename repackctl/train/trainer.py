@@ -85,9 +85,30 @@ from repackctl.train.sharding import (
 )
 
 NAN_HINT = (
-    "lower the learning rate (--lr), set clip_grad (e.g. 1.0), enable qk-norm in the model "
-    "(the known fix for NaN losses in long DiT runs), or train in bf16 instead of fp16"
+    "lower the learning rate (lr), set clip_grad (e.g. 1.0), or train in bf16 instead of fp16"
 )
+#: the flags of each stage's training command that help a run whose loss or gradients go
+#: non-finite (``TrainConfig.extra["stage"]``), besides --lr: one hint for every stage named
+#: clip_grad, which `refine train` has no flag for, and DiT qk-norm to pack and refiner runs
+NAN_FLAGS = {
+    "pack": ("--clip-grad 1.0",),
+    "refine": (),
+    "dit": ("--clip-grad 1.0", "--qk-norm (the known fix for NaN losses in long DiT runs)"),
+    "t2i": ("--clip-grad 1.0", "--qk-norm (the known fix for NaN losses in long DiT runs)"),
+}
+
+
+def nan_hint(stage: str | None, precision: str = "fp16") -> str:
+    """What to change when steps of a ``stage`` run in ``precision`` go non-finite, naming only
+    the flags of that stage's command (bf16 only for an fp16 run); :data:`NAN_HINT` (the
+    settings' names) for a stage without a command."""
+    if stage not in NAN_FLAGS:
+        return NAN_HINT
+    flags = ["a lower learning rate (--lr)", *NAN_FLAGS[stage]]
+    flags += ["--precision bf16 instead of fp16"] if precision == "fp16" else []
+    return "train with " + (f"{', '.join(flags[:-1])} or {flags[-1]}" if flags[1:] else flags[0])
+
+
 # settings that change the order of samples: a run cannot resume with other values
 ORDER_KEYS = ("seed", "block", "buffer_blocks")
 HEADER = "header.json"
@@ -951,7 +972,7 @@ class Trainer:
                 f"{self.consecutive_bad} training steps in a row had a non-finite loss or "
                 f"gradient (up to step {self.step_count}); the last good checkpoint is "
                 f"{self.last_ckpt}",
-                NAN_HINT,
+                nan_hint(self.config.extra.get("stage"), self.config.precision),
             )
 
     def _check_saved(self, step_start: int) -> None:
@@ -971,9 +992,10 @@ class Trainer:
             f"but saved no checkpoint: each save point had non-finite values ({self.bad_total} "
             f"non-finite step(s) in all; see {self.run_dir / 'log.txt'}); {before}"
         )
+        hint = nan_hint(self.config.extra.get("stage"), self.config.precision)
         raise TrainingError(
             message,
-            f"{NAN_HINT}; to train this run again with a changed setting, name it in "
+            f"{hint}; to train this run again with a changed setting, name it in "
             "--allow-change (e.g. `--lr 1e-4 --allow-change lr`), or train a new --name",
         )
 
