@@ -333,8 +333,6 @@ def runtime_error(e: RuntimeError) -> RepackError | None:
         return worker
     if out_of_memory(e):
         return memory_error(e)
-    if worker is not None:
-        return worker
     return peer_lost_error(e) if peer_lost(e) else None
 
 
