@@ -28,6 +28,7 @@ from typer.testing import CliRunner
 
 from repackctl.cache.integrity import stored_checksums
 from repackctl.cache.store import DatasetEntry, list_entries
+from repackctl.cache.versions import RECORD
 from repackctl.cli.app import app
 from repackctl.errors import CacheError, DataError
 from repackctl.evaluate.generative import cache_image_set, folder_sha256
@@ -235,13 +236,20 @@ def test_a_rewritten_chunk_changes_the_key_and_the_statistics(tmp_path):
 def test_an_array_without_stored_checksums_is_keyed_by_its_pixels(tmp_path):
     cache, entry, _ = _entry(tmp_path)
     group = zarr.open_group(cache, mode="r+")[entry]
-    pixels = group["images"][:]
-    # the images array as a cache made before per-chunk checksums stored it: no crc32c codec
-    old = group.create_array("images", shape=pixels.shape, chunks=(4, 32, 32, 3),
-                             shards=(8, 32, 32, 3), dtype="uint8",
-                             compressors=[zarr.codecs.BloscCodec(cname="zstd")],
-                             overwrite=True)  # fmt: skip
-    old[:] = pixels
+    # the entry as a cache made before per-chunk checksums stored it: no array has the crc32c
+    # codec and no package versions are recorded (one bare array among checksummed ones is an
+    # edited zarr.json, refused: tests/cache/test_edited_array_metadata.py)
+    for name, arr in list(group.arrays()):
+        data, attrs = arr[...], dict(arr.attrs)
+        bare = group.create_array(name, shape=arr.shape, chunks=arr.chunks, shards=arr.shards,
+                                  dtype=arr.dtype, fill_value=arr.fill_value,
+                                  compressors=[zarr.codecs.BloscCodec(cname="zstd")],
+                                  overwrite=True)  # fmt: skip
+        bare[...] = data
+        bare.attrs.update(attrs)
+    if RECORD in group.attrs:
+        del group.attrs[RECORD]
+    old = group["images"]
     assert stored_checksums(DatasetEntry.open(cache, entry).images, np.arange(12)) is None
     key = cache_image_set(cache, entry, None).sha256
     assert cache_image_set(cache, entry, None).sha256 == key
