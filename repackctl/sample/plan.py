@@ -381,30 +381,29 @@ def sampling_rows(protocol: dict[str, Any]) -> list[tuple[str, str]]:
 def read_sampling_defaults(checkpoint: Path) -> dict[str, Any]:
     """The run's ``sampling.json`` (written by `import official` and `train dit --preset
     paper`), or {}; refused when it does not verify against its recorded sha256."""
-    for folder in (checkpoint, run_root_of(checkpoint)):
-        path = folder / SAMPLING_JSON
-        if path.is_file():
-            try:
-                data = json.loads(path.read_text())
-            except ValueError as e:
-                raise CheckpointError(f"{path} is not valid JSON: {e}", "fix or delete it") from e
-            if not isinstance(data, dict):
-                raise CheckpointError(f"{path} is not a JSON object", "fix or delete it")
-            _check_digest(path, data)
-            if not isinstance(data.get("defaults", {}), dict):
-                raise CheckpointError(
-                    f"{path}: 'defaults' is not a JSON object of sampling settings",
-                    "fix or delete it (and give the sampling settings as flags)",
-                )
-            unknown = sorted(set(data.get("defaults", {})) - set(DEFAULTS))
-            if unknown:
-                raise CheckpointError(
-                    f"{path} names unknown sampling settings {unknown}",
-                    f"valid keys: {', '.join(DEFAULTS)}",
-                )
-            _check_values(path, data.get("defaults", {}))
-            return dict(data.get("defaults", {}))
-    return {}
+    path = sampling_file(checkpoint)  # the checkpoint's own, else its run's
+    if path is None:
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as e:
+        raise CheckpointError(f"{path} is not valid JSON: {e}", "fix or delete it") from e
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} is not a JSON object", "fix or delete it")
+    _check_digest(path, data)
+    if not isinstance(data.get("defaults", {}), dict):
+        raise CheckpointError(
+            f"{path}: 'defaults' is not a JSON object of sampling settings",
+            "fix or delete it (and give the sampling settings as flags)",
+        )
+    unknown = sorted(set(data.get("defaults", {})) - set(DEFAULTS))
+    if unknown:
+        raise CheckpointError(
+            f"{path} names unknown sampling settings {unknown}",
+            f"valid keys: {', '.join(DEFAULTS)}",
+        )
+    _check_values(path, data.get("defaults", {}))
+    return dict(data.get("defaults", {}))
 
 
 def _check_values(path: Path, defaults: dict[str, Any]) -> None:
