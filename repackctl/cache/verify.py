@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import re
+import shlex
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -665,7 +667,7 @@ def producer(entry: DatasetEntry, path: str) -> str:
     if path.startswith("latents/"):
         return latents_producer(entry.group[path].attrs, entry=entry.name)
     if path.startswith("triplets/"):
-        return "the same `repackctl refine train`"
+        return triplets_command(entry.group[path].attrs, entry.name)
     if path.startswith("text/"):
         return captions_command(entry.name, entry.group[path].attrs)
     if path.startswith("features/"):
@@ -673,6 +675,41 @@ def producer(entry: DatasetEntry, path: str) -> str:
     # the entry's own arrays: every features group's extract rewrites them (each its rows)
     cmds = [f"`{features_extract_command(entry, fid)}`" for fid in _feature_groups(entry)]
     return " and ".join(cmds) or "the same `repackctl extract`"
+
+
+def triplets_command(attrs: Mapping[str, Any], entry: str) -> str:
+    """The command that writes (finishes) the refiner triplets whose group attributes are
+    ``attrs`` in cache entry ``entry``: `refine train` of the refiner run that builds them.
+
+    "The same `repackctl refine train`", run as written, started a new default run: one with
+    no --name trains refine-<newest pack run>, with noise 0 and seed 0, which builds (or finds)
+    another triplets group and leaves these pending. The group does not record which refiner
+    run builds it, so the name is a placeholder; the flags that pick this group (its pack run,
+    entry, noise σ and the seed of that noise) come from the attributes: a run killed while it
+    built its first triplets stored no settings yet, and its name alone starts it afresh with
+    the defaults. Each of these equals what a stored run resumes with, so it changes nothing."""
+    pack_run = pack_run_of(attrs)
+    flags = ["--pack-run", pack_run] if pack_run else []
+    flags += ["--entry", entry]
+    noise = float(attrs.get("noise") or 0)
+    if noise > 0:
+        flags += ["--noise", repr(noise)]
+        if attrs.get("seed") is not None:
+            flags += ["--seed", str(attrs["seed"])]
+    cmd = f"repackctl refine train --name RUN {shlex.join(flags)}"
+    default = f"refine-{pack_run}" if pack_run else "refine-<pack run>"
+    return f"`{cmd}` (RUN: the refiner run that was building them, by default {default})"
+
+
+def pack_run_of(attrs: Mapping[str, Any]) -> str | None:
+    """The pack run named by the ``pack_id`` of triplets attributes ``attrs``
+    (``<features>--<run>-<step:07d>-<sha[:8]>``, ``pack.load.pack_id_for``); None when the id
+    does not have that form."""
+    pack_id, features = attrs.get("pack_id"), attrs.get("features")
+    if not isinstance(pack_id, str) or not isinstance(features, str):
+        return None
+    found = re.fullmatch(rf"{re.escape(features)}--(.+)-\d{{7}}-[0-9a-f]{{8}}", pack_id)
+    return found.group(1) if found else None
 
 
 def _feature_groups(entry: DatasetEntry) -> list[str]:

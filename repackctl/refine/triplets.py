@@ -39,6 +39,7 @@ import torch
 
 from repackctl.cache.creation import entry_writer
 from repackctl.cache.store import PENDING, WRITTEN, ArrayGroup, DatasetEntry, owned_ranges
+from repackctl.cache.verify import triplets_command
 from repackctl.cache.versions import BASE_PACKAGES, versions_now
 from repackctl.crash import crash_point
 from repackctl.errors import CacheError
@@ -115,9 +116,11 @@ def open_triplets(
         )
     grp = ArrayGroup(entry.group[KIND][name])
     if (grp.done_mask() == PENDING).any():
+        # the refiner run that builds them, by name and with this group's settings, as `cache
+        # verify` names it: `refine train` as written started a new default run
         raise CacheError(
             f"refiner triplets {name} in {entry.name} are unfinished",
-            "run `repackctl refine train` again to finish them",
+            f"{triplets_command(grp.attrs, entry.name)} finishes them",
         )
     return grp
 

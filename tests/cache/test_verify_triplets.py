@@ -43,4 +43,5 @@ def test_pending_and_nan_triplet_rows_are_reported(tmp_path, tmp_path_factory, m
 
     out = cli_refused(CacheError.exit_code, "cache", "verify", entry.name)
     assert f"triplets/{gid}: latent: 1 samples with NaN/inf" in out, out
-    assert f"triplets/{gid}: 8 samples pending (the same `repackctl refine train`" in out, out
+    pending = f"triplets/{gid}: 8 samples pending (`repackctl refine train --name RUN --pack-run"
+    assert f"{pending} pack-tiny --entry {entry.name}`" in out, out
