@@ -952,6 +952,53 @@ def _refuse_started_without(key: str, before: Any, value: Any, section: str) -> 
     )
 
 
+def _brought_unstored(
+    section: str,
+    old: dict[str, Any],
+    new: dict[str, Any],
+    sources: dict[str, str],
+    started_without: dict[str, Any],
+    preset_changed: bool,
+) -> list[tuple[str, Any, Any]]:
+    """(key, started, now) of each setting the stored record lacks (the run started before it
+    existed; ``started_without`` its value then) that the resume lets change: an allowed preset
+    change brings its preset's value, ``--allow-change NAME`` (or ``all``) the value given or
+    the default. :func:`reconcile` says and records such changes of the stored values only, so
+    ``--preset paper --allow-change preset`` on a run older than ``tf32`` / ``cos_norm_floor``
+    took paper's ``tf32 False`` and ``cos_norm_floor 0.0`` without a word. One that shapes the
+    network (:data:`FIXED_ON_RESUME`) is refused, as :func:`reconcile` refuses it; so is a
+    value given now without its allowance, as the stored ones are."""
+    allow = set(new.get("allow_change") or [])
+    out, fixed = [], []
+    for name, before in started_without.items():
+        key, value = f"{section}.{name}", new.get(name, before)
+        if name in old or value == before or name in ONLY_NOW:
+            continue
+        if given(sources, key) and not ({"all", name, key} & allow):
+            if preset_changed:  # (without one, keep_started_values refuses it)
+                _refuse_started_without(key, before, value, section)
+            continue
+        if not (preset_changed or {"all", name, key} & allow):
+            continue  # kept as the run started (keep_started_values)
+        if fixed_setting(section, key, before, value) is not None:
+            if given(sources, key):
+                _refuse_started_without(key, before, value, section)
+            fixed.append((key, before, value))
+        out.append((key, before, value))
+    if fixed:
+        preset = (f"{section}.preset", old.get("preset"), new.get("preset"))
+        _refuse_brought(fixed, sources, section, preset if preset_changed else None)
+    return out
+
+
+def _brought_source(sources: dict[str, str], key: str) -> str:
+    """What brings the change of ``key`` that :func:`_brought_unstored` lets through, as the
+    resume lines of :class:`Reconciled` name it."""
+    if given(sources, key):
+        return "allowed by --allow-change"
+    return sources.get(key, "default")
+
+
 def keep_started_values(
     run_dir: Path,
     settings: Any,
@@ -969,7 +1016,9 @@ def keep_started_values(
     a value stays as stored, unless ``--allow-change`` names it or the preset itself was
     changed. ``started_without`` names the settings a stored record may lack (the run started
     before they existed) with the value such a run trained with; a value given now that differs
-    from it is refused like any breaking change."""
+    from it is refused like any breaking change, and one the resume lets change (an allowed
+    preset change, ``--allow-change``) is said and recorded as :func:`reconcile` says the
+    stored ones (:func:`_brought_unstored`)."""
     stored = stored_record(run_dir, section)
     if stored is None or record is None:
         return settings, record, []
@@ -984,9 +1033,13 @@ def keep_started_values(
     allow = set(new.get("allow_change") or [])
     # (a t2i record made before train t2i had presets holds none: read as no change)
     preset_changed = old.get("preset", new.get("preset")) != new.get("preset", old.get("preset"))
+    brought = _brought_unstored(section, old, new, sources, started_without, preset_changed)
+    if brought:
+        record = {**record, "allowed": [*(record.get("allowed") or []), *brought]}
+    said = [f"{k}: {a!r} → {b!r} ({_brought_source(sources, k)})" for k, a, b in brought]
     if "all" in allow or preset_changed:
-        return settings, record, []  # an allowed preset change brings its own values
-    lines = []
+        return settings, record, said  # an allowed preset change brings its own values
+    lines = list(said)
     for name, value in new.items():
         key = f"{section}.{name}"
         before = old.get(name, started_without.get(name, value))
@@ -1008,8 +1061,8 @@ def keep_started_values(
             f"--allow-change {name} takes that)"
         )
         new[name], sources[key] = before, "stored run config"
-    if not lines:
-        return settings, record, []
+    if len(lines) == len(said):
+        return settings, record, lines
     values[section] = new
     settings = type(settings).model_validate(values)
     kept = {"values": settings.model_dump(mode="json"), "sources": sources}
