@@ -57,7 +57,7 @@ from repackctl.data.captions import SHAPE_NOUNS, SIZE_WORDS, TWO_COLOUR_FILLS, c
 from repackctl.eager_adamw import EagerAdamW
 from repackctl.errors import ConfigError, DataError
 from repackctl.files import read_json_object, write_json_atomic
-from repackctl.paths import PROTOCOL_JSON
+from repackctl.paths import PROTOCOL_JSON, SETTINGS_JSON
 from repackctl.progress import ProgressFactory, null_progress, warn
 from repackctl.run_files import read_json_dict
 
@@ -443,12 +443,22 @@ def real_attributes(cache: str, entry: str) -> tuple[np.ndarray, np.ndarray, np.
 
 
 def _protocol_of(folder: Path) -> dict[str, Any]:
+    """The folder's card, refused when it is missing or damaged (with the repair that writes
+    it again: ``card_repair_hint``), or not the card of the folder's settings file (its
+    prompts, cfg_scale … edited: ``check_card_is_the_folders``; the prompts are what the
+    samples are scored against, the card's ``prompts`` against the settings file's
+    ``prompts_sha256``), or not of a text-to-image folder."""
+    from repackctl.sample.folder import card_repair_hint, check_card_is_the_folders
+
     path = folder / PROTOCOL_JSON
     if not path.is_file():
-        raise DataError(
-            f"{folder} has no {PROTOCOL_JSON}", "pass a folder written by `repackctl sample`"
+        written = (folder / SETTINGS_JSON).is_file()  # by `repackctl sample`: it can rewrite it
+        hint = (
+            card_repair_hint(folder) if written else "pass a folder written by `repackctl sample`"
         )
-    card = read_json_object(path, "the samples folder is damaged: sample it again")
+        raise DataError(f"{folder} has no {PROTOCOL_JSON}", hint)
+    card = read_json_object(path, card_repair_hint(folder))
+    check_card_is_the_folders(folder)
     if card.get("stage") != "t2i" or "prompts" not in card:
         raise DataError(
             f"{folder} was not sampled from a text-to-image run (no prompts in its protocol)",

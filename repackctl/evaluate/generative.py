@@ -655,19 +655,29 @@ def newest_samples_folder(root: str | Path) -> Path:
 
 
 def read_protocol(folder: Path) -> dict:
-    """The samples' ``protocol.json`` (written by ``repackctl sample``), or {} when absent."""
+    """The samples' ``protocol.json`` (written by ``repackctl sample``), or {} when absent.
+
+    Every path of `evaluate` that reads a card reads it here (the samples scored, a samples
+    folder given as the reference, the folders of a run), so a card that is not the one of
+    the folder's settings file (its cfg_scale, seed, labels … edited) is refused here
+    (``check_card_is_the_folders``, the rule `sample` and `refine apply` apply): it was
+    written into ``metrics.json`` beside the score as what the score measures. A damaged card
+    is refused with the repair that writes it again (``card_repair_hint``)."""
+    from repackctl.sample.folder import card_repair_hint, check_card_is_the_folders
+
     path = folder / PROTOCOL_JSON
     if not path.is_file():
         return {}
     try:
         doc = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise DataError(f"cannot read {path}: {e}", hint="the samples folder is damaged") from e
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"cannot read {path}: {e}", hint=card_repair_hint(folder)) from e
     protocol = protocol_card(doc)
     if protocol is None:  # valid JSON of another shape: never "external samples"
         raise DataError(
-            f"{path} is not a protocol card (a JSON object)", hint="the samples folder is damaged"
+            f"{path} is not a protocol card (a JSON object)", hint=card_repair_hint(folder)
         )
+    check_card_is_the_folders(folder)
     return protocol
 
 
@@ -955,7 +965,12 @@ def _check_recorded_pixels(folder: Path, protocol: dict) -> None:
     per file and process (keyed by the file's sha256, which ``check_recorded_file`` hashed:
     ``sha256_file_cached``). Cards that record no digest (older versions) are taken as they
     are. Rerunning `sample` with this samples.npz in place would rewrite the PNGs from it (it
-    matches the file record), so the hint moves it away first."""
+    matches the file record), so the hint moves it away first. When the PNGs hold the same
+    pixels as this samples.npz, it is the card's digest that was edited: that is said, with
+    the repair that writes the card again (``edited_images_record``), since the rebuild from
+    the PNGs was refused by the same digest."""
+    from repackctl.sample.folder import edited_images_record
+
     files = protocol.get("files")
     rec = files.get(SAMPLES_NPZ) if isinstance(files, dict) else None
     recorded = rec.get("images_sha256") if isinstance(rec, dict) else None
@@ -967,6 +982,11 @@ def _check_recorded_pixels(folder: Path, protocol: dict) -> None:
         _PIXEL_DIGESTS[key] = npz_pixels_sha256(npz)
     if _PIXEL_DIGESTS[key] == recorded:
         return
+    num = protocol.get("num_samples")
+    if type(num) is int:  # the PNGs agree with samples.npz: the card's digest was edited
+        edited = edited_images_record(folder, num, protocol, _PIXEL_DIGESTS[key])
+        if edited is not None:
+            raise edited
     if protocol.get("refined_from"):
         again = f"move {folder} away and run the same `repackctl refine apply` command again"
     else:

@@ -62,7 +62,7 @@ from repackctl.paths import (
     SETTINGS_JSON,
 )
 from repackctl.progress import warn
-from repackctl.run_files import checkpoint_weights_sha256, read_json_dict
+from repackctl.run_files import checkpoint_weights_sha256, protocol_card, read_json_dict
 from repackctl.run_lock import SAMPLES_LOCK, lock_samples
 from repackctl.sample.plan import GenerationPlan, label_classes
 from repackctl.temp_names import temp_parts, writer_tag
@@ -819,8 +819,12 @@ def indices_to_make(folder: Path, mine: range, finished: bool) -> tuple[list[int
     A finished folder has no manifests left: its PNGs that are not the recorded samples are
     first rewritten from its verified samples.npz (:func:`restore_pngs`); the PNGs still
     missing after that are made. Otherwise an index is done when its files match the manifest
-    written with them (``unverified_indices``)."""
+    written with them (``unverified_indices``). A finished folder whose card is not the one of
+    its settings (edited: its cfg_scale, labels, prompts …) is refused first, whatever its
+    samples.npz (:func:`check_card_is_the_folders`): the card written at the end would
+    otherwise keep the edit or overwrite it unsaid."""
     if finished:
+        check_card_is_the_folders(folder)
         restored = restore_pngs(folder, mine)
         todo, notes = missing_indices(folder, mine), [restored] if restored else []
         rec = recorded_files(folder).get(SAMPLES_NPZ)
@@ -863,7 +867,7 @@ def restore_pngs(folder: Path, mine: range) -> str | None:
         return None
     if file_mismatch(npz, rec) is not None:
         return None
-    _check_card_is_the_folders(folder)
+    check_card_is_the_folders(folder)
     digest, index, todo = hashlib.sha256(), 0, []
     for batch in hash_pixels(iter_npz_images(npz), digest):  # (b, H, W, 3); all of them
         for image in batch:
@@ -913,7 +917,7 @@ def _png_differs(path: Path, image: np.ndarray) -> str | None:
     return None if np.array_equal(pixels, image) else "other pixels"
 
 
-# (card field, settings-file field) that record the same setting
+# (card field, settings-file field) that record the same setting, compared as they are
 _CARD_SETTINGS = (
     ("checkpoint_sha256", "checkpoint_sha256"),
     ("weights", "weights"),
@@ -921,28 +925,181 @@ _CARD_SETTINGS = (
     ("num_samples", "num"),
     ("sampler_spec", "sampler"),
     ("precision", "precision"),
+    ("guide", "guide"),
 )
+# card fields that repeat a part of the settings file's ``sampler`` / ``cfg``: (card field,
+# settings-file field, the part of it)
+_CARD_PARTS = (
+    ("steps", "sampler", "steps"),
+    ("shift", "sampler", "shift"),
+    ("cfg_scale", "cfg", 0),
+    ("cfg_interval", "cfg", slice(1, 3)),
+    ("cfg_legacy_channels", "cfg", 3),  # class-conditional folders record it, t2i ones do not
+)
+# how far past its largest label the class count K of a card's ``random`` labels is looked for
+# (``make_labels``; K is recorded nowhere in the folder): at most this many labels drawn and
+# class counts tried. N labels of K classes miss the top g classes with a chance of
+# (1 − g/K)^N: nil within these bounds, but for a few samples of 10 000s of classes
+_RANDOM_TRIES, _RANDOM_MOST = 10**7, 2_000  # labels drawn, class counts tried
 
 
-def _check_card_is_the_folders(folder: Path) -> None:
-    """Refuse a card whose checkpoint, seed, count, sampler or precision is not the folder's
-    settings' (a card copied from another folder, with its samples.npz): its samples are not
-    this folder's to write."""
+def card_differences(card: dict[str, Any], settings: dict[str, Any]) -> list[str]:
+    """The card fields whose value is not the one the folder's settings file records (the
+    settings that fix the images: checkpoint, seed, count, sampler, guidance, labels, prompts,
+    refiner, precision). Fields either side does not record (older versions, folders of
+    `refine apply`, which records fewer) are not compared."""
+    differ = [
+        k for k, s in _CARD_SETTINGS if k in card and s in settings and card[k] != settings[s]
+    ]
+    for key, source, part in _CARD_PARTS:
+        value = settings.get(source)
+        if source == "cfg" and key != "cfg_scale" and _unguided(value):
+            continue  # at scale 1 no interval or channels apply (``settings_diff``)
+        try:
+            recorded = list(value[part]) if isinstance(part, slice) else value[part]
+        except (TypeError, KeyError, IndexError):
+            continue  # not recorded there (an older settings file)
+        if key in card and card[key] != recorded:
+            differ.append(key)
+    if "refiner" in card and "refiner" in settings:
+        refiner = card["refiner"]
+        sha = refiner.get("sha256") if isinstance(refiner, dict) else refiner
+        if (refiner is None or isinstance(refiner, dict)) and sha != settings["refiner"]:
+            differ.append("refiner")  # a path only (older t2i cards): not compared
+    differ += _label_differences(card, settings)
+    if "prompts_sha256" in settings and "prompts" in card:
+        if _prompts_sha256(card) != settings["prompts_sha256"]:
+            differ.append("prompts")
+    return differ
+
+
+def _prompts_sha256(card: dict[str, Any]) -> str | None:
+    """The sha256 of the card's per-sample prompts, as `sample` records it in the settings file
+    (``sample.t2i``: the JSON list of each sample's prompt); None when they do not resolve."""
+    try:
+        per_sample = [card["prompts"][int(k)] for k in card["prompt_ids"]]
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+    return hashlib.sha256(json.dumps(per_sample, ensure_ascii=False).encode()).hexdigest()
+
+
+def _label_differences(card: dict[str, Any], settings: dict[str, Any]) -> list[str]:
+    """``label_scheme`` / ``labels`` when the card's are not those of the scheme the settings
+    file records (``--labels``: balanced, random or class ids; ``make_labels``)."""
+    from repackctl.sample.plan import canonical_labels, label_scheme_name
+
+    try:
+        scheme = canonical_labels(settings["labels"])
+    except (KeyError, AttributeError, ConfigError):
+        return []  # none recorded (t2i, `refine apply`) or not a scheme: claim_folder's
+    differ = []
+    if "label_scheme" in card and card["label_scheme"] != label_scheme_name(scheme):
+        differ.append("label_scheme")
+    num, seed = settings.get("num"), settings.get("seed")
+    if "labels" in card and isinstance(num, int) and isinstance(seed, int):
+        if not _labels_of_scheme(card["labels"], scheme, num, seed):
+            differ.append("labels")
+    return differ
+
+
+def _labels_of_scheme(labels: Any, scheme: str, num: int, seed: int) -> bool:
+    """Whether ``labels`` are ``make_labels(num, K, scheme, seed)`` for some class count K."""
+    if not isinstance(labels, list) or len(labels) != num or num < 1:
+        return False
+    if not all(type(c) is int and c >= 0 for c in labels):
+        return False
+    got = np.asarray(labels, dtype=np.int64)
+    if scheme == "balanced":  # N·i/K: the last one is K − ceil(K/N), K is one of few
+        top, index = int(got[-1]), np.arange(num, dtype=np.int64)
+        tries = range(top + 1, 2 * top + 3) if num > 1 else [1]
+        return any(np.array_equal(index * k // num, got) for k in tries)
+    if scheme == "random":
+        top = int(got.max())
+        for classes in range(top + 1, top + 2 + min(_RANDOM_TRIES // num, _RANDOM_MOST)):
+            drawn = np.random.default_rng([seed, 0x1AB]).integers(0, classes, num, dtype=np.int64)
+            if np.array_equal(drawn, got):
+                return True
+        return False
+    ids = label_classes(scheme)
+    return labels == [ids[i % len(ids)] for i in range(num)]
+
+
+def check_card_is_the_folders(folder: Path) -> None:
+    """Refuse a card whose settings (checkpoint, seed, count, sampler, guidance, labels,
+    prompts, refiner, precision: :func:`card_differences`) are not those the folder's settings
+    file records: the card was edited, or copied from another folder with its files, and every
+    reader takes the card's word for what the images are (`evaluate` records it beside the
+    score, `sample` and `refine apply` go on from it). One rule for all of them; a folder
+    without a readable card or settings file (older versions, folders `sample` did not write)
+    is left to its readers."""
     try:
         card = json.loads((folder / PROTOCOL_JSON).read_text())
         settings = json.loads((folder / SETTINGS_JSON).read_text())
     except (OSError, ValueError):
         return  # recorded_files read the card; the settings file was read by claim_folder
-    differ = [
-        k for k, s in _CARD_SETTINGS if k in card and s in settings and card[k] != settings[s]
-    ]
+    card = protocol_card(card)  # the card itself, or its ``protocol`` object
+    if card is None or not isinstance(settings, dict):
+        return
+    differ = card_differences(card, settings)
     if differ:
         raise DataError(
-            f"{folder / PROTOCOL_JSON} is not the card of the samples of {folder} (its "
-            f"{', '.join(differ)} differ from the folder's {SETTINGS_JSON}): it was copied from "
-            "another folder, with the files it records; no PNG was rewritten",
-            "the folder was edited: sample again into a new folder (--out)",
+            f"{folder / PROTOCOL_JSON} is not the card of the samples of {folder} (fields "
+            f"that differ from the folder's {SETTINGS_JSON}: {', '.join(differ)}): it was "
+            f"edited, or copied from another folder with the files it records ({SAMPLES_NPZ}, "
+            f"{LATENTS_FILE}); nothing in the folder was changed",
+            card_repair_hint(folder),
         )
+
+
+def card_repair_hint(folder: Path) -> str:
+    """How to write a samples folder's card again when it is damaged, removed or edited: its
+    settings file still says what the images are. `sample` rewrites the card of a folder it
+    made (with ``--out`` the command lands on this folder; a folder it does not take as
+    finished is checked file by file, and what does not match is made again); `refine apply`
+    refines a folder of its own again. A folder without a settings file was not written by
+    `repackctl`: it has nothing to write the card from."""
+    settings = read_json_dict(folder / SETTINGS_JSON)
+    if settings is None:
+        return "the samples folder is damaged: sample again into a new folder (--out)"
+    if "source_sha256" in settings:  # written by `refine apply`
+        return f"move {folder} away and run the same `repackctl refine apply` command again"
+    remove = f"remove {folder / PROTOCOL_JSON}, then " if (folder / PROTOCOL_JSON).exists() else ""
+    return (
+        f"{remove}run the same `repackctl sample` command with --out {folder} (it writes "
+        f"{PROTOCOL_JSON} again), or sample again into a new folder (--out)"
+    )
+
+
+def edited_images_record(
+    folder: Path, num: int, card: dict[str, Any], pixels: str
+) -> DataError | None:
+    """The refusal of a card whose ``images_sha256`` alone is wrong, or None: ``pixels`` (the
+    digest of one copy of the samples that did not give it, samples.npz or the PNGs) is also
+    the other copy's, and samples.npz is the file the card's record names (sha256, size).
+    Every sample file then agrees with the others and with that record: the card's digest
+    was edited (or every file was replaced, record and all), and blaming samples.npz or the
+    PNGs sent the user to rebuild one from the other, which the same digest refused again.
+    Only the error path reads the second copy."""
+    from repackctl.metrics.frechet import NPZ_READ_ERRORS
+
+    files = card.get("files")
+    rec = files.get(SAMPLES_NPZ) if isinstance(files, dict) else None
+    npz = folder / SAMPLES_NPZ
+    if not isinstance(rec, dict) or not npz.is_file() or file_mismatch(npz, rec) is not None:
+        return None
+    try:
+        same = npz_pixels_sha256(npz) == pixels and pngs_digest(folder, num) == pixels
+    except (DataError, OSError, ValueError, KeyError, *NPZ_READ_ERRORS):
+        return None  # a copy does not read: the files disagree, the card may be right
+    if not same:
+        return None
+    return DataError(
+        f"{folder / PROTOCOL_JSON} records images_sha256 {rec.get('images_sha256')}, but "
+        f"{npz} (the file its sha256 and size name) and the PNGs 000000.png … {num - 1:06d}.png "
+        f"hold the same images, whose digest is {pixels}: the card's images_sha256 was edited "
+        "(the sample files agree with each other); nothing in the folder was changed",
+        card_repair_hint(folder),
+    )
 
 
 def verify_recorded_pngs(folder: Path, num: int, card: dict[str, Any]) -> bool:
@@ -957,12 +1114,17 @@ def verify_recorded_pngs(folder: Path, num: int, card: dict[str, Any]) -> bool:
     recorded = rec.get("images_sha256") if isinstance(rec, dict) else None
     if recorded is None:
         return False
+    digest = None
     try:
-        why = None if pngs_digest(folder, num) == recorded else "one was edited, damaged or swapped"
+        digest = pngs_digest(folder, num)
+        why = None if digest == recorded else "one was edited, damaged or swapped"
     except DataError as e:  # one does not decode, or cannot be read
         why = e.message
     if why is None:
         return True
+    edited = None if digest is None else edited_images_record(folder, num, card, digest)
+    if edited is not None:
+        raise edited
     if card.get("refined_from"):
         again = f"move {folder} away and run the same `repackctl refine apply` command again"
     else:
