@@ -83,10 +83,13 @@ from repackctl.sample.folder import (
     WORLD_KEY,
     assemble_recorded,
     batching_record,
+    card_repair_hint,
+    check_card_is_the_folders,
     check_device,
     claim_folder,
     cpu_threads,
     device_type,
+    file_mismatch,
     is_finished,
     job_batches,
     lock_waiting,
@@ -282,7 +285,7 @@ def _sample_ids(src: Path, protocol: dict[str, Any]) -> np.ndarray:
     if not isinstance(ids, list) or out.shape != (num,):
         raise DataError(
             f"{src / PROTOCOL_JSON} records no {key} of its {num} samples",
-            "the samples folder is damaged: sample it again",
+            card_repair_hint(src),
         )
     return out
 
@@ -349,7 +352,10 @@ class SamplesSource:
         self.src, self.num = src, int(protocol["num_samples"])
         self.latent_shape = [int(s) for s in protocol.get("latent_shape") or ()]
         if len(self.latent_shape) != 3:
-            raise DataError(f"{src / PROTOCOL_JSON} records no latent_shape", "sample again")
+            raise DataError(
+                f"{src / PROTOCOL_JSON} records no latent_shape",
+                card_repair_hint(src),
+            )
         self._files = contextlib.ExitStack()
         self._latents_file: BinaryIO | None = None
         self._latents_sha: str | None = None
@@ -558,6 +564,8 @@ def _refined_by_sample(out: Path, src: Path, protocol: dict, refiner_sha: str) -
     if card_refiner_sha(out, done) != refiner_sha:
         diff.append("refiner checkpoint")
     src_latents = _latents_sha(src)
+    if not diff:
+        _check_refined_latents(out, done, src, src_latents)
     if not diff and (src_latents is None or _latents_sha(out) != src_latents):
         diff.append("latents")  # e.g. sampled on another device: not provably the same samples
     if not diff:
@@ -566,6 +574,55 @@ def _refined_by_sample(out: Path, src: Path, protocol: dict, refiner_sha: str) -
         f"{out} holds images that `repackctl sample --refiner` refined from other samples than "
         f"those in {src} (other {', '.join(diff)})",
         _move_away_hint(out),
+    )
+
+
+def _check_refined_latents(out: Path, done: dict, src: Path, src_latents: str | None) -> None:
+    """Refuse the `sample --refiner` folder ``out`` (its card ``done``) when its own latents.npy
+    is damaged (cut, flipped, removed) while its card records the latents of ``src`` (the
+    sha256 of ``src``'s latents.npy, checked against ``src``'s card before): its images were
+    refined from those latents, so it is not a folder of "other latents"; the copy in ``src``
+    is the file its card records, and putting it back ends the refusal (`sample --refiner
+    --out` then keeps the folder as it is too)."""
+    recorded = (done.get("files") or {}).get(LATENTS_FILE)
+    lat = out / LATENTS_FILE
+    if src_latents is None:
+        return
+    if not isinstance(recorded, dict):
+        if not lat.is_file():
+            _refuse_unrecorded_latents(out, src)
+        return
+    if recorded.get("sha256") != src_latents:
+        return  # other latents: `_refined_by_sample` names them
+    why = file_mismatch(lat, recorded)
+    if why is None:
+        return
+    state = "is missing" if not lat.is_file() else f"is damaged ({why})"
+    raise DataError(
+        f"{lat} {state}; {out / PROTOCOL_JSON} records it as the latents of "
+        f"{src / LATENTS_FILE}, which its images were refined from: not other samples",
+        f"copy {src / LATENTS_FILE} to {lat} (the file its card records), then run "
+        "`repackctl refine apply` again; nothing was written",
+    )
+
+
+def _refuse_unrecorded_latents(out: Path, src: Path) -> None:
+    """Refuse the `sample --refiner` folder ``out`` that keeps no latents.npy and whose card
+    records none (it was moved away, then `sample --out` wrote the card again), though its card
+    records every generation setting of ``src``'s: nothing ties its images to ``src``'s latents.
+    When both folders were computed alike (device type, batching, CPU threads: their settings
+    files), the same settings made the same latents, and ``src``'s copy put back ends it;
+    otherwise they may differ (~1e-6) and only moving ``out`` away does."""
+    lat = out / LATENTS_FILE
+    mine = read_json_dict(out / SETTINGS_JSON) or {}
+    theirs = read_json_dict(src / SETTINGS_JSON) or {}
+    alike = all(k in mine and mine.get(k) == theirs.get(k) for k in MACHINE_KEYS)
+    again = f"copy {src / LATENTS_FILE} to {lat}, then run `repackctl refine apply` again"
+    raise DataError(
+        f"{out} has no {LATENTS_FILE} and its card records none: nothing shows that its images "
+        f"were refined from the latents of {src}, though its card records the same settings"
+        + (" and it was computed alike (device, batching, threads)" if alike else ""),
+        f"{again}; nothing was written" if alike else _move_away_hint(out),
     )
 
 
@@ -833,6 +890,7 @@ def _already_refined(out: Path, src: Path, protocol: dict, fingerprint: dict[str
         return False  # claim_folder refuses an unreadable settings file
     if not isinstance(old, dict):
         return False  # claim_folder refuses it
+    check_card_is_the_folders(out)  # an edited card is named, not taken for other samples
     if not set(old) <= _APPLY_KEYS:
         return _refined_by_sample(out, src, protocol, fingerprint["refiner"])
     # the batching and the device are `_apply_batch_size`'s to check; the source's weights
@@ -904,14 +962,15 @@ def _source_protocol(src: Path) -> dict[str, Any]:
     """The protocol card of an unrefined samples folder with raw latents."""
     proto_path = src / PROTOCOL_JSON
     if not proto_path.is_file():
-        raise DataError(
-            f"{src} has no {PROTOCOL_JSON}", "pass a folder written by `repackctl sample`"
-        )
-    protocol = read_json_object(proto_path, "the samples folder is damaged: sample it again")
+        written = (src / SETTINGS_JSON).is_file()  # by `repackctl`: its card can be written again
+        hint = card_repair_hint(src) if written else "pass a folder written by `repackctl sample`"
+        raise DataError(f"{src} has no {PROTOCOL_JSON}", hint)
+    protocol = read_json_object(proto_path, card_repair_hint(src))
     if protocol.get("refiner"):
         raise DataError(f"{src} is already refined", "refine the unrefined samples folder")
     if protocol.get("latent_convention", LATENT_CONVENTION) != LATENT_CONVENTION:
         raise DataError(f"{src} stores {protocol['latent_convention']!r} latents", None)
+    check_card_is_the_folders(src)  # an edited card (cfg_scale …) is not passed on
     return protocol
 
 
