@@ -57,6 +57,7 @@ from repackctl.cache.ownership import (
     meta_problem,
     move_out,
     refuse_foreign,
+    sweep_partials,
 )
 from repackctl.crash import crash_point
 from repackctl.errors import CacheError
@@ -279,6 +280,53 @@ class ShardLocks:
             self.release(k)
 
 
+#: seconds a writer waits for the entry lock that another process holds exclusively before it
+#: takes that for a `cache rm` / `verify --repair`: a writer sweeping leftovers, `cache verify`
+#: or `cache ls` hold it for an instant only (``writers_out``)
+WRITER_WAIT = 5.0
+
+
+def _writer_fd(folder: Path) -> int | None:
+    """A descriptor holding the entry folder ``folder`` shared (``entry_writer``), or None when a
+    removal or repair holds it. Alone in the entry (no writer, and no group being created in
+    the root), the writer first deletes the temporaries that killed zarr writes left in it
+    (``ownership.sweep_partials``): each rerun wrote its chunk anew under another name, and
+    they stayed for good, counted in the entry's size, with `cache verify` saying ok."""
+    import fcntl
+
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:  # another writer (or a removal, a repair, a check) is in it
+        os.close(fd)
+        return _shared_fd(folder)
+    except OSError:  # a file system without flock: no way to know that it is alone
+        return fd
+    root = _lock_fd(folder.parent, exclusive=True, blocking=False)  # no creation meanwhile
+    if root is not None:
+        try:
+            sweep_partials(folder)
+        finally:
+            _unlock(root)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # a removal may slip in: refused then
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _shared_fd(folder: Path) -> int | None:
+    """``folder`` locked shared, waiting up to ``WRITER_WAIT`` seconds for a holder of an
+    exclusive lock that is only checking or sweeping; None after that (a removal or repair)."""
+    deadline = time.monotonic() + WRITER_WAIT
+    while True:
+        fd = _lock_fd(folder, exclusive=False, blocking=False)
+        if fd is not None or time.monotonic() >= deadline:
+            return fd
+        time.sleep(0.05)
+
+
 @contextlib.contextmanager
 def entry_writer(group: zarr.Group) -> Iterator[None]:
     """A shared lock on the local folder of the entry ``group`` while the block writes into it
@@ -289,7 +337,7 @@ def entry_writer(group: zarr.Group) -> Iterator[None]:
     fd = None
     if folder is not None:
         with contextlib.suppress(FileNotFoundError):  # removed a moment ago: refused below
-            fd = _lock_fd(folder, exclusive=False, blocking=False) if folder.is_dir() else None
+            fd = _writer_fd(folder) if folder.is_dir() else None
         if fd is None or not (folder / "zarr.json").is_file():
             _unlock(fd)
             raise CacheError(

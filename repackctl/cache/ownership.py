@@ -184,6 +184,46 @@ def _foreign_chunk(path: Path, grid: tuple[int, ...]) -> Path | None:
     return None
 
 
+#: seconds a ``zarr.<hex>.partial`` must be old before it is taken for a killed write's: some
+#: metadata writes (a group's finishing attributes) happen outside the writer lock; a live one
+#: renames its temporary within milliseconds. Chunk temporaries are only written under it.
+META_PARTIAL_AGE = 10.0
+
+
+def partial_leftovers(folder: Path, now: float | None = None) -> list[Path]:
+    """The temporaries (``_PARTIAL``: ``zarr|c|<digits>.<32 hex>.partial``) that killed zarr
+    writes left below the entry folder ``folder`` (not its ``.removing``, which `cache rm`
+    finishes; links are not followed). Only names of that pattern, only plain files. The caller
+    holds the entry against writers (``creation.writers_out``): a writer renames its own at
+    once. A metadata temporary younger than ``META_PARTIAL_AGE`` (``now``: time.time()) is left
+    out: it may belong to a live write outside the lock."""
+    import time
+
+    now = time.time() if now is None else now
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if d != TRASH)  # os.walk follows no links
+        for name in sorted(filenames):
+            p = Path(dirpath) / name
+            if not _PARTIAL.match(name) or p.is_symlink() or not p.is_file():
+                continue
+            if name.startswith("zarr.") and now - p.stat().st_mtime < META_PARTIAL_AGE:
+                continue
+            found.append(p)
+    return found
+
+
+def sweep_partials(folder: Path) -> list[Path]:
+    """Delete ``partial_leftovers(folder)`` (the caller holds the entry against writers);
+    returns what was deleted. One that vanished meanwhile is skipped."""
+    gone = []
+    for p in partial_leftovers(folder):
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+            gone.append(p)
+    return gone
+
+
 def _leftover(path: Path) -> bool:
     """A folder without ``zarr.json`` holding nothing but zarr's temporaries (or nothing): what a
     writer killed between making the folder and renaming its first file leaves."""

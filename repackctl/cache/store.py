@@ -365,12 +365,16 @@ def features_id_fix(group: zarr.Group) -> str:
 
 
 def _extract_flags(name: str) -> str:
-    """The split and resolution flags of an entry name ``<dataset>--<split>--<R>px`` (the
-    dataset's own options, --data / -n, are the user's to add); "" for other names."""
+    """The -n, split and resolution flags of an entry name ``<dataset>--<split>--<R>px``; ""
+    for other names. A dataset part ending in ``-n<N>`` (``data.sources.dataset_label``) was
+    made with ``-n N``: without it the extract made another entry (``builtin--val--64px`` for
+    ``builtin-n300--val--64px``). --data stays the user's to add."""
     parts = name.split("--")
     if len(parts) != 3 or not parts[2].endswith("px") or not parts[2][:-2].isdigit():
         return ""
-    return f" --split {parts[1]} --resolution {parts[2][:-2]}"
+    size = re.search(r"-n(\d+)$", parts[0])
+    num = f" -n {int(size.group(1))}" if size else ""
+    return f"{num} --split {parts[1]} --resolution {parts[2][:-2]}"
 
 
 class DatasetEntry:

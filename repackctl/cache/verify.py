@@ -7,6 +7,7 @@ import re
 import shlex
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,6 +38,7 @@ from repackctl.cache.integrity import (
     read_done,
     scan_array,
 )
+from repackctl.cache.ownership import partial_leftovers, sweep_partials
 from repackctl.cache.partials import (
     combine_partials,
     latents_producer,
@@ -222,7 +224,26 @@ def unfinished_groups(entry: DatasetEntry, info: EntryInfo) -> list[dict[str, An
                 f"its features record as written), then {finish}"
             )
         out.append({"group": path or "images", "pending": pending, "n": info.n, "finish": finish})
-    return out
+    return out + _statless(entry, info)
+
+
+def _statless(entry: DatasetEntry, info: EntryInfo) -> list[dict[str, Any]]:
+    """The ``unfinished_groups`` items of latents groups whose stats were never written
+    (``unwritten_stats``; ``pending`` 0, ``stats`` False), unless a writer holds the entry."""
+    lids = [lid for lid, g in info.latents.items() if not g.get("pending")]
+    found = [lid for lid in lids if unwritten_stats(entry, lid)]
+    if not found or writer_active(entry):
+        return []
+    return [
+        {
+            "group": f"latents/{lid}",
+            "pending": 0,
+            "n": info.n,
+            "finish": producer(entry, f"latents/{lid}"),
+            "stats": False,
+        }
+        for lid in found
+    ]
 
 
 def _scan_finite(arr: zarr.Array, done: np.ndarray, block: int) -> int:
@@ -460,6 +481,35 @@ def _verify_group(
     return problems
 
 
+def stats_unwritten(entry: DatasetEntry, path: str) -> str:
+    """What `cache verify` and `cache ls` say of the latents group at ``path`` whose rows are
+    all done but whose channel stats are not written (``unwritten_stats``)."""
+    return (
+        f"unfinished: every row is written, its channel stats are not (its pack encode was "
+        f"stopped before it wrote them); {producer(entry, path)} writes them"
+    )
+
+
+def unwritten_stats(entry: DatasetEntry, lid: str) -> bool:
+    """Whether the latents group ``lid`` has every row done but no channel stats: its
+    `pack encode` was killed between its last row and ``_finish``. Listed as it was (no pending
+    row), it looked finished; only `train dit` refused it. The caller makes sure no writer
+    holds the entry (``writer_active``): a live pack encode is writing them then."""
+    g = entry.latents(lid)
+    if g.attrs.get("stats") is not None or "partial_sum" not in g.group or "mean" not in g.group:
+        return False
+    done, _ = read_done(g.done, f"latents/{lid}/done")
+    return not (done == PENDING).any()
+
+
+def writer_active(entry: DatasetEntry) -> bool:
+    """Whether a writer (``creation.entry_writer``) holds ``entry`` now (never on a URL store:
+    no locks there). Tested by taking the entry's lock exclusively for an instant, which a
+    writer starting meanwhile waits out (``entry_writer``)."""
+    with writers_out(entry_folder(entry.root, entry.name)) as held:
+        return not held
+
+
 def _stats_problems(
     g: ArrayGroup, entry: DatasetEntry, done: np.ndarray, path: str
 ) -> list[Problem]:
@@ -469,8 +519,10 @@ def _stats_problems(
     are those of the stored latents, the producer writes the stats again from them; when not
     (a sum changed after the stats were written), the group is written anew."""
     recorded = g.attrs.get("stats")
-    if recorded is None or "partial_sum" not in g.group or "mean" not in g.group:
-        return []  # still being finished (its producer writes them), or made before the sums
+    if "partial_sum" not in g.group or "mean" not in g.group:
+        return []  # made before the sums
+    if recorded is None:  # verify reads no entry a writer holds: its producer was killed
+        return [Problem(f"{path}: {stats_unwritten(entry, path)}")]
     if partials_damage(g, entry, done):
         return []  # reported with the damaged chunks; the repair and the rerun rewrite them
     try:
@@ -488,6 +540,42 @@ def _stats_problems(
     rows = shard_rows(entry, off)
     text = f"{what}, and the sums of rows {rows} are not those of the stored latents"
     return [Problem(text, f"`--repair` leaves them as they are: {rewrite(entry, path)}")]
+
+
+#: the end of `cache verify`'s line for leftovers (``leftovers_problem``)
+LEFTOVERS_TAIL = (
+    " (`--repair` deletes them, as does the next extract, pack encode, captions or refine that "
+    "writes the entry)"
+)
+
+
+def leftovers(entry: DatasetEntry) -> list[Path]:
+    """The temporaries that killed zarr writes left in ``entry`` (``ownership.partial_leftovers``;
+    none on a URL store). The caller keeps writers out (``writers_kept_out``)."""
+    folder = entry_folder(entry.root, entry.name)
+    return [] if folder is None or not folder.is_dir() else partial_leftovers(folder)
+
+
+def leftovers_problem(entry: DatasetEntry, found: list[Path]) -> Problem | None:
+    """`cache verify`'s line for ``found`` (``leftovers``), or None when there are none: each
+    held a whole chunk that the rerun wrote anew under another name, counted in the entry's
+    size; nothing deleted them before."""
+    if not found:
+        return None
+    size = sum(p.stat().st_size for p in found if p.is_file())
+    folder = entry_folder(entry.root, entry.name)
+    first = found[0].relative_to(folder) if folder is not None else found[0]
+    more = f" and {len(found) - 1} more" if len(found) > 1 else ""
+    return Problem(
+        f"{len(found)} temporary file(s) of killed writes ({size / 1e6:.1f} MB), e.g. "
+        f"{first}{more}{LEFTOVERS_TAIL}"
+    )
+
+
+def sweep_leftovers(entry: DatasetEntry) -> list[Path]:
+    """Delete ``leftovers(entry)``; the caller holds the entry against writers (a repair)."""
+    folder = entry_folder(entry.root, entry.name)
+    return [] if folder is None or not folder.is_dir() else sweep_partials(folder)
 
 
 @contextlib.contextmanager
@@ -629,24 +717,30 @@ def repair_rows(entry: DatasetEntry, found: list[tuple[str, Damage]]) -> int:
     """Mark the shards holding damaged rows pending (``done = 0``); returns how many rows were
     marked (each once, however many of its arrays were damaged).
 
-    A truncated or corrupt chunk file is removed first (it cannot be read, and zarr reads a
-    shard before rewriting it); a corrupt ``done`` chunk is overwritten with pending.
+    A truncated or corrupt chunk file is removed (it cannot be read, and zarr reads a shard
+    before rewriting part of it); a corrupt ``done`` chunk is overwritten with pending.
 
     Damage in the entry's own arrays (images, labels, keys) also marks every features group's
     rows pending, because ``extract`` recomputes a shard only where its features are pending.
     A lost or corrupt chunk of the entry's ``done`` is first written again from what its
     features record (:func:`restore_done`) where that is exact; its rows are not marked.
+
+    Order, for a repair killed at any instant: ``complete`` off, the rows pending, and only
+    then the unreadable files removed. Removed first, a kill left done rows whose chunk is
+    missing, which the extract named by the verify took as written (it wrote nothing). Killed
+    after the marking, the rows are pending and their writers rewrite every chunk of them
+    whole (shard-aligned writes: zarr reads nothing of the bad file), or a second repair ends it.
     """
     shard, n = entry.shard, entry.n
     marked = np.zeros(n, bool)  # each row once, however many of its arrays were damaged
     store, base = entry.group.store_path.store, entry.group.store_path.path
     restored = [(p, d) for p, d in found if not p and d.array == "done" and restore_done(entry, d)]
-    for path, d in found:
-        if (path, d) in restored:
-            continue
-        if d.kind != "missing" and not d.array.endswith("done"):
-            # unreadable bytes: zarr reads a shard before rewriting part of it, so they go
-            sync(store.delete(f"{base}/{d.array}/{d.key}"))
+    todo = [(p, d) for p, d in found if (p, d) not in restored]
+    for path in {p for p, _ in found} - {""}:
+        entry.group[path].attrs["complete"] = False
+    if any(not p for p, _ in todo):
+        entry.group.attrs["complete"] = False
+    for path, d in todo:
         lo = d.lo // shard * shard
         hi = min(-(-d.hi // shard) * shard, n)
         targets = [entry.group["done"]] if not path else [entry.group[path]["done"]]
@@ -655,10 +749,10 @@ def repair_rows(entry: DatasetEntry, found: list[tuple[str, Damage]]) -> int:
         for done in targets:
             done[lo:hi] = np.zeros(hi - lo, np.uint8)
         marked[lo:hi] = True
-    for path in {p for p, _ in found} - {""}:
-        entry.group[path].attrs["complete"] = False
-    if any(not p and (p, d) not in restored for p, d in found):
-        entry.group.attrs["complete"] = False
+    for _, d in todo:
+        if d.kind != "missing" and not d.array.endswith("done"):
+            # unreadable bytes: zarr reads a shard before rewriting part of it, so they go
+            sync(store.delete(f"{base}/{d.array}/{d.key}"))
     return int(marked.sum())
 
 

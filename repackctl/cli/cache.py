@@ -71,7 +71,7 @@ def ls(cache: CacheOpt = None, config: ConfigOpt = None, as_json: JsonOpt = Fals
             i.name,
             f"{i.written}/{i.n}" + (f" ({i.pending} pending)" if i.pending else ""),
             i.skipped,
-            *(_group_cells(i, kind) for kind in GROUP_KINDS),
+            *(_group_cells(i, kind, pending[i.name]) for kind in GROUP_KINDS),
             _mb(i.bytes),
         ]
         for i in infos
@@ -83,7 +83,7 @@ def ls(cache: CacheOpt = None, config: ConfigOpt = None, as_json: JsonOpt = Fals
     for name, groups in pending.items():  # the command that finishes each, under the table
         for g in groups:
             console.print(
-                f"unfinished: {name} {g['group']}: {g['pending']} of {g['n']} rows pending; "
+                f"unfinished: {name} {g['group']}: {_unfinished_what(g)}; "
                 f"finish with {g['finish']}",
                 highlight=False,
                 markup=False,
@@ -91,15 +91,27 @@ def ls(cache: CacheOpt = None, config: ConfigOpt = None, as_json: JsonOpt = Fals
             )
 
 
-def _group_cells(info: EntryInfo, kind: str) -> list[str]:
+def _group_cells(info: EntryInfo, kind: str, unfinished: list[dict[str, Any]]) -> list[str]:
     """The ids of ``info``'s groups of ``kind`` for `cache ls`: ``(unfinished: N of M rows
-    pending)`` after one with pending rows, then the interrupted and damaged ones."""
+    pending)`` after one with pending rows, ``(unfinished: stats not written)`` after latents
+    whose pack encode was killed before its stats (``unfinished``: ``unfinished_groups``), then
+    the interrupted and damaged ones."""
+    statless = {g["group"] for g in unfinished if g.get("stats") is False}
     cells = []
     for gid, g in getattr(info, kind).items():
         pending = int(g.get("pending", 0))
         note = f" (unfinished: {pending} of {info.n} rows pending)" if pending else ""
+        if f"{kind}/{gid}" in statless:
+            note = " (unfinished: stats not written)"
         cells.append(gid + note)
     return [*cells, *info.incomplete_of(kind)]
+
+
+def _unfinished_what(group: dict[str, Any]) -> str:
+    """What is left of an ``unfinished_groups`` item: its pending rows, or its stats."""
+    if group.get("stats") is False:
+        return f"all {group['n']} rows written, its channel stats not"
+    return f"{group['pending']} of {group['n']} rows pending"
 
 
 def _damaged_entries(root: str) -> list[dict[str, str]]:
@@ -171,10 +183,7 @@ def _written_with(versions: dict[str, Any] | None) -> str:
 
 def _finish_note(group: dict[str, Any]) -> str:
     """``; unfinished: N of M rows pending, finish with CMD`` for a `cache info` row."""
-    return (
-        f"; unfinished: {group['pending']} of {group['n']} rows pending, finish with "
-        f"{group['finish']}"
-    )
+    return f"; unfinished: {_unfinished_what(group)}, finish with {group['finish']}"
 
 
 @app.command("verify")
@@ -247,6 +256,8 @@ def _verify_one(root: str, name: str, repair: bool) -> list:
         Problem,
         damaged_problem,
         left_after_repair,
+        leftovers,
+        leftovers_problem,
         repair_rows,
         scan_chunks,
         verify_entry,
@@ -254,7 +265,7 @@ def _verify_one(root: str, name: str, repair: bool) -> list:
     )
 
     with writers_kept_out(root, name, hold=repair) as busy:
-        found = []
+        found, temps = [], []
         if busy:
             problems = [busy]
         elif name in list_entries(root, "incomplete"):
@@ -267,12 +278,16 @@ def _verify_one(root: str, name: str, repair: bool) -> list:
             e = DatasetEntry.open(root, name)
             found = scan_chunks(e)
             problems = verify_entry(e, found)
+            temps = leftovers(e)
+            problems += [p for p in [leftovers_problem(e, temps)] if p is not None]
         for p in problems:
             err_console.print(
                 f"[red]✗[/] {escape(f'{name}: {p}')}", markup=True, highlight=False, soft_wrap=True
             )
         if not problems:
             console.print(f"[green]✓[/] {escape(name)}: ok", markup=True, highlight=False)
+        if repair and temps:
+            problems = _sweep(e, problems)  # named above, now gone
         if not (repair and found):
             return problems
         rows = repair_rows(e, found)
@@ -301,17 +316,29 @@ def _verify_one(root: str, name: str, repair: bool) -> list:
     return problems
 
 
+def _sweep(entry: DatasetEntry, problems: list) -> list:
+    """Delete the temporaries of killed writes in ``entry`` (a repair, writers kept out); the
+    problems without their line (``verify.leftovers_problem``)."""
+    from repackctl.cache.verify import LEFTOVERS_TAIL, sweep_leftovers
+
+    gone = sweep_leftovers(entry)
+    console.print(
+        f"repaired {entry.name}: deleted {len(gone)} temporary file(s) of killed writes",
+        highlight=False,
+        soft_wrap=True,
+    )
+    return [p for p in problems if not p.text.endswith(LEFTOVERS_TAIL)]
+
+
 def _rerun_commands(entry: DatasetEntry, found: list) -> list[str]:
-    """The commands that write the rows a repair marked pending, in pipeline order. Triplets
-    last, as the resume of the refiner run by its name: the entry does not record which run
-    reads them, and "the same `repackctl refine train`", run as written, started a new
-    default run (300 steps) instead of resuming the one that was refused."""
-    from repackctl.cache.commands import refine_train_command
+    """The commands that write the rows a repair marked pending, in pipeline order, triplets
+    last (``verify.producers``): for triplets the `refine train` of the run that builds them,
+    with the flags that pick their group (pack run, entry, noise, seed), as `cache verify`
+    names it. The flagless `repackctl refine train --name RUN` printed before started a run
+    with the defaults, which builds (or finds) another triplets group and left these pending."""
     from repackctl.cache.verify import producers
 
-    triplets = [(p, d) for p, d in found if p.startswith("triplets/")]
-    cmds = producers(entry, [(p, d) for p, d in found if not p.startswith("triplets/")])
-    return cmds + ([refine_train_command()] if triplets else [])
+    return producers(entry, found)
 
 
 def _refuse(bad: int, total: int, fixes: list[str], repairable: bool) -> None:

@@ -50,7 +50,9 @@ def test_damaged_triplets_name_the_resume_of_the_refused_run(
 
         repaired = cli_ok("cache", "verify", entry, "--repair")
         assert "the same `repackctl refine train`" not in repaired, repaired
-        assert "`repackctl refine train --name RUN` for each refiner run" in repaired, repaired
+        assert "`repackctl refine train --name RUN --pack-run pack-tiny --entry" in repaired, (
+            repaired
+        )
 
         # the refusal's command, run as written, resumes r1 (no new default run)
         assert "--steps 4" in again, again  # the change the refused resume was given
