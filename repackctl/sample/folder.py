@@ -1139,6 +1139,33 @@ def verify_recorded_pngs(folder: Path, num: int, card: dict[str, Any]) -> bool:
     )
 
 
+def latents_hint(card: dict[str, Any] | None, folder: Path | None = None) -> str:
+    """What to do about a damaged latents.npy of a samples folder (its ``card``): `refine
+    apply` recomputes the latents of a class-conditional folder from its DiT once the file is
+    moved away, but not those of a text-to-image or autoguided folder (``_check_regenerable``
+    refuses them): their refined images come from sampling again with the refiner. ``folder``:
+    given by `sample --out` (``reopen_finished``), which keeps the images once the file is
+    moved away; None: `refine apply`, which must have the latents."""
+    card = card or {}
+    if not (card.get("stage") == "t2i" or card.get("guide")):
+        return (
+            "move latents.npy out of the folder (`refine apply` then recomputes the latents from "
+            "the DiT that made the samples), or sample again into a new folder (--out)"
+        )
+    kind = "a text-to-image" if card.get("stage") == "t2i" else "an autoguided"
+    refine = (
+        f"the latents of {kind} folder cannot be recomputed: to refine its samples, sample "
+        "them again with the refiner (the same `repackctl sample` command with --refiner RUN)"
+    )
+    if folder is None:
+        return f"{refine}, or sample again into a new folder (--out)"
+    return (
+        f"move latents.npy out of the folder and run the same `repackctl sample` command with "
+        f"--out {folder} (it keeps the images and writes {PROTOCOL_JSON} without the file), or "
+        f"sample again into a new folder (--out); {refine}"
+    )
+
+
 def recorded_files(folder: Path) -> dict[str, Any]:
     """The ``files`` a finished folder's card recorded ({} when none, or unreadable)."""
     try:
@@ -1166,8 +1193,8 @@ def reopen_finished(folder: Path, labels: np.ndarray, grid: int) -> tuple[tuple,
                 f"{lat} is not the latents.npy that `repackctl sample` recorded in "
                 f"{folder / PROTOCOL_JSON} ({why})",
                 "the folder was edited or damaged; its per-sample latents are gone, so it "
-                "cannot be rebuilt: move latents.npy away (`refine apply` then recomputes the "
-                "latents from the DiT), or sample again into a new folder (--out)",
+                "cannot be rebuilt: "
+                + latents_hint(read_json_dict(folder / PROTOCOL_JSON), folder),
             )
         files[LATENTS_FILE] = file_record(lat)
     npz, rec = folder / SAMPLES_NPZ, recorded.get(SAMPLES_NPZ) or {}

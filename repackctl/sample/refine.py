@@ -89,14 +89,18 @@ from repackctl.sample.folder import (
     claim_folder,
     cpu_threads,
     device_type,
+    edited_images_record,
     file_mismatch,
     is_finished,
     job_batches,
+    latents_hint,
     lock_waiting,
     missing_indices,
     npz_mismatch,
+    npz_pixels_sha256,
     owned_range,
     pixels_sha256,
+    png_path,
     recorded_batching,
     recorded_device,
     recorded_files,
@@ -106,6 +110,7 @@ from repackctl.sample.folder import (
     restore_pngs,
     sampling_threads,
     torch_threads,
+    undecodable_pngs,
     unverified_indices,
     verify_recorded_pngs,
     write_grid,
@@ -290,10 +295,6 @@ def _sample_ids(src: Path, protocol: dict[str, Any]) -> np.ndarray:
     return out
 
 
-_LATENTS_HINT = (
-    "move latents.npy out of the folder (`refine apply` then recomputes the latents from the "
-    "DiT that made the samples), or sample again into a new folder"
-)
 _NPZ_HINT = (
     "run the same `repackctl sample` command with --out {src} to rebuild samples.npz from its "
     "PNGs, or sample again into a new folder"
@@ -360,6 +361,7 @@ class SamplesSource:
         self._latents_file: BinaryIO | None = None
         self._latents_sha: str | None = None
         self._recorded = protocol.get("files") or {}
+        self._latents_hint = latents_hint(protocol)  # t2i latents are never recomputed
         try:
             self._zip = self._open_npz(src / "samples.npz")
             self.latents = self._open_latents(src / LATENTS_FILE)
@@ -432,9 +434,11 @@ class SamplesSource:
         try:
             shape, fortran, dtype = _read_npy_header(self._latents_file)
         except ValueError as e:
-            raise DataError(f"{path} is not a readable .npy file ({e})", _LATENTS_HINT) from None
+            raise DataError(
+                f"{path} is not a readable .npy file ({e})", self._latents_hint
+            ) from None
         if shape != (self.num, *self.latent_shape) or dtype.hasobject:
-            raise DataError(f"{path} has shape {shape}", _LATENTS_HINT)
+            raise DataError(f"{path} has shape {shape}", self._latents_hint)
         offset, order = self._latents_file.tell(), "F" if fortran else "C"
         size, need = (
             os.fstat(self._latents_file.fileno()).st_size,
@@ -443,7 +447,7 @@ class SamplesSource:
         if size < offset + need:  # cut short (folders whose card records no sha256 of it)
             raise DataError(
                 f"{path} is cut short ({size} bytes; its header needs {offset + need})",
-                _LATENTS_HINT,
+                self._latents_hint,
             )
         return np.memmap(self._latents_file, dtype, "r", offset, shape, order)  # (N, d, h, w)
 
@@ -485,7 +489,7 @@ class SamplesSource:
                 f"{path} is not the {name} that `repackctl sample` recorded in "
                 f"{self.src / PROTOCOL_JSON} ({why})",
                 "the folder was edited or damaged (or holds another folder's file): "
-                + (_LATENTS_HINT if name == LATENTS_FILE else _NPZ_HINT.format(src=self.src)),
+                + (self._latents_hint if name == LATENTS_FILE else _NPZ_HINT.format(src=self.src)),
             )
         return sha
 
@@ -557,7 +561,13 @@ def _refined_by_sample(out: Path, src: Path, protocol: dict, refiner_sha: str) -
             f"{out} is an unfinished folder of `repackctl sample --refiner`",
             f"finish it with its `repackctl sample` command, or {_move_away_hint(out)}",
         )
-    done = read_json_dict(card) or {}  # unreadable: it proves nothing
+    done = read_json_dict(card)
+    if done is None:  # not a card of other samples: none that can be read
+        raise DataError(
+            f"{card} cannot be read (damaged, or not a JSON object): nothing shows which "
+            f"samples the images of {out} were refined from; nothing was written",
+            card_repair_hint(out),
+        )
     diff = _generation_diff(done, protocol)
     if (done.get("pack") or {}).get("pack_id") != (protocol.get("pack") or {}).get("pack_id"):
         diff.append("pack model")
@@ -852,26 +862,64 @@ def restore_applied(out: Path, card: dict[str, Any], refiner: str, dist: DistInf
 
 def _restore_finished(out: Path, mine: range, dist: DistInfo, who: str, hint: str) -> None:
     """Before a finished refined folder ``out`` that the other command (``who`` made it) wrote
-    is answered "already done": its PNGs of this process's share ``mine`` that are missing or
-    not the recorded samples are rewritten from its samples.npz (``restore_pngs``, as `sample`
-    restores its own folders; a ``Warning:`` names them); one that cannot be (samples.npz gone
-    or changed) is refused by name on every process, with ``hint``: nothing is answered "done"
-    that is not there."""
-    from repackctl.sample.folder import png_path
-
+    is answered "already done", check it as `sample --out` checks a finished folder it reopens
+    (``indices_to_make``, ``reopen_finished``): its PNGs of this process's share ``mine`` that
+    are missing or not the recorded samples are rewritten from its verified samples.npz
+    (``restore_pngs``; a ``Warning:`` names them). A PNG that stays missing or undecodable, a
+    samples.npz that is not the recorded one, or PNGs that do not give the card's digest (with
+    samples.npz gone) are refused by name on every process, with ``hint`` (the command that
+    makes the folder whole); an edited images_sha256 gets its own refusal
+    (``edited_images_record``): nothing is answered "done" that is not there."""
+    check_card_is_the_folders(out)  # an edited card is named before anything is rewritten
     if missing_indices(out, mine):  # one to write: one writer (given up by ``released_after``)
         lock_waiting(out)  # the same command run twice: the other restores them meanwhile
     restored = restore_pngs(out, mine)
     _warn_all(dist, [restored.removeprefix("Warning: ")] if restored else [])
-    lost = sorted(dist.all_items(missing_indices(out, mine)))
-    if not lost:
+    lost = sorted(
+        dist.all_items(sorted({*missing_indices(out, mine), *undecodable_pngs(out, mine)}))
+    )
+    if lost:
+        more = " …" if len(lost) > 3 else ""
+        names = ", ".join(png_path(out, i).name for i in lost[:3]) + more
+        many = len(lost) > 1
+        raise DataError(
+            f"{len(lost)} refined PNG{'s' if many else ''} of {out} (written by `repackctl "
+            f"{who}`) {'are' if many else 'is'} missing or {'do' if many else 'does'} not "
+            f"decode ({names}), and its {SAMPLES_NPZ} is not the recorded one to restore "
+            "them from (gone or changed); nothing was written",
+            hint,
+        )
+    _check_finished_samples(out, who, hint)
+
+
+def _check_finished_samples(out: Path, who: str, hint: str) -> None:
+    """Refuse the finished refined folder ``out`` (every PNG there and decoding) when its
+    samples.npz is not the file its card records, or, that file gone, when its PNGs do not
+    give the card's images_sha256. Cards that record no files (older versions) are taken as
+    they are."""
+    card = read_json_dict(out / PROTOCOL_JSON) or {}
+    rec, npz = recorded_files(out).get(SAMPLES_NPZ), out / SAMPLES_NPZ
+    if not isinstance(rec, dict):
         return
-    names = ", ".join(png_path(out, i).name for i in lost[:3]) + (" …" if len(lost) > 3 else "")
-    many = len(lost) > 1
+    if not npz.is_file():
+        try:
+            verify_recorded_pngs(out, int(card.get("num_samples", 0)), card)
+        except DataError as e:
+            again = hint if who == "refine apply" else _move_away_hint(out)  # no copy is left
+            raise DataError(e.message, again) from None
+        return
+    why = npz_mismatch(npz, rec)
+    if why is None:
+        return
+    if file_mismatch(npz, rec) is None:  # the file is the recorded one: was its digest edited?
+        edited = edited_images_record(
+            out, int(card.get("num_samples", 0)), card, npz_pixels_sha256(npz)
+        )
+        if edited is not None:
+            raise edited
     raise DataError(
-        f"{len(lost)} refined PNG{'s' if many else ''} of {out} (written by `repackctl {who}`) "
-        f"{'are' if many else 'is'} missing ({names}), and its {SAMPLES_NPZ} is not the "
-        "recorded one to restore them from (gone or changed)",
+        f"{npz} of the refined folder {out} (written by `repackctl {who}`) is not the file its "
+        f"card records ({why}); nothing was written",
         hint,
     )
 
