@@ -213,11 +213,12 @@ def partial_leftovers(folder: Path, now: float | None = None) -> list[Path]:
     return found
 
 
-def sweep_partials(folder: Path) -> list[Path]:
-    """Delete ``partial_leftovers(folder)`` (the caller holds the entry against writers);
-    returns what was deleted. One that vanished meanwhile is skipped."""
+def sweep_partials(folder: Path, found: list[Path] | None = None) -> list[Path]:
+    """Delete ``found`` (default ``partial_leftovers(folder)``: pass what the caller listed
+    under the same hold of the entry against writers); returns what was deleted. One that
+    vanished meanwhile is skipped."""
     gone = []
-    for p in partial_leftovers(folder):
+    for p in partial_leftovers(folder) if found is None else found:
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
             gone.append(p)

@@ -542,13 +542,6 @@ def _stats_problems(
     return [Problem(text, f"`--repair` leaves them as they are: {rewrite(entry, path)}")]
 
 
-#: the end of `cache verify`'s line for leftovers (``leftovers_problem``)
-LEFTOVERS_TAIL = (
-    " (`--repair` deletes them, as does the next extract, pack encode, captions or refine that "
-    "writes the entry)"
-)
-
-
 def leftovers(entry: DatasetEntry) -> list[Path]:
     """The temporaries that killed zarr writes left in ``entry`` (``ownership.partial_leftovers``;
     none on a URL store). The caller keeps writers out (``writers_kept_out``)."""
@@ -568,14 +561,16 @@ def leftovers_problem(entry: DatasetEntry, found: list[Path]) -> Problem | None:
     more = f" and {len(found) - 1} more" if len(found) > 1 else ""
     return Problem(
         f"{len(found)} temporary file(s) of killed writes ({size / 1e6:.1f} MB), e.g. "
-        f"{first}{more}{LEFTOVERS_TAIL}"
+        f"{first}{more} (`--repair` deletes them, as does the next extract, pack encode, "
+        "captions or refine that writes the entry)"
     )
 
 
-def sweep_leftovers(entry: DatasetEntry) -> list[Path]:
-    """Delete ``leftovers(entry)``; the caller holds the entry against writers (a repair)."""
+def sweep_leftovers(entry: DatasetEntry, found: list[Path]) -> list[Path]:
+    """Delete ``found`` (``leftovers(entry)``, listed under the same hold of the entry against
+    writers: a repair); returns what was deleted."""
     folder = entry_folder(entry.root, entry.name)
-    return [] if folder is None or not folder.is_dir() else sweep_partials(folder)
+    return [] if folder is None else sweep_partials(folder, found)
 
 
 @contextlib.contextmanager

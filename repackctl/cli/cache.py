@@ -265,7 +265,7 @@ def _verify_one(root: str, name: str, repair: bool) -> list:
     )
 
     with writers_kept_out(root, name, hold=repair) as busy:
-        found, temps = [], []
+        found, temps, temp_problem = [], [], None
         if busy:
             problems = [busy]
         elif name in list_entries(root, "incomplete"):
@@ -279,7 +279,8 @@ def _verify_one(root: str, name: str, repair: bool) -> list:
             found = scan_chunks(e)
             problems = verify_entry(e, found)
             temps = leftovers(e)
-            problems += [p for p in [leftovers_problem(e, temps)] if p is not None]
+            temp_problem = leftovers_problem(e, temps)
+            problems += [temp_problem] if temp_problem is not None else []
         for p in problems:
             err_console.print(
                 f"[red]✗[/] {escape(f'{name}: {p}')}", markup=True, highlight=False, soft_wrap=True
@@ -287,7 +288,8 @@ def _verify_one(root: str, name: str, repair: bool) -> list:
         if not problems:
             console.print(f"[green]✓[/] {escape(name)}: ok", markup=True, highlight=False)
         if repair and temps:
-            problems = _sweep(e, problems)  # named above, now gone
+            _sweep(e, temps)  # named above, now gone
+            problems = [p for p in problems if p is not temp_problem]
         if not (repair and found):
             return problems
         rows = repair_rows(e, found)
@@ -316,18 +318,17 @@ def _verify_one(root: str, name: str, repair: bool) -> list:
     return problems
 
 
-def _sweep(entry: DatasetEntry, problems: list) -> list:
-    """Delete the temporaries of killed writes in ``entry`` (a repair, writers kept out); the
-    problems without their line (``verify.leftovers_problem``)."""
-    from repackctl.cache.verify import LEFTOVERS_TAIL, sweep_leftovers
+def _sweep(entry: DatasetEntry, temps: list) -> None:
+    """Delete the temporaries of killed writes ``temps`` that verify listed in ``entry`` (a
+    repair, writers kept out since) and say so."""
+    from repackctl.cache.verify import sweep_leftovers
 
-    gone = sweep_leftovers(entry)
+    gone = sweep_leftovers(entry, temps)
     console.print(
         f"repaired {entry.name}: deleted {len(gone)} temporary file(s) of killed writes",
         highlight=False,
         soft_wrap=True,
     )
-    return [p for p in problems if not p.text.endswith(LEFTOVERS_TAIL)]
 
 
 def _rerun_commands(entry: DatasetEntry, found: list) -> list[str]:
