@@ -64,7 +64,7 @@ from repackctl.paths import (
 from repackctl.progress import warn
 from repackctl.run_files import checkpoint_weights_sha256, protocol_card, read_json_dict
 from repackctl.run_lock import SAMPLES_LOCK, lock_samples
-from repackctl.sample.plan import GenerationPlan, label_classes
+from repackctl.sample.plan import GenerationPlan, label_classes, make_labels
 from repackctl.temp_names import temp_parts, writer_tag
 
 
@@ -1003,25 +1003,33 @@ def _label_differences(card: dict[str, Any], settings: dict[str, Any]) -> list[s
 
 
 def _labels_of_scheme(labels: Any, scheme: str, num: int, seed: int) -> bool:
-    """Whether ``labels`` are ``make_labels(num, K, scheme, seed)`` for some class count K."""
+    """Whether ``labels`` are ``make_labels(num, K, scheme, seed)`` for some class count K,
+    tried from one past the largest label (:func:`_class_counts`)."""
     if not isinstance(labels, list) or len(labels) != num or num < 1:
         return False
     if not all(type(c) is int and c >= 0 for c in labels):
         return False
     got = np.asarray(labels, dtype=np.int64)
-    if scheme == "balanced":  # N·i/K: the last one is K − ceil(K/N), K is one of few
-        top, index = int(got[-1]), np.arange(num, dtype=np.int64)
-        tries = range(top + 1, 2 * top + 3) if num > 1 else [1]
-        return any(np.array_equal(index * k // num, got) for k in tries)
-    if scheme == "random":
-        top = int(got.max())
-        for classes in range(top + 1, top + 2 + min(_RANDOM_TRIES // num, _RANDOM_MOST)):
-            drawn = np.random.default_rng([seed, 0x1AB]).integers(0, classes, num, dtype=np.int64)
-            if np.array_equal(drawn, got):
+    for classes in _class_counts(scheme, int(got.max()), num):
+        try:
+            if np.array_equal(make_labels(num, classes, scheme, seed), got):
                 return True
-        return False
-    ids = label_classes(scheme)
-    return labels == [ids[i % len(ids)] for i in range(num)]
+        except ConfigError:  # class ids the scheme names outside 0..K-1: not this scheme's
+            return False
+    return False
+
+
+def _class_counts(scheme: str, top: int, num: int) -> range:
+    """The class counts K that can have made N = ``num`` labels of ``scheme`` whose largest is
+    ``top``: ``balanced`` (N·i/K) ends at K − ceil(K/N), so K ≤ 2·top + 2; ``random``, up to
+    ``_RANDOM_MOST`` past it (at most ``_RANDOM_TRIES`` labels drawn); class ids, one past the
+    largest id they name (their labels do not depend on K)."""
+    if scheme == "balanced":
+        return range(top + 1, 2 * top + 3)
+    if scheme == "random":
+        return range(top + 1, top + 2 + min(_RANDOM_TRIES // num, _RANDOM_MOST))
+    least = max(top, *label_classes(scheme)) + 1
+    return range(least, least + 1)
 
 
 def check_card_is_the_folders(folder: Path) -> None:
