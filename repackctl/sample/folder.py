@@ -968,19 +968,25 @@ def card_differences(card: dict[str, Any], settings: dict[str, Any]) -> list[str
             differ.append("refiner")  # a path only (older t2i cards): not compared
     differ += _label_differences(card, settings)
     if "prompts_sha256" in settings and "prompts" in card:
-        if _prompts_sha256(card) != settings["prompts_sha256"]:
+        if _card_prompts_sha256(card) != settings["prompts_sha256"]:
             differ.append("prompts")
     return differ
 
 
-def _prompts_sha256(card: dict[str, Any]) -> str | None:
-    """The sha256 of the card's per-sample prompts, as `sample` records it in the settings file
-    (``sample.t2i``: the JSON list of each sample's prompt); None when they do not resolve."""
+def prompts_sha256(per_sample: list[str]) -> str:
+    """The digest of a text-to-image folder's prompts, one per sample, that `sample` records in
+    its settings file (``sample.t2i``) and every reader compares the card's prompts with."""
+    return hashlib.sha256(json.dumps(per_sample, ensure_ascii=False).encode()).hexdigest()
+
+
+def _card_prompts_sha256(card: dict[str, Any]) -> str | None:
+    """:func:`prompts_sha256` of the card's per-sample prompts; None when they do not
+    resolve."""
     try:
         per_sample = [card["prompts"][int(k)] for k in card["prompt_ids"]]
     except (KeyError, IndexError, TypeError, ValueError):
         return None
-    return hashlib.sha256(json.dumps(per_sample, ensure_ascii=False).encode()).hexdigest()
+    return prompts_sha256(per_sample)
 
 
 def _label_differences(card: dict[str, Any], settings: dict[str, Any]) -> list[str]:

@@ -78,6 +78,7 @@ from repackctl.sample.folder import (
     out_hint,
     owned_range,
     png_path,
+    prompts_sha256,
     refined_suffix,
     refiner_label,
     reopen_finished,
@@ -609,10 +610,9 @@ def _fingerprint(settings: Any, handle: Any, plan: Any, prompts: _Prompts, refin
     """The settings that fix a t2i folder's images; the prompts as the full per-sample list
     (another order or count of the same prompts relabels images: it is another folder)."""
     cfg = settings.sample
-    per_sample = json.dumps(prompts.per_sample, ensure_ascii=False)
     return {
         "checkpoint_sha256": handle.sha256,
-        "prompts_sha256": hashlib.sha256(per_sample.encode()).hexdigest(),
+        "prompts_sha256": prompts_sha256(prompts.per_sample),
         "refiner": None if refiner is None else refiner.sha256,
         **{k: getattr(cfg, k) for k in ("weights", "num")},
         **{"seed": settings.seed, "precision": settings.precision},
