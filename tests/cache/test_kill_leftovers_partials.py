@@ -124,3 +124,49 @@ def test_a_writer_sweeps_only_when_it_is_alone_in_the_entry(cache: Path) -> None
     with entry_writer(group):
         pass
     assert not leftover.exists() and not old.exists() and fresh.exists()
+
+
+def test_a_writer_waits_out_a_brief_exclusive_hold_and_is_refused_after_writer_wait(
+    cache: Path, monkeypatch
+) -> None:
+    """README: a writer that finds the entry locked exclusively waits up to 5 s
+    (``WRITER_WAIT``: a check or a sweep holds it an instant) before it is refused as during a
+    `cache rm`. The hold is another process's (flock is per open file description)."""
+    import repackctl.cache.creation as creation
+
+    assert creation.WRITER_WAIT == 5.0
+    group = DatasetEntry.open(str(cache), ENTRY).group
+    hold = "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); "
+    hold += (
+        "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(float(sys.argv[2]))"
+    )
+
+    def holder(seconds: float) -> subprocess.Popen:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", hold, str(cache / ENTRY), str(seconds)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout.readline().strip() == "held"
+        return proc
+
+    brief = holder(1.0)  # a check: released within the wait
+    start = time.monotonic()
+    with entry_writer(group):
+        waited = time.monotonic() - start
+    brief.wait(timeout=30)
+    assert 0.5 < waited < creation.WRITER_WAIT, waited
+
+    monkeypatch.setattr(creation, "WRITER_WAIT", 0.5)
+    long = holder(30.0)  # a removal: held past the wait
+    try:
+        start = time.monotonic()
+        try:
+            with entry_writer(group):
+                raise AssertionError("a writer started in an entry held exclusively")
+        except CacheError:
+            pass
+        assert time.monotonic() - start >= 0.5
+    finally:
+        long.kill()
+        long.wait(timeout=30)
